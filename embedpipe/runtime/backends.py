@@ -1,0 +1,88 @@
+"""Matmul backends: how the model multiplies activations by a stored weight.
+
+The model only ever calls `backend.prepare(tensor)` and then the returned callable with fp32
+activations X[T×K], getting X·Wᵀ[T×N]. Which kernels run, and on which instruction set, is
+the backend's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from gguf import GGMLQuantizationType, quants
+
+from embedpipe.errors import EmbedpipeError
+from embedpipe.runtime.gguf_file import WeightTensor
+
+log = logging.getLogger(__name__)
+
+MatmulFn = Callable[[np.ndarray], np.ndarray]
+
+
+class Backend(Protocol):
+    name: str
+
+    def prepare(self, tensor: WeightTensor) -> MatmulFn: ...
+
+
+def dequantize(tensor: WeightTensor) -> np.ndarray:
+    """The tensor as float32 in its numpy shape (the reference for every kernel)."""
+    if tensor.qtype == GGMLQuantizationType.F32:
+        return tensor.raw.view(np.float32).reshape(tensor.shape)
+    return np.asarray(quants.dequantize(tensor.rows(), tensor.qtype), dtype=np.float32).reshape(tensor.shape)
+
+
+def dequantize_rows(tensor: WeightTensor, rows: np.ndarray) -> np.ndarray:
+    """Selected rows of a 2-D tensor as float32, without touching the others (embedding lookup)."""
+    picked = tensor.rows()[rows]
+    if tensor.qtype == GGMLQuantizationType.F32:
+        return picked.view(np.float32).reshape(len(rows), -1)
+    return np.asarray(quants.dequantize(picked, tensor.qtype), dtype=np.float32).reshape(len(rows), -1)
+
+
+class NumpyBackend:
+    """Weights dequantized once at load; numpy's BLAS does the products. The oracle."""
+
+    name = "numpy"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+
+    def prepare(self, tensor: WeightTensor) -> MatmulFn:
+        weight_t = np.ascontiguousarray(dequantize(tensor).T)
+
+        def matmul(x: np.ndarray) -> np.ndarray:
+            return x @ weight_t
+
+        return matmul
+
+
+def _jit_backend(threads: int | None) -> Backend:
+    from embedpipe.runtime.backend_jit import JitBackend
+
+    return JitBackend(threads=threads)
+
+
+BACKENDS: dict[str, Callable[[int | None], Backend]] = {
+    "numpy": NumpyBackend,
+    "jit": _jit_backend,
+}
+
+# "auto" tries these in order and takes the first that can be built on this machine.
+AUTO_ORDER: tuple[str, ...] = ("jit", "numpy")
+
+
+def make_backend(name: str = "auto", threads: int | None = None) -> Backend:
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            try:
+                return BACKENDS[candidate](threads)
+            except (ImportError, EmbedpipeError) as exc:
+                log.debug("backend %s unavailable: %s", candidate, exc)
+        raise EmbedpipeError("no matmul backend could be built")
+    if name not in BACKENDS:
+        raise EmbedpipeError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    return BACKENDS[name](threads)

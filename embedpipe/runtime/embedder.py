@@ -1,0 +1,143 @@
+"""`Embedder`: the Python API for turning texts into sentence vectors.
+
+    emb = Embedder.load()                      # cached default EmbeddingGemma Q8_0
+    vecs = emb.encode(["a query"], task="query", dim=256)
+
+Close in spirit to sentence-transformers' `encode`: prompts by task name, batches, L2-normalized
+float32 rows, Matryoshka truncation (truncate, then re-normalize).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from embedpipe.errors import EmbedpipeError, InputTooLongError
+from embedpipe.runtime import prompts
+from embedpipe.runtime.backends import make_backend
+from embedpipe.runtime.gemma_embedding import GemmaEmbeddingModel
+from embedpipe.runtime.gguf_file import GGUFModelFile
+from embedpipe.runtime.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
+# A batch holds at most this many tokens (all rows together), so long inputs do not blow up
+# memory: attention for one 2048-token text already needs ~50 MB of scores.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
+
+
+def truncate_dim(x: np.ndarray, dim: int) -> np.ndarray:
+    """Matryoshka: keep the first `dim` components and re-normalize."""
+    if dim > x.shape[1] or dim <= 0:
+        raise EmbedpipeError(f"dim {dim} is not in 1..{x.shape[1]}")
+    return normalize_rows(np.ascontiguousarray(x[:, :dim]))
+
+
+class Embedder:
+    """A loaded GGUF embedding model with its tokenizer and a matmul backend."""
+
+    def __init__(self, model_file: GGUFModelFile, backend: str = "auto", threads: int | None = None):
+        self.model_file = model_file
+        self.model_path = str(model_file.path)
+        self.tokenizer = Tokenizer.from_gguf(model_file)
+        self.backend = make_backend(backend, threads)
+        self.model = GemmaEmbeddingModel(model_file, self.backend)
+        self.max_tokens = self.model.cfg.context
+        self.dim = self.model.out_dim
+        self.dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.dim) or (self.dim,)
+        self.bos_id = self.tokenizer.special.bos
+        self.eos_id = self.tokenizer.special.eos
+        self._sha256: str | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, backend: str = "auto", threads: int | None = None) -> "Embedder":
+        """Load `path`, or the cached default model when None (pulled on first use)."""
+        if path is None:
+            from embedpipe.runtime.store import default_model_path
+
+            path = default_model_path()
+        return cls(GGUFModelFile(Path(path)), backend=backend, threads=threads)
+
+    @property
+    def model_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = self.model_file.sha256()
+        return self._sha256
+
+    def format_texts(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None) -> list[str]:
+        return prompts.format_texts(texts, task, titles)
+
+    def tokenize(self, texts: Sequence[str], task: str = "none", titles: Sequence[str | None] | None = None,
+                 truncate: bool = False) -> list[list[int]]:
+        """Token ids (with BOS/EOS) of the prompted texts; too-long inputs raise unless `truncate`."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EmbedpipeError(f"text {i} is {type(text).__name__}, not str")
+        ids = self.tokenizer.encode_batch(self.format_texts(texts, task, titles))
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_tokens:
+                if not truncate:
+                    raise InputTooLongError(
+                        f"text {i} has {len(seq)} tokens, more than the model's context of {self.max_tokens}; "
+                        "pass truncate=True (CLI: --truncate) to cut it"
+                    )
+                tail = seq[-1:] if self.tokenizer.special.add_eos else []
+                ids[i] = seq[: self.max_tokens - len(tail)] + tail
+        return ids
+
+    def encode(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None,
+               dim: int | None = None, batch_size: int = 32, truncate: bool = False,
+               show_progress: bool = False) -> np.ndarray:
+        """L2-normalized (n, dim) float32 embeddings in input order (dim None: the model's full width)."""
+        if isinstance(texts, str):
+            raise EmbedpipeError("encode takes a list of texts, not a single string")
+        return self.encode_ids(self.tokenize(texts, task, titles, truncate), dim=dim, batch_size=batch_size,
+                               show_progress=show_progress)
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], dim: int | None = None, batch_size: int = 32,
+                   show_progress: bool = False, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> np.ndarray:
+        """Embed token sequences that already carry BOS/EOS and the prompt."""
+        dim = self.dim if dim is None else dim
+        if dim > self.dim or dim <= 0:
+            raise EmbedpipeError(f"dim {dim} is not in 1..{self.dim} (Matryoshka dims: {self.dims})")
+        out = np.empty((len(ids), self.dim), np.float32)
+        if not len(ids):
+            return out[:, :dim]
+        for i, seq in enumerate(ids):
+            if len(seq) == 0:
+                raise EmbedpipeError(f"sequence {i} has no tokens")
+            if len(seq) > self.max_tokens:
+                raise InputTooLongError(f"sequence {i} has {len(seq)} tokens, more than the context of {self.max_tokens}")
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        bar = tqdm(total=len(ids), desc="embedding", unit="text", disable=not show_progress)
+        for batch in _batches(order, [len(s) for s in ids], batch_size, max_batch_tokens):
+            out[batch] = self.model.embed([list(ids[i]) for i in batch])
+            bar.update(len(batch))
+        bar.close()
+        out = normalize_rows(out)
+        return out if dim == self.dim else truncate_dim(out, dim)
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int):
+    """Group length-sorted indices into batches bounded by rows and by total tokens."""
+    batch: list[int] = []
+    tokens = 0
+    for i in order:
+        if batch and (len(batch) >= batch_size or tokens + lengths[i] > max_tokens):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(i)
+        tokens += lengths[i]
+    if batch:
+        yield batch

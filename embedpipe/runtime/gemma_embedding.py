@@ -1,0 +1,195 @@
+"""The `gemma-embedding` architecture (EmbeddingGemma): hyper-parameters, tensor table, forward pass.
+
+Sequences are packed: every weight matmul runs once over all tokens of a batch with no padding
+rows; only attention, which mixes tokens, runs per sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedpipe.errors import ModelFileError
+from embedpipe.runtime import ops
+from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
+from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
+
+log = logging.getLogger(__name__)
+
+ARCH = "gemma-embedding"
+DEFAULT_SWA_PERIOD = 6  # every 6th layer (il % 6 == 5) attends globally
+
+
+@dataclass(frozen=True)
+class GemmaEmbeddingConfig:
+    n_layers: int
+    hidden: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    head_dim_v: int
+    ffn: int
+    vocab: int
+    context: int
+    eps: float
+    rope_global: float
+    rope_local: float
+    sliding_window: int
+    swa_period: int
+    dense_out: int | None
+
+    @classmethod
+    def from_gguf(cls, mf: GGUFModelFile) -> "GemmaEmbeddingConfig":
+        arch = mf.architecture
+        if arch != ARCH:
+            raise ModelFileError(f"{mf.path}: architecture {arch!r} is not supported (expected {ARCH!r})")
+        p = f"{ARCH}."
+        n_head = int(mf.require(p + "attention.head_count"))
+        embd = mf.tensors.get("token_embd.weight")
+        dense = mf.get(p + "dense_2_feat_out")
+        return cls(
+            n_layers=int(mf.require(p + "block_count")),
+            hidden=int(mf.require(p + "embedding_length")),
+            n_head=n_head,
+            n_kv_head=int(mf.get(p + "attention.head_count_kv", n_head)),
+            head_dim=int(mf.require(p + "attention.key_length")),
+            head_dim_v=int(mf.get(p + "attention.value_length") or mf.require(p + "attention.key_length")),
+            ffn=int(mf.require(p + "feed_forward_length")),
+            vocab=embd.shape[0] if embd is not None else 0,
+            context=int(mf.require(p + "context_length")),
+            eps=float(mf.get(p + "attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_global=float(mf.get(p + "rope.freq_base", 1_000_000.0)),
+            rope_local=float(mf.get(p + "rope.freq_base_swa", 10_000.0)),
+            sliding_window=int(mf.require(p + "attention.sliding_window")),
+            swa_period=int(mf.get(p + "attention.sliding_window_pattern", DEFAULT_SWA_PERIOD)),
+            dense_out=int(dense) if dense is not None else None,
+        )
+
+    def is_global(self, layer: int) -> bool:
+        return layer % self.swa_period == self.swa_period - 1
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every required tensor and its numpy shape (rows = output features)."""
+        h, q, kv, v, f = self.hidden, self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim_v, self.ffn
+        shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (self.vocab, h), "output_norm.weight": (h,)}
+        per_layer = {
+            "attn_norm": (h,), "attn_q": (q, h), "attn_k": (kv, h), "attn_v": (v, h),
+            "attn_q_norm": (self.head_dim,), "attn_k_norm": (self.head_dim,),
+            "attn_output": (h, self.n_head * self.head_dim_v), "post_attention_norm": (h,),
+            "ffn_norm": (h,), "ffn_gate": (f, h), "ffn_up": (f, h), "ffn_down": (h, f), "post_ffw_norm": (h,),
+        }
+        for il in range(self.n_layers):
+            for name, shape in per_layer.items():
+                shapes[f"blk.{il}.{name}.weight"] = shape
+        return shapes
+
+    def dense_shapes(self) -> dict[str, tuple[int, ...]]:
+        if self.dense_out is None:
+            return {}
+        return {"dense_2.weight": (self.dense_out, self.hidden), "dense_3.weight": (self.hidden, self.dense_out)}
+
+
+def validate_tensors(mf: GGUFModelFile, cfg: GemmaEmbeddingConfig) -> bool:
+    """Check presence and shapes of every tensor; returns whether the dense head is present."""
+    expected = cfg.tensor_shapes()
+    has_dense = "dense_2.weight" in mf.tensors and "dense_3.weight" in mf.tensors
+    if has_dense:
+        expected.update(cfg.dense_shapes() or {
+            "dense_2.weight": mf.tensors["dense_2.weight"].shape,
+            "dense_3.weight": (cfg.hidden, mf.tensors["dense_2.weight"].shape[0]),
+        })
+    for name, shape in expected.items():
+        tensor = mf.tensors.get(name)
+        if tensor is None:
+            raise ModelFileError(f"{mf.path}: missing tensor {name}")
+        if tuple(tensor.shape) != tuple(shape):
+            raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}")
+    if cfg.head_dim % 2:
+        raise ModelFileError(f"{mf.path}: head_dim {cfg.head_dim} must be even for RoPE")
+    if cfg.n_head % cfg.n_kv_head:
+        raise ModelFileError(f"{mf.path}: {cfg.n_head} query heads do not group over {cfg.n_kv_head} KV heads")
+    return has_dense
+
+
+class _Layer:
+    def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
+        t = lambda name: mf.tensors[f"blk.{il}.{name}.weight"]  # noqa: E731
+        vec = lambda name: dequantize(t(name)).astype(np.float32, copy=True)  # noqa: E731
+        self.attn_norm, self.q_norm, self.k_norm = vec("attn_norm"), vec("attn_q_norm"), vec("attn_k_norm")
+        self.post_attn_norm, self.ffn_norm, self.post_ffw_norm = vec("post_attention_norm"), vec("ffn_norm"), vec("post_ffw_norm")
+        self.wq, self.wk, self.wv = backend.prepare(t("attn_q")), backend.prepare(t("attn_k")), backend.prepare(t("attn_v"))
+        self.wo = backend.prepare(t("attn_output"))
+        self.w_gate, self.w_up, self.w_down = backend.prepare(t("ffn_gate")), backend.prepare(t("ffn_up")), backend.prepare(t("ffn_down"))
+
+
+class GemmaEmbeddingModel:
+    """Token ids in, pooled and projected sentence vectors out (before L2 normalization)."""
+
+    def __init__(self, mf: GGUFModelFile, backend: Backend):
+        self.cfg = GemmaEmbeddingConfig.from_gguf(mf)
+        self.has_dense = validate_tensors(mf, self.cfg)
+        if not self.has_dense:
+            log.warning(
+                "%s has no dense_2/dense_3 head (%d tensors): embeddings will differ from the "
+                "sentence-transformers model; convert from a checkout that includes 2_Dense/3_Dense",
+                mf.path, len(mf.tensors),
+            )
+        self.backend = backend
+        self.token_embd: WeightTensor = mf.tensors["token_embd.weight"]
+        self.output_norm = dequantize(mf.tensors["output_norm.weight"]).astype(np.float32, copy=True)
+        self.layers = [_Layer(mf, il, backend) for il in range(self.cfg.n_layers)]
+        self.dense = [backend.prepare(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
+        self.rope = {theta: ops.RopeTable(self.cfg.head_dim, theta) for theta in {self.cfg.rope_local, self.cfg.rope_global}}
+        self.embed_scale = np.float32(math.sqrt(self.cfg.hidden))
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.hidden
+
+    def embed(self, seqs: list[list[int]]) -> np.ndarray:
+        """(batch, hidden) float32 vectors for token-id sequences (BOS/EOS included by the caller)."""
+        cfg = self.cfg
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        if (lengths == 0).any():
+            raise ValueError("empty token sequence")
+        ids = np.fromiter((i for s in seqs for i in s), dtype=np.int64, count=int(lengths.sum()))
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab):
+            raise ValueError(f"token id out of range [0, {cfg.vocab})")
+        bounds = np.concatenate(([0], np.cumsum(lengths)))
+        positions = np.concatenate([np.arange(n) for n in lengths])
+        x = dequantize_rows(self.token_embd, ids) * self.embed_scale
+        half_window = cfg.sliding_window // 2
+        masks = {
+            glob: [ops.window_mask(int(n), None if glob else half_window) for n in lengths]
+            for glob in (False, True)
+        }
+        for il, layer in enumerate(self.layers):
+            glob = cfg.is_global(il)
+            cos, sin = self.rope[cfg.rope_global if glob else cfg.rope_local].tables(positions)
+            x = self._layer(x, layer, cos, sin, bounds, masks[glob])
+        x = ops.rms_norm(x, self.output_norm, cfg.eps)
+        pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
+        for proj in self.dense:
+            pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
+        return pooled.astype(np.float32, copy=False)
+
+    def _layer(self, x, layer: _Layer, cos, sin, bounds, masks) -> np.ndarray:
+        cfg = self.cfg
+        s = x.shape[0]
+        h = ops.rms_norm(x, layer.attn_norm, cfg.eps)
+        q = ops.rms_norm(layer.wq(h).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm, cfg.eps)
+        k = ops.rms_norm(layer.wk(h).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps)
+        v = layer.wv(h).reshape(s, cfg.n_kv_head, cfg.head_dim_v)
+        q = ops.apply_rope(q, cos, sin) * np.float32(1.0 / math.sqrt(cfg.head_dim))
+        k = ops.apply_rope(k, cos, sin)
+        attn = np.empty((s, cfg.n_head * cfg.head_dim_v), np.float32)
+        for i, mask in enumerate(masks):
+            a, b = bounds[i], bounds[i + 1]
+            attn[a:b] = ops.attention(q[a:b], k[a:b], v[a:b], mask)
+        x = x + ops.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
+        h = ops.rms_norm(x, layer.ffn_norm, cfg.eps)
+        f = layer.w_down(ops.gelu_tanh_mul(layer.w_gate(h), layer.w_up(h)))
+        return x + ops.rms_norm(f, layer.post_ffw_norm, cfg.eps)

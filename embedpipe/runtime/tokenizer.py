@@ -1,0 +1,150 @@
+"""SentencePiece tokenizer rebuilt from GGUF metadata alone.
+
+A GGUF with `tokenizer.ggml.model = "llama"` stores SentencePiece pieces, scores and piece
+types (with SentencePiece's own type numbers). We serialize a `ModelProto` from them with a
+few lines of protobuf wire format, so no protobuf runtime is needed, and load it into
+`sentencepiece.SentencePieceProcessor`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sentencepiece as spm
+
+from embedpipe.errors import ModelFileError
+from embedpipe.runtime.gguf_file import GGUFModelFile
+
+# SentencePiece TrainerSpec.ModelType
+_BPE = 2
+
+# Encoding-relevant TrainerSpec fields of a byte-fallback BPE model (Gemma's): field number,
+# wire kind, value. Written after vocab size and special ids.
+_TRAINER_FLAGS: tuple[tuple[int, bool], ...] = (
+    (21, True),   # split_by_unicode_script
+    (22, False),  # split_by_whitespace
+    (23, True),   # split_by_number
+    (25, True),   # split_digits
+    (26, True),   # allow_whitespace_only_pieces
+    (35, True),   # byte_fallback
+)
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _key(field: int, wire: int) -> bytes:
+    return _varint(field << 3 | wire)
+
+
+def _int_field(field: int, value: int) -> bytes:
+    return _key(field, 0) + _varint(int(value))
+
+
+def _bytes_field(field: int, value: bytes) -> bytes:
+    return _key(field, 2) + _varint(len(value)) + value
+
+
+def _float_field(field: int, value: float) -> bytes:
+    return _key(field, 5) + struct.pack("<f", value)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    bos: int
+    eos: int
+    unk: int
+    pad: int
+    add_bos: bool
+    add_eos: bool
+
+
+def build_model_proto(pieces: Sequence[bytes], scores: np.ndarray, types: np.ndarray, special: SpecialIds) -> bytes:
+    """Serialized sentencepiece ModelProto for a byte-fallback BPE vocabulary."""
+    out = bytearray()
+    for piece, score, kind in zip(pieces, scores.tolist(), types.tolist()):
+        body = _bytes_field(1, piece) + _float_field(2, float(score)) + _int_field(3, int(kind))
+        out += _bytes_field(1, body)
+    trainer = _int_field(3, _BPE) + _int_field(4, len(pieces))
+    trainer += b"".join(_int_field(num, int(flag)) for num, flag in _TRAINER_FLAGS)
+    trainer += _int_field(40, special.unk) + _int_field(41, special.bos)
+    trainer += _int_field(42, special.eos) + _int_field(43, special.pad)
+    for num, ident in ((45, special.unk), (46, special.bos), (47, special.eos), (48, special.pad)):
+        if 0 <= ident < len(pieces):
+            trainer += _bytes_field(num, pieces[ident])
+    out += _bytes_field(2, trainer)
+    normalizer = _bytes_field(1, b"identity") + _int_field(3, 0) + _int_field(4, 0) + _int_field(5, 1)
+    out += _bytes_field(3, normalizer)
+    return bytes(out)
+
+
+class Tokenizer:
+    """Text <-> token ids, adding BOS/EOS as the GGUF flags say."""
+
+    def __init__(self, processor: spm.SentencePieceProcessor, special: SpecialIds):
+        self._sp = processor
+        self.special = special
+        self.vocab_size = processor.get_piece_size()
+
+    @classmethod
+    def from_gguf(cls, model_file: GGUFModelFile) -> "Tokenizer":
+        kind = model_file.get("tokenizer.ggml.model")
+        if kind != "llama":
+            raise ModelFileError(
+                f"{model_file.path}: tokenizer model {kind!r} is not supported (expected 'llama' SentencePiece)"
+            )
+        pieces = model_file.require("tokenizer.ggml.tokens")
+        scores = np.asarray(model_file.require("tokenizer.ggml.scores"), dtype=np.float32)
+        types = np.asarray(model_file.require("tokenizer.ggml.token_type"), dtype=np.int32)
+        if not (len(pieces) == len(scores) == len(types)):
+            raise ModelFileError(f"{model_file.path}: tokenizer arrays differ in length")
+        special = SpecialIds(
+            bos=int(model_file.get("tokenizer.ggml.bos_token_id", 2)),
+            eos=int(model_file.get("tokenizer.ggml.eos_token_id", 1)),
+            unk=int(model_file.get("tokenizer.ggml.unknown_token_id", 3)),
+            pad=int(model_file.get("tokenizer.ggml.padding_token_id", 0)),
+            add_bos=bool(model_file.get("tokenizer.ggml.add_bos_token", True)),
+            add_eos=bool(model_file.get("tokenizer.ggml.add_eos_token", False)),
+        )
+        proto = build_model_proto(pieces, scores, types, special)
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(proto)
+        except (RuntimeError, OSError) as exc:
+            raise ModelFileError(f"{model_file.path}: tokenizer metadata does not form a valid model ({exc})") from exc
+        return cls(processor, special)
+
+    def _wrap(self, ids: list[int], add_special: bool) -> list[int]:
+        if not add_special:
+            return ids
+        head = [self.special.bos] if self.special.add_bos else []
+        tail = [self.special.eos] if self.special.add_eos else []
+        return head + ids + tail
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        return self._wrap(self._sp.encode(text), add_special)
+
+    def encode_batch(self, texts: Sequence[str], add_special: bool = True) -> list[list[int]]:
+        return [self._wrap(ids, add_special) for ids in self._sp.encode(list(texts))]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        specials = {self.special.bos, self.special.eos, self.special.pad}
+        return self._sp.decode([int(i) for i in ids if int(i) not in specials])
+
+    @property
+    def n_special(self) -> int:
+        return int(self.special.add_bos) + int(self.special.add_eos)

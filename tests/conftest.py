@@ -1,0 +1,28 @@
+"""Shared fixtures: the tiny synthetic model (fast) and the real model (marked `model`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gguf
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic import TinyModel, build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model) -> Path:
+    return tiny_model.path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_q8(tmp_path_factory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_q8"), qtype=gguf.GGMLQuantizationType.Q8_0)
