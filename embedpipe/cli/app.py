@@ -9,8 +9,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 import typer
+
+from embedpipe.errors import EmbedpipeError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.model_cmd",
@@ -39,4 +42,9 @@ for _module in COMMAND_MODULES:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except EmbedpipeError as exc:
+        # Errors about the user's inputs: one line, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

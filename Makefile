@@ -1,0 +1,48 @@
+# Two commands set up a fresh machine: `make demo` (main job on the bundled corpus) and
+# `make test` (the whole suite, real-model tests included). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EP := $(VENV)/bin/embedpipe
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast demo bench release clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(EP) model pull
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not model and not slow and not emulation and not ray and not release" $(PYTEST_ARGS)
+
+demo: setup
+	$(EP) ingest datasets/hugeicons.parquet -o $(DEMO_OUT)/emb --task document --text-col text --keep name
+	$(EP) build-index $(DEMO_OUT)/emb --type brute --quant int8 -o $(DEMO_OUT)/brute-int8.idx
+	$(EP) build-index $(DEMO_OUT)/emb --type annoy -o $(DEMO_OUT)/annoy.idx
+	$(EP) build-index $(DEMO_OUT)/emb --type hnsw -o $(DEMO_OUT)/hnsw.idx
+	$(EP) eval tradeoffs $(DEMO_OUT)/emb
+	$(EP) search $(DEMO_OUT)/brute-int8.idx "save parking spot with location and notes" -k 5
+
+bench: setup
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(EP) bench kernels
+	$(EP) bench runtime
+	$(EP) bench ingest
+	$(EP) bench index
+
+release: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[release]"
+	$(PY) scripts/make_release.py
+
+clean:
+	rm -rf build dist *.egg-info $(DEMO_OUT)
