@@ -8,6 +8,7 @@ head, byte fallback in the tokenizer.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,12 +107,16 @@ class TinyModel:
 
 def build_tiny_model(directory: Path, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
                      seed: int = 0, with_dense: bool = True, cfg: TinyConfig | None = None,
-                     name: str = "tiny-gemma-embedding") -> TinyModel:
+                     name: str = "tiny-gemma-embedding",
+                     mutate: Callable[[dict[str, np.ndarray]], None] | None = None) -> TinyModel:
+    """Write the tiny model; `mutate` may edit the weight dict first (to make broken files)."""
     cfg = cfg or TinyConfig()
     spm_model = train_tokenizer(cfg.vocab_size)
     sp = spm.SentencePieceProcessor(model_proto=spm_model)
     vocab = sp.get_piece_size()
     weights = random_weights(cfg, vocab, seed, with_dense)
+    if mutate is not None:
+        mutate(weights)
     path = Path(directory) / f"{name}-{qtype.name.lower()}.gguf"
     writer = gguf.GGUFWriter(str(path), ARCH)
     p = f"{ARCH}."

@@ -21,6 +21,12 @@ from embedpipe.errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
 
+# Weight storage types embedpipe runs (numpy reference and JIT kernels alike).
+SUPPORTED_WEIGHT_TYPES: frozenset[GGMLQuantizationType] = frozenset({
+    GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
+    GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K,
+})
+
 
 @dataclass(frozen=True)
 class WeightTensor:
@@ -75,8 +81,12 @@ class GGUFModelFile:
     def _load_tensors(self) -> None:
         file_size = self.path.stat().st_size
         for t in self._reader.tensors:
-            if t.tensor_type not in GGML_QUANT_SIZES:
-                raise ModelFileError(f"{self.path}: tensor {t.name} has unsupported type {t.tensor_type!r}")
+            if t.tensor_type not in SUPPORTED_WEIGHT_TYPES:
+                supported = ", ".join(sorted(q.name for q in SUPPORTED_WEIGHT_TYPES))
+                raise ModelFileError(
+                    f"{self.path}: tensor {t.name} has type {t.tensor_type.name}; "
+                    f"{t.tensor_type.name} is not supported (supported: {supported})"
+                )
             end = t.data_offset + t.n_bytes
             if end > file_size:
                 raise ModelFileError(
