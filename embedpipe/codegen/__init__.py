@@ -1,0 +1,18 @@
+"""llvmlite code generator: matmul kernels per weight quantization × instruction set.
+
+    lib = get_kernel_library()                  # detected ISA, all usable cores
+    mm = lib.prepare_matmul(qtype, raw, n, k)   # raw: GGUF bytes of W[N×K], uint8 (N, row_bytes)
+    y = mm(x)                                   # x: float32 (T, K) -> float32 (T, N) = x·Wᵀ
+
+Kernels know nothing about models.  See ``isa`` for targets, ``jit`` for the object cache.
+"""
+
+from embedpipe.codegen.isa import (ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, default_threads,
+                                   detect_isa, runnable_isas)
+from embedpipe.codegen.library import (KernelInputError, KernelLibrary, PreparedMatmul,
+                                       get_kernel_library)
+from embedpipe.codegen.quant_formats import FORMATS
+
+__all__ = ["FORMATS", "ISAS", "ISA_TABLE", "IsaSpec", "KernelInputError", "KernelLibrary",
+           "PreparedMatmul", "UnsupportedIsaError", "default_threads", "detect_isa",
+           "get_kernel_library", "runnable_isas"]

@@ -1,0 +1,240 @@
+"""Integer-dot matmul kernels: ``Y = X · Wᵀ`` for weights held as int8 blocks of 32 with an
+fp32 scale per block (Q8_0, and every other integer type after the load-time repack).
+
+X is first quantized per 32-element block exactly like ggml's Q8_0 (``d = amax/127``,
+``q = round(x/d)``) by the emitted ``quantize`` kernel.  The matmul works on panels of
+``NR = lanes·NV`` weight rows: for one block, lane ``j`` of vector ``v`` accumulates the integer
+dot of token row ``r`` with weight row ``v·lanes + j`` while the activation's bytes are
+broadcast to every lane, so each weight vector loaded is reused for ``MR`` token rows and each
+broadcast activation group for ``NV`` vectors.  After a block, the integer sums are converted
+and scaled by ``d_w[n] · d_x[t]`` into fp32 accumulators.
+
+Dot strategies (``IsaSpec.dot``):
+
+* ``vnni``: ``vpdpbusd`` multiplies unsigned by signed bytes.  Weights are stored as ``w+128``
+  (u8) and each block's accumulator starts at ``-128·Σq_x`` (computed by ``quantize``), which
+  removes the offset exactly.
+* ``sdot``: AArch64 signed×signed bytes, no correction.
+* ``pmaddwd`` / ``widen``: both operands widened to int16 and multiplied in pairs
+  (``vpmaddwd`` or plain vector IR).  For AVX2 this is as many MACs per instruction as the
+  ``vpmaddubsw`` sign trick (4 instructions per 32 bytes either way) without its int16
+  saturation hazard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+
+from embedpipe.codegen.irutil import (F32, I8, I16, I32, I64, PTR, const_i64, fmuladd,
+                                      for_range, hmax_tree, imin, intrinsic, load_at,
+                                      masked_store_f32, new_function, splat, store_at, vec)
+from embedpipe.codegen.isa import IsaSpec
+
+QK = 32  # elements per quantization block
+ROUND_MAGIC = 12582912.0  # 1.5·2**23: (v + M) - M rounds |v| < 2**22 half-to-even
+
+
+@dataclass(frozen=True)
+class IntTile:
+    mr: int  # token rows per micro-tile
+    nv: int  # weight vectors (of `lanes` rows) per panel
+    tc: int = 64  # token rows per cache chunk
+
+
+def act_elem_bytes(isa: IsaSpec) -> int:
+    """Bytes per quantized activation element: int8 for byte dots, int16 for pair dots."""
+    return 1 if isa.kgroup == 4 else 2
+
+
+def panel_rows(isa: IsaSpec, tile: IntTile) -> int:
+    return isa.lanes * tile.nv
+
+
+def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value,
+         x: ir.Value) -> ir.Value:
+    """acc[lane] += Σ_g w[lane, g]·x[g] over the lane's group of ``kgroup`` elements."""
+    n = isa.lanes
+    vi32 = vec(I32, n)
+    if isa.dot == "vnni":
+        fn = intrinsic(m, f"llvm.x86.avx512.vpdpbusd.{n * 32}", vi32, [vi32] * 3)
+        return b.call(fn, [acc, w, x])
+    if isa.dot == "sdot":
+        v8 = vec(I8, 4 * n)
+        fn = intrinsic(m, f"llvm.aarch64.neon.sdot.v{n}i32.v{4 * n}i8", vi32, [vi32, v8, v8])
+        return b.call(fn, [acc, b.bitcast(w, v8), b.bitcast(x, v8)])
+    v16 = vec(I16, 2 * n)
+    if isa.dot == "pmaddwd":
+        name = "llvm.x86.avx2.pmadd.wd" if n == 8 else "llvm.x86.avx512.pmaddw.d.512"
+        fn = intrinsic(m, name, vi32, [v16, v16])
+        return b.add(acc, b.call(fn, [b.bitcast(w, v16), b.bitcast(x, v16)]))
+    wide = vec(I32, 2 * n)
+    prod = b.mul(b.sext(b.bitcast(w, v16), wide), b.sext(b.bitcast(x, v16), wide))
+    even = b.shuffle_vector(prod, prod, ir.Constant(vi32, list(range(0, 2 * n, 2))))
+    odd = b.shuffle_vector(prod, prod, ir.Constant(vi32, list(range(1, 2 * n, 2))))
+    return b.add(acc, b.add(even, odd))
+
+
+def matmul_symbol(isa: IsaSpec, tile: IntTile) -> str:
+    return f"ep_q8mm_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+
+
+def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+    """``void f(wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1)``.
+
+    Rows ``[t0, t1)`` (multiples of MR, within the padded activation buffer) times panels
+    ``[p0, p1)``; Y rows ``>= T`` and columns ``>= N`` are not written.
+    """
+    L, MR, NV = isa.lanes, tile.mr, tile.nv
+    G, eb = isa.kgroup, act_elem_bytes(isa)
+    steps = QK // G
+    vbytes = L * G * eb  # bytes of one packed weight vector
+    vi32, vf32 = vec(I32, L), vec(F32, L)
+    name = matmul_symbol(isa, tile)
+    args = [("wq", PTR), ("wd", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("y", PTR),
+            ("T", I64), ("N", I64), ("K", I64), ("ldy", I64),
+            ("t0", I64), ("t1", I64), ("p0", I64), ("p1", I64)]
+    fn, b = new_function(m, name, args)
+    wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1 = fn.args
+    nb = b.sdiv(K, const_i64(QK), name="nb")
+    NR = L * NV
+    acc_slots = [[b.alloca(vf32) for _ in range(NV)] for _ in range(MR)]
+    with for_range(b, t0, t1, tile.tc, "tc") as tc:
+        tend = imin(b, b.add(tc, const_i64(tile.tc)), t1)
+        with for_range(b, p0, p1, 1, "p") as p:
+            with for_range(b, tc, tend, MR, "t") as t:
+                for row in acc_slots:
+                    for slot in row:
+                        b.store(ir.Constant(vf32, None), slot)
+                pnb = b.mul(p, nb)
+                with for_range(b, const_i64(0), nb, 1, "blk") as blk:
+                    pb = b.add(pnb, blk)
+                    wbase = b.mul(pb, const_i64(steps * NV * vbytes))
+                    xrow = [b.add(t, const_i64(r)) for r in range(MR)]
+                    xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
+                    if isa.dot == "vnni":
+                        iacc = [[splat(b, load_at(b, I32, xc, b.mul(s, const_i64(4)), 4), L)] * NV
+                                for s in xsc]
+                    else:
+                        iacc = [[ir.Constant(vi32, None)] * NV for _ in range(MR)]
+                    xoff = [b.mul(b.add(b.mul(xr, K), b.mul(blk, const_i64(QK))),
+                                  const_i64(eb)) for xr in xrow]
+                    for s in range(steps):
+                        wv = [load_at(b, vi32, wq, b.add(wbase, const_i64((s * NV + v) * vbytes)),
+                                      vbytes) for v in range(NV)]
+                        for r in range(MR):
+                            xb = splat(b, load_at(b, I32, xq,
+                                                  b.add(xoff[r], const_i64(s * G * eb)), 4), L)
+                            iacc[r] = [_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
+                    dw = [load_at(b, vf32, wd, b.mul(b.add(b.mul(pb, const_i64(NV)),
+                                                          const_i64(v)), const_i64(4 * L)), 4 * L)
+                          for v in range(NV)]
+                    for r in range(MR):
+                        dx = splat(b, load_at(b, F32, xd, b.mul(xsc[r], const_i64(4)), 4), L)
+                        for v in range(NV):
+                            scale = b.fmul(dw[v], dx)
+                            cur = b.load(acc_slots[r][v])
+                            b.store(fmuladd(b, m, b.sitofp(iacc[r][v], vf32), scale, cur),
+                                    acc_slots[r][v])
+                for r in range(MR):
+                    row = b.add(t, const_i64(r))
+                    live = b.icmp_signed("<", row, T)
+                    with b.if_then(live):
+                        for v in range(NV):
+                            col = b.add(b.mul(p, const_i64(NR)), const_i64(v * L))
+                            rem = b.sub(N, col)
+                            with b.if_then(b.icmp_signed(">", rem, const_i64(0))):
+                                ptr = b.gep(y, [b.add(b.mul(row, ldy), col)], source_etype=F32)
+                                masked_store_f32(b, m, b.load(acc_slots[r][v]), ptr, rem)
+    b.ret_void()
+    return name
+
+
+def quantize_symbol(isa: IsaSpec) -> str:
+    return f"ep_q8quant_{isa.name}"
+
+
+def emit_quantize(m: ir.Module, isa: IsaSpec) -> str:
+    """``void f(x, xq, xd, xc, T, K, t0, t1)``: Q8_0-quantize fp32 rows ``[t0, t1)``.
+
+    ``xq`` gets int8 (or int16) values, ``xd`` the fp32 scale per block and ``xc`` the int32
+    ``-128·Σq`` per block (the VNNI offset correction).  Rows ``>= T`` (tile padding) are
+    zero-filled, never read from ``x``.
+    """
+    eb = act_elem_bytes(isa)
+    qt = I8 if eb == 1 else I16
+    name = quantize_symbol(isa)
+    args = [("x", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("T", I64), ("K", I64),
+            ("t0", I64), ("t1", I64)]
+    fn, b = new_function(m, name, args)
+    x, xq, xd, xc, T, K, t0, t1 = fn.args
+    nb = b.sdiv(K, const_i64(QK))
+    vf, vi = vec(F32, QK), vec(I32, QK)
+    with for_range(b, t0, t1, 1, "t") as t:
+        with for_range(b, const_i64(0), nb, 1, "blk") as blk:
+            eidx = b.add(b.mul(t, K), b.mul(blk, const_i64(QK)))
+            sidx = b.mul(b.add(b.mul(t, nb), blk), const_i64(4))
+            with b.if_else(b.icmp_signed("<", t, T)) as (real, pad):
+                with real:
+                    v = load_at(b, vf, x, b.mul(eidx, const_i64(4)), 4)
+                    fabs = intrinsic(m, f"llvm.fabs.v{QK}f32", vf, [vf])
+                    amax = hmax_tree(b, b.call(fabs, [v]))
+                    d = b.fdiv(amax, ir.Constant(F32, 127.0))
+                    nz = b.fcmp_ordered("!=", d, ir.Constant(F32, 0.0))
+                    inv = b.select(nz, b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
+                    scaled = b.fmul(v, splat(b, inv, QK))
+                    magic = ir.Constant(vf, [ROUND_MAGIC] * QK)
+                    rounded = b.fsub(b.fadd(scaled, magic), magic)
+                    q = b.fptosi(rounded, vi)
+                    fsum = intrinsic(m, f"llvm.vector.reduce.add.v{QK}i32", I32, [vi])
+                    total = b.call(fsum, [q])
+                    store_at(b, b.trunc(q, vec(qt, QK)), xq, b.mul(eidx, const_i64(eb)), eb)
+                    store_at(b, d, xd, sidx, 4)
+                    store_at(b, b.mul(total, ir.Constant(I32, -128)), xc, sidx, 4)
+                with pad:
+                    store_at(b, ir.Constant(vec(qt, QK), None), xq, b.mul(eidx, const_i64(eb)),
+                             eb)
+                    store_at(b, ir.Constant(F32, 0.0), xd, sidx, 4)
+                    store_at(b, ir.Constant(I32, 0), xc, sidx, 4)
+    b.ret_void()
+    return name
+
+
+def pack_weights(q: np.ndarray, d: np.ndarray, isa: IsaSpec, tile: IntTile
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Repack int8 quants ``q`` (N, K) and scales ``d`` (N, K/32) into the panel layout.
+
+    Layout: ``[panel][block][step][vector][lane][kgroup]`` for quants (u8 ``q+128`` for VNNI,
+    int16 for pair dots) and ``[panel][block][vector][lane]`` fp32 for scales; rows are padded
+    with zeros to a whole panel.
+    """
+    n, k = q.shape
+    L, NV, G = isa.lanes, tile.nv, isa.kgroup
+    nr = L * NV
+    npad = -(-n // nr) * nr
+    nb = k // QK
+    qp = np.zeros((npad, k), dtype=np.int16)
+    qp[:n] = q
+    dp = np.zeros((npad, nb), dtype=np.float32)
+    dp[:n] = d
+    if isa.dot == "vnni":
+        qp = (qp + 128).astype(np.uint8)
+    elif isa.kgroup == 4:
+        qp = qp.astype(np.int8)
+    packed = qp.reshape(npad // nr, NV, L, nb, QK // G, G).transpose(0, 3, 4, 1, 2, 5)
+    scales = dp.reshape(npad // nr, NV, L, nb).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(packed), np.ascontiguousarray(scales)
+
+
+def quantize_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy twin of the emitted ``quantize`` kernel (same fp32 ops, round half to even)."""
+    t, k = x.shape
+    blocks = x.astype(np.float32).reshape(t, k // QK, QK)
+    amax = np.abs(blocks).max(axis=2)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.round(blocks * inv[:, :, None]).astype(np.int8)
+    return q.reshape(t, k), d

@@ -1,0 +1,157 @@
+"""llvmlite glue: optimize and compile IR for an :class:`IsaSpec`, cache objects on disk, load.
+
+Compiled object files are cached under ``platformdirs.user_cache_dir("embedpipe")/kernels``
+(or ``$EMBEDPIPE_KERNEL_CACHE``), keyed by SHA-256 of the IR text, the ISA's triple, CPU and
+feature string, and the llvmlite version, so a warm process loads machine code without running
+LLVM's optimizer or code generator.  Objects are loaded into one MCJIT engine per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+import platformdirs
+
+from embedpipe.codegen.isa import IsaSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EMBEDPIPE_KERNEL_CACHE"
+_lock = threading.Lock()
+_initialized = False
+
+
+def _init_llvm() -> None:
+    global _initialized
+    if not _initialized:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+        _initialized = True
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(platformdirs.user_cache_dir("embedpipe")) / "kernels"
+
+
+def target_machine(isa: IsaSpec) -> llvm.TargetMachine:
+    _init_llvm()
+    target = llvm.Target.from_triple(isa.triple)
+    return target.create_target_machine(cpu=isa.cpu, features=isa.features, opt=3,
+                                        reloc="pic", codemodel="default")
+
+
+def cache_key(ir_text: str, isa: IsaSpec) -> str:
+    h = hashlib.sha256()
+    for part in (ir_text, isa.triple, isa.cpu, isa.features, llvmlite.__version__):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class CompileStats:
+    """Counters that tests and the benchmark read: how many objects were built vs loaded."""
+
+    compiled: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+    keys: list[str] = field(default_factory=list)
+
+
+STATS = CompileStats()
+
+
+def compile_object(ir_text: str, isa: IsaSpec) -> bytes:
+    """Optimize (O3) and compile ``ir_text`` for ``isa``; returns ELF object bytes (cached)."""
+    key = cache_key(ir_text, isa)
+    path = cache_dir() / f"{key}.o"
+    start = time.perf_counter()
+    try:
+        data = path.read_bytes()
+        STATS.cache_hits += 1
+        STATS.keys.append(key)
+        return data
+    except OSError:
+        pass
+    tm = target_machine(isa)
+    module = llvm.parse_assembly(ir_text)
+    module.triple = isa.triple
+    module.data_layout = str(tm.target_data)
+    module.verify()
+    pto = llvm.PipelineTuningOptions(speed_level=3)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(module, pb)
+    data = tm.emit_object(module)
+    _write_atomic(path, data)
+    STATS.compiled += 1
+    STATS.seconds += time.perf_counter() - start
+    STATS.keys.append(key)
+    return data
+
+
+def emit_assembly(ir_text: str, isa: IsaSpec) -> str:
+    """Optimized assembly, for inspection and tests that check instruction selection."""
+    tm = target_machine(isa)
+    module = llvm.parse_assembly(ir_text)
+    module.triple = isa.triple
+    module.data_layout = str(tm.target_data)
+    pb = llvm.create_pass_builder(tm, llvm.PipelineTuningOptions(speed_level=3))
+    pb.getModulePassManager().run(module, pb)
+    return tm.emit_assembly(module)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs recompiles
+        log.debug("kernel cache not writable (%s): %s", path, exc)
+
+
+class HostEngine:
+    """One MCJIT engine holding every object loaded into this process."""
+
+    def __init__(self) -> None:
+        _init_llvm()
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        tm = llvm.Target.from_default_triple().create_target_machine(opt=0)
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self._objects: list[llvm.ObjectFileRef] = []
+
+    def load(self, obj: bytes, symbols: list[str]) -> dict[str, int]:
+        """Add an object file and return the addresses of ``symbols``."""
+        with _lock:
+            ref = llvm.ObjectFileRef.from_data(obj)
+            self._engine.add_object_file(ref)
+            self._objects.append(ref)
+            self._engine.finalize_object()
+            addrs = {name: self._engine.get_function_address(name) for name in symbols}
+        missing = [n for n, a in addrs.items() if not a]
+        if missing:
+            raise RuntimeError(f"symbols not found after loading kernel object: {missing}")
+        return addrs
+
+
+_engine: HostEngine | None = None
+
+
+def host_engine() -> HostEngine:
+    global _engine
+    with _lock:
+        if _engine is None:
+            _engine = HostEngine()
+        return _engine

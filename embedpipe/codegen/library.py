@@ -1,0 +1,239 @@
+"""KernelLibrary: the compiled kernels of one ISA, and PreparedMatmul: one repacked weight.
+
+All inputs are validated in Python before a native call; a kernel only ever sees buffers whose
+sizes were checked against the dimensions it is given.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from embedpipe.codegen import ir_float, ir_q8, jit
+from embedpipe.codegen.ir_float import FloatTile
+from embedpipe.codegen.ir_q8 import QK, IntTile
+from embedpipe.codegen.isa import IsaSpec, default_threads, detect_isa, host_arch, ISAS
+from embedpipe.codegen.quant_formats import FORMATS
+from embedpipe.codegen.threadpool import run_parallel, split_range
+from embedpipe.errors import EmbedpipeError
+
+log = logging.getLogger(__name__)
+
+
+class KernelInputError(EmbedpipeError):
+    """A matmul operand has the wrong type, dtype, shape, layout or byte length."""
+
+
+# Register tiles per ISA (token rows × weight vectors), chosen to fit the register file:
+# int tiles hold MR·NV int32 and MR·NV fp32 accumulators, float tiles MR·NV fp32 accumulators.
+TILES: dict[str, tuple[IntTile, FloatTile]] = {
+    "avx512_vnni": (IntTile(4, 3), FloatTile(8, 2)),
+    "avx512": (IntTile(4, 2), FloatTile(8, 2)),
+    "avx2": (IntTile(3, 2), FloatTile(4, 2)),
+    "neon_dotprod": (IntTile(4, 2), FloatTile(4, 4)),
+    "neon": (IntTile(2, 2), FloatTile(4, 4)),
+    "generic": (IntTile(2, 2), FloatTile(4, 2)),
+    "generic_aarch64": (IntTile(2, 2), FloatTile(4, 4)),
+}
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_Q8MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
+_QUANT = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _I, _I, _I, _I)
+_F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
+
+
+def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
+    """IR text of every kernel for ``isa`` and a map role -> symbol."""
+    int_tile, float_tile = TILES[isa.name]
+    module = ir.Module(name=f"embedpipe_{isa.name}")
+    module.triple = isa.triple
+    symbols = {
+        "quantize": ir_q8.emit_quantize(module, isa),
+        "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
+        "f32mm": ir_float.emit_matmul(module, isa, float_tile),
+    }
+    return str(module), symbols
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + align, dtype=np.uint8)
+    off = (-buf.ctypes.data) % align
+    return buf[off:off + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
+    out = aligned_empty(a.shape, a.dtype, align)
+    out[...] = a
+    return out
+
+
+class KernelLibrary:
+    """Compiled kernels for one host ISA plus the thread count used to run them."""
+
+    def __init__(self, isa: IsaSpec, threads: int) -> None:
+        if isa.arch != host_arch():
+            raise EmbedpipeError(f"cannot run {isa.name} ({isa.arch}) kernels on a "
+                                 f"{host_arch()} host")
+        self.isa = isa
+        self.threads = threads
+        self.int_tile, self.float_tile = TILES[isa.name]
+        start = time.perf_counter()
+        text, symbols = build_module(isa)
+        addrs = jit.host_engine().load(jit.compile_object(text, isa), list(symbols.values()))
+        self._quantize = _QUANT(addrs[symbols["quantize"]])
+        self._q8mm = _Q8MM(addrs[symbols["q8mm"]])
+        self._f32mm = _F32MM(addrs[symbols["f32mm"]])
+        self.load_seconds = time.perf_counter() - start
+        log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
+                  isa.features or "no extra features", self.load_seconds, threads)
+
+    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,
+                       k: int) -> PreparedMatmul:
+        """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
+        try:
+            fmt = FORMATS[GGMLQuantizationType(qtype)]
+        except (KeyError, ValueError):
+            raise KernelInputError(f"no JIT kernel for weight type {qtype!r}; supported: "
+                                   f"{', '.join(q.name for q in FORMATS)}") from None
+        if not (isinstance(n, int | np.integer) and isinstance(k, int | np.integer)
+                and n > 0 and k > 0):
+            raise KernelInputError(f"weight dimensions must be positive integers, got {n}x{k}")
+        n, k = int(n), int(k)
+        if k % max(fmt.block_size, QK if fmt.family == "int" else 1):
+            raise KernelInputError(f"{fmt.qtype.name} weight: K={k} is not a multiple of the "
+                                   f"block size {max(fmt.block_size, QK)}")
+        row_bytes = fmt.row_bytes(k)
+        if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+            raise KernelInputError(f"{fmt.qtype.name} weight: raw data must be a uint8 numpy "
+                                   f"array, got {type(raw).__name__} "
+                                   f"{getattr(raw, 'dtype', '')}")
+        if raw.shape != (n, row_bytes):
+            raise KernelInputError(f"{fmt.qtype.name} weight {n}x{k}: expected raw shape "
+                                   f"({n}, {row_bytes}), got {raw.shape}")
+        unpacked = fmt.repack(np.ascontiguousarray(raw), n, k)
+        if fmt.family == "float":
+            packed = (aligned_copy(ir_float.pack_weights(unpacked, self.isa, self.float_tile)),)
+            return PreparedMatmul(self, fmt.qtype, n, k, "float", packed)
+        q, d = unpacked
+        wq, wd = ir_q8.pack_weights(q, d, self.isa, self.int_tile)
+        return PreparedMatmul(self, fmt.qtype, n, k, "int", (aligned_copy(wq), aligned_copy(wd)))
+
+
+@dataclass
+class PreparedMatmul:
+    """A weight repacked for one kernel library; call it with X (T, K) fp32 to get X·Wᵀ."""
+
+    lib: KernelLibrary
+    qtype: GGMLQuantizationType
+    n: int
+    k: int
+    family: str
+    packed: tuple[np.ndarray, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.k)
+
+    def _check(self, x: object) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise KernelInputError(f"matmul input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise KernelInputError(f"matmul input must be float32, got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != self.k:
+            raise KernelInputError(f"matmul input must have shape (T, {self.k}) for a "
+                                   f"{self.n}x{self.k} weight, got {x.shape}")
+        if not (x.flags.c_contiguous and x.flags.aligned):
+            raise KernelInputError("matmul input must be C-contiguous and aligned "
+                                   "(use np.ascontiguousarray)")
+        return x
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        t = x.shape[0]
+        y = np.empty((t, self.n), dtype=np.float32)
+        if t == 0:
+            return y
+        if self.family == "float":
+            self._run_float(x, y)
+        else:
+            self._run_int(x, y)
+        return y
+
+    def _ranges(self, rows: int, mr: int, panels: int) -> tuple[list, list]:
+        """Work split: by weight panels when there are plenty, else by token-row tiles."""
+        nt = self.lib.threads
+        if panels >= 4 * nt or rows <= mr:
+            return [(0, rows)], split_range(0, panels, nt)
+        return split_range(0, rows, nt, mr), [(0, panels)]
+
+    def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
+        (w,) = self.packed
+        tile = self.lib.float_tile
+        t = x.shape[0]
+        tpad = -(-t // tile.mr) * tile.mr
+        trs, prs = self._ranges(tpad, tile.mr, w.shape[0])
+        f, args = self.lib._f32mm, (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n,
+                                     self.k, self.n)
+        run_parallel(lambda a, b: f(*args, *_pick(a, b, trs, prs)), _items(trs, prs),
+                     self.lib.threads)
+
+    def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
+        wq, wd = self.packed
+        lib, tile = self.lib, self.lib.int_tile
+        t, k = x.shape
+        nb = k // QK
+        tpad = -(-t // tile.mr) * tile.mr
+        xq = aligned_empty((tpad, k * ir_q8.act_elem_bytes(lib.isa)), np.uint8)
+        xd = aligned_empty((tpad, nb), np.float32)
+        xc = aligned_empty((tpad, nb), np.int32)
+        qargs = (x.ctypes.data, xq.ctypes.data, xd.ctypes.data, xc.ctypes.data, t, k)
+        run_parallel(lambda a, b: lib._quantize(*qargs, a, b),
+                     split_range(0, tpad, lib.threads, tile.mr), lib.threads)
+        trs, prs = self._ranges(tpad, tile.mr, wq.shape[0])
+        margs = (wq.ctypes.data, wd.ctypes.data, xq.ctypes.data, xd.ctypes.data,
+                 xc.ctypes.data, y.ctypes.data, t, self.n, k, self.n)
+        run_parallel(lambda a, b: lib._q8mm(*margs, *_pick(a, b, trs, prs)),
+                     _items(trs, prs), lib.threads)
+
+
+def _items(trs: list, prs: list) -> list[tuple[int, int]]:
+    """Index pairs enumerating whichever of the two splits has more than one range."""
+    return [(i, 0) for i in range(len(trs))] if len(trs) > 1 else [(0, j) for j in range(len(prs))]
+
+
+def _pick(i: int, j: int, trs: list, prs: list) -> tuple[int, int, int, int]:
+    return (*trs[i], *prs[j])
+
+
+_libraries: dict[tuple[str, int], KernelLibrary] = {}
+_libraries_lock = threading.Lock()
+
+
+def get_kernel_library(isa: str | None = None, threads: int | None = None) -> KernelLibrary:
+    """The process-wide library for ``isa`` (default: detected) and ``threads`` (default:
+    ``$EMBEDPIPE_THREADS`` or the usable cores)."""
+    spec = detect_isa(override=isa) if isa is not None else detect_isa()
+    nthreads = default_threads() if threads is None else int(threads)
+    if nthreads < 1:
+        raise EmbedpipeError(f"threads must be >= 1, got {threads}")
+    key = (spec.name, nthreads)
+    with _libraries_lock:
+        lib = _libraries.get(key)
+        if lib is None:
+            lib = KernelLibrary(spec, nthreads)
+            _libraries[key] = lib
+        return lib
+
+
+__all__ = ["KernelLibrary", "PreparedMatmul", "KernelInputError", "get_kernel_library",
+           "build_module", "TILES", "ISAS"]

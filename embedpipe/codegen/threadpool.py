@@ -1,0 +1,45 @@
+"""Run native kernel calls over row/column ranges on a shared thread pool.
+
+ctypes releases the GIL for the duration of a foreign call, so plain Python threads give true
+parallelism.  The calling thread runs the first range itself, which saves one hand-off for the
+small matmuls of short documents.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embedpipe-kernel")
+            _pools[threads] = pool
+        return pool
+
+
+def split_range(start: int, stop: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """Split ``[start, stop)`` into at most ``parts`` non-empty ranges aligned to ``multiple``."""
+    units = -(-(stop - start) // multiple)
+    parts = max(1, min(parts, units))
+    bounds = [start + (units * i // parts) * multiple for i in range(parts)] + [stop]
+    return [(a, min(b, stop)) for a, b in zip(bounds, bounds[1:]) if a < min(b, stop)]
+
+
+def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int]],
+                 threads: int) -> None:
+    """Call ``fn(a, b)`` for every range, spread over ``threads`` threads."""
+    if threads <= 1 or len(ranges) <= 1:
+        for a, b in ranges:
+            fn(a, b)
+        return
+    futures = [_pool(threads).submit(fn, a, b) for a, b in ranges[1:]]
+    fn(*ranges[0])
+    for fut in futures:
+        fut.result()
