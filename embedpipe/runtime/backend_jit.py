@@ -1,0 +1,37 @@
+"""The "jit" matmul backend: weights repacked for llvmlite-compiled kernels (embedpipe.codegen).
+
+Weight types without a JIT kernel fall back to the numpy oracle, tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from embedpipe.codegen import FORMATS, get_kernel_library
+from embedpipe.errors import EmbedpipeError
+from embedpipe.runtime.backends import MatmulFn, NumpyBackend
+from embedpipe.runtime.gguf_file import WeightTensor
+
+log = logging.getLogger(__name__)
+
+
+class JitBackend:
+    name = "jit"
+
+    def __init__(self, threads: int | None = None, isa: str | None = None):
+        try:
+            self.library = get_kernel_library(isa=isa, threads=threads)
+        except EmbedpipeError:
+            raise
+        except Exception as exc:  # LLVM could not build kernels for this host
+            raise EmbedpipeError(f"JIT kernels unavailable: {exc}") from exc
+        self.threads = self.library.threads
+        self._fallback = NumpyBackend(threads)
+
+    def prepare(self, tensor: WeightTensor) -> MatmulFn:
+        if tensor.qtype not in FORMATS or len(tensor.shape) != 2:
+            log.debug("no JIT kernel for %s (%s %s); using numpy", tensor.name,
+                      tensor.qtype.name, tensor.shape)
+            return self._fallback.prepare(tensor)
+        n, k = tensor.shape
+        return self.library.prepare_matmul(tensor.qtype, tensor.rows(), n, k)
