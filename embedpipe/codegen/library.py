@@ -109,9 +109,10 @@ class KernelLibrary:
                 and n > 0 and k > 0):
             raise KernelInputError(f"weight dimensions must be positive integers, got {n}x{k}")
         n, k = int(n), int(k)
-        if k % max(fmt.block_size, QK if fmt.family == "int" else 1):
+        block = max(fmt.block_size, QK if fmt.family == "int" else 1)
+        if k % block:
             raise KernelInputError(f"{fmt.qtype.name} weight: K={k} is not a multiple of the "
-                                   f"block size {max(fmt.block_size, QK)}")
+                                   f"block size {block}")
         row_bytes = fmt.row_bytes(k)
         if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
             raise KernelInputError(f"{fmt.qtype.name} weight: raw data must be a uint8 numpy "
