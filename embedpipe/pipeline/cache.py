@@ -1,0 +1,154 @@
+"""Embedding cache: an in-memory LRU over one SQLite file (WAL: many readers, one writer at a time).
+
+A key is the SHA-256 of (model SHA-256, task, dim, title, SHA-256(text), chunking setting), so
+vectors of different models, tasks, dims or titles never collide. One entry holds everything an
+input row became (its chunks' spans and token counts plus float32 vectors), so an unchanged
+corpus is re-ingested without tokenizing or running the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from platformdirs import user_cache_dir
+
+from embedpipe.errors import EmbedpipeError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    key BLOB PRIMARY KEY,
+    model TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    value BLOB NOT NULL
+) WITHOUT ROWID
+"""
+LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...), below SQLite's bound-variable limit
+HEADER = struct.Struct("<iii")  # n_chunks, truncated, text_tokens
+SPAN = struct.Struct("<iii")  # token_start, token_end, sequence tokens
+
+
+def default_cache_path() -> Path:
+    root = os.environ.get("EMBEDPIPE_CACHE_DIR")
+    return (Path(root) if root else Path(user_cache_dir("embedpipe"))) / "embeddings.sqlite"
+
+
+@dataclass
+class CachedRow:
+    """What one input row became: chunk spans, sequence lengths and unit vectors."""
+
+    spans: list[tuple[int, int]]
+    seq_tokens: list[int]
+    vectors: np.ndarray  # (n_chunks, dim) float32
+    text_tokens: int
+    truncated: bool
+
+    def pack(self) -> bytes:
+        head = HEADER.pack(len(self.spans), int(self.truncated), self.text_tokens)
+        spans = b"".join(SPAN.pack(s, e, n) for (s, e), n in zip(self.spans, self.seq_tokens))
+        return head + spans + np.ascontiguousarray(self.vectors, np.float32).tobytes()
+
+    @classmethod
+    def unpack(cls, blob: bytes, dim: int) -> "CachedRow | None":
+        """None for a blob of the wrong shape (treated as a miss, then overwritten)."""
+        if len(blob) < HEADER.size:
+            return None
+        n, truncated, text_tokens = HEADER.unpack_from(blob)
+        if n <= 0 or len(blob) != HEADER.size + n * (SPAN.size + 4 * dim):
+            return None
+        rows = [SPAN.unpack_from(blob, HEADER.size + i * SPAN.size) for i in range(n)]
+        vecs = np.frombuffer(blob, np.float32, n * dim, HEADER.size + n * SPAN.size).reshape(n, dim)
+        return cls([(s, e) for s, e, _ in rows], [k for _, _, k in rows], vecs, text_tokens, bool(truncated))
+
+
+def cache_key(model_sha256: str, task: str, dim: int, title: str | None, text: str, setting: str) -> bytes:
+    text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    title_part = "\x00" if title is None else "t" + title
+    raw = "\x1f".join((model_sha256, task, str(dim), title_part, text_sha, setting))
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
+
+
+class EmbeddingCache:
+    """get_many / put_many over SQLite with a bounded LRU in front."""
+
+    def __init__(self, path: Path | str | None = None, memory_bytes: int = 64 << 20):
+        self.path = Path(path) if path else default_cache_path()
+        self.memory_bytes = memory_bytes
+        self._lru: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lru_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise EmbedpipeError(f"embedding cache {self.path}: cannot open ({exc}); use --no-cache or set EMBEDPIPE_CACHE_DIR") from exc
+
+    def _remember(self, key: bytes, blob: bytes) -> None:
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return
+        self._lru[key] = blob
+        self._lru_bytes += len(blob) + len(key)
+        while self._lru_bytes > self.memory_bytes and self._lru:
+            k, v = self._lru.popitem(last=False)
+            self._lru_bytes -= len(k) + len(v)
+
+    def get_many(self, keys: list[bytes], dim: int) -> dict[bytes, CachedRow]:
+        found: dict[bytes, bytes] = {}
+        wanted = []
+        for k in dict.fromkeys(keys):
+            blob = self._lru.get(k)
+            if blob is None:
+                wanted.append(k)
+            else:
+                self._lru.move_to_end(k)
+                found[k] = blob
+        for i in range(0, len(wanted), LOOKUP_CHUNK):
+            part = wanted[i:i + LOOKUP_CHUNK]
+            sql = f"SELECT key, value FROM embeddings WHERE key IN ({','.join('?' * len(part))})"
+            try:
+                rows = self._db.execute(sql, part).fetchall()
+            except sqlite3.Error as exc:
+                raise EmbedpipeError(f"embedding cache {self.path}: read failed ({exc})") from exc
+            for k, blob in rows:
+                found[bytes(k)] = bytes(blob)
+                self._remember(bytes(k), bytes(blob))
+        out = {}
+        for k, blob in found.items():
+            row = CachedRow.unpack(blob, dim)
+            if row is not None:
+                out[k] = row
+        self.hits += sum(1 for k in keys if k in out)
+        self.misses += sum(1 for k in keys if k not in out)
+        return out
+
+    def put_many(self, items: list[tuple[bytes, str, int, CachedRow]]) -> None:
+        """Insert (key, model sha, dim, row) in one transaction."""
+        if not items:
+            return
+        blobs = [(k, model, dim, row.pack()) for k, model, dim, row in items]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO embeddings (key, model, dim, value) VALUES (?, ?, ?, ?)", blobs)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise EmbedpipeError(f"embedding cache {self.path}: write failed ({exc})") from exc
+        for k, _, _, blob in blobs:
+            self._remember(k, blob)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,154 @@
+"""Resume manifest: an append-only, fsynced log of finished parts in the output directory.
+
+`_manifest.jsonl` line 1 is the job header (model, settings, inputs), written atomically; every
+later line records one committed part (its input row range, file, counts and the length of
+`_skipped.jsonl` after its skipped rows were appended); a last `done` line closes the job. The
+commit order per part is: part file fsynced and renamed -> skipped rows appended and fsynced ->
+manifest line appended and fsynced. A kill at any moment leaves at worst a torn last line, a temp
+file, a renamed part without a manifest line or extra skipped lines; `Manifest.open` removes all
+of those, so the resumed job redoes exactly the unfinished parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from embedpipe.errors import EmbedpipeError
+from embedpipe.pipeline.writer import PART_GLOB, TEMP_GLOB, fsync_dir
+
+MANIFEST = "_manifest.jsonl"
+SKIPPED = "_skipped.jsonl"
+SUMMARY = "_summary.json"
+OWNED_GLOBS = (PART_GLOB, TEMP_GLOB, MANIFEST, SKIPPED, SUMMARY, f".{MANIFEST}.tmp")
+
+
+class ResumeRefused(EmbedpipeError):
+    """The output directory belongs to a job with different model/settings/inputs."""
+
+
+def _describe_diff(old: dict, new: dict) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            if key == "inputs":
+                out.append("the input files changed (paths, sizes or modification times)")
+            else:
+                out.append(f"{key}: was {old.get(key)!r}, now {new.get(key)!r}")
+    return out
+
+
+def _append_line(path: Path, data: dict) -> None:
+    with open(path, "ab") as handle:
+        handle.write((json.dumps(data, sort_keys=True) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class Manifest:
+    def __init__(self, out_dir: Path, header: dict):
+        self.out_dir = out_dir
+        self.path = out_dir / MANIFEST
+        self.header = header
+        self.parts: dict[int, dict] = {}
+        self.done: dict | None = None
+        self.skipped_bytes = 0
+
+    @classmethod
+    def open(cls, out_dir: Path, header: dict, resume: bool = False, overwrite: bool = False) -> "Manifest":
+        """Start a job in `out_dir` or pick up the one already there (same header required)."""
+        out_dir = Path(out_dir)
+        if overwrite and out_dir.exists():
+            remove_outputs(out_dir)
+        manifest = cls(out_dir, header)
+        if manifest.path.exists():
+            manifest._load()
+            manifest._clean()
+            return manifest
+        if resume:
+            raise EmbedpipeError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume to start")
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise EmbedpipeError(f"{out_dir} exists and is not an ingest output directory being resumed; "
+                                 "choose a new or empty --output, or pass --overwrite")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps({"kind": "header", **header}, sort_keys=True) + "\n")
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, manifest.path)
+        fsync_dir(out_dir)
+        return manifest
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        good = 0
+        entries = []
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # torn by a kill in the middle of an append
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                break
+            good += len(line)
+        if good < len(raw):
+            with open(self.path, "rb+") as handle:
+                handle.truncate(good)
+                os.fsync(handle.fileno())
+        if not entries or entries[0].get("kind") != "header":
+            raise EmbedpipeError(f"{self.path}: not an embedpipe manifest; pass --overwrite to start over")
+        old = {k: v for k, v in entries[0].items() if k != "kind"}
+        diff = _describe_diff(old, self.header)
+        if diff:
+            raise ResumeRefused(f"refusing to resume into {self.out_dir}: it holds a job with different settings — "
+                                + "; ".join(diff) + ". Use another --output, or --overwrite to start over.")
+        for entry in entries[1:]:
+            if entry.get("kind") == "part":
+                self.parts[int(entry["index"])] = entry
+                self.skipped_bytes = int(entry["skipped_bytes"])
+            elif entry.get("kind") == "done":
+                self.done = entry
+
+    def _clean(self) -> None:
+        """Drop what a killed run left behind: temps, uncommitted parts, uncommitted skipped lines."""
+        committed = {entry["file"] for entry in self.parts.values()}
+        for temp in self.out_dir.glob(TEMP_GLOB):
+            temp.unlink(missing_ok=True)
+        for part in self.out_dir.glob(PART_GLOB):
+            if part.name not in committed:
+                part.unlink()
+        missing = sorted(name for name in committed if not (self.out_dir / name).exists())
+        if missing:
+            raise EmbedpipeError(f"{self.out_dir}: committed part files are missing ({', '.join(missing[:5])}); "
+                                 "the output was modified by hand — pass --overwrite to start over")
+        skipped = self.out_dir / SKIPPED
+        if skipped.exists() and skipped.stat().st_size != self.skipped_bytes:
+            with open(skipped, "rb+") as handle:
+                handle.truncate(self.skipped_bytes)
+                os.fsync(handle.fileno())
+
+    def commit(self, record: dict, skipped_lines: list[dict]) -> None:
+        """Make one finished part durable (its file must already be renamed into place)."""
+        skipped = self.out_dir / SKIPPED
+        if skipped_lines:
+            with open(skipped, "ab") as handle:
+                handle.write(b"".join((json.dumps(s) + "\n").encode() for s in skipped_lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+            self.skipped_bytes = skipped.stat().st_size
+        entry = {"kind": "part", **record, "skipped_bytes": self.skipped_bytes}
+        _append_line(self.path, entry)
+        self.parts[int(record["index"])] = entry
+
+    def finish(self, totals: dict) -> None:
+        entry = {"kind": "done", **totals}
+        _append_line(self.path, entry)
+        self.done = entry
+
+
+def remove_outputs(out_dir: Path) -> None:
+    """--overwrite: delete only files this tool writes, never anything else in the directory."""
+    for pattern in OWNED_GLOBS:
+        for path in out_dir.glob(pattern):
+            path.unlink()
