@@ -18,6 +18,7 @@ from embedpipe.errors import EmbedpipeError
 COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.model_cmd",
     "embedpipe.cli.embed_cmd",
+    "embedpipe.cli.ingest_cmd",
 )
 
 app = typer.Typer(
