@@ -68,7 +68,7 @@ class Manifest:
             return manifest
         if resume:
             raise EmbedpipeError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume to start")
-        if out_dir.exists() and any(out_dir.iterdir()):
+        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
             raise EmbedpipeError(f"{out_dir} exists and is not an ingest output directory being resumed; "
                                  "choose a new or empty --output, or pass --overwrite")
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,7 @@ class JsonlSource(Source):
 
     def schema(self) -> pa.Schema:
         for block in self._blocks():
-            return self._fast(block, None).schema
+            return _tolerant_schema(self, block)
         raise InputError(f"{self.path}: empty JSONL file")
 
     @staticmethod
@@ -236,14 +236,27 @@ class JsonlSource(Source):
                 yield batch.slice(off, rows)
 
 
-def _jsonl_schema(source: JsonlSource, block: bytes, columns: list[str]) -> pa.Schema:
-    """Column types fixed from the first block (text as string) so every block casts alike."""
+def _tolerant_schema(source: "JsonlSource", block: bytes) -> pa.Schema:
+    """Column types of a block: pyarrow's inference, or per column when the block has mixed types."""
     try:
-        inferred = source._fast(block, None).schema
+        return source._fast(block, None).schema
     except pa.ArrowException:
-        rows = [json.loads(line) for line in source._lines(block) if _is_json_object(line)]
-        inferred = pa.Table.from_pylist([{c: r.get(c) for c in columns if c != columns[0]} for r in rows]).schema \
-            if rows else pa.schema([])
+        pass
+    rows = [r for r in (_json_object(line) for line in source._lines(block)) if r is not None]
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    fields = []
+    for name in names:
+        try:
+            t = pa.array([r.get(name) for r in rows]).type
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            t = pa.string()
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(t) else t))
+    return pa.schema(fields)
+
+
+def _jsonl_schema(source: "JsonlSource", block: bytes, columns: list[str]) -> pa.Schema:
+    """Column types fixed from the first block (text as string) so every block casts alike."""
+    inferred = _tolerant_schema(source, block)
     fields = [pa.field(columns[0], pa.string())]
     for c in columns[1:]:
         t = inferred.field(c).type if c in inferred.names else pa.string()
@@ -251,11 +264,12 @@ def _jsonl_schema(source: JsonlSource, block: bytes, columns: list[str]) -> pa.S
     return pa.schema(fields)
 
 
-def _is_json_object(line: bytes) -> bool:
+def _json_object(line: bytes) -> dict | None:
     try:
-        return isinstance(json.loads(line), dict)
+        row = json.loads(line)
     except ValueError:
-        return False
+        return None
+    return row if isinstance(row, dict) else None
 
 
 SOURCE_TYPES: dict[str, type[Source]] = {
