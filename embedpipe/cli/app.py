@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.model_cmd",
     "embedpipe.cli.embed_cmd",
     "embedpipe.cli.ingest_cmd",
+    "embedpipe.cli.bench_cmd",
 )
 
 app = typer.Typer(

@@ -1,0 +1,63 @@
+"""`embedpipe bench ...`: speed measurements printed as same-run medians and ratios.
+
+Each benchmark is one small function calling into its package; add new ones to BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Optional
+
+import typer
+
+from embedpipe.cli.common import THREADS_OPTION_HELP
+
+bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.",
+                        no_args_is_help=True)
+
+
+def _split(values: Optional[list[str]]) -> list[str] | None:
+    """Accept repeated options and comma lists alike: --type Q8_0,F16 --type Q4_0."""
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def kernels(
+    types: Optional[list[str]] = typer.Option(None, "--type", help="Weight types (default Q8_0), e.g. Q8_0,Q4_0,F16,BF16,F32,Q4_K,Q6_K."),
+    isas: Optional[list[str]] = typer.Option(None, "--isa", help="Instruction sets (default: detected; 'all' = every one this CPU runs)."),
+    tokens: Optional[list[str]] = typer.Option(None, "--tokens", help="Token counts T (default 16,128,512,2048)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    repeats: int = typer.Option(7, "--repeats", min=1, help="Runs per measurement (median)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """JIT matmul kernels on the model's FFN shapes vs numpy fp32 BLAS, with % of int8 peak."""
+    from embedpipe.codegen.bench import TOKENS, all_runnable_isa_names, run_kernel_bench
+    from embedpipe.codegen.quant_formats import FORMATS
+
+    names = [n.upper() for n in (_split(types) or ["Q8_0"])]
+    known = {q.name for q in FORMATS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown type(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
+    isa_names = _split(isas)
+    if isa_names == ["all"]:
+        isa_names = all_runnable_isa_names()
+    try:
+        token_counts = tuple(int(t) for t in _split(tokens)) if tokens else TOKENS
+    except ValueError:
+        raise typer.BadParameter("--tokens takes integers, e.g. 16,128,512") from None
+    report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
+    summary = run_kernel_bench(names, isa_names, token_counts, threads, repeats, report=report)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+
+
+BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels}
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in BENCHMARKS.items():
+        bench_app.command(name)(fn)
+    app.add_typer(bench_app, name="bench")

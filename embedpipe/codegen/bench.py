@@ -1,0 +1,220 @@
+"""Kernel benchmark: GOPS per weight type × ISA × shape, against numpy fp32 BLAS and the peak.
+
+The peak is measured in the same run by an emitted loop of independent dot instructions
+(the ISA's own int8 dot, or fp32 FMA) on every thread, so the reported fraction is robust to
+turbo clocks and to other load on the machine.  A nominal figure from the OS clock is printed
+beside it where the per-cycle throughput of the core is known.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from embedpipe.codegen import ir_q8, jit
+from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, fmuladd, for_range,
+                                      intrinsic, load_at, new_function, store_at, vec)
+from embedpipe.codegen.isa import IsaSpec, detect_isa, runnable_isas
+from embedpipe.codegen.library import get_kernel_library
+from embedpipe.codegen.quant_formats import FORMATS
+from embedpipe.codegen.threadpool import run_parallel
+
+Q = GGMLQuantizationType
+
+# The embedding model's FFN products (K -> N): gate/up 768->1152, down 1152->768.
+MODEL_SHAPES: tuple[tuple[int, int], ...] = ((768, 1152), (1152, 768))
+TOKENS: tuple[int, ...] = (16, 128, 512, 2048)
+# Nominal int8 ops per cycle per core where the core is known (Zen 4: one 512-bit vpdpbusd per
+# cycle on its two double-pumped 256-bit pipes = 64 MACs = 128 ops).
+NOMINAL_INT8_OPS_PER_CYCLE = {"avx512_vnni": 128}
+PEAK_CHAINS = 12
+PEAK_ITERS = 100_000
+
+
+@dataclass
+class KernelResult:
+    qtype: str
+    isa: str
+    k: int
+    n: int
+    tokens: int
+    threads: int
+    ms: float
+    gops: float
+    numpy_ms: float
+    speedup_vs_numpy: float
+    # of the int8-dot peak (integer types) or the fp32-FMA peak (float types):
+    fraction_of_peak: float  # per busy CPU second, each run paired with a peak probe
+    fraction_of_peak_wall: float  # wall-clock GOPS / best measured peak
+
+
+def _peak_module(isa: IsaSpec, kind: str) -> tuple[str, str]:
+    """``void f(buf, iters)``: PEAK_CHAINS independent dot (or FMA) chains per iteration."""
+    m = ir.Module(name=f"peak_{kind}_{isa.name}")
+    m.triple = isa.triple
+    name = f"ep_peak_{kind}_{isa.name}"
+    fn, b = new_function(m, name, [("buf", PTR), ("iters", I64)])
+    ty = vec(I32, isa.lanes) if kind == "int" else vec(F32, isa.lanes)
+    slots = [b.alloca(ty) for _ in range(PEAK_CHAINS)]
+    a = load_at(b, ty, fn.args[0], const_i64(0), 4)
+    c = load_at(b, ty, fn.args[0], const_i64(4 * isa.lanes), 4)
+    for s in slots:
+        b.store(ir.Constant(ty, None), s)
+    with for_range(b, const_i64(0), fn.args[1], 1, "i"):
+        for s in slots:
+            step = (ir_q8._dot(b, m, isa, b.load(s), a, c) if kind == "int"
+                    else fmuladd(b, m, a, c, b.load(s)))
+            b.store(step, s)
+    total = b.load(slots[0])
+    for s in slots[1:]:
+        total = b.add(total, b.load(s)) if kind == "int" else b.fadd(total, b.load(s))
+    store_at(b, total, fn.args[0], const_i64(0), 4)
+    b.ret_void()
+    return str(m), name
+
+
+class PeakProbe:
+    """Back-to-back dot (int8: 2·lanes·kgroup ops each) or FMA instructions on all threads."""
+
+    def __init__(self, isa: IsaSpec, threads: int, kind: str = "int") -> None:
+        text, name = _peak_module(isa, kind)
+        addr = jit.host_engine().load(jit.compile_object(text, isa), [name])[name]
+        self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(addr)
+        self._bufs = [np.zeros(2 * isa.lanes, np.int32) for _ in range(threads)]
+        self.threads = threads
+        self.ops = threads * PEAK_ITERS * PEAK_CHAINS * 2 * isa.lanes * (
+            isa.kgroup if kind == "int" else 1)
+
+    def run(self) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of one probe."""
+        cpu, start = time.process_time(), time.perf_counter()
+        run_parallel(lambda i, _: self._fn(self._bufs[i].ctypes.data, PEAK_ITERS),
+                     [(i, i + 1) for i in range(self.threads)], self.threads)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    def gops(self) -> float:
+        return self.ops / self.run()[0] / 1e9
+
+
+def nominal_peak_gops(isa: IsaSpec, threads: int) -> float | None:
+    per_cycle = NOMINAL_INT8_OPS_PER_CYCLE.get(isa.name)
+    mhz = _cpu_mhz()
+    return per_cycle * mhz * 1e6 * threads / 1e9 if per_cycle and mhz else None
+
+
+def _cpu_mhz() -> float | None:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1])
+    except OSError:
+        pass
+    return None
+
+
+def _paired(fn: Callable[[], object], ops: float, probe: PeakProbe, repeats: int
+            ) -> tuple[float, float]:
+    """Median wall seconds of ``fn`` and its median fraction of the peak per busy CPU second.
+
+    Each run is paired with a peak probe taken right before it, and both are measured in
+    process CPU time: on a shared machine, time spent descheduled then counts against neither,
+    so the fraction describes the kernel, not the neighbours.  Wall time is reported as is.
+    """
+    fn()
+    times, ratios = [], []
+    for _ in range(repeats):
+        _, probe_cpu = probe.run()
+        cpu, start = time.process_time(), time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        used = max(time.process_time() - cpu, 1e-9)
+        ratios.append((ops / used) / (probe.ops / max(probe_cpu, 1e-9)))
+    return statistics.median(times), statistics.median(ratios)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random GGUF bytes of ``qtype`` and their float32 dequantization (for numpy)."""
+    from gguf import quants
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
+    if qtype in (Q.Q4_K, Q.Q6_K):  # gguf-py cannot quantize these: random blocks, sane scales
+        from gguf import GGML_QUANT_SIZES
+        _, ts = GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(n, k // 256, ts), dtype=np.uint8)
+        d = np.full((n, k // 256), 1e-3, np.float16).view(np.uint8).reshape(n, k // 256, 2)
+        raw[:, :, (0 if qtype == Q.Q4_K else ts - 2):][:, :, :2] = d
+        raw = raw.reshape(n, -1)
+    else:
+        raw = np.asarray(quants.quantize(w, qtype)).view(np.uint8).reshape(n, -1)
+    deq = np.asarray(quants.dequantize(raw, qtype), np.float32).reshape(n, k)
+    return raw, deq
+
+
+def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = None,
+                     tokens: tuple[int, ...] = TOKENS, threads: int | None = None,
+                     repeats: int = 7, shapes: tuple[tuple[int, int], ...] = MODEL_SHAPES,
+                     report: Callable[[str], None] = print) -> dict:
+    """Benchmark every requested (type, ISA, shape, T); returns a JSON-able summary."""
+    names = qtypes or ["Q8_0"]
+    specs = [detect_isa(override=i) for i in isas] if isas else [detect_isa()]
+    rng = np.random.default_rng(0)
+    results: list[KernelResult] = []
+    peaks: dict[str, dict] = {}
+    for spec in specs:
+        lib = get_kernel_library(spec.name, threads)
+        probes = {kind: PeakProbe(spec, lib.threads, kind) for kind in ("int", "float")}
+        best = {kind: max(p.gops() for _ in range(5)) for kind, p in probes.items()}
+        nominal = nominal_peak_gops(spec, lib.threads)
+        peaks[spec.name] = {"measured_int8_gops": best["int"], "nominal_int8_gops": nominal,
+                            "measured_fp32_gflops": best["float"], "threads": lib.threads}
+        report(f"{spec.name}: {lib.threads} threads, measured peaks (best of 5): int8 dot "
+               f"{best['int']:.0f} GOPS, fp32 FMA {best['float']:.0f} GFLOP/s"
+               + (f"; nominal int8 {nominal:.0f} GOPS at the OS-reported clock, measured int8 "
+                  f"implies {best['int'] / nominal * _cpu_mhz() / 1000:.2f} GHz"
+                  if nominal else ""))
+        report(f"{'type':6} {'K':>5} {'N':>5} {'T':>5} {'ms':>8} {'GOPS':>7} {'%pk cpu':>7} "
+               f"{'%pk wall':>8} {'numpy ms':>9} {'x numpy':>7}")
+        for name in names:
+            qtype = Q[name]
+            fmt = FORMATS[qtype]
+            kind = "float" if fmt.family == "float" else "int"
+            for k, n in shapes:
+                if k % max(fmt.block_size, 32 if fmt.family == "int" else 1):
+                    continue
+                raw, deq = _weight(qtype, n, k, rng)
+                mm = lib.prepare_matmul(qtype, raw, n, k)
+                wt = np.ascontiguousarray(deq.T)
+                for t in tokens:
+                    x = rng.standard_normal((t, k)).astype(np.float32)
+                    ops = 2 * t * k * n
+                    sec, per_peak = _paired(lambda: mm(x), ops, probes[kind], repeats)
+                    np_sec = _median_seconds(lambda: x @ wt, repeats)
+                    gops = ops / sec / 1e9
+                    res = KernelResult(name, spec.name, k, n, t, lib.threads, sec * 1e3, gops,
+                                       np_sec * 1e3, np_sec / sec, per_peak, gops / best[kind])
+                    results.append(res)
+                    report(f"{name:6} {k:5} {n:5} {t:5} {res.ms:8.3f} {gops:7.1f} "
+                           f"{100 * res.fraction_of_peak:6.1f}% "
+                           f"{100 * res.fraction_of_peak_wall:7.1f}% {res.numpy_ms:9.3f} "
+                           f"{res.speedup_vs_numpy:7.2f}")
+    return {"peaks": peaks, "results": [asdict(r) for r in results]}
+
+
+def all_runnable_isa_names() -> list[str]:
+    return [s.name for s in runnable_isas()]
