@@ -1,0 +1,265 @@
+"""Annoy-style random-projection forest, stored in Spotify Annoy's on-disk layout (angular).
+
+The ``.ann`` file is exactly what ``annoy.AnnoyIndex(f, "angular").save`` writes, so either
+library opens the other's files. Each node is ``s = 12 + 4f`` bytes::
+
+    int32 n_descendants | int32 children[2] (items: float32 |v|² in children[0]) | float32 v[f]
+
+* nodes 0..n-1 are the items (n_descendants = 1, v = the vector);
+* split nodes: v = unit hyperplane normal, children[1] holds the side with v·x > 0;
+* leaf buckets: n_descendants ≤ K = f + 2 item ids written over children[] and v[];
+* every tree root is copied to the end of the file; a reader finds the roots as the trailing
+  run of nodes whose n_descendants equals the item count.
+
+Our ids, metadata, kept columns and a CRC of the ``.ann`` file live in a sidecar
+``PATH.ids`` (an embedpipe container), so the ``.ann`` file itself stays pure Annoy.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm import tqdm
+
+from embedpipe.indexes.base import (IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows,
+                                    pad_topk, topk_desc)
+from embedpipe.indexes.format import (IndexFileError, atomic_write, crc32_of, read_container,
+                                      write_container)
+
+SIDECAR_SUFFIX = ".ids"
+HEADER_INTS = 3  # n_descendants, children[0], children[1]
+SPLIT_ATTEMPTS = 3
+MAX_IMBALANCE = 0.95
+TWO_MEANS_SAMPLE = 256
+TWO_MEANS_ITERS = 6
+
+
+class _TreeBuilder:
+    """Grows one forest into a list of node rows (int32 words), post-order like Annoy."""
+
+    def __init__(self, x: np.ndarray, seed: int) -> None:
+        self.x = x
+        self.n, self.f = x.shape
+        self.K = self.f + 2
+        self.rng = np.random.default_rng(seed)
+        self.rows: list[np.ndarray] = []
+
+    def _new(self, row: np.ndarray) -> int:
+        self.rows.append(row)
+        return self.n + len(self.rows) - 1
+
+    def _leaf(self, idx: np.ndarray) -> int:
+        row = np.zeros(HEADER_INTS + self.f, np.int32)
+        row[0] = len(idx)
+        row[1:1 + len(idx)] = idx
+        return self._new(row)
+
+    def _two_means(self, pts: np.ndarray) -> np.ndarray:
+        """Unit normal between two spherical-2-means centroids of a sample (Annoy's idea,
+        run as a few vectorized Lloyd steps instead of 200 sequential updates)."""
+        if len(pts) > TWO_MEANS_SAMPLE:
+            pts = pts[self.rng.choice(len(pts), TWO_MEANS_SAMPLE, replace=False)]
+        i, j = self.rng.choice(len(pts), 2, replace=False)
+        c = np.stack([pts[i], pts[j]])
+        for _ in range(TWO_MEANS_ITERS):
+            assign = (pts @ c.T).argmax(axis=1)
+            for side in (0, 1):
+                members = pts[assign == side]
+                if len(members):
+                    c[side] = members.sum(axis=0)
+            c = normalize_rows(c)
+        normal = c[0] - c[1]
+        norm = np.linalg.norm(normal)
+        return normal / norm if norm > 0 else normal
+
+    def grow(self, idx: np.ndarray, is_root: bool) -> int:
+        if len(idx) == 1 and not is_root:
+            return int(idx[0])
+        if len(idx) <= self.K and (not is_root or self.n <= self.K or len(idx) == 1):
+            return self._leaf(idx)
+        pts = self.x[idx]
+        for _ in range(SPLIT_ATTEMPTS):
+            normal = self._two_means(pts)
+            side = pts @ normal > 0
+            ones = int(side.sum())
+            if max(ones, len(idx) - ones) / len(idx) <= MAX_IMBALANCE:
+                break
+        else:  # no useful hyperplane: random sides, zero normal (as Annoy does)
+            normal = np.zeros(self.f, np.float32)
+            side = self.rng.random(len(idx)) < 0.5
+            if side.all() or not side.any():
+                side[: len(idx) // 2] = ~side[: len(idx) // 2]
+        left = self.grow(idx[~side], False)
+        right = self.grow(idx[side], False)
+        row = np.zeros(HEADER_INTS + self.f, np.int32)
+        row[0], row[1], row[2] = len(idx), left, right
+        row[HEADER_INTS:] = normal.astype(np.float32).view(np.int32)
+        return self._new(row)
+
+
+def build_nodes(x: np.ndarray, n_trees: int, seed: int = 0, progress: bool = False) -> np.ndarray:
+    """The full Annoy node array (int32, (n_nodes, 3 + f)) for unit vectors `x`."""
+    n, f = x.shape
+    items = np.zeros((n, HEADER_INTS + f), np.int32)
+    items[:, 0] = 1
+    items[:, 1] = np.einsum("ij,ij->i", x, x).astype(np.float32).view(np.int32)
+    items[:, HEADER_INTS:] = x.view(np.int32)
+    tb = _TreeBuilder(x, seed)
+    roots = [tb.grow(np.arange(n), True) for _ in tqdm(range(n_trees), desc="annoy trees",
+                                                       disable=not progress)]
+    tree = np.stack(tb.rows) if tb.rows else np.zeros((0, HEADER_INTS + f), np.int32)
+    all_nodes = np.concatenate([items, tree])
+    return np.concatenate([all_nodes, all_nodes[roots]])
+
+
+def find_roots(nodes: np.ndarray) -> tuple[list[int], int]:
+    """Annoy's loader: the trailing run of equal n_descendants are the root copies."""
+    nd = nodes[:, 0]
+    roots: list[int] = []
+    m = -1
+    for i in range(len(nodes) - 1, -1, -1):
+        if m == -1 or nd[i] == m:
+            roots.append(i)
+            m = int(nd[i])
+        else:
+            break
+    if len(roots) > 1 and nodes[roots[0], 1] == nodes[roots[-1], 1]:
+        roots.pop()  # the last original root precedes the copies
+    return roots, m
+
+
+class AnnoyIndex(VectorIndex):
+    """Forest of random-hyperplane trees; best-first search over all trees, exact re-rank."""
+
+    kind: ClassVar[str] = "annoy"
+
+    def __init__(self, nodes: np.ndarray, dim: int, ids: IdTable, meta: IndexMeta,
+                 columns: dict[str, StringTable] | None = None, search_k: int = -1,
+                 n_trees: int = 0) -> None:
+        super().__init__(dim, "fp32", ids, meta, columns)
+        self.nodes = nodes
+        self.roots, self.n_items = find_roots(nodes)
+        self.K = dim + 2
+        self.search_k, self.n_trees = search_k, n_trees or len(self.roots)
+        floats = nodes.view(np.float32)
+        self.items = floats[: self.n_items, HEADER_INTS:]
+        self.item_norm = np.sqrt(np.maximum(floats[: self.n_items, 1], 0))
+        nd = nodes[:, 0]
+        self._nd = nd.tolist()
+        self._c0 = nodes[:, 1].tolist()
+        self._c1 = nodes[:, 2].tolist()
+        self._split = np.flatnonzero(nd > self.K)
+        self._split_pos = {int(s): i for i, s in enumerate(self._split)}
+        self._split_v = floats[self._split, HEADER_INTS:]
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
+              columns: dict[str, StringTable] | None = None, n_trees: int = 50,
+              search_k: int = -1, seed: int = 0, progress: bool = False,
+              **unused: Any) -> AnnoyIndex:
+        nodes = build_nodes(np.ascontiguousarray(vectors, np.float32), n_trees, seed, progress)
+        return cls(nodes, vectors.shape[1], ids, meta, columns, search_k, n_trees)
+
+    # --- search -------------------------------------------------------------------------
+    def _candidates(self, margins: list[float] | None, q: np.ndarray, limit: int) -> np.ndarray:
+        nd, c0, c1, K, n_items = self._nd, self._c0, self._c1, self.K, self.n_items
+        heap = [(-np.inf, r) for r in self.roots]
+        found: list[Any] = []
+        count = 0
+        pos = self._split_pos
+        while heap and count < limit:
+            negd, i = heapq.heappop(heap)
+            d = -negd
+            n = nd[i]
+            if n == 1 and i < n_items:
+                found.append((i,))
+                count += 1
+            elif n <= K:
+                found.append(self.nodes[i, 1:1 + n])
+                count += n
+            else:
+                m = margins[pos[i]] if margins is not None else float(self._split_v[pos[i]] @ q)
+                heapq.heappush(heap, (-min(d, m), c1[i]))
+                heapq.heappush(heap, (-min(d, -m), c0[i]))
+        if not found:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate([np.asarray(f, np.int64) for f in found]))
+
+    def _search_rows(self, q: np.ndarray, k: int, search_k: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        limit = search_k if search_k is not None else self.search_k
+        if limit is None or limit < 0:
+            limit = k * self.n_trees
+        eager = len(self._split) <= 4 * limit  # margins of every split node in one GEMM
+        margins = (q @ self._split_v.T) if eager and len(self._split) else None
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_r = np.full((len(q), k), -1, np.int64)
+        for qi in range(len(q)):
+            m = margins[qi].tolist() if margins is not None else None
+            cand = self._candidates(m, q[qi], limit)
+            if len(cand) == 0:
+                continue
+            scores = (self.items[cand] @ q[qi]) / np.maximum(self.item_norm[cand], 1e-30)
+            s, cols = topk_desc(scores[None, :], k)
+            out_s[qi], out_r[qi] = s[0], np.where(cols[0] >= 0, cand[np.maximum(cols[0], 0)], -1)
+        return pad_topk(out_s, out_r, k)
+
+    # --- files --------------------------------------------------------------------------
+    @staticmethod
+    def sidecar(path: str | os.PathLike) -> Path:
+        return Path(str(path) + SIDECAR_SUFFIX)
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = np.ascontiguousarray(self.nodes)
+        atomic_write(path, lambda fh: fh.write(memoryview(data.reshape(-1).view(np.uint8))))
+        header = dict(self.common_header(), params={"n_trees": self.n_trees,
+                                                    "search_k": self.search_k},
+                      ann_file=Path(path).name, ann_size=int(data.nbytes),
+                      ann_crc32=crc32_of(data.reshape(-1).view(np.uint8)))
+        write_container(self.sidecar(path), header, self.common_sections())
+
+    @staticmethod
+    def _map_nodes(path: Path, dim: int) -> np.ndarray:
+        row_bytes = 4 * (HEADER_INTS + dim)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise IndexFileError(path, "no such annoy file") from None
+        if size == 0 or size % row_bytes:
+            raise IndexFileError(path, f"size {size} is not a multiple of the {row_bytes}-byte "
+                                       f"angular node for dim {dim} (wrong dim, metric or a "
+                                       "truncated file)")
+        return np.memmap(path, dtype=np.int32, mode="r").reshape(-1, HEADER_INTS + dim)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> AnnoyIndex:
+        path = Path(path)
+        header, sec = read_container(cls.sidecar(path), expected_type=cls.kind, verify=verify)
+        ids, meta, cols = cls.common_from(cls.sidecar(path), header, sec)
+        nodes = cls._map_nodes(path, header["dim"])
+        if nodes.nbytes != header["ann_size"]:
+            raise IndexFileError(path, f"annoy file has {nodes.nbytes} bytes, sidecar says "
+                                       f"{header['ann_size']} (truncated or replaced)")
+        if verify and crc32_of(nodes.reshape(-1).view(np.uint8)) != header["ann_crc32"]:
+            raise IndexFileError(path, "checksum mismatch: the annoy file is corrupt or does "
+                                       "not belong to its sidecar")
+        p = header.get("params", {})
+        index = cls(nodes, header["dim"], ids, meta, cols, p.get("search_k", -1),
+                    p.get("n_trees", 0))
+        if index.n_items != header["count"]:
+            raise IndexFileError(path, f"annoy roots cover {index.n_items} items, sidecar "
+                                       f"says {header['count']}")
+        return index
+
+    @classmethod
+    def load_spotify(cls, path: str | os.PathLike, dim: int, search_k: int = -1) -> AnnoyIndex:
+        """Open a file written by Spotify annoy (no sidecar): ids are the annoy item numbers."""
+        path = Path(path)
+        nodes = cls._map_nodes(path, dim)
+        roots, n_items = find_roots(nodes)
+        return cls(nodes, dim, IdTable.from_values(None, n_items), IndexMeta(source_dim=dim),
+                   None, search_k)

@@ -1,0 +1,233 @@
+"""What every index type shares: id tables, query preparation, the search API, metadata.
+
+Scores are inner products of L2-normalized vectors (cosine similarity); higher is better.
+Matryoshka: an index built at `dim` < the embeddings' width stores vectors truncated to `dim`
+and re-normalized; queries of the original width are truncated and re-normalized the same way,
+queries of any other width raise DimensionMismatchError.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
+
+METRIC = "ip"
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """float32 copy of `x` with unit-length rows (all-zero rows stay zero)."""
+    x = np.array(x, dtype=np.float32, copy=True, ndmin=2)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
+
+
+def truncate_normalize(x: np.ndarray, dim: int) -> np.ndarray:
+    """Matryoshka: keep the first `dim` components, then re-normalize each row."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise DimensionMismatchError(f"expected a 2-D array of vectors, got shape {x.shape}")
+    if dim > x.shape[1]:
+        raise DimensionMismatchError(f"cannot index at dim {dim}: vectors have {x.shape[1]}")
+    return normalize_rows(x[:, :dim])
+
+
+class StringTable:
+    """Strings as one UTF-8 blob plus int64 offsets: two flat arrays that mmap cleanly."""
+
+    def __init__(self, offsets: np.ndarray, blob: np.ndarray) -> None:
+        self.offsets, self.blob = offsets, blob
+
+    @classmethod
+    def from_strings(cls, values: Sequence[str]) -> StringTable:
+        encoded = [str(v).encode() for v in values]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
+        return cls(offsets, blob)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode()
+
+    def sections(self, name: str) -> dict[str, np.ndarray]:
+        return {f"{name}.offsets": self.offsets, f"{name}.blob": self.blob}
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, np.ndarray], name: str) -> StringTable:
+        return cls(sections[f"{name}.offsets"], sections[f"{name}.blob"])
+
+
+class IdTable:
+    """Maps index rows 0..n-1 to the caller's ids: int64 array or a string table."""
+
+    def __init__(self, ints: np.ndarray | None = None, strings: StringTable | None = None) -> None:
+        self.ints, self.strings = ints, strings
+
+    @classmethod
+    def from_values(cls, values: Sequence[Any] | np.ndarray | None, n: int) -> IdTable:
+        if values is None:
+            return cls(ints=np.arange(n, dtype=np.int64))
+        if len(values) != n:
+            raise ValueError(f"{len(values)} ids for {n} vectors")
+        arr = np.asarray(values)
+        if arr.dtype.kind in "iu":
+            return cls(ints=arr.astype(np.int64))
+        return cls(strings=StringTable.from_strings([str(v) for v in values]))
+
+    @property
+    def kind(self) -> str:
+        return "int" if self.ints is not None else "str"
+
+    def __len__(self) -> int:
+        return len(self.ints) if self.ints is not None else len(self.strings)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """ids for `rows` (any shape); row -1 (no result) gives -1 / None."""
+        rows = np.asarray(rows)
+        if self.ints is not None:
+            out = np.asarray(self.ints)[np.maximum(rows, 0)]
+            return np.where(rows >= 0, out, -1)
+        flat = [self.strings[int(r)] if r >= 0 else None for r in rows.reshape(-1)]
+        return np.array(flat, dtype=object).reshape(rows.shape)
+
+    def sections(self) -> dict[str, np.ndarray]:
+        return {"ids": self.ints} if self.ints is not None else self.strings.sections("ids")
+
+    @classmethod
+    def from_sections(cls, sections: dict[str, np.ndarray], kind: str) -> IdTable:
+        if kind == "int":
+            return cls(ints=sections["ids"])
+        return cls(strings=StringTable.from_sections(sections, "ids"))
+
+
+@dataclass
+class IndexMeta:
+    """Facts about where the vectors came from, carried in every index header."""
+
+    source_dim: int = 0
+    model_sha256: str = ""
+    model_path: str = ""
+    task: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_header(self) -> dict[str, Any]:
+        return {"source_dim": self.source_dim, "model_sha256": self.model_sha256,
+                "model_path": self.model_path, "task": self.task, "extra": self.extra}
+
+    @classmethod
+    def from_header(cls, h: dict[str, Any]) -> IndexMeta:
+        return cls(h.get("source_dim", 0), h.get("model_sha256", ""), h.get("model_path", ""),
+                   h.get("task", ""), h.get("extra", {}))
+
+
+class VectorIndex:
+    """Base of every index type. Subclasses implement `_search_rows`, `save`, `load`, `build`."""
+
+    kind: ClassVar[str] = ""
+    quants: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def __init__(self, dim: int, quant: str, ids: IdTable, meta: IndexMeta,
+                 columns: dict[str, StringTable] | None = None) -> None:
+        self.dim, self.quant, self.ids, self.meta = dim, quant, ids, meta
+        self.columns = columns or {}
+
+    # --- to implement -------------------------------------------------------------------
+    def _search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike) -> None:
+        raise NotImplementedError
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    # --- shared -------------------------------------------------------------------------
+    def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
+        """2-D float32 unit rows of width `dim`; Matryoshka-truncate full-width queries."""
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        width = q.shape[1] if q.ndim == 2 else -1
+        if width == self.dim:
+            return normalize_rows(q)
+        if width > self.dim and width == self.meta.source_dim:
+            return truncate_normalize(q, self.dim)
+        allowed = f"{self.dim}" + (f" or {self.meta.source_dim}" if self.meta.source_dim
+                                   and self.meta.source_dim != self.dim else "")
+        raise DimensionMismatchError(f"query vectors have shape {q.shape}; this {self.kind} "
+                                     f"index holds {self.dim}-d vectors (queries must be {allowed}-d)")
+
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch search: (scores (q, k) float32 descending, rows (q, k) int64, -1 = no hit)."""
+        q = self.prepare_queries(queries)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        return self._search_rows(q, k)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Batch search returning (scores (q, k), ids (q, k)) with the caller's ids."""
+        scores, rows = self.search_rows(queries, k)
+        return scores, self.ids.take(rows)
+
+    def search_one(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Single-query search: (scores (k,), ids (k,))."""
+        scores, ids = self.search(np.asarray(query)[None, :] if np.ndim(query) == 1 else query, k)
+        return scores[0], ids[0]
+
+    def common_header(self) -> dict[str, Any]:
+        return {"type": self.kind, "dim": self.dim, "quant": self.quant, "count": self.count,
+                "metric": METRIC, "id_kind": self.ids.kind, "columns": sorted(self.columns),
+                **self.meta.to_header()}
+
+    def common_sections(self) -> dict[str, np.ndarray]:
+        out = dict(self.ids.sections())
+        for name, table in self.columns.items():
+            out.update(table.sections(f"col.{name}"))
+        return out
+
+    @staticmethod
+    def common_from(path: Any, header: dict[str, Any],
+                    sections: dict[str, np.ndarray]) -> tuple[IdTable, IndexMeta, dict]:
+        try:
+            ids = IdTable.from_sections(sections, header["id_kind"])
+            cols = {c: StringTable.from_sections(sections, f"col.{c}") for c in header["columns"]}
+        except KeyError as exc:
+            raise IndexFileError(path, f"missing section or field {exc}") from None
+        if len(ids) != header["count"]:
+            raise IndexFileError(path, f"{len(ids)} ids but header count {header['count']}")
+        return ids, IndexMeta.from_header(header), cols
+
+
+def pad_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (q, m) results with m < k to width k using -inf / -1."""
+    q, m = rows.shape
+    if m >= k:
+        return scores[:, :k], rows[:, :k]
+    s = np.full((q, k), -np.inf, dtype=np.float32)
+    r = np.full((q, k), -1, dtype=np.int64)
+    s[:, :m], r[:, :m] = scores, rows
+    return s, r
+
+
+def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k per row of a (q, n) score matrix via argpartition: (scores, columns)."""
+    n = scores.shape[1]
+    k_eff = min(k, n)
+    if k_eff < n:
+        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    else:
+        part = np.broadcast_to(np.arange(n), scores.shape).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return pad_topk(np.take_along_axis(part_scores, order, axis=1).astype(np.float32), cols, k)

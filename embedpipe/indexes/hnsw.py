@@ -1,0 +1,309 @@
+"""HNSW (Malkov & Yashunin): layered proximity graphs, greedy descent, beam search on layer 0.
+
+Graph storage (flat arrays that save and mmap as-is):
+
+* ``nbr0``  int32 (n, 2M): layer-0 neighbours, -1 padded;
+* ``level`` int8 (n,): top layer of each node; ``upoff`` int64 (n,): row of the node's layer-1
+  list in ``nbru`` (int32 (rows, M)); its layers 1..level sit in consecutive rows.
+
+Build (`build`): levels drawn as ⌊-ln U · 1/ln M⌋ as in the paper. Instead of inserting nodes
+one by one, each layer's candidate lists are the exact top-`ef_construction` neighbours among
+the nodes of that layer (blocked BLAS), pruned with the paper's heuristic (keep c only if it is
+closer to the node than to every neighbour already kept), then reverse edges are merged and
+pruned again with the same heuristic — the graph the incremental algorithm approximates, built
+with matrix products instead of 10⁴ Python-level searches. This is O(n²·d) flops, fine up to a
+few 10⁵ vectors. `add` inserts further vectors the incremental way (search + heuristic +
+reverse-link pruning). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the
+numpy reference below (also the test oracle).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+from tqdm import tqdm
+
+from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, pad_topk
+from embedpipe.indexes.format import IndexFileError, read_container, write_container
+from embedpipe.indexes.quant import quantize
+
+QUANTS = ("fp32", "int8")
+CAND_BLOCK = 1024
+
+
+def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m: int) -> np.ndarray:
+    """Batched neighbour-selection heuristic.
+
+    sims_q (b, c): similarity of each candidate to its node, sorted descending per row;
+    gram (b, c, c): candidate-candidate similarities; valid (b, c) bool.
+    Returns keep (b, c) bool: candidate j is kept when fewer than m are kept so far and it is
+    more similar to the node than to every kept candidate.
+    """
+    b, c = sims_q.shape
+    keep = np.zeros((b, c), bool)
+    kept = np.zeros(b, np.int64)
+    for j in range(c):
+        closest = np.where(keep, gram[:, j, :], -np.inf).max(axis=1)
+        ok = valid[:, j] & (kept < m) & (sims_q[:, j] > closest)
+        keep[:, j] = ok
+        kept += ok
+    return keep
+
+
+def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) -> np.ndarray:
+    """Heuristic-prune candidate id lists `cand` (b, c; -1 = none) for `nodes`; (b, m) ids."""
+    from embedpipe.indexes.hnsw_kernel import prune_nodes
+    fast = prune_nodes(x, nodes, cand, m)
+    return fast if fast is not None else prune_reference(x, nodes, cand, m)
+
+
+def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) -> np.ndarray:
+    """numpy oracle of the JIT prune kernel (candidate gram matrices per block of nodes)."""
+    out = np.full((len(nodes), m), -1, np.int32)
+    for lo in range(0, len(nodes), CAND_BLOCK // 4):
+        hi = min(len(nodes), lo + CAND_BLOCK // 4)
+        c = cand[lo:hi]
+        valid = (c >= 0) & (c != nodes[lo:hi, None])
+        vc = x[np.maximum(c, 0)]
+        sims = np.einsum("bcd,bd->bc", vc, x[nodes[lo:hi]])
+        sims[~valid] = -np.inf
+        order = np.argsort(-sims, axis=1, kind="stable")
+        c = np.take_along_axis(c, order, axis=1)
+        sims = np.take_along_axis(sims, order, axis=1)
+        vc = np.take_along_axis(vc, order[:, :, None], axis=1)
+        valid = np.isfinite(sims)
+        keep = heuristic_select(sims, np.matmul(vc, np.ascontiguousarray(vc.transpose(0, 2, 1))),
+                                valid, m)
+        for r in range(hi - lo):
+            sel = c[r, keep[r]]
+            out[lo + r, : len(sel)] = sel
+    return out
+
+
+def _exact_candidates(x: np.ndarray, nodes: np.ndarray, c: int, progress: Any) -> np.ndarray:
+    """For each node in `nodes`, its top-c most similar other nodes of `nodes` (global ids)."""
+    sub = x[nodes]
+    c = min(c, len(nodes) - 1)
+    out = np.empty((len(nodes), c), np.int32)
+    for lo in range(0, len(nodes), CAND_BLOCK):
+        hi = min(len(nodes), lo + CAND_BLOCK)
+        s = sub[lo:hi] @ sub.T
+        s[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
+        part = np.argpartition(-s, c - 1, axis=1)[:, :c]
+        out[lo:hi] = nodes[part]
+        progress.update(hi - lo)
+    return out
+
+
+def _merge_reverse(nodes: np.ndarray, fwd: np.ndarray, cap: int, n: int) -> np.ndarray:
+    """Union of each node's forward list and the nodes that selected it (-1 padded, ≤ cap)."""
+    src = np.repeat(nodes, fwd.shape[1])
+    dst = fwd.reshape(-1)
+    ok = dst >= 0
+    src, dst = src[ok], dst[ok]
+    pairs = np.concatenate([np.stack([src, dst], 1), np.stack([dst, src], 1)])
+    pairs = np.unique(pairs, axis=0)
+    local = np.full(n, -1, np.int64)
+    local[nodes] = np.arange(len(nodes))
+    rows = local[pairs[:, 0]]
+    starts = np.searchsorted(pairs[:, 0], nodes)
+    rank = np.arange(len(pairs)) - starts[rows]
+    keep = rank < cap
+    out = np.full((len(nodes), cap), -1, np.int32)
+    out[rows[keep], rank[keep]] = pairs[keep, 1]
+    return out
+
+
+class HnswIndex(VectorIndex):
+    kind: ClassVar[str] = "hnsw"
+    quants: ClassVar[tuple[str, ...]] = QUANTS
+
+    def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, nbr0: np.ndarray,
+                 level: np.ndarray, upoff: np.ndarray, nbru: np.ndarray, entry: int,
+                 params: dict[str, int], ids: IdTable, meta: IndexMeta,
+                 columns: dict[str, StringTable] | None = None) -> None:
+        super().__init__(codes.shape[1], quant, ids, meta, columns)
+        self.codes, self.scale = codes, scale
+        self.nbr0, self.level, self.upoff, self.nbru = nbr0, level, upoff, nbru
+        self.entry, self.params = entry, dict(params)
+        self.m = params["m"]
+        self.ef_search = params["ef_search"]
+        self._kernel: Any = None
+
+    # --- vectors ------------------------------------------------------------------------
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        v = self.codes[rows]
+        return v if self.quant == "fp32" else v.astype(np.float32) * self.scale[rows, None]
+
+    def _sims(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return self.vectors(rows) @ q
+
+    def upper(self, node: int, layer: int) -> np.ndarray:
+        row = self.nbru[self.upoff[node] + layer - 1]
+        return row[row >= 0]
+
+    # --- build --------------------------------------------------------------------------
+    @classmethod
+    def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
+              columns: dict[str, StringTable] | None = None, m: int = 16,
+              ef_construction: int = 100, ef_search: int = 64, seed: int = 0,
+              progress: bool = False, **unused: Any) -> HnswIndex:
+        if quant not in QUANTS:
+            raise ValueError(f"hnsw supports quant {QUANTS}, not {quant!r}")
+        x = np.ascontiguousarray(vectors, np.float32)
+        n = len(x)
+        rng = np.random.default_rng(seed)
+        level = np.minimum((-np.log(1.0 - rng.random(n)) / math.log(m)).astype(np.int64), 31)
+        top = int(level.max()) if n else 0
+        upoff = np.zeros(n, np.int64)
+        upoff[1:] = np.cumsum(level)[:-1]
+        nbru = np.full((int(level.sum()), m), -1, np.int32)
+        nbr0 = np.full((n, 2 * m), -1, np.int32)
+        bar = tqdm(total=int((level >= 0).sum() + level.sum()), desc="hnsw graph",
+                   disable=not progress)
+        for layer in range(top, -1, -1):
+            nodes = np.flatnonzero(level >= layer)
+            width = 2 * m if layer == 0 else m
+            if len(nodes) < 2:
+                bar.update(len(nodes))
+                continue
+            cand = _exact_candidates(x, nodes, ef_construction, bar)
+            fwd = _prune(x, nodes, cand, width)
+            merged = _merge_reverse(nodes, fwd, max(2 * width, ef_construction), n)
+            final = _prune(x, nodes, merged, width)
+            if layer == 0:
+                nbr0[nodes] = final
+            else:
+                nbru[upoff[nodes] + layer - 1] = final
+        bar.close()
+        entry = int(np.flatnonzero(level == top)[0]) if n else 0
+        codes, scale = quantize(x, quant, "vector")
+        params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
+                  "max_level": top, "seed": seed}
+        return cls(codes, scale, quant, nbr0, level.astype(np.int8), upoff, nbru, entry,
+                   params, ids, meta, columns)
+
+    # --- search (numpy reference) --------------------------------------------------------
+    def _greedy(self, q: np.ndarray, node: int) -> int:
+        best = float(self._sims(np.array([node]), q)[0])
+        for layer in range(int(self.level[self.entry]), 0, -1):
+            changed = True
+            while changed:
+                changed = False
+                nb = self.upper(node, layer)
+                if len(nb):
+                    s = self._sims(nb, q)
+                    j = int(s.argmax())
+                    if s[j] > best:
+                        best, node, changed = float(s[j]), int(nb[j]), True
+        return node
+
+    def beam(self, q: np.ndarray, entries: list[int], ef: int,
+             neighbours: Any = None) -> list[tuple[float, int]]:
+        """Best-first search on one layer; returns up to ef (sim, node) sorted descending."""
+        neighbours = neighbours or (lambda u: (lambda r: r[r >= 0])(self.nbr0[u]))
+        visited = set(entries)
+        s0 = self._sims(np.array(entries), q)
+        cand = [(-float(s), e) for s, e in zip(s0, entries)]
+        heapq.heapify(cand)
+        res = [(float(s), e) for s, e in zip(s0, entries)]
+        heapq.heapify(res)
+        while len(res) > ef:
+            heapq.heappop(res)
+        while cand:
+            negs, u = heapq.heappop(cand)
+            if len(res) >= ef and -negs < res[0][0]:
+                break
+            nb = [v for v in neighbours(u).tolist() if v not in visited]
+            if not nb:
+                continue
+            visited.update(nb)
+            for s, v in zip(self._sims(np.array(nb), q).tolist(), nb):
+                if len(res) < ef or s > res[0][0]:
+                    heapq.heappush(cand, (-s, v))
+                    heapq.heappush(res, (s, v))
+                    if len(res) > ef:
+                        heapq.heappop(res)
+        return sorted(res, reverse=True)
+
+    def search_reference(self, q: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        s = np.full((len(q), k), -np.inf, np.float32)
+        r = np.full((len(q), k), -1, np.int64)
+        for i, qi in enumerate(q):
+            found = self.beam(qi, [self._greedy(qi, self.entry)], max(ef, k))[:k]
+            s[i, : len(found)] = [f[0] for f in found]
+            r[i, : len(found)] = [f[1] for f in found]
+        return s, r
+
+    def _search_rows(self, q: np.ndarray, k: int, ef: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        ef = max(ef or self.ef_search, k)
+        if self.count == 0:
+            return pad_topk(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
+        from embedpipe.indexes.hnsw_kernel import HnswKernel
+        if self._kernel is None:
+            self._kernel = HnswKernel.for_index(self) or False
+        if self._kernel:
+            return self._kernel.search(q, k, ef)
+        return self.search_reference(q, k, ef)
+
+    # --- incremental add -----------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: list[Any] | np.ndarray | None = None) -> None:
+        """Insert vectors one by one (paper's algorithm); ids default to continuing numbers."""
+        from embedpipe.indexes.base import normalize_rows
+        x = normalize_rows(self.prepare_queries(vectors))
+        n0 = self.count
+        new_ids = list(range(n0, n0 + len(x))) if ids is None else list(ids)
+        self.ids = IdTable.from_values(list(self.ids.take(np.arange(n0))) + new_ids, n0 + len(x))
+        codes, scale = quantize(x, self.quant, "vector")
+        self.codes = np.concatenate([self.codes, codes])
+        self.scale = np.concatenate([self.scale, scale]) if self.quant != "fp32" else self.scale
+        self.nbr0 = np.concatenate([self.nbr0, np.full((len(x), 2 * self.m), -1, np.int32)])
+        self.level = np.concatenate([self.level, np.zeros(len(x), np.int8)])
+        self.upoff = np.concatenate([self.upoff, np.full(len(x), len(self.nbru), np.int64)])
+        self._kernel = None
+        efc = self.params["ef_construction"]
+        for i, v in enumerate(x):
+            u = n0 + i
+            node = self._greedy(v, self.entry)
+            found = self.beam(v, [node], efc)
+            cand = np.array([[f[1] for f in found]], np.int32)
+            sel = _prune(self.vectors(np.arange(u + 1)), np.array([u]), cand, 2 * self.m)[0]
+            self.nbr0[u] = sel
+            for w in sel[sel >= 0].tolist():
+                row = self.nbr0[w]
+                if (row < 0).any():
+                    row[np.flatnonzero(row < 0)[0]] = u
+                else:
+                    merged = np.concatenate([row, [u]])[None, :].astype(np.int32)
+                    allv = self.vectors(np.arange(u + 1))
+                    self.nbr0[w] = _prune(allv, np.array([w]), merged, 2 * self.m)[0]
+
+    # --- files --------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        header = dict(self.common_header(), params=dict(self.params, entry=self.entry))
+        write_container(path, header, dict(self.common_sections(), codes=self.codes,
+                                           scale=self.scale, nbr0=self.nbr0, level=self.level,
+                                           upoff=self.upoff, nbru=self.nbru))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> HnswIndex:
+        header, sec = read_container(path, expected_type=cls.kind, verify=verify)
+        ids, meta, cols = cls.common_from(path, header, sec)
+        try:
+            arrays = [sec[k] for k in ("codes", "scale", "nbr0", "level", "upoff", "nbru")]
+        except KeyError as exc:
+            raise IndexFileError(path, f"missing section {exc}") from None
+        codes, _, nbr0 = arrays[:3]
+        n = header["count"]
+        if codes.shape != (n, header["dim"]) or len(nbr0) != n:
+            raise IndexFileError(path, f"graph/vector sections do not match count {n}")
+        if n and (nbr0.max(initial=-1) >= n or arrays[5].max(initial=-1) >= n):
+            raise IndexFileError(path, "graph refers to nodes beyond the vector count")
+        p = header["params"]
+        return cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p,
+                   ids, meta, cols)

@@ -1,0 +1,98 @@
+"""The table of index types, a common Builder, and `load_index` that dispatches on the file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedpipe.indexes.annoy import AnnoyIndex
+from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, truncate_normalize
+from embedpipe.indexes.brute import BruteIndex
+from embedpipe.indexes.format import IndexFileError, is_container, read_container
+from embedpipe.indexes.hnsw import HnswIndex
+
+INDEX_TYPES: dict[str, type[VectorIndex]] = {
+    "brute": BruteIndex,
+    "annoy": AnnoyIndex,
+    "hnsw": HnswIndex,
+}
+
+
+class Builder:
+    """Collects vectors (+ ids, kept text columns) and builds one index type.
+
+    ``Builder("hnsw", quant="int8", dim=256, m=16).add(vecs, ids).build()`` — vectors are
+    Matryoshka-truncated to `dim` and re-normalized before they reach the index type.
+    """
+
+    def __init__(self, kind: str = "brute", quant: str = "fp32", dim: int | None = None,
+                 meta: IndexMeta | None = None, **params: Any) -> None:
+        if kind not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {kind!r}; choose one of {tuple(INDEX_TYPES)}")
+        if quant not in INDEX_TYPES[kind].quants:
+            raise ValueError(f"{kind} indexes support quant {INDEX_TYPES[kind].quants}, "
+                             f"not {quant!r}")
+        self.kind, self.quant, self.dim, self.params = kind, quant, dim, params
+        self.meta = meta or IndexMeta()
+        self._vecs: list[np.ndarray] = []
+        self._ids: list[Any] = []
+        self._cols: dict[str, list[str]] = {}
+
+    def add(self, vectors: np.ndarray, ids: Sequence[Any] | np.ndarray | None = None,
+            columns: dict[str, Sequence[str]] | None = None) -> Builder:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
+        start = sum(len(v) for v in self._vecs)
+        self._vecs.append(vectors)
+        self._ids.extend(range(start, start + len(vectors)) if ids is None else list(ids))
+        for name, values in (columns or {}).items():
+            self._cols.setdefault(name, []).extend(str(v) for v in values)
+        return self
+
+    def build(self, progress: bool = False) -> VectorIndex:
+        if not self._vecs:
+            raise ValueError("no vectors added")
+        full = np.concatenate(self._vecs) if len(self._vecs) > 1 else self._vecs[0]
+        dim = self.dim or full.shape[1]
+        vecs = truncate_normalize(full, dim)
+        if not self.meta.source_dim:
+            self.meta.source_dim = full.shape[1]
+        ids = IdTable.from_values(np.asarray(self._ids) if self._ids and all(
+            isinstance(i, (int, np.integer)) for i in self._ids) else self._ids, len(vecs))
+        cols = {k: StringTable.from_strings(v) for k, v in self._cols.items()}
+        return INDEX_TYPES[self.kind].build(vecs, ids, self.meta, quant=self.quant, columns=cols,
+                                            progress=progress, **self.params)
+
+
+def build_index(vectors: np.ndarray, ids: Sequence[Any] | None = None, kind: str = "brute",
+                quant: str = "fp32", dim: int | None = None, meta: IndexMeta | None = None,
+                **params: Any) -> VectorIndex:
+    """One-call form of :class:`Builder`."""
+    return Builder(kind, quant, dim, meta, **params).add(vectors, ids).build()
+
+
+def index_kind(path: str | os.PathLike) -> str:
+    """The index type stored at `path` (annoy indexes are recognised by their sidecar)."""
+    path = Path(path)
+    if is_container(path):
+        header, _ = read_container(path, verify=False)
+        return header.get("type", "?")
+    if AnnoyIndex.sidecar(path).exists():
+        return "annoy"
+    if not path.exists():
+        raise IndexFileError(path, "no such index file")
+    raise IndexFileError(path, "not an embedpipe index (no magic) and no annoy sidecar "
+                               f"{AnnoyIndex.sidecar(path).name} beside it")
+
+
+def load_index(path: str | os.PathLike, verify: bool = True) -> VectorIndex:
+    """Open any index file written by `save` (or a Spotify annoy file with our sidecar)."""
+    kind = index_kind(path)
+    if kind not in INDEX_TYPES:
+        raise IndexFileError(path, f"unknown index type {kind!r}")
+    return INDEX_TYPES[kind].load(path, verify=verify)
