@@ -1,4 +1,4 @@
-"""Open a GGUF file with gguf-py's memory-mapped reader and check it before any compute.
+"""Open a GGUF file (memory-mapped) and check it before any compute.
 
 Everything that can go wrong with a model file (missing, truncated, bad magic, unknown tensor
 type, tensor data past the end of the file) surfaces here as one `ModelFileError` that names
@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from embedpipe.runtime.gguf_parse import GGUFFormatError, parse_gguf
 
 from embedpipe.errors import ModelFileError
-
-GGUF_MAGIC = b"GGUF"
 
 # Weight storage types embedpipe runs (numpy reference and JIT kernels alike).
 SUPPORTED_WEIGHT_TYPES: frozenset[GGMLQuantizationType] = frozenset({
@@ -56,64 +56,43 @@ class GGUFModelFile:
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        self._check_header()
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.path}: no such model file")
         try:
-            self._reader = GGUFReader(self.path, "r")
-        except (ValueError, KeyError, IndexError, OverflowError) as exc:
-            raise ModelFileError(f"{self.path}: not a readable GGUF file ({exc})") from exc
-        self.metadata: dict[str, Any] = {}
-        for name, field in self._reader.fields.items():
-            if not name.startswith("GGUF."):
-                self.metadata[name] = field
+            with open(self.path, "rb") as fh:
+                self._parsed = parse_gguf(fh)
+        except GGUFFormatError as exc:
+            raise ModelFileError(f"{self.path}: not a readable GGUF file: {exc}") from exc
+        except OSError as exc:
+            raise ModelFileError(f"{self.path}: cannot read ({exc.strerror})") from exc
+        self.metadata: dict[str, Any] = self._parsed.metadata
         self.tensors: dict[str, WeightTensor] = {}
         self._load_tensors()
 
-    def _check_header(self) -> None:
-        if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: no such model file")
-        with open(self.path, "rb") as fh:
-            head = fh.read(24)
-        if len(head) < 24:
-            raise ModelFileError(f"{self.path}: file is truncated ({len(head)} bytes)")
-        if head[:4] != GGUF_MAGIC:
-            raise ModelFileError(f"{self.path}: wrong magic {head[:4]!r}, expected {GGUF_MAGIC!r} (not a GGUF file)")
-
     def _load_tensors(self) -> None:
-        file_size = self.path.stat().st_size
-        for t in self._reader.tensors:
-            if t.tensor_type not in SUPPORTED_WEIGHT_TYPES:
-                supported = ", ".join(sorted(q.name for q in SUPPORTED_WEIGHT_TYPES))
+        supported = ", ".join(sorted(q.name for q in SUPPORTED_WEIGHT_TYPES))
+        for info in self._parsed.tensors:
+            try:
+                qtype = GGMLQuantizationType(info.type_id)
+            except ValueError:
+                raise ModelFileError(f"{self.path}: tensor {info.name} has unknown type id {info.type_id}") from None
+            if qtype not in SUPPORTED_WEIGHT_TYPES:
                 raise ModelFileError(
-                    f"{self.path}: tensor {t.name} has type {t.tensor_type.name}; "
-                    f"{t.tensor_type.name} is not supported (supported: {supported})"
+                    f"{self.path}: tensor {info.name} has type {qtype.name}; "
+                    f"{qtype.name} is not supported (supported: {supported})"
                 )
-            end = t.data_offset + t.n_bytes
-            if end > file_size:
-                raise ModelFileError(
-                    f"{self.path}: file is truncated: tensor {t.name} ends at byte {end} "
-                    f"but the file has {file_size} bytes"
-                )
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            raw = np.asarray(t.data).reshape(-1).view(np.uint8)
-            if raw.nbytes != t.n_bytes:
-                raise ModelFileError(f"{self.path}: tensor {t.name} has {raw.nbytes} bytes, expected {t.n_bytes}")
-            self.tensors[t.name] = WeightTensor(t.name, GGMLQuantizationType(t.tensor_type), shape, raw)
+            if info.name in self.tensors:
+                raise ModelFileError(f"{self.path}: tensor {info.name} appears twice")
+            try:
+                raw = self._parsed.tensor_bytes(info)
+            except GGUFFormatError as exc:
+                raise ModelFileError(f"{self.path}: {exc}") from exc
+            shape = tuple(int(d) for d in reversed(info.dims))
+            self.tensors[info.name] = WeightTensor(info.name, qtype, shape, raw)
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A scalar, string or array metadata value by key."""
-        field = self.metadata.get(key)
-        if field is None:
-            return default
-        main = field.types[0]
-        if main == GGUFValueType.ARRAY:
-            sub = field.types[-1]
-            if sub == GGUFValueType.STRING:
-                return [bytes(field.parts[i]) for i in field.data]
-            return np.concatenate([field.parts[i] for i in field.data]) if field.data else np.array([])
-        if main == GGUFValueType.STRING:
-            return bytes(field.parts[-1]).decode("utf-8")
-        value = field.parts[-1][0]
-        return value.item() if hasattr(value, "item") else value
+        """A metadata value: str, int/float/bool, numpy array, or list of bytes for string arrays."""
+        return self.metadata.get(key, default)
 
     def require(self, key: str) -> Any:
         value = self.get(key)

@@ -34,6 +34,8 @@ _TRAINER_FLAGS: tuple[tuple[int, bool], ...] = (
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL_VARINTS[value]
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -45,6 +47,9 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+_SMALL_VARINTS = tuple(bytes([i]) for i in range(0x80))
 
 
 def _key(field: int, wire: int) -> bytes:
@@ -75,10 +80,12 @@ class SpecialIds:
 
 def build_model_proto(pieces: Sequence[bytes], scores: np.ndarray, types: np.ndarray, special: SpecialIds) -> bytes:
     """Serialized sentencepiece ModelProto for a byte-fallback BPE vocabulary."""
+    pack_score = struct.Struct("<f").pack
     out = bytearray()
     for piece, score, kind in zip(pieces, scores.tolist(), types.tolist()):
-        body = _bytes_field(1, piece) + _float_field(2, float(score)) + _int_field(3, int(kind))
-        out += _bytes_field(1, body)
+        # SentencePiece { piece = 1; score = 2; type = 3 }, inlined: this runs 262 144 times.
+        body = b"\x0a" + _varint(len(piece)) + piece + b"\x15" + pack_score(score) + b"\x18" + _varint(kind)
+        out += b"\x0a" + _varint(len(body)) + body
     trainer = _int_field(3, _BPE) + _int_field(4, len(pieces))
     trainer += b"".join(_int_field(num, int(flag)) for num, flag in _TRAINER_FLAGS)
     trainer += _int_field(40, special.unk) + _int_field(41, special.bos)
