@@ -1,0 +1,65 @@
+/* Runs embedpipe's AArch64 kernel object under emulation.
+ *
+ * Build: aarch64-linux-gnu-gcc -O1 -static -DQUANT=<sym> -DQ8MM=<sym> -DF32MM=<sym> -DMR=<m>
+ *        neon_harness.c kernels.o -o harness
+ * Usage: harness int   T N K P weights.bin scales.bin x.bin y.bin
+ *        harness float T N K P weights.bin -          x.bin y.bin
+ * Files are raw little-endian arrays laid out exactly as embedpipe's packers produce them.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void QUANT(const float *x, void *xq, float *xd, int32_t *xc, int64_t T, int64_t K, int64_t t0,
+           int64_t t1);
+void Q8MM(const void *wq, const float *wd, const void *xq, const float *xd, const int32_t *xc,
+          float *y, int64_t T, int64_t N, int64_t K, int64_t ldy, int64_t t0, int64_t t1,
+          int64_t p0, int64_t p1);
+void F32MM(const float *w, const float *x, float *y, int64_t T, int64_t N, int64_t K,
+           int64_t ldy, int64_t t0, int64_t t1, int64_t p0, int64_t p1);
+
+static void *aligned(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) { perror("posix_memalign"); exit(2); }
+    memset(p, 0, n ? n : 64);
+    return p;
+}
+
+static void *slurp(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *p = aligned((size_t)n);
+    if (fread(p, 1, (size_t)n, f) != (size_t)n) { perror(path); exit(2); }
+    fclose(f);
+    *size = (size_t)n;
+    return p;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 10) { fprintf(stderr, "usage: see source\n"); return 2; }
+    int64_t T = atoll(argv[2]), N = atoll(argv[3]), K = atoll(argv[4]), P = atoll(argv[5]);
+    size_t size;
+    void *w = slurp(argv[6], &size);
+    float *x = slurp(argv[8], &size);
+    if (size != (size_t)(T * K * 4)) { fprintf(stderr, "x has %zu bytes\n", size); return 2; }
+    float *y = aligned((size_t)(T * N * 4));
+    int64_t tpad = (T + MR - 1) / MR * MR;
+    if (strcmp(argv[1], "int") == 0) {
+        float *wd = slurp(argv[7], &size);
+        void *xq = aligned((size_t)(tpad * K * 2));
+        float *xd = aligned((size_t)(tpad * K / 32 * 4));
+        int32_t *xc = aligned((size_t)(tpad * K / 32 * 4));
+        QUANT(x, xq, xd, xc, T, K, 0, tpad);
+        Q8MM(w, wd, xq, xd, xc, y, T, N, K, N, 0, tpad, 0, P);
+    } else {
+        F32MM(w, x, y, T, N, K, N, 0, T, 0, P);
+    }
+    FILE *out = fopen(argv[9], "wb");
+    if (!out || fwrite(y, 4, (size_t)(T * N), out) != (size_t)(T * N)) { perror(argv[9]); return 2; }
+    fclose(out);
+    return 0;
+}

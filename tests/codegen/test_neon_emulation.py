@@ -1,0 +1,96 @@
+"""AArch64 NEON kernels (with and without dotprod): compiled by llvmlite for aarch64, linked
+into a small C harness with the cross compiler, run under qemu-user, checked against numpy.
+
+Needs ``scripts/install_emulation.sh`` (qemu-user, gcc-aarch64-linux-gnu); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from embedpipe.codegen import FORMATS, ir_float, ir_q8, jit
+from embedpipe.codegen.isa import ISAS
+from embedpipe.codegen.library import TILES, build_module
+from tests.codegen.helpers import dequant, random_raw
+
+pytestmark = pytest.mark.emulation
+
+HARNESS = Path(__file__).with_name("neon_harness.c")
+QEMU = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+CROSS_CC = shutil.which("aarch64-linux-gnu-gcc")
+SYSROOT = Path("/usr/aarch64-linux-gnu")
+
+requires_emulation = pytest.mark.skipif(
+    not (QEMU and CROSS_CC),
+    reason="AArch64 emulation unavailable: needs qemu-aarch64 and aarch64-linux-gnu-gcc "
+           "(run scripts/install_emulation.sh)")
+
+
+@pytest.fixture(scope="module")
+def harnesses(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for name in ("neon_dotprod", "neon"):
+        isa = ISAS[name]
+        work = tmp_path_factory.mktemp(name)
+        text, symbols = build_module(isa)
+        (work / "kernels.o").write_bytes(jit.compile_object(text, isa))
+        exe = work / "harness"
+        subprocess.run([CROSS_CC, "-O1", "-static", f"-DQUANT={symbols['quantize']}",
+                        f"-DQ8MM={symbols['q8mm']}", f"-DF32MM={symbols['f32mm']}",
+                        f"-DMR={TILES[name][0].mr}", str(HARNESS), str(work / "kernels.o"),
+                        "-o", str(exe)], check=True, capture_output=True)
+        out[name] = exe
+    return out
+
+
+def run_neon(exe: Path, isa_name: str, qtype: Q, raw: np.ndarray, x: np.ndarray, n: int,
+             k: int) -> np.ndarray:
+    isa = ISAS[isa_name]
+    int_tile, float_tile = TILES[isa_name]
+    fmt = FORMATS[qtype]
+    work = exe.parent
+    unpacked = fmt.repack(raw, n, k)
+    if fmt.family == "float":
+        w = ir_float.pack_weights(unpacked, isa, float_tile)
+        (work / "w.bin").write_bytes(w.tobytes())
+        args = ["float", w.shape[0], "-"]
+    else:
+        wq, wd = ir_q8.pack_weights(*unpacked, isa, int_tile)
+        (work / "w.bin").write_bytes(wq.tobytes())
+        (work / "d.bin").write_bytes(wd.tobytes())
+        args = ["int", wq.shape[0], str(work / "d.bin")]
+    (work / "x.bin").write_bytes(np.ascontiguousarray(x, np.float32).tobytes())
+    cmd = [QEMU, "-L", str(SYSROOT), str(exe), args[0], str(len(x)), str(n), str(k),
+           str(args[1]), str(work / "w.bin"), args[2], str(work / "x.bin"), str(work / "y.bin")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return np.fromfile(work / "y.bin", dtype=np.float32).reshape(len(x), n)
+
+
+@requires_emulation
+@pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon"])
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q6_K, Q.F32, Q.F16, Q.BF16],
+                         ids=lambda q: q.name)
+def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
+    rng = np.random.default_rng(7)
+    for t, n, k in [(1, 5, 256), (13, 37, 512), (6, 8, 768)]:
+        raw = random_raw(qtype, n, k, rng)
+        x = rng.standard_normal((t, k)).astype(np.float32)
+        x[0, :32] = 0
+        y = run_neon(harnesses[isa_name], isa_name, qtype, raw, x, n, k)
+        ref = x.astype(np.float64) @ dequant(qtype, raw, n, k).T
+        scale = np.abs(ref).max()
+        if FORMATS[qtype].family == "float":
+            assert np.abs(y - ref).max() <= 4e-6 * scale
+            continue
+        xq, xd = ir_q8.quantize_reference(x)
+        q, d = FORMATS[qtype].repack(raw, n, k)
+        tight = ((xq.reshape(t, -1, 32) * xd[:, :, None].astype(np.float64)).reshape(t, k)
+                 @ (q.reshape(n, -1, 32) * d[:, :, None].astype(np.float64)).reshape(n, k).T)
+        assert np.abs(y - tight).max() <= 2e-6 * np.abs(tight).max()
+        assert np.abs(y - ref).max() <= 2e-2 * scale
