@@ -75,7 +75,19 @@ def convert(
     typer.echo(str(convert_checkout(src_dir, output, quant, progress=True)))
 
 
-# `embedpipe model info` (the lead's) registers on model_app below this line.
+@model_app.command("info")
+def info(
+    model: Path = typer.Argument(..., help="GGUF model file."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything (every tensor too) as one JSON object."),
+    no_hash: bool = typer.Option(False, "--no-hash", help="Skip the file's SHA-256 (hashing 300 MB takes ~1 s)."),
+) -> None:
+    """Architecture, hyper-parameters, tensor count, quant mix, tokenizer and SHA-256 of a GGUF model."""
+    import json
+
+    from embedpipe.runtime.model_info import format_info, model_info
+
+    details = model_info(model, with_sha256=not no_hash)
+    typer.echo(json.dumps(details, indent=1) if as_json else format_info(details))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,3 @@
+from embedpipe.cli.app import main
+
+main()
