@@ -1,8 +1,8 @@
 """SentencePiece vocabulary of a Hugging Face checkout -> GGUF tokenizer arrays.
 
 Follows llama.cpp's `_create_vocab_sentencepiece`: pieces, scores and types come from
-tokenizer.model's `ModelProto`; `added_tokens.json` and `tokenizer_config.json`'s
-`added_tokens_decoder` then override entries (CONTROL if special or special-looking, else
+tokenizer.model through `SentencePieceProcessor` (no protobuf runtime needed);
+`added_tokens.json` and `tokenizer_config.json`'s `added_tokens_decoder` then override entries (CONTROL if special or special-looking, else
 USER_DEFINED with the SentencePiece space `▁` written as a plain space); the lists are padded
 with `[PADi]` UNUSED entries (or trimmed) to config.json's `vocab_size`.
 """
@@ -28,17 +28,6 @@ class TokenType(IntEnum):
     BYTE = 6
 
 
-#: SentencePiece ModelProto.SentencePiece.Type -> GGUF type, as llama.cpp reads them through
-#: SentencePieceProcessor.Is*() (USER_DEFINED pieces in the proto become NORMAL there).
-SP_PIECE_TYPES: dict[int, TokenType] = {
-    1: TokenType.NORMAL,
-    2: TokenType.UNKNOWN,
-    3: TokenType.CONTROL,
-    4: TokenType.NORMAL,
-    5: TokenType.UNUSED,
-    6: TokenType.BYTE,
-}
-
 #: Added tokens that ought to be CONTROL even when tokenizer_config does not mark them special.
 SPECIAL_LOOKING_EXACT: frozenset[str] = frozenset({"<pad>", "<mask>", "<2mass>", "[@BOS@]"})
 SPECIAL_LOOKING_WRAPPERS: tuple[tuple[str, str], ...] = (("<|", "|>"), ("<｜", "｜>"), ("<unused", ">"))
@@ -61,21 +50,29 @@ class Vocab:
     types: list[int]
 
 
-def load_sp_proto(path: Path):
-    """Parse tokenizer.model as a SentencePiece ModelProto (clear error if it is not one)."""
-    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
-    from google.protobuf.message import DecodeError
+def load_sentencepiece(path: Path):
+    """Load tokenizer.model (clear error if it is missing or not a SentencePiece model)."""
+    import sentencepiece as spm
 
     if not path.is_file():
         raise ModelFileError(f"{path}: tokenizer.model is missing")
-    proto = sp_pb2.ModelProto()
+    sp = spm.SentencePieceProcessor()
     try:
-        proto.ParseFromString(path.read_bytes())
-    except DecodeError as exc:
+        sp.LoadFromSerializedProto(path.read_bytes())
+    except (RuntimeError, OSError) as exc:
         raise ModelFileError(f"{path}: not a SentencePiece model ({exc})") from exc
-    if len(proto.pieces) == 0:
+    if sp.get_piece_size() == 0:
         raise ModelFileError(f"{path}: SentencePiece model has no pieces")
-    return proto
+    return sp
+
+
+def _piece_type(sp, i: int) -> TokenType:
+    """The type llama.cpp derives from SentencePieceProcessor (user-defined pieces read as NORMAL)."""
+    for test, ttype in ((sp.IsUnknown, TokenType.UNKNOWN), (sp.IsControl, TokenType.CONTROL),
+                        (sp.IsUnused, TokenType.UNUSED), (sp.IsByte, TokenType.BYTE)):
+        if test(i):
+            return ttype
+    return TokenType.NORMAL
 
 
 def _read_json(path: Path) -> dict:
@@ -88,14 +85,14 @@ def _read_json(path: Path) -> dict:
 
 def build_vocab(src_dir: Path, vocab_size: int) -> Vocab:
     """The tokens, scores and token types llama.cpp writes for this checkout."""
-    proto = load_sp_proto(src_dir / "tokenizer.model")
+    sp = load_sentencepiece(src_dir / "tokenizer.model")
     tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
     scores = [PAD_SCORE_INITIAL] * vocab_size
     types = [int(TokenType.UNUSED)] * vocab_size
-    for i, piece in enumerate(proto.pieces[:vocab_size]):
-        tokens[i] = piece.piece.encode("utf-8")
-        scores[i] = piece.score
-        types[i] = int(SP_PIECE_TYPES.get(piece.type, TokenType.NORMAL))
+    for i in range(min(vocab_size, sp.get_piece_size())):
+        tokens[i] = sp.IdToPiece(i).encode("utf-8")
+        scores[i] = sp.GetScore(i)
+        types[i] = int(_piece_type(sp, i))
 
     added = src_dir / "added_tokens.json"
     if added.is_file():

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -165,10 +166,19 @@ def _locked(spec: ModelSpec) -> Iterator[None]:
         fcntl.flock(fh, fcntl.LOCK_EX)
         _lock_depth.n = 1
         try:
+            _remove_leftovers(mdir)
             yield
         finally:
             _lock_depth.n = 0
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remove_leftovers(mdir: Path) -> None:
+    """Staging dirs and temp files of pulls that were killed (safe: we hold the lock)."""
+    for stale in mdir.glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in mdir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- checkout
@@ -305,6 +315,8 @@ def ensure_model(quant: str = "q8_0", force: bool = False, verify: bool = False,
     The checkout is always hash-verified before it is converted.
     """
     _check_quant(quant)
+    if not force and not verify and gguf_problem(quant, spec) is None:
+        return gguf_path(quant, spec)  # fast path: no lock, files are only ever renamed into place
     with _locked(spec):
         problem = "forced" if force else gguf_problem(quant, spec, verify=verify)
         if problem is None:
@@ -328,8 +340,11 @@ def pull(quant: str = "q8_0", force: bool = False, verify: bool = False, progres
 
 
 def default_model_path(quant: str = "q8_0") -> Path:
-    """The default model's GGUF, pulled on first use."""
-    return ensure_model(quant)
+    """The default model's GGUF, pulled on first use (honours $EMBEDPIPE_CACHE_DIR)."""
+    if cached_model_path(quant) is None:
+        print(f"embedpipe: fetching {DEFAULT_SPEC.name} ({quant}) into {model_dir()}; "
+              f"it is provided under Google's Gemma terms of use ({GEMMA_TERMS})", file=sys.stderr)
+    return ensure_model(quant, progress=sys.stderr.isatty())
 
 
 def remove_checkout(spec: ModelSpec = DEFAULT_SPEC) -> None:

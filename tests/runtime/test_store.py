@@ -247,3 +247,12 @@ def test_real_pull_matches_llama_cpp_reference() -> None:
         hist[str(t)] = hist.get(str(t), 0) + 1
     assert hist == ref["token_type_histogram"]
     assert store.checkout_problem() is None and os.path.isfile(store.hf_checkout_dir() / "model.safetensors")
+
+
+def test_leftovers_of_killed_pulls_are_removed(env: ModelSpec) -> None:
+    mdir = store.model_dir(env)
+    (mdir / ".staging-99999" / "wheels").mkdir(parents=True)
+    (mdir / f".{env.name}-f16.gguf.99999.tmp").write_bytes(b"partial")
+    store.pull("f16", progress=False, spec=env)
+    assert not list(mdir.glob(".staging-*")) and not list(mdir.glob(".*.tmp"))
+    assert store.cached_model_path("f16", env) is not None
