@@ -170,50 +170,82 @@ class PreparedMatmul:
             self._run_int(x, y)
         return y
 
-    def _ranges(self, rows: int, mr: int, panels: int) -> tuple[list, list]:
-        """Work split: by weight panels when there are plenty, else by token-row tiles."""
+    def _plan(self, t: int, mr: int, panels: int) -> tuple[str, list[tuple[int, int]]]:
+        """How to spread one product over threads: ("rows" | "panels", ranges).
+
+        Small products run on the calling thread (a pool hand-off costs more than it saves);
+        otherwise split weight panels when there are plenty (each thread streams a disjoint
+        slice of W), else token-row tiles.
+        """
         nt = self.lib.threads
-        if panels >= 4 * nt or rows <= mr:
-            return [(0, rows)], split_range(0, panels, nt)
-        return split_range(0, rows, nt, mr), [(0, panels)]
+        tpad = -(-t // mr) * mr
+        if nt == 1 or t * self.n * self.k < MIN_PARALLEL_MACS:
+            return "rows", [(0, tpad)]
+        if panels >= 4 * nt or tpad <= mr:
+            return "panels", split_range(0, panels, nt)
+        return "rows", split_range(0, tpad, nt, mr)
 
     def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
         (w,) = self.packed
-        tile = self.lib.float_tile
         t = x.shape[0]
-        tpad = -(-t // tile.mr) * tile.mr
-        trs, prs = self._ranges(tpad, tile.mr, w.shape[0])
-        f, args = self.lib._f32mm, (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n,
-                                     self.k, self.n)
-        run_parallel(lambda a, b: f(*args, *_pick(a, b, trs, prs)), _items(trs, prs),
-                     self.lib.threads)
+        how, ranges = self._plan(t, self.lib.float_tile.mr, w.shape[0])
+        f = self.lib._f32mm
+        head = (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
+        full_rows = (0, -(-t // self.lib.float_tile.mr) * self.lib.float_tile.mr)
+        if how == "rows":
+            run_parallel(lambda a, b: f(*head, a, b, 0, w.shape[0]), ranges, self.lib.threads)
+        else:
+            run_parallel(lambda a, b: f(*head, *full_rows, a, b), ranges, self.lib.threads)
 
     def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Quantize X and multiply in one hand-off per thread: a row split quantizes only its
+        rows into a shared scratch; a panel split quantizes all rows into per-thread scratch
+        (O(T·K) duplicated work against O(T·K·N/threads) saved synchronization)."""
         wq, wd = self.packed
-        lib, tile = self.lib, self.lib.int_tile
+        lib = self.lib
         t, k = x.shape
-        nb = k // QK
-        tpad = -(-t // tile.mr) * tile.mr
-        xq = aligned_empty((tpad, k * ir_q8.act_elem_bytes(lib.isa)), np.uint8)
-        xd = aligned_empty((tpad, nb), np.float32)
-        xc = aligned_empty((tpad, nb), np.int32)
-        qargs = (x.ctypes.data, xq.ctypes.data, xd.ctypes.data, xc.ctypes.data, t, k)
-        run_parallel(lambda a, b: lib._quantize(*qargs, a, b),
-                     split_range(0, tpad, lib.threads, tile.mr), lib.threads)
-        trs, prs = self._ranges(tpad, tile.mr, wq.shape[0])
-        margs = (wq.ctypes.data, wd.ctypes.data, xq.ctypes.data, xd.ctypes.data,
-                 xc.ctypes.data, y.ctypes.data, t, self.n, k, self.n)
-        run_parallel(lambda a, b: lib._q8mm(*margs, *_pick(a, b, trs, prs)),
-                     _items(trs, prs), lib.threads)
+        mr = lib.int_tile.mr
+        tpad = -(-t // mr) * mr
+        panels = wq.shape[0]
+        how, ranges = self._plan(t, mr, panels)
+        quantize, q8mm = lib._quantize, lib._q8mm
+        xp, yp, wqp, wdp, n = x.ctypes.data, y.ctypes.data, wq.ctypes.data, wd.ctypes.data, self.n
+
+        def work(scratch: tuple[int, int, int], a: int, b: int, p0: int, p1: int) -> None:
+            xq, xd, xc = scratch
+            quantize(xp, xq, xd, xc, t, k, a, b)
+            q8mm(wqp, wdp, xq, xd, xc, yp, t, n, k, n, a, b, p0, p1)
+
+        if how == "rows":
+            shared = _scratch(0, tpad, k, lib.isa)
+            run_parallel(lambda a, b: work(shared, a, b, 0, panels), ranges, lib.threads)
+        else:
+            scratches = [_scratch(i, tpad, k, lib.isa) for i in range(len(ranges))]
+            bounds = {r: i for i, r in enumerate(ranges)}
+            run_parallel(lambda a, b: work(scratches[bounds[(a, b)]], 0, tpad, a, b), ranges,
+                         lib.threads)
 
 
-def _items(trs: list, prs: list) -> list[tuple[int, int]]:
-    """Index pairs enumerating whichever of the two splits has more than one range."""
-    return [(i, 0) for i in range(len(trs))] if len(trs) > 1 else [(0, j) for j in range(len(prs))]
+# Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
+MIN_PARALLEL_MACS = 8_000_000
+
+_local = threading.local()
 
 
-def _pick(i: int, j: int, trs: list, prs: list) -> tuple[int, int, int, int]:
-    return (*trs[i], *prs[j])
+def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]:
+    """Addresses of quantized-activation buffers (xq, xd, xc) for ``tpad`` rows, cached per
+    calling thread and slot so steady-state calls allocate nothing."""
+    need = (tpad * k * ir_q8.act_elem_bytes(isa), tpad * (k // QK) * 4)
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    bufs = cache.get(slot)
+    if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
+        bufs = (aligned_empty((max(need[0], 64),), np.uint8),
+                aligned_empty((max(need[1], 64),), np.uint8),
+                aligned_empty((max(need[1], 64),), np.uint8))
+        cache[slot] = bufs
+    return bufs[0].ctypes.data, bufs[1].ctypes.data, bufs[2].ctypes.data
 
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}
