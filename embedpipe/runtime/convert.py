@@ -269,7 +269,8 @@ def convert_checkout(src_dir: str | os.PathLike, out_path: str | os.PathLike, qu
     try:
         for src, ttype in zip(plan, types):
             byte_shape = quants.quant_shape_to_byte_shape(src.shape, ttype)
-            writer.add_tensor_info(src.gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=ttype)
+            writer.add_tensor_info(src.gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
+                                   raw_dtype=ttype)
         _write_kv(writer, src_dir, hp, dense, file_type)
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()

@@ -2,9 +2,10 @@
 
 Follows llama.cpp's `_create_vocab_sentencepiece`: pieces, scores and types come from
 tokenizer.model through `SentencePieceProcessor` (no protobuf runtime needed);
-`added_tokens.json` and `tokenizer_config.json`'s `added_tokens_decoder` then override entries (CONTROL if special or special-looking, else
-USER_DEFINED with the SentencePiece space `▁` written as a plain space); the lists are padded
-with `[PADi]` UNUSED entries (or trimmed) to config.json's `vocab_size`.
+`added_tokens.json` and `tokenizer_config.json`'s `added_tokens_decoder` then override entries
+(CONTROL if special or special-looking, else USER_DEFINED with the SentencePiece space `▁`
+written as a plain space); the lists are padded with `[PADi]` UNUSED entries (or trimmed) to
+config.json's `vocab_size`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def build_vocab(src_dir: Path, vocab_size: int) -> Vocab:
     if added.is_file():
         for text, tid in _read_json(added).items():
             if 0 <= int(tid) < vocab_size:
-                tokens[tid], scores[tid], types[tid] = text.encode("utf-8"), ADDED_TOKEN_SCORE, int(TokenType.USER_DEFINED)
+                tokens[tid] = text.encode("utf-8")
+                scores[tid], types[tid] = ADDED_TOKEN_SCORE, int(TokenType.USER_DEFINED)
 
     tok_cfg = src_dir / "tokenizer_config.json"
     if tok_cfg.is_file():

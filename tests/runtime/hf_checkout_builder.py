@@ -120,6 +120,7 @@ def build_checkout(root: Path, seed: int = 0, config_overrides: dict | None = No
             str(cfg["vocab_size"] + 5): {"content": "<beyond>", "special": True},
         },
     })
-    (root / "README.md").write_text("---\nlicense: gemma\ntags:\n- sentence-transformers\n---\n# tiny\n", encoding="utf-8")
+    card = "---\nlicense: gemma\ntags:\n- sentence-transformers\n---\n# tiny\n"
+    (root / "README.md").write_text(card, encoding="utf-8")
     _write_json(root / "generation_config.json", {"top_k": 64, "top_p": 0.95})
     return root
