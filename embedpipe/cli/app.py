@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.embed_cmd",
     "embedpipe.cli.ingest_cmd",
     "embedpipe.cli.bench_cmd",
+    "embedpipe.cli.index_cmd",
 )
 
 app = typer.Typer(

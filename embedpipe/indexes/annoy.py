@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from embedpipe.indexes.base import (IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows,
                                     pad_topk, topk_desc)
+from embedpipe.indexes.kernels import rowdot
 from embedpipe.indexes.format import (IndexFileError, atomic_write, crc32_of, read_container,
                                       write_container)
 
@@ -39,7 +40,9 @@ TWO_MEANS_ITERS = 6
 
 
 class _TreeBuilder:
-    """Grows one forest into a list of node rows (int32 words), post-order like Annoy."""
+    """Grows trees level by level: every open node of a level is split in one vectorized pass
+    (margins of all its items at once), children get node numbers before their parents are
+    written, and the result is a list of node rows (int32 words)."""
 
     def __init__(self, x: np.ndarray, seed: int) -> None:
         self.x = x
@@ -48,21 +51,16 @@ class _TreeBuilder:
         self.rng = np.random.default_rng(seed)
         self.rows: list[np.ndarray] = []
 
-    def _new(self, row: np.ndarray) -> int:
-        self.rows.append(row)
+    def _alloc(self) -> int:
+        self.rows.append(np.zeros(HEADER_INTS + self.f, np.int32))
         return self.n + len(self.rows) - 1
 
-    def _leaf(self, idx: np.ndarray) -> int:
-        row = np.zeros(HEADER_INTS + self.f, np.int32)
-        row[0] = len(idx)
-        row[1:1 + len(idx)] = idx
-        return self._new(row)
-
-    def _two_means(self, pts: np.ndarray) -> np.ndarray:
+    def _two_means(self, idx: np.ndarray) -> np.ndarray:
         """Unit normal between two spherical-2-means centroids of a sample (Annoy's idea,
         run as a few vectorized Lloyd steps instead of 200 sequential updates)."""
-        if len(pts) > TWO_MEANS_SAMPLE:
-            pts = pts[self.rng.choice(len(pts), TWO_MEANS_SAMPLE, replace=False)]
+        if len(idx) > TWO_MEANS_SAMPLE:
+            idx = self.rng.choice(idx, TWO_MEANS_SAMPLE, replace=False)
+        pts = self.x[idx]
         i, j = self.rng.choice(len(pts), 2, replace=False)
         c = np.stack([pts[i], pts[j]])
         for _ in range(TWO_MEANS_ITERS):
@@ -76,29 +74,50 @@ class _TreeBuilder:
         norm = np.linalg.norm(normal)
         return normal / norm if norm > 0 else normal
 
-    def grow(self, idx: np.ndarray, is_root: bool) -> int:
+    def _place(self, idx: np.ndarray, is_root: bool, todo: list) -> int:
+        """Node number for a subtree over `idx`: an item, a leaf bucket or a split to do."""
         if len(idx) == 1 and not is_root:
             return int(idx[0])
+        node = self._alloc()
         if len(idx) <= self.K and (not is_root or self.n <= self.K or len(idx) == 1):
-            return self._leaf(idx)
-        pts = self.x[idx]
-        for _ in range(SPLIT_ATTEMPTS):
-            normal = self._two_means(pts)
-            side = pts @ normal > 0
-            ones = int(side.sum())
-            if max(ones, len(idx) - ones) / len(idx) <= MAX_IMBALANCE:
-                break
-        else:  # no useful hyperplane: random sides, zero normal (as Annoy does)
-            normal = np.zeros(self.f, np.float32)
-            side = self.rng.random(len(idx)) < 0.5
-            if side.all() or not side.any():
-                side[: len(idx) // 2] = ~side[: len(idx) // 2]
-        left = self.grow(idx[~side], False)
-        right = self.grow(idx[side], False)
-        row = np.zeros(HEADER_INTS + self.f, np.int32)
-        row[0], row[1], row[2] = len(idx), left, right
-        row[HEADER_INTS:] = normal.astype(np.float32).view(np.int32)
-        return self._new(row)
+            row = self.rows[node - self.n]
+            row[0] = len(idx)
+            row[1:1 + len(idx)] = idx
+        else:
+            todo.append((node, idx))
+        return node
+
+    def grow(self) -> int:
+        todo: list[tuple[int, np.ndarray]] = []
+        root = self._place(np.arange(self.n), True, todo)
+        while todo:
+            level, todo = todo, []
+            normals = np.stack([self._two_means(idx) for _, idx in level]).astype(np.float32)
+            members = np.concatenate([idx for _, idx in level])
+            owner = np.repeat(np.arange(len(level)), [len(idx) for _, idx in level])
+            margins = np.einsum("ij,ij->i", self.x[members], normals[owner])
+            bounds = np.cumsum([0] + [len(idx) for _, idx in level])
+            for t, (node, idx) in enumerate(level):
+                side = margins[bounds[t]:bounds[t + 1]] > 0
+                normal = normals[t]
+                for _ in range(SPLIT_ATTEMPTS - 1):
+                    ones = int(side.sum())
+                    if max(ones, len(idx) - ones) / len(idx) <= MAX_IMBALANCE:
+                        break
+                    normal = self._two_means(idx).astype(np.float32)
+                    side = self.x[idx] @ normal > 0
+                ones = int(side.sum())
+                if max(ones, len(idx) - ones) / len(idx) > MAX_IMBALANCE:
+                    normal = np.zeros(self.f, np.float32)  # random sides, as Annoy does
+                    side = self.rng.random(len(idx)) < 0.5
+                    if side.all() or not side.any():
+                        side[: len(idx) // 2] = ~side[: len(idx) // 2]
+                row = self.rows[node - self.n]
+                row[0] = len(idx)
+                row[1] = self._place(idx[~side], False, todo)
+                row[2] = self._place(idx[side], False, todo)
+                row[HEADER_INTS:] = normal.view(np.int32)
+        return root
 
 
 def build_nodes(x: np.ndarray, n_trees: int, seed: int = 0, progress: bool = False) -> np.ndarray:
@@ -109,8 +128,7 @@ def build_nodes(x: np.ndarray, n_trees: int, seed: int = 0, progress: bool = Fal
     items[:, 1] = np.einsum("ij,ij->i", x, x).astype(np.float32).view(np.int32)
     items[:, HEADER_INTS:] = x.view(np.int32)
     tb = _TreeBuilder(x, seed)
-    roots = [tb.grow(np.arange(n), True) for _ in tqdm(range(n_trees), desc="annoy trees",
-                                                       disable=not progress)]
+    roots = [tb.grow() for _ in tqdm(range(n_trees), desc="annoy trees", disable=not progress)]
     tree = np.stack(tb.rows) if tb.rows else np.zeros((0, HEADER_INTS + f), np.int32)
     all_nodes = np.concatenate([items, tree])
     return np.concatenate([all_nodes, all_nodes[roots]])
@@ -194,16 +212,15 @@ class AnnoyIndex(VectorIndex):
         limit = search_k if search_k is not None else self.search_k
         if limit is None or limit < 0:
             limit = k * self.n_trees
-        eager = len(self._split) <= 4 * limit  # margins of every split node in one GEMM
-        margins = (q @ self._split_v.T) if eager and len(self._split) else None
+        eager = 0 < len(self._split) <= 4 * limit  # margins of every split node at once
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_r = np.full((len(q), k), -1, np.int64)
         for qi in range(len(q)):
-            m = margins[qi].tolist() if margins is not None else None
+            m = rowdot(self._split_v, q[qi]).tolist() if eager else None
             cand = self._candidates(m, q[qi], limit)
             if len(cand) == 0:
                 continue
-            scores = (self.items[cand] @ q[qi]) / np.maximum(self.item_norm[cand], 1e-30)
+            scores = rowdot(self.items[cand], q[qi]) / np.maximum(self.item_norm[cand], 1e-30)
             s, cols = topk_desc(scores[None, :], k)
             out_s[qi], out_r[qi] = s[0], np.where(cols[0] >= 0, cand[np.maximum(cols[0], 0)], -1)
         return pad_topk(out_s, out_r, k)
@@ -233,7 +250,7 @@ class AnnoyIndex(VectorIndex):
             raise IndexFileError(path, f"size {size} is not a multiple of the {row_bytes}-byte "
                                        f"angular node for dim {dim} (wrong dim, metric or a "
                                        "truncated file)")
-        return np.memmap(path, dtype=np.int32, mode="r").reshape(-1, HEADER_INTS + dim)
+        return np.asarray(np.memmap(path, dtype=np.int32, mode="r")).reshape(-1, HEADER_INTS + dim)
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> AnnoyIndex:

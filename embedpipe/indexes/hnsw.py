@@ -150,7 +150,7 @@ class HnswIndex(VectorIndex):
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
               columns: dict[str, StringTable] | None = None, m: int = 16,
-              ef_construction: int = 100, ef_search: int = 64, seed: int = 0,
+              ef_construction: int = 100, ef_search: int = 96, seed: int = 0,
               progress: bool = False, **unused: Any) -> HnswIndex:
         if quant not in QUANTS:
             raise ValueError(f"hnsw supports quant {QUANTS}, not {quant!r}")

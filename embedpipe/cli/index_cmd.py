@@ -1,0 +1,108 @@
+"""`embedpipe build-index` and `embedpipe search`: thin wrappers over embedpipe.indexes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from embedpipe.errors import EmbedpipeError
+
+TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
+
+
+def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]:
+    """QUERY arguments, or --input JSONL lines: {"query": …} / {"text": …} / a JSON string."""
+    if texts and input_file is not None:
+        raise typer.BadParameter("give QUERY arguments or --input, not both")
+    if input_file is None:
+        if not texts:
+            raise typer.BadParameter("give QUERY arguments or --input F.jsonl")
+        return list(texts)
+    out: list[str] = []
+    try:
+        lines = input_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise EmbedpipeError(f"{input_file}: cannot read ({exc.strerror})") from exc
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EmbedpipeError(f"{input_file}:{lineno}: not valid JSON ({exc.msg})") from exc
+        text = row if isinstance(row, str) else (row.get("query", row.get("text"))
+                                                 if isinstance(row, dict) else None)
+        if not isinstance(text, str):
+            raise EmbedpipeError(f'{input_file}:{lineno}: expected a string or an object with '
+                                 'a string "query" or "text" field')
+        out.append(text)
+    return out
+
+
+def build_index_cmd(
+    emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`."),
+    out: Path = typer.Option(..., "-o", "--output", help="Index file to write."),
+    kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
+    quant: str = typer.Option("fp32", "--quant", help="Vector storage: fp32, int16, int8 (hnsw: fp32/int8; annoy: fp32)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."),
+    trees: int = typer.Option(50, "--trees", help="annoy: number of trees."),
+    search_k: int = typer.Option(-1, "--search-k", help="annoy: nodes to inspect per query (-1: trees × k)."),
+    m: int = typer.Option(16, "--m", help="hnsw: links per node (2M on layer 0)."),
+    ef_construction: int = typer.Option(100, "--ef-construction", help="hnsw: candidate list size when linking."),
+    ef_search: int = typer.Option(96, "--ef-search", help="hnsw: beam width at query time (stored as default)."),
+    scale_mode: str = typer.Option("dim", "--scale", help="brute int8/int16: 'dim' (calibrated per dimension) or 'vector' (per row)."),
+    no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
+) -> None:
+    """Build an index from ingest output."""
+    from embedpipe.indexes import INDEX_TYPES
+    from embedpipe.indexes.query import build_from_dir
+
+    if kind not in INDEX_TYPES:
+        raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}")
+    params_by_type = {"brute": {"scale_mode": scale_mode},
+                      "annoy": {"n_trees": trees, "search_k": search_k},
+                      "hnsw": {"m": m, "ef_construction": ef_construction, "ef_search": ef_search}}
+    start = time.perf_counter()
+    try:
+        index = build_from_dir(emb_dir, out, kind, quant, dim, keep_text=not no_text,
+                               progress=True, **params_by_type[kind])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    size = out.stat().st_size + sum(p.stat().st_size for p in out.parent.glob(out.name + ".ids"))
+    typer.echo(f"{out}: {kind} {index.quant} dim {index.dim}, {index.count} vectors, "
+               f"{size / 1e6:.1f} MB, built in {time.perf_counter() - start:.1f} s", err=True)
+
+
+def search_cmd(
+    index_path: Path = typer.Argument(..., help="Index file from `build-index`."),
+    queries: Optional[list[str]] = typer.Argument(None, help="Query texts."),
+    input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of queries."),
+    k: int = typer.Option(10, "-k", min=1, help="Results per query."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per query."),
+    model: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: the one recorded in the index)."),
+    allow_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."),
+) -> None:
+    """Embed queries with the index's model and query prompt; print the nearest ids."""
+    from embedpipe.indexes import load_index
+    from embedpipe.indexes.query import open_embedder, search_texts
+
+    texts = _read_queries(queries, input_file)
+    index = load_index(index_path)
+    embedder = open_embedder(index, model, allow_mismatch)
+    for row in search_texts(index, embedder, texts, k):
+        if as_json:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+            continue
+        typer.echo(f"query: {row['query']}")
+        for rank, hit in enumerate(row["results"], 1):
+            extra = "  ".join(f"{c}={v}" for c, v in hit.items() if c not in ("id", "score"))
+            typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['id']}" + (f"  {extra}" if extra else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-index")(build_index_cmd)
+    app.command("search")(search_cmd)
