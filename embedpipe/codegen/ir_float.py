@@ -8,6 +8,7 @@ independent FMA chains per micro-tile.  Token rows past ``T`` in the last tile r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
@@ -73,11 +74,14 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: FloatTile) -> str:
     return name
 
 
-def pack_weights(w: np.ndarray, isa: IsaSpec, tile: FloatTile) -> np.ndarray:
+def pack_weights(w: np.ndarray, isa: IsaSpec, tile: FloatTile,
+                 out: Callable[[tuple[int, ...], type], np.ndarray] = np.empty) -> np.ndarray:
     """fp32 W (N, K) -> ``[panel][k][vector][lane]``, rows zero-padded to a whole panel."""
     n, k = w.shape
     nr = isa.lanes * tile.nv
     npad = -(-n // nr) * nr
-    wp = np.zeros((npad, k), dtype=np.float32)
-    wp[:n] = w
-    return np.ascontiguousarray(wp.reshape(npad // nr, nr, k).transpose(0, 2, 1))
+    if npad != n:
+        w = np.concatenate([w, np.zeros((npad - n, k), np.float32)])
+    packed = out((npad // nr, k, nr), np.float32)
+    np.copyto(packed, w.reshape(npad // nr, nr, k).transpose(0, 2, 1))
+    return packed

@@ -23,6 +23,7 @@ Dot strategies (``IsaSpec.dot``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
@@ -202,30 +203,37 @@ def emit_quantize(m: ir.Module, isa: IsaSpec) -> str:
     return name
 
 
-def pack_weights(q: np.ndarray, d: np.ndarray, isa: IsaSpec, tile: IntTile
+def pack_weights(q: np.ndarray, d: np.ndarray, isa: IsaSpec, tile: IntTile,
+                 out: Callable[[tuple[int, ...], type], np.ndarray] = np.empty
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Repack int8 quants ``q`` (N, K) and scales ``d`` (N, K/32) into the panel layout.
 
     Layout: ``[panel][block][step][vector][lane][kgroup]`` for quants (u8 ``q+128`` for VNNI,
     int16 for pair dots) and ``[panel][block][vector][lane]`` fp32 for scales; rows are padded
-    with zeros to a whole panel.
+    with zeros to a whole panel.  ``out(shape, dtype)`` allocates the results (e.g. aligned).
+    Moves whole k-groups as one integer each, so the repack is a single strided copy.
     """
     n, k = q.shape
     L, NV, G = isa.lanes, tile.nv, isa.kgroup
     nr = L * NV
     npad = -(-n // nr) * nr
     nb = k // QK
-    qp = np.zeros((npad, k), dtype=np.int16)
-    qp[:n] = q
-    dp = np.zeros((npad, nb), dtype=np.float32)
-    dp[:n] = d
+    q = np.ascontiguousarray(q, dtype=np.int8)
+    if npad != n:
+        q = np.concatenate([q, np.zeros((npad - n, k), np.int8)])
+        d = np.concatenate([d, np.zeros((npad - n, nb), np.float32)])
     if isa.dot == "vnni":
-        qp = (qp + 128).astype(np.uint8)
-    elif isa.kgroup == 4:
-        qp = qp.astype(np.int8)
-    packed = qp.reshape(npad // nr, NV, L, nb, QK // G, G).transpose(0, 3, 4, 1, 2, 5)
-    scales = dp.reshape(npad // nr, NV, L, nb).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(packed), np.ascontiguousarray(scales)
+        groups = q.view(np.uint32) ^ np.uint32(0x80808080)  # q+128 as u8, four at a time
+    elif G == 4:
+        groups = q.view(np.uint32)
+    else:  # widen to int16 pairs
+        groups = q.astype(np.int16).view(np.uint32)
+    src = groups.reshape(npad // nr, NV, L, nb, QK // G).transpose(0, 3, 4, 1, 2)
+    packed = out(src.shape, np.uint32)
+    np.copyto(packed, src)
+    scales = out((npad // nr, nb, NV, L), np.float32)
+    np.copyto(scales, d.astype(np.float32).reshape(npad // nr, NV, L, nb).transpose(0, 3, 1, 2))
+    return packed, scales
 
 
 def quantize_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -123,11 +123,11 @@ class KernelLibrary:
                                    f"({n}, {row_bytes}), got {raw.shape}")
         unpacked = fmt.repack(np.ascontiguousarray(raw), n, k)
         if fmt.family == "float":
-            packed = (aligned_copy(ir_float.pack_weights(unpacked, self.isa, self.float_tile)),)
+            packed = (ir_float.pack_weights(unpacked, self.isa, self.float_tile, aligned_empty),)
             return PreparedMatmul(self, fmt.qtype, n, k, "float", packed)
         q, d = unpacked
-        wq, wd = ir_q8.pack_weights(q, d, self.isa, self.int_tile)
-        return PreparedMatmul(self, fmt.qtype, n, k, "int", (aligned_copy(wq), aligned_copy(wd)))
+        wq, wd = ir_q8.pack_weights(q, d, self.isa, self.int_tile, aligned_empty)
+        return PreparedMatmul(self, fmt.qtype, n, k, "int", (wq, wd))
 
 
 @dataclass

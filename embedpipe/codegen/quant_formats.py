@@ -57,7 +57,7 @@ def _bf16(raw: np.ndarray, n: int, k: int) -> np.ndarray:
 def _q8_0(raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     blocks = raw.reshape(n, k // QK, 2 + QK)
     d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
-    q = blocks[:, :, 2:].view(np.int8).reshape(n, k)
+    q = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n, k)
     return q, d
 
 
