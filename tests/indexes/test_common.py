@@ -1,0 +1,97 @@
+"""Behaviour every index type shares: round trip, recall vs exact fp32, ids, dims."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedpipe.indexes import INDEX_TYPES, Builder, DimensionMismatchError, build_index, load_index
+from embedpipe.indexes.base import IndexMeta, truncate_normalize
+
+from .helpers import DATASETS, clustered, exact_topk, recall
+
+CONFIGS = [(kind, quant) for kind, cls in INDEX_TYPES.items() for quant in cls.quants]
+PARAMS = {"brute": {}, "annoy": {"n_trees": 10, "search_k": 3000}, "hnsw": {"m": 12, "ef_search": 64}}
+# recall@10 floors vs exact fp32 on 1000 x 64 (int8 on 64-d clustered data has real ties)
+FLOOR = {("brute", "fp32"): 1.0, ("brute", "int16"): 0.999, ("brute", "int8"): 0.95,
+         ("annoy", "fp32"): 0.95, ("hnsw", "fp32"): 0.97, ("hnsw", "int8"): 0.93}
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = {name: fn(1100, 64, seed=3) for name, fn in DATASETS.items()}
+    return {name: (v[:1000], v[1000:]) for name, v in x.items()}
+
+
+@pytest.mark.parametrize("kind,quant", CONFIGS)
+@pytest.mark.parametrize("dataset", list(DATASETS))
+def test_recall_and_round_trip(tmp_path, data, kind, quant, dataset):
+    x, q = data[dataset]
+    meta = IndexMeta(model_sha256="ab" * 32, task="document", model_path="/m.gguf")
+    ix = build_index(x, ids=np.arange(1000) * 7, kind=kind, quant=quant, meta=meta, **PARAMS[kind])
+    scores, ids = ix.search(q, 10)
+    truth = exact_topk(x, q, 10)
+    assert recall(ids // 7, truth) >= FLOOR[(kind, quant)]
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    path = tmp_path / "ix"
+    ix.save(path)
+    back = load_index(path)
+    assert type(back) is type(ix) and back.quant == quant and back.count == 1000
+    assert back.meta.model_sha256 == "ab" * 32 and back.meta.task == "document"
+    s2, i2 = back.search(q, 10)
+    np.testing.assert_array_equal(i2, ids)
+    np.testing.assert_allclose(s2, scores, rtol=1e-5, atol=1e-6)
+    # single search agrees with batch search
+    s1, i1 = back.search_one(q[3], 10)
+    np.testing.assert_array_equal(i1, ids[3])
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_string_ids_and_columns(tmp_path, kind):
+    x = clustered(300, 32, seed=5)
+    names = [f"doc-{i}-é" for i in range(300)]
+    ix = (Builder(kind, **PARAMS[kind]).add(x[:150], names[:150], {"title": names[:150]})
+          .add(x[150:], names[150:], {"title": names[150:]}).build())
+    ix.save(tmp_path / "s")
+    back = load_index(tmp_path / "s")
+    scores, ids = back.search(x[[7, 200]], 3)
+    assert ids[0, 0] == "doc-7-é" and ids[1, 0] == "doc-200-é"
+    assert back.columns["title"][200] == "doc-200-é"
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_dim_mismatch_raises(kind):
+    ix = build_index(clustered(200, 64), kind=kind, dim=32, **PARAMS[kind])
+    ix.search(np.ones((1, 32), np.float32), 5)
+    ix.search(np.ones((2, 64), np.float32), 5)  # full width: Matryoshka-truncated
+    for bad in (np.ones((1, 48), np.float32), np.ones((1, 16), np.float32)):
+        with pytest.raises(DimensionMismatchError, match="32"):
+            ix.search(bad, 5)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_matryoshka_truncation_matches_exact_search_at_that_dim(kind):
+    x = clustered(600, 128, seed=9)
+    q = clustered(40, 128, seed=10)
+    ix = build_index(x, kind=kind, dim=64, **PARAMS[kind])
+    assert ix.dim == 64 and ix.meta.source_dim == 128
+    _, ids = ix.search(q, 10)  # 128-d queries truncated + re-normalized inside
+    truth = exact_topk(truncate_normalize(x, 64), truncate_normalize(q, 64), 10)
+    assert recall(ids, truth) >= 0.95
+    full_truth = exact_topk(x, q, 10)
+    assert recall(ids, full_truth) < 1.0  # truncation really changed the geometry
+
+
+def test_k_larger_than_index_pads():
+    ix = build_index(clustered(5, 16), kind="brute")
+    scores, ids = ix.search(clustered(2, 16, seed=1), 8)
+    assert ids.shape == (2, 8) and (ids[:, 5:] == -1).all() and np.isinf(scores[:, 5:]).all()
+    assert sorted(ids[0, :5].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_builder_rejects_unknown_type_and_quant():
+    with pytest.raises(ValueError, match="unknown index type"):
+        Builder("kdtree")
+    with pytest.raises(ValueError, match="annoy indexes support"):
+        Builder("annoy", quant="int8")
