@@ -1,0 +1,82 @@
+"""`build-index` on real `ingest` output (tiny model) and `search` through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from embedpipe.cli.app import app
+from embedpipe.indexes import load_index
+from embedpipe.indexes.query import ModelMismatchError, open_embedder
+from embedpipe.pipeline import IngestConfig, ingest
+from embedpipe.runtime.embedder import Embedder
+
+runner = CliRunner()
+WORDS = "bread flour water salt yeast vector index parquet stream fox dog lazy quick".split()
+
+
+@pytest.fixture(scope="module")
+def emb_dir(tiny_gguf, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("emb")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, int(rng.integers(2, 8)))) for _ in range(80)]
+    src = tmp / "corpus.parquet"
+    pq.write_table(pa.table({"text": texts, "doc": [f"d{i}" for i in range(80)],
+                             "title": [f"title {i}" for i in range(80)]}), src)
+    out = tmp / "emb"
+    embedder = Embedder.load(tiny_gguf, backend="numpy")
+    ingest(IngestConfig(inputs=[str(src)], output=str(out), model=str(tiny_gguf), id_col="doc",
+                        keep=["title"], backend="numpy"), embedder=embedder)
+    return out, texts
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("kind,quant", [("brute", "int8"), ("annoy", "fp32"), ("hnsw", "fp32")])
+def test_build_index_then_search_json(emb_dir, tiny_gguf, tmp_path, kind, quant):
+    emb, texts = emb_dir
+    out = tmp_path / f"{kind}.idx"
+    res = _run("build-index", str(emb), "--type", kind, "--quant", quant, "--dim", "32",
+               "-o", str(out), "--trees", "5", "--m", "8")
+    assert res.exit_code == 0, res.output
+    ix = load_index(out)
+    assert ix.count == 80 and ix.dim == 32 and ix.meta.task == "document"
+    embedder = Embedder.load(tiny_gguf, backend="numpy")
+    assert ix.meta.model_sha256 == embedder.model_sha256
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"query": texts[3]}) + "\n" + json.dumps(texts[9]) + "\n")
+    res = _run("search", str(out), "--input", str(queries), "-k", "4", "--json")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.output.splitlines()]
+    assert [line["query"] for line in lines] == [texts[3], texts[9]]
+    want = ix.search(embedder.encode([texts[3], texts[9]], task="query"), 4)
+    for line, ids in zip(lines, want[1]):
+        assert [r["id"] for r in line["results"]] == list(ids)
+        assert all(r["title"].startswith("title ") for r in line["results"])
+        assert all(set(r) >= {"id", "score"} for r in line["results"])
+    res = _run("search", str(out), texts[5], "-k", "2")
+    assert res.exit_code == 0 and res.output.startswith(f"query: {texts[5]}")
+
+
+def test_model_mismatch_is_refused(emb_dir, tiny_model_q8, tmp_path):
+    emb, _ = emb_dir
+    out = tmp_path / "b.idx"
+    assert _run("build-index", str(emb), "-o", str(out)).exit_code == 0
+    ix = load_index(out)
+    with pytest.raises(ModelMismatchError, match="SHA-256"):
+        open_embedder(ix, tiny_model_q8.path, backend="numpy")
+    assert open_embedder(ix, tiny_model_q8.path, allow_mismatch=True, backend="numpy")
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(Exception, match="no part-"):
+        _run("build-index", str(tmp_path), "-o", str(tmp_path / "x"))
+    res = _run("build-index", str(tmp_path), "-o", str(tmp_path / "x"), "--type", "kd")
+    assert res.exit_code != 0 and "--type" in res.output
