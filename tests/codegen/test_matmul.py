@@ -126,3 +126,17 @@ def test_non_finite_activations_do_not_crash():
     x[1, 5] = np.inf
     y = mm(x)
     assert np.isfinite(y[0]).all() and np.isfinite(y[2]).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", FLOAT_TYPES, ids=lambda q: q.name)
+def test_float_types_take_any_k(isa, qtype):
+    for t, n, k in [(5, 9, 40), (2, 33, 7), (9, 17, 1)]:
+        check(isa, qtype, t, n, k)
+
+
+def test_libraries_cached_per_isa_and_threads():
+    a = get_kernel_library(ISAS[0], 2)
+    assert get_kernel_library(ISAS[0], 2) is a
+    assert get_kernel_library(ISAS[0], 1) is not a
+    assert a.isa.name == ISAS[0] and a.threads == 2

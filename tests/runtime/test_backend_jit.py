@@ -1,0 +1,46 @@
+"""The "jit" backend: the runtime's matmuls on embedpipe.codegen kernels, numpy as the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from embedpipe.runtime.backend_jit import JitBackend
+from embedpipe.runtime.backends import NumpyBackend, make_backend
+from embedpipe.runtime.embedder import Embedder
+from embedpipe.runtime.gguf_file import WeightTensor
+from tests.codegen.helpers import random_raw
+
+
+def _tensor(qtype: Q, n: int, k: int, seed: int = 0) -> WeightTensor:
+    raw = random_raw(qtype, n, k, np.random.default_rng(seed))
+    return WeightTensor("blk.0.ffn_up.weight", qtype, (n, k), raw.reshape(-1))
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.F16, Q.F32, Q.Q6_K], ids=lambda q: q.name)
+def test_jit_matches_numpy_backend(qtype):
+    tensor = _tensor(qtype, 70, 256)
+    x = np.random.default_rng(1).standard_normal((9, 256)).astype(np.float32)
+    got = JitBackend(threads=2).prepare(tensor)(x)
+    ref = NumpyBackend().prepare(tensor)(x)
+    tol = 2e-2 if qtype not in (Q.F16, Q.F32) else 1e-5
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+
+
+def test_unsupported_type_falls_back_to_numpy():
+    tensor = _tensor(Q.Q5_0, 8, 64)
+    x = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
+    got = JitBackend(threads=1).prepare(tensor)(x)
+    np.testing.assert_allclose(got, NumpyBackend().prepare(tensor)(x), rtol=1e-6)
+
+
+def test_auto_prefers_jit():
+    assert make_backend("auto", 1).name == "jit"
+
+
+def test_tiny_model_jit_equals_numpy(tiny_model_q8):
+    ids = [[2, 5, 9, 11, 1], [2, 7, 1]]
+    jit = Embedder.load(tiny_model_q8.path, backend="jit", threads=2).encode_ids(ids)
+    ref = Embedder.load(tiny_model_q8.path, backend="numpy").encode_ids(ids)
+    assert (jit * ref).sum(axis=1).min() > 0.999
