@@ -54,7 +54,33 @@ def kernels(
         typer.echo(json.dumps(summary, indent=2))
 
 
-BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels}
+def index(
+    n: int = typer.Option(10000, "--n", help="Vectors to index (queries are held out beyond these)."),
+    dim: int = typer.Option(768, "--dim", help="Dimension (real vectors are Matryoshka-truncated to it)."),
+    vectors: Optional[str] = typer.Option(None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."),
+    queries: int = typer.Option(500, "--queries", help="Held-out query vectors."),
+    single: int = typer.Option(200, "--single", help="Queries timed one call at a time."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
+    refs: Optional[list[str]] = typer.Option(None, "--ref", help="References (default faiss,annoy,hnswlib)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Our brute/annoy/hnsw configs vs FAISS IndexFlatIP, annoy, hnswlib: build, size, QPS, recall@10."""
+    from embedpipe.indexes.bench import REFERENCES, format_row, run_index_bench
+
+    names = tuple(_split(refs) or REFERENCES)
+    report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
+    summary = run_index_bench(n, dim, vectors, queries, single, repeats, names, report)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"data: {summary['data']}; {summary['n']} indexed, {summary['queries']} queries")
+    for entry in summary["ratios"]:
+        typer.echo(f"{entry['comparison']}: single {entry['qps_single']}  batch {entry['qps_batch']}")
+    for name, why in summary["skipped"].items():
+        typer.echo(f"skipped {name}: {why}")
+
+
+BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index}
 
 
 def register(app: typer.Typer) -> None:
