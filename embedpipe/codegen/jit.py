@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def target_machine(isa: IsaSpec) -> llvm.TargetMachine:
 
 
 def cache_key(ir_text: str, isa: IsaSpec) -> str:
+    """SHA-256 over the IR (or a fingerprint of whatever generates it), the target and the
+    llvmlite version."""
     h = hashlib.sha256()
     for part in (ir_text, isa.triple, isa.cpu, isa.features, llvmlite.__version__):
         h.update(part.encode())
@@ -73,7 +76,15 @@ STATS = CompileStats()
 
 def compile_object(ir_text: str, isa: IsaSpec) -> bytes:
     """Optimize (O3) and compile ``ir_text`` for ``isa``; returns ELF object bytes (cached)."""
-    key = cache_key(ir_text, isa)
+    return compile_cached(cache_key(ir_text, isa), lambda: ir_text, isa)
+
+
+def compile_cached(key: str, build_ir: Callable[[], str], isa: IsaSpec) -> bytes:
+    """The object cached under ``key``, or compile ``build_ir()`` and cache it.
+
+    Callers that can name their IR without generating it (by fingerprinting the generator's
+    sources) skip IR generation entirely on a warm start.
+    """
     path = cache_dir() / f"{key}.o"
     start = time.perf_counter()
     try:
@@ -83,6 +94,7 @@ def compile_object(ir_text: str, isa: IsaSpec) -> bytes:
         return data
     except OSError:
         pass
+    ir_text = build_ir()
     tm = target_machine(isa)
     module = llvm.parse_assembly(ir_text)
     module.triple = isa.triple

@@ -7,16 +7,21 @@ sizes were checked against the dimensions it is given.
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_float, ir_q8, jit
+from embedpipe.codegen import ir_float, ir_q8, irutil, jit
+from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import IsaSpec, default_threads, detect_isa, host_arch, ISAS
@@ -50,6 +55,14 @@ _QUANT = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _I, _I, _I, _I)
 _F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
 
 
+def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
+    """Role -> symbol of every kernel in the library module of ``isa``."""
+    int_tile, float_tile = TILES[isa.name]
+    return {"quantize": ir_q8.quantize_symbol(isa),
+            "q8mm": ir_q8.matmul_symbol(isa, int_tile),
+            "f32mm": ir_float.matmul_symbol(isa, float_tile)}
+
+
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     """IR text of every kernel for ``isa`` and a map role -> symbol."""
     int_tile, float_tile = TILES[isa.name]
@@ -60,7 +73,24 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
     }
+    assert symbols == kernel_symbols(isa)
     return str(module), symbols
+
+
+@functools.cache
+def _generator_fingerprint() -> str:
+    """Hash of the sources that generate the library IR: equal sources give equal IR."""
+    h = hashlib.sha256()
+    for mod in (irutil, ir_q8, ir_float, isa_module, sys.modules[__name__]):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
+
+
+def library_object(isa: IsaSpec) -> bytes:
+    """The compiled library object for ``isa``: from the disk cache, keyed by the generator
+    fingerprint, the target and llvmlite's version, without generating IR when cached."""
+    key = jit.cache_key(f"library:{_generator_fingerprint()}:{TILES[isa.name]}", isa)
+    return jit.compile_cached(key, lambda: build_module(isa)[0], isa)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
@@ -88,8 +118,8 @@ class KernelLibrary:
         self.threads = threads
         self.int_tile, self.float_tile = TILES[isa.name]
         start = time.perf_counter()
-        text, symbols = build_module(isa)
-        addrs = jit.host_engine().load(jit.compile_object(text, isa), list(symbols.values()))
+        symbols = kernel_symbols(isa)
+        addrs = jit.host_engine().load(library_object(isa), list(symbols.values()))
         self._quantize = _QUANT(addrs[symbols["quantize"]])
         self._q8mm = _Q8MM(addrs[symbols["q8mm"]])
         self._f32mm = _F32MM(addrs[symbols["f32mm"]])
