@@ -80,7 +80,31 @@ def index(
         typer.echo(f"skipped {name}: {why}")
 
 
-BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index}
+def ingest(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."),
+    input_path: Optional[str] = typer.Option(None, "--input", help="Parquet file with a text column (default: synthetic texts)."),
+    n: int = typer.Option(300, "--n", help="Texts to embed."),
+    task: str = typer.Option("document", "--task", help="Task prompt."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Output dimension (default: model width)."),
+    backend: str = typer.Option("auto", "--backend", help="Matmul backend: auto, jit or numpy."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
+    rss_rows: int = typer.Option(0, "--rss-rows", help="Also measure peak RSS of ingest on N and 10×N rows (0: skip)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Ingest pipeline overhead vs Embedder.encode on the same texts, cache speedup, RSS vs corpus size."""
+    from embedpipe.pipeline.bench import run_ingest_bench, run_rss_bench
+
+    report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
+    summary = run_ingest_bench(model, input_path, n, task, dim, backend, threads, repeats, report)
+    if rss_rows:
+        summary["rss"] = run_rss_bench(model or summary["model"], rss_rows, 10, report, backend=backend,
+                                       threads=threads, part_rows=2000, sort_window=512)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+
+
+BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index, "ingest": ingest}
 
 
 def register(app: typer.Typer) -> None:
