@@ -1,0 +1,118 @@
+"""`embedpipe eval tradeoffs` and `embedpipe eval retrieval`: thin shells over embedpipe.eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP
+
+eval_app = typer.Typer(help="Recall/size/latency trade-offs and retrieval quality (BEIR).",
+                       no_args_is_help=True)
+
+
+def _emit(rows: list[dict[str, Any]], json_out: Optional[Path], csv_out: Optional[Path],
+          plot_out: Optional[Path], plot_args: dict[str, Any]) -> None:
+    from embedpipe.eval import report
+
+    typer.echo(report.markdown_table(rows))
+    if json_out:
+        report.write_json(rows, json_out)
+        typer.echo(f"wrote {json_out}", err=True)
+    if csv_out:
+        report.write_csv(rows, csv_out)
+        typer.echo(f"wrote {csv_out}", err=True)
+    if plot_out:
+        report.write_plot(rows, plot_out, **plot_args)
+        typer.echo(f"wrote {plot_out}", err=True)
+
+
+@eval_app.command("tradeoffs")
+def tradeoffs_cmd(
+    emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Query texts: JSONL ({\"text\": …}) or Parquet (text column). Default: a sample of corpus rows' texts."),
+    n_queries: int = typer.Option(200, "--n-queries", help="Queries to use (sampled, seeded)."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
+    quants: Optional[str] = typer.Option(None, "--quants", help="Comma-separated quants (default fp32,int16,int8)."),
+    indexes: Optional[str] = typer.Option(None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."),
+    seed: int = typer.Option(0, "--seed", help="Query sampling seed."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as a JSON list."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: recall vs size and vs latency (needs the plot extra)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP + " Default: the model recorded in the embeddings."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache for the queries."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (as for ingest)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Recall@10 (vs exact fp32-768 and vs exact at the same dim), size, build time and
+    single-query latency for every dim × quant × index configuration."""
+    import numpy as np
+
+    from embedpipe.eval import embedding as E
+    from embedpipe.eval import tradeoffs as T
+    from embedpipe.indexes.source import read_embeddings
+
+    plan = T.Plan(dims=T.parse_list(dims, int, ()) or None, quants=T.parse_list(quants, str, T.QUANTS),
+                  indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)))
+    data = read_embeddings(emb_dir, keep_text=True)
+    plan.validate(data.vectors.shape[1])
+    if n_queries < 1:
+        raise typer.BadParameter("--n-queries must be >= 1")
+    if queries is not None:
+        texts = E.read_query_file(queries)
+        texts = [texts[i] for i in sorted(np.random.default_rng(seed).choice(
+            len(texts), min(n_queries, len(texts)), replace=False))]
+    else:
+        texts = E.sample_corpus_queries(emb_dir, data.ids, data.columns, n_queries, seed)
+    emb = E.load_embedder(data.meta, str(model) if model else None, backend, threads)
+    qvecs = E.embed_texts(emb, texts, "query", cache=E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
+                          dim=data.vectors.shape[1])
+    typer.echo(f"{len(data.vectors)} vectors × {data.vectors.shape[1]} from {emb_dir}; {len(texts)} queries "
+               f"({'--queries ' + str(queries) if queries else 'sampled corpus texts'}), query prompt", err=True)
+    rows = T.run_tradeoffs(data.vectors, qvecs, plan, progress=progress)
+    _emit(rows, json_out, csv_out, plot_out, dict(
+        recall="recall@10", panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
+        knobs=T.KNOBS, title=f"recall@10 vs exact fp32-768 — {emb_dir.name}"))
+
+
+@eval_app.command("retrieval")
+def retrieval_cmd(
+    dataset_dir: Path = typer.Argument(..., help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv."),
+    dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
+    indexes: Optional[str] = typer.Option(None, "--indexes", help="Comma-separated configurations or types (default brute-fp32,brute-int8,hnsw-int8-m16-ef_search128)."),
+    split: str = typer.Option("test", "--split", help="qrels/<split>.tsv to evaluate."),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Subset: judged docs + first corpus docs up to N."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Subset: first N judged queries."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as a JSON list."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: nDCG@10 vs dim-config search time (needs the plot extra)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (as for ingest)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """nDCG@10, Recall@100 and MRR@10 per dim and index configuration on a BEIR dataset."""
+    from embedpipe.eval import embedding as E
+    from embedpipe.eval import retrieval as R
+    from embedpipe.eval.tradeoffs import DIMS, KNOBS, parse_list
+    from embedpipe.runtime.embedder import Embedder
+
+    configs = R.pick_configs(parse_list(indexes, str, ()) or None)
+    data = R.load_beir(dataset_dir, split, max_docs, max_queries)
+    emb = Embedder.load(str(model) if model else None, backend=backend, threads=threads)
+    typer.echo(f"{dataset_dir}: {len(data.doc_ids)} docs, {len(data.query_ids)} judged queries", err=True)
+    rows = R.run_retrieval(data, emb, parse_list(dims, int, DIMS), configs,
+                           E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress), progress)
+    _emit(rows, json_out, csv_out, plot_out, dict(
+        recall="ndcg@10", panels=[("search_ms_per_query", "search time (ms/query, batched)")],
+        knobs=KNOBS, title=f"nDCG@10 — {dataset_dir.name}"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
