@@ -20,7 +20,7 @@ import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_float, ir_q8, irutil, jit
+from embedpipe.codegen import ir_elementwise, ir_float, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
@@ -53,6 +53,7 @@ _I = ctypes.c_int64
 _Q8MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
 _QUANT = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _I, _I, _I, _I)
 _F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
+_ELTWISE2 = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I)
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
@@ -60,7 +61,8 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     int_tile, float_tile = TILES[isa.name]
     return {"quantize": ir_q8.quantize_symbol(isa),
             "q8mm": ir_q8.matmul_symbol(isa, int_tile),
-            "f32mm": ir_float.matmul_symbol(isa, float_tile)}
+            "f32mm": ir_float.matmul_symbol(isa, float_tile),
+            "gelu_mul": ir_elementwise.gelu_mul_symbol(isa)}
 
 
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
@@ -72,6 +74,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "quantize": ir_q8.emit_quantize(module, isa),
         "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
+        "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
     }
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
@@ -81,7 +84,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
     h = hashlib.sha256()
-    for mod in (irutil, ir_q8, ir_float, isa_module, sys.modules[__name__]):
+    for mod in (irutil, ir_q8, ir_float, ir_elementwise, isa_module, sys.modules[__name__]):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
 
@@ -123,9 +126,27 @@ class KernelLibrary:
         self._quantize = _QUANT(addrs[symbols["quantize"]])
         self._q8mm = _Q8MM(addrs[symbols["q8mm"]])
         self._f32mm = _F32MM(addrs[symbols["f32mm"]])
+        self._gelu_mul = _ELTWISE2(addrs[symbols["gelu_mul"]])
         self.load_seconds = time.perf_counter() - start
         log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
                   isa.features or "no extra features", self.load_seconds, threads)
+
+    def gelu_tanh_mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``gelu_tanh(a) · b`` element-wise (fp32, same shape, C-contiguous), ~1e-6 relative."""
+        for name, arr in (("a", a), ("b", b)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+                raise KernelInputError(f"gelu_tanh_mul: {name} must be a float32 numpy array")
+            if not (arr.flags.c_contiguous and arr.flags.aligned):
+                raise KernelInputError(f"gelu_tanh_mul: {name} must be C-contiguous")
+        if a.shape != b.shape:
+            raise KernelInputError(f"gelu_tanh_mul: shapes differ: {a.shape} vs {b.shape}")
+        out = np.empty_like(a)
+        size = a.size
+        parts = self.threads if size >= MIN_PARALLEL_ELEMENTS else 1
+        fn, args = self._gelu_mul, (a.ctypes.data, b.ctypes.data, out.ctypes.data)
+        run_parallel(lambda lo, hi: fn(*args, lo, hi),
+                     split_range(0, size, parts, 2 * self.isa.lanes), self.threads)
+        return out
 
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,
                        k: int) -> PreparedMatmul:
@@ -258,6 +279,7 @@ class PreparedMatmul:
 
 # Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
 MIN_PARALLEL_MACS = 8_000_000
+MIN_PARALLEL_ELEMENTS = 65_536
 
 _local = threading.local()
 
