@@ -176,6 +176,7 @@ def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = N
     rng = np.random.default_rng(0)
     results: list[KernelResult] = []
     peaks: dict[str, dict] = {}
+    elementwise: dict[str, dict] = {}
     for spec in specs:
         lib = get_kernel_library(spec.name, threads)
         probes = {kind: PeakProbe(spec, lib.threads, kind) for kind in ("int", "float")}
@@ -213,7 +214,29 @@ def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = N
                            f"{100 * res.fraction_of_peak:6.1f}% "
                            f"{100 * res.fraction_of_peak_wall:7.1f}% {res.numpy_ms:9.3f} "
                            f"{res.speedup_vs_numpy:7.2f}")
-    return {"peaks": peaks, "results": [asdict(r) for r in results]}
+        elementwise.update(_bench_gelu(lib, tokens, repeats, report))
+    return {"peaks": peaks, "results": [asdict(r) for r in results], "elementwise": elementwise}
+
+
+def _bench_gelu(lib, tokens: tuple[int, ...], repeats: int,
+                report: Callable[[str], None]) -> dict:
+    """gelu_tanh(a)·b on (T, 1152) against the numexpr expression it replaces."""
+    import numexpr as ne
+
+    rng = np.random.default_rng(1)
+    out = {}
+    report(f"gelu_tanh_mul {'T':>5} {'ms':>8} {'numexpr ms':>10} {'x numexpr':>9}")
+    c, a3, half, one = (np.float32(v) for v in (np.sqrt(2 / np.pi), 0.044715, 0.5, 1.0))
+    for t in tokens:
+        g = rng.standard_normal((t, 1152)).astype(np.float32)
+        u = rng.standard_normal((t, 1152)).astype(np.float32)
+        sec = _median_seconds(lambda: lib.gelu_tanh_mul(g, u), repeats)
+        names = {"g": g, "u": u, "c": c, "a3": a3, "half": half, "one": one}
+        ne_sec = _median_seconds(lambda: ne.evaluate(
+            "half * g * (one + tanh(c * (g + a3 * g * g * g))) * u", local_dict=names), repeats)
+        out[f"{lib.isa.name}/T={t}"] = {"ms": sec * 1e3, "numexpr_ms": ne_sec * 1e3}
+        report(f"{'':13} {t:5} {sec * 1e3:8.3f} {ne_sec * 1e3:10.3f} {ne_sec / sec:9.2f}")
+    return out
 
 
 def all_runnable_isa_names() -> list[str]:
