@@ -68,9 +68,13 @@ def _peak_module(isa: IsaSpec, kind: str) -> tuple[str, str]:
     for s in slots:
         b.store(ir.Constant(ty, None), s)
     with for_range(b, const_i64(0), fn.args[1], 1, "i"):
-        for s in slots:
-            step = (ir_q8._dot(b, m, isa, b.load(s), a, c) if kind == "int"
-                    else fmuladd(b, m, a, c, b.load(s)))
+        # Each int chain's multiplicand is the neighbouring chain's previous value: loop-variant
+        # (so LLVM cannot hoist a product of invariants, as it would for pmaddwd) at no extra
+        # instruction per step.
+        prev = [b.load(s) for s in slots]
+        for i, s in enumerate(slots):
+            step = (ir_q8._dot(b, m, isa, prev[i], prev[(i + 1) % PEAK_CHAINS], c)
+                    if kind == "int" else fmuladd(b, m, a, c, prev[i]))
             b.store(step, s)
     total = b.load(slots[0])
     for s in slots[1:]:
@@ -157,8 +161,9 @@ def _weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndar
         from gguf import GGML_QUANT_SIZES
         _, ts = GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(n, k // 256, ts), dtype=np.uint8)
-        d = np.full((n, k // 256), 1e-3, np.float16).view(np.uint8).reshape(n, k // 256, 2)
-        raw[:, :, (0 if qtype == Q.Q4_K else ts - 2):][:, :, :2] = d
+        scale = np.full((n, k // 256), 1e-3, np.float16).view(np.uint8).reshape(n, k // 256, 2)
+        for offset in ((0, 2) if qtype == Q.Q4_K else (ts - 2,)):  # d, dmin / d
+            raw[:, :, offset:offset + 2] = scale
         raw = raw.reshape(n, -1)
     else:
         raw = np.asarray(quants.quantize(w, qtype)).view(np.uint8).reshape(n, -1)
