@@ -6,14 +6,15 @@ Graph storage (flat arrays that save and mmap as-is):
 * ``level`` int8 (n,): top layer of each node; ``upoff`` int64 (n,): row of the node's layer-1
   list in ``nbru`` (int32 (rows, M)); its layers 1..level sit in consecutive rows.
 
-Build (`build`): levels drawn as ⌊-ln U · 1/ln M⌋ as in the paper. Instead of inserting nodes
-one by one, each layer's candidate lists are the exact top-`ef_construction` neighbours among
-the nodes of that layer (blocked BLAS), pruned with the paper's heuristic (keep c only if it is
-closer to the node than to every neighbour already kept), then reverse edges are merged and
-pruned again with the same heuristic — the graph the incremental algorithm approximates, built
-with matrix products instead of 10⁴ Python-level searches. This is O(n²·d) flops, fine up to a
-few 10⁵ vectors. `add` inserts further vectors the incremental way (search + heuristic +
-reverse-link pruning). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the
+Build (`build`): levels drawn as ⌊-ln U · 1/ln M⌋ as in the paper and a random insertion
+order. Instead of running 10⁴ Python-level graph searches, each node's candidates on a layer
+are the exact top-`ef_construction` among the nodes inserted *before* it (blocked BLAS) — what
+incremental insertion would find with a perfect search, including the long-range links early
+nodes get — pruned with the paper's heuristic (keep c only if it is closer to the node than to
+every neighbour already kept); then reverse links are merged and pruned again with the same
+heuristic, as insertion does when a neighbour's list overflows. O(n²·d) flops: fine up to a
+few 10⁵ vectors. `add` inserts further vectors the incremental way (graph search + heuristic
++ reverse-link pruning; added nodes join layer 0 only). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the
 numpy reference below (also the test oracle).
 """
 
@@ -85,16 +86,23 @@ def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) 
 
 
 def _exact_candidates(x: np.ndarray, nodes: np.ndarray, c: int, progress: Any) -> np.ndarray:
-    """For each node in `nodes`, its top-c most similar other nodes of `nodes` (global ids)."""
+    """For each node, its top-c most similar nodes among those *before* it in `nodes`.
+
+    `nodes` is in insertion order, so this is what incremental HNSW insertion would link to
+    with a perfect search: early nodes see a sparse set and get the long-range links that keep
+    the layer connected across clusters. Missing candidates are -1.
+    """
     sub = x[nodes]
-    c = min(c, len(nodes) - 1)
-    out = np.empty((len(nodes), c), np.int32)
-    for lo in range(0, len(nodes), CAND_BLOCK):
+    out = np.full((len(nodes), c), -1, np.int32)
+    for lo in range(1, len(nodes), CAND_BLOCK):
         hi = min(len(nodes), lo + CAND_BLOCK)
-        s = sub[lo:hi] @ sub.T
-        s[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
-        part = np.argpartition(-s, c - 1, axis=1)[:, :c]
-        out[lo:hi] = nodes[part]
+        s = sub[lo:hi] @ sub[:hi].T
+        s[np.arange(hi - lo)[:, None] + lo <= np.arange(hi)[None, :]] = -np.inf
+        width = min(c, hi - 1)
+        part = np.argpartition(-s, width - 1, axis=1)[:, :width] if width < hi else \
+            np.broadcast_to(np.arange(hi), s.shape)
+        ok = np.isfinite(np.take_along_axis(s, part, axis=1))
+        out[lo:hi, :width] = np.where(ok, nodes[part], -1)
         progress.update(hi - lo)
     return out
 
@@ -165,8 +173,9 @@ class HnswIndex(VectorIndex):
         nbr0 = np.full((n, 2 * m), -1, np.int32)
         bar = tqdm(total=int((level >= 0).sum() + level.sum()), desc="hnsw graph",
                    disable=not progress)
+        order = rng.permutation(n)  # insertion order
         for layer in range(top, -1, -1):
-            nodes = np.flatnonzero(level >= layer)
+            nodes = order[level[order] >= layer]
             width = 2 * m if layer == 0 else m
             if len(nodes) < 2:
                 bar.update(len(nodes))
@@ -180,7 +189,7 @@ class HnswIndex(VectorIndex):
             else:
                 nbru[upoff[nodes] + layer - 1] = final
         bar.close()
-        entry = int(np.flatnonzero(level == top)[0]) if n else 0
+        entry = int(order[level[order] == top][0]) if n else 0
         codes, scale = quantize(x, quant, "vector")
         params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
                   "max_level": top, "seed": seed}
