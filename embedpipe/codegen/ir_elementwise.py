@@ -1,4 +1,5 @@
-"""Element-wise kernels that are hot between the matmuls: ``gelu_tanh(a)·b``.
+"""Row-wise and element-wise kernels that are hot between the matmuls: ``gelu_tanh(a)·b`` and
+RMS normalization.
 
 ``exp`` is emitted inline (Cody–Waite range reduction to ``2^n·e^r``, ``|r| <= ln2/2``, and a
 degree-6 polynomial; ~2 ulp), so the loop vectorizes on every target instead of calling libm
@@ -12,8 +13,9 @@ import math
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, for_range, load_at,
-                                      new_function, store_at, vec)
+from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, for_range, hsum_tree,
+                                      intrinsic, load_at, new_function, splat, store_at,
+                                      vec)
 from embedpipe.codegen.isa import IsaSpec
 
 _LN2_HI = 0.693359375
@@ -93,3 +95,46 @@ def emit_gelu_tanh_mul(m: ir.Module, isa: IsaSpec) -> str:
         body(vec(F32, 1), i)
     b.ret_void()
     return name
+
+
+def rms_norm_symbol(isa: IsaSpec) -> str:
+    return f"ep_rms_norm_{isa.name}"
+
+
+def emit_rms_norm(m: ir.Module, isa: IsaSpec) -> str:
+    """``void f(x, w, out, D, eps, r0, r1)``: rows ``[r0, r1)`` of ``x`` (R, D):
+    ``out = x / sqrt(mean(x²) + eps) · w`` with the sum of squares in fp32 lanes."""
+    name = rms_norm_symbol(isa)
+    fn, b = new_function(m, name, [("x", PTR), ("w", PTR), ("out", PTR), ("D", I64),
+                                   ("eps", F32), ("r0", I64), ("r1", I64)])
+    x, w, out, D, eps, r0, r1 = fn.args
+    width = 2 * isa.lanes
+    vt = vec(F32, width)
+    acc = b.alloca(vt)
+    tail = b.alloca(F32)
+    vstop = b.sub(D, b.srem(D, const_i64(width)))
+    with for_range(b, r0, r1, 1, "row") as row:
+        base = b.mul(b.mul(row, D), const_i64(4))
+        b.store(ir.Constant(vt, None), acc)
+        b.store(ir.Constant(F32, 0.0), tail)
+        with for_range(b, const_i64(0), vstop, width, "sq") as i:
+            v = load_at(b, vt, x, b.add(base, b.mul(i, const_i64(4))), 4)
+            b.store(b.fadd(b.load(acc), b.fmul(v, v)), acc)
+        with for_range(b, vstop, D, 1, "sqt") as i:
+            v = load_at(b, F32, x, b.add(base, b.mul(i, const_i64(4))), 4)
+            b.store(b.fadd(b.load(tail), b.fmul(v, v)), tail)
+        total = b.fadd(hsum_tree(b, b.load(acc)), b.load(tail))
+        mean = b.fdiv(total, b.sitofp(D, F32))
+        sqrt = intrinsic(m, "llvm.sqrt.f32", F32, [F32])
+        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(mean, eps)]))
+        for ty, start, stop, step, tag in ((vt, const_i64(0), vstop, width, "sc"),
+                                           (F32, vstop, D, 1, "sct")):
+            with for_range(b, start, stop, step, tag) as i:
+                off = b.mul(i, const_i64(4))
+                v = load_at(b, ty, x, b.add(base, off), 4)
+                g = load_at(b, ty, w, off, 4)
+                s = inv if ty is F32 else splat(b, inv, width)
+                store_at(b, b.fmul(b.fmul(v, s), g), out, b.add(base, off), 4)
+    b.ret_void()
+    return name
+

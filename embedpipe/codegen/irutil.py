@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
@@ -125,4 +125,13 @@ def hmax_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return b.extract_element(v, ir.Constant(I32, 0))
 
 
-Emitter = Callable[[ir.IRBuilder, ir.Module], None]
+def hsum_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """Horizontal sum of a float vector by halving (pairwise, so error grows like log n)."""
+    n = v.type.count
+    while n > 1:
+        half = n // 2
+        lo = b.shuffle_vector(v, v, ir.Constant(vec(I32, half), list(range(half))))
+        hi = b.shuffle_vector(v, v, ir.Constant(vec(I32, half), list(range(half, n))))
+        v = b.fadd(lo, hi)
+        n = half
+    return b.extract_element(v, ir.Constant(I32, 0))

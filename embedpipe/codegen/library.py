@@ -56,6 +56,7 @@ _Q8MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _
 _QUANT = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _I, _I, _I, _I)
 _F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
 _ELTWISE2 = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I)
+_RMS = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, ctypes.c_float, _I, _I)
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
@@ -64,7 +65,8 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     return {"quantize": ir_q8.quantize_symbol(isa),
             "q8mm": ir_q8.matmul_symbol(isa, int_tile),
             "f32mm": ir_float.matmul_symbol(isa, float_tile),
-            "gelu_mul": ir_elementwise.gelu_mul_symbol(isa)}
+            "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
+            "rms_norm": ir_elementwise.rms_norm_symbol(isa)}
 
 
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
@@ -77,6 +79,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
         "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
+        "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
     }
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
@@ -129,6 +132,7 @@ class KernelLibrary:
         self._q8mm = _Q8MM(addrs[symbols["q8mm"]])
         self._f32mm = _F32MM(addrs[symbols["f32mm"]])
         self._gelu_mul = _ELTWISE2(addrs[symbols["gelu_mul"]])
+        self._rms_norm = _RMS(addrs[symbols["rms_norm"]])
         self.load_seconds = time.perf_counter() - start
         log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
                   isa.features or "no extra features", self.load_seconds, threads)
@@ -148,6 +152,26 @@ class KernelLibrary:
         fn, args = self._gelu_mul, (a.ctypes.data, b.ctypes.data, out.ctypes.data)
         run_parallel(lambda lo, hi: fn(*args, lo, hi),
                      split_range(0, size, parts, 2 * self.isa.lanes), self.threads)
+        return out
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        """``x / sqrt(mean(x²) + eps) · weight`` over the last axis of fp32 ``x`` (any leading
+        shape, C-contiguous); ``weight`` is fp32 of length ``x.shape[-1]``."""
+        for name, arr in (("x", x), ("weight", weight)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+                raise KernelInputError(f"rms_norm: {name} must be a float32 numpy array")
+            if not (arr.flags.c_contiguous and arr.flags.aligned):
+                raise KernelInputError(f"rms_norm: {name} must be C-contiguous")
+        if x.ndim < 1 or weight.shape != (x.shape[-1],) or x.shape[-1] == 0:
+            raise KernelInputError(f"rms_norm: weight shape {weight.shape} does not match rows "
+                                   f"of length {x.shape[-1:]}")
+        out = np.empty_like(x)
+        d = x.shape[-1]
+        rows = x.size // d
+        parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
+        fn, args = self._rms_norm, (x.ctypes.data, weight.ctypes.data, out.ctypes.data, d,
+                                    float(eps))
+        run_parallel(lambda a, b: fn(*args, a, b), split_range(0, rows, parts), self.threads)
         return out
 
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,

@@ -46,3 +46,28 @@ def test_gelu_tanh_mul_validates():
         lib.gelu_tanh_mul(a, np.ones((4, 4), np.float64))
     with pytest.raises(KernelInputError, match="C-contiguous"):
         lib.gelu_tanh_mul(a, np.ones((4, 8), np.float32)[:, ::2])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 768), (2, 3, 256), (700, 1152), (4, 33)])
+def test_rms_norm(isa, shape):
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * 1e3).astype(np.float32)
+    x[0] = 0 if x.ndim == 2 else x[0]
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    y = get_kernel_library(isa, 2).rms_norm(x, w, 1e-6)
+    xd = x.astype(np.float64)
+    ref = xd / np.sqrt((xd ** 2).mean(axis=-1, keepdims=True) + 1e-6) * w
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max() + 1e-30
+
+
+def test_rms_norm_validates():
+    lib = get_kernel_library(ISAS[0], 1)
+    x = np.ones((4, 8), np.float32)
+    with pytest.raises(KernelInputError, match="does not match"):
+        lib.rms_norm(x, np.ones(7, np.float32), 1e-6)
+    with pytest.raises(KernelInputError, match="float32"):
+        lib.rms_norm(x.astype(np.float64), np.ones(8, np.float32), 1e-6)
+    with pytest.raises(KernelInputError, match="C-contiguous"):
+        lib.rms_norm(np.ones((4, 16), np.float32)[:, ::2], np.ones(8, np.float32), 1e-6)
