@@ -24,7 +24,7 @@ import numpy as np
 from embedpipe.indexes.base import normalize_rows, truncate_normalize
 from embedpipe.indexes.registry import build_index
 
-SWEEP_SEARCH_K = (1000, 2000, 4000, 8000, 16000)
+SWEEP_SEARCH_K = (100, 200, 500, 1000, 2000, 4000, 8000)
 SWEEP_EF = (16, 32, 48, 64, 96, 128, 192)
 TARGETS = {"annoy": 0.90, "hnsw": 0.95}
 
@@ -42,18 +42,24 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def synthetic_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Clustered unit vectors (Gaussian blobs of varied spread): a stand-in, labelled as such."""
+def synthetic_vectors(n: int, d: int, seed: int = 0, noise: float = 1.0) -> np.ndarray:
+    """A stand-in for real embeddings, labelled as such in every output: a shared direction
+    (embeddings are anisotropic), topics, sub-topics and per-row noise. With the default noise
+    the mean top-1 / top-10 / median cosine of a held-out row is about 0.48 / 0.41 / 0.08."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(8, n // 200), d)).astype(np.float32)
-    which = rng.integers(0, len(centres), n)
-    spread = rng.uniform(0.5, 1.5, len(centres)).astype(np.float32)[which, None]
-    return normalize_rows(centres[which] + spread * rng.standard_normal((n, d)).astype(np.float32))
+    common = rng.standard_normal(d)
+    topics = rng.standard_normal((max(8, n // 300), d))
+    subs = rng.standard_normal((max(8, n // 30), d))
+    topic_of = rng.integers(0, len(topics), len(subs))
+    which = rng.integers(0, len(subs), n)
+    x = (0.35 * common + 0.55 * topics[topic_of[which]] + 0.45 * subs[which]
+         + noise * rng.standard_normal((n, d)) * rng.uniform(0.7, 1.3, (n, 1)))
+    return normalize_rows(x.astype(np.float32))
 
 
 def load_vectors(vectors: str | None, n: int, d: int) -> tuple[np.ndarray, str]:
     if vectors is None:
-        return synthetic_vectors(n, d), f"SYNTHETIC clustered Gaussian vectors ({n}x{d})"
+        return synthetic_vectors(n, d), f"SYNTHETIC clustered vectors ({n}x{d}), not real embeddings"
     path = Path(vectors)
     if path.is_dir():
         from embedpipe.indexes.source import read_embeddings
@@ -131,11 +137,20 @@ def _faiss(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
 
     build_s, ix = _timed(lambda: (lambda i: (i.add(x), i)[1])(faiss.IndexFlatIP(x.shape[1])), 1)
     faiss.write_index(ix, str(tmp / "faiss.idx"))
-    row = _measure(Row("faiss", "IndexFlatIP fp32", "", build_s, _size(tmp / "faiss.idx")),
-                   lambda v: ix.search(v[None, :], 10)[1], lambda qq: ix.search(qq, 10)[1],
-                   q, n_single, truth, repeats)
-    report(row)
-    return [row]
+    rows = []
+    # single queries: FAISS's OpenMP threads are far slower than one thread on a busy machine,
+    # so measure both and keep each mode's best
+    for threads in (1, faiss.omp_get_max_threads()):
+        saved = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads)
+        row = _measure(Row("faiss", f"IndexFlatIP fp32 omp={threads}", "", build_s,
+                           _size(tmp / "faiss.idx")),
+                       lambda v: ix.search(v[None, :], 10)[1], lambda qq: ix.search(qq, 10)[1],
+                       q, n_single, truth, repeats)
+        faiss.omp_set_num_threads(saved)
+        rows.append(row)
+        report(row)
+    return rows
 
 
 def _annoy(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
