@@ -20,7 +20,7 @@ from gguf import GGMLQuantizationType
 
 from embedpipe.codegen import ir_q8, jit
 from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, fmuladd, for_range,
-                                      intrinsic, load_at, new_function, store_at, vec)
+                                      load_at, new_function, store_at, vec)
 from embedpipe.codegen.isa import IsaSpec, detect_isa, runnable_isas
 from embedpipe.codegen.library import get_kernel_library
 from embedpipe.codegen.quant_formats import FORMATS

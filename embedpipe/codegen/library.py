@@ -109,12 +109,6 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> n
     return buf[off:off + nbytes].view(dtype).reshape(shape)
 
 
-def aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
-    out = aligned_empty(a.shape, a.dtype, align)
-    out[...] = a
-    return out
-
-
 class KernelLibrary:
     """Compiled kernels for one host ISA plus the thread count used to run them."""
 
