@@ -89,3 +89,13 @@ def test_readable_by_pandas_polars_duckdb(run, corpus):
     duckdb = pytest.importorskip("duckdb")
     n, dim = duckdb.sql(f"SELECT count(*), max(len(embedding)) FROM read_parquet('{pattern}')").fetchall()[0]
     assert (n, dim) == (120, 64)
+
+
+def test_float16_and_int8_readable_by_polars_duckdb(run, corpus):
+    pl = pytest.importorskip("polars")
+    duckdb = pytest.importorskip("duckdb")
+    for i, dtype in enumerate(("float16", "int8")):
+        run(corpus, dtype=dtype, cache=False)
+        pattern = str(corpus.parent / f"out{i}" / "part-*.parquet")
+        assert pl.read_parquet(pattern).height == 120
+        assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{pattern}')").fetchall()[0][0] == 120
