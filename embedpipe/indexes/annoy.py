@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +28,8 @@ from tqdm import tqdm
 
 from embedpipe.indexes.base import (IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows,
                                     pad_topk, topk_desc)
-from embedpipe.indexes.kernels import rowdot
+from embedpipe.indexes.annoy_kernel import AnnoyScratch, get_kernel
+from embedpipe.indexes.kernels import LANES, rowdot
 from embedpipe.indexes.format import (IndexFileError, atomic_write, crc32_of, read_container,
                                       write_container)
 
@@ -173,6 +175,15 @@ class AnnoyIndex(VectorIndex):
         self._split = np.flatnonzero(nd > self.K)
         self._split_pos = {int(s): i for i, s in enumerate(self._split)}
         self._split_v = floats[self._split, HEADER_INTS:]
+        self._roots_arr = np.asarray(self.roots, np.int32)
+        self._local = threading.local()
+        self.use_jit = True
+
+    def _scratch(self) -> AnnoyScratch:
+        sc = getattr(self._local, "scratch", None)
+        if sc is None:
+            sc = self._local.scratch = AnnoyScratch(len(self.nodes), self.n_items)
+        return sc
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
@@ -215,14 +226,22 @@ class AnnoyIndex(VectorIndex):
         eager = 0 < len(self._split) <= 4 * limit  # margins of every split node at once
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_r = np.full((len(q), k), -1, np.int64)
+        kernel = get_kernel() if self.dim % LANES == 0 and self.use_jit else None
         for qi in range(len(q)):
-            m = rowdot(self._split_v, q[qi]).tolist() if eager else None
-            cand = self._candidates(m, q[qi], limit)
+            if kernel is not None:
+                scratch = self._scratch()
+                cand, scores = scratch.run(kernel, self.nodes, self.dim, self.n_items,
+                                           self._roots_arr, q[qi], limit, self.K)
+            else:
+                m = rowdot(self._split_v, q[qi]).tolist() if eager else None
+                cand = self._candidates(m, q[qi], limit)
+                scores = rowdot(self.items[cand], q[qi]) / np.maximum(self.item_norm[cand],
+                                                                     1e-30)
             if len(cand) == 0:
                 continue
-            scores = rowdot(self.items[cand], q[qi]) / np.maximum(self.item_norm[cand], 1e-30)
             s, cols = topk_desc(scores[None, :], k)
-            out_s[qi], out_r[qi] = s[0], np.where(cols[0] >= 0, cand[np.maximum(cols[0], 0)], -1)
+            out_s[qi] = s[0]
+            out_r[qi] = np.where(cols[0] >= 0, cand[np.maximum(cols[0], 0)], -1)
         return pad_topk(out_s, out_r, k)
 
     # --- files --------------------------------------------------------------------------
