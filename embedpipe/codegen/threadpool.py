@@ -7,12 +7,24 @@ small matmuls of short documents.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _lock = threading.Lock()
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child inherits the pools but none of their threads: work submitted there
+    would wait forever.  Start the child with no pools (and a fresh lock)."""
+    global _lock
+    _pools.clear()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as Q
 
 from embedpipe.codegen import (KernelInputError, UnsupportedIsaError, default_threads,
                                detect_isa, get_kernel_library, runnable_isas)
-from embedpipe.codegen import jit
+from embedpipe.codegen import jit, library
 from embedpipe.codegen.isa import ISAS, read_cpu_flags
 from embedpipe.codegen.library import build_module
 from embedpipe.errors import EmbedpipeError
@@ -173,3 +173,30 @@ def test_warm_process_loads_fast(tmp_path):
                           check=True).stdout.split()
     assert cold[:2] == ["1", "0"] and warm[:2] == ["0", "1"]
     assert float(warm[2]) < 0.5
+
+
+def test_kernels_work_in_forked_child():
+    """The pool's threads do not survive fork(); a child must still get results, not hang."""
+    import multiprocessing as mp
+
+    rng = np.random.default_rng(3)
+    raw = random_raw(Q.Q8_0, 96, 256, rng)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    mm = get_kernel_library(runnable_isas()[0].name, 2).prepare_matmul(Q.Q8_0, raw, 96, 256)
+    library.MIN_PARALLEL_MACS, saved = 0, library.MIN_PARALLEL_MACS  # force the pool
+    try:
+        expected = mm(x)  # the parent's pool now has live threads
+        _FORKED.update(mm=mm, x=x)
+        with mp.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_child_matmul).get(timeout=60)
+    finally:
+        library.MIN_PARALLEL_MACS = saved
+        _FORKED.clear()
+    np.testing.assert_array_equal(got, expected)
+
+
+_FORKED: dict = {}  # handed to the forked child by inheritance (ctypes objects do not pickle)
+
+
+def _child_matmul():
+    return _FORKED["mm"](_FORKED["x"])
