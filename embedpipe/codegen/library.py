@@ -244,15 +244,16 @@ class PreparedMatmul:
     def _plan(self, t: int, mr: int, panels: int) -> tuple[str, list[tuple[int, int]]]:
         """How to spread one product over threads: ("rows" | "panels", ranges).
 
-        Small products run on the calling thread (a pool hand-off costs more than it saves);
-        otherwise split weight panels when there are plenty (each thread streams a disjoint
-        slice of W), else token-row tiles.
+        Small products run on the calling thread (a pool hand-off costs more than it saves).
+        Long batches split token rows (no duplicated activation quantization; measured ~6%
+        more GOPS per core at T >= 512); short ones split weight panels when there are plenty
+        (each thread streams a disjoint slice of W), else token rows.
         """
         nt = self.lib.threads
         tpad = -(-t // mr) * mr
         if nt == 1 or t * self.n * self.k < MIN_PARALLEL_MACS:
             return "rows", [(0, tpad)]
-        if panels >= 4 * nt or tpad <= mr:
+        if tpad < ROW_SPLIT_MIN_ROWS * nt and (panels >= 4 * nt or tpad <= mr):
             return "panels", split_range(0, panels, nt)
         return "rows", split_range(0, tpad, nt, mr)
 
@@ -300,6 +301,8 @@ class PreparedMatmul:
 # Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
 MIN_PARALLEL_MACS = 8_000_000
 MIN_PARALLEL_ELEMENTS = 65_536
+# Batches of at least this many token rows per thread are split by rows, not weight panels.
+ROW_SPLIT_MIN_ROWS = 128
 
 _local = threading.local()
 

@@ -100,15 +100,22 @@ def test_extreme_scales(isa, qtype, wscale, xscale):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_threads_agree_bitwise(isa):
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.F16], ids=lambda q: q.name)
+@pytest.mark.parametrize("n,row_split_min", [(200, 128), (500, 128), (500, 1)],
+                         ids=["few-panels:rows", "many-panels:panels", "long-batch:rows"])
+def test_threads_agree_bitwise(isa, qtype, n, row_split_min, monkeypatch):
+    """Every work split gives exactly the single-thread result (each output element is
+    computed by one thread in the same order)."""
+    from embedpipe.codegen import library
+    monkeypatch.setattr(library, "MIN_PARALLEL_MACS", 0)
+    monkeypatch.setattr(library, "ROW_SPLIT_MIN_ROWS", row_split_min)
     rng = np.random.default_rng(5)
-    raw = random_raw(Q.Q8_0, 200, 256, rng)
+    raw = random_raw(qtype, n, 256, rng)
     x = rng.standard_normal((45, 256)).astype(np.float32)
-    one = get_kernel_library(isa, 1).prepare_matmul(Q.Q8_0, raw, 200, 256)(x)
-    two = get_kernel_library(isa, 2).prepare_matmul(Q.Q8_0, raw, 200, 256)(x)
-    three = get_kernel_library(isa, 3).prepare_matmul(Q.Q8_0, raw, 200, 256)(x)
-    np.testing.assert_array_equal(one, two)
-    np.testing.assert_array_equal(one, three)
+    one = get_kernel_library(isa, 1).prepare_matmul(qtype, raw, n, 256)(x)
+    for threads in (2, 3):
+        mm = get_kernel_library(isa, threads).prepare_matmul(qtype, raw, n, 256)
+        np.testing.assert_array_equal(mm(x), one)
 
 
 def test_empty_batch():
