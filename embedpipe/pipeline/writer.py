@@ -77,7 +77,6 @@ def schema_metadata(model_sha256: str, model_path: str, task: str, dim: int, dty
 
 
 def embedding_columns(vecs: np.ndarray, schema: pa.Schema, dtype: str) -> dict[str, pa.Array]:
-    dim = vecs.shape[1]
     values, scale = DTYPE_TABLE[dtype][1](vecs)
     flat = pa.array(values.reshape(-1), type=DTYPE_TABLE[dtype][0])
     cols = {"embedding": pa.FixedSizeListArray.from_arrays(flat, type=schema.field("embedding").type)}
