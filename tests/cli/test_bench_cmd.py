@@ -1,0 +1,49 @@
+"""`embedpipe bench kernels`: runs the kernel benchmark and reports same-run figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from embedpipe.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_kernels_json():
+    res = CliRunner().invoke(app, ["bench", "kernels", "--type", "Q8_0,F16", "--tokens", "4",
+                                   "--repeats", "1", "--threads", "1", "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    rows = doc["results"]
+    assert {r["qtype"] for r in rows} == {"Q8_0", "F16"}
+    assert {(r["k"], r["n"]) for r in rows} == {(768, 1152), (1152, 768)}
+    assert all(r["gops"] > 0 and r["numpy_ms"] > 0 and r["tokens"] == 4 for r in rows)
+    (peak,) = doc["peaks"].values()
+    assert peak["measured_int8_gops"] > 0 and peak["threads"] == 1
+    assert doc["elementwise"]
+
+
+def test_bench_kernels_table_and_bad_type():
+    res = CliRunner().invoke(app, ["bench", "kernels", "--tokens", "2", "--repeats", "1",
+                                   "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "measured peaks" in res.output and "x numpy" in res.output
+    bad = CliRunner().invoke(app, ["bench", "kernels", "--type", "Q9_9"])
+    assert bad.exit_code != 0 and "unknown type" in bad.output
+
+
+def test_unrunnable_isa_is_a_clean_error():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", "from embedpipe.cli.app import main; main()",
+                           "bench", "kernels", "--isa", "neon_dotprod", "--tokens", "1"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "error: instruction set 'neon_dotprod' cannot run on this CPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
