@@ -64,3 +64,15 @@ def test_int8_recall_on_anisotropic_data(mode):
     truth = exact_topk(x, q, 10)
     ix = build_index(x, kind="brute", quant="int8", scale_mode=mode)
     assert recall(ix.search_rows(q, 10)[1], truth) >= 0.97
+
+
+@pytest.mark.parametrize("shape,k", [((7, 1000), 10), ((3, 5), 8), ((600, 2000), 1), ((1, 1), 1)])
+def test_topk_kernel_matches_argpartition(shape, k):
+    from embedpipe.indexes.base import topk_desc, topk_reference
+    from embedpipe.indexes.topk_kernel import topk_rows
+
+    s = np.random.default_rng(k).standard_normal(shape).astype(np.float32)
+    assert topk_rows(s, k) is not None, "top-k JIT kernel failed to compile on this host"
+    got, want = topk_desc(s, k), topk_reference(s, k)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
