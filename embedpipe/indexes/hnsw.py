@@ -263,8 +263,9 @@ class HnswIndex(VectorIndex):
     # --- incremental add -----------------------------------------------------------------
     def add(self, vectors: np.ndarray, ids: list[Any] | np.ndarray | None = None) -> None:
         """Insert vectors one by one (paper's algorithm); ids default to continuing numbers."""
-        from embedpipe.indexes.base import normalize_rows
-        x = normalize_rows(self.prepare_queries(vectors))
+        if self.columns:
+            raise ValueError("add() cannot extend an index that carries text columns; rebuild it")
+        x = self.prepare_queries(vectors)
         n0 = self.count
         new_ids = list(range(n0, n0 + len(x))) if ids is None else list(ids)
         self.ids = IdTable.from_values(list(self.ids.take(np.arange(n0))) + new_ids, n0 + len(x))
@@ -276,20 +277,19 @@ class HnswIndex(VectorIndex):
         self.upoff = np.concatenate([self.upoff, np.full(len(x), len(self.nbru), np.int64)])
         self._kernel = None
         efc = self.params["ef_construction"]
+        allv = np.ascontiguousarray(self.vectors(np.arange(n0 + len(x))))
         for i, v in enumerate(x):
             u = n0 + i
-            node = self._greedy(v, self.entry)
-            found = self.beam(v, [node], efc)
+            found = self.beam(v, [self._greedy(v, self.entry)], efc)
             cand = np.array([[f[1] for f in found]], np.int32)
-            sel = _prune(self.vectors(np.arange(u + 1)), np.array([u]), cand, 2 * self.m)[0]
+            sel = _prune(allv, np.array([u]), cand, 2 * self.m)[0]
             self.nbr0[u] = sel
             for w in sel[sel >= 0].tolist():
                 row = self.nbr0[w]
                 if (row < 0).any():
                     row[np.flatnonzero(row < 0)[0]] = u
-                else:
+                else:  # full: re-select among old links + u with the heuristic
                     merged = np.concatenate([row, [u]])[None, :].astype(np.int32)
-                    allv = self.vectors(np.arange(u + 1))
                     self.nbr0[w] = _prune(allv, np.array([w]), merged, 2 * self.m)[0]
 
     # --- files --------------------------------------------------------------------------
