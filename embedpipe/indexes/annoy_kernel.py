@@ -18,7 +18,7 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen.irutil import F32, I32, I64, PTR, const_i64, intrinsic
-from embedpipe.indexes.hnsw_kernel import LANES, _emit_dot, _Fn
+from embedpipe.indexes.irkit import Fn as _Fn, emit_dot as _emit_dot
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -18,10 +18,10 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64, fmuladd, intrinsic, vec
+from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64
+from embedpipe.indexes.irkit import LANES, Fn as _Fn, emit_dot as _emit_dot
 
 log = logging.getLogger(__name__)
-LANES = 16
 _lock = threading.Lock()
 _compiled: dict[str, Any] = {}
 _ARGS = ["X", "scale", "d", "nbr0", "m0", "upoff", "nbru", "mu", "entry", "maxlevel", "q",
@@ -30,74 +30,6 @@ _TYPES = [PTR, PTR, I64, PTR, I64, PTR, PTR, I64, I64, I64, PTR, I64, PTR, I32, 
 _SIG = ctypes.CFUNCTYPE(ctypes.c_int64, *[
     ctypes.c_void_p if t is PTR else (ctypes.c_int32 if t is I32 else ctypes.c_int64)
     for t in _TYPES])
-
-
-class _Fn:
-    """Tiny structured-code helper: stack variables and while/if blocks over an IRBuilder."""
-
-    def __init__(self, b: ir.IRBuilder) -> None:
-        self.b = b
-
-    def var(self, ty: ir.Type, init: ir.Value) -> ir.Value:
-        with self.b.goto_entry_block():
-            slot = self.b.alloca(ty)
-        self.b.store(init, slot)
-        return slot
-
-    def get(self, slot: ir.Value) -> ir.Value:
-        return self.b.load(slot)
-
-    def put(self, slot: ir.Value, v: ir.Value) -> None:
-        self.b.store(v, slot)
-
-    def loop(self, cond_fn, body_fn) -> None:
-        b = self.b
-        head, body, out = (b.append_basic_block(n) for n in ("w.head", "w.body", "w.out"))
-        b.branch(head)
-        b.position_at_end(head)
-        b.cbranch(cond_fn(), body, out)
-        b.position_at_end(body)
-        body_fn(out, head)
-        if not b.block.is_terminated:
-            b.branch(head)
-        b.position_at_end(out)
-
-    def at(self, ty: ir.Type, base: ir.Value, idx: ir.Value) -> ir.Value:
-        return self.b.gep(base, [idx], source_etype=ty)
-
-
-def _emit_dot(module: ir.Module, elt: ir.Type) -> ir.Function:
-    """internal float dot(ptr X, ptr scale, i64 d, ptr q, i64 row), always inlined."""
-    fn = ir.Function(module, ir.FunctionType(F32, [PTR, PTR, I64, PTR, I64]), name="ep_dot")
-    fn.linkage = "internal"
-    fn.attributes.add("alwaysinline")
-    X, scale, d, q, row = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    base = b.gep(X, [b.mul(row, d)], source_etype=elt)
-    pre = b.block
-    loop, done = fn.append_basic_block("k"), fn.append_basic_block("done")
-    b.branch(loop)
-    b.position_at_end(loop)
-    j = b.phi(I64)
-    acc = b.phi(vec(F32, LANES))
-    j.add_incoming(const_i64(0), pre)
-    acc.add_incoming(ir.Constant(vec(F32, LANES), None), pre)
-    xv = b.load(b.gep(base, [j], source_etype=elt), typ=vec(elt, LANES), align=1)
-    if elt is not F32:
-        xv = b.sitofp(xv, vec(F32, LANES))
-    qv = b.load(b.gep(q, [j], source_etype=F32), typ=vec(F32, LANES), align=4)
-    acc2 = fmuladd(b, module, xv, qv, acc)
-    j2 = b.add(j, const_i64(LANES))
-    j.add_incoming(j2, loop)
-    acc.add_incoming(acc2, loop)
-    b.cbranch(b.icmp_signed("<", j2, d), loop, done)
-    b.position_at_end(done)
-    red = intrinsic(module, f"llvm.vector.reduce.fadd.v{LANES}f32", F32, [F32, vec(F32, LANES)])
-    s = b.call(red, [ir.Constant(F32, 0.0), acc2], fastmath=("reassoc",))
-    if elt is not F32:
-        s = b.fmul(s, b.load(b.gep(scale, [row], source_etype=F32), typ=F32))
-    b.ret(s)
-    return fn
 
 
 def search_ir(quant: str) -> str:

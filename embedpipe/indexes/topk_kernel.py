@@ -17,7 +17,7 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen.irutil import F32, I32, I64, PTR, const_i64
-from embedpipe.indexes.hnsw_kernel import _Fn
+from embedpipe.indexes.irkit import Fn as _Fn
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
