@@ -103,3 +103,31 @@ def test_recall_is_measured_against_independent_exact_search():
     assert by[(32, "fp32", "annoy", 10, -1)]["recall@10"] < 1.0
     rows_exact = exact_topk(x, q, 32, 10)
     assert (rows_exact[:, 0] == np.arange(20)).mean() > 0.9
+
+
+def test_query_sources(tmp_path, emb_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedpipe.eval.embedding import EvalInputError, read_query_file, sample_corpus_queries
+
+    pq.write_table(pa.table({"text": ["a b", None, "c d", " "]}), tmp_path / "q.parquet")
+    assert read_query_file(tmp_path / "q.parquet") == ["a b", "c d"]
+    pq.write_table(pa.table({"query": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(EvalInputError, match="no 'text' column"):
+        read_query_file(tmp_path / "bad.parquet")
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(EvalInputError, match="bad.jsonl:2"):
+        read_query_file(tmp_path / "bad.jsonl")
+    # a kept text column is used directly, sampled without replacement, seeded
+    cols = {"text": [f"t{i}" for i in range(50)]}
+    a = sample_corpus_queries(tmp_path, list(range(50)), cols, 10, seed=1)
+    assert len(set(a)) == 10 and set(a) <= set(cols["text"])
+    assert a == sample_corpus_queries(tmp_path, list(range(50)), cols, 10, seed=1)
+    # no text column: texts come from the source file named in the ingest manifest
+    from embedpipe.indexes.source import read_embeddings
+
+    data = read_embeddings(emb_dir)
+    got = sample_corpus_queries(emb_dir, data.ids, data.columns, 5)
+    src = pq.read_table(next((emb_dir.parent).glob("corpus.parquet"))).column("text").to_pylist()
+    assert len(got) == 5 and set(got) <= set(src)
