@@ -129,6 +129,13 @@ def ingest(cfg: IngestConfig, embedder=None) -> IngestSummary:
     corpus = Corpus.open(cfg.inputs, cfg.source_columns())
     out_dir = Path(cfg.output)
     manifest = Manifest.open(out_dir, job_header(cfg, embedder, corpus), resume=cfg.resume, overwrite=cfg.overwrite)
+    try:
+        return _run(cfg, embedder, corpus, manifest, out_dir, t0)
+    finally:
+        manifest.close()
+
+
+def _run(cfg: IngestConfig, embedder, corpus: Corpus, manifest: Manifest, out_dir: Path, t0: float) -> IngestSummary:
     resumed = bool(manifest.parts)
     already_complete = manifest.done is not None
     run = Stats()

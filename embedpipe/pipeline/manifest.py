@@ -11,6 +11,7 @@ of those, so the resumed job redoes exactly the unfinished parts.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ from embedpipe.pipeline.writer import PART_GLOB, TEMP_GLOB, fsync_dir
 MANIFEST = "_manifest.jsonl"
 SKIPPED = "_skipped.jsonl"
 SUMMARY = "_summary.json"
-OWNED_GLOBS = (PART_GLOB, TEMP_GLOB, MANIFEST, SKIPPED, SUMMARY, f".{MANIFEST}.tmp")
+LOCK = ".ingest.lock"
+OWNED_GLOBS = (PART_GLOB, TEMP_GLOB, MANIFEST, SKIPPED, SUMMARY, f".{MANIFEST}.tmp", f".{SUMMARY}.tmp", LOCK)
 
 
 class ResumeRefused(EmbedpipeError):
@@ -54,31 +56,56 @@ class Manifest:
         self.parts: dict[int, dict] = {}
         self.done: dict | None = None
         self.skipped_bytes = 0
+        self._lock_fd: int | None = None
+
+    def _lock(self) -> None:
+        """One writer per output directory; the OS drops the lock when the process dies (kill -9 too)."""
+        fd = os.open(self.out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EmbedpipeError(f"{self.out_dir}: another ingest is writing to this directory") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @classmethod
     def open(cls, out_dir: Path, header: dict, resume: bool = False, overwrite: bool = False) -> "Manifest":
         """Start a job in `out_dir` or pick up the one already there (same header required)."""
         out_dir = Path(out_dir)
-        if overwrite and out_dir.exists():
-            remove_outputs(out_dir)
         manifest = cls(out_dir, header)
-        if manifest.path.exists():
-            manifest._load()
-            manifest._clean()
-            return manifest
-        if resume:
-            raise EmbedpipeError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume to start")
-        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-            raise EmbedpipeError(f"{out_dir} exists and is not an ingest output directory being resumed; "
-                                 "choose a new or empty --output, or pass --overwrite")
+        if not manifest.path.exists():
+            if resume:
+                raise EmbedpipeError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume to start")
+            if out_dir.exists() and any(p.name != LOCK for p in out_dir.iterdir()) and not overwrite:
+                raise EmbedpipeError(f"{out_dir} exists and is not an ingest output directory being resumed; "
+                                     "choose a new or empty --output, or pass --overwrite")
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps({"kind": "header", **header}, sort_keys=True) + "\n")
+        manifest._lock()
+        try:
+            if overwrite:
+                remove_outputs(out_dir)
+            if manifest.path.exists():
+                manifest._load()
+                manifest._clean()
+            else:
+                manifest._write_header()
+        except BaseException:
+            manifest.close()
+            raise
+        return manifest
+
+    def _write_header(self) -> None:
+        tmp = self.out_dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps({"kind": "header", **self.header}, sort_keys=True) + "\n")
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, manifest.path)
-        fsync_dir(out_dir)
-        return manifest
+        os.replace(tmp, self.path)
+        fsync_dir(self.out_dir)
 
     def _load(self) -> None:
         raw = self.path.read_bytes()
@@ -151,4 +178,5 @@ def remove_outputs(out_dir: Path) -> None:
     """--overwrite: delete only files this tool writes, never anything else in the directory."""
     for pattern in OWNED_GLOBS:
         for path in out_dir.glob(pattern):
-            path.unlink()
+            if path.name != LOCK:  # held by this process while it starts over
+                path.unlink()

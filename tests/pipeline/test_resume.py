@@ -129,3 +129,17 @@ def test_changed_input_is_refused_and_resume_needs_a_job(run, corpus, tmp_path):
         run(corpus, out=out, cache=False)
     with pytest.raises(EmbedpipeError, match="nothing to resume"):
         run(corpus, out=tmp_path / "fresh", resume=True)
+
+
+def test_second_writer_is_refused(run, corpus, tmp_path):
+    from embedpipe.pipeline.manifest import Manifest
+
+    out = tmp_path / "o"
+    holder = Manifest.open(out, {"x": 1})
+    try:
+        with pytest.raises(EmbedpipeError, match="another ingest"):
+            run(corpus, out=out, overwrite=True)
+    finally:
+        holder.close()
+    summary, _ = run(corpus, out=out, overwrite=True, cache=False)
+    assert summary.output_rows == 120
