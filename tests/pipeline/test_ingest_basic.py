@@ -71,3 +71,15 @@ def test_output_dir_not_ours_is_refused(run, corpus, tmp_path):
         run(corpus, out=out)
     run(corpus, out=out, overwrite=True)
     assert (out / "precious.txt").exists()
+
+
+def test_same_model_calls_as_encode(run, corpus, tiny_emb, monkeypatch):
+    """The pipeline adds no model work: the forward passes are call-for-call those of encode."""
+    calls: list[tuple[int, ...]] = []
+    real = tiny_emb.model.embed
+    monkeypatch.setattr(tiny_emb.model, "embed", lambda seqs: calls.append(tuple(map(len, seqs))) or real(seqs))
+    tiny_emb.encode(pq.read_table(corpus).column("text").to_pylist(), task="document")
+    by_encode = list(calls)
+    calls.clear()
+    run(corpus, cache=False)
+    assert calls == by_encode
