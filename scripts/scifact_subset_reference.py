@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--model", default="/tmp/egemma/model_download")
     ap.add_argument("--max-docs", type=int, default=512)
     ap.add_argument("--out", type=Path, default=Path("/tmp/scifact_subset_ref.json"))
+    ap.add_argument("--save", type=Path, default=Path("/tmp/scifact_subset_ref.npz"),
+                    help="vectors + ids (outside the repo), so smaller --max-docs prefixes can be re-scored")
     args = ap.parse_args()
     from sentence_transformers import SentenceTransformer
 
@@ -66,6 +68,7 @@ def main() -> None:
     q = model.encode([QUERY_PROMPT + t for t in qtexts], batch_size=32, normalize_embeddings=True,
                      convert_to_numpy=True)
     ids = [r["_id"] for r in docs]
+    np.savez(args.save, docs=d, queries=q, doc_ids=np.array(ids), query_ids=np.array(qids))
     out = {"max_docs": args.max_docs, "docs": len(docs), "queries": len(qids),
            "encode_s": round(time.time() - t0, 1), "metrics": {}}
     for dim in DIMS:
