@@ -103,8 +103,11 @@ def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
 def load_beir(root: str | Path, split: str = "test", max_docs: int | None = None,
               max_queries: int | None = None) -> BeirData:
     root = Path(root)
-    qrels = read_qrels(root / "qrels" / f"{split}.tsv") if (root / "qrels" / f"{split}.tsv").exists() \
-        else _missing(root / "qrels" / f"{split}.tsv")
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise EvalInputError(f"{qrels_path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, "
+                             f"qrels/{split}.tsv)")
+    qrels = read_qrels(qrels_path)
     queries = {r["_id"]: r["text"] for r in _jsonl(root / "queries.jsonl", ("_id", "text"))}
     judged = [q for q in qrels if any(g > 0 for g in qrels[q].values())]
     absent = [q for q in judged if q not in queries]
@@ -124,10 +127,6 @@ def load_beir(root: str | Path, split: str = "test", max_docs: int | None = None
     return BeirData([r["_id"] for r in corpus], [r["title"] for r in corpus],
                     [r["text"] if r["text"].strip() else r["title"] for r in corpus],
                     judged, [queries[q] for q in judged], qrels)
-
-
-def _missing(path: Path) -> Qrels:
-    raise EvalInputError(f"{path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, qrels/test.tsv)")
 
 
 def run_retrieval(data: BeirData, emb: Any, dims: tuple[int, ...], configs: list[IndexConfig],
