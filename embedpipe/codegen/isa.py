@@ -32,7 +32,7 @@ class IsaSpec:
 
     ``dot`` names the int8 dot-product strategy of the integer kernels:
     ``vnni`` (u8×s8 groups of 4 via ``vpdpbusd``), ``sdot`` (s8×s8 groups of 4, AArch64
-    ``sdot``), ``pmaddwd`` (s16×s16 pairs via ``vpmaddwd``) or ``widen`` (s16 pairs in plain
+    ``sdot``), ``maddubs`` (AVX2 ``vpmaddubsw`` sign trick, groups of 4), ``pmaddwd`` (s16×s16 pairs via ``vpmaddwd``) or ``widen`` (s16 pairs in plain
     vector IR that LLVM lowers for whatever target it has).
     """
 
@@ -51,7 +51,7 @@ class IsaSpec:
         return DOT_KGROUP[self.dot]
 
 
-DOT_KGROUP = {"vnni": 4, "sdot": 4, "pmaddwd": 2, "widen": 2}
+DOT_KGROUP = {"vnni": 4, "sdot": 4, "maddubs": 4, "pmaddwd": 2, "widen": 2}
 
 _X86 = "x86_64-unknown-linux-gnu"
 _A64 = "aarch64-unknown-linux-gnu"
@@ -65,7 +65,7 @@ ISA_TABLE: tuple[IsaSpec, ...] = (
             "+avx512f,+avx512bw,+avx512vl,+avx512dq,+fma,+f16c,-prefer-256-bit", 16,
             "pmaddwd", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})),
     IsaSpec("avx2", "x86_64", _X86, "x86-64-v3", "+avx2,+fma,+f16c", 8,
-            "pmaddwd", frozenset({"avx2", "fma", "f16c"})),
+            "maddubs", frozenset({"avx2", "fma", "f16c"})),
     IsaSpec("neon_dotprod", "aarch64", _A64, "generic", "+neon,+dotprod", 4,
             "sdot", frozenset({"asimd", "asimddp"})),
     IsaSpec("neon", "aarch64", _A64, "generic", "+neon", 4,

@@ -37,13 +37,15 @@ class KernelInputError(EmbedpipeError):
 
 
 # Register tiles per ISA (token rows × weight vectors), chosen to fit the register file and
-# then by measurement (CPU-time GOPS at T=256, K=768, N=1152 on Zen 4; for AVX2, 2×2 ran
-# 2.2× faster than 3×2, which spills): int tiles hold MR·NV int32 and MR·NV fp32
-# accumulators, float tiles MR·NV fp32 accumulators.
+# then by measurement (CPU-time GOPS at T=16..1024, K=768, N=1152 on Zen 4; e.g. AVX2 tiles
+# that spill, like 3×2, ran at less than half the speed): int tiles hold MR·NV int32 and
+# MR·NV fp32 accumulators, float tiles MR·NV fp32 accumulators.  On AVX2 the vpmaddubsw
+# path (int8 weights) measured within ±15% of an int16 vpmaddwd path and needs half the
+# weight memory, which is what short documents stream.
 TILES: dict[str, tuple[IntTile, FloatTile]] = {
     "avx512_vnni": (IntTile(4, 3), FloatTile(8, 2)),
     "avx512": (IntTile(2, 4), FloatTile(8, 2)),
-    "avx2": (IntTile(2, 2), FloatTile(4, 2)),
+    "avx2": (IntTile(4, 1), FloatTile(4, 2)),
     "neon_dotprod": (IntTile(4, 2), FloatTile(4, 4)),
     "neon": (IntTile(2, 2), FloatTile(4, 4)),
     "generic": (IntTile(1, 4), FloatTile(4, 2)),
@@ -94,11 +96,17 @@ def _generator_fingerprint() -> str:
     return h.hexdigest()
 
 
+def library_cache_key(isa: IsaSpec) -> str:
+    """Generator fingerprint + every IsaSpec field that shapes the IR + tiles + target +
+    llvmlite version (the flag set is left out: a set's repr order varies per process)."""
+    spec = f"{isa.name}:{isa.arch}:{isa.lanes}:{isa.dot}"
+    return jit.cache_key(f"library:{_generator_fingerprint()}:{spec}:{TILES[isa.name]}", isa)
+
+
 def library_object(isa: IsaSpec) -> bytes:
-    """The compiled library object for ``isa``: from the disk cache, keyed by the generator
-    fingerprint, the target and llvmlite's version, without generating IR when cached."""
-    key = jit.cache_key(f"library:{_generator_fingerprint()}:{TILES[isa.name]}", isa)
-    return jit.compile_cached(key, lambda: build_module(isa)[0], isa)
+    """The compiled library object for ``isa`` from the disk cache, without generating IR
+    when it is there."""
+    return jit.compile_cached(library_cache_key(isa), lambda: build_module(isa)[0], isa)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:

@@ -131,7 +131,7 @@ def test_bad_weights_rejected(q8):
 @pytest.mark.parametrize("isa,must,must_not", [
     ("avx512_vnni", ["vpdpbusd", "zmm"], ["vpmaddwd"]),
     ("avx512", ["vpmaddwd", "zmm"], ["vpdpbusd"]),
-    ("avx2", ["vpmaddwd", "ymm", "vfmadd"], ["zmm", "vpdpbusd"]),
+    ("avx2", ["vpmaddubsw", "vpsignb", "vpmaddwd", "ymm", "vfmadd"], ["zmm", "vpdpbusd"]),
     ("generic", ["pmaddwd"], ["ymm", "zmm", "vfmadd"]),
     ("neon_dotprod", ["sdot"], []),
     ("neon", ["smull"], ["sdot"]),
@@ -200,3 +200,15 @@ _FORKED: dict = {}  # handed to the forked child by inheritance (ctypes objects 
 
 def _child_matmul():
     return _FORKED["mm"](_FORKED["x"])
+
+
+def test_library_key_covers_every_ir_input(monkeypatch):
+    import dataclasses
+
+    base = ISAS["avx2"]
+    key = library.library_cache_key(base)
+    assert library.library_cache_key(base) == key
+    for change in ({"dot": "pmaddwd"}, {"lanes": 16}, {"features": "+avx2"}, {"cpu": "znver4"}):
+        assert library.library_cache_key(dataclasses.replace(base, **change)) != key, change
+    monkeypatch.setitem(library.TILES, "avx2", (library.IntTile(3, 1), library.TILES["avx2"][1]))
+    assert library.library_cache_key(base) != key
