@@ -18,10 +18,11 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64
+from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64, intrinsic
 from embedpipe.indexes.irkit import LANES, Fn as _Fn, emit_dot as _emit_dot
 
 log = logging.getLogger(__name__)
+PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
 _lock = threading.Lock()
 _compiled: dict[str, Any] = {}
 _ARGS = ["X", "scale", "d", "nbr0", "m0", "upoff", "nbru", "mu", "entry", "maxlevel", "q",
@@ -54,6 +55,7 @@ def search_ir(quant: str) -> str:
     def st(ty: ir.Type, base: str, idx: ir.Value, v: ir.Value) -> None:
         b.store(v, f.at(ty, a[base], idx))
 
+    pf = intrinsic(module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
     cur = f.var(I64, a["entry"])
     cur_s = f.var(F32, sim(a["entry"]))
     layer = f.var(I64, a["maxlevel"])
@@ -108,6 +110,20 @@ def search_ir(quant: str) -> str:
         f.put(nk, f.get(size))
         f.put(j, zero)
         base = b.mul(u, a["m0"])
+
+        def prefetch(out2: ir.Block, head2: ir.Block) -> None:
+            nb = b.sext(ld(I32, "nbr0", b.add(base, f.get(j))), I64)
+            f.put(j, b.add(f.get(j), one))
+            with b.if_then(b.icmp_signed("<", nb, zero)):
+                b.branch(out2)
+            rowp = b.gep(a["X"], [b.mul(nb, a["d"])], source_etype=elt)
+            for line in range(PREFETCH_LINES):
+                b.call(pf, [b.gep(rowp, [const_i64(64 * line)], source_etype=I8),
+                            ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+        f.put(j, zero)
+        f.loop(lambda: b.icmp_signed("<", f.get(j), a["m0"]), prefetch)
+        f.put(j, zero)
 
         def neighbour(out2: ir.Block, head2: ir.Block) -> None:
             nb = b.sext(ld(I32, "nbr0", b.add(base, f.get(j))), I64)
