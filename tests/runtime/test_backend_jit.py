@@ -7,7 +7,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from embedpipe.runtime.backend_jit import JitBackend
-from embedpipe.runtime.backends import NumpyBackend, make_backend
+from embedpipe.runtime.backends import NumpyBackend, dequantize, make_backend
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import WeightTensor
 from tests.codegen.helpers import random_raw
@@ -44,3 +44,29 @@ def test_tiny_model_jit_equals_numpy(tiny_model_q8):
     jit = Embedder.load(tiny_model_q8.path, backend="jit", threads=2).encode_ids(ids)
     ref = Embedder.load(tiny_model_q8.path, backend="numpy").encode_ids(ids)
     assert (jit * ref).sum(axis=1).min() > 0.999
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("quant", ["q8_0", "f32"])
+def test_real_model_tensors(quant):
+    """Every 2-D weight kind of the real model through the JIT backend vs float64 numpy."""
+    from embedpipe.runtime.gguf_file import GGUFModelFile
+    from embedpipe.runtime.store import cached_model_path
+
+    path = cached_model_path(quant)
+    if path is None:
+        pytest.skip(f"EmbeddingGemma {quant} not in the model cache (embedpipe model pull)")
+    model = GGUFModelFile(path)
+    backend = JitBackend(threads=2)
+    rng = np.random.default_rng(0)
+    names = ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.5.attn_output.weight",
+             "blk.5.ffn_gate.weight", "blk.23.ffn_down.weight", "dense_2.weight",
+             "dense_3.weight"]
+    for name in names:
+        tensor = model.tensors[name]
+        n, k = tensor.shape
+        x = rng.standard_normal((37, k)).astype(np.float32)
+        ref = x.astype(np.float64) @ dequantize(tensor).astype(np.float64).T
+        got = backend.prepare(tensor)(x)
+        tol = 1e-5 if quant == "f32" else 1e-2
+        assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), name
