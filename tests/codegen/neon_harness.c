@@ -4,6 +4,8 @@
  *        neon_harness.c kernels.o -o harness
  * Usage: harness int   T N K P weights.bin scales.bin x.bin y.bin
  *        harness float T N K P weights.bin -          x.bin y.bin
+ *        harness gelu  T N 0 0 b.bin      -          a.bin out.bin   (gelu_tanh(a)·b)
+ *        harness rms   T N 0 0 w.bin      -          x.bin out.bin   (rows of length N)
  * Files are raw little-endian arrays laid out exactly as embedpipe's packers produce them.
  */
 #include <stdint.h>
@@ -16,6 +18,8 @@ void QUANT(const float *x, void *xq, float *xd, int32_t *xc, int64_t T, int64_t 
 void Q8MM(const void *wq, const float *wd, const void *xq, const float *xd, const int32_t *xc,
           float *y, int64_t T, int64_t N, int64_t K, int64_t ldy, int64_t t0, int64_t t1,
           int64_t p0, int64_t p1);
+void GELU(const float *a, const float *b, float *out, int64_t start, int64_t stop);
+void RMS(const float *x, const float *w, float *out, int64_t d, float eps, int64_t r0, int64_t r1);
 void F32MM(const float *w, const float *x, float *y, int64_t T, int64_t N, int64_t K,
            int64_t ldy, int64_t t0, int64_t t1, int64_t p0, int64_t p1);
 
@@ -45,7 +49,8 @@ int main(int argc, char **argv) {
     size_t size;
     void *w = slurp(argv[6], &size);
     float *x = slurp(argv[8], &size);
-    if (size != (size_t)(T * K * 4)) { fprintf(stderr, "x has %zu bytes\n", size); return 2; }
+    int64_t cols = (strcmp(argv[1], "gelu") == 0 || strcmp(argv[1], "rms") == 0) ? N : K;
+    if (size != (size_t)(T * cols * 4)) { fprintf(stderr, "x has %zu bytes\n", size); return 2; }
     float *y = aligned((size_t)(T * N * 4));
     int64_t tpad = (T + MR - 1) / MR * MR;
     if (strcmp(argv[1], "int") == 0) {
@@ -55,6 +60,10 @@ int main(int argc, char **argv) {
         int32_t *xc = aligned((size_t)(tpad * K / 32 * 4));
         QUANT(x, xq, xd, xc, T, K, 0, tpad);
         Q8MM(w, wd, xq, xd, xc, y, T, N, K, N, 0, tpad, 0, P);
+    } else if (strcmp(argv[1], "gelu") == 0) {
+        GELU(x, w, y, 0, T * N);
+    } else if (strcmp(argv[1], "rms") == 0) {
+        RMS(x, w, y, N, 1e-6f, 0, T);
     } else {
         F32MM(w, x, y, T, N, K, N, 0, T, 0, P);
     }

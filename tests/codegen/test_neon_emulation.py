@@ -35,7 +35,7 @@ requires_emulation = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def harnesses(tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for name in ("neon_dotprod", "neon"):
+    for name in ("neon_dotprod", "neon", "generic_aarch64"):
         isa = ISAS[name]
         work = tmp_path_factory.mktemp(name)
         text, symbols = build_module(isa)
@@ -43,6 +43,7 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
         exe = work / "harness"
         subprocess.run([CROSS_CC, "-O1", "-static", f"-DQUANT={symbols['quantize']}",
                         f"-DQ8MM={symbols['q8mm']}", f"-DF32MM={symbols['f32mm']}",
+                        f"-DGELU={symbols['gelu_mul']}", f"-DRMS={symbols['rms_norm']}",
                         f"-DMR={TILES[name][0].mr}", str(HARNESS), str(work / "kernels.o"),
                         "-o", str(exe)], check=True, capture_output=True)
         out[name] = exe
@@ -73,7 +74,7 @@ def run_neon(exe: Path, isa_name: str, qtype: Q, raw: np.ndarray, x: np.ndarray,
 
 
 @requires_emulation
-@pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon"])
+@pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon", "generic_aarch64"])
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q6_K, Q.F32, Q.F16, Q.BF16],
                          ids=lambda q: q.name)
 def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
@@ -94,3 +95,34 @@ def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
                  @ (q.reshape(n, -1, 32) * d[:, :, None].astype(np.float64)).reshape(n, k).T)
         assert np.abs(y - tight).max() <= 2e-6 * np.abs(tight).max()
         assert np.abs(y - ref).max() <= 2e-2 * scale
+
+
+def _run_rowwise(exe: Path, mode: str, x: np.ndarray, second: np.ndarray) -> np.ndarray:
+    work = exe.parent
+    (work / "x.bin").write_bytes(np.ascontiguousarray(x, np.float32).tobytes())
+    (work / "w.bin").write_bytes(np.ascontiguousarray(second, np.float32).tobytes())
+    t, n = x.shape
+    subprocess.run([QEMU, "-L", str(SYSROOT), str(exe), mode, str(t), str(n), "0", "0",
+                    str(work / "w.bin"), "-", str(work / "x.bin"), str(work / "y.bin")],
+                   check=True, capture_output=True, timeout=120)
+    return np.fromfile(work / "y.bin", dtype=np.float32).reshape(t, n)
+
+
+@requires_emulation
+@pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon", "generic_aarch64"])
+def test_neon_gelu_and_rms_norm(harnesses, isa_name):
+    from tests.codegen.test_elementwise import gelu_mul_ref
+
+    rng = np.random.default_rng(11)
+    a = (rng.standard_normal((7, 37)) * 3).astype(np.float32)
+    b = rng.standard_normal((7, 37)).astype(np.float32)
+    y = _run_rowwise(harnesses[isa_name], "gelu", a, b)
+    ref = gelu_mul_ref(a, b)
+    u = np.abs(np.sqrt(2 / np.pi) * (a.astype(np.float64) + 0.044715 * a.astype(np.float64) ** 3))
+    assert (np.abs(y - ref) <= (2e-6 + 3e-7 * np.minimum(u, 100)) * np.abs(ref) + 1e-30).all()
+    x = (rng.standard_normal((5, 70)) * 100).astype(np.float32)
+    w = rng.standard_normal(70).astype(np.float32)
+    y = _run_rowwise(harnesses[isa_name], "rms", x, w)
+    xd = x.astype(np.float64)
+    ref = xd / np.sqrt((xd ** 2).mean(axis=-1, keepdims=True) + 1e-6) * w
+    assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max()
