@@ -30,7 +30,7 @@ def ingest(
     dtype: str = typer.Option("float32", "--dtype", help="Embedding storage: float32, float16, or int8 (+ per-row float32 scale)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass at most."),
     batch_tokens: int = typer.Option(16384, "--batch-tokens", help="Tokens per forward pass at most (rows × longest)."),
-    part_rows: int = typer.Option(10000, "--part-rows", help="Input rows per output part file (the unit of resume)."),
+    part_rows: int = typer.Option(2000, "--part-rows", help="Input rows per output part file (the unit of resume)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."),
     resume: bool = typer.Option(False, "--resume", help="Require an interrupted job in --output and finish it (the same command without it resumes too)."),

@@ -49,7 +49,7 @@ class IngestConfig:
     batch_rows: int = 32
     batch_tokens: int = 16384
     sort_window: int = 4096
-    part_rows: int = 10000
+    part_rows: int = 2000
     read_rows: int = 1024
     cache: bool = True
     cache_dir: str | None = None
