@@ -59,6 +59,7 @@ _QUANT = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _I, _I, _I, _I)
 _F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
 _ELTWISE2 = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I)
 _RMS = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, ctypes.c_float, _I, _I)
+_SOFTMAX = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I)
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
@@ -68,7 +69,8 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
             "q8mm": ir_q8.matmul_symbol(isa, int_tile),
             "f32mm": ir_float.matmul_symbol(isa, float_tile),
             "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
-            "rms_norm": ir_elementwise.rms_norm_symbol(isa)}
+            "rms_norm": ir_elementwise.rms_norm_symbol(isa),
+            "softmax": ir_elementwise.softmax_symbol(isa)}
 
 
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
@@ -82,6 +84,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
         "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
         "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
+        "softmax": ir_elementwise.emit_softmax_band(module, isa),
     }
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
@@ -135,6 +138,7 @@ class KernelLibrary:
         self._f32mm = _F32MM(addrs[symbols["f32mm"]])
         self._gelu_mul = _ELTWISE2(addrs[symbols["gelu_mul"]])
         self._rms_norm = _RMS(addrs[symbols["rms_norm"]])
+        self._softmax = _SOFTMAX(addrs[symbols["softmax"]])
         self.load_seconds = time.perf_counter() - start
         log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
                   isa.features or "no extra features", self.load_seconds, threads)
@@ -175,6 +179,20 @@ class KernelLibrary:
                                     float(eps))
         run_parallel(lambda a, b: fn(*args, a, b), split_range(0, rows, parts), self.threads)
         return out
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  half_window: int | None = None) -> np.ndarray:
+        """Bidirectional softmax attention of one sequence; see ``embedpipe.codegen.attention``."""
+        from embedpipe.codegen.attention import attention
+        return attention(self, q, k, v, half_window)
+
+    def matmul_f32(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``x · wᵀ`` for fp32 ``w`` (N, K) used once (packed on the fly, no caching)."""
+        if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 2:
+            raise KernelInputError("matmul_f32: w must be a 2-D float32 numpy array")
+        packed = ir_float.pack_weights(w, self.isa, self.float_tile, aligned_empty)
+        return PreparedMatmul(self, GGMLQuantizationType.F32, w.shape[0], w.shape[1], "float",
+                              (packed,))(x)
 
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,
                        k: int) -> PreparedMatmul:
