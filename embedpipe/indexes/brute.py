@@ -1,13 +1,15 @@
 """Exact (brute-force) inner-product search over fp32, int16 or int8 storage.
 
 Few queries: the JIT row-dot kernel scans the stored codes directly (int8 reads 1 byte per
-component). Many queries: blocks of stored rows are widened to float32 into one reused buffer
-and multiplied with BLAS; memory stays bounded by the block size, not the index size.
+component). Many queries on int8: the codegen Q8_0 matmul (integer dot products, the same
+kernels the model runs on). Otherwise blocks of stored rows are widened to float32 into one
+reused buffer and multiplied with BLAS; memory stays bounded by the block size.
 Top-k is exact (argpartition), merged across blocks.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, ClassVar
 
@@ -18,8 +20,11 @@ from embedpipe.indexes.format import IndexFileError, read_container, write_conta
 from embedpipe.indexes.kernels import rowdot
 from embedpipe.indexes.quant import QUANTS, SCALE_MODES, quantize
 
+log = logging.getLogger(__name__)
 GEMM_MIN_QUERIES = 8  # below this the JIT scan beats widening blocks for BLAS
 BLOCK_ROWS = 8192
+MAX_SCORES = 1 << 25  # floats of scores held at once (128 MB)
+RESCORE = 2  # Q8_0 shortlist = RESCORE·k + 8 rows, re-scored exactly
 
 
 class BruteIndex(VectorIndex):
@@ -32,10 +37,12 @@ class BruteIndex(VectorIndex):
                  ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None):
         super().__init__(codes.shape[1], quant, ids, meta, columns)
         self.codes, self.scale, self.scale_mode = codes, scale, scale_mode
+        self._q8: Any = None
+        self.use_jit = True
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, scale_mode: str = "dim",
+              columns: dict[str, StringTable] | None = None, scale_mode: str = "vector",
               **unused: Any) -> BruteIndex:
         if quant not in QUANTS:
             raise ValueError(f"unknown quant {quant!r}; choose one of {tuple(QUANTS)}")
@@ -60,6 +67,35 @@ class BruteIndex(VectorIndex):
         """Dense (q, n) score matrix for prepared queries (used by tests and small indexes)."""
         return np.concatenate([s for s, _ in self._score_blocks(q)], axis=1)
 
+    def _q8_matmul(self) -> tuple[Any, np.ndarray] | None:
+        """The codegen Q8_0 matmul over the int8 codes (vpdpbusd where the CPU has VNNI).
+
+        Each stored row becomes Q8_0 blocks whose f16 scale is the row's scale (or 1.0 for
+        per-dimension scales, folded into the queries); `corr` undoes the f16 rounding of the
+        row scale exactly. None when the kernels are unavailable or dim % 32 != 0.
+        """
+        if self._q8 is None:
+            self._q8 = False
+            if self.quant == "int8" and self.dim % 32 == 0 and self.count:
+                try:
+                    from gguf import GGMLQuantizationType
+
+                    from embedpipe.codegen import get_kernel_library
+                    n, nb = self.count, self.dim // 32
+                    row_scale = self.scale if self.scale_mode == "vector" else np.ones(n, np.float32)
+                    d16 = row_scale.astype(np.float16)
+                    raw = np.empty((n, nb, 34), np.uint8)
+                    raw[:, :, :2] = d16.view(np.uint8).reshape(n, 1, 2)
+                    raw[:, :, 2:] = np.asarray(self.codes).reshape(n, nb, 32).view(np.uint8)
+                    pm = get_kernel_library().prepare_matmul(
+                        GGMLQuantizationType.Q8_0, raw.reshape(n, nb * 34), n, self.dim)
+                    d32 = d16.astype(np.float32)
+                    corr = np.divide(row_scale, d32, out=np.zeros(n, np.float32), where=d32 > 0)
+                    self._q8 = (pm, corr)
+                except Exception as exc:  # no JIT here: widening + BLAS below still works
+                    log.warning("Q8_0 JIT matmul unavailable for brute int8 (%s)", exc)
+        return self._q8 or None
+
     def _score_blocks(self, q: np.ndarray):
         w = self._query_weights(q)
         n = self.codes.shape[0]
@@ -79,6 +115,30 @@ class BruteIndex(VectorIndex):
             yield self._row_scale(w @ block.T, lo, hi), lo
 
     def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        step = max(1, MAX_SCORES // max(1, self.count))  # bounds the (queries, n) score block
+        parts = [self._search_chunk(q[i:i + step], k) for i in range(0, len(q), step)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def _search_q8(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Shortlist with the Q8_0 matmul (queries quantized too), then re-score the shortlist
+        exactly against the stored codes with the float queries: same scores as the scan."""
+        q8 = self._q8_matmul() if len(q) >= GEMM_MIN_QUERIES and self.use_jit else None
+        if q8 is None:
+            return None
+        pm, corr = q8
+        w = np.ascontiguousarray(self._query_weights(q), np.float32)
+        _, cand = topk_desc(pm(w) * corr[None, :], min(self.count, RESCORE * k + 8))
+        exact = np.matmul(np.asarray(self.codes)[cand].astype(np.float32), w[:, :, None])[..., 0]
+        if self.scale_mode == "vector":
+            exact *= self.scale[cand]
+        s, cols = topk_desc(exact, k)
+        rows = np.take_along_axis(cand, np.maximum(cols, 0), axis=1)
+        return s, np.where(cols >= 0, rows, -1)
+
+    def _search_chunk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        fast = self._search_q8(q, k)
+        if fast is not None:
+            return fast
         best_s: np.ndarray | None = None
         best_r: np.ndarray | None = None
         for scores, lo in self._score_blocks(q):

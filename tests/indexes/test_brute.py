@@ -44,6 +44,7 @@ def test_quantize_round_trip_error_bound(quant, mode):
 def test_scan_and_gemm_paths_agree_and_blocks_merge(monkeypatch, quant, mode):
     x, q = clustered(700, 64, seed=2), clustered(20, 64, seed=3)
     ix = build_index(x, kind="brute", quant=quant, scale_mode=mode)
+    ix.use_jit = False  # the widening + BLAS path; the Q8_0 path is tested below
     monkeypatch.setattr(brute_mod, "BLOCK_ROWS", 128)  # several blocks → top-k merge
     s_gemm, r_gemm = ix.search_rows(q, 10)
     s_scan, r_scan = zip(*(ix.search_rows(qi, 10) for qi in q))
@@ -76,3 +77,14 @@ def test_topk_kernel_matches_argpartition(shape, k):
     got, want = topk_desc(s, k), topk_reference(s, k)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("mode", ["vector", "dim"])
+def test_q8_matmul_shortlist_gives_the_scan_results(mode):
+    x, q = clustered(900, 64, seed=12), clustered(40, 64, seed=13)
+    ix = build_index(x, kind="brute", quant="int8", scale_mode=mode)
+    assert ix._q8_matmul() is not None, "codegen Q8_0 matmul unavailable on this host"
+    s_q8, r_q8 = ix.search_rows(q, 10)
+    s_scan, r_scan = zip(*(ix.search_rows(qi, 10) for qi in q))
+    np.testing.assert_allclose(s_q8, np.concatenate(s_scan), rtol=1e-5, atol=1e-6)
+    assert recall(r_q8, np.concatenate(r_scan)) >= 0.99
