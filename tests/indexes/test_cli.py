@@ -80,3 +80,17 @@ def test_bad_inputs(tmp_path):
         _run("build-index", str(tmp_path), "-o", str(tmp_path / "x"))
     res = _run("build-index", str(tmp_path), "-o", str(tmp_path / "x"), "--type", "kd")
     assert res.exit_code != 0 and "--type" in res.output
+
+
+def test_int8_embeddings_dir_reads_as_float(emb_dir, tiny_gguf, tmp_path):
+    from embedpipe.indexes.source import read_embeddings
+
+    emb, _ = emb_dir
+    src = sorted(emb.parent.glob("corpus.parquet"))[0]
+    out8 = tmp_path / "emb8"
+    ingest(IngestConfig(inputs=[str(src)], output=str(out8), model=str(tiny_gguf), id_col="doc",
+                        dtype="int8", backend="numpy"),
+           embedder=Embedder.load(tiny_gguf, backend="numpy"))
+    f32, i8 = read_embeddings(emb), read_embeddings(out8)
+    assert list(i8.ids) == list(f32.ids) and i8.meta.model_sha256 == f32.meta.model_sha256
+    np.testing.assert_allclose(i8.vectors, f32.vectors, atol=0.01)
