@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import sentencepiece as spm
@@ -20,6 +21,17 @@ from embedpipe.runtime.gguf_file import GGUFModelFile
 
 # SentencePiece TrainerSpec.ModelType
 _BPE = 2
+
+
+class PieceType(IntEnum):
+    """SentencePiece piece types; GGUF's token_type uses the same numbers."""
+
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
 
 # Encoding-relevant TrainerSpec fields of a byte-fallback BPE model (Gemma's): field number,
 # wire kind, value. Written after vocab size and special ids.
@@ -99,6 +111,25 @@ def build_model_proto(pieces: Sequence[bytes], scores: np.ndarray, types: np.nda
     return bytes(out)
 
 
+def sentencepiece_view(pieces: Sequence[bytes], types: np.ndarray, special: SpecialIds) -> tuple[list[bytes], np.ndarray]:
+    """Undo what llama.cpp's converter does to SentencePiece vocabularies, so that
+    SentencePiece reproduces the source tokenizer (and Hugging Face's) id for id.
+
+    The converter writes user-defined pieces with spaces instead of "▁" (llama.cpp matches them
+    on raw text) and marks most of them, e.g. `<start_of_turn>`, as control. Control pieces are
+    never matched in text by SentencePiece, but Hugging Face and llama.cpp (parse_special) do
+    match them; so every control piece but UNK becomes user-defined again.
+    """
+    types = types.copy()
+    types[(types == PieceType.CONTROL)] = PieceType.USER_DEFINED
+    if 0 <= special.unk < len(types):
+        types[special.unk] = PieceType.UNKNOWN
+    user = set(np.flatnonzero(types == PieceType.USER_DEFINED).tolist())
+    space, meta = b" ", "\u2581".encode()
+    fixed = [p.replace(space, meta) if i in user else p for i, p in enumerate(pieces)]
+    return fixed, types
+
+
 class Tokenizer:
     """Text <-> token ids, adding BOS/EOS as the GGUF flags say."""
 
@@ -127,6 +158,7 @@ class Tokenizer:
             add_bos=bool(model_file.get("tokenizer.ggml.add_bos_token", True)),
             add_eos=bool(model_file.get("tokenizer.ggml.add_eos_token", False)),
         )
+        pieces, types = sentencepiece_view(pieces, types, special)
         proto = build_model_proto(pieces, scores, types, special)
         processor = spm.SentencePieceProcessor()
         try:
