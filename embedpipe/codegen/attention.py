@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedpipe.codegen.threadpool import run_parallel, split_range
+from embedpipe.codegen.threadpool import split_range
 
 
 def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -41,8 +41,8 @@ def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray,
         scores = lib.matmul_f32(qs, np.ascontiguousarray(k[:, h, :]))
         rows = group * t
         parts = lib.threads if scores.size >= 65_536 else 1
-        run_parallel(lambda a, b: lib._softmax(scores.ctypes.data, t, t, hw, a, b),
-                     split_range(0, rows, parts), lib.threads)
+        lib.fork("softmax", [(scores.ctypes.data, t, t, hw, a, b)
+                             for a, b in split_range(0, rows, parts)])
         heads = lib.matmul_f32(scores, np.ascontiguousarray(v[:, h, :].T))
         out[:, h * group:(h + 1) * group, :] = heads.reshape(group, t, dv).transpose(1, 0, 2)
     return out.reshape(t, n_q * dv)

@@ -258,3 +258,26 @@ def quantize_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
     q = np.round(blocks * inv[:, :, None]).astype(np.int8)
     return q.reshape(t, k), d
+
+
+def work_symbol(isa: IsaSpec, tile: IntTile) -> str:
+    return f"ep_q8work_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+
+
+def emit_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+    """``void f(x, xq, xd, xc, T, K, qa, qb, wq, wd, y, N, ldy, a, b, p0, p1)``: quantize
+    activation rows ``[qa, qb)``, then multiply rows ``[a, b)`` by panels ``[p0, p1)`` — one
+    thread's whole share of a product, so a fork-join needs a single hand-off."""
+    quantize = m.get_global(quantize_symbol(isa))
+    matmul = m.get_global(matmul_symbol(isa, tile))
+    name = work_symbol(isa, tile)
+    names = ["x", "xq", "xd", "xc", "T", "K", "qa", "qb", "wq", "wd", "y", "N", "ldy", "a",
+             "b", "p0", "p1"]
+    fn, b = new_function(m, name, [(n, PTR if n in ("x", "xq", "xd", "xc", "wq", "wd", "y")
+                                     else I64) for n in names])
+    a = dict(zip(names, fn.args))
+    b.call(quantize, [a["x"], a["xq"], a["xd"], a["xc"], a["T"], a["K"], a["qa"], a["qb"]])
+    b.call(matmul, [a["wq"], a["wd"], a["xq"], a["xd"], a["xc"], a["y"], a["T"], a["N"],
+                    a["K"], a["ldy"], a["a"], a["b"], a["p0"], a["p1"]])
+    b.ret_void()
+    return name

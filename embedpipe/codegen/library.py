@@ -20,13 +20,13 @@ import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_elementwise, ir_float, ir_q8, irutil, jit
+from embedpipe.codegen import ir_elementwise, ir_float, ir_parallel, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import IsaSpec, default_threads, detect_isa, host_arch, ISAS
 from embedpipe.codegen.quant_formats import FORMATS
-from embedpipe.codegen.threadpool import run_parallel, split_range
+from embedpipe.codegen.threadpool import split_range
 from embedpipe.errors import EmbedpipeError
 
 log = logging.getLogger(__name__)
@@ -60,17 +60,27 @@ _F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
 _ELTWISE2 = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I)
 _RMS = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, ctypes.c_float, _I, _I)
 _SOFTMAX = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I)
+_FORK = ctypes.CFUNCTYPE(None, _P, _I, _I)
+
+
+# Kernels that run through the native fork-join (each gets a task trampoline).
+PARALLEL_ROLES = ("q8work", "f32mm", "gelu_mul", "rms_norm", "softmax")
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
-    """Role -> symbol of every kernel in the library module of ``isa``."""
+    """Role -> symbol of every function in the library module of ``isa``."""
     int_tile, float_tile = TILES[isa.name]
-    return {"quantize": ir_q8.quantize_symbol(isa),
-            "q8mm": ir_q8.matmul_symbol(isa, int_tile),
-            "f32mm": ir_float.matmul_symbol(isa, float_tile),
-            "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
-            "rms_norm": ir_elementwise.rms_norm_symbol(isa),
-            "softmax": ir_elementwise.softmax_symbol(isa)}
+    symbols = {"quantize": ir_q8.quantize_symbol(isa),
+               "q8mm": ir_q8.matmul_symbol(isa, int_tile),
+               "q8work": ir_q8.work_symbol(isa, int_tile),
+               "f32mm": ir_float.matmul_symbol(isa, float_tile),
+               "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
+               "rms_norm": ir_elementwise.rms_norm_symbol(isa),
+               "softmax": ir_elementwise.softmax_symbol(isa)}
+    for role in PARALLEL_ROLES:
+        symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
+        symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
+    return symbols
 
 
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
@@ -86,6 +96,11 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
         "softmax": ir_elementwise.emit_softmax_band(module, isa),
     }
+    symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
+    for role in PARALLEL_ROLES:
+        task = ir_parallel.emit_task(module, module.get_global(symbols[role]))
+        symbols[f"{role}_task"] = task
+        symbols[f"{role}_parallel"] = ir_parallel.emit_parallel(module, module.get_global(task))
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
 
@@ -94,7 +109,8 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
     h = hashlib.sha256()
-    for mod in (irutil, ir_q8, ir_float, ir_elementwise, isa_module, sys.modules[__name__]):
+    for mod in (irutil, ir_q8, ir_float, ir_elementwise, ir_parallel, isa_module,
+                sys.modules[__name__]):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
 
@@ -139,9 +155,18 @@ class KernelLibrary:
         self._gelu_mul = _ELTWISE2(addrs[symbols["gelu_mul"]])
         self._rms_norm = _RMS(addrs[symbols["rms_norm"]])
         self._softmax = _SOFTMAX(addrs[symbols["softmax"]])
+        self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]])
+                       for role in PARALLEL_ROLES}
         self.load_seconds = time.perf_counter() - start
         log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
                   isa.features or "no extra features", self.load_seconds, threads)
+
+    def fork(self, role: str, items: list[tuple[int, ...]]) -> None:
+        """Run kernel ``role`` once per item (its arguments as 64-bit words: addresses,
+        integers, or ``f32_word(x)``), item 0 on this thread and the others on fresh
+        pthreads, all inside one GIL-free native call."""
+        words = np.array(items, dtype=np.int64)
+        self._forks[role](words.ctypes.data, words.shape[1] * 8, len(items))
 
     def gelu_tanh_mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``gelu_tanh(a) · b`` element-wise (fp32, same shape, C-contiguous), ~1e-6 relative."""
@@ -155,9 +180,9 @@ class KernelLibrary:
         out = np.empty_like(a)
         size = a.size
         parts = self.threads if size >= MIN_PARALLEL_ELEMENTS else 1
-        fn, args = self._gelu_mul, (a.ctypes.data, b.ctypes.data, out.ctypes.data)
-        run_parallel(lambda lo, hi: fn(*args, lo, hi),
-                     split_range(0, size, parts, 2 * self.isa.lanes), self.threads)
+        head = (a.ctypes.data, b.ctypes.data, out.ctypes.data)
+        self.fork("gelu_mul", [(*head, lo, hi) for lo, hi in
+                               split_range(0, size, parts, 2 * self.isa.lanes)])
         return out
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -175,9 +200,8 @@ class KernelLibrary:
         d = x.shape[-1]
         rows = x.size // d
         parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
-        fn, args = self._rms_norm, (x.ctypes.data, weight.ctypes.data, out.ctypes.data, d,
-                                    float(eps))
-        run_parallel(lambda a, b: fn(*args, a, b), split_range(0, rows, parts), self.threads)
+        head = (x.ctypes.data, weight.ctypes.data, out.ctypes.data, d, f32_word(eps))
+        self.fork("rms_norm", [(*head, a, b) for a, b in split_range(0, rows, parts)])
         return out
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
@@ -286,17 +310,15 @@ class PreparedMatmul:
     def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
         (w,) = self.packed
         t = x.shape[0]
-        how, ranges = self._plan(t, self.lib.float_tile.mr, w.shape[0])
-        f = self.lib._f32mm
+        mr = self.lib.float_tile.mr
+        how, ranges = self._plan(t, mr, w.shape[0])
         head = (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
-        full_rows = (0, -(-t // self.lib.float_tile.mr) * self.lib.float_tile.mr)
-        if how == "rows":
-            run_parallel(lambda a, b: f(*head, a, b, 0, w.shape[0]), ranges, self.lib.threads)
-        else:
-            run_parallel(lambda a, b: f(*head, *full_rows, a, b), ranges, self.lib.threads)
+        rows_all = (0, -(-t // mr) * mr)
+        self.lib.fork("f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows"
+                                else (*head, *rows_all, a, b) for a, b in ranges])
 
     def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Quantize X and multiply in one hand-off per thread: a row split quantizes only its
+        """Quantize X and multiply in one task per thread: a row split quantizes only its
         rows into a shared scratch; a panel split quantizes all rows into per-thread scratch
         (O(T·K) duplicated work against O(T·K·N/threads) saved synchronization)."""
         wq, wd = self.packed
@@ -306,22 +328,20 @@ class PreparedMatmul:
         tpad = -(-t // mr) * mr
         panels = wq.shape[0]
         how, ranges = self._plan(t, mr, panels)
-        quantize, q8mm = lib._quantize, lib._q8mm
-        xp, yp, wqp, wdp, n = x.ctypes.data, y.ctypes.data, wq.ctypes.data, wd.ctypes.data, self.n
-
-        def work(scratch: tuple[int, int, int], a: int, b: int, p0: int, p1: int) -> None:
-            xq, xd, xc = scratch
-            quantize(xp, xq, xd, xc, t, k, a, b)
-            q8mm(wqp, wdp, xq, xd, xc, yp, t, n, k, n, a, b, p0, p1)
-
+        xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
+        tail = (wq.ctypes.data, wd.ctypes.data, yp, n, n)
         if how == "rows":
-            shared = _scratch(0, tpad, k, lib.isa)
-            run_parallel(lambda a, b: work(shared, a, b, 0, panels), ranges, lib.threads)
+            xq, xd, xc = _scratch(0, tpad, k, lib.isa)
+            items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
         else:
-            scratches = [_scratch(i, tpad, k, lib.isa) for i in range(len(ranges))]
-            bounds = {r: i for i, r in enumerate(ranges)}
-            run_parallel(lambda a, b: work(scratches[bounds[(a, b)]], 0, tpad, a, b), ranges,
-                         lib.threads)
+            items = [(xp, *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
+                     for i, (a, b) in enumerate(ranges)]
+        lib.fork("q8work", items)
+
+
+def f32_word(value: float) -> int:
+    """An fp32 argument as the 64-bit word the task trampolines decode."""
+    return int(np.float32(value).view(np.uint32))
 
 
 # Below this many multiply-adds a product runs on the calling thread (~40 µs of work).

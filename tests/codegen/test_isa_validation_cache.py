@@ -137,8 +137,15 @@ def test_bad_weights_rejected(q8):
     ("neon", ["smull"], ["sdot"]),
 ])
 def test_instruction_selection(isa, must, must_not):
-    text, _ = build_module(ISAS[isa])
-    asm = jit.emit_assembly(text, ISAS[isa])
+    import llvmlite.ir as llir
+
+    from embedpipe.codegen import ir_float, ir_q8
+    spec = ISAS[isa]
+    module = llir.Module()
+    module.triple = spec.triple
+    ir_q8.emit_matmul(module, spec, library.TILES[isa][0])
+    ir_float.emit_matmul(module, spec, library.TILES[isa][1])
+    asm = jit.emit_assembly(str(module), spec)
     for needle in must:
         assert needle in asm, (isa, needle)
     for needle in must_not:

@@ -1,0 +1,91 @@
+"""Native fork-join: run a kernel over several ranges on POSIX threads, GIL-free.
+
+Python thread pools pay a GIL hand-off per range (and worse, a convoy when the machine is
+oversubscribed: a woken worker that holds the GIL can be descheduled).  Instead Python makes
+one ctypes call to ``ep_parallel(task, args, stride, n)``, which starts ``n-1`` pthreads on
+``task(args + i·stride)``, runs item 0 itself and joins.  Each task is a trampoline that
+unpacks one row of 64-bit words into the kernel's arguments (pointers, i64, f32 bit patterns).
+If a thread cannot be created, its item runs on the calling thread.
+"""
+
+from __future__ import annotations
+
+import llvmlite.ir as ir
+
+from embedpipe.codegen.irutil import F32, I32, I64, PTR, const_i64, for_range, new_function
+
+MAX_THREADS = 64
+
+
+def task_symbol(kernel: str) -> str:
+    return f"{kernel}__task"
+
+
+def emit_task(m: ir.Module, kernel: ir.Function) -> str:
+    """``void* task(i64* words)``: call ``kernel`` with its arguments decoded from ``words``."""
+    name = task_symbol(kernel.name)
+    fn = ir.Function(m, ir.FunctionType(PTR, [PTR]), name=name)
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    words = fn.args[0]
+    args = []
+    for i, arg in enumerate(kernel.args):
+        word = b.load(b.gep(words, [const_i64(i)], source_etype=I64), typ=I64, align=8)
+        if isinstance(arg.type, ir.PointerType):
+            args.append(b.inttoptr(word, PTR))
+        elif arg.type == F32:
+            args.append(b.bitcast(b.trunc(word, I32), F32))
+        else:
+            args.append(word)
+    b.call(kernel, args)
+    b.ret(ir.Constant(PTR, None))
+    return name
+
+
+def parallel_symbol(task: str) -> str:
+    return f"{task}__parallel"
+
+
+def emit_parallel(m: ir.Module, task: ir.Function) -> str:
+    """``void f(args, stride, n)``: fork ``n-1`` pthreads on ``task``, run item 0, join.
+
+    One fork-join function per task (llvmlite cannot emit indirect calls through opaque
+    pointers, and a direct call lets LLVM inline the trampoline for item 0).
+    """
+    pthread_create = _declare(m, "pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
+    pthread_join = _declare(m, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
+    name = parallel_symbol(task.name)
+    fn, b = new_function(m, name, [("args", PTR), ("stride", I64), ("n", I64)])
+    args, stride, n = fn.args
+    I8 = ir.IntType(8)
+    tids = b.alloca(I64, size=MAX_THREADS)
+    started = b.alloca(I8, size=MAX_THREADS)
+
+    def item(i: ir.Value) -> ir.Value:
+        return b.gep(args, [b.mul(i, stride)], source_etype=I8)
+
+    count = b.select(b.icmp_signed(">", n, const_i64(MAX_THREADS)), const_i64(MAX_THREADS), n)
+    with for_range(b, const_i64(1), count, 1, "spawn") as i:
+        rc = b.call(pthread_create, [b.gep(tids, [i], source_etype=I64),
+                                     ir.Constant(PTR, None), task, item(i)])
+        ok = b.icmp_signed("==", rc, ir.Constant(I32, 0))
+        b.store(b.zext(ok, I8), b.gep(started, [i], source_etype=I8))
+        with b.if_then(b.not_(ok)):
+            b.call(task, [item(i)])
+    b.call(task, [item(const_i64(0))])
+    with for_range(b, count, n, 1, "rest") as i:  # beyond MAX_THREADS: run here
+        b.call(task, [item(i)])
+    with for_range(b, const_i64(1), count, 1, "join") as i:
+        flag = b.load(b.gep(started, [i], source_etype=I8), typ=I8)
+        with b.if_then(b.icmp_unsigned("!=", flag, ir.Constant(I8, 0))):
+            tid = b.load(b.gep(tids, [i], source_etype=I64), typ=I64)
+            b.call(pthread_join, [tid, ir.Constant(PTR, None)])
+    b.ret_void()
+    return name
+
+
+def _declare(m: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
+    try:
+        return m.get_global(name)
+    except KeyError:
+        return ir.Function(m, fnty, name=name)
