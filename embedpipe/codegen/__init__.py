@@ -4,7 +4,10 @@
     mm = lib.prepare_matmul(qtype, raw, n, k)   # raw: GGUF bytes of W[N×K], uint8 (N, row_bytes)
     y = mm(x)                                   # x: float32 (T, K) -> float32 (T, N) = x·Wᵀ
 
-Kernels know nothing about models.  See ``isa`` for targets, ``jit`` for the object cache.
+Also on the library (fp32, validated, threaded): ``lib.gelu_tanh_mul(a, b)``,
+``lib.rms_norm(x, w, eps)``, ``lib.attention(q, k, v, half_window)``,
+``lib.matmul_f32(x, w)``.  Kernels know nothing about models.  See ``isa`` for targets,
+``jit`` for the object cache, ``bench`` for ``embedpipe bench kernels``.
 """
 
 from embedpipe.codegen.isa import (ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, default_threads,

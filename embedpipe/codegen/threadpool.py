@@ -1,8 +1,8 @@
-"""Run native kernel calls over row/column ranges on a shared thread pool.
+"""Work splitting, and a Python thread pool for callers that need one.
 
-ctypes releases the GIL for the duration of a foreign call, so plain Python threads give true
-parallelism.  The calling thread runs the first range itself, which saves one hand-off for the
-small matmuls of short documents.
+Kernels fork through ``ir_parallel`` (native threads, no GIL hand-offs); this pool remains for
+Python-level fan-out such as the benchmark's peak probe.  ctypes releases the GIL for a
+foreign call, so these threads also run native code in parallel.
 """
 
 from __future__ import annotations
