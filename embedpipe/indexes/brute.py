@@ -42,7 +42,7 @@ class BruteIndex(VectorIndex):
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, scale_mode: str = "vector",
+              columns: dict[str, StringTable] | None = None, scale_mode: str = "dim",
               **unused: Any) -> BruteIndex:
         if quant not in QUANTS:
             raise ValueError(f"unknown quant {quant!r}; choose one of {tuple(QUANTS)}")

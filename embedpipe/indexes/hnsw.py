@@ -12,7 +12,10 @@ are the exact top-`ef_construction` among the nodes inserted *before* it (blocke
 incremental insertion would find with a perfect search, including the long-range links early
 nodes get — pruned with the paper's heuristic (keep c only if it is closer to the node than to
 every neighbour already kept); then reverse links are merged and pruned again with the same
-heuristic, as insertion does when a neighbour's list overflows. O(n²·d) flops: fine up to a
+heuristic, as insertion does when a neighbour's list overflows; slots the heuristic leaves
+empty are topped up with the closest rejected candidates (`keep_pruned`), as hnswlib's lists
+fill with unpruned reverse links (on real embeddings: mean degree 8 → 15, recall@10 at ef=16
+0.90 → 0.95). O(n²·d) flops: fine up to a
 few 10⁵ vectors. `add` inserts further vectors the incremental way (graph search + heuristic
 + reverse-link pruning; added nodes join layer 0 only). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the
 numpy reference below (also the test oracle).
@@ -55,14 +58,16 @@ def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m:
     return keep
 
 
-def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) -> np.ndarray:
+def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
+           keep_pruned: bool = False) -> np.ndarray:
     """Heuristic-prune candidate id lists `cand` (b, c; -1 = none) for `nodes`; (b, m) ids."""
     from embedpipe.indexes.hnsw_kernel import prune_nodes
-    fast = prune_nodes(x, nodes, cand, m)
-    return fast if fast is not None else prune_reference(x, nodes, cand, m)
+    fast = prune_nodes(x, nodes, cand, m, keep_pruned)
+    return fast if fast is not None else prune_reference(x, nodes, cand, m, keep_pruned)
 
 
-def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) -> np.ndarray:
+def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
+                    keep_pruned: bool = False) -> np.ndarray:
     """numpy oracle of the JIT prune kernel (candidate gram matrices per block of nodes)."""
     out = np.full((len(nodes), m), -1, np.int32)
     for lo in range(0, len(nodes), CAND_BLOCK // 4):
@@ -81,6 +86,8 @@ def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) 
                                 valid, m)
         for r in range(hi - lo):
             sel = c[r, keep[r]]
+            if keep_pruned:
+                sel = np.concatenate([sel, c[r, valid[r] & ~keep[r]]])[:m]
             out[lo + r, : len(sel)] = sel
     return out
 
@@ -159,7 +166,7 @@ class HnswIndex(VectorIndex):
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
               columns: dict[str, StringTable] | None = None, m: int = 16,
               ef_construction: int = 100, ef_search: int = 96, seed: int = 0,
-              progress: bool = False, **unused: Any) -> HnswIndex:
+              keep_pruned: bool = True, progress: bool = False, **unused: Any) -> HnswIndex:
         if quant not in QUANTS:
             raise ValueError(f"hnsw supports quant {QUANTS}, not {quant!r}")
         x = np.ascontiguousarray(vectors, np.float32)
@@ -183,7 +190,7 @@ class HnswIndex(VectorIndex):
             cand = _exact_candidates(x, nodes, ef_construction, bar)
             fwd = _prune(x, nodes, cand, width)
             merged = _merge_reverse(nodes, fwd, max(2 * width, ef_construction), n)
-            final = _prune(x, nodes, merged, width)
+            final = _prune(x, nodes, merged, width, keep_pruned)
             if layer == 0:
                 nbr0[nodes] = final
             else:

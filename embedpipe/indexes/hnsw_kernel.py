@@ -178,9 +178,9 @@ def prune_ir() -> str:
     """
     module = ir.Module(name="ep_hnsw_prune")
     dot = _emit_dot(module, F32)
-    types = [PTR, I64, PTR, I64, PTR, I64, I64, PTR, PTR, PTR]
+    types = [PTR, I64, PTR, I64, PTR, I64, I64, PTR, PTR, PTR, I64]
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), types), name="ep_hnsw_prune")
-    X, d, nodes, nb, cand, c, m, out, sid, ss = fn.args
+    X, d, nodes, nb, cand, c, m, out, sid, ss, keep_pruned = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     f = _Fn(b)
     one, zero = const_i64(1), const_i64(0)
@@ -244,9 +244,23 @@ def prune_ir() -> str:
             with b.if_then(b.icmp_signed("!=", f.get(ok), zero)):
                 b.store(b.trunc(cj, I32), f.at(I32, out, b.add(obase, f.get(kept))))
                 f.put(kept, b.add(f.get(kept), one))
+                b.store(ir.Constant(I32, -1), f.at(I32, sid, jj))
 
         f.loop(lambda: b.and_(b.icmp_signed("<", f.get(j), f.get(cnt)),
                               b.icmp_signed("<", f.get(kept), m)), select)
+        f.put(j, zero)
+
+        def top_up(out1: ir.Block, head1: ir.Block) -> None:
+            jj = f.get(j)
+            f.put(j, b.add(jj, one))
+            cj = b.load(f.at(I32, sid, jj), typ=I32)
+            with b.if_then(b.icmp_signed(">=", cj, ir.Constant(I32, 0))):
+                b.store(cj, f.at(I32, out, b.add(obase, f.get(kept))))
+                f.put(kept, b.add(f.get(kept), one))
+
+        f.loop(lambda: b.and_(b.and_(b.icmp_signed("!=", keep_pruned, zero),
+                                     b.icmp_signed("<", f.get(j), f.get(cnt))),
+                              b.icmp_signed("<", f.get(kept), m)), top_up)
 
         def fill(out1: ir.Block, head1: ir.Block) -> None:
             b.store(ir.Constant(I32, -1), f.at(I32, out, b.add(obase, f.get(kept))))
@@ -261,12 +275,17 @@ def prune_ir() -> str:
 
 _PRUNE_SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                               ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+                              ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 _prune_pool: ThreadPoolExecutor | None = None
 
 
-def prune_nodes(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) -> np.ndarray | None:
-    """JIT heuristic pruning for `nodes` (ids into fp32 rows `x`); None if unavailable."""
+def prune_nodes(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
+                keep_pruned: bool = False) -> np.ndarray | None:
+    """JIT heuristic pruning for `nodes` (ids into fp32 rows `x`); None if unavailable.
+
+    keep_pruned: fill slots the heuristic left empty with the most similar rejected
+    candidates (hnswlib's lists fill up the same way: reverse links are appended unpruned
+    until a list is full)."""
     global _prune_pool
     from embedpipe.codegen.isa import default_threads
 
@@ -294,7 +313,7 @@ def prune_nodes(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int) -> n
     def run(lo: int, hi: int) -> None:
         sid, ss = np.empty(c, np.int32), np.empty(c, np.float32)
         fn(x.ctypes.data, d, nodes[lo:].ctypes.data, hi - lo, cand[lo:].ctypes.data, c, m,
-           out[lo:].ctypes.data, sid.ctypes.data, ss.ctypes.data)
+           out[lo:].ctypes.data, sid.ctypes.data, ss.ctypes.data, int(keep_pruned))
 
     threads = default_threads()
     if threads == 1 or len(nodes) < 256:

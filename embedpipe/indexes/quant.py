@@ -9,8 +9,10 @@ materializes float copies of the stored vectors:
   ``s_j = max_i |x_ij| / qmax``; ``score_i = q_int_i · (s ⊙ query)``.
 
 A fixed ``×127`` on unit vectors wastes most of the int8 range (components of a 768-d unit vector
-are ~±0.04), which is why neither scheme does that. `tests/indexes` and `bench index` measure
-the recall of both.
+are ~±0.04), which is why neither scheme does that. Measured recall@10 vs exact fp32 (int8, 768-d,
+500 held-out queries): real EmbeddingGemma vectors (4.5 k) — dim 0.9974, vector 0.9936;
+synthetic isotropic clusters (10 k) — dim 0.9954, vector 0.9974. Real embeddings are
+anisotropic (a few dimensions carry most of the range), so ``dim`` is the default.
 """
 
 from __future__ import annotations

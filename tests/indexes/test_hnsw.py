@@ -30,14 +30,17 @@ def test_kernel_search_matches_numpy_reference(quant):
     np.testing.assert_allclose(s_k[:, 0], s_r[:, 0], rtol=1e-4, atol=1e-5)
 
 
-def test_prune_kernel_matches_numpy_reference():
+@pytest.mark.parametrize("keep_pruned", [False, True])
+def test_prune_kernel_matches_numpy_reference(keep_pruned):
     x = clustered(800, 32, seed=4)
-    nodes = np.arange(800)
+    nodes = np.random.default_rng(0).permutation(800)
     cand = _exact_candidates(x, nodes, 40, _NoBar())
     cand[::7, 5] = -1  # holes are skipped
-    fast = prune_nodes(x, nodes, cand, 12)
+    fast = prune_nodes(x, nodes, cand, 12, keep_pruned)
     assert fast is not None
-    np.testing.assert_array_equal(fast, prune_reference(x, nodes, cand, 12))
+    np.testing.assert_array_equal(fast, prune_reference(x, nodes, cand, 12, keep_pruned))
+    filled = (fast >= 0).sum(1)
+    assert (filled[(cand >= 0).sum(1) >= 12] == 12).all() if keep_pruned else filled.mean() < 12
 
 
 def test_graph_invariants():
