@@ -54,7 +54,7 @@ def build_index_cmd(
     m: int = typer.Option(16, "--m", help="hnsw: links per node (2M on layer 0)."),
     ef_construction: int = typer.Option(100, "--ef-construction", help="hnsw: candidate list size when linking."),
     ef_search: int = typer.Option(96, "--ef-search", help="hnsw: beam width at query time (stored as default)."),
-    scale_mode: str = typer.Option("vector", "--scale", help="brute int8/int16: 'vector' (per row, default) or 'dim' (calibrated per dimension)."),
+    scale_mode: str = typer.Option("dim", "--scale", help="brute int8/int16: 'dim' (calibrated per dimension, default) or 'vector' (per row)."),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
 ) -> None:
     """Build an index from ingest output."""
