@@ -146,13 +146,29 @@ class HnswIndex(VectorIndex):
         self.nbr0, self.level, self.upoff, self.nbru = nbr0, level, upoff, nbru
         self.entry, self.params = entry, dict(params)
         self.m = params["m"]
+        self.scale_mode = params.get("scale_mode", "vector")
         self.ef_search = params["ef_search"]
         self._kernel: Any = None
 
     # --- vectors ------------------------------------------------------------------------
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         v = self.codes[rows]
-        return v if self.quant == "fp32" else v.astype(np.float32) * self.scale[rows, None]
+        if self.quant == "fp32":
+            return v
+        return v.astype(np.float32) * (self.scale[rows, None] if self.scale_mode == "vector"
+                                       else self.scale[None, :])
+
+    def row_scale(self) -> np.ndarray:
+        """Per-row factor the search kernel applies (ones when the scale is per dimension)."""
+        if self.quant == "fp32" or self.scale_mode == "dim":
+            return np.ones(max(1, self.count), np.float32)
+        return np.asarray(self.scale)
+
+    def query_weights(self, q: np.ndarray) -> np.ndarray:
+        """Queries with a per-dimension scale folded in (the kernel then scans raw codes)."""
+        if self.quant != "fp32" and self.scale_mode == "dim":
+            return np.ascontiguousarray(q * self.scale[None, :], np.float32)
+        return q
 
     def _sims(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         return self.vectors(rows) @ q
@@ -166,7 +182,8 @@ class HnswIndex(VectorIndex):
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
               columns: dict[str, StringTable] | None = None, m: int = 16,
               ef_construction: int = 100, ef_search: int = 96, seed: int = 0,
-              keep_pruned: bool = True, progress: bool = False, **unused: Any) -> HnswIndex:
+              keep_pruned: bool = True, scale_mode: str = "dim", progress: bool = False,
+              **unused: Any) -> HnswIndex:
         if quant not in QUANTS:
             raise ValueError(f"hnsw supports quant {QUANTS}, not {quant!r}")
         x = np.ascontiguousarray(vectors, np.float32)
@@ -197,9 +214,9 @@ class HnswIndex(VectorIndex):
                 nbru[upoff[nodes] + layer - 1] = final
         bar.close()
         entry = int(order[level[order] == top][0]) if n else 0
-        codes, scale = quantize(x, quant, "vector")
+        codes, scale = quantize(x, quant, scale_mode)
         params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
-                  "max_level": top, "seed": seed}
+                  "max_level": top, "seed": seed, "scale_mode": scale_mode}
         return cls(codes, scale, quant, nbr0, level.astype(np.int8), upoff, nbru, entry,
                    params, ids, meta, columns)
 
@@ -276,9 +293,11 @@ class HnswIndex(VectorIndex):
         n0 = self.count
         new_ids = list(range(n0, n0 + len(x))) if ids is None else list(ids)
         self.ids = IdTable.from_values(list(self.ids.take(np.arange(n0))) + new_ids, n0 + len(x))
-        codes, scale = quantize(x, self.quant, "vector")
+        codes, scale = quantize(x, self.quant, self.scale_mode,
+                                dim_scale=self.scale if self.scale_mode == "dim" else None)
         self.codes = np.concatenate([self.codes, codes])
-        self.scale = np.concatenate([self.scale, scale]) if self.quant != "fp32" else self.scale
+        if self.quant != "fp32" and self.scale_mode == "vector":
+            self.scale = np.concatenate([self.scale, scale])
         self.nbr0 = np.concatenate([self.nbr0, np.full((len(x), 2 * self.m), -1, np.int32)])
         self.level = np.concatenate([self.level, np.zeros(len(x), np.int8)])
         self.upoff = np.concatenate([self.upoff, np.full(len(x), len(self.nbru), np.int64)])

@@ -348,7 +348,7 @@ class HnswKernel:
 
         self.ix, self.fn = index, fn
         self.arrays = [np.ascontiguousarray(x) for x in
-                       (index.codes, index.scale if len(index.scale) else np.ones(1, np.float32),
+                       (index.codes, index.row_scale(),
                         index.nbr0, index.upoff, index.nbru if len(index.nbru) else
                         np.full((1, index.m), -1, np.int32))]
         self.threads = default_threads()
@@ -397,7 +397,7 @@ class HnswKernel:
             r_out[i, :m] = loc.pid[:m]
 
     def search(self, q: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.ascontiguousarray(q, np.float32)
+        q = np.ascontiguousarray(self.ix.query_weights(q), np.float32)
         s = np.full((len(q), k), -np.inf, np.float32)
         r = np.full((len(q), k), -1, np.int64)
         if len(q) < 4 * self.threads or self.threads == 1:

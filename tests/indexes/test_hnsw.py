@@ -17,10 +17,10 @@ class _NoBar:
         pass
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int8"])
-def test_kernel_search_matches_numpy_reference(quant):
+@pytest.mark.parametrize("quant,mode", [("fp32", "dim"), ("int8", "dim"), ("int8", "vector")])
+def test_kernel_search_matches_numpy_reference(quant, mode):
     x, q = clustered(1500, 48, seed=1), clustered(30, 48, seed=2)
-    ix = build_index(x, kind="hnsw", quant=quant, m=8, ef_construction=60)
+    ix = build_index(x, kind="hnsw", quant=quant, m=8, ef_construction=60, scale_mode=mode)
     kern = HnswKernel.for_index(ix)
     assert kern is not None, "HNSW JIT kernel failed to compile on this host"
     qn = ix.prepare_queries(q)
