@@ -50,11 +50,11 @@ def build_index_cmd(
     quant: str = typer.Option("fp32", "--quant", help="Vector storage: fp32, int16, int8 (hnsw: fp32/int8; annoy: fp32)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."),
     trees: int = typer.Option(50, "--trees", help="annoy: number of trees."),
-    search_k: int = typer.Option(-1, "--search-k", help="annoy: nodes to inspect per query (-1: trees × k)."),
+    search_k: int = typer.Option(2000, "--search-k", help="annoy: candidate items inspected per query (-1: Annoy's trees × k, weak with 768-d leaves of 770 items)."),
     m: int = typer.Option(16, "--m", help="hnsw: links per node (2M on layer 0)."),
     ef_construction: int = typer.Option(100, "--ef-construction", help="hnsw: candidate list size when linking."),
     ef_search: int = typer.Option(96, "--ef-search", help="hnsw: beam width at query time (stored as default)."),
-    scale_mode: str = typer.Option("dim", "--scale", help="brute int8/int16: 'dim' (calibrated per dimension, default) or 'vector' (per row)."),
+    scale_mode: str = typer.Option("dim", "--scale", help="int8/int16 scale: 'dim' (calibrated per dimension, default) or 'vector' (per row)."),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
 ) -> None:
     """Build an index from ingest output."""
@@ -65,7 +65,8 @@ def build_index_cmd(
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}")
     params_by_type = {"brute": {"scale_mode": scale_mode},
                       "annoy": {"n_trees": trees, "search_k": search_k},
-                      "hnsw": {"m": m, "ef_construction": ef_construction, "ef_search": ef_search}}
+                      "hnsw": {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
+                               "scale_mode": scale_mode}}
     start = time.perf_counter()
     try:
         index = build_from_dir(emb_dir, out, kind, quant, dim, keep_text=not no_text,
