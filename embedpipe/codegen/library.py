@@ -218,6 +218,17 @@ class KernelLibrary:
         return PreparedMatmul(self, GGMLQuantizationType.F32, w.shape[0], w.shape[1], "float",
                               (packed,))(x)
 
+    def _quantize_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """fp32 W (N, K) -> Q8_0 blocks (int8 (N, K), fp32 scales (N, K/32)) with the emitted
+        quantize kernel (bit-identical to ``ir_q8.quantize_reference``, ~20x faster)."""
+        n, k = w.shape
+        eb = ir_q8.act_elem_bytes(self.isa)
+        q = np.empty((n, k), np.int8 if eb == 1 else np.int16)
+        d = np.empty((n, k // QK), np.float32)
+        corr = np.empty((n, k // QK), np.int32)
+        self._quantize(w.ctypes.data, q.ctypes.data, d.ctypes.data, corr.ctypes.data, n, k, 0, n)
+        return q.astype(np.int8, copy=False), d
+
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,
                        k: int) -> PreparedMatmul:
         """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
@@ -242,7 +253,11 @@ class KernelLibrary:
         if raw.shape != (n, row_bytes):
             raise KernelInputError(f"{fmt.qtype.name} weight {n}x{k}: expected raw shape "
                                    f"({n}, {row_bytes}), got {raw.shape}")
-        unpacked = fmt.repack(np.ascontiguousarray(raw), n, k)
+        raw = np.ascontiguousarray(raw)
+        if fmt.dequantize is not None:
+            unpacked = self._quantize_weights(fmt.dequantize(raw, n, k))
+        else:
+            unpacked = fmt.repack(raw, n, k)
         if fmt.family == "float":
             packed = (ir_float.pack_weights(unpacked, self.isa, self.float_tile, aligned_empty),)
             return PreparedMatmul(self, fmt.qtype, n, k, "float", packed)

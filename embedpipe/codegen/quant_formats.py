@@ -29,6 +29,10 @@ class QuantFormat:
     family: str  # "float" or "int"
     repack: Callable[[np.ndarray, int, int], object]
     exact: bool  # repack loses nothing relative to gguf.quants.dequantize
+    # For formats re-quantized to Q8_0 blocks: the fp32 weights, so a caller can run the
+    # quantization itself (the library uses its emitted quantize kernel, the twin of
+    # `quantize_reference`, which `repack` uses).
+    dequantize: Callable[[np.ndarray, int, int], np.ndarray] | None = None
 
     @property
     def block_size(self) -> int:
@@ -69,10 +73,16 @@ def _q4_0(raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return q.reshape(n, k), d
 
 
+def _dequantize(qtype: GGMLQuantizationType) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    def dequantize(raw: np.ndarray, n: int, k: int) -> np.ndarray:
+        return np.ascontiguousarray(gguf_quants.dequantize(raw, qtype).reshape(n, k),
+                                    dtype=np.float32)
+    return dequantize
+
+
 def _requantize(qtype: GGMLQuantizationType) -> Callable[[np.ndarray, int, int], object]:
     def repack(raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        w = gguf_quants.dequantize(raw, qtype).reshape(n, k).astype(np.float32)
-        return quantize_reference(w)
+        return quantize_reference(_dequantize(qtype)(raw, n, k))
     return repack
 
 
@@ -82,6 +92,6 @@ FORMATS: dict[GGMLQuantizationType, QuantFormat] = {f.qtype: f for f in (
     QuantFormat(Q.BF16, "float", _bf16, True),
     QuantFormat(Q.Q8_0, "int", _q8_0, True),
     QuantFormat(Q.Q4_0, "int", _q4_0, True),
-    QuantFormat(Q.Q4_K, "int", _requantize(Q.Q4_K), False),
-    QuantFormat(Q.Q6_K, "int", _requantize(Q.Q6_K), False),
+    QuantFormat(Q.Q4_K, "int", _requantize(Q.Q4_K), False, _dequantize(Q.Q4_K)),
+    QuantFormat(Q.Q6_K, "int", _requantize(Q.Q6_K), False, _dequantize(Q.Q6_K)),
 )}

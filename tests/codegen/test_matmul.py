@@ -147,3 +147,15 @@ def test_libraries_cached_per_isa_and_threads():
     assert get_kernel_library(ISAS[0], 2) is a
     assert get_kernel_library(ISAS[0], 1) is not a
     assert a.isa.name == ISAS[0] and a.threads == 2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+def test_kernel_requantization_is_the_reference(isa, qtype):
+    """K-quants are re-quantized by the emitted kernel; it must equal the numpy twin."""
+    lib = get_kernel_library(isa, 1)
+    raw = random_raw(qtype, 40, 512, np.random.default_rng(9))
+    q, d = lib._quantize_weights(FORMATS[qtype].dequantize(raw, 40, 512))
+    q_ref, d_ref = FORMATS[qtype].repack(raw, 40, 512)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(d, d_ref)
