@@ -119,6 +119,7 @@ class _Layer:
         t = lambda name: mf.tensors[f"blk.{il}.{name}.weight"]  # noqa: E731
         vec = lambda name: dequantize(t(name)).astype(np.float32, copy=True)  # noqa: E731
         self.attn_norm, self.q_norm, self.k_norm = vec("attn_norm"), vec("attn_q_norm"), vec("attn_k_norm")
+        self.q_norm_scaled = self.q_norm * np.float32(1.0 / math.sqrt(self.q_norm.shape[0]))
         self.post_attn_norm, self.ffn_norm, self.post_ffw_norm = vec("post_attention_norm"), vec("ffn_norm"), vec("post_ffw_norm")
         self.wq, self.wk, self.wv = backend.prepare(t("attn_q")), backend.prepare(t("attn_k")), backend.prepare(t("attn_v"))
         self.wo = backend.prepare(t("attn_output"))
@@ -138,6 +139,7 @@ class GemmaEmbeddingModel:
                 mf.path, len(mf.tensors),
             )
         self.backend = backend
+        self.ops = ops.ops_for(backend)
         self.token_embd: WeightTensor = mf.tensors["token_embd.weight"]
         self.output_norm = dequantize(mf.tensors["output_norm.weight"]).astype(np.float32, copy=True)
         self.layers = [_Layer(mf, il, backend) for il in range(self.cfg.n_layers)]
@@ -159,37 +161,46 @@ class GemmaEmbeddingModel:
         if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab):
             raise ValueError(f"token id out of range [0, {cfg.vocab})")
         bounds = np.concatenate(([0], np.cumsum(lengths)))
-        positions = np.concatenate([np.arange(n) for n in lengths])
-        x = dequantize_rows(self.token_embd, ids) * self.embed_scale
-        half_window = cfg.sliding_window // 2
-        masks = {
-            glob: [ops.window_mask(int(n), None if glob else half_window) for n in lengths]
-            for glob in (False, True)
-        }
-        for il, layer in enumerate(self.layers):
-            glob = cfg.is_global(il)
-            cos, sin = self.rope[cfg.rope_global if glob else cfg.rope_local].tables(positions)
-            x = self._layer(x, layer, cos, sin, bounds, masks[glob])
-        x = ops.rms_norm(x, self.output_norm, cfg.eps)
-        pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
-        for proj in self.dense:
-            pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
+        positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths)
+        plan = _AttentionPlan(bounds, lengths)
+        with self.ops.session():
+            x = dequantize_rows(self.token_embd, ids) * self.embed_scale
+            for il, layer in enumerate(self.layers):
+                glob = cfg.is_global(il)
+                cos, sin = self.rope[cfg.rope_global if glob else cfg.rope_local].tables(positions)
+                x = self._layer(x, layer, cos, sin, plan, None if glob else cfg.sliding_window // 2)
+            x = self.ops.rms_norm(x, self.output_norm, cfg.eps)
+            pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
+            for proj in self.dense:
+                pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
 
-    def _layer(self, x, layer: _Layer, cos, sin, bounds, masks) -> np.ndarray:
-        cfg = self.cfg
+    def _layer(self, x, layer: _Layer, cos, sin, plan: "_AttentionPlan", half_window: int | None) -> np.ndarray:
+        cfg, ops_ = self.cfg, self.ops
         s = x.shape[0]
-        h = ops.rms_norm(x, layer.attn_norm, cfg.eps)
-        q = ops.rms_norm(layer.wq(h).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm, cfg.eps)
-        k = ops.rms_norm(layer.wk(h).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps)
+        h = ops_.rms_norm(x, layer.attn_norm, cfg.eps)
+        # q_norm carries the 1/sqrt(head_dim) query scale (a power of two for 256: exact).
+        q = ops_.rms_norm(layer.wq(h).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm_scaled, cfg.eps)
+        k = ops_.rms_norm(layer.wk(h).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps)
         v = layer.wv(h).reshape(s, cfg.n_kv_head, cfg.head_dim_v)
-        q = ops.apply_rope(q, cos, sin) * np.float32(1.0 / math.sqrt(cfg.head_dim))
+        q = ops.apply_rope(q, cos, sin)
         k = ops.apply_rope(k, cos, sin)
         attn = np.empty((s, cfg.n_head * cfg.head_dim_v), np.float32)
-        for i, mask in enumerate(masks):
-            a, b = bounds[i], bounds[i + 1]
-            attn[a:b] = ops.attention(q[a:b], k[a:b], v[a:b], mask)
-        x = x + ops.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
-        h = ops.rms_norm(x, layer.ffn_norm, cfg.eps)
-        f = layer.w_down(ops.gelu_tanh_mul(layer.w_gate(h), layer.w_up(h)))
-        return x + ops.rms_norm(f, layer.post_ffw_norm, cfg.eps)
+        for a, b in plan.long:
+            attn[a:b] = ops_.long_attention(q[a:b], k[a:b], v[a:b], half_window)
+        ops_.map(lambda idx: ops.padded_attention(q, k, v, plan.bounds[idx], plan.lengths[idx],
+                                                  half_window, attn), plan.buckets)
+        x = x + ops_.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
+        h = ops_.rms_norm(x, layer.ffn_norm, cfg.eps)
+        f = layer.w_down(ops_.gelu_tanh_mul(layer.w_gate(h), layer.w_up(h)))
+        return x + ops_.rms_norm(f, layer.post_ffw_norm, cfg.eps)
+
+
+class _AttentionPlan:
+    """How one packed batch runs attention: long sequences alone, short ones in length buckets
+    (computed once per batch, reused by every layer)."""
+
+    def __init__(self, bounds: np.ndarray, lengths: np.ndarray):
+        self.bounds, self.lengths = bounds[:-1], lengths
+        self.long = [(int(bounds[i]), int(bounds[i + 1])) for i in np.flatnonzero(lengths >= ops.LONG_SEQUENCE)]
+        self.buckets = ops.length_buckets(lengths)

@@ -1,16 +1,46 @@
-"""Element-wise and attention operations of the transformer, in fp32 numpy/numexpr.
+"""Element-wise and attention operations of the transformer (everything but weight matmuls).
 
-The matmuls with weights belong to the backend; these are the rest of the forward pass.
+Two implementations sit behind one interface, chosen by the matmul backend in use (a table,
+``OPS_FOR_BACKEND``): ``NumpyOps`` (numpy + numexpr + BLAS, the reference) and ``JitOps``
+(the codegen library's fp32 kernels, forked natively on the backend's threads).  Both honour
+the backend's thread count: BLAS is capped per call with threadpoolctl, because OpenBLAS
+threads that spin while the JIT pool runs slowed a 3-text batch ~4x.
+
+Attention of many short sequences runs as one padded, batched product per length bucket
+(sequences arrive sorted by length, so padding is small), spread over a thread pool with
+single-threaded BLAS; long sequences run one at a time on all threads.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numexpr as ne
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 _GELU_C = math.sqrt(2.0 / math.pi)
+# A sequence at least this long attends alone, on all threads; shorter ones are batched.
+LONG_SEQUENCE = 192
+# Padded tokens per bucket: bigger buckets mean fewer calls, more padding and larger scores.
+BUCKET_TOKENS = 2048
+# Masked scores: finite, so fully padded query rows give no NaN (their output is dropped).
+_MASKED = np.float32(-1e30)
+
+_controller: ThreadpoolController | None = None
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Cap BLAS (OpenBLAS/MKL) threads at ``n`` for the duration of the block."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    with _controller.limit(limits=n, user_api="blas"):
+        yield
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -50,7 +80,15 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     half = cos.shape[-1]
     x1, x2 = x[..., :half], x[..., half:]
     c, s = cos[:, None, :], sin[:, None, :]
-    return np.concatenate((x1 * c - x2 * s, x2 * c + x1 * s), axis=-1)
+    out = np.empty_like(x)
+    lo, hi = out[..., :half], out[..., half:]
+    np.multiply(x1, c, out=lo)
+    np.multiply(x2, c, out=hi)
+    tmp = x2 * s
+    lo -= tmp
+    np.multiply(x1, s, out=tmp)
+    hi += tmp
+    return out
 
 
 def window_mask(length: int, half_window: int | None) -> np.ndarray | None:
@@ -59,7 +97,7 @@ def window_mask(length: int, half_window: int | None) -> np.ndarray | None:
         return None
     idx = np.arange(length)
     far = np.abs(idx[:, None] - idx[None, :]) > half_window
-    return np.where(far, np.float32(-np.inf), np.float32(0.0))
+    return np.where(far, _MASKED, np.float32(0.0))
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -77,8 +115,138 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
         scores = (qs @ k[:, h_kv, :].T).reshape(group, t, t)
         if mask is not None:
             scores += mask
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
+        _softmax_rows(scores)
         out[h_kv * group:(h_kv + 1) * group] = (scores.reshape(group * t, t) @ v[:, h_kv, :]).reshape(group, t, -1)
     return out.transpose(1, 0, 2).reshape(t, -1)
+
+
+def _softmax_rows(scores: np.ndarray) -> None:
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+
+
+def padded_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, starts: np.ndarray,
+                     lengths: np.ndarray, half_window: int | None, out: np.ndarray) -> None:
+    """Attention of several packed sequences at once, padded to the longest of them.
+
+    q: (S, Hq, D), k/v: (S, Hkv, D) packed over all sequences; the sequences are
+    ``[starts[i], starts[i] + lengths[i])``.  Writes their rows of ``out`` (S, Hq·Dv).
+    """
+    b, tm = len(starts), int(lengths.max())
+    n_q, d = q.shape[1], q.shape[2]
+    n_kv, dv = k.shape[1], v.shape[2]
+    group = n_q // n_kv
+    offs = np.arange(tm)
+    valid = offs[None, :] < lengths[:, None]
+    rows = np.where(valid, starts[:, None] + offs[None, :], starts[:, None])  # pad: repeat row 0
+    qb = q[rows].reshape(b, tm, n_kv, group, d).transpose(0, 2, 3, 1, 4).reshape(b, n_kv, group * tm, d)
+    kb = k[rows].transpose(0, 2, 3, 1)  # (B, Hkv, D, Tm)
+    vb = v[rows].transpose(0, 2, 1, 3)  # (B, Hkv, Tm, Dv)
+    scores = np.matmul(qb, kb).reshape(b, n_kv, group, tm, tm)
+    mask = np.where(valid, np.float32(0.0), _MASKED)[:, None, None, None, :]
+    win = window_mask(tm, half_window)
+    scores += mask if win is None else mask + win
+    _softmax_rows(scores)
+    heads = np.matmul(scores.reshape(b, n_kv, group * tm, tm), vb)  # (B, Hkv, G·Tm, Dv)
+    heads = heads.reshape(b, n_kv, group, tm, dv).transpose(0, 3, 1, 2, 4).reshape(b, tm, n_q * dv)
+    out[rows[valid]] = heads[valid]
+
+
+def length_buckets(lengths: np.ndarray, bucket_tokens: int = BUCKET_TOKENS) -> list[np.ndarray]:
+    """Indices of the short sequences grouped into buckets of similar length (sorted by length,
+    at most ``bucket_tokens`` padded tokens each)."""
+    order = np.argsort(lengths, kind="stable")
+    order = order[lengths[order] < LONG_SEQUENCE]
+    buckets, current = [], []
+    for i in order.tolist():
+        if current and (len(current) + 1) * int(lengths[i]) > bucket_tokens:
+            buckets.append(np.array(current))
+            current = []
+        current.append(i)
+    if current:
+        buckets.append(np.array(current))
+    return buckets
+
+
+class NumpyOps:
+    """numpy/numexpr/BLAS implementations on ``threads`` threads (the oracle)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="embedpipe-ops") if threads > 1 else None
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        return rms_norm(x, weight, eps)
+
+    def gelu_tanh_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        if ne.get_num_threads() != self.threads:
+            ne.set_num_threads(self.threads)
+        return gelu_tanh_mul(gate, up)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Around one forward pass: BLAS may use all of our threads (numpy backend matmuls)."""
+        with blas_threads(self.threads):
+            yield
+
+    def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
+        return attention(q, k, v, window_mask(q.shape[0], half_window))
+
+    def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
+        """Run ``fn`` over items on the pool with BLAS single-threaded (numpy drops the GIL)."""
+        if self._pool is None or len(items) < 2:
+            for item in items:
+                fn(item)
+            return
+        with blas_threads(1):
+            for fut in [self._pool.submit(fn, item) for item in items]:
+                fut.result()
+
+
+class JitOps(NumpyOps):
+    """The codegen library's fp32 kernels (natively threaded); BLAS stays single-threaded."""
+
+    def __init__(self, library):
+        super().__init__(library.threads)
+        self.lib = library
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        return self.lib.rms_norm(np.ascontiguousarray(x), weight, eps)
+
+    def gelu_tanh_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        return self.lib.gelu_tanh_mul(gate, up)
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        with blas_threads(1):
+            yield
+
+    def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
+        return self.lib.attention(np.ascontiguousarray(q), np.ascontiguousarray(k),
+                                  np.ascontiguousarray(v), half_window)
+
+    def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
+        if self._pool is None or len(items) < 2:
+            for item in items:
+                fn(item)
+            return
+        for fut in [self._pool.submit(fn, item) for item in items]:
+            fut.result()
+
+
+def _default_threads() -> int:
+    from embedpipe.codegen.isa import default_threads
+
+    return default_threads()
+
+
+OPS_FOR_BACKEND: dict[str, Callable[[object], NumpyOps]] = {
+    "numpy": lambda backend: NumpyOps(getattr(backend, "threads", None) or _default_threads()),
+    "jit": lambda backend: JitOps(backend.library),
+}
+
+
+def ops_for(backend: object) -> NumpyOps:
+    """The op implementations that fit ``backend`` (numpy for backends this table lacks)."""
+    return OPS_FOR_BACKEND.get(getattr(backend, "name", ""), OPS_FOR_BACKEND["numpy"])(backend)
