@@ -128,7 +128,10 @@ class BruteIndex(VectorIndex):
         pm, corr = q8
         w = np.ascontiguousarray(self._query_weights(q), np.float32)
         _, cand = topk_desc(pm(w) * corr[None, :], min(self.count, RESCORE * k + 8))
-        exact = np.matmul(np.asarray(self.codes)[cand].astype(np.float32), w[:, :, None])[..., 0]
+        codes = np.asarray(self.codes)
+        exact = np.empty(cand.shape, np.float32)
+        for i in range(len(cand)):  # the JIT scan widens the int8 shortlist in registers
+            rowdot(codes[cand[i]], w[i], exact[i])
         if self.scale_mode == "vector":
             exact *= self.scale[cand]
         s, cols = topk_desc(exact, k)
