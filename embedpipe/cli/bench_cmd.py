@@ -104,7 +104,52 @@ def ingest(
         typer.echo(json.dumps(summary, indent=2))
 
 
-BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index, "ingest": ingest}
+def runtime(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."),
+    threads: Optional[list[str]] = typer.Option(None, "--threads", help="Thread counts, e.g. 1,2 (default: 1 and all cores)."),
+    peers: Optional[list[str]] = typer.Option(None, "--peer", help="Peers (default jit,numpy,llama.cpp,sentence-transformers)."),
+    kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Document kinds (default short,long,xlong)."),
+    singles: int = typer.Option(10, "--singles", min=1, help="Single-text calls per kind (median)."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Batch runs per measurement (median)."),
+    batch_texts: Optional[int] = typer.Option(None, "--batch-texts", min=1, help="Texts per batch for every kind (default 96; 16 for xlong)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass (every peer)."),
+    st_python: Optional[str] = typer.Option(None, "--st-python", help="Python with torch + sentence-transformers (or $EMBEDPIPE_ST_PYTHON)."),
+    st_model: Optional[str] = typer.Option(None, "--st-model", help="sentence-transformers checkout (default: hf/model_download beside the GGUF)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp and sentence-transformers."""
+    from embedpipe.codegen.isa import default_threads
+    from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, format_summary, run_runtime_bench
+
+    if model is None:
+        from embedpipe.runtime.store import default_model_path
+
+        model = str(default_model_path())
+    try:
+        thread_list = [int(t) for t in _split(threads)] if threads else sorted({1, default_threads()})
+    except ValueError:
+        raise typer.BadParameter("--threads takes integers, e.g. 1,2") from None
+    if any(t < 1 for t in thread_list):
+        raise typer.BadParameter("--threads must be >= 1")
+    kind_list = tuple(_split(kinds) or KINDS)
+    bad = [k for k in kind_list if k not in KINDS]
+    if bad:
+        raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+    cfg = BenchConfig(model=model, threads=thread_list, peers=tuple(_split(peers) or PEERS), kinds=kind_list,
+                      singles=singles, repeats=repeats, batch_size=batch_size, st_python=st_python,
+                      st_model=st_model or default_st_model(model))
+    if batch_texts:
+        cfg.batch_texts = {k: batch_texts for k in KINDS}
+    report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
+    summary = run_runtime_bench(cfg, report)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for line in format_summary(summary):
+        typer.echo(line)
+
+
+BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index, "ingest": ingest, "runtime": runtime}
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,246 @@
+"""`embedpipe bench runtime`: end-to-end embedding speed against llama.cpp and sentence-transformers.
+
+For each document kind (short ~9 words, long ~49, extra-long ~400) and each thread count,
+every peer is timed in the same run: single-text latency (median of ``singles`` calls) and
+batch throughput (median of ``repeats`` encodes of ``batch_texts`` texts).  Peers that cannot
+run here (module missing, no python for sentence-transformers) are reported as skipped with
+the reason.  The machine's int8-dot and fp32-FMA peaks are probed in the same run
+(``embedpipe.codegen.bench.PeakProbe``), so throughput is also reported as a fraction of peak.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedpipe.runtime import bench_peers
+from embedpipe.runtime.bench_texts import documents
+
+KINDS: tuple[str, ...] = ("short", "long", "xlong")
+PEERS: tuple[str, ...] = ("jit", "numpy", "llama.cpp", "sentence-transformers")
+# Extra-long batches are 96·~550 tokens per peer and thread count; a smaller default batch
+# keeps the whole run within minutes (pass --batch-texts to override every kind).
+DEFAULT_BATCH_TEXTS = {"short": 96, "long": 96, "xlong": 16}
+TASK = "document"
+
+
+@dataclass
+class PeerResult:
+    peer: str
+    threads: int
+    kind: str
+    single_ms: float
+    batch_texts: int
+    batch_s: float
+    emb_per_s: float
+    tok_per_s: float
+    int8_peak_fraction: float | None = None
+    fp32_peak_fraction: float | None = None
+
+
+@dataclass
+class BenchConfig:
+    model: str
+    threads: list[int]
+    peers: tuple[str, ...] = PEERS
+    kinds: tuple[str, ...] = KINDS
+    singles: int = 10
+    repeats: int = 3
+    batch_texts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BATCH_TEXTS))
+    batch_size: int = 32
+    st_python: str | None = None
+    st_model: str | None = None
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "load_avg": list(load) if load else None, "python": platform.python_version()}
+
+
+def model_ops_per_token(model) -> tuple[float, float]:
+    """(all weight-matmul ops, FFN ops) per token: 2 per multiply-add."""
+    cfg = model.cfg
+    q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    attn = cfg.hidden * (q + 2 * kv) + cfg.n_head * cfg.head_dim_v * cfg.hidden
+    ffn = 3 * cfg.hidden * cfg.ffn
+    return 2.0 * cfg.n_layers * (attn + ffn), 2.0 * cfg.n_layers * ffn
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def time_peer(name: str, encode: Callable[[list[str]], object], threads: int, kind: str,
+              texts: list[str], tokens: int, cfg: BenchConfig) -> PeerResult:
+    """Median single-text latency over the first ``singles`` texts, then batch throughput."""
+    encode(texts[:1])
+    singles = []
+    for text in (texts * (cfg.singles // len(texts) + 1))[:cfg.singles]:
+        start = time.perf_counter()
+        encode([text])
+        singles.append(time.perf_counter() - start)
+    batch = _median_time(lambda: encode(texts), cfg.repeats)
+    return PeerResult(name, threads, kind, 1e3 * statistics.median(singles), len(texts), batch,
+                      len(texts) / batch, tokens / batch)
+
+
+def measure_peaks(threads: int) -> dict | None:
+    """Best-of-3 int8-dot and fp32-FMA peaks on ``threads`` threads (None without JIT)."""
+    try:
+        from embedpipe.codegen.bench import PeakProbe
+        from embedpipe.codegen.isa import detect_isa
+        isa = detect_isa()
+        probes = {kind: PeakProbe(isa, threads, kind) for kind in ("int", "float")}
+    except Exception:  # no usable LLVM target: fractions are simply not reported
+        return None
+    return {"isa": isa.name, "int8_gops": max(probes["int"].gops() for _ in range(3)),
+            "fp32_gflops": max(probes["float"].gops() for _ in range(3))}
+
+
+def ffn_fraction(embedder, tokens: int, peak: dict | None, repeats: int) -> dict:
+    """One layer's FFN matmuls (gate, up, down) at ``tokens`` rows as GOPS and % of int8 peak."""
+    layer = embedder.model.layers[0]
+    cfg = embedder.model.cfg
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((tokens, cfg.hidden)).astype(np.float32)
+    g = rng.standard_normal((tokens, cfg.ffn)).astype(np.float32)
+    sec = _median_time(lambda: (layer.w_gate(h), layer.w_up(h), layer.w_down(g)), repeats)
+    gops = 2.0 * 3 * tokens * cfg.hidden * cfg.ffn / sec / 1e9
+    return {"tokens": tokens, "ms": sec * 1e3, "gops": gops,
+            "int8_peak_fraction": gops / peak["int8_gops"] if peak else None}
+
+
+def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
+    from embedpipe.runtime.embedder import Embedder
+
+    docs = {kind: documents(kind, cfg.batch_texts[kind]) for kind in cfg.kinds}
+    probe = Embedder.load(cfg.model, backend="numpy", threads=1)
+    formatted = {kind: probe.format_texts(texts, TASK) for kind, texts in docs.items()}
+    token_counts = {kind: [len(s) for s in probe.tokenize(texts, TASK)] for kind, texts in docs.items()}
+    ops_token, _ = model_ops_per_token(probe.model)
+    del probe
+    summary: dict = {"machine": machine_info(), "model": str(cfg.model), "task": TASK,
+                     "batch_size": cfg.batch_size,
+                     "texts": {k: {"count": len(docs[k]), "words_mean": float(np.mean([len(t.split()) for t in docs[k]])),
+                                   "tokens_mean": float(np.mean(token_counts[k]))} for k in cfg.kinds},
+                     "peaks": {}, "ffn": [], "results": [], "skipped": {}, "agreement": {}}
+    for threads in cfg.threads:
+        peak = measure_peaks(threads)
+        summary["peaks"][str(threads)] = peak
+        if peak:
+            report(f"threads={threads}: peaks int8 {peak['int8_gops']:.0f} GOPS, fp32 {peak['fp32_gflops']:.0f} GFLOP/s")
+        vectors: dict[str, np.ndarray] = {}
+        for peer in cfg.peers:
+            try:
+                runner = bench_peers.make_peer(peer, cfg, threads)
+            except bench_peers.PeerUnavailable as exc:
+                summary["skipped"][peer] = str(exc)
+                report(f"skipped {peer}: {exc}")
+                continue
+            with runner:
+                try:
+                    results = runner.run(formatted, {k: sum(v) for k, v in token_counts.items()}, cfg, time_peer)
+                    vectors[peer] = runner.vectors(formatted[cfg.kinds[0]][:8])
+                except bench_peers.PeerUnavailable as exc:
+                    summary["skipped"][peer] = str(exc)
+                    report(f"skipped {peer}: {exc}")
+                    continue
+                for res in results:
+                    if peak:
+                        res.int8_peak_fraction = res.tok_per_s * ops_token / (peak["int8_gops"] * 1e9)
+                        res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)
+                    summary["results"].append(asdict(res))
+                    report(format_result(res))
+                if peer == "jit" and "short" in cfg.kinds:
+                    tokens = sum(token_counts["short"][:cfg.batch_size])
+                    summary["ffn"].append({"threads": threads, **ffn_fraction(runner.embedder, tokens, peak, cfg.repeats)})
+        _agreement(summary["agreement"], vectors, threads)
+    summary["ratios"] = ratios(summary["results"])
+    return summary
+
+
+def _agreement(out: dict, vectors: dict[str, np.ndarray], threads: int) -> None:
+    """Min cosine of each peer's vectors against embedpipe JIT's (or numpy's) on the same texts."""
+    base_name = "jit" if "jit" in vectors else "numpy"
+    base = vectors.get(base_name)
+    if base is None:
+        return
+    for name, vecs in vectors.items():
+        if name != base_name:
+            a = base / np.linalg.norm(base, axis=1, keepdims=True)
+            b = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+            out[f"{name} vs {base_name} @{threads}"] = float((a * b).sum(1).min())
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """embedpipe JIT against every other peer at equal threads and document kind:
+    batch throughput ratio (>1: JIT faster) and single latency ratio (<1: JIT faster)."""
+    index = {(r["peer"], r["threads"], r["kind"]): r for r in results}
+    out = []
+    for (peer, threads, kind), r in index.items():
+        ours = index.get(("jit", threads, kind))
+        if peer == "jit" or ours is None:
+            continue
+        out.append({"threads": threads, "kind": kind, "vs": peer,
+                    "batch_throughput_ratio": ours["emb_per_s"] / r["emb_per_s"],
+                    "single_latency_ratio": ours["single_ms"] / r["single_ms"]})
+    return out
+
+
+def format_result(r: PeerResult) -> str:
+    pk = f"{100 * r.int8_peak_fraction:5.1f}%" if r.int8_peak_fraction is not None else "    -"
+    return (f"{r.peer:22} t={r.threads} {r.kind:6} single {r.single_ms:8.1f} ms  batch({r.batch_texts}) "
+            f"{r.emb_per_s:7.1f} emb/s {r.tok_per_s:8.0f} tok/s  int8pk {pk}")
+
+
+def format_summary(summary: dict) -> list[str]:
+    lines = [f"machine: {summary['machine']['cpu']} ({summary['machine']['cores']} cores), load {summary['machine']['load_avg']}",
+             f"model: {summary['model']}",
+             "texts: " + ", ".join(f"{k} {v['count']}x ~{v['words_mean']:.0f} words/{v['tokens_mean']:.0f} tokens"
+                                   for k, v in summary["texts"].items())]
+    lines.append(f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'emb/s':>8} {'tok/s':>8} {'%int8pk':>7} {'%fp32pk':>7}")
+    for r in summary["results"]:
+        i8 = f"{100 * r['int8_peak_fraction']:6.1f}%" if r["int8_peak_fraction"] is not None else "      -"
+        f32 = f"{100 * r['fp32_peak_fraction']:6.1f}%" if r["fp32_peak_fraction"] is not None else "      -"
+        lines.append(f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {r['emb_per_s']:8.1f} "
+                     f"{r['tok_per_s']:8.0f} {i8} {f32}")
+    lines.append("ratios (embedpipe JIT / peer): batch throughput (>1 faster), single latency (<1 faster)")
+    for q in summary["ratios"]:
+        lines.append(f"  t={q['threads']} {q['kind']:6} vs {q['vs']:22} batch x{q['batch_throughput_ratio']:.2f}  "
+                     f"single x{q['single_latency_ratio']:.2f}")
+    for f in summary["ffn"]:
+        frac = f"{100 * f['int8_peak_fraction']:.1f}% of int8 peak" if f["int8_peak_fraction"] else "peak unknown"
+        lines.append(f"FFN matmuls (gate+up+down, T={f['tokens']}) t={f['threads']}: {f['gops']:.0f} GOPS, {frac}")
+    for name, cos in summary["agreement"].items():
+        lines.append(f"agreement {name}: min cosine {cos:.5f}")
+    for name, why in summary["skipped"].items():
+        lines.append(f"skipped {name}: {why}")
+    return lines
+
+
+def default_st_model(model_path: str | os.PathLike[str]) -> str | None:
+    """The sentence-transformers checkout cached beside the GGUF (hf/model_download), if any."""
+    cand = Path(model_path).parent / "hf" / "model_download"
+    return str(cand) if (cand / "modules.json").is_file() else None

@@ -1,0 +1,177 @@
+"""The implementations `embedpipe bench runtime` times: embedpipe (JIT, numpy), llama.cpp through
+llama-cpp-python (in process, same GGUF, same threads) and sentence-transformers on torch CPU
+(in a subprocess of a separate python, since torch is never a dependency of embedpipe).
+
+Every peer takes prompt-formatted texts, so all of them see the same token sequences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+
+
+class PeerUnavailable(Exception):
+    """This peer cannot run here; the message says why (reported as skipped)."""
+
+
+class Peer:
+    """Times one implementation; subclasses provide ``encode`` or override ``run``."""
+
+    name = "peer"
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self) -> "Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, formatted: dict[str, list[str]], tokens: dict[str, int], cfg, time_peer: Callable) -> list:
+        return [time_peer(self.name, self.encode, self.threads, kind, texts, tokens[kind], cfg)
+                for kind, texts in formatted.items()]
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.encode(texts), dtype=np.float32)
+
+
+class EmbedpipePeer(Peer):
+    def __init__(self, backend: str, cfg, threads: int):
+        super().__init__(threads)
+        from embedpipe.runtime.embedder import Embedder
+
+        self.name = backend
+        self.embedder = Embedder.load(cfg.model, backend=backend, threads=threads)
+        self.batch_size = cfg.batch_size
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        # Texts already carry their prompt: task "none" adds nothing.
+        return self.embedder.encode(texts, task="none", batch_size=self.batch_size)
+
+
+class LlamaCppPeer(Peer):
+    name = "llama.cpp"
+    N_CTX = 2048  # one batch/ubatch holds any document and many short ones
+
+    def __init__(self, cfg, threads: int):
+        super().__init__(threads)
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise PeerUnavailable(f"llama-cpp-python is not importable ({exc}); pip install 'embedpipe[bench]'") from None
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(cfg.model), embedding=True, n_threads=threads,
+                                       n_threads_batch=threads, n_ctx=self.N_CTX, n_batch=self.N_CTX,
+                                       n_ubatch=self.N_CTX, verbose=False)
+        except Exception as exc:  # llama.cpp rejects the file (e.g. an architecture it lacks)
+            raise PeerUnavailable(f"llama.cpp cannot load {cfg.model}: {exc}") from None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.llm.embed(texts), dtype=np.float32)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+# Runs inside the torch python: reads a job (JSON) from argv[1], prints results as JSON.
+_ST_SCRIPT = r"""
+import json, statistics, sys, time
+job = json.load(open(sys.argv[1]))
+import torch
+torch.set_num_threads(job["threads"])
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer(job["model"], device="cpu")
+enc = lambda texts: model.encode(texts, batch_size=job["batch_size"], convert_to_numpy=True)
+out = {"results": {}, "torch": torch.__version__}
+for kind, texts in job["texts"].items():
+    enc(texts[:1])
+    singles = []
+    for text in (texts * (job["singles"] // len(texts) + 1))[:job["singles"]]:
+        t = time.perf_counter(); enc([text]); singles.append(time.perf_counter() - t)
+    enc(texts)
+    batch = []
+    for _ in range(job["repeats"]):
+        t = time.perf_counter(); enc(texts); batch.append(time.perf_counter() - t)
+    out["results"][kind] = {"single_s": statistics.median(singles), "batch_s": statistics.median(batch)}
+out["vectors"] = enc(job["vector_texts"]).tolist()
+print(json.dumps(out))
+"""
+
+
+class SentenceTransformersPeer(Peer):
+    """sentence-transformers fp32 on torch CPU, run by ``cfg.st_python`` in a subprocess."""
+
+    name = "sentence-transformers"
+
+    def __init__(self, cfg, threads: int):
+        super().__init__(threads)
+        self.python = cfg.st_python or os.environ.get("EMBEDPIPE_ST_PYTHON")
+        self.model = cfg.st_model
+        if not self.python:
+            raise PeerUnavailable("no python with sentence-transformers given (--st-python or $EMBEDPIPE_ST_PYTHON)")
+        if not os.access(self.python, os.X_OK):
+            raise PeerUnavailable(f"{self.python} is not an executable python")
+        if not self.model:
+            raise PeerUnavailable("no sentence-transformers checkout of the model (--st-model)")
+        check = subprocess.run([self.python, "-c", "import sentence_transformers, torch"],
+                               capture_output=True, text=True, timeout=300)
+        if check.returncode:
+            raise PeerUnavailable(f"{self.python} cannot import sentence_transformers/torch: "
+                                  f"{check.stderr.strip().splitlines()[-1:] or check.returncode}")
+        self._vectors: np.ndarray | None = None
+
+    def run(self, formatted: dict[str, list[str]], tokens: dict[str, int], cfg, time_peer: Callable) -> list:
+        from embedpipe.runtime.bench import PeerResult
+
+        job = {"model": self.model, "threads": self.threads, "texts": formatted, "singles": cfg.singles,
+               "repeats": cfg.repeats, "batch_size": cfg.batch_size,
+               "vector_texts": next(iter(formatted.values()))[:8]}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+            json.dump(job, fh)
+        try:
+            proc = subprocess.run([self.python, "-c", _ST_SCRIPT, fh.name], capture_output=True, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": str(self.threads)})
+        finally:
+            os.unlink(fh.name)
+        if proc.returncode:
+            raise PeerUnavailable(f"sentence-transformers run failed: {proc.stderr.strip()[-500:]}")
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        self._vectors = np.asarray(out["vectors"], np.float32)
+        results = []
+        for kind, r in out["results"].items():
+            n = len(formatted[kind])
+            results.append(PeerResult(self.name, self.threads, kind, 1e3 * r["single_s"], n, r["batch_s"],
+                                      n / r["batch_s"], tokens[kind] / r["batch_s"]))
+        return results
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        if self._vectors is None:
+            raise PeerUnavailable("no vectors: the peer did not run")
+        return self._vectors
+
+
+PEER_FACTORIES: dict[str, Callable[[object, int], Peer]] = {
+    "jit": lambda cfg, threads: EmbedpipePeer("jit", cfg, threads),
+    "numpy": lambda cfg, threads: EmbedpipePeer("numpy", cfg, threads),
+    "llama.cpp": LlamaCppPeer,
+    "sentence-transformers": SentenceTransformersPeer,
+}
+
+
+def make_peer(name: str, cfg, threads: int) -> Peer:
+    if name not in PEER_FACTORIES:
+        raise PeerUnavailable(f"unknown peer {name!r}; known: {', '.join(PEER_FACTORIES)}")
+    return PEER_FACTORIES[name](cfg, threads)

@@ -1,0 +1,76 @@
+"""`embedpipe bench runtime` on the tiny model: runs end to end, JSON schema, absent peers are
+reported as skipped with a reason (not as errors or silent gaps)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from embedpipe.cli.app import app
+from embedpipe.runtime import bench
+from embedpipe.runtime.bench_texts import documents
+
+RESULT_KEYS = {"peer", "threads", "kind", "single_ms", "batch_texts", "batch_s", "emb_per_s", "tok_per_s",
+               "int8_peak_fraction", "fp32_peak_fraction"}
+
+
+@pytest.fixture
+def no_llama_cpp(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "llama_cpp" or name.startswith("llama_cpp."):
+            raise ImportError("No module named 'llama_cpp' (hidden by the test)")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
+    res = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--threads", "1,2",
+                                   "--kind", "short", "--singles", "2", "--repeats", "1", "--batch-texts", "5",
+                                   "--st-python", str(tmp_path / "no-python"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert {"machine", "model", "texts", "peaks", "ffn", "results", "ratios", "skipped", "agreement"} <= set(summary)
+    assert summary["texts"]["short"]["count"] == 5
+    assert {(r["peer"], r["threads"]) for r in summary["results"]} == {(p, t) for p in ("jit", "numpy") for t in (1, 2)}
+    for r in summary["results"]:
+        assert set(r) == RESULT_KEYS
+        assert r["kind"] == "short" and r["batch_texts"] == 5
+        assert r["single_ms"] > 0 and r["emb_per_s"] > 0 and r["tok_per_s"] > r["emb_per_s"]
+    assert "llama-cpp-python is not importable" in summary["skipped"]["llama.cpp"]
+    assert "not an executable python" in summary["skipped"]["sentence-transformers"]
+    assert {(q["vs"], q["threads"]) for q in summary["ratios"]} == {("numpy", 1), ("numpy", 2)}
+    # JIT and numpy backends embed the same texts to the same vectors.
+    assert all(cos > 0.999 for cos in summary["agreement"].values()) and summary["agreement"]
+    assert [f["threads"] for f in summary["ffn"]] == [1, 2]
+
+
+def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
+    res = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--threads", "1",
+                                   "--kind", "short", "--peer", "jit,llama.cpp", "--singles", "1",
+                                   "--repeats", "1", "--batch-texts", "3"])
+    assert res.exit_code == 0, res.output
+    assert "ratios (embedpipe JIT / peer)" in res.output
+    assert "skipped llama.cpp: llama-cpp-python is not importable" in res.output
+    bad = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--kind", "huge"])
+    assert bad.exit_code != 0 and "unknown kind" in bad.output
+
+
+def test_documents_have_the_promised_lengths():
+    for kind, words in (("short", 9), ("long", 49), ("xlong", 400)):
+        docs = documents(kind, 96)
+        assert len(set(docs)) == 96
+        mean = sum(len(d.split()) for d in docs) / len(docs)
+        assert 0.85 * words <= mean <= 1.15 * words, (kind, mean)
+
+
+def test_ratios_pair_equal_threads_and_kinds():
+    rows = [{"peer": p, "threads": 2, "kind": "short", "emb_per_s": e, "single_ms": s}
+            for p, e, s in (("jit", 60.0, 20.0), ("llama.cpp", 30.0, 40.0))]
+    (q,) = bench.ratios(rows)
+    assert q["vs"] == "llama.cpp" and q["batch_throughput_ratio"] == 2.0 and q["single_latency_ratio"] == 0.5
