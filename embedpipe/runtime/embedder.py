@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,13 @@ class Embedder:
     def __init__(self, model_file: GGUFModelFile, backend: str = "auto", threads: int | None = None):
         self.model_file = model_file
         self.model_path = str(model_file.path)
-        self.tokenizer = Tokenizer.from_gguf(model_file)
-        self.backend = make_backend(backend, threads)
-        self.model = GemmaEmbeddingModel(model_file, self.backend)
+        # The tokenizer (SentencePiece parsing 262k pieces, GIL released) loads while the
+        # weights are repacked: together they are most of a warm start.
+        with ThreadPoolExecutor(1, thread_name_prefix="embedpipe-tokenizer") as pool:
+            tokenizer = pool.submit(Tokenizer.from_gguf, model_file)
+            self.backend = make_backend(backend, threads)
+            self.model = GemmaEmbeddingModel(model_file, self.backend)
+            self.tokenizer = tokenizer.result()
         self.max_tokens = self.model.cfg.context
         self.dim = self.model.out_dim
         self.dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.dim) or (self.dim,)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,7 +143,9 @@ class GemmaEmbeddingModel:
         self.ops = ops.ops_for(backend)
         self.token_embd: WeightTensor = mf.tensors["token_embd.weight"]
         self.output_norm = dequantize(mf.tensors["output_norm.weight"]).astype(np.float32, copy=True)
-        self.layers = [_Layer(mf, il, backend) for il in range(self.cfg.n_layers)]
+        # Repacking weights is numpy work that drops the GIL: spread it over the backend's threads.
+        with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
+            self.layers = list(pool.map(lambda il: _Layer(mf, il, backend), range(self.cfg.n_layers)))
         self.dense = [backend.prepare(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
         self.rope = {theta: ops.RopeTable(self.cfg.head_dim, theta) for theta in {self.cfg.rope_local, self.cfg.rope_global}}
         self.embed_scale = np.float32(math.sqrt(self.cfg.hidden))
