@@ -26,8 +26,12 @@ file's SHA-256 differs from the pinned value. It rewrites, in tests/runtime/gold
 
 Each text is encoded alone (batch_size=1) so no padding enters the reference. All text was
 written for this file; the long texts are built deterministically from our own sentences.
-Texts in the category "special_literal" contain strings such as "<start_of_turn>" that the HF
-tokenizer maps to special-token ids; they are kept apart so tests can decide how to treat them.
+Texts in the category "special_literal" spell special tokens. The HF tokenizer maps "<bos>"
+(a SentencePiece *control* piece) inside the text to id 2, which plain SentencePiece on
+tokenizer.model does not (it gives "<", "bos", ">"); "<start_of_turn>"/"<end_of_turn>" are
+*user-defined* pieces (105/106) that both produce. Every other text tokenizes identically with
+plain SentencePiece (ids = [2] + sp.encode(prompted) + [1]). Tests decide how to treat the
+"<bos>" row.
 """
 
 from __future__ import annotations
