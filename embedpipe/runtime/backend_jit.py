@@ -21,9 +21,7 @@ class JitBackend:
     def __init__(self, threads: int | None = None, isa: str | None = None):
         try:
             self.library = get_kernel_library(isa=isa, threads=threads)
-        except EmbedpipeError:
-            raise
-        except Exception as exc:  # LLVM could not build kernels for this host
+        except (RuntimeError, OSError) as exc:  # LLVM could not build or load kernels for this host
             raise EmbedpipeError(f"JIT kernels unavailable: {exc}") from exc
         self.threads = self.library.threads
         self._fallback = NumpyBackend(threads)
