@@ -120,13 +120,13 @@ def measure_peaks(threads: int) -> dict | None:
 
 
 def ffn_fraction(embedder, tokens: int, peak: dict | None, repeats: int) -> dict:
-    """One layer's FFN matmuls (gate, up, down) at ``tokens`` rows as GOPS and % of int8 peak."""
+    """One layer's FFN matmuls (gate|up fused, down) at ``tokens`` rows as GOPS and % of int8 peak."""
     layer = embedder.model.layers[0]
     cfg = embedder.model.cfg
     rng = np.random.default_rng(0)
     h = rng.standard_normal((tokens, cfg.hidden)).astype(np.float32)
     g = rng.standard_normal((tokens, cfg.ffn)).astype(np.float32)
-    sec = _median_time(lambda: (layer.w_gate(h), layer.w_up(h), layer.w_down(g)), repeats)
+    sec = _median_time(lambda: (layer.w_gate_up(h), layer.w_down(g)), repeats)
     gops = 2.0 * 3 * tokens * cfg.hidden * cfg.ffn / sec / 1e9
     return {"tokens": tokens, "ms": sec * 1e3, "gops": gops,
             "int8_peak_fraction": gops / peak["int8_gops"] if peak else None}

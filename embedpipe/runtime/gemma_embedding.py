@@ -122,9 +122,22 @@ class _Layer:
         self.attn_norm, self.q_norm, self.k_norm = vec("attn_norm"), vec("attn_q_norm"), vec("attn_k_norm")
         self.q_norm_scaled = self.q_norm * np.float32(1.0 / math.sqrt(self.q_norm.shape[0]))
         self.post_attn_norm, self.ffn_norm, self.post_ffw_norm = vec("post_attention_norm"), vec("ffn_norm"), vec("post_ffw_norm")
-        self.wq, self.wk, self.wv = backend.prepare(t("attn_q")), backend.prepare(t("attn_k")), backend.prepare(t("attn_v"))
+        # Products that share an input run as one: Q|K|V and gate|up (one activation
+        # quantization and one thread fork instead of three and two).
+        self.w_qkv = backend.prepare(fuse_rows(f"blk.{il}.attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")]))
         self.wo = backend.prepare(t("attn_output"))
-        self.w_gate, self.w_up, self.w_down = backend.prepare(t("ffn_gate")), backend.prepare(t("ffn_up")), backend.prepare(t("ffn_down"))
+        self.w_gate_up = backend.prepare(fuse_rows(f"blk.{il}.ffn_gate_up", [t("ffn_gate"), t("ffn_up")]))
+        self.w_down = backend.prepare(t("ffn_down"))
+
+
+def fuse_rows(name: str, tensors: list[WeightTensor]) -> WeightTensor:
+    """One weight whose rows are those of ``tensors`` in order (same type and row length):
+    X·[A;B]ᵀ = [X·Aᵀ | X·Bᵀ]."""
+    first = tensors[0]
+    if any(t.qtype != first.qtype or t.shape[1:] != first.shape[1:] for t in tensors):
+        raise ModelFileError(f"cannot fuse {', '.join(t.name for t in tensors)}: types or row lengths differ")
+    raw = np.concatenate([t.rows() for t in tensors]).reshape(-1)
+    return WeightTensor(name, first.qtype, (sum(t.shape[0] for t in tensors), *first.shape[1:]), raw)
 
 
 class GemmaEmbeddingModel:
@@ -188,9 +201,11 @@ class GemmaEmbeddingModel:
         s = x.shape[0]
         h = ops_.rms_norm(x, layer.attn_norm, cfg.eps)
         # q_norm carries the 1/sqrt(head_dim) query scale (a power of two for 256: exact).
-        q = ops_.rms_norm(layer.wq(h).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm_scaled, cfg.eps)
-        k = ops_.rms_norm(layer.wk(h).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps)
-        v = layer.wv(h).reshape(s, cfg.n_kv_head, cfg.head_dim_v)
+        qkv = layer.w_qkv(h)
+        nq, nk = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        q = ops_.rms_norm(np.ascontiguousarray(qkv[:, :nq]).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm_scaled, cfg.eps)
+        k = ops_.rms_norm(np.ascontiguousarray(qkv[:, nq:nq + nk]).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps)
+        v = qkv[:, nq + nk:].reshape(s, cfg.n_kv_head, cfg.head_dim_v)
         q = ops.apply_rope(q, cos, sin)
         k = ops.apply_rope(k, cos, sin)
         attn = np.empty((s, cfg.n_head * cfg.head_dim_v), np.float32)
@@ -200,7 +215,9 @@ class GemmaEmbeddingModel:
                                                   half_window, attn), plan.buckets)
         x = x + ops_.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
         h = ops_.rms_norm(x, layer.ffn_norm, cfg.eps)
-        f = layer.w_down(ops_.gelu_tanh_mul(layer.w_gate(h), layer.w_up(h)))
+        gate_up = layer.w_gate_up(h)
+        gate, up = np.ascontiguousarray(gate_up[:, :cfg.ffn]), np.ascontiguousarray(gate_up[:, cfg.ffn:])
+        f = layer.w_down(ops_.gelu_tanh_mul(gate, up))
         return x + ops_.rms_norm(f, layer.post_ffw_norm, cfg.eps)
 
 

@@ -210,9 +210,13 @@ class JitOps(NumpyOps):
     def __init__(self, library):
         super().__init__(library.threads)
         self.lib = library
+        # RMS norm is memory-bound and short: a fork costs more than it saves (on a loaded
+        # machine, a whole scheduler slice), so it runs on the calling thread.
+        from embedpipe.codegen import get_kernel_library
+        self._serial = get_kernel_library(library.isa.name, threads=1)
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-        return self.lib.rms_norm(np.ascontiguousarray(x), weight, eps)
+        return self._serial.rms_norm(np.ascontiguousarray(x), weight, eps)
 
     def gelu_tanh_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return self.lib.gelu_tanh_mul(gate, up)
