@@ -140,7 +140,8 @@ def runtime(
                       st_model=st_model or default_st_model(model))
     if batch_texts:
         cfg.batch_texts = {k: batch_texts for k in KINDS}
-    report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
+    # With --json, progress goes to stderr so stdout stays one JSON document.
+    report: Callable[[str], None] = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     summary = run_runtime_bench(cfg, report)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
