@@ -41,6 +41,10 @@ class PeerResult:
     batch_s: float
     emb_per_s: float
     tok_per_s: float
+    # Process CPU seconds (all threads) of the same calls: on a shared, oversubscribed machine
+    # wall time mostly measures the neighbours; CPU time measures the work.
+    single_cpu_ms: float | None = None
+    batch_cpu_s: float | None = None
     int8_peak_fraction: float | None = None
     fp32_peak_fraction: float | None = None
 
@@ -83,27 +87,34 @@ def model_ops_per_token(model) -> tuple[float, float]:
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    return _median_times(fn, repeats)[0]
+
+
+def _median_times(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds of ``fn`` (after one warm-up call)."""
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        c, start = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def time_peer(name: str, encode: Callable[[list[str]], object], threads: int, kind: str,
               texts: list[str], tokens: int, cfg: BenchConfig) -> PeerResult:
     """Median single-text latency over the first ``singles`` texts, then batch throughput."""
     encode(texts[:1])
-    singles = []
+    singles, single_cpu = [], []
     for text in (texts * (cfg.singles // len(texts) + 1))[:cfg.singles]:
-        start = time.perf_counter()
+        c, start = time.process_time(), time.perf_counter()
         encode([text])
         singles.append(time.perf_counter() - start)
-    batch = _median_time(lambda: encode(texts), cfg.repeats)
+        single_cpu.append(time.process_time() - c)
+    batch, batch_cpu = _median_times(lambda: encode(texts), cfg.repeats)
     return PeerResult(name, threads, kind, 1e3 * statistics.median(singles), len(texts), batch,
-                      len(texts) / batch, tokens / batch)
+                      len(texts) / batch, tokens / batch, 1e3 * statistics.median(single_cpu), batch_cpu)
 
 
 def measure_peaks(threads: int) -> dict | None:
@@ -203,9 +214,13 @@ def ratios(results: list[dict]) -> list[dict]:
         ours = index.get(("jit", threads, kind))
         if peer == "jit" or ours is None:
             continue
+        cpu = {}
+        if ours.get("batch_cpu_s") and r.get("batch_cpu_s"):
+            cpu = {"batch_cpu_ratio": r["batch_cpu_s"] / ours["batch_cpu_s"],
+                   "single_cpu_ratio": ours["single_cpu_ms"] / r["single_cpu_ms"]}
         out.append({"threads": threads, "kind": kind, "vs": peer,
                     "batch_throughput_ratio": ours["emb_per_s"] / r["emb_per_s"],
-                    "single_latency_ratio": ours["single_ms"] / r["single_ms"]})
+                    "single_latency_ratio": ours["single_ms"] / r["single_ms"], **cpu})
     return out
 
 
@@ -220,16 +235,21 @@ def format_summary(summary: dict) -> list[str]:
              f"model: {summary['model']}",
              "texts: " + ", ".join(f"{k} {v['count']}x ~{v['words_mean']:.0f} words/{v['tokens_mean']:.0f} tokens"
                                    for k, v in summary["texts"].items())]
-    lines.append(f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'emb/s':>8} {'tok/s':>8} {'%int8pk':>7} {'%fp32pk':>7}")
+    lines.append(f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'cpu ms':>7} {'emb/s':>8} {'tok/s':>8} "
+                 f"{'tok/cpu-s':>9} {'%int8pk':>7} {'%fp32pk':>7}")
     for r in summary["results"]:
         i8 = f"{100 * r['int8_peak_fraction']:6.1f}%" if r["int8_peak_fraction"] is not None else "      -"
         f32 = f"{100 * r['fp32_peak_fraction']:6.1f}%" if r["fp32_peak_fraction"] is not None else "      -"
-        lines.append(f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {r['emb_per_s']:8.1f} "
-                     f"{r['tok_per_s']:8.0f} {i8} {f32}")
+        cpu_ms = f"{r['single_cpu_ms']:7.1f}" if r.get("single_cpu_ms") is not None else "      -"
+        per_cpu = f"{r['tok_per_s'] * r['batch_s'] / r['batch_cpu_s']:9.0f}" if r.get("batch_cpu_s") else "        -"
+        lines.append(f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {cpu_ms} {r['emb_per_s']:8.1f} "
+                     f"{r['tok_per_s']:8.0f} {per_cpu} {i8} {f32}")
     lines.append("ratios (embedpipe JIT / peer): batch throughput (>1 faster), single latency (<1 faster)")
     for q in summary["ratios"]:
+        cpu = (f"   per CPU-second: batch x{q['batch_cpu_ratio']:.2f}  single x{q['single_cpu_ratio']:.2f}"
+               if "batch_cpu_ratio" in q else "")
         lines.append(f"  t={q['threads']} {q['kind']:6} vs {q['vs']:22} batch x{q['batch_throughput_ratio']:.2f}  "
-                     f"single x{q['single_latency_ratio']:.2f}")
+                     f"single x{q['single_latency_ratio']:.2f}{cpu}")
     for f in summary["ffn"]:
         frac = f"{100 * f['int8_peak_fraction']:.1f}% of int8 peak" if f["int8_peak_fraction"] else "peak unknown"
         lines.append(f"FFN matmuls (gate+up+down, T={f['tokens']}) t={f['threads']}: {f['gops']:.0f} GOPS, {frac}")

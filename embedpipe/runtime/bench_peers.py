@@ -98,14 +98,17 @@ enc = lambda texts: model.encode(texts, batch_size=job["batch_size"], convert_to
 out = {"results": {}, "torch": torch.__version__}
 for kind, texts in job["texts"].items():
     enc(texts[:1])
-    singles = []
+    singles, singles_cpu = [], []
     for text in (texts * (job["singles"] // len(texts) + 1))[:job["singles"]]:
-        t = time.perf_counter(); enc([text]); singles.append(time.perf_counter() - t)
+        c, t = time.process_time(), time.perf_counter(); enc([text])
+        singles.append(time.perf_counter() - t); singles_cpu.append(time.process_time() - c)
     enc(texts)
-    batch = []
+    batch, batch_cpu = [], []
     for _ in range(job["repeats"]):
-        t = time.perf_counter(); enc(texts); batch.append(time.perf_counter() - t)
-    out["results"][kind] = {"single_s": statistics.median(singles), "batch_s": statistics.median(batch)}
+        c, t = time.process_time(), time.perf_counter(); enc(texts)
+        batch.append(time.perf_counter() - t); batch_cpu.append(time.process_time() - c)
+    out["results"][kind] = {"single_s": statistics.median(singles), "batch_s": statistics.median(batch),
+                            "single_cpu_s": statistics.median(singles_cpu), "batch_cpu_s": statistics.median(batch_cpu)}
 out["vectors"] = enc(job["vector_texts"]).tolist()
 print(json.dumps(out))
 """
@@ -154,7 +157,8 @@ class SentenceTransformersPeer(Peer):
         for kind, r in out["results"].items():
             n = len(formatted[kind])
             results.append(PeerResult(self.name, self.threads, kind, 1e3 * r["single_s"], n, r["batch_s"],
-                                      n / r["batch_s"], tokens[kind] / r["batch_s"]))
+                                      n / r["batch_s"], tokens[kind] / r["batch_s"],
+                                      1e3 * r["single_cpu_s"], r["batch_cpu_s"]))
         return results
 
     def vectors(self, texts: list[str]) -> np.ndarray:

@@ -14,6 +14,7 @@ from embedpipe.runtime import bench
 from embedpipe.runtime.bench_texts import documents
 
 RESULT_KEYS = {"peer", "threads", "kind", "single_ms", "batch_texts", "batch_s", "emb_per_s", "tok_per_s",
+               "single_cpu_ms", "batch_cpu_s",
                "int8_peak_fraction", "fp32_peak_fraction"}
 
 
