@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from embedpipe.eval.embedding import CacheOptions, EvalInputError, embed_texts
 from embedpipe.eval.metrics import Qrels, evaluate, read_qrels
+from embedpipe.eval.tradeoffs import KNOBS
 from embedpipe.indexes import INDEX_TYPES, Builder
 
 CUTS: tuple[tuple[str, int], ...] = (("ndcg", 10), ("recall", 100), ("mrr", 10))
@@ -161,7 +162,7 @@ def run_retrieval(data: BeirData, emb: Any, dims: tuple[int, ...], configs: list
             run[qid] = dict(hits[:DEPTH])
         res = evaluate(data.qrels, run, CUTS)
         row = {"dim": dim, "quant": cfg.quant, "index": cfg.index, "config": cfg.name,
-               **{k: v for k, v in cfg.build + cfg.search},
+               **{k: dict(cfg.build + cfg.search).get(k) for k in KNOBS},
                **{m: round(res[m], 4) for m in ("ndcg@10", "recall@100", "mrr@10")},
                "queries": res["queries"], "docs": len(data.doc_ids),
                "build_s": round(build_s, 3), "search_ms_per_query": round(1e3 * search_s / max(1, len(queries)), 3),
