@@ -61,6 +61,7 @@ class BenchConfig:
     batch_size: int = 32
     st_python: str | None = None
     st_model: str | None = None
+    max_tokens: int = 512  # longest document of the run (set by run_runtime_bench)
 
 
 def machine_info() -> dict:
@@ -150,6 +151,7 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
     probe = Embedder.load(cfg.model, backend="numpy", threads=1)
     formatted = {kind: probe.format_texts(texts, TASK) for kind, texts in docs.items()}
     token_counts = {kind: [len(s) for s in probe.tokenize(texts, TASK)] for kind, texts in docs.items()}
+    cfg.max_tokens = max(max(v) for v in token_counts.values())
     ops_token, _ = model_ops_per_token(probe.model)
     del probe
     summary: dict = {"machine": machine_info(), "model": str(cfg.model), "task": TASK,

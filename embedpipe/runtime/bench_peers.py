@@ -64,7 +64,6 @@ class EmbedpipePeer(Peer):
 
 class LlamaCppPeer(Peer):
     name = "llama.cpp"
-    N_CTX = 2048  # one batch/ubatch holds any document and many short ones
 
     def __init__(self, cfg, threads: int):
         super().__init__(threads)
@@ -73,9 +72,12 @@ class LlamaCppPeer(Peer):
         except ImportError as exc:
             raise PeerUnavailable(f"llama-cpp-python is not importable ({exc}); pip install 'embedpipe[bench]'") from None
         try:
+            # Non-causal embedding needs a whole sequence in one ubatch; a larger ubatch than
+            # that only adds masked attention work (llama.cpp attends over the whole ubatch).
+            n_ctx = llama_context_size(cfg.max_tokens)
             self.llm = llama_cpp.Llama(model_path=str(cfg.model), embedding=True, n_threads=threads,
-                                       n_threads_batch=threads, n_ctx=self.N_CTX, n_batch=self.N_CTX,
-                                       n_ubatch=self.N_CTX, verbose=False)
+                                       n_threads_batch=threads, n_ctx=n_ctx, n_batch=n_ctx,
+                                       n_ubatch=n_ctx, verbose=False)
         except Exception as exc:  # llama.cpp rejects the file (e.g. an architecture it lacks)
             raise PeerUnavailable(f"llama.cpp cannot load {cfg.model}: {exc}") from None
 
@@ -84,6 +86,14 @@ class LlamaCppPeer(Peer):
 
     def close(self) -> None:
         self.llm.close()
+
+
+def llama_context_size(longest: int) -> int:
+    """The smallest power of two >= the longest document (at least 512)."""
+    size = 512
+    while size < longest:
+        size *= 2
+    return size
 
 
 # Runs inside the torch python: reads a job (JSON) from argv[1], prints results as JSON.
