@@ -51,12 +51,9 @@ def test_tiny_model_jit_equals_numpy(tiny_model_q8):
 def test_real_model_tensors(quant):
     """Every 2-D weight kind of the real model through the JIT backend vs float64 numpy."""
     from embedpipe.runtime.gguf_file import GGUFModelFile
-    from embedpipe.runtime.store import cached_model_path
+    from embedpipe.runtime.store import ensure_model
 
-    path = cached_model_path(quant)
-    if path is None:
-        pytest.skip(f"EmbeddingGemma {quant} not in the model cache (embedpipe model pull)")
-    model = GGUFModelFile(path)
+    model = GGUFModelFile(ensure_model(quant))
     backend = JitBackend(threads=2)
     rng = np.random.default_rng(0)
     names = ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.5.attn_output.weight",
