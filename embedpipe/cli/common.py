@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from embedpipe.errors import EmbedpipeError
+from embedpipe.jsonl import iter_jsonl
 
 MODEL_OPTION_HELP = "GGUF model file (default: the cached EmbeddingGemma Q8_0; `embedpipe model pull` fetches it)."
 BACKEND_OPTION_HELP = "Matmul backend: auto (JIT kernels when available), jit, or numpy (reference)."
@@ -18,25 +18,14 @@ def read_jsonl_texts(path: Path) -> tuple[list[str], list[str | None]]:
     """Texts and optional titles from a JSONL file of {"text": ..., "title": ...} objects."""
     texts: list[str] = []
     titles: list[str | None] = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise EmbedpipeError(f"{path}: cannot read ({exc.strerror})") from exc
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EmbedpipeError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise EmbedpipeError(f'{path}:{lineno}: expected an object with a string "text" field')
-            title = row.get("title")
-            if title is not None and not isinstance(title, str):
-                raise EmbedpipeError(f'{path}:{lineno}: "title" must be a string')
-            texts.append(row["text"])
-            titles.append(title)
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise EmbedpipeError(f'{path}:{lineno}: expected an object with a string "text" field')
+        title = row.get("title")
+        if title is not None and not isinstance(title, str):
+            raise EmbedpipeError(f'{path}:{lineno}: "title" must be a string')
+        texts.append(row["text"])
+        titles.append(title)
     return texts, titles
 
 

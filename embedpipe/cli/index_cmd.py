@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from embedpipe.errors import EmbedpipeError
+from embedpipe.jsonl import iter_jsonl
 
 TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
 
@@ -23,17 +24,7 @@ def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]
             raise typer.BadParameter("give QUERY arguments or --input F.jsonl")
         return list(texts)
     out: list[str] = []
-    try:
-        lines = input_file.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise EmbedpipeError(f"{input_file}: cannot read ({exc.strerror})") from exc
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EmbedpipeError(f"{input_file}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, row in iter_jsonl(input_file):
         text = row if isinstance(row, str) else (row.get("query", row.get("text"))
                                                  if isinstance(row, dict) else None)
         if not isinstance(text, str):

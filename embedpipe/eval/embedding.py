@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes.base import IndexMeta
+from embedpipe.jsonl import iter_jsonl
 
 MANIFEST = "_manifest.jsonl"
 
@@ -104,17 +105,10 @@ def read_query_file(path: str | os.PathLike) -> list[str]:
         texts = table.column("text").to_pylist()
     else:
         texts = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise EvalInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise EvalInputError(f'{path}:{lineno}: expected an object with a string "text"')
-                texts.append(row["text"])
+        for lineno, row in iter_jsonl(path, EvalInputError):
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise EvalInputError(f'{path}:{lineno}: expected an object with a string "text"')
+            texts.append(row["text"])
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise EvalInputError(f"{path}: no non-empty query texts")

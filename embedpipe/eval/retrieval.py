@@ -17,20 +17,19 @@ file order up to N in total — metrics on a subset are not comparable with full
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from embedpipe.eval.embedding import CacheOptions, EvalInputError, embed_texts
 from embedpipe.eval.metrics import Qrels, evaluate, read_qrels
 from embedpipe.eval.tradeoffs import KNOBS
 from embedpipe.indexes import INDEX_TYPES, Builder
+from embedpipe.jsonl import iter_jsonl
 
 CUTS: tuple[tuple[str, int], ...] = (("ndcg", 10), ("recall", 100), ("mrr", 10))
 DEPTH = 100
@@ -87,17 +86,10 @@ def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
     if not path.is_file():
         raise EvalInputError(f"{path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, qrels/test.tsv)")
     rows = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalInputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "_id" not in row:
-                raise EvalInputError(f'{path}:{lineno}: expected an object with an "_id"')
-            rows.append({f: ("" if row.get(f) is None else str(row.get(f))) for f in fields})
+    for lineno, row in iter_jsonl(path, EvalInputError):
+        if not isinstance(row, dict) or "_id" not in row:
+            raise EvalInputError(f'{path}:{lineno}: expected an object with an "_id"')
+        rows.append({f: ("" if row.get(f) is None else str(row.get(f))) for f in fields})
     return rows
 
 

@@ -12,21 +12,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 from embedpipe.errors import ModelFileError
-
-
-class TokenType(IntEnum):
-    """GGUF token types (the numbering SentencePiece and llama.cpp share)."""
-
-    NORMAL = 1
-    UNKNOWN = 2
-    CONTROL = 3
-    USER_DEFINED = 4
-    UNUSED = 5
-    BYTE = 6
+from embedpipe.runtime.tokenizer import TokenType
 
 
 #: Added tokens that ought to be CONTROL even when tokenizer_config does not mark them special.

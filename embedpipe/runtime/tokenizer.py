@@ -26,8 +26,8 @@ from embedpipe.runtime.gguf_file import GGUFModelFile
 _BPE = 2
 
 
-class PieceType(IntEnum):
-    """SentencePiece piece types; GGUF's token_type uses the same numbers."""
+class TokenType(IntEnum):
+    """SentencePiece piece types; GGUF's token_type (and llama.cpp) use the same numbers."""
 
     NORMAL = 1
     UNKNOWN = 2
@@ -124,10 +124,10 @@ def sentencepiece_view(pieces: Sequence[bytes], types: np.ndarray, special: Spec
     match them; so every control piece but UNK becomes user-defined again.
     """
     types = types.copy()
-    types[(types == PieceType.CONTROL)] = PieceType.USER_DEFINED
+    types[(types == TokenType.CONTROL)] = TokenType.USER_DEFINED
     if 0 <= special.unk < len(types):
-        types[special.unk] = PieceType.UNKNOWN
-    user = set(np.flatnonzero(types == PieceType.USER_DEFINED).tolist())
+        types[special.unk] = TokenType.UNKNOWN
+    user = set(np.flatnonzero(types == TokenType.USER_DEFINED).tolist())
     space, meta = b" ", "\u2581".encode()
     fixed = [p.replace(space, meta) if i in user else p for i, p in enumerate(pieces)]
     return fixed, types

@@ -1,0 +1,32 @@
+"""Reading JSON-lines files with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from embedpipe.errors import EmbedpipeError
+
+
+def iter_jsonl(path: str | os.PathLike[str], error: type[EmbedpipeError] = EmbedpipeError) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line; raises `error` on unreadable input.
+
+    Lines are split on '\\n' only, so CRLF files and stray '\\r' inside strings are fine.
+    """
+    try:
+        handle = open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror})") from exc
+    with handle:
+        try:
+            for lineno, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
