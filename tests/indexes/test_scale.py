@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -29,9 +27,8 @@ def test_int8_brute_keeps_99_percent_recall(data):
         assert recall(ix.search_rows(q, 10)[1], truth) >= 0.99, mode
 
 
-def test_hnsw_builds_10k_768_within_30s_with_95_percent_recall(data):
+def test_hnsw_10k_768_keeps_95_percent_recall(data):
+    """Build time is a benchmark figure (`embedpipe bench index`), not asserted here."""
     base, q, truth = data
-    start = time.perf_counter()
     ix = build_index(base, kind="hnsw", m=16, ef_construction=100)
-    assert time.perf_counter() - start <= 30.0
     assert recall(ix._search_rows(ix.prepare_queries(q), 10, ef=64)[1], truth) >= 0.95
