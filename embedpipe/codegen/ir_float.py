@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen.irutil import (F32, I64, PTR, const_i64, fmuladd, for_range, imin,
-                                      load_at, masked_store_f32, new_function, splat, vec)
+                                      load_at, new_function, splat, store_tile, vec)
 from embedpipe.codegen.isa import IsaSpec
 
 
@@ -61,15 +61,7 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: FloatTile) -> str:
                         xb = splat(b, load_at(b, F32, x, b.add(xrows[r], k4), 4), L)
                         for v in range(NV):
                             b.store(fmuladd(b, m, xb, wv[v], b.load(slots[r][v])), slots[r][v])
-                for r in range(MR):
-                    row = b.add(t, const_i64(r))
-                    with b.if_then(b.icmp_signed("<", row, T)):
-                        for v in range(NV):
-                            col = b.add(b.mul(p, const_i64(NR)), const_i64(v * L))
-                            rem = b.sub(N, col)
-                            with b.if_then(b.icmp_signed(">", rem, const_i64(0))):
-                                ptr = b.gep(y, [b.add(b.mul(row, ldy), col)], source_etype=F32)
-                                masked_store_f32(b, m, b.load(slots[r][v]), ptr, rem)
+                store_tile(b, m, slots, t, p, T, N, y, ldy, NR, L)
     b.ret_void()
     return name
 

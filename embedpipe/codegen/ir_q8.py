@@ -31,7 +31,7 @@ import numpy as np
 
 from embedpipe.codegen.irutil import (F32, I1, I8, I16, I32, I64, PTR, const_i64, fmuladd,
                                       for_range, hmax_tree, imin, intrinsic, load_at,
-                                      masked_store_f32, new_function, splat, store_at, vec)
+                                      new_function, splat, store_at, store_tile, vec)
 from embedpipe.codegen.isa import IsaSpec
 
 QK = 32  # elements per quantization block
@@ -151,16 +151,7 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
                             cur = b.load(acc_slots[r][v])
                             b.store(fmuladd(b, m, b.sitofp(iacc[r][v], vf32), scale, cur),
                                     acc_slots[r][v])
-                for r in range(MR):
-                    row = b.add(t, const_i64(r))
-                    live = b.icmp_signed("<", row, T)
-                    with b.if_then(live):
-                        for v in range(NV):
-                            col = b.add(b.mul(p, const_i64(NR)), const_i64(v * L))
-                            rem = b.sub(N, col)
-                            with b.if_then(b.icmp_signed(">", rem, const_i64(0))):
-                                ptr = b.gep(y, [b.add(b.mul(row, ldy), col)], source_etype=F32)
-                                masked_store_f32(b, m, b.load(acc_slots[r][v]), ptr, rem)
+                store_tile(b, m, acc_slots, t, p, T, N, y, ldy, NR, L)
     b.ret_void()
     return name
 

@@ -113,25 +113,37 @@ def new_function(module: ir.Module, name: str, args: list[tuple[str, ir.Type]]
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
 
-def hmax_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
-    """Horizontal max of a float vector by halving (no reduction intrinsic, lowers anywhere)."""
+def _halving_reduce(b: ir.IRBuilder, v: ir.Value, combine) -> ir.Value:
+    """Fold a vector to lane 0 by combining its halves (no reduction intrinsic, lowers anywhere)."""
     n = v.type.count
     while n > 1:
         half = n // 2
         lo = b.shuffle_vector(v, v, ir.Constant(vec(I32, half), list(range(half))))
         hi = b.shuffle_vector(v, v, ir.Constant(vec(I32, half), list(range(half, n))))
-        v = b.select(b.fcmp_ordered(">", lo, hi), lo, hi)
+        v = combine(lo, hi)
         n = half
     return b.extract_element(v, ir.Constant(I32, 0))
+
+
+def hmax_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    """Horizontal max of a float vector by halving."""
+    return _halving_reduce(b, v, lambda lo, hi: b.select(b.fcmp_ordered(">", lo, hi), lo, hi))
 
 
 def hsum_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     """Horizontal sum of a float vector by halving (pairwise, so error grows like log n)."""
-    n = v.type.count
-    while n > 1:
-        half = n // 2
-        lo = b.shuffle_vector(v, v, ir.Constant(vec(I32, half), list(range(half))))
-        hi = b.shuffle_vector(v, v, ir.Constant(vec(I32, half), list(range(half, n))))
-        v = b.fadd(lo, hi)
-        n = half
-    return b.extract_element(v, ir.Constant(I32, 0))
+    return _halving_reduce(b, v, b.fadd)
+
+
+def store_tile(b: ir.IRBuilder, module: ir.Module, slots, t: ir.Value, p: ir.Value, T: ir.Value,
+               N: ir.Value, y: ir.Value, ldy: ir.Value, nr: int, lanes: int) -> None:
+    """Write an MR×NV tile of accumulator slots to Y rows t.., columns p·nr.., masking past T and N."""
+    for r, row_slots in enumerate(slots):
+        row = b.add(t, const_i64(r))
+        with b.if_then(b.icmp_signed("<", row, T)):
+            for v, slot in enumerate(row_slots):
+                col = b.add(b.mul(p, const_i64(nr)), const_i64(v * lanes))
+                rem = b.sub(N, col)
+                with b.if_then(b.icmp_signed(">", rem, const_i64(0))):
+                    ptr = b.gep(y, [b.add(b.mul(row, ldy), col)], source_etype=F32)
+                    masked_store_f32(b, module, b.load(slot), ptr, rem)
