@@ -155,6 +155,7 @@ def _run(cfg: IngestConfig, embedder, corpus: Corpus, manifest: Manifest, out_di
                 from embedpipe.pipeline.engine_local import run_local
 
                 processor = open_processor(cfg, embedder, corpus)
+                processor.on_batch = progress.batch
                 run_local(cfg, processor, corpus, manifest, on_window)
         manifest.finish(_totals(manifest).to_dict())
     wall = time.perf_counter() - t0

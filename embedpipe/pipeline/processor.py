@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +63,7 @@ class WindowProcessor:
         self.chunker = Chunker(emb, cfg.task, cfg.max_tokens, cfg.long, cfg.chunk_tokens, cfg.chunk_overlap)
         self.setting = f"{cfg.long}/{cfg.max_tokens}/{cfg.chunk_tokens}/{cfg.chunk_overlap}"
         self.keep_fields = [schema.field(c) for c in cfg.keep]
+        self.on_batch: Callable[[int, int, int], None] | None = None  # (seqs done, seqs, tokens)
 
     def process(self, batches: list[tuple[int, Path, pa.RecordBatch]]) -> tuple[pa.Table, list[dict], Stats]:
         cfg = self.cfg
@@ -150,8 +152,12 @@ class WindowProcessor:
     def _embed(self, seqs: list[list[int]], stats: Stats) -> np.ndarray:
         out = np.empty((len(seqs), self.cfg.dim), np.float32)
         t0 = time.perf_counter()
+        done = 0
         for batch in length_batches([len(s) for s in seqs], self.cfg.batch_rows, self.cfg.batch_tokens):
             out[batch] = self.emb.encode_ids([seqs[i] for i in batch], dim=self.cfg.dim, batch_size=len(batch))
+            done += len(batch)
+            if self.on_batch is not None:
+                self.on_batch(done, len(seqs), sum(len(seqs[i]) for i in batch))
         stats.embed_seconds += time.perf_counter() - t0
         stats.counts["sequences_embedded"] += len(seqs)
         return out

@@ -83,3 +83,15 @@ def test_same_model_calls_as_encode(run, corpus, tiny_emb, monkeypatch):
     calls.clear()
     run(corpus, cache=False)
     assert calls == by_encode
+
+
+def test_progress_redraws_between_windows(run, corpus, capsys, monkeypatch):
+    """One window of 120 rows, 8-row model batches: the bar must show in-window progress
+    (long documents make a window minutes long) before the window's rows are counted."""
+    from embedpipe.pipeline import progress
+
+    monkeypatch.setattr(progress, "REDRAW_S", 0.0)
+    run(corpus, part_rows=500, sort_window=500, batch_rows=8, cache=False, progress=True)
+    err = capsys.readouterr().err
+    assert "window=8/120 seq" in err and "window=112/120 seq" in err
+    assert "120/120" in err
