@@ -18,7 +18,7 @@ import numpy as np
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, topk_desc
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
 from embedpipe.indexes.kernels import rowdot
-from embedpipe.indexes.quant import QUANTS, SCALE_MODES, quantize
+from embedpipe.indexes.quant import NO_OFFSET, QUANTS, SCALE_MODES, load_offset, query_offset, quantize
 
 log = logging.getLogger(__name__)
 GEMM_MIN_QUERIES = 8  # below this the JIT scan beats widening blocks for BLAS
@@ -34,9 +34,11 @@ class BruteIndex(VectorIndex):
     quants: ClassVar[tuple[str, ...]] = tuple(QUANTS)
 
     def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, scale_mode: str,
-                 ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None):
+                 ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None,
+                 offset: np.ndarray = NO_OFFSET):
         super().__init__(codes.shape[1], quant, ids, meta, columns)
         self.codes, self.scale, self.scale_mode = codes, scale, scale_mode
+        self.offset = offset
         self._q8: Any = None
         self.use_jit = True
 
@@ -48,8 +50,8 @@ class BruteIndex(VectorIndex):
             raise ValueError(f"unknown quant {quant!r}; choose one of {tuple(QUANTS)}")
         if scale_mode not in SCALE_MODES:
             raise ValueError(f"unknown scale mode {scale_mode!r}; choose one of {SCALE_MODES}")
-        codes, scale = quantize(vectors, quant, scale_mode)
-        return cls(codes, scale, quant, scale_mode, ids, meta, columns)
+        codes, scale, offset = quantize(vectors, quant, scale_mode)
+        return cls(codes, scale, quant, scale_mode, ids, meta, columns, offset)
 
     # --- search -------------------------------------------------------------------------
     def _query_weights(self, q: np.ndarray) -> np.ndarray:
@@ -65,7 +67,8 @@ class BruteIndex(VectorIndex):
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Dense (q, n) score matrix for prepared queries (used by tests and small indexes)."""
-        return np.concatenate([s for s, _ in self._score_blocks(q)], axis=1)
+        dense = np.concatenate([s for s, _ in self._score_blocks(q)], axis=1)
+        return dense + query_offset(q, self.offset)[:, None]
 
     def _q8_matmul(self) -> tuple[Any, np.ndarray] | None:
         """The codegen Q8_0 matmul over the int8 codes (vpdpbusd where the CPU has VNNI).
@@ -117,7 +120,8 @@ class BruteIndex(VectorIndex):
     def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         step = max(1, MAX_SCORES // max(1, self.count))  # bounds the (queries, n) score block
         parts = [self._search_chunk(q[i:i + step], k) for i in range(0, len(q), step)]
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        scores = np.concatenate([p[0] for p in parts]) + query_offset(q, self.offset)[:, None]
+        return scores, np.concatenate([p[1] for p in parts])
 
     def _search_q8(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Shortlist with the Q8_0 matmul (queries quantized too), then re-score the shortlist
@@ -161,7 +165,7 @@ class BruteIndex(VectorIndex):
     def save(self, path: str | os.PathLike) -> None:
         header = dict(self.common_header(), params={"scale_mode": self.scale_mode})
         write_container(path, header, dict(self.common_sections(), codes=self.codes,
-                                           scale=self.scale))
+                                           scale=self.scale, offset=self.offset))
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> BruteIndex:
@@ -174,5 +178,6 @@ class BruteIndex(VectorIndex):
         if codes.shape != (header["count"], header["dim"]):
             raise IndexFileError(path, f"vectors have shape {codes.shape}, header says "
                                        f"({header['count']}, {header['dim']})")
-        return cls(codes, sec["scale"], header["quant"], header["params"]["scale_mode"],
-                   ids, meta, cols)
+        mode = header["params"]["scale_mode"]
+        return cls(codes, sec["scale"], header["quant"], mode, ids, meta, cols,
+                   load_offset(sec, header["quant"], mode, header["dim"]))

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, pad_topk
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
-from embedpipe.indexes.quant import quantize
+from embedpipe.indexes.quant import NO_OFFSET, dequantize, load_offset, quantize
 
 QUANTS = ("fp32", "int8")
 CAND_BLOCK = 1024
@@ -140,9 +140,10 @@ class HnswIndex(VectorIndex):
     def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, nbr0: np.ndarray,
                  level: np.ndarray, upoff: np.ndarray, nbru: np.ndarray, entry: int,
                  params: dict[str, int], ids: IdTable, meta: IndexMeta,
-                 columns: dict[str, StringTable] | None = None) -> None:
+                 columns: dict[str, StringTable] | None = None,
+                 offset: np.ndarray = NO_OFFSET) -> None:
         super().__init__(codes.shape[1], quant, ids, meta, columns)
-        self.codes, self.scale = codes, scale
+        self.codes, self.scale, self.offset = codes, scale, offset
         self.nbr0, self.level, self.upoff, self.nbru = nbr0, level, upoff, nbru
         self.entry, self.params = entry, dict(params)
         self.m = params["m"]
@@ -155,8 +156,8 @@ class HnswIndex(VectorIndex):
         v = self.codes[rows]
         if self.quant == "fp32":
             return v
-        return v.astype(np.float32) * (self.scale[rows, None] if self.scale_mode == "vector"
-                                       else self.scale[None, :])
+        return dequantize(v, self.scale[rows] if self.scale_mode == "vector" else self.scale,
+                          self.scale_mode, self.offset)
 
     def row_scale(self) -> np.ndarray:
         """Per-row factor the search kernel applies (ones when the scale is per dimension)."""
@@ -214,11 +215,11 @@ class HnswIndex(VectorIndex):
                 nbru[upoff[nodes] + layer - 1] = final
         bar.close()
         entry = int(order[level[order] == top][0]) if n else 0
-        codes, scale = quantize(x, quant, scale_mode)
+        codes, scale, offset = quantize(x, quant, scale_mode)
         params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
                   "max_level": top, "seed": seed, "scale_mode": scale_mode}
         return cls(codes, scale, quant, nbr0, level.astype(np.int8), upoff, nbru, entry,
-                   params, ids, meta, columns)
+                   params, ids, meta, columns, offset)
 
     # --- search (numpy reference) --------------------------------------------------------
     def _greedy(self, q: np.ndarray, node: int) -> int:
@@ -293,8 +294,9 @@ class HnswIndex(VectorIndex):
         n0 = self.count
         new_ids = list(range(n0, n0 + len(x))) if ids is None else list(ids)
         self.ids = IdTable.from_values(list(self.ids.take(np.arange(n0))) + new_ids, n0 + len(x))
-        codes, scale = quantize(x, self.quant, self.scale_mode,
-                                dim_scale=self.scale if self.scale_mode == "dim" else None)
+        codes, scale, _ = quantize(x, self.quant, self.scale_mode,
+                                   calibration=(self.scale, self.offset)
+                                   if self.scale_mode == "dim" else None)
         self.codes = np.concatenate([self.codes, codes])
         if self.quant != "fp32" and self.scale_mode == "vector":
             self.scale = np.concatenate([self.scale, scale])
@@ -322,7 +324,8 @@ class HnswIndex(VectorIndex):
     def save(self, path: str | os.PathLike) -> None:
         header = dict(self.common_header(), params=dict(self.params, entry=self.entry))
         write_container(path, header, dict(self.common_sections(), codes=self.codes,
-                                           scale=self.scale, nbr0=self.nbr0, level=self.level,
+                                           scale=self.scale, offset=self.offset,
+                                           nbr0=self.nbr0, level=self.level,
                                            upoff=self.upoff, nbru=self.nbru))
 
     @classmethod
@@ -341,4 +344,5 @@ class HnswIndex(VectorIndex):
             raise IndexFileError(path, "graph refers to nodes beyond the vector count")
         p = header["params"]
         return cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p,
-                   ids, meta, cols)
+                   ids, meta, cols, load_offset(sec, header["quant"],
+                                                p.get("scale_mode", "vector"), header["dim"]))
