@@ -7,6 +7,10 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+# make bench ST_PYTHON=/path/to/torch-venv/bin/python adds sentence-transformers as a peer
+ST_PYTHON ?=
+# the default release is self-contained: dependency wheels ride along in dist/wheelhouse
+RELEASE_ARGS ?= --wheelhouse
 
 .PHONY: setup test test-fast demo bench release clean
 
@@ -36,13 +40,13 @@ demo: setup
 bench: setup
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(EP) bench kernels
-	$(EP) bench runtime
+	$(EP) bench runtime $(if $(ST_PYTHON),--st-python $(ST_PYTHON))
 	$(EP) bench ingest
 	$(EP) bench index
 
 release: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[release]"
-	$(PY) scripts/make_release.py
+	$(PY) scripts/make_release.py $(RELEASE_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info $(DEMO_OUT)
