@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.bench_cmd",
     "embedpipe.cli.index_cmd",
     "embedpipe.cli.eval_cmd",
+    "embedpipe.cli.cache_cmd",
 )
 
 app = typer.Typer(

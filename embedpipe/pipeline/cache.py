@@ -150,5 +150,36 @@ class EmbeddingCache:
         for k, _, _, blob in blobs:
             self._remember(k, blob)
 
+    def summary(self) -> list[CacheGroup]:
+        """Entries and stored bytes per (model SHA-256, dim), largest first."""
+        sql = ("SELECT model, dim, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM embeddings "
+               "GROUP BY model, dim ORDER BY 4 DESC")
+        try:
+            return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in self._db.execute(sql)]
+        except sqlite3.Error as exc:
+            raise EmbedpipeError(f"embedding cache {self.path}: read failed ({exc})") from exc
+
+    def clear(self, model_prefix: str | None = None) -> int:
+        """Delete every entry (or those of models whose SHA-256 starts with `model_prefix`),
+        then VACUUM so the file shrinks; returns the number of entries deleted."""
+        where, args = ("WHERE model LIKE ? || '%'", [model_prefix.lower()]) if model_prefix else ("", [])
+        try:
+            deleted = self._db.execute(f"DELETE FROM embeddings {where}", args).rowcount
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise EmbedpipeError(f"embedding cache {self.path}: clear failed ({exc})") from exc
+        self._lru.clear()
+        self._lru_bytes = 0
+        return int(deleted)
+
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True)
+class CacheGroup:
+    model: str  # SHA-256 of the GGUF file that made the vectors
+    dim: int
+    entries: int
+    bytes: int

@@ -98,3 +98,46 @@ def test_concurrent_readers_and_writers(tmp_path):
         t.join()
     assert not errors, errors
     assert len(EmbeddingCache(path).get_many([f"1-29-{j}".encode().ljust(32, b".") for j in range(20)], dim)) == 20
+
+
+def _fill(cache: EmbeddingCache, model: str, dim: int, n: int) -> None:
+    row = CachedRow([(0, 3)], [5], np.ones((1, dim), np.float32), 3, False)
+    cache.put_many([(cache_key(model, "document", dim, None, f"t{i}", "s"), model, dim, row)
+                    for i in range(n)])
+
+
+def test_summary_and_clear_by_model(tmp_path):
+    cache = EmbeddingCache(tmp_path / "e.sqlite")
+    _fill(cache, "aa" * 32, 768, 30)
+    _fill(cache, "bb" * 32, 256, 10)
+    groups = {(g.model, g.dim): g for g in cache.summary()}
+    assert groups[("aa" * 32, 768)].entries == 30 and groups[("bb" * 32, 256)].entries == 10
+    assert groups[("aa" * 32, 768)].bytes > 30 * 768 * 4
+    assert cache.clear("BBBB") == 10  # prefixes are case-insensitive
+    assert [(g.model, g.entries) for g in cache.summary()] == [("aa" * 32, 30)]
+    key = cache_key("aa" * 32, "document", 768, None, "t0", "s")
+    assert key in cache.get_many([key], 768)
+    assert cache.clear() == 30 and cache.summary() == []
+    assert cache.get_many([key], 768) == {}  # the in-memory LRU is emptied too
+    cache.close()
+
+
+def test_cache_cli_info_and_clear(tmp_path):
+    from typer.testing import CliRunner
+
+    from embedpipe.cli.app import app
+
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    _fill(cache, "ab" * 32, 64, 7)
+    cache.close()
+    runner = CliRunner()
+    out = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)])
+    assert out.exit_code == 0 and "abababababababab    64         7" in out.output
+    refused = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path)], input="n\n")
+    assert refused.exit_code == 1
+    bad = runner.invoke(app, ["cache", "clear", "--model", "xyz!", "--cache-dir", str(tmp_path)])
+    assert bad.exit_code != 0 and "hex SHA-256 prefix" in bad.output
+    done = runner.invoke(app, ["cache", "clear", "-y", "--cache-dir", str(tmp_path)])
+    assert done.exit_code == 0 and "deleted 7 entries" in done.output
+    out = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)])
+    assert "total" in out.output and " 0 " in out.output

@@ -1,0 +1,63 @@
+"""`embedpipe cache info|clear`: look at and prune the ingest embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from embedpipe.pipeline.cache import EmbeddingCache, default_cache_path
+
+cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).",
+                        no_args_is_help=True)
+CACHE_DIR_HELP = "Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
+
+
+def _open(cache_dir: Optional[Path]) -> EmbeddingCache:
+    return EmbeddingCache(cache_dir / "embeddings.sqlite" if cache_dir else default_cache_path())
+
+
+def _file_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+@cache_app.command("info")
+def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP)) -> None:
+    """Where the cache is, its size on disk, and entries per model and dim."""
+    cache = _open(cache_dir)
+    try:
+        groups = cache.summary()
+        typer.echo(f"{cache.path}  {_file_bytes(cache.path) / 1e6:.1f} MB on disk")
+        typer.echo(f"{'model sha256':<16} {'dim':>5} {'entries':>9} {'MB':>9}")
+        for g in groups:
+            typer.echo(f"{g.model[:16]:<16} {g.dim:>5} {g.entries:>9} {g.bytes / 1e6:>9.1f}")
+        typer.echo(f"{'total':<16} {'':>5} {sum(g.entries for g in groups):>9} "
+                   f"{sum(g.bytes for g in groups) / 1e6:>9.1f}")
+    finally:
+        cache.close()
+
+
+@cache_app.command("clear")
+def clear_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete cached embeddings (all, or one model's) and shrink the file."""
+    if model is not None and (len(model) < 4 or any(c not in "0123456789abcdefABCDEF" for c in model)):
+        raise typer.BadParameter("--model takes a hex SHA-256 prefix of at least 4 characters")
+    cache = _open(cache_dir)
+    try:
+        what = f"entries of model {model}…" if model else "all entries"
+        if not yes and not typer.confirm(f"Delete {what} in {cache.path}?"):
+            raise typer.Exit(1)
+        before = _file_bytes(cache.path)
+        n = cache.clear(model)
+        typer.echo(f"deleted {n} entries; {before / 1e6:.1f} MB -> {_file_bytes(cache.path) / 1e6:.1f} MB")
+    finally:
+        cache.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cache_app, name="cache")
