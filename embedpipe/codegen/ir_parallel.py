@@ -5,7 +5,9 @@ oversubscribed: a woken worker that holds the GIL can be descheduled).  Instead 
 one ctypes call to ``ep_parallel(task, args, stride, n)``, which starts ``n-1`` pthreads on
 ``task(args + i·stride)``, runs item 0 itself and joins.  Each task is a trampoline that
 unpacks one row of 64-bit words into the kernel's arguments (pointers, i64, f32 bit patterns).
-If a thread cannot be created, its item runs on the calling thread.
+If a thread cannot be created, its item runs on the calling thread. Normally the items go to
+the persistent workers of ``ir_pool`` instead; this fork-join is the fallback when another
+thread holds the pool.
 """
 
 from __future__ import annotations
@@ -46,11 +48,15 @@ def parallel_symbol(task: str) -> str:
     return f"{task}__parallel"
 
 
-def emit_parallel(m: ir.Module, task: ir.Function) -> str:
-    """``void f(args, stride, n)``: fork ``n-1`` pthreads on ``task``, run item 0, join.
+def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None = None,
+                  role: int = 0) -> str:
+    """``void f(args, stride, n)``: run the ``n`` items of ``task``, item 0 on this thread.
 
-    One fork-join function per task (llvmlite cannot emit indirect calls through opaque
-    pointers, and a direct call lets LLVM inline the trampoline for item 0).
+    With ``pool_run`` (see ``ir_pool``) several items go to the persistent workers as job
+    ``role``; if the pool is busy (another thread is using it), or without a pool, ``n-1``
+    fresh pthreads are forked and joined. One function per task (llvmlite cannot emit
+    indirect calls through opaque pointers, and a direct call lets LLVM inline the trampoline
+    for item 0).
     """
     pthread_create = _declare(m, "pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
     pthread_join = _declare(m, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
@@ -58,6 +64,11 @@ def emit_parallel(m: ir.Module, task: ir.Function) -> str:
     fn, b = new_function(m, name, [("args", PTR), ("stride", I64), ("n", I64)])
     args, stride, n = fn.args
     I8 = ir.IntType(8)
+    if pool_run is not None:
+        with b.if_then(b.icmp_signed(">", n, const_i64(1))):
+            ran = b.call(pool_run, [const_i64(role), args, stride, n])
+            with b.if_then(b.icmp_signed("!=", ran, ir.Constant(I32, 0))):
+                b.ret_void()
     tids = b.alloca(I64, size=MAX_THREADS)
     started = b.alloca(I8, size=MAX_THREADS)
 

@@ -10,6 +10,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_elementwise, ir_float, ir_parallel, ir_q8, irutil, jit
+from embedpipe.codegen import ir_elementwise, ir_float, ir_parallel, ir_pool, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
@@ -61,6 +62,7 @@ _ELTWISE2 = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I)
 _RMS = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, ctypes.c_float, _I, _I)
 _SOFTMAX = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I)
 _FORK = ctypes.CFUNCTYPE(None, _P, _I, _I)
+_RESET = ctypes.CFUNCTYPE(None)
 
 
 # Kernels that run through the native fork-join (each gets a task trampoline).
@@ -80,13 +82,19 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
+    symbols["pool_run"] = ir_pool.run_symbol(module_name(isa))
+    symbols["pool_reset"] = ir_pool.reset_symbol(module_name(isa))
     return symbols
+
+
+def module_name(isa: IsaSpec) -> str:
+    return f"embedpipe_{isa.name}"
 
 
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     """IR text of every kernel for ``isa`` and a map role -> symbol."""
     int_tile, float_tile = TILES[isa.name]
-    module = ir.Module(name=f"embedpipe_{isa.name}")
+    module = ir.Module(name=module_name(isa))
     module.triple = isa.triple
     symbols = {
         "quantize": ir_q8.emit_quantize(module, isa),
@@ -97,10 +105,15 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "softmax": ir_elementwise.emit_softmax_band(module, isa),
     }
     symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
+    tasks = {}
     for role in PARALLEL_ROLES:
-        task = ir_parallel.emit_task(module, module.get_global(symbols[role]))
-        symbols[f"{role}_task"] = task
-        symbols[f"{role}_parallel"] = ir_parallel.emit_parallel(module, module.get_global(task))
+        symbols[f"{role}_task"] = ir_parallel.emit_task(module, module.get_global(symbols[role]))
+        tasks[role] = module.get_global(symbols[f"{role}_task"])
+    pool_run = ir_pool.emit_pool(module, list(tasks.values()))
+    for k, role in enumerate(PARALLEL_ROLES):
+        symbols[f"{role}_parallel"] = ir_parallel.emit_parallel(module, tasks[role], pool_run, k)
+    symbols["pool_run"] = pool_run.name
+    symbols["pool_reset"] = ir_pool.reset_symbol(module.name)
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
 
@@ -109,7 +122,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
     h = hashlib.sha256()
-    for mod in (irutil, ir_q8, ir_float, ir_elementwise, ir_parallel, isa_module,
+    for mod in (irutil, ir_q8, ir_float, ir_elementwise, ir_parallel, ir_pool, isa_module,
                 sys.modules[__name__]):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
@@ -157,6 +170,8 @@ class KernelLibrary:
         self._softmax = _SOFTMAX(addrs[symbols["softmax"]])
         self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]])
                        for role in PARALLEL_ROLES}
+        # a forked child has none of the parent's pool workers: forget them there
+        os.register_at_fork(after_in_child=_RESET(addrs[symbols["pool_reset"]]))
         self.load_seconds = time.perf_counter() - start
         log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
                   isa.features or "no extra features", self.load_seconds, threads)

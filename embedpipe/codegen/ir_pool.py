@@ -1,0 +1,235 @@
+"""Persistent worker threads for the native fork-join, emitted into each kernel library.
+
+Starting and joining a pthread per kernel call cost ~30–130 µs on the 2-core dev VM; a forward
+pass makes a few hundred such calls, so short texts paid milliseconds for thread start-up
+alone. The pool keeps workers parked on a condition variable instead:
+
+* ``run(role, args, stride, n)`` takes the pool (``pthread_mutex_trylock``; if another thread
+  holds it, it returns 0 and the caller falls back to fresh pthreads), starts workers up to
+  ``n − 1`` on first use, publishes the job, bumps a generation counter and wakes the workers.
+  Items are claimed with an atomic counter, so any number of workers (even none, if
+  ``pthread_create`` fails) runs every item exactly once; the caller runs item 0 and helps.
+  It returns when every worker has reported back for this generation.
+* A worker loops: wait until the generation moves, drain items, report, wait again.
+* ``reset()`` forgets the workers and re-zeroes the locks; it must run in a forked child
+  (``os.register_at_fork``), where the parent's workers do not exist.
+
+Jobs name their kernel by role index; ``dispatch`` switches to a direct call (llvmlite cannot
+call through opaque function pointers). Locks are zero-initialized globals: all-zero is
+``PTHREAD_MUTEX_INITIALIZER`` / ``PTHREAD_COND_INITIALIZER`` on glibc and musl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64
+
+MAX_WORKERS = 63
+SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
+
+
+def run_symbol(module_name: str) -> str:
+    return f"{module_name}__pool_run"
+
+
+def reset_symbol(module_name: str) -> str:
+    return f"{module_name}__pool_reset"
+
+
+@dataclass
+class _State:
+    lock: ir.GlobalVariable  # guards every field below
+    busy: ir.GlobalVariable  # held by the caller for a whole run
+    work: ir.GlobalVariable  # signalled when `gen` moves
+    done: ir.GlobalVariable  # signalled when `pending` reaches 0
+    gen: ir.GlobalVariable
+    role: ir.GlobalVariable
+    args: ir.GlobalVariable
+    stride: ir.GlobalVariable
+    n: ir.GlobalVariable
+    next: ir.GlobalVariable  # next unclaimed item (atomic)
+    pending: ir.GlobalVariable  # workers yet to report for this generation
+    workers: ir.GlobalVariable
+
+
+class _Libc:
+    def __init__(self, m: ir.Module) -> None:
+        def decl(name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+            try:
+                return m.get_global(name)
+            except KeyError:
+                return ir.Function(m, ir.FunctionType(ret, args), name=name)
+
+        self.lock = decl("pthread_mutex_lock", I32, [PTR])
+        self.trylock = decl("pthread_mutex_trylock", I32, [PTR])
+        self.unlock = decl("pthread_mutex_unlock", I32, [PTR])
+        self.wait = decl("pthread_cond_wait", I32, [PTR, PTR])
+        self.signal = decl("pthread_cond_signal", I32, [PTR])
+        self.broadcast = decl("pthread_cond_broadcast", I32, [PTR])
+        self.create = decl("pthread_create", I32, [PTR, PTR, PTR, PTR])
+        self.detach = decl("pthread_detach", I32, [I64])
+
+
+def _globals(m: ir.Module) -> _State:
+    def var(name: str, ty: ir.Type, align: int) -> ir.GlobalVariable:
+        g = ir.GlobalVariable(m, ty, name=f"{m.name}__pool_{name}")
+        g.linkage = "internal"
+        g.initializer = ir.Constant(ty, None)
+        g.align = align
+        return g
+
+    sync = ir.ArrayType(I8, SYNC_BYTES)
+    return _State(*(var(n, sync, 64) for n in ("lock", "busy", "work", "done")),
+                  *(var(n, I64, 8) for n in ("gen", "role", "args", "stride", "n", "next",
+                                              "pending", "workers")))
+
+
+def _function(m: ir.Module, name: str, ret: ir.Type, args: list[ir.Type],
+              internal: bool = True) -> tuple[ir.Function, ir.IRBuilder]:
+    fn = ir.Function(m, ir.FunctionType(ret, args), name=name)
+    if internal:
+        fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _emit_dispatch(m: ir.Module, tasks: list[ir.Function]) -> ir.Function:
+    """``void dispatch(i64 role, i8* item)``: a switch of direct calls to the task trampolines."""
+    fn, b = _function(m, f"{m.name}__pool_dispatch", VOID, [I64, PTR])
+    role, item = fn.args
+    end = fn.append_basic_block("end")
+    switch = b.switch(role, end)
+    for k, task in enumerate(tasks):
+        block = fn.append_basic_block(f"role{k}")
+        switch.add_case(const_i64(k), block)
+        b.position_at_end(block)
+        b.call(task, [item])
+        b.branch(end)
+    b.position_at_end(end)
+    b.ret_void()
+    return fn
+
+
+def _emit_drain(m: ir.Module, st: _State, dispatch: ir.Function) -> ir.Function:
+    """``void drain(role, args, stride, n)``: claim items with an atomic add until none are left."""
+    fn, b = _function(m, f"{m.name}__pool_drain", VOID, [I64, PTR, I64, I64])
+    role, args, stride, n = fn.args
+    head, body, end = (fn.append_basic_block(x) for x in ("head", "body", "end"))
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.atomic_rmw("add", st.next, const_i64(1), "seq_cst")
+    b.cbranch(b.icmp_signed("<", i, n), body, end)
+    b.position_at_end(body)
+    b.call(dispatch, [role, b.gep(args, [b.mul(i, stride)], source_etype=I8)])
+    b.branch(head)
+    b.position_at_end(end)
+    b.ret_void()
+    return fn
+
+
+def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function) -> ir.Function:
+    """``void* worker(void* first_gen)``: park, drain each new generation, report, repeat."""
+    fn, b = _function(m, f"{m.name}__pool_worker", PTR, [PTR])
+    entry = b.block
+    loop, wait, go = (fn.append_basic_block(x) for x in ("loop", "wait", "go"))
+    first = b.ptrtoint(fn.args[0], I64)
+    b.call(libc.lock, [st.lock])
+    b.branch(loop)
+    b.position_at_end(loop)
+    seen = b.phi(I64, "seen")
+    gen = b.load(st.gen, typ=I64)
+    b.cbranch(b.icmp_signed("==", gen, seen), wait, go)
+    b.position_at_end(wait)
+    b.call(libc.wait, [st.work, st.lock])
+    b.branch(loop)
+    b.position_at_end(go)
+    job = [b.load(g, typ=I64) for g in (st.role, st.args, st.stride, st.n)]
+    b.call(libc.unlock, [st.lock])
+    b.call(drain, [job[0], b.inttoptr(job[1], PTR), job[2], job[3]])
+    b.call(libc.lock, [st.lock])
+    left = b.sub(b.load(st.pending, typ=I64), const_i64(1))
+    b.store(left, st.pending)
+    with b.if_then(b.icmp_signed("==", left, const_i64(0))):
+        b.call(libc.signal, [st.done])
+    back = b.block
+    b.branch(loop)
+    seen.add_incoming(first, entry)
+    seen.add_incoming(seen, wait)
+    seen.add_incoming(gen, back)
+    return fn
+
+
+def _emit_run(m: ir.Module, st: _State, libc: _Libc, dispatch: ir.Function,
+              drain: ir.Function, worker: ir.Function) -> ir.Function:
+    """``i32 run(role, args, stride, n)``: 1 when the job ran on the pool, 0 when it was busy."""
+    fn, b = _function(m, run_symbol(m.name), I32, [I64, PTR, I64, I64], internal=False)
+    role, args, stride, n = fn.args
+    with b.if_then(b.icmp_signed("!=", b.call(libc.trylock, [st.busy]), ir.Constant(I32, 0)),
+                   likely=False):
+        b.ret(ir.Constant(I32, 0))
+    b.call(libc.lock, [st.lock])
+    gen = b.load(st.gen, typ=I64)
+    want = b.sub(n, const_i64(1))
+    want = b.select(b.icmp_signed(">", want, const_i64(MAX_WORKERS)), const_i64(MAX_WORKERS), want)
+    tid = b.alloca(I64)
+    spawn_head, spawn_body, spawn_ok, spawned = (
+        fn.append_basic_block(x) for x in ("spawn.head", "spawn.body", "spawn.ok", "spawned"))
+    b.branch(spawn_head)
+    b.position_at_end(spawn_head)
+    have = b.load(st.workers, typ=I64)
+    b.cbranch(b.icmp_signed("<", have, want), spawn_body, spawned)
+    b.position_at_end(spawn_body)
+    rc = b.call(libc.create, [tid, ir.Constant(PTR, None), worker, b.inttoptr(gen, PTR)])
+    b.cbranch(b.icmp_signed("==", rc, ir.Constant(I32, 0)), spawn_ok, spawned)
+    b.position_at_end(spawn_ok)
+    b.call(libc.detach, [b.load(tid, typ=I64)])
+    b.store(b.add(have, const_i64(1)), st.workers)
+    b.branch(spawn_head)
+    b.position_at_end(spawned)
+    for g, v in ((st.role, role), (st.args, b.ptrtoint(args, I64)), (st.stride, stride),
+                 (st.n, n), (st.next, const_i64(1))):
+        b.store(v, g)
+    b.store(b.load(st.workers, typ=I64), st.pending)
+    b.store(b.add(gen, const_i64(1)), st.gen)
+    b.call(libc.broadcast, [st.work])
+    b.call(libc.unlock, [st.lock])
+    b.call(dispatch, [role, args])
+    b.call(drain, [role, args, stride, n])
+    b.call(libc.lock, [st.lock])
+    wait_head, wait_body, finished = (fn.append_basic_block(x) for x in ("wait.head", "wait.body", "finished"))
+    b.branch(wait_head)
+    b.position_at_end(wait_head)
+    b.cbranch(b.icmp_signed(">", b.load(st.pending, typ=I64), const_i64(0)), wait_body, finished)
+    b.position_at_end(wait_body)
+    b.call(libc.wait, [st.done, st.lock])
+    b.branch(wait_head)
+    b.position_at_end(finished)
+    b.call(libc.unlock, [st.lock])
+    b.call(libc.unlock, [st.busy])
+    b.ret(ir.Constant(I32, 1))
+    return fn
+
+
+def _emit_reset(m: ir.Module, st: _State) -> None:
+    """``void reset()``: after fork, in the child — no workers, unlocked zeroed locks."""
+    fn, b = _function(m, reset_symbol(m.name), VOID, [], internal=False)
+    sync = ir.Constant(ir.ArrayType(I8, SYNC_BYTES), None)
+    for g in (st.lock, st.busy, st.work, st.done):
+        b.store(sync, g)
+    for g in (st.workers, st.pending, st.gen):
+        b.store(const_i64(0), g)
+    b.ret_void()
+
+
+def emit_pool(m: ir.Module, tasks: list[ir.Function]) -> ir.Function:
+    """Emit the pool for ``tasks`` (role k = tasks[k]); returns ``run``."""
+    st, libc = _globals(m), _Libc(m)
+    dispatch = _emit_dispatch(m, tasks)
+    drain = _emit_drain(m, st, dispatch)
+    worker = _emit_worker(m, st, libc, drain)
+    run = _emit_run(m, st, libc, dispatch, drain, worker)
+    _emit_reset(m, st)
+    return run

@@ -1,0 +1,116 @@
+"""The persistent worker pool behind every multi-item kernel call (codegen/ir_pool.py).
+
+Oracle: the same kernel run as one item on the calling thread. Every item must run exactly
+once whatever the item count, while other threads use the pool, and in a forked child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from embedpipe.codegen import get_kernel_library, runnable_isas
+from embedpipe.codegen.threadpool import split_range
+
+ISAS = [s.name for s in runnable_isas()]
+
+
+def gelu_items(lib, a: np.ndarray, b: np.ndarray, out: np.ndarray, parts: int) -> list[tuple]:
+    head = (a.ctypes.data, b.ctypes.data, out.ctypes.data)
+    return [(*head, lo, hi) for lo, hi in split_range(0, a.size, parts, 2 * lib.isa.lanes)]
+
+
+def run_gelu(lib, a: np.ndarray, b: np.ndarray, parts: int) -> np.ndarray:
+    out = np.full_like(a, np.nan)
+    lib.fork("gelu_mul", gelu_items(lib, a, b, out, parts))
+    return out
+
+
+def inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("parts", [2, 3, 37, 100])
+def test_every_item_runs_once_for_any_item_count(isa, parts):
+    lib = get_kernel_library(isa, 2)
+    a, b = inputs(20_000, parts)
+    want = run_gelu(lib, a, b, 1)
+    for _ in range(3):  # the pool grows to the largest item count, then is reused
+        np.testing.assert_array_equal(run_gelu(lib, a, b, parts), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_concurrent_callers_share_or_fall_back(isa):
+    """Four Python threads call at once: one holds the pool, the others fork fresh threads."""
+    lib = get_kernel_library(isa, 2)
+    cases = [inputs(5_000 + 17 * t, t) for t in range(4)]
+    wants = [run_gelu(lib, a, b, 1) for a, b in cases]
+    errors: list[str] = []
+
+    def worker(t: int) -> None:
+        a, b = cases[t]
+        for i in range(300):
+            got = run_gelu(lib, a, b, 2 + (i + t) % 5)
+            if not np.array_equal(got, wants[t]):
+                errors.append(f"thread {t} call {i}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a kernel call never returned (pool deadlock)"
+    assert errors == []
+
+
+def test_many_back_to_back_calls_never_lose_a_wakeup():
+    lib = get_kernel_library(None, 2)
+    a, b = inputs(256, 7)
+    want = run_gelu(lib, a, b, 1)
+    done = threading.Event()
+    bad: list[int] = []
+
+    def spin() -> None:
+        for i in range(20_000):
+            if not np.array_equal(run_gelu(lib, a, b, 2), want):
+                bad.append(i)
+                break
+        done.set()
+
+    threading.Thread(target=spin, daemon=True).start()
+    assert done.wait(timeout=300), "a kernel call never returned (lost wake-up)"
+    assert bad == []
+
+
+def test_forked_child_starts_its_own_workers():
+    """The parent's workers do not exist in a child; without the at-fork reset the child's
+    first multi-item call would wait for them forever."""
+    lib = get_kernel_library(None, 2)
+    a, b = inputs(10_000, 3)
+    want = run_gelu(lib, a, b, 1)
+    np.testing.assert_array_equal(run_gelu(lib, a, b, 4), want)  # parent pool has workers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+        pid = os.fork()
+    if pid == 0:
+        ok = all(np.array_equal(run_gelu(lib, a, b, 4), want) for _ in range(50))
+        os._exit(0 if ok else 3)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "wrong results in the forked child"
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's kernel call never returned")
