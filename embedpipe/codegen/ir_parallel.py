@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen.irutil import F32, I32, I64, PTR, const_i64, for_range, new_function
+from embedpipe.codegen.irutil import F32, I32, I64, PTR, const_i64, for_range, intrinsic, new_function
 
 MAX_THREADS = 64
 
@@ -58,8 +58,8 @@ def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None 
     indirect calls through opaque pointers, and a direct call lets LLVM inline the trampoline
     for item 0).
     """
-    pthread_create = _declare(m, "pthread_create", ir.FunctionType(I32, [PTR, PTR, PTR, PTR]))
-    pthread_join = _declare(m, "pthread_join", ir.FunctionType(I32, [I64, PTR]))
+    pthread_create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
+    pthread_join = intrinsic(m, "pthread_join", I32, [I64, PTR])
     name = parallel_symbol(task.name)
     fn, b = new_function(m, name, [("args", PTR), ("stride", I64), ("n", I64)])
     args, stride, n = fn.args
@@ -93,10 +93,3 @@ def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None 
             b.call(pthread_join, [tid, ir.Constant(PTR, None)])
     b.ret_void()
     return name
-
-
-def _declare(m: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
-    try:
-        return m.get_global(name)
-    except KeyError:
-        return ir.Function(m, fnty, name=name)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64
+from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64, intrinsic
 
 MAX_WORKERS = 63
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
@@ -57,20 +57,14 @@ class _State:
 
 class _Libc:
     def __init__(self, m: ir.Module) -> None:
-        def decl(name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-            try:
-                return m.get_global(name)
-            except KeyError:
-                return ir.Function(m, ir.FunctionType(ret, args), name=name)
-
-        self.lock = decl("pthread_mutex_lock", I32, [PTR])
-        self.trylock = decl("pthread_mutex_trylock", I32, [PTR])
-        self.unlock = decl("pthread_mutex_unlock", I32, [PTR])
-        self.wait = decl("pthread_cond_wait", I32, [PTR, PTR])
-        self.signal = decl("pthread_cond_signal", I32, [PTR])
-        self.broadcast = decl("pthread_cond_broadcast", I32, [PTR])
-        self.create = decl("pthread_create", I32, [PTR, PTR, PTR, PTR])
-        self.detach = decl("pthread_detach", I32, [I64])
+        self.lock = intrinsic(m, "pthread_mutex_lock", I32, [PTR])
+        self.trylock = intrinsic(m, "pthread_mutex_trylock", I32, [PTR])
+        self.unlock = intrinsic(m, "pthread_mutex_unlock", I32, [PTR])
+        self.wait = intrinsic(m, "pthread_cond_wait", I32, [PTR, PTR])
+        self.signal = intrinsic(m, "pthread_cond_signal", I32, [PTR])
+        self.broadcast = intrinsic(m, "pthread_cond_broadcast", I32, [PTR])
+        self.create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
+        self.detach = intrinsic(m, "pthread_detach", I32, [I64])
 
 
 def _globals(m: ir.Module) -> _State:

@@ -178,8 +178,9 @@ class KernelLibrary:
 
     def fork(self, role: str, items: list[tuple[int, ...]]) -> None:
         """Run kernel ``role`` once per item (its arguments as 64-bit words: addresses,
-        integers, or ``f32_word(x)``), item 0 on this thread and the others on fresh
-        pthreads, all inside one GIL-free native call."""
+        integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
+        persistent workers (fresh pthreads if another thread holds them), all inside one
+        GIL-free native call."""
         words = np.array(items, dtype=np.int64)
         self._forks[role](words.ctypes.data, words.shape[1] * 8, len(items))
 
