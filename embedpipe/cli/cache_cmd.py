@@ -7,15 +7,11 @@ from typing import Optional
 
 import typer
 
-from embedpipe.pipeline.cache import EmbeddingCache, default_cache_path
+from embedpipe.pipeline.cache import EmbeddingCache
 
 cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).",
                         no_args_is_help=True)
 CACHE_DIR_HELP = "Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
-
-
-def _open(cache_dir: Optional[Path]) -> EmbeddingCache:
-    return EmbeddingCache(cache_dir / "embeddings.sqlite" if cache_dir else default_cache_path())
 
 
 def _file_bytes(path: Path) -> int:
@@ -25,7 +21,7 @@ def _file_bytes(path: Path) -> int:
 @cache_app.command("info")
 def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP)) -> None:
     """Where the cache is, its size on disk, and entries per model and dim."""
-    cache = _open(cache_dir)
+    cache = EmbeddingCache.in_dir(cache_dir)
     try:
         groups = cache.summary()
         typer.echo(f"{cache.path}  {_file_bytes(cache.path) / 1e6:.1f} MB on disk")
@@ -47,7 +43,7 @@ def clear_cmd(
     """Delete cached embeddings (all, or one model's) and shrink the file."""
     if model is not None and (len(model) < 4 or any(c not in "0123456789abcdefABCDEF" for c in model)):
         raise typer.BadParameter("--model takes a hex SHA-256 prefix of at least 4 characters")
-    cache = _open(cache_dir)
+    cache = EmbeddingCache.in_dir(cache_dir)
     try:
         what = f"entries of model {model}…" if model else "all entries"
         if not yes and not typer.confirm(f"Delete {what} in {cache.path}?"):

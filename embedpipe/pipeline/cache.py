@@ -34,9 +34,12 @@ HEADER = struct.Struct("<iii")  # n_chunks, truncated, text_tokens
 SPAN = struct.Struct("<iii")  # token_start, token_end, sequence tokens
 
 
+CACHE_FILE = "embeddings.sqlite"
+
+
 def default_cache_path() -> Path:
     root = os.environ.get("EMBEDPIPE_CACHE_DIR")
-    return (Path(root) if root else Path(user_cache_dir("embedpipe"))) / "embeddings.sqlite"
+    return (Path(root) if root else Path(user_cache_dir("embedpipe"))) / CACHE_FILE
 
 
 @dataclass
@@ -92,6 +95,11 @@ class EmbeddingCache:
             self._db.execute(SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise EmbedpipeError(f"embedding cache {self.path}: cannot open ({exc}); use --no-cache or set EMBEDPIPE_CACHE_DIR") from exc
+
+    @classmethod
+    def in_dir(cls, cache_dir: str | os.PathLike | None) -> "EmbeddingCache":
+        """The cache file in `cache_dir` (a `--cache-dir` option), or the default one."""
+        return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None)
 
     def _remember(self, key: bytes, blob: bytes) -> None:
         if key in self._lru:

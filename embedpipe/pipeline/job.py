@@ -98,7 +98,7 @@ def job_header(cfg: IngestConfig, emb, corpus: Corpus) -> dict:
 def open_processor(cfg: IngestConfig, emb, corpus: Corpus) -> WindowProcessor:
     cache = None
     if cfg.cache:
-        cache = EmbeddingCache(Path(cfg.cache_dir) / "embeddings.sqlite" if cfg.cache_dir else None)
+        cache = EmbeddingCache.in_dir(cfg.cache_dir)
     return WindowProcessor(emb, cfg, make_schema(cfg, emb, corpus), cache)
 
 
