@@ -18,7 +18,7 @@ import numpy as np
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, topk_desc
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
 from embedpipe.indexes.kernels import rowdot
-from embedpipe.indexes.quant import NO_OFFSET, QUANTS, SCALE_MODES, load_offset, query_offset, quantize
+from embedpipe.indexes.quant import NO_OFFSET, QUANTS, SCALE_MODES, add_query_offset, load_offset, quantize
 
 log = logging.getLogger(__name__)
 GEMM_MIN_QUERIES = 8  # below this the JIT scan beats widening blocks for BLAS
@@ -68,7 +68,7 @@ class BruteIndex(VectorIndex):
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Dense (q, n) score matrix for prepared queries (used by tests and small indexes)."""
         dense = np.concatenate([s for s, _ in self._score_blocks(q)], axis=1)
-        return dense + query_offset(q, self.offset)[:, None]
+        return add_query_offset(dense, q, self.offset)
 
     def _q8_matmul(self) -> tuple[Any, np.ndarray] | None:
         """The codegen Q8_0 matmul over the int8 codes (vpdpbusd where the CPU has VNNI).
@@ -120,7 +120,7 @@ class BruteIndex(VectorIndex):
     def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         step = max(1, MAX_SCORES // max(1, self.count))  # bounds the (queries, n) score block
         parts = [self._search_chunk(q[i:i + step], k) for i in range(0, len(q), step)]
-        scores = np.concatenate([p[0] for p in parts]) + query_offset(q, self.offset)[:, None]
+        scores = add_query_offset(np.concatenate([p[0] for p in parts]), q, self.offset)
         return scores, np.concatenate([p[1] for p in parts])
 
     def _search_q8(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64, intrinsic
 from embedpipe.indexes.irkit import LANES, Fn as _Fn, emit_dot as _emit_dot
-from embedpipe.indexes.quant import query_offset
+from embedpipe.indexes.quant import add_query_offset
 
 log = logging.getLogger(__name__)
 PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
@@ -400,7 +400,7 @@ class HnswKernel:
     def search(self, q: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         s, r = self._search_codes(np.ascontiguousarray(self.ix.query_weights(q), np.float32), k, ef)
         # the kernel scores raw codes; a centred per-dimension scale adds one constant per query
-        return s + query_offset(q, self.ix.offset)[:, None], r
+        return add_query_offset(s, q, self.ix.offset), r
 
     def _search_codes(self, q: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         s = np.full((len(q), k), -np.inf, np.float32)

@@ -95,11 +95,12 @@ def dequantize(codes: np.ndarray, scale: np.ndarray, mode: str,
     return out * scale[None, :] + (offset[None, :] if len(offset) else 0.0)
 
 
-def query_offset(q: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """The per-query constant `m · query` that 'dim' scores carry (zeros without an offset)."""
+def add_query_offset(scores: np.ndarray, q: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Scores of raw codes (q, ·) plus the per-query constant `m · query` of a centred 'dim'
+    scale; unchanged without an offset (fp32, 'vector')."""
     if not len(offset):
-        return np.zeros(len(q), np.float32)
-    return (q @ offset).astype(np.float32)
+        return scores
+    return scores + (q @ offset).astype(np.float32)[:, None]
 
 
 def load_offset(sections: dict[str, np.ndarray], quant: str, mode: str, dim: int) -> np.ndarray:
