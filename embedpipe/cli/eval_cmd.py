@@ -33,7 +33,7 @@ def _emit(rows: list[dict[str, Any]], json_out: Optional[Path], csv_out: Optiona
 def tradeoffs_cmd(
     emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Query texts: JSONL ({\"text\": …}) or Parquet (text column). Default: a sample of corpus rows' texts."),
-    n_queries: int = typer.Option(200, "--n-queries", help="Queries to use (sampled, seeded)."),
+    n_queries: int = typer.Option(200, "--n-queries", min=1, help="Queries to use (sampled, seeded)."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
     quants: Optional[str] = typer.Option(None, "--quants", help="Comma-separated quants (default fp32,int16,int8)."),
     indexes: Optional[str] = typer.Option(None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."),
@@ -50,30 +50,16 @@ def tradeoffs_cmd(
 ) -> None:
     """Recall@10 (vs exact fp32-768 and vs exact at the same dim), size, build time and
     single-query latency for every dim × quant × index configuration."""
-    import numpy as np
-
     from embedpipe.eval import embedding as E
     from embedpipe.eval import tradeoffs as T
-    from embedpipe.indexes.source import read_embeddings
 
     plan = T.Plan(dims=T.parse_list(dims, int, ()) or None, quants=T.parse_list(quants, str, T.QUANTS),
                   indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)))
-    data = read_embeddings(emb_dir, keep_text=True)
-    plan.validate(data.vectors.shape[1])
-    if n_queries < 1:
-        raise typer.BadParameter("--n-queries must be >= 1")
-    if queries is not None:
-        texts = E.read_query_file(queries)
-        texts = [texts[i] for i in sorted(np.random.default_rng(seed).choice(
-            len(texts), min(n_queries, len(texts)), replace=False))]
-    else:
-        texts = E.sample_corpus_queries(emb_dir, data.ids, data.columns, n_queries, seed)
-    emb = E.load_embedder(data.meta, str(model) if model else None, backend, threads)
-    qvecs = E.embed_texts(emb, texts, "query", cache=E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
-                          dim=data.vectors.shape[1])
-    typer.echo(f"{len(data.vectors)} vectors × {data.vectors.shape[1]} from {emb_dir}; {len(texts)} queries "
-               f"({'--queries ' + str(queries) if queries else 'sampled corpus texts'}), query prompt", err=True)
-    rows = T.run_tradeoffs(data.vectors, qvecs, plan, progress=progress)
+    data = T.inputs_from_dir(emb_dir, plan, queries, n_queries, seed, model,
+                             E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
+                             backend, threads)
+    typer.echo(data.description, err=True)
+    rows = T.run_tradeoffs(data.vectors, data.queries, plan, progress=progress)
     _emit(rows, json_out, csv_out, plot_out, dict(
         recall="recall@10", panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
         knobs=T.KNOBS, title=f"recall@10 vs exact fp32-768 — {emb_dir.name}"))

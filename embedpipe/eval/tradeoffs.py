@@ -18,6 +18,7 @@ number, stable), independent of the index code under test.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -29,9 +30,12 @@ import numpy as np
 from tqdm import tqdm
 
 from embedpipe.errors import EmbedpipeError
+from embedpipe.eval.embedding import CacheOptions, embed_texts, read_query_file, sample_corpus_queries
 from embedpipe.eval.metrics import recall_vs_exact
 from embedpipe.indexes import INDEX_TYPES, Builder, VectorIndex
 from embedpipe.indexes.base import topk_desc, truncate_normalize
+from embedpipe.pipeline.dataset import read_embeddings
+from embedpipe.runtime.recorded_model import open_embedder
 
 DIMS: tuple[int, ...] = (768, 512, 256, 128)
 QUANTS: tuple[str, ...] = ("fp32", "int16", "int8")
@@ -171,6 +175,38 @@ def run_tradeoffs(vectors: np.ndarray, queries: np.ndarray, plan: Plan | None = 
             del index
     bar.close()
     return rows
+
+
+@dataclass
+class TradeoffInputs:
+    """Stored vectors and embedded queries of one `eval tradeoffs` run, and where they came from."""
+
+    vectors: np.ndarray
+    queries: np.ndarray
+    description: str
+
+
+def inputs_from_dir(emb_dir: str | os.PathLike, plan: Plan, queries_file: str | os.PathLike | None = None,
+                    n_queries: int = 200, seed: int = 0, model: str | os.PathLike | None = None,
+                    cache: CacheOptions | None = None, backend: str = "auto",
+                    threads: int | None = None) -> TradeoffInputs:
+    """The vectors of an ingest output and `n_queries` query vectors: texts from `queries_file`
+    (sampled, seeded) or sampled corpus texts, embedded with the query prompt by the model that
+    wrote the vectors. Validates `plan` against the vectors' width before any embedding."""
+    data = read_embeddings(emb_dir, keep_text=True)
+    width = data.vectors.shape[1]
+    plan.validate(width)
+    if queries_file is not None:
+        texts = read_query_file(queries_file)
+        picks = np.random.default_rng(seed).choice(len(texts), min(n_queries, len(texts)), replace=False)
+        texts = [texts[i] for i in sorted(picks)]
+    else:
+        texts = sample_corpus_queries(emb_dir, data.ids, data.columns, n_queries, seed)
+    emb = open_embedder(data.meta, model, backend=backend, threads=threads)
+    queries = embed_texts(emb, texts, "query", cache=cache, dim=width)
+    source = f"--queries {queries_file}" if queries_file is not None else "sampled corpus texts"
+    return TradeoffInputs(data.vectors, queries, f"{len(data.vectors)} vectors × {width} from {emb_dir}; "
+                                                 f"{len(texts)} queries ({source}), query prompt")
 
 
 def parse_list(text: str | None, cast: Callable[[str], Any], default: Iterable[Any]) -> tuple:

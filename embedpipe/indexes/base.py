@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
+
+if TYPE_CHECKING:
+    from embedpipe.pipeline.dataset import Embeddings
 
 METRIC = "ip"
 
@@ -122,6 +125,12 @@ class IndexMeta:
     def to_header(self) -> dict[str, Any]:
         return {"source_dim": self.source_dim, "model_sha256": self.model_sha256,
                 "model_path": self.model_path, "task": self.task, "extra": self.extra}
+
+    @classmethod
+    def from_dataset(cls, emb: Embeddings) -> IndexMeta:
+        """The facts an ingest output dataset records about its vectors."""
+        return cls(emb.vectors.shape[1], emb.meta.model_sha256, emb.meta.model_path,
+                   emb.meta.task, {"embeddings_dir": str(emb.path), "parts": emb.parts})
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> IndexMeta:

@@ -62,7 +62,7 @@ def load_vectors(vectors: str | None, n: int, d: int) -> tuple[np.ndarray, str]:
         return synthetic_vectors(n, d), f"SYNTHETIC clustered vectors ({n}x{d}), not real embeddings"
     path = Path(vectors)
     if path.is_dir():
-        from embedpipe.indexes.source import read_embeddings
+        from embedpipe.pipeline.dataset import read_embeddings
         x = read_embeddings(path, keep_text=False).vectors
     else:
         x = np.load(path, mmap_mode="r")

@@ -59,6 +59,11 @@ class Chunker:
         encode_batch = getattr(self.tok, "encode_batch", None)
         self._encode_batch = encode_batch or (lambda texts: [self.tok.encode(t) for t in texts])
 
+    @property
+    def cache_setting(self) -> str:
+        """The part of an embedding-cache key that names this chunking setting."""
+        return f"{self.long}/{self.max_tokens}/{self.chunk_tokens}/{self.overlap}"
+
     def _prompt_ids(self, title: str | None) -> list[int]:
         ids = self._prompts.get(title)
         if ids is None:

@@ -79,8 +79,9 @@ class IngestConfig:
             raise EmbedpipeError(f"--chunk-overlap ({self.chunk_overlap}) must be smaller than --chunk-tokens ({self.chunk_tokens})")
         if self.resume and self.overwrite:
             raise EmbedpipeError("--resume and --overwrite contradict each other")
-        reserved = {"id", "chunk", "token_start", "token_end", "embedding", "scale"}
-        clash = reserved.intersection(self.keep)
+        from embedpipe.pipeline.dataset import STRUCTURAL_COLUMNS
+
+        clash = set(STRUCTURAL_COLUMNS).intersection(self.keep)
         if clash:
             raise EmbedpipeError(f"--keep cannot pass through {sorted(clash)}: the output uses those column names")
         self.keep = list(dict.fromkeys(self.keep))

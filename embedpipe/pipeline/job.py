@@ -17,7 +17,7 @@ from embedpipe.pipeline.manifest import SUMMARY, Manifest
 from embedpipe.pipeline.processor import Stats, WindowProcessor
 from embedpipe.pipeline.progress import Progress
 from embedpipe.pipeline.readers import Corpus
-from embedpipe.pipeline.writer import id_type, output_schema, schema_metadata
+from embedpipe.pipeline.dataset import DatasetMeta, id_type, output_schema
 
 
 @dataclass
@@ -87,8 +87,8 @@ def make_schema(cfg: IngestConfig, emb, corpus: Corpus) -> pa.Schema:
     id_t = id_type(first.field(cfg.id_col).type if cfg.id_col else None)
     keep = [pa.field(c, pa.string()) if c in (cfg.text_col, cfg.title_col) else first.field(c).with_nullable(True)
             for c in cfg.keep]
-    meta = schema_metadata(emb.model_sha256, str(emb.model_path), cfg.task, cfg.dim, cfg.dtype)
-    return output_schema(id_t, keep, cfg.dim, cfg.dtype, meta)
+    meta = DatasetMeta(emb.model_sha256, str(emb.model_path), cfg.task, cfg.dim, cfg.dtype)
+    return output_schema(id_t, keep, meta)
 
 
 def job_header(cfg: IngestConfig, emb, corpus: Corpus) -> dict:

@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.pipeline.writer import PART_GLOB, TEMP_GLOB, fsync_dir
+from embedpipe.pipeline.dataset import PART_GLOB, TEMP_GLOB
+from embedpipe.pipeline.writer import fsync_dir
 
 MANIFEST = "_manifest.jsonl"
 SKIPPED = "_skipped.jsonl"
@@ -172,6 +173,19 @@ class Manifest:
         entry = {"kind": "done", **totals}
         _append_line(self.path, entry)
         self.done = entry
+
+
+def read_header(out_dir: str | os.PathLike) -> dict | None:
+    """The job header of the ingest output in `out_dir` (settings and input files), or None
+    when there is no readable manifest."""
+    try:
+        with open(Path(out_dir) / MANIFEST, encoding="utf-8") as fh:
+            header = json.loads(fh.readline())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(header, dict) or header.get("kind") != "header":
+        return None
+    return {k: v for k, v in header.items() if k != "kind"}
 
 
 def remove_outputs(out_dir: Path) -> None:

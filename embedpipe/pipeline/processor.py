@@ -17,7 +17,7 @@ from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key
 from embedpipe.pipeline.chunking import PROMPT_TOO_LONG, TOO_LONG, Chunker
 from embedpipe.pipeline.config import IngestConfig
 from embedpipe.pipeline.rows import REASONS, Rows, extract
-from embedpipe.pipeline.writer import embedding_columns
+from embedpipe.pipeline.dataset import embedding_columns
 
 COUNTERS = ("rows_in", "rows_embedded", "output_rows", "chunked_rows", "truncated_rows", "skipped_rows",
             "tokens", "text_tokens", "cache_hits", "sequences_embedded")
@@ -61,7 +61,7 @@ class WindowProcessor:
         self.schema = schema
         self.cache = cache
         self.chunker = Chunker(emb, cfg.task, cfg.max_tokens, cfg.long, cfg.chunk_tokens, cfg.chunk_overlap)
-        self.setting = f"{cfg.long}/{cfg.max_tokens}/{cfg.chunk_tokens}/{cfg.chunk_overlap}"
+        self.setting = self.chunker.cache_setting
         self.keep_fields = [schema.field(c) for c in cfg.keep]
         self.on_batch: Callable[[int, int, int], None] | None = None  # (seqs done, seqs, tokens)
 

@@ -125,7 +125,7 @@ def test_query_sources(tmp_path, emb_dir):
     assert len(set(a)) == 10 and set(a) <= set(cols["text"])
     assert a == sample_corpus_queries(tmp_path, list(range(50)), cols, 10, seed=1)
     # no text column: texts come from the source file named in the ingest manifest
-    from embedpipe.indexes.source import read_embeddings
+    from embedpipe.pipeline.dataset import read_embeddings
 
     data = read_embeddings(emb_dir)
     got = sample_corpus_queries(emb_dir, data.ids, data.columns, 5)

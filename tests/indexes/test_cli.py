@@ -83,7 +83,7 @@ def test_bad_inputs(tmp_path):
 
 
 def test_int8_embeddings_dir_reads_as_float(emb_dir, tiny_gguf, tmp_path):
-    from embedpipe.indexes.source import read_embeddings
+    from embedpipe.pipeline.dataset import read_embeddings
 
     emb, _ = emb_dir
     src = sorted(emb.parent.glob("corpus.parquet"))[0]
