@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from embedpipe.errors import EmbedpipeError
+from embedpipe.indexes.registry import INDEX_TYPES, build_parameters
 from embedpipe.jsonl import iter_jsonl
 
 TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
+QUANT_HELP = "Vector storage: " + "; ".join(f"{kind}: {'/'.join(cls.quants)}" for kind, cls in INDEX_TYPES.items()) + "."
 
 
 def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]:
@@ -34,39 +39,50 @@ def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]
     return out
 
 
-def build_index_cmd(
+def _build(
     emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`."),
     out: Path = typer.Option(..., "-o", "--output", help="Index file to write."),
     kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
-    quant: str = typer.Option("fp32", "--quant", help="Vector storage: fp32, int16, int8 (hnsw: fp32/int8; annoy: fp32)."),
+    quant: str = typer.Option("fp32", "--quant", help=QUANT_HELP),
     dim: Optional[int] = typer.Option(None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."),
-    trees: int = typer.Option(50, "--trees", help="annoy: number of trees."),
-    search_k: int = typer.Option(2000, "--search-k", help="annoy: candidate items inspected per query (-1: Annoy's trees × k, weak with 768-d leaves of 770 items)."),
-    m: int = typer.Option(16, "--m", help="hnsw: links per node (2M on layer 0)."),
-    ef_construction: int = typer.Option(100, "--ef-construction", help="hnsw: candidate list size when linking."),
-    ef_search: int = typer.Option(96, "--ef-search", help="hnsw: beam width at query time (stored as default)."),
-    scale_mode: str = typer.Option("dim", "--scale", help="int8/int16 scale: 'dim' (calibrated per dimension, default) or 'vector' (per row)."),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
+    **params: Any,
 ) -> None:
     """Build an index from ingest output."""
-    from embedpipe.indexes import INDEX_TYPES
     from embedpipe.indexes.query import build_from_dir
 
     if kind not in INDEX_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}")
-    params_by_type = {"brute": {"scale_mode": scale_mode},
-                      "annoy": {"n_trees": trees, "search_k": search_k},
-                      "hnsw": {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
-                               "scale_mode": scale_mode}}
+    chosen = {p.name: params[p.name] for p in INDEX_TYPES[kind].build_params}
     start = time.perf_counter()
     try:
         index = build_from_dir(emb_dir, out, kind, quant, dim, keep_text=not no_text,
-                               progress=True, **params_by_type[kind])
+                               progress=True, **chosen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    size = out.stat().st_size + sum(p.stat().st_size for p in out.parent.glob(out.name + ".ids"))
     typer.echo(f"{out}: {kind} {index.quant} dim {index.dim}, {index.count} vectors, "
-               f"{size / 1e6:.1f} MB, built in {time.perf_counter() - start:.1f} s", err=True)
+               f"{index.saved_bytes(out) / 1e6:.1f} MB, built in {time.perf_counter() - start:.1f} s", err=True)
+
+
+def _with_parameter_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """`fn` with one option per declared build parameter of the index types (`**params`): an
+    option applies to the types named in its help and is ignored for the others."""
+    fixed = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=p.type,
+                               default=typer.Option(p.default, p.option, help=f"{', '.join(kinds)}: {p.help}"))
+             for p, kinds in build_parameters().values()]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        fn(**kwargs)
+
+    command.__signature__ = inspect.Signature(fixed + extra)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in fixed + extra}
+    return command
+
+
+build_index_cmd = _with_parameter_options(_build)
 
 
 def search_cmd(

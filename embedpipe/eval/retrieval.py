@@ -142,11 +142,10 @@ def run_retrieval(data: BeirData, emb: Any, dims: tuple[int, ...], configs: list
         index = Builder(cfg.index, quant=cfg.quant, dim=dim, **dict(cfg.build)) \
             .add(docs, data.doc_ids).build()
         build_s = time.perf_counter() - t1
-        for name, value in cfg.search:
-            setattr(index, name, value)
-        index.search(queries[:1], depth)  # warm-up: kernel compile, BLAS start, page faults
+        knobs = dict(cfg.search)
+        index.search(queries[:1], depth, **knobs)  # warm-up: kernel compile, BLAS start, page faults
         t2 = time.perf_counter()
-        scores, ids = index.search(queries, depth)
+        scores, ids = index.search(queries, depth, **knobs)
         search_s = time.perf_counter() - t2
         run = {}
         for qid, s_row, id_row in zip(data.query_ids, scores, ids):

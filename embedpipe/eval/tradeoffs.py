@@ -58,8 +58,6 @@ SWEEPS: dict[str, Sweep] = {
     "hnsw": Sweep(build=({"m": 16},), search=({"ef_search": 32}, {"ef_search": 64}, {"ef_search": 128})),
 }
 KNOBS: tuple[str, ...] = ("n_trees", "search_k", "m", "ef_search")
-# query-time knob -> index attribute it sets
-SEARCH_ATTRS: dict[str, str] = {"search_k": "search_k", "ef_search": "ef_search"}
 METRIC_COLUMNS: tuple[str, ...] = ("recall@10", "recall@10_same_dim", "size_bytes", "build_s",
                                    "latency_ms_mean", "latency_ms_p50", "latency_ms_p95")
 
@@ -107,17 +105,13 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, dim: int, k: int = K) -
     return rows
 
 
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-
-
-def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int = K) -> np.ndarray:
+def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int = K, **knobs: Any) -> np.ndarray:
     """Wall time of each single-query search, after one warm-up query (JIT, page faults)."""
-    index.search_rows(queries[:1], k)
+    index.search_rows(queries[:1], k, **knobs)
     out = np.empty(len(queries))
     for i in range(len(queries)):
         t0 = time.perf_counter()
-        index.search_rows(queries[i:i + 1], k)
+        index.search_rows(queries[i:i + 1], k, **knobs)
         out[i] = (time.perf_counter() - t0) * 1e3
     return out
 
@@ -150,14 +144,11 @@ def run_tradeoffs(vectors: np.ndarray, queries: np.ndarray, plan: Plan | None = 
             index = Builder(kind, quant=quant, dim=dim, **build).add(vectors).build()
             build_s = time.perf_counter() - t0
             out = Path(tmp) / f"cfg{n}"
-            out.mkdir()
-            index.save(out / "index")
-            size = dir_size(out)
+            index.save(out)
+            size = index.saved_bytes(out)
             for search in plan.sweeps[kind].search:
-                for name, value in search.items():
-                    setattr(index, SEARCH_ATTRS[name], value)
-                _, got = index.search_rows(queries, k)
-                lat = latencies_ms(index, queries, k)
+                _, got = index.search_rows(queries, k, **search)
+                lat = latencies_ms(index, queries, k, **search)
                 row = _row(dim, quant, kind, {**build, **search})
                 row.update({
                     "recall@10": round(recall_vs_exact(got, full, k), 4),

@@ -32,6 +32,7 @@ from embedpipe.indexes.annoy_kernel import AnnoyScratch, get_kernel
 from embedpipe.indexes.kernels import LANES, rowdot
 from embedpipe.indexes.format import (IndexFileError, atomic_write, crc32_of, read_container,
                                       write_container)
+from embedpipe.indexes.params import SEED_PARAM, Param
 
 SIDECAR_SUFFIX = ".ids"
 HEADER_INTS = 3  # n_descendants, children[0], children[1]
@@ -39,6 +40,10 @@ SPLIT_ATTEMPTS = 3
 MAX_IMBALANCE = 0.95
 TWO_MEANS_SAMPLE = 256
 TWO_MEANS_ITERS = 6
+# Annoy's own default (-1: trees × k) inspects less than one leaf of f + 2 items at 768 dims
+SEARCH_K = Param("search_k", int, 2000, "candidate items inspected per query (-1: Annoy's "
+                 "trees × k, weak with 768-d leaves of 770 items); the build stores it as the "
+                 "default.")
 
 
 class _TreeBuilder:
@@ -156,6 +161,12 @@ class AnnoyIndex(VectorIndex):
     """Forest of random-hyperplane trees; best-first search over all trees, exact re-rank."""
 
     kind: ClassVar[str] = "annoy"
+    build_params: ClassVar[tuple[Param, ...]] = (
+        Param("n_trees", int, 50, "number of trees.", flag="--trees"),
+        SEARCH_K,
+        SEED_PARAM,
+    )
+    search_params: ClassVar[tuple[Param, ...]] = (SEARCH_K,)
 
     def __init__(self, nodes: np.ndarray, dim: int, ids: IdTable, meta: IndexMeta,
                  columns: dict[str, StringTable] | None = None, search_k: int = -1,
@@ -187,11 +198,13 @@ class AnnoyIndex(VectorIndex):
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, n_trees: int = 50,
-              search_k: int = -1, seed: int = 0, progress: bool = False,
-              **unused: Any) -> AnnoyIndex:
-        nodes = build_nodes(np.ascontiguousarray(vectors, np.float32), n_trees, seed, progress)
-        return cls(nodes, vectors.shape[1], ids, meta, columns, search_k, n_trees)
+              columns: dict[str, StringTable] | None = None, progress: bool = False,
+              **params: Any) -> AnnoyIndex:
+        """Grow the forest over unit `vectors`; `params` are the declared `build_params`."""
+        p = cls.build_settings(params)
+        nodes = build_nodes(np.ascontiguousarray(vectors, np.float32), p["n_trees"], p["seed"],
+                            progress)
+        return cls(nodes, vectors.shape[1], ids, meta, columns, p["search_k"], p["n_trees"])
 
     # --- search -------------------------------------------------------------------------
     def _candidates(self, margins: list[float] | None, q: np.ndarray, limit: int) -> np.ndarray:
@@ -248,6 +261,10 @@ class AnnoyIndex(VectorIndex):
     @staticmethod
     def sidecar(path: str | os.PathLike) -> Path:
         return Path(str(path) + SIDECAR_SUFFIX)
+
+    @classmethod
+    def saved_files(cls, path: str | os.PathLike) -> list[Path]:
+        return [Path(path), cls.sidecar(path)]
 
     def save(self, path: str | os.PathLike) -> None:
         data = np.ascontiguousarray(self.nodes)

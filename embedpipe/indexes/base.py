@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
+from embedpipe.indexes.params import Param, check_params, defaults
 
 if TYPE_CHECKING:
     from embedpipe.pipeline.dataset import Embeddings
@@ -139,10 +141,14 @@ class IndexMeta:
 
 
 class VectorIndex:
-    """Base of every index type. Subclasses implement `_search_rows`, `save`, `load`, `build`."""
+    """Base of every index type. Subclasses implement `_search_rows`, `save`, `load`, `build`
+    and declare the keyword arguments `build` and `_search_rows` take as `build_params` and
+    `search_params` (see `params.py`)."""
 
     kind: ClassVar[str] = ""
     quants: ClassVar[tuple[str, ...]] = ("fp32",)
+    build_params: ClassVar[tuple[Param, ...]] = ()
+    search_params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, dim: int, quant: str, ids: IdTable, meta: IndexMeta,
                  columns: dict[str, StringTable] | None = None) -> None:
@@ -150,11 +156,26 @@ class VectorIndex:
         self.columns = columns or {}
 
     # --- to implement -------------------------------------------------------------------
-    def _search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_rows(self, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def save(self, path: str | os.PathLike) -> None:
         raise NotImplementedError
+
+    @classmethod
+    def build_settings(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every declared build parameter: `params` (checked) over the declared defaults."""
+        return {**defaults(cls.build_params), **check_params(cls.kind, cls.build_params, params, "build")}
+
+    @classmethod
+    def saved_files(cls, path: str | os.PathLike) -> list[Path]:
+        """Every file `save(path)` writes."""
+        return [Path(path)]
+
+    @classmethod
+    def saved_bytes(cls, path: str | os.PathLike) -> int:
+        """Size on disk of the index saved at `path`, all its files together."""
+        return sum(f.stat().st_size for f in cls.saved_files(path) if f.exists())
 
     @property
     def count(self) -> int:
@@ -176,21 +197,28 @@ class VectorIndex:
         raise DimensionMismatchError(f"query vectors have shape {q.shape}; this {self.kind} "
                                      f"index holds {self.dim}-d vectors (queries must be {allowed}-d)")
 
-    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch search: (scores (q, k) float32 descending, rows (q, k) int64, -1 = no hit)."""
+    def search_rows(self, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Batch search: (scores (q, k) float32 descending, rows (q, k) int64, -1 = no hit).
+
+        `knobs` are this type's `search_params` (e.g. hnsw ``ef_search``, annoy ``search_k``);
+        one left out takes the value stored in the index.
+        """
         q = self.prepare_queries(queries)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return self._search_rows(q, k)
+        if knobs:
+            knobs = check_params(self.kind, self.search_params, knobs, "search")
+        return self._search_rows(q, k, **knobs)
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Batch search returning (scores (q, k), ids (q, k)) with the caller's ids."""
-        scores, rows = self.search_rows(queries, k)
+        scores, rows = self.search_rows(queries, k, **knobs)
         return scores, self.ids.take(rows)
 
-    def search_one(self, query: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search_one(self, query: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Single-query search: (scores (k,), ids (k,))."""
-        scores, ids = self.search(np.asarray(query)[None, :] if np.ndim(query) == 1 else query, k)
+        scores, ids = self.search(np.asarray(query)[None, :] if np.ndim(query) == 1 else query, k,
+                                  **knobs)
         return scores[0], ids[0]
 
     def common_header(self) -> dict[str, Any]:
@@ -229,7 +257,7 @@ def pad_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k per row of a (q, n) score matrix via argpartition: (scores, columns)."""
+    """Exact top-k per row of a (q, n) score matrix: (scores, columns), best first."""
     from embedpipe.indexes.topk_kernel import topk_rows
 
     fast = topk_rows(scores, k)

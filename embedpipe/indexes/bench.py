@@ -2,7 +2,7 @@
 
 Same vectors and queries for everyone; build time, on-disk size, QPS for single queries (one
 call per query) and batched (one call for all), recall@10 against exact fp32 search at the
-same dim. Approximate indexes are swept over their query knob (annoy search_k, HNSW ef) so
+same dim. Approximate indexes are swept over their query knob (annoy search_k, HNSW ef_search) so
 they can be compared at equal recall; the ratio rows pick, for each implementation, the
 fastest point that reaches the target recall. Vectors: `--vectors F.npy`, an ingest output
 directory, or a clearly labelled synthetic clustered set.
@@ -117,15 +117,15 @@ def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[R
         if kind == "annoy":
             knobs = [(f"search_k={s}", {"search_k": s}) for s in SWEEP_SEARCH_K]
         if kind == "hnsw":
-            knobs = [(f"ef={e}", {"ef": e}) for e in SWEEP_EF]
+            knobs = [(f"ef_search={e}", {"ef_search": e}) for e in SWEEP_EF]
         for knob, kw in knobs:
             def one(v, kw=kw, ix=ix):
-                return ix._search_rows(ix.prepare_queries(v), 10, **kw)[1]
+                return ix.search_rows(v, 10, **kw)[1]
 
             def many(qq, kw=kw, ix=ix):
-                return ix._search_rows(ix.prepare_queries(qq), 10, **kw)[1]
+                return ix.search_rows(qq, 10, **kw)[1]
 
-            row = _measure(Row("embedpipe", name, knob, build_s, _size(path)), one, many, q,
+            row = _measure(Row("embedpipe", name, knob, build_s, ix.saved_bytes(path)), one, many, q,
                            n_single, truth, repeats)
             rows.append(row)
             report(row)
@@ -212,7 +212,7 @@ def _best_at(rows: list[Row], impl: str, prefix: str, target: float, key: str) -
 
 
 def ratios(rows: list[Row]) -> list[dict[str, Any]]:
-    """Same-run comparisons behind the issue's targets."""
+    """Same-run comparisons: for each pair, the fastest point of each side at the target recall."""
     out = []
     pairs = [("brute int8 scale=dim vs faiss IndexFlatIP", ("embedpipe", "brute int8 scale=dim"),
               ("faiss", "IndexFlatIP"), 0.0),

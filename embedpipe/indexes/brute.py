@@ -4,7 +4,8 @@ Few queries: the JIT row-dot kernel scans the stored codes directly (int8 reads 
 component). Many queries on int8: the codegen Q8_0 matmul (integer dot products, the same
 kernels the model runs on). Otherwise blocks of stored rows are widened to float32 into one
 reused buffer and multiplied with BLAS; memory stays bounded by the block size.
-Top-k is exact (argpartition), merged across blocks.
+Top-k is exact, merged across blocks. The scale scheme (`quant.py`) folds int scales into the
+queries or the scores.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, topk_desc
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
 from embedpipe.indexes.kernels import rowdot
-from embedpipe.indexes.quant import NO_OFFSET, QUANTS, SCALE_MODES, add_query_offset, load_offset, quantize
+from embedpipe.indexes.params import SCALE_PARAM, Param
+from embedpipe.indexes.quant import NO_OFFSET, STORAGE_TYPES, add_query_offset, quantize, scale_scheme
 
 log = logging.getLogger(__name__)
 GEMM_MIN_QUERIES = 8  # below this the JIT scan beats widening blocks for BLAS
@@ -31,39 +33,37 @@ class BruteIndex(VectorIndex):
     """All vectors in one array; exact top-k."""
 
     kind: ClassVar[str] = "brute"
-    quants: ClassVar[tuple[str, ...]] = tuple(QUANTS)
+    quants: ClassVar[tuple[str, ...]] = tuple(STORAGE_TYPES)
+    build_params: ClassVar[tuple[Param, ...]] = (SCALE_PARAM,)
 
     def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, scale_mode: str,
                  ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None,
                  offset: np.ndarray = NO_OFFSET):
         super().__init__(codes.shape[1], quant, ids, meta, columns)
         self.codes, self.scale, self.scale_mode = codes, scale, scale_mode
+        self.scheme = scale_scheme(quant, scale_mode)
         self.offset = offset
         self._q8: Any = None
         self.use_jit = True
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, scale_mode: str = "dim",
-              **unused: Any) -> BruteIndex:
-        if quant not in QUANTS:
-            raise ValueError(f"unknown quant {quant!r}; choose one of {tuple(QUANTS)}")
-        if scale_mode not in SCALE_MODES:
-            raise ValueError(f"unknown scale mode {scale_mode!r}; choose one of {SCALE_MODES}")
-        codes, scale, offset = quantize(vectors, quant, scale_mode)
-        return cls(codes, scale, quant, scale_mode, ids, meta, columns, offset)
+              columns: dict[str, StringTable] | None = None, progress: bool = False,
+              **params: Any) -> BruteIndex:
+        """Quantize unit `vectors`; `params` are the declared `build_params`."""
+        if quant not in STORAGE_TYPES:
+            raise ValueError(f"unknown quant {quant!r}; choose one of {tuple(STORAGE_TYPES)}")
+        mode = cls.build_settings(params)["scale_mode"]
+        codes, scale, offset = quantize(vectors, quant, mode)
+        return cls(codes, scale, quant, mode, ids, meta, columns, offset)
 
     # --- search -------------------------------------------------------------------------
     def _query_weights(self, q: np.ndarray) -> np.ndarray:
         """Fold a per-dimension scale into the queries (free at search time)."""
-        if self.quant != "fp32" and self.scale_mode == "dim":
-            return np.ascontiguousarray(q * self.scale[None, :])
-        return q
+        return self.scheme.query_weights(q, self.scale)
 
     def _row_scale(self, scores: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        if self.quant != "fp32" and self.scale_mode == "vector":
-            scores *= self.scale[None, lo:hi]
-        return scores
+        return self.scheme.scale_rows(scores, self.scale, slice(lo, hi))
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Dense (q, n) score matrix for prepared queries (used by tests and small indexes)."""
@@ -85,7 +85,7 @@ class BruteIndex(VectorIndex):
 
                     from embedpipe.codegen import get_kernel_library
                     n, nb = self.count, self.dim // 32
-                    row_scale = self.scale if self.scale_mode == "vector" else np.ones(n, np.float32)
+                    row_scale = self.scheme.row_scale(self.scale, n)
                     d16 = row_scale.astype(np.float16)
                     raw = np.empty((n, nb, 34), np.uint8)
                     raw[:, :, :2] = d16.view(np.uint8).reshape(n, 1, 2)
@@ -136,8 +136,7 @@ class BruteIndex(VectorIndex):
         exact = np.empty(cand.shape, np.float32)
         for i in range(len(cand)):  # the JIT scan widens the int8 shortlist in registers
             rowdot(codes[cand[i]], w[i], exact[i])
-        if self.scale_mode == "vector":
-            exact *= self.scale[cand]
+        self.scheme.scale_rows(exact, self.scale, cand)
         s, cols = topk_desc(exact, k)
         rows = np.take_along_axis(cand, np.maximum(cols, 0), axis=1)
         return s, np.where(cols >= 0, rows, -1)
@@ -172,7 +171,7 @@ class BruteIndex(VectorIndex):
         header, sec = read_container(path, expected_type=cls.kind, verify=verify)
         ids, meta, cols = cls.common_from(path, header, sec)
         codes = sec.get("codes")
-        spec = QUANTS.get(header.get("quant"))
+        spec = STORAGE_TYPES.get(header.get("quant"))
         if codes is None or spec is None or codes.dtype != spec.dtype:
             raise IndexFileError(path, f"vector section does not match quant {header.get('quant')!r}")
         if codes.shape != (header["count"], header["dim"]):
@@ -180,4 +179,4 @@ class BruteIndex(VectorIndex):
                                        f"({header['count']}, {header['dim']})")
         mode = header["params"]["scale_mode"]
         return cls(codes, sec["scale"], header["quant"], mode, ids, meta, cols,
-                   load_offset(sec, header["quant"], mode, header["dim"]))
+                   scale_scheme(header["quant"], mode).load_offset(sec, header["dim"]))

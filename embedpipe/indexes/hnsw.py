@@ -14,11 +14,11 @@ nodes get — pruned with the paper's heuristic (keep c only if it is closer to 
 every neighbour already kept); then reverse links are merged and pruned again with the same
 heuristic, as insertion does when a neighbour's list overflows; slots the heuristic leaves
 empty are topped up with the closest rejected candidates (`keep_pruned`), as hnswlib's lists
-fill with unpruned reverse links (on real embeddings: mean degree 8 → 15, recall@10 at ef=16
-0.90 → 0.95). O(n²·d) flops: fine up to a
-few 10⁵ vectors. `add` inserts further vectors the incremental way (graph search + heuristic
-+ reverse-link pruning; added nodes join layer 0 only). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the
-numpy reference below (also the test oracle).
+fill with unpruned reverse links (it raises the mean degree and recall at small ef_search;
+figures in the README). O(n²·d) flops: fine up to a few 10⁵ vectors. `add` inserts further
+vectors the incremental way (graph search + heuristic + reverse-link pruning; added nodes join
+layer 0 only). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the numpy
+reference below (also the test oracle).
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ from tqdm import tqdm
 
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, pad_topk
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
-from embedpipe.indexes.quant import NO_OFFSET, dequantize, load_offset, quantize
+from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param
+from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
 
-QUANTS = ("fp32", "int8")
 CAND_BLOCK = 1024
+EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as "
+                  "the default).")
 
 
 def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m: int) -> np.ndarray:
@@ -135,7 +137,16 @@ def _merge_reverse(nodes: np.ndarray, fwd: np.ndarray, cap: int, n: int) -> np.n
 
 class HnswIndex(VectorIndex):
     kind: ClassVar[str] = "hnsw"
-    quants: ClassVar[tuple[str, ...]] = QUANTS
+    quants: ClassVar[tuple[str, ...]] = ("fp32", "int8")
+    build_params: ClassVar[tuple[Param, ...]] = (
+        Param("m", int, 16, "links per node (2M on layer 0)."),
+        Param("ef_construction", int, 100, "candidate list size when linking."),
+        EF_SEARCH,
+        Param("keep_pruned", bool, True, "top up neighbour lists with pruned candidates."),
+        SCALE_PARAM,
+        SEED_PARAM,
+    )
+    search_params: ClassVar[tuple[Param, ...]] = (EF_SEARCH,)
 
     def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, nbr0: np.ndarray,
                  level: np.ndarray, upoff: np.ndarray, nbru: np.ndarray, entry: int,
@@ -148,28 +159,21 @@ class HnswIndex(VectorIndex):
         self.entry, self.params = entry, dict(params)
         self.m = params["m"]
         self.scale_mode = params.get("scale_mode", "vector")
+        self.scheme = scale_scheme(quant, self.scale_mode)
         self.ef_search = params["ef_search"]
         self._kernel: Any = None
 
     # --- vectors ------------------------------------------------------------------------
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        v = self.codes[rows]
-        if self.quant == "fp32":
-            return v
-        return dequantize(v, self.scale[rows] if self.scale_mode == "vector" else self.scale,
-                          self.scale_mode, self.offset)
+        return self.scheme.dequantize(self.codes[rows], self.scale, self.offset, rows)
 
     def row_scale(self) -> np.ndarray:
         """Per-row factor the search kernel applies (ones when the scale is per dimension)."""
-        if self.quant == "fp32" or self.scale_mode == "dim":
-            return np.ones(max(1, self.count), np.float32)
-        return np.asarray(self.scale)
+        return self.scheme.row_scale(self.scale, self.count)
 
     def query_weights(self, q: np.ndarray) -> np.ndarray:
         """Queries with a per-dimension scale folded in (the kernel then scans raw codes)."""
-        if self.quant != "fp32" and self.scale_mode == "dim":
-            return np.ascontiguousarray(q * self.scale[None, :], np.float32)
-        return q
+        return self.scheme.query_weights(q, self.scale)
 
     def _sims(self, rows: np.ndarray, q: np.ndarray) -> np.ndarray:
         return self.vectors(rows) @ q
@@ -181,12 +185,13 @@ class HnswIndex(VectorIndex):
     # --- build --------------------------------------------------------------------------
     @classmethod
     def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, m: int = 16,
-              ef_construction: int = 100, ef_search: int = 96, seed: int = 0,
-              keep_pruned: bool = True, scale_mode: str = "dim", progress: bool = False,
-              **unused: Any) -> HnswIndex:
-        if quant not in QUANTS:
-            raise ValueError(f"hnsw supports quant {QUANTS}, not {quant!r}")
+              columns: dict[str, StringTable] | None = None, progress: bool = False,
+              **params: Any) -> HnswIndex:
+        """Build over unit `vectors`; `params` are the declared `build_params` (defaults there)."""
+        if quant not in cls.quants:
+            raise ValueError(f"hnsw supports quant {cls.quants}, not {quant!r}")
+        p = cls.build_settings(params)
+        m, ef_construction, seed = p["m"], p["ef_construction"], p["seed"]
         x = np.ascontiguousarray(vectors, np.float32)
         n = len(x)
         rng = np.random.default_rng(seed)
@@ -208,18 +213,18 @@ class HnswIndex(VectorIndex):
             cand = _exact_candidates(x, nodes, ef_construction, bar)
             fwd = _prune(x, nodes, cand, width)
             merged = _merge_reverse(nodes, fwd, max(2 * width, ef_construction), n)
-            final = _prune(x, nodes, merged, width, keep_pruned)
+            final = _prune(x, nodes, merged, width, p["keep_pruned"])
             if layer == 0:
                 nbr0[nodes] = final
             else:
                 nbru[upoff[nodes] + layer - 1] = final
         bar.close()
         entry = int(order[level[order] == top][0]) if n else 0
-        codes, scale, offset = quantize(x, quant, scale_mode)
-        params = {"m": m, "ef_construction": ef_construction, "ef_search": ef_search,
-                  "max_level": top, "seed": seed, "scale_mode": scale_mode}
+        codes, scale, offset = quantize(x, quant, p["scale_mode"])
+        stored = {"m": m, "ef_construction": ef_construction, "ef_search": p["ef_search"],
+                  "max_level": top, "seed": seed, "scale_mode": p["scale_mode"]}
         return cls(codes, scale, quant, nbr0, level.astype(np.int8), upoff, nbru, entry,
-                   params, ids, meta, columns, offset)
+                   stored, ids, meta, columns, offset)
 
     # --- search (numpy reference) --------------------------------------------------------
     def _greedy(self, q: np.ndarray, node: int) -> int:
@@ -273,9 +278,9 @@ class HnswIndex(VectorIndex):
             r[i, : len(found)] = [f[1] for f in found]
         return s, r
 
-    def _search_rows(self, q: np.ndarray, k: int, ef: int | None = None
+    def _search_rows(self, q: np.ndarray, k: int, ef_search: int | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-        ef = max(ef or self.ef_search, k)
+        ef = max(ef_search or self.ef_search, k)
         if self.count == 0:
             return pad_topk(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
         from embedpipe.indexes.hnsw_kernel import HnswKernel
@@ -295,11 +300,9 @@ class HnswIndex(VectorIndex):
         new_ids = list(range(n0, n0 + len(x))) if ids is None else list(ids)
         self.ids = IdTable.from_values(list(self.ids.take(np.arange(n0))) + new_ids, n0 + len(x))
         codes, scale, _ = quantize(x, self.quant, self.scale_mode,
-                                   calibration=(self.scale, self.offset)
-                                   if self.scale_mode == "dim" else None)
+                                   calibration=self.scheme.calibration(self.scale, self.offset))
         self.codes = np.concatenate([self.codes, codes])
-        if self.quant != "fp32" and self.scale_mode == "vector":
-            self.scale = np.concatenate([self.scale, scale])
+        self.scale = self.scheme.extend_scale(self.scale, scale)
         self.nbr0 = np.concatenate([self.nbr0, np.full((len(x), 2 * self.m), -1, np.int32)])
         self.level = np.concatenate([self.level, np.zeros(len(x), np.int8)])
         self.upoff = np.concatenate([self.upoff, np.full(len(x), len(self.nbru), np.int64)])
@@ -343,6 +346,6 @@ class HnswIndex(VectorIndex):
         if n and (nbr0.max(initial=-1) >= n or arrays[5].max(initial=-1) >= n):
             raise IndexFileError(path, "graph refers to nodes beyond the vector count")
         p = header["params"]
+        offset = scale_scheme(header["quant"], p.get("scale_mode", "vector")).load_offset(sec, header["dim"])
         return cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p,
-                   ids, meta, cols, load_offset(sec, header["quant"],
-                                                p.get("scale_mode", "vector"), header["dim"]))
+                   ids, meta, cols, offset)

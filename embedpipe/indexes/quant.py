@@ -1,7 +1,7 @@
-"""Scalar quantization of unit vectors to int8 / int16, as a table of schemes.
+"""Scalar quantization of unit vectors to int8 / int16: storage types and registered scale schemes.
 
-Two ways to pick the scale, both folded into the query or the scores so search never
-materializes float copies of the stored vectors:
+A scheme decides how the scale is picked and folds it into the query or the scores, so search
+never materializes float copies of the stored vectors:
 
 * ``vector``: one scale per stored vector, ``s_i = max_j |x_ij| / qmax``;
   ``score_i = s_i · (q_int_i · query)``.
@@ -11,26 +11,21 @@ materializes float copies of the stored vectors:
   row, so it never changes a ranking: it is added to the reported scores only.
 
 A fixed ``×127`` on unit vectors wastes most of the int8 range (components of a 768-d unit vector
-are ~±0.04), which is why neither scheme does that. Measured recall@10 vs exact fp32 (int8, 768-d,
-500 held-out queries): real EmbeddingGemma vectors (4.5 k) — dim 0.9974, vector 0.9936;
-synthetic isotropic clusters (10 k) — dim 0.9954, vector 0.9974. Real embeddings are
-anisotropic (a few dimensions carry most of the range), so ``dim`` is the default.
-
-Centring each dimension matters most after Matryoshka truncation, where per-dimension
-distributions are off-centre: on Hugeicons (4,554 vectors, 1,000 sampled queries) recall@10 of int8
-vs exact fp32 at 128 dims went from 0.9892 (symmetric, ``max |x|``) to 0.9930 (centred), and
-from 0.9937 to 0.9949 at 256. Clipping at a percentile instead of the max lost recall at every dim.
+are ~±0.04), which is why neither scheme does that. Real embeddings are anisotropic (a few
+dimensions carry most of the range) and off-centre after Matryoshka truncation, so ``dim`` is
+the default (recall figures in the README). fp32 storage uses the ``none`` scheme.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 
 @dataclass(frozen=True)
-class QuantSpec:
+class StorageType:
     """Storage dtype and largest code for one `--quant` value."""
 
     name: str
@@ -38,37 +33,86 @@ class QuantSpec:
     qmax: int  # 0 = stored as float32, no scale
 
 
-QUANTS: dict[str, QuantSpec] = {
-    "fp32": QuantSpec("fp32", np.dtype(np.float32), 0),
-    "int16": QuantSpec("int16", np.dtype(np.int16), 32767),
-    "int8": QuantSpec("int8", np.dtype(np.int8), 127),
+STORAGE_TYPES: dict[str, StorageType] = {
+    "fp32": StorageType("fp32", np.dtype(np.float32), 0),
+    "int16": StorageType("int16", np.dtype(np.int16), 32767),
+    "int8": StorageType("int8", np.dtype(np.int8), 127),
 }
 
-SCALE_MODES = ("vector", "dim")
-
-
 NO_OFFSET = np.zeros(0, np.float32)
+Calibration = tuple[np.ndarray, np.ndarray]  # (scale, offset) of an existing 'dim' index
 
 
-def quantize(x: np.ndarray, quant: str, mode: str = "vector",
-             calibration: tuple[np.ndarray, np.ndarray] | None = None,
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantize rows of `x`; returns (codes, scale, offset).
+def _inverse(scale: np.ndarray) -> np.ndarray:
+    return np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
 
-    scale is (n,) for 'vector' and (d,) for 'dim'; offset is the (d,) midpoints for 'dim' and
-    empty otherwise. `calibration` = (scale, offset) of an existing 'dim' index, reused when
-    adding vectors to it (values outside the calibrated range clip).
-    """
-    spec = QUANTS[quant]
-    x = np.asarray(x, dtype=np.float32)
-    if spec.qmax == 0:
+
+class ScaleScheme:
+    """How int codes map back to floats; the base class is the identity (fp32 storage)."""
+
+    name: ClassVar[str] = "none"
+
+    def quantize(self, x: np.ndarray, spec: StorageType, calibration: Calibration | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, scale, offset) for the rows of `x`."""
         return np.ascontiguousarray(x), np.ones(0, np.float32), NO_OFFSET
-    if mode == "vector":
-        offset = NO_OFFSET
+
+    def dequantize(self, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                   rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Float32 reconstruction of `codes`, which are the stored rows `rows`."""
+        return np.asarray(codes, np.float32)
+
+    def query_weights(self, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Queries with a per-dimension scale folded in (scans then read raw codes)."""
+        return q
+
+    def row_scale(self, scale: np.ndarray, n: int) -> np.ndarray:
+        """Per-stored-row factor the raw-code scores need (ones when there is none)."""
+        return np.ones(max(1, n), np.float32)
+
+    def scale_rows(self, scores: np.ndarray, scale: np.ndarray, rows: np.ndarray | slice
+                   ) -> np.ndarray:
+        """Apply the per-row factor in place to scores of stored rows `rows` (q, len(rows))."""
+        return scores
+
+    def calibration(self, scale: np.ndarray, offset: np.ndarray) -> Calibration | None:
+        """What vectors added to an existing index must be quantized with."""
+        return None
+
+    def extend_scale(self, scale: np.ndarray, added: np.ndarray) -> np.ndarray:
+        """The index's scale after appending rows quantized with scale `added`."""
+        return scale
+
+    def load_offset(self, sections: dict[str, np.ndarray], dim: int) -> np.ndarray:
+        return NO_OFFSET
+
+
+class VectorScale(ScaleScheme):
+    name = "vector"
+
+    def quantize(self, x, spec, calibration=None):
         scale = np.abs(x).max(axis=1) / spec.qmax
-        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-        codes = np.rint(x * inv[:, None])
-    elif mode == "dim":
+        codes = np.rint(x * _inverse(scale)[:, None])
+        return codes, scale, NO_OFFSET
+
+    def dequantize(self, codes, scale, offset, rows=slice(None)):
+        return codes.astype(np.float32) * scale[rows][:, None]
+
+    def row_scale(self, scale, n):
+        return np.asarray(scale)
+
+    def scale_rows(self, scores, scale, rows):
+        scores *= scale[rows]
+        return scores
+
+    def extend_scale(self, scale, added):
+        return np.concatenate([scale, added])
+
+
+class DimScale(ScaleScheme):
+    name = "dim"
+
+    def quantize(self, x, spec, calibration=None):
         if calibration is not None:
             scale, offset = calibration
         elif len(x):
@@ -76,23 +120,57 @@ def quantize(x: np.ndarray, quant: str, mode: str = "vector",
             scale, offset = (hi - lo) / (2 * spec.qmax), (hi + lo) / 2
         else:
             scale, offset = np.zeros(x.shape[1], np.float32), np.zeros(x.shape[1], np.float32)
-        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-        codes = np.rint((x - offset[None, :]) * inv[None, :])
-    else:
-        raise ValueError(f"unknown scale mode {mode!r}; choose one of {SCALE_MODES}")
-    codes = np.clip(codes, -spec.qmax, spec.qmax).astype(spec.dtype)
-    return codes, scale.astype(np.float32), np.asarray(offset, np.float32)
+        codes = np.rint((x - offset[None, :]) * _inverse(scale)[None, :])
+        return codes, scale, offset
+
+    def dequantize(self, codes, scale, offset, rows=slice(None)):
+        out = codes.astype(np.float32) * scale[None, :]
+        return out + offset[None, :] if len(offset) else out
+
+    def query_weights(self, q, scale):
+        return np.ascontiguousarray(q * scale[None, :], np.float32)
+
+    def calibration(self, scale, offset):
+        return scale, offset
+
+    def load_offset(self, sections, dim):
+        """The stored offset; files written before centred scales carry none (= zeros)."""
+        off = sections.get("offset")
+        return np.zeros(dim, np.float32) if off is None else np.asarray(off, np.float32)
+
+
+SCALE_SCHEMES: dict[str, ScaleScheme] = {s.name: s for s in (VectorScale(), DimScale())}
+NO_SCALE = ScaleScheme()
+
+
+def scale_scheme(quant: str, mode: str) -> ScaleScheme:
+    """The scheme of `--quant quant --scale mode`: `mode`'s, or the identity for fp32."""
+    if mode not in SCALE_SCHEMES:
+        raise ValueError(f"unknown scale mode {mode!r}; choose one of {tuple(SCALE_SCHEMES)}")
+    return NO_SCALE if STORAGE_TYPES[quant].qmax == 0 else SCALE_SCHEMES[mode]
+
+
+def quantize(x: np.ndarray, quant: str, mode: str = "vector",
+             calibration: Calibration | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize rows of `x`; returns (codes, scale, offset).
+
+    scale is (n,) for 'vector' and (d,) for 'dim'; offset is the (d,) midpoints for 'dim' and
+    empty otherwise. `calibration` = (scale, offset) of an existing 'dim' index, reused when
+    adding vectors to it (values outside the calibrated range clip).
+    """
+    spec = STORAGE_TYPES[quant]
+    x = np.asarray(x, dtype=np.float32)
+    codes, scale, offset = scale_scheme(quant, mode).quantize(x, spec, calibration)
+    if spec.qmax:
+        codes = np.clip(codes, -spec.qmax, spec.qmax).astype(spec.dtype)
+    return codes, np.asarray(scale, np.float32), np.asarray(offset, np.float32)
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray, mode: str,
                offset: np.ndarray = NO_OFFSET) -> np.ndarray:
-    """Float32 reconstruction (used by tests and by graph construction)."""
-    out = codes.astype(np.float32)
-    if codes.dtype == np.float32:
-        return out
-    if mode == "vector":
-        return out * scale[:, None]
-    return out * scale[None, :] + (offset[None, :] if len(offset) else 0.0)
+    """Float32 reconstruction of every stored row (tests and graph construction)."""
+    quant = next(q for q, s in STORAGE_TYPES.items() if s.dtype == codes.dtype)
+    return scale_scheme(quant, mode).dequantize(codes, scale, offset)
 
 
 def add_query_offset(scores: np.ndarray, q: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -101,11 +179,3 @@ def add_query_offset(scores: np.ndarray, q: np.ndarray, offset: np.ndarray) -> n
     if not len(offset):
         return scores
     return scores + (q @ offset).astype(np.float32)[:, None]
-
-
-def load_offset(sections: dict[str, np.ndarray], quant: str, mode: str, dim: int) -> np.ndarray:
-    """The stored offset; files written before centred scales carry none (= zeros)."""
-    if quant == "fp32" or mode != "dim":
-        return NO_OFFSET
-    off = sections.get("offset")
-    return np.zeros(dim, np.float32) if off is None else np.asarray(off, np.float32)

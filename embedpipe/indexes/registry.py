@@ -14,12 +14,27 @@ from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex,
 from embedpipe.indexes.brute import BruteIndex
 from embedpipe.indexes.format import IndexFileError, is_container, read_container
 from embedpipe.indexes.hnsw import HnswIndex
+from embedpipe.indexes.params import Param
 
 INDEX_TYPES: dict[str, type[VectorIndex]] = {
     "brute": BruteIndex,
     "annoy": AnnoyIndex,
     "hnsw": HnswIndex,
 }
+
+
+def build_parameters() -> dict[str, tuple[Param, tuple[str, ...]]]:
+    """Every build parameter any index type declares, with the types that take it (a name
+    shared by several types must be declared identically: it is one CLI option)."""
+    out: dict[str, tuple[Param, tuple[str, ...]]] = {}
+    for kind, cls in INDEX_TYPES.items():
+        for p in cls.build_params:
+            seen, kinds = out.get(p.name, (p, ()))
+            if seen != p:
+                raise TypeError(f"build parameter {p.name!r} is declared differently by "
+                                f"{kinds[0]} and {kind}")
+            out[p.name] = (p, (*kinds, kind))
+    return out
 
 
 class Builder:
@@ -36,6 +51,7 @@ class Builder:
         if quant not in INDEX_TYPES[kind].quants:
             raise ValueError(f"{kind} indexes support quant {INDEX_TYPES[kind].quants}, "
                              f"not {quant!r}")
+        INDEX_TYPES[kind].build_settings(params)  # unknown or mistyped parameters fail here
         self.kind, self.quant, self.dim, self.params = kind, quant, dim, params
         self.meta = meta or IndexMeta()
         self._vecs: list[np.ndarray] = []

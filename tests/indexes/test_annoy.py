@@ -55,7 +55,7 @@ def test_we_read_spotify_annoy_files(tmp_path, data):
     qn = q[0] / np.linalg.norm(q[0])
     np.testing.assert_allclose(scores[0], x[ids[0]] @ qn, atol=1e-5)  # cosine, not raw dot
     # same candidates with search_k = everything → same top-10 as Spotify's exhaustive mode
-    exhaustive = ix._search_rows(ix.prepare_queries(q[:5]), 10, search_k=10**9)[1]
+    exhaustive = ix.search_rows(q[:5], 10, search_k=10**9)[1]
     theirs_all = np.array([ref.get_nns_by_vector(v, 10, search_k=10**9) for v in q[:5]])
     assert recall(exhaustive, theirs_all) == 1.0
 
@@ -93,8 +93,8 @@ def test_jit_traversal_matches_python_traversal(data):
     qn = ix.prepare_queries(q)
     for search_k in (50, 400, 10**9):
         ix.use_jit = True
-        s_jit, r_jit = ix._search_rows(qn, 10, search_k=search_k)
+        s_jit, r_jit = ix.search_rows(qn, 10, search_k=search_k)
         ix.use_jit = False
-        s_py, r_py = ix._search_rows(qn, 10, search_k=search_k)
+        s_py, r_py = ix.search_rows(qn, 10, search_k=search_k)
         np.testing.assert_array_equal(r_jit, r_py)
         np.testing.assert_allclose(s_jit, s_py, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 from embedpipe.indexes import build_index
 from embedpipe.indexes import brute as brute_mod
 from embedpipe.indexes.kernels import get_rowdot, rowdot
-from embedpipe.indexes.quant import QUANTS, dequantize, quantize
+from embedpipe.indexes.quant import STORAGE_TYPES, dequantize, quantize
 
 from .helpers import clustered, exact_topk, recall
 
@@ -33,7 +33,7 @@ def test_rowdot_odd_width_falls_back_to_numpy():
 def test_quantize_round_trip_error_bound(quant, mode):
     x = clustered(200, 64)
     codes, scale, offset = quantize(x, quant, mode)
-    assert codes.dtype == QUANTS[quant].dtype
+    assert codes.dtype == STORAGE_TYPES[quant].dtype
     err = np.abs(dequantize(codes, scale, mode, offset) - x)
     step = scale[:, None] if mode == "vector" else scale[None, :]
     assert (err <= step / 2 + 1e-7).all()

@@ -94,3 +94,20 @@ def test_int8_embeddings_dir_reads_as_float(emb_dir, tiny_gguf, tmp_path):
     f32, i8 = read_embeddings(emb), read_embeddings(out8)
     assert list(i8.ids) == list(f32.ids) and i8.meta.model_sha256 == f32.meta.model_sha256
     np.testing.assert_allclose(i8.vectors, f32.vectors, atol=0.01)
+
+
+def test_build_index_options_come_from_declared_parameters(emb_dir, tmp_path):
+    from embedpipe.indexes.registry import build_parameters
+
+    res = _run("build-index", "--help")
+    for p, kinds in build_parameters().values():
+        assert p.option.split("/")[0] in res.output, p.name
+    emb, _ = emb_dir
+    out = tmp_path / "h.idx"
+    res = _run("build-index", str(emb), "--type", "hnsw", "-o", str(out), "--m", "6",
+               "--ef-search", "40", "--no-keep-pruned", "--scale", "vector", "--quant", "int8")
+    assert res.exit_code == 0, res.output
+    ix = load_index(out)
+    assert (ix.m, ix.ef_search, ix.scale_mode) == (6, 40, "vector")
+    res = _run("build-index", str(emb), "-o", str(tmp_path / "b.idx"), "--scale", "bogus")
+    assert res.exit_code != 0 and "scale_mode must be one of" in res.output

@@ -95,3 +95,22 @@ def test_builder_rejects_unknown_type_and_quant():
         Builder("kdtree")
     with pytest.raises(ValueError, match="annoy indexes support"):
         Builder("annoy", quant="int8")
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_parameters_are_declared_and_checked(kind):
+    """build and search take exactly the declared knobs: a typo is an error, not ignored."""
+    cls = INDEX_TYPES[kind]
+    with pytest.raises(ValueError, match=f"{kind} indexes have no build parameter ef"):
+        Builder(kind, ef=32)
+    with pytest.raises(ValueError, match="no build parameter typo"):
+        cls.build(clustered(10, 16), None, IndexMeta(), typo=1)
+    ix = build_index(clustered(50, 16), kind=kind, **PARAMS[kind])
+    with pytest.raises(ValueError, match="no search parameter ef"):
+        ix.search(clustered(2, 16, seed=1), 3, ef=16)
+    for p in cls.search_params:  # every declared knob is a public call argument
+        assert ix.search(clustered(2, 16, seed=1), 3, **{p.name: p.default})[1].shape == (2, 3)
+    if cls.build_params:
+        p = cls.build_params[0]
+        with pytest.raises(ValueError, match=p.name):
+            Builder(kind, **{p.name: "x" if p.type is not str else 3})

@@ -31,4 +31,4 @@ def test_hnsw_10k_768_keeps_95_percent_recall(data):
     """Build time is a benchmark figure (`embedpipe bench index`), not asserted here."""
     base, q, truth = data
     ix = build_index(base, kind="hnsw", m=16, ef_construction=100)
-    assert recall(ix._search_rows(ix.prepare_queries(q), 10, ef=64)[1], truth) >= 0.95
+    assert recall(ix.search_rows(q, 10, ef_search=64)[1], truth) >= 0.95
