@@ -7,15 +7,11 @@ from typing import Optional
 
 import typer
 
-from embedpipe.pipeline.cache import EmbeddingCache
+from embedpipe.pipeline.cache import EmbeddingCache, file_bytes, model_prefix
 
 cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).",
                         no_args_is_help=True)
 CACHE_DIR_HELP = "Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
-
-
-def _file_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
 
 
 @cache_app.command("info")
@@ -24,7 +20,7 @@ def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=
     cache = EmbeddingCache.in_dir(cache_dir)
     try:
         groups = cache.summary()
-        typer.echo(f"{cache.path}  {_file_bytes(cache.path) / 1e6:.1f} MB on disk")
+        typer.echo(f"{cache.path}  {file_bytes(cache.path) / 1e6:.1f} MB on disk")
         typer.echo(f"{'model sha256':<16} {'dim':>5} {'entries':>9} {'MB':>9}")
         for g in groups:
             typer.echo(f"{g.model[:16]:<16} {g.dim:>5} {g.entries:>9} {g.bytes / 1e6:>9.1f}")
@@ -41,16 +37,18 @@ def clear_cmd(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete cached embeddings (all, or one model's) and shrink the file."""
-    if model is not None and (len(model) < 4 or any(c not in "0123456789abcdefABCDEF" for c in model)):
-        raise typer.BadParameter("--model takes a hex SHA-256 prefix of at least 4 characters")
+    try:
+        prefix = model_prefix(model) if model is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     cache = EmbeddingCache.in_dir(cache_dir)
     try:
         what = f"entries of model {model}…" if model else "all entries"
         if not yes and not typer.confirm(f"Delete {what} in {cache.path}?"):
             raise typer.Exit(1)
-        before = _file_bytes(cache.path)
-        n = cache.clear(model)
-        typer.echo(f"deleted {n} entries; {before / 1e6:.1f} MB -> {_file_bytes(cache.path) / 1e6:.1f} MB")
+        before = file_bytes(cache.path)
+        n = cache.clear(prefix)
+        typer.echo(f"deleted {n} entries; {before / 1e6:.1f} MB -> {file_bytes(cache.path) / 1e6:.1f} MB")
     finally:
         cache.close()
 

@@ -49,17 +49,14 @@ def tokenize(
     input_file: Optional[Path] = typer.Option(None, "--input", "-i", help='JSONL file, one {"text": ...} per line.'),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     task: str = typer.Option("none", "--task", "-t", help="Apply this task's prompt first (default: none, the raw text)."),
+    truncate: bool = typer.Option(False, "--truncate", help="Cut inputs longer than the model context instead of failing."),
 ) -> None:
     """Print one JSON line {"ids": [...]} per text (BOS/EOS included as the model adds them)."""
-    from embedpipe.runtime.gguf_file import GGUFModelFile
-    from embedpipe.runtime.prompts import format_texts
-    from embedpipe.runtime.store import default_model_path
-    from embedpipe.runtime.tokenizer import Tokenizer
+    from embedpipe.runtime.text_ids import tokenize_file
 
     items, titles = texts_from_args(texts, input_file)
-    tok = Tokenizer.from_gguf(GGUFModelFile(model or default_model_path()))
     use_titles = titles if any(t is not None for t in titles) else None
-    for ids in tok.encode_batch(format_texts(items, task, use_titles)):
+    for ids in tokenize_file(model, items, task, use_titles, truncate):
         sys.stdout.write(json.dumps({"ids": ids}) + "\n")
 
 

@@ -191,3 +191,16 @@ class CacheGroup:
     dim: int
     entries: int
     bytes: int
+
+
+def model_prefix(value: str) -> str:
+    """A SHA-256 prefix naming a model's entries for `clear`: at least 4 hex digits, lower-cased
+    (a shorter one would match models by accident). ValueError otherwise."""
+    if len(value) < 4 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValueError("--model takes a hex SHA-256 prefix of at least 4 characters")
+    return value.lower()
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """Size on disk of the cache file at `path`, its write-ahead log included."""
+    return sum(p.stat().st_size for p in (Path(path), Path(f"{path}-wal")) if p.exists())

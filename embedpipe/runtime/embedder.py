@@ -23,6 +23,7 @@ from embedpipe.runtime import prompts
 from embedpipe.runtime.backends import make_backend
 from embedpipe.runtime.gemma_embedding import GemmaEmbeddingModel
 from embedpipe.runtime.gguf_file import GGUFModelFile
+from embedpipe.runtime.text_ids import check_texts, fit_context
 from embedpipe.runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,20 +87,9 @@ class Embedder:
     def tokenize(self, texts: Sequence[str], task: str = "none", titles: Sequence[str | None] | None = None,
                  truncate: bool = False) -> list[list[int]]:
         """Token ids (with BOS/EOS) of the prompted texts; too-long inputs raise unless `truncate`."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise EmbedpipeError(f"text {i} is {type(text).__name__}, not str")
+        check_texts(texts)
         ids = self.tokenizer.encode_batch(self.format_texts(texts, task, titles))
-        for i, seq in enumerate(ids):
-            if len(seq) > self.max_tokens:
-                if not truncate:
-                    raise InputTooLongError(
-                        f"text {i} has {len(seq)} tokens, more than the model's context of {self.max_tokens}; "
-                        "pass truncate=True (CLI: --truncate) to cut it"
-                    )
-                tail = seq[-1:] if self.tokenizer.special.add_eos else []
-                ids[i] = seq[: self.max_tokens - len(tail)] + tail
-        return ids
+        return fit_context(ids, self.max_tokens, truncate, self.tokenizer.special.add_eos)
 
     def encode(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None,
                dim: int | None = None, batch_size: int = 32, truncate: bool = False,

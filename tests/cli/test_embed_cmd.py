@@ -47,6 +47,19 @@ def test_tokenize_prints_ids(tiny_gguf):
     assert [json.loads(line)["ids"] for line in res.stdout.splitlines()][1] == [2, 1]
 
 
+def test_tokenize_checks_the_context_like_the_api(tiny_gguf):
+    from embedpipe.errors import InputTooLongError
+
+    emb = Embedder.load(tiny_gguf, backend="numpy")
+    long_text = " ".join(["river mountain forest"] * 100)
+    with pytest.raises(InputTooLongError, match="context"):
+        _run("tokenize", "--model", str(tiny_gguf), long_text)
+    res = _run("tokenize", "--model", str(tiny_gguf), "--truncate", "--task", "query", long_text, "hi")
+    got = [json.loads(line)["ids"] for line in res.stdout.splitlines()]
+    assert got == emb.tokenize([long_text, "hi"], task="query", truncate=True)
+    assert len(got[0]) == emb.max_tokens
+
+
 def test_model_info_json(tiny_gguf):
     res = _run("model", "info", str(tiny_gguf), "--json")
     info = json.loads(res.stdout)

@@ -1,0 +1,55 @@
+"""Token ids of prompted texts, checked against the model's context.
+
+The one implementation behind `Embedder.tokenize` and `embedpipe tokenize`; `tokenize_file`
+reads only the tokenizer and the context length from the GGUF, not the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from embedpipe.errors import EmbedpipeError, InputTooLongError
+from embedpipe.runtime import prompts
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise EmbedpipeError("pass a list of texts, not a single string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise EmbedpipeError(f"text {i} is {type(text).__name__}, not str")
+
+
+def fit_context(ids: list[list[int]], max_tokens: int, truncate: bool, add_eos: bool
+                ) -> list[list[int]]:
+    """`ids` with every sequence within `max_tokens`: cut (keeping EOS) when `truncate`, else an
+    InputTooLongError naming the first text that does not fit."""
+    for i, seq in enumerate(ids):
+        if len(seq) > max_tokens:
+            if not truncate:
+                raise InputTooLongError(
+                    f"text {i} has {len(seq)} tokens, more than the model's context of {max_tokens}; "
+                    "pass truncate=True (CLI: --truncate) to cut it")
+            tail = seq[-1:] if add_eos else []
+            ids[i] = seq[: max_tokens - len(tail)] + tail
+    return ids
+
+
+def tokenize_file(model: str | os.PathLike | None, texts: Sequence[str], task: str = "none",
+                  titles: Sequence[str | None] | None = None, truncate: bool = False) -> list[list[int]]:
+    """Token ids (BOS/EOS as the model adds them) of the prompted `texts` for the GGUF `model`
+    (default: the cached default model), exactly as `Embedder.tokenize` returns them."""
+    from embedpipe.runtime.gguf_file import GGUFModelFile
+    from embedpipe.runtime.tokenizer import Tokenizer
+
+    if model is None:
+        from embedpipe.runtime.store import default_model_path
+
+        model = default_model_path()
+    check_texts(texts)
+    model_file = GGUFModelFile(model)
+    tok = Tokenizer.from_gguf(model_file)
+    max_tokens = int(model_file.require(f"{model_file.architecture}.context_length"))
+    ids = tok.encode_batch(prompts.format_texts(texts, task, titles))
+    return fit_context(ids, max_tokens, truncate, tok.special.add_eos)
