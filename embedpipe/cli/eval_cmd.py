@@ -53,7 +53,7 @@ def tradeoffs_cmd(
     from embedpipe.eval import embedding as E
     from embedpipe.eval import tradeoffs as T
 
-    plan = T.Plan(dims=T.parse_list(dims, int, ()) or None, quants=T.parse_list(quants, str, T.QUANTS),
+    plan = T.Plan(dims=T.parse_list(dims, int, ()) or None, quants=T.parse_list(quants, str, T.SWEEP_QUANTS),
                   indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)))
     data = T.inputs_from_dir(emb_dir, plan, queries, n_queries, seed, model,
                              E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),

@@ -28,8 +28,6 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
-
 from embedpipe.errors import EmbedpipeError
 
 Qrels = dict[str, dict[str, int]]
@@ -128,22 +126,3 @@ def evaluate(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_C
     out["queries"] = n
     return out
 
-
-def recall_vs_exact(approx: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k| (ids compared as sets).
-
-    `approx` and `exact` are (queries, ≥k) arrays of ids or rows; -1 / None mark "no result" and
-    never match. Order inside the top k does not matter, so equal-score swaps cost nothing;
-    a tie exactly at rank k can still swap which id is in the set (the exact search breaks it
-    by a stable order, so the figure is deterministic).
-    """
-    approx, exact = np.asarray(approx, dtype=object), np.asarray(exact, dtype=object)
-    if approx.ndim != 2 or exact.ndim != 2 or len(approx) != len(exact):
-        raise ValueError(f"recall_vs_exact needs two (queries, k) arrays, got {approx.shape} "
-                         f"and {exact.shape}")
-    total = 0.0
-    for a, e in zip(approx[:, :k], exact[:, :k]):
-        truth = {x for x in e.tolist() if x is not None and x != -1}
-        got = {x for x in a.tolist() if x is not None and x != -1}
-        total += len(truth & got) / len(truth) if truth else 1.0
-    return total / len(approx) if len(approx) else 0.0

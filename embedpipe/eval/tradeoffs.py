@@ -31,14 +31,15 @@ from tqdm import tqdm
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.eval.embedding import CacheOptions, embed_texts, read_query_file, sample_corpus_queries
-from embedpipe.eval.metrics import recall_vs_exact
 from embedpipe.indexes import INDEX_TYPES, Builder, VectorIndex
 from embedpipe.indexes.base import topk_desc, truncate_normalize
+from embedpipe.indexes.quant import STORAGE_TYPES
+from embedpipe.indexes.recall import recall_vs_exact
 from embedpipe.pipeline.dataset import read_embeddings
 from embedpipe.runtime.recorded_model import open_embedder
 
 DIMS: tuple[int, ...] = (768, 512, 256, 128)
-QUANTS: tuple[str, ...] = ("fp32", "int16", "int8")
+SWEEP_QUANTS: tuple[str, ...] = tuple(STORAGE_TYPES)  # every storage type by default
 K = 10
 
 
@@ -65,7 +66,7 @@ METRIC_COLUMNS: tuple[str, ...] = ("recall@10", "recall@10_same_dim", "size_byte
 @dataclass
 class Plan:
     dims: tuple[int, ...] | None = None  # None: the DIMS that fit the embeddings, else their width
-    quants: tuple[str, ...] = QUANTS
+    quants: tuple[str, ...] = SWEEP_QUANTS
     indexes: tuple[str, ...] = tuple(SWEEPS)
     sweeps: dict[str, Sweep] = field(default_factory=lambda: dict(SWEEPS))
 
@@ -76,8 +77,8 @@ class Plan:
         if bad_dims:
             raise EmbedpipeError(f"--dims {bad_dims}: the embeddings are {width}-d")
         for q in self.quants:
-            if q not in QUANTS:
-                raise EmbedpipeError(f"unknown quant {q!r}; choose from {', '.join(QUANTS)}")
+            if q not in STORAGE_TYPES:
+                raise EmbedpipeError(f"unknown quant {q!r}; choose from {', '.join(STORAGE_TYPES)}")
         for kind in self.indexes:
             if kind not in SWEEPS or kind not in INDEX_TYPES:
                 raise EmbedpipeError(f"unknown index type {kind!r}; choose from {', '.join(SWEEPS)}")

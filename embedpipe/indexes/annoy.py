@@ -26,12 +26,10 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from embedpipe.indexes.base import (IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows,
-                                    pad_topk, topk_desc)
 from embedpipe.indexes.annoy_kernel import AnnoyScratch, get_kernel
+from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
+from embedpipe.indexes.format import IndexFileError, atomic_write, crc32_of, read_container, write_container
 from embedpipe.indexes.kernels import LANES, rowdot
-from embedpipe.indexes.format import (IndexFileError, atomic_write, crc32_of, read_container,
-                                      write_container)
 from embedpipe.indexes.params import SEED_PARAM, Param
 
 SIDECAR_SUFFIX = ".ids"

@@ -257,7 +257,7 @@ def pad_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k per row of a (q, n) score matrix: (scores, columns), best first."""
+    """Exact top-k per row of a (q, n) score matrix via argpartition: (scores, columns)."""
     from embedpipe.indexes.topk_kernel import topk_rows
 
     fast = topk_rows(scores, k)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from embedpipe.indexes.base import normalize_rows, truncate_normalize
-from embedpipe.indexes.registry import build_index
+from embedpipe.indexes.recall import recall_vs_exact
+from embedpipe.indexes.registry import build_index, load_index
 
 SWEEP_SEARCH_K = (100, 200, 500, 1000, 2000, 4000, 8000)
 SWEEP_EF = (10, 16, 24, 32, 48, 64, 96, 128)
@@ -79,11 +80,6 @@ def _timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1]
-                          for f, t in zip(np.asarray(found), truth)]))
-
-
 def _measure(row: Row, single: Callable[[np.ndarray], Any], batch: Callable[[np.ndarray], Any],
              q: np.ndarray, n_single: int, truth: np.ndarray, repeats: int) -> Row:
     qs = q[:n_single]
@@ -92,7 +88,7 @@ def _measure(row: Row, single: Callable[[np.ndarray], Any], batch: Callable[[np.
     t_batch, found = _timed(lambda: batch(q), repeats)
     row.qps_single = len(qs) / t_single
     row.qps_batch = len(q) / t_batch
-    row.recall_at_10 = _recall(found, truth)
+    row.recall_at_10 = recall_vs_exact(found, truth)
     return row
 
 
@@ -107,10 +103,10 @@ def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[R
                ("annoy", "fp32", {"n_trees": 50}), ("hnsw", "fp32", {"m": 16, "ef_construction": 100}),
                ("hnsw", "int8", {"m": 16, "ef_construction": 100})]
     for kind, quant, params in configs:
-        build_s, ix = _timed(lambda: build_index(x, kind=kind, quant=quant, **params), 1)
+        build_s, ix = _timed(lambda kind=kind, quant=quant, params=params:
+                             build_index(x, kind=kind, quant=quant, **params), 1)
         path = tmp / f"{kind}-{quant}-{len(rows)}"
         ix.save(path)
-        from embedpipe.indexes.registry import load_index
         ix = load_index(path)
         name = f"{kind} {quant}" + (f" scale={params['scale_mode']}" if "scale_mode" in params else "")
         knobs: list[tuple[str, dict]] = [("", {})]

@@ -13,11 +13,11 @@ import pyarrow as pa
 from embedpipe.errors import EmbedpipeError
 from embedpipe.pipeline.cache import EmbeddingCache
 from embedpipe.pipeline.config import IngestConfig
+from embedpipe.pipeline.dataset import DatasetMeta, id_type, output_schema
 from embedpipe.pipeline.manifest import SUMMARY, Manifest
 from embedpipe.pipeline.processor import Stats, WindowProcessor
 from embedpipe.pipeline.progress import Progress
 from embedpipe.pipeline.readers import Corpus
-from embedpipe.pipeline.dataset import DatasetMeta, id_type, output_schema
 
 
 @dataclass

@@ -75,7 +75,7 @@ class Manifest:
             self._lock_fd = None
 
     @classmethod
-    def open(cls, out_dir: Path, header: dict, resume: bool = False, overwrite: bool = False) -> "Manifest":
+    def open(cls, out_dir: Path, header: dict, resume: bool = False, overwrite: bool = False) -> Manifest:
         """Start a job in `out_dir` or pick up the one already there (same header required)."""
         out_dir = Path(out_dir)
         manifest = cls(out_dir, header)

@@ -4,9 +4,9 @@ embed them in length-sorted batches bounded by rows and tokens, and emit rows in
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +16,8 @@ from embedpipe.pipeline.batching import length_batches
 from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key
 from embedpipe.pipeline.chunking import PROMPT_TOO_LONG, TOO_LONG, Chunker
 from embedpipe.pipeline.config import IngestConfig
-from embedpipe.pipeline.rows import REASONS, Rows, extract
 from embedpipe.pipeline.dataset import embedding_columns
+from embedpipe.pipeline.rows import REASONS, Rows, extract
 
 COUNTERS = ("rows_in", "rows_embedded", "output_rows", "chunked_rows", "truncated_rows", "skipped_rows",
             "tokens", "text_tokens", "cache_hits", "sequences_embedded")
@@ -31,7 +31,7 @@ class Stats:
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     embed_seconds: float = 0.0
 
-    def add(self, other: "Stats") -> None:
+    def add(self, other: Stats) -> None:
         for k, v in other.counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
         for k, v in other.skipped_reasons.items():
@@ -43,7 +43,7 @@ class Stats:
                 "embed_seconds": round(self.embed_seconds, 6)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Stats":
+    def from_dict(cls, data: dict) -> Stats:
         s = cls()
         for k in COUNTERS:
             s.counts[k] = int(data.get(k, 0))

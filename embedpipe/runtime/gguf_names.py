@@ -45,9 +45,6 @@ DENSE_MODULES: dict[str, str] = {
     "3_Dense": "dense_3",
 }
 
-#: HF prefixes that may precede the names above (Gemma3TextModel has none, *ForCausalLM "model.").
-HF_PREFIXES: tuple[str, ...] = ("", "model.")
-
 _LAYER_RE = re.compile(r"^(?:model\.)?layers\.(\d+)\.(.+)$")
 
 

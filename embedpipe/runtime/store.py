@@ -267,13 +267,6 @@ def _ensure_checkout(spec: ModelSpec, verify: bool, force: bool, progress: bool)
     return fetch_checkout(spec, progress=progress), True
 
 
-def ensure_checkout(spec: ModelSpec = DEFAULT_SPEC, verify: bool = False, force: bool = False,
-                    progress: bool = False) -> Path:
-    """The verified HF checkout, fetched or repaired when absent, partial or corrupt."""
-    with _locked(spec):
-        return _ensure_checkout(spec, verify, force, progress)[0]
-
-
 # ----------------------------------------------------------------------------- gguf
 
 def gguf_problem(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC, verify: bool = False) -> str | None:

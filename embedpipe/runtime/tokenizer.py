@@ -79,10 +79,6 @@ def _bytes_field(field: int, value: bytes) -> bytes:
     return _key(field, 2) + _varint(len(value)) + value
 
 
-def _float_field(field: int, value: float) -> bytes:
-    return _key(field, 5) + struct.pack("<f", value)
-
-
 @dataclass(frozen=True)
 class SpecialIds:
     bos: int

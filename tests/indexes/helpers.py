@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedpipe.indexes.base import normalize_rows
+from embedpipe.indexes.recall import recall_vs_exact
 
 
 def clustered(n: int, d: int, clusters: int = 20, noise: float = 0.8, seed: int = 0) -> np.ndarray:
@@ -27,7 +28,28 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-s, axis=1, kind="stable")[:, :k]
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k
-                          for f, t in zip(found, truth)]))
+recall = recall_vs_exact  # the package's one recall measure (top-k width of the truth)
+
+
+def assert_same_knn(scores: np.ndarray, ids: np.ndarray, want_scores: np.ndarray,
+                    want_ids: np.ndarray, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Two top-k results agree: scores within tolerance, ids equal up to ties.
+
+    Positions whose reference scores are equal within tolerance form a tied group whose ids may
+    come in any order; a group that reaches rank k may hold different members of a larger tie,
+    so only its scores are compared.
+    """
+    np.testing.assert_allclose(scores, want_scores, rtol=rtol, atol=atol)
+    ids, want_ids = np.asarray(ids), np.asarray(want_ids)
+    assert ids.shape == want_ids.shape, (ids.shape, want_ids.shape)
+    k = want_ids.shape[1]
+    for r, (row, want_row, s) in enumerate(zip(ids, want_ids, np.asarray(want_scores))):
+        i = 0
+        while i < k:
+            j = i + 1
+            while j < k and abs(s[j] - s[j - 1]) <= atol + rtol * abs(s[j - 1]):
+                j += 1
+            if j < k:
+                assert sorted(row[i:j].tolist()) == sorted(want_row[i:j].tolist()), \
+                    f"query {r}, ranks {i}..{j - 1}: {row[i:j]} != {want_row[i:j]}"
+            i = j

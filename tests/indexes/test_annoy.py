@@ -86,15 +86,3 @@ def test_wrong_dim_corrupt_and_mismatched_files(tmp_path, data):
     with pytest.raises(IndexFileError, match="no annoy sidecar"):
         load_index(path)
 
-
-def test_jit_traversal_matches_python_traversal(data):
-    x, q = data
-    ix = build_index(x, kind="annoy", n_trees=6)
-    qn = ix.prepare_queries(q)
-    for search_k in (50, 400, 10**9):
-        ix.use_jit = True
-        s_jit, r_jit = ix.search_rows(qn, 10, search_k=search_k)
-        ix.use_jit = False
-        s_py, r_py = ix.search_rows(qn, 10, search_k=search_k)
-        np.testing.assert_array_equal(r_jit, r_py)
-        np.testing.assert_allclose(s_jit, s_py, rtol=1e-5, atol=1e-6)

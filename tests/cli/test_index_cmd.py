@@ -100,7 +100,7 @@ def test_build_index_options_come_from_declared_parameters(emb_dir, tmp_path):
     from embedpipe.indexes.registry import build_parameters
 
     res = _run("build-index", "--help")
-    for p, kinds in build_parameters().values():
+    for p, _ in build_parameters().values():
         assert p.option.split("/")[0] in res.output, p.name
     emb, _ = emb_dir
     out = tmp_path / "h.idx"
