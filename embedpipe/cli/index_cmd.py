@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.indexes.registry import INDEX_TYPES, build_parameters
+from embedpipe.indexes.registry import INDEX_TYPES, declared_parameters
 from embedpipe.jsonl import iter_jsonl
 
 TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
@@ -64,14 +64,17 @@ def _build(
                f"{index.saved_bytes(out) / 1e6:.1f} MB, built in {time.perf_counter() - start:.1f} s", err=True)
 
 
-def _with_parameter_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """`fn` with one option per declared build parameter of the index types (`**params`): an
-    option applies to the types named in its help and is ignored for the others."""
+def _with_parameter_options(fn: Callable[..., None], what: str) -> Callable[..., None]:
+    """`fn` with one option per declared `what` ("build"/"search") parameter of the index types,
+    passed in its `**params`: an option applies to the types named in its help and is ignored for
+    the others. Search options default to None: the value stored in the index."""
     fixed = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
              if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, annotation=p.type,
-                               default=typer.Option(p.default, p.option, help=f"{', '.join(kinds)}: {p.help}"))
-             for p, kinds in build_parameters().values()]
+    extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
+                               annotation=p.type if what == "build" else Optional[p.type],
+                               default=typer.Option(p.default if what == "build" else None, p.option,
+                                                    help=f"{', '.join(kinds)}: {p.help}"))
+             for p, kinds in declared_parameters(what).values()]
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
@@ -82,10 +85,10 @@ def _with_parameter_options(fn: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-build_index_cmd = _with_parameter_options(_build)
+build_index_cmd = _with_parameter_options(_build, "build")
 
 
-def search_cmd(
+def _search(
     index_path: Path = typer.Argument(..., help="Index file from `build-index`."),
     queries: Optional[list[str]] = typer.Argument(None, help="Query texts."),
     input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of queries."),
@@ -93,6 +96,7 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="One JSON line per query."),
     model: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: the one recorded in the index)."),
     allow_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."),
+    **knobs: Any,
 ) -> None:
     """Embed queries with the index's model and query prompt; print the nearest ids."""
     from embedpipe.indexes import load_index
@@ -100,8 +104,9 @@ def search_cmd(
 
     texts = _read_queries(queries, input_file)
     index = load_index(index_path)
+    chosen = {p.name: knobs[p.name] for p in index.search_params if knobs[p.name] is not None}
     embedder = open_embedder(index, model, allow_mismatch)
-    for row in search_texts(index, embedder, texts, k):
+    for row in search_texts(index, embedder, texts, k, **chosen):
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
             continue
@@ -109,6 +114,9 @@ def search_cmd(
         for rank, hit in enumerate(row["results"], 1):
             extra = "  ".join(f"{c}={v}" for c, v in hit.items() if c not in ("id", "score"))
             typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['id']}" + (f"  {extra}" if extra else ""))
+
+
+search_cmd = _with_parameter_options(_search, "search")
 
 
 def register(app: typer.Typer) -> None:

@@ -30,11 +30,12 @@ def query_task(index: VectorIndex) -> str:
     return QUERY_TASK_FOR.get(index.meta.task, index.meta.task)
 
 
-def search_texts(index: VectorIndex, embedder: Any, queries: list[str], k: int = 10
-                 ) -> list[dict[str, Any]]:
-    """[{"query", "results": [{"id", "score", <kept columns>…}]}] in query order."""
+def search_texts(index: VectorIndex, embedder: Any, queries: list[str], k: int = 10,
+                 **knobs: Any) -> list[dict[str, Any]]:
+    """[{"query", "results": [{"id", "score", <kept columns>…}]}] in query order; `knobs` are
+    the index type's search parameters."""
     vecs = embedder.encode(queries, task=query_task(index), dim=None)
-    scores, rows = index.search_rows(vecs, k)
+    scores, rows = index.search_rows(vecs, k, **knobs)
     ids = index.ids.take(rows)
     out = []
     for qi, text in enumerate(queries):

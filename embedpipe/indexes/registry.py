@@ -23,15 +23,16 @@ INDEX_TYPES: dict[str, type[VectorIndex]] = {
 }
 
 
-def build_parameters() -> dict[str, tuple[Param, tuple[str, ...]]]:
-    """Every build parameter any index type declares, with the types that take it (a name
-    shared by several types must be declared identically: it is one CLI option)."""
+def declared_parameters(what: str = "build") -> dict[str, tuple[Param, tuple[str, ...]]]:
+    """Every `what` ("build" or "search") parameter any index type declares, with the types
+    that take it (a name shared by several types must be declared identically: it is one CLI
+    option)."""
     out: dict[str, tuple[Param, tuple[str, ...]]] = {}
     for kind, cls in INDEX_TYPES.items():
-        for p in cls.build_params:
+        for p in getattr(cls, f"{what}_params"):
             seen, kinds = out.get(p.name, (p, ()))
             if seen != p:
-                raise TypeError(f"build parameter {p.name!r} is declared differently by "
+                raise TypeError(f"{what} parameter {p.name!r} is declared differently by "
                                 f"{kinds[0]} and {kind}")
             out[p.name] = (p, (*kinds, kind))
     return out

@@ -132,7 +132,7 @@ class Embeddings:
     columns: dict[str, list[str]]
     meta: DatasetMeta
     path: Path = field(default_factory=Path)
-    parts: int = 0
+    part_rows: dict[str, int] = field(default_factory=dict)  # part file name -> rows, in order
 
 
 def _vectors(table: pa.Table, path: Path) -> np.ndarray:
@@ -150,8 +150,10 @@ def _vectors(table: pa.Table, path: Path) -> np.ndarray:
     return vecs
 
 
-def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True) -> Embeddings:
-    """Load every part file of `emb_dir` (sorted by name) and check they agree.
+def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True,
+                    parts: list[str] | None = None) -> Embeddings:
+    """Load every part file of `emb_dir` (sorted by name; only those named in `parts` when
+    given) and check they agree.
 
     Ids come back as `ingest` wrote them (int64 or string): a chunked document appears once per
     chunk under the same id, so the chunk number is added as the text column ``chunk`` when any
@@ -160,13 +162,14 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True) -> Embed
     emb_dir = Path(emb_dir)
     if not emb_dir.is_dir():
         raise EmbeddingsDirError(f"{emb_dir}: not a directory of embeddings (ingest output)")
-    parts = sorted(emb_dir.glob(PART_GLOB))
-    if not parts:
+    only = None if parts is None else set(parts)
+    files = sorted(p for p in emb_dir.glob(PART_GLOB) if only is None or p.name in only)
+    if not files:
         raise EmbeddingsDirError(f"{emb_dir}: no {PART_GLOB} files")
-    vecs, ids, chunks = [], [], []
+    vecs, ids, chunks, part_rows = [], [], [], {}
     columns: dict[str, list[str]] = {}
     first: DatasetMeta | None = None
-    for part in parts:
+    for part in files:
         try:
             table = pq.read_table(part)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -178,8 +181,9 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True) -> Embed
         if first is None:
             first = meta
         elif (meta.model_sha256, meta.dim) != (first.model_sha256, first.dim):
-            raise EmbeddingsDirError(f"{part}: model or dim differs from {parts[0].name}")
+            raise EmbeddingsDirError(f"{part}: model or dim differs from {files[0].name}")
         vecs.append(_vectors(table, part))
+        part_rows[part.name] = table.num_rows
         ids.extend(table.column("id").to_pylist())
         chunks.append(table.column("chunk").to_numpy() if "chunk" in table.column_names
                       else np.zeros(table.num_rows, np.int32))
@@ -193,7 +197,7 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True) -> Embed
         columns["chunk"] = [str(c) for c in chunk.tolist()]
     id_arr = np.asarray(ids, dtype=np.int64) if ids and all(isinstance(i, int) for i in ids) else ids
     return Embeddings(np.concatenate(vecs), id_arr, columns, first or DatasetMeta(),
-                      emb_dir.resolve(), len(parts))
+                      emb_dir.resolve(), part_rows)
 
 
 def source_texts(emb_dir: str | os.PathLike, wanted: set) -> dict:

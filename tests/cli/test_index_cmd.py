@@ -97,11 +97,12 @@ def test_int8_embeddings_dir_reads_as_float(emb_dir, tiny_gguf, tmp_path):
 
 
 def test_build_index_options_come_from_declared_parameters(emb_dir, tmp_path):
-    from embedpipe.indexes.registry import build_parameters
+    from embedpipe.indexes.registry import declared_parameters
 
-    res = _run("build-index", "--help")
-    for p, _ in build_parameters().values():
-        assert p.option.split("/")[0] in res.output, p.name
+    for command, what in (("build-index", "build"), ("search", "search")):
+        res = _run(command, "--help")
+        for p, _ in declared_parameters(what).values():
+            assert p.option.split("/")[0] in res.output, (command, p.name)
     emb, _ = emb_dir
     out = tmp_path / "h.idx"
     res = _run("build-index", str(emb), "--type", "hnsw", "-o", str(out), "--m", "6",
@@ -111,3 +112,19 @@ def test_build_index_options_come_from_declared_parameters(emb_dir, tmp_path):
     assert (ix.m, ix.ef_search, ix.scale_mode) == (6, 40, "vector")
     res = _run("build-index", str(emb), "-o", str(tmp_path / "b.idx"), "--scale", "bogus")
     assert res.exit_code != 0 and "scale_mode must be one of" in res.output
+
+
+def test_search_knobs_are_options_passed_to_the_index(emb_dir, tiny_gguf, tmp_path):
+    emb, texts = emb_dir
+    out = tmp_path / "h.idx"
+    assert _run("build-index", str(emb), "--type", "hnsw", "-o", str(out), "--m", "4").exit_code == 0
+    ix = load_index(out)
+    q = Embedder.load(tiny_gguf, backend="numpy").encode(texts[:3], task="query")
+    for ef in ("1", "64"):
+        res = _run("search", str(out), *texts[:3], "-k", "5", "--json", "--ef-search", ef)
+        assert res.exit_code == 0, res.output
+        got = [[r["id"] for r in json.loads(line)["results"]] for line in res.output.splitlines()]
+        assert got == [list(row) for row in ix.search(q, 5, ef_search=int(ef))[1]]
+    brute = tmp_path / "b.idx"
+    assert _run("build-index", str(emb), "-o", str(brute)).exit_code == 0
+    assert _run("search", str(brute), texts[0], "--search-k", "5").exit_code == 0  # not brute's: ignored
