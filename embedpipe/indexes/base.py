@@ -130,9 +130,11 @@ class IndexMeta:
 
     @classmethod
     def from_dataset(cls, emb: Embeddings) -> IndexMeta:
-        """The facts an ingest output dataset records about its vectors."""
-        return cls(emb.vectors.shape[1], emb.meta.model_sha256, emb.meta.model_path,
-                   emb.meta.task, {"embeddings_dir": str(emb.path), "parts": len(emb.part_rows)})
+        """The facts an ingest output dataset records about its vectors (and which parts, with
+        how many rows each, the index was built from)."""
+        return cls(emb.vectors.shape[1], emb.meta.model_sha256, emb.meta.model_path, emb.meta.task,
+                   {"embeddings_dir": str(emb.path), "parts": len(emb.part_rows),
+                    "part_rows": dict(emb.part_rows)})
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> IndexMeta:

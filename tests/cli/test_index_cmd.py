@@ -48,6 +48,7 @@ def test_build_index_then_search_json(emb_dir, tiny_gguf, tmp_path, kind, quant)
     assert res.exit_code == 0, res.output
     ix = load_index(out)
     assert ix.count == 80 and ix.dim == 32 and ix.meta.task == "document"
+    assert sum(ix.meta.extra["part_rows"].values()) == 80 and ix.meta.extra["parts"] == 1
     embedder = Embedder.load(tiny_gguf, backend="numpy")
     assert ix.meta.model_sha256 == embedder.model_sha256
     queries = tmp_path / "q.jsonl"
