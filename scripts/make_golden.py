@@ -1,6 +1,6 @@
 """Golden token ids and embeddings for EmbeddingGemma-300M from sentence-transformers (fp32, CPU).
 
-embedpipe's real-model tests (issue 2) compare its tokenizer and forward pass against these
+embedpipe's real-model tests (tests/runtime/test_golden.py) compare its tokenizer and forward pass against these
 files. torch is never a dependency of embedpipe, so this script runs in a separate venv:
 
     python3 -m venv /tmp/torchvenv

@@ -1,7 +1,7 @@
 """SciFact retrieval reference: sentence-transformers fp32 EmbeddingGemma-300M on BEIR SciFact.
 
-This is the yardstick for issue 6's target ("nDCG@10 of the Q8_0 model at 768 within 0.3 points
-of the sentence-transformers fp32 reference"). It needs torch, so it runs in a separate venv,
+This is the yardstick for the README's retrieval target ("nDCG@10 of the Q8_0 model at 768
+within 0.3 points of the sentence-transformers fp32 reference"). It needs torch, so it runs in a separate venv,
 never in embedpipe's own:
 
     python3 -m venv /tmp/torchvenv

@@ -1,4 +1,4 @@
-"""Issue targets at full size (10k x 768, synthetic stand-in vectors): marked slow."""
+"""Recall targets at full size (10k x 768, synthetic stand-in vectors): marked slow."""
 
 from __future__ import annotations
 

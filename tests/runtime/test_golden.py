@@ -48,7 +48,7 @@ def embeddings(quant: str, backend: str, prompt: str) -> np.ndarray:
     return emb.encode([r["text"] for r in meta["texts"]], task=prompt)
 
 
-def test_golden_set_covers_the_issue():
+def test_golden_set_covers_long_empty_and_varied_texts():
     meta, arrays = golden()
     cats = {r["category"] for r in meta["texts"]}
     assert meta["n_texts"] >= 40 and arrays["query_768"].shape == (meta["n_texts"], 768)
