@@ -118,7 +118,7 @@ def runtime(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp and sentence-transformers."""
-    from embedpipe.codegen.isa import default_threads
+    from embedpipe.codegen.threads import default_threads
     from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, format_summary, run_runtime_bench
 
     if model is None:

@@ -10,11 +10,12 @@ Also on the library (fp32, validated, threaded): ``lib.gelu_tanh_mul(a, b)``,
 ``jit`` for the object cache, ``bench`` for ``embedpipe bench kernels``.
 """
 
-from embedpipe.codegen.isa import (ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, default_threads,
-                                   detect_isa, runnable_isas)
+from embedpipe.codegen.isa import (ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, detect_isa,
+                                   runnable_isas)
 from embedpipe.codegen.library import (KernelInputError, KernelLibrary, PreparedMatmul,
                                        get_kernel_library)
 from embedpipe.codegen.quant_formats import FORMATS
+from embedpipe.codegen.threads import default_threads
 
 __all__ = ["FORMATS", "ISAS", "ISA_TABLE", "IsaSpec", "KernelInputError", "KernelLibrary",
            "PreparedMatmul", "UnsupportedIsaError", "default_threads", "detect_isa",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedpipe.codegen.threadpool import split_range
+from embedpipe.codegen.threads import split_range
 
 
 def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
+from embedpipe.codegen import ir_pool
 from embedpipe.codegen.irutil import F32, I32, I64, PTR, const_i64, for_range, intrinsic, new_function
 
 MAX_THREADS = 64
@@ -37,6 +38,8 @@ def emit_task(m: ir.Module, kernel: ir.Function) -> str:
             args.append(b.inttoptr(word, PTR))
         elif arg.type == F32:
             args.append(b.bitcast(b.trunc(word, I32), F32))
+        elif arg.type.width < 64:
+            args.append(b.trunc(word, arg.type))
         else:
             args.append(word)
     b.call(kernel, args)
@@ -93,3 +96,12 @@ def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None 
             b.call(pthread_join, [tid, ir.Constant(PTR, None)])
     b.ret_void()
     return name
+
+
+def emit_entry_points(m: ir.Module, kernels: list[ir.Function]) -> dict[str, str]:
+    """Give every kernel a task trampoline, a role in one persistent pool for ``m`` and a
+    ``parallel`` entry point; returns kernel symbol -> parallel symbol."""
+    tasks = [m.get_global(emit_task(m, fn)) for fn in kernels]
+    pool_run = ir_pool.emit_pool(m, tasks)
+    return {fn.name: emit_parallel(m, task, pool_run, role)
+            for role, (fn, task) in enumerate(zip(kernels, tasks))}

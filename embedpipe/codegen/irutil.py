@@ -1,9 +1,16 @@
-"""Small helpers over ``llvmlite.ir`` shared by the kernel emitters: loops, splats, intrinsics."""
+"""The one set of ``llvmlite.ir`` helpers every kernel emitter builds with.
+
+Structured code as context managers over an ``IRBuilder``: ``for_range`` (counted loop, phi
+induction variable) and ``loop`` (``while (true)`` left with ``break_unless`` / ``break_if``,
+re-entered with ``continue_if``); mutable scalars are stack slots from ``var`` that LLVM's
+mem2reg promotes to registers.  Plus typed element access, splats, reductions, intrinsics.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
@@ -80,6 +87,98 @@ def for_range(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int | ir.V
     b.position_at_end(exit_)
 
 
+@dataclass
+class Loop:
+    """Exits of the innermost ``loop``: each helper branches away and continues in a new block."""
+
+    b: ir.IRBuilder
+    head: ir.Block
+    exit: ir.Block
+
+    def _branch_if(self, cond: ir.Value, target: ir.Block) -> None:
+        rest = self.b.append_basic_block(f"{self.head.name}.rest")
+        self.b.cbranch(cond, target, rest)
+        self.b.position_at_end(rest)
+
+    def break_if(self, cond: ir.Value) -> None:
+        self._branch_if(cond, self.exit)
+
+    def break_unless(self, cond: ir.Value) -> None:
+        """The loop condition of a ``while``: leave when ``cond`` is false."""
+        self._branch_if(self.b.not_(cond), self.exit)
+
+    def continue_if(self, cond: ir.Value) -> None:
+        self._branch_if(cond, self.head)
+
+
+@contextmanager
+def loop(b: ir.IRBuilder, name: str = "loop") -> Iterator[Loop]:
+    """``while (true) { body }``; the body leaves through the yielded :class:`Loop`."""
+    head = b.append_basic_block(f"{name}.head")
+    exit_ = b.append_basic_block(f"{name}.exit")
+    b.branch(head)
+    b.position_at_end(head)
+    yield Loop(b, head, exit_)
+    if not b.block.is_terminated:
+        b.branch(head)
+    b.position_at_end(exit_)
+
+
+def var(b: ir.IRBuilder, ty: ir.Type, init: ir.Value) -> ir.AllocaInstr:
+    """A mutable local: a stack slot in the entry block (promoted to a register by mem2reg)."""
+    with b.goto_entry_block():
+        slot = b.alloca(ty)
+    b.store(init, slot)
+    return slot
+
+
+def bump(b: ir.IRBuilder, slot: ir.Value, by: ir.Value | int = 1) -> ir.Value:
+    """``*slot += by`` for an i64 slot; returns the old value."""
+    old = b.load(slot)
+    b.store(b.add(old, by if isinstance(by, ir.Value) else const_i64(by)), slot)
+    return old
+
+
+def elem_ptr(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value) -> ir.Value:
+    return b.gep(base, [idx], source_etype=ty)
+
+
+def load_elem(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value) -> ir.Value:
+    return b.load(elem_ptr(b, ty, base, idx), typ=ty)
+
+
+def store_elem(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value,
+               value: ir.Value) -> None:
+    b.store(value, elem_ptr(b, ty, base, idx))
+
+
+def insert_sorted(b: ir.IRBuilder, pos: ir.Value, low: ir.Value, score: ir.Value,
+                  scores: ir.Value, payload: Sequence[tuple[ir.Type, ir.Value, ir.Value]]
+                  ) -> ir.Value:
+    """Insert ``score`` into the descending fp32 run ``scores[low..pos]``.
+
+    Entries below ``score`` move one slot down (the one at ``pos`` is overwritten; equal ones
+    stay ahead); each ``(type, array, value)`` of ``payload`` moves alongside and gets
+    ``value`` in the freed slot.  Returns that slot.
+    """
+    p = var(b, I64, pos)
+    with loop(b, "ins") as lp:
+        cur = b.load(p)
+        lp.break_unless(b.icmp_signed(">", cur, low))
+        prev = b.sub(cur, const_i64(1))
+        above = load_elem(b, F32, scores, prev)
+        lp.break_if(b.fcmp_ordered(">=", above, score))
+        store_elem(b, F32, scores, cur, above)
+        for ty, arr, _ in payload:
+            store_elem(b, ty, arr, cur, load_elem(b, ty, arr, prev))
+        b.store(prev, p)
+    slot = b.load(p)
+    store_elem(b, F32, scores, slot, score)
+    for ty, arr, value in payload:
+        store_elem(b, ty, arr, slot, value)
+    return slot
+
+
 def imin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed("<", x, y), x, y)
 
@@ -102,9 +201,10 @@ def masked_store_f32(b: ir.IRBuilder, module: ir.Module, value: ir.Value, ptr: i
     b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
 
 
-def new_function(module: ir.Module, name: str, args: list[tuple[str, ir.Type]]
-                 ) -> tuple[ir.Function, ir.IRBuilder]:
-    fn = ir.Function(module, ir.FunctionType(VOID, [t for _, t in args]), name=name)
+def new_function(module: ir.Module, name: str, args: Sequence[tuple[str, ir.Type]],
+                 ret: ir.Type = VOID) -> tuple[ir.Function, ir.IRBuilder]:
+    """A function with named arguments (pointers ``noalias``) and its entry block."""
+    fn = ir.Function(module, ir.FunctionType(ret, [t for _, t in args]), name=name)
     for arg, (arg_name, _) in zip(fn.args, args):
         arg.name = arg_name
         if isinstance(arg.type, ir.PointerType):

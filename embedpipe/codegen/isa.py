@@ -130,20 +130,3 @@ def detect_isa(flags: set[str] | None = None, arch: str | None = None,
                 f"{', '.join(s.name for s in runnable) or 'none'}")
         return spec
     return runnable[0] if runnable else _generic_for(arch)
-
-
-def default_threads() -> int:
-    """``$EMBEDPIPE_THREADS`` or the number of cores this process may run on."""
-    env = os.environ.get("EMBEDPIPE_THREADS")
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise EmbedpipeError(f"EMBEDPIPE_THREADS must be a positive integer, got {env!r}")
-        if value < 1:
-            raise EmbedpipeError(f"EMBEDPIPE_THREADS must be a positive integer, got {env!r}")
-        return value
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)

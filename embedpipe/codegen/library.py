@@ -25,9 +25,9 @@ from embedpipe.codegen import ir_elementwise, ir_float, ir_parallel, ir_pool, ir
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
-from embedpipe.codegen.isa import IsaSpec, default_threads, detect_isa, host_arch, ISAS
+from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
 from embedpipe.codegen.quant_formats import FORMATS
-from embedpipe.codegen.threadpool import split_range
+from embedpipe.codegen.threads import default_threads, split_range
 from embedpipe.errors import EmbedpipeError
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,12 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "softmax": ir_elementwise.emit_softmax_band(module, isa),
     }
     symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
-    tasks = {}
+    kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]
+    parallel = ir_parallel.emit_entry_points(module, kernels)
     for role in PARALLEL_ROLES:
-        symbols[f"{role}_task"] = ir_parallel.emit_task(module, module.get_global(symbols[role]))
-        tasks[role] = module.get_global(symbols[f"{role}_task"])
-    pool_run = ir_pool.emit_pool(module, list(tasks.values()))
-    for k, role in enumerate(PARALLEL_ROLES):
-        symbols[f"{role}_parallel"] = ir_parallel.emit_parallel(module, tasks[role], pool_run, k)
-    symbols["pool_run"] = pool_run.name
+        symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
+        symbols[f"{role}_parallel"] = parallel[symbols[role]]
+    symbols["pool_run"] = ir_pool.run_symbol(module.name)
     symbols["pool_reset"] = ir_pool.reset_symbol(module.name)
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
@@ -244,6 +242,23 @@ class KernelLibrary:
         corr = np.empty((n, k // QK), np.int32)
         self._quantize(w.ctypes.data, q.ctypes.data, d.ctypes.data, corr.ctypes.data, n, k, 0, n)
         return q.astype(np.int8, copy=False), d
+
+    def prepare_int8(self, codes: np.ndarray, scale: np.ndarray) -> PreparedMatmul:
+        """Int8 GEMM operand: ``codes`` int8 (N, K), K a multiple of 32, times a per-row fp32
+        ``scale`` (N,); calling the result with X (T, K) fp32 gives ``X·(scale·codes)ᵀ``
+        with X quantized per 32 elements, as for Q8_0 weights."""
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != 2:
+            raise KernelInputError("int8 matmul: codes must be a 2-D int8 numpy array")
+        n, k = codes.shape
+        if n == 0 or k == 0 or k % QK:
+            raise KernelInputError(f"int8 matmul: codes shape {codes.shape} needs rows and a "
+                                   f"width that is a multiple of {QK}")
+        scale = np.asarray(scale, np.float32)
+        if scale.shape != (n,):
+            raise KernelInputError(f"int8 matmul: scale shape {scale.shape}, expected ({n},)")
+        d = np.repeat(scale[:, None], k // QK, axis=1)
+        wq, wd = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, aligned_empty)
+        return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", (wq, wd))
 
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,
                        k: int) -> PreparedMatmul:

@@ -1,4 +1,4 @@
-"""Work splitting, and a Python thread pool for callers that need one.
+"""A Python thread pool for callers that need one.
 
 Kernels fork through ``ir_parallel`` (native threads, no GIL hand-offs); this pool remains for
 Python-level fan-out such as the benchmark's peak probe.  ctypes releases the GIL for a
@@ -34,14 +34,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
             pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="embedpipe-kernel")
             _pools[threads] = pool
         return pool
-
-
-def split_range(start: int, stop: int, parts: int, multiple: int = 1) -> list[tuple[int, int]]:
-    """Split ``[start, stop)`` into at most ``parts`` non-empty ranges aligned to ``multiple``."""
-    units = -(-(stop - start) // multiple)
-    parts = max(1, min(parts, units))
-    bounds = [start + (units * i // parts) * multiple for i in range(parts)] + [stop]
-    return [(a, min(b, stop)) for a, b in zip(bounds, bounds[1:]) if a < min(b, stop)]
 
 
 def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int]],

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 import numpy as np
 from tqdm import tqdm
 
-from embedpipe.indexes.annoy_kernel import AnnoyScratch, get_kernel
+from embedpipe.codegen.rowdot import rowdot
+from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
 from embedpipe.indexes.format import IndexFileError, atomic_write, crc32_of, read_container, write_container
-from embedpipe.indexes.kernels import LANES, rowdot
 from embedpipe.indexes.params import SEED_PARAM, Param
 
 SIDECAR_SUFFIX = ".ids"
@@ -237,7 +237,7 @@ class AnnoyIndex(VectorIndex):
         eager = 0 < len(self._split) <= 4 * limit  # margins of every split node at once
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_r = np.full((len(q), k), -1, np.int64)
-        kernel = get_kernel() if self.dim % LANES == 0 and self.use_jit else None
+        kernel = ANNOY_SEARCH.native() if self.use_jit else None
         for qi in range(len(q)):
             if kernel is not None:
                 scratch = self._scratch()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from embedpipe.codegen.topk import topk
 from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
 from embedpipe.indexes.params import Param, check_params, defaults
 
@@ -259,24 +260,5 @@ def pad_topk(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 
 def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k per row of a (q, n) score matrix via argpartition: (scores, columns)."""
-    from embedpipe.indexes.topk_kernel import topk_rows
-
-    fast = topk_rows(scores, k)
-    if fast is not None:
-        return fast
-    return topk_reference(scores, k)
-
-
-def topk_reference(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """numpy oracle of the JIT top-k."""
-    n = scores.shape[1]
-    k_eff = min(k, n)
-    if k_eff < n:
-        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-    else:
-        part = np.broadcast_to(np.arange(n), scores.shape).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    cols = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    return pad_topk(np.take_along_axis(part_scores, order, axis=1).astype(np.float32), cols, k)
+    """Exact top-k per row of a (q, n) score matrix: (scores, columns), descending."""
+    return topk(scores, k)

@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from embedpipe.codegen.rowdot import rowdot
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, topk_desc
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
-from embedpipe.indexes.kernels import rowdot
 from embedpipe.indexes.params import SCALE_PARAM, Param
 from embedpipe.indexes.quant import NO_OFFSET, STORAGE_TYPES, add_query_offset, quantize, scale_scheme
 
@@ -70,33 +70,19 @@ class BruteIndex(VectorIndex):
         dense = np.concatenate([s for s, _ in self._score_blocks(q)], axis=1)
         return add_query_offset(dense, q, self.offset)
 
-    def _q8_matmul(self) -> tuple[Any, np.ndarray] | None:
-        """The codegen Q8_0 matmul over the int8 codes (vpdpbusd where the CPU has VNNI).
-
-        Each stored row becomes Q8_0 blocks whose f16 scale is the row's scale (or 1.0 for
-        per-dimension scales, folded into the queries); `corr` undoes the f16 rounding of the
-        row scale exactly. None when the kernels are unavailable or dim % 32 != 0.
-        """
+    def _q8_matmul(self) -> Any:
+        """The codegen int8 GEMM over the stored codes (vpdpbusd where the CPU has VNNI), with
+        the row scale (or 1.0 for per-dimension scales, folded into the queries).  None when
+        the kernels are unavailable or dim % 32 != 0."""
         if self._q8 is None:
             self._q8 = False
             if self.quant == "int8" and self.dim % 32 == 0 and self.count:
+                from embedpipe.codegen import get_kernel_library
                 try:
-                    from gguf import GGMLQuantizationType
-
-                    from embedpipe.codegen import get_kernel_library
-                    n, nb = self.count, self.dim // 32
-                    row_scale = self.scheme.row_scale(self.scale, n)
-                    d16 = row_scale.astype(np.float16)
-                    raw = np.empty((n, nb, 34), np.uint8)
-                    raw[:, :, :2] = d16.view(np.uint8).reshape(n, 1, 2)
-                    raw[:, :, 2:] = np.asarray(self.codes).reshape(n, nb, 32).view(np.uint8)
-                    pm = get_kernel_library().prepare_matmul(
-                        GGMLQuantizationType.Q8_0, raw.reshape(n, nb * 34), n, self.dim)
-                    d32 = d16.astype(np.float32)
-                    corr = np.divide(row_scale, d32, out=np.zeros(n, np.float32), where=d32 > 0)
-                    self._q8 = (pm, corr)
-                except Exception as exc:  # no JIT here: widening + BLAS below still works
-                    log.warning("Q8_0 JIT matmul unavailable for brute int8 (%s)", exc)
+                    self._q8 = get_kernel_library().prepare_int8(
+                        np.asarray(self.codes), self.scheme.row_scale(self.scale, self.count))
+                except RuntimeError as exc:  # LLVM could not build the kernels: BLAS below
+                    log.warning("int8 JIT matmul unavailable for brute int8 (%s)", exc)
         return self._q8 or None
 
     def _score_blocks(self, q: np.ndarray):
@@ -129,9 +115,8 @@ class BruteIndex(VectorIndex):
         q8 = self._q8_matmul() if len(q) >= GEMM_MIN_QUERIES and self.use_jit else None
         if q8 is None:
             return None
-        pm, corr = q8
         w = np.ascontiguousarray(self._query_weights(q), np.float32)
-        _, cand = topk_desc(pm(w) * corr[None, :], min(self.count, RESCORE * k + 8))
+        _, cand = topk_desc(q8(w), min(self.count, RESCORE * k + 8))
         codes = np.asarray(self.codes)
         exact = np.empty(cand.shape, np.float32)
         for i in range(len(cand)):  # the JIT scan widens the int8 shortlist in registers

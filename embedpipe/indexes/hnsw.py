@@ -63,9 +63,8 @@ def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m:
 def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
            keep_pruned: bool = False) -> np.ndarray:
     """Heuristic-prune candidate id lists `cand` (b, c; -1 = none) for `nodes`; (b, m) ids."""
-    from embedpipe.indexes.hnsw_kernel import prune_nodes
-    fast = prune_nodes(x, nodes, cand, m, keep_pruned)
-    return fast if fast is not None else prune_reference(x, nodes, cand, m, keep_pruned)
+    from embedpipe.indexes.hnsw_prune import PRUNE
+    return PRUNE(x, nodes, cand, m, keep_pruned)
 
 
 def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,

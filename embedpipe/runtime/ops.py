@@ -240,7 +240,7 @@ class JitOps(NumpyOps):
 
 
 def _default_threads() -> int:
-    from embedpipe.codegen.isa import default_threads
+    from embedpipe.codegen.threads import default_threads
 
     return default_threads()
 

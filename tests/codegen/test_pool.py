@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import get_kernel_library, runnable_isas
-from embedpipe.codegen.threadpool import split_range
+from embedpipe.codegen.threads import split_range
 
 ISAS = [s.name for s in runnable_isas()]
 

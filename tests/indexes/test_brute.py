@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embedpipe.codegen.rowdot import ROWDOT, rowdot
 from embedpipe.indexes import brute as brute_mod
 from embedpipe.indexes import build_index
-from embedpipe.indexes.kernels import get_rowdot, rowdot
 from embedpipe.indexes.quant import STORAGE_TYPES, dequantize, quantize
 
 from .helpers import clustered, exact_topk, recall
@@ -19,7 +19,7 @@ def test_rowdot_kernel_matches_numpy(dtype, n):
     rng = np.random.default_rng(n)
     x = (rng.standard_normal((n, 48)) * 40).astype(dtype)
     q = rng.standard_normal(48).astype(np.float32)
-    assert get_rowdot(np.dtype(dtype)) is not None, "JIT kernel failed to compile on this host"
+    assert ROWDOT[np.dtype(dtype)].native() is not None, "JIT kernel failed to compile on this host"
     np.testing.assert_allclose(rowdot(x, q), x.astype(np.float64) @ q, rtol=1e-4, atol=1e-3)
 
 
@@ -81,11 +81,11 @@ def test_int8_recall_on_anisotropic_data(mode):
 
 @pytest.mark.parametrize("shape,k", [((7, 1000), 10), ((3, 5), 8), ((600, 2000), 1), ((1, 1), 1)])
 def test_topk_kernel_matches_argpartition(shape, k):
-    from embedpipe.indexes.base import topk_desc, topk_reference
-    from embedpipe.indexes.topk_kernel import topk_rows
+    from embedpipe.codegen.topk import TOPK, topk_reference
+    from embedpipe.indexes.base import topk_desc
 
     s = np.random.default_rng(k).standard_normal(shape).astype(np.float32)
-    assert topk_rows(s, k) is not None, "top-k JIT kernel failed to compile on this host"
+    assert TOPK.native() is not None, "top-k JIT kernel failed to compile on this host"
     got, want = topk_desc(s, k), topk_reference(s, k)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])

@@ -1,0 +1,213 @@
+"""One path for every native kernel outside the model library.
+
+A :class:`Kernel` is declared once: its name, its parameters (the IR function type), an
+emitter that fills the function body with ``llvmlite.ir`` builder calls, a numpy twin and a
+driver.  Kernels are grouped into a :class:`KernelModule`, which for an ISA
+
+1. emits every kernel, a task trampoline per kernel and one persistent worker pool
+   (``ir_parallel`` / ``ir_pool``) into one LLVM module,
+2. compiles it through the on-disk object cache (``jit.compile_object``) and loads it,
+3. binds each kernel with a ctypes prototype derived from its IR function type.
+
+``kernel(*args)`` runs the driver on the compiled kernel (the driver validates, allocates and
+splits the work into items for the pool: ``Native.run``), or the numpy twin when LLVM could
+not build the module: that failure is logged once per module and ISA, and remembered.
+``kernel.on(isa)`` is the strict form for tests and benchmarks (no fallback).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import llvmlite.ir as ir
+import numpy as np
+
+from embedpipe.codegen import ir_parallel, ir_pool, jit
+from embedpipe.codegen.irutil import F32, VOID
+from embedpipe.codegen.isa import IsaSpec, detect_isa
+
+log = logging.getLogger(__name__)
+
+_INT_CTYPES = {8: ctypes.c_int8, 16: ctypes.c_int16, 32: ctypes.c_int32, 64: ctypes.c_int64}
+
+
+def ctype_of(ty: ir.Type) -> Any:
+    """The ctypes type that passes an IR argument or return value of type ``ty``."""
+    if isinstance(ty, ir.VoidType):
+        return None
+    if isinstance(ty, ir.PointerType):
+        return ctypes.c_void_p
+    if ty == F32:
+        return ctypes.c_float
+    if isinstance(ty, ir.DoubleType):
+        return ctypes.c_double
+    if isinstance(ty, ir.IntType) and ty.width in _INT_CTYPES:
+        return _INT_CTYPES[ty.width]
+    raise TypeError(f"no ctypes equivalent for IR type {ty}")
+
+
+def cfunc_type(fnty: ir.FunctionType) -> type:
+    """The ctypes prototype of an IR function type."""
+    return ctypes.CFUNCTYPE(ctype_of(fnty.return_type), *(ctype_of(t) for t in fnty.args))
+
+
+class Kernel:
+    """One native function: declaration, emitter, numpy twin and driver.
+
+    ``emit(fn, isa)`` fills ``fn`` (already created with ``params`` and ``ret``).  ``twin``
+    and ``drive`` take the same arguments; ``drive`` gets the bound :class:`Native` first.
+    Kernels without them (index traversals bound to one index's arrays) are used through
+    ``native()``, whose ``None`` tells the caller to run its own reference.
+    """
+
+    def __init__(self, name: str, params: Sequence[tuple[str, ir.Type]],
+                 emit: Callable[[ir.Function, IsaSpec], None], *, ret: ir.Type = VOID,
+                 twin: Callable[..., Any] | None = None,
+                 drive: Callable[..., Any] | None = None) -> None:
+        self.name = name
+        self.params = tuple(params)
+        self.ftype = ir.FunctionType(ret, [t for _, t in self.params])
+        self.emit = emit
+        self.twin = twin
+        self.drive = drive
+        self.module: KernelModule | None = None
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.name!r})"
+
+    def native(self, isa: IsaSpec | None = None) -> Native | None:
+        """The compiled kernel for ``isa`` (default: the detected one), or None when LLVM
+        cannot build its module here (logged once)."""
+        loaded = _registry.load(self._module(), isa or detect_isa(), strict=False)
+        return None if loaded is None else loaded.natives[self.name]
+
+    def on(self, isa: IsaSpec) -> Callable[..., Any]:
+        """The driver bound to the kernel compiled for ``isa``; compile errors propagate."""
+        native = _registry.load(self._module(), isa, strict=True).natives[self.name]
+        return lambda *args, **kw: self.drive(native, *args, **kw)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        native = self.native()
+        if native is None:
+            return self.twin(*args, **kw)
+        return self.drive(native, *args, **kw)
+
+    def _module(self) -> KernelModule:
+        if self.module is None:
+            raise RuntimeError(f"{self!r} belongs to no KernelModule")
+        return self.module
+
+
+class KernelModule:
+    """Kernels compiled, loaded and pooled together (one LLVM module per ISA)."""
+
+    def __init__(self, name: str, kernels: Sequence[Kernel]) -> None:
+        self.name = name
+        self.kernels = tuple(kernels)
+        for k in self.kernels:
+            k.module = self
+
+    def ir_name(self, isa: IsaSpec) -> str:
+        return f"{self.name}_{isa.name}"
+
+    def symbol(self, kernel: Kernel, isa: IsaSpec) -> str:
+        return f"{self.ir_name(isa)}__{kernel.name}"
+
+    def build(self, isa: IsaSpec) -> tuple[str, dict[str, str]]:
+        """IR text of the module for ``isa`` and kernel name -> parallel entry symbol."""
+        module = ir.Module(name=self.ir_name(isa))
+        module.triple = isa.triple
+        fns = []
+        for k in self.kernels:
+            fn = ir.Function(module, k.ftype, name=self.symbol(k, isa))
+            for arg, (arg_name, _) in zip(fn.args, k.params):
+                arg.name = arg_name
+                if isinstance(arg.type, ir.PointerType):
+                    arg.add_attribute("noalias")
+            fn.attributes.add("nounwind")
+            k.emit(fn, isa)
+            fns.append(fn)
+        parallel = ir_parallel.emit_entry_points(module, fns)
+        return str(module), {k.name: parallel[fn.name] for k, fn in zip(self.kernels, fns)}
+
+
+class Native:
+    """One loaded kernel: call it on this thread, or ``run`` items on the module's pool."""
+
+    def __init__(self, kernel: Kernel, isa: IsaSpec, call: Any, fork: Any) -> None:
+        self.kernel, self.isa = kernel, isa
+        self._call, self._fork = call, fork
+
+    def __call__(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def run(self, items: Sequence[Sequence[int]]) -> None:
+        """Run the kernel once per item (its arguments as 64-bit words: addresses, integers,
+        ``f32_word(x)``), item 0 on this thread and the rest on the persistent workers, in one
+        GIL-free call."""
+        if len(items) == 1:
+            self._call(*items[0])
+            return
+        words = np.array(items, dtype=np.int64)
+        self._fork(words.ctypes.data, words.shape[1] * 8, len(words))
+
+
+def f32_word(value: float) -> int:
+    """An fp32 argument as the 64-bit word the task trampolines decode."""
+    return int(np.float32(value).view(np.uint32))
+
+
+class _Loaded:
+    def __init__(self, module: KernelModule, isa: IsaSpec) -> None:
+        text, parallel = module.build(isa)
+        names = {k.name: module.symbol(k, isa) for k in module.kernels}
+        reset = ir_pool.reset_symbol(module.ir_name(isa))
+        addrs = jit.host_engine().load(jit.compile_object(text, isa),
+                                       [*names.values(), *parallel.values(), reset])
+        fork_type = cfunc_type(ir.FunctionType(VOID, [ir.PointerType(), ir.IntType(64),
+                                                      ir.IntType(64)]))
+        self.natives = {k.name: Native(k, isa, cfunc_type(k.ftype)(addrs[names[k.name]]),
+                                       fork_type(addrs[parallel[k.name]]))
+                        for k in module.kernels}
+        # a forked child has none of the parent's pool workers: forget them there
+        self._reset = ctypes.CFUNCTYPE(None)(addrs[reset])
+        os.register_at_fork(after_in_child=self._reset)
+
+
+class _Registry:
+    """Every loaded (module, ISA) pair of the process, and the pairs LLVM failed to build."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, str], _Loaded | None] = {}
+
+    def load(self, module: KernelModule, isa: IsaSpec, strict: bool) -> _Loaded | None:
+        key = (module.name, isa.name)
+        with self._lock:
+            if key in self._loaded and not (strict and self._loaded[key] is None):
+                return self._loaded[key]
+            try:
+                loaded = _Loaded(module, isa)
+            except RuntimeError as exc:  # what llvmlite raises for IR, target and load errors
+                if strict:
+                    raise
+                log.warning("%s kernels unavailable for %s (%s); using the numpy twins",
+                            module.name, isa.name, exc)
+                loaded = None
+            self._loaded[key] = loaded
+            return loaded
+
+    def forget(self, module: KernelModule) -> None:
+        """Drop what is remembered about ``module`` (tests that force a failure)."""
+        with self._lock:
+            for key in [k for k in self._loaded if k[0] == module.name]:
+                del self._loaded[key]
+
+
+_registry = _Registry()
+forget = _registry.forget
