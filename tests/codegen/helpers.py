@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gguf_quants
@@ -37,3 +38,21 @@ def random_raw(qtype: GGMLQuantizationType, n: int, k: int, rng: np.random.Gener
 
 def dequant(qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> np.ndarray:
     return np.asarray(gguf_quants.dequantize(raw, qtype), dtype=np.float64).reshape(n, k)
+
+
+IR_TO_CTYPE = {"ptr": "c_void_p", "i64": "c_long", "i32": "c_int", "float": "c_float",
+               "void": "NoneType"}
+
+
+def assert_signature_is_the_compiled_ir_type(module, isa) -> None:
+    """Each kernel's ctypes prototype (what Native calls through) equals the argument and
+    return types of the function LLVM parsed from the module's IR text."""
+    text, _ = module.build(isa)
+    parsed = llvm.parse_assembly(text)
+    for k in module.kernels:
+        fn = parsed.get_function(module.symbol(k, isa))
+        proto = type(k.native(isa)._call)
+        assert [IR_TO_CTYPE[str(a.type)] for a in fn.arguments] == \
+            [t.__name__ for t in proto._argtypes_], k
+        ret = str(fn.global_value_type).split(" ")[0]
+        assert IR_TO_CTYPE[ret] == (proto._restype_ or type(None)).__name__, k

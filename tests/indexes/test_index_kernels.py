@@ -1,0 +1,85 @@
+"""The Annoy / HNSW kernels on every ISA this CPU runs, against their numpy / Python twins,
+with widths that are not a multiple of any vector width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedpipe.codegen import runnable_isas
+from embedpipe.indexes import build_index
+from embedpipe.indexes.annoy_kernel import ANNOY_MODULE, ANNOY_SEARCH, AnnoyScratch
+from embedpipe.indexes.hnsw import _exact_candidates, prune_reference
+from embedpipe.indexes.hnsw_kernel import HNSW_MODULE, HNSW_SEARCH, HnswKernel
+from embedpipe.indexes.hnsw_prune import PRUNE, PRUNE_MODULE
+from tests.codegen.helpers import assert_signature_is_the_compiled_ir_type
+
+from .helpers import clustered, recall
+
+ISAS = runnable_isas()
+IDS = [s.name for s in ISAS]
+D = 37  # ragged for every ISA's lanes
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+
+@pytest.mark.parametrize("module", [ANNOY_MODULE, HNSW_MODULE, PRUNE_MODULE],
+                         ids=lambda m: m.name)
+def test_ctypes_signature_is_the_compiled_ir_type(module):
+    assert_signature_is_the_compiled_ir_type(module, ISAS[0])
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=IDS)
+def test_annoy_traversal_matches_python(isa):
+    x = clustered(900, D, seed=21)
+    ix = build_index(x[:850], kind="annoy", n_trees=5)
+    native = ANNOY_SEARCH.native(isa)
+    assert native is not None
+    scratch = AnnoyScratch(len(ix.nodes), ix.n_items)
+    for qi in ix.prepare_queries(x[850:870]):
+        for search_k in (300, 10**9):  # a cut-off (heap ties may order differently), no cut-off
+            cand, scores = scratch.run(native, ix.nodes, ix.dim, ix.n_items, ix._roots_arr, qi,
+                                       search_k, ix.K)
+            assert len(np.unique(cand)) == len(cand)
+            exact = ix.items[cand] @ qi / np.maximum(ix.item_norm[cand], 1e-30)
+            np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-6)
+            want = ix._candidates(None, qi, search_k)
+            if search_k > ix.n_items:
+                np.testing.assert_array_equal(np.sort(cand), want)
+            else:
+                top, top_want = cand[np.argsort(-scores)[:10]], want[np.argsort(
+                    -(ix.items[want] @ qi / np.maximum(ix.item_norm[want], 1e-30)))[:10]]
+                assert len(set(top.tolist()) & set(top_want.tolist())) >= 8
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=IDS)
+@pytest.mark.parametrize("quant,mode", [("fp32", "dim"), ("int8", "dim"), ("int8", "vector")])
+def test_hnsw_search_matches_reference(isa, quant, mode, monkeypatch):
+    x, q = clustered(1200, D, seed=1), clustered(40, D, seed=2)
+    ix = build_index(x, kind="hnsw", quant=quant, m=8, ef_construction=60, scale_mode=mode)
+    native = HNSW_SEARCH[quant].native(isa)
+    qn = ix.prepare_queries(q)
+    monkeypatch.setenv("EMBEDPIPE_THREADS", "1")
+    s_one, r_one = HnswKernel(ix, native).search(qn, 10, 40)
+    monkeypatch.setenv("EMBEDPIPE_THREADS", "2")  # 40 queries: two items on the pool
+    s_two, r_two = HnswKernel(ix, native).search(qn, 10, 40)
+    np.testing.assert_array_equal(r_two, r_one)
+    np.testing.assert_array_equal(s_two, s_one)
+    s_r, r_r = ix.search_reference(qn, 10, 40)
+    assert recall(r_one, r_r) >= 0.97  # same beam search; only tie order may differ
+    np.testing.assert_allclose(s_one[:, 0], s_r[:, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=IDS)
+@pytest.mark.parametrize("keep_pruned", [False, True])
+def test_prune_matches_reference(isa, keep_pruned, monkeypatch):
+    monkeypatch.setenv("EMBEDPIPE_THREADS", "2")  # 700 nodes: three items on the pool
+    x = clustered(700, D, seed=4)
+    nodes = np.random.default_rng(0).permutation(700)
+    cand = _exact_candidates(x, nodes, 30, _NoBar())
+    cand[::5, 3] = -1
+    got = PRUNE.on(isa)(x, nodes, cand, 10, keep_pruned)
+    np.testing.assert_array_equal(got, prune_reference(x, nodes, cand, 10, keep_pruned))
