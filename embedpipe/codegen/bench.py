@@ -199,9 +199,9 @@ def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = N
         for name in names:
             qtype = Q[name]
             fmt = FORMATS[qtype]
-            kind = "float" if fmt.family == "float" else "int"
+            kind = fmt.family
             for k, n in shapes:
-                if k % max(fmt.block_size, 32 if fmt.family == "int" else 1):
+                if k % fmt.k_multiple:
                     continue
                 raw, deq = _weight(qtype, n, k, rng)
                 mm = lib.prepare_matmul(qtype, raw, n, k)

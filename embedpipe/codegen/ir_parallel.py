@@ -47,6 +47,9 @@ def emit_task(m: ir.Module, kernel: ir.Function) -> str:
     return name
 
 
+PARALLEL_PARAMS = [("args", PTR), ("stride", I64), ("n", I64)]
+
+
 def parallel_symbol(task: str) -> str:
     return f"{task}__parallel"
 
@@ -64,7 +67,7 @@ def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None 
     pthread_create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
     pthread_join = intrinsic(m, "pthread_join", I32, [I64, PTR])
     name = parallel_symbol(task.name)
-    fn, b = new_function(m, name, [("args", PTR), ("stride", I64), ("n", I64)])
+    fn, b = new_function(m, name, PARALLEL_PARAMS)
     args, stride, n = fn.args
     I8 = ir.IntType(8)
     if pool_run is not None:

@@ -50,10 +50,6 @@ def act_elem_bytes(isa: IsaSpec) -> int:
     return 1 if isa.kgroup == 4 else 2
 
 
-def panel_rows(isa: IsaSpec, tile: IntTile) -> int:
-    return isa.lanes * tile.nv
-
-
 def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value,
          x: ir.Value) -> ir.Value:
     """acc[lane] += Σ_g w[lane, g]·x[g] over the lane's group of ``kgroup`` elements."""
@@ -156,6 +152,10 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
     return name
 
 
+QUANTIZE_PARAMS = [("x", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("T", I64), ("K", I64),
+                   ("t0", I64), ("t1", I64)]
+
+
 def quantize_symbol(isa: IsaSpec) -> str:
     return f"ep_q8quant_{isa.name}"
 
@@ -170,9 +170,7 @@ def emit_quantize(m: ir.Module, isa: IsaSpec) -> str:
     eb = act_elem_bytes(isa)
     qt = I8 if eb == 1 else I16
     name = quantize_symbol(isa)
-    args = [("x", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("T", I64), ("K", I64),
-            ("t0", I64), ("t1", I64)]
-    fn, b = new_function(m, name, args)
+    fn, b = new_function(m, name, QUANTIZE_PARAMS)
     x, xq, xd, xc, T, K, t0, t1 = fn.args
     nb = b.sdiv(K, const_i64(QK))
     vf, vi = vec(F32, QK), vec(I32, QK)

@@ -56,6 +56,11 @@ def cfunc_type(fnty: ir.FunctionType) -> type:
     return ctypes.CFUNCTYPE(ctype_of(fnty.return_type), *(ctype_of(t) for t in fnty.args))
 
 
+def prototype(params: Sequence[tuple[str, ir.Type]], ret: ir.Type = VOID) -> type:
+    """The ctypes prototype of a function emitted with ``params`` (``new_function``)."""
+    return cfunc_type(ir.FunctionType(ret, [t for _, t in params]))
+
+
 class Kernel:
     """One native function: declaration, emitter, numpy twin and driver.
 
@@ -169,13 +174,12 @@ class _Loaded:
         reset = ir_pool.reset_symbol(module.ir_name(isa))
         addrs = jit.host_engine().load(jit.compile_object(text, isa),
                                        [*names.values(), *parallel.values(), reset])
-        fork_type = cfunc_type(ir.FunctionType(VOID, [ir.PointerType(), ir.IntType(64),
-                                                      ir.IntType(64)]))
+        fork_type = prototype(ir_parallel.PARALLEL_PARAMS)
         self.natives = {k.name: Native(k, isa, cfunc_type(k.ftype)(addrs[names[k.name]]),
                                        fork_type(addrs[parallel[k.name]]))
                         for k in module.kernels}
         # a forked child has none of the parent's pool workers: forget them there
-        self._reset = ctypes.CFUNCTYPE(None)(addrs[reset])
+        self._reset = prototype([])(addrs[reset])
         os.register_at_fork(after_in_child=self._reset)
 
 

@@ -6,7 +6,6 @@ sizes were checked against the dimensions it is given.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import logging
@@ -26,7 +25,8 @@ from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.quant_formats import FORMATS
+from embedpipe.codegen.kernel import f32_word, prototype
+from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
 from embedpipe.codegen.threads import default_threads, split_range
 from embedpipe.errors import EmbedpipeError
 
@@ -53,16 +53,9 @@ TILES: dict[str, tuple[IntTile, FloatTile]] = {
     "generic_aarch64": (IntTile(2, 2), FloatTile(4, 4)),
 }
 
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-_Q8MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
-_QUANT = ctypes.CFUNCTYPE(None, _P, _P, _P, _P, _I, _I, _I, _I)
-_F32MM = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I)
-_ELTWISE2 = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, _I)
-_RMS = ctypes.CFUNCTYPE(None, _P, _P, _P, _I, ctypes.c_float, _I, _I)
-_SOFTMAX = ctypes.CFUNCTYPE(None, _P, _I, _I, _I, _I, _I)
-_FORK = ctypes.CFUNCTYPE(None, _P, _I, _I)
-_RESET = ctypes.CFUNCTYPE(None)
+_QUANT = prototype(ir_q8.QUANTIZE_PARAMS)
+_FORK = prototype(ir_parallel.PARALLEL_PARAMS)
+_RESET = prototype([])
 
 
 # Kernels that run through the native fork-join (each gets a task trampoline).
@@ -139,14 +132,6 @@ def library_object(isa: IsaSpec) -> bytes:
     return jit.compile_cached(library_cache_key(isa), lambda: build_module(isa)[0], isa)
 
 
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    buf = np.empty(nbytes + align, dtype=np.uint8)
-    off = (-buf.ctypes.data) % align
-    return buf[off:off + nbytes].view(dtype).reshape(shape)
-
-
 class KernelLibrary:
     """Compiled kernels for one host ISA plus the thread count used to run them."""
 
@@ -161,11 +146,6 @@ class KernelLibrary:
         symbols = kernel_symbols(isa)
         addrs = jit.host_engine().load(library_object(isa), list(symbols.values()))
         self._quantize = _QUANT(addrs[symbols["quantize"]])
-        self._q8mm = _Q8MM(addrs[symbols["q8mm"]])
-        self._f32mm = _F32MM(addrs[symbols["f32mm"]])
-        self._gelu_mul = _ELTWISE2(addrs[symbols["gelu_mul"]])
-        self._rms_norm = _RMS(addrs[symbols["rms_norm"]])
-        self._softmax = _SOFTMAX(addrs[symbols["softmax"]])
         self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]])
                        for role in PARALLEL_ROLES}
         # a forked child has none of the parent's pool workers: forget them there
@@ -272,7 +252,7 @@ class KernelLibrary:
                 and n > 0 and k > 0):
             raise KernelInputError(f"weight dimensions must be positive integers, got {n}x{k}")
         n, k = int(n), int(k)
-        block = max(fmt.block_size, QK if fmt.family == "int" else 1)
+        block = fmt.k_multiple
         if k % block:
             raise KernelInputError(f"{fmt.qtype.name} weight: K={k} is not a multiple of the "
                                    f"block size {block}")
@@ -284,17 +264,8 @@ class KernelLibrary:
         if raw.shape != (n, row_bytes):
             raise KernelInputError(f"{fmt.qtype.name} weight {n}x{k}: expected raw shape "
                                    f"({n}, {row_bytes}), got {raw.shape}")
-        raw = np.ascontiguousarray(raw)
-        if fmt.dequantize is not None:
-            unpacked = self._quantize_weights(fmt.dequantize(raw, n, k))
-        else:
-            unpacked = fmt.repack(raw, n, k)
-        if fmt.family == "float":
-            packed = (ir_float.pack_weights(unpacked, self.isa, self.float_tile, aligned_empty),)
-            return PreparedMatmul(self, fmt.qtype, n, k, "float", packed)
-        q, d = unpacked
-        wq, wd = ir_q8.pack_weights(q, d, self.isa, self.int_tile, aligned_empty)
-        return PreparedMatmul(self, fmt.qtype, n, k, "int", (wq, wd))
+        packed = fmt.pack(self, np.ascontiguousarray(raw), n, k)
+        return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, packed)
 
 
 @dataclass
@@ -331,10 +302,7 @@ class PreparedMatmul:
         y = np.empty((t, self.n), dtype=np.float32)
         if t == 0:
             return y
-        if self.family == "float":
-            self._run_float(x, y)
-        else:
-            self._run_int(x, y)
+        self._RUNNERS[self.family](self, x, y)
         return y
 
     def _plan(self, t: int, mr: int, panels: int) -> tuple[str, list[tuple[int, int]]]:
@@ -384,10 +352,7 @@ class PreparedMatmul:
                      for i, (a, b) in enumerate(ranges)]
         lib.fork("q8work", items)
 
-
-def f32_word(value: float) -> int:
-    """An fp32 argument as the 64-bit word the task trampolines decode."""
-    return int(np.float32(value).view(np.uint32))
+    _RUNNERS = {"float": _run_float, "int": _run_int}
 
 
 # Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
