@@ -148,7 +148,9 @@ def emit_softmax_band(m: ir.Module, isa: IsaSpec) -> str:
     """``void f(s, T, C, hw, r0, r1)``: in-place softmax of rows ``[r0, r1)`` of ``s`` (R, C).
 
     Row ``r`` belongs to query ``i = r mod T`` and may only see columns ``j`` with
-    ``|i − j| <= hw`` (``hw < 0``: all columns); the others become exactly 0.
+    ``|i − j| <= hw`` (``hw < 0``: all columns); the others become exactly 0.  One function
+    on purpose: its three sweeps (max, exp + sum, scale) are closures over the same row's
+    window bounds and lane masks.
     """
     name = softmax_symbol(isa)
     fn, b = new_function(m, name, [("s", PTR), ("T", I64), ("C", I64), ("hw", I64),

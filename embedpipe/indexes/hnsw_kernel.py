@@ -67,12 +67,7 @@ class _Search:
                 hop.break_if(b.icmp_signed("==", b.load(changed), ZERO))
                 b.store(ZERO, changed)
                 row = b.add(self.ld(I64, "upoff", b.load(cur)), b.sub(b.load(layer), ONE))
-                base = b.mul(row, a["mu"])
-                j = var(b, I64, ZERO)
-                with loop(b, "up") as scan:
-                    scan.break_unless(b.icmp_signed("<", b.load(j), a["mu"]))
-                    nb = b.sext(self.ld(I32, "nbru", b.add(base, bump(b, j))), I64)
-                    scan.break_if(b.icmp_signed("<", nb, ZERO))
+                with self.links("nbru", "mu", row) as (_, nb):
                     s = self.sim(nb)
                     with b.if_then(b.fcmp_ordered(">", s, b.load(cur_s))):
                         b.store(s, cur_s)
@@ -82,14 +77,15 @@ class _Search:
         return cur, cur_s
 
     @contextmanager
-    def neighbours(self, u: ir.Value) -> Iterator[tuple[Loop, ir.Value]]:
-        """``with self.neighbours(u) as (scan, nb)``: u's layer-0 list up to its first -1."""
+    def links(self, lists: str, width: str, row: ir.Value) -> Iterator[tuple[Loop, ir.Value]]:
+        """``with self.links(lists, width, row) as (scan, nb)``: the ids of one -1 padded
+        neighbour list (row ``row`` of ``lists``), up to its first -1."""
         b, a = self.b, self.a
-        base = b.mul(u, a["m0"])
+        base = b.mul(row, a[width])
         j = var(b, I64, ZERO)
-        with loop(b, "nbr") as scan:
-            scan.break_unless(b.icmp_signed("<", b.load(j), a["m0"]))
-            nb = b.sext(self.ld(I32, "nbr0", b.add(base, bump(b, j))), I64)
+        with loop(b, "links") as scan:
+            scan.break_unless(b.icmp_signed("<", b.load(j), a[width]))
+            nb = b.sext(self.ld(I32, lists, b.add(base, bump(b, j))), I64)
             scan.break_if(b.icmp_signed("<", nb, ZERO))
             yield scan, nb
 
@@ -97,7 +93,7 @@ class _Search:
         """Ask for the first cache lines of every neighbour's row before scoring any."""
         b, a = self.b, self.a
         pf = intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-        with self.neighbours(u) as (_, nb):
+        with self.links("nbr0", "m0", u) as (_, nb):
             rowp = elem_ptr(b, self.elt, a["X"], b.mul(nb, a["d"]))
             for line in range(PREFETCH_LINES):
                 b.call(pf, [elem_ptr(b, I8, rowp, const_i64(64 * line)), ir.Constant(I32, 0),
@@ -130,7 +126,7 @@ class _Search:
     def visit_neighbours(self, u: ir.Value, size: ir.Value, nk: ir.Value) -> None:
         """Score u's unvisited neighbours into the sorted pool; ``nk`` = first new slot."""
         b, a = self.b, self.a
-        with self.neighbours(u) as (scan, nb):
+        with self.links("nbr0", "m0", u) as (scan, nb):
             scan.continue_if(b.icmp_signed("==", self.ld(I32, "visited", nb), a["tag"]))
             self.st(I32, "visited", nb, a["tag"])
             s = self.sim(nb)
