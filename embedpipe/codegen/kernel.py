@@ -28,7 +28,7 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen import ir_parallel, ir_pool, jit
-from embedpipe.codegen.irutil import F32, VOID
+from embedpipe.codegen.irutil import F32, VOID, new_function
 from embedpipe.codegen.isa import IsaSpec, detect_isa
 
 log = logging.getLogger(__name__)
@@ -64,19 +64,19 @@ def prototype(params: Sequence[tuple[str, ir.Type]], ret: ir.Type = VOID) -> typ
 class Kernel:
     """One native function: declaration, emitter, numpy twin and driver.
 
-    ``emit(fn, isa)`` fills ``fn`` (already created with ``params`` and ``ret``).  ``twin``
+    ``emit(b, isa)`` fills ``b.function`` (created with ``params`` and ``ret``, ``b`` at its
+    entry block).  ``twin``
     and ``drive`` take the same arguments; ``drive`` gets the bound :class:`Native` first.
     Kernels without them (index traversals bound to one index's arrays) are used through
     ``native()``, whose ``None`` tells the caller to run its own reference.
     """
 
     def __init__(self, name: str, params: Sequence[tuple[str, ir.Type]],
-                 emit: Callable[[ir.Function, IsaSpec], None], *, ret: ir.Type = VOID,
+                 emit: Callable[[ir.IRBuilder, IsaSpec], None], *, ret: ir.Type = VOID,
                  twin: Callable[..., Any] | None = None,
                  drive: Callable[..., Any] | None = None) -> None:
         self.name = name
-        self.params = tuple(params)
-        self.ftype = ir.FunctionType(ret, [t for _, t in self.params])
+        self.params, self.ret = tuple(params), ret
         self.emit = emit
         self.twin = twin
         self.drive = drive
@@ -129,13 +129,8 @@ class KernelModule:
         module.triple = isa.triple
         fns = []
         for k in self.kernels:
-            fn = ir.Function(module, k.ftype, name=self.symbol(k, isa))
-            for arg, (arg_name, _) in zip(fn.args, k.params):
-                arg.name = arg_name
-                if isinstance(arg.type, ir.PointerType):
-                    arg.add_attribute("noalias")
-            fn.attributes.add("nounwind")
-            k.emit(fn, isa)
+            fn, b = new_function(module, self.symbol(k, isa), k.params, k.ret)
+            k.emit(b, isa)
             fns.append(fn)
         parallel = ir_parallel.emit_entry_points(module, fns)
         return str(module), {k.name: parallel[fn.name] for k, fn in zip(self.kernels, fns)}
@@ -175,7 +170,7 @@ class _Loaded:
         addrs = jit.host_engine().load(jit.compile_object(text, isa),
                                        [*names.values(), *parallel.values(), reset])
         fork_type = prototype(ir_parallel.PARALLEL_PARAMS)
-        self.natives = {k.name: Native(k, isa, cfunc_type(k.ftype)(addrs[names[k.name]]),
+        self.natives = {k.name: Native(k, isa, prototype(k.params, k.ret)(addrs[names[k.name]]),
                                        fork_type(addrs[parallel[k.name]]))
                         for k in module.kernels}
         # a forked child has none of the parent's pool workers: forget them there

@@ -72,7 +72,8 @@ def dot_rows(b: ir.IRBuilder, rows: Sequence[ir.Value], q: ir.Value, d: ir.Value
 
 def _pairwise(b: ir.IRBuilder, values: list[ir.Value]) -> ir.Value:
     while len(values) > 1:
-        values = [b.fadd(x, y) for x, y in zip(values[::2], values[1::2])] + values[len(values) // 2 * 2:]
+        pairs = [b.fadd(x, y) for x, y in zip(values[::2], values[1::2])]
+        values = pairs + values[len(pairs) * 2:]
     return values[0]
 
 
@@ -97,10 +98,9 @@ def emit_dot(module: ir.Module, elt: ir.Type, lanes: int) -> ir.Function:
 
 
 def _emitter(elt: ir.Type):
-    def emit(fn: ir.Function, isa: IsaSpec) -> None:
+    def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         """Blocks of ``ROW_BLOCK`` rows while they last, then single rows."""
-        X, n, d, q, out = fn.args
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        X, n, d, q, out = b.function.args
         full = b.mul(b.sdiv(n, const_i64(ROW_BLOCK)), const_i64(ROW_BLOCK))
         for start, stop, block in ((const_i64(0), full, ROW_BLOCK), (full, n, 1)):
             with for_range(b, start, stop, block, f"rows{block}") as i:

@@ -20,10 +20,9 @@ PARALLEL_MIN_SCORES = 1 << 20
 NEG_INF = float("-inf")
 
 
-def _emit(fn: ir.Function, isa: IsaSpec) -> None:
+def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     """``topk(S, rows, n, k, out_s, out_i)``: each row's best k into its sorted buffer."""
-    S, rows, n, k, out_s, out_i = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    S, rows, n, k, out_s, out_i = b.function.args
     with for_range(b, const_i64(0), rows, 1, "row") as r:
         obase = b.mul(r, k)
         row_s, row_i = elem_ptr(b, F32, out_s, obase), elem_ptr(b, I32, out_i, obase)

@@ -81,13 +81,12 @@ class _Heap:
         store_elem(self.b, I32, self.hi, at, node)
 
 
-def _emit(fn: ir.Function, isa: IsaSpec) -> None:
+def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     """Seed the heap with the roots, then pop until it is empty or ``search_k`` candidates
     were collected: items and leaf buckets become candidates, split nodes push children."""
-    a = {name: arg for (name, _), arg in zip(_PARAMS, fn.args)}
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    dot = emit_dot(fn.module, F32, isa.lanes)  # dot(X, scale, d, q, row) over rows of width d
-    sqrt = intrinsic(fn.module, "llvm.sqrt.f32", F32, [F32])
+    a = {name: arg for (name, _), arg in zip(_PARAMS, b.function.args)}
+    dot = emit_dot(b.module, F32, isa.lanes)  # dot(X, scale, d, q, row) over rows of width d
+    sqrt = intrinsic(b.module, "llvm.sqrt.f32", F32, [F32])
     K = b.add(a["f"], const_i64(2))
     heap = _Heap(b, a["hp"], a["hi"], var(b, I64, ZERO))
     count, nout = var(b, I64, ZERO), var(b, I64, ZERO)

@@ -1,4 +1,5 @@
-"""HNSW search as native kernels (emitters for the HNSW graph layout): greedy descent + layer-0 beam.
+"""HNSW search as a native kernel (the emitter for HNSW's graph layout): greedy descent,
+then a layer-0 beam.
 
 Layer 0 keeps a pool of the best `ef` nodes sorted by similarity, each flagged expanded or not;
 the search expands the best unexpanded node until none is left — the same stopping rule as
@@ -143,11 +144,10 @@ class _Search:
 
 
 def _emitter(elt: ir.Type):
-    def emit(fn: ir.Function, isa: IsaSpec) -> None:
+    def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         """Queries ``[0, nq)`` of Q, one after another: search, then copy the best k (the
         caller pre-fills ``s_out`` / ``r_out`` with -inf / -1)."""
-        a = {name: arg for (name, _), arg in zip(_PARAMS, fn.args)}
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        a = {name: arg for (name, _), arg in zip(_PARAMS, b.function.args)}
         with for_range(b, ZERO, a["nq"], 1, "query") as qi:
             search = _Search(b, dict(a, q=elem_ptr(b, F32, a["Q"], b.mul(qi, a["d"])),
                                      tag=b.add(a["tag"], b.trunc(qi, I32))), elt, isa.lanes)

@@ -24,11 +24,10 @@ _PARAMS = [("X", PTR), ("d", I64), ("nodes", PTR), ("nb", I64), ("cand", PTR), (
            ("m", I64), ("out", PTR), ("sid", PTR), ("ss", PTR), ("keep_pruned", I64)]
 
 
-def _emit(fn: ir.Function, isa: IsaSpec) -> None:
+def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     """Per node: gather and sort its candidates, select, top up (keep_pruned), pad with -1."""
-    X, d, nodes, nb, cand, c, m, out, sid, ss, keep_pruned = fn.args
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    dot = emit_dot(fn.module, F32, isa.lanes)
+    X, d, nodes, nb, cand, c, m, out, sid, ss, keep_pruned = b.function.args
+    dot = emit_dot(b.module, F32, isa.lanes)
 
     def sim(u: ir.Value, v: ir.Value) -> ir.Value:
         return b.call(dot, [X, X, d, elem_ptr(b, F32, X, b.mul(u, d)), v])

@@ -68,8 +68,8 @@ def test_ctypes_signature_is_the_compiled_ir_type(module):
     assert_signature_is_the_compiled_ir_type(module, ISAS[0])
 
 
-def _broken(fn: ir.Function, isa) -> None:
-    fn.append_basic_block("entry")  # no terminator: LLVM rejects the module
+def _broken(b: ir.IRBuilder, isa) -> None:
+    b.function.append_basic_block("dangling")  # no terminators: LLVM rejects the module
 
 
 def test_compile_failure_warns_once_and_runs_the_twin(caplog):
