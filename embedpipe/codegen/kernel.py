@@ -29,7 +29,7 @@ import numpy as np
 
 from embedpipe.codegen import ir_parallel, ir_pool, jit
 from embedpipe.codegen.irutil import F32, VOID, new_function
-from embedpipe.codegen.isa import IsaSpec, detect_isa
+from embedpipe.codegen.isa import ISA_ENV, IsaSpec, detect_isa
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Kernel:
     def native(self, isa: IsaSpec | None = None) -> Native | None:
         """The compiled kernel for ``isa`` (default: the detected one), or None when LLVM
         cannot build its module here (logged once)."""
-        loaded = _registry.load(self._module(), isa or detect_isa(), strict=False)
+        loaded = _registry.load(self._module(), isa or _registry.host_isa(), strict=False)
         return None if loaded is None else loaded.natives[self.name]
 
     def on(self, isa: IsaSpec) -> Callable[..., Any]:
@@ -184,9 +184,22 @@ class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, str], _Loaded | None] = {}
+        self._host: tuple[str | None, IsaSpec] | None = None
+
+    def host_isa(self) -> IsaSpec:
+        """``detect_isa()``, remembered per value of ``$EMBEDPIPE_ISA`` (kernels are called
+        per query: reading /proc/cpuinfo each time would cost more than a small search)."""
+        wanted = os.environ.get(ISA_ENV)
+        host = self._host
+        if host is None or host[0] != wanted:
+            host = self._host = (wanted, detect_isa())
+        return host[1]
 
     def load(self, module: KernelModule, isa: IsaSpec, strict: bool) -> _Loaded | None:
         key = (module.name, isa.name)
+        loaded = self._loaded.get(key)
+        if loaded is not None:  # the steady state: no lock
+            return loaded
         with self._lock:
             if key in self._loaded and not (strict and self._loaded[key] is None):
                 return self._loaded[key]
