@@ -1,8 +1,41 @@
 """Exceptions that carry a message fit to show a user as-is."""
 
+from __future__ import annotations
+
+from typing import Any
+
+MAX_MESSAGE = 300
+
+
+def quote(value: Any, limit: int = 60) -> str:
+    """`repr` of a value read from a file, shortened: safe to put in a one-line message even
+    when the file holds megabytes of binary where a name should be."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value[: limit * 4])
+    elif isinstance(value, str):
+        value = value[: limit * 4]
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` as one printable line of at most `limit` characters."""
+    if not message.isprintable():
+        message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message.replace("\n", " "))
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
 
 class EmbedpipeError(Exception):
-    """Base class: the CLI prints these without a traceback and exits 1."""
+    """Base class: the CLI prints these without a traceback and exits 1.
+
+    The message is forced to one printable line of at most 300 characters, so text that came
+    from a file (or from a library's multi-line error) can never flood the terminal.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (one_line(args[0]),)
+        super().__init__(*args)
 
 
 class ModelFileError(EmbedpipeError):

@@ -31,6 +31,7 @@ from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
 from embedpipe.indexes.format import IndexFileError, atomic_write, crc32_of, read_container, write_container
 from embedpipe.indexes.params import SEED_PARAM, Param
+from embedpipe.indexes.validate import annoy_roots, check_index
 
 SIDECAR_SUFFIX = ".ids"
 HEADER_INTS = 3  # n_descendants, children[0], children[1]
@@ -304,13 +305,13 @@ class AnnoyIndex(VectorIndex):
         if index.n_items != header["count"]:
             raise IndexFileError(path, f"annoy roots cover {index.n_items} items, sidecar "
                                        f"says {header['count']}")
-        return index
+        return check_index(path, index)
 
     @classmethod
     def load_spotify(cls, path: str | os.PathLike, dim: int, search_k: int = -1) -> AnnoyIndex:
         """Open a file written by Spotify annoy (no sidecar): ids are the annoy item numbers."""
         path = Path(path)
         nodes = cls._map_nodes(path, dim)
-        roots, n_items = find_roots(nodes)
-        return cls(nodes, dim, IdTable.from_values(None, n_items), IndexMeta(source_dim=dim),
-                   None, search_k)
+        roots, n_items = annoy_roots(path, nodes)
+        return check_index(path, cls(nodes, dim, IdTable.from_values(None, n_items),
+                                     IndexMeta(source_dim=dim), None, search_k))

@@ -19,6 +19,7 @@ import numpy as np
 from embedpipe.codegen.topk import topk
 from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
 from embedpipe.indexes.params import Param, check_params, defaults
+from embedpipe.indexes.validate import check_results
 
 if TYPE_CHECKING:
     from embedpipe.pipeline.dataset import Embeddings
@@ -211,7 +212,9 @@ class VectorIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         if knobs:
             knobs = check_params(self.kind, self.search_params, knobs, "search")
-        return self._search_rows(q, k, **knobs)
+        scores, rows = self._search_rows(q, k, **knobs)
+        check_results(self, scores, rows)
+        return scores, rows
 
     def search(self, queries: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Batch search returning (scores (q, k), ids (q, k)) with the caller's ids."""

@@ -21,6 +21,7 @@ from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex,
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
 from embedpipe.indexes.params import SCALE_PARAM, Param
 from embedpipe.indexes.quant import NO_OFFSET, STORAGE_TYPES, add_query_offset, quantize, scale_scheme
+from embedpipe.indexes.validate import check_index
 
 log = logging.getLogger(__name__)
 GEMM_MIN_QUERIES = 8  # below this the JIT scan beats widening blocks for BLAS
@@ -163,5 +164,5 @@ class BruteIndex(VectorIndex):
             raise IndexFileError(path, f"vectors have shape {codes.shape}, header says "
                                        f"({header['count']}, {header['dim']})")
         mode = header["params"]["scale_mode"]
-        return cls(codes, sec["scale"], header["quant"], mode, ids, meta, cols,
-                   scale_scheme(header["quant"], mode).load_offset(sec, header["dim"]))
+        return check_index(path, cls(codes, sec.get("scale", NO_OFFSET), header["quant"], mode, ids, meta, cols,
+                                     scale_scheme(header["quant"], mode).load_offset(sec, header["dim"])))

@@ -28,13 +28,82 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, quote
+from embedpipe.indexes.quant import STORAGE_TYPES
 
 MAGIC = b"EMBPIDX\x00"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIII")
 _ALIGN = 64
 _CRC_CHUNK = 1 << 24
+# Section dtypes a reader accepts: fixed-size little-endian numbers only (no objects, strings
+# or big-endian views that the kernels would misread).
+SECTION_DTYPES = frozenset({"<f4", "<f8", "|i1", "|u1", "<i2", "<i4", "<i8", "<u4", "<u8"})
+MAX_COUNT = 1 << 40
+MAX_DIM = 1 << 16
+
+
+class Field:
+    """One header field: accepted Python types, whether it must be present, and bounds."""
+
+    def __init__(self, *types: type, required: bool = False, lo: int | None = None,
+                 hi: int | None = None, choices: tuple | None = None) -> None:
+        self.types, self.required, self.lo, self.hi, self.choices = types, required, lo, hi, choices
+
+    def problem(self, value: Any) -> str | None:
+        if not isinstance(value, self.types) or (isinstance(value, bool) and bool not in self.types):
+            return f"is {type(value).__name__}, expected {'/'.join(t.__name__ for t in self.types)}"
+        if self.lo is not None and value < self.lo or self.hi is not None and value > self.hi:
+            return f"is {value}, outside [{self.lo}, {self.hi}]"
+        if self.choices is not None and value not in self.choices:
+            return f"is {quote(value)}, expected one of {self.choices}"
+        return None
+
+
+_U32 = dict(lo=0, hi=(1 << 32) - 1)
+_OFFSET = dict(lo=0, hi=1 << 62)
+
+# Every header field a reader follows, in one table: the container's own fields (every file),
+# the fields every index type shares (checked when a loader opens its type), per-type
+# top-level fields and each index type's params.
+CONTAINER_SCHEMA: dict[str, Field] = {
+    "type": Field(str),
+    "sections": Field(dict, required=True),
+    "payload_offset": Field(int, required=True, **_OFFSET),
+    "payload_size": Field(int, required=True, **_OFFSET),
+    "payload_crc32": Field(int, required=True, **_U32),
+}
+INDEX_SCHEMA: dict[str, Field] = {
+    "type": Field(str, required=True),
+    "dim": Field(int, required=True, lo=1, hi=MAX_DIM),
+    "quant": Field(str, required=True, choices=tuple(STORAGE_TYPES)),
+    "count": Field(int, required=True, lo=0, hi=MAX_COUNT),
+    "metric": Field(str),
+    "id_kind": Field(str, required=True, choices=("int", "str")),
+    "columns": Field(list, required=True),
+    "source_dim": Field(int, lo=0, hi=MAX_DIM),
+    "model_sha256": Field(str), "model_path": Field(str), "task": Field(str), "extra": Field(dict),
+    "params": Field(dict),
+    "ann_file": Field(str),
+}
+TYPE_SCHEMA: dict[str, dict[str, Field]] = {
+    "annoy": {"ann_size": Field(int, required=True, **_OFFSET), "ann_crc32": Field(int, required=True, **_U32)},
+}
+PARAMS_SCHEMA: dict[str, dict[str, Field]] = {
+    "brute": {"scale_mode": Field(str, required=True, choices=("vector", "dim"))},
+    "annoy": {"n_trees": Field(int, lo=0, hi=1 << 20), "search_k": Field(int, lo=-1, hi=1 << 40)},
+    "hnsw": {"m": Field(int, required=True, lo=1, hi=1 << 12),
+             "ef_search": Field(int, required=True, lo=1, hi=1 << 20),
+             "ef_construction": Field(int, lo=1, hi=1 << 20),
+             "max_level": Field(int, lo=0, hi=127), "seed": Field(int),
+             "scale_mode": Field(str, choices=("vector", "dim")),
+             "entry": Field(int, required=True, lo=0, hi=MAX_COUNT)},
+}
+SECTION_SCHEMA: dict[str, Field] = {
+    "offset": Field(int, required=True, **_OFFSET), "nbytes": Field(int, required=True, **_OFFSET),
+    "dtype": Field(str, required=True, choices=tuple(sorted(SECTION_DTYPES))),
+    "shape": Field(list, required=True),
+}
 
 
 class IndexFileError(EmbedpipeError):
@@ -132,6 +201,60 @@ def _open_map(path: Path) -> mmap.mmap | bytes:
         raise IndexFileError(path, "is a directory, not an index file") from None
 
 
+def check_fields(path: Any, what: str, values: Any, schema: Mapping[str, Field]) -> None:
+    """Raise IndexFileError unless `values` is a dict whose fields match `schema`."""
+    if not isinstance(values, dict):
+        raise IndexFileError(path, f"corrupt header: {what} is {type(values).__name__}, expected an "
+                                   "object; rebuild the index")
+    for name, spec in schema.items():
+        if name not in values:
+            if spec.required:
+                raise IndexFileError(path, f"corrupt header: {what} lacks {name!r}; rebuild the index")
+            continue
+        problem = spec.problem(values[name])
+        if problem:
+            raise IndexFileError(path, f"corrupt header: {what} field {name!r} {problem}; "
+                                       "rebuild the index")
+
+
+def check_header(path: Any, header: Any) -> None:
+    """Type-check an index header against INDEX_SCHEMA and the tables of its type."""
+    check_fields(path, "header", header, INDEX_SCHEMA)
+    if not all(isinstance(c, str) for c in header["columns"]):
+        raise IndexFileError(path, "corrupt header: 'columns' must be a list of names; rebuild the index")
+    check_fields(path, f"{quote(header['type'])} header", header, TYPE_SCHEMA.get(header["type"], {}))
+    params = PARAMS_SCHEMA.get(header["type"])
+    if params is not None:
+        check_fields(path, f"{header['type']} params", header.get("params", {}), params)
+
+
+def _section_views(path: Path, buf: Any, header: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Numpy views of the sections after checking each one's offset, size, dtype and shape
+    against each other and against the payload bounds (so no view can reach past the file)."""
+    lo = header["payload_offset"]
+    hi = lo + header["payload_size"]
+    whole = np.frombuffer(buf, dtype=np.uint8) if len(buf) else np.zeros(0, np.uint8)
+    sections: dict[str, np.ndarray] = {}
+    for name, info in header["sections"].items():
+        what = f"section {quote(name)}"
+        check_fields(path, what, info, SECTION_SCHEMA)
+        dtype, shape = np.dtype(info["dtype"]), info["shape"]
+        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_COUNT for d in shape) \
+                or len(shape) > 4:
+            raise IndexFileError(path, f"corrupt header: {what} has shape {quote(shape)}; rebuild the index")
+        start, nbytes = info["offset"], info["nbytes"]
+        if nbytes != int(np.prod(shape, dtype=object)) * dtype.itemsize:
+            raise IndexFileError(path, f"corrupt header: {what} holds {nbytes} bytes, but shape "
+                                       f"{shape} of {dtype.str} needs "
+                                       f"{int(np.prod(shape, dtype=object)) * dtype.itemsize}; rebuild the index")
+        if start < lo or start + nbytes > hi or start % dtype.itemsize:
+            raise IndexFileError(path, f"corrupt header: {what} at bytes {start}..{start + nbytes} "
+                                       f"lies outside the payload {lo}..{hi} or is misaligned; "
+                                       "rebuild the index")
+        sections[name] = whole[start:start + nbytes].view(dtype).reshape(shape)
+    return sections
+
+
 def is_container(path: str | os.PathLike) -> bool:
     """True when `path` starts with the embedpipe index magic."""
     try:
@@ -166,23 +289,25 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
         raise IndexFileError(path, "header checksum mismatch: the file is corrupt")
     try:
         header = json.loads(blob)
-    except ValueError as exc:
-        raise IndexFileError(path, f"unreadable header: {exc}") from None
-    if expected_type is not None and header.get("type") != expected_type:
-        raise IndexFileError(path, f"is a {header.get('type')!r} index, expected {expected_type!r}")
+    except (ValueError, RecursionError) as exc:
+        raise IndexFileError(path, f"unreadable header: {quote(str(exc), 80)}") from None
+    check_fields(path, "header", header, CONTAINER_SCHEMA)
+    if expected_type is not None:
+        if header.get("type") != expected_type:
+            raise IndexFileError(path, f"is a {quote(header.get('type'))} index, expected {expected_type!r}")
+        check_header(path, header)
     payload_end = header["payload_offset"] + header["payload_size"]
     if len(buf) < payload_end:
         raise IndexFileError(path, f"truncated: payload needs {payload_end} bytes, "
                                    f"file has {len(buf)}")
+    if header["payload_offset"] < end:
+        raise IndexFileError(path, "corrupt header: the payload overlaps the header; rebuild the index")
     if verify:
         got = crc32_of(memoryview(buf)[header["payload_offset"]:payload_end])
         if got != header["payload_crc32"]:
             raise IndexFileError(path, "payload checksum mismatch: the file is corrupt "
                                        f"(crc32 {got:08x}, header says "
                                        f"{header['payload_crc32']:08x})")
-    whole = np.frombuffer(buf, dtype=np.uint8)
-    sections: dict[str, np.ndarray] = {}
-    for name, info in header.pop("sections").items():
-        raw = whole[info["offset"]:info["offset"] + info["nbytes"]]
-        sections[name] = raw.view(np.dtype(info["dtype"])).reshape(info["shape"])
+    sections = _section_views(path, buf, header)
+    header.pop("sections")
     return header, sections

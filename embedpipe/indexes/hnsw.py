@@ -35,6 +35,7 @@ from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex,
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
 from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param
 from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
+from embedpipe.indexes.validate import check_index
 
 CAND_BLOCK = 1024
 EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as "
@@ -342,9 +343,7 @@ class HnswIndex(VectorIndex):
         n = header["count"]
         if codes.shape != (n, header["dim"]) or len(nbr0) != n:
             raise IndexFileError(path, f"graph/vector sections do not match count {n}")
-        if n and (nbr0.max(initial=-1) >= n or arrays[5].max(initial=-1) >= n):
-            raise IndexFileError(path, "graph refers to nodes beyond the vector count")
         p = header["params"]
         offset = scale_scheme(header["quant"], p.get("scale_mode", "vector")).load_offset(sec, header["dim"])
-        return cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p,
-                   ids, meta, cols, offset)
+        return check_index(path, cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p,
+                                     ids, meta, cols, offset))

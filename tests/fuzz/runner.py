@@ -24,7 +24,9 @@ FAILURES = ("signal", "hang", "traceback", "nonfinite", "bad_message")
 
 def _env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(ROOT), EMBEDPIPE_CACHE_DIR=str(cache), EMBEDPIPE_THREADS="1",
+    # EMBEDPIPE_FUZZ_CODE: another checkout whose embedpipe the workers import (a baseline run)
+    code = os.environ.get("EMBEDPIPE_FUZZ_CODE")
+    env.update(PYTHONPATH=f"{code}{os.pathsep}{ROOT}" if code else str(ROOT), EMBEDPIPE_CACHE_DIR=str(cache), EMBEDPIPE_THREADS="1",
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     return env
 

@@ -82,5 +82,5 @@ def test_graph_pointing_outside_is_rejected(tmp_path):
     sec["nbr0"] = nbr0
     header = {k: v for k, v in header.items() if not k.startswith("payload")}
     write_container(tmp_path / "bad", header, sec)
-    with pytest.raises(Exception, match="beyond the vector count"):
+    with pytest.raises(Exception, match="holds node id 10000"):
         load_index(tmp_path / "bad")
