@@ -18,6 +18,13 @@ def quote(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def shown(name: Any, limit: int = 60) -> str:
+    """A name read from a file, as-is when it is short printable text, else `quote`d."""
+    if isinstance(name, str) and name.isprintable() and len(name) <= limit:
+        return name
+    return quote(name, limit)
+
+
 def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
     """`message` as one printable line of at most `limit` characters."""
     if not message.isprintable():

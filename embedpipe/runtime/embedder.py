@@ -23,6 +23,7 @@ from embedpipe.runtime import prompts
 from embedpipe.runtime.backends import make_backend
 from embedpipe.runtime.gemma_embedding import GemmaEmbeddingModel
 from embedpipe.runtime.gguf_file import GGUFModelFile
+from embedpipe.runtime.model_integrity import check_finite
 from embedpipe.runtime.text_ids import check_texts, fit_context
 from embedpipe.runtime.tokenizer import Tokenizer
 
@@ -118,6 +119,7 @@ class Embedder:
         bar = tqdm(total=len(ids), desc="embedding", unit="text", disable=not show_progress)
         for batch in _batches(order, [len(s) for s in ids], batch_size, max_batch_tokens):
             out[batch] = self.model.embed([list(ids[i]) for i in batch])
+            check_finite(out[batch], self.model_path)
             bar.update(len(batch))
         bar.close()
         out = normalize_rows(out)

@@ -16,7 +16,8 @@ import numpy as np
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
 from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
-from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
+from embedpipe.runtime.gguf_file import REPAIR_HINT, GGUFModelFile, WeightTensor
+from embedpipe.runtime.gguf_schema import tokenizer_problem
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,15 @@ class GemmaEmbeddingConfig:
 
 def validate_tensors(mf: GGUFModelFile, cfg: GemmaEmbeddingConfig) -> bool:
     """Check presence and shapes of every tensor; returns whether the dense head is present."""
+    problem = tokenizer_problem(mf.metadata, cfg.vocab or None)
+    if problem:
+        raise ModelFileError(f"{mf.path}: {problem}; {REPAIR_HINT}")
     expected = cfg.tensor_shapes()
-    has_dense = "dense_2.weight" in mf.tensors and "dense_3.weight" in mf.tensors
+    present = [n for n in ("dense_2.weight", "dense_3.weight") if n in mf.tensors]
+    has_dense = len(present) == 2
+    if present and not has_dense or cfg.dense_out is not None and not has_dense:
+        missing = sorted({"dense_2.weight", "dense_3.weight"} - set(present))
+        raise ModelFileError(f"{mf.path}: the dense head is incomplete (missing tensor {', '.join(missing)}); {REPAIR_HINT}")
     if has_dense:
         expected.update(cfg.dense_shapes() or {
             "dense_2.weight": mf.tensors["dense_2.weight"].shape,
@@ -105,9 +113,9 @@ def validate_tensors(mf: GGUFModelFile, cfg: GemmaEmbeddingConfig) -> bool:
     for name, shape in expected.items():
         tensor = mf.tensors.get(name)
         if tensor is None:
-            raise ModelFileError(f"{mf.path}: missing tensor {name}")
+            raise ModelFileError(f"{mf.path}: missing tensor {name}; {REPAIR_HINT}")
         if tuple(tensor.shape) != tuple(shape):
-            raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}")
+            raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}; {REPAIR_HINT}")
     if cfg.head_dim % 2:
         raise ModelFileError(f"{mf.path}: head_dim {cfg.head_dim} must be even for RoPE")
     if cfg.n_head % cfg.n_kv_head:

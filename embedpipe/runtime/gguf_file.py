@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from embedpipe.errors import ModelFileError, shown
+from embedpipe.runtime import model_integrity
 from embedpipe.runtime.gguf_parse import GGUFFormatError, parse_gguf
+from embedpipe.runtime.gguf_schema import metadata_problems
 
-from embedpipe.errors import ModelFileError
+# What to do about a damaged file; the cached default model is repaired by a forced pull.
+REPAIR_HINT = "re-download or re-convert it (the cached model: `embedpipe model pull --force`)"
 
 # Weight storage types embedpipe runs (numpy reference and JIT kernels alike).
 SUPPORTED_WEIGHT_TYPES: frozenset[GGMLQuantizationType] = frozenset({
@@ -62,33 +66,47 @@ class GGUFModelFile:
             with open(self.path, "rb") as fh:
                 self._parsed = parse_gguf(fh)
         except GGUFFormatError as exc:
-            raise ModelFileError(f"{self.path}: not a readable GGUF file: {exc}") from exc
+            raise ModelFileError(f"{self.path}: not a readable GGUF file: {exc}; {REPAIR_HINT}") from exc
         except OSError as exc:
             raise ModelFileError(f"{self.path}: cannot read ({exc.strerror})") from exc
         self.metadata: dict[str, Any] = self._parsed.metadata
+        problems = metadata_problems(self.metadata)
+        if problems:
+            raise ModelFileError(f"{self.path}: {problems[0]}; {REPAIR_HINT}")
         self.tensors: dict[str, WeightTensor] = {}
         self._load_tensors()
+        model_integrity.verify(self)
 
     def _load_tensors(self) -> None:
         supported = ", ".join(sorted(q.name for q in SUPPORTED_WEIGHT_TYPES))
+        sizes = []
         for info in self._parsed.tensors:
+            name = shown(info.name)
             try:
                 qtype = GGMLQuantizationType(info.type_id)
             except ValueError:
-                raise ModelFileError(f"{self.path}: tensor {info.name} has unknown type id {info.type_id}") from None
+                raise ModelFileError(f"{self.path}: tensor {name} has unknown type id {info.type_id}; "
+                                     f"{REPAIR_HINT}") from None
             if qtype not in SUPPORTED_WEIGHT_TYPES:
                 raise ModelFileError(
-                    f"{self.path}: tensor {info.name} has type {qtype.name}; "
+                    f"{self.path}: tensor {name} has type {qtype.name}; "
                     f"{qtype.name} is not supported (supported: {supported})"
                 )
             if info.name in self.tensors:
-                raise ModelFileError(f"{self.path}: tensor {info.name} appears twice")
+                raise ModelFileError(f"{self.path}: tensor {name} appears twice; {REPAIR_HINT}")
             try:
-                raw = self._parsed.tensor_bytes(info)
+                sizes.append(self._parsed.tensor_nbytes(info))
             except GGUFFormatError as exc:
-                raise ModelFileError(f"{self.path}: {exc}") from exc
+                raise ModelFileError(f"{self.path}: {exc}; {REPAIR_HINT}") from exc
+            self.tensors[info.name] = None  # type: ignore[assignment]  # placeholder: duplicate check
+        try:
+            self._parsed.check_layout(sizes)
+        except GGUFFormatError as exc:
+            raise ModelFileError(f"{self.path}: {exc}; {REPAIR_HINT}") from exc
+        for info in self._parsed.tensors:
+            qtype = GGMLQuantizationType(info.type_id)
             shape = tuple(int(d) for d in reversed(info.dims))
-            self.tensors[info.name] = WeightTensor(info.name, qtype, shape, raw)
+            self.tensors[info.name] = WeightTensor(info.name, qtype, shape, self._parsed.tensor_bytes(info))
 
     def get(self, key: str, default: Any = None) -> Any:
         """A metadata value: str, int/float/bool, numpy array, or list of bytes for string arrays."""
@@ -97,7 +115,7 @@ class GGUFModelFile:
     def require(self, key: str) -> Any:
         value = self.get(key)
         if value is None:
-            raise ModelFileError(f"{self.path}: missing metadata key {key!r}")
+            raise ModelFileError(f"{self.path}: missing metadata key {shown(key)}; {REPAIR_HINT}")
         return value
 
     @property

@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from embedpipe.errors import quote, shown
+
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+MAX_ARRAY_DEPTH = 2  # arrays of arrays appear in no model we read; deeper is a crafted file
 
 # GGUF value type id -> (struct format, numpy dtype) for fixed-size scalars.
 _SCALARS: dict[int, tuple[str, np.dtype]] = {
@@ -45,10 +49,14 @@ class _Cursor:
         self.buf = buf
         self.pos = 0
 
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
     def take(self, n: int) -> memoryview:
         end = self.pos + n
         if n < 0 or end > len(self.buf):
-            raise GGUFFormatError(f"header runs past the end of the file at byte {self.pos} (needs {n} more)")
+            raise GGUFFormatError(f"header runs past the end of the file at byte {self.pos} "
+                                  f"(a field claims {n} bytes, {self.remaining()} remain)")
         view = self.buf[self.pos:end]
         self.pos = end
         return view
@@ -59,23 +67,29 @@ class _Cursor:
     def string(self) -> bytes:
         return bytes(self.take(self.scalar("<Q")))
 
-    def value(self, type_id: int) -> Any:
+    def value(self, type_id: int, depth: int = 0) -> Any:
         if type_id in _SCALARS:
             return self.scalar(_SCALARS[type_id][0])
         if type_id == _STRING:
             return self.string().decode("utf-8", errors="replace")
-        if type_id == _ARRAY:
-            return self.array()
-        raise GGUFFormatError(f"unknown metadata value type {type_id} at byte {self.pos}")
+        if type_id == _ARRAY and depth < MAX_ARRAY_DEPTH:
+            return self.array(depth + 1)
+        raise GGUFFormatError(f"unsupported metadata value type {type_id} at byte {self.pos}")
 
-    def array(self) -> Any:
+    def array(self, depth: int = 1) -> Any:
         item_type, count = self.scalar("<I"), self.scalar("<Q")
+        # every item takes at least one byte (a string at least its 8-byte length): a count
+        # beyond the bytes left is corrupt, whatever the item type
+        smallest = _SCALARS[item_type][1].itemsize if item_type in _SCALARS else 8 if item_type == _STRING else 12
+        if count > self.remaining() // smallest:
+            raise GGUFFormatError(f"array at byte {self.pos} claims {count} items, more than the "
+                                  f"{self.remaining()} bytes left can hold")
         if item_type in _SCALARS:
             dtype = _SCALARS[item_type][1]
             return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).copy()
         if item_type == _STRING:
             return self.string_array(count)
-        return [self.value(item_type) for _ in range(count)]
+        return [self.value(item_type, depth) for _ in range(count)]
 
     def string_array(self, count: int) -> "StringArray":
         """A string array as a lazy sequence: only the offsets are read here (a vocabulary has
@@ -83,14 +97,17 @@ class _Cursor:
         buf, pos = self.buf, self.pos
         positions = [0] * count
         unpack = struct.Struct("<Q").unpack_from
+        size = len(buf)
         try:
             for i in range(count):
                 positions[i] = pos
                 pos += 8 + unpack(buf, pos)[0]
-        except struct.error as exc:
-            raise GGUFFormatError(f"string array runs past the end of the file ({exc})") from exc
-        if pos > len(buf):
-            raise GGUFFormatError("string array runs past the end of the file")
+                if pos > size:
+                    break
+        except struct.error:
+            pos = size + 1
+        if pos > size:
+            raise GGUFFormatError(f"string array item {i} at byte {positions[i]} runs past the end of the file")
         self.pos = pos
         starts = np.array(positions, np.int64) + 8
         ends = np.empty(count, np.int64)
@@ -134,20 +151,45 @@ class ParsedGGUF:
     data_offset: int
     mm: mmap.mmap
 
-    def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
-        """Zero-copy uint8 view of one tensor's data (bounds checked)."""
+    alignment: int = DEFAULT_ALIGNMENT
+
+    def tensor_nbytes(self, info: TensorInfo) -> int:
+        """Bytes of one tensor, after checking its type and that its rows fill whole blocks."""
         qtype = GGMLQuantizationType(info.type_id)
         block, size = GGML_QUANT_SIZES[qtype]
-        n = int(np.prod(info.dims, dtype=np.int64))
         if info.dims[0] % block:
-            raise GGUFFormatError(f"tensor {info.name}: row of {info.dims[0]} is not a multiple of the {qtype.name} block {block}")
+            raise GGUFFormatError(f"tensor {shown(info.name)}: row of {info.dims[0]} is not a multiple of "
+                                  f"the {qtype.name} block {block}")
+        n = 1
+        for d in info.dims:
+            n *= d
+        return n // block * size
+
+    def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
+        """Zero-copy uint8 view of one tensor's data (bounds checked)."""
+        n_bytes = self.tensor_nbytes(info)
         start = self.data_offset + info.offset
-        n_bytes = n // block * size
         if start + n_bytes > len(self.mm):
-            raise GGUFFormatError(
-                f"file is truncated: tensor {info.name} ends at byte {start + n_bytes} but the file has {len(self.mm)} bytes"
-            )
+            raise GGUFFormatError(f"file is truncated: tensor {shown(info.name)} ends at byte {start + n_bytes} "
+                                  f"but the file has {len(self.mm)} bytes")
         return np.frombuffer(self.mm, dtype=np.uint8, count=n_bytes, offset=start)
+
+    def check_layout(self, nbytes: list[int]) -> None:
+        """Tensor data: each offset aligned, inside the file, no two tensors overlapping."""
+        data_size = len(self.mm) - self.data_offset
+        order = sorted(range(len(self.tensors)), key=lambda i: self.tensors[i].offset)
+        end, prev = 0, None
+        for i in order:
+            t = self.tensors[i]
+            if t.offset % self.alignment:
+                raise GGUFFormatError(f"tensor {shown(t.name)} starts at data offset {t.offset}, not a "
+                                      f"multiple of the alignment {self.alignment}")
+            if t.offset < end:
+                raise GGUFFormatError(f"tensor {shown(t.name)} overlaps tensor {shown(prev)} in the data section")
+            end, prev = t.offset + nbytes[i], t.name
+            if end > data_size:
+                raise GGUFFormatError(f"file is truncated: tensor {shown(t.name)} ends at byte "
+                                      f"{self.data_offset + end} but the file has {len(self.mm)} bytes")
 
 
 def parse_gguf(fileobj) -> ParsedGGUF:
@@ -173,13 +215,17 @@ def parse_gguf(fileobj) -> ParsedGGUF:
     for _ in range(n_tensors):
         name = cur.string().decode("utf-8", errors="replace")
         n_dims = cur.scalar("<I")
-        if n_dims > 4:
-            raise GGUFFormatError(f"tensor {name} has {n_dims} dimensions")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise GGUFFormatError(f"tensor {shown(name)} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
         dims = tuple(cur.scalar("<Q") for _ in range(n_dims))
+        if min(dims) < 1 or max(dims) > len(mm) * 32:
+            raise GGUFFormatError(f"tensor {shown(name)} has dimensions {dims}, impossible in a "
+                                  f"{len(mm)}-byte file")
         tensors.append(TensorInfo(name, cur.scalar("<I"), dims, cur.scalar("<Q")))
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise GGUFFormatError(f"invalid alignment {alignment}")
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
+            or alignment & (alignment - 1) or alignment > 1 << 20:
+        raise GGUFFormatError(f"general.alignment {quote(alignment)} is not a power of two")
     data_offset = -(-cur.pos // alignment) * alignment
     del cur
-    return ParsedGGUF(version, metadata, tensors, data_offset, mm)
+    return ParsedGGUF(version, metadata, tensors, data_offset, mm, alignment)

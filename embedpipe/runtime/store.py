@@ -32,8 +32,9 @@ from typing import Iterator, Mapping
 from tqdm import tqdm
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.runtime import mirror
+from embedpipe.runtime import mirror, model_integrity
 from embedpipe.runtime.convert import convert_checkout
+from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.gguf_names import QUANTS
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,9 @@ def cached_model_path(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC) -> Pa
 def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool) -> Path:
     path = gguf_path(quant, spec)
     _gguf_stamp(path).unlink(missing_ok=True)
+    model_integrity.sidecar(path).unlink(missing_ok=True)
     convert_checkout(src, path, quant, progress=progress)
+    model_integrity.record(GGUFModelFile(path))  # what a later load compares against
     _write_json_atomic(_gguf_stamp(path), {
         "version": STAMP_VERSION, "quant": quant, "size": path.stat().st_size, "sha256": sha256_file(path),
         "source_sha256": {k: v for k, v in spec.pins.items() if k.endswith(".safetensors")},

@@ -36,7 +36,7 @@ def _run_from(case_file: Path, first: int, timeout: float, env: dict,
     """Run cases from `first` until the worker ends; returns (index of a case that killed or
     hung the worker or None, 'signal'|'hang'|'', detail)."""
     proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", str(case_file), str(first)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            cwd=os.environ.get("EMBEDPIPE_FUZZ_CODE", ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
