@@ -27,6 +27,7 @@ def ingest(
     chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Text tokens per chunk; texts with more are chunked (default: fill --max-tokens)."),
     chunk_overlap: int = typer.Option(64, "--chunk-overlap", help="Tokens shared by neighbouring chunks (at most half a chunk)."),
     on_bad: str = typer.Option("skip", "--on-bad", help="Null/empty/non-string/invalid UTF-8 rows: skip (listed in _skipped.jsonl) or fail."),
+    on_duplicate_id: str = typer.Option("warn", "--on-duplicate-id", help="Rows whose --id-col value an earlier row used: warn (skip them, listed in _skipped.jsonl), error, or keep."),
     dtype: str = typer.Option("float32", "--dtype", help="Embedding storage: float32, float16, or int8 (+ per-row float32 scale)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass at most."),
     batch_tokens: int = typer.Option(16384, "--batch-tokens", help="Tokens per forward pass at most (rows × longest)."),
@@ -52,7 +53,7 @@ def ingest(
         text_col=text_col, id_col=id_col, title_col=title_col,
         keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
         task=task, dim=dim, dtype=dtype, long=long, max_tokens=max_tokens, chunk_tokens=chunk_tokens,
-        chunk_overlap=chunk_overlap, on_bad=on_bad, batch_rows=batch_size, batch_tokens=batch_tokens,
+        chunk_overlap=chunk_overlap, on_bad=on_bad, on_duplicate_id=on_duplicate_id, batch_rows=batch_size, batch_tokens=batch_tokens,
         part_rows=part_rows, cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None, resume=resume,
         overwrite=overwrite, engine=engine, ray_actors=ray_actors, ray_address=ray_address, progress=progress,
     )

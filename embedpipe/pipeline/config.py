@@ -8,6 +8,7 @@ from embedpipe.errors import EmbedpipeError
 
 LONG_MODES: tuple[str, ...] = ("chunk", "truncate", "error")
 BAD_POLICIES: tuple[str, ...] = ("skip", "fail")
+DUPLICATE_POLICIES: tuple[str, ...] = ("warn", "error", "keep")  # warn: skip later rows, listed
 DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
 ENGINES: tuple[str, ...] = ("local", "ray")
 
@@ -15,7 +16,7 @@ ENGINES: tuple[str, ...] = ("local", "ray")
 # would mix two different datasets in one directory, so resume refuses (see manifest.py).
 FINGERPRINT_FIELDS: tuple[str, ...] = (
     "text_col", "id_col", "title_col", "keep", "task", "dim", "dtype", "long", "max_tokens",
-    "chunk_tokens", "chunk_overlap", "on_bad", "part_rows",
+    "chunk_tokens", "chunk_overlap", "on_bad", "on_duplicate_id", "part_rows",
 )
 
 
@@ -46,6 +47,7 @@ class IngestConfig:
     chunk_tokens: int | None = None
     chunk_overlap: int = 64
     on_bad: str = "skip"
+    on_duplicate_id: str = "warn"
     batch_rows: int = 32
     batch_tokens: int = 16384
     sort_window: int = 4096
@@ -61,7 +63,8 @@ class IngestConfig:
     progress: bool = True
 
     def validate(self) -> "IngestConfig":
-        choices = {"long": LONG_MODES, "on_bad": BAD_POLICIES, "dtype": DTYPES, "engine": ENGINES}
+        choices = {"long": LONG_MODES, "on_bad": BAD_POLICIES, "on_duplicate_id": DUPLICATE_POLICIES,
+                   "dtype": DTYPES, "engine": ENGINES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise EmbedpipeError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -83,10 +83,11 @@ def resolve(cfg: IngestConfig, emb) -> IngestConfig:
 
 
 def make_schema(cfg: IngestConfig, emb, corpus: Corpus) -> pa.Schema:
-    first = corpus.sources[0].schema()
-    id_t = id_type(first.field(cfg.id_col).type if cfg.id_col else None)
-    keep = [pa.field(c, pa.string()) if c in (cfg.text_col, cfg.title_col) else first.field(c).with_nullable(True)
-            for c in cfg.keep]
+    # column types come from the first input that has columns (empty files have none)
+    first = next((s for s in (src.schema() for src in corpus.sources) if s.names), pa.schema([]))
+    id_t = id_type((first.field(cfg.id_col).type if cfg.id_col in first.names else pa.string()) if cfg.id_col else None)
+    keep = [pa.field(c, pa.string()) if c in (cfg.text_col, cfg.title_col) or c not in first.names
+            else first.field(c).with_nullable(True) for c in cfg.keep]
     meta = DatasetMeta(emb.model_sha256, str(emb.model_path), cfg.task, cfg.dim, cfg.dtype)
     return output_schema(id_t, keep, meta)
 
@@ -95,11 +96,24 @@ def job_header(cfg: IngestConfig, emb, corpus: Corpus) -> dict:
     return {"model_sha256": emb.model_sha256, **cfg.fingerprint(), "inputs": corpus.identity()}
 
 
-def open_processor(cfg: IngestConfig, emb, corpus: Corpus) -> WindowProcessor:
+def open_processor(cfg: IngestConfig, emb, corpus: Corpus, manifest: Manifest | None = None) -> WindowProcessor:
     cache = None
     if cfg.cache:
         cache = EmbeddingCache.in_dir(cfg.cache_dir)
-    return WindowProcessor(emb, cfg, make_schema(cfg, emb, corpus), cache)
+    processor = WindowProcessor(emb, cfg, make_schema(cfg, emb, corpus), cache)
+    if manifest is not None and cfg.id_col and cfg.on_duplicate_id != "keep":
+        processor.seen_ids.update(_committed_ids(Path(cfg.output), manifest))
+    return processor
+
+
+def _committed_ids(out_dir: Path, manifest: Manifest) -> set:
+    """Ids already written by earlier runs of a resumed job (duplicate detection spans them)."""
+    import pyarrow.parquet as pq
+
+    ids: set = set()
+    for entry in manifest.parts.values():
+        ids.update(pq.read_table(out_dir / entry["file"], columns=["id"]).column("id").to_pylist())
+    return ids
 
 
 def _totals(manifest: Manifest) -> Stats:
@@ -154,7 +168,7 @@ def _run(cfg: IngestConfig, embedder, corpus: Corpus, manifest: Manifest, out_di
             else:
                 from embedpipe.pipeline.engine_local import run_local
 
-                processor = open_processor(cfg, embedder, corpus)
+                processor = open_processor(cfg, embedder, corpus, manifest)
                 processor.on_batch = progress.batch
                 run_local(cfg, processor, corpus, manifest, on_window)
         manifest.finish(_totals(manifest).to_dict())

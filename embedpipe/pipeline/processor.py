@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from embedpipe.errors import EmbedpipeError, InputTooLongError
+from embedpipe.errors import EmbedpipeError, InputTooLongError, shown
 from embedpipe.pipeline.batching import length_batches
 from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key
 from embedpipe.pipeline.chunking import PROMPT_TOO_LONG, TOO_LONG, Chunker
@@ -64,10 +64,13 @@ class WindowProcessor:
         self.setting = self.chunker.cache_setting
         self.keep_fields = [schema.field(c) for c in cfg.keep]
         self.on_batch: Callable[[int, int, int], None] | None = None  # (seqs done, seqs, tokens)
+        self.seen_ids: set = set()  # ids of the good rows so far (--on-duplicate-id)
 
     def process(self, batches: list[tuple[int, Path, pa.RecordBatch]]) -> tuple[pa.Table, list[dict], Stats]:
         cfg = self.cfg
         rows = extract(batches, cfg.text_col, cfg.id_col, cfg.title_col)
+        if cfg.id_col and cfg.on_duplicate_id != "keep":
+            self._mark_duplicates(rows)
         stats = Stats()
         stats.counts["rows_in"] = len(rows.texts)
         good = [i for i, r in enumerate(rows.reasons) if r is None]
@@ -85,13 +88,28 @@ class WindowProcessor:
             stats.counts["text_tokens"] += r.text_tokens
         return table, skipped, stats
 
+    def _mark_duplicates(self, rows: Rows) -> None:
+        """Rows whose id an earlier good row of this job already used: an error, or skipped
+        with reason duplicate_id (listed in _skipped.jsonl and counted in the summary)."""
+        seen = self.seen_ids
+        for i, (row_id, reason) in enumerate(zip(rows.ids, rows.reasons)):
+            if reason is not None:
+                continue
+            if row_id in seen:
+                if self.cfg.on_duplicate_id == "error":
+                    raise EmbedpipeError(f"{rows.paths[i]}: row {rows.rows[i]}: id {shown(row_id)} appeared in an "
+                                         "earlier row; use --on-duplicate-id warn (skip) or keep")
+                rows.reasons[i] = "duplicate_id"
+            else:
+                seen.add(row_id)
+
     def _skipped(self, rows: Rows, stats: Stats) -> list[dict]:
         out = []
         for i, reason in enumerate(rows.reasons):
             if reason is None:
                 continue
-            where = f"{rows.paths[i]}: row {rows.rows[i]} (id {rows.ids[i]!r})"
-            if self.cfg.on_bad == "fail":
+            where = f"{rows.paths[i]}: row {rows.rows[i]} (id {shown(rows.ids[i])})"
+            if self.cfg.on_bad == "fail" and reason != "duplicate_id":
                 raise EmbedpipeError(f"{where}: {REASONS[reason]} ({reason}); use --on-bad skip to skip such rows")
             out.append({"id": rows.ids[i], "row": rows.rows[i], "file": str(rows.paths[i]), "reason": reason})
             stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + 1

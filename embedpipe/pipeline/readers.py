@@ -37,16 +37,32 @@ class Source:
 
     path: Path
 
+    def is_empty(self) -> bool:
+        """A zero-byte file is zero rows in every format (no columns to check, nothing to read)."""
+        try:
+            return self.path.stat().st_size == 0
+        except OSError:
+            return False
+
     def num_rows(self) -> int | None:
         return None
 
     def schema(self) -> pa.Schema:
         raise NotImplementedError
 
+    def stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+        """`_stream` with empty files read as no rows and reader failures as InputError."""
+        if self.is_empty():
+            return
+        try:
+            yield from self._stream(columns, rows)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{self.path}: cannot read ({type(exc).__name__}: {exc})") from None
+
     def batches(self, columns: list[str], start: int, rows: int) -> Iterator[pa.RecordBatch]:
         """Record batches with `columns` (plus BAD_COLUMN when the reader adds it) from row `start`."""
         skip = start
-        for batch in self._stream(columns, rows):
+        for batch in self.stream(columns, rows):
             if skip >= batch.num_rows:
                 skip -= batch.num_rows
                 continue
@@ -57,6 +73,8 @@ class Source:
         raise NotImplementedError
 
     def check_columns(self, columns: list[str]) -> None:
+        if self.is_empty():
+            return
         names = set(self.schema().names)
         missing = [c for c in columns if c not in names]
         if missing:
@@ -71,12 +89,20 @@ class ParquetSource(Source):
             raise InputError(f"{self.path}: not a readable Parquet file ({exc})") from exc
 
     def num_rows(self) -> int:
-        return self._file().metadata.num_rows
+        return 0 if self.is_empty() else self._file().metadata.num_rows
 
     def schema(self) -> pa.Schema:
-        return self._file().schema_arrow
+        return pa.schema([]) if self.is_empty() else self._file().schema_arrow
 
     def batches(self, columns: list[str], start: int, rows: int) -> Iterator[pa.RecordBatch]:
+        if self.is_empty():
+            return
+        try:
+            yield from self._row_groups(columns, start, rows)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{self.path}: cannot read ({type(exc).__name__}: {exc})") from None
+
+    def _row_groups(self, columns: list[str], start: int, rows: int) -> Iterator[pa.RecordBatch]:
         # Skip whole row groups by metadata, then stream the rest with iter_batches (memory stays at
         # one batch; Dataset.to_batches is known to accumulate).
         pf = self._file()
@@ -100,26 +126,34 @@ class IpcSource(Source):
     def _reader(self):
         try:
             return pa.ipc.open_file(pa.memory_map(str(self.path)))
-        except pa.ArrowInvalid:
+        except (OSError, pa.ArrowException):
             try:
                 return pa.ipc.open_stream(pa.memory_map(str(self.path)))
             except (OSError, pa.ArrowException) as exc:
-                raise InputError(f"{self.path}: not an Arrow IPC/Feather file ({exc})") from exc
+                raise InputError(f"{self.path}: not an Arrow IPC/Feather file ({exc})") from None
 
     def num_rows(self) -> int | None:
+        if self.is_empty():
+            return 0
         reader = self._reader()
         if isinstance(reader, pa.ipc.RecordBatchFileReader):
-            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            try:
+                return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+            except (OSError, pa.ArrowException) as exc:
+                raise InputError(f"{self.path}: not an Arrow IPC/Feather file ({exc})") from None
         return None
 
     def schema(self) -> pa.Schema:
-        return self._reader().schema
+        return pa.schema([]) if self.is_empty() else self._reader().schema
 
     def _stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
         reader = self._reader()
         it = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
             if isinstance(reader, pa.ipc.RecordBatchFileReader) else iter(reader)
         for batch in it:
+            # IPC buffers are mapped as written: a corrupt offset would be followed by native
+            # code later, so every batch is validated in full before anything reads it
+            batch.validate(full=True)
             batch = batch.select(columns)
             for off in range(0, batch.num_rows, rows):
                 yield batch.slice(off, rows)
@@ -135,7 +169,7 @@ class CsvSource(Source):
             raise InputError(f"{self.path}: cannot read as CSV ({exc})") from exc
 
     def schema(self) -> pa.Schema:
-        return self._open(None, []).schema
+        return pa.schema([]) if self.is_empty() else self._open(None, []).schema
 
     def _stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
         reader = self._open(columns, [columns[0]])
@@ -174,10 +208,14 @@ class JsonlSource(Source):
             if rest.strip():
                 yield rest + b"\n"
 
+    def is_empty(self) -> bool:
+        """No line but blank ones: zero rows, like a header-only CSV."""
+        return not any(self._lines(block) for block in self._blocks())
+
     def schema(self) -> pa.Schema:
         for block in self._blocks():
             return _tolerant_schema(self, block)
-        raise InputError(f"{self.path}: empty JSONL file")
+        return pa.schema([])
 
     @staticmethod
     def _lines(block: bytes) -> list[bytes]:
@@ -192,12 +230,8 @@ class JsonlSource(Source):
         values: dict[str, list] = {c: [] for c in columns}
         bad: list[str | None] = []
         for line in self._lines(block):
-            try:
-                row = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
-                row, reason = {}, "invalid_json"
-            else:
-                row = row if isinstance(row, dict) else {}
+            row, reason = _parse_line(line)
+            if reason is None:
                 text = row.get(text_col)
                 reason = None if text is None or isinstance(text, str) else "non_string"
                 if isinstance(text, str):
@@ -264,12 +298,22 @@ def _jsonl_schema(source: "JsonlSource", block: bytes, columns: list[str]) -> pa
     return pa.schema(fields)
 
 
-def _json_object(line: bytes) -> dict | None:
+def _parse_line(line: bytes) -> tuple[dict, str | None]:
+    """One JSONL line as (object, None) or ({}, reason): invalid_utf8, invalid_json, not_an_object."""
     try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) else None
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}, "invalid_utf8"
+    try:
+        row = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}, "invalid_json"
+    return (row, None) if isinstance(row, dict) else ({}, "not_an_object")
+
+
+def _json_object(line: bytes) -> dict | None:
+    row, reason = _parse_line(line)
+    return None if reason else row
 
 
 SOURCE_TYPES: dict[str, type[Source]] = {
@@ -350,7 +394,7 @@ class Corpus:
                     yield row, src.path, batch
                 base += n
                 continue
-            for batch in src._stream(columns, rows):
+            for batch in src.stream(columns, rows):
                 lo, base = base, base + batch.num_rows
                 if base <= start:
                     continue

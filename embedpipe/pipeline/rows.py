@@ -19,7 +19,10 @@ REASONS: dict[str, str] = {
     "non_string": "the text is not a string",
     "invalid_utf8": "the text is not valid UTF-8",
     "invalid_json": "the line is not valid JSON",
+    "not_an_object": "the JSON line is not an object",
     "null_id": "the id is null",
+    "invalid_id": "the id is not valid UTF-8 text or does not fit an int64",
+    "duplicate_id": "an earlier row has the same id",
     "invalid_title": "the title is not valid UTF-8 text",
     "prompt_too_long": "the prompt with its title alone exceeds max_tokens",
 }
@@ -59,6 +62,31 @@ def decode_strings(arr: pa.Array) -> tuple[list[str | None], list[str | None]]:
     return values, reasons
 
 
+INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
+
+
+def decode_ids(col: pa.Array) -> tuple[list, list[str | None]]:
+    """(ids, reasons): text ids decoded strictly (invalid UTF-8 -> invalid_id), integer ids
+    checked against int64, nulls -> null_id."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if _is_texty(col.type):
+        ids, reasons = decode_strings(col)
+        return ids, [None if r is None else "null_id" if r == "null_text" else "invalid_id" for r in reasons]
+    ids = col.to_pylist()
+    reasons: list[str | None] = []
+    for i in ids:
+        if i is None:
+            reasons.append("null_id")
+        elif isinstance(i, int) and not INT64_RANGE[0] <= i <= INT64_RANGE[1]:
+            reasons.append("invalid_id")
+        else:
+            reasons.append(None)
+    return ids, reasons
+
+
 @dataclass
 class Rows:
     """One window of input rows, in input order, with per-row provenance for messages."""
@@ -82,11 +110,8 @@ def extract(batches: list[tuple[int, Path, pa.RecordBatch]], text_col: str, id_c
             reasons = [k or r for k, r in zip(known, reasons)]
         reasons = [r if r or t.strip() else "empty" for t, r in zip(texts, reasons)]
         if id_col:
-            col = batch.column(id_col)
-            col = col.dictionary_decode() if pa.types.is_dictionary(col.type) else col
-            ids = col.cast(pa.string()).to_pylist() if _is_texty(col.type) and not pa.types.is_string(col.type) \
-                else col.to_pylist()
-            reasons = [r or ("null_id" if i is None else None) for i, r in zip(ids, reasons)]
+            ids, id_reasons = decode_ids(batch.column(id_col))
+            reasons = [r or ir for r, ir in zip(reasons, id_reasons)]
         else:
             ids = list(range(first, first + n))
         if title_col:
