@@ -7,12 +7,15 @@ EP := $(VENV)/bin/embedpipe
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+# make fuzz FUZZ_SECONDS=3600: fresh rounds of mutated GGUF/index/corpus files until the budget is spent
+FUZZ_SECONDS ?= 600
+FUZZ_ARGS ?= --gguf 300 --index 300 --ingest 30
 # make bench ST_PYTHON=/path/to/torch-venv/bin/python adds sentence-transformers as a peer
 ST_PYTHON ?=
 # the default release is self-contained: dependency wheels ride along in dist/wheelhouse
 RELEASE_ARGS ?= --wheelhouse
 
-.PHONY: setup test test-fast demo bench release clean
+.PHONY: setup test test-fast fuzz demo bench release clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not model and not slow and not emulation and not ray and not release" $(PYTEST_ARGS)
+
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m tests.fuzz.campaign $(FUZZ_ARGS) --json fuzz-results.json
 
 demo: setup
 	$(EP) ingest datasets/hugeicons.parquet -o $(DEMO_OUT)/emb --task document --text-col text --keep name

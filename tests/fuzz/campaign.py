@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
     report = summarize(results)
     failures = [r for r in results if r["outcome"] in FAILURES]
-    print(json.dumps({"cases": len(results), "outcomes": report}, indent=1))
+    print(json.dumps({"cases": len(results), "seed": args.seed, "rounds": rnd, "outcomes": report}, indent=1))
     for r in failures[:200]:
         print(f"{r['outcome']:11s} {json.dumps(r['case'])[:260]} -> {r['detail'][:200]}")
     if args.json:
