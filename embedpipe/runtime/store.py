@@ -317,7 +317,7 @@ def ensure_model(quant: str = "q8_0", force: bool = False, verify: bool = False,
         problem = "forced" if force else gguf_problem(quant, spec, verify=verify)
         if problem is None:
             return gguf_path(quant, spec)
-        log.info("building %s %s: %s", spec.name, quant, problem)
+        log.warning("repairing the cached %s %s: %s", spec.name, quant, problem)
         src, _ = _ensure_checkout(spec, verify=True, force=force, progress=progress)
         return _build_gguf(quant, spec, src, progress)
 
