@@ -63,7 +63,9 @@ class StringTable:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> str:
-        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode()
+        # ids are checked as UTF-8 at load; kept text columns are not scanned, so a corrupt
+        # byte there shows as U+FFFD instead of failing the search
+        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8", "replace")
 
     def sections(self, name: str) -> dict[str, np.ndarray]:
         return {f"{name}.offsets": self.offsets, f"{name}.blob": self.blob}

@@ -14,6 +14,7 @@ is caught by the finite check on search results instead.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,10 @@ def check_common(path: Any, index: Any) -> None:
         _expect(path, "ids", np.asarray(index.ids.ints), np.int64, (n,))
     else:
         check_strings(path, "ids", index.ids.strings.offsets, index.ids.strings.blob, n)
+        try:
+            codecs.utf_8_decode(index.ids.strings.blob, "strict", True)
+        except UnicodeDecodeError as exc:
+            _fail(path, f"string ids are not valid UTF-8 (byte {exc.start} of the id blob)")
     for col, table in index.columns.items():
         check_strings(path, f"col.{col}", table.offsets, table.blob, n)
 

@@ -48,6 +48,15 @@ class Source:
         return None
 
     def schema(self) -> pa.Schema:
+        """Column names and types; an unreadable file or non-UTF-8 column names are InputError."""
+        try:
+            schema = self._schema()
+            schema.names  # names are decoded here: invalid UTF-8 raises now, not mid-job
+            return schema
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+            raise InputError(f"{self.path}: cannot read the columns ({type(exc).__name__}: {exc})") from None
+
+    def _schema(self) -> pa.Schema:
         raise NotImplementedError
 
     def stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
@@ -91,7 +100,7 @@ class ParquetSource(Source):
     def num_rows(self) -> int:
         return 0 if self.is_empty() else self._file().metadata.num_rows
 
-    def schema(self) -> pa.Schema:
+    def _schema(self) -> pa.Schema:
         return pa.schema([]) if self.is_empty() else self._file().schema_arrow
 
     def batches(self, columns: list[str], start: int, rows: int) -> Iterator[pa.RecordBatch]:
@@ -143,7 +152,7 @@ class IpcSource(Source):
                 raise InputError(f"{self.path}: not an Arrow IPC/Feather file ({exc})") from None
         return None
 
-    def schema(self) -> pa.Schema:
+    def _schema(self) -> pa.Schema:
         return pa.schema([]) if self.is_empty() else self._reader().schema
 
     def _stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
@@ -168,7 +177,7 @@ class CsvSource(Source):
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{self.path}: cannot read as CSV ({exc})") from exc
 
-    def schema(self) -> pa.Schema:
+    def _schema(self) -> pa.Schema:
         return pa.schema([]) if self.is_empty() else self._open(None, []).schema
 
     def _stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
@@ -212,7 +221,7 @@ class JsonlSource(Source):
         """No line but blank ones: zero rows, like a header-only CSV."""
         return not any(self._lines(block) for block in self._blocks())
 
-    def schema(self) -> pa.Schema:
+    def _schema(self) -> pa.Schema:
         for block in self._blocks():
             return _tolerant_schema(self, block)
         return pa.schema([])

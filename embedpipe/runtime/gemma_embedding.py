@@ -96,7 +96,8 @@ class GemmaEmbeddingConfig:
 
 def validate_tensors(mf: GGUFModelFile, cfg: GemmaEmbeddingConfig) -> bool:
     """Check presence and shapes of every tensor; returns whether the dense head is present."""
-    problem = tokenizer_problem(mf.metadata, cfg.vocab or None)
+    # pieces are UTF-8-checked where they are read: when the tokenizer model is built (tokenizer.py)
+    problem = tokenizer_problem(mf.metadata, cfg.vocab or None, check_utf8=False)
     if problem:
         raise ModelFileError(f"{mf.path}: {problem}; {REPAIR_HINT}")
     expected = cfg.tensor_shapes()

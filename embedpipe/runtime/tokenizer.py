@@ -20,6 +20,7 @@ import numpy as np
 import sentencepiece as spm
 
 from embedpipe.errors import ModelFileError
+from embedpipe.runtime.gguf_schema import invalid_utf8_piece
 from embedpipe.runtime.gguf_file import GGUFModelFile
 
 # SentencePiece TrainerSpec.ModelType
@@ -207,6 +208,10 @@ class Tokenizer:
         cache = _proto_cache_path(model_file)
         processor = _load_proto(_read_cached(cache))
         if processor is None:  # not cached yet, or a damaged cache entry
+            bad = invalid_utf8_piece(pieces)
+            if bad is not None:
+                raise ModelFileError(f"{model_file.path}: tokenizer piece {bad} is not valid UTF-8; "
+                                     "re-download or re-convert the model")
             pieces, types = sentencepiece_view(pieces, types, special)
             proto = build_model_proto(pieces, scores, types, special)
             processor = spm.SentencePieceProcessor()
