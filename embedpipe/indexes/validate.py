@@ -122,10 +122,17 @@ def check_annoy(path: Any, index: Any) -> None:
         seen[inner] = True
         leaf = kind <= K
         if leaf.any():
-            rows = nodes[inner[leaf], 1:]
             width = kind[leaf]
-            used = np.arange(K)[None, :] < width[:, None]
-            _ids_in(path, "an annoy leaf bucket", rows[used], n_items, allow_missing=False)
+            rows = nodes[inner[leaf], 1:1 + int(width.max())]
+            # as uint32 a negative id is huge: one comparison covers both ends of the range;
+            # a row is bad when its first out-of-range slot lies inside its used prefix
+            ok = rows.view(np.uint32) < n_items
+            first_bad = np.argmin(ok, axis=1)
+            first_bad[ok[np.arange(len(ok)), first_bad]] = K  # rows with no bad slot at all
+            if (first_bad < width).any():
+                r = int(np.flatnonzero(first_bad < width)[0])
+                _fail(path, f"an annoy leaf bucket holds item id {int(rows[r, first_bad[r]])} "
+                            f"(valid: 0..{n_items - 1})")
         split = inner[~leaf]
         children = nodes[split, 1:3].astype(np.int64).reshape(-1)
         _ids_in(path, "an annoy split node", children, n_nodes, allow_missing=False)
