@@ -282,6 +282,8 @@ def gguf_problem(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC, verify: bo
         return f"{path.name} has the wrong size (truncated?)"
     if verify and sha256_file(path) != stamp.get("sha256"):
         return f"{path.name} has the wrong SHA-256"
+    if verify and not model_integrity.sidecar(path).exists():
+        model_integrity.record(GGUFModelFile(path))  # pulled before sidecars existed: hash just matched
     return None
 
 

@@ -256,3 +256,25 @@ def test_leftovers_of_killed_pulls_are_removed(env: ModelSpec) -> None:
     store.pull("f16", progress=False, spec=env)
     assert not list(mdir.glob(".staging-*")) and not list(mdir.glob(".*.tmp"))
     assert store.cached_model_path("f16", env) is not None
+
+
+def test_same_size_corruption_of_the_pulled_model_is_caught_on_load(env: ModelSpec, monkeypatch) -> None:
+    from embedpipe.errors import ModelFileError
+    from embedpipe.runtime import model_integrity
+    from embedpipe.runtime.gguf_file import GGUFModelFile
+
+    path = store.pull("q8_0", progress=False, spec=env)
+    assert model_integrity.sidecar(path).exists()  # recorded when the GGUF was written
+    good = path.read_bytes()
+    start = GGUFModelFile(path)._parsed.data_offset
+    path.write_bytes(good[:start] + b"\xff" * 65536 + good[start + 65536:])
+    assert store.cached_model_path("q8_0", env) == path  # size and stamp still look fine
+    with pytest.raises(ModelFileError, match="changed since it was pulled.*model pull --force"):
+        GGUFModelFile(path)
+    _forbid(monkeypatch, "download")
+    assert store.pull("q8_0", verify=True, progress=False, spec=env) == path  # repaired
+    assert path.read_bytes() == good
+    GGUFModelFile(path)
+    model_integrity.sidecar(path).unlink()  # a model pulled before sidecars existed
+    assert store.pull("q8_0", verify=True, progress=False, spec=env) == path
+    assert model_integrity.sidecar(path).exists()  # recorded once its SHA-256 matched
