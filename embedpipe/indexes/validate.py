@@ -15,6 +15,7 @@ is caught by the finite check on search results instead.
 from __future__ import annotations
 
 import codecs
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -212,12 +213,15 @@ def check_index(path: Any, index: Any) -> Any:
     return index
 
 
-def check_results(path: Any, scores: np.ndarray, rows: np.ndarray) -> None:
-    """Search results must be finite: a NaN or infinite score means a corrupt stored vector."""
+def check_results(index: Any, scores: np.ndarray, rows: np.ndarray) -> None:
+    """Search results must be finite: a NaN or infinite score means a corrupt stored vector.
+    One reduction per call (the -inf padding of missing hits takes the slow path)."""
+    if math.isfinite(float(scores.sum(dtype=np.float64))):
+        return
     hit = rows >= 0
     if hit.any() and not np.isfinite(scores[hit]).all():
-        raise IndexFileError(path, "a stored vector is NaN or infinite (the file is corrupt); "
-                                   "rebuild the index")
+        raise IndexFileError(getattr(index, "path", f"this {index.kind} index"),
+                             "a stored vector is NaN or infinite (the file is corrupt); rebuild the index")
 
 
 def annoy_roots(path: Any, nodes: np.ndarray) -> tuple[list[int], int]:

@@ -156,5 +156,6 @@ def test_nan_vectors_never_surface_as_results(vectors, tmp_path):
     scores, rows = ix.search_rows(vectors[:12], 20)
     assert np.isfinite(scores[rows >= 0]).all() and not np.isin(rows, np.arange(10)).any()
     from embedpipe.indexes.validate import check_results
-    with pytest.raises(IndexFileError, match="NaN or infinite"):
-        check_results(path, np.array([[0.5, np.nan]], np.float32), np.array([[3, 4]]))
+    with pytest.raises(IndexFileError, match=f"{path}: a stored vector is NaN"):
+        check_results(ix, np.array([[0.5, np.nan]], np.float32), np.array([[3, 4]]))
+    check_results(ix, np.array([[0.5, -np.inf]], np.float32), np.array([[3, -1]]))  # padding is fine
