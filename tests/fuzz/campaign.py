@@ -18,7 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.fuzz.mutate import add_slack, plan
+from tests.fuzz.mutate import plan
+from tests.fuzz.mutate_index import add_slack
 from tests.fuzz.runner import FAILURES, run_cases
 from tests.fuzz.seeds import build_seeds
 

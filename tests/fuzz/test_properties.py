@@ -85,7 +85,7 @@ _json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**66, 2**
 
 @pytest.fixture(scope="module")
 def container(tmp_path_factory):
-    from tests.fuzz.mutate import add_slack
+    from tests.fuzz.mutate_index import add_slack
 
     path = tmp_path_factory.mktemp("c") / "c.idx"
     build_index(np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32), kind="hnsw", m=4,
@@ -102,7 +102,7 @@ def test_any_header_value_is_a_clean_index_error(tmp_path, container, field, val
     """Whatever a header field holds (checksums recomputed), opening the file either works or
     raises one short printable IndexFileError."""
     from embedpipe.indexes.hnsw import HnswIndex
-    from tests.fuzz.mutate import _parts, reseal
+    from tests.fuzz.mutate_index import _parts, reseal
 
     _, header = _parts(container)
     if sub is not None and isinstance(header.get(field), dict) and sub in header[field]:
