@@ -51,7 +51,7 @@ class Source:
         """Column names and types; an unreadable file or non-UTF-8 column names are InputError."""
         try:
             schema = self._schema()
-            schema.names  # names are decoded here: invalid UTF-8 raises now, not mid-job
+            _ = schema.names  # names are decoded here: invalid UTF-8 raises now, not mid-job
             return schema
         except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
             raise InputError(f"{self.path}: cannot read the columns ({type(exc).__name__}: {exc})") from None

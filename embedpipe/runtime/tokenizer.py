@@ -20,8 +20,8 @@ import numpy as np
 import sentencepiece as spm
 
 from embedpipe.errors import ModelFileError
-from embedpipe.runtime.gguf_schema import invalid_utf8_piece
 from embedpipe.runtime.gguf_file import GGUFModelFile
+from embedpipe.runtime.gguf_schema import invalid_utf8_piece
 
 # SentencePiece TrainerSpec.ModelType
 _BPE = 2

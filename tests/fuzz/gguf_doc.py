@@ -46,7 +46,7 @@ class GGUFDoc:
     positions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path) -> "GGUFDoc":
+    def read(cls, path) -> GGUFDoc:
         r = gguf.GGUFReader(str(path))
         kvs = []
         for key, f in r.fields.items():

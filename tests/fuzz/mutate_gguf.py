@@ -4,11 +4,10 @@ tensor tables, same-size damage to the weights."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-
-from tests.fuzz.gguf_doc import ARRAY, STRING, KV, GGUFDoc
+from tests.fuzz.gguf_doc import ARRAY, KV, STRING, GGUFDoc
 from tests.fuzz.mutate import INTERESTING_U64, byte_mutation
 from tests.fuzz.seeds import Seeds
 

@@ -7,8 +7,9 @@ produced, so the worker can flag non-finite output that came back without an err
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -33,8 +33,9 @@ def message_problem(msg: str) -> str | None:
 
 
 def classify(exc: BaseException | None, arrays) -> tuple[str, str]:
-    from embedpipe.errors import EmbedpipeError
     import numpy as np
+
+    from embedpipe.errors import EmbedpipeError
 
     if exc is None:
         for a in arrays:

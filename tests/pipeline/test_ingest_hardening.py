@@ -1,4 +1,4 @@
-"""Ingest on the corpora issue 11 found mishandled: duplicate ids, non-object and non-UTF-8
+"""Ingest on the corpora the fuzzer found mishandled: duplicate ids, non-object and non-UTF-8
 JSON lines, empty inputs of every format, id values that are not text."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Model files with the defects issue 11 found: each is one clear ModelFileError at load (or a
+"""Model files with the defects the fuzzer found: each is one clear ModelFileError at load (or a
 finite-output error), never a hang, a traceback or a NaN vector with exit 0."""
 
 from __future__ import annotations
