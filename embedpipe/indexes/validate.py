@@ -42,10 +42,10 @@ def _ids_in(path: Any, name: str, values: np.ndarray, n: int, allow_missing: boo
     if not values.size:
         return
     lo = -1 if allow_missing else 0
-    bad = (values < lo) | (values >= n)
-    if bad.any():
-        where = np.flatnonzero(bad.reshape(-1))[0]
-        _fail(path, f"{name} holds node id {int(values.reshape(-1)[where])} (valid: {lo}..{n - 1})")
+    if values.min() < lo or values.max() >= n:  # two reductions, no temporaries
+        flat = values.reshape(-1)
+        bad = flat[(flat < lo) | (flat >= n)][0]
+        _fail(path, f"{name} holds node id {int(bad)} (valid: {lo}..{n - 1})")
 
 
 def check_strings(path: Any, name: str, offsets: np.ndarray, blob: np.ndarray, n: int) -> None:
