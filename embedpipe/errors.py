@@ -20,7 +20,7 @@ def quote(value: Any, limit: int = 60) -> str:
 
 def shown(name: Any, limit: int = 60) -> str:
     """A name read from a file, as-is when it is short printable text, else `quote`d."""
-    if isinstance(name, str) and name.isprintable() and len(name) <= limit:
+    if isinstance(name, str) and name and name.isprintable() and len(name) <= limit:
         return name
     return quote(name, limit)
 

@@ -274,7 +274,7 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
     path = Path(path)
     buf = _open_map(path)
     if len(buf) < _PREFIX.size:
-        raise IndexFileError(path, f"truncated: {len(buf)} bytes is shorter than the header")
+        raise IndexFileError(path, f"truncated: {len(buf)} bytes is shorter than the header; rebuild the index")
     magic, version, header_len, header_crc, _ = _PREFIX.unpack_from(buf, 0)
     if magic != MAGIC:
         raise IndexFileError(path, f"not an embedpipe index (magic {magic!r}, expected {MAGIC!r})")
@@ -283,14 +283,15 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
                                    f"(this embedpipe reads version {FORMAT_VERSION}); rebuild it")
     end = _PREFIX.size + header_len
     if len(buf) < end:
-        raise IndexFileError(path, f"truncated: header needs {end} bytes, file has {len(buf)}")
+        raise IndexFileError(path, f"truncated: header needs {end} bytes, file has {len(buf)}; "
+                                   "rebuild the index")
     blob = bytes(buf[_PREFIX.size:end])
     if zlib.crc32(blob) != header_crc:
-        raise IndexFileError(path, "header checksum mismatch: the file is corrupt")
+        raise IndexFileError(path, "header checksum mismatch: the file is corrupt; rebuild the index")
     try:
         header = json.loads(blob)
     except (ValueError, RecursionError) as exc:
-        raise IndexFileError(path, f"unreadable header: {quote(str(exc), 80)}") from None
+        raise IndexFileError(path, f"unreadable header ({quote(str(exc), 80)}); rebuild the index") from None
     check_fields(path, "header", header, CONTAINER_SCHEMA)
     if expected_type is not None:
         if header.get("type") != expected_type:
@@ -299,7 +300,7 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
     payload_end = header["payload_offset"] + header["payload_size"]
     if len(buf) < payload_end:
         raise IndexFileError(path, f"truncated: payload needs {payload_end} bytes, "
-                                   f"file has {len(buf)}")
+                                   f"file has {len(buf)}; rebuild the index")
     if header["payload_offset"] < end:
         raise IndexFileError(path, "corrupt header: the payload overlaps the header; rebuild the index")
     if verify:
@@ -307,7 +308,7 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
         if got != header["payload_crc32"]:
             raise IndexFileError(path, "payload checksum mismatch: the file is corrupt "
                                        f"(crc32 {got:08x}, header says "
-                                       f"{header['payload_crc32']:08x})")
+                                       f"{header['payload_crc32']:08x}); rebuild the index")
     sections = _section_views(path, buf, header)
     header.pop("sections")
     return header, sections
