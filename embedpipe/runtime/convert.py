@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Mapping
 
 import gguf
 import numpy as np
@@ -250,13 +251,21 @@ def _write_kv(writer: gguf.GGUFWriter, src_dir: Path, hp: names.HParams, dense: 
 
 
 def convert_checkout(src_dir: str | os.PathLike, out_path: str | os.PathLike, quant: str = "q8_0",
-                     progress: bool = False) -> Path:
-    """Convert a sentence-transformers EmbeddingGemma checkout to a GGUF file (written atomically)."""
+                     progress: bool = False, metadata: Mapping | None = None) -> Path:
+    """Convert a sentence-transformers checkout to a GGUF file (written atomically).
+
+    EmbeddingGemma is converted here; BERT-family encoders (config.json architectures) by
+    `convert_bert`. `metadata` (prompt convention, Matryoshka widths) is recorded for those.
+    """
     src_dir, out_path = Path(src_dir), Path(out_path)
     if quant not in names.QUANTS:
         raise ConvertError(f"unknown quant {quant!r}; choose one of {', '.join(names.QUANTS)}")
     if not src_dir.is_dir():
         raise ConvertError(f"{src_dir}: not a directory")
+    from embedpipe.runtime import bert_names, convert_bert
+
+    if bert_names.family_for(_read_json(src_dir / "config.json").get("architectures") or []) is not None:
+        return convert_bert.convert_bert_checkout(src_dir, out_path, quant, progress=progress, metadata=metadata)
     qtype, file_type = names.QUANTS[quant]
     hp = read_hparams(src_dir)
     dense = read_dense_modules(src_dir)

