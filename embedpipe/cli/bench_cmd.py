@@ -121,10 +121,9 @@ def runtime(
     from embedpipe.codegen.threads import default_threads
     from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, format_summary, run_runtime_bench
 
-    if model is None:
-        from embedpipe.runtime.store import default_model_path
+    from embedpipe.runtime.registry import resolve_model
 
-        model = str(default_model_path())
+    model = str(resolve_model(model))
     try:
         thread_list = [int(t) for t in _split(threads)] if threads else sorted({1, default_threads()})
     except ValueError:

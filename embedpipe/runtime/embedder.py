@@ -18,18 +18,27 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from embedpipe.errors import EmbedpipeError, InputTooLongError
+from embedpipe.errors import EmbedpipeError, InputTooLongError, ModelFileError
 from embedpipe.runtime import prompts
 from embedpipe.runtime.backends import make_backend
-from embedpipe.runtime.gemma_embedding import GemmaEmbeddingModel
+from embedpipe.runtime.bert import BertEncoderModel
+from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
+from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS, GemmaEmbeddingModel  # noqa: F401
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.model_integrity import check_finite
 from embedpipe.runtime.text_ids import check_texts, fit_context
-from embedpipe.runtime.tokenizer import Tokenizer
+from embedpipe.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
+#: general.architecture -> model class (token ids in, pooled vectors out).
+ARCHITECTURES: dict[str, type] = {
+    "gemma-embedding": GemmaEmbeddingModel,
+    "bert": BertEncoderModel,
+    "mpnet": BertEncoderModel,
+}
+#: Prompt convention of a file that does not name one (`embedpipe.prompts`).
+DEFAULT_PROMPTS: dict[str, str] = {"gemma-embedding": "embeddinggemma"}
 # A batch holds at most this many tokens (all rows together), so long inputs do not blow up
 # memory: attention for one 2048-token text already needs ~50 MB of scores.
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -47,34 +56,54 @@ def truncate_dim(x: np.ndarray, dim: int) -> np.ndarray:
     return normalize_rows(np.ascontiguousarray(x[:, :dim]))
 
 
+def prompt_convention(model_file: GGUFModelFile) -> str:
+    """Name of the file's prompt convention (checked to be known)."""
+    name = str(model_file.get(KEY_PROMPTS, DEFAULT_PROMPTS.get(model_file.architecture, "none")))
+    prompts.scheme(name)
+    return name
+
+
+def max_tokens_of(model_file: GGUFModelFile) -> int:
+    """The longest sequence the file's model takes: sentence-transformers' max_seq_length when
+    recorded (`embedpipe.max_seq_length`), else its positions (context length)."""
+    positions = int(model_file.require(f"{model_file.architecture}.context_length"))
+    return int(model_file.get(KEY_MAX_SEQ, positions - int(model_file.get(KEY_POSITION_OFFSET, 0))))
+
+
 class Embedder:
-    """A loaded GGUF embedding model with its tokenizer and a matmul backend."""
+    """A loaded GGUF embedding model with its tokenizer and a matmul backend; the model class
+    is chosen by the file's `general.architecture`."""
 
     def __init__(self, model_file: GGUFModelFile, backend: str = "auto", threads: int | None = None):
         self.model_file = model_file
         self.model_path = str(model_file.path)
+        arch = model_file.architecture
+        model_class = ARCHITECTURES.get(arch)
+        if model_class is None:
+            raise ModelFileError(f"{model_file.path}: architecture {arch!r} is not supported "
+                                 f"(supported: {', '.join(ARCHITECTURES)})")
+        self.prompts = prompt_convention(model_file)
         # The tokenizer (SentencePiece parsing 262k pieces, GIL released) loads while the
         # weights are repacked: together they are most of a warm start.
         with ThreadPoolExecutor(1, thread_name_prefix="embedpipe-tokenizer") as pool:
-            tokenizer = pool.submit(Tokenizer.from_gguf, model_file)
+            tokenizer = pool.submit(load_tokenizer, model_file)
             self.backend = make_backend(backend, threads)
-            self.model = GemmaEmbeddingModel(model_file, self.backend)
+            self.model = model_class(model_file, self.backend)
             self.tokenizer = tokenizer.result()
-        self.max_tokens = self.model.cfg.context
+        self.max_tokens = self.model.max_tokens
         self.dim = self.model.out_dim
-        self.dims = tuple(d for d in MATRYOSHKA_DIMS if d <= self.dim) or (self.dim,)
+        self.dims = self.model.dims
         self.bos_id = self.tokenizer.special.bos
         self.eos_id = self.tokenizer.special.eos
         self._sha256: str | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, backend: str = "auto", threads: int | None = None) -> "Embedder":
-        """Load `path`, or the cached default model when None (pulled on first use)."""
-        if path is None:
-            from embedpipe.runtime.store import default_model_path
+        """Load `path`: a GGUF file, a registered model name (`all-minilm-l6-v2`, `name:f32`),
+        or the default model when None (registered models are pulled on first use)."""
+        from embedpipe.runtime.registry import resolve_model
 
-            path = default_model_path()
-        return cls(GGUFModelFile(Path(path)), backend=backend, threads=threads)
+        return cls(GGUFModelFile(resolve_model(path)), backend=backend, threads=threads)
 
     @property
     def model_sha256(self) -> str:
@@ -83,7 +112,7 @@ class Embedder:
         return self._sha256
 
     def format_texts(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None) -> list[str]:
-        return prompts.format_texts(texts, task, titles)
+        return prompts.format_texts(texts, task, titles, self.prompts)
 
     def tokenize(self, texts: Sequence[str], task: str = "none", titles: Sequence[str | None] | None = None,
                  truncate: bool = False) -> list[list[int]]:

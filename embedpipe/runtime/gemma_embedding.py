@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 ARCH = "gemma-embedding"
 DEFAULT_SWA_PERIOD = 6  # every 6th layer (il % 6 == 5) attends globally
+MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,14 @@ class GemmaEmbeddingModel:
     @property
     def out_dim(self) -> int:
         return self.cfg.hidden
+
+    @property
+    def max_tokens(self) -> int:
+        return self.cfg.context
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(d for d in MATRYOSHKA_DIMS if d <= self.out_dim) or (self.out_dim,)
 
     def embed(self, seqs: list[list[int]]) -> np.ndarray:
         """(batch, hidden) float32 vectors for token-id sequences (BOS/EOS included by the caller)."""

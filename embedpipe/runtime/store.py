@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -335,14 +334,6 @@ def pull(quant: str = "q8_0", force: bool = False, verify: bool = False, progres
         if not hashed:
             src, _ = _ensure_checkout(spec, verify=True, force=False, progress=progress)
         return _build_gguf(quant, spec, src, progress, metadata)
-
-
-def default_model_path(quant: str = "q8_0") -> Path:
-    """The default model's GGUF, pulled on first use (honours $EMBEDPIPE_CACHE_DIR)."""
-    if cached_model_path(quant) is None:
-        print(f"embedpipe: fetching {DEFAULT_SPEC.name} ({quant}) into {model_dir()}; "
-              f"it is provided under Google's Gemma terms of use ({GEMMA_TERMS})", file=sys.stderr)
-    return ensure_model(quant, progress=sys.stderr.isatty())
 
 
 def remove_checkout(spec: ModelSpec = DEFAULT_SPEC) -> None:

@@ -38,18 +38,16 @@ def fit_context(ids: list[list[int]], max_tokens: int, truncate: bool, add_eos: 
 
 def tokenize_file(model: str | os.PathLike | None, texts: Sequence[str], task: str = "none",
                   titles: Sequence[str | None] | None = None, truncate: bool = False) -> list[list[int]]:
-    """Token ids (BOS/EOS as the model adds them) of the prompted `texts` for the GGUF `model`
-    (default: the cached default model), exactly as `Embedder.tokenize` returns them."""
+    """Token ids (BOS/EOS as the model adds them) of the prompted `texts` for `model` (a GGUF
+    path or registered name; default: the default model), exactly as `Embedder.tokenize`
+    returns them."""
+    from embedpipe.runtime.embedder import max_tokens_of, prompt_convention
     from embedpipe.runtime.gguf_file import GGUFModelFile
-    from embedpipe.runtime.tokenizer import Tokenizer
+    from embedpipe.runtime.registry import resolve_model
+    from embedpipe.runtime.tokenizer import load_tokenizer
 
-    if model is None:
-        from embedpipe.runtime.store import default_model_path
-
-        model = default_model_path()
     check_texts(texts)
-    model_file = GGUFModelFile(model)
-    tok = Tokenizer.from_gguf(model_file)
-    max_tokens = int(model_file.require(f"{model_file.architecture}.context_length"))
-    ids = tok.encode_batch(prompts.format_texts(texts, task, titles))
-    return fit_context(ids, max_tokens, truncate, tok.special.add_eos)
+    model_file = GGUFModelFile(resolve_model(model))
+    tok = load_tokenizer(model_file)
+    ids = tok.encode_batch(prompts.format_texts(texts, task, titles, prompt_convention(model_file)))
+    return fit_context(ids, max_tokens_of(model_file), truncate, tok.special.add_eos)

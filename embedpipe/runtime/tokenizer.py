@@ -242,3 +242,13 @@ class Tokenizer:
     @property
     def n_special(self) -> int:
         return int(self.special.add_bos) + int(self.special.add_eos)
+
+
+def load_tokenizer(model_file: GGUFModelFile):
+    """The tokenizer of `tokenizer.ggml.model`: SentencePiece ("llama") or WordPiece ("bert")."""
+    kind = model_file.get("tokenizer.ggml.model")
+    if kind == "bert":
+        from embedpipe.runtime.wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer.from_gguf(model_file)
+    return Tokenizer.from_gguf(model_file)

@@ -1,0 +1,221 @@
+"""BERT-family encoders (`bert`: MiniLM, bge, e5, gte; `mpnet`): hyper-parameters, tensors,
+forward pass, pooling.
+
+Post-LayerNorm blocks with biases on every projection and exact GELU. Sequences are packed as
+in the Gemma model: weight matmuls run once over all tokens of a batch (on the backend's
+kernels: JIT or the numpy oracle), attention runs per sequence over its real tokens only.
+MPNet adds a bucketed relative position bias, shared by all layers, and starts positions at
+padding_idx + 1.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import gguf
+import numpy as np
+
+from embedpipe.errors import ModelFileError
+from embedpipe.runtime import bert_names as bn
+from embedpipe.runtime import encoder_ops, ops
+from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
+from embedpipe.runtime.gemma_embedding import fuse_rows
+from embedpipe.runtime.gguf_file import GGUFModelFile
+
+POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    arch: str
+    n_layers: int
+    hidden: int
+    n_head: int
+    ffn: int
+    vocab: int
+    n_positions: int
+    eps: float
+    pooling: str
+    max_seq_length: int
+    position_offset: int
+    n_buckets: int
+    max_distance: int
+    dims: tuple[int, ...]
+
+    @classmethod
+    def from_gguf(cls, mf: GGUFModelFile) -> "EncoderConfig":
+        arch = mf.architecture
+        if arch not in bn.ARCHITECTURES:
+            raise ModelFileError(f"{mf.path}: architecture {arch!r} is not a BERT-family encoder")
+        p = f"{arch}."
+        pooling_id = int(mf.get(p + "pooling_type", int(gguf.PoolingType.MEAN)))
+        if pooling_id not in POOLING:
+            raise ModelFileError(f"{mf.path}: pooling type {pooling_id} is not supported (mean or CLS)")
+        embd = mf.tensors.get("token_embd.weight")
+        hidden = int(mf.require(p + "embedding_length"))
+        offset = int(mf.get(bn.KEY_POSITION_OFFSET, 0))
+        n_positions = int(mf.require(p + "context_length"))
+        max_seq = int(mf.get(bn.KEY_MAX_SEQ, n_positions - offset))
+        if not 0 < max_seq <= n_positions - offset:
+            raise ModelFileError(f"{mf.path}: {bn.KEY_MAX_SEQ} {max_seq} exceeds the {n_positions - offset} positions")
+        dims = tuple(int(d) for d in (mf.get(bn.KEY_DIMS) if mf.get(bn.KEY_DIMS) is not None else [hidden]))
+        if not dims or any(not 0 < d <= hidden for d in dims):
+            raise ModelFileError(f"{mf.path}: {bn.KEY_DIMS} {list(dims)} not in 1..{hidden}")
+        return cls(
+            arch=arch, n_layers=int(mf.require(p + "block_count")), hidden=hidden,
+            n_head=int(mf.require(p + "attention.head_count")), ffn=int(mf.require(p + "feed_forward_length")),
+            vocab=embd.shape[0] if embd is not None else 0, n_positions=n_positions,
+            eps=float(mf.get(p + "attention.layer_norm_epsilon", 1e-12)), pooling=POOLING[pooling_id],
+            max_seq_length=max_seq, position_offset=offset,
+            n_buckets=int(mf.get(bn.KEY_REL_BUCKETS, 32)) if arch == "mpnet" else 0,
+            max_distance=int(mf.get(bn.KEY_REL_MAX_DISTANCE, bn.MPNET_REL_MAX_DISTANCE)),
+            dims=dims,
+        )
+
+    @property
+    def family(self) -> bn.Family:
+        return bn.ARCHITECTURES[self.arch]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_head
+
+    def hparams(self) -> bn.BertHParams:
+        return bn.BertHParams(self.n_layers, self.hidden, self.ffn, self.n_head, self.vocab, self.n_positions,
+                              0, self.eps, self.n_buckets, self.position_offset)
+
+
+def validate_tensors(mf: GGUFModelFile, cfg: EncoderConfig) -> None:
+    if cfg.n_head <= 0 or cfg.hidden % cfg.n_head:
+        raise ModelFileError(f"{mf.path}: {cfg.hidden} hidden is not a multiple of {cfg.n_head} heads")
+    expected = bn.expected_shapes(cfg.family, cfg.hparams())
+    for name, shape in expected.items():
+        tensor = mf.tensors.get(name)
+        if tensor is None:
+            raise ModelFileError(f"{mf.path}: missing tensor {name}")
+        if name == "token_types.weight":
+            if len(tensor.shape) != 2 or tensor.shape[1] != cfg.hidden or tensor.shape[0] < 1:
+                raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}")
+        elif tuple(tensor.shape) != tuple(shape):
+            raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}")
+
+
+def _vec(mf: GGUFModelFile, name: str) -> np.ndarray:
+    return dequantize(mf.tensors[name]).astype(np.float32, copy=True)
+
+
+class _Layer:
+    def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
+        t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]  # noqa: E731
+        b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")  # noqa: E731
+        self.w_qkv = backend.prepare(fuse_rows(f"blk.{il}.attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")]))
+        self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
+        self.wo, self.bo = backend.prepare(t("attn_output")), b("attn_output")
+        self.w_up, self.b_up = backend.prepare(t("ffn_up")), b("ffn_up")
+        self.w_down, self.b_down = backend.prepare(t("ffn_down")), b("ffn_down")
+        self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
+        self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
+
+
+class BertEncoderModel:
+    """Token ids in, pooled sentence vectors out (before L2 normalization)."""
+
+    def __init__(self, mf: GGUFModelFile, backend: Backend):
+        self.cfg = EncoderConfig.from_gguf(mf)
+        validate_tensors(mf, self.cfg)
+        self.backend = backend
+        self.ops = ops.ops_for(backend)
+        self.token_embd = mf.tensors["token_embd.weight"]
+        self.position_embd = _vec(mf, "position_embd.weight")
+        types = mf.tensors.get("token_types.weight")
+        self.type0 = dequantize(types)[0].astype(np.float32) if types is not None else None
+        self.embd_norm = (_vec(mf, "token_embd_norm.weight"), _vec(mf, "token_embd_norm.bias"))
+        rel = mf.tensors.get("attn_rel_b.weight")
+        self.rel_table = dequantize(rel).astype(np.float32) if rel is not None else None  # (buckets, heads)
+        self._bias_cache: np.ndarray | None = None
+        with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
+            self.layers = list(pool.map(lambda il: _Layer(mf, il, backend), range(self.cfg.n_layers)))
+        self.scale = np.float32(1.0 / math.sqrt(self.cfg.head_dim))
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.hidden
+
+    @property
+    def max_tokens(self) -> int:
+        return self.cfg.max_seq_length
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return self.cfg.dims
+
+    def position_bias(self, length: int) -> np.ndarray | None:
+        """(heads, length, length) relative position bias (MPNet), grown on demand."""
+        if self.rel_table is None:
+            return None
+        if self._bias_cache is None or self._bias_cache.shape[1] < length:
+            buckets = encoder_ops.relative_position_buckets(length, self.cfg.n_buckets, self.cfg.max_distance)
+            self._bias_cache = np.ascontiguousarray(self.rel_table[buckets].transpose(2, 0, 1))
+        return self._bias_cache
+
+    def embed(self, seqs: list[list[int]]) -> np.ndarray:
+        """(batch, hidden) float32 pooled vectors for token-id sequences (CLS/SEP included by the caller)."""
+        cfg = self.cfg
+        lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+        if (lengths == 0).any():
+            raise ValueError("empty token sequence")
+        if lengths.max() > cfg.n_positions - cfg.position_offset:
+            raise ValueError(f"sequence longer than the {cfg.n_positions - cfg.position_offset} positions")
+        ids = np.fromiter((i for s in seqs for i in s), dtype=np.int64, count=int(lengths.sum()))
+        if ids.min() < 0 or ids.max() >= cfg.vocab:
+            raise ValueError(f"token id out of range [0, {cfg.vocab})")
+        bounds = np.concatenate(([0], np.cumsum(lengths)))
+        positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths) + cfg.position_offset
+        bias = self.position_bias(int(lengths.max()))
+        with self.ops.session():
+            x = dequantize_rows(self.token_embd, ids) + self.position_embd[positions]
+            if self.type0 is not None:
+                x += self.type0
+            x = encoder_ops.layer_norm(x, *self.embd_norm, cfg.eps)
+            for layer in self.layers:
+                x = self._layer(x, layer, bounds, lengths, bias)
+        if cfg.pooling == "cls":
+            return np.ascontiguousarray(x[bounds[:-1]])
+        return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
+
+    def _layer(self, x: np.ndarray, layer: _Layer, bounds: np.ndarray, lengths: np.ndarray,
+               bias: np.ndarray | None) -> np.ndarray:
+        cfg, s = self.cfg, x.shape[0]
+        h, hd = cfg.n_head, cfg.head_dim
+        qkv = layer.w_qkv(x)
+        qkv += layer.b_qkv
+        q = (qkv[:, :cfg.hidden] * self.scale).reshape(s, h, hd)
+        k = np.ascontiguousarray(qkv[:, cfg.hidden:2 * cfg.hidden]).reshape(s, h, hd)
+        v = np.ascontiguousarray(qkv[:, 2 * cfg.hidden:]).reshape(s, h, hd)
+        attn = np.empty((s, cfg.hidden), np.float32)
+        self._attention(q, k, v, bounds, lengths, bias, attn)
+        a = layer.wo(attn)
+        a += layer.bo
+        a += x
+        x = encoder_ops.layer_norm(a, *layer.attn_norm, cfg.eps)
+        up = layer.w_up(x)
+        up += layer.b_up
+        f = layer.w_down(encoder_ops.gelu_erf(up))
+        f += layer.b_down
+        f += x
+        return encoder_ops.layer_norm(f, *layer.out_norm, cfg.eps)
+
+    def _attention(self, q, k, v, bounds, lengths, bias, out) -> None:
+        starts = bounds[:-1]
+        long_rows = np.flatnonzero(lengths >= ops.LONG_SEQUENCE)
+        if bias is None:
+            for i in long_rows:
+                a, b = int(bounds[i]), int(bounds[i + 1])
+                out[a:b] = self.ops.long_attention(q[a:b], k[a:b], v[a:b], None)
+            self.ops.map(lambda idx: ops.padded_attention(q, k, v, starts[idx], lengths[idx], None, out),
+                         ops.length_buckets(lengths))
+            return
+        groups = [np.array([i]) for i in long_rows] + ops.length_buckets(lengths)
+        self.ops.map(lambda idx: encoder_ops.biased_attention(q, k, v, starts[idx], lengths[idx], bias, out), groups)

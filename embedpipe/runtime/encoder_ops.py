@@ -1,0 +1,79 @@
+"""Numpy/numexpr ops of post-LayerNorm encoders (BERT, MPNet): LayerNorm with bias, exact
+(erf) GELU, T5-style relative position buckets, attention with an additive per-head bias.
+
+numpy has no erf, so GELU evaluates erf with Abramowitz & Stegun 7.1.26 (absolute error
+below 1.5e-7, under float32 resolution of the result) in one numexpr pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numexpr as ne
+import numpy as np
+
+from embedpipe.runtime.ops import _MASKED, _softmax_rows
+
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) · weight + bias over the last axis, in fp32."""
+    n = np.float32(x.shape[-1])
+    mean = np.einsum("...i->...", x, dtype=np.float32) / n
+    centred = x - mean[..., None]
+    var = np.einsum("...i,...i->...", centred, centred, dtype=np.float32) / n
+    inv = (1.0 / np.sqrt(var + np.float32(eps), dtype=np.float32))[..., None]
+    return ne.evaluate("centred * inv * weight + bias", local_dict={
+        "centred": centred, "inv": inv, "weight": weight, "bias": bias})
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """0.5·x·(1 + erf(x/√2)), the exact GELU of BERT (not the tanh approximation)."""
+    c = {name: np.float32(v) for name, v in zip(("a1", "a2", "a3", "a4", "a5"), _AS_A)}
+    c.update(p=np.float32(_AS_P * (1 / math.sqrt(2))), half=np.float32(0.5), one=np.float32(1.0))
+    t = ne.evaluate("one / (one + p * abs(x))", local_dict={"x": x, **c})
+    return ne.evaluate(
+        "half * x * (one + where(x < 0, -one, one) * (one - t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))))"
+        " * exp(-half * x * x)))", local_dict={"x": x, "t": t, **c})
+
+
+def relative_position_buckets(length: int, n_buckets: int, max_distance: int) -> np.ndarray:
+    """(length, length) bucket of key j for query i: bidirectional T5/MPNet bucketing, half the
+    buckets per direction, exact below a quarter of them, logarithmic up to max_distance."""
+    rel = np.arange(length)[None, :] - np.arange(length)[:, None]  # key - query
+    n = -rel
+    half = n_buckets // 2
+    ret = np.where(n < 0, half, 0)
+    n = np.abs(n)
+    exact = half // 2
+    # float32 as in the reference implementation, so bucket boundaries agree
+    scaled = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact)) / np.float32(math.log(max_distance / exact))
+    large = exact + (scaled * np.float32(half - exact)).astype(np.int64)
+    large = np.minimum(large, half - 1)
+    return ret + np.where(n < exact, n, large)
+
+
+def biased_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                     bias: np.ndarray | None, out: np.ndarray) -> None:
+    """Attention of packed sequences padded to the longest, plus an additive (H, Tm, Tm) bias.
+
+    q (already scaled), k, v: (S, H, D); sequences are ``[starts[i], starts[i] + lengths[i])``;
+    writes their rows of ``out`` (S, H·D). Padded keys are masked; padded queries dropped.
+    """
+    b, tm = len(starts), int(lengths.max())
+    h, d = q.shape[1], q.shape[2]
+    offs = np.arange(tm)
+    valid = offs[None, :] < lengths[:, None]
+    rows = np.where(valid, starts[:, None] + offs[None, :], starts[:, None])
+    qb = q[rows].transpose(0, 2, 1, 3)  # (B, H, Tm, D)
+    kb = k[rows].transpose(0, 2, 3, 1)  # (B, H, D, Tm)
+    vb = v[rows].transpose(0, 2, 1, 3)  # (B, H, Tm, D)
+    scores = np.matmul(qb, kb)
+    if bias is not None:
+        scores += bias[None, :, :tm, :tm]
+    scores += np.where(valid, np.float32(0.0), _MASKED)[:, None, None, :]
+    _softmax_rows(scores)
+    heads = np.matmul(scores, vb).transpose(0, 2, 1, 3).reshape(b, tm, h * d)
+    out[rows[valid]] = heads[valid]
