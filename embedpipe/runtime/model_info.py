@@ -8,25 +8,45 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from embedpipe.runtime import bert
 from embedpipe.runtime.gemma_embedding import GemmaEmbeddingConfig, validate_tensors
 from embedpipe.runtime.gguf_file import GGUFModelFile
+
+
+def _gemma(mf: GGUFModelFile) -> dict[str, Any]:
+    cfg = GemmaEmbeddingConfig.from_gguf(mf)
+    return {"hyperparameters": asdict(cfg), "dense_head": validate_tensors(mf, cfg),
+            "global_layers": [il for il in range(cfg.n_layers) if cfg.is_global(il)]}
+
+
+def _encoder(mf: GGUFModelFile) -> dict[str, Any]:
+    cfg = bert.EncoderConfig.from_gguf(mf)
+    bert.validate_tensors(mf, cfg)
+    return {"hyperparameters": asdict(cfg)}
+
+
+#: general.architecture -> what to read and check for it.
+DESCRIBERS = {"gemma-embedding": _gemma, "bert": _encoder, "mpnet": _encoder}
 
 
 def model_info(path: str | os.PathLike[str], with_sha256: bool = True) -> dict[str, Any]:
     """Architecture, hyper-parameters, tensors and tokenizer of a model file (validated first)."""
     mf = GGUFModelFile(Path(path))
-    cfg = GemmaEmbeddingConfig.from_gguf(mf)
-    has_dense = validate_tensors(mf, cfg)
-    tokens = mf.get("tokenizer.ggml.tokens") or []
+    describe = DESCRIBERS.get(mf.architecture)
+    if describe is None:
+        from embedpipe.errors import ModelFileError
+
+        raise ModelFileError(f"{mf.path}: architecture {mf.architecture!r} is not supported ({', '.join(DESCRIBERS)})")
+    tokens = mf.get("tokenizer.ggml.tokens")
+    tokens = tokens if tokens is not None else []
     info: dict[str, Any] = {
         "path": str(mf.path),
         "size_bytes": mf.path.stat().st_size,
         "architecture": mf.architecture,
         "name": mf.get("general.name"),
-        "hyperparameters": asdict(cfg),
-        "global_layers": [il for il in range(cfg.n_layers) if cfg.is_global(il)],
+        "description": mf.get("general.description"),
+        **describe(mf),
         "tensor_count": len(mf.tensors),
-        "dense_head": has_dense,
         "quant_mix": dict(sorted(Counter(t.qtype.name for t in mf.tensors.values()).items())),
         "parameters": int(sum(_numel(t.shape) for t in mf.tensors.values())),
         "tokenizer": {
@@ -56,11 +76,22 @@ def format_info(info: dict[str, Any]) -> str:
     hp = info["hyperparameters"]
     tok = info["tokenizer"]
     mix = ", ".join(f"{name}×{count}" for name, count in info["quant_mix"].items())
-    lines = [
+    head = [
         f"path          {info['path']}",
         f"size          {info['size_bytes'] / 1e6:.1f} MB",
         f"sha256        {info.get('sha256', '-')}",
         f"architecture  {info['architecture']} ({info['name']})",
+    ]
+    mix_line = f"tensors       {info['tensor_count']} ({mix}), {info['parameters'] / 1e6:.1f} M parameters"
+    if "dense_head" not in info:
+        note = [f"note          {info['description']}"] if info.get("description") else []
+        return "\n".join(head + note + [
+            f"dims          hidden {hp['hidden']}, heads {hp['n_head']}, ffn {hp['ffn']}, layers {hp['n_layers']}",
+            f"sequence      max {hp['max_seq_length']} tokens (positions {hp['n_positions']}), pooling {hp['pooling']}, eps {hp['eps']:g}",
+            mix_line,
+            f"tokenizer     {tok['model']} WordPiece, vocab {tok['vocab_size']}",
+        ])
+    lines = head + [
         f"layers        {hp['n_layers']} (global: {info['global_layers']}, sliding window {hp['sliding_window']})",
         f"dims          hidden {hp['hidden']}, heads {hp['n_head']}/{hp['n_kv_head']} kv, head_dim {hp['head_dim']}, ffn {hp['ffn']}",
         f"context       {hp['context']} tokens, rope θ {hp['rope_local']:g} local / {hp['rope_global']:g} global, eps {hp['eps']:g}",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, ModelFileError
 from embedpipe.runtime import mirror, store
 
 DEFAULT_QUANT = "q8_0"
@@ -145,7 +145,7 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     if named is not None:
         return ensure(*named)
     if path.suffix.lower() == ".gguf" or os.sep in text:
-        raise EmbedpipeError(f"{text}: model file not found")
+        raise ModelFileError(f"{text}: no such model file")
     raise EmbedpipeError(f"{text!r} is neither a GGUF file nor a registered model ({', '.join(MODELS)})")
 
 

@@ -247,6 +247,7 @@ def fetch_checkout(spec: ModelSpec = DEFAULT_SPEC, progress: bool = False) -> Pa
         hf.mkdir(parents=True, exist_ok=True)
         _checkout_stamp(spec).unlink(missing_ok=True)
         final = hf_checkout_dir(spec)
+        final.parent.mkdir(parents=True, exist_ok=True)  # archive roots may be nested (pkg/model)
         if final.exists():
             trash = staging / "old"
             os.replace(final, trash)

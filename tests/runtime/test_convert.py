@@ -135,7 +135,7 @@ def _break(root: Path, how: str) -> None:
     if how == "no_config":
         cfg_path.unlink()
     elif how == "wrong_arch":
-        cfg_path.write_text(json.dumps(dict(cfg, architectures=["BertModel"])))
+        cfg_path.write_text(json.dumps(dict(cfg, architectures=["LlamaForCausalLM"])))
     elif how == "missing_key":
         cfg.pop("hidden_size")
         cfg_path.write_text(json.dumps(cfg))
@@ -164,7 +164,7 @@ def _break(root: Path, how: str) -> None:
 
 BREAKAGES = {
     "no_config": "config.json",
-    "wrong_arch": "BertModel",
+    "wrong_arch": "LlamaForCausalLM",
     "missing_key": "hidden_size",
     "no_tokenizer": "tokenizer.model",
     "bad_tokenizer": "tokenizer.model",

@@ -222,7 +222,7 @@ def test_cli_model_path_exit_1_when_absent(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "empty"))
     res = CliRunner().invoke(app, ["model", "path", "--quant", "f16"])
     assert res.exit_code != 0 and isinstance(res.exception, EmbedpipeError)
-    assert "embedpipe model pull --quant f16" in str(res.exception)
+    assert "embedpipe model pull embeddinggemma-300m --quant f16" in str(res.exception)
     assert "Gemma terms" in CliRunner().invoke(app, ["model", "pull", "--help"]).output
 
 
