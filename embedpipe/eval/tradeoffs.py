@@ -187,6 +187,7 @@ def inputs_from_dir(emb_dir: str | os.PathLike, plan: Plan, queries_file: str | 
     wrote the vectors. Validates `plan` against the vectors' width before any embedding."""
     data = read_embeddings(emb_dir, keep_text=True)
     width = data.vectors.shape[1]
+    model_dims = not plan.dims
     plan.validate(width)
     if queries_file is not None:
         texts = read_query_file(queries_file)
@@ -195,6 +196,8 @@ def inputs_from_dir(emb_dir: str | os.PathLike, plan: Plan, queries_file: str | 
     else:
         texts = sample_corpus_queries(emb_dir, data.ids, data.columns, n_queries, seed)
     emb = open_embedder(data.meta, model, backend=backend, threads=threads)
+    if model_dims:  # the widths this model offers (Matryoshka), not EmbeddingGemma's
+        plan.dims = tuple(d for d in emb.dims if d <= width) or (width,)
     queries = embed_texts(emb, texts, "query", cache=cache, dim=width)
     source = f"--queries {queries_file}" if queries_file is not None else "sampled corpus texts"
     return TradeoffInputs(data.vectors, queries, f"{len(data.vectors)} vectors × {width} from {emb_dir}; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gguf
@@ -22,7 +23,7 @@ from embedpipe.runtime import bert_names as bn
 from embedpipe.runtime import encoder_ops, ops
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
 from embedpipe.runtime.gemma_embedding import fuse_rows
-from embedpipe.runtime.gguf_file import GGUFModelFile
+from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
 
 POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
 
@@ -106,15 +107,46 @@ def _vec(mf: GGUFModelFile, name: str) -> np.ndarray:
     return dequantize(mf.tensors[name]).astype(np.float32, copy=True)
 
 
+def _widened(tensor: WeightTensor) -> WeightTensor:
+    """The tensor as F32, so the backend multiplies it with fp32 (not int8) activations."""
+    if tensor.qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
+        return tensor
+    data = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
+    return WeightTensor(tensor.name, gguf.GGMLQuantizationType.F32, tensor.shape, data.reshape(-1).view(np.uint8))
+
+
+def _prepare(backend: Backend, name: str, tensors: list[WeightTensor], fp32_input: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """One product for weights that share an input (separate ones, outputs concatenated, when
+    their types differ, as in mixed-quant files). ``fp32_input``: see ``FP32_INPUT_PRODUCTS``."""
+    if fp32_input:
+        tensors = [_widened(t) for t in tensors]
+    if len(tensors) == 1:
+        return backend.prepare(tensors[0])
+    if all(t.qtype == tensors[0].qtype for t in tensors):
+        return backend.prepare(fuse_rows(name, tensors))
+    parts = [backend.prepare(t) for t in tensors]
+    return lambda x: np.concatenate([part(x) for part in parts], axis=1)
+
+
+#: Products whose input is a LayerNorm output. BERT-family LayerNorm outputs carry a few
+#: outlier features (tens of times the rest); quantizing such rows to int8 per 32-element
+#: block, as the integer kernels do, flattens their small neighbours. These products widen
+#: quantized weights once at load and run on fp32 activations; the others (attention output,
+#: FFN down) keep the integer kernels.
+FP32_INPUT_PRODUCTS: frozenset[str] = frozenset({"attn_qkv", "ffn_up"})
+
+
 class _Layer:
     def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
         t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]  # noqa: E731
         b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")  # noqa: E731
-        self.w_qkv = backend.prepare(fuse_rows(f"blk.{il}.attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")]))
+        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors,  # noqa: E731
+                                              name in FP32_INPUT_PRODUCTS)
+        self.w_qkv = prep("attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")])
         self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
-        self.wo, self.bo = backend.prepare(t("attn_output")), b("attn_output")
-        self.w_up, self.b_up = backend.prepare(t("ffn_up")), b("ffn_up")
-        self.w_down, self.b_down = backend.prepare(t("ffn_down")), b("ffn_down")
+        self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
+        self.w_up, self.b_up = prep("ffn_up", [t("ffn_up")]), b("ffn_up")
+        self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
         self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
         self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
 

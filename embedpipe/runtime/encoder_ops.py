@@ -2,14 +2,13 @@
 (erf) GELU, T5-style relative position buckets, attention with an additive per-head bias.
 
 numpy has no erf, so GELU evaluates erf with Abramowitz & Stegun 7.1.26 (absolute error
-below 1.5e-7, under float32 resolution of the result) in one numexpr pass.
+below 1.5e-7, under float32 resolution of the result) in a few in-place numpy passes.
 """
 
 from __future__ import annotations
 
 import math
 
-import numexpr as ne
 import numpy as np
 
 from embedpipe.runtime.ops import _MASKED, _softmax_rows
@@ -22,21 +21,33 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) 
     """(x - mean) / sqrt(var + eps) · weight + bias over the last axis, in fp32."""
     n = np.float32(x.shape[-1])
     mean = np.einsum("...i->...", x, dtype=np.float32) / n
-    centred = x - mean[..., None]
-    var = np.einsum("...i,...i->...", centred, centred, dtype=np.float32) / n
-    inv = (1.0 / np.sqrt(var + np.float32(eps), dtype=np.float32))[..., None]
-    return ne.evaluate("centred * inv * weight + bias", local_dict={
-        "centred": centred, "inv": inv, "weight": weight, "bias": bias})
+    out = x - mean[..., None]
+    var = np.einsum("...i,...i->...", out, out, dtype=np.float32) / n
+    out *= (1.0 / np.sqrt(var + np.float32(eps), dtype=np.float32))[..., None]
+    out *= weight
+    out += bias
+    return out
 
 
 def gelu_erf(x: np.ndarray) -> np.ndarray:
-    """0.5·x·(1 + erf(x/√2)), the exact GELU of BERT (not the tanh approximation)."""
-    c = {name: np.float32(v) for name, v in zip(("a1", "a2", "a3", "a4", "a5"), _AS_A)}
-    c.update(p=np.float32(_AS_P * (1 / math.sqrt(2))), half=np.float32(0.5), one=np.float32(1.0))
-    t = ne.evaluate("one / (one + p * abs(x))", local_dict={"x": x, **c})
-    return ne.evaluate(
-        "half * x * (one + where(x < 0, -one, one) * (one - t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))))"
-        " * exp(-half * x * x)))", local_dict={"x": x, "t": t, **c})
+    """0.5·x·(1 + erf(x/√2)), the exact GELU of BERT (not the tanh approximation), in place
+    passes over fp32: erf(z) = 1 − t·P(t)·e^(−z²), t = 1/(1 + p·|z|) for z ≥ 0, odd in z."""
+    f = np.float32
+    z = np.abs(x) * f(1 / math.sqrt(2))
+    t = z * f(_AS_P)
+    t += f(1.0)
+    np.reciprocal(t, out=t)
+    poly = t * f(_AS_A[4])
+    for coef in reversed(_AS_A[:4]):
+        poly += f(coef)
+        poly *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    poly *= z  # 1 − erf(|x|/√2)
+    poly *= f(0.5)
+    poly *= x  # x·(1 − erf(|x|/√2))/2: GELU for x < 0, and x minus GELU for x ≥ 0
+    return np.where(x >= 0, x - poly, poly).astype(np.float32, copy=False)
 
 
 def relative_position_buckets(length: int, n_buckets: int, max_distance: int) -> np.ndarray:
