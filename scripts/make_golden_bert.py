@@ -58,7 +58,7 @@ WORDS = ["harbour", "ferry", "quay", "lantern", "viaduct", "ledger", "estuary", 
 def texts() -> list[tuple[str, str]]:
     rng = random.Random(13)
     out: list[tuple[str, str]] = []
-    add = lambda cat, items: out.extend((cat, t) for t in items)  # noqa: E731
+    add = lambda cat, items: out.extend((cat, t) for t in items)
     add("plain", SENTENCES + ["Hello, world!", "search engines rank documents by relevance",
                               "How do I reset my password?", "the cat sat on the mat", "a", "I", "x y z"])
     add("empty", ["", " ", "\t\n", "\u3000"])

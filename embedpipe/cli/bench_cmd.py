@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from embedpipe.cli.common import THREADS_OPTION_HELP
+from embedpipe.cli.common import MODEL_OPTION_HELP, THREADS_OPTION_HELP
 
 bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.",
                         no_args_is_help=True)
@@ -105,7 +105,7 @@ def ingest(
 
 
 def runtime(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     threads: Optional[list[str]] = typer.Option(None, "--threads", help="Thread counts, e.g. 1,2 (default: 1 and all cores)."),
     peers: Optional[list[str]] = typer.Option(None, "--peer", help="Peers (default jit,numpy,llama.cpp,sentence-transformers)."),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Document kinds (default short,long,xlong)."),
@@ -114,7 +114,8 @@ def runtime(
     batch_texts: Optional[int] = typer.Option(None, "--batch-texts", min=1, help="Texts per batch for every kind (default 96; 16 for xlong)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass (every peer)."),
     st_python: Optional[str] = typer.Option(None, "--st-python", help="Python with torch + sentence-transformers (or $EMBEDPIPE_ST_PYTHON)."),
-    st_model: Optional[str] = typer.Option(None, "--st-model", help="sentence-transformers checkout (default: hf/model_download beside the GGUF)."),
+    st_model: Optional[str] = typer.Option(None, "--st-model", help="sentence-transformers checkout (default: the one cached beside the GGUF)."),
+    onnx_dir: Optional[str] = typer.Option(None, "--onnx-dir", help="ONNX exports for the onnxruntime peers (default: onnx/ beside the GGUF; scripts/export_onnx.py)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp and sentence-transformers."""
@@ -136,7 +137,7 @@ def runtime(
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     cfg = BenchConfig(model=model, threads=thread_list, peers=tuple(_split(peers) or PEERS), kinds=kind_list,
                       singles=singles, repeats=repeats, batch_size=batch_size, st_python=st_python,
-                      st_model=st_model or default_st_model(model))
+                      st_model=st_model or default_st_model(model), onnx_dir=onnx_dir)
     if batch_texts:
         cfg.batch_texts = {k: batch_texts for k in KINDS}
     # With --json, progress goes to stderr so stdout stays one JSON document.

@@ -20,7 +20,7 @@ import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_elementwise, ir_float, ir_parallel, ir_pool, ir_q8, irutil, jit
+from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_parallel, ir_pool, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
@@ -59,7 +59,7 @@ _RESET = prototype([])
 
 
 # Kernels that run through the native fork-join (each gets a task trampoline).
-PARALLEL_ROLES = ("q8work", "f32mm", "gelu_mul", "rms_norm", "softmax")
+PARALLEL_ROLES = ("q8work", "f32mm", "gelu_mul", "rms_norm", "softmax", "gelu_erf", "layer_norm")
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
@@ -71,7 +71,9 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
                "f32mm": ir_float.matmul_symbol(isa, float_tile),
                "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
                "rms_norm": ir_elementwise.rms_norm_symbol(isa),
-               "softmax": ir_elementwise.softmax_symbol(isa)}
+               "softmax": ir_elementwise.softmax_symbol(isa),
+               "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
+               "layer_norm": ir_encoder.layer_norm_symbol(isa)}
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
@@ -96,6 +98,8 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
         "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
         "softmax": ir_elementwise.emit_softmax_band(module, isa),
+        "gelu_erf": ir_encoder.emit_gelu_erf(module, isa),
+        "layer_norm": ir_encoder.emit_layer_norm(module, isa),
     }
     symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
     kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]
@@ -113,7 +117,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
     h = hashlib.sha256()
-    for mod in (irutil, ir_q8, ir_float, ir_elementwise, ir_parallel, ir_pool, isa_module,
+    for mod in (irutil, ir_q8, ir_float, ir_elementwise, ir_encoder, ir_parallel, ir_pool, isa_module,
                 sys.modules[__name__]):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
@@ -196,6 +200,33 @@ class KernelLibrary:
         parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
         head = (x.ctypes.data, weight.ctypes.data, out.ctypes.data, d, f32_word(eps))
         self.fork("rms_norm", [(*head, a, b) for a, b in split_range(0, rows, parts)])
+        return out
+
+    def gelu_erf(self, a: np.ndarray) -> np.ndarray:
+        """Exact GELU ``0.5·a·(1 + erf(a/√2))`` element-wise (fp32, C-contiguous), ~3e-7 absolute."""
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not (a.flags.c_contiguous and a.flags.aligned):
+            raise KernelInputError("gelu_erf: a must be a C-contiguous float32 numpy array")
+        out = np.empty_like(a)
+        parts = self.threads if a.size >= MIN_PARALLEL_ELEMENTS else 1
+        self.fork("gelu_erf", [(a.ctypes.data, out.ctypes.data, lo, hi) for lo, hi in
+                               split_range(0, a.size, parts, 2 * self.isa.lanes)])
+        return out
+
+    def layer_norm(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        """``(x − mean) / sqrt(var + eps) · weight + bias`` over the last axis of fp32 ``x``."""
+        for name, arr in (("x", x), ("weight", weight), ("bias", bias)):
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+                raise KernelInputError(f"layer_norm: {name} must be a float32 numpy array")
+            if not (arr.flags.c_contiguous and arr.flags.aligned):
+                raise KernelInputError(f"layer_norm: {name} must be C-contiguous")
+        if x.ndim < 1 or x.shape[-1] == 0 or weight.shape != (x.shape[-1],) or bias.shape != weight.shape:
+            raise KernelInputError(f"layer_norm: weight {weight.shape} / bias {bias.shape} do not match rows "
+                                   f"of length {x.shape[-1:]}")
+        out = np.empty_like(x)
+        d = x.shape[-1]
+        parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
+        head = (x.ctypes.data, weight.ctypes.data, bias.ctypes.data, out.ctypes.data, d, f32_word(eps))
+        self.fork("layer_norm", [(*head, a, b) for a, b in split_range(0, x.size // d, parts)])
         return out
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,

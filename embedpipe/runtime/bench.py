@@ -24,7 +24,7 @@ from embedpipe.runtime import bench_peers
 from embedpipe.runtime.bench_texts import documents
 
 KINDS: tuple[str, ...] = ("short", "long", "xlong")
-PEERS: tuple[str, ...] = ("jit", "numpy", "llama.cpp", "sentence-transformers")
+PEERS: tuple[str, ...] = ("jit", "numpy", "llama.cpp", "sentence-transformers", "onnxruntime-fp32", "onnxruntime-int8")
 # Extra-long batches are 96·~550 tokens per peer and thread count; a smaller default batch
 # keeps the whole run within minutes (pass --batch-texts to override every kind).
 DEFAULT_BATCH_TEXTS = {"short": 96, "long": 96, "xlong": 16}
@@ -61,6 +61,7 @@ class BenchConfig:
     batch_size: int = 32
     st_python: str | None = None
     st_model: str | None = None
+    onnx_dir: str | None = None  # ONNX exports (default: onnx/ beside the GGUF)
     max_tokens: int = 512  # longest document of the run (set by run_runtime_bench)
 
 
@@ -81,6 +82,9 @@ def machine_info() -> dict:
 def model_ops_per_token(model) -> tuple[float, float]:
     """(all weight-matmul ops, FFN ops) per token: 2 per multiply-add."""
     cfg = model.cfg
+    if not hasattr(cfg, "n_kv_head"):  # BERT family: q, k, v, o square; FFN up and down
+        attn, ffn = 4 * cfg.hidden * cfg.hidden, 2 * cfg.hidden * cfg.ffn
+        return 2.0 * cfg.n_layers * (attn + ffn), 2.0 * cfg.n_layers * ffn
     q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     attn = cfg.hidden * (q + 2 * kv) + cfg.n_head * cfg.head_dim_v * cfg.hidden
     ffn = 3 * cfg.hidden * cfg.ffn
@@ -147,8 +151,13 @@ def ffn_fraction(embedder, tokens: int, peak: dict | None, repeats: int) -> dict
 def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
     from embedpipe.runtime.embedder import Embedder
 
-    docs = {kind: documents(kind, cfg.batch_texts[kind]) for kind in cfg.kinds}
     probe = Embedder.load(cfg.model, backend="numpy", threads=1)
+    docs = {kind: documents(kind, cfg.batch_texts[kind]) for kind in cfg.kinds}
+    too_long = [k for k, texts in docs.items() if max(map(len, probe.tokenize(texts, TASK, truncate=True))) >= probe.max_tokens]
+    for kind in too_long:  # a truncated kind would time different work per peer
+        report(f"skipped kind {kind}: its documents reach the model's {probe.max_tokens}-token limit")
+        del docs[kind]
+    cfg.kinds = tuple(k for k in cfg.kinds if k in docs)
     formatted = {kind: probe.format_texts(texts, TASK) for kind, texts in docs.items()}
     token_counts = {kind: [len(s) for s in probe.tokenize(texts, TASK)] for kind, texts in docs.items()}
     cfg.max_tokens = max(max(v) for v in token_counts.values())
@@ -186,7 +195,7 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
                         res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)
                     summary["results"].append(asdict(res))
                     report(format_result(res))
-                if peer == "jit" and "short" in cfg.kinds:
+                if peer == "jit" and "short" in cfg.kinds and hasattr(runner.embedder.model.layers[0], "w_gate_up"):
                     tokens = sum(token_counts["short"][:cfg.batch_size])
                     summary["ffn"].append({"threads": threads, **ffn_fraction(runner.embedder, tokens, peak, cfg.repeats)})
         _agreement(summary["agreement"], vectors, threads)
@@ -263,6 +272,7 @@ def format_summary(summary: dict) -> list[str]:
 
 
 def default_st_model(model_path: str | os.PathLike[str]) -> str | None:
-    """The sentence-transformers checkout cached beside the GGUF (hf/model_download), if any."""
-    cand = Path(model_path).parent / "hf" / "model_download"
-    return str(cand) if (cand / "modules.json").is_file() else None
+    """The sentence-transformers checkout the store keeps beside the GGUF (hf/<archive root>), if any."""
+    hf = Path(model_path).parent / "hf"
+    found = sorted(hf.glob("**/modules.json"), key=lambda p: len(p.parts)) if hf.is_dir() else []
+    return str(found[0].parent) if found else None

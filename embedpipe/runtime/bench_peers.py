@@ -177,11 +177,67 @@ class SentenceTransformersPeer(Peer):
         return self._vectors
 
 
+class OnnxRuntimePeer(Peer):
+    """ONNX Runtime on an export of the model body (scripts/export_onnx.py), fp32 or dynamic
+    int8; token ids from the GGUF's tokenizer (identical to the checkout's), mean or CLS
+    pooling as the GGUF says, L2 normalization."""
+
+    FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+
+    def __init__(self, variant: str, cfg, threads: int):
+        super().__init__(threads)
+        self.name = f"onnxruntime-{variant}"
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise PeerUnavailable(f"onnxruntime is not importable ({exc})") from None
+        path = onnx_dir(cfg) / self.FILES[variant]
+        if not path.is_file():
+            raise PeerUnavailable(f"{path} is missing; make it with scripts/export_onnx.py")
+        from embedpipe.runtime.embedder import Embedder
+
+        probe = Embedder.load(cfg.model, backend="numpy", threads=1)
+        self.tokenizer, self.batch_size = probe.tokenizer, cfg.batch_size
+        self.pooling = getattr(probe.model.cfg, "pooling", "mean")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        ids = self.tokenizer.encode_batch(texts)
+        out = []
+        for a in range(0, len(ids), self.batch_size):
+            chunk = ids[a:a + self.batch_size]
+            width = max(len(s) for s in chunk)
+            input_ids = np.zeros((len(chunk), width), np.int64)
+            mask = np.zeros((len(chunk), width), np.int64)
+            for i, seq in enumerate(chunk):
+                input_ids[i, :len(seq)], mask[i, :len(seq)] = seq, 1
+            feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+            hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+        return np.concatenate(out).astype(np.float32)
+
+
+def onnx_dir(cfg) -> "os.PathLike[str]":
+    """Where the ONNX exports live: cfg.onnx_dir, else onnx/ beside the GGUF."""
+    from pathlib import Path
+
+    return Path(getattr(cfg, "onnx_dir", None) or Path(str(cfg.model)).parent / "onnx")
+
+
 PEER_FACTORIES: dict[str, Callable[[object, int], Peer]] = {
     "jit": lambda cfg, threads: EmbedpipePeer("jit", cfg, threads),
     "numpy": lambda cfg, threads: EmbedpipePeer("numpy", cfg, threads),
     "llama.cpp": LlamaCppPeer,
     "sentence-transformers": SentenceTransformersPeer,
+    "onnxruntime-fp32": lambda cfg, threads: OnnxRuntimePeer("fp32", cfg, threads),
+    "onnxruntime-int8": lambda cfg, threads: OnnxRuntimePeer("int8", cfg, threads),
 }
 
 

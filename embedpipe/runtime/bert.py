@@ -11,8 +11,8 @@ padding_idx + 1.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import gguf
@@ -46,7 +46,7 @@ class EncoderConfig:
     dims: tuple[int, ...]
 
     @classmethod
-    def from_gguf(cls, mf: GGUFModelFile) -> "EncoderConfig":
+    def from_gguf(cls, mf: GGUFModelFile) -> EncoderConfig:
         arch = mf.architecture
         if arch not in bn.ARCHITECTURES:
             raise ModelFileError(f"{mf.path}: architecture {arch!r} is not a BERT-family encoder")
@@ -138,9 +138,9 @@ FP32_INPUT_PRODUCTS: frozenset[str] = frozenset({"attn_qkv", "ffn_up"})
 
 class _Layer:
     def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
-        t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]  # noqa: E731
-        b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")  # noqa: E731
-        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors,  # noqa: E731
+        t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
+        b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")
+        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors,
                                               name in FP32_INPUT_PRODUCTS)
         self.w_qkv = prep("attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")])
         self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
@@ -210,7 +210,7 @@ class BertEncoderModel:
             x = dequantize_rows(self.token_embd, ids) + self.position_embd[positions]
             if self.type0 is not None:
                 x += self.type0
-            x = encoder_ops.layer_norm(x, *self.embd_norm, cfg.eps)
+            x = self.ops.layer_norm(x, *self.embd_norm, cfg.eps)
             for layer in self.layers:
                 x = self._layer(x, layer, bounds, lengths, bias)
         if cfg.pooling == "cls":
@@ -231,13 +231,13 @@ class BertEncoderModel:
         a = layer.wo(attn)
         a += layer.bo
         a += x
-        x = encoder_ops.layer_norm(a, *layer.attn_norm, cfg.eps)
+        x = self.ops.layer_norm(a, *layer.attn_norm, cfg.eps)
         up = layer.w_up(x)
         up += layer.b_up
-        f = layer.w_down(encoder_ops.gelu_erf(up))
+        f = layer.w_down(self.ops.gelu_erf(up))
         f += layer.b_down
         f += x
-        return encoder_ops.layer_norm(f, *layer.out_norm, cfg.eps)
+        return self.ops.layer_norm(f, *layer.out_norm, cfg.eps)
 
     def _attention(self, q, k, v, bounds, lengths, bias, out) -> None:
         starts = bounds[:-1]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import gguf
 import numpy as np
@@ -20,7 +20,12 @@ from gguf import quants
 
 from embedpipe.runtime import bert_names as bn
 from embedpipe.runtime.convert import (
-    SOURCE_DTYPES, ConvertError, _read_json, _safetensors_index, encode_tensor, read_pooling_type,
+    SOURCE_DTYPES,
+    ConvertError,
+    _read_json,
+    _safetensors_index,
+    encode_tensor,
+    read_pooling_type,
 )
 from embedpipe.runtime.gguf_names import QUANTS
 from embedpipe.runtime.tokenizer import TokenType
@@ -182,7 +187,7 @@ def has_normalize(src_dir: Path) -> bool:
 def _write_kv(w: gguf.GGUFWriter, src_dir: Path, fam: bn.Family, hp: bn.BertHParams, tok: dict,
               file_type: gguf.LlamaFileType, metadata: Mapping) -> None:
     w.add_type(gguf.GGUFType.MODEL)
-    total, shared, expert, n_expert = w.get_total_parameter_count()
+    total = w.get_total_parameter_count()[0]
     meta = gguf.Metadata.load(None, src_dir, None, total)
     meta.name = meta.name or src_dir.name
     meta.set_gguf_meta_model(w)

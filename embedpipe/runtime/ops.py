@@ -184,6 +184,16 @@ class NumpyOps:
             ne.set_num_threads(self.threads)
         return gelu_tanh_mul(gate, up)
 
+    def gelu_erf(self, x: np.ndarray) -> np.ndarray:
+        from embedpipe.runtime.encoder_ops import gelu_erf
+
+        return gelu_erf(x)
+
+    def layer_norm(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        from embedpipe.runtime.encoder_ops import layer_norm
+
+        return layer_norm(x, weight, bias, eps)
+
     @contextmanager
     def session(self) -> Iterator[None]:
         """Around one forward pass: BLAS may use all of our threads (numpy backend matmuls)."""
@@ -220,6 +230,12 @@ class JitOps(NumpyOps):
 
     def gelu_tanh_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return self.lib.gelu_tanh_mul(gate, up)
+
+    def gelu_erf(self, x: np.ndarray) -> np.ndarray:
+        return self.lib.gelu_erf(np.ascontiguousarray(x))
+
+    def layer_norm(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+        return self.lib.layer_norm(np.ascontiguousarray(x), weight, bias, eps)
 
     @contextmanager
     def session(self) -> Iterator[None]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from embedpipe.errors import EmbedpipeError, ModelFileError
 from embedpipe.runtime import mirror, store

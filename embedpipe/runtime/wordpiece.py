@@ -109,7 +109,7 @@ class WordPieceTokenizer:
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_gguf(cls, model_file: GGUFModelFile) -> "WordPieceTokenizer":
+    def from_gguf(cls, model_file: GGUFModelFile) -> WordPieceTokenizer:
         doc, special = tokenizer_json(model_file)
         try:
             hf = HFTokenizer.from_str(doc)

@@ -174,7 +174,7 @@ def reference_embedding(root: Path, ids: list[int]) -> np.ndarray:
     names = (("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "attention.LayerNorm")
              if mpnet else ("attention.self.query", "attention.self.key", "attention.self.value",
                             "attention.output.dense", "attention.output.LayerNorm"))
-    lin = lambda p, v: v @ w[p + ".weight"].T + w[p + ".bias"]  # noqa: E731
+    lin = lambda p, v: v @ w[p + ".weight"].T + w[p + ".bias"]
     for il in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{il}."
         q, k, v = (lin(p + n, x).reshape(t, h, -1).transpose(1, 0, 2) for n in names[:3])

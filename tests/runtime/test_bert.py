@@ -19,7 +19,11 @@ from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.tokenizer import load_tokenizer
-from tests.runtime.bert_checkout_builder import build_bert_checkout, build_mpnet_checkout, reference_embedding
+from tests.runtime.bert_checkout_builder import (
+    build_bert_checkout,
+    build_mpnet_checkout,
+    reference_embedding,
+)
 
 TEXTS = ["hello world", "The quick brown fox, jumping!", "Café naïve", "東京 unbelievable", "",
          "[CLS] x [MASK] <s> </s> <mask> y<mask>", "zzzzzzzzzzzzzzzzzzzz long words aaaaaaaaaaaaa", "a\x00b\tc\u200bd",
