@@ -14,8 +14,20 @@ import math
 import llvmlite.ir as ir
 
 from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
-from embedpipe.codegen.irutil import (F32, I64, PTR, const_i64, for_range, hsum_tree, intrinsic, load_at,
-                                      new_function, splat, store_at, vec)
+from embedpipe.codegen.irutil import (
+    F32,
+    I64,
+    PTR,
+    const_i64,
+    for_range,
+    hsum_tree,
+    intrinsic,
+    load_at,
+    new_function,
+    splat,
+    store_at,
+    vec,
+)
 from embedpipe.codegen.isa import IsaSpec
 
 ERF_P = 0.3275911

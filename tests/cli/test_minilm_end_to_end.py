@@ -37,7 +37,7 @@ def test_ingest_index_search_tradeoffs(tmp_path) -> None:
     emb_dir, idx = tmp_path / "emb", tmp_path / "brute.idx"
     _run("ingest", str(src), "-o", str(emb_dir), "--task", "document", "--text-col", "text", "--keep", "name",
          "--model", "all-minilm-l6-v2", "--no-progress")
-    table = pq.read_table(sorted(emb_dir.glob("*.parquet"))[0])
+    table = pq.read_table(min(emb_dir.glob("*.parquet")))
     assert table.num_rows > 0 and len(table.column("embedding")[0]) == 384
     _run("build-index", str(emb_dir), "--type", "brute", "--quant", "int8", "-o", str(idx))
     ix = load_index(idx)
