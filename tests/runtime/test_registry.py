@@ -88,6 +88,6 @@ def test_real_pull_twice_is_a_noop_and_damage_is_repaired(tmp_path, monkeypatch)
     checkout = store.hf_checkout_dir(entry.spec)
     os.truncate(checkout / "tokenizer.json", 10)
     assert store.checkout_problem(entry.spec) == "tokenizer.json has the wrong size"
-    store.ensure_checkout(entry.spec)
+    assert store.pull("q8_0", progress=False, spec=entry.spec, metadata=entry.metadata) == path
     assert store.checkout_problem(entry.spec, verify=True) is None
     assert (Path(checkout) / "vocab.txt").is_file()
