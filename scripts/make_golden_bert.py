@@ -88,7 +88,7 @@ def texts() -> list[tuple[str, str]]:
                     "½ + ¼ = ¾", "٣٤٥ Arabic digits", "१२३ Devanagari digits"])
     add("code", ["def f(x): return x**2", "SELECT * FROM t WHERE a = 1;", "<div class=\"x\">hi</div>",
                  "for (int i = 0; i < n; ++i) {}", "{\"key\": [1, 2, 3]}", "camelCaseIdentifier snake_case_name"])
-    for i in range(60):
+    for _ in range(60):
         n = rng.randint(3, 14)
         add("random_words", [" ".join(rng.choice(WORDS) for _ in range(n)) + rng.choice([".", "?", "!", ""])])
     body = " ".join(SENTENCES)

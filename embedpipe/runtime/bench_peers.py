@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -224,10 +225,8 @@ class OnnxRuntimePeer(Peer):
         return np.concatenate(out).astype(np.float32)
 
 
-def onnx_dir(cfg) -> "os.PathLike[str]":
+def onnx_dir(cfg) -> Path:
     """Where the ONNX exports live: cfg.onnx_dir, else onnx/ beside the GGUF."""
-    from pathlib import Path
-
     return Path(getattr(cfg, "onnx_dir", None) or Path(str(cfg.model)).parent / "onnx")
 
 

@@ -261,7 +261,7 @@ def convert_bert_checkout(src_dir: Path, out_path: Path, quant: str = "q8_0", pr
         w.write_ti_data_to_file()
         with safe_open(str(src_dir / MODEL_FILE), framework="numpy") as f, \
                 tqdm(total=len(plan), unit="tensor", desc="convert", disable=not progress) as bar:
-            for (gname, hf_name, _), ttype in zip(plan, types):
+            for (_, hf_name, _), ttype in zip(plan, types):
                 data = np.asarray(f.get_tensor(hf_name), dtype=np.float32)
                 if not np.isfinite(data).all():
                     raise ConvertError(f"{src_dir / MODEL_FILE}: tensor {hf_name!r} contains NaN or Inf")
