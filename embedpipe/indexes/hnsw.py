@@ -6,30 +6,21 @@ Graph storage (flat arrays that save and mmap as-is):
 * ``level`` int8 (n,): top layer of each node; ``upoff`` int64 (n,): row of the node's layer-1
   list in ``nbru`` (int32 (rows, M)); its layers 1..level sit in consecutive rows.
 
-Build (`build`): levels drawn as ⌊-ln U · 1/ln M⌋ as in the paper and a random insertion
-order. Instead of running 10⁴ Python-level graph searches, each node's candidates on a layer
-are the exact top-`ef_construction` among the nodes inserted *before* it (blocked BLAS) — what
-incremental insertion would find with a perfect search, including the long-range links early
-nodes get — pruned with the paper's heuristic (keep c only if it is closer to the node than to
-every neighbour already kept); then reverse links are merged and pruned again with the same
-heuristic, as insertion does when a neighbour's list overflows; slots the heuristic leaves
-empty are topped up with the closest rejected candidates (`keep_pruned`), as hnswlib's lists
-fill with unpruned reverse links (it raises the mean degree and recall at small ef_search;
-figures in the README). O(n²·d) flops: fine up to a few 10⁵ vectors. `add` inserts further
-vectors the incremental way (graph search + heuristic + reverse-link pruning; added nodes join
-layer 0 only). Search runs the JIT kernel of `hnsw_kernel` when it compiles, else the numpy
-reference below (also the test oracle).
+Build (`build`, `from_codes`, `add`): insertion as in the paper, in deterministic batches run
+by native kernels over the stored codes — see `hnsw_build` (driver, numpy twin) and
+`hnsw_insert_kernel` (emitter). `_exact_candidates` / `prune_reference` below are the former
+exact-candidate builder's pieces, kept as the twin of the prune kernel. Search runs the JIT
+kernel of `hnsw_kernel` when it compiles, else the numpy reference below (also the test
+oracle).
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 import os
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm import tqdm
 
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, pad_topk
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
@@ -135,6 +126,22 @@ def _merge_reverse(nodes: np.ndarray, fwd: np.ndarray, cap: int, n: int) -> np.n
     return out
 
 
+def storage_of(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str,
+               scale_mode: str) -> Any:
+    """The builder's view of stored rows: float value = code·S·R[row] + O."""
+    from embedpipe.indexes.hnsw_build import Storage
+
+    n, d = codes.shape
+    ones_n, ones_d, zeros_d = (np.ones(n, np.float32), np.ones(d, np.float32),
+                               np.zeros(d, np.float32))
+    if quant == "fp32":
+        return Storage(codes, ones_n, ones_d, zeros_d)
+    if scale_mode == "vector":
+        return Storage(codes, np.ascontiguousarray(scale, np.float32), ones_d, zeros_d)
+    return Storage(codes, ones_n, np.ascontiguousarray(scale, np.float32),
+                   np.ascontiguousarray(offset, np.float32) if len(offset) else zeros_d)
+
+
 class HnswIndex(VectorIndex):
     kind: ClassVar[str] = "hnsw"
     quants: ClassVar[tuple[str, ...]] = ("fp32", "int8")
@@ -142,7 +149,6 @@ class HnswIndex(VectorIndex):
         Param("m", int, 16, "links per node (2M on layer 0)."),
         Param("ef_construction", int, 100, "candidate list size when linking."),
         EF_SEARCH,
-        Param("keep_pruned", bool, True, "top up neighbour lists with pruned candidates."),
         SCALE_PARAM,
         SEED_PARAM,
     )
@@ -191,39 +197,26 @@ class HnswIndex(VectorIndex):
         if quant not in cls.quants:
             raise ValueError(f"hnsw supports quant {cls.quants}, not {quant!r}")
         p = cls.build_settings(params)
-        m, ef_construction, seed = p["m"], p["ef_construction"], p["seed"]
-        x = np.ascontiguousarray(vectors, np.float32)
-        n = len(x)
-        rng = np.random.default_rng(seed)
-        level = np.minimum((-np.log(1.0 - rng.random(n)) / math.log(m)).astype(np.int64), 31)
-        top = int(level.max()) if n else 0
-        upoff = np.zeros(n, np.int64)
-        upoff[1:] = np.cumsum(level)[:-1]
-        nbru = np.full((int(level.sum()), m), -1, np.int32)
-        nbr0 = np.full((n, 2 * m), -1, np.int32)
-        bar = tqdm(total=int((level >= 0).sum() + level.sum()), desc="hnsw graph",
-                   disable=not progress)
-        order = rng.permutation(n)  # insertion order
-        for layer in range(top, -1, -1):
-            nodes = order[level[order] >= layer]
-            width = 2 * m if layer == 0 else m
-            if len(nodes) < 2:
-                bar.update(len(nodes))
-                continue
-            cand = _exact_candidates(x, nodes, ef_construction, bar)
-            fwd = _prune(x, nodes, cand, width)
-            merged = _merge_reverse(nodes, fwd, max(2 * width, ef_construction), n)
-            final = _prune(x, nodes, merged, width, p["keep_pruned"])
-            if layer == 0:
-                nbr0[nodes] = final
-            else:
-                nbru[upoff[nodes] + layer - 1] = final
-        bar.close()
-        entry = int(order[level[order] == top][0]) if n else 0
-        codes, scale, offset = quantize(x, quant, p["scale_mode"])
-        stored = {"m": m, "ef_construction": ef_construction, "ef_search": p["ef_search"],
-                  "max_level": top, "seed": seed, "scale_mode": p["scale_mode"]}
-        return cls(codes, scale, quant, nbr0, level.astype(np.int8), upoff, nbru, entry,
+        codes, scale, offset = quantize(np.ascontiguousarray(vectors, np.float32), quant,
+                                        p["scale_mode"])
+        return cls.from_codes(codes, scale, offset, quant, ids, meta, columns,
+                              progress=progress, **p)
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str,
+                   ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None,
+                   progress: bool = False, **params: Any) -> HnswIndex:
+        """Link already-quantized rows (the graph is built on the stored codes); `params` are
+        the declared `build_params`."""
+        from embedpipe.indexes.hnsw_build import build_graph
+
+        p = cls.build_settings(params)
+        g = build_graph(storage_of(codes, scale, offset, quant, p["scale_mode"]), p["m"],
+                        p["ef_construction"], p["seed"], progress)
+        stored = {"m": p["m"], "ef_construction": p["ef_construction"],
+                  "ef_search": p["ef_search"], "max_level": max(g.maxlevel, 0),
+                  "seed": p["seed"], "scale_mode": p["scale_mode"]}
+        return cls(codes, scale, quant, g.nbr0, g.level, g.upoff, g.nbru, max(g.entry, 0),
                    stored, ids, meta, columns, offset)
 
     # --- search (numpy reference) --------------------------------------------------------
@@ -291,37 +284,35 @@ class HnswIndex(VectorIndex):
         return self.search_reference(q, k, ef)
 
     # --- incremental add -----------------------------------------------------------------
-    def add(self, vectors: np.ndarray, ids: list[Any] | np.ndarray | None = None) -> None:
-        """Insert vectors one by one (paper's algorithm); ids default to continuing numbers."""
-        if self.columns:
-            raise ValueError("add() cannot extend an index that carries text columns; rebuild it")
+    def add(self, vectors: np.ndarray, ids: list[Any] | np.ndarray | None = None,
+            columns: dict[str, list[str]] | None = None, progress: bool = False) -> None:
+        """Insert vectors as `build` does (levels from a seed derived from the build seed and
+        the current count, so an update is reproducible); ids default to continuing numbers."""
+        from embedpipe.indexes.hnsw_build import Graph, GraphBuilder, draw_levels, unlink_deleted
+        from embedpipe.indexes.update import extend_columns, extend_ids
+
         x = self.prepare_queries(vectors)
         n0 = self.count
-        new_ids = list(range(n0, n0 + len(x))) if ids is None else list(ids)
-        self.ids = IdTable.from_values(list(self.ids.take(np.arange(n0))) + new_ids, n0 + len(x))
+        self.ids = extend_ids(self.ids, ids, len(x))
+        self.columns = extend_columns(self.columns, columns, n0, len(x))
         codes, scale, _ = quantize(x, self.quant, self.scale_mode,
                                    calibration=self.scheme.calibration(self.scale, self.offset))
         self.codes = np.concatenate([self.codes, codes])
         self.scale = self.scheme.extend_scale(self.scale, scale)
-        self.nbr0 = np.concatenate([self.nbr0, np.full((len(x), 2 * self.m), -1, np.int32)])
-        self.level = np.concatenate([self.level, np.zeros(len(x), np.int8)])
-        self.upoff = np.concatenate([self.upoff, np.full(len(x), len(self.nbru), np.int64)])
+        top = int(self.level[self.entry]) if n0 else -1
+        g = Graph(np.asarray(self.nbr0), np.asarray(self.level), np.asarray(self.upoff),
+                  np.asarray(self.nbru), self.entry if n0 else -1, top)
+        rng = np.random.default_rng([int(self.params.get("seed", 0)), n0])
+        g = g.extend(draw_levels(len(x), self.m, rng), self.m)
+        store = storage_of(self.codes, self.scale, self.offset, self.quant, self.scale_mode)
+        builder = GraphBuilder(store, g, self.m, self.params["ef_construction"])
+        builder.insert(n0 + rng.permutation(len(x)), done=n0, progress=progress)
+        if len(self.deleted):  # repair: reconnect the paths that ran through tombstones
+            builder.relink(unlink_deleted(g, self.deleted))
+        self.nbr0, self.level, self.upoff, self.nbru = g.nbr0, g.level, g.upoff, g.nbru
+        self.entry = g.entry
+        self.params["max_level"] = g.maxlevel
         self._kernel = None
-        efc = self.params["ef_construction"]
-        allv = np.ascontiguousarray(self.vectors(np.arange(n0 + len(x))))
-        for i, v in enumerate(x):
-            u = n0 + i
-            found = self.beam(v, [self._greedy(v, self.entry)], efc)
-            cand = np.array([[f[1] for f in found]], np.int32)
-            sel = _prune(allv, np.array([u]), cand, 2 * self.m)[0]
-            self.nbr0[u] = sel
-            for w in sel[sel >= 0].tolist():
-                row = self.nbr0[w]
-                if (row < 0).any():
-                    row[np.flatnonzero(row < 0)[0]] = u
-                else:  # full: re-select among old links + u with the heuristic
-                    merged = np.concatenate([row, [u]])[None, :].astype(np.int32)
-                    self.nbr0[w] = _prune(allv, np.array([w]), merged, 2 * self.m)[0]
 
     # --- files --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -107,7 +107,7 @@ def test_build_index_options_come_from_declared_parameters(emb_dir, tmp_path):
     emb, _ = emb_dir
     out = tmp_path / "h.idx"
     res = _run("build-index", str(emb), "--type", "hnsw", "-o", str(out), "--m", "6",
-               "--ef-search", "40", "--no-keep-pruned", "--scale", "vector", "--quant", "int8")
+               "--ef-search", "40", "--scale", "vector", "--quant", "int8")
     assert res.exit_code == 0, res.output
     ix = load_index(out)
     assert (ix.m, ix.ef_search, ix.scale_mode) == (6, 40, "vector")

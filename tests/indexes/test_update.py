@@ -1,0 +1,224 @@
+"""`build-index --update`, tombstones (`index delete` / `compact`), `index info`, foreign inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from embedpipe.cli.app import app
+from embedpipe.indexes import load_index
+from embedpipe.indexes.query import build_from_dir
+from embedpipe.indexes.update import UpdateError, update_from_dir
+
+from .helpers import clustered, exact_topk, recall
+
+runner = CliRunner()
+D = 32
+
+
+def _run(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def write_part(emb_dir: Path, number: int, x: np.ndarray, first_id: int) -> None:
+    """One part in the `ingest` layout (ids, fixed-size float32 embedding, model metadata)."""
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
+    table = pa.table({"id": np.arange(first_id, first_id + len(x), dtype=np.int64),
+                      "embedding": emb, "title": [f"t{first_id + i}" for i in range(len(x))]})
+    table = table.replace_schema_metadata({"embedpipe.model_sha256": "ab" * 32,
+                                           "embedpipe.dim": str(x.shape[1]),
+                                           "embedpipe.task": "document"})
+    pq.write_table(table, emb_dir / f"part-{number:05d}.parquet")
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    x = clustered(2200, D, seed=31)
+    emb = tmp_path / "emb"
+    write_part(emb, 0, x[:1000], 0)
+    write_part(emb, 1, x[1000:2000], 1000)
+    return x, emb
+
+
+@pytest.mark.parametrize("kind", ["brute", "hnsw"])
+def test_update_adds_new_parts_only(corpus, tmp_path, kind):
+    x, emb = corpus
+    idx = tmp_path / "ix"
+    build_from_dir(emb, idx, kind, m=8, ef_construction=48)
+    assert update_from_dir(emb, idx)[1] == 0  # nothing new
+    write_part(emb, 2, x[2000:], 2000)
+    res = _run("build-index", emb, "--update", idx)
+    assert res.exit_code == 0, res.output
+    ix = load_index(idx)
+    assert ix.count == 2200 and ix.ids.ints[-1] == 2199
+    assert ix.columns["title"][2100] == "t2100"
+    q = clustered(60, D, seed=32)
+    fresh = build_from_dir(emb, tmp_path / "fresh", kind, m=8, ef_construction=48)
+    truth = exact_topk(x, q, 10)
+    got, want = recall(ix.search(q, 10)[1], truth), recall(fresh.search(q, 10)[1], truth)
+    assert got >= want - 0.02
+    _, top = ix.search(x[2000:2050], 1)
+    assert (top[:, 0] == np.arange(2000, 2050)).mean() >= 0.95
+
+
+def test_update_refuses_foreign_or_other_dir(corpus, tmp_path):
+    x, emb = corpus
+    npy = tmp_path / "v.npy"
+    np.save(npy, x[:300])
+    build_from_dir(npy, tmp_path / "f", "hnsw", m=8)
+    with pytest.raises(UpdateError, match="does not record"):
+        update_from_dir(emb, tmp_path / "f")
+    build_from_dir(emb, tmp_path / "ix", "brute")
+    other = tmp_path / "other"
+    write_part(other, 7, x[:10], 0)
+    with pytest.raises(UpdateError, match="missing"):
+        update_from_dir(other, tmp_path / "ix")
+
+
+def test_kill_during_update_leaves_old_index_usable_and_rerun_finishes(corpus, tmp_path):
+    x, emb = corpus
+    idx = tmp_path / "ix"
+    build_from_dir(emb, idx, "hnsw", m=8, ef_construction=48)
+    before = idx.read_bytes()
+    big = clustered(30_000, D, seed=33)
+    write_part(emb, 2, big, 5000)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-m", "embedpipe.cli", "build-index", str(emb),
+                             "--update", str(idx)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # kill once the update is inserting (its progress bar is on stderr)
+    deadline = time.monotonic() + 120
+    buf = b""
+    while b"hnsw insert" not in buf and time.monotonic() < deadline and proc.poll() is None:
+        buf += proc.stderr.read1(256)
+    assert proc.poll() is None, "the update ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert idx.read_bytes() == before  # old index intact and usable
+    assert load_index(idx).search(x[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+    (tmp_path / ".ix.abc123.tmp").write_bytes(b"half-written")  # as a kill during save leaves
+    update_from_dir(emb, idx)  # the rerun does the whole update
+    assert not list(tmp_path.glob(".ix.*.tmp"))
+    ix = load_index(idx)
+    assert ix.count == 32_000
+    assert sorted(ix.meta.extra["part_rows"]) == ["part-00000.parquet", "part-00001.parquet",
+                                                  "part-00002.parquet"]
+
+
+@pytest.mark.parametrize("kind", ["brute", "hnsw"])
+def test_delete_hides_ids_update_keeps_them_hidden_compact_drops_them(corpus, tmp_path, kind):
+    x, emb = corpus
+    idx = tmp_path / "ix"
+    build_from_dir(emb, idx, kind, m=8, ef_construction=48)
+    gone = list(range(0, 2000, 3))
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(map(str, gone[1:])))
+    assert _run("index", "delete", idx, "--ids", "0").exit_code == 0
+    assert _run("index", "delete", idx, "--ids-file", ids_file).exit_code == 0
+    res = runner.invoke(app, ["index", "delete", str(idx), "--ids", "999999"])
+    assert res.exit_code != 0 and "not in the index" in str(res.exception)
+    q = x[gone[:80]]  # query with the deleted vectors themselves
+    _, ids = load_index(idx).search(q, 10)
+    assert not np.isin(ids, gone).any() and (ids >= 0).all()
+    write_part(emb, 2, x[2000:], 2000)
+    update_from_dir(emb, idx)
+    ix = load_index(idx)
+    assert len(ix.deleted) == len(gone) and not np.isin(ix.search(q, 10)[1], gone).any()
+    info = json.loads(_run("index", "info", idx, "--json").output)
+    assert info["tombstones"] == len(gone) and info["live"] == 2200 - len(gone)
+    assert _run("index", "compact", idx).exit_code == 0
+    ix = load_index(idx)
+    assert ix.count == 2200 - len(gone) and len(ix.deleted) == 0
+    assert not np.isin(ix.ids.ints, gone).any()
+    live = np.setdiff1d(np.arange(2200), gone)
+    qq = clustered(40, D, seed=34)
+    assert recall(ix.search(qq, 10)[1], live[exact_topk(x[live], qq, 10)]) >= 0.9
+
+
+def test_index_info_text_and_json(corpus, tmp_path):
+    _, emb = corpus
+    build_from_dir(emb, tmp_path / "h", "hnsw", quant="int8", m=8, seed=3)
+    out = _run("index", "info", tmp_path / "h").output
+    assert "type:" in out and "hnsw" in out and "tombstones:" in out
+    info = json.loads(_run("index", "info", tmp_path / "h", "--json").output)
+    assert info["count"] == 2000 and info["quant"] == "int8" and info["params"]["seed"] == 3
+    assert info["parts"] == 2 and info["graph"]["max_level"] >= 1
+
+
+def test_foreign_parquet_arrow_npy_and_vector_search(tmp_path):
+    x = clustered(800, D, seed=41)
+    raw = x * np.linspace(0.5, 2, len(x))[:, None].astype(np.float32)  # not unit length
+    ids = [f"doc-{i}" for i in range(len(x))]
+    pq.write_table(pa.table({"doc": ids, "vec": pa.array(list(raw), pa.list_(pa.float32()))}),
+                   tmp_path / "st.parquet")
+    feather.write_feather(pa.table({"id": np.arange(800), "embedding": pa.array(list(x))}),
+                          tmp_path / "oa.arrow")
+    np.save(tmp_path / "v.npy", x)
+    res = runner.invoke(app, ["build-index", str(tmp_path / "st.parquet"), "--id-column", "doc",
+                              "--embedding-column", "vec", "-o", str(tmp_path / "a")])
+    assert res.exit_code != 0 and "--normalize" in str(res.exception)
+    for src, extra in (("st.parquet", ["--id-column", "doc", "--embedding-column", "vec",
+                                       "--normalize"]), ("oa.arrow", []), ("v.npy", [])):
+        out = tmp_path / (src + ".idx")
+        res = _run("build-index", tmp_path / src, "--type", "hnsw", "--m", "8", "-o", out, *extra)
+        assert res.exit_code == 0, res.output
+        ix = load_index(out)
+        assert ix.count == 800 and ix.meta.extra["model"] == "none"
+    np.save(tmp_path / "q.npy", x[:5])
+    res = _run("search", tmp_path / "st.parquet.idx", "--vectors", tmp_path / "q.npy", "--json",
+               "-k", "3", "--ef-search", "40")
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert [r["results"][0]["id"] for r in rows] == ids[:5]
+    vec = ",".join(f"{v:.7f}" for v in x[7])
+    res = _run("search", tmp_path / "v.npy.idx", "--vector", vec, "--json", "-k", "1")
+    assert json.loads(res.output)["results"][0]["id"] == 7
+    res = runner.invoke(app, ["search", str(tmp_path / "v.npy.idx"), "some text"])
+    assert res.exit_code != 0 and "no model" in str(res.exception or res.output)
+
+
+def test_foreign_bad_inputs_are_one_line_errors(tmp_path):
+    x = clustered(50, D, seed=42)
+    x[3, 4] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    np.save(tmp_path / "flat.npy", np.zeros(5, np.float32))
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    for name, msg in (("nan.npy", "NaN"), ("flat.npy", "2-D"), ("junk.parquet", "unreadable")):
+        proc = subprocess.run([sys.executable, "-m", "embedpipe.cli", "build-index",
+                               str(tmp_path / name), "-o", str(tmp_path / "o")],
+                              capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+        assert proc.returncode != 0
+        assert proc.stderr.startswith("error:") and msg in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_update_repairs_hnsw_around_tombstones(corpus, tmp_path):
+    x, emb = corpus
+    idx = tmp_path / "ix"
+    build_from_dir(emb, idx, "hnsw", m=8, ef_construction=48)
+    gone = np.arange(0, 2000, 4)
+    from embedpipe.indexes.tombstones import delete_ids
+    delete_ids(idx, gone.tolist())
+    ix = load_index(idx)
+    assert np.isin(np.asarray(ix.nbr0), gone).any()  # before: routing through tombstones
+    write_part(emb, 2, x[2000:], 2000)
+    update_from_dir(emb, idx)
+    ix = load_index(idx)
+    live = np.setdiff1d(np.arange(2200), gone)
+    nbr0 = np.asarray(ix.nbr0)
+    assert not np.isin(nbr0[live], gone).any()  # after: live lists skip them
+    assert (nbr0[live, 0] >= 0).all()
+    q = clustered(60, D, seed=35)
+    assert recall(ix.search(q, 10)[1], live[exact_topk(x[live], q, 10)]) >= 0.9
