@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, truncate_normalize
-from embedpipe.indexes.quant import QUANTS, quantize
-from embedpipe.indexes.source import PART_GLOB, EmbeddingsDirError, read_embeddings
+from embedpipe.indexes.quant import STORAGE_TYPES, quantize
+from embedpipe.pipeline.dataset import PART_GLOB, EmbeddingsDirError, read_embeddings
 
 
 @dataclass
@@ -52,7 +52,7 @@ def stream_codes(emb_dir: str | os.PathLike, quant: str, scale_mode: str = "dim"
     """Codes, scale, offset, ids, columns and metadata of every part of `emb_dir`."""
     emb_dir = Path(emb_dir)
     names = _parts(emb_dir)
-    spec = QUANTS[quant]
+    spec = STORAGE_TYPES[quant]
     rows, width, hi, lo = 0, 0, None, None
     first_meta = None
     for name in names:  # pass 1: sizes and per-dimension ranges
@@ -123,8 +123,9 @@ def build_streamed(emb_dir: str | os.PathLike, kind: str, quant: str = "fp32",
     cls = INDEX_TYPES[kind]
     if quant not in cls.quants:
         raise ValueError(f"{kind} indexes support quant {cls.quants}, not {quant!r}")
-    c = stream_codes(emb_dir, quant, scale_mode, dim, keep_text)
+    p = cls.build_settings(dict(params, scale_mode=scale_mode))  # checked before any reading
+    c = stream_codes(emb_dir, quant, p["scale_mode"], dim, keep_text)
     if kind == "hnsw":
         return cls.from_codes(c.codes, c.scale, c.offset, quant, c.ids, c.meta, c.columns,
-                              scale_mode=scale_mode, progress=progress, **params)
-    return cls(c.codes, c.scale, quant, scale_mode, c.ids, c.meta, c.columns, c.offset)
+                              progress=progress, **p)
+    return cls(c.codes, c.scale, quant, p["scale_mode"], c.ids, c.meta, c.columns, c.offset)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from embedpipe.indexes.registry import Builder
-from embedpipe.indexes.source import read_embeddings
+from embedpipe.indexes.base import IndexMeta
+from embedpipe.pipeline.dataset import read_embeddings
 from embedpipe.indexes.stream import build_streamed, stream_codes
 
 from .helpers import clustered
@@ -28,7 +29,7 @@ def emb(tmp_path):
 def test_streamed_equals_in_memory(emb, tmp_path, kind, quant, mode, dim):
     params = {"m": 8, "ef_construction": 40} if kind == "hnsw" else {}
     data = read_embeddings(emb)
-    whole = Builder(kind, quant, dim, data.meta, scale_mode=mode, **params) \
+    whole = Builder(kind, quant, dim, IndexMeta.from_dataset(data), scale_mode=mode, **params) \
         .add(data.vectors, data.ids, data.columns).build()
     streamed = build_streamed(emb, kind, quant, dim, scale_mode=mode, **params)
     whole.save(tmp_path / "a")
