@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.ingest_cmd",
     "embedpipe.cli.bench_cmd",
     "embedpipe.cli.index_cmd",
+    "embedpipe.cli.index_admin_cmd",
     "embedpipe.cli.eval_cmd",
     "embedpipe.cli.cache_cmd",
 )

@@ -40,24 +40,38 @@ def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]
 
 
 def _build(
-    emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`."),
-    out: Path = typer.Option(..., "-o", "--output", help="Index file to write."),
+    emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`, or a .npy / .parquet / Arrow file of other tools' embeddings."),
+    out: Optional[Path] = typer.Option(None, "-o", "--output", help="Index file to write."),
+    update: Optional[Path] = typer.Option(None, "--update", help="Add the rows of ingest parts this index does not hold yet (brute, hnsw); rewrites it atomically."),
     kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
     quant: str = typer.Option("fp32", "--quant", help=QUANT_HELP),
     dim: Optional[int] = typer.Option(None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
+    id_column: str = typer.Option("id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."),
+    embedding_column: str = typer.Option("embedding", "--embedding-column", help="Foreign Parquet/Arrow: embedding column."),
+    normalize: bool = typer.Option(False, "--normalize", help="Foreign embeddings: L2-normalize rows (otherwise they must be unit length)."),
     **params: Any,
 ) -> None:
-    """Build an index from ingest output."""
+    """Build an index from ingest output or foreign embeddings, or --update one."""
     from embedpipe.indexes.query import build_from_dir
 
+    if (out is None) == (update is None):
+        raise typer.BadParameter("give -o/--output for a new index or --update PATH for an existing one")
+    start = time.perf_counter()
+    if update is not None:
+        from embedpipe.indexes.update import update_from_dir
+
+        index, added = update_from_dir(emb_dir, update, progress=True)
+        typer.echo(f"{update}: {added} rows added, {index.count} vectors, updated in "
+                   f"{time.perf_counter() - start:.1f} s", err=True)
+        return
     if kind not in INDEX_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}")
     chosen = {p.name: params[p.name] for p in INDEX_TYPES[kind].build_params}
-    start = time.perf_counter()
     try:
         index = build_from_dir(emb_dir, out, kind, quant, dim, keep_text=not no_text,
-                               progress=True, **chosen)
+                               progress=True, id_column=id_column,
+                               embedding_column=embedding_column, normalize=normalize, **chosen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"{out}: {kind} {index.quant} dim {index.dim}, {index.count} vectors, "
@@ -96,17 +110,25 @@ def _search(
     as_json: bool = typer.Option(False, "--json", help="One JSON line per query."),
     model: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: the one recorded in the index)."),
     allow_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."),
+    vector: Optional[str] = typer.Option(None, "--vector", help="One query vector: comma-separated floats."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help="Query vectors: a 2-D .npy file."),
     **knobs: Any,
 ) -> None:
-    """Embed queries with the index's model and query prompt; print the nearest ids."""
+    """Nearest ids for text queries (embedded with the index's model and query prompt) or for
+    query vectors (--vector / --vectors)."""
     from embedpipe.indexes import load_index
-    from embedpipe.indexes.query import open_embedder, search_texts
+    from embedpipe.indexes.query import search_texts, search_vectors, text_embedder, vector_queries
 
-    texts = _read_queries(queries, input_file)
     index = load_index(index_path)
     chosen = {p.name: knobs[p.name] for p in index.search_params if knobs[p.name] is not None}
-    embedder = open_embedder(index, model, allow_mismatch)
-    for row in search_texts(index, embedder, texts, k, **chosen):
+    if vector is not None or vectors is not None:
+        if queries or input_file is not None:
+            raise typer.BadParameter("give text queries or --vector/--vectors, not both")
+        rows = search_vectors(index, vector_queries(vector, vectors), k, **chosen)
+    else:
+        texts = _read_queries(queries, input_file)
+        rows = search_texts(index, text_embedder(index, model, allow_mismatch), texts, k, **chosen)
+    for row in rows:
         if as_json:
             typer.echo(json.dumps(row, ensure_ascii=False))
             continue

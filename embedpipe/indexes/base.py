@@ -160,6 +160,7 @@ class VectorIndex:
                  columns: dict[str, StringTable] | None = None) -> None:
         self.dim, self.quant, self.ids, self.meta = dim, quant, ids, meta
         self.columns = columns or {}
+        self.deleted = np.zeros(0, np.int64)  # tombstoned rows (see indexes.tombstones)
 
     # --- to implement -------------------------------------------------------------------
     def _search_rows(self, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +215,11 @@ class VectorIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         if knobs:
             knobs = check_params(self.kind, self.search_params, knobs, "search")
-        scores, rows = self._search_rows(q, k, **knobs)
+        if len(self.deleted):
+            from embedpipe.indexes.tombstones import search_alive
+            scores, rows = search_alive(self, q, k, **knobs)
+        else:
+            scores, rows = self._search_rows(q, k, **knobs)
         check_results(self, scores, rows)
         return scores, rows
 
@@ -236,6 +241,8 @@ class VectorIndex:
 
     def common_sections(self) -> dict[str, np.ndarray]:
         out = dict(self.ids.sections())
+        if len(self.deleted):
+            out["tombstones"] = np.asarray(self.deleted, np.int64)
         for name, table in self.columns.items():
             out.update(table.sections(f"col.{name}"))
         return out

@@ -19,7 +19,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from embedpipe.indexes.base import IndexMeta, normalize_rows
-from embedpipe.indexes.source import Embeddings, EmbeddingsDirError
+from embedpipe.pipeline.dataset import EmbeddingsDirError
 
 UNIT_TOLERANCE = 1e-3
 
@@ -63,8 +63,10 @@ def _column_vectors(table: pa.Table, column: str, path: Path) -> np.ndarray:
 
 
 def read_foreign(path: str | os.PathLike, id_column: str = "id",
-                 embedding_column: str = "embedding", normalize: bool = False) -> Embeddings:
-    """Vectors and ids from a `.npy`, `.parquet` or Arrow IPC file made by another tool."""
+                 embedding_column: str = "embedding", normalize: bool = False
+                 ) -> tuple[np.ndarray, list | np.ndarray, IndexMeta]:
+    """(unit vectors, ids, index metadata recording "no model") from a `.npy`, `.parquet` or
+    Arrow IPC file made by another tool."""
     path = Path(path)
     if not path.is_file():
         raise EmbeddingsDirError(f"{path}: no such file")
@@ -108,4 +110,4 @@ def read_foreign(path: str | os.PathLike, id_column: str = "id",
                                  f"{norms[worst]:.4g}); pass --normalize")
     meta = IndexMeta(source_dim=vecs.shape[1], model_sha256="", model_path="", task="",
                      extra={"source": str(path.resolve()), "model": "none"})
-    return Embeddings(vecs, ids, {}, meta)
+    return vecs, ids, meta

@@ -10,6 +10,7 @@ live in a different space and every score would be meaningless (`runtime.recorde
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ from embedpipe.indexes.registry import Builder
 from embedpipe.pipeline.dataset import read_embeddings
 from embedpipe.runtime.recorded_model import ModelMismatchError, open_embedder
 
-__all__ = ["ModelMismatchError", "build_from_dir", "open_embedder", "query_task", "search_texts"]
+__all__ = ["ModelMismatchError", "build_from_dir", "open_embedder", "query_task", "search_texts",
+           "search_vectors", "text_embedder", "vector_queries"]
 
 # corpus task -> task used for the queries; anything not listed keeps its own task
 QUERY_TASK_FOR: dict[str, str] = {"document": "query", "none": "query", "": "query"}
@@ -35,10 +37,16 @@ def search_texts(index: VectorIndex, embedder: Any, queries: list[str], k: int =
     """[{"query", "results": [{"id", "score", <kept columns>…}]}] in query order; `knobs` are
     the index type's search parameters."""
     vecs = embedder.encode(queries, task=query_task(index), dim=None)
-    scores, rows = index.search_rows(vecs, k, **knobs)
+    return search_vectors(index, vecs, k, labels=queries, **knobs)
+
+
+def search_vectors(index: VectorIndex, vectors: np.ndarray, k: int = 10,
+                   labels: list[Any] | None = None, **knobs: Any) -> list[dict[str, Any]]:
+    """Vector queries: [{"query": label (default: row number), "results": [...]}]."""
+    scores, rows = index.search_rows(vectors, k, **knobs)
     ids = index.ids.take(rows)
     out = []
-    for qi, text in enumerate(queries):
+    for qi in range(len(rows)):
         results = []
         for s, r, i in zip(scores[qi], rows[qi], ids[qi]):
             if r < 0:
@@ -48,19 +56,70 @@ def search_texts(index: VectorIndex, embedder: Any, queries: list[str], k: int =
             for name, table in index.columns.items():
                 hit[name] = table[int(r)]
             results.append(hit)
-        out.append({"query": text, "results": results})
+        out.append({"query": labels[qi] if labels is not None else qi, "results": results})
     return out
+
+
+def text_embedder(index: VectorIndex, model: str | os.PathLike | None = None,
+                  allow_mismatch: bool = False) -> Any:
+    """`open_embedder` for text queries; an index of foreign embeddings names no model."""
+    if model is None and index.meta.extra.get("model") == "none":
+        raise EmbedpipeError("this index was built from foreign embeddings and records no "
+                             "model: pass --model for text queries, or --vector/--vectors")
+    return open_embedder(index, model, allow_mismatch)
+
+
+def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None
+                   ) -> np.ndarray:
+    """Query vectors from `--vector "0.1,0.2,…"` or `--vectors F.npy` (checked: 2-D, finite)."""
+    if (vector is None) == (vectors is None):
+        raise EmbedpipeError("give either --vector or --vectors")
+    if vector is not None:
+        try:
+            q = np.asarray([float(v) for v in vector.split(",")], np.float32)[None, :]
+        except ValueError:
+            raise EmbedpipeError("--vector must be comma-separated numbers") from None
+        where = "--vector"
+    else:
+        try:
+            q = np.load(vectors, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise EmbedpipeError(f"{vectors}: cannot read query vectors ({exc})") from None
+        where = str(vectors)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.dtype.kind not in "fiu":
+            raise EmbedpipeError(f"{vectors}: expected a 2-D float array, got {q.dtype} {q.shape}")
+    q = q.astype(np.float32)
+    if not np.isfinite(q).all():
+        raise EmbedpipeError(f"{where}: query vectors contain NaN or infinite values")
+    return q
 
 
 def build_from_dir(emb_dir: str | os.PathLike, out: str | os.PathLike, kind: str = "brute",
                    quant: str = "fp32", dim: int | None = None, keep_text: bool = True,
-                   progress: bool = False, **params: Any) -> VectorIndex:
-    """`embedpipe build-index`: read ingest output, build, save atomically; returns the index."""
-    emb = read_embeddings(emb_dir, keep_text=keep_text)
-    if dim is not None and not 0 < dim <= emb.vectors.shape[1]:
+                   progress: bool = False, id_column: str = "id",
+                   embedding_column: str = "embedding", normalize: bool = False,
+                   **params: Any) -> VectorIndex:
+    """`embedpipe build-index`: read ingest output (a directory; brute and HNSW stream it part
+    by part, no float copy of the corpus) or another tool's embeddings (a .npy / .parquet /
+    Arrow file, see `indexes.foreign`), build, save atomically; returns the index."""
+    if Path(emb_dir).is_file():
+        from embedpipe.indexes.foreign import read_foreign
+        vectors, ids, meta = read_foreign(emb_dir, id_column, embedding_column, normalize)
+        columns: dict[str, list[str]] = {}
+    elif kind in ("brute", "hnsw"):
+        from embedpipe.indexes.stream import build_streamed
+        index = build_streamed(emb_dir, kind, quant, dim, keep_text, progress, **params)
+        index.save(out)
+        return index
+    else:
+        emb = read_embeddings(emb_dir, keep_text=keep_text)
+        vectors, ids, meta, columns = emb.vectors, emb.ids, IndexMeta.from_dataset(emb), emb.columns
+    if dim is not None and not 0 < dim <= vectors.shape[1]:
         raise EmbedpipeError(f"--dim {dim} must be between 1 and the embeddings' width "
-                             f"{emb.vectors.shape[1]}")
-    builder = Builder(kind, quant, dim, IndexMeta.from_dataset(emb), **params)
-    index = builder.add(emb.vectors, emb.ids, emb.columns).build(progress=progress)
+                             f"{vectors.shape[1]}")
+    builder = Builder(kind, quant, dim, meta, **params)
+    index = builder.add(vectors, ids, columns).build(progress=progress)
     index.save(out)
     return index

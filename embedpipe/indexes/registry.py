@@ -112,4 +112,8 @@ def load_index(path: str | os.PathLike, verify: bool = True) -> VectorIndex:
     kind = index_kind(path)
     if kind not in INDEX_TYPES:
         raise IndexFileError(path, f"unknown index type {kind!r}")
-    return INDEX_TYPES[kind].load(path, verify=verify)
+    index = INDEX_TYPES[kind].load(path, verify=verify)
+    if is_container(path):
+        from embedpipe.indexes.tombstones import tombstones_of
+        index.deleted = tombstones_of(path, read_container(path, verify=False)[1], index.count)
+    return index

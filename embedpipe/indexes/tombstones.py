@@ -42,10 +42,11 @@ def tombstones_of(path: Any, sections: dict[str, np.ndarray], count: int) -> np.
     return t
 
 
-def search_alive(index: VectorIndex, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search_alive(index: VectorIndex, q: np.ndarray, k: int, **knobs: Any
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """`index._search_rows` with tombstoned rows removed; (scores, rows) padded to k."""
     wide = min(index.count, k + min(len(index.deleted), MAX_EXTRA))
-    s, r = index._search_rows(q, max(wide, k))
+    s, r = index._search_rows(q, max(wide, k), **knobs)
     dead = np.isin(r, index.deleted) | (r < 0)
     order = np.argsort(dead, axis=1, kind="stable")
     s, r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)

@@ -66,13 +66,11 @@ def _extend_brute(index: Any, vectors: np.ndarray, ids: Any, columns: Any,
                   progress: bool) -> None:
     n0 = index.count
     codes, scale, _ = quantize(vectors, index.quant, index.scale_mode,
-                               calibration=(index.scale, index.offset)
-                               if index.scale_mode == "dim" else None)
+                               calibration=index.scheme.calibration(index.scale, index.offset))
     index.ids = extend_ids(index.ids, ids, len(vectors))
     index.columns = extend_columns(index.columns, columns, n0, len(vectors))
     index.codes = np.concatenate([index.codes, codes])
-    if index.quant != "fp32" and index.scale_mode == "vector":
-        index.scale = np.concatenate([index.scale, scale])
+    index.scale = index.scheme.extend_scale(index.scale, scale)
     index._q8 = None
 
 
@@ -127,7 +125,7 @@ def update_from_dir(emb_dir: str | os.PathLike, path: str | os.PathLike,
 def _update(emb_dir: str | os.PathLike, path: str | os.PathLike,
             progress: bool) -> tuple[VectorIndex, int]:
     from embedpipe.indexes.registry import load_index
-    from embedpipe.indexes.source import PART_GLOB, read_embeddings
+    from embedpipe.pipeline.dataset import PART_GLOB, read_embeddings
 
     index = load_index(path)
     held = dict(index.meta.extra.get("part_rows") or {})
@@ -148,7 +146,7 @@ def _update(emb_dir: str | os.PathLike, path: str | os.PathLike,
         raise UpdateError(f"{emb_dir}: new parts come from model {emb.meta.model_sha256[:16]}…, "
                           f"the index from {index.meta.model_sha256[:16]}…")
     extend_index(index, emb.vectors, emb.ids, emb.columns if index.columns else None, progress)
-    held.update(emb.meta.extra.get("part_rows", {}))
+    held.update(emb.part_rows)
     index.meta.extra = dict(index.meta.extra, part_rows=held, parts=len(held))
     index.save(path)
     return index, len(emb.vectors)

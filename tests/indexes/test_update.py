@@ -26,6 +26,7 @@ from .helpers import clustered, exact_topk, recall
 
 runner = CliRunner()
 D = 32
+GRAPH = {"brute": {}, "hnsw": {"m": 8, "ef_construction": 48}}  # build parameters per type
 
 
 def _run(*args: str):
@@ -57,7 +58,7 @@ def corpus(tmp_path):
 def test_update_adds_new_parts_only(corpus, tmp_path, kind):
     x, emb = corpus
     idx = tmp_path / "ix"
-    build_from_dir(emb, idx, kind, m=8, ef_construction=48)
+    build_from_dir(emb, idx, kind, **GRAPH[kind])
     assert update_from_dir(emb, idx)[1] == 0  # nothing new
     write_part(emb, 2, x[2000:], 2000)
     res = _run("build-index", emb, "--update", idx)
@@ -66,7 +67,7 @@ def test_update_adds_new_parts_only(corpus, tmp_path, kind):
     assert ix.count == 2200 and ix.ids.ints[-1] == 2199
     assert ix.columns["title"][2100] == "t2100"
     q = clustered(60, D, seed=32)
-    fresh = build_from_dir(emb, tmp_path / "fresh", kind, m=8, ef_construction=48)
+    fresh = build_from_dir(emb, tmp_path / "fresh", kind, **GRAPH[kind])
     truth = exact_topk(x, q, 10)
     got, want = recall(ix.search(q, 10)[1], truth), recall(fresh.search(q, 10)[1], truth)
     assert got >= want - 0.02
@@ -122,7 +123,7 @@ def test_kill_during_update_leaves_old_index_usable_and_rerun_finishes(corpus, t
 def test_delete_hides_ids_update_keeps_them_hidden_compact_drops_them(corpus, tmp_path, kind):
     x, emb = corpus
     idx = tmp_path / "ix"
-    build_from_dir(emb, idx, kind, m=8, ef_construction=48)
+    build_from_dir(emb, idx, kind, **GRAPH[kind])
     gone = list(range(0, 2000, 3))
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join(map(str, gone[1:])))
