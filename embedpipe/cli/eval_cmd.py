@@ -47,11 +47,20 @@ def tradeoffs_cmd(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    min_recall: Optional[float] = typer.Option(None, "--min-recall", help="Recall gate: exit 1 naming every configuration whose recall@10 is below this."),
+    at: str = typer.Option("same-dim", "--at", help="Recall gate reference: same-dim (exact at the row's dim) or 768 (exact at full width)."),
+    gate_json: Optional[Path] = typer.Option(None, "--gate-json", help="Recall gate verdicts as JSON."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Recall gate verdicts as JUnit XML (one test case per configuration)."),
 ) -> None:
     """Recall@10 (vs exact fp32-768 and vs exact at the same dim), size, build time and
-    single-query latency for every dim × quant × index configuration."""
+    single-query latency for every dim × quant × index configuration; with --min-recall, a
+    CI gate."""
     from embedpipe.eval import embedding as E
+    from embedpipe.eval import gate
     from embedpipe.eval import tradeoffs as T
+
+    if min_recall is not None:
+        gate.validate(min_recall, at)
 
     plan = T.Plan(dims=T.parse_list(dims, int, ()) or None, quants=T.parse_list(quants, str, T.SWEEP_QUANTS),
                   indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)))
@@ -63,6 +72,11 @@ def tradeoffs_cmd(
     _emit(rows, json_out, csv_out, plot_out, dict(
         recall="recall@10", panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
         knobs=T.KNOBS, title=f"recall@10 vs exact fp32-768 — {emb_dir.name}"))
+    if min_recall is not None:
+        verdicts = gate.report(rows, min_recall, at, gate_json, junit)
+        typer.echo(gate.summary(verdicts), err=True)
+        if gate.failures(verdicts):
+            raise typer.Exit(1)
 
 
 @eval_app.command("retrieval")

@@ -88,3 +88,15 @@ def write_junit(verdicts: Sequence[Verdict], path: str | os.PathLike) -> None:
                                  message=f"{v.measured_at} {v.recall:.4f} < {v.min_recall}")
             fail.text = f"{v.config}: {v.measured_at} = {v.recall:.4f}, required ≥ {v.min_recall}"
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def report(rows: Sequence[dict[str, Any]], min_recall: float, at: str,
+           json_path: str | os.PathLike | None = None,
+           junit_path: str | os.PathLike | None = None) -> list[Verdict]:
+    """Judge `rows` and write the JSON / JUnit reports that were asked for."""
+    verdicts = judge(rows, min_recall, at)
+    if json_path:
+        write_json(verdicts, json_path)
+    if junit_path:
+        write_junit(verdicts, junit_path)
+    return verdicts
