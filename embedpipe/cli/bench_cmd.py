@@ -55,21 +55,38 @@ def kernels(
 
 
 def index(
-    n: int = typer.Option(10000, "--n", help="Vectors to index (queries are held out beyond these)."),
+    n: int = typer.Option(200000, "--n", help="Vectors to index (queries are held out beyond these)."),
     dim: int = typer.Option(768, "--dim", help="Dimension (real vectors are Matryoshka-truncated to it)."),
     vectors: Optional[str] = typer.Option(None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."),
     queries: int = typer.Option(500, "--queries", help="Held-out query vectors."),
     single: int = typer.Option(200, "--single", help="Queries timed one call at a time."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
-    refs: Optional[list[str]] = typer.Option(None, "--ref", help="References (default faiss,annoy,hnswlib)."),
+    refs: Optional[list[str]] = typer.Option(None, "--ref", help="References (default hnswlib,usearch,faiss,annoy)."),
+    m: int = typer.Option(16, "--m", help="Graph indexes: M for everyone."),
+    ef_construction: int = typer.Option(200, "--ef-construction", help="Graph indexes: ef_construction for everyone."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Build and batched-search threads for everyone."),
+    scaling: Optional[str] = typer.Option(None, "--scaling", help="Also time our HNSW and hnswlib builds at these sizes (e.g. 25000,50000,100000) and fit the exponent."),
+    no_flat: bool = typer.Option(False, "--no-flat", help="Skip our brute/annoy rows."),
+    update: bool = typer.Option(False, "--update", help="Also time adding 10 % new rows to our HNSW vs a full rebuild (recall of both)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
-    """Our brute/annoy/hnsw configs vs FAISS IndexFlatIP, annoy, hnswlib: build, size, QPS, recall@10."""
-    from embedpipe.indexes.bench import REFERENCES, format_row, run_index_bench
+    """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
+    and annoy: build time, peak RSS, size, QPS, recall@10 over ef_search."""
+    from embedpipe.indexes.bench import (REFERENCES, GraphBench, build_scaling, format_row,
+                                         run_index_bench)
 
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
-    summary = run_index_bench(n, dim, vectors, queries, single, repeats, names, report)
+    g = GraphBench(m=m, efc=ef_construction, threads=threads)
+    summary = run_index_bench(n, dim, vectors, queries, single, repeats, names, report, g,
+                              ours_flat=not no_flat)
+    if update:
+        from embedpipe.indexes.bench import update_bench
+        summary["update"] = update_bench(n, dim, g)
+    if scaling:
+        sizes = tuple(int(v) for v in scaling.split(","))
+        summary["scaling"] = build_scaling(sizes, dim, ("embedpipe-hnsw-fp32", "hnswlib"), g,
+                                           (lambda _s: None) if as_json else typer.echo)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -78,6 +95,11 @@ def index(
         typer.echo(f"{entry['comparison']}: single {entry['qps_single']}  batch {entry['qps_batch']}")
     for name, why in summary["skipped"].items():
         typer.echo(f"skipped {name}: {why}")
+    if "update" in summary:
+        typer.echo(f"update: {summary['update']}")
+    for impl, fit in summary.get("scaling", {}).items():
+        typer.echo(f"build time {impl}: {fit['build_s']} s at n={fit['sizes']}; "
+                   f"fitted exponent {fit['exponent']}")
 
 
 def ingest(

@@ -1,8 +1,11 @@
-"""`embedpipe bench index`: our index configurations next to FAISS, annoy and hnswlib.
+"""`embedpipe bench index`: our index configurations next to FAISS, usearch, annoy and hnswlib.
 
 Same vectors and queries for everyone; build time, on-disk size, QPS for single queries (one
 call per query) and batched (one call for all), recall@10 against exact fp32 search at the
-same dim. Approximate indexes are swept over their query knob (annoy search_k, HNSW ef_search) so
+same dim. Graph indexes — our HNSW fp32/int8, hnswlib, usearch, FAISS IndexHNSWFlat (and
+IndexFlatIP) — are built in a fresh child process each, at the same M, ef_construction and
+thread count, so each build's peak RSS is its own; `build_scaling` fits the build-time
+exponent over several sizes. Approximate indexes are swept over their query knob (annoy search_k, HNSW ef) so
 they can be compared at equal recall; the ratio rows pick, for each implementation, the
 fastest point that reaches the target recall. Vectors: `--vectors F.npy`, an ingest output
 directory, or a clearly labelled synthetic clustered set.
@@ -10,8 +13,10 @@ directory, or a clearly labelled synthetic clustered set.
 
 from __future__ import annotations
 
-import os
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +31,7 @@ from embedpipe.indexes.recall import recall_vs_exact
 from embedpipe.indexes.registry import build_index, load_index
 
 SWEEP_SEARCH_K = (100, 200, 500, 1000, 2000, 4000, 8000)
-SWEEP_EF = (10, 16, 24, 32, 48, 64, 96, 128)
+SWEEP_EF = (16, 32, 48, 64, 96, 128, 192, 256)
 TARGETS = {"annoy": 0.90, "hnsw": 0.95}
 
 
@@ -100,8 +105,7 @@ def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[R
     rows: list[Row] = []
     configs = [("brute", "fp32", {}), ("brute", "int16", {}),
                ("brute", "int8", {"scale_mode": "dim"}), ("brute", "int8", {"scale_mode": "vector"}),
-               ("annoy", "fp32", {"n_trees": 50}), ("hnsw", "fp32", {"m": 16, "ef_construction": 100}),
-               ("hnsw", "int8", {"m": 16, "ef_construction": 100})]
+               ("annoy", "fp32", {"n_trees": 50})]
     for kind, quant, params in configs:
         build_s, ix = _timed(lambda kind=kind, quant=quant, params=params:
                              build_index(x, kind=kind, quant=quant, **params), 1)
@@ -112,8 +116,6 @@ def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[R
         knobs: list[tuple[str, dict]] = [("", {})]
         if kind == "annoy":
             knobs = [(f"search_k={s}", {"search_k": s}) for s in SWEEP_SEARCH_K]
-        if kind == "hnsw":
-            knobs = [(f"ef_search={e}", {"ef_search": e}) for e in SWEEP_EF]
         for knob, kw in knobs:
             def one(v, kw=kw, ix=ix):
                 return ix.search_rows(v, 10, **kw)[1]
@@ -128,25 +130,116 @@ def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[R
     return rows
 
 
-def _faiss(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
-    import faiss
+@dataclass
+class GraphBench:
+    """Shared settings of the graph indexes (ours and the references): same M,
+    ef_construction and thread count for everyone."""
 
-    build_s, ix = _timed(lambda: (lambda i: (i.add(x), i)[1])(faiss.IndexFlatIP(x.shape[1])), 1)
-    faiss.write_index(ix, str(tmp / "faiss.idx"))
+    m: int = 16
+    efc: int = 200
+    threads: int = 2
+    ef_sweep: tuple[int, ...] = SWEEP_EF
+
+
+def child_build(impl: str, npy: Path, out: Path, g: GraphBench, seed: int = 0) -> dict[str, Any]:
+    """Build with `impl` in a fresh process (see `bench_build`); its timing and RSS."""
+    params = json.dumps({"m": g.m, "efc": g.efc, "threads": g.threads, "seed": seed})
+    proc = subprocess.run([sys.executable, "-m", "embedpipe.indexes.bench_build", impl, str(npy),
+                           str(out), params], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
+            raise ImportError(last)
+        raise RuntimeError(f"{impl} build failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _searchers(impl: str, path: Path, n: int, d: int, threads: int
+               ) -> tuple[Callable[[int], None], Callable[[np.ndarray], Any],
+                          Callable[[np.ndarray], Any]]:
+    """(set_ef, single(v) -> ids, batch(q) -> ids) for a saved graph index."""
+    if impl.startswith("embedpipe"):
+        ix = load_index(path)
+        state = {"ef": 64}
+        return (lambda ef: state.update(ef=ef),
+                lambda v: ix.search_rows(v, 10, ef_search=state["ef"])[1],
+                lambda qq: ix.search_rows(qq, 10, ef_search=state["ef"])[1])
+    if impl == "hnswlib":
+        import hnswlib
+        h = hnswlib.Index(space="ip", dim=d)
+        h.load_index(str(path), max_elements=n)
+        return (lambda ef: h.set_ef(max(ef, 10)),
+                lambda v: h.knn_query(v[None, :], 10, num_threads=1)[0],
+                lambda qq: h.knn_query(qq, 10, num_threads=threads)[0])
+    if impl == "usearch":
+        from usearch.index import Index
+        u = Index.restore(str(path))
+
+        def set_ef(ef: int) -> None:
+            u.expansion_search = ef
+        return (set_ef, lambda v: u.search(v, 10, threads=1).keys,
+                lambda qq: u.search(qq, 10, threads=threads).keys)
+    import faiss
+    f = faiss.read_index(str(path))
+    faiss.omp_set_num_threads(threads)
+
+    def set_ef_faiss(ef: int) -> None:
+        if hasattr(f, "hnsw"):
+            f.hnsw.efSearch = ef
+    return (set_ef_faiss, lambda v: f.search(v[None, :], 10)[1],
+            lambda qq: f.search(qq, 10)[1])
+
+
+GRAPH_IMPLS: dict[str, str] = {  # impl -> label
+    "embedpipe-hnsw-fp32": "hnsw fp32", "embedpipe-hnsw-int8": "hnsw int8",
+    "hnswlib": "hnswlib fp32", "usearch": "usearch f32", "faiss-hnsw": "IndexHNSWFlat fp32",
+    "faiss-flat": "IndexFlatIP fp32"}
+
+
+def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report,
+           g: GraphBench) -> list[Row]:
+    npy = tmp / "base.npy"
+    if not npy.exists():
+        np.save(npy, x)
+    out = tmp / f"{impl}.idx"
+    built = child_build(impl, npy, out, g)
+    set_ef, single, batch = _searchers(impl, out, len(x), x.shape[1], g.threads)
+    owner = impl.split("-")[0]
+    label = GRAPH_IMPLS[impl] + ("" if impl == "faiss-flat" else f" M={g.m} efc={g.efc}")
     rows = []
-    # single queries: FAISS's OpenMP threads are far slower than one thread on a busy machine,
-    # so measure both and keep each mode's best
-    for threads in (1, faiss.omp_get_max_threads()):
-        saved = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(threads)
-        row = _measure(Row("faiss", f"IndexFlatIP fp32 omp={threads}", "", build_s,
-                           _size(tmp / "faiss.idx")),
-                       lambda v: ix.search(v[None, :], 10)[1], lambda qq: ix.search(qq, 10)[1],
-                       q, n_single, truth, repeats)
-        faiss.omp_set_num_threads(saved)
+    for ef in ((0,) if impl == "faiss-flat" else g.ef_sweep):
+        if ef:
+            set_ef(ef)
+        row = _measure(Row(owner, label, f"ef={ef}" if ef else "", built["build_s"], _size(out)),
+                       single, batch, q, n_single, truth, repeats)
+        row.extra = {"peak_rss_mb": round(built["peak_rss_kb"] / 1024, 1),
+                     "build_rss_mb": round((built["peak_rss_kb"] - built["rss_before_kb"]) / 1024, 1),
+                     "threads": g.threads}
         rows.append(row)
         report(row)
     return rows
+
+
+def build_scaling(sizes: tuple[int, ...], dim: int, impls: tuple[str, ...], g: GraphBench,
+                  report: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Build time of each impl at each size (synthetic vectors) and the fitted exponent b of
+    time ∝ n^b (n log n over 10×n gives b ≈ 1.1)."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="embedpipe-scaling-") as tmp:
+        times: dict[str, list[float]] = {i: [] for i in impls}
+        for n in sizes:
+            npy = Path(tmp) / f"x{n}.npy"
+            np.save(npy, synthetic_vectors(n, dim, seed=5))
+            for impl in impls:
+                t = child_build(impl, npy, Path(tmp) / f"{impl}-{n}", g)["build_s"]
+                times[impl].append(t)
+                report(f"scaling {impl} n={n}: build {t:.1f} s")
+            npy.unlink()
+        for impl, ts in times.items():
+            slope = float(np.polyfit(np.log(sizes), np.log(ts), 1)[0]) if len(sizes) > 1 else None
+            out[impl] = {"sizes": list(sizes), "build_s": [round(t, 2) for t in ts],
+                         "exponent": round(slope, 3) if slope is not None else None}
+    return out
 
 
 def _annoy(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
@@ -174,31 +267,17 @@ def _annoy(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
     return rows
 
 
-def _hnswlib(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
-    import hnswlib
-
-    def build():
-        h = hnswlib.Index(space="ip", dim=x.shape[1])
-        h.init_index(max_elements=len(x), M=16, ef_construction=100, random_seed=1)
-        h.add_items(x, np.arange(len(x)))
-        return h
-
-    build_s, h = _timed(build, 1)
-    h.save_index(str(tmp / "hnswlib.bin"))
-    rows = []
-    for ef in SWEEP_EF:
-        h.set_ef(max(ef, 10))
-        row = _measure(Row("hnswlib", "hnswlib fp32 M=16 efc=100", f"ef={ef}", build_s,
-                           _size(tmp / "hnswlib.bin")),
-                       lambda v: h.knn_query(v[None, :], 10, num_threads=1)[0],
-                       lambda qq: h.knn_query(qq, 10)[0], q, n_single, truth, repeats)
-        rows.append(row)
-        report(row)
-    return rows
+def _flat_ref(name: str) -> Callable[..., list[Row]]:
+    def run(x, q, truth, tmp, repeats, n_single, report, g: GraphBench) -> list[Row]:
+        return _graph(name, x, q, truth, tmp, repeats, n_single, report, g)
+    return run
 
 
-REFERENCES: dict[str, Callable[..., list[Row]]] = {"faiss": _faiss, "annoy": _annoy,
-                                                   "hnswlib": _hnswlib}
+REFERENCES: dict[str, Callable[..., list[Row]]] = {
+    "hnswlib": _flat_ref("hnswlib"), "usearch": _flat_ref("usearch"),
+    "faiss": lambda *a, **k: _flat_ref("faiss-flat")(*a, **k) + _flat_ref("faiss-hnsw")(*a, **k),
+    "annoy": lambda x, q, truth, tmp, repeats, n_single, report, g: _annoy(
+        x, q, truth, tmp, repeats, n_single, report)}
 
 
 def _best_at(rows: list[Row], impl: str, prefix: str, target: float, key: str) -> Row | None:
@@ -208,58 +287,109 @@ def _best_at(rows: list[Row], impl: str, prefix: str, target: float, key: str) -
 
 
 def ratios(rows: list[Row]) -> list[dict[str, Any]]:
-    """Same-run comparisons: for each pair, the fastest point of each side at the target recall."""
+    """Same-run comparisons behind the issue's targets: QPS at equal recall, build time, RSS."""
     out = []
+    hnsw_target = TARGETS["hnsw"]
     pairs = [("brute int8 scale=dim vs faiss IndexFlatIP", ("embedpipe", "brute int8 scale=dim"),
               ("faiss", "IndexFlatIP"), 0.0),
-             ("brute int8 scale=vector vs faiss IndexFlatIP",
-              ("embedpipe", "brute int8 scale=vector"), ("faiss", "IndexFlatIP"), 0.0),
              ("annoy vs spotify annoy @recall>=0.90", ("embedpipe", "annoy"),
-              ("annoy", "spotify"), TARGETS["annoy"]),
-             ("hnsw fp32 vs hnswlib @recall>=0.95", ("embedpipe", "hnsw fp32"),
-              ("hnswlib", "hnswlib"), TARGETS["hnsw"]),
-             ("hnsw int8 vs hnswlib @recall>=0.95", ("embedpipe", "hnsw int8"),
-              ("hnswlib", "hnswlib"), TARGETS["hnsw"])]
+              ("annoy", "spotify"), TARGETS["annoy"])]
+    for ours in ("hnsw fp32", "hnsw int8"):
+        for ref_impl, ref_cfg in (("hnswlib", "hnswlib"), ("usearch", "usearch"),
+                                  ("faiss", "IndexHNSWFlat")):
+            pairs.append((f"{ours} vs {ref_cfg} @recall>={hnsw_target}", ("embedpipe", ours),
+                          (ref_impl, ref_cfg), hnsw_target))
     for label, (oi, oc), (ri, rc), target in pairs:
         entry: dict[str, Any] = {"comparison": label}
         for key in ("qps_single", "qps_batch"):
-            ours, ref = _best_at(rows, oi, oc, target, key), _best_at(rows, ri, rc, target, key)
-            if ours is None or ref is None:
+            ours_r, ref = _best_at(rows, oi, oc, target, key), _best_at(rows, ri, rc, target, key)
+            if ours_r is None or ref is None:
                 entry[key] = None
                 continue
-            entry[key] = {"ours": round(getattr(ours, key), 1), "ours_knob": ours.knob,
+            entry[key] = {"ours": round(getattr(ours_r, key), 1), "ours_knob": ours_r.knob,
                           "ref": round(getattr(ref, key), 1), "ref_knob": ref.knob,
-                          "ratio": round(getattr(ours, key) / getattr(ref, key), 3)}
+                          "ratio": round(getattr(ours_r, key) / getattr(ref, key), 3)}
+        mine = [r for r in rows if r.impl == oi and r.config.startswith(oc)]
+        theirs = [r for r in rows if r.impl == ri and r.config.startswith(rc)]
+        if mine and theirs:
+            entry["build_time_ratio"] = round(mine[0].build_s / theirs[0].build_s, 3)
+            entry["size_ratio"] = round(mine[0].size_bytes / theirs[0].size_bytes, 3)
+            if "peak_rss_mb" in mine[0].extra and "peak_rss_mb" in theirs[0].extra:
+                entry["peak_rss_ratio"] = round(mine[0].extra["peak_rss_mb"]
+                                                / theirs[0].extra["peak_rss_mb"], 3)
         out.append(entry)
     return out
 
 
-def run_index_bench(n: int = 10000, dim: int = 768, vectors: str | None = None,
+def run_index_bench(n: int = 200_000, dim: int = 768, vectors: str | None = None,
                     queries: int = 500, n_single: int = 200, repeats: int = 3,
                     references: tuple[str, ...] = tuple(REFERENCES),
-                    report: Callable[[Row], None] = lambda r: None) -> dict[str, Any]:
-    """Run everything; returns {"data", "rows", "ratios", "skipped"}."""
+                    report: Callable[[Row], None] = lambda r: None,
+                    graph: GraphBench | None = None, ours_flat: bool = True) -> dict[str, Any]:
+    """Run everything; returns {"data", "rows", "ratios", "skipped"}. Graph indexes (ours and
+    the references) are built in child processes at the same M / ef_construction / threads."""
+    g = graph or GraphBench()
     x, label = load_vectors(vectors, n + queries, dim)
     if x.shape[1] > dim:
         x = truncate_normalize(x, dim)
         label += f", truncated to {dim}"
     base, q = np.ascontiguousarray(x[:-queries]), np.ascontiguousarray(x[-queries:])
-    truth = np.argsort(-(q @ base.T), axis=1)[:, :10]
+    del x
+    truth = _exact_top10(base, q)
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="embedpipe-bench-") as tmp:
-        rows += _ours(base, q, truth, Path(tmp), repeats, n_single, report)
+        if ours_flat:
+            rows += _ours(base, q, truth, Path(tmp), repeats, n_single, report)
+        for impl in ("embedpipe-hnsw-fp32", "embedpipe-hnsw-int8"):
+            rows += _graph(impl, base, q, truth, Path(tmp), repeats, n_single, report, g)
         for name in references:
             try:
-                rows += REFERENCES[name](base, q, truth, Path(tmp), repeats, n_single, report)
+                rows += REFERENCES[name](base, q, truth, Path(tmp), repeats, n_single, report, g)
             except ImportError as exc:
                 skipped[name] = f"not installed ({exc}); pip install embedpipe[bench]"
     return {"data": label, "n": len(base), "queries": len(q), "dim": base.shape[1],
-            "threads": os.cpu_count(), "rows": [asdict(r) for r in rows],
-            "ratios": ratios(rows), "skipped": skipped}
+            "threads": g.threads, "m": g.m, "ef_construction": g.efc,
+            "rows": [asdict(r) for r in rows], "ratios": ratios(rows), "skipped": skipped}
+
+
+def _exact_top10(base: np.ndarray, q: np.ndarray) -> np.ndarray:
+    from embedpipe.indexes.base import topk_desc
+    out = np.empty((len(q), 10), np.int64)
+    for lo in range(0, len(q), 100):
+        out[lo:lo + 100] = topk_desc(q[lo:lo + 100] @ base.T, 10)[1]
+    return out
 
 
 def format_row(r: Row) -> str:
-    return (f"{r.impl:10s} {r.config:34s} {r.knob:15s} build {r.build_s:7.2f}s "
+    rss = f"  peak RSS {r.extra['peak_rss_mb']:7.0f}MB" if "peak_rss_mb" in r.extra else ""
+    return (f"{r.impl:10s} {r.config:34s} {r.knob:8s} build {r.build_s:7.2f}s "
             f"size {r.size_bytes / 1e6:7.1f}MB  single {r.qps_single:8.0f} q/s  "
-            f"batch {r.qps_batch:8.0f} q/s  recall@10 {r.recall_at_10:.4f}")
+            f"batch {r.qps_batch:8.0f} q/s  recall@10 {r.recall_at_10:.4f}{rss}")
+
+
+def update_bench(n: int, dim: int, g: GraphBench, fraction: float = 0.1, queries: int = 500,
+                 ef: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Our HNSW: a full build of n rows vs a build of (1 − fraction)·n plus `add` of the rest:
+    update time as a share of the full build, and recall@10 of both at the same ef_search."""
+    import os
+
+    os.environ["EMBEDPIPE_THREADS"] = str(g.threads)
+    x = synthetic_vectors(n + queries, dim, seed=seed)
+    base, q = x[:n], x[n:]
+    truth = _exact_top10(base, q)
+    t0 = time.perf_counter()
+    full = build_index(base, kind="hnsw", m=g.m, ef_construction=g.efc)
+    full_s = time.perf_counter() - t0
+    cut = int(n * (1 - fraction))
+    part = build_index(base[:cut], kind="hnsw", m=g.m, ef_construction=g.efc)
+    t0 = time.perf_counter()
+    part.add(base[cut:])
+    update_s = time.perf_counter() - t0
+
+    def rec(ix: Any) -> float:
+        return recall_vs_exact(ix.search_rows(q, 10, ef_search=ef)[1], truth)
+    return {"n": n, "new_rows": n - cut, "full_build_s": round(full_s, 2),
+            "update_s": round(update_s, 2), "update_share": round(update_s / full_s, 3),
+            "ef_search": ef, "recall_full": round(rec(full), 4),
+            "recall_updated": round(rec(part), 4)}
