@@ -98,8 +98,9 @@ def index(
     if "update" in summary:
         typer.echo(f"update: {summary['update']}")
     for impl, fit in summary.get("scaling", {}).items():
-        typer.echo(f"build time {impl}: {fit['build_s']} s at n={fit['sizes']}; "
-                   f"fitted exponent {fit['exponent']}")
+        typer.echo(f"build time {impl}: {fit['build_s']} s wall, {fit['cpu_s']} s CPU at "
+                   f"n={fit['sizes']}; fitted exponent {fit['exponent']} (wall), "
+                   f"{fit['exponent_cpu']} (CPU)")
 
 
 def ingest(

@@ -223,22 +223,28 @@ def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report,
 def build_scaling(sizes: tuple[int, ...], dim: int, impls: tuple[str, ...], g: GraphBench,
                   report: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Build time of each impl at each size (synthetic vectors) and the fitted exponent b of
-    time ∝ n^b (n log n over 10×n gives b ≈ 1.1)."""
+    time ∝ n^b, over wall and over CPU time (n log n over 10×n gives b ≈ 1.1)."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="embedpipe-scaling-") as tmp:
-        times: dict[str, list[float]] = {i: [] for i in impls}
+        times: dict[str, list[dict[str, float]]] = {i: [] for i in impls}
         for n in sizes:
             npy = Path(tmp) / f"x{n}.npy"
             np.save(npy, synthetic_vectors(n, dim, seed=5))
             for impl in impls:
-                t = child_build(impl, npy, Path(tmp) / f"{impl}-{n}", g)["build_s"]
+                t = child_build(impl, npy, Path(tmp) / f"{impl}-{n}", g)
                 times[impl].append(t)
-                report(f"scaling {impl} n={n}: build {t:.1f} s")
+                report(f"scaling {impl} n={n}: build {t['build_s']:.1f} s wall, "
+                       f"{t['cpu_s']:.1f} s CPU")
             npy.unlink()
+
+        def fit(ts: list[float]) -> float | None:
+            return round(float(np.polyfit(np.log(sizes), np.log(ts), 1)[0]), 3) \
+                if len(sizes) > 1 else None
         for impl, ts in times.items():
-            slope = float(np.polyfit(np.log(sizes), np.log(ts), 1)[0]) if len(sizes) > 1 else None
-            out[impl] = {"sizes": list(sizes), "build_s": [round(t, 2) for t in ts],
-                         "exponent": round(slope, 3) if slope is not None else None}
+            wall, cpu = [t["build_s"] for t in ts], [t["cpu_s"] for t in ts]
+            out[impl] = {"sizes": list(sizes), "build_s": [round(t, 2) for t in wall],
+                         "cpu_s": [round(t, 2) for t in cpu], "exponent": fit(wall),
+                         "exponent_cpu": fit(cpu)}
     return out
 
 
