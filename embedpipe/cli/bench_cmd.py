@@ -72,8 +72,7 @@ def index(
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
     and annoy: build time, peak RSS, size, QPS, recall@10 over ef_search."""
-    from embedpipe.indexes.bench import (REFERENCES, GraphBench, build_scaling, format_row,
-                                         run_index_bench)
+    from embedpipe.indexes.bench import REFERENCES, GraphBench, build_scaling, format_row, run_index_bench
 
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))

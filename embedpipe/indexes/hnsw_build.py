@@ -40,7 +40,7 @@ class Storage:
     codes: np.ndarray  # (n, d) float32 or int8
     R: np.ndarray  # (n,) per-row scale (ones if none)
     S: np.ndarray  # (d,) per-dimension scale (ones if none)
-    O: np.ndarray  # (d,) per-dimension offset (zeros if none)
+    O: np.ndarray  # noqa: E741 — (d,) per-dimension offset (zeros if none)
 
     @property
     def quant(self) -> str:
@@ -133,13 +133,13 @@ def back_links(g: Graph, bt: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     g.nbru[g.upoff[bt.nodes[src[up]]] + layer[up] - 1] = bt.fwd[up]
     tgt = bt.fwd.reshape(-1)
     ok = tgt >= 0
-    t, l, s = tgt[ok].astype(np.int64), np.repeat(layer, m)[ok], np.repeat(src, m)[ok]
-    order = np.lexsort((s, t, l))
-    t, l, s = t[order], l[order], s[order]
-    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (l[1:] != l[:-1])]) if len(t) else \
-        np.zeros(0, np.int64)
+    t, lay, s = tgt[ok].astype(np.int64), np.repeat(layer, m)[ok], np.repeat(src, m)[ok]
+    order = np.lexsort((s, t, lay))
+    t, lay, s = t[order], lay[order], s[order]
+    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (lay[1:] != lay[:-1])]) \
+        if len(t) else np.zeros(0, np.int64)
     gstart = np.append(starts, len(t)).astype(np.int64)
-    return (np.ascontiguousarray(t[starts]), np.ascontiguousarray(l[starts]), gstart,
+    return (np.ascontiguousarray(t[starts]), np.ascontiguousarray(lay[starts]), gstart,
             np.ascontiguousarray(bt.nodes[s].astype(np.int32)))
 
 

@@ -145,10 +145,10 @@ class _Emit:
         acc = f.var(F32, ir.Constant(F32, 0.0))
         j = f.var(I64, const_i64(0))
         if self.elt is F32:
-            rv = S = O = None
+            rv = S = off = None
         else:
             rv = self.ld(b, F32, self.ctx(b, ctx, "R", True), a["v"])
-            S, O = self.ctx(b, ctx, "S", True), self.ctx(b, ctx, "O", True)
+            S, off = self.ctx(b, ctx, "S", True), self.ctx(b, ctx, "O", True)
 
         def body(out: ir.Block, head: ir.Block) -> None:
             jj = f.get(j)
@@ -157,9 +157,9 @@ class _Emit:
                 self.st(b, F32, a["buf"], jj, x)
             else:
                 s = self.ld(b, F32, S, jj)
-                xf = b.fadd(b.fmul(b.fmul(b.sitofp(x, F32), s), rv), self.ld(b, F32, O, jj))
+                xf = b.fadd(b.fmul(b.fmul(b.sitofp(x, F32), s), rv), self.ld(b, F32, off, jj))
                 self.st(b, F32, a["buf"], jj, b.fmul(s, xf))
-                f.put(acc, b.fadd(f.get(acc), b.fmul(self.ld(b, F32, O, jj), xf)))
+                f.put(acc, b.fadd(f.get(acc), b.fmul(self.ld(b, F32, off, jj), xf)))
             f.put(j, b.add(jj, const_i64(1)))
 
         f.loop(lambda: b.icmp_signed("<", f.get(j), d), body)

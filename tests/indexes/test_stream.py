@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from embedpipe.indexes.registry import Builder
 from embedpipe.indexes.base import IndexMeta
-from embedpipe.pipeline.dataset import read_embeddings
+from embedpipe.indexes.registry import Builder
 from embedpipe.indexes.stream import build_streamed, stream_codes
+from embedpipe.pipeline.dataset import read_embeddings
 
 from .helpers import clustered
 from .test_update import write_part
