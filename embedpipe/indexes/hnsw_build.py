@@ -252,7 +252,7 @@ class GraphBuilder:
 
     def __init__(self, store: Storage, graph: Graph, m: int, ef_construction: int,
                  threads: int | None = None, native: bool = True) -> None:
-        from embedpipe.codegen.isa import default_threads
+        from embedpipe.codegen.threads import default_threads
 
         self.store, self.g, self.m, self.efc = store, graph, m, ef_construction
         self.kernels = InsertKernels.get(store.quant) if native else None

@@ -1,7 +1,8 @@
 """HNSW insertion as JIT native code: the per-node insert and the back-link merge of one batch.
 
-Two kernels, both run over the kernel worker pool (``codegen.ir_pool``) as items of one
-GIL-free call, and both only *read* shared state that no item of the same call writes:
+Two kernels of one `codegen.kernel.KernelModule` per element type (emit → cached compile →
+ctypes from the IR type → the module's native worker pool), each run as items of one GIL-free
+call; both only *read* shared state that no item of the same call writes:
 
 * ``insert`` (items = strided slices of the batch): for batch node u, greedy descent from the
   entry point down to u's top layer, then on each layer l ≤ its level a ``search_layer`` with
@@ -23,24 +24,16 @@ The numpy twin (oracle and fallback) is `embedpipe.indexes.hnsw_build.insert_bat
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
-import logging
-import os
-import threading
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any
 
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen import ir_parallel, ir_pool, irutil, jit
-from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, VOID, const_i64, intrinsic
-from embedpipe.indexes import irkit
-from embedpipe.indexes.irkit import Fn, emit_dot
-
-log = logging.getLogger(__name__)
+from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64, intrinsic, loop, var
+from embedpipe.codegen.isa import IsaSpec
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native
+from embedpipe.codegen.rowdot import emit_dot
 
 # Words of the shared context array (int64), in order; pointers are addresses.
 CTX = ("X", "R", "S", "O", "d", "n", "level", "upoff", "nbr0", "m0", "nbru", "mu", "entry",
@@ -50,28 +43,56 @@ CTX = ("X", "R", "S", "O", "d", "n", "level", "upoff", "nbr0", "m0", "nbru", "mu
 SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf", "step")
 ELEMENTS = {"fp32": F32, "int8": I8}
 PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
-ROLES = ("insert", "link")
-_P, _I = ctypes.c_void_p, ctypes.c_int64
-_FORK = ctypes.CFUNCTYPE(None, _P, _I, _I)
-_RESET = ctypes.CFUNCTYPE(None)
+PARAMS = [("ctx", PTR), ("scr", PTR), ("lo", I64), ("hi", I64)]
+
+
+class Fn:
+    """Structured code over the codegen helpers: ``loop(cond, body(exit, head))`` is a
+    ``while (cond)`` whose body may branch to ``exit`` (break) or ``head`` (continue)."""
+
+    def __init__(self, b: ir.IRBuilder) -> None:
+        self.b = b
+
+    def var(self, ty: ir.Type, init: ir.Value) -> ir.Value:
+        return var(self.b, ty, init)
+
+    def get(self, slot: ir.Value) -> ir.Value:
+        return self.b.load(slot)
+
+    def put(self, slot: ir.Value, v: ir.Value) -> None:
+        self.b.store(v, slot)
+
+    def loop(self, cond: Callable[[], ir.Value],
+             body: Callable[[ir.Block, ir.Block], None]) -> None:
+        with loop(self.b, "w") as lp:
+            lp.break_unless(cond())
+            body(lp.exit, lp.head)
 
 
 class _Emit:
     """Emits the internal helpers and the two kernels of one element type into `module`."""
 
-    def __init__(self, module: ir.Module, elt: ir.Type) -> None:
+    def __init__(self, module: ir.Module, elt: ir.Type, lanes: int) -> None:
         self.m, self.elt = module, elt
-        self.dot = emit_dot(module, elt)
-        self.pf = intrinsic(module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-        self.weights = self._weights()
-        self.push = self._push()
-        self.select = self._select()
-        self.search = self._search_layer()
+        self.dot = emit_dot(module, elt, lanes)
+        self.pf = intrinsic(module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        self.weights = self._once("ep_hb_weights", self._weights)
+        self.push = self._once("ep_hb_push", self._push)
+        self.select = self._once("ep_hb_select", self._select)
+        self.search = self._once("ep_hb_search", self._search_layer)
+
+    def _once(self, name: str, emit: Callable[[], ir.Function]) -> ir.Function:
+        """The module's helper `name`, emitted by the first kernel that needs it."""
+        try:
+            return self.m.get_global(name)
+        except KeyError:
+            return emit()
 
     # --- plumbing -------------------------------------------------------------------------
     def _fn(self, name: str, ret: ir.Type, args: list[tuple[str, ir.Type]]
             ) -> tuple[ir.Function, ir.IRBuilder, Fn, dict[str, ir.Value]]:
         fn = ir.Function(self.m, ir.FunctionType(ret, [t for _, t in args]), name=name)
+        fn.linkage = "internal"
         fn.attributes.add("nounwind")
         for arg, (n, _) in zip(fn.args, args):
             arg.name = n
@@ -317,10 +338,9 @@ class _Emit:
         return fn
 
     # --- kernels --------------------------------------------------------------------------
-    def insert(self) -> ir.Function:
-        """void insert(ctx, scr, lo, hi): batch nodes lo, lo+step, … < hi."""
-        fn, b, f, a = self._fn("ep_hnsw_insert", VOID, [("ctx", PTR), ("scr", PTR),
-                                                       ("lo", I64), ("hi", I64)])
+    def insert(self, b: ir.IRBuilder) -> None:
+        """insert(ctx, scr, lo, hi): batch nodes lo, lo+step, … < hi."""
+        f, a = Fn(b), dict(zip([n for n, _ in PARAMS], b.function.args))
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
         nodes, level = self.ctx(b, ctx, "nodes", True), self.ctx(b, ctx, "level", True)
@@ -405,12 +425,10 @@ class _Emit:
 
         f.loop(lambda: b.icmp_signed("<", f.get(i), a["hi"]), per_node)
         b.ret_void()
-        return fn
 
-    def link(self) -> ir.Function:
-        """void link(ctx, scr, lo, hi): back-link groups lo, lo+step, … < hi."""
-        fn, b, f, a = self._fn("ep_hnsw_link", VOID, [("ctx", PTR), ("scr", PTR),
-                                                     ("lo", I64), ("hi", I64)])
+    def link(self, b: ir.IRBuilder) -> None:
+        """link(ctx, scr, lo, hi): back-link groups lo, lo+step, … < hi."""
+        f, a = Fn(b), dict(zip([n for n, _ in PARAMS], b.function.args))
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
         gnode, glevel = self.ctx(b, ctx, "gnode", True), self.ctx(b, ctx, "glevel", True)
@@ -506,70 +524,31 @@ class _Emit:
 
         f.loop(lambda: b.icmp_signed("<", f.get(g), a["hi"]), per_group)
         b.ret_void()
-        return fn
 
 
-def module_name(quant: str) -> str:
-    return f"ep_hnsw_build_{quant}"
+def _kernel(quant: str, role: str) -> Kernel:
+    def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
+        getattr(_Emit(b.module, ELEMENTS[quant], isa.lanes), role)(b)
+    return Kernel(f"hnsw_{role}", PARAMS, emit)
 
 
-def symbols(quant: str) -> dict[str, str]:
-    """Role -> exported symbol: the parallel entry of each kernel, and the pool reset."""
-    out = {role: ir_parallel.parallel_symbol(ir_parallel.task_symbol(f"ep_hnsw_{role}"))
-           for role in ROLES}
-    out["reset"] = ir_pool.reset_symbol(module_name(quant))
-    return out
-
-
-def build_ir(quant: str) -> str:
-    """Module text: both kernels for `quant` rows, their task trampolines, a worker pool."""
-    module = ir.Module(name=module_name(quant))
-    e = _Emit(module, ELEMENTS[quant])
-    kernels = [e.insert(), e.link()]
-    tasks = [module.get_global(ir_parallel.emit_task(module, k)) for k in kernels]
-    run = ir_pool.emit_pool(module, tasks)
-    for role, task in enumerate(tasks):
-        ir_parallel.emit_parallel(module, task, run, role)
-    return str(module)
-
-
-@functools.cache
-def _fingerprint() -> str:
-    h = hashlib.sha256()
-    for mod in (irutil, irkit, ir_parallel, ir_pool):
-        h.update(Path(mod.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()
+# quant -> (insert, link): one module (and worker pool) per element type
+KERNELS: dict[str, tuple[Kernel, Kernel]] = {
+    q: (_kernel(q, "insert"), _kernel(q, "link")) for q in ELEMENTS}
+MODULES = {q: KernelModule(f"ep_hnsw_build_{q}", list(k)) for q, k in KERNELS.items()}
 
 
 class InsertKernels:
-    """The compiled insert / link kernels of one element type, called through the pool."""
+    """The compiled insert / link kernels of one element type; None when LLVM cannot build
+    them here (the caller then runs the numpy twin)."""
 
-    _cache: ClassVar[dict[str, InsertKernels | None]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, quant: str) -> None:
-        from embedpipe.codegen.isa import detect_isa
-
-        isa = detect_isa()
-        key = jit.cache_key(f"hnsw_build:{_fingerprint()}:{quant}", isa)
-        obj = jit.compile_cached(key, lambda: build_ir(quant), isa)
-        syms = symbols(quant)
-        addrs = jit.host_engine().load(obj, list(syms.values()))
-        self._forks = {role: _FORK(addrs[syms[role]]) for role in ROLES}
-        os.register_at_fork(after_in_child=_RESET(addrs[syms["reset"]]))
+    def __init__(self, insert: Native, link: Native) -> None:
+        self._natives = {"insert": insert, "link": link}
 
     @classmethod
     def get(cls, quant: str) -> InsertKernels | None:
-        """The kernels for `quant`, or None when no native code can be built here."""
-        with cls._lock:
-            if quant not in cls._cache:
-                try:
-                    cls._cache[quant] = cls(quant)
-                except (RuntimeError, OSError) as exc:  # LLVM cannot build or load it here
-                    log.warning("HNSW insert kernel unavailable (%s); using numpy", exc)
-                    cls._cache[quant] = None
-            return cls._cache[quant]
+        insert, link = (k.native() for k in KERNELS[quant])
+        return None if insert is None or link is None else cls(insert, link)
 
     def run(self, role: str, ctx: np.ndarray, scratch: list[np.ndarray], count: int) -> None:
         """Run `role` over items 0..count-1 in one native call: worker w takes the items
@@ -577,9 +556,8 @@ class InsertKernels:
         workers = min(len(scratch), max(count, 1))
         for s in scratch[:workers]:
             s[SCRATCH.index("step")] = workers
-        words = np.array([(ctx.ctypes.data, s.ctypes.data, w, count)
-                          for w, s in enumerate(scratch[:workers])], dtype=np.int64)
-        self._forks[role](words.ctypes.data, words.shape[1] * 8, workers)
+        self._natives[role].run([(ctx.ctypes.data, s.ctypes.data, w, count)
+                                 for w, s in enumerate(scratch[:workers])])
 
 
 def pack(names: tuple[str, ...], values: dict[str, Any]) -> np.ndarray:
