@@ -42,12 +42,22 @@ class AsyncEmbedder:
         """Run `fn(*args)` on the tokenizer thread (tokenizing, cache look-ups: off the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, fn, *args)
 
+    async def prepare(self, fn: Callable, *args):
+        """`run_tokenizer` for work that precedes a submit: an idle model waits for it to join its pass.
+
+        Call `aencode_ids` right after (no await in between) for the announcement to hold."""
+        self.batcher.expected += 1
+        try:
+            return await self.run_tokenizer(fn, *args)
+        finally:
+            self.batcher.expected -= 1
+
     async def aencode(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None,
                       dim: int | None = None, truncate: bool = False) -> np.ndarray:
         """Like `Embedder.encode`: L2-normalized (n, dim) float32 rows in input order."""
         if isinstance(texts, str):
             raise EmbedpipeError("aencode takes a list of texts, not a single string")
-        ids = await self.run_tokenizer(self.embedder.tokenize, list(texts), task, titles, truncate)
+        ids = await self.prepare(self.embedder.tokenize, list(texts), task, titles, truncate)
         return await self.aencode_ids(ids, dim)
 
     async def aencode_ids(self, ids: Sequence[Sequence[int]], dim: int | None = None) -> np.ndarray:

@@ -93,6 +93,9 @@ class MicroBatcher:
         self._closing = False
         self._tokens_per_s = 0.0  # moving average, for Retry-After
         self.passes = 0
+        # Requests announced (being tokenized) but not yet submitted: an idle model waits up to
+        # max_batch_wait_ms for them, and not at all when none is on its way.
+        self.expected = 0
 
     # --- state the metrics read ------------------------------------------------------------
     @property
@@ -187,13 +190,25 @@ class MicroBatcher:
                 if self._closing:
                     return
                 continue
-            if self.max_wait and self._queued_tokens < self.max_batch_tokens:
-                await asyncio.sleep(self.max_wait)  # let concurrent requests join this pass
+            await self._gather(loop)
             while self._queue:
                 picks = self._form_pass()
                 await self._run_pass(loop, picks)
             if self._closing:
                 return
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Before a pass on an idle model: wait (bounded) for announced requests to arrive."""
+        deadline = loop.time() + self.max_wait
+        while self.expected > 0 and self._queued_tokens < self.max_batch_tokens:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+            self._wake.clear()
 
     async def _run_pass(self, loop: asyncio.AbstractEventLoop, picks: list[tuple[_Job, int]]) -> None:
         now = time.perf_counter()

@@ -65,7 +65,7 @@ class EmbeddingService:
             raise bad_request(str(exc), "task") from None
         if titles is not None and task != DOCUMENT_TASK:
             raise bad_request(f"titles are used by the 'document' task only (task is {task!r})", "titles")
-        prep = await served.aemb.run_tokenizer(self._prepare, served, list(texts), task, titles)
+        prep = await served.aemb.prepare(self._prepare, served, list(texts), task, titles)
         misses = sorted(prep.plans)
         fresh = await self._submit(served, [prep.plans[i].seqs[0] for i in misses]) if misses else None
         store = []
