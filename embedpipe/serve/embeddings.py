@@ -141,12 +141,16 @@ class EmbeddingService:
 
     async def _submit(self, served: ServedModel, seqs: list[list[int]]) -> np.ndarray:
         try:
-            return await served.aemb.aencode_ids(seqs)
+            vecs = await served.aemb.aencode_ids(seqs)
         except QueueFullError as exc:
             self.metrics.rejected.labels(served.name).inc()
             raise APIError(429, str(exc), "queue_full", headers={"Retry-After": str(exc.retry_after)}) from None
         except RequestTooLargeError as exc:
             raise APIError(413, str(exc), "request_too_large") from None
+        if not np.isfinite(vecs).all():
+            raise APIError(500, f"model {served.name} produced a non-finite vector; this is a bug, please report it "
+                                "with the input", "non_finite_vector")
+        return vecs
 
     def _count(self, served: ServedModel, inputs: int, truncated: int) -> None:
         self.metrics.inputs.labels(served.name).inc(inputs)

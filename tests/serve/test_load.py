@@ -13,6 +13,7 @@ from .conftest import LiveServer, make_config
 
 WORDS = "bread flour water salt yeast vector index parquet stream fox dog lazy quick brown".split()
 CLIENT_TIMEOUT_S = 60
+ROUNDS = 2  # requests per client
 
 
 def mixed_texts(seed: int, n: int) -> list[str]:
@@ -26,7 +27,7 @@ async def embed(client: httpx.AsyncClient, texts: list[str]) -> httpx.Response:
 
 def test_64_concurrent_clients_get_their_own_vectors(server, wide_emb):
     batches_before = server.metric("embedpipe_requests_per_pass_count")
-    requests = [mixed_texts(seed, 1 + seed % 5) for seed in range(64 * 3)]
+    requests = [mixed_texts(seed, 1 + seed % 5) for seed in range(64 * ROUNDS)]
 
     async def client_loop(client: httpx.AsyncClient, mine: list[list[str]]) -> list[httpx.Response]:
         return [await embed(client, texts) for texts in mine]
@@ -37,7 +38,7 @@ def test_64_concurrent_clients_get_their_own_vectors(server, wide_emb):
             per_client = [requests[i::64] for i in range(64)]
             results = await asyncio.wait_for(
                 asyncio.gather(*(client_loop(client, mine) for mine in per_client)), CLIENT_TIMEOUT_S)
-        return [r for i in range(3) for r in (res[i] for res in results)], [m for i in range(3) for m in
+        return [r for i in range(ROUNDS) for r in (res[i] for res in results)], [m for i in range(ROUNDS) for m in
                                                                               (pc[i] for pc in per_client)]
 
     responses, sent = asyncio.run(main())
