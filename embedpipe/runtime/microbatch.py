@@ -192,10 +192,21 @@ class MicroBatcher:
                 continue
             await self._gather(loop)
             while self._queue:
-                picks = self._form_pass()
+                try:
+                    picks = self._form_pass()
+                except Exception as exc:  # noqa: BLE001 - a scheduler bug must fail requests, not hang them
+                    self._fail_all(exc)
+                    break
                 await self._run_pass(loop, picks)
             if self._closing:
                 return
+
+    def _fail_all(self, exc: Exception) -> None:
+        for job in self._queue:
+            if not job.future.done():
+                job.future.set_exception(exc)
+        self._queue.clear()
+        self._queued_tokens = 0
 
     async def _gather(self, loop: asyncio.AbstractEventLoop) -> None:
         """Before a pass on an idle model: wait (bounded) for announced requests to arrive."""
