@@ -140,9 +140,10 @@ class EmbeddingCache:
             self._db.execute("ALTER TABLE embeddings ADD COLUMN used INTEGER NOT NULL DEFAULT 0")
 
     @classmethod
-    def in_dir(cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None) -> "EmbeddingCache":
+    def in_dir(cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None,
+               memory_bytes: int = 64 << 20) -> "EmbeddingCache":
         """The cache file in `cache_dir` (a `--cache-dir` option), or the default one."""
-        return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None, max_bytes=max_bytes)
+        return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None, memory_bytes, max_bytes)
 
     def _remember(self, key: bytes, blob: bytes) -> None:
         if key in self._lru:

@@ -61,9 +61,8 @@ class ServerState:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.metrics = Metrics()
-        self.cache = (EmbeddingCache.in_dir(cfg.cache_dir, max_bytes=cfg.cache_max_bytes) if cfg.cache else None)
-        if self.cache is not None:
-            self.cache.memory_bytes = cfg.cache_memory_bytes
+        self.cache = (EmbeddingCache.in_dir(cfg.cache_dir, cfg.cache_max_bytes, cfg.cache_memory_bytes)
+                      if cfg.cache else None)
         self.metrics.watch_cache(self.cache)
         self.catalog = Catalog(cfg, self.metrics.pass_observer)
         self.embeddings = EmbeddingService(cfg.long, self.cache, self.metrics)
@@ -86,7 +85,7 @@ class ServerState:
             await loop.run_in_executor(None, self.catalog.load_all, loaded)
         except (EmbedpipeError, OSError, ValueError) as exc:
             self.load_error = str(exc)
-            log.error("error: %s", exc)
+            log.error("loading failed, stopping: %s", exc)
             self.on_fatal()
             return
         self.ready = True

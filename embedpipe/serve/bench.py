@@ -222,13 +222,16 @@ def _cell(peer: ServerPeer, kind: str, concurrency: int, texts: list[str], cfg: 
     return cell, vecs
 
 
-def _ceiling(cfg: ServeBenchConfig, texts: dict[str, list[str]]) -> tuple[dict, dict[str, np.ndarray]]:
+class Ceiling:
     """In-process Embedder.encode on the same texts: batch throughput and single-text latency."""
-    from embedpipe.runtime.embedder import Embedder
 
-    emb = Embedder.load(cfg.model, threads=cfg.threads)
-    out, refs = {}, {}
-    for kind, items in texts.items():
+    def __init__(self, cfg: ServeBenchConfig):
+        from embedpipe.runtime.embedder import Embedder
+
+        self.emb = Embedder.load(cfg.model, threads=cfg.threads)
+
+    def measure(self, items: list[str]) -> tuple[dict, np.ndarray]:
+        emb = self.emb
         emb.encode(items[:8], task="none")
         t0 = time.perf_counter()
         emb.encode(items, task="none", batch_size=32)
@@ -238,40 +241,47 @@ def _ceiling(cfg: ServeBenchConfig, texts: dict[str, list[str]]) -> tuple[dict, 
             t1 = time.perf_counter()
             emb.encode([text], task="none")
             singles.append(time.perf_counter() - t1)
-        out[kind] = {"emb_per_s": len(items) / batch_s, "single_p50_ms": 1e3 * statistics.median(singles),
-                     "texts": len(items)}
-        refs[kind] = emb.encode(items[:4], task="none")
-    return out, refs
+        figures = {"emb_per_s": len(items) / batch_s, "single_p50_ms": 1e3 * statistics.median(singles),
+                   "texts": len(items)}
+        return figures, emb.encode(items[:4], task="none")
 
 
 def run_serve_bench(cfg: ServeBenchConfig, report: Callable[[str], None] = print) -> dict:
+    """Every server is started first; then per kind the in-process ceiling and, per concurrency,
+    each server in turn, so the figures compared were taken minutes apart at most."""
     summary = Summary(machine_info(), cfg.model, cfg.threads)
     n = max(cfg.requests, 4 * max(cfg.concurrency))
     texts = {kind: prompts.format_texts(documents(kind, n), TASK) for kind in cfg.kinds}
-    summary.ceiling, refs = _ceiling(cfg, texts)
-    for kind, c in summary.ceiling.items():
-        report(f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms")
-    for name in cfg.peers:
-        try:
-            peer = PEER_SERVERS[name](cfg)
-        except (RuntimeError, KeyError, OSError) as exc:
-            summary.skipped[name] = str(exc)
-            report(f"skipped {name}: {exc}")
-            continue
-        try:
-            for kind in cfg.kinds:
-                for conc in cfg.concurrency:
+    peers: list[ServerPeer] = []
+    try:
+        for name in cfg.peers:
+            try:
+                if name not in PEER_SERVERS:
+                    raise RuntimeError(f"unknown server; known: {', '.join(PEER_SERVERS)}")
+                peers.append(PEER_SERVERS[name](cfg))
+            except (RuntimeError, OSError) as exc:
+                summary.skipped[name] = str(exc)
+                report(f"skipped {name}: {exc}")
+        ceiling = Ceiling(cfg)
+        for kind in cfg.kinds:
+            summary.ceiling[kind], ref = ceiling.measure(texts[kind])
+            c = summary.ceiling[kind]
+            report(f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms")
+            for conc in cfg.concurrency:
+                for peer in peers:
                     _load_warmup(peer, texts[kind][:2])
                     cell, vecs = _cell(peer, kind, conc, texts[kind], cfg)
                     summary.cells.append(cell)
                     report(format_cell(asdict(cell)))
-                    if vecs and kind not in summary.agreement.get(name, {}):
+                    if vecs and kind not in summary.agreement.get(peer.name, {}):
                         got = np.asarray(vecs, np.float32)
                         got /= np.linalg.norm(got, axis=1, keepdims=True)
-                        cos = float((got * refs[kind][:len(got)]).sum(1).min())
-                        summary.agreement.setdefault(name, {})[kind] = round(cos, 5)
-        finally:
+                        cos = float((got * ref[:len(got)]).sum(1).min())
+                        summary.agreement.setdefault(peer.name, {})[kind] = round(cos, 5)
+    finally:
+        for peer in peers:
             peer.close()
+    summary.machine["load_avg_end"] = list(os.getloadavg())
     summary.ratios = _ratios(summary)
     return asdict(summary)
 
@@ -307,7 +317,8 @@ def format_cell(c: dict) -> str:
 
 def format_summary(s: dict) -> list[str]:
     m = s["machine"]
-    lines = [f"machine: {m['cpu']} ({m['cores']} cores), load {m['load_avg']}; model {s['model']}, threads {s['threads']}"]
+    lines = [f"machine: {m['cpu']} ({m['cores']} cores), load {m['load_avg']} at start, {m.get('load_avg_end')} at end; "
+             f"model {s['model']}, threads {s['threads']}"]
     lines += [format_cell(c) for c in s["cells"]]
     for kind, c in s["ceiling"].items():
         lines.append(f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms")
