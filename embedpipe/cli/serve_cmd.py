@@ -8,7 +8,15 @@ import typer
 
 from embedpipe.cli.common import BACKEND_OPTION_HELP, THREADS_OPTION_HELP
 from embedpipe.errors import EmbedpipeError
-from embedpipe.serve.config import DEFAULT_PORT, DEFAULT_TASK, IndexSpec, ModelSpec, ServeConfig, api_key_from_env, read_api_key
+from embedpipe.serve.config import (
+    DEFAULT_PORT,
+    DEFAULT_TASK,
+    IndexSpec,
+    ModelSpec,
+    ServeConfig,
+    api_key_from_env,
+    read_api_key,
+)
 from embedpipe.units import parse_size
 
 

@@ -73,7 +73,7 @@ class CachedRow:
         return head + spans + np.ascontiguousarray(self.vectors, np.float32).tobytes()
 
     @classmethod
-    def unpack(cls, blob: bytes, dim: int) -> "CachedRow | None":
+    def unpack(cls, blob: bytes, dim: int) -> CachedRow | None:
         """None for a blob of the wrong shape (treated as a miss, then overwritten)."""
         if len(blob) < HEADER.size:
             return None
@@ -141,7 +141,7 @@ class EmbeddingCache:
 
     @classmethod
     def in_dir(cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None,
-               memory_bytes: int = 64 << 20) -> "EmbeddingCache":
+               memory_bytes: int = 64 << 20) -> EmbeddingCache:
         """The cache file in `cache_dir` (a `--cache-dir` option), or the default one."""
         return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None, memory_bytes, max_bytes)
 

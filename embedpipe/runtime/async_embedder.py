@@ -78,7 +78,7 @@ class AsyncEmbedder:
         await self.batcher.aclose()
         self._tokenizer_pool.shutdown(wait=True)
 
-    async def __aenter__(self) -> "AsyncEmbedder":
+    async def __aenter__(self) -> AsyncEmbedder:
         return self
 
     async def __aexit__(self, *exc) -> None:

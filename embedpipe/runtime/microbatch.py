@@ -217,7 +217,7 @@ class MicroBatcher:
                 return
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             self._wake.clear()
 

@@ -33,8 +33,13 @@ from embedpipe.serve.config import ServeConfig
 from embedpipe.serve.embeddings import Embedded, EmbeddingService
 from embedpipe.serve.errors import APIError
 from embedpipe.serve.metrics import Metrics
-from embedpipe.serve.schemas import (check_body_size, parse_embedding_request, parse_json, parse_search_request,
-                                     too_large)
+from embedpipe.serve.schemas import (
+    check_body_size,
+    parse_embedding_request,
+    parse_json,
+    parse_search_request,
+    too_large,
+)
 from embedpipe.serve.search import SearchService
 
 log = logging.getLogger(__name__)

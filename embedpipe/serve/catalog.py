@@ -89,8 +89,6 @@ class Catalog:
         key = str(Path(path).resolve())
         if key in self._by_path:
             return self._by_path[key]
-        if not Path(path).is_file():
-            raise EmbedpipeError(f"--model {path}: no such file; give a GGUF path (or omit --model for the default model)")
         t0 = time.perf_counter()
         emb = Embedder.load(path, backend=self.cfg.backend, threads=self.cfg.threads)
         seconds = time.perf_counter() - t0

@@ -24,7 +24,7 @@ class ModelSpec:
     path: str | None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         name, sep, path = text.partition("=")
         if sep and name and path and not Path(text).exists():
             return cls(name.strip(), path.strip())
@@ -39,7 +39,7 @@ class IndexSpec:
     path: str
 
     @classmethod
-    def parse(cls, text: str) -> "IndexSpec":
+    def parse(cls, text: str) -> IndexSpec:
         name, sep, path = text.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise EmbedpipeError(f"--index {text!r}: write NAME=PATH, e.g. --index docs=out/brute.idx")
@@ -70,7 +70,7 @@ class ServeConfig:
     warmup: bool = True
     access_log: bool = True
 
-    def validate(self) -> "ServeConfig":
+    def validate(self) -> ServeConfig:
         if self.long not in LONG_POLICIES:
             raise EmbedpipeError(f"--long must be one of {', '.join(LONG_POLICIES)}, got {self.long!r}")
         self.default_task = canonical_task(self.default_task)
