@@ -22,7 +22,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -150,7 +150,7 @@ def _endpoint(state: ServerState, name: str, handler: Handler, protected: bool =
             response = await handler(state, request, info)
         except APIError as exc:
             response = exc.response()
-        except ClientGone:
+        except (ClientGone, ClientDisconnect):
             response = Response(status_code=CLIENT_GONE)
         except Exception:  # noqa: BLE001 - a bug must still answer in the API's error format
             log.exception("internal error on %s %s", request.method, request.url.path)

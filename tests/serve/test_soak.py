@@ -66,4 +66,6 @@ def test_rss_is_flat_under_steady_load(wide_model):
     assert set(statuses) == {200}, statuses
     third = max(1, len(samples) // 3)
     early, late = max(samples[third:2 * third] or samples), max(samples[-third:])
+    print(f"soak {SOAK_S:.0f} s: {sum(statuses.values())} requests, server RSS {samples[0] / 1e6:.1f} MB at start, "
+          f"{early / 1e6:.1f} MB mid-run, {late / 1e6:.1f} MB in the last third")
     assert late - early < RSS_GROWTH_LIMIT, (early, late)
