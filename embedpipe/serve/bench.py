@@ -60,6 +60,7 @@ class Cell:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    cpu_ms_per_emb: float | None = None  # server process CPU time (all threads) per embedding
     requests_per_pass: float | None = None  # embedpipe only: mean requests merged into a pass
     sequences_per_pass: float | None = None
 
@@ -110,6 +111,15 @@ class ServerPeer:
 
     def metrics(self) -> dict[str, float]:
         return {}
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used so far (None without psutil)."""
+        try:
+            import psutil
+        except ImportError:
+            return None
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -207,13 +217,15 @@ async def _load(url: str, model: str, texts: list[str], concurrency: int, max_se
 
 def _cell(peer: ServerPeer, kind: str, concurrency: int, texts: list[str], cfg: ServeBenchConfig
           ) -> tuple[Cell, list[list[float]]]:
-    before = peer.metrics()
+    before, cpu0 = peer.metrics(), peer.cpu_seconds()
     lat, errors, wall, vecs = asyncio.run(_load(peer.url, peer.model_field, texts, concurrency, cfg.max_seconds))
-    after = peer.metrics()
+    after, cpu1 = peer.metrics(), peer.cpu_seconds()
     ms = sorted(1e3 * x for x in lat) or [float("nan")]
     pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
     cell = Cell(peer.name, kind, concurrency, len(lat), errors, wall, len(lat) / wall, len(lat) / wall,
                 statistics.median(ms), pick(0.95), pick(0.99))
+    if cpu0 is not None and lat:
+        cell.cpu_ms_per_emb = 1e3 * (cpu1 - cpu0) / len(lat)
     if after:
         n = after.get("embedpipe_requests_per_pass_count", 0) - before.get("embedpipe_requests_per_pass_count", 0)
         if n:
@@ -233,15 +245,16 @@ class Ceiling:
     def measure(self, items: list[str]) -> tuple[dict, np.ndarray]:
         emb = self.emb
         emb.encode(items[:8], task="none")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         emb.encode(items, task="none", batch_size=32)
-        batch_s = time.perf_counter() - t0
+        batch_s, batch_cpu = time.perf_counter() - t0, time.process_time() - c0
         singles = []
         for text in items[:20]:
             t1 = time.perf_counter()
             emb.encode([text], task="none")
             singles.append(time.perf_counter() - t1)
         figures = {"emb_per_s": len(items) / batch_s, "single_p50_ms": 1e3 * statistics.median(singles),
+                   "cpu_ms_per_emb": 1e3 * batch_cpu / len(items),
                    "texts": len(items)}
         return figures, emb.encode(items[:4], task="none")
 
@@ -304,15 +317,20 @@ def _ratios(summary: Summary) -> list[dict]:
         ceiling = summary.ceiling.get(kind)
         if ceiling:
             row["of_in_process_encode"] = round(ours.emb_per_s / ceiling["emb_per_s"], 2)
+            if ours.cpu_ms_per_emb:
+                row["of_in_process_encode_per_cpu_s"] = round(ceiling["cpu_ms_per_emb"] / ours.cpu_ms_per_emb, 2)
+        if other and other.cpu_ms_per_emb and ours.cpu_ms_per_emb:
+            row["vs_llama_cpp_per_cpu_s"] = round(other.cpu_ms_per_emb / ours.cpu_ms_per_emb, 2)
         out.append(row)
     return out
 
 
 def format_cell(c: dict) -> str:
     rpp = f"{c['requests_per_pass']:.1f}/{c['sequences_per_pass']:.1f}" if c.get("requests_per_pass") else "-"
+    cpu = f"{c['cpu_ms_per_emb']:6.1f}" if c.get("cpu_ms_per_emb") is not None else "     -"
     return (f"{c['peer']:10} {c['kind']:6} c={c['concurrency']:<3} {c['requests']:5} req {c['errors']:3} err "
             f"{c['req_per_s']:8.1f} req/s {c['emb_per_s']:8.1f} emb/s  p50 {c['p50_ms']:7.1f}  p95 {c['p95_ms']:7.1f}  "
-            f"p99 {c['p99_ms']:7.1f} ms  req/seq per pass {rpp}")
+            f"p99 {c['p99_ms']:7.1f} ms  cpu {cpu} ms/emb  req/seq per pass {rpp}")
 
 
 def format_summary(s: dict) -> list[str]:
@@ -321,7 +339,8 @@ def format_summary(s: dict) -> list[str]:
              f"model {s['model']}, threads {s['threads']}"]
     lines += [format_cell(c) for c in s["cells"]]
     for kind, c in s["ceiling"].items():
-        lines.append(f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms")
+        cpu = f", cpu {c['cpu_ms_per_emb']:.1f} ms/emb" if c.get("cpu_ms_per_emb") is not None else ""
+        lines.append(f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms{cpu}")
     for r in s["ratios"]:
         parts = [f"{k} x{v}" for k, v in r.items() if k not in ("kind", "concurrency")]
         lines.append(f"ratios {r['kind']} c={r['concurrency']}: " + ", ".join(parts))
