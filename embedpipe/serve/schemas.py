@@ -14,8 +14,14 @@ from embedpipe.serve.errors import APIError, bad_request
 
 ENCODING_FORMATS: tuple[str, ...] = ("float", "base64")
 MAX_K = 1000
-# search knobs a client may send, with their type; which index types take them is the index's business
-SEARCH_KNOBS: dict[str, type] = {"ef_search": int, "search_k": int}
+MAX_KNOB = 100_000  # bounds ef_search / search_k: a beam wider than this only burns memory
+
+
+def search_knobs() -> dict[str, type]:
+    """Every search parameter some index type declares (hnsw ef_search, annoy search_k, …) and its type."""
+    from embedpipe.indexes import INDEX_TYPES
+
+    return {p.name: p.type for cls in INDEX_TYPES.values() for p in cls.search_params}
 
 
 def parse_json(raw: bytes) -> Any:
@@ -182,10 +188,10 @@ def parse_search_request(body: Any, max_queries: int) -> SearchRequest:
         texts, single = list(queries), False
     k = _optional_int(body, "k", 1, MAX_K)
     knobs = {}
-    for name in SEARCH_KNOBS:
-        value = _optional_int(body, name, -1 if name == "search_k" else 1)
-        if value is not None:
-            knobs[name] = value
+    for name, kind in search_knobs().items():
+        if body.get(name) is None:
+            continue
+        knobs[name] = _optional_int(body, name, -1, MAX_KNOB) if kind is int else body[name]
     return SearchRequest(index, texts, 10 if k is None else k, single, knobs)
 
 

@@ -15,20 +15,10 @@ from embedpipe.serve.embeddings import EmbeddingService
 from embedpipe.serve.errors import bad_request
 from embedpipe.serve.schemas import SearchRequest
 
-# Query-time knobs each index type takes: request field -> keyword of the index's search.
-INDEX_KNOBS: dict[str, dict[str, str]] = {
-    "hnsw": {"ef_search": "ef"},
-    "annoy": {"search_k": "search_k"},
-    "brute": {},
-}
-
 
 def run_search(index: Any, queries: np.ndarray, k: int, knobs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of `queries` in `index` with the request's knobs: the one call into the index API."""
-    q = index.prepare_queries(queries)
-    if not knobs:
-        return index.search_rows(q, k)
-    return index._search_rows(q, k, **knobs)
+    return index.search_rows(queries, k, **knobs)
 
 
 class SearchService:
@@ -37,15 +27,16 @@ class SearchService:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="embedpipe-search")
 
     def knobs_for(self, served: ServedIndex, knobs: dict[str, Any]) -> dict[str, Any]:
-        allowed = INDEX_KNOBS.get(served.index.kind, {})
-        out = {}
+        """The request's knobs checked against what this index type declares (400 naming the field)."""
+        from embedpipe.indexes.params import check_params
+
+        index = served.index
         for name, value in knobs.items():
-            if name not in allowed:
-                takes = ", ".join(allowed) or "no knobs"
-                raise bad_request(f"'{name}' does not apply to index {served.name!r} ({served.index.kind}; it takes "
-                                  f"{takes})", name)
-            out[allowed[name]] = value
-        return out
+            try:
+                check_params(index.kind, index.search_params, {name: value}, "search")
+            except ValueError as exc:
+                raise bad_request(f"index {served.name!r}: {exc}", name) from None
+        return knobs
 
     async def search(self, served: ServedIndex, req: SearchRequest) -> tuple[list[dict[str, Any]], int]:
         """Results per query (in order) and the tokens embedded."""

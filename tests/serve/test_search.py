@@ -57,6 +57,6 @@ def test_single_query_and_knobs(search_server):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "ef_search"
     for body, param in [({"index": "docs"}, "query"), ({"index": "docs", "query": "a", "queries": ["b"]}, "query"),
                         ({"index": "docs", "query": "a", "k": 0}, "k"), ({"index": "docs", "queries": []}, "queries"),
-                        ({"query": "a"}, "index")]:
+                        ({"query": "a"}, "index"), ({"index": "graph", "query": "a", "ef_search": 10**9}, "ef_search")]:
         resp = httpx.post(live.url + "/v1/search", json=body)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (body, resp.text)
