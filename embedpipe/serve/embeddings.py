@@ -1,7 +1,8 @@
 """The embedding service behind /v1/embeddings and the query side of /v1/search.
 
-Texts: look up the cache, tokenize the misses exactly as `ingest --long truncate` does (so the
-two share cache entries and vectors equal `Embedder.encode`), embed them through the model's
+Texts: look up the cache, tokenize the misses exactly as `ingest --long truncate` and
+`pipeline.encode.encode_cached` do (so they share cache entries and vectors equal
+`Embedder.encode`; `--long error` refuses what would be truncated), embed them through the model's
 AsyncEmbedder, store them, then Matryoshka-truncate for the request. Token-id inputs go to the
 model as given (BOS/EOS and any prompt included by the client). Cache look-ups and tokenizing
 run on the model's tokenizer thread, never on the event loop.
@@ -16,15 +17,15 @@ import numpy as np
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key
-from embedpipe.pipeline.chunking import PROMPT_TOO_LONG, TOO_LONG, Chunker, RowPlan
+from embedpipe.pipeline.chunking import PROMPT_TOO_LONG, Chunker, RowPlan
+from embedpipe.pipeline.config import IngestConfig
+from embedpipe.pipeline.encode import TRUNCATE
 from embedpipe.runtime.embedder import truncate_dim
 from embedpipe.runtime.microbatch import QueueFullError, RequestTooLargeError
 from embedpipe.runtime.prompts import DOCUMENT_TASK, canonical_task
 from embedpipe.serve.catalog import ServedModel
 from embedpipe.serve.errors import APIError, bad_request
 from embedpipe.serve.metrics import Metrics
-
-CHUNK_OVERLAP = 64  # ingest's default; part of the cache key, irrelevant to truncation
 
 
 @dataclass
@@ -111,7 +112,7 @@ class EmbeddingService:
         emb = served.embedder
         n = len(texts)
         chunker = self._chunker(served, task)
-        setting = f"truncate/{emb.max_tokens}/None/{CHUNK_OVERLAP}"
+        setting = chunker.cache_setting
         keys: list[bytes | None] = [None] * n
         rows: list[CachedRow | None] = [None] * n
         if self.cache is not None:
@@ -128,15 +129,15 @@ class EmbeddingService:
             if plan.error == PROMPT_TOO_LONG:
                 raise bad_request(f"input[{i}]: its title and prompt alone exceed the model's context of "
                                   f"{emb.max_tokens} tokens", "titles", "input_too_long")
-            if plan.error == TOO_LONG:
+            if plan.truncated and self.long == "error":
                 raise self._too_long(i, plan.text_tokens, emb.max_tokens)
         return _Prepared(rows, keys, dict(zip(todo, plans)))
 
     def _chunker(self, served: ServedModel, task: str) -> Chunker:
         key = (served.name, task)
-        if key not in self._chunkers:
-            long = "error" if self.long == "error" else "truncate"
-            self._chunkers[key] = Chunker(served.embedder, task, served.embedder.max_tokens, long, None, CHUNK_OVERLAP)
+        if key not in self._chunkers:  # `ingest --long truncate`'s setting: the two share cache entries
+            self._chunkers[key] = Chunker(served.embedder, task, served.embedder.max_tokens, TRUNCATE, None,
+                                          IngestConfig.chunk_overlap)
         return self._chunkers[key]
 
     async def _submit(self, served: ServedModel, seqs: list[list[int]]) -> np.ndarray:
@@ -159,6 +160,6 @@ class EmbeddingService:
 
     @staticmethod
     def _too_long(i: int, tokens: int | None, limit: int) -> APIError:
-        size = f"{tokens} tokens" if tokens is not None else "more tokens than fit"
-        return bad_request(f"input[{i}] has {size}, more than the model's context of {limit}; shorten it, or start "
-                           "the server with --long truncate", "input", "input_too_long")
+        size = f" ({tokens} tokens of text)" if tokens is not None else ""
+        return bad_request(f"input[{i}] does not fit the model's context of {limit} tokens{size}; shorten it, or "
+                           "start the server with --long truncate", "input", "input_too_long")
