@@ -37,7 +37,7 @@ class ServedModel:
 
     def describe(self, default_task: str) -> dict:
         """The /v1/models entry (OpenAI fields plus ours)."""
-        return {"id": self.name, "object": "model", "created": int(Path(self.path).stat().st_mtime),
+        return {"id": self.name, "object": "model", "created": int(Path(self.embedder.model_path).stat().st_mtime),
                 "owned_by": "embedpipe", "dimensions": list(self.embedder.dims),
                 "max_input_tokens": self.embedder.max_tokens, "default_task": default_task,
                 "tasks": [t for t in TASKS], "aliases": [f"{self.name}:{t}" for t in ("query", "document")]}
@@ -99,7 +99,7 @@ class Catalog:
             raise EmbedpipeError(f"model name {name!r} must not contain ':' (it separates the task alias)")
         aemb = AsyncEmbedder(emb, self.cfg.max_batch_tokens, self.cfg.max_batch_wait_ms, self.cfg.max_queue_tokens,
                              on_pass=self.on_pass(name))
-        served = ServedModel(name, str(path), emb, aemb, seconds)
+        served = ServedModel(name, emb.model_path, emb, aemb, seconds)
         self.models[name] = served
         self._by_path[key] = served
         log.info("loaded model %s from %s in %.2f s", name, path, seconds)

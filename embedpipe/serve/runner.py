@@ -49,6 +49,8 @@ def run_server(cfg: ServeConfig) -> None:
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in SIGNALS}
     try:
         server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind; say so in our one-line form below
+        pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
