@@ -20,7 +20,7 @@ RELEASE_ARGS ?= --wheelhouse
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,ray,plot]"
+	$(PY) -m pip install --quiet -e ".[test,ray,plot,serve]"
 	touch $(STAMP)
 
 setup: $(STAMP)

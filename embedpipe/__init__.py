@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["Embedder", "__version__"]
+__all__ = ["AsyncEmbedder", "Embedder", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from embedpipe.runtime.embedder import Embedder
 
         return Embedder
+    if name == "AsyncEmbedder":
+        from embedpipe.runtime.async_embedder import AsyncEmbedder
+
+        return AsyncEmbedder
     raise AttributeError(name)

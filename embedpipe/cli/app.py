@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "embedpipe.cli.index_admin_cmd",
     "embedpipe.cli.eval_cmd",
     "embedpipe.cli.cache_cmd",
+    "embedpipe.cli.serve_cmd",
 )
 
 app = typer.Typer(

@@ -172,7 +172,47 @@ def runtime(
         typer.echo(line)
 
 
-BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index, "ingest": ingest, "runtime": runtime}
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    concurrency: Optional[list[str]] = typer.Option(None, "--concurrency", help="Concurrent clients (default 1,8,32)."),
+    kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Text kinds (default short,long)."),
+    peers: Optional[list[str]] = typer.Option(None, "--peer", help="Servers (default embedpipe,llama.cpp)."),
+    requests: int = typer.Option(256, "--requests", min=1, help="Requests per (server, kind, concurrency), one text each."),
+    max_seconds: float = typer.Option(120.0, "--max-seconds", help="Time cap per (server, kind, concurrency)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """HTTP /v1/embeddings under concurrent load: embedpipe serve vs llama-cpp-python's server vs in-process encode."""
+    from embedpipe.codegen.isa import default_threads
+    from embedpipe.serve.bench import CONCURRENCY, KINDS, PEERS, ServeBenchConfig, format_summary, run_serve_bench
+
+    if model is None:
+        from embedpipe.runtime.store import default_model_path
+
+        model = str(default_model_path())
+    try:
+        conc = tuple(int(c) for c in _split(concurrency)) if concurrency else CONCURRENCY
+    except ValueError:
+        raise typer.BadParameter("--concurrency takes integers, e.g. 1,8,32") from None
+    if any(c < 1 for c in conc):
+        raise typer.BadParameter("--concurrency must be >= 1")
+    kind_list = tuple(_split(kinds) or KINDS)
+    bad = [k for k in kind_list if k not in ("short", "long", "xlong")]
+    if bad:
+        raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from short, long, xlong")
+    cfg = ServeBenchConfig(model=model, threads=threads or default_threads(), kinds=kind_list, concurrency=conc,
+                           peers=tuple(_split(peers) or PEERS), requests=requests, max_seconds=max_seconds)
+    report: Callable[[str], None] = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
+    summary = run_serve_bench(cfg, report)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for line in format_summary(summary):
+        typer.echo(line)
+
+
+BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index, "ingest": ingest, "runtime": runtime,
+                                              "serve": serve}
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP
 from embedpipe.runtime.prompts import TASKS
+from embedpipe.units import parse_size
 
 
 def ingest(
@@ -34,6 +35,7 @@ def ingest(
     part_rows: int = typer.Option(2000, "--part-rows", help="Input rows per output part file (the unit of resume)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."),
+    cache_max_bytes: Optional[str] = typer.Option(None, "--cache-max-bytes", help="Bound the cache file, e.g. 2GB: least recently used entries are evicted (default: unbounded)."),
     resume: bool = typer.Option(False, "--resume", help="Require an interrupted job in --output and finish it (the same command without it resumes too)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete embedpipe's files in --output and start over."),
     engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data; RAY_ADDRESS or --ray-address picks the cluster)."),
@@ -54,7 +56,8 @@ def ingest(
         keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
         task=task, dim=dim, dtype=dtype, long=long, max_tokens=max_tokens, chunk_tokens=chunk_tokens,
         chunk_overlap=chunk_overlap, on_bad=on_bad, on_duplicate_id=on_duplicate_id, batch_rows=batch_size, batch_tokens=batch_tokens,
-        part_rows=part_rows, cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None, resume=resume,
+        part_rows=part_rows, cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None,
+        cache_max_bytes=parse_size(cache_max_bytes, "--cache-max-bytes") if cache_max_bytes else None, resume=resume,
         overwrite=overwrite, engine=engine, ray_actors=ray_actors, ray_address=ray_address, progress=progress,
     )
     summary = run_ingest(cfg)

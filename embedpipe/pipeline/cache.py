@@ -1,9 +1,14 @@
-"""Embedding cache: an in-memory LRU over one SQLite file (WAL: many readers, one writer at a time).
+"""Embedding cache, two levels: an in-memory LRU in front of one SQLite file (WAL: many readers,
+one writer at a time). Both levels are bounded and evict the least recently used entries: the
+memory level by `memory_bytes`, the file by `max_bytes` (None: unbounded).
 
 A key is the SHA-256 of (model SHA-256, task, dim, title, SHA-256(text), chunking setting), so
 vectors of different models, tasks, dims or titles never collide. One entry holds everything an
 input row became (its chunks' spans and token counts plus float32 vectors), so an unchanged
 corpus is re-ingested without tokenizing or running the model.
+
+Recency on disk is a `used` timestamp per entry, written on insert and on a hit served from the
+file; hits served by the memory level do not touch the file (the hot set lives in memory).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import hashlib
 import os
 import sqlite3
 import struct
+import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +33,16 @@ CREATE TABLE IF NOT EXISTS embeddings (
     key BLOB PRIMARY KEY,
     model TEXT NOT NULL,
     dim INTEGER NOT NULL,
-    value BLOB NOT NULL
+    value BLOB NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID
 """
+USED_INDEX = "CREATE INDEX IF NOT EXISTS embeddings_used ON embeddings (used)"
 LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...), below SQLite's bound-variable limit
 HEADER = struct.Struct("<iii")  # n_chunks, truncated, text_tokens
 SPAN = struct.Struct("<iii")  # token_start, token_end, sequence tokens
+# Eviction frees down to this fraction of max_bytes, so a full cache does not evict on every put.
+EVICT_TO = 0.9
 
 
 CACHE_FILE = "embeddings.sqlite"
@@ -40,6 +51,10 @@ CACHE_FILE = "embeddings.sqlite"
 def default_cache_path() -> Path:
     root = os.environ.get("EMBEDPIPE_CACHE_DIR")
     return (Path(root) if root else Path(user_cache_dir("embedpipe"))) / CACHE_FILE
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 @dataclass
@@ -58,7 +73,7 @@ class CachedRow:
         return head + spans + np.ascontiguousarray(self.vectors, np.float32).tobytes()
 
     @classmethod
-    def unpack(cls, blob: bytes, dim: int) -> "CachedRow | None":
+    def unpack(cls, blob: bytes, dim: int) -> CachedRow | None:
         """None for a blob of the wrong shape (treated as a miss, then overwritten)."""
         if len(blob) < HEADER.size:
             return None
@@ -77,29 +92,58 @@ def cache_key(model_sha256: str, task: str, dim: int, title: str | None, text: s
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
 
 
-class EmbeddingCache:
-    """get_many / put_many over SQLite with a bounded LRU in front."""
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters since the cache was opened (what /metrics exports)."""
 
-    def __init__(self, path: Path | str | None = None, memory_bytes: int = 64 << 20):
+    hits: int
+    misses: int
+    memory_hits: int
+    disk_hits: int
+    memory_evictions: int
+    disk_evictions: int
+    memory_bytes: int
+    disk_bytes: int | None  # None until a bounded cache first measures its file
+
+
+class EmbeddingCache:
+    """get_many / put_many over SQLite with a bounded LRU in front; safe to share between threads."""
+
+    def __init__(self, path: Path | str | None = None, memory_bytes: int = 64 << 20,
+                 max_bytes: int | None = None):
+        if max_bytes is not None and max_bytes <= 0:
+            raise EmbedpipeError(f"cache size bound must be positive, got {max_bytes} bytes")
         self.path = Path(path) if path else default_cache_path()
         self.memory_bytes = memory_bytes
+        self.max_bytes = max_bytes
+        self._lock = threading.RLock()
         self._lru: OrderedDict[bytes, bytes] = OrderedDict()
         self._lru_bytes = 0
-        self.hits = 0
-        self.misses = 0
+        self._disk_bytes: int | None = None  # kept up to date only when max_bytes is set
+        self.hits = self.misses = self.memory_hits = self.disk_hits = 0
+        self.memory_evictions = self.disk_evictions = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
+            self._migrate()
+            self._db.execute(USED_INDEX)
         except (sqlite3.Error, OSError) as exc:
             raise EmbedpipeError(f"embedding cache {self.path}: cannot open ({exc}); use --no-cache or set EMBEDPIPE_CACHE_DIR") from exc
 
+    def _migrate(self) -> None:
+        """Files written before the size bound have no `used` column: add it (all entries equally old)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(embeddings)")}
+        if "used" not in columns:
+            self._db.execute("ALTER TABLE embeddings ADD COLUMN used INTEGER NOT NULL DEFAULT 0")
+
     @classmethod
-    def in_dir(cls, cache_dir: str | os.PathLike | None) -> "EmbeddingCache":
+    def in_dir(cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None,
+               memory_bytes: int = 64 << 20) -> EmbeddingCache:
         """The cache file in `cache_dir` (a `--cache-dir` option), or the default one."""
-        return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None)
+        return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None, memory_bytes, max_bytes)
 
     def _remember(self, key: bytes, blob: bytes) -> None:
         if key in self._lru:
@@ -110,8 +154,13 @@ class EmbeddingCache:
         while self._lru_bytes > self.memory_bytes and self._lru:
             k, v = self._lru.popitem(last=False)
             self._lru_bytes -= len(k) + len(v)
+            self.memory_evictions += 1
 
     def get_many(self, keys: list[bytes], dim: int) -> dict[bytes, CachedRow]:
+        with self._lock:
+            return self._get_many(keys, dim)
+
+    def _get_many(self, keys: list[bytes], dim: int) -> dict[bytes, CachedRow]:
         found: dict[bytes, bytes] = {}
         wanted = []
         for k in dict.fromkeys(keys):
@@ -121,6 +170,8 @@ class EmbeddingCache:
             else:
                 self._lru.move_to_end(k)
                 found[k] = blob
+        from_memory = set(found)
+        from_disk: list[bytes] = []
         for i in range(0, len(wanted), LOOKUP_CHUNK):
             part = wanted[i:i + LOOKUP_CHUNK]
             sql = f"SELECT key, value FROM embeddings WHERE key IN ({','.join('?' * len(part))})"
@@ -130,40 +181,102 @@ class EmbeddingCache:
                 raise EmbedpipeError(f"embedding cache {self.path}: read failed ({exc})") from exc
             for k, blob in rows:
                 found[bytes(k)] = bytes(blob)
+                from_disk.append(bytes(k))
                 self._remember(bytes(k), bytes(blob))
+        if from_disk and self.max_bytes is not None:
+            self._touch(from_disk)
         out = {}
         for k, blob in found.items():
             row = CachedRow.unpack(blob, dim)
             if row is not None:
                 out[k] = row
-        self.hits += sum(1 for k in keys if k in out)
-        self.misses += sum(1 for k in keys if k not in out)
+        for k in keys:
+            if k in out:
+                self.hits += 1
+                if k in from_memory:
+                    self.memory_hits += 1
+                else:
+                    self.disk_hits += 1
+            else:
+                self.misses += 1
         return out
 
-    def put_many(self, items: list[tuple[bytes, str, int, CachedRow]]) -> None:
-        """Insert (key, model sha, dim, row) in one transaction."""
-        if not items:
-            return
-        blobs = [(k, model, dim, row.pack()) for k, model, dim, row in items]
+    def _touch(self, keys: list[bytes]) -> None:
+        """Mark entries read from the file as recently used (the file's LRU order)."""
+        now = _now_us()
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO embeddings (key, model, dim, value) VALUES (?, ?, ?, ?)", blobs)
-                self._db.execute("COMMIT")
-            except BaseException:
+            self._db.executemany("UPDATE embeddings SET used = ? WHERE key = ?", [(now, k) for k in keys])
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise EmbedpipeError(f"embedding cache {self.path}: write failed ({exc})") from exc
-        for k, _, _, blob in blobs:
-            self._remember(k, blob)
+            # recency is advisory: a busy file must not fail a read
+
+    def put_many(self, items: list[tuple[bytes, str, int, CachedRow]]) -> None:
+        """Insert (key, model sha, dim, row) in one transaction, then evict past `max_bytes`."""
+        if not items:
+            return
+        now = _now_us()
+        blobs = [(k, model, dim, row.pack(), now) for k, model, dim, row in items]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany("INSERT OR REPLACE INTO embeddings (key, model, dim, value, used) "
+                                         "VALUES (?, ?, ?, ?, ?)", blobs)
+                    if self.max_bytes is not None:
+                        self._bound_disk(sum(len(k) + len(b) for k, _, _, b, _ in blobs))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise EmbedpipeError(f"embedding cache {self.path}: write failed ({exc})") from exc
+            for k, _, _, blob, _ in blobs:
+                self._remember(k, blob)
+
+    def _stored_bytes(self) -> int:
+        row = self._db.execute("SELECT SUM(LENGTH(value) + LENGTH(key)) FROM embeddings").fetchone()
+        return int(row[0] or 0)
+
+    def _bound_disk(self, added: int) -> None:
+        """Inside the write transaction: delete least recently used entries past `max_bytes`.
+
+        The running total is an estimate (other processes write too, replaced keys are counted
+        twice); it is measured exactly whenever it says the bound is crossed."""
+        self._disk_bytes = (self._stored_bytes() if self._disk_bytes is None else self._disk_bytes + added)
+        if self._disk_bytes <= self.max_bytes:
+            return
+        self._disk_bytes = self._stored_bytes()
+        excess = self._disk_bytes - int(self.max_bytes * EVICT_TO)
+        if excess <= 0:
+            return
+        victims: list[bytes] = []
+        freed = 0
+        for key, size in self._db.execute("SELECT key, LENGTH(value) + LENGTH(key) FROM embeddings ORDER BY used"):
+            victims.append(bytes(key))
+            freed += int(size)
+            if freed >= excess:
+                break
+        for i in range(0, len(victims), LOOKUP_CHUNK):
+            part = victims[i:i + LOOKUP_CHUNK]
+            self._db.execute(f"DELETE FROM embeddings WHERE key IN ({','.join('?' * len(part))})", part)
+        self._disk_bytes -= freed
+        self.disk_evictions += len(victims)
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self.hits, self.misses, self.memory_hits, self.disk_hits, self.memory_evictions,
+                              self.disk_evictions, self._lru_bytes, self._disk_bytes)
 
     def summary(self) -> list[CacheGroup]:
         """Entries and stored bytes per (model SHA-256, dim), largest first."""
         sql = ("SELECT model, dim, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM embeddings "
                "GROUP BY model, dim ORDER BY 4 DESC")
         try:
-            return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in self._db.execute(sql)]
+            with self._lock:
+                return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in self._db.execute(sql)]
         except sqlite3.Error as exc:
             raise EmbedpipeError(f"embedding cache {self.path}: read failed ({exc})") from exc
 
@@ -171,18 +284,21 @@ class EmbeddingCache:
         """Delete every entry (or those of models whose SHA-256 starts with `model_prefix`),
         then VACUUM so the file shrinks; returns the number of entries deleted."""
         where, args = ("WHERE model LIKE ? || '%'", [model_prefix.lower()]) if model_prefix else ("", [])
-        try:
-            deleted = self._db.execute(f"DELETE FROM embeddings {where}", args).rowcount
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
-            raise EmbedpipeError(f"embedding cache {self.path}: clear failed ({exc})") from exc
-        self._lru.clear()
-        self._lru_bytes = 0
+        with self._lock:
+            try:
+                deleted = self._db.execute(f"DELETE FROM embeddings {where}", args).rowcount
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                raise EmbedpipeError(f"embedding cache {self.path}: clear failed ({exc})") from exc
+            self._lru.clear()
+            self._lru_bytes = 0
+            self._disk_bytes = None
         return int(deleted)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 @dataclass(frozen=True)

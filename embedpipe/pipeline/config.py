@@ -55,6 +55,7 @@ class IngestConfig:
     read_rows: int = 1024
     cache: bool = True
     cache_dir: str | None = None
+    cache_max_bytes: int | None = None
     resume: bool = False
     overwrite: bool = False
     engine: str = "local"

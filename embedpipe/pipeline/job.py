@@ -99,7 +99,7 @@ def job_header(cfg: IngestConfig, emb, corpus: Corpus) -> dict:
 def open_processor(cfg: IngestConfig, emb, corpus: Corpus, manifest: Manifest | None = None) -> WindowProcessor:
     cache = None
     if cfg.cache:
-        cache = EmbeddingCache.in_dir(cfg.cache_dir)
+        cache = EmbeddingCache.in_dir(cfg.cache_dir, max_bytes=cfg.cache_max_bytes)
     processor = WindowProcessor(emb, cfg, make_schema(cfg, emb, corpus), cache)
     if manifest is not None and cfg.id_col and cfg.on_duplicate_id != "keep":
         processor.seen_ids.update(_committed_ids(Path(cfg.output), manifest))

@@ -141,3 +141,64 @@ def test_cache_cli_info_and_clear(tmp_path):
     assert done.exit_code == 0 and "deleted 7 entries" in done.output
     out = runner.invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)])
     assert "total" in out.output and " 0 " in out.output
+
+
+def _row(dim: int, value: float = 1.0) -> CachedRow:
+    return CachedRow([(0, 3)], [5], np.full((1, dim), value, np.float32), 3, False)
+
+
+def test_memory_level_is_bounded_and_counts_evictions(tmp_path):
+    dim = 32
+    entry = len(_row(dim).pack()) + 32
+    cache = EmbeddingCache(tmp_path / "e.sqlite", memory_bytes=5 * entry)
+    keys = [bytes([i]) * 32 for i in range(8)]
+    cache.put_many([(k, "m", dim, _row(dim, i)) for i, k in enumerate(keys)])
+    stats = cache.stats()
+    assert stats.memory_bytes <= 5 * entry and stats.memory_evictions == 3
+    got = cache.get_many(keys, dim)  # all 8 answered: 5 from memory, 3 from the file
+    assert len(got) == 8 and [float(got[k].vectors[0, 0]) for k in keys] == list(range(8))
+    stats = cache.stats()
+    assert (stats.memory_hits, stats.disk_hits, stats.misses) == (5, 3, 0)
+
+
+def test_disk_level_evicts_least_recently_used(tmp_path):
+    dim = 64
+    entry = len(_row(dim).pack()) + 32
+    path = tmp_path / "e.sqlite"
+    cache = EmbeddingCache(path, memory_bytes=0, max_bytes=10 * entry)
+    keys = [bytes([i]) * 32 for i in range(10)]
+    cache.put_many([(k, "m", dim, _row(dim)) for k in keys[:5]])
+    cache.put_many([(k, "m", dim, _row(dim)) for k in keys[5:]])
+    assert cache.stats().disk_evictions == 0
+    assert len(cache.get_many(keys[:2], dim)) == 2  # keys 0 and 1 become the most recent
+    newer = [bytes([100 + i]) * 32 for i in range(3)]
+    cache.put_many([(k, "m", dim, _row(dim)) for k in newer])
+    stats = cache.stats()
+    assert stats.disk_evictions >= 3
+    assert sum(g.bytes for g in cache.summary()) <= 10 * entry
+    fresh = EmbeddingCache(path, memory_bytes=0)  # what is left in the file, memory level cold
+    left = fresh.get_many(keys + newer, dim)
+    assert all(k in left for k in keys[:2] + newer)  # recently used and new entries stay
+    assert keys[2] not in left and keys[3] not in left  # the oldest untouched ones went first
+
+
+def test_old_file_without_recency_column_is_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "e.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE embeddings (key BLOB PRIMARY KEY, model TEXT NOT NULL, dim INTEGER NOT NULL, "
+               "value BLOB NOT NULL) WITHOUT ROWID")
+    db.execute("INSERT INTO embeddings VALUES (?, 'm', 8, ?)", (b"k" * 32, _row(8).pack()))
+    db.commit()
+    db.close()
+    cache = EmbeddingCache(path, max_bytes=1 << 20)
+    assert b"k" * 32 in cache.get_many([b"k" * 32], 8)
+    cache.put_many([(b"n" * 32, "m", 8, _row(8))])
+    assert len(cache.get_many([b"k" * 32, b"n" * 32], 8)) == 2
+
+
+def test_ingest_honours_cache_bound(run, corpus, tmp_path):
+    first, _ = run(corpus, cache_dir=str(tmp_path / "c"), cache_max_bytes=20_000)
+    cache = EmbeddingCache.in_dir(tmp_path / "c")
+    assert 0 < sum(g.bytes for g in cache.summary()) <= 20_000

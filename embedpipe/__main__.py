@@ -1,0 +1,5 @@
+"""`python -m embedpipe` = the `embedpipe` command."""
+
+from embedpipe.cli.app import main
+
+main()

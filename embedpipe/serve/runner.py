@@ -1,0 +1,60 @@
+"""Run the app on uvicorn until SIGTERM/SIGINT, then shut down gracefully and return.
+
+On a signal uvicorn stops accepting connections, lets every accepted request finish (at most
+`--shutdown-timeout` seconds), then runs the app's shutdown (queued model work is finished
+first). uvicorn re-raises the captured signal when it is done; a no-op handler installed here
+receives it, so the process exits 0 after a clean drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from embedpipe.errors import EmbedpipeError
+from embedpipe.serve.app import create_app
+from embedpipe.serve.config import ServeConfig
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def configure_logging(access_log: bool) -> None:
+    """Server lines (and one JSON access line per request) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("embedpipe.serve", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = False
+    logging.getLogger("embedpipe.serve.access").disabled = not access_log
+
+
+def run_server(cfg: ServeConfig) -> None:
+    """Serve until a signal; raises EmbedpipeError if models or indexes failed to load."""
+    import uvicorn
+
+    app = create_app(cfg)
+    state = app.state.server
+    configure_logging(cfg.access_log)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, lifespan="on", access_log=False, log_config=None,
+                            timeout_graceful_shutdown=cfg.shutdown_timeout, server_header=False)
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    state.on_fatal = stop
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in SIGNALS}
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind; say so in our one-line form below
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if state.load_error:
+        raise EmbedpipeError(state.load_error)
+    if not server.started:
+        raise EmbedpipeError(f"could not listen on {cfg.host}:{cfg.port} (in use, or not an address of this machine)")

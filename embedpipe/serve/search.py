@@ -1,0 +1,63 @@
+"""The search service behind /v1/search: embed the queries with the index's model and prompt,
+search the index on a search thread, and return ids, scores and the index's kept columns."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from embedpipe.indexes.query import query_task
+from embedpipe.serve.catalog import ServedIndex
+from embedpipe.serve.embeddings import EmbeddingService
+from embedpipe.serve.errors import bad_request
+from embedpipe.serve.schemas import SearchRequest
+
+
+def run_search(index: Any, queries: np.ndarray, k: int, knobs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of `queries` in `index` with the request's knobs: the one call into the index API."""
+    return index.search_rows(queries, k, **knobs)
+
+
+class SearchService:
+    def __init__(self, embeddings: EmbeddingService, threads: int = 1):
+        self.embeddings = embeddings
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="embedpipe-search")
+
+    def knobs_for(self, served: ServedIndex, knobs: dict[str, Any]) -> dict[str, Any]:
+        """The request's knobs checked against what this index type declares (400 naming the field)."""
+        from embedpipe.indexes.params import check_params
+
+        index = served.index
+        for name, value in knobs.items():
+            try:
+                check_params(index.kind, index.search_params, {name: value}, "search")
+            except ValueError as exc:
+                raise bad_request(f"index {served.name!r}: {exc}", name) from None
+        return knobs
+
+    async def search(self, served: ServedIndex, req: SearchRequest) -> tuple[list[dict[str, Any]], int]:
+        """Results per query (in order) and the tokens embedded."""
+        knobs = self.knobs_for(served, req.knobs)
+        embedded = await self.embeddings.embed_texts(served.model, req.queries, query_task(served.index), None, None)
+        loop = asyncio.get_running_loop()
+        scores, rows = await loop.run_in_executor(self._pool, run_search, served.index, embedded.vectors, req.k, knobs)
+        index = served.index
+        ids = index.ids.take(rows)
+        out = []
+        for qi in range(len(req.queries)):
+            hits = []
+            for s, r, i in zip(scores[qi], rows[qi], ids[qi]):
+                if r < 0:
+                    continue
+                hit: dict[str, Any] = {"id": i.item() if isinstance(i, np.generic) else i, "score": float(s)}
+                for name, table in index.columns.items():
+                    hit[name] = table[int(r)]
+                hits.append(hit)
+            out.append({"query": req.queries[qi], "results": hits})
+        return out, embedded.tokens
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,58 @@
+"""`embedpipe serve` option parsing: help text, bad values as one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from embedpipe.cli.app import app
+from embedpipe.errors import EmbedpipeError
+from embedpipe.serve.config import IndexSpec, ModelSpec, ServeConfig, read_api_key
+from embedpipe.units import parse_size
+
+
+def test_help_states_the_default_task():
+    out = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
+    assert "default task" in out.lower() and "query" in out
+    for option in ("--max-batch-tokens", "--max-queue-tokens", "--api-key-file", "--cache-max-bytes", "--long"):
+        assert option in out
+
+
+def test_specs_and_sizes(tmp_path):
+    assert ModelSpec.parse("m=/x/model.gguf") == ModelSpec("m", "/x/model.gguf")
+    assert ModelSpec.parse("/x/model.gguf") == ModelSpec(None, "/x/model.gguf")
+    assert IndexSpec.parse("docs=a.idx") == IndexSpec("docs", "a.idx")
+    with pytest.raises(EmbedpipeError):
+        IndexSpec.parse("a.idx")
+    assert parse_size("4MB") == 4_000_000 and parse_size("2GiB") == 2 << 30 and parse_size("512") == 512
+    for bad in ("4 parsecs", "-1", "0", ""):
+        with pytest.raises(EmbedpipeError):
+            parse_size(bad, "--max-request-bytes")
+    key = tmp_path / "key"
+    key.write_text("  abc123  \nignored\n")
+    assert read_api_key(str(key)) == "abc123"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(EmbedpipeError):
+        read_api_key(str(tmp_path / "empty"))
+
+
+def test_config_validation():
+    with pytest.raises(EmbedpipeError):
+        ServeConfig(long="chunk").validate()
+    with pytest.raises(EmbedpipeError):
+        ServeConfig(default_task="poetry").validate()
+    with pytest.raises(EmbedpipeError):
+        ServeConfig(indexes=[IndexSpec("a", "x"), IndexSpec("a", "y")]).validate()
+    cfg = ServeConfig(api_key="k").validate()
+    assert cfg.key_matches("k") and not cfg.key_matches("K") and not cfg.key_matches(None)
+    assert cfg.models == [ModelSpec(None, None)]  # the default model
+
+
+def test_bad_option_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "embedpipe", "serve", "--max-request-bytes", "lots",
+                           "--model", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --max-request-bytes")
+    assert len(proc.stderr.strip().splitlines()) == 1

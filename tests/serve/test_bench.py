@@ -1,0 +1,20 @@
+"""`embedpipe bench serve` end to end on the tiny model (embedpipe peer only; llama.cpp cannot load it)."""
+
+from __future__ import annotations
+
+from embedpipe.serve.bench import ServeBenchConfig, format_summary, run_serve_bench
+
+
+def test_bench_serve_reports_cells_ratios_and_agreement(wide_model):
+    cfg = ServeBenchConfig(model=str(wide_model), threads=1, kinds=("short",), concurrency=(1, 4),
+                           peers=("embedpipe", "nonesuch"), requests=16, max_seconds=60)
+    summary = run_serve_bench(cfg, report=lambda line: None)
+    cells = [(c["peer"], c["kind"], c["concurrency"]) for c in summary["cells"]]
+    assert cells == [("embedpipe", "short", 1), ("embedpipe", "short", 4)]
+    assert all(c["errors"] == 0 and c["requests"] == 16 and c["p50_ms"] > 0 for c in summary["cells"])
+    assert summary["cells"][0]["requests_per_pass"] == 1.0
+    assert summary["agreement"]["embedpipe"]["short"] >= 0.9999
+    assert "nonesuch" in summary["skipped"]
+    assert [r["concurrency"] for r in summary["ratios"]] == [1, 4]
+    assert all(r["of_in_process_encode"] > 0 for r in summary["ratios"])
+    assert any(line.startswith("ratios short c=4") for line in format_summary(summary))

@@ -1,0 +1,130 @@
+"""/ready before and after loading; SIGTERM during load finishes every accepted request, exit 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from embedpipe.serve.catalog import Catalog
+
+from .conftest import READY_TIMEOUT_S, LiveServer, free_port, make_config
+
+
+def test_ready_only_after_models_are_loaded(wide_model, tmp_path, monkeypatch):
+    release = threading.Event()
+    real = Catalog.load_all
+
+    def slow_load(self, *args, **kw):
+        assert release.wait(READY_TIMEOUT_S)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Catalog, "load_all", slow_load)
+    live = LiveServer(make_config(wide_model, tmp_path), wait_ready=False)
+    try:
+        assert httpx.get(live.url + "/health").json() == {"status": "ok"}
+        ready = httpx.get(live.url + "/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "loading"
+        early = httpx.post(live.url + "/v1/embeddings", json={"input": "too early"})
+        assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
+        assert live.metric("embedpipe_ready") == 0
+        release.set()
+        live.wait_ready()
+        assert httpx.get(live.url + "/ready").json()["models"] == ["tiny"]
+        assert httpx.post(live.url + "/v1/embeddings", json={"input": "now"}).status_code == 200
+        assert live.metric("embedpipe_ready") == 1 and live.metric("embedpipe_model_load_seconds") > 0
+    finally:
+        release.set()
+        live.stop()
+
+
+def test_failed_load_is_reported_and_stops_the_server(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    proc = subprocess.run([sys.executable, "-m", "embedpipe", "serve", "--model", str(bad), "--port", str(free_port()),
+                           "--no-cache"], capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+
+
+def _env() -> dict:
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def test_sigterm_during_load_loses_no_accepted_request(wide_model, wide_emb, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "embedpipe", "serve", "--model", f"tiny={wide_model}",
+                             "--port", str(port), "--no-cache", "--max-batch-tokens", "256", "--max-queue-tokens", "100000"],
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+            try:
+                if httpx.get(url + "/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        texts = [" ".join(["bread flour water salt"] * (1 + i % 8)) + f" {i}" for i in range(24)]
+        want = wide_emb.encode(texts, task="query", truncate=True)
+        outcomes: list[tuple[str, float]] = []
+        wrong: list[str] = []
+        stop_at = time.monotonic() + 30
+
+        def client() -> None:
+            # one connection per request, so "accepted" means this request reached the server
+            with httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+                while time.monotonic() < stop_at:
+                    try:
+                        r = c.post("/v1/embeddings", json={"input": texts, "encoding_format": "float"})
+                    except httpx.ConnectError:
+                        outcomes.append(("refused", time.monotonic()))
+                        return
+                    except httpx.TransportError as exc:
+                        outcomes.append((f"dropped: {exc!r}", time.monotonic()))
+                        return
+                    if r.status_code != 200:
+                        wrong.append(f"{r.status_code} {r.text[:200]}")
+                        return
+                    got = np.array([d["embedding"] for d in r.json()["data"]], np.float32)
+                    if float((got * want).sum(1).min()) < 0.99999:
+                        wrong.append("wrong vectors")
+                    outcomes.append(("ok", time.monotonic()))
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        while sum(1 for o, _ in outcomes if o == "ok") < 16 and time.monotonic() < stop_at:
+            time.sleep(0.01)
+        killed_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        code = proc.wait(60)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, stderr[-2000:]
+    assert not wrong, wrong
+    ok = [t for o, t in outcomes if o == "ok"]
+    logged = [json.loads(line.split(": ", 1)[1]) for line in stderr.splitlines() if "embedpipe.serve.access:" in line]
+    answered = [e for e in logged if e["path"] == "/v1/embeddings"]
+    # every request the server accepted was answered 200 and reached its client
+    assert all(e["status"] == 200 for e in answered), [e for e in answered if e["status"] != 200]
+    assert len(answered) == len(ok), (len(answered), len(ok), outcomes[-10:])
+    assert any(t > killed_at for t in ok), "no request was in flight at SIGTERM"
+    assert "stopped:" in stderr
