@@ -15,7 +15,7 @@ ST_PYTHON ?=
 # the default release is self-contained: dependency wheels ride along in dist/wheelhouse
 RELEASE_ARGS ?= --wheelhouse
 
-.PHONY: setup test test-fast fuzz demo bench release clean
+.PHONY: setup lint test test-fast fuzz demo bench release clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(EP) model pull
 
-test: $(STAMP)
+# ruff lint and format check first: a style slip fails fast, before the long suite
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

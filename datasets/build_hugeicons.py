@@ -35,8 +35,7 @@ import pyarrow.parquet as pq
 
 PACKAGE = "@iconify-json/hugeicons"
 PINNED_VERSION = "1.2.35"
-PINNED_INTEGRITY = ("sha512-c06tY90JZnKhOLBAKoQ1z2pqXMRdATuYXslTKwaaIAjLzKsTIsE+GGknY6+qo/SP0U/"
-                    "NG9xQjr4N+zfDqOeQiQ==")
+PINNED_INTEGRITY = "sha512-c06tY90JZnKhOLBAKoQ1z2pqXMRdATuYXslTKwaaIAjLzKsTIsE+GGknY6+qo/SP0U/NG9xQjr4N+zfDqOeQiQ=="
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "hugeicons.parquet"
 
@@ -107,20 +106,26 @@ def main() -> None:
 
     rows = build_rows(icons)
     table = pa.table(
-        {"id": pa.array(range(len(rows)), pa.int64()),
-         "name": pa.array([n for n, _ in rows], pa.string()),
-         "text": pa.array([t for _, t in rows], pa.string())},
-    ).replace_schema_metadata({
-        "source": f"npm:{PACKAGE}@{pkg['version']}",
-        "integrity": got,
-        "license": pkg["license"],
-        "author": info.get("author", {}).get("name", ""),
-        "built_by": "datasets/build_hugeicons.py",
-    })
+        {
+            "id": pa.array(range(len(rows)), pa.int64()),
+            "name": pa.array([n for n, _ in rows], pa.string()),
+            "text": pa.array([t for _, t in rows], pa.string()),
+        },
+    ).replace_schema_metadata(
+        {
+            "source": f"npm:{PACKAGE}@{pkg['version']}",
+            "integrity": got,
+            "license": pkg["license"],
+            "author": info.get("author", {}).get("name", ""),
+            "built_by": "datasets/build_hugeicons.py",
+        }
+    )
     pq.write_table(table, args.out, compression="zstd")
     visible = sum(not v.get("hidden") for v in icons.values())
-    print(f"{PACKAGE}@{pkg['version']} ({got}): {len(icons)} icons, {visible} visible, "
-          f"{len(rows)} rows after dedupe -> {args.out}")
+    print(
+        f"{PACKAGE}@{pkg['version']} ({got}): {len(icons)} icons, {visible} visible, "
+        f"{len(rows)} rows after dedupe -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def export(checkout: Path, out_dir: Path) -> Path:
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+
     class Body(torch.nn.Module):  # named inputs, one output: the exporter traces positionally
         def __init__(self) -> None:
             super().__init__()
@@ -41,8 +42,16 @@ def export(checkout: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "model.onnx"
     with torch.no_grad():
-        torch.onnx.export(Body().eval(), tuple(sample[n] for n in names), str(out), input_names=names,
-                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Body().eval(),
+            tuple(sample[n] for n in names),
+            str(out),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     return out
 
 

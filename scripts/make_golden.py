@@ -148,7 +148,10 @@ def golden_texts() -> list[tuple[str, str]]:
         ("numbers", "The invoice total was 1,234,567.89 EUR on 2024-03-15; order #00042 shipped 3.14159 km."),
         ("numbers", "0 1 2 3 4 5 6 7 8 9 10 100 1000 10000 100000 1000000 -42 +7 1e-9 0x1F 3/4 50%"),
         ("url", "See https://example.com/path/to/page?query=embedding&lang=en#section-2 for details."),
-        ("url", "http://localhost:8080/api/v1/items?id=17 and ftp://files.example.org/pub/data.tar.gz mailto:someone@example.net"),
+        (
+            "url",
+            "http://localhost:8080/api/v1/items?id=17 and ftp://files.example.org/pub/data.tar.gz mailto:someone@example.net",
+        ),
         ("emoji", "I love pizza 🍕🍕 and rockets 🚀!"),
         ("emoji", "👩‍💻 is coding, 🇯🇵 is a flag, 👍🏽 has a skin tone, ❤️ has a variation selector"),
         ("emoji", "😀😃😄😁😆😅😂🤣🥲☺️😊😇🙂🙃😉😌😍🥰😘"),
@@ -261,13 +264,13 @@ def window_check(model, records: list[dict], golden: np.ndarray) -> dict:
             cos[w].append(round(float(v @ golden[i]), 7))
     if cos["le_256"][0] < 0.99999:
         raise SystemExit(f"explicit |i-j| <= 256 mask does not reproduce encode(): {cos}")
-    return {"rows": rows, "n_tokens": [records[i]["document_n_tokens"] for i in rows],
-            "cosine_vs_document_768": cos}
+    return {"rows": rows, "n_tokens": [records[i]["document_n_tokens"] for i in rows], "cosine_vs_document_768": cos}
 
 
 def encode(model, texts: list[str], **kw) -> np.ndarray:
-    emb = model.encode(texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=False, **kw)
+    emb = model.encode(
+        texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False, **kw
+    )
     return np.ascontiguousarray(emb, dtype=np.float32)
 
 
@@ -295,15 +298,32 @@ def main() -> None:
     for i, (cat, text) in enumerate(entries):
         q, d = QUERY_PROMPT + text, DOC_PROMPT + text
         qi, di = token_ids(model, q), token_ids(model, d)
-        records.append({"index": i, "category": cat, "text": text,
-                        "query_prompted": q, "document_prompted": d,
-                        "query_ids": qi, "document_ids": di,
-                        "query_n_tokens": len(qi), "document_n_tokens": len(di)})
+        records.append(
+            {
+                "index": i,
+                "category": cat,
+                "text": text,
+                "query_prompted": q,
+                "document_prompted": d,
+                "query_ids": qi,
+                "document_ids": di,
+                "query_n_tokens": len(qi),
+                "document_n_tokens": len(di),
+            }
+        )
     titled_records = []
     for i, ((title, text), s) in enumerate(zip(titled, titled_strings)):
         ids = token_ids(model, s)
-        titled_records.append({"index": i, "title": title, "text": text, "document_prompted": s,
-                               "document_ids": ids, "document_n_tokens": len(ids)})
+        titled_records.append(
+            {
+                "index": i,
+                "title": title,
+                "text": text,
+                "document_prompted": s,
+                "document_ids": ids,
+                "document_n_tokens": len(ids),
+            }
+        )
 
     t0 = time.time()
     arrays = {
@@ -326,10 +346,11 @@ def main() -> None:
     n_tok = [r["document_n_tokens"] for r in records] + [r["query_n_tokens"] for r in records]
     meta = {
         "description": "EmbeddingGemma-300M golden data from sentence-transformers, fp32, CPU, "
-                       "batch_size=1, normalize_embeddings=True; see scripts/make_golden.py",
+        "batch_size=1, normalize_embeddings=True; see scripts/make_golden.py",
         "regenerate": "/tmp/torchvenv/bin/python scripts/make_golden.py /path/to/checkout",
         "prompts": {"query": QUERY_PROMPT, "document": DOC_PROMPT, "document_titled": TITLED_PROMPT},
-        "bos_id": 2, "eos_id": 1,
+        "bos_id": 2,
+        "eos_id": 1,
         "arrays": {k: list(v.shape) for k, v in arrays.items()},
         "n_texts": len(records),
         "n_tokens_total": int(sum(n_tok)),
@@ -349,17 +370,18 @@ def main() -> None:
             "config_sliding_window": 512,
             "effective_in_transformers": model[0].auto_model.config.sliding_window,
             "reference_semantics": "on sliding layers key j is visible from query i iff "
-                                   "|i - j| <= 256 (transformers: 512 // 2 + 1 = 257, exclusive; "
-                                   "llama.cpp LLAMA_SWA_TYPE_SYMMETRIC: n_swa / 2, inclusive)",
+            "|i - j| <= 256 (transformers: 512 // 2 + 1 = 257, exclusive; "
+            "llama.cpp LLAMA_SWA_TYPE_SYMMETRIC: n_swa / 2, inclusive)",
             "check": window_info,
         },
         "texts": records,
         "titled": titled_records,
     }
-    (OUT_DIR / "embeddinggemma_golden.json").write_text(
-        json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{len(records)} texts + {len(titled_records)} titled; max {max(n_tok)} tokens; "
-          f"encode {elapsed:.0f}s -> {OUT_DIR}")
+    (OUT_DIR / "embeddinggemma_golden.json").write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(
+        f"{len(records)} texts + {len(titled_records)} titled; max {max(n_tok)} tokens; "
+        f"encode {elapsed:.0f}s -> {OUT_DIR}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,43 +51,209 @@ SENTENCES = [
     "Children learn to row in the sheltered basin behind the old grain warehouse.",
     "A tidal clock on the chapel wall shows the height of the water instead of the hour.",
 ]
-WORDS = ["harbour", "ferry", "quay", "lantern", "viaduct", "ledger", "estuary", "signal", "granary", "tide",
-         "unbelievably", "reconstruction", "electroencephalography", "naïve", "café", "résumé", "Zürich"]
+WORDS = [
+    "harbour",
+    "ferry",
+    "quay",
+    "lantern",
+    "viaduct",
+    "ledger",
+    "estuary",
+    "signal",
+    "granary",
+    "tide",
+    "unbelievably",
+    "reconstruction",
+    "electroencephalography",
+    "naïve",
+    "café",
+    "résumé",
+    "Zürich",
+]
 
 
 def texts() -> list[tuple[str, str]]:
     rng = random.Random(13)
     out: list[tuple[str, str]] = []
     add = lambda cat, items: out.extend((cat, t) for t in items)
-    add("plain", SENTENCES + ["Hello, world!", "search engines rank documents by relevance",
-                              "How do I reset my password?", "the cat sat on the mat", "a", "I", "x y z"])
+    add(
+        "plain",
+        SENTENCES
+        + [
+            "Hello, world!",
+            "search engines rank documents by relevance",
+            "How do I reset my password?",
+            "the cat sat on the mat",
+            "a",
+            "I",
+            "x y z",
+        ],
+    )
     add("empty", ["", " ", "\t\n", "\u3000"])
-    add("accents", ["Crème brûlée à la française", "ÀÉÎÕÜ àéîõü ÇÑ çñ", "São Paulo e Brasília", "Ångström Øresund Æsir",
-                    "Dvořák, Čapek a Škoda", "Łódź i Kraków", "İstanbul ıi İI", "Straße STRASSE ß ẞ",
-                    "e\u0301 (combining acute) vs é", "ﬁ ﬂ ligatures ﬀ", "Ⅻ ½ ² ③ ™", "Ǆ ǅ ǆ", "ΑΒΓ αβγ Ωμέγα",
-                    "Москва — столица России", "naïve coöperate façade", "ℌ𝔢𝔩𝔩𝔬 𝕎𝕠𝕣𝕝𝕕"])
-    add("cjk", ["東京は日本の首都です", "我爱北京天安门", "한국어 문장입니다", "中文English混合text", "漢字かなカナ交じり文",
-                "日本語のテキスト、句読点。", "㐀㐁 (CJK Extension A) 𠀀 (Extension B)", "ｆｕｌｌｗｉｄｔｈ　ＡＢＣ １２３",
-                "ภาษาไทย ไม่มีช่องว่าง", "العربية من اليمين", "עברית", "हिन्दी भाषा"])
-    add("emoji", ["emoji 😀👍🏽 test", "👨‍👩‍👧‍👦 family", "🇫🇷🇩🇪 flags", "I ❤️ NY", "✅ done ❌ failed", "😀😀😀😀😀",
-                  "keycap 1️⃣ #️⃣", "🏳️‍🌈", "text🙂text"])
-    add("punctuation", ["!!!...???", "---___===+++", "(((nested)))", "a.b.c.d", "e-mail's don't", "$100.00 & 50%",
-                        "C++ / C# / F#", "\"quoted\" 'single' «guillemets» „low“", "…—–‐", "@user #hashtag",
-                        "http://example.com/path?q=1&r=2#frag", "foo@bar.baz", "1,000,000.5", "[brackets] {braces} <angles>",
-                        "~`^|\\", "¿Qué? ¡Sí!", "。、！？", ".", "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"])
-    add("control", ["a\x00b", "bell\x07char", "zero\u200bwidth", "soft\u00adhyphen", "bom\ufeffmark", "nul\x00\x00",
-                    "tab\tand\vvertical", "line\u2028sep", "rtl\u200fmark", "del\x7fchar", "esc\x1b[31mred", "\ufffd replacement",
-                    "nbsp\u00a0space", "private\ue000use", "\x01\x02\x03"])
-    add("long_word", ["x" * 150, "supercalifragilistic" * 8, "a" * 99, "a" * 100, "a" * 101, "ab" * 60 + " short",
-                      "word " + "é" * 120, "漢" * 150, "1234567890" * 15])
-    add("whitespace", ["  leading", "trailing  ", "  spaced\t\ttabs\n\nnew  ", "many     spaces     here",
-                       "\n\n\nnewlines\n\n", "\r\nwindows\r\nlines", "mixed \t \n \r whitespace", "\u2003em\u2002en\u2009thin"])
-    add("special_literal", ["[CLS] hi [SEP]", "[MASK] token", "[UNK] unknown", "[PAD]", "<s> </s>", "<mask> x<mask>y",
-                            "<pad> <unk> <UNK>", "[cls] lower", "##suffix", "[unused1]", "<s>nested</s>"])
-    add("numbers", ["3.14159", "2026-11-29T16:00:00Z", "v1.2.3-beta", "0x1F 0b1010", "1e-12", "+44 20 7946 0000",
-                    "½ + ¼ = ¾", "٣٤٥ Arabic digits", "१२३ Devanagari digits"])
-    add("code", ["def f(x): return x**2", "SELECT * FROM t WHERE a = 1;", "<div class=\"x\">hi</div>",
-                 "for (int i = 0; i < n; ++i) {}", "{\"key\": [1, 2, 3]}", "camelCaseIdentifier snake_case_name"])
+    add(
+        "accents",
+        [
+            "Crème brûlée à la française",
+            "ÀÉÎÕÜ àéîõü ÇÑ çñ",
+            "São Paulo e Brasília",
+            "Ångström Øresund Æsir",
+            "Dvořák, Čapek a Škoda",
+            "Łódź i Kraków",
+            "İstanbul ıi İI",
+            "Straße STRASSE ß ẞ",
+            "e\u0301 (combining acute) vs é",
+            "ﬁ ﬂ ligatures ﬀ",
+            "Ⅻ ½ ² ③ ™",
+            "Ǆ ǅ ǆ",
+            "ΑΒΓ αβγ Ωμέγα",
+            "Москва — столица России",
+            "naïve coöperate façade",
+            "ℌ𝔢𝔩𝔩𝔬 𝕎𝕠𝕣𝕝𝕕",
+        ],
+    )
+    add(
+        "cjk",
+        [
+            "東京は日本の首都です",
+            "我爱北京天安门",
+            "한국어 문장입니다",
+            "中文English混合text",
+            "漢字かなカナ交じり文",
+            "日本語のテキスト、句読点。",
+            "㐀㐁 (CJK Extension A) 𠀀 (Extension B)",
+            "ｆｕｌｌｗｉｄｔｈ　ＡＢＣ １２３",
+            "ภาษาไทย ไม่มีช่องว่าง",
+            "العربية من اليمين",
+            "עברית",
+            "हिन्दी भाषा",
+        ],
+    )
+    add(
+        "emoji",
+        [
+            "emoji 😀👍🏽 test",
+            "👨‍👩‍👧‍👦 family",
+            "🇫🇷🇩🇪 flags",
+            "I ❤️ NY",
+            "✅ done ❌ failed",
+            "😀😀😀😀😀",
+            "keycap 1️⃣ #️⃣",
+            "🏳️‍🌈",
+            "text🙂text",
+        ],
+    )
+    add(
+        "punctuation",
+        [
+            "!!!...???",
+            "---___===+++",
+            "(((nested)))",
+            "a.b.c.d",
+            "e-mail's don't",
+            "$100.00 & 50%",
+            "C++ / C# / F#",
+            "\"quoted\" 'single' «guillemets» „low“",
+            "…—–‐",
+            "@user #hashtag",
+            "http://example.com/path?q=1&r=2#frag",
+            "foo@bar.baz",
+            "1,000,000.5",
+            "[brackets] {braces} <angles>",
+            "~`^|\\",
+            "¿Qué? ¡Sí!",
+            "。、！？",
+            ".",
+            "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        ],
+    )
+    add(
+        "control",
+        [
+            "a\x00b",
+            "bell\x07char",
+            "zero\u200bwidth",
+            "soft\u00adhyphen",
+            "bom\ufeffmark",
+            "nul\x00\x00",
+            "tab\tand\vvertical",
+            "line\u2028sep",
+            "rtl\u200fmark",
+            "del\x7fchar",
+            "esc\x1b[31mred",
+            "\ufffd replacement",
+            "nbsp\u00a0space",
+            "private\ue000use",
+            "\x01\x02\x03",
+        ],
+    )
+    add(
+        "long_word",
+        [
+            "x" * 150,
+            "supercalifragilistic" * 8,
+            "a" * 99,
+            "a" * 100,
+            "a" * 101,
+            "ab" * 60 + " short",
+            "word " + "é" * 120,
+            "漢" * 150,
+            "1234567890" * 15,
+        ],
+    )
+    add(
+        "whitespace",
+        [
+            "  leading",
+            "trailing  ",
+            "  spaced\t\ttabs\n\nnew  ",
+            "many     spaces     here",
+            "\n\n\nnewlines\n\n",
+            "\r\nwindows\r\nlines",
+            "mixed \t \n \r whitespace",
+            "\u2003em\u2002en\u2009thin",
+        ],
+    )
+    add(
+        "special_literal",
+        [
+            "[CLS] hi [SEP]",
+            "[MASK] token",
+            "[UNK] unknown",
+            "[PAD]",
+            "<s> </s>",
+            "<mask> x<mask>y",
+            "<pad> <unk> <UNK>",
+            "[cls] lower",
+            "##suffix",
+            "[unused1]",
+            "<s>nested</s>",
+        ],
+    )
+    add(
+        "numbers",
+        [
+            "3.14159",
+            "2026-11-29T16:00:00Z",
+            "v1.2.3-beta",
+            "0x1F 0b1010",
+            "1e-12",
+            "+44 20 7946 0000",
+            "½ + ¼ = ¾",
+            "٣٤٥ Arabic digits",
+            "१२३ Devanagari digits",
+        ],
+    )
+    add(
+        "code",
+        [
+            "def f(x): return x**2",
+            "SELECT * FROM t WHERE a = 1;",
+            '<div class="x">hi</div>',
+            "for (int i = 0; i < n; ++i) {}",
+            '{"key": [1, 2, 3]}',
+            "camelCaseIdentifier snake_case_name",
+        ],
+    )
     for _ in range(60):
         n = rng.randint(3, 14)
         add("random_words", [" ".join(rng.choice(WORDS) for _ in range(n)) + rng.choice([".", "?", "!", ""])])
@@ -100,8 +266,20 @@ def texts() -> list[tuple[str, str]]:
 
 
 VECTORS_PER_CATEGORY = 5
-VECTOR_CATEGORIES = {"plain", "empty", "accents", "cjk", "emoji", "punctuation", "control", "long_word",
-                     "whitespace", "special_literal", "long", "code"}
+VECTOR_CATEGORIES = {
+    "plain",
+    "empty",
+    "accents",
+    "cjk",
+    "emoji",
+    "punctuation",
+    "control",
+    "long_word",
+    "whitespace",
+    "special_literal",
+    "long",
+    "code",
+}
 
 
 def sha256(path: Path) -> str:
@@ -121,10 +299,17 @@ def main(checkouts: dict[str, Path]) -> None:
 
     torch.set_num_threads(2)
     items = texts()
-    meta = {"texts": [{"category": c, "text": t} for c, t in items], "models": {},
-            "versions": {"sentence_transformers": sentence_transformers.__version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-                         "python": platform.python_version()}}
+    meta = {
+        "texts": [{"category": c, "text": t} for c, t in items],
+        "models": {},
+        "versions": {
+            "sentence_transformers": sentence_transformers.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "python": platform.python_version(),
+        },
+    }
     seen: dict[str, int] = {}
     vector_rows = []
     for i, (cat, _) in enumerate(items):  # the first few of each category, every long text
@@ -147,12 +332,19 @@ def main(checkouts: dict[str, Path]) -> None:
             bad = next(i for i in range(len(ids)) if ids[i] != via_transformers[i])
             sys.exit(f"{name}: tokenizers and transformers disagree on text {bad}: {items[bad][1]!r}")
         st_lengths = [int(model.tokenize([t])["attention_mask"].sum()) for _, t in items]
-        vecs = np.stack([model.encode([items[i][1]], batch_size=1, normalize_embeddings=True,
-                                      convert_to_numpy=True)[0] for i in vector_rows]).astype(np.float32)
+        vecs = np.stack(
+            [
+                model.encode([items[i][1]], batch_size=1, normalize_embeddings=True, convert_to_numpy=True)[0]
+                for i in vector_rows
+            ]
+        ).astype(np.float32)
         arrays[name] = vecs
         meta["models"][name] = {
-            "ids": ids, "st_n_tokens": st_lengths, "vector_rows": vector_rows,
-            "max_seq_length": model.max_seq_length, "sha256": dict(PINS[name]),
+            "ids": ids,
+            "st_n_tokens": st_lengths,
+            "vector_rows": vector_rows,
+            "max_seq_length": model.max_seq_length,
+            "sha256": dict(PINS[name]),
         }
         print(f"{name}: {len(ids)} texts, {len(vector_rows)} vectors, max tokens {max(map(len, ids))}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ import base64
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,8 +81,16 @@ def default_index(model: Path, work: Path) -> Path:
 
     emb_dir = work / "hugeicons-emb"
     log(f"ingesting {DEMO_CORPUS.name} with {model.name} (cached vectors are reused)")
-    ingest(IngestConfig(inputs=[str(DEMO_CORPUS)], output=str(emb_dir), model=str(model),
-                        task="document", keep=["name"], overwrite=True))
+    ingest(
+        IngestConfig(
+            inputs=[str(DEMO_CORPUS)],
+            output=str(emb_dir),
+            model=str(model),
+            task="document",
+            keep=["name"],
+            overwrite=True,
+        )
+    )
     out = work / "hugeicons-brute-int8.idx"
     build_from_dir(emb_dir, out, "brute", "int8")
     return out
@@ -111,34 +118,52 @@ def write_bundle_wheel(dist: Path, model: Path, index: Path) -> Path:
     idx = load_index(index)
     model_sha = sha256_file(model)
     if idx.meta.model_sha256 and idx.meta.model_sha256 != model_sha:
-        sys.exit(f"{index} was built from model {idx.meta.model_sha256[:12]}…, not {model} "
-                 f"({model_sha[:12]}…)")
+        sys.exit(f"{index} was built from model {idx.meta.model_sha256[:12]}…, not {model} ({model_sha[:12]}…)")
     emb = Embedder.load(model)  # refuse a broken model now, not on the user's machine
     files = {"model.gguf": model} | {p.name: p for p in index_files(index)}
-    manifest = {"embedpipe": v, "model": "model.gguf", "index": index.name,
-                "index_type": idx.kind, "quant": idx.quant, "dim": idx.dim, "count": idx.count,
-                "task": idx.meta.task, "model_sha256": model_sha,
-                "model_file": model.name, "max_tokens": emb.max_tokens,
-                "files": {name: {"size": p.stat().st_size, "sha256": model_sha if p == model
-                                 else sha256_file(p)} for name, p in files.items()}}
+    manifest = {
+        "embedpipe": v,
+        "model": "model.gguf",
+        "index": index.name,
+        "index_type": idx.kind,
+        "quant": idx.quant,
+        "dim": idx.dim,
+        "count": idx.count,
+        "task": idx.meta.task,
+        "model_sha256": model_sha,
+        "model_file": model.name,
+        "max_tokens": emb.max_tokens,
+        "files": {
+            name: {"size": p.stat().st_size, "sha256": model_sha if p == model else sha256_file(p)}
+            for name, p in files.items()
+        },
+    }
     dist_info = f"{BUNDLE_NAME}-{v}.dist-info"
-    metadata = "\n".join([
-        "Metadata-Version: 2.1", "Name: embedpipe-bundle", f"Version: {v}",
-        "Summary: embedpipe offline search bundle: a GGUF embedding model and a prebuilt index",
-        "License: Apache-2.0 (code); the bundled model is under its own terms (EmbeddingGemma: "
-        "Gemma Terms of Use, https://ai.google.dev/gemma/terms)",
-        "Requires-Python: >=3.11", f"Requires-Dist: embedpipe=={v}",
-        "Description-Content-Type: text/markdown", "",
-        f"# embedpipe bundle {v}", "",
-        f"Offline semantic search: `python -m embedpipe_bundle search \"query\"` embeds the query "
-        f"with the bundled model ({model.name}) and searches the bundled {idx.kind} {idx.quant} "
-        f"index ({idx.count} vectors, dim {idx.dim}). No download happens at run time.", ""])
+    metadata = "\n".join(
+        [
+            "Metadata-Version: 2.1",
+            "Name: embedpipe-bundle",
+            f"Version: {v}",
+            "Summary: embedpipe offline search bundle: a GGUF embedding model and a prebuilt index",
+            "License: Apache-2.0 (code); the bundled model is under its own terms (EmbeddingGemma: "
+            "Gemma Terms of Use, https://ai.google.dev/gemma/terms)",
+            "Requires-Python: >=3.11",
+            f"Requires-Dist: embedpipe=={v}",
+            "Description-Content-Type: text/markdown",
+            "",
+            f"# embedpipe bundle {v}",
+            "",
+            f'Offline semantic search: `python -m embedpipe_bundle search "query"` embeds the query '
+            f"with the bundled model ({model.name}) and searches the bundled {idx.kind} {idx.quant} "
+            f"index ({idx.count} vectors, dim {idx.dim}). No download happens at run time.",
+            "",
+        ]
+    )
     texts = {
         f"{dist_info}/METADATA": metadata,
         f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: embedpipe make_release\n"
-                              "Root-Is-Purelib: true\nTag: py3-none-any\n",
-        f"{dist_info}/entry_points.txt": "[console_scripts]\n"
-                                         f"embedpipe-bundle = {BUNDLE_NAME}.__main__:main\n",
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/entry_points.txt": f"[console_scripts]\nembedpipe-bundle = {BUNDLE_NAME}.__main__:main\n",
         f"{BUNDLE_NAME}/manifest.json": json.dumps(manifest, indent=2) + "\n",
     }
     for src in sorted(BUNDLE_SRC.glob("*.py")):
@@ -157,8 +182,11 @@ def write_bundle_wheel(dist: Path, model: Path, index: Path) -> Path:
             zf.write(path, arc, zipfile.ZIP_STORED)
             record.append(_record_line(arc, _b64(bytes.fromhex(hexsha)), path.stat().st_size))
         record.append(f"{dist_info}/RECORD,,")
-        zf.writestr(zipfile.ZipInfo(f"{dist_info}/RECORD", (2020, 1, 1, 0, 0, 0)),
-                    "\n".join(record) + "\n", zipfile.ZIP_DEFLATED)
+        zf.writestr(
+            zipfile.ZipInfo(f"{dist_info}/RECORD", (2020, 1, 1, 0, 0, 0)),
+            "\n".join(record) + "\n",
+            zipfile.ZIP_DEFLATED,
+        )
     tmp.replace(out)
     return out
 
@@ -166,8 +194,7 @@ def write_bundle_wheel(dist: Path, model: Path, index: Path) -> Path:
 def wheelhouse(dist: Path, wheel: Path) -> Path:
     house = dist / "wheelhouse"
     house.mkdir(parents=True, exist_ok=True)
-    run(sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
-        str(house), str(wheel))
+    run(sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(house), str(wheel))
     (house / wheel.name).unlink(missing_ok=True)  # embedpipe itself lives in dist/
     return house
 

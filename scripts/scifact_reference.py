@@ -118,8 +118,9 @@ def encode_cached(model, texts: list[str], cache: Path, label: str, batch_size: 
             out.append(np.load(f))
             log(f"{label} chunk {c + 1}/{n_chunks}: cached")
             continue
-        emb = model.encode(part, batch_size=batch_size, normalize_embeddings=True,
-                           convert_to_numpy=True, show_progress_bar=False)
+        emb = model.encode(
+            part, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         emb = np.asarray(emb, dtype=np.float32)
         np.save(f, emb)
         out.append(emb)
@@ -134,8 +135,9 @@ def truncate(emb: np.ndarray, dim: int) -> np.ndarray:
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def rank_all(q: np.ndarray, d: np.ndarray, doc_ids: list[str], qids: list[str],
-             k: int) -> tuple[dict[str, list[str]], int]:
+def rank_all(
+    q: np.ndarray, d: np.ndarray, doc_ids: list[str], qids: list[str], k: int
+) -> tuple[dict[str, list[str]], int]:
     """Top-k doc ids per query by exact cosine; ties by doc id descending (trec_eval order)."""
     scores = q @ d.T
     order_key = np.argsort(np.argsort(np.array(doc_ids, dtype=object)))  # rank of id, ascending
@@ -153,8 +155,7 @@ def rank_all(q: np.ndarray, d: np.ndarray, doc_ids: list[str], qids: list[str],
 
 
 def ndcg_at(ranked: list[str], rels: dict[str, int], k: int) -> float:
-    dcg = sum(rels.get(did, 0) / math.log2(r + 2) for r, did in enumerate(ranked[:k])
-              if rels.get(did, 0) > 0)
+    dcg = sum(rels.get(did, 0) / math.log2(r + 2) for r, did in enumerate(ranked[:k]) if rels.get(did, 0) > 0)
     ideal = sorted((g for g in rels.values() if g > 0), reverse=True)[:k]
     idcg = sum(g / math.log2(r + 2) for r, g in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
@@ -215,8 +216,9 @@ def main() -> None:
     log(f"model loaded; max_seq_length={model.max_seq_length}, torch threads={torch.get_num_threads()}")
 
     t0 = time.time()
-    q_emb = encode_cached(model, [QUERY_PROMPT + queries[q] for q in qids], Path(args.cache),
-                          "queries", args.batch_size)
+    q_emb = encode_cached(
+        model, [QUERY_PROMPT + queries[q] for q in qids], Path(args.cache), "queries", args.batch_size
+    )
     t_q = time.time() - t0
     log(f"queries encoded in {t_q:.0f}s")
     t0 = time.time()
@@ -235,31 +237,33 @@ def main() -> None:
     report = {
         "dataset": "BEIR SciFact (test split)",
         "data_files_sha256": {
-            name: sha256_file(data / name)
-            for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")
+            name: sha256_file(data / name) for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv")
         },
         "n_docs": len(docs),
         "n_queries": len(qids),
         "n_judgments": sum(len(v) for v in qrels.values()),
-        "doc_tokens": {"max": max(doc_tokens), "mean": float(np.mean(doc_tokens)),
-                       "over_2048": int(sum(t > 2048 for t in doc_tokens))},
+        "doc_tokens": {
+            "max": max(doc_tokens),
+            "mean": float(np.mean(doc_tokens)),
+            "over_2048": int(sum(t > 2048 for t in doc_tokens)),
+        },
         "partial": bool(args.limit_docs),
         "model": "google/embeddinggemma-300m (sentence-transformers checkout)",
-        "model_files_sha256": {f: sha256_file(model_dir / f) for f in MODEL_FILES
-                               if (model_dir / f).exists()},
+        "model_files_sha256": {f: sha256_file(model_dir / f) for f in MODEL_FILES if (model_dir / f).exists()},
         "precision": "fp32",
         "device": "cpu",
         "max_seq_length": model.max_seq_length,
         "batch_size": args.batch_size,
         "torch_threads": torch.get_num_threads(),
-        "prompts": {"query": QUERY_PROMPT, "document": DOC_PROMPT + "{text}",
-                    "empty_title": "none"},
-        "method": ("exact cosine over L2-normalized embeddings; lower dims = truncate 768-d vector "
-                   "then re-normalize; ties by doc id descending; hits with doc id == query id "
-                   "dropped (BEIR ignore_identical_ids)"),
+        "prompts": {"query": QUERY_PROMPT, "document": DOC_PROMPT + "{text}", "empty_title": "none"},
+        "method": (
+            "exact cosine over L2-normalized embeddings; lower dims = truncate 768-d vector "
+            "then re-normalize; ties by doc id descending; hits with doc id == query id "
+            "dropped (BEIR ignore_identical_ids)"
+        ),
         "metric_definitions": {
             "ndcg@10": "pytrec_eval ndcg_cut_10: linear gains from qrels, 1/log2(rank+1), "
-                       "ideal DCG from the qrels' gains; mean over judged queries",
+            "ideal DCG from the qrels' gains; mean over judged queries",
             "recall@100": "|relevant in top 100| / |relevant| (qrels score > 0)",
             "mrr@10": "1/rank of first relevant in top 10, else 0",
         },

@@ -39,12 +39,13 @@ def subset(root: Path, max_docs: int) -> tuple[list[dict], list[str], list[str],
     qrels = {q: qrels[q] for q in judged}
     with open(root / "corpus.jsonl", encoding="utf-8") as fh:
         corpus = [json.loads(line) for line in fh if line.strip()]
-    corpus = [{"_id": str(r["_id"]), "title": str(r.get("title") or ""), "text": str(r.get("text") or "")}
-              for r in corpus]
+    corpus = [
+        {"_id": str(r["_id"]), "title": str(r.get("title") or ""), "text": str(r.get("text") or "")} for r in corpus
+    ]
     needed = {d for q in judged for d in qrels[q]}
     keep = [r for r in corpus if r["_id"] in needed]
     rest = [r for r in corpus if r["_id"] not in needed]
-    docs = [r for r in keep + rest[:max(0, max_docs - len(keep))] if r["text"].strip() or r["title"].strip()]
+    docs = [r for r in keep + rest[: max(0, max_docs - len(keep))] if r["text"].strip() or r["title"].strip()]
     return docs, judged, [queries[q] for q in judged], qrels
 
 
@@ -54,23 +55,35 @@ def main() -> None:
     ap.add_argument("--model", default="/tmp/egemma/model_download")
     ap.add_argument("--max-docs", type=int, default=512)
     ap.add_argument("--out", type=Path, default=Path("/tmp/scifact_subset_ref.json"))
-    ap.add_argument("--save", type=Path, default=Path("/tmp/scifact_subset_ref.npz"),
-                    help="vectors + ids (outside the repo), so smaller --max-docs prefixes can be re-scored")
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=Path("/tmp/scifact_subset_ref.npz"),
+        help="vectors + ids (outside the repo), so smaller --max-docs prefixes can be re-scored",
+    )
     args = ap.parse_args()
     from sentence_transformers import SentenceTransformer
 
     docs, qids, qtexts, qrels = subset(args.data, args.max_docs)
     model = SentenceTransformer(args.model, device="cpu")
     t0 = time.time()
-    dtexts = [DOC_PROMPT.format(title=r["title"] if r["title"] else "none")
-              + (r["text"] if r["text"].strip() else r["title"]) for r in docs]
+    dtexts = [
+        DOC_PROMPT.format(title=r["title"] if r["title"] else "none") + (r["text"] if r["text"].strip() else r["title"])
+        for r in docs
+    ]
     d = model.encode(dtexts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
-    q = model.encode([QUERY_PROMPT + t for t in qtexts], batch_size=32, normalize_embeddings=True,
-                     convert_to_numpy=True)
+    q = model.encode(
+        [QUERY_PROMPT + t for t in qtexts], batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+    )
     ids = [r["_id"] for r in docs]
     np.savez(args.save, docs=d, queries=q, doc_ids=np.array(ids), query_ids=np.array(qids))
-    out = {"max_docs": args.max_docs, "docs": len(docs), "queries": len(qids),
-           "encode_s": round(time.time() - t0, 1), "metrics": {}}
+    out = {
+        "max_docs": args.max_docs,
+        "docs": len(docs),
+        "queries": len(qids),
+        "encode_s": round(time.time() - t0, 1),
+        "metrics": {},
+    }
     for dim in DIMS:
         dd = d[:, :dim] / np.linalg.norm(d[:, :dim], axis=1, keepdims=True)
         qq = q[:, :dim] / np.linalg.norm(q[:, :dim], axis=1, keepdims=True)

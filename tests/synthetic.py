@@ -55,11 +55,24 @@ def train_tokenizer(vocab_size: int = 384) -> bytes:
     """Serialized SentencePiece BPE model with byte fallback, trained on CORPUS."""
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=out, model_type="bpe", vocab_size=vocab_size,
-        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
-        remove_extra_whitespaces=False, split_by_whitespace=False, allow_whitespace_only_pieces=True,
-        split_digits=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, character_coverage=1.0,
-        hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(CORPUS),
+        model_writer=out,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        split_by_whitespace=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
     )
     return out.getvalue()
 
@@ -80,17 +93,29 @@ def random_weights(cfg: TinyConfig, vocab: int, seed: int, with_dense: bool) -> 
     lin = lambda n, k: (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)  # noqa: E731
     norm = lambda n: (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
     h, hd = cfg.hidden, cfg.head_dim
-    w = {"token_embd.weight": (rng.standard_normal((vocab, h)) * 0.05).astype(np.float32), "output_norm.weight": norm(h)}
+    w = {
+        "token_embd.weight": (rng.standard_normal((vocab, h)) * 0.05).astype(np.float32),
+        "output_norm.weight": norm(h),
+    }
     for il in range(cfg.n_layers):
         p = f"blk.{il}."
-        w.update({
-            p + "attn_norm.weight": norm(h), p + "attn_q.weight": lin(cfg.n_head * hd, h),
-            p + "attn_k.weight": lin(cfg.n_kv_head * hd, h), p + "attn_v.weight": lin(cfg.n_kv_head * hd, h),
-            p + "attn_q_norm.weight": norm(hd), p + "attn_k_norm.weight": norm(hd),
-            p + "attn_output.weight": lin(h, cfg.n_head * hd), p + "post_attention_norm.weight": norm(h),
-            p + "ffn_norm.weight": norm(h), p + "ffn_gate.weight": lin(cfg.ffn, h), p + "ffn_up.weight": lin(cfg.ffn, h),
-            p + "ffn_down.weight": lin(h, cfg.ffn), p + "post_ffw_norm.weight": norm(h),
-        })
+        w.update(
+            {
+                p + "attn_norm.weight": norm(h),
+                p + "attn_q.weight": lin(cfg.n_head * hd, h),
+                p + "attn_k.weight": lin(cfg.n_kv_head * hd, h),
+                p + "attn_v.weight": lin(cfg.n_kv_head * hd, h),
+                p + "attn_q_norm.weight": norm(hd),
+                p + "attn_k_norm.weight": norm(hd),
+                p + "attn_output.weight": lin(h, cfg.n_head * hd),
+                p + "post_attention_norm.weight": norm(h),
+                p + "ffn_norm.weight": norm(h),
+                p + "ffn_gate.weight": lin(cfg.ffn, h),
+                p + "ffn_up.weight": lin(cfg.ffn, h),
+                p + "ffn_down.weight": lin(h, cfg.ffn),
+                p + "post_ffw_norm.weight": norm(h),
+            }
+        )
     if with_dense:
         w["dense_2.weight"] = lin(cfg.dense_out, h)
         w["dense_3.weight"] = lin(h, cfg.dense_out)
@@ -105,10 +130,15 @@ class TinyModel:
     cfg: TinyConfig
 
 
-def build_tiny_model(directory: Path, qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
-                     seed: int = 0, with_dense: bool = True, cfg: TinyConfig | None = None,
-                     name: str = "tiny-gemma-embedding",
-                     mutate: Callable[[dict[str, np.ndarray]], None] | None = None) -> TinyModel:
+def build_tiny_model(
+    directory: Path,
+    qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32,
+    seed: int = 0,
+    with_dense: bool = True,
+    cfg: TinyConfig | None = None,
+    name: str = "tiny-gemma-embedding",
+    mutate: Callable[[dict[str, np.ndarray]], None] | None = None,
+) -> TinyModel:
     """Write the tiny model; `mutate` may edit the weight dict first (to make broken files)."""
     cfg = cfg or TinyConfig()
     spm_model = train_tokenizer(cfg.vocab_size)
@@ -122,19 +152,29 @@ def build_tiny_model(directory: Path, qtype: gguf.GGMLQuantizationType = gguf.GG
     p = f"{ARCH}."
     writer.add_name(name)
     for key, value in {
-        "block_count": cfg.n_layers, "context_length": cfg.context, "embedding_length": cfg.hidden,
-        "feed_forward_length": cfg.ffn, "attention.head_count": cfg.n_head,
-        "attention.head_count_kv": cfg.n_kv_head, "attention.key_length": cfg.head_dim,
-        "attention.value_length": cfg.head_dim, "attention.sliding_window": cfg.sliding_window,
-        "attention.sliding_window_pattern": cfg.swa_period, "pooling_type": 1,
+        "block_count": cfg.n_layers,
+        "context_length": cfg.context,
+        "embedding_length": cfg.hidden,
+        "feed_forward_length": cfg.ffn,
+        "attention.head_count": cfg.n_head,
+        "attention.head_count_kv": cfg.n_kv_head,
+        "attention.key_length": cfg.head_dim,
+        "attention.value_length": cfg.head_dim,
+        "attention.sliding_window": cfg.sliding_window,
+        "attention.sliding_window_pattern": cfg.swa_period,
+        "pooling_type": 1,
     }.items():
         writer.add_uint32(p + key, value)
     writer.add_float32(p + "attention.layer_norm_rms_epsilon", cfg.eps)
     writer.add_float32(p + "rope.freq_base", cfg.rope_global)
     writer.add_float32(p + "rope.freq_base_swa", cfg.rope_local)
     if with_dense:
-        for key, value in {"dense_2_feat_in": cfg.hidden, "dense_2_feat_out": cfg.dense_out,
-                           "dense_3_feat_in": cfg.dense_out, "dense_3_feat_out": cfg.hidden}.items():
+        for key, value in {
+            "dense_2_feat_in": cfg.hidden,
+            "dense_2_feat_out": cfg.dense_out,
+            "dense_3_feat_in": cfg.dense_out,
+            "dense_3_feat_out": cfg.hidden,
+        }.items():
             writer.add_uint32(p + key, value)
     for key, value in cfg.extra_kv.items():
         writer.add_key_value(key, *value)

@@ -18,10 +18,13 @@ def test_blank_lines_and_crlf(tmp_path):
     assert list(iter_jsonl(path)) == [(1, {"text": "a"}), (3, {"text": "b\r"})]
 
 
-@pytest.mark.parametrize("data, message", [
-    (b'{"text": 1}\n{oops\n', r"rows.jsonl:2: not valid JSON"),
-    (b'{"text": "\xff\xfe"}\n', r"rows.jsonl: not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b'{"text": 1}\n{oops\n', r"rows.jsonl:2: not valid JSON"),
+        (b'{"text": "\xff\xfe"}\n', r"rows.jsonl: not UTF-8 text"),
+    ],
+)
 def test_errors_name_the_place(tmp_path, data, message):
     path = tmp_path / "rows.jsonl"
     path.write_bytes(data)

@@ -13,8 +13,7 @@ import typer
 
 from embedpipe.cli.common import MODEL_OPTION_HELP, THREADS_OPTION_HELP
 
-bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.", no_args_is_help=True)
 
 
 def _split(values: Optional[list[str]]) -> list[str] | None:
@@ -25,8 +24,12 @@ def _split(values: Optional[list[str]]) -> list[str] | None:
 
 
 def kernels(
-    types: Optional[list[str]] = typer.Option(None, "--type", help="Weight types (default Q8_0), e.g. Q8_0,Q4_0,F16,BF16,F32,Q4_K,Q6_K."),
-    isas: Optional[list[str]] = typer.Option(None, "--isa", help="Instruction sets (default: detected; 'all' = every one this CPU runs)."),
+    types: Optional[list[str]] = typer.Option(
+        None, "--type", help="Weight types (default Q8_0), e.g. Q8_0,Q4_0,F16,BF16,F32,Q4_K,Q6_K."
+    ),
+    isas: Optional[list[str]] = typer.Option(
+        None, "--isa", help="Instruction sets (default: detected; 'all' = every one this CPU runs)."
+    ),
     tokens: Optional[list[str]] = typer.Option(None, "--tokens", help="Token counts T (default 16,128,512,2048)."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     repeats: int = typer.Option(7, "--repeats", min=1, help="Runs per measurement (median)."),
@@ -57,7 +60,9 @@ def kernels(
 def index(
     n: int = typer.Option(200000, "--n", help="Vectors to index (queries are held out beyond these)."),
     dim: int = typer.Option(768, "--dim", help="Dimension (real vectors are Matryoshka-truncated to it)."),
-    vectors: Optional[str] = typer.Option(None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."),
+    vectors: Optional[str] = typer.Option(
+        None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."
+    ),
     queries: int = typer.Option(500, "--queries", help="Held-out query vectors."),
     single: int = typer.Option(200, "--single", help="Queries timed one call at a time."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
@@ -65,9 +70,15 @@ def index(
     m: int = typer.Option(16, "--m", help="Graph indexes: M for everyone."),
     ef_construction: int = typer.Option(200, "--ef-construction", help="Graph indexes: ef_construction for everyone."),
     threads: int = typer.Option(2, "--threads", min=1, help="Build and batched-search threads for everyone."),
-    scaling: Optional[str] = typer.Option(None, "--scaling", help="Also time our HNSW and hnswlib builds at these sizes (e.g. 25000,50000,100000) and fit the exponent."),
+    scaling: Optional[str] = typer.Option(
+        None,
+        "--scaling",
+        help="Also time our HNSW and hnswlib builds at these sizes (e.g. 25000,50000,100000) and fit the exponent.",
+    ),
     no_flat: bool = typer.Option(False, "--no-flat", help="Skip our brute/annoy rows."),
-    update: bool = typer.Option(False, "--update", help="Also time adding 10 % new rows to our HNSW vs a full rebuild (recall of both)."),
+    update: bool = typer.Option(
+        False, "--update", help="Also time adding 10 % new rows to our HNSW vs a full rebuild (recall of both)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
@@ -77,15 +88,16 @@ def index(
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
     g = GraphBench(m=m, efc=ef_construction, threads=threads)
-    summary = run_index_bench(n, dim, vectors, queries, single, repeats, names, report, g,
-                              ours_flat=not no_flat)
+    summary = run_index_bench(n, dim, vectors, queries, single, repeats, names, report, g, ours_flat=not no_flat)
     if update:
         from embedpipe.indexes.bench import update_bench
+
         summary["update"] = update_bench(n, dim, g)
     if scaling:
         sizes = tuple(int(v) for v in scaling.split(","))
-        summary["scaling"] = build_scaling(sizes, dim, ("embedpipe-hnsw-fp32", "hnswlib"), g,
-                                           (lambda _s: None) if as_json else typer.echo)
+        summary["scaling"] = build_scaling(
+            sizes, dim, ("embedpipe-hnsw-fp32", "hnswlib"), g, (lambda _s: None) if as_json else typer.echo
+        )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -97,14 +109,20 @@ def index(
     if "update" in summary:
         typer.echo(f"update: {summary['update']}")
     for impl, fit in summary.get("scaling", {}).items():
-        typer.echo(f"build time {impl}: {fit['build_s']} s wall, {fit['cpu_s']} s CPU at "
-                   f"n={fit['sizes']}; fitted exponent {fit['exponent']} (wall), "
-                   f"{fit['exponent_cpu']} (CPU)")
+        typer.echo(
+            f"build time {impl}: {fit['build_s']} s wall, {fit['cpu_s']} s CPU at "
+            f"n={fit['sizes']}; fitted exponent {fit['exponent']} (wall), "
+            f"{fit['exponent_cpu']} (CPU)"
+        )
 
 
 def ingest(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."),
-    input_path: Optional[str] = typer.Option(None, "--input", help="Parquet file with a text column (default: synthetic texts)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."
+    ),
+    input_path: Optional[str] = typer.Option(
+        None, "--input", help="Parquet file with a text column (default: synthetic texts)."
+    ),
     n: int = typer.Option(300, "--n", help="Texts to embed."),
     task: str = typer.Option("document", "--task", help="Task prompt."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Output dimension (default: model width)."),
@@ -120,30 +138,51 @@ def ingest(
     report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
     summary = run_ingest_bench(model, input_path, n, task, dim, backend, threads, repeats, report)
     if rss_rows:
-        summary["rss"] = run_rss_bench(model or summary["model"], rss_rows, 10, report, backend=backend,
-                                       threads=threads, part_rows=2000, sort_window=512)
+        summary["rss"] = run_rss_bench(
+            model or summary["model"],
+            rss_rows,
+            10,
+            report,
+            backend=backend,
+            threads=threads,
+            part_rows=2000,
+            sort_window=512,
+        )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
 
 
 def runtime(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    threads: Optional[list[str]] = typer.Option(None, "--threads", help="Thread counts, e.g. 1,2 (default: 1 and all cores)."),
-    peers: Optional[list[str]] = typer.Option(None, "--peer", help="Peers (default jit,numpy,llama.cpp,sentence-transformers)."),
+    threads: Optional[list[str]] = typer.Option(
+        None, "--threads", help="Thread counts, e.g. 1,2 (default: 1 and all cores)."
+    ),
+    peers: Optional[list[str]] = typer.Option(
+        None, "--peer", help="Peers (default jit,numpy,llama.cpp,sentence-transformers)."
+    ),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Document kinds (default short,long,xlong)."),
     singles: int = typer.Option(10, "--singles", min=1, help="Single-text calls per kind (median)."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Batch runs per measurement (median)."),
-    batch_texts: Optional[int] = typer.Option(None, "--batch-texts", min=1, help="Texts per batch for every kind (default 96; 16 for xlong)."),
+    batch_texts: Optional[int] = typer.Option(
+        None, "--batch-texts", min=1, help="Texts per batch for every kind (default 96; 16 for xlong)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass (every peer)."),
-    st_python: Optional[str] = typer.Option(None, "--st-python", help="Python with torch + sentence-transformers (or $EMBEDPIPE_ST_PYTHON)."),
-    st_model: Optional[str] = typer.Option(None, "--st-model", help="sentence-transformers checkout (default: the one cached beside the GGUF)."),
-    onnx_dir: Optional[str] = typer.Option(None, "--onnx-dir", help="ONNX exports for the onnxruntime peers (default: onnx/ beside the GGUF; scripts/export_onnx.py)."),
+    st_python: Optional[str] = typer.Option(
+        None, "--st-python", help="Python with torch + sentence-transformers (or $EMBEDPIPE_ST_PYTHON)."
+    ),
+    st_model: Optional[str] = typer.Option(
+        None, "--st-model", help="sentence-transformers checkout (default: the one cached beside the GGUF)."
+    ),
+    onnx_dir: Optional[str] = typer.Option(
+        None,
+        "--onnx-dir",
+        help="ONNX exports for the onnxruntime peers (default: onnx/ beside the GGUF; scripts/export_onnx.py).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp and sentence-transformers."""
     from embedpipe.codegen.threads import default_threads
     from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, format_summary, run_runtime_bench
-
     from embedpipe.runtime.registry import resolve_model
 
     model = str(resolve_model(model))
@@ -157,9 +196,18 @@ def runtime(
     bad = [k for k in kind_list if k not in KINDS]
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
-    cfg = BenchConfig(model=model, threads=thread_list, peers=tuple(_split(peers) or PEERS), kinds=kind_list,
-                      singles=singles, repeats=repeats, batch_size=batch_size, st_python=st_python,
-                      st_model=st_model or default_st_model(model), onnx_dir=onnx_dir)
+    cfg = BenchConfig(
+        model=model,
+        threads=thread_list,
+        peers=tuple(_split(peers) or PEERS),
+        kinds=kind_list,
+        singles=singles,
+        repeats=repeats,
+        batch_size=batch_size,
+        st_python=st_python,
+        st_model=st_model or default_st_model(model),
+        onnx_dir=onnx_dir,
+    )
     if batch_texts:
         cfg.batch_texts = {k: batch_texts for k in KINDS}
     # With --json, progress goes to stderr so stdout stays one JSON document.
@@ -173,12 +221,16 @@ def runtime(
 
 
 def serve(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     concurrency: Optional[list[str]] = typer.Option(None, "--concurrency", help="Concurrent clients (default 1,8,32)."),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Text kinds (default short,long)."),
     peers: Optional[list[str]] = typer.Option(None, "--peer", help="Servers (default embedpipe,llama.cpp)."),
-    requests: int = typer.Option(256, "--requests", min=1, help="Requests per (server, kind, concurrency), one text each."),
+    requests: int = typer.Option(
+        256, "--requests", min=1, help="Requests per (server, kind, concurrency), one text each."
+    ),
     max_seconds: float = typer.Option(120.0, "--max-seconds", help="Time cap per (server, kind, concurrency)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
@@ -200,8 +252,15 @@ def serve(
     bad = [k for k in kind_list if k not in ("short", "long", "xlong")]
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from short, long, xlong")
-    cfg = ServeBenchConfig(model=model, threads=threads or default_threads(), kinds=kind_list, concurrency=conc,
-                           peers=tuple(_split(peers) or PEERS), requests=requests, max_seconds=max_seconds)
+    cfg = ServeBenchConfig(
+        model=model,
+        threads=threads or default_threads(),
+        kinds=kind_list,
+        concurrency=conc,
+        peers=tuple(_split(peers) or PEERS),
+        requests=requests,
+        max_seconds=max_seconds,
+    )
     report: Callable[[str], None] = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     summary = run_serve_bench(cfg, report)
     if as_json:
@@ -211,8 +270,13 @@ def serve(
         typer.echo(line)
 
 
-BENCHMARKS: dict[str, Callable[..., None]] = {"kernels": kernels, "index": index, "ingest": ingest, "runtime": runtime,
-                                              "serve": serve}
+BENCHMARKS: dict[str, Callable[..., None]] = {
+    "kernels": kernels,
+    "index": index,
+    "ingest": ingest,
+    "runtime": runtime,
+    "serve": serve,
+}
 
 
 def register(app: typer.Typer) -> None:

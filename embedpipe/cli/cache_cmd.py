@@ -9,8 +9,7 @@ import typer
 
 from embedpipe.pipeline.cache import EmbeddingCache, file_bytes, model_prefix
 
-cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).",
-                        no_args_is_help=True)
+cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).", no_args_is_help=True)
 CACHE_DIR_HELP = "Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
 
 
@@ -24,15 +23,18 @@ def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=
         typer.echo(f"{'model sha256':<16} {'dim':>5} {'entries':>9} {'MB':>9}")
         for g in groups:
             typer.echo(f"{g.model[:16]:<16} {g.dim:>5} {g.entries:>9} {g.bytes / 1e6:>9.1f}")
-        typer.echo(f"{'total':<16} {'':>5} {sum(g.entries for g in groups):>9} "
-                   f"{sum(g.bytes for g in groups) / 1e6:>9.1f}")
+        typer.echo(
+            f"{'total':<16} {'':>5} {sum(g.entries for g in groups):>9} {sum(g.bytes for g in groups) / 1e6:>9.1f}"
+        )
     finally:
         cache.close()
 
 
 @cache_app.command("clear")
 def clear_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."
+    ),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:

@@ -9,8 +9,10 @@ import typer
 from embedpipe.errors import EmbedpipeError
 from embedpipe.jsonl import iter_jsonl
 
-MODEL_OPTION_HELP = ("GGUF model file or registered model name, e.g. all-minilm-l6-v2 or all-minilm-l6-v2:f32 "
-                     "(`embedpipe model list`; default: EmbeddingGemma Q8_0, pulled on first use).")
+MODEL_OPTION_HELP = (
+    "GGUF model file or registered model name, e.g. all-minilm-l6-v2 or all-minilm-l6-v2:f32 "
+    "(`embedpipe model list`; default: EmbeddingGemma Q8_0, pulled on first use)."
+)
 BACKEND_OPTION_HELP = "Matmul backend: auto (JIT kernels when available), jit, or numpy (reference)."
 THREADS_OPTION_HELP = "Threads for the matmul kernels (default: the cores this process may use; env EMBEDPIPE_THREADS)."
 

@@ -16,13 +16,19 @@ from embedpipe.runtime.prompts import TASKS
 
 def embed(
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to embed (or use --input)."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", help='JSONL file, one {"text": ..., "title": ...} per line.'),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write an (n, dim) float32 .npy in input order; default: JSON lines on stdout."),
+    input_file: Optional[Path] = typer.Option(
+        None, "--input", "-i", help='JSONL file, one {"text": ..., "title": ...} per line.'
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Write an (n, dim) float32 .npy in input order; default: JSON lines on stdout."
+    ),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     task: str = typer.Option("query", "--task", "-t", help=f"Task prompt: {', '.join(TASKS)}."),
     dim: int = typer.Option(768, "--dim", "-d", help="Output dimension (Matryoshka: 768, 512, 256, 128)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
-    truncate: bool = typer.Option(False, "--truncate", help="Cut inputs longer than the model context instead of failing."),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Cut inputs longer than the model context instead of failing."
+    ),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
 ) -> None:
@@ -32,8 +38,15 @@ def embed(
     items, titles = texts_from_args(texts, input_file)
     emb = Embedder.load(model, backend=backend, threads=threads)
     use_titles = titles if any(t is not None for t in titles) else None
-    vectors = emb.encode(items, task=task, titles=use_titles, dim=dim, batch_size=batch_size,
-                         truncate=truncate, show_progress=len(items) > batch_size and sys.stderr.isatty())
+    vectors = emb.encode(
+        items,
+        task=task,
+        titles=use_titles,
+        dim=dim,
+        batch_size=batch_size,
+        truncate=truncate,
+        show_progress=len(items) > batch_size and sys.stderr.isatty(),
+    )
     if output is not None:
         tmp = output.with_name(output.name + ".tmp.npy")
         np.save(tmp, vectors)
@@ -48,8 +61,12 @@ def tokenize(
     texts: Optional[list[str]] = typer.Argument(None, help="Texts to tokenize (or use --input)."),
     input_file: Optional[Path] = typer.Option(None, "--input", "-i", help='JSONL file, one {"text": ...} per line.'),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    task: str = typer.Option("none", "--task", "-t", help="Apply this task's prompt first (default: none, the raw text)."),
-    truncate: bool = typer.Option(False, "--truncate", help="Cut inputs longer than the model context instead of failing."),
+    task: str = typer.Option(
+        "none", "--task", "-t", help="Apply this task's prompt first (default: none, the raw text)."
+    ),
+    truncate: bool = typer.Option(
+        False, "--truncate", help="Cut inputs longer than the model context instead of failing."
+    ),
 ) -> None:
     """Print one JSON line {"ids": [...]} per text (BOS/EOS included as the model adds them)."""
     from embedpipe.runtime.text_ids import tokenize_file

@@ -9,12 +9,16 @@ import typer
 
 from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP
 
-eval_app = typer.Typer(help="Recall/size/latency trade-offs and retrieval quality (BEIR).",
-                       no_args_is_help=True)
+eval_app = typer.Typer(help="Recall/size/latency trade-offs and retrieval quality (BEIR).", no_args_is_help=True)
 
 
-def _emit(rows: list[dict[str, Any]], json_out: Optional[Path], csv_out: Optional[Path],
-          plot_out: Optional[Path], plot_args: dict[str, Any]) -> None:
+def _emit(
+    rows: list[dict[str, Any]],
+    json_out: Optional[Path],
+    csv_out: Optional[Path],
+    plot_out: Optional[Path],
+    plot_args: dict[str, Any],
+) -> None:
     from embedpipe.eval import report
 
     typer.echo(report.markdown_table(rows))
@@ -32,25 +36,43 @@ def _emit(rows: list[dict[str, Any]], json_out: Optional[Path], csv_out: Optiona
 @eval_app.command("tradeoffs")
 def tradeoffs_cmd(
     emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`."),
-    queries: Optional[Path] = typer.Option(None, "--queries", help="Query texts: JSONL ({\"text\": …}) or Parquet (text column). Default: a sample of corpus rows' texts."),
+    queries: Optional[Path] = typer.Option(
+        None,
+        "--queries",
+        help='Query texts: JSONL ({"text": …}) or Parquet (text column). Default: a sample of corpus rows\' texts.',
+    ),
     n_queries: int = typer.Option(200, "--n-queries", min=1, help="Queries to use (sampled, seeded)."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
     quants: Optional[str] = typer.Option(None, "--quants", help="Comma-separated quants (default fp32,int16,int8)."),
-    indexes: Optional[str] = typer.Option(None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."),
+    indexes: Optional[str] = typer.Option(
+        None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Query sampling seed."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as a JSON list."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
-    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: recall vs size and vs latency (needs the plot extra)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP + " Default: the model recorded in the embeddings."),
+    plot_out: Optional[Path] = typer.Option(
+        None, "--plot", help="Write a PNG: recall vs size and vs latency (needs the plot extra)."
+    ),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", help=MODEL_OPTION_HELP + " Default: the model recorded in the embeddings."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache for the queries."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (as for ingest)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
-    min_recall: Optional[float] = typer.Option(None, "--min-recall", help="Recall gate: exit 1 naming every configuration whose recall@10 is below this."),
-    at: str = typer.Option("same-dim", "--at", help="Recall gate reference: same-dim (exact at the row's dim) or 768 (exact at full width)."),
+    min_recall: Optional[float] = typer.Option(
+        None, "--min-recall", help="Recall gate: exit 1 naming every configuration whose recall@10 is below this."
+    ),
+    at: str = typer.Option(
+        "same-dim",
+        "--at",
+        help="Recall gate reference: same-dim (exact at the row's dim) or 768 (exact at full width).",
+    ),
     gate_json: Optional[Path] = typer.Option(None, "--gate-json", help="Recall gate verdicts as JSON."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Recall gate verdicts as JUnit XML (one test case per configuration)."),
+    junit: Optional[Path] = typer.Option(
+        None, "--junit", help="Recall gate verdicts as JUnit XML (one test case per configuration)."
+    ),
 ) -> None:
     """Recall@10 (vs exact fp32-768 and vs exact at the same dim), size, build time and
     single-query latency for every dim × quant × index configuration; with --min-recall, a
@@ -62,16 +84,36 @@ def tradeoffs_cmd(
     if min_recall is not None:
         gate.validate(min_recall, at)
 
-    plan = T.Plan(dims=T.parse_list(dims, int, ()) or None, quants=T.parse_list(quants, str, T.SWEEP_QUANTS),
-                  indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)))
-    data = T.inputs_from_dir(emb_dir, plan, queries, n_queries, seed, model,
-                             E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
-                             backend, threads)
+    plan = T.Plan(
+        dims=T.parse_list(dims, int, ()) or None,
+        quants=T.parse_list(quants, str, T.SWEEP_QUANTS),
+        indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)),
+    )
+    data = T.inputs_from_dir(
+        emb_dir,
+        plan,
+        queries,
+        n_queries,
+        seed,
+        model,
+        E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
+        backend,
+        threads,
+    )
     typer.echo(data.description, err=True)
     rows = T.run_tradeoffs(data.vectors, data.queries, plan, progress=progress)
-    _emit(rows, json_out, csv_out, plot_out, dict(
-        recall="recall@10", panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
-        knobs=T.KNOBS, title=f"recall@10 vs exact fp32-768 — {emb_dir.name}"))
+    _emit(
+        rows,
+        json_out,
+        csv_out,
+        plot_out,
+        dict(
+            recall="recall@10",
+            panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
+            knobs=T.KNOBS,
+            title=f"recall@10 vs exact fp32-768 — {emb_dir.name}",
+        ),
+    )
     if min_recall is not None:
         verdicts = gate.report(rows, min_recall, at, gate_json, junit)
         typer.echo(gate.summary(verdicts), err=True)
@@ -83,13 +125,19 @@ def tradeoffs_cmd(
 def retrieval_cmd(
     dataset_dir: Path = typer.Argument(..., help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv."),
     dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
-    indexes: Optional[str] = typer.Option(None, "--indexes", help="Comma-separated configurations or types (default brute-fp32,brute-int8,hnsw-int8-m16-ef_search128)."),
+    indexes: Optional[str] = typer.Option(
+        None,
+        "--indexes",
+        help="Comma-separated configurations or types (default brute-fp32,brute-int8,hnsw-int8-m16-ef_search128).",
+    ),
     split: str = typer.Option("test", "--split", help="qrels/<split>.tsv to evaluate."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Subset: judged docs + first corpus docs up to N."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Subset: first N judged queries."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as a JSON list."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
-    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: nDCG@10 vs dim-config search time (needs the plot extra)."),
+    plot_out: Optional[Path] = typer.Option(
+        None, "--plot", help="Write a PNG: nDCG@10 vs dim-config search time (needs the plot extra)."
+    ),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (as for ingest)."),
@@ -107,11 +155,26 @@ def retrieval_cmd(
     data = R.load_beir(dataset_dir, split, max_docs, max_queries)
     emb = Embedder.load(str(model) if model else None, backend=backend, threads=threads)
     typer.echo(f"{dataset_dir}: {len(data.doc_ids)} docs, {len(data.query_ids)} judged queries", err=True)
-    rows = R.run_retrieval(data, emb, parse_list(dims, int, DIMS), configs,
-                           E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress), progress)
-    _emit(rows, json_out, csv_out, plot_out, dict(
-        recall="ndcg@10", panels=[("search_ms_per_query", "search time (ms/query, batched)")],
-        knobs=KNOBS, title=f"nDCG@10 — {dataset_dir.name}"))
+    rows = R.run_retrieval(
+        data,
+        emb,
+        parse_list(dims, int, DIMS),
+        configs,
+        E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
+        progress,
+    )
+    _emit(
+        rows,
+        json_out,
+        csv_out,
+        plot_out,
+        dict(
+            recall="ndcg@10",
+            panels=[("search_ms_per_query", "search time (ms/query, batched)")],
+            knobs=KNOBS,
+            title=f"nDCG@10 — {dataset_dir.name}",
+        ),
+    )
 
 
 def register(app: typer.Typer) -> None:

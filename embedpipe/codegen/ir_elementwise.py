@@ -13,16 +13,28 @@ import math
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, for_range, hmax_tree,
-                                      hsum_tree, intrinsic, load_at, new_function, splat,
-                                      store_at, vec)
+from embedpipe.codegen.irutil import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    const_i64,
+    for_range,
+    hmax_tree,
+    hsum_tree,
+    intrinsic,
+    load_at,
+    new_function,
+    splat,
+    store_at,
+    vec,
+)
 from embedpipe.codegen.isa import IsaSpec
 
 _LN2_HI = 0.693359375
 _LN2_LO = -2.12194440e-4
 # Taylor-like minimax coefficients of e^r on [-ln2/2, ln2/2] (Cephes expf).
-_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-             1.6666665459e-1, 5.0000001201e-1)
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 
 
 def _fconst(ty: ir.Type, value: float) -> ir.Constant:
@@ -73,8 +85,7 @@ def emit_gelu_tanh_mul(m: ir.Module, isa: IsaSpec) -> str:
     """``void f(a, b, out, start, stop)``: out[i] = gelu_tanh(a[i])·b[i] for i in [start, stop),
     with ``start`` a multiple of the vector width (the tail runs one lane at a time)."""
     name = gelu_mul_symbol(isa)
-    fn, b = new_function(m, name, [("a", PTR), ("b", PTR), ("out", PTR), ("start", I64),
-                                   ("stop", I64)])
+    fn, b = new_function(m, name, [("a", PTR), ("b", PTR), ("out", PTR), ("start", I64), ("stop", I64)])
     a_ptr, b_ptr, out, start, stop = fn.args
     width = 2 * isa.lanes
 
@@ -83,8 +94,7 @@ def emit_gelu_tanh_mul(m: ir.Module, isa: IsaSpec) -> str:
         x = load_at(b, ty, a_ptr, off, 4)
         y = load_at(b, ty, b_ptr, off, 4)
         x3 = b.fmul(b.fmul(x, x), x)
-        u = b.fmul(_fconst(ty, math.sqrt(2 / math.pi)),
-                   b.fadd(x, b.fmul(_fconst(ty, 0.044715), x3)))
+        u = b.fmul(_fconst(ty, math.sqrt(2 / math.pi)), b.fadd(x, b.fmul(_fconst(ty, 0.044715), x3)))
         e = emit_exp(b, m, b.fmul(u, _fconst(ty, -2.0)))
         store_at(b, b.fdiv(b.fmul(x, y), b.fadd(e, _fconst(ty, 1.0))), out, off, 4)
 
@@ -105,8 +115,9 @@ def emit_rms_norm(m: ir.Module, isa: IsaSpec) -> str:
     """``void f(x, w, out, D, eps, r0, r1)``: rows ``[r0, r1)`` of ``x`` (R, D):
     ``out = x / sqrt(mean(x²) + eps) · w`` with the sum of squares in fp32 lanes."""
     name = rms_norm_symbol(isa)
-    fn, b = new_function(m, name, [("x", PTR), ("w", PTR), ("out", PTR), ("D", I64),
-                                   ("eps", F32), ("r0", I64), ("r1", I64)])
+    fn, b = new_function(
+        m, name, [("x", PTR), ("w", PTR), ("out", PTR), ("D", I64), ("eps", F32), ("r0", I64), ("r1", I64)]
+    )
     x, w, out, D, eps, r0, r1 = fn.args
     width = 2 * isa.lanes
     vt = vec(F32, width)
@@ -127,8 +138,7 @@ def emit_rms_norm(m: ir.Module, isa: IsaSpec) -> str:
         mean = b.fdiv(total, b.sitofp(D, F32))
         sqrt = intrinsic(m, "llvm.sqrt.f32", F32, [F32])
         inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(mean, eps)]))
-        for ty, start, stop, step, tag in ((vt, const_i64(0), vstop, width, "sc"),
-                                           (F32, vstop, D, 1, "sct")):
+        for ty, start, stop, step, tag in ((vt, const_i64(0), vstop, width, "sc"), (F32, vstop, D, 1, "sct")):
             with for_range(b, start, stop, step, tag) as i:
                 off = b.mul(i, const_i64(4))
                 v = load_at(b, ty, x, b.add(base, off), 4)
@@ -137,7 +147,6 @@ def emit_rms_norm(m: ir.Module, isa: IsaSpec) -> str:
                 store_at(b, b.fmul(b.fmul(v, s), g), out, b.add(base, off), 4)
     b.ret_void()
     return name
-
 
 
 def softmax_symbol(isa: IsaSpec) -> str:
@@ -153,8 +162,7 @@ def emit_softmax_band(m: ir.Module, isa: IsaSpec) -> str:
     window bounds and lane masks.
     """
     name = softmax_symbol(isa)
-    fn, b = new_function(m, name, [("s", PTR), ("T", I64), ("C", I64), ("hw", I64),
-                                   ("r0", I64), ("r1", I64)])
+    fn, b = new_function(m, name, [("s", PTR), ("T", I64), ("C", I64), ("hw", I64), ("r0", I64), ("r1", I64)])
     s_ptr, T, C, hw, r0, r1 = fn.args
     width = 2 * isa.lanes
     vt, it = vec(F32, width), vec(I64, width)
@@ -192,6 +200,7 @@ def emit_softmax_band(m: ir.Module, isa: IsaSpec) -> str:
             x = b.select(ok, load_at(b, ty, s_ptr, at(j), 4), _fconst(ty, neg_inf))
             cur = b.load(slot)
             b.store(b.select(b.fcmp_ordered(">", x, cur), x, cur), slot)
+
         sweep(find_max)
         vm = hmax_tree(b, b.load(vmax))
         sm = b.load(smax)
@@ -209,6 +218,7 @@ def emit_softmax_band(m: ir.Module, isa: IsaSpec) -> str:
             e = b.select(ok, e, _fconst(ty, 0.0))
             store_at(b, e, s_ptr, at(j), 4)
             b.store(b.fadd(b.load(slot), e), slot)
+
         sweep(exponentiate)
         total = b.fadd(hsum_tree(b, b.load(vsum)), b.load(ssum))
         inv = b.fdiv(ir.Constant(F32, 1.0), total)
@@ -216,6 +226,7 @@ def emit_softmax_band(m: ir.Module, isa: IsaSpec) -> str:
         def normalize(ty, j, ok):
             x = load_at(b, ty, s_ptr, at(j), 4)
             store_at(b, b.fmul(x, splat(b, inv, width) if ty is vt else inv), s_ptr, at(j), 4)
+
         sweep(normalize)
     b.ret_void()
     return name

@@ -77,8 +77,11 @@ def emit_layer_norm(m: ir.Module, isa: IsaSpec) -> str:
     ``out = (x − mean) / sqrt(var + eps) · w + bias``, mean and variance in fp32 lanes
     (two passes, so the variance does not cancel)."""
     name = layer_norm_symbol(isa)
-    fn, b = new_function(m, name, [("x", PTR), ("w", PTR), ("bias", PTR), ("out", PTR), ("D", I64),
-                                   ("eps", F32), ("r0", I64), ("r1", I64)])
+    fn, b = new_function(
+        m,
+        name,
+        [("x", PTR), ("w", PTR), ("bias", PTR), ("out", PTR), ("D", I64), ("eps", F32), ("r0", I64), ("r1", I64)],
+    )
     x, w, bias, out, D, eps, r0, r1 = fn.args
     width = 2 * isa.lanes
     vt = vec(F32, width)

@@ -14,8 +14,20 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I64, PTR, const_i64, fmuladd, for_range, imin,
-                                      load_at, new_function, splat, store_tile, vec)
+from embedpipe.codegen.irutil import (
+    F32,
+    I64,
+    PTR,
+    const_i64,
+    fmuladd,
+    for_range,
+    imin,
+    load_at,
+    new_function,
+    splat,
+    store_tile,
+    vec,
+)
 from embedpipe.codegen.isa import IsaSpec
 
 
@@ -35,8 +47,19 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: FloatTile) -> str:
     L, MR, NV = isa.lanes, tile.mr, tile.nv
     vf = vec(F32, L)
     name = matmul_symbol(isa, tile)
-    args = [("w", PTR), ("x", PTR), ("y", PTR), ("T", I64), ("N", I64), ("K", I64),
-            ("ldy", I64), ("t0", I64), ("t1", I64), ("p0", I64), ("p1", I64)]
+    args = [
+        ("w", PTR),
+        ("x", PTR),
+        ("y", PTR),
+        ("T", I64),
+        ("N", I64),
+        ("K", I64),
+        ("ldy", I64),
+        ("t0", I64),
+        ("t1", I64),
+        ("p0", I64),
+        ("p1", I64),
+    ]
     fn, b = new_function(m, name, args)
     w, x, y, T, N, K, ldy, t0, t1, p0, p1 = fn.args
     NR = L * NV
@@ -50,12 +73,10 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: FloatTile) -> str:
                 for row in slots:
                     for slot in row:
                         b.store(ir.Constant(vf, None), slot)
-                xrows = [b.mul(imin(b, b.add(t, const_i64(r)), last), b.mul(K, const_i64(4)))
-                         for r in range(MR)]
+                xrows = [b.mul(imin(b, b.add(t, const_i64(r)), last), b.mul(K, const_i64(4))) for r in range(MR)]
                 with for_range(b, const_i64(0), K, 1, "k") as k:
                     wk = b.add(wpanel, b.mul(k, const_i64(NR * 4)))
-                    wv = [load_at(b, vf, w, b.add(wk, const_i64(v * L * 4)), 4 * L)
-                          for v in range(NV)]
+                    wv = [load_at(b, vf, w, b.add(wk, const_i64(v * L * 4)), 4 * L) for v in range(NV)]
                     k4 = b.mul(k, const_i64(4))
                     for r in range(MR):
                         xb = splat(b, load_at(b, F32, x, b.add(xrows[r], k4), 4), L)
@@ -66,8 +87,9 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: FloatTile) -> str:
     return name
 
 
-def pack_weights(w: np.ndarray, isa: IsaSpec, tile: FloatTile,
-                 out: Callable[[tuple[int, ...], type], np.ndarray] = np.empty) -> np.ndarray:
+def pack_weights(
+    w: np.ndarray, isa: IsaSpec, tile: FloatTile, out: Callable[[tuple[int, ...], type], np.ndarray] = np.empty
+) -> np.ndarray:
     """fp32 W (N, K) -> ``[panel][k][vector][lane]``, rows zero-padded to a whole panel."""
     n, k = w.shape
     nr = isa.lanes * tile.nv

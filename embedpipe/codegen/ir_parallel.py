@@ -54,8 +54,7 @@ def parallel_symbol(task: str) -> str:
     return f"{task}__parallel"
 
 
-def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None = None,
-                  role: int = 0) -> str:
+def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None = None, role: int = 0) -> str:
     """``void f(args, stride, n)``: run the ``n`` items of ``task``, item 0 on this thread.
 
     With ``pool_run`` (see ``ir_pool``) several items go to the persistent workers as job
@@ -83,8 +82,7 @@ def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None 
 
     count = b.select(b.icmp_signed(">", n, const_i64(MAX_THREADS)), const_i64(MAX_THREADS), n)
     with for_range(b, const_i64(1), count, 1, "spawn") as i:
-        rc = b.call(pthread_create, [b.gep(tids, [i], source_etype=I64),
-                                     ir.Constant(PTR, None), task, item(i)])
+        rc = b.call(pthread_create, [b.gep(tids, [i], source_etype=I64), ir.Constant(PTR, None), task, item(i)])
         ok = b.icmp_signed("==", rc, ir.Constant(I32, 0))
         b.store(b.zext(ok, I8), b.gep(started, [i], source_etype=I8))
         with b.if_then(b.not_(ok)):
@@ -106,5 +104,4 @@ def emit_entry_points(m: ir.Module, kernels: list[ir.Function]) -> dict[str, str
     ``parallel`` entry point; returns kernel symbol -> parallel symbol."""
     tasks = [m.get_global(emit_task(m, fn)) for fn in kernels]
     pool_run = ir_pool.emit_pool(m, tasks)
-    return {fn.name: emit_parallel(m, task, pool_run, role)
-            for role, (fn, task) in enumerate(zip(kernels, tasks))}
+    return {fn.name: emit_parallel(m, task, pool_run, role) for role, (fn, task) in enumerate(zip(kernels, tasks))}

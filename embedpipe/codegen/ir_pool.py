@@ -76,13 +76,15 @@ def _globals(m: ir.Module) -> _State:
         return g
 
     sync = ir.ArrayType(I8, SYNC_BYTES)
-    return _State(*(var(n, sync, 64) for n in ("lock", "busy", "work", "done")),
-                  *(var(n, I64, 8) for n in ("gen", "role", "args", "stride", "n", "next",
-                                              "pending", "workers")))
+    return _State(
+        *(var(n, sync, 64) for n in ("lock", "busy", "work", "done")),
+        *(var(n, I64, 8) for n in ("gen", "role", "args", "stride", "n", "next", "pending", "workers")),
+    )
 
 
-def _function(m: ir.Module, name: str, ret: ir.Type, args: list[ir.Type],
-              internal: bool = True) -> tuple[ir.Function, ir.IRBuilder]:
+def _function(
+    m: ir.Module, name: str, ret: ir.Type, args: list[ir.Type], internal: bool = True
+) -> tuple[ir.Function, ir.IRBuilder]:
     fn = ir.Function(m, ir.FunctionType(ret, args), name=name)
     if internal:
         fn.linkage = "internal"
@@ -156,13 +158,13 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function) -> i
     return fn
 
 
-def _emit_run(m: ir.Module, st: _State, libc: _Libc, dispatch: ir.Function,
-              drain: ir.Function, worker: ir.Function) -> ir.Function:
+def _emit_run(
+    m: ir.Module, st: _State, libc: _Libc, dispatch: ir.Function, drain: ir.Function, worker: ir.Function
+) -> ir.Function:
     """``i32 run(role, args, stride, n)``: 1 when the job ran on the pool, 0 when it was busy."""
     fn, b = _function(m, run_symbol(m.name), I32, [I64, PTR, I64, I64], internal=False)
     role, args, stride, n = fn.args
-    with b.if_then(b.icmp_signed("!=", b.call(libc.trylock, [st.busy]), ir.Constant(I32, 0)),
-                   likely=False):
+    with b.if_then(b.icmp_signed("!=", b.call(libc.trylock, [st.busy]), ir.Constant(I32, 0)), likely=False):
         b.ret(ir.Constant(I32, 0))
     b.call(libc.lock, [st.lock])
     gen = b.load(st.gen, typ=I64)
@@ -170,7 +172,8 @@ def _emit_run(m: ir.Module, st: _State, libc: _Libc, dispatch: ir.Function,
     want = b.select(b.icmp_signed(">", want, const_i64(MAX_WORKERS)), const_i64(MAX_WORKERS), want)
     tid = b.alloca(I64)
     spawn_head, spawn_body, spawn_ok, spawned = (
-        fn.append_basic_block(x) for x in ("spawn.head", "spawn.body", "spawn.ok", "spawned"))
+        fn.append_basic_block(x) for x in ("spawn.head", "spawn.body", "spawn.ok", "spawned")
+    )
     b.branch(spawn_head)
     b.position_at_end(spawn_head)
     have = b.load(st.workers, typ=I64)
@@ -183,8 +186,13 @@ def _emit_run(m: ir.Module, st: _State, libc: _Libc, dispatch: ir.Function,
     b.store(b.add(have, const_i64(1)), st.workers)
     b.branch(spawn_head)
     b.position_at_end(spawned)
-    for g, v in ((st.role, role), (st.args, b.ptrtoint(args, I64)), (st.stride, stride),
-                 (st.n, n), (st.next, const_i64(1))):
+    for g, v in (
+        (st.role, role),
+        (st.args, b.ptrtoint(args, I64)),
+        (st.stride, stride),
+        (st.n, n),
+        (st.next, const_i64(1)),
+    ):
         b.store(v, g)
     b.store(b.load(st.workers, typ=I64), st.pending)
     b.store(b.add(gen, const_i64(1)), st.gen)

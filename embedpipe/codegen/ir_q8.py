@@ -29,9 +29,27 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I1, I8, I16, I32, I64, PTR, const_i64, fmuladd,
-                                      for_range, hmax_tree, imin, intrinsic, load_at,
-                                      new_function, splat, store_at, store_tile, vec)
+from embedpipe.codegen.irutil import (
+    F32,
+    I1,
+    I8,
+    I16,
+    I32,
+    I64,
+    PTR,
+    const_i64,
+    fmuladd,
+    for_range,
+    hmax_tree,
+    imin,
+    intrinsic,
+    load_at,
+    new_function,
+    splat,
+    store_at,
+    store_tile,
+    vec,
+)
 from embedpipe.codegen.isa import IsaSpec
 
 QK = 32  # elements per quantization block
@@ -50,8 +68,7 @@ def act_elem_bytes(isa: IsaSpec) -> int:
     return 1 if isa.kgroup == 4 else 2
 
 
-def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value,
-         x: ir.Value) -> ir.Value:
+def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value, x: ir.Value) -> ir.Value:
     """acc[lane] += Σ_g w[lane, g]·x[g] over the lane's group of ``kgroup`` elements."""
     n = isa.lanes
     vi32 = vec(I32, n)
@@ -72,8 +89,7 @@ def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value
         psign = intrinsic(m, "llvm.x86.avx2.psign.b", v8, [v8, v8])
         maddubs = intrinsic(m, "llvm.x86.avx2.pmadd.ub.sw", v16, [v8, v8])
         maddwd = intrinsic(m, "llvm.x86.avx2.pmadd.wd", vi32, [v16, v16])
-        pairs = b.call(maddubs, [b.call(absb, [wb, ir.Constant(I1, 0)]),
-                                 b.call(psign, [xb, wb])])
+        pairs = b.call(maddubs, [b.call(absb, [wb, ir.Constant(I1, 0)]), b.call(psign, [xb, wb])])
         return b.add(acc, b.call(maddwd, [pairs, ir.Constant(v16, [1] * (2 * n))]))
     if isa.dot == "pmaddwd":
         name = "llvm.x86.avx2.pmadd.wd" if n == 8 else "llvm.x86.avx512.pmaddw.d.512"
@@ -102,9 +118,22 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
     vbytes = L * G * eb  # bytes of one packed weight vector
     vi32, vf32 = vec(I32, L), vec(F32, L)
     name = matmul_symbol(isa, tile)
-    args = [("wq", PTR), ("wd", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("y", PTR),
-            ("T", I64), ("N", I64), ("K", I64), ("ldy", I64),
-            ("t0", I64), ("t1", I64), ("p0", I64), ("p1", I64)]
+    args = [
+        ("wq", PTR),
+        ("wd", PTR),
+        ("xq", PTR),
+        ("xd", PTR),
+        ("xc", PTR),
+        ("y", PTR),
+        ("T", I64),
+        ("N", I64),
+        ("K", I64),
+        ("ldy", I64),
+        ("t0", I64),
+        ("t1", I64),
+        ("p0", I64),
+        ("p1", I64),
+    ]
     fn, b = new_function(m, name, args)
     wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1 = fn.args
     nb = b.sdiv(K, const_i64(QK), name="nb")
@@ -124,36 +153,36 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
                     xrow = [b.add(t, const_i64(r)) for r in range(MR)]
                     xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
                     if isa.dot == "vnni":
-                        iacc = [[splat(b, load_at(b, I32, xc, b.mul(s, const_i64(4)), 4), L)] * NV
-                                for s in xsc]
+                        iacc = [[splat(b, load_at(b, I32, xc, b.mul(s, const_i64(4)), 4), L)] * NV for s in xsc]
                     else:
                         iacc = [[ir.Constant(vi32, None)] * NV for _ in range(MR)]
-                    xoff = [b.mul(b.add(b.mul(xr, K), b.mul(blk, const_i64(QK))),
-                                  const_i64(eb)) for xr in xrow]
+                    xoff = [b.mul(b.add(b.mul(xr, K), b.mul(blk, const_i64(QK))), const_i64(eb)) for xr in xrow]
                     for s in range(steps):
-                        wv = [load_at(b, vi32, wq, b.add(wbase, const_i64((s * NV + v) * vbytes)),
-                                      vbytes) for v in range(NV)]
+                        wv = [
+                            load_at(b, vi32, wq, b.add(wbase, const_i64((s * NV + v) * vbytes)), vbytes)
+                            for v in range(NV)
+                        ]
                         for r in range(MR):
-                            xb = splat(b, load_at(b, I32, xq,
-                                                  b.add(xoff[r], const_i64(s * G * eb)), 4), L)
+                            xb = splat(b, load_at(b, I32, xq, b.add(xoff[r], const_i64(s * G * eb)), 4), L)
                             iacc[r] = [_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
-                    dw = [load_at(b, vf32, wd, b.mul(b.add(b.mul(pb, const_i64(NV)),
-                                                          const_i64(v)), const_i64(4 * L)), 4 * L)
-                          for v in range(NV)]
+                    dw = [
+                        load_at(
+                            b, vf32, wd, b.mul(b.add(b.mul(pb, const_i64(NV)), const_i64(v)), const_i64(4 * L)), 4 * L
+                        )
+                        for v in range(NV)
+                    ]
                     for r in range(MR):
                         dx = splat(b, load_at(b, F32, xd, b.mul(xsc[r], const_i64(4)), 4), L)
                         for v in range(NV):
                             scale = b.fmul(dw[v], dx)
                             cur = b.load(acc_slots[r][v])
-                            b.store(fmuladd(b, m, b.sitofp(iacc[r][v], vf32), scale, cur),
-                                    acc_slots[r][v])
+                            b.store(fmuladd(b, m, b.sitofp(iacc[r][v], vf32), scale, cur), acc_slots[r][v])
                 store_tile(b, m, acc_slots, t, p, T, N, y, ldy, NR, L)
     b.ret_void()
     return name
 
 
-QUANTIZE_PARAMS = [("x", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("T", I64), ("K", I64),
-                   ("t0", I64), ("t1", I64)]
+QUANTIZE_PARAMS = [("x", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("T", I64), ("K", I64), ("t0", I64), ("t1", I64)]
 
 
 def quantize_symbol(isa: IsaSpec) -> str:
@@ -196,17 +225,20 @@ def emit_quantize(m: ir.Module, isa: IsaSpec) -> str:
                     store_at(b, d, xd, sidx, 4)
                     store_at(b, b.mul(total, ir.Constant(I32, -128)), xc, sidx, 4)
                 with pad:
-                    store_at(b, ir.Constant(vec(qt, QK), None), xq, b.mul(eidx, const_i64(eb)),
-                             eb)
+                    store_at(b, ir.Constant(vec(qt, QK), None), xq, b.mul(eidx, const_i64(eb)), eb)
                     store_at(b, ir.Constant(F32, 0.0), xd, sidx, 4)
                     store_at(b, ir.Constant(I32, 0), xc, sidx, 4)
     b.ret_void()
     return name
 
 
-def pack_weights(q: np.ndarray, d: np.ndarray, isa: IsaSpec, tile: IntTile,
-                 out: Callable[[tuple[int, ...], type], np.ndarray] = np.empty
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def pack_weights(
+    q: np.ndarray,
+    d: np.ndarray,
+    isa: IsaSpec,
+    tile: IntTile,
+    out: Callable[[tuple[int, ...], type], np.ndarray] = np.empty,
+) -> tuple[np.ndarray, np.ndarray]:
     """Repack int8 quants ``q`` (N, K) and scales ``d`` (N, K/32) into the panel layout.
 
     Layout: ``[panel][block][step][vector][lane][kgroup]`` for quants (u8 ``q+128`` for VNNI,
@@ -260,13 +292,28 @@ def emit_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
     quantize = m.get_global(quantize_symbol(isa))
     matmul = m.get_global(matmul_symbol(isa, tile))
     name = work_symbol(isa, tile)
-    names = ["x", "xq", "xd", "xc", "T", "K", "qa", "qb", "wq", "wd", "y", "N", "ldy", "a",
-             "b", "p0", "p1"]
-    fn, b = new_function(m, name, [(n, PTR if n in ("x", "xq", "xd", "xc", "wq", "wd", "y")
-                                     else I64) for n in names])
+    names = ["x", "xq", "xd", "xc", "T", "K", "qa", "qb", "wq", "wd", "y", "N", "ldy", "a", "b", "p0", "p1"]
+    fn, b = new_function(m, name, [(n, PTR if n in ("x", "xq", "xd", "xc", "wq", "wd", "y") else I64) for n in names])
     a = dict(zip(names, fn.args))
     b.call(quantize, [a["x"], a["xq"], a["xd"], a["xc"], a["T"], a["K"], a["qa"], a["qb"]])
-    b.call(matmul, [a["wq"], a["wd"], a["xq"], a["xd"], a["xc"], a["y"], a["T"], a["N"],
-                    a["K"], a["ldy"], a["a"], a["b"], a["p0"], a["p1"]])
+    b.call(
+        matmul,
+        [
+            a["wq"],
+            a["wd"],
+            a["xq"],
+            a["xd"],
+            a["xc"],
+            a["y"],
+            a["T"],
+            a["N"],
+            a["K"],
+            a["ldy"],
+            a["a"],
+            a["b"],
+            a["p0"],
+            a["p1"],
+        ],
+    )
     b.ret_void()
     return name

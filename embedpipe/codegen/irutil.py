@@ -55,19 +55,18 @@ def gep_bytes(b: ir.IRBuilder, base: ir.Value, offset: ir.Value) -> ir.Value:
     return b.gep(base, [offset], source_etype=I8)
 
 
-def load_at(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, byte_offset: ir.Value,
-            align: int = 1) -> ir.Value:
+def load_at(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, byte_offset: ir.Value, align: int = 1) -> ir.Value:
     return b.load(gep_bytes(b, base, byte_offset), typ=ty, align=align)
 
 
-def store_at(b: ir.IRBuilder, value: ir.Value, base: ir.Value, byte_offset: ir.Value,
-             align: int = 1) -> None:
+def store_at(b: ir.IRBuilder, value: ir.Value, base: ir.Value, byte_offset: ir.Value, align: int = 1) -> None:
     b.store(value, gep_bytes(b, base, byte_offset), align=align)
 
 
 @contextmanager
-def for_range(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int | ir.Value = 1,
-              name: str = "i") -> Iterator[ir.Value]:
+def for_range(
+    b: ir.IRBuilder, start: ir.Value, stop: ir.Value, step: int | ir.Value = 1, name: str = "i"
+) -> Iterator[ir.Value]:
     """``for (i = start; i < stop; i += step)`` on i64; yields the induction variable."""
     step_v = step if isinstance(step, ir.Value) else const_i64(step)
     pre = b.block
@@ -147,14 +146,18 @@ def load_elem(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value) -> ir
     return b.load(elem_ptr(b, ty, base, idx), typ=ty)
 
 
-def store_elem(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value,
-               value: ir.Value) -> None:
+def store_elem(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value, value: ir.Value) -> None:
     b.store(value, elem_ptr(b, ty, base, idx))
 
 
-def insert_sorted(b: ir.IRBuilder, pos: ir.Value, low: ir.Value, score: ir.Value,
-                  scores: ir.Value, payload: Sequence[tuple[ir.Type, ir.Value, ir.Value]]
-                  ) -> ir.Value:
+def insert_sorted(
+    b: ir.IRBuilder,
+    pos: ir.Value,
+    low: ir.Value,
+    score: ir.Value,
+    scores: ir.Value,
+    payload: Sequence[tuple[ir.Type, ir.Value, ir.Value]],
+) -> ir.Value:
     """Insert ``score`` into the descending fp32 run ``scores[low..pos]``.
 
     Entries below ``score`` move one slot down (the one at ``pos`` is overwritten; equal ones
@@ -183,26 +186,24 @@ def imin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
-def fmuladd(b: ir.IRBuilder, module: ir.Module, x: ir.Value, y: ir.Value,
-            z: ir.Value) -> ir.Value:
+def fmuladd(b: ir.IRBuilder, module: ir.Module, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
     """``x*y+z``, fused where the target has FMA (``llvm.fmuladd`` never becomes a libcall)."""
     n = x.type.count
     fn = intrinsic(module, f"llvm.fmuladd.v{n}f32", x.type, [x.type] * 3)
     return b.call(fn, [x, y, z])
 
 
-def masked_store_f32(b: ir.IRBuilder, module: ir.Module, value: ir.Value, ptr: ir.Value,
-                     remaining: ir.Value) -> None:
+def masked_store_f32(b: ir.IRBuilder, module: ir.Module, value: ir.Value, ptr: ir.Value, remaining: ir.Value) -> None:
     """Store the first ``remaining`` lanes of an f32 vector (ragged right edge of Y)."""
     n = value.type.count
     mask = b.icmp_signed("<", lane_iota(n), splat(b, remaining, n))
-    fn = intrinsic(module, f"llvm.masked.store.v{n}f32.p0", VOID,
-                   [value.type, PTR, I32, vec(I1, n)])
+    fn = intrinsic(module, f"llvm.masked.store.v{n}f32.p0", VOID, [value.type, PTR, I32, vec(I1, n)])
     b.call(fn, [value, ptr, ir.Constant(I32, 4), mask])
 
 
-def new_function(module: ir.Module, name: str, args: Sequence[tuple[str, ir.Type]],
-                 ret: ir.Type = VOID) -> tuple[ir.Function, ir.IRBuilder]:
+def new_function(
+    module: ir.Module, name: str, args: Sequence[tuple[str, ir.Type]], ret: ir.Type = VOID
+) -> tuple[ir.Function, ir.IRBuilder]:
     """A function with named arguments (pointers ``noalias``) and its entry block."""
     fn = ir.Function(module, ir.FunctionType(ret, [t for _, t in args]), name=name)
     for arg, (arg_name, _) in zip(fn.args, args):
@@ -235,8 +236,19 @@ def hsum_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return _halving_reduce(b, v, b.fadd)
 
 
-def store_tile(b: ir.IRBuilder, module: ir.Module, slots, t: ir.Value, p: ir.Value, T: ir.Value,
-               N: ir.Value, y: ir.Value, ldy: ir.Value, nr: int, lanes: int) -> None:
+def store_tile(
+    b: ir.IRBuilder,
+    module: ir.Module,
+    slots,
+    t: ir.Value,
+    p: ir.Value,
+    T: ir.Value,
+    N: ir.Value,
+    y: ir.Value,
+    ldy: ir.Value,
+    nr: int,
+    lanes: int,
+) -> None:
     """Write an MR×NV tile of accumulator slots to Y rows t.., columns p·nr.., masking past T and N."""
     for r, row_slots in enumerate(slots):
         row = b.add(t, const_i64(r))

@@ -58,18 +58,29 @@ _A64 = "aarch64-unknown-linux-gnu"
 
 # Most capable first: detection picks the first entry whose required flags the CPU reports.
 ISA_TABLE: tuple[IsaSpec, ...] = (
-    IsaSpec("avx512_vnni", "x86_64", _X86, "x86-64-v4",
-            "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512vnni,+fma,+f16c,-prefer-256-bit", 16,
-            "vnni", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"})),
-    IsaSpec("avx512", "x86_64", _X86, "x86-64-v4",
-            "+avx512f,+avx512bw,+avx512vl,+avx512dq,+fma,+f16c,-prefer-256-bit", 16,
-            "pmaddwd", frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})),
-    IsaSpec("avx2", "x86_64", _X86, "x86-64-v3", "+avx2,+fma,+f16c", 8,
-            "maddubs", frozenset({"avx2", "fma", "f16c"})),
-    IsaSpec("neon_dotprod", "aarch64", _A64, "generic", "+neon,+dotprod", 4,
-            "sdot", frozenset({"asimd", "asimddp"})),
-    IsaSpec("neon", "aarch64", _A64, "generic", "+neon", 4,
-            "widen", frozenset({"asimd"})),
+    IsaSpec(
+        "avx512_vnni",
+        "x86_64",
+        _X86,
+        "x86-64-v4",
+        "+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512vnni,+fma,+f16c,-prefer-256-bit",
+        16,
+        "vnni",
+        frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}),
+    ),
+    IsaSpec(
+        "avx512",
+        "x86_64",
+        _X86,
+        "x86-64-v4",
+        "+avx512f,+avx512bw,+avx512vl,+avx512dq,+fma,+f16c,-prefer-256-bit",
+        16,
+        "pmaddwd",
+        frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"}),
+    ),
+    IsaSpec("avx2", "x86_64", _X86, "x86-64-v3", "+avx2,+fma,+f16c", 8, "maddubs", frozenset({"avx2", "fma", "f16c"})),
+    IsaSpec("neon_dotprod", "aarch64", _A64, "generic", "+neon,+dotprod", 4, "sdot", frozenset({"asimd", "asimddp"})),
+    IsaSpec("neon", "aarch64", _A64, "generic", "+neon", 4, "widen", frozenset({"asimd"})),
     IsaSpec("generic", "x86_64", _X86, "x86-64", "", 4, "widen", frozenset()),
     IsaSpec("generic_aarch64", "aarch64", _A64, "generic", "", 4, "widen", frozenset()),
 )
@@ -106,8 +117,7 @@ def _generic_for(arch: str) -> IsaSpec:
     return ISAS["generic_aarch64"] if arch == "aarch64" else ISAS["generic"]
 
 
-def detect_isa(flags: set[str] | None = None, arch: str | None = None,
-               override: str | None = None) -> IsaSpec:
+def detect_isa(flags: set[str] | None = None, arch: str | None = None, override: str | None = None) -> IsaSpec:
     """Choose the target: the ``override`` (default: ``$EMBEDPIPE_ISA``) or the best runnable."""
     arch = host_arch() if arch is None else arch
     cpu_flags = read_cpu_flags() if flags is None else flags
@@ -121,12 +131,14 @@ def detect_isa(flags: set[str] | None = None, arch: str | None = None,
         if spec is None:
             raise UnsupportedIsaError(
                 f"unknown instruction set {wanted!r} (from {ISA_ENV} or --isa); "
-                f"choose one of: {', '.join(s.name for s in ISA_TABLE)}")
+                f"choose one of: {', '.join(s.name for s in ISA_TABLE)}"
+            )
         if spec not in runnable:
             missing = sorted(spec.required_flags - cpu_flags) if spec.arch == arch else [spec.arch]
             raise UnsupportedIsaError(
                 f"instruction set {wanted!r} cannot run on this CPU (missing: "
                 f"{', '.join(missing)}); runnable here: "
-                f"{', '.join(s.name for s in runnable) or 'none'}")
+                f"{', '.join(s.name for s in runnable) or 'none'}"
+            )
         return spec
     return runnable[0] if runnable else _generic_for(arch)

@@ -47,8 +47,7 @@ def cache_dir() -> Path:
 def target_machine(isa: IsaSpec) -> llvm.TargetMachine:
     _init_llvm()
     target = llvm.Target.from_triple(isa.triple)
-    return target.create_target_machine(cpu=isa.cpu, features=isa.features, opt=3,
-                                        reloc="pic", codemodel="default")
+    return target.create_target_machine(cpu=isa.cpu, features=isa.features, opt=3, reloc="pic", codemodel="default")
 
 
 def cache_key(ir_text: str, isa: IsaSpec) -> str:

@@ -71,10 +71,16 @@ class Kernel:
     ``native()``, whose ``None`` tells the caller to run its own reference.
     """
 
-    def __init__(self, name: str, params: Sequence[tuple[str, ir.Type]],
-                 emit: Callable[[ir.IRBuilder, IsaSpec], None], *, ret: ir.Type = VOID,
-                 twin: Callable[..., Any] | None = None,
-                 drive: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: Sequence[tuple[str, ir.Type]],
+        emit: Callable[[ir.IRBuilder, IsaSpec], None],
+        *,
+        ret: ir.Type = VOID,
+        twin: Callable[..., Any] | None = None,
+        drive: Callable[..., Any] | None = None,
+    ) -> None:
         self.name = name
         self.params, self.ret = tuple(params), ret
         self.emit = emit
@@ -167,12 +173,12 @@ class _Loaded:
         text, parallel = module.build(isa)
         names = {k.name: module.symbol(k, isa) for k in module.kernels}
         reset = ir_pool.reset_symbol(module.ir_name(isa))
-        addrs = jit.host_engine().load(jit.compile_object(text, isa),
-                                       [*names.values(), *parallel.values(), reset])
+        addrs = jit.host_engine().load(jit.compile_object(text, isa), [*names.values(), *parallel.values(), reset])
         fork_type = prototype(ir_parallel.PARALLEL_PARAMS)
-        self.natives = {k.name: Native(k, isa, prototype(k.params, k.ret)(addrs[names[k.name]]),
-                                       fork_type(addrs[parallel[k.name]]))
-                        for k in module.kernels}
+        self.natives = {
+            k.name: Native(k, isa, prototype(k.params, k.ret)(addrs[names[k.name]]), fork_type(addrs[parallel[k.name]]))
+            for k in module.kernels
+        }
         # a forked child has none of the parent's pool workers: forget them there
         self._reset = prototype([])(addrs[reset])
         os.register_at_fork(after_in_child=self._reset)
@@ -208,8 +214,7 @@ class _Registry:
             except RuntimeError as exc:  # what llvmlite raises for IR, target and load errors
                 if strict:
                     raise
-                log.warning("%s kernels unavailable for %s (%s); using the numpy twins",
-                            module.name, isa.name, exc)
+                log.warning("%s kernels unavailable for %s (%s); using the numpy twins", module.name, isa.name, exc)
                 loaded = None
             self._loaded[key] = loaded
             return loaded

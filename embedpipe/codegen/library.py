@@ -65,15 +65,17 @@ PARALLEL_ROLES = ("q8work", "f32mm", "gelu_mul", "rms_norm", "softmax", "gelu_er
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     """Role -> symbol of every function in the library module of ``isa``."""
     int_tile, float_tile = TILES[isa.name]
-    symbols = {"quantize": ir_q8.quantize_symbol(isa),
-               "q8mm": ir_q8.matmul_symbol(isa, int_tile),
-               "q8work": ir_q8.work_symbol(isa, int_tile),
-               "f32mm": ir_float.matmul_symbol(isa, float_tile),
-               "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
-               "rms_norm": ir_elementwise.rms_norm_symbol(isa),
-               "softmax": ir_elementwise.softmax_symbol(isa),
-               "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
-               "layer_norm": ir_encoder.layer_norm_symbol(isa)}
+    symbols = {
+        "quantize": ir_q8.quantize_symbol(isa),
+        "q8mm": ir_q8.matmul_symbol(isa, int_tile),
+        "q8work": ir_q8.work_symbol(isa, int_tile),
+        "f32mm": ir_float.matmul_symbol(isa, float_tile),
+        "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
+        "rms_norm": ir_elementwise.rms_norm_symbol(isa),
+        "softmax": ir_elementwise.softmax_symbol(isa),
+        "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
+        "layer_norm": ir_encoder.layer_norm_symbol(isa),
+    }
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
@@ -117,8 +119,17 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
     h = hashlib.sha256()
-    for mod in (irutil, ir_q8, ir_float, ir_elementwise, ir_encoder, ir_parallel, ir_pool, isa_module,
-                sys.modules[__name__]):
+    for mod in (
+        irutil,
+        ir_q8,
+        ir_float,
+        ir_elementwise,
+        ir_encoder,
+        ir_parallel,
+        ir_pool,
+        isa_module,
+        sys.modules[__name__],
+    ):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
 
@@ -141,8 +152,7 @@ class KernelLibrary:
 
     def __init__(self, isa: IsaSpec, threads: int) -> None:
         if isa.arch != host_arch():
-            raise EmbedpipeError(f"cannot run {isa.name} ({isa.arch}) kernels on a "
-                                 f"{host_arch()} host")
+            raise EmbedpipeError(f"cannot run {isa.name} ({isa.arch}) kernels on a {host_arch()} host")
         self.isa = isa
         self.threads = threads
         self.int_tile, self.float_tile = TILES[isa.name]
@@ -150,13 +160,18 @@ class KernelLibrary:
         symbols = kernel_symbols(isa)
         addrs = jit.host_engine().load(library_object(isa), list(symbols.values()))
         self._quantize = _QUANT(addrs[symbols["quantize"]])
-        self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]])
-                       for role in PARALLEL_ROLES}
+        self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]]) for role in PARALLEL_ROLES}
         # a forked child has none of the parent's pool workers: forget them there
         os.register_at_fork(after_in_child=_RESET(addrs[symbols["pool_reset"]]))
         self.load_seconds = time.perf_counter() - start
-        log.debug("kernel library %s (%s, %s) ready in %.3f s, %d threads", isa.name, isa.cpu,
-                  isa.features or "no extra features", self.load_seconds, threads)
+        log.debug(
+            "kernel library %s (%s, %s) ready in %.3f s, %d threads",
+            isa.name,
+            isa.cpu,
+            isa.features or "no extra features",
+            self.load_seconds,
+            threads,
+        )
 
     def fork(self, role: str, items: list[tuple[int, ...]]) -> None:
         """Run kernel ``role`` once per item (its arguments as 64-bit words: addresses,
@@ -179,8 +194,7 @@ class KernelLibrary:
         size = a.size
         parts = self.threads if size >= MIN_PARALLEL_ELEMENTS else 1
         head = (a.ctypes.data, b.ctypes.data, out.ctypes.data)
-        self.fork("gelu_mul", [(*head, lo, hi) for lo, hi in
-                               split_range(0, size, parts, 2 * self.isa.lanes)])
+        self.fork("gelu_mul", [(*head, lo, hi) for lo, hi in split_range(0, size, parts, 2 * self.isa.lanes)])
         return out
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -192,8 +206,9 @@ class KernelLibrary:
             if not (arr.flags.c_contiguous and arr.flags.aligned):
                 raise KernelInputError(f"rms_norm: {name} must be C-contiguous")
         if x.ndim < 1 or weight.shape != (x.shape[-1],) or x.shape[-1] == 0:
-            raise KernelInputError(f"rms_norm: weight shape {weight.shape} does not match rows "
-                                   f"of length {x.shape[-1:]}")
+            raise KernelInputError(
+                f"rms_norm: weight shape {weight.shape} does not match rows of length {x.shape[-1:]}"
+            )
         out = np.empty_like(x)
         d = x.shape[-1]
         rows = x.size // d
@@ -208,8 +223,10 @@ class KernelLibrary:
             raise KernelInputError("gelu_erf: a must be a C-contiguous float32 numpy array")
         out = np.empty_like(a)
         parts = self.threads if a.size >= MIN_PARALLEL_ELEMENTS else 1
-        self.fork("gelu_erf", [(a.ctypes.data, out.ctypes.data, lo, hi) for lo, hi in
-                               split_range(0, a.size, parts, 2 * self.isa.lanes)])
+        self.fork(
+            "gelu_erf",
+            [(a.ctypes.data, out.ctypes.data, lo, hi) for lo, hi in split_range(0, a.size, parts, 2 * self.isa.lanes)],
+        )
         return out
 
     def layer_norm(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -220,8 +237,9 @@ class KernelLibrary:
             if not (arr.flags.c_contiguous and arr.flags.aligned):
                 raise KernelInputError(f"layer_norm: {name} must be C-contiguous")
         if x.ndim < 1 or x.shape[-1] == 0 or weight.shape != (x.shape[-1],) or bias.shape != weight.shape:
-            raise KernelInputError(f"layer_norm: weight {weight.shape} / bias {bias.shape} do not match rows "
-                                   f"of length {x.shape[-1:]}")
+            raise KernelInputError(
+                f"layer_norm: weight {weight.shape} / bias {bias.shape} do not match rows of length {x.shape[-1:]}"
+            )
         out = np.empty_like(x)
         d = x.shape[-1]
         parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
@@ -229,10 +247,10 @@ class KernelLibrary:
         self.fork("layer_norm", [(*head, a, b) for a, b in split_range(0, x.size // d, parts)])
         return out
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                  half_window: int | None = None) -> np.ndarray:
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None = None) -> np.ndarray:
         """Bidirectional softmax attention of one sequence; see ``embedpipe.codegen.attention``."""
         from embedpipe.codegen.attention import attention
+
         return attention(self, q, k, v, half_window)
 
     def matmul_f32(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -240,8 +258,7 @@ class KernelLibrary:
         if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 2:
             raise KernelInputError("matmul_f32: w must be a 2-D float32 numpy array")
         packed = ir_float.pack_weights(w, self.isa, self.float_tile, aligned_empty)
-        return PreparedMatmul(self, GGMLQuantizationType.F32, w.shape[0], w.shape[1], "float",
-                              (packed,))(x)
+        return PreparedMatmul(self, GGMLQuantizationType.F32, w.shape[0], w.shape[1], "float", (packed,))(x)
 
     def _quantize_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """fp32 W (N, K) -> Q8_0 blocks (int8 (N, K), fp32 scales (N, K/32)) with the emitted
@@ -262,8 +279,9 @@ class KernelLibrary:
             raise KernelInputError("int8 matmul: codes must be a 2-D int8 numpy array")
         n, k = codes.shape
         if n == 0 or k == 0 or k % QK:
-            raise KernelInputError(f"int8 matmul: codes shape {codes.shape} needs rows and a "
-                                   f"width that is a multiple of {QK}")
+            raise KernelInputError(
+                f"int8 matmul: codes shape {codes.shape} needs rows and a width that is a multiple of {QK}"
+            )
         scale = np.asarray(scale, np.float32)
         if scale.shape != (n,):
             raise KernelInputError(f"int8 matmul: scale shape {scale.shape}, expected ({n},)")
@@ -271,30 +289,31 @@ class KernelLibrary:
         wq, wd = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, aligned_empty)
         return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", (wq, wd))
 
-    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int,
-                       k: int) -> PreparedMatmul:
+    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
         """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
         try:
             fmt = FORMATS[GGMLQuantizationType(qtype)]
         except (KeyError, ValueError):
-            raise KernelInputError(f"no JIT kernel for weight type {qtype!r}; supported: "
-                                   f"{', '.join(q.name for q in FORMATS)}") from None
-        if not (isinstance(n, int | np.integer) and isinstance(k, int | np.integer)
-                and n > 0 and k > 0):
+            raise KernelInputError(
+                f"no JIT kernel for weight type {qtype!r}; supported: {', '.join(q.name for q in FORMATS)}"
+            ) from None
+        if not (isinstance(n, int | np.integer) and isinstance(k, int | np.integer) and n > 0 and k > 0):
             raise KernelInputError(f"weight dimensions must be positive integers, got {n}x{k}")
         n, k = int(n), int(k)
         block = fmt.k_multiple
         if k % block:
-            raise KernelInputError(f"{fmt.qtype.name} weight: K={k} is not a multiple of the "
-                                   f"block size {block}")
+            raise KernelInputError(f"{fmt.qtype.name} weight: K={k} is not a multiple of the block size {block}")
         row_bytes = fmt.row_bytes(k)
         if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
-            raise KernelInputError(f"{fmt.qtype.name} weight: raw data must be a uint8 numpy "
-                                   f"array, got {type(raw).__name__} "
-                                   f"{getattr(raw, 'dtype', '')}")
+            raise KernelInputError(
+                f"{fmt.qtype.name} weight: raw data must be a uint8 numpy "
+                f"array, got {type(raw).__name__} "
+                f"{getattr(raw, 'dtype', '')}"
+            )
         if raw.shape != (n, row_bytes):
-            raise KernelInputError(f"{fmt.qtype.name} weight {n}x{k}: expected raw shape "
-                                   f"({n}, {row_bytes}), got {raw.shape}")
+            raise KernelInputError(
+                f"{fmt.qtype.name} weight {n}x{k}: expected raw shape ({n}, {row_bytes}), got {raw.shape}"
+            )
         packed = fmt.pack(self, np.ascontiguousarray(raw), n, k)
         return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, packed)
 
@@ -320,11 +339,11 @@ class PreparedMatmul:
         if x.dtype != np.float32:
             raise KernelInputError(f"matmul input must be float32, got {x.dtype}")
         if x.ndim != 2 or x.shape[1] != self.k:
-            raise KernelInputError(f"matmul input must have shape (T, {self.k}) for a "
-                                   f"{self.n}x{self.k} weight, got {x.shape}")
+            raise KernelInputError(
+                f"matmul input must have shape (T, {self.k}) for a {self.n}x{self.k} weight, got {x.shape}"
+            )
         if not (x.flags.c_contiguous and x.flags.aligned):
-            raise KernelInputError("matmul input must be C-contiguous and aligned "
-                                   "(use np.ascontiguousarray)")
+            raise KernelInputError("matmul input must be C-contiguous and aligned (use np.ascontiguousarray)")
         return x
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -359,8 +378,9 @@ class PreparedMatmul:
         how, ranges = self._plan(t, mr, w.shape[0])
         head = (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
         rows_all = (0, -(-t // mr) * mr)
-        self.lib.fork("f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows"
-                                else (*head, *rows_all, a, b) for a, b in ranges])
+        self.lib.fork(
+            "f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges]
+        )
 
     def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
         """Quantize X and multiply in one task per thread: a row split quantizes only its
@@ -379,8 +399,10 @@ class PreparedMatmul:
             xq, xd, xc = _scratch(0, tpad, k, lib.isa)
             items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
         else:
-            items = [(xp, *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
-                     for i, (a, b) in enumerate(ranges)]
+            items = [
+                (xp, *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
+                for i, (a, b) in enumerate(ranges)
+            ]
         lib.fork("q8work", items)
 
     _RUNNERS = {"float": _run_float, "int": _run_int}
@@ -404,9 +426,11 @@ def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]
         cache = _local.buffers = {}
     bufs = cache.get(slot)
     if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
-        bufs = (aligned_empty((max(need[0], 64),), np.uint8),
-                aligned_empty((max(need[1], 64),), np.uint8),
-                aligned_empty((max(need[1], 64),), np.uint8))
+        bufs = (
+            aligned_empty((max(need[0], 64),), np.uint8),
+            aligned_empty((max(need[1], 64),), np.uint8),
+            aligned_empty((max(need[1], 64),), np.uint8),
+        )
         cache[slot] = bufs
     return bufs[0].ctypes.data, bufs[1].ctypes.data, bufs[2].ctypes.data
 
@@ -431,5 +455,4 @@ def get_kernel_library(isa: str | None = None, threads: int | None = None) -> Ke
         return lib
 
 
-__all__ = ["KernelLibrary", "PreparedMatmul", "KernelInputError", "get_kernel_library",
-           "build_module", "TILES", "ISAS"]
+__all__ = ["KernelLibrary", "PreparedMatmul", "KernelInputError", "get_kernel_library", "build_module", "TILES", "ISAS"]

@@ -37,7 +37,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> n
     nbytes = int(np.prod(shape)) * dtype.itemsize
     buf = np.empty(nbytes + align, dtype=np.uint8)
     off = (-buf.ctypes.data) % align
-    return buf[off:off + nbytes].view(dtype).reshape(shape)
+    return buf[off : off + nbytes].view(dtype).reshape(shape)
 
 
 class WeightFormat:
@@ -68,8 +68,7 @@ class WeightFormat:
 
     def dequantize(self, raw: np.ndarray, n: int, k: int) -> np.ndarray:
         """fp32 W (N, K): ``gguf.quants``, the reference for every format."""
-        return np.ascontiguousarray(gguf_quants.dequantize(raw, self.qtype).reshape(n, k),
-                                    dtype=np.float32)
+        return np.ascontiguousarray(gguf_quants.dequantize(raw, self.qtype).reshape(n, k), dtype=np.float32)
 
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
@@ -82,8 +81,7 @@ class FloatFormat(WeightFormat):
         return self.repack(raw, n, k)
 
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
-        return (ir_float.pack_weights(self.repack(raw, n, k), lib.isa, lib.float_tile,
-                                      aligned_empty),)
+        return (ir_float.pack_weights(self.repack(raw, n, k), lib.isa, lib.float_tile, aligned_empty),)
 
 
 class IntFormat(WeightFormat):
@@ -93,8 +91,7 @@ class IntFormat(WeightFormat):
     def k_multiple(self) -> int:
         return max(self.block_size, QK)
 
-    def unpack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def unpack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """int8 quants (N, K) and fp32 scales (N, K/32) for ``lib``."""
         return self.repack(raw, n, k)
 
@@ -110,8 +107,7 @@ class RequantizedFormat(IntFormat):
     def repack(self, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return quantize_reference(self.dequantize(raw, n, k))
 
-    def unpack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def unpack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return lib._quantize_weights(self.dequantize(raw, n, k))
 
 

@@ -15,8 +15,22 @@ from collections.abc import Sequence
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I8, I16, I64, PTR, const_i64, elem_ptr, fmuladd,
-                                      for_range, intrinsic, load_elem, store_elem, var, vec)
+from embedpipe.codegen.irutil import (
+    F32,
+    I8,
+    I16,
+    I64,
+    PTR,
+    const_i64,
+    elem_ptr,
+    fmuladd,
+    for_range,
+    intrinsic,
+    load_elem,
+    store_elem,
+    var,
+    vec,
+)
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.threads import default_threads, split_range
@@ -32,8 +46,9 @@ def _widen(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     return b.sitofp(v, target)
 
 
-def dot_rows(b: ir.IRBuilder, rows: Sequence[ir.Value], q: ir.Value, d: ir.Value, elt: ir.Type,
-             lanes: int, unroll: int = 1) -> list[ir.Value]:
+def dot_rows(
+    b: ir.IRBuilder, rows: Sequence[ir.Value], q: ir.Value, d: ir.Value, elt: ir.Type, lanes: int, unroll: int = 1
+) -> list[ir.Value]:
     """fp32 ``Σ_j float(row[j])·q[j]`` for each row pointer (elements of type ``elt``).
 
     ``unroll`` independent accumulators per row hide the FMA latency of a lone row; then one
@@ -61,8 +76,7 @@ def dot_rows(b: ir.IRBuilder, rows: Sequence[ir.Value], q: ir.Value, d: ir.Value
     with for_range(b, done, vec_end, lanes, "dotv") as j:
         fma_step(j, 0)
     red = intrinsic(m, f"llvm.vector.reduce.fadd.v{lanes}f32", F32, [F32, vt])
-    sums = [var(b, F32, b.call(red, [ir.Constant(F32, 0.0), b.load(acc[0])],
-                               fastmath=("reassoc",))) for acc in accs]
+    sums = [var(b, F32, b.call(red, [ir.Constant(F32, 0.0), b.load(acc[0])], fastmath=("reassoc",))) for acc in accs]
     with for_range(b, vec_end, d, 1, "dott") as j:
         qj = load_elem(b, F32, q, j)
         for row, s in zip(rows, sums):
@@ -73,7 +87,7 @@ def dot_rows(b: ir.IRBuilder, rows: Sequence[ir.Value], q: ir.Value, d: ir.Value
 def _pairwise(b: ir.IRBuilder, values: list[ir.Value]) -> ir.Value:
     while len(values) > 1:
         pairs = [b.fadd(x, y) for x, y in zip(values[::2], values[1::2])]
-        values = pairs + values[len(pairs) * 2:]
+        values = pairs + values[len(pairs) * 2 :]
     return values[0]
 
 
@@ -104,11 +118,11 @@ def _emitter(elt: ir.Type):
         full = b.mul(b.sdiv(n, const_i64(ROW_BLOCK)), const_i64(ROW_BLOCK))
         for start, stop, block in ((const_i64(0), full, ROW_BLOCK), (full, n, 1)):
             with for_range(b, start, stop, block, f"rows{block}") as i:
-                rows = [elem_ptr(b, elt, X, b.mul(b.add(i, const_i64(r)), d))
-                        for r in range(block)]
+                rows = [elem_ptr(b, elt, X, b.mul(b.add(i, const_i64(r)), d)) for r in range(block)]
                 for r, s in enumerate(dot_rows(b, rows, q, d, elt, isa.lanes)):
                     store_elem(b, F32, out, b.add(i, const_i64(r)), s)
         b.ret_void()
+
     return emit
 
 
@@ -118,8 +132,7 @@ def rowdot_reference(X: np.ndarray, q: np.ndarray, out: np.ndarray | None = None
     return np.dot(X.astype(np.float32, copy=False), np.asarray(q, np.float32), out=out)
 
 
-def _drive(native: Native, X: np.ndarray, q: np.ndarray, out: np.ndarray | None = None
-           ) -> np.ndarray:
+def _drive(native: Native, X: np.ndarray, q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     n, d = X.shape
     q = np.ascontiguousarray(q, dtype=np.float32)
     if q.shape != (d,):
@@ -133,16 +146,22 @@ def _drive(native: Native, X: np.ndarray, q: np.ndarray, out: np.ndarray | None 
     X = np.ascontiguousarray(X)
     parts = default_threads() if n >= PARALLEL_MIN_ROWS else 1
     row_bytes = d * X.itemsize
-    native.run([(X.ctypes.data + lo * row_bytes, hi - lo, d, q.ctypes.data,
-                 out.ctypes.data + 4 * lo) for lo, hi in split_range(0, n, parts, ROW_BLOCK)])
+    native.run(
+        [
+            (X.ctypes.data + lo * row_bytes, hi - lo, d, q.ctypes.data, out.ctypes.data + 4 * lo)
+            for lo, hi in split_range(0, n, parts, ROW_BLOCK)
+        ]
+    )
     return out
 
 
 _PARAMS = [("X", PTR), ("n", I64), ("d", I64), ("q", PTR), ("out", PTR)]
 ROWDOT: dict[np.dtype, Kernel] = {
-    np.dtype(dtype): Kernel(f"rowdot_{np.dtype(dtype).name}", _PARAMS, _emitter(elt),
-                            twin=rowdot_reference, drive=_drive)
-    for dtype, elt in ((np.float32, F32), (np.int16, I16), (np.int8, I8))}
+    np.dtype(dtype): Kernel(
+        f"rowdot_{np.dtype(dtype).name}", _PARAMS, _emitter(elt), twin=rowdot_reference, drive=_drive
+    )
+    for dtype, elt in ((np.float32, F32), (np.int16, I16), (np.int8, I8))
+}
 ROWDOT_MODULE = KernelModule("ep_rowdot", list(ROWDOT.values()))
 
 

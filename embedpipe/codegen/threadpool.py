@@ -36,8 +36,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int]],
-                 threads: int) -> None:
+def run_parallel(fn: Callable[[int, int], None], ranges: Sequence[tuple[int, int]], threads: int) -> None:
     """Call ``fn(a, b)`` for every range, spread over ``threads`` threads."""
     if threads <= 1 or len(ranges) <= 1:
         for a, b in ranges:

@@ -16,7 +16,7 @@ def default_threads() -> int:
         try:
             value = int(env)
         except ValueError:
-            raise EmbedpipeError(f"{THREADS_ENV} must be a positive integer, got {env!r}")
+            raise EmbedpipeError(f"{THREADS_ENV} must be a positive integer, got {env!r}") from None
         if value < 1:
             raise EmbedpipeError(f"{THREADS_ENV} must be a positive integer, got {env!r}")
         return value

@@ -10,8 +10,19 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I32, I64, PTR, const_i64, elem_ptr, for_range,
-                                      insert_sorted, load_elem, store_elem, var)
+from embedpipe.codegen.irutil import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    const_i64,
+    elem_ptr,
+    for_range,
+    insert_sorted,
+    load_elem,
+    store_elem,
+    var,
+)
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.threads import default_threads, split_range
@@ -66,14 +77,29 @@ def _drive(native: Native, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     out_i = np.empty((q, k), np.int32)
     if q:
         parts = default_threads() if q * n >= PARALLEL_MIN_SCORES else 1
-        native.run([(scores.ctypes.data + 4 * lo * n, hi - lo, n, k,
-                     out_s.ctypes.data + 4 * lo * k, out_i.ctypes.data + 4 * lo * k)
-                    for lo, hi in split_range(0, q, parts)])
+        native.run(
+            [
+                (
+                    scores.ctypes.data + 4 * lo * n,
+                    hi - lo,
+                    n,
+                    k,
+                    out_s.ctypes.data + 4 * lo * k,
+                    out_i.ctypes.data + 4 * lo * k,
+                )
+                for lo, hi in split_range(0, q, parts)
+            ]
+        )
     return out_s, out_i.astype(np.int64)
 
 
-TOPK = Kernel("topk", [("S", PTR), ("rows", I64), ("n", I64), ("k", I64), ("out_s", PTR),
-                       ("out_i", PTR)], _emit, twin=topk_reference, drive=_drive)
+TOPK = Kernel(
+    "topk",
+    [("S", PTR), ("rows", I64), ("n", I64), ("k", I64), ("out_s", PTR), ("out_i", PTR)],
+    _emit,
+    twin=topk_reference,
+    drive=_drive,
+)
 TOPK_MODULE = KernelModule("ep_topk", [TOPK])
 
 

@@ -35,8 +35,14 @@ class CacheOptions:
     progress: bool = True
 
 
-def embed_texts(emb: Any, texts: list[str], task: str, titles: list[str | None] | None = None,
-                cache: CacheOptions | None = None, dim: int | None = None) -> np.ndarray:
+def embed_texts(
+    emb: Any,
+    texts: list[str],
+    task: str,
+    titles: list[str | None] | None = None,
+    cache: CacheOptions | None = None,
+    dim: int | None = None,
+) -> np.ndarray:
     """(len(texts), dim) float32 unit vectors, in input order, through the embedding cache.
 
     Texts longer than the model's context are truncated (one vector per text, as the
@@ -75,8 +81,9 @@ def read_query_file(path: str | os.PathLike) -> list[str]:
     return texts
 
 
-def sample_corpus_queries(emb_dir: str | os.PathLike, ids: list | np.ndarray,
-                          columns: dict[str, list[str]], n: int, seed: int = 0) -> list[str]:
+def sample_corpus_queries(
+    emb_dir: str | os.PathLike, ids: list | np.ndarray, columns: dict[str, list[str]], n: int, seed: int = 0
+) -> list[str]:
     """`n` texts of corpus rows picked at random (seeded): from a `text` column of the
     embeddings when one was kept, else from the source files recorded in the ingest manifest."""
     emb_dir = Path(emb_dir)
@@ -91,15 +98,19 @@ def sample_corpus_queries(emb_dir: str | os.PathLike, ids: list | np.ndarray,
                 break
             return [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
     if not header:
-        raise EvalInputError(f"{emb_dir}: the embeddings carry no text column and no ingest manifest "
-                             "names their source; pass --queries F.jsonl|F.parquet")
+        raise EvalInputError(
+            f"{emb_dir}: the embeddings carry no text column and no ingest manifest "
+            "names their source; pass --queries F.jsonl|F.parquet"
+        )
     unique = list(dict.fromkeys(ids))
     picks = {unique[i] for i in rng.choice(len(unique), min(3 * n, len(unique)), replace=False)}
     try:
         found = source_texts(emb_dir, picks)
     except (EmbedpipeError, OSError, pa.ArrowException) as exc:
-        raise EvalInputError(f"{emb_dir}: no text column in the embeddings and reading the source "
-                             f"failed ({exc}); pass --queries F.jsonl|F.parquet") from None
+        raise EvalInputError(
+            f"{emb_dir}: no text column in the embeddings and reading the source "
+            f"failed ({exc}); pass --queries F.jsonl|F.parquet"
+        ) from None
     pool = sorted({t for t in found.values() if isinstance(t, str) and t.strip()})
     if not pool:
         raise EvalInputError(f"{emb_dir}: found no texts for the sampled rows; pass --queries")

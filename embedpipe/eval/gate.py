@@ -19,8 +19,7 @@ from typing import Any
 from embedpipe.errors import EmbedpipeError
 
 # --at value -> the row column it reads
-AT_COLUMNS: dict[str, str] = {"same-dim": "recall@10_same_dim", "768": "recall@10",
-                              "full": "recall@10"}
+AT_COLUMNS: dict[str, str] = {"same-dim": "recall@10_same_dim", "768": "recall@10", "full": "recall@10"}
 KNOB_ORDER = ("n_trees", "search_k", "m", "ef_search")
 
 
@@ -47,12 +46,10 @@ def validate(min_recall: float, at: str) -> None:
         raise EmbedpipeError(f"--min-recall must be between 0 and 1, got {min_recall}")
 
 
-def judge(rows: Sequence[dict[str, Any]], min_recall: float, at: str = "same-dim"
-          ) -> list[Verdict]:
+def judge(rows: Sequence[dict[str, Any]], min_recall: float, at: str = "same-dim") -> list[Verdict]:
     validate(min_recall, at)
     col = AT_COLUMNS[at]
-    return [Verdict(config_name(r), float(r[col]), min_recall, col, float(r[col]) >= min_recall)
-            for r in rows]
+    return [Verdict(config_name(r), float(r[col]), min_recall, col, float(r[col]) >= min_recall) for r in rows]
 
 
 def failures(verdicts: Sequence[Verdict]) -> list[Verdict]:
@@ -62,37 +59,51 @@ def failures(verdicts: Sequence[Verdict]) -> list[Verdict]:
 def summary(verdicts: Sequence[Verdict]) -> str:
     bad = failures(verdicts)
     if not bad:
-        return f"recall gate passed: {len(verdicts)} configuration(s) ≥ {verdicts[0].min_recall}" \
-            if verdicts else "recall gate: no configuration measured"
+        return (
+            f"recall gate passed: {len(verdicts)} configuration(s) ≥ {verdicts[0].min_recall}"
+            if verdicts
+            else "recall gate: no configuration measured"
+        )
     names = "; ".join(f"{v.config} {v.measured_at}={v.recall:.4f}" for v in bad)
-    return (f"recall gate failed: {len(bad)} of {len(verdicts)} configuration(s) below "
-            f"{bad[0].min_recall}: {names}")
+    return f"recall gate failed: {len(bad)} of {len(verdicts)} configuration(s) below {bad[0].min_recall}: {names}"
 
 
 def write_json(verdicts: Sequence[Verdict], path: str | os.PathLike) -> None:
-    data = {"passed": not failures(verdicts), "failures": len(failures(verdicts)),
-            "configurations": [asdict(v) for v in verdicts]}
+    data = {
+        "passed": not failures(verdicts),
+        "failures": len(failures(verdicts)),
+        "configurations": [asdict(v) for v in verdicts],
+    }
     with open(path, "w") as fh:
         json.dump(data, fh, indent=1)
 
 
 def write_junit(verdicts: Sequence[Verdict], path: str | os.PathLike) -> None:
-    suite = ET.Element("testsuite", name="embedpipe.recall_gate", tests=str(len(verdicts)),
-                       failures=str(len(failures(verdicts))), errors="0")
+    suite = ET.Element(
+        "testsuite",
+        name="embedpipe.recall_gate",
+        tests=str(len(verdicts)),
+        failures=str(len(failures(verdicts))),
+        errors="0",
+    )
     for v in verdicts:
         case = ET.SubElement(suite, "testcase", classname="recall_gate", name=v.config)
-        ET.SubElement(case, "properties").extend([
-            ET.Element("property", name=v.measured_at, value=f"{v.recall:.4f}")])
+        ET.SubElement(case, "properties").extend([ET.Element("property", name=v.measured_at, value=f"{v.recall:.4f}")])
         if not v.passed:
-            fail = ET.SubElement(case, "failure", type="RecallBelowThreshold",
-                                 message=f"{v.measured_at} {v.recall:.4f} < {v.min_recall}")
+            fail = ET.SubElement(
+                case, "failure", type="RecallBelowThreshold", message=f"{v.measured_at} {v.recall:.4f} < {v.min_recall}"
+            )
             fail.text = f"{v.config}: {v.measured_at} = {v.recall:.4f}, required ≥ {v.min_recall}"
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def report(rows: Sequence[dict[str, Any]], min_recall: float, at: str,
-           json_path: str | os.PathLike | None = None,
-           junit_path: str | os.PathLike | None = None) -> list[Verdict]:
+def report(
+    rows: Sequence[dict[str, Any]],
+    min_recall: float,
+    at: str,
+    json_path: str | os.PathLike | None = None,
+    junit_path: str | os.PathLike | None = None,
+) -> list[Verdict]:
     """Judge `rows` and write the JSON / JUnit reports that were asked for."""
     verdicts = judge(rows, min_recall, at)
     if json_path:

@@ -59,8 +59,9 @@ def read_qrels(path: str | os.PathLike) -> Qrels:
         if lineno == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
             continue
         if len(parts) != 3:
-            raise QrelsError(f"{path}:{lineno}: expected 3 tab-separated fields "
-                             f"(query-id, corpus-id, score), got {len(parts)}")
+            raise QrelsError(
+                f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(parts)}"
+            )
         qid, did, grade = (p.strip() for p in parts)
         try:
             qrels.setdefault(qid, {})[did] = int(grade)
@@ -101,8 +102,7 @@ METRICS = {"ndcg": ndcg_at_k, "recall": recall_at_k, "mrr": mrr_at_k}
 DEFAULT_CUTS: tuple[tuple[str, int], ...] = (("ndcg", 10), ("recall", 100), ("mrr", 10))
 
 
-def per_query(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_CUTS
-              ) -> dict[str, dict[str, float]]:
+def per_query(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_CUTS) -> dict[str, dict[str, float]]:
     """``{query_id: {"ndcg@10": …, …}}`` for every query with at least one relevant doc."""
     cuts = list(cuts)
     out: dict[str, dict[str, float]] = {}
@@ -114,8 +114,7 @@ def per_query(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_
     return out
 
 
-def evaluate(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_CUTS
-             ) -> dict[str, float]:
+def evaluate(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_CUTS) -> dict[str, float]:
     """Mean of each metric over the queries with relevant docs (see module doc), plus
     ``"queries"`` = how many queries the mean is over."""
     cuts = list(cuts)
@@ -125,4 +124,3 @@ def evaluate(qrels: Qrels, run: Run, cuts: Iterable[tuple[str, int]] = DEFAULT_C
     out = {m: (sum(s[m] for s in scores.values()) / n if n else 0.0) for m in names}
     out["queries"] = n
     return out
-

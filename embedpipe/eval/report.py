@@ -39,16 +39,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     """GitHub-flavoured Markdown; columns that are empty in every row are left out."""
     cols = [c for c in (columns or columns_of(rows)) if any(r.get(c) is not None for r in rows)]
     numeric = {c for c in cols if all(isinstance(r.get(c), (int, float)) or r.get(c) is None for r in rows)}
-    lines = ["| " + " | ".join(cols) + " |",
-             "|" + "|".join("---:" if c in numeric else "---" for c in cols) + "|"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in numeric else "---" for c in cols) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def write_json(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     cols = columns_of(rows)
-    Path(path).write_text(json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=2) + "\n",
-                          encoding="utf-8")
+    Path(path).write_text(json.dumps([{c: r.get(c) for c in cols} for r in rows], indent=2) + "\n", encoding="utf-8")
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -65,8 +63,14 @@ def label(row: dict[str, Any], knobs: Sequence[str]) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, recall: str,
-               panels: Sequence[tuple[str, str]], knobs: Sequence[str], title: str) -> None:
+def write_plot(
+    rows: Sequence[dict[str, Any]],
+    path: str | os.PathLike,
+    recall: str,
+    panels: Sequence[tuple[str, str]],
+    knobs: Sequence[str],
+    title: str,
+) -> None:
     """One scatter panel per (x column, x label): `recall` against it, a colour per dim and a
     marker per index type. Needs matplotlib (pip install 'embedpipe[plot]')."""
     try:
@@ -85,8 +89,14 @@ def write_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike, recall: 
             for d in dims:
                 pts = [r for r in rows if r["index"] == kind and r["dim"] == d and r.get(x) is not None]
                 if pts:
-                    ax.scatter([r[x] for r in pts], [r[recall] for r in pts], marker=marker,
-                               color=colours[d], label=f"{kind} d{d}", alpha=0.8)
+                    ax.scatter(
+                        [r[x] for r in pts],
+                        [r[recall] for r in pts],
+                        marker=marker,
+                        color=colours[d],
+                        label=f"{kind} d{d}",
+                        alpha=0.8,
+                    )
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(recall)

@@ -66,8 +66,10 @@ def pick_configs(names: tuple[str, ...] | None) -> list[IndexConfig]:
     for name in names or DEFAULT_CONFIGS:
         matches = [table[name]] if name in table else [c for c in INDEX_CONFIGS if c.index == name]
         if not matches:
-            raise EvalInputError(f"unknown index configuration {name!r}; choose from "
-                                 f"{', '.join(table)} or a type ({', '.join(INDEX_TYPES)})")
+            raise EvalInputError(
+                f"unknown index configuration {name!r}; choose from "
+                f"{', '.join(table)} or a type ({', '.join(INDEX_TYPES)})"
+            )
         out.extend(m for m in matches if m not in out)
     return out
 
@@ -93,13 +95,15 @@ def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def load_beir(root: str | Path, split: str = "test", max_docs: int | None = None,
-              max_queries: int | None = None) -> BeirData:
+def load_beir(
+    root: str | Path, split: str = "test", max_docs: int | None = None, max_queries: int | None = None
+) -> BeirData:
     root = Path(root)
     qrels_path = root / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
-        raise EvalInputError(f"{qrels_path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, "
-                             f"qrels/{split}.tsv)")
+        raise EvalInputError(
+            f"{qrels_path}: missing (BEIR layout needs corpus.jsonl, queries.jsonl, qrels/{split}.tsv)"
+        )
     qrels = read_qrels(qrels_path)
     queries = {r["_id"]: r["text"] for r in _jsonl(root / "queries.jsonl", ("_id", "text"))}
     judged = [q for q in qrels if any(g > 0 for g in qrels[q].values())]
@@ -113,18 +117,29 @@ def load_beir(root: str | Path, split: str = "test", max_docs: int | None = None
         needed = {d for q in judged for d in qrels[q]}
         keep = [r for r in corpus if r["_id"] in needed]
         rest = [r for r in corpus if r["_id"] not in needed]
-        corpus = keep + rest[:max(0, max_docs - len(keep))]
+        corpus = keep + rest[: max(0, max_docs - len(keep))]
     corpus = [r for r in corpus if r["text"].strip() or r["title"].strip()]
     if not corpus:
         raise EvalInputError(f"{root / 'corpus.jsonl'}: no documents")
-    return BeirData([r["_id"] for r in corpus], [r["title"] for r in corpus],
-                    [r["text"] if r["text"].strip() else r["title"] for r in corpus],
-                    judged, [queries[q] for q in judged], qrels)
+    return BeirData(
+        [r["_id"] for r in corpus],
+        [r["title"] for r in corpus],
+        [r["text"] if r["text"].strip() else r["title"] for r in corpus],
+        judged,
+        [queries[q] for q in judged],
+        qrels,
+    )
 
 
-def run_retrieval(data: BeirData, emb: Any, dims: tuple[int, ...], configs: list[IndexConfig],
-                  cache: CacheOptions | None = None, progress: bool = True,
-                  on_row: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+def run_retrieval(
+    data: BeirData,
+    emb: Any,
+    dims: tuple[int, ...],
+    configs: list[IndexConfig],
+    cache: CacheOptions | None = None,
+    progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
     """One row per (dim, config) with ndcg@10, recall@100, mrr@10, queries, docs, timings."""
     cache = cache or CacheOptions(progress=progress)
     bad = [d for d in dims if not 0 < d <= max(emb.dims)]
@@ -139,8 +154,7 @@ def run_retrieval(data: BeirData, emb: Any, dims: tuple[int, ...], configs: list
     jobs = [(d, c) for d in dims for c in configs]
     for dim, cfg in tqdm(jobs, desc="retrieval", unit="cfg", disable=not progress):
         t1 = time.perf_counter()
-        index = Builder(cfg.index, quant=cfg.quant, dim=dim, **dict(cfg.build)) \
-            .add(docs, data.doc_ids).build()
+        index = Builder(cfg.index, quant=cfg.quant, dim=dim, **dict(cfg.build)).add(docs, data.doc_ids).build()
         build_s = time.perf_counter() - t1
         knobs = dict(cfg.search)
         index.search(queries[:1], depth, **knobs)  # warm-up: kernel compile, BLAS start, page faults
@@ -149,16 +163,26 @@ def run_retrieval(data: BeirData, emb: Any, dims: tuple[int, ...], configs: list
         search_s = time.perf_counter() - t2
         run = {}
         for qid, s_row, id_row in zip(data.query_ids, scores, ids):
-            hits = [(d, float(s)) for d, s in zip(id_row.tolist(), s_row.tolist())
-                    if d is not None and d != -1 and str(d) != qid]
+            hits = [
+                (d, float(s))
+                for d, s in zip(id_row.tolist(), s_row.tolist())
+                if d is not None and d != -1 and str(d) != qid
+            ]
             run[qid] = dict(hits[:DEPTH])
         res = evaluate(data.qrels, run, CUTS)
-        row = {"dim": dim, "quant": cfg.quant, "index": cfg.index, "config": cfg.name,
-               **{k: dict(cfg.build + cfg.search).get(k) for k in KNOBS},
-               **{m: round(res[m], 4) for m in ("ndcg@10", "recall@100", "mrr@10")},
-               "queries": res["queries"], "docs": len(data.doc_ids),
-               "build_s": round(build_s, 3), "search_ms_per_query": round(1e3 * search_s / max(1, len(queries)), 3),
-               "embed_s": round(embed_s, 2)}
+        row = {
+            "dim": dim,
+            "quant": cfg.quant,
+            "index": cfg.index,
+            "config": cfg.name,
+            **{k: dict(cfg.build + cfg.search).get(k) for k in KNOBS},
+            **{m: round(res[m], 4) for m in ("ndcg@10", "recall@100", "mrr@10")},
+            "queries": res["queries"],
+            "docs": len(data.doc_ids),
+            "build_s": round(build_s, 3),
+            "search_ms_per_query": round(1e3 * search_s / max(1, len(queries)), 3),
+            "embed_s": round(embed_s, 2),
+        }
         rows.append(row)
         if on_row:
             on_row(row)

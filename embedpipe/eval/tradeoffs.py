@@ -54,13 +54,19 @@ class Sweep:
 # The main knobs of each type. annoy search_k=-1 means Annoy's default, k × n_trees nodes.
 SWEEPS: dict[str, Sweep] = {
     "brute": Sweep(),
-    "annoy": Sweep(build=({"n_trees": 10}, {"n_trees": 50}),
-                   search=({"search_k": -1}, {"search_k": 5000})),
+    "annoy": Sweep(build=({"n_trees": 10}, {"n_trees": 50}), search=({"search_k": -1}, {"search_k": 5000})),
     "hnsw": Sweep(build=({"m": 16},), search=({"ef_search": 32}, {"ef_search": 64}, {"ef_search": 128})),
 }
 KNOBS: tuple[str, ...] = ("n_trees", "search_k", "m", "ef_search")
-METRIC_COLUMNS: tuple[str, ...] = ("recall@10", "recall@10_same_dim", "size_bytes", "build_s",
-                                   "latency_ms_mean", "latency_ms_p50", "latency_ms_p95")
+METRIC_COLUMNS: tuple[str, ...] = (
+    "recall@10",
+    "recall@10_same_dim",
+    "size_bytes",
+    "build_s",
+    "latency_ms_mean",
+    "latency_ms_p50",
+    "latency_ms_p95",
+)
 
 
 @dataclass
@@ -83,16 +89,22 @@ class Plan:
             if kind not in SWEEPS or kind not in INDEX_TYPES:
                 raise EmbedpipeError(f"unknown index type {kind!r}; choose from {', '.join(SWEEPS)}")
         if not self.configurations():
-            raise EmbedpipeError("no configuration left: none of the index types supports "
-                                 f"quant(s) {', '.join(self.quants)}")
+            raise EmbedpipeError(
+                f"no configuration left: none of the index types supports quant(s) {', '.join(self.quants)}"
+            )
         return self
 
     def configurations(self) -> list[tuple[int, str, str, dict[str, int]]]:
         """(dim, quant, index type, build knobs) for every index to build; a type is only paired
         with the quants it stores (annoy: fp32; hnsw: fp32, int8; brute: all)."""
-        return [(d, q, kind, b) for d in self.dims for kind in self.indexes
-                for q in self.quants if q in INDEX_TYPES[kind].quants
-                for b in self.sweeps[kind].build]
+        return [
+            (d, q, kind, b)
+            for d in self.dims
+            for kind in self.indexes
+            for q in self.quants
+            if q in INDEX_TYPES[kind].quants
+            for b in self.sweeps[kind].build
+        ]
 
     def searches(self) -> int:
         return sum(len(self.sweeps[kind].search) for _, _, kind, _ in self.configurations())
@@ -112,7 +124,7 @@ def latencies_ms(index: VectorIndex, queries: np.ndarray, k: int = K, **knobs: A
     out = np.empty(len(queries))
     for i in range(len(queries)):
         t0 = time.perf_counter()
-        index.search_rows(queries[i:i + 1], k, **knobs)
+        index.search_rows(queries[i : i + 1], k, **knobs)
         out[i] = (time.perf_counter() - t0) * 1e3
     return out
 
@@ -123,15 +135,18 @@ def _row(dim: int, quant: str, kind: str, knobs: dict[str, int]) -> dict[str, An
     return row
 
 
-def run_tradeoffs(vectors: np.ndarray, queries: np.ndarray, plan: Plan | None = None,
-                  progress: bool = True, on_row: Callable[[dict], None] | None = None,
-                  ) -> list[dict[str, Any]]:
+def run_tradeoffs(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    plan: Plan | None = None,
+    progress: bool = True,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
     """One result row per (dim, quant, index, build knobs, search knobs); see module doc."""
     vectors = np.asarray(vectors, np.float32)
     queries = np.asarray(queries, np.float32)
     if queries.ndim != 2 or queries.shape[1] != vectors.shape[1]:
-        raise EmbedpipeError(f"queries have shape {queries.shape}; the embeddings are "
-                             f"{vectors.shape[1]}-d")
+        raise EmbedpipeError(f"queries have shape {queries.shape}; the embeddings are {vectors.shape[1]}-d")
     plan = (plan or Plan()).validate(vectors.shape[1])
     k = min(K, len(vectors))
     full = exact_topk(vectors, queries, vectors.shape[1], k)
@@ -151,15 +166,17 @@ def run_tradeoffs(vectors: np.ndarray, queries: np.ndarray, plan: Plan | None = 
                 _, got = index.search_rows(queries, k, **search)
                 lat = latencies_ms(index, queries, k, **search)
                 row = _row(dim, quant, kind, {**build, **search})
-                row.update({
-                    "recall@10": round(recall_vs_exact(got, full, k), 4),
-                    "recall@10_same_dim": round(recall_vs_exact(got, same[dim], k), 4),
-                    "size_bytes": size,
-                    "build_s": round(build_s, 3),
-                    "latency_ms_mean": round(float(lat.mean()), 4),
-                    "latency_ms_p50": round(float(np.percentile(lat, 50)), 4),
-                    "latency_ms_p95": round(float(np.percentile(lat, 95)), 4),
-                })
+                row.update(
+                    {
+                        "recall@10": round(recall_vs_exact(got, full, k), 4),
+                        "recall@10_same_dim": round(recall_vs_exact(got, same[dim], k), 4),
+                        "size_bytes": size,
+                        "build_s": round(build_s, 3),
+                        "latency_ms_mean": round(float(lat.mean()), 4),
+                        "latency_ms_p50": round(float(np.percentile(lat, 50)), 4),
+                        "latency_ms_p95": round(float(np.percentile(lat, 95)), 4),
+                    }
+                )
                 rows.append(row)
                 if on_row:
                     on_row(row)
@@ -178,10 +195,17 @@ class TradeoffInputs:
     description: str
 
 
-def inputs_from_dir(emb_dir: str | os.PathLike, plan: Plan, queries_file: str | os.PathLike | None = None,
-                    n_queries: int = 200, seed: int = 0, model: str | os.PathLike | None = None,
-                    cache: CacheOptions | None = None, backend: str = "auto",
-                    threads: int | None = None) -> TradeoffInputs:
+def inputs_from_dir(
+    emb_dir: str | os.PathLike,
+    plan: Plan,
+    queries_file: str | os.PathLike | None = None,
+    n_queries: int = 200,
+    seed: int = 0,
+    model: str | os.PathLike | None = None,
+    cache: CacheOptions | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> TradeoffInputs:
     """The vectors of an ingest output and `n_queries` query vectors: texts from `queries_file`
     (sampled, seeded) or sampled corpus texts, embedded with the query prompt by the model that
     wrote the vectors. Validates `plan` against the vectors' width before any embedding."""
@@ -200,8 +224,11 @@ def inputs_from_dir(emb_dir: str | os.PathLike, plan: Plan, queries_file: str | 
         plan.dims = tuple(d for d in emb.dims if d <= width) or (width,)
     queries = embed_texts(emb, texts, "query", cache=cache, dim=width)
     source = f"--queries {queries_file}" if queries_file is not None else "sampled corpus texts"
-    return TradeoffInputs(data.vectors, queries, f"{len(data.vectors)} vectors × {width} from {emb_dir}; "
-                                                 f"{len(texts)} queries ({source}), query prompt")
+    return TradeoffInputs(
+        data.vectors,
+        queries,
+        f"{len(data.vectors)} vectors × {width} from {emb_dir}; {len(texts)} queries ({source}), query prompt",
+    )
 
 
 def parse_list(text: str | None, cast: Callable[[str], Any], default: Iterable[Any]) -> tuple:

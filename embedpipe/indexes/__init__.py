@@ -9,5 +9,15 @@ from embedpipe.indexes.base import IdTable, IndexMeta, VectorIndex
 from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
 from embedpipe.indexes.registry import INDEX_TYPES, Builder, build_index, index_kind, load_index
 
-__all__ = ["INDEX_TYPES", "Builder", "DimensionMismatchError", "IdTable", "IndexFileError",
-           "IndexMeta", "VectorIndex", "build_index", "index_kind", "load_index"]
+__all__ = [
+    "INDEX_TYPES",
+    "Builder",
+    "DimensionMismatchError",
+    "IdTable",
+    "IndexFileError",
+    "IndexMeta",
+    "VectorIndex",
+    "build_index",
+    "index_kind",
+    "load_index",
+]

@@ -40,9 +40,14 @@ MAX_IMBALANCE = 0.95
 TWO_MEANS_SAMPLE = 256
 TWO_MEANS_ITERS = 6
 # Annoy's own default (-1: trees × k) inspects less than one leaf of f + 2 items at 768 dims
-SEARCH_K = Param("search_k", int, 2000, "candidate items inspected per query (-1: Annoy's "
-                 "trees × k, weak with 768-d leaves of 770 items); the build stores it as the "
-                 "default.")
+SEARCH_K = Param(
+    "search_k",
+    int,
+    2000,
+    "candidate items inspected per query (-1: Annoy's "
+    "trees × k, weak with 768-d leaves of 770 items); the build stores it as the "
+    "default.",
+)
 
 
 class _TreeBuilder:
@@ -88,7 +93,7 @@ class _TreeBuilder:
         if len(idx) <= self.K and (not is_root or self.n <= self.K or len(idx) == 1):
             row = self.rows[node - self.n]
             row[0] = len(idx)
-            row[1:1 + len(idx)] = idx
+            row[1 : 1 + len(idx)] = idx
         else:
             todo.append((node, idx))
         return node
@@ -104,7 +109,7 @@ class _TreeBuilder:
             margins = np.einsum("ij,ij->i", self.x[members], normals[owner])
             bounds = np.cumsum([0] + [len(idx) for _, idx in level])
             for t, (node, idx) in enumerate(level):
-                side = margins[bounds[t]:bounds[t + 1]] > 0
+                side = margins[bounds[t] : bounds[t + 1]] > 0
                 normal = normals[t]
                 for _ in range(SPLIT_ATTEMPTS - 1):
                     ones = int(side.sum())
@@ -167,9 +172,16 @@ class AnnoyIndex(VectorIndex):
     )
     search_params: ClassVar[tuple[Param, ...]] = (SEARCH_K,)
 
-    def __init__(self, nodes: np.ndarray, dim: int, ids: IdTable, meta: IndexMeta,
-                 columns: dict[str, StringTable] | None = None, search_k: int = -1,
-                 n_trees: int = 0) -> None:
+    def __init__(
+        self,
+        nodes: np.ndarray,
+        dim: int,
+        ids: IdTable,
+        meta: IndexMeta,
+        columns: dict[str, StringTable] | None = None,
+        search_k: int = -1,
+        n_trees: int = 0,
+    ) -> None:
         super().__init__(dim, "fp32", ids, meta, columns)
         self.nodes = nodes
         self.roots, self.n_items = find_roots(nodes)
@@ -196,13 +208,19 @@ class AnnoyIndex(VectorIndex):
         return sc
 
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, progress: bool = False,
-              **params: Any) -> AnnoyIndex:
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: IdTable,
+        meta: IndexMeta,
+        quant: str = "fp32",
+        columns: dict[str, StringTable] | None = None,
+        progress: bool = False,
+        **params: Any,
+    ) -> AnnoyIndex:
         """Grow the forest over unit `vectors`; `params` are the declared `build_params`."""
         p = cls.build_settings(params)
-        nodes = build_nodes(np.ascontiguousarray(vectors, np.float32), p["n_trees"], p["seed"],
-                            progress)
+        nodes = build_nodes(np.ascontiguousarray(vectors, np.float32), p["n_trees"], p["seed"], progress)
         return cls(nodes, vectors.shape[1], ids, meta, columns, p["search_k"], p["n_trees"])
 
     # --- search -------------------------------------------------------------------------
@@ -220,7 +238,7 @@ class AnnoyIndex(VectorIndex):
                 found.append((i,))
                 count += 1
             elif n <= K:
-                found.append(self.nodes[i, 1:1 + n])
+                found.append(self.nodes[i, 1 : 1 + n])
                 count += n
             else:
                 m = margins[pos[i]] if margins is not None else float(self._split_v[pos[i]] @ q)
@@ -230,8 +248,7 @@ class AnnoyIndex(VectorIndex):
             return np.zeros(0, np.int64)
         return np.unique(np.concatenate([np.asarray(f, np.int64) for f in found]))
 
-    def _search_rows(self, q: np.ndarray, k: int, search_k: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_rows(self, q: np.ndarray, k: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         limit = search_k if search_k is not None else self.search_k
         if limit is None or limit < 0:
             limit = k * self.n_trees
@@ -242,13 +259,13 @@ class AnnoyIndex(VectorIndex):
         for qi in range(len(q)):
             if kernel is not None:
                 scratch = self._scratch()
-                cand, scores = scratch.run(kernel, self.nodes, self.dim, self.n_items,
-                                           self._roots_arr, q[qi], limit, self.K)
+                cand, scores = scratch.run(
+                    kernel, self.nodes, self.dim, self.n_items, self._roots_arr, q[qi], limit, self.K
+                )
             else:
                 m = rowdot(self._split_v, q[qi]).tolist() if eager else None
                 cand = self._candidates(m, q[qi], limit)
-                scores = rowdot(self.items[cand], q[qi]) / np.maximum(self.item_norm[cand],
-                                                                     1e-30)
+                scores = rowdot(self.items[cand], q[qi]) / np.maximum(self.item_norm[cand], 1e-30)
             if len(cand) == 0:
                 continue
             s, cols = topk_desc(scores[None, :], k)
@@ -268,10 +285,13 @@ class AnnoyIndex(VectorIndex):
     def save(self, path: str | os.PathLike) -> None:
         data = np.ascontiguousarray(self.nodes)
         atomic_write(path, lambda fh: fh.write(memoryview(data.reshape(-1).view(np.uint8))))
-        header = dict(self.common_header(), params={"n_trees": self.n_trees,
-                                                    "search_k": self.search_k},
-                      ann_file=Path(path).name, ann_size=int(data.nbytes),
-                      ann_crc32=crc32_of(data.reshape(-1).view(np.uint8)))
+        header = dict(
+            self.common_header(),
+            params={"n_trees": self.n_trees, "search_k": self.search_k},
+            ann_file=Path(path).name,
+            ann_size=int(data.nbytes),
+            ann_crc32=crc32_of(data.reshape(-1).view(np.uint8)),
+        )
         write_container(self.sidecar(path), header, self.common_sections())
 
     @staticmethod
@@ -282,9 +302,12 @@ class AnnoyIndex(VectorIndex):
         except FileNotFoundError:
             raise IndexFileError(path, "no such annoy file") from None
         if size == 0 or size % row_bytes:
-            raise IndexFileError(path, f"size {size} is not a multiple of the {row_bytes}-byte "
-                                       f"angular node for dim {dim} (wrong dim, metric or a "
-                                       "truncated file)")
+            raise IndexFileError(
+                path,
+                f"size {size} is not a multiple of the {row_bytes}-byte "
+                f"angular node for dim {dim} (wrong dim, metric or a "
+                "truncated file)",
+            )
         return np.asarray(np.memmap(path, dtype=np.int32, mode="r")).reshape(-1, HEADER_INTS + dim)
 
     @classmethod
@@ -294,17 +317,15 @@ class AnnoyIndex(VectorIndex):
         ids, meta, cols = cls.common_from(cls.sidecar(path), header, sec)
         nodes = cls._map_nodes(path, header["dim"])
         if nodes.nbytes != header["ann_size"]:
-            raise IndexFileError(path, f"annoy file has {nodes.nbytes} bytes, sidecar says "
-                                       f"{header['ann_size']} (truncated or replaced)")
+            raise IndexFileError(
+                path, f"annoy file has {nodes.nbytes} bytes, sidecar says {header['ann_size']} (truncated or replaced)"
+            )
         if verify and crc32_of(nodes.reshape(-1).view(np.uint8)) != header["ann_crc32"]:
-            raise IndexFileError(path, "checksum mismatch: the annoy file is corrupt or does "
-                                       "not belong to its sidecar")
+            raise IndexFileError(path, "checksum mismatch: the annoy file is corrupt or does not belong to its sidecar")
         p = header.get("params", {})
-        index = cls(nodes, header["dim"], ids, meta, cols, p.get("search_k", -1),
-                    p.get("n_trees", 0))
+        index = cls(nodes, header["dim"], ids, meta, cols, p.get("search_k", -1), p.get("n_trees", 0))
         if index.n_items != header["count"]:
-            raise IndexFileError(path, f"annoy roots cover {index.n_items} items, sidecar "
-                                       f"says {header['count']}")
+            raise IndexFileError(path, f"annoy roots cover {index.n_items} items, sidecar says {header['count']}")
         return check_index(path, index)
 
     @classmethod
@@ -313,5 +334,6 @@ class AnnoyIndex(VectorIndex):
         path = Path(path)
         nodes = cls._map_nodes(path, dim)
         roots, n_items = annoy_roots(path, nodes)
-        return check_index(path, cls(nodes, dim, IdTable.from_values(None, n_items),
-                                     IndexMeta(source_dim=dim), None, search_k))
+        return check_index(
+            path, cls(nodes, dim, IdTable.from_values(None, n_items), IndexMeta(source_dim=dim), None, search_k)
+        )

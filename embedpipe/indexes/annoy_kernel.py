@@ -14,15 +14,41 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I32, I64, PTR, bump, const_i64, elem_ptr,
-                                      for_range, intrinsic, load_elem, loop, store_elem, var)
+from embedpipe.codegen.irutil import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    bump,
+    const_i64,
+    elem_ptr,
+    for_range,
+    intrinsic,
+    load_elem,
+    loop,
+    store_elem,
+    var,
+)
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.rowdot import emit_dot
 
-_PARAMS = [("nodes", PTR), ("stride", I64), ("f", I64), ("n_items", I64), ("roots", PTR),
-           ("n_roots", I64), ("q", PTR), ("search_k", I64), ("hp", PTR), ("hi", PTR),
-           ("visited", PTR), ("tag", I32), ("out_id", PTR), ("out_s", PTR)]
+_PARAMS = [
+    ("nodes", PTR),
+    ("stride", I64),
+    ("f", I64),
+    ("n_items", I64),
+    ("roots", PTR),
+    ("n_roots", I64),
+    ("q", PTR),
+    ("search_k", I64),
+    ("hp", PTR),
+    ("hi", PTR),
+    ("visited", PTR),
+    ("tag", I32),
+    ("out_id", PTR),
+    ("out_s", PTR),
+]
 ONE, ZERO = const_i64(1), const_i64(0)
 
 
@@ -111,8 +137,9 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     with for_range(b, ZERO, a["n_roots"], 1, "seed") as t:
         heap.push(ir.Constant(F32, float("inf")), b.sext(load_elem(b, I32, a["roots"], t), I64))
     with loop(b, "step") as lp:
-        lp.break_unless(b.and_(b.icmp_signed(">", b.load(heap.size), ZERO),
-                               b.icmp_signed("<", b.load(count), a["search_k"])))
+        lp.break_unless(
+            b.and_(b.icmp_signed(">", b.load(heap.size), ZERO), b.icmp_signed("<", b.load(count), a["search_k"]))
+        )
         d, node = heap.pop()
         nd = b.sext(word(node, ZERO), I64)
         is_item = b.and_(b.icmp_signed("==", nd, ONE), b.icmp_signed("<", node, a["n_items"]))
@@ -129,10 +156,8 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
                     with split:
                         m = margin(node)
                         neg = b.fneg(m)
-                        heap.push(b.select(b.fcmp_ordered("<", d, m), d, m),
-                                  b.sext(word(node, const_i64(2)), I64))
-                        heap.push(b.select(b.fcmp_ordered("<", d, neg), d, neg),
-                                  b.sext(word(node, ONE), I64))
+                        heap.push(b.select(b.fcmp_ordered("<", d, m), d, m), b.sext(word(node, const_i64(2)), I64))
+                        heap.push(b.select(b.fcmp_ordered("<", d, neg), d, neg), b.sext(word(node, ONE), I64))
     b.ret(b.load(nout))
 
 
@@ -151,8 +176,17 @@ class AnnoyScratch:
         self.out_id = np.empty(0, np.int32)
         self.out_s = np.empty(0, np.float32)
 
-    def run(self, fn: Native, nodes: np.ndarray, dim: int, n_items: int, roots: np.ndarray,
-            q: np.ndarray, search_k: int, K: int) -> tuple[np.ndarray, np.ndarray]:
+    def run(
+        self,
+        fn: Native,
+        nodes: np.ndarray,
+        dim: int,
+        n_items: int,
+        roots: np.ndarray,
+        q: np.ndarray,
+        search_k: int,
+        K: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         need = min(n_items, search_k + K)
         if len(self.out_id) < need:
             self.out_id = np.empty(need, np.int32)
@@ -162,8 +196,20 @@ class AnnoyScratch:
             self.visited[:] = 0
             self.tag = 1
         q = np.ascontiguousarray(q, np.float32)
-        got = fn(nodes.ctypes.data, nodes.shape[1], dim, n_items, roots.ctypes.data, len(roots),
-                 q.ctypes.data, search_k, self.hp.ctypes.data, self.hi.ctypes.data,
-                 self.visited.ctypes.data, self.tag, self.out_id.ctypes.data,
-                 self.out_s.ctypes.data)
+        got = fn(
+            nodes.ctypes.data,
+            nodes.shape[1],
+            dim,
+            n_items,
+            roots.ctypes.data,
+            len(roots),
+            q.ctypes.data,
+            search_k,
+            self.hp.ctypes.data,
+            self.hi.ctypes.data,
+            self.visited.ctypes.data,
+            self.tag,
+            self.out_id.ctypes.data,
+            self.out_s.ctypes.data,
+        )
         return self.out_id[:got], self.out_s[:got]

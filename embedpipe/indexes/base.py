@@ -65,7 +65,7 @@ class StringTable:
     def __getitem__(self, i: int) -> str:
         # ids are checked as UTF-8 at load; kept text columns are not scanned, so a corrupt
         # byte there shows as U+FFFD instead of failing the search
-        return bytes(self.blob[self.offsets[i]:self.offsets[i + 1]]).decode("utf-8", "replace")
+        return bytes(self.blob[self.offsets[i] : self.offsets[i + 1]]).decode("utf-8", "replace")
 
     def sections(self, name: str) -> dict[str, np.ndarray]:
         return {f"{name}.offsets": self.offsets, f"{name}.blob": self.blob}
@@ -129,21 +129,35 @@ class IndexMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_header(self) -> dict[str, Any]:
-        return {"source_dim": self.source_dim, "model_sha256": self.model_sha256,
-                "model_path": self.model_path, "task": self.task, "extra": self.extra}
+        return {
+            "source_dim": self.source_dim,
+            "model_sha256": self.model_sha256,
+            "model_path": self.model_path,
+            "task": self.task,
+            "extra": self.extra,
+        }
 
     @classmethod
     def from_dataset(cls, emb: Embeddings) -> IndexMeta:
         """The facts an ingest output dataset records about its vectors (and which parts, with
         how many rows each, the index was built from)."""
-        return cls(emb.vectors.shape[1], emb.meta.model_sha256, emb.meta.model_path, emb.meta.task,
-                   {"embeddings_dir": str(emb.path), "parts": len(emb.part_rows),
-                    "part_rows": dict(emb.part_rows)})
+        return cls(
+            emb.vectors.shape[1],
+            emb.meta.model_sha256,
+            emb.meta.model_path,
+            emb.meta.task,
+            {"embeddings_dir": str(emb.path), "parts": len(emb.part_rows), "part_rows": dict(emb.part_rows)},
+        )
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> IndexMeta:
-        return cls(h.get("source_dim", 0), h.get("model_sha256", ""), h.get("model_path", ""),
-                   h.get("task", ""), h.get("extra", {}))
+        return cls(
+            h.get("source_dim", 0),
+            h.get("model_sha256", ""),
+            h.get("model_path", ""),
+            h.get("task", ""),
+            h.get("extra", {}),
+        )
 
 
 class VectorIndex:
@@ -156,8 +170,9 @@ class VectorIndex:
     build_params: ClassVar[tuple[Param, ...]] = ()
     search_params: ClassVar[tuple[Param, ...]] = ()
 
-    def __init__(self, dim: int, quant: str, ids: IdTable, meta: IndexMeta,
-                 columns: dict[str, StringTable] | None = None) -> None:
+    def __init__(
+        self, dim: int, quant: str, ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None
+    ) -> None:
         self.dim, self.quant, self.ids, self.meta = dim, quant, ids, meta
         self.columns = columns or {}
         self.deleted = np.zeros(0, np.int64)  # tombstoned rows (see indexes.tombstones)
@@ -199,10 +214,13 @@ class VectorIndex:
             return normalize_rows(q)
         if width > self.dim and width == self.meta.source_dim:
             return truncate_normalize(q, self.dim)
-        allowed = f"{self.dim}" + (f" or {self.meta.source_dim}" if self.meta.source_dim
-                                   and self.meta.source_dim != self.dim else "")
-        raise DimensionMismatchError(f"query vectors have shape {q.shape}; this {self.kind} "
-                                     f"index holds {self.dim}-d vectors (queries must be {allowed}-d)")
+        allowed = f"{self.dim}" + (
+            f" or {self.meta.source_dim}" if self.meta.source_dim and self.meta.source_dim != self.dim else ""
+        )
+        raise DimensionMismatchError(
+            f"query vectors have shape {q.shape}; this {self.kind} "
+            f"index holds {self.dim}-d vectors (queries must be {allowed}-d)"
+        )
 
     def search_rows(self, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Batch search: (scores (q, k) float32 descending, rows (q, k) int64, -1 = no hit).
@@ -217,6 +235,7 @@ class VectorIndex:
             knobs = check_params(self.kind, self.search_params, knobs, "search")
         if len(self.deleted):
             from embedpipe.indexes.tombstones import search_alive
+
             scores, rows = search_alive(self, q, k, **knobs)
         else:
             scores, rows = self._search_rows(q, k, **knobs)
@@ -230,14 +249,20 @@ class VectorIndex:
 
     def search_one(self, query: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """Single-query search: (scores (k,), ids (k,))."""
-        scores, ids = self.search(np.asarray(query)[None, :] if np.ndim(query) == 1 else query, k,
-                                  **knobs)
+        scores, ids = self.search(np.asarray(query)[None, :] if np.ndim(query) == 1 else query, k, **knobs)
         return scores[0], ids[0]
 
     def common_header(self) -> dict[str, Any]:
-        return {"type": self.kind, "dim": self.dim, "quant": self.quant, "count": self.count,
-                "metric": METRIC, "id_kind": self.ids.kind, "columns": sorted(self.columns),
-                **self.meta.to_header()}
+        return {
+            "type": self.kind,
+            "dim": self.dim,
+            "quant": self.quant,
+            "count": self.count,
+            "metric": METRIC,
+            "id_kind": self.ids.kind,
+            "columns": sorted(self.columns),
+            **self.meta.to_header(),
+        }
 
     def common_sections(self) -> dict[str, np.ndarray]:
         out = dict(self.ids.sections())
@@ -248,8 +273,9 @@ class VectorIndex:
         return out
 
     @staticmethod
-    def common_from(path: Any, header: dict[str, Any],
-                    sections: dict[str, np.ndarray]) -> tuple[IdTable, IndexMeta, dict]:
+    def common_from(
+        path: Any, header: dict[str, Any], sections: dict[str, np.ndarray]
+    ) -> tuple[IdTable, IndexMeta, dict]:
         try:
             ids = IdTable.from_sections(sections, header["id_kind"])
             cols = {c: StringTable.from_sections(sections, f"col.{c}") for c in header["columns"]}

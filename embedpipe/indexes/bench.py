@@ -58,8 +58,12 @@ def synthetic_vectors(n: int, d: int, seed: int = 0, noise: float = 1.4) -> np.n
     subs = rng.standard_normal((max(8, n // 30), d))
     topic_of = rng.integers(0, len(topics), len(subs))
     which = rng.integers(0, len(subs), n)
-    x = (0.35 * common + 0.55 * topics[topic_of[which]] + 0.45 * subs[which]
-         + noise * rng.standard_normal((n, d)) * rng.uniform(0.7, 1.3, (n, 1)))
+    x = (
+        0.35 * common
+        + 0.55 * topics[topic_of[which]]
+        + 0.45 * subs[which]
+        + noise * rng.standard_normal((n, d)) * rng.uniform(0.7, 1.3, (n, 1))
+    )
     return normalize_rows(x.astype(np.float32))
 
 
@@ -69,6 +73,7 @@ def load_vectors(vectors: str | None, n: int, d: int) -> tuple[np.ndarray, str]:
     path = Path(vectors)
     if path.is_dir():
         from embedpipe.pipeline.dataset import read_embeddings
+
         x = read_embeddings(path, keep_text=False).vectors
     else:
         x = np.load(path, mmap_mode="r")
@@ -85,8 +90,15 @@ def _timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def _measure(row: Row, single: Callable[[np.ndarray], Any], batch: Callable[[np.ndarray], Any],
-             q: np.ndarray, n_single: int, truth: np.ndarray, repeats: int) -> Row:
+def _measure(
+    row: Row,
+    single: Callable[[np.ndarray], Any],
+    batch: Callable[[np.ndarray], Any],
+    q: np.ndarray,
+    n_single: int,
+    truth: np.ndarray,
+    repeats: int,
+) -> Row:
     qs = q[:n_single]
     single(qs[0])  # warm-up (JIT compile, page-in)
     t_single, _ = _timed(lambda: [single(v) for v in qs], repeats)
@@ -103,12 +115,17 @@ def _size(path: Path) -> int:
 
 def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[Row]:
     rows: list[Row] = []
-    configs = [("brute", "fp32", {}), ("brute", "int16", {}),
-               ("brute", "int8", {"scale_mode": "dim"}), ("brute", "int8", {"scale_mode": "vector"}),
-               ("annoy", "fp32", {"n_trees": 50})]
+    configs = [
+        ("brute", "fp32", {}),
+        ("brute", "int16", {}),
+        ("brute", "int8", {"scale_mode": "dim"}),
+        ("brute", "int8", {"scale_mode": "vector"}),
+        ("annoy", "fp32", {"n_trees": 50}),
+    ]
     for kind, quant, params in configs:
-        build_s, ix = _timed(lambda kind=kind, quant=quant, params=params:
-                             build_index(x, kind=kind, quant=quant, **params), 1)
+        build_s, ix = _timed(
+            lambda kind=kind, quant=quant, params=params: build_index(x, kind=kind, quant=quant, **params), 1
+        )
         path = tmp / f"{kind}-{quant}-{len(rows)}"
         ix.save(path)
         ix = load_index(path)
@@ -117,14 +134,16 @@ def _ours(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[R
         if kind == "annoy":
             knobs = [(f"search_k={s}", {"search_k": s}) for s in SWEEP_SEARCH_K]
         for knob, kw in knobs:
+
             def one(v, kw=kw, ix=ix):
                 return ix.search_rows(v, 10, **kw)[1]
 
             def many(qq, kw=kw, ix=ix):
                 return ix.search_rows(qq, 10, **kw)[1]
 
-            row = _measure(Row("embedpipe", name, knob, build_s, ix.saved_bytes(path)), one, many, q,
-                           n_single, truth, repeats)
+            row = _measure(
+                Row("embedpipe", name, knob, build_s, ix.saved_bytes(path)), one, many, q, n_single, truth, repeats
+            )
             rows.append(row)
             report(row)
     return rows
@@ -144,8 +163,11 @@ class GraphBench:
 def child_build(impl: str, npy: Path, out: Path, g: GraphBench, seed: int = 0) -> dict[str, Any]:
     """Build with `impl` in a fresh process (see `bench_build`); its timing and RSS."""
     params = json.dumps({"m": g.m, "efc": g.efc, "threads": g.threads, "seed": seed})
-    proc = subprocess.run([sys.executable, "-m", "embedpipe.indexes.bench_build", impl, str(npy),
-                           str(out), params], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedpipe.indexes.bench_build", impl, str(npy), str(out), params],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
@@ -154,50 +176,60 @@ def child_build(impl: str, npy: Path, out: Path, g: GraphBench, seed: int = 0) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _searchers(impl: str, path: Path, n: int, d: int, threads: int
-               ) -> tuple[Callable[[int], None], Callable[[np.ndarray], Any],
-                          Callable[[np.ndarray], Any]]:
+def _searchers(
+    impl: str, path: Path, n: int, d: int, threads: int
+) -> tuple[Callable[[int], None], Callable[[np.ndarray], Any], Callable[[np.ndarray], Any]]:
     """(set_ef, single(v) -> ids, batch(q) -> ids) for a saved graph index."""
     if impl.startswith("embedpipe"):
         ix = load_index(path)
         state = {"ef": 64}
-        return (lambda ef: state.update(ef=ef),
-                lambda v: ix.search_rows(v, 10, ef_search=state["ef"])[1],
-                lambda qq: ix.search_rows(qq, 10, ef_search=state["ef"])[1])
+        return (
+            lambda ef: state.update(ef=ef),
+            lambda v: ix.search_rows(v, 10, ef_search=state["ef"])[1],
+            lambda qq: ix.search_rows(qq, 10, ef_search=state["ef"])[1],
+        )
     if impl == "hnswlib":
         import hnswlib
+
         h = hnswlib.Index(space="ip", dim=d)
         h.load_index(str(path), max_elements=n)
-        return (lambda ef: h.set_ef(max(ef, 10)),
-                lambda v: h.knn_query(v[None, :], 10, num_threads=1)[0],
-                lambda qq: h.knn_query(qq, 10, num_threads=threads)[0])
+        return (
+            lambda ef: h.set_ef(max(ef, 10)),
+            lambda v: h.knn_query(v[None, :], 10, num_threads=1)[0],
+            lambda qq: h.knn_query(qq, 10, num_threads=threads)[0],
+        )
     if impl == "usearch":
         from usearch.index import Index
+
         u = Index.restore(str(path))
 
         def set_ef(ef: int) -> None:
             u.expansion_search = ef
-        return (set_ef, lambda v: u.search(v, 10, threads=1).keys,
-                lambda qq: u.search(qq, 10, threads=threads).keys)
+
+        return (set_ef, lambda v: u.search(v, 10, threads=1).keys, lambda qq: u.search(qq, 10, threads=threads).keys)
     import faiss
+
     f = faiss.read_index(str(path))
     faiss.omp_set_num_threads(threads)
 
     def set_ef_faiss(ef: int) -> None:
         if hasattr(f, "hnsw"):
             f.hnsw.efSearch = ef
-    return (set_ef_faiss, lambda v: f.search(v[None, :], 10)[1],
-            lambda qq: f.search(qq, 10)[1])
+
+    return (set_ef_faiss, lambda v: f.search(v[None, :], 10)[1], lambda qq: f.search(qq, 10)[1])
 
 
 GRAPH_IMPLS: dict[str, str] = {  # impl -> label
-    "embedpipe-hnsw-fp32": "hnsw fp32", "embedpipe-hnsw-int8": "hnsw int8",
-    "hnswlib": "hnswlib fp32", "usearch": "usearch f32", "faiss-hnsw": "IndexHNSWFlat fp32",
-    "faiss-flat": "IndexFlatIP fp32"}
+    "embedpipe-hnsw-fp32": "hnsw fp32",
+    "embedpipe-hnsw-int8": "hnsw int8",
+    "hnswlib": "hnswlib fp32",
+    "usearch": "usearch f32",
+    "faiss-hnsw": "IndexHNSWFlat fp32",
+    "faiss-flat": "IndexFlatIP fp32",
+}
 
 
-def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report,
-           g: GraphBench) -> list[Row]:
+def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report, g: GraphBench) -> list[Row]:
     npy = tmp / "base.npy"
     if not npy.exists():
         np.save(npy, x)
@@ -207,21 +239,35 @@ def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report,
     owner = impl.split("-")[0]
     label = GRAPH_IMPLS[impl] + ("" if impl == "faiss-flat" else f" M={g.m} efc={g.efc}")
     rows = []
-    for ef in ((0,) if impl == "faiss-flat" else g.ef_sweep):
+    for ef in (0,) if impl == "faiss-flat" else g.ef_sweep:
         if ef:
             set_ef(ef)
-        row = _measure(Row(owner, label, f"ef={ef}" if ef else "", built["build_s"], _size(out)),
-                       single, batch, q, n_single, truth, repeats)
-        row.extra = {"peak_rss_mb": round(built["peak_rss_kb"] / 1024, 1),
-                     "build_rss_mb": round((built["peak_rss_kb"] - built["rss_before_kb"]) / 1024, 1),
-                     "threads": g.threads}
+        row = _measure(
+            Row(owner, label, f"ef={ef}" if ef else "", built["build_s"], _size(out)),
+            single,
+            batch,
+            q,
+            n_single,
+            truth,
+            repeats,
+        )
+        row.extra = {
+            "peak_rss_mb": round(built["peak_rss_kb"] / 1024, 1),
+            "build_rss_mb": round((built["peak_rss_kb"] - built["rss_before_kb"]) / 1024, 1),
+            "threads": g.threads,
+        }
         rows.append(row)
         report(row)
     return rows
 
 
-def build_scaling(sizes: tuple[int, ...], dim: int, impls: tuple[str, ...], g: GraphBench,
-                  report: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def build_scaling(
+    sizes: tuple[int, ...],
+    dim: int,
+    impls: tuple[str, ...],
+    g: GraphBench,
+    report: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """Build time of each impl at each size (synthetic vectors) and the fitted exponent b of
     time ∝ n^b, over wall and over CPU time (n log n over 10×n gives b ≈ 1.1)."""
     out: dict[str, Any] = {}
@@ -233,18 +279,21 @@ def build_scaling(sizes: tuple[int, ...], dim: int, impls: tuple[str, ...], g: G
             for impl in impls:
                 t = child_build(impl, npy, Path(tmp) / f"{impl}-{n}", g)
                 times[impl].append(t)
-                report(f"scaling {impl} n={n}: build {t['build_s']:.1f} s wall, "
-                       f"{t['cpu_s']:.1f} s CPU")
+                report(f"scaling {impl} n={n}: build {t['build_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU")
             npy.unlink()
 
         def fit(ts: list[float]) -> float | None:
-            return round(float(np.polyfit(np.log(sizes), np.log(ts), 1)[0]), 3) \
-                if len(sizes) > 1 else None
+            return round(float(np.polyfit(np.log(sizes), np.log(ts), 1)[0]), 3) if len(sizes) > 1 else None
+
         for impl, ts in times.items():
             wall, cpu = [t["build_s"] for t in ts], [t["cpu_s"] for t in ts]
-            out[impl] = {"sizes": list(sizes), "build_s": [round(t, 2) for t in wall],
-                         "cpu_s": [round(t, 2) for t in cpu], "exponent": fit(wall),
-                         "exponent_cpu": fit(cpu)}
+            out[impl] = {
+                "sizes": list(sizes),
+                "build_s": [round(t, 2) for t in wall],
+                "cpu_s": [round(t, 2) for t in cpu],
+                "exponent": fit(wall),
+                "exponent_cpu": fit(cpu),
+            }
     return out
 
 
@@ -263,11 +312,15 @@ def _annoy(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
     a.save(str(tmp / "spotify.ann"))
     rows = []
     for s in SWEEP_SEARCH_K:
-        row = _measure(Row("annoy", "spotify annoy fp32 50 trees", f"search_k={s}", build_s,
-                           _size(tmp / "spotify.ann")),
-                       lambda v, s=s: a.get_nns_by_vector(v, 10, search_k=s),
-                       lambda qq, s=s: np.array([a.get_nns_by_vector(v, 10, search_k=s)
-                                                 for v in qq]), q, n_single, truth, repeats)
+        row = _measure(
+            Row("annoy", "spotify annoy fp32 50 trees", f"search_k={s}", build_s, _size(tmp / "spotify.ann")),
+            lambda v, s=s: a.get_nns_by_vector(v, 10, search_k=s),
+            lambda qq, s=s: np.array([a.get_nns_by_vector(v, 10, search_k=s) for v in qq]),
+            q,
+            n_single,
+            truth,
+            repeats,
+        )
         rows.append(row)
         report(row)
     return rows
@@ -276,19 +329,20 @@ def _annoy(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
 def _flat_ref(name: str) -> Callable[..., list[Row]]:
     def run(x, q, truth, tmp, repeats, n_single, report, g: GraphBench) -> list[Row]:
         return _graph(name, x, q, truth, tmp, repeats, n_single, report, g)
+
     return run
 
 
 REFERENCES: dict[str, Callable[..., list[Row]]] = {
-    "hnswlib": _flat_ref("hnswlib"), "usearch": _flat_ref("usearch"),
+    "hnswlib": _flat_ref("hnswlib"),
+    "usearch": _flat_ref("usearch"),
     "faiss": lambda *a, **k: _flat_ref("faiss-flat")(*a, **k) + _flat_ref("faiss-hnsw")(*a, **k),
-    "annoy": lambda x, q, truth, tmp, repeats, n_single, report, g: _annoy(
-        x, q, truth, tmp, repeats, n_single, report)}
+    "annoy": lambda x, q, truth, tmp, repeats, n_single, report, g: _annoy(x, q, truth, tmp, repeats, n_single, report),
+}
 
 
 def _best_at(rows: list[Row], impl: str, prefix: str, target: float, key: str) -> Row | None:
-    ok = [r for r in rows if r.impl == impl and r.config.startswith(prefix)
-          and r.recall_at_10 >= target]
+    ok = [r for r in rows if r.impl == impl and r.config.startswith(prefix) and r.recall_at_10 >= target]
     return max(ok, key=lambda r: getattr(r, key)) if ok else None
 
 
@@ -296,15 +350,20 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
     """Same-run comparisons behind the issue's targets: QPS at equal recall, build time, RSS."""
     out = []
     hnsw_target = TARGETS["hnsw"]
-    pairs = [("brute int8 scale=dim vs faiss IndexFlatIP", ("embedpipe", "brute int8 scale=dim"),
-              ("faiss", "IndexFlatIP"), 0.0),
-             ("annoy vs spotify annoy @recall>=0.90", ("embedpipe", "annoy"),
-              ("annoy", "spotify"), TARGETS["annoy"])]
+    pairs = [
+        (
+            "brute int8 scale=dim vs faiss IndexFlatIP",
+            ("embedpipe", "brute int8 scale=dim"),
+            ("faiss", "IndexFlatIP"),
+            0.0,
+        ),
+        ("annoy vs spotify annoy @recall>=0.90", ("embedpipe", "annoy"), ("annoy", "spotify"), TARGETS["annoy"]),
+    ]
     for ours in ("hnsw fp32", "hnsw int8"):
-        for ref_impl, ref_cfg in (("hnswlib", "hnswlib"), ("usearch", "usearch"),
-                                  ("faiss", "IndexHNSWFlat")):
-            pairs.append((f"{ours} vs {ref_cfg} @recall>={hnsw_target}", ("embedpipe", ours),
-                          (ref_impl, ref_cfg), hnsw_target))
+        for ref_impl, ref_cfg in (("hnswlib", "hnswlib"), ("usearch", "usearch"), ("faiss", "IndexHNSWFlat")):
+            pairs.append(
+                (f"{ours} vs {ref_cfg} @recall>={hnsw_target}", ("embedpipe", ours), (ref_impl, ref_cfg), hnsw_target)
+            )
     for label, (oi, oc), (ri, rc), target in pairs:
         entry: dict[str, Any] = {"comparison": label}
         for key in ("qps_single", "qps_batch"):
@@ -312,26 +371,36 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
             if ours_r is None or ref is None:
                 entry[key] = None
                 continue
-            entry[key] = {"ours": round(getattr(ours_r, key), 1), "ours_knob": ours_r.knob,
-                          "ref": round(getattr(ref, key), 1), "ref_knob": ref.knob,
-                          "ratio": round(getattr(ours_r, key) / getattr(ref, key), 3)}
+            entry[key] = {
+                "ours": round(getattr(ours_r, key), 1),
+                "ours_knob": ours_r.knob,
+                "ref": round(getattr(ref, key), 1),
+                "ref_knob": ref.knob,
+                "ratio": round(getattr(ours_r, key) / getattr(ref, key), 3),
+            }
         mine = [r for r in rows if r.impl == oi and r.config.startswith(oc)]
         theirs = [r for r in rows if r.impl == ri and r.config.startswith(rc)]
         if mine and theirs:
             entry["build_time_ratio"] = round(mine[0].build_s / theirs[0].build_s, 3)
             entry["size_ratio"] = round(mine[0].size_bytes / theirs[0].size_bytes, 3)
             if "peak_rss_mb" in mine[0].extra and "peak_rss_mb" in theirs[0].extra:
-                entry["peak_rss_ratio"] = round(mine[0].extra["peak_rss_mb"]
-                                                / theirs[0].extra["peak_rss_mb"], 3)
+                entry["peak_rss_ratio"] = round(mine[0].extra["peak_rss_mb"] / theirs[0].extra["peak_rss_mb"], 3)
         out.append(entry)
     return out
 
 
-def run_index_bench(n: int = 200_000, dim: int = 768, vectors: str | None = None,
-                    queries: int = 500, n_single: int = 200, repeats: int = 3,
-                    references: tuple[str, ...] = tuple(REFERENCES),
-                    report: Callable[[Row], None] = lambda r: None,
-                    graph: GraphBench | None = None, ours_flat: bool = True) -> dict[str, Any]:
+def run_index_bench(
+    n: int = 200_000,
+    dim: int = 768,
+    vectors: str | None = None,
+    queries: int = 500,
+    n_single: int = 200,
+    repeats: int = 3,
+    references: tuple[str, ...] = tuple(REFERENCES),
+    report: Callable[[Row], None] = lambda r: None,
+    graph: GraphBench | None = None,
+    ours_flat: bool = True,
+) -> dict[str, Any]:
     """Run everything; returns {"data", "rows", "ratios", "skipped"}. Graph indexes (ours and
     the references) are built in child processes at the same M / ef_construction / threads."""
     g = graph or GraphBench()
@@ -354,28 +423,41 @@ def run_index_bench(n: int = 200_000, dim: int = 768, vectors: str | None = None
                 rows += REFERENCES[name](base, q, truth, Path(tmp), repeats, n_single, report, g)
             except ImportError as exc:
                 skipped[name] = f"not installed ({exc}); pip install embedpipe[bench]"
-    return {"data": label, "n": len(base), "queries": len(q), "dim": base.shape[1],
-            "threads": g.threads, "m": g.m, "ef_construction": g.efc,
-            "rows": [asdict(r) for r in rows], "ratios": ratios(rows), "skipped": skipped}
+    return {
+        "data": label,
+        "n": len(base),
+        "queries": len(q),
+        "dim": base.shape[1],
+        "threads": g.threads,
+        "m": g.m,
+        "ef_construction": g.efc,
+        "rows": [asdict(r) for r in rows],
+        "ratios": ratios(rows),
+        "skipped": skipped,
+    }
 
 
 def _exact_top10(base: np.ndarray, q: np.ndarray) -> np.ndarray:
     from embedpipe.indexes.base import topk_desc
+
     out = np.empty((len(q), 10), np.int64)
     for lo in range(0, len(q), 100):
-        out[lo:lo + 100] = topk_desc(q[lo:lo + 100] @ base.T, 10)[1]
+        out[lo : lo + 100] = topk_desc(q[lo : lo + 100] @ base.T, 10)[1]
     return out
 
 
 def format_row(r: Row) -> str:
     rss = f"  peak RSS {r.extra['peak_rss_mb']:7.0f}MB" if "peak_rss_mb" in r.extra else ""
-    return (f"{r.impl:10s} {r.config:34s} {r.knob:8s} build {r.build_s:7.2f}s "
-            f"size {r.size_bytes / 1e6:7.1f}MB  single {r.qps_single:8.0f} q/s  "
-            f"batch {r.qps_batch:8.0f} q/s  recall@10 {r.recall_at_10:.4f}{rss}")
+    return (
+        f"{r.impl:10s} {r.config:34s} {r.knob:8s} build {r.build_s:7.2f}s "
+        f"size {r.size_bytes / 1e6:7.1f}MB  single {r.qps_single:8.0f} q/s  "
+        f"batch {r.qps_batch:8.0f} q/s  recall@10 {r.recall_at_10:.4f}{rss}"
+    )
 
 
-def update_bench(n: int, dim: int, g: GraphBench, fraction: float = 0.1, queries: int = 500,
-                 ef: int = 64, seed: int = 0) -> dict[str, Any]:
+def update_bench(
+    n: int, dim: int, g: GraphBench, fraction: float = 0.1, queries: int = 500, ef: int = 64, seed: int = 0
+) -> dict[str, Any]:
     """Our HNSW: a full build of n rows vs a build of (1 − fraction)·n plus `add` of the rest:
     update time as a share of the full build, and recall@10 of both at the same ef_search."""
     import os
@@ -395,7 +477,14 @@ def update_bench(n: int, dim: int, g: GraphBench, fraction: float = 0.1, queries
 
     def rec(ix: Any) -> float:
         return recall_vs_exact(ix.search_rows(q, 10, ef_search=ef)[1], truth)
-    return {"n": n, "new_rows": n - cut, "full_build_s": round(full_s, 2),
-            "update_s": round(update_s, 2), "update_share": round(update_s / full_s, 3),
-            "ef_search": ef, "recall_full": round(rec(full), 4),
-            "recall_updated": round(rec(part), 4)}
+
+    return {
+        "n": n,
+        "new_rows": n - cut,
+        "full_build_s": round(full_s, 2),
+        "update_s": round(update_s, 2),
+        "update_share": round(update_s / full_s, 3),
+        "ef_search": ef,
+        "recall_full": round(rec(full), 4),
+        "recall_updated": round(rec(part), 4),
+    }

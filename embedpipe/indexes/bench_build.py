@@ -33,8 +33,8 @@ def _ours(quant: str) -> Callable[..., None]:
         from embedpipe.indexes import build_index
 
         os.environ["EMBEDPIPE_THREADS"] = str(p["threads"])
-        build_index(x, kind="hnsw", quant=quant, m=p["m"], ef_construction=p["efc"],
-                    seed=p.get("seed", 0)).save(out)
+        build_index(x, kind="hnsw", quant=quant, m=p["m"], ef_construction=p["efc"], seed=p.get("seed", 0)).save(out)
+
     return build
 
 
@@ -50,8 +50,7 @@ def _hnswlib(x: np.ndarray, out: str, p: dict[str, Any]) -> None:
 def _usearch(x: np.ndarray, out: str, p: dict[str, Any]) -> None:
     from usearch.index import Index
 
-    ix = Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=p["m"],
-               expansion_add=p["efc"])
+    ix = Index(ndim=x.shape[1], metric="ip", dtype="f32", connectivity=p["m"], expansion_add=p["efc"])
     ix.add(np.arange(len(x)), x, threads=p["threads"])
     ix.save(out)
 
@@ -68,13 +67,18 @@ def _faiss(kind: str) -> Callable[..., None]:
             ix.hnsw.efConstruction = p["efc"]
         ix.add(x)
         faiss.write_index(ix, out)
+
     return build
 
 
 BUILDERS: dict[str, Callable[..., None]] = {
-    "embedpipe-hnsw-fp32": _ours("fp32"), "embedpipe-hnsw-int8": _ours("int8"),
-    "hnswlib": _hnswlib, "usearch": _usearch, "faiss-flat": _faiss("flat"),
-    "faiss-hnsw": _faiss("hnsw")}
+    "embedpipe-hnsw-fp32": _ours("fp32"),
+    "embedpipe-hnsw-int8": _ours("int8"),
+    "hnswlib": _hnswlib,
+    "usearch": _usearch,
+    "faiss-flat": _faiss("flat"),
+    "faiss-hnsw": _faiss("hnsw"),
+}
 
 
 def main(argv: list[str]) -> None:
@@ -85,8 +89,7 @@ def main(argv: list[str]) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     BUILDERS[impl](x, out, p)
     build_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-    print(json.dumps({"build_s": build_s, "cpu_s": cpu_s, "peak_rss_kb": _status_kb("VmHWM"),
-                      "rss_before_kb": before}))
+    print(json.dumps({"build_s": build_s, "cpu_s": cpu_s, "peak_rss_kb": _status_kb("VmHWM"), "rss_before_kb": before}))
 
 
 if __name__ == "__main__":

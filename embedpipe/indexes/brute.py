@@ -37,9 +37,17 @@ class BruteIndex(VectorIndex):
     quants: ClassVar[tuple[str, ...]] = tuple(STORAGE_TYPES)
     build_params: ClassVar[tuple[Param, ...]] = (SCALE_PARAM,)
 
-    def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, scale_mode: str,
-                 ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None,
-                 offset: np.ndarray = NO_OFFSET):
+    def __init__(
+        self,
+        codes: np.ndarray,
+        scale: np.ndarray,
+        quant: str,
+        scale_mode: str,
+        ids: IdTable,
+        meta: IndexMeta,
+        columns: dict[str, StringTable] | None = None,
+        offset: np.ndarray = NO_OFFSET,
+    ):
         super().__init__(codes.shape[1], quant, ids, meta, columns)
         self.codes, self.scale, self.scale_mode = codes, scale, scale_mode
         self.scheme = scale_scheme(quant, scale_mode)
@@ -48,9 +56,16 @@ class BruteIndex(VectorIndex):
         self.use_jit = True
 
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, progress: bool = False,
-              **params: Any) -> BruteIndex:
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: IdTable,
+        meta: IndexMeta,
+        quant: str = "fp32",
+        columns: dict[str, StringTable] | None = None,
+        progress: bool = False,
+        **params: Any,
+    ) -> BruteIndex:
         """Quantize unit `vectors`; `params` are the declared `build_params`."""
         if quant not in STORAGE_TYPES:
             raise ValueError(f"unknown quant {quant!r}; choose one of {tuple(STORAGE_TYPES)}")
@@ -79,9 +94,11 @@ class BruteIndex(VectorIndex):
             self._q8 = False
             if self.quant == "int8" and self.dim % 32 == 0 and self.count:
                 from embedpipe.codegen import get_kernel_library
+
                 try:
                     self._q8 = get_kernel_library().prepare_int8(
-                        np.asarray(self.codes), self.scheme.row_scale(self.scale, self.count))
+                        np.asarray(self.codes), self.scheme.row_scale(self.scale, self.count)
+                    )
                 except RuntimeError as exc:  # LLVM could not build the kernels: BLAS below
                     log.warning("int8 JIT matmul unavailable for brute int8 (%s)", exc)
         return self._q8 or None
@@ -106,7 +123,7 @@ class BruteIndex(VectorIndex):
 
     def _search_rows(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         step = max(1, MAX_SCORES // max(1, self.count))  # bounds the (queries, n) score block
-        parts = [self._search_chunk(q[i:i + step], k) for i in range(0, len(q), step)]
+        parts = [self._search_chunk(q[i : i + step], k) for i in range(0, len(q), step)]
         scores = add_query_offset(np.concatenate([p[0] for p in parts]), q, self.offset)
         return scores, np.concatenate([p[1] for p in parts])
 
@@ -149,8 +166,9 @@ class BruteIndex(VectorIndex):
     # --- files --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         header = dict(self.common_header(), params={"scale_mode": self.scale_mode})
-        write_container(path, header, dict(self.common_sections(), codes=self.codes,
-                                           scale=self.scale, offset=self.offset))
+        write_container(
+            path, header, dict(self.common_sections(), codes=self.codes, scale=self.scale, offset=self.offset)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> BruteIndex:
@@ -161,8 +179,20 @@ class BruteIndex(VectorIndex):
         if codes is None or spec is None or codes.dtype != spec.dtype:
             raise IndexFileError(path, f"vector section does not match quant {header.get('quant')!r}")
         if codes.shape != (header["count"], header["dim"]):
-            raise IndexFileError(path, f"vectors have shape {codes.shape}, header says "
-                                       f"({header['count']}, {header['dim']})")
+            raise IndexFileError(
+                path, f"vectors have shape {codes.shape}, header says ({header['count']}, {header['dim']})"
+            )
         mode = header["params"]["scale_mode"]
-        return check_index(path, cls(codes, sec.get("scale", NO_OFFSET), header["quant"], mode, ids, meta, cols,
-                                     scale_scheme(header["quant"], mode).load_offset(sec, header["dim"])))
+        return check_index(
+            path,
+            cls(
+                codes,
+                sec.get("scale", NO_OFFSET),
+                header["quant"],
+                mode,
+                ids,
+                meta,
+                cols,
+                scale_scheme(header["quant"], mode).load_offset(sec, header["dim"]),
+            ),
+        )

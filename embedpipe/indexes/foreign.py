@@ -40,20 +40,21 @@ def _read_table(path: Path) -> pa.Table:
 
 def _column_vectors(table: pa.Table, column: str, path: Path) -> np.ndarray:
     if column not in table.column_names:
-        raise EmbeddingsDirError(f"{path}: no column {column!r} (columns: "
-                                 f"{', '.join(table.column_names)}); pass --embedding-column")
+        raise EmbeddingsDirError(
+            f"{path}: no column {column!r} (columns: {', '.join(table.column_names)}); pass --embedding-column"
+        )
     col = table.column(column).combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
         width = col.type.list_size
     elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
         lengths = col.value_lengths().to_numpy(zero_copy_only=False)
         if len(lengths) and (lengths != lengths[0]).any():
-            raise EmbeddingsDirError(f"{path}: column {column!r} holds vectors of different "
-                                     f"lengths ({lengths.min()}…{lengths.max()})")
+            raise EmbeddingsDirError(
+                f"{path}: column {column!r} holds vectors of different lengths ({lengths.min()}…{lengths.max()})"
+            )
         width = int(lengths[0]) if len(lengths) else 0
     else:
-        raise EmbeddingsDirError(f"{path}: column {column!r} has type {col.type}; expected a "
-                                 "list of floats")
+        raise EmbeddingsDirError(f"{path}: column {column!r} has type {col.type}; expected a list of floats")
     if col.null_count:
         raise EmbeddingsDirError(f"{path}: column {column!r} has {col.null_count} null rows")
     flat = col.flatten().to_numpy(zero_copy_only=False)
@@ -62,9 +63,9 @@ def _column_vectors(table: pa.Table, column: str, path: Path) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(-1, width)
 
 
-def read_foreign(path: str | os.PathLike, id_column: str = "id",
-                 embedding_column: str = "embedding", normalize: bool = False
-                 ) -> tuple[np.ndarray, list | np.ndarray, IndexMeta]:
+def read_foreign(
+    path: str | os.PathLike, id_column: str = "id", embedding_column: str = "embedding", normalize: bool = False
+) -> tuple[np.ndarray, list | np.ndarray, IndexMeta]:
     """(unit vectors, ids, index metadata recording "no model") from a `.npy`, `.parquet` or
     Arrow IPC file made by another tool."""
     path = Path(path)
@@ -77,8 +78,7 @@ def read_foreign(path: str | os.PathLike, id_column: str = "id",
         except (ValueError, OSError) as exc:
             raise EmbeddingsDirError(f"{path}: unreadable .npy file ({exc})") from None
         if vecs.ndim != 2 or vecs.dtype.kind not in "fiu":
-            raise EmbeddingsDirError(f"{path}: expected a 2-D float array, got {vecs.dtype} "
-                                     f"{vecs.shape}")
+            raise EmbeddingsDirError(f"{path}: expected a 2-D float array, got {vecs.dtype} {vecs.shape}")
         vecs = vecs.astype(np.float32, copy=False)
         ids = np.arange(len(vecs), dtype=np.int64)
     else:
@@ -96,18 +96,26 @@ def read_foreign(path: str | os.PathLike, id_column: str = "id",
         raise EmbeddingsDirError(f"{path}: no vectors")
     bad = ~np.isfinite(vecs).all(axis=1)
     if bad.any():
-        raise EmbeddingsDirError(f"{path}: row {int(np.flatnonzero(bad)[0])} has a NaN or "
-                                 f"infinite component ({int(bad.sum())} such rows)")
+        raise EmbeddingsDirError(
+            f"{path}: row {int(np.flatnonzero(bad)[0])} has a NaN or infinite component ({int(bad.sum())} such rows)"
+        )
     norms = np.linalg.norm(vecs, axis=1)
     if normalize:
         if (norms == 0).any():
-            raise EmbeddingsDirError(f"{path}: row {int(np.flatnonzero(norms == 0)[0])} is "
-                                     "all zeros and cannot be normalized")
+            raise EmbeddingsDirError(
+                f"{path}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros and cannot be normalized"
+            )
         vecs = normalize_rows(vecs)
     elif (np.abs(norms - 1) > UNIT_TOLERANCE).any():
         worst = int(np.argmax(np.abs(norms - 1)))
-        raise EmbeddingsDirError(f"{path}: vectors are not unit length (row {worst} has norm "
-                                 f"{norms[worst]:.4g}); pass --normalize")
-    meta = IndexMeta(source_dim=vecs.shape[1], model_sha256="", model_path="", task="",
-                     extra={"source": str(path.resolve()), "model": "none"})
+        raise EmbeddingsDirError(
+            f"{path}: vectors are not unit length (row {worst} has norm {norms[worst]:.4g}); pass --normalize"
+        )
+    meta = IndexMeta(
+        source_dim=vecs.shape[1],
+        model_sha256="",
+        model_path="",
+        task="",
+        extra={"source": str(path.resolve()), "model": "none"},
+    )
     return vecs, ids, meta

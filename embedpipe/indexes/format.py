@@ -46,8 +46,14 @@ MAX_DIM = 1 << 16
 class Field:
     """One header field: accepted Python types, whether it must be present, and bounds."""
 
-    def __init__(self, *types: type, required: bool = False, lo: int | None = None,
-                 hi: int | None = None, choices: tuple | None = None) -> None:
+    def __init__(
+        self,
+        *types: type,
+        required: bool = False,
+        lo: int | None = None,
+        hi: int | None = None,
+        choices: tuple | None = None,
+    ) -> None:
         self.types, self.required, self.lo, self.hi, self.choices = types, required, lo, hi, choices
 
     def problem(self, value: Any) -> str | None:
@@ -82,7 +88,10 @@ INDEX_SCHEMA: dict[str, Field] = {
     "id_kind": Field(str, required=True, choices=("int", "str")),
     "columns": Field(list, required=True),
     "source_dim": Field(int, lo=0, hi=MAX_DIM),
-    "model_sha256": Field(str), "model_path": Field(str), "task": Field(str), "extra": Field(dict),
+    "model_sha256": Field(str),
+    "model_path": Field(str),
+    "task": Field(str),
+    "extra": Field(dict),
     "params": Field(dict),
     "ann_file": Field(str),
 }
@@ -92,15 +101,19 @@ TYPE_SCHEMA: dict[str, dict[str, Field]] = {
 PARAMS_SCHEMA: dict[str, dict[str, Field]] = {
     "brute": {"scale_mode": Field(str, required=True, choices=("vector", "dim"))},
     "annoy": {"n_trees": Field(int, lo=0, hi=1 << 20), "search_k": Field(int, lo=-1, hi=1 << 40)},
-    "hnsw": {"m": Field(int, required=True, lo=1, hi=1 << 12),
-             "ef_search": Field(int, required=True, lo=1, hi=1 << 20),
-             "ef_construction": Field(int, lo=1, hi=1 << 20),
-             "max_level": Field(int, lo=0, hi=127), "seed": Field(int),
-             "scale_mode": Field(str, choices=("vector", "dim")),
-             "entry": Field(int, required=True, lo=0, hi=MAX_COUNT)},
+    "hnsw": {
+        "m": Field(int, required=True, lo=1, hi=1 << 12),
+        "ef_search": Field(int, required=True, lo=1, hi=1 << 20),
+        "ef_construction": Field(int, lo=1, hi=1 << 20),
+        "max_level": Field(int, lo=0, hi=127),
+        "seed": Field(int),
+        "scale_mode": Field(str, choices=("vector", "dim")),
+        "entry": Field(int, required=True, lo=0, hi=MAX_COUNT),
+    },
 }
 SECTION_SCHEMA: dict[str, Field] = {
-    "offset": Field(int, required=True, **_OFFSET), "nbytes": Field(int, required=True, **_OFFSET),
+    "offset": Field(int, required=True, **_OFFSET),
+    "nbytes": Field(int, required=True, **_OFFSET),
     "dtype": Field(str, required=True, choices=tuple(sorted(SECTION_DTYPES))),
     "shape": Field(list, required=True),
 }
@@ -148,8 +161,7 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         raise
 
 
-def write_container(path: str | os.PathLike, header: Mapping[str, Any],
-                    sections: Mapping[str, np.ndarray]) -> None:
+def write_container(path: str | os.PathLike, header: Mapping[str, Any], sections: Mapping[str, np.ndarray]) -> None:
     """Write `header` (JSON-able) and the arrays in `sections` atomically to `path`."""
     arrays = {name: np.ascontiguousarray(arr) for name, arr in sections.items()}
     # Offsets depend on the header length, which depends on the offsets: iterate to a fixpoint.
@@ -158,8 +170,12 @@ def write_container(path: str | os.PathLike, header: Mapping[str, Any],
         offset = _aligned(_PREFIX.size + header_len)
         table: dict[str, dict[str, Any]] = {}
         for name, arr in arrays.items():
-            table[name] = {"offset": offset, "nbytes": int(arr.nbytes),
-                           "dtype": arr.dtype.str, "shape": list(arr.shape)}
+            table[name] = {
+                "offset": offset,
+                "nbytes": int(arr.nbytes),
+                "dtype": arr.dtype.str,
+                "shape": list(arr.shape),
+            }
             offset = _aligned(offset + arr.nbytes)
         payload_start = _aligned(_PREFIX.size + header_len)
         crc = 0
@@ -169,8 +185,9 @@ def write_container(path: str | os.PathLike, header: Mapping[str, Any],
             crc = crc32_of(b"\0" * pad, crc)
             crc = crc32_of(arr.reshape(-1).view(np.uint8), crc)
             pos = table[name]["offset"] + arr.nbytes
-        full = dict(header, sections=table, payload_offset=payload_start,
-                    payload_size=pos - payload_start, payload_crc32=crc)
+        full = dict(
+            header, sections=table, payload_offset=payload_start, payload_size=pos - payload_start, payload_crc32=crc
+        )
         blob = json.dumps(full, sort_keys=True).encode()
         if len(blob) == header_len:
             break
@@ -204,8 +221,9 @@ def _open_map(path: Path) -> mmap.mmap | bytes:
 def check_fields(path: Any, what: str, values: Any, schema: Mapping[str, Field]) -> None:
     """Raise IndexFileError unless `values` is a dict whose fields match `schema`."""
     if not isinstance(values, dict):
-        raise IndexFileError(path, f"corrupt header: {what} is {type(values).__name__}, expected an "
-                                   "object; rebuild the index")
+        raise IndexFileError(
+            path, f"corrupt header: {what} is {type(values).__name__}, expected an object; rebuild the index"
+        )
     for name, spec in schema.items():
         if name not in values:
             if spec.required:
@@ -213,8 +231,7 @@ def check_fields(path: Any, what: str, values: Any, schema: Mapping[str, Field])
             continue
         problem = spec.problem(values[name])
         if problem:
-            raise IndexFileError(path, f"corrupt header: {what} field {name!r} {problem}; "
-                                       "rebuild the index")
+            raise IndexFileError(path, f"corrupt header: {what} field {name!r} {problem}; rebuild the index")
 
 
 def check_header(path: Any, header: Any) -> None:
@@ -239,19 +256,27 @@ def _section_views(path: Path, buf: Any, header: dict[str, Any]) -> dict[str, np
         what = f"section {quote(name)}"
         check_fields(path, what, info, SECTION_SCHEMA)
         dtype, shape = np.dtype(info["dtype"]), info["shape"]
-        if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_COUNT for d in shape) \
-                or len(shape) > 4:
+        if (
+            not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_COUNT for d in shape)
+            or len(shape) > 4
+        ):
             raise IndexFileError(path, f"corrupt header: {what} has shape {quote(shape)}; rebuild the index")
         start, nbytes = info["offset"], info["nbytes"]
         if nbytes != int(np.prod(shape, dtype=object)) * dtype.itemsize:
-            raise IndexFileError(path, f"corrupt header: {what} holds {nbytes} bytes, but shape "
-                                       f"{shape} of {dtype.str} needs "
-                                       f"{int(np.prod(shape, dtype=object)) * dtype.itemsize}; rebuild the index")
+            raise IndexFileError(
+                path,
+                f"corrupt header: {what} holds {nbytes} bytes, but shape "
+                f"{shape} of {dtype.str} needs "
+                f"{int(np.prod(shape, dtype=object)) * dtype.itemsize}; rebuild the index",
+            )
         if start < lo or start + nbytes > hi or start % dtype.itemsize:
-            raise IndexFileError(path, f"corrupt header: {what} at bytes {start}..{start + nbytes} "
-                                       f"lies outside the payload {lo}..{hi} or is misaligned; "
-                                       "rebuild the index")
-        sections[name] = whole[start:start + nbytes].view(dtype).reshape(shape)
+            raise IndexFileError(
+                path,
+                f"corrupt header: {what} at bytes {start}..{start + nbytes} "
+                f"lies outside the payload {lo}..{hi} or is misaligned; "
+                "rebuild the index",
+            )
+        sections[name] = whole[start : start + nbytes].view(dtype).reshape(shape)
     return sections
 
 
@@ -264,8 +289,9 @@ def is_container(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_container(path: str | os.PathLike, expected_type: str | None = None,
-                   verify: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_container(
+    path: str | os.PathLike, expected_type: str | None = None, verify: bool = True
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Open `path`; return (header, sections as read-only numpy views on an mmap).
 
     Raises IndexFileError naming the file and the problem: bad magic, unsupported version,
@@ -279,13 +305,15 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
     if magic != MAGIC:
         raise IndexFileError(path, f"not an embedpipe index (magic {magic!r}, expected {MAGIC!r})")
     if version != FORMAT_VERSION:
-        raise IndexFileError(path, f"index format version {version} is not supported "
-                                   f"(this embedpipe reads version {FORMAT_VERSION}); rebuild it")
+        raise IndexFileError(
+            path,
+            f"index format version {version} is not supported "
+            f"(this embedpipe reads version {FORMAT_VERSION}); rebuild it",
+        )
     end = _PREFIX.size + header_len
     if len(buf) < end:
-        raise IndexFileError(path, f"truncated: header needs {end} bytes, file has {len(buf)}; "
-                                   "rebuild the index")
-    blob = bytes(buf[_PREFIX.size:end])
+        raise IndexFileError(path, f"truncated: header needs {end} bytes, file has {len(buf)}; rebuild the index")
+    blob = bytes(buf[_PREFIX.size : end])
     if zlib.crc32(blob) != header_crc:
         raise IndexFileError(path, "header checksum mismatch: the file is corrupt; rebuild the index")
     try:
@@ -299,16 +327,20 @@ def read_container(path: str | os.PathLike, expected_type: str | None = None,
         check_header(path, header)
     payload_end = header["payload_offset"] + header["payload_size"]
     if len(buf) < payload_end:
-        raise IndexFileError(path, f"truncated: payload needs {payload_end} bytes, "
-                                   f"file has {len(buf)}; rebuild the index")
+        raise IndexFileError(
+            path, f"truncated: payload needs {payload_end} bytes, file has {len(buf)}; rebuild the index"
+        )
     if header["payload_offset"] < end:
         raise IndexFileError(path, "corrupt header: the payload overlaps the header; rebuild the index")
     if verify:
-        got = crc32_of(memoryview(buf)[header["payload_offset"]:payload_end])
+        got = crc32_of(memoryview(buf)[header["payload_offset"] : payload_end])
         if got != header["payload_crc32"]:
-            raise IndexFileError(path, "payload checksum mismatch: the file is corrupt "
-                                       f"(crc32 {got:08x}, header says "
-                                       f"{header['payload_crc32']:08x}); rebuild the index")
+            raise IndexFileError(
+                path,
+                "payload checksum mismatch: the file is corrupt "
+                f"(crc32 {got:08x}, header says "
+                f"{header['payload_crc32']:08x}); rebuild the index",
+            )
     sections = _section_views(path, buf, header)
     header.pop("sections")
     return header, sections

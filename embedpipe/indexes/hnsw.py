@@ -29,8 +29,7 @@ from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
 from embedpipe.indexes.validate import check_index
 
 CAND_BLOCK = 1024
-EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as "
-                  "the default).")
+EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as the default).")
 
 
 def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m: int) -> np.ndarray:
@@ -52,15 +51,16 @@ def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m:
     return keep
 
 
-def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
-           keep_pruned: bool = False) -> np.ndarray:
+def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int, keep_pruned: bool = False) -> np.ndarray:
     """Heuristic-prune candidate id lists `cand` (b, c; -1 = none) for `nodes`; (b, m) ids."""
     from embedpipe.indexes.hnsw_prune import PRUNE
+
     return PRUNE(x, nodes, cand, m, keep_pruned)
 
 
-def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
-                    keep_pruned: bool = False) -> np.ndarray:
+def prune_reference(
+    x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int, keep_pruned: bool = False
+) -> np.ndarray:
     """numpy oracle of the JIT prune kernel (candidate gram matrices per block of nodes)."""
     out = np.full((len(nodes), m), -1, np.int32)
     for lo in range(0, len(nodes), CAND_BLOCK // 4):
@@ -75,8 +75,7 @@ def prune_reference(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
         sims = np.take_along_axis(sims, order, axis=1)
         vc = np.take_along_axis(vc, order[:, :, None], axis=1)
         valid = np.isfinite(sims)
-        keep = heuristic_select(sims, np.matmul(vc, np.ascontiguousarray(vc.transpose(0, 2, 1))),
-                                valid, m)
+        keep = heuristic_select(sims, np.matmul(vc, np.ascontiguousarray(vc.transpose(0, 2, 1))), valid, m)
         for r in range(hi - lo):
             sel = c[r, keep[r]]
             if keep_pruned:
@@ -99,8 +98,9 @@ def _exact_candidates(x: np.ndarray, nodes: np.ndarray, c: int, progress: Any) -
         s = sub[lo:hi] @ sub[:hi].T
         s[np.arange(hi - lo)[:, None] + lo <= np.arange(hi)[None, :]] = -np.inf
         width = min(c, hi - 1)
-        part = np.argpartition(-s, width - 1, axis=1)[:, :width] if width < hi else \
-            np.broadcast_to(np.arange(hi), s.shape)
+        part = (
+            np.argpartition(-s, width - 1, axis=1)[:, :width] if width < hi else np.broadcast_to(np.arange(hi), s.shape)
+        )
         ok = np.isfinite(np.take_along_axis(s, part, axis=1))
         out[lo:hi, :width] = np.where(ok, nodes[part], -1)
         progress.update(hi - lo)
@@ -126,20 +126,22 @@ def _merge_reverse(nodes: np.ndarray, fwd: np.ndarray, cap: int, n: int) -> np.n
     return out
 
 
-def storage_of(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str,
-               scale_mode: str) -> Any:
+def storage_of(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str, scale_mode: str) -> Any:
     """The builder's view of stored rows: float value = code·S·R[row] + O."""
     from embedpipe.indexes.hnsw_build import Storage
 
     n, d = codes.shape
-    ones_n, ones_d, zeros_d = (np.ones(n, np.float32), np.ones(d, np.float32),
-                               np.zeros(d, np.float32))
+    ones_n, ones_d, zeros_d = (np.ones(n, np.float32), np.ones(d, np.float32), np.zeros(d, np.float32))
     if quant == "fp32":
         return Storage(codes, ones_n, ones_d, zeros_d)
     if scale_mode == "vector":
         return Storage(codes, np.ascontiguousarray(scale, np.float32), ones_d, zeros_d)
-    return Storage(codes, ones_n, np.ascontiguousarray(scale, np.float32),
-                   np.ascontiguousarray(offset, np.float32) if len(offset) else zeros_d)
+    return Storage(
+        codes,
+        ones_n,
+        np.ascontiguousarray(scale, np.float32),
+        np.ascontiguousarray(offset, np.float32) if len(offset) else zeros_d,
+    )
 
 
 class HnswIndex(VectorIndex):
@@ -154,11 +156,22 @@ class HnswIndex(VectorIndex):
     )
     search_params: ClassVar[tuple[Param, ...]] = (EF_SEARCH,)
 
-    def __init__(self, codes: np.ndarray, scale: np.ndarray, quant: str, nbr0: np.ndarray,
-                 level: np.ndarray, upoff: np.ndarray, nbru: np.ndarray, entry: int,
-                 params: dict[str, int], ids: IdTable, meta: IndexMeta,
-                 columns: dict[str, StringTable] | None = None,
-                 offset: np.ndarray = NO_OFFSET) -> None:
+    def __init__(
+        self,
+        codes: np.ndarray,
+        scale: np.ndarray,
+        quant: str,
+        nbr0: np.ndarray,
+        level: np.ndarray,
+        upoff: np.ndarray,
+        nbru: np.ndarray,
+        entry: int,
+        params: dict[str, int],
+        ids: IdTable,
+        meta: IndexMeta,
+        columns: dict[str, StringTable] | None = None,
+        offset: np.ndarray = NO_OFFSET,
+    ) -> None:
         super().__init__(codes.shape[1], quant, ids, meta, columns)
         self.codes, self.scale, self.offset = codes, scale, offset
         self.nbr0, self.level, self.upoff, self.nbru = nbr0, level, upoff, nbru
@@ -190,34 +203,55 @@ class HnswIndex(VectorIndex):
 
     # --- build --------------------------------------------------------------------------
     @classmethod
-    def build(cls, vectors: np.ndarray, ids: IdTable, meta: IndexMeta, quant: str = "fp32",
-              columns: dict[str, StringTable] | None = None, progress: bool = False,
-              **params: Any) -> HnswIndex:
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: IdTable,
+        meta: IndexMeta,
+        quant: str = "fp32",
+        columns: dict[str, StringTable] | None = None,
+        progress: bool = False,
+        **params: Any,
+    ) -> HnswIndex:
         """Build over unit `vectors`; `params` are the declared `build_params` (defaults there)."""
         if quant not in cls.quants:
             raise ValueError(f"hnsw supports quant {cls.quants}, not {quant!r}")
         p = cls.build_settings(params)
-        codes, scale, offset = quantize(np.ascontiguousarray(vectors, np.float32), quant,
-                                        p["scale_mode"])
-        return cls.from_codes(codes, scale, offset, quant, ids, meta, columns,
-                              progress=progress, **p)
+        codes, scale, offset = quantize(np.ascontiguousarray(vectors, np.float32), quant, p["scale_mode"])
+        return cls.from_codes(codes, scale, offset, quant, ids, meta, columns, progress=progress, **p)
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str,
-                   ids: IdTable, meta: IndexMeta, columns: dict[str, StringTable] | None = None,
-                   progress: bool = False, **params: Any) -> HnswIndex:
+    def from_codes(
+        cls,
+        codes: np.ndarray,
+        scale: np.ndarray,
+        offset: np.ndarray,
+        quant: str,
+        ids: IdTable,
+        meta: IndexMeta,
+        columns: dict[str, StringTable] | None = None,
+        progress: bool = False,
+        **params: Any,
+    ) -> HnswIndex:
         """Link already-quantized rows (the graph is built on the stored codes); `params` are
         the declared `build_params`."""
         from embedpipe.indexes.hnsw_build import build_graph
 
         p = cls.build_settings(params)
-        g = build_graph(storage_of(codes, scale, offset, quant, p["scale_mode"]), p["m"],
-                        p["ef_construction"], p["seed"], progress)
-        stored = {"m": p["m"], "ef_construction": p["ef_construction"],
-                  "ef_search": p["ef_search"], "max_level": max(g.maxlevel, 0),
-                  "seed": p["seed"], "scale_mode": p["scale_mode"]}
-        return cls(codes, scale, quant, g.nbr0, g.level, g.upoff, g.nbru, max(g.entry, 0),
-                   stored, ids, meta, columns, offset)
+        g = build_graph(
+            storage_of(codes, scale, offset, quant, p["scale_mode"]), p["m"], p["ef_construction"], p["seed"], progress
+        )
+        stored = {
+            "m": p["m"],
+            "ef_construction": p["ef_construction"],
+            "ef_search": p["ef_search"],
+            "max_level": max(g.maxlevel, 0),
+            "seed": p["seed"],
+            "scale_mode": p["scale_mode"],
+        }
+        return cls(
+            codes, scale, quant, g.nbr0, g.level, g.upoff, g.nbru, max(g.entry, 0), stored, ids, meta, columns, offset
+        )
 
     # --- search (numpy reference) --------------------------------------------------------
     def _greedy(self, q: np.ndarray, node: int) -> int:
@@ -234,8 +268,7 @@ class HnswIndex(VectorIndex):
                         best, node, changed = float(s[j]), int(nb[j]), True
         return node
 
-    def beam(self, q: np.ndarray, entries: list[int], ef: int,
-             neighbours: Any = None) -> list[tuple[float, int]]:
+    def beam(self, q: np.ndarray, entries: list[int], ef: int, neighbours: Any = None) -> list[tuple[float, int]]:
         """Best-first search on one layer; returns up to ef (sim, node) sorted descending."""
         neighbours = neighbours or (lambda u: (lambda r: r[r >= 0])(self.nbr0[u]))
         visited = set(entries)
@@ -271,12 +304,12 @@ class HnswIndex(VectorIndex):
             r[i, : len(found)] = [f[1] for f in found]
         return s, r
 
-    def _search_rows(self, q: np.ndarray, k: int, ef_search: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_rows(self, q: np.ndarray, k: int, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         ef = max(ef_search or self.ef_search, k)
         if self.count == 0:
             return pad_topk(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
         from embedpipe.indexes.hnsw_kernel import HnswKernel
+
         if self._kernel is None:
             self._kernel = HnswKernel.for_index(self) or False
         if self._kernel:
@@ -284,8 +317,13 @@ class HnswIndex(VectorIndex):
         return self.search_reference(q, k, ef)
 
     # --- incremental add -----------------------------------------------------------------
-    def add(self, vectors: np.ndarray, ids: list[Any] | np.ndarray | None = None,
-            columns: dict[str, list[str]] | None = None, progress: bool = False) -> None:
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: list[Any] | np.ndarray | None = None,
+        columns: dict[str, list[str]] | None = None,
+        progress: bool = False,
+    ) -> None:
         """Insert vectors as `build` does (levels from a seed derived from the build seed and
         the current count, so an update is reproducible); ids default to continuing numbers."""
         from embedpipe.indexes.hnsw_build import Graph, GraphBuilder, draw_levels, unlink_deleted
@@ -295,13 +333,20 @@ class HnswIndex(VectorIndex):
         n0 = self.count
         self.ids = extend_ids(self.ids, ids, len(x))
         self.columns = extend_columns(self.columns, columns, n0, len(x))
-        codes, scale, _ = quantize(x, self.quant, self.scale_mode,
-                                   calibration=self.scheme.calibration(self.scale, self.offset))
+        codes, scale, _ = quantize(
+            x, self.quant, self.scale_mode, calibration=self.scheme.calibration(self.scale, self.offset)
+        )
         self.codes = np.concatenate([self.codes, codes])
         self.scale = self.scheme.extend_scale(self.scale, scale)
         top = int(self.level[self.entry]) if n0 else -1
-        g = Graph(np.asarray(self.nbr0), np.asarray(self.level), np.asarray(self.upoff),
-                  np.asarray(self.nbru), self.entry if n0 else -1, top)
+        g = Graph(
+            np.asarray(self.nbr0),
+            np.asarray(self.level),
+            np.asarray(self.upoff),
+            np.asarray(self.nbru),
+            self.entry if n0 else -1,
+            top,
+        )
         rng = np.random.default_rng([int(self.params.get("seed", 0)), n0])
         g = g.extend(draw_levels(len(x), self.m, rng), self.m)
         store = storage_of(self.codes, self.scale, self.offset, self.quant, self.scale_mode)
@@ -317,10 +362,20 @@ class HnswIndex(VectorIndex):
     # --- files --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         header = dict(self.common_header(), params=dict(self.params, entry=self.entry))
-        write_container(path, header, dict(self.common_sections(), codes=self.codes,
-                                           scale=self.scale, offset=self.offset,
-                                           nbr0=self.nbr0, level=self.level,
-                                           upoff=self.upoff, nbru=self.nbru))
+        write_container(
+            path,
+            header,
+            dict(
+                self.common_sections(),
+                codes=self.codes,
+                scale=self.scale,
+                offset=self.offset,
+                nbr0=self.nbr0,
+                level=self.level,
+                upoff=self.upoff,
+                nbru=self.nbru,
+            ),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> HnswIndex:
@@ -336,5 +391,6 @@ class HnswIndex(VectorIndex):
             raise IndexFileError(path, f"graph/vector sections do not match count {n}")
         p = header["params"]
         offset = scale_scheme(header["quant"], p.get("scale_mode", "vector")).load_offset(sec, header["dim"])
-        return check_index(path, cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p,
-                                     ids, meta, cols, offset))
+        return check_index(
+            path, cls(*arrays[:1], arrays[1], header["quant"], *arrays[2:], int(p["entry"]), p, ids, meta, cols, offset)
+        )

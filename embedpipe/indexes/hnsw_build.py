@@ -69,28 +69,33 @@ class Graph:
         level = np.asarray(level, np.int8)
         upoff = np.zeros(len(level), np.int64)
         upoff[1:] = np.cumsum(level.astype(np.int64))[:-1]
-        return cls(np.full((len(level), 2 * m), -1, np.int32), level, upoff,
-                   np.full((int(level.astype(np.int64).sum()), m), -1, np.int32))
+        return cls(
+            np.full((len(level), 2 * m), -1, np.int32),
+            level,
+            upoff,
+            np.full((int(level.astype(np.int64).sum()), m), -1, np.int32),
+        )
 
     def extend(self, level: np.ndarray, m: int) -> Graph:
         """This graph with room for len(level) more nodes (not yet linked)."""
         level = np.asarray(level, np.int8)
         up = np.zeros(len(level), np.int64)
         up[1:] = np.cumsum(level.astype(np.int64))[:-1]
-        return Graph(np.concatenate([self.nbr0, np.full((len(level), 2 * m), -1, np.int32)]),
-                     np.concatenate([self.level, level]),
-                     np.concatenate([self.upoff, up + len(self.nbru)]),
-                     np.concatenate([self.nbru, np.full((int(level.astype(np.int64).sum()), m),
-                                                        -1, np.int32)]),
-                     self.entry, self.maxlevel)
+        return Graph(
+            np.concatenate([self.nbr0, np.full((len(level), 2 * m), -1, np.int32)]),
+            np.concatenate([self.level, level]),
+            np.concatenate([self.upoff, up + len(self.nbru)]),
+            np.concatenate([self.nbru, np.full((int(level.astype(np.int64).sum()), m), -1, np.int32)]),
+            self.entry,
+            self.maxlevel,
+        )
 
     def row(self, v: int, layer: int) -> np.ndarray:
         return self.nbr0[v] if layer == 0 else self.nbru[self.upoff[v] + layer - 1]
 
 
 def draw_levels(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
-    return np.minimum((-np.log(1.0 - rng.random(n)) / math.log(m)).astype(np.int64),
-                      MAX_LEVEL).astype(np.int8)
+    return np.minimum((-np.log(1.0 - rng.random(n)) / math.log(m)).astype(np.int64), MAX_LEVEL).astype(np.int8)
 
 
 def batches(done: int, total: int, max_batch: int = MAX_BATCH) -> list[tuple[int, int]]:
@@ -136,11 +141,14 @@ def back_links(g: Graph, bt: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     t, lay, s = tgt[ok].astype(np.int64), np.repeat(layer, m)[ok], np.repeat(src, m)[ok]
     order = np.lexsort((s, t, lay))
     t, lay, s = t[order], lay[order], s[order]
-    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (lay[1:] != lay[:-1])]) \
-        if len(t) else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (lay[1:] != lay[:-1])]) if len(t) else np.zeros(0, np.int64)
     gstart = np.append(starts, len(t)).astype(np.int64)
-    return (np.ascontiguousarray(t[starts]), np.ascontiguousarray(lay[starts]), gstart,
-            np.ascontiguousarray(bt.nodes[s].astype(np.int32)))
+    return (
+        np.ascontiguousarray(t[starts]),
+        np.ascontiguousarray(lay[starts]),
+        gstart,
+        np.ascontiguousarray(bt.nodes[s].astype(np.int32)),
+    )
 
 
 def update_entry(g: Graph, nodes: np.ndarray) -> None:
@@ -173,8 +181,7 @@ def _select(vec: np.ndarray, cand: list[tuple[float, int]], m: int) -> list[int]
     return kept
 
 
-def _search_layer(g: Graph, vec: np.ndarray, q: np.ndarray, layer: int, start: int,
-                  ef: int) -> list[tuple[float, int]]:
+def _search_layer(g: Graph, vec: np.ndarray, q: np.ndarray, layer: int, start: int, ef: int) -> list[tuple[float, int]]:
     pool: list[tuple[float, int]] = [(float(vec[start] @ q), start)]
     expanded = {start: False}
     visited = {start}
@@ -236,7 +243,7 @@ def link_reference(g: Graph, vec: np.ndarray, groups: tuple[np.ndarray, ...]) ->
     for k, (w, layer) in enumerate(zip(gnode.tolist(), glevel.tolist())):
         row = g.row(w, layer)
         old = row[row >= 0].tolist()
-        cand = old + [v for v in incoming[gstart[k]:gstart[k + 1]].tolist() if v not in old]
+        cand = old + [v for v in incoming[gstart[k] : gstart[k + 1]].tolist() if v not in old]
         if len(cand) > len(row):
             pool: list[tuple[float, int]] = []
             for v in cand:
@@ -250,8 +257,15 @@ def link_reference(g: Graph, vec: np.ndarray, groups: tuple[np.ndarray, ...]) ->
 class GraphBuilder:
     """Inserts nodes into a `Graph` over `Storage`, natively when the kernels compile."""
 
-    def __init__(self, store: Storage, graph: Graph, m: int, ef_construction: int,
-                 threads: int | None = None, native: bool = True) -> None:
+    def __init__(
+        self,
+        store: Storage,
+        graph: Graph,
+        m: int,
+        ef_construction: int,
+        threads: int | None = None,
+        native: bool = True,
+    ) -> None:
         from embedpipe.codegen.threads import default_threads
 
         self.store, self.g, self.m, self.efc = store, graph, m, ef_construction
@@ -273,34 +287,51 @@ class GraphBuilder:
             n, d = self.store.codes.shape
             self._scratch, self._buffers = [], []
             for _ in range(self.threads):
-                bufs = {"visited": np.zeros(n, np.int32), "pool_id": np.zeros(self._cap, np.int32),
-                        "pool_s": np.zeros(self._cap, np.float32),
-                        "pool_x": np.zeros(self._cap, np.int8),
-                        "qbuf": np.zeros(d, np.float32),
-                        "cbuf": np.zeros(max(d, self._cap), np.float32)}
+                bufs = {
+                    "visited": np.zeros(n, np.int32),
+                    "pool_id": np.zeros(self._cap, np.int32),
+                    "pool_s": np.zeros(self._cap, np.float32),
+                    "pool_x": np.zeros(self._cap, np.int8),
+                    "qbuf": np.zeros(d, np.float32),
+                    "cbuf": np.zeros(max(d, self._cap), np.float32),
+                }
                 self._buffers.append(bufs)
                 self._scratch.append(pack(SCRATCH, bufs))
         return self._scratch
 
     def _ctx(self, **extra: Any) -> tuple[np.ndarray, list[Any]]:
         g, st = self.g, self.store
-        vals = {"X": st.codes, "R": st.R, "S": st.S, "O": st.O, "d": st.codes.shape[1],
-                "n": len(st.codes), "level": g.level, "upoff": g.upoff, "nbr0": g.nbr0,
-                "m0": g.nbr0.shape[1], "nbru": g.nbru if len(g.nbru) else
-                np.full((1, self.m), -1, np.int32), "mu": self.m, "entry": g.entry,
-                "maxlevel": g.maxlevel, "efc": self.efc, "m": self.m, **extra}
+        vals = {
+            "X": st.codes,
+            "R": st.R,
+            "S": st.S,
+            "O": st.O,
+            "d": st.codes.shape[1],
+            "n": len(st.codes),
+            "level": g.level,
+            "upoff": g.upoff,
+            "nbr0": g.nbr0,
+            "m0": g.nbr0.shape[1],
+            "nbru": g.nbru if len(g.nbru) else np.full((1, self.m), -1, np.int32),
+            "mu": self.m,
+            "entry": g.entry,
+            "maxlevel": g.maxlevel,
+            "efc": self.efc,
+            "m": self.m,
+            **extra,
+        }
         return pack(CTX, vals), list(vals.values())  # keep the arrays alive
 
-    def insert(self, order: np.ndarray, done: int = 0, progress: bool = False,
-               max_batch: int = MAX_BATCH) -> None:
+    def insert(self, order: np.ndarray, done: int = 0, progress: bool = False, max_batch: int = MAX_BATCH) -> None:
         """Insert the nodes `order` (rows whose levels are set) in that order into a graph
         that already holds `done` nodes."""
         order = np.asarray(order, np.int64)
-        with tqdm(total=len(order), desc="hnsw insert", unit="vec", unit_scale=True,
-                  disable=not progress, smoothing=0.05) as bar:
+        with tqdm(
+            total=len(order), desc="hnsw insert", unit="vec", unit_scale=True, disable=not progress, smoothing=0.05
+        ) as bar:
             pos = 0
             for lo, hi in batches(done, done + len(order), max_batch):
-                nodes = order[pos:pos + hi - lo]
+                nodes = order[pos : pos + hi - lo]
                 pos += hi - lo
                 self.insert_batch(nodes)
                 bar.update(len(nodes))
@@ -314,11 +345,10 @@ class GraphBuilder:
             link_reference(self.g, self._floats(), groups)
             return
         most = int(np.diff(gstart).max())
-        ctx, keep = self._ctx(gnode=gnode, glevel=glevel, gstart=gstart, incoming=incoming,
-                              ngroups=len(gnode))
-        self.kernels.run("link", ctx,
-                         self._scratch_for(max(self.efc + 1, 2 * (self.g.nbr0.shape[1] + most))),
-                         len(gnode))
+        ctx, keep = self._ctx(gnode=gnode, glevel=glevel, gstart=gstart, incoming=incoming, ngroups=len(gnode))
+        self.kernels.run(
+            "link", ctx, self._scratch_for(max(self.efc + 1, 2 * (self.g.nbr0.shape[1] + most))), len(gnode)
+        )
         del keep
 
     def insert_batch(self, nodes: np.ndarray) -> None:
@@ -327,17 +357,22 @@ class GraphBuilder:
         if self.kernels is None:
             insert_batch_reference(g, self._floats(), bt, self.efc)
         else:
-            ctx, keep = self._ctx(nodes=bt.nodes, nbatch=len(bt.nodes), fwd=bt.fwd,
-                                  fwdoff=bt.fwdoff)
+            ctx, keep = self._ctx(nodes=bt.nodes, nbatch=len(bt.nodes), fwd=bt.fwd, fwdoff=bt.fwdoff)
             self.kernels.run("insert", ctx, self._scratch_for(self.efc + 1), len(bt.nodes))
             del keep
         self.relink(back_links(g, bt))
         update_entry(g, bt.nodes)
 
 
-def build_graph(store: Storage, m: int, ef_construction: int, seed: int,
-                progress: bool = False, native: bool = True,
-                threads: int | None = None) -> Graph:
+def build_graph(
+    store: Storage,
+    m: int,
+    ef_construction: int,
+    seed: int,
+    progress: bool = False,
+    native: bool = True,
+    threads: int | None = None,
+) -> Graph:
     """A new graph over all rows of `store`, inserted in a seeded random order."""
     n = len(store.codes)
     rng = np.random.default_rng(seed)
@@ -371,7 +406,7 @@ def unlink_deleted(g: Graph, deleted: np.ndarray) -> tuple[np.ndarray, ...]:
             via = via[~dead[via] & ~np.isin(via, keep)]
             _, first = np.unique(via, return_index=True)
             new = np.full(len(row), -1, np.int32)
-            new[:len(keep)] = keep
+            new[: len(keep)] = keep
             target = g.nbr0 if lv == 0 else g.nbru
             target[u if lv == 0 else g.upoff[u] + lv - 1] = new
             if len(first):
@@ -380,5 +415,9 @@ def unlink_deleted(g: Graph, deleted: np.ndarray) -> tuple[np.ndarray, ...]:
                 inc.append(via[np.sort(first)].astype(np.int32))
     gstart = np.zeros(len(inc) + 1, np.int64)
     gstart[1:] = np.cumsum([len(v) for v in inc])
-    return (np.asarray(gn, np.int64), np.asarray(gl, np.int64), gstart,
-            np.concatenate(inc) if inc else np.zeros(0, np.int32))
+    return (
+        np.asarray(gn, np.int64),
+        np.asarray(gl, np.int64),
+        gstart,
+        np.concatenate(inc) if inc else np.zeros(0, np.int32),
+    )

@@ -36,9 +36,33 @@ from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.rowdot import emit_dot
 
 # Words of the shared context array (int64), in order; pointers are addresses.
-CTX = ("X", "R", "S", "O", "d", "n", "level", "upoff", "nbr0", "m0", "nbru", "mu", "entry",
-       "maxlevel", "efc", "m", "nodes", "nbatch", "fwd", "fwdoff", "gnode", "glevel",
-       "gstart", "incoming", "ngroups")
+CTX = (
+    "X",
+    "R",
+    "S",
+    "O",
+    "d",
+    "n",
+    "level",
+    "upoff",
+    "nbr0",
+    "m0",
+    "nbru",
+    "mu",
+    "entry",
+    "maxlevel",
+    "efc",
+    "m",
+    "nodes",
+    "nbatch",
+    "fwd",
+    "fwdoff",
+    "gnode",
+    "glevel",
+    "gstart",
+    "incoming",
+    "ngroups",
+)
 # Words of one worker's scratch array: buffers it alone uses, and its visited tag.
 SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf", "step")
 ELEMENTS = {"fp32": F32, "int8": I8}
@@ -62,8 +86,7 @@ class Fn:
     def put(self, slot: ir.Value, v: ir.Value) -> None:
         self.b.store(v, slot)
 
-    def loop(self, cond: Callable[[], ir.Value],
-             body: Callable[[ir.Block, ir.Block], None]) -> None:
+    def loop(self, cond: Callable[[], ir.Value], body: Callable[[ir.Block, ir.Block], None]) -> None:
         with loop(self.b, "w") as lp:
             lp.break_unless(cond())
             body(lp.exit, lp.head)
@@ -89,8 +112,9 @@ class _Emit:
             return emit()
 
     # --- plumbing -------------------------------------------------------------------------
-    def _fn(self, name: str, ret: ir.Type, args: list[tuple[str, ir.Type]]
-            ) -> tuple[ir.Function, ir.IRBuilder, Fn, dict[str, ir.Value]]:
+    def _fn(
+        self, name: str, ret: ir.Type, args: list[tuple[str, ir.Type]]
+    ) -> tuple[ir.Function, ir.IRBuilder, Fn, dict[str, ir.Value]]:
         fn = ir.Function(self.m, ir.FunctionType(ret, [t for _, t in args]), name=name)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
@@ -119,41 +143,41 @@ class _Emit:
     def st(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value, v: ir.Value) -> None:
         b.store(v, b.gep(base, [idx], source_etype=ty))
 
-    def sim(self, b: ir.IRBuilder, ctx: ir.Value, buf: ir.Value, const: ir.Value,
-            v: ir.Value) -> ir.Value:
+    def sim(self, b: ir.IRBuilder, ctx: ir.Value, buf: ir.Value, const: ir.Value, v: ir.Value) -> ir.Value:
         """Similarity of stored row v to the node expanded into (buf, const)."""
-        s = b.call(self.dot, [self.ctx(b, ctx, "X", True), self.ctx(b, ctx, "R", True),
-                              self.ctx(b, ctx, "d"), buf, v])
+        s = b.call(self.dot, [self.ctx(b, ctx, "X", True), self.ctx(b, ctx, "R", True), self.ctx(b, ctx, "d"), buf, v])
         return b.fadd(s, const)
 
     def prefetch_row(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value) -> None:
         """Ask for the first cache lines of row v before it is scored."""
         width = 4 if self.elt is F32 else 1
-        row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))],
-                    source_etype=self.elt)
+        row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))], source_etype=self.elt)
         for line in range(PREFETCH_LINES):
-            b.call(self.pf, [b.gep(row, [const_i64(64 * line // width)], source_etype=self.elt),
-                             ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+            b.call(
+                self.pf,
+                [
+                    b.gep(row, [const_i64(64 * line // width)], source_etype=self.elt),
+                    ir.Constant(I32, 0),
+                    ir.Constant(I32, 3),
+                    ir.Constant(I32, 1),
+                ],
+            )
 
-    def expand(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, buf: ir.Value
-               ) -> tuple[ir.Value, ir.Value]:
+    def expand(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, buf: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Node v as a query: (weights pointer, constant). fp32 rows are their own weights."""
         if self.elt is F32:
-            row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))],
-                        source_etype=F32)
+            row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))], source_etype=F32)
             return row, ir.Constant(F32, 0.0)
         return buf, b.call(self.weights, [ctx, v, buf])
 
-    def row(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, layer: ir.Value
-            ) -> tuple[ir.Value, ir.Value]:
+    def row(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, layer: ir.Value) -> tuple[ir.Value, ir.Value]:
         """(pointer to node v's neighbour list on `layer`, its capacity)."""
         zero = const_i64(0)
         on0 = b.icmp_signed("==", layer, zero)
         m0, mu = self.ctx(b, ctx, "m0"), self.ctx(b, ctx, "mu")
         up = self.ld(b, I64, self.ctx(b, ctx, "upoff", True), v)
         r0 = b.gep(self.ctx(b, ctx, "nbr0", True), [b.mul(v, m0)], source_etype=I32)
-        ru = b.gep(self.ctx(b, ctx, "nbru", True),
-                   [b.mul(b.add(up, b.sub(layer, const_i64(1))), mu)], source_etype=I32)
+        ru = b.gep(self.ctx(b, ctx, "nbru", True), [b.mul(b.add(up, b.sub(layer, const_i64(1))), mu)], source_etype=I32)
         return b.select(on0, r0, ru), b.select(on0, m0, mu)
 
     # --- helpers --------------------------------------------------------------------------
@@ -191,9 +215,11 @@ class _Emit:
         """i64 push(pid, ps, px, size*, cap, s, id): insert into the pool sorted by descending
         score (after equal scores); returns the slot, or -1 when the pool is full and s is no
         better than its worst."""
-        fn, b, f, a = self._fn("ep_hb_push", I64, [("pid", PTR), ("ps", PTR), ("px", PTR),
-                                                   ("size", PTR), ("cap", I64), ("s", F32),
-                                                   ("id", I64)])
+        fn, b, f, a = self._fn(
+            "ep_hb_push",
+            I64,
+            [("pid", PTR), ("ps", PTR), ("px", PTR), ("size", PTR), ("cap", I64), ("s", F32), ("id", I64)],
+        )
         one = const_i64(1)
         n = b.load(a["size"], typ=I64)
         full = b.icmp_signed(">=", n, a["cap"])
@@ -226,9 +252,11 @@ class _Emit:
         """i64 select(ctx, cid, cs, count, m, out, cbuf): the heuristic over candidates sorted
         by descending score: keep c while fewer than m are kept and c is closer to the node
         than to every kept one. Writes the kept ids to out[0..kept), returns kept."""
-        fn, b, f, a = self._fn("ep_hb_select", I64, [
-            ("ctx", PTR), ("cid", PTR), ("cs", PTR), ("count", I64), ("m", I64),
-            ("out", PTR), ("cbuf", PTR)])
+        fn, b, f, a = self._fn(
+            "ep_hb_select",
+            I64,
+            [("ctx", PTR), ("cid", PTR), ("cs", PTR), ("count", I64), ("m", I64), ("out", PTR), ("cbuf", PTR)],
+        )
         one, zero = const_i64(1), const_i64(0)
         j, kept, r, ok = (f.var(I64, zero) for _ in range(4))
 
@@ -255,8 +283,7 @@ class _Emit:
                 self.st(b, I32, a["out"], f.get(kept), b.trunc(c, I32))
                 f.put(kept, b.add(f.get(kept), one))
 
-        f.loop(lambda: b.and_(b.icmp_signed("<", f.get(j), a["count"]),
-                              b.icmp_signed("<", f.get(kept), a["m"])), each)
+        f.loop(lambda: b.and_(b.icmp_signed("<", f.get(j), a["count"]), b.icmp_signed("<", f.get(kept), a["m"])), each)
         b.ret(f.get(kept))
         return fn
 
@@ -265,9 +292,11 @@ class _Emit:
         from `start` into the scratch pool (sorted, ≤ ef); returns the pool size. The pool
         flags each entry expanded or not and the search expands the best unexpanded entry
         until none is left (hnswlib's stopping rule)."""
-        fn, b, f, a = self._fn("ep_hb_search", I64, [
-            ("ctx", PTR), ("scr", PTR), ("layer", I64), ("start", I64), ("ef", I64),
-            ("buf", PTR), ("const", F32)])
+        fn, b, f, a = self._fn(
+            "ep_hb_search",
+            I64,
+            [("ctx", PTR), ("scr", PTR), ("layer", I64), ("start", I64), ("ef", I64), ("buf", PTR), ("const", F32)],
+        )
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
         visited = self.scr(b, scr, "visited")
@@ -288,8 +317,7 @@ class _Emit:
         tag32 = b.trunc(tag, I32)
         size = f.var(I64, zero)
         self.st(b, I32, visited, a["start"], tag32)
-        b.call(self.push, [pid, ps, px, size, a["ef"],
-                           self.sim(b, ctx, a["buf"], a["const"], a["start"]), a["start"]])
+        b.call(self.push, [pid, ps, px, size, a["ef"], self.sim(b, ctx, a["buf"], a["const"], a["start"]), a["start"]])
         k, nk, j = (f.var(I64, zero) for _ in range(3))
 
         def expand(out: ir.Block, head: ir.Block) -> None:
@@ -323,10 +351,8 @@ class _Emit:
                 with b.if_then(b.icmp_signed("==", self.ld(b, I32, visited, v), tag32)):
                     b.branch(head2)
                 self.st(b, I32, visited, v, tag32)
-                p = b.call(self.push, [pid, ps, px, size, a["ef"],
-                                       self.sim(b, ctx, a["buf"], a["const"], v), v])
-                with b.if_then(b.and_(b.icmp_signed(">=", p, zero),
-                                      b.icmp_signed("<", p, f.get(nk)))):
+                p = b.call(self.push, [pid, ps, px, size, a["ef"], self.sim(b, ctx, a["buf"], a["const"], v), v])
+                with b.if_then(b.and_(b.icmp_signed(">=", p, zero), b.icmp_signed("<", p, f.get(nk)))):
                     f.put(nk, p)
 
             f.loop(lambda: b.icmp_signed("<", f.get(j), width), neighbour)
@@ -406,8 +432,7 @@ class _Emit:
                     f.put(t, b.add(tt, one))
                     w = self.ld(b, I64, nodes, tt)
                     with b.if_then(b.icmp_signed(">=", b.sext(self.ld(b, I8, level, w), I64), ll)):
-                        b.call(self.push, [pid, ps, px, size, efc,
-                                           self.sim(b, ctx, qbuf_u, qc, w), w])
+                        b.call(self.push, [pid, ps, px, size, efc, self.sim(b, ctx, qbuf_u, qc, w), w])
 
                 f.loop(lambda: b.icmp_signed("<", f.get(t), ii), batch_peer)
                 row = b.add(self.ld(b, I64, fwdoff, ii), ll)
@@ -474,8 +499,7 @@ class _Emit:
                     self.st(b, I32, pid, f.get(cnt), v)
                     f.put(cnt, b.add(f.get(cnt), one))
 
-            f.loop(lambda: b.icmp_signed("<", f.get(t),
-                                         self.ld(b, I64, gstart, b.add(gg, one))), add_new)
+            f.loop(lambda: b.icmp_signed("<", f.get(t), self.ld(b, I64, gstart, b.add(gg, one))), add_new)
             fits = b.icmp_signed("<=", f.get(cnt), width)
             with b.if_else(fits) as (then, otherwise):
                 with then:
@@ -508,13 +532,21 @@ class _Emit:
                     def sort(out2: ir.Block, head2: ir.Block) -> None:
                         jj = f.get(j)
                         f.put(j, b.add(jj, one))
-                        b.call(self.push, [tail, tail_s, tail_x, size, f.get(cnt),
-                                           self.ld(b, F32, cbuf, jj),
-                                           b.sext(self.ld(b, I32, pid, jj), I64)])
+                        b.call(
+                            self.push,
+                            [
+                                tail,
+                                tail_s,
+                                tail_x,
+                                size,
+                                f.get(cnt),
+                                self.ld(b, F32, cbuf, jj),
+                                b.sext(self.ld(b, I32, pid, jj), I64),
+                            ],
+                        )
 
                     f.loop(lambda: b.icmp_signed("<", f.get(j), f.get(cnt)), sort)
-                    kept = f.var(I64, b.call(self.select, [ctx, tail, tail_s, f.get(cnt),
-                                                           width, base, cbuf]))
+                    kept = f.var(I64, b.call(self.select, [ctx, tail, tail_s, f.get(cnt), width, base, cbuf]))
 
                     def pad(out2: ir.Block, head2: ir.Block) -> None:
                         self.st(b, I32, base, f.get(kept), ir.Constant(I32, -1))
@@ -529,12 +561,12 @@ class _Emit:
 def _kernel(quant: str, role: str) -> Kernel:
     def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         getattr(_Emit(b.module, ELEMENTS[quant], isa.lanes), role)(b)
+
     return Kernel(f"hnsw_{role}", PARAMS, emit)
 
 
 # quant -> (insert, link): one module (and worker pool) per element type
-KERNELS: dict[str, tuple[Kernel, Kernel]] = {
-    q: (_kernel(q, "insert"), _kernel(q, "link")) for q in ELEMENTS}
+KERNELS: dict[str, tuple[Kernel, Kernel]] = {q: (_kernel(q, "insert"), _kernel(q, "link")) for q in ELEMENTS}
 MODULES = {q: KernelModule(f"ep_hnsw_build_{q}", list(k)) for q, k in KERNELS.items()}
 
 
@@ -556,8 +588,7 @@ class InsertKernels:
         workers = min(len(scratch), max(count, 1))
         for s in scratch[:workers]:
             s[SCRATCH.index("step")] = workers
-        self._natives[role].run([(ctx.ctypes.data, s.ctypes.data, w, count)
-                                 for w, s in enumerate(scratch[:workers])])
+        self._natives[role].run([(ctx.ctypes.data, s.ctypes.data, w, count) for w, s in enumerate(scratch[:workers])])
 
 
 def pack(names: tuple[str, ...], values: dict[str, Any]) -> np.ndarray:
@@ -567,4 +598,3 @@ def pack(names: tuple[str, ...], values: dict[str, Any]) -> np.ndarray:
         v = values.get(name, 0)
         out[k] = v.ctypes.data if isinstance(v, np.ndarray) else int(v)
     return out
-

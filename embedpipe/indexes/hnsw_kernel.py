@@ -20,9 +20,26 @@ from typing import Any
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I8, I32, I64, PTR, VOID, Loop, bump, const_i64, elem_ptr,
-                                      for_range, imin, insert_sorted, intrinsic, load_elem, loop,
-                                      store_elem, var)
+from embedpipe.codegen.irutil import (
+    F32,
+    I8,
+    I32,
+    I64,
+    PTR,
+    VOID,
+    Loop,
+    bump,
+    const_i64,
+    elem_ptr,
+    for_range,
+    imin,
+    insert_sorted,
+    intrinsic,
+    load_elem,
+    loop,
+    store_elem,
+    var,
+)
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule
 from embedpipe.codegen.rowdot import emit_dot
@@ -31,12 +48,20 @@ from embedpipe.indexes.quant import add_query_offset
 
 PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
 ONE, ZERO = const_i64(1), const_i64(0)
-_GRAPH = [("X", PTR), ("scale", PTR), ("d", I64), ("nbr0", PTR), ("m0", I64), ("upoff", PTR),
-          ("nbru", PTR), ("mu", I64), ("entry", I64), ("maxlevel", I64)]
-_SCRATCH = [("ef", I64), ("visited", PTR), ("tag", I32), ("pool_id", PTR), ("pool_s", PTR),
-            ("pool_x", PTR)]
-_PARAMS = [*_GRAPH, ("Q", PTR), ("nq", I64), ("k", I64), ("s_out", PTR), ("r_out", PTR),
-           *_SCRATCH]
+_GRAPH = [
+    ("X", PTR),
+    ("scale", PTR),
+    ("d", I64),
+    ("nbr0", PTR),
+    ("m0", I64),
+    ("upoff", PTR),
+    ("nbru", PTR),
+    ("mu", I64),
+    ("entry", I64),
+    ("maxlevel", I64),
+]
+_SCRATCH = [("ef", I64), ("visited", PTR), ("tag", I32), ("pool_id", PTR), ("pool_s", PTR), ("pool_x", PTR)]
+_PARAMS = [*_GRAPH, ("Q", PTR), ("nq", I64), ("k", I64), ("s_out", PTR), ("r_out", PTR), *_SCRATCH]
 
 
 class _Search:
@@ -97,8 +122,15 @@ class _Search:
         with self.links("nbr0", "m0", u) as (_, nb):
             rowp = elem_ptr(b, self.elt, a["X"], b.mul(nb, a["d"]))
             for line in range(PREFETCH_LINES):
-                b.call(pf, [elem_ptr(b, I8, rowp, const_i64(64 * line)), ir.Constant(I32, 0),
-                            ir.Constant(I32, 3), ir.Constant(I32, 1)])
+                b.call(
+                    pf,
+                    [
+                        elem_ptr(b, I8, rowp, const_i64(64 * line)),
+                        ir.Constant(I32, 0),
+                        ir.Constant(I32, 3),
+                        ir.Constant(I32, 1),
+                    ],
+                )
 
     def beam(self, cur: ir.Value, cur_s: ir.Value) -> ir.Value:
         """Layer-0 beam search from the descent's node; returns the pool size."""
@@ -135,9 +167,14 @@ class _Search:
             full = b.icmp_signed("==", n, a["ef"])
             worst = self.ld(F32, "pool_s", b.sub(n, ONE))
             scan.continue_if(b.and_(full, b.fcmp_ordered("<=", s, worst)))
-            p = insert_sorted(b, b.select(full, b.sub(n, ONE), n), ZERO, s, a["pool_s"],
-                              [(I32, a["pool_id"], b.trunc(nb, I32)),
-                               (I8, a["pool_x"], ir.Constant(I8, 0))])
+            p = insert_sorted(
+                b,
+                b.select(full, b.sub(n, ONE), n),
+                ZERO,
+                s,
+                a["pool_s"],
+                [(I32, a["pool_id"], b.trunc(nb, I32)), (I8, a["pool_x"], ir.Constant(I8, 0))],
+            )
             b.store(b.select(full, n, b.add(n, ONE)), size)
             with b.if_then(b.icmp_signed("<", p, b.load(nk))):
                 b.store(p, nk)
@@ -149,20 +186,25 @@ def _emitter(elt: ir.Type):
         caller pre-fills ``s_out`` / ``r_out`` with -inf / -1)."""
         a = {name: arg for (name, _), arg in zip(_PARAMS, b.function.args)}
         with for_range(b, ZERO, a["nq"], 1, "query") as qi:
-            search = _Search(b, dict(a, q=elem_ptr(b, F32, a["Q"], b.mul(qi, a["d"])),
-                                     tag=b.add(a["tag"], b.trunc(qi, I32))), elt, isa.lanes)
+            search = _Search(
+                b,
+                dict(a, q=elem_ptr(b, F32, a["Q"], b.mul(qi, a["d"])), tag=b.add(a["tag"], b.trunc(qi, I32))),
+                elt,
+                isa.lanes,
+            )
             size = search.beam(*search.descend())
             obase = b.mul(qi, a["k"])
             with for_range(b, ZERO, imin(b, size, a["k"]), 1, "copy") as j:
                 store_elem(b, F32, a["s_out"], b.add(obase, j), load_elem(b, F32, a["pool_s"], j))
-                store_elem(b, I64, a["r_out"], b.add(obase, j),
-                           b.sext(load_elem(b, I32, a["pool_id"], j), I64))
+                store_elem(b, I64, a["r_out"], b.add(obase, j), b.sext(load_elem(b, I32, a["pool_id"], j), I64))
         b.ret_void()
+
     return emit
 
 
-HNSW_SEARCH = {quant: Kernel(f"hnsw_search_{quant}", _PARAMS, _emitter(elt))
-               for quant, elt in (("fp32", F32), ("int8", I8))}
+HNSW_SEARCH = {
+    quant: Kernel(f"hnsw_search_{quant}", _PARAMS, _emitter(elt)) for quant, elt in (("fp32", F32), ("int8", I8))
+}
 HNSW_MODULE = KernelModule("ep_hnsw", list(HNSW_SEARCH.values()))
 QUERIES_PER_THREAD = 4  # fewer queries than this per thread run on the calling thread
 
@@ -195,10 +237,16 @@ class HnswKernel:
 
     def __init__(self, index: Any, native: Any) -> None:
         self.ix, self.native = index, native
-        self.arrays = [np.ascontiguousarray(x) for x in
-                       (index.codes, index.row_scale(),
-                        index.nbr0, index.upoff, index.nbru if len(index.nbru) else
-                        np.full((1, index.m), -1, np.int32))]
+        self.arrays = [
+            np.ascontiguousarray(x)
+            for x in (
+                index.codes,
+                index.row_scale(),
+                index.nbr0,
+                index.upoff,
+                index.nbru if len(index.nbru) else np.full((1, index.m), -1, np.int32),
+            )
+        ]
         self.threads = default_threads()
         self._local = threading.local()
 
@@ -228,17 +276,38 @@ class HnswKernel:
             return s, r
         X, scale, nbr0, upoff, nbru = self.arrays
         ix = self.ix
-        graph = (X.ctypes.data, scale.ctypes.data, ix.dim, nbr0.ctypes.data, nbr0.shape[1],
-                 upoff.ctypes.data, nbru.ctypes.data, nbru.shape[1], ix.entry,
-                 int(ix.level[ix.entry]))
+        graph = (
+            X.ctypes.data,
+            scale.ctypes.data,
+            ix.dim,
+            nbr0.ctypes.data,
+            nbr0.shape[1],
+            upoff.ctypes.data,
+            nbru.ctypes.data,
+            nbru.shape[1],
+            ix.entry,
+            int(ix.level[ix.entry]),
+        )
         parts = self.threads if len(q) >= QUERIES_PER_THREAD * self.threads else 1
         ranges = split_range(0, len(q), parts)
         items = []
         for slot, (lo, hi) in zip(self._slots(len(ranges)), ranges):
             tag = slot.claim(ef, hi - lo)
-            items.append((*graph, q.ctypes.data + 4 * lo * ix.dim, hi - lo, k,
-                          s.ctypes.data + 4 * lo * k, r.ctypes.data + 8 * lo * k, ef,
-                          slot.visited.ctypes.data, tag, slot.pid.ctypes.data,
-                          slot.ps.ctypes.data, slot.px.ctypes.data))
+            items.append(
+                (
+                    *graph,
+                    q.ctypes.data + 4 * lo * ix.dim,
+                    hi - lo,
+                    k,
+                    s.ctypes.data + 4 * lo * k,
+                    r.ctypes.data + 8 * lo * k,
+                    ef,
+                    slot.visited.ctypes.data,
+                    tag,
+                    slot.pid.ctypes.data,
+                    slot.ps.ctypes.data,
+                    slot.px.ctypes.data,
+                )
+            )
         self.native.run(items)
         return s, r

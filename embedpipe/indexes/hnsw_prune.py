@@ -11,8 +11,21 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import (F32, I32, I64, PTR, bump, const_i64, elem_ptr,
-                                      for_range, insert_sorted, load_elem, loop, store_elem, var)
+from embedpipe.codegen.irutil import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    bump,
+    const_i64,
+    elem_ptr,
+    for_range,
+    insert_sorted,
+    load_elem,
+    loop,
+    store_elem,
+    var,
+)
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.rowdot import emit_dot
@@ -20,8 +33,19 @@ from embedpipe.codegen.threads import default_threads
 
 NODES_PER_ITEM = 256
 ONE, ZERO = const_i64(1), const_i64(0)
-_PARAMS = [("X", PTR), ("d", I64), ("nodes", PTR), ("nb", I64), ("cand", PTR), ("c", I64),
-           ("m", I64), ("out", PTR), ("sid", PTR), ("ss", PTR), ("keep_pruned", I64)]
+_PARAMS = [
+    ("X", PTR),
+    ("d", I64),
+    ("nodes", PTR),
+    ("nb", I64),
+    ("cand", PTR),
+    ("c", I64),
+    ("m", I64),
+    ("out", PTR),
+    ("sid", PTR),
+    ("ss", PTR),
+    ("keep_pruned", I64),
+]
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
@@ -44,9 +68,12 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         kept = _select(b, sim, b.load(cnt), m, row_out, sid, ss)
         j = var(b, I64, ZERO)
         with loop(b, "top_up") as lp:
-            lp.break_unless(b.and_(b.and_(b.icmp_signed("!=", keep_pruned, ZERO),
-                                          b.icmp_signed("<", b.load(j), b.load(cnt))),
-                                   b.icmp_signed("<", b.load(kept), m)))
+            lp.break_unless(
+                b.and_(
+                    b.and_(b.icmp_signed("!=", keep_pruned, ZERO), b.icmp_signed("<", b.load(j), b.load(cnt))),
+                    b.icmp_signed("<", b.load(kept), m),
+                )
+            )
             cj = load_elem(b, I32, sid, bump(b, j))
             with b.if_then(b.icmp_signed(">=", cj, ir.Constant(I32, 0))):
                 store_elem(b, I32, row_out, bump(b, kept), cj)
@@ -55,14 +82,14 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     b.ret_void()
 
 
-def _select(b: ir.IRBuilder, sim, cnt: ir.Value, m: ir.Value, row_out: ir.Value,
-            sid: ir.Value, ss: ir.Value) -> ir.Value:
+def _select(
+    b: ir.IRBuilder, sim, cnt: ir.Value, m: ir.Value, row_out: ir.Value, sid: ir.Value, ss: ir.Value
+) -> ir.Value:
     """Keep sorted candidates no closer to a kept one than to u; rejected ones stay in sid,
     kept ones become -1 there.  Returns the slot counting the kept."""
     kept, j = var(b, I64, ZERO), var(b, I64, ZERO)
     with loop(b, "select") as lp:
-        lp.break_unless(b.and_(b.icmp_signed("<", b.load(j), cnt),
-                               b.icmp_signed("<", b.load(kept), m)))
+        lp.break_unless(b.and_(b.icmp_signed("<", b.load(j), cnt), b.icmp_signed("<", b.load(kept), m)))
         jj = bump(b, j)
         cj = b.sext(load_elem(b, I32, sid, jj), I64)
         sj = load_elem(b, F32, ss, jj)
@@ -81,14 +108,15 @@ def _select(b: ir.IRBuilder, sim, cnt: ir.Value, m: ir.Value, row_out: ir.Value,
     return kept
 
 
-def _twin(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
-          keep_pruned: bool = False) -> np.ndarray:
+def _twin(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int, keep_pruned: bool = False) -> np.ndarray:
     from embedpipe.indexes.hnsw import prune_reference
+
     return prune_reference(x, nodes, cand, m, keep_pruned)
 
 
-def _drive(native: Native, x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int,
-           keep_pruned: bool = False) -> np.ndarray:
+def _drive(
+    native: Native, x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int, keep_pruned: bool = False
+) -> np.ndarray:
     x = np.ascontiguousarray(x, np.float32)
     nodes = np.ascontiguousarray(nodes, np.int64)
     cand = np.ascontiguousarray(cand, np.int32)
@@ -99,9 +127,21 @@ def _drive(native: Native, x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m
     for lo in range(0, len(nodes), step):
         sid, ss = np.empty(c, np.int32), np.empty(c, np.float32)
         scratch.append((sid, ss))
-        items.append((x.ctypes.data, d, nodes.ctypes.data + 8 * lo, min(step, len(nodes) - lo),
-                      cand.ctypes.data + 4 * lo * c, c, m, out.ctypes.data + 4 * lo * m,
-                      sid.ctypes.data, ss.ctypes.data, int(keep_pruned)))
+        items.append(
+            (
+                x.ctypes.data,
+                d,
+                nodes.ctypes.data + 8 * lo,
+                min(step, len(nodes) - lo),
+                cand.ctypes.data + 4 * lo * c,
+                c,
+                m,
+                out.ctypes.data + 4 * lo * m,
+                sid.ctypes.data,
+                ss.ctypes.data,
+                int(keep_pruned),
+            )
+        )
     if items:
         native.run(items)
     return out

@@ -17,15 +17,22 @@ def index_info(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     kind = index_kind(path)
     index = load_index(path, verify=False)
-    out: dict[str, Any] = {"path": str(path), "type": kind, "dim": index.dim,
-                           "quant": index.quant, "count": index.count,
-                           "tombstones": len(index.deleted),
-                           "live": index.count - len(index.deleted),
-                           "id_kind": index.ids.kind, "columns": sorted(index.columns),
-                           "model": index.meta.model_sha256 or "no model",
-                           "model_path": index.meta.model_path, "task": index.meta.task,
-                           "source_dim": index.meta.source_dim,
-                           "file_bytes": path.stat().st_size}
+    out: dict[str, Any] = {
+        "path": str(path),
+        "type": kind,
+        "dim": index.dim,
+        "quant": index.quant,
+        "count": index.count,
+        "tombstones": len(index.deleted),
+        "live": index.count - len(index.deleted),
+        "id_kind": index.ids.kind,
+        "columns": sorted(index.columns),
+        "model": index.meta.model_sha256 or "no model",
+        "model_path": index.meta.model_path,
+        "task": index.meta.task,
+        "source_dim": index.meta.source_dim,
+        "file_bytes": path.stat().st_size,
+    }
     if is_container(path):  # annoy files are Spotify's layout: parameters live in the sidecar
         header, sections = read_container(path, verify=False)
         out["format_version"] = FORMAT_VERSION
@@ -33,16 +40,18 @@ def index_info(path: str | os.PathLike) -> dict[str, Any]:
         out["payload_crc32"] = f"{header['payload_crc32']:08x}"
         out["sections"] = {k: int(v.nbytes) for k, v in sections.items()}
     else:
-        out["params"] = {k: getattr(index, k) for k in ("n_trees", "search_k")
-                         if hasattr(index, k)}
+        out["params"] = {k: getattr(index, k) for k in ("n_trees", "search_k") if hasattr(index, k)}
     extra = dict(index.meta.extra)
     out["parts"] = len(extra.get("part_rows", {})) or extra.get("parts")
     out["source"] = extra.get("embeddings_dir") or extra.get("source")
     if kind == "hnsw":
         nbr0 = np.asarray(index.nbr0)
-        out["graph"] = {"entry": int(index.entry), "max_level": int(index.level.max(initial=0)),
-                        "mean_degree_layer0": round(float((nbr0 >= 0).sum()) / max(1, len(nbr0)), 2),
-                        "upper_rows": int(len(index.nbru))}
+        out["graph"] = {
+            "entry": int(index.entry),
+            "max_level": int(index.level.max(initial=0)),
+            "mean_degree_layer0": round(float((nbr0 >= 0).sum()) / max(1, len(nbr0)), 2),
+            "upper_rows": int(len(index.nbru)),
+        }
     return out
 
 

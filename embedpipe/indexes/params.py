@@ -35,29 +35,30 @@ class Param:
     def check(self, value: Any, kind: str) -> Any:
         kinds = {int: numbers.Integral, float: numbers.Real}.get(self.type, self.type)
         if not isinstance(value, kinds) or (self.type is not bool and isinstance(value, bool)):
-            raise ValueError(f"{kind} parameter {self.name} takes a {self.type.__name__}, "
-                             f"got {value!r}")
+            raise ValueError(f"{kind} parameter {self.name} takes a {self.type.__name__}, got {value!r}")
         if self.choices and value not in self.choices:
-            raise ValueError(f"{kind} parameter {self.name} must be one of {self.choices}, "
-                             f"got {value!r}")
+            raise ValueError(f"{kind} parameter {self.name} must be one of {self.choices}, got {value!r}")
         return value
 
 
-SCALE_PARAM = Param("scale_mode", str, "dim", "int8/int16 scale: 'dim' (calibrated per "
-                    "dimension, default) or 'vector' (per row).", flag="--scale",
-                    choices=tuple(SCALE_SCHEMES))
+SCALE_PARAM = Param(
+    "scale_mode",
+    str,
+    "dim",
+    "int8/int16 scale: 'dim' (calibrated per dimension, default) or 'vector' (per row).",
+    flag="--scale",
+    choices=tuple(SCALE_SCHEMES),
+)
 SEED_PARAM = Param("seed", int, 0, "random seed of the build.")
 
 
-def check_params(kind: str, declared: Iterable[Param], given: Mapping[str, Any], what: str
-                 ) -> dict[str, Any]:
+def check_params(kind: str, declared: Iterable[Param], given: Mapping[str, Any], what: str) -> dict[str, Any]:
     """`given` validated against `declared` (a ValueError names the unknown or bad one)."""
     table = {p.name: p for p in declared}
     unknown = sorted(set(given) - set(table))
     if unknown:
         allowed = ", ".join(table) or "none"
-        raise ValueError(f"{kind} indexes have no {what} parameter {', '.join(unknown)} "
-                         f"(they take: {allowed})")
+        raise ValueError(f"{kind} indexes have no {what} parameter {', '.join(unknown)} (they take: {allowed})")
     return {name: table[name].check(value, kind) for name, value in given.items()}
 
 

@@ -52,13 +52,15 @@ class ScaleScheme:
 
     name: ClassVar[str] = "none"
 
-    def quantize(self, x: np.ndarray, spec: StorageType, calibration: Calibration | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def quantize(
+        self, x: np.ndarray, spec: StorageType, calibration: Calibration | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(codes, scale, offset) for the rows of `x`."""
         return np.ascontiguousarray(x), np.ones(0, np.float32), NO_OFFSET
 
-    def dequantize(self, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray,
-                   rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    def dequantize(
+        self, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, rows: np.ndarray | slice = slice(None)
+    ) -> np.ndarray:
         """Float32 reconstruction of `codes`, which are the stored rows `rows`."""
         return np.asarray(codes, np.float32)
 
@@ -70,8 +72,7 @@ class ScaleScheme:
         """Per-stored-row factor the raw-code scores need (ones when there is none)."""
         return np.ones(max(1, n), np.float32)
 
-    def scale_rows(self, scores: np.ndarray, scale: np.ndarray, rows: np.ndarray | slice
-                   ) -> np.ndarray:
+    def scale_rows(self, scores: np.ndarray, scale: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
         """Apply the per-row factor in place to scores of stored rows `rows` (q, len(rows))."""
         return scores
 
@@ -150,8 +151,9 @@ def scale_scheme(quant: str, mode: str) -> ScaleScheme:
     return NO_SCALE if STORAGE_TYPES[quant].qmax == 0 else SCALE_SCHEMES[mode]
 
 
-def quantize(x: np.ndarray, quant: str, mode: str = "vector",
-             calibration: Calibration | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize(
+    x: np.ndarray, quant: str, mode: str = "vector", calibration: Calibration | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize rows of `x`; returns (codes, scale, offset).
 
     scale is (n,) for 'vector' and (d,) for 'dim'; offset is the (d,) midpoints for 'dim' and
@@ -166,8 +168,7 @@ def quantize(x: np.ndarray, quant: str, mode: str = "vector",
     return codes, np.asarray(scale, np.float32), np.asarray(offset, np.float32)
 
 
-def dequantize(codes: np.ndarray, scale: np.ndarray, mode: str,
-               offset: np.ndarray = NO_OFFSET) -> np.ndarray:
+def dequantize(codes: np.ndarray, scale: np.ndarray, mode: str, offset: np.ndarray = NO_OFFSET) -> np.ndarray:
     """Float32 reconstruction of every stored row (tests and graph construction)."""
     quant = next(q for q, s in STORAGE_TYPES.items() if s.dtype == codes.dtype)
     return scale_scheme(quant, mode).dequantize(codes, scale, offset)

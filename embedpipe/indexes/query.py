@@ -21,8 +21,16 @@ from embedpipe.indexes.registry import Builder
 from embedpipe.pipeline.dataset import read_embeddings
 from embedpipe.runtime.recorded_model import ModelMismatchError, open_embedder
 
-__all__ = ["ModelMismatchError", "build_from_dir", "open_embedder", "query_task", "search_texts",
-           "search_vectors", "text_embedder", "vector_queries"]
+__all__ = [
+    "ModelMismatchError",
+    "build_from_dir",
+    "open_embedder",
+    "query_task",
+    "search_texts",
+    "search_vectors",
+    "text_embedder",
+    "vector_queries",
+]
 
 # corpus task -> task used for the queries; anything not listed keeps its own task
 QUERY_TASK_FOR: dict[str, str] = {"document": "query", "none": "query", "": "query"}
@@ -32,16 +40,18 @@ def query_task(index: VectorIndex) -> str:
     return QUERY_TASK_FOR.get(index.meta.task, index.meta.task)
 
 
-def search_texts(index: VectorIndex, embedder: Any, queries: list[str], k: int = 10,
-                 **knobs: Any) -> list[dict[str, Any]]:
+def search_texts(
+    index: VectorIndex, embedder: Any, queries: list[str], k: int = 10, **knobs: Any
+) -> list[dict[str, Any]]:
     """[{"query", "results": [{"id", "score", <kept columns>…}]}] in query order; `knobs` are
     the index type's search parameters."""
     vecs = embedder.encode(queries, task=query_task(index), dim=None)
     return search_vectors(index, vecs, k, labels=queries, **knobs)
 
 
-def search_vectors(index: VectorIndex, vectors: np.ndarray, k: int = 10,
-                   labels: list[Any] | None = None, **knobs: Any) -> list[dict[str, Any]]:
+def search_vectors(
+    index: VectorIndex, vectors: np.ndarray, k: int = 10, labels: list[Any] | None = None, **knobs: Any
+) -> list[dict[str, Any]]:
     """Vector queries: [{"query": label (default: row number), "results": [...]}]."""
     scores, rows = index.search_rows(vectors, k, **knobs)
     ids = index.ids.take(rows)
@@ -51,8 +61,7 @@ def search_vectors(index: VectorIndex, vectors: np.ndarray, k: int = 10,
         for s, r, i in zip(scores[qi], rows[qi], ids[qi]):
             if r < 0:
                 continue
-            hit: dict[str, Any] = {"id": i.item() if isinstance(i, np.generic) else i,
-                                   "score": round(float(s), 6)}
+            hit: dict[str, Any] = {"id": i.item() if isinstance(i, np.generic) else i, "score": round(float(s), 6)}
             for name, table in index.columns.items():
                 hit[name] = table[int(r)]
             results.append(hit)
@@ -60,17 +69,17 @@ def search_vectors(index: VectorIndex, vectors: np.ndarray, k: int = 10,
     return out
 
 
-def text_embedder(index: VectorIndex, model: str | os.PathLike | None = None,
-                  allow_mismatch: bool = False) -> Any:
+def text_embedder(index: VectorIndex, model: str | os.PathLike | None = None, allow_mismatch: bool = False) -> Any:
     """`open_embedder` for text queries; an index of foreign embeddings names no model."""
     if model is None and index.meta.extra.get("model") == "none":
-        raise EmbedpipeError("this index was built from foreign embeddings and records no "
-                             "model: pass --model for text queries, or --vector/--vectors")
+        raise EmbedpipeError(
+            "this index was built from foreign embeddings and records no "
+            "model: pass --model for text queries, or --vector/--vectors"
+        )
     return open_embedder(index, model, allow_mismatch)
 
 
-def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None
-                   ) -> np.ndarray:
+def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None) -> np.ndarray:
     """Query vectors from `--vector "0.1,0.2,…"` or `--vectors F.npy` (checked: 2-D, finite)."""
     if (vector is None) == (vectors is None):
         raise EmbedpipeError("give either --vector or --vectors")
@@ -96,20 +105,30 @@ def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None 
     return q
 
 
-def build_from_dir(emb_dir: str | os.PathLike, out: str | os.PathLike, kind: str = "brute",
-                   quant: str = "fp32", dim: int | None = None, keep_text: bool = True,
-                   progress: bool = False, id_column: str = "id",
-                   embedding_column: str = "embedding", normalize: bool = False,
-                   **params: Any) -> VectorIndex:
+def build_from_dir(
+    emb_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    kind: str = "brute",
+    quant: str = "fp32",
+    dim: int | None = None,
+    keep_text: bool = True,
+    progress: bool = False,
+    id_column: str = "id",
+    embedding_column: str = "embedding",
+    normalize: bool = False,
+    **params: Any,
+) -> VectorIndex:
     """`embedpipe build-index`: read ingest output (a directory; brute and HNSW stream it part
     by part, no float copy of the corpus) or another tool's embeddings (a .npy / .parquet /
     Arrow file, see `indexes.foreign`), build, save atomically; returns the index."""
     if Path(emb_dir).is_file():
         from embedpipe.indexes.foreign import read_foreign
+
         vectors, ids, meta = read_foreign(emb_dir, id_column, embedding_column, normalize)
         columns: dict[str, list[str]] = {}
     elif kind in ("brute", "hnsw"):
         from embedpipe.indexes.stream import build_streamed
+
         index = build_streamed(emb_dir, kind, quant, dim, keep_text, progress, **params)
         index.save(out)
         return index
@@ -117,8 +136,7 @@ def build_from_dir(emb_dir: str | os.PathLike, out: str | os.PathLike, kind: str
         emb = read_embeddings(emb_dir, keep_text=keep_text)
         vectors, ids, meta, columns = emb.vectors, emb.ids, IndexMeta.from_dataset(emb), emb.columns
     if dim is not None and not 0 < dim <= vectors.shape[1]:
-        raise EmbedpipeError(f"--dim {dim} must be between 1 and the embeddings' width "
-                             f"{vectors.shape[1]}")
+        raise EmbedpipeError(f"--dim {dim} must be between 1 and the embeddings' width {vectors.shape[1]}")
     builder = Builder(kind, quant, dim, meta, **params)
     index = builder.add(vectors, ids, columns).build(progress=progress)
     index.save(out)

@@ -16,8 +16,7 @@ def recall_vs_exact(approx: np.ndarray, exact: np.ndarray, k: int | None = None)
     """
     approx, exact = np.asarray(approx, dtype=object), np.asarray(exact, dtype=object)
     if approx.ndim != 2 or exact.ndim != 2 or len(approx) != len(exact):
-        raise ValueError(f"recall_vs_exact needs two (queries, k) arrays, got {approx.shape} "
-                         f"and {exact.shape}")
+        raise ValueError(f"recall_vs_exact needs two (queries, k) arrays, got {approx.shape} and {exact.shape}")
     k = exact.shape[1] if k is None else k
     total = 0.0
     for a, e in zip(approx[:, :k], exact[:, :k]):

@@ -32,8 +32,7 @@ def declared_parameters(what: str = "build") -> dict[str, tuple[Param, tuple[str
         for p in getattr(cls, f"{what}_params"):
             seen, kinds = out.get(p.name, (p, ()))
             if seen != p:
-                raise TypeError(f"{what} parameter {p.name!r} is declared differently by "
-                                f"{kinds[0]} and {kind}")
+                raise TypeError(f"{what} parameter {p.name!r} is declared differently by {kinds[0]} and {kind}")
             out[p.name] = (p, (*kinds, kind))
     return out
 
@@ -45,13 +44,18 @@ class Builder:
     Matryoshka-truncated to `dim` and re-normalized before they reach the index type.
     """
 
-    def __init__(self, kind: str = "brute", quant: str = "fp32", dim: int | None = None,
-                 meta: IndexMeta | None = None, **params: Any) -> None:
+    def __init__(
+        self,
+        kind: str = "brute",
+        quant: str = "fp32",
+        dim: int | None = None,
+        meta: IndexMeta | None = None,
+        **params: Any,
+    ) -> None:
         if kind not in INDEX_TYPES:
             raise ValueError(f"unknown index type {kind!r}; choose one of {tuple(INDEX_TYPES)}")
         if quant not in INDEX_TYPES[kind].quants:
-            raise ValueError(f"{kind} indexes support quant {INDEX_TYPES[kind].quants}, "
-                             f"not {quant!r}")
+            raise ValueError(f"{kind} indexes support quant {INDEX_TYPES[kind].quants}, not {quant!r}")
         INDEX_TYPES[kind].build_settings(params)  # unknown or mistyped parameters fail here
         self.kind, self.quant, self.dim, self.params = kind, quant, dim, params
         self.meta = meta or IndexMeta()
@@ -59,8 +63,12 @@ class Builder:
         self._ids: list[Any] = []
         self._cols: dict[str, list[str]] = {}
 
-    def add(self, vectors: np.ndarray, ids: Sequence[Any] | np.ndarray | None = None,
-            columns: dict[str, Sequence[str]] | None = None) -> Builder:
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: Sequence[Any] | np.ndarray | None = None,
+        columns: dict[str, Sequence[str]] | None = None,
+    ) -> Builder:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
@@ -79,16 +87,27 @@ class Builder:
         vecs = truncate_normalize(full, dim)
         if not self.meta.source_dim:
             self.meta.source_dim = full.shape[1]
-        ids = IdTable.from_values(np.asarray(self._ids) if self._ids and all(
-            isinstance(i, (int, np.integer)) for i in self._ids) else self._ids, len(vecs))
+        ids = IdTable.from_values(
+            np.asarray(self._ids)
+            if self._ids and all(isinstance(i, (int, np.integer)) for i in self._ids)
+            else self._ids,
+            len(vecs),
+        )
         cols = {k: StringTable.from_strings(v) for k, v in self._cols.items()}
-        return INDEX_TYPES[self.kind].build(vecs, ids, self.meta, quant=self.quant, columns=cols,
-                                            progress=progress, **self.params)
+        return INDEX_TYPES[self.kind].build(
+            vecs, ids, self.meta, quant=self.quant, columns=cols, progress=progress, **self.params
+        )
 
 
-def build_index(vectors: np.ndarray, ids: Sequence[Any] | None = None, kind: str = "brute",
-                quant: str = "fp32", dim: int | None = None, meta: IndexMeta | None = None,
-                **params: Any) -> VectorIndex:
+def build_index(
+    vectors: np.ndarray,
+    ids: Sequence[Any] | None = None,
+    kind: str = "brute",
+    quant: str = "fp32",
+    dim: int | None = None,
+    meta: IndexMeta | None = None,
+    **params: Any,
+) -> VectorIndex:
     """One-call form of :class:`Builder`."""
     return Builder(kind, quant, dim, meta, **params).add(vectors, ids).build()
 
@@ -103,8 +122,9 @@ def index_kind(path: str | os.PathLike) -> str:
         return "annoy"
     if not path.exists():
         raise IndexFileError(path, "no such index file")
-    raise IndexFileError(path, "not an embedpipe index (no magic) and no annoy sidecar "
-                               f"{AnnoyIndex.sidecar(path).name} beside it")
+    raise IndexFileError(
+        path, f"not an embedpipe index (no magic) and no annoy sidecar {AnnoyIndex.sidecar(path).name} beside it"
+    )
 
 
 def load_index(path: str | os.PathLike, verify: bool = True) -> VectorIndex:
@@ -115,5 +135,6 @@ def load_index(path: str | os.PathLike, verify: bool = True) -> VectorIndex:
     index = INDEX_TYPES[kind].load(path, verify=verify)
     if is_container(path):
         from embedpipe.indexes.tombstones import tombstones_of
+
         index.deleted = tombstones_of(path, read_container(path, verify=False)[1], index.count)
     return index

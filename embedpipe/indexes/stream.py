@@ -47,8 +47,9 @@ def _blank(column: str) -> str:
     return "0" if column == "chunk" else ""
 
 
-def stream_codes(emb_dir: str | os.PathLike, quant: str, scale_mode: str = "dim",
-                 dim: int | None = None, keep_text: bool = True) -> Codes:
+def stream_codes(
+    emb_dir: str | os.PathLike, quant: str, scale_mode: str = "dim", dim: int | None = None, keep_text: bool = True
+) -> Codes:
     """Codes, scale, offset, ids, columns and metadata of every part of `emb_dir`."""
     emb_dir = Path(emb_dir)
     names = _parts(emb_dir)
@@ -71,8 +72,11 @@ def stream_codes(emb_dir: str | os.PathLike, quant: str, scale_mode: str = "dim"
     d = dim or width
     calibration = None
     if spec.qmax and scale_mode == "dim":
-        calibration = ((hi - lo) / (2 * spec.qmax), (hi + lo) / 2) if hi is not None else \
-            (np.zeros(d, np.float32), np.zeros(d, np.float32))
+        calibration = (
+            ((hi - lo) / (2 * spec.qmax), (hi + lo) / 2)
+            if hi is not None
+            else (np.zeros(d, np.float32), np.zeros(d, np.float32))
+        )
         calibration = tuple(np.asarray(c, np.float32) for c in calibration)
     codes = np.empty((rows, d), spec.dtype)
     row_scale = np.empty(rows, np.float32) if spec.qmax and scale_mode == "vector" else None
@@ -85,9 +89,9 @@ def stream_codes(emb_dir: str | os.PathLike, quant: str, scale_mode: str = "dim"
         part = read_embeddings(emb_dir, keep_text=keep_text, parts=[name])
         x = truncate_normalize(part.vectors, d)
         c, scale, offset = quantize(x, quant, scale_mode, calibration=calibration)
-        codes[at:at + len(x)] = c
+        codes[at : at + len(x)] = c
         if row_scale is not None:
-            row_scale[at:at + len(x)] = scale
+            row_scale[at : at + len(x)] = scale
         part_ids.append(part.ids)
         for col, values in part.columns.items():
             columns.setdefault(col, [_blank(col)] * at).extend(values)
@@ -103,20 +107,29 @@ def stream_codes(emb_dir: str | os.PathLike, quant: str, scale_mode: str = "dim"
         scale = row_scale
     if quant == "fp32":
         scale = np.ones(0, np.float32)
-    meta = IndexMeta(source_dim=width, model_sha256=first_meta.model_sha256,
-                     model_path=first_meta.model_path, task=first_meta.task,
-                     extra={"embeddings_dir": str(emb_dir.resolve()), "parts": len(names),
-                            "part_rows": part_rows})
-    return Codes(codes, scale, offset, id_table,
-                 {k: StringTable.from_strings(v) for k, v in columns.items()}, meta)
+    meta = IndexMeta(
+        source_dim=width,
+        model_sha256=first_meta.model_sha256,
+        model_path=first_meta.model_path,
+        task=first_meta.task,
+        extra={"embeddings_dir": str(emb_dir.resolve()), "parts": len(names), "part_rows": part_rows},
+    )
+    return Codes(codes, scale, offset, id_table, {k: StringTable.from_strings(v) for k, v in columns.items()}, meta)
 
 
 STREAMED = ("brute", "hnsw")
 
 
-def build_streamed(emb_dir: str | os.PathLike, kind: str, quant: str = "fp32",
-                   dim: int | None = None, keep_text: bool = True, progress: bool = False,
-                   scale_mode: str = "dim", **params: Any) -> Any:
+def build_streamed(
+    emb_dir: str | os.PathLike,
+    kind: str,
+    quant: str = "fp32",
+    dim: int | None = None,
+    keep_text: bool = True,
+    progress: bool = False,
+    scale_mode: str = "dim",
+    **params: Any,
+) -> Any:
     """A brute or HNSW index over `emb_dir`, built from streamed codes."""
     from embedpipe.indexes.registry import INDEX_TYPES
 
@@ -126,6 +139,5 @@ def build_streamed(emb_dir: str | os.PathLike, kind: str, quant: str = "fp32",
     p = cls.build_settings(dict(params, scale_mode=scale_mode))  # checked before any reading
     c = stream_codes(emb_dir, quant, p["scale_mode"], dim, keep_text)
     if kind == "hnsw":
-        return cls.from_codes(c.codes, c.scale, c.offset, quant, c.ids, c.meta, c.columns,
-                              progress=progress, **p)
+        return cls.from_codes(c.codes, c.scale, c.offset, quant, c.ids, c.meta, c.columns, progress=progress, **p)
     return cls(c.codes, c.scale, quant, p["scale_mode"], c.ids, c.meta, c.columns, c.offset)

@@ -42,8 +42,7 @@ def tombstones_of(path: Any, sections: dict[str, np.ndarray], count: int) -> np.
     return t
 
 
-def search_alive(index: VectorIndex, q: np.ndarray, k: int, **knobs: Any
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def search_alive(index: VectorIndex, q: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
     """`index._search_rows` with tombstoned rows removed; (scores, rows) padded to k."""
     wide = min(index.count, k + min(len(index.deleted), MAX_EXTRA))
     s, r = index._search_rows(q, max(wide, k), **knobs)
@@ -72,8 +71,7 @@ def rows_of_ids(ids: IdTable, wanted: Sequence[Any]) -> tuple[np.ndarray, list[A
     return np.asarray(rows, np.int64), sorted(want - found)
 
 
-def delete_ids(path: str | os.PathLike, wanted: Sequence[Any],
-               missing_ok: bool = False) -> tuple[int, int]:
+def delete_ids(path: str | os.PathLike, wanted: Sequence[Any], missing_ok: bool = False) -> tuple[int, int]:
     """Tombstone the rows of `wanted` ids in the index at `path` (rewritten atomically).
     Returns (rows newly tombstoned, total tombstones)."""
     from embedpipe.indexes.update import index_lock
@@ -82,27 +80,28 @@ def delete_ids(path: str | os.PathLike, wanted: Sequence[Any],
         return _delete(path, wanted, missing_ok)
 
 
-def _delete(path: str | os.PathLike, wanted: Sequence[Any],
-            missing_ok: bool) -> tuple[int, int]:
+def _delete(path: str | os.PathLike, wanted: Sequence[Any], missing_ok: bool) -> tuple[int, int]:
     from embedpipe.indexes.registry import load_index
 
     index = load_index(path)
     if not hasattr(index, "deleted") or index.kind == "annoy":
-        raise DeleteError(f"{path}: {index.kind} indexes cannot hold tombstones; rebuild "
-                          "without the rows instead")
+        raise DeleteError(f"{path}: {index.kind} indexes cannot hold tombstones; rebuild without the rows instead")
     rows, missing = rows_of_ids(index.ids, wanted)
     if missing and not missing_ok:
         shown = ", ".join(str(m) for m in missing[:5])
-        raise DeleteError(f"{path}: {len(missing)} id(s) not in the index ({shown}"
-                          f"{', …' if len(missing) > 5 else ''}); nothing deleted")
+        raise DeleteError(
+            f"{path}: {len(missing)} id(s) not in the index ({shown}"
+            f"{', …' if len(missing) > 5 else ''}); nothing deleted"
+        )
     before = len(index.deleted)
     index.deleted = np.union1d(index.deleted, rows).astype(np.int64)
     index.save(path)
     return len(index.deleted) - before, len(index.deleted)
 
 
-def compact(path: str | os.PathLike, out: str | os.PathLike | None = None,
-            progress: bool = False) -> tuple[VectorIndex, int]:
+def compact(
+    path: str | os.PathLike, out: str | os.PathLike | None = None, progress: bool = False
+) -> tuple[VectorIndex, int]:
     """Rebuild the index at `path` without its tombstoned rows (same type, quant, parameters,
     seed); writes `out` (default: `path`, atomically). Returns (new index, rows dropped)."""
     from embedpipe.indexes.update import index_lock
@@ -111,8 +110,7 @@ def compact(path: str | os.PathLike, out: str | os.PathLike | None = None,
         return _compact(path, out, progress)
 
 
-def _compact(path: str | os.PathLike, out: str | os.PathLike | None,
-             progress: bool) -> tuple[VectorIndex, int]:
+def _compact(path: str | os.PathLike, out: str | os.PathLike | None, progress: bool) -> tuple[VectorIndex, int]:
     from embedpipe.indexes.registry import INDEX_TYPES, load_index
 
     index = load_index(path)
@@ -122,15 +120,18 @@ def _compact(path: str | os.PathLike, out: str | os.PathLike | None,
     mode = getattr(index, "scale_mode", "vector")
     scale = index.scale[alive] if index.quant != "fp32" and mode == "vector" else index.scale
     vectors = dequantize(codes, scale, mode, index.offset)
-    ids = IdTable(ints=np.asarray(index.ids.ints)[alive]) if index.ids.kind == "int" else \
-        IdTable(strings=StringTable.from_strings([index.ids.strings[int(i)] for i in alive]))
-    cols = {n: StringTable.from_strings([t[int(i)] for i in alive])
-            for n, t in index.columns.items()}
+    ids = (
+        IdTable(ints=np.asarray(index.ids.ints)[alive])
+        if index.ids.kind == "int"
+        else IdTable(strings=StringTable.from_strings([index.ids.strings[int(i)] for i in alive]))
+    )
+    cols = {n: StringTable.from_strings([t[int(i)] for i in alive]) for n, t in index.columns.items()}
     params = dict(getattr(index, "params", {}))
     for key in ("entry", "max_level"):
         params.pop(key, None)
     params["scale_mode"] = mode
-    new = INDEX_TYPES[index.kind].build(vectors, ids, index.meta, quant=index.quant,
-                                        columns=cols, progress=progress, **params)
+    new = INDEX_TYPES[index.kind].build(
+        vectors, ids, index.meta, quant=index.quant, columns=cols, progress=progress, **params
+    )
     new.save(out or path)
     return new, dropped

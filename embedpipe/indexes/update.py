@@ -46,12 +46,12 @@ def extend_ids(ids: IdTable, new: Sequence[Any] | np.ndarray | None, count: int)
 
 def _concat_strings(a: StringTable, b: StringTable) -> StringTable:
     offsets = np.concatenate([np.asarray(a.offsets), np.asarray(b.offsets[1:]) + a.offsets[-1]])
-    return StringTable(offsets.astype(np.int64), np.concatenate([np.asarray(a.blob),
-                                                                 np.asarray(b.blob)]))
+    return StringTable(offsets.astype(np.int64), np.concatenate([np.asarray(a.blob), np.asarray(b.blob)]))
 
 
-def extend_columns(columns: dict[str, StringTable], new: dict[str, Sequence[str]] | None,
-                   n0: int, count: int) -> dict[str, StringTable]:
+def extend_columns(
+    columns: dict[str, StringTable], new: dict[str, Sequence[str]] | None, n0: int, count: int
+) -> dict[str, StringTable]:
     """Kept text columns extended by `count` rows (a column the new rows lack gets "")."""
     new = new or {}
     out = {}
@@ -62,11 +62,11 @@ def extend_columns(columns: dict[str, StringTable], new: dict[str, Sequence[str]
     return out
 
 
-def _extend_brute(index: Any, vectors: np.ndarray, ids: Any, columns: Any,
-                  progress: bool) -> None:
+def _extend_brute(index: Any, vectors: np.ndarray, ids: Any, columns: Any, progress: bool) -> None:
     n0 = index.count
-    codes, scale, _ = quantize(vectors, index.quant, index.scale_mode,
-                               calibration=index.scheme.calibration(index.scale, index.offset))
+    codes, scale, _ = quantize(
+        vectors, index.quant, index.scale_mode, calibration=index.scheme.calibration(index.scale, index.offset)
+    )
     index.ids = extend_ids(index.ids, ids, len(vectors))
     index.columns = extend_columns(index.columns, columns, n0, len(vectors))
     index.codes = np.concatenate([index.codes, codes])
@@ -74,21 +74,25 @@ def _extend_brute(index: Any, vectors: np.ndarray, ids: Any, columns: Any,
     index._q8 = None
 
 
-def _extend_hnsw(index: Any, vectors: np.ndarray, ids: Any, columns: Any,
-                 progress: bool) -> None:
+def _extend_hnsw(index: Any, vectors: np.ndarray, ids: Any, columns: Any, progress: bool) -> None:
     index.add(vectors, ids, columns, progress=progress)
 
 
 EXTENDERS: dict[str, Callable[..., None]] = {"brute": _extend_brute, "hnsw": _extend_hnsw}
 
 
-def extend_index(index: VectorIndex, vectors: np.ndarray, ids: Any = None,
-                 columns: dict[str, Sequence[str]] | None = None,
-                 progress: bool = False) -> None:
+def extend_index(
+    index: VectorIndex,
+    vectors: np.ndarray,
+    ids: Any = None,
+    columns: dict[str, Sequence[str]] | None = None,
+    progress: bool = False,
+) -> None:
     """Add rows (full-width or index-width float vectors) to `index` in place."""
     if index.kind not in EXTENDERS:
-        raise UpdateError(f"{index.kind} indexes cannot be updated in place; rebuild them "
-                          f"(updatable: {', '.join(EXTENDERS)})")
+        raise UpdateError(
+            f"{index.kind} indexes cannot be updated in place; rebuild them (updatable: {', '.join(EXTENDERS)})"
+        )
     x = np.asarray(vectors, np.float32)
     if x.shape[1] != index.dim:
         x = truncate_normalize(x, index.dim) if x.shape[1] > index.dim else x
@@ -114,37 +118,43 @@ def index_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def update_from_dir(emb_dir: str | os.PathLike, path: str | os.PathLike,
-                    progress: bool = False) -> tuple[VectorIndex, int]:
+def update_from_dir(
+    emb_dir: str | os.PathLike, path: str | os.PathLike, progress: bool = False
+) -> tuple[VectorIndex, int]:
     """Add the rows of ingest parts of `emb_dir` that `path` does not hold yet; rewrite `path`
     atomically. Returns (index, rows added)."""
     with index_lock(path):
         return _update(emb_dir, path, progress)
 
 
-def _update(emb_dir: str | os.PathLike, path: str | os.PathLike,
-            progress: bool) -> tuple[VectorIndex, int]:
+def _update(emb_dir: str | os.PathLike, path: str | os.PathLike, progress: bool) -> tuple[VectorIndex, int]:
     from embedpipe.indexes.registry import load_index
     from embedpipe.pipeline.dataset import PART_GLOB, read_embeddings
 
     index = load_index(path)
     held = dict(index.meta.extra.get("part_rows") or {})
     if not held:
-        raise UpdateError(f"{path}: the index does not record which ingest parts it holds "
-                          "(built before --update existed, or from foreign embeddings); "
-                          "rebuild it once")
+        raise UpdateError(
+            f"{path}: the index does not record which ingest parts it holds "
+            "(built before --update existed, or from foreign embeddings); "
+            "rebuild it once"
+        )
     parts = sorted(p.name for p in Path(emb_dir).glob(PART_GLOB))
     gone = sorted(set(held) - set(parts))
     if gone:
-        raise UpdateError(f"{emb_dir}: parts {', '.join(gone[:3])} that {path} holds are "
-                          "missing; this is not the directory the index was built from")
+        raise UpdateError(
+            f"{emb_dir}: parts {', '.join(gone[:3])} that {path} holds are "
+            "missing; this is not the directory the index was built from"
+        )
     new = [p for p in parts if p not in held]
     if not new:
         return index, 0
     emb = read_embeddings(emb_dir, keep_text=bool(index.columns), parts=new)
     if emb.meta.model_sha256 != index.meta.model_sha256:
-        raise UpdateError(f"{emb_dir}: new parts come from model {emb.meta.model_sha256[:16]}…, "
-                          f"the index from {index.meta.model_sha256[:16]}…")
+        raise UpdateError(
+            f"{emb_dir}: new parts come from model {emb.meta.model_sha256[:16]}…, "
+            f"the index from {index.meta.model_sha256[:16]}…"
+        )
     extend_index(index, emb.vectors, emb.ids, emb.columns if index.columns else None, progress)
     held.update(emb.part_rows)
     index.meta.extra = dict(index.meta.extra, part_rows=held, parts=len(held))

@@ -124,7 +124,7 @@ def check_annoy(path: Any, index: Any) -> None:
         leaf = kind <= K
         if leaf.any():
             width = kind[leaf]
-            rows = nodes[inner[leaf], 1:1 + int(width.max())]
+            rows = nodes[inner[leaf], 1 : 1 + int(width.max())]
             # as uint32 a negative id is huge: one comparison covers both ends of the range;
             # a row is bad when its first out-of-range slot lies inside its used prefix
             ok = rows.view(np.uint32) < n_items
@@ -132,8 +132,9 @@ def check_annoy(path: Any, index: Any) -> None:
             first_bad[ok[np.arange(len(ok)), first_bad]] = K  # rows with no bad slot at all
             if (first_bad < width).any():
                 r = int(np.flatnonzero(first_bad < width)[0])
-                _fail(path, f"an annoy leaf bucket holds item id {int(rows[r, first_bad[r]])} "
-                            f"(valid: 0..{n_items - 1})")
+                _fail(
+                    path, f"an annoy leaf bucket holds item id {int(rows[r, first_bad[r]])} (valid: 0..{n_items - 1})"
+                )
         split = inner[~leaf]
         children = nodes[split, 1:3].astype(np.int64).reshape(-1)
         _ids_in(path, "an annoy split node", children, n_nodes, allow_missing=False)
@@ -164,7 +165,9 @@ def check_hnsw(path: Any, index: Any) -> None:
     if level.min() < 0 or level.max() > MAX_LEVEL:
         _fail(path, f"HNSW levels range {level.min()}..{level.max()} (valid 0..{MAX_LEVEL})")
     if level[index.entry] != level.max():
-        _fail(path, f"HNSW entry point {index.entry} is on level {level[index.entry]}, below the top level {level.max()}")
+        _fail(
+            path, f"HNSW entry point {index.entry} is on level {level[index.entry]}, below the top level {level.max()}"
+        )
     _ids_in(path, "HNSW layer 0", index.nbr0, n, allow_missing=True)
     owners = np.flatnonzero(level > 0)
     if not len(owners):
@@ -175,8 +178,11 @@ def check_hnsw(path: Any, index: Any) -> None:
     rows = index.upoff[owner] + layer - 1
     if rows.min() < 0 or rows.max() >= len(nbru):
         bad = owner[(rows < 0) | (rows >= len(nbru))][0]
-        _fail(path, f"HNSW node {int(bad)} has upper-layer rows at {int(index.upoff[bad])}, "
-                    f"outside the {len(nbru)} rows stored")
+        _fail(
+            path,
+            f"HNSW node {int(bad)} has upper-layer rows at {int(index.upoff[bad])}, "
+            f"outside the {len(nbru)} rows stored",
+        )
     nb = nbru[rows].astype(np.int64)
     _ids_in(path, "HNSW upper layers", nb, n, allow_missing=True)
     listed = nb >= 0
@@ -220,8 +226,10 @@ def check_results(index: Any, scores: np.ndarray, rows: np.ndarray) -> None:
         return
     hit = rows >= 0
     if hit.any() and not np.isfinite(scores[hit]).all():
-        raise IndexFileError(getattr(index, "path", f"this {index.kind} index"),
-                             "a stored vector is NaN or infinite (the file is corrupt); rebuild the index")
+        raise IndexFileError(
+            getattr(index, "path", f"this {index.kind} index"),
+            "a stored vector is NaN or infinite (the file is corrupt); rebuild the index",
+        )
 
 
 def annoy_roots(path: Any, nodes: np.ndarray) -> tuple[list[int], int]:
@@ -231,6 +239,7 @@ def annoy_roots(path: Any, nodes: np.ndarray) -> tuple[list[int], int]:
 
     roots, n_items = find_roots(nodes)
     if not roots or not 1 <= n_items <= len(nodes) - len(roots):
-        _fail(path, f"no annoy tree roots found ({len(roots)} trailing nodes claim {n_items} items "
-                    f"of {len(nodes)} nodes)")
+        _fail(
+            path, f"no annoy tree roots found ({len(roots)} trailing nodes claim {n_items} items of {len(nodes)} nodes)"
+        )
     return roots, n_items

@@ -109,8 +109,7 @@ class CacheStats:
 class EmbeddingCache:
     """get_many / put_many over SQLite with a bounded LRU in front; safe to share between threads."""
 
-    def __init__(self, path: Path | str | None = None, memory_bytes: int = 64 << 20,
-                 max_bytes: int | None = None):
+    def __init__(self, path: Path | str | None = None, memory_bytes: int = 64 << 20, max_bytes: int | None = None):
         if max_bytes is not None and max_bytes <= 0:
             raise EmbedpipeError(f"cache size bound must be positive, got {max_bytes} bytes")
         self.path = Path(path) if path else default_cache_path()
@@ -131,7 +130,9 @@ class EmbeddingCache:
             self._migrate()
             self._db.execute(USED_INDEX)
         except (sqlite3.Error, OSError) as exc:
-            raise EmbedpipeError(f"embedding cache {self.path}: cannot open ({exc}); use --no-cache or set EMBEDPIPE_CACHE_DIR") from exc
+            raise EmbedpipeError(
+                f"embedding cache {self.path}: cannot open ({exc}); use --no-cache or set EMBEDPIPE_CACHE_DIR"
+            ) from exc
 
     def _migrate(self) -> None:
         """Files written before the size bound have no `used` column: add it (all entries equally old)."""
@@ -140,8 +141,9 @@ class EmbeddingCache:
             self._db.execute("ALTER TABLE embeddings ADD COLUMN used INTEGER NOT NULL DEFAULT 0")
 
     @classmethod
-    def in_dir(cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None,
-               memory_bytes: int = 64 << 20) -> EmbeddingCache:
+    def in_dir(
+        cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None, memory_bytes: int = 64 << 20
+    ) -> EmbeddingCache:
         """The cache file in `cache_dir` (a `--cache-dir` option), or the default one."""
         return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None, memory_bytes, max_bytes)
 
@@ -173,7 +175,7 @@ class EmbeddingCache:
         from_memory = set(found)
         from_disk: list[bytes] = []
         for i in range(0, len(wanted), LOOKUP_CHUNK):
-            part = wanted[i:i + LOOKUP_CHUNK]
+            part = wanted[i : i + LOOKUP_CHUNK]
             sql = f"SELECT key, value FROM embeddings WHERE key IN ({','.join('?' * len(part))})"
             try:
                 rows = self._db.execute(sql, part).fetchall()
@@ -223,8 +225,9 @@ class EmbeddingCache:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany("INSERT OR REPLACE INTO embeddings (key, model, dim, value, used) "
-                                         "VALUES (?, ?, ?, ?, ?)", blobs)
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO embeddings (key, model, dim, value, used) VALUES (?, ?, ?, ?, ?)", blobs
+                    )
                     if self.max_bytes is not None:
                         self._bound_disk(sum(len(k) + len(b) for k, _, _, b, _ in blobs))
                     self._db.execute("COMMIT")
@@ -245,7 +248,7 @@ class EmbeddingCache:
 
         The running total is an estimate (other processes write too, replaced keys are counted
         twice); it is measured exactly whenever it says the bound is crossed."""
-        self._disk_bytes = (self._stored_bytes() if self._disk_bytes is None else self._disk_bytes + added)
+        self._disk_bytes = self._stored_bytes() if self._disk_bytes is None else self._disk_bytes + added
         if self._disk_bytes <= self.max_bytes:
             return
         self._disk_bytes = self._stored_bytes()
@@ -260,20 +263,30 @@ class EmbeddingCache:
             if freed >= excess:
                 break
         for i in range(0, len(victims), LOOKUP_CHUNK):
-            part = victims[i:i + LOOKUP_CHUNK]
+            part = victims[i : i + LOOKUP_CHUNK]
             self._db.execute(f"DELETE FROM embeddings WHERE key IN ({','.join('?' * len(part))})", part)
         self._disk_bytes -= freed
         self.disk_evictions += len(victims)
 
     def stats(self) -> CacheStats:
         with self._lock:
-            return CacheStats(self.hits, self.misses, self.memory_hits, self.disk_hits, self.memory_evictions,
-                              self.disk_evictions, self._lru_bytes, self._disk_bytes)
+            return CacheStats(
+                self.hits,
+                self.misses,
+                self.memory_hits,
+                self.disk_hits,
+                self.memory_evictions,
+                self.disk_evictions,
+                self._lru_bytes,
+                self._disk_bytes,
+            )
 
     def summary(self) -> list[CacheGroup]:
         """Entries and stored bytes per (model SHA-256, dim), largest first."""
-        sql = ("SELECT model, dim, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM embeddings "
-               "GROUP BY model, dim ORDER BY 4 DESC")
+        sql = (
+            "SELECT model, dim, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM embeddings "
+            "GROUP BY model, dim ORDER BY 4 DESC"
+        )
         try:
             with self._lock:
                 return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in self._db.execute(sql)]

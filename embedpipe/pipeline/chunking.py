@@ -53,8 +53,8 @@ class Chunker:
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
         probe, bare = self.tok.encode("a", add_special=True), self.tok.encode("a", add_special=False)
-        k = next(i for i in range(len(probe) - len(bare) + 1) if probe[i:i + len(bare)] == bare)
-        self.head, self.tail = list(probe[:k]), list(probe[k + len(bare):])
+        k = next(i for i in range(len(probe) - len(bare) + 1) if probe[i : i + len(bare)] == bare)
+        self.head, self.tail = list(probe[:k]), list(probe[k + len(bare) :])
         self._prompts: dict[str | None, list[int]] = {}
         encode_batch = getattr(self.tok, "encode_batch", None)
         self._encode_batch = encode_batch or (lambda texts: [self.tok.encode(t) for t in texts])
@@ -82,7 +82,7 @@ class Chunker:
 
     def _plan_one(self, ids: list[int], title: str | None) -> RowPlan:
         h, t = len(self.head), len(self.tail)
-        body = ids[h:len(ids) - t]
+        body = ids[h : len(ids) - t]
         p = _common_prefix(body, self._prompt_ids(title))
         n_text = len(body) - p
         fits = len(ids) <= self.max_tokens
@@ -93,7 +93,7 @@ class Chunker:
             return RowPlan(text_tokens=n_text, error=PROMPT_TOO_LONG)
         if self.long == "error" and not fits:
             return RowPlan(text_tokens=n_text, error=TOO_LONG)
-        prefix, text = ids[:h + p], body[p:]
+        prefix, text = ids[: h + p], body[p:]
         if self.long == "truncate":
             return RowPlan([(0, room)], [prefix + text[:room] + self.tail], n_text, truncated=True)
         window = min(self.chunk_tokens or room, room)

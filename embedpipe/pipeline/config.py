@@ -15,8 +15,20 @@ ENGINES: tuple[str, ...] = ("local", "ray")
 # Fields that change which rows or which vectors a job produces: resuming with a different value
 # would mix two different datasets in one directory, so resume refuses (see manifest.py).
 FINGERPRINT_FIELDS: tuple[str, ...] = (
-    "text_col", "id_col", "title_col", "keep", "task", "dim", "dtype", "long", "max_tokens",
-    "chunk_tokens", "chunk_overlap", "on_bad", "on_duplicate_id", "part_rows",
+    "text_col",
+    "id_col",
+    "title_col",
+    "keep",
+    "task",
+    "dim",
+    "dtype",
+    "long",
+    "max_tokens",
+    "chunk_tokens",
+    "chunk_overlap",
+    "on_bad",
+    "on_duplicate_id",
+    "part_rows",
 )
 
 
@@ -63,12 +75,19 @@ class IngestConfig:
     ray_address: str | None = None
     progress: bool = True
 
-    def validate(self) -> "IngestConfig":
-        choices = {"long": LONG_MODES, "on_bad": BAD_POLICIES, "on_duplicate_id": DUPLICATE_POLICIES,
-                   "dtype": DTYPES, "engine": ENGINES}
+    def validate(self) -> IngestConfig:
+        choices = {
+            "long": LONG_MODES,
+            "on_bad": BAD_POLICIES,
+            "on_duplicate_id": DUPLICATE_POLICIES,
+            "dtype": DTYPES,
+            "engine": ENGINES,
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise EmbedpipeError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise EmbedpipeError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         positive = ("batch_rows", "batch_tokens", "sort_window", "part_rows", "read_rows")
         for name in positive:
             if int(getattr(self, name)) <= 0:
@@ -80,7 +99,9 @@ class IngestConfig:
         if self.chunk_overlap < 0:
             raise EmbedpipeError(f"--chunk-overlap must be >= 0, got {self.chunk_overlap}")
         if self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens:
-            raise EmbedpipeError(f"--chunk-overlap ({self.chunk_overlap}) must be smaller than --chunk-tokens ({self.chunk_tokens})")
+            raise EmbedpipeError(
+                f"--chunk-overlap ({self.chunk_overlap}) must be smaller than --chunk-tokens ({self.chunk_tokens})"
+            )
         if self.resume and self.overwrite:
             raise EmbedpipeError("--resume and --overwrite contradict each other")
         from embedpipe.pipeline.dataset import STRUCTURAL_COLUMNS

@@ -68,22 +68,33 @@ class DatasetMeta:
     version: str = ""
 
     def to_schema(self) -> dict[str, str]:
-        return {f"{META_PREFIX}model_sha256": self.model_sha256,
-                f"{META_PREFIX}model_path": self.model_path,
-                f"{META_PREFIX}task": self.task,
-                f"{META_PREFIX}dim": str(self.dim),
-                f"{META_PREFIX}normalized": "true" if self.normalized else "false",
-                f"{META_PREFIX}dtype": self.dtype,
-                f"{META_PREFIX}version": self.version or embedpipe.__version__}
+        return {
+            f"{META_PREFIX}model_sha256": self.model_sha256,
+            f"{META_PREFIX}model_path": self.model_path,
+            f"{META_PREFIX}task": self.task,
+            f"{META_PREFIX}dim": str(self.dim),
+            f"{META_PREFIX}normalized": "true" if self.normalized else "false",
+            f"{META_PREFIX}dtype": self.dtype,
+            f"{META_PREFIX}version": self.version or embedpipe.__version__,
+        }
 
     @classmethod
     def from_schema(cls, schema: pa.Schema) -> DatasetMeta:
-        raw = {k.decode()[len(META_PREFIX):]: v.decode() for k, v in (schema.metadata or {}).items()
-               if k.startswith(META_PREFIX.encode())}
+        raw = {
+            k.decode()[len(META_PREFIX) :]: v.decode()
+            for k, v in (schema.metadata or {}).items()
+            if k.startswith(META_PREFIX.encode())
+        }
         dim = raw.get("dim", "0")
-        return cls(raw.get("model_sha256", ""), raw.get("model_path", ""), raw.get("task", ""),
-                   int(dim) if dim.isdigit() else 0, raw.get("dtype", "float32"),
-                   raw.get("normalized", "true") == "true", raw.get("version", ""))
+        return cls(
+            raw.get("model_sha256", ""),
+            raw.get("model_path", ""),
+            raw.get("task", ""),
+            int(dim) if dim.isdigit() else 0,
+            raw.get("dtype", "float32"),
+            raw.get("normalized", "true") == "true",
+            raw.get("version", ""),
+        )
 
 
 def id_type(source_type: pa.DataType | None) -> pa.DataType:
@@ -92,8 +103,13 @@ def id_type(source_type: pa.DataType | None) -> pa.DataType:
         return pa.int64()
     if pa.types.is_dictionary(source_type):
         return id_type(source_type.value_type)
-    if pa.types.is_string(source_type) or pa.types.is_large_string(source_type) or pa.types.is_binary(source_type) \
-            or pa.types.is_large_binary(source_type) or pa.types.is_string_view(source_type):
+    if (
+        pa.types.is_string(source_type)
+        or pa.types.is_large_string(source_type)
+        or pa.types.is_binary(source_type)
+        or pa.types.is_large_binary(source_type)
+        or pa.types.is_string_view(source_type)
+    ):
         return pa.string()
     raise EmbedpipeError(f"id column has type {source_type}; use an integer or string column")
 
@@ -106,8 +122,7 @@ def output_schema(id_t: pa.DataType, keep: list[pa.Field], meta: DatasetMeta) ->
         pa.field("token_start", pa.int32(), nullable=False),
         pa.field("token_end", pa.int32(), nullable=False),
         *keep,
-        pa.field("embedding", pa.list_(pa.field("item", value_type, nullable=False), meta.dim),
-                 nullable=False),
+        pa.field("embedding", pa.list_(pa.field("item", value_type, nullable=False), meta.dim), nullable=False),
     ]
     if meta.dtype == "int8":
         fields.append(pa.field("scale", pa.float32(), nullable=False))
@@ -138,8 +153,9 @@ class Embeddings:
 def _vectors(table: pa.Table, path: Path) -> np.ndarray:
     col = table.column("embedding").combine_chunks()
     if not pa.types.is_fixed_size_list(col.type):
-        raise EmbeddingsDirError(f"{path}: column 'embedding' has type {col.type}; "
-                                 "expected fixed_size_list<float32|float16|int8>[dim]")
+        raise EmbeddingsDirError(
+            f"{path}: column 'embedding' has type {col.type}; expected fixed_size_list<float32|float16|int8>[dim]"
+        )
     dim = col.type.list_size
     flat = col.values.to_numpy(zero_copy_only=False)
     vecs = flat.reshape(-1, dim).astype(np.float32)
@@ -150,8 +166,7 @@ def _vectors(table: pa.Table, path: Path) -> np.ndarray:
     return vecs
 
 
-def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True,
-                    parts: list[str] | None = None) -> Embeddings:
+def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True, parts: list[str] | None = None) -> Embeddings:
     """Load every part file of `emb_dir` (sorted by name; only those named in `parts` when
     given) and check they agree.
 
@@ -185,19 +200,20 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True,
         vecs.append(_vectors(table, part))
         part_rows[part.name] = table.num_rows
         ids.extend(table.column("id").to_pylist())
-        chunks.append(table.column("chunk").to_numpy() if "chunk" in table.column_names
-                      else np.zeros(table.num_rows, np.int32))
+        chunks.append(
+            table.column("chunk").to_numpy() if "chunk" in table.column_names else np.zeros(table.num_rows, np.int32)
+        )
         if keep_text:
             for name in table.column_names:
                 if name not in STRUCTURAL_COLUMNS:
                     columns.setdefault(name, []).extend(
-                        "" if v is None else str(v) for v in table.column(name).to_pylist())
+                        "" if v is None else str(v) for v in table.column(name).to_pylist()
+                    )
     chunk = np.concatenate(chunks)
     if keep_text and chunk.size and chunk.max() > 0:
         columns["chunk"] = [str(c) for c in chunk.tolist()]
     id_arr = np.asarray(ids, dtype=np.int64) if ids and all(isinstance(i, int) for i in ids) else ids
-    return Embeddings(np.concatenate(vecs), id_arr, columns, first or DatasetMeta(),
-                      emb_dir.resolve(), part_rows)
+    return Embeddings(np.concatenate(vecs), id_arr, columns, first or DatasetMeta(), emb_dir.resolve(), part_rows)
 
 
 def source_texts(emb_dir: str | os.PathLike, wanted: set) -> dict:
@@ -213,14 +229,18 @@ def source_texts(emb_dir: str | os.PathLike, wanted: set) -> dict:
     paths = [d["path"] for d in header.get("inputs", [])]
     missing = [p for p in paths if not Path(p).exists()]
     if not paths or missing:
-        raise EmbeddingsDirError(f"the source files of the embeddings are gone "
-                                 f"({', '.join(missing) or 'none recorded'})")
+        raise EmbeddingsDirError(
+            f"the source files of the embeddings are gone ({', '.join(missing) or 'none recorded'})"
+        )
     cols = [text_col] + ([id_col] if id_col else [])
     found: dict = {}
     for start, _, batch in Corpus.open(paths, cols).batches(cols):
         texts = batch.column(batch.schema.get_field_index(text_col)).to_pylist()
-        ids = (batch.column(batch.schema.get_field_index(id_col)).to_pylist() if id_col
-               else range(start, start + batch.num_rows))
+        ids = (
+            batch.column(batch.schema.get_field_index(id_col)).to_pylist()
+            if id_col
+            else range(start, start + batch.num_rows)
+        )
         for i, t in zip(ids, texts):
             if i in wanted:
                 found[i] = t

@@ -19,9 +19,15 @@ from embedpipe.pipeline.config import IngestConfig
 TRUNCATE = "truncate"
 
 
-def encode_cached(emb: Any, texts: Sequence[str], task: str,
-                  titles: Sequence[str | None] | None = None, dim: int | None = None,
-                  cache: EmbeddingCache | None = None, progress: bool = False) -> np.ndarray:
+def encode_cached(
+    emb: Any,
+    texts: Sequence[str],
+    task: str,
+    titles: Sequence[str | None] | None = None,
+    dim: int | None = None,
+    cache: EmbeddingCache | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """(len(texts), dim) float32 unit vectors in input order; misses are embedded and stored.
 
     Empty or non-string texts are errors naming their position; equal texts are embedded once.
@@ -35,8 +41,7 @@ def encode_cached(emb: Any, texts: Sequence[str], task: str,
     task = canonical_task(task)
     chunker = Chunker(emb, task, emb.max_tokens, TRUNCATE, None, IngestConfig.chunk_overlap)
     title_of = (lambda i: titles[i]) if titles is not None else (lambda i: None)
-    keys = [cache_key(emb.model_sha256, task, dim, title_of(i), t, chunker.cache_setting)
-            for i, t in enumerate(texts)]
+    keys = [cache_key(emb.model_sha256, task, dim, title_of(i), t, chunker.cache_setting) for i, t in enumerate(texts)]
     found = cache.get_many(keys, dim) if cache is not None and keys else {}
     first_of: dict[bytes, int] = {}
     for i, k in enumerate(keys):
@@ -44,16 +49,17 @@ def encode_cached(emb: Any, texts: Sequence[str], task: str,
             first_of.setdefault(k, i)
     todo = list(first_of.values())
     if todo:
-        plans = chunker.plan([texts[i] for i in todo], [title_of(i) for i in todo]
-                             if titles is not None else None)
+        plans = chunker.plan([texts[i] for i in todo], [title_of(i) for i in todo] if titles is not None else None)
         for i, plan in zip(todo, plans):
             if plan.error:
-                raise EmbedpipeError(f"text {i}: its prompt alone is longer than the model's "
-                                     f"context of {emb.max_tokens} tokens")
+                raise EmbedpipeError(
+                    f"text {i}: its prompt alone is longer than the model's context of {emb.max_tokens} tokens"
+                )
         vecs = emb.encode_ids([p.seqs[0] for p in plans], dim=dim, show_progress=progress)
-        fresh = {keys[i]: CachedRow(p.spans, [len(p.seqs[0])], vecs[j:j + 1], p.text_tokens,
-                                    p.truncated)
-                 for j, (i, p) in enumerate(zip(todo, plans))}
+        fresh = {
+            keys[i]: CachedRow(p.spans, [len(p.seqs[0])], vecs[j : j + 1], p.text_tokens, p.truncated)
+            for j, (i, p) in enumerate(zip(todo, plans))
+        }
         if cache is not None:
             cache.put_many([(k, emb.model_sha256, dim, row) for k, row in fresh.items()])
         found = {**found, **fresh}

@@ -12,8 +12,13 @@ from embedpipe.pipeline.processor import Stats, WindowProcessor
 from embedpipe.pipeline.readers import Corpus
 
 
-def run_local(cfg: IngestConfig, processor: WindowProcessor, corpus: Corpus, manifest: Manifest,
-              on_window: Callable[[Stats], None] | None = None) -> None:
+def run_local(
+    cfg: IngestConfig,
+    processor: WindowProcessor,
+    corpus: Corpus,
+    manifest: Manifest,
+    on_window: Callable[[Stats], None] | None = None,
+) -> None:
     size = cfg.part_rows
     index = 0
     while index in manifest.parts:

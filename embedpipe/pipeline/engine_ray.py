@@ -49,7 +49,9 @@ class IngestActor:
         out = {"result": []}
         size = self.cfg.part_rows
         for index in batch["index"].tolist():
-            feeder = RowFeeder(self.corpus.batches(self.cfg.source_columns(), start=index * size, rows=self.cfg.read_rows))
+            feeder = RowFeeder(
+                self.corpus.batches(self.cfg.source_columns(), start=index * size, rows=self.cfg.read_rows)
+            )
             result = run_part(self.processor, Path(self.cfg.output), index, index * size, feeder, size)
             out["result"].append(json.dumps({"record": result.record, "skipped": result.skipped}))
         return out
@@ -66,7 +68,9 @@ def _map_batches(ds, actors: int, cpus_per_actor: float, cfg: dict):
         return ds.map_batches(IngestActor, compute=ActorPoolStrategy(size=actors), **kwargs)
 
 
-def run_ray(cfg: IngestConfig, corpus: Corpus, manifest: Manifest, on_window: Callable[[Stats], None] | None = None) -> None:
+def run_ray(
+    cfg: IngestConfig, corpus: Corpus, manifest: Manifest, on_window: Callable[[Stats], None] | None = None
+) -> None:
     try:
         import ray
         import ray.data
@@ -74,22 +78,30 @@ def run_ray(cfg: IngestConfig, corpus: Corpus, manifest: Manifest, on_window: Ca
         raise EmbedpipeError("--engine ray needs the ray extra: pip install 'embedpipe[ray]'") from exc
     total = corpus.total_rows()
     if total is None:
-        raise EmbedpipeError("--engine ray needs inputs with known row counts (Parquet or Arrow IPC files); "
-                             "convert JSONL/CSV first or use --engine local")
+        raise EmbedpipeError(
+            "--engine ray needs inputs with known row counts (Parquet or Arrow IPC files); "
+            "convert JSONL/CSV first or use --engine local"
+        )
     pending = [i for i in range(max(1, math.ceil(total / cfg.part_rows))) if i not in manifest.parts]
     if not pending:
         return
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False) if address \
-            else ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        ray.init(
+            address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False
+        ) if address else ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     threads = cfg.threads or 1
     cpus = int(ray.cluster_resources().get("CPU", 1))
     actors = cfg.ray_actors or max(1, cpus // threads)
     actors = min(actors, len(pending))
-    conf = asdict(cfg) | {"inputs": [str(s.path) for s in corpus.sources], "output": str(Path(cfg.output).resolve()),
-                          "model": str(Path(cfg.model).resolve()) if cfg.model else None, "progress": False,
-                          "threads": threads, "engine": "local"}
+    conf = asdict(cfg) | {
+        "inputs": [str(s.path) for s in corpus.sources],
+        "output": str(Path(cfg.output).resolve()),
+        "model": str(Path(cfg.model).resolve()) if cfg.model else None,
+        "progress": False,
+        "threads": threads,
+        "engine": "local",
+    }
     ds = ray.data.from_items([{"index": i} for i in pending], override_num_blocks=len(pending))
     for row in _map_batches(ds, actors, float(threads), conf).iter_rows():
         data = json.loads(row["result"])

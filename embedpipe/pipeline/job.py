@@ -59,7 +59,8 @@ class IngestSummary:
             f"vectors     {self.output_rows} ({self.chunked_rows} row(s) chunked, {self.truncated_rows} truncated)",
             f"tokens      {self.tokens} ({self.cache_hits} row(s) from cache, {self.sequences_embedded} sequences embedded)",
             f"this run    {self.run_rows_in} rows in {self.wall_seconds:.2f} s: {self.embeddings_per_second:.1f} embeddings/s, "
-            f"{self.tokens_per_second:.0f} tokens/s" + (" (resumed)" if self.resumed else "")
+            f"{self.tokens_per_second:.0f} tokens/s"
+            + (" (resumed)" if self.resumed else "")
             + (" (already complete: nothing to do)" if self.already_complete else ""),
         ]
         return "\n".join(lines)
@@ -86,8 +87,12 @@ def make_schema(cfg: IngestConfig, emb, corpus: Corpus) -> pa.Schema:
     # column types come from the first input that has columns (empty files have none)
     first = next((s for s in (src.schema() for src in corpus.sources) if s.names), pa.schema([]))
     id_t = id_type((first.field(cfg.id_col).type if cfg.id_col in first.names else pa.string()) if cfg.id_col else None)
-    keep = [pa.field(c, pa.string()) if c in (cfg.text_col, cfg.title_col) or c not in first.names
-            else first.field(c).with_nullable(True) for c in cfg.keep]
+    keep = [
+        pa.field(c, pa.string())
+        if c in (cfg.text_col, cfg.title_col) or c not in first.names
+        else first.field(c).with_nullable(True)
+        for c in cfg.keep
+    ]
     meta = DatasetMeta(emb.model_sha256, str(emb.model_path), cfg.task, cfg.dim, cfg.dtype)
     return output_schema(id_t, keep, meta)
 
@@ -157,6 +162,7 @@ def _run(cfg: IngestConfig, embedder, corpus: Corpus, manifest: Manifest, out_di
         total_rows = corpus.total_rows()
         done_rows = sum(e["end"] - e["start"] for e in manifest.parts.values())
         with Progress(total_rows, done_rows, enabled=cfg.progress) as progress:
+
             def on_window(stats: Stats) -> None:
                 run.add(stats)
                 progress.update(stats)
@@ -175,13 +181,19 @@ def _run(cfg: IngestConfig, embedder, corpus: Corpus, manifest: Manifest, out_di
     wall = time.perf_counter() - t0
     total = _totals(manifest)
     summary = IngestSummary(
-        output=str(out_dir), parts=len(manifest.parts), **total.counts,
+        output=str(out_dir),
+        parts=len(manifest.parts),
+        **total.counts,
         skipped_reasons=dict(sorted(total.skipped_reasons.items())),
-        run_rows_in=run.counts["rows_in"], run_output_rows=run.counts["output_rows"], run_tokens=run.counts["tokens"],
-        wall_seconds=round(wall, 4), embed_seconds=round(run.embed_seconds, 4),
+        run_rows_in=run.counts["rows_in"],
+        run_output_rows=run.counts["output_rows"],
+        run_tokens=run.counts["tokens"],
+        wall_seconds=round(wall, 4),
+        embed_seconds=round(run.embed_seconds, 4),
         embeddings_per_second=round(run.counts["output_rows"] / wall, 2) if wall > 0 else 0.0,
         tokens_per_second=round(run.counts["tokens"] / wall, 1) if wall > 0 else 0.0,
-        resumed=resumed, already_complete=already_complete,
+        resumed=resumed,
+        already_complete=already_complete,
     )
     _write_summary(out_dir, summary)
     return summary

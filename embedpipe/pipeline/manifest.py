@@ -83,8 +83,10 @@ class Manifest:
             if resume:
                 raise EmbedpipeError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume to start")
             if out_dir.exists() and any(p.name != LOCK for p in out_dir.iterdir()) and not overwrite:
-                raise EmbedpipeError(f"{out_dir} exists and is not an ingest output directory being resumed; "
-                                     "choose a new or empty --output, or pass --overwrite")
+                raise EmbedpipeError(
+                    f"{out_dir} exists and is not an ingest output directory being resumed; "
+                    "choose a new or empty --output, or pass --overwrite"
+                )
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest._lock()
         try:
@@ -129,8 +131,11 @@ class Manifest:
         old = {k: v for k, v in entries[0].items() if k != "kind"}
         diff = _describe_diff(old, self.header)
         if diff:
-            raise ResumeRefused(f"refusing to resume into {self.out_dir}: it holds a job with different settings — "
-                                + "; ".join(diff) + ". Use another --output, or --overwrite to start over.")
+            raise ResumeRefused(
+                f"refusing to resume into {self.out_dir}: it holds a job with different settings — "
+                + "; ".join(diff)
+                + ". Use another --output, or --overwrite to start over."
+            )
         for entry in entries[1:]:
             if entry.get("kind") == "part":
                 self.parts[int(entry["index"])] = entry
@@ -148,8 +153,10 @@ class Manifest:
                 part.unlink()
         missing = sorted(name for name in committed if not (self.out_dir / name).exists())
         if missing:
-            raise EmbedpipeError(f"{self.out_dir}: committed part files are missing ({', '.join(missing[:5])}); "
-                                 "the output was modified by hand — pass --overwrite to start over")
+            raise EmbedpipeError(
+                f"{self.out_dir}: committed part files are missing ({', '.join(missing[:5])}); "
+                "the output was modified by hand — pass --overwrite to start over"
+            )
         skipped = self.out_dir / SKIPPED
         if skipped.exists() and skipped.stat().st_size != self.skipped_bytes:
             with open(skipped, "rb+") as handle:

@@ -69,8 +69,15 @@ class PartResult:
     stats: Stats
 
 
-def run_part(processor: WindowProcessor, out_dir: Path, index: int, start: int, feeder: RowFeeder,
-             part_rows: int, on_window: Callable[[Stats], None] | None = None) -> PartResult:
+def run_part(
+    processor: WindowProcessor,
+    out_dir: Path,
+    index: int,
+    start: int,
+    feeder: RowFeeder,
+    part_rows: int,
+    on_window: Callable[[Stats], None] | None = None,
+) -> PartResult:
     """Process rows [start, start + part_rows) (fewer at the end of input) into part `index`."""
     writer = PartWriter(out_dir, index, processor.schema)
     stats = Stats()

@@ -19,8 +19,18 @@ from embedpipe.pipeline.config import IngestConfig
 from embedpipe.pipeline.dataset import embedding_columns
 from embedpipe.pipeline.rows import REASONS, Rows, extract
 
-COUNTERS = ("rows_in", "rows_embedded", "output_rows", "chunked_rows", "truncated_rows", "skipped_rows",
-            "tokens", "text_tokens", "cache_hits", "sequences_embedded")
+COUNTERS = (
+    "rows_in",
+    "rows_embedded",
+    "output_rows",
+    "chunked_rows",
+    "truncated_rows",
+    "skipped_rows",
+    "tokens",
+    "text_tokens",
+    "cache_hits",
+    "sequences_embedded",
+)
 
 
 @dataclass
@@ -39,8 +49,11 @@ class Stats:
         self.embed_seconds += other.embed_seconds
 
     def to_dict(self) -> dict:
-        return {**self.counts, "skipped_reasons": dict(sorted(self.skipped_reasons.items())),
-                "embed_seconds": round(self.embed_seconds, 6)}
+        return {
+            **self.counts,
+            "skipped_reasons": dict(sorted(self.skipped_reasons.items())),
+            "embed_seconds": round(self.embed_seconds, 6),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Stats:
@@ -97,8 +110,10 @@ class WindowProcessor:
                 continue
             if row_id in seen:
                 if self.cfg.on_duplicate_id == "error":
-                    raise EmbedpipeError(f"{rows.paths[i]}: row {rows.rows[i]}: id {shown(row_id)} appeared in an "
-                                         "earlier row; use --on-duplicate-id warn (skip) or keep")
+                    raise EmbedpipeError(
+                        f"{rows.paths[i]}: row {rows.rows[i]}: id {shown(row_id)} appeared in an "
+                        "earlier row; use --on-duplicate-id warn (skip) or keep"
+                    )
                 rows.reasons[i] = "duplicate_id"
             else:
                 seen.add(row_id)
@@ -122,11 +137,16 @@ class WindowProcessor:
         keys: dict[int, bytes] = {}
         results: dict[int, CachedRow] = {}
         if self.cache is not None:
-            keys = {i: cache_key(emb.model_sha256, cfg.task, cfg.dim, titles[i] if titles else None, rows.texts[i],
-                                 self.setting) for i in good}
+            keys = {
+                i: cache_key(
+                    emb.model_sha256, cfg.task, cfg.dim, titles[i] if titles else None, rows.texts[i], self.setting
+                )
+                for i in good
+            }
             found = self.cache.get_many(list(keys.values()), cfg.dim)
             results = {i: found[k] for i, k in keys.items() if k in found}
             stats.counts["cache_hits"] = len(results)
+
         def group(i: int) -> object:
             return keys.get(i, (rows.texts[i], titles[i] if titles else None))
 
@@ -143,7 +163,8 @@ class WindowProcessor:
             if plan.error == TOO_LONG:
                 raise InputTooLongError(
                     f"{rows.paths[i]}: row {rows.rows[i]} (id {rows.ids[i]!r}) has {plan.text_tokens} text tokens, "
-                    f"more than fit in {cfg.max_tokens}; use --long chunk or --long truncate")
+                    f"more than fit in {cfg.max_tokens}; use --long chunk or --long truncate"
+                )
             if plan.error == PROMPT_TOO_LONG:
                 for j in todo[group(i)]:
                     rows.reasons[j] = PROMPT_TOO_LONG
@@ -157,7 +178,9 @@ class WindowProcessor:
             if plan.error:
                 continue
             n = len(plan.seqs)
-            row = CachedRow(plan.spans, [len(s) for s in plan.seqs], vecs[at:at + n], plan.text_tokens, plan.truncated)
+            row = CachedRow(
+                plan.spans, [len(s) for s in plan.seqs], vecs[at : at + n], plan.text_tokens, plan.truncated
+            )
             at += n
             for j in todo[group(i)]:
                 results[j] = row
@@ -185,7 +208,9 @@ class WindowProcessor:
         per_row = [len(results[i].spans) for i in good]
         total = sum(per_row)
         cols: dict[str, pa.Array] = {
-            "id": pa.array([rows.ids[i] for i, n in zip(good, per_row) for _ in range(n)], self.schema.field("id").type),
+            "id": pa.array(
+                [rows.ids[i] for i, n in zip(good, per_row) for _ in range(n)], self.schema.field("id").type
+            ),
             "chunk": pa.array([c for n in per_row for c in range(n)], pa.int32()),
             "token_start": pa.array([s for i in good for s, _ in results[i].spans], pa.int32()),
             "token_end": pa.array([e for i in good for _, e in results[i].spans], pa.int32()),
@@ -211,7 +236,9 @@ class WindowProcessor:
             try:
                 pieces.append(col.cast(f.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise EmbedpipeError(f"{path}: column {f.name!r} has type {col.type}, which does not convert to "
-                                     f"{f.type} as in the first input file ({exc})") from exc
+                raise EmbedpipeError(
+                    f"{path}: column {f.name!r} has type {col.type}, which does not convert to "
+                    f"{f.type} as in the first input file ({exc})"
+                ) from exc
             offset += n
         return pa.concat_arrays(pieces) if pieces else pa.array([], f.type)

@@ -17,8 +17,16 @@ class Progress:
         self._tokens = 0
         self._inflight = 0
         self._last_draw = 0.0
-        self._bar = tqdm(total=total_rows, initial=done_rows, unit="row", desc="ingest", file=sys.stderr,
-                         disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self._bar = tqdm(
+            total=total_rows,
+            initial=done_rows,
+            unit="row",
+            desc="ingest",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
 
     def update(self, stats) -> None:
         """A window of rows is done (rows advance only here: a row is done when written)."""
@@ -39,7 +47,7 @@ class Progress:
         rate = (self._tokens + self._inflight) / max(now - self._t0, 1e-9)
         self._bar.set_postfix(tok_s=f"{rate:.0f}", window=f"{done}/{total} seq", refresh=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -157,8 +157,11 @@ class IpcSource(Source):
 
     def _stream(self, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
         reader = self._reader()
-        it = (reader.get_batch(i) for i in range(reader.num_record_batches)) \
-            if isinstance(reader, pa.ipc.RecordBatchFileReader) else iter(reader)
+        it = (
+            (reader.get_batch(i) for i in range(reader.num_record_batches))
+            if isinstance(reader, pa.ipc.RecordBatchFileReader)
+            else iter(reader)
+        )
         for batch in it:
             # IPC buffers are mapped as written: a corrupt offset would be followed by native
             # code later, so every batch is validated in full before anything reads it
@@ -172,8 +175,11 @@ class CsvSource(Source):
     def _open(self, columns: list[str] | None, text_like: list[str]):
         types = {c: pa.large_binary() for c in text_like}  # validate UTF-8 per row, not per file
         try:
-            return pacsv.open_csv(self.path, read_options=pacsv.ReadOptions(block_size=1 << 20),
-                                  convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=types))
+            return pacsv.open_csv(
+                self.path,
+                read_options=pacsv.ReadOptions(block_size=1 << 20),
+                convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=types),
+            )
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{self.path}: cannot read as CSV ({exc})") from exc
 
@@ -279,7 +285,7 @@ class JsonlSource(Source):
                 yield batch.slice(off, rows)
 
 
-def _tolerant_schema(source: "JsonlSource", block: bytes) -> pa.Schema:
+def _tolerant_schema(source: JsonlSource, block: bytes) -> pa.Schema:
     """Column types of a block: pyarrow's inference, or per column when the block has mixed types."""
     try:
         return source._fast(block, None).schema
@@ -297,7 +303,7 @@ def _tolerant_schema(source: "JsonlSource", block: bytes) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _jsonl_schema(source: "JsonlSource", block: bytes, columns: list[str]) -> pa.Schema:
+def _jsonl_schema(source: JsonlSource, block: bytes, columns: list[str]) -> pa.Schema:
     """Column types fixed from the first block (text as string) so every block casts alike."""
     inferred = _tolerant_schema(source, block)
     fields = [pa.field(columns[0], pa.string())]
@@ -326,9 +332,15 @@ def _json_object(line: bytes) -> dict | None:
 
 
 SOURCE_TYPES: dict[str, type[Source]] = {
-    ".parquet": ParquetSource, ".pq": ParquetSource,
-    ".arrow": IpcSource, ".feather": IpcSource, ".ipc": IpcSource, ".arrows": IpcSource,
-    ".jsonl": JsonlSource, ".ndjson": JsonlSource, ".json": JsonlSource,
+    ".parquet": ParquetSource,
+    ".pq": ParquetSource,
+    ".arrow": IpcSource,
+    ".feather": IpcSource,
+    ".ipc": IpcSource,
+    ".arrows": IpcSource,
+    ".jsonl": JsonlSource,
+    ".ndjson": JsonlSource,
+    ".json": JsonlSource,
     ".csv": CsvSource,
 }
 
@@ -351,8 +363,13 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
                 raise InputError(f"{item}: the pattern matches no files")
             paths.extend(found)
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SOURCE_TYPES
-                           and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts))
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in SOURCE_TYPES
+                and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts)
+            )
             if not found:
                 raise InputError(f"{p}: the directory holds no input files ({', '.join(sorted(SOURCE_TYPES))})")
             paths.extend(found)
@@ -371,7 +388,7 @@ class Corpus:
     sources: list[Source]
 
     @classmethod
-    def open(cls, inputs: list[str], columns: list[str]) -> "Corpus":
+    def open(cls, inputs: list[str], columns: list[str]) -> Corpus:
         corpus = cls(resolve_inputs(inputs))
         for src in corpus.sources:
             src.check_columns(columns)
@@ -389,7 +406,9 @@ class Corpus:
             out.append({"path": str(s.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
         return out
 
-    def batches(self, columns: list[str], start: int = 0, rows: int = 1024) -> Iterator[tuple[int, Path, pa.RecordBatch]]:
+    def batches(
+        self, columns: list[str], start: int = 0, rows: int = 1024
+    ) -> Iterator[tuple[int, Path, pa.RecordBatch]]:
         """(global row of the batch's first row, file, batch) from global row `start` to the end."""
         base = 0
         for src in self.sources:

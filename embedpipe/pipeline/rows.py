@@ -29,8 +29,14 @@ REASONS: dict[str, str] = {
 
 
 def _is_texty(t: pa.DataType) -> bool:
-    checks = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary,
-              pa.types.is_string_view, pa.types.is_binary_view)
+    checks = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+        pa.types.is_string_view,
+        pa.types.is_binary_view,
+    )
     return any(check(t) for check in checks)
 
 
@@ -99,8 +105,9 @@ class Rows:
     paths: list[Path] = field(default_factory=list)
 
 
-def extract(batches: list[tuple[int, Path, pa.RecordBatch]], text_col: str, id_col: str | None,
-            title_col: str | None) -> Rows:
+def extract(
+    batches: list[tuple[int, Path, pa.RecordBatch]], text_col: str, id_col: str | None, title_col: str | None
+) -> Rows:
     out = Rows(titles=[] if title_col else None)
     for first, path, batch in batches:
         n = batch.num_rows
@@ -116,7 +123,9 @@ def extract(batches: list[tuple[int, Path, pa.RecordBatch]], text_col: str, id_c
             ids = list(range(first, first + n))
         if title_col:
             titles, t_reasons = decode_strings(batch.column(title_col))
-            reasons = [r or ("invalid_title" if tr not in (None, "null_text") else None) for r, tr in zip(reasons, t_reasons)]
+            reasons = [
+                r or ("invalid_title" if tr not in (None, "null_text") else None) for r, tr in zip(reasons, t_reasons)
+            ]
             out.titles.extend(titles)
         out.ids.extend(ids)
         out.texts.extend(texts)

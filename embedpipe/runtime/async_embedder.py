@@ -24,13 +24,19 @@ from embedpipe.runtime.microbatch import MicroBatcher, PassStats
 class AsyncEmbedder:
     """Wraps a loaded `Embedder`; one instance per model, shared by every caller."""
 
-    def __init__(self, embedder: Embedder, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-                 max_batch_wait_ms: float = 2.0, max_queue_tokens: int | None = None,
-                 on_pass: Callable[[PassStats], None] | None = None):
+    def __init__(
+        self,
+        embedder: Embedder,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_wait_ms: float = 2.0,
+        max_queue_tokens: int | None = None,
+        on_pass: Callable[[PassStats], None] | None = None,
+    ):
         self.embedder = embedder
         self.dim, self.dims, self.max_tokens = embedder.dim, embedder.dims, embedder.max_tokens
-        self.batcher = MicroBatcher(self._embed_pass, embedder.dim, max_batch_tokens, max_batch_wait_ms,
-                                    max_queue_tokens, on_pass)
+        self.batcher = MicroBatcher(
+            self._embed_pass, embedder.dim, max_batch_tokens, max_batch_wait_ms, max_queue_tokens, on_pass
+        )
         self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="embedpipe-tokenize")
 
     def _embed_pass(self, seqs: list[Sequence[int]]) -> np.ndarray:
@@ -52,8 +58,14 @@ class AsyncEmbedder:
         finally:
             self.batcher.expected -= 1
 
-    async def aencode(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None,
-                      dim: int | None = None, truncate: bool = False) -> np.ndarray:
+    async def aencode(
+        self,
+        texts: Sequence[str],
+        task: str = "query",
+        titles: Sequence[str | None] | None = None,
+        dim: int | None = None,
+        truncate: bool = False,
+    ) -> np.ndarray:
         """Like `Embedder.encode`: L2-normalized (n, dim) float32 rows in input order."""
         if isinstance(texts, str):
             raise EmbedpipeError("aencode takes a list of texts, not a single string")

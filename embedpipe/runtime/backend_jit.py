@@ -28,8 +28,7 @@ class JitBackend:
 
     def prepare(self, tensor: WeightTensor) -> MatmulFn:
         if tensor.qtype not in FORMATS or len(tensor.shape) != 2:
-            log.debug("no JIT kernel for %s (%s %s); using numpy", tensor.name,
-                      tensor.qtype.name, tensor.shape)
+            log.debug("no JIT kernel for %s (%s %s); using numpy", tensor.name, tensor.qtype.name, tensor.shape)
             return self._fallback.prepare(tensor)
         n, k = tensor.shape
         return self.library.prepare_matmul(tensor.qtype, tensor.rows(), n, k)

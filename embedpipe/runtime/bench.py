@@ -75,8 +75,12 @@ def machine_info() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "load_avg": list(load) if load else None, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg": list(load) if load else None,
+        "python": platform.python_version(),
+    }
 
 
 def model_ops_per_token(model) -> tuple[float, float]:
@@ -107,19 +111,36 @@ def _median_times(fn: Callable[[], object], repeats: int) -> tuple[float, float]
     return statistics.median(wall), statistics.median(cpu)
 
 
-def time_peer(name: str, encode: Callable[[list[str]], object], threads: int, kind: str,
-              texts: list[str], tokens: int, cfg: BenchConfig) -> PeerResult:
+def time_peer(
+    name: str,
+    encode: Callable[[list[str]], object],
+    threads: int,
+    kind: str,
+    texts: list[str],
+    tokens: int,
+    cfg: BenchConfig,
+) -> PeerResult:
     """Median single-text latency over the first ``singles`` texts, then batch throughput."""
     encode(texts[:1])
     singles, single_cpu = [], []
-    for text in (texts * (cfg.singles // len(texts) + 1))[:cfg.singles]:
+    for text in (texts * (cfg.singles // len(texts) + 1))[: cfg.singles]:
         c, start = time.process_time(), time.perf_counter()
         encode([text])
         singles.append(time.perf_counter() - start)
         single_cpu.append(time.process_time() - c)
     batch, batch_cpu = _median_times(lambda: encode(texts), cfg.repeats)
-    return PeerResult(name, threads, kind, 1e3 * statistics.median(singles), len(texts), batch,
-                      len(texts) / batch, tokens / batch, 1e3 * statistics.median(single_cpu), batch_cpu)
+    return PeerResult(
+        name,
+        threads,
+        kind,
+        1e3 * statistics.median(singles),
+        len(texts),
+        batch,
+        len(texts) / batch,
+        tokens / batch,
+        1e3 * statistics.median(single_cpu),
+        batch_cpu,
+    )
 
 
 def measure_peaks(threads: int) -> dict | None:
@@ -127,12 +148,16 @@ def measure_peaks(threads: int) -> dict | None:
     try:
         from embedpipe.codegen.bench import PeakProbe
         from embedpipe.codegen.isa import detect_isa
+
         isa = detect_isa()
         probes = {kind: PeakProbe(isa, threads, kind) for kind in ("int", "float")}
     except Exception:  # no usable LLVM target: fractions are simply not reported
         return None
-    return {"isa": isa.name, "int8_gops": max(probes["int"].gops() for _ in range(3)),
-            "fp32_gflops": max(probes["float"].gops() for _ in range(3))}
+    return {
+        "isa": isa.name,
+        "int8_gops": max(probes["int"].gops() for _ in range(3)),
+        "fp32_gflops": max(probes["float"].gops() for _ in range(3)),
+    }
 
 
 def ffn_fraction(embedder, tokens: int, peak: dict | None, repeats: int) -> dict:
@@ -144,8 +169,12 @@ def ffn_fraction(embedder, tokens: int, peak: dict | None, repeats: int) -> dict
     g = rng.standard_normal((tokens, cfg.ffn)).astype(np.float32)
     sec = _median_time(lambda: (layer.w_gate_up(h), layer.w_down(g)), repeats)
     gops = 2.0 * 3 * tokens * cfg.hidden * cfg.ffn / sec / 1e9
-    return {"tokens": tokens, "ms": sec * 1e3, "gops": gops,
-            "int8_peak_fraction": gops / peak["int8_gops"] if peak else None}
+    return {
+        "tokens": tokens,
+        "ms": sec * 1e3,
+        "gops": gops,
+        "int8_peak_fraction": gops / peak["int8_gops"] if peak else None,
+    }
 
 
 def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
@@ -153,7 +182,9 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
 
     probe = Embedder.load(cfg.model, backend="numpy", threads=1)
     docs = {kind: documents(kind, cfg.batch_texts[kind]) for kind in cfg.kinds}
-    too_long = [k for k, texts in docs.items() if max(map(len, probe.tokenize(texts, TASK, truncate=True))) >= probe.max_tokens]
+    too_long = [
+        k for k, texts in docs.items() if max(map(len, probe.tokenize(texts, TASK, truncate=True))) >= probe.max_tokens
+    ]
     for kind in too_long:  # a truncated kind would time different work per peer
         report(f"skipped kind {kind}: its documents reach the model's {probe.max_tokens}-token limit")
         del docs[kind]
@@ -163,16 +194,32 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
     cfg.max_tokens = max(max(v) for v in token_counts.values())
     ops_token, _ = model_ops_per_token(probe.model)
     del probe
-    summary: dict = {"machine": machine_info(), "model": str(cfg.model), "task": TASK,
-                     "batch_size": cfg.batch_size,
-                     "texts": {k: {"count": len(docs[k]), "words_mean": float(np.mean([len(t.split()) for t in docs[k]])),
-                                   "tokens_mean": float(np.mean(token_counts[k]))} for k in cfg.kinds},
-                     "peaks": {}, "ffn": [], "results": [], "skipped": {}, "agreement": {}}
+    summary: dict = {
+        "machine": machine_info(),
+        "model": str(cfg.model),
+        "task": TASK,
+        "batch_size": cfg.batch_size,
+        "texts": {
+            k: {
+                "count": len(docs[k]),
+                "words_mean": float(np.mean([len(t.split()) for t in docs[k]])),
+                "tokens_mean": float(np.mean(token_counts[k])),
+            }
+            for k in cfg.kinds
+        },
+        "peaks": {},
+        "ffn": [],
+        "results": [],
+        "skipped": {},
+        "agreement": {},
+    }
     for threads in cfg.threads:
         peak = measure_peaks(threads)
         summary["peaks"][str(threads)] = peak
         if peak:
-            report(f"threads={threads}: peaks int8 {peak['int8_gops']:.0f} GOPS, fp32 {peak['fp32_gflops']:.0f} GFLOP/s")
+            report(
+                f"threads={threads}: peaks int8 {peak['int8_gops']:.0f} GOPS, fp32 {peak['fp32_gflops']:.0f} GFLOP/s"
+            )
         vectors: dict[str, np.ndarray] = {}
         for peer in cfg.peers:
             try:
@@ -196,8 +243,10 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
                     summary["results"].append(asdict(res))
                     report(format_result(res))
                 if peer == "jit" and "short" in cfg.kinds and hasattr(runner.embedder.model.layers[0], "w_gate_up"):
-                    tokens = sum(token_counts["short"][:cfg.batch_size])
-                    summary["ffn"].append({"threads": threads, **ffn_fraction(runner.embedder, tokens, peak, cfg.repeats)})
+                    tokens = sum(token_counts["short"][: cfg.batch_size])
+                    summary["ffn"].append(
+                        {"threads": threads, **ffn_fraction(runner.embedder, tokens, peak, cfg.repeats)}
+                    )
         _agreement(summary["agreement"], vectors, threads)
     summary["ratios"] = ratios(summary["results"])
     return summary
@@ -227,40 +276,65 @@ def ratios(results: list[dict]) -> list[dict]:
             continue
         cpu = {}
         if ours.get("batch_cpu_s") and r.get("batch_cpu_s"):
-            cpu = {"batch_cpu_ratio": r["batch_cpu_s"] / ours["batch_cpu_s"],
-                   "single_cpu_ratio": ours["single_cpu_ms"] / r["single_cpu_ms"]}
-        out.append({"threads": threads, "kind": kind, "vs": peer,
-                    "batch_throughput_ratio": ours["emb_per_s"] / r["emb_per_s"],
-                    "single_latency_ratio": ours["single_ms"] / r["single_ms"], **cpu})
+            cpu = {
+                "batch_cpu_ratio": r["batch_cpu_s"] / ours["batch_cpu_s"],
+                "single_cpu_ratio": ours["single_cpu_ms"] / r["single_cpu_ms"],
+            }
+        out.append(
+            {
+                "threads": threads,
+                "kind": kind,
+                "vs": peer,
+                "batch_throughput_ratio": ours["emb_per_s"] / r["emb_per_s"],
+                "single_latency_ratio": ours["single_ms"] / r["single_ms"],
+                **cpu,
+            }
+        )
     return out
 
 
 def format_result(r: PeerResult) -> str:
     pk = f"{100 * r.int8_peak_fraction:5.1f}%" if r.int8_peak_fraction is not None else "    -"
-    return (f"{r.peer:22} t={r.threads} {r.kind:6} single {r.single_ms:8.1f} ms  batch({r.batch_texts}) "
-            f"{r.emb_per_s:7.1f} emb/s {r.tok_per_s:8.0f} tok/s  int8pk {pk}")
+    return (
+        f"{r.peer:22} t={r.threads} {r.kind:6} single {r.single_ms:8.1f} ms  batch({r.batch_texts}) "
+        f"{r.emb_per_s:7.1f} emb/s {r.tok_per_s:8.0f} tok/s  int8pk {pk}"
+    )
 
 
 def format_summary(summary: dict) -> list[str]:
-    lines = [f"machine: {summary['machine']['cpu']} ({summary['machine']['cores']} cores), load {summary['machine']['load_avg']}",
-             f"model: {summary['model']}",
-             "texts: " + ", ".join(f"{k} {v['count']}x ~{v['words_mean']:.0f} words/{v['tokens_mean']:.0f} tokens"
-                                   for k, v in summary["texts"].items())]
-    lines.append(f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'cpu ms':>7} {'emb/s':>8} {'tok/s':>8} "
-                 f"{'tok/cpu-s':>9} {'%int8pk':>7} {'%fp32pk':>7}")
+    lines = [
+        f"machine: {summary['machine']['cpu']} ({summary['machine']['cores']} cores), load {summary['machine']['load_avg']}",
+        f"model: {summary['model']}",
+        "texts: "
+        + ", ".join(
+            f"{k} {v['count']}x ~{v['words_mean']:.0f} words/{v['tokens_mean']:.0f} tokens"
+            for k, v in summary["texts"].items()
+        ),
+    ]
+    lines.append(
+        f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'cpu ms':>7} {'emb/s':>8} {'tok/s':>8} "
+        f"{'tok/cpu-s':>9} {'%int8pk':>7} {'%fp32pk':>7}"
+    )
     for r in summary["results"]:
         i8 = f"{100 * r['int8_peak_fraction']:6.1f}%" if r["int8_peak_fraction"] is not None else "      -"
         f32 = f"{100 * r['fp32_peak_fraction']:6.1f}%" if r["fp32_peak_fraction"] is not None else "      -"
         cpu_ms = f"{r['single_cpu_ms']:7.1f}" if r.get("single_cpu_ms") is not None else "      -"
         per_cpu = f"{r['tok_per_s'] * r['batch_s'] / r['batch_cpu_s']:9.0f}" if r.get("batch_cpu_s") else "        -"
-        lines.append(f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {cpu_ms} {r['emb_per_s']:8.1f} "
-                     f"{r['tok_per_s']:8.0f} {per_cpu} {i8} {f32}")
+        lines.append(
+            f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {cpu_ms} {r['emb_per_s']:8.1f} "
+            f"{r['tok_per_s']:8.0f} {per_cpu} {i8} {f32}"
+        )
     lines.append("ratios (embedpipe JIT / peer): batch throughput (>1 faster), single latency (<1 faster)")
     for q in summary["ratios"]:
-        cpu = (f"   per CPU-second: batch x{q['batch_cpu_ratio']:.2f}  single x{q['single_cpu_ratio']:.2f}"
-               if "batch_cpu_ratio" in q else "")
-        lines.append(f"  t={q['threads']} {q['kind']:6} vs {q['vs']:22} batch x{q['batch_throughput_ratio']:.2f}  "
-                     f"single x{q['single_latency_ratio']:.2f}{cpu}")
+        cpu = (
+            f"   per CPU-second: batch x{q['batch_cpu_ratio']:.2f}  single x{q['single_cpu_ratio']:.2f}"
+            if "batch_cpu_ratio" in q
+            else ""
+        )
+        lines.append(
+            f"  t={q['threads']} {q['kind']:6} vs {q['vs']:22} batch x{q['batch_throughput_ratio']:.2f}  "
+            f"single x{q['single_latency_ratio']:.2f}{cpu}"
+        )
     for f in summary["ffn"]:
         frac = f"{100 * f['int8_peak_fraction']:.1f}% of int8 peak" if f["int8_peak_fraction"] else "peak unknown"
         lines.append(f"FFN matmuls (gate+up+down, T={f['tokens']}) t={f['threads']}: {f['gops']:.0f} GOPS, {frac}")

@@ -29,7 +29,7 @@ class Peer:
     def __init__(self, threads: int):
         self.threads = threads
 
-    def __enter__(self) -> "Peer":
+    def __enter__(self) -> Peer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -42,8 +42,10 @@ class Peer:
         raise NotImplementedError
 
     def run(self, formatted: dict[str, list[str]], tokens: dict[str, int], cfg, time_peer: Callable) -> list:
-        return [time_peer(self.name, self.encode, self.threads, kind, texts, tokens[kind], cfg)
-                for kind, texts in formatted.items()]
+        return [
+            time_peer(self.name, self.encode, self.threads, kind, texts, tokens[kind], cfg)
+            for kind, texts in formatted.items()
+        ]
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.encode(texts), dtype=np.float32)
@@ -71,14 +73,23 @@ class LlamaCppPeer(Peer):
         try:
             import llama_cpp
         except ImportError as exc:
-            raise PeerUnavailable(f"llama-cpp-python is not importable ({exc}); pip install 'embedpipe[bench]'") from None
+            raise PeerUnavailable(
+                f"llama-cpp-python is not importable ({exc}); pip install 'embedpipe[bench]'"
+            ) from None
         try:
             # Non-causal embedding needs a whole sequence in one ubatch; a larger ubatch than
             # that only adds masked attention work (llama.cpp attends over the whole ubatch).
             n_ctx = llama_context_size(cfg.max_tokens)
-            self.llm = llama_cpp.Llama(model_path=str(cfg.model), embedding=True, n_threads=threads,
-                                       n_threads_batch=threads, n_ctx=n_ctx, n_batch=n_ctx,
-                                       n_ubatch=n_ctx, verbose=False)
+            self.llm = llama_cpp.Llama(
+                model_path=str(cfg.model),
+                embedding=True,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_ctx=n_ctx,
+                n_batch=n_ctx,
+                n_ubatch=n_ctx,
+                verbose=False,
+            )
         except Exception as exc:  # llama.cpp rejects the file (e.g. an architecture it lacks)
             raise PeerUnavailable(f"llama.cpp cannot load {cfg.model}: {exc}") from None
 
@@ -140,24 +151,37 @@ class SentenceTransformersPeer(Peer):
             raise PeerUnavailable(f"{self.python} is not an executable python")
         if not self.model:
             raise PeerUnavailable("no sentence-transformers checkout of the model (--st-model)")
-        check = subprocess.run([self.python, "-c", "import sentence_transformers, torch"],
-                               capture_output=True, text=True, timeout=300)
+        check = subprocess.run(
+            [self.python, "-c", "import sentence_transformers, torch"], capture_output=True, text=True, timeout=300
+        )
         if check.returncode:
-            raise PeerUnavailable(f"{self.python} cannot import sentence_transformers/torch: "
-                                  f"{check.stderr.strip().splitlines()[-1:] or check.returncode}")
+            raise PeerUnavailable(
+                f"{self.python} cannot import sentence_transformers/torch: "
+                f"{check.stderr.strip().splitlines()[-1:] or check.returncode}"
+            )
         self._vectors: np.ndarray | None = None
 
     def run(self, formatted: dict[str, list[str]], tokens: dict[str, int], cfg, time_peer: Callable) -> list:
         from embedpipe.runtime.bench import PeerResult
 
-        job = {"model": self.model, "threads": self.threads, "texts": formatted, "singles": cfg.singles,
-               "repeats": cfg.repeats, "batch_size": cfg.batch_size,
-               "vector_texts": next(iter(formatted.values()))[:8]}
+        job = {
+            "model": self.model,
+            "threads": self.threads,
+            "texts": formatted,
+            "singles": cfg.singles,
+            "repeats": cfg.repeats,
+            "batch_size": cfg.batch_size,
+            "vector_texts": next(iter(formatted.values()))[:8],
+        }
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(job, fh)
         try:
-            proc = subprocess.run([self.python, "-c", _ST_SCRIPT, fh.name], capture_output=True, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": str(self.threads)})
+            proc = subprocess.run(
+                [self.python, "-c", _ST_SCRIPT, fh.name],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
+            )
         finally:
             os.unlink(fh.name)
         if proc.returncode:
@@ -167,9 +191,20 @@ class SentenceTransformersPeer(Peer):
         results = []
         for kind, r in out["results"].items():
             n = len(formatted[kind])
-            results.append(PeerResult(self.name, self.threads, kind, 1e3 * r["single_s"], n, r["batch_s"],
-                                      n / r["batch_s"], tokens[kind] / r["batch_s"],
-                                      1e3 * r["single_cpu_s"], r["batch_cpu_s"]))
+            results.append(
+                PeerResult(
+                    self.name,
+                    self.threads,
+                    kind,
+                    1e3 * r["single_s"],
+                    n,
+                    r["batch_s"],
+                    n / r["batch_s"],
+                    tokens[kind] / r["batch_s"],
+                    1e3 * r["single_cpu_s"],
+                    r["batch_cpu_s"],
+                )
+            )
         return results
 
     def vectors(self, texts: list[str]) -> np.ndarray:
@@ -209,12 +244,12 @@ class OnnxRuntimePeer(Peer):
         ids = self.tokenizer.encode_batch(texts)
         out = []
         for a in range(0, len(ids), self.batch_size):
-            chunk = ids[a:a + self.batch_size]
+            chunk = ids[a : a + self.batch_size]
             width = max(len(s) for s in chunk)
             input_ids = np.zeros((len(chunk), width), np.int64)
             mask = np.zeros((len(chunk), width), np.int64)
             for i, seq in enumerate(chunk):
-                input_ids[i, :len(seq)], mask[i, :len(seq)] = seq, 1
+                input_ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
             feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
             hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
             if self.pooling == "cls":

@@ -61,8 +61,7 @@ def _paragraph(i: int, n_sentences: int) -> str:
 def documents(kind: str, n: int) -> list[str]:
     """``n`` distinct documents of ``kind`` ("short", "long" or "xlong")."""
     if kind == "short":
-        return [f"{SHORT[i % len(SHORT)]} ({i // len(SHORT) + 1})" if i >= len(SHORT) else SHORT[i]
-                for i in range(n)]
+        return [f"{SHORT[i % len(SHORT)]} ({i // len(SHORT) + 1})" if i >= len(SHORT) else SHORT[i] for i in range(n)]
     if kind == "long":
         return [f"{_paragraph(i, 3)} {SHORT[i % len(SHORT)]}" for i in range(n)]
     if kind == "xlong":

@@ -65,11 +65,17 @@ class EncoderConfig:
         if not dims or any(not 0 < d <= hidden for d in dims):
             raise ModelFileError(f"{mf.path}: {bn.KEY_DIMS} {list(dims)} not in 1..{hidden}")
         return cls(
-            arch=arch, n_layers=int(mf.require(p + "block_count")), hidden=hidden,
-            n_head=int(mf.require(p + "attention.head_count")), ffn=int(mf.require(p + "feed_forward_length")),
-            vocab=embd.shape[0] if embd is not None else 0, n_positions=n_positions,
-            eps=float(mf.get(p + "attention.layer_norm_epsilon", 1e-12)), pooling=POOLING[pooling_id],
-            max_seq_length=max_seq, position_offset=offset,
+            arch=arch,
+            n_layers=int(mf.require(p + "block_count")),
+            hidden=hidden,
+            n_head=int(mf.require(p + "attention.head_count")),
+            ffn=int(mf.require(p + "feed_forward_length")),
+            vocab=embd.shape[0] if embd is not None else 0,
+            n_positions=n_positions,
+            eps=float(mf.get(p + "attention.layer_norm_epsilon", 1e-12)),
+            pooling=POOLING[pooling_id],
+            max_seq_length=max_seq,
+            position_offset=offset,
             n_buckets=int(mf.get(bn.KEY_REL_BUCKETS, 32)) if arch == "mpnet" else 0,
             max_distance=int(mf.get(bn.KEY_REL_MAX_DISTANCE, bn.MPNET_REL_MAX_DISTANCE)),
             dims=dims,
@@ -84,8 +90,18 @@ class EncoderConfig:
         return self.hidden // self.n_head
 
     def hparams(self) -> bn.BertHParams:
-        return bn.BertHParams(self.n_layers, self.hidden, self.ffn, self.n_head, self.vocab, self.n_positions,
-                              0, self.eps, self.n_buckets, self.position_offset)
+        return bn.BertHParams(
+            self.n_layers,
+            self.hidden,
+            self.ffn,
+            self.n_head,
+            self.vocab,
+            self.n_positions,
+            0,
+            self.eps,
+            self.n_buckets,
+            self.position_offset,
+        )
 
 
 def validate_tensors(mf: GGUFModelFile, cfg: EncoderConfig) -> None:
@@ -115,7 +131,9 @@ def _widened(tensor: WeightTensor) -> WeightTensor:
     return WeightTensor(tensor.name, gguf.GGMLQuantizationType.F32, tensor.shape, data.reshape(-1).view(np.uint8))
 
 
-def _prepare(backend: Backend, name: str, tensors: list[WeightTensor], fp32_input: bool) -> Callable[[np.ndarray], np.ndarray]:
+def _prepare(
+    backend: Backend, name: str, tensors: list[WeightTensor], fp32_input: bool
+) -> Callable[[np.ndarray], np.ndarray]:
     """One product for weights that share an input (separate ones, outputs concatenated, when
     their types differ, as in mixed-quant files). ``fp32_input``: see ``FP32_INPUT_PRODUCTS``."""
     if fp32_input:
@@ -140,8 +158,7 @@ class _Layer:
     def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
         t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
         b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")
-        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors,
-                                              name in FP32_INPUT_PRODUCTS)
+        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors, name in FP32_INPUT_PRODUCTS)
         self.w_qkv = prep("attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")])
         self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
         self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
@@ -217,15 +234,16 @@ class BertEncoderModel:
             return np.ascontiguousarray(x[bounds[:-1]])
         return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
 
-    def _layer(self, x: np.ndarray, layer: _Layer, bounds: np.ndarray, lengths: np.ndarray,
-               bias: np.ndarray | None) -> np.ndarray:
+    def _layer(
+        self, x: np.ndarray, layer: _Layer, bounds: np.ndarray, lengths: np.ndarray, bias: np.ndarray | None
+    ) -> np.ndarray:
         cfg, s = self.cfg, x.shape[0]
         h, hd = cfg.n_head, cfg.head_dim
         qkv = layer.w_qkv(x)
         qkv += layer.b_qkv
-        q = (qkv[:, :cfg.hidden] * self.scale).reshape(s, h, hd)
-        k = np.ascontiguousarray(qkv[:, cfg.hidden:2 * cfg.hidden]).reshape(s, h, hd)
-        v = np.ascontiguousarray(qkv[:, 2 * cfg.hidden:]).reshape(s, h, hd)
+        q = (qkv[:, : cfg.hidden] * self.scale).reshape(s, h, hd)
+        k = np.ascontiguousarray(qkv[:, cfg.hidden : 2 * cfg.hidden]).reshape(s, h, hd)
+        v = np.ascontiguousarray(qkv[:, 2 * cfg.hidden :]).reshape(s, h, hd)
         attn = np.empty((s, cfg.hidden), np.float32)
         self._attention(q, k, v, bounds, lengths, bias, attn)
         a = layer.wo(attn)
@@ -246,8 +264,10 @@ class BertEncoderModel:
             for i in long_rows:
                 a, b = int(bounds[i]), int(bounds[i + 1])
                 out[a:b] = self.ops.long_attention(q[a:b], k[a:b], v[a:b], None)
-            self.ops.map(lambda idx: ops.padded_attention(q, k, v, starts[idx], lengths[idx], None, out),
-                         ops.length_buckets(lengths))
+            self.ops.map(
+                lambda idx: ops.padded_attention(q, k, v, starts[idx], lengths[idx], None, out),
+                ops.length_buckets(lengths),
+            )
             return
         groups = [np.array([i]) for i in long_rows] + ops.length_buckets(lengths)
         self.ops.map(lambda idx: encoder_ops.biased_attention(q, k, v, starts[idx], lengths[idx], bias, out), groups)

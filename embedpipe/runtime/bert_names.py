@@ -64,10 +64,24 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("bert", frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining"}), ("bert.", ""),
-           BERT_LAYER, BERT_GLOBAL, has_token_types=True, relative_buckets=False),
-    Family("mpnet", frozenset({"MPNetModel", "MPNetForMaskedLM"}), ("mpnet.", ""),
-           MPNET_LAYER, MPNET_GLOBAL, has_token_types=False, relative_buckets=True),
+    Family(
+        "bert",
+        frozenset({"BertModel", "BertForMaskedLM", "BertForPreTraining"}),
+        ("bert.", ""),
+        BERT_LAYER,
+        BERT_GLOBAL,
+        has_token_types=True,
+        relative_buckets=False,
+    ),
+    Family(
+        "mpnet",
+        frozenset({"MPNetModel", "MPNetForMaskedLM"}),
+        ("mpnet.", ""),
+        MPNET_LAYER,
+        MPNET_GLOBAL,
+        has_token_types=False,
+        relative_buckets=True,
+    ),
 )
 ARCHITECTURES: dict[str, Family] = {f.arch: f for f in FAMILIES}
 
@@ -83,7 +97,7 @@ def hf_to_gguf_name(fam: Family, hf_name: str) -> str | None:
     """GGUF name of one HF tensor; '' for tensors to drop; None when unknown."""
     for prefix in fam.hf_prefixes:
         if prefix and hf_name.startswith(prefix):
-            hf_name = hf_name[len(prefix):]
+            hf_name = hf_name[len(prefix) :]
             break
     if IGNORED.match(hf_name):
         return ""
@@ -117,14 +131,21 @@ def expected_shapes(fam: Family, hp: BertHParams) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (hp.vocab, d),
         "position_embd.weight": (hp.n_positions, d),
-        "token_embd_norm.weight": (d,), "token_embd_norm.bias": (d,),
+        "token_embd_norm.weight": (d,),
+        "token_embd_norm.bias": (d,),
     }
     if fam.has_token_types:
         shapes["token_types.weight"] = (hp.n_token_types, d)
     if fam.relative_buckets:
         shapes["attn_rel_b.weight"] = (hp.n_buckets, hp.n_head)
-    per_layer = {"attn_q": (d, d), "attn_k": (d, d), "attn_v": (d, d), "attn_output": (d, d),
-                 "ffn_up": (f, d), "ffn_down": (d, f)}
+    per_layer = {
+        "attn_q": (d, d),
+        "attn_k": (d, d),
+        "attn_v": (d, d),
+        "attn_output": (d, d),
+        "ffn_up": (f, d),
+        "ffn_down": (d, f),
+    }
     for il in range(hp.n_layer):
         for stem, shape in per_layer.items():
             shapes[f"blk.{il}.{stem}.weight"] = shape
@@ -136,7 +157,9 @@ def expected_shapes(fam: Family, hp: BertHParams) -> dict[str, tuple[int, ...]]:
 
 
 #: Tensors stored F32 whatever --quant says: 1-D, norms, and the small lookup tables.
-F32_TENSORS = re.compile(r"(_norm\.(weight|bias)|\.bias|^token_types\.weight|^position_embd\.weight|^attn_rel_b\.weight)$")
+F32_TENSORS = re.compile(
+    r"(_norm\.(weight|bias)|\.bias|^token_types\.weight|^position_embd\.weight|^attn_rel_b\.weight)$"
+)
 
 #: keys embedpipe adds (llama.cpp ignores them): how sentence-transformers uses the model.
 KEY_MAX_SEQ = "embedpipe.max_seq_length"

@@ -13,9 +13,9 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
 
 import gguf
 import numpy as np
@@ -214,12 +214,13 @@ def encode_tensor(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndar
     out = np.empty(byte_shape, dtype=np.uint8)
     step = max(1, CHUNK_ELEMENTS // rows.shape[1])
     for a in range(0, rows.shape[0], step):
-        out[a:a + step] = quants.quantize(rows[a:a + step], qtype).view(np.uint8).reshape(-1, byte_shape[1])
+        out[a : a + step] = quants.quantize(rows[a : a + step], qtype).view(np.uint8).reshape(-1, byte_shape[1])
     return out.reshape(quants.quant_shape_to_byte_shape(data.shape, qtype))
 
 
-def _write_kv(writer: gguf.GGUFWriter, src_dir: Path, hp: names.HParams, dense: list[DenseModule],
-              file_type: gguf.LlamaFileType) -> None:
+def _write_kv(
+    writer: gguf.GGUFWriter, src_dir: Path, hp: names.HParams, dense: list[DenseModule], file_type: gguf.LlamaFileType
+) -> None:
     """Key/values in the order llama.cpp writes them."""
     writer.add_type(gguf.GGUFType.MODEL)
     total, shared, expert, n_expert = writer.get_total_parameter_count()
@@ -250,8 +251,13 @@ def _write_kv(writer: gguf.GGUFWriter, src_dir: Path, hp: names.HParams, dense: 
     writer.add_file_type(file_type)
 
 
-def convert_checkout(src_dir: str | os.PathLike, out_path: str | os.PathLike, quant: str = "q8_0",
-                     progress: bool = False, metadata: Mapping | None = None) -> Path:
+def convert_checkout(
+    src_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    quant: str = "q8_0",
+    progress: bool = False,
+    metadata: Mapping | None = None,
+) -> Path:
     """Convert a sentence-transformers checkout to a GGUF file (written atomically).
 
     EmbeddingGemma is converted here; BERT-family encoders (config.json architectures) by
@@ -278,8 +284,9 @@ def convert_checkout(src_dir: str | os.PathLike, out_path: str | os.PathLike, qu
     try:
         for src, ttype in zip(plan, types):
             byte_shape = quants.quant_shape_to_byte_shape(src.shape, ttype)
-            writer.add_tensor_info(src.gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
-                                   raw_dtype=ttype)
+            writer.add_tensor_info(
+                src.gguf_name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=ttype
+            )
         _write_kv(writer, src_dir, hp, dense, file_type)
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
@@ -299,8 +306,10 @@ def _write_tensors(writer: gguf.GGUFWriter, plan: list[TensorSource], types: lis
     from tqdm import tqdm
 
     total = sum(int(np.prod(t.shape)) * 4 for t in plan)
-    with contextlib.ExitStack() as stack, tqdm(total=total, unit="B", unit_scale=True, desc="convert",
-                                               disable=not progress) as bar:
+    with (
+        contextlib.ExitStack() as stack,
+        tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar,
+    ):
         handles: dict[Path, object] = {}
         for src, ttype in zip(plan, types):
             if src.file not in handles:

@@ -33,8 +33,10 @@ from embedpipe.runtime.tokenizer import TokenType
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
-MPNET_NOTE = ("embedpipe MPNet encoder: architecture 'mpnet' (relative position bias 'attn_rel_b') is read by "
-              "embedpipe only; llama.cpp and other GGUF runtimes cannot load this file")
+MPNET_NOTE = (
+    "embedpipe MPNet encoder: architecture 'mpnet' (relative position bias 'attn_rel_b') is read by "
+    "embedpipe only; llama.cpp and other GGUF runtimes cannot load this file"
+)
 
 
 def read_hparams(src_dir: Path) -> tuple[bn.Family, bn.BertHParams]:
@@ -55,8 +57,12 @@ def read_hparams(src_dir: Path) -> tuple[bn.Family, bn.BertHParams]:
         return kind(value)
 
     hp = bn.BertHParams(
-        n_layer=num("num_hidden_layers"), hidden=num("hidden_size"), ffn=num("intermediate_size"),
-        n_head=num("num_attention_heads"), vocab=num("vocab_size"), n_positions=num("max_position_embeddings"),
+        n_layer=num("num_hidden_layers"),
+        hidden=num("hidden_size"),
+        ffn=num("intermediate_size"),
+        n_head=num("num_attention_heads"),
+        vocab=num("vocab_size"),
+        n_positions=num("max_position_embeddings"),
         n_token_types=num("type_vocab_size", 2) if fam.has_token_types else 0,
         eps=num("layer_norm_eps", 1e-12, float),
         n_buckets=num("relative_attention_num_buckets", 32) if fam.relative_buckets else 0,
@@ -145,12 +151,18 @@ def read_tokenizer(src_dir: Path, vocab_size: int) -> dict:
     lowercase = bool(norm.get("lowercase", True))
     strip = norm.get("strip_accents")
     return {
-        "tokens": tokens, "types": types, "cls": cls_sep[0], "sep": cls_sep[1],
+        "tokens": tokens,
+        "types": types,
+        "cls": cls_sep[0],
+        "sep": cls_sep[1],
         "unk": model["vocab"].get(model.get("unk_token", "[UNK]")),
         "pad": (tj.get("padding") or {}).get("pad_id"),
-        "clean_text": bool(norm.get("clean_text", True)), "chinese": bool(norm.get("handle_chinese_chars", True)),
-        "strip_accents": lowercase if strip is None else bool(strip), "lowercase": lowercase,
-        "max_chars": int(model.get("max_input_chars_per_word", 100)), "added": json.dumps(added),
+        "clean_text": bool(norm.get("clean_text", True)),
+        "chinese": bool(norm.get("handle_chinese_chars", True)),
+        "strip_accents": lowercase if strip is None else bool(strip),
+        "lowercase": lowercase,
+        "max_chars": int(model.get("max_input_chars_per_word", 100)),
+        "added": json.dumps(added),
     }
 
 
@@ -184,8 +196,15 @@ def has_normalize(src_dir: Path) -> bool:
     return path.is_file() and any(str(m.get("type", "")).endswith("Normalize") for m in _read_json(path))
 
 
-def _write_kv(w: gguf.GGUFWriter, src_dir: Path, fam: bn.Family, hp: bn.BertHParams, tok: dict,
-              file_type: gguf.LlamaFileType, metadata: Mapping) -> None:
+def _write_kv(
+    w: gguf.GGUFWriter,
+    src_dir: Path,
+    fam: bn.Family,
+    hp: bn.BertHParams,
+    tok: dict,
+    file_type: gguf.LlamaFileType,
+    metadata: Mapping,
+) -> None:
     w.add_type(gguf.GGUFType.MODEL)
     total = w.get_total_parameter_count()[0]
     meta = gguf.Metadata.load(None, src_dir, None, total)
@@ -237,8 +256,9 @@ def _write_kv(w: gguf.GGUFWriter, src_dir: Path, fam: bn.Family, hp: bn.BertHPar
     w.add_file_type(file_type)
 
 
-def convert_bert_checkout(src_dir: Path, out_path: Path, quant: str = "q8_0", progress: bool = False,
-                          metadata: Mapping | None = None) -> Path:
+def convert_bert_checkout(
+    src_dir: Path, out_path: Path, quant: str = "q8_0", progress: bool = False, metadata: Mapping | None = None
+) -> Path:
     """Write a BERT-family sentence-transformers checkout as GGUF (atomically)."""
     from safetensors import safe_open
     from tqdm import tqdm
@@ -259,8 +279,10 @@ def convert_bert_checkout(src_dir: Path, out_path: Path, quant: str = "q8_0", pr
         w.write_header_to_file(path=tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        with safe_open(str(src_dir / MODEL_FILE), framework="numpy") as f, \
-                tqdm(total=len(plan), unit="tensor", desc="convert", disable=not progress) as bar:
+        with (
+            safe_open(str(src_dir / MODEL_FILE), framework="numpy") as f,
+            tqdm(total=len(plan), unit="tensor", desc="convert", disable=not progress) as bar,
+        ):
             for (_, hf_name, _), ttype in zip(plan, types):
                 data = np.asarray(f.get_tensor(hf_name), dtype=np.float32)
                 if not np.isfinite(data).all():

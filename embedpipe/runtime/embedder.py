@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -80,8 +79,9 @@ class Embedder:
         arch = model_file.architecture
         model_class = ARCHITECTURES.get(arch)
         if model_class is None:
-            raise ModelFileError(f"{model_file.path}: architecture {arch!r} is not supported "
-                                 f"(supported: {', '.join(ARCHITECTURES)})")
+            raise ModelFileError(
+                f"{model_file.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+            )
         self.prompts = prompt_convention(model_file)
         # The tokenizer (SentencePiece parsing 262k pieces, GIL released) loads while the
         # weights are repacked: together they are most of a warm start.
@@ -98,7 +98,9 @@ class Embedder:
         self._sha256: str | None = None
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str] | None = None, backend: str = "auto", threads: int | None = None) -> "Embedder":
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, backend: str = "auto", threads: int | None = None
+    ) -> Embedder:
         """Load `path`: a GGUF file, a registered model name (`all-minilm-l6-v2`, `name:f32`),
         or the default model when None (registered models are pulled on first use)."""
         from embedpipe.runtime.registry import resolve_model
@@ -111,27 +113,48 @@ class Embedder:
             self._sha256 = self.model_file.sha256()
         return self._sha256
 
-    def format_texts(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None) -> list[str]:
+    def format_texts(
+        self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None
+    ) -> list[str]:
         return prompts.format_texts(texts, task, titles, self.prompts)
 
-    def tokenize(self, texts: Sequence[str], task: str = "none", titles: Sequence[str | None] | None = None,
-                 truncate: bool = False) -> list[list[int]]:
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        task: str = "none",
+        titles: Sequence[str | None] | None = None,
+        truncate: bool = False,
+    ) -> list[list[int]]:
         """Token ids (with BOS/EOS) of the prompted texts; too-long inputs raise unless `truncate`."""
         check_texts(texts)
         ids = self.tokenizer.encode_batch(self.format_texts(texts, task, titles))
         return fit_context(ids, self.max_tokens, truncate, self.tokenizer.special.add_eos)
 
-    def encode(self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None,
-               dim: int | None = None, batch_size: int = 32, truncate: bool = False,
-               show_progress: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        task: str = "query",
+        titles: Sequence[str | None] | None = None,
+        dim: int | None = None,
+        batch_size: int = 32,
+        truncate: bool = False,
+        show_progress: bool = False,
+    ) -> np.ndarray:
         """L2-normalized (n, dim) float32 embeddings in input order (dim None: the model's full width)."""
         if isinstance(texts, str):
             raise EmbedpipeError("encode takes a list of texts, not a single string")
-        return self.encode_ids(self.tokenize(texts, task, titles, truncate), dim=dim, batch_size=batch_size,
-                               show_progress=show_progress)
+        return self.encode_ids(
+            self.tokenize(texts, task, titles, truncate), dim=dim, batch_size=batch_size, show_progress=show_progress
+        )
 
-    def encode_ids(self, ids: Sequence[Sequence[int]], dim: int | None = None, batch_size: int = 32,
-                   show_progress: bool = False, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS) -> np.ndarray:
+    def encode_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        dim: int | None = None,
+        batch_size: int = 32,
+        show_progress: bool = False,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ) -> np.ndarray:
         """Embed token sequences that already carry BOS/EOS and the prompt."""
         dim = self.dim if dim is None else dim
         if dim > self.dim or dim <= 0:
@@ -143,7 +166,9 @@ class Embedder:
             if len(seq) == 0:
                 raise EmbedpipeError(f"sequence {i} has no tokens")
             if len(seq) > self.max_tokens:
-                raise InputTooLongError(f"sequence {i} has {len(seq)} tokens, more than the context of {self.max_tokens}")
+                raise InputTooLongError(
+                    f"sequence {i} has {len(seq)} tokens, more than the context of {self.max_tokens}"
+                )
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         bar = tqdm(total=len(ids), desc="embedding", unit="text", disable=not show_progress)
         for batch in _batches(order, [len(s) for s in ids], batch_size, max_batch_tokens):

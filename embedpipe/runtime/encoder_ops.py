@@ -60,14 +60,23 @@ def relative_position_buckets(length: int, n_buckets: int, max_distance: int) ->
     n = np.abs(n)
     exact = half // 2
     # float32 as in the reference implementation, so bucket boundaries agree
-    scaled = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact)) / np.float32(math.log(max_distance / exact))
+    scaled = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact)) / np.float32(
+        math.log(max_distance / exact)
+    )
     large = exact + (scaled * np.float32(half - exact)).astype(np.int64)
     large = np.minimum(large, half - 1)
     return ret + np.where(n < exact, n, large)
 
 
-def biased_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                     bias: np.ndarray | None, out: np.ndarray) -> None:
+def biased_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    bias: np.ndarray | None,
+    out: np.ndarray,
+) -> None:
     """Attention of packed sequences padded to the longest, plus an additive (H, Tm, Tm) bias.
 
     q (already scaled), k, v: (S, H, D); sequences are ``[starts[i], starts[i] + lengths[i])``;

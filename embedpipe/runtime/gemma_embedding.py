@@ -45,7 +45,7 @@ class GemmaEmbeddingConfig:
     dense_out: int | None
 
     @classmethod
-    def from_gguf(cls, mf: GGUFModelFile) -> "GemmaEmbeddingConfig":
+    def from_gguf(cls, mf: GGUFModelFile) -> GemmaEmbeddingConfig:
         arch = mf.architecture
         if arch != ARCH:
             raise ModelFileError(f"{mf.path}: architecture {arch!r} is not supported (expected {ARCH!r})")
@@ -76,13 +76,28 @@ class GemmaEmbeddingConfig:
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every required tensor and its numpy shape (rows = output features)."""
-        h, q, kv, v, f = self.hidden, self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim_v, self.ffn
+        h, q, kv, v, f = (
+            self.hidden,
+            self.n_head * self.head_dim,
+            self.n_kv_head * self.head_dim,
+            self.n_kv_head * self.head_dim_v,
+            self.ffn,
+        )
         shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (self.vocab, h), "output_norm.weight": (h,)}
         per_layer = {
-            "attn_norm": (h,), "attn_q": (q, h), "attn_k": (kv, h), "attn_v": (v, h),
-            "attn_q_norm": (self.head_dim,), "attn_k_norm": (self.head_dim,),
-            "attn_output": (h, self.n_head * self.head_dim_v), "post_attention_norm": (h,),
-            "ffn_norm": (h,), "ffn_gate": (f, h), "ffn_up": (f, h), "ffn_down": (h, f), "post_ffw_norm": (h,),
+            "attn_norm": (h,),
+            "attn_q": (q, h),
+            "attn_k": (kv, h),
+            "attn_v": (v, h),
+            "attn_q_norm": (self.head_dim,),
+            "attn_k_norm": (self.head_dim,),
+            "attn_output": (h, self.n_head * self.head_dim_v),
+            "post_attention_norm": (h,),
+            "ffn_norm": (h,),
+            "ffn_gate": (f, h),
+            "ffn_up": (f, h),
+            "ffn_down": (h, f),
+            "post_ffw_norm": (h,),
         }
         for il in range(self.n_layers):
             for name, shape in per_layer.items():
@@ -106,12 +121,17 @@ def validate_tensors(mf: GGUFModelFile, cfg: GemmaEmbeddingConfig) -> bool:
     has_dense = len(present) == 2
     if present and not has_dense or cfg.dense_out is not None and not has_dense:
         missing = sorted({"dense_2.weight", "dense_3.weight"} - set(present))
-        raise ModelFileError(f"{mf.path}: the dense head is incomplete (missing tensor {', '.join(missing)}); {REPAIR_HINT}")
+        raise ModelFileError(
+            f"{mf.path}: the dense head is incomplete (missing tensor {', '.join(missing)}); {REPAIR_HINT}"
+        )
     if has_dense:
-        expected.update(cfg.dense_shapes() or {
-            "dense_2.weight": mf.tensors["dense_2.weight"].shape,
-            "dense_3.weight": (cfg.hidden, mf.tensors["dense_2.weight"].shape[0]),
-        })
+        expected.update(
+            cfg.dense_shapes()
+            or {
+                "dense_2.weight": mf.tensors["dense_2.weight"].shape,
+                "dense_3.weight": (cfg.hidden, mf.tensors["dense_2.weight"].shape[0]),
+            }
+        )
     for name, shape in expected.items():
         tensor = mf.tensors.get(name)
         if tensor is None:
@@ -131,7 +151,11 @@ class _Layer:
         vec = lambda name: dequantize(t(name)).astype(np.float32, copy=True)  # noqa: E731
         self.attn_norm, self.q_norm, self.k_norm = vec("attn_norm"), vec("attn_q_norm"), vec("attn_k_norm")
         self.q_norm_scaled = self.q_norm * np.float32(1.0 / math.sqrt(self.q_norm.shape[0]))
-        self.post_attn_norm, self.ffn_norm, self.post_ffw_norm = vec("post_attention_norm"), vec("ffn_norm"), vec("post_ffw_norm")
+        self.post_attn_norm, self.ffn_norm, self.post_ffw_norm = (
+            vec("post_attention_norm"),
+            vec("ffn_norm"),
+            vec("post_ffw_norm"),
+        )
         # Products that share an input run as one: Q|K|V and gate|up (one activation
         # quantization and one thread fork instead of three and two).
         self.w_qkv = backend.prepare(fuse_rows(f"blk.{il}.attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")]))
@@ -160,7 +184,8 @@ class GemmaEmbeddingModel:
             log.warning(
                 "%s has no dense_2/dense_3 head (%d tensors): embeddings will differ from the "
                 "sentence-transformers model; convert from a checkout that includes 2_Dense/3_Dense",
-                mf.path, len(mf.tensors),
+                mf.path,
+                len(mf.tensors),
             )
         self.backend = backend
         self.ops = ops.ops_for(backend)
@@ -174,8 +199,12 @@ class GemmaEmbeddingModel:
         # int8-activation head cost more accuracy (min cosine 0.99914 -> 0.99940 with fp32
         # activations) than all 168 layer matmuls together.  It always runs on fp32 activations.
         head = NumpyBackend(getattr(backend, "threads", None))
-        self.dense = [head.prepare(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
-        self.rope = {theta: ops.RopeTable(self.cfg.head_dim, theta) for theta in {self.cfg.rope_local, self.cfg.rope_global}}
+        self.dense = (
+            [head.prepare(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
+        )
+        self.rope = {
+            theta: ops.RopeTable(self.cfg.head_dim, theta) for theta in {self.cfg.rope_local, self.cfg.rope_global}
+        }
         self.embed_scale = np.float32(math.sqrt(self.cfg.hidden))
 
     @property
@@ -214,27 +243,33 @@ class GemmaEmbeddingModel:
                 pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
 
-    def _layer(self, x, layer: _Layer, cos, sin, plan: "_AttentionPlan", half_window: int | None) -> np.ndarray:
+    def _layer(self, x, layer: _Layer, cos, sin, plan: _AttentionPlan, half_window: int | None) -> np.ndarray:
         cfg, ops_ = self.cfg, self.ops
         s = x.shape[0]
         h = ops_.rms_norm(x, layer.attn_norm, cfg.eps)
         # q_norm carries the 1/sqrt(head_dim) query scale (a power of two for 256: exact).
         qkv = layer.w_qkv(h)
         nq, nk = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        q = ops_.rms_norm(np.ascontiguousarray(qkv[:, :nq]).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm_scaled, cfg.eps)
-        k = ops_.rms_norm(np.ascontiguousarray(qkv[:, nq:nq + nk]).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps)
-        v = qkv[:, nq + nk:].reshape(s, cfg.n_kv_head, cfg.head_dim_v)
+        q = ops_.rms_norm(
+            np.ascontiguousarray(qkv[:, :nq]).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm_scaled, cfg.eps
+        )
+        k = ops_.rms_norm(
+            np.ascontiguousarray(qkv[:, nq : nq + nk]).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps
+        )
+        v = qkv[:, nq + nk :].reshape(s, cfg.n_kv_head, cfg.head_dim_v)
         q = ops.apply_rope(q, cos, sin)
         k = ops.apply_rope(k, cos, sin)
         attn = np.empty((s, cfg.n_head * cfg.head_dim_v), np.float32)
         for a, b in plan.long:
             attn[a:b] = ops_.long_attention(q[a:b], k[a:b], v[a:b], half_window)
-        ops_.map(lambda idx: ops.padded_attention(q, k, v, plan.bounds[idx], plan.lengths[idx],
-                                                  half_window, attn), plan.buckets)
+        ops_.map(
+            lambda idx: ops.padded_attention(q, k, v, plan.bounds[idx], plan.lengths[idx], half_window, attn),
+            plan.buckets,
+        )
         x = x + ops_.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
         h = ops_.rms_norm(x, layer.ffn_norm, cfg.eps)
         gate_up = layer.w_gate_up(h)
-        gate, up = np.ascontiguousarray(gate_up[:, :cfg.ffn]), np.ascontiguousarray(gate_up[:, cfg.ffn:])
+        gate, up = np.ascontiguousarray(gate_up[:, : cfg.ffn]), np.ascontiguousarray(gate_up[:, cfg.ffn :])
         f = layer.w_down(ops_.gelu_tanh_mul(gate, up))
         return x + ops_.rms_norm(f, layer.post_ffw_norm, cfg.eps)
 

@@ -26,10 +26,17 @@ from embedpipe.runtime.gguf_schema import metadata_problems
 REPAIR_HINT = "re-download or re-convert it (the cached model: `embedpipe model pull --force`)"
 
 # Weight storage types embedpipe runs (numpy reference and JIT kernels alike).
-SUPPORTED_WEIGHT_TYPES: frozenset[GGMLQuantizationType] = frozenset({
-    GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16,
-    GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K,
-})
+SUPPORTED_WEIGHT_TYPES: frozenset[GGMLQuantizationType] = frozenset(
+    {
+        GGMLQuantizationType.F32,
+        GGMLQuantizationType.F16,
+        GGMLQuantizationType.BF16,
+        GGMLQuantizationType.Q8_0,
+        GGMLQuantizationType.Q4_0,
+        GGMLQuantizationType.Q4_K,
+        GGMLQuantizationType.Q6_K,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,9 @@ class GGUFModelFile:
             try:
                 qtype = GGMLQuantizationType(info.type_id)
             except ValueError:
-                raise ModelFileError(f"{self.path}: tensor {name} has unknown type id {info.type_id}; "
-                                     f"{REPAIR_HINT}") from None
+                raise ModelFileError(
+                    f"{self.path}: tensor {name} has unknown type id {info.type_id}; {REPAIR_HINT}"
+                ) from None
             if qtype not in SUPPORTED_WEIGHT_TYPES:
                 raise ModelFileError(
                     f"{self.path}: tensor {name} has type {qtype.name}; "

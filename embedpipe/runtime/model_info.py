@@ -15,8 +15,11 @@ from embedpipe.runtime.gguf_file import GGUFModelFile
 
 def _gemma(mf: GGUFModelFile) -> dict[str, Any]:
     cfg = GemmaEmbeddingConfig.from_gguf(mf)
-    return {"hyperparameters": asdict(cfg), "dense_head": validate_tensors(mf, cfg),
-            "global_layers": [il for il in range(cfg.n_layers) if cfg.is_global(il)]}
+    return {
+        "hyperparameters": asdict(cfg),
+        "dense_head": validate_tensors(mf, cfg),
+        "global_layers": [il for il in range(cfg.n_layers) if cfg.is_global(il)],
+    }
 
 
 def _encoder(mf: GGUFModelFile) -> dict[str, Any]:
@@ -85,12 +88,16 @@ def format_info(info: dict[str, Any]) -> str:
     mix_line = f"tensors       {info['tensor_count']} ({mix}), {info['parameters'] / 1e6:.1f} M parameters"
     if "dense_head" not in info:
         note = [f"note          {info['description']}"] if info.get("description") else []
-        return "\n".join(head + note + [
-            f"dims          hidden {hp['hidden']}, heads {hp['n_head']}, ffn {hp['ffn']}, layers {hp['n_layers']}",
-            f"sequence      max {hp['max_seq_length']} tokens (positions {hp['n_positions']}), pooling {hp['pooling']}, eps {hp['eps']:g}",
-            mix_line,
-            f"tokenizer     {tok['model']} WordPiece, vocab {tok['vocab_size']}",
-        ])
+        return "\n".join(
+            head
+            + note
+            + [
+                f"dims          hidden {hp['hidden']}, heads {hp['n_head']}, ffn {hp['ffn']}, layers {hp['n_layers']}",
+                f"sequence      max {hp['max_seq_length']} tokens (positions {hp['n_positions']}), pooling {hp['pooling']}, eps {hp['eps']:g}",
+                mix_line,
+                f"tokenizer     {tok['model']} WordPiece, vocab {tok['vocab_size']}",
+            ]
+        )
     lines = head + [
         f"layers        {hp['n_layers']} (global: {info['global_layers']}, sliding window {hp['sliding_window']})",
         f"dims          hidden {hp['hidden']}, heads {hp['n_head']}/{hp['n_kv_head']} kv, head_dim {hp['head_dim']}, ffn {hp['ffn']}",

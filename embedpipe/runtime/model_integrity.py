@@ -37,7 +37,7 @@ def _crc(raw: np.ndarray) -> int:
     strided copy, no index arrays) and its last SAMPLE_BYTES."""
     full = len(raw) // STRIDE
     head = np.ascontiguousarray(raw[: full * STRIDE].reshape(full, STRIDE)[:, :SAMPLE_BYTES])
-    crc = zlib.crc32(raw[full * STRIDE:][:SAMPLE_BYTES], zlib.crc32(head))
+    crc = zlib.crc32(raw[full * STRIDE :][:SAMPLE_BYTES], zlib.crc32(head))
     return zlib.crc32(raw[-SAMPLE_BYTES:], crc)
 
 
@@ -49,8 +49,13 @@ def fingerprint(model_file: Any) -> dict[str, int]:
 def record(model_file: Any) -> None:
     """Write the sidecar for a freshly written (and verified) model file."""
     path = sidecar(model_file.path)
-    data = {"version": VERSION, "size": model_file.path.stat().st_size, "stride": STRIDE,
-            "sample": SAMPLE_BYTES, "tensors": fingerprint(model_file)}
+    data = {
+        "version": VERSION,
+        "size": model_file.path.stat().st_size,
+        "stride": STRIDE,
+        "sample": SAMPLE_BYTES,
+        "tensors": fingerprint(model_file),
+    }
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
@@ -62,8 +67,13 @@ def verify(model_file: Any) -> None:
         data = json.loads(sidecar(model_file.path).read_text())
     except (OSError, ValueError):
         return
-    if not isinstance(data, dict) or data.get("version") != VERSION or data.get("stride") != STRIDE \
-            or data.get("sample") != SAMPLE_BYTES or not isinstance(data.get("tensors"), dict):
+    if (
+        not isinstance(data, dict)
+        or data.get("version") != VERSION
+        or data.get("stride") != STRIDE
+        or data.get("sample") != SAMPLE_BYTES
+        or not isinstance(data.get("tensors"), dict)
+    ):
         return
     if data.get("size") != model_file.path.stat().st_size:
         raise ModelFileError(f"{model_file.path}: size differs from when it was pulled; {FORCE_HINT}")
@@ -72,8 +82,9 @@ def verify(model_file: Any) -> None:
         raise ModelFileError(f"{model_file.path}: its tensors differ from when it was pulled; {FORCE_HINT}")
     for name, t in model_file.tensors.items():
         if _crc(t.raw) != expected[name]:
-            raise ModelFileError(f"{model_file.path}: the bytes of tensor {shown(name)} changed since "
-                                 f"it was pulled; {FORCE_HINT}")
+            raise ModelFileError(
+                f"{model_file.path}: the bytes of tensor {shown(name)} changed since it was pulled; {FORCE_HINT}"
+            )
 
 
 def check_finite(vectors: np.ndarray, model_path: Any) -> None:

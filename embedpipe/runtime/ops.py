@@ -54,7 +54,8 @@ def gelu_tanh_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """gelu_tanh(gate) ⊙ up in one pass."""
     # Constants as float32 locals: numexpr promotes Python float literals to double.
     c, a, half, one = np.float32(_GELU_C), np.float32(0.044715), np.float32(0.5), np.float32(1.0)
-    return ne.evaluate("half * gate * (one + tanh(c * (gate + a * gate * gate * gate))) * up")
+    names = {"gate": gate, "up": up, "c": c, "a": a, "half": half, "one": one}
+    return ne.evaluate("half * gate * (one + tanh(c * (gate + a * gate * gate * gate))) * up", local_dict=names)
 
 
 class RopeTable:
@@ -111,12 +112,12 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     group = n_q // n_kv
     out = np.empty((n_q, t, v.shape[-1]), np.float32)
     for h_kv in range(n_kv):
-        qs = q[:, h_kv * group:(h_kv + 1) * group, :].transpose(1, 0, 2).reshape(group * t, d)
+        qs = q[:, h_kv * group : (h_kv + 1) * group, :].transpose(1, 0, 2).reshape(group * t, d)
         scores = (qs @ k[:, h_kv, :].T).reshape(group, t, t)
         if mask is not None:
             scores += mask
         _softmax_rows(scores)
-        out[h_kv * group:(h_kv + 1) * group] = (scores.reshape(group * t, t) @ v[:, h_kv, :]).reshape(group, t, -1)
+        out[h_kv * group : (h_kv + 1) * group] = (scores.reshape(group * t, t) @ v[:, h_kv, :]).reshape(group, t, -1)
     return out.transpose(1, 0, 2).reshape(t, -1)
 
 
@@ -126,8 +127,15 @@ def _softmax_rows(scores: np.ndarray) -> None:
     scores /= scores.sum(axis=-1, keepdims=True)
 
 
-def padded_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, starts: np.ndarray,
-                     lengths: np.ndarray, half_window: int | None, out: np.ndarray) -> None:
+def padded_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    half_window: int | None,
+    out: np.ndarray,
+) -> None:
     """Attention of several packed sequences at once, padded to the longest of them.
 
     q: (S, Hq, D), k/v: (S, Hkv, D) packed over all sequences; the sequences are
@@ -223,6 +231,7 @@ class JitOps(NumpyOps):
         # RMS norm is memory-bound and short: a fork costs more than it saves (on a loaded
         # machine, a whole scheduler slice), so it runs on the calling thread.
         from embedpipe.codegen import get_kernel_library
+
         self._serial = get_kernel_library(library.isa.name, threads=1)
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -243,8 +252,9 @@ class JitOps(NumpyOps):
             yield
 
     def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
-        return self.lib.attention(np.ascontiguousarray(q), np.ascontiguousarray(k),
-                                  np.ascontiguousarray(v), half_window)
+        return self.lib.attention(
+            np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), half_window
+        )
 
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
         if self._pool is None or len(items) < 2:

@@ -51,13 +51,21 @@ class PromptScheme:
         return self.query.replace("{task}", QUERY_TASKS[key])
 
 
-SCHEMES: dict[str, PromptScheme] = {s.name: s for s in (
-    PromptScheme("embeddinggemma", query="task: {task} | query: ", document="title: {title} | text: ", untitled="none"),
-    PromptScheme("e5", query="query: ", document="passage: "),
-    PromptScheme("bge-en", query="Represent this sentence for searching relevant passages: ",
-                 plain_tasks=frozenset({"sentence_similarity", "clustering", "classification"})),
-    PromptScheme("none"),
-)}
+SCHEMES: dict[str, PromptScheme] = {
+    s.name: s
+    for s in (
+        PromptScheme(
+            "embeddinggemma", query="task: {task} | query: ", document="title: {title} | text: ", untitled="none"
+        ),
+        PromptScheme("e5", query="query: ", document="passage: "),
+        PromptScheme(
+            "bge-en",
+            query="Represent this sentence for searching relevant passages: ",
+            plain_tasks=frozenset({"sentence_similarity", "clustering", "classification"}),
+        ),
+        PromptScheme("none"),
+    )
+}
 DEFAULT_SCHEME = "embeddinggemma"
 
 
@@ -80,8 +88,9 @@ def prompt_prefix(task: str, title: str | None = None, scheme_name: str = DEFAUL
     return scheme(scheme_name).prefix(task, title)
 
 
-def format_texts(texts: Sequence[str], task: str, titles: Sequence[str | None] | None = None,
-                 scheme_name: str = DEFAULT_SCHEME) -> list[str]:
+def format_texts(
+    texts: Sequence[str], task: str, titles: Sequence[str | None] | None = None, scheme_name: str = DEFAULT_SCHEME
+) -> list[str]:
     if titles is not None and len(titles) != len(texts):
         raise EmbedpipeError(f"got {len(titles)} titles for {len(texts)} texts")
     if titles is not None and canonical_task(task) != DOCUMENT_TASK:

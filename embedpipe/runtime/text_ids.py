@@ -21,8 +21,7 @@ def check_texts(texts: Sequence[str]) -> None:
             raise EmbedpipeError(f"text {i} is {type(text).__name__}, not str")
 
 
-def fit_context(ids: list[list[int]], max_tokens: int, truncate: bool, add_eos: bool
-                ) -> list[list[int]]:
+def fit_context(ids: list[list[int]], max_tokens: int, truncate: bool, add_eos: bool) -> list[list[int]]:
     """`ids` with every sequence within `max_tokens`: cut (keeping EOS) when `truncate`, else an
     InputTooLongError naming the first text that does not fit."""
     for i, seq in enumerate(ids):
@@ -30,14 +29,20 @@ def fit_context(ids: list[list[int]], max_tokens: int, truncate: bool, add_eos: 
             if not truncate:
                 raise InputTooLongError(
                     f"text {i} has {len(seq)} tokens, more than the model's context of {max_tokens}; "
-                    "pass truncate=True (CLI: --truncate) to cut it")
+                    "pass truncate=True (CLI: --truncate) to cut it"
+                )
             tail = seq[-1:] if add_eos else []
             ids[i] = seq[: max_tokens - len(tail)] + tail
     return ids
 
 
-def tokenize_file(model: str | os.PathLike | None, texts: Sequence[str], task: str = "none",
-                  titles: Sequence[str | None] | None = None, truncate: bool = False) -> list[list[int]]:
+def tokenize_file(
+    model: str | os.PathLike | None,
+    texts: Sequence[str],
+    task: str = "none",
+    titles: Sequence[str | None] | None = None,
+    truncate: bool = False,
+) -> list[list[int]]:
     """Token ids (BOS/EOS as the model adds them) of the prompted `texts` for `model` (a GGUF
     path or registered name; default: the default model), exactly as `Embedder.tokenize`
     returns them."""

@@ -37,15 +37,16 @@ class TokenType(IntEnum):
     UNUSED = 5
     BYTE = 6
 
+
 # Encoding-relevant TrainerSpec fields of a byte-fallback BPE model (Gemma's): field number,
 # wire kind, value. Written after vocab size and special ids.
 _TRAINER_FLAGS: tuple[tuple[int, bool], ...] = (
-    (21, True),   # split_by_unicode_script
+    (21, True),  # split_by_unicode_script
     (22, False),  # split_by_whitespace
-    (23, True),   # split_by_number
-    (25, True),   # split_digits
-    (26, True),   # allow_whitespace_only_pieces
-    (35, True),   # byte_fallback
+    (23, True),  # split_by_number
+    (25, True),  # split_digits
+    (26, True),  # allow_whitespace_only_pieces
+    (35, True),  # byte_fallback
 )
 
 
@@ -111,7 +112,9 @@ def build_model_proto(pieces: Sequence[bytes], scores: np.ndarray, types: np.nda
     return bytes(out)
 
 
-def sentencepiece_view(pieces: Sequence[bytes], types: np.ndarray, special: SpecialIds) -> tuple[list[bytes], np.ndarray]:
+def sentencepiece_view(
+    pieces: Sequence[bytes], types: np.ndarray, special: SpecialIds
+) -> tuple[list[bytes], np.ndarray]:
     """Undo what llama.cpp's converter does to SentencePiece vocabularies, so that
     SentencePiece reproduces the source tokenizer (and Hugging Face's) id for id.
 
@@ -186,7 +189,7 @@ class Tokenizer:
         self.vocab_size = processor.get_piece_size()
 
     @classmethod
-    def from_gguf(cls, model_file: GGUFModelFile) -> "Tokenizer":
+    def from_gguf(cls, model_file: GGUFModelFile) -> Tokenizer:
         kind = model_file.get("tokenizer.ggml.model")
         if kind != "llama":
             raise ModelFileError(
@@ -210,15 +213,18 @@ class Tokenizer:
         if processor is None:  # not cached yet, or a damaged cache entry
             bad = invalid_utf8_piece(pieces)
             if bad is not None:
-                raise ModelFileError(f"{model_file.path}: tokenizer piece {bad} is not valid UTF-8; "
-                                     "re-download or re-convert the model")
+                raise ModelFileError(
+                    f"{model_file.path}: tokenizer piece {bad} is not valid UTF-8; re-download or re-convert the model"
+                )
             pieces, types = sentencepiece_view(pieces, types, special)
             proto = build_model_proto(pieces, scores, types, special)
             processor = spm.SentencePieceProcessor()
             try:
                 processor.LoadFromSerializedProto(proto)
             except (RuntimeError, OSError) as exc:
-                raise ModelFileError(f"{model_file.path}: tokenizer metadata does not form a valid model ({exc})") from exc
+                raise ModelFileError(
+                    f"{model_file.path}: tokenizer metadata does not form a valid model ({exc})"
+                ) from exc
             _write_cached(cache, proto)
         return cls(processor, special)
 

@@ -43,12 +43,24 @@ def _added_tokens(mf: GGUFModelFile, pieces: list[str], types: list[int]) -> lis
             added = json.loads(raw)
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{mf.path}: {bn.KEY_TOK_ADDED} is not JSON ({exc})") from exc
-        if not isinstance(added, list) or not all(isinstance(a, dict) and 0 <= int(a.get("id", -1)) < len(pieces)
-                                                  for a in added):
+        if not isinstance(added, list) or not all(
+            isinstance(a, dict) and 0 <= int(a.get("id", -1)) < len(pieces) for a in added
+        ):
             raise ModelFileError(f"{mf.path}: {bn.KEY_TOK_ADDED} holds token ids outside the vocabulary")
         return added
-    return [{"id": i, "content": pieces[i], "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True} for i, t in enumerate(types) if t == TokenType.CONTROL]
+    return [
+        {
+            "id": i,
+            "content": pieces[i],
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, t in enumerate(types)
+        if t == TokenType.CONTROL
+    ]
 
 
 def tokenizer_json(mf: GGUFModelFile) -> tuple[str, SpecialIds]:
@@ -67,7 +79,9 @@ def tokenizer_json(mf: GGUFModelFile) -> tuple[str, SpecialIds]:
     for i, piece in enumerate(pieces):
         vocab.setdefault(piece, i)  # first id wins, as in a vocab.txt with a repeated line
     cls = int(mf.get("tokenizer.ggml.bos_token_id", vocab.get("[CLS]", 101)))
-    sep = int(mf.get("tokenizer.ggml.seperator_token_id", mf.get("tokenizer.ggml.eos_token_id", vocab.get("[SEP]", 102))))
+    sep = int(
+        mf.get("tokenizer.ggml.seperator_token_id", mf.get("tokenizer.ggml.eos_token_id", vocab.get("[SEP]", 102)))
+    )
     unk = int(mf.get("tokenizer.ggml.unknown_token_id", vocab.get("[UNK]", 100)))
     pad = int(mf.get("tokenizer.ggml.padding_token_id", 0))
     for name, ident in (("cls/bos", cls), ("sep", sep), ("unk", unk)):
@@ -75,26 +89,42 @@ def tokenizer_json(mf: GGUFModelFile) -> tuple[str, SpecialIds]:
             raise ModelFileError(f"{mf.path}: {name} token id {ident} is outside the vocabulary of {len(pieces)}")
     lowercase = bool(mf.get(bn.KEY_TOK_LOWERCASE, True))
     doc = {
-        "version": "1.0", "truncation": None, "padding": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
         "added_tokens": _added_tokens(mf, pieces, types),
         "normalizer": {
-            "type": "BertNormalizer", "clean_text": bool(mf.get(bn.KEY_TOK_CLEAN_TEXT, True)),
+            "type": "BertNormalizer",
+            "clean_text": bool(mf.get(bn.KEY_TOK_CLEAN_TEXT, True)),
             "handle_chinese_chars": bool(mf.get(bn.KEY_TOK_CHINESE, True)),
-            "strip_accents": bool(mf.get(bn.KEY_TOK_STRIP_ACCENTS, lowercase)), "lowercase": lowercase,
+            "strip_accents": bool(mf.get(bn.KEY_TOK_STRIP_ACCENTS, lowercase)),
+            "lowercase": lowercase,
         },
         "pre_tokenizer": {"type": "BertPreTokenizer"},
         "post_processor": {
             "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": pieces[cls], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                       {"SpecialToken": {"id": pieces[sep], "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": pieces[cls], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": pieces[sep], "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
-                     {"SpecialToken": {"id": pieces[sep], "type_id": 1}}],
+            "single": [
+                {"SpecialToken": {"id": pieces[cls], "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": pieces[sep], "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": pieces[cls], "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": pieces[sep], "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+                {"SpecialToken": {"id": pieces[sep], "type_id": 1}},
+            ],
             "special_tokens": {pieces[i]: {"id": pieces[i], "ids": [i], "tokens": [pieces[i]]} for i in {cls, sep}},
         },
         "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
-        "model": {"type": "WordPiece", "unk_token": pieces[unk], "continuing_subword_prefix": "##",
-                  "max_input_chars_per_word": int(mf.get(bn.KEY_TOK_MAX_CHARS, 100)), "vocab": vocab},
+        "model": {
+            "type": "WordPiece",
+            "unk_token": pieces[unk],
+            "continuing_subword_prefix": "##",
+            "max_input_chars_per_word": int(mf.get(bn.KEY_TOK_MAX_CHARS, 100)),
+            "vocab": vocab,
+        },
     }
     special = SpecialIds(bos=cls, eos=sep, unk=unk, pad=pad, add_bos=True, add_eos=True)
     return json.dumps(doc, ensure_ascii=False), special
@@ -114,8 +144,9 @@ class WordPieceTokenizer:
         try:
             hf = HFTokenizer.from_str(doc)
         except Exception as exc:  # tokenizers raises its own exception type for bad documents
-            raise ModelFileError(f"{model_file.path}: tokenizer metadata does not form a valid WordPiece "
-                                 f"tokenizer ({exc})") from exc
+            raise ModelFileError(
+                f"{model_file.path}: tokenizer metadata does not form a valid WordPiece tokenizer ({exc})"
+            ) from exc
         return cls(hf, special)
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:

@@ -66,8 +66,9 @@ class ServerState:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.metrics = Metrics()
-        self.cache = (EmbeddingCache.in_dir(cfg.cache_dir, cfg.cache_max_bytes, cfg.cache_memory_bytes)
-                      if cfg.cache else None)
+        self.cache = (
+            EmbeddingCache.in_dir(cfg.cache_dir, cfg.cache_max_bytes, cfg.cache_memory_bytes) if cfg.cache else None
+        )
         self.metrics.watch_cache(self.cache)
         self.catalog = Catalog(cfg, self.metrics.pass_observer)
         self.embeddings = EmbeddingService(cfg.long, self.cache, self.metrics)
@@ -95,8 +96,11 @@ class ServerState:
             return
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("ready: models %s, indexes %s", ", ".join(self.catalog.models) or "-",
-                 ", ".join(self.catalog.indexes) or "-")
+        log.info(
+            "ready: models %s, indexes %s",
+            ", ".join(self.catalog.models) or "-",
+            ", ".join(self.catalog.indexes) or "-",
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
@@ -124,8 +128,7 @@ def create_app(cfg: ServeConfig) -> Starlette:
         Route("/v1/embeddings", _endpoint(state, "embeddings", _embeddings), methods=["POST"]),
         Route("/v1/search", _endpoint(state, "search", _search), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=state.lifespan,
-                    exception_handlers={HTTPException: _http_exception})
+    app = Starlette(routes=routes, lifespan=state.lifespan, exception_handlers={HTTPException: _http_exception})
     app.state.server = state
     return app
 
@@ -159,10 +162,19 @@ def _endpoint(state: ServerState, name: str, handler: Handler, protected: bool =
         state.metrics.observe_request(name, response.status_code, seconds)
         if state.cfg.access_log:
             client = request.client
-            access_log.info(json.dumps({
-                "ts": round(time.time(), 3), "method": request.method, "path": request.url.path,
-                "status": response.status_code, "ms": round(1e3 * seconds, 2),
-                "client": f"{client.host}:{client.port}" if client else None, **info}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "ts": round(time.time(), 3),
+                        "method": request.method,
+                        "path": request.url.path,
+                        "status": response.status_code,
+                        "ms": round(1e3 * seconds, 2),
+                        "client": f"{client.host}:{client.port}" if client else None,
+                        **info,
+                    }
+                )
+            )
         state.completed += 1
         return response
 
@@ -175,14 +187,19 @@ def _check_auth(state: ServerState, request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not state.cfg.key_matches(token.strip()):
-        raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", "invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise APIError(
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            "invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _require_ready(state: ServerState) -> None:
     if not state.ready:
-        raise APIError(503, "the server is still loading its models; poll GET /ready", "not_ready",
-                       headers={"Retry-After": "1"})
+        raise APIError(
+            503, "the server is still loading its models; poll GET /ready", "not_ready", headers={"Retry-After": "1"}
+        )
 
 
 async def _read_body(state: ServerState, request: Request) -> bytes:
@@ -228,8 +245,9 @@ async def _health(state: ServerState, request: Request, info: dict) -> Response:
 
 async def _ready(state: ServerState, request: Request, info: dict) -> Response:
     if state.ready:
-        return JSONResponse({"status": "ready", "models": list(state.catalog.models),
-                             "indexes": list(state.catalog.indexes)})
+        return JSONResponse(
+            {"status": "ready", "models": list(state.catalog.models), "indexes": list(state.catalog.indexes)}
+        )
     status = "failed" if state.load_error else "loading"
     return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
 
@@ -241,8 +259,13 @@ async def _metrics(state: ServerState, request: Request, info: dict) -> Response
 async def _models(state: ServerState, request: Request, info: dict) -> Response:
     _require_ready(state)
     cat = state.catalog
-    return JSONResponse({"object": "list", "data": [m.describe(state.cfg.default_task) for m in cat.models.values()],
-                         "indexes": [i.describe() for i in cat.indexes.values()]})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [m.describe(state.cfg.default_task) for m in cat.models.values()],
+            "indexes": [i.describe() for i in cat.indexes.values()],
+        }
+    )
 
 
 def _encode_vector(vec: np.ndarray, fmt: str) -> np.ndarray | str:
@@ -264,12 +287,19 @@ async def _embeddings(state: ServerState, request: Request, info: dict) -> Respo
         work = service.embed_ids(served, req.token_ids, req.dimensions)
     out: Embedded = await _unless_disconnected(request, work)
     info.update(tokens=out.tokens, truncated=out.truncated, cache_hits=out.cache_hits)
-    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
-            for i, v in enumerate(out.vectors)]
-    body = {"object": "list", "data": data, "model": req.model or served.name,
-            "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens}}
-    return FastJSONResponse(body, headers={"x-embedpipe-truncated": str(out.truncated),
-                                       "x-embedpipe-cache-hits": str(out.cache_hits)})
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
+        for i, v in enumerate(out.vectors)
+    ]
+    body = {
+        "object": "list",
+        "data": data,
+        "model": req.model or served.name,
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
+    }
+    return FastJSONResponse(
+        body, headers={"x-embedpipe-truncated": str(out.truncated), "x-embedpipe-cache-hits": str(out.cache_hits)}
+    )
 
 
 async def _search(state: ServerState, request: Request, info: dict) -> Response:
@@ -279,5 +309,13 @@ async def _search(state: ServerState, request: Request, info: dict) -> Response:
     info.update(index=served.name, inputs=len(req.queries))
     results, tokens = await _unless_disconnected(request, state.search.search(served, req))
     info.update(tokens=tokens)
-    return FastJSONResponse({"object": "list", "index": served.name, "model": served.model.name, "k": req.k,
-                         "data": results, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return FastJSONResponse(
+        {
+            "object": "list",
+            "index": served.name,
+            "model": served.model.name,
+            "k": req.k,
+            "data": results,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )

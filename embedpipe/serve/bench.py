@@ -137,10 +137,28 @@ class EmbedpipeServer(ServerPeer):
 
     def __init__(self, cfg: ServeBenchConfig):
         port = free_port()
-        super().__init__([sys.executable, "-m", "embedpipe", "serve", "--model", f"bench={cfg.model}", "--port",
-                          str(port), "--threads", str(cfg.threads), "--no-cache", "--no-access-log",
-                          "--max-batch-tokens", str(cfg.max_batch_tokens),
-                          "--max-queue-tokens", str(64 * cfg.max_batch_tokens)], port, "bench:none")
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "embedpipe",
+                "serve",
+                "--model",
+                f"bench={cfg.model}",
+                "--port",
+                str(port),
+                "--threads",
+                str(cfg.threads),
+                "--no-cache",
+                "--no-access-log",
+                "--max-batch-tokens",
+                str(cfg.max_batch_tokens),
+                "--max-queue-tokens",
+                str(64 * cfg.max_batch_tokens),
+            ],
+            port,
+            "bench:none",
+        )
         self.wait_up("/ready")
 
     def metrics(self) -> dict[str, float]:
@@ -162,13 +180,37 @@ class LlamaCppServer(ServerPeer):
         try:
             import llama_cpp.server  # noqa: F401
         except ImportError as exc:
-            raise RuntimeError(f"llama-cpp-python's server is not importable ({exc}); "
-                               "pip install 'llama-cpp-python[server]'") from None
+            raise RuntimeError(
+                f"llama-cpp-python's server is not importable ({exc}); pip install 'llama-cpp-python[server]'"
+            ) from None
         port = free_port()
-        super().__init__([sys.executable, "-m", "llama_cpp.server", "--model", cfg.model, "--embedding", "true",
-                          "--n_threads", str(cfg.threads), "--n_threads_batch", str(cfg.threads),
-                          "--n_ctx", "2048", "--n_batch", "2048", "--n_ubatch", "2048",
-                          "--host", "127.0.0.1", "--port", str(port)], port, "bench")
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                cfg.model,
+                "--embedding",
+                "true",
+                "--n_threads",
+                str(cfg.threads),
+                "--n_threads_batch",
+                str(cfg.threads),
+                "--n_ctx",
+                "2048",
+                "--n_batch",
+                "2048",
+                "--n_ubatch",
+                "2048",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            port,
+            "bench",
+        )
         self.wait_up("/v1/models")
 
 
@@ -178,8 +220,9 @@ PEER_SERVERS: dict[str, Callable[[ServeBenchConfig], ServerPeer]] = {
 }
 
 
-async def _load(url: str, model: str, texts: list[str], concurrency: int, max_seconds: float
-                ) -> tuple[list[float], int, float, list[list[float]]]:
+async def _load(
+    url: str, model: str, texts: list[str], concurrency: int, max_seconds: float
+) -> tuple[list[float], int, float, list[list[float]]]:
     """Closed loop: `concurrency` clients take the next text until all are sent or time is up."""
     import httpx
 
@@ -215,22 +258,38 @@ async def _load(url: str, model: str, texts: list[str], concurrency: int, max_se
     return latencies, errors, wall, [v for _, v in sorted(first_vectors)]
 
 
-def _cell(peer: ServerPeer, kind: str, concurrency: int, texts: list[str], cfg: ServeBenchConfig
-          ) -> tuple[Cell, list[list[float]]]:
+def _cell(
+    peer: ServerPeer, kind: str, concurrency: int, texts: list[str], cfg: ServeBenchConfig
+) -> tuple[Cell, list[list[float]]]:
     before, cpu0 = peer.metrics(), peer.cpu_seconds()
     lat, errors, wall, vecs = asyncio.run(_load(peer.url, peer.model_field, texts, concurrency, cfg.max_seconds))
     after, cpu1 = peer.metrics(), peer.cpu_seconds()
     ms = sorted(1e3 * x for x in lat) or [float("nan")]
     pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-    cell = Cell(peer.name, kind, concurrency, len(lat), errors, wall, len(lat) / wall, len(lat) / wall,
-                statistics.median(ms), pick(0.95), pick(0.99))
+    cell = Cell(
+        peer.name,
+        kind,
+        concurrency,
+        len(lat),
+        errors,
+        wall,
+        len(lat) / wall,
+        len(lat) / wall,
+        statistics.median(ms),
+        pick(0.95),
+        pick(0.99),
+    )
     if cpu0 is not None and lat:
         cell.cpu_ms_per_emb = 1e3 * (cpu1 - cpu0) / len(lat)
     if after:
         n = after.get("embedpipe_requests_per_pass_count", 0) - before.get("embedpipe_requests_per_pass_count", 0)
         if n:
-            cell.requests_per_pass = (after["embedpipe_requests_per_pass_sum"] - before.get("embedpipe_requests_per_pass_sum", 0)) / n
-            cell.sequences_per_pass = (after["embedpipe_sequences_per_pass_sum"] - before.get("embedpipe_sequences_per_pass_sum", 0)) / n
+            cell.requests_per_pass = (
+                after["embedpipe_requests_per_pass_sum"] - before.get("embedpipe_requests_per_pass_sum", 0)
+            ) / n
+            cell.sequences_per_pass = (
+                after["embedpipe_sequences_per_pass_sum"] - before.get("embedpipe_sequences_per_pass_sum", 0)
+            ) / n
     return cell, vecs
 
 
@@ -253,9 +312,12 @@ class Ceiling:
             t1 = time.perf_counter()
             emb.encode([text], task="none")
             singles.append(time.perf_counter() - t1)
-        figures = {"emb_per_s": len(items) / batch_s, "single_p50_ms": 1e3 * statistics.median(singles),
-                   "cpu_ms_per_emb": 1e3 * batch_cpu / len(items),
-                   "texts": len(items)}
+        figures = {
+            "emb_per_s": len(items) / batch_s,
+            "single_p50_ms": 1e3 * statistics.median(singles),
+            "cpu_ms_per_emb": 1e3 * batch_cpu / len(items),
+            "texts": len(items),
+        }
         return figures, emb.encode(items[:4], task="none")
 
 
@@ -289,7 +351,7 @@ def run_serve_bench(cfg: ServeBenchConfig, report: Callable[[str], None] = print
                     if vecs and kind not in summary.agreement.get(peer.name, {}):
                         got = np.asarray(vecs, np.float32)
                         got /= np.linalg.norm(got, axis=1, keepdims=True)
-                        cos = float((got * ref[:len(got)]).sum(1).min())
+                        cos = float((got * ref[: len(got)]).sum(1).min())
                         summary.agreement.setdefault(peer.name, {})[kind] = round(cos, 5)
     finally:
         for peer in peers:
@@ -328,19 +390,25 @@ def _ratios(summary: Summary) -> list[dict]:
 def format_cell(c: dict) -> str:
     rpp = f"{c['requests_per_pass']:.1f}/{c['sequences_per_pass']:.1f}" if c.get("requests_per_pass") else "-"
     cpu = f"{c['cpu_ms_per_emb']:6.1f}" if c.get("cpu_ms_per_emb") is not None else "     -"
-    return (f"{c['peer']:10} {c['kind']:6} c={c['concurrency']:<3} {c['requests']:5} req {c['errors']:3} err "
-            f"{c['req_per_s']:8.1f} req/s {c['emb_per_s']:8.1f} emb/s  p50 {c['p50_ms']:7.1f}  p95 {c['p95_ms']:7.1f}  "
-            f"p99 {c['p99_ms']:7.1f} ms  cpu {cpu} ms/emb  req/seq per pass {rpp}")
+    return (
+        f"{c['peer']:10} {c['kind']:6} c={c['concurrency']:<3} {c['requests']:5} req {c['errors']:3} err "
+        f"{c['req_per_s']:8.1f} req/s {c['emb_per_s']:8.1f} emb/s  p50 {c['p50_ms']:7.1f}  p95 {c['p95_ms']:7.1f}  "
+        f"p99 {c['p99_ms']:7.1f} ms  cpu {cpu} ms/emb  req/seq per pass {rpp}"
+    )
 
 
 def format_summary(s: dict) -> list[str]:
     m = s["machine"]
-    lines = [f"machine: {m['cpu']} ({m['cores']} cores), load {m['load_avg']} at start, {m.get('load_avg_end')} at end; "
-             f"model {s['model']}, threads {s['threads']}"]
+    lines = [
+        f"machine: {m['cpu']} ({m['cores']} cores), load {m['load_avg']} at start, {m.get('load_avg_end')} at end; "
+        f"model {s['model']}, threads {s['threads']}"
+    ]
     lines += [format_cell(c) for c in s["cells"]]
     for kind, c in s["ceiling"].items():
         cpu = f", cpu {c['cpu_ms_per_emb']:.1f} ms/emb" if c.get("cpu_ms_per_emb") is not None else ""
-        lines.append(f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms{cpu}")
+        lines.append(
+            f"in-process encode {kind}: {c['emb_per_s']:.1f} emb/s, single p50 {c['single_p50_ms']:.1f} ms{cpu}"
+        )
     for r in s["ratios"]:
         parts = [f"{k} x{v}" for k, v in r.items() if k not in ("kind", "concurrency")]
         lines.append(f"ratios {r['kind']} c={r['concurrency']}: " + ", ".join(parts))

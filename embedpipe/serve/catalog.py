@@ -37,10 +37,17 @@ class ServedModel:
 
     def describe(self, default_task: str) -> dict:
         """The /v1/models entry (OpenAI fields plus ours)."""
-        return {"id": self.name, "object": "model", "created": int(Path(self.embedder.model_path).stat().st_mtime),
-                "owned_by": "embedpipe", "dimensions": list(self.embedder.dims),
-                "max_input_tokens": self.embedder.max_tokens, "default_task": default_task,
-                "tasks": [t for t in TASKS], "aliases": [f"{self.name}:{t}" for t in ("query", "document")]}
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": int(Path(self.embedder.model_path).stat().st_mtime),
+            "owned_by": "embedpipe",
+            "dimensions": list(self.embedder.dims),
+            "max_input_tokens": self.embedder.max_tokens,
+            "default_task": default_task,
+            "tasks": [t for t in TASKS],
+            "aliases": [f"{self.name}:{t}" for t in ("query", "document")],
+        }
 
 
 @dataclass
@@ -52,9 +59,17 @@ class ServedIndex:
 
     def describe(self) -> dict:
         ix = self.index
-        return {"id": self.name, "object": "index", "type": ix.kind, "quant": ix.quant, "dim": ix.dim,
-                "count": ix.count, "model": self.model.name, "task": ix.meta.task or None,
-                "columns": sorted(ix.columns)}
+        return {
+            "id": self.name,
+            "object": "index",
+            "type": ix.kind,
+            "quant": ix.quant,
+            "dim": ix.dim,
+            "count": ix.count,
+            "model": self.model.name,
+            "task": ix.meta.task or None,
+            "columns": sorted(ix.columns),
+        }
 
 
 class Catalog:
@@ -97,8 +112,13 @@ class Catalog:
             raise EmbedpipeError(f"two models are named {name!r}; name them with --model NAME=PATH")
         if ":" in name:
             raise EmbedpipeError(f"model name {name!r} must not contain ':' (it separates the task alias)")
-        aemb = AsyncEmbedder(emb, self.cfg.max_batch_tokens, self.cfg.max_batch_wait_ms, self.cfg.max_queue_tokens,
-                             on_pass=self.on_pass(name))
+        aemb = AsyncEmbedder(
+            emb,
+            self.cfg.max_batch_tokens,
+            self.cfg.max_batch_wait_ms,
+            self.cfg.max_queue_tokens,
+            on_pass=self.on_pass(name),
+        )
         served = ServedModel(name, emb.model_path, emb, aemb, seconds)
         self.models[name] = served
         self._by_path[key] = served
@@ -115,13 +135,17 @@ class Catalog:
         if model is None:
             recorded = index.meta.model_path
             if not recorded or not Path(recorded).is_file():
-                raise EmbedpipeError(f"--index {name}={path}: its model ({recorded or 'not recorded'}) is not on this "
-                                     "machine; pass that GGUF with --model")
+                raise EmbedpipeError(
+                    f"--index {name}={path}: its model ({recorded or 'not recorded'}) is not on this "
+                    "machine; pass that GGUF with --model"
+                )
             model = self._load_model(recorded, None)
             on_model_loaded(model)
             if want and model.embedder.model_sha256 != want:
-                raise ModelMismatchError(f"--index {name}={path}: {recorded} is not the model the index was built "
-                                         f"from (SHA-256 {want[:16]}…); pass the right one with --model")
+                raise ModelMismatchError(
+                    f"--index {name}={path}: {recorded} is not the model the index was built "
+                    f"from (SHA-256 {want[:16]}…); pass the right one with --model"
+                )
         log.info("loaded index %s (%s, %d vectors) from %s", name, index.kind, index.count, path)
         return ServedIndex(name, path, index, model)
 
@@ -140,15 +164,28 @@ class Catalog:
             try:
                 return self.models[name], canonical_task(alias)
             except EmbedpipeError:
-                raise APIError(400, f"model alias {field!r}: unknown task {alias!r}; use one of "
-                               f"{', '.join(TASKS)}", "invalid_value", "model") from None
-        raise APIError(404, f"model {field!r} is not served here; loaded: {', '.join(self.models) or 'none'} "
-                            "(GET /v1/models)", "model_not_found", "model")
+                raise APIError(
+                    400,
+                    f"model alias {field!r}: unknown task {alias!r}; use one of {', '.join(TASKS)}",
+                    "invalid_value",
+                    "model",
+                ) from None
+        raise APIError(
+            404,
+            f"model {field!r} is not served here; loaded: {', '.join(self.models) or 'none'} (GET /v1/models)",
+            "model_not_found",
+            "model",
+        )
 
     def index(self, name: str) -> ServedIndex:
         if name not in self.indexes:
-            raise APIError(404, f"index {name!r} is not loaded; loaded: {', '.join(self.indexes) or 'none'} "
-                                "(start the server with --index NAME=PATH)", "index_not_found", "index")
+            raise APIError(
+                404,
+                f"index {name!r} is not loaded; loaded: {', '.join(self.indexes) or 'none'} "
+                "(start the server with --index NAME=PATH)",
+                "index_not_found",
+                "index",
+            )
         return self.indexes[name]
 
     async def aclose(self) -> None:

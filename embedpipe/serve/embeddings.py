@@ -53,12 +53,15 @@ class EmbeddingService:
         if dim is None:
             return served.embedder.dim
         if dim not in dims:
-            raise bad_request(f"'dimensions' {dim} is not offered by {served.name}; choose one of "
-                              f"{', '.join(map(str, dims))}", "dimensions")
+            raise bad_request(
+                f"'dimensions' {dim} is not offered by {served.name}; choose one of {', '.join(map(str, dims))}",
+                "dimensions",
+            )
         return dim
 
-    async def embed_texts(self, served: ServedModel, texts: Sequence[str], task: str,
-                          titles: Sequence[str | None] | None, dim: int | None) -> Embedded:
+    async def embed_texts(
+        self, served: ServedModel, texts: Sequence[str], task: str, titles: Sequence[str | None] | None, dim: int | None
+    ) -> Embedded:
         dim = self.check_dim(served, dim)
         try:
             task = canonical_task(task)
@@ -72,7 +75,9 @@ class EmbeddingService:
         store = []
         for row_no, i in enumerate(misses):
             plan = prep.plans[i]
-            row = CachedRow(plan.spans, [len(plan.seqs[0])], fresh[row_no:row_no + 1], plan.text_tokens, plan.truncated)
+            row = CachedRow(
+                plan.spans, [len(plan.seqs[0])], fresh[row_no : row_no + 1], plan.text_tokens, plan.truncated
+            )
             prep.rows[i] = row
             if prep.keys[i] is not None:
                 store.append((prep.keys[i], served.embedder.model_sha256, served.embedder.dim, row))
@@ -81,8 +86,12 @@ class EmbeddingService:
         full = np.stack([r.vectors[0] for r in prep.rows]).astype(np.float32, copy=False)
         truncated = sum(1 for r in prep.rows if r.truncated)
         self._count(served, len(texts), truncated)
-        return Embedded(full if dim == full.shape[1] else truncate_dim(full, dim),
-                        sum(r.seq_tokens[0] for r in prep.rows), truncated, len(texts) - len(misses))
+        return Embedded(
+            full if dim == full.shape[1] else truncate_dim(full, dim),
+            sum(r.seq_tokens[0] for r in prep.rows),
+            truncated,
+            len(texts) - len(misses),
+        )
 
     async def embed_ids(self, served: ServedModel, ids: Sequence[Sequence[int]], dim: int | None) -> Embedded:
         dim = self.check_dim(served, dim)
@@ -92,22 +101,27 @@ class EmbeddingService:
         for i, seq in enumerate(ids):
             bad = next((t for t in seq if not 0 <= t < vocab), None)
             if bad is not None:
-                raise bad_request(f"input[{i}] holds token id {bad}, outside this model's vocabulary 0..{vocab - 1}",
-                                  "input", "invalid_token_id")
+                raise bad_request(
+                    f"input[{i}] holds token id {bad}, outside this model's vocabulary 0..{vocab - 1}",
+                    "input",
+                    "invalid_token_id",
+                )
             if len(seq) > limit:
                 if self.long == "error":
                     raise self._too_long(i, len(seq), limit)
-                seq = list(seq[:limit - 1]) + [seq[-1]]  # keep the closing special token
+                seq = list(seq[: limit - 1]) + [seq[-1]]  # keep the closing special token
                 truncated += 1
             seqs.append(list(seq))
         vecs = await self._submit(served, seqs)
         self._count(served, len(seqs), truncated)
-        return Embedded(vecs if dim == vecs.shape[1] else truncate_dim(vecs, dim),
-                        sum(len(s) for s in seqs), truncated, 0)
+        return Embedded(
+            vecs if dim == vecs.shape[1] else truncate_dim(vecs, dim), sum(len(s) for s in seqs), truncated, 0
+        )
 
     # --- helpers ------------------------------------------------------------------------------
-    def _prepare(self, served: ServedModel, texts: list[str], task: str,
-                 titles: Sequence[str | None] | None) -> _Prepared:
+    def _prepare(
+        self, served: ServedModel, texts: list[str], task: str, titles: Sequence[str | None] | None
+    ) -> _Prepared:
         """On the tokenizer thread: cache look-up, then tokenize (and maybe truncate) the misses."""
         emb = served.embedder
         n = len(texts)
@@ -116,8 +130,10 @@ class EmbeddingService:
         keys: list[bytes | None] = [None] * n
         rows: list[CachedRow | None] = [None] * n
         if self.cache is not None:
-            keys = [cache_key(emb.model_sha256, task, emb.dim, titles[i] if titles else None, texts[i], setting)
-                    for i in range(n)]
+            keys = [
+                cache_key(emb.model_sha256, task, emb.dim, titles[i] if titles else None, texts[i], setting)
+                for i in range(n)
+            ]
             found = self.cache.get_many(keys, emb.dim)
             rows = [found.get(k) for k in keys]
             for i, row in enumerate(rows):
@@ -127,8 +143,11 @@ class EmbeddingService:
         plans = chunker.plan([texts[i] for i in todo], [titles[i] for i in todo] if titles else None)
         for i, plan in zip(todo, plans):
             if plan.error == PROMPT_TOO_LONG:
-                raise bad_request(f"input[{i}]: its title and prompt alone exceed the model's context of "
-                                  f"{emb.max_tokens} tokens", "titles", "input_too_long")
+                raise bad_request(
+                    f"input[{i}]: its title and prompt alone exceed the model's context of {emb.max_tokens} tokens",
+                    "titles",
+                    "input_too_long",
+                )
             if plan.truncated and self.long == "error":
                 raise self._too_long(i, plan.text_tokens, emb.max_tokens)
         return _Prepared(rows, keys, dict(zip(todo, plans)))
@@ -136,8 +155,9 @@ class EmbeddingService:
     def _chunker(self, served: ServedModel, task: str) -> Chunker:
         key = (served.name, task)
         if key not in self._chunkers:  # `ingest --long truncate`'s setting: the two share cache entries
-            self._chunkers[key] = Chunker(served.embedder, task, served.embedder.max_tokens, TRUNCATE, None,
-                                          IngestConfig.chunk_overlap)
+            self._chunkers[key] = Chunker(
+                served.embedder, task, served.embedder.max_tokens, TRUNCATE, None, IngestConfig.chunk_overlap
+            )
         return self._chunkers[key]
 
     async def _submit(self, served: ServedModel, seqs: list[list[int]]) -> np.ndarray:
@@ -149,8 +169,11 @@ class EmbeddingService:
         except RequestTooLargeError as exc:
             raise APIError(413, str(exc), "request_too_large") from None
         if not np.isfinite(vecs).all():
-            raise APIError(500, f"model {served.name} produced a non-finite vector; this is a bug, please report it "
-                                "with the input", "non_finite_vector")
+            raise APIError(
+                500,
+                f"model {served.name} produced a non-finite vector; this is a bug, please report it with the input",
+                "non_finite_vector",
+            )
         return vecs
 
     def _count(self, served: ServedModel, inputs: int, truncated: int) -> None:
@@ -161,5 +184,9 @@ class EmbeddingService:
     @staticmethod
     def _too_long(i: int, tokens: int | None, limit: int) -> APIError:
         size = f" ({tokens} tokens of text)" if tokens is not None else ""
-        return bad_request(f"input[{i}] does not fit the model's context of {limit} tokens{size}; shorten it, or "
-                           "start the server with --long truncate", "input", "input_too_long")
+        return bad_request(
+            f"input[{i}] does not fit the model's context of {limit} tokens{size}; shorten it, or "
+            "start the server with --long truncate",
+            "input",
+            "input_too_long",
+        )

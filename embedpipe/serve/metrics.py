@@ -20,24 +20,48 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("embedpipe_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
-        self.request_seconds = Histogram("embedpipe_request_seconds", "Request latency", ["endpoint"],
-                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("embedpipe_queue_seconds", "Time a request waited for its first forward pass",
-                                       ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("embedpipe_inference_seconds", "Forward pass time", ["model"],
-                                           buckets=LATENCY_BUCKETS, registry=r)
-        self.requests_per_pass = Histogram("embedpipe_requests_per_pass", "Requests merged into one forward pass",
-                                           ["model"], buckets=COUNT_BUCKETS, registry=r)
-        self.sequences_per_pass = Histogram("embedpipe_sequences_per_pass", "Sequences in one forward pass",
-                                            ["model"], buckets=COUNT_BUCKETS, registry=r)
-        self.tokens_per_pass = Histogram("embedpipe_tokens_per_pass", "Tokens in one forward pass", ["model"],
-                                         buckets=TOKEN_BUCKETS, registry=r)
+        self.requests = Counter(
+            "embedpipe_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "embedpipe_request_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "embedpipe_queue_seconds",
+            "Time a request waited for its first forward pass",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "embedpipe_inference_seconds", "Forward pass time", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.requests_per_pass = Histogram(
+            "embedpipe_requests_per_pass",
+            "Requests merged into one forward pass",
+            ["model"],
+            buckets=COUNT_BUCKETS,
+            registry=r,
+        )
+        self.sequences_per_pass = Histogram(
+            "embedpipe_sequences_per_pass",
+            "Sequences in one forward pass",
+            ["model"],
+            buckets=COUNT_BUCKETS,
+            registry=r,
+        )
+        self.tokens_per_pass = Histogram(
+            "embedpipe_tokens_per_pass", "Tokens in one forward pass", ["model"], buckets=TOKEN_BUCKETS, registry=r
+        )
         self.tokens_embedded = Counter("embedpipe_tokens_embedded", "Tokens run through a model", ["model"], registry=r)
         self.inputs = Counter("embedpipe_inputs", "Inputs embedded (cache hits included)", ["model"], registry=r)
-        self.truncated = Counter("embedpipe_truncated_inputs", "Inputs cut to the model's context", ["model"], registry=r)
+        self.truncated = Counter(
+            "embedpipe_truncated_inputs", "Inputs cut to the model's context", ["model"], registry=r
+        )
         self.rejected = Counter("embedpipe_rejected_requests", "Requests refused for load (429)", ["model"], registry=r)
-        self.model_load_seconds = Gauge("embedpipe_model_load_seconds", "Seconds to load a model", ["model"], registry=r)
+        self.model_load_seconds = Gauge(
+            "embedpipe_model_load_seconds", "Seconds to load a model", ["model"], registry=r
+        )
         self.ready = Gauge("embedpipe_ready", "1 once every model and index is loaded and warmed", registry=r)
         self._queues: dict[str, Callable[[], tuple[int, int]]] = {}
         self._cache: EmbeddingCache | None = None
@@ -89,8 +113,10 @@ class _LiveCollector:
         if cache is None:
             return
         s = cache.stats()
-        for name, value, doc in (("hits", s.hits, "Inputs answered by the embedding cache"),
-                                 ("misses", s.misses, "Inputs the embedding cache did not have")):
+        for name, value, doc in (
+            ("hits", s.hits, "Inputs answered by the embedding cache"),
+            ("misses", s.misses, "Inputs the embedding cache did not have"),
+        ):
             c = CounterMetricFamily(f"embedpipe_cache_{name}", doc)
             c.add_metric([], value)
             yield c

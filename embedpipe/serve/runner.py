@@ -38,8 +38,16 @@ def run_server(cfg: ServeConfig) -> None:
     app = create_app(cfg)
     state = app.state.server
     configure_logging(cfg.access_log)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, lifespan="on", access_log=False, log_config=None,
-                            timeout_graceful_shutdown=cfg.shutdown_timeout, server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=cfg.host,
+        port=cfg.port,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=cfg.shutdown_timeout,
+        server_header=False,
+    )
     server = uvicorn.Server(config)
 
     def stop() -> None:

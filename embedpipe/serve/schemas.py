@@ -33,8 +33,10 @@ def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise bad_request(f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-                          code="invalid_json") from None
+        raise bad_request(
+            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            code="invalid_json",
+        ) from None
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -93,12 +95,17 @@ def parse_embedding_request(body: Any, max_inputs: int) -> EmbeddingRequest:
     body = _object(body)
     if "input" not in body:
         raise bad_request("'input' is required: a string, a list of strings, or token ids", "input", "missing_field")
-    req = EmbeddingRequest(model=_optional_str(body, "model"), task=_optional_str(body, "task"),
-                           dimensions=_optional_int(body, "dimensions", 1))
+    req = EmbeddingRequest(
+        model=_optional_str(body, "model"),
+        task=_optional_str(body, "task"),
+        dimensions=_optional_int(body, "dimensions", 1),
+    )
     fmt = body.get("encoding_format") or "float"
     if fmt not in ENCODING_FORMATS:
-        raise bad_request(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {json.dumps(fmt)[:40]}",
-                          "encoding_format")
+        raise bad_request(
+            f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {json.dumps(fmt)[:40]}",
+            "encoding_format",
+        )
     req.encoding_format = fmt
     _parse_input(body["input"], req, max_inputs)
     _parse_titles(body, req)
@@ -111,8 +118,9 @@ def _parse_input(value: Any, req: EmbeddingRequest, max_inputs: int) -> None:
         req.texts = [value]
         return
     if not isinstance(value, list):
-        raise bad_request("'input' must be a string, a list of strings, a list of token ids or a list of "
-                          "token-id lists", "input")
+        raise bad_request(
+            "'input' must be a string, a list of strings, a list of token ids or a list of token-id lists", "input"
+        )
     if not value:
         raise bad_request("'input' is an empty list; send at least one input", "input", "empty_input")
     if all(_is_int(v) for v in value):
@@ -131,8 +139,12 @@ def _parse_input(value: Any, req: EmbeddingRequest, max_inputs: int) -> None:
     else:
         raise bad_request("'input' mixes types: send all strings, or all token ids", "input")
     if req.count > max_inputs:
-        raise bad_request(f"'input' has {req.count} items, more than this server takes per request "
-                          f"({max_inputs}, --max-client-batch); split the request", "input", "too_many_inputs")
+        raise bad_request(
+            f"'input' has {req.count} items, more than this server takes per request "
+            f"({max_inputs}, --max-client-batch); split the request",
+            "input",
+            "too_many_inputs",
+        )
 
 
 def _parse_titles(body: dict[str, Any], req: EmbeddingRequest) -> None:
@@ -166,12 +178,14 @@ def parse_search_request(body: Any, max_queries: int) -> SearchRequest:
     body = _object(body)
     index = body.get("index")
     if not isinstance(index, str) or not index:
-        raise bad_request("'index' is required: the name of a loaded index (GET /v1/models lists them)", "index",
-                          "missing_field")
+        raise bad_request(
+            "'index' is required: the name of a loaded index (GET /v1/models lists them)", "index", "missing_field"
+        )
     query, queries = body.get("query"), body.get("queries")
     if (query is None) == (queries is None):
-        raise bad_request("send exactly one of 'query' (a string) or 'queries' (a list of strings)", "query",
-                          "missing_field")
+        raise bad_request(
+            "send exactly one of 'query' (a string) or 'queries' (a list of strings)", "query", "missing_field"
+        )
     if query is not None:
         if not isinstance(query, str):
             raise bad_request("'query' must be a string", "query")
@@ -183,8 +197,11 @@ def parse_search_request(body: Any, max_queries: int) -> SearchRequest:
         for i, text in enumerate(queries):
             check_text(text, f"queries[{i}]", "queries")
         if len(queries) > max_queries:
-            raise bad_request(f"'queries' has {len(queries)} items, more than {max_queries} (--max-client-batch)",
-                              "queries", "too_many_inputs")
+            raise bad_request(
+                f"'queries' has {len(queries)} items, more than {max_queries} (--max-client-batch)",
+                "queries",
+                "too_many_inputs",
+            )
         texts, single = list(queries), False
     k = _optional_int(body, "k", 1, MAX_K)
     knobs = {}
@@ -208,5 +225,9 @@ def check_body_size(length_header: str | None, limit: int) -> None:
 
 
 def too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than this server accepts ({limit} bytes, --max-request-bytes); "
-                         "send fewer or shorter inputs per request", "request_too_large")
+    return APIError(
+        413,
+        f"the request body is larger than this server accepts ({limit} bytes, --max-request-bytes); "
+        "send fewer or shorter inputs per request",
+        "request_too_large",
+    )

@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_kernels_json():
-    res = CliRunner().invoke(app, ["bench", "kernels", "--type", "Q8_0,F16", "--tokens", "4",
-                                   "--repeats", "1", "--threads", "1", "--json"],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        app,
+        ["bench", "kernels", "--type", "Q8_0,F16", "--tokens", "4", "--repeats", "1", "--threads", "1", "--json"],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     rows = doc["results"]
@@ -31,8 +33,7 @@ def test_bench_kernels_json():
 
 
 def test_bench_kernels_table_and_bad_type():
-    res = CliRunner().invoke(app, ["bench", "kernels", "--tokens", "2", "--repeats", "1",
-                                   "--threads", "1"])
+    res = CliRunner().invoke(app, ["bench", "kernels", "--tokens", "2", "--repeats", "1", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "measured peaks" in res.output and "x numpy" in res.output
     bad = CliRunner().invoke(app, ["bench", "kernels", "--type", "Q9_9"])
@@ -41,9 +42,22 @@ def test_bench_kernels_table_and_bad_type():
 
 def test_unrunnable_isa_is_a_clean_error():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", "from embedpipe.cli.app import main; main()",
-                           "bench", "kernels", "--isa", "neon_dotprod", "--tokens", "1"],
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from embedpipe.cli.app import main; main()",
+            "bench",
+            "kernels",
+            "--isa",
+            "neon_dotprod",
+            "--tokens",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     assert "error: instruction set 'neon_dotprod' cannot run on this CPU" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -25,13 +25,27 @@ def test_embed_jsonl_to_npy_in_input_order(tiny_gguf, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out.npy"
-    res = _run("embed", "--model", str(tiny_gguf), "--task", "document", "--dim", "32",
-               "--input", str(src), "--output", str(out), "--backend", "numpy")
+    res = _run(
+        "embed",
+        "--model",
+        str(tiny_gguf),
+        "--task",
+        "document",
+        "--dim",
+        "32",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--backend",
+        "numpy",
+    )
     assert res.exit_code == 0, res.output
     got = np.load(out)
     assert got.shape == (3, 32) and got.dtype == np.float32
     want = Embedder.load(tiny_gguf, backend="numpy").encode(
-        [r["text"] for r in rows], task="document", titles=[r.get("title") for r in rows], dim=32)
+        [r["text"] for r in rows], task="document", titles=[r.get("title") for r in rows], dim=32
+    )
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -68,17 +82,21 @@ def test_model_info_json(tiny_gguf):
     assert len(info["sha256"]) == 64
 
 
-@pytest.mark.parametrize("args, message", [
-    (["embed", "--model", "/nonexistent.gguf", "x"], "no such model file"),
-    (["embed", "--model", "{model}", "--task", "bogus", "x"], "unknown task"),
-    (["embed", "--model", "{model}", "--dim", "999", "x"], "dim 999"),
-    (["embed", "--model", "{model}", "--input", "{bad}"], "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["embed", "--model", "/nonexistent.gguf", "x"], "no such model file"),
+        (["embed", "--model", "{model}", "--task", "bogus", "x"], "unknown task"),
+        (["embed", "--model", "{model}", "--dim", "999", "x"], "dim 999"),
+        (["embed", "--model", "{model}", "--input", "{bad}"], "not valid JSON"),
+    ],
+)
 def test_errors_are_one_line_and_exit_1(tiny_gguf, tmp_path, args, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{broken\n')
     argv = [a.format(model=tiny_gguf, bad=bad) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "embedpipe.cli", *argv, "--backend", "numpy"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedpipe.cli", *argv, "--backend", "numpy"], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr

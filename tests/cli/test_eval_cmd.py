@@ -25,9 +25,25 @@ def _invoke(*args):
 def test_cli_table_json_csv_plot(emb_dir, tiny_gguf, eval_cache, tmp_path):
     out_json, out_csv, out_png = tmp_path / "t.json", tmp_path / "t.csv", tmp_path / "t.png"
     plot = [] if _no_matplotlib() else ["--plot", out_png]
-    res = _invoke("eval", "tradeoffs", emb_dir, "--n-queries", 12, "--dims", "64,32",
-                  "--json", out_json, "--csv", out_csv, "--cache-dir", eval_cache,
-                  "--backend", "numpy", "--no-progress", *plot)
+    res = _invoke(
+        "eval",
+        "tradeoffs",
+        emb_dir,
+        "--n-queries",
+        12,
+        "--dims",
+        "64,32",
+        "--json",
+        out_json,
+        "--csv",
+        out_csv,
+        "--cache-dir",
+        eval_cache,
+        "--backend",
+        "numpy",
+        "--no-progress",
+        *plot,
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(out_json.read_text())
     # 2 dims x (brute 3 quants + annoy 2 trees x 2 search_k + hnsw 2 quants x 3 ef)
@@ -61,9 +77,26 @@ def test_queries_file_and_restrictions(emb_dir, tiny_gguf, eval_cache, tmp_path)
     q = tmp_path / "q.jsonl"
     q.write_text('{"text": "apple river"}\n{"text": "rocket train boat"}\n\n{"text": "melon"}\n')
     out = tmp_path / "r.json"
-    res = _invoke("eval", "tradeoffs", emb_dir, "--queries", q, "--dims", "64", "--quants", "int8",
-                  "--indexes", "brute,hnsw", "--json", out, "--cache-dir", eval_cache,
-                  "--backend", "numpy", "--no-progress")
+    res = _invoke(
+        "eval",
+        "tradeoffs",
+        emb_dir,
+        "--queries",
+        q,
+        "--dims",
+        "64",
+        "--quants",
+        "int8",
+        "--indexes",
+        "brute,hnsw",
+        "--json",
+        out,
+        "--cache-dir",
+        eval_cache,
+        "--backend",
+        "numpy",
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
     assert {(r["index"], r["quant"]) for r in rows} == {("brute", "int8"), ("hnsw", "int8")}
@@ -94,12 +127,31 @@ def test_cli_rows_json_csv_plot_and_cache(beir_dir, tiny_gguf, tmp_path):
     out_json, out_csv, out_png = tmp_path / "r.json", tmp_path / "r.csv", tmp_path / "r.png"
     try:
         import matplotlib  # noqa: F401
+
         plot = ["--plot", out_png]
     except ImportError:
         plot = []
-    args = ["eval", "retrieval", beir_dir, "--model", tiny_gguf, "--backend", "numpy", "--dims", "64,32",
-            "--indexes", "brute,hnsw", "--json", out_json, "--csv", out_csv, "--cache-dir", cache,
-            "--no-progress", *plot]
+    args = [
+        "eval",
+        "retrieval",
+        beir_dir,
+        "--model",
+        tiny_gguf,
+        "--backend",
+        "numpy",
+        "--dims",
+        "64,32",
+        "--indexes",
+        "brute,hnsw",
+        "--json",
+        out_json,
+        "--csv",
+        out_csv,
+        "--cache-dir",
+        cache,
+        "--no-progress",
+        *plot,
+    ]
     res = _invoke(*args)
     assert res.exit_code == 0, res.output
     rows = json.loads(out_json.read_text())
@@ -140,6 +192,5 @@ def _direct_metrics(beir_dir, tiny_gguf):
     docs = emb.encode(data.texts, task="document", titles=data.titles, dim=64)
     queries = emb.encode(data.queries, task="query", dim=64)
     scores = queries @ docs.T
-    run = {q: {d: float(s) for d, s in zip(data.doc_ids, row) if d != q}
-           for q, row in zip(data.query_ids, scores)}
+    run = {q: {d: float(s) for d, s in zip(data.doc_ids, row) if d != q} for q, row in zip(data.query_ids, scores)}
     return evaluate(data.qrels, run)

@@ -26,12 +26,17 @@ def emb_dir(tiny_gguf, tmp_path_factory):
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, int(rng.integers(2, 8)))) for _ in range(80)]
     src = tmp / "corpus.parquet"
-    pq.write_table(pa.table({"text": texts, "doc": [f"d{i}" for i in range(80)],
-                             "title": [f"title {i}" for i in range(80)]}), src)
+    pq.write_table(
+        pa.table({"text": texts, "doc": [f"d{i}" for i in range(80)], "title": [f"title {i}" for i in range(80)]}), src
+    )
     out = tmp / "emb"
     embedder = Embedder.load(tiny_gguf, backend="numpy")
-    ingest(IngestConfig(inputs=[str(src)], output=str(out), model=str(tiny_gguf), id_col="doc",
-                        keep=["title"], backend="numpy"), embedder=embedder)
+    ingest(
+        IngestConfig(
+            inputs=[str(src)], output=str(out), model=str(tiny_gguf), id_col="doc", keep=["title"], backend="numpy"
+        ),
+        embedder=embedder,
+    )
     return out, texts
 
 
@@ -43,8 +48,22 @@ def _run(*args: str):
 def test_build_index_then_search_json(emb_dir, tiny_gguf, tmp_path, kind, quant):
     emb, texts = emb_dir
     out = tmp_path / f"{kind}.idx"
-    res = _run("build-index", str(emb), "--type", kind, "--quant", quant, "--dim", "32",
-               "-o", str(out), "--trees", "5", "--m", "8")
+    res = _run(
+        "build-index",
+        str(emb),
+        "--type",
+        kind,
+        "--quant",
+        quant,
+        "--dim",
+        "32",
+        "-o",
+        str(out),
+        "--trees",
+        "5",
+        "--m",
+        "8",
+    )
     assert res.exit_code == 0, res.output
     ix = load_index(out)
     assert ix.count == 80 and ix.dim == 32 and ix.meta.task == "document"
@@ -89,9 +108,12 @@ def test_int8_embeddings_dir_reads_as_float(emb_dir, tiny_gguf, tmp_path):
     emb, _ = emb_dir
     src = sorted(emb.parent.glob("corpus.parquet"))[0]
     out8 = tmp_path / "emb8"
-    ingest(IngestConfig(inputs=[str(src)], output=str(out8), model=str(tiny_gguf), id_col="doc",
-                        dtype="int8", backend="numpy"),
-           embedder=Embedder.load(tiny_gguf, backend="numpy"))
+    ingest(
+        IngestConfig(
+            inputs=[str(src)], output=str(out8), model=str(tiny_gguf), id_col="doc", dtype="int8", backend="numpy"
+        ),
+        embedder=Embedder.load(tiny_gguf, backend="numpy"),
+    )
     f32, i8 = read_embeddings(emb), read_embeddings(out8)
     assert list(i8.ids) == list(f32.ids) and i8.meta.model_sha256 == f32.meta.model_sha256
     np.testing.assert_allclose(i8.vectors, f32.vectors, atol=0.01)
@@ -106,8 +128,22 @@ def test_build_index_options_come_from_declared_parameters(emb_dir, tmp_path):
             assert p.option.split("/")[0] in res.output, (command, p.name)
     emb, _ = emb_dir
     out = tmp_path / "h.idx"
-    res = _run("build-index", str(emb), "--type", "hnsw", "-o", str(out), "--m", "6",
-               "--ef-search", "40", "--scale", "vector", "--quant", "int8")
+    res = _run(
+        "build-index",
+        str(emb),
+        "--type",
+        "hnsw",
+        "-o",
+        str(out),
+        "--m",
+        "6",
+        "--ef-search",
+        "40",
+        "--scale",
+        "vector",
+        "--quant",
+        "int8",
+    )
     assert res.exit_code == 0, res.output
     ix = load_index(out)
     assert (ix.m, ix.ef_search, ix.scale_mode) == (6, 40, "vector")

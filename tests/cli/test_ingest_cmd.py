@@ -10,8 +10,13 @@ from tests.pipeline.test_resume import REPO, env
 
 
 def ingest_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from embedpipe.cli.app import main; main()", "ingest", *args],
-                          capture_output=True, text=True, env=env(), cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", "from embedpipe.cli.app import main; main()", "ingest", *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=REPO,
+    )
 
 
 def test_cli_summary_and_refusal(corpus, tiny_gguf, tmp_path):

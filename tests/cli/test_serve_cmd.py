@@ -52,7 +52,20 @@ def test_bad_option_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "embedpipe", "serve", "--max-request-bytes", "lots",
-                           "--model", str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedpipe",
+            "serve",
+            "--max-request-bytes",
+            "lots",
+            "--model",
+            str(tmp_path / "x.gguf"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --max-request-bytes")
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -14,8 +14,7 @@ def _f16_bytes(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float16).view(np.uint8).reshape(*values.shape, 2)
 
 
-def random_raw(qtype: GGMLQuantizationType, n: int, k: int, rng: np.random.Generator,
-               scale: float = 1.0) -> np.ndarray:
+def random_raw(qtype: GGMLQuantizationType, n: int, k: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
     """GGUF bytes (N, row_bytes) of a random weight of ``qtype``.
 
     Types gguf-py can quantize are quantized from Gaussian values; for Q4_K/Q6_K (no numpy
@@ -30,7 +29,7 @@ def random_raw(qtype: GGMLQuantizationType, n: int, k: int, rng: np.random.Gener
             raw[:, :, 0:2] = _f16_bytes(d)
             raw[:, :, 2:4] = _f16_bytes(d / 4)
         else:
-            raw[:, :, ts - 2:ts] = _f16_bytes(d)
+            raw[:, :, ts - 2 : ts] = _f16_bytes(d)
         return raw.reshape(n, nblk * ts)
     w = (rng.standard_normal((n, k)) * scale).astype(np.float32)
     return np.asarray(gguf_quants.quantize(w, qtype)).view(np.uint8).reshape(n, -1)
@@ -40,8 +39,7 @@ def dequant(qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> np.
     return np.asarray(gguf_quants.dequantize(raw, qtype), dtype=np.float64).reshape(n, k)
 
 
-IR_TO_CTYPE = {"ptr": "c_void_p", "i64": "c_long", "i32": "c_int", "float": "c_float",
-               "void": "NoneType"}
+IR_TO_CTYPE = {"ptr": "c_void_p", "i64": "c_long", "i32": "c_int", "float": "c_float", "void": "NoneType"}
 
 
 def assert_signature_is_the_compiled_ir_type(module, isa) -> None:
@@ -52,7 +50,6 @@ def assert_signature_is_the_compiled_ir_type(module, isa) -> None:
     for k in module.kernels:
         fn = parsed.get_function(module.symbol(k, isa))
         proto = type(k.native(isa)._call)
-        assert [IR_TO_CTYPE[str(a.type)] for a in fn.arguments] == \
-            [t.__name__ for t in proto._argtypes_], k
+        assert [IR_TO_CTYPE[str(a.type)] for a in fn.arguments] == [t.__name__ for t in proto._argtypes_], k
         ret = str(fn.global_value_type).split(" ")[0]
         assert IR_TO_CTYPE[ret] == (proto._restype_ or type(None)).__name__, k

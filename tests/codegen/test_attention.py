@@ -15,8 +15,7 @@ def attention_ref(q, k, v, half_window):
     group = n_q // k.shape[1]
     out = np.zeros((t, n_q, v.shape[2]))
     idx = np.arange(t)
-    far = (np.abs(idx[:, None] - idx[None, :]) > half_window) if half_window is not None \
-        else np.zeros((t, t), bool)
+    far = (np.abs(idx[:, None] - idx[None, :]) > half_window) if half_window is not None else np.zeros((t, t), bool)
     for h in range(n_q):
         s = q[:, h].astype(np.float64) @ k[:, h // group].astype(np.float64).T
         s[far] = -np.inf
@@ -27,9 +26,17 @@ def attention_ref(q, k, v, half_window):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("t,n_q,n_kv,d,hw", [(1, 3, 1, 256, None), (7, 3, 1, 32, 2),
-                                              (40, 4, 2, 64, None), (90, 3, 1, 256, 16),
-                                              (131, 2, 2, 40, 130), (33, 1, 1, 8, 0)])
+@pytest.mark.parametrize(
+    "t,n_q,n_kv,d,hw",
+    [
+        (1, 3, 1, 256, None),
+        (7, 3, 1, 32, 2),
+        (40, 4, 2, 64, None),
+        (90, 3, 1, 256, 16),
+        (131, 2, 2, 40, 130),
+        (33, 1, 1, 8, 0),
+    ],
+)
 def test_attention_matches_reference(isa, t, n_q, n_kv, d, hw):
     rng = np.random.default_rng(t * 7 + d)
     q = (rng.standard_normal((t, n_q, d)) / np.sqrt(d) * 3).astype(np.float32)

@@ -14,7 +14,7 @@ def gelu_mul_ref(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """0.5·x·(1 + tanh(u))·b, written as x·b / (1 + e^(−2u)): the same function without the
     cancellation of 1 + tanh(u) for negative x, which costs even float64 its accuracy."""
     x = a.astype(np.float64)
-    u = np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)
+    u = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
     with np.errstate(over="ignore"):
         return x * b / (1 + np.exp(-2 * u))
 
@@ -57,7 +57,7 @@ def test_rms_norm(isa, shape):
     w = rng.standard_normal(shape[-1]).astype(np.float32)
     y = get_kernel_library(isa, 2).rms_norm(x, w, 1e-6)
     xd = x.astype(np.float64)
-    ref = xd / np.sqrt((xd ** 2).mean(axis=-1, keepdims=True) + 1e-6) * w
+    ref = xd / np.sqrt((xd**2).mean(axis=-1, keepdims=True) + 1e-6) * w
     assert y.shape == x.shape and y.dtype == np.float32
     assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max() + 1e-30
 

@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from embedpipe.codegen import (KernelInputError, UnsupportedIsaError, default_threads,
-                               detect_isa, get_kernel_library, runnable_isas)
-from embedpipe.codegen import jit, library
+from embedpipe.codegen import (
+    KernelInputError,
+    UnsupportedIsaError,
+    default_threads,
+    detect_isa,
+    get_kernel_library,
+    jit,
+    library,
+    runnable_isas,
+)
 from embedpipe.codegen.isa import ISAS, read_cpu_flags
 from embedpipe.codegen.library import build_module
 from embedpipe.errors import EmbedpipeError
@@ -27,16 +34,19 @@ GRAVITON3 = {"fp", "asimd", "asimddp", "sve"}
 CORTEX_A72 = {"fp", "asimd"}
 
 
-@pytest.mark.parametrize("flags,arch,expected", [
-    (ZEN4, "x86_64", "avx512_vnni"),
-    (SKYLAKE_X, "x86_64", "avx512"),
-    (HASWELL, "x86_64", "avx2"),
-    (OLD_X86, "x86_64", "generic"),
-    (ZEN4 - {"avx512bw"}, "x86_64", "avx2"),
-    (GRAVITON3, "aarch64", "neon_dotprod"),
-    (CORTEX_A72, "aarch64", "neon"),
-    (set(), "aarch64", "generic_aarch64"),
-])
+@pytest.mark.parametrize(
+    "flags,arch,expected",
+    [
+        (ZEN4, "x86_64", "avx512_vnni"),
+        (SKYLAKE_X, "x86_64", "avx512"),
+        (HASWELL, "x86_64", "avx2"),
+        (OLD_X86, "x86_64", "generic"),
+        (ZEN4 - {"avx512bw"}, "x86_64", "avx2"),
+        (GRAVITON3, "aarch64", "neon_dotprod"),
+        (CORTEX_A72, "aarch64", "neon"),
+        (set(), "aarch64", "generic_aarch64"),
+    ],
+)
 def test_detect_from_flags(flags, arch, expected, monkeypatch):
     monkeypatch.delenv("EMBEDPIPE_ISA", raising=False)
     assert detect_isa(flags, arch).name == expected
@@ -50,12 +60,15 @@ def test_override_picks_weaker_isa(monkeypatch):
     assert detect_isa(GRAVITON3, "aarch64").name == "generic_aarch64"
 
 
-@pytest.mark.parametrize("flags,arch,wanted,needle", [
-    (HASWELL, "x86_64", "avx512_vnni", "avx512_vnni"),
-    (SKYLAKE_X, "x86_64", "avx512_vnni", "avx512_vnni"),
-    (ZEN4, "x86_64", "neon", "aarch64"),
-    (CORTEX_A72, "aarch64", "neon_dotprod", "asimddp"),
-])
+@pytest.mark.parametrize(
+    "flags,arch,wanted,needle",
+    [
+        (HASWELL, "x86_64", "avx512_vnni", "avx512_vnni"),
+        (SKYLAKE_X, "x86_64", "avx512_vnni", "avx512_vnni"),
+        (ZEN4, "x86_64", "neon", "aarch64"),
+        (CORTEX_A72, "aarch64", "neon_dotprod", "asimddp"),
+    ],
+)
 def test_override_unsupported_is_clear_error(flags, arch, wanted, needle, monkeypatch):
     monkeypatch.setenv("EMBEDPIPE_ISA", wanted)
     with pytest.raises(UnsupportedIsaError, match=f"cannot run on this CPU.*{needle}"):
@@ -70,8 +83,7 @@ def test_override_unknown_name(monkeypatch):
 
 def test_library_refuses_isa_cpu_lacks():
     host = read_cpu_flags()
-    missing = [s.name for s in ISAS.values() if s.name not in {r.name for r in runnable_isas()}
-               and s.name != "generic"]
+    missing = [s.name for s in ISAS.values() if s.name not in {r.name for r in runnable_isas()} and s.name != "generic"]
     assert missing  # at least the aarch64 entries on x86 (and vice versa)
     for name in missing:
         with pytest.raises(EmbedpipeError):
@@ -96,14 +108,17 @@ def q8():
     return lib, lib.prepare_matmul(Q.Q8_0, random_raw(Q.Q8_0, 48, 64, rng), 48, 64)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros((4, 64), np.float64), "float32"),
-    (np.zeros((4, 63), np.float32), r"shape \(T, 64\)"),
-    (np.zeros((64,), np.float32), r"shape \(T, 64\)"),
-    (np.zeros((4, 128), np.float32)[:, ::2], "C-contiguous"),
-    (np.asfortranarray(np.zeros((4, 64), np.float32)), "C-contiguous"),
-    ([[0.0] * 64], "numpy array"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((4, 64), np.float64), "float32"),
+        (np.zeros((4, 63), np.float32), r"shape \(T, 64\)"),
+        (np.zeros((64,), np.float32), r"shape \(T, 64\)"),
+        (np.zeros((4, 128), np.float32)[:, ::2], "C-contiguous"),
+        (np.asfortranarray(np.zeros((4, 64), np.float32)), "C-contiguous"),
+        ([[0.0] * 64], "numpy array"),
+    ],
+)
 def test_bad_activation_rejected(q8, bad, match):
     _, mm = q8
     with pytest.raises(KernelInputError, match=match):
@@ -128,18 +143,22 @@ def test_bad_weights_rejected(q8):
         lib.prepare_matmul(Q.Q8_0, raw, 0, 64)
 
 
-@pytest.mark.parametrize("isa,must,must_not", [
-    ("avx512_vnni", ["vpdpbusd", "zmm"], ["vpmaddwd"]),
-    ("avx512", ["vpmaddwd", "zmm"], ["vpdpbusd"]),
-    ("avx2", ["vpmaddubsw", "vpsignb", "vpmaddwd", "ymm", "vfmadd"], ["zmm", "vpdpbusd"]),
-    ("generic", ["pmaddwd"], ["ymm", "zmm", "vfmadd"]),
-    ("neon_dotprod", ["sdot"], []),
-    ("neon", ["smull"], ["sdot"]),
-])
+@pytest.mark.parametrize(
+    "isa,must,must_not",
+    [
+        ("avx512_vnni", ["vpdpbusd", "zmm"], ["vpmaddwd"]),
+        ("avx512", ["vpmaddwd", "zmm"], ["vpdpbusd"]),
+        ("avx2", ["vpmaddubsw", "vpsignb", "vpmaddwd", "ymm", "vfmadd"], ["zmm", "vpdpbusd"]),
+        ("generic", ["pmaddwd"], ["ymm", "zmm", "vfmadd"]),
+        ("neon_dotprod", ["sdot"], []),
+        ("neon", ["smull"], ["sdot"]),
+    ],
+)
 def test_instruction_selection(isa, must, must_not):
     import llvmlite.ir as llir
 
     from embedpipe.codegen import ir_float, ir_q8
+
     spec = ISAS[isa]
     module = llir.Module()
     module.triple = spec.triple
@@ -168,16 +187,19 @@ def test_disk_cache_hit(tmp_path, monkeypatch):
 
 def test_warm_process_loads_fast(tmp_path):
     """A second process finds every kernel object on disk and is ready in well under 1 s."""
-    code = ("import time; t=time.perf_counter(); from embedpipe.codegen import jit, "
-            "get_kernel_library; lib=get_kernel_library(threads=1); "
-            "print(jit.STATS.compiled, jit.STATS.cache_hits, lib.load_seconds)")
-    env = dict(os.environ, EMBEDPIPE_KERNEL_CACHE=str(tmp_path),
-               PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    code = (
+        "import time; t=time.perf_counter(); from embedpipe.codegen import jit, "
+        "get_kernel_library; lib=get_kernel_library(threads=1); "
+        "print(jit.STATS.compiled, jit.STATS.cache_hits, lib.load_seconds)"
+    )
+    env = dict(os.environ, EMBEDPIPE_KERNEL_CACHE=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     env.pop("EMBEDPIPE_ISA", None)
-    cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.split()
-    warm = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.split()
+    cold = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    warm = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert cold[:2] == ["1", "0"] and warm[:2] == ["0", "1"]
     assert float(warm[2]) < 0.5
 

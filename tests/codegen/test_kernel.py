@@ -38,8 +38,9 @@ def test_rowdot_matches_twin(isa, dtype, n, d, monkeypatch):
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=IDS)
-@pytest.mark.parametrize("shape,k", [((7, 1000), 10), ((3, 5), 8), ((600, 2000), 1),
-                                     ((1, 1), 1), ((33, 131), 17), ((1200, 900), 5)])
+@pytest.mark.parametrize(
+    "shape,k", [((7, 1000), 10), ((3, 5), 8), ((600, 2000), 1), ((1, 1), 1), ((33, 131), 17), ((1200, 900), 5)]
+)
 def test_topk_matches_twin(isa, shape, k, monkeypatch):
     monkeypatch.setenv("EMBEDPIPE_THREADS", "2")  # 1200x900 splits over the pool
     s = np.random.default_rng(k).standard_normal(shape).astype(np.float32)
@@ -74,8 +75,13 @@ def _broken(b: ir.IRBuilder, isa) -> None:
 
 def test_compile_failure_warns_once_and_runs_the_twin(caplog):
     twin = lambda x: x * 2  # noqa: E731
-    bad = Kernel("broken", [("x", PTR), ("n", I64)], _broken, twin=twin,
-                 drive=lambda native, x: pytest.fail("the driver ran without a kernel"))
+    bad = Kernel(
+        "broken",
+        [("x", PTR), ("n", I64)],
+        _broken,
+        twin=twin,
+        drive=lambda native, x: pytest.fail("the driver ran without a kernel"),
+    )
     module = KernelModule("ep_test_broken", [bad])
     try:
         with caplog.at_level(logging.WARNING, logger="embedpipe.codegen.kernel"):
@@ -93,6 +99,7 @@ def test_compile_failure_warns_once_and_runs_the_twin(caplog):
 
 def test_real_kernel_falls_back_when_llvm_fails(monkeypatch, caplog):
     """The row-dot wiring itself: a failing compile gives the twin's numbers, one warning."""
+
     def fail(*args):
         raise RuntimeError("LLVM ERROR: forced for the test")
 

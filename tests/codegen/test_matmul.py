@@ -38,8 +38,18 @@ def _tight_reference(lib, qtype, raw, x, n, k):
     return xf @ wf.T
 
 
-def check(isa: str, qtype: Q, t: int, n: int, k: int, seed: int = 0, wscale: float = 1.0,
-          xscale: float = 1.0, zero_blocks: bool = False, threads: int = 2) -> None:
+def check(
+    isa: str,
+    qtype: Q,
+    t: int,
+    n: int,
+    k: int,
+    seed: int = 0,
+    wscale: float = 1.0,
+    xscale: float = 1.0,
+    zero_blocks: bool = False,
+    threads: int = 2,
+) -> None:
     rng = np.random.default_rng(seed)
     lib = get_kernel_library(isa, threads)
     raw = random_raw(qtype, n, k, rng, wscale)
@@ -68,14 +78,14 @@ def check(isa: str, qtype: Q, t: int, n: int, k: int, seed: int = 0, wscale: flo
 
 def random_raw_from(qtype: Q, w: np.ndarray) -> np.ndarray:
     from gguf import quants
+
     return np.asarray(quants.quantize(w, qtype)).view(np.uint8).reshape(w.shape[0], -1)
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda q: q.name)
 def test_ragged_shapes(isa, qtype):
-    for i, (t, n, k) in enumerate([(1, 1, 32), (3, 7, 64), (5, 50, 96), (17, 97, 256),
-                                   (67, 33, 512), (13, 130, 288)]):
+    for i, (t, n, k) in enumerate([(1, 1, 32), (3, 7, 64), (5, 50, 96), (17, 97, 256), (67, 33, 512), (13, 130, 288)]):
         check(isa, qtype, t, n, _k_for(qtype, k), seed=i)
 
 
@@ -101,12 +111,16 @@ def test_extreme_scales(isa, qtype, wscale, xscale):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.F16], ids=lambda q: q.name)
-@pytest.mark.parametrize("n,row_split_min", [(200, 128), (500, 128), (500, 1)],
-                         ids=["few-panels:rows", "many-panels:panels", "long-batch:rows"])
+@pytest.mark.parametrize(
+    "n,row_split_min",
+    [(200, 128), (500, 128), (500, 1)],
+    ids=["few-panels:rows", "many-panels:panels", "long-batch:rows"],
+)
 def test_threads_agree_bitwise(isa, qtype, n, row_split_min, monkeypatch):
     """Every work split gives exactly the single-thread result (each output element is
     computed by one thread in the same order)."""
     from embedpipe.codegen import library
+
     monkeypatch.setattr(library, "MIN_PARALLEL_MACS", 0)
     monkeypatch.setattr(library, "ROW_SPLIT_MIN_ROWS", row_split_min)
     rng = np.random.default_rng(5)

@@ -29,7 +29,8 @@ SYSROOT = Path("/usr/aarch64-linux-gnu")
 requires_emulation = pytest.mark.skipif(
     not (QEMU and CROSS_CC),
     reason="AArch64 emulation unavailable: needs qemu-aarch64 and aarch64-linux-gnu-gcc "
-           "(run scripts/install_emulation.sh)")
+    "(run scripts/install_emulation.sh)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +42,30 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
         text, symbols = build_module(isa)
         (work / "kernels.o").write_bytes(jit.compile_object(text, isa))
         exe = work / "harness"
-        subprocess.run([CROSS_CC, "-O1", "-static", f"-DQUANT={symbols['quantize']}",
-                        f"-DQ8MM={symbols['q8mm']}", f"-DF32MM={symbols['f32mm']}",
-                        f"-DGELU={symbols['gelu_mul']}", f"-DRMS={symbols['rms_norm']}",
-                        f"-DMR={TILES[name][0].mr}", str(HARNESS), str(work / "kernels.o"),
-                        "-o", str(exe)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                CROSS_CC,
+                "-O1",
+                "-static",
+                f"-DQUANT={symbols['quantize']}",
+                f"-DQ8MM={symbols['q8mm']}",
+                f"-DF32MM={symbols['f32mm']}",
+                f"-DGELU={symbols['gelu_mul']}",
+                f"-DRMS={symbols['rms_norm']}",
+                f"-DMR={TILES[name][0].mr}",
+                str(HARNESS),
+                str(work / "kernels.o"),
+                "-o",
+                str(exe),
+            ],
+            check=True,
+            capture_output=True,
+        )
         out[name] = exe
     return out
 
 
-def run_neon(exe: Path, isa_name: str, qtype: Q, raw: np.ndarray, x: np.ndarray, n: int,
-             k: int) -> np.ndarray:
+def run_neon(exe: Path, isa_name: str, qtype: Q, raw: np.ndarray, x: np.ndarray, n: int, k: int) -> np.ndarray:
     isa = ISAS[isa_name]
     int_tile, float_tile = TILES[isa_name]
     fmt = FORMATS[qtype]
@@ -67,16 +81,28 @@ def run_neon(exe: Path, isa_name: str, qtype: Q, raw: np.ndarray, x: np.ndarray,
         (work / "d.bin").write_bytes(wd.tobytes())
         args = ["int", wq.shape[0], str(work / "d.bin")]
     (work / "x.bin").write_bytes(np.ascontiguousarray(x, np.float32).tobytes())
-    cmd = [QEMU, "-L", str(SYSROOT), str(exe), args[0], str(len(x)), str(n), str(k),
-           str(args[1]), str(work / "w.bin"), args[2], str(work / "x.bin"), str(work / "y.bin")]
+    cmd = [
+        QEMU,
+        "-L",
+        str(SYSROOT),
+        str(exe),
+        args[0],
+        str(len(x)),
+        str(n),
+        str(k),
+        str(args[1]),
+        str(work / "w.bin"),
+        args[2],
+        str(work / "x.bin"),
+        str(work / "y.bin"),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     return np.fromfile(work / "y.bin", dtype=np.float32).reshape(len(x), n)
 
 
 @requires_emulation
 @pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon", "generic_aarch64"])
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q6_K, Q.F32, Q.F16, Q.BF16],
-                         ids=lambda q: q.name)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q6_K, Q.F32, Q.F16, Q.BF16], ids=lambda q: q.name)
 def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
     rng = np.random.default_rng(7)
     for t, n, k in [(1, 5, 256), (13, 37, 512), (6, 8, 768)]:
@@ -91,8 +117,9 @@ def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
             continue
         xq, xd = ir_q8.quantize_reference(x)
         q, d = FORMATS[qtype].repack(raw, n, k)
-        tight = ((xq.reshape(t, -1, 32) * xd[:, :, None].astype(np.float64)).reshape(t, k)
-                 @ (q.reshape(n, -1, 32) * d[:, :, None].astype(np.float64)).reshape(n, k).T)
+        tight = (xq.reshape(t, -1, 32) * xd[:, :, None].astype(np.float64)).reshape(t, k) @ (
+            q.reshape(n, -1, 32) * d[:, :, None].astype(np.float64)
+        ).reshape(n, k).T
         assert np.abs(y - tight).max() <= 2e-6 * np.abs(tight).max()
         assert np.abs(y - ref).max() <= 2e-2 * scale
 
@@ -102,9 +129,26 @@ def _run_rowwise(exe: Path, mode: str, x: np.ndarray, second: np.ndarray) -> np.
     (work / "x.bin").write_bytes(np.ascontiguousarray(x, np.float32).tobytes())
     (work / "w.bin").write_bytes(np.ascontiguousarray(second, np.float32).tobytes())
     t, n = x.shape
-    subprocess.run([QEMU, "-L", str(SYSROOT), str(exe), mode, str(t), str(n), "0", "0",
-                    str(work / "w.bin"), "-", str(work / "x.bin"), str(work / "y.bin")],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            QEMU,
+            "-L",
+            str(SYSROOT),
+            str(exe),
+            mode,
+            str(t),
+            str(n),
+            "0",
+            "0",
+            str(work / "w.bin"),
+            "-",
+            str(work / "x.bin"),
+            str(work / "y.bin"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return np.fromfile(work / "y.bin", dtype=np.float32).reshape(t, n)
 
 
@@ -124,5 +168,5 @@ def test_neon_gelu_and_rms_norm(harnesses, isa_name):
     w = rng.standard_normal(70).astype(np.float32)
     y = _run_rowwise(harnesses[isa_name], "rms", x, w)
     xd = x.astype(np.float64)
-    ref = xd / np.sqrt((xd ** 2).mean(axis=-1, keepdims=True) + 1e-6) * w
+    ref = xd / np.sqrt((xd**2).mean(axis=-1, keepdims=True) + 1e-6) * w
     assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max()

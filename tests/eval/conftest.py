@@ -12,9 +12,11 @@ import pytest
 
 from embedpipe.pipeline import IngestConfig, ingest
 
-WORDS = ("apple banana cherry grape lemon mango orange pear plum melon river mountain forest "
-         "desert ocean island valley canyon glacier volcano engine wheel rocket train bicycle "
-         "boat plane truck").split()
+WORDS = (
+    "apple banana cherry grape lemon mango orange pear plum melon river mountain forest "
+    "desert ocean island valley canyon glacier volcano engine wheel rocket train bicycle "
+    "boat plane truck"
+).split()
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -41,8 +43,17 @@ def emb_dir(tmp_path_factory, tiny_emb, eval_cache) -> Path:
     texts = make_texts(300)
     src = root / "corpus.parquet"
     pq.write_table(pa.table({"text": texts, "name": [f"n{i}" for i in range(len(texts))]}), src)
-    ingest(IngestConfig(inputs=[str(src)], output=str(root / "emb"), keep=["name"], task="document",
-                        cache_dir=str(eval_cache), progress=False), embedder=tiny_emb)
+    ingest(
+        IngestConfig(
+            inputs=[str(src)],
+            output=str(root / "emb"),
+            keep=["name"],
+            task="document",
+            cache_dir=str(eval_cache),
+            progress=False,
+        ),
+        embedder=tiny_emb,
+    )
     return root / "emb"
 
 
@@ -53,8 +64,9 @@ def beir_dir(tmp_path_factory) -> Path:
     texts = make_texts(60, seed=1)
     with open(root / "corpus.jsonl", "w") as fh:
         for i, t in enumerate(texts):
-            fh.write(json.dumps({"_id": f"d{i}", "title": t.split()[0] if i % 3 else "", "text": t,
-                                 "metadata": {}}) + "\n")
+            fh.write(
+                json.dumps({"_id": f"d{i}", "title": t.split()[0] if i % 3 else "", "text": t, "metadata": {}}) + "\n"
+            )
     with open(root / "queries.jsonl", "w") as fh:
         for q in range(10):
             fh.write(json.dumps({"_id": f"q{q}", "text": texts[q * 5]}) + "\n")

@@ -16,13 +16,25 @@ runner = CliRunner()
 
 
 def _row(index, quant, dim, same, full, **knobs):
-    return {"index": index, "quant": quant, "dim": dim, "recall@10_same_dim": same,
-            "recall@10": full, "n_trees": None, "search_k": None, "m": None,
-            "ef_search": None, **knobs}
+    return {
+        "index": index,
+        "quant": quant,
+        "dim": dim,
+        "recall@10_same_dim": same,
+        "recall@10": full,
+        "n_trees": None,
+        "search_k": None,
+        "m": None,
+        "ef_search": None,
+        **knobs,
+    }
 
 
-ROWS = [_row("brute", "fp32", 768, 1.0, 1.0), _row("hnsw", "int8", 256, 0.97, 0.90, m=16, ef_search=32),
-        _row("hnsw", "int8", 256, 0.93, 0.88, m=16, ef_search=16)]
+ROWS = [
+    _row("brute", "fp32", 768, 1.0, 1.0),
+    _row("hnsw", "int8", 256, 0.97, 0.90, m=16, ef_search=32),
+    _row("hnsw", "int8", 256, 0.93, 0.88, m=16, ef_search=16),
+]
 
 
 def test_judge_names_failing_configurations_at_either_reference():
@@ -51,15 +63,28 @@ def test_json_and_junit_reports(tmp_path):
 
 
 def test_cli_exit_codes(emb_dir, tiny_gguf, eval_cache, tmp_path):
-    base = ["eval", "tradeoffs", str(emb_dir), "--n-queries", "10", "--dims", "64,32",
-            "--quants", "fp32", "--indexes", "brute", "--cache-dir", str(eval_cache),
-            "--backend", "numpy", "--no-progress"]
-    ok = runner.invoke(app, base + ["--min-recall", "0.99", "--at", "same-dim",
-                                    "--junit", str(tmp_path / "ok.xml")])
+    base = [
+        "eval",
+        "tradeoffs",
+        str(emb_dir),
+        "--n-queries",
+        "10",
+        "--dims",
+        "64,32",
+        "--quants",
+        "fp32",
+        "--indexes",
+        "brute",
+        "--cache-dir",
+        str(eval_cache),
+        "--backend",
+        "numpy",
+        "--no-progress",
+    ]
+    ok = runner.invoke(app, base + ["--min-recall", "0.99", "--at", "same-dim", "--junit", str(tmp_path / "ok.xml")])
     assert ok.exit_code == 0, ok.output
     assert ET.parse(tmp_path / "ok.xml").getroot().get("failures") == "0"
-    bad = runner.invoke(app, base + ["--min-recall", "0.99", "--at", "768",
-                                     "--gate-json", str(tmp_path / "bad.json")])
+    bad = runner.invoke(app, base + ["--min-recall", "0.99", "--at", "768", "--gate-json", str(tmp_path / "bad.json")])
     assert bad.exit_code == 1
     assert "brute-fp32-d32" in bad.stderr and "brute-fp32-d64" not in bad.stderr
     assert json.loads((tmp_path / "bad.json").read_text())["failures"] == 1

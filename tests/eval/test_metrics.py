@@ -88,11 +88,14 @@ def test_read_qrels_crlf_header_blank_lines(tmp_path):
     assert read_qrels(p) == {"1": {"10": 1}, "3": {"12": 1}}
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"query-id\tcorpus-id\tscore\n1\t10\n", ":2: expected 3"),
-    (b"1\t10\tx\n", "not an integer"),
-    (b"1\t10\t\xff\n", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"query-id\tcorpus-id\tscore\n1\t10\n", ":2: expected 3"),
+        (b"1\t10\tx\n", "not an integer"),
+        (b"1\t10\t\xff\n", "not UTF-8"),
+    ],
+)
 def test_read_qrels_bad_lines(tmp_path, content, message):
     p = tmp_path / "bad.tsv"
     p.write_bytes(content)

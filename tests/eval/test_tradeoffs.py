@@ -21,8 +21,7 @@ def test_recall_is_measured_against_independent_exact_search():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 32)).astype(np.float32)
     q = x[:20] + 0.1 * rng.standard_normal((20, 32)).astype(np.float32)
-    rows = run_tradeoffs(x, q, Plan(dims=(32, 8), quants=("fp32", "int8"), indexes=("brute", "annoy")),
-                         progress=False)
+    rows = run_tradeoffs(x, q, Plan(dims=(32, 8), quants=("fp32", "int8"), indexes=("brute", "annoy")), progress=False)
     by = {(r["dim"], r["quant"], r["index"], r["n_trees"], r["search_k"]): r for r in rows}
     assert by[(32, "fp32", "brute", None, None)]["recall@10"] == 1.0
     # dim 8 exact search disagrees with the 32-d truth: Matryoshka loss shows up in recall@10

@@ -41,8 +41,9 @@ def summarize(results: list[dict]) -> dict:
     return {fam: dict(c) for fam, c in by_family.items()}
 
 
-def run_round(work: Path, seeds, n_gguf: int, n_index: int, n_ingest: int, seed: int,
-              timeout: float, log) -> list[dict]:
+def run_round(
+    work: Path, seeds, n_gguf: int, n_index: int, n_ingest: int, seed: int, timeout: float, log
+) -> list[dict]:
     cases = plan(seeds, work, n_gguf, n_index, n_ingest, seed)
     return run_cases(cases, timeout=timeout, log=log)
 
@@ -53,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index", type=int, default=200)
     ap.add_argument("--ingest", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--seconds", type=float, default=float(os.environ.get("FUZZ_SECONDS", 0)),
-                    help="keep running fresh rounds until this budget is spent (0: one round)")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=float(os.environ.get("FUZZ_SECONDS", 0)),
+        help="keep running fresh rounds until this budget is spent (0: one round)",
+    )
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a case counts as a hang")
     ap.add_argument("--json", type=Path, help="write every case and its outcome here")
     ap.add_argument("--quiet", action="store_true")
@@ -68,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             work = Path(tmp) / f"round{rnd}"
             work.mkdir()
-            results += run_round(work, seeds, args.gguf, args.index, args.ingest, args.seed + rnd,
-                                 args.timeout, log)
+            results += run_round(work, seeds, args.gguf, args.index, args.ingest, args.seed + rnd, args.timeout, log)
             rnd += 1
             if time.monotonic() - start >= args.seconds:
                 break

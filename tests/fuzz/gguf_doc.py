@@ -64,9 +64,11 @@ class GGUFDoc:
                 kvs.append(KV(key, vtype, bytes(f.parts[-1])))
             else:
                 kvs.append(KV(key, vtype, f.parts[-1].tolist()[0]))
-        tensors = [Tensor(t.name, [int(d) for d in t.shape], int(t.tensor_type), int(t.data_offset - r.data_offset))
-                   for t in r.tensors]
-        data = bytes(np.asarray(r.data[r.data_offset:]))
+        tensors = [
+            Tensor(t.name, [int(d) for d in t.shape], int(t.tensor_type), int(t.data_offset - r.data_offset))
+            for t in r.tensors
+        ]
+        data = bytes(np.asarray(r.data[r.data_offset :]))
         align = next((kv.value for kv in kvs if kv.key == "general.alignment"), 32)
         return cls(3, kvs, tensors, data, int(align))
 

@@ -18,8 +18,9 @@ def _special(out: Path, k: int) -> tuple[Path, str]:
     which = k % 8
     if which == 0:
         p = out / "binary-ids.parquet"
-        pq.write_table(pa.table({"id": pa.array([b"ok", b"\xff\xfe", b"\xc3"], pa.binary()),
-                                 "text": ["one", "two", "three"]}), p)
+        pq.write_table(
+            pa.table({"id": pa.array([b"ok", b"\xff\xfe", b"\xc3"], pa.binary()), "text": ["one", "two", "three"]}), p
+        )
         return p, "binary id, invalid UTF-8"
     if which == 1:
         p = out / "empty.jsonl"
@@ -39,8 +40,10 @@ def _special(out: Path, k: int) -> tuple[Path, str]:
         return p, "zero-row parquet"
     if which == 5:
         p = out / "mixed.jsonl"
-        p.write_bytes(b'{"id": "a", "text": "ok"}\n[1,2]\n"str"\n{"id": "b", "text": "caf\xff"}\nnull\n'
-                      b'{"id": {"x": 1}, "text": "dict id"}\n')
+        p.write_bytes(
+            b'{"id": "a", "text": "ok"}\n[1,2]\n"str"\n{"id": "b", "text": "caf\xff"}\nnull\n'
+            b'{"id": {"x": 1}, "text": "dict id"}\n'
+        )
         return p, "non-object lines, raw 0xff"
     if which == 6:
         p = out / "empty.parquet"
@@ -55,8 +58,14 @@ def ingest_case(seeds: Seeds, rng: np.random.Generator, out: Path, k: int) -> di
     model = str(seeds.models[0])
     if rng.random() < 0.35:
         path, what = _special(out, k)
-        return {"target": "ingest", "kind": "ingest_special", "what": what, "path": str(path), "model": model,
-                "id_col": "id"}
+        return {
+            "target": "ingest",
+            "kind": "ingest_special",
+            "what": what,
+            "path": str(path),
+            "model": model,
+            "id_col": "id",
+        }
     src = seeds.corpora[int(rng.integers(len(seeds.corpora)))]
     out.mkdir(parents=True, exist_ok=True)
     path = out / src.name
@@ -64,5 +73,11 @@ def ingest_case(seeds: Seeds, rng: np.random.Generator, out: Path, k: int) -> di
     for _ in range(int(rng.integers(1, 4))):
         data = byte_mutation(data, rng)
     path.write_bytes(data)
-    return {"target": "ingest", "kind": "ingest_bytes", "path": str(path), "model": model, "id_col": "id",
-            "seed": src.name}
+    return {
+        "target": "ingest",
+        "kind": "ingest_bytes",
+        "path": str(path),
+        "model": model,
+        "id_col": "id",
+        "seed": src.name,
+    }

@@ -16,9 +16,10 @@ import numpy as np
 from tests.fuzz.seeds import Seeds
 
 INTERESTING_U64 = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**33, 2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
-INTERESTING_I32 = [0, 1, -1, 2, -2, 127, 128, 255, 2**15, 2**31 - 1, -2**31, 2**24]
+INTERESTING_I32 = [0, 1, -1, 2, -2, 127, 128, 255, 2**15, 2**31 - 1, -(2**31), 2**24]
 
 # ----------------------------------------------------------------------------- bytes
+
 
 def byte_mutation(buf: bytes, rng: np.random.Generator, lo: int = 0, hi: int | None = None) -> bytes:
     """One bad-disk style edit inside [lo, hi)."""
@@ -34,31 +35,32 @@ def byte_mutation(buf: bytes, rng: np.random.Generator, lo: int = 0, hi: int | N
             b[p] ^= 1 << int(rng.integers(0, 8))
     elif kind == 1:  # interesting 64-bit value at an 8-aligned-ish spot
         v = INTERESTING_U64[int(rng.integers(len(INTERESTING_U64)))]
-        b[pos:pos + 8] = struct.pack("<Q", v)[: len(b[pos:pos + 8])]
+        b[pos : pos + 8] = struct.pack("<Q", v)[: len(b[pos : pos + 8])]
     elif kind == 2:
         v = INTERESTING_I32[int(rng.integers(len(INTERESTING_I32)))]
-        b[pos:pos + 4] = struct.pack("<i", v)[: len(b[pos:pos + 4])]
+        b[pos : pos + 4] = struct.pack("<i", v)[: len(b[pos : pos + 4])]
     elif kind == 3:  # truncate
         return bytes(b[:pos])
     elif kind == 4:  # zero a block
         n = int(rng.integers(1, 4096))
-        b[pos:pos + n] = bytes(len(b[pos:pos + n]))
+        b[pos : pos + n] = bytes(len(b[pos : pos + n]))
     elif kind == 5:  # 0xFF over a block (same size)
         n = int(rng.integers(1, 65536))
-        b[pos:pos + n] = b"\xff" * len(b[pos:pos + n])
+        b[pos : pos + n] = b"\xff" * len(b[pos : pos + n])
     elif kind == 6:  # random bytes
         n = int(rng.integers(1, 64))
-        b[pos:pos + n] = rng.integers(0, 256, len(b[pos:pos + n]), dtype=np.uint8).tobytes()
+        b[pos : pos + n] = rng.integers(0, 256, len(b[pos : pos + n]), dtype=np.uint8).tobytes()
     else:  # insert or delete bytes (shifts everything after)
         n = int(rng.integers(1, 16))
         if rng.random() < 0.5:
             b[pos:pos] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         else:
-            del b[pos:pos + n]
+            del b[pos : pos + n]
     return bytes(b)
 
 
 # ----------------------------------------------------------------------------- plan
+
 
 def plan(seeds: Seeds, work: Path, n_gguf: int, n_index: int, n_ingest: int, seed: int = 0) -> list[dict]:
     """Write n mutated files of each family under `work`; the cases that open them."""

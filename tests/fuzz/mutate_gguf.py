@@ -13,6 +13,7 @@ from tests.fuzz.seeds import Seeds
 
 # ----------------------------------------------------------------------------- GGUF
 
+
 def _header_end(doc: GGUFDoc) -> int:
     return len(doc.serialize()) - len(doc.data)
 
@@ -36,7 +37,7 @@ def gguf_count(seed: Path, rng, out: Path) -> dict:
     v = INTERESTING_U64[int(rng.integers(len(INTERESTING_U64)))]
     if rng.random() < 0.3:
         v = struct.unpack_from("<Q", buf, pos)[0] + int(rng.integers(-3, 4))
-    buf[pos:pos + 8] = struct.pack("<Q", v & (2**64 - 1))
+    buf[pos : pos + 8] = struct.pack("<Q", v & (2**64 - 1))
     out.write_bytes(bytes(buf))
     return {"target": "gguf", "kind": "gguf_count", "field": name, "value": v}
 
@@ -47,10 +48,19 @@ _SCALAR_TYPES = [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12]
 def _weird_value(kv: KV, rng) -> KV:
     choice = int(rng.integers(0, 9))
     if choice == 0:  # same type, extreme value
-        extremes = {0: [0, 255], 1: [-128, 0], 2: [0, 65535], 3: [-1, 0], 4: [0, 2**32 - 1, 10**7],
-                    5: [-1, 0, 2**31 - 1], 6: [0.0, -1.0, float("nan"), float("inf"), float("-inf"), 1e-45],
-                    7: [False, True], 10: [0, 2**64 - 1, 10**7], 11: [-1, 0, 2**63 - 1],
-                    12: [0.0, float("nan"), float("-inf")]}
+        extremes = {
+            0: [0, 255],
+            1: [-128, 0],
+            2: [0, 65535],
+            3: [-1, 0],
+            4: [0, 2**32 - 1, 10**7],
+            5: [-1, 0, 2**31 - 1],
+            6: [0.0, -1.0, float("nan"), float("inf"), float("-inf"), 1e-45],
+            7: [False, True],
+            10: [0, 2**64 - 1, 10**7],
+            11: [-1, 0, 2**63 - 1],
+            12: [0.0, float("nan"), float("-inf")],
+        }
         vals = extremes.get(kv.vtype)
         if vals:
             return KV(kv.key, kv.vtype, vals[int(rng.integers(len(vals)))])
@@ -63,7 +73,7 @@ def _weird_value(kv: KV, rng) -> KV:
     if choice == 4:
         return KV(kv.key, 7, True)
     if choice == 5:
-        return KV(kv.key, 11, int(rng.choice([-1, 0, 2**40, -2**62])))
+        return KV(kv.key, 11, int(rng.choice([-1, 0, 2**40, -(2**62)])))
     if choice == 6 and kv.vtype == ARRAY and kv.item_type == STRING:
         vals = list(kv.value)
         i = int(rng.integers(len(vals)))
@@ -125,12 +135,22 @@ def gguf_tensor(seed: Path, rng, out: Path) -> dict:
         change = f"type {t.ttype}"
     elif kind == 5:
         other = doc.tensors[int(rng.integers(len(doc.tensors)))]
-        t.offset = int(rng.choice([t.offset + 1, t.offset + 4, other.offset, other.offset + 32,
-                                   len(doc.data), len(doc.data) - 32, 2**63]))
+        t.offset = int(
+            rng.choice(
+                [t.offset + 1, t.offset + 4, other.offset, other.offset + 32, len(doc.data), len(doc.data) - 32, 2**63]
+            )
+        )
         change = f"offset {t.offset}"
     elif kind == 6:
-        t.name = rng.choice(["\udcff".encode("utf-8", "surrogatepass").decode("latin-1"), "x" * 70000,
-                             "blk.0.attn_q.weight", "token_embd.weight", ""])
+        t.name = rng.choice(
+            [
+                "\udcff".encode("utf-8", "surrogatepass").decode("latin-1"),
+                "x" * 70000,
+                "blk.0.attn_q.weight",
+                "token_embd.weight",
+                "",
+            ]
+        )
         change = "renamed"
     else:
         t.dims = t.dims + [1] * int(rng.integers(1, 4))
@@ -147,15 +167,18 @@ def gguf_weights(seed: Path, rng, out: Path) -> dict:
     n = int(rng.choice([4, 64, 4096, 65536]))
     pos = int(rng.integers(end, max(end + 1, len(b) - n)))
     fill = rng.choice([b"\xff", b"\x00", b"\x7f"])
-    b[pos:pos + n] = fill * len(b[pos:pos + n])
+    b[pos : pos + n] = fill * len(b[pos : pos + n])
     out.write_bytes(bytes(b))
     return {"target": "gguf", "kind": "gguf_weights", "bytes": n, "fill": fill.hex()}
 
 
-GGUF_MUTATORS: dict[str, Callable] = {"gguf_bytes": gguf_bytes, "gguf_count": gguf_count, "gguf_meta": gguf_meta,
-                                      "gguf_tensor": gguf_tensor, "gguf_weights": gguf_weights}
-
-
+GGUF_MUTATORS: dict[str, Callable] = {
+    "gguf_bytes": gguf_bytes,
+    "gguf_count": gguf_count,
+    "gguf_meta": gguf_meta,
+    "gguf_tensor": gguf_tensor,
+    "gguf_weights": gguf_weights,
+}
 
 
 def gguf_case(seeds: Seeds, rng, out: Path) -> dict:

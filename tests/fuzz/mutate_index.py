@@ -15,12 +15,42 @@ import numpy as np
 from tests.fuzz.mutate import byte_mutation
 from tests.fuzz.seeds import INDEX_DIM, Seeds
 
-HEADER_VALUES = [None, -1, 0, 1, 2, 7, 2**31, 2**40, 2**63, -2**63, 1.5, float("nan"), "x", "", [], {}, True,
-                 [0], [-1, 1], [2**40], "<f8", "|O", "<U4", ">f4", "<i8", "int8", "fp32", "hnsw", "annoy"]
+HEADER_VALUES = [
+    None,
+    -1,
+    0,
+    1,
+    2,
+    7,
+    2**31,
+    2**40,
+    2**63,
+    -(2**63),
+    1.5,
+    float("nan"),
+    "x",
+    "",
+    [],
+    {},
+    True,
+    [0],
+    [-1, 1],
+    [2**40],
+    "<f8",
+    "|O",
+    "<U4",
+    ">f4",
+    "<i8",
+    "int8",
+    "fp32",
+    "hnsw",
+    "annoy",
+]
 SLACK = "_fuzz_slack"
 
 
 # ----------------------------------------------------------------------------- index container
+
 
 def add_slack(path: Path) -> None:
     """Rewrite a container with a padding field in its header, so mutated headers of a
@@ -36,7 +66,7 @@ def add_slack(path: Path) -> None:
 def _parts(buf: bytes) -> tuple[int, dict | None]:
     header_len = struct.unpack_from("<I", buf, 12)[0] if len(buf) >= 24 else 0
     try:
-        return header_len, json.loads(buf[24:24 + header_len])
+        return header_len, json.loads(buf[24 : 24 + header_len])
     except ValueError:
         return header_len, None
 
@@ -53,7 +83,7 @@ def reseal(buf: bytes, header: dict | None = None) -> bytes:
         try:
             lo, size = int(header["payload_offset"]), int(header["payload_size"])
             if 0 <= lo and lo + size <= len(b):
-                header["payload_crc32"] = zlib.crc32(bytes(b[lo:lo + size]))
+                header["payload_crc32"] = zlib.crc32(bytes(b[lo : lo + size]))
         except (KeyError, TypeError, ValueError, OverflowError):
             pass
         header[SLACK] = ""
@@ -62,8 +92,8 @@ def reseal(buf: bytes, header: dict | None = None) -> bytes:
         if room >= 0:
             header[SLACK] = " " * room
             blob = json.dumps(header, sort_keys=True).encode()
-            b[24:24 + header_len] = blob
-    blob = bytes(b[24:24 + header_len])
+            b[24 : 24 + header_len] = blob
+    blob = bytes(b[24 : 24 + header_len])
     b[16:20] = struct.pack("<I", zlib.crc32(blob))
     return bytes(b)
 
@@ -95,8 +125,12 @@ def idx_bytes(seed: Path, rng, out: Path, fix: bool = False) -> dict:
     else:
         buf = byte_mutation(src.read_bytes(), rng)
         cont.write_bytes(reseal(buf) if fix else buf)
-    return {"target": "index", "kind": "idx_bytes_resealed" if fix else "idx_bytes",
-            "path": str(path), "verify": bool(rng.random() < 0.7)}
+    return {
+        "target": "index",
+        "kind": "idx_bytes_resealed" if fix else "idx_bytes",
+        "path": str(path),
+        "verify": bool(rng.random() < 0.7),
+    }
 
 
 def _refresh_ann_crc(ann: Path, sidecar: Path) -> None:
@@ -146,12 +180,20 @@ def idx_header(seed: Path, rng, out: Path) -> dict:
         value = HEADER_VALUES[int(rng.integers(len(HEADER_VALUES)))]
     _set_path(header, p, value)
     cont.write_bytes(reseal(buf, header))
-    return {"target": "index", "kind": "idx_header", "path": str(path), "field": ".".join(map(str, p)),
-            "value": repr(value)[:40], "verify": bool(rng.random() < 0.5)}
+    return {
+        "target": "index",
+        "kind": "idx_header",
+        "path": str(path),
+        "field": ".".join(map(str, p)),
+        "value": repr(value)[:40],
+        "verify": bool(rng.random() < 0.5),
+    }
 
 
-SECTION_VALUES = {"i": [-1, -2, 1, 2**31 - 1, -2**31, 2**40, -2**40, 127, -128, 10**6],
-                  "f": [float("nan"), float("inf"), float("-inf"), 1e38, 0.0, -1e-45]}
+SECTION_VALUES = {
+    "i": [-1, -2, 1, 2**31 - 1, -(2**31), 2**40, -(2**40), 127, -128, 10**6],
+    "f": [float("nan"), float("inf"), float("-inf"), 1e38, 0.0, -1e-45],
+}
 
 
 def idx_values(seed: Path, rng, out: Path) -> dict:
@@ -181,10 +223,16 @@ def idx_values(seed: Path, rng, out: Path) -> dict:
         if rng.random() < 0.3:  # just past the valid range
             v = int(np.clip(header.get("count", 0) + int(rng.integers(0, 3)), info_max.min, info_max.max))
     arr[idx] = v
-    buf[info["offset"]:info["offset"] + info["nbytes"]] = arr.tobytes()
+    buf[info["offset"] : info["offset"] + info["nbytes"]] = arr.tobytes()
     cont.write_bytes(reseal(bytes(buf)))
-    return {"target": "index", "kind": "idx_values", "path": str(path), "field": name, "value": repr(v),
-            "verify": bool(rng.random() < 0.5)}
+    return {
+        "target": "index",
+        "kind": "idx_values",
+        "path": str(path),
+        "field": name,
+        "value": repr(v),
+        "verify": bool(rng.random() < 0.5),
+    }
 
 
 def entry_level(seed: Path, rng, out: Path) -> dict:
@@ -197,24 +245,32 @@ def entry_level(seed: Path, rng, out: Path) -> dict:
     entry = header["params"]["entry"]
     kind = int(rng.integers(0, 4))
     if kind == 0:
-        header["params"]["entry"] = int(rng.choice([-1, header["count"], 2**31, -2**31, 2**40]))
+        header["params"]["entry"] = int(rng.choice([-1, header["count"], 2**31, -(2**31), 2**40]))
         what = f"entry {header['params']['entry']}"
     else:
-        name, item = {1: ("level", int(rng.choice([127, -1, 31, 40]))),
-                      2: ("upoff", int(rng.choice([2**40, -1, 10**6, 2**62]))),
-                      3: ("level", int(header["params"].get("max_level", 1)) + 1)}[kind]
+        name, item = {
+            1: ("level", int(rng.choice([127, -1, 31, 40]))),
+            2: ("upoff", int(rng.choice([2**40, -1, 10**6, 2**62]))),
+            3: ("level", int(header["params"].get("max_level", 1)) + 1),
+        }[kind]
         info = header["sections"][name]
         dt = np.dtype(info["dtype"])
         arr = np.frombuffer(buf, dt, count=info["nbytes"] // dt.itemsize, offset=info["offset"]).copy()
         arr[entry if rng.random() < 0.7 else int(rng.integers(len(arr)))] = item
-        buf[info["offset"]:info["offset"] + info["nbytes"]] = arr.tobytes()
+        buf[info["offset"] : info["offset"] + info["nbytes"]] = arr.tobytes()
         what = f"{name} {item}"
     cont.write_bytes(reseal(bytes(buf), header))
-    return {"target": "index", "kind": "hnsw_entry_level", "path": str(path), "change": what,
-            "verify": bool(rng.random() < 0.5)}
+    return {
+        "target": "index",
+        "kind": "hnsw_entry_level",
+        "path": str(path),
+        "change": what,
+        "verify": bool(rng.random() < 0.5),
+    }
 
 
 # ----------------------------------------------------------------------------- annoy nodes
+
 
 def annoy_nodes(seed: Path, rng, out: Path, spotify: bool = False) -> dict:
     """A node's n_descendants, child, leaf item id or split normal set to an extreme, in a
@@ -232,15 +288,20 @@ def annoy_nodes(seed: Path, rng, out: Path, spotify: bool = False) -> dict:
         i = int(rng.integers(n_items, n_nodes))
     col = int(rng.choice([0, 1, 2, 3, 3 + int(rng.integers(INDEX_DIM))]))
     K = INDEX_DIM + 2
-    vals = [-1, 0, 1, 2, K, K + 1, n_items, n_items - 1, n_items + 1, n_nodes, n_nodes - 1, 2**31 - 1, -2**31, i]
+    vals = [-1, 0, 1, 2, K, K + 1, n_items, n_items - 1, n_items + 1, n_nodes, n_nodes - 1, 2**31 - 1, -(2**31), i]
     v = int(vals[int(rng.integers(len(vals)))])
     if col >= 3 and rng.random() < 0.4:
         v = int(np.array([np.nan, np.inf, -np.inf], np.float32)[int(rng.integers(3))].view(np.int32))
     nodes = nodes.copy()
     nodes[i, col] = v
     nodes.tofile(ann)
-    case = {"kind": "annoy_nodes_spotify" if spotify else "annoy_nodes", "node": i, "col": col, "value": v,
-            "path": str(ann)}
+    case = {
+        "kind": "annoy_nodes_spotify" if spotify else "annoy_nodes",
+        "node": i,
+        "col": col,
+        "value": v,
+        "path": str(ann),
+    }
     if spotify:
         return {"target": "annoy_spotify", "dim": INDEX_DIM, **case}
     sidecar = Path(str(seed) + ".ids")
@@ -256,11 +317,12 @@ def spotify_bytes(seed: Path, rng, out: Path) -> dict:
 
 
 INDEX_MUTATORS: dict[str, Callable] = {
-    "idx_bytes": idx_bytes, "idx_bytes_resealed": lambda s, r, o: idx_bytes(s, r, o, fix=True),
-    "idx_header": idx_header, "idx_values": idx_values, "hnsw_entry_level": entry_level,
+    "idx_bytes": idx_bytes,
+    "idx_bytes_resealed": lambda s, r, o: idx_bytes(s, r, o, fix=True),
+    "idx_header": idx_header,
+    "idx_values": idx_values,
+    "hnsw_entry_level": entry_level,
 }
-
-
 
 
 def index_case(seeds: Seeds, rng, out: Path) -> dict:

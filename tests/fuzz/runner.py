@@ -26,18 +26,29 @@ def _env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     # EMBEDPIPE_FUZZ_CODE: another checkout whose embedpipe the workers import (a baseline run)
     code = os.environ.get("EMBEDPIPE_FUZZ_CODE")
-    env.update(PYTHONPATH=f"{code}{os.pathsep}{ROOT}" if code else str(ROOT), EMBEDPIPE_CACHE_DIR=str(cache), EMBEDPIPE_THREADS="1",
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env.update(
+        PYTHONPATH=f"{code}{os.pathsep}{ROOT}" if code else str(ROOT),
+        EMBEDPIPE_CACHE_DIR=str(cache),
+        EMBEDPIPE_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
-def _run_from(case_file: Path, first: int, timeout: float, env: dict,
-              results: dict[int, dict], only_one: bool = False) -> tuple[int | None, str, str]:
+def _run_from(
+    case_file: Path, first: int, timeout: float, env: dict, results: dict[int, dict], only_one: bool = False
+) -> tuple[int | None, str, str]:
     """Run cases from `first` until the worker ends; returns (index of a case that killed or
     hung the worker or None, 'signal'|'hang'|'', detail)."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.worker", str(case_file), str(first)],
-                            cwd=os.environ.get("EMBEDPIPE_FUZZ_CODE", ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fuzz.worker", str(case_file), str(first)],
+        cwd=os.environ.get("EMBEDPIPE_FUZZ_CODE", ROOT),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     started: int | None = None
@@ -81,14 +92,13 @@ def _run_from(case_file: Path, first: int, timeout: float, env: dict,
             proc.wait()
 
 
-def run_cases(cases: list[dict], timeout: float = 20.0, batch: int = 40,
-              log=None) -> list[dict]:
+def run_cases(cases: list[dict], timeout: float = 20.0, batch: int = 40, log=None) -> list[dict]:
     """Outcome of every case: dict(case, outcome, detail), in input order."""
     results: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="embedpipe-fuzz-") as tmp:
         env = _env(Path(tmp) / "cache")
         for lo in range(0, len(cases), batch):
-            chunk = cases[lo:lo + batch]
+            chunk = cases[lo : lo + batch]
             case_file = Path(tmp) / f"cases-{lo}.json"
             case_file.write_text(json.dumps(chunk))
             local: dict[int, dict] = {}
@@ -103,8 +113,10 @@ def run_cases(cases: list[dict], timeout: float = 20.0, batch: int = 40,
                 if bad2 == bad:
                     local[bad] = {"outcome": kind2, "detail": detail2}
                 else:  # only crashes after earlier cases: still a failure, marked as such
-                    local[bad] = {"outcome": kind, "detail": f"{detail} (in a batch only; alone: "
-                                  f"{alone.get(bad, {}).get('outcome')})"}
+                    local[bad] = {
+                        "outcome": kind,
+                        "detail": f"{detail} (in a batch only; alone: {alone.get(bad, {}).get('outcome')})",
+                    }
                 first = bad + 1
             for i, case in enumerate(chunk):
                 res = local.get(i, {"outcome": "lost", "detail": "no result"})

@@ -31,8 +31,7 @@ def _vectors(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def build_models(d: Path) -> list[Path]:
-    return [build_tiny_model(d, qtype=q).path
-            for q in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0)]
+    return [build_tiny_model(d, qtype=q).path for q in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.Q8_0)]
 
 
 def build_indexes(d: Path) -> tuple[list[Path], list[Path]]:
@@ -41,8 +40,10 @@ def build_indexes(d: Path) -> tuple[list[Path], list[Path]]:
     x = _vectors(INDEX_ROWS, INDEX_DIM, 1)
     str_ids = [f"doc-{i}" for i in range(INDEX_ROWS)]
     specs = [
-        ("brute", "fp32", {}, None), ("brute", "int8", {"scale_mode": "dim"}, str_ids),
-        ("brute", "int16", {"scale_mode": "vector"}, None), ("brute", "int8", {"scale_mode": "vector"}, None),
+        ("brute", "fp32", {}, None),
+        ("brute", "int8", {"scale_mode": "dim"}, str_ids),
+        ("brute", "int16", {"scale_mode": "vector"}, None),
+        ("brute", "int8", {"scale_mode": "vector"}, None),
         ("annoy", "fp32", {"n_trees": 4}, str_ids),
         ("hnsw", "fp32", {"m": 6, "ef_construction": 24}, None),
         ("hnsw", "int8", {"m": 6, "ef_construction": 24, "scale_mode": "dim"}, str_ids),
@@ -77,11 +78,16 @@ def build_corpora(d: Path) -> list[Path]:
     out = []
     pq.write_table(table, d / "corpus.parquet")
     out.append(d / "corpus.parquet")
-    lines = [b'{"id": "a", "text": "alpha beta"}', b'{"id": "b", "text": "gamma"}', b'[1, 2]',
-             b'{"id": "c", "text": "caf\xc3\xa9"}', b'{"id": "a", "text": "dup id"}']
+    lines = [
+        b'{"id": "a", "text": "alpha beta"}',
+        b'{"id": "b", "text": "gamma"}',
+        b"[1, 2]",
+        b'{"id": "c", "text": "caf\xc3\xa9"}',
+        b'{"id": "a", "text": "dup id"}',
+    ]
     (d / "corpus.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     out.append(d / "corpus.jsonl")
-    (d / "corpus.csv").write_bytes(b"id,text\na,alpha beta\nb,gamma delta\nc,\"quoted, text\"\na,dup\n")
+    (d / "corpus.csv").write_bytes(b'id,text\na,alpha beta\nb,gamma delta\nc,"quoted, text"\na,dup\n')
     out.append(d / "corpus.csv")
     with pa.OSFile(str(d / "corpus.arrow"), "wb") as sink:
         with pa.ipc.new_file(sink, table.schema) as w:

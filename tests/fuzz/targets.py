@@ -58,8 +58,15 @@ def ingest_file(case: dict) -> list[np.ndarray]:
     if model not in _embedders:
         _embedders[model] = Embedder.load(model, backend="numpy", threads=1)
     out = Path(case["path"]).with_suffix(".out")
-    cfg = IngestConfig(inputs=[case["path"]], output=str(out), model=model, id_col=case.get("id_col"),
-                       cache=False, overwrite=True, **case.get("options", {}))
+    cfg = IngestConfig(
+        inputs=[case["path"]],
+        output=str(out),
+        model=model,
+        id_col=case.get("id_col"),
+        cache=False,
+        overwrite=True,
+        **case.get("options", {}),
+    )
     ingest(cfg, embedder=_embedders[model])
     arrays = []
     for part in sorted(out.glob("*.parquet")):

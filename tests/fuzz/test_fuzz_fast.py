@@ -30,9 +30,14 @@ def _family(outcomes, targets):
     return [r for r in outcomes if r["case"]["target"] in targets]
 
 
-@pytest.mark.parametrize("family,targets", [
-    ("gguf", ("gguf",)), ("index", ("index", "annoy_spotify")), ("ingest", ("ingest",)),
-])
+@pytest.mark.parametrize(
+    "family,targets",
+    [
+        ("gguf", ("gguf",)),
+        ("index", ("index", "annoy_spotify")),
+        ("ingest", ("ingest",)),
+    ],
+)
 def test_no_crash_hang_traceback_or_silent_nan(outcomes, family, targets):
     results = _family(outcomes, targets)
     assert len(results) == COUNTS[family]

@@ -24,20 +24,26 @@ from embedpipe.indexes.validate import annoy_roots, check_index
 from embedpipe.runtime.gguf_parse import GGUFFormatError, parse_gguf
 from embedpipe.runtime.gguf_schema import metadata_problems
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-EXTREMES = [-2**31, -2, -1, 0, 1, 2, 5, 6, 7, 19, 20, 21, 40, 2**31 - 1]
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+EXTREMES = [-(2**31), -2, -1, 0, 1, 2, 5, 6, 7, 19, 20, 21, 40, 2**31 - 1]
 
 
 # ----------------------------------------------------------------------------- GGUF
+
 
 def _gguf_prefix(n_tensors: int, n_kv: int) -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv)
 
 
 @SETTINGS
-@given(body=st.binary(max_size=400), n_tensors=st.sampled_from([0, 1, 3, 2**20]),
-       n_kv=st.sampled_from([0, 1, 2, 2**20]))
+@given(
+    body=st.binary(max_size=400), n_tensors=st.sampled_from([0, 1, 3, 2**20]), n_kv=st.sampled_from([0, 1, 2, 2**20])
+)
 def test_gguf_parser_raises_only_its_own_error(tmp_path, body, n_tensors, n_kv):
     path = tmp_path / "x.gguf"
     path.write_bytes(_gguf_prefix(n_tensors, n_kv) + body)
@@ -52,8 +58,14 @@ def test_gguf_parser_raises_only_its_own_error(tmp_path, body, n_tensors, n_kv):
 @given(key_len=st.integers(0, 2**64 - 1), vtype=st.integers(0, 13), tail=st.binary(max_size=64))
 def test_gguf_lengths_and_counts_never_allocate_past_the_file(tmp_path, key_len, vtype, tail):
     path = tmp_path / "x.gguf"
-    path.write_bytes(_gguf_prefix(0, 1) + struct.pack("<Q", 3) + b"abc" + struct.pack("<I", vtype)
-                     + struct.pack("<Q", key_len) + tail)
+    path.write_bytes(
+        _gguf_prefix(0, 1)
+        + struct.pack("<Q", 3)
+        + b"abc"
+        + struct.pack("<I", vtype)
+        + struct.pack("<Q", key_len)
+        + tail
+    )
     with open(path, "rb") as fh:
         try:
             parse_gguf(fh)
@@ -61,15 +73,35 @@ def test_gguf_lengths_and_counts_never_allocate_past_the_file(tmp_path, key_len,
             pass
 
 
-_values = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=5), st.binary(max_size=5), st.lists(st.integers(), max_size=3))
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+    st.lists(st.integers(), max_size=3),
+)
 
 
 @SETTINGS
-@given(values=st.dictionaries(st.sampled_from([
-    "general.architecture", "general.alignment", "gemma-embedding.block_count",
-    "gemma-embedding.rope.freq_base", "gemma-embedding.attention.layer_norm_rms_epsilon",
-    "tokenizer.ggml.tokens", "tokenizer.ggml.bos_token_id", "gemma-embedding.pooling_type"]), _values))
+@given(
+    values=st.dictionaries(
+        st.sampled_from(
+            [
+                "general.architecture",
+                "general.alignment",
+                "gemma-embedding.block_count",
+                "gemma-embedding.rope.freq_base",
+                "gemma-embedding.attention.layer_norm_rms_epsilon",
+                "tokenizer.ggml.tokens",
+                "tokenizer.ggml.bos_token_id",
+                "gemma-embedding.pooling_type",
+            ]
+        ),
+        _values,
+    )
+)
 def test_metadata_schema_reports_never_raises(values):
     values.setdefault("general.architecture", "gemma-embedding")
     for problem in metadata_problems(values):
@@ -78,9 +110,11 @@ def test_metadata_schema_reports_never_raises(values):
 
 # ----------------------------------------------------------------------------- containers
 
-_json = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**66, 2**66), st.floats(), st.text(max_size=4)),
-                     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
-                     max_leaves=8)
+_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**66), 2**66), st.floats(), st.text(max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +122,33 @@ def container(tmp_path_factory):
     from tests.fuzz.mutate_index import add_slack
 
     path = tmp_path_factory.mktemp("c") / "c.idx"
-    build_index(np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32), kind="hnsw", m=4,
-                ef_construction=8).save(path)
+    build_index(
+        np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32), kind="hnsw", m=4, ef_construction=8
+    ).save(path)
     add_slack(path)
     return path.read_bytes()
 
 
 @SETTINGS
-@given(field=st.sampled_from(["type", "dim", "count", "quant", "id_kind", "columns", "params", "sections",
-                              "payload_offset", "payload_size", "source_dim"]), value=_json,
-       sub=st.sampled_from([None, "m", "entry", "ef_search", "codes", "nbr0"]))
+@given(
+    field=st.sampled_from(
+        [
+            "type",
+            "dim",
+            "count",
+            "quant",
+            "id_kind",
+            "columns",
+            "params",
+            "sections",
+            "payload_offset",
+            "payload_size",
+            "source_dim",
+        ]
+    ),
+    value=_json,
+    sub=st.sampled_from([None, "m", "entry", "ef_search", "codes", "nbr0"]),
+)
 def test_any_header_value_is_a_clean_index_error(tmp_path, container, field, value, sub):
     """Whatever a header field holds (checksums recomputed), opening the file either works or
     raises one short printable IndexFileError."""
@@ -119,6 +170,7 @@ def test_any_header_value_is_a_clean_index_error(tmp_path, container, field, val
 
 
 # ----------------------------------------------------------------------------- annoy trees
+
 
 def _annoy_oracle(nodes: np.ndarray, n_items: int, roots: list[int], K: int) -> None:
     """Every access the traversal kernel makes, bounds-checked, traversing all trees fully."""
@@ -154,8 +206,13 @@ def forest():
 
 
 @SETTINGS
-@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 6), st.sampled_from(EXTREMES + [-3, 30, 31, 29])),
-                      min_size=1, max_size=4))
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 6), st.sampled_from(EXTREMES + [-3, 30, 31, 29])),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_accepted_annoy_trees_are_safe_to_traverse(forest, edits):
     nodes = forest.copy()
     for node, col, value in edits:
@@ -169,6 +226,7 @@ def test_accepted_annoy_trees_are_safe_to_traverse(forest, edits):
 
 
 # ----------------------------------------------------------------------------- HNSW graphs
+
 
 def _hnsw_oracle(ix) -> None:
     """Every (node, layer) state the kernel can reach from the entry point, bounds-checked."""
@@ -205,9 +263,17 @@ def graph():
 
 
 @SETTINGS
-@given(edits=st.lists(st.tuples(st.sampled_from(["level", "upoff", "nbr0", "nbru", "entry"]), st.integers(0, 10**6),
-                                st.sampled_from([-2**40, -2, -1, 0, 1, 2, 3, 5, 59, 60, 61, 127, 2**31 - 1, 2**40])),
-                      min_size=1, max_size=3))
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["level", "upoff", "nbr0", "nbru", "entry"]),
+            st.integers(0, 10**6),
+            st.sampled_from([-(2**40), -2, -1, 0, 1, 2, 3, 5, 59, 60, 61, 127, 2**31 - 1, 2**40]),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_accepted_hnsw_graphs_are_safe_to_search(graph, edits):
     from embedpipe.indexes.hnsw import HnswIndex
 
@@ -221,8 +287,21 @@ def test_accepted_hnsw_graphs_are_safe_to_search(graph, edits):
         if len(a):
             info = np.iinfo(a.dtype)
             a[pos % len(a)] = min(max(value, info.min), info.max)
-    ix = HnswIndex(graph.codes, graph.scale, graph.quant, arrays["nbr0"], arrays["level"], arrays["upoff"],
-                   arrays["nbru"], entry, graph.params, graph.ids, graph.meta, None, graph.offset)
+    ix = HnswIndex(
+        graph.codes,
+        graph.scale,
+        graph.quant,
+        arrays["nbr0"],
+        arrays["level"],
+        arrays["upoff"],
+        arrays["nbru"],
+        entry,
+        graph.params,
+        graph.ids,
+        graph.meta,
+        None,
+        graph.offset,
+    )
     try:
         check_index("g.idx", ix)
     except IndexFileError:

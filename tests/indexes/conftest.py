@@ -48,6 +48,7 @@ def _batched(use_jit: bool) -> Callable[[VectorIndex, np.ndarray, int], Result]:
     def run(ix: VectorIndex, q: np.ndarray, k: int) -> Result:
         ix.use_jit = use_jit
         return ix.search_rows(q, k)
+
     return run
 
 
@@ -55,6 +56,7 @@ def _annoy(use_jit: bool) -> Callable[[VectorIndex, np.ndarray, int], Result]:
     def run(ix: VectorIndex, q: np.ndarray, k: int) -> Result:
         ix.use_jit = use_jit
         return ix.search_rows(q, k, search_k=400)
+
     return run
 
 
@@ -63,21 +65,43 @@ def _brute(quant: str, mode: str) -> Callable[[], VectorIndex]:
 
 
 TWINS: list[Twin] = [
-    *(Twin(f"brute-{quant}-{mode}-scan", _brute(quant, mode), _one_at_a_time, _dense_reference)
-      for quant in ("fp32", "int16", "int8") for mode in ("dim", "vector")),
-    *(Twin(f"brute-int8-{mode}-q8-gemm", _brute("int8", mode), _batched(True), _dense_reference,
-           ready=lambda ix: ix._q8_matmul() is not None)
-      for mode in ("dim", "vector")),
-    *(Twin(f"brute-{quant}-blas-blocks", _brute(quant, "dim"), _batched(False), _dense_reference)
-      for quant in ("fp32", "int8")),
-    Twin("annoy-traversal-kernel", lambda: build_index(clustered(900, D, seed=12), kind="annoy", n_trees=6),
-         _annoy(True), _annoy(False)),
-    *(Twin(f"hnsw-{quant}-{mode}-search-kernel",
-           lambda quant=quant, mode=mode: build_index(clustered(1500, D, seed=1), kind="hnsw", quant=quant,
-                                                       m=8, ef_construction=60, scale_mode=mode),
-           lambda ix, q, k: ix.search_rows(q, k, ef_search=40),
-           lambda ix, q, k: ix.search_reference(q, k, 40), floor=0.97)
-      for quant, mode in (("fp32", "dim"), ("int8", "dim"), ("int8", "vector"))),
+    *(
+        Twin(f"brute-{quant}-{mode}-scan", _brute(quant, mode), _one_at_a_time, _dense_reference)
+        for quant in ("fp32", "int16", "int8")
+        for mode in ("dim", "vector")
+    ),
+    *(
+        Twin(
+            f"brute-int8-{mode}-q8-gemm",
+            _brute("int8", mode),
+            _batched(True),
+            _dense_reference,
+            ready=lambda ix: ix._q8_matmul() is not None,
+        )
+        for mode in ("dim", "vector")
+    ),
+    *(
+        Twin(f"brute-{quant}-blas-blocks", _brute(quant, "dim"), _batched(False), _dense_reference)
+        for quant in ("fp32", "int8")
+    ),
+    Twin(
+        "annoy-traversal-kernel",
+        lambda: build_index(clustered(900, D, seed=12), kind="annoy", n_trees=6),
+        _annoy(True),
+        _annoy(False),
+    ),
+    *(
+        Twin(
+            f"hnsw-{quant}-{mode}-search-kernel",
+            lambda quant=quant, mode=mode: build_index(
+                clustered(1500, D, seed=1), kind="hnsw", quant=quant, m=8, ef_construction=60, scale_mode=mode
+            ),
+            lambda ix, q, k: ix.search_rows(q, k, ef_search=40),
+            lambda ix, q, k: ix.search_reference(q, k, 40),
+            floor=0.97,
+        )
+        for quant, mode in (("fp32", "dim"), ("int8", "dim"), ("int8", "vector"))
+    ),
 ]
 
 

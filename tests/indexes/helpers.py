@@ -31,8 +31,14 @@ def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 recall = recall_vs_exact  # the package's one recall measure (top-k width of the truth)
 
 
-def assert_same_knn(scores: np.ndarray, ids: np.ndarray, want_scores: np.ndarray,
-                    want_ids: np.ndarray, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+def assert_same_knn(
+    scores: np.ndarray,
+    ids: np.ndarray,
+    want_scores: np.ndarray,
+    want_ids: np.ndarray,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
     """Two top-k results agree: scores within tolerance, ids equal up to ties.
 
     Positions whose reference scores are equal within tolerance form a tied group whose ids may
@@ -50,6 +56,7 @@ def assert_same_knn(scores: np.ndarray, ids: np.ndarray, want_scores: np.ndarray
             while j < k and abs(s[j] - s[j - 1]) <= atol + rtol * abs(s[j - 1]):
                 j += 1
             if j < k:
-                assert sorted(row[i:j].tolist()) == sorted(want_row[i:j].tolist()), \
+                assert sorted(row[i:j].tolist()) == sorted(want_row[i:j].tolist()), (
                     f"query {r}, ranks {i}..{j - 1}: {row[i:j]} != {want_row[i:j]}"
+                )
             i = j

@@ -79,10 +79,9 @@ def test_wrong_dim_corrupt_and_mismatched_files(tmp_path, data):
     path.write_bytes(bytes(raw))
     with pytest.raises(IndexFileError, match="checksum"):
         load_index(path)
-    path.write_bytes(bytes(raw[:-4 * (D + 3)]))
+    path.write_bytes(bytes(raw[: -4 * (D + 3)]))
     with pytest.raises(IndexFileError, match="sidecar says|truncated"):
         load_index(path)
     (tmp_path / "a.ann.ids").unlink()
     with pytest.raises(IndexFileError, match="no annoy sidecar"):
         load_index(path)
-

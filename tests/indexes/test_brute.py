@@ -89,4 +89,3 @@ def test_topk_kernel_matches_argpartition(shape, k):
     got, want = topk_desc(s, k), topk_reference(s, k)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
-

@@ -13,8 +13,14 @@ from .helpers import DATASETS, clustered, exact_topk, recall
 CONFIGS = [(kind, quant) for kind, cls in INDEX_TYPES.items() for quant in cls.quants]
 PARAMS = {"brute": {}, "annoy": {"n_trees": 10, "search_k": 3000}, "hnsw": {"m": 12, "ef_search": 64}}
 # recall@10 floors vs exact fp32 on 1000 x 64 (int8 on 64-d clustered data has real ties)
-FLOOR = {("brute", "fp32"): 1.0, ("brute", "int16"): 0.999, ("brute", "int8"): 0.95,
-         ("annoy", "fp32"): 0.95, ("hnsw", "fp32"): 0.97, ("hnsw", "int8"): 0.93}
+FLOOR = {
+    ("brute", "fp32"): 1.0,
+    ("brute", "int16"): 0.999,
+    ("brute", "int8"): 0.95,
+    ("annoy", "fp32"): 0.95,
+    ("hnsw", "fp32"): 0.97,
+    ("hnsw", "int8"): 0.93,
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +56,12 @@ def test_recall_and_round_trip(tmp_path, data, kind, quant, dataset):
 def test_string_ids_and_columns(tmp_path, kind):
     x = clustered(300, 32, seed=5)
     names = [f"doc-{i}-é" for i in range(300)]
-    ix = (Builder(kind, **PARAMS[kind]).add(x[:150], names[:150], {"title": names[:150]})
-          .add(x[150:], names[150:], {"title": names[150:]}).build())
+    ix = (
+        Builder(kind, **PARAMS[kind])
+        .add(x[:150], names[:150], {"title": names[:150]})
+        .add(x[150:], names[150:], {"title": names[150:]})
+        .build()
+    )
     ix.save(tmp_path / "s")
     back = load_index(tmp_path / "s")
     scores, ids = back.search(x[[7, 200]], 3)

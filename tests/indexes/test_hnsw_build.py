@@ -43,11 +43,12 @@ def test_graph_invariants_after_insertion():
     g = build_graph(_store(x, "fp32", "dim"), m, 48, seed=1)
     n = len(x)
     for layer_rows, nodes in [(g.nbr0, np.arange(n))] + [
-            (g.nbru[g.upoff[np.flatnonzero(g.level >= lv)] + lv - 1], np.flatnonzero(g.level >= lv))
-            for lv in range(1, int(g.level.max()) + 1)]:
+        (g.nbru[g.upoff[np.flatnonzero(g.level >= lv)] + lv - 1], np.flatnonzero(g.level >= lv))
+        for lv in range(1, int(g.level.max()) + 1)
+    ]:
         for row, u in zip(layer_rows, nodes):
             ids = row[row >= 0]
-            assert (row[len(ids):] < 0).all()  # -1 only as padding at the end
+            assert (row[len(ids) :] < 0).all()  # -1 only as padding at the end
             assert len(set(ids.tolist())) == len(ids) and u not in ids
     lv = g.level.astype(int)
     for u in np.flatnonzero(lv >= 1)[:100]:  # upper links only to nodes that live there
@@ -114,4 +115,4 @@ def test_incremental_insert_continues_a_graph():
 def _nearest_other(x, rows):
     s = x[rows] @ x.T
     s[np.arange(len(rows)), rows] = -np.inf
-    return np.argsort(-s, axis=1)[:, :2 * 8]
+    return np.argsort(-s, axis=1)[:, : 2 * 8]

@@ -26,8 +26,7 @@ class _NoBar:
         pass
 
 
-@pytest.mark.parametrize("module", [ANNOY_MODULE, HNSW_MODULE, PRUNE_MODULE],
-                         ids=lambda m: m.name)
+@pytest.mark.parametrize("module", [ANNOY_MODULE, HNSW_MODULE, PRUNE_MODULE], ids=lambda m: m.name)
 def test_ctypes_signature_is_the_compiled_ir_type(module):
     assert_signature_is_the_compiled_ir_type(module, ISAS[0])
 
@@ -41,8 +40,7 @@ def test_annoy_traversal_matches_python(isa):
     scratch = AnnoyScratch(len(ix.nodes), ix.n_items)
     for qi in ix.prepare_queries(x[850:870]):
         for search_k in (300, 10**9):  # a cut-off (heap ties may order differently), no cut-off
-            cand, scores = scratch.run(native, ix.nodes, ix.dim, ix.n_items, ix._roots_arr, qi,
-                                       search_k, ix.K)
+            cand, scores = scratch.run(native, ix.nodes, ix.dim, ix.n_items, ix._roots_arr, qi, search_k, ix.K)
             assert len(np.unique(cand)) == len(cand)
             exact = ix.items[cand] @ qi / np.maximum(ix.item_norm[cand], 1e-30)
             np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-6)
@@ -50,8 +48,10 @@ def test_annoy_traversal_matches_python(isa):
             if search_k > ix.n_items:
                 np.testing.assert_array_equal(np.sort(cand), want)
             else:
-                top, top_want = cand[np.argsort(-scores)[:10]], want[np.argsort(
-                    -(ix.items[want] @ qi / np.maximum(ix.item_norm[want], 1e-30)))[:10]]
+                top, top_want = (
+                    cand[np.argsort(-scores)[:10]],
+                    want[np.argsort(-(ix.items[want] @ qi / np.maximum(ix.item_norm[want], 1e-30)))[:10]],
+                )
                 assert len(set(top.tolist()) & set(top_want.tolist())) >= 8
 
 

@@ -24,10 +24,12 @@ def test_folded_scores_equal_scores_of_the_reconstruction(quant, mode):
     want = q @ scheme.dequantize(codes, scale, offset).T
     np.testing.assert_allclose(folded, want, rtol=1e-5, atol=1e-5)
     rows = np.array([3, 7, 299])
-    np.testing.assert_array_equal(scheme.dequantize(codes[rows], scale, offset, rows),
-                                  scheme.dequantize(codes, scale, offset)[rows])
-    np.testing.assert_allclose(scheme.row_scale(scale, len(x)) * np.ones(len(x)),
-                               scale if mode == "vector" else np.ones(len(x)))
+    np.testing.assert_array_equal(
+        scheme.dequantize(codes[rows], scale, offset, rows), scheme.dequantize(codes, scale, offset)[rows]
+    )
+    np.testing.assert_allclose(
+        scheme.row_scale(scale, len(x)) * np.ones(len(x)), scale if mode == "vector" else np.ones(len(x))
+    )
 
 
 def test_fp32_is_the_identity_scheme_and_unknown_modes_fail():

@@ -9,9 +9,13 @@ from embedpipe.indexes.query import build_from_dir
 
 from .helpers import clustered
 
-CASES = [("brute", "fp32", {}), ("brute", "int8", {}), ("annoy", "fp32", {"n_trees": 4}),
-         ("hnsw", "fp32", {"m": 8, "ef_construction": 40}),
-         ("hnsw", "int8", {"m": 8, "ef_construction": 40})]
+CASES = [
+    ("brute", "fp32", {}),
+    ("brute", "int8", {}),
+    ("annoy", "fp32", {"n_trees": 4}),
+    ("hnsw", "fp32", {"m": 8, "ef_construction": 40}),
+    ("hnsw", "int8", {"m": 8, "ef_construction": 40}),
+]
 
 
 @pytest.fixture(scope="module")

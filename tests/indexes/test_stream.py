@@ -17,20 +17,28 @@ from .test_update import write_part
 def emb(tmp_path):
     x = clustered(1300, 48, seed=51)
     for k, lo in enumerate(range(0, 1300, 400)):
-        write_part(tmp_path / "emb", k, x[lo:lo + 400], lo)
+        write_part(tmp_path / "emb", k, x[lo : lo + 400], lo)
     return tmp_path / "emb"
 
 
-@pytest.mark.parametrize("kind,quant,mode,dim", [("brute", "int8", "dim", None),
-                                                 ("brute", "int8", "vector", 32),
-                                                 ("brute", "int16", "dim", 16),
-                                                 ("hnsw", "fp32", "dim", 32),
-                                                 ("hnsw", "int8", "dim", None)])
+@pytest.mark.parametrize(
+    "kind,quant,mode,dim",
+    [
+        ("brute", "int8", "dim", None),
+        ("brute", "int8", "vector", 32),
+        ("brute", "int16", "dim", 16),
+        ("hnsw", "fp32", "dim", 32),
+        ("hnsw", "int8", "dim", None),
+    ],
+)
 def test_streamed_equals_in_memory(emb, tmp_path, kind, quant, mode, dim):
     params = {"m": 8, "ef_construction": 40} if kind == "hnsw" else {}
     data = read_embeddings(emb)
-    whole = Builder(kind, quant, dim, IndexMeta.from_dataset(data), scale_mode=mode, **params) \
-        .add(data.vectors, data.ids, data.columns).build()
+    whole = (
+        Builder(kind, quant, dim, IndexMeta.from_dataset(data), scale_mode=mode, **params)
+        .add(data.vectors, data.ids, data.columns)
+        .build()
+    )
     streamed = build_streamed(emb, kind, quant, dim, scale_mode=mode, **params)
     whole.save(tmp_path / "a")
     streamed.save(tmp_path / "b")

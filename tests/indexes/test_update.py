@@ -37,11 +37,16 @@ def write_part(emb_dir: Path, number: int, x: np.ndarray, first_id: int) -> None
     """One part in the `ingest` layout (ids, fixed-size float32 embedding, model metadata)."""
     emb_dir.mkdir(parents=True, exist_ok=True)
     emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), x.shape[1])
-    table = pa.table({"id": np.arange(first_id, first_id + len(x), dtype=np.int64),
-                      "embedding": emb, "title": [f"t{first_id + i}" for i in range(len(x))]})
-    table = table.replace_schema_metadata({"embedpipe.model_sha256": "ab" * 32,
-                                           "embedpipe.dim": str(x.shape[1]),
-                                           "embedpipe.task": "document"})
+    table = pa.table(
+        {
+            "id": np.arange(first_id, first_id + len(x), dtype=np.int64),
+            "embedding": emb,
+            "title": [f"t{first_id + i}" for i in range(len(x))],
+        }
+    )
+    table = table.replace_schema_metadata(
+        {"embedpipe.model_sha256": "ab" * 32, "embedpipe.dim": str(x.shape[1]), "embedpipe.task": "document"}
+    )
     pq.write_table(table, emb_dir / f"part-{number:05d}.parquet")
 
 
@@ -97,9 +102,12 @@ def test_kill_during_update_leaves_old_index_usable_and_rerun_finishes(corpus, t
     big = clustered(30_000, D, seed=33)
     write_part(emb, 2, big, 5000)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.Popen([sys.executable, "-m", "embedpipe.cli", "build-index", str(emb),
-                             "--update", str(idx)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedpipe.cli", "build-index", str(emb), "--update", str(idx)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     # kill once the update is inserting (its progress bar is on stderr)
     deadline = time.monotonic() + 120
     buf = b""
@@ -115,8 +123,7 @@ def test_kill_during_update_leaves_old_index_usable_and_rerun_finishes(corpus, t
     assert not list(tmp_path.glob(".ix.*.tmp"))
     ix = load_index(idx)
     assert ix.count == 32_000
-    assert sorted(ix.meta.extra["part_rows"]) == ["part-00000.parquet", "part-00001.parquet",
-                                                  "part-00002.parquet"]
+    assert sorted(ix.meta.extra["part_rows"]) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
 
 
 @pytest.mark.parametrize("kind", ["brute", "hnsw"])
@@ -163,24 +170,37 @@ def test_foreign_parquet_arrow_npy_and_vector_search(tmp_path):
     x = clustered(800, D, seed=41)
     raw = x * np.linspace(0.5, 2, len(x))[:, None].astype(np.float32)  # not unit length
     ids = [f"doc-{i}" for i in range(len(x))]
-    pq.write_table(pa.table({"doc": ids, "vec": pa.array(list(raw), pa.list_(pa.float32()))}),
-                   tmp_path / "st.parquet")
-    feather.write_feather(pa.table({"id": np.arange(800), "embedding": pa.array(list(x))}),
-                          tmp_path / "oa.arrow")
+    pq.write_table(pa.table({"doc": ids, "vec": pa.array(list(raw), pa.list_(pa.float32()))}), tmp_path / "st.parquet")
+    feather.write_feather(pa.table({"id": np.arange(800), "embedding": pa.array(list(x))}), tmp_path / "oa.arrow")
     np.save(tmp_path / "v.npy", x)
-    res = runner.invoke(app, ["build-index", str(tmp_path / "st.parquet"), "--id-column", "doc",
-                              "--embedding-column", "vec", "-o", str(tmp_path / "a")])
+    res = runner.invoke(
+        app,
+        [
+            "build-index",
+            str(tmp_path / "st.parquet"),
+            "--id-column",
+            "doc",
+            "--embedding-column",
+            "vec",
+            "-o",
+            str(tmp_path / "a"),
+        ],
+    )
     assert res.exit_code != 0 and "--normalize" in str(res.exception)
-    for src, extra in (("st.parquet", ["--id-column", "doc", "--embedding-column", "vec",
-                                       "--normalize"]), ("oa.arrow", []), ("v.npy", [])):
+    for src, extra in (
+        ("st.parquet", ["--id-column", "doc", "--embedding-column", "vec", "--normalize"]),
+        ("oa.arrow", []),
+        ("v.npy", []),
+    ):
         out = tmp_path / (src + ".idx")
         res = _run("build-index", tmp_path / src, "--type", "hnsw", "--m", "8", "-o", out, *extra)
         assert res.exit_code == 0, res.output
         ix = load_index(out)
         assert ix.count == 800 and ix.meta.extra["model"] == "none"
     np.save(tmp_path / "q.npy", x[:5])
-    res = _run("search", tmp_path / "st.parquet.idx", "--vectors", tmp_path / "q.npy", "--json",
-               "-k", "3", "--ef-search", "40")
+    res = _run(
+        "search", tmp_path / "st.parquet.idx", "--vectors", tmp_path / "q.npy", "--json", "-k", "3", "--ef-search", "40"
+    )
     rows = [json.loads(line) for line in res.output.splitlines()]
     assert [r["results"][0]["id"] for r in rows] == ids[:5]
     vec = ",".join(f"{v:.7f}" for v in x[7])
@@ -197,10 +217,12 @@ def test_foreign_bad_inputs_are_one_line_errors(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros(5, np.float32))
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     for name, msg in (("nan.npy", "NaN"), ("flat.npy", "2-D"), ("junk.parquet", "unreadable")):
-        proc = subprocess.run([sys.executable, "-m", "embedpipe.cli", "build-index",
-                               str(tmp_path / name), "-o", str(tmp_path / "o")],
-                              capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+        proc = subprocess.run(
+            [sys.executable, "-m", "embedpipe.cli", "build-index", str(tmp_path / name), "-o", str(tmp_path / "o")],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+        )
         assert proc.returncode != 0
         assert proc.stderr.startswith("error:") and msg in proc.stderr and "Traceback" not in proc.stderr
 
@@ -211,6 +233,7 @@ def test_update_repairs_hnsw_around_tombstones(corpus, tmp_path):
     build_from_dir(emb, idx, "hnsw", m=8, ef_construction=48)
     gone = np.arange(0, 2000, 4)
     from embedpipe.indexes.tombstones import delete_ids
+
     delete_ids(idx, gone.tolist())
     ix = load_index(idx)
     assert np.isin(np.asarray(ix.nbr0), gone).any()  # before: routing through tombstones

@@ -42,17 +42,20 @@ def _entry(header):
 
 
 @pytest.mark.parametrize("verify", [True, False])
-@pytest.mark.parametrize("edit,match", [
-    (lambda h, s: s["upoff"].__setitem__(_entry(h), 2**40), "upper-layer rows"),
-    (lambda h, s: s["level"].__setitem__(_entry(h), 127), "levels range"),
-    (lambda h, s: h["params"].__setitem__("entry", -1), "entry"),
-    (lambda h, s: h["params"].__setitem__("entry", 300), "entry point 300"),
-    (lambda h, s: s["nbr0"].__setitem__((5, 0), 300), "node id 300"),
-    (lambda h, s: s["nbr0"].__setitem__((5, 1), -7), "node id -7"),
-    (lambda h, s: s["scale"].__setitem__(3, np.nan), "NaN"),
-    (lambda h, s: s["offset"].__setitem__(0, np.inf), "NaN or infinite"),
-    (lambda h, s: s.__setitem__("level", s["level"].astype(np.int16)), "level"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda h, s: s["upoff"].__setitem__(_entry(h), 2**40), "upper-layer rows"),
+        (lambda h, s: s["level"].__setitem__(_entry(h), 127), "levels range"),
+        (lambda h, s: h["params"].__setitem__("entry", -1), "entry"),
+        (lambda h, s: h["params"].__setitem__("entry", 300), "entry point 300"),
+        (lambda h, s: s["nbr0"].__setitem__((5, 0), 300), "node id 300"),
+        (lambda h, s: s["nbr0"].__setitem__((5, 1), -7), "node id -7"),
+        (lambda h, s: s["scale"].__setitem__(3, np.nan), "NaN"),
+        (lambda h, s: s["offset"].__setitem__(0, np.inf), "NaN or infinite"),
+        (lambda h, s: s.__setitem__("level", s["level"].astype(np.int16)), "level"),
+    ],
+)
 def test_hnsw_values_the_kernel_follows(vectors, tmp_path, verify, edit, match):
     path = tmp_path / "h.idx"
     build_index(vectors, kind="hnsw", quant="int8", m=6, ef_construction=30).save(path)
@@ -65,6 +68,7 @@ def test_hnsw_upper_neighbour_not_on_the_layer(hnsw_file):
     def edit(h, s):
         low = int(np.flatnonzero(s["level"] == 0)[0])
         s["nbru"][int(s["upoff"][_entry(h)]), 0] = low  # the entry's layer-1 list
+
     _rewrite(hnsw_file, edit)
     with pytest.raises(IndexFileError, match="not on that layer"):
         load_index(hnsw_file)
@@ -73,10 +77,10 @@ def test_hnsw_upper_neighbour_not_on_the_layer(hnsw_file):
 def test_section_offset_size_and_shape_must_agree(hnsw_file):
     blob = bytearray(hnsw_file.read_bytes())
     header_len = int.from_bytes(blob[12:16], "little")
-    text = bytes(blob[24:24 + header_len]).decode()
+    text = bytes(blob[24 : 24 + header_len]).decode()
     moved = text.replace('"shape": [300, 12]', '"shape": [301, 12]', 1)
     assert moved != text
-    blob[24:24 + header_len] = moved.encode()
+    blob[24 : 24 + header_len] = moved.encode()
     blob[16:20] = zlib.crc32(moved.encode()).to_bytes(4, "little")
     hnsw_file.write_bytes(bytes(blob))
     with pytest.raises(IndexFileError, match="holds .* bytes, but shape"):
@@ -101,11 +105,17 @@ def _first(nodes, n_items, leaf: bool) -> int:
     return i
 
 
-@pytest.mark.parametrize("target,col,value,match", [
-    ("split", 1, 2**31 - 1, "split node"), ("split", 2, -2**31, "split node"),
-    ("leaf", 1, -1, "leaf bucket"), ("leaf", 1, 300, "leaf bucket"),
-    ("root", 1, 2**31 - 1, "split node"), ("split", 0, 0, "n_descendants"),
-])
+@pytest.mark.parametrize(
+    "target,col,value,match",
+    [
+        ("split", 1, 2**31 - 1, "split node"),
+        ("split", 2, -(2**31), "split node"),
+        ("leaf", 1, -1, "leaf bucket"),
+        ("leaf", 1, 300, "leaf bucket"),
+        ("root", 1, 2**31 - 1, "split node"),
+        ("split", 0, 0, "n_descendants"),
+    ],
+)
 def test_annoy_tree_values_spotify_and_verify_false(annoy_nodes, tmp_path, target, col, value, match):
     path, nodes = annoy_nodes
     nodes = nodes.copy()
@@ -156,6 +166,7 @@ def test_nan_vectors_never_surface_as_results(vectors, tmp_path):
     scores, rows = ix.search_rows(vectors[:12], 20)
     assert np.isfinite(scores[rows >= 0]).all() and not np.isin(rows, np.arange(10)).any()
     from embedpipe.indexes.validate import check_results
+
     with pytest.raises(IndexFileError, match=f"{path}: a stored vector is NaN"):
         check_results(ix, np.array([[0.5, np.nan]], np.float32), np.array([[3, 4]]))
     check_results(ix, np.array([[0.5, -np.inf]], np.float32), np.array([[3, -1]]))  # padding is fine

@@ -11,8 +11,10 @@ import pytest
 
 from embedpipe.pipeline import IngestConfig, ingest
 
-WORDS = ("the quick brown fox jumps over lazy dog bread flour water salt yeast vector index "
-         "parquet files stream through pipeline embeddings map text to vectors").split()
+WORDS = (
+    "the quick brown fox jumps over lazy dog bread flour water salt yeast vector index "
+    "parquet files stream through pipeline embeddings map text to vectors"
+).split()
 
 
 def make_texts(n: int, seed: int = 0, max_words: int = 12) -> list[str]:
@@ -31,8 +33,11 @@ def tiny_emb(tiny_gguf):
 def corpus(tmp_path) -> Path:
     texts = make_texts(120)
     path = tmp_path / "corpus.parquet"
-    pq.write_table(pa.table({"text": texts, "doc": [f"d{i}" for i in range(len(texts))],
-                             "year": list(range(len(texts)))}), path, row_group_size=50)
+    pq.write_table(
+        pa.table({"text": texts, "doc": [f"d{i}" for i in range(len(texts))], "year": list(range(len(texts)))}),
+        path,
+        row_group_size=50,
+    )
     return path
 
 
@@ -50,8 +55,9 @@ def run(tiny_emb, tmp_path):
         out = out or tmp_path / f"out{next(counter)}"
         kw.setdefault("cache_dir", str(tmp_path / "cache"))
         kw.setdefault("progress", False)
-        cfg = IngestConfig(inputs=[str(p) for p in (inputs if isinstance(inputs, list) else [inputs])],
-                           output=str(out), **kw)
+        cfg = IngestConfig(
+            inputs=[str(p) for p in (inputs if isinstance(inputs, list) else [inputs])], output=str(out), **kw
+        )
         summary = ingest(cfg, embedder=embedder)
         return summary, read_out(Path(out))
 

@@ -47,8 +47,15 @@ def test_task_and_model_never_share_entries(run, corpus, tmp_path, tiny_model_q8
 def test_key_isolation():
     base = dict(model_sha256="a" * 64, task="document", dim=256, title=None, text="hello", setting="chunk/2048/None/64")
     keys = {cache_key(**base)}
-    for field, value in [("model_sha256", "b" * 64), ("task", "query"), ("dim", 128), ("title", "none"),
-                         ("title", ""), ("text", "hello "), ("setting", "truncate/2048/None/64")]:
+    for field, value in [
+        ("model_sha256", "b" * 64),
+        ("task", "query"),
+        ("dim", 128),
+        ("title", "none"),
+        ("title", ""),
+        ("text", "hello "),
+        ("setting", "truncate/2048/None/64"),
+    ]:
         keys.add(cache_key(**{**base, field: value}))
     assert len(keys) == 8
 
@@ -76,8 +83,9 @@ def test_concurrent_readers_and_writers(tmp_path):
             cache = EmbeddingCache(path, memory_bytes=0)
             for i in range(30):
                 keys = [f"{w}-{i}-{j}".encode().ljust(32, b".") for j in range(20)]
-                cache.put_many([(k, "m", dim, CachedRow([(0, 1)], [3], np.full((1, dim), w, np.float32), 1, False))
-                                for k in keys])
+                cache.put_many(
+                    [(k, "m", dim, CachedRow([(0, 1)], [3], np.full((1, dim), w, np.float32), 1, False)) for k in keys]
+                )
         except BaseException as exc:  # noqa: BLE001 - collected and re-raised in the main thread
             errors.append(exc)
 
@@ -90,8 +98,9 @@ def test_concurrent_readers_and_writers(tmp_path):
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)] + \
-              [threading.Thread(target=reader) for _ in range(3)]
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)] + [
+        threading.Thread(target=reader) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -102,8 +111,7 @@ def test_concurrent_readers_and_writers(tmp_path):
 
 def _fill(cache: EmbeddingCache, model: str, dim: int, n: int) -> None:
     row = CachedRow([(0, 3)], [5], np.ones((1, dim), np.float32), 3, False)
-    cache.put_many([(cache_key(model, "document", dim, None, f"t{i}", "s"), model, dim, row)
-                    for i in range(n)])
+    cache.put_many([(cache_key(model, "document", dim, None, f"t{i}", "s"), model, dim, row) for i in range(n)])
 
 
 def test_summary_and_clear_by_model(tmp_path):
@@ -187,8 +195,10 @@ def test_old_file_without_recency_column_is_migrated(tmp_path):
 
     path = tmp_path / "e.sqlite"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE embeddings (key BLOB PRIMARY KEY, model TEXT NOT NULL, dim INTEGER NOT NULL, "
-               "value BLOB NOT NULL) WITHOUT ROWID")
+    db.execute(
+        "CREATE TABLE embeddings (key BLOB PRIMARY KEY, model TEXT NOT NULL, dim INTEGER NOT NULL, "
+        "value BLOB NOT NULL) WITHOUT ROWID"
+    )
     db.execute("INSERT INTO embeddings VALUES (?, 'm', 8, ?)", (b"k" * 32, _row(8).pack()))
     db.commit()
     db.close()

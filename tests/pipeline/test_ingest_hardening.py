@@ -54,10 +54,17 @@ def test_jsonl_reasons(run, tmp_path):
     assert summary.skipped_reasons == {"not_an_object": 2, "invalid_utf8": 1, "invalid_json": 1}
 
 
-@pytest.mark.parametrize("name,data", [
-    ("empty.jsonl", b""), ("blank.jsonl", b"\n\n  \n"), ("empty.csv", b""), ("header.csv", b"text\n"),
-    ("empty.parquet", b""), ("empty.arrow", b""),
-])
+@pytest.mark.parametrize(
+    "name,data",
+    [
+        ("empty.jsonl", b""),
+        ("blank.jsonl", b"\n\n  \n"),
+        ("empty.csv", b""),
+        ("header.csv", b"text\n"),
+        ("empty.parquet", b""),
+        ("empty.arrow", b""),
+    ],
+)
 def test_empty_inputs_behave_alike(run, tmp_path, name, data):
     path = tmp_path / name
     path.write_bytes(data)

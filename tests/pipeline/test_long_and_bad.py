@@ -33,7 +33,7 @@ def test_chunk_windows_cover_text_with_overlap(run, mixed, tiny_emb):
     assert len(long_rows) > 2 and [r["chunk"] for r in long_rows] == list(range(len(long_rows)))
     spans = [(r["token_start"], r["token_end"]) for r in long_rows]
     assert spans[0][0] == 0 and spans[-1][1] >= n_text - 2
-    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+    for (_s0, e0), (s1, e1) in zip(spans, spans[1:]):
         assert s1 == e0 - 8 and e1 > e0  # 8 tokens of overlap, progress every step
     prompt = len(tiny_emb.tokenizer.encode("title: none | text: ", add_special=False))
     assert all(e - s <= 40 - 2 - prompt + 1 for s, e in spans)
@@ -69,8 +69,9 @@ def bad_corpus(tmp_path):
     good = make_texts(6, seed=4)
     text = pa.array([good[0], None, "", "   \n", good[1], b"ok \xff\xfe bytes".decode("latin-1"), good[2]])
     path = tmp_path / "bad.parquet"
-    raw = pa.array([good[0].encode(), None, b"", b"   \n", good[1].encode(), b"caf\xc3 broken", good[2].encode()],
-                   pa.binary())
+    raw = pa.array(
+        [good[0].encode(), None, b"", b"   \n", good[1].encode(), b"caf\xc3 broken", good[2].encode()], pa.binary()
+    )
     pq.write_table(pa.table({"text": raw, "alt": text}), path)
     return path
 
@@ -83,7 +84,12 @@ def test_bad_rows_skipped_and_listed(run, tmp_path):
     assert summary.skipped_rows == 4
     assert summary.skipped_reasons == {"empty": 2, "invalid_utf8": 1, "null_text": 1}
     listed = [json.loads(line) for line in (out / "_skipped.jsonl").read_text().splitlines()]
-    assert [(s["id"], s["reason"]) for s in listed] == [(1, "null_text"), (2, "empty"), (3, "empty"), (5, "invalid_utf8")]
+    assert [(s["id"], s["reason"]) for s in listed] == [
+        (1, "null_text"),
+        (2, "empty"),
+        (3, "empty"),
+        (5, "invalid_utf8"),
+    ]
 
 
 def test_bad_rows_fail(run, tmp_path):
@@ -100,11 +106,19 @@ def test_non_string_column_rows(run, tmp_path):
 
 
 def test_jsonl_mixed_types_and_surrogates(run, tmp_path, tiny_emb):
-    lines = ['{"text": "the quick fox", "n": 1}', '{"text": 5, "n": 2}', '{"text": "bad \\ud800 half", "n": 3}',
-             'not json at all', '{"text": null, "n": 5}', '{"text": "lazy dog", "n": 6}']
+    lines = [
+        '{"text": "the quick fox", "n": 1}',
+        '{"text": 5, "n": 2}',
+        '{"text": "bad \\ud800 half", "n": 3}',
+        "not json at all",
+        '{"text": null, "n": 5}',
+        '{"text": "lazy dog", "n": 6}',
+    ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(lines) + "\n")
     summary, table = run(path, keep=["n"], cache=False)
     assert table.column("id").to_pylist() == [0, 5] and table.column("n").to_pylist() == [1, 6]
     assert summary.skipped_reasons == {"invalid_json": 1, "invalid_utf8": 1, "non_string": 1, "null_text": 1}
-    np.testing.assert_allclose(vectors(table), tiny_emb.encode(["the quick fox", "lazy dog"], task="document"), atol=2e-6)
+    np.testing.assert_allclose(
+        vectors(table), tiny_emb.encode(["the quick fox", "lazy dog"], task="document"), atol=2e-6
+    )

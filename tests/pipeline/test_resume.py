@@ -30,9 +30,29 @@ def kill_corpus(tmp_path: Path) -> Path:
 
 
 def cli(corpus: Path, out: Path, model: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", "from embedpipe.cli.app import main; main()", "ingest", str(corpus), "-o", str(out),
-            "--model", str(model), "--backend", "numpy", "--cache-dir", str(cache), "--part-rows", "16",
-            "--max-tokens", "48", "--keep", "n", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-c",
+        "from embedpipe.cli.app import main; main()",
+        "ingest",
+        str(corpus),
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--backend",
+        "numpy",
+        "--cache-dir",
+        str(cache),
+        "--part-rows",
+        "16",
+        "--max-tokens",
+        "48",
+        "--keep",
+        "n",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def env() -> dict:
@@ -48,16 +68,18 @@ def snapshot(out: Path) -> tuple:
 def clean_run(tmp_path, tiny_gguf) -> tuple[Path, tuple, float]:
     corpus = kill_corpus(tmp_path)
     t0 = time.perf_counter()
-    subprocess.run(cli(corpus, tmp_path / "clean", tiny_gguf, tmp_path / "cache-clean"), check=True, env=env(),
-                   capture_output=True)
+    subprocess.run(
+        cli(corpus, tmp_path / "clean", tiny_gguf, tmp_path / "cache-clean"), check=True, env=env(), capture_output=True
+    )
     return corpus, snapshot(tmp_path / "clean"), time.perf_counter() - t0
 
 
 def kill_and_resume(tmp_path, corpus, tiny_gguf, trial: int, delays: list[float]) -> tuple:
     out, cache = tmp_path / f"run{trial}", tmp_path / f"cache{trial}"
     for delay in delays:
-        proc = subprocess.Popen(cli(corpus, out, tiny_gguf, cache), env=env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli(corpus, out, tiny_gguf, cache), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

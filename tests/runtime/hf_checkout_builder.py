@@ -62,10 +62,20 @@ def train_sentencepiece() -> bytes:
     """A small BPE model with Gemma's special-token ids (pad 0, eos 1, bos 2, unk 3)."""
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=buf, vocab_size=90, model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, hard_vocab_limit=False,
-        control_symbols=["<mask>"], user_defined_symbols=["<u1>"], byte_fallback=False,
-        add_dummy_prefix=False, minloglevel=2,
+        sentence_iterator=iter(CORPUS),
+        model_writer=buf,
+        vocab_size=90,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        hard_vocab_limit=False,
+        control_symbols=["<mask>"],
+        user_defined_symbols=["<u1>"],
+        byte_fallback=False,
+        add_dummy_prefix=False,
+        minloglevel=2,
     )
     return buf.getvalue()
 
@@ -85,8 +95,10 @@ def build_checkout(root: Path, seed: int = 0, config_overrides: dict | None = No
     cfg = dict(TINY_CONFIG, vocab_size=sp.get_piece_size() + EXTRA_VOCAB, **(config_overrides or {}))
     _write_json(root / "config.json", cfg)
 
-    tensors = {"embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], cfg["hidden_size"]), np.float32),
-               "norm.weight": rng.standard_normal(cfg["hidden_size"]).astype(np.float32) * 0.1}
+    tensors = {
+        "embed_tokens.weight": rng.standard_normal((cfg["vocab_size"], cfg["hidden_size"]), np.float32),
+        "norm.weight": rng.standard_normal(cfg["hidden_size"]).astype(np.float32) * 0.1,
+    }
     for il in range(cfg["num_hidden_layers"]):
         for suffix, shape in LAYER_SHAPES.items():
             tensors[f"layers.{il}.{suffix}"] = (rng.standard_normal(shape(cfg)) * 0.1).astype(np.float32)
@@ -94,32 +106,48 @@ def build_checkout(root: Path, seed: int = 0, config_overrides: dict | None = No
 
     d = cfg["hidden_size"]
     for sub, (fin, fout) in {"2_Dense": (d, DENSE_OUT), "3_Dense": (DENSE_OUT, d)}.items():
-        _write_json(root / sub / "config.json", {"in_features": fin, "out_features": fout, "bias": False,
-                                                 "activation_function": "torch.nn.modules.linear.Identity"})
-        save_file({"linear.weight": (rng.standard_normal((fout, fin)) * 0.1).astype(np.float32)},
-                  str(root / sub / "model.safetensors"))
+        _write_json(
+            root / sub / "config.json",
+            {
+                "in_features": fin,
+                "out_features": fout,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            },
+        )
+        save_file(
+            {"linear.weight": (rng.standard_normal((fout, fin)) * 0.1).astype(np.float32)},
+            str(root / sub / "model.safetensors"),
+        )
     _write_json(root / "1_Pooling" / "config.json", {"word_embedding_dimension": d, "pooling_mode_mean_tokens": True})
-    _write_json(root / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
-        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"},
-        {"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ])
+    _write_json(
+        root / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+            {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"},
+            {"idx": 4, "name": "4", "path": "4_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
     n_sp = sp.get_piece_size()
     _write_json(root / "added_tokens.json", {"<image_soft_token>": cfg["vocab_size"], "<added_in_range>": n_sp - 1})
-    _write_json(root / "tokenizer_config.json", {
-        "add_bos_token": True, "add_eos_token": True,
-        "added_tokens_decoder": {
-            "0": {"content": "<pad>", "special": True},
-            "1": {"content": "<eos>", "special": True},
-            "2": {"content": "<bos>", "special": True},
-            "3": {"content": "<unk>", "special": True},
-            "7": {"content": "<unused0>", "special": False},
-            "8": {"content": "\u2581\u2581two spaces", "special": False},
-            str(cfg["vocab_size"] + 5): {"content": "<beyond>", "special": True},
+    _write_json(
+        root / "tokenizer_config.json",
+        {
+            "add_bos_token": True,
+            "add_eos_token": True,
+            "added_tokens_decoder": {
+                "0": {"content": "<pad>", "special": True},
+                "1": {"content": "<eos>", "special": True},
+                "2": {"content": "<bos>", "special": True},
+                "3": {"content": "<unk>", "special": True},
+                "7": {"content": "<unused0>", "special": False},
+                "8": {"content": "\u2581\u2581two spaces", "special": False},
+                str(cfg["vocab_size"] + 5): {"content": "<beyond>", "special": True},
+            },
         },
-    })
+    )
     card = "---\nlicense: gemma\ntags:\n- sentence-transformers\n---\n# tiny\n"
     (root / "README.md").write_text(card, encoding="utf-8")
     _write_json(root / "generation_config.json", {"top_k": 64, "top_p": 0.95})

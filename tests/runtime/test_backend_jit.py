@@ -56,9 +56,15 @@ def test_real_model_tensors(quant):
     model = GGUFModelFile(ensure_model(quant))
     backend = JitBackend(threads=2)
     rng = np.random.default_rng(0)
-    names = ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.5.attn_output.weight",
-             "blk.5.ffn_gate.weight", "blk.23.ffn_down.weight", "dense_2.weight",
-             "dense_3.weight"]
+    names = [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.5.attn_output.weight",
+        "blk.5.ffn_gate.weight",
+        "blk.23.ffn_down.weight",
+        "dense_2.weight",
+        "dense_3.weight",
+    ]
     for name in names:
         tensor = model.tensors[name]
         n, k = tensor.shape

@@ -13,9 +13,20 @@ from embedpipe.cli.app import app
 from embedpipe.runtime import bench
 from embedpipe.runtime.bench_texts import documents
 
-RESULT_KEYS = {"peer", "threads", "kind", "single_ms", "batch_texts", "batch_s", "emb_per_s", "tok_per_s",
-               "single_cpu_ms", "batch_cpu_s",
-               "int8_peak_fraction", "fp32_peak_fraction"}
+RESULT_KEYS = {
+    "peer",
+    "threads",
+    "kind",
+    "single_ms",
+    "batch_texts",
+    "batch_s",
+    "emb_per_s",
+    "tok_per_s",
+    "single_cpu_ms",
+    "batch_cpu_s",
+    "int8_peak_fraction",
+    "fp32_peak_fraction",
+}
 
 
 @pytest.fixture
@@ -31,11 +42,30 @@ def no_llama_cpp(monkeypatch):
 
 
 def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
-    res = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--threads", "1,2",
-                                   "--kind", "short", "--singles", "2", "--repeats", "1", "--batch-texts", "5",
-                                   "--st-python", str(tmp_path / "no-python"), "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "runtime",
+            "--model",
+            str(tiny_gguf),
+            "--threads",
+            "1,2",
+            "--kind",
+            "short",
+            "--singles",
+            "2",
+            "--repeats",
+            "1",
+            "--batch-texts",
+            "5",
+            "--st-python",
+            str(tmp_path / "no-python"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output[res.output.index("{"):])
+    summary = json.loads(res.output[res.output.index("{") :])
     assert {"machine", "model", "texts", "peaks", "ffn", "results", "ratios", "skipped", "agreement"} <= set(summary)
     assert summary["texts"]["short"]["count"] == 5
     assert {(r["peer"], r["threads"]) for r in summary["results"]} == {(p, t) for p in ("jit", "numpy") for t in (1, 2)}
@@ -52,9 +82,27 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
 
 
 def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
-    res = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--threads", "1",
-                                   "--kind", "short", "--peer", "jit,llama.cpp", "--singles", "1",
-                                   "--repeats", "1", "--batch-texts", "3"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "runtime",
+            "--model",
+            str(tiny_gguf),
+            "--threads",
+            "1",
+            "--kind",
+            "short",
+            "--peer",
+            "jit,llama.cpp",
+            "--singles",
+            "1",
+            "--repeats",
+            "1",
+            "--batch-texts",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "ratios (embedpipe JIT / peer)" in res.output
     assert "skipped llama.cpp: llama-cpp-python is not importable" in res.output
@@ -71,7 +119,9 @@ def test_documents_have_the_promised_lengths():
 
 
 def test_ratios_pair_equal_threads_and_kinds():
-    rows = [{"peer": p, "threads": 2, "kind": "short", "emb_per_s": e, "single_ms": s}
-            for p, e, s in (("jit", 60.0, 20.0), ("llama.cpp", 30.0, 40.0))]
+    rows = [
+        {"peer": p, "threads": 2, "kind": "short", "emb_per_s": e, "single_ms": s}
+        for p, e, s in (("jit", 60.0, 20.0), ("llama.cpp", 30.0, 40.0))
+    ]
     (q,) = bench.ratios(rows)
     assert q["vs"] == "llama.cpp" and q["batch_throughput_ratio"] == 2.0 and q["single_latency_ratio"] == 0.5

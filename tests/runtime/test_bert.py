@@ -25,11 +25,24 @@ from tests.runtime.bert_checkout_builder import (
     reference_embedding,
 )
 
-TEXTS = ["hello world", "The quick brown fox, jumping!", "Café naïve", "東京 unbelievable", "",
-         "[CLS] x [MASK] <s> </s> <mask> y<mask>", "zzzzzzzzzzzzzzzzzzzz long words aaaaaaaaaaaaa", "a\x00b\tc\u200bd",
-         "   spaced   out   ", "(brackets) [more] <angles>", "it's e-mail"]
-BUILDERS = {"bert": build_bert_checkout, "bert_cls": lambda root: build_bert_checkout(root, pooling="cls", seed=5),
-            "mpnet": build_mpnet_checkout}
+TEXTS = [
+    "hello world",
+    "The quick brown fox, jumping!",
+    "Café naïve",
+    "東京 unbelievable",
+    "",
+    "[CLS] x [MASK] <s> </s> <mask> y<mask>",
+    "zzzzzzzzzzzzzzzzzzzz long words aaaaaaaaaaaaa",
+    "a\x00b\tc\u200bd",
+    "   spaced   out   ",
+    "(brackets) [more] <angles>",
+    "it's e-mail",
+]
+BUILDERS = {
+    "bert": build_bert_checkout,
+    "bert_cls": lambda root: build_bert_checkout(root, pooling="cls", seed=5),
+    "mpnet": build_mpnet_checkout,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +54,11 @@ def checkouts(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def ggufs(checkouts, tmp_path_factory) -> dict[tuple[str, str], Path]:
     base = tmp_path_factory.mktemp("bert_gguf")
-    return {(name, quant): convert_checkout(src, base / f"{name}-{quant}.gguf", quant)
-            for name, src in checkouts.items() for quant in ("f32", "f16", "q8_0")}
+    return {
+        (name, quant): convert_checkout(src, base / f"{name}-{quant}.gguf", quant)
+        for name, src in checkouts.items()
+        for quant in ("f32", "f16", "q8_0")
+    }
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

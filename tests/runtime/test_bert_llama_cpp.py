@@ -10,7 +10,9 @@ from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from tests.runtime.bert_checkout_builder import build_bert_checkout
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'embedpipe[bench]')")
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (pip install 'embedpipe[bench]')"
+)
 
 # Plain lowercase text: llama.cpp's WPM tokenizer has no accent stripping and no 100-char rule,
 # so those inputs are where the two tokenizers are expected to differ.
@@ -26,8 +28,9 @@ def files(request, tmp_path_factory):
 
 def test_llama_cpp_loads_our_bert_and_agrees(files) -> None:
     quant, path = files
-    llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=64, n_batch=64, n_ubatch=64,
-                          n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(path), embedding=True, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1, verbose=False
+    )
     try:
         ours = Embedder.load(path, backend="numpy")
         for text in TEXTS:

@@ -208,4 +208,3 @@ def test_cli_convert(checkout: Path, tmp_path: Path) -> None:
     assert types["blk.0.attn_q.weight"] == T.BF16 and types["blk.0.attn_norm.weight"] == T.F32
     bad = CliRunner().invoke(app, ["model", "convert", str(checkout), "--quant", "q5", "-o", str(out)])
     assert bad.exit_code == 2
-

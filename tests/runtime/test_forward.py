@@ -7,10 +7,10 @@ import math
 import gguf
 import numpy as np
 import pytest
+from synthetic import TinyConfig, build_tiny_model
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError
 from embedpipe.runtime.embedder import Embedder
-from synthetic import TinyConfig, build_tiny_model
 
 
 def _rms(x, w, eps):
@@ -32,7 +32,9 @@ def _rope(x, pos, theta):
     return out
 
 
-def reference_embedding(weights: dict[str, np.ndarray], cfg: TinyConfig, ids: list[int], window: bool = True) -> np.ndarray:
+def reference_embedding(
+    weights: dict[str, np.ndarray], cfg: TinyConfig, ids: list[int], window: bool = True
+) -> np.ndarray:
     """float64 forward pass of one sequence, straight from the model description."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     t = len(ids)

@@ -8,11 +8,11 @@ import struct
 import gguf
 import numpy as np
 import pytest
+from synthetic import build_tiny_model
 
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import GGUFModelFile
-from synthetic import build_tiny_model
 
 
 def _load(path):
@@ -88,7 +88,7 @@ def test_wrong_architecture(tmp_path):
     assert mf.architecture == "gemma-embedding"
     raw = bytearray(model.path.read_bytes())
     at = raw.find(b"gemma-embedding")
-    raw[at:at + len(b"gemma-embedding")] = b"gemma-embeddinX"
+    raw[at : at + len(b"gemma-embedding")] = b"gemma-embeddinX"
     bad = tmp_path / "arch.gguf"
     bad.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match="architecture 'gemma-embeddinX' is not supported"):

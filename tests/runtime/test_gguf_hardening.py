@@ -39,15 +39,18 @@ def _expect(doc, tmp_path, match):
     return msg
 
 
-@pytest.mark.parametrize("key,vtype,value,match", [
-    ("block_count", 4, 10**7, "block_count' is 10000000"),
-    ("attention.sliding_window_pattern", 4, 0, "sliding_window_pattern' is 0"),
-    ("rope.freq_base", 6, 0.0, "freq_base' is 0.0"),
-    ("attention.layer_norm_rms_epsilon", 6, float("-inf"), "not a finite number"),
-    ("pooling_type", 4, 2, "pooling_type' is 2, supported: 1"),
-    ("attention.key_length", 6, float("nan"), "has type float, expected int"),
-    ("context_length", 8, b"128", "has type str, expected int"),
-])
+@pytest.mark.parametrize(
+    "key,vtype,value,match",
+    [
+        ("block_count", 4, 10**7, "block_count' is 10000000"),
+        ("attention.sliding_window_pattern", 4, 0, "sliding_window_pattern' is 0"),
+        ("rope.freq_base", 6, 0.0, "freq_base' is 0.0"),
+        ("attention.layer_norm_rms_epsilon", 6, float("-inf"), "not a finite number"),
+        ("pooling_type", 4, 2, "pooling_type' is 2, supported: 1"),
+        ("attention.key_length", 6, float("nan"), "has type float, expected int"),
+        ("context_length", 8, b"128", "has type str, expected int"),
+    ],
+)
 def test_metadata_schema(doc, tmp_path, key, vtype, value, match):
     doc.kvs = [kv for kv in doc.kvs if kv.key != P + key] + [KV(P + key, vtype, value)]
     t = time.perf_counter()
@@ -55,16 +58,19 @@ def test_metadata_schema(doc, tmp_path, key, vtype, value, match):
     assert time.perf_counter() - t < 30  # block_count 1e7 used to hang building 13e7 names
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("kv:tokenizer.ggml.tokens[7].len", 2**63, "runs past the end"),
-    ("kv:tokenizer.ggml.scores.count", 2**33, "claims 8589934592 items"),
-    ("t:token_embd.weight.dim0", 2**63, "impossible"),
-    ("t:token_embd.weight.dim1", 0, "impossible"),
-])
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("kv:tokenizer.ggml.tokens[7].len", 2**63, "runs past the end"),
+        ("kv:tokenizer.ggml.scores.count", 2**33, "claims 8589934592 items"),
+        ("t:token_embd.weight.dim0", 2**63, "impossible"),
+        ("t:token_embd.weight.dim1", 0, "impossible"),
+    ],
+)
 def test_counts_and_lengths_bounded_by_the_file(doc, tmp_path, field, value, match):
     buf = bytearray(doc.serialize())
     pos = doc.positions[field]
-    buf[pos:pos + 8] = struct.pack("<Q", value)
+    buf[pos : pos + 8] = struct.pack("<Q", value)
     path = tmp_path / "m.gguf"
     path.write_bytes(bytes(buf))
     with pytest.raises(ModelFileError, match=match):
@@ -89,13 +95,25 @@ def test_half_a_dense_head_is_an_error(doc, tmp_path):
     _expect(doc, tmp_path, "dense head is incomplete")
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda d: d.kv("tokenizer.ggml.bos_token_id").__setattr__("value", 384), "bos_token_id 384 is outside"),
-    (lambda d: d.kv("tokenizer.ggml.tokens").value.append(b"extra"), "entries for 385 tokens"),
-    (lambda d: [d.kv(k).value.append(v) for k, v in (("tokenizer.ggml.tokens", b"x"), ("tokenizer.ggml.scores", 0.0),
-                                                      ("tokenizer.ggml.token_type", 1))], "385 tokens but token_embd"),
-    (lambda d: d.kv("tokenizer.ggml.tokens").value.__setitem__(200, b"\xff\xfe"), "piece 200 is not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d.kv("tokenizer.ggml.bos_token_id").__setattr__("value", 384), "bos_token_id 384 is outside"),
+        (lambda d: d.kv("tokenizer.ggml.tokens").value.append(b"extra"), "entries for 385 tokens"),
+        (
+            lambda d: [
+                d.kv(k).value.append(v)
+                for k, v in (
+                    ("tokenizer.ggml.tokens", b"x"),
+                    ("tokenizer.ggml.scores", 0.0),
+                    ("tokenizer.ggml.token_type", 1),
+                )
+            ],
+            "385 tokens but token_embd",
+        ),
+        (lambda d: d.kv("tokenizer.ggml.tokens").value.__setitem__(200, b"\xff\xfe"), "piece 200 is not valid UTF-8"),
+    ],
+)
 def test_tokenizer_consistency_at_load(doc, tmp_path, edit, match):
     edit(doc)
     _expect(doc, tmp_path, match)
@@ -120,7 +138,7 @@ def test_zeroed_header_suggests_repulling(tiny_gguf, tmp_path):
 def test_non_finite_output_is_an_error(doc, tmp_path):
     norm = next(t for t in doc.tensors if t.name == "blk.1.ffn_norm.weight")
     data = bytearray(doc.data)
-    data[norm.offset:norm.offset + 4] = struct.pack("<f", float("nan"))
+    data[norm.offset : norm.offset + 4] = struct.pack("<f", float("nan"))
     doc.data = bytes(data)
     _expect(doc, tmp_path, "produced NaN or infinite values; .*model pull --force")
 
@@ -133,7 +151,7 @@ def test_same_size_corruption_is_caught_by_the_integrity_sidecar(tiny_gguf, tmp_
     buf = bytearray(path.read_bytes())
     mf = GGUFModelFile(path)
     start = mf._parsed.data_offset + 20000
-    buf[start:start + 8192 + 64] = b"\x00" * (8192 + 64)  # zeros: finite, so only the sidecar sees it
+    buf[start : start + 8192 + 64] = b"\x00" * (8192 + 64)  # zeros: finite, so only the sidecar sees it
     path.write_bytes(bytes(buf))
     with pytest.raises(ModelFileError, match="changed since it was pulled"):
         GGUFModelFile(path)

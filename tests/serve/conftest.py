@@ -40,8 +40,15 @@ class LiveServer:
         self.app = create_app(cfg)
         self.state = self.app.state.server
         self.url = f"http://127.0.0.1:{cfg.port}"
-        config = uvicorn.Config(self.app, host=cfg.host, port=cfg.port, lifespan="on", log_config=None,
-                                access_log=False, timeout_graceful_shutdown=10)
+        config = uvicorn.Config(
+            self.app,
+            host=cfg.host,
+            port=cfg.port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -6,8 +6,15 @@ from embedpipe.serve.bench import ServeBenchConfig, format_summary, run_serve_be
 
 
 def test_bench_serve_reports_cells_ratios_and_agreement(wide_model):
-    cfg = ServeBenchConfig(model=str(wide_model), threads=1, kinds=("short",), concurrency=(1, 4),
-                           peers=("embedpipe", "nonesuch"), requests=16, max_seconds=60)
+    cfg = ServeBenchConfig(
+        model=str(wide_model),
+        threads=1,
+        kinds=("short",),
+        concurrency=(1, 4),
+        peers=("embedpipe", "nonesuch"),
+        requests=16,
+        max_seconds=60,
+    )
     summary = run_serve_bench(cfg, report=lambda line: None)
     cells = [(c["peer"], c["kind"], c["concurrency"]) for c in summary["cells"]]
     assert cells == [("embedpipe", "short", 1), ("embedpipe", "short", 4)]

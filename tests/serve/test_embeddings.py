@@ -70,10 +70,13 @@ def test_dimensions(client, wide_emb):
 def test_tasks_titles_and_aliases(client, server, wide_emb):
     doc = client.embeddings.create(model="tiny:document", input=TEXTS, encoding_format="float")
     assert_same(vectors(doc), wide_emb.encode(TEXTS, task="document"))
-    titled = client.embeddings.create(model="tiny", input=TEXTS[:2], encoding_format="float",
-                                      extra_body={"task": "document", "titles": ["Fox", None]})
+    titled = client.embeddings.create(
+        model="tiny", input=TEXTS[:2], encoding_format="float", extra_body={"task": "document", "titles": ["Fox", None]}
+    )
     assert_same(vectors(titled), wide_emb.encode(TEXTS[:2], task="document", titles=["Fox", None]))
-    clus = client.embeddings.create(model="tiny", input=TEXTS, encoding_format="float", extra_body={"task": "clustering"})
+    clus = client.embeddings.create(
+        model="tiny", input=TEXTS, encoding_format="float", extra_body={"task": "clustering"}
+    )
     assert_same(vectors(clus), wide_emb.encode(TEXTS, task="clustering"))
     models = client.models.list()
     entry = next(m for m in models.data if m.id == "tiny")

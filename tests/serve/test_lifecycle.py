@@ -49,8 +49,13 @@ def test_ready_only_after_models_are_loaded(wide_model, tmp_path, monkeypatch):
 def test_failed_load_is_reported_and_stops_the_server(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    proc = subprocess.run([sys.executable, "-m", "embedpipe", "serve", "--model", str(bad), "--port", str(free_port()),
-                           "--no-cache"], capture_output=True, text=True, timeout=120, env=_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedpipe", "serve", "--model", str(bad), "--port", str(free_port()), "--no-cache"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
@@ -64,9 +69,26 @@ def _env() -> dict:
 def test_sigterm_during_load_loses_no_accepted_request(wide_model, wide_emb, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "embedpipe", "serve", "--model", f"tiny={wide_model}",
-                             "--port", str(port), "--no-cache", "--max-batch-tokens", "256", "--max-queue-tokens", "100000"],
-                            stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedpipe",
+            "serve",
+            "--model",
+            f"tiny={wide_model}",
+            "--port",
+            str(port),
+            "--no-cache",
+            "--max-batch-tokens",
+            "256",
+            "--max-queue-tokens",
+            "100000",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:

@@ -12,8 +12,14 @@ KEY = "s3cret-key"
 
 @pytest.fixture(scope="module")
 def strict(wide_model, tmp_path_factory):
-    cfg = make_config(wide_model, tmp_path_factory.mktemp("strict"), api_key=KEY, max_request_bytes=4096,
-                      max_client_batch=8, long="error")
+    cfg = make_config(
+        wide_model,
+        tmp_path_factory.mktemp("strict"),
+        api_key=KEY,
+        max_request_bytes=4096,
+        max_client_batch=8,
+        long="error",
+    )
     live = LiveServer(cfg)
     yield live
     live.stop()
@@ -56,24 +62,27 @@ def test_request_too_large(strict):
     error(resp, 413)
 
 
-@pytest.mark.parametrize("body, param, code", [
-    ({"input": ["a"] * 9}, "input", "too_many_inputs"),
-    ({"input": []}, "input", "empty_input"),
-    ({"input": ""}, "input", "empty_input"),
-    ({"input": ["ok", ""]}, "input", "empty_input"),
-    ({"input": [[]]}, "input", "empty_input"),
-    ({"input": [1, "a"]}, "input", None),
-    ({"input": [[1, 2], [3, True]]}, "input", None),
-    ({"input": [10**9]}, "input", "invalid_token_id"),
-    ({}, "input", "missing_field"),
-    ({"input": "a", "dimensions": 0}, "dimensions", None),
-    ({"input": "a", "dimensions": 100}, "dimensions", None),
-    ({"input": "a", "encoding_format": "int8"}, "encoding_format", None),
-    ({"input": "a", "task": "poetry"}, "task", None),
-    ({"input": "a", "model": "tiny:poetry"}, "model", None),
-    ({"input": ["a", "b"], "titles": ["x"], "task": "document"}, "titles", None),
-    ({"input": "a", "title": "x"}, "titles", None),
-])
+@pytest.mark.parametrize(
+    "body, param, code",
+    [
+        ({"input": ["a"] * 9}, "input", "too_many_inputs"),
+        ({"input": []}, "input", "empty_input"),
+        ({"input": ""}, "input", "empty_input"),
+        ({"input": ["ok", ""]}, "input", "empty_input"),
+        ({"input": [[]]}, "input", "empty_input"),
+        ({"input": [1, "a"]}, "input", None),
+        ({"input": [[1, 2], [3, True]]}, "input", None),
+        ({"input": [10**9]}, "input", "invalid_token_id"),
+        ({}, "input", "missing_field"),
+        ({"input": "a", "dimensions": 0}, "dimensions", None),
+        ({"input": "a", "dimensions": 100}, "dimensions", None),
+        ({"input": "a", "encoding_format": "int8"}, "encoding_format", None),
+        ({"input": "a", "task": "poetry"}, "task", None),
+        ({"input": "a", "model": "tiny:poetry"}, "model", None),
+        ({"input": ["a", "b"], "titles": ["x"], "task": "document"}, "titles", None),
+        ({"input": "a", "title": "x"}, "titles", None),
+    ],
+)
 def test_bad_embedding_requests(strict, body, param, code):
     err = error(post(strict, body), 400, param)
     if code:
@@ -84,7 +93,9 @@ def test_bad_bodies(strict):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     url = strict.url + "/v1/embeddings"
     assert error(httpx.post(url, content=b'{"input": "\xff\xfe"}', headers=headers), 400)["code"] == "invalid_utf8"
-    assert error(httpx.post(url, content=b'{"input": "\\ud800"}', headers=headers), 400, "input")["code"] == "invalid_utf8"
+    assert (
+        error(httpx.post(url, content=b'{"input": "\\ud800"}', headers=headers), 400, "input")["code"] == "invalid_utf8"
+    )
     assert error(httpx.post(url, content=b'{"input": ', headers=headers), 400)["code"] == "invalid_json"
     assert error(httpx.post(url, content=b'["input"]', headers=headers), 400)["code"] == "invalid_body"
 

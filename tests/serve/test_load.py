@@ -37,9 +37,11 @@ def test_64_concurrent_clients_get_their_own_vectors(server, wide_emb):
         async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=CLIENT_TIMEOUT_S) as client:
             per_client = [requests[i::64] for i in range(64)]
             results = await asyncio.wait_for(
-                asyncio.gather(*(client_loop(client, mine) for mine in per_client)), CLIENT_TIMEOUT_S)
-        return [r for i in range(ROUNDS) for r in (res[i] for res in results)], [m for i in range(ROUNDS) for m in
-                                                                              (pc[i] for pc in per_client)]
+                asyncio.gather(*(client_loop(client, mine) for mine in per_client)), CLIENT_TIMEOUT_S
+            )
+        return [r for i in range(ROUNDS) for r in (res[i] for res in results)], [
+            m for i in range(ROUNDS) for m in (pc[i] for pc in per_client)
+        ]
 
     responses, sent = asyncio.run(main())
     for resp, texts in zip(responses, sent):
@@ -56,8 +58,9 @@ def test_64_concurrent_clients_get_their_own_vectors(server, wide_emb):
 
 @pytest.fixture(scope="module")
 def small_queue(wide_model, tmp_path_factory):
-    cfg = make_config(wide_model, tmp_path_factory.mktemp("flood"), max_batch_tokens=128, max_queue_tokens=600,
-                      cache=False)
+    cfg = make_config(
+        wide_model, tmp_path_factory.mktemp("flood"), max_batch_tokens=128, max_queue_tokens=600, cache=False
+    )
     live = LiveServer(cfg)
     yield live
     live.stop()
@@ -67,8 +70,9 @@ def test_flood_beyond_the_queue_gets_429_not_500(small_queue, wide_emb):
     bodies = [mixed_texts(1000 + i, 6) for i in range(120)]
 
     async def main():
-        async with httpx.AsyncClient(base_url=small_queue.url, limits=httpx.Limits(max_connections=120),
-                                     timeout=CLIENT_TIMEOUT_S) as client:
+        async with httpx.AsyncClient(
+            base_url=small_queue.url, limits=httpx.Limits(max_connections=120), timeout=CLIENT_TIMEOUT_S
+        ) as client:
             return await asyncio.wait_for(asyncio.gather(*(embed(client, b) for b in bodies)), CLIENT_TIMEOUT_S)
 
     responses = asyncio.run(main())
@@ -102,9 +106,12 @@ def test_disconnected_client_drops_its_queued_work(small_queue):
 
     batcher.embed = held
     try:
+
         async def main():
-            async with httpx.AsyncClient(base_url=small_queue.url, timeout=CLIENT_TIMEOUT_S) as patient, \
-                       httpx.AsyncClient(base_url=small_queue.url, timeout=httpx.Timeout(10, read=0.3)) as impatient:
+            async with (
+                httpx.AsyncClient(base_url=small_queue.url, timeout=CLIENT_TIMEOUT_S) as patient,
+                httpx.AsyncClient(base_url=small_queue.url, timeout=httpx.Timeout(10, read=0.3)) as impatient,
+            ):
                 first = asyncio.ensure_future(embed(patient, ["holds the model"]))
                 deadline = time.monotonic() + 10
                 while not started.is_set() and time.monotonic() < deadline:

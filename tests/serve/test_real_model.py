@@ -14,8 +14,11 @@ from .test_embeddings import assert_same
 
 pytestmark = pytest.mark.model
 
-TEXTS = ["How do I reset the router password at home?", "Best way to store fresh basil for a week",
-         "The new water treatment plant opened on Monday after three years of construction and delays."]
+TEXTS = [
+    "How do I reset the router password at home?",
+    "Best way to store fresh basil for a week",
+    "The new water treatment plant opened on Monday after three years of construction and delays.",
+]
 
 
 @pytest.fixture(scope="module")

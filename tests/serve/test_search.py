@@ -11,8 +11,12 @@ from embedpipe.serve.config import IndexSpec, ServeConfig
 
 from .conftest import LiveServer
 
-DOCS = [f"{w} document number {i}" for i, w in enumerate(
-    "bread flour water salt yeast vector index parquet stream fox dog lazy quick brown".split() * 3)]
+DOCS = [
+    f"{w} document number {i}"
+    for i, w in enumerate(
+        "bread flour water salt yeast vector index parquet stream fox dog lazy quick brown".split() * 3
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +27,13 @@ def search_server(wide_model, wide_emb, tmp_path_factory):
     ids = [f"doc-{i}" for i in range(len(DOCS))]
     Builder("brute", meta=meta()).add(vecs, ids, {"text": DOCS}).build().save(root / "brute.idx")
     Builder("hnsw", meta=meta(), m=8, ef_construction=40).add(vecs, ids, {"text": DOCS}).build().save(root / "hnsw.idx")
-    cfg = ServeConfig(models=[], indexes=[IndexSpec("docs", str(root / "brute.idx")),
-                                          IndexSpec("graph", str(root / "hnsw.idx"))],
-                      backend="auto", cache_dir=str(root / "cache"), access_log=False)
+    cfg = ServeConfig(
+        models=[],
+        indexes=[IndexSpec("docs", str(root / "brute.idx")), IndexSpec("graph", str(root / "hnsw.idx"))],
+        backend="auto",
+        cache_dir=str(root / "cache"),
+        access_log=False,
+    )
     live = LiveServer(cfg)
     yield live, root
     live.stop()
@@ -55,8 +63,13 @@ def test_single_query_and_knobs(search_server):
     assert resp.status_code == 200 and len(resp.json()["data"][0]["results"]) == 3
     bad = httpx.post(live.url + "/v1/search", json={"index": "docs", "query": "yeast", "ef_search": 64})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "ef_search"
-    for body, param in [({"index": "docs"}, "query"), ({"index": "docs", "query": "a", "queries": ["b"]}, "query"),
-                        ({"index": "docs", "query": "a", "k": 0}, "k"), ({"index": "docs", "queries": []}, "queries"),
-                        ({"query": "a"}, "index"), ({"index": "graph", "query": "a", "ef_search": 10**9}, "ef_search")]:
+    for body, param in [
+        ({"index": "docs"}, "query"),
+        ({"index": "docs", "query": "a", "queries": ["b"]}, "query"),
+        ({"index": "docs", "query": "a", "k": 0}, "k"),
+        ({"index": "docs", "queries": []}, "queries"),
+        ({"query": "a"}, "index"),
+        ({"index": "graph", "query": "a", "ef_search": 10**9}, "ef_search"),
+    ]:
         resp = httpx.post(live.url + "/v1/search", json=body)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (body, resp.text)

@@ -24,9 +24,23 @@ RSS_GROWTH_LIMIT = 16 << 20  # bytes between the first and the last third of the
 def test_rss_is_flat_under_steady_load(wide_model):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "embedpipe", "serve", "--model", f"tiny={wide_model}", "--port",
-                             str(port), "--no-access-log", "--cache-max-bytes", "2MB"],
-                            stderr=subprocess.DEVNULL, env={**_env(), "EMBEDPIPE_CACHE_DIR": str(wide_model.parent / "soak")})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedpipe",
+            "serve",
+            "--model",
+            f"tiny={wide_model}",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--cache-max-bytes",
+            "2MB",
+        ],
+        stderr=subprocess.DEVNULL,
+        env={**_env(), "EMBEDPIPE_CACHE_DIR": str(wide_model.parent / "soak")},
+    )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -65,7 +79,9 @@ def test_rss_is_flat_under_steady_load(wide_model):
         proc.wait(60)
     assert set(statuses) == {200}, statuses
     third = max(1, len(samples) // 3)
-    early, late = max(samples[third:2 * third] or samples), max(samples[-third:])
-    print(f"soak {SOAK_S:.0f} s: {sum(statuses.values())} requests, server RSS {samples[0] / 1e6:.1f} MB at start, "
-          f"{early / 1e6:.1f} MB mid-run, {late / 1e6:.1f} MB in the last third")
+    early, late = max(samples[third : 2 * third] or samples), max(samples[-third:])
+    print(
+        f"soak {SOAK_S:.0f} s: {sum(statuses.values())} requests, server RSS {samples[0] / 1e6:.1f} MB at start, "
+        f"{early / 1e6:.1f} MB mid-run, {late / 1e6:.1f} MB in the last third"
+    )
     assert late - early < RSS_GROWTH_LIMIT, (early, late)

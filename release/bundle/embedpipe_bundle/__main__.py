@@ -43,8 +43,11 @@ def verified_files() -> dict:
     """manifest.json, after checking every data file (once per install) against its SHA-256."""
     raw = (HERE / "manifest.json").read_bytes()
     manifest = json.loads(raw)
-    seen = {name: [os.stat(DATA / name).st_size, os.stat(DATA / name).st_mtime_ns]
-            for name in manifest["files"] if (DATA / name).exists()}
+    seen = {
+        name: [os.stat(DATA / name).st_size, os.stat(DATA / name).st_mtime_ns]
+        for name in manifest["files"]
+        if (DATA / name).exists()
+    }
     stamp = _stamp_path(hashlib.sha256(raw).hexdigest())
     try:
         if json.loads(stamp.read_text()) == {"dir": str(DATA), "files": seen}:
@@ -56,8 +59,10 @@ def verified_files() -> dict:
         if not path.exists():
             raise BundleError(f"bundled file {path} is missing; reinstall the bundle wheel")
         if path.stat().st_size != want["size"] or _sha256(path) != want["sha256"]:
-            raise BundleError(f"bundled file {path} is damaged (size or SHA-256 differs from "
-                              "manifest.json); reinstall the bundle wheel")
+            raise BundleError(
+                f"bundled file {path} is damaged (size or SHA-256 differs from "
+                "manifest.json); reinstall the bundle wheel"
+            )
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps({"dir": str(DATA), "files": seen}))
