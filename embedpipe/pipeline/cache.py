@@ -113,7 +113,8 @@ class EmbeddingCache:
         if max_bytes is not None and max_bytes <= 0:
             raise EmbedpipeError(f"cache size bound must be positive, got {max_bytes} bytes")
         self.path = Path(path) if path else default_cache_path()
-        self.memory_bytes = memory_bytes
+        # The memory level sits in front of the file: it never holds more than the whole cache may.
+        self.memory_bytes = memory_bytes if max_bytes is None else min(memory_bytes, max_bytes)
         self.max_bytes = max_bytes
         self._lock = threading.RLock()
         self._lru: OrderedDict[bytes, bytes] = OrderedDict()

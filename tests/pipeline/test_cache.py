@@ -169,6 +169,14 @@ def test_memory_level_is_bounded_and_counts_evictions(tmp_path):
     assert (stats.memory_hits, stats.disk_hits, stats.misses) == (5, 3, 0)
 
 
+def test_memory_level_never_exceeds_the_whole_cache_bound(tmp_path):
+    dim = 32
+    entry = len(_row(dim).pack()) + 32
+    cache = EmbeddingCache(tmp_path / "e.sqlite", memory_bytes=64 << 20, max_bytes=4 * entry)
+    cache.put_many([(bytes([i]) * 32, "m", dim, _row(dim, i)) for i in range(16)])
+    assert cache.memory_bytes == 4 * entry and cache.stats().memory_bytes <= 4 * entry
+
+
 def test_disk_level_evicts_least_recently_used(tmp_path):
     dim = 64
     entry = len(_row(dim).pack()) + 32
