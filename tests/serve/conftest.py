@@ -6,7 +6,10 @@ and every forward pass takes milliseconds.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +28,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cli_env(**extra: str) -> dict:
+    """The test's environment with this checkout first on PYTHONPATH, for `python -m embedpipe`."""
+    root = str(Path(__file__).resolve().parents[2])
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
+
+
+def spawn_server(model: Path, *args: str, env: dict | None = None, **popen) -> tuple[subprocess.Popen, str]:
+    """`embedpipe serve --model tiny=MODEL` in a child process on a free port, once /ready says 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "embedpipe", "serve", "--model", f"tiny={model}", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, env=env or cli_env(), **popen)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("server did not come up")
+        try:
+            if httpx.get(url + "/ready").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
 
 
 class LiveServer:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 
 from embedpipe.serve.catalog import Catalog
 
-from .conftest import READY_TIMEOUT_S, LiveServer, free_port, make_config
+from .conftest import READY_TIMEOUT_S, LiveServer, cli_env, free_port, make_config, spawn_server
 
 
 def test_ready_only_after_models_are_loaded(wide_model, tmp_path, monkeypatch):
@@ -54,51 +52,25 @@ def test_failed_load_is_reported_and_stops_the_server(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(),
+        env=cli_env(),
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
 
 
-def _env() -> dict:
-    root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def test_sigterm_during_load_loses_no_accepted_request(wide_model, wide_emb, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "embedpipe",
-            "serve",
-            "--model",
-            f"tiny={wide_model}",
-            "--port",
-            str(port),
-            "--no-cache",
-            "--max-batch-tokens",
-            "256",
-            "--max-queue-tokens",
-            "100000",
-        ],
+    proc, url = spawn_server(
+        wide_model,
+        "--no-cache",
+        "--max-batch-tokens",
+        "256",
+        "--max-queue-tokens",
+        "100000",
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
     )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
-            try:
-                if httpx.get(url + "/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
         texts = [" ".join(["bread flour water salt"] * (1 + i % 8)) + f" {i}" for i in range(24)]
         want = wide_emb.encode(texts, task="query", truncate=True)
         outcomes: list[tuple[str, float]] = []

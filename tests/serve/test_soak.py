@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -12,8 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from .conftest import READY_TIMEOUT_S, free_port
-from .test_lifecycle import _env
+from .conftest import cli_env, spawn_server
 
 pytestmark = pytest.mark.slow
 
@@ -22,35 +20,15 @@ RSS_GROWTH_LIMIT = 16 << 20  # bytes between the first and the last third of the
 
 
 def test_rss_is_flat_under_steady_load(wide_model):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "embedpipe",
-            "serve",
-            "--model",
-            f"tiny={wide_model}",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--cache-max-bytes",
-            "2MB",
-        ],
+    proc, url = spawn_server(
+        wide_model,
+        "--no-access-log",
+        "--cache-max-bytes",
+        "2MB",
         stderr=subprocess.DEVNULL,
-        env={**_env(), "EMBEDPIPE_CACHE_DIR": str(wide_model.parent / "soak")},
+        env=cli_env(EMBEDPIPE_CACHE_DIR=str(wide_model.parent / "soak")),
     )
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline
-            try:
-                if httpx.get(url + "/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
         stop = time.monotonic() + SOAK_S
         statuses: dict[int, int] = {}
 
