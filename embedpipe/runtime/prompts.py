@@ -50,6 +50,11 @@ class PromptScheme:
             return self.document.replace("{title}", title if title else self.untitled)
         return self.query.replace("{task}", QUERY_TASKS[key])
 
+    def prompted_tasks(self) -> list[str]:
+        """The tasks that put a prompt before the text under this convention (the others embed
+        the text as it is)."""
+        return [t for t in TASKS if t != "none" and (self.prefix(t) or (t == DOCUMENT_TASK and self.untitled))]
+
 
 SCHEMES: dict[str, PromptScheme] = {
     s.name: s

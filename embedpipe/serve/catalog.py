@@ -19,6 +19,7 @@ from embedpipe.runtime.async_embedder import AsyncEmbedder
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.microbatch import PassStats
 from embedpipe.runtime.prompts import TASKS, canonical_task
+from embedpipe.runtime.prompts import scheme as prompt_scheme
 from embedpipe.serve.config import ServeConfig
 from embedpipe.serve.errors import APIError
 
@@ -45,7 +46,9 @@ class ServedModel:
             "dimensions": list(self.embedder.dims),
             "max_input_tokens": self.embedder.max_tokens,
             "default_task": default_task,
-            "tasks": [t for t in TASKS],
+            "tasks": list(TASKS),
+            "prompt_convention": self.embedder.prompts,
+            "prompted_tasks": prompt_scheme(self.embedder.prompts).prompted_tasks(),
             "aliases": [f"{self.name}:{t}" for t in ("query", "document")],
         }
 

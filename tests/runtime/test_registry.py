@@ -94,3 +94,11 @@ def test_real_pull_twice_is_a_noop_and_damage_is_repaired(tmp_path, monkeypatch)
     assert store.pull("q8_0", progress=False, spec=entry.spec, metadata=entry.metadata) == path
     assert store.checkout_problem(entry.spec, verify=True) is None
     assert (Path(checkout) / "vocab.txt").is_file()
+
+
+def test_prompted_tasks_follow_each_convention() -> None:
+    assert prompts.SCHEMES["none"].prompted_tasks() == []
+    gemma = prompts.SCHEMES["embeddinggemma"].prompted_tasks()
+    assert "document" in gemma and "query" in gemma and "none" not in gemma
+    bge = prompts.SCHEMES["bge-en"].prompted_tasks()
+    assert "query" in bge and "sentence_similarity" not in bge and "document" not in bge

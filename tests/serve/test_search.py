@@ -54,6 +54,8 @@ def test_search_matches_the_library(search_server, wide_emb):
     assert body["usage"]["prompt_tokens"] > 0
     models = httpx.get(live.url + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["tiny-wide-f32"]  # the index's model, loaded with it
+    assert models["data"][0]["prompt_convention"] == wide_emb.prompts
+    assert "none" not in models["data"][0]["prompted_tasks"]
     assert {i["id"]: i["type"] for i in models["indexes"]} == {"docs": "brute", "graph": "hnsw"}
 
 
