@@ -101,3 +101,23 @@ def test_truncation_is_counted_in_a_header(server, wide_emb):
     assert_same(got, wide_emb.encode([long, "short"], task="query", truncate=True))
     assert resp.json()["usage"]["prompt_tokens"] == 96 + len(wide_emb.tokenize(["short"], task="query")[0])
     assert server.metric("embedpipe_truncated_inputs_total") >= 1
+
+
+def test_langchain_openai_embeddings(server, wide_emb):
+    """LangChain's OpenAIEmbeddings as its docs configure it for OpenAI-compatible servers:
+    `check_embedding_ctx_length=False` sends the strings (its default re-tokenizes with tiktoken)."""
+    from langchain_openai import OpenAIEmbeddings
+
+    lc = OpenAIEmbeddings(
+        model="tiny:document",
+        base_url=server.url + "/v1",
+        api_key="unused",
+        check_embedding_ctx_length=False,
+        chunk_size=2,
+        max_retries=0,
+    )
+    assert_same(lc.embed_documents(TEXTS), wide_emb.encode(TEXTS, task="document"))
+    query = OpenAIEmbeddings(
+        model="tiny:query", base_url=server.url + "/v1", api_key="unused", check_embedding_ctx_length=False
+    )
+    assert_same([query.embed_query(TEXTS[1])], wide_emb.encode(TEXTS[1:2], task="query"))
