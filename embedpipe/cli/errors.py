@@ -45,19 +45,21 @@ def run_cli(app: typer.Typer, args: list[str], prog_name: str = "embedpipe") -> 
     try:
         result = command.main(args, prog_name=prog_name, standalone_mode=False)
     except click_exceptions.UsageError as exc:
-        _report(exc.format_message(), _usage_hint(exc))
+        _report(exc.format_message().removeprefix("Invalid value: "), _usage_hint(exc))
         return USAGE_EXIT
     except click_exceptions.ClickException as exc:
         _report(exc.format_message())
         return exc.exit_code or ERROR_EXIT
-    except click_exceptions.Abort:
+    except typer.Abort:
         _report("interrupted")
         return INTERRUPTED_EXIT
     except KeyboardInterrupt:
         _report("interrupted")
         return INTERRUPTED_EXIT
     except EmbedpipeError as exc:
-        _report(str(exc))
+        # an error that knows the CLI spelling of the argument it names (e.g. --dim for dim) says so
+        cli_message = getattr(exc, "cli_message", None)
+        _report(cli_message() if callable(cli_message) else str(exc))
         return ERROR_EXIT
     except BrokenPipeError:
         # `embedpipe … | head`: the reader left; nothing to say

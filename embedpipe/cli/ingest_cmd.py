@@ -8,8 +8,16 @@ from typing import Optional
 
 import typer
 
-from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP
-from embedpipe.runtime.prompts import TASKS
+from embedpipe.cli.common import (
+    any_dim_option,
+    backend_option,
+    dim_option,
+    json_option,
+    model_option,
+    output_option,
+    task_option,
+    threads_option,
+)
 from embedpipe.units import parse_size
 
 
@@ -17,12 +25,11 @@ def ingest(
     inputs: list[str] = typer.Argument(
         ..., help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv)."
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory of part-*.parquet files (created)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    task: str = typer.Option("document", "--task", "-t", help=f"Task prompt: {', '.join(TASKS)}."),
-    dim: Optional[int] = typer.Option(
-        None, "--dim", "-d", help="Output dimension (Matryoshka; default the model's full width)."
-    ),
+    output: Path = output_option("Output directory of part-*.parquet files (created).", ...),
+    model: Optional[str] = model_option(),
+    task: str = task_option("document"),
+    dim: Optional[int] = dim_option(),
+    any_dim: bool = any_dim_option(),
     text_col: str = typer.Option("text", "--text-col", help="Column holding the text."),
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Column holding row ids (default: global row number)."),
     title_col: Optional[str] = typer.Option(None, "--title-col", help="Column used as the document prompt's title."),
@@ -77,10 +84,10 @@ def ingest(
         "--ray-address",
         help="Ray: cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS or a local instance).",
     ),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
-    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Embed a corpus into a resumable Parquet dataset (one row per text chunk)."""
     from embedpipe.pipeline import IngestConfig
@@ -98,6 +105,7 @@ def ingest(
         keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
         task=task,
         dim=dim,
+        any_dim=any_dim,
         dtype=dtype,
         long=long,
         max_tokens=max_tokens,
@@ -118,8 +126,16 @@ def ingest(
         ray_address=ray_address,
         progress=progress,
     )
-    summary = run_ingest(cfg)
-    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_summary else summary.format())
+    try:
+        summary = run_ingest(cfg)
+    except KeyboardInterrupt:
+        typer.echo(
+            f"error: interrupted; finished parts are kept in {output}: run the same command again "
+            "(or add --resume) to continue where it stopped",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
 
 
 def register(app: typer.Typer) -> None:

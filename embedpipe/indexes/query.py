@@ -69,14 +69,20 @@ def search_vectors(
     return out
 
 
-def text_embedder(index: VectorIndex, model: str | os.PathLike | None = None, allow_mismatch: bool = False) -> Any:
+def text_embedder(
+    index: VectorIndex,
+    model: str | os.PathLike | None = None,
+    allow_mismatch: bool = False,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> Any:
     """`open_embedder` for text queries; an index of foreign embeddings names no model."""
     if model is None and index.meta.extra.get("model") == "none":
         raise EmbedpipeError(
             "this index was built from foreign embeddings and records no "
             "model: pass --model for text queries, or --vector/--vectors"
         )
-    return open_embedder(index, model, allow_mismatch)
+    return open_embedder(index, model, allow_mismatch, backend, threads)
 
 
 def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None) -> np.ndarray:
