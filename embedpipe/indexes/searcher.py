@@ -124,6 +124,7 @@ class Index:
             raise EmbedpipeError("search_batch takes a list of queries; use search() for one")
         if not queries:
             return []
+        self.check_knobs(knobs)  # before the model is loaded
         vectors = self.embedder.encode(list(queries), task=query_task(self.index), dim=None)
         return self.search_vectors(vectors, k, per_chunk, **knobs)
 
@@ -167,7 +168,7 @@ class Index:
                 seen.add(doc)
             hit: dict[str, Any] = {"id": doc, "score": round(float(score), 6)}
             for name, table in self.index.columns.items():
-                hit[name] = table[int(row)]
+                hit[name] = int(table[int(row)] or 0) if name == CHUNK_COLUMN else table[int(row)]
             self._chunk_text(hit)
             out.append(hit)
             if len(out) == k:
