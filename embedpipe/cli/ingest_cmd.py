@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,12 +20,17 @@ from embedpipe.cli.common import (
     task_option,
     threads_option,
 )
+from embedpipe.errors import EmbedpipeError
+from embedpipe.jsonl import STDIN
 from embedpipe.units import parse_size
 
 
 def ingest(
     inputs: list[str] = typer.Argument(
-        ..., help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv)."
+        ...,
+        help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv); - reads JSONL from stdin "
+        "(saved beside the output as OUTPUT.stdin.jsonl, which a resume names instead of -).",
+        metavar="INPUT...",
     ),
     output: Path = output_option("Output directory of part-*.parquet files (created).", ...),
     model: Optional[str] = model_option(),
@@ -93,6 +100,8 @@ def ingest(
     from embedpipe.pipeline import IngestConfig
     from embedpipe.pipeline import ingest as run_ingest
 
+    inputs = _stdin_to_file(list(inputs), output)
+
     cfg = IngestConfig(
         inputs=list(inputs),
         output=str(output),
@@ -136,6 +145,21 @@ def ingest(
         )
         raise typer.Exit(130) from None
     typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
+
+
+def _stdin_to_file(inputs: list[str], output: Path) -> list[str]:
+    """`-` in INPUT...: stdin copied to OUTPUT.stdin.jsonl (a file ingest can resume from)."""
+    if STDIN not in inputs:
+        return inputs
+    if inputs.count(STDIN) > 1:
+        raise typer.BadParameter("- (stdin) can be given once")
+    spool = output.with_name(output.name + ".stdin.jsonl")
+    if not spool.parent.is_dir():
+        raise EmbedpipeError(f"{spool.parent}: no such directory for -o/--output")
+    with open(spool, "wb") as fh:
+        shutil.copyfileobj(sys.stdin.buffer, fh)
+    typer.echo(f"stdin saved to {spool}; to resume, run the same command with {spool} in place of -", err=True)
+    return [str(spool) if item == STDIN else item for item in inputs]
 
 
 def register(app: typer.Typer) -> None:
