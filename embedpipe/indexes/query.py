@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, shape_text
 from embedpipe.indexes.base import IndexMeta, VectorIndex
 from embedpipe.indexes.registry import Builder
 from embedpipe.pipeline.dataset import read_embeddings
@@ -98,13 +98,15 @@ def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None 
     else:
         try:
             q = np.load(vectors, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise EmbedpipeError(f"{vectors}: cannot read query vectors ({exc.strerror or exc})") from None
+        except ValueError as exc:
             raise EmbedpipeError(f"{vectors}: cannot read query vectors ({exc})") from None
         where = str(vectors)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.dtype.kind not in "fiu":
-            raise EmbedpipeError(f"{vectors}: expected a 2-D float array, got {q.dtype} {q.shape}")
+            raise EmbedpipeError(f"{vectors}: expected a 2-D float array, got {q.dtype} {shape_text(q.shape)}")
     q = q.astype(np.float32)
     if not np.isfinite(q).all():
         raise EmbedpipeError(f"{where}: query vectors contain NaN or infinite values")
