@@ -9,6 +9,7 @@ import typer
 
 from embedpipe.cli.common import (
     MODEL_OPTION_HELP,
+    any_dim_option,
     backend_option,
     json_option,
     model_option,
@@ -128,7 +129,10 @@ def tradeoffs_cmd(
 @eval_app.command("retrieval")
 def retrieval_cmd(
     dataset_dir: Path = typer.Argument(..., help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv."),
-    dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
+    dims: Optional[str] = typer.Option(
+        None, "--dims", help="Comma-separated Matryoshka widths of the model (default: all it offers)."
+    ),
+    any_dim: bool = any_dim_option(),
     indexes: Optional[str] = typer.Option(
         None,
         "--indexes",
@@ -149,7 +153,7 @@ def retrieval_cmd(
     """nDCG@10, Recall@100 and MRR@10 per dim and index configuration on a BEIR dataset."""
     from embedpipe.eval import embedding as E
     from embedpipe.eval import retrieval as R
-    from embedpipe.eval.tradeoffs import DIMS, KNOBS, parse_list
+    from embedpipe.eval.tradeoffs import KNOBS, parse_list
     from embedpipe.runtime.embedder import Embedder
 
     configs = R.pick_configs(parse_list(indexes, str, ()) or None)
@@ -159,10 +163,11 @@ def retrieval_cmd(
     rows = R.run_retrieval(
         data,
         emb,
-        parse_list(dims, int, DIMS),
+        parse_list(dims, int, ()) or None,
         configs,
         E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
         progress,
+        any_dim=any_dim,
     )
     _emit(
         rows,

@@ -14,9 +14,9 @@ from embedpipe.errors import EmbedpipeError
 class DimError(EmbedpipeError):
     """A dim the model does not offer. `str()` names the Python arguments, `cli_message()` the flags."""
 
-    def __init__(self, dim: int, dims: Sequence[int]) -> None:
-        self.dim, self.dims = dim, tuple(int(d) for d in dims)
-        super().__init__(self.render("dim", "any_dim=True"))
+    def __init__(self, dim: int, dims: Sequence[int], name: str = "dim") -> None:
+        self.dim, self.dims, self.name = dim, tuple(int(d) for d in dims), name
+        super().__init__(self.render(name, "any_dim=True"))
 
     def render(self, name: str, any_flag: str) -> str:
         choices = ", ".join(map(str, self.dims))
@@ -27,15 +27,16 @@ class DimError(EmbedpipeError):
         return message
 
     def cli_message(self) -> str:
-        return self.render("--dim", "--any-dim")
+        return self.render("--" + self.name.replace("_", "-"), "--any-dim")
 
 
-def check_dim(dim: int | None, dims: Sequence[int], any_dim: bool = False) -> int:
-    """`dim` (None: the model's full width) if the model offers it, else `DimError`."""
+def check_dim(dim: int | None, dims: Sequence[int], any_dim: bool = False, name: str = "dim") -> int:
+    """`dim` (None: the model's full width) if the model offers it, else `DimError` naming the
+    argument `name` (the CLI flag `--name`)."""
     full = max(dims)
     if dim is None:
         return full
     dim = int(dim)
     if dim in dims or (any_dim and 0 < dim <= full):
         return dim
-    raise DimError(dim, dims)
+    raise DimError(dim, dims, name)

@@ -141,6 +141,7 @@ def test_cli_rows_json_csv_plot_and_cache(beir_dir, tiny_gguf, tmp_path):
         "numpy",
         "--dims",
         "64,32",
+        "--any-dim",
         "--indexes",
         "brute,hnsw",
         "-o",
@@ -194,3 +195,11 @@ def _direct_metrics(beir_dir, tiny_gguf):
     scores = queries @ docs.T
     run = {q: {d: float(s) for d, s in zip(data.doc_ids, row) if d != q} for q, row in zip(data.query_ids, scores)}
     return evaluate(data.qrels, run)
+
+
+def test_retrieval_dims_are_checked_like_every_dim(beir_dir, tiny_gguf):
+    from embedpipe.cli.errors import run_cli
+
+    args = ["eval", "retrieval", str(beir_dir), "-m", str(tiny_gguf), "--backend", "numpy", "--no-progress"]
+    assert run_cli(app, [*args, "--dims", "32"]) == 1
+    assert run_cli(app, [*args, "--dims", "65", "--any-dim"]) == 1
