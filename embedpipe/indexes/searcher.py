@@ -14,6 +14,7 @@ type: one that does not apply is an error, not silently ignored.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,21 @@ class Index:
     def chunked(self) -> bool:
         """True when some document was split into chunks by ingest."""
         return CHUNK_COLUMN in self.index.columns
+
+    @functools.cached_property
+    def text_column(self) -> str:
+        """The kept column holding the documents' text: `text`, or the ingest job's text column
+        (from the manifest of the embeddings the index was built from, when it is still there)."""
+        if TEXT_COLUMN in self.index.columns:
+            return TEXT_COLUMN
+        emb_dir = self.index.meta.extra.get("embeddings_dir")
+        if emb_dir:
+            from embedpipe.pipeline.manifest import read_header
+
+            name = (read_header(emb_dir) or {}).get("text_col")
+            if name in self.index.columns:
+                return name
+        return TEXT_COLUMN
 
     @property
     def embedder(self) -> Any:
@@ -180,13 +196,14 @@ class Index:
         decoded from its token span; needs the query model, so vector-only searches keep the
         whole document's text."""
         span = hit.pop(SPAN_COLUMN, "")
-        if not span or TEXT_COLUMN not in hit or self._embedder is None:
+        column = self.text_column
+        if not span or column not in hit or self._embedder is None:
             return
         start, end = (int(v) for v in span.split(":"))
         tokenizer = self._embedder.tokenizer
-        ids = tokenizer.encode(hit[TEXT_COLUMN], add_special=False)
+        ids = tokenizer.encode(hit[column], add_special=False)
         if start > 0 or end < len(ids):
-            hit[TEXT_COLUMN] = tokenizer.decode(ids[start:end]).strip()
+            hit[column] = tokenizer.decode(ids[start:end]).strip()
             hit["chunk_tokens"] = [start, end]
 
 

@@ -322,3 +322,30 @@ def test_readme_has_no_dangling_design_reference():
     for line in readme.splitlines():
         if "DESIGN.md" in line:
             assert "../shared/DESIGN.md" in line or "/work/shared/DESIGN.md" in line, line
+
+
+def test_chunk_text_of_a_text_column_with_another_name(tiny_gguf, tmp_path):
+    import embedpipe
+
+    rng = np.random.default_rng(2)
+    body = " ".join(rng.choice(WORDS, 60))
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps({"body": body}) + "\n" + json.dumps({"body": "fox dog"}) + "\n")
+    cfg = IngestConfig(
+        inputs=[str(src)],
+        output=str(tmp_path / "emb"),
+        model=str(tiny_gguf),
+        text_col="body",
+        keep=["body"],
+        chunk_tokens=16,
+        chunk_overlap=4,
+        backend="numpy",
+        cache=False,
+        progress=False,
+    )
+    ingest(cfg, embedder=Embedder.load(tiny_gguf, backend="numpy"))
+    assert run_cli(app, ["build-index", str(tmp_path / "emb"), "-o", str(tmp_path / "b.idx")]) == 0
+    index = embedpipe.Index(tmp_path / "b.idx", backend="numpy")
+    assert index.text_column == "body"
+    hit = next(h for h in index.search(" ".join(body.split()[:10]), k=2) if h["id"] == 0)
+    assert "chunk_tokens" in hit and len(hit["body"]) < len(body)
