@@ -18,7 +18,6 @@ import numpy as np
 from embedpipe.errors import EmbedpipeError, shape_text
 from embedpipe.indexes.base import IndexMeta, VectorIndex
 from embedpipe.indexes.registry import Builder
-from embedpipe.pipeline.dataset import read_embeddings
 from embedpipe.runtime.recorded_model import ModelMismatchError, open_embedder
 
 __all__ = [
@@ -141,6 +140,8 @@ def build_from_dir(
         index.save(out)
         return index
     else:
+        from embedpipe.pipeline.dataset import read_embeddings  # pyarrow: only when building
+
         emb = read_embeddings(emb_dir, keep_text=keep_text)
         vectors, ids, meta, columns = emb.vectors, emb.ids, IndexMeta.from_dataset(emb), emb.columns
     if dim is not None and not 0 < dim <= vectors.shape[1]:
