@@ -2,17 +2,21 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncEmbedder", "Embedder", "__version__"]
+__all__ = ["AsyncEmbedder", "Embedder", "Index", "__version__", "search"]
+
+# name -> module that defines it; imported on first use so that `import embedpipe` (and the CLI's
+# --help) stays cheap
+_LAZY = {
+    "Embedder": "embedpipe.runtime.embedder",
+    "AsyncEmbedder": "embedpipe.runtime.async_embedder",
+    "Index": "embedpipe.indexes.searcher",
+    "search": "embedpipe.indexes.searcher",
+}
 
 
 def __getattr__(name: str):
-    # Lazy so that `import embedpipe` stays cheap for the CLI and for subpackages.
-    if name == "Embedder":
-        from embedpipe.runtime.embedder import Embedder
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
 
-        return Embedder
-    if name == "AsyncEmbedder":
-        from embedpipe.runtime.async_embedder import AsyncEmbedder
-
-        return AsyncEmbedder
-    raise AttributeError(name)
+    return getattr(importlib.import_module(_LAZY[name]), name)

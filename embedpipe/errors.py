@@ -25,6 +25,11 @@ def shown(name: Any, limit: int = 60) -> str:
     return quote(name, limit)
 
 
+def shape_text(shape: Any) -> str:
+    """An array shape as people write it, "2×768" (a 1-D shape: "768"), not a Python tuple."""
+    return "×".join(str(int(d)) for d in shape) or "scalar"
+
+
 def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
     """`message` as one printable line of at most `limit` characters."""
     if not message.isprintable():

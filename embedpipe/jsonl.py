@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from embedpipe.errors import EmbedpipeError
 
+STDIN = "-"  # the path that means standard input
+
+
+def stdin_text() -> io.TextIOWrapper:
+    """Standard input as UTF-8 text whatever the locale, lines split on '\\n' only."""
+    return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+
 
 def iter_jsonl(path: str | os.PathLike[str], error: type[EmbedpipeError] = EmbedpipeError) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for every non-blank line; raises `error` on unreadable input.
+    `path` "-" reads standard input.
 
     Lines are split on '\\n' only, so CRLF files and stray '\\r' inside strings are fine.
     """
     try:
-        handle = open(path, encoding="utf-8", newline="")
+        handle = stdin_text() if str(path) == STDIN else open(path, encoding="utf-8", newline="")
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror})") from exc
+    if str(path) == STDIN:
+        path = "<stdin>"
     with handle:
         try:
             for lineno, line in enumerate(handle, 1):

@@ -59,7 +59,7 @@ def kernels(
 
 def index(
     n: int = typer.Option(200000, "--n", help="Vectors to index (queries are held out beyond these)."),
-    dim: int = typer.Option(768, "--dim", help="Dimension (real vectors are Matryoshka-truncated to it)."),
+    dim: int = typer.Option(768, "--dim", "-d", help="Dimension (real vectors are Matryoshka-truncated to it)."),
     vectors: Optional[str] = typer.Option(
         None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."
     ),
@@ -121,11 +121,11 @@ def ingest(
         None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."
     ),
     input_path: Optional[str] = typer.Option(
-        None, "--input", help="Parquet file with a text column (default: synthetic texts)."
+        None, "--input", "-i", help="Parquet file with a text column (default: synthetic texts)."
     ),
     n: int = typer.Option(300, "--n", help="Texts to embed."),
-    task: str = typer.Option("document", "--task", help="Task prompt."),
-    dim: Optional[int] = typer.Option(None, "--dim", help="Output dimension (default: model width)."),
+    task: str = typer.Option("document", "--task", "-t", help="Task prompt."),
+    dim: Optional[int] = typer.Option(None, "--dim", "-d", help="Output dimension (default: model width)."),
     backend: str = typer.Option("auto", "--backend", help="Matmul backend: auto, jit or numpy."),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),

@@ -33,7 +33,7 @@ def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=
 @cache_app.command("clear")
 def clear_cmd(
     model: Optional[str] = typer.Option(
-        None, "--model", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."
+        None, "--model", "-m", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."
     ),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

@@ -1,13 +1,20 @@
-"""Small helpers shared by CLI commands: input reading and options that recur."""
+"""The CLI's one grammar: options that recur across commands, and reading inputs (`-` = stdin).
+
+Every command that takes one of these takes it through the factory here, so the flags are the
+same everywhere: `-m/--model`, `-i/--input`, `-o/--output`, `-d/--dim`, `--any-dim`, `-k`,
+`-t/--task`, `--threads`, `--backend`, and `--json` (print JSON to stdout; files go through -o).
+`tests/cli/test_grammar.py` checks every command against `CANONICAL_FLAGS`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.jsonl import iter_jsonl
+from embedpipe.jsonl import STDIN, iter_jsonl, stdin_text
 
 MODEL_OPTION_HELP = (
     "GGUF model file or registered model name, e.g. all-minilm-l6-v2 or all-minilm-l6-v2:f32 "
@@ -15,28 +22,103 @@ MODEL_OPTION_HELP = (
 )
 BACKEND_OPTION_HELP = "Matmul backend: auto (JIT kernels when available), jit, or numpy (reference)."
 THREADS_OPTION_HELP = "Threads for the matmul kernels (default: the cores this process may use; env EMBEDPIPE_THREADS)."
+TASKS_HELP = "query, document, sentence_similarity, classification, clustering, code_retrieval, none…"
+
+# parameter name -> the flags it has in every command that takes it
+CANONICAL_FLAGS: dict[str, tuple[str, ...]] = {
+    "model": ("-m", "--model"),
+    "input_file": ("-i", "--input"),
+    "output": ("-o", "--output"),
+    "dim": ("-d", "--dim"),
+    "any_dim": ("--any-dim",),
+    "k": ("-k",),
+    "task": ("-t", "--task"),
+    "threads": ("--threads",),
+    "backend": ("--backend",),
+    "as_json": ("--json",),
+}
 
 
-def read_jsonl_texts(path: Path) -> tuple[list[str], list[str | None]]:
-    """Texts and optional titles from a JSONL file of {"text": ..., "title": ...} objects."""
+def model_option(help: str = MODEL_OPTION_HELP, default: Any = None) -> Any:
+    return typer.Option(default, *CANONICAL_FLAGS["model"], help=help, metavar="MODEL")
+
+
+def input_option(help: str = 'JSONL file, one {"text": ..., "title": ...} per line; - reads stdin.') -> Any:
+    return typer.Option(None, *CANONICAL_FLAGS["input_file"], help=help, metavar="FILE")
+
+
+def output_option(help: str, default: Any = None) -> Any:
+    return typer.Option(default, *CANONICAL_FLAGS["output"], help=help, metavar="PATH")
+
+
+def dim_option(help: str = "Output dimension: one of the model's Matryoshka widths (default: full).") -> Any:
+    return typer.Option(None, *CANONICAL_FLAGS["dim"], help=help, metavar="N")
+
+
+def any_dim_option() -> Any:
+    return typer.Option(
+        False, *CANONICAL_FLAGS["any_dim"], help="Allow a --dim that is not one of the model's Matryoshka widths."
+    )
+
+
+def k_option(default: int = 10) -> Any:
+    return typer.Option(default, *CANONICAL_FLAGS["k"], min=1, help="Results per query.", metavar="K")
+
+
+def task_option(default: str, help: str | None = None) -> Any:
+    return typer.Option(default, *CANONICAL_FLAGS["task"], help=help or f"Task prompt: {TASKS_HELP}", metavar="TASK")
+
+
+def threads_option() -> Any:
+    return typer.Option(None, *CANONICAL_FLAGS["threads"], help=THREADS_OPTION_HELP, metavar="N")
+
+
+def backend_option() -> Any:
+    return typer.Option("auto", *CANONICAL_FLAGS["backend"], help=BACKEND_OPTION_HELP, metavar="NAME")
+
+
+def json_option(help: str = "Print JSON to stdout instead of text.") -> Any:
+    return typer.Option(False, *CANONICAL_FLAGS["as_json"], help=help)
+
+
+def read_jsonl_texts(path: Path | str) -> tuple[list[str], list[str | None]]:
+    """Texts and optional titles from a JSONL file ("-": stdin) of {"text": ..., "title": ...}."""
     texts: list[str] = []
     titles: list[str | None] = []
     for lineno, row in iter_jsonl(path):
+        where = "<stdin>" if str(path) == STDIN else path
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise EmbedpipeError(f'{path}:{lineno}: expected an object with a string "text" field')
+            raise EmbedpipeError(f'{where}:{lineno}: expected an object with a string "text" field')
         title = row.get("title")
         if title is not None and not isinstance(title, str):
-            raise EmbedpipeError(f'{path}:{lineno}: "title" must be a string')
+            raise EmbedpipeError(f'{where}:{lineno}: "title" must be a string')
         texts.append(row["text"])
-        titles.append(title)
+        titles.append(title or None)  # an empty title is no title, as in the corpus readers
     return texts, titles
 
 
-def texts_from_args(texts: list[str] | None, input_file: Path | None) -> tuple[list[str], list[str | None]]:
+def stdin_lines() -> list[str]:
+    """Non-blank lines of standard input, one text each."""
+    with stdin_text() as handle:
+        return [line.rstrip("\r\n") for line in handle if line.strip()]
+
+
+def texts_from_args(
+    texts: list[str] | None, input_file: Path | str | None, what: str = "TEXT"
+) -> tuple[list[str], list[str | None]]:
+    """Positional texts (a lone `-`: one text per stdin line) or --input JSONL (`-`: stdin)."""
     if input_file is not None and texts:
-        raise typer.BadParameter("give TEXT arguments or --input, not both")
+        raise typer.BadParameter(f"give {what} arguments or -i/--input, not both")
     if input_file is not None:
-        return read_jsonl_texts(input_file)
-    if not texts:
-        raise typer.BadParameter("give TEXT arguments or --input F.jsonl")
-    return list(texts), [None] * len(texts)
+        items, titles = read_jsonl_texts(input_file)
+        where = "stdin" if str(input_file) == STDIN else str(input_file)
+    elif texts == [STDIN]:
+        items, where = stdin_lines(), "stdin"
+        titles = [None] * len(items)
+    elif texts:
+        return list(texts), [None] * len(texts)
+    else:
+        raise typer.BadParameter(f"give {what} arguments, - (one per stdin line) or -i/--input F.jsonl")
+    if not items:
+        raise EmbedpipeError(f"{where}: no texts to read; give at least one line")
+    return items, titles

@@ -7,35 +7,50 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
-from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP, texts_from_args
-from embedpipe.runtime.prompts import TASKS
+from embedpipe.cli.common import (
+    any_dim_option,
+    backend_option,
+    dim_option,
+    input_option,
+    model_option,
+    output_option,
+    task_option,
+    texts_from_args,
+    threads_option,
+)
 
 
 def embed(
-    texts: Optional[list[str]] = typer.Argument(None, help="Texts to embed (or use --input)."),
-    input_file: Optional[Path] = typer.Option(
-        None, "--input", "-i", help='JSONL file, one {"text": ..., "title": ...} per line.'
+    texts: Optional[list[str]] = typer.Argument(
+        None, help="Texts to embed; a lone - reads one text per stdin line.", metavar="TEXT..."
     ),
-    output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Write an (n, dim) float32 .npy in input order; default: JSON lines on stdout."
+    input_file: Optional[str] = input_option(),
+    output: Optional[Path] = output_option(
+        "Write the vectors to a .npy (float32 matrix), .jsonl (index, text, embedding) or .parquet file; "
+        "default: JSON lines on stdout."
     ),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    task: str = typer.Option("query", "--task", "-t", help=f"Task prompt: {', '.join(TASKS)}."),
-    dim: int = typer.Option(768, "--dim", "-d", help="Output dimension (Matryoshka: 768, 512, 256, 128)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass."),
+    model: Optional[str] = model_option(),
+    task: str = task_option("query"),
+    dim: Optional[int] = dim_option(),
+    any_dim: bool = any_dim_option(),
+    batch_size: int = typer.Option(32, "--batch-size", help="Texts per forward pass.", metavar="N"),
     truncate: bool = typer.Option(
         False, "--truncate", help="Cut inputs longer than the model context instead of failing."
     ),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Embed texts with the task's prompt; L2-normalized float32 vectors in input order."""
     from embedpipe.runtime.embedder import Embedder
 
     items, titles = texts_from_args(texts, input_file)
+    if output is not None:
+        from embedpipe.pipeline.embed_output import WRITERS
+
+        if output.suffix.lower() not in WRITERS:
+            raise typer.BadParameter(f"-o/--output must end in {', '.join(WRITERS)}, got {output.name!r}")
     emb = Embedder.load(model, backend=backend, threads=threads)
     use_titles = titles if any(t is not None for t in titles) else None
     vectors = emb.encode(
@@ -43,14 +58,15 @@ def embed(
         task=task,
         titles=use_titles,
         dim=dim,
+        any_dim=any_dim,
         batch_size=batch_size,
         truncate=truncate,
         show_progress=len(items) > batch_size and sys.stderr.isatty(),
     )
     if output is not None:
-        tmp = output.with_name(output.name + ".tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(output)
+        from embedpipe.pipeline.embed_output import write_embeddings
+
+        write_embeddings(output, items, vectors)
         typer.echo(f"wrote {vectors.shape[0]}×{vectors.shape[1]} float32 to {output}", err=True)
         return
     for vec in vectors:
@@ -58,12 +74,12 @@ def embed(
 
 
 def tokenize(
-    texts: Optional[list[str]] = typer.Argument(None, help="Texts to tokenize (or use --input)."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", help='JSONL file, one {"text": ...} per line.'),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    task: str = typer.Option(
-        "none", "--task", "-t", help="Apply this task's prompt first (default: none, the raw text)."
+    texts: Optional[list[str]] = typer.Argument(
+        None, help="Texts to tokenize; a lone - reads one text per stdin line.", metavar="TEXT..."
     ),
+    input_file: Optional[str] = input_option('JSONL file, one {"text": ...} per line; - reads stdin.'),
+    model: Optional[str] = model_option(),
+    task: str = task_option("none", "Apply this task's prompt first (default: none, the raw text)."),
     truncate: bool = typer.Option(
         False, "--truncate", help="Cut inputs longer than the model context instead of failing."
     ),

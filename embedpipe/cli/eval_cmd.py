@@ -7,30 +7,41 @@ from typing import Any, Optional
 
 import typer
 
-from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP
+from embedpipe.cli.common import (
+    MODEL_OPTION_HELP,
+    any_dim_option,
+    backend_option,
+    json_option,
+    model_option,
+    output_option,
+    threads_option,
+)
 
 eval_app = typer.Typer(help="Recall/size/latency trade-offs and retrieval quality (BEIR).", no_args_is_help=True)
 
 
-def _emit(
-    rows: list[dict[str, Any]],
-    json_out: Optional[Path],
-    csv_out: Optional[Path],
-    plot_out: Optional[Path],
-    plot_args: dict[str, Any],
-) -> None:
+OUTPUT_HELP = "Also write the rows to this file, by extension: .json, .csv, .md or .png (plot extra); repeatable."
+
+
+def _emit(rows: list[dict[str, Any]], outputs: Optional[list[Path]], as_json: bool, plot_args: dict[str, Any]) -> None:
+    """The rows on stdout (a Markdown table, or JSON with --json) and in each -o file."""
+    import json
+
     from embedpipe.eval import report
 
-    typer.echo(report.markdown_table(rows))
-    if json_out:
-        report.write_json(rows, json_out)
-        typer.echo(f"wrote {json_out}", err=True)
-    if csv_out:
-        report.write_csv(rows, csv_out)
-        typer.echo(f"wrote {csv_out}", err=True)
-    if plot_out:
-        report.write_plot(rows, plot_out, **plot_args)
-        typer.echo(f"wrote {plot_out}", err=True)
+    writers = {
+        ".json": report.write_json,
+        ".csv": report.write_csv,
+        ".md": lambda rows, path: Path(path).write_text(report.markdown_table(rows) + "\n"),
+        ".png": lambda rows, path: report.write_plot(rows, path, **plot_args),
+    }
+    for path in outputs or []:
+        if path.suffix.lower() not in writers:
+            raise typer.BadParameter(f"-o/--output {path.name}: use a .json, .csv, .md or .png file")
+    typer.echo(json.dumps(rows, indent=1, default=str) if as_json else report.markdown_table(rows))
+    for path in outputs or []:
+        writers[path.suffix.lower()](rows, path)
+        typer.echo(f"wrote {path}", err=True)
 
 
 @eval_app.command("tradeoffs")
@@ -48,18 +59,13 @@ def tradeoffs_cmd(
         None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."
     ),
     seed: int = typer.Option(0, "--seed", help="Query sampling seed."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as a JSON list."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
-    plot_out: Optional[Path] = typer.Option(
-        None, "--plot", help="Write a PNG: recall vs size and vs latency (needs the plot extra)."
-    ),
-    model: Optional[Path] = typer.Option(
-        None, "--model", "-m", help=MODEL_OPTION_HELP + " Default: the model recorded in the embeddings."
-    ),
+    outputs: Optional[list[Path]] = output_option(OUTPUT_HELP + " The plot: recall vs size and vs latency."),
+    as_json: bool = json_option("Print the rows as a JSON list instead of a Markdown table."),
+    model: Optional[str] = model_option(MODEL_OPTION_HELP + " Default: the model recorded in the embeddings."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache for the queries."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (as for ingest)."),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     min_recall: Optional[float] = typer.Option(
         None, "--min-recall", help="Recall gate: exit 1 naming every configuration whose recall@10 is below this."
@@ -104,9 +110,8 @@ def tradeoffs_cmd(
     rows = T.run_tradeoffs(data.vectors, data.queries, plan, progress=progress)
     _emit(
         rows,
-        json_out,
-        csv_out,
-        plot_out,
+        outputs,
+        as_json,
         dict(
             recall="recall@10",
             panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
@@ -124,7 +129,10 @@ def tradeoffs_cmd(
 @eval_app.command("retrieval")
 def retrieval_cmd(
     dataset_dir: Path = typer.Argument(..., help="BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv."),
-    dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
+    dims: Optional[str] = typer.Option(
+        None, "--dims", help="Comma-separated Matryoshka widths of the model (default: all it offers)."
+    ),
+    any_dim: bool = any_dim_option(),
     indexes: Optional[str] = typer.Option(
         None,
         "--indexes",
@@ -133,22 +141,19 @@ def retrieval_cmd(
     split: str = typer.Option("test", "--split", help="qrels/<split>.tsv to evaluate."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Subset: judged docs + first corpus docs up to N."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Subset: first N judged queries."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as a JSON list."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write the rows as CSV."),
-    plot_out: Optional[Path] = typer.Option(
-        None, "--plot", help="Write a PNG: nDCG@10 vs dim-config search time (needs the plot extra)."
-    ),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
+    outputs: Optional[list[Path]] = output_option(OUTPUT_HELP + " The plot: nDCG@10 vs search time."),
+    as_json: bool = json_option("Print the rows as a JSON list instead of a Markdown table."),
+    model: Optional[str] = model_option(),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Embedding cache directory (as for ingest)."),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 per dim and index configuration on a BEIR dataset."""
     from embedpipe.eval import embedding as E
     from embedpipe.eval import retrieval as R
-    from embedpipe.eval.tradeoffs import DIMS, KNOBS, parse_list
+    from embedpipe.eval.tradeoffs import KNOBS, parse_list
     from embedpipe.runtime.embedder import Embedder
 
     configs = R.pick_configs(parse_list(indexes, str, ()) or None)
@@ -158,16 +163,16 @@ def retrieval_cmd(
     rows = R.run_retrieval(
         data,
         emb,
-        parse_list(dims, int, DIMS),
+        parse_list(dims, int, ()) or None,
         configs,
         E.CacheOptions(not no_cache, str(cache_dir) if cache_dir else None, progress),
         progress,
+        any_dim=any_dim,
     )
     _emit(
         rows,
-        json_out,
-        csv_out,
-        plot_out,
+        outputs,
+        as_json,
         dict(
             recall="ndcg@10",
             panels=[("search_ms_per_query", "search time (ms/query, batched)")],

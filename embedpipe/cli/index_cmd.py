@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,19 @@ from typing import Any, Optional
 
 import typer
 
+from embedpipe.cli.common import (
+    backend_option,
+    dim_option,
+    input_option,
+    json_option,
+    k_option,
+    model_option,
+    output_option,
+    threads_option,
+)
 from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes.registry import INDEX_TYPES, declared_parameters
-from embedpipe.jsonl import iter_jsonl
+from embedpipe.jsonl import STDIN, iter_jsonl
 
 TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
 QUANT_HELP = (
@@ -22,22 +33,32 @@ QUANT_HELP = (
 )
 
 
-def _read_queries(texts: list[str] | None, input_file: Path | None) -> list[str]:
-    """QUERY arguments, or --input JSONL lines: {"query": …} / {"text": …} / a JSON string."""
+def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
+    """QUERY arguments (a lone `-`: one per stdin line), or -i/--input JSONL (`-`: stdin) lines:
+    {"query": …} / {"text": …} / a JSON string."""
+    from embedpipe.cli.common import stdin_lines
+
     if texts and input_file is not None:
-        raise typer.BadParameter("give QUERY arguments or --input, not both")
+        raise typer.BadParameter("give QUERY arguments or -i/--input, not both")
     if input_file is None:
         if not texts:
-            raise typer.BadParameter("give QUERY arguments or --input F.jsonl")
-        return list(texts)
-    out: list[str] = []
-    for lineno, row in iter_jsonl(input_file):
-        text = row if isinstance(row, str) else (row.get("query", row.get("text")) if isinstance(row, dict) else None)
-        if not isinstance(text, str):
-            raise EmbedpipeError(
-                f'{input_file}:{lineno}: expected a string or an object with a string "query" or "text" field'
+            raise typer.BadParameter("give QUERY arguments, - (one per stdin line) or -i/--input F.jsonl")
+        out = stdin_lines() if texts == [STDIN] else list(texts)
+        where = "stdin"
+    else:
+        where = "stdin" if input_file == STDIN else input_file
+        out = []
+        for lineno, row in iter_jsonl(input_file):
+            text = (
+                row if isinstance(row, str) else (row.get("query", row.get("text")) if isinstance(row, dict) else None)
             )
-        out.append(text)
+            if not isinstance(text, str):
+                raise EmbedpipeError(
+                    f'{where}:{lineno}: expected a string or an object with a string "query" or "text" field'
+                )
+            out.append(text)
+    if not out:
+        raise EmbedpipeError(f"{where}: no queries in it; give one query per line")
     return out
 
 
@@ -46,7 +67,7 @@ def _build(
         ...,
         help="Embeddings directory written by `embedpipe ingest`, or a .npy / .parquet / Arrow file of other tools' embeddings.",
     ),
-    out: Optional[Path] = typer.Option(None, "-o", "--output", help="Index file to write."),
+    output: Optional[Path] = output_option("Index file to write."),
     update: Optional[Path] = typer.Option(
         None,
         "--update",
@@ -54,9 +75,7 @@ def _build(
     ),
     kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
     quant: str = typer.Option("fp32", "--quant", help=QUANT_HELP),
-    dim: Optional[int] = typer.Option(
-        None, "--dim", help="Matryoshka dimension (truncate + re-normalize); default: full."
-    ),
+    dim: Optional[int] = dim_option("Matryoshka dimension (truncate + re-normalize); default: full."),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
     id_column: str = typer.Option(
         "id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."
@@ -72,12 +91,16 @@ def _build(
     """Build an index from ingest output or foreign embeddings, or --update one."""
     from embedpipe.indexes.query import build_from_dir
 
+    out = output
     if (out is None) == (update is None):
         raise typer.BadParameter("give -o/--output for a new index or --update PATH for an existing one")
     start = time.perf_counter()
     if update is not None:
         from embedpipe.indexes.update import update_from_dir
 
+        given = [p.option.split("/")[0] for p, _ in declared_parameters("build").values() if params[p.name] is not None]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)}: --update keeps the index's own build parameters")
         index, added = update_from_dir(emb_dir, update, progress=True)
         typer.echo(
             f"{update}: {added} rows added, {index.count} vectors, updated in {time.perf_counter() - start:.1f} s",
@@ -86,7 +109,11 @@ def _build(
         return
     if kind not in INDEX_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}")
-    chosen = {p.name: params[p.name] for p in INDEX_TYPES[kind].build_params}
+    declared = {p.name: p for p in INDEX_TYPES[kind].build_params}
+    for name, (p, kinds) in declared_parameters("build").items():
+        if params[name] is not None and name not in declared:
+            raise typer.BadParameter(f"{p.option.split('/')[0]} applies to {', '.join(kinds)} indexes, not {kind}")
+    chosen = {name: p.default if params[name] is None else params[name] for name, p in declared.items()}
     try:
         index = build_from_dir(
             emb_dir,
@@ -112,8 +139,9 @@ def _build(
 
 def _with_parameter_options(fn: Callable[..., None], what: str) -> Callable[..., None]:
     """`fn` with one option per declared `what` ("build"/"search") parameter of the index types,
-    passed in its `**params`: an option applies to the types named in its help and is ignored for
-    the others. Search options default to None: the value stored in the index."""
+    passed in its `**params`. Every such option defaults to None (= not given): the command
+    rejects one that does not apply to the index type, and fills the type's declared default
+    (build) or the value stored in the index (search) for the others."""
     fixed = [
         p
         for p in inspect.signature(fn, eval_str=True).parameters.values()
@@ -123,9 +151,12 @@ def _with_parameter_options(fn: Callable[..., None], what: str) -> Callable[...,
         inspect.Parameter(
             p.name,
             inspect.Parameter.KEYWORD_ONLY,
-            annotation=p.type if what == "build" else Optional[p.type],
+            annotation=Optional[p.type],
             default=typer.Option(
-                p.default if what == "build" else None, p.option, help=f"{', '.join(kinds)}: {p.help}"
+                None,
+                p.option,
+                help=f"{', '.join(kinds)}: {p.help}" + (f" [default: {p.default}]" if what == "build" else ""),
+                metavar=p.type.__name__.upper() if p.type is not bool else None,
             ),
         )
         for p, kinds in declared_parameters(what).values()
@@ -144,41 +175,81 @@ build_index_cmd = _with_parameter_options(_build, "build")
 
 
 def _search(
-    index_path: Path = typer.Argument(..., help="Index file from `build-index`."),
-    queries: Optional[list[str]] = typer.Argument(None, help="Query texts."),
-    input_file: Optional[Path] = typer.Option(None, "--input", help="JSONL of queries."),
-    k: int = typer.Option(10, "-k", min=1, help="Results per query."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON line per query."),
-    model: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: the one recorded in the index)."),
+    index_path: Path = typer.Argument(..., help="Index file from `build-index`.", metavar="INDEX"),
+    queries: Optional[list[str]] = typer.Argument(
+        None, help="Query texts; a lone - reads one query per stdin line.", metavar="QUERY..."
+    ),
+    input_file: Optional[str] = input_option(
+        'JSONL of queries ({"query": …}, {"text": …} or a string); - reads stdin.'
+    ),
+    k: int = k_option(),
+    as_json: bool = json_option("Print one JSON line per query."),
+    model: Optional[str] = model_option("GGUF model or registered name (default: the one recorded in the index)."),
     allow_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."
     ),
     vector: Optional[str] = typer.Option(None, "--vector", help="One query vector: comma-separated floats."),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Query vectors: a 2-D .npy file."),
+    per_chunk: bool = typer.Option(
+        False, "--per-chunk", help="List every matching chunk (default: one hit per document, its best chunk)."
+    ),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     **knobs: Any,
 ) -> None:
-    """Nearest ids for text queries (embedded with the index's model and query prompt) or for
-    query vectors (--vector / --vectors)."""
-    from embedpipe.indexes import load_index
-    from embedpipe.indexes.query import search_texts, search_vectors, text_embedder, vector_queries
+    """Nearest documents for text queries (embedded with the index's model and query prompt) or
+    for query vectors (--vector / --vectors). Kept text columns are shown with each hit."""
+    if threads is not None:
+        from embedpipe.codegen.threads import THREADS_ENV
 
-    index = load_index(index_path)
-    chosen = {p.name: knobs[p.name] for p in index.search_params if knobs[p.name] is not None}
+        if threads < 1:
+            raise typer.BadParameter("--threads must be at least 1")
+        os.environ[THREADS_ENV] = str(threads)  # the index's search kernels read it
+    from embedpipe.indexes.searcher import Index
+
     if vector is not None or vectors is not None:
         if queries or input_file is not None:
             raise typer.BadParameter("give text queries or --vector/--vectors, not both")
-        rows = search_vectors(index, vector_queries(vector, vectors), k, **chosen)
+        from embedpipe.indexes.query import vector_queries
+
+        q = vector_queries(vector, vectors)
+        index = Index(index_path)
+        _check_knobs(index, knobs)
+        labels: list[Any] = list(range(len(q)))
+        hits = index.search_vectors(q, k, per_chunk, **knobs)
     else:
         texts = _read_queries(queries, input_file)
-        rows = search_texts(index, text_embedder(index, model, allow_mismatch), texts, k, **chosen)
-    for row in rows:
+        index = Index(index_path, model, allow_mismatch, backend, threads)
+        _check_knobs(index, knobs)
+        labels = list(texts)
+        hits = index.search_batch(texts, k, per_chunk, **knobs)
+    for label, results in zip(labels, hits):
         if as_json:
-            typer.echo(json.dumps(row, ensure_ascii=False))
+            typer.echo(json.dumps({"query": label, "results": results}, ensure_ascii=False))
             continue
-        typer.echo(f"query: {row['query']}")
-        for rank, hit in enumerate(row["results"], 1):
-            extra = "  ".join(f"{c}={v}" for c, v in hit.items() if c not in ("id", "score"))
-            typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['id']}" + (f"  {extra}" if extra else ""))
+        typer.echo(f"query: {label}")
+        for rank, hit in enumerate(results, 1):
+            typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['id']}" + _extra(hit))
+
+
+def _check_knobs(index: Any, knobs: dict[str, Any]) -> None:
+    """A search option the index type does not take is a usage error (exit 2), found before
+    the model is loaded."""
+    from embedpipe.indexes.searcher import KnobError
+
+    try:
+        index.check_knobs(knobs)
+    except KnobError as exc:
+        raise typer.BadParameter(exc.cli_message()) from None
+
+
+def _extra(hit: dict[str, Any]) -> str:
+    """Kept columns after the id: `text` last (it is the long one), one line."""
+    shown = [(c, v) for c, v in hit.items() if c not in ("id", "score", "text", "chunk_tokens")]
+    if "text" in hit:
+        shown.append(("text", hit["text"]))
+    parts = [f"{c}={' '.join(str(v).split())}" for c, v in shown if v not in ("", None)]
+    return ("  " + "  ".join(parts)) if parts else ""
 
 
 search_cmd = _with_parameter_options(_search, "search")

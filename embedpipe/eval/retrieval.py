@@ -134,17 +134,19 @@ def load_beir(
 def run_retrieval(
     data: BeirData,
     emb: Any,
-    dims: tuple[int, ...],
+    dims: tuple[int, ...] | None,
     configs: list[IndexConfig],
     cache: CacheOptions | None = None,
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
+    any_dim: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per (dim, config) with ndcg@10, recall@100, mrr@10, queries, docs, timings."""
+    """One row per (dim, config) with ndcg@10, recall@100, mrr@10, queries, docs, timings.
+    `dims` (default: the model's Matryoshka widths) are checked like every `dim` (`check_dim`)."""
+    from embedpipe.runtime.dims import check_dim
+
     cache = cache or CacheOptions(progress=progress)
-    bad = [d for d in dims if not 0 < d <= max(emb.dims)]
-    if bad:
-        raise EvalInputError(f"--dims {bad}: the model offers {list(emb.dims)}")
+    dims = tuple(check_dim(d, emb.dims, any_dim, "dims") for d in dims) if dims else tuple(emb.dims)
     t0 = time.perf_counter()
     docs = embed_texts(emb, data.texts, "document", titles=data.titles, cache=cache)
     queries = embed_texts(emb, data.queries, "query", cache=cache)

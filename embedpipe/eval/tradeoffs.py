@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, shape_text
 from embedpipe.eval.embedding import CacheOptions, embed_texts, read_query_file, sample_corpus_queries
 from embedpipe.indexes import INDEX_TYPES, Builder, VectorIndex
 from embedpipe.indexes.base import topk_desc, truncate_normalize
@@ -146,7 +146,7 @@ def run_tradeoffs(
     vectors = np.asarray(vectors, np.float32)
     queries = np.asarray(queries, np.float32)
     if queries.ndim != 2 or queries.shape[1] != vectors.shape[1]:
-        raise EmbedpipeError(f"queries have shape {queries.shape}; the embeddings are {vectors.shape[1]}-d")
+        raise EmbedpipeError(f"queries are {shape_text(queries.shape)}; the embeddings are {vectors.shape[1]}-d")
     plan = (plan or Plan()).validate(vectors.shape[1])
     k = min(K, len(vectors))
     full = exact_topk(vectors, queries, vectors.shape[1], k)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from embedpipe.codegen.topk import topk
+from embedpipe.errors import shape_text
 from embedpipe.indexes.format import DimensionMismatchError, IndexFileError
 from embedpipe.indexes.params import Param, check_params, defaults
 from embedpipe.indexes.validate import check_results
@@ -39,7 +40,7 @@ def truncate_normalize(x: np.ndarray, dim: int) -> np.ndarray:
     """Matryoshka: keep the first `dim` components, then re-normalize each row."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
-        raise DimensionMismatchError(f"expected a 2-D array of vectors, got shape {x.shape}")
+        raise DimensionMismatchError(f"expected a 2-D array of vectors, got one of shape {shape_text(x.shape)}")
     if dim > x.shape[1]:
         raise DimensionMismatchError(f"cannot index at dim {dim}: vectors have {x.shape[1]}")
     return normalize_rows(x[:, :dim])
@@ -218,7 +219,7 @@ class VectorIndex:
             f" or {self.meta.source_dim}" if self.meta.source_dim and self.meta.source_dim != self.dim else ""
         )
         raise DimensionMismatchError(
-            f"query vectors have shape {q.shape}; this {self.kind} "
+            f"query vectors are {shape_text(q.shape)}; this {self.kind} "
             f"index holds {self.dim}-d vectors (queries must be {allowed}-d)"
         )
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from embedpipe.errors import shape_text
 from embedpipe.indexes.base import IndexMeta, normalize_rows
 from embedpipe.pipeline.dataset import EmbeddingsDirError
 
@@ -78,7 +79,7 @@ def read_foreign(
         except (ValueError, OSError) as exc:
             raise EmbeddingsDirError(f"{path}: unreadable .npy file ({exc})") from None
         if vecs.ndim != 2 or vecs.dtype.kind not in "fiu":
-            raise EmbeddingsDirError(f"{path}: expected a 2-D float array, got {vecs.dtype} {vecs.shape}")
+            raise EmbeddingsDirError(f"{path}: expected a 2-D float array, got {vecs.dtype} {shape_text(vecs.shape)}")
         vecs = vecs.astype(np.float32, copy=False)
         ids = np.arange(len(vecs), dtype=np.int64)
     else:

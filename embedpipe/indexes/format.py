@@ -144,12 +144,21 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Any) -> None:
     """Call `write(fileobj)` on a temp file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
+    if path.is_dir():
+        raise IndexFileError(path, f"is a directory; an index is one file, e.g. {path / 'index.idx'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; other outputs follow the umask
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, shape_text
 from embedpipe.indexes.base import IndexMeta, VectorIndex
 from embedpipe.indexes.registry import Builder
-from embedpipe.pipeline.dataset import read_embeddings
 from embedpipe.runtime.recorded_model import ModelMismatchError, open_embedder
 
 __all__ = [
@@ -69,14 +68,20 @@ def search_vectors(
     return out
 
 
-def text_embedder(index: VectorIndex, model: str | os.PathLike | None = None, allow_mismatch: bool = False) -> Any:
+def text_embedder(
+    index: VectorIndex,
+    model: str | os.PathLike | None = None,
+    allow_mismatch: bool = False,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> Any:
     """`open_embedder` for text queries; an index of foreign embeddings names no model."""
     if model is None and index.meta.extra.get("model") == "none":
         raise EmbedpipeError(
             "this index was built from foreign embeddings and records no "
             "model: pass --model for text queries, or --vector/--vectors"
         )
-    return open_embedder(index, model, allow_mismatch)
+    return open_embedder(index, model, allow_mismatch, backend, threads)
 
 
 def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None) -> np.ndarray:
@@ -92,13 +97,15 @@ def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None 
     else:
         try:
             q = np.load(vectors, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise EmbedpipeError(f"{vectors}: cannot read query vectors ({exc.strerror or exc})") from None
+        except ValueError as exc:
             raise EmbedpipeError(f"{vectors}: cannot read query vectors ({exc})") from None
         where = str(vectors)
         if q.ndim == 1:
             q = q[None, :]
         if q.ndim != 2 or q.dtype.kind not in "fiu":
-            raise EmbedpipeError(f"{vectors}: expected a 2-D float array, got {q.dtype} {q.shape}")
+            raise EmbedpipeError(f"{vectors}: expected a 2-D float array, got {q.dtype} {shape_text(q.shape)}")
     q = q.astype(np.float32)
     if not np.isfinite(q).all():
         raise EmbedpipeError(f"{where}: query vectors contain NaN or infinite values")
@@ -133,6 +140,8 @@ def build_from_dir(
         index.save(out)
         return index
     else:
+        from embedpipe.pipeline.dataset import read_embeddings  # pyarrow: only when building
+
         emb = read_embeddings(emb_dir, keep_text=keep_text)
         vectors, ids, meta, columns = emb.vectors, emb.ids, IndexMeta.from_dataset(emb), emb.columns
     if dim is not None and not 0 < dim <= vectors.shape[1]:

@@ -87,7 +87,8 @@ class CachedRow:
 
 def cache_key(model_sha256: str, task: str, dim: int, title: str | None, text: str, setting: str) -> bytes:
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    title_part = "\x00" if title is None else "t" + title
+    # an empty title makes the same prompt as no title (prompts.Convention.prefix), so the same key
+    title_part = "t" + title if title else "\x00"
     raw = "\x1f".join((model_sha256, task, str(dim), title_part, text_sha, setting))
     return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).digest()
 

@@ -53,6 +53,7 @@ class IngestConfig:
     keep: list[str] = field(default_factory=list)
     task: str = "document"
     dim: int | None = None
+    any_dim: bool = False  # allow a dim that is not one of the model's Matryoshka widths
     dtype: str = "float32"
     long: str = "chunk"
     max_tokens: int | None = None

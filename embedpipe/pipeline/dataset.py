@@ -181,7 +181,7 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True, parts: l
     files = sorted(p for p in emb_dir.glob(PART_GLOB) if only is None or p.name in only)
     if not files:
         raise EmbeddingsDirError(f"{emb_dir}: no {PART_GLOB} files")
-    vecs, ids, chunks, part_rows = [], [], [], {}
+    vecs, ids, chunks, spans, part_rows = [], [], [], [], {}
     columns: dict[str, list[str]] = {}
     first: DatasetMeta | None = None
     for part in files:
@@ -203,6 +203,13 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True, parts: l
         chunks.append(
             table.column("chunk").to_numpy() if "chunk" in table.column_names else np.zeros(table.num_rows, np.int32)
         )
+        if keep_text and "token_start" in table.column_names and "token_end" in table.column_names:
+            spans.extend(
+                f"{a}:{b}"
+                for a, b in zip(table.column("token_start").to_pylist(), table.column("token_end").to_pylist())
+            )
+        else:
+            spans.extend([""] * table.num_rows)
         if keep_text:
             for name in table.column_names:
                 if name not in STRUCTURAL_COLUMNS:
@@ -212,6 +219,7 @@ def read_embeddings(emb_dir: str | os.PathLike, keep_text: bool = True, parts: l
     chunk = np.concatenate(chunks)
     if keep_text and chunk.size and chunk.max() > 0:
         columns["chunk"] = [str(c) for c in chunk.tolist()]
+        columns["tokens"] = spans  # the chunk's text-token span "start:end", to show its text
     id_arr = np.asarray(ids, dtype=np.int64) if ids and all(isinstance(i, int) for i in ids) else ids
     return Embeddings(np.concatenate(vecs), id_arr, columns, first or DatasetMeta(), emb_dir.resolve(), part_rows)
 

@@ -15,6 +15,7 @@ from embedpipe.errors import EmbedpipeError
 from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key
 from embedpipe.pipeline.chunking import Chunker
 from embedpipe.pipeline.config import IngestConfig
+from embedpipe.runtime.dims import check_dim
 
 TRUNCATE = "truncate"
 
@@ -27,6 +28,7 @@ def encode_cached(
     dim: int | None = None,
     cache: EmbeddingCache | None = None,
     progress: bool = False,
+    any_dim: bool = False,
 ) -> np.ndarray:
     """(len(texts), dim) float32 unit vectors in input order; misses are embedded and stored.
 
@@ -37,7 +39,7 @@ def encode_cached(
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise EmbedpipeError(f"text {i} is empty or not a string; it cannot be embedded")
-    dim = emb.dims[0] if dim is None else int(dim)
+    dim = check_dim(dim, emb.dims, any_dim)
     task = canonical_task(task)
     chunker = Chunker(emb, task, emb.max_tokens, TRUNCATE, None, IngestConfig.chunk_overlap)
     title_of = (lambda i: titles[i]) if titles is not None else (lambda i: None)
@@ -55,7 +57,7 @@ def encode_cached(
                 raise EmbedpipeError(
                     f"text {i}: its prompt alone is longer than the model's context of {emb.max_tokens} tokens"
                 )
-        vecs = emb.encode_ids([p.seqs[0] for p in plans], dim=dim, show_progress=progress)
+        vecs = emb.encode_ids([p.seqs[0] for p in plans], dim=dim, show_progress=progress, any_dim=True)
         fresh = {
             keys[i]: CachedRow(p.spans, [len(p.seqs[0])], vecs[j : j + 1], p.text_tokens, p.truncated)
             for j, (i, p) in enumerate(zip(todo, plans))

@@ -68,15 +68,14 @@ class IngestSummary:
 
 def resolve(cfg: IngestConfig, emb) -> IngestConfig:
     """Fill model-dependent defaults (dim, max_tokens) and check them against the model."""
+    from embedpipe.runtime.dims import check_dim
     from embedpipe.runtime.prompts import DOCUMENT_TASK, canonical_task
 
     cfg = replace(cfg, keep=list(cfg.keep), inputs=list(cfg.inputs)).validate()
     cfg.task = canonical_task(cfg.task)
     if cfg.title_col and cfg.task != DOCUMENT_TASK:
         raise EmbedpipeError(f"--title-col is used by the 'document' task prompt only (task is {cfg.task!r})")
-    cfg.dim = emb.dims[0] if cfg.dim is None else int(cfg.dim)
-    if cfg.dim not in emb.dims:
-        raise EmbedpipeError(f"--dim {cfg.dim} is not offered by this model (choose from {list(emb.dims)})")
+    cfg.dim = check_dim(cfg.dim, emb.dims, cfg.any_dim)
     cfg.max_tokens = emb.max_tokens if cfg.max_tokens is None else int(cfg.max_tokens)
     if not 0 < cfg.max_tokens <= emb.max_tokens:
         raise EmbedpipeError(f"--max-tokens must be in 1..{emb.max_tokens} (the model's context), got {cfg.max_tokens}")

@@ -126,7 +126,7 @@ def extract(
             reasons = [
                 r or ("invalid_title" if tr not in (None, "null_text") else None) for r, tr in zip(reasons, t_reasons)
             ]
-            out.titles.extend(titles)
+            out.titles.extend(t or None for t in titles)  # CSV reads a blank cell as "": no title
         out.ids.extend(ids)
         out.texts.extend(texts)
         out.reasons.extend(reasons)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from embedpipe.errors import EmbedpipeError
+from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, truncate_dim
 from embedpipe.runtime.microbatch import MicroBatcher, PassStats
 
@@ -65,18 +66,19 @@ class AsyncEmbedder:
         titles: Sequence[str | None] | None = None,
         dim: int | None = None,
         truncate: bool = False,
+        any_dim: bool = False,
     ) -> np.ndarray:
         """Like `Embedder.encode`: L2-normalized (n, dim) float32 rows in input order."""
         if isinstance(texts, str):
             raise EmbedpipeError("aencode takes a list of texts, not a single string")
         ids = await self.prepare(self.embedder.tokenize, list(texts), task, titles, truncate)
-        return await self.aencode_ids(ids, dim)
+        return await self.aencode_ids(ids, dim, any_dim)
 
-    async def aencode_ids(self, ids: Sequence[Sequence[int]], dim: int | None = None) -> np.ndarray:
+    async def aencode_ids(
+        self, ids: Sequence[Sequence[int]], dim: int | None = None, any_dim: bool = False
+    ) -> np.ndarray:
         """Like `Embedder.encode_ids`: sequences that already carry BOS/EOS and the prompt."""
-        dim = self.dim if dim is None else dim
-        if dim > self.dim or dim <= 0:
-            raise EmbedpipeError(f"dim {dim} is not in 1..{self.dim} (Matryoshka dims: {self.dims})")
+        dim = check_dim(dim, self.dims, any_dim)
         for i, seq in enumerate(ids):
             if len(seq) == 0:
                 raise EmbedpipeError(f"sequence {i} has no tokens")

@@ -22,6 +22,7 @@ from embedpipe.runtime import prompts
 from embedpipe.runtime.backends import make_backend
 from embedpipe.runtime.bert import BertEncoderModel
 from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
+from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS, GemmaEmbeddingModel  # noqa: F401
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.model_integrity import check_finite
@@ -139,12 +140,18 @@ class Embedder:
         batch_size: int = 32,
         truncate: bool = False,
         show_progress: bool = False,
+        any_dim: bool = False,
     ) -> np.ndarray:
-        """L2-normalized (n, dim) float32 embeddings in input order (dim None: the model's full width)."""
+        """L2-normalized (n, dim) float32 embeddings in input order (dim None: the model's full width;
+        otherwise one of the model's Matryoshka `dims`, or any width up to it with `any_dim`)."""
         if isinstance(texts, str):
             raise EmbedpipeError("encode takes a list of texts, not a single string")
         return self.encode_ids(
-            self.tokenize(texts, task, titles, truncate), dim=dim, batch_size=batch_size, show_progress=show_progress
+            self.tokenize(texts, task, titles, truncate),
+            dim=dim,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            any_dim=any_dim,
         )
 
     def encode_ids(
@@ -154,11 +161,10 @@ class Embedder:
         batch_size: int = 32,
         show_progress: bool = False,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        any_dim: bool = False,
     ) -> np.ndarray:
         """Embed token sequences that already carry BOS/EOS and the prompt."""
-        dim = self.dim if dim is None else dim
-        if dim > self.dim or dim <= 0:
-            raise EmbedpipeError(f"dim {dim} is not in 1..{self.dim} (Matryoshka dims: {self.dims})")
+        dim = check_dim(dim, self.dims, any_dim)
         out = np.empty((len(ids), self.dim), np.float32)
         if not len(ids):
             return out[:, :dim]

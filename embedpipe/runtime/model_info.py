@@ -32,8 +32,9 @@ def _encoder(mf: GGUFModelFile) -> dict[str, Any]:
 DESCRIBERS = {"gemma-embedding": _gemma, "bert": _encoder, "mpnet": _encoder}
 
 
-def model_info(path: str | os.PathLike[str], with_sha256: bool = True) -> dict[str, Any]:
-    """Architecture, hyper-parameters, tensors and tokenizer of a model file (validated first)."""
+def model_info(path: str | os.PathLike[str], with_sha256: bool = True, name: str | None = None) -> dict[str, Any]:
+    """Architecture, hyper-parameters, tensors and tokenizer of a model file (validated first);
+    `name` (e.g. the registered model's) replaces the file's general.name."""
     mf = GGUFModelFile(Path(path))
     describe = DESCRIBERS.get(mf.architecture)
     if describe is None:
@@ -46,7 +47,7 @@ def model_info(path: str | os.PathLike[str], with_sha256: bool = True) -> dict[s
         "path": str(mf.path),
         "size_bytes": mf.path.stat().st_size,
         "architecture": mf.architecture,
-        "name": mf.get("general.name"),
+        "name": name or mf.get("general.name"),
         "description": mf.get("general.description"),
         **describe(mf),
         "tensor_count": len(mf.tensors),

@@ -179,6 +179,16 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     raise EmbedpipeError(f"{text!r} is neither a GGUF file nor a registered model ({', '.join(MODELS)})")
 
 
+def registered_name(path: str | os.PathLike[str]) -> str | None:
+    """The registered model whose store directory holds `path`, if any (the GGUF's own
+    general.name is whatever the converted checkout's directory was called)."""
+    resolved = Path(path).resolve()
+    for entry in MODELS.values():
+        if resolved.is_relative_to(store.model_dir(entry.spec).resolve()):
+            return entry.name
+    return None
+
+
 def cached_quants(entry: RegisteredModel) -> list[str]:
     """Quants of `entry` whose GGUF is cached and consistent with its stamp."""
     from embedpipe.runtime.gguf_names import QUANTS

@@ -10,15 +10,17 @@ from typing import Any
 import numpy as np
 
 from embedpipe.indexes.query import query_task
+from embedpipe.indexes.searcher import Index
 from embedpipe.serve.catalog import ServedIndex
 from embedpipe.serve.embeddings import EmbeddingService
 from embedpipe.serve.errors import bad_request
 from embedpipe.serve.schemas import SearchRequest
 
 
-def run_search(index: Any, queries: np.ndarray, k: int, knobs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) of `queries` in `index` with the request's knobs: the one call into the index API."""
-    return index.search_rows(queries, k, **knobs)
+def run_search(index: Any, queries: np.ndarray, k: int, knobs: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Hits of `queries` in `index` with the request's knobs through the same `embedpipe.Index`
+    API as the CLI (one hit per chunked document, its best chunk)."""
+    return Index.wrap(index).search_vectors(queries, k, **knobs)
 
 
 class SearchService:
@@ -43,21 +45,8 @@ class SearchService:
         knobs = self.knobs_for(served, req.knobs)
         embedded = await self.embeddings.embed_texts(served.model, req.queries, query_task(served.index), None, None)
         loop = asyncio.get_running_loop()
-        scores, rows = await loop.run_in_executor(self._pool, run_search, served.index, embedded.vectors, req.k, knobs)
-        index = served.index
-        ids = index.ids.take(rows)
-        out = []
-        for qi in range(len(req.queries)):
-            hits = []
-            for s, r, i in zip(scores[qi], rows[qi], ids[qi]):
-                if r < 0:
-                    continue
-                hit: dict[str, Any] = {"id": i.item() if isinstance(i, np.generic) else i, "score": float(s)}
-                for name, table in index.columns.items():
-                    hit[name] = table[int(r)]
-                hits.append(hit)
-            out.append({"query": req.queries[qi], "results": hits})
-        return out, embedded.tokens
+        hits = await loop.run_in_executor(self._pool, run_search, served.index, embedded.vectors, req.k, knobs)
+        return [{"query": q, "results": h} for q, h in zip(req.queries, hits)], embedded.tokens
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

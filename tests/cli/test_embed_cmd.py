@@ -33,6 +33,7 @@ def test_embed_jsonl_to_npy_in_input_order(tiny_gguf, tmp_path):
         "document",
         "--dim",
         "32",
+        "--any-dim",
         "--input",
         str(src),
         "--output",
@@ -44,13 +45,13 @@ def test_embed_jsonl_to_npy_in_input_order(tiny_gguf, tmp_path):
     got = np.load(out)
     assert got.shape == (3, 32) and got.dtype == np.float32
     want = Embedder.load(tiny_gguf, backend="numpy").encode(
-        [r["text"] for r in rows], task="document", titles=[r.get("title") for r in rows], dim=32
+        [r["text"] for r in rows], task="document", titles=[r.get("title") for r in rows], dim=32, any_dim=True
     )
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_embed_arguments_print_json_lines(tiny_gguf):
-    res = _run("embed", "--model", str(tiny_gguf), "--dim", "16", "--backend", "numpy", "one", "two")
+    res = _run("embed", "--model", str(tiny_gguf), "-d", "16", "--any-dim", "--backend", "numpy", "one", "two")
     assert res.exit_code == 0
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(lines) == 2 and all(len(line["embedding"]) == 16 for line in lines)

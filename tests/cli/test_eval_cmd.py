@@ -24,7 +24,7 @@ def _invoke(*args):
 
 def test_cli_table_json_csv_plot(emb_dir, tiny_gguf, eval_cache, tmp_path):
     out_json, out_csv, out_png = tmp_path / "t.json", tmp_path / "t.csv", tmp_path / "t.png"
-    plot = [] if _no_matplotlib() else ["--plot", out_png]
+    plot = [] if _no_matplotlib() else ["-o", out_png]
     res = _invoke(
         "eval",
         "tradeoffs",
@@ -33,9 +33,9 @@ def test_cli_table_json_csv_plot(emb_dir, tiny_gguf, eval_cache, tmp_path):
         12,
         "--dims",
         "64,32",
-        "--json",
+        "-o",
         out_json,
-        "--csv",
+        "-o",
         out_csv,
         "--cache-dir",
         eval_cache,
@@ -89,7 +89,7 @@ def test_queries_file_and_restrictions(emb_dir, tiny_gguf, eval_cache, tmp_path)
         "int8",
         "--indexes",
         "brute,hnsw",
-        "--json",
+        "-o",
         out,
         "--cache-dir",
         eval_cache,
@@ -128,7 +128,7 @@ def test_cli_rows_json_csv_plot_and_cache(beir_dir, tiny_gguf, tmp_path):
     try:
         import matplotlib  # noqa: F401
 
-        plot = ["--plot", out_png]
+        plot = ["-o", out_png]
     except ImportError:
         plot = []
     args = [
@@ -141,11 +141,12 @@ def test_cli_rows_json_csv_plot_and_cache(beir_dir, tiny_gguf, tmp_path):
         "numpy",
         "--dims",
         "64,32",
+        "--any-dim",
         "--indexes",
         "brute,hnsw",
-        "--json",
+        "-o",
         out_json,
-        "--csv",
+        "-o",
         out_csv,
         "--cache-dir",
         cache,
@@ -194,3 +195,11 @@ def _direct_metrics(beir_dir, tiny_gguf):
     scores = queries @ docs.T
     run = {q: {d: float(s) for d, s in zip(data.doc_ids, row) if d != q} for q, row in zip(data.query_ids, scores)}
     return evaluate(data.qrels, run)
+
+
+def test_retrieval_dims_are_checked_like_every_dim(beir_dir, tiny_gguf):
+    from embedpipe.cli.errors import run_cli
+
+    args = ["eval", "retrieval", str(beir_dir), "-m", str(tiny_gguf), "--backend", "numpy", "--no-progress"]
+    assert run_cli(app, [*args, "--dims", "32"]) == 1
+    assert run_cli(app, [*args, "--dims", "65", "--any-dim"]) == 1

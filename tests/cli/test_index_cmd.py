@@ -59,10 +59,7 @@ def test_build_index_then_search_json(emb_dir, tiny_gguf, tmp_path, kind, quant)
         "32",
         "-o",
         str(out),
-        "--trees",
-        "5",
-        "--m",
-        "8",
+        *{"annoy": ["--trees", "5"], "hnsw": ["--m", "8"]}.get(kind, []),
     )
     assert res.exit_code == 0, res.output
     ix = load_index(out)
@@ -164,4 +161,5 @@ def test_search_knobs_are_options_passed_to_the_index(emb_dir, tiny_gguf, tmp_pa
         assert got == [list(row) for row in ix.search(q, 5, ef_search=int(ef))[1]]
     brute = tmp_path / "b.idx"
     assert _run("build-index", str(emb), "-o", str(brute)).exit_code == 0
-    assert _run("search", str(brute), texts[0], "--search-k", "5").exit_code == 0  # not brute's: ignored
+    res = _run("search", str(brute), texts[0], "--search-k", "5")  # not brute's: refused
+    assert res.exit_code == 2 and "--search-k does not apply to brute indexes" in res.output

@@ -78,7 +78,7 @@ def test_ingest_index_search_tradeoffs(tmp_path) -> None:
         "brute,hnsw",
         "--quants",
         "fp32,int8",
-        "--json",
+        "-o",
         str(report),
         "--no-progress",
     )

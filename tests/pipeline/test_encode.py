@@ -14,13 +14,13 @@ from tests.pipeline.conftest import make_texts
 def test_vectors_equal_encode_and_second_call_runs_no_model(tiny_emb, tmp_path, monkeypatch):
     texts = make_texts(12, seed=3) + ["the fox"] * 2  # a repeated text is embedded once
     cache = EmbeddingCache(tmp_path / "c.sqlite")
-    got = encode_cached(tiny_emb, texts, "query", dim=32, cache=cache)
-    np.testing.assert_allclose(got, tiny_emb.encode(texts, task="query", dim=32), atol=1e-6)
+    got = encode_cached(tiny_emb, texts, "query", dim=32, cache=cache, any_dim=True)
+    np.testing.assert_allclose(got, tiny_emb.encode(texts, task="query", dim=32, any_dim=True), atol=1e-6)
     assert len(cache.summary()) == 1 and cache.summary()[0].entries == len(set(texts))
     calls = []
     real = tiny_emb.encode_ids
     monkeypatch.setattr(tiny_emb, "encode_ids", lambda ids, **kw: calls.append(len(ids)) or real(ids, **kw))
-    again = encode_cached(tiny_emb, texts[::-1], "query", dim=32, cache=cache)
+    again = encode_cached(tiny_emb, texts[::-1], "query", dim=32, cache=cache, any_dim=True)
     np.testing.assert_array_equal(again, got[::-1])
     assert calls == []
 

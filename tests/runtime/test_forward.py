@@ -129,12 +129,16 @@ def test_batch_and_order_invariance(tiny_model):
 def test_matryoshka_truncates_then_renormalizes(tiny_model):
     emb = Embedder.load(tiny_model.path, backend="numpy")
     full = emb.encode(TEXTS, dim=64)
-    small = emb.encode(TEXTS, dim=32)
+    small = emb.encode(TEXTS, dim=32, any_dim=True)
     expect = full[:, :32] / np.linalg.norm(full[:, :32], axis=1, keepdims=True)
     np.testing.assert_allclose(small, expect, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(small, axis=1), 1.0, atol=1e-6)
-    with pytest.raises(EmbedpipeError, match="dim"):
-        emb.encode(TEXTS, dim=65)
+    with pytest.raises(EmbedpipeError, match="dim 65"):
+        emb.encode(TEXTS, dim=65, any_dim=True)
+    with pytest.raises(
+        EmbedpipeError, match="dim 32 is not offered by this model: choose one of 64, or pass any_dim=True"
+    ):
+        emb.encode(TEXTS, dim=32)
 
 
 def test_prompts_change_the_vector(tiny_model):

@@ -1,0 +1,64 @@
+"""The root command: lazy command modules, --version, one-line usage errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from embedpipe import __version__
+from embedpipe.cli.app import COMMANDS, app, load_command
+from embedpipe.cli.errors import run_cli
+
+HEAVY_MODULES = ("numpy", "gguf", "pyarrow", "embedpipe.pipeline", "embedpipe.indexes", "embedpipe.runtime", "rich")
+
+
+def _modules_after(*args: str) -> set[str]:
+    code = (
+        "import sys, json\n"
+        "from embedpipe.cli.app import app\n"
+        "from embedpipe.cli.errors import run_cli\n"
+        f"code = run_cli(app, {list(args)!r})\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(res.stderr.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], []])
+def test_root_help_imports_no_heavy_module(args):
+    loaded = _modules_after(*args)
+    assert not [m for m in HEAVY_MODULES if m in loaded]
+
+
+def test_every_command_loads_and_has_help():
+    for name in COMMANDS:
+        cmd = load_command(name)
+        assert cmd.name == name
+        assert cmd.help or cmd.short_help
+
+
+def test_version(capsys):
+    assert run_cli(app, ["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"embedpipe {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["search", "--bogus"], ["nosuchcommand"], ["embed", "-d", "abc", "x"], ["build-index"], ["model", "info"]],
+)
+def test_usage_errors_are_one_line_exit_2(args, capsys):
+    assert run_cli(app, args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--help" in err
+    assert "Traceback" not in err
+
+
+def test_plain_help_has_no_type_noise():
+    for name in COMMANDS:
+        res = subprocess.run(
+            [sys.executable, "-m", "embedpipe", name, "--help"], capture_output=True, text=True, check=True
+        )
+        assert "<bool>" not in res.stdout and "╭" not in res.stdout, name
