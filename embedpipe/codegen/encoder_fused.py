@@ -156,30 +156,32 @@ def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
     y, bias, out, T, N, halves, gelu, r0, r1 = b.function.args
     m = b.module
     width = 2 * isa.lanes
-    with for_range(b, r0, r1, 1, "row") as row:
-        base = b.mul(b.mul(row, N), const_i64(4))
-        second = b.mul(b.mul(b.add(row, T), N), const_i64(4))
-        has_second = b.icmp_signed("!=", halves, const_i64(0))
-        act = b.icmp_signed("!=", gelu, const_i64(0))
+    done = b.append_basic_block("done")
+    variants = [(h, g) for h in (False, True) for g in (False, True)]
+    blocks = [b.append_basic_block(f"halves{int(h)}_gelu{int(g)}") for h, g in variants]
+    code = b.add(
+        b.mul(b.zext(b.icmp_signed("!=", halves, const_i64(0)), I64), const_i64(2)),
+        b.zext(b.icmp_signed("!=", gelu, const_i64(0)), I64),
+    )
+    switch = b.switch(code, done)
+    for i, blk in enumerate(blocks):
+        switch.add_case(const_i64(i), blk)
+    for (two, act), blk in zip(variants, blocks):  # one loop nest per variant: no per-vector branch
+        b.position_at_end(blk)
+        with for_range(b, r0, r1, 1, "row") as row:
+            base = b.mul(b.mul(row, N), const_i64(4))
+            second = b.mul(b.mul(b.add(row, T), N), const_i64(4))
 
-        def body(ty: ir.Type, i: ir.Value) -> None:
-            off = b.mul(i, const_i64(4))
-            v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
-            # the second half is read only when present (its rows exist only then)
-            pre = b.block
-            add_blk = b.append_basic_block("half")
-            join = b.append_basic_block("joined")
-            b.cbranch(has_second, add_blk, join)
-            b.position_at_end(add_blk)
-            v2 = b.fadd(v, load_at(b, ty, y, b.add(second, off), 4))
-            b.branch(join)
-            b.position_at_end(join)
-            s = b.phi(ty)
-            s.add_incoming(v, pre)
-            s.add_incoming(v2, add_blk)
-            store_at(b, b.select(act, gelu_erf_value(b, m, s), s), out, b.add(base, off), 4)
+            def body(ty: ir.Type, i: ir.Value, two=two, act=act, base=base, second=second) -> None:
+                off = b.mul(i, const_i64(4))
+                v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
+                if two:
+                    v = b.fadd(v, load_at(b, ty, y, b.add(second, off), 4))
+                store_at(b, gelu_erf_value(b, m, v) if act else v, out, b.add(base, off), 4)
 
-        _row_loop(b, N, width, "col", body)
+            _row_loop(b, N, width, "col", body)
+        b.branch(done)
+    b.position_at_end(done)
     b.ret_void()
 
 

@@ -258,28 +258,8 @@ class BertEncoderModel:
         """One block: x (S, hidden) and, when this layer's QKV product wants it, its hi/lo split
         ``xs``; returns the block output and its split when ``split_out``."""
         cfg, s, eops = self.cfg, x.shape[0], self.eops
-        h, hd = cfg.n_head, cfg.head_dim
         qkv = eops.combine(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, False)
-        q = (qkv[:, : cfg.hidden] * self.scale).reshape(s, h, hd)
-        k = np.ascontiguousarray(qkv[:, cfg.hidden : 2 * cfg.hidden]).reshape(s, h, hd)
-        v = np.ascontiguousarray(qkv[:, 2 * cfg.hidden :]).reshape(s, h, hd)
-        attn = np.empty((s, cfg.hidden), np.float32)
-        self._attention(q, k, v, bounds, lengths, bias, attn)
+        attn = eops.attention(qkv, cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
         x1, xs1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_split)
         up = eops.combine(layer.w_up(xs1 if layer.up_split else x1), layer.b_up, s, layer.up_split, True)
         return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, split_out)
-
-    def _attention(self, q, k, v, bounds, lengths, bias, out) -> None:
-        starts = bounds[:-1]
-        long_rows = np.flatnonzero(lengths >= ops.LONG_SEQUENCE)
-        if bias is None:
-            for i in long_rows:
-                a, b = int(bounds[i]), int(bounds[i + 1])
-                out[a:b] = self.ops.long_attention(q[a:b], k[a:b], v[a:b], None)
-            self.ops.map(
-                lambda idx: ops.padded_attention(q, k, v, starts[idx], lengths[idx], None, out),
-                ops.length_buckets(lengths),
-            )
-            return
-        groups = [np.array([i]) for i in long_rows] + ops.length_buckets(lengths)
-        self.ops.map(lambda idx: encoder_ops.biased_attention(q, k, v, starts[idx], lengths[idx], bias, out), groups)

@@ -118,6 +118,14 @@ class NumpyEncoderOps:
 
         return combine_reference(y, bias, t, halves, gelu)
 
+    def attention(self, qkv, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
+        """(S, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
+        over their own tokens; q, k, v are the column blocks of ``qkv``; ``bias`` an additive
+        (H, L, L) per-head bias or None."""
+        from embedpipe.codegen.encoder_attention import attention_reference
+
+        return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
+
 
 class JitEncoderOps(NumpyEncoderOps):
     """The same ops as JIT kernels (``codegen.encoder_fused``) for the backend's ISA; the numpy
@@ -125,10 +133,12 @@ class JitEncoderOps(NumpyEncoderOps):
 
     def __init__(self, backend: object):
         from embedpipe.codegen import encoder_fused as ef
+        from embedpipe.codegen.encoder_attention import ENCODER_ATTENTION
 
         super().__init__(backend)
         isa = backend.library.isa
         self._norm, self._combine = ef.RESIDUAL_NORM.native(isa), ef.COMBINE.native(isa)
+        self._attention = ENCODER_ATTENTION.native(isa)
 
     def residual_norm(self, x, bias, res, weight, beta, eps: float, split: bool):
         if self._norm is None:
@@ -139,6 +149,12 @@ class JitEncoderOps(NumpyEncoderOps):
         if self._combine is None:
             return super().combine(y, bias, t, halves, gelu)
         return self._combine.kernel.drive(self._combine, y, bias, t, halves, gelu, threads=self.threads)
+
+    def attention(self, qkv, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
+        if self._attention is None:
+            return super().attention(qkv, n_head, head_dim, starts, lengths, scale, bias)
+        native = self._attention
+        return native.kernel.drive(native, qkv, n_head, head_dim, starts, lengths, scale, bias, threads=self.threads)
 
 
 ENCODER_OPS: dict[str, type[NumpyEncoderOps]] = {"numpy": NumpyEncoderOps, "jit": JitEncoderOps}
