@@ -39,6 +39,8 @@ from embedpipe.codegen.threads import split_range
 
 # Score-row work (pairs · T² · head_dim) below which a call runs on the calling thread.
 PARALLEL_MIN_WORK = 1 << 20
+# Independent accumulators of a score vector (hides FMA latency).
+CHAINS = 4
 
 PARAMS = [
     ("qkv", PTR),
@@ -68,7 +70,8 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     hidden = b.mul(H, D)
     SP = b.add(S, const_i64(w))  # kT row length: the tokens plus one vector of zero padding
     acc = b.alloca(vec(F32, w))
-    acc1 = b.alloca(vec(F32, 1))
+    parts = [b.alloca(vec(F32, w)) for _ in range(CHAINS)]
+    wparts = {True: [b.alloca(vec(F32, w)) for _ in range(2)], False: [b.alloca(vec(F32, 1)) for _ in range(2)]}
     has_bias = b.icmp_signed("!=", bias_ld, const_i64(0))
 
     def chunks(n: ir.Value, tag: str, body) -> None:
@@ -95,12 +98,26 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
             nvec = b.mul(b.sdiv(b.add(n, const_i64(w - 1)), const_i64(w)), const_i64(w))
             vt = vec(F32, w)
             with for_range(b, const_i64(0), nvec, w, "sc") as j:
-                b.store(ir.Constant(vt, None), acc)
-                with for_range(b, const_i64(0), D, 1, "d") as d:
+                kcol = b.add(st, j)
+
+                def qk(d: ir.Value) -> ir.Value:
                     qd = load_at(b, F32, qkv, b.add(qoff, b.mul(d, four)), 4)
-                    kv = load_at(b, vt, kT, b.mul(b.add(b.mul(b.add(hd, d), SP), b.add(st, j)), four), 4)
-                    b.store(b.fadd(b.load(acc), b.fmul(splat(b, qd, w), kv)), acc)
-                store_at(b, b.fmul(b.load(acc), splat(b, scale, w)), scratch, b.mul(j, four), 4)
+                    kv = load_at(b, vt, kT, b.mul(b.add(b.mul(b.add(hd, d), SP), kcol), four), 4)
+                    return b.fmul(splat(b, qd, w), kv)
+
+                # CHAINS independent partial sums over d: FMA latency, not a single chain, bounds it
+                for slot in parts:
+                    b.store(ir.Constant(vt, None), slot)
+                dstop = b.sub(D, b.srem(D, const_i64(CHAINS)))
+                with for_range(b, const_i64(0), dstop, CHAINS, "d") as d:
+                    for c, slot in enumerate(parts):
+                        b.store(b.fadd(b.load(slot), qk(b.add(d, const_i64(c)))), slot)
+                with for_range(b, dstop, D, 1, "dt") as d:
+                    b.store(b.fadd(b.load(parts[0]), qk(d)), parts[0])
+                total_v = b.load(parts[0])
+                for slot in parts[1:]:
+                    total_v = b.fadd(total_v, b.load(slot))
+                store_at(b, b.fmul(total_v, splat(b, scale, w)), scratch, b.mul(j, four), 4)
             with b.if_then(has_bias):
 
                 def add_bias(ty: ir.Type, j: ir.Value) -> None:
@@ -129,15 +146,24 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
 
             def weighted(ty: ir.Type, dc: ir.Value) -> None:
                 lanes = ty.count
-                slot = acc if lanes == w else acc1
-                b.store(ir.Constant(ty, None), slot)
+                slots = wparts[lanes == w]
+                for slot in slots:
+                    b.store(ir.Constant(ty, None), slot)
                 vcol = b.add(b.add(b.mul(hidden, const_i64(2)), hd), dc)
-                with for_range(b, const_i64(0), n, 1, "j") as j:
+
+                def pv(j: ir.Value) -> ir.Value:
                     p = load_at(b, F32, scratch, b.mul(j, four), 4)
-                    voff = b.mul(b.add(b.mul(b.add(st, j), stride), vcol), four)
-                    vv = load_at(b, ty, qkv, voff, 4)
-                    b.store(b.fadd(b.load(slot), b.fmul(splat(b, p, lanes), vv)), slot)
-                store_at(b, b.fmul(b.load(slot), splat(b, inv, lanes)), out, b.add(ooff, b.mul(dc, four)), 4)
+                    vv = load_at(b, ty, qkv, b.mul(b.add(b.mul(b.add(st, j), stride), vcol), four), 4)
+                    return b.fmul(splat(b, p, lanes), vv)
+
+                jstop = b.sub(n, b.srem(n, const_i64(2)))
+                with for_range(b, const_i64(0), jstop, 2, "j") as j:
+                    b.store(b.fadd(b.load(slots[0]), pv(j)), slots[0])
+                    b.store(b.fadd(b.load(slots[1]), pv(b.add(j, const_i64(1)))), slots[1])
+                with for_range(b, jstop, n, 1, "jt") as j:
+                    b.store(b.fadd(b.load(slots[0]), pv(j)), slots[0])
+                total_v = b.fadd(b.load(slots[0]), b.load(slots[1]))
+                store_at(b, b.fmul(total_v, splat(b, inv, lanes)), out, b.add(ooff, b.mul(dc, four)), 4)
 
             chunks(D, "dv", weighted)
     b.ret_void()
