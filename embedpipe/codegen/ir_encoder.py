@@ -38,6 +38,21 @@ def gelu_erf_symbol(isa: IsaSpec) -> str:
     return f"ep_gelu_erf_{isa.name}"
 
 
+def gelu_erf_value(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
+    """``gelu_erf(x)`` of an fp32 vector (or scalar) value."""
+    ty = x.type
+    neg = b.fcmp_ordered("<", x, _fconst(ty, 0.0))
+    ax = b.select(neg, b.fsub(_fconst(ty, 0.0), x), x)
+    t = b.fdiv(_fconst(ty, 1.0), b.fadd(_fconst(ty, 1.0), b.fmul(ax, _fconst(ty, ERF_P / math.sqrt(2)))))
+    poly = _fconst(ty, ERF_A[4])
+    for c in reversed(ERF_A[:4]):
+        poly = b.fadd(b.fmul(poly, t), _fconst(ty, c))
+    poly = b.fmul(poly, t)
+    e = emit_exp(b, m, b.fmul(b.fmul(x, x), _fconst(ty, -0.5)))
+    h = b.fmul(b.fmul(b.fmul(poly, e), x), _fconst(ty, 0.5))
+    return b.select(neg, h, b.fsub(x, h))
+
+
 def emit_gelu_erf(m: ir.Module, isa: IsaSpec) -> str:
     """``void f(a, out, start, stop)``: out[i] = gelu_erf(a[i]) for i in [start, stop)."""
     name = gelu_erf_symbol(isa)
@@ -47,17 +62,7 @@ def emit_gelu_erf(m: ir.Module, isa: IsaSpec) -> str:
 
     def body(ty: ir.Type, idx: ir.Value) -> None:
         off = b.mul(idx, const_i64(4))
-        x = load_at(b, ty, a_ptr, off, 4)
-        neg = b.fcmp_ordered("<", x, _fconst(ty, 0.0))
-        ax = b.select(neg, b.fsub(_fconst(ty, 0.0), x), x)
-        t = b.fdiv(_fconst(ty, 1.0), b.fadd(_fconst(ty, 1.0), b.fmul(ax, _fconst(ty, ERF_P / math.sqrt(2)))))
-        poly = _fconst(ty, ERF_A[4])
-        for c in reversed(ERF_A[:4]):
-            poly = b.fadd(b.fmul(poly, t), _fconst(ty, c))
-        poly = b.fmul(poly, t)
-        e = emit_exp(b, m, b.fmul(b.fmul(x, x), _fconst(ty, -0.5)))
-        h = b.fmul(b.fmul(b.fmul(poly, e), x), _fconst(ty, 0.5))
-        store_at(b, b.select(neg, h, b.fsub(x, h)), out, off, 4)
+        store_at(b, gelu_erf_value(b, m, load_at(b, ty, a_ptr, off, 4)), out, off, 4)
 
     vstop = b.sub(stop, b.srem(b.sub(stop, start), const_i64(width)))
     with for_range(b, start, vstop, width, "v") as i:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import gguf
 import numpy as np
 
 
@@ -214,9 +215,11 @@ class SentenceTransformersPeer(Peer):
 
 
 class OnnxRuntimePeer(Peer):
-    """ONNX Runtime on an export of the model body (scripts/export_onnx.py), fp32 or dynamic
-    int8; token ids from the GGUF's tokenizer (identical to the checkout's), mean or CLS
-    pooling as the GGUF says, L2 normalization."""
+    """ONNX Runtime on an export made by scripts/export_onnx.py, fp32 or dynamic int8, with
+    token ids from the GGUF's tokenizer (identical to the checkout's). A transformer-body
+    export (BERT family: last_hidden_state) is pooled here, mean or CLS as the GGUF says; a
+    whole-pipeline export (EmbeddingGemma: pooling and Dense projections in the graph) gives
+    the sentence vector. Both are L2-normalized."""
 
     FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 
@@ -230,11 +233,13 @@ class OnnxRuntimePeer(Peer):
         path = onnx_dir(cfg) / self.FILES[variant]
         if not path.is_file():
             raise PeerUnavailable(f"{path} is missing; make it with scripts/export_onnx.py")
-        from embedpipe.runtime.embedder import Embedder
+        from embedpipe.runtime.gguf_file import GGUFModelFile
+        from embedpipe.runtime.registry import resolve_model
+        from embedpipe.runtime.tokenizer import load_tokenizer
 
-        probe = Embedder.load(cfg.model, backend="numpy", threads=1)
-        self.tokenizer, self.batch_size = probe.tokenizer, cfg.batch_size
-        self.pooling = getattr(probe.model.cfg, "pooling", "mean")
+        mf = GGUFModelFile(resolve_model(cfg.model))
+        self.tokenizer, self.batch_size = load_tokenizer(mf), cfg.batch_size
+        self.cls_pooling = int(mf.get(f"{mf.architecture}.pooling_type", 1)) == int(gguf.PoolingType.CLS)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -252,7 +257,9 @@ class OnnxRuntimePeer(Peer):
                 input_ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
             feed = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
             hidden = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
-            if self.pooling == "cls":
+            if hidden.ndim == 2:  # the export pools and projects: a sentence vector per row
+                pooled = hidden
+            elif self.cls_pooling:
                 pooled = hidden[:, 0]
             else:
                 pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)

@@ -123,42 +123,47 @@ def _vec(mf: GGUFModelFile, name: str) -> np.ndarray:
     return dequantize(mf.tensors[name]).astype(np.float32, copy=True)
 
 
-def _widened(tensor: WeightTensor) -> WeightTensor:
-    """The tensor as F32, so the backend multiplies it with fp32 (not int8) activations."""
-    if tensor.qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
-        return tensor
-    data = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
-    return WeightTensor(tensor.name, gguf.GGMLQuantizationType.F32, tensor.shape, data.reshape(-1).view(np.uint8))
+class _Concat:
+    """Products of weights that share an input but differ in type, outputs side by side."""
+
+    def __init__(self, parts: list[Callable[[np.ndarray], np.ndarray]]):
+        self.parts = parts
+        families = {getattr(p, "family", None) for p in parts}
+        self.family = families.pop() if len(families) == 1 else None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([part(x) for part in self.parts], axis=1)
 
 
-def _prepare(
-    backend: Backend, name: str, tensors: list[WeightTensor], fp32_input: bool
-) -> Callable[[np.ndarray], np.ndarray]:
+def _prepare(backend: Backend, name: str, tensors: list[WeightTensor]) -> Callable[[np.ndarray], np.ndarray]:
     """One product for weights that share an input (separate ones, outputs concatenated, when
-    their types differ, as in mixed-quant files). ``fp32_input``: see ``FP32_INPUT_PRODUCTS``."""
-    if fp32_input:
-        tensors = [_widened(t) for t in tensors]
+    their types differ, as in mixed-quant files)."""
     if len(tensors) == 1:
         return backend.prepare(tensors[0])
     if all(t.qtype == tensors[0].qtype for t in tensors):
         return backend.prepare(fuse_rows(name, tensors))
-    parts = [backend.prepare(t) for t in tensors]
-    return lambda x: np.concatenate([part(x) for part in parts], axis=1)
+    return _Concat([backend.prepare(t) for t in tensors])
 
 
-#: Products whose input is a LayerNorm output. BERT-family LayerNorm outputs carry a few
-#: outlier features (tens of times the rest); quantizing such rows to int8 per 32-element
-#: block, as the integer kernels do, flattens their small neighbours. These products widen
-#: quantized weights once at load and run on fp32 activations; the others (attention output,
-#: FFN down) keep the integer kernels.
-FP32_INPUT_PRODUCTS: frozenset[str] = frozenset({"attn_qkv", "ffn_up"})
+def _quantizes_input(product: object) -> bool:
+    """Whether a prepared product quantizes its activations to int8 (the integer kernels)."""
+    return getattr(product, "family", None) == "int"
+
+
+#: Products whose input is a LayerNorm output. Quantizing those activations to int8 per
+#: 32-element block (as the integer kernels do) costs ~0.001 of cosine to sentence-transformers
+#: over the 12 of them in MiniLM, spread evenly over layers (no single sensitive one), so
+#: they take the hi/lo split of ``codegen.encoder_fused`` (made by the LayerNorm kernel that
+#: produces them) and run one int8 product over twice the rows; the others (attention output,
+#: FFN down) take plain int8 activations.
+SPLIT_INPUT_PRODUCTS: frozenset[str] = frozenset({"attn_qkv", "ffn_up"})
 
 
 class _Layer:
     def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
         t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
         b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")
-        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors, name in FP32_INPUT_PRODUCTS)
+        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors)
         self.w_qkv = prep("attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")])
         self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
         self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
@@ -166,6 +171,8 @@ class _Layer:
         self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
         self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
         self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
+        self.qkv_split = "attn_qkv" in SPLIT_INPUT_PRODUCTS and _quantizes_input(self.w_qkv)
+        self.up_split = "ffn_up" in SPLIT_INPUT_PRODUCTS and _quantizes_input(self.w_up)
 
 
 class BertEncoderModel:
@@ -176,11 +183,13 @@ class BertEncoderModel:
         validate_tensors(mf, self.cfg)
         self.backend = backend
         self.ops = ops.ops_for(backend)
+        self.eops = encoder_ops.encoder_ops_for(backend)
         self.token_embd = mf.tensors["token_embd.weight"]
         self.position_embd = _vec(mf, "position_embd.weight")
         types = mf.tensors.get("token_types.weight")
         self.type0 = dequantize(types)[0].astype(np.float32) if types is not None else None
         self.embd_norm = (_vec(mf, "token_embd_norm.weight"), _vec(mf, "token_embd_norm.bias"))
+        self._zeros = np.zeros(self.cfg.hidden, np.float32)
         rel = mf.tensors.get("attn_rel_b.weight")
         self.rel_table = dequantize(rel).astype(np.float32) if rel is not None else None  # (buckets, heads)
         self._bias_cache: np.ndarray | None = None
@@ -223,51 +232,34 @@ class BertEncoderModel:
         bounds = np.concatenate(([0], np.cumsum(lengths)))
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths) + cfg.position_offset
         bias = self.position_bias(int(lengths.max()))
+        type0 = self.type0 if self.type0 is not None else self._zeros
+        first_split = bool(self.layers) and self.layers[0].qkv_split
         with self.ops.session():
-            x = dequantize_rows(self.token_embd, ids) + self.position_embd[positions]
-            if self.type0 is not None:
-                x += self.type0
-            x = self.ops.layer_norm(x, *self.embd_norm, cfg.eps)
-            for layer in self.layers:
-                x = self._layer(x, layer, bounds, lengths, bias)
+            tokens = dequantize_rows(self.token_embd, ids)
+            pos = np.ascontiguousarray(self.position_embd[positions])
+            x, xs = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_split)
+            for il, layer in enumerate(self.layers):
+                nxt = il + 1 < len(self.layers) and self.layers[il + 1].qkv_split
+                x, xs = self._layer(x, xs, layer, bounds, lengths, bias, nxt)
         if cfg.pooling == "cls":
             return np.ascontiguousarray(x[bounds[:-1]])
         return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
 
     def _layer(
-        self, x: np.ndarray, layer: _Layer, bounds: np.ndarray, lengths: np.ndarray, bias: np.ndarray | None
-    ) -> np.ndarray:
-        cfg, s = self.cfg, x.shape[0]
-        h, hd = cfg.n_head, cfg.head_dim
-        qkv = layer.w_qkv(x)
-        qkv += layer.b_qkv
-        q = (qkv[:, : cfg.hidden] * self.scale).reshape(s, h, hd)
-        k = np.ascontiguousarray(qkv[:, cfg.hidden : 2 * cfg.hidden]).reshape(s, h, hd)
-        v = np.ascontiguousarray(qkv[:, 2 * cfg.hidden :]).reshape(s, h, hd)
-        attn = np.empty((s, cfg.hidden), np.float32)
-        self._attention(q, k, v, bounds, lengths, bias, attn)
-        a = layer.wo(attn)
-        a += layer.bo
-        a += x
-        x = self.ops.layer_norm(a, *layer.attn_norm, cfg.eps)
-        up = layer.w_up(x)
-        up += layer.b_up
-        f = layer.w_down(self.ops.gelu_erf(up))
-        f += layer.b_down
-        f += x
-        return self.ops.layer_norm(f, *layer.out_norm, cfg.eps)
-
-    def _attention(self, q, k, v, bounds, lengths, bias, out) -> None:
-        starts = bounds[:-1]
-        long_rows = np.flatnonzero(lengths >= ops.LONG_SEQUENCE)
-        if bias is None:
-            for i in long_rows:
-                a, b = int(bounds[i]), int(bounds[i + 1])
-                out[a:b] = self.ops.long_attention(q[a:b], k[a:b], v[a:b], None)
-            self.ops.map(
-                lambda idx: ops.padded_attention(q, k, v, starts[idx], lengths[idx], None, out),
-                ops.length_buckets(lengths),
-            )
-            return
-        groups = [np.array([i]) for i in long_rows] + ops.length_buckets(lengths)
-        self.ops.map(lambda idx: encoder_ops.biased_attention(q, k, v, starts[idx], lengths[idx], bias, out), groups)
+        self,
+        x: np.ndarray,
+        xs: np.ndarray | None,
+        layer: _Layer,
+        bounds: np.ndarray,
+        lengths: np.ndarray,
+        bias: np.ndarray | None,
+        split_out: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One block: x (S, hidden) and, when this layer's QKV product wants it, its hi/lo split
+        ``xs``; returns the block output and its split when ``split_out``."""
+        cfg, s, eops = self.cfg, x.shape[0], self.eops
+        qkv = eops.combine(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, False)
+        attn = eops.attention(qkv, cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
+        x1, xs1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_split)
+        up = eops.combine(layer.w_up(xs1 if layer.up_split else x1), layer.b_up, s, layer.up_split, True)
+        return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, split_out)

@@ -97,3 +97,69 @@ def biased_attention(
     _softmax_rows(scores)
     heads = np.matmul(scores, vb).transpose(0, 2, 1, 3).reshape(b, tm, h * d)
     out[rows[valid]] = heads[valid]
+
+
+class NumpyEncoderOps:
+    """Fused encoder row ops on numpy (the oracle). Products here take fp32 activations, so
+    no hi/lo split is ever made."""
+
+    def __init__(self, backend: object):
+        self.threads = getattr(backend, "threads", None) or 1
+
+    def residual_norm(self, x, bias, res, weight, beta, eps: float, split: bool):
+        """(LayerNorm(x + bias + res), the (2T, D) hi/lo split of it or None)."""
+        from embedpipe.codegen.encoder_fused import residual_norm_reference
+
+        return residual_norm_reference(x, bias, res, weight, beta, eps, split)
+
+    def combine(self, y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
+        """y[:T] (+ y[T:2T] when ``halves``) + bias, then exact GELU when ``gelu``."""
+        from embedpipe.codegen.encoder_fused import combine_reference
+
+        return combine_reference(y, bias, t, halves, gelu)
+
+    def attention(self, qkv, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
+        """(S, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
+        over their own tokens; q, k, v are the column blocks of ``qkv``; ``bias`` an additive
+        (H, L, L) per-head bias or None."""
+        from embedpipe.codegen.encoder_attention import attention_reference
+
+        return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
+
+
+class JitEncoderOps(NumpyEncoderOps):
+    """The same ops as JIT kernels (``codegen.encoder_fused``) for the backend's ISA; the numpy
+    twins when LLVM cannot build them here."""
+
+    def __init__(self, backend: object):
+        from embedpipe.codegen import encoder_fused as ef
+        from embedpipe.codegen.encoder_attention import ENCODER_ATTENTION
+
+        super().__init__(backend)
+        isa = backend.library.isa
+        self._norm, self._combine = ef.RESIDUAL_NORM.native(isa), ef.COMBINE.native(isa)
+        self._attention = ENCODER_ATTENTION.native(isa)
+
+    def residual_norm(self, x, bias, res, weight, beta, eps: float, split: bool):
+        if self._norm is None:
+            return super().residual_norm(x, bias, res, weight, beta, eps, split)
+        return self._norm.kernel.drive(self._norm, x, bias, res, weight, beta, eps, split, threads=self.threads)
+
+    def combine(self, y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
+        if self._combine is None:
+            return super().combine(y, bias, t, halves, gelu)
+        return self._combine.kernel.drive(self._combine, y, bias, t, halves, gelu, threads=self.threads)
+
+    def attention(self, qkv, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
+        if self._attention is None:
+            return super().attention(qkv, n_head, head_dim, starts, lengths, scale, bias)
+        native = self._attention
+        return native.kernel.drive(native, qkv, n_head, head_dim, starts, lengths, scale, bias, threads=self.threads)
+
+
+ENCODER_OPS: dict[str, type[NumpyEncoderOps]] = {"numpy": NumpyEncoderOps, "jit": JitEncoderOps}
+
+
+def encoder_ops_for(backend: object) -> NumpyEncoderOps:
+    """The fused encoder ops that fit ``backend`` (numpy for backends this table lacks)."""
+    return ENCODER_OPS.get(getattr(backend, "name", ""), NumpyEncoderOps)(backend)

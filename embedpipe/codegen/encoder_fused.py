@@ -1,0 +1,280 @@
+"""Fused row kernels of post-LayerNorm encoders, and the two-level int8 split of activations.
+
+``residual_norm``: ``a = x + bias + res`` then LayerNorm with bias (``w``, ``beta``) into
+``out``, in one pass over the rows; optionally also the *split* of each normalized row into
+``hi`` (rows ``[0, T)``) and ``lo`` (rows ``[T, 2T)``) of ``split``: per 32-element block,
+``hi = round(v / d) · d`` with ``d = max|v| / 127`` (the Q8_0 grid of the block) and
+``lo = v − hi``. An int8 matmul that quantizes its input per 32-element block represents
+``hi`` exactly (its values lie on their block's grid), so ``X·Wᵀ ≈ hi·Wᵀ + lo·Wᵀ`` runs on
+int8 activations with the error of quantizing ``lo`` (at most ``d/2``), about 1/254 of
+quantizing ``X`` itself: near fp32-activation accuracy at int8 speed, one matmul over 2T rows.
+
+``combine``: ``out = y[:T] (+ y[T:2T] when halves) + bias``, then optionally exact GELU:
+the epilogue of a split product (or of a plain one, ``halves = 0``).
+
+Model-agnostic: the encoder model composes them; numpy twins are the fallback and oracle.
+"""
+
+from __future__ import annotations
+
+import llvmlite.ir as ir
+import numpy as np
+
+from embedpipe.codegen.ir_elementwise import _fconst
+from embedpipe.codegen.ir_encoder import gelu_erf_value
+from embedpipe.codegen.irutil import (
+    F32,
+    I32,
+    I64,
+    PTR,
+    const_i64,
+    for_range,
+    hmax_tree,
+    hsum_tree,
+    intrinsic,
+    load_at,
+    splat,
+    store_at,
+    vec,
+)
+from embedpipe.codegen.isa import IsaSpec
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native, f32_word
+from embedpipe.codegen.library import KernelInputError
+from embedpipe.codegen.threads import split_range
+
+QK = 32
+ROUND_MAGIC = 12582912.0  # 1.5·2**23: (v + M) − M rounds |v| < 2**22 half to even
+# Rows·width below which a call runs on the calling thread (a hand-off costs more).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+NORM_PARAMS = [
+    ("x", PTR),
+    ("bias", PTR),
+    ("res", PTR),
+    ("w", PTR),
+    ("beta", PTR),
+    ("out", PTR),
+    ("split", PTR),
+    ("T", I64),
+    ("D", I64),
+    ("do_split", I64),
+    ("eps_bits", I64),  # fp32 bits in the low word: a single item runs by a direct ctypes call
+    ("r0", I64),
+    ("r1", I64),
+]
+COMBINE_PARAMS = [
+    ("y", PTR),
+    ("bias", PTR),
+    ("out", PTR),
+    ("T", I64),
+    ("N", I64),
+    ("halves", I64),
+    ("gelu", I64),
+    ("r0", I64),
+    ("r1", I64),
+]
+
+
+def _row_loop(b: ir.IRBuilder, n: ir.Value, width: int, tag: str, body) -> None:
+    """``body(ty, i)`` over ``[0, n)``: ``width``-lane vectors, then single lanes."""
+    vstop = b.sub(n, b.srem(n, const_i64(width)))
+    with for_range(b, const_i64(0), vstop, width, tag) as i:
+        body(vec(F32, width), i)
+    with for_range(b, vstop, n, 1, tag + "t") as i:
+        body(vec(F32, 1), i)
+
+
+def _emit_residual_norm(b: ir.IRBuilder, isa: IsaSpec) -> None:
+    x, bias, res, w, beta, out, split, T, D, do_split, eps_bits, r0, r1 = b.function.args
+    m = b.module
+    eps = b.bitcast(b.trunc(eps_bits, I32), F32)
+    width = 2 * isa.lanes
+    acc_v = b.alloca(vec(F32, width))
+    acc_s = b.alloca(vec(F32, 1))
+    n = b.sitofp(D, F32)
+    sqrt = intrinsic(m, "llvm.sqrt.f32", F32, [F32])
+
+    def total() -> ir.Value:
+        return b.fadd(hsum_tree(b, b.load(acc_v)), b.extract_element(b.load(acc_s), const_i64(0)))
+
+    def zero() -> None:
+        b.store(ir.Constant(vec(F32, width), None), acc_v)
+        b.store(ir.Constant(vec(F32, 1), None), acc_s)
+
+    def accumulate(ty: ir.Type, v: ir.Value) -> None:
+        slot = acc_v if ty.count == width else acc_s
+        b.store(b.fadd(b.load(slot), v), slot)
+
+    with for_range(b, r0, r1, 1, "row") as row:
+        base = b.mul(b.mul(row, D), const_i64(4))
+        zero()
+
+        def add(ty: ir.Type, i: ir.Value) -> None:
+            off = b.mul(i, const_i64(4))
+            v = b.fadd(load_at(b, ty, x, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
+            v = b.fadd(v, load_at(b, ty, res, b.add(base, off), 4))
+            store_at(b, v, out, b.add(base, off), 4)
+            accumulate(ty, v)
+
+        _row_loop(b, D, width, "sum", add)
+        mean = b.fdiv(total(), n)
+        zero()
+
+        def square(ty: ir.Type, i: ir.Value) -> None:
+            c = b.fsub(load_at(b, ty, out, b.add(base, b.mul(i, const_i64(4))), 4), splat(b, mean, ty.count))
+            accumulate(ty, b.fmul(c, c))
+
+        _row_loop(b, D, width, "sq", square)
+        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(b.fdiv(total(), n), eps)]))
+
+        def scale(ty: ir.Type, i: ir.Value) -> None:
+            off = b.mul(i, const_i64(4))
+            c = b.fsub(load_at(b, ty, out, b.add(base, off), 4), splat(b, mean, ty.count))
+            y = b.fmul(b.fmul(c, splat(b, inv, ty.count)), load_at(b, ty, w, off, 4))
+            store_at(b, b.fadd(y, load_at(b, ty, beta, off, 4)), out, b.add(base, off), 4)
+
+        _row_loop(b, D, width, "sc", scale)
+        with b.if_then(b.icmp_signed("!=", do_split, const_i64(0))):
+            vf = vec(F32, QK)
+            fabs = intrinsic(m, f"llvm.fabs.v{QK}f32", vf, [vf])
+            lo_base = b.mul(b.mul(b.add(row, T), D), const_i64(4))
+            with for_range(b, const_i64(0), D, QK, "blk") as i:
+                off = b.mul(i, const_i64(4))
+                v = load_at(b, vf, out, b.add(base, off), 4)
+                d = b.fdiv(hmax_tree(b, b.call(fabs, [v])), ir.Constant(F32, 127.0))
+                nz = b.fcmp_ordered("!=", d, ir.Constant(F32, 0.0))
+                inv_d = b.select(nz, b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
+                magic = _fconst(vf, ROUND_MAGIC)
+                q = b.fsub(b.fadd(b.fmul(v, splat(b, inv_d, QK)), magic), magic)
+                hi = b.fmul(q, splat(b, d, QK))
+                store_at(b, hi, split, b.add(base, off), 4)
+                store_at(b, b.fsub(v, hi), split, b.add(lo_base, off), 4)
+    b.ret_void()
+
+
+def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
+    y, bias, out, T, N, halves, gelu, r0, r1 = b.function.args
+    m = b.module
+    width = 2 * isa.lanes
+    done = b.append_basic_block("done")
+    variants = [(h, g) for h in (False, True) for g in (False, True)]
+    blocks = [b.append_basic_block(f"halves{int(h)}_gelu{int(g)}") for h, g in variants]
+    code = b.add(
+        b.mul(b.zext(b.icmp_signed("!=", halves, const_i64(0)), I64), const_i64(2)),
+        b.zext(b.icmp_signed("!=", gelu, const_i64(0)), I64),
+    )
+    switch = b.switch(code, done)
+    for i, blk in enumerate(blocks):
+        switch.add_case(const_i64(i), blk)
+    for (two, act), blk in zip(variants, blocks):  # one loop nest per variant: no per-vector branch
+        b.position_at_end(blk)
+        with for_range(b, r0, r1, 1, "row") as row:
+            base = b.mul(b.mul(row, N), const_i64(4))
+            second = b.mul(b.mul(b.add(row, T), N), const_i64(4))
+
+            def body(ty: ir.Type, i: ir.Value, two=two, act=act, base=base, second=second) -> None:
+                off = b.mul(i, const_i64(4))
+                v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
+                if two:
+                    v = b.fadd(v, load_at(b, ty, y, b.add(second, off), 4))
+                store_at(b, gelu_erf_value(b, m, v) if act else v, out, b.add(base, off), 4)
+
+            _row_loop(b, N, width, "col", body)
+        b.branch(done)
+    b.position_at_end(done)
+    b.ret_void()
+
+
+def residual_norm_reference(
+    x: np.ndarray,
+    bias: np.ndarray,
+    res: np.ndarray,
+    w: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    split: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """numpy twin: (LayerNorm(x + bias + res), its (2T, D) hi/lo split or None)."""
+    a = (x + bias + res).astype(np.float32)
+    mean = a.mean(-1, keepdims=True, dtype=np.float32)
+    c = a - mean
+    var = (c * c).mean(-1, keepdims=True, dtype=np.float32)
+    out = (c * (np.float32(1) / np.sqrt(var + np.float32(eps))) * w + beta).astype(np.float32)
+    return out, (split_reference(out) if split else None)
+
+
+def split_reference(v: np.ndarray) -> np.ndarray:
+    """(2T, D): hi (the per-32 Q8_0 grid value of each element) over lo = v − hi."""
+    t, d = v.shape
+    blocks = v.reshape(t, d // QK, QK)
+    scale = (np.abs(blocks).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
+    hi = (np.round(blocks * inv) * scale).astype(np.float32).reshape(t, d)
+    return np.concatenate([hi, v - hi])
+
+
+def combine_reference(y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
+    """numpy twin: y[:T] (+ y[T:2T]) + bias, then exact GELU when ``gelu``."""
+    from embedpipe.runtime.encoder_ops import gelu_erf
+
+    s = y[:t] + y[t : 2 * t] + bias if halves else y[:t] + bias
+    s = s.astype(np.float32)
+    return gelu_erf(s) if gelu else s
+
+
+def _f32(name: str, a: object, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != shape:
+        raise KernelInputError(
+            f"{name}: expected float32 {shape}, got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}"
+        )
+    return np.ascontiguousarray(a)
+
+
+def _parts(elements: int, threads: int) -> int:
+    return threads if elements >= PARALLEL_MIN_ELEMENTS else 1
+
+
+def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, split, threads=1):
+    if x.ndim != 2:
+        raise KernelInputError(f"residual_norm: x must be 2-D, got {x.shape}")
+    t, d = x.shape
+    x, res = _f32("residual_norm x", x, (t, d)), _f32("residual_norm res", res, (t, d))
+    bias, w, beta = (_f32(f"residual_norm {n}", a, (d,)) for n, a in (("bias", bias), ("w", w), ("beta", beta)))
+    if split and d % QK:
+        raise KernelInputError(f"residual_norm: a split needs rows of a multiple of {QK}, got {d}")
+    out = np.empty((t, d), np.float32)
+    sp = np.empty((2 * t, d), np.float32) if split else None
+    if t:
+        head = (x.ctypes.data, bias.ctypes.data, res.ctypes.data, w.ctypes.data, beta.ctypes.data, out.ctypes.data)
+        tail = (sp.ctypes.data if split else 0, t, d, int(bool(split)), f32_word(eps))
+        native.run([(*head, *tail, a, b) for a, b in split_range(0, t, _parts(t * d, threads))])
+    return out, sp
+
+
+def _drive_combine(native: Native, y, bias, t, halves, gelu, threads=1):
+    if not isinstance(y, np.ndarray) or y.ndim != 2 or y.shape[0] != (2 * t if halves else t):
+        raise KernelInputError(f"combine: y {y.shape} does not hold {'2×' if halves else ''}{t} rows")
+    n = y.shape[1]
+    y = _f32("combine y", y, y.shape)
+    bias = _f32("combine bias", bias, (n,))
+    out = np.empty((t, n), np.float32)
+    if t:
+        head = (y.ctypes.data, bias.ctypes.data, out.ctypes.data, t, n, int(bool(halves)), int(bool(gelu)))
+        native.run([(*head, a, b) for a, b in split_range(0, t, _parts(t * n, threads))])
+    return out
+
+
+def _residual_norm_twin(x, bias, res, w, beta, eps, split, threads=1):
+    return residual_norm_reference(x, bias, res, w, beta, eps, split)
+
+
+def _combine_twin(y, bias, t, halves, gelu, threads=1):
+    return combine_reference(y, bias, t, halves, gelu)
+
+
+RESIDUAL_NORM = Kernel(
+    "residual_norm", NORM_PARAMS, _emit_residual_norm, twin=_residual_norm_twin, drive=_drive_residual_norm
+)
+COMBINE = Kernel("combine", COMBINE_PARAMS, _emit_combine, twin=_combine_twin, drive=_drive_combine)
+ENCODER_MODULE = KernelModule("ep_encoder", [RESIDUAL_NORM, COMBINE])
