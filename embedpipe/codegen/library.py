@@ -53,6 +53,10 @@ TILES: dict[str, tuple[IntTile, FloatTile]] = {
     "generic_aarch64": (IntTile(2, 2), FloatTile(4, 4)),
 }
 
+# Version of the packed weight layouts (`pack` of every format, `PreparedMatmul.packed`): bump it
+# whenever a packer's output changes, so that on-disk repack caches made before are not used.
+PACKED_LAYOUT_VERSION = 1
+
 _QUANT = prototype(ir_q8.QUANTIZE_PARAMS)
 _FORK = prototype(ir_parallel.PARALLEL_PARAMS)
 _RESET = prototype([])

@@ -137,6 +137,13 @@ class StringArray(Sequence):
     def __len__(self) -> int:
         return len(self._starts)
 
+    def serialized(self) -> memoryview:
+        """The array's bytes as stored (each item's u64 length, then its bytes): one slice of
+        the file that identifies the whole array, e.g. to key a cache by its content."""
+        if not len(self._starts):
+            return memoryview(b"")
+        return self._buf[int(self._starts[0]) - 8 : int(self._ends[-1])]
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]

@@ -32,13 +32,13 @@ from tqdm import tqdm
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime import mirror, model_integrity
+from embedpipe.runtime.cache_root import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
 from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.gguf_names import QUANTS
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EMBEDPIPE_CACHE_DIR"
 GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
 STAMP_VERSION = 1
 
@@ -84,16 +84,6 @@ DEFAULT_SPEC = ModelSpec()
 
 
 # ----------------------------------------------------------------------------- paths
-
-
-def cache_dir() -> Path:
-    """$EMBEDPIPE_CACHE_DIR, else the XDG user cache dir of embedpipe."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("embedpipe"))
 
 
 def model_dir(spec: ModelSpec = DEFAULT_SPEC) -> Path:
