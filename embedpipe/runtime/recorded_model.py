@@ -30,10 +30,10 @@ class ModelMismatchError(EmbedpipeError):
 
 def _mismatch(path: Path, got: str | None, record: ModelRecord) -> ModelMismatchError:
     which = f"SHA-256 {got[:16]}…" if got else "its size differs from the recorded file"
+    wanted = record.model_path or "the model that made them"
     return ModelMismatchError(
-        f"model {path} ({which}) is not the model the vectors were made by: "
-        f"{record.model_path or 'another model'} (SHA-256 {record.model_sha256[:16]}…); "
-        "pass --model with that file (or --allow-model-mismatch to use it anyway)"
+        f"model {path} ({which}) did not make these vectors; pass --allow-model-mismatch to use it "
+        f"anyway, or --model {wanted} (SHA-256 {record.model_sha256[:16]}…)"
     )
 
 

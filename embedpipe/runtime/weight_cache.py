@@ -59,8 +59,13 @@ _PREFIX = struct.Struct("<8sQI")
 STALE_TMP_SECONDS = 3600
 
 
+DIR_ENV = "EMBEDPIPE_WEIGHT_CACHE_DIR"
+
+
 def weights_dir() -> Path:
-    return cache_dir() / "weights"
+    """$EMBEDPIPE_WEIGHT_CACHE_DIR, else ``weights/`` in the embedpipe cache directory."""
+    env = os.environ.get(DIR_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "weights"
 
 
 def enabled() -> bool:
