@@ -25,7 +25,7 @@ from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.kernel import f32_word, prototype
+from embedpipe.codegen.kernel import count_native_call, f32_word, prototype
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
 from embedpipe.codegen.threads import default_threads, split_range
 from embedpipe.errors import EmbedpipeError
@@ -182,6 +182,7 @@ class KernelLibrary:
         integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
         persistent workers (fresh pthreads if another thread holds them), all inside one
         GIL-free native call."""
+        count_native_call()
         words = np.array(items, dtype=np.int64)
         self._forks[role](words.ctypes.data, words.shape[1] * 8, len(items))
 

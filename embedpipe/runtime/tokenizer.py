@@ -191,6 +191,12 @@ def _write_cached(path: Path | None, proto: bytes) -> None:
         pass
 
 
+def cache_files() -> list[Path]:
+    """Every cached tokenizer model (`embedpipe cache info`)."""
+    directory = tokenizer_cache_dir()
+    return sorted(directory.glob(f"*{CACHE_SUFFIX}")) if directory.is_dir() else []
+
+
 def prune_cache(directory: Path, limit: int, keep: Path | None = None) -> None:
     """Delete least recently used models until ``directory`` holds at most ``limit`` bytes,
     and temporary files older than an hour."""
