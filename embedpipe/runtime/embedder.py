@@ -19,7 +19,6 @@ import numpy as np
 from embedpipe.errors import EmbedpipeError, InputTooLongError, ModelFileError
 from embedpipe.runtime import prompts
 from embedpipe.runtime.backends import make_backend
-from embedpipe.runtime.bert import BertEncoderModel
 from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
 from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS, GemmaEmbeddingModel  # noqa: F401
@@ -30,12 +29,26 @@ from embedpipe.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-#: general.architecture -> model class (token ids in, pooled vectors out).
-ARCHITECTURES: dict[str, type] = {
+#: general.architecture -> model class (token ids in, pooled vectors out), or "module:Class"
+#: for one imported when a file of that architecture is opened (a start-up pays only its own).
+ARCHITECTURES: dict[str, type | str] = {
     "gemma-embedding": GemmaEmbeddingModel,
-    "bert": BertEncoderModel,
-    "mpnet": BertEncoderModel,
+    "bert": "embedpipe.runtime.bert:BertEncoderModel",
+    "mpnet": "embedpipe.runtime.bert:BertEncoderModel",
 }
+
+
+def architecture_class(arch: str) -> type | None:
+    """The model class registered for ``arch`` (imported on first use), or None."""
+    entry = ARCHITECTURES.get(arch)
+    if isinstance(entry, str):
+        import importlib
+
+        module, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(module), name)
+    return entry
+
+
 #: Prompt convention of a file that does not name one (`embedpipe.prompts`).
 DEFAULT_PROMPTS: dict[str, str] = {"gemma-embedding": "embeddinggemma"}
 # A batch holds at most this many tokens (all rows together), so long inputs do not blow up
@@ -77,7 +90,7 @@ class Embedder:
         self.model_file = model_file
         self.model_path = str(model_file.path)
         arch = model_file.architecture
-        model_class = ARCHITECTURES.get(arch)
+        model_class = architecture_class(arch)
         if model_class is None:
             raise ModelFileError(
                 f"{model_file.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"

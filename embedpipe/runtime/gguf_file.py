@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from embedpipe.errors import ModelFileError, shown
 from embedpipe.runtime import model_integrity
-from embedpipe.runtime.gguf_parse import GGUFFormatError, parse_gguf
+from embedpipe.runtime.gguf_parse import GGUFFormatError, StringIndex, parse_gguf
 from embedpipe.runtime.gguf_schema import metadata_problems
 
 # What to do about a damaged file; the cached default model is repaired by a forced pull.
@@ -93,13 +93,15 @@ class GGUFModelFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
+        index = _SavedStringIndex(self.path)
         try:
             with open(self.path, "rb") as fh:
-                self._parsed = parse_gguf(fh)
+                self._parsed = parse_gguf(fh, index)
         except GGUFFormatError as exc:
             raise ModelFileError(f"{self.path}: not a readable GGUF file: {exc}; {REPAIR_HINT}") from exc
         except OSError as exc:
             raise ModelFileError(f"{self.path}: cannot read ({exc.strerror})") from exc
+        index.save()
         self.metadata: dict[str, Any] = self._parsed.metadata
         problems = metadata_problems(self.metadata)
         if problems:
@@ -176,6 +178,58 @@ class GGUFModelFile:
     def sha256(self) -> str:
         """SHA-256 of the file, remembered in a sidecar keyed by size and mtime (hashing 300 MB costs ~1 s)."""
         return file_sha256(self.path)
+
+
+class _SavedStringIndex(StringIndex):
+    """String-array offsets of one file version (path, size, mtime) kept in the cache
+    directory (``gguf_index/``); the parser checks them against the file before use."""
+
+    KEEP = 64  # files kept (most recently used); each is ~2 MB for a 262 144-token vocabulary
+    MIN_ITEMS = 16384  # shorter arrays are walked faster than a file is read
+
+    def __init__(self, path: Path):
+        self._saved: dict[str, np.ndarray] | None = None
+        self._new: dict[str, np.ndarray] = {}
+        try:
+            from embedpipe.runtime.cache_root import cache_dir
+
+            st = path.stat()
+            stamp = f"1:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            self._file: Path | None = (
+                cache_dir() / "gguf_index" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.npz"
+            )
+        except OSError:
+            self._file = None
+
+    def get(self, pos: int, count: int) -> np.ndarray | None:
+        if self._saved is None:
+            self._saved = {}
+            if self._file is not None:
+                try:
+                    with np.load(self._file) as data:
+                        self._saved = {k: data[k] for k in data.files}
+                    os.utime(self._file)
+                except (OSError, ValueError, KeyError, EOFError):  # none yet, or damaged
+                    pass
+        return self._saved.get(f"{pos}_{count}")
+
+    def put(self, pos: int, count: int, starts: np.ndarray) -> None:
+        if count >= self.MIN_ITEMS:
+            self._new[f"{pos}_{count}"] = starts
+
+    def save(self) -> None:
+        if not self._new or self._file is None:
+            return
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_name(f"{self._file.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **{**(self._saved or {}), **self._new})
+            os.replace(tmp, self._file)
+            kept = sorted(self._file.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in kept[self.KEEP :]:
+                old.unlink(missing_ok=True)
+        except OSError:  # a read-only cache only costs the walk next time
+            pass
 
 
 def known_sha256(path: str | os.PathLike[str]) -> str | None:

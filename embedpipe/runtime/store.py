@@ -28,12 +28,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime import mirror, model_integrity
 from embedpipe.runtime.cache_root import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
-from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.gguf_names import QUANTS
 
@@ -205,6 +202,8 @@ def _extract_verified(archive: Path, spec: ModelSpec, dest: Path, progress: bool
         if missing:
             raise StoreError(f"the downloaded archive lacks {missing} under {spec.archive_root}/")
         total = sum(zf.getinfo(f"{spec.archive_root}/{rel}").file_size for rel in spec.pins)
+        from tqdm import tqdm  # only when a model is pulled: tqdm costs start-up time
+
         with tqdm(total=total, unit="B", unit_scale=True, desc="extract", disable=not progress) as bar:
             for rel, want in spec.pins.items():
                 out = dest / rel
@@ -289,6 +288,8 @@ def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool, metadata
     path = gguf_path(quant, spec)
     _gguf_stamp(path).unlink(missing_ok=True)
     model_integrity.sidecar(path).unlink(missing_ok=True)
+    from embedpipe.runtime.convert import convert_checkout  # only when a model is built
+
     convert_checkout(src, path, quant, progress=progress, metadata=metadata)
     model_integrity.record(GGUFModelFile(path))  # what a later load compares against
     _write_json_atomic(

@@ -60,3 +60,24 @@ def test_tokenizer_cache_is_size_bounded(tmp_path):
     os.utime(cache / "old.model.1.tmp", (0, 0))
     tokenizer_module.prune_cache(cache, 2500, keep=cache / "0.model")
     assert sorted(p.name for p in cache.iterdir()) == ["0.model", "3.model", "4.model"]
+
+
+def test_string_offsets_are_remembered_and_checked(tiny_gguf, tmp_path, monkeypatch):
+    """A warm open takes the remembered offsets of a string array; wrong ones are detected and
+    the array is walked again, so the strings read are the same either way."""
+    from embedpipe.runtime import gguf_file, gguf_parse
+
+    monkeypatch.setenv("EMBEDPIPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gguf_file._SavedStringIndex, "MIN_ITEMS", 1)
+    want = list(GGUFModelFile(tiny_gguf).get("tokenizer.ggml.tokens"))
+    (saved,) = (tmp_path / "gguf_index").glob("*.npz")
+    walks = []
+    real_walk = gguf_parse._Cursor._walk
+    monkeypatch.setattr(gguf_parse._Cursor, "_walk", lambda self, n: walks.append(n) or real_walk(self, n))
+    assert list(GGUFModelFile(tiny_gguf).get("tokenizer.ggml.tokens")) == want and walks == []
+    import numpy as np
+
+    with np.load(saved) as data:
+        shifted = {k: data[k] + (1 if len(data[k]) > 1 else 0) for k in data.files}
+    np.savez(saved, **shifted)
+    assert list(GGUFModelFile(tiny_gguf).get("tokenizer.ggml.tokens")) == want and walks
