@@ -50,7 +50,7 @@ def repacks(monkeypatch):
 
 
 def _encode(path) -> np.ndarray:
-    return Embedder.load(path, backend="jit").encode(TEXTS)
+    return Embedder.load(path, backend="jit").encode(TEXTS, truncate=True)
 
 
 def _cache_files(path) -> list:
@@ -150,3 +150,18 @@ def test_listing_clear_and_size_bound(model, tmp_path, monkeypatch):
     weight_cache.prune(weight_cache.weights_dir(), files[0].bytes, keep=files[0].path)
     assert [f.path for f in weight_cache.list_files()] == [files[0].path]
     assert weight_cache.clear() == (1, files[0].bytes) and weight_cache.list_files() == []
+
+
+def test_bert_models_use_the_same_cache(tmp_path, repacks, monkeypatch):
+    """BERT prepares through the same backend: its second load repacks nothing (widened and
+    fused weights included) and gives the same vectors."""
+    from embedpipe.runtime.convert import convert_checkout
+    from tests.runtime.bert_checkout_builder import build_bert_checkout
+
+    monkeypatch.setenv(weight_cache.DIR_ENV, str(tmp_path / "weights"))
+    path = convert_checkout(build_bert_checkout(tmp_path / "bert"), tmp_path / "bert-q8_0.gguf", "q8_0")
+    reference = _uncached(path, monkeypatch)
+    _encode(path)
+    repacks.clear()
+    np.testing.assert_array_equal(_encode(path), reference)
+    assert repacks == []
