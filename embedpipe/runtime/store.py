@@ -284,12 +284,18 @@ def cached_model_path(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC) -> Pa
     return gguf_path(quant, spec) if gguf_problem(quant, spec) is None else None
 
 
+def convert_checkout(*args, **kwargs) -> Path:
+    """`runtime.convert.convert_checkout`, imported only when a model is built (a warm start
+    never needs the converter)."""
+    from embedpipe.runtime.convert import convert_checkout as convert
+
+    return convert(*args, **kwargs)
+
+
 def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool, metadata: Mapping | None) -> Path:
     path = gguf_path(quant, spec)
     _gguf_stamp(path).unlink(missing_ok=True)
     model_integrity.sidecar(path).unlink(missing_ok=True)
-    from embedpipe.runtime.convert import convert_checkout  # only when a model is built
-
     convert_checkout(src, path, quant, progress=progress, metadata=metadata)
     model_integrity.record(GGUFModelFile(path))  # what a later load compares against
     _write_json_atomic(
