@@ -86,6 +86,17 @@ def checksum(data: np.ndarray) -> int:
     return int(np.add.reduce(data.view(np.uint64), dtype=np.uint64))
 
 
+def _checksum_padded(flat: np.ndarray) -> int:
+    """``checksum`` of ``flat`` (uint8) zero-padded to whole words, without copying it."""
+    whole = flat.nbytes // 8 * 8
+    total = checksum(flat[:whole])
+    if whole < flat.nbytes:
+        tail = np.zeros(8, np.uint8)
+        tail[: flat.nbytes - whole] = flat[whole:]
+        total = (total + checksum(tail)) % (1 << 64)
+    return total
+
+
 def _padded(nbytes: int, align: int = 8) -> int:
     return -(-nbytes // align) * align
 
@@ -269,19 +280,17 @@ def write_file(
         for arr in cached.arrays:
             arr = np.ascontiguousarray(arr)
             flat = arr.reshape(-1).view(np.uint8)
-            padded = np.zeros(_padded(flat.nbytes), np.uint8)
-            padded[: flat.nbytes] = flat
             described.append(
                 {
                     "offset": offset,
                     "nbytes": int(flat.nbytes),
                     "dtype": arr.dtype.str,
                     "shape": list(arr.shape),
-                    "sum": checksum(padded),
+                    "sum": _checksum_padded(flat),
                 }
             )
-            layout.append((offset, padded))
-            offset = _padded(offset + padded.nbytes, ARRAY_ALIGN)
+            layout.append((offset, flat))
+            offset = _padded(offset + flat.nbytes, ARRAY_ALIGN)
         entries[key] = {"family": cached.family, "arrays": described}
     header: dict[str, Any] = {
         "stamp": stamp,
@@ -309,11 +318,11 @@ def write_file(
             fh.write(body)
             fh.write(b"\0" * (data_start - _PREFIX.size - len(body)))
             pos = data_start
-            for rel, padded in layout:
+            for rel, flat in layout:  # written from the arrays themselves: no copy of the weights
                 if data_start + rel > pos:
                     fh.write(b"\0" * (data_start + rel - pos))
-                fh.write(memoryview(padded))
-                pos = data_start + rel + padded.nbytes
+                fh.write(memoryview(flat))
+                pos = data_start + rel + flat.nbytes
             if header["file_bytes"] > pos:
                 fh.write(b"\0" * (header["file_bytes"] - pos))
             fh.flush()
