@@ -13,6 +13,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import TinyModel, build_tiny_model  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _weight_cache_in_tmp(tmp_path_factory):
+    """Repacked-weight caches of the suite's temporary models go to a temporary directory,
+    not the user's cache (tests that look at the cache point it elsewhere themselves)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMBEDPIPE_WEIGHT_CACHE_DIR", str(tmp_path_factory.mktemp("weight_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> TinyModel:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))

@@ -23,6 +23,31 @@ def _split(values: Optional[list[str]]) -> list[str] | None:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def startup(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
+    runs: int = typer.Option(5, "--runs", min=1, help="Timed runs per command (median), after one warm-up run."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Wall time, CPU time and peak RSS of `embedpipe --help`, `embed "x"` and `search IDX "q"`
+    as fresh processes with warm caches."""
+    from embedpipe.runtime.bench_startup import run_startup_bench
+    from embedpipe.runtime.registry import resolve_model
+
+    path = str(resolve_model(model))
+    report: Callable[[str], None] = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
+    try:
+        summary = run_startup_bench(path, runs, report)
+    except RuntimeError as exc:  # a command failed: what it printed says why
+        from embedpipe.errors import EmbedpipeError
+
+        raise EmbedpipeError(f"bench startup: {exc}") from None
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        m = summary["machine"]
+        typer.echo(f"machine: {m['cpu']} ({m['cores']} cores), load {m['load_avg']}; model {path}")
+
+
 def kernels(
     types: Optional[list[str]] = typer.Option(
         None, "--type", help="Weight types (default Q8_0), e.g. Q8_0,Q4_0,F16,BF16,F32,Q4_K,Q6_K."
@@ -271,6 +296,7 @@ def serve(
 
 
 BENCHMARKS: dict[str, Callable[..., None]] = {
+    "startup": startup,
     "kernels": kernels,
     "index": index,
     "ingest": ingest,

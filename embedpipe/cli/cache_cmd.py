@@ -28,6 +28,25 @@ def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=
         )
     finally:
         cache.close()
+    _derived_info()
+
+
+def _derived_info() -> None:
+    """The load-time caches: repacked weights (per model file) and tokenizer models."""
+    from embedpipe.runtime import tokenizer, weight_cache
+
+    files = weight_cache.list_files()
+    typer.echo(
+        f"\n{weight_cache.weights_dir()}  repacked weights: {len(files)} files, "
+        f"{sum(f.bytes for f in files) / 1e6:.1f} MB (bound {weight_cache.max_bytes() / 1e6:.0f} MB)"
+    )
+    for f in files:
+        typer.echo(f"  {f.bytes / 1e6:>9.1f} MB  {f.model}  [{f.identity}]")
+    models = tokenizer.cache_files()
+    typer.echo(
+        f"{tokenizer.tokenizer_cache_dir()}  tokenizer models: {len(models)} files, "
+        f"{sum(p.stat().st_size for p in models) / 1e6:.1f} MB (bound {tokenizer.CACHE_MAX_BYTES / 1e6:.0f} MB)"
+    )
 
 
 @cache_app.command("clear")
@@ -37,8 +56,16 @@ def clear_cmd(
     ),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    load_caches: bool = typer.Option(
+        False,
+        "--load-caches",
+        help="Delete the repacked-weight and tokenizer-model caches instead (rebuilt on the next model load).",
+    ),
 ) -> None:
     """Delete cached embeddings (all, or one model's) and shrink the file."""
+    if load_caches:
+        _clear_load_caches(yes)
+        return
     try:
         prefix = model_prefix(model) if model is not None else None
     except ValueError as exc:
@@ -53,6 +80,19 @@ def clear_cmd(
         typer.echo(f"deleted {n} entries; {before / 1e6:.1f} MB -> {file_bytes(cache.path) / 1e6:.1f} MB")
     finally:
         cache.close()
+
+
+def _clear_load_caches(yes: bool) -> None:
+    from embedpipe.runtime import tokenizer, weight_cache
+
+    if not yes and not typer.confirm(f"Delete {weight_cache.weights_dir()} and {tokenizer.tokenizer_cache_dir()}?"):
+        raise typer.Exit(1)
+    n, size = weight_cache.clear()
+    models = tokenizer.cache_files()
+    size += sum(p.stat().st_size for p in models)
+    for p in models:
+        p.unlink(missing_ok=True)
+    typer.echo(f"deleted {n} repacked-weight files and {len(models)} tokenizer models ({size / 1e6:.1f} MB)")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,14 +3,20 @@
 Compiled object files are cached under ``platformdirs.user_cache_dir("embedpipe")/kernels``
 (or ``$EMBEDPIPE_KERNEL_CACHE``), keyed by SHA-256 of the IR text, the ISA's triple, CPU and
 feature string, and the llvmlite version, so a warm process loads machine code without running
-LLVM's optimizer or code generator.  Objects are loaded into one MCJIT engine per process.
+LLVM's optimizer or code generator.  Where a C compiler driver is found, each object is also
+linked once into a shared library beside it and loaded with ctypes: a warm process then never
+loads LLVM at all (importing ``llvmlite.binding`` maps and relocates a 170 MB library, ~50 MB of
+it resident). Otherwise objects are loaded into one MCJIT engine per process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
+import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -19,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llvmlite
-import llvmlite.binding as llvm
 import platformdirs
 
 from embedpipe.codegen.isa import IsaSpec
@@ -27,13 +32,22 @@ from embedpipe.codegen.isa import IsaSpec
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "EMBEDPIPE_KERNEL_CACHE"
+LINK_ENV = "EMBEDPIPE_KERNEL_LINK"  # "0": always load objects into MCJIT (no shared libraries)
 _lock = threading.Lock()
 _initialized = False
+
+
+def _binding():
+    """``llvmlite.binding``, imported only to compile or to load into MCJIT."""
+    import llvmlite.binding as llvm
+
+    return llvm
 
 
 def _init_llvm() -> None:
     global _initialized
     if not _initialized:
+        llvm = _binding()
         llvm.initialize_all_targets()
         llvm.initialize_all_asmprinters()
         _initialized = True
@@ -44,9 +58,9 @@ def cache_dir() -> Path:
     return Path(env) if env else Path(platformdirs.user_cache_dir("embedpipe")) / "kernels"
 
 
-def target_machine(isa: IsaSpec) -> llvm.TargetMachine:
+def target_machine(isa: IsaSpec):
     _init_llvm()
-    target = llvm.Target.from_triple(isa.triple)
+    target = _binding().Target.from_triple(isa.triple)
     return target.create_target_machine(cpu=isa.cpu, features=isa.features, opt=3, reloc="pic", codemodel="default")
 
 
@@ -95,6 +109,7 @@ def compile_cached(key: str, build_ir: Callable[[], str], isa: IsaSpec) -> bytes
         pass
     ir_text = build_ir()
     tm = target_machine(isa)
+    llvm = _binding()
     module = llvm.parse_assembly(ir_text)
     module.triple = isa.triple
     module.data_layout = str(tm.target_data)
@@ -113,6 +128,7 @@ def compile_cached(key: str, build_ir: Callable[[], str], isa: IsaSpec) -> bytes
 def emit_assembly(ir_text: str, isa: IsaSpec) -> str:
     """Optimized assembly, for inspection and tests that check instruction selection."""
     tm = target_machine(isa)
+    llvm = _binding()
     module = llvm.parse_assembly(ir_text)
     module.triple = isa.triple
     module.data_layout = str(tm.target_data)
@@ -132,25 +148,82 @@ def _write_atomic(path: Path, data: bytes) -> None:
         log.debug("kernel cache not writable (%s): %s", path, exc)
 
 
-class HostEngine:
-    """One MCJIT engine holding every object loaded into this process."""
+class _Mcjit:
+    """One MCJIT engine holding every object loaded into it."""
 
     def __init__(self) -> None:
+        llvm = _binding()
         _init_llvm()
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         tm = llvm.Target.from_default_triple().create_target_machine(opt=0)
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        self._objects: list[llvm.ObjectFileRef] = []
+        self._objects: list = []
 
     def load(self, obj: bytes, symbols: list[str]) -> dict[str, int]:
-        """Add an object file and return the addresses of ``symbols``."""
+        ref = _binding().ObjectFileRef.from_data(obj)
+        self._engine.add_object_file(ref)
+        self._objects.append(ref)
+        self._engine.finalize_object()
+        return {name: self._engine.get_function_address(name) for name in symbols}
+
+
+def _linker() -> str | None:
+    return next((found for cc in ("cc", "gcc", "clang") if (found := shutil.which(cc))), None)
+
+
+def link_shared(obj: bytes, path: Path) -> bool:
+    """Link a (position-independent) kernel object into the shared library ``path``, atomically;
+    False when no compiler driver is found or it fails (then MCJIT loads the object)."""
+    cc = _linker()
+    if cc is None:
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".link-") as tmp:
+            src, out = Path(tmp) / "kernels.o", Path(tmp) / "kernels.so"
+            src.write_bytes(obj)
+            cmd = [cc, "-shared", "-Wl,-z,noexecstack", "-o", str(out), str(src), "-lpthread"]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+            os.replace(out, path)
+        return True
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("kernel object not linked (%s); loading it with MCJIT", exc)
+        return False
+
+
+class HostEngine:
+    """Loads compiled kernel objects into this process: as shared libraries linked once and
+    cached (no LLVM in a warm process), else into one MCJIT engine."""
+
+    def __init__(self) -> None:
+        self._mcjit: _Mcjit | None = None
+        self._libraries: list[ctypes.CDLL] = []
+
+    def _shared(self, obj: bytes, symbols: list[str]) -> dict[str, int] | None:
+        if os.environ.get(LINK_ENV) == "0":
+            return None
+        path = cache_dir() / f"{hashlib.sha256(obj).hexdigest()}.so"
+        if not path.is_file() and not link_shared(obj, path):
+            return None
+        try:
+            lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
+            addrs = {name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in symbols}
+        except (OSError, AttributeError) as exc:  # damaged or foreign file: link again next time
+            log.warning("kernel library %s unusable (%s); loading the object with MCJIT", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        self._libraries.append(lib)  # never unloaded: the addresses stay valid
+        return addrs
+
+    def load(self, obj: bytes, symbols: list[str]) -> dict[str, int]:
+        """Load an object file and return the addresses of ``symbols``."""
         with _lock:
-            ref = llvm.ObjectFileRef.from_data(obj)
-            self._engine.add_object_file(ref)
-            self._objects.append(ref)
-            self._engine.finalize_object()
-            addrs = {name: self._engine.get_function_address(name) for name in symbols}
+            addrs = self._shared(obj, symbols)
+            if addrs is None:
+                if self._mcjit is None:
+                    self._mcjit = _Mcjit()
+                addrs = self._mcjit.load(obj, symbols)
         missing = [n for n, a in addrs.items() if not a]
         if missing:
             raise RuntimeError(f"symbols not found after loading kernel object: {missing}")

@@ -142,6 +142,21 @@ class KernelModule:
         return str(module), {k.name: parallel[fn.name] for k, fn in zip(self.kernels, fns)}
 
 
+# Native calls made by this process (``Native`` calls and runs, library forks): one integer
+# increment per call, read by ``bench runtime`` as calls per forward.
+_native_calls = [0]
+
+
+def count_native_call() -> None:
+    """Count one call into compiled code (kernel paths that do not go through ``Native``)."""
+    _native_calls[0] += 1
+
+
+def native_calls() -> int:
+    """Native calls made so far by this process (differences measure a piece of work)."""
+    return _native_calls[0]
+
+
 class Native:
     """One loaded kernel: call it on this thread, or ``run`` items on the module's pool."""
 
@@ -150,12 +165,14 @@ class Native:
         self._call, self._fork = call, fork
 
     def __call__(self, *args: Any) -> Any:
+        _native_calls[0] += 1
         return self._call(*args)
 
     def run(self, items: Sequence[Sequence[int]]) -> None:
         """Run the kernel once per item (its arguments as 64-bit words: addresses, integers,
         ``f32_word(x)``), item 0 on this thread and the rest on the persistent workers, in one
         GIL-free call."""
+        _native_calls[0] += 1
         if len(items) == 1:
             self._call(*items[0])
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -25,9 +26,9 @@ from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.kernel import f32_word, prototype
+from embedpipe.codegen.kernel import count_native_call, f32_word, prototype
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
-from embedpipe.codegen.threads import default_threads, split_range
+from embedpipe.codegen.threads import CACHE_LINE, default_threads, split_range
 from embedpipe.errors import EmbedpipeError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ TILES: dict[str, tuple[IntTile, FloatTile]] = {
     "generic": (IntTile(1, 4), FloatTile(4, 2)),
     "generic_aarch64": (IntTile(2, 2), FloatTile(4, 4)),
 }
+
+# Version of the packed weight layouts (`pack` of every format, `PreparedMatmul.packed`): bump it
+# whenever a packer's output changes, so that on-disk repack caches made before are not used.
+PACKED_LAYOUT_VERSION = 1
 
 _QUANT = prototype(ir_q8.QUANTIZE_PARAMS)
 _FORK = prototype(ir_parallel.PARALLEL_PARAMS)
@@ -178,6 +183,7 @@ class KernelLibrary:
         integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
         persistent workers (fresh pthreads if another thread holds them), all inside one
         GIL-free native call."""
+        count_native_call()
         words = np.array(items, dtype=np.int64)
         self._forks[role](words.ctypes.data, words.shape[1] * 8, len(items))
 
@@ -349,13 +355,14 @@ class PreparedMatmul:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
         t = x.shape[0]
-        y = np.empty((t, self.n), dtype=np.float32)
+        # On a cache line, so that threads writing neighbouring panels of a row never share one.
+        y = aligned_empty((t, self.n), np.float32, CACHE_LINE)
         if t == 0:
             return y
         self._RUNNERS[self.family](self, x, y)
         return y
 
-    def _plan(self, t: int, mr: int, panels: int) -> tuple[str, list[tuple[int, int]]]:
+    def _plan(self, t: int, mr: int, panels: int, panel_floats: int = 16) -> tuple[str, list[tuple[int, int]]]:
         """How to spread one product over threads: ("rows" | "panels", ranges).
 
         Small products run on the calling thread (a pool hand-off costs more than it saves).
@@ -368,14 +375,16 @@ class PreparedMatmul:
         if nt == 1 or t * self.n * self.k < MIN_PARALLEL_MACS:
             return "rows", [(0, tpad)]
         if tpad < ROW_SPLIT_MIN_ROWS * nt and (panels >= 4 * nt or tpad <= mr):
-            return "panels", split_range(0, panels, nt)
+            # whole cache lines of each output row per thread (panels narrower than a line pair up)
+            per_line = CACHE_LINE // math.gcd(CACHE_LINE, 4 * panel_floats)
+            return "panels", split_range(0, panels, nt, per_line)
         return "rows", split_range(0, tpad, nt, mr)
 
     def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
         (w,) = self.packed
         t = x.shape[0]
         mr = self.lib.float_tile.mr
-        how, ranges = self._plan(t, mr, w.shape[0])
+        how, ranges = self._plan(t, mr, w.shape[0], self.lib.isa.lanes * self.lib.float_tile.nv)
         head = (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
         rows_all = (0, -(-t // mr) * mr)
         self.lib.fork(
@@ -392,7 +401,7 @@ class PreparedMatmul:
         mr = lib.int_tile.mr
         tpad = -(-t // mr) * mr
         panels = wq.shape[0]
-        how, ranges = self._plan(t, mr, panels)
+        how, ranges = self._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
         xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
         tail = (wq.ctypes.data, wd.ctypes.data, yp, n, n)
         if how == "rows":

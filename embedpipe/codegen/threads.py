@@ -7,6 +7,9 @@ import os
 from embedpipe.errors import EmbedpipeError
 
 THREADS_ENV = "EMBEDPIPE_THREADS"
+# Bytes per cache line on every supported CPU: per-thread output slices start on one (outputs
+# allocated line-aligned, split points multiples of it), so no two threads write the same line.
+CACHE_LINE = 64
 
 
 def default_threads() -> int:

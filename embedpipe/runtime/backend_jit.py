@@ -1,13 +1,17 @@
 """The "jit" matmul backend: weights repacked for llvmlite-compiled kernels (embedpipe.codegen).
 
-Weight types without a JIT kernel fall back to the numpy oracle, tensor by tensor.
+Weight types without a JIT kernel fall back to the numpy oracle, tensor by tensor. With a
+weight cache attached (`use_weight_cache`), repacked weights come from, and go to, the on-disk
+cache of `runtime.weight_cache`.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from embedpipe.codegen import FORMATS, get_kernel_library
+from embedpipe.codegen.library import PACKED_LAYOUT_VERSION, TILES, PreparedMatmul
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.backends import MatmulFn, NumpyBackend
 from embedpipe.runtime.gguf_file import WeightTensor
@@ -25,10 +29,39 @@ class JitBackend:
             raise EmbedpipeError(f"JIT kernels unavailable: {exc}") from exc
         self.threads = self.library.threads
         self._fallback = NumpyBackend(threads)
+        self.weight_cache: Any = None
+
+    @property
+    def packing_identity(self) -> str:
+        """What the packed bytes depend on besides the weight: layout version, ISA, tiles."""
+        isa = self.library.isa
+        return f"jit:layout{PACKED_LAYOUT_VERSION}:{isa.name}:{isa.arch}:{isa.lanes}:{isa.dot}:{TILES[isa.name]}"
+
+    def use_weight_cache(self, model_file: Any) -> None:
+        """Serve repacked weights of ``model_file`` from the on-disk cache (and fill it)."""
+        from embedpipe.runtime import weight_cache
+
+        if weight_cache.enabled():
+            self.weight_cache = weight_cache.WeightCache(model_file, self.packing_identity)
+
+    def commit_weight_cache(self) -> None:
+        """Write what this load repacked to the cache (nothing when everything was a hit)."""
+        if self.weight_cache is not None:
+            self.weight_cache.commit()
 
     def prepare(self, tensor: WeightTensor) -> MatmulFn:
         if tensor.qtype not in FORMATS or len(tensor.shape) != 2:
             log.debug("no JIT kernel for %s (%s %s); using numpy", tensor.name, tensor.qtype.name, tensor.shape)
             return self._fallback.prepare(tensor)
         n, k = tensor.shape
-        return self.library.prepare_matmul(tensor.qtype, tensor.rows(), n, k)
+        cache = self.weight_cache
+        if cache is not None:
+            hit = cache.get(tensor.name, tensor.qtype, tensor.shape)
+            if hit is not None:
+                return PreparedMatmul(self.library, tensor.qtype, n, k, hit.family, hit.arrays)
+        prepared = self.library.prepare_matmul(tensor.qtype, tensor.rows(), n, k)
+        if cache is not None:
+            from embedpipe.runtime.weight_cache import CachedArrays
+
+            cache.put(tensor.name, tensor.qtype, tensor.shape, CachedArrays(prepared.family, prepared.packed))
+        return prepared

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from gguf import GGMLQuantizationType, quants
@@ -20,6 +20,7 @@ from embedpipe.runtime.gguf_file import WeightTensor
 log = logging.getLogger(__name__)
 
 MatmulFn = Callable[[np.ndarray], np.ndarray]
+NUMPY_FAMILY = "numpy-fp32T"
 
 
 class Backend(Protocol):
@@ -48,16 +49,33 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, weight_cache: Any = None):
         self.threads = threads
+        self.weight_cache = weight_cache  # a `weight_cache.WeightCache` to keep the fp32 copies in
 
     def prepare(self, tensor: WeightTensor) -> MatmulFn:
-        weight_t = np.ascontiguousarray(dequantize(tensor).T)
+        weight_t = self._cached(tensor) if self.weight_cache is not None else None
+        if weight_t is None:
+            weight_t = np.ascontiguousarray(dequantize(tensor).T)
+            if self.weight_cache is not None:
+                from embedpipe.runtime.weight_cache import CachedArrays
+
+                self.weight_cache.put(
+                    f"{tensor.name}#fp32T", tensor.qtype, tensor.shape, CachedArrays(NUMPY_FAMILY, (weight_t,))
+                )
 
         def matmul(x: np.ndarray) -> np.ndarray:
             return x @ weight_t
 
         return matmul
+
+    def _cached(self, tensor: WeightTensor) -> np.ndarray | None:
+        hit = self.weight_cache.get(f"{tensor.name}#fp32T", tensor.qtype, tensor.shape)
+        if hit is None or hit.family != NUMPY_FAMILY or len(hit.arrays) != 1:
+            return None
+        (weight_t,) = hit.arrays
+        n, k = tensor.shape[0], int(np.prod(tensor.shape[1:]))
+        return weight_t if weight_t.shape == (k, n) and weight_t.dtype == np.float32 else None
 
 
 def _jit_backend(threads: int | None) -> Backend:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedpipe.runtime import bench_peers
+from embedpipe.runtime import bench_memory, bench_peers
 from embedpipe.runtime.bench_texts import documents
 
 KINDS: tuple[str, ...] = ("short", "long", "xlong")
@@ -47,6 +47,10 @@ class PeerResult:
     batch_cpu_s: float | None = None
     int8_peak_fraction: float | None = None
     fp32_peak_fraction: float | None = None
+    # weight-streaming floor / single latency (1.0 = at the floor); peak RSS of the peer's
+    # process (or subprocess) while it loaded and ran
+    floor_fraction: float | None = None
+    peak_rss_mb: float | None = None
 
 
 @dataclass
@@ -212,6 +216,10 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
         "results": [],
         "skipped": {},
         "agreement": {},
+        "bandwidth_gbs": {},
+        "floor_ms": {},
+        "native_calls_per_forward": None,
+        "streamed_weight_mb": None,
     }
     for threads in cfg.threads:
         peak = measure_peaks(threads)
@@ -220,8 +228,15 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
             report(
                 f"threads={threads}: peaks int8 {peak['int8_gops']:.0f} GOPS, fp32 {peak['fp32_gflops']:.0f} GFLOP/s"
             )
+        bandwidth = bench_memory.read_bandwidth_gbs(threads)
+        summary["bandwidth_gbs"][str(threads)] = bandwidth
+        if bandwidth:
+            report(f"threads={threads}: memory read {bandwidth:.1f} GB/s")
         vectors: dict[str, np.ndarray] = {}
+        first = len(summary["results"])
         for peer in cfg.peers:
+            bench_memory.reset_peak_rss()
+            children = bench_memory.children_peak_rss_mb()
             try:
                 runner = bench_peers.make_peer(peer, cfg, threads)
             except bench_peers.PeerUnavailable as exc:
@@ -236,7 +251,12 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
                     summary["skipped"][peer] = str(exc)
                     report(f"skipped {peer}: {exc}")
                     continue
+                child = bench_memory.children_peak_rss_mb()
+                rss = child if child > children else bench_memory.peak_rss_mb()
+                if peer == "jit":
+                    _jit_extras(summary, runner.embedder, formatted[cfg.kinds[0]][0], threads, bandwidth)
                 for res in results:
+                    res.peak_rss_mb = rss
                     if peak:
                         res.int8_peak_fraction = res.tok_per_s * ops_token / (peak["int8_gops"] * 1e9)
                         res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)
@@ -248,8 +268,35 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
                         {"threads": threads, **ffn_fraction(runner.embedder, tokens, peak, cfg.repeats)}
                     )
         _agreement(summary["agreement"], vectors, threads)
+        floor = summary["floor_ms"].get(str(threads))
+        for r in summary["results"][first:]:  # every peer streams the same model's weights
+            r["floor_fraction"] = floor / r["single_ms"] if floor else None
     summary["ratios"] = ratios(summary["results"])
+    summary["scaling"] = thread_scaling(summary["results"])
     return summary
+
+
+def _jit_extras(summary: dict, embedder, text: str, threads: int, bandwidth: float | None) -> None:
+    """Weight bytes a forward streams, the floor they set at the measured bandwidth, and
+    native calls per single-text forward (embedpipe JIT only)."""
+    streamed = bench_memory.streamed_weight_bytes(embedder.model)
+    summary["streamed_weight_mb"] = streamed / 1e6
+    if bandwidth:
+        summary["floor_ms"][str(threads)] = streamed / (bandwidth * 1e9) * 1e3
+    summary["native_calls_per_forward"] = bench_memory.native_calls_per_forward(embedder, text)
+
+
+def thread_scaling(results: list[dict]) -> list[dict]:
+    """Batch throughput at the most threads over one thread, per peer and kind (wall and,
+    load-robust, tokens per CPU-second times threads)."""
+    index = {(r["peer"], r["threads"], r["kind"]): r for r in results}
+    out = []
+    for (peer, threads, kind), r in index.items():
+        one = index.get((peer, 1, kind))
+        if threads == 1 or one is None or threads != max(t for p, t, k in index if p == peer and k == kind):
+            continue
+        out.append({"peer": peer, "kind": kind, "threads": threads, "batch_speedup": r["emb_per_s"] / one["emb_per_s"]})
+    return out
 
 
 def _agreement(out: dict, vectors: dict[str, np.ndarray], threads: int) -> None:
@@ -311,18 +358,36 @@ def format_summary(summary: dict) -> list[str]:
             for k, v in summary["texts"].items()
         ),
     ]
+    for t, bw in summary.get("bandwidth_gbs", {}).items():
+        floor = summary.get("floor_ms", {}).get(t)
+        lines.append(
+            f"threads={t}: memory read {bw:.1f} GB/s" + (f"; floor {floor:.2f} ms per single text" if floor else "")
+            if bw
+            else f"threads={t}: memory read bandwidth not measured"
+        )
+    if summary.get("streamed_weight_mb"):
+        lines.append(
+            f"weights streamed per forward: {summary['streamed_weight_mb']:.1f} MB; "
+            f"native calls per single-text forward: {summary.get('native_calls_per_forward')}"
+        )
     lines.append(
-        f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'cpu ms':>7} {'emb/s':>8} {'tok/s':>8} "
-        f"{'tok/cpu-s':>9} {'%int8pk':>7} {'%fp32pk':>7}"
+        f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'cpu ms':>7} {'%floor':>6} {'emb/s':>8} {'tok/s':>8} "
+        f"{'tok/cpu-s':>9} {'%int8pk':>7} {'%fp32pk':>7} {'RSS MB':>7}"
     )
     for r in summary["results"]:
         i8 = f"{100 * r['int8_peak_fraction']:6.1f}%" if r["int8_peak_fraction"] is not None else "      -"
         f32 = f"{100 * r['fp32_peak_fraction']:6.1f}%" if r["fp32_peak_fraction"] is not None else "      -"
         cpu_ms = f"{r['single_cpu_ms']:7.1f}" if r.get("single_cpu_ms") is not None else "      -"
         per_cpu = f"{r['tok_per_s'] * r['batch_s'] / r['batch_cpu_s']:9.0f}" if r.get("batch_cpu_s") else "        -"
+        floor = f"{100 * r['floor_fraction']:5.1f}%" if r.get("floor_fraction") else "     -"
+        rss = f"{r['peak_rss_mb']:7.0f}" if r.get("peak_rss_mb") else "      -"
         lines.append(
-            f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {cpu_ms} {r['emb_per_s']:8.1f} "
-            f"{r['tok_per_s']:8.0f} {per_cpu} {i8} {f32}"
+            f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {cpu_ms} {floor} "
+            f"{r['emb_per_s']:8.1f} {r['tok_per_s']:8.0f} {per_cpu} {i8} {f32} {rss}"
+        )
+    for q in summary.get("scaling", []):
+        lines.append(
+            f"scaling {q['peer']:22} {q['kind']:6} 1 -> {q['threads']} threads: batch x{q['batch_speedup']:.2f}"
         )
     lines.append("ratios (embedpipe JIT / peer): batch throughput (>1 faster), single latency (<1 faster)")
     for q in summary["ratios"]:

@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError, ModelFileError
 from embedpipe.runtime import prompts
 from embedpipe.runtime.backends import make_backend
-from embedpipe.runtime.bert import BertEncoderModel
 from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
 from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS, GemmaEmbeddingModel  # noqa: F401
@@ -31,12 +29,26 @@ from embedpipe.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-#: general.architecture -> model class (token ids in, pooled vectors out).
-ARCHITECTURES: dict[str, type] = {
+#: general.architecture -> model class (token ids in, pooled vectors out), or "module:Class"
+#: for one imported when a file of that architecture is opened (a start-up pays only its own).
+ARCHITECTURES: dict[str, type | str] = {
     "gemma-embedding": GemmaEmbeddingModel,
-    "bert": BertEncoderModel,
-    "mpnet": BertEncoderModel,
+    "bert": "embedpipe.runtime.bert:BertEncoderModel",
+    "mpnet": "embedpipe.runtime.bert:BertEncoderModel",
 }
+
+
+def architecture_class(arch: str) -> type | None:
+    """The model class registered for ``arch`` (imported on first use), or None."""
+    entry = ARCHITECTURES.get(arch)
+    if isinstance(entry, str):
+        import importlib
+
+        module, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(module), name)
+    return entry
+
+
 #: Prompt convention of a file that does not name one (`embedpipe.prompts`).
 DEFAULT_PROMPTS: dict[str, str] = {"gemma-embedding": "embeddinggemma"}
 # A batch holds at most this many tokens (all rows together), so long inputs do not blow up
@@ -78,7 +90,7 @@ class Embedder:
         self.model_file = model_file
         self.model_path = str(model_file.path)
         arch = model_file.architecture
-        model_class = ARCHITECTURES.get(arch)
+        model_class = architecture_class(arch)
         if model_class is None:
             raise ModelFileError(
                 f"{model_file.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
@@ -89,7 +101,12 @@ class Embedder:
         with ThreadPoolExecutor(1, thread_name_prefix="embedpipe-tokenizer") as pool:
             tokenizer = pool.submit(load_tokenizer, model_file)
             self.backend = make_backend(backend, threads)
+            use_cache = getattr(self.backend, "use_weight_cache", None)
+            if use_cache is not None:  # repacked weights mapped from disk instead of repacked
+                use_cache(model_file)
             self.model = model_class(model_file, self.backend)
+            if use_cache is not None:
+                self.backend.commit_weight_cache()
             self.tokenizer = tokenizer.result()
         self.max_tokens = self.model.max_tokens
         self.dim = self.model.out_dim
@@ -113,6 +130,10 @@ class Embedder:
         if self._sha256 is None:
             self._sha256 = self.model_file.sha256()
         return self._sha256
+
+    def remember_sha256(self, sha256: str) -> None:
+        """Take the model file's SHA-256 from a caller that just checked it (no second hash)."""
+        self._sha256 = sha256
 
     def format_texts(
         self, texts: Sequence[str], task: str = "query", titles: Sequence[str | None] | None = None
@@ -176,7 +197,7 @@ class Embedder:
                     f"sequence {i} has {len(seq)} tokens, more than the context of {self.max_tokens}"
                 )
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        bar = tqdm(total=len(ids), desc="embedding", unit="text", disable=not show_progress)
+        bar = _progress(len(ids), show_progress)
         for batch in _batches(order, [len(s) for s in ids], batch_size, max_batch_tokens):
             out[batch] = self.model.embed([list(ids[i]) for i in batch])
             check_finite(out[batch], self.model_path)
@@ -184,6 +205,23 @@ class Embedder:
         bar.close()
         out = normalize_rows(out)
         return out if dim == self.dim else truncate_dim(out, dim)
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, show: bool):
+    """A tqdm bar when shown (tqdm.auto imports asyncio: not paid by a one-text query)."""
+    if not show:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="embedding", unit="text")
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int):

@@ -16,7 +16,7 @@ import numpy as np
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
 from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
-from embedpipe.runtime.gguf_file import REPAIR_HINT, GGUFModelFile, WeightTensor
+from embedpipe.runtime.gguf_file import REPAIR_HINT, DerivedTensor, GGUFModelFile, WeightTensor
 from embedpipe.runtime.gguf_schema import tokenizer_problem
 
 log = logging.getLogger(__name__)
@@ -164,14 +164,15 @@ class _Layer:
         self.w_down = backend.prepare(t("ffn_down"))
 
 
-def fuse_rows(name: str, tensors: list[WeightTensor]) -> WeightTensor:
+def fuse_rows(name: str, tensors: list[WeightTensor]) -> DerivedTensor:
     """One weight whose rows are those of ``tensors`` in order (same type and row length):
-    X·[A;B]ᵀ = [X·Aᵀ | X·Bᵀ]."""
+    X·[A;B]ᵀ = [X·Aᵀ | X·Bᵀ]. The concatenated copy is only made if a backend reads it (a
+    weight-cache hit does not)."""
     first = tensors[0]
     if any(t.qtype != first.qtype or t.shape[1:] != first.shape[1:] for t in tensors):
         raise ModelFileError(f"cannot fuse {', '.join(t.name for t in tensors)}: types or row lengths differ")
-    raw = np.concatenate([t.rows() for t in tensors]).reshape(-1)
-    return WeightTensor(name, first.qtype, (sum(t.shape[0] for t in tensors), *first.shape[1:]), raw)
+    shape = (sum(t.shape[0] for t in tensors), *first.shape[1:])
+    return DerivedTensor(name, first.qtype, shape, lambda: np.concatenate([t.rows() for t in tensors]).reshape(-1))
 
 
 class GemmaEmbeddingModel:
@@ -198,7 +199,7 @@ class GemmaEmbeddingModel:
         # activation-quantization error is not averaged away by pooling: on the golden set an
         # int8-activation head cost more accuracy (min cosine 0.99914 -> 0.99940 with fp32
         # activations) than all 168 layer matmuls together.  It always runs on fp32 activations.
-        head = NumpyBackend(getattr(backend, "threads", None))
+        head = NumpyBackend(getattr(backend, "threads", None), getattr(backend, "weight_cache", None))
         self.dense = (
             [head.prepare(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
         )

@@ -7,9 +7,12 @@ the file and the problem, so that no kernel is ever handed a short buffer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from embedpipe.errors import ModelFileError, shown
 from embedpipe.runtime import model_integrity
-from embedpipe.runtime.gguf_parse import GGUFFormatError, parse_gguf
+from embedpipe.runtime.gguf_parse import GGUFFormatError, StringIndex, parse_gguf
 from embedpipe.runtime.gguf_schema import metadata_problems
 
 # What to do about a damaged file; the cached default model is repaired by a forced pull.
@@ -39,15 +42,9 @@ SUPPORTED_WEIGHT_TYPES: frozenset[GGMLQuantizationType] = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class WeightTensor:
-    """One tensor as stored: `raw` is a zero-copy uint8 view of its bytes in the mmap.
+class _RowView:
+    """Rows of a weight stored as ``raw`` bytes in ggml blocks."""
 
-    `shape` is numpy order (rows, cols): a linear weight W[N×K] has shape (N, K) and each of
-    its N rows occupies `row_bytes` bytes of `raw`.
-    """
-
-    name: str
     qtype: GGMLQuantizationType
     shape: tuple[int, ...]
     raw: np.ndarray
@@ -62,6 +59,33 @@ class WeightTensor:
         return self.raw.reshape(-1, self.row_bytes)
 
 
+@dataclass(frozen=True)
+class WeightTensor(_RowView):
+    """One tensor as stored: `raw` is a zero-copy uint8 view of its bytes in the mmap.
+
+    `shape` is numpy order (rows, cols): a linear weight W[N×K] has shape (N, K) and each of
+    its N rows occupies `row_bytes` bytes of `raw`.
+    """
+
+    name: str
+    qtype: GGMLQuantizationType
+    shape: tuple[int, ...]
+    raw: np.ndarray
+
+
+class DerivedTensor(_RowView):
+    """A weight built from stored tensors (fused rows, a widened type) only when its bytes are
+    first read: a backend that finds its repack in the weight cache never builds it."""
+
+    def __init__(self, name: str, qtype: GGMLQuantizationType, shape: tuple[int, ...], build: Callable[[], np.ndarray]):
+        self.name, self.qtype, self.shape = name, qtype, tuple(shape)
+        self._build = build
+
+    @functools.cached_property
+    def raw(self) -> np.ndarray:  # type: ignore[override]
+        return self._build()
+
+
 class GGUFModelFile:
     """Metadata and tensors of one GGUF file, validated on open."""
 
@@ -69,18 +93,21 @@ class GGUFModelFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such model file")
+        index = _SavedStringIndex(self.path)
         try:
             with open(self.path, "rb") as fh:
-                self._parsed = parse_gguf(fh)
+                self._parsed = parse_gguf(fh, index)
         except GGUFFormatError as exc:
             raise ModelFileError(f"{self.path}: not a readable GGUF file: {exc}; {REPAIR_HINT}") from exc
         except OSError as exc:
             raise ModelFileError(f"{self.path}: cannot read ({exc.strerror})") from exc
+        index.save()
         self.metadata: dict[str, Any] = self._parsed.metadata
         problems = metadata_problems(self.metadata)
         if problems:
             raise ModelFileError(f"{self.path}: {problems[0]}; {REPAIR_HINT}")
         self.tensors: dict[str, WeightTensor] = {}
+        self._base: int | None = None
         self._load_tensors()
         model_integrity.verify(self)
 
@@ -116,6 +143,24 @@ class GGUFModelFile:
             shape = tuple(int(d) for d in reversed(info.dims))
             self.tensors[info.name] = WeightTensor(info.name, qtype, shape, self._parsed.tensor_bytes(info))
 
+    def release_pages(self, view: np.ndarray) -> None:
+        """Drop the pages under ``view`` (a slice of a tensor) from this process's resident set;
+        they stay in the page cache and fault back in when read again. Reading a whole file once
+        (integrity sampling) then leaves no trace in the resident set."""
+        mm = self._parsed.mm
+        if not view.size or not hasattr(mm, "madvise"):
+            return
+        if self._base is None:
+            self._base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
+        start = view.ctypes.data - self._base
+        lo = start - start % mmap.PAGESIZE
+        hi = min(len(mm), start + view.nbytes)
+        if 0 <= lo < hi:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):  # advice only
+                pass
+
     def get(self, key: str, default: Any = None) -> Any:
         """A metadata value: str, int/float/bool, numpy array, or list of bytes for string arrays."""
         return self.metadata.get(key, default)
@@ -135,17 +180,81 @@ class GGUFModelFile:
         return file_sha256(self.path)
 
 
+class _SavedStringIndex(StringIndex):
+    """String-array offsets of one file version (path, size, mtime) kept in the cache
+    directory (``gguf_index/``); the parser checks them against the file before use."""
+
+    KEEP = 64  # files kept (most recently used); each is ~2 MB for a 262 144-token vocabulary
+    MIN_ITEMS = 16384  # shorter arrays are walked faster than a file is read
+
+    def __init__(self, path: Path):
+        self._saved: dict[str, np.ndarray] | None = None
+        self._new: dict[str, np.ndarray] = {}
+        try:
+            from embedpipe.runtime.cache_root import cache_dir
+
+            st = path.stat()
+            stamp = f"1:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            self._file: Path | None = (
+                cache_dir() / "gguf_index" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.npz"
+            )
+        except OSError:
+            self._file = None
+
+    def get(self, pos: int, count: int) -> np.ndarray | None:
+        if self._saved is None:
+            self._saved = {}
+            if self._file is not None:
+                try:
+                    with np.load(self._file) as data:
+                        self._saved = {k: data[k] for k in data.files}
+                    os.utime(self._file)
+                except (OSError, ValueError, KeyError, EOFError):  # none yet, or damaged
+                    pass
+        return self._saved.get(f"{pos}_{count}")
+
+    def put(self, pos: int, count: int, starts: np.ndarray) -> None:
+        if count >= self.MIN_ITEMS:
+            self._new[f"{pos}_{count}"] = starts
+
+    def save(self) -> None:
+        if not self._new or self._file is None:
+            return
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_name(f"{self._file.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **{**(self._saved or {}), **self._new})
+            os.replace(tmp, self._file)
+            kept = sorted(self._file.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in kept[self.KEEP :]:
+                old.unlink(missing_ok=True)
+        except OSError:  # a read-only cache only costs the walk next time
+            pass
+
+
+def known_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The SHA-256 remembered for ``path`` when its size and mtime still match, else None
+    (answers without reading the file)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        cached = json.loads(path.with_name(path.name + ".sha256.json").read_text())
+        if cached.get("size") == st.st_size and cached.get("mtime_ns") == st.st_mtime_ns:
+            value = cached["sha256"]
+            return value if isinstance(value, str) and len(value) == 64 else None
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        pass
+    return None
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     path = Path(path)
+    known = known_sha256(path)
+    if known is not None:
+        return known
     st = path.stat()
     stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     sidecar = path.with_name(path.name + ".sha256.json")
-    try:
-        cached = json.loads(sidecar.read_text())
-        if cached.get("size") == stamp["size"] and cached.get("mtime_ns") == stamp["mtime_ns"]:
-            return str(cached["sha256"])
-    except (OSError, ValueError, KeyError):
-        pass
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):

@@ -52,10 +52,42 @@ class TensorInfo:
     offset: int  # from the start of the data section
 
 
+class StringIndex:
+    """Remembered item offsets of a file's string arrays (header position -> starts), so that a
+    warm open need not walk 262 144 length prefixes in Python. Whatever is remembered is checked
+    against the file before use (``_checked_starts``), so a stale entry costs only the walk."""
+
+    def get(self, pos: int, count: int) -> np.ndarray | None:
+        return None
+
+    def put(self, pos: int, count: int, starts: np.ndarray) -> None:
+        pass
+
+
+def _checked_starts(buf: memoryview, pos: int, count: int, starts: np.ndarray | None) -> np.ndarray | None:
+    """``starts`` when they are exactly the item offsets of the string array whose count field
+    ends at ``pos``: each item's u64 length prefix sits right before it and the next item
+    follows right after it, inside the file. Vectorized: a few milliseconds for 262 144 items."""
+    size = len(buf)
+    if starts is None or starts.dtype != np.int64 or starts.shape != (count,) or count == 0 or size < 8:
+        return None
+    if starts[0] != pos + 8 or starts.min() < 8 or starts.max() > size:
+        return None
+    every_u64 = np.ndarray((size - 7,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
+    lengths = every_u64[starts - 8]
+    if (lengths > size).any():
+        return None
+    ends = starts + lengths.astype(np.int64)
+    if ends[-1] > size or (ends[:-1] + 8 != starts[1:]).any():
+        return None
+    return starts
+
+
 class _Cursor:
-    def __init__(self, buf: memoryview):
+    def __init__(self, buf: memoryview, index: StringIndex | None = None):
         self.buf = buf
         self.pos = 0
+        self.index = index or StringIndex()
 
     def remaining(self) -> int:
         return len(self.buf) - self.pos
@@ -105,6 +137,21 @@ class _Cursor:
     def string_array(self, count: int) -> StringArray:
         """A string array as a lazy sequence: only the offsets are read here (a vocabulary has
         262 144 strings; building them all took ~0.6 s and most loads never look at them)."""
+        buf, first = self.buf, self.pos
+        starts = _checked_starts(buf, first, count, self.index.get(first, count))
+        if starts is None:
+            starts = self._walk(count)
+            if count:
+                self.index.put(first, count, starts)
+        ends = np.empty(count, np.int64)
+        if count:
+            ends[:-1] = starts[1:] - 8
+            ends[-1] = int(starts[-1]) + struct.unpack_from("<Q", buf, int(starts[-1]) - 8)[0]
+            self.pos = int(ends[-1])
+        return StringArray(buf, starts, ends)
+
+    def _walk(self, count: int) -> np.ndarray:
+        """Item offsets by following the length prefixes (bounds checked at every step)."""
         buf, pos = self.buf, self.pos
         positions = [0] * count
         unpack = struct.Struct("<Q").unpack_from
@@ -119,13 +166,7 @@ class _Cursor:
             pos = size + 1
         if pos > size:
             raise GGUFFormatError(f"string array item {i} at byte {positions[i]} runs past the end of the file")
-        self.pos = pos
-        starts = np.array(positions, np.int64) + 8
-        ends = np.empty(count, np.int64)
-        ends[:-1] = starts[1:] - 8
-        if count:
-            ends[-1] = pos
-        return StringArray(buf, starts, ends)
+        return np.array(positions, np.int64) + 8
 
 
 class StringArray(Sequence):
@@ -136,6 +177,13 @@ class StringArray(Sequence):
 
     def __len__(self) -> int:
         return len(self._starts)
+
+    def serialized(self) -> memoryview:
+        """The array's bytes as stored (each item's u64 length, then its bytes): one slice of
+        the file that identifies the whole array, e.g. to key a cache by its content."""
+        if not len(self._starts):
+            return memoryview(b"")
+        return self._buf[int(self._starts[0]) - 8 : int(self._ends[-1])]
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -210,13 +258,14 @@ class ParsedGGUF:
                 )
 
 
-def parse_gguf(fileobj) -> ParsedGGUF:
-    """Parse header, metadata and tensor infos of an open binary file."""
+def parse_gguf(fileobj, index: StringIndex | None = None) -> ParsedGGUF:
+    """Parse header, metadata and tensor infos of an open binary file (``index``: remembered
+    string-array offsets, checked before use)."""
     try:
         mm = mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ)
     except ValueError as exc:
         raise GGUFFormatError("file is empty") from exc
-    cur = _Cursor(memoryview(mm))
+    cur = _Cursor(memoryview(mm), index)
     if bytes(cur.take(4)) != b"GGUF":
         raise GGUFFormatError("wrong magic (not a GGUF file)")
     version = cur.scalar("<I")

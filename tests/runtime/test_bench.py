@@ -26,6 +26,8 @@ RESULT_KEYS = {
     "batch_cpu_s",
     "int8_peak_fraction",
     "fp32_peak_fraction",
+    "floor_fraction",
+    "peak_rss_mb",
 }
 
 
@@ -79,6 +81,12 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
     # JIT and numpy backends embed the same texts to the same vectors.
     assert all(cos > 0.999 for cos in summary["agreement"].values()) and summary["agreement"]
     assert [f["threads"] for f in summary["ffn"]] == [1, 2]
+    # memory: bandwidth probe, the floor it sets, RSS per peer, calls per forward, scaling
+    assert all(summary["bandwidth_gbs"][t] > 0 for t in ("1", "2"))
+    assert summary["streamed_weight_mb"] > 0 and set(summary["floor_ms"]) == {"1", "2"}
+    assert all(r["peak_rss_mb"] > 0 and 0 < r["floor_fraction"] for r in summary["results"])
+    assert summary["native_calls_per_forward"] > 0
+    assert {(q["peer"], q["threads"]) for q in summary["scaling"]} == {("jit", 2), ("numpy", 2)}
 
 
 def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
@@ -105,6 +113,7 @@ def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
     )
     assert res.exit_code == 0, res.output
     assert "ratios (embedpipe JIT / peer)" in res.output
+    assert "memory read" in res.output and "native calls per single-text forward" in res.output
     assert "skipped llama.cpp: llama-cpp-python is not importable" in res.output
     bad = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--kind", "huge"])
     assert bad.exit_code != 0 and "unknown kind" in bad.output

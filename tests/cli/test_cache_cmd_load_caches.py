@@ -1,0 +1,23 @@
+"""`embedpipe cache info` shows the load-time caches; `cache clear --load-caches` empties them."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from embedpipe.cli.app import app
+from embedpipe.runtime import weight_cache
+from embedpipe.runtime.embedder import Embedder
+
+
+def test_info_lists_and_clear_removes_load_caches(tiny_model_q8, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDPIPE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(weight_cache.DIR_ENV, str(tmp_path / "weights"))
+    Embedder.load(tiny_model_q8.path, backend="jit")
+    runner = CliRunner()
+    info = runner.invoke(app, ["cache", "info"])
+    assert info.exit_code == 0, info.output
+    assert "repacked weights: 1 files" in info.output and str(tiny_model_q8.path.resolve()) in info.output
+    assert "tokenizer models: 1 files" in info.output
+    cleared = runner.invoke(app, ["cache", "clear", "--load-caches", "--yes"])
+    assert cleared.exit_code == 0 and "deleted 1 repacked-weight files and 1 tokenizer models" in cleared.output
+    assert weight_cache.list_files() == []
