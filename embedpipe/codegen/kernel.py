@@ -163,6 +163,9 @@ class Native:
     def __init__(self, kernel: Kernel, isa: IsaSpec, call: Any, fork: Any) -> None:
         self.kernel, self.isa = kernel, isa
         self._call, self._fork = call, fork
+        # ``run`` items carry fp32 arguments as ``f32_word`` bits (what the fork trampolines
+        # decode); a direct call must turn those back into floats for the ctypes prototype.
+        self._float_args = tuple(i for i, (_, t) in enumerate(kernel.params) if isinstance(t, ir.FloatType))
 
     def __call__(self, *args: Any) -> Any:
         _native_calls[0] += 1
@@ -174,7 +177,10 @@ class Native:
         GIL-free call."""
         _native_calls[0] += 1
         if len(items) == 1:
-            self._call(*items[0])
+            args = list(items[0])
+            for i in self._float_args:
+                args[i] = float(np.uint32(args[i]).view(np.float32))
+            self._call(*args)
             return
         words = np.array(items, dtype=np.int64)
         self._fork(words.ctypes.data, words.shape[1] * 8, len(words))

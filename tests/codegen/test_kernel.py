@@ -129,3 +129,24 @@ def test_scalar_types_map_to_ctypes():
     assert kernel.ctype_of(F32).__name__ == "c_float"
     with pytest.raises(TypeError):
         kernel.ctype_of(ir.IntType(128))
+
+
+def _store_scaled(b: ir.IRBuilder, isa) -> None:
+    out, x, i = b.function.args
+    b.store(b.fmul(x, ir.Constant(F32, 2.0)), b.gep(out, [i], source_etype=F32))
+    b.ret_void()
+
+
+def test_run_passes_fp32_words_alike_for_one_item_and_many():
+    """A single item runs as a direct call, many through the fork trampolines: an fp32 argument
+    given as ``f32_word`` bits must arrive as the same float either way."""
+    store = Kernel("store_scaled", [("out", PTR), ("x", F32), ("i", I64)], _store_scaled, twin=None, drive=None)
+    module = KernelModule("ep_test_f32_words", [store])
+    try:
+        native = kernel._registry.load(module, ISAS[0], strict=True).natives["store_scaled"]
+        out = np.zeros(3, np.float32)
+        native.run([(out.ctypes.data, kernel.f32_word(1.25), 0)])
+        native.run([(out.ctypes.data, kernel.f32_word(-3.5), 1), (out.ctypes.data, kernel.f32_word(0.75), 2)])
+        np.testing.assert_array_equal(out, np.float32([2.5, -7.0, 1.5]))
+    finally:
+        kernel.forget(module)
