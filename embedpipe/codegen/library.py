@@ -20,7 +20,7 @@ import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_parallel, ir_pool, ir_q8, irutil, jit
+from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_fused, ir_parallel, ir_pool, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
@@ -59,7 +59,19 @@ _RESET = prototype([])
 
 
 # Kernels that run through the native fork-join (each gets a task trampoline).
-PARALLEL_ROLES = ("q8work", "f32mm", "gelu_mul", "rms_norm", "softmax", "gelu_erf", "layer_norm")
+PARALLEL_ROLES = (
+    "q8work",
+    "f32mm",
+    "gelu_mul",
+    "rms_norm",
+    "softmax",
+    "gelu_erf",
+    "layer_norm",
+    "q8work_addnorm",
+    "q8work_gelu",
+    "qk_norm_rope",
+    "add_norm",
+)
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
@@ -75,6 +87,10 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
         "softmax": ir_elementwise.softmax_symbol(isa),
         "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
         "layer_norm": ir_encoder.layer_norm_symbol(isa),
+        "q8work_addnorm": ir_fused.addnorm_work_symbol(isa, int_tile),
+        "q8work_gelu": ir_fused.gelu_work_symbol(isa, int_tile),
+        "qk_norm_rope": ir_fused.qk_norm_rope_symbol(isa),
+        "add_norm": ir_fused.add_norm_symbol(isa),
     }
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
@@ -104,6 +120,10 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "layer_norm": ir_encoder.emit_layer_norm(module, isa),
     }
     symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
+    symbols["q8work_addnorm"] = ir_fused.emit_addnorm_work(module, isa, int_tile)
+    symbols["q8work_gelu"] = ir_fused.emit_gelu_work(module, isa, int_tile)
+    symbols["qk_norm_rope"] = ir_fused.emit_qk_norm_rope(module, isa)
+    symbols["add_norm"] = ir_fused.emit_add_norm(module, isa)
     kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]
     parallel = ir_parallel.emit_entry_points(module, kernels)
     for role in PARALLEL_ROLES:
@@ -125,6 +145,7 @@ def _generator_fingerprint() -> str:
         ir_float,
         ir_elementwise,
         ir_encoder,
+        ir_fused,
         ir_parallel,
         ir_pool,
         isa_module,

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+from gguf import GGMLQuantizationType
+
 from embedpipe.codegen import FORMATS, get_kernel_library
 from embedpipe.errors import EmbedpipeError
-from embedpipe.runtime.backends import MatmulFn, NumpyBackend
+from embedpipe.runtime.backends import MatmulFn, NumpyBackend, dequantize
 from embedpipe.runtime.gguf_file import WeightTensor
 
 log = logging.getLogger(__name__)
@@ -32,3 +35,13 @@ class JitBackend:
             return self._fallback.prepare(tensor)
         n, k = tensor.shape
         return self.library.prepare_matmul(tensor.qtype, tensor.rows(), n, k)
+
+    def prepare_fp32(self, tensor: WeightTensor) -> MatmulFn:
+        """The weight dequantized to fp32 on the fp32 FMA kernel: full-precision activations,
+        and each row's arithmetic independent of the other rows (unlike BLAS, whose blocking
+        follows the batch size)."""
+        if len(tensor.shape) != 2:
+            return self._fallback.prepare(tensor)
+        n, k = tensor.shape
+        w = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
+        return self.library.prepare_matmul(GGMLQuantizationType.F32, w.view(np.uint8).reshape(n, 4 * k), n, k)

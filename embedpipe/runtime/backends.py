@@ -59,6 +59,8 @@ class NumpyBackend:
 
         return matmul
 
+    prepare_fp32 = prepare  # already fp32 activations and weights
+
 
 def _jit_backend(threads: int | None) -> Backend:
     from embedpipe.runtime.backend_jit import JitBackend
