@@ -8,7 +8,10 @@ only item 0 stores the updated residual, so no two threads write the same bytes.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -17,6 +20,32 @@ from embedpipe.codegen.threads import split_range
 
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 MIN_PARALLEL_ELEMENTS = 65_536
+
+
+_constants: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+_constants_lock = threading.Lock()
+MAX_CONSTANTS = 4096
+
+
+def constant_address(arr: np.ndarray) -> int:
+    """The address of a long-lived array (a norm weight), remembered by identity: numpy's
+    ``.ctypes`` costs microseconds per call.  The cache holds a reference, so an id it
+    knows cannot be reused by another array; it forgets the least recently used."""
+    key = id(arr)
+    with _constants_lock:
+        hit = _constants.get(key)
+        if hit is not None and hit[0] is arr:
+            _constants.move_to_end(key)
+            return hit[1]
+        _constants[key] = (arr, arr.ctypes.data)
+        if len(_constants) > MAX_CONSTANTS:
+            _constants.popitem(last=False)
+        return _constants[key][1]
+
+
+@functools.lru_cache(maxsize=64)
+def _f32(value: float) -> int:
+    return f32_word(value)
 
 
 def _check_f32(kernel: str, **arrays: np.ndarray) -> None:
@@ -41,13 +70,12 @@ def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
     from embedpipe.codegen.library import _scratch
 
     lib = w.lib
-    wq, wd = w.packed
     mr = lib.int_tile.mr
     tpad = -(-t // mr) * mr
-    panels = wq.shape[0]
+    panels = w.packed[0].shape[0]
     how, ranges = w._plan(t, mr, panels)
     n, k = w.n, w.k
-    tail = (wq.ctypes.data, wd.ctypes.data, out.ctypes.data, n, n)
+    tail = (*w.addresses, out.ctypes.data, n, n)
     if how == "rows":
         xq, xd, xc = _scratch(0, tpad, k, lib.isa)
         items = [(*prologue(1), xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
@@ -78,8 +106,8 @@ def norm_matmul(
     out = np.empty((t, w.n), np.float32)
     if t == 0:
         return x_out, out
-    head = (x.ctypes.data, 0 if y is None else y.ctypes.data, 0 if y is None else w_post.ctypes.data)
-    rest = (x_out.ctypes.data, w_pre.ctypes.data, f32_word(eps))
+    head = (x.ctypes.data, 0 if y is None else y.ctypes.data, 0 if y is None else constant_address(w_post))
+    rest = (x.ctypes.data if y is None else x_out.ctypes.data, constant_address(w_pre), _f32(eps))
     _run_work(w, "q8work_addnorm", lambda write: (*head, *rest, write if y is not None else 0), t, out)
     return x_out, out
 
@@ -122,8 +150,9 @@ def qk_norm_rope(
     k = np.empty((t, n_kv, d), np.float32)
     v = np.empty((t, n_kv, dv), np.float32)
     if t:
-        head = (qkv, q, k, v, qw, kw, cos, sin)
-        words = (*(a.ctypes.data for a in head), n_q, n_kv, d, dv, f32_word(eps))
+        arrays = (qkv.ctypes.data, q.ctypes.data, k.ctypes.data, v.ctypes.data)
+        tables = (constant_address(qw), constant_address(kw), cos.ctypes.data, sin.ctypes.data)
+        words = (*arrays, *tables, n_q, n_kv, d, dv, _f32(eps))
         parts = lib.threads if qkv.size >= MIN_PARALLEL_ELEMENTS else 1
         lib.fork("qk_norm_rope", [(*words, a, b) for a, b in split_range(0, t, parts)])
     return q, k, v
@@ -138,7 +167,8 @@ def add_norm(lib, x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarra
     t, d = x.shape
     if t:
         parts = lib.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
-        head = (x.ctypes.data, y.ctypes.data, w_post.ctypes.data, w.ctypes.data, out.ctypes.data, d, f32_word(eps))
+        weights = (constant_address(w_post), constant_address(w))
+        head = (x.ctypes.data, y.ctypes.data, *weights, out.ctypes.data, d, _f32(eps))
         lib.fork("add_norm", [(*head, a, b) for a, b in split_range(0, t, parts)])
     return out
 

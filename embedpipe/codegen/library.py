@@ -6,6 +6,7 @@ sizes were checked against the dimensions it is given.
 
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
 import logging
@@ -199,8 +200,9 @@ class KernelLibrary:
         integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
         persistent workers (fresh pthreads if another thread holds them), all inside one
         GIL-free native call."""
-        words = np.array(items, dtype=np.int64)
-        self._forks[role](words.ctypes.data, words.shape[1] * 8, len(items))
+        # array.array: its address is one buffer_info() away (numpy's .ctypes costs µs per call)
+        words = array.array("q", [word for item in items for word in item])
+        self._forks[role](words.buffer_info()[0], len(items[0]) * 8, len(items))
 
     def gelu_tanh_mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``gelu_tanh(a) · b`` element-wise (fp32, same shape, C-contiguous), ~1e-6 relative."""
@@ -354,6 +356,11 @@ class PreparedMatmul:
     def shape(self) -> tuple[int, int]:
         return (self.n, self.k)
 
+    @functools.cached_property
+    def addresses(self) -> tuple[int, ...]:
+        """Addresses of the packed arrays (they live as long as this object)."""
+        return tuple(a.ctypes.data for a in self.packed)
+
     def _check(self, x: object) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise KernelInputError(f"matmul input must be a numpy array, got {type(x).__name__}")
@@ -397,7 +404,7 @@ class PreparedMatmul:
         t = x.shape[0]
         mr = self.lib.float_tile.mr
         how, ranges = self._plan(t, mr, w.shape[0])
-        head = (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
+        head = (self.addresses[0], x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
         rows_all = (0, -(-t // mr) * mr)
         self.lib.fork(
             "f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges]
@@ -415,7 +422,7 @@ class PreparedMatmul:
         panels = wq.shape[0]
         how, ranges = self._plan(t, mr, panels)
         xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
-        tail = (wq.ctypes.data, wd.ctypes.data, yp, n, n)
+        tail = (*self.addresses, yp, n, n)
         if how == "rows":
             xq, xd, xc = _scratch(0, tpad, k, lib.isa)
             items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
@@ -447,13 +454,13 @@ def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]
         cache = _local.buffers = {}
     bufs = cache.get(slot)
     if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
-        bufs = (
+        arrays = (
             aligned_empty((max(need[0], 64),), np.uint8),
             aligned_empty((max(need[1], 64),), np.uint8),
             aligned_empty((max(need[1], 64),), np.uint8),
         )
-        cache[slot] = bufs
-    return bufs[0].ctypes.data, bufs[1].ctypes.data, bufs[2].ctypes.data
+        bufs = cache[slot] = (*arrays, tuple(a.ctypes.data for a in arrays))
+    return bufs[3]
 
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}
