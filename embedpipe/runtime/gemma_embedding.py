@@ -262,10 +262,9 @@ class GemmaEmbeddingModel:
 
 
 class _AttentionPlan:
-    """How one packed batch runs attention: long sequences alone, short ones in length buckets
-    (computed once per batch, reused by every layer)."""
+    """The sequences of one packed batch for ``ops.attention`` (made once per batch, used by
+    every layer; ``cache`` keeps what the attention kernel plans from them)."""
 
     def __init__(self, bounds: np.ndarray, lengths: np.ndarray):
-        self.bounds, self.lengths = bounds[:-1], lengths
-        self.long = [(int(bounds[i]), int(bounds[i + 1])) for i in np.flatnonzero(lengths >= ops.LONG_SEQUENCE)]
-        self.buckets = ops.length_buckets(lengths)
+        self.starts, self.lengths = bounds[:-1], lengths
+        self.cache: dict = {}

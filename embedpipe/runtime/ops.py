@@ -226,13 +226,13 @@ class NumpyOps:
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
         """Attention of every sequence of a packed batch: (S, Hq·Dv) fp32.  ``plan`` has the
-        sequences' ``bounds``/``lengths`` and their split into ``long`` ones and ``buckets``."""
+        sequences' ``starts`` and ``lengths`` (a stand-in until the tiled attention kernel)."""
         out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
-        for a, b in plan.long:
+        for i in np.flatnonzero(plan.lengths >= LONG_SEQUENCE):
+            a, b = int(plan.starts[i]), int(plan.starts[i] + plan.lengths[i])
             out[a:b] = self.long_attention(q[a:b], k[a:b], v[a:b], half_window)
-        self.map(
-            lambda idx: padded_attention(q, k, v, plan.bounds[idx], plan.lengths[idx], half_window, out), plan.buckets
-        )
+        buckets = length_buckets(plan.lengths)
+        self.map(lambda idx: padded_attention(q, k, v, plan.starts[idx], plan.lengths[idx], half_window, out), buckets)
         return out
 
     # Fused building blocks of a pre-norm transformer layer.  Here they are compositions of the
@@ -316,7 +316,7 @@ class JitOps(NumpyOps):
         # Each sequence alone on the JIT kernels: its rows never meet another sequence's
         # padding, so its vectors do not depend on the batch.
         out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
-        for a, b in zip(plan.bounds.tolist(), (plan.bounds + plan.lengths).tolist()):
+        for a, b in zip(plan.starts.tolist(), (plan.starts + plan.lengths).tolist()):
             out[a:b] = self.long_attention(q[a:b], k[a:b], v[a:b], half_window)
         return out
 
