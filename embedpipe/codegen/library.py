@@ -6,6 +6,7 @@ sizes were checked against the dimensions it is given.
 
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
 import logging
@@ -21,7 +22,7 @@ import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_parallel, ir_pool, ir_q8, irutil, jit
+from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_fused, ir_parallel, ir_pool, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
@@ -64,7 +65,19 @@ _RESET = prototype([])
 
 
 # Kernels that run through the native fork-join (each gets a task trampoline).
-PARALLEL_ROLES = ("q8work", "f32mm", "gelu_mul", "rms_norm", "softmax", "gelu_erf", "layer_norm")
+PARALLEL_ROLES = (
+    "q8work",
+    "f32mm",
+    "gelu_mul",
+    "rms_norm",
+    "softmax",
+    "gelu_erf",
+    "layer_norm",
+    "q8work_addnorm",
+    "q8work_gelu",
+    "qk_norm_rope",
+    "add_norm",
+)
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
@@ -80,6 +93,10 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
         "softmax": ir_elementwise.softmax_symbol(isa),
         "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
         "layer_norm": ir_encoder.layer_norm_symbol(isa),
+        "q8work_addnorm": ir_fused.addnorm_work_symbol(isa, int_tile),
+        "q8work_gelu": ir_fused.gelu_work_symbol(isa, int_tile),
+        "qk_norm_rope": ir_fused.qk_norm_rope_symbol(isa),
+        "add_norm": ir_fused.add_norm_symbol(isa),
     }
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
@@ -109,6 +126,10 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "layer_norm": ir_encoder.emit_layer_norm(module, isa),
     }
     symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
+    symbols["q8work_addnorm"] = ir_fused.emit_addnorm_work(module, isa, int_tile)
+    symbols["q8work_gelu"] = ir_fused.emit_gelu_work(module, isa, int_tile)
+    symbols["qk_norm_rope"] = ir_fused.emit_qk_norm_rope(module, isa)
+    symbols["add_norm"] = ir_fused.emit_add_norm(module, isa)
     kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]
     parallel = ir_parallel.emit_entry_points(module, kernels)
     for role in PARALLEL_ROLES:
@@ -130,6 +151,7 @@ def _generator_fingerprint() -> str:
         ir_float,
         ir_elementwise,
         ir_encoder,
+        ir_fused,
         ir_parallel,
         ir_pool,
         isa_module,
@@ -184,8 +206,9 @@ class KernelLibrary:
         persistent workers (fresh pthreads if another thread holds them), all inside one
         GIL-free native call."""
         count_native_call()
-        words = np.array(items, dtype=np.int64)
-        self._forks[role](words.ctypes.data, words.shape[1] * 8, len(items))
+        # array.array: its address is one buffer_info() away (numpy's .ctypes costs µs per call)
+        words = array.array("q", [word for item in items for word in item])
+        self._forks[role](words.buffer_info()[0], len(items[0]) * 8, len(items))
 
     def gelu_tanh_mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``gelu_tanh(a) · b`` element-wise (fp32, same shape, C-contiguous), ~1e-6 relative."""
@@ -339,6 +362,11 @@ class PreparedMatmul:
     def shape(self) -> tuple[int, int]:
         return (self.n, self.k)
 
+    @functools.cached_property
+    def addresses(self) -> tuple[int, ...]:
+        """Addresses of the packed arrays (they live as long as this object)."""
+        return tuple(a.ctypes.data for a in self.packed)
+
     def _check(self, x: object) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise KernelInputError(f"matmul input must be a numpy array, got {type(x).__name__}")
@@ -385,7 +413,7 @@ class PreparedMatmul:
         t = x.shape[0]
         mr = self.lib.float_tile.mr
         how, ranges = self._plan(t, mr, w.shape[0], self.lib.isa.lanes * self.lib.float_tile.nv)
-        head = (w.ctypes.data, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
+        head = (self.addresses[0], x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
         rows_all = (0, -(-t // mr) * mr)
         self.lib.fork(
             "f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges]
@@ -403,7 +431,7 @@ class PreparedMatmul:
         panels = wq.shape[0]
         how, ranges = self._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
         xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
-        tail = (wq.ctypes.data, wd.ctypes.data, yp, n, n)
+        tail = (*self.addresses, yp, n, n)
         if how == "rows":
             xq, xd, xc = _scratch(0, tpad, k, lib.isa)
             items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
@@ -435,13 +463,13 @@ def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]
         cache = _local.buffers = {}
     bufs = cache.get(slot)
     if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
-        bufs = (
+        arrays = (
             aligned_empty((max(need[0], 64),), np.uint8),
             aligned_empty((max(need[1], 64),), np.uint8),
             aligned_empty((max(need[1], 64),), np.uint8),
         )
-        cache[slot] = bufs
-    return bufs[0].ctypes.data, bufs[1].ctypes.data, bufs[2].ctypes.data
+        bufs = cache[slot] = (*arrays, tuple(a.ctypes.data for a in arrays))
+    return bufs[3]
 
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+from gguf import GGMLQuantizationType
+
 from embedpipe.codegen import FORMATS, get_kernel_library
 from embedpipe.codegen.library import PACKED_LAYOUT_VERSION, TILES, PreparedMatmul
 from embedpipe.errors import EmbedpipeError
-from embedpipe.runtime.backends import MatmulFn, NumpyBackend
+from embedpipe.runtime.backends import MatmulFn, NumpyBackend, dequantize
 from embedpipe.runtime.gguf_file import WeightTensor
 
 log = logging.getLogger(__name__)
@@ -64,4 +67,24 @@ class JitBackend:
             from embedpipe.runtime.weight_cache import CachedArrays
 
             cache.put(tensor.name, tensor.qtype, tensor.shape, CachedArrays(prepared.family, prepared.packed))
+        return prepared
+
+    def prepare_fp32(self, tensor: WeightTensor) -> MatmulFn:
+        """The weight dequantized to fp32 on the fp32 FMA kernel: full-precision activations,
+        and each row's arithmetic independent of the other rows (unlike BLAS, whose blocking
+        follows the batch size)."""
+        if len(tensor.shape) != 2:
+            return self._fallback.prepare(tensor)
+        n, k = tensor.shape
+        cache, key = self.weight_cache, f"{tensor.name}#fp32"
+        if cache is not None:
+            hit = cache.get(key, tensor.qtype, tensor.shape)
+            if hit is not None:
+                return PreparedMatmul(self.library, GGMLQuantizationType.F32, n, k, hit.family, hit.arrays)
+        w = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
+        prepared = self.library.prepare_matmul(GGMLQuantizationType.F32, w.view(np.uint8).reshape(n, 4 * k), n, k)
+        if cache is not None:
+            from embedpipe.runtime.weight_cache import CachedArrays
+
+            cache.put(key, tensor.qtype, tensor.shape, CachedArrays(prepared.family, prepared.packed))
         return prepared

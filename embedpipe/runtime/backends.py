@@ -69,6 +69,8 @@ class NumpyBackend:
 
         return matmul
 
+    prepare_fp32 = prepare  # already fp32 activations and weights
+
     def _cached(self, tensor: WeightTensor) -> np.ndarray | None:
         hit = self.weight_cache.get(f"{tensor.name}#fp32T", tensor.qtype, tensor.shape)
         if hit is None or hit.family != NUMPY_FAMILY or len(hit.arrays) != 1:

@@ -198,15 +198,16 @@ class GemmaEmbeddingModel:
         # The dense head multiplies one pooled row per text, so its cost is negligible, and its
         # activation-quantization error is not averaged away by pooling: on the golden set an
         # int8-activation head cost more accuracy (min cosine 0.99914 -> 0.99940 with fp32
-        # activations) than all 168 layer matmuls together.  It always runs on fp32 activations.
-        head = NumpyBackend(getattr(backend, "threads", None), getattr(backend, "weight_cache", None))
-        self.dense = (
-            [head.prepare(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
-        )
+        # activations) than all 168 layer matmuls together.  It always runs on fp32 activations,
+        # on a kernel whose per-row arithmetic does not depend on the batch size.
+        head = getattr(backend, "prepare_fp32", NumpyBackend(getattr(backend, "threads", None)).prepare)
+        self.dense = [head(mf.tensors[n]) for n in ("dense_2.weight", "dense_3.weight")] if self.has_dense else []
         self.rope = {
             theta: ops.RopeTable(self.cfg.head_dim, theta) for theta in {self.cfg.rope_local, self.cfg.rope_global}
         }
         self.embed_scale = np.float32(math.sqrt(self.cfg.hidden))
+        cfg = self.cfg
+        self.heads = ops.HeadShape(cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.head_dim_v, cfg.eps)
 
     @property
     def out_dim(self) -> int:
@@ -234,52 +235,37 @@ class GemmaEmbeddingModel:
         plan = _AttentionPlan(bounds, lengths)
         with self.ops.session():
             x = dequantize_rows(self.token_embd, ids) * self.embed_scale
+            tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
+            # The residual stream is (x, f, w): the next layer's input is x + rms(f)·w, added
+            # inside the kernel that normalizes and quantizes it (none before layer 0).
+            residual: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] = (x, None, None)
             for il, layer in enumerate(self.layers):
                 glob = cfg.is_global(il)
-                cos, sin = self.rope[cfg.rope_global if glob else cfg.rope_local].tables(positions)
-                x = self._layer(x, layer, cos, sin, plan, None if glob else cfg.sliding_window // 2)
-            x = self.ops.rms_norm(x, self.output_norm, cfg.eps)
+                cos, sin = tables[cfg.rope_global if glob else cfg.rope_local]
+                residual = self._layer(residual, layer, cos, sin, plan, None if glob else cfg.sliding_window // 2)
+            x, f, w_post = residual
+            x = self.ops.add_norm(x, f, w_post, self.output_norm, cfg.eps)
             pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
             for proj in self.dense:
                 pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
 
-    def _layer(self, x, layer: _Layer, cos, sin, plan: _AttentionPlan, half_window: int | None) -> np.ndarray:
-        cfg, ops_ = self.cfg, self.ops
-        s = x.shape[0]
-        h = ops_.rms_norm(x, layer.attn_norm, cfg.eps)
+    def _layer(self, residual, layer: _Layer, cos, sin, plan: _AttentionPlan, half_window: int | None):
+        """One layer on the residual stream (x, f, w) (see ``embed``); returns the next one."""
+        ops_ = self.ops
+        eps = self.cfg.eps
+        x, qkv = ops_.norm_matmul(layer.w_qkv, *residual, layer.attn_norm, eps)
         # q_norm carries the 1/sqrt(head_dim) query scale (a power of two for 256: exact).
-        qkv = layer.w_qkv(h)
-        nq, nk = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        q = ops_.rms_norm(
-            np.ascontiguousarray(qkv[:, :nq]).reshape(s, cfg.n_head, cfg.head_dim), layer.q_norm_scaled, cfg.eps
-        )
-        k = ops_.rms_norm(
-            np.ascontiguousarray(qkv[:, nq : nq + nk]).reshape(s, cfg.n_kv_head, cfg.head_dim), layer.k_norm, cfg.eps
-        )
-        v = qkv[:, nq + nk :].reshape(s, cfg.n_kv_head, cfg.head_dim_v)
-        q = ops.apply_rope(q, cos, sin)
-        k = ops.apply_rope(k, cos, sin)
-        attn = np.empty((s, cfg.n_head * cfg.head_dim_v), np.float32)
-        for a, b in plan.long:
-            attn[a:b] = ops_.long_attention(q[a:b], k[a:b], v[a:b], half_window)
-        ops_.map(
-            lambda idx: ops.padded_attention(q, k, v, plan.bounds[idx], plan.lengths[idx], half_window, attn),
-            plan.buckets,
-        )
-        x = x + ops_.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
-        h = ops_.rms_norm(x, layer.ffn_norm, cfg.eps)
-        gate_up = layer.w_gate_up(h)
-        gate, up = np.ascontiguousarray(gate_up[:, : cfg.ffn]), np.ascontiguousarray(gate_up[:, cfg.ffn :])
-        f = layer.w_down(ops_.gelu_tanh_mul(gate, up))
-        return x + ops_.rms_norm(f, layer.post_ffw_norm, cfg.eps)
+        q, k, v = ops_.qk_norm_rope(qkv, layer.q_norm_scaled, layer.k_norm, cos, sin, self.heads)
+        attn = ops_.attention(q, k, v, plan, half_window)
+        x, gate_up = ops_.norm_matmul(layer.w_gate_up, x, layer.wo(attn), layer.post_attn_norm, layer.ffn_norm, eps)
+        return x, ops_.gelu_matmul(layer.w_down, gate_up), layer.post_ffw_norm
 
 
 class _AttentionPlan:
-    """How one packed batch runs attention: long sequences alone, short ones in length buckets
-    (computed once per batch, reused by every layer)."""
+    """The sequences of one packed batch for ``ops.attention`` (made once per batch, used by
+    every layer; ``cache`` keeps what the attention kernel plans from them)."""
 
     def __init__(self, bounds: np.ndarray, lengths: np.ndarray):
-        self.bounds, self.lengths = bounds[:-1], lengths
-        self.long = [(int(bounds[i]), int(bounds[i + 1])) for i in np.flatnonzero(lengths >= ops.LONG_SEQUENCE)]
-        self.buckets = ops.length_buckets(lengths)
+        self.starts, self.lengths = bounds[:-1], lengths
+        self.cache: dict = {}

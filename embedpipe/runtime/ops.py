@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numexpr as ne
 import numpy as np
@@ -31,6 +32,18 @@ BUCKET_TOKENS = 2048
 _MASKED = np.float32(-1e30)
 
 _controller: ThreadpoolController | None = None
+
+MatmulFn = Callable[[np.ndarray], np.ndarray]
+
+
+class HeadShape(NamedTuple):
+    """Attention head geometry of a packed Q|K|V row, and the RMS epsilon of its q/k norms."""
+
+    n_q: int
+    n_kv: int
+    d: int
+    dv: int
+    eps: float
 
 
 @contextmanager
@@ -211,6 +224,49 @@ class NumpyOps:
     def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
         return attention(q, k, v, window_mask(q.shape[0], half_window))
 
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
+        """Attention of every sequence of a packed batch: (S, Hq·Dv) fp32.  ``plan`` has the
+        sequences' ``starts`` and ``lengths`` (a stand-in until the tiled attention kernel)."""
+        out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
+        for i in np.flatnonzero(plan.lengths >= LONG_SEQUENCE):
+            a, b = int(plan.starts[i]), int(plan.starts[i] + plan.lengths[i])
+            out[a:b] = self.long_attention(q[a:b], k[a:b], v[a:b], half_window)
+        buckets = length_buckets(plan.lengths)
+        self.map(lambda idx: padded_attention(q, k, v, plan.starts[idx], plan.lengths[idx], half_window, out), buckets)
+        return out
+
+    # Fused building blocks of a pre-norm transformer layer.  Here they are compositions of the
+    # ops above; JitOps runs each as one native call where the weight allows it.
+
+    def norm_matmul(
+        self, w: MatmulFn, x: np.ndarray, y: np.ndarray | None, w_post: np.ndarray | None, w_pre: np.ndarray, eps: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(x', w(rms(x')·w_pre))`` with ``x' = x + rms(y)·w_post`` (``x`` itself when ``y`` is None)."""
+        if y is not None:
+            x = x + self.rms_norm(y, w_post, eps)
+        return x, w(self.rms_norm(x, w_pre, eps))
+
+    def gelu_matmul(self, w: MatmulFn, gate_up: np.ndarray) -> np.ndarray:
+        """``w(gelu_tanh(gate)·up)`` for ``gate_up`` = [gate | up] (T, 2F)."""
+        f = gate_up.shape[1] // 2
+        return w(self.gelu_tanh_mul(np.ascontiguousarray(gate_up[:, :f]), np.ascontiguousarray(gate_up[:, f:])))
+
+    def qk_norm_rope(
+        self, qkv: np.ndarray, qw: np.ndarray, kw: np.ndarray, cos: np.ndarray, sin: np.ndarray, heads: HeadShape
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """q (S, Hq, D), k (S, Hkv, D), v (S, Hkv, Dv) from a packed Q|K|V product: per-head RMS norm
+        (``qw``/``kw``), then NeoX RoPE from per-row ``cos``/``sin`` (S, D/2)."""
+        s, (n_q, n_kv, d, dv, eps) = qkv.shape[0], heads
+        nq, nk = n_q * d, n_kv * d
+        q = self.rms_norm(np.ascontiguousarray(qkv[:, :nq]).reshape(s, n_q, d), qw, eps)
+        k = self.rms_norm(np.ascontiguousarray(qkv[:, nq : nq + nk]).reshape(s, n_kv, d), kw, eps)
+        v = np.ascontiguousarray(qkv[:, nq + nk :]).reshape(s, n_kv, dv)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def add_norm(self, x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        """``rms(x + rms(y)·w_post)·w``."""
+        return self.rms_norm(x + self.rms_norm(y, w_post, eps), w, eps)
+
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
         """Run ``fn`` over items on the pool with BLAS single-threaded (numpy drops the GIL)."""
         if self._pool is None or len(items) < 2:
@@ -256,6 +312,38 @@ class JitOps(NumpyOps):
             np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), half_window
         )
 
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
+        # Each sequence alone on the JIT kernels: its rows never meet another sequence's
+        # padding, so its vectors do not depend on the batch.
+        out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
+        for a, b in zip(plan.starts.tolist(), (plan.starts + plan.lengths).tolist()):
+            out[a:b] = self.long_attention(q[a:b], k[a:b], v[a:b], half_window)
+        return out
+
+    def norm_matmul(self, w, x, y, w_post, w_pre, eps):
+        if not _int_weight(w):
+            return super().norm_matmul(w, x, y, w_post, w_pre, eps)
+        from embedpipe.codegen import fused
+
+        return fused.norm_matmul(w, x, y, w_post, w_pre, eps)
+
+    def gelu_matmul(self, w, gate_up):
+        if not _int_weight(w):
+            return super().gelu_matmul(w, gate_up)
+        from embedpipe.codegen import fused
+
+        return fused.gelu_matmul(w, gate_up)
+
+    def qk_norm_rope(self, qkv, qw, kw, cos, sin, heads):
+        from embedpipe.codegen import fused
+
+        return fused.qk_norm_rope(self.lib, qkv, qw, kw, cos, sin, *heads)
+
+    def add_norm(self, x, y, w_post, w, eps):
+        from embedpipe.codegen import fused
+
+        return fused.add_norm(self.lib, x, y, w_post, w, eps)
+
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
         if self._pool is None or len(items) < 2:
             for item in items:
@@ -263,6 +351,11 @@ class JitOps(NumpyOps):
             return
         for fut in [self._pool.submit(fn, item) for item in items]:
             fut.result()
+
+
+def _int_weight(w: object) -> bool:
+    """Whether ``w`` is a JIT weight of the integer-dot family (the fused work kernels' input)."""
+    return getattr(w, "family", None) == "int"
 
 
 def _default_threads() -> int:

@@ -6,6 +6,11 @@
  *        harness float T N K P weights.bin -          x.bin y.bin
  *        harness gelu  T N 0 0 b.bin      -          a.bin out.bin   (gelu_tanh(a)·b)
  *        harness rms   T N 0 0 w.bin      -          x.bin out.bin   (rows of length N)
+ *        harness addnorm T N K P weights.bin scales.bin in.bin out.bin
+ *            in = x (T,K) | y (T,K) | w_post (K) | w_pre (K); out = product (T,N) | x' (T,K)
+ *        harness geluw T N K P weights.bin scales.bin gu.bin out.bin   (gu is (T, 2K))
+ *        harness qknr  T 0 D 0 -          -          in.bin out.bin   (3 query heads, 1 KV head)
+ *            in = qkv (T,5D) | qw (D) | kw (D) | cos (T,D/2) | sin (T,D/2); out = q | k | v
  * Files are raw little-endian arrays laid out exactly as embedpipe's packers produce them.
  */
 #include <stdint.h>
@@ -20,6 +25,16 @@ void Q8MM(const void *wq, const float *wd, const void *xq, const float *xd, cons
           int64_t p0, int64_t p1);
 void GELU(const float *a, const float *b, float *out, int64_t start, int64_t stop);
 void RMS(const float *x, const float *w, float *out, int64_t d, float eps, int64_t r0, int64_t r1);
+void ADDNORM(const float *x, const float *y, const float *w_post, float *x_out, const float *w_pre,
+             float eps, int64_t write_x, void *xq, float *xd, int32_t *xc, int64_t T, int64_t K,
+             int64_t qa, int64_t qb, const void *wq, const float *wd, float *out, int64_t N,
+             int64_t ldy, int64_t a, int64_t b, int64_t p0, int64_t p1);
+void GELUW(const float *gu, void *xq, float *xd, int32_t *xc, int64_t T, int64_t K, int64_t qa,
+           int64_t qb, const void *wq, const float *wd, float *out, int64_t N, int64_t ldy,
+           int64_t a, int64_t b, int64_t p0, int64_t p1);
+void QKNR(const float *qkv, float *q, float *k, float *v, const float *qw, const float *kw,
+          const float *cos, const float *sin, int64_t Hq, int64_t Hkv, int64_t D, int64_t Dv,
+          float eps, int64_t r0, int64_t r1);
 void F32MM(const float *w, const float *x, float *y, int64_t T, int64_t N, int64_t K,
            int64_t ldy, int64_t t0, int64_t t1, int64_t p0, int64_t p1);
 
@@ -43,8 +58,47 @@ static void *slurp(const char *path, size_t *size) {
     return p;
 }
 
+static void dump(const char *path, const float *p, size_t n) {
+    FILE *out = fopen(path, "wb");
+    if (!out || fwrite(p, 4, n, out) != n) { perror(path); exit(2); }
+    fclose(out);
+}
+
+/* The fused kernels: one call over every row, as the Python drivers make it for one thread. */
+static int fused(char **argv, int64_t T, int64_t N, int64_t K, int64_t P) {
+    size_t size;
+    float *in = slurp(argv[8], &size);
+    int64_t tpad = (T + MR - 1) / MR * MR;
+    void *xq = aligned((size_t)(tpad * K * 2));
+    float *xd = aligned((size_t)(tpad * K / 32 * 4));
+    int32_t *xc = aligned((size_t)(tpad * K / 32 * 4));
+    if (strcmp(argv[1], "qknr") == 0) {
+        int64_t D = K, H = 5 * D;
+        float *out = aligned((size_t)(T * H * 4));
+        const float *qw = in + T * H, *kw = qw + D, *cs = kw + D, *sn = cs + T * D / 2;
+        QKNR(in, out, out + T * 3 * D, out + T * 4 * D, qw, kw, cs, sn, 3, 1, D, D, 1e-6f, 0, T);
+        dump(argv[9], out, (size_t)(T * H));
+        return 0;
+    }
+    void *wq = slurp(argv[6], &size);
+    float *wd = slurp(argv[7], &size);
+    float *out = aligned((size_t)(T * (N + K) * 4));
+    if (strcmp(argv[1], "addnorm") == 0) {
+        const float *x = in, *y = in + T * K, *w_post = y + T * K, *w_pre = w_post + K;
+        ADDNORM(x, y, w_post, out + T * N, w_pre, 1e-6f, 1, xq, xd, xc, T, K, 0, tpad, wq, wd, out, N, N,
+                0, tpad, 0, P);
+        dump(argv[9], out, (size_t)(T * (N + K)));
+    } else {
+        GELUW(in, xq, xd, xc, T, K, 0, tpad, wq, wd, out, N, N, 0, tpad, 0, P);
+        dump(argv[9], out, (size_t)(T * N));
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 10) { fprintf(stderr, "usage: see source\n"); return 2; }
+    if (strcmp(argv[1], "addnorm") == 0 || strcmp(argv[1], "geluw") == 0 || strcmp(argv[1], "qknr") == 0)
+        return fused(argv, atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), atoll(argv[5]));
     int64_t T = atoll(argv[2]), N = atoll(argv[3]), K = atoll(argv[4]), P = atoll(argv[5]);
     size_t size;
     void *w = slurp(argv[6], &size);

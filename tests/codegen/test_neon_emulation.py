@@ -52,6 +52,9 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
                 f"-DF32MM={symbols['f32mm']}",
                 f"-DGELU={symbols['gelu_mul']}",
                 f"-DRMS={symbols['rms_norm']}",
+                f"-DADDNORM={symbols['q8work_addnorm']}",
+                f"-DGELUW={symbols['q8work_gelu']}",
+                f"-DQKNR={symbols['qk_norm_rope']}",
                 f"-DMR={TILES[name][0].mr}",
                 str(HARNESS),
                 str(work / "kernels.o"),
@@ -170,3 +173,49 @@ def test_neon_gelu_and_rms_norm(harnesses, isa_name):
     xd = x.astype(np.float64)
     ref = xd / np.sqrt((xd**2).mean(axis=-1, keepdims=True) + 1e-6) * w
     assert np.abs(y - ref).max() <= 2e-6 * np.abs(ref).max()
+
+
+def _run_fused(exe: Path, mode: str, t: int, n: int, k: int, panels: int, inputs: list[np.ndarray], out_len: int):
+    work = exe.parent
+    (work / "in.bin").write_bytes(b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in inputs))
+    weights = [str(work / "w.bin"), str(work / "d.bin")] if mode != "qknr" else ["-", "-"]
+    cmd = [QEMU, "-L", str(SYSROOT), str(exe), mode, str(t), str(n), str(k), str(panels), *weights]
+    subprocess.run([*cmd, str(work / "in.bin"), str(work / "out.bin")], check=True, capture_output=True, timeout=120)
+    return np.fromfile(work / "out.bin", dtype=np.float32)[:out_len]
+
+
+@requires_emulation
+@pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon", "generic_aarch64"])
+def test_neon_fused_kernels(harnesses, isa_name):
+    from embedpipe.codegen import fused
+    from tests.codegen.test_fused import _assert_product_close
+
+    isa = ISAS[isa_name]
+    rng = np.random.default_rng(5)
+    t, n, k = 13, 40, 64
+    codes = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    d = np.repeat((rng.random((n, 1)) * 0.02).astype(np.float32), k // 32, axis=1)
+    wq, wd = ir_q8.pack_weights(codes, d, isa, TILES[isa_name][0])
+    exe = harnesses[isa_name]
+    (exe.parent / "w.bin").write_bytes(wq.tobytes())
+    (exe.parent / "d.bin").write_bytes(wd.tobytes())
+    w_f32 = codes.astype(np.float32) * d[:, :1]
+    x = (rng.standard_normal((t, k)) * 100).astype(np.float32)
+    y = rng.standard_normal((t, k)).astype(np.float32)
+    w_post, w_pre = (rng.random(k).astype(np.float32) + 0.5 for _ in range(2))
+    got = _run_fused(exe, "addnorm", t, n, k, wq.shape[0], [x, y, w_post, w_pre], t * (n + k))
+    want_x = x + fused.rms_norm_reference(y, w_post, 1e-6)
+    np.testing.assert_allclose(got[t * n :].reshape(t, k), want_x, rtol=1e-6, atol=1e-4)
+    _assert_product_close(got[: t * n].reshape(t, n), fused.rms_norm_reference(want_x, w_pre, 1e-6), w_f32)
+    gu = (rng.standard_normal((t, 2 * k)) * 3).astype(np.float32)
+    got = _run_fused(exe, "geluw", t, n, k, wq.shape[0], [gu], t * n).reshape(t, n)
+    _assert_product_close(got, fused.gelu_tanh_mul_reference(gu[:, :k], gu[:, k:]), w_f32)
+    dh = 34
+    qkv = (rng.standard_normal((t, 5 * dh)) * 10).astype(np.float32)
+    qw, kw = (rng.random(dh).astype(np.float32) for _ in range(2))
+    angles = (rng.random((t, dh // 2)) * 20).astype(np.float32)
+    cos, sin = np.cos(angles), np.sin(angles)
+    got = _run_fused(exe, "qknr", t, 0, dh, 0, [qkv, qw, kw, cos, sin], t * 5 * dh)
+    q, kk, v = fused.qk_norm_rope_reference(qkv, qw, kw, cos, sin, 3, 1, dh, dh, 1e-6)
+    want = np.concatenate([q.reshape(-1), kk.reshape(-1), v.reshape(-1)])
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)

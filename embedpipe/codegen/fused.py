@@ -1,0 +1,216 @@
+"""Drivers of the fused row kernels (``ir_fused``): validate in Python, split over the pool,
+one native call each.  Numpy twins (``*_reference``) are the oracles and the fallbacks.
+
+The work kernels follow ``PreparedMatmul``'s plan (rows or weight panels per thread); with a
+panel split every thread runs the prologue for every row into its own activation scratch, and
+only item 0 stores the updated residual, so no two threads write the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from embedpipe.codegen.kernel import f32_word
+from embedpipe.codegen.threads import split_range
+
+_GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+MIN_PARALLEL_ELEMENTS = 65_536
+
+
+_constants: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
+_constants_lock = threading.Lock()
+MAX_CONSTANTS = 4096
+
+
+def constant_address(arr: np.ndarray) -> int:
+    """The address of a long-lived array (a norm weight), remembered by identity: numpy's
+    ``.ctypes`` costs microseconds per call.  The cache holds a reference, so an id it
+    knows cannot be reused by another array; it forgets the least recently used."""
+    key = id(arr)
+    with _constants_lock:
+        hit = _constants.get(key)
+        if hit is not None and hit[0] is arr:
+            _constants.move_to_end(key)
+            return hit[1]
+        _constants[key] = (arr, arr.ctypes.data)
+        if len(_constants) > MAX_CONSTANTS:
+            _constants.popitem(last=False)
+        return _constants[key][1]
+
+
+@functools.lru_cache(maxsize=64)
+def _f32(value: float) -> int:
+    return f32_word(value)
+
+
+def _check_f32(kernel: str, **arrays: np.ndarray) -> None:
+    from embedpipe.codegen.library import KernelInputError
+
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+            raise KernelInputError(f"{kernel}: {name} must be a float32 numpy array")
+        if not (arr.flags.c_contiguous and arr.flags.aligned):
+            raise KernelInputError(f"{kernel}: {name} must be C-contiguous")
+
+
+def _shape_error(msg: str) -> Exception:
+    from embedpipe.codegen.library import KernelInputError
+
+    return KernelInputError(msg)
+
+
+def _output_rows(t: int, n: int) -> np.ndarray:
+    """A (t, n) fp32 output on a cache line, as the matmul's: threads own whole lines of a row."""
+    from embedpipe.codegen.quant_formats import aligned_empty
+    from embedpipe.codegen.threads import CACHE_LINE
+
+    return aligned_empty((t, n), np.float32, CACHE_LINE)
+
+
+def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
+    """Fork ``role`` over ``w``'s plan: ``prologue(write)`` gives the prologue's words; the
+    row-split items and item 0 of a panel split store the residual."""
+    from embedpipe.codegen.library import _scratch
+
+    lib = w.lib
+    mr = lib.int_tile.mr
+    tpad = -(-t // mr) * mr
+    panels = w.packed[0].shape[0]
+    how, ranges = w._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
+    n, k = w.n, w.k
+    tail = (*w.addresses, out.ctypes.data, n, n)
+    if how == "rows":
+        xq, xd, xc = _scratch(0, tpad, k, lib.isa)
+        items = [(*prologue(1), xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
+    else:
+        items = [
+            (*prologue(int(i == 0)), *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
+            for i, (a, b) in enumerate(ranges)
+        ]
+    lib.fork(role, items)
+
+
+def norm_matmul(
+    w, x: np.ndarray, y: np.ndarray | None, w_post: np.ndarray | None, w_pre: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x', rms(x')·w_pre · Wᵀ)`` with ``x' = x + rms(y)·w_post`` (``x' = x`` when ``y`` is
+    None) for an int-family prepared weight ``w`` (N, K); x, y (T, K)."""
+    _check_f32("norm_matmul", x=x, w_pre=w_pre)
+    t, k = x.shape if x.ndim == 2 else (-1, -1)
+    if k != w.k or w_pre.shape != (k,):
+        raise _shape_error(f"norm_matmul: x {x.shape} / w_pre {w_pre.shape} do not fit a {w.n}x{w.k} weight")
+    if y is not None:
+        _check_f32("norm_matmul", y=y, w_post=w_post)
+        if y.shape != x.shape or w_post.shape != (k,):
+            raise _shape_error(f"norm_matmul: y {y.shape} / w_post {w_post.shape} do not fit x {x.shape}")
+        x_out = np.empty_like(x)
+    else:
+        x_out = x
+    out = _output_rows(t, w.n)
+    if t == 0:
+        return x_out, out
+    head = (x.ctypes.data, 0 if y is None else y.ctypes.data, 0 if y is None else constant_address(w_post))
+    rest = (x.ctypes.data if y is None else x_out.ctypes.data, constant_address(w_pre), _f32(eps))
+    _run_work(w, "q8work_addnorm", lambda write: (*head, *rest, write if y is not None else 0), t, out)
+    return x_out, out
+
+
+def gelu_matmul(w, gu: np.ndarray) -> np.ndarray:
+    """``(gelu_tanh(gu[:, :K])·gu[:, K:]) · Wᵀ`` for an int-family prepared weight (N, K)."""
+    _check_f32("gelu_matmul", gu=gu)
+    if gu.ndim != 2 or gu.shape[1] != 2 * w.k:
+        raise _shape_error(f"gelu_matmul: input {gu.shape} must be (T, {2 * w.k}) for a {w.n}x{w.k} weight")
+    t = gu.shape[0]
+    out = _output_rows(t, w.n)
+    if t:
+        _run_work(w, "q8work_gelu", lambda write: (gu.ctypes.data,), t, out)
+    return out
+
+
+def qk_norm_rope(
+    lib,
+    qkv: np.ndarray,
+    qw: np.ndarray,
+    kw: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    n_q: int,
+    n_kv: int,
+    d: int,
+    dv: int,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q (T, Hq, D), k (T, Hkv, D), v (T, Hkv, Dv) from a packed (T, Q|K|V) product: per-head
+    RMS norm (weights ``qw``/``kw`` of length D), then NeoX RoPE with per-row ``cos``/``sin``
+    (T, D/2)."""
+    _check_f32("qk_norm_rope", qkv=qkv, qw=qw, kw=kw, cos=cos, sin=sin)
+    t = qkv.shape[0]
+    if d % 2 or qkv.ndim != 2 or qkv.shape[1] != (n_q + n_kv) * d + n_kv * dv:
+        raise _shape_error(f"qk_norm_rope: qkv {qkv.shape} does not hold {n_q}+{n_kv} heads of {d} and {n_kv} of {dv}")
+    if qw.shape != (d,) or kw.shape != (d,) or cos.shape != (t, d // 2) or sin.shape != cos.shape:
+        raise _shape_error(f"qk_norm_rope: weights {qw.shape}/{kw.shape} or tables {cos.shape}/{sin.shape} do not fit")
+    q = np.empty((t, n_q, d), np.float32)
+    k = np.empty((t, n_kv, d), np.float32)
+    v = np.empty((t, n_kv, dv), np.float32)
+    if t:
+        arrays = (qkv.ctypes.data, q.ctypes.data, k.ctypes.data, v.ctypes.data)
+        tables = (constant_address(qw), constant_address(kw), cos.ctypes.data, sin.ctypes.data)
+        words = (*arrays, *tables, n_q, n_kv, d, dv, _f32(eps))
+        parts = lib.threads if qkv.size >= MIN_PARALLEL_ELEMENTS else 1
+        lib.fork("qk_norm_rope", [(*words, a, b) for a, b in split_range(0, t, parts)])
+    return q, k, v
+
+
+def add_norm(lib, x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """``rms(x + rms(y)·w_post)·w`` row by row; x, y (T, D)."""
+    _check_f32("add_norm", x=x, y=y, w_post=w_post, w=w)
+    if x.ndim != 2 or y.shape != x.shape or w_post.shape != (x.shape[1],) or w.shape != w_post.shape:
+        raise _shape_error(f"add_norm: x {x.shape}, y {y.shape}, weights {w_post.shape}/{w.shape} do not fit")
+    out = np.empty_like(x)
+    t, d = x.shape
+    if t:
+        parts = lib.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
+        weights = (constant_address(w_post), constant_address(w))
+        head = (x.ctypes.data, y.ctypes.data, *weights, out.ctypes.data, d, _f32(eps))
+        lib.fork("add_norm", [(*head, a, b) for a, b in split_range(0, t, parts)])
+    return out
+
+
+# ---- numpy twins (same formulas; the oracle in tests and the path of non-int weights) ----
+
+
+def rms_norm_reference(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    mean_sq = np.einsum("...i,...i->...", x, x, dtype=np.float32) / np.float32(x.shape[-1])
+    inv = 1.0 / np.sqrt(mean_sq + np.float32(eps), dtype=np.float32)
+    return (x * inv[..., None]) * weight
+
+
+def gelu_tanh_mul_reference(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    u = _GELU_C * (gate + np.float32(0.044715) * gate * gate * gate)
+    return (np.float32(0.5) * gate * (np.float32(1.0) + np.tanh(u)) * up).astype(np.float32)
+
+
+def rope_reference(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pairs (i, i+half) of the last axis of x (T, heads, D); cos/sin (T, D/2)."""
+    half = cos.shape[-1]
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(np.float32)
+
+
+def qk_norm_rope_reference(qkv, qw, kw, cos, sin, n_q, n_kv, d, dv, eps):
+    t = qkv.shape[0]
+    nq, nk = n_q * d, n_kv * d
+    q = rms_norm_reference(qkv[:, :nq].reshape(t, n_q, d), qw, eps)
+    k = rms_norm_reference(qkv[:, nq : nq + nk].reshape(t, n_kv, d), kw, eps)
+    v = np.ascontiguousarray(qkv[:, nq + nk :]).reshape(t, n_kv, dv)
+    return rope_reference(q, cos, sin), rope_reference(k, cos, sin), v
+
+
+def add_norm_reference(x, y, w_post, w, eps):
+    return rms_norm_reference(x + rms_norm_reference(y, w_post, eps), w, eps)

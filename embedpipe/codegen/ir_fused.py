@@ -1,0 +1,358 @@
+"""Fused row kernels: the element-wise work between matmuls folded into as few native calls as
+possible, as model-agnostic building blocks.
+
+* ``q8work_addnorm``: (optional residual ``x' = x + rms(y)·w_post``, written once) →
+  ``h = rms(x')·w_pre`` → Q8_0 activation quantization → int8 matmul, in one task per thread.
+* ``q8work_gelu``: ``gelu_tanh(a)·b`` of the two halves of a (T, 2K) row → quantization →
+  int8 matmul.
+* ``qk_norm_rope``: per-head RMS norm of the query and key heads of a packed (T, Q|K|V) row,
+  NeoX rotary embedding (rotate halves) from per-row cos/sin tables, V copied out.
+* ``add_norm``: ``out = rms(x + rms(y)·w_post)·w`` (the last residual and the output norm).
+
+Every row is computed by the same instruction sequence whatever its index, the number of
+rows, or the thread that runs it: a text gives bit-identical values in any batch.  The row
+sweeps use ``2·lanes`` fp32 vectors plus a scalar tail, like ``ir_elementwise.rms_norm``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import llvmlite.ir as ir
+
+from embedpipe.codegen import ir_q8
+from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
+from embedpipe.codegen.ir_q8 import QK, IntTile, act_elem_bytes
+from embedpipe.codegen.irutil import (
+    F32,
+    I64,
+    PTR,
+    const_i64,
+    for_range,
+    hsum_tree,
+    intrinsic,
+    load_at,
+    new_function,
+    splat,
+    store_at,
+    vec,
+)
+from embedpipe.codegen.isa import IsaSpec
+
+# Arguments of the matmul half of a fused work kernel (after the prologue's own).
+_WORK_TAIL = [
+    ("xq", PTR),
+    ("xd", PTR),
+    ("xc", PTR),
+    ("T", I64),
+    ("K", I64),
+    ("qa", I64),
+    ("qb", I64),
+    ("wq", PTR),
+    ("wd", PTR),
+    ("out", PTR),
+    ("N", I64),
+    ("ldy", I64),
+    ("a", I64),
+    ("b", I64),
+    ("p0", I64),
+    ("p1", I64),
+]
+ADDNORM_PARAMS = [
+    ("x", PTR),
+    ("y", PTR),
+    ("w_post", PTR),
+    ("x_out", PTR),
+    ("w_pre", PTR),
+    ("eps", F32),
+    ("write_x", I64),
+    *_WORK_TAIL,
+]
+GELU_PARAMS = [("gu", PTR), *_WORK_TAIL]
+QK_NORM_ROPE_PARAMS = [
+    ("qkv", PTR),
+    ("q", PTR),
+    ("k", PTR),
+    ("v", PTR),
+    ("qw", PTR),
+    ("kw", PTR),
+    ("cos", PTR),
+    ("sin", PTR),
+    ("Hq", I64),
+    ("Hkv", I64),
+    ("D", I64),
+    ("Dv", I64),
+    ("eps", F32),
+    ("r0", I64),
+    ("r1", I64),
+]
+ADD_NORM_PARAMS = [
+    ("x", PTR),
+    ("y", PTR),
+    ("w_post", PTR),
+    ("w", PTR),
+    ("out", PTR),
+    ("D", I64),
+    ("eps", F32),
+    ("r0", I64),
+    ("r1", I64),
+]
+
+
+class _Rows:
+    """Vector sweeps over one row of ``n`` fp32 values (``width`` lanes, then a scalar tail)."""
+
+    def __init__(self, b: ir.IRBuilder, m: ir.Module, width: int) -> None:
+        self.b, self.m, self.width = b, m, width
+        self.vt = vec(F32, width)
+        self._acc = b.alloca(self.vt)
+        self._tail = b.alloca(F32)
+
+    def sweep(self, n: ir.Value, body: Callable[[ir.Type, ir.Value], None], tag: str) -> None:
+        """``body(ty, byte_offset)`` over the row: ``ty`` is the vector type, then F32."""
+        b = self.b
+        vstop = b.sub(n, b.srem(n, const_i64(self.width)))
+        with for_range(b, const_i64(0), vstop, self.width, f"{tag}.v") as i:
+            body(self.vt, b.mul(i, const_i64(4)))
+        with for_range(b, vstop, n, 1, f"{tag}.s") as i:
+            body(F32, b.mul(i, const_i64(4)))
+
+    def splat(self, ty: ir.Type, x: ir.Value) -> ir.Value:
+        return x if ty is F32 else splat(self.b, x, self.width)
+
+    def inv_rms(self, src: ir.Value, n: ir.Value, eps: ir.Value, tag: str) -> ir.Value:
+        """``1 / sqrt(Σ src[i]² / n + eps)`` with the sum in ``width`` fp32 lanes, then the tail."""
+        b = self.b
+        b.store(ir.Constant(self.vt, None), self._acc)
+        b.store(ir.Constant(F32, 0.0), self._tail)
+
+        def square(ty: ir.Type, off: ir.Value) -> None:
+            v = load_at(b, ty, src, off, 4)
+            slot = self._acc if ty is self.vt else self._tail
+            b.store(b.fadd(b.load(slot), b.fmul(v, v)), slot)
+
+        self.sweep(n, square, tag)
+        total = b.fadd(hsum_tree(b, b.load(self._acc)), b.load(self._tail))
+        mean = b.fdiv(total, b.sitofp(n, F32))
+        sqrt = intrinsic(self.m, "llvm.sqrt.f32", F32, [F32])
+        return b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(mean, eps)]))
+
+
+def _row(b: ir.IRBuilder, base: ir.Value, row: ir.Value, row_bytes: ir.Value) -> ir.Value:
+    return b.gep(base, [b.mul(row, row_bytes)], source_etype=ir.IntType(8))
+
+
+def gelu_tanh(b: ir.IRBuilder, m: ir.Module, ty: ir.Type, x: ir.Value, y: ir.Value) -> ir.Value:
+    """``gelu_tanh(x)·y = x·y / (1 + e^(−2u))``, ``u = sqrt(2/π)·(x + 0.044715·x³)`` (as
+    ``ir_elementwise.gelu_tanh_mul``)."""
+    x3 = b.fmul(b.fmul(x, x), x)
+    u = b.fmul(_fconst(ty, math.sqrt(2 / math.pi)), b.fadd(x, b.fmul(_fconst(ty, 0.044715), x3)))
+    if ty is F32:  # the scalar tail runs the vector code on one lane
+        one = vec(F32, 1)
+        u1 = b.insert_element(ir.Constant(one, None), u, ir.Constant(ir.IntType(32), 0))
+        e = b.extract_element(emit_exp(b, m, b.fmul(u1, _fconst(one, -2.0))), ir.Constant(ir.IntType(32), 0))
+    else:
+        e = emit_exp(b, m, b.fmul(u, _fconst(ty, -2.0)))
+    return b.fdiv(b.fmul(x, y), b.fadd(e, _fconst(ty, 1.0)))
+
+
+Prologue = Callable[[ir.IRBuilder, ir.Module, _Rows, dict[str, ir.Value], ir.Value, ir.Value], None]
+
+
+def _emit_work(m: ir.Module, isa: IsaSpec, tile: IntTile, name: str, params, prologue: Prologue) -> str:
+    """A work kernel: for activation rows ``[qa, qb)`` run ``prologue`` into a K-float row
+    scratch and quantize it (rows ``>= T`` are zero-filled), then multiply rows ``[a, b)`` by
+    weight panels ``[p0, p1)`` (see ``ir_q8.emit_work``)."""
+    quantize = m.get_global(ir_q8.quantize_symbol(isa))
+    matmul = m.get_global(ir_q8.matmul_symbol(isa, tile))
+    fn, b = new_function(m, name, params)
+    a = {pname: arg for (pname, _), arg in zip(params, fn.args)}
+    K = a["K"]
+    rows = _Rows(b, m, 2 * isa.lanes)
+    # an opaque pointer, so byte-offset stores of any vector width type-check
+    scratch = b.inttoptr(b.ptrtoint(b.alloca(F32, size=K), I64), PTR)
+    eb = act_elem_bytes(isa)
+    nb = b.sdiv(K, const_i64(QK))
+    with for_range(b, a["qa"], a["qb"], 1, "qrow") as r:
+        xq = _row(b, a["xq"], r, b.mul(K, const_i64(eb)))
+        xd = _row(b, a["xd"], r, b.mul(nb, const_i64(4)))
+        xc = _row(b, a["xc"], r, b.mul(nb, const_i64(4)))
+        real = b.icmp_signed("<", r, a["T"])
+        with b.if_then(real):
+            prologue(b, m, rows, a, r, scratch)
+        count = b.select(real, const_i64(1), const_i64(0))  # quantize's T: 0 zero-fills the padding row
+        b.call(quantize, [scratch, xq, xd, xc, count, K, const_i64(0), const_i64(1)])
+    b.call(
+        matmul,
+        [
+            a["wq"],
+            a["wd"],
+            a["xq"],
+            a["xd"],
+            a["xc"],
+            a["out"],
+            a["T"],
+            a["N"],
+            K,
+            a["ldy"],
+            a["a"],
+            a["b"],
+            a["p0"],
+            a["p1"],
+        ],
+    )
+    b.ret_void()
+    return name
+
+
+def addnorm_work_symbol(isa: IsaSpec, tile: IntTile) -> str:
+    return f"ep_q8work_addnorm_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+
+
+def emit_addnorm_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+    """``q8work_addnorm(x, y, w_post, x_out, w_pre, eps, write_x, <work tail>)``.
+
+    With ``y`` non-null: ``x' = x + rms(y)·w_post`` (stored to ``x_out`` when ``write_x``),
+    else ``x' = x``; then ``rms(x')·w_pre`` is quantized and multiplied.
+    """
+
+    def prologue(b, m, rows: _Rows, a, r, scratch) -> None:
+        K, eps = a["K"], a["eps"]
+        rb = b.mul(K, const_i64(4))
+        x, x_out = _row(b, a["x"], r, rb), _row(b, a["x_out"], r, rb)
+        has_y = b.icmp_unsigned("!=", b.ptrtoint(a["y"], I64), const_i64(0))
+        write = b.icmp_signed("!=", a["write_x"], const_i64(0))
+        with b.if_else(has_y) as (residual, plain):
+            with residual:
+                y = _row(b, a["y"], r, rb)
+                inv_y = rows.inv_rms(y, K, eps, "ry")
+
+                def add(ty, off):
+                    s = b.fmul(
+                        b.fmul(load_at(b, ty, y, off, 4), rows.splat(ty, inv_y)), load_at(b, ty, a["w_post"], off, 4)
+                    )
+                    store_at(b, b.fadd(load_at(b, ty, x, off, 4), s), scratch, off, 4)
+
+                rows.sweep(K, add, "add")
+                with b.if_then(write):
+                    rows.sweep(K, lambda ty, off: store_at(b, load_at(b, ty, scratch, off, 4), x_out, off, 4), "wx")
+            with plain:
+                rows.sweep(K, lambda ty, off: store_at(b, load_at(b, ty, x, off, 4), scratch, off, 4), "cp")
+        inv = rows.inv_rms(scratch, K, eps, "rx")
+
+        def norm(ty, off):
+            v = b.fmul(b.fmul(load_at(b, ty, scratch, off, 4), rows.splat(ty, inv)), load_at(b, ty, a["w_pre"], off, 4))
+            store_at(b, v, scratch, off, 4)
+
+        rows.sweep(K, norm, "nx")
+
+    return _emit_work(m, isa, tile, addnorm_work_symbol(isa, tile), ADDNORM_PARAMS, prologue)
+
+
+def gelu_work_symbol(isa: IsaSpec, tile: IntTile) -> str:
+    return f"ep_q8work_gelu_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+
+
+def emit_gelu_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+    """``q8work_gelu(gu, <work tail>)``: row ``r`` of ``gu`` (T, 2K) gives
+    ``gelu_tanh(gu[r, :K])·gu[r, K:]``, quantized and multiplied."""
+
+    def prologue(b, m, rows: _Rows, a, r, scratch) -> None:
+        K = a["K"]
+        rb = b.mul(K, const_i64(4))
+        gate = _row(b, a["gu"], r, b.mul(rb, const_i64(2)))
+        up = b.gep(gate, [rb], source_etype=ir.IntType(8))
+
+        def body(ty, off):
+            store_at(b, gelu_tanh(b, m, ty, load_at(b, ty, gate, off, 4), load_at(b, ty, up, off, 4)), scratch, off, 4)
+
+        rows.sweep(K, body, "gelu")
+
+    return _emit_work(m, isa, tile, gelu_work_symbol(isa, tile), GELU_PARAMS, prologue)
+
+
+def qk_norm_rope_symbol(isa: IsaSpec) -> str:
+    return f"ep_qk_norm_rope_{isa.name}"
+
+
+def emit_qk_norm_rope(m: ir.Module, isa: IsaSpec) -> str:
+    """``qk_norm_rope(qkv, q, k, v, qw, kw, cos, sin, Hq, Hkv, D, Dv, eps, r0, r1)``.
+
+    Rows ``[r0, r1)`` of ``qkv`` (R, Hq·D + Hkv·D + Hkv·Dv): each query head becomes
+    ``rope(rms(head)·qw)`` in ``q`` (R, Hq, D), each key head ``rope(rms(head)·kw)`` in ``k``;
+    the values are copied to ``v`` (R, Hkv, Dv).  ``cos``/``sin`` are (R, D/2) per row:
+    ``lo' = lo·c − hi·s``, ``hi' = hi·c + lo·s`` for the halves ``lo``, ``hi`` of a head.
+    """
+    name = qk_norm_rope_symbol(isa)
+    fn, b = new_function(m, name, QK_NORM_ROPE_PARAMS)
+    a = {pname: arg for (pname, _), arg in zip(QK_NORM_ROPE_PARAMS, fn.args)}
+    D, Hq, Hkv, Dv, eps = a["D"], a["Hq"], a["Hkv"], a["Dv"], a["eps"]
+    rows = _Rows(b, m, 2 * isa.lanes)
+    half = b.sdiv(D, const_i64(2))
+    hb = b.mul(half, const_i64(4))
+    db = b.mul(D, const_i64(4))
+    row_elems = b.add(b.mul(b.add(Hq, Hkv), D), b.mul(Hkv, Dv))
+    i8 = ir.IntType(8)
+    with for_range(b, a["r0"], a["r1"], 1, "row") as r:
+        src = _row(b, a["qkv"], r, b.mul(row_elems, const_i64(4)))
+        cos, sin = _row(b, a["cos"], r, hb), _row(b, a["sin"], r, hb)
+        for tag, heads, first, weight, dst_base in (
+            ("q", Hq, const_i64(0), a["qw"], a["q"]),
+            ("k", Hkv, Hq, a["kw"], a["k"]),
+        ):
+            dst_row = _row(b, dst_base, r, b.mul(heads, db))
+            with for_range(b, const_i64(0), heads, 1, f"{tag}h") as h:
+                head = b.gep(src, [b.mul(b.add(first, h), db)], source_etype=i8)
+                dst = b.gep(dst_row, [b.mul(h, db)], source_etype=i8)
+                inv = rows.inv_rms(head, D, eps, f"{tag}rms")
+
+                def rope(ty, off, head=head, dst=dst, inv=inv, weight=weight):
+                    s = rows.splat(ty, inv)
+                    lo = b.fmul(b.fmul(load_at(b, ty, head, off, 4), s), load_at(b, ty, weight, off, 4))
+                    off_hi = b.add(off, hb)
+                    hi = b.fmul(b.fmul(load_at(b, ty, head, off_hi, 4), s), load_at(b, ty, weight, off_hi, 4))
+                    c, sn = load_at(b, ty, cos, off, 4), load_at(b, ty, sin, off, 4)
+                    store_at(b, b.fsub(b.fmul(lo, c), b.fmul(hi, sn)), dst, off, 4)
+                    store_at(b, b.fadd(b.fmul(hi, c), b.fmul(lo, sn)), dst, off_hi, 4)
+
+                rows.sweep(half, rope, f"{tag}rope")
+        vsrc = b.gep(src, [b.mul(b.add(Hq, Hkv), db)], source_etype=i8)
+        vn = b.mul(Hkv, Dv)
+        vdst = _row(b, a["v"], r, b.mul(vn, const_i64(4)))
+        rows.sweep(vn, lambda ty, off: store_at(b, load_at(b, ty, vsrc, off, 4), vdst, off, 4), "vcopy")
+    b.ret_void()
+    return name
+
+
+def add_norm_symbol(isa: IsaSpec) -> str:
+    return f"ep_add_norm_{isa.name}"
+
+
+def emit_add_norm(m: ir.Module, isa: IsaSpec) -> str:
+    """``add_norm(x, y, w_post, w, out, D, eps, r0, r1)``: rows ``[r0, r1)`` of
+    ``out = rms(x + rms(y)·w_post)·w`` (``out`` holds the sum in between)."""
+    name = add_norm_symbol(isa)
+    fn, b = new_function(m, name, ADD_NORM_PARAMS)
+    a = {pname: arg for (pname, _), arg in zip(ADD_NORM_PARAMS, fn.args)}
+    D, eps = a["D"], a["eps"]
+    rows = _Rows(b, m, 2 * isa.lanes)
+    rb = b.mul(D, const_i64(4))
+    with for_range(b, a["r0"], a["r1"], 1, "row") as r:
+        x, y, out = (_row(b, a[n], r, rb) for n in ("x", "y", "out"))
+        inv_y = rows.inv_rms(y, D, eps, "ry")
+
+        def add(ty, off):
+            s = b.fmul(b.fmul(load_at(b, ty, y, off, 4), rows.splat(ty, inv_y)), load_at(b, ty, a["w_post"], off, 4))
+            store_at(b, b.fadd(load_at(b, ty, x, off, 4), s), out, off, 4)
+
+        rows.sweep(D, add, "add")
+        inv = rows.inv_rms(out, D, eps, "rx")
+
+        def norm(ty, off):
+            v = b.fmul(b.fmul(load_at(b, ty, out, off, 4), rows.splat(ty, inv)), load_at(b, ty, a["w"], off, 4))
+            store_at(b, v, out, off, 4)
+
+        rows.sweep(D, norm, "nx")
+    b.ret_void()
+    return name

@@ -1,0 +1,140 @@
+"""Fused row kernels (``codegen.fused``) against their numpy twins on every runnable ISA, at
+ragged token counts, plus the row-independence that batch-invariant vectors rest on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedpipe.codegen import KernelInputError, fused, get_kernel_library, ir_q8, runnable_isas
+
+ISAS = [s.name for s in runnable_isas()]
+ROWS = [1, 2, 31, 33, 257, 600, 2048]
+
+
+def _int_weight(lib, rng, n: int, k: int):
+    codes = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    scale = (rng.random(n) * 0.02 + 0.001).astype(np.float32)
+    return lib.prepare_int8(codes, scale), codes.astype(np.float32) * scale[:, None]
+
+
+def _q8_product(h: np.ndarray, w_f32: np.ndarray) -> np.ndarray:
+    """The int8 product's exact value for activations quantized like the kernel."""
+    q, d = ir_q8.quantize_reference(h)
+    xq = (q.reshape(h.shape[0], -1, ir_q8.QK) * d[:, :, None]).reshape(h.shape)
+    return (xq.astype(np.float64) @ w_f32.T.astype(np.float64)).astype(np.float32)
+
+
+def _assert_product_close(got: np.ndarray, h_ref: np.ndarray, w_f32: np.ndarray) -> None:
+    """The prologue may differ from numpy by an ulp, which can move an activation to the
+    neighbouring int8 level: allow that, not more."""
+    want = _q8_product(h_ref, w_f32)
+    scale = np.abs(h_ref).max(axis=1, keepdims=True) / 127 * np.abs(w_f32).sum(axis=1)[None, :]
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert (np.abs(got - want) <= 1e-5 * np.abs(want) + 0.02 * scale + 1e-6).all()
+    assert np.abs(got - want).mean() <= 1e-4 * np.abs(want).mean() + 1e-6
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
+@pytest.mark.parametrize("residual", [True, False])
+def test_norm_matmul(isa, t, residual):
+    rng = np.random.default_rng(t + 7 * residual)
+    lib = get_kernel_library(isa, 2)
+    k, n = 96, 80 + (t % 3) * 16  # ragged N against the panel width
+    w, wf = _int_weight(lib, rng, n, k)
+    x = (rng.standard_normal((t, k)) * 300).astype(np.float32)
+    y = rng.standard_normal((t, k)).astype(np.float32) if residual else None
+    w_post = (rng.random(k) + 0.5).astype(np.float32)
+    w_pre = (rng.random(k) + 0.5).astype(np.float32)
+    x_new, out = fused.norm_matmul(w, x, y, w_post if residual else None, w_pre, 1e-6)
+    want_x = x + fused.rms_norm_reference(y, w_post, 1e-6) if residual else x
+    np.testing.assert_allclose(x_new, want_x, rtol=1e-6, atol=1e-6 * 300)
+    _assert_product_close(out, fused.rms_norm_reference(want_x, w_pre, 1e-6), wf)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
+def test_gelu_matmul(isa, t):
+    rng = np.random.default_rng(t)
+    lib = get_kernel_library(isa, 2)
+    k, n = 64, 48
+    w, wf = _int_weight(lib, rng, n, k)
+    gu = (rng.standard_normal((t, 2 * k)) * 4).astype(np.float32)
+    out = fused.gelu_matmul(w, gu)
+    _assert_product_close(out, fused.gelu_tanh_mul_reference(gu[:, :k], gu[:, k:]), wf)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
+@pytest.mark.parametrize("heads", [(3, 1, 256, 256), (2, 2, 10, 6), (4, 2, 34, 34)])
+def test_qk_norm_rope(isa, t, heads):
+    n_q, n_kv, d, dv = heads
+    rng = np.random.default_rng(t + d)
+    lib = get_kernel_library(isa, 2)
+    qkv = (rng.standard_normal((t, (n_q + n_kv) * d + n_kv * dv)) * 20).astype(np.float32)
+    qw, kw = (rng.random(d).astype(np.float32) for _ in range(2))
+    angles = (rng.random((t, d // 2)) * 50).astype(np.float32)
+    cos, sin = np.cos(angles), np.sin(angles)
+    got = fused.qk_norm_rope(lib, qkv, qw, kw, cos, sin, n_q, n_kv, d, dv, 1e-6)
+    want = fused.qk_norm_rope_reference(qkv, qw, kw, cos, sin, n_q, n_kv, d, dv, 1e-6)
+    for g, ww in zip(got, want):
+        assert g.shape == ww.shape
+        np.testing.assert_allclose(g, ww, rtol=2e-6, atol=2e-6)
+    assert np.array_equal(got[2], want[2])  # V is copied
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
+def test_add_norm(isa, t):
+    rng = np.random.default_rng(t)
+    lib = get_kernel_library(isa, 2)
+    d = 70
+    x = (rng.standard_normal((t, d)) * 1e3).astype(np.float32)
+    y = rng.standard_normal((t, d)).astype(np.float32)
+    w_post, w = (rng.random(d).astype(np.float32) + 0.5 for _ in range(2))
+    got = fused.add_norm(lib, x, y, w_post, w, 1e-6)
+    np.testing.assert_allclose(got, fused.add_norm_reference(x, y, w_post, w, 1e-6), rtol=3e-6, atol=3e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_row_is_computed_the_same_in_any_batch(isa, threads):
+    """Bit-identical rows whatever the row count, the row's tile position and the thread split."""
+    rng = np.random.default_rng(3)
+    lib = get_kernel_library(isa, threads)
+    k, n = 128, 144
+    w, _ = _int_weight(lib, rng, n, k)
+    rows = (rng.standard_normal((600, 2 * k)) * 30).astype(np.float32)
+    x, y, gu = rows[:, :k].copy(), rows[:, k:].copy(), rows * 0.1
+    w_post, w_pre = (rng.random(k).astype(np.float32) + 0.5 for _ in range(2))
+    picked = (0, 5, 6)
+    alone = {i: fused.norm_matmul(w, x[i : i + 1], y[i : i + 1], w_post, w_pre, 1e-6) for i in picked}
+    gelu_alone = {i: fused.gelu_matmul(w, gu[i : i + 1]) for i in picked}
+    for t in (7, 33, 600):
+        x_new, out = fused.norm_matmul(w, x[:t], y[:t], w_post, w_pre, 1e-6)
+        gelu = fused.gelu_matmul(w, gu[:t])
+        for i in picked:
+            assert np.array_equal(x_new[i], alone[i][0][0]) and np.array_equal(out[i], alone[i][1][0]), (t, i)
+            assert np.array_equal(gelu[i], gelu_alone[i][0]), (t, i)
+
+
+def test_fused_inputs_are_validated():
+    lib = get_kernel_library(ISAS[0], 1)
+    rng = np.random.default_rng(0)
+    w, _ = _int_weight(lib, rng, 32, 64)
+    x = np.ones((3, 64), np.float32)
+    ones = np.ones(64, np.float32)
+    with pytest.raises(KernelInputError, match="do not fit"):
+        fused.norm_matmul(w, np.ones((3, 32), np.float32), None, None, ones[:32], 1e-6)
+    with pytest.raises(KernelInputError, match="float32"):
+        fused.norm_matmul(w, x.astype(np.float64), None, None, ones, 1e-6)
+    with pytest.raises(KernelInputError, match="do not fit"):
+        fused.norm_matmul(w, x, np.ones((2, 64), np.float32), ones, ones, 1e-6)
+    with pytest.raises(KernelInputError, match=r"\(T, 128\)"):
+        fused.gelu_matmul(w, np.ones((3, 64), np.float32))
+    with pytest.raises(KernelInputError, match="C-contiguous"):
+        fused.add_norm(lib, x[:, ::2], x[:, ::2], ones[:32], ones[:32], 1e-6)
+    with pytest.raises(KernelInputError, match="does not hold"):
+        tables = np.ones((3, 8), np.float32)
+        fused.qk_norm_rope(lib, x, ones[:16], ones[:16], tables, tables, 1, 1, 16, 16, 1e-6)
