@@ -204,7 +204,8 @@ class AnnoyIndex(VectorIndex):
     def _scratch(self) -> AnnoyScratch:
         sc = getattr(self._local, "scratch", None)
         if sc is None:
-            sc = self._local.scratch = AnnoyScratch(len(self.nodes), self.n_items)
+            path = getattr(self, "path", "this annoy index")
+            sc = self._local.scratch = AnnoyScratch(self.nodes, self.dim, self.n_items, self._roots_arr, path)
         return sc
 
     @classmethod
@@ -259,9 +260,7 @@ class AnnoyIndex(VectorIndex):
         for qi in range(len(q)):
             if kernel is not None:
                 scratch = self._scratch()
-                cand, scores = scratch.run(
-                    kernel, self.nodes, self.dim, self.n_items, self._roots_arr, q[qi], limit, self.K
-                )
+                cand, scores = scratch.run(kernel, q[qi], limit)
             else:
                 m = rowdot(self._split_v, q[qi]).tolist() if eager else None
                 cand = self._candidates(m, q[qi], limit)
