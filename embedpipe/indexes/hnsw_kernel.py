@@ -83,7 +83,7 @@ class Fault(enum.IntEnum):
     """Why a kernel call stopped early (written to its ``status`` word; 0 = finished)."""
 
     START = 1  # entry point, top level, ef or k out of range
-    NEIGHBOUR = 2  # a neighbour id >= n
+    NEIGHBOUR = 2  # a neighbour id >= n or < -1
     UPPER_ROW = 3  # an upper-layer row outside nbru
 
 
@@ -141,7 +141,7 @@ class _Search:
     @contextmanager
     def links(self, lists: str, width: str, row: ir.Value) -> Iterator[tuple[Loop, ir.Value]]:
         """``with self.links(lists, width, row) as (scan, nb)``: the ids of one -1 padded
-        neighbour list (row ``row`` of ``lists``), up to its first negative id. The bounds
+        neighbour list (row ``row`` of ``lists``), up to its first -1. The bounds
         check rides on the end-of-list test: one unsigned compare ``nb < n`` on the hot path."""
         b, a = self.b, self.a
         base = b.mul(row, a[width])
@@ -150,7 +150,7 @@ class _Search:
             scan.break_unless(b.icmp_signed("<", b.load(j), a[width]))
             nb = b.sext(self.ld(I32, lists, b.add(base, bump(b, j))), I64)
             with b.if_then(b.icmp_unsigned(">=", nb, a["n"]), likely=False):
-                scan.break_if(b.icmp_signed("<", nb, ZERO))
+                scan.break_if(b.icmp_signed("==", nb, const_i64(-1)))
                 stop(b, a["status"], Fault.NEIGHBOUR)
             yield scan, nb
 
