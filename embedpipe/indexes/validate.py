@@ -161,12 +161,11 @@ def check_hnsw(path: Any, index: Any) -> None:
     if not 0 <= index.entry < n:
         _fail(path, f"HNSW entry point {index.entry} is not a node (0..{n - 1})")
     level = index.level  # int8: no widened copy
-    if level.min() < 0 or level.max() > MAX_LEVEL:
+    top = int(level.view(np.uint8).max())  # one pass: a negative level reads as >= 128
+    if top > MAX_LEVEL:
         _fail(path, f"HNSW levels range {level.min()}..{level.max()} (valid 0..{MAX_LEVEL})")
-    if level[index.entry] != level.max():
-        _fail(
-            path, f"HNSW entry point {index.entry} is on level {level[index.entry]}, below the top level {level.max()}"
-        )
+    if level[index.entry] != top:
+        _fail(path, f"HNSW entry point {index.entry} is on level {level[index.entry]}, below the top level {top}")
     owners = np.flatnonzero(level > 0)
     if not len(owners):
         return
