@@ -407,8 +407,7 @@ class HnswKernel:
         else:
             packed = np.stack([slot.words for slot in slots])
             self.native.run_packed(packed.ctypes.data, 8 * len(_PARAMS), len(slots))
-        for slot in slots:
-            fault = slot.fault()
-            if fault is not None:
-                raise IndexFileError(self._path(), f"HNSW search stopped: {FAULT_PROBLEMS[fault]}; rebuild the index")
+        faults = [f for f in (slot.fault() for slot in slots) if f is not None]  # reads and clears each
+        if faults:
+            raise IndexFileError(self._path(), f"HNSW search stopped: {FAULT_PROBLEMS[faults[0]]}; rebuild the index")
         return s, r
