@@ -150,8 +150,11 @@ class _Search:
             scan.break_unless(b.icmp_signed("<", b.load(j), a[width]))
             nb = b.sext(self.ld(I32, lists, b.add(base, bump(b, j))), I64)
             with b.if_then(b.icmp_unsigned(">=", nb, a["n"]), likely=False):
-                scan.break_if(b.icmp_signed("==", nb, const_i64(-1)))
-                stop(b, a["status"], Fault.NEIGHBOUR)
+                # a bad id ends the list unread and leaves its fault for Python to raise: a
+                # loop exit instead of a return keeps the hot loop as it was without checks
+                with b.if_then(b.icmp_signed("!=", nb, const_i64(-1))):
+                    store_elem(b, I64, a["status"], ZERO, const_i64(int(Fault.NEIGHBOUR)))
+                scan.break_if(ir.Constant(ir.IntType(1), 1))
             yield scan, nb
 
     def prefetch(self, node: ir.Value) -> None:
