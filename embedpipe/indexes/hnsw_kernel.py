@@ -128,7 +128,10 @@ class _Search:
                 hop.break_if(b.icmp_signed("==", b.load(changed), ZERO))
                 b.store(ZERO, changed)
                 row = b.add(self.ld(I64, "upoff", b.load(cur)), b.sub(b.load(layer), ONE))
-                stop_if(b, b.icmp_unsigned(">=", row, a["rows"]), a["status"], Fault.UPPER_ROW)
+                bad_row = b.icmp_unsigned(">=", row, a["rows"])  # fault noted, hop ends; no return in a loop
+                with b.if_then(bad_row, likely=False):
+                    store_elem(b, I64, a["status"], ZERO, const_i64(int(Fault.UPPER_ROW)))
+                hop.break_if(bad_row)
                 with self.links("nbru", "mu", row) as (_, nb):
                     s = self.sim(nb)
                     with b.if_then(b.fcmp_ordered(">", s, b.load(cur_s))):
