@@ -189,6 +189,7 @@ class Native:
         """``run`` over ``n`` items already packed as rows of 64-bit words (``stride`` bytes
         apart) at address ``words``: callers that keep one packed block and change only a few
         words per call avoid converting every argument on every call."""
+        _native_calls[0] += 1
         self._fork(words, stride, n)
 
 
