@@ -185,6 +185,13 @@ class Native:
         words = np.array(items, dtype=np.int64)
         self._fork(words.ctypes.data, words.shape[1] * 8, len(words))
 
+    def run_packed(self, words: int, stride: int, n: int) -> None:
+        """``run`` over ``n`` items already packed as rows of 64-bit words (``stride`` bytes
+        apart) at address ``words``: callers that keep one packed block and change only a few
+        words per call avoid converting every argument on every call."""
+        _native_calls[0] += 1
+        self._fork(words, stride, n)
+
 
 def f32_word(value: float) -> int:
     """An fp32 argument as the 64-bit word the task trampolines decode."""

@@ -17,6 +17,7 @@ Our ids, metadata, kept columns and a CRC of the ``.ann`` file live in a sidecar
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 import threading
@@ -31,7 +32,7 @@ from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
 from embedpipe.indexes.format import IndexFileError, atomic_write, crc32_of, read_container, write_container
 from embedpipe.indexes.params import SEED_PARAM, Param
-from embedpipe.indexes.validate import annoy_roots, check_index
+from embedpipe.indexes.validate import annoy_roots, check_index, leaf_items_in_range
 
 SIDECAR_SUFFIX = ".ids"
 HEADER_INTS = 3  # n_descendants, children[0], children[1]
@@ -189,22 +190,35 @@ class AnnoyIndex(VectorIndex):
         self.search_k, self.n_trees = search_k, n_trees or len(self.roots)
         floats = nodes.view(np.float32)
         self.items = floats[: self.n_items, HEADER_INTS:]
-        self.item_norm = np.sqrt(np.maximum(floats[: self.n_items, 1], 0))
-        nd = nodes[:, 0]
-        self._nd = nd.tolist()
-        self._c0 = nodes[:, 1].tolist()
-        self._c1 = nodes[:, 2].tolist()
-        self._split = np.flatnonzero(nd > self.K)
-        self._split_pos = {int(s): i for i, s in enumerate(self._split)}
-        self._split_v = floats[self._split, HEADER_INTS:]
         self._roots_arr = np.asarray(self.roots, np.int32)
         self._local = threading.local()
         self.use_jit = True
 
+    @functools.cached_property
+    def item_norm(self) -> np.ndarray:
+        """|v| of every item (the Python traversal's scoring; the kernel reads it in place)."""
+        return np.sqrt(np.maximum(self.nodes.view(np.float32)[: self.n_items, 1], 0))
+
+    @functools.cached_property
+    def _tree(self) -> tuple[list[int], list[int], list[int], dict[int, int], np.ndarray]:
+        """The Python traversal's view of the nodes (kinds, children, split rows and their
+        hyperplanes), built on first use: the native kernel never needs it, so a load does not
+        pay for it."""
+        nodes = self.nodes
+        split = np.flatnonzero(nodes[:, 0] > self.K)
+        return (
+            nodes[:, 0].tolist(),
+            nodes[:, 1].tolist(),
+            nodes[:, 2].tolist(),
+            {int(s): i for i, s in enumerate(split)},
+            nodes.view(np.float32)[split, HEADER_INTS:],
+        )
+
     def _scratch(self) -> AnnoyScratch:
         sc = getattr(self._local, "scratch", None)
         if sc is None:
-            sc = self._local.scratch = AnnoyScratch(len(self.nodes), self.n_items)
+            path = getattr(self, "path", "this annoy index")
+            sc = self._local.scratch = AnnoyScratch(self.nodes, self.dim, self.n_items, self._roots_arr, path)
         return sc
 
     @classmethod
@@ -225,11 +239,11 @@ class AnnoyIndex(VectorIndex):
 
     # --- search -------------------------------------------------------------------------
     def _candidates(self, margins: list[float] | None, q: np.ndarray, limit: int) -> np.ndarray:
-        nd, c0, c1, K, n_items = self._nd, self._c0, self._c1, self.K, self.n_items
+        nd, c0, c1, pos, split_v = self._tree
+        K, n_items = self.K, self.n_items
         heap = [(-np.inf, r) for r in self.roots]
         found: list[Any] = []
         count = 0
-        pos = self._split_pos
         while heap and count < limit:
             negd, i = heapq.heappop(heap)
             d = -negd
@@ -241,29 +255,29 @@ class AnnoyIndex(VectorIndex):
                 found.append(self.nodes[i, 1 : 1 + n])
                 count += n
             else:
-                m = margins[pos[i]] if margins is not None else float(self._split_v[pos[i]] @ q)
+                m = margins[pos[i]] if margins is not None else float(split_v[pos[i]] @ q)
                 heapq.heappush(heap, (-min(d, m), c1[i]))
                 heapq.heappush(heap, (-min(d, -m), c0[i]))
         if not found:
             return np.zeros(0, np.int64)
-        return np.unique(np.concatenate([np.asarray(f, np.int64) for f in found]))
+        ids = np.unique(np.concatenate([np.asarray(f, np.int64) for f in found]))
+        return leaf_items_in_range(getattr(self, "path", "this annoy index"), ids, n_items)
 
     def _search_rows(self, q: np.ndarray, k: int, search_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         limit = search_k if search_k is not None else self.search_k
         if limit is None or limit < 0:
             limit = k * self.n_trees
-        eager = 0 < len(self._split) <= 4 * limit  # margins of every split node at once
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_r = np.full((len(q), k), -1, np.int64)
         kernel = ANNOY_SEARCH.native() if self.use_jit else None
         for qi in range(len(q)):
             if kernel is not None:
                 scratch = self._scratch()
-                cand, scores = scratch.run(
-                    kernel, self.nodes, self.dim, self.n_items, self._roots_arr, q[qi], limit, self.K
-                )
+                cand, scores = scratch.run(kernel, q[qi], limit)
             else:
-                m = rowdot(self._split_v, q[qi]).tolist() if eager else None
+                split_v = self._tree[4]
+                eager = 0 < len(split_v) <= 4 * limit  # margins of every split node at once
+                m = rowdot(split_v, q[qi]).tolist() if eager else None
                 cand = self._candidates(m, q[qi], limit)
                 scores = rowdot(self.items[cand], q[qi]) / np.maximum(self.item_norm[cand], 1e-30)
             if len(cand) == 0:

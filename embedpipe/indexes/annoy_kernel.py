@@ -9,6 +9,7 @@ the reference this replaces (used when `ANNOY_SEARCH.native()` is None).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
@@ -32,9 +33,11 @@ from embedpipe.codegen.irutil import (
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.rowdot import emit_dot
+from embedpipe.indexes.format import IndexFileError
 
 _PARAMS = [
     ("nodes", PTR),
+    ("n_nodes", I64),
     ("stride", I64),
     ("f", I64),
     ("n_items", I64),
@@ -44,12 +47,39 @@ _PARAMS = [
     ("search_k", I64),
     ("hp", PTR),
     ("hi", PTR),
+    ("heap_cap", I64),
     ("visited", PTR),
     ("tag", I32),
     ("out_id", PTR),
     ("out_s", PTR),
+    ("out_cap", I64),
 ]
 ONE, ZERO = const_i64(1), const_i64(0)
+
+
+class Fault(enum.IntEnum):
+    """Why a traversal stopped early: the kernel returns ``-fault`` instead of a count."""
+
+    NODE = 1  # a root or split child outside the node array
+    ITEM = 2  # a leaf item id outside the items
+    KIND = 3  # a non-item node with fewer than one descendant
+    HEAP = 4  # more pending nodes than the heap holds (a cycle in a tree)
+    OUTPUT = 5  # more candidates than the output buffer holds
+
+
+FAULT_PROBLEMS = {
+    Fault.NODE: "a tree node points outside the file",
+    Fault.ITEM: "a leaf names an item id outside the items",
+    Fault.KIND: "a tree node has fewer than one descendant",
+    Fault.HEAP: "a tree has a cycle",
+    Fault.OUTPUT: "a tree yields more candidates than there are items",
+}
+
+
+def stop_if(b: ir.IRBuilder, cond: ir.Value, fault: Fault) -> None:
+    """A bounds check: when ``cond`` holds, return ``-fault``."""
+    with b.if_then(cond, likely=False):
+        b.ret(const_i64(-int(fault)))
 
 
 @dataclass
@@ -60,9 +90,11 @@ class _Heap:
     hp: ir.Value
     hi: ir.Value
     size: ir.Value  # i64 slot
+    cap: ir.Value  # entries ``hp`` / ``hi`` hold
 
     def push(self, pri: ir.Value, node: ir.Value) -> None:
         b = self.b
+        stop_if(b, b.icmp_signed(">=", b.load(self.size), self.cap), Fault.HEAP)
         pos = var(b, I64, bump(b, self.size))
         with loop(b, "up") as lp:
             p = b.load(pos)
@@ -114,7 +146,7 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     dot = emit_dot(b.module, F32, isa.lanes)  # dot(X, scale, d, q, row) over rows of width d
     sqrt = intrinsic(b.module, "llvm.sqrt.f32", F32, [F32])
     K = b.add(a["f"], const_i64(2))
-    heap = _Heap(b, a["hp"], a["hi"], var(b, I64, ZERO))
+    heap = _Heap(b, a["hp"], a["hi"], var(b, I64, ZERO), a["heap_cap"])
     count, nout = var(b, I64, ZERO), var(b, I64, ZERO)
 
     def word(node: ir.Value, k: ir.Value) -> ir.Value:
@@ -124,9 +156,15 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         vptr = elem_ptr(b, I32, a["nodes"], b.add(b.mul(node, a["stride"]), const_i64(3)))
         return b.call(dot, [vptr, vptr, a["f"], a["q"], ZERO])
 
+    def node_at(node: ir.Value) -> ir.Value:
+        stop_if(b, b.icmp_unsigned(">=", node, a["n_nodes"]), Fault.NODE)
+        return node
+
     def add_candidate(item: ir.Value) -> None:
+        stop_if(b, b.icmp_unsigned(">=", item, a["n_items"]), Fault.ITEM)
         with b.if_then(b.icmp_signed("!=", load_elem(b, I32, a["visited"], item), a["tag"])):
             store_elem(b, I32, a["visited"], item, a["tag"])
+            stop_if(b, b.icmp_signed(">=", b.load(nout), a["out_cap"]), Fault.OUTPUT)
             norm2 = b.bitcast(word(item, ONE), F32)
             tiny = ir.Constant(F32, 1e-30)
             norm = b.call(sqrt, [b.select(b.fcmp_ordered(">", norm2, tiny), norm2, tiny)])
@@ -135,7 +173,7 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
             store_elem(b, I32, a["out_id"], k, b.trunc(item, I32))
 
     with for_range(b, ZERO, a["n_roots"], 1, "seed") as t:
-        heap.push(ir.Constant(F32, float("inf")), b.sext(load_elem(b, I32, a["roots"], t), I64))
+        heap.push(ir.Constant(F32, float("inf")), node_at(b.sext(load_elem(b, I32, a["roots"], t), I64)))
     with loop(b, "step") as lp:
         lp.break_unless(
             b.and_(b.icmp_signed(">", b.load(heap.size), ZERO), b.icmp_signed("<", b.load(count), a["search_k"]))
@@ -150,14 +188,16 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
             with other:
                 with b.if_else(b.icmp_signed("<=", nd, K)) as (leaf, split):
                     with leaf:
+                        stop_if(b, b.icmp_signed("<", nd, ONE), Fault.KIND)
                         with for_range(b, ZERO, nd, 1, "bucket") as t:
                             add_candidate(b.sext(word(node, b.add(t, ONE)), I64))
                         bump(b, count, nd)
                     with split:
                         m = margin(node)
                         neg = b.fneg(m)
-                        heap.push(b.select(b.fcmp_ordered("<", d, m), d, m), b.sext(word(node, const_i64(2)), I64))
-                        heap.push(b.select(b.fcmp_ordered("<", d, neg), d, neg), b.sext(word(node, ONE), I64))
+                        right, left = (node_at(b.sext(word(node, const_i64(w)), I64)) for w in (2, 1))
+                        heap.push(b.select(b.fcmp_ordered("<", d, m), d, m), right)
+                        heap.push(b.select(b.fcmp_ordered("<", d, neg), d, neg), left)
     b.ret(b.load(nout))
 
 
@@ -166,50 +206,57 @@ ANNOY_MODULE = KernelModule("ep_annoy", [ANNOY_SEARCH])
 
 
 class AnnoyScratch:
-    """Per-thread heap, visited tags and candidate buffers for one index."""
+    """Per-thread heap, visited tags and candidate buffers for one index's arrays.
 
-    def __init__(self, n_nodes: int, n_items: int) -> None:
-        self.hp = np.empty(n_nodes + 8, np.float32)
-        self.hi = np.empty(n_nodes + 8, np.int32)
-        self.visited = np.zeros(n_items, np.int32)
+    The kernel gets the node and item counts it may index (the smallest of the arrays it
+    reads), so a tree the validator did not see ends in `IndexFileError`, never in an
+    out-of-bounds access. Addresses are taken once (``ndarray.ctypes.data`` costs ~1 µs).
+    """
+
+    def __init__(self, nodes: np.ndarray, dim: int, n_items: int, roots: np.ndarray, path: str) -> None:
+        if nodes.ndim != 2 or nodes.shape[1] != dim + 3 or not nodes.flags.c_contiguous:
+            raise IndexFileError(path, f"annoy nodes have shape {nodes.shape} for dim {dim}; rebuild the index")
+        self.nodes, self.roots, self.dim, self.path = nodes, np.ascontiguousarray(roots, np.int32), dim, path
+        self.n_items = max(0, min(n_items, len(nodes)))
+        self.K = dim + 2
+        self.hp = np.empty(len(nodes) + 8, np.float32)
+        self.hi = np.empty(len(nodes) + 8, np.int32)
+        self.visited = np.zeros(self.n_items, np.int32)
         self.tag = 0
         self.out_id = np.empty(0, np.int32)
         self.out_s = np.empty(0, np.float32)
+        self._fixed = (nodes.ctypes.data, len(nodes), nodes.shape[1], dim, self.n_items, self.roots.ctypes.data)
+        self._heap = (self.hp.ctypes.data, self.hi.ctypes.data, len(self.hp), self.visited.ctypes.data)
+        self._out = (0, 0, 0)
 
-    def run(
-        self,
-        fn: Native,
-        nodes: np.ndarray,
-        dim: int,
-        n_items: int,
-        roots: np.ndarray,
-        q: np.ndarray,
-        search_k: int,
-        K: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        need = min(n_items, search_k + K)
+    def run(self, fn: Native, q: np.ndarray, search_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate item ids and their cosines for query ``q`` (at most ``search_k`` + K)."""
+        need = max(1, min(self.n_items, search_k + self.K))
         if len(self.out_id) < need:
             self.out_id = np.empty(need, np.int32)
             self.out_s = np.empty(need, np.float32)
+            self._out = (self.out_id.ctypes.data, self.out_s.ctypes.data, need)
         self.tag += 1
         if self.tag >= 2**31 - 1:
             self.visited[:] = 0
             self.tag = 1
         q = np.ascontiguousarray(q, np.float32)
+        hp, hi, cap, visited = self._heap
+        out_id, out_s, out_cap = self._out
         got = fn(
-            nodes.ctypes.data,
-            nodes.shape[1],
-            dim,
-            n_items,
-            roots.ctypes.data,
-            len(roots),
+            *self._fixed,
+            len(self.roots),
             q.ctypes.data,
             search_k,
-            self.hp.ctypes.data,
-            self.hi.ctypes.data,
-            self.visited.ctypes.data,
+            hp,
+            hi,
+            cap,
+            visited,
             self.tag,
-            self.out_id.ctypes.data,
-            self.out_s.ctypes.data,
+            out_id,
+            out_s,
+            out_cap,
         )
+        if got < 0:
+            raise IndexFileError(self.path, f"annoy search stopped: {FAULT_PROBLEMS[Fault(-got)]}; rebuild the index")
         return self.out_id[:got], self.out_s[:got]

@@ -31,8 +31,12 @@ METRIC = "ip"
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """float32 copy of `x` with unit-length rows (all-zero rows stay zero)."""
     x = np.array(x, dtype=np.float32, copy=True, ndmin=2)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
+    # what np.linalg.norm computes (bit for bit), without its ~2 µs of argument handling
+    norms = np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))
+    if norms.all():
+        x /= norms
+    else:
+        np.divide(x, norms, out=x, where=norms > 0)
     return x
 
 

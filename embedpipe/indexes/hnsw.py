@@ -26,7 +26,7 @@ from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex,
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
 from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param
 from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
-from embedpipe.indexes.validate import check_index
+from embedpipe.indexes.validate import check_index, check_layer0, links_in_range
 
 CAND_BLOCK = 1024
 EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as the default).")
@@ -198,8 +198,10 @@ class HnswIndex(VectorIndex):
         return self.vectors(rows) @ q
 
     def upper(self, node: int, layer: int) -> np.ndarray:
-        row = self.nbru[self.upoff[node] + layer - 1]
-        return row[row >= 0]
+        return links_in_range(self._where(), self.nbru[self.upoff[node] + layer - 1], self.count)
+
+    def _where(self) -> str:
+        return getattr(self, "path", "this hnsw index")
 
     # --- build --------------------------------------------------------------------------
     @classmethod
@@ -270,7 +272,7 @@ class HnswIndex(VectorIndex):
 
     def beam(self, q: np.ndarray, entries: list[int], ef: int, neighbours: Any = None) -> list[tuple[float, int]]:
         """Best-first search on one layer; returns up to ef (sim, node) sorted descending."""
-        neighbours = neighbours or (lambda u: (lambda r: r[r >= 0])(self.nbr0[u]))
+        neighbours = neighbours or (lambda u: links_in_range(self._where(), self.nbr0[u], self.count))
         visited = set(entries)
         s0 = self._sims(np.array(entries), q)
         cand = [(-float(s), e) for s, e in zip(s0, entries)]
@@ -331,6 +333,7 @@ class HnswIndex(VectorIndex):
 
         x = self.prepare_queries(vectors)
         n0 = self.count
+        check_layer0(self._where(), self)  # the insertion kernels follow these ids unchecked
         self.ids = extend_ids(self.ids, ids, len(x))
         self.columns = extend_columns(self.columns, columns, n0, len(x))
         codes, scale, _ = quantize(

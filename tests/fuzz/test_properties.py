@@ -173,7 +173,8 @@ def test_any_header_value_is_a_clean_index_error(tmp_path, container, field, val
 
 
 def _annoy_oracle(nodes: np.ndarray, n_items: int, roots: list[int], K: int) -> None:
-    """Every access the traversal kernel makes, bounds-checked, traversing all trees fully."""
+    """Every access the traversal kernel makes without a check of its own, bounds-checked,
+    traversing all trees fully (leaf item ids are checked where they are read: not here)."""
     n_nodes = len(nodes)
     heap = list(roots)
     assert all(0 <= r < n_nodes for r in roots)
@@ -185,9 +186,7 @@ def _annoy_oracle(nodes: np.ndarray, n_items: int, roots: list[int], K: int) -> 
         if nd == 1 and i < n_items:
             continue
         if nd <= K:
-            for t in range(max(nd, 0)):
-                item = int(nodes[i, 1 + t])
-                assert 0 <= item < n_items, "leaf id out of range"
+            assert nd >= 1, "empty leaf"
             continue
         assert i not in popped, "split node expanded twice"
         popped.add(i)
@@ -223,13 +222,21 @@ def test_accepted_annoy_trees_are_safe_to_traverse(forest, edits):
     except IndexFileError:
         return
     _annoy_oracle(nodes, index.n_items, index.roots, index.K)
+    q = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    for native in (True, False):  # a search either answers or stops with a clean error
+        index.use_jit = native
+        try:
+            index.search_rows(q, 3, search_k=10**6)
+        except IndexFileError as exc:
+            assert "item id" in str(exc) or "leaf names" in str(exc)
 
 
 # ----------------------------------------------------------------------------- HNSW graphs
 
 
 def _hnsw_oracle(ix) -> None:
-    """Every (node, layer) state the kernel can reach from the entry point, bounds-checked."""
+    """Every (node, layer) state the kernel can reach from the entry point, bounds-checked
+    (layer-0 ids are checked where they are followed: a bad one ends the walk there)."""
     n, rows = ix.count, len(ix.nbru)
     top = int(ix.level[ix.entry])
     todo, seen = [(ix.entry, top)], set()
@@ -241,9 +248,8 @@ def _hnsw_oracle(ix) -> None:
         assert 0 <= u < n
         if layer == 0:
             for v in ix.nbr0[u]:
-                if v < 0:
+                if not 0 <= v < n:
                     break
-                assert v < n
                 todo.append((int(v), 0))
             continue
         row = int(ix.upoff[u]) + layer - 1
@@ -307,3 +313,10 @@ def test_accepted_hnsw_graphs_are_safe_to_search(graph, edits):
     except IndexFileError:
         return
     _hnsw_oracle(ix)
+    q = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    for native in (True, False):  # a search either answers or stops with a clean error
+        ix._kernel = None if native else False
+        try:
+            ix.search_rows(q, 5, ef_search=60)
+        except IndexFileError as exc:
+            assert "node" in str(exc)

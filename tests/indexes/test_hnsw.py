@@ -71,9 +71,11 @@ def test_incremental_add_is_searchable(tmp_path):
 
 
 def test_graph_pointing_outside_is_rejected(tmp_path):
-    from embedpipe.indexes.format import read_container, write_container
+    """Layer-0 ids are checked where the search follows them (ef = n expands every node)."""
+    from embedpipe.indexes.format import IndexFileError, read_container, write_container
 
-    ix = build_index(clustered(100, 16), kind="hnsw", m=4)
+    x = clustered(100, 16)
+    ix = build_index(x, kind="hnsw", m=4)
     ix.save(tmp_path / "h")
     header, sec = read_container(tmp_path / "h")
     nbr0 = np.array(sec["nbr0"])
@@ -82,5 +84,6 @@ def test_graph_pointing_outside_is_rejected(tmp_path):
     sec["nbr0"] = nbr0
     header = {k: v for k, v in header.items() if not k.startswith("payload")}
     write_container(tmp_path / "bad", header, sec)
-    with pytest.raises(Exception, match="holds node id 10000"):
-        load_index(tmp_path / "bad")
+    bad = load_index(tmp_path / "bad")
+    with pytest.raises(IndexFileError, match="names a node outside the graph"):
+        bad.search_rows(x[:2], 5, ef_search=100)

@@ -37,10 +37,10 @@ def test_annoy_traversal_matches_python(isa):
     ix = build_index(x[:850], kind="annoy", n_trees=5)
     native = ANNOY_SEARCH.native(isa)
     assert native is not None
-    scratch = AnnoyScratch(len(ix.nodes), ix.n_items)
+    scratch = AnnoyScratch(ix.nodes, ix.dim, ix.n_items, ix._roots_arr, "test.ann")
     for qi in ix.prepare_queries(x[850:870]):
         for search_k in (300, 10**9):  # a cut-off (heap ties may order differently), no cut-off
-            cand, scores = scratch.run(native, ix.nodes, ix.dim, ix.n_items, ix._roots_arr, qi, search_k, ix.K)
+            cand, scores = scratch.run(native, qi, search_k)
             assert len(np.unique(cand)) == len(cand)
             exact = ix.items[cand] @ qi / np.maximum(ix.item_norm[cand], 1e-30)
             np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-6)

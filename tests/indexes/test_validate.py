@@ -49,8 +49,6 @@ def _entry(header):
         (lambda h, s: s["level"].__setitem__(_entry(h), 127), "levels range"),
         (lambda h, s: h["params"].__setitem__("entry", -1), "entry"),
         (lambda h, s: h["params"].__setitem__("entry", 300), "entry point 300"),
-        (lambda h, s: s["nbr0"].__setitem__((5, 0), 300), "node id 300"),
-        (lambda h, s: s["nbr0"].__setitem__((5, 1), -7), "node id -7"),
         (lambda h, s: s["scale"].__setitem__(3, np.nan), "NaN"),
         (lambda h, s: s["offset"].__setitem__(0, np.inf), "NaN or infinite"),
         (lambda h, s: s.__setitem__("level", s["level"].astype(np.int16)), "level"),
@@ -62,6 +60,24 @@ def test_hnsw_values_the_kernel_follows(vectors, tmp_path, verify, edit, match):
     _rewrite(path, edit)
     with pytest.raises(IndexFileError, match=match):
         load_index(path, verify=verify)
+
+
+LAYER0_EDITS = [((slice(None), 0), 300), ((slice(None), 1), -7), ((slice(None), 2), 2**31 - 1)]
+
+
+@pytest.mark.parametrize("where,value", LAYER0_EDITS)
+@pytest.mark.parametrize("native", [True, False])
+def test_hnsw_layer0_ids_are_checked_where_they_are_followed(vectors, hnsw_file, where, value, native):
+    """Layer-0 ids are not scanned at load: the kernel and the numpy reference refuse a bad one
+    when they meet it, and an update (whose insertion kernels do not check) refuses it first."""
+    _rewrite(hnsw_file, lambda h, s: s["nbr0"].__setitem__(where, value))
+    ix = load_index(hnsw_file)
+    if not native:
+        ix._kernel = False
+    with pytest.raises(IndexFileError, match="node"):
+        ix.search_rows(vectors[:3], 5, ef_search=40)
+    with pytest.raises(IndexFileError, match=f"holds node id {value}"):
+        ix.add(vectors[:2])
 
 
 def test_hnsw_upper_neighbour_not_on_the_layer(hnsw_file):
@@ -110,8 +126,6 @@ def _first(nodes, n_items, leaf: bool) -> int:
     [
         ("split", 1, 2**31 - 1, "split node"),
         ("split", 2, -(2**31), "split node"),
-        ("leaf", 1, -1, "leaf bucket"),
-        ("leaf", 1, 300, "leaf bucket"),
         ("root", 1, 2**31 - 1, "split node"),
         ("split", 0, 0, "n_descendants"),
     ],
@@ -128,6 +142,22 @@ def test_annoy_tree_values_spotify_and_verify_false(annoy_nodes, tmp_path, targe
     nodes.tofile(path)  # beside its sidecar: the checksum is skipped with verify=False
     with pytest.raises(IndexFileError, match=match):
         load_index(path, verify=False)
+
+
+@pytest.mark.parametrize("value", [-1, 300, 2**31 - 1])
+@pytest.mark.parametrize("native", [True, False])
+def test_annoy_leaf_items_are_checked_where_they_are_read(annoy_nodes, vectors, tmp_path, value, native):
+    path, nodes = annoy_nodes
+    nodes = nodes.copy()
+    K = DIM + 2
+    tree = np.arange(len(nodes)) >= 300
+    nodes[tree & (nodes[:, 0] > 1) & (nodes[:, 0] <= K), 1] = value  # every leaf bucket's first item
+    bad = tmp_path / "bad.ann"
+    nodes.tofile(bad)
+    ix = AnnoyIndex.load_spotify(bad, DIM)
+    ix.use_jit = native
+    with pytest.raises(IndexFileError, match="item id"):
+        ix.search_rows(vectors[:3], 5, search_k=10**6)
 
 
 def test_annoy_cycle_is_refused(annoy_nodes, tmp_path):
