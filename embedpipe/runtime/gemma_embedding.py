@@ -259,13 +259,7 @@ class GemmaEmbeddingModel:
         v = qkv[:, nq + nk :].reshape(s, cfg.n_kv_head, cfg.head_dim_v)
         q = ops.apply_rope(q, cos, sin)
         k = ops.apply_rope(k, cos, sin)
-        attn = np.empty((s, cfg.n_head * cfg.head_dim_v), np.float32)
-        for a, b in plan.long:
-            attn[a:b] = ops_.long_attention(q[a:b], k[a:b], v[a:b], half_window)
-        ops_.map(
-            lambda idx: ops.padded_attention(q, k, v, plan.bounds[idx], plan.lengths[idx], half_window, attn),
-            plan.buckets,
-        )
+        attn = ops_.attention(q, k, v, plan, half_window)
         x = x + ops_.rms_norm(layer.wo(attn), layer.post_attn_norm, cfg.eps)
         h = ops_.rms_norm(x, layer.ffn_norm, cfg.eps)
         gate_up = layer.w_gate_up(h)
@@ -275,10 +269,9 @@ class GemmaEmbeddingModel:
 
 
 class _AttentionPlan:
-    """How one packed batch runs attention: long sequences alone, short ones in length buckets
-    (computed once per batch, reused by every layer)."""
+    """The sequences of one packed batch for ``ops.attention`` (made once per batch, used by
+    every layer; ``cache`` keeps what the attention kernel plans from them)."""
 
     def __init__(self, bounds: np.ndarray, lengths: np.ndarray):
-        self.bounds, self.lengths = bounds[:-1], lengths
-        self.long = [(int(bounds[i]), int(bounds[i + 1])) for i in np.flatnonzero(lengths >= ops.LONG_SEQUENCE)]
-        self.buckets = ops.length_buckets(lengths)
+        self.starts, self.lengths = bounds[:-1], lengths
+        self.cache: dict = {}

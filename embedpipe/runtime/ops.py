@@ -211,6 +211,14 @@ class NumpyOps:
     def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
         return attention(q, k, v, window_mask(q.shape[0], half_window))
 
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
+        """Softmax attention of every sequence of a packed batch (see ``ir_attention.attention``):
+        q (S, Hq, D) already scaled, k (S, Hkv, D), v (S, Hkv, Dv) -> (S, Hq·Dv) fp32.
+        ``plan`` has the batch's ``starts`` and ``lengths`` and a ``cache`` dict."""
+        from embedpipe.codegen.ir_attention import attention_reference
+
+        return attention_reference(q, k, v, plan.starts, plan.lengths, half_window)
+
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
         """Run ``fn`` over items on the pool with BLAS single-threaded (numpy drops the GIL)."""
         if self._pool is None or len(items) < 2:
@@ -254,6 +262,14 @@ class JitOps(NumpyOps):
     def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
         return self.lib.attention(
             np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), half_window
+        )
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
+        """All sequences of the batch in one native call of the tiled attention kernel."""
+        from embedpipe.codegen.ir_attention import attention
+
+        return attention(
+            q, k, v, plan.starts, plan.lengths, half_window, threads=self.threads, isa=self.lib.isa, cache=plan.cache
         )
 
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
