@@ -31,14 +31,18 @@ import numpy as np
 from embedpipe.codegen.ir_elementwise import emit_exp
 from embedpipe.codegen.irutil import (
     F32,
+    I1,
+    I8,
     I32,
     I64,
     PTR,
+    VOID,
     const_i64,
     elem_ptr,
     fmuladd,
     for_range,
     imin,
+    intrinsic,
     load_elem,
     splat,
     store_elem,
@@ -177,20 +181,34 @@ class _Emitter:
         return b.add(b.mul(pos, self.n_q), head)
 
     def pack_queries(self) -> None:
-        b = self.b
+        """Reset m, l and O; Qt[d][r] = q row r (zero past the tile's rows), transposed
+        ``lanes`` × ``lanes`` at a time in registers, a scalar tail for ragged ``d``."""
+        b, lanes, vt = self.b, self.lanes, self.vt
         neg_inf = ir.Constant(F32, float("-inf"))
         with for_range(b, self.c(0), self.rp, 1, "qrow") as r:
             store_elem(b, F32, self.mx, r, neg_inf)
             store_elem(b, F32, self.l, r, ir.Constant(F32, 0.0))
             store_elem(b, I32, self.pos, r, b.trunc(b.add(self.i0, b.sdiv(r, self.group)), I32))
-            with for_range(b, self.c(0), self.dv, 1, "ozero") as c:
-                store_elem(b, F32, self.o, b.add(b.mul(r, self.dv), c), ir.Constant(F32, 0.0))
-            real = b.icmp_signed("<", r, self.rows)
-            src = b.mul(self.q_row(imin(b, r, b.sub(self.rows, self.c(1)))), self.d)
-            with for_range(b, self.c(0), self.d, 1, "qd") as dd:
-                x = load_elem(b, F32, self.q, b.add(src, dd))
-                x = b.select(real, x, ir.Constant(F32, 0.0))
-                store_elem(b, F32, self.qt, b.add(b.mul(dd, self.rp), r), x)
+        memset = intrinsic(self.m, "llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
+        nbytes = b.mul(b.mul(self.rp, self.dv), self.c(4))
+        b.call(memset, [self.o, ir.Constant(I8, 0), nbytes, ir.Constant(I1, 0)])
+        d_vec = b.mul(b.sdiv(self.d, self.c(lanes)), self.c(lanes))
+        last = b.sub(self.rows, self.c(1))
+        with for_range(b, self.c(0), self.rp, lanes, "qblk") as rb:
+            rows = [b.add(rb, self.c(i)) for i in range(lanes)]
+            real = [b.icmp_signed("<", r, self.rows) for r in rows]
+            src = [self.fptr(self.q, b.mul(self.q_row(imin(b, r, last)), self.d)) for r in rows]
+            with for_range(b, self.c(0), d_vec, lanes, "qd") as db:
+                vs = [
+                    b.select(real[i], b.load(self.fptr(src[i], db), typ=vt, align=4), ir.Constant(vt, None))
+                    for i in range(lanes)
+                ]
+                for c, col in enumerate(_transpose(b, vs)):
+                    b.store(col, self.fptr(self.qt, b.add(b.mul(b.add(db, self.c(c)), self.rp), rb)), align=4)
+            with for_range(b, d_vec, self.d, 1, "qdt") as dd:
+                for i in range(lanes):
+                    x = b.select(real[i], load_elem(b, F32, src[i], dd), ir.Constant(F32, 0.0))
+                    store_elem(b, F32, self.qt, b.add(b.mul(dd, self.rp), rows[i]), x)
 
     def fma_tile(self, a_rows, a_step, bp, b_step, kdim, c_rows, scales) -> None:
         """``C[r, 0:NV·lanes] = (C[r]·scale[r] | 0) + Σ_p A[r, p]·B[p, 0:NV·lanes]``.
@@ -315,6 +333,27 @@ class _Emitter:
                 b.store(b.fmul(x, inv_v), self.fptr(dst, c), align=4)
             with for_range(b, vec_end, self.dv, 1, "otail") as c:
                 b.store(b.fmul(load_elem(b, F32, src, c), inv), self.fptr(dst, c))
+
+
+def _transpose(b: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
+    """Transpose ``n`` vectors of ``n`` lanes (n a power of two): out[c][i] = vs[i][c].
+
+    Recursive block swap: at block size h the top-right and bottom-left h×h blocks of every
+    2h×2h block trade places (two shuffles per row pair), from h = n/2 down to 1.
+    """
+    n = len(vs)
+    vs = list(vs)
+    h = n // 2
+    while h:
+        keep = [lane if lane % (2 * h) < h else n + lane - h for lane in range(n)]
+        take = [lane + h if lane % (2 * h) < h else n + lane for lane in range(n)]
+        for i in range(n):
+            if i % (2 * h) < h:
+                lo, hi = vs[i], vs[i + h]
+                vs[i] = b.shuffle_vector(lo, hi, ir.Constant(vec(I32, n), keep))
+                vs[i + h] = b.shuffle_vector(lo, hi, ir.Constant(vec(I32, n), take))
+        h //= 2
+    return vs
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
