@@ -6,9 +6,10 @@ Two implementations sit behind one interface, chosen by the matmul backend in us
 the backend's thread count: BLAS is capped per call with threadpoolctl, because OpenBLAS
 threads that spin while the JIT pool runs slowed a 3-text batch ~4x.
 
-Attention of many short sequences runs as one padded, batched product per length bucket
-(sequences arrive sorted by length, so padding is small), spread over a thread pool with
-single-threaded BLAS; long sequences run one at a time on all threads.
+``attention(q, k, v, plan, half_window)`` runs every sequence of a packed batch at once: on
+``JitOps`` one native call of the tiled kernel (``codegen.ir_attention``), on ``NumpyOps`` its
+numpy twin, per sequence.  The padded path below (one batched product per length bucket,
+sequences sorted by length; long sequences alone) is what BERT-family models still run.
 """
 
 from __future__ import annotations
