@@ -11,7 +11,7 @@ claims items with an atomic counter and runs them start to finish:
 
    * ``St[j][r] = K[j]·Qt[:, r]`` (MR keys × NV query vectors of FMA chains over ``d``),
    * online softmax down each query lane: running max ``m``, ``α = e^(m_old − m_new)``,
-     ``P = e^(S − m_new)`` (masked keys exactly 0), ``l = α·l + ΣP``,
+     ``P = e^(S − m_new)`` (masked keys and weights below e^-64 exactly 0), ``l = α·l + ΣP``,
    * ``O = α·O + Pᵀ·V`` (MR query rows × NV value vectors, a scalar tail for ragged ``dv``);
 3. write ``O / l`` into the rows of the output.
 
@@ -262,6 +262,9 @@ class _Emitter:
         b, vt, lanes = self.b, self.vt, self.lanes
         neg_inf = ir.Constant(vt, [float("-inf")] * lanes)
         zero = ir.Constant(vt, None)
+        # weights below e^-64 of the row's max become exactly 0: they cannot move an fp32 sum,
+        # and their products with V would be denormals (a microcode assist per FMA on x86)
+        underflow = ir.Constant(vt, [-64.0] * lanes)
         hw_pos = splat(b, self.hw_mask, lanes)
         hw_neg = b.neg(hw_pos)
         with for_range(b, self.c(0), self.rp, lanes, "srow") as rv:
@@ -283,12 +286,14 @@ class _Emitter:
             tile_max = b.load(mt)
             m_new = b.select(b.fcmp_ordered(">", tile_max, m_old), tile_max, m_old)
             none_yet = b.fcmp_ordered("==", m_new, neg_inf)
-            alpha = b.select(none_yet, ir.Constant(vt, [1.0] * lanes), emit_exp(b, self.m, b.fsub(m_old, m_new)))
+            shrink = b.fsub(m_old, m_new)
+            alpha = b.select(b.fcmp_ordered("<", shrink, underflow), zero, emit_exp(b, self.m, shrink))
+            alpha = b.select(none_yet, ir.Constant(vt, [1.0] * lanes), alpha)
             total = var(b, vt, zero)
             with for_range(b, self.c(0), n, 1, "sexp") as j:
-                ok = visible(j)
-                p = emit_exp(b, self.m, b.fsub(b.load(st_at(j), typ=vt, align=4), m_new))
-                p = b.select(ok, p, zero)
+                diff = b.fsub(b.load(st_at(j), typ=vt, align=4), m_new)
+                ok = b.and_(visible(j), b.fcmp_ordered(">=", diff, underflow))
+                p = b.select(ok, emit_exp(b, self.m, diff), zero)
                 b.store(p, st_at(j), align=4)
                 b.store(b.fadd(b.load(total), p), total)
             l_old = b.load(self.fptr(self.l, rv), typ=vt, align=4)
