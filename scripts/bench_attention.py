@@ -2,12 +2,18 @@
 previous path, CPU and wall time per call (medians, same run).
 
     python scripts/bench_attention.py [--threads 2] [--tokens 64,512,2048] [--repeats 7]
+    python scripts/bench_attention.py --forward long,xlong [--repeats 4]
 
 Shapes are EmbeddingGemma's (3 query heads on 1 KV head, head_dim 256); each length runs as a
 batch of ``max(1, 2048 // T)`` sequences, windowed (half window 256) and global.  The previous
 path is what the forward pass ran before the tiled kernel and what BERT still runs: short
 sequences as padded BLAS products per length bucket, long ones on the fp32 matmul kernel
 with a materialized T×T score matrix and the banded softmax kernel.
+
+``--forward KINDS`` instead embeds the ``bench runtime`` documents of each kind (96 long,
+16 extra-long texts, batches of 32) with EmbeddingGemma Q8_0 on the JIT backend, the
+attention call switched between the two paths in alternating runs of one process, and prints
+the median process CPU time of each and their ratio.
 """
 
 from __future__ import annotations
@@ -49,12 +55,46 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
 
 
+def forward_ab(kinds: list[str], threads: int, repeats: int) -> None:
+    from embedpipe.runtime.bench_texts import documents
+    from embedpipe.runtime.embedder import Embedder
+    from embedpipe.runtime.store import ensure_model
+
+    tiled = ops.JitOps.attention
+
+    def previous(self, q, k, v, plan, half_window):
+        return previous_path(self, q, k, v, plan.starts, plan.lengths, half_window)
+
+    paths = {"previous": previous, "tiled": tiled}
+    emb = Embedder.load(ensure_model("q8_0"), backend="jit", threads=threads)
+    print(f"EmbeddingGemma Q8_0, jit, {threads} threads; process CPU s per batch (median of {repeats})")
+    for kind in kinds:
+        docs = documents(kind, 16 if kind == "xlong" else 96)
+        cpu: dict[str, list[float]] = {name: [] for name in paths}
+        for fn in paths.values():  # warm both
+            ops.JitOps.attention = fn
+            emb.encode(docs[:4], batch_size=32)
+        for r in range(repeats):
+            for name in list(paths)[:: 1 if r % 2 == 0 else -1]:
+                ops.JitOps.attention = paths[name]
+                c = time.process_time()
+                emb.encode(docs, batch_size=32)
+                cpu[name].append(time.process_time() - c)
+        ops.JitOps.attention = tiled
+        prev, new = statistics.median(cpu["previous"]), statistics.median(cpu["tiled"])
+        print(f"{kind:>6} x{len(docs)}: previous {prev:.2f} s, tiled {new:.2f} s, previous/tiled {prev / new:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", default="64,512,2048")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--forward", default="", help="document kinds (long,xlong): whole forward passes instead")
     args = ap.parse_args()
+    if args.forward:
+        forward_ab(args.forward.split(","), args.threads, args.repeats)
+        return
     lib = get_kernel_library(threads=args.threads)
     jit = ops.JitOps(lib)
     rng = np.random.default_rng(0)
