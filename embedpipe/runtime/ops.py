@@ -6,9 +6,10 @@ Two implementations sit behind one interface, chosen by the matmul backend in us
 the backend's thread count: BLAS is capped per call with threadpoolctl, because OpenBLAS
 threads that spin while the JIT pool runs slowed a 3-text batch ~4x.
 
-Attention of many short sequences runs as one padded, batched product per length bucket
-(sequences arrive sorted by length, so padding is small), spread over a thread pool with
-single-threaded BLAS; long sequences run one at a time on all threads.
+``attention(q, k, v, plan, half_window)`` runs every sequence of a packed batch at once: on
+``JitOps`` one native call of the tiled kernel (``codegen.ir_attention``), on ``NumpyOps`` its
+numpy twin, per sequence.  The padded path below (one batched product per length bucket,
+sequences sorted by length; long sequences alone) is what BERT-family models still run.
 """
 
 from __future__ import annotations
@@ -225,15 +226,12 @@ class NumpyOps:
         return attention(q, k, v, window_mask(q.shape[0], half_window))
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
-        """Attention of every sequence of a packed batch: (S, Hq·Dv) fp32.  ``plan`` has the
-        sequences' ``starts`` and ``lengths`` (a stand-in until the tiled attention kernel)."""
-        out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
-        for i in np.flatnonzero(plan.lengths >= LONG_SEQUENCE):
-            a, b = int(plan.starts[i]), int(plan.starts[i] + plan.lengths[i])
-            out[a:b] = self.long_attention(q[a:b], k[a:b], v[a:b], half_window)
-        buckets = length_buckets(plan.lengths)
-        self.map(lambda idx: padded_attention(q, k, v, plan.starts[idx], plan.lengths[idx], half_window, out), buckets)
-        return out
+        """Softmax attention of every sequence of a packed batch (see ``ir_attention.attention``):
+        q (S, Hq, D) already scaled, k (S, Hkv, D), v (S, Hkv, Dv) -> (S, Hq·Dv) fp32.
+        ``plan`` has the batch's ``starts`` and ``lengths`` and a ``cache`` dict."""
+        from embedpipe.codegen.ir_attention import attention_reference
+
+        return attention_reference(q, k, v, plan.starts, plan.lengths, half_window)
 
     # Fused building blocks of a pre-norm transformer layer.  Here they are compositions of the
     # ops above; JitOps runs each as one native call where the weight allows it.
@@ -313,12 +311,12 @@ class JitOps(NumpyOps):
         )
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
-        # Each sequence alone on the JIT kernels: its rows never meet another sequence's
-        # padding, so its vectors do not depend on the batch.
-        out = np.empty((q.shape[0], q.shape[1] * v.shape[2]), np.float32)
-        for a, b in zip(plan.starts.tolist(), (plan.starts + plan.lengths).tolist()):
-            out[a:b] = self.long_attention(q[a:b], k[a:b], v[a:b], half_window)
-        return out
+        """All sequences of the batch in one native call of the tiled attention kernel."""
+        from embedpipe.codegen.ir_attention import attention
+
+        return attention(
+            q, k, v, plan.starts, plan.lengths, half_window, threads=self.threads, isa=self.lib.isa, cache=plan.cache
+        )
 
     def norm_matmul(self, w, x, y, w_post, w_pre, eps):
         if not _int_weight(w):

@@ -48,3 +48,28 @@ def test_rope_matches_rotation_formula():
     x1, x2 = x[..., :4], x[..., 4:]
     c, s = cos[:, None], sin[:, None]
     np.testing.assert_allclose(got, np.concatenate((x1 * c - x2 * s, x2 * c + x1 * s), -1), rtol=1e-6)
+
+
+class _Plan:
+    def __init__(self, lengths):
+        self.lengths = np.asarray(lengths, np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))
+        self.cache: dict = {}
+
+
+@pytest.mark.parametrize("half_window", [None, 4])
+def test_attention_entry_agrees_between_numpy_and_jit_ops(half_window):
+    from embedpipe.codegen import get_kernel_library
+
+    lengths = [1, 6, 13, 40]
+    q, k, v = _packed(lengths)
+    plan = _Plan(lengths)
+    want = ops.NumpyOps(1).attention(q, k, v, plan, half_window)
+    jit = ops.JitOps(get_kernel_library(threads=2))
+    got = jit.attention(q, k, v, plan, half_window)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+    np.testing.assert_array_equal(jit.attention(q, k, v, plan, half_window), got)  # planned once, reused
+    assert len(plan.cache) == 1
+    for a, n in zip(plan.starts, plan.lengths):
+        alone = ops.attention(q[a : a + n], k[a : a + n], v[a : a + n], ops.window_mask(int(n), half_window))
+        np.testing.assert_allclose(want[a : a + n], alone, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,169 @@
+"""Tiled attention kernel (codegen/ir_attention.py) vs a float64 oracle, on every runnable ISA;
+bit-level batch invariance; validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedpipe.codegen import KernelInputError, runnable_isas
+from embedpipe.codegen import ir_attention as A
+from tests.codegen.helpers import assert_signature_is_the_compiled_ir_type
+
+ISAS = runnable_isas()
+IDS = [s.name for s in ISAS]
+
+
+def packed(lengths, n_q, n_kv, d, dv, seed=0):
+    rng = np.random.default_rng(seed)
+    s = int(sum(lengths))
+    q = (rng.standard_normal((s, n_q, d)) / np.sqrt(d) * 3).astype(np.float32)
+    k = rng.standard_normal((s, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((s, n_kv, dv)).astype(np.float32)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    return q, k, v, starts, np.asarray(lengths, np.int64)
+
+
+def oracle(q, k, v, starts, lengths, hw):
+    """float64 softmax attention of each sequence, masked keys at -inf."""
+    n_q, n_kv = q.shape[1], k.shape[1]
+    group = n_q // n_kv
+    out = np.zeros((q.shape[0], n_q, v.shape[2]))
+    for a, t in zip(starts, lengths):
+        idx = np.arange(t)
+        far = np.abs(idx[:, None] - idx[None, :]) > hw if hw is not None else np.zeros((t, t), bool)
+        for h in range(n_q):
+            s = q[a : a + t, h].astype(np.float64) @ k[a : a + t, h // group].astype(np.float64).T
+            s[far] = -np.inf
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            out[a : a + t, h] = (p / p.sum(axis=1, keepdims=True)) @ v[a : a + t, h // group]
+    return out.reshape(q.shape[0], -1)
+
+
+# (lengths, n_q, n_kv, d, dv, half_window): ragged T, window edges around half_window and the
+# tiles (KEY_TILE = 64 keys, 96 query rows: 32 positions for 3 heads, 96 for 1), GQA groups,
+# ragged value widths (scalar tail).
+CASES = [
+    ([1, 2, 31, 33], 3, 1, 64, 64, None),
+    ([1, 2, 31, 33], 3, 1, 24, 24, 2),
+    ([255, 257, 258], 3, 1, 16, 16, 256),
+    ([600], 4, 2, 40, 40, 63),
+    ([95, 96, 97, 130], 1, 1, 8, 24, 64),
+    ([63, 64, 65, 129], 2, 2, 8, 8, 65),
+    ([9], 2, 1, 8, 8, 0),
+    ([70], 6, 3, 20, 36, 16),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=IDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{'-'.join(map(str, c[0]))}_h{c[1]}/{c[2]}_hw{c[5]}")
+def test_matches_float64_oracle(isa, case):
+    lengths, n_q, n_kv, d, dv, hw = case
+    q, k, v, starts, lens = packed(lengths, n_q, n_kv, d, dv, seed=len(lengths) * d)
+    got = A.attention(q, k, v, starts, lens, hw, threads=2, isa=isa)
+    ref = oracle(q, k, v, starts, lens, hw)
+    assert got.shape == (q.shape[0], n_q * dv) and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 3e-6 * np.abs(ref).max()
+    twin = A.attention_reference(q, k, v, starts, lens, hw)
+    assert np.abs(twin - ref).max() <= 3e-6 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hw", [256, None])
+def test_gemma_shapes_up_to_2048_tokens(hw):
+    """EmbeddingGemma's heads (3 query heads on 1 KV head, d = 256) at the longest context."""
+    q, k, v, starts, lens = packed([2048, 257, 2], 3, 1, 256, 256, seed=3)
+    got = A.attention(q, k, v, starts, lens, hw, threads=2, isa=ISAS[0])
+    ref = oracle(q, k, v, starts, lens, hw)
+    assert np.abs(got - ref).max() <= 3e-6 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("isa", ISAS[:2], ids=IDS[:2])
+@pytest.mark.parametrize("hw", [256, None])
+def test_a_sequence_gets_the_same_bits_whatever_shares_its_batch(isa, hw):
+    """Alone, at batch sizes 7 and 32 (at any position), beside a 2000-token text, on 1-3 threads."""
+    rng = np.random.default_rng(5)
+    n_q, n_kv, d = 3, 1, 64
+
+    def seq(t):
+        return (
+            (rng.standard_normal((t, n_q, d)) / 8).astype(np.float32),
+            rng.standard_normal((t, n_kv, d)).astype(np.float32),
+            rng.standard_normal((t, n_kv, d)).astype(np.float32),
+        )
+
+    mine = seq(300)
+
+    def run(others_before, others_after, threads):
+        parts = [*others_before, mine, *others_after]
+        q, k, v = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        lens = np.array([len(p[0]) for p in parts], np.int64)
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+        out = A.attention(q, k, v, starts, lens, hw, threads=threads, isa=isa)
+        a = int(starts[len(others_before)])
+        return out[a : a + 300]
+
+    alone = run([], [], 1)
+    small = [seq(int(t)) for t in rng.integers(1, 90, 31)]
+    np.testing.assert_array_equal(run(small[:3], small[3:6], 2), alone)
+    np.testing.assert_array_equal(run(small[:17], small[17:], 3), alone)
+    np.testing.assert_array_equal(run([seq(2000)], small[:2], 2), alone)
+    np.testing.assert_array_equal(run([], [], 2), alone)
+
+
+def test_rows_outside_the_window_change_nothing():
+    """Keys farther than half_window never reach a row: rewriting them leaves it bit-identical."""
+    q, k, v, starts, lens = packed([400], 3, 1, 32, 32, seed=9)
+    base = A.attention(q, k, v, starts, lens, 100, threads=2, isa=ISAS[0])
+    k2, v2 = k.copy(), v.copy()
+    k2[300:], v2[300:] = 50.0, -7.0
+    got = A.attention(q, k2, v2, starts, lens, 100, threads=2, isa=ISAS[0])
+    np.testing.assert_array_equal(got[:199], base[:199])
+    assert not np.array_equal(got[199:], base[199:])
+
+
+def test_plan_cache_is_reused_and_keyed_by_shape():
+    q, k, v, starts, lens = packed([40, 50], 3, 1, 16, 16)
+    cache: dict = {}
+    first = A.attention(q, k, v, starts, lens, 8, threads=2, cache=cache)
+    assert len(cache) == 1
+    np.testing.assert_array_equal(A.attention(q, k, v, starts, lens, 8, threads=2, cache=cache), first)
+    A.attention(q, k, v, starts, lens, None, threads=2, cache=cache)
+    assert len(cache) == 2
+    work = next(iter(cache.values()))
+    assert work.shape[1] == A.WORK_FIELDS and not work.flags.writeable
+
+
+def test_work_items_cover_every_query_tile_once():
+    lens = np.array([1, 33, 97, 200], np.int64)
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+    work = A.plan_work(starts, lens, 2, 32, 16)
+    tiles = sorted(map(tuple, work.tolist()))
+    want = sorted((int(a), int(t), i0, h) for a, t in zip(starts, lens) for i0 in range(0, int(t), 32) for h in (0, 1))
+    assert tiles == want
+
+
+def test_falls_back_to_the_twin_without_llvm(monkeypatch):
+    q, k, v, starts, lens = packed([5, 7], 3, 1, 8, 8)
+    monkeypatch.setattr(A.ATTENTION, "native", lambda isa=None: None)
+    got = A.attention(q, k, v, starts, lens, 2, threads=2)
+    np.testing.assert_array_equal(got, A.attention_reference(q, k, v, starts, lens, 2))
+
+
+def test_validates_before_native_code():
+    q = np.zeros((6, 3, 8), np.float32)
+    kv = np.zeros((6, 1, 8), np.float32)
+    ok = (np.array([0]), np.array([6]))
+    with pytest.raises(KernelInputError, match="float32"):
+        A.attention(q.astype(np.float64), kv, kv, *ok, None)
+    with pytest.raises(KernelInputError, match="shapes do not fit"):
+        A.attention(q, np.zeros((5, 1, 8), np.float32), kv, *ok, None)
+    with pytest.raises(KernelInputError, match="cannot share"):
+        A.attention(q, np.zeros((6, 2, 8), np.float32), np.zeros((6, 2, 8), np.float32), *ok, None)
+    for starts, lengths in (([0], [7]), ([-1], [2]), ([2], [0]), ([0, 1], [1])):
+        with pytest.raises(KernelInputError, match="sequence|differ"):
+            A.attention(q, kv, kv, np.array(starts), np.array(lengths), None)
+
+
+def test_ctypes_signature_is_the_compiled_ir_type():
+    assert_signature_is_the_compiled_ir_type(A.ATTENTION_MODULE, ISAS[0])
