@@ -31,7 +31,7 @@ from embedpipe.indexes.hnsw_insert_kernel import InsertKernels
 
 MAX_LEVEL = 15
 GROWTH = 4  # batch size ≤ nodes already in the graph / GROWTH
-MAX_BATCH = 512
+MAX_BATCH = 128
 
 
 @dataclass

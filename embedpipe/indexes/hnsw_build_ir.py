@@ -50,9 +50,10 @@ CTX = (
     "gstart",
     "incoming",
     "ngroups",
+    "next",
 )
 # Words of one worker's scratch array: buffers it alone uses, and its visited tag.
-SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf", "step")
+SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf")
 ELEMENTS = {"fp32": F32, "int8": I8}
 PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
 PARAMS = [("ctx", PTR), ("scr", PTR), ("lo", I64), ("hi", I64)]
@@ -88,6 +89,7 @@ class BuildEmitter:
         self.m, self.elt = module, elt
         self.dot = emit_dot(module, elt, lanes)
         self.pf = intrinsic(module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        self.memmove = intrinsic(module, "llvm.memmove.p0.p0.i64", ir.VoidType(), [PTR, PTR, I64, ir.IntType(1)])
         self.weights = self._once("ep_hb_weights", self._weights)
         self.push = self._once("ep_hb_push", self._push)
         self.select = self._once("ep_hb_select", self._select)
@@ -123,6 +125,12 @@ class BuildEmitter:
     def scr(self, b: ir.IRBuilder, scr: ir.Value, name: str, ptr: bool = True) -> ir.Value:
         v = self.word(b, scr, SCRATCH, name)
         return b.inttoptr(v, PTR) if ptr else v
+
+    def claim(self, b: ir.IRBuilder, ctx: ir.Value) -> ir.Value:
+        """The next unclaimed item of this call (an atomic counter in the context): workers
+        take items one at a time, so a slow or descheduled worker holds up only its own."""
+        slot = b.gep(ctx, [const_i64(CTX.index("next"))], source_etype=I64)
+        return b.atomic_rmw("add", slot, const_i64(1), "monotonic")
 
     @staticmethod
     def ld(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value) -> ir.Value:
@@ -203,7 +211,8 @@ class BuildEmitter:
     def _push(self) -> ir.Function:
         """i64 push(pid, ps, px, size*, cap, s, id): insert into the pool sorted by descending
         score (after equal scores); returns the slot, or -1 when the pool is full and s is no
-        better than its worst."""
+        better than its worst. The slot is found by binary search and the tail moved with
+        memmove (a pool of ef_construction entries takes many pushes per search)."""
         fn, b, f, a = self._fn(
             "ep_hb_push",
             I64,
@@ -216,20 +225,21 @@ class BuildEmitter:
             worst = self.ld(b, F32, a["ps"], b.sub(n, one))
             with b.if_then(b.fcmp_ordered("<=", a["s"], worst)):
                 b.ret(const_i64(-1))
-        p = f.var(I64, b.select(full, b.sub(n, one), n))
+        lo, hi = f.var(I64, const_i64(0)), f.var(I64, n)
 
-        def shift(out: ir.Block, head: ir.Block) -> None:
-            pp = f.get(p)
-            prev = b.sub(pp, one)
-            with b.if_then(b.fcmp_ordered(">=", self.ld(b, F32, a["ps"], prev), a["s"])):
-                b.branch(out)
-            self.st(b, F32, a["ps"], pp, self.ld(b, F32, a["ps"], prev))
-            self.st(b, I32, a["pid"], pp, self.ld(b, I32, a["pid"], prev))
-            self.st(b, I8, a["px"], pp, self.ld(b, I8, a["px"], prev))
-            f.put(p, prev)
+        def halve(out: ir.Block, head: ir.Block) -> None:
+            mid = b.ashr(b.add(f.get(lo), f.get(hi)), one)
+            after = b.fcmp_ordered(">=", self.ld(b, F32, a["ps"], mid), a["s"])
+            f.put(lo, b.select(after, b.add(mid, one), f.get(lo)))
+            f.put(hi, b.select(after, f.get(hi), mid))
 
-        f.loop(lambda: b.icmp_signed(">", f.get(p), const_i64(0)), shift)
-        pp = f.get(p)
+        f.loop(lambda: b.icmp_signed("<", f.get(lo), f.get(hi)), halve)
+        pp = f.get(lo)
+        moved = b.sub(b.select(full, b.sub(n, one), n), pp)
+        for arr, ty, width in ((a["ps"], F32, 4), (a["pid"], I32, 4), (a["px"], I8, 1)):
+            src = b.gep(arr, [pp], source_etype=ty)
+            dst = b.gep(arr, [b.add(pp, one)], source_etype=ty)
+            b.call(self.memmove, [dst, src, b.mul(moved, const_i64(width)), ir.Constant(ir.IntType(1), 0)])
         self.st(b, F32, a["ps"], pp, a["s"])
         self.st(b, I32, a["pid"], pp, b.trunc(a["id"], I32))
         self.st(b, I8, a["px"], pp, ir.Constant(I8, 0))

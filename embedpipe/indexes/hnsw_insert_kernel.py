@@ -4,17 +4,17 @@ Two kernels of one `codegen.kernel.KernelModule` per element type (emit → cach
 ctypes from the IR type → the module's native worker pool), each run as items of one GIL-free
 call; both only *read* shared state that no item of the same call writes:
 
-* ``insert`` (items = strided slices of the batch): for batch node u, greedy descent from the
+* ``insert`` (items = the batch's nodes): for batch node u, greedy descent from the
   entry point down to u's top layer, then on each layer l ≤ its level a ``search_layer`` with
   ``ef_construction`` over the graph as it was at the start of the batch, plus the batch nodes
   placed before u (scored exactly: they are not in the graph yet), then the paper's
   neighbour-selection heuristic picks u's M links into a private output row.
-* ``link`` (items = strided slices of the (target, layer) groups of back-links): merge the
+* ``link`` (items = the (target, layer) groups of back-links): merge the
   new incoming links into the target's list; when it overflows its capacity (2M on layer 0,
   M above) re-select with the same heuristic over old + new.
 
-Each item writes only rows it owns, so the graph after a batch does not depend on the number
-of threads or on their timing. Scores use the stored codes: fp32 rows, or int8 codes whose
+Workers claim items one at a time from a shared counter; each item writes only rows it owns,
+so the graph after a batch does not depend on the number of threads or on their timing. Scores use the stored codes: fp32 rows, or int8 codes whose
 float value is ``code·S[j]·R[row] + O[j]`` (S: per-dimension scale or ones, R: per-row scale
 or ones, O: per-dimension offset or zeros); a node acting as the query is expanded once into
 float weights ``w = S ⊙ x`` and a constant ``O · x``, so ``x_v · x = R[v]·Σ code_v·w + O·x``.
@@ -32,7 +32,7 @@ import numpy as np
 from embedpipe.codegen.irutil import F32, I8, I32, I64, const_i64
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
-from embedpipe.indexes.hnsw_build_ir import ELEMENTS, PARAMS, SCRATCH, BuildEmitter, Fn
+from embedpipe.indexes.hnsw_build_ir import CTX, ELEMENTS, PARAMS, BuildEmitter, Fn
 
 
 class _Kernels(BuildEmitter):
@@ -40,7 +40,7 @@ class _Kernels(BuildEmitter):
 
     # --- kernels --------------------------------------------------------------------------
     def insert(self, b: ir.IRBuilder) -> None:
-        """insert(ctx, scr, lo, hi): batch nodes lo, lo+step, … < hi."""
+        """insert(ctx, scr, lo, hi): batch nodes claimed one at a time, while < hi."""
         f, a = Fn(b), dict(zip([n for n, _ in PARAMS], b.function.args))
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
@@ -48,16 +48,14 @@ class _Kernels(BuildEmitter):
         fwd, fwdoff = self.ctx(b, ctx, "fwd", True), self.ctx(b, ctx, "fwdoff", True)
         entry, maxlevel = self.ctx(b, ctx, "entry"), self.ctx(b, ctx, "maxlevel")
         efc, m = self.ctx(b, ctx, "efc"), self.ctx(b, ctx, "m")
-        step = self.scr(b, scr, "step", ptr=False)
         qbuf, cbuf = self.scr(b, scr, "qbuf"), self.scr(b, scr, "cbuf")
         pid, ps, px = (self.scr(b, scr, k) for k in ("pool_id", "pool_s", "pool_x"))
-        i = f.var(I64, a["lo"])
+        i = f.var(I64, const_i64(0))
         cur, layer, changed, j, size, t = (f.var(I64, zero) for _ in range(6))
         cur_s = f.var(F32, ir.Constant(F32, 0.0))
 
         def per_node(out: ir.Block, head: ir.Block) -> None:
             ii = f.get(i)
-            f.put(i, b.add(ii, step))
             u = self.ld(b, I64, nodes, ii)
             lu = b.sext(self.ld(b, I8, level, u), I64)
             qbuf_u, qc = self.expand(b, ctx, u, qbuf)
@@ -123,25 +121,27 @@ class _Kernels(BuildEmitter):
 
             f.loop(lambda: b.icmp_signed(">=", f.get(layer), zero), per_layer)
 
-        f.loop(lambda: b.icmp_signed("<", f.get(i), a["hi"]), per_node)
+        def claim_node() -> ir.Value:
+            f.put(i, self.claim(b, ctx))
+            return b.icmp_signed("<", f.get(i), a["hi"])
+
+        f.loop(claim_node, per_node)
         b.ret_void()
 
     def link(self, b: ir.IRBuilder) -> None:
-        """link(ctx, scr, lo, hi): back-link groups lo, lo+step, … < hi."""
+        """link(ctx, scr, lo, hi): back-link groups claimed one at a time, while < hi."""
         f, a = Fn(b), dict(zip([n for n, _ in PARAMS], b.function.args))
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
         gnode, glevel = self.ctx(b, ctx, "gnode", True), self.ctx(b, ctx, "glevel", True)
         gstart, incoming = self.ctx(b, ctx, "gstart", True), self.ctx(b, ctx, "incoming", True)
-        step = self.scr(b, scr, "step", ptr=False)
         qbuf, cbuf = self.scr(b, scr, "qbuf"), self.scr(b, scr, "cbuf")
         pid, ps, px = (self.scr(b, scr, k) for k in ("pool_id", "pool_s", "pool_x"))
-        g = f.var(I64, a["lo"])
+        g = f.var(I64, const_i64(0))
         cnt, have, j, t, size, dup = (f.var(I64, zero) for _ in range(6))
 
         def per_group(out: ir.Block, head: ir.Block) -> None:
             gg = f.get(g)
-            f.put(g, b.add(gg, step))
             w = self.ld(b, I64, gnode, gg)
             base, width = self.row(b, ctx, w, self.ld(b, I64, glevel, gg))
             f.put(cnt, zero)
@@ -229,7 +229,11 @@ class _Kernels(BuildEmitter):
 
                     f.loop(lambda: b.icmp_signed("<", f.get(kept), width), pad)
 
-        f.loop(lambda: b.icmp_signed("<", f.get(g), a["hi"]), per_group)
+        def claim_group() -> ir.Value:
+            f.put(g, self.claim(b, ctx))
+            return b.icmp_signed("<", f.get(g), a["hi"])
+
+        f.loop(claim_group, per_group)
         b.ret_void()
 
 
@@ -258,9 +262,8 @@ class InsertKernels:
         return None if insert is None or link is None else cls(insert, link)
 
     def run(self, role: str, ctx: np.ndarray, scratch: list[np.ndarray], count: int) -> None:
-        """Run `role` over items 0..count-1 in one native call: worker w takes the items
-        k ≡ w (mod workers), with its own scratch."""
+        """Run `role` over items 0..count-1 in one native call: each worker, with its own
+        scratch, claims the next item from the context's counter until none is left."""
         workers = min(len(scratch), max(count, 1))
-        for s in scratch[:workers]:
-            s[SCRATCH.index("step")] = workers
+        ctx[CTX.index("next")] = 0
         self._natives[role].run([(ctx.ctypes.data, s.ctypes.data, w, count) for w, s in enumerate(scratch[:workers])])
