@@ -108,6 +108,7 @@ def index(
     budget_min: Optional[float] = typer.Option(
         None, "--budget-min", help="Wall budget in minutes: no build starts after it, a running one is killed."
     ),
+    ours: str = typer.Option("fp32,int8", "--ours", help="Our HNSW element types to build (fp32, int8 or both)."),
     out: Optional[str] = typer.Option(
         None, "--out", help="Rewrite the JSON summary so far to this file after each step."
     ),
@@ -134,6 +135,7 @@ def index(
         budget_s=None if budget_min is None else 60 * budget_min,
         out=Path(out) if out else None,
         note=lambda s: typer.echo(s, err=True),
+        ours=tuple(v for v in ours.split(",") if v),
     )
     if update:
         from embedpipe.indexes.bench import update_bench

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes.base import normalize_rows, truncate_normalize
 from embedpipe.indexes.recall import recall_vs_exact
 from embedpipe.indexes.registry import build_index, load_index
@@ -448,12 +449,16 @@ def run_index_bench(
     budget_s: float | None = None,
     out: Path | None = None,
     note: Callable[[str], None] = lambda s: None,
+    ours: tuple[str, ...] = ("fp32", "int8"),
 ) -> dict[str, Any]:
     """Run everything; returns {"data", "rows", "ratios", "skipped", …}. Graph indexes (ours and
     the references) are built in child processes at the same M / ef_construction / threads, in
-    `ORDER`. With `budget_s`, no step starts after that many seconds and a build still running
+    `ORDER`; `ours` picks our HNSW element types. With `budget_s`, no step starts after that many seconds and a build still running
     then is killed (both listed under "skipped"); with `out`, the summary so far is rewritten
     there after every step, so a run cut short still leaves its results."""
+    bad = [quant for quant in ours if f"embedpipe-hnsw-{quant}" not in ORDER]
+    if bad:
+        raise EmbedpipeError(f"--ours takes fp32 and/or int8, not {', '.join(bad)}")
     g = graph or GraphBench()
     budget = Budget(budget_s)
     x, label = load_vectors(vectors, n + queries, dim)
@@ -466,7 +471,8 @@ def run_index_bench(
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     wanted = {impl for name in references for impl in REFERENCES[name]}
-    steps = [i for i in ORDER if i.startswith("embedpipe") or i in wanted]
+    wanted |= {f"embedpipe-hnsw-{quant}" for quant in ours}
+    steps = [i for i in ORDER if i in wanted]
 
     def summary(done: bool) -> dict[str, Any]:
         return {

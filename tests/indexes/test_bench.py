@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes.bench import run_index_bench
 
 
@@ -35,3 +36,10 @@ def test_each_build_is_written_to_the_summary_file_with_its_ratios(tmp_path):
     assert {"build_time_ratio", "build_cpu_ratio", "peak_rss_ratio", "size_ratio"} <= set(vs)
     assert s["int8_size"]["fp32_over_int8"] > 1.1  # at 16-d the graph outweighs the vectors
     assert any("hnswlib: done" in n for n in notes)
+
+
+def test_ours_picks_our_element_types_and_refuses_others():
+    s = run_index_bench(300, 16, queries=20, references=(), ours_flat=False, budget_s=0, ours=("int8",))
+    assert set(s["skipped"]) == {"embedpipe-hnsw-int8"}
+    with pytest.raises(EmbedpipeError, match="fp32 and/or int8"):
+        run_index_bench(300, 16, queries=20, references=(), ours=("int4",))
