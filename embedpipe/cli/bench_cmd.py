@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -104,6 +105,13 @@ def index(
     update: bool = typer.Option(
         False, "--update", help="Also time adding 10 % new rows to our HNSW vs a full rebuild (recall of both)."
     ),
+    budget_min: Optional[float] = typer.Option(
+        None, "--budget-min", help="Wall budget in minutes: no build starts after it, a running one is killed."
+    ),
+    ours: str = typer.Option("fp32,int8", "--ours", help="Our HNSW element types to build (fp32, int8 or both)."),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Rewrite the JSON summary so far to this file after each step."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
@@ -113,7 +121,22 @@ def index(
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
     g = GraphBench(m=m, efc=ef_construction, threads=threads)
-    summary = run_index_bench(n, dim, vectors, queries, single, repeats, names, report, g, ours_flat=not no_flat)
+    summary = run_index_bench(
+        n,
+        dim,
+        vectors,
+        queries,
+        single,
+        repeats,
+        names,
+        report,
+        g,
+        ours_flat=not no_flat,
+        budget_s=None if budget_min is None else 60 * budget_min,
+        out=Path(out) if out else None,
+        note=lambda s: typer.echo(s, err=True),
+        ours=tuple(v for v in ours.split(",") if v),
+    )
     if update:
         from embedpipe.indexes.bench import update_bench
 
@@ -128,7 +151,12 @@ def index(
         return
     typer.echo(f"data: {summary['data']}; {summary['n']} indexed, {summary['queries']} queries")
     for entry in summary["ratios"]:
-        typer.echo(f"{entry['comparison']}: single {entry['qps_single']}  batch {entry['qps_batch']}")
+        extra = {
+            k: entry[k] for k in ("build_time_ratio", "build_cpu_ratio", "peak_rss_ratio", "size_ratio") if k in entry
+        }
+        typer.echo(f"{entry['comparison']}: single {entry['qps_single']}  batch {entry['qps_batch']}  {extra}")
+    if summary["int8_size"]:
+        typer.echo(f"int8 HNSW file size: {summary['int8_size']}")
     for name, why in summary["skipped"].items():
         typer.echo(f"skipped {name}: {why}")
     if "update" in summary:

@@ -14,6 +14,7 @@ directory, or a clearly labelled synthetic clustered set.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes.base import normalize_rows, truncate_normalize
 from embedpipe.indexes.recall import recall_vs_exact
 from embedpipe.indexes.registry import build_index, load_index
@@ -160,19 +162,29 @@ class GraphBench:
     ef_sweep: tuple[int, ...] = SWEEP_EF
 
 
-def child_build(impl: str, npy: Path, out: Path, g: GraphBench, seed: int = 0) -> dict[str, Any]:
-    """Build with `impl` in a fresh process (see `bench_build`); its timing and RSS."""
-    params = json.dumps({"m": g.m, "efc": g.efc, "threads": g.threads, "seed": seed})
+IMPORTS = {"hnswlib": "hnswlib", "usearch": "usearch", "faiss-flat": "faiss", "faiss-hnsw": "faiss", "annoy": "annoy"}
+
+
+def child_build(
+    impl: str, npy: Path, out: Path, g: GraphBench, seed: int = 0, timeout: float | None = None
+) -> dict[str, Any]:
+    """Build with `impl` in a fresh process (see `bench_build`); its timing and RSS. The child's
+    stderr (our progress bar, errors) goes to ours; past `timeout` seconds it is killed
+    (`subprocess.TimeoutExpired`)."""
+    import importlib.util
+
+    if impl in IMPORTS and importlib.util.find_spec(IMPORTS[impl]) is None:
+        raise ImportError(f"no module named {IMPORTS[impl]!r}")
+    params = json.dumps({"m": g.m, "efc": g.efc, "threads": g.threads, "seed": seed, "progress": True})
     proc = subprocess.run(
         [sys.executable, "-m", "embedpipe.indexes.bench_build", impl, str(npy), str(out), params],
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
+        timeout=timeout,
+        env={**os.environ, "TQDM_MININTERVAL": "30"},
     )
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
-            raise ImportError(last)
-        raise RuntimeError(f"{impl} build failed: {last}")
+        raise RuntimeError(f"{impl} build failed (exit {proc.returncode}; its messages are above)")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -229,12 +241,14 @@ GRAPH_IMPLS: dict[str, str] = {  # impl -> label
 }
 
 
-def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report, g: GraphBench) -> list[Row]:
+def _graph(
+    impl: str, x, q, truth, tmp: Path, repeats, n_single, report, g: GraphBench, timeout: float | None = None
+) -> list[Row]:
     npy = tmp / "base.npy"
     if not npy.exists():
         np.save(npy, x)
     out = tmp / f"{impl}.idx"
-    built = child_build(impl, npy, out, g)
+    built = child_build(impl, npy, out, g, timeout=timeout)
     set_ef, single, batch = _searchers(impl, out, len(x), x.shape[1], g.threads)
     owner = impl.split("-")[0]
     label = GRAPH_IMPLS[impl] + ("" if impl == "faiss-flat" else f" M={g.m} efc={g.efc}")
@@ -254,6 +268,7 @@ def _graph(impl: str, x, q, truth, tmp: Path, repeats, n_single, report, g: Grap
         row.extra = {
             "peak_rss_mb": round(built["peak_rss_kb"] / 1024, 1),
             "build_rss_mb": round((built["peak_rss_kb"] - built["rss_before_kb"]) / 1024, 1),
+            "build_cpu_s": round(built["cpu_s"], 2),
             "threads": g.threads,
         }
         rows.append(row)
@@ -326,19 +341,16 @@ def _annoy(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
     return rows
 
 
-def _flat_ref(name: str) -> Callable[..., list[Row]]:
-    def run(x, q, truth, tmp, repeats, n_single, report, g: GraphBench) -> list[Row]:
-        return _graph(name, x, q, truth, tmp, repeats, n_single, report, g)
-
-    return run
-
-
-REFERENCES: dict[str, Callable[..., list[Row]]] = {
-    "hnswlib": _flat_ref("hnswlib"),
-    "usearch": _flat_ref("usearch"),
-    "faiss": lambda *a, **k: _flat_ref("faiss-flat")(*a, **k) + _flat_ref("faiss-hnsw")(*a, **k),
-    "annoy": lambda x, q, truth, tmp, repeats, n_single, report, g: _annoy(x, q, truth, tmp, repeats, n_single, report),
+# --ref name -> the graph implementations it stands for (annoy is built in this process)
+REFERENCES: dict[str, tuple[str, ...]] = {
+    "hnswlib": ("hnswlib",),
+    "usearch": ("usearch",),
+    "faiss": ("faiss-flat", "faiss-hnsw"),
+    "annoy": ("annoy",),
 }
+# the order graph builds run in: the ratios' reference and ours first, so a run cut short by
+# its wall budget still has them
+ORDER = ("hnswlib", "embedpipe-hnsw-fp32", "faiss-flat", "embedpipe-hnsw-int8", "usearch", "faiss-hnsw", "annoy")
 
 
 def _best_at(rows: list[Row], impl: str, prefix: str, target: float, key: str) -> Row | None:
@@ -382,11 +394,45 @@ def ratios(rows: list[Row]) -> list[dict[str, Any]]:
         theirs = [r for r in rows if r.impl == ri and r.config.startswith(rc)]
         if mine and theirs:
             entry["build_time_ratio"] = round(mine[0].build_s / theirs[0].build_s, 3)
+            if "build_cpu_s" in mine[0].extra and "build_cpu_s" in theirs[0].extra:
+                entry["build_cpu_ratio"] = round(mine[0].extra["build_cpu_s"] / theirs[0].extra["build_cpu_s"], 3)
             entry["size_ratio"] = round(mine[0].size_bytes / theirs[0].size_bytes, 3)
             if "peak_rss_mb" in mine[0].extra and "peak_rss_mb" in theirs[0].extra:
                 entry["peak_rss_ratio"] = round(mine[0].extra["peak_rss_mb"] / theirs[0].extra["peak_rss_mb"], 3)
         out.append(entry)
     return out
+
+
+class Budget:
+    """The wall-clock budget of a bench run: a step starts only while some is left, and a
+    child build is killed when it runs out."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float | None:
+        return None if self.seconds is None else max(0.0, self.seconds - self.elapsed())
+
+    def spent(self) -> bool:
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def size_summary(rows: list[Row]) -> dict[str, Any] | None:
+    """Our int8 vs fp32 HNSW file: the ratio and where the bytes go (vectors vs graph)."""
+    by = {r.config.split(" M=")[0]: r for r in rows if r.impl == "embedpipe" and r.config.startswith("hnsw ")}
+    if "hnsw fp32" not in by or "hnsw int8" not in by:
+        return None
+    fp32, int8 = by["hnsw fp32"].size_bytes, by["hnsw int8"].size_bytes
+    return {"fp32_bytes": fp32, "int8_bytes": int8, "fp32_over_int8": round(fp32 / int8, 3)}
 
 
 def run_index_bench(
@@ -400,10 +446,21 @@ def run_index_bench(
     report: Callable[[Row], None] = lambda r: None,
     graph: GraphBench | None = None,
     ours_flat: bool = True,
+    budget_s: float | None = None,
+    out: Path | None = None,
+    note: Callable[[str], None] = lambda s: None,
+    ours: tuple[str, ...] = ("fp32", "int8"),
 ) -> dict[str, Any]:
-    """Run everything; returns {"data", "rows", "ratios", "skipped"}. Graph indexes (ours and
-    the references) are built in child processes at the same M / ef_construction / threads."""
+    """Run everything; returns {"data", "rows", "ratios", "skipped", …}. Graph indexes (ours and
+    the references) are built in child processes at the same M / ef_construction / threads, in
+    `ORDER`; `ours` picks our HNSW element types. With `budget_s`, no step starts after that many seconds and a build still running
+    then is killed (both listed under "skipped"); with `out`, the summary so far is rewritten
+    there after every step, so a run cut short still leaves its results."""
+    bad = [quant for quant in ours if f"embedpipe-hnsw-{quant}" not in ORDER]
+    if bad:
+        raise EmbedpipeError(f"--ours takes fp32 and/or int8, not {', '.join(bad)}")
     g = graph or GraphBench()
+    budget = Budget(budget_s)
     x, label = load_vectors(vectors, n + queries, dim)
     if x.shape[1] > dim:
         x = truncate_normalize(x, dim)
@@ -413,28 +470,57 @@ def run_index_bench(
     truth = _exact_top10(base, q)
     rows: list[Row] = []
     skipped: dict[str, str] = {}
+    wanted = {impl for name in references for impl in REFERENCES[name]}
+    wanted |= {f"embedpipe-hnsw-{quant}" for quant in ours}
+    steps = [i for i in ORDER if i in wanted]
+
+    def summary(done: bool) -> dict[str, Any]:
+        return {
+            "data": label,
+            "n": len(base),
+            "queries": len(q),
+            "dim": base.shape[1],
+            "threads": g.threads,
+            "m": g.m,
+            "ef_construction": g.efc,
+            "complete": done,
+            "elapsed_s": round(budget.elapsed(), 1),
+            "rows": [asdict(r) for r in rows],
+            "ratios": ratios(rows),
+            "int8_size": size_summary(rows),
+            "skipped": skipped,
+        }
+
     with tempfile.TemporaryDirectory(prefix="embedpipe-bench-") as tmp:
-        if ours_flat:
-            rows += _ours(base, q, truth, Path(tmp), repeats, n_single, report)
-        for impl in ("embedpipe-hnsw-fp32", "embedpipe-hnsw-int8"):
-            rows += _graph(impl, base, q, truth, Path(tmp), repeats, n_single, report, g)
-        for name in references:
+        for impl in steps + (["embedpipe-flat"] if ours_flat else []):
+            if budget.spent():
+                skipped[impl] = f"not started: the {budget.seconds:.0f} s wall budget was spent"
+                continue
+            note(f"[{budget.elapsed():7.0f} s] {impl}: building {len(base)} x {base.shape[1]}")
+            t0 = time.perf_counter()
             try:
-                rows += REFERENCES[name](base, q, truth, Path(tmp), repeats, n_single, report, g)
+                if impl == "embedpipe-flat":
+                    got = _ours(base, q, truth, Path(tmp), repeats, n_single, report)
+                elif impl == "annoy":
+                    got = _annoy(base, q, truth, Path(tmp), repeats, n_single, report)
+                else:
+                    got = _graph(impl, base, q, truth, Path(tmp), repeats, n_single, report, g, budget.left())
+                rows += got
+                note(f"[{budget.elapsed():7.0f} s] {impl}: done in {time.perf_counter() - t0:.0f} s")
             except ImportError as exc:
-                skipped[name] = f"not installed ({exc}); pip install embedpipe[bench]"
-    return {
-        "data": label,
-        "n": len(base),
-        "queries": len(q),
-        "dim": base.shape[1],
-        "threads": g.threads,
-        "m": g.m,
-        "ef_construction": g.efc,
-        "rows": [asdict(r) for r in rows],
-        "ratios": ratios(rows),
-        "skipped": skipped,
-    }
+                skipped[impl] = f"not installed ({exc}); pip install embedpipe[bench]"
+            except subprocess.TimeoutExpired:
+                skipped[impl] = f"build killed when the {budget.seconds:.0f} s wall budget ran out"
+            except RuntimeError as exc:
+                skipped[impl] = str(exc)
+            if impl in skipped:
+                note(f"[{budget.elapsed():7.0f} s] {impl}: skipped: {skipped[impl]}")
+            if out is not None:
+                _write_json(out, summary(False))
+    result = summary(True)
+    if out is not None:
+        _write_json(out, result)
+    return result
 
 
 def _exact_top10(base: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -30,10 +30,11 @@ def _ours(quant: str) -> Callable[..., None]:
     def build(x: np.ndarray, out: str, p: dict[str, Any]) -> None:
         import os
 
-        from embedpipe.indexes import build_index
+        from embedpipe.indexes import Builder
 
         os.environ["EMBEDPIPE_THREADS"] = str(p["threads"])
-        build_index(x, kind="hnsw", quant=quant, m=p["m"], ef_construction=p["efc"], seed=p.get("seed", 0)).save(out)
+        builder = Builder("hnsw", quant, None, None, m=p["m"], ef_construction=p["efc"], seed=p.get("seed", 0))
+        builder.add(x).build(progress=p.get("progress", False)).save(out)
 
     return build
 

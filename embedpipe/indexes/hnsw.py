@@ -8,10 +8,8 @@ Graph storage (flat arrays that save and mmap as-is):
 
 Build (`build`, `from_codes`, `add`): insertion as in the paper, in deterministic batches run
 by native kernels over the stored codes — see `hnsw_build` (driver, numpy twin) and
-`hnsw_insert_kernel` (emitter). `_exact_candidates` / `prune_reference` below are the former
-exact-candidate builder's pieces, kept as the twin of the prune kernel. Search runs the JIT
-kernel of `hnsw_kernel` when it compiles, else the numpy reference below (also the test
-oracle).
+`hnsw_insert_kernel` (emitter). Search runs the JIT kernel of `hnsw_kernel` when it compiles,
+else the numpy reference below (also the test oracle).
 """
 
 from __future__ import annotations
@@ -28,102 +26,7 @@ from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param
 from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
 from embedpipe.indexes.validate import check_index, check_layer0, links_in_range
 
-CAND_BLOCK = 1024
 EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as the default).")
-
-
-def heuristic_select(sims_q: np.ndarray, gram: np.ndarray, valid: np.ndarray, m: int) -> np.ndarray:
-    """Batched neighbour-selection heuristic.
-
-    sims_q (b, c): similarity of each candidate to its node, sorted descending per row;
-    gram (b, c, c): candidate-candidate similarities; valid (b, c) bool.
-    Returns keep (b, c) bool: candidate j is kept when fewer than m are kept so far and it is
-    more similar to the node than to every kept candidate.
-    """
-    b, c = sims_q.shape
-    keep = np.zeros((b, c), bool)
-    kept = np.zeros(b, np.int64)
-    for j in range(c):
-        closest = np.where(keep, gram[:, j, :], -np.inf).max(axis=1)
-        ok = valid[:, j] & (kept < m) & (sims_q[:, j] > closest)
-        keep[:, j] = ok
-        kept += ok
-    return keep
-
-
-def _prune(x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int, keep_pruned: bool = False) -> np.ndarray:
-    """Heuristic-prune candidate id lists `cand` (b, c; -1 = none) for `nodes`; (b, m) ids."""
-    from embedpipe.indexes.hnsw_prune import PRUNE
-
-    return PRUNE(x, nodes, cand, m, keep_pruned)
-
-
-def prune_reference(
-    x: np.ndarray, nodes: np.ndarray, cand: np.ndarray, m: int, keep_pruned: bool = False
-) -> np.ndarray:
-    """numpy oracle of the JIT prune kernel (candidate gram matrices per block of nodes)."""
-    out = np.full((len(nodes), m), -1, np.int32)
-    for lo in range(0, len(nodes), CAND_BLOCK // 4):
-        hi = min(len(nodes), lo + CAND_BLOCK // 4)
-        c = cand[lo:hi]
-        valid = (c >= 0) & (c != nodes[lo:hi, None])
-        vc = x[np.maximum(c, 0)]
-        sims = np.einsum("bcd,bd->bc", vc, x[nodes[lo:hi]])
-        sims[~valid] = -np.inf
-        order = np.argsort(-sims, axis=1, kind="stable")
-        c = np.take_along_axis(c, order, axis=1)
-        sims = np.take_along_axis(sims, order, axis=1)
-        vc = np.take_along_axis(vc, order[:, :, None], axis=1)
-        valid = np.isfinite(sims)
-        keep = heuristic_select(sims, np.matmul(vc, np.ascontiguousarray(vc.transpose(0, 2, 1))), valid, m)
-        for r in range(hi - lo):
-            sel = c[r, keep[r]]
-            if keep_pruned:
-                sel = np.concatenate([sel, c[r, valid[r] & ~keep[r]]])[:m]
-            out[lo + r, : len(sel)] = sel
-    return out
-
-
-def _exact_candidates(x: np.ndarray, nodes: np.ndarray, c: int, progress: Any) -> np.ndarray:
-    """For each node, its top-c most similar nodes among those *before* it in `nodes`.
-
-    `nodes` is in insertion order, so this is what incremental HNSW insertion would link to
-    with a perfect search: early nodes see a sparse set and get the long-range links that keep
-    the layer connected across clusters. Missing candidates are -1.
-    """
-    sub = x[nodes]
-    out = np.full((len(nodes), c), -1, np.int32)
-    for lo in range(1, len(nodes), CAND_BLOCK):
-        hi = min(len(nodes), lo + CAND_BLOCK)
-        s = sub[lo:hi] @ sub[:hi].T
-        s[np.arange(hi - lo)[:, None] + lo <= np.arange(hi)[None, :]] = -np.inf
-        width = min(c, hi - 1)
-        part = (
-            np.argpartition(-s, width - 1, axis=1)[:, :width] if width < hi else np.broadcast_to(np.arange(hi), s.shape)
-        )
-        ok = np.isfinite(np.take_along_axis(s, part, axis=1))
-        out[lo:hi, :width] = np.where(ok, nodes[part], -1)
-        progress.update(hi - lo)
-    return out
-
-
-def _merge_reverse(nodes: np.ndarray, fwd: np.ndarray, cap: int, n: int) -> np.ndarray:
-    """Union of each node's forward list and the nodes that selected it (-1 padded, ≤ cap)."""
-    src = np.repeat(nodes, fwd.shape[1])
-    dst = fwd.reshape(-1)
-    ok = dst >= 0
-    src, dst = src[ok], dst[ok]
-    pairs = np.concatenate([np.stack([src, dst], 1), np.stack([dst, src], 1)])
-    pairs = np.unique(pairs, axis=0)
-    local = np.full(n, -1, np.int64)
-    local[nodes] = np.arange(len(nodes))
-    rows = local[pairs[:, 0]]
-    starts = np.searchsorted(pairs[:, 0], nodes)
-    rank = np.arange(len(pairs)) - starts[rows]
-    keep = rank < cap
-    out = np.full((len(nodes), cap), -1, np.int32)
-    out[rows[keep], rank[keep]] = pairs[keep, 1]
-    return out
 
 
 def storage_of(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str, scale_mode: str) -> Any:

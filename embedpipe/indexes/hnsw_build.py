@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from embedpipe.indexes.hnsw_insert_kernel import CTX, SCRATCH, InsertKernels, pack
+from embedpipe.indexes.hnsw_build_ir import CTX, SCRATCH, pack
+from embedpipe.indexes.hnsw_insert_kernel import InsertKernels
 
 MAX_LEVEL = 15
 GROWTH = 4  # batch size ≤ nodes already in the graph / GROWTH
-MAX_BATCH = 512
+MAX_BATCH = 128
 
 
 @dataclass
@@ -265,11 +266,12 @@ class GraphBuilder:
         ef_construction: int,
         threads: int | None = None,
         native: bool = True,
+        kernels: InsertKernels | None = None,
     ) -> None:
         from embedpipe.codegen.threads import default_threads
 
         self.store, self.g, self.m, self.efc = store, graph, m, ef_construction
-        self.kernels = InsertKernels.get(store.quant) if native else None
+        self.kernels = kernels or (InsertKernels.get(store.quant) if native else None)
         self.threads = threads or default_threads()
         self._scratch: list[np.ndarray] = []
         self._buffers: list[Any] = []
@@ -372,13 +374,15 @@ def build_graph(
     progress: bool = False,
     native: bool = True,
     threads: int | None = None,
+    kernels: InsertKernels | None = None,
 ) -> Graph:
-    """A new graph over all rows of `store`, inserted in a seeded random order."""
+    """A new graph over all rows of `store`, inserted in a seeded random order (natively unless
+    `native` is False; `kernels` picks compiled kernels, e.g. for one ISA)."""
     n = len(store.codes)
     rng = np.random.default_rng(seed)
     g = Graph.empty(draw_levels(n, m, rng), m)
     order = rng.permutation(n)
-    GraphBuilder(store, g, m, ef_construction, threads, native).insert(order, 0, progress)
+    GraphBuilder(store, g, m, ef_construction, threads, native, kernels).insert(order, 0, progress)
     return g
 
 

@@ -4,368 +4,43 @@ Two kernels of one `codegen.kernel.KernelModule` per element type (emit → cach
 ctypes from the IR type → the module's native worker pool), each run as items of one GIL-free
 call; both only *read* shared state that no item of the same call writes:
 
-* ``insert`` (items = strided slices of the batch): for batch node u, greedy descent from the
+* ``insert`` (items = the batch's nodes): for batch node u, greedy descent from the
   entry point down to u's top layer, then on each layer l ≤ its level a ``search_layer`` with
   ``ef_construction`` over the graph as it was at the start of the batch, plus the batch nodes
   placed before u (scored exactly: they are not in the graph yet), then the paper's
   neighbour-selection heuristic picks u's M links into a private output row.
-* ``link`` (items = strided slices of the (target, layer) groups of back-links): merge the
+* ``link`` (items = the (target, layer) groups of back-links): merge the
   new incoming links into the target's list; when it overflows its capacity (2M on layer 0,
   M above) re-select with the same heuristic over old + new.
 
-Each item writes only rows it owns, so the graph after a batch does not depend on the number
-of threads or on their timing. Scores use the stored codes: fp32 rows, or int8 codes whose
+Workers claim items one at a time from a shared counter; each item writes only rows it owns,
+so the graph after a batch does not depend on the number of threads or on their timing. Scores use the stored codes: fp32 rows, or int8 codes whose
 float value is ``code·S[j]·R[row] + O[j]`` (S: per-dimension scale or ones, R: per-row scale
 or ones, O: per-dimension offset or zeros); a node acting as the query is expanded once into
 float weights ``w = S ⊙ x`` and a constant ``O · x``, so ``x_v · x = R[v]·Σ code_v·w + O·x``.
 
-The numpy twin (oracle and fallback) is `embedpipe.indexes.hnsw_build.insert_batch_reference`.
+The helpers both kernels call (search_layer, pool push, the selection heuristic) and the
+context layout are in `hnsw_build_ir`. The numpy twin (oracle and fallback) is
+`embedpipe.indexes.hnsw_build.insert_batch_reference`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.irutil import F32, I8, I32, I64, PTR, const_i64, intrinsic, loop, var
+from embedpipe.codegen.irutil import F32, I8, I32, I64, const_i64
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
-from embedpipe.codegen.rowdot import emit_dot
-
-# Words of the shared context array (int64), in order; pointers are addresses.
-CTX = (
-    "X",
-    "R",
-    "S",
-    "O",
-    "d",
-    "n",
-    "level",
-    "upoff",
-    "nbr0",
-    "m0",
-    "nbru",
-    "mu",
-    "entry",
-    "maxlevel",
-    "efc",
-    "m",
-    "nodes",
-    "nbatch",
-    "fwd",
-    "fwdoff",
-    "gnode",
-    "glevel",
-    "gstart",
-    "incoming",
-    "ngroups",
-)
-# Words of one worker's scratch array: buffers it alone uses, and its visited tag.
-SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf", "step")
-ELEMENTS = {"fp32": F32, "int8": I8}
-PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
-PARAMS = [("ctx", PTR), ("scr", PTR), ("lo", I64), ("hi", I64)]
+from embedpipe.indexes.hnsw_build_ir import CTX, ELEMENTS, PARAMS, BuildEmitter, Fn
 
 
-class Fn:
-    """Structured code over the codegen helpers: ``loop(cond, body(exit, head))`` is a
-    ``while (cond)`` whose body may branch to ``exit`` (break) or ``head`` (continue)."""
-
-    def __init__(self, b: ir.IRBuilder) -> None:
-        self.b = b
-
-    def var(self, ty: ir.Type, init: ir.Value) -> ir.Value:
-        return var(self.b, ty, init)
-
-    def get(self, slot: ir.Value) -> ir.Value:
-        return self.b.load(slot)
-
-    def put(self, slot: ir.Value, v: ir.Value) -> None:
-        self.b.store(v, slot)
-
-    def loop(self, cond: Callable[[], ir.Value], body: Callable[[ir.Block, ir.Block], None]) -> None:
-        with loop(self.b, "w") as lp:
-            lp.break_unless(cond())
-            body(lp.exit, lp.head)
-
-
-class _Emit:
-    """Emits the internal helpers and the two kernels of one element type into `module`."""
-
-    def __init__(self, module: ir.Module, elt: ir.Type, lanes: int) -> None:
-        self.m, self.elt = module, elt
-        self.dot = emit_dot(module, elt, lanes)
-        self.pf = intrinsic(module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
-        self.weights = self._once("ep_hb_weights", self._weights)
-        self.push = self._once("ep_hb_push", self._push)
-        self.select = self._once("ep_hb_select", self._select)
-        self.search = self._once("ep_hb_search", self._search_layer)
-
-    def _once(self, name: str, emit: Callable[[], ir.Function]) -> ir.Function:
-        """The module's helper `name`, emitted by the first kernel that needs it."""
-        try:
-            return self.m.get_global(name)
-        except KeyError:
-            return emit()
-
-    # --- plumbing -------------------------------------------------------------------------
-    def _fn(
-        self, name: str, ret: ir.Type, args: list[tuple[str, ir.Type]]
-    ) -> tuple[ir.Function, ir.IRBuilder, Fn, dict[str, ir.Value]]:
-        fn = ir.Function(self.m, ir.FunctionType(ret, [t for _, t in args]), name=name)
-        fn.linkage = "internal"
-        fn.attributes.add("nounwind")
-        for arg, (n, _) in zip(fn.args, args):
-            arg.name = n
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        return fn, b, Fn(b), {n: a for (n, _), a in zip(args, fn.args)}
-
-    @staticmethod
-    def word(b: ir.IRBuilder, base: ir.Value, table: tuple[str, ...], name: str) -> ir.Value:
-        return b.load(b.gep(base, [const_i64(table.index(name))], source_etype=I64), typ=I64)
-
-    def ctx(self, b: ir.IRBuilder, ctx: ir.Value, name: str, ptr: bool = False) -> ir.Value:
-        v = self.word(b, ctx, CTX, name)
-        return b.inttoptr(v, PTR) if ptr else v
-
-    def scr(self, b: ir.IRBuilder, scr: ir.Value, name: str, ptr: bool = True) -> ir.Value:
-        v = self.word(b, scr, SCRATCH, name)
-        return b.inttoptr(v, PTR) if ptr else v
-
-    @staticmethod
-    def ld(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value) -> ir.Value:
-        return b.load(b.gep(base, [idx], source_etype=ty), typ=ty)
-
-    @staticmethod
-    def st(b: ir.IRBuilder, ty: ir.Type, base: ir.Value, idx: ir.Value, v: ir.Value) -> None:
-        b.store(v, b.gep(base, [idx], source_etype=ty))
-
-    def sim(self, b: ir.IRBuilder, ctx: ir.Value, buf: ir.Value, const: ir.Value, v: ir.Value) -> ir.Value:
-        """Similarity of stored row v to the node expanded into (buf, const)."""
-        s = b.call(self.dot, [self.ctx(b, ctx, "X", True), self.ctx(b, ctx, "R", True), self.ctx(b, ctx, "d"), buf, v])
-        return b.fadd(s, const)
-
-    def prefetch_row(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value) -> None:
-        """Ask for the first cache lines of row v before it is scored."""
-        width = 4 if self.elt is F32 else 1
-        row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))], source_etype=self.elt)
-        for line in range(PREFETCH_LINES):
-            b.call(
-                self.pf,
-                [
-                    b.gep(row, [const_i64(64 * line // width)], source_etype=self.elt),
-                    ir.Constant(I32, 0),
-                    ir.Constant(I32, 3),
-                    ir.Constant(I32, 1),
-                ],
-            )
-
-    def expand(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, buf: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """Node v as a query: (weights pointer, constant). fp32 rows are their own weights."""
-        if self.elt is F32:
-            row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))], source_etype=F32)
-            return row, ir.Constant(F32, 0.0)
-        return buf, b.call(self.weights, [ctx, v, buf])
-
-    def row(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, layer: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """(pointer to node v's neighbour list on `layer`, its capacity)."""
-        zero = const_i64(0)
-        on0 = b.icmp_signed("==", layer, zero)
-        m0, mu = self.ctx(b, ctx, "m0"), self.ctx(b, ctx, "mu")
-        up = self.ld(b, I64, self.ctx(b, ctx, "upoff", True), v)
-        r0 = b.gep(self.ctx(b, ctx, "nbr0", True), [b.mul(v, m0)], source_etype=I32)
-        ru = b.gep(self.ctx(b, ctx, "nbru", True), [b.mul(b.add(up, b.sub(layer, const_i64(1))), mu)], source_etype=I32)
-        return b.select(on0, r0, ru), b.select(on0, m0, mu)
-
-    # --- helpers --------------------------------------------------------------------------
-    def _weights(self) -> ir.Function:
-        """float weights(ctx, v, buf): buf = S ⊙ x_v; returns O · x_v (0 for fp32)."""
-        fn, b, f, a = self._fn("ep_hb_weights", F32, [("ctx", PTR), ("v", I64), ("buf", PTR)])
-        ctx = a["ctx"]
-        d = self.ctx(b, ctx, "d")
-        base = b.gep(self.ctx(b, ctx, "X", True), [b.mul(a["v"], d)], source_etype=self.elt)
-        acc = f.var(F32, ir.Constant(F32, 0.0))
-        j = f.var(I64, const_i64(0))
-        if self.elt is F32:
-            rv = S = off = None
-        else:
-            rv = self.ld(b, F32, self.ctx(b, ctx, "R", True), a["v"])
-            S, off = self.ctx(b, ctx, "S", True), self.ctx(b, ctx, "O", True)
-
-        def body(out: ir.Block, head: ir.Block) -> None:
-            jj = f.get(j)
-            x = self.ld(b, self.elt, base, jj)
-            if self.elt is F32:
-                self.st(b, F32, a["buf"], jj, x)
-            else:
-                s = self.ld(b, F32, S, jj)
-                xf = b.fadd(b.fmul(b.fmul(b.sitofp(x, F32), s), rv), self.ld(b, F32, off, jj))
-                self.st(b, F32, a["buf"], jj, b.fmul(s, xf))
-                f.put(acc, b.fadd(f.get(acc), b.fmul(self.ld(b, F32, off, jj), xf)))
-            f.put(j, b.add(jj, const_i64(1)))
-
-        f.loop(lambda: b.icmp_signed("<", f.get(j), d), body)
-        b.ret(f.get(acc))
-        return fn
-
-    def _push(self) -> ir.Function:
-        """i64 push(pid, ps, px, size*, cap, s, id): insert into the pool sorted by descending
-        score (after equal scores); returns the slot, or -1 when the pool is full and s is no
-        better than its worst."""
-        fn, b, f, a = self._fn(
-            "ep_hb_push",
-            I64,
-            [("pid", PTR), ("ps", PTR), ("px", PTR), ("size", PTR), ("cap", I64), ("s", F32), ("id", I64)],
-        )
-        one = const_i64(1)
-        n = b.load(a["size"], typ=I64)
-        full = b.icmp_signed(">=", n, a["cap"])
-        with b.if_then(full):
-            worst = self.ld(b, F32, a["ps"], b.sub(n, one))
-            with b.if_then(b.fcmp_ordered("<=", a["s"], worst)):
-                b.ret(const_i64(-1))
-        p = f.var(I64, b.select(full, b.sub(n, one), n))
-
-        def shift(out: ir.Block, head: ir.Block) -> None:
-            pp = f.get(p)
-            prev = b.sub(pp, one)
-            with b.if_then(b.fcmp_ordered(">=", self.ld(b, F32, a["ps"], prev), a["s"])):
-                b.branch(out)
-            self.st(b, F32, a["ps"], pp, self.ld(b, F32, a["ps"], prev))
-            self.st(b, I32, a["pid"], pp, self.ld(b, I32, a["pid"], prev))
-            self.st(b, I8, a["px"], pp, self.ld(b, I8, a["px"], prev))
-            f.put(p, prev)
-
-        f.loop(lambda: b.icmp_signed(">", f.get(p), const_i64(0)), shift)
-        pp = f.get(p)
-        self.st(b, F32, a["ps"], pp, a["s"])
-        self.st(b, I32, a["pid"], pp, b.trunc(a["id"], I32))
-        self.st(b, I8, a["px"], pp, ir.Constant(I8, 0))
-        b.store(b.select(full, n, b.add(n, one)), a["size"])
-        b.ret(pp)
-        return fn
-
-    def _select(self) -> ir.Function:
-        """i64 select(ctx, cid, cs, count, m, out, cbuf): the heuristic over candidates sorted
-        by descending score: keep c while fewer than m are kept and c is closer to the node
-        than to every kept one. Writes the kept ids to out[0..kept), returns kept."""
-        fn, b, f, a = self._fn(
-            "ep_hb_select",
-            I64,
-            [("ctx", PTR), ("cid", PTR), ("cs", PTR), ("count", I64), ("m", I64), ("out", PTR), ("cbuf", PTR)],
-        )
-        one, zero = const_i64(1), const_i64(0)
-        j, kept, r, ok = (f.var(I64, zero) for _ in range(4))
-
-        def each(out: ir.Block, head: ir.Block) -> None:
-            jj = f.get(j)
-            f.put(j, b.add(jj, one))
-            c = b.sext(self.ld(b, I32, a["cid"], jj), I64)
-            sc = self.ld(b, F32, a["cs"], jj)
-            f.put(ok, one)
-            f.put(r, zero)
-            with b.if_then(b.icmp_signed(">", f.get(kept), zero)):
-                cw, cc = self.expand(b, a["ctx"], c, a["cbuf"])
-
-                def check(out2: ir.Block, head2: ir.Block) -> None:
-                    rr = f.get(r)
-                    f.put(r, b.add(rr, one))
-                    kr = b.sext(self.ld(b, I32, a["out"], rr), I64)
-                    with b.if_then(b.fcmp_ordered(">", self.sim(b, a["ctx"], cw, cc, kr), sc)):
-                        f.put(ok, zero)
-                        b.branch(out2)
-
-                f.loop(lambda: b.icmp_signed("<", f.get(r), f.get(kept)), check)
-            with b.if_then(b.icmp_signed("!=", f.get(ok), zero)):
-                self.st(b, I32, a["out"], f.get(kept), b.trunc(c, I32))
-                f.put(kept, b.add(f.get(kept), one))
-
-        f.loop(lambda: b.and_(b.icmp_signed("<", f.get(j), a["count"]), b.icmp_signed("<", f.get(kept), a["m"])), each)
-        b.ret(f.get(kept))
-        return fn
-
-    def _search_layer(self) -> ir.Function:
-        """i64 search(ctx, scr, layer, start, ef, buf, const): best-first search on one layer
-        from `start` into the scratch pool (sorted, ≤ ef); returns the pool size. The pool
-        flags each entry expanded or not and the search expands the best unexpanded entry
-        until none is left (hnswlib's stopping rule)."""
-        fn, b, f, a = self._fn(
-            "ep_hb_search",
-            I64,
-            [("ctx", PTR), ("scr", PTR), ("layer", I64), ("start", I64), ("ef", I64), ("buf", PTR), ("const", F32)],
-        )
-        one, zero = const_i64(1), const_i64(0)
-        ctx, scr = a["ctx"], a["scr"]
-        visited = self.scr(b, scr, "visited")
-        pid, ps, px = (self.scr(b, scr, k) for k in ("pool_id", "pool_s", "pool_x"))
-        tag_slot = b.gep(scr, [const_i64(SCRATCH.index("tag"))], source_etype=I64)
-        tag = b.add(b.load(tag_slot, typ=I64), one)
-        with b.if_then(b.icmp_signed(">=", tag, const_i64(2**31 - 1))):
-            n = self.ctx(b, ctx, "n")
-            i = f.var(I64, zero)
-
-            def clear(out: ir.Block, head: ir.Block) -> None:
-                self.st(b, I32, visited, f.get(i), ir.Constant(I32, 0))
-                f.put(i, b.add(f.get(i), one))
-
-            f.loop(lambda: b.icmp_signed("<", f.get(i), n), clear)
-        tag = b.select(b.icmp_signed(">=", tag, const_i64(2**31 - 1)), one, tag)
-        b.store(tag, tag_slot)
-        tag32 = b.trunc(tag, I32)
-        size = f.var(I64, zero)
-        self.st(b, I32, visited, a["start"], tag32)
-        b.call(self.push, [pid, ps, px, size, a["ef"], self.sim(b, ctx, a["buf"], a["const"], a["start"]), a["start"]])
-        k, nk, j = (f.var(I64, zero) for _ in range(3))
-
-        def expand(out: ir.Block, head: ir.Block) -> None:
-            kk = f.get(k)
-            with b.if_then(b.icmp_signed("!=", self.ld(b, I8, px, kk), ir.Constant(I8, 0))):
-                f.put(k, b.add(kk, one))
-                b.branch(head)
-            self.st(b, I8, px, kk, ir.Constant(I8, 1))
-            u = b.sext(self.ld(b, I32, pid, kk), I64)
-            f.put(nk, f.get(size))
-            f.put(j, zero)
-            base, width = self.row(b, ctx, u, a["layer"])
-
-            def prefetch(out2: ir.Block, head2: ir.Block) -> None:
-                jj = f.get(j)
-                f.put(j, b.add(jj, one))
-                v = b.sext(self.ld(b, I32, base, jj), I64)
-                with b.if_then(b.icmp_signed("<", v, zero)):
-                    b.branch(out2)
-                self.prefetch_row(b, ctx, v)
-
-            f.loop(lambda: b.icmp_signed("<", f.get(j), width), prefetch)
-            f.put(j, zero)
-
-            def neighbour(out2: ir.Block, head2: ir.Block) -> None:
-                jj = f.get(j)
-                f.put(j, b.add(jj, one))
-                v = b.sext(self.ld(b, I32, base, jj), I64)
-                with b.if_then(b.icmp_signed("<", v, zero)):
-                    b.branch(out2)
-                with b.if_then(b.icmp_signed("==", self.ld(b, I32, visited, v), tag32)):
-                    b.branch(head2)
-                self.st(b, I32, visited, v, tag32)
-                p = b.call(self.push, [pid, ps, px, size, a["ef"], self.sim(b, ctx, a["buf"], a["const"], v), v])
-                with b.if_then(b.and_(b.icmp_signed(">=", p, zero), b.icmp_signed("<", p, f.get(nk)))):
-                    f.put(nk, p)
-
-            f.loop(lambda: b.icmp_signed("<", f.get(j), width), neighbour)
-            kk = f.get(k)
-            f.put(k, b.select(b.icmp_signed("<=", f.get(nk), kk), f.get(nk), b.add(kk, one)))
-
-        f.loop(lambda: b.icmp_signed("<", f.get(k), f.get(size)), expand)
-        b.ret(f.get(size))
-        return fn
+class _Kernels(BuildEmitter):
+    """The bodies of the two build kernels of one element type."""
 
     # --- kernels --------------------------------------------------------------------------
     def insert(self, b: ir.IRBuilder) -> None:
-        """insert(ctx, scr, lo, hi): batch nodes lo, lo+step, … < hi."""
+        """insert(ctx, scr, lo, hi): batch nodes claimed one at a time, while < hi."""
         f, a = Fn(b), dict(zip([n for n, _ in PARAMS], b.function.args))
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
@@ -373,16 +48,14 @@ class _Emit:
         fwd, fwdoff = self.ctx(b, ctx, "fwd", True), self.ctx(b, ctx, "fwdoff", True)
         entry, maxlevel = self.ctx(b, ctx, "entry"), self.ctx(b, ctx, "maxlevel")
         efc, m = self.ctx(b, ctx, "efc"), self.ctx(b, ctx, "m")
-        step = self.scr(b, scr, "step", ptr=False)
         qbuf, cbuf = self.scr(b, scr, "qbuf"), self.scr(b, scr, "cbuf")
         pid, ps, px = (self.scr(b, scr, k) for k in ("pool_id", "pool_s", "pool_x"))
-        i = f.var(I64, a["lo"])
+        i = f.var(I64, const_i64(0))
         cur, layer, changed, j, size, t = (f.var(I64, zero) for _ in range(6))
         cur_s = f.var(F32, ir.Constant(F32, 0.0))
 
         def per_node(out: ir.Block, head: ir.Block) -> None:
             ii = f.get(i)
-            f.put(i, b.add(ii, step))
             u = self.ld(b, I64, nodes, ii)
             lu = b.sext(self.ld(b, I8, level, u), I64)
             qbuf_u, qc = self.expand(b, ctx, u, qbuf)
@@ -448,25 +121,27 @@ class _Emit:
 
             f.loop(lambda: b.icmp_signed(">=", f.get(layer), zero), per_layer)
 
-        f.loop(lambda: b.icmp_signed("<", f.get(i), a["hi"]), per_node)
+        def claim_node() -> ir.Value:
+            f.put(i, self.claim(b, ctx))
+            return b.icmp_signed("<", f.get(i), a["hi"])
+
+        f.loop(claim_node, per_node)
         b.ret_void()
 
     def link(self, b: ir.IRBuilder) -> None:
-        """link(ctx, scr, lo, hi): back-link groups lo, lo+step, … < hi."""
+        """link(ctx, scr, lo, hi): back-link groups claimed one at a time, while < hi."""
         f, a = Fn(b), dict(zip([n for n, _ in PARAMS], b.function.args))
         one, zero = const_i64(1), const_i64(0)
         ctx, scr = a["ctx"], a["scr"]
         gnode, glevel = self.ctx(b, ctx, "gnode", True), self.ctx(b, ctx, "glevel", True)
         gstart, incoming = self.ctx(b, ctx, "gstart", True), self.ctx(b, ctx, "incoming", True)
-        step = self.scr(b, scr, "step", ptr=False)
         qbuf, cbuf = self.scr(b, scr, "qbuf"), self.scr(b, scr, "cbuf")
         pid, ps, px = (self.scr(b, scr, k) for k in ("pool_id", "pool_s", "pool_x"))
-        g = f.var(I64, a["lo"])
+        g = f.var(I64, const_i64(0))
         cnt, have, j, t, size, dup = (f.var(I64, zero) for _ in range(6))
 
         def per_group(out: ir.Block, head: ir.Block) -> None:
             gg = f.get(g)
-            f.put(g, b.add(gg, step))
             w = self.ld(b, I64, gnode, gg)
             base, width = self.row(b, ctx, w, self.ld(b, I64, glevel, gg))
             f.put(cnt, zero)
@@ -554,13 +229,17 @@ class _Emit:
 
                     f.loop(lambda: b.icmp_signed("<", f.get(kept), width), pad)
 
-        f.loop(lambda: b.icmp_signed("<", f.get(g), a["hi"]), per_group)
+        def claim_group() -> ir.Value:
+            f.put(g, self.claim(b, ctx))
+            return b.icmp_signed("<", f.get(g), a["hi"])
+
+        f.loop(claim_group, per_group)
         b.ret_void()
 
 
 def _kernel(quant: str, role: str) -> Kernel:
     def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
-        getattr(_Emit(b.module, ELEMENTS[quant], isa.lanes), role)(b)
+        getattr(_Kernels(b.module, ELEMENTS[quant], isa.lanes), role)(b)
 
     return Kernel(f"hnsw_{role}", PARAMS, emit)
 
@@ -578,23 +257,13 @@ class InsertKernels:
         self._natives = {"insert": insert, "link": link}
 
     @classmethod
-    def get(cls, quant: str) -> InsertKernels | None:
-        insert, link = (k.native() for k in KERNELS[quant])
+    def get(cls, quant: str, isa: IsaSpec | None = None) -> InsertKernels | None:
+        insert, link = (k.native(isa) for k in KERNELS[quant])
         return None if insert is None or link is None else cls(insert, link)
 
     def run(self, role: str, ctx: np.ndarray, scratch: list[np.ndarray], count: int) -> None:
-        """Run `role` over items 0..count-1 in one native call: worker w takes the items
-        k ≡ w (mod workers), with its own scratch."""
+        """Run `role` over items 0..count-1 in one native call: each worker, with its own
+        scratch, claims the next item from the context's counter until none is left."""
         workers = min(len(scratch), max(count, 1))
-        for s in scratch[:workers]:
-            s[SCRATCH.index("step")] = workers
+        ctx[CTX.index("next")] = 0
         self._natives[role].run([(ctx.ctypes.data, s.ctypes.data, w, count) for w, s in enumerate(scratch[:workers])])
-
-
-def pack(names: tuple[str, ...], values: dict[str, Any]) -> np.ndarray:
-    """An int64 word array in the order of `names`: arrays become their addresses."""
-    out = np.zeros(len(names), np.int64)
-    for k, name in enumerate(names):
-        v = values.get(name, 0)
-        out[k] = v.ctypes.data if isinstance(v, np.ndarray) else int(v)
-    return out

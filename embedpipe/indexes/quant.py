@@ -117,8 +117,7 @@ class DimScale(ScaleScheme):
         if calibration is not None:
             scale, offset = calibration
         elif len(x):
-            hi, lo = x.max(axis=0), x.min(axis=0)
-            scale, offset = (hi - lo) / (2 * spec.qmax), (hi + lo) / 2
+            scale, offset = _range_of(x, spec)
         else:
             scale, offset = np.zeros(x.shape[1], np.float32), np.zeros(x.shape[1], np.float32)
         codes = np.rint((x - offset[None, :]) * _inverse(scale)[None, :])
@@ -140,6 +139,7 @@ class DimScale(ScaleScheme):
         return np.zeros(dim, np.float32) if off is None else np.asarray(off, np.float32)
 
 
+QUANT_BLOCK = 16384  # rows coded at a time
 SCALE_SCHEMES: dict[str, ScaleScheme] = {s.name: s for s in (VectorScale(), DimScale())}
 NO_SCALE = ScaleScheme()
 
@@ -162,10 +162,26 @@ def quantize(
     """
     spec = STORAGE_TYPES[quant]
     x = np.asarray(x, dtype=np.float32)
-    codes, scale, offset = scale_scheme(quant, mode).quantize(x, spec, calibration)
-    if spec.qmax:
-        codes = np.clip(codes, -spec.qmax, spec.qmax).astype(spec.dtype)
-    return codes, np.asarray(scale, np.float32), np.asarray(offset, np.float32)
+    scheme = scale_scheme(quant, mode)
+    if not spec.qmax:
+        codes, scale, offset = scheme.quantize(x, spec, calibration)
+        return codes, np.asarray(scale, np.float32), np.asarray(offset, np.float32)
+    if calibration is None and isinstance(scheme, DimScale) and len(x):
+        calibration = _range_of(x, spec)  # spans all rows; every row is then coded on its own
+    # row blocks: the float intermediates of a whole-corpus expression would be full-size copies
+    codes = np.empty(x.shape, spec.dtype)
+    scales, offset = [], NO_OFFSET
+    for lo in range(0, max(len(x), 1), QUANT_BLOCK):
+        part, scale, offset = scheme.quantize(x[lo : lo + QUANT_BLOCK], spec, calibration)
+        codes[lo : lo + QUANT_BLOCK] = np.clip(part, -spec.qmax, spec.qmax)
+        scales.append(np.asarray(scale, np.float32))
+    scale = np.concatenate(scales) if isinstance(scheme, VectorScale) else scales[0]
+    return codes, scale, np.asarray(offset, np.float32)
+
+
+def _range_of(x: np.ndarray, spec: StorageType) -> Calibration:
+    hi, lo = x.max(axis=0), x.min(axis=0)
+    return (hi - lo) / (2 * spec.qmax), (hi + lo) / 2
 
 
 def dequantize(codes: np.ndarray, scale: np.ndarray, mode: str, offset: np.ndarray = NO_OFFSET) -> np.ndarray:

@@ -124,3 +124,15 @@ def test_parameters_are_declared_and_checked(kind):
         p = cls.build_params[0]
         with pytest.raises(ValueError, match=p.name):
             Builder(kind, **{p.name: "x" if p.type is not str else 3})
+
+
+def test_normalize_rows_in_blocks_equals_the_whole_array_norm(monkeypatch):
+    from embedpipe.indexes import base
+
+    x = np.random.default_rng(3).standard_normal((1000, 37)).astype(np.float32)
+    x[5] = 0.0  # all-zero rows stay zero
+    whole = x / np.where(np.linalg.norm(x, axis=1, keepdims=True) > 0, np.linalg.norm(x, axis=1, keepdims=True), 1)
+    monkeypatch.setattr(base, "NORM_BLOCK", 64)  # ragged last block
+    got = base.normalize_rows(x)
+    np.testing.assert_array_equal(got, whole)
+    assert got is not x and not got[5].any()

@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 
 from embedpipe.indexes import build_index, load_index
-from embedpipe.indexes.hnsw import _exact_candidates, prune_reference
 from embedpipe.indexes.hnsw_kernel import HnswKernel
-from embedpipe.indexes.hnsw_prune import PRUNE
 
 from .helpers import clustered, exact_topk, recall
-
-
-class _NoBar:
-    def update(self, n):
-        pass
 
 
 @pytest.mark.parametrize("quant,mode", [("fp32", "dim"), ("int8", "dim"), ("int8", "vector")])
@@ -29,19 +22,6 @@ def test_kernel_search_matches_numpy_reference(quant, mode):
     s_r, r_r = ix.search_reference(qn, 10, 40)
     assert recall(r_k, r_r) >= 0.97  # same beam search; only tie order may differ
     np.testing.assert_allclose(s_k[:, 0], s_r[:, 0], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("keep_pruned", [False, True])
-def test_prune_kernel_matches_numpy_reference(keep_pruned):
-    x = clustered(800, 32, seed=4)
-    nodes = np.random.default_rng(0).permutation(800)
-    cand = _exact_candidates(x, nodes, 40, _NoBar())
-    cand[::7, 5] = -1  # holes are skipped
-    assert PRUNE.native() is not None, "HNSW prune kernel failed to compile on this host"
-    fast = PRUNE(x, nodes, cand, 12, keep_pruned)
-    np.testing.assert_array_equal(fast, prune_reference(x, nodes, cand, 12, keep_pruned))
-    filled = (fast >= 0).sum(1)
-    assert (filled[(cand >= 0).sum(1) >= 12] == 12).all() if keep_pruned else filled.mean() < 12
 
 
 def test_graph_invariants():

@@ -49,3 +49,16 @@ def test_calibrated_add_keeps_the_dim_scale():
     np.testing.assert_array_equal(s2, scale)
     assert scheme.extend_scale(scale, s2) is scale
     assert len(scale_scheme("int8", "vector").extend_scale(np.ones(3), np.ones(2))) == 5
+
+
+@pytest.mark.parametrize("quant,mode", [("int8", "dim"), ("int8", "vector"), ("int16", "dim"), ("int16", "vector")])
+def test_quantize_in_row_blocks_equals_one_block(monkeypatch, quant, mode):
+    from embedpipe.indexes import quant as q
+
+    x = np.random.default_rng(1).standard_normal((1000, 37)).astype(np.float32)
+    monkeypatch.setattr(q, "QUANT_BLOCK", 10**9)
+    whole = q.quantize(x, quant, mode)
+    monkeypatch.setattr(q, "QUANT_BLOCK", 96)  # ragged last block
+    for got, want in zip(q.quantize(x, quant, mode), whole):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
