@@ -7,7 +7,8 @@ hnswlib's candidate/result heaps. A per-slot `visited` array of u32 tags (bumped
 avoids clearing. Distances are fused multiply-adds over fp32 or int8 rows (int8 × per-row
 scale). One kernel call searches a range of queries; ranges run on the native worker pool.
 `HnswIndex.search_reference` in numpy is the oracle (and the fallback when
-`HnswKernel.for_index` is None). The neighbour-selection kernel lives in `hnsw_prune`.
+`HnswKernel.for_index` is None). Insertion (search_layer + neighbour selection while building)
+lives in `hnsw_insert_kernel` and `hnsw_build_ir`.
 """
 
 from __future__ import annotations
