@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from embedpipe.cli.common import BACKEND_OPTION_HELP, THREADS_OPTION_HELP
+from embedpipe.cli.common import backend_option, threads_option
 from embedpipe.errors import EmbedpipeError
 from embedpipe.serve.config import (
     DEFAULT_PORT,
@@ -63,8 +63,8 @@ def serve(
         "--default-task",
         help="Prompt task when a request names none (a `task` field or a NAME:TASK model alias).",
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
-    backend: str = typer.Option("auto", "--backend", help=BACKEND_OPTION_HELP),
+    threads: Optional[int] = threads_option(),
+    backend: str = backend_option(),
     cache: bool = typer.Option(
         True, "--cache/--no-cache", help="Answer repeated texts from the embedding cache shared with ingest."
     ),
