@@ -32,7 +32,8 @@ def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=
 
 
 def _derived_info() -> None:
-    """The load-time caches: repacked weights (per model file) and tokenizer models."""
+    """The load-time caches: repacked weights (per model file), tokenizer models, compiled kernels."""
+    from embedpipe.codegen import jit
     from embedpipe.runtime import tokenizer, weight_cache
 
     files = weight_cache.list_files()
@@ -47,6 +48,11 @@ def _derived_info() -> None:
         f"{tokenizer.tokenizer_cache_dir()}  tokenizer models: {len(models)} files, "
         f"{sum(p.stat().st_size for p in models) / 1e6:.1f} MB (bound {tokenizer.CACHE_MAX_BYTES / 1e6:.0f} MB)"
     )
+    kernels = jit.cache_files()
+    typer.echo(
+        f"{jit.cache_dir()}  compiled kernels: {len(kernels)} files, "
+        f"{sum(p.stat().st_size for p in kernels) / 1e6:.1f} MB"
+    )
 
 
 @cache_app.command("clear")
@@ -59,7 +65,8 @@ def clear_cmd(
     load_caches: bool = typer.Option(
         False,
         "--load-caches",
-        help="Delete the repacked-weight and tokenizer-model caches instead (rebuilt on the next model load).",
+        help="Delete the repacked-weight, tokenizer-model and compiled-kernel caches instead "
+        "(rebuilt on the next model load).",
     ),
 ) -> None:
     """Delete cached embeddings (all, or one model's) and shrink the file."""
@@ -83,16 +90,22 @@ def clear_cmd(
 
 
 def _clear_load_caches(yes: bool) -> None:
+    from embedpipe.codegen import jit
     from embedpipe.runtime import tokenizer, weight_cache
 
-    if not yes and not typer.confirm(f"Delete {weight_cache.weights_dir()} and {tokenizer.tokenizer_cache_dir()}?"):
+    where = f"{weight_cache.weights_dir()}, {tokenizer.tokenizer_cache_dir()} and {jit.cache_dir()}"
+    if not yes and not typer.confirm(f"Delete {where}?"):
         raise typer.Exit(1)
     n, size = weight_cache.clear()
     models = tokenizer.cache_files()
     size += sum(p.stat().st_size for p in models)
     for p in models:
         p.unlink(missing_ok=True)
-    typer.echo(f"deleted {n} repacked-weight files and {len(models)} tokenizer models ({size / 1e6:.1f} MB)")
+    kernels, kernel_bytes = jit.clear_cache()
+    typer.echo(
+        f"deleted {n} repacked-weight files, {len(models)} tokenizer models and {kernels} kernel files "
+        f"({(size + kernel_bytes) / 1e6:.1f} MB)"
+    )
 
 
 def register(app: typer.Typer) -> None:

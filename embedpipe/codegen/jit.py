@@ -3,7 +3,9 @@
 Compiled object files are cached under ``platformdirs.user_cache_dir("embedpipe")/kernels``
 (or ``$EMBEDPIPE_KERNEL_CACHE``), keyed by SHA-256 of the IR text, the ISA's triple, CPU and
 feature string, and the llvmlite version, so a warm process loads machine code without running
-LLVM's optimizer or code generator.  Where a C compiler driver is found, each object is also
+LLVM's optimizer or code generator. Every cached file is checked against a SHA-256 taken when it
+was written (a trailer on objects, a ``.sha256`` file beside libraries) before it is loaded: a
+damaged or replaced file is rebuilt, never executed.  Where a C compiler driver is found, each object is also
 linked once into a shared library beside it and loaded with ctypes: a warm process then never
 loads LLVM at all (importing ``llvmlite.binding`` maps and relocates a 170 MB library, ~50 MB of
 it resident). Otherwise objects are loaded into one MCJIT engine per process.
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "EMBEDPIPE_KERNEL_CACHE"
 LINK_ENV = "EMBEDPIPE_KERNEL_LINK"  # "0": always load objects into MCJIT (no shared libraries)
+OBJECT_TRAILER = b"EPKO1"  # cached object = ELF bytes + this tag + SHA-256 of the ELF bytes
+OBJECT_SUFFIX = ".sealed.o"  # objects cached before the trailer existed are never read
 _lock = threading.Lock()
 _initialized = False
 
@@ -56,6 +60,26 @@ def _init_llvm() -> None:
 def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     return Path(env) if env else Path(platformdirs.user_cache_dir("embedpipe")) / "kernels"
+
+
+def cache_files() -> list[Path]:
+    """Every file in the kernel cache: objects (of any layout), libraries and their digests."""
+    directory = cache_dir()
+    return sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+
+
+def clear_cache() -> tuple[int, int]:
+    """Delete the kernel cache (rebuilt on the next kernel load); returns (files, bytes) removed.
+    Libraries this process has loaded stay mapped: unlinking never touches their pages."""
+    files, size = 0, 0
+    for path in cache_files():
+        try:
+            size += path.stat().st_size
+            path.unlink()
+            files += 1
+        except OSError:
+            pass
+    return files, size
 
 
 def target_machine(isa: IsaSpec):
@@ -98,15 +122,13 @@ def compile_cached(key: str, build_ir: Callable[[], str], isa: IsaSpec) -> bytes
     Callers that can name their IR without generating it (by fingerprinting the generator's
     sources) skip IR generation entirely on a warm start.
     """
-    path = cache_dir() / f"{key}.o"
+    path = cache_dir() / f"{key}{OBJECT_SUFFIX}"
     start = time.perf_counter()
-    try:
-        data = path.read_bytes()
+    data = _read_verified_object(path)
+    if data is not None:
         STATS.cache_hits += 1
         STATS.keys.append(key)
         return data
-    except OSError:
-        pass
     ir_text = build_ir()
     tm = target_machine(isa)
     llvm = _binding()
@@ -118,11 +140,26 @@ def compile_cached(key: str, build_ir: Callable[[], str], isa: IsaSpec) -> bytes
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(module, pb)
     data = tm.emit_object(module)
-    _write_atomic(path, data)
+    _write_atomic(path, data + OBJECT_TRAILER + hashlib.sha256(data).digest())
     STATS.compiled += 1
     STATS.seconds += time.perf_counter() - start
     STATS.keys.append(key)
     return data
+
+
+def _read_verified_object(path: Path) -> bytes | None:
+    """The object bytes cached at ``path`` when its trailer's digest matches them, else None
+    (missing, truncated, damaged, or written by an older layout: the caller recompiles)."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    tail = len(OBJECT_TRAILER) + 32
+    data, tag, digest = raw[:-tail], raw[-tail:-32], raw[-32:]
+    if len(raw) > tail and tag == OBJECT_TRAILER and hashlib.sha256(data).digest() == digest:
+        return data
+    log.warning("kernel object %s fails its checksum; compiling it again", path)
+    return None
 
 
 def emit_assembly(ir_text: str, isa: IsaSpec) -> str:
@@ -185,10 +222,24 @@ def link_shared(obj: bytes, path: Path) -> bool:
             src.write_bytes(obj)
             cmd = [cc, "-shared", "-Wl,-z,noexecstack", "-o", str(out), str(src), "-lpthread"]
             subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+            _write_atomic(_digest_path(path), hashlib.sha256(out.read_bytes()).hexdigest().encode())
             os.replace(out, path)
         return True
     except (OSError, subprocess.SubprocessError) as exc:
         log.debug("kernel object not linked (%s); loading it with MCJIT", exc)
+        return False
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def library_is_intact(path: Path) -> bool:
+    """True when the shared library at ``path`` has the SHA-256 recorded when it was linked."""
+    try:
+        expected = _digest_path(path).read_bytes().strip().decode("ascii", "replace")
+        return hashlib.sha256(path.read_bytes()).hexdigest() == expected
+    except OSError:
         return False
 
 
@@ -204,6 +255,9 @@ class HostEngine:
         if os.environ.get(LINK_ENV) == "0":
             return None
         path = cache_dir() / f"{hashlib.sha256(obj).hexdigest()}.so"
+        if path.is_file() and not library_is_intact(path):
+            log.warning("kernel library %s fails its checksum; linking it again", path)
+            path.unlink(missing_ok=True)
         if not path.is_file() and not link_shared(obj, path):
             return None
         try:

@@ -180,7 +180,7 @@ def test_disk_cache_hit(tmp_path, monkeypatch):
     second = jit.compile_object(text, isa)
     assert (jit.STATS.compiled, jit.STATS.cache_hits) == (before[0] + 1, before[1] + 1)
     assert first == second
-    assert [p.name for p in tmp_path.iterdir()] == [f"{jit.cache_key(text, isa)}.o"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"{jit.cache_key(text, isa)}{jit.OBJECT_SUFFIX}"]
     other = jit.cache_key(text, ISAS["generic"])
     assert other != jit.cache_key(text, isa)
 

@@ -46,10 +46,56 @@ def test_mcjit_when_linking_is_off(cache, monkeypatch):
     assert list(cache.glob("*.so")) == []
 
 
-def test_damaged_library_falls_back_and_is_relinked(cache, caplog):
+@pytest.mark.skipif(jit._linker() is None, reason="no C compiler driver to link with")
+def test_damaged_library_fails_its_checksum_and_is_relinked(cache, caplog):
+    obj = jit.compile_object(IR, detect_isa())
+    jit.HostEngine().load(obj, ["ep_test_answer"])
+    path = cache / f"{jit.hashlib.sha256(obj).hexdigest()}.so"
+    good = path.read_bytes()
+    path.unlink()  # a new file: rewriting the loaded one in place would change this process's mapped code
+    path.write_bytes(good[:-100] + bytes(100))  # same size, damaged tail
+    with caplog.at_level(logging.WARNING, logger="embedpipe.codegen.jit"):
+        assert _call(jit.HostEngine().load(obj, ["ep_test_answer"])) == 42
+    assert "fails its checksum" in caplog.text
+    assert path.read_bytes() == good and jit.library_is_intact(path)
+
+
+@pytest.mark.skipif(jit._linker() is None, reason="no C compiler driver to link with")
+def test_library_without_a_recorded_digest_is_relinked(cache):
+    obj = jit.compile_object(IR, detect_isa())
+    path = cache / f"{jit.hashlib.sha256(obj).hexdigest()}.so"
+    path.write_bytes(b"planted by someone else")
+    assert _call(jit.HostEngine().load(obj, ["ep_test_answer"])) == 42
+    assert jit.library_is_intact(path)
+
+
+def test_unloadable_library_with_a_matching_digest_falls_back_to_mcjit(cache, caplog):
     obj = jit.compile_object(IR, detect_isa())
     path = cache / f"{jit.hashlib.sha256(obj).hexdigest()}.so"
     path.write_bytes(b"not an ELF file")
+    path.with_name(path.name + ".sha256").write_text(jit.hashlib.sha256(b"not an ELF file").hexdigest())
     with caplog.at_level(logging.WARNING, logger="embedpipe.codegen.jit"):
         assert _call(jit.HostEngine().load(obj, ["ep_test_answer"])) == 42
     assert "unusable" in caplog.text and not path.exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: raw[:-1],
+        lambda raw: raw[:10],
+        lambda raw: raw[:100] + bytes([raw[100] ^ 1]) + raw[101:],
+        lambda raw: b"",
+    ],
+    ids=["truncated-trailer", "truncated", "bit-flip", "empty"],
+)
+def test_damaged_object_fails_its_checksum_and_is_compiled_again(cache, caplog, damage):
+    isa = detect_isa()
+    obj = jit.compile_object(IR, isa)
+    (path,) = cache.glob("*.o")
+    path.write_bytes(damage(path.read_bytes()))
+    compiled = jit.STATS.compiled
+    with caplog.at_level(logging.WARNING, logger="embedpipe.codegen.jit"):
+        assert jit.compile_object(IR, isa) == obj
+    assert jit.STATS.compiled == compiled + 1 and "fails its checksum" in caplog.text
+    assert jit.compile_object(IR, isa) == obj and jit.STATS.compiled == compiled + 1
