@@ -236,11 +236,20 @@ def _digest_path(library: Path) -> Path:
 
 def library_is_intact(path: Path) -> bool:
     """True when the shared library at ``path`` has the SHA-256 recorded when it was linked."""
+    return _library_check(path) == "intact"
+
+
+def _library_check(path: Path) -> str:
+    """ "intact", "unrecorded" (no digest: linked by a build before digests existed, or the
+    digest was lost) or "damaged" (the bytes differ from the digest)."""
     try:
         expected = _digest_path(path).read_bytes().strip().decode("ascii", "replace")
-        return hashlib.sha256(path.read_bytes()).hexdigest() == expected
     except OSError:
-        return False
+        return "unrecorded"
+    try:
+        return "intact" if hashlib.sha256(path.read_bytes()).hexdigest() == expected else "damaged"
+    except OSError:
+        return "damaged"
 
 
 class HostEngine:
@@ -255,8 +264,14 @@ class HostEngine:
         if os.environ.get(LINK_ENV) == "0":
             return None
         path = cache_dir() / f"{hashlib.sha256(obj).hexdigest()}.so"
-        if path.is_file() and not library_is_intact(path):
-            log.warning("kernel library %s fails its checksum; linking it again", path)
+        state = _library_check(path) if path.is_file() else "absent"
+        if state in ("damaged", "unrecorded"):
+            report = log.warning if state == "damaged" else log.debug
+            report(
+                "kernel library %s %s; linking it again",
+                path,
+                "fails its checksum" if state == "damaged" else "has no recorded digest",
+            )
             path.unlink(missing_ok=True)
         if not path.is_file() and not link_shared(obj, path):
             return None
