@@ -1,0 +1,100 @@
+"""Plain option values are parsed without pydantic, exactly as typer's own adapters parse them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedpipe.cli import plain_params
+from embedpipe.cli.app import COMMANDS, load_command
+
+typer_coercion = pytest.importorskip("typer._coercion")
+if plain_params.RuntimeParam is None:  # pragma: no cover - older typer: nothing to replace
+    pytest.skip("this typer has no runtime coercion layer", allow_module_level=True)
+
+
+def _leaf_params():
+    for name in COMMANDS:
+        stack = [(name, load_command(name))]
+        while stack:
+            path, cmd = stack.pop()
+            stack.extend((f"{path} {n}", sub) for n, sub in getattr(cmd, "commands", {}).items())
+            for param in cmd.params:
+                yield path, param
+
+
+def test_every_option_of_every_command_is_plain():
+    """No embedpipe option needs pydantic: a new option of another kind shows up here (give it
+    a converter in `plain_params.CONVERTERS`, or accept the start-up cost knowingly)."""
+    left = [f"{path} {p.name}" for path, p in _leaf_params() if p._runtime_param is None]
+    assert left == []
+
+
+def _outcome(runtime, param, value):
+    try:
+        return "ok", runtime.coerce(value, param=param, ctx=None)
+    except Exception as exc:  # the BadParameter message is what the user reads
+        return "error", type(exc).__name__, exc.message
+
+
+CASES = {
+    int: ["3", " 4 ", "-1", "0", "abc", "1.5", "", "12345678901234567890", 7],
+    float: ["0.5", "1e3", "-2", "abc", "", " 3 ", 2.5],
+    str: ["x", "", "with space", "é"],
+    Path: ["a/b.npy", "-", "", "/tmp"],
+    bool: ["true", "False", "1", "0", "yes", "no", "maybe", True, False],
+}
+
+
+@pytest.mark.parametrize("annotation", list(CASES), ids=lambda a: a.__name__)
+@pytest.mark.parametrize("low", [None, 1])
+def test_same_values_and_messages_as_typer(annotation, low):
+    if low is not None and annotation not in (int, float):
+        pytest.skip("bounds apply to numbers")
+    from typer.core import TyperOption
+    from typer.models import OptionInfo
+
+    info = OptionInfo(min=low)
+    descriptor = typer_coercion.resolve_type_descriptor(annotation, info)
+    param = TyperOption(param_decls=["--x"], type_descriptor=descriptor)
+    ours = plain_params.plain_runtime_param(descriptor)
+    theirs = typer_coercion.build_runtime_param(descriptor)
+    assert ours is not None
+    for value in CASES[annotation]:
+        assert _outcome(ours, param, value) == _outcome(theirs, param, value), repr(value)
+
+
+def test_list_of_paths():
+    from typer.core import TyperArgument
+    from typer.models import ArgumentInfo
+
+    descriptor = typer_coercion.resolve_type_descriptor(list[Path], ArgumentInfo())
+    param = TyperArgument(param_decls=["files"], type_descriptor=descriptor, nargs=-1)
+    runtime = plain_params.plain_runtime_param(descriptor)
+    assert runtime.coerce(("a", "b"), param=param, ctx=None) == [Path("a"), Path("b")]
+    assert runtime.coerce(None, param=param, ctx=None) == ()
+
+
+def test_settings_typer_must_handle_are_left_to_it():
+    from typer.models import OptionInfo
+
+    for info in (OptionInfo(exists=True), OptionInfo(parser=int), OptionInfo(clamp=True, min=1), OptionInfo(max=3)):
+        descriptor = typer_coercion.resolve_type_descriptor(Path if info.exists else str, info)
+        assert plain_params.plain_runtime_param(descriptor) is None
+
+
+def test_search_and_embed_do_not_import_pydantic(tmp_path):
+    """Parsing a command line must not pull pydantic in (it is most of a short command's
+    start-up); a usage error goes through the same parsing."""
+    code = (
+        "import sys\nfrom embedpipe.cli.app import app\nfrom embedpipe.cli.errors import run_cli\n"
+        f"run_cli(app, ['search', {str(tmp_path / 'missing.idx')!r}, 'q', '-k', '3', '--threads', '1'])\n"
+        "run_cli(app, ['embed', '-k', 'x'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
+    assert "error:" in out.stderr and "Traceback" not in out.stderr
