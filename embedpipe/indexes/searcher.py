@@ -101,8 +101,8 @@ class Index:
     def text_column(self) -> str:
         """The kept column holding the documents' text: `text`, or the ingest job's text column
         (from the manifest of the embeddings the index was built from, when it is still there)."""
-        if TEXT_COLUMN in self.index.columns:
-            return TEXT_COLUMN
+        if TEXT_COLUMN in self.index.columns or not set(self.index.columns) - {CHUNK_COLUMN, SPAN_COLUMN}:
+            return TEXT_COLUMN  # kept, or no text kept at all: no manifest to read
         emb_dir = self.index.meta.extra.get("embeddings_dir")
         if emb_dir:
             from embedpipe.pipeline.manifest import read_header
@@ -196,8 +196,10 @@ class Index:
         decoded from its token span; needs the query model, so vector-only searches keep the
         whole document's text."""
         span = hit.pop(SPAN_COLUMN, "")
+        if not span or self._embedder is None:
+            return
         column = self.text_column
-        if not span or column not in hit or self._embedder is None:
+        if column not in hit:
             return
         start, end = (int(v) for v in span.split(":"))
         tokenizer = self._embedder.tokenizer
