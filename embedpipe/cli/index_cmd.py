@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from embedpipe.cli.common import (
+    any_dim_option,
     backend_option,
     dim_option,
     input_option,
@@ -76,6 +77,7 @@ def _build(
     kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
     quant: str = typer.Option("fp32", "--quant", help=QUANT_HELP),
     dim: Optional[int] = dim_option("Matryoshka dimension (truncate + re-normalize); default: full."),
+    any_dim: bool = any_dim_option(),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
     id_column: str = typer.Option(
         "id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."
@@ -126,6 +128,7 @@ def _build(
             id_column=id_column,
             embedding_column=embedding_column,
             normalize=normalize,
+            any_dim=any_dim,
             **chosen,
         )
     except ValueError as exc:

@@ -71,6 +71,7 @@ def test_cli_exit_codes(emb_dir, tiny_gguf, eval_cache, tmp_path):
         "10",
         "--dims",
         "64,32",
+        "--any-dim",
         "--quants",
         "fp32",
         "--indexes",
