@@ -56,3 +56,33 @@ class ModelFileError(EmbedpipeError):
 
 class InputTooLongError(EmbedpipeError):
     """A text has more tokens than the model's context and truncation was not requested."""
+
+
+#: argument name -> its CLI flag where that is not `--` + the name with dashes
+CLI_FLAGS: dict[str, str] = {"n_trees": "--trees", "indexes": "--index", "models": "--model"}
+
+
+def cli_flag(argument: str) -> str:
+    """The command-line spelling of the Python argument `argument` (`chunk_tokens` -> `--chunk-tokens`)."""
+    return CLI_FLAGS.get(argument) or "--" + argument.replace("_", "-")
+
+
+class ArgumentError(EmbedpipeError):
+    """A bad value of the named argument: the message is the argument's name, then `detail`.
+    `str()` names Python arguments (`chunk_tokens must be positive`), `cli_message()` their
+    CLI flags (`--chunk-tokens must be positive`), so one check serves the API and the CLI
+    without rewriting strings. Other arguments the detail mentions are written `{name}` and
+    listed in `mentions`."""
+
+    def __init__(self, argument: str, detail: str, mentions: tuple[str, ...] = ()) -> None:
+        self.argument, self.detail, self.mentions = argument, detail, mentions
+        super().__init__(self.render(str))
+
+    def render(self, spell: Any) -> str:
+        detail = self.detail
+        for name in self.mentions:
+            detail = detail.replace("{" + name + "}", spell(name))
+        return f"{spell(self.argument)} {detail}"
+
+    def cli_message(self) -> str:
+        return one_line(self.render(cli_flag))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError, shape_text
+from embedpipe.errors import ArgumentError, EmbedpipeError, shape_text
 from embedpipe.indexes.base import IndexMeta, VectorIndex
 from embedpipe.indexes.registry import Builder
 from embedpipe.runtime.dims import check_dim, recorded_model_dims
@@ -88,12 +88,12 @@ def text_embedder(
 def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None) -> np.ndarray:
     """Query vectors from `--vector "0.1,0.2,…"` or `--vectors F.npy` (checked: 2-D, finite)."""
     if (vector is None) == (vectors is None):
-        raise EmbedpipeError("give either --vector or --vectors")
+        raise ArgumentError("vector", "or {vectors}: give exactly one", ("vectors",))
     if vector is not None:
         try:
             q = np.asarray([float(v) for v in vector.split(",")], np.float32)[None, :]
         except ValueError:
-            raise EmbedpipeError("--vector must be comma-separated numbers") from None
+            raise ArgumentError("vector", "must be comma-separated numbers") from None
         where = "--vector"
     else:
         try:

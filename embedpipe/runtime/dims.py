@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, cli_flag
 
 
 class DimError(EmbedpipeError):
@@ -30,7 +30,7 @@ class DimError(EmbedpipeError):
         return message
 
     def cli_message(self) -> str:
-        return self.render("--" + self.name.replace("_", "-"), "--any-dim")
+        return self.render(cli_flag(self.name), cli_flag("any_dim"))
 
 
 def check_dim(dim: int | None, dims: Sequence[int], any_dim: bool = False, name: str = "dim") -> int:

@@ -146,8 +146,10 @@ class Catalog:
             on_model_loaded(model)
             if want and model.embedder.model_sha256 != want:
                 raise ModelMismatchError(
-                    f"--index {name}={path}: {recorded} is not the model the index was built "
-                    f"from (SHA-256 {want[:16]}…); pass the right one with --model"
+                    "indexes",
+                    f"{name}={path}: {recorded} is not the model the index was built "
+                    f"from (SHA-256 {want[:16]}…); pass the right one with {{models}}",
+                    ("models",),
                 )
         log.info("loaded index %s (%s, %d vectors) from %s", name, index.kind, index.count, path)
         return ServedIndex(name, path, index, model)
