@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -202,12 +201,6 @@ def _search(
 ) -> None:
     """Nearest documents for text queries (embedded with the index's model and query prompt) or
     for query vectors (--vector / --vectors). Kept text columns are shown with each hit."""
-    if threads is not None:
-        from embedpipe.codegen.threads import THREADS_ENV
-
-        if threads < 1:
-            raise typer.BadParameter("--threads must be at least 1")
-        os.environ[THREADS_ENV] = str(threads)  # the index's search kernels read it
     from embedpipe.indexes.searcher import Index
 
     if vector is not None or vectors is not None:
@@ -216,7 +209,7 @@ def _search(
         from embedpipe.indexes.query import vector_queries
 
         q = vector_queries(vector, vectors)
-        index = Index(index_path)
+        index = Index(index_path, threads=threads)
         _check_knobs(index, knobs)
         labels: list[Any] = list(range(len(q)))
         hits = index.search_vectors(q, k, per_chunk, **knobs)
