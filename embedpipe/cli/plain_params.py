@@ -153,13 +153,44 @@ def install_param(param: Any) -> Any:
     return param
 
 
+#: annotation -> the metavar an option of that type shows in --help when it names none
+METAVARS: dict[Any, str] = {str: "TEXT", int: "N", float: "NUMBER", Path: "PATH"}
+
+
+def plain_help(param: Any) -> Any:
+    """``param``'s --help entry without typer's type labels (``<str>``, ``<int range>``,
+    ``<list[str]>``): an option without a metavar gets one from ``METAVARS``, an argument shows
+    its metavar (default: its name in capitals) alone. Returns ``param``."""
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None or getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return param
+    if getattr(param, "param_type_name", "") == "argument":
+        if param.metavar is None:
+            param.metavar = param.name.upper()
+        param.display_type_rich = lambda ctx: None
+        # the usage line as people write it: INDEX [QUERY...] (typer writes {INDEX} [QUERY...]...)
+        shown = param.metavar if param.nargs == 1 or param.metavar.endswith("...") else f"{param.metavar}..."
+        param._usage_display_name = lambda: shown if param.required else f"[{shown}]"
+        return param
+    if param.metavar is None:
+        annotation = descriptor.annotation
+        if get_origin(annotation) is list:
+            (annotation,) = get_args(annotation) or (None,)
+        label = METAVARS.get(annotation)
+        if label is not None:
+            param.metavar = label
+    return param
+
+
 def install(command: Any) -> Any:
     """Give every plain parameter of ``command`` (and of its subcommands, and the ``--help``
-    option each builds per run) the plain converter; returns ``command``."""
+    option each builds per run) the plain converter and a --help entry without type labels;
+    returns ``command``."""
     for sub in getattr(command, "commands", {}).values():
         install(sub)
     for param in getattr(command, "params", ()):
         install_param(param)
+        plain_help(param)
     make_help = getattr(command, "get_help_option", None)
     if make_help is not None and "get_help_option" not in vars(command):
         command.get_help_option = lambda ctx: install_param(make_help(ctx))

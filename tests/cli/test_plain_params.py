@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedpipe.cli import plain_params
-from embedpipe.cli.app import COMMANDS, load_command
+from embedpipe.cli.app import COMMANDS, app, load_command
 
 typer_coercion = pytest.importorskip("typer._coercion")
 if plain_params.RuntimeParam is None:  # pragma: no cover - older typer: nothing to replace
@@ -98,3 +98,29 @@ def test_search_and_embed_do_not_import_pydantic(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
     assert "error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def _leaf_paths():
+    for name in COMMANDS:
+        stack = [([name], load_command(name))]
+        while stack:
+            path, cmd = stack.pop()
+            subs = getattr(cmd, "commands", {})
+            stack.extend(([*path, n], sub) for n, sub in subs.items())
+            if not subs:
+                yield path
+
+
+@pytest.mark.parametrize("path", list(_leaf_paths()), ids=" ".join)
+def test_help_shows_no_type_labels(path, capsys):
+    """--help names values by metavar (TEXT, N, PATH, INDEX), never typer's <str>, <int range>,
+    <list[str]> labels or {ARG} usage braces."""
+    import re
+
+    from embedpipe.cli.errors import run_cli
+
+    assert run_cli(app, [*path, "--help"]) == 0
+    out = capsys.readouterr().out
+    usage = out.splitlines()[0]
+    assert "{" not in usage and "...]..." not in usage and "......" not in usage, usage
+    assert not re.search(r"<(bool|str|int|float|path|file|dir|list\[[a-z]+\])[a-z ]*>", out), out
