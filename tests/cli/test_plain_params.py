@@ -67,15 +67,18 @@ def test_same_values_and_messages_as_typer(annotation, low):
         assert _outcome(ours, param, value) == _outcome(theirs, param, value), repr(value)
 
 
-def test_list_of_paths():
+@pytest.mark.parametrize("item", [Path, str])
+def test_lists_as_typer_gives_them(item):
     from typer.core import TyperArgument
     from typer.models import ArgumentInfo
 
-    descriptor = typer_coercion.resolve_type_descriptor(list[Path], ArgumentInfo())
+    descriptor = typer_coercion.resolve_type_descriptor(list[item], ArgumentInfo())
     param = TyperArgument(param_decls=["files"], type_descriptor=descriptor, nargs=-1)
-    runtime = plain_params.plain_runtime_param(descriptor)
-    assert runtime.coerce(("a", "b"), param=param, ctx=None) == [Path("a"), Path("b")]
-    assert runtime.coerce(None, param=param, ctx=None) == ()
+    ours = plain_params.plain_runtime_param(descriptor)
+    theirs = typer_coercion.build_runtime_param(descriptor)
+    for value in (("a", "b"), (), None, ["x"]):
+        assert _outcome(ours, param, value) == _outcome(theirs, param, value), value
+    assert ours.coerce(("a", "b"), param=param, ctx=None) == [item("a"), item("b")]
 
 
 def test_settings_typer_must_handle_are_left_to_it():
