@@ -68,21 +68,35 @@ def cli_flag(argument: str) -> str:
 
 
 class ArgumentError(EmbedpipeError):
-    """A bad value of the named argument: the message is the argument's name, then `detail`.
-    `str()` names Python arguments (`chunk_tokens must be positive`), `cli_message()` their
-    CLI flags (`--chunk-tokens must be positive`), so one check serves the API and the CLI
-    without rewriting strings. Other arguments the detail mentions are written `{name}` and
-    listed in `mentions`."""
+    """A bad value of the named argument, or a hint to set one. `str()` names Python arguments
+    (`chunk_tokens must be positive`, `pass overwrite=True`), `cli_message()` their CLI flags
+    (`--chunk-tokens must be positive`, `pass --overwrite`), so one check serves the API and the
+    CLI without rewriting strings.
 
-    def __init__(self, argument: str, detail: str, mentions: tuple[str, ...] = ()) -> None:
-        self.argument, self.detail, self.mentions = argument, detail, mentions
-        super().__init__(self.render(str))
+    The message is the argument's name followed by `detail`, unless `detail` places it itself
+    as `{argument}`; other arguments it mentions are written `{name}` and listed in `mentions`.
+    `values` gives a value to show with a name (`on_bad="skip"` / `--on-bad skip`; True shows
+    a bare flag)."""
+
+    def __init__(
+        self, argument: str, detail: str, mentions: tuple[str, ...] = (), values: dict[str, Any] | None = None
+    ) -> None:
+        self.argument, self.detail, self.mentions, self.values = argument, detail, mentions, dict(values or {})
+        super().__init__(self.render(self._python))
+
+    def _python(self, name: str) -> str:
+        return f"{name}={self.values[name]!r}" if name in self.values else name
+
+    def _cli(self, name: str) -> str:
+        value = self.values.get(name, True)
+        return cli_flag(name) if value is True else f"{cli_flag(name)} {value}"
 
     def render(self, spell: Any) -> str:
         detail = self.detail
-        for name in self.mentions:
+        placed = "{" + self.argument + "}" in detail
+        for name in (self.argument, *self.mentions):
             detail = detail.replace("{" + name + "}", spell(name))
-        return f"{spell(self.argument)} {detail}"
+        return detail if placed else f"{spell(self.argument)} {detail}"
 
     def cli_message(self) -> str:
-        return one_line(self.render(cli_flag))
+        return one_line(self.render(self._cli))

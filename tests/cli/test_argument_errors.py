@@ -47,6 +47,20 @@ def test_python_names_arguments_cli_names_flags(call, python, cli):
     assert "--" not in str(err.value)
 
 
+def test_hints_show_values_in_each_spelling(tmp_path):
+    from embedpipe.pipeline.manifest import Manifest
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stray.txt").write_text("x")
+    err = ArgumentError("on_bad", "row 3 is empty; use {on_bad} to skip such rows", values={"on_bad": "skip"})
+    assert str(err) == "row 3 is empty; use on_bad='skip' to skip such rows"
+    assert err.cli_message() == "row 3 is empty; use --on-bad skip to skip such rows"
+    with pytest.raises(ArgumentError) as got:
+        Manifest.open(tmp_path / "out", {}, resume=True, overwrite=False)
+    assert "run without resume=True to start" in str(got.value)
+    assert "run without --resume to start" in got.value.cli_message()
+
+
 def test_flag_spelling_table():
     assert cli_flag("chunk_tokens") == "--chunk-tokens"
     assert cli_flag("n_trees") == "--trees"
