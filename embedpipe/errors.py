@@ -56,3 +56,47 @@ class ModelFileError(EmbedpipeError):
 
 class InputTooLongError(EmbedpipeError):
     """A text has more tokens than the model's context and truncation was not requested."""
+
+
+#: argument name -> its CLI flag where that is not `--` + the name with dashes
+CLI_FLAGS: dict[str, str] = {"n_trees": "--trees", "indexes": "--index", "models": "--model"}
+
+
+def cli_flag(argument: str) -> str:
+    """The command-line spelling of the Python argument `argument` (`chunk_tokens` -> `--chunk-tokens`)."""
+    return CLI_FLAGS.get(argument) or "--" + argument.replace("_", "-")
+
+
+class ArgumentError(EmbedpipeError):
+    """A bad value of the named argument, or a hint to set one. `str()` names Python arguments
+    (`chunk_tokens must be positive`, `pass overwrite=True`), `cli_message()` their CLI flags
+    (`--chunk-tokens must be positive`, `pass --overwrite`), so one check serves the API and the
+    CLI without rewriting strings.
+
+    The message is the argument's name followed by `detail`, unless `detail` places it itself
+    as `{argument}`; other arguments it mentions are written `{name}` and listed in `mentions`.
+    `values` gives a value to show with a name (`on_bad="skip"` / `--on-bad skip`; True shows
+    a bare flag)."""
+
+    def __init__(
+        self, argument: str, detail: str, mentions: tuple[str, ...] = (), values: dict[str, Any] | None = None
+    ) -> None:
+        self.argument, self.detail, self.mentions, self.values = argument, detail, mentions, dict(values or {})
+        super().__init__(self.render(self._python))
+
+    def _python(self, name: str) -> str:
+        return f"{name}={self.values[name]!r}" if name in self.values else name
+
+    def _cli(self, name: str) -> str:
+        value = self.values.get(name, True)
+        return cli_flag(name) if value is True else f"{cli_flag(name)} {value}"
+
+    def render(self, spell: Any) -> str:
+        detail = self.detail
+        placed = "{" + self.argument + "}" in detail
+        for name in (self.argument, *self.mentions):
+            detail = detail.replace("{" + name + "}", spell(name))
+        return detail if placed else f"{spell(self.argument)} {detail}"
+
+    def cli_message(self) -> str:
+        return one_line(self.render(self._cli))

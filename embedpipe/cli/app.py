@@ -19,6 +19,8 @@ from typer.core import TyperGroup
 
 from embedpipe import __version__
 from embedpipe.cli.errors import run_cli
+from embedpipe.cli.plain_params import install as install_plain_params
+from embedpipe.cli.plain_params import install_param as install_plain_param
 
 
 class CommandEntry(NamedTuple):
@@ -46,10 +48,11 @@ COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(e.module for e in COMMAND
 
 
 def load_command(name: str) -> Any:
-    """The click command `name`, built from its module's `register(app)`."""
+    """The click command `name`, built from its module's `register(app)`, its plain options
+    parsed without pydantic (`plain_params`)."""
     scratch = typer.Typer(rich_markup_mode=None)
     importlib.import_module(COMMANDS[name].module).register(scratch)
-    return typer.main.get_group(scratch).commands[name]
+    return install_plain_params(typer.main.get_group(scratch).commands[name])
 
 
 class LazyGroup(TyperGroup):
@@ -60,6 +63,9 @@ class LazyGroup(TyperGroup):
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return install_plain_param(super().get_help_option(ctx))
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         with formatter.section("Commands"):

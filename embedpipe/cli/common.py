@@ -70,7 +70,7 @@ def task_option(default: str, help: str | None = None) -> Any:
 
 
 def threads_option() -> Any:
-    return typer.Option(None, *CANONICAL_FLAGS["threads"], help=THREADS_OPTION_HELP, metavar="N")
+    return typer.Option(None, *CANONICAL_FLAGS["threads"], min=1, help=THREADS_OPTION_HELP, metavar="N")
 
 
 def backend_option() -> Any:

@@ -53,7 +53,10 @@ def tradeoffs_cmd(
         help='Query texts: JSONL ({"text": …}) or Parquet (text column). Default: a sample of corpus rows\' texts.',
     ),
     n_queries: int = typer.Option(200, "--n-queries", min=1, help="Queries to use (sampled, seeded)."),
-    dims: Optional[str] = typer.Option(None, "--dims", help="Comma-separated dims (default 768,512,256,128)."),
+    dims: Optional[str] = typer.Option(
+        None, "--dims", help="Comma-separated Matryoshka widths of the model (default: all it offers)."
+    ),
+    any_dim: bool = any_dim_option(),
     quants: Optional[str] = typer.Option(None, "--quants", help="Comma-separated quants (default fp32,int16,int8)."),
     indexes: Optional[str] = typer.Option(
         None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."
@@ -94,6 +97,7 @@ def tradeoffs_cmd(
         dims=T.parse_list(dims, int, ()) or None,
         quants=T.parse_list(quants, str, T.SWEEP_QUANTS),
         indexes=T.parse_list(indexes, str, tuple(T.SWEEPS)),
+        any_dim=any_dim,
     )
     data = T.inputs_from_dir(
         emb_dir,

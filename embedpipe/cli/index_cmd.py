@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from embedpipe.cli.common import (
+    any_dim_option,
     backend_option,
     dim_option,
     input_option,
@@ -76,6 +76,7 @@ def _build(
     kind: str = typer.Option("brute", "--type", help=TYPE_HELP),
     quant: str = typer.Option("fp32", "--quant", help=QUANT_HELP),
     dim: Optional[int] = dim_option("Matryoshka dimension (truncate + re-normalize); default: full."),
+    any_dim: bool = any_dim_option(),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
     id_column: str = typer.Option(
         "id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."
@@ -126,6 +127,7 @@ def _build(
             id_column=id_column,
             embedding_column=embedding_column,
             normalize=normalize,
+            any_dim=any_dim,
             **chosen,
         )
     except ValueError as exc:
@@ -199,12 +201,6 @@ def _search(
 ) -> None:
     """Nearest documents for text queries (embedded with the index's model and query prompt) or
     for query vectors (--vector / --vectors). Kept text columns are shown with each hit."""
-    if threads is not None:
-        from embedpipe.codegen.threads import THREADS_ENV
-
-        if threads < 1:
-            raise typer.BadParameter("--threads must be at least 1")
-        os.environ[THREADS_ENV] = str(threads)  # the index's search kernels read it
     from embedpipe.indexes.searcher import Index
 
     if vector is not None or vectors is not None:
@@ -213,7 +209,7 @@ def _search(
         from embedpipe.indexes.query import vector_queries
 
         q = vector_queries(vector, vectors)
-        index = Index(index_path)
+        index = Index(index_path, threads=threads)
         _check_knobs(index, knobs)
         labels: list[Any] = list(range(len(q)))
         hits = index.search_vectors(q, k, per_chunk, **knobs)

@@ -15,24 +15,43 @@ Other kernels (``ir_attention``: tiled softmax attention of packed sequences; ``
 the IR type → native worker pool → numpy twin when LLVM fails.  See ``isa`` for targets,
 ``threads`` for the thread count, ``jit`` for the object cache, ``bench`` for
 ``embedpipe bench kernels``.
+
+The names below are imported on first use: an index search that only needs ``topk`` or a
+traversal kernel must not pay for the matmul library and the GGUF weight formats.
 """
 
-from embedpipe.codegen.isa import ISA_TABLE, ISAS, IsaSpec, UnsupportedIsaError, detect_isa, runnable_isas
-from embedpipe.codegen.library import KernelInputError, KernelLibrary, PreparedMatmul, get_kernel_library
-from embedpipe.codegen.quant_formats import FORMATS
-from embedpipe.codegen.threads import default_threads
+from __future__ import annotations
 
-__all__ = [
-    "FORMATS",
-    "ISAS",
-    "ISA_TABLE",
-    "IsaSpec",
-    "KernelInputError",
-    "KernelLibrary",
-    "PreparedMatmul",
-    "UnsupportedIsaError",
-    "default_threads",
-    "detect_isa",
-    "get_kernel_library",
-    "runnable_isas",
-]
+import importlib
+from typing import Any
+
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "ISA_TABLE": "isa",
+    "ISAS": "isa",
+    "IsaSpec": "isa",
+    "UnsupportedIsaError": "isa",
+    "detect_isa": "isa",
+    "runnable_isas": "isa",
+    "KernelInputError": "library",
+    "KernelLibrary": "library",
+    "PreparedMatmul": "library",
+    "get_kernel_library": "library",
+    "FORMATS": "quant_formats",
+    "default_threads": "threads",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

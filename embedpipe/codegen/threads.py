@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from collections.abc import Iterator
 
 from embedpipe.errors import EmbedpipeError
 
@@ -12,8 +15,29 @@ THREADS_ENV = "EMBEDPIPE_THREADS"
 CACHE_LINE = 64
 
 
+# A thread count set for the work done inside ``using_threads`` (per thread / asyncio task).
+_scoped: contextvars.ContextVar[int | None] = contextvars.ContextVar("embedpipe_threads", default=None)
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """Kernels called inside split their work ``threads`` ways (None: ``default_threads()`` as
+    before): a caller's thread count without changing the process environment."""
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+        raise EmbedpipeError(f"threads must be a positive integer, got {threads!r}")
+    token = _scoped.set(None if threads is None else int(threads))
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
 def default_threads() -> int:
-    """``$EMBEDPIPE_THREADS`` or the number of cores this process may run on."""
+    """The count set by an enclosing ``using_threads``, else ``$EMBEDPIPE_THREADS``, else the
+    number of cores this process may run on."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
     env = os.environ.get(THREADS_ENV)
     if env:
         try:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError
 
 # --at value -> the row column it reads
 AT_COLUMNS: dict[str, str] = {"same-dim": "recall@10_same_dim", "768": "recall@10", "full": "recall@10"}
@@ -41,9 +41,9 @@ def config_name(row: dict[str, Any]) -> str:
 def validate(min_recall: float, at: str) -> None:
     """Check the gate's options before any work is done."""
     if at not in AT_COLUMNS:
-        raise EmbedpipeError(f"--at must be one of {', '.join(AT_COLUMNS)}, not {at!r}")
+        raise ArgumentError("at", f"must be one of {', '.join(AT_COLUMNS)}, not {at!r}")
     if not 0.0 <= min_recall <= 1.0:
-        raise EmbedpipeError(f"--min-recall must be between 0 and 1, got {min_recall}")
+        raise ArgumentError("min_recall", f"must be between 0 and 1, got {min_recall}")
 
 
 def judge(rows: Sequence[dict[str, Any]], min_recall: float, at: str = "same-dim") -> list[Verdict]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from embedpipe.indexes.base import topk_desc, truncate_normalize
 from embedpipe.indexes.quant import STORAGE_TYPES
 from embedpipe.indexes.recall import recall_vs_exact
 from embedpipe.pipeline.dataset import read_embeddings
+from embedpipe.runtime.dims import check_dim, offered_dims
 from embedpipe.runtime.recorded_model import open_embedder
 
 DIMS: tuple[int, ...] = (768, 512, 256, 128)
@@ -75,13 +76,15 @@ class Plan:
     quants: tuple[str, ...] = SWEEP_QUANTS
     indexes: tuple[str, ...] = tuple(SWEEPS)
     sweeps: dict[str, Sweep] = field(default_factory=lambda: dict(SWEEPS))
+    any_dim: bool = False  # dims need not be the model's Matryoshka widths (`runtime.dims`)
 
     def validate(self, width: int) -> Plan:
+        """Checks that need only the vectors' width (the model's widths are checked by
+        `check_model_dims` once the model is known)."""
         if not self.dims:
             self.dims = tuple(d for d in DIMS if d <= width) or (width,)
-        bad_dims = [d for d in self.dims if not 0 < d <= width]
-        if bad_dims:
-            raise EmbedpipeError(f"--dims {bad_dims}: the embeddings are {width}-d")
+        for d in self.dims:
+            check_dim(d, (width,), any_dim=True, name="dims")
         for q in self.quants:
             if q not in STORAGE_TYPES:
                 raise EmbedpipeError(f"unknown quant {q!r}; choose from {', '.join(STORAGE_TYPES)}")
@@ -92,6 +95,12 @@ class Plan:
             raise EmbedpipeError(
                 f"no configuration left: none of the index types supports quant(s) {', '.join(self.quants)}"
             )
+        return self
+
+    def check_model_dims(self, model_dims: Sequence[int], width: int) -> Plan:
+        """Each dim one the model offers for vectors of `width` (or any prefix with `any_dim`)."""
+        allowed = offered_dims(model_dims, width)
+        self.dims = tuple(check_dim(d, allowed, self.any_dim, name="dims") for d in self.dims or ())
         return self
 
     def configurations(self) -> list[tuple[int, str, str, dict[str, int]]]:
@@ -222,6 +231,8 @@ def inputs_from_dir(
     emb = open_embedder(data.meta, model, backend=backend, threads=threads)
     if model_dims:  # the widths this model offers (Matryoshka), not EmbeddingGemma's
         plan.dims = tuple(d for d in emb.dims if d <= width) or (width,)
+    else:
+        plan.check_model_dims(emb.dims, width)
     queries = embed_texts(emb, texts, "query", cache=cache, dim=width)
     source = f"--queries {queries_file}" if queries_file is not None else "sampled corpus texts"
     return TradeoffInputs(

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError, shape_text
+from embedpipe.errors import ArgumentError, EmbedpipeError, shape_text
 from embedpipe.indexes.base import IndexMeta, VectorIndex
 from embedpipe.indexes.registry import Builder
+from embedpipe.runtime.dims import check_dim, recorded_model_dims
 from embedpipe.runtime.recorded_model import ModelMismatchError, open_embedder
 
 __all__ = [
@@ -87,12 +88,12 @@ def text_embedder(
 def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None = None) -> np.ndarray:
     """Query vectors from `--vector "0.1,0.2,…"` or `--vectors F.npy` (checked: 2-D, finite)."""
     if (vector is None) == (vectors is None):
-        raise EmbedpipeError("give either --vector or --vectors")
+        raise ArgumentError("vector", "or {vectors}: give exactly one", ("vectors",))
     if vector is not None:
         try:
             q = np.asarray([float(v) for v in vector.split(",")], np.float32)[None, :]
         except ValueError:
-            raise EmbedpipeError("--vector must be comma-separated numbers") from None
+            raise ArgumentError("vector", "must be comma-separated numbers") from None
         where = "--vector"
     else:
         try:
@@ -123,17 +124,21 @@ def build_from_dir(
     id_column: str = "id",
     embedding_column: str = "embedding",
     normalize: bool = False,
+    any_dim: bool = False,
     **params: Any,
 ) -> VectorIndex:
     """`embedpipe build-index`: read ingest output (a directory; brute and HNSW stream it part
     by part, no float copy of the corpus) or another tool's embeddings (a .npy / .parquet /
-    Arrow file, see `indexes.foreign`), build, save atomically; returns the index."""
+    Arrow file, see `indexes.foreign`), build, save atomically; returns the index. `dim` must
+    be a Matryoshka width of the recorded model (`runtime.dims`) unless `any_dim`."""
     if Path(emb_dir).is_file():
         from embedpipe.indexes.foreign import read_foreign
 
         vectors, ids, meta = read_foreign(emb_dir, id_column, embedding_column, normalize)
         columns: dict[str, list[str]] = {}
+        dim = check_dim(dim, recorded_model_dims(meta.model_path, vectors.shape[1]), any_dim)
     elif kind in ("brute", "hnsw"):
+        dim = _checked_dataset_dim(emb_dir, dim, any_dim)
         from embedpipe.indexes.stream import build_streamed
 
         index = build_streamed(emb_dir, kind, quant, dim, keep_text, progress, **params)
@@ -144,9 +149,29 @@ def build_from_dir(
 
         emb = read_embeddings(emb_dir, keep_text=keep_text)
         vectors, ids, meta, columns = emb.vectors, emb.ids, IndexMeta.from_dataset(emb), emb.columns
-    if dim is not None and not 0 < dim <= vectors.shape[1]:
-        raise EmbedpipeError(f"--dim {dim} must be between 1 and the embeddings' width {vectors.shape[1]}")
+        dim = check_dim(dim, recorded_model_dims(emb.meta.model_path, vectors.shape[1]), any_dim)
     builder = Builder(kind, quant, dim, meta, **params)
     index = builder.add(vectors, ids, columns).build(progress=progress)
     index.save(out)
     return index
+
+
+def _checked_dataset_dim(emb_dir: str | os.PathLike, dim: int | None, any_dim: bool) -> int | None:
+    """`dim` checked against the model recorded in the first part of an ingest output (its
+    schema only: a streamed build must not read the corpus to reject a bad width); None stays
+    None (full width). A directory without parts is left to the builder's own message."""
+    if dim is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedpipe.pipeline.dataset import PART_GLOB, DatasetMeta
+
+    first = next(iter(sorted(Path(emb_dir).glob(PART_GLOB))), None)
+    try:
+        meta = DatasetMeta.from_schema(pq.read_schema(first)) if first is not None else None
+    except (OSError, pa.ArrowException):
+        meta = None  # unreadable: the builder names the file
+    if meta is None or meta.dim <= 0:
+        return dim
+    return check_dim(dim, recorded_model_dims(meta.model_path, meta.dim), any_dim)

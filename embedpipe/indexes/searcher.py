@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.codegen.threads import using_threads
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.indexes.base import VectorIndex
 from embedpipe.indexes.query import query_task, text_embedder, vector_queries
 
@@ -61,8 +62,11 @@ class Index:
     ) -> None:
         from embedpipe.indexes import load_index
 
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ArgumentError("threads", f"must be a positive integer, got {threads!r}")
         self.path = Path(path)
-        self.index: VectorIndex = load_index(self.path)
+        with using_threads(threads):
+            self.index: VectorIndex = load_index(self.path)
         self._model, self._allow_mismatch = model, allow_model_mismatch
         self._backend, self._threads = backend, threads
         self._embedder: Any = None
@@ -101,8 +105,8 @@ class Index:
     def text_column(self) -> str:
         """The kept column holding the documents' text: `text`, or the ingest job's text column
         (from the manifest of the embeddings the index was built from, when it is still there)."""
-        if TEXT_COLUMN in self.index.columns:
-            return TEXT_COLUMN
+        if TEXT_COLUMN in self.index.columns or not set(self.index.columns) - {CHUNK_COLUMN, SPAN_COLUMN}:
+            return TEXT_COLUMN  # kept, or no text kept at all: no manifest to read
         emb_dir = self.index.meta.extra.get("embeddings_dir")
         if emb_dir:
             from embedpipe.pipeline.manifest import read_header
@@ -162,7 +166,8 @@ class Index:
         fetch = min(self.count, k * OVERFETCH if collapse else k) or k
         while True:
             try:
-                scores, rows = self.index.search_rows(vectors, fetch, **knobs)
+                with using_threads(self._threads):
+                    scores, rows = self.index.search_rows(vectors, fetch, **knobs)
             except ValueError as exc:  # a knob's value out of range (params.Param.check)
                 raise EmbedpipeError(str(exc)) from None
             hits = [self._hits(s, r, collapse, k) for s, r in zip(scores, rows)]
@@ -196,8 +201,10 @@ class Index:
         decoded from its token span; needs the query model, so vector-only searches keep the
         whole document's text."""
         span = hit.pop(SPAN_COLUMN, "")
+        if not span or self._embedder is None:
+            return
         column = self.text_column
-        if not span or column not in hit or self._embedder is None:
+        if column not in hit:
             return
         start, end = (int(v) for v in span.split(":"))
         tokenizer = self._embedder.tokenizer

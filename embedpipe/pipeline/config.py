@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 
 LONG_MODES: tuple[str, ...] = ("chunk", "truncate", "error")
 BAD_POLICIES: tuple[str, ...] = ("skip", "fail")
@@ -92,24 +92,28 @@ class IngestConfig:
         positive = ("batch_rows", "batch_tokens", "sort_window", "part_rows", "read_rows")
         for name in positive:
             if int(getattr(self, name)) <= 0:
-                raise EmbedpipeError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ArgumentError(name, f"must be positive, got {getattr(self, name)}")
         if not self.inputs:
             raise EmbedpipeError("no input given")
         if self.chunk_tokens is not None and self.chunk_tokens <= 0:
-            raise EmbedpipeError(f"--chunk-tokens must be positive, got {self.chunk_tokens}")
+            raise ArgumentError("chunk_tokens", f"must be positive, got {self.chunk_tokens}")
         if self.chunk_overlap < 0:
-            raise EmbedpipeError(f"--chunk-overlap must be >= 0, got {self.chunk_overlap}")
+            raise ArgumentError("chunk_overlap", f"must be >= 0, got {self.chunk_overlap}")
         if self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens:
-            raise EmbedpipeError(
-                f"--chunk-overlap ({self.chunk_overlap}) must be smaller than --chunk-tokens ({self.chunk_tokens})"
+            raise ArgumentError(
+                "chunk_overlap",
+                f"({self.chunk_overlap}) must be smaller than {{chunk_tokens}} ({self.chunk_tokens})",
+                ("chunk_tokens",),
             )
         if self.resume and self.overwrite:
-            raise EmbedpipeError("--resume and --overwrite contradict each other")
+            raise ArgumentError("resume", "and {overwrite} contradict each other", ("overwrite",))
         from embedpipe.pipeline.dataset import STRUCTURAL_COLUMNS
 
         clash = set(STRUCTURAL_COLUMNS).intersection(self.keep)
         if clash:
-            raise EmbedpipeError(f"--keep cannot pass through {sorted(clash)}: the output uses those column names")
+            raise ArgumentError(
+                "keep", f"cannot pass through {', '.join(sorted(clash))}: the output uses those column names"
+            )
         self.keep = list(dict.fromkeys(self.keep))
         return self
 

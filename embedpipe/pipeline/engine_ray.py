@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.pipeline.config import IngestConfig
 from embedpipe.pipeline.manifest import Manifest
 from embedpipe.pipeline.processor import Stats
@@ -75,7 +75,9 @@ def run_ray(
         import ray
         import ray.data
     except ImportError as exc:
-        raise EmbedpipeError("--engine ray needs the ray extra: pip install 'embedpipe[ray]'") from exc
+        raise ArgumentError(
+            "engine", "{engine} needs the ray extra: pip install 'embedpipe[ray]'", values={"engine": "ray"}
+        ) from exc
     total = corpus.total_rows()
     if total is None:
         raise EmbedpipeError(

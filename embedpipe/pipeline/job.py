@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError
 from embedpipe.pipeline.cache import EmbeddingCache
 from embedpipe.pipeline.config import IngestConfig
 from embedpipe.pipeline.dataset import DatasetMeta, id_type, output_schema
@@ -74,11 +74,11 @@ def resolve(cfg: IngestConfig, emb) -> IngestConfig:
     cfg = replace(cfg, keep=list(cfg.keep), inputs=list(cfg.inputs)).validate()
     cfg.task = canonical_task(cfg.task)
     if cfg.title_col and cfg.task != DOCUMENT_TASK:
-        raise EmbedpipeError(f"--title-col is used by the 'document' task prompt only (task is {cfg.task!r})")
+        raise ArgumentError("title_col", f"is used by the 'document' task prompt only (task is {cfg.task!r})")
     cfg.dim = check_dim(cfg.dim, emb.dims, cfg.any_dim)
     cfg.max_tokens = emb.max_tokens if cfg.max_tokens is None else int(cfg.max_tokens)
     if not 0 < cfg.max_tokens <= emb.max_tokens:
-        raise EmbedpipeError(f"--max-tokens must be in 1..{emb.max_tokens} (the model's context), got {cfg.max_tokens}")
+        raise ArgumentError("max_tokens", f"must be in 1..{emb.max_tokens} (the model's context), got {cfg.max_tokens}")
     return cfg
 
 

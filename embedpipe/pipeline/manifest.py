@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.pipeline.dataset import PART_GLOB, TEMP_GLOB
 from embedpipe.pipeline.writer import fsync_dir
 
@@ -81,11 +81,18 @@ class Manifest:
         manifest = cls(out_dir, header)
         if not manifest.path.exists():
             if resume:
-                raise EmbedpipeError(f"{out_dir}: nothing to resume (no {MANIFEST}); run without --resume to start")
+                raise ArgumentError(
+                    "resume",
+                    f"{out_dir}: nothing to resume (no {MANIFEST}); run without {{resume}} to start",
+                    values={"resume": True},
+                )
             if out_dir.exists() and any(p.name != LOCK for p in out_dir.iterdir()) and not overwrite:
-                raise EmbedpipeError(
+                raise ArgumentError(
+                    "overwrite",
                     f"{out_dir} exists and is not an ingest output directory being resumed; "
-                    "choose a new or empty --output, or pass --overwrite"
+                    "choose a new or empty {output}, or pass {overwrite}",
+                    ("output",),
+                    values={"overwrite": True},
                 )
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest._lock()
@@ -127,7 +134,11 @@ class Manifest:
                 handle.truncate(good)
                 os.fsync(handle.fileno())
         if not entries or entries[0].get("kind") != "header":
-            raise EmbedpipeError(f"{self.path}: not an embedpipe manifest; pass --overwrite to start over")
+            raise ArgumentError(
+                "overwrite",
+                f"{self.path}: not an embedpipe manifest; pass {{overwrite}} to start over",
+                values={"overwrite": True},
+            )
         old = {k: v for k, v in entries[0].items() if k != "kind"}
         diff = _describe_diff(old, self.header)
         if diff:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from embedpipe.errors import EmbedpipeError, InputTooLongError, shown
+from embedpipe.errors import ArgumentError, EmbedpipeError, InputTooLongError, shown
 from embedpipe.pipeline.batching import length_batches
 from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key
 from embedpipe.pipeline.chunking import PROMPT_TOO_LONG, TOO_LONG, Chunker
@@ -125,7 +125,11 @@ class WindowProcessor:
                 continue
             where = f"{rows.paths[i]}: row {rows.rows[i]} (id {shown(rows.ids[i])})"
             if self.cfg.on_bad == "fail" and reason != "duplicate_id":
-                raise EmbedpipeError(f"{where}: {REASONS[reason]} ({reason}); use --on-bad skip to skip such rows")
+                raise ArgumentError(
+                    "on_bad",
+                    f"{where}: {REASONS[reason]} ({reason}); use {{on_bad}} to skip such rows",
+                    values={"on_bad": "skip"},
+                )
             out.append({"id": rows.ids[i], "row": rows.rows[i], "file": str(rows.paths[i]), "reason": reason})
             stats.skipped_reasons[reason] = stats.skipped_reasons.get(reason, 0) + 1
         stats.counts["skipped_rows"] = len(out)

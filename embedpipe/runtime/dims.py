@@ -6,9 +6,12 @@ length is allowed with `any_dim` (CLI `--any-dim`) for experiments.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, cli_flag
 
 
 class DimError(EmbedpipeError):
@@ -27,7 +30,7 @@ class DimError(EmbedpipeError):
         return message
 
     def cli_message(self) -> str:
-        return self.render("--" + self.name.replace("_", "-"), "--any-dim")
+        return self.render(cli_flag(self.name), cli_flag("any_dim"))
 
 
 def check_dim(dim: int | None, dims: Sequence[int], any_dim: bool = False, name: str = "dim") -> int:
@@ -40,3 +43,42 @@ def check_dim(dim: int | None, dims: Sequence[int], any_dim: bool = False, name:
     if dim in dims or (any_dim and 0 < dim <= full):
         return dim
     raise DimError(dim, dims, name)
+
+
+def matryoshka_dims(model_file: Any) -> tuple[int, ...]:
+    """The widths an opened GGUF model offers, from its metadata alone (no weights loaded): the
+    recorded `embedpipe.matryoshka_dims`, else EmbeddingGemma's widths that fit its hidden size,
+    else its hidden size. What the model classes' ``dims`` return (tested to agree)."""
+    from embedpipe.runtime.bert_names import KEY_DIMS
+    from embedpipe.runtime.gemma_embedding import ARCH as GEMMA_ARCH
+    from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS
+
+    arch = model_file.architecture
+    hidden = int(model_file.require(f"{arch}.embedding_length"))
+    recorded = model_file.get(KEY_DIMS)
+    if recorded is not None:
+        return tuple(int(d) for d in recorded)
+    if arch == GEMMA_ARCH:
+        return tuple(d for d in MATRYOSHKA_DIMS if d <= hidden) or (hidden,)
+    return (hidden,)
+
+
+def recorded_model_dims(model_path: str | os.PathLike | None, width: int) -> tuple[int, ...]:
+    """The widths up to ``width`` that the model recorded at ``model_path`` offers; just
+    ``(width,)`` when no model is recorded or its file is gone (foreign embeddings, a dataset
+    moved to another machine): then only the full width is known to be meaningful. The full
+    width is always offered (it truncates nothing)."""
+    if model_path and Path(model_path).is_file():
+        from embedpipe.runtime.gguf_file import GGUFModelFile
+
+        try:
+            offered = matryoshka_dims(GGUFModelFile(model_path))
+        except EmbedpipeError:
+            offered = ()
+        return offered_dims(offered, width)
+    return (width,)
+
+
+def offered_dims(model_dims: Sequence[int], width: int) -> tuple[int, ...]:
+    """The model's widths that fit vectors of ``width``, and ``width`` itself, widest first."""
+    return tuple(sorted({int(width), *(int(d) for d in model_dims if d <= width)}, reverse=True))

@@ -76,6 +76,14 @@ def fingerprint_digest(model_file: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def known_fingerprint_digest(model_file: Any) -> str | None:
+    """`fingerprint_digest` when the fingerprint of this opened file was already computed (by
+    `verify`), else None: a cheap extra check for callers that must not read the whole file."""
+    if getattr(model_file, "_integrity_fingerprint", None) is None:
+        return None
+    return fingerprint_digest(model_file)
+
+
 def record(model_file: Any) -> None:
     """Write the sidecar for a freshly written (and verified) model file."""
     path = sidecar(model_file.path)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError
 
 
 class ModelRecord(Protocol):
@@ -24,16 +24,19 @@ class ModelRecord(Protocol):
     model_path: str
 
 
-class ModelMismatchError(EmbedpipeError):
-    """The query model is not the one the stored vectors came from."""
+class ModelMismatchError(ArgumentError):
+    """The query model is not the one the stored vectors came from (names `model` and
+    `allow_mismatch` in Python, `--model` and `--allow-model-mismatch` on the CLI)."""
 
 
 def _mismatch(path: Path, got: str | None, record: ModelRecord) -> ModelMismatchError:
     which = f"SHA-256 {got[:16]}…" if got else "its size differs from the recorded file"
     wanted = record.model_path or "the model that made them"
     return ModelMismatchError(
-        f"model {path} ({which}) did not make these vectors; pass --allow-model-mismatch to use it "
-        f"anyway, or --model {wanted} (SHA-256 {record.model_sha256[:16]}…)"
+        "model",
+        f"{path} ({which}) did not make these vectors; pass {{allow_model_mismatch}} to use it "
+        f"anyway, or {{model}} {wanted} (SHA-256 {record.model_sha256[:16]}…)",
+        ("allow_model_mismatch", "model"),
     )
 
 

@@ -8,12 +8,16 @@ and the pages are shared with the page cache instead of sitting beside a second 
 A cache file belongs to one model file and one packing identity, and can never serve another:
 
 * its name hashes the model's resolved path and the backend's packing identity (which carries
-  ``codegen.library.PACKED_LAYOUT_VERSION`` and the ISA) together with the model's size and
-  mtime, so an edited or replaced model looks up a different name (and the stale file of the
-  same model is deleted when the new one is written);
+  ``codegen.library.PACKED_LAYOUT_VERSION`` and the ISA) together with the model's size, mtime,
+  inode and ctime, so an edited or replaced model looks up a different name (and the stale file
+  of the same model is deleted when the new one is written). The ctime is what makes this safe
+  without reading the model: any write to the file sets it, and unlike the mtime it cannot be
+  put back, so even a one-byte same-size edit with the mtime restored misses the cache;
 * its header records the model's sampled integrity fingerprint taken when the cache was written
   (``model_integrity.fingerprint_digest``: one CRC-32 per tensor over 64 bytes of every 8 KiB),
-  compared on every load: a same-size change of 8 KiB or more with the mtime put back is caught;
+  compared on load when this process has the fingerprint anyway (a model pulled with an
+  integrity sidecar is fingerprinted when opened); it is not computed just for the cache, which
+  would touch every page of the model on every start;
 * every array carries a checksum (wrapping 64-bit sum of its words) checked when it is mapped:
   any change of a word in the cache file itself is caught, as is truncation.
 
@@ -128,6 +132,8 @@ class WeightCache:
             "model": str(path),
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
+            "inode": st.st_ino,
+            "ctime_ns": st.st_ctime_ns,
         }
         owner = hashlib.sha256(f"{FORMAT_VERSION}:{identity}:{path}".encode()).hexdigest()[:16]
         version = hashlib.sha256(json.dumps(self.stamp, sort_keys=True).encode()).hexdigest()[:16]
@@ -154,7 +160,8 @@ class WeightCache:
                 raise ValueError("it was written for another model file or packing")
             if header.get("file_bytes") != size:
                 raise ValueError(f"it has {size} bytes, its header says {header.get('file_bytes')}")
-            if header.get("fingerprint") != model_integrity.fingerprint_digest(self._model_file):
+            known = model_integrity.known_fingerprint_digest(self._model_file)
+            if known is not None and header.get("fingerprint") != known:
                 log.warning(
                     "%s changed since its repacked weights were cached (same size and mtime, other bytes); rebuilding",
                     self._model_file.path,

@@ -7,17 +7,16 @@ text per request, a fixed number of requests, a time cap) runs against, in the s
 the same texts (the ceiling: no HTTP, no scheduling). Every peer sees the same prompt-formatted
 texts (our server with the `NAME:none` alias, so it adds no second prompt). Peers that cannot
 run here are reported as skipped with the reason.
+
+The servers are started by `bench_peers`, the load is generated and measured by `bench_load`;
+this module runs the grid, the in-process ceiling and the report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,11 +26,12 @@ import numpy as np
 from embedpipe.runtime import prompts
 from embedpipe.runtime.bench import machine_info
 from embedpipe.runtime.bench_texts import documents
+from embedpipe.serve.bench_load import Cell, closed_loop, measure_cell
+from embedpipe.serve.bench_peers import PEER_SERVERS, ServerPeer
 
 KINDS: tuple[str, ...] = ("short", "long")
 CONCURRENCY: tuple[int, ...] = (1, 8, 32)
 PEERS: tuple[str, ...] = ("embedpipe", "llama.cpp")
-START_TIMEOUT_S = 300
 TASK = "query"
 
 
@@ -48,24 +48,6 @@ class ServeBenchConfig:
 
 
 @dataclass
-class Cell:
-    peer: str
-    kind: str
-    concurrency: int
-    requests: int
-    errors: int
-    seconds: float
-    req_per_s: float
-    emb_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    cpu_ms_per_emb: float | None = None  # server process CPU time (all threads) per embedding
-    requests_per_pass: float | None = None  # embedpipe only: mean requests merged into a pass
-    sequences_per_pass: float | None = None
-
-
-@dataclass
 class Summary:
     machine: dict
     model: str
@@ -75,222 +57,6 @@ class Summary:
     ratios: list[dict] = field(default_factory=list)
     skipped: dict = field(default_factory=dict)
     agreement: dict = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerPeer:
-    """A server subprocess speaking /v1/embeddings on a loopback port."""
-
-    name = "server"
-
-    def __init__(self, cmd: list[str], port: int, model_field: str):
-        self.port, self.model_field = port, model_field
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(os.devnull, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_up(self, path: str) -> None:
-        import httpx
-
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} while starting")
-            try:
-                if httpx.get(self.url + path, timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not come up in {START_TIMEOUT_S} s")
-
-    def metrics(self) -> dict[str, float]:
-        return {}
-
-    def cpu_seconds(self) -> float | None:
-        """CPU time the server process has used so far (None without psutil)."""
-        try:
-            import psutil
-        except ImportError:
-            return None
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
-class EmbedpipeServer(ServerPeer):
-    name = "embedpipe"
-
-    def __init__(self, cfg: ServeBenchConfig):
-        port = free_port()
-        super().__init__(
-            [
-                sys.executable,
-                "-m",
-                "embedpipe",
-                "serve",
-                "--model",
-                f"bench={cfg.model}",
-                "--port",
-                str(port),
-                "--threads",
-                str(cfg.threads),
-                "--no-cache",
-                "--no-access-log",
-                "--max-batch-tokens",
-                str(cfg.max_batch_tokens),
-                "--max-queue-tokens",
-                str(64 * cfg.max_batch_tokens),
-            ],
-            port,
-            "bench:none",
-        )
-        self.wait_up("/ready")
-
-    def metrics(self) -> dict[str, float]:
-        import httpx
-
-        out: dict[str, float] = {}
-        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
-            for name in ("embedpipe_requests_per_pass", "embedpipe_sequences_per_pass"):
-                for suffix in ("_sum", "_count"):
-                    if line.startswith(name + suffix + "{"):
-                        out[name + suffix] = out.get(name + suffix, 0.0) + float(line.rsplit(" ", 1)[1])
-        return out
-
-
-class LlamaCppServer(ServerPeer):
-    name = "llama.cpp"
-
-    def __init__(self, cfg: ServeBenchConfig):
-        try:
-            import llama_cpp.server  # noqa: F401
-        except ImportError as exc:
-            raise RuntimeError(
-                f"llama-cpp-python's server is not importable ({exc}); pip install 'llama-cpp-python[server]'"
-            ) from None
-        port = free_port()
-        super().__init__(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                cfg.model,
-                "--embedding",
-                "true",
-                "--n_threads",
-                str(cfg.threads),
-                "--n_threads_batch",
-                str(cfg.threads),
-                "--n_ctx",
-                "2048",
-                "--n_batch",
-                "2048",
-                "--n_ubatch",
-                "2048",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            port,
-            "bench",
-        )
-        self.wait_up("/v1/models")
-
-
-PEER_SERVERS: dict[str, Callable[[ServeBenchConfig], ServerPeer]] = {
-    "embedpipe": EmbedpipeServer,
-    "llama.cpp": LlamaCppServer,
-}
-
-
-async def _load(
-    url: str, model: str, texts: list[str], concurrency: int, max_seconds: float
-) -> tuple[list[float], int, float, list[list[float]]]:
-    """Closed loop: `concurrency` clients take the next text until all are sent or time is up."""
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    first_vectors: list[list[float]] = []
-    cursor = iter(range(len(texts)))
-    deadline = time.monotonic() + max_seconds
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal errors
-        for i in cursor:
-            if time.monotonic() > deadline:
-                return
-            t0 = time.perf_counter()
-            try:
-                r = await http.post("/v1/embeddings", json={"model": model, "input": texts[i]})
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if not ok:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-            if i < 4:
-                first_vectors.append((i, r.json()["data"][0]["embedding"]))
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=max_seconds) as http:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, errors, wall, [v for _, v in sorted(first_vectors)]
-
-
-def _cell(
-    peer: ServerPeer, kind: str, concurrency: int, texts: list[str], cfg: ServeBenchConfig
-) -> tuple[Cell, list[list[float]]]:
-    before, cpu0 = peer.metrics(), peer.cpu_seconds()
-    lat, errors, wall, vecs = asyncio.run(_load(peer.url, peer.model_field, texts, concurrency, cfg.max_seconds))
-    after, cpu1 = peer.metrics(), peer.cpu_seconds()
-    ms = sorted(1e3 * x for x in lat) or [float("nan")]
-    pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-    cell = Cell(
-        peer.name,
-        kind,
-        concurrency,
-        len(lat),
-        errors,
-        wall,
-        len(lat) / wall,
-        len(lat) / wall,
-        statistics.median(ms),
-        pick(0.95),
-        pick(0.99),
-    )
-    if cpu0 is not None and lat:
-        cell.cpu_ms_per_emb = 1e3 * (cpu1 - cpu0) / len(lat)
-    if after:
-        n = after.get("embedpipe_requests_per_pass_count", 0) - before.get("embedpipe_requests_per_pass_count", 0)
-        if n:
-            cell.requests_per_pass = (
-                after["embedpipe_requests_per_pass_sum"] - before.get("embedpipe_requests_per_pass_sum", 0)
-            ) / n
-            cell.sequences_per_pass = (
-                after["embedpipe_sequences_per_pass_sum"] - before.get("embedpipe_sequences_per_pass_sum", 0)
-            ) / n
-    return cell, vecs
 
 
 class Ceiling:
@@ -345,7 +111,7 @@ def run_serve_bench(cfg: ServeBenchConfig, report: Callable[[str], None] = print
             for conc in cfg.concurrency:
                 for peer in peers:
                     _load_warmup(peer, texts[kind][:2])
-                    cell, vecs = _cell(peer, kind, conc, texts[kind], cfg)
+                    cell, vecs = measure_cell(peer, kind, conc, texts[kind], cfg)
                     summary.cells.append(cell)
                     report(format_cell(asdict(cell)))
                     if vecs and kind not in summary.agreement.get(peer.name, {}):
@@ -362,7 +128,7 @@ def run_serve_bench(cfg: ServeBenchConfig, report: Callable[[str], None] = print
 
 
 def _load_warmup(peer: ServerPeer, texts: list[str]) -> None:
-    asyncio.run(_load(peer.url, peer.model_field, texts, 1, 60))
+    asyncio.run(closed_loop(peer.url, peer.model_field, texts, 1, 60))
 
 
 def _ratios(summary: Summary) -> list[dict]:

@@ -28,6 +28,29 @@ log = logging.getLogger(__name__)
 WARMUP_TEXTS = ["warm up the kernels", "a second, somewhat longer text to warm up the kernels once more"]
 
 
+def preflight(cfg: ServeConfig) -> None:
+    """What can be refused before the server starts (so the error is the first and only line,
+    not a log line after uvicorn's start-up lines): each `--model` resolves to a GGUF file (a
+    registered name is pulled), each `--index` file has a valid header, and an index's recorded
+    model is on this machine when no `--model` is given. Loading proper happens after start-up,
+    while /ready says 503."""
+    from embedpipe.indexes import load_index
+    from embedpipe.runtime.registry import resolve_model
+
+    for spec in cfg.models:
+        if spec.path is not None:
+            resolve_model(spec.path)
+    for spec in cfg.indexes:
+        if not Path(spec.path).is_file():
+            raise EmbedpipeError(f"--index {spec.name}={spec.path}: no such index file")
+        recorded = load_index(spec.path, verify=False).meta.model_path
+        if not cfg.models and (not recorded or not Path(recorded).is_file()):
+            raise EmbedpipeError(
+                f"--index {spec.name}={spec.path}: its model ({recorded or 'not recorded'}) is not on this "
+                "machine; pass that GGUF with --model"
+            )
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -146,8 +169,10 @@ class Catalog:
             on_model_loaded(model)
             if want and model.embedder.model_sha256 != want:
                 raise ModelMismatchError(
-                    f"--index {name}={path}: {recorded} is not the model the index was built "
-                    f"from (SHA-256 {want[:16]}…); pass the right one with --model"
+                    "indexes",
+                    f"{name}={path}: {recorded} is not the model the index was built "
+                    f"from (SHA-256 {want[:16]}…); pass the right one with {{models}}",
+                    ("models",),
                 )
         log.info("loaded index %s (%s, %d vectors) from %s", name, index.kind, index.count, path)
         return ServedIndex(name, path, index, model)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.runtime.embedder import DEFAULT_MAX_BATCH_TOKENS
 from embedpipe.runtime.prompts import canonical_task
 
@@ -72,22 +72,22 @@ class ServeConfig:
 
     def validate(self) -> ServeConfig:
         if self.long not in LONG_POLICIES:
-            raise EmbedpipeError(f"--long must be one of {', '.join(LONG_POLICIES)}, got {self.long!r}")
+            raise ArgumentError("long", f"must be one of {', '.join(LONG_POLICIES)}, got {self.long!r}")
         self.default_task = canonical_task(self.default_task)
         for name in ("max_batch_tokens", "max_queue_tokens", "max_client_batch", "max_request_bytes"):
             if int(getattr(self, name)) <= 0:
-                raise EmbedpipeError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ArgumentError(name, f"must be positive, got {getattr(self, name)}")
         if self.max_batch_wait_ms < 0:
-            raise EmbedpipeError(f"--max-batch-wait-ms must be >= 0, got {self.max_batch_wait_ms}")
+            raise ArgumentError("max_batch_wait_ms", f"must be >= 0, got {self.max_batch_wait_ms}")
         if not 0 <= self.port <= 65535:
-            raise EmbedpipeError(f"--port must be in 0..65535, got {self.port}")
+            raise ArgumentError("port", f"must be in 0..65535, got {self.port}")
         if self.shutdown_timeout <= 0:
-            raise EmbedpipeError(f"--shutdown-timeout must be positive, got {self.shutdown_timeout}")
+            raise ArgumentError("shutdown_timeout", f"must be positive, got {self.shutdown_timeout}")
         if self.api_key is not None and not self.api_key.strip():
-            raise EmbedpipeError("the API key is empty; give a non-empty --api-key or --api-key-file")
+            raise ArgumentError("api_key", "is empty; give a non-empty key (or {api_key_file})", ("api_key_file",))
         names = [i.name for i in self.indexes]
         if len(set(names)) != len(names):
-            raise EmbedpipeError(f"--index names must be unique, got {names}")
+            raise ArgumentError("indexes", f"names must be unique, got {', '.join(names)}")
         if not self.models:
             self.models = [ModelSpec(None, None)] if not self.indexes else []
         return self

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.serve.app import create_app
+from embedpipe.serve.catalog import preflight
 from embedpipe.serve.config import ServeConfig
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -31,10 +33,33 @@ def configure_logging(access_log: bool) -> None:
     logging.getLogger("embedpipe.serve.access").disabled = not access_log
 
 
+def check_listen(host: str, port: int) -> None:
+    """Refuse an address this process cannot listen on before uvicorn starts (its own failure
+    comes after its start-up lines). Bound and released at once, as uvicorn binds it (with
+    SO_REUSEADDR); port 0 (any free port) always passes."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise EmbedpipeError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise EmbedpipeError(
+                f"could not listen on {host}:{port} ({exc.strerror}); pick another --port or stop what uses it"
+            ) from None
+
+
 def run_server(cfg: ServeConfig) -> None:
     """Serve until a signal; raises EmbedpipeError if models or indexes failed to load."""
     import uvicorn
 
+    preflight(cfg)
+    check_listen(cfg.host, cfg.port)
     app = create_app(cfg)
     state = app.state.server
     configure_logging(cfg.access_log)

@@ -119,6 +119,9 @@ def test_usage_errors_exit_2(corpus, capsys, tmp_path, args, needle):
         (["embed", "-m", "{model}", "-d", "100", "x"], "--dim 100 is not offered by this model: choose one of 64"),
         (["embed", "-m", "{model}", "-d", "32", "x"], "pass --any-dim for any width in 1..64"),
         (["ingest", "{emb}/../docs.jsonl", "-o", "{tmp}/o2", "-m", "{model}", "-d", "32"], "--dim 32"),
+        (["build-index", "{emb}", "-o", "{tmp}/d.idx", "-d", "32"], "--dim 32 is not offered by this model"),
+        (["build-index", "{emb}", "--type", "annoy", "-o", "{tmp}/d.idx", "-d", "32"], "pass --any-dim"),
+        (["build-index", "{emb}", "-o", "{tmp}/d.idx", "-d", "65", "--any-dim"], "--dim 65"),
     ],
 )
 def test_input_errors_exit_1(corpus, tiny_gguf, capsys, tmp_path, args, needle):
@@ -143,6 +146,30 @@ def test_dim_errors_name_arguments_in_python(tiny_gguf):
     emb = Embedder.load(tiny_gguf, backend="numpy")
     with pytest.raises(DimError, match=r"^dim 32 is not offered by this model: choose one of 64, or pass any_dim=True"):
         emb.encode(["x"], dim=32)
+
+
+def test_build_index_dim_is_checked_like_every_dim(corpus, tmp_path):
+    """build-index takes the recorded model's Matryoshka widths, any prefix with any_dim, and
+    names the Python argument in the API; a foreign .npy (no model) offers its full width."""
+    from embedpipe.indexes.query import build_from_dir
+    from embedpipe.runtime.dims import DimError
+
+    _, emb, _, _ = corpus
+    with pytest.raises(DimError, match=r"^dim 32 is not offered by this model: choose one of 64, or pass any_dim=True"):
+        build_from_dir(emb, tmp_path / "a.idx", dim=32)
+    assert build_from_dir(emb, tmp_path / "a.idx", dim=32, any_dim=True).dim == 32
+    assert build_from_dir(emb, tmp_path / "b.idx", kind="annoy", dim=64, n_trees=2).dim == 64
+    np.save(tmp_path / "v.npy", np.eye(8, dtype=np.float32))
+    with pytest.raises(DimError, match="choose one of 8"):
+        build_from_dir(tmp_path / "v.npy", tmp_path / "c.idx", dim=4)
+    assert build_from_dir(tmp_path / "v.npy", tmp_path / "c.idx", dim=4, any_dim=True).dim == 4
+
+
+def test_matryoshka_dims_from_metadata_match_the_loaded_model(tiny_gguf):
+    from embedpipe.runtime.dims import matryoshka_dims
+    from embedpipe.runtime.gguf_file import GGUFModelFile
+
+    assert matryoshka_dims(GGUFModelFile(tiny_gguf)) == Embedder.load(tiny_gguf, backend="numpy").dims
 
 
 def test_stdin_dash_for_texts_and_input(tiny_gguf, capsys, monkeypatch):

@@ -33,6 +33,7 @@ def test_cli_table_json_csv_plot(emb_dir, tiny_gguf, eval_cache, tmp_path):
         12,
         "--dims",
         "64,32",
+        "--any-dim",
         "-o",
         out_json,
         "-o",
@@ -117,7 +118,7 @@ def test_no_text_and_no_manifest_requires_queries(emb_dir, tmp_path):
 
 def test_bad_dims_and_quant(emb_dir):
     res = runner.invoke(app, ["eval", "tradeoffs", str(emb_dir), "--dims", "768"])
-    assert res.exit_code == 1 and "64-d" in str(res.exception)
+    assert res.exit_code == 1 and "dims 768 is not offered by this model: choose one of 64" in str(res.exception)
     res = runner.invoke(app, ["eval", "tradeoffs", str(emb_dir), "--quants", "int4"])
     assert res.exit_code == 1 and "int4" in str(res.exception)
 
@@ -203,3 +204,16 @@ def test_retrieval_dims_are_checked_like_every_dim(beir_dir, tiny_gguf):
     args = ["eval", "retrieval", str(beir_dir), "-m", str(tiny_gguf), "--backend", "numpy", "--no-progress"]
     assert run_cli(app, [*args, "--dims", "32"]) == 1
     assert run_cli(app, [*args, "--dims", "65", "--any-dim"]) == 1
+
+
+def test_tradeoffs_dims_are_checked_like_every_dim(emb_dir, eval_cache, capsys):
+    """Only the model's Matryoshka widths unless --any-dim, named as the flag on the CLI."""
+    from embedpipe.cli.errors import run_cli
+
+    args = ["eval", "tradeoffs", str(emb_dir), "--n-queries", "5", "--quants", "fp32", "--indexes", "brute"]
+    args += ["--cache-dir", str(eval_cache), "--backend", "numpy", "--no-progress"]
+    assert run_cli(app, [*args, "--dims", "32"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --dims 32 is not offered by this model: choose one of 64, or pass --any-dim")
+    assert run_cli(app, [*args, "--dims", "32", "--any-dim", "--json"]) == 0
+    assert {row["dim"] for row in json.loads(capsys.readouterr().out)} == {32}

@@ -57,6 +57,7 @@ def test_build_index_then_search_json(emb_dir, tiny_gguf, tmp_path, kind, quant)
         quant,
         "--dim",
         "32",
+        "--any-dim",
         "-o",
         str(out),
         *{"annoy": ["--trees", "5"], "hnsw": ["--m", "8"]}.get(kind, []),

@@ -69,3 +69,46 @@ def test_bad_option_is_one_line(tmp_path):
     )
     assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --max-request-bytes")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _serve(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "embedpipe", "serve", "--port", "0", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "{tmp}/x.gguf"], "x.gguf: no such model file"),
+        (["--index", "docs={tmp}/none.idx"], "--index docs={tmp}/none.idx: no such index file"),
+        (["--index", "docs={tmp}/junk.idx"], "not an embedpipe index"),
+        (["--model", "no-such-model"], "neither a GGUF file nor a registered model"),
+    ],
+)
+def test_startup_errors_come_before_any_server_line(tmp_path, args, needle):
+    """A missing model or index, or a file that is not an index, is the only line printed:
+    uvicorn never starts."""
+    (tmp_path / "junk.idx").write_text("junk")
+    proc = _serve(*(a.format(tmp=tmp_path) for a in args))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and needle.format(tmp=tmp_path) in lines[0]
+
+
+def test_address_in_use_is_refused_before_start(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _serve("--port", str(port), "--index", f"d={tmp_path}/none.idx")
+        assert "no such index file" in proc.stderr  # files are checked first
+        from embedpipe.serve.runner import check_listen
+
+        with pytest.raises(EmbedpipeError, match=f"could not listen on 127.0.0.1:{port}"):
+            check_listen("127.0.0.1", port)

@@ -44,8 +44,9 @@ def test_judge_names_failing_configurations_at_either_reference():
     v = gate.judge(ROWS, 0.95, "768")
     assert len(gate.failures(v)) == 2 and gate.summary(v).startswith("recall gate failed: 2 of 3")
     assert not gate.failures(gate.judge(ROWS, 0.5))
-    with pytest.raises(EmbedpipeError, match="--at"):
+    with pytest.raises(EmbedpipeError, match="^at must be one of") as err:
         gate.judge(ROWS, 0.9, "512")
+    assert err.value.cli_message().startswith("--at must be one of")
     with pytest.raises(EmbedpipeError, match="between 0 and 1"):
         gate.judge(ROWS, 95, "768")
 
@@ -71,6 +72,7 @@ def test_cli_exit_codes(emb_dir, tiny_gguf, eval_cache, tmp_path):
         "10",
         "--dims",
         "64,32",
+        "--any-dim",
         "--quants",
         "fp32",
         "--indexes",

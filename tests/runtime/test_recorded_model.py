@@ -51,7 +51,8 @@ def test_known_mismatch_is_refused_without_loading_or_hashing(two_models, nothin
     _no_hashing(monkeypatch)
     with pytest.raises(ModelMismatchError, match="SHA-256") as err:
         open_embedder(record, b, backend="numpy")
-    assert str(b) in str(err.value) and "--allow-model-mismatch" in str(err.value)
+    assert str(b) in str(err.value) and "pass allow_model_mismatch to use it" in str(err.value)
+    assert "pass --allow-model-mismatch to use it" in err.value.cli_message()
 
 
 def test_size_decides_without_hashing(two_models, nothing_loads, monkeypatch):

@@ -90,7 +90,8 @@ def test_changed_mtime_or_size_rebuilds_and_drops_the_stale_file(model, repacks)
     assert repacks and len(_cache_files(model)) == 1
 
 
-def test_same_size_same_mtime_edit_is_caught_by_the_fingerprint(model, repacks, monkeypatch, caplog):
+def test_same_size_same_mtime_edit_misses_the_cache(model, repacks, monkeypatch):
+    """A one-byte edit with the mtime put back still changes the ctime: the cache is not used."""
     _encode(model)
     st = model.stat()
     mf = GGUFModelFile(model)
@@ -102,10 +103,30 @@ def test_same_size_same_mtime_edit_is_caught_by_the_fingerprint(model, repacks, 
     os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert model.stat().st_size == st.st_size and model.stat().st_mtime_ns == st.st_mtime_ns
     repacks.clear()
-    with caplog.at_level(logging.WARNING, logger="embedpipe.runtime.weight_cache"):
-        got = _encode(model)
-    assert repacks and "changed since" in caplog.text
+    got = _encode(model)
+    assert repacks
     np.testing.assert_array_equal(got, _uncached(model, monkeypatch))
+
+
+def test_stale_cache_under_a_matching_stamp_is_caught_by_a_known_fingerprint(model, repacks, monkeypatch, caplog):
+    """Where the model's fingerprint is computed anyway (a pulled model with an integrity sidecar),
+    a cache written for other bytes is refused even if its stamp matches."""
+    _encode(model)
+    monkeypatch.setattr(weight_cache.model_integrity, "known_fingerprint_digest", lambda mf: "0" * 64)
+    repacks.clear()
+    with caplog.at_level(logging.WARNING, logger="embedpipe.runtime.weight_cache"):
+        _encode(model)
+    assert repacks and "changed since" in caplog.text
+
+
+def test_warm_load_does_not_read_the_model_for_its_fingerprint(model, monkeypatch):
+    """Without an integrity sidecar, a warm start maps the cache without sampling the model."""
+    _encode(model)
+    sampled: list[int] = []
+    real = weight_cache.model_integrity._crc
+    monkeypatch.setattr(weight_cache.model_integrity, "_crc", lambda *a: sampled.append(1) or real(*a))
+    emb = Embedder.load(model, backend="jit")
+    assert emb.backend.weight_cache.hits > 0 and sampled == []
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "header", "empty"])

@@ -1,0 +1,38 @@
+"""What a short command imports: a vector-only search loads neither the GGUF reader nor pyarrow
+nor the matmul library, and the CLI's option parsing never loads pydantic (start-up time itself
+is measured by `embedpipe bench startup`, not asserted here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from embedpipe.indexes import build_index
+
+HEAVY = ("gguf", "pyarrow", "pydantic", "embedpipe.codegen.library", "embedpipe.pipeline.job")
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = f"{code}\nimport sys\nprint(sorted(m for m in sys.modules if m in {HEAVY!r}))\n"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_vector_search_through_the_cli_imports_nothing_heavy(tmp_path):
+    rng = np.random.default_rng(0)
+    build_index(rng.standard_normal((20, 16)).astype(np.float32), [f"d{i}" for i in range(20)]).save(tmp_path / "a.idx")
+    np.save(tmp_path / "q.npy", rng.standard_normal((2, 16)).astype(np.float32))
+    code = (
+        "from embedpipe.cli.app import app\nfrom embedpipe.cli.errors import run_cli\n"
+        f"assert run_cli(app, ['search', {str(tmp_path / 'a.idx')!r}, '--vectors', {str(tmp_path / 'q.npy')!r},"
+        " '-k', '3', '--json']) == 0"
+    )
+    assert _loaded_after(code) == []
+
+
+def test_codegen_names_load_on_first_use():
+    assert _loaded_after("import embedpipe.codegen, embedpipe.codegen.topk") == []
+    assert "embedpipe.codegen.library" in _loaded_after("from embedpipe.codegen import get_kernel_library")
