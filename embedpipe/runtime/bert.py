@@ -27,6 +27,11 @@ from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
 
 POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
 
+#: Tokens per forward pass: a batch with more runs as consecutive passes of whole sequences.
+#: Every activation of a pass (the split products' 2T-row outputs above all) then stays in
+#: the caches, and no allocation is big enough to be fresh zeroed pages on every call.
+PASS_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -117,6 +122,19 @@ def validate_tensors(mf: GGUFModelFile, cfg: EncoderConfig) -> None:
                 raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}")
         elif tuple(tensor.shape) != tuple(shape):
             raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}")
+
+
+def token_passes(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive ``[a, b)`` ranges of sequences holding at most ``budget`` tokens each (a
+    longer sequence alone); one range for an empty list."""
+    passes, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            passes.append((start, i))
+            start, total = i, 0
+        total += n
+    passes.append((start, len(lengths)))
+    return passes
 
 
 def _vec(mf: GGUFModelFile, name: str) -> np.ndarray:
@@ -220,6 +238,12 @@ class BertEncoderModel:
 
     def embed(self, seqs: list[list[int]]) -> np.ndarray:
         """(batch, hidden) float32 pooled vectors for token-id sequences (CLS/SEP included by the caller)."""
+        passes = token_passes([len(s) for s in seqs], PASS_TOKENS)
+        if len(passes) == 1:
+            return self._embed_pass(seqs)
+        return np.concatenate([self._embed_pass(seqs[a:b]) for a, b in passes])
+
+    def _embed_pass(self, seqs: list[list[int]]) -> np.ndarray:
         cfg = self.cfg
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         if (lengths == 0).any():
