@@ -1,5 +1,5 @@
 """Packed-sequence encoder attention vs a float64 oracle on every runnable ISA: ragged
-lengths (1, 2, 31, 33, 257 …), several sequences per call, optional per-head bias, head
+lengths (1, 2, 31, 33, 257 …; around the 8-row query blocks), several sequences per call, optional per-head bias, head
 dims that are and are not multiples of the vector width."""
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from embedpipe.codegen import KernelInputError, runnable_isas
 from embedpipe.codegen.encoder_attention import ENCODER_ATTENTION, attention_reference
 
 ISAS = [s for s in runnable_isas()]
-CASES = [([1], 2, 32), ([2, 1], 3, 32), ([31, 33], 4, 64), ([257], 2, 24), ([14] * 9 + [5], 12, 32), ([17, 16], 2, 7)]
+CASES = [
+    ([1], 2, 32),
+    ([2, 1], 3, 32),
+    ([8, 9, 7], 3, 16),
+    ([31, 33], 4, 64),
+    ([257], 2, 24),
+    ([14] * 9 + [5], 12, 32),
+    ([17, 16], 2, 7),
+]
 
 
 def oracle(qkv, h, d, starts, lengths, scale, bias):
