@@ -18,6 +18,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
+from embedpipe.codegen.encoder_fused import address, cached_f32_word, row_ranges
 from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
 from embedpipe.codegen.irutil import (
     F32,
@@ -35,9 +36,8 @@ from embedpipe.codegen.irutil import (
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native, f32_word
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.library import KernelInputError
-from embedpipe.codegen.threads import split_range
 
 # Score-row work (pairs · T² · head_dim) below which a call runs on the calling thread.
 PARALLEL_MIN_WORK = 1 << 20
@@ -255,15 +255,15 @@ def _drive(native: Native, qkv, n_head, head_dim, starts, lengths, scale, bias=N
         return out
     longest = int(lengths.max())
     work = int((lengths.astype(np.float64) ** 2).sum()) * n_head * head_dim
-    ranges = split_range(0, pairs, threads if work >= PARALLEL_MIN_WORK else 1)
+    ranges = row_ranges(pairs, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
     scratch = np.empty((len(ranges), per_worker), np.float32)
-    head = (qkv.ctypes.data, bias.ctypes.data if bias is not None else 0, out.ctypes.data)
-    tail = (starts.ctypes.data, lengths.ctypes.data, n_head, head_dim, qkv.shape[1])
+    head = (address(qkv), address(bias) if bias is not None else 0, address(out))
+    tail = (address(starts), address(lengths), n_head, head_dim, qkv.shape[1])
     ld = bias.shape[1] if bias is not None else 0
     native.run(
         [
-            (*head, scratch.ctypes.data + 4 * per_worker * i, *tail, ld, f32_word(scale), a, b)
+            (*head, address(scratch) + 4 * per_worker * i, *tail, ld, cached_f32_word(float(scale)), a, b)
             for i, (a, b) in enumerate(ranges)
         ]
     )
