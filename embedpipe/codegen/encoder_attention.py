@@ -8,8 +8,11 @@ scores is ``head_dim`` steps of one key-vector load feeding ``ROWS`` FMAs) and `
 scores exist at a time (never T×T); a block of outputs likewise loads each value vector once
 for ``ROWS`` rows.
 
-``q``/``k``/``v`` are column blocks of one fused projection ``qkv`` (tokens × row stride): q at
-column 0, k at ``hidden``, v at ``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
+The input is the fused QKV product ``y`` before its epilogue: T rows, or 2T when it was made from
+the hi/lo split of ``codegen.encoder_fused`` (``halves``: rows t and T + t add up), plus its
+bias; each (sequence, head) pair gathers its q, k and v from it, combined, into worker scratch,
+so the combined T × 3·hidden array is never written. Within a row: q at column 0, k at
+``hidden``, v at ``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
 Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the numpy twin.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.encoder_fused import address, cached_f32_word, row_ranges
+from embedpipe.codegen.encoder_fused import address, cached_f32_word, combine_reference, row_ranges
 from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
 from embedpipe.codegen.irutil import (
     F32,
@@ -48,12 +51,15 @@ ROWS = 8
 NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives 0
 
 PARAMS = [
-    ("qkv", PTR),
+    ("y", PTR),  # the QKV product: T rows, or 2T when halves (hi rows then lo rows)
+    ("qkv_bias", PTR),
     ("bias", PTR),
     ("out", PTR),
     ("scratch", PTR),  # per worker: scratch_floats(D, longest, lanes) fp32
     ("starts", PTR),
     ("lengths", PTR),
+    ("T", I64),
+    ("halves", I64),
     ("H", I64),
     ("D", I64),
     ("stride", I64),
@@ -65,14 +71,17 @@ PARAMS = [
 
 
 def scratch_floats(head_dim: int, longest: int, lanes: int) -> int:
-    """fp32 scratch one worker needs: a head's keys transposed (head_dim × L) and ROWS score
-    rows (ROWS × L), L the longest sequence rounded up to whole vectors."""
+    """fp32 scratch one worker needs: a head's keys transposed (head_dim × L), its queries,
+    values and keys (L × head_dim each) and ROWS score rows (ROWS × L), L the longest sequence
+    rounded up to whole vectors."""
     padded = -(-longest // lanes) * lanes
-    return (head_dim + ROWS) * padded
+    return (4 * head_dim + ROWS) * padded
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
-    qkv, bias, out, scratch, starts, lengths, H, D, stride, bias_ld, scale_bits, p0, p1 = b.function.args
+    y, qkv_bias, bias, out, scratch, starts, lengths, T, halves, H, D, stride, bias_ld, scale_bits, p0, p1 = (
+        b.function.args
+    )
     m = b.module
     w = isa.lanes
     vt = vec(F32, w)
@@ -83,6 +92,16 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     stats = [b.alloca(vt) for _ in range(ROWS)]
     inv = [b.alloca(F32) for _ in range(ROWS)]
     has_bias = b.icmp_signed("!=", bias_ld, const_i64(0))
+    two = b.icmp_signed("!=", halves, const_i64(0))
+    lo_shift = b.mul(b.mul(b.select(two, T, const_i64(0)), stride), four)  # bytes from a hi row to its lo row
+
+    def combined(ty: ir.Type, row: ir.Value, col: ir.Value) -> ir.Value:
+        """y[row, col:] (+ y[T + row, col:] when halves) + qkv_bias[col:], ``ty`` lanes."""
+        off = b.mul(b.add(b.mul(row, stride), col), four)
+        v = b.fadd(load_at(b, ty, y, off, 4), load_at(b, ty, qkv_bias, b.mul(col, four), 4))
+        lo = load_at(b, ty, y, b.add(off, lo_shift), 4)  # the hi row again when not halves
+        return b.select(two, b.fadd(v, lo), v)
+
     iota = ir.Constant(vec(I64, w), list(range(w)))
 
     def chunks(n: ir.Value, tag: str, body) -> None:
@@ -101,17 +120,31 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         hd = b.mul(h, D)
         last = b.sub(n, const_i64(1))
         nvec = b.mul(b.sdiv(b.add(n, const_i64(w - 1)), const_i64(w)), const_i64(w))
-        kt_bytes = b.mul(b.mul(D, nvec), four)  # kT: D rows of nvec keys; score rows follow
+        # scratch: kT (D × nvec), q, v and k (nvec × D each), then ROWS score rows
+        block = b.mul(b.mul(D, nvec), four)
+        q_at, v_at, k_at = block, b.mul(block, const_i64(2)), b.mul(block, const_i64(3))
+        scores_at = b.mul(block, const_i64(4))
 
-        # this head's keys transposed (d-major), zero past the sequence
-        kcol = b.add(hidden, hd)
+        # this head's q, k, v gathered from the product (halves summed, bias added), in whole
+        # vectors along d; then the keys transposed (d-major), zero past the sequence
+        kcol, vcol = b.add(hidden, hd), b.add(b.mul(hidden, const_i64(2)), hd)
+        with for_range(b, const_i64(0), n, 1, "gj") as j:
+            row = b.add(st, j)
+            rowoff = b.mul(b.mul(j, D), four)
+
+            def gather(ty: ir.Type, d: ir.Value, row=row, rowoff=rowoff) -> None:
+                doff = b.add(rowoff, b.mul(d, four))
+                store_at(b, combined(ty, row, b.add(hd, d)), scratch, b.add(q_at, doff), 4)
+                store_at(b, combined(ty, row, b.add(kcol, d)), scratch, b.add(k_at, doff), 4)
+                store_at(b, combined(ty, row, b.add(vcol, d)), scratch, b.add(v_at, doff), 4)
+
+            chunks(D, "gd", gather)
         with for_range(b, const_i64(0), nvec, 1, "kj") as j:
             inside = b.icmp_signed("<", j, n)
-            src = b.mul(b.add(b.mul(b.add(st, b.select(inside, j, last)), stride), kcol), four)
+            src = b.add(k_at, b.mul(b.mul(j, D), four))
             with for_range(b, const_i64(0), D, 1, "kd") as d:
-                v = load_at(b, F32, qkv, b.add(src, b.mul(d, four)), 4)
-                v = b.select(inside, v, ir.Constant(F32, 0.0))
-                store_at(b, v, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
+                kv = b.select(inside, load_at(b, F32, scratch, b.add(src, b.mul(d, four)), 4), ir.Constant(F32, 0.0))
+                store_at(b, kv, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
 
         with for_range(b, const_i64(0), n, ROWS, "qi") as i0:
             # rows past the sequence repeat its last row; their results are not stored
@@ -119,8 +152,8 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
             for r in range(ROWS):
                 i = b.add(i0, const_i64(r))
                 qis.append(b.select(b.icmp_signed("<", i, n), i, last))
-            qoffs = [b.mul(b.add(b.mul(b.add(st, qi), stride), hd), four) for qi in qis]
-            srows = [b.add(kt_bytes, b.mul(b.mul(const_i64(r), nvec), four)) for r in range(ROWS)]
+            qoffs = [b.add(q_at, b.mul(b.mul(qi, D), four)) for qi in qis]
+            srows = [b.add(scores_at, b.mul(b.mul(const_i64(r), nvec), four)) for r in range(ROWS)]
 
             with for_range(b, const_i64(0), nvec, w, "sc") as j:
                 for slot in accs[w]:
@@ -129,7 +162,7 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
                     kv = load_at(b, vt, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
                     doff = b.mul(d, four)
                     for qoff, slot in zip(qoffs, accs[w]):
-                        qd = splat(b, load_at(b, F32, qkv, b.add(qoff, doff), 4), w)
+                        qd = splat(b, load_at(b, F32, scratch, b.add(qoff, doff), 4), w)
                         b.store(fmuladd(b, m, qd, kv, b.load(slot)), slot)
                 # lanes past the sequence score NEG
                 valid = b.icmp_signed("<", b.add(splat(b, j, w), iota), splat(b, n, w))
@@ -177,9 +210,8 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
                 slots = accs[lanes]
                 for slot in slots:
                     b.store(ir.Constant(ty, None), slot)
-                vcol = b.add(b.add(b.mul(hidden, const_i64(2)), hd), dc)
                 with for_range(b, const_i64(0), n, 1, "j") as j:
-                    vv = load_at(b, ty, qkv, b.mul(b.add(b.mul(b.add(st, j), stride), vcol), four), 4)
+                    vv = load_at(b, ty, scratch, b.add(v_at, b.mul(b.add(b.mul(j, D), dc), four)), 4)
                     joff = b.mul(j, four)
                     for srow, slot in zip(srows, slots):
                         p = splat(b, load_at(b, F32, scratch, b.add(srow, joff), 4), lanes)
@@ -220,17 +252,22 @@ def attention_reference(
     return out
 
 
-def _checked(qkv, n_head, head_dim, starts, lengths, bias):
-    if not isinstance(qkv, np.ndarray) or qkv.dtype != np.float32 or qkv.ndim != 2:
-        raise KernelInputError("encoder attention: qkv must be a 2-D float32 array")
-    if n_head < 1 or head_dim < 1 or qkv.shape[1] < 3 * n_head * head_dim:
-        raise KernelInputError(f"encoder attention: qkv {qkv.shape} holds no {n_head}×{head_dim} q, k and v")
+def _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias):
+    if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.ndim != 2:
+        raise KernelInputError("encoder attention: the QKV product must be a 2-D float32 array")
+    t = int(t)
+    if t < 0 or y.shape[0] != (2 * t if halves else t):
+        raise KernelInputError(f"encoder attention: product {y.shape} does not hold {'2×' if halves else ''}{t} rows")
+    if n_head < 1 or head_dim < 1 or y.shape[1] < 3 * n_head * head_dim:
+        raise KernelInputError(f"encoder attention: product {y.shape} holds no {n_head}×{head_dim} q, k and v")
+    if not isinstance(qkv_bias, np.ndarray) or qkv_bias.dtype != np.float32 or qkv_bias.shape != (y.shape[1],):
+        raise KernelInputError(f"encoder attention: the QKV bias must be float32 ({y.shape[1]},)")
     starts = np.ascontiguousarray(starts, np.int64)
     lengths = np.ascontiguousarray(lengths, np.int64)
     if starts.shape != lengths.shape or starts.ndim != 1:
         raise KernelInputError("encoder attention: starts and lengths must be 1-D and of equal length")
-    if starts.size and ((lengths < 1).any() or (starts < 0).any() or (starts + lengths > qkv.shape[0]).any()):
-        raise KernelInputError(f"encoder attention: a sequence lies outside the {qkv.shape[0]} rows")
+    if starts.size and ((lengths < 1).any() or (starts < 0).any() or (starts + lengths > t).any()):
+        raise KernelInputError(f"encoder attention: a sequence lies outside the {t} rows")
     if bias is not None:
         longest = int(lengths.max()) if lengths.size else 0
         if (
@@ -243,13 +280,12 @@ def _checked(qkv, n_head, head_dim, starts, lengths, bias):
         ):
             raise KernelInputError(f"encoder attention: bias must be float32 ({n_head}, L, L) with L >= {longest}")
         bias = np.ascontiguousarray(bias)
-    return np.ascontiguousarray(qkv), starts, lengths, bias
+    return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
-def _drive(native: Native, qkv, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
-    qkv, starts, lengths, bias = _checked(qkv, n_head, head_dim, starts, lengths, bias)
-    s, hidden = qkv.shape[0], n_head * head_dim
-    out = np.zeros((s, hidden), np.float32)
+def _drive(native: Native, y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias)
+    out = np.zeros((t, n_head * head_dim), np.float32)
     pairs = starts.size * n_head
     if not pairs:
         return out
@@ -258,8 +294,8 @@ def _drive(native: Native, qkv, n_head, head_dim, starts, lengths, scale, bias=N
     ranges = row_ranges(pairs, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
     scratch = np.empty((len(ranges), per_worker), np.float32)
-    head = (address(qkv), address(bias) if bias is not None else 0, address(out))
-    tail = (address(starts), address(lengths), n_head, head_dim, qkv.shape[1])
+    head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))
+    tail = (address(starts), address(lengths), t, int(bool(halves)), n_head, head_dim, y.shape[1])
     ld = bias.shape[1] if bias is not None else 0
     native.run(
         [
@@ -270,8 +306,9 @@ def _drive(native: Native, qkv, n_head, head_dim, starts, lengths, scale, bias=N
     return out
 
 
-def _twin(qkv, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
-    qkv, starts, lengths, bias = _checked(qkv, n_head, head_dim, starts, lengths, bias)
+def _twin(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias)
+    qkv = combine_reference(y, qkv_bias, t, halves, False)
     return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
 
 

@@ -282,8 +282,10 @@ class BertEncoderModel:
         """One block: x (S, hidden) and, when this layer's QKV product wants it, its hi/lo split
         ``xs``; returns the block output and its split when ``split_out``."""
         cfg, s, eops = self.cfg, x.shape[0], self.eops
-        qkv = eops.combine(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, False)
-        attn = eops.attention(qkv, cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
+        # the QKV product is a temporary: held past attention, its pages would stay taken and
+        # the products after it would write into freshly mapped ones
+        heads = (cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
+        attn = eops.attention(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, *heads)
         x1, xs1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_split)
         up = eops.combine(layer.w_up(xs1 if layer.up_split else x1), layer.b_up, s, layer.up_split, True)
         return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, split_out)
