@@ -1,7 +1,7 @@
 """Packed-sequence encoder attention (on the QKV product before its epilogue: plain or hi/lo
-halves, plus bias) vs a float64 oracle on every runnable ISA: ragged
-lengths (1, 2, 31, 33, 257 …; around the 8-row query blocks), several sequences per call, optional per-head bias, head
-dims that are and are not multiples of the vector width."""
+halves, plus bias) vs a float64 oracle on every runnable ISA: ragged lengths (1, 2, 31, 33,
+257 …; around the 8-row query blocks), several sequences per call, optional per-head bias,
+head dims that are and are not multiples of the vector width."""
 
 from __future__ import annotations
 
