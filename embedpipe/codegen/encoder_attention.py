@@ -1,14 +1,18 @@
 """Bidirectional attention of packed sequences over their real tokens, one native call per layer.
 
-For every (sequence, head) pair and query row: scores against the sequence's keys (``scale``
-times ``q·k``, plus an optional additive per-head bias such as MPNet's relative position bias),
-softmax, and the probability-weighted sum of values, written straight into the output row.
-Only one row of scores per worker exists at a time (never T×T). Keys are read transposed
-(``kT``: heads × head_dim × tokens, made by the caller), so a score row is ``head_dim``
-vector FMAs over consecutive keys.
+For every (sequence, head) pair and block of ``ROWS`` query rows: scores against the sequence's
+keys (``scale`` times ``q·k``, plus an optional additive per-head bias such as MPNet's relative
+position bias), softmax, and the probability-weighted sum of values, written straight into the
+output rows. Per worker, only the pair's keys transposed (``head_dim`` × tokens, so a block of
+scores is ``head_dim`` steps of one key-vector load feeding ``ROWS`` FMAs) and ``ROWS`` rows of
+scores exist at a time (never T×T); a block of outputs likewise loads each value vector once
+for ``ROWS`` rows.
 
-``q``/``k``/``v`` are column blocks of one fused projection ``qkv`` (tokens × row stride): q at
-column 0, k at ``hidden``, v at ``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
+The input is the fused QKV product ``y`` before its epilogue: T rows, or 2T when it was made from
+the hi/lo split of ``codegen.encoder_fused`` (``halves``: rows t and T + t add up), plus its
+bias; each (sequence, head) pair gathers its q, k and v from it, combined, into worker scratch,
+so the combined T × 3·hidden array is never written. Within a row: q at column 0, k at
+``hidden``, v at ``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
 Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the numpy twin.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
+from embedpipe.codegen.encoder_fused import address, cached_f32_word, combine_reference, row_ranges
 from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
 from embedpipe.codegen.irutil import (
     F32,
@@ -24,6 +29,7 @@ from embedpipe.codegen.irutil import (
     I64,
     PTR,
     const_i64,
+    fmuladd,
     for_range,
     hmax_tree,
     hsum_tree,
@@ -33,24 +39,27 @@ from embedpipe.codegen.irutil import (
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native, f32_word
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.library import KernelInputError
-from embedpipe.codegen.threads import split_range
 
 # Score-row work (pairs · T² · head_dim) below which a call runs on the calling thread.
 PARALLEL_MIN_WORK = 1 << 20
-# Independent accumulators of a score vector (hides FMA latency).
-CHAINS = 4
+# Query rows handled together: each key (score step) and value (output step) vector loaded once
+# feeds ROWS independent FMA chains, and the softmax of the ROWS rows runs interleaved (ROWS
+# independent exp chains per step), so neither loads nor latency bound the loops.
+ROWS = 8
+NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives 0
 
 PARAMS = [
-    ("qkv", PTR),
-    ("kT", PTR),
+    ("y", PTR),  # the QKV product: T rows, or 2T when halves (hi rows then lo rows)
+    ("qkv_bias", PTR),
     ("bias", PTR),
     ("out", PTR),
-    ("scratch", PTR),
+    ("scratch", PTR),  # per worker: scratch_floats(D, longest, lanes) fp32
     ("starts", PTR),
     ("lengths", PTR),
-    ("S", I64),
+    ("T", I64),
+    ("halves", I64),
     ("H", I64),
     ("D", I64),
     ("stride", I64),
@@ -61,24 +70,45 @@ PARAMS = [
 ]
 
 
+def scratch_floats(head_dim: int, longest: int, lanes: int) -> int:
+    """fp32 scratch one worker needs: a head's keys transposed (head_dim × L), its queries,
+    values and keys (L × head_dim each) and ROWS score rows (ROWS × L), L the longest sequence
+    rounded up to whole vectors."""
+    padded = -(-longest // lanes) * lanes
+    return (4 * head_dim + ROWS) * padded
+
+
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
-    qkv, kT, bias, out, scratch, starts, lengths, S, H, D, stride, bias_ld, scale_bits, p0, p1 = b.function.args
+    y, qkv_bias, bias, out, scratch, starts, lengths, T, halves, H, D, stride, bias_ld, scale_bits, p0, p1 = (
+        b.function.args
+    )
     m = b.module
     w = isa.lanes
+    vt = vec(F32, w)
     four = const_i64(4)
     scale = b.bitcast(b.trunc(scale_bits, I32), F32)
     hidden = b.mul(H, D)
-    SP = b.add(S, const_i64(w))  # kT row length: the tokens plus one vector of zero padding
-    acc = b.alloca(vec(F32, w))
-    parts = [b.alloca(vec(F32, w)) for _ in range(CHAINS)]
-    wparts = {True: [b.alloca(vec(F32, w)) for _ in range(2)], False: [b.alloca(vec(F32, 1)) for _ in range(2)]}
+    accs = {n: [b.alloca(vec(F32, n)) for _ in range(ROWS)] for n in (w, 1)}
+    stats = [b.alloca(vt) for _ in range(ROWS)]
+    inv = [b.alloca(F32) for _ in range(ROWS)]
     has_bias = b.icmp_signed("!=", bias_ld, const_i64(0))
+    two = b.icmp_signed("!=", halves, const_i64(0))
+    lo_shift = b.mul(b.mul(b.select(two, T, const_i64(0)), stride), four)  # bytes from a hi row to its lo row
+
+    def combined(ty: ir.Type, row: ir.Value, col: ir.Value) -> ir.Value:
+        """y[row, col:] (+ y[T + row, col:] when halves) + qkv_bias[col:], ``ty`` lanes."""
+        off = b.mul(b.add(b.mul(row, stride), col), four)
+        v = b.fadd(load_at(b, ty, y, off, 4), load_at(b, ty, qkv_bias, b.mul(col, four), 4))
+        lo = load_at(b, ty, y, b.add(off, lo_shift), 4)  # the hi row again when not halves
+        return b.select(two, b.fadd(v, lo), v)
+
+    iota = ir.Constant(vec(I64, w), list(range(w)))
 
     def chunks(n: ir.Value, tag: str, body) -> None:
         """``body(ty, j)`` over [0, n): w-lane vectors, then single lanes."""
         vstop = b.sub(n, b.srem(n, const_i64(w)))
         with for_range(b, const_i64(0), vstop, w, tag) as j:
-            body(vec(F32, w), j)
+            body(vt, j)
         with for_range(b, vstop, n, 1, tag + "t") as j:
             body(vec(F32, 1), j)
 
@@ -88,82 +118,109 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         st = load_at(b, I64, starts, b.mul(seq, const_i64(8)), 8)
         n = load_at(b, I64, lengths, b.mul(seq, const_i64(8)), 8)
         hd = b.mul(h, D)
-        with for_range(b, const_i64(0), n, 1, "qi") as i:
-            row = b.add(st, i)
-            qoff = b.mul(b.add(b.mul(row, stride), hd), four)
-            brow = b.mul(b.add(b.mul(h, bias_ld), i), bias_ld)
+        last = b.sub(n, const_i64(1))
+        nvec = b.mul(b.sdiv(b.add(n, const_i64(w - 1)), const_i64(w)), const_i64(w))
+        # scratch: kT (D × nvec), q, v and k (nvec × D each), then ROWS score rows
+        block = b.mul(b.mul(D, nvec), four)
+        q_at, v_at, k_at = block, b.mul(block, const_i64(2)), b.mul(block, const_i64(3))
+        scores_at = b.mul(block, const_i64(4))
 
-            # whole w-lane vectors of keys: lanes past the sequence read kT's padding columns
-            # (or the next sequence's keys) and are then set to -3e38 so softmax ignores them
-            nvec = b.mul(b.sdiv(b.add(n, const_i64(w - 1)), const_i64(w)), const_i64(w))
-            vt = vec(F32, w)
+        # this head's q, k, v gathered from the product (halves summed, bias added), in whole
+        # vectors along d; then the keys transposed (d-major), zero past the sequence
+        kcol, vcol = b.add(hidden, hd), b.add(b.mul(hidden, const_i64(2)), hd)
+        with for_range(b, const_i64(0), n, 1, "gj") as j:
+            row = b.add(st, j)
+            rowoff = b.mul(b.mul(j, D), four)
+
+            def gather(ty: ir.Type, d: ir.Value, row=row, rowoff=rowoff) -> None:
+                doff = b.add(rowoff, b.mul(d, four))
+                store_at(b, combined(ty, row, b.add(hd, d)), scratch, b.add(q_at, doff), 4)
+                store_at(b, combined(ty, row, b.add(kcol, d)), scratch, b.add(k_at, doff), 4)
+                store_at(b, combined(ty, row, b.add(vcol, d)), scratch, b.add(v_at, doff), 4)
+
+            chunks(D, "gd", gather)
+        with for_range(b, const_i64(0), nvec, 1, "kj") as j:
+            inside = b.icmp_signed("<", j, n)
+            src = b.add(k_at, b.mul(b.mul(j, D), four))
+            with for_range(b, const_i64(0), D, 1, "kd") as d:
+                kv = b.select(inside, load_at(b, F32, scratch, b.add(src, b.mul(d, four)), 4), ir.Constant(F32, 0.0))
+                store_at(b, kv, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
+
+        with for_range(b, const_i64(0), n, ROWS, "qi") as i0:
+            # rows past the sequence repeat its last row; their results are not stored
+            qis = []
+            for r in range(ROWS):
+                i = b.add(i0, const_i64(r))
+                qis.append(b.select(b.icmp_signed("<", i, n), i, last))
+            qoffs = [b.add(q_at, b.mul(b.mul(qi, D), four)) for qi in qis]
+            srows = [b.add(scores_at, b.mul(b.mul(const_i64(r), nvec), four)) for r in range(ROWS)]
+
             with for_range(b, const_i64(0), nvec, w, "sc") as j:
-                kcol = b.add(st, j)
-
-                def qk(d: ir.Value) -> ir.Value:
-                    qd = load_at(b, F32, qkv, b.add(qoff, b.mul(d, four)), 4)
-                    kv = load_at(b, vt, kT, b.mul(b.add(b.mul(b.add(hd, d), SP), kcol), four), 4)
-                    return b.fmul(splat(b, qd, w), kv)
-
-                # CHAINS independent partial sums over d: FMA latency, not a single chain, bounds it
-                for slot in parts:
+                for slot in accs[w]:
                     b.store(ir.Constant(vt, None), slot)
-                dstop = b.sub(D, b.srem(D, const_i64(CHAINS)))
-                with for_range(b, const_i64(0), dstop, CHAINS, "d") as d:
-                    for c, slot in enumerate(parts):
-                        b.store(b.fadd(b.load(slot), qk(b.add(d, const_i64(c)))), slot)
-                with for_range(b, dstop, D, 1, "dt") as d:
-                    b.store(b.fadd(b.load(parts[0]), qk(d)), parts[0])
-                total_v = b.load(parts[0])
-                for slot in parts[1:]:
-                    total_v = b.fadd(total_v, b.load(slot))
-                store_at(b, b.fmul(total_v, splat(b, scale, w)), scratch, b.mul(j, four), 4)
+                with for_range(b, const_i64(0), D, 1, "d") as d:
+                    kv = load_at(b, vt, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
+                    doff = b.mul(d, four)
+                    for qoff, slot in zip(qoffs, accs[w]):
+                        qd = splat(b, load_at(b, F32, scratch, b.add(qoff, doff), 4), w)
+                        b.store(fmuladd(b, m, qd, kv, b.load(slot)), slot)
+                # lanes past the sequence score NEG
+                valid = b.icmp_signed("<", b.add(splat(b, j, w), iota), splat(b, n, w))
+                joff = b.mul(j, four)
+                for srow, slot in zip(srows, accs[w]):
+                    sv = b.select(valid, b.fmul(b.load(slot), splat(b, scale, w)), _fconst(vt, NEG))
+                    store_at(b, sv, scratch, b.add(srow, joff), 4)
+
             with b.if_then(has_bias):
+                for r in range(ROWS):
+                    brow = b.mul(b.add(b.mul(h, bias_ld), qis[r]), bias_ld)
 
-                def add_bias(ty: ir.Type, j: ir.Value) -> None:
-                    off = b.mul(j, four)
-                    bv = load_at(b, ty, bias, b.mul(b.add(brow, j), four), 4)
-                    store_at(b, b.fadd(load_at(b, ty, scratch, off, 4), bv), scratch, off, 4)
+                    def add_bias(ty: ir.Type, j: ir.Value, srow=srows[r], brow=brow) -> None:
+                        off = b.add(srow, b.mul(j, four))
+                        bv = load_at(b, ty, bias, b.mul(b.add(brow, j), four), 4)
+                        store_at(b, b.fadd(load_at(b, ty, scratch, off, 4), bv), scratch, off, 4)
 
-                chunks(n, "bi", add_bias)
-            with for_range(b, n, nvec, 1, "pad") as j:
-                store_at(b, ir.Constant(F32, -3.0e38), scratch, b.mul(j, four), 4)
-            b.store(_fconst(vt, -3.0e38), acc)
+                    chunks(n, "bi", add_bias)
+
+            # softmax of the ROWS rows, interleaved: max, then exp and sum
+            for slot in stats:
+                b.store(_fconst(vt, NEG), slot)
             with for_range(b, const_i64(0), nvec, w, "mx") as j:
-                v = load_at(b, vt, scratch, b.mul(j, four), 4)
-                cur = b.load(acc)
-                b.store(b.select(b.fcmp_ordered(">", v, cur), v, cur), acc)
-            mx = hmax_tree(b, b.load(acc))
-            b.store(ir.Constant(vt, None), acc)
+                joff = b.mul(j, four)
+                for srow, slot in zip(srows, stats):
+                    v, cur = load_at(b, vt, scratch, b.add(srow, joff), 4), b.load(slot)
+                    b.store(b.select(b.fcmp_ordered(">", v, cur), v, cur), slot)
+            maxes = [splat(b, hmax_tree(b, b.load(slot)), w) for slot in stats]
+            for slot in stats:
+                b.store(ir.Constant(vt, None), slot)
             with for_range(b, const_i64(0), nvec, w, "ex") as j:
-                off = b.mul(j, four)
-                e = emit_exp(b, m, b.fsub(load_at(b, vt, scratch, off, 4), splat(b, mx, w)))
-                store_at(b, e, scratch, off, 4)
-                b.store(b.fadd(b.load(acc), e), acc)
-            total = hsum_tree(b, b.load(acc))
-            inv = b.fdiv(ir.Constant(F32, 1.0), total)
-            ooff = b.mul(b.add(b.mul(row, hidden), hd), four)
+                valid = b.icmp_signed("<", b.add(splat(b, j, w), iota), splat(b, n, w))
+                joff = b.mul(j, four)
+                for srow, mx, slot in zip(srows, maxes, stats):
+                    off = b.add(srow, joff)
+                    e = emit_exp(b, m, b.fsub(load_at(b, vt, scratch, off, 4), mx))
+                    e = b.select(valid, e, ir.Constant(vt, None))
+                    store_at(b, e, scratch, off, 4)
+                    b.store(b.fadd(b.load(slot), e), slot)
+            for slot, r_inv in zip(stats, inv):
+                b.store(b.fdiv(ir.Constant(F32, 1.0), hsum_tree(b, b.load(slot))), r_inv)
 
             def weighted(ty: ir.Type, dc: ir.Value) -> None:
                 lanes = ty.count
-                slots = wparts[lanes == w]
+                slots = accs[lanes]
                 for slot in slots:
                     b.store(ir.Constant(ty, None), slot)
-                vcol = b.add(b.add(b.mul(hidden, const_i64(2)), hd), dc)
-
-                def pv(j: ir.Value) -> ir.Value:
-                    p = load_at(b, F32, scratch, b.mul(j, four), 4)
-                    vv = load_at(b, ty, qkv, b.mul(b.add(b.mul(b.add(st, j), stride), vcol), four), 4)
-                    return b.fmul(splat(b, p, lanes), vv)
-
-                jstop = b.sub(n, b.srem(n, const_i64(2)))
-                with for_range(b, const_i64(0), jstop, 2, "j") as j:
-                    b.store(b.fadd(b.load(slots[0]), pv(j)), slots[0])
-                    b.store(b.fadd(b.load(slots[1]), pv(b.add(j, const_i64(1)))), slots[1])
-                with for_range(b, jstop, n, 1, "jt") as j:
-                    b.store(b.fadd(b.load(slots[0]), pv(j)), slots[0])
-                total_v = b.fadd(b.load(slots[0]), b.load(slots[1]))
-                store_at(b, b.fmul(total_v, splat(b, inv, lanes)), out, b.add(ooff, b.mul(dc, four)), 4)
+                with for_range(b, const_i64(0), n, 1, "j") as j:
+                    vv = load_at(b, ty, scratch, b.add(v_at, b.mul(b.add(b.mul(j, D), dc), four)), 4)
+                    joff = b.mul(j, four)
+                    for srow, slot in zip(srows, slots):
+                        p = splat(b, load_at(b, F32, scratch, b.add(srow, joff), 4), lanes)
+                        b.store(fmuladd(b, m, p, vv, b.load(slot)), slot)
+                for r, slot in enumerate(slots):
+                    i = b.add(i0, const_i64(r))
+                    with b.if_then(b.icmp_signed("<", i, n)):
+                        ooff = b.mul(b.add(b.add(b.mul(b.add(st, i), hidden), hd), dc), four)
+                        store_at(b, b.fmul(b.load(slot), splat(b, b.load(inv[r]), lanes)), out, ooff, 4)
 
             chunks(D, "dv", weighted)
     b.ret_void()
@@ -195,17 +252,22 @@ def attention_reference(
     return out
 
 
-def _checked(qkv, n_head, head_dim, starts, lengths, bias):
-    if not isinstance(qkv, np.ndarray) or qkv.dtype != np.float32 or qkv.ndim != 2:
-        raise KernelInputError("encoder attention: qkv must be a 2-D float32 array")
-    if n_head < 1 or head_dim < 1 or qkv.shape[1] < 3 * n_head * head_dim:
-        raise KernelInputError(f"encoder attention: qkv {qkv.shape} holds no {n_head}×{head_dim} q, k and v")
+def _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias):
+    if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.ndim != 2:
+        raise KernelInputError("encoder attention: the QKV product must be a 2-D float32 array")
+    t = int(t)
+    if t < 0 or y.shape[0] != (2 * t if halves else t):
+        raise KernelInputError(f"encoder attention: product {y.shape} does not hold {'2×' if halves else ''}{t} rows")
+    if n_head < 1 or head_dim < 1 or y.shape[1] < 3 * n_head * head_dim:
+        raise KernelInputError(f"encoder attention: product {y.shape} holds no {n_head}×{head_dim} q, k and v")
+    if not isinstance(qkv_bias, np.ndarray) or qkv_bias.dtype != np.float32 or qkv_bias.shape != (y.shape[1],):
+        raise KernelInputError(f"encoder attention: the QKV bias must be float32 ({y.shape[1]},)")
     starts = np.ascontiguousarray(starts, np.int64)
     lengths = np.ascontiguousarray(lengths, np.int64)
     if starts.shape != lengths.shape or starts.ndim != 1:
         raise KernelInputError("encoder attention: starts and lengths must be 1-D and of equal length")
-    if starts.size and ((lengths < 1).any() or (starts < 0).any() or (starts + lengths > qkv.shape[0]).any()):
-        raise KernelInputError(f"encoder attention: a sequence lies outside the {qkv.shape[0]} rows")
+    if starts.size and ((lengths < 1).any() or (starts < 0).any() or (starts + lengths > t).any()):
+        raise KernelInputError(f"encoder attention: a sequence lies outside the {t} rows")
     if bias is not None:
         longest = int(lengths.max()) if lengths.size else 0
         if (
@@ -218,37 +280,35 @@ def _checked(qkv, n_head, head_dim, starts, lengths, bias):
         ):
             raise KernelInputError(f"encoder attention: bias must be float32 ({n_head}, L, L) with L >= {longest}")
         bias = np.ascontiguousarray(bias)
-    return np.ascontiguousarray(qkv), starts, lengths, bias
+    return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
-def _drive(native: Native, qkv, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
-    qkv, starts, lengths, bias = _checked(qkv, n_head, head_dim, starts, lengths, bias)
-    s, hidden = qkv.shape[0], n_head * head_dim
-    out = np.zeros((s, hidden), np.float32)
+def _drive(native: Native, y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias)
+    out = np.zeros((t, n_head * head_dim), np.float32)
     pairs = starts.size * n_head
     if not pairs:
         return out
-    lanes = native.isa.lanes
-    kT = np.zeros((n_head, head_dim, s + lanes), np.float32)
-    kT[:, :, :s] = qkv[:, hidden : 2 * hidden].reshape(s, n_head, head_dim).transpose(1, 2, 0)
-    longest = -(-int(lengths.max()) // lanes) * lanes
+    longest = int(lengths.max())
     work = int((lengths.astype(np.float64) ** 2).sum()) * n_head * head_dim
-    ranges = split_range(0, pairs, threads if work >= PARALLEL_MIN_WORK else 1)
-    scratch = np.empty((len(ranges), longest), np.float32)
-    head = (qkv.ctypes.data, kT.ctypes.data, bias.ctypes.data if bias is not None else 0, out.ctypes.data)
-    tail = (starts.ctypes.data, lengths.ctypes.data, s, n_head, head_dim, qkv.shape[1])
+    ranges = row_ranges(pairs, threads if work >= PARALLEL_MIN_WORK else 1)
+    per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
+    scratch = np.empty((len(ranges), per_worker), np.float32)
+    head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))
+    tail = (address(starts), address(lengths), t, int(bool(halves)), n_head, head_dim, y.shape[1])
     ld = bias.shape[1] if bias is not None else 0
     native.run(
         [
-            (*head, scratch.ctypes.data + 4 * longest * i, *tail, ld, f32_word(scale), a, b)
+            (*head, address(scratch) + 4 * per_worker * i, *tail, ld, cached_f32_word(float(scale)), a, b)
             for i, (a, b) in enumerate(ranges)
         ]
     )
     return out
 
 
-def _twin(qkv, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
-    qkv, starts, lengths, bias = _checked(qkv, n_head, head_dim, starts, lengths, bias)
+def _twin(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias)
+    qkv = combine_reference(y, qkv_bias, t, halves, False)
     return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
 
 

@@ -17,6 +17,9 @@ Model-agnostic: the encoder model composes them; numpy twins are the fallback an
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import llvmlite.ir as ir
 import numpy as np
 
@@ -235,6 +238,27 @@ def _parts(elements: int, threads: int) -> int:
     return threads if elements >= PARALLEL_MIN_ELEMENTS else 1
 
 
+def row_ranges(rows: int, parts: int) -> list[tuple[int, int]]:
+    """``split_range(0, rows, parts)``, without its arithmetic for the one-part case."""
+    return [(0, rows)] if parts == 1 else split_range(0, rows, parts)
+
+
+def address(a: np.ndarray) -> int:
+    """Data address of a C-contiguous array, for the per-call arguments of these small kernels:
+    numpy's ``.ctypes.data`` builds an object per call, a noticeable share of a single-text
+    forward at dozens of calls; ctypes reads a writable buffer's address for a fraction of that
+    (read-only or empty arrays take numpy's path)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
+#: ``f32_word`` of the few fp32 constants these kernels take (LayerNorm epsilon, attention
+#: scale: one or two per model), converted once.
+cached_f32_word = functools.lru_cache(maxsize=64)(f32_word)
+
+
 def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, split, threads=1):
     if x.ndim != 2:
         raise KernelInputError(f"residual_norm: x must be 2-D, got {x.shape}")
@@ -246,9 +270,9 @@ def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, split, thre
     out = np.empty((t, d), np.float32)
     sp = np.empty((2 * t, d), np.float32) if split else None
     if t:
-        head = (x.ctypes.data, bias.ctypes.data, res.ctypes.data, w.ctypes.data, beta.ctypes.data, out.ctypes.data)
-        tail = (sp.ctypes.data if split else 0, t, d, int(bool(split)), f32_word(eps))
-        native.run([(*head, *tail, a, b) for a, b in split_range(0, t, _parts(t * d, threads))])
+        head = (address(x), address(bias), address(res), address(w), address(beta), address(out))
+        tail = (address(sp) if split else 0, t, d, int(bool(split)), cached_f32_word(float(eps)))
+        native.run([(*head, *tail, a, b) for a, b in row_ranges(t, _parts(t * d, threads))])
     return out, sp
 
 
@@ -260,8 +284,8 @@ def _drive_combine(native: Native, y, bias, t, halves, gelu, threads=1):
     bias = _f32("combine bias", bias, (n,))
     out = np.empty((t, n), np.float32)
     if t:
-        head = (y.ctypes.data, bias.ctypes.data, out.ctypes.data, t, n, int(bool(halves)), int(bool(gelu)))
-        native.run([(*head, a, b) for a, b in split_range(0, t, _parts(t * n, threads))])
+        head = (address(y), address(bias), address(out), t, n, int(bool(halves)), int(bool(gelu)))
+        native.run([(*head, a, b) for a, b in row_ranges(t, _parts(t * n, threads))])
     return out
 
 

@@ -27,6 +27,11 @@ from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
 
 POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
 
+#: Tokens per forward pass: a batch with more runs as consecutive passes of whole sequences.
+#: Every activation of a pass (the split products' 2T-row outputs above all) then stays in
+#: the caches, and no allocation is big enough to be fresh zeroed pages on every call.
+PASS_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -117,6 +122,19 @@ def validate_tensors(mf: GGUFModelFile, cfg: EncoderConfig) -> None:
                 raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}")
         elif tuple(tensor.shape) != tuple(shape):
             raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}")
+
+
+def token_passes(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive ``[a, b)`` ranges of sequences holding at most ``budget`` tokens each (a
+    longer sequence alone); one range for an empty list."""
+    passes, start, total = [], 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and total + n > budget:
+            passes.append((start, i))
+            start, total = i, 0
+        total += n
+    passes.append((start, len(lengths)))
+    return passes
 
 
 def _vec(mf: GGUFModelFile, name: str) -> np.ndarray:
@@ -220,6 +238,12 @@ class BertEncoderModel:
 
     def embed(self, seqs: list[list[int]]) -> np.ndarray:
         """(batch, hidden) float32 pooled vectors for token-id sequences (CLS/SEP included by the caller)."""
+        passes = token_passes([len(s) for s in seqs], PASS_TOKENS)
+        if len(passes) == 1:
+            return self._embed_pass(seqs)
+        return np.concatenate([self._embed_pass(seqs[a:b]) for a, b in passes])
+
+    def _embed_pass(self, seqs: list[list[int]]) -> np.ndarray:
         cfg = self.cfg
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         if (lengths == 0).any():
@@ -258,8 +282,10 @@ class BertEncoderModel:
         """One block: x (S, hidden) and, when this layer's QKV product wants it, its hi/lo split
         ``xs``; returns the block output and its split when ``split_out``."""
         cfg, s, eops = self.cfg, x.shape[0], self.eops
-        qkv = eops.combine(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, False)
-        attn = eops.attention(qkv, cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
+        # the QKV product is a temporary: held past attention, its pages would stay taken and
+        # the products after it would write into freshly mapped ones
+        heads = (cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
+        attn = eops.attention(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, *heads)
         x1, xs1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_split)
         up = eops.combine(layer.w_up(xs1 if layer.up_split else x1), layer.b_up, s, layer.up_split, True)
         return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, split_out)

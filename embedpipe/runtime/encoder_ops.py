@@ -118,12 +118,15 @@ class NumpyEncoderOps:
 
         return combine_reference(y, bias, t, halves, gelu)
 
-    def attention(self, qkv, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
-        """(S, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
-        over their own tokens; q, k, v are the column blocks of ``qkv``; ``bias`` an additive
-        (H, L, L) per-head bias or None."""
+    def attention(
+        self, y, qkv_bias, t: int, halves: bool, n_head: int, head_dim: int, starts, lengths, scale: float, bias
+    ) -> np.ndarray:
+        """(T, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
+        over their own tokens; q, k, v are the column blocks of ``y[:T] (+ y[T:2T] when
+        halves) + qkv_bias``; ``bias`` an additive (H, L, L) per-head bias or None."""
         from embedpipe.codegen.encoder_attention import attention_reference
 
+        qkv = self.combine(y, qkv_bias, t, halves, False)
         return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
 
 
@@ -150,11 +153,14 @@ class JitEncoderOps(NumpyEncoderOps):
             return super().combine(y, bias, t, halves, gelu)
         return self._combine.kernel.drive(self._combine, y, bias, t, halves, gelu, threads=self.threads)
 
-    def attention(self, qkv, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
-        if self._attention is None:
-            return super().attention(qkv, n_head, head_dim, starts, lengths, scale, bias)
+    def attention(
+        self, y, qkv_bias, t: int, halves: bool, n_head: int, head_dim: int, starts, lengths, scale: float, bias
+    ) -> np.ndarray:
         native = self._attention
-        return native.kernel.drive(native, qkv, n_head, head_dim, starts, lengths, scale, bias, threads=self.threads)
+        if native is None:
+            return super().attention(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias)
+        args = (y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias)
+        return native.kernel.drive(native, *args, threads=self.threads)
 
 
 ENCODER_OPS: dict[str, type[NumpyEncoderOps]] = {"numpy": NumpyEncoderOps, "jit": JitEncoderOps}

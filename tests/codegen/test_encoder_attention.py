@@ -1,6 +1,7 @@
-"""Packed-sequence encoder attention vs a float64 oracle on every runnable ISA: ragged
-lengths (1, 2, 31, 33, 257 …), several sequences per call, optional per-head bias, head
-dims that are and are not multiples of the vector width."""
+"""Packed-sequence encoder attention (on the QKV product before its epilogue: plain or hi/lo
+halves, plus bias) vs a float64 oracle on every runnable ISA: ragged lengths (1, 2, 31, 33,
+257 …; around the 8-row query blocks), several sequences per call, optional per-head bias,
+head dims that are and are not multiples of the vector width."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from embedpipe.codegen import KernelInputError, runnable_isas
 from embedpipe.codegen.encoder_attention import ENCODER_ATTENTION, attention_reference
 
 ISAS = [s for s in runnable_isas()]
-CASES = [([1], 2, 32), ([2, 1], 3, 32), ([31, 33], 4, 64), ([257], 2, 24), ([14] * 9 + [5], 12, 32), ([17, 16], 2, 7)]
+CASES = [
+    ([1], 2, 32),
+    ([2, 1], 3, 32),
+    ([8, 9, 7], 3, 16),
+    ([31, 33], 4, 64),
+    ([257], 2, 24),
+    ([14] * 9 + [5], 12, 32),
+    ([17, 16], 2, 7),
+]
 
 
 def oracle(qkv, h, d, starts, lengths, scale, bias):
@@ -29,16 +38,28 @@ def oracle(qkv, h, d, starts, lengths, scale, bias):
     return out
 
 
+def product(qkv: np.ndarray, halves: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(y, bias) whose epilogue ``y[:T] (+ y[T:]) + bias`` is ``qkv``."""
+    qb = rng.standard_normal(qkv.shape[1]).astype(np.float32)
+    if not halves:
+        return qkv - qb, qb
+    lo = rng.standard_normal(qkv.shape).astype(np.float32) * 0.01
+    return np.concatenate([qkv - qb - lo, lo]), qb
+
+
 @pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
 @pytest.mark.parametrize("lens,h,d", CASES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_float64(isa, lens, h, d, with_bias):
+@pytest.mark.parametrize("halves", [False, True])
+def test_matches_float64(isa, lens, h, d, with_bias, halves):
     rng = np.random.default_rng(len(lens) * 100 + d)
     lengths = np.array(lens)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    qkv = (rng.standard_normal((int(lengths.sum()), 3 * h * d + 5)) * 2).astype(np.float32)
+    t = int(lengths.sum())
+    y, qb = product((rng.standard_normal((t, 3 * h * d + 5)) * 2).astype(np.float32), halves, rng)
+    qkv = (y[:t] + y[t:] + qb) if halves else (y + qb)
     bias = rng.standard_normal((h, max(lens) + 2, max(lens) + 2)).astype(np.float32) if with_bias else None
-    got = ENCODER_ATTENTION.on(isa)(qkv, h, d, starts, lengths, 0.2, bias, threads=2)
+    got = ENCODER_ATTENTION.on(isa)(y, qb, t, halves, h, d, starts, lengths, 0.2, bias, threads=2)
     want = oracle(qkv, h, d, starts, lengths, 0.2, bias)
     assert got.shape == want.shape and np.abs(got - want).max() <= 2e-5
     assert np.abs(attention_reference(qkv, h, d, starts, lengths, 0.2, bias) - want).max() <= 2e-5
@@ -47,18 +68,28 @@ def test_matches_float64(isa, lens, h, d, with_bias):
 def test_sequences_do_not_see_each_other():
     rng = np.random.default_rng(0)
     qkv = rng.standard_normal((40, 3 * 64)).astype(np.float32)
-    alone = ENCODER_ATTENTION(qkv[:17], 2, 32, np.array([0]), np.array([17]), 0.2)
-    packed = ENCODER_ATTENTION(qkv, 2, 32, np.array([0, 17]), np.array([17, 23]), 0.2)
+    zero = np.zeros(3 * 64, np.float32)
+    alone = ENCODER_ATTENTION(qkv[:17], zero, 17, False, 2, 32, np.array([0]), np.array([17]), 0.2)
+    packed = ENCODER_ATTENTION(qkv, zero, 40, False, 2, 32, np.array([0, 17]), np.array([17, 23]), 0.2)
     assert np.abs(packed[:17] - alone).max() <= 1e-6
 
 
 def test_out_of_range_sequences_are_refused():
     qkv = np.zeros((10, 96), np.float32)
+    zero = np.zeros(96, np.float32)
     with pytest.raises(KernelInputError, match="outside"):
-        ENCODER_ATTENTION(qkv, 1, 32, np.array([5]), np.array([6]), 1.0)
+        ENCODER_ATTENTION(qkv, zero, 10, False, 1, 32, np.array([5]), np.array([6]), 1.0)
     with pytest.raises(KernelInputError, match="outside"):
-        ENCODER_ATTENTION(qkv, 1, 32, np.array([0]), np.array([0]), 1.0)
+        ENCODER_ATTENTION(qkv, zero, 10, False, 1, 32, np.array([0]), np.array([0]), 1.0)
+    with pytest.raises(KernelInputError, match="outside"):
+        ENCODER_ATTENTION(qkv, zero, 5, True, 1, 32, np.array([0]), np.array([6]), 1.0)
     with pytest.raises(KernelInputError, match="bias"):
-        ENCODER_ATTENTION(qkv, 1, 32, np.array([0]), np.array([10]), 1.0, np.zeros((1, 4, 4), np.float32))
+        ENCODER_ATTENTION(
+            qkv, zero, 10, False, 1, 32, np.array([0]), np.array([10]), 1.0, np.zeros((1, 4, 4), np.float32)
+        )
     with pytest.raises(KernelInputError, match="holds no"):
-        ENCODER_ATTENTION(qkv, 2, 32, np.array([0]), np.array([10]), 1.0)
+        ENCODER_ATTENTION(qkv, zero, 10, False, 2, 32, np.array([0]), np.array([10]), 1.0)
+    with pytest.raises(KernelInputError, match="rows"):
+        ENCODER_ATTENTION(qkv, zero, 10, True, 1, 32, np.array([0]), np.array([10]), 1.0)
+    with pytest.raises(KernelInputError, match="QKV bias"):
+        ENCODER_ATTENTION(qkv, zero[:90], 10, False, 1, 32, np.array([0]), np.array([10]), 1.0)

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import KernelInputError, get_kernel_library, runnable_isas
-from embedpipe.codegen.encoder_fused import COMBINE, QK, RESIDUAL_NORM, combine_reference, residual_norm_reference
+from embedpipe.codegen.encoder_fused import (
+    COMBINE,
+    QK,
+    RESIDUAL_NORM,
+    address,
+    combine_reference,
+    residual_norm_reference,
+    row_ranges,
+)
 from embedpipe.codegen.ir_q8 import quantize_reference
 
 ISAS = [s for s in runnable_isas()]
@@ -113,3 +121,12 @@ def test_validation_is_one_clear_error():
         RESIDUAL_NORM(x, bias[:-1], res, w, beta, 1e-12, False)
     with pytest.raises(KernelInputError, match="rows"):
         COMBINE(np.zeros((5, 8), np.float32), np.zeros(8, np.float32), 3, True, False)
+
+
+def test_address_is_the_data_address_for_writable_read_only_and_empty_arrays():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    ro = a.copy()
+    ro.flags.writeable = False
+    for arr in (a, ro, a[1:], np.empty((0, 4), np.float32)):
+        assert address(arr) == arr.ctypes.data
+    assert row_ranges(10, 1) == [(0, 10)] and row_ranges(10, 2) == [(0, 5), (5, 10)]

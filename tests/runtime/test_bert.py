@@ -13,8 +13,10 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer as HFTokenizer
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError
+from embedpipe.runtime import bert
 from embedpipe.runtime import bert_names as bn
 from embedpipe.runtime.backends import dequantize
+from embedpipe.runtime.bert import token_passes
 from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import GGUFModelFile
@@ -154,6 +156,26 @@ def test_batching_does_not_change_vectors(ggufs) -> None:
     emb = Embedder.load(ggufs[("mpnet", "f32")], backend="jit")
     one_by_one = np.concatenate([emb.encode([t]) for t in TEXTS])
     np.testing.assert_allclose(emb.encode(TEXTS, batch_size=4), one_by_one, atol=2e-6)
+
+
+def test_token_passes_hold_whole_sequences_within_the_budget() -> None:
+    assert token_passes([], 8) == [(0, 0)]
+    assert token_passes([3, 4, 1, 9, 2, 2, 2, 2], 8) == [(0, 3), (3, 4), (4, 8)]
+    lengths = [5, 1, 7, 3, 3, 8, 2]
+    passes = token_passes(lengths, 8)
+    assert [i for a, b in passes for i in range(a, b)] == list(range(len(lengths)))
+    assert all(sum(lengths[a:b]) <= 8 or b - a == 1 for a, b in passes)
+
+
+@pytest.mark.parametrize("name", ["bert", "mpnet"])
+def test_a_batch_over_the_pass_budget_runs_in_passes_with_the_same_vectors(name, ggufs, monkeypatch) -> None:
+    emb = Embedder.load(ggufs[(name, "f32")], backend="jit")
+    texts = [t for t in TEXTS if t]
+    whole = emb.encode(texts, batch_size=len(texts))
+    monkeypatch.setattr(bert, "PASS_TOKENS", 12)
+    ids = emb.tokenize(texts)
+    assert len(token_passes(sorted(len(s) for s in ids), bert.PASS_TOKENS)) > 3
+    np.testing.assert_allclose(emb.encode(texts, batch_size=len(texts)), whole, atol=2e-6)
 
 
 def test_max_length_and_truncation(ggufs, checkouts) -> None:
