@@ -68,6 +68,8 @@ _RESET = prototype([])
 PARALLEL_ROLES = (
     "q8work",
     "f32mm",
+    "c8f32mm",
+    "c8f32mv",
     "gelu_mul",
     "rms_norm",
     "softmax",
@@ -88,6 +90,8 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
         "q8mm": ir_q8.matmul_symbol(isa, int_tile),
         "q8work": ir_q8.work_symbol(isa, int_tile),
         "f32mm": ir_float.matmul_symbol(isa, float_tile),
+        "c8f32mm": ir_float.codes_symbol(isa, float_tile),
+        "c8f32mv": ir_float.codes_symbol(isa, _row_tile(float_tile)),
         "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
         "rms_norm": ir_elementwise.rms_norm_symbol(isa),
         "softmax": ir_elementwise.softmax_symbol(isa),
@@ -106,6 +110,12 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     return symbols
 
 
+def _row_tile(tile: FloatTile) -> FloatTile:
+    """One token row per micro-tile, same panels: the coded kernel for fewer rows than a tile
+    (a projection head over one pooled row would otherwise multiply MR−1 repeated rows)."""
+    return FloatTile(1, tile.nv, tile.tc)
+
+
 def module_name(isa: IsaSpec) -> str:
     return f"embedpipe_{isa.name}"
 
@@ -119,6 +129,8 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "quantize": ir_q8.emit_quantize(module, isa),
         "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
+        "c8f32mm": ir_float.emit_matmul_codes(module, isa, float_tile),
+        "c8f32mv": ir_float.emit_matmul_codes(module, isa, _row_tile(float_tile)),
         "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
         "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
         "softmax": ir_elementwise.emit_softmax_band(module, isa),
@@ -318,8 +330,8 @@ class KernelLibrary:
         wq, wd = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, aligned_empty)
         return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", (wq, wd))
 
-    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
-        """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
+    def _format(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int):
+        """The registered format of ``qtype`` after checking ``raw`` holds an N×K weight of it."""
         try:
             fmt = FORMATS[GGMLQuantizationType(qtype)]
         except (KeyError, ValueError):
@@ -343,6 +355,23 @@ class KernelLibrary:
             raise KernelInputError(
                 f"{fmt.qtype.name} weight {n}x{k}: expected raw shape ({n}, {row_bytes}), got {raw.shape}"
             )
+        return fmt
+
+    def prepare_codes(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
+        """A GGUF weight of an exactly unpacked int format (Q8_0, Q4_0) kept as int8 codes for
+        the fp32-activation kernel: the products of ``prepare_matmul(F32, dequantized)`` at a
+        quarter of the bytes."""
+        fmt = self._format(qtype, raw, n, k)
+        if fmt.family != "int" or not fmt.exact:
+            raise KernelInputError(f"{fmt.qtype.name} weight: no exact int8 codes for the fp32-activation kernel")
+        q, d = fmt.repack(np.ascontiguousarray(raw), int(n), int(k))
+        packed = ir_float.pack_codes(q, d, self.isa, self.float_tile, aligned_empty)
+        return PreparedMatmul(self, fmt.qtype, int(n), int(k), "codes", packed)
+
+    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
+        """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
+        fmt = self._format(qtype, raw, n, k)
+        n, k = int(n), int(k)
         packed = fmt.pack(self, np.ascontiguousarray(raw), n, k)
         return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, packed)
 
@@ -393,14 +422,16 @@ class PreparedMatmul:
     def _plan(self, t: int, mr: int, panels: int, panel_floats: int = 16) -> tuple[str, list[tuple[int, int]]]:
         """How to spread one product over threads: ("rows" | "panels", ranges).
 
-        Small products run on the calling thread (a pool hand-off costs more than it saves).
-        Long batches split token rows (no duplicated activation quantization; measured ~6%
+        Small products run on the calling thread (a pool hand-off costs more than it saves),
+        unless the weight is big enough that streaming it is the cost (a few rows times a
+        large weight: each thread streams half).  Long batches split token rows (no duplicated activation quantization; measured ~6%
         more GOPS per core at T >= 512); short ones split weight panels when there are plenty
         (each thread streams a disjoint slice of W), else token rows.
         """
         nt = self.lib.threads
         tpad = -(-t // mr) * mr
-        if nt == 1 or t * self.n * self.k < MIN_PARALLEL_MACS:
+        weight_bytes = sum(a.nbytes for a in self.packed)
+        if nt == 1 or (t * self.n * self.k < MIN_PARALLEL_MACS and weight_bytes < MIN_PARALLEL_WEIGHT_BYTES):
             return "rows", [(0, tpad)]
         if tpad < ROW_SPLIT_MIN_ROWS * nt and (panels >= 4 * nt or tpad <= mr):
             # whole cache lines of each output row per thread (panels narrower than a line pair up)
@@ -409,15 +440,22 @@ class PreparedMatmul:
         return "rows", split_range(0, tpad, nt, mr)
 
     def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
-        (w,) = self.packed
+        """fp32 activations: fp32 panels ("float") or int8 codes with block scales ("codes")."""
+        panels = self.packed[0].shape[0]
         t = x.shape[0]
         mr = self.lib.float_tile.mr
-        how, ranges = self._plan(t, mr, w.shape[0], self.lib.isa.lanes * self.lib.float_tile.nv)
-        head = (self.addresses[0], x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
+        role = self._FLOAT_ROLES[self.family]
+        if role == "c8f32mm" and t < mr:
+            role, mr = "c8f32mv", 1
+        how, ranges = self._plan(t, mr, panels, self.lib.isa.lanes * self.lib.float_tile.nv)
+        head = (*self.addresses, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
         rows_all = (0, -(-t // mr) * mr)
         self.lib.fork(
-            "f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges]
+            role,
+            [(*head, a, b, 0, panels) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges],
         )
+
+    _FLOAT_ROLES = {"float": "f32mm", "codes": "c8f32mm"}
 
     def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
         """Quantize X and multiply in one task per thread: a row split quantizes only its
@@ -442,11 +480,13 @@ class PreparedMatmul:
             ]
         lib.fork("q8work", items)
 
-    _RUNNERS = {"float": _run_float, "int": _run_int}
+    _RUNNERS = {"float": _run_float, "codes": _run_float, "int": _run_int}
 
 
 # Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
 MIN_PARALLEL_MACS = 8_000_000
+# ... unless its weight has at least this many bytes to stream.
+MIN_PARALLEL_WEIGHT_BYTES = 512 * 1024
 MIN_PARALLEL_ELEMENTS = 65_536
 # Batches of at least this many token rows per thread are split by rows, not weight panels.
 ROW_SPLIT_MIN_ROWS = 128

@@ -86,6 +86,7 @@ class FloatFormat(WeightFormat):
 
 class IntFormat(WeightFormat):
     family = "int"
+    exact: ClassVar[bool] = True  # ``repack`` gives codes·scale equal to ``dequantize`` exactly
 
     @property
     def k_multiple(self) -> int:
@@ -103,6 +104,8 @@ class IntFormat(WeightFormat):
 class RequantizedFormat(IntFormat):
     """Dequantized, then Q8_0-quantized per 32 elements (``quantize_reference`` is the twin of
     the library's emitted quantize kernel, which ``unpack`` uses)."""
+
+    exact = False
 
     def repack(self, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return quantize_reference(self.dequantize(raw, n, k))
