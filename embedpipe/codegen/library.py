@@ -72,7 +72,6 @@ PARALLEL_ROLES = (
     "c8f32mv",
     "gelu_mul",
     "rms_norm",
-    "softmax",
     "gelu_erf",
     "layer_norm",
     "q8work_addnorm",
@@ -94,7 +93,6 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
         "c8f32mv": ir_float.codes_symbol(isa, _row_tile(float_tile)),
         "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
         "rms_norm": ir_elementwise.rms_norm_symbol(isa),
-        "softmax": ir_elementwise.softmax_symbol(isa),
         "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
         "layer_norm": ir_encoder.layer_norm_symbol(isa),
         "q8work_addnorm": ir_fused.addnorm_work_symbol(isa, int_tile),
@@ -133,7 +131,6 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "c8f32mv": ir_float.emit_matmul_codes(module, isa, _row_tile(float_tile)),
         "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
         "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
-        "softmax": ir_elementwise.emit_softmax_band(module, isa),
         "gelu_erf": ir_encoder.emit_gelu_erf(module, isa),
         "layer_norm": ir_encoder.emit_layer_norm(module, isa),
     }
@@ -287,12 +284,6 @@ class KernelLibrary:
         head = (x.ctypes.data, weight.ctypes.data, bias.ctypes.data, out.ctypes.data, d, f32_word(eps))
         self.fork("layer_norm", [(*head, a, b) for a, b in split_range(0, x.size // d, parts)])
         return out
-
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None = None) -> np.ndarray:
-        """Bidirectional softmax attention of one sequence; see ``embedpipe.codegen.attention``."""
-        from embedpipe.codegen.attention import attention
-
-        return attention(self, q, k, v, half_window)
 
     def matmul_f32(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """``x · wᵀ`` for fp32 ``w`` (N, K) used once (packed on the fly, no caching)."""
