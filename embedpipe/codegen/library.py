@@ -410,7 +410,19 @@ class PreparedMatmul:
         self._RUNNERS[self.family](self, x, y)
         return y
 
+    @functools.cached_property
+    def _plans(self) -> dict[tuple[int, int, int, int], tuple[str, list[tuple[int, int]]]]:
+        return {}
+
     def _plan(self, t: int, mr: int, panels: int, panel_floats: int = 16) -> tuple[str, list[tuple[int, int]]]:
+        """``_split`` memoized per shape (a forward asks the same question ~100 times)."""
+        key = (t, mr, panels, panel_floats)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._split(t, mr, panels, panel_floats)
+        return plan
+
+    def _split(self, t: int, mr: int, panels: int, panel_floats: int) -> tuple[str, list[tuple[int, int]]]:
         """How to spread one product over threads: ("rows" | "panels", ranges).
 
         Small products run on the calling thread (a pool hand-off costs more than it saves),
