@@ -75,7 +75,7 @@ def _output_rows(t: int, n: int) -> np.ndarray:
 def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
     """Fork ``role`` over ``w``'s plan: ``prologue(write)`` gives the prologue's words; the
     row-split items and item 0 of a panel split store the residual."""
-    from embedpipe.codegen.library import _scratch
+    from embedpipe.codegen.prepared import _scratch
 
     lib = w.lib
     mr = lib.int_tile.mr

@@ -119,10 +119,10 @@ def test_extreme_scales(isa, qtype, wscale, xscale):
 def test_threads_agree_bitwise(isa, qtype, n, row_split_min, monkeypatch):
     """Every work split gives exactly the single-thread result (each output element is
     computed by one thread in the same order)."""
-    from embedpipe.codegen import library
+    from embedpipe.codegen import prepared
 
-    monkeypatch.setattr(library, "MIN_PARALLEL_MACS", 0)
-    monkeypatch.setattr(library, "ROW_SPLIT_MIN_ROWS", row_split_min)
+    monkeypatch.setattr(prepared, "MIN_PARALLEL_MACS", 0)
+    monkeypatch.setattr(prepared, "ROW_SPLIT_MIN_ROWS", row_split_min)
     rng = np.random.default_rng(5)
     raw = random_raw(qtype, n, 256, rng)
     x = rng.standard_normal((45, 256)).astype(np.float32)
