@@ -12,11 +12,14 @@ alone. The pool keeps workers parked on a condition variable instead:
   It returns when every worker has reported back for this generation.
 * A worker loops: wait until the generation moves, drain items, report, wait again.
 * Waiting spins first: a worker polls the generation, and the caller the workers' reports, for
-  ``SPIN_ROUNDS`` rounds (each a few ``pause`` hints and a ``sched_yield``, so a neighbour that
-  needs the core gets it) before parking on the condition variable.  One forward pass forks a
-  hundred-odd times with tens of microseconds of Python between forks; waking a parked thread
-  (futex + IPI, worse on a VM with halted vCPUs) cost about as much as the work of a short
-  product, so workers that spin through those gaps stay ready.
+  ``SPIN_ROUNDS`` rounds of ``pause`` hints before parking on the condition variable.
+  One forward pass forks a hundred-odd times with tens of microseconds of Python between
+  forks; waking a parked thread (futex + IPI, worse on a VM with halted vCPUs) cost about as
+  much as the work of a short product, so workers that spin through those gaps stay ready.
+  A waiting worker also yields each round (it has nothing to do; a runnable neighbour, often
+  our own caller, gets the core).  The caller does not: on an oversubscribed machine a
+  yielding caller lost its core for whole time slices, where a parked one is woken with
+  priority.
 * ``reset()`` forgets the workers and re-zeroes the locks; it must run in a forked child
   (``os.register_at_fork``), where the parent's workers do not exist.
 
@@ -34,8 +37,9 @@ import llvmlite.ir as ir
 from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64, intrinsic
 
 MAX_WORKERS = 63
-# Spin rounds before parking (each: PAUSES_PER_ROUND cpu pause hints, then sched_yield): about
-# 0.1–0.3 ms on x86, enough to bridge the gaps between the forks of one forward pass.
+# Spin rounds before parking (each PAUSES_PER_ROUND cpu pause hints; a worker's also a
+# sched_yield): tens of microseconds or more, enough to bridge the gaps between the forks of
+# one forward pass.
 SPIN_ROUNDS = 256
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
@@ -146,11 +150,13 @@ def _cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
         b.call(intrinsic(m, "llvm.aarch64.hint", VOID, [I32]), [ir.Constant(I32, 1)])
 
 
-def _emit_spin(m: ir.Module, libc: _Libc) -> ir.Function:
+def _emit_spin(m: ir.Module, libc: _Libc, yielding: bool) -> ir.Function:
     """``i1 spin(i64* word, i64 value, i1 until_equal)``: poll ``*word`` (atomic acquire) for up
     to SPIN_ROUNDS rounds; true as soon as it equals ``value`` (``until_equal``) or differs from
-    it (not ``until_equal``), false when the rounds run out."""
-    fn, b = _function(m, f"{m.name}__pool_spin", ir.IntType(1), [PTR, I64, ir.IntType(1)])
+    it (not ``until_equal``), false when the rounds run out.  ``yielding``: each round ends in
+    ``sched_yield`` (a thread with nothing to do lets a runnable neighbour have the core)."""
+    name = f"{m.name}__pool_spin{'_yield' if yielding else ''}"
+    fn, b = _function(m, name, ir.IntType(1), [PTR, I64, ir.IntType(1)])
     word, value, until_equal = fn.args
     entry = b.block
     head, body, changed, gave_up = (fn.append_basic_block(x) for x in ("head", "body", "changed", "gave_up"))
@@ -163,7 +169,8 @@ def _emit_spin(m: ir.Module, libc: _Libc) -> ir.Function:
     b.position_at_end(body)
     for _ in range(PAUSES_PER_ROUND):
         _cpu_relax(m, b)
-    b.call(libc.sched_yield, [])
+    if yielding:
+        b.call(libc.sched_yield, [])
     nxt = b.add(rounds, const_i64(1))
     b.cbranch(b.icmp_signed("<", nxt, const_i64(SPIN_ROUNDS)), head, gave_up)
     rounds.add_incoming(const_i64(0), entry)
@@ -297,8 +304,8 @@ def emit_pool(m: ir.Module, tasks: list[ir.Function]) -> ir.Function:
     st, libc = _globals(m), _Libc(m)
     dispatch = _emit_dispatch(m, tasks)
     drain = _emit_drain(m, st, dispatch)
-    spin = _emit_spin(m, libc)
-    worker = _emit_worker(m, st, libc, drain, spin)
+    spin = _emit_spin(m, libc, yielding=False)
+    worker = _emit_worker(m, st, libc, drain, _emit_spin(m, libc, yielding=True))
     run = _emit_run(m, st, libc, dispatch, drain, worker, spin)
     _emit_reset(m, st)
     return run
