@@ -5,7 +5,7 @@
     y = mm(x)                                   # x: float32 (T, K) -> float32 (T, N) = x·Wᵀ
 
 Also on the library (fp32, validated, threaded): ``lib.gelu_tanh_mul(a, b)``,
-``lib.rms_norm(x, w, eps)``, ``lib.attention(q, k, v, half_window)``,
+``lib.rms_norm(x, w, eps)``,
 ``lib.matmul_f32(x, w)``, and the int8 GEMM ``lib.prepare_int8(codes, row_scale)``.
 Weight formats are registered classes (``quant_formats``).  Kernels know nothing about models.
 

@@ -16,7 +16,9 @@ from collections import OrderedDict
 import numpy as np
 
 from embedpipe.codegen.kernel import f32_word
-from embedpipe.codegen.threads import split_range
+from embedpipe.codegen.prepared import KernelInputError, _scratch
+from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.threads import CACHE_LINE, split_range
 
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 MIN_PARALLEL_ELEMENTS = 65_536
@@ -48,35 +50,30 @@ def _f32(value: float) -> int:
     return f32_word(value)
 
 
-def _check_f32(kernel: str, **arrays: np.ndarray) -> None:
-    from embedpipe.codegen.library import KernelInputError
+_F32 = np.dtype(np.float32)
 
+
+def _check_f32(kernel: str, **arrays: np.ndarray) -> None:
     for name, arr in arrays.items():
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+        if not isinstance(arr, np.ndarray) or arr.dtype != _F32:
             raise KernelInputError(f"{kernel}: {name} must be a float32 numpy array")
-        if not (arr.flags.c_contiguous and arr.flags.aligned):
+        flags = arr.flags
+        if not (flags.c_contiguous and flags.aligned):
             raise KernelInputError(f"{kernel}: {name} must be C-contiguous")
 
 
 def _shape_error(msg: str) -> Exception:
-    from embedpipe.codegen.library import KernelInputError
-
     return KernelInputError(msg)
 
 
 def _output_rows(t: int, n: int) -> np.ndarray:
     """A (t, n) fp32 output on a cache line, as the matmul's: threads own whole lines of a row."""
-    from embedpipe.codegen.quant_formats import aligned_empty
-    from embedpipe.codegen.threads import CACHE_LINE
-
     return aligned_empty((t, n), np.float32, CACHE_LINE)
 
 
 def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
     """Fork ``role`` over ``w``'s plan: ``prologue(write)`` gives the prologue's words; the
     row-split items and item 0 of a panel split store the residual."""
-    from embedpipe.codegen.library import _scratch
-
     lib = w.lib
     mr = lib.int_tile.mr
     tpad = -(-t // mr) * mr

@@ -1,5 +1,5 @@
 """Row-wise and element-wise kernels that are hot between the matmuls: ``gelu_tanh(a)·b``,
-RMS normalization and a banded row softmax (for attention).
+and RMS normalization.
 
 ``exp`` is emitted inline (Cody–Waite range reduction to ``2^n·e^r``, ``|r| <= ln2/2``, and a
 degree-6 polynomial; ~2 ulp), so the loop vectorizes on every target instead of calling libm
@@ -20,7 +20,6 @@ from embedpipe.codegen.irutil import (
     PTR,
     const_i64,
     for_range,
-    hmax_tree,
     hsum_tree,
     intrinsic,
     load_at,
@@ -147,90 +146,3 @@ def emit_rms_norm(m: ir.Module, isa: IsaSpec) -> str:
                 store_at(b, b.fmul(b.fmul(v, s), g), out, b.add(base, off), 4)
     b.ret_void()
     return name
-
-
-def softmax_symbol(isa: IsaSpec) -> str:
-    return f"ep_softmax_band_{isa.name}"
-
-
-def emit_softmax_band(m: ir.Module, isa: IsaSpec) -> str:
-    """``void f(s, T, C, hw, r0, r1)``: in-place softmax of rows ``[r0, r1)`` of ``s`` (R, C).
-
-    Row ``r`` belongs to query ``i = r mod T`` and may only see columns ``j`` with
-    ``|i − j| <= hw`` (``hw < 0``: all columns); the others become exactly 0.  One function
-    on purpose: its three sweeps (max, exp + sum, scale) are closures over the same row's
-    window bounds and lane masks.
-    """
-    name = softmax_symbol(isa)
-    fn, b = new_function(m, name, [("s", PTR), ("T", I64), ("C", I64), ("hw", I64), ("r0", I64), ("r1", I64)])
-    s_ptr, T, C, hw, r0, r1 = fn.args
-    width = 2 * isa.lanes
-    vt, it = vec(F32, width), vec(I64, width)
-    neg_inf = float("-inf")
-    vmax, smax = b.alloca(vt), b.alloca(F32)
-    vsum, ssum = b.alloca(vt), b.alloca(F32)
-    vstop = b.sub(C, b.srem(C, const_i64(width)))
-    iota = ir.Constant(it, list(range(width)))
-    with for_range(b, r0, r1, 1, "row") as row:
-        i = b.srem(row, T)
-        windowed = b.icmp_signed(">=", hw, const_i64(0))
-        lo = b.select(windowed, b.sub(i, hw), const_i64(0))
-        hi = b.select(windowed, b.add(b.add(i, hw), const_i64(1)), C)
-        base = b.mul(b.mul(row, C), const_i64(4))
-
-        def valid(j: ir.Value, n: int) -> ir.Value:
-            jj = b.add(splat(b, j, n), iota) if n > 1 else j
-            lo_v, hi_v = (splat(b, lo, n), splat(b, hi, n)) if n > 1 else (lo, hi)
-            return b.and_(b.icmp_signed(">=", jj, lo_v), b.icmp_signed("<", jj, hi_v))
-
-        def sweep(body) -> None:
-            with for_range(b, const_i64(0), vstop, width, "v") as j:
-                body(vt, j, valid(j, width))
-            with for_range(b, vstop, C, 1, "s") as j:
-                body(F32, j, valid(j, 1))
-
-        def at(j: ir.Value) -> ir.Value:
-            return b.add(base, b.mul(j, const_i64(4)))
-
-        b.store(_fconst(vt, neg_inf), vmax)
-        b.store(_fconst(F32, neg_inf), smax)
-
-        def find_max(ty, j, ok):
-            slot = vmax if ty is vt else smax
-            x = b.select(ok, load_at(b, ty, s_ptr, at(j), 4), _fconst(ty, neg_inf))
-            cur = b.load(slot)
-            b.store(b.select(b.fcmp_ordered(">", x, cur), x, cur), slot)
-
-        sweep(find_max)
-        vm = hmax_tree(b, b.load(vmax))
-        sm = b.load(smax)
-        mx = b.select(b.fcmp_ordered(">", sm, vm), sm, vm)
-        b.store(ir.Constant(vt, None), vsum)
-        b.store(ir.Constant(F32, 0.0), ssum)
-
-        def exponentiate(ty, j, ok):
-            slot = vsum if ty is vt else ssum
-            x = load_at(b, ty, s_ptr, at(j), 4)
-            top = splat(b, mx, width) if ty is vt else mx
-            arg = b.fsub(x, top)
-            e = emit_exp(b, m, arg if ty is vt else _as_vec1(b, arg))
-            e = e if ty is vt else b.extract_element(e, ir.Constant(I32, 0))
-            e = b.select(ok, e, _fconst(ty, 0.0))
-            store_at(b, e, s_ptr, at(j), 4)
-            b.store(b.fadd(b.load(slot), e), slot)
-
-        sweep(exponentiate)
-        total = b.fadd(hsum_tree(b, b.load(vsum)), b.load(ssum))
-        inv = b.fdiv(ir.Constant(F32, 1.0), total)
-
-        def normalize(ty, j, ok):
-            x = load_at(b, ty, s_ptr, at(j), 4)
-            store_at(b, b.fmul(x, splat(b, inv, width) if ty is vt else inv), s_ptr, at(j), 4)
-
-        sweep(normalize)
-    b.ret_void()
-    return name
-
-
-def _as_vec1(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    return b.insert_element(ir.Constant(vec(F32, 1), None), x, ir.Constant(I32, 0))

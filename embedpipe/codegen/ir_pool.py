@@ -11,6 +11,15 @@ alone. The pool keeps workers parked on a condition variable instead:
   ``pthread_create`` fails) runs every item exactly once; the caller runs item 0 and helps.
   It returns when every worker has reported back for this generation.
 * A worker loops: wait until the generation moves, drain items, report, wait again.
+* Waiting spins first: a worker polls the generation, and the caller the workers' reports, for
+  ``SPIN_ROUNDS`` rounds of ``pause`` hints before parking on the condition variable.
+  One forward pass forks a hundred-odd times with tens of microseconds of Python between
+  forks; waking a parked thread (futex + IPI, worse on a VM with halted vCPUs) cost about as
+  much as the work of a short product, so workers that spin through those gaps stay ready.
+  A waiting worker also yields each round (it has nothing to do; a runnable neighbour, often
+  our own caller, gets the core).  The caller does not: on an oversubscribed machine a
+  yielding caller lost its core for whole time slices, where a parked one is woken with
+  priority.
 * ``reset()`` forgets the workers and re-zeroes the locks; it must run in a forked child
   (``os.register_at_fork``), where the parent's workers do not exist.
 
@@ -28,6 +37,11 @@ import llvmlite.ir as ir
 from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64, intrinsic
 
 MAX_WORKERS = 63
+# Spin rounds before parking (each PAUSES_PER_ROUND cpu pause hints; a worker's also a
+# sched_yield): tens of microseconds or more, enough to bridge the gaps between the forks of
+# one forward pass.
+SPIN_ROUNDS = 256
+PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
 
 
@@ -65,6 +79,7 @@ class _Libc:
         self.broadcast = intrinsic(m, "pthread_cond_broadcast", I32, [PTR])
         self.create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
         self.detach = intrinsic(m, "pthread_detach", I32, [I64])
+        self.sched_yield = intrinsic(m, "sched_yield", I32, [])
 
 
 def _globals(m: ir.Module) -> _State:
@@ -126,11 +141,53 @@ def _emit_drain(m: ir.Module, st: _State, dispatch: ir.Function) -> ir.Function:
     return fn
 
 
-def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function) -> ir.Function:
-    """``void* worker(void* first_gen)``: park, drain each new generation, report, repeat."""
+def _cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
+    """A spin-wait hint for the target (``pause`` / ``yield``; nothing elsewhere)."""
+    triple = str(m.triple or "")
+    if triple.startswith(("x86_64", "i686", "i386")):
+        b.call(intrinsic(m, "llvm.x86.sse2.pause", VOID, []), [])
+    elif triple.startswith(("aarch64", "arm64")):
+        b.call(intrinsic(m, "llvm.aarch64.hint", VOID, [I32]), [ir.Constant(I32, 1)])
+
+
+def _emit_spin(m: ir.Module, libc: _Libc, yielding: bool) -> ir.Function:
+    """``i1 spin(i64* word, i64 value, i1 until_equal)``: poll ``*word`` (atomic acquire) for up
+    to SPIN_ROUNDS rounds; true as soon as it equals ``value`` (``until_equal``) or differs from
+    it (not ``until_equal``), false when the rounds run out.  ``yielding``: each round ends in
+    ``sched_yield`` (a thread with nothing to do lets a runnable neighbour have the core)."""
+    name = f"{m.name}__pool_spin{'_yield' if yielding else ''}"
+    fn, b = _function(m, name, ir.IntType(1), [PTR, I64, ir.IntType(1)])
+    word, value, until_equal = fn.args
+    entry = b.block
+    head, body, changed, gave_up = (fn.append_basic_block(x) for x in ("head", "body", "changed", "gave_up"))
+    b.branch(head)
+    b.position_at_end(head)
+    rounds = b.phi(I64, "rounds")
+    now = b.load_atomic(word, "acquire", 8, typ=I64)
+    differs = b.icmp_signed("!=", now, value)
+    b.cbranch(b.xor(differs, until_equal), changed, body)
+    b.position_at_end(body)
+    for _ in range(PAUSES_PER_ROUND):
+        _cpu_relax(m, b)
+    if yielding:
+        b.call(libc.sched_yield, [])
+    nxt = b.add(rounds, const_i64(1))
+    b.cbranch(b.icmp_signed("<", nxt, const_i64(SPIN_ROUNDS)), head, gave_up)
+    rounds.add_incoming(const_i64(0), entry)
+    rounds.add_incoming(nxt, body)
+    b.position_at_end(changed)
+    b.ret(ir.Constant(ir.IntType(1), 1))
+    b.position_at_end(gave_up)
+    b.ret(ir.Constant(ir.IntType(1), 0))
+    return fn
+
+
+def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin: ir.Function) -> ir.Function:
+    """``void* worker(void* first_gen)``: spin, then park, until the generation moves; drain
+    it, report, repeat."""
     fn, b = _function(m, f"{m.name}__pool_worker", PTR, [PTR])
     entry = b.block
-    loop, wait, go = (fn.append_basic_block(x) for x in ("loop", "wait", "go"))
+    loop, wait, park, go = (fn.append_basic_block(x) for x in ("loop", "wait", "park", "go"))
     first = b.ptrtoint(fn.args[0], I64)
     b.call(libc.lock, [st.lock])
     b.branch(loop)
@@ -139,7 +196,15 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function) -> i
     gen = b.load(st.gen, typ=I64)
     b.cbranch(b.icmp_signed("==", gen, seen), wait, go)
     b.position_at_end(wait)
-    b.call(libc.wait, [st.work, st.lock])
+    b.call(libc.unlock, [st.lock])
+    moved = b.call(spin, [st.gen, seen, ir.Constant(ir.IntType(1), 0)])
+    b.call(libc.lock, [st.lock])
+    b.cbranch(moved, loop, park)
+    b.position_at_end(park)
+    again = b.load(st.gen, typ=I64)
+    with b.if_then(b.icmp_signed("==", again, seen)):
+        b.call(libc.wait, [st.work, st.lock])
+    parked = b.block
     b.branch(loop)
     b.position_at_end(go)
     job = [b.load(g, typ=I64) for g in (st.role, st.args, st.stride, st.n)]
@@ -147,19 +212,26 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function) -> i
     b.call(drain, [job[0], b.inttoptr(job[1], PTR), job[2], job[3]])
     b.call(libc.lock, [st.lock])
     left = b.sub(b.load(st.pending, typ=I64), const_i64(1))
-    b.store(left, st.pending)
+    b.store_atomic(left, st.pending, "release", 8)
     with b.if_then(b.icmp_signed("==", left, const_i64(0))):
         b.call(libc.signal, [st.done])
     back = b.block
     b.branch(loop)
     seen.add_incoming(first, entry)
     seen.add_incoming(seen, wait)
+    seen.add_incoming(seen, parked)
     seen.add_incoming(gen, back)
     return fn
 
 
 def _emit_run(
-    m: ir.Module, st: _State, libc: _Libc, dispatch: ir.Function, drain: ir.Function, worker: ir.Function
+    m: ir.Module,
+    st: _State,
+    libc: _Libc,
+    dispatch: ir.Function,
+    drain: ir.Function,
+    worker: ir.Function,
+    spin: ir.Function,
 ) -> ir.Function:
     """``i32 run(role, args, stride, n)``: 1 when the job ran on the pool, 0 when it was busy."""
     fn, b = _function(m, run_symbol(m.name), I32, [I64, PTR, I64, I64], internal=False)
@@ -195,11 +267,12 @@ def _emit_run(
     ):
         b.store(v, g)
     b.store(b.load(st.workers, typ=I64), st.pending)
-    b.store(b.add(gen, const_i64(1)), st.gen)
+    b.store_atomic(b.add(gen, const_i64(1)), st.gen, "release", 8)
     b.call(libc.broadcast, [st.work])
     b.call(libc.unlock, [st.lock])
     b.call(dispatch, [role, args])
     b.call(drain, [role, args, stride, n])
+    b.call(spin, [st.pending, const_i64(0), ir.Constant(ir.IntType(1), 1)])  # spin while workers drain
     b.call(libc.lock, [st.lock])
     wait_head, wait_body, finished = (fn.append_basic_block(x) for x in ("wait.head", "wait.body", "finished"))
     b.branch(wait_head)
@@ -231,7 +304,8 @@ def emit_pool(m: ir.Module, tasks: list[ir.Function]) -> ir.Function:
     st, libc = _globals(m), _Libc(m)
     dispatch = _emit_dispatch(m, tasks)
     drain = _emit_drain(m, st, dispatch)
-    worker = _emit_worker(m, st, libc, drain)
-    run = _emit_run(m, st, libc, dispatch, drain, worker)
+    spin = _emit_spin(m, libc, yielding=False)
+    worker = _emit_worker(m, st, libc, drain, _emit_spin(m, libc, yielding=True))
+    run = _emit_run(m, st, libc, dispatch, drain, worker, spin)
     _emit_reset(m, st)
     return run

@@ -1,4 +1,5 @@
-"""KernelLibrary: the compiled kernels of one ISA, and PreparedMatmul: one repacked weight.
+"""KernelLibrary: the compiled kernels of one ISA (module build, object cache, load, native
+fork-join) and its validated fp32 row kernels; weights it prepares are ``prepared.PreparedMatmul``.
 
 All inputs are validated in Python before a native call; a kernel only ever sees buffers whose
 sizes were checked against the dimensions it is given.
@@ -10,12 +11,10 @@ import array
 import functools
 import hashlib
 import logging
-import math
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import llvmlite.ir as ir
@@ -28,15 +27,12 @@ from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
 from embedpipe.codegen.kernel import count_native_call, f32_word, prototype
+from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
-from embedpipe.codegen.threads import CACHE_LINE, default_threads, split_range
+from embedpipe.codegen.threads import default_threads, split_range
 from embedpipe.errors import EmbedpipeError
 
 log = logging.getLogger(__name__)
-
-
-class KernelInputError(EmbedpipeError):
-    """A matmul operand has the wrong type, dtype, shape, layout or byte length."""
 
 
 # Register tiles per ISA (token rows × weight vectors), chosen to fit the register file and
@@ -68,9 +64,10 @@ _RESET = prototype([])
 PARALLEL_ROLES = (
     "q8work",
     "f32mm",
+    "c8f32mm",
+    "c8f32mv",
     "gelu_mul",
     "rms_norm",
-    "softmax",
     "gelu_erf",
     "layer_norm",
     "q8work_addnorm",
@@ -88,9 +85,10 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
         "q8mm": ir_q8.matmul_symbol(isa, int_tile),
         "q8work": ir_q8.work_symbol(isa, int_tile),
         "f32mm": ir_float.matmul_symbol(isa, float_tile),
+        "c8f32mm": ir_float.codes_symbol(isa, float_tile),
+        "c8f32mv": ir_float.codes_symbol(isa, _row_tile(float_tile)),
         "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
         "rms_norm": ir_elementwise.rms_norm_symbol(isa),
-        "softmax": ir_elementwise.softmax_symbol(isa),
         "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
         "layer_norm": ir_encoder.layer_norm_symbol(isa),
         "q8work_addnorm": ir_fused.addnorm_work_symbol(isa, int_tile),
@@ -106,6 +104,12 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     return symbols
 
 
+def _row_tile(tile: FloatTile) -> FloatTile:
+    """One token row per micro-tile, same panels: the coded kernel for fewer rows than a tile
+    (a projection head over one pooled row would otherwise multiply MR−1 repeated rows)."""
+    return FloatTile(1, tile.nv, tile.tc)
+
+
 def module_name(isa: IsaSpec) -> str:
     return f"embedpipe_{isa.name}"
 
@@ -119,9 +123,10 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
         "quantize": ir_q8.emit_quantize(module, isa),
         "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
+        "c8f32mm": ir_float.emit_matmul_codes(module, isa, float_tile),
+        "c8f32mv": ir_float.emit_matmul_codes(module, isa, _row_tile(float_tile)),
         "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
         "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
-        "softmax": ir_elementwise.emit_softmax_band(module, isa),
         "gelu_erf": ir_encoder.emit_gelu_erf(module, isa),
         "layer_norm": ir_encoder.emit_layer_norm(module, isa),
     }
@@ -276,12 +281,6 @@ class KernelLibrary:
         self.fork("layer_norm", [(*head, a, b) for a, b in split_range(0, x.size // d, parts)])
         return out
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None = None) -> np.ndarray:
-        """Bidirectional softmax attention of one sequence; see ``embedpipe.codegen.attention``."""
-        from embedpipe.codegen.attention import attention
-
-        return attention(self, q, k, v, half_window)
-
     def matmul_f32(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         """``x · wᵀ`` for fp32 ``w`` (N, K) used once (packed on the fly, no caching)."""
         if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != 2:
@@ -318,8 +317,8 @@ class KernelLibrary:
         wq, wd = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, aligned_empty)
         return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", (wq, wd))
 
-    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
-        """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
+    def _format(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int):
+        """The registered format of ``qtype`` after checking ``raw`` holds an N×K weight of it."""
         try:
             fmt = FORMATS[GGMLQuantizationType(qtype)]
         except (KeyError, ValueError):
@@ -343,134 +342,28 @@ class KernelLibrary:
             raise KernelInputError(
                 f"{fmt.qtype.name} weight {n}x{k}: expected raw shape ({n}, {row_bytes}), got {raw.shape}"
             )
+        return fmt
+
+    def prepare_codes(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
+        """A GGUF weight of an exactly unpacked int format (Q8_0, Q4_0) kept as int8 codes for
+        the fp32-activation kernel: the products of ``prepare_matmul(F32, dequantized)`` at a
+        quarter of the bytes."""
+        fmt = self._format(qtype, raw, n, k)
+        if fmt.family != "int" or not fmt.exact:
+            raise KernelInputError(f"{fmt.qtype.name} weight: no exact int8 codes for the fp32-activation kernel")
+        q, d = fmt.repack(np.ascontiguousarray(raw), int(n), int(k))
+        packed = ir_float.pack_codes(q, d, self.isa, self.float_tile, aligned_empty)
+        return PreparedMatmul(self, fmt.qtype, int(n), int(k), "codes", packed)
+
+    def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
+        """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
+        fmt = self._format(qtype, raw, n, k)
+        n, k = int(n), int(k)
         packed = fmt.pack(self, np.ascontiguousarray(raw), n, k)
         return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, packed)
 
 
-@dataclass
-class PreparedMatmul:
-    """A weight repacked for one kernel library; call it with X (T, K) fp32 to get X·Wᵀ."""
-
-    lib: KernelLibrary
-    qtype: GGMLQuantizationType
-    n: int
-    k: int
-    family: str
-    packed: tuple[np.ndarray, ...]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.k)
-
-    @functools.cached_property
-    def addresses(self) -> tuple[int, ...]:
-        """Addresses of the packed arrays (they live as long as this object)."""
-        return tuple(a.ctypes.data for a in self.packed)
-
-    def _check(self, x: object) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise KernelInputError(f"matmul input must be a numpy array, got {type(x).__name__}")
-        if x.dtype != np.float32:
-            raise KernelInputError(f"matmul input must be float32, got {x.dtype}")
-        if x.ndim != 2 or x.shape[1] != self.k:
-            raise KernelInputError(
-                f"matmul input must have shape (T, {self.k}) for a {self.n}x{self.k} weight, got {x.shape}"
-            )
-        if not (x.flags.c_contiguous and x.flags.aligned):
-            raise KernelInputError("matmul input must be C-contiguous and aligned (use np.ascontiguousarray)")
-        return x
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = self._check(x)
-        t = x.shape[0]
-        # On a cache line, so that threads writing neighbouring panels of a row never share one.
-        y = aligned_empty((t, self.n), np.float32, CACHE_LINE)
-        if t == 0:
-            return y
-        self._RUNNERS[self.family](self, x, y)
-        return y
-
-    def _plan(self, t: int, mr: int, panels: int, panel_floats: int = 16) -> tuple[str, list[tuple[int, int]]]:
-        """How to spread one product over threads: ("rows" | "panels", ranges).
-
-        Small products run on the calling thread (a pool hand-off costs more than it saves).
-        Long batches split token rows (no duplicated activation quantization; measured ~6%
-        more GOPS per core at T >= 512); short ones split weight panels when there are plenty
-        (each thread streams a disjoint slice of W), else token rows.
-        """
-        nt = self.lib.threads
-        tpad = -(-t // mr) * mr
-        if nt == 1 or t * self.n * self.k < MIN_PARALLEL_MACS:
-            return "rows", [(0, tpad)]
-        if tpad < ROW_SPLIT_MIN_ROWS * nt and (panels >= 4 * nt or tpad <= mr):
-            # whole cache lines of each output row per thread (panels narrower than a line pair up)
-            per_line = CACHE_LINE // math.gcd(CACHE_LINE, 4 * panel_floats)
-            return "panels", split_range(0, panels, nt, per_line)
-        return "rows", split_range(0, tpad, nt, mr)
-
-    def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
-        (w,) = self.packed
-        t = x.shape[0]
-        mr = self.lib.float_tile.mr
-        how, ranges = self._plan(t, mr, w.shape[0], self.lib.isa.lanes * self.lib.float_tile.nv)
-        head = (self.addresses[0], x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
-        rows_all = (0, -(-t // mr) * mr)
-        self.lib.fork(
-            "f32mm", [(*head, a, b, 0, w.shape[0]) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges]
-        )
-
-    def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Quantize X and multiply in one task per thread: a row split quantizes only its
-        rows into a shared scratch; a panel split quantizes all rows into per-thread scratch
-        (O(T·K) duplicated work against O(T·K·N/threads) saved synchronization)."""
-        wq, wd = self.packed
-        lib = self.lib
-        t, k = x.shape
-        mr = lib.int_tile.mr
-        tpad = -(-t // mr) * mr
-        panels = wq.shape[0]
-        how, ranges = self._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
-        xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
-        tail = (*self.addresses, yp, n, n)
-        if how == "rows":
-            xq, xd, xc = _scratch(0, tpad, k, lib.isa)
-            items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
-        else:
-            items = [
-                (xp, *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
-                for i, (a, b) in enumerate(ranges)
-            ]
-        lib.fork("q8work", items)
-
-    _RUNNERS = {"float": _run_float, "int": _run_int}
-
-
-# Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
-MIN_PARALLEL_MACS = 8_000_000
 MIN_PARALLEL_ELEMENTS = 65_536
-# Batches of at least this many token rows per thread are split by rows, not weight panels.
-ROW_SPLIT_MIN_ROWS = 128
-
-_local = threading.local()
-
-
-def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]:
-    """Addresses of quantized-activation buffers (xq, xd, xc) for ``tpad`` rows, cached per
-    calling thread and slot so steady-state calls allocate nothing."""
-    need = (tpad * k * ir_q8.act_elem_bytes(isa), tpad * (k // QK) * 4)
-    cache = getattr(_local, "buffers", None)
-    if cache is None:
-        cache = _local.buffers = {}
-    bufs = cache.get(slot)
-    if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
-        arrays = (
-            aligned_empty((max(need[0], 64),), np.uint8),
-            aligned_empty((max(need[1], 64),), np.uint8),
-            aligned_empty((max(need[1], 64),), np.uint8),
-        )
-        bufs = cache[slot] = (*arrays, tuple(a.ctypes.data for a in arrays))
-    return bufs[3]
-
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}
 _libraries_lock = threading.Lock()

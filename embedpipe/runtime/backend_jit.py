@@ -70,19 +70,26 @@ class JitBackend:
         return prepared
 
     def prepare_fp32(self, tensor: WeightTensor) -> MatmulFn:
-        """The weight dequantized to fp32 on the fp32 FMA kernel: full-precision activations,
-        and each row's arithmetic independent of the other rows (unlike BLAS, whose blocking
-        follows the batch size)."""
+        """The weight at full precision for fp32 activations, each row's arithmetic independent
+        of the other rows (unlike BLAS, whose blocking follows the batch size): int8 codes and
+        block scales when the format unpacks exactly (Q8_0, Q4_0; a quarter of fp32's bytes,
+        the same products), else dequantized to fp32 panels."""
         if len(tensor.shape) != 2:
             return self._fallback.prepare(tensor)
         n, k = tensor.shape
-        cache, key = self.weight_cache, f"{tensor.name}#fp32"
+        fmt = FORMATS.get(tensor.qtype)
+        coded = fmt is not None and fmt.family == "int" and fmt.exact
+        cache, key = self.weight_cache, f"{tensor.name}#{'codes' if coded else 'fp32'}"
+        qtype = tensor.qtype if coded else GGMLQuantizationType.F32
         if cache is not None:
             hit = cache.get(key, tensor.qtype, tensor.shape)
             if hit is not None:
-                return PreparedMatmul(self.library, GGMLQuantizationType.F32, n, k, hit.family, hit.arrays)
-        w = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
-        prepared = self.library.prepare_matmul(GGMLQuantizationType.F32, w.view(np.uint8).reshape(n, 4 * k), n, k)
+                return PreparedMatmul(self.library, qtype, n, k, hit.family, hit.arrays)
+        if coded:
+            prepared = self.library.prepare_codes(tensor.qtype, tensor.rows(), n, k)
+        else:
+            w = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
+            prepared = self.library.prepare_matmul(GGMLQuantizationType.F32, w.view(np.uint8).reshape(n, 4 * k), n, k)
         if cache is not None:
             from embedpipe.runtime.weight_cache import CachedArrays
 

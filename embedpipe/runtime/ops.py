@@ -8,8 +8,7 @@ threads that spin while the JIT pool runs slowed a 3-text batch ~4x.
 
 ``attention(q, k, v, plan, half_window)`` runs every sequence of a packed batch at once: on
 ``JitOps`` one native call of the tiled kernel (``codegen.ir_attention``), on ``NumpyOps`` its
-numpy twin, per sequence.  The padded path below (one batched product per length bucket,
-sequences sorted by length; long sequences alone) is what BERT-family models still run.
+numpy twin, per sequence.
 """
 
 from __future__ import annotations
@@ -25,11 +24,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 _GELU_C = math.sqrt(2.0 / math.pi)
-# A sequence at least this long attends alone, on all threads; shorter ones are batched.
-LONG_SEQUENCE = 192
-# Padded tokens per bucket: bigger buckets mean fewer calls, more padding and larger scores.
-BUCKET_TOKENS = 2048
-# Masked scores: finite, so fully padded query rows give no NaN (their output is dropped).
+# Masked scores (BERT-family padded attention, ``encoder_ops``): finite, so fully padded query
+# rows give no NaN (their output is dropped).
 _MASKED = np.float32(-1e30)
 
 _controller: ThreadpoolController | None = None
@@ -106,89 +102,10 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return out
 
 
-def window_mask(length: int, half_window: int | None) -> np.ndarray | None:
-    """Additive mask hiding keys farther than `half_window` positions (None: attend to all)."""
-    if half_window is None or length <= half_window + 1:
-        return None
-    idx = np.arange(length)
-    far = np.abs(idx[:, None] - idx[None, :]) > half_window
-    return np.where(far, _MASKED, np.float32(0.0))
-
-
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Bidirectional softmax attention of one sequence.
-
-    q: (T, Hq, D) already scaled; k, v: (T, Hkv, D). Query heads share KV heads in groups.
-    Returns (T, Hq·D).
-    """
-    t, n_q, d = q.shape
-    n_kv = k.shape[1]
-    group = n_q // n_kv
-    out = np.empty((n_q, t, v.shape[-1]), np.float32)
-    for h_kv in range(n_kv):
-        qs = q[:, h_kv * group : (h_kv + 1) * group, :].transpose(1, 0, 2).reshape(group * t, d)
-        scores = (qs @ k[:, h_kv, :].T).reshape(group, t, t)
-        if mask is not None:
-            scores += mask
-        _softmax_rows(scores)
-        out[h_kv * group : (h_kv + 1) * group] = (scores.reshape(group * t, t) @ v[:, h_kv, :]).reshape(group, t, -1)
-    return out.transpose(1, 0, 2).reshape(t, -1)
-
-
 def _softmax_rows(scores: np.ndarray) -> None:
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-
-
-def padded_attention(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    half_window: int | None,
-    out: np.ndarray,
-) -> None:
-    """Attention of several packed sequences at once, padded to the longest of them.
-
-    q: (S, Hq, D), k/v: (S, Hkv, D) packed over all sequences; the sequences are
-    ``[starts[i], starts[i] + lengths[i])``.  Writes their rows of ``out`` (S, Hq·Dv).
-    """
-    b, tm = len(starts), int(lengths.max())
-    n_q, d = q.shape[1], q.shape[2]
-    n_kv, dv = k.shape[1], v.shape[2]
-    group = n_q // n_kv
-    offs = np.arange(tm)
-    valid = offs[None, :] < lengths[:, None]
-    rows = np.where(valid, starts[:, None] + offs[None, :], starts[:, None])  # pad: repeat row 0
-    qb = q[rows].reshape(b, tm, n_kv, group, d).transpose(0, 2, 3, 1, 4).reshape(b, n_kv, group * tm, d)
-    kb = k[rows].transpose(0, 2, 3, 1)  # (B, Hkv, D, Tm)
-    vb = v[rows].transpose(0, 2, 1, 3)  # (B, Hkv, Tm, Dv)
-    scores = np.matmul(qb, kb).reshape(b, n_kv, group, tm, tm)
-    mask = np.where(valid, np.float32(0.0), _MASKED)[:, None, None, None, :]
-    win = window_mask(tm, half_window)
-    scores += mask if win is None else mask + win
-    _softmax_rows(scores)
-    heads = np.matmul(scores.reshape(b, n_kv, group * tm, tm), vb)  # (B, Hkv, G·Tm, Dv)
-    heads = heads.reshape(b, n_kv, group, tm, dv).transpose(0, 3, 1, 2, 4).reshape(b, tm, n_q * dv)
-    out[rows[valid]] = heads[valid]
-
-
-def length_buckets(lengths: np.ndarray, bucket_tokens: int = BUCKET_TOKENS) -> list[np.ndarray]:
-    """Indices of the short sequences grouped into buckets of similar length (sorted by length,
-    at most ``bucket_tokens`` padded tokens each)."""
-    order = np.argsort(lengths, kind="stable")
-    order = order[lengths[order] < LONG_SEQUENCE]
-    buckets, current = [], []
-    for i in order.tolist():
-        if current and (len(current) + 1) * int(lengths[i]) > bucket_tokens:
-            buckets.append(np.array(current))
-            current = []
-        current.append(i)
-    if current:
-        buckets.append(np.array(current))
-    return buckets
 
 
 class NumpyOps:
@@ -221,9 +138,6 @@ class NumpyOps:
         """Around one forward pass: BLAS may use all of our threads (numpy backend matmuls)."""
         with blas_threads(self.threads):
             yield
-
-    def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
-        return attention(q, k, v, window_mask(q.shape[0], half_window))
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
         """Softmax attention of every sequence of a packed batch (see ``ir_attention.attention``):
@@ -304,11 +218,6 @@ class JitOps(NumpyOps):
     def session(self) -> Iterator[None]:
         with blas_threads(1):
             yield
-
-    def long_attention(self, q, k, v, half_window: int | None) -> np.ndarray:
-        return self.lib.attention(
-            np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v), half_window
-        )
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
         """All sequences of the batch in one native call of the tiled attention kernel."""

@@ -4,6 +4,7 @@
  *        neon_harness.c kernels.o -o harness
  * Usage: harness int   T N K P weights.bin scales.bin x.bin y.bin
  *        harness float T N K P weights.bin -          x.bin y.bin
+ *        harness codes T N K P codes.bin   scales.bin x.bin y.bin   (codes1: the one-row tile)
  *        harness gelu  T N 0 0 b.bin      -          a.bin out.bin   (gelu_tanh(a)·b)
  *        harness rms   T N 0 0 w.bin      -          x.bin out.bin   (rows of length N)
  *        harness addnorm T N K P weights.bin scales.bin in.bin out.bin
@@ -35,6 +36,10 @@ void GELUW(const float *gu, void *xq, float *xd, int32_t *xc, int64_t T, int64_t
 void QKNR(const float *qkv, float *q, float *k, float *v, const float *qw, const float *kw,
           const float *cos, const float *sin, int64_t Hq, int64_t Hkv, int64_t D, int64_t Dv,
           float eps, int64_t r0, int64_t r1);
+void C8MM(const void *wq, const float *wd, const float *x, float *y, int64_t T, int64_t N, int64_t K,
+          int64_t ldy, int64_t t0, int64_t t1, int64_t p0, int64_t p1);
+void C8MV(const void *wq, const float *wd, const float *x, float *y, int64_t T, int64_t N, int64_t K,
+          int64_t ldy, int64_t t0, int64_t t1, int64_t p0, int64_t p1);
 void F32MM(const float *w, const float *x, float *y, int64_t T, int64_t N, int64_t K,
            int64_t ldy, int64_t t0, int64_t t1, int64_t p0, int64_t p1);
 
@@ -114,6 +119,9 @@ int main(int argc, char **argv) {
         int32_t *xc = aligned((size_t)(tpad * K / 32 * 4));
         QUANT(x, xq, xd, xc, T, K, 0, tpad);
         Q8MM(w, wd, xq, xd, xc, y, T, N, K, N, 0, tpad, 0, P);
+    } else if (strcmp(argv[1], "codes") == 0 || strcmp(argv[1], "codes1") == 0) {
+        float *wd = slurp(argv[7], &size);
+        (strcmp(argv[1], "codes") == 0 ? C8MM : C8MV)(w, wd, x, y, T, N, K, N, 0, T, 0, P);
     } else if (strcmp(argv[1], "gelu") == 0) {
         GELU(x, w, y, 0, T * N);
     } else if (strcmp(argv[1], "rms") == 0) {

@@ -19,6 +19,7 @@ from embedpipe.codegen import (
     get_kernel_library,
     jit,
     library,
+    prepared,
     runnable_isas,
 )
 from embedpipe.codegen.isa import ISAS, read_cpu_flags
@@ -212,14 +213,14 @@ def test_kernels_work_in_forked_child():
     raw = random_raw(Q.Q8_0, 96, 256, rng)
     x = rng.standard_normal((64, 256)).astype(np.float32)
     mm = get_kernel_library(runnable_isas()[0].name, 2).prepare_matmul(Q.Q8_0, raw, 96, 256)
-    library.MIN_PARALLEL_MACS, saved = 0, library.MIN_PARALLEL_MACS  # force the pool
+    prepared.MIN_PARALLEL_MACS, saved = 0, prepared.MIN_PARALLEL_MACS  # force the pool
     try:
         expected = mm(x)  # the parent's pool now has live threads
         _FORKED.update(mm=mm, x=x)
         with mp.get_context("fork").Pool(1) as pool:
             got = pool.apply_async(_child_matmul).get(timeout=60)
     finally:
-        library.MIN_PARALLEL_MACS = saved
+        prepared.MIN_PARALLEL_MACS = saved
         _FORKED.clear()
     np.testing.assert_array_equal(got, expected)
 

@@ -119,10 +119,10 @@ def test_extreme_scales(isa, qtype, wscale, xscale):
 def test_threads_agree_bitwise(isa, qtype, n, row_split_min, monkeypatch):
     """Every work split gives exactly the single-thread result (each output element is
     computed by one thread in the same order)."""
-    from embedpipe.codegen import library
+    from embedpipe.codegen import prepared
 
-    monkeypatch.setattr(library, "MIN_PARALLEL_MACS", 0)
-    monkeypatch.setattr(library, "ROW_SPLIT_MIN_ROWS", row_split_min)
+    monkeypatch.setattr(prepared, "MIN_PARALLEL_MACS", 0)
+    monkeypatch.setattr(prepared, "ROW_SPLIT_MIN_ROWS", row_split_min)
     rng = np.random.default_rng(5)
     raw = random_raw(qtype, n, 256, rng)
     x = rng.standard_normal((45, 256)).astype(np.float32)
@@ -173,3 +173,36 @@ def test_kernel_requantization_is_the_reference(isa, qtype):
     q_ref, d_ref = FORMATS[qtype].repack(raw, 40, 512)
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(d, d_ref)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("t,n,k", [(1, 3072, 768), (1, 5, 32), (2, 77, 96), (7, 130, 64), (9, 33, 160), (33, 48, 64)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_coded_weights_compute_the_dequantized_fp32_product_exactly(isa, qtype, t, n, k, threads):
+    """int8 codes × fp32 activations (``prepare_codes``) against the fp32 kernel on the
+    dequantized weight: code·scale is exact in fp32, so every bit agrees; and against
+    float64 numpy within the fp32-accumulation bound."""
+    rng = np.random.default_rng(t * 1000 + n)
+    lib = get_kernel_library(isa, threads)
+    raw = random_raw(qtype, n, k, rng)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    coded = lib.prepare_codes(qtype, raw, n, k)
+    w = dequant(qtype, raw, n, k).astype(np.float32)
+    fp32 = lib.prepare_matmul(Q.F32, w.view(np.uint8).reshape(n, 4 * k), n, k)
+    assert coded.family == "codes"
+    assert sum(a.nbytes for a in coded.packed) <= 0.32 * sum(a.nbytes for a in fp32.packed)
+    y = coded(x)
+    np.testing.assert_array_equal(y, fp32(x))
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    assert np.abs(y - ref).max() <= 2e-6 * np.sqrt(max(k / 256, 1)) * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.F16], ids=lambda q: q.name)
+def test_coded_weights_refuse_formats_without_exact_codes(qtype):
+    from embedpipe.codegen import KernelInputError
+
+    lib = get_kernel_library(None, 1)
+    raw = random_raw(qtype, 8, 256, np.random.default_rng(1))
+    with pytest.raises(KernelInputError, match="exact int8 codes"):
+        lib.prepare_codes(qtype, raw, 8, 256)

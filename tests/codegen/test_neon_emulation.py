@@ -50,6 +50,8 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
                 f"-DQUANT={symbols['quantize']}",
                 f"-DQ8MM={symbols['q8mm']}",
                 f"-DF32MM={symbols['f32mm']}",
+                f"-DC8MM={symbols['c8f32mm']}",
+                f"-DC8MV={symbols['c8f32mv']}",
                 f"-DGELU={symbols['gelu_mul']}",
                 f"-DRMS={symbols['rms_norm']}",
                 f"-DADDNORM={symbols['q8work_addnorm']}",
@@ -125,6 +127,30 @@ def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
         ).reshape(n, k).T
         assert np.abs(y - tight).max() <= 2e-6 * np.abs(tight).max()
         assert np.abs(y - ref).max() <= 2e-2 * scale
+
+
+@requires_emulation
+@pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon", "generic_aarch64"])
+@pytest.mark.parametrize("mode", ["codes", "codes1"])
+def test_neon_coded_weights_equal_the_fp32_kernel(harnesses, isa_name, mode):
+    """int8 codes × fp32 activations: bit-identical to the fp32 kernel on the dequantized weight."""
+    rng = np.random.default_rng(11)
+    isa, float_tile = ISAS[isa_name], TILES[isa_name][1]
+    exe = harnesses[isa_name]
+    work = exe.parent
+    for t, n, k in [(1, 5, 256), (3, 37, 96), (9, 8, 768)]:
+        raw = random_raw(Q.Q8_0, n, k, rng)
+        x = rng.standard_normal((t, k)).astype(np.float32)
+        codes, scales = ir_float.pack_codes(*FORMATS[Q.Q8_0].repack(raw, n, k), isa, float_tile)
+        (work / "w.bin").write_bytes(codes.tobytes())
+        (work / "d.bin").write_bytes(scales.tobytes())
+        (work / "x.bin").write_bytes(x.tobytes())
+        argv = [QEMU, "-L", str(SYSROOT), str(exe), mode, str(t), str(n), str(k), str(codes.shape[0])]
+        argv += [str(work / "w.bin"), str(work / "d.bin"), str(work / "x.bin"), str(work / "y.bin")]
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        got = np.fromfile(work / "y.bin", dtype=np.float32).reshape(t, n)
+        want = run_neon(exe, isa_name, Q.F32, dequant(Q.Q8_0, raw, n, k).astype(np.float32).view(np.uint8), x, n, k)
+        np.testing.assert_array_equal(got, want)
 
 
 def _run_rowwise(exe: Path, mode: str, x: np.ndarray, second: np.ndarray) -> np.ndarray:

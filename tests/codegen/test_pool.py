@@ -114,3 +114,18 @@ def test_forked_child_starts_its_own_workers():
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("the forked child's kernel call never returned")
+
+
+def test_idle_workers_stop_spinning_and_park():
+    """Workers spin a bounded number of rounds after a job, then park: an idle process burns
+    (almost) no CPU.  A worker that never parked would burn the whole sleep on its core."""
+    lib = get_kernel_library(None, 2)
+    a, b = inputs(4_096, 3)
+    run_gelu(lib, a, b, 2)
+    burnt = []
+    for _ in range(3):
+        run_gelu(lib, a, b, 2)
+        start = time.process_time()
+        time.sleep(0.2)
+        burnt.append(time.process_time() - start)
+    assert min(burnt) < 0.05, burnt

@@ -1,0 +1,178 @@
+"""PreparedMatmul: one weight repacked for a kernel library, and how its products are split
+over the library's threads (rows or weight panels) with per-thread activation scratch.
+
+All inputs are validated in Python before a native call; a kernel only ever sees buffers whose
+sizes were checked against the dimensions it is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from embedpipe.codegen import ir_q8
+from embedpipe.codegen.ir_q8 import QK
+from embedpipe.codegen.isa import IsaSpec
+from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.threads import CACHE_LINE, split_range
+from embedpipe.errors import EmbedpipeError
+
+if TYPE_CHECKING:
+    from embedpipe.codegen.library import KernelLibrary
+
+
+class KernelInputError(EmbedpipeError):
+    """A matmul operand has the wrong type, dtype, shape, layout or byte length."""
+
+
+@dataclass
+class PreparedMatmul:
+    """A weight repacked for one kernel library; call it with X (T, K) fp32 to get X·Wᵀ."""
+
+    lib: KernelLibrary
+    qtype: GGMLQuantizationType
+    n: int
+    k: int
+    family: str
+    packed: tuple[np.ndarray, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.k)
+
+    @functools.cached_property
+    def addresses(self) -> tuple[int, ...]:
+        """Addresses of the packed arrays (they live as long as this object)."""
+        return tuple(a.ctypes.data for a in self.packed)
+
+    def _check(self, x: object) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise KernelInputError(f"matmul input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise KernelInputError(f"matmul input must be float32, got {x.dtype}")
+        if x.ndim != 2 or x.shape[1] != self.k:
+            raise KernelInputError(
+                f"matmul input must have shape (T, {self.k}) for a {self.n}x{self.k} weight, got {x.shape}"
+            )
+        if not (x.flags.c_contiguous and x.flags.aligned):
+            raise KernelInputError("matmul input must be C-contiguous and aligned (use np.ascontiguousarray)")
+        return x
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = self._check(x)
+        t = x.shape[0]
+        # On a cache line, so that threads writing neighbouring panels of a row never share one.
+        y = aligned_empty((t, self.n), np.float32, CACHE_LINE)
+        if t == 0:
+            return y
+        self._RUNNERS[self.family](self, x, y)
+        return y
+
+    @functools.cached_property
+    def _plans(self) -> dict[tuple[int, int, int, int], tuple[str, list[tuple[int, int]]]]:
+        return {}
+
+    def _plan(self, t: int, mr: int, panels: int, panel_floats: int = 16) -> tuple[str, list[tuple[int, int]]]:
+        """``_split`` memoized per shape (a forward asks the same question ~100 times)."""
+        key = (t, mr, panels, panel_floats)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._split(t, mr, panels, panel_floats)
+        return plan
+
+    def _split(self, t: int, mr: int, panels: int, panel_floats: int) -> tuple[str, list[tuple[int, int]]]:
+        """How to spread one product over threads: ("rows" | "panels", ranges).
+
+        Small products run on the calling thread (a pool hand-off costs more than it saves),
+        unless the weight is big enough that streaming it is the cost (a few rows times a
+        large weight: each thread streams half).  Long batches split token rows (no duplicated activation quantization; measured ~6%
+        more GOPS per core at T >= 512); short ones split weight panels when there are plenty
+        (each thread streams a disjoint slice of W), else token rows.
+        """
+        nt = self.lib.threads
+        tpad = -(-t // mr) * mr
+        weight_bytes = sum(a.nbytes for a in self.packed)
+        if nt == 1 or (t * self.n * self.k < MIN_PARALLEL_MACS and weight_bytes < MIN_PARALLEL_WEIGHT_BYTES):
+            return "rows", [(0, tpad)]
+        if tpad < ROW_SPLIT_MIN_ROWS * nt and (panels >= 4 * nt or tpad <= mr):
+            # whole cache lines of each output row per thread (panels narrower than a line pair up)
+            per_line = CACHE_LINE // math.gcd(CACHE_LINE, 4 * panel_floats)
+            return "panels", split_range(0, panels, nt, per_line)
+        return "rows", split_range(0, tpad, nt, mr)
+
+    def _run_float(self, x: np.ndarray, y: np.ndarray) -> None:
+        """fp32 activations: fp32 panels ("float") or int8 codes with block scales ("codes")."""
+        panels = self.packed[0].shape[0]
+        t = x.shape[0]
+        mr = self.lib.float_tile.mr
+        role = self._FLOAT_ROLES[self.family]
+        if role == "c8f32mm" and t < mr:
+            role, mr = "c8f32mv", 1
+        how, ranges = self._plan(t, mr, panels, self.lib.isa.lanes * self.lib.float_tile.nv)
+        head = (*self.addresses, x.ctypes.data, y.ctypes.data, t, self.n, self.k, self.n)
+        rows_all = (0, -(-t // mr) * mr)
+        self.lib.fork(
+            role,
+            [(*head, a, b, 0, panels) if how == "rows" else (*head, *rows_all, a, b) for a, b in ranges],
+        )
+
+    _FLOAT_ROLES = {"float": "f32mm", "codes": "c8f32mm"}
+
+    def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Quantize X and multiply in one task per thread: a row split quantizes only its
+        rows into a shared scratch; a panel split quantizes all rows into per-thread scratch
+        (O(T·K) duplicated work against O(T·K·N/threads) saved synchronization)."""
+        wq, wd = self.packed
+        lib = self.lib
+        t, k = x.shape
+        mr = lib.int_tile.mr
+        tpad = -(-t // mr) * mr
+        panels = wq.shape[0]
+        how, ranges = self._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
+        xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
+        tail = (*self.addresses, yp, n, n)
+        if how == "rows":
+            xq, xd, xc = _scratch(0, tpad, k, lib.isa)
+            items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
+        else:
+            items = [
+                (xp, *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
+                for i, (a, b) in enumerate(ranges)
+            ]
+        lib.fork("q8work", items)
+
+    _RUNNERS = {"float": _run_float, "codes": _run_float, "int": _run_int}
+
+
+# Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
+MIN_PARALLEL_MACS = 8_000_000
+# ... unless its weight has at least this many bytes to stream.
+MIN_PARALLEL_WEIGHT_BYTES = 512 * 1024
+# Batches of at least this many token rows per thread are split by rows, not weight panels.
+ROW_SPLIT_MIN_ROWS = 128
+
+_local = threading.local()
+
+
+def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]:
+    """Addresses of quantized-activation buffers (xq, xd, xc) for ``tpad`` rows, cached per
+    calling thread and slot so steady-state calls allocate nothing."""
+    need = (tpad * k * ir_q8.act_elem_bytes(isa), tpad * (k // QK) * 4)
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    bufs = cache.get(slot)
+    if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
+        arrays = (
+            aligned_empty((max(need[0], 64),), np.uint8),
+            aligned_empty((max(need[1], 64),), np.uint8),
+            aligned_empty((max(need[1], 64),), np.uint8),
+        )
+        bufs = cache[slot] = (*arrays, tuple(a.ctypes.data for a in arrays))
+    return bufs[3]
