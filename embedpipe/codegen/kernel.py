@@ -159,8 +159,8 @@ class KernelModule:
     def source_files(self) -> list[Path]:
         """The embedpipe source files that can shape this module's IR: the modules defining
         its kernels' emitters and everything they import from embedpipe, transitively."""
-        roots = {sys.modules[k.emit.__module__].__file__ for k in self.kernels} | {__file__}
-        return sorted(_imported_sources(frozenset(Path(r) for r in roots)))
+        roots = frozenset({sys.modules[k.emit.__module__].__file__ for k in self.kernels} | {__file__})
+        return [Path(p) for p in sorted(_imported_sources(roots))]
 
     def cache_key(self, isa: IsaSpec) -> str:
         """Object-cache key of this module for ``isa``: digest of the generator sources, the
@@ -175,36 +175,45 @@ class KernelModule:
         return jit.cache_key(f"kernel-module:{self.name}:{h.hexdigest()}:{decl}:{spec}", isa)
 
 
-_PACKAGE_ROOT = Path(embedpipe.__file__).parent.parent
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(embedpipe.__file__))
 _IMPORT = re.compile(
     rb"^\s*(?:import\s+(embedpipe[\w.]*)|from\s+(embedpipe[\w.]*)\s+import\s+(\([^)]*\)|[^\n]*))", re.M
 )
 
 
-def _module_file(name: str) -> Path | None:
-    base = _PACKAGE_ROOT.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file():
+def _module_file(name: str) -> str | None:
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path is not None:
+        return path
+    base = os.path.join(_PACKAGE_ROOT, *name.split("."))
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
             return path
     return None
 
 
 @functools.cache
-def _imported_sources(roots: frozenset[Path]) -> frozenset[Path]:
+def _imported_sources(roots: frozenset[str]) -> frozenset[str]:
     """``roots`` and every embedpipe source file they import (at module or function level,
     read from the source text), transitively."""
-    seen: set[Path] = set()
+    seen: set[str] = set()
     todo = list(roots)
     while todo:
         path = todo.pop()
         if path in seen:
             continue
         seen.add(path)
-        for plain, package, names in _IMPORT.findall(path.read_bytes()):
-            modules = [plain.decode()] if plain else [package.decode()]
-            # `from embedpipe.codegen import ir_pool`: the imported names may be modules
-            modules += [f"{modules[0]}.{n}" for n in re.findall(r"\w+", names.decode()) if n != "as"]
-            todo += [f for f in map(_module_file, modules) if f is not None and f not in seen]
+        with open(path, "rb") as fh:
+            imports = _IMPORT.findall(fh.read())
+        for plain, package, names in imports:
+            name = (plain or package).decode()
+            found = _module_file(name)
+            if found is None:
+                continue
+            todo.append(found)
+            if package and found.endswith("__init__.py"):  # `from embedpipe.codegen import ir_pool`
+                todo += filter(None, (_module_file(f"{name}.{n}") for n in re.findall(r"\w+", names.decode())))
     return frozenset(seen)
 
 
