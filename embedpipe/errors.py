@@ -59,7 +59,12 @@ class InputTooLongError(EmbedpipeError):
 
 
 #: argument name -> its CLI flag where that is not `--` + the name with dashes
-CLI_FLAGS: dict[str, str] = {"n_trees": "--trees", "indexes": "--index", "models": "--model"}
+CLI_FLAGS: dict[str, str] = {
+    "n_trees": "--trees",
+    "indexes": "--index",
+    "models": "--model",
+    "queries_file": "--queries",
+}
 
 
 def cli_flag(argument: str) -> str:

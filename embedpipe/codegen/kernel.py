@@ -6,7 +6,9 @@ driver.  Kernels are grouped into a :class:`KernelModule`, which for an ISA
 
 1. emits every kernel, a task trampoline per kernel and one persistent worker pool
    (``ir_parallel`` / ``ir_pool``) into one LLVM module,
-2. compiles it through the on-disk object cache (``jit.compile_object``) and loads it,
+2. compiles it through the on-disk object cache and loads it; the cache key is a digest of
+   the sources that generate the module (``source_files``), the kernel declarations and the
+   ISA, so a warm process loads the object without generating any IR,
 3. binds each kernel with a ctypes prototype derived from its IR function type.
 
 ``kernel(*args)`` runs the driver on the compiled kernel (the driver validates, allocates and
@@ -18,15 +20,21 @@ not build the module: that failure is logged once per module and ISA, and rememb
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import llvmlite.ir as ir
 import numpy as np
 
+import embedpipe
 from embedpipe.codegen import ir_parallel, ir_pool, jit
 from embedpipe.codegen.irutil import F32, VOID, new_function
 from embedpipe.codegen.isa import ISA_ENV, IsaSpec, detect_isa
@@ -129,6 +137,10 @@ class KernelModule:
     def symbol(self, kernel: Kernel, isa: IsaSpec) -> str:
         return f"{self.ir_name(isa)}__{kernel.name}"
 
+    def parallel_symbols(self, isa: IsaSpec) -> dict[str, str]:
+        """Kernel name -> the symbol of its parallel entry point (named without building IR)."""
+        return {k.name: ir_parallel.parallel_symbol(ir_parallel.task_symbol(self.symbol(k, isa))) for k in self.kernels}
+
     def build(self, isa: IsaSpec) -> tuple[str, dict[str, str]]:
         """IR text of the module for ``isa`` and kernel name -> parallel entry symbol."""
         module = ir.Module(name=self.ir_name(isa))
@@ -139,7 +151,70 @@ class KernelModule:
             k.emit(b, isa)
             fns.append(fn)
         parallel = ir_parallel.emit_entry_points(module, fns)
-        return str(module), {k.name: parallel[fn.name] for k, fn in zip(self.kernels, fns)}
+        symbols = {k.name: parallel[fn.name] for k, fn in zip(self.kernels, fns)}
+        if symbols != self.parallel_symbols(isa):
+            raise RuntimeError(f"{self.name}: parallel entry points {symbols} differ from their predicted names")
+        return str(module), symbols
+
+    def source_files(self) -> list[Path]:
+        """The embedpipe source files that can shape this module's IR: the modules defining
+        its kernels' emitters and everything they import from embedpipe, transitively."""
+        roots = frozenset({sys.modules[k.emit.__module__].__file__ for k in self.kernels} | {__file__})
+        return [Path(p) for p in sorted(_imported_sources(roots))]
+
+    def cache_key(self, isa: IsaSpec) -> str:
+        """Object-cache key of this module for ``isa``: digest of the generator sources, the
+        kernel declarations (name, parameter and return types) and every IsaSpec field; equal
+        keys mean equal IR, so a warm process never generates the IR just to name it."""
+        h = hashlib.sha256()
+        for path in self.source_files():
+            h.update(path.relative_to(_PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        decl = [(k.name, [(n, str(t)) for n, t in k.params], str(k.ret)) for k in self.kernels]
+        flags = ",".join(sorted(isa.required_flags))
+        spec = f"{isa.name}:{isa.arch}:{isa.lanes}:{isa.dot}:{flags}"
+        return jit.cache_key(f"kernel-module:{self.name}:{h.hexdigest()}:{decl}:{spec}", isa)
+
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(embedpipe.__file__))
+_IMPORT = re.compile(
+    rb"^\s*(?:import\s+(embedpipe[\w.]*)|from\s+(embedpipe[\w.]*)\s+import\s+(\([^)]*\)|[^\n]*))", re.M
+)
+
+
+def _module_file(name: str) -> str | None:
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path is not None:
+        return path
+    base = os.path.join(_PACKAGE_ROOT, *name.split("."))
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+@functools.cache
+def _imported_sources(roots: frozenset[str]) -> frozenset[str]:
+    """``roots`` and every embedpipe source file they import (at module or function level,
+    read from the source text), transitively."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        with open(path, "rb") as fh:
+            imports = _IMPORT.findall(fh.read())
+        for plain, package, names in imports:
+            name = (plain or package).decode()
+            found = _module_file(name)
+            if found is None:
+                continue
+            todo.append(found)
+            if package and found.endswith("__init__.py"):  # `from embedpipe.codegen import ir_pool`
+                todo += filter(None, (_module_file(f"{name}.{n}") for n in re.findall(r"\w+", names.decode())))
+    return frozenset(seen)
 
 
 # Native calls made by this process (``Native`` calls and runs, library forks): one integer
@@ -200,10 +275,11 @@ def f32_word(value: float) -> int:
 
 class _Loaded:
     def __init__(self, module: KernelModule, isa: IsaSpec) -> None:
-        text, parallel = module.build(isa)
+        parallel = module.parallel_symbols(isa)
         names = {k.name: module.symbol(k, isa) for k in module.kernels}
         reset = ir_pool.reset_symbol(module.ir_name(isa))
-        addrs = jit.host_engine().load(jit.compile_object(text, isa), [*names.values(), *parallel.values(), reset])
+        obj = jit.compile_cached(module.cache_key(isa), lambda: module.build(isa)[0], isa)
+        addrs = jit.host_engine().load(obj, [*names.values(), *parallel.values(), reset])
         fork_type = prototype(ir_parallel.PARALLEL_PARAMS)
         self.natives = {
             k.name: Native(k, isa, prototype(k.params, k.ret)(addrs[names[k.name]]), fork_type(addrs[parallel[k.name]]))

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import llvmlite.ir as ir
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_fused, ir_parallel, ir_pool, ir_q8, irutil, jit
 from embedpipe.codegen import isa as isa_module
+from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from embedpipe.codegen import ir_q8
+from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_q8 import QK
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.quant_formats import aligned_empty

@@ -20,10 +20,9 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf import quants as gguf_quants
 
 from embedpipe.codegen import ir_float, ir_q8
+from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from embedpipe.codegen.ir_q8 import QK, quantize_reference
 
 if TYPE_CHECKING:
@@ -69,6 +68,8 @@ class WeightFormat:
 
     def dequantize(self, raw: np.ndarray, n: int, k: int) -> np.ndarray:
         """fp32 W (N, K): ``gguf.quants``, the reference for every format."""
+        from gguf import quants as gguf_quants  # only here: a warm start never imports gguf
+
         return np.ascontiguousarray(gguf_quants.dequantize(raw, self.qtype).reshape(n, k), dtype=np.float32)
 
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
@@ -97,6 +98,12 @@ class IntFormat(WeightFormat):
         """int8 quants (N, K) and fp32 scales (N, K/32) for ``lib``."""
         return self.repack(raw, n, k)
 
+    def dequantize(self, raw: np.ndarray, n: int, k: int) -> np.ndarray:
+        """quant × scale in fp32, the product ``gguf.quants`` forms for a format the int8 codes
+        hold exactly (equal bits: tests compare them)."""
+        q, d = self.repack(raw, n, k)
+        return (q.reshape(n, k // QK, QK).astype(np.float32) * d[:, :, None]).reshape(n, k)
+
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
         q, d = self.unpack(lib, raw, n, k)
         return ir_q8.pack_weights(q, d, lib.isa, lib.int_tile, aligned_empty)
@@ -110,6 +117,8 @@ class RequantizedFormat(IntFormat):
 
     def repack(self, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return quantize_reference(self.dequantize(raw, n, k))
+
+    dequantize = WeightFormat.dequantize  # gguf.quants: the codes are derived from it
 
     def unpack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         return lib._quantize_weights(self.dequantize(raw, n, k))

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.jsonl import iter_jsonl
 from embedpipe.pipeline.cache import EmbeddingCache
 from embedpipe.pipeline.dataset import source_texts
@@ -24,6 +24,15 @@ from embedpipe.pipeline.manifest import read_header
 
 class EvalInputError(EmbedpipeError):
     """Evaluation inputs (queries, datasets, embeddings) are missing or malformed."""
+
+
+#: the value shown with the queries-file hint
+QUERY_FILE_HINT = {"queries_file": "F.jsonl|F.parquet"}
+
+
+class QueriesNeededError(EvalInputError, ArgumentError):
+    """No queries can be sampled from the corpus: the hint names the queries-file argument
+    (`queries_file=` in Python, `--queries` on the CLI)."""
 
 
 @dataclass
@@ -98,20 +107,27 @@ def sample_corpus_queries(
                 break
             return [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
     if not header:
-        raise EvalInputError(
-            f"{emb_dir}: the embeddings carry no text column and no ingest manifest "
-            "names their source; pass --queries F.jsonl|F.parquet"
+        raise QueriesNeededError(
+            "queries_file",
+            f"{emb_dir}: the embeddings carry no text column and no ingest manifest names their source; "
+            "pass {queries_file}",
+            values=QUERY_FILE_HINT,
         )
     unique = list(dict.fromkeys(ids))
     picks = {unique[i] for i in rng.choice(len(unique), min(3 * n, len(unique)), replace=False)}
     try:
         found = source_texts(emb_dir, picks)
     except (EmbedpipeError, OSError, pa.ArrowException) as exc:
-        raise EvalInputError(
-            f"{emb_dir}: no text column in the embeddings and reading the source "
-            f"failed ({exc}); pass --queries F.jsonl|F.parquet"
+        raise QueriesNeededError(
+            "queries_file",
+            f"{emb_dir}: no text column in the embeddings and reading the source failed ({exc}); pass {{queries_file}}",
+            values=QUERY_FILE_HINT,
         ) from None
     pool = sorted({t for t in found.values() if isinstance(t, str) and t.strip()})
     if not pool:
-        raise EvalInputError(f"{emb_dir}: found no texts for the sampled rows; pass --queries")
+        raise QueriesNeededError(
+            "queries_file",
+            f"{emb_dir}: found no texts for the sampled rows; pass {{queries_file}}",
+            values=QUERY_FILE_HINT,
+        )
     return [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from tqdm import tqdm
 
 from embedpipe.codegen.rowdot import rowdot
 from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
@@ -140,6 +139,8 @@ def build_nodes(x: np.ndarray, n_trees: int, seed: int = 0, progress: bool = Fal
     items[:, 1] = np.einsum("ij,ij->i", x, x).astype(np.float32).view(np.int32)
     items[:, HEADER_INTS:] = x.view(np.int32)
     tb = _TreeBuilder(x, seed)
+    from tqdm import tqdm  # only a build shows progress: searching does not import it
+
     roots = [tb.grow() for _ in tqdm(range(n_trees), desc="annoy trees", disable=not progress)]
     tree = np.stack(tb.rows) if tb.rows else np.zeros((0, HEADER_INTS + f), np.int32)
     all_nodes = np.concatenate([items, tree])

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from embedpipe.errors import ArgumentError
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, truncate_normalize
 from embedpipe.indexes.quant import STORAGE_TYPES, quantize
 from embedpipe.pipeline.dataset import PART_GLOB, EmbeddingsDirError, read_embeddings
@@ -30,6 +31,10 @@ class Codes:
     ids: IdTable
     columns: dict[str, StringTable]
     meta: IndexMeta
+
+
+class DimOutOfRangeError(EmbeddingsDirError, ArgumentError):
+    """`dim` wider than the stored vectors (named `dim` in Python, `--dim` on the CLI)."""
 
 
 def _parts(emb_dir: Path) -> list[str]:
@@ -68,7 +73,7 @@ def stream_codes(
             hi = x.max(axis=0) if hi is None else np.maximum(hi, x.max(axis=0))
             lo = x.min(axis=0) if lo is None else np.minimum(lo, x.min(axis=0))
     if dim is not None and not 0 < dim <= width:
-        raise EmbeddingsDirError(f"--dim {dim} must be between 1 and the embeddings' width {width}")
+        raise DimOutOfRangeError("dim", f"{dim} must be between 1 and the embeddings' width {width}")
     d = dim or width
     calibration = None
     if spec.qmax and scale_mode == "dim":

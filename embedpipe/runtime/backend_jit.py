@@ -11,9 +11,9 @@ import logging
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from embedpipe.codegen import FORMATS, get_kernel_library
+from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.library import PACKED_LAYOUT_VERSION, TILES, PreparedMatmul
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.backends import MatmulFn, NumpyBackend, dequantize

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-from gguf import GGMLQuantizationType, quants
 
+from embedpipe.codegen.ggml_types import GGMLQuantizationType
+from embedpipe.codegen.quant_formats import FORMATS
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.gguf_file import WeightTensor
 
@@ -33,6 +34,8 @@ def dequantize(tensor: WeightTensor) -> np.ndarray:
     """The tensor as float32 in its numpy shape (the reference for every kernel)."""
     if tensor.qtype == GGMLQuantizationType.F32:
         return tensor.raw.view(np.float32).reshape(tensor.shape)
+    from gguf import quants  # the reference; not needed to run a model (see dequantize_rows)
+
     return np.asarray(quants.dequantize(tensor.rows(), tensor.qtype), dtype=np.float32).reshape(tensor.shape)
 
 
@@ -41,7 +44,9 @@ def dequantize_rows(tensor: WeightTensor, rows: np.ndarray) -> np.ndarray:
     picked = tensor.rows()[rows]
     if tensor.qtype == GGMLQuantizationType.F32:
         return picked.view(np.float32).reshape(len(rows), -1)
-    return np.asarray(quants.dequantize(picked, tensor.qtype), dtype=np.float32).reshape(len(rows), -1)
+    # the weight format's own numpy dequantizer (equal bits to gguf.quants): a query's
+    # embedding lookup does not import gguf
+    return FORMATS[tensor.qtype].dequantize(picked, len(rows), tensor.shape[-1])
 
 
 class NumpyBackend:

@@ -18,10 +18,8 @@ import numpy as np
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError, ModelFileError
 from embedpipe.runtime import prompts
-from embedpipe.runtime.backends import make_backend
 from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
 from embedpipe.runtime.dims import check_dim
-from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS, GemmaEmbeddingModel  # noqa: F401
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.model_integrity import check_finite
 from embedpipe.runtime.text_ids import check_texts, fit_context
@@ -29,10 +27,11 @@ from embedpipe.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-#: general.architecture -> model class (token ids in, pooled vectors out), or "module:Class"
-#: for one imported when a file of that architecture is opened (a start-up pays only its own).
+#: general.architecture -> model class (token ids in, pooled vectors out) as "module:Class",
+#: imported when a file of that architecture is opened: a start-up pays only its own, and
+#: only after the tokenizer has started loading beside it.
 ARCHITECTURES: dict[str, type | str] = {
-    "gemma-embedding": GemmaEmbeddingModel,
+    "gemma-embedding": "embedpipe.runtime.gemma_embedding:GemmaEmbeddingModel",
     "bert": "embedpipe.runtime.bert:BertEncoderModel",
     "mpnet": "embedpipe.runtime.bert:BertEncoderModel",
 }
@@ -90,16 +89,19 @@ class Embedder:
         self.model_file = model_file
         self.model_path = str(model_file.path)
         arch = model_file.architecture
-        model_class = architecture_class(arch)
-        if model_class is None:
+        if arch not in ARCHITECTURES:
             raise ModelFileError(
                 f"{model_file.path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
             )
         self.prompts = prompt_convention(model_file)
         # The tokenizer (SentencePiece parsing 262k pieces, GIL released) loads while the
-        # weights are repacked: together they are most of a warm start.
+        # model code is imported and the weights are mapped or repacked: together they are
+        # most of a warm start.
         with ThreadPoolExecutor(1, thread_name_prefix="embedpipe-tokenizer") as pool:
             tokenizer = pool.submit(load_tokenizer, model_file)
+            from embedpipe.runtime.backends import make_backend
+
+            model_class = architecture_class(arch)
             self.backend = make_backend(backend, threads)
             use_cache = getattr(self.backend, "use_weight_cache", None)
             if use_cache is not None:  # repacked weights mapped from disk instead of repacked

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from embedpipe.errors import ModelFileError, shown
 from embedpipe.runtime import model_integrity
 from embedpipe.runtime.gguf_parse import GGUFFormatError, StringIndex, parse_gguf

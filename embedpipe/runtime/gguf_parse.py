@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from embedpipe.errors import quote, shown
 
 DEFAULT_ALIGNMENT = 32

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import NamedTuple
 
-import numexpr as ne
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -62,6 +61,8 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 def gelu_tanh_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """gelu_tanh(gate) ⊙ up in one pass."""
+    import numexpr as ne  # the numpy reference only: the JIT path never imports it
+
     # Constants as float32 locals: numexpr promotes Python float literals to double.
     c, a, half, one = np.float32(_GELU_C), np.float32(0.044715), np.float32(0.5), np.float32(1.0)
     names = {"gate": gate, "up": up, "c": c, "a": a, "half": half, "one": one}
@@ -119,6 +120,8 @@ class NumpyOps:
         return rms_norm(x, weight, eps)
 
     def gelu_tanh_mul(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        import numexpr as ne
+
         if ne.get_num_threads() != self.threads:
             ne.set_num_threads(self.threads)
         return gelu_tanh_mul(gate, up)

@@ -191,9 +191,7 @@ def registered_name(path: str | os.PathLike[str]) -> str | None:
 
 def cached_quants(entry: RegisteredModel) -> list[str]:
     """Quants of `entry` whose GGUF is cached and consistent with its stamp."""
-    from embedpipe.runtime.gguf_names import QUANTS
-
-    return [q for q in QUANTS if store.cached_model_path(q, entry.spec) is not None]
+    return [q for q in store.QUANT_NAMES if store.cached_model_path(q, entry.spec) is not None]
 
 
 def listing() -> list[dict[str, object]]:

@@ -32,7 +32,6 @@ from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime import mirror, model_integrity
 from embedpipe.runtime.cache_root import CACHE_ENV, cache_dir  # noqa: F401  (re-exported)
 from embedpipe.runtime.gguf_file import GGUFModelFile
-from embedpipe.runtime.gguf_names import QUANTS
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,14 @@ def _gguf_stamp(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+#: the `--quant` choices: the keys of `gguf_names.QUANTS`, named here without importing gguf
+#: (which that table's values need) so that resolving a cached model stays light
+QUANT_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
 def _check_quant(quant: str) -> None:
-    if quant not in QUANTS:
-        raise StoreError(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
+    if quant not in QUANT_NAMES:
+        raise StoreError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_NAMES)}")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -104,10 +104,10 @@ def read_api_key(path: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise EmbedpipeError(f"--api-key-file {path}: cannot read it ({exc})") from None
+        raise ArgumentError("api_key_file", f"{path}: cannot read it ({exc})") from None
     key = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not key:
-        raise EmbedpipeError(f"--api-key-file {path} is empty; put the key on its first line")
+        raise ArgumentError("api_key_file", f"{path} is empty; put the key on its first line")
     return key
 
 

@@ -32,8 +32,11 @@ def test_specs_and_sizes(tmp_path):
     key.write_text("  abc123  \nignored\n")
     assert read_api_key(str(key)) == "abc123"
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(EmbedpipeError):
+    with pytest.raises(EmbedpipeError) as info:
         read_api_key(str(tmp_path / "empty"))
+    assert str(info.value).startswith("api_key_file ") and info.value.cli_message().startswith("--api-key-file ")
+    with pytest.raises(EmbedpipeError, match="^api_key_file .*cannot read it"):
+        read_api_key(str(tmp_path / "missing"))
 
 
 def test_config_validation():

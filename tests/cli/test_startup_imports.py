@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from embedpipe.indexes import build_index
 
@@ -36,3 +37,23 @@ def test_vector_search_through_the_cli_imports_nothing_heavy(tmp_path):
 def test_codegen_names_load_on_first_use():
     assert _loaded_after("import embedpipe.codegen, embedpipe.codegen.topk") == []
     assert "embedpipe.codegen.library" in _loaded_after("from embedpipe.codegen import get_kernel_library")
+
+
+def test_model_path_modules_do_not_import_gguf():
+    """Opening and running a model needs our own GGUF parser and type table only: gguf (and
+    the YAML it pulls in) is for conversion and the reference dequantizers."""
+    code = (
+        "import embedpipe.runtime.embedder, embedpipe.runtime.backend_jit, embedpipe.runtime.registry\n"
+        "import embedpipe.runtime.gemma_embedding, embedpipe.codegen.library, embedpipe.indexes.searcher\n"
+        "import embedpipe.indexes.annoy, embedpipe.cli.embed_cmd, embedpipe.cli.index_cmd"
+    )
+    assert "gguf" not in _loaded_after(code)
+
+
+@pytest.mark.model
+def test_warm_embed_does_not_import_gguf():
+    """The first run fills the weight and GGUF-index caches (it may use gguf for that); a
+    warm run reads them and our own header parser only."""
+    code = "from embedpipe.cli.app import app\nfrom embedpipe.cli.errors import run_cli\nassert run_cli(app, ['embed', 'x']) == 0"
+    _loaded_after(code)
+    assert "gguf" not in _loaded_after(code)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import get_kernel_library, jit, kernel, runnable_isas
+from embedpipe.codegen.ir_attention import ATTENTION_MODULE
 from embedpipe.codegen.ir_q8 import quantize_reference
 from embedpipe.codegen.irutil import F32, I64, PTR
 from embedpipe.codegen.kernel import Kernel, KernelModule
@@ -106,7 +107,7 @@ def test_real_kernel_falls_back_when_llvm_fails(monkeypatch, caplog):
     x = np.random.default_rng(0).standard_normal((50, 40)).astype(np.float32)
     q = np.ones(40, np.float32)
     kernel.forget(ROWDOT_MODULE)
-    monkeypatch.setattr(jit, "compile_object", fail)
+    monkeypatch.setattr(jit, "compile_cached", fail)
     try:
         with caplog.at_level(logging.WARNING, logger="embedpipe.codegen.kernel"):
             a, b = rowdot(x, q), rowdot(x, q)
@@ -150,3 +151,51 @@ def test_run_passes_fp32_words_alike_for_one_item_and_many():
         np.testing.assert_array_equal(out, np.float32([2.5, -7.0, 1.5]))
     finally:
         kernel.forget(module)
+
+
+def test_warm_load_generates_no_ir(monkeypatch):
+    """A module whose object is cached loads under its source key without building IR."""
+    isa = ISAS[0]
+    kernel.forget(TOPK_MODULE)
+    TOPK.on(isa)  # fills the cache (or finds it filled)
+    kernel.forget(TOPK_MODULE)
+
+    def no_ir(*args):
+        raise AssertionError("IR generated on a warm load")
+
+    monkeypatch.setattr(KernelModule, "build", no_ir)
+    hits = jit.STATS.cache_hits
+    try:
+        s = np.random.default_rng(3).standard_normal((4, 50)).astype(np.float32)
+        got, want = TOPK.on(isa)(s, 5), topk_reference(s, 5)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert jit.STATS.cache_hits == hits + 1
+    finally:
+        kernel.forget(TOPK_MODULE)
+
+
+def test_cache_key_covers_sources_declarations_and_isa(monkeypatch):
+    isa = ISAS[0]
+    files = {p.name for p in TOPK_MODULE.source_files()}
+    # the emitter's module, what it imports from the codegen package (module and function
+    # level, `from embedpipe.codegen import ir_pool` style too) and the kernel path itself
+    assert {"topk.py", "irutil.py", "isa.py", "kernel.py", "ir_parallel.py", "ir_pool.py", "threads.py"} <= files
+    assert "ir_elementwise.py" in {p.name for p in ATTENTION_MODULE.source_files()}  # emit_exp
+    key = TOPK_MODULE.cache_key(isa)
+    assert key == TOPK_MODULE.cache_key(isa) and len(key) == 64
+    assert len({m.cache_key(i) for m in (TOPK_MODULE, ROWDOT_MODULE) for i in ISAS}) == 2 * len(ISAS)
+    # a changed generator source changes the key
+    real = kernel.Path.read_bytes
+
+    def edited(path):
+        data = real(path)
+        return data + b"\n# edited\n" if path.name == "irutil.py" else data
+
+    monkeypatch.setattr(kernel.Path, "read_bytes", edited)
+    assert TOPK_MODULE.cache_key(isa) != key
+
+
+def test_parallel_symbols_are_named_without_ir():
+    for module in (TOPK_MODULE, ROWDOT_MODULE):
+        for isa in ISAS:
+            assert module.build(isa)[1] == module.parallel_symbols(isa)

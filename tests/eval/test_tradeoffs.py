@@ -60,3 +60,12 @@ def test_query_sources(tmp_path, emb_dir):
     got = sample_corpus_queries(emb_dir, data.ids, data.columns, 5)
     src = pq.read_table(next((emb_dir.parent).glob("corpus.parquet"))).column("text").to_pylist()
     assert len(got) == 5 and set(got) <= set(src)
+
+
+def test_unsampleable_corpus_hint_names_the_queries_argument(tmp_path):
+    from embedpipe.eval.embedding import EvalInputError, sample_corpus_queries
+
+    with pytest.raises(EvalInputError) as info:  # no text column, no ingest manifest
+        sample_corpus_queries(tmp_path, [1, 2], {}, 2)
+    assert "pass queries_file='F.jsonl|F.parquet'" in str(info.value) and "--" not in str(info.value)
+    assert "pass --queries F.jsonl|F.parquet" in info.value.cli_message()

@@ -49,3 +49,13 @@ def test_stream_codes_holds_only_codes(emb):
     c = stream_codes(emb, "int8", "dim")
     assert c.codes.dtype.name == "int8" and c.codes.shape == (1300, 48)
     assert c.columns["title"][1299] == "t1299" and c.meta.extra["parts"] == 4
+
+
+def test_dim_out_of_range_names_the_argument(emb):
+    """One check, two spellings: Python names the argument, the CLI its flag."""
+    from embedpipe.pipeline.dataset import EmbeddingsDirError
+
+    with pytest.raises(EmbeddingsDirError) as info:
+        stream_codes(emb, "int8", dim=0)
+    assert str(info.value).startswith("dim 0 must be between 1 and the embeddings' width 48")
+    assert info.value.cli_message().startswith("--dim 0 must be between 1")
