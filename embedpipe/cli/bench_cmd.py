@@ -116,7 +116,10 @@ def index(
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
     and annoy: build time, peak RSS, size, QPS, recall@10 over ef_search."""
-    from embedpipe.indexes.bench import REFERENCES, GraphBench, build_scaling, format_row, run_index_bench
+    from embedpipe.indexes.bench import REFERENCES, run_index_bench
+    from embedpipe.indexes.bench_graph import GraphBench
+    from embedpipe.indexes.bench_measure import format_row
+    from embedpipe.indexes.bench_scaling import build_scaling
 
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
@@ -138,7 +141,7 @@ def index(
         ours=tuple(v for v in ours.split(",") if v),
     )
     if update:
-        from embedpipe.indexes.bench import update_bench
+        from embedpipe.indexes.bench_scaling import update_bench
 
         summary["update"] = update_bench(n, dim, g)
     if scaling:
