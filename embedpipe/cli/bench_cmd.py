@@ -101,6 +101,12 @@ def index(
         "--scaling",
         help="Also time our HNSW and hnswlib builds at these sizes (e.g. 25000,50000,100000) and fit the exponent.",
     ),
+    scaling_only: bool = typer.Option(
+        False, "--scaling-only", help="Run only the --scaling (and --update) builds: no QPS/recall rows."
+    ),
+    scaling_ours_only: bool = typer.Option(
+        False, "--scaling-ours-only", help="--scaling times only our HNSW fp32 build (not hnswlib's too)."
+    ),
     no_flat: bool = typer.Option(False, "--no-flat", help="Skip our brute/annoy rows."),
     update: bool = typer.Option(
         False, "--update", help="Also time adding 10 % new rows to our HNSW vs a full rebuild (recall of both)."
@@ -124,22 +130,28 @@ def index(
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
     g = GraphBench(m=m, efc=ef_construction, threads=threads)
-    summary = run_index_bench(
-        n,
-        dim,
-        vectors,
-        queries,
-        single,
-        repeats,
-        names,
-        report,
-        g,
-        ours_flat=not no_flat,
-        budget_s=None if budget_min is None else 60 * budget_min,
-        out=Path(out) if out else None,
-        note=lambda s: typer.echo(s, err=True),
-        ours=tuple(v for v in ours.split(",") if v),
-    )
+    if scaling_only and not (scaling or update):
+        raise typer.BadParameter(
+            "--scaling-only needs --scaling SIZES (e.g. --scaling 50000,100000,200000) or --update"
+        )
+    summary: dict = {"data": "", "n": 0, "queries": 0, "ratios": [], "int8_size": None, "skipped": {}}
+    if not scaling_only:
+        summary = run_index_bench(
+            n,
+            dim,
+            vectors,
+            queries,
+            single,
+            repeats,
+            names,
+            report,
+            g,
+            ours_flat=not no_flat,
+            budget_s=None if budget_min is None else 60 * budget_min,
+            out=Path(out) if out else None,
+            note=lambda s: typer.echo(s, err=True),
+            ours=tuple(v for v in ours.split(",") if v),
+        )
     if update:
         from embedpipe.indexes.bench_scaling import update_bench
 
@@ -147,12 +159,17 @@ def index(
     if scaling:
         sizes = tuple(int(v) for v in scaling.split(","))
         summary["scaling"] = build_scaling(
-            sizes, dim, ("embedpipe-hnsw-fp32", "hnswlib"), g, (lambda _s: None) if as_json else typer.echo
+            sizes,
+            dim,
+            ("embedpipe-hnsw-fp32",) if scaling_ours_only else ("embedpipe-hnsw-fp32", "hnswlib"),
+            g,
+            (lambda _s: None) if as_json else typer.echo,
         )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(f"data: {summary['data']}; {summary['n']} indexed, {summary['queries']} queries")
+    if not scaling_only:
+        typer.echo(f"data: {summary['data']}; {summary['n']} indexed, {summary['queries']} queries")
     for entry in summary["ratios"]:
         extra = {
             k: entry[k] for k in ("build_time_ratio", "build_cpu_ratio", "peak_rss_ratio", "size_ratio") if k in entry
@@ -168,7 +185,7 @@ def index(
         typer.echo(
             f"build time {impl}: {fit['build_s']} s wall, {fit['cpu_s']} s CPU at "
             f"n={fit['sizes']}; fitted exponent {fit['exponent']} (wall), "
-            f"{fit['exponent_cpu']} (CPU)"
+            f"{fit['exponent_cpu']} (CPU); n log n over these sizes: {fit['exponent_n_log_n']}"
         )
 
 
