@@ -1,7 +1,7 @@
 """`embedpipe bench index`: our index configurations next to FAISS, usearch, annoy and hnswlib.
 
 Same vectors and queries for everyone (`bench_data`); build time, on-disk size, QPS for single
-queries (one call per query) and batched (one call for all), recall@10 against exact fp32
+queries (one call per query) and batched (one call for 500), recall@10 against exact fp32
 search at the same dim (`bench_measure`). Graph indexes — our HNSW fp32/int8, hnswlib, usearch,
 FAISS IndexHNSWFlat (and IndexFlatIP) — are built in a fresh child process each, at the same M,
 ef_construction and thread count, so each build's peak RSS is its own (`bench_graph`); our
@@ -31,7 +31,7 @@ from embedpipe.indexes.base import truncate_normalize
 from embedpipe.indexes.bench_data import exact_top10, load_vectors
 from embedpipe.indexes.bench_flat import annoy_rows, flat_rows
 from embedpipe.indexes.bench_graph import GraphBench, graph_rows
-from embedpipe.indexes.bench_measure import Row
+from embedpipe.indexes.bench_measure import BATCH_QUERIES, Row
 from embedpipe.indexes.bench_summary import ratios, size_summary
 
 # --ref name -> the graph implementations it stands for (annoy is built in this process)
@@ -75,7 +75,7 @@ def run_index_bench(
     n: int = 200_000,
     dim: int = 768,
     vectors: str | None = None,
-    queries: int = 500,
+    queries: int = 2000,
     n_single: int = 200,
     repeats: int = 3,
     references: tuple[str, ...] = tuple(REFERENCES),
@@ -115,6 +115,7 @@ def run_index_bench(
             "data": label,
             "n": len(base),
             "queries": len(q),
+            "batch_queries": min(len(q), BATCH_QUERIES),
             "dim": base.shape[1],
             "threads": g.threads,
             "m": g.m,

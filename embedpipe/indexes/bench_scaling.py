@@ -61,7 +61,7 @@ def fit_exponent(sizes: tuple[int, ...] | list[int], times: list[float]) -> floa
 
 
 def update_bench(
-    n: int, dim: int, g: GraphBench, fraction: float = 0.1, queries: int = 500, ef: int = 64, seed: int = 0
+    n: int, dim: int, g: GraphBench, fraction: float = 0.1, queries: int = 2000, ef: int = 64, seed: int = 0
 ) -> dict[str, Any]:
     """Our HNSW: a full build of n rows vs a build of (1 − fraction)·n plus `add` of the rest:
     update time as a share of the full build, and recall@10 of both at the same ef_search."""
