@@ -26,3 +26,12 @@ def test_build_scaling_times_each_size_in_a_child_and_fits():
         "scaling embedpipe-hnsw-fp32 n=150",
         "scaling embedpipe-hnsw-fp32 n=300",
     ]
+
+
+def test_update_bench_reports_wall_and_cpu_shares_and_both_recalls():
+    from embedpipe.indexes.bench_scaling import update_bench
+
+    got = update_bench(400, 16, GraphBench(m=4, efc=16, threads=1), queries=20)
+    assert got["new_rows"] == 40 and got["full_build_cpu_s"] > 0 and got["update_cpu_s"] >= 0
+    assert 0 <= got["update_cpu_share"] < 1  # 40 rows added cost less than building all 400
+    assert 0.0 <= got["recall_updated"] <= 1.0 and got["recall_full"] > 0.5
