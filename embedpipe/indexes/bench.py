@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError
 from embedpipe.indexes.base import truncate_normalize
 from embedpipe.indexes.bench_data import exact_top10, load_vectors
 from embedpipe.indexes.bench_flat import annoy_rows, flat_rows
@@ -94,7 +94,7 @@ def run_index_bench(
     there after every step, so a run cut short still leaves its results."""
     bad = [quant for quant in ours if f"embedpipe-hnsw-{quant}" not in ORDER]
     if bad:
-        raise EmbedpipeError(f"--ours takes fp32 and/or int8, not {', '.join(bad)}")
+        raise ArgumentError("ours", f"takes fp32 and/or int8, not {', '.join(bad)}")
     g = graph or GraphBench()
     budget = Budget(budget_s)
     x, label = load_vectors(vectors, n + queries, dim)
