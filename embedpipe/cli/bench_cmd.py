@@ -89,7 +89,9 @@ def index(
     vectors: Optional[str] = typer.Option(
         None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."
     ),
-    queries: int = typer.Option(500, "--queries", help="Held-out query vectors."),
+    queries: int = typer.Option(
+        2000, "--queries", help="Held-out query vectors: recall@10 over all, batched QPS over the first 500."
+    ),
     single: int = typer.Option(200, "--single", help="Queries timed one call at a time."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
     refs: Optional[list[str]] = typer.Option(None, "--ref", help="References (default hnswlib,usearch,faiss,annoy)."),
@@ -100,6 +102,12 @@ def index(
         None,
         "--scaling",
         help="Also time our HNSW and hnswlib builds at these sizes (e.g. 25000,50000,100000) and fit the exponent.",
+    ),
+    scaling_only: bool = typer.Option(
+        False, "--scaling-only", help="Run only the --scaling (and --update) builds: no QPS/recall rows."
+    ),
+    scaling_ours_only: bool = typer.Option(
+        False, "--scaling-ours-only", help="--scaling times only our HNSW fp32 build (not hnswlib's too)."
     ),
     no_flat: bool = typer.Option(False, "--no-flat", help="Skip our brute/annoy rows."),
     update: bool = typer.Option(
@@ -116,40 +124,54 @@ def index(
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
     and annoy: build time, peak RSS, size, QPS, recall@10 over ef_search."""
-    from embedpipe.indexes.bench import REFERENCES, GraphBench, build_scaling, format_row, run_index_bench
+    from embedpipe.indexes.bench import REFERENCES, run_index_bench
+    from embedpipe.indexes.bench_graph import GraphBench
+    from embedpipe.indexes.bench_measure import format_row
+    from embedpipe.indexes.bench_scaling import build_scaling
 
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
     g = GraphBench(m=m, efc=ef_construction, threads=threads)
-    summary = run_index_bench(
-        n,
-        dim,
-        vectors,
-        queries,
-        single,
-        repeats,
-        names,
-        report,
-        g,
-        ours_flat=not no_flat,
-        budget_s=None if budget_min is None else 60 * budget_min,
-        out=Path(out) if out else None,
-        note=lambda s: typer.echo(s, err=True),
-        ours=tuple(v for v in ours.split(",") if v),
-    )
+    if scaling_only and not (scaling or update):
+        raise typer.BadParameter(
+            "--scaling-only needs --scaling SIZES (e.g. --scaling 50000,100000,200000) or --update"
+        )
+    summary: dict = {"data": "", "n": 0, "queries": 0, "ratios": [], "int8_size": None, "skipped": {}}
+    if not scaling_only:
+        summary = run_index_bench(
+            n,
+            dim,
+            vectors,
+            queries,
+            single,
+            repeats,
+            names,
+            report,
+            g,
+            ours_flat=not no_flat,
+            budget_s=None if budget_min is None else 60 * budget_min,
+            out=Path(out) if out else None,
+            note=lambda s: typer.echo(s, err=True),
+            ours=tuple(v for v in ours.split(",") if v),
+        )
     if update:
-        from embedpipe.indexes.bench import update_bench
+        from embedpipe.indexes.bench_scaling import update_bench
 
         summary["update"] = update_bench(n, dim, g)
     if scaling:
         sizes = tuple(int(v) for v in scaling.split(","))
         summary["scaling"] = build_scaling(
-            sizes, dim, ("embedpipe-hnsw-fp32", "hnswlib"), g, (lambda _s: None) if as_json else typer.echo
+            sizes,
+            dim,
+            ("embedpipe-hnsw-fp32",) if scaling_ours_only else ("embedpipe-hnsw-fp32", "hnswlib"),
+            g,
+            (lambda _s: None) if as_json else typer.echo,
         )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    typer.echo(f"data: {summary['data']}; {summary['n']} indexed, {summary['queries']} queries")
+    if not scaling_only:
+        typer.echo(f"data: {summary['data']}; {summary['n']} indexed, {summary['queries']} queries")
     for entry in summary["ratios"]:
         extra = {
             k: entry[k] for k in ("build_time_ratio", "build_cpu_ratio", "peak_rss_ratio", "size_ratio") if k in entry
@@ -165,7 +187,7 @@ def index(
         typer.echo(
             f"build time {impl}: {fit['build_s']} s wall, {fit['cpu_s']} s CPU at "
             f"n={fit['sizes']}; fitted exponent {fit['exponent']} (wall), "
-            f"{fit['exponent_cpu']} (CPU)"
+            f"{fit['exponent_cpu']} (CPU); n log n over these sizes: {fit['exponent_n_log_n']}"
         )
 
 

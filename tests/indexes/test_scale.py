@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedpipe.indexes import build_index
-from embedpipe.indexes.bench import synthetic_vectors
+from embedpipe.indexes.bench_data import synthetic_vectors
 
 from .helpers import recall
 
