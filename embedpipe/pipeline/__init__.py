@@ -9,22 +9,11 @@ manifest's header) does not load the whole ingest engine.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from embedpipe.lazy_exports import lazy_exports
 
 _EXPORTS = {"IngestConfig": "config", "IngestSummary": "job", "ingest": "job"}
 
 __all__ = ["IngestConfig", "IngestSummary", "ingest"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
