@@ -142,6 +142,7 @@ def build_from_dir(
         from embedpipe.indexes.stream import build_streamed
 
         index = build_streamed(emb_dir, kind, quant, dim, keep_text, progress, **params)
+        _refuse_empty(index, emb_dir)
         index.save(out)
         return index
     else:
@@ -150,10 +151,24 @@ def build_from_dir(
         emb = read_embeddings(emb_dir, keep_text=keep_text)
         vectors, ids, meta, columns = emb.vectors, emb.ids, IndexMeta.from_dataset(emb), emb.columns
         dim = check_dim(dim, recorded_model_dims(emb.meta.model_path, vectors.shape[1]), any_dim)
+    if len(vectors) == 0:
+        _refuse_empty(None, emb_dir)
     builder = Builder(kind, quant, dim, meta, **params)
     index = builder.add(vectors, ids, columns).build(progress=progress)
     index.save(out)
     return index
+
+
+class NoVectorsError(EmbedpipeError):
+    """The input of `build-index` holds no vectors: an index of nothing is refused, not written."""
+
+
+def _refuse_empty(index: VectorIndex | None, emb_dir: str | os.PathLike) -> None:
+    if index is None or index.count == 0:
+        raise NoVectorsError(
+            f"{emb_dir}: no vectors to index (0 rows); check that the ingest input had non-empty text, "
+            "then ingest again"
+        )
 
 
 def _checked_dataset_dim(emb_dir: str | os.PathLike, dim: int | None, any_dim: bool) -> int | None:

@@ -75,6 +75,24 @@ def test_empty_query_file_is_an_error_for_every_index_type(corpus, capsys, kind)
     _one_error(err, "empty.jsonl", "no queries")
 
 
+@pytest.mark.parametrize("kind", ["brute", "hnsw", "annoy"])
+def test_build_index_of_an_empty_ingest_output_is_refused(tiny_gguf, capsys, tmp_path, kind):
+    """An empty corpus ingests to 0 rows; indexing it is one error and writes no file (an empty
+    Annoy file could not even be loaded again)."""
+    src = tmp_path / "empty.jsonl"
+    src.write_text("")
+    out_dir = str(tmp_path / "emb")
+    ingest(
+        IngestConfig(
+            inputs=[str(src)], output=out_dir, model=str(tiny_gguf), backend="numpy", cache=False, progress=False
+        )
+    )
+    out = tmp_path / f"{kind}.idx"
+    code, _, err = _cli(["build-index", tmp_path / "emb", "--type", kind, "-o", out], capsys)
+    assert code == 1 and not out.exists()
+    _one_error(err, "no vectors to index")
+
+
 def test_build_index_into_an_existing_directory(corpus, capsys, tmp_path):
     _, emb, _, _ = corpus
     code, _, err = _cli(["build-index", emb, "-o", tmp_path], capsys)
