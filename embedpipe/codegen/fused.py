@@ -66,9 +66,27 @@ def _shape_error(msg: str) -> Exception:
     return KernelInputError(msg)
 
 
-def _output_rows(t: int, n: int) -> np.ndarray:
-    """A (t, n) fp32 output on a cache line, as the matmul's: threads own whole lines of a row."""
-    return aligned_empty((t, n), np.float32, CACHE_LINE)
+def _output_rows(t: int, n: int, out: np.ndarray | None = None, kernel: str = "") -> np.ndarray:
+    """A (t, n) fp32 output on a cache line, as the matmul's: threads own whole lines of a row
+    (``out`` when given, after checking it is one)."""
+    if out is None:
+        return aligned_empty((t, n), np.float32, CACHE_LINE)
+    return check_output(kernel, out, (t, n), CACHE_LINE)
+
+
+def _distinct(kernel: str, out: np.ndarray, *inputs: np.ndarray | None) -> None:
+    """A product's output may not overlap its inputs (other items still read them)."""
+    if any(a is not None and np.may_share_memory(out, a) for a in inputs):
+        raise KernelInputError(f"{kernel}: out must not overlap the inputs")
+
+
+def check_output(kernel: str, out: np.ndarray, shape: tuple[int, ...], align: int = 4) -> np.ndarray:
+    """``out`` if it is a C-contiguous fp32 array of ``shape`` starting on an ``align``-byte
+    boundary (a caller-owned output buffer, e.g. of a ``codegen.program`` arena)."""
+    _check_f32(kernel, out=out)
+    if out.shape != shape or out.ctypes.data % align:
+        raise KernelInputError(f"{kernel}: out {out.shape} must have shape {shape} and start on {align} bytes")
+    return out
 
 
 def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
@@ -93,10 +111,20 @@ def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
 
 
 def norm_matmul(
-    w, x: np.ndarray, y: np.ndarray | None, w_post: np.ndarray | None, w_pre: np.ndarray, eps: float
+    w,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    w_post: np.ndarray | None,
+    w_pre: np.ndarray,
+    eps: float,
+    *,
+    x_out: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x', rms(x')·w_pre · Wᵀ)`` with ``x' = x + rms(y)·w_post`` (``x' = x`` when ``y`` is
-    None) for an int-family prepared weight ``w`` (N, K); x, y (T, K)."""
+    None) for an int-family prepared weight ``w`` (N, K); x, y (T, K).  ``x_out`` (not ``x``:
+    a panel split reads every row of ``x`` while item 0 writes ``x'``) and ``out`` are
+    optional output buffers."""
     _check_f32("norm_matmul", x=x, w_pre=w_pre)
     t, k = x.shape if x.ndim == 2 else (-1, -1)
     if k != w.k or w_pre.shape != (k,):
@@ -105,10 +133,14 @@ def norm_matmul(
         _check_f32("norm_matmul", y=y, w_post=w_post)
         if y.shape != x.shape or w_post.shape != (k,):
             raise _shape_error(f"norm_matmul: y {y.shape} / w_post {w_post.shape} do not fit x {x.shape}")
-        x_out = np.empty_like(x)
+        if x_out is None:
+            x_out = np.empty_like(x)
+        elif np.may_share_memory(check_output("norm_matmul", x_out, x.shape), x):
+            raise _shape_error("norm_matmul: x_out must not overlap x")
     else:
         x_out = x
-    out = _output_rows(t, w.n)
+    out = _output_rows(t, w.n, out, "norm_matmul")
+    _distinct("norm_matmul", out, x, y, x_out)
     if t == 0:
         return x_out, out
     head = (x.ctypes.data, 0 if y is None else y.ctypes.data, 0 if y is None else constant_address(w_post))
@@ -117,13 +149,14 @@ def norm_matmul(
     return x_out, out
 
 
-def gelu_matmul(w, gu: np.ndarray) -> np.ndarray:
+def gelu_matmul(w, gu: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """``(gelu_tanh(gu[:, :K])·gu[:, K:]) · Wᵀ`` for an int-family prepared weight (N, K)."""
     _check_f32("gelu_matmul", gu=gu)
     if gu.ndim != 2 or gu.shape[1] != 2 * w.k:
         raise _shape_error(f"gelu_matmul: input {gu.shape} must be (T, {2 * w.k}) for a {w.n}x{w.k} weight")
     t = gu.shape[0]
-    out = _output_rows(t, w.n)
+    out = _output_rows(t, w.n, out, "gelu_matmul")
+    _distinct("gelu_matmul", out, gu)
     if t:
         _run_work(w, "q8work_gelu", lambda write: (gu.ctypes.data,), t, out)
     return out
@@ -141,19 +174,23 @@ def qk_norm_rope(
     d: int,
     dv: int,
     eps: float,
+    *,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """q (T, Hq, D), k (T, Hkv, D), v (T, Hkv, Dv) from a packed (T, Q|K|V) product: per-head
     RMS norm (weights ``qw``/``kw`` of length D), then NeoX RoPE with per-row ``cos``/``sin``
-    (T, D/2)."""
+    (T, D/2); ``out`` optional (q, k, v) buffers."""
     _check_f32("qk_norm_rope", qkv=qkv, qw=qw, kw=kw, cos=cos, sin=sin)
     t = qkv.shape[0]
     if d % 2 or qkv.ndim != 2 or qkv.shape[1] != (n_q + n_kv) * d + n_kv * dv:
         raise _shape_error(f"qk_norm_rope: qkv {qkv.shape} does not hold {n_q}+{n_kv} heads of {d} and {n_kv} of {dv}")
     if qw.shape != (d,) or kw.shape != (d,) or cos.shape != (t, d // 2) or sin.shape != cos.shape:
         raise _shape_error(f"qk_norm_rope: weights {qw.shape}/{kw.shape} or tables {cos.shape}/{sin.shape} do not fit")
-    q = np.empty((t, n_q, d), np.float32)
-    k = np.empty((t, n_kv, d), np.float32)
-    v = np.empty((t, n_kv, dv), np.float32)
+    shapes = ((t, n_q, d), (t, n_kv, d), (t, n_kv, dv))
+    if out is None:
+        q, k, v = (np.empty(shape, np.float32) for shape in shapes)
+    else:
+        q, k, v = (check_output("qk_norm_rope", o, shape) for o, shape in zip(out, shapes))
     if t:
         arrays = (qkv.ctypes.data, q.ctypes.data, k.ctypes.data, v.ctypes.data)
         tables = (constant_address(qw), constant_address(kw), cos.ctypes.data, sin.ctypes.data)
@@ -163,12 +200,14 @@ def qk_norm_rope(
     return q, k, v
 
 
-def add_norm(lib, x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def add_norm(
+    lib, x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarray, eps: float, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """``rms(x + rms(y)·w_post)·w`` row by row; x, y (T, D)."""
     _check_f32("add_norm", x=x, y=y, w_post=w_post, w=w)
     if x.ndim != 2 or y.shape != x.shape or w_post.shape != (x.shape[1],) or w.shape != w_post.shape:
         raise _shape_error(f"add_norm: x {x.shape}, y {y.shape}, weights {w_post.shape}/{w.shape} do not fit")
-    out = np.empty_like(x)
+    out = np.empty_like(x) if out is None else check_output("add_norm", out, x.shape)
     t, d = x.shape
     if t:
         parts = lib.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1

@@ -464,6 +464,7 @@ def _drive(
     half_window: int | None,
     threads: int = 1,
     cache: dict | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     _check_arrays(q, k, v)
     q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
@@ -471,7 +472,10 @@ def _drive(
     n_kv, dv = k.shape[1], v.shape[2]
     group = n_q // n_kv
     bq = query_tile(group)
-    out = np.empty((s, n_q * dv), np.float32)
+    if out is None:
+        out = np.empty((s, n_q * dv), np.float32)
+    else:
+        _check_out(out, (s, n_q * dv), q, k, v)
     key = ("attention_work", s, n_kv, bq, half_window)
     work = None if cache is None else cache.get(key)
     if work is None:
@@ -508,6 +512,7 @@ def attention(
     threads: int = 1,
     isa: IsaSpec | None = None,
     cache: dict | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """softmax(q·kᵀ)·v of each packed sequence ``[starts[i], starts[i] + lengths[i])``, keys
     with |i − j| > ``half_window`` masked (None: all visible).
@@ -517,9 +522,24 @@ def attention(
 
     ``cache``: a dict that lives as long as ``starts``/``lengths`` stay unchanged (one packed
     batch); the validated work table is kept there, so the layers after the first skip
-    planning.  ``threads`` items share the work (one native call).
+    planning.  ``threads`` items share the work (one native call).  ``out``: an optional
+    (S, Hq·Dv) fp32 output buffer (not overlapping q, k, v).
     """
     native = ATTENTION.native(isa)
     if native is None:
-        return attention_reference(q, k, v, starts, lengths, half_window)
-    return _drive(native, q, k, v, starts, lengths, half_window, threads, cache)
+        result = attention_reference(q, k, v, starts, lengths, half_window)
+        if out is None:
+            return result
+        _check_out(out, result.shape, q, k, v)
+        out[...] = result
+        return out
+    return _drive(native, q, k, v, starts, lengths, half_window, threads, cache, out)
+
+
+def _check_out(out: object, shape: tuple[int, int], *inputs: np.ndarray) -> None:
+    from embedpipe.codegen.library import KernelInputError
+
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        raise KernelInputError(f"attention: out must be a float32 {shape} array")
+    if not out.flags.c_contiguous or any(np.may_share_memory(out, a) for a in inputs):
+        raise KernelInputError("attention: out must be C-contiguous and apart from q, k, v")

@@ -27,7 +27,9 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +234,52 @@ def native_calls() -> int:
     return _native_calls[0]
 
 
+class Recorder:
+    """Forks captured instead of run (``recording``): per fork the address of the kernel's task
+    trampoline, its items as rows of 64-bit words, and which word of a row is a work-claiming
+    ``counter`` (a parameter of that name), if any.  ``codegen.program`` replays them."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, np.ndarray, int | None]] = []
+        self.after_add: list[Callable[[], None]] = []
+
+    def add(self, task: int, items: Sequence[Sequence[int]], counter: int | None = None) -> None:
+        self.steps.append((task, np.array(items, dtype=np.int64).reshape(len(items), -1), counter))
+        for hook in self.after_add:
+            hook()
+
+
+_recorder: ContextVar[Recorder | None] = ContextVar("embedpipe_kernel_recorder", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[Recorder]:
+    """Inside the block, forks on this thread (``Native.run``, ``KernelLibrary.fork``) are
+    recorded, not run: drivers still validate and lay out their work, but no kernel executes
+    and outputs stay unwritten."""
+    rec = Recorder()
+    token = _recorder.set(rec)
+    try:
+        yield rec
+    finally:
+        _recorder.reset(token)
+
+
+def active_recorder() -> Recorder | None:
+    """The recorder of an enclosing ``recording`` block on this thread, if any."""
+    return _recorder.get()
+
+
 class Native:
     """One loaded kernel: call it on this thread, or ``run`` items on the module's pool."""
 
-    def __init__(self, kernel: Kernel, isa: IsaSpec, call: Any, fork: Any) -> None:
+    def __init__(self, kernel: Kernel, isa: IsaSpec, call: Any, fork: Any, task: int = 0) -> None:
         self.kernel, self.isa = kernel, isa
         self._call, self._fork = call, fork
+        # the task trampoline (``void* task(i64* words)``) that a recorded step calls
+        self.task_address = task
+        names = [name for name, _ in kernel.params]
+        self._counter = names.index("counter") if "counter" in names else None
         # ``run`` items carry fp32 arguments as ``f32_word`` bits (what the fork trampolines
         # decode); a direct call must turn those back into floats for the ctypes prototype.
         self._float_args = tuple(i for i, (_, t) in enumerate(kernel.params) if isinstance(t, ir.FloatType))
@@ -250,6 +292,10 @@ class Native:
         """Run the kernel once per item (its arguments as 64-bit words: addresses, integers,
         ``f32_word(x)``), item 0 on this thread and the rest on the persistent workers, in one
         GIL-free call."""
+        rec = _recorder.get()
+        if rec is not None:
+            rec.add(self.task_address, items, self._counter)
+            return
         _native_calls[0] += 1
         if len(items) == 1:
             args = list(items[0])
@@ -277,12 +323,19 @@ class _Loaded:
     def __init__(self, module: KernelModule, isa: IsaSpec) -> None:
         parallel = module.parallel_symbols(isa)
         names = {k.name: module.symbol(k, isa) for k in module.kernels}
+        tasks = {k.name: ir_parallel.task_symbol(names[k.name]) for k in module.kernels}
         reset = ir_pool.reset_symbol(module.ir_name(isa))
         obj = jit.compile_cached(module.cache_key(isa), lambda: module.build(isa)[0], isa)
-        addrs = jit.host_engine().load(obj, [*names.values(), *parallel.values(), reset])
+        addrs = jit.host_engine().load(obj, [*names.values(), *parallel.values(), *tasks.values(), reset])
         fork_type = prototype(ir_parallel.PARALLEL_PARAMS)
         self.natives = {
-            k.name: Native(k, isa, prototype(k.params, k.ret)(addrs[names[k.name]]), fork_type(addrs[parallel[k.name]]))
+            k.name: Native(
+                k,
+                isa,
+                prototype(k.params, k.ret)(addrs[names[k.name]]),
+                fork_type(addrs[parallel[k.name]]),
+                addrs[tasks[k.name]],
+            )
             for k in module.kernels
         }
         # a forked child has none of the parent's pool workers: forget them there

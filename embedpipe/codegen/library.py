@@ -26,7 +26,7 @@ from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.kernel import count_native_call, f32_word, prototype
+from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, prototype
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
 from embedpipe.codegen.threads import default_threads, split_range
@@ -193,6 +193,8 @@ class KernelLibrary:
         addrs = jit.host_engine().load(library_object(isa), list(symbols.values()))
         self._quantize = _QUANT(addrs[symbols["quantize"]])
         self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]]) for role in PARALLEL_ROLES}
+        # task trampolines, for forks recorded into a ``codegen.program`` step program
+        self._tasks = {role: addrs[symbols[f"{role}_task"]] for role in PARALLEL_ROLES}
         # a forked child has none of the parent's pool workers: forget them there
         os.register_at_fork(after_in_child=_RESET(addrs[symbols["pool_reset"]]))
         self.load_seconds = time.perf_counter() - start
@@ -209,7 +211,11 @@ class KernelLibrary:
         """Run kernel ``role`` once per item (its arguments as 64-bit words: addresses,
         integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
         persistent workers (fresh pthreads if another thread holds them), all inside one
-        GIL-free native call."""
+        GIL-free native call.  Inside ``kernel.recording`` the fork is recorded instead."""
+        rec = active_recorder()
+        if rec is not None:
+            rec.add(self._tasks[role], items)
+            return
         count_native_call()
         # array.array: its address is one buffer_info() away (numpy's .ctypes costs µs per call)
         words = array.array("q", [word for item in items for word in item])

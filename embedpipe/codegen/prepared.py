@@ -64,11 +64,26 @@ class PreparedMatmul:
             raise KernelInputError("matmul input must be C-contiguous and aligned (use np.ascontiguousarray)")
         return x
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """X·Wᵀ, into ``out`` (T, N) fp32 when given (C-contiguous, on a cache line)."""
         x = self._check(x)
         t = x.shape[0]
-        # On a cache line, so that threads writing neighbouring panels of a row never share one.
-        y = aligned_empty((t, self.n), np.float32, CACHE_LINE)
+        if out is None:
+            # On a cache line, so that threads writing neighbouring panels of a row never share one.
+            y = aligned_empty((t, self.n), np.float32, CACHE_LINE)
+        elif (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.float32
+            or out.shape != (t, self.n)
+            or not out.flags.c_contiguous
+            or out.ctypes.data % CACHE_LINE
+            or np.may_share_memory(out, x)
+        ):
+            raise KernelInputError(
+                f"matmul out must be a C-contiguous float32 ({t}, {self.n}) array on a cache line, apart from the input"
+            )
+        else:
+            y = out
         if t == 0:
             return y
         self._RUNNERS[self.family](self, x, y)

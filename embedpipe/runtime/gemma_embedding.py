@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from embedpipe.codegen.program import Program
+from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.threads import CACHE_LINE
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
 from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
@@ -24,6 +29,12 @@ log = logging.getLogger(__name__)
 ARCH = "gemma-embedding"
 DEFAULT_SWA_PERIOD = 6  # every 6th layer (il % 6 == 5) attends globally
 MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
+# Batches of at most this many tokens run the layer stack as one recorded step program
+# (``codegen.program``: one native call instead of six driver calls and forks per layer),
+# kept per sequence-length tuple, the least recently used dropped beyond MAX_PROGRAMS.
+PROGRAM_MAX_TOKENS = 64
+MAX_PROGRAMS = 16
+OPS_PER_LAYER = 6
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,10 @@ class GemmaEmbeddingModel:
         self.embed_scale = np.float32(math.sqrt(self.cfg.hidden))
         cfg = self.cfg
         self.heads = ops.HeadShape(cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.head_dim_v, cfg.eps)
+        weights = [w for layer in self.layers for w in (layer.w_qkv, layer.wo, layer.w_gate_up, layer.w_down)]
+        fused = all(self.ops.fused_weight(w) for w in weights)
+        self.max_program_tokens = PROGRAM_MAX_TOKENS if fused else 0
+        self._programs: OrderedDict[tuple[int, ...], _Recorded] = OrderedDict()
 
     @property
     def out_dim(self) -> int:
@@ -232,34 +247,120 @@ class GemmaEmbeddingModel:
             raise ValueError(f"token id out of range [0, {cfg.vocab})")
         bounds = np.concatenate(([0], np.cumsum(lengths)))
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths)
-        plan = _AttentionPlan(bounds, lengths)
+        recorded = self._program(lengths, bounds, positions) if ids.size <= self.max_program_tokens else None
         with self.ops.session():
-            x = dequantize_rows(self.token_embd, ids) * self.embed_scale
-            tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
-            # The residual stream is (x, f, w): the next layer's input is x + rms(f)·w, added
-            # inside the kernel that normalizes and quantizes it (none before layer 0).
-            residual: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] = (x, None, None)
-            for il, layer in enumerate(self.layers):
-                glob = cfg.is_global(il)
-                cos, sin = tables[cfg.rope_global if glob else cfg.rope_local]
-                residual = self._layer(residual, layer, cos, sin, plan, None if glob else cfg.sliding_window // 2)
-            x, f, w_post = residual
-            x = self.ops.add_norm(x, f, w_post, self.output_norm, cfg.eps)
+            embedded = dequantize_rows(self.token_embd, ids)
+            x = None if recorded is None else recorded.run(embedded, self.embed_scale, self.ops.threads)
+            if x is None:
+                plan = _AttentionPlan(bounds, lengths)
+                tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
+                x = self._stack(embedded * self.embed_scale, tables, plan)
             pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
             for proj in self.dense:
                 pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
 
-    def _layer(self, residual, layer: _Layer, cos, sin, plan: _AttentionPlan, half_window: int | None):
-        """One layer on the residual stream (x, f, w) (see ``embed``); returns the next one."""
+    def _stack(self, x: np.ndarray, tables, plan: _AttentionPlan, arena: _Arena | None = None) -> np.ndarray:
+        """Every layer and the output norm over the embedded tokens ``x`` (into ``arena``'s
+        buffers when given)."""
+        cfg = self.cfg
+        # The residual stream is (x, f, w): the next layer's input is x + rms(f)·w, added
+        # inside the kernel that normalizes and quantizes it (none before layer 0).
+        residual: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] = (x, None, None)
+        for il, layer in enumerate(self.layers):
+            glob = cfg.is_global(il)
+            cos, sin = tables[cfg.rope_global if glob else cfg.rope_local]
+            hw = None if glob else cfg.sliding_window // 2
+            residual = self._layer(residual, layer, cos, sin, plan, hw, arena)
+        x, f, w_post = residual
+        return self.ops.add_norm(x, f, w_post, self.output_norm, cfg.eps, **_out(arena, "final"))
+
+    def _layer(self, residual, layer: _Layer, cos, sin, plan: _AttentionPlan, half_window: int | None, arena=None):
+        """One layer on the residual stream (x, f, w) (see ``_stack``); returns the next one."""
         ops_ = self.ops
         eps = self.cfg.eps
-        x, qkv = ops_.norm_matmul(layer.w_qkv, *residual, layer.attn_norm, eps)
+        x, qkv = ops_.norm_matmul(layer.w_qkv, *residual, layer.attn_norm, eps, **_norm_out(arena, residual[0], "qkv"))
         # q_norm carries the 1/sqrt(head_dim) query scale (a power of two for 256: exact).
-        q, k, v = ops_.qk_norm_rope(qkv, layer.q_norm_scaled, layer.k_norm, cos, sin, self.heads)
-        attn = ops_.attention(q, k, v, plan, half_window)
-        x, gate_up = ops_.norm_matmul(layer.w_gate_up, x, layer.wo(attn), layer.post_attn_norm, layer.ffn_norm, eps)
-        return x, ops_.gelu_matmul(layer.w_down, gate_up), layer.post_ffw_norm
+        q, k, v = ops_.qk_norm_rope(qkv, layer.q_norm_scaled, layer.k_norm, cos, sin, self.heads, **_out(arena, "qkv3"))
+        attn = ops_.attention(q, k, v, plan, half_window, **_out(arena, "attn"))
+        o = layer.wo(attn, **_out(arena, "o"))
+        x, gate_up = ops_.norm_matmul(
+            layer.w_gate_up, x, o, layer.post_attn_norm, layer.ffn_norm, eps, **_norm_out(arena, x, "gate_up")
+        )
+        return x, ops_.gelu_matmul(layer.w_down, gate_up, **_out(arena, "f")), layer.post_ffw_norm
+
+    def _program(self, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray) -> _Recorded | None:
+        """The recorded layer stack for a batch of these sequence lengths (recorded on first use)."""
+        key = tuple(lengths.tolist())
+        recorded = self._programs.get(key)
+        if recorded is not None:
+            self._programs.move_to_end(key)
+            return recorded
+        arena = _Arena(self.cfg, int(lengths.sum()))
+        plan = _AttentionPlan(bounds, lengths)
+        tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
+        program = Program.record(lambda: self._stack(arena.x0, tables, plan, arena), self.ops.lib.isa)
+        if program is None or program.steps != OPS_PER_LAYER * self.cfg.n_layers + 1:
+            # no runner here, or an op ran outside the kernels (nothing to replay): stay eager
+            log.debug("no step program for %s (%s)", ARCH, "no runner" if program is None else f"{program.steps} steps")
+            self.max_program_tokens = 0
+            return None
+        recorded = self._programs[key] = _Recorded(program, arena, plan, tables)
+        while len(self._programs) > MAX_PROGRAMS:
+            self._programs.popitem(last=False)
+        return recorded
+
+
+def _out(arena: _Arena | None, name: str) -> dict:
+    return {} if arena is None else {"out": getattr(arena, name)}
+
+
+def _norm_out(arena: _Arena | None, x: np.ndarray, name: str) -> dict:
+    """Output buffers of a fused norm + product: the residual goes to the stream buffer that
+    ``x`` is not (a kernel may not write the rows it reads from another thread)."""
+    if arena is None:
+        return {}
+    return {"x_out": arena.xb if x is arena.xa else arena.xa, "out": getattr(arena, name)}
+
+
+class _Arena:
+    """Preallocated activations of one forward over ``t`` tokens (the buffers a step program
+    reads and writes): every layer reuses them, the residual stream alternates between ``xa``
+    and ``xb``, and ``x0`` takes the scaled token embeddings before each run."""
+
+    def __init__(self, cfg: GemmaEmbeddingConfig, t: int):
+        def rows(n: int) -> np.ndarray:
+            return aligned_empty((t, n), np.float32, CACHE_LINE)
+
+        h, d, dv = cfg.hidden, cfg.head_dim, cfg.head_dim_v
+        self.x0, self.xa, self.xb, self.o, self.f, self.final = (rows(h) for _ in range(6))
+        self.qkv = rows((cfg.n_head + cfg.n_kv_head) * d + cfg.n_kv_head * dv)
+        self.qkv3 = tuple(
+            rows(heads * width).reshape(t, heads, width)
+            for heads, width in ((cfg.n_head, d), (cfg.n_kv_head, d), (cfg.n_kv_head, dv))
+        )
+        self.attn = rows(cfg.n_head * dv)
+        self.gate_up = rows(2 * cfg.ffn)
+
+
+class _Recorded:
+    """A step program with the arena, attention plan and RoPE tables its words point at."""
+
+    def __init__(self, program: Program, arena: _Arena, plan: _AttentionPlan, tables: dict):
+        self.program, self.arena, self.plan, self.tables = program, arena, plan, tables
+        self._lock = threading.Lock()
+
+    def run(self, embedded: np.ndarray, scale: np.float32, threads: int) -> np.ndarray | None:
+        """The normalized last hidden states of the token embeddings, or None when another
+        thread is running this program (the caller then runs the layers itself)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            np.multiply(embedded, scale, out=self.arena.x0)
+            self.program.run(threads)
+            return self.arena.final.copy()
+        finally:
+            self._lock.release()
 
 
 class _AttentionPlan:

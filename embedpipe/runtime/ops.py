@@ -182,6 +182,10 @@ class NumpyOps:
         """``rms(x + rms(y)·w_post)·w``."""
         return self.rms_norm(x + self.rms_norm(y, w_post, eps), w, eps)
 
+    def fused_weight(self, w: object) -> bool:
+        """Whether products with ``w`` run as fused native kernels (never here)."""
+        return False
+
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
         """Run ``fn`` over items on the pool with BLAS single-threaded (numpy drops the GIL)."""
         if self._pool is None or len(items) < 2:
@@ -222,37 +226,54 @@ class JitOps(NumpyOps):
         with blas_threads(1):
             yield
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
+    # The methods below take optional output buffers (``out``, ``x_out``): a step program
+    # (``codegen.program``) records them over preallocated activations.  Only int-family
+    # weights run fused (and honour them); a model records a program only when all are.
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None, out=None):
         """All sequences of the batch in one native call of the tiled attention kernel."""
         from embedpipe.codegen.ir_attention import attention
 
         return attention(
-            q, k, v, plan.starts, plan.lengths, half_window, threads=self.threads, isa=self.lib.isa, cache=plan.cache
+            q,
+            k,
+            v,
+            plan.starts,
+            plan.lengths,
+            half_window,
+            threads=self.threads,
+            isa=self.lib.isa,
+            cache=plan.cache,
+            out=out,
         )
 
-    def norm_matmul(self, w, x, y, w_post, w_pre, eps):
+    def norm_matmul(self, w, x, y, w_post, w_pre, eps, x_out=None, out=None):
         if not _int_weight(w):
             return super().norm_matmul(w, x, y, w_post, w_pre, eps)
         from embedpipe.codegen import fused
 
-        return fused.norm_matmul(w, x, y, w_post, w_pre, eps)
+        return fused.norm_matmul(w, x, y, w_post, w_pre, eps, x_out=x_out, out=out)
 
-    def gelu_matmul(self, w, gate_up):
+    def gelu_matmul(self, w, gate_up, out=None):
         if not _int_weight(w):
             return super().gelu_matmul(w, gate_up)
         from embedpipe.codegen import fused
 
-        return fused.gelu_matmul(w, gate_up)
+        return fused.gelu_matmul(w, gate_up, out=out)
 
-    def qk_norm_rope(self, qkv, qw, kw, cos, sin, heads):
+    def qk_norm_rope(self, qkv, qw, kw, cos, sin, heads, out=None):
         from embedpipe.codegen import fused
 
-        return fused.qk_norm_rope(self.lib, qkv, qw, kw, cos, sin, *heads)
+        return fused.qk_norm_rope(self.lib, qkv, qw, kw, cos, sin, *heads, out=out)
 
-    def add_norm(self, x, y, w_post, w, eps):
+    def add_norm(self, x, y, w_post, w, eps, out=None):
         from embedpipe.codegen import fused
 
-        return fused.add_norm(self.lib, x, y, w_post, w, eps)
+        return fused.add_norm(self.lib, x, y, w_post, w, eps, out=out)
+
+    def fused_weight(self, w: object) -> bool:
+        """Whether products with ``w`` run as fused native kernels (and can be recorded)."""
+        return _int_weight(w)
 
     def map(self, fn: Callable[[np.ndarray], None], items: list[np.ndarray]) -> None:
         if self._pool is None or len(items) < 2:

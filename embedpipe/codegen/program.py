@@ -1,0 +1,159 @@
+"""Step programs: a recorded sequence of kernel forks replayed in one native call.
+
+A forward pass over a short text is a chain of small kernels, each forked over the threads;
+called one by one, each pays a Python driver, a ctypes call and a fork/join.  A
+:class:`Program` is that chain recorded once (``kernel.recording``: the drivers validate and
+lay out their items, nothing runs) over buffers that stay alive with it, then replayed by
+``run_steps`` on every pool thread at once:
+
+* step ``s`` is (task trampoline, items, item stride, item count); threads claim its items
+  with an atomic counter and run them, then count each finished item;
+* a thread starts step ``s + 1`` only when every item of step ``s`` is finished (it spins,
+  then yields its core while it waits), so a step reads what the step before wrote.
+
+A thread that is never scheduled cannot stall the others: whoever runs claims what is left,
+so one thread alone runs the whole program.  A kernel parameter named ``counter`` is a
+work-claiming word the kernel zeroes nowhere itself: each recorded step gets its own, and all
+are zeroed before every run.  The fallback and oracle of a program is the eager op sequence
+it was recorded from (``native()`` is None when LLVM cannot build the runner).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+import numpy as np
+
+from embedpipe.codegen import ir_attention, prepared
+from embedpipe.codegen.irutil import I64, PTR, VOID, const_i64, intrinsic, loop, var
+from embedpipe.codegen.isa import IsaSpec
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native, Recorder, recording
+from embedpipe.codegen.quant_formats import aligned_empty
+
+STEP_WORDS = 4  # (task address, items address, item stride in bytes, item count)
+COUNTER_WORDS = 16  # per step: claim word and done word, each on its own 64-byte line
+SPIN_ROUNDS = 64  # rounds of pause hints before a waiting thread starts yielding its core
+PAUSES_PER_ROUND = 8
+MAX_THREADS = 64
+_TASK_TYPE = ir.FunctionType(PTR, [PTR])
+
+PARAMS = [("steps", PTR), ("n_steps", I64), ("counters", PTR)]
+
+
+def _cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
+    triple = str(m.triple or "")
+    if triple.startswith(("x86_64", "i686", "i386")):
+        b.call(intrinsic(m, "llvm.x86.sse2.pause", VOID, []), [])
+    elif triple.startswith(("aarch64", "arm64")):
+        b.call(intrinsic(m, "llvm.aarch64.hint", VOID, [ir.IntType(32)]), [ir.Constant(ir.IntType(32), 1)])
+
+
+def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
+    """``run_steps(steps, n_steps, counters)``: every calling thread runs this same loop."""
+    m = b.module
+    steps, n_steps, counters = b.function.args
+    sched_yield = intrinsic(m, "sched_yield", ir.IntType(32), [])
+    s = var(b, I64, const_i64(0))
+    with loop(b, "step") as step_loop:
+        si = b.load(s)
+        step_loop.break_unless(b.icmp_signed("<", si, n_steps))
+        rec = b.gep(steps, [b.mul(si, const_i64(STEP_WORDS))], source_etype=I64)
+        task, args, stride, n = (b.load(b.gep(rec, [const_i64(f)], source_etype=I64), typ=I64) for f in range(4))
+        claim = b.gep(counters, [b.mul(si, const_i64(COUNTER_WORDS))], source_etype=I64)
+        done = b.gep(claim, [const_i64(COUNTER_WORDS // 2)], source_etype=I64)
+        fn = b.inttoptr(task, _TASK_TYPE.as_pointer())  # an indirect call: the callee type from the pointer
+        with loop(b, "item") as items:
+            i = b.atomic_rmw("add", claim, const_i64(1), "seq_cst")
+            items.break_unless(b.icmp_signed("<", i, n))
+            b.call(fn, [b.gep(b.inttoptr(args, PTR), [b.mul(i, stride)], source_etype=ir.IntType(8))])
+            b.atomic_rmw("add", done, const_i64(1), "seq_cst")
+        rounds = var(b, I64, const_i64(0))
+        with loop(b, "wait") as wait:
+            finished = b.load_atomic(done, "acquire", 8, typ=I64)
+            wait.break_if(b.icmp_signed(">=", finished, n))
+            for _ in range(PAUSES_PER_ROUND):
+                _cpu_relax(m, b)
+            r = b.load(rounds)
+            b.store(b.add(r, const_i64(1)), rounds)
+            with b.if_then(b.icmp_signed(">=", r, const_i64(SPIN_ROUNDS))):
+                b.call(sched_yield, [])
+        b.store(b.add(si, const_i64(1)), s)
+    b.ret_void()
+
+
+def _no_twin(*args, **kw):
+    raise RuntimeError("a step program has no numpy twin: run the op sequence it was recorded from")
+
+
+RUN_STEPS = Kernel("run_steps", PARAMS, _emit, twin=_no_twin, drive=lambda native, *a: native.run(*a))
+PROGRAM_MODULE = KernelModule("ep_program", [RUN_STEPS])
+
+
+class Program:
+    """A recorded step program and everything its words point at (kept alive with it).
+
+    ``record(fn)`` calls ``fn()`` inside ``kernel.recording`` and keeps what it returns (the
+    buffers the steps read and write); ``run(threads)`` replays every step in one native call
+    on ``threads`` pool threads.  One run at a time: callers serialize runs of one program
+    (its buffers and counters are shared).
+    """
+
+    def __init__(self, native: Native, recorder: Recorder, keep: object) -> None:
+        self.native = native
+        self.keep = keep
+        self._words = [words for _, words, _ in recorder.steps]
+        n = len(recorder.steps)
+        self.counters = aligned_empty((max(n, 1) * COUNTER_WORDS,), np.int64)
+        table = np.zeros((n, STEP_WORDS), np.int64)
+        for s, (task, words, counter) in enumerate(recorder.steps):
+            if counter is not None:
+                # its own claim word, in the step's done line (unused words of it)
+                words[:, counter] = self.counters[s * COUNTER_WORDS + COUNTER_WORDS // 2 + 1 :].ctypes.data
+            table[s] = (task, words.ctypes.data, words.shape[1] * 8, words.shape[0])
+        self.table = table
+
+    @property
+    def steps(self) -> int:
+        return len(self.table)
+
+    @classmethod
+    def record(cls, fn: Callable[[], object], isa: IsaSpec | None = None) -> Program | None:
+        """The program of the forks ``fn`` makes, or None when the runner is unavailable."""
+        native = RUN_STEPS.native(isa)
+        if native is None:
+            return None
+        with recording() as rec, _private_scratch(rec) as scratch:
+            keep = fn()
+        return cls(native, rec, (keep, scratch))
+
+    def run(self, threads: int) -> None:
+        """Run every step on ``threads`` threads (the calling one included), in one native call."""
+        self.counters.fill(0)
+        item = (self.table.ctypes.data, len(self.table), self.counters.ctypes.data)
+        self.native.run([item] * max(1, min(int(threads), MAX_THREADS)))
+
+
+@contextmanager
+def _private_scratch(rec: Recorder) -> Iterator[list]:
+    """Give the drivers fresh per-thread scratch while recording and hand every buffer they
+    allocate to the program (listed after each recorded fork, so a buffer replaced by a larger
+    one stays alive): the program owns its scratch, and this thread's later eager calls do
+    not share it."""
+    owners = ((prepared._local, "buffers", dict), (ir_attention._local, "scratch", lambda: None))
+    saved = [getattr(obj, name, None) for obj, name, _ in owners]
+    for obj, name, fresh in owners:
+        setattr(obj, name, fresh())
+    kept: list = []
+
+    def snapshot() -> None:
+        kept.append(dict(prepared._local.buffers))
+        kept.append(ir_attention._local.scratch)
+
+    rec.after_add.append(snapshot)
+    try:
+        yield kept
+    finally:
+        for (obj, name, _), value in zip(owners, saved):
+            setattr(obj, name, value)
