@@ -6,8 +6,8 @@ one ctypes call to ``ep_parallel(task, args, stride, n)``, which starts ``n-1`` 
 ``task(args + i·stride)``, runs item 0 itself and joins.  Each task is a trampoline that
 unpacks one row of 64-bit words into the kernel's arguments (pointers, i64, f32 bit patterns).
 If a thread cannot be created, its item runs on the calling thread. Normally the items go to
-the persistent workers of ``ir_pool`` instead; this fork-join is the fallback when another
-thread holds the pool.
+the process's persistent workers (``ir_pool``, whose ``run`` every entry point takes as its
+first argument); this fork-join is the fallback when another thread holds the pool.
 """
 
 from __future__ import annotations
@@ -47,33 +47,33 @@ def emit_task(m: ir.Module, kernel: ir.Function) -> str:
     return name
 
 
-PARALLEL_PARAMS = [("args", PTR), ("stride", I64), ("n", I64)]
+PARALLEL_PARAMS = [("pool", PTR), ("args", PTR), ("stride", I64), ("n", I64)]
 
 
 def parallel_symbol(task: str) -> str:
     return f"{task}__parallel"
 
 
-def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None = None, role: int = 0) -> str:
-    """``void f(args, stride, n)``: run the ``n`` items of ``task``, item 0 on this thread.
+def emit_parallel(m: ir.Module, task: ir.Function) -> str:
+    """``void f(pool, args, stride, n)``: run the ``n`` items of ``task``, item 0 on this thread.
 
-    With ``pool_run`` (see ``ir_pool``) several items go to the persistent workers as job
-    ``role``; if the pool is busy (another thread is using it), or without a pool, ``n-1``
-    fresh pthreads are forked and joined. One function per task (llvmlite cannot emit
-    indirect calls through opaque pointers, and a direct call lets LLVM inline the trampoline
-    for item 0).
+    With ``pool`` non-null (the shared pool's ``run``, see ``ir_pool``) several items go to
+    the persistent workers; if the pool is busy (another thread is using it), or without a
+    pool, ``n-1`` fresh pthreads are forked and joined.  One function per task (a direct call
+    lets LLVM inline the trampoline for item 0).
     """
     pthread_create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
     pthread_join = intrinsic(m, "pthread_join", I32, [I64, PTR])
     name = parallel_symbol(task.name)
     fn, b = new_function(m, name, PARALLEL_PARAMS)
-    args, stride, n = fn.args
+    pool, args, stride, n = fn.args
     I8 = ir.IntType(8)
-    if pool_run is not None:
-        with b.if_then(b.icmp_signed(">", n, const_i64(1))):
-            ran = b.call(pool_run, [const_i64(role), args, stride, n])
-            with b.if_then(b.icmp_signed("!=", ran, ir.Constant(I32, 0))):
-                b.ret_void()
+    has_pool = b.icmp_unsigned("!=", b.ptrtoint(pool, I64), const_i64(0))
+    with b.if_then(b.and_(has_pool, b.icmp_signed(">", n, const_i64(1)))):
+        run = b.inttoptr(b.ptrtoint(pool, I64), ir_pool.RUN_TYPE.as_pointer())
+        ran = b.call(run, [task, args, stride, n])
+        with b.if_then(b.icmp_signed("!=", ran, ir.Constant(I32, 0))):
+            b.ret_void()
     tids = b.alloca(I64, size=MAX_THREADS)
     started = b.alloca(I8, size=MAX_THREADS)
 
@@ -100,8 +100,7 @@ def emit_parallel(m: ir.Module, task: ir.Function, pool_run: ir.Function | None 
 
 
 def emit_entry_points(m: ir.Module, kernels: list[ir.Function]) -> dict[str, str]:
-    """Give every kernel a task trampoline, a role in one persistent pool for ``m`` and a
-    ``parallel`` entry point; returns kernel symbol -> parallel symbol."""
+    """Give every kernel a task trampoline and a ``parallel`` entry point (over the shared
+    pool); returns kernel symbol -> parallel symbol."""
     tasks = [m.get_global(emit_task(m, fn)) for fn in kernels]
-    pool_run = ir_pool.emit_pool(m, tasks)
-    return {fn.name: emit_parallel(m, task, pool_run, role) for role, (fn, task) in enumerate(zip(kernels, tasks))}
+    return {fn.name: emit_parallel(m, task) for fn, task in zip(kernels, tasks)}

@@ -1,10 +1,11 @@
-"""Persistent worker threads for the native fork-join, emitted into each kernel library.
+"""Persistent worker threads for the native fork-join: one pool per process, shared by every
+kernel module (compiled once, as its own small module: ``shared_pool``).
 
 Starting and joining a pthread per kernel call cost ~30–130 µs on the 2-core dev VM; a forward
 pass makes a few hundred such calls, so short texts paid milliseconds for thread start-up
 alone. The pool keeps workers parked on a condition variable instead:
 
-* ``run(role, args, stride, n)`` takes the pool (``pthread_mutex_trylock``; if another thread
+* ``run(task, args, stride, n)`` takes the pool (``pthread_mutex_trylock``; if another thread
   holds it, it returns 0 and the caller falls back to fresh pthreads), starts workers up to
   ``n − 1`` on first use, publishes the job, bumps a generation counter and wakes the workers.
   Items are claimed with an atomic counter, so any number of workers (even none, if
@@ -23,18 +24,26 @@ alone. The pool keeps workers parked on a condition variable instead:
 * ``reset()`` forgets the workers and re-zeroes the locks; it must run in a forked child
   (``os.register_at_fork``), where the parent's workers do not exist.
 
-Jobs name their kernel by role index; ``dispatch`` switches to a direct call (llvmlite cannot
-call through opaque function pointers). Locks are zero-initialized globals: all-zero is
-``PTHREAD_MUTEX_INITIALIZER`` / ``PTHREAD_COND_INITIALIZER`` on glibc and musl.
+Jobs name their kernel by the address of its task trampoline (``void* task(i64* words)``,
+``ir_parallel``), called indirectly, so any module's kernels run on the same workers: a
+process holds at most MAX_WORKERS of them, not a set per module.  Locks are
+zero-initialized globals: all-zero is ``PTHREAD_MUTEX_INITIALIZER`` /
+``PTHREAD_COND_INITIALIZER`` on glibc and musl.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import os
+import threading
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
+from embedpipe.codegen import irutil, jit
 from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64, intrinsic
+from embedpipe.codegen.isa import IsaSpec
 
 MAX_WORKERS = 63
 # Spin rounds before parking (each PAUSES_PER_ROUND cpu pause hints; a worker's also a
@@ -43,6 +52,9 @@ MAX_WORKERS = 63
 SPIN_ROUNDS = 256
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
+MODULE_NAME = "embedpipe_pool"
+TASK_TYPE = ir.FunctionType(PTR, [PTR])  # the task trampolines of ``ir_parallel``
+RUN_TYPE = ir.FunctionType(I32, [PTR, PTR, I64, I64])  # run(task, args, stride, n)
 
 
 def run_symbol(module_name: str) -> str:
@@ -60,7 +72,7 @@ class _State:
     work: ir.GlobalVariable  # signalled when `gen` moves
     done: ir.GlobalVariable  # signalled when `pending` reaches 0
     gen: ir.GlobalVariable
-    role: ir.GlobalVariable
+    task: ir.GlobalVariable
     args: ir.GlobalVariable
     stride: ir.GlobalVariable
     n: ir.GlobalVariable
@@ -93,7 +105,7 @@ def _globals(m: ir.Module) -> _State:
     sync = ir.ArrayType(I8, SYNC_BYTES)
     return _State(
         *(var(n, sync, 64) for n in ("lock", "busy", "work", "done")),
-        *(var(n, I64, 8) for n in ("gen", "role", "args", "stride", "n", "next", "pending", "workers")),
+        *(var(n, I64, 8) for n in ("gen", "task", "args", "stride", "n", "next", "pending", "workers")),
     )
 
 
@@ -107,34 +119,22 @@ def _function(
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
 
-def _emit_dispatch(m: ir.Module, tasks: list[ir.Function]) -> ir.Function:
-    """``void dispatch(i64 role, i8* item)``: a switch of direct calls to the task trampolines."""
-    fn, b = _function(m, f"{m.name}__pool_dispatch", VOID, [I64, PTR])
-    role, item = fn.args
-    end = fn.append_basic_block("end")
-    switch = b.switch(role, end)
-    for k, task in enumerate(tasks):
-        block = fn.append_basic_block(f"role{k}")
-        switch.add_case(const_i64(k), block)
-        b.position_at_end(block)
-        b.call(task, [item])
-        b.branch(end)
-    b.position_at_end(end)
-    b.ret_void()
-    return fn
+def _call_task(b: ir.IRBuilder, task: ir.Value, item: ir.Value) -> None:
+    """``task(item)`` through the task trampoline's address (an i64)."""
+    b.call(b.inttoptr(task, TASK_TYPE.as_pointer()), [item])
 
 
-def _emit_drain(m: ir.Module, st: _State, dispatch: ir.Function) -> ir.Function:
-    """``void drain(role, args, stride, n)``: claim items with an atomic add until none are left."""
+def _emit_drain(m: ir.Module, st: _State) -> ir.Function:
+    """``void drain(task, args, stride, n)``: claim items with an atomic add until none are left."""
     fn, b = _function(m, f"{m.name}__pool_drain", VOID, [I64, PTR, I64, I64])
-    role, args, stride, n = fn.args
+    task, args, stride, n = fn.args
     head, body, end = (fn.append_basic_block(x) for x in ("head", "body", "end"))
     b.branch(head)
     b.position_at_end(head)
     i = b.atomic_rmw("add", st.next, const_i64(1), "seq_cst")
     b.cbranch(b.icmp_signed("<", i, n), body, end)
     b.position_at_end(body)
-    b.call(dispatch, [role, b.gep(args, [b.mul(i, stride)], source_etype=I8)])
+    _call_task(b, task, b.gep(args, [b.mul(i, stride)], source_etype=I8))
     b.branch(head)
     b.position_at_end(end)
     b.ret_void()
@@ -207,7 +207,7 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin
     parked = b.block
     b.branch(loop)
     b.position_at_end(go)
-    job = [b.load(g, typ=I64) for g in (st.role, st.args, st.stride, st.n)]
+    job = [b.load(g, typ=I64) for g in (st.task, st.args, st.stride, st.n)]
     b.call(libc.unlock, [st.lock])
     b.call(drain, [job[0], b.inttoptr(job[1], PTR), job[2], job[3]])
     b.call(libc.lock, [st.lock])
@@ -225,17 +225,12 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin
 
 
 def _emit_run(
-    m: ir.Module,
-    st: _State,
-    libc: _Libc,
-    dispatch: ir.Function,
-    drain: ir.Function,
-    worker: ir.Function,
-    spin: ir.Function,
+    m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, worker: ir.Function, spin: ir.Function
 ) -> ir.Function:
-    """``i32 run(role, args, stride, n)``: 1 when the job ran on the pool, 0 when it was busy."""
-    fn, b = _function(m, run_symbol(m.name), I32, [I64, PTR, I64, I64], internal=False)
-    role, args, stride, n = fn.args
+    """``i32 run(task, args, stride, n)``: 1 when the job ran on the pool, 0 when it was busy."""
+    fn, b = _function(m, run_symbol(m.name), I32, [PTR, PTR, I64, I64], internal=False)
+    task_ptr, args, stride, n = fn.args
+    task = b.ptrtoint(task_ptr, I64)
     with b.if_then(b.icmp_signed("!=", b.call(libc.trylock, [st.busy]), ir.Constant(I32, 0)), likely=False):
         b.ret(ir.Constant(I32, 0))
     b.call(libc.lock, [st.lock])
@@ -259,7 +254,7 @@ def _emit_run(
     b.branch(spawn_head)
     b.position_at_end(spawned)
     for g, v in (
-        (st.role, role),
+        (st.task, task),
         (st.args, b.ptrtoint(args, I64)),
         (st.stride, stride),
         (st.n, n),
@@ -270,8 +265,8 @@ def _emit_run(
     b.store_atomic(b.add(gen, const_i64(1)), st.gen, "release", 8)
     b.call(libc.broadcast, [st.work])
     b.call(libc.unlock, [st.lock])
-    b.call(dispatch, [role, args])
-    b.call(drain, [role, args, stride, n])
+    _call_task(b, task, args)
+    b.call(drain, [task, args, stride, n])
     b.call(spin, [st.pending, const_i64(0), ir.Constant(ir.IntType(1), 1)])  # spin while workers drain
     b.call(libc.lock, [st.lock])
     wait_head, wait_body, finished = (fn.append_basic_block(x) for x in ("wait.head", "wait.body", "finished"))
@@ -299,13 +294,44 @@ def _emit_reset(m: ir.Module, st: _State) -> None:
     b.ret_void()
 
 
-def emit_pool(m: ir.Module, tasks: list[ir.Function]) -> ir.Function:
-    """Emit the pool for ``tasks`` (role k = tasks[k]); returns ``run``."""
+def emit_pool(m: ir.Module) -> ir.Function:
+    """Emit the pool into ``m``; returns ``run``."""
     st, libc = _globals(m), _Libc(m)
-    dispatch = _emit_dispatch(m, tasks)
-    drain = _emit_drain(m, st, dispatch)
+    drain = _emit_drain(m, st)
     spin = _emit_spin(m, libc, yielding=False)
     worker = _emit_worker(m, st, libc, drain, _emit_spin(m, libc, yielding=True))
-    run = _emit_run(m, st, libc, dispatch, drain, worker, spin)
+    run = _emit_run(m, st, libc, drain, worker, spin)
     _emit_reset(m, st)
     return run
+
+
+def build_module(isa: IsaSpec) -> str:
+    """IR text of the shared pool module for ``isa``'s target."""
+    module = ir.Module(name=MODULE_NAME)
+    module.triple = isa.triple
+    emit_pool(module)
+    return str(module)
+
+
+_shared: dict[str, int] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(isa: IsaSpec) -> int:
+    """Address of the process's one ``run(task, args, stride, n)``: compiled (through the
+    object cache) and loaded on first use for the host architecture, its workers forgotten in
+    a forked child.  Every kernel module's ``parallel`` entry points take it."""
+    with _shared_lock:
+        addr = _shared.get(isa.arch)
+        if addr is None:
+            h = hashlib.sha256()
+            for path in (__file__, irutil.__file__):
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+            key = jit.cache_key(f"shared-pool:{h.hexdigest()}:{isa.name}:{isa.arch}:{isa.triple}", isa)
+            obj = jit.compile_cached(key, lambda: build_module(isa), isa)
+            run, reset = run_symbol(MODULE_NAME), reset_symbol(MODULE_NAME)
+            addrs = jit.host_engine().load(obj, [run, reset])
+            os.register_at_fork(after_in_child=ctypes.CFUNCTYPE(None)(addrs[reset]))
+            addr = _shared[isa.arch] = addrs[run]
+        return addr

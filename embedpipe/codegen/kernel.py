@@ -4,8 +4,9 @@ A :class:`Kernel` is declared once: its name, its parameters (the IR function ty
 emitter that fills the function body with ``llvmlite.ir`` builder calls, a numpy twin and a
 driver.  Kernels are grouped into a :class:`KernelModule`, which for an ISA
 
-1. emits every kernel, a task trampoline per kernel and one persistent worker pool
-   (``ir_parallel`` / ``ir_pool``) into one LLVM module,
+1. emits every kernel and a task trampoline and ``parallel`` entry point per kernel
+   (``ir_parallel``) into one LLVM module; multi-item calls run on the process's one
+   persistent worker pool (``ir_pool.shared_pool``),
 2. compiles it through the on-disk object cache and loads it; the cache key is a digest of
    the sources that generate the module (``source_files``), the kernel declarations and the
    ISA, so a warm process loads the object without generating any IR,
@@ -273,9 +274,9 @@ def active_recorder() -> Recorder | None:
 class Native:
     """One loaded kernel: call it on this thread, or ``run`` items on the module's pool."""
 
-    def __init__(self, kernel: Kernel, isa: IsaSpec, call: Any, fork: Any, task: int = 0) -> None:
+    def __init__(self, kernel: Kernel, isa: IsaSpec, call: Any, fork: Any, task: int = 0, pool: int = 0) -> None:
         self.kernel, self.isa = kernel, isa
-        self._call, self._fork = call, fork
+        self._call, self._fork, self._pool = call, fork, pool
         # the task trampoline (``void* task(i64* words)``) that a recorded step calls
         self.task_address = task
         names = [name for name, _ in kernel.params]
@@ -304,14 +305,14 @@ class Native:
             self._call(*args)
             return
         words = np.array(items, dtype=np.int64)
-        self._fork(words.ctypes.data, words.shape[1] * 8, len(words))
+        self._fork(self._pool, words.ctypes.data, words.shape[1] * 8, len(words))
 
     def run_packed(self, words: int, stride: int, n: int) -> None:
         """``run`` over ``n`` items already packed as rows of 64-bit words (``stride`` bytes
         apart) at address ``words``: callers that keep one packed block and change only a few
         words per call avoid converting every argument on every call."""
         _native_calls[0] += 1
-        self._fork(words, stride, n)
+        self._fork(self._pool, words, stride, n)
 
 
 def f32_word(value: float) -> int:
@@ -324,9 +325,9 @@ class _Loaded:
         parallel = module.parallel_symbols(isa)
         names = {k.name: module.symbol(k, isa) for k in module.kernels}
         tasks = {k.name: ir_parallel.task_symbol(names[k.name]) for k in module.kernels}
-        reset = ir_pool.reset_symbol(module.ir_name(isa))
         obj = jit.compile_cached(module.cache_key(isa), lambda: module.build(isa)[0], isa)
-        addrs = jit.host_engine().load(obj, [*names.values(), *parallel.values(), *tasks.values(), reset])
+        addrs = jit.host_engine().load(obj, [*names.values(), *parallel.values(), *tasks.values()])
+        pool = ir_pool.shared_pool(isa)
         fork_type = prototype(ir_parallel.PARALLEL_PARAMS)
         self.natives = {
             k.name: Native(
@@ -335,12 +336,10 @@ class _Loaded:
                 prototype(k.params, k.ret)(addrs[names[k.name]]),
                 fork_type(addrs[parallel[k.name]]),
                 addrs[tasks[k.name]],
+                pool,
             )
             for k in module.kernels
         }
-        # a forked child has none of the parent's pool workers: forget them there
-        self._reset = prototype([])(addrs[reset])
-        os.register_at_fork(after_in_child=self._reset)
 
 
 class _Registry:

@@ -11,7 +11,6 @@ import array
 import functools
 import hashlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -57,7 +56,6 @@ PACKED_LAYOUT_VERSION = 1
 
 _QUANT = prototype(ir_q8.QUANTIZE_PARAMS)
 _FORK = prototype(ir_parallel.PARALLEL_PARAMS)
-_RESET = prototype([])
 
 
 # Kernels that run through the native fork-join (each gets a task trampoline).
@@ -99,8 +97,6 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
-    symbols["pool_run"] = ir_pool.run_symbol(module_name(isa))
-    symbols["pool_reset"] = ir_pool.reset_symbol(module_name(isa))
     return symbols
 
 
@@ -140,8 +136,6 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = parallel[symbols[role]]
-    symbols["pool_run"] = ir_pool.run_symbol(module.name)
-    symbols["pool_reset"] = ir_pool.reset_symbol(module.name)
     assert symbols == kernel_symbols(isa)
     return str(module), symbols
 
@@ -195,8 +189,7 @@ class KernelLibrary:
         self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]]) for role in PARALLEL_ROLES}
         # task trampolines, for forks recorded into a ``codegen.program`` step program
         self._tasks = {role: addrs[symbols[f"{role}_task"]] for role in PARALLEL_ROLES}
-        # a forked child has none of the parent's pool workers: forget them there
-        os.register_at_fork(after_in_child=_RESET(addrs[symbols["pool_reset"]]))
+        self._pool = ir_pool.shared_pool(isa)
         self.load_seconds = time.perf_counter() - start
         log.debug(
             "kernel library %s (%s, %s) ready in %.3f s, %d threads",
@@ -219,7 +212,7 @@ class KernelLibrary:
         count_native_call()
         # array.array: its address is one buffer_info() away (numpy's .ctypes costs µs per call)
         words = array.array("q", [word for item in items for word in item])
-        self._forks[role](words.buffer_info()[0], len(items[0]) * 8, len(items))
+        self._forks[role](self._pool, words.buffer_info()[0], len(items[0]) * 8, len(items))
 
     def gelu_tanh_mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``gelu_tanh(a) · b`` element-wise (fp32, same shape, C-contiguous), ~1e-6 relative."""

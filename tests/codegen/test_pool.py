@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -129,3 +131,35 @@ def test_idle_workers_stop_spinning_and_park():
         time.sleep(0.2)
         burnt.append(time.process_time() - start)
     assert min(burnt) < 0.05, burnt
+
+
+SHARED_POOL_SCRIPT = """
+import os
+import numpy as np
+from embedpipe.codegen import fused, get_kernel_library
+from embedpipe.codegen.ir_attention import attention
+from embedpipe.codegen.program import Program
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+lib = get_kernel_library(None, 4)
+x = np.ones((64, 64), np.float32)
+w = np.ones(64, np.float32)
+q = np.ones((600, 2, 32), np.float32)
+kv = np.ones((600, 1, 32), np.float32)
+before = tasks()
+for _ in range(3):
+    lib.fork("add_norm", [(x.ctypes.data, x.ctypes.data, w.ctypes.data, w.ctypes.data, x.ctypes.data, 64, 0, 0, 0)] * 4)
+    attention(q, kv, kv, [0], [600], None, threads=4, isa=lib.isa)
+    Program.record(lambda: fused.add_norm(lib, x, x, w, w, 1e-6), lib.isa).run(4)
+print(tasks() - before)
+"""
+
+
+def test_one_worker_pool_serves_every_kernel_module():
+    """The library, the attention module and the step-program runner fork 4 ways each: one
+    shared pool means 3 workers in all (a pool per module would start 3 each)."""
+    out = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) <= 3
