@@ -223,6 +223,7 @@ class GemmaEmbeddingModel:
         fused = all(self.ops.fused_weight(w) for w in weights)
         self.max_program_tokens = PROGRAM_MAX_TOKENS if fused else 0
         self._programs: OrderedDict[tuple[int, ...], _Recorded] = OrderedDict()
+        self._programs_lock = threading.Lock()
 
     @property
     def out_dim(self) -> int:
@@ -292,10 +293,11 @@ class GemmaEmbeddingModel:
     def _program(self, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray) -> _Recorded | None:
         """The recorded layer stack for a batch of these sequence lengths (recorded on first use)."""
         key = tuple(lengths.tolist())
-        recorded = self._programs.get(key)
-        if recorded is not None:
-            self._programs.move_to_end(key)
-            return recorded
+        with self._programs_lock:
+            recorded = self._programs.get(key)
+            if recorded is not None:
+                self._programs.move_to_end(key)
+                return recorded
         arena = _Arena(self.cfg, int(lengths.sum()))
         plan = _AttentionPlan(bounds, lengths)
         tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
@@ -305,9 +307,11 @@ class GemmaEmbeddingModel:
             log.debug("no step program for %s (%s)", ARCH, "no runner" if program is None else f"{program.steps} steps")
             self.max_program_tokens = 0
             return None
-        recorded = self._programs[key] = _Recorded(program, arena, plan, tables)
-        while len(self._programs) > MAX_PROGRAMS:
-            self._programs.popitem(last=False)
+        recorded = _Recorded(program, arena, plan, tables)
+        with self._programs_lock:
+            self._programs[key] = recorded
+            while len(self._programs) > MAX_PROGRAMS:
+                self._programs.popitem(last=False)
         return recorded
 
 
