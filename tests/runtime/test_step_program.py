@@ -51,3 +51,25 @@ def test_long_batches_and_many_lengths_stay_bounded(model, monkeypatch):
     assert list(model._programs) == [(4,), (5,), (6,)]
     model.embed([list(range(model.max_program_tokens + 1))])
     assert (model.max_program_tokens + 1,) not in model._programs
+
+
+def test_concurrent_callers_get_the_same_vectors(model):
+    """Four threads embed at once: one runs the program, the others the op sequence (or the
+    program after it is free), on the pool or fresh threads; every vector is the same."""
+    import threading
+
+    seqs = [[7, 8, 9, 10, 11, 12]]
+    want = _eager(model, seqs)
+    bad: list[int] = []
+
+    def worker() -> None:
+        for i in range(40):
+            if not np.array_equal(model.embed(seqs), want):
+                bad.append(i)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and bad == []
