@@ -249,16 +249,20 @@ class GemmaEmbeddingModel:
         bounds = np.concatenate(([0], np.cumsum(lengths)))
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths)
         recorded = self._program(lengths, bounds, positions) if ids.size <= self.max_program_tokens else None
+        embedded = dequantize_rows(self.token_embd, ids)
+        x = None if recorded is None else recorded.run(embedded, self.embed_scale, self.ops.threads)
+        if x is not None:  # only JIT kernels ran and run: no BLAS thread limits to set
+            return self._pool(x, bounds, lengths)
         with self.ops.session():
-            embedded = dequantize_rows(self.token_embd, ids)
-            x = None if recorded is None else recorded.run(embedded, self.embed_scale, self.ops.threads)
-            if x is None:
-                plan = _AttentionPlan(bounds, lengths)
-                tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
-                x = self._stack(embedded * self.embed_scale, tables, plan)
-            pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
-            for proj in self.dense:
-                pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
+            plan = _AttentionPlan(bounds, lengths)
+            tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
+            return self._pool(self._stack(embedded * self.embed_scale, tables, plan), bounds, lengths)
+
+    def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Mean over each sequence's rows, then the dense head."""
+        pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
+        for proj in self.dense:
+            pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
 
     def _stack(self, x: np.ndarray, tables, plan: _AttentionPlan, arena: _Arena | None = None) -> np.ndarray:
