@@ -32,7 +32,7 @@ MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
 # Batches of at most this many tokens run the layer stack as one recorded step program
 # (``codegen.program``: one native call instead of six driver calls and forks per layer),
 # kept per sequence-length tuple, the least recently used dropped beyond MAX_PROGRAMS.
-PROGRAM_MAX_TOKENS = 64
+PROGRAM_MAX_TOKENS = 128
 MAX_PROGRAMS = 16
 OPS_PER_LAYER = 6
 
