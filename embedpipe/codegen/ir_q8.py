@@ -37,6 +37,7 @@ from embedpipe.codegen.irutil import (
     I32,
     I64,
     PTR,
+    VOID,
     const_i64,
     fmuladd,
     for_range,
@@ -102,6 +103,12 @@ def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value
     return b.add(acc, b.add(even, odd))
 
 
+def _prefetch_l2(b: ir.IRBuilder, m: ir.Module, addr: ir.Value) -> None:
+    """A hint to bring the cache line at ``addr`` into L2 (never faults)."""
+    fn = intrinsic(m, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    b.call(fn, [addr, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
+
+
 def matmul_symbol(isa: IsaSpec, tile: IntTile) -> str:
     return f"ep_q8mm_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
 
@@ -138,18 +145,45 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
     wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1 = fn.args
     nb = b.sdiv(K, const_i64(QK), name="nb")
     NR = L * NV
+    # cache lines of one panel: its weight blocks, then its block scales
+    w_lines = b.sdiv(b.mul(nb, const_i64(steps * NV * vbytes)), const_i64(64))
+    next_lines = b.add(w_lines, b.sdiv(b.add(b.mul(nb, const_i64(NV * 4 * L)), const_i64(63)), const_i64(64)))
     acc_slots = [[b.alloca(vf32) for _ in range(NV)] for _ in range(MR)]
     with for_range(b, t0, t1, tile.tc, "tc") as tc:
         tend = imin(b, b.add(tc, const_i64(tile.tc)), t1)
+        tiles = b.sdiv(b.add(b.sub(tend, tc), const_i64(MR - 1)), const_i64(MR))
         with for_range(b, p0, p1, 1, "p") as p:
+            has_next = b.icmp_signed("<", b.add(p, const_i64(1)), p1)
+            per_step = b.sdiv(b.add(next_lines, b.sub(b.mul(tiles, nb), const_i64(1))), b.mul(tiles, nb))
             with for_range(b, tc, tend, MR, "t") as t:
                 for row in acc_slots:
                     for slot in row:
                         b.store(ir.Constant(vf32, None), slot)
                 pnb = b.mul(p, nb)
+                # The row tiles of a chunk walk this panel block by block (the first one
+                # streaming it from memory); meanwhile the next panel is fetched into L2, its
+                # lines spread evenly over those block steps, so its tiles find it there.
+                step = b.mul(b.sdiv(b.sub(t, tc), const_i64(MR)), nb)
                 with for_range(b, const_i64(0), nb, 1, "blk") as blk:
                     pb = b.add(pnb, blk)
                     wbase = b.mul(pb, const_i64(steps * NV * vbytes))
+                    with b.if_then(has_next):
+                        first = b.mul(b.add(step, blk), per_step)
+                        last = imin(b, b.add(first, per_step), next_lines)
+                        with for_range(b, first, last, 1, "pf") as line:
+                            in_w = b.icmp_signed("<", line, w_lines)
+                            base = b.select(in_w, b.ptrtoint(wq, I64), b.ptrtoint(wd, I64))
+                            off = b.select(
+                                in_w,
+                                b.add(
+                                    b.mul(b.add(pnb, nb), const_i64(steps * NV * vbytes)), b.mul(line, const_i64(64))
+                                ),
+                                b.add(
+                                    b.mul(b.add(pnb, nb), const_i64(NV * 4 * L)),
+                                    b.mul(b.sub(line, w_lines), const_i64(64)),
+                                ),
+                            )
+                            _prefetch_l2(b, m, b.inttoptr(b.add(base, off), PTR))
                     xrow = [b.add(t, const_i64(r)) for r in range(MR)]
                     xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
                     if isa.dot == "vnni":
