@@ -84,3 +84,25 @@ def test_embeddings_match_sentence_transformers(quant, backend, prompt, dim):
     cos = np.sum(got * want, axis=1)
     print(f"{quant}/{backend} {prompt}@{dim}: min {cos.min():.6f} mean {cos.mean():.6f}")
     assert cos.min() >= THRESHOLDS[quant], f"worst row {int(cos.argmin())}: {cos.min():.6f}"
+
+
+@pytest.mark.parametrize("prompt", ["query", "document"])
+def test_single_texts_on_step_programs_match_sentence_transformers(prompt):
+    """Each golden text alone (a short one runs the recorded step program): Q8_0 cos ≥ 0.999
+    against sentence-transformers, and the same vector bit for bit as the op-by-op path."""
+    meta, arrays = golden()
+    emb = embedder("q8_0", "jit")
+    model = emb.model
+    texts = [r["text"] for r in meta["texts"]]
+    want = arrays[f"{prompt}_768"]
+    short = [i for i, t in enumerate(texts) if len(emb.tokenize([t], task=prompt)[0]) <= model.max_program_tokens]
+    assert len(short) >= 20
+    for i in short:
+        got = emb.encode([texts[i]], task=prompt)[0]
+        assert float(got @ want[i]) >= THRESHOLDS["q8_0"], (i, float(got @ want[i]))
+        limit, model.max_program_tokens = model.max_program_tokens, 0
+        try:
+            np.testing.assert_array_equal(emb.encode([texts[i]], task=prompt)[0], got)
+        finally:
+            model.max_program_tokens = limit
+    assert model._programs, "no step program ran"
