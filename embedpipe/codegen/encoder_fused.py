@@ -1,16 +1,19 @@
-"""Fused row kernels of post-LayerNorm encoders, and the two-level int8 split of activations.
+"""Fused row kernels of post-LayerNorm encoders, and the extension of activations by the
+residuals of their worst-quantized blocks.
 
 ``residual_norm``: ``a = x + bias + res`` then LayerNorm with bias (``w``, ``beta``) into
-``out``, in one pass over the rows; optionally also the *split* of each normalized row into
-``hi`` (rows ``[0, T)``) and ``lo`` (rows ``[T, 2T)``) of ``split``: per 32-element block,
-``hi = round(v / d) · d`` with ``d = max|v| / 127`` (the Q8_0 grid of the block) and
-``lo = v − hi``. An int8 matmul that quantizes its input per 32-element block represents
-``hi`` exactly (its values lie on their block's grid), so ``X·Wᵀ ≈ hi·Wᵀ + lo·Wᵀ`` runs on
-int8 activations with the error of quantizing ``lo`` (at most ``d/2``), about 1/254 of
-quantizing ``X`` itself: near fp32-activation accuracy at int8 speed, one matmul over 2T rows.
+``out``, in one pass over the rows; optionally also the *extended* rows ``ext`` (T, D + 32·S):
+the normalized row, then for each of S selected 32-element blocks ``b`` its residual
+``lo = v_b − hi_b``, where ``hi = round(v / d) · d`` with ``d = max|v| / 127`` is exactly what
+an int8 matmul's per-32 Q8_0 quantizer makes of the block. A weight extended by the same
+blocks' columns (``[W | W_sel]``, whole Q8_0 blocks, no requantization) then gives
+``Q(ext)·[W | W_sel]ᵀ = Q(v)·Wᵀ + Q(lo_sel)·W_selᵀ``: the selected blocks at about 1/254 of
+their quantization error, the others as plain int8, in one product over S/(D/32) more columns.
+Selecting every block is the full two-level split. A few blocks hold most of the error of a
+LayerNorm output (the features with outlier magnitudes), so few blocks go a long way.
 
 ``combine``: ``out = y[:T] (+ y[T:2T] when halves) + bias``, then optionally exact GELU:
-the epilogue of a split product (or of a plain one, ``halves = 0``).
+the epilogue of a product.
 
 Model-agnostic: the encoder model composes them; numpy twins are the fallback and oracle.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Sequence
 
 import llvmlite.ir as ir
 import numpy as np
@@ -57,10 +61,11 @@ NORM_PARAMS = [
     ("w", PTR),
     ("beta", PTR),
     ("out", PTR),
-    ("split", PTR),
+    ("ext", PTR),
+    ("sel", PTR),  # int64 block numbers, each in [0, D/32): checked by the driver
     ("T", I64),
     ("D", I64),
-    ("do_split", I64),
+    ("nsel", I64),  # -1: no extended rows
     ("eps_bits", I64),  # fp32 bits in the low word: a single item runs by a direct ctypes call
     ("r0", I64),
     ("r1", I64),
@@ -88,7 +93,7 @@ def _row_loop(b: ir.IRBuilder, n: ir.Value, width: int, tag: str, body) -> None:
 
 
 def _emit_residual_norm(b: ir.IRBuilder, isa: IsaSpec) -> None:
-    x, bias, res, w, beta, out, split, T, D, do_split, eps_bits, r0, r1 = b.function.args
+    x, bias, res, w, beta, out, ext, sel, T, D, nsel, eps_bits, r0, r1 = b.function.args
     m = b.module
     eps = b.bitcast(b.trunc(eps_bits, I32), F32)
     width = 2 * isa.lanes
@@ -137,21 +142,27 @@ def _emit_residual_norm(b: ir.IRBuilder, isa: IsaSpec) -> None:
             store_at(b, b.fadd(y, load_at(b, ty, beta, off, 4)), out, b.add(base, off), 4)
 
         _row_loop(b, D, width, "sc", scale)
-        with b.if_then(b.icmp_signed("!=", do_split, const_i64(0))):
+        with b.if_then(b.icmp_signed(">=", nsel, const_i64(0))):
             vf = vec(F32, QK)
             fabs = intrinsic(m, f"llvm.fabs.v{QK}f32", vf, [vf])
-            lo_base = b.mul(b.mul(b.add(row, T), D), const_i64(4))
-            with for_range(b, const_i64(0), D, QK, "blk") as i:
+            ext_base = b.mul(b.mul(row, b.add(D, b.mul(nsel, const_i64(QK)))), const_i64(4))
+
+            def copy(ty: ir.Type, i: ir.Value) -> None:
                 off = b.mul(i, const_i64(4))
-                v = load_at(b, vf, out, b.add(base, off), 4)
+                store_at(b, load_at(b, ty, out, b.add(base, off), 4), ext, b.add(ext_base, off), 4)
+
+            _row_loop(b, D, width, "cp", copy)
+            with for_range(b, const_i64(0), nsel, 1, "blk") as s:
+                blk = load_at(b, I64, sel, b.mul(s, const_i64(8)), 8)
+                v = load_at(b, vf, out, b.add(base, b.mul(blk, const_i64(4 * QK))), 4)
                 d = b.fdiv(hmax_tree(b, b.call(fabs, [v])), ir.Constant(F32, 127.0))
                 nz = b.fcmp_ordered("!=", d, ir.Constant(F32, 0.0))
                 inv_d = b.select(nz, b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
                 magic = _fconst(vf, ROUND_MAGIC)
                 q = b.fsub(b.fadd(b.fmul(v, splat(b, inv_d, QK)), magic), magic)
-                hi = b.fmul(q, splat(b, d, QK))
-                store_at(b, hi, split, b.add(base, off), 4)
-                store_at(b, b.fsub(v, hi), split, b.add(lo_base, off), 4)
+                lo = b.fsub(v, b.fmul(q, splat(b, d, QK)))
+                lo_off = b.mul(b.add(D, b.mul(s, const_i64(QK))), const_i64(4))
+                store_at(b, lo, ext, b.add(ext_base, lo_off), 4)
     b.ret_void()
 
 
@@ -188,6 +199,35 @@ def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
     b.ret_void()
 
 
+class ExtendBlocks:
+    """Which 32-element blocks of a ``width``-wide row ``residual_norm`` extends by their
+    residuals (in this order), checked once here: the kernel indexes rows by these numbers."""
+
+    def __init__(self, width: int, blocks: Sequence[int]):
+        n_blocks = width // QK if width > 0 and width % QK == 0 else 0
+        if not n_blocks:
+            raise KernelInputError(f"extended rows need a width that is a positive multiple of {QK}, got {width}")
+        picked = tuple(int(i) for i in blocks)
+        if len(set(picked)) != len(picked) or any(not 0 <= i < n_blocks for i in picked):
+            raise KernelInputError(f"blocks {list(picked)} are not distinct block numbers in [0, {n_blocks})")
+        self.width, self.blocks = width, picked
+        self.array = np.array(picked, np.int64)
+        self.array.flags.writeable = False
+        self.address = self.array.ctypes.data  # read once: these rows are extended many times a forward
+
+    @property
+    def ext_width(self) -> int:
+        """Width of an extended row: the row, then one residual block per selected block."""
+        return self.width + QK * len(self.blocks)
+
+    def columns(self) -> np.ndarray:
+        """Column numbers of the selected blocks in a row, in extension order."""
+        return (self.array[:, None] * QK + np.arange(QK)).reshape(-1)
+
+    def __repr__(self) -> str:
+        return f"ExtendBlocks({self.width}, {list(self.blocks)})"
+
+
 def residual_norm_reference(
     x: np.ndarray,
     bias: np.ndarray,
@@ -195,26 +235,32 @@ def residual_norm_reference(
     w: np.ndarray,
     beta: np.ndarray,
     eps: float,
-    split: bool,
+    extend: ExtendBlocks | None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """numpy twin: (LayerNorm(x + bias + res), its (2T, D) hi/lo split or None)."""
+    """numpy twin: (LayerNorm(x + bias + res), its rows extended by ``extend`` or None)."""
     a = (x + bias + res).astype(np.float32)
     mean = a.mean(-1, keepdims=True, dtype=np.float32)
     c = a - mean
     var = (c * c).mean(-1, keepdims=True, dtype=np.float32)
     out = (c * (np.float32(1) / np.sqrt(var + np.float32(eps))) * w + beta).astype(np.float32)
-    return out, (split_reference(out) if split else None)
+    return out, (extend_reference(out, extend) if extend is not None else None)
 
 
-def split_reference(v: np.ndarray) -> np.ndarray:
-    """(2T, D): hi (the per-32 Q8_0 grid value of each element) over lo = v − hi."""
+def grid_reference(v: np.ndarray) -> np.ndarray:
+    """Each element's value on its 32-block's Q8_0 grid (what an int8 product computes with)."""
     t, d = v.shape
     blocks = v.reshape(t, d // QK, QK)
     scale = (np.abs(blocks).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
-    hi = (np.round(blocks * inv) * scale).astype(np.float32).reshape(t, d)
-    return np.concatenate([hi, v - hi])
+    return (np.round(blocks * inv) * scale).astype(np.float32).reshape(t, d)
+
+
+def extend_reference(v: np.ndarray, extend: ExtendBlocks) -> np.ndarray:
+    """(T, ext_width): each row, then the residuals ``v − grid(v)`` of the selected blocks."""
+    cols = extend.columns()
+    lo = v[:, cols] - grid_reference(v)[:, cols]
+    return np.concatenate([v, lo], axis=1).astype(np.float32)
 
 
 def combine_reference(y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
@@ -259,21 +305,22 @@ def address(a: np.ndarray) -> int:
 cached_f32_word = functools.lru_cache(maxsize=64)(f32_word)
 
 
-def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, split, threads=1):
+def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, threads=1):
     if x.ndim != 2:
         raise KernelInputError(f"residual_norm: x must be 2-D, got {x.shape}")
     t, d = x.shape
     x, res = _f32("residual_norm x", x, (t, d)), _f32("residual_norm res", res, (t, d))
     bias, w, beta = (_f32(f"residual_norm {n}", a, (d,)) for n, a in (("bias", bias), ("w", w), ("beta", beta)))
-    if split and d % QK:
-        raise KernelInputError(f"residual_norm: a split needs rows of a multiple of {QK}, got {d}")
+    if extend is not None and (not isinstance(extend, ExtendBlocks) or extend.width != d):
+        raise KernelInputError(f"residual_norm: rows of {d} need ExtendBlocks of that width, got {extend!r}")
     out = np.empty((t, d), np.float32)
-    sp = np.empty((2 * t, d), np.float32) if split else None
+    ext = np.empty((t, extend.ext_width), np.float32) if extend is not None else None
     if t:
         head = (address(x), address(bias), address(res), address(w), address(beta), address(out))
-        tail = (address(sp) if split else 0, t, d, int(bool(split)), cached_f32_word(float(eps)))
+        sel = (address(ext), extend.address, t, d, len(extend.blocks)) if ext is not None else (0, 0, t, d, -1)
+        tail = (*sel, cached_f32_word(float(eps)))
         native.run([(*head, *tail, a, b) for a, b in row_ranges(t, _parts(t * d, threads))])
-    return out, sp
+    return out, ext
 
 
 def _drive_combine(native: Native, y, bias, t, halves, gelu, threads=1):
@@ -289,8 +336,8 @@ def _drive_combine(native: Native, y, bias, t, halves, gelu, threads=1):
     return out
 
 
-def _residual_norm_twin(x, bias, res, w, beta, eps, split, threads=1):
-    return residual_norm_reference(x, bias, res, w, beta, eps, split)
+def _residual_norm_twin(x, bias, res, w, beta, eps, extend, threads=1):
+    return residual_norm_reference(x, bias, res, w, beta, eps, extend)
 
 
 def _combine_twin(y, bias, t, halves, gelu, threads=1):

@@ -18,18 +18,21 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
+from embedpipe.codegen.encoder_fused import QK, ExtendBlocks, grid_reference
+from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
 from embedpipe.errors import ModelFileError
+from embedpipe.runtime import bench_texts, encoder_ops, ops
 from embedpipe.runtime import bert_names as bn
-from embedpipe.runtime import encoder_ops, ops
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
 from embedpipe.runtime.gemma_embedding import fuse_rows
-from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
+from embedpipe.runtime.gguf_file import DerivedTensor, GGUFModelFile, WeightTensor
+from embedpipe.runtime.tokenizer import load_tokenizer
 
 POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
 
 #: Tokens per forward pass: a batch with more runs as consecutive passes of whole sequences.
-#: Every activation of a pass (the split products' 2T-row outputs above all) then stays in
-#: the caches, and no allocation is big enough to be fresh zeroed pages on every call.
+#: Every activation of a pass then stays in the caches, and no allocation is big enough to be
+#: fresh zeroed pages on every call.
 PASS_TOKENS = 512
 
 
@@ -170,11 +173,54 @@ def _quantizes_input(product: object) -> bool:
 
 #: Products whose input is a LayerNorm output. Quantizing those activations to int8 per
 #: 32-element block (as the integer kernels do) costs ~0.001 of cosine to sentence-transformers
-#: over the 12 of them in MiniLM, spread evenly over layers (no single sensitive one), so
-#: they take the hi/lo split of ``codegen.encoder_fused`` (made by the LayerNorm kernel that
-#: produces them) and run one int8 product over twice the rows; the others (attention output,
-#: FFN down) take plain int8 activations.
-SPLIT_INPUT_PRODUCTS: frozenset[str] = frozenset({"attn_qkv", "ffn_up"})
+#: over the 12 of them in MiniLM, and most of it sits in a few blocks: those holding the
+#: features with outlier magnitudes, the same in every layer. So on the integer kernels these
+#: products take their input extended by the residuals of its worst blocks
+#: (``codegen.encoder_fused``, made by the LayerNorm kernel that produces the input) and a
+#: weight extended by those blocks' columns; the others (attention output, FFN down) take
+#: plain int8 activations.
+EXTENDED_INPUT_PRODUCTS: tuple[str, ...] = ("attn_qkv", "ffn_up")
+
+#: Blocks extended per product input: within 1e-4 of cosine to sentence-transformers of
+#: extending every block (the full two-level split, twice the multiply-adds) on the golden
+#: texts, for MiniLM (2 of 12 blocks) and MPNet (2 of 24).
+EXTENDED_BLOCKS = 2
+
+#: Calibration text that ranks the blocks at load (a pass of ~250 tokens): plain English, as
+#: random token ids are not: their activations miss outlier features real text has, and the
+#: blocks they pick cost ~0.0008 of the worst golden cosine. Different English sentences pick
+#: the same blocks.
+CALIBRATION_TEXTS: tuple[str, ...] = bench_texts.SENTENCES[:12]
+
+
+def extend_columns(tensor: WeightTensor | DerivedTensor, extend: ExtendBlocks) -> DerivedTensor:
+    """``[W | W_sel]``: each row followed by its stored blocks at the selected columns (whole
+    32-element blocks, bytes copied: the same values, no requantization)."""
+    n, k = tensor.shape
+    size = GGML_QUANT_SIZES[tensor.qtype][1]
+
+    def build() -> np.ndarray:
+        blocks = tensor.rows().reshape(n, k // QK, size)
+        return np.concatenate([blocks, blocks[:, extend.array]], axis=1).reshape(-1)
+
+    name = f"{tensor.name}+lo{'.'.join(str(i) for i in extend.blocks)}"
+    return DerivedTensor(name, tensor.qtype, (n, extend.ext_width), build)
+
+
+class _BlockErrors:
+    """Per product input, the squared Q8_0 quantization error of each 32-element block summed
+    over the calibration tokens."""
+
+    def __init__(self) -> None:
+        self.energy: dict[tuple[int, str], np.ndarray] = {}
+
+    def __call__(self, key: tuple[int, str], x: np.ndarray) -> None:
+        err = (x - grid_reference(x)).reshape(len(x), -1, QK)
+        self.energy[key] = self.energy.get(key, 0) + np.einsum("tbk,tbk->b", err, err, dtype=np.float64)
+
+    def worst(self, key: tuple[int, str], count: int) -> list[int]:
+        """The ``count`` blocks with the most error, in block order."""
+        return sorted(np.argsort(-self.energy[key], kind="stable")[:count].tolist())
 
 
 class _Layer:
@@ -182,6 +228,7 @@ class _Layer:
         t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
         b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")
         prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors)
+        self.il = il
         self.w_qkv = prep("attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")])
         self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
         self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
@@ -189,8 +236,30 @@ class _Layer:
         self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
         self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
         self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
-        self.qkv_split = "attn_qkv" in SPLIT_INPUT_PRODUCTS and _quantizes_input(self.w_qkv)
-        self.up_split = "ffn_up" in SPLIT_INPUT_PRODUCTS and _quantizes_input(self.w_up)
+        self.sources = {
+            "attn_qkv": [t("attn_q"), t("attn_k"), t("attn_v")],
+            "ffn_up": [t("ffn_up")],
+        }
+        self.qkv_ext: ExtendBlocks | None = None
+        self.up_ext: ExtendBlocks | None = None
+
+    def extendable(self, product: str) -> bool:
+        """Whether ``product`` runs on int8 activations from a weight stored in 32-element
+        blocks that can be extended by copying (Q8_0, Q4_0; not K-quants or mixed types)."""
+        tensors = self.sources[product]
+        same = all(x.qtype == tensors[0].qtype for x in tensors)
+        fn = self.w_qkv if product == "attn_qkv" else self.w_up
+        return same and _quantizes_input(fn) and GGML_QUANT_SIZES[tensors[0].qtype][0] == QK
+
+    def extend(self, backend: Backend, product: str, extend: ExtendBlocks) -> None:
+        """Run ``product`` on inputs extended by ``extend`` from now on."""
+        tensors = self.sources[product]
+        fused = tensors[0] if len(tensors) == 1 else fuse_rows(f"blk.{self.il}.{product}", tensors)
+        fn = backend.prepare(extend_columns(fused, extend))
+        if product == "attn_qkv":
+            self.w_qkv, self.qkv_ext = fn, extend
+        else:
+            self.w_up, self.up_ext = fn, extend
 
 
 class BertEncoderModel:
@@ -214,6 +283,22 @@ class BertEncoderModel:
         with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
             self.layers = list(pool.map(lambda il: _Layer(mf, il, backend), range(self.cfg.n_layers)))
         self.scale = np.float32(1.0 / math.sqrt(self.cfg.head_dim))
+        self._extend_inputs(mf)
+
+    def _extend_inputs(self, mf: GGUFModelFile) -> None:
+        """Rank the blocks of each extendable product's input by their quantization error on a
+        calibration pass, then extend those products by their worst blocks."""
+        wanted = [(layer, p) for layer in self.layers for p in EXTENDED_INPUT_PRODUCTS if layer.extendable(p)]
+        if not wanted or self.cfg.hidden % QK:
+            return
+        ids = load_tokenizer(mf).encode_batch(list(CALIBRATION_TEXTS))
+        top = self.cfg.max_seq_length
+        errors = _BlockErrors()
+        self._embed_pass([s if len(s) <= top else s[: top - 1] + s[-1:] for s in ids], probe=errors)
+        count = min(EXTENDED_BLOCKS, self.cfg.hidden // QK)
+        for layer, product in wanted:
+            blocks = errors.worst((layer.il, product), count)
+            layer.extend(self.backend, product, ExtendBlocks(self.cfg.hidden, blocks))
 
     @property
     def out_dim(self) -> int:
@@ -243,7 +328,7 @@ class BertEncoderModel:
             return self._embed_pass(seqs)
         return np.concatenate([self._embed_pass(seqs[a:b]) for a, b in passes])
 
-    def _embed_pass(self, seqs: list[list[int]]) -> np.ndarray:
+    def _embed_pass(self, seqs: list[list[int]], probe: _BlockErrors | None = None) -> np.ndarray:
         cfg = self.cfg
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         if (lengths == 0).any():
@@ -257,14 +342,14 @@ class BertEncoderModel:
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths) + cfg.position_offset
         bias = self.position_bias(int(lengths.max()))
         type0 = self.type0 if self.type0 is not None else self._zeros
-        first_split = bool(self.layers) and self.layers[0].qkv_split
+        first_ext = self.layers[0].qkv_ext if self.layers else None
         with self.ops.session():
             tokens = dequantize_rows(self.token_embd, ids)
             pos = np.ascontiguousarray(self.position_embd[positions])
-            x, xs = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_split)
+            x, xe = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_ext)
             for il, layer in enumerate(self.layers):
-                nxt = il + 1 < len(self.layers) and self.layers[il + 1].qkv_split
-                x, xs = self._layer(x, xs, layer, bounds, lengths, bias, nxt)
+                nxt = self.layers[il + 1].qkv_ext if il + 1 < len(self.layers) else None
+                x, xe = self._layer(x, xe, layer, bounds, lengths, bias, nxt, probe)
         if cfg.pooling == "cls":
             return np.ascontiguousarray(x[bounds[:-1]])
         return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
@@ -272,20 +357,25 @@ class BertEncoderModel:
     def _layer(
         self,
         x: np.ndarray,
-        xs: np.ndarray | None,
+        xe: np.ndarray | None,
         layer: _Layer,
         bounds: np.ndarray,
         lengths: np.ndarray,
         bias: np.ndarray | None,
-        split_out: bool,
+        ext_out: ExtendBlocks | None,
+        probe: _BlockErrors | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One block: x (S, hidden) and, when this layer's QKV product wants it, its hi/lo split
-        ``xs``; returns the block output and its split when ``split_out``."""
+        """One block: x (S, hidden) and, when this layer's QKV product takes extended rows, their
+        extension ``xe``; returns the block output and its extension by ``ext_out``."""
         cfg, s, eops = self.cfg, x.shape[0], self.eops
+        if probe is not None:
+            probe((layer.il, "attn_qkv"), x)
         # the QKV product is a temporary: held past attention, its pages would stay taken and
         # the products after it would write into freshly mapped ones
         heads = (cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
-        attn = eops.attention(layer.w_qkv(xs if layer.qkv_split else x), layer.b_qkv, s, layer.qkv_split, *heads)
-        x1, xs1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_split)
-        up = eops.combine(layer.w_up(xs1 if layer.up_split else x1), layer.b_up, s, layer.up_split, True)
-        return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, split_out)
+        attn = eops.attention(layer.w_qkv(x if xe is None else xe), layer.b_qkv, s, False, *heads)
+        x1, xe1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext)
+        if probe is not None:
+            probe((layer.il, "ffn_up"), x1)
+        up = eops.combine(layer.w_up(x1 if xe1 is None else xe1), layer.b_up, s, False, True)
+        return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out)

@@ -101,16 +101,17 @@ def biased_attention(
 
 class NumpyEncoderOps:
     """Fused encoder row ops on numpy (the oracle). Products here take fp32 activations, so
-    no hi/lo split is ever made."""
+    no rows are ever extended for them."""
 
     def __init__(self, backend: object):
         self.threads = getattr(backend, "threads", None) or 1
 
-    def residual_norm(self, x, bias, res, weight, beta, eps: float, split: bool):
-        """(LayerNorm(x + bias + res), the (2T, D) hi/lo split of it or None)."""
+    def residual_norm(self, x, bias, res, weight, beta, eps: float, extend):
+        """(LayerNorm(x + bias + res), its rows extended by ``extend`` (an
+        ``encoder_fused.ExtendBlocks``) or None)."""
         from embedpipe.codegen.encoder_fused import residual_norm_reference
 
-        return residual_norm_reference(x, bias, res, weight, beta, eps, split)
+        return residual_norm_reference(x, bias, res, weight, beta, eps, extend)
 
     def combine(self, y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
         """y[:T] (+ y[T:2T] when ``halves``) + bias, then exact GELU when ``gelu``."""
@@ -143,10 +144,10 @@ class JitEncoderOps(NumpyEncoderOps):
         self._norm, self._combine = ef.RESIDUAL_NORM.native(isa), ef.COMBINE.native(isa)
         self._attention = ENCODER_ATTENTION.native(isa)
 
-    def residual_norm(self, x, bias, res, weight, beta, eps: float, split: bool):
+    def residual_norm(self, x, bias, res, weight, beta, eps: float, extend):
         if self._norm is None:
-            return super().residual_norm(x, bias, res, weight, beta, eps, split)
-        return self._norm.kernel.drive(self._norm, x, bias, res, weight, beta, eps, split, threads=self.threads)
+            return super().residual_norm(x, bias, res, weight, beta, eps, extend)
+        return self._norm.kernel.drive(self._norm, x, bias, res, weight, beta, eps, extend, threads=self.threads)
 
     def combine(self, y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
         if self._combine is None:

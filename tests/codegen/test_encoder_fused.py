@@ -1,5 +1,6 @@
-"""Fused encoder row kernels (residual + LayerNorm + hi/lo split; split-halves epilogue with
-bias and exact GELU) vs float64 oracles on every runnable ISA, ragged shapes included."""
+"""Fused encoder row kernels (residual + LayerNorm + rows extended by the residuals of selected
+blocks; split-halves epilogue with bias and exact GELU) vs float64 oracles on every runnable
+ISA, ragged shapes included."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from embedpipe.codegen.encoder_fused import (
     COMBINE,
     QK,
     RESIDUAL_NORM,
+    ExtendBlocks,
     address,
     combine_reference,
+    extend_reference,
+    grid_reference,
     residual_norm_reference,
     row_ranges,
 )
@@ -45,32 +49,45 @@ def operands(t: int, d: int, seed: int) -> tuple[np.ndarray, ...]:
     return x, bias, res, w, beta
 
 
+def selections(d: int, seed: int) -> list[ExtendBlocks | None]:
+    """No extension, then (when d allows) none, one, some out of order, and every block."""
+    if d % QK:
+        return [None]
+    nb = d // QK
+    some = np.random.default_rng(seed).permutation(nb)[: max(1, nb // 3)].tolist()
+    return [None, ExtendBlocks(d, []), ExtendBlocks(d, [nb - 1]), ExtendBlocks(d, some), ExtendBlocks(d, range(nb))]
+
+
 @pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
 @pytest.mark.parametrize("t", ROWS)
 @pytest.mark.parametrize("d", [32, 384, 40])
 def test_residual_norm_matches_float64(isa, t, d):
     x, bias, res, w, beta = operands(t, d, t * 1000 + d)
-    for split in (False, True) if d % QK == 0 else (False,):
-        out, sp = RESIDUAL_NORM.on(isa)(x, bias, res, w, beta, 1e-12, split, threads=2)
-        want = layer_norm64(x.astype(np.float64) + bias + res, w, beta, 1e-12)
+    want = layer_norm64(x.astype(np.float64) + bias + res, w, beta, 1e-12)
+    for extend in selections(d, t + d):
+        out, ext = RESIDUAL_NORM.on(isa)(x, bias, res, w, beta, 1e-12, extend, threads=2)
         assert out.dtype == np.float32 and out.shape == (t, d)
         assert np.abs(out - want).max() <= 2e-5 * (1 + np.abs(want).max())
-        if not split:
-            assert sp is None
+        if extend is None:
+            assert ext is None
             continue
-        hi, lo = sp[:t], sp[t:]
-        # hi lies on its block's Q8_0 grid: the int8 quantizer reproduces it exactly
-        q, dq = quantize_reference(hi)
-        assert np.array_equal((q.reshape(t, -1, QK) * dq[:, :, None]).reshape(t, d), hi)
-        assert np.array_equal(hi + lo, out) or np.abs(hi + lo - out).max() <= 1e-6 * np.abs(out).max()
-        # lo is within half a grid step of zero
-        step = np.repeat(dq, QK, axis=1)
+        assert ext.shape == (t, d + QK * len(extend.blocks))
+        assert np.array_equal(ext[:, :d], out)
+        if not extend.blocks:
+            continue
+        # the int8 quantizer puts each selected block on a grid value hi with out = hi + lo
+        q, dq = quantize_reference(out)
+        hi = (q.reshape(t, -1, QK) * dq[:, :, None]).reshape(t, d)
+        cols = extend.columns()
+        lo = ext[:, d:]
+        assert np.abs(hi[:, cols] + lo - out[:, cols]).max() <= 1e-6 * (1 + np.abs(out).max())
+        step = np.repeat(dq, QK, axis=1)[:, cols]
         assert (np.abs(lo) <= step / 2 * (1 + 1e-5) + 1e-30).all()
-        # the twin splits the same way (hi may take the neighbouring grid step where the two
-        # normalized values differ by an ulp at a rounding tie; hi + lo agrees)
-        ref_out, ref_sp = residual_norm_reference(x, bias, res, w, beta, 1e-12, True)
-        assert np.abs(ref_sp[:t] + ref_sp[t:] - (hi + lo)).max() <= 2e-5 * (1 + np.abs(ref_out).max())
-        assert np.mean(np.isclose(ref_sp[:t], hi, rtol=1e-5, atol=1e-30)) > 0.99
+        # the twin extends the same way (a residual may differ by one grid step where the two
+        # normalized values differ by an ulp at a rounding tie)
+        ref_out, ref_ext = residual_norm_reference(x, bias, res, w, beta, 1e-12, extend)
+        assert np.array_equal(ref_ext, extend_reference(ref_out, extend))
+        assert np.mean(np.isclose(ref_ext[:, d:], lo, rtol=1e-4, atol=1e-6 * np.abs(out).max())) > 0.99
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
@@ -92,29 +109,48 @@ def test_combine_matches_float64(isa, t, n):
             )
 
 
-def test_split_product_is_near_fp32_activation_accuracy():
-    """hi·Wᵀ + lo·Wᵀ on the int8 kernel approximates X·Wᵀ (fp32 X, the same int8 W) far
-    better than the int8 kernel on X itself: the reason QKV/FFN-up run on the split."""
+def test_extended_product_removes_the_selected_blocks_error():
+    """Q(ext)·[W | W_sel]ᵀ on the int8 kernel equals Q(X)·Wᵀ with the selected blocks' error
+    nearly gone: with the outlier blocks selected it is far closer to X·Wᵀ (fp32 X, the same
+    int8 W) than the int8 kernel on X itself, and with every block selected it is the full
+    two-level split."""
     t, k, n = 33, 384, 96
     x, bias, res, w, beta = operands(t, k, 7)
     lib = get_kernel_library(threads=2)
     weights = np.random.default_rng(3).standard_normal((n, k)).astype(np.float32)
-    raw = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0)
-    product = lib.prepare_matmul(gguf.GGMLQuantizationType.Q8_0, raw.reshape(n, -1), n, k)
-    w_deq = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0).reshape(n, k).astype(np.float64)
-    out, sp = RESIDUAL_NORM(x, bias, res, w, beta, 1e-12, True)
-    exact = out.astype(np.float64) @ w_deq.T
-    via_split = COMBINE(product(sp), np.zeros(n, np.float32), t, True, False)
-    direct = product(out)
-    err_split = np.linalg.norm(via_split - exact) / np.linalg.norm(exact)
-    err_direct = np.linalg.norm(direct - exact) / np.linalg.norm(exact)
-    assert err_split < err_direct / 50, (err_split, err_direct)
+    raw = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0).reshape(n, k // QK, -1)
+    w_deq = gguf.quants.dequantize(raw.reshape(n, -1), gguf.GGMLQuantizationType.Q8_0).reshape(n, k)
+    exact = None
+    errors = {}
+    for name, blocks in (("none", []), ("outliers", [0]), ("all", range(k // QK))):
+        extend = ExtendBlocks(k, blocks)
+        out, ext = RESIDUAL_NORM(x, bias, res, w, beta, 1e-12, extend)
+        exact = out.astype(np.float64) @ w_deq.T.astype(np.float64)
+        wide = np.concatenate([raw, raw[:, list(extend.blocks)]], axis=1).reshape(n, -1)
+        product = lib.prepare_matmul(gguf.GGMLQuantizationType.Q8_0, wide, n, extend.ext_width)
+        got = product(ext)
+        # oracle: X on its grid, the selected blocks corrected by their residuals on theirs
+        seen = grid_reference(out)
+        seen[:, extend.columns()] += grid_reference(np.ascontiguousarray(ext[:, k:])) if extend.blocks else 0
+        oracle = seen.astype(np.float64) @ w_deq.T.astype(np.float64)
+        assert np.abs(got - oracle).max() <= 1e-5 * np.abs(oracle).max()
+        errors[name] = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+    direct = lib.prepare_matmul(gguf.GGMLQuantizationType.Q8_0, raw.reshape(n, -1), n, k)(out)
+    assert np.linalg.norm(direct - exact) / np.linalg.norm(exact) == pytest.approx(errors["none"], rel=1e-5)
+    assert errors["outliers"] < errors["none"] / 2, errors
+    assert errors["all"] < errors["none"] / 50, errors
 
 
 def test_validation_is_one_clear_error():
     x, bias, res, w, beta = operands(3, 40, 1)
     with pytest.raises(KernelInputError, match="multiple of 32"):
-        RESIDUAL_NORM(x, bias, res, w, beta, 1e-12, True)
+        ExtendBlocks(40, [0])
+    with pytest.raises(KernelInputError, match="distinct block numbers"):
+        ExtendBlocks(64, [2])
+    with pytest.raises(KernelInputError, match="distinct block numbers"):
+        ExtendBlocks(64, [1, 1])
+    with pytest.raises(KernelInputError, match="ExtendBlocks of that width"):
+        RESIDUAL_NORM(x, bias, res, w, beta, 1e-12, ExtendBlocks(64, [1]))
     with pytest.raises(KernelInputError, match="float32"):
         RESIDUAL_NORM(x.astype(np.float64), bias, res, w, beta, 1e-12, False)
     with pytest.raises(KernelInputError, match="residual_norm bias"):

@@ -215,3 +215,40 @@ def test_bad_bert_checkout_is_a_clear_error(checkouts, tmp_path) -> None:
     with pytest.raises(EmbedpipeError, match="missing tensors"):
         convert_checkout(root, tmp_path / "x.gguf", "f32")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def _emulated(product, extend):
+    """``product`` (fp32 numpy) fed what the int8 kernels compute with: its input on the Q8_0
+    grid, the ``extend`` blocks corrected by their residuals on theirs."""
+    from embedpipe.codegen.encoder_fused import grid_reference
+
+    def run(x: np.ndarray) -> np.ndarray:
+        seen = grid_reference(x)
+        if extend is not None:
+            cols = extend.columns()
+            seen[:, cols] += grid_reference(np.ascontiguousarray(x[:, cols] - seen[:, cols]))
+        return product(seen)
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["bert", "mpnet"])
+def test_jit_q8_forward_is_the_extended_block_scheme(name, ggufs, monkeypatch) -> None:
+    """The JIT Q8_0 forward (QKV and FFN-up on rows extended by their worst block's residual,
+    the other products on plain int8 rows) equals the numpy oracle fed the same quantized
+    activations; the extension picks the calibration's worst block of each product input."""
+    monkeypatch.setattr(bert, "EXTENDED_BLOCKS", 1)  # of the 2 blocks of these 64-wide models
+    jit = Embedder.load(ggufs[(name, "q8_0")], backend="jit")
+    oracle = Embedder.load(ggufs[(name, "q8_0")], backend="numpy")
+    errors = bert._BlockErrors()
+    calibration = [s[: jit.max_tokens] for s in jit.tokenizer.encode_batch(list(bert.CALIBRATION_TEXTS))]
+    oracle.model._embed_pass(calibration, probe=errors)
+    for lj, ln in zip(jit.model.layers, oracle.model.layers):
+        assert ln.qkv_ext is None and ln.up_ext is None  # fp32 products: nothing to extend
+        assert lj.qkv_ext.blocks == tuple(errors.worst((lj.il, "attn_qkv"), 1))
+        assert lj.up_ext.blocks == tuple(errors.worst((lj.il, "ffn_up"), 1))
+        ln.w_qkv, ln.w_up = _emulated(ln.w_qkv, lj.qkv_ext), _emulated(ln.w_up, lj.up_ext)
+        ln.wo, ln.w_down = _emulated(ln.wo, None), _emulated(ln.w_down, None)
+    texts = TEXTS + ["the quick brown fox " * 11]
+    got, want = jit.encode(texts, batch_size=5), oracle.encode(texts, batch_size=5)
+    assert (got.astype(np.float64) * want).sum(1).min() >= 0.999999
