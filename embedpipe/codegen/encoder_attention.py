@@ -8,10 +8,9 @@ scores is ``head_dim`` steps of one key-vector load feeding ``ROWS`` FMAs) and `
 scores exist at a time (never T×T); a block of outputs likewise loads each value vector once
 for ``ROWS`` rows.
 
-The input is the fused QKV product ``y`` before its epilogue: T rows, or 2T when it was made from
-the hi/lo split of ``codegen.encoder_fused`` (``halves``: rows t and T + t add up), plus its
-bias; each (sequence, head) pair gathers its q, k and v from it, combined, into worker scratch,
-so the combined T × 3·hidden array is never written. Within a row: q at column 0, k at
+The input is the fused QKV product ``y`` (T rows) before its bias; each (sequence, head) pair
+gathers its q, k and v from it, bias added, into worker scratch, so the biased T × 3·hidden
+array is never written. Within a row: q at column 0, k at
 ``hidden``, v at ``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
 Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the numpy twin.
 """
@@ -51,7 +50,7 @@ ROWS = 8
 NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives 0
 
 PARAMS = [
-    ("y", PTR),  # the QKV product: T rows, or 2T when halves (hi rows then lo rows)
+    ("y", PTR),  # the QKV product: T rows
     ("qkv_bias", PTR),
     ("bias", PTR),
     ("out", PTR),
@@ -59,7 +58,6 @@ PARAMS = [
     ("starts", PTR),
     ("lengths", PTR),
     ("T", I64),
-    ("halves", I64),
     ("H", I64),
     ("D", I64),
     ("stride", I64),
@@ -79,9 +77,7 @@ def scratch_floats(head_dim: int, longest: int, lanes: int) -> int:
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
-    y, qkv_bias, bias, out, scratch, starts, lengths, T, halves, H, D, stride, bias_ld, scale_bits, p0, p1 = (
-        b.function.args
-    )
+    y, qkv_bias, bias, out, scratch, starts, lengths, T, H, D, stride, bias_ld, scale_bits, p0, p1 = b.function.args
     m = b.module
     w = isa.lanes
     vt = vec(F32, w)
@@ -92,15 +88,11 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
     stats = [b.alloca(vt) for _ in range(ROWS)]
     inv = [b.alloca(F32) for _ in range(ROWS)]
     has_bias = b.icmp_signed("!=", bias_ld, const_i64(0))
-    two = b.icmp_signed("!=", halves, const_i64(0))
-    lo_shift = b.mul(b.mul(b.select(two, T, const_i64(0)), stride), four)  # bytes from a hi row to its lo row
 
     def combined(ty: ir.Type, row: ir.Value, col: ir.Value) -> ir.Value:
-        """y[row, col:] (+ y[T + row, col:] when halves) + qkv_bias[col:], ``ty`` lanes."""
+        """y[row, col:] + qkv_bias[col:], ``ty`` lanes."""
         off = b.mul(b.add(b.mul(row, stride), col), four)
-        v = b.fadd(load_at(b, ty, y, off, 4), load_at(b, ty, qkv_bias, b.mul(col, four), 4))
-        lo = load_at(b, ty, y, b.add(off, lo_shift), 4)  # the hi row again when not halves
-        return b.select(two, b.fadd(v, lo), v)
+        return b.fadd(load_at(b, ty, y, off, 4), load_at(b, ty, qkv_bias, b.mul(col, four), 4))
 
     iota = ir.Constant(vec(I64, w), list(range(w)))
 
@@ -125,7 +117,7 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         q_at, v_at, k_at = block, b.mul(block, const_i64(2)), b.mul(block, const_i64(3))
         scores_at = b.mul(block, const_i64(4))
 
-        # this head's q, k, v gathered from the product (halves summed, bias added), in whole
+        # this head's q, k, v gathered from the product (bias added), in whole
         # vectors along d; then the keys transposed (d-major), zero past the sequence
         kcol, vcol = b.add(hidden, hd), b.add(b.mul(hidden, const_i64(2)), hd)
         with for_range(b, const_i64(0), n, 1, "gj") as j:
@@ -252,12 +244,12 @@ def attention_reference(
     return out
 
 
-def _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias):
+def _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias):
     if not isinstance(y, np.ndarray) or y.dtype != np.float32 or y.ndim != 2:
         raise KernelInputError("encoder attention: the QKV product must be a 2-D float32 array")
     t = int(t)
-    if t < 0 or y.shape[0] != (2 * t if halves else t):
-        raise KernelInputError(f"encoder attention: product {y.shape} does not hold {'2×' if halves else ''}{t} rows")
+    if t < 0 or y.shape[0] != t:
+        raise KernelInputError(f"encoder attention: product {y.shape} does not hold {t} rows")
     if n_head < 1 or head_dim < 1 or y.shape[1] < 3 * n_head * head_dim:
         raise KernelInputError(f"encoder attention: product {y.shape} holds no {n_head}×{head_dim} q, k and v")
     if not isinstance(qkv_bias, np.ndarray) or qkv_bias.dtype != np.float32 or qkv_bias.shape != (y.shape[1],):
@@ -283,8 +275,8 @@ def _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias):
     return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
-def _drive(native: Native, y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
-    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias)
+def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias)
     out = np.zeros((t, n_head * head_dim), np.float32)
     pairs = starts.size * n_head
     if not pairs:
@@ -295,7 +287,7 @@ def _drive(native: Native, y, qkv_bias, t, halves, n_head, head_dim, starts, len
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
     scratch = np.empty((len(ranges), per_worker), np.float32)
     head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))
-    tail = (address(starts), address(lengths), t, int(bool(halves)), n_head, head_dim, y.shape[1])
+    tail = (address(starts), address(lengths), t, n_head, head_dim, y.shape[1])
     ld = bias.shape[1] if bias is not None else 0
     native.run(
         [
@@ -306,9 +298,9 @@ def _drive(native: Native, y, qkv_bias, t, halves, n_head, head_dim, starts, len
     return out
 
 
-def _twin(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
-    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, bias)
-    qkv = combine_reference(y, qkv_bias, t, halves, False)
+def _twin(y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+    y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias)
+    qkv = combine_reference(y, qkv_bias, False)
     return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
 
 

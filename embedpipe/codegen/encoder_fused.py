@@ -12,8 +12,7 @@ their quantization error, the others as plain int8, in one product over S/(D/32)
 Selecting every block is the full two-level split. A few blocks hold most of the error of a
 LayerNorm output (the features with outlier magnitudes), so few blocks go a long way.
 
-``combine``: ``out = y[:T] (+ y[T:2T] when halves) + bias``, then optionally exact GELU:
-the epilogue of a product.
+``combine``: ``out = y + bias``, then optionally exact GELU: the epilogue of a product.
 
 Model-agnostic: the encoder model composes them; numpy twins are the fallback and oracle.
 """
@@ -74,9 +73,7 @@ COMBINE_PARAMS = [
     ("y", PTR),
     ("bias", PTR),
     ("out", PTR),
-    ("T", I64),
     ("N", I64),
-    ("halves", I64),
     ("gelu", I64),
     ("r0", I64),
     ("r1", I64),
@@ -167,30 +164,22 @@ def _emit_residual_norm(b: ir.IRBuilder, isa: IsaSpec) -> None:
 
 
 def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
-    y, bias, out, T, N, halves, gelu, r0, r1 = b.function.args
+    y, bias, out, N, gelu, r0, r1 = b.function.args
     m = b.module
     width = 2 * isa.lanes
     done = b.append_basic_block("done")
-    variants = [(h, g) for h in (False, True) for g in (False, True)]
-    blocks = [b.append_basic_block(f"halves{int(h)}_gelu{int(g)}") for h, g in variants]
-    code = b.add(
-        b.mul(b.zext(b.icmp_signed("!=", halves, const_i64(0)), I64), const_i64(2)),
-        b.zext(b.icmp_signed("!=", gelu, const_i64(0)), I64),
-    )
-    switch = b.switch(code, done)
+    blocks = [b.append_basic_block(f"gelu{int(g)}") for g in (False, True)]
+    switch = b.switch(b.zext(b.icmp_signed("!=", gelu, const_i64(0)), I64), done)
     for i, blk in enumerate(blocks):
         switch.add_case(const_i64(i), blk)
-    for (two, act), blk in zip(variants, blocks):  # one loop nest per variant: no per-vector branch
+    for act, blk in zip((False, True), blocks):  # one loop nest per variant: no per-vector branch
         b.position_at_end(blk)
         with for_range(b, r0, r1, 1, "row") as row:
             base = b.mul(b.mul(row, N), const_i64(4))
-            second = b.mul(b.mul(b.add(row, T), N), const_i64(4))
 
-            def body(ty: ir.Type, i: ir.Value, two=two, act=act, base=base, second=second) -> None:
+            def body(ty: ir.Type, i: ir.Value, act=act, base=base) -> None:
                 off = b.mul(i, const_i64(4))
                 v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
-                if two:
-                    v = b.fadd(v, load_at(b, ty, y, b.add(second, off), 4))
                 store_at(b, gelu_erf_value(b, m, v) if act else v, out, b.add(base, off), 4)
 
             _row_loop(b, N, width, "col", body)
@@ -263,12 +252,11 @@ def extend_reference(v: np.ndarray, extend: ExtendBlocks) -> np.ndarray:
     return np.concatenate([v, lo], axis=1).astype(np.float32)
 
 
-def combine_reference(y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
-    """numpy twin: y[:T] (+ y[T:2T]) + bias, then exact GELU when ``gelu``."""
+def combine_reference(y: np.ndarray, bias: np.ndarray, gelu: bool) -> np.ndarray:
+    """numpy twin: y + bias, then exact GELU when ``gelu``."""
     from embedpipe.runtime.encoder_ops import gelu_erf
 
-    s = y[:t] + y[t : 2 * t] + bias if halves else y[:t] + bias
-    s = s.astype(np.float32)
+    s = (y + bias).astype(np.float32)
     return gelu_erf(s) if gelu else s
 
 
@@ -323,15 +311,15 @@ def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, thr
     return out, ext
 
 
-def _drive_combine(native: Native, y, bias, t, halves, gelu, threads=1):
-    if not isinstance(y, np.ndarray) or y.ndim != 2 or y.shape[0] != (2 * t if halves else t):
-        raise KernelInputError(f"combine: y {y.shape} does not hold {'2×' if halves else ''}{t} rows")
-    n = y.shape[1]
+def _drive_combine(native: Native, y, bias, gelu, threads=1):
+    if not isinstance(y, np.ndarray) or y.ndim != 2:
+        raise KernelInputError(f"combine: y must be a 2-D array, got {getattr(y, 'shape', type(y))}")
+    t, n = y.shape
     y = _f32("combine y", y, y.shape)
     bias = _f32("combine bias", bias, (n,))
     out = np.empty((t, n), np.float32)
     if t:
-        head = (address(y), address(bias), address(out), t, n, int(bool(halves)), int(bool(gelu)))
+        head = (address(y), address(bias), address(out), n, int(bool(gelu)))
         native.run([(*head, a, b) for a, b in row_ranges(t, _parts(t * n, threads))])
     return out
 
@@ -340,8 +328,8 @@ def _residual_norm_twin(x, bias, res, w, beta, eps, extend, threads=1):
     return residual_norm_reference(x, bias, res, w, beta, eps, extend)
 
 
-def _combine_twin(y, bias, t, halves, gelu, threads=1):
-    return combine_reference(y, bias, t, halves, gelu)
+def _combine_twin(y, bias, gelu, threads=1):
+    return combine_reference(y, bias, gelu)
 
 
 RESIDUAL_NORM = Kernel(

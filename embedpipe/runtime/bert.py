@@ -367,15 +367,15 @@ class BertEncoderModel:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One block: x (S, hidden) and, when this layer's QKV product takes extended rows, their
         extension ``xe``; returns the block output and its extension by ``ext_out``."""
-        cfg, s, eops = self.cfg, x.shape[0], self.eops
+        cfg, eops = self.cfg, self.eops
         if probe is not None:
             probe((layer.il, "attn_qkv"), x)
         # the QKV product is a temporary: held past attention, its pages would stay taken and
         # the products after it would write into freshly mapped ones
         heads = (cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
-        attn = eops.attention(layer.w_qkv(x if xe is None else xe), layer.b_qkv, s, False, *heads)
+        attn = eops.attention(layer.w_qkv(x if xe is None else xe), layer.b_qkv, *heads)
         x1, xe1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext)
         if probe is not None:
             probe((layer.il, "ffn_up"), x1)
-        up = eops.combine(layer.w_up(x1 if xe1 is None else xe1), layer.b_up, s, False, True)
+        up = eops.combine(layer.w_up(x1 if xe1 is None else xe1), layer.b_up, True)
         return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out)

@@ -113,21 +113,19 @@ class NumpyEncoderOps:
 
         return residual_norm_reference(x, bias, res, weight, beta, eps, extend)
 
-    def combine(self, y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
-        """y[:T] (+ y[T:2T] when ``halves``) + bias, then exact GELU when ``gelu``."""
+    def combine(self, y: np.ndarray, bias: np.ndarray, gelu: bool) -> np.ndarray:
+        """y + bias, then exact GELU when ``gelu``."""
         from embedpipe.codegen.encoder_fused import combine_reference
 
-        return combine_reference(y, bias, t, halves, gelu)
+        return combine_reference(y, bias, gelu)
 
-    def attention(
-        self, y, qkv_bias, t: int, halves: bool, n_head: int, head_dim: int, starts, lengths, scale: float, bias
-    ) -> np.ndarray:
+    def attention(self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
         """(T, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
-        over their own tokens; q, k, v are the column blocks of ``y[:T] (+ y[T:2T] when
-        halves) + qkv_bias``; ``bias`` an additive (H, L, L) per-head bias or None."""
+        over their own tokens; q, k, v are the column blocks of ``y + qkv_bias``; ``bias`` an
+        additive (H, L, L) per-head bias or None."""
         from embedpipe.codegen.encoder_attention import attention_reference
 
-        qkv = self.combine(y, qkv_bias, t, halves, False)
+        qkv = self.combine(y, qkv_bias, False)
         return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
 
 
@@ -149,18 +147,16 @@ class JitEncoderOps(NumpyEncoderOps):
             return super().residual_norm(x, bias, res, weight, beta, eps, extend)
         return self._norm.kernel.drive(self._norm, x, bias, res, weight, beta, eps, extend, threads=self.threads)
 
-    def combine(self, y: np.ndarray, bias: np.ndarray, t: int, halves: bool, gelu: bool) -> np.ndarray:
+    def combine(self, y: np.ndarray, bias: np.ndarray, gelu: bool) -> np.ndarray:
         if self._combine is None:
-            return super().combine(y, bias, t, halves, gelu)
-        return self._combine.kernel.drive(self._combine, y, bias, t, halves, gelu, threads=self.threads)
+            return super().combine(y, bias, gelu)
+        return self._combine.kernel.drive(self._combine, y, bias, gelu, threads=self.threads)
 
-    def attention(
-        self, y, qkv_bias, t: int, halves: bool, n_head: int, head_dim: int, starts, lengths, scale: float, bias
-    ) -> np.ndarray:
+    def attention(self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
         native = self._attention
         if native is None:
-            return super().attention(y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias)
-        args = (y, qkv_bias, t, halves, n_head, head_dim, starts, lengths, scale, bias)
+            return super().attention(y, qkv_bias, n_head, head_dim, starts, lengths, scale, bias)
+        args = (y, qkv_bias, y.shape[0], n_head, head_dim, starts, lengths, scale, bias)
         return native.kernel.drive(native, *args, threads=self.threads)
 
 
