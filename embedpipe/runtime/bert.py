@@ -10,6 +10,7 @@ padding_idx + 1.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ import numpy as np
 
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks, grid_reference
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
+from embedpipe.codegen.library import KernelInputError
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import bench_texts, encoder_ops, ops
 from embedpipe.runtime import bert_names as bn
@@ -193,6 +195,10 @@ EXTENDED_BLOCKS = 2
 CALIBRATION_TEXTS: tuple[str, ...] = bench_texts.SENTENCES[:12]
 
 
+#: ``family`` of the weight-cache entry that records the calibration's blocks.
+EXTENSIONS_FAMILY = "encoder-extended-blocks"
+
+
 def extend_columns(tensor: WeightTensor | DerivedTensor, extend: ExtendBlocks) -> DerivedTensor:
     """``[W | W_sel]``: each row followed by its stored blocks at the selected columns (whole
     32-element blocks, bytes copied: the same values, no requantization)."""
@@ -224,24 +230,33 @@ class _BlockErrors:
 
 
 class _Layer:
-    def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
+    def __init__(self, mf: GGUFModelFile, il: int, backend: Backend, extend: dict[str, ExtendBlocks | None]):
+        """``extend``: the blocks each of ``EXTENDED_INPUT_PRODUCTS`` is extended by (a known
+        calibration); a product missing from it is prepared plain, for a calibration pass."""
         t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
         b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")
         prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors)
         self.il = il
-        self.w_qkv = prep("attn_qkv", [t("attn_q"), t("attn_k"), t("attn_v")])
-        self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
-        self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
-        self.w_up, self.b_up = prep("ffn_up", [t("ffn_up")]), b("ffn_up")
-        self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
-        self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
-        self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
         self.sources = {
             "attn_qkv": [t("attn_q"), t("attn_k"), t("attn_v")],
             "ffn_up": [t("ffn_up")],
         }
         self.qkv_ext: ExtendBlocks | None = None
         self.up_ext: ExtendBlocks | None = None
+        for product in EXTENDED_INPUT_PRODUCTS:
+            blocks = extend.get(product)
+            if blocks is not None:
+                self.extend(backend, product, blocks)
+            elif product == "attn_qkv":
+                self.w_qkv = prep(product, self.sources[product])
+            else:
+                self.w_up = prep(product, self.sources[product])
+        self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
+        self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
+        self.b_up = b("ffn_up")
+        self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
+        self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
+        self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
 
     def extendable(self, product: str) -> bool:
         """Whether ``product`` runs on int8 activations from a weight stored in 32-element
@@ -280,25 +295,68 @@ class BertEncoderModel:
         rel = mf.tensors.get("attn_rel_b.weight")
         self.rel_table = dequantize(rel).astype(np.float32) if rel is not None else None  # (buckets, heads)
         self._bias_cache: np.ndarray | None = None
-        with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
-            self.layers = list(pool.map(lambda il: _Layer(mf, il, backend), range(self.cfg.n_layers)))
         self.scale = np.float32(1.0 / math.sqrt(self.cfg.head_dim))
-        self._extend_inputs(mf)
+        known = self._cached_extensions()
+        with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
+            self.layers = list(
+                pool.map(lambda il: _Layer(mf, il, backend, known[il] if known else {}), range(self.cfg.n_layers))
+            )
+        if known is None:
+            self._extend_inputs(mf)
 
     def _extend_inputs(self, mf: GGUFModelFile) -> None:
         """Rank the blocks of each extendable product's input by their quantization error on a
-        calibration pass, then extend those products by their worst blocks."""
+        calibration pass, then extend those products by their worst blocks (and remember which
+        in the backend's weight cache, so a warm load skips the tokenizer and the pass)."""
         wanted = [(layer, p) for layer in self.layers for p in EXTENDED_INPUT_PRODUCTS if layer.extendable(p)]
-        if not wanted or self.cfg.hidden % QK:
+        if wanted and self.cfg.hidden % QK == 0:
+            ids = load_tokenizer(mf).encode_batch(list(CALIBRATION_TEXTS))
+            top = self.cfg.max_seq_length
+            errors = _BlockErrors()
+            self._embed_pass([s if len(s) <= top else s[: top - 1] + s[-1:] for s in ids], probe=errors)
+            count = min(EXTENDED_BLOCKS, self.cfg.hidden // QK)
+            for layer, product in wanted:
+                blocks = errors.worst((layer.il, product), count)
+                layer.extend(self.backend, product, ExtendBlocks(self.cfg.hidden, blocks))
+        self._remember_extensions()
+
+    def _extensions_key(self) -> tuple[str, int, tuple[int, ...]]:
+        """Weight-cache entry (name, type, shape) of the calibration's choice: the name changes
+        with what decides it (block count, calibration text)."""
+        digest = hashlib.sha256("\n".join((str(EXTENDED_BLOCKS), *CALIBRATION_TEXTS)).encode()).hexdigest()[:16]
+        shape = (self.cfg.n_layers, len(EXTENDED_INPUT_PRODUCTS), EXTENDED_BLOCKS)
+        return f"encoder.extended_blocks#{digest}", 0, shape
+
+    def _cached_extensions(self) -> list[dict[str, ExtendBlocks | None]] | None:
+        """Per layer, the blocks each product is extended by, from the weight cache (None when
+        it has no record of this model's calibration)."""
+        cache = getattr(self.backend, "weight_cache", None)
+        hit = cache.get(*self._extensions_key()) if cache is not None else None
+        if hit is None or hit.family != EXTENSIONS_FAMILY or len(hit.arrays) != 1:
+            return None
+        known = []
+        try:
+            for row in hit.arrays[0]:
+                picked = [[int(i) for i in blocks if i >= 0] for blocks in row]
+                exts = [ExtendBlocks(self.cfg.hidden, p) if p else None for p in picked]
+                known.append(dict(zip(EXTENDED_INPUT_PRODUCTS, exts)))
+        except (KernelInputError, ValueError, TypeError):
+            return None
+        return known
+
+    def _remember_extensions(self) -> None:
+        cache = getattr(self.backend, "weight_cache", None)
+        if cache is None:
             return
-        ids = load_tokenizer(mf).encode_batch(list(CALIBRATION_TEXTS))
-        top = self.cfg.max_seq_length
-        errors = _BlockErrors()
-        self._embed_pass([s if len(s) <= top else s[: top - 1] + s[-1:] for s in ids], probe=errors)
-        count = min(EXTENDED_BLOCKS, self.cfg.hidden // QK)
-        for layer, product in wanted:
-            blocks = errors.worst((layer.il, product), count)
-            layer.extend(self.backend, product, ExtendBlocks(self.cfg.hidden, blocks))
+        name, qtype, shape = self._extensions_key()
+        table = np.full(shape, -1, np.int64)
+        for layer in self.layers:
+            for j, ext in enumerate((layer.qkv_ext, layer.up_ext)):
+                if ext is not None:
+                    table[layer.il, j, : len(ext.blocks)] = ext.array
+        from embedpipe.runtime.weight_cache import CachedArrays
+
+        cache.put(name, qtype, shape, CachedArrays(EXTENSIONS_FAMILY, (table,)))
 
     @property
     def out_dim(self) -> int:

@@ -252,3 +252,21 @@ def test_jit_q8_forward_is_the_extended_block_scheme(name, ggufs, monkeypatch) -
     texts = TEXTS + ["the quick brown fox " * 11]
     got, want = jit.encode(texts, batch_size=5), oracle.encode(texts, batch_size=5)
     assert (got.astype(np.float64) * want).sum(1).min() >= 0.999999
+
+
+def test_a_warm_load_takes_the_calibrated_blocks_from_the_weight_cache(ggufs, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EMBEDPIPE_WEIGHT_CACHE_DIR", str(tmp_path))
+    cold = Embedder.load(ggufs[("mpnet", "q8_0")], backend="jit")
+    picked = [(layer.qkv_ext.blocks, layer.up_ext.blocks) for layer in cold.model.layers]
+
+    def no_calibration(mf):
+        raise AssertionError("a warm load ran the calibration pass")
+
+    monkeypatch.setattr(bert, "load_tokenizer", no_calibration)
+    warm = Embedder.load(ggufs[("mpnet", "q8_0")], backend="jit")
+    assert [(layer.qkv_ext.blocks, layer.up_ext.blocks) for layer in warm.model.layers] == picked
+    np.testing.assert_array_equal(warm.encode(TEXTS), cold.encode(TEXTS))
+    # a changed calibration recipe is another entry: calibrated again
+    monkeypatch.setattr(bert, "EXTENDED_BLOCKS", 1)
+    with pytest.raises(AssertionError, match="calibration pass"):
+        Embedder.load(ggufs[("mpnet", "q8_0")], backend="jit")
