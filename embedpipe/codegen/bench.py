@@ -1,52 +1,35 @@
 """Kernel benchmark: GOPS per weight type × ISA × shape, against numpy fp32 BLAS and the peak.
 
-The peak is measured in the same run by an emitted loop of independent dot instructions
-(the ISA's own int8 dot, or fp32 FMA) on every thread, so the reported fraction is robust to
-turbo clocks and to other load on the machine.  A nominal figure from the OS clock is printed
+The peak is measured in the same run by ``peak.PeakProbe`` (independent dot instructions, the
+ISA's own int8 dot or fp32 FMA, on every thread), so the reported fraction is robust to turbo
+clocks and to other load on the machine.  A nominal figure from the OS clock is printed
 beside it where the per-cycle throughput of the core is known.
 """
 
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import llvmlite.ir as ir
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from embedpipe.codegen import ir_q8, jit
-from embedpipe.codegen.irutil import (
-    F32,
-    I32,
-    I64,
-    PTR,
-    const_i64,
-    fmuladd,
-    for_range,
-    load_at,
-    new_function,
-    store_at,
-    vec,
-)
 from embedpipe.codegen.isa import IsaSpec, detect_isa, runnable_isas
 from embedpipe.codegen.library import get_kernel_library
+from embedpipe.codegen.peak import PeakProbe
 from embedpipe.codegen.quant_formats import FORMATS
-from embedpipe.codegen.threadpool import run_parallel
 
 Q = GGMLQuantizationType
 
 # The embedding model's FFN products (K -> N): gate/up 768->1152, down 1152->768.
 MODEL_SHAPES: tuple[tuple[int, int], ...] = ((768, 1152), (1152, 768))
 TOKENS: tuple[int, ...] = (16, 128, 512, 2048)
-# Nominal int8 ops per cycle per core where the core is known (Zen 4: one 512-bit vpdpbusd per
-# cycle on its two double-pumped 256-bit pipes = 64 MACs = 128 ops).
+# Nominal int8 ops per cycle per core where the core is known (one 512-bit vpdpbusd per cycle =
+# 64 multiply-adds = 128 ops: Zen 4, Intel client cores; Intel server cores with two 512-bit FMA
+# ports issue two, and the measured peak shows it).
 NOMINAL_INT8_OPS_PER_CYCLE = {"avx512_vnni": 128}
-PEAK_CHAINS = 12
-PEAK_ITERS = 100_000
 
 
 @dataclass
@@ -64,63 +47,6 @@ class KernelResult:
     # of the int8-dot peak (integer types) or the fp32-FMA peak (float types):
     fraction_of_peak: float  # per busy CPU second, each run paired with a peak probe
     fraction_of_peak_wall: float  # wall-clock GOPS / best measured peak
-
-
-def _peak_module(isa: IsaSpec, kind: str) -> tuple[str, str]:
-    """``void f(buf, iters)``: PEAK_CHAINS independent dot (or FMA) chains per iteration."""
-    m = ir.Module(name=f"peak_{kind}_{isa.name}")
-    m.triple = isa.triple
-    name = f"ep_peak_{kind}_{isa.name}"
-    fn, b = new_function(m, name, [("buf", PTR), ("iters", I64)])
-    ty = vec(I32, isa.lanes) if kind == "int" else vec(F32, isa.lanes)
-    slots = [b.alloca(ty) for _ in range(PEAK_CHAINS)]
-    a = load_at(b, ty, fn.args[0], const_i64(0), 4)
-    c = load_at(b, ty, fn.args[0], const_i64(4 * isa.lanes), 4)
-    for s in slots:
-        b.store(ir.Constant(ty, None), s)
-    with for_range(b, const_i64(0), fn.args[1], 1, "i"):
-        # Each int chain's multiplicand is the neighbouring chain's previous value: loop-variant
-        # (so LLVM cannot hoist a product of invariants, as it would for pmaddwd) at no extra
-        # instruction per step.
-        prev = [b.load(s) for s in slots]
-        for i, s in enumerate(slots):
-            step = (
-                ir_q8._dot(b, m, isa, prev[i], prev[(i + 1) % PEAK_CHAINS], c)
-                if kind == "int"
-                else fmuladd(b, m, a, c, prev[i])
-            )
-            b.store(step, s)
-    total = b.load(slots[0])
-    for s in slots[1:]:
-        total = b.add(total, b.load(s)) if kind == "int" else b.fadd(total, b.load(s))
-    store_at(b, total, fn.args[0], const_i64(0), 4)
-    b.ret_void()
-    return str(m), name
-
-
-class PeakProbe:
-    """Back-to-back dot (int8: 2·lanes·kgroup ops each) or FMA instructions on all threads."""
-
-    def __init__(self, isa: IsaSpec, threads: int, kind: str = "int") -> None:
-        text, name = _peak_module(isa, kind)
-        addr = jit.host_engine().load(jit.compile_object(text, isa), [name])[name]
-        self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(addr)
-        self._bufs = [np.zeros(2 * isa.lanes, np.int32) for _ in range(threads)]
-        self.threads = threads
-        self.ops = threads * PEAK_ITERS * PEAK_CHAINS * 2 * isa.lanes * (isa.kgroup if kind == "int" else 1)
-
-    def run(self) -> tuple[float, float]:
-        """(wall seconds, process CPU seconds) of one probe."""
-        cpu, start = time.process_time(), time.perf_counter()
-        run_parallel(
-            lambda i, _: self._fn(self._bufs[i].ctypes.data, PEAK_ITERS),
-            [(i, i + 1) for i in range(self.threads)],
-            self.threads,
-        )
-        return time.perf_counter() - start, time.process_time() - cpu
-
-    def gops(self) -> float:
-        return self.ops / self.run()[0] / 1e9
 
 
 def nominal_peak_gops(isa: IsaSpec, threads: int) -> float | None:
@@ -207,7 +133,7 @@ def run_kernel_bench(
     for spec in specs:
         lib = get_kernel_library(spec.name, threads)
         probes = {kind: PeakProbe(spec, lib.threads, kind) for kind in ("int", "float")}
-        best = {kind: max(p.gops() for _ in range(5)) for kind, p in probes.items()}
+        best = {kind: p.gops(runs=5) for kind, p in probes.items()}
         nominal = nominal_peak_gops(spec, lib.threads)
         peaks[spec.name] = {
             "measured_int8_gops": best["int"],
