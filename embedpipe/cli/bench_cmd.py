@@ -253,6 +253,9 @@ def runtime(
         "--onnx-dir",
         help="ONNX exports for the onnxruntime peers (default: onnx/ beside the GGUF; scripts/export_onnx.py).",
     ),
+    profile_ops: bool = typer.Option(
+        False, "--profile-ops", help="Also report the JIT peer's CPU time per operation of each kind's batches."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp and sentence-transformers."""
@@ -282,6 +285,7 @@ def runtime(
         st_python=st_python,
         st_model=st_model or default_st_model(model),
         onnx_dir=onnx_dir,
+        profile_ops=profile_ops,
     )
     if batch_texts:
         cfg.batch_texts = {k: batch_texts for k in KINDS}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedpipe.runtime import bench_memory, bench_peers
+from embedpipe.runtime import bench_memory, bench_ops, bench_peers
 from embedpipe.runtime.bench_texts import documents
 
 KINDS: tuple[str, ...] = ("short", "long", "xlong")
@@ -67,6 +67,7 @@ class BenchConfig:
     st_model: str | None = None
     onnx_dir: str | None = None  # ONNX exports (default: onnx/ beside the GGUF)
     max_tokens: int = 512  # longest document of the run (set by run_runtime_bench)
+    profile_ops: bool = False  # also time each op of the JIT peer's batches (bench_ops)
 
 
 def machine_info() -> dict:
@@ -220,6 +221,7 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
         "floor_ms": {},
         "native_calls_per_forward": None,
         "streamed_weight_mb": None,
+        "op_profile": [],
     }
     for threads in cfg.threads:
         peak = measure_peaks(threads)
@@ -262,6 +264,13 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
                         res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)
                     summary["results"].append(asdict(res))
                     report(format_result(res))
+                if peer == "jit" and cfg.profile_ops:
+                    for kind in cfg.kinds:
+                        ids = runner.embedder.tokenize(formatted[kind], "none")
+                        prof = bench_ops.profile_ops(runner.embedder, ids, cfg.repeats, cfg.batch_size)
+                        summary["op_profile"].append({"threads": threads, "kind": kind, **prof})
+                        for line in bench_ops.format_profile(kind, threads, prof):
+                            report(line)
                 if peer == "jit" and "short" in cfg.kinds and hasattr(runner.embedder.model.layers[0], "w_gate_up"):
                     tokens = sum(token_counts["short"][: cfg.batch_size])
                     summary["ffn"].append(
@@ -403,6 +412,8 @@ def format_summary(summary: dict) -> list[str]:
     for f in summary["ffn"]:
         frac = f"{100 * f['int8_peak_fraction']:.1f}% of int8 peak" if f["int8_peak_fraction"] else "peak unknown"
         lines.append(f"FFN matmuls (gate+up+down, T={f['tokens']}) t={f['threads']}: {f['gops']:.0f} GOPS, {frac}")
+    for p in summary.get("op_profile", []):
+        lines.extend(bench_ops.format_profile(p["kind"], p["threads"], p))
     for name, cos in summary["agreement"].items():
         lines.append(f"agreement {name}: min cosine {cos:.5f}")
     for name, why in summary["skipped"].items():
