@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError, ModelFileError
-from embedpipe.runtime import prompts
+from embedpipe.runtime import allocator, prompts
 from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
 from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.gguf_file import GGUFModelFile
@@ -53,6 +53,11 @@ DEFAULT_PROMPTS: dict[str, str] = {"gemma-embedding": "embeddinggemma"}
 # A batch holds at most this many tokens (all rows together), so long inputs do not blow up
 # memory: attention for one 2048-token text already needs ~50 MB of scores.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+# ``encode``/``encode_ids`` run passes of at most this many tokens (one longer text runs alone):
+# every per-pass activation (up to 2048 rows × 4096 floats) then stays below the allocator's
+# mmap ceiling and is recycled between layers (``allocator``) instead of arriving as fresh,
+# page-faulted memory; attention is per text, so smaller passes cost nothing else.
+PASS_TOKENS = 2048
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -183,7 +188,7 @@ class Embedder:
         dim: int | None = None,
         batch_size: int = 32,
         show_progress: bool = False,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int = PASS_TOKENS,
         any_dim: bool = False,
     ) -> np.ndarray:
         """Embed token sequences that already carry BOS/EOS and the prompt."""
@@ -198,6 +203,7 @@ class Embedder:
                 raise InputTooLongError(
                     f"sequence {i} has {len(seq)} tokens, more than the context of {self.max_tokens}"
                 )
+        allocator.keep_freed_memory()
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         bar = _progress(len(ids), show_progress)
         for batch in _batches(order, [len(s) for s in ids], batch_size, max_batch_tokens):
