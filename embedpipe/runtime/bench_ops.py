@@ -5,7 +5,8 @@ norm+matmul, attention, RoPE, …) and every prepared weight its layers hold is 
 timer; the wrappers delegate every attribute, so the ops see the same weights and take the
 same paths.  Only the outermost timed call counts (a fused op that calls a weight is one
 entry), and whatever no wrapper covers (Python between ops, the embedding gather, pooling,
-the dense head, tokenization is not included) is reported as ``other``.  CPU time over all
+the dense head, tokenization is not included) is reported as ``other``; so is a pass the
+model runs as one recorded native program (EmbeddingGemma's short passes).  CPU time over all
 threads is the load-robust measure on a shared machine; wall time is reported beside it.
 """
 

@@ -86,7 +86,10 @@ def test_profile_of_embeddinggemma_names_its_ops_and_changes_no_vector():
     from embedpipe.runtime.store import ensure_model
 
     emb = Embedder.load(ensure_model("q8_0"), backend="jit", threads=2)
-    ids = emb.tokenize(["a short text", "another, somewhat longer text about attention kernels"], "document")
+    # more tokens than a recorded step program takes (those passes are one native call: "other")
+    text = "a text about attention kernels and the matmul products around them, " * 4
+    ids = emb.tokenize([text] * 4, "document")
+    assert sum(map(len, ids)) > getattr(emb.model, "max_program_tokens", 0)
     before = emb.encode_ids(ids)
     prof = profile_ops(emb, ids, repeats=1)
     n_layers = emb.model.cfg.n_layers
