@@ -296,8 +296,6 @@ class GraphBuilder:
                     "pool_x": np.zeros(self._cap, np.int8),
                     "qbuf": np.zeros(d, np.float32),
                     "cbuf": np.zeros(max(d, self._cap), np.float32),
-                    "nbr_id": np.zeros(self.g.nbr0.shape[1], np.int32),  # one list's unvisited ids
-                    "nbr_s": np.zeros(self.g.nbr0.shape[1], np.float32),  # and their scores
                 }
                 self._buffers.append(bufs)
                 self._scratch.append(pack(SCRATCH, bufs))

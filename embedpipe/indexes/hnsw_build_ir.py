@@ -53,9 +53,9 @@ CTX = (
     "next",
 )
 # Words of one worker's scratch array: buffers it alone uses, and its visited tag.
-SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf", "nbr_id", "nbr_s")
+SCRATCH = ("visited", "tag", "pool_id", "pool_s", "pool_x", "qbuf", "cbuf")
 ELEMENTS = {"fp32": F32, "int8": I8}
-PREFETCH_AHEAD = 2  # rows requested (whole) this many rows before they are scored
+PREFETCH_LINES = 2  # cache lines of each neighbour's row requested before scoring them
 PARAMS = [("ctx", PTR), ("scr", PTR), ("lo", I64), ("hi", I64)]
 
 
@@ -93,7 +93,6 @@ class BuildEmitter:
         self.weights = self._once("ep_hb_weights", self._weights)
         self.push = self._once("ep_hb_push", self._push)
         self.select = self._once("ep_hb_select", self._select)
-        self.score = self._once("ep_hb_score", self._score)
         self.search = self._once("ep_hb_search", self._search_layer)
 
     def _once(self, name: str, emit: Callable[[], ir.Function]) -> ir.Function:
@@ -147,30 +146,19 @@ class BuildEmitter:
         return b.fadd(s, const)
 
     def prefetch_row(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value) -> None:
-        """Ask for every cache line of row v (a 768-d fp32 row is 48 lines: asking for the
-        first few leaves the rest to the hardware prefetcher, which at 1 M rows comes late)."""
-        f = Fn(b)
+        """Ask for the first cache lines of row v before it is scored."""
         width = 4 if self.elt is F32 else 1
-        nbytes = b.mul(self.ctx(b, ctx, "d"), const_i64(width))
-        row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, nbytes)], source_etype=I8)
-        off = f.var(I64, const_i64(0))
-
-        def line(out: ir.Block, head: ir.Block) -> None:
-            o = f.get(off)
-            self._prefetch(b, b.gep(row, [o], source_etype=I8))
-            f.put(off, b.add(o, const_i64(64)))
-
-        f.loop(lambda: b.icmp_signed("<", f.get(off), nbytes), line)
-        self._prefetch(b, b.gep(row, [b.sub(nbytes, const_i64(1))], source_etype=I8))  # an unaligned row's last line
-
-    def _prefetch(self, b: ir.IRBuilder, ptr: ir.Value) -> None:
-        b.call(self.pf, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
-
-    def prefetch_list(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, layer: ir.Value) -> None:
-        """Ask for node v's neighbour list on `layer` (2M int32 on layer 0: two lines)."""
-        base, width = self.row(b, ctx, v, layer)
-        self._prefetch(b, base)
-        self._prefetch(b, b.gep(base, [b.sub(width, const_i64(1))], source_etype=I32))
+        row = b.gep(self.ctx(b, ctx, "X", True), [b.mul(v, self.ctx(b, ctx, "d"))], source_etype=self.elt)
+        for line in range(PREFETCH_LINES):
+            b.call(
+                self.pf,
+                [
+                    b.gep(row, [const_i64(64 * line // width)], source_etype=self.elt),
+                    ir.Constant(I32, 0),
+                    ir.Constant(I32, 3),
+                    ir.Constant(I32, 1),
+                ],
+            )
 
     def expand(self, b: ir.IRBuilder, ctx: ir.Value, v: ir.Value, buf: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Node v as a query: (weights pointer, constant). fp32 rows are their own weights."""
@@ -298,49 +286,11 @@ class BuildEmitter:
         b.ret(f.get(kept))
         return fn
 
-    def _score(self) -> ir.Function:
-        """void score(ctx, ids, count, buf, const, out): out[i] = similarity of row ids[i] to
-        the node expanded into (buf, const), for i < count. Row i + PREFETCH_AHEAD is requested
-        whole while row i is scored, so the memory reads of the next rows overlap the
-        arithmetic of this one (at 1 M rows nearly every row comes from DRAM). Scores are
-        exactly those of scoring one row at a time."""
-        fn, b, f, a = self._fn(
-            "ep_hb_score",
-            ir.VoidType(),
-            [("ctx", PTR), ("ids", PTR), ("count", I64), ("buf", PTR), ("const", F32), ("out", PTR)],
-        )
-        ctx, ids, count = a["ctx"], a["ids"], a["count"]
-        ahead = const_i64(PREFETCH_AHEAD)
-        i = f.var(I64, const_i64(0))
-
-        def warm(out: ir.Block, head: ir.Block) -> None:
-            ii = f.get(i)
-            self.prefetch_row(b, ctx, b.sext(self.ld(b, I32, ids, ii), I64))
-            f.put(i, b.add(ii, const_i64(1)))
-
-        f.loop(lambda: b.and_(b.icmp_signed("<", f.get(i), count), b.icmp_signed("<", f.get(i), ahead)), warm)
-        f.put(i, const_i64(0))
-
-        def each(out: ir.Block, head: ir.Block) -> None:
-            ii = f.get(i)
-            later = b.add(ii, ahead)
-            with b.if_then(b.icmp_signed("<", later, count)):
-                self.prefetch_row(b, ctx, b.sext(self.ld(b, I32, ids, later), I64))
-            v = b.sext(self.ld(b, I32, ids, ii), I64)
-            self.st(b, F32, a["out"], ii, self.sim(b, ctx, a["buf"], a["const"], v))
-            f.put(i, b.add(ii, const_i64(1)))
-
-        f.loop(lambda: b.icmp_signed("<", f.get(i), count), each)
-        b.ret_void()
-        return fn
-
     def _search_layer(self) -> ir.Function:
         """i64 search(ctx, scr, layer, start, ef, buf, const): best-first search on one layer
         from `start` into the scratch pool (sorted, ≤ ef); returns the pool size. The pool
         flags each entry expanded or not and the search expands the best unexpanded entry
-        until none is left (hnswlib's stopping rule). An expansion first collects the node's
-        unvisited neighbours, then scores them with their rows prefetched ahead (`score`), then
-        pushes them in list order: the same pool as scoring and pushing one by one."""
+        until none is left (hnswlib's stopping rule)."""
         fn, b, f, a = self._fn(
             "ep_hb_search",
             I64,
@@ -367,8 +317,7 @@ class BuildEmitter:
         size = f.var(I64, zero)
         self.st(b, I32, visited, a["start"], tag32)
         b.call(self.push, [pid, ps, px, size, a["ef"], self.sim(b, ctx, a["buf"], a["const"], a["start"]), a["start"]])
-        k, nk, j, cnt = (f.var(I64, zero) for _ in range(4))
-        nid, ns = self.scr(b, scr, "nbr_id"), self.scr(b, scr, "nbr_s")
+        k, nk, j = (f.var(I64, zero) for _ in range(3))
 
         def expand(out: ir.Block, head: ir.Block) -> None:
             kk = f.get(k)
@@ -378,11 +327,21 @@ class BuildEmitter:
             self.st(b, I8, px, kk, ir.Constant(I8, 1))
             u = b.sext(self.ld(b, I32, pid, kk), I64)
             f.put(nk, f.get(size))
-            base, width = self.row(b, ctx, u, a["layer"])
             f.put(j, zero)
-            f.put(cnt, zero)
+            base, width = self.row(b, ctx, u, a["layer"])
 
-            def gather(out2: ir.Block, head2: ir.Block) -> None:
+            def prefetch(out2: ir.Block, head2: ir.Block) -> None:
+                jj = f.get(j)
+                f.put(j, b.add(jj, one))
+                v = b.sext(self.ld(b, I32, base, jj), I64)
+                with b.if_then(b.icmp_signed("<", v, zero)):
+                    b.branch(out2)
+                self.prefetch_row(b, ctx, v)
+
+            f.loop(lambda: b.icmp_signed("<", f.get(j), width), prefetch)
+            f.put(j, zero)
+
+            def neighbour(out2: ir.Block, head2: ir.Block) -> None:
                 jj = f.get(j)
                 f.put(j, b.add(jj, one))
                 v = b.sext(self.ld(b, I32, base, jj), I64)
@@ -391,25 +350,11 @@ class BuildEmitter:
                 with b.if_then(b.icmp_signed("==", self.ld(b, I32, visited, v), tag32)):
                     b.branch(head2)
                 self.st(b, I32, visited, v, tag32)
-                self.st(b, I32, nid, f.get(cnt), b.trunc(v, I32))
-                f.put(cnt, b.add(f.get(cnt), one))
-
-            f.loop(lambda: b.icmp_signed("<", f.get(j), width), gather)
-            after = b.add(f.get(k), one)
-            with b.if_then(b.icmp_signed("<", after, f.get(size))):  # likely the next one expanded
-                self.prefetch_list(b, ctx, b.sext(self.ld(b, I32, pid, after), I64), a["layer"])
-            b.call(self.score, [ctx, nid, f.get(cnt), a["buf"], a["const"], ns])
-            f.put(j, zero)
-
-            def neighbour(out2: ir.Block, head2: ir.Block) -> None:
-                jj = f.get(j)
-                f.put(j, b.add(jj, one))
-                v = b.sext(self.ld(b, I32, nid, jj), I64)
-                p = b.call(self.push, [pid, ps, px, size, a["ef"], self.ld(b, F32, ns, jj), v])
+                p = b.call(self.push, [pid, ps, px, size, a["ef"], self.sim(b, ctx, a["buf"], a["const"], v), v])
                 with b.if_then(b.and_(b.icmp_signed(">=", p, zero), b.icmp_signed("<", p, f.get(nk)))):
                     f.put(nk, p)
 
-            f.loop(lambda: b.icmp_signed("<", f.get(j), f.get(cnt)), neighbour)
+            f.loop(lambda: b.icmp_signed("<", f.get(j), width), neighbour)
             kk = f.get(k)
             f.put(k, b.select(b.icmp_signed("<=", f.get(nk), kk), f.get(nk), b.add(kk, one)))
 

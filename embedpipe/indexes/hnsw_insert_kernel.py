@@ -48,7 +48,7 @@ class _Kernels(BuildEmitter):
         fwd, fwdoff = self.ctx(b, ctx, "fwd", True), self.ctx(b, ctx, "fwdoff", True)
         entry, maxlevel = self.ctx(b, ctx, "entry"), self.ctx(b, ctx, "maxlevel")
         efc, m = self.ctx(b, ctx, "efc"), self.ctx(b, ctx, "m")
-        qbuf, cbuf, ns = (self.scr(b, scr, k) for k in ("qbuf", "cbuf", "nbr_s"))
+        qbuf, cbuf = self.scr(b, scr, "qbuf"), self.scr(b, scr, "cbuf")
         pid, ps, px = (self.scr(b, scr, k) for k in ("pool_id", "pool_s", "pool_x"))
         i = f.var(I64, const_i64(0))
         cur, layer, changed, j, size, t = (f.var(I64, zero) for _ in range(6))
@@ -73,27 +73,18 @@ class _Kernels(BuildEmitter):
                     base, width = self.row(b, ctx, f.get(cur), f.get(layer))
                     f.put(j, zero)
 
-                    def count(out4: ir.Block, head4: ir.Block) -> None:
-                        with b.if_then(b.icmp_signed("<", self.ld(b, I32, base, f.get(j)), ir.Constant(I32, 0))):
-                            b.branch(out4)
-                        f.put(j, b.add(f.get(j), one))
-
-                    f.loop(lambda: b.icmp_signed("<", f.get(j), width), count)
-                    listed = f.get(j)
-                    b.call(self.score, [ctx, base, listed, qbuf_u, qc, ns])
-                    f.put(j, zero)
-
                     def scan(out4: ir.Block, head4: ir.Block) -> None:
-                        jj = f.get(j)
-                        v = b.sext(self.ld(b, I32, base, jj), I64)
-                        s = self.ld(b, F32, ns, jj)
-                        f.put(j, b.add(jj, one))
+                        v = b.sext(self.ld(b, I32, base, f.get(j)), I64)
+                        f.put(j, b.add(f.get(j), one))
+                        with b.if_then(b.icmp_signed("<", v, zero)):
+                            b.branch(out4)
+                        s = self.sim(b, ctx, qbuf_u, qc, v)
                         with b.if_then(b.fcmp_ordered(">", s, f.get(cur_s))):
                             f.put(cur_s, s)
                             f.put(cur, v)
                             f.put(changed, one)
 
-                    f.loop(lambda: b.icmp_signed("<", f.get(j), listed), scan)
+                    f.loop(lambda: b.icmp_signed("<", f.get(j), width), scan)
 
                 f.loop(lambda: b.icmp_signed("!=", f.get(changed), zero), hop)
                 f.put(layer, b.sub(f.get(layer), one))
@@ -197,7 +188,15 @@ class _Kernels(BuildEmitter):
                 with otherwise:
                     # score old + new against w, sort them (the pool) and re-select
                     qw, qc = self.expand(b, ctx, w, qbuf)
-                    b.call(self.score, [ctx, pid, f.get(cnt), qw, qc, cbuf])
+                    f.put(j, zero)
+
+                    def score(out2: ir.Block, head2: ir.Block) -> None:
+                        jj = f.get(j)
+                        f.put(j, b.add(jj, one))
+                        v = b.sext(self.ld(b, I32, pid, jj), I64)
+                        self.st(b, F32, cbuf, jj, self.sim(b, ctx, qw, qc, v))
+
+                    f.loop(lambda: b.icmp_signed("<", f.get(j), f.get(cnt)), score)
                     # the scores sit in cbuf; sort (id, score) pairs into the tail of the pool
                     tail = b.gep(pid, [f.get(cnt)], source_etype=I32)
                     tail_s = b.gep(ps, [f.get(cnt)], source_etype=F32)
