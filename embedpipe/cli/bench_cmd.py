@@ -124,10 +124,9 @@ def index(
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
     and annoy: build time, peak RSS, size, QPS, recall@10 over ef_search."""
-    from embedpipe.indexes.bench import REFERENCES, run_index_bench
+    from embedpipe.indexes.bench import REFERENCES, run_growth_bench, run_index_bench
     from embedpipe.indexes.bench_graph import GraphBench
     from embedpipe.indexes.bench_measure import format_row
-    from embedpipe.indexes.bench_scaling import build_scaling
 
     names = tuple(_split(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
@@ -154,19 +153,17 @@ def index(
             note=lambda s: typer.echo(s, err=True),
             ours=tuple(v for v in ours.split(",") if v),
         )
-    if update:
-        from embedpipe.indexes.bench_scaling import update_bench
-
-        summary["update"] = update_bench(n, dim, g)
-    if scaling:
-        sizes = tuple(int(v) for v in scaling.split(","))
-        summary["scaling"] = build_scaling(
-            sizes,
-            dim,
-            ("embedpipe-hnsw-fp32",) if scaling_ours_only else ("embedpipe-hnsw-fp32", "hnswlib"),
-            g,
-            (lambda _s: None) if as_json else typer.echo,
-        )
+    run_growth_bench(
+        summary,
+        n,
+        dim,
+        g,
+        update,
+        tuple(int(v) for v in scaling.split(",")) if scaling else (),
+        ("embedpipe-hnsw-fp32",) if scaling_ours_only else ("embedpipe-hnsw-fp32", "hnswlib"),
+        (lambda _s: None) if as_json else typer.echo,
+        Path(out) if out else None,
+    )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -31,10 +31,12 @@ METRIC = "ip"
 NORM_BLOCK = 16384  # rows per block of normalize_rows
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """float32 copy of `x` with unit-length rows (all-zero rows stay zero). Rows are done in
-    blocks: a whole-array norm would hold a second full-size temporary (x·x) at peak."""
-    x = np.array(x, dtype=np.float32, copy=True, ndmin=2)
+def normalize_rows(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """float32 `x` with unit-length rows (all-zero rows stay zero): a copy, or with `in_place`
+    `x` itself when it is a writable C-contiguous float32 array (else still a copy). Rows are
+    done in blocks: a whole-array norm would hold a second full-size temporary (x·x) at peak."""
+    if not (in_place and reusable(x)):
+        x = np.array(x, dtype=np.float32, copy=True, order="C", ndmin=2)
     for lo in range(0, len(x), NORM_BLOCK):
         part = x[lo : lo + NORM_BLOCK]
         # what np.linalg.norm computes (bit for bit), without its ~2 µs of argument handling
@@ -46,13 +48,27 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def truncate_normalize(x: np.ndarray, dim: int) -> np.ndarray:
-    """Matryoshka: keep the first `dim` components, then re-normalize each row."""
+def reusable(x: np.ndarray) -> bool:
+    """Whether `x` can be normalized where it lies: a writable, C-contiguous 2-D float32 array."""
+    return (
+        isinstance(x, np.ndarray)
+        and x.ndim == 2
+        and x.dtype == np.float32
+        and x.flags.c_contiguous
+        and x.flags.writeable
+    )
+
+
+def truncate_normalize(x: np.ndarray, dim: int, in_place: bool = False) -> np.ndarray:
+    """Matryoshka: keep the first `dim` components, then re-normalize each row. With `in_place`
+    and `dim` the full width, `x` itself is normalized when it can be (`normalize_rows`)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise DimensionMismatchError(f"expected a 2-D array of vectors, got one of shape {shape_text(x.shape)}")
     if dim > x.shape[1]:
         raise DimensionMismatchError(f"cannot index at dim {dim}: vectors have {x.shape[1]}")
+    if dim == x.shape[1]:
+        return normalize_rows(x, in_place)
     return normalize_rows(x[:, :dim])
 
 

@@ -8,7 +8,8 @@ ef_construction and thread count, so each build's peak RSS is its own (`bench_gr
 brute/annoy and Spotify annoy are built here (`bench_flat`). Approximate indexes are swept over
 their query knob (annoy search_k, HNSW ef) so they can be compared at equal recall; the ratio
 rows pick, for each implementation, the fastest point that reaches the target recall
-(`bench_summary`). Build-time scaling and the update timing are in `bench_scaling`.
+(`bench_summary`). Build-time scaling and the update timing are in `bench_scaling`, run by
+`run_growth_bench`.
 
 This module runs the steps in order under a wall budget and writes the summary as it goes.
 """
@@ -158,3 +159,42 @@ def run_index_bench(
     if out is not None:
         _write_json(out, result)
     return result
+
+
+SCALING_IMPLS = ("embedpipe-hnsw-fp32", "hnswlib")
+
+
+def run_growth_bench(
+    summary: dict[str, Any],
+    n: int,
+    dim: int,
+    graph: GraphBench,
+    update: bool = False,
+    scaling: tuple[int, ...] = (),
+    scaling_impls: tuple[str, ...] = SCALING_IMPLS,
+    report: Callable[[str], None] = lambda s: None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """The `--update` and `--scaling` steps (`bench_scaling`) after (or, with `--scaling-only`,
+    instead of) `run_index_bench`: their figures go into `summary` under "update" and
+    "scaling", and with `out` the summary is rewritten there after the update and after every
+    scaling build, as `run_index_bench` does after every step. Returns `summary`."""
+    from embedpipe.indexes.bench_scaling import build_scaling, update_bench
+
+    def save(done: bool) -> None:
+        if out is not None:
+            _write_json(out, dict(summary, complete=done))
+
+    if update:
+        summary["update"] = update_bench(n, dim, graph)
+        save(not scaling)
+    if scaling:
+
+        def partial(fits: dict[str, Any]) -> None:
+            summary["scaling"] = fits
+            save(False)
+
+        summary["scaling"] = build_scaling(scaling, dim, scaling_impls, graph, report, partial)
+        save(True)
+    summary["complete"] = True
+    return summary

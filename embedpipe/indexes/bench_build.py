@@ -34,7 +34,9 @@ def _ours(quant: str) -> Callable[..., None]:
 
         os.environ["EMBEDPIPE_THREADS"] = str(p["threads"])
         builder = Builder("hnsw", quant, None, None, m=p["m"], ef_construction=p["efc"], seed=p.get("seed", 0))
-        builder.add(x).build(progress=p.get("progress", False)).save(out)
+        # the loaded vectors are handed over (normalized in place, no second copy), as hnswlib
+        # is handed them to copy into its own graph memory
+        builder.add(x, copy=False).build(progress=p.get("progress", False)).save(out)
 
     return build
 

@@ -23,13 +23,14 @@ def build_scaling(
     impls: tuple[str, ...],
     g: GraphBench,
     report: Callable[[str], None] = lambda s: None,
+    on_build: Callable[[dict[str, Any]], None] = lambda fits: None,
 ) -> dict[str, Any]:
     """Build time of each impl at each size (synthetic vectors) and the fitted exponent b of
     time ∝ n^b, over wall and over CPU time, next to the b a pure n log n curve gives over the
-    same sizes (1.08 from 100 k to 1 M)."""
-    out: dict[str, Any] = {}
+    same sizes (1.08 from 100 k to 1 M). `on_build` gets the figures so far after every build
+    (sizes measured so far; an exponent once two are)."""
+    times: dict[str, list[dict[str, float]]] = {i: [] for i in impls}
     with tempfile.TemporaryDirectory(prefix="embedpipe-scaling-") as tmp:
-        times: dict[str, list[dict[str, float]]] = {i: [] for i in impls}
         for n in sizes:
             npy = Path(tmp) / f"x{n}.npy"
             np.save(npy, synthetic_vectors(n, dim, seed=5))
@@ -37,19 +38,25 @@ def build_scaling(
                 t = child_build(impl, npy, Path(tmp) / f"{impl}-{n}", g)
                 times[impl].append(t)
                 report(f"scaling {impl} n={n}: build {t['build_s']:.1f} s wall, {t['cpu_s']:.1f} s CPU")
+                on_build(_fits(sizes, times))
             npy.unlink()
+    return _fits(sizes, times)
 
-        for impl, ts in times.items():
-            wall, cpu = [t["build_s"] for t in ts], [t["cpu_s"] for t in ts]
-            out[impl] = {
-                "sizes": list(sizes),
-                "build_s": [round(t, 2) for t in wall],
-                "cpu_s": [round(t, 2) for t in cpu],
-                "peak_rss_mb": [round(t["peak_rss_kb"] / 1024, 1) for t in ts],
-                "exponent": fit_exponent(sizes, wall),
-                "exponent_cpu": fit_exponent(sizes, cpu),
-                "exponent_n_log_n": fit_exponent(sizes, [n * np.log(n) for n in sizes]),
-            }
+
+def _fits(sizes: tuple[int, ...], times: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for impl, ts in times.items():
+        done = list(sizes[: len(ts)])
+        wall, cpu = [t["build_s"] for t in ts], [t["cpu_s"] for t in ts]
+        out[impl] = {
+            "sizes": done,
+            "build_s": [round(t, 2) for t in wall],
+            "cpu_s": [round(t, 2) for t in cpu],
+            "peak_rss_mb": [round(t["peak_rss_kb"] / 1024, 1) for t in ts],
+            "exponent": fit_exponent(done, wall),
+            "exponent_cpu": fit_exponent(done, cpu),
+            "exponent_n_log_n": fit_exponent(done, [n * np.log(n) for n in done]),
+        }
     return out
 
 

@@ -19,7 +19,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from embedpipe.errors import shape_text
-from embedpipe.indexes.base import IndexMeta, normalize_rows
+from embedpipe.indexes.base import NORM_BLOCK, IndexMeta, normalize_rows
 from embedpipe.pipeline.dataset import EmbeddingsDirError
 
 UNIT_TOLERANCE = 1e-3
@@ -64,6 +64,17 @@ def _column_vectors(table: pa.Table, column: str, path: Path) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(-1, width)
 
 
+def _finite_and_norms(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row has a NaN/inf component, row norm) per row, in row blocks: whole-array
+    expressions would hold full-size temporaries (a bool mask, x·x) beside the vectors."""
+    bad, norms = np.zeros(len(vecs), bool), np.zeros(len(vecs), np.float32)
+    for lo in range(0, len(vecs), NORM_BLOCK):
+        part = vecs[lo : lo + NORM_BLOCK]
+        bad[lo : lo + len(part)] = ~np.isfinite(part).all(axis=1)
+        norms[lo : lo + len(part)] = np.linalg.norm(part, axis=1)
+    return bad, norms
+
+
 def read_foreign(
     path: str | os.PathLike, id_column: str = "id", embedding_column: str = "embedding", normalize: bool = False
 ) -> tuple[np.ndarray, list | np.ndarray, IndexMeta]:
@@ -95,18 +106,17 @@ def read_foreign(
             ids = np.arange(len(vecs), dtype=np.int64)
     if len(vecs) == 0 or vecs.shape[1] == 0:
         raise EmbeddingsDirError(f"{path}: no vectors")
-    bad = ~np.isfinite(vecs).all(axis=1)
+    bad, norms = _finite_and_norms(vecs)
     if bad.any():
         raise EmbeddingsDirError(
             f"{path}: row {int(np.flatnonzero(bad)[0])} has a NaN or infinite component ({int(bad.sum())} such rows)"
         )
-    norms = np.linalg.norm(vecs, axis=1)
     if normalize:
         if (norms == 0).any():
             raise EmbeddingsDirError(
                 f"{path}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros and cannot be normalized"
             )
-        vecs = normalize_rows(vecs)
+        vecs = normalize_rows(vecs, in_place=True)  # read here, so ours: no second copy
     elif (np.abs(norms - 1) > UNIT_TOLERANCE).any():
         worst = int(np.argmax(np.abs(norms - 1)))
         raise EmbeddingsDirError(

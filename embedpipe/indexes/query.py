@@ -154,7 +154,7 @@ def build_from_dir(
     if len(vectors) == 0:
         _refuse_empty(None, emb_dir)
     builder = Builder(kind, quant, dim, meta, **params)
-    index = builder.add(vectors, ids, columns).build(progress=progress)
+    index = builder.add(vectors, ids, columns, copy=False).build(progress=progress)  # read here: ours
     index.save(out)
     return index
 

@@ -42,6 +42,14 @@ class Builder:
 
     ``Builder("hnsw", quant="int8", dim=256, m=16).add(vecs, ids).build()`` — vectors are
     Matryoshka-truncated to `dim` and re-normalized before they reach the index type.
+
+    Memory: by default `add` keeps the caller's array untouched and `build` normalizes a copy.
+    ``add(vecs, copy=False)`` hands the array over: `build` then normalizes it in place and the
+    index stores it (fp32) or quantizes from it, so no second full-size float copy is made
+    (the caller must not use the array afterwards; a read-only, non-float32 or non-contiguous
+    array, or a `dim` below its width, still takes a copy). Several `add` calls are joined
+    into one new array, and an array `add` had to convert to float32 is new too: those are
+    normalized in place either way.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class Builder:
         self.kind, self.quant, self.dim, self.params = kind, quant, dim, params
         self.meta = meta or IndexMeta()
         self._vecs: list[np.ndarray] = []
+        self._reusable: list[bool] = []  # per added array: may build normalize it in place
         self._ids: list[Any] = []
         self._cols: dict[str, list[str]] = {}
 
@@ -68,10 +77,16 @@ class Builder:
         vectors: np.ndarray,
         ids: Sequence[Any] | np.ndarray | None = None,
         columns: dict[str, Sequence[str]] | None = None,
+        copy: bool = True,
     ) -> Builder:
+        """Add rows (ids default to their positions); ``copy=False`` hands `vectors` over (see
+        the class docstring)."""
+        given = vectors
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
+        converted = vectors is not given and vectors.flags.owndata  # new memory: ours already
+        self._reusable.append(not copy or converted)
         start = sum(len(v) for v in self._vecs)
         self._vecs.append(vectors)
         self._ids.extend(range(start, start + len(vectors)) if ids is None else list(ids))
@@ -82,9 +97,10 @@ class Builder:
     def build(self, progress: bool = False) -> VectorIndex:
         if not self._vecs:
             raise ValueError("no vectors added")
-        full = np.concatenate(self._vecs) if len(self._vecs) > 1 else self._vecs[0]
+        joined = len(self._vecs) > 1
+        full = np.concatenate(self._vecs) if joined else self._vecs[0]
         dim = self.dim or full.shape[1]
-        vecs = truncate_normalize(full, dim)
+        vecs = truncate_normalize(full, dim, in_place=joined or self._reusable[0])
         if not self.meta.source_dim:
             self.meta.source_dim = full.shape[1]
         ids = IdTable.from_values(

@@ -1,4 +1,5 @@
-"""`embedpipe bench kernels`: runs the kernel benchmark and reports same-run figures."""
+"""`embedpipe bench kernels` (runs the kernel benchmark and reports same-run figures) and `bench index`
+plumbing."""
 
 from __future__ import annotations
 
@@ -61,3 +62,14 @@ def test_unrunnable_isa_is_a_clean_error():
     assert proc.returncode == 1
     assert "error: instruction set 'neon_dotprod' cannot run on this CPU" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_index_scaling_only_writes_its_figures_to_out(tmp_path):
+    out = tmp_path / "scaling.json"
+    args = ["bench", "index", "--dim", "16", "--m", "4", "--ef-construction", "16", "--threads", "1"]
+    args += ["--scaling", "150,300", "--scaling-only", "--scaling-ours-only", "--out", str(out)]
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["scaling"]["embedpipe-hnsw-fp32"]["sizes"] == [150, 300]
+    assert "fitted exponent" in res.output

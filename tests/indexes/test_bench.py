@@ -43,3 +43,30 @@ def test_ours_picks_our_element_types_and_refuses_others():
     assert set(s["skipped"]) == {"embedpipe-hnsw-int8"}
     with pytest.raises(EmbedpipeError, match="fp32 and/or int8"):
         run_index_bench(300, 16, queries=20, references=(), ours=("int4",))
+
+
+def test_scaling_figures_are_written_after_every_build_and_at_the_end(tmp_path):
+    from embedpipe.indexes.bench import run_growth_bench
+    from embedpipe.indexes.bench_graph import GraphBench
+
+    out = tmp_path / "scaling.json"
+    seen: list[dict] = []
+
+    def report(line: str) -> None:  # called as each build finishes, before its figures are saved
+        seen.append(json.loads(out.read_text()) if out.exists() else {})
+
+    s = run_growth_bench(
+        {"data": "", "n": 0},
+        0,
+        16,
+        GraphBench(m=4, efc=16, threads=1),
+        scaling=(150, 300),
+        scaling_impls=("embedpipe-hnsw-fp32",),
+        report=report,
+        out=out,
+    )
+    assert seen[0] == {} and seen[1]["scaling"]["embedpipe-hnsw-fp32"]["sizes"] == [150]
+    assert not seen[1]["complete"] and seen[1]["scaling"]["embedpipe-hnsw-fp32"]["exponent"] is None
+    on_disk = json.loads(out.read_text())
+    assert on_disk["complete"] and on_disk["scaling"] == s["scaling"]
+    assert on_disk["scaling"]["embedpipe-hnsw-fp32"]["sizes"] == [150, 300]
