@@ -17,10 +17,12 @@ Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the nu
 
 from __future__ import annotations
 
+import threading
+
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.encoder_fused import address, cached_f32_word, combine_reference, row_ranges
+from embedpipe.codegen.encoder_fused import address, cached_f32_word, checked_out, combine_reference, row_ranges
 from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
 from embedpipe.codegen.irutil import (
     F32,
@@ -40,6 +42,7 @@ from embedpipe.codegen.irutil import (
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.library import KernelInputError
+from embedpipe.codegen.quant_formats import aligned_empty
 
 # Score-row work (pairs · T² · head_dim) below which a call runs on the calling thread.
 PARALLEL_MIN_WORK = 1 << 20
@@ -275,9 +278,26 @@ def _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias):
     return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
-def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+_local = threading.local()
+
+
+def _scratch(floats: int) -> np.ndarray:
+    """Worker scratch, kept per calling thread (a step program recording gets its own:
+    ``codegen.program``)."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.size < floats:
+        buf = _local.scratch = aligned_empty((floats,), np.float32)
+    return buf
+
+
+def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1, out=None):
+    """``out``: an optional (T, H·D) float32 buffer apart from the inputs; rows outside every
+    sequence are left as they are (zero in a fresh one)."""
     y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias)
-    out = np.zeros((t, n_head * head_dim), np.float32)
+    if out is None:
+        out = np.zeros((t, n_head * head_dim), np.float32)
+    else:
+        out = checked_out("encoder attention", out, (t, n_head * head_dim), y, qkv_bias, starts, lengths, bias)
     pairs = starts.size * n_head
     if not pairs:
         return out
@@ -285,7 +305,7 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
     work = int((lengths.astype(np.float64) ** 2).sum()) * n_head * head_dim
     ranges = row_ranges(pairs, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
-    scratch = np.empty((len(ranges), per_worker), np.float32)
+    scratch = _scratch(len(ranges) * per_worker)
     head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))
     tail = (address(starts), address(lengths), t, n_head, head_dim, y.shape[1])
     ld = bias.shape[1] if bias is not None else 0
@@ -298,10 +318,14 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
     return out
 
 
-def _twin(y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1):
+def _twin(y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1, out=None):
     y, qkv_bias, t, starts, lengths, bias = _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias)
     qkv = combine_reference(y, qkv_bias, False)
-    return attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
+    result = attention_reference(qkv, n_head, head_dim, starts, lengths, scale, bias)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 ENCODER_ATTENTION = Kernel("encoder_attention", PARAMS, _emit, twin=_twin, drive=_drive)

@@ -268,6 +268,25 @@ def _f32(name: str, a: object, shape: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def checked_out(name: str, out: object, shape: tuple[int, ...], *inputs: np.ndarray) -> np.ndarray:
+    """``out`` when it is a C-contiguous float32 ``shape`` array apart from ``inputs`` (a kernel
+    may not write what another thread of it reads); a fresh one when None."""
+    if out is None:
+        return np.empty(shape, np.float32)
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.float32
+        or out.shape != shape
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+        or any(a is not None and np.may_share_memory(out, a) for a in inputs)
+    ):
+        raise KernelInputError(
+            f"{name}: out must be a writable C-contiguous float32 {shape} array apart from the inputs"
+        )
+    return out
+
+
 def _parts(elements: int, threads: int) -> int:
     return threads if elements >= PARALLEL_MIN_ELEMENTS else 1
 
@@ -293,7 +312,8 @@ def address(a: np.ndarray) -> int:
 cached_f32_word = functools.lru_cache(maxsize=64)(f32_word)
 
 
-def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, threads=1):
+def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, threads=1, out=None, ext_out=None):
+    """``out`` / ``ext_out``: optional output buffers for the rows and their extension."""
     if x.ndim != 2:
         raise KernelInputError(f"residual_norm: x must be 2-D, got {x.shape}")
     t, d = x.shape
@@ -301,8 +321,12 @@ def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, thr
     bias, w, beta = (_f32(f"residual_norm {n}", a, (d,)) for n, a in (("bias", bias), ("w", w), ("beta", beta)))
     if extend is not None and (not isinstance(extend, ExtendBlocks) or extend.width != d):
         raise KernelInputError(f"residual_norm: rows of {d} need ExtendBlocks of that width, got {extend!r}")
-    out = np.empty((t, d), np.float32)
-    ext = np.empty((t, extend.ext_width), np.float32) if extend is not None else None
+    out = checked_out("residual_norm", out, (t, d), x, res, bias, w, beta)
+    ext = None
+    if extend is not None:
+        ext = checked_out("residual_norm ext", ext_out, (t, extend.ext_width), x, res, out, bias, w, beta)
+    elif ext_out is not None:
+        raise KernelInputError("residual_norm: an ext_out buffer without blocks to extend")
     if t:
         head = (address(x), address(bias), address(res), address(w), address(beta), address(out))
         sel = (address(ext), extend.address, t, d, len(extend.blocks)) if ext is not None else (0, 0, t, d, -1)
@@ -311,25 +335,36 @@ def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, thr
     return out, ext
 
 
-def _drive_combine(native: Native, y, bias, gelu, threads=1):
+def _drive_combine(native: Native, y, bias, gelu, threads=1, out=None):
     if not isinstance(y, np.ndarray) or y.ndim != 2:
         raise KernelInputError(f"combine: y must be a 2-D array, got {getattr(y, 'shape', type(y))}")
     t, n = y.shape
     y = _f32("combine y", y, y.shape)
     bias = _f32("combine bias", bias, (n,))
-    out = np.empty((t, n), np.float32)
+    out = checked_out("combine", out, (t, n), y, bias)
     if t:
         head = (address(y), address(bias), address(out), n, int(bool(gelu)))
         native.run([(*head, a, b) for a, b in row_ranges(t, _parts(t * n, threads))])
     return out
 
 
-def _residual_norm_twin(x, bias, res, w, beta, eps, extend, threads=1):
-    return residual_norm_reference(x, bias, res, w, beta, eps, extend)
+def _residual_norm_twin(x, bias, res, w, beta, eps, extend, threads=1, out=None, ext_out=None):
+    rows, ext = residual_norm_reference(x, bias, res, w, beta, eps, extend)
+    if out is not None:
+        out[...] = rows
+        rows = out
+    if ext is not None and ext_out is not None:
+        ext_out[...] = ext
+        ext = ext_out
+    return rows, ext
 
 
-def _combine_twin(y, bias, gelu, threads=1):
-    return combine_reference(y, bias, gelu)
+def _combine_twin(y, bias, gelu, threads=1, out=None):
+    result = combine_reference(y, bias, gelu)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 RESIDUAL_NORM = Kernel(

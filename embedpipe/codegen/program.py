@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen import ir_attention, prepared
+from embedpipe.codegen import encoder_attention, ir_attention, prepared
 from embedpipe.codegen.irutil import I64, PTR, VOID, const_i64, intrinsic, loop, var
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, Recorder, recording
@@ -141,7 +141,11 @@ def _private_scratch(rec: Recorder) -> Iterator[list]:
     allocate to the program (listed after each recorded fork, so a buffer replaced by a larger
     one stays alive): the program owns its scratch, and this thread's later eager calls do
     not share it."""
-    owners = ((prepared._local, "buffers", dict), (ir_attention._local, "scratch", lambda: None))
+    owners = (
+        (prepared._local, "buffers", dict),
+        (ir_attention._local, "scratch", lambda: None),
+        (encoder_attention._local, "scratch", lambda: None),
+    )
     saved = [getattr(obj, name, None) for obj, name, _ in owners]
     for obj, name, fresh in owners:
         setattr(obj, name, fresh())
@@ -150,6 +154,7 @@ def _private_scratch(rec: Recorder) -> Iterator[list]:
     def snapshot() -> None:
         kept.append(dict(prepared._local.buffers))
         kept.append(ir_attention._local.scratch)
+        kept.append(encoder_attention._local.scratch)
 
     rec.after_add.append(snapshot)
     try:

@@ -22,12 +22,16 @@ import numpy as np
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks, grid_reference
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
 from embedpipe.codegen.library import KernelInputError
+from embedpipe.codegen.prepared import PreparedMatmul
+from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.threads import CACHE_LINE
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import bench_texts, encoder_ops, ops
 from embedpipe.runtime import bert_names as bn
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
 from embedpipe.runtime.gemma_embedding import fuse_rows
 from embedpipe.runtime.gguf_file import DerivedTensor, GGUFModelFile, WeightTensor
+from embedpipe.runtime.step_programs import MAX_PROGRAMS, PROGRAM_MAX_TOKENS, ProgramCache, RecordedPass
 from embedpipe.runtime.tokenizer import load_tokenizer
 
 POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
@@ -36,6 +40,10 @@ POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingT
 #: Every activation of a pass then stays in the caches, and no allocation is big enough to be
 #: fresh zeroed pages on every call.
 PASS_TOKENS = 512
+#: Native calls of a forward: the embedding LayerNorm, then per layer the QKV product,
+#: attention, output product, LayerNorm, FFN up, GELU, FFN down, LayerNorm. Passes of at most
+#: PROGRAM_MAX_TOKENS tokens replay them as one recorded step program (``runtime.step_programs``).
+OPS_PER_LAYER = 8
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,9 @@ class BertEncoderModel:
         self.rel_table = dequantize(rel).astype(np.float32) if rel is not None else None  # (buckets, heads)
         self._bias_cache: np.ndarray | None = None
         self.scale = np.float32(1.0 / math.sqrt(self.cfg.head_dim))
+        self.max_program_tokens = 0  # the calibration pass below runs the ops one by one
+        self._program_cache = ProgramCache()
+        self._programs = self._program_cache.programs
         known = self._cached_extensions()
         with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
             self.layers = list(
@@ -303,6 +314,9 @@ class BertEncoderModel:
             )
         if known is None:
             self._extend_inputs(mf)
+        products = [w for layer in self.layers for w in (layer.w_qkv, layer.wo, layer.w_up, layer.w_down)]
+        recordable = self.eops.native and all(isinstance(w, PreparedMatmul) for w in products)
+        self.max_program_tokens = PROGRAM_MAX_TOKENS if recordable else 0
 
     def _extend_inputs(self, mf: GGUFModelFile) -> None:
         """Rank the blocks of each extendable product's input by their quantization error on a
@@ -399,18 +413,66 @@ class BertEncoderModel:
         bounds = np.concatenate(([0], np.cumsum(lengths)))
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths) + cfg.position_offset
         bias = self.position_bias(int(lengths.max()))
-        type0 = self.type0 if self.type0 is not None else self._zeros
-        first_ext = self.layers[0].qkv_ext if self.layers else None
+        if probe is None and ids.size <= self.max_program_tokens:
+            recorded = self._program(lengths, bounds, positions, bias)
+            if recorded is not None:
+                pooled = recorded.run(
+                    self.ops.threads,
+                    lambda a: np.copyto(a.rows("tokens", cfg.hidden), dequantize_rows(self.token_embd, ids)),
+                    lambda a: self._pool(a.rows("x", cfg.hidden), bounds, lengths),
+                )
+                if pooled is not None:  # only JIT kernels ran: no BLAS thread limits to set
+                    return pooled
         with self.ops.session():
             tokens = dequantize_rows(self.token_embd, ids)
             pos = np.ascontiguousarray(self.position_embd[positions])
-            x, xe = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_ext)
-            for il, layer in enumerate(self.layers):
-                nxt = self.layers[il + 1].qkv_ext if il + 1 < len(self.layers) else None
-                x, xe = self._layer(x, xe, layer, bounds, lengths, bias, nxt, probe)
-        if cfg.pooling == "cls":
+            x = self._stack(tokens, pos, bounds, lengths, bias, probe)
+        return self._pool(x, bounds, lengths)
+
+    def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """CLS row or mean of each sequence's rows (new arrays: ``x`` may be an arena's)."""
+        if self.cfg.pooling == "cls":
             return np.ascontiguousarray(x[bounds[:-1]])
         return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
+
+    def _stack(self, tokens, pos, bounds, lengths, bias, probe=None, arena: _Arena | None = None) -> np.ndarray:
+        """The embedding LayerNorm and every block over the token embeddings (into ``arena``'s
+        buffers when given); returns the last hidden states."""
+        cfg = self.cfg
+        type0 = self.type0 if self.type0 is not None else self._zeros
+        first_ext = self.layers[0].qkv_ext if self.layers else None
+        buffers = _norm_buffers(arena, "x", "xe_qkv", first_ext)
+        x, xe = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_ext, **buffers)
+        for il, layer in enumerate(self.layers):
+            nxt = self.layers[il + 1].qkv_ext if il + 1 < len(self.layers) else None
+            x, xe = self._layer(x, xe, layer, bounds, lengths, bias, nxt, probe, arena)
+        return x
+
+    def _program(
+        self, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray, bias: np.ndarray | None
+    ) -> RecordedPass | None:
+        """The recorded forward for a pass of these sequence lengths (recorded on first use;
+        the arena's "tokens" rows take the token embeddings before each run)."""
+        key = tuple(lengths.tolist())
+        recorded = self._program_cache.get(key)
+        if recorded is not None:
+            return recorded
+        arena = _Arena(int(lengths.sum()), self.cfg.hidden)
+        # everything the steps' words point at lives as long as the program: the sequence
+        # bounds, the position rows and this length's position bias (the model may replace
+        # its bias table by a larger one later)
+        bounds, lengths = np.array(bounds, np.int64), np.array(lengths, np.int64)
+        pos = arena.rows("pos", self.cfg.hidden)
+        pos[...] = self.position_embd[positions]
+        tokens = arena.rows("tokens", self.cfg.hidden)
+        forward = lambda: self._stack(tokens, pos, bounds, lengths, bias, None, arena)  # noqa: E731
+        steps = 1 + OPS_PER_LAYER * self.cfg.n_layers
+        recorded = self._program_cache.record(
+            key, forward, self.ops.lib.isa, steps, arena, (bounds, lengths, bias), MAX_PROGRAMS, self.cfg.arch
+        )
+        if recorded is None:  # no runner here, or an op ran outside the kernels: stay on the ops
+            self.max_program_tokens = 0
+        return recorded
 
     def _layer(
         self,
@@ -422,18 +484,59 @@ class BertEncoderModel:
         bias: np.ndarray | None,
         ext_out: ExtendBlocks | None,
         probe: _BlockErrors | None = None,
+        arena: _Arena | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One block: x (S, hidden) and, when this layer's QKV product takes extended rows, their
-        extension ``xe``; returns the block output and its extension by ``ext_out``."""
+        extension ``xe``; returns the block output and its extension by ``ext_out``. With an
+        ``arena`` every op writes into its buffers: the block's input stays in "x" until the
+        first LayerNorm, which writes "x1"; the last one writes "x" again."""
         cfg, eops = self.cfg, self.eops
         if probe is not None:
             probe((layer.il, "attn_qkv"), x)
         # the QKV product is a temporary: held past attention, its pages would stay taken and
         # the products after it would write into freshly mapped ones
         heads = (cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
-        attn = eops.attention(layer.w_qkv(x if xe is None else xe), layer.b_qkv, *heads)
-        x1, xe1 = eops.residual_norm(layer.wo(attn), layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext)
+        qkv = layer.w_qkv(x if xe is None else xe, **_out(arena, "qkv", layer.w_qkv))
+        attn = eops.attention(qkv, layer.b_qkv, *heads, **_out(arena, "attn", cfg.hidden))
+        o = layer.wo(attn, **_out(arena, "o", layer.wo))
+        norm = _norm_buffers(arena, "x1", "xe_up", layer.up_ext)
+        x1, xe1 = eops.residual_norm(o, layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext, **norm)
         if probe is not None:
             probe((layer.il, "ffn_up"), x1)
-        up = eops.combine(layer.w_up(x1 if xe1 is None else xe1), layer.b_up, True)
-        return eops.residual_norm(layer.w_down(up), layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out)
+        up = layer.w_up(x1 if xe1 is None else xe1, **_out(arena, "up", layer.w_up))
+        act = eops.combine(up, layer.b_up, True, **_out(arena, "act", cfg.ffn))
+        down = layer.w_down(act, **_out(arena, "o", layer.w_down))
+        norm = _norm_buffers(arena, "x", "xe_qkv", ext_out)
+        return eops.residual_norm(down, layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out, **norm)
+
+
+class _Arena:
+    """Preallocated activations of one forward over ``t`` tokens (the buffers a step program
+    reads and writes), by name and width, each on a cache line; every layer reuses them."""
+
+    def __init__(self, t: int, hidden: int):
+        self.t, self.hidden = t, hidden
+        self._buffers: dict[tuple[str, int], np.ndarray] = {}
+
+    def rows(self, name: str, width: int) -> np.ndarray:
+        buf = self._buffers.get((name, width))
+        if buf is None:
+            buf = self._buffers[(name, width)] = aligned_empty((self.t, width), np.float32, CACHE_LINE)
+        return buf
+
+
+def _out(arena: _Arena | None, name: str, width: int | PreparedMatmul) -> dict:
+    """``out=`` the arena's ``name`` rows (a product's are as wide as its output), or nothing."""
+    if arena is None:
+        return {}
+    return {"out": arena.rows(name, width if isinstance(width, int) else width.n)}
+
+
+def _norm_buffers(arena: _Arena | None, name: str, ext_name: str, extend: ExtendBlocks | None) -> dict:
+    """Output buffers of a LayerNorm: its rows and, when it extends them, the extended rows."""
+    if arena is None:
+        return {}
+    buffers = {"out": arena.rows(name, arena.hidden)}
+    if extend is not None:
+        buffers["ext_out"] = arena.rows(ext_name, extend.ext_width)
+    return buffers

@@ -103,6 +103,9 @@ class NumpyEncoderOps:
     """Fused encoder row ops on numpy (the oracle). Products here take fp32 activations, so
     no rows are ever extended for them."""
 
+    #: Whether the ops run as native kernels that a step program can record (never here).
+    native = False
+
     def __init__(self, backend: object):
         self.threads = getattr(backend, "threads", None) or 1
 
@@ -142,22 +145,31 @@ class JitEncoderOps(NumpyEncoderOps):
         self._norm, self._combine = ef.RESIDUAL_NORM.native(isa), ef.COMBINE.native(isa)
         self._attention = ENCODER_ATTENTION.native(isa)
 
-    def residual_norm(self, x, bias, res, weight, beta, eps: float, extend):
+    @property
+    def native(self) -> bool:
+        """Whether every op runs as one native kernel call (and can be recorded into a step
+        program, taking the ``out`` / ``ext_out`` buffers of its arena)."""
+        return None not in (self._norm, self._combine, self._attention)
+
+    def residual_norm(self, x, bias, res, weight, beta, eps: float, extend, **buffers):
         if self._norm is None:
             return super().residual_norm(x, bias, res, weight, beta, eps, extend)
-        return self._norm.kernel.drive(self._norm, x, bias, res, weight, beta, eps, extend, threads=self.threads)
+        args = (x, bias, res, weight, beta, eps, extend)
+        return self._norm.kernel.drive(self._norm, *args, threads=self.threads, **buffers)
 
-    def combine(self, y: np.ndarray, bias: np.ndarray, gelu: bool) -> np.ndarray:
+    def combine(self, y: np.ndarray, bias: np.ndarray, gelu: bool, **buffers) -> np.ndarray:
         if self._combine is None:
             return super().combine(y, bias, gelu)
-        return self._combine.kernel.drive(self._combine, y, bias, gelu, threads=self.threads)
+        return self._combine.kernel.drive(self._combine, y, bias, gelu, threads=self.threads, **buffers)
 
-    def attention(self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
+    def attention(
+        self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias, **buffers
+    ) -> np.ndarray:
         native = self._attention
         if native is None:
             return super().attention(y, qkv_bias, n_head, head_dim, starts, lengths, scale, bias)
         args = (y, qkv_bias, y.shape[0], n_head, head_dim, starts, lengths, scale, bias)
-        return native.kernel.drive(native, *args, threads=self.threads)
+        return native.kernel.drive(native, *args, threads=self.threads, **buffers)
 
 
 ENCODER_OPS: dict[str, type[NumpyEncoderOps]] = {"numpy": NumpyEncoderOps, "jit": JitEncoderOps}

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from embedpipe.codegen.program import Program
 from embedpipe.codegen.quant_formats import aligned_empty
 from embedpipe.codegen.threads import CACHE_LINE
 from embedpipe.errors import ModelFileError
@@ -23,17 +20,17 @@ from embedpipe.runtime import ops
 from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
 from embedpipe.runtime.gguf_file import REPAIR_HINT, DerivedTensor, GGUFModelFile, WeightTensor
 from embedpipe.runtime.gguf_schema import tokenizer_problem
+from embedpipe.runtime.step_programs import MAX_PROGRAMS, PROGRAM_MAX_TOKENS, ProgramCache, RecordedPass
 
 log = logging.getLogger(__name__)
 
 ARCH = "gemma-embedding"
 DEFAULT_SWA_PERIOD = 6  # every 6th layer (il % 6 == 5) attends globally
 MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
-# Batches of at most this many tokens run the layer stack as one recorded step program
-# (``codegen.program``: one native call instead of six driver calls and forks per layer),
-# kept per sequence-length tuple, the least recently used dropped beyond MAX_PROGRAMS.
-PROGRAM_MAX_TOKENS = 128
-MAX_PROGRAMS = 16
+# Batches of at most PROGRAM_MAX_TOKENS tokens run the layer stack as one recorded step
+# program (``runtime.step_programs``: one native call instead of six driver calls and forks
+# per layer), kept per sequence-length tuple, the least recently used dropped beyond
+# MAX_PROGRAMS.
 OPS_PER_LAYER = 6
 
 
@@ -222,8 +219,8 @@ class GemmaEmbeddingModel:
         weights = [w for layer in self.layers for w in (layer.w_qkv, layer.wo, layer.w_gate_up, layer.w_down)]
         fused = all(self.ops.fused_weight(w) for w in weights)
         self.max_program_tokens = PROGRAM_MAX_TOKENS if fused else 0
-        self._programs: OrderedDict[tuple[int, ...], _Recorded] = OrderedDict()
-        self._programs_lock = threading.Lock()
+        self._program_cache = ProgramCache()
+        self._programs = self._program_cache.programs
 
     @property
     def out_dim(self) -> int:
@@ -250,7 +247,12 @@ class GemmaEmbeddingModel:
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths)
         recorded = self._program(lengths, bounds, positions) if ids.size <= self.max_program_tokens else None
         embedded = dequantize_rows(self.token_embd, ids)
-        x = None if recorded is None else recorded.run(embedded, self.embed_scale, self.ops.threads)
+        x = None
+        if recorded is not None:
+            scale = self.embed_scale
+            x = recorded.run(
+                self.ops.threads, lambda a: np.multiply(embedded, scale, out=a.x0), lambda a: a.final.copy()
+            )
         if x is not None:  # only JIT kernels ran and run: no BLAS thread limits to set
             return self._pool(x, bounds, lengths)
         with self.ops.session():
@@ -294,28 +296,23 @@ class GemmaEmbeddingModel:
         )
         return x, ops_.gelu_matmul(layer.w_down, gate_up, **_out(arena, "f")), layer.post_ffw_norm
 
-    def _program(self, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray) -> _Recorded | None:
-        """The recorded layer stack for a batch of these sequence lengths (recorded on first use)."""
+    def _program(self, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray) -> RecordedPass | None:
+        """The recorded layer stack for a batch of these sequence lengths (recorded on first use;
+        the x0 buffer of its arena takes the scaled token embeddings before each run)."""
         key = tuple(lengths.tolist())
-        with self._programs_lock:
-            recorded = self._programs.get(key)
-            if recorded is not None:
-                self._programs.move_to_end(key)
-                return recorded
+        recorded = self._program_cache.get(key)
+        if recorded is not None:
+            return recorded
         arena = _Arena(self.cfg, int(lengths.sum()))
         plan = _AttentionPlan(bounds, lengths)
         tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
-        program = Program.record(lambda: self._stack(arena.x0, tables, plan, arena), self.ops.lib.isa)
-        if program is None or program.steps != OPS_PER_LAYER * self.cfg.n_layers + 1:
-            # no runner here, or an op ran outside the kernels (nothing to replay): stay eager
-            log.debug("no step program for %s (%s)", ARCH, "no runner" if program is None else f"{program.steps} steps")
+        steps = OPS_PER_LAYER * self.cfg.n_layers + 1
+        forward = lambda: self._stack(arena.x0, tables, plan, arena)  # noqa: E731
+        recorded = self._program_cache.record(
+            key, forward, self.ops.lib.isa, steps, arena, (plan, tables), MAX_PROGRAMS, ARCH
+        )
+        if recorded is None:  # no runner here, or an op ran outside the kernels: stay eager
             self.max_program_tokens = 0
-            return None
-        recorded = _Recorded(program, arena, plan, tables)
-        with self._programs_lock:
-            self._programs[key] = recorded
-            while len(self._programs) > MAX_PROGRAMS:
-                self._programs.popitem(last=False)
         return recorded
 
 
@@ -349,26 +346,6 @@ class _Arena:
         )
         self.attn = rows(cfg.n_head * dv)
         self.gate_up = rows(2 * cfg.ffn)
-
-
-class _Recorded:
-    """A step program with the arena, attention plan and RoPE tables its words point at."""
-
-    def __init__(self, program: Program, arena: _Arena, plan: _AttentionPlan, tables: dict):
-        self.program, self.arena, self.plan, self.tables = program, arena, plan, tables
-        self._lock = threading.Lock()
-
-    def run(self, embedded: np.ndarray, scale: np.float32, threads: int) -> np.ndarray | None:
-        """The normalized last hidden states of the token embeddings, or None when another
-        thread is running this program (the caller then runs the layers itself)."""
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            np.multiply(embedded, scale, out=self.arena.x0)
-            self.program.run(threads)
-            return self.arena.final.copy()
-        finally:
-            self._lock.release()
 
 
 class _AttentionPlan:

@@ -84,3 +84,20 @@ def test_out_of_range_sequences_are_refused():
         ENCODER_ATTENTION(qkv, zero, 9, 1, 32, np.array([0]), np.array([9]), 1.0)
     with pytest.raises(KernelInputError, match="QKV bias"):
         ENCODER_ATTENTION(qkv, zero[:90], 10, 1, 32, np.array([0]), np.array([10]), 1.0)
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
+def test_output_buffer_gets_the_same_values_and_a_bad_one_is_refused(isa):
+    rng = np.random.default_rng(3)
+    lengths, starts = np.array([31, 2]), np.array([0, 31])
+    y = rng.standard_normal((33, 3 * 64)).astype(np.float32)
+    qb = rng.standard_normal(3 * 64).astype(np.float32)
+    run = ENCODER_ATTENTION.on(isa)
+    want = run(y, qb, 33, 2, 32, starts, lengths, 0.2, threads=2)
+    out = np.full((33, 64), np.nan, np.float32)
+    assert run(y, qb, 33, 2, 32, starts, lengths, 0.2, threads=2, out=out) is out
+    assert np.array_equal(out, want)
+    with pytest.raises(KernelInputError, match="out must be"):
+        run(y, qb, 33, 2, 32, starts, lengths, 0.2, out=np.zeros((33, 65), np.float32))
+    with pytest.raises(KernelInputError, match="out must be"):
+        run(y, qb, 33, 2, 32, starts, lengths, 0.2, out=y[:, :64])

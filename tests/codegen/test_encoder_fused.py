@@ -164,3 +164,35 @@ def test_address_is_the_data_address_for_writable_read_only_and_empty_arrays():
     for arr in (a, ro, a[1:], np.empty((0, 4), np.float32)):
         assert address(arr) == arr.ctypes.data
     assert row_ranges(10, 1) == [(0, 10)] and row_ranges(10, 2) == [(0, 5), (5, 10)]
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
+def test_output_buffers_get_the_same_values_and_bad_ones_are_refused(isa):
+    """Given ``out`` / ``ext_out`` buffers (a step program's arena), the kernels write there what
+    they return otherwise; a buffer of the wrong shape or type, or one overlapping an input,
+    is one clear error."""
+    t, d = 33, 64
+    x, bias, res, w, beta = operands(t, d, 7)
+    extend = ExtendBlocks(d, [1])
+    norm = RESIDUAL_NORM.on(isa)
+    want, want_ext = norm(x, bias, res, w, beta, 1e-12, extend, threads=2)
+    out, ext = np.full((t, d), np.nan, np.float32), np.full((t, extend.ext_width), np.nan, np.float32)
+    got, got_ext = norm(x, bias, res, w, beta, 1e-12, extend, threads=2, out=out, ext_out=ext)
+    assert got is out and got_ext is ext
+    assert np.array_equal(out, want) and np.array_equal(ext, want_ext)
+    combine = COMBINE.on(isa)
+    act = np.full((t, d), np.nan, np.float32)
+    assert combine(x, bias, True, threads=2, out=act) is act
+    assert np.array_equal(act, combine(x, bias, True, threads=2))
+    with pytest.raises(KernelInputError, match="out must be"):
+        norm(x, bias, res, w, beta, 1e-12, None, out=np.zeros((t, d + 1), np.float32))
+    with pytest.raises(KernelInputError, match="out must be"):
+        norm(x, bias, res, w, beta, 1e-12, None, out=res)
+    with pytest.raises(KernelInputError, match="out must be"):
+        norm(x, bias, res, w, beta, 1e-12, extend, out=out, ext_out=np.zeros((t, d), np.float32))
+    with pytest.raises(KernelInputError, match="without blocks"):
+        norm(x, bias, res, w, beta, 1e-12, None, ext_out=ext)
+    with pytest.raises(KernelInputError, match="out must be"):
+        combine(x, bias, False, out=x)
+    with pytest.raises(KernelInputError, match="out must be"):
+        combine(x, bias, False, out=np.zeros((t, d), np.float64))

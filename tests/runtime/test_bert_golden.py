@@ -93,3 +93,32 @@ def test_registry_metadata_reaches_the_embedder(name: str) -> None:
     assert emb.max_tokens == meta["models"][name]["max_seq_length"]
     assert emb.prompts == "none" and emb.format_texts(["x"], "query") == ["x"]
     assert emb.dims == (emb.dim,)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_single_texts_on_step_programs_match_sentence_transformers(name: str) -> None:
+    """Each golden text alone (one of at most PROGRAM_MAX_TOKENS tokens runs the recorded step
+    program): Q8_0 cos >= 0.999 against sentence-transformers, and the same vector bit for bit
+    as the op-by-op path."""
+    meta, arrays = golden()
+    emb = embedder(name, "q8_0", "jit")
+    model = emb.model
+    rows = meta["models"][name]["vector_rows"]
+    texts = [meta["texts"][i]["text"] for i in rows]
+    short = [
+        j
+        for j, t in enumerate(texts)
+        if len(emb.tokenize([t], task="query", truncate=True)[0]) <= model.max_program_tokens
+        and not (len(t.split()) > 10 and len(set(t.split())) == 1)
+    ]
+    assert len(short) >= 50
+    model._programs.clear()
+    for j in short:
+        got = emb.encode([texts[j]], task="query", truncate=True)[0]
+        assert float(got @ arrays[name][j]) >= THRESHOLDS["q8_0"], (j, texts[j][:60])
+        limit, model.max_program_tokens = model.max_program_tokens, 0
+        try:
+            np.testing.assert_array_equal(emb.encode([texts[j]], task="query", truncate=True)[0], got)
+        finally:
+            model.max_program_tokens = limit
+    assert model._programs, "no step program ran"

@@ -1,0 +1,141 @@
+"""Short BERT/MPNet passes run as recorded step programs (``runtime.step_programs``): the
+vectors must be bit-identical to the op sequence (the oracle), per sequence-length tuple,
+threads and pooling, with the op sequence taken when the program is busy, for calibration
+passes and beyond the token limit."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from embedpipe.runtime import bert
+from embedpipe.runtime.convert import convert_checkout
+from embedpipe.runtime.embedder import Embedder
+from tests.runtime.bert_checkout_builder import build_bert_checkout, build_mpnet_checkout
+
+BUILDERS = {
+    "bert": build_bert_checkout,
+    "bert_cls": lambda root: build_bert_checkout(root, pooling="cls", seed=5),
+    "mpnet": build_mpnet_checkout,
+}
+LENGTHS = [(1,), (2,), (31,), (33,), (5, 9), (1, 1, 30)]
+
+
+@pytest.fixture(scope="module")
+def ggufs(tmp_path_factory) -> dict[tuple[str, str], object]:
+    base = tmp_path_factory.mktemp("bert_program")
+    return {
+        (name, quant): convert_checkout(build(base / name), base / f"{name}-{quant}.gguf", quant)
+        for name, build in BUILDERS.items()
+        for quant in ("q8_0", "f32")
+    }
+
+
+@pytest.fixture(scope="module")
+def models(ggufs):
+    loaded: dict = {}
+
+    def get(name: str, quant: str = "q8_0", threads: int = 2):
+        key = (name, quant, threads)
+        if key not in loaded:
+            loaded[key] = Embedder.load(ggufs[(name, quant)], backend="jit", threads=threads).model
+        return loaded[key]
+
+    return get
+
+
+def _eager(model, seqs):
+    limit, model.max_program_tokens = model.max_program_tokens, 0
+    try:
+        return model.embed(seqs)
+    finally:
+        model.max_program_tokens = limit
+
+
+def _seqs(model, lengths):
+    rng = np.random.default_rng(sum(lengths) + len(lengths))
+    return [rng.integers(0, model.cfg.vocab, n).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_program_vectors_equal_the_op_sequence(models, name, threads, lengths):
+    model = models(name, threads=threads)
+    assert model.max_program_tokens == bert.PROGRAM_MAX_TOKENS
+    seqs = _seqs(model, lengths)
+    want = _eager(model, seqs)
+    got = model.embed(seqs)
+    assert tuple(lengths) in model._programs
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model.embed(seqs), want)  # replayed, not re-recorded
+
+
+def test_float_weights_run_as_programs_too(models):
+    model = models("mpnet", "f32")
+    seqs = _seqs(model, (4, 7))
+    want = _eager(model, seqs)
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    assert (4, 7) in model._programs
+
+
+def test_a_program_keeps_its_position_bias_when_the_table_grows(models):
+    """MPNet's bias table is replaced by a larger one for a longer text: a program recorded
+    before points at the old table, which it keeps alive."""
+    model = models("mpnet")
+    model._bias_cache = None
+    seqs = _seqs(model, (3,))
+    want = _eager(model, seqs)
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    model.embed(_seqs(model, (40,)))  # grows the table
+    np.testing.assert_array_equal(model.embed(seqs), want)
+
+
+def test_busy_program_falls_back_to_the_op_sequence(models):
+    model = models("bert")
+    seqs = [[3, 4, 5, 6]]
+    want = model.embed(seqs)
+    with model._programs[(4,)]._lock:
+        np.testing.assert_array_equal(model.embed(seqs), want)
+
+
+def test_long_passes_and_calibration_run_the_ops(models):
+    model = models("bert")
+    model._programs.clear()
+    model.embed([[5] * 43] * 3)  # 129 tokens: over the limit
+    assert not model._programs
+    errors = bert._BlockErrors()
+    model._embed_pass([[7, 8, 9]], probe=errors)
+    assert not model._programs and errors.energy
+
+
+def test_many_lengths_stay_bounded(models, monkeypatch):
+    monkeypatch.setattr(bert, "MAX_PROGRAMS", 3)
+    model = models("bert")
+    model._programs.clear()
+    for n in range(2, 7):
+        model.embed([list(range(n))])
+    assert list(model._programs) == [(4,), (5,), (6,)]
+
+
+def test_concurrent_callers_get_the_same_vectors(models):
+    """Four threads embed at once: one runs the program, the others the op sequence (or the
+    program once it is free); every vector is the same."""
+    model = models("mpnet")
+    seqs = [[7, 8, 9, 10, 11, 12], [13, 14]]
+    want = _eager(model, seqs)
+    bad: list[int] = []
+
+    def worker() -> None:
+        for i in range(30):
+            if not np.array_equal(model.embed(seqs), want):
+                bad.append(i)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and bad == []
