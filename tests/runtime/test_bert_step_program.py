@@ -5,8 +5,6 @@ passes and beyond the token limit."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,8 @@ from embedpipe.runtime import bert
 from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from tests.runtime.bert_checkout_builder import build_bert_checkout, build_mpnet_checkout
+from tests.runtime.step_program_checks import assert_concurrent_callers_agree, assert_recorded_and_replayed
+from tests.runtime.step_program_checks import eager as _eager
 
 BUILDERS = {
     "bert": build_bert_checkout,
@@ -46,14 +46,6 @@ def models(ggufs):
     return get
 
 
-def _eager(model, seqs):
-    limit, model.max_program_tokens = model.max_program_tokens, 0
-    try:
-        return model.embed(seqs)
-    finally:
-        model.max_program_tokens = limit
-
-
 def _seqs(model, lengths):
     rng = np.random.default_rng(sum(lengths) + len(lengths))
     return [rng.integers(0, model.cfg.vocab, n).tolist() for n in lengths]
@@ -65,12 +57,7 @@ def _seqs(model, lengths):
 def test_program_vectors_equal_the_op_sequence(models, name, threads, lengths):
     model = models(name, threads=threads)
     assert model.max_program_tokens == bert.PROGRAM_MAX_TOKENS
-    seqs = _seqs(model, lengths)
-    want = _eager(model, seqs)
-    got = model.embed(seqs)
-    assert tuple(lengths) in model._programs
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(model.embed(seqs), want)  # replayed, not re-recorded
+    assert_recorded_and_replayed(model, _seqs(model, lengths))
 
 
 def test_float_weights_run_as_programs_too(models):
@@ -121,21 +108,4 @@ def test_many_lengths_stay_bounded(models, monkeypatch):
 
 
 def test_concurrent_callers_get_the_same_vectors(models):
-    """Four threads embed at once: one runs the program, the others the op sequence (or the
-    program once it is free); every vector is the same."""
-    model = models("mpnet")
-    seqs = [[7, 8, 9, 10, 11, 12], [13, 14]]
-    want = _eager(model, seqs)
-    bad: list[int] = []
-
-    def worker() -> None:
-        for i in range(30):
-            if not np.array_equal(model.embed(seqs), want):
-                bad.append(i)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads) and bad == []
+    assert_concurrent_callers_agree(models("mpnet"), [[7, 8, 9, 10, 11, 12], [13, 14]], rounds=30)

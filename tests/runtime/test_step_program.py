@@ -9,6 +9,7 @@ import pytest
 
 from embedpipe.runtime import gemma_embedding
 from embedpipe.runtime.embedder import Embedder
+from tests.runtime.step_program_checks import assert_concurrent_callers_agree, assert_recorded_and_replayed
 
 
 @pytest.fixture(scope="module")
@@ -16,23 +17,10 @@ def model(tiny_model_q8):
     return Embedder.load(tiny_model_q8.path, backend="jit", threads=2).model
 
 
-def _eager(model, seqs):
-    limit, model.max_program_tokens = model.max_program_tokens, 0
-    try:
-        return model.embed(seqs)
-    finally:
-        model.max_program_tokens = limit
-
-
 @pytest.mark.parametrize("lengths", [(1,), (2,), (31,), (33,), (5, 9), (1, 1, 30)])
 def test_program_vectors_equal_the_eager_ones(model, lengths):
     rng = np.random.default_rng(sum(lengths))
-    seqs = [rng.integers(0, model.cfg.vocab, n).tolist() for n in lengths]
-    want = _eager(model, seqs)
-    got = model.embed(seqs)
-    assert tuple(lengths) in model._programs
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(model.embed(seqs), want)  # replayed, not re-recorded
+    assert_recorded_and_replayed(model, [rng.integers(0, model.cfg.vocab, n).tolist() for n in lengths])
 
 
 def test_busy_program_falls_back_to_the_op_sequence(model):
@@ -54,22 +42,5 @@ def test_long_batches_and_many_lengths_stay_bounded(model, monkeypatch):
 
 
 def test_concurrent_callers_get_the_same_vectors(model):
-    """Four threads embed at once: one runs the program, the others the op sequence (or the
-    program after it is free), on the pool or fresh threads; every vector is the same."""
-    import threading
-
-    seqs = [[7, 8, 9, 10, 11, 12]]
-    want = _eager(model, seqs)
-    bad: list[int] = []
-
-    def worker() -> None:
-        for i in range(40):
-            if not np.array_equal(model.embed(seqs), want):
-                bad.append(i)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads) and bad == []
+    """On the pool or fresh threads, concurrent callers get the op sequence's vectors."""
+    assert_concurrent_callers_agree(model, [[7, 8, 9, 10, 11, 12]], rounds=40)
