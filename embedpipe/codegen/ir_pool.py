@@ -141,7 +141,7 @@ def _emit_drain(m: ir.Module, st: _State) -> ir.Function:
     return fn
 
 
-def _cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
+def cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
     """A spin-wait hint for the target (``pause`` / ``yield``; nothing elsewhere)."""
     triple = str(m.triple or "")
     if triple.startswith(("x86_64", "i686", "i386")):
@@ -168,7 +168,7 @@ def _emit_spin(m: ir.Module, libc: _Libc, yielding: bool) -> ir.Function:
     b.cbranch(b.xor(differs, until_equal), changed, body)
     b.position_at_end(body)
     for _ in range(PAUSES_PER_ROUND):
-        _cpu_relax(m, b)
+        cpu_relax(m, b)
     if yielding:
         b.call(libc.sched_yield, [])
     nxt = b.add(rounds, const_i64(1))

@@ -27,7 +27,8 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen import encoder_attention, ir_attention, prepared
-from embedpipe.codegen.irutil import I64, PTR, VOID, const_i64, intrinsic, loop, var
+from embedpipe.codegen.ir_pool import cpu_relax
+from embedpipe.codegen.irutil import I64, PTR, const_i64, intrinsic, loop, var
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, Recorder, recording
 from embedpipe.codegen.quant_formats import aligned_empty
@@ -40,14 +41,6 @@ MAX_THREADS = 64
 _TASK_TYPE = ir.FunctionType(PTR, [PTR])
 
 PARAMS = [("steps", PTR), ("n_steps", I64), ("counters", PTR)]
-
-
-def _cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
-    triple = str(m.triple or "")
-    if triple.startswith(("x86_64", "i686", "i386")):
-        b.call(intrinsic(m, "llvm.x86.sse2.pause", VOID, []), [])
-    elif triple.startswith(("aarch64", "arm64")):
-        b.call(intrinsic(m, "llvm.aarch64.hint", VOID, [ir.IntType(32)]), [ir.Constant(ir.IntType(32), 1)])
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
@@ -74,7 +67,7 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
             finished = b.load_atomic(done, "acquire", 8, typ=I64)
             wait.break_if(b.icmp_signed(">=", finished, n))
             for _ in range(PAUSES_PER_ROUND):
-                _cpu_relax(m, b)
+                cpu_relax(m, b)
             r = b.load(rounds)
             b.store(b.add(r, const_i64(1)), rounds)
             with b.if_then(b.icmp_signed(">=", r, const_i64(SPIN_ROUNDS))):
