@@ -28,7 +28,11 @@ OP_METHODS: tuple[str, ...] = (
     "layer_norm",
     "gelu_tanh_mul",
     "gelu_erf",
+    "residual_norm",
+    "combine",
 )
+#: The model attributes that hold op sets (EmbeddingGemma's ``ops``; an encoder's row ops too).
+OP_SETS: tuple[str, ...] = ("ops", "eops")
 OTHER = "other"
 
 
@@ -96,7 +100,6 @@ def _instrumented(model, timer: _Timer) -> Iterator[None]:
             setattr(layer, attr, proxy)
             names[id(proxy)] = attr
             undo.append(lambda layer=layer, attr=attr, value=value: setattr(layer, attr, value))
-    ops = model.ops
 
     def label(method: str) -> Callable[..., str]:
         def name(*args) -> str:
@@ -105,10 +108,11 @@ def _instrumented(model, timer: _Timer) -> Iterator[None]:
 
         return name
 
-    for method in OP_METHODS:
-        if hasattr(ops, method):
-            setattr(ops, method, timer.timed(label(method), getattr(ops, method)))
-            undo.append(lambda method=method: delattr(ops, method))
+    for ops in {id(o): o for o in (getattr(model, a, None) for a in OP_SETS) if o is not None}.values():
+        for method in OP_METHODS:
+            if hasattr(ops, method):
+                setattr(ops, method, timer.timed(label(method), getattr(ops, method)))
+                undo.append(lambda ops=ops, method=method: delattr(ops, method))
     try:
         yield
     finally:

@@ -73,6 +73,33 @@ def test_profile_leaves_the_model_as_it_was():
     np.testing.assert_array_equal(emb.encode_ids([[1, 2, 3]]), before)
 
 
+class _RowOps:
+    def residual_norm(self, x, res):
+        return x + res
+
+
+class _EncoderModel(_Model):
+    """An encoder: its row ops live in a second op set (``eops``) beside ``ops``."""
+
+    def __init__(self):
+        super().__init__()
+        self.eops = _RowOps()
+
+    def embed(self, seqs):
+        x = super().embed(seqs)
+        return self.eops.residual_norm(x, x)
+
+
+def test_profile_times_an_encoders_row_ops_and_restores_them():
+    emb = _Embedder()
+    emb.model = _EncoderModel()
+    before = emb.encode_ids([[1, 2]])
+    ops = profile_ops(emb, [[1, 2]], repeats=2)["ops"]
+    assert ops["residual_norm"]["calls"] == 1 and ops["norm_matmul(w_in)"]["calls"] == 2
+    assert "residual_norm" not in vars(emb.model.eops)
+    np.testing.assert_array_equal(emb.encode_ids([[1, 2]]), before)
+
+
 def test_format_profile_lists_every_op():
     prof = profile_ops(_Embedder(), [[1]], repeats=1)
     lines = format_profile("short", 2, prof)
@@ -96,3 +123,17 @@ def test_profile_of_embeddinggemma_names_its_ops_and_changes_no_vector():
     for name in ("norm_matmul(w_qkv)", "norm_matmul(w_gate_up)", "gelu_matmul(w_down)", "matmul wo", "attention"):
         assert prof["ops"][name]["calls"] == n_layers, name
     np.testing.assert_array_equal(emb.encode_ids(ids), before)
+
+
+@pytest.mark.model
+def test_profile_of_minilm_names_its_row_ops():
+    from embedpipe.runtime.embedder import Embedder
+
+    emb = Embedder.load("all-minilm-l6-v2", backend="jit", threads=2)
+    ids = emb.tokenize(["a text about attention kernels and the products around them, " * 4] * 4, "document")
+    assert sum(map(len, ids)) > getattr(emb.model, "max_program_tokens", 0)
+    prof = profile_ops(emb, ids, repeats=1)
+    n_layers = emb.model.cfg.n_layers
+    assert prof["ops"]["attention"]["calls"] == n_layers
+    assert prof["ops"]["combine"]["calls"] == n_layers
+    assert prof["ops"]["residual_norm"]["calls"] == 2 * n_layers + 1
