@@ -180,7 +180,7 @@ def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
             def body(ty: ir.Type, i: ir.Value, act=act, base=base) -> None:
                 off = b.mul(i, const_i64(4))
                 v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
-                store_at(b, gelu_erf_value(b, m, v) if act else v, out, b.add(base, off), 4)
+                store_at(b, gelu_erf_value(b, m, isa, v) if act else v, out, b.add(base, off), 4)
 
             _row_loop(b, N, width, "col", body)
         b.branch(done)

@@ -162,6 +162,20 @@ def gelu_matmul(w, gu: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarr
     return out
 
 
+def bias_gelu_matmul(w, y: np.ndarray, bias: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """``gelu_erf(y + bias) · Wᵀ`` for an int-family prepared weight (N, K); y (T, K), bias (K,):
+    the GELU is computed into the quantizer's row scratch, never stored."""
+    _check_f32("bias_gelu_matmul", y=y, bias=bias)
+    if y.ndim != 2 or y.shape[1] != w.k or bias.shape != (w.k,):
+        raise _shape_error(f"bias_gelu_matmul: y {y.shape} / bias {bias.shape} do not fit a {w.n}x{w.k} weight")
+    t = y.shape[0]
+    out = _output_rows(t, w.n, out, "bias_gelu_matmul")
+    _distinct("bias_gelu_matmul", out, y)
+    if t:
+        _run_work(w, "q8work_bias_gelu", lambda write: (y.ctypes.data, constant_address(bias)), t, out)
+    return out
+
+
 def qk_norm_rope(
     lib,
     qkv: np.ndarray,

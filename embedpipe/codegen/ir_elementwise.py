@@ -10,15 +10,18 @@ per element.  ``gelu_tanh(x) = 0.5·x·(1 + tanh(u)) = x / (1 + e^(−2u))`` wit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
 from embedpipe.codegen.irutil import (
     F32,
+    I16,
     I32,
     I64,
     PTR,
     const_i64,
+    fmuladd,
     for_range,
     hsum_tree,
     intrinsic,
@@ -34,6 +37,68 @@ _LN2_HI = 0.693359375
 _LN2_LO = -2.12194440e-4
 # Taylor-like minimax coefficients of e^r on [-ln2/2, ln2/2] (Cephes expf).
 _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+@dataclass(frozen=True)
+class Reciprocal:
+    """A reciprocal-estimate instruction: its LLVM intrinsic over ``lanes`` fp32 lanes, whether
+    it takes AVX-512's (passthrough, mask) operands, and the Newton steps that bring its
+    estimate (``bits`` correct) to fp32 precision."""
+
+    intrinsic: str
+    lanes: int
+    bits: int
+    masked: bool = False
+
+    @property
+    def newton_steps(self) -> int:
+        return 1 if self.bits >= 12 else 2
+
+
+RECIPROCALS: dict[str, Reciprocal] = {
+    "rcp14": Reciprocal("llvm.x86.avx512.rcp14.ps.512", 16, 14, masked=True),
+    "rcp": Reciprocal("llvm.x86.avx.rcp.ps.256", 8, 12),
+    "frecpe": Reciprocal("llvm.aarch64.neon.frecpe.v4f32", 4, 8),
+}
+
+
+def reciprocal(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value) -> ir.Value:
+    """``1/x`` of an fp32 vector: the ISA's estimate refined by Newton steps
+    (``r' = r + r·(1 − x·r)``, to within an ulp or two of the division) where the vector is
+    a power-of-two number of its registers, a division otherwise.  A result below the smallest
+    normal float (|x| > 2^126) may come out as zero.  Vector division is among the
+    slowest instructions of every target; the estimate and a step are a few FMAs."""
+    ty = x.type
+    est = RECIPROCALS.get(isa.recip)
+    n = ty.count if isinstance(ty, ir.VectorType) else 1
+    if est is None or n % est.lanes or (n // est.lanes) & (n // est.lanes - 1):
+        return b.fdiv(_fconst(ty, 1.0), x)
+    part = vec(F32, est.lanes)
+    args = [part, part, I16] if est.masked else [part]
+    fn = intrinsic(m, est.intrinsic, part, args)
+    pieces = []
+    for i in range(n // est.lanes):
+        xi = b.shuffle_vector(x, x, ir.Constant(vec(I32, est.lanes), list(range(i * est.lanes, (i + 1) * est.lanes))))
+        ri = b.call(fn, [xi, ir.Constant(part, None), ir.Constant(I16, -1)] if est.masked else [xi])
+        for _ in range(est.newton_steps):
+            err = fmuladd(b, m, b.fsub(_fconst(part, 0.0), xi), ri, _fconst(part, 1.0))
+            ri = fmuladd(b, m, ri, err, ri)
+        pieces.append(ri)
+    while len(pieces) > 1:  # concatenate pairwise back to the input's width
+        w = pieces[0].type.count
+        pieces = [
+            b.shuffle_vector(pieces[j], pieces[j + 1], ir.Constant(vec(I32, 2 * w), list(range(2 * w))))
+            for j in range(0, len(pieces), 2)
+        ]
+    return pieces[0]
+
+
+def fma(b: ir.IRBuilder, m: ir.Module, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
+    """``x·y + z`` of fp32 scalars or vectors, one fused instruction where the target has FMA
+    (LLVM does not contract a separate multiply and add by itself)."""
+    if isinstance(x.type, ir.VectorType):
+        return fmuladd(b, m, x, y, z)
+    return b.call(intrinsic(m, "llvm.fmuladd.f32", F32, [F32] * 3), [x, y, z])
 
 
 def _fconst(ty: ir.Type, value: float) -> ir.Constant:
@@ -57,14 +122,13 @@ def emit_exp(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
 
     x = fmax(fmin(x, 88.3762626647949), -87.3365447504019)
     magic = _fconst(ty, 12582912.0)  # round to nearest integer, as in the quantizer
-    kf = b.fsub(b.fadd(b.fmul(x, _fconst(ty, 1 / math.log(2))), magic), magic)
-    r = b.fsub(x, b.fmul(kf, _fconst(ty, _LN2_HI)))
-    r = b.fsub(r, b.fmul(kf, _fconst(ty, _LN2_LO)))
+    kf = b.fsub(fma(b, m, x, _fconst(ty, 1 / math.log(2)), magic), magic)
+    r = fma(b, m, kf, _fconst(ty, -_LN2_HI), x)
+    r = fma(b, m, kf, _fconst(ty, -_LN2_LO), r)
     p = _fconst(ty, _EXP_POLY[0])
     for c in _EXP_POLY[1:]:
-        p = b.fadd(b.fmul(p, r), _fconst(ty, c))
-    r2 = b.fmul(r, r)
-    er = b.fadd(b.fadd(b.fmul(p, r2), r), _fconst(ty, 1.0))
+        p = fma(b, m, p, r, _fconst(ty, c))
+    er = b.fadd(fma(b, m, p, b.fmul(r, r), r), _fconst(ty, 1.0))
     # 2^k built in two halves so k = 128 (x near 88.7) cannot overflow the exponent field.
     k = b.fptosi(kf, ity)
     k1 = b.ashr(k, ir.Constant(ity, [1] * n))
@@ -74,6 +138,19 @@ def emit_exp(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
     s1 = b.bitcast(b.shl(b.add(k1, bias), shift), ty)
     s2 = b.bitcast(b.shl(b.add(k2, bias), shift), ty)
     return b.fmul(b.fmul(er, s1), s2)
+
+
+def gelu_tanh_mul_value(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value, y: ir.Value) -> ir.Value:
+    """``gelu_tanh(x)·y = x·y / (1 + e^(−2u))``, ``u = sqrt(2/π)·(x + 0.044715·x³)``, of fp32
+    vectors or scalars (a scalar runs the vector code on one lane)."""
+    ty = x.type
+    if not isinstance(ty, ir.VectorType):
+        one, lane0 = vec(F32, 1), ir.Constant(I32, 0)
+        x1, y1 = (b.insert_element(ir.Constant(one, None), v, lane0) for v in (x, y))
+        return b.extract_element(gelu_tanh_mul_value(b, m, isa, x1, y1), lane0)
+    inner = fma(b, m, b.fmul(b.fmul(x, x), x), _fconst(ty, 0.044715), x)
+    e = emit_exp(b, m, b.fmul(inner, _fconst(ty, -2.0 * math.sqrt(2 / math.pi))))
+    return b.fmul(b.fmul(x, y), reciprocal(b, m, isa, b.fadd(e, _fconst(ty, 1.0))))
 
 
 def gelu_mul_symbol(isa: IsaSpec) -> str:
@@ -92,10 +169,7 @@ def emit_gelu_tanh_mul(m: ir.Module, isa: IsaSpec) -> str:
         off = b.mul(idx, const_i64(4))
         x = load_at(b, ty, a_ptr, off, 4)
         y = load_at(b, ty, b_ptr, off, 4)
-        x3 = b.fmul(b.fmul(x, x), x)
-        u = b.fmul(_fconst(ty, math.sqrt(2 / math.pi)), b.fadd(x, b.fmul(_fconst(ty, 0.044715), x3)))
-        e = emit_exp(b, m, b.fmul(u, _fconst(ty, -2.0)))
-        store_at(b, b.fdiv(b.fmul(x, y), b.fadd(e, _fconst(ty, 1.0))), out, off, 4)
+        store_at(b, gelu_tanh_mul_value(b, m, isa, x, y), out, off, 4)
 
     vstop = b.sub(stop, b.srem(b.sub(stop, start), const_i64(width)))
     with for_range(b, start, vstop, width, "v") as i:

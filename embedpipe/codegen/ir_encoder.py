@@ -13,7 +13,7 @@ import math
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
+from embedpipe.codegen.ir_elementwise import _fconst, emit_exp, fma, reciprocal
 from embedpipe.codegen.irutil import (
     F32,
     I64,
@@ -38,18 +38,21 @@ def gelu_erf_symbol(isa: IsaSpec) -> str:
     return f"ep_gelu_erf_{isa.name}"
 
 
-def gelu_erf_value(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
-    """``gelu_erf(x)`` of an fp32 vector (or scalar) value."""
+def gelu_erf_value(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value) -> ir.Value:
+    """``gelu_erf(x)`` of an fp32 vector or scalar (a scalar runs the vector code on one lane)."""
     ty = x.type
+    if not isinstance(ty, ir.VectorType):
+        one, lane0 = vec(F32, 1), ir.Constant(ir.IntType(32), 0)
+        x1 = b.insert_element(ir.Constant(one, None), x, lane0)
+        return b.extract_element(gelu_erf_value(b, m, isa, x1), lane0)
     neg = b.fcmp_ordered("<", x, _fconst(ty, 0.0))
     ax = b.select(neg, b.fsub(_fconst(ty, 0.0), x), x)
-    t = b.fdiv(_fconst(ty, 1.0), b.fadd(_fconst(ty, 1.0), b.fmul(ax, _fconst(ty, ERF_P / math.sqrt(2)))))
+    t = reciprocal(b, m, isa, fma(b, m, ax, _fconst(ty, ERF_P / math.sqrt(2)), _fconst(ty, 1.0)))
     poly = _fconst(ty, ERF_A[4])
     for c in reversed(ERF_A[:4]):
-        poly = b.fadd(b.fmul(poly, t), _fconst(ty, c))
-    poly = b.fmul(poly, t)
+        poly = fma(b, m, poly, t, _fconst(ty, c))
     e = emit_exp(b, m, b.fmul(b.fmul(x, x), _fconst(ty, -0.5)))
-    h = b.fmul(b.fmul(b.fmul(poly, e), x), _fconst(ty, 0.5))
+    h = b.fmul(b.fmul(b.fmul(poly, t), e), b.fmul(x, _fconst(ty, 0.5)))
     return b.select(neg, h, b.fsub(x, h))
 
 
@@ -62,7 +65,7 @@ def emit_gelu_erf(m: ir.Module, isa: IsaSpec) -> str:
 
     def body(ty: ir.Type, idx: ir.Value) -> None:
         off = b.mul(idx, const_i64(4))
-        store_at(b, gelu_erf_value(b, m, load_at(b, ty, a_ptr, off, 4)), out, off, 4)
+        store_at(b, gelu_erf_value(b, m, isa, load_at(b, ty, a_ptr, off, 4)), out, off, 4)
 
     vstop = b.sub(stop, b.srem(b.sub(stop, start), const_i64(width)))
     with for_range(b, start, vstop, width, "v") as i:

@@ -5,6 +5,8 @@ possible, as model-agnostic building blocks.
   ``h = rms(x')·w_pre`` → Q8_0 activation quantization → int8 matmul, in one task per thread.
 * ``q8work_gelu``: ``gelu_tanh(a)·b`` of the two halves of a (T, 2K) row → quantization →
   int8 matmul.
+* ``q8work_bias_gelu``: exact (erf) GELU of a row plus a bias → quantization → int8 matmul
+  (the FFN of a post-LayerNorm encoder).
 * ``qk_norm_rope``: per-head RMS norm of the query and key heads of a packed (T, Q|K|V) row,
   NeoX rotary embedding (rotate halves) from per-row cos/sin tables, V copied out.
 * ``add_norm``: ``out = rms(x + rms(y)·w_post)·w`` (the last residual and the output norm).
@@ -16,13 +18,13 @@ sweeps use ``2·lanes`` fp32 vectors plus a scalar tail, like ``ir_elementwise.r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import llvmlite.ir as ir
 
 from embedpipe.codegen import ir_q8
-from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
+from embedpipe.codegen.ir_elementwise import gelu_tanh_mul_value
+from embedpipe.codegen.ir_encoder import gelu_erf_value
 from embedpipe.codegen.ir_q8 import QK, IntTile, act_elem_bytes
 from embedpipe.codegen.irutil import (
     F32,
@@ -70,6 +72,7 @@ ADDNORM_PARAMS = [
     *_WORK_TAIL,
 ]
 GELU_PARAMS = [("gu", PTR), *_WORK_TAIL]
+BIAS_GELU_PARAMS = [("y", PTR), ("bias", PTR), *_WORK_TAIL]
 QK_NORM_ROPE_PARAMS = [
     ("qkv", PTR),
     ("q", PTR),
@@ -141,20 +144,6 @@ class _Rows:
 
 def _row(b: ir.IRBuilder, base: ir.Value, row: ir.Value, row_bytes: ir.Value) -> ir.Value:
     return b.gep(base, [b.mul(row, row_bytes)], source_etype=ir.IntType(8))
-
-
-def gelu_tanh(b: ir.IRBuilder, m: ir.Module, ty: ir.Type, x: ir.Value, y: ir.Value) -> ir.Value:
-    """``gelu_tanh(x)·y = x·y / (1 + e^(−2u))``, ``u = sqrt(2/π)·(x + 0.044715·x³)`` (as
-    ``ir_elementwise.gelu_tanh_mul``)."""
-    x3 = b.fmul(b.fmul(x, x), x)
-    u = b.fmul(_fconst(ty, math.sqrt(2 / math.pi)), b.fadd(x, b.fmul(_fconst(ty, 0.044715), x3)))
-    if ty is F32:  # the scalar tail runs the vector code on one lane
-        one = vec(F32, 1)
-        u1 = b.insert_element(ir.Constant(one, None), u, ir.Constant(ir.IntType(32), 0))
-        e = b.extract_element(emit_exp(b, m, b.fmul(u1, _fconst(one, -2.0))), ir.Constant(ir.IntType(32), 0))
-    else:
-        e = emit_exp(b, m, b.fmul(u, _fconst(ty, -2.0)))
-    return b.fdiv(b.fmul(x, y), b.fadd(e, _fconst(ty, 1.0)))
 
 
 Prologue = Callable[[ir.IRBuilder, ir.Module, _Rows, dict[str, ir.Value], ir.Value, ir.Value], None]
@@ -265,11 +254,32 @@ def emit_gelu_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
         up = b.gep(gate, [rb], source_etype=ir.IntType(8))
 
         def body(ty, off):
-            store_at(b, gelu_tanh(b, m, ty, load_at(b, ty, gate, off, 4), load_at(b, ty, up, off, 4)), scratch, off, 4)
+            g, u = load_at(b, ty, gate, off, 4), load_at(b, ty, up, off, 4)
+            store_at(b, gelu_tanh_mul_value(b, m, isa, g, u), scratch, off, 4)
 
         rows.sweep(K, body, "gelu")
 
     return _emit_work(m, isa, tile, gelu_work_symbol(isa, tile), GELU_PARAMS, prologue)
+
+
+def bias_gelu_work_symbol(isa: IsaSpec, tile: IntTile) -> str:
+    return f"ep_q8work_bias_gelu_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+
+
+def emit_bias_gelu_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+    """``q8work_bias_gelu(y, bias, <work tail>)``: row ``r`` of ``y`` (T, K) gives
+    ``gelu_erf(y[r] + bias)`` (the exact GELU, ``ir_encoder``), quantized and multiplied."""
+
+    def prologue(b, m, rows: _Rows, a, r, scratch) -> None:
+        src = _row(b, a["y"], r, b.mul(a["K"], const_i64(4)))
+
+        def body(ty, off):
+            v = b.fadd(load_at(b, ty, src, off, 4), load_at(b, ty, a["bias"], off, 4))
+            store_at(b, gelu_erf_value(b, m, isa, v), scratch, off, 4)
+
+        rows.sweep(a["K"], body, "bgelu")
+
+    return _emit_work(m, isa, tile, bias_gelu_work_symbol(isa, tile), BIAS_GELU_PARAMS, prologue)
 
 
 def qk_norm_rope_symbol(isa: IsaSpec) -> str:

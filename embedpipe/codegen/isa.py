@@ -34,6 +34,9 @@ class IsaSpec:
     ``vnni`` (u8×s8 groups of 4 via ``vpdpbusd``), ``sdot`` (s8×s8 groups of 4, AArch64
     ``sdot``), ``maddubs`` (AVX2 ``vpmaddubsw`` sign trick, groups of 4), ``pmaddwd`` (s16×s16 pairs via ``vpmaddwd``) or ``widen`` (s16 pairs in plain
     vector IR that LLVM lowers for whatever target it has).
+
+    ``recip`` names the reciprocal-estimate instruction family (``ir_elementwise.RECIPROCALS``:
+    ``rcp14`` AVX-512, ``rcp`` AVX, ``frecpe`` NEON) or is empty for an exact division.
     """
 
     name: str
@@ -44,6 +47,7 @@ class IsaSpec:
     lanes: int  # 32-bit lanes per vector register
     dot: str
     required_flags: frozenset[str]
+    recip: str = ""
 
     @property
     def kgroup(self) -> int:
@@ -67,6 +71,7 @@ ISA_TABLE: tuple[IsaSpec, ...] = (
         16,
         "vnni",
         frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}),
+        "rcp14",
     ),
     IsaSpec(
         "avx512",
@@ -77,10 +82,23 @@ ISA_TABLE: tuple[IsaSpec, ...] = (
         16,
         "pmaddwd",
         frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"}),
+        "rcp14",
     ),
-    IsaSpec("avx2", "x86_64", _X86, "x86-64-v3", "+avx2,+fma,+f16c", 8, "maddubs", frozenset({"avx2", "fma", "f16c"})),
-    IsaSpec("neon_dotprod", "aarch64", _A64, "generic", "+neon,+dotprod", 4, "sdot", frozenset({"asimd", "asimddp"})),
-    IsaSpec("neon", "aarch64", _A64, "generic", "+neon", 4, "widen", frozenset({"asimd"})),
+    IsaSpec(
+        "avx2", "x86_64", _X86, "x86-64-v3", "+avx2,+fma,+f16c", 8, "maddubs", frozenset({"avx2", "fma", "f16c"}), "rcp"
+    ),
+    IsaSpec(
+        "neon_dotprod",
+        "aarch64",
+        _A64,
+        "generic",
+        "+neon,+dotprod",
+        4,
+        "sdot",
+        frozenset({"asimd", "asimddp"}),
+        "frecpe",
+    ),
+    IsaSpec("neon", "aarch64", _A64, "generic", "+neon", 4, "widen", frozenset({"asimd"}), "frecpe"),
     IsaSpec("generic", "x86_64", _X86, "x86-64", "", 4, "widen", frozenset()),
     IsaSpec("generic_aarch64", "aarch64", _A64, "generic", "", 4, "widen", frozenset()),
 )

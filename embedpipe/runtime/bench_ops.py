@@ -30,6 +30,7 @@ OP_METHODS: tuple[str, ...] = (
     "gelu_erf",
     "residual_norm",
     "combine",
+    "bias_gelu_matmul",
 )
 #: The model attributes that hold op sets (EmbeddingGemma's ``ops``; an encoder's row ops too).
 OP_SETS: tuple[str, ...] = ("ops", "eops")

@@ -41,9 +41,10 @@ POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingT
 #: fresh zeroed pages on every call.
 PASS_TOKENS = 512
 #: Native calls of a forward: the embedding LayerNorm, then per layer the QKV product,
-#: attention, output product, LayerNorm, FFN up, GELU, FFN down, LayerNorm. Passes of at most
+#: attention, output product, LayerNorm, FFN up, GELU and FFN down (one fused call for an
+#: integer-dot weight, two otherwise), LayerNorm. Passes of at most
 #: PROGRAM_MAX_TOKENS tokens replay them as one recorded step program (``runtime.step_programs``).
-OPS_PER_LAYER = 8
+OPS_PER_LAYER = 7
 
 
 @dataclass(frozen=True)
@@ -466,7 +467,7 @@ class BertEncoderModel:
         pos[...] = self.position_embd[positions]
         tokens = arena.rows("tokens", self.cfg.hidden)
         forward = lambda: self._stack(tokens, pos, bounds, lengths, bias, None, arena)  # noqa: E731
-        steps = 1 + OPS_PER_LAYER * self.cfg.n_layers
+        steps = 1 + sum(OPS_PER_LAYER + (not self.eops.fuses_gelu(layer.w_down)) for layer in self.layers)
         recorded = self._program_cache.record(
             key, forward, self.ops.lib.isa, steps, arena, (bounds, lengths, bias), MAX_PROGRAMS, self.cfg.arch
         )
@@ -504,8 +505,10 @@ class BertEncoderModel:
         if probe is not None:
             probe((layer.il, "ffn_up"), x1)
         up = layer.w_up(x1 if xe1 is None else xe1, **_out(arena, "up", layer.w_up))
-        act = eops.combine(up, layer.b_up, True, **_out(arena, "act", cfg.ffn))
-        down = layer.w_down(act, **_out(arena, "o", layer.w_down))
+        ffn = _out(arena, "o", layer.w_down)
+        if arena is not None and not eops.fuses_gelu(layer.w_down):  # the GELU is a step of its own
+            ffn["act"] = arena.rows("act", cfg.ffn)
+        down = eops.bias_gelu_matmul(layer.w_down, up, layer.b_up, **ffn)
         norm = _norm_buffers(arena, "x", "xe_qkv", ext_out)
         return eops.residual_norm(down, layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out, **norm)
 

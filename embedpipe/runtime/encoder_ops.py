@@ -122,6 +122,14 @@ class NumpyEncoderOps:
 
         return combine_reference(y, bias, gelu)
 
+    def bias_gelu_matmul(self, w, y: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """``w(gelu_erf(y + bias))``: the FFN's activation and down product."""
+        return w(self.combine(y, bias, True))
+
+    def fuses_gelu(self, w: object) -> bool:
+        """Whether ``bias_gelu_matmul`` with ``w`` is one native call (else two)."""
+        return False
+
     def attention(self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
         """(T, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
         over their own tokens; q, k, v are the column blocks of ``y + qkv_bias``; ``bias`` an
@@ -162,6 +170,21 @@ class JitEncoderOps(NumpyEncoderOps):
             return super().combine(y, bias, gelu)
         return self._combine.kernel.drive(self._combine, y, bias, gelu, threads=self.threads, **buffers)
 
+    def bias_gelu_matmul(
+        self, w, y: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None, act: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One fused native kernel per thread (GELU into the quantizer's scratch, then the
+        product) for an integer-dot weight; otherwise the combine kernel (into ``act`` when
+        given) and the product.  ``out``/``act``: buffers of a recorded arena."""
+        if not self.fuses_gelu(w):
+            return w(self.combine(y, bias, True, **_given(out=act)), **_given(out=out))
+        from embedpipe.codegen import fused
+
+        return fused.bias_gelu_matmul(w, y, bias, out=out)
+
+    def fuses_gelu(self, w: object) -> bool:
+        return getattr(w, "family", None) == "int" and self._combine is not None
+
     def attention(
         self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias, **buffers
     ) -> np.ndarray:
@@ -170,6 +193,10 @@ class JitEncoderOps(NumpyEncoderOps):
             return super().attention(y, qkv_bias, n_head, head_dim, starts, lengths, scale, bias)
         args = (y, qkv_bias, y.shape[0], n_head, head_dim, starts, lengths, scale, bias)
         return native.kernel.drive(native, *args, threads=self.threads, **buffers)
+
+
+def _given(**buffers: np.ndarray | None) -> dict[str, np.ndarray]:
+    return {k: v for k, v in buffers.items() if v is not None}
 
 
 ENCODER_OPS: dict[str, type[NumpyEncoderOps]] = {"numpy": NumpyEncoderOps, "jit": JitEncoderOps}

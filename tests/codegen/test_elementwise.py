@@ -71,3 +71,47 @@ def test_rms_norm_validates():
         lib.rms_norm(x.astype(np.float64), np.ones(8, np.float32), 1e-6)
     with pytest.raises(KernelInputError, match="C-contiguous"):
         lib.rms_norm(np.ones((4, 16), np.float32)[:, ::2], np.ones(8, np.float32), 1e-6)
+
+
+def _emit_reciprocals(b, isa) -> None:
+    """out[i] = reciprocal(x[i]) over whole ``2·lanes`` vectors (the emitters' width), then one
+    lane at a time (the division path)."""
+    from embedpipe.codegen.ir_elementwise import reciprocal
+    from embedpipe.codegen.irutil import F32, const_i64, for_range, load_at, store_at, vec
+
+    x, out, n = b.function.args
+    width = 2 * isa.lanes
+    vstop = b.sub(n, b.srem(n, const_i64(width)))
+    for ty, lo, hi, step in ((vec(F32, width), const_i64(0), vstop, width), (vec(F32, 1), vstop, n, 1)):
+        with for_range(b, lo, hi, step, "i") as i:
+            off = b.mul(i, const_i64(4))
+            store_at(b, reciprocal(b, b.module, isa, load_at(b, ty, x, off, 4)), out, off, 4)
+    b.ret_void()
+
+
+@pytest.mark.parametrize("isa", runnable_isas(), ids=ISAS)
+def test_reciprocal_estimate_is_within_two_ulp_of_division(isa):
+    """Over the normal range; where 1/x is subnormal (|x| > 2^126) it may be zero instead."""
+    from embedpipe.codegen import kernel
+    from embedpipe.codegen.irutil import I64, PTR
+
+    recip = kernel.Kernel("recip", [("x", PTR), ("out", PTR), ("n", I64)], _emit_reciprocals, twin=None, drive=None)
+    module = kernel.KernelModule("ep_test_reciprocal", [recip])
+    try:
+        native = kernel._registry.load(module, isa, strict=True).natives["recip"]
+        rng = np.random.default_rng(5)
+        x = np.concatenate(
+            [
+                np.float32([1.0, 1.5, 3.0, 1e30, 1e-30, -2.0, 7.0, 1e38]),
+                np.exp(rng.uniform(-80, 80, 2 * 4096 + 7)).astype(np.float32) * rng.choice([-1, 1], 2 * 4096 + 7),
+            ]
+        ).astype(np.float32)
+        out = np.empty_like(x)
+        native(x.ctypes.data, out.ctypes.data, x.size)
+        want = np.float32(1) / x
+        tiny = np.finfo(np.float32).tiny
+        bad = (np.abs(out - want) > 2 * np.spacing(np.abs(want))) & (np.abs(want) >= tiny)
+        assert not bad.any(), (x[bad][:5], out[bad][:5], want[bad][:5])
+        assert (np.abs(out[np.abs(want) < tiny]) < tiny).all()  # subnormal results may flush to zero
+    finally:
+        kernel.forget(module)

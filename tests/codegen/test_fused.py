@@ -67,6 +67,24 @@ def test_gelu_matmul(isa, t):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("t", ROWS)
+def test_bias_gelu_matmul(isa, t):
+    """Against the numpy twin of GELU-erf, and bit-identical to the two-kernel path it replaces
+    (the combine kernel, then the product)."""
+    from embedpipe.codegen.encoder_fused import COMBINE, combine_reference
+
+    rng = np.random.default_rng(t + 1)
+    lib = get_kernel_library(isa, 2)
+    k, n = 96 + 32 * (t % 2), 80  # K of 3 or 4 blocks: a ragged tail of the 2-lane-vector sweep
+    w, wf = _int_weight(lib, rng, n, k)
+    y = (rng.standard_normal((t, k)) * 4).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
+    out = fused.bias_gelu_matmul(w, y, bias)
+    _assert_product_close(out, combine_reference(y, bias, True), wf)
+    assert np.array_equal(out, w(COMBINE.on(lib.isa)(y, bias, True, threads=2)))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
 @pytest.mark.parametrize("heads", [(3, 1, 256, 256), (2, 2, 10, 6), (4, 2, 34, 34)])
 def test_qk_norm_rope(isa, t, heads):
     n_q, n_kv, d, dv = heads
@@ -133,6 +151,10 @@ def test_fused_inputs_are_validated():
         fused.norm_matmul(w, x, np.ones((2, 64), np.float32), ones, ones, 1e-6)
     with pytest.raises(KernelInputError, match=r"\(T, 128\)"):
         fused.gelu_matmul(w, np.ones((3, 64), np.float32))
+    with pytest.raises(KernelInputError, match="do not fit"):
+        fused.bias_gelu_matmul(w, x, ones[:32])
+    with pytest.raises(KernelInputError, match="float32"):
+        fused.bias_gelu_matmul(w, x, ones.astype(np.float64))
     with pytest.raises(KernelInputError, match="C-contiguous"):
         fused.add_norm(lib, x[:, ::2], x[:, ::2], ones[:32], ones[:32], 1e-6)
     with pytest.raises(KernelInputError, match="does not hold"):
