@@ -30,7 +30,7 @@ MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
 # Batches of at most PROGRAM_MAX_TOKENS tokens run the layer stack as one recorded step
 # program (``runtime.step_programs``: one native call instead of six driver calls and forks
 # per layer), kept per sequence-length tuple, the least recently used dropped beyond
-# MAX_PROGRAMS.
+# MAX_PROGRAMS or ``step_programs.MAX_PROGRAM_BYTES``.
 OPS_PER_LAYER = 6
 
 

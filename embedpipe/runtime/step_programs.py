@@ -23,10 +23,42 @@ from embedpipe.codegen.program import Program
 log = logging.getLogger(__name__)
 
 #: Batches of at most this many tokens run as a recorded step program (one native call
-#: instead of a driver call and fork per op); the least recently used dropped beyond
-#: MAX_PROGRAMS.
+#: instead of a driver call and fork per op). Recorded passes are kept up to MAX_PROGRAMS of
+#: them and MAX_PROGRAM_BYTES of the buffers they hold, the least recently used dropped first:
+#: queries spread over dozens of lengths (a program each), and a length that was dropped pays
+#: its recording again when it comes back.
 PROGRAM_MAX_TOKENS = 128
-MAX_PROGRAMS = 16
+MAX_PROGRAMS = 64
+MAX_PROGRAM_BYTES = 64 << 20
+
+
+def held_bytes(*roots: object) -> int:
+    """Bytes of the distinct numpy buffers reachable from ``roots`` through containers and
+    plain objects' attributes (an arena, a program's scratch and step tables); views count
+    their base once."""
+    seen: set[int] = set()
+    total = 0
+    stack: list[tuple[object, int]] = [(r, 0) for r in roots]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, np.ndarray):
+            base = obj
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if id(base) not in seen:
+                seen.add(id(base))
+                total += base.nbytes
+            continue
+        if depth > 6 or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in obj)
+        elif hasattr(obj, "__dict__") and not callable(obj):
+            stack.extend((v, depth + 1) for v in vars(obj).values())
+    return total
 
 
 class RecordedPass:
@@ -34,6 +66,7 @@ class RecordedPass:
 
     def __init__(self, program: Program, arena: Any, keep: object = None):
         self.program, self.arena, self.keep = program, arena, keep
+        self.nbytes = held_bytes(arena, keep, program.keep, program.table, program.counters, program._words)
         self._lock = threading.Lock()
 
     def run(
@@ -87,6 +120,7 @@ class ProgramCache:
         recorded = RecordedPass(program, arena, keep)
         with self._lock:
             self.programs[key] = recorded
-            while len(self.programs) > limit:
-                self.programs.popitem(last=False)
+            held = sum(p.nbytes for p in self.programs.values())
+            while len(self.programs) > 1 and (len(self.programs) > limit or held > MAX_PROGRAM_BYTES):
+                held -= self.programs.popitem(last=False)[1].nbytes
         return recorded

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedpipe.runtime import gemma_embedding
+from embedpipe.runtime import gemma_embedding, step_programs
 from embedpipe.runtime.embedder import Embedder
 from tests.runtime.step_program_checks import assert_concurrent_callers_agree, assert_recorded_and_replayed
 
@@ -44,3 +44,25 @@ def test_long_batches_and_many_lengths_stay_bounded(model, monkeypatch):
 def test_concurrent_callers_get_the_same_vectors(model):
     """On the pool or fresh threads, concurrent callers get the op sequence's vectors."""
     assert_concurrent_callers_agree(model, [[7, 8, 9, 10, 11, 12]], rounds=40)
+
+
+def test_programs_are_bounded_by_the_bytes_they_hold(model, monkeypatch):
+    model._programs.clear()
+    model.embed([list(range(4))])
+    first = model._programs[(4,)].nbytes
+    assert first > 0
+    budget = 2 * first + first // 2  # two programs of about this size, not three
+    monkeypatch.setattr(step_programs, "MAX_PROGRAM_BYTES", budget)
+    for n in (4, 5, 6):
+        model.embed([list(range(n))])
+    held = list(model._programs)
+    assert held[-1] == (6,) and len(held) == 2
+    assert sum(p.nbytes for p in model._programs.values()) <= budget
+
+
+def test_held_bytes_counts_each_buffer_once():
+    a = np.zeros(1000, np.float32)
+    holder = type("Arena", (), {})()
+    holder.rows = {"x": a, "view": a[10:20]}
+    holder.more = [np.zeros((3, 4), np.int64), (a,)]
+    assert step_programs.held_bytes(holder, a[::2]) == 4000 + 96
