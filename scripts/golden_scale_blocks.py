@@ -30,12 +30,13 @@ GOLDEN = ROOT / "tests" / "runtime" / "golden"
 
 
 def requantize(x: np.ndarray, block: int) -> np.ndarray:
-    """``x`` (rows, K) rounded to int8 with one scale (amax/127) per ``block`` elements."""
+    """``x`` (rows, K) rounded to int8 with one scale ``d = amax/127`` per ``block`` elements,
+    as the quantize kernel rounds: ``round(x·(1/d))``."""
     rows, k = x.shape
     b = x.reshape(rows, k // block, block)
     d = np.abs(b).max(axis=2, keepdims=True) / 127.0
-    q = np.round(np.divide(b, d, out=np.zeros_like(b), where=d != 0))
-    return (q * d).reshape(rows, k)
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    return (np.round(b * inv) * d).reshape(rows, k)
 
 
 def main(act_block: int, weight_block: int) -> None:
