@@ -101,3 +101,15 @@ def test_output_buffer_gets_the_same_values_and_a_bad_one_is_refused(isa):
         run(y, qb, 33, 2, 32, starts, lengths, 0.2, out=np.zeros((33, 65), np.float32))
     with pytest.raises(KernelInputError, match="out must be"):
         run(y, qb, 33, 2, 32, starts, lengths, 0.2, out=y[:, :64])
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
+def test_peaked_softmax_underflows_to_zero_weight(isa):
+    """Scores hundreds apart: most exp terms fall past the kernel's clamp and must weigh ~0."""
+    rng = np.random.default_rng(5)
+    lengths, starts = np.array([14, 59]), np.array([0, 14])
+    y = (rng.standard_normal((73, 3 * 64)) * 3).astype(np.float32)
+    qb = rng.standard_normal(3 * 64).astype(np.float32)
+    got = ENCODER_ATTENTION.on(isa)(y, qb, 73, 2, 32, starts, lengths, 8.0, threads=2)
+    want = oracle(y + qb, 2, 32, starts, lengths, 8.0, None)
+    assert np.isfinite(got).all() and np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
