@@ -66,6 +66,9 @@ PARALLEL_MIN_WORK = 1 << 20
 # feeds ROWS independent FMA chains, and the softmax of the ROWS rows runs interleaved (ROWS
 # independent exp chains per step), so neither loads nor latency bound the loops.
 ROWS = 8
+# Per-query-row work of a pair besides its n keys (gathers, transposes, softmax), in key units:
+# what ``balanced_ranges`` adds to n when it weighs an n-token sequence's pairs.
+PAIR_OVERHEAD = 16
 NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives ~0
 # Head dims with bodies of their own (constant strides and trip counts); others take the generic one.
 SPECIALIZED_HEAD_DIMS = (32, 64)
@@ -397,6 +400,26 @@ def _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias):
     return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
+def balanced_ranges(lengths: np.ndarray, n_head: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of the (sequence, head) pairs, one per part, of about equal work: a
+    pair of an n-token sequence costs ~n·(n + PAIR_OVERHEAD). A batch's sequences come sorted
+    by length, so equal pair counts would leave the first worker idle for the last one."""
+    pairs = lengths.size * n_head
+    if parts <= 1 or pairs <= 1:
+        return row_ranges(pairs, 1)
+    per_pair = lengths.astype(np.float64) * (lengths + PAIR_OVERHEAD)
+    through = np.cumsum(per_pair) * n_head  # work through the end of each sequence
+    bounds = [0]
+    for k in range(1, parts):
+        target = through[-1] * k / parts
+        seq = int(np.searchsorted(through, target))
+        before = through[seq - 1] if seq else 0.0
+        cut = seq * n_head + int(round((target - before) / per_pair[seq]))
+        bounds.append(min(max(cut, bounds[-1]), pairs))
+    bounds.append(pairs)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
 _local = threading.local()
 
 
@@ -422,7 +445,7 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
         return out
     longest = int(lengths.max())
     work = int((lengths.astype(np.float64) ** 2).sum()) * n_head * head_dim
-    ranges = row_ranges(pairs, threads if work >= PARALLEL_MIN_WORK else 1)
+    ranges = balanced_ranges(lengths, n_head, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
     scratch = _scratch(len(ranges) * per_worker)
     head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))
