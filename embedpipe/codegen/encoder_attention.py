@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 
 import llvmlite.ir as ir
 import numpy as np
@@ -400,22 +401,24 @@ def _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias):
     return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
-def balanced_ranges(lengths: np.ndarray, n_head: int, parts: int) -> list[tuple[int, int]]:
+def balanced_ranges(lengths: Sequence[int], n_head: int, parts: int) -> list[tuple[int, int]]:
     """Contiguous ranges of the (sequence, head) pairs, one per part, of about equal work: a
     pair of an n-token sequence costs ~n·(n + PAIR_OVERHEAD). A batch's sequences come sorted
-    by length, so equal pair counts would leave the first worker idle for the last one."""
-    pairs = lengths.size * n_head
+    by length, so equal pair counts would leave the first worker idle for the last one.
+    (Plain Python: a pass holds a few dozen sequences, where numpy's per-call cost dominates.)"""
+    pairs = len(lengths) * n_head
     if parts <= 1 or pairs <= 1:
         return row_ranges(pairs, 1)
-    per_pair = lengths.astype(np.float64) * (lengths + PAIR_OVERHEAD)
-    through = np.cumsum(per_pair) * n_head  # work through the end of each sequence
-    bounds = [0]
-    for k in range(1, parts):
-        target = through[-1] * k / parts
-        seq = int(np.searchsorted(through, target))
-        before = through[seq - 1] if seq else 0.0
-        cut = seq * n_head + int(round((target - before) / per_pair[seq]))
-        bounds.append(min(max(cut, bounds[-1]), pairs))
+    per_pair = [n * (n + PAIR_OVERHEAD) for n in lengths]
+    total = sum(per_pair) * n_head
+    bounds, k, done = [0], 1, 0
+    for seq, work in enumerate(per_pair):
+        end = done + work * n_head
+        while k < parts and total * k <= end * parts:  # the k-th share ends in this sequence
+            cut = seq * n_head + round((total * k / parts - done) / work)
+            bounds.append(min(max(cut, bounds[-1]), pairs))
+            k += 1
+        done = end
     bounds.append(pairs)
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
@@ -443,9 +446,10 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
     pairs = starts.size * n_head
     if not pairs:
         return out
-    longest = int(lengths.max())
-    work = int((lengths.astype(np.float64) ** 2).sum()) * n_head * head_dim
-    ranges = balanced_ranges(lengths, n_head, threads if work >= PARALLEL_MIN_WORK else 1)
+    lens = lengths.tolist()
+    longest = max(lens)
+    work = sum(n * n for n in lens) * n_head * head_dim
+    ranges = balanced_ranges(lens, n_head, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
     scratch = _scratch(len(ranges) * per_worker)
     head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))

@@ -126,7 +126,7 @@ def test_balanced_ranges_cover_every_pair_with_equal_work(parts):
     one pair's work of an equal share."""
     rng = np.random.default_rng(parts)
     for lengths in (np.sort(rng.integers(1, 80, 9)), np.array([5]), np.array([3, 100]), np.full(32, 14)):
-        ranges = balanced_ranges(lengths, 12, parts)
+        ranges = balanced_ranges(lengths.tolist(), 12, parts)
         assert ranges[0][0] == 0 and ranges[-1][1] == lengths.size * 12
         assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:]))
         work = np.repeat(lengths * (lengths + PAIR_OVERHEAD), 12).astype(np.float64)
