@@ -4,36 +4,53 @@ For every (sequence, head) pair and block of ``ROWS`` query rows: scores against
 keys (``scale`` times ``q·k``, plus an optional additive per-head bias such as MPNet's relative
 position bias), softmax, and the probability-weighted sum of values, written straight into the
 output rows. Per worker, only the pair's keys transposed (``head_dim`` × tokens, so a block of
-scores is ``head_dim`` steps of one key-vector load feeding ``ROWS`` FMAs) and ``ROWS`` rows of
-scores exist at a time (never T×T); a block of outputs likewise loads each value vector once
-for ``ROWS`` rows.
+scores is ``head_dim`` steps of one key-vector load feeding ``ROWS`` FMAs), its scaled queries
+and ``ROWS`` rows of scores exist at a time (never T×T); a block of outputs likewise loads each
+value vector once for ``ROWS`` rows.
 
-The input is the fused QKV product ``y`` (T rows) before its bias; each (sequence, head) pair
-gathers its q, k and v from it, bias added, into worker scratch, so the biased T × 3·hidden
-array is never written. Within a row: q at column 0, k at
-``hidden``, v at ``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
+The input is the fused QKV product ``y`` (T rows) before its bias. Each (sequence, head) pair
+copies its queries (bias added, times ``scale``) into worker scratch and transposes its keys
+(bias added) there in w × w register blocks; values are read from ``y`` where they lie, and
+their bias is added to the normalized output (a row of probabilities sums to 1), so the biased
+T × 3·hidden array is never written. Within a row: q at column 0, k at ``hidden``, v at
+``2·hidden``, head ``h`` at ``h·head_dim`` within each block.
+
+The softmax exponential is clamped to results that are normal numbers: the lanes past a
+sequence sit at the clamp, and a subnormal result would cost a microcode assist per vector.
 Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the numpy twin.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Sequence
 
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.encoder_fused import address, cached_f32_word, checked_out, combine_reference, row_ranges
-from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
+from embedpipe.codegen.encoder_fused import (
+    ROUND_MAGIC,
+    address,
+    cached_f32_word,
+    checked_out,
+    combine_reference,
+    row_ranges,
+)
+from embedpipe.codegen.ir_elementwise import _EXP_POLY, _LN2_HI, _LN2_LO, _fconst
 from embedpipe.codegen.irutil import (
     F32,
+    I1,
     I32,
     I64,
     PTR,
     const_i64,
     fmuladd,
     for_range,
+    gep_bytes,
     hmax_tree,
     hsum_tree,
+    intrinsic,
     load_at,
     splat,
     store_at,
@@ -50,7 +67,13 @@ PARALLEL_MIN_WORK = 1 << 20
 # feeds ROWS independent FMA chains, and the softmax of the ROWS rows runs interleaved (ROWS
 # independent exp chains per step), so neither loads nor latency bound the loops.
 ROWS = 8
-NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives 0
+# Per-query-row work of a pair besides its n keys (gathers, transposes, softmax), in key units:
+# what ``balanced_ranges`` adds to n when it weighs an n-token sequence's pairs.
+PAIR_OVERHEAD = 16
+NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives ~0
+# Head dims with bodies of their own (constant strides and trip counts); others take the generic one.
+SPECIALIZED_HEAD_DIMS = (32, 64)
+_MAGIC_BITS = 0x4B400000  # fp32 bits of ROUND_MAGIC
 
 PARAMS = [
     ("y", PTR),  # the QKV product: T rows
@@ -72,40 +95,119 @@ PARAMS = [
 
 
 def scratch_floats(head_dim: int, longest: int, lanes: int) -> int:
-    """fp32 scratch one worker needs: a head's keys transposed (head_dim × L), its queries,
-    values and keys (L × head_dim each) and ROWS score rows (ROWS × L), L the longest sequence
-    rounded up to whole vectors."""
+    """fp32 scratch one worker needs: a head's keys transposed (head_dim × L), its scaled
+    queries (L × head_dim) and ROWS score rows (ROWS × L), L the longest sequence rounded up
+    to whole vectors."""
     padded = -(-longest // lanes) * lanes
-    return (4 * head_dim + ROWS) * padded
+    return (2 * head_dim + ROWS) * padded
+
+
+def _accumulators(isa: IsaSpec) -> int:
+    """Vector accumulators the score and output loops keep live: 16 where the ISA has 32
+    vector registers (AVX-512: 16 lanes), else 8 (of 16)."""
+    return 16 if isa.lanes >= 16 else ROWS
+
+
+def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The w × w transpose of ``rows`` (w vectors of w lanes, w a power of two): for each bit
+    s of a lane number, the off-diagonal s × s blocks of every 2s × 2s block swap places."""
+    w = len(rows)
+    rows = list(rows)
+    s = 1
+    while s < w:
+        lo = ir.Constant(vec(I32, w), [c if not c & s else w + c - s for c in range(w)])
+        hi = ir.Constant(vec(I32, w), [c + s if not c & s else w + c for c in range(w)])
+        for i in range(w):
+            if not i & s:
+                a, c = rows[i], rows[i + s]
+                rows[i], rows[i + s] = b.shuffle_vector(a, c, lo), b.shuffle_vector(a, c, hi)
+        s *= 2
+    return rows
+
+
+def _exp_nonpositive(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
+    """``e^x`` for x <= 0 (softmax terms): ``emit_exp``'s reduction and polynomial as fused
+    multiply-adds. x is clamped at −87: the result stays a normal number (a subnormal one
+    costs a microcode assist per vector, and the lanes past a sequence are all at the
+    clamp), one exponent field holds the scale (2^k, k >= −126, taken from the rounding
+    constant's low bits), and what the clamp changes is < 1.7e-38."""
+    ty = x.type
+    floor = _fconst(ty, -87.0)
+    x = b.select(b.fcmp_ordered(">", x, floor), x, floor)
+    magic = _fconst(ty, ROUND_MAGIC)
+    t = fmuladd(b, m, x, _fconst(ty, 1 / math.log(2)), magic)  # magic + round(x / ln 2)
+    kf = b.fsub(t, magic)
+    r = fmuladd(b, m, kf, _fconst(ty, -_LN2_HI), x)
+    r = fmuladd(b, m, kf, _fconst(ty, -_LN2_LO), r)
+    p = _fconst(ty, _EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        p = fmuladd(b, m, p, r, _fconst(ty, c))
+    er = fmuladd(b, m, p, b.fmul(r, r), b.fadd(r, _fconst(ty, 1.0)))
+    ity = vec(I32, ty.count)
+    k127 = b.add(b.bitcast(t, ity), ir.Constant(ity, [127 - _MAGIC_BITS] * ty.count))
+    return b.fmul(er, b.bitcast(b.shl(k127, ir.Constant(ity, [23] * ty.count)), ty))
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
-    y, qkv_bias, bias, out, scratch, starts, lengths, T, H, D, stride, bias_ld, scale_bits, p0, p1 = b.function.args
+    D, bias_ld = b.function.args[9], b.function.args[11]
+    w = isa.lanes
+    slots = {n: [b.alloca(vec(F32, n)) for _ in range(_accumulators(isa))] for n in (w, 1)}
+    slots["stats"] = [b.alloca(vec(F32, w)) for _ in range(ROWS)]
+    slots["inv"] = [b.alloca(F32) for _ in range(ROWS)]
+    done = b.append_basic_block("done")
+    # one body per (head_dim, bias) variant: constant strides, no per-vector branch on the bias
+    with_bias = b.icmp_signed("!=", bias_ld, const_i64(0))
+    bodies = {}
+    for biased in (False, True):
+        bodies[biased] = b.append_basic_block(f"bias{int(biased)}")
+    b.cbranch(with_bias, bodies[True], bodies[False])
+    for biased, blk in bodies.items():
+        b.position_at_end(blk)
+        generic = b.append_basic_block(f"bias{int(biased)}.generic")
+        switch = b.switch(D, generic)
+        for dim in SPECIALIZED_HEAD_DIMS:
+            case = b.append_basic_block(f"bias{int(biased)}.d{dim}")
+            switch.add_case(const_i64(dim), case)
+            b.position_at_end(case)
+            _emit_pairs(b, isa, slots, const_i64(dim), biased)
+            b.branch(done)
+        b.position_at_end(generic)
+        _emit_pairs(b, isa, slots, D, biased)
+        b.branch(done)
+    b.position_at_end(done)
+    b.ret_void()
+
+
+def _emit_pairs(b: ir.IRBuilder, isa: IsaSpec, slots: dict, D: ir.Value, biased: bool) -> None:
+    y, qkv_bias, bias, out, scratch, starts, lengths, T, H, _, stride, bias_ld, scale_bits, p0, p1 = b.function.args
     m = b.module
     w = isa.lanes
     vt = vec(F32, w)
     four = const_i64(4)
+    zero = const_i64(0)
+    groups = _accumulators(isa) // ROWS  # score / output vectors per step
     scale = b.bitcast(b.trunc(scale_bits, I32), F32)
     hidden = b.mul(H, D)
-    accs = {n: [b.alloca(vec(F32, n)) for _ in range(ROWS)] for n in (w, 1)}
-    stats = [b.alloca(vt) for _ in range(ROWS)]
-    inv = [b.alloca(F32) for _ in range(ROWS)]
-    has_bias = b.icmp_signed("!=", bias_ld, const_i64(0))
-
-    def combined(ty: ir.Type, row: ir.Value, col: ir.Value) -> ir.Value:
-        """y[row, col:] + qkv_bias[col:], ``ty`` lanes."""
-        off = b.mul(b.add(b.mul(row, stride), col), four)
-        return b.fadd(load_at(b, ty, y, off, 4), load_at(b, ty, qkv_bias, b.mul(col, four), 4))
-
     iota = ir.Constant(vec(I64, w), list(range(w)))
+    neg = _fconst(vt, NEG)
+    masked_load = intrinsic(m, f"llvm.masked.load.v{w}f32.p0", vt, [PTR, I32, vec(I1, w), vt])
 
-    def chunks(n: ir.Value, tag: str, body) -> None:
-        """``body(ty, j)`` over [0, n): w-lane vectors, then single lanes."""
-        vstop = b.sub(n, b.srem(n, const_i64(w)))
-        with for_range(b, const_i64(0), vstop, w, tag) as j:
-            body(vt, j)
-        with for_range(b, vstop, n, 1, tag + "t") as j:
-            body(vec(F32, 1), j)
+    def y_at(ty: ir.Type, row: ir.Value, col: ir.Value) -> ir.Value:
+        return load_at(b, ty, y, b.mul(b.add(b.mul(row, stride), col), four), 4)
+
+    def chunks(n: ir.Value, tag: str, body, group: int = 1, tail: bool = True) -> None:
+        """``body(ty, j, g)`` over [0, n): ``g`` w-lane vectors at a time (``group``, then 1),
+        then single lanes (none when ``tail`` is False: ``n`` is whole vectors)."""
+        vstop = b.sub(n, b.srem(n, const_i64(w))) if tail else n
+        gstop = b.sub(n, b.srem(n, const_i64(w * group))) if group > 1 else zero
+        if group > 1:
+            with for_range(b, zero, gstop, w * group, tag + "g") as j:
+                body(vt, j, group)
+        with for_range(b, gstop, vstop, w, tag) as j:
+            body(vt, j, 1)
+        if tail:
+            with for_range(b, vstop, n, 1, tag + "t") as j:
+                body(vec(F32, 1), j, 1)
 
     with for_range(b, p0, p1, 1, "pair") as pair:
         seq = b.sdiv(pair, H)
@@ -115,33 +217,45 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         hd = b.mul(h, D)
         last = b.sub(n, const_i64(1))
         nvec = b.mul(b.sdiv(b.add(n, const_i64(w - 1)), const_i64(w)), const_i64(w))
-        # scratch: kT (D × nvec), q, v and k (nvec × D each), then ROWS score rows
-        block = b.mul(b.mul(D, nvec), four)
-        q_at, v_at, k_at = block, b.mul(block, const_i64(2)), b.mul(block, const_i64(3))
-        scores_at = b.mul(block, const_i64(4))
-
-        # this head's q, k, v gathered from the product (bias added), in whole
-        # vectors along d; then the keys transposed (d-major), zero past the sequence
+        # scratch: kT (D × nvec), q (nvec × D), then ROWS score rows
+        q_at = b.mul(b.mul(D, nvec), four)
+        scores_at = b.mul(q_at, const_i64(2))
         kcol, vcol = b.add(hidden, hd), b.add(b.mul(hidden, const_i64(2)), hd)
-        with for_range(b, const_i64(0), n, 1, "gj") as j:
-            row = b.add(st, j)
-            rowoff = b.mul(b.mul(j, D), four)
 
-            def gather(ty: ir.Type, d: ir.Value, row=row, rowoff=rowoff) -> None:
-                doff = b.add(rowoff, b.mul(d, four))
-                store_at(b, combined(ty, row, b.add(hd, d)), scratch, b.add(q_at, doff), 4)
-                store_at(b, combined(ty, row, b.add(kcol, d)), scratch, b.add(k_at, doff), 4)
-                store_at(b, combined(ty, row, b.add(vcol, d)), scratch, b.add(v_at, doff), 4)
+        # queries with their bias, times the scale
+        with for_range(b, zero, n, 1, "gq") as j:
+            row, rowoff = b.add(st, j), b.add(q_at, b.mul(b.mul(j, D), four))
+
+            def gather(ty: ir.Type, d: ir.Value, _g: int, row=row, rowoff=rowoff) -> None:
+                col = b.add(hd, d)
+                v = b.fadd(y_at(ty, row, col), load_at(b, ty, qkv_bias, b.mul(col, four), 4))
+                store_at(b, b.fmul(v, splat(b, scale, ty.count)), scratch, b.add(rowoff, b.mul(d, four)), 4)
 
             chunks(D, "gd", gather)
-        with for_range(b, const_i64(0), nvec, 1, "kj") as j:
-            inside = b.icmp_signed("<", j, n)
-            src = b.add(k_at, b.mul(b.mul(j, D), four))
-            with for_range(b, const_i64(0), D, 1, "kd") as d:
-                kv = b.select(inside, load_at(b, F32, scratch, b.add(src, b.mul(d, four)), 4), ir.Constant(F32, 0.0))
-                store_at(b, kv, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
 
-        with for_range(b, const_i64(0), n, ROWS, "qi") as i0:
+        # keys with their bias, transposed (d-major, zero past the sequence), w × w blocks
+        # in registers
+        with for_range(b, zero, nvec, w, "kj") as j0:
+            rows = [b.add(j0, const_i64(r)) for r in range(w)]
+            inside = [b.icmp_signed("<", j, n) for j in rows]
+            src = [b.add(st, b.select(ok, j, last)) for ok, j in zip(inside, rows)]
+            dstop = b.sub(D, b.srem(D, const_i64(w)))
+            with for_range(b, zero, dstop, w, "kd") as d0:
+                col = b.add(kcol, d0)
+                kb = load_at(b, vt, qkv_bias, b.mul(col, four), 4)
+                loaded = [
+                    b.select(ok, b.fadd(y_at(vt, r, col), kb), ir.Constant(vt, None)) for ok, r in zip(inside, src)
+                ]
+                for c, v in enumerate(_transpose(b, loaded) if w > 1 else loaded):
+                    store_at(b, v, scratch, b.mul(b.add(b.mul(b.add(d0, const_i64(c)), nvec), j0), four), 4)
+            with for_range(b, dstop, D, 1, "kdt") as d:
+                col = b.add(kcol, d)
+                kb = load_at(b, F32, qkv_bias, b.mul(col, four), 4)
+                for r, (ok, srow) in enumerate(zip(inside, src)):
+                    kv = b.select(ok, b.fadd(y_at(F32, srow, col), kb), ir.Constant(F32, 0.0))
+                    store_at(b, kv, scratch, b.mul(b.add(b.mul(d, nvec), b.add(j0, const_i64(r))), four), 4)
+
+        with for_range(b, zero, n, ROWS, "qi") as i0:
             # rows past the sequence repeat its last row; their results are not stored
             qis = []
             for r in range(ROWS):
@@ -149,76 +263,85 @@ def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
                 qis.append(b.select(b.icmp_signed("<", i, n), i, last))
             qoffs = [b.add(q_at, b.mul(b.mul(qi, D), four)) for qi in qis]
             srows = [b.add(scores_at, b.mul(b.mul(const_i64(r), nvec), four)) for r in range(ROWS)]
+            brows = [b.mul(b.add(b.mul(h, bias_ld), qi), bias_ld) for qi in qis] if biased else []
+            for slot in slots["stats"]:
+                b.store(neg, slot)
 
-            with for_range(b, const_i64(0), nvec, w, "sc") as j:
-                for slot in accs[w]:
+            def scores(_ty: ir.Type, j: ir.Value, g: int) -> None:
+                accs = slots[w][: ROWS * g]
+                for slot in accs:
                     b.store(ir.Constant(vt, None), slot)
-                with for_range(b, const_i64(0), D, 1, "d") as d:
-                    kv = load_at(b, vt, scratch, b.mul(b.add(b.mul(d, nvec), j), four), 4)
+                with for_range(b, zero, D, 1, "d") as d:
+                    kvs = [
+                        load_at(b, vt, scratch, b.mul(b.add(b.mul(d, nvec), b.add(j, const_i64(k * w))), four), 4)
+                        for k in range(g)
+                    ]
                     doff = b.mul(d, four)
-                    for qoff, slot in zip(qoffs, accs[w]):
+                    for r, qoff in enumerate(qoffs):
                         qd = splat(b, load_at(b, F32, scratch, b.add(qoff, doff), 4), w)
-                        b.store(fmuladd(b, m, qd, kv, b.load(slot)), slot)
-                # lanes past the sequence score NEG
-                valid = b.icmp_signed("<", b.add(splat(b, j, w), iota), splat(b, n, w))
-                joff = b.mul(j, four)
-                for srow, slot in zip(srows, accs[w]):
-                    sv = b.select(valid, b.fmul(b.load(slot), splat(b, scale, w)), _fconst(vt, NEG))
-                    store_at(b, sv, scratch, b.add(srow, joff), 4)
+                        for k, kv in enumerate(kvs):
+                            slot = accs[r * g + k]
+                            b.store(fmuladd(b, m, qd, kv, b.load(slot)), slot)
+                # lanes past the sequence score NEG; the running max of each row
+                for k in range(g):
+                    jk = b.add(j, const_i64(k * w))
+                    valid = b.icmp_signed("<", b.add(splat(b, jk, w), iota), splat(b, n, w))
+                    for r in range(ROWS):
+                        s = b.load(accs[r * g + k])
+                        if biased:
+                            ptr = gep_bytes(b, bias, b.mul(b.add(brows[r], jk), four))
+                            s = b.fadd(s, b.call(masked_load, [ptr, ir.Constant(I32, 4), valid, ir.Constant(vt, None)]))
+                        s = b.select(valid, s, neg)
+                        store_at(b, s, scratch, b.add(srows[r], b.mul(jk, four)), 4)
+                        cur = b.load(slots["stats"][r])
+                        b.store(b.select(b.fcmp_ordered(">", s, cur), s, cur), slots["stats"][r])
 
-            with b.if_then(has_bias):
-                for r in range(ROWS):
-                    brow = b.mul(b.add(b.mul(h, bias_ld), qis[r]), bias_ld)
+            chunks(nvec, "sc", scores, groups, tail=False)
 
-                    def add_bias(ty: ir.Type, j: ir.Value, srow=srows[r], brow=brow) -> None:
-                        off = b.add(srow, b.mul(j, four))
-                        bv = load_at(b, ty, bias, b.mul(b.add(brow, j), four), 4)
-                        store_at(b, b.fadd(load_at(b, ty, scratch, off, 4), bv), scratch, off, 4)
-
-                    chunks(n, "bi", add_bias)
-
-            # softmax of the ROWS rows, interleaved: max, then exp and sum
-            for slot in stats:
-                b.store(_fconst(vt, NEG), slot)
-            with for_range(b, const_i64(0), nvec, w, "mx") as j:
-                joff = b.mul(j, four)
-                for srow, slot in zip(srows, stats):
-                    v, cur = load_at(b, vt, scratch, b.add(srow, joff), 4), b.load(slot)
-                    b.store(b.select(b.fcmp_ordered(">", v, cur), v, cur), slot)
-            maxes = [splat(b, hmax_tree(b, b.load(slot)), w) for slot in stats]
-            for slot in stats:
+            # softmax of the ROWS rows, interleaved: exp and sum (lanes past the sequence
+            # add at most w·1.7e-38 to a sum of at least 1)
+            maxes = [splat(b, hmax_tree(b, b.load(slot)), w) for slot in slots["stats"]]
+            for slot in slots["stats"]:
                 b.store(ir.Constant(vt, None), slot)
-            with for_range(b, const_i64(0), nvec, w, "ex") as j:
-                valid = b.icmp_signed("<", b.add(splat(b, j, w), iota), splat(b, n, w))
+            with for_range(b, zero, nvec, w, "ex") as j:
                 joff = b.mul(j, four)
-                for srow, mx, slot in zip(srows, maxes, stats):
+                for srow, mx, slot in zip(srows, maxes, slots["stats"]):
                     off = b.add(srow, joff)
-                    e = emit_exp(b, m, b.fsub(load_at(b, vt, scratch, off, 4), mx))
-                    e = b.select(valid, e, ir.Constant(vt, None))
+                    e = _exp_nonpositive(b, m, b.fsub(load_at(b, vt, scratch, off, 4), mx))
                     store_at(b, e, scratch, off, 4)
                     b.store(b.fadd(b.load(slot), e), slot)
-            for slot, r_inv in zip(stats, inv):
+            for slot, r_inv in zip(slots["stats"], slots["inv"]):
                 b.store(b.fdiv(ir.Constant(F32, 1.0), hsum_tree(b, b.load(slot))), r_inv)
 
-            def weighted(ty: ir.Type, dc: ir.Value) -> None:
+            # probability-weighted values, read from the product; the value bias is added
+            # after the normalization (each row of probabilities sums to 1)
+            def weighted(ty: ir.Type, dc: ir.Value, g: int) -> None:
                 lanes = ty.count
-                slots = accs[lanes]
-                for slot in slots:
+                accs = slots[lanes][: ROWS * g]
+                for slot in accs:
                     b.store(ir.Constant(ty, None), slot)
-                with for_range(b, const_i64(0), n, 1, "j") as j:
-                    vv = load_at(b, ty, scratch, b.add(v_at, b.mul(b.add(b.mul(j, D), dc), four)), 4)
+                with for_range(b, zero, n, 1, "j") as j:
+                    row = b.add(st, j)
+                    vvs = [y_at(ty, row, b.add(vcol, b.add(dc, const_i64(k * lanes)))) for k in range(g)]
                     joff = b.mul(j, four)
-                    for srow, slot in zip(srows, slots):
+                    for r, srow in enumerate(srows):
                         p = splat(b, load_at(b, F32, scratch, b.add(srow, joff), 4), lanes)
-                        b.store(fmuladd(b, m, p, vv, b.load(slot)), slot)
-                for r, slot in enumerate(slots):
-                    i = b.add(i0, const_i64(r))
-                    with b.if_then(b.icmp_signed("<", i, n)):
-                        ooff = b.mul(b.add(b.add(b.mul(b.add(st, i), hidden), hd), dc), four)
-                        store_at(b, b.fmul(b.load(slot), splat(b, b.load(inv[r]), lanes)), out, ooff, 4)
+                        for k, vv in enumerate(vvs):
+                            slot = accs[r * g + k]
+                            b.store(fmuladd(b, m, p, vv, b.load(slot)), slot)
+                for k in range(g):
+                    col = b.add(vcol, b.add(dc, const_i64(k * lanes)))
+                    vb = load_at(b, ty, qkv_bias, b.mul(col, four), 4)
+                    for r in range(ROWS):
+                        i = b.add(i0, const_i64(r))
+                        with b.if_then(b.icmp_signed("<", i, n)):
+                            ooff = b.mul(
+                                b.add(b.add(b.mul(b.add(st, i), hidden), hd), b.add(dc, const_i64(k * lanes))), four
+                            )
+                            o = fmuladd(b, m, b.load(accs[r * g + k]), splat(b, b.load(slots["inv"][r]), lanes), vb)
+                            store_at(b, o, out, ooff, 4)
 
-            chunks(D, "dv", weighted)
-    b.ret_void()
+            chunks(D, "dv", weighted, groups)
 
 
 def attention_reference(
@@ -278,6 +401,28 @@ def _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias):
     return np.ascontiguousarray(y), np.ascontiguousarray(qkv_bias), t, starts, lengths, bias
 
 
+def balanced_ranges(lengths: Sequence[int], n_head: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of the (sequence, head) pairs, one per part, of about equal work: a
+    pair of an n-token sequence costs ~n·(n + PAIR_OVERHEAD). A batch's sequences come sorted
+    by length, so equal pair counts would leave the first worker idle for the last one.
+    (Plain Python: a pass holds a few dozen sequences, where numpy's per-call cost dominates.)"""
+    pairs = len(lengths) * n_head
+    if parts <= 1 or pairs <= 1:
+        return row_ranges(pairs, 1)
+    per_pair = [n * (n + PAIR_OVERHEAD) for n in lengths]
+    total = sum(per_pair) * n_head
+    bounds, k, done = [0], 1, 0
+    for seq, work in enumerate(per_pair):
+        end = done + work * n_head
+        while k < parts and total * k <= end * parts:  # the k-th share ends in this sequence
+            cut = seq * n_head + round((total * k / parts - done) / work)
+            bounds.append(min(max(cut, bounds[-1]), pairs))
+            k += 1
+        done = end
+    bounds.append(pairs)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
+
+
 _local = threading.local()
 
 
@@ -301,9 +446,10 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
     pairs = starts.size * n_head
     if not pairs:
         return out
-    longest = int(lengths.max())
-    work = int((lengths.astype(np.float64) ** 2).sum()) * n_head * head_dim
-    ranges = row_ranges(pairs, threads if work >= PARALLEL_MIN_WORK else 1)
+    lens = lengths.tolist()
+    longest = max(lens)
+    work = sum(n * n for n in lens) * n_head * head_dim
+    ranges = balanced_ranges(lens, n_head, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
     scratch = _scratch(len(ranges) * per_worker)
     head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))

@@ -216,6 +216,11 @@ class ExtendBlocks:
     def __repr__(self) -> str:
         return f"ExtendBlocks({self.width}, {list(self.blocks)})"
 
+    def __reduce__(self):
+        """Copies and pickles are built anew: a copied array with the original's cached
+        ``address`` would hand the kernel a stale pointer."""
+        return ExtendBlocks, (self.width, self.blocks)
+
 
 def residual_norm_reference(
     x: np.ndarray,

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import KernelInputError, runnable_isas
-from embedpipe.codegen.encoder_attention import ENCODER_ATTENTION, attention_reference
+from embedpipe.codegen.encoder_attention import (
+    ENCODER_ATTENTION,
+    PAIR_OVERHEAD,
+    attention_reference,
+    balanced_ranges,
+)
 
 ISAS = [s for s in runnable_isas()]
 CASES = [
@@ -101,3 +106,30 @@ def test_output_buffer_gets_the_same_values_and_a_bad_one_is_refused(isa):
         run(y, qb, 33, 2, 32, starts, lengths, 0.2, out=np.zeros((33, 65), np.float32))
     with pytest.raises(KernelInputError, match="out must be"):
         run(y, qb, 33, 2, 32, starts, lengths, 0.2, out=y[:, :64])
+
+
+@pytest.mark.parametrize("isa", ISAS, ids=lambda s: s.name)
+def test_peaked_softmax_underflows_to_zero_weight(isa):
+    """Scores hundreds apart: most exp terms fall past the kernel's clamp and must weigh ~0."""
+    rng = np.random.default_rng(5)
+    lengths, starts = np.array([14, 59]), np.array([0, 14])
+    y = (rng.standard_normal((73, 3 * 64)) * 3).astype(np.float32)
+    qb = rng.standard_normal(3 * 64).astype(np.float32)
+    got = ENCODER_ATTENTION.on(isa)(y, qb, 73, 2, 32, starts, lengths, 8.0, threads=2)
+    want = oracle(y + qb, 2, 32, starts, lengths, 8.0, None)
+    assert np.isfinite(got).all() and np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_balanced_ranges_cover_every_pair_with_equal_work(parts):
+    """Length-sorted sequences (as batches come): contiguous ranges over all pairs, each within
+    one pair's work of an equal share."""
+    rng = np.random.default_rng(parts)
+    for lengths in (np.sort(rng.integers(1, 80, 9)), np.array([5]), np.array([3, 100]), np.full(32, 14)):
+        ranges = balanced_ranges(lengths.tolist(), 12, parts)
+        assert ranges[0][0] == 0 and ranges[-1][1] == lengths.size * 12
+        assert all(a < b for a, b in ranges) and all(b == c for (_, b), (c, _) in zip(ranges, ranges[1:]))
+        work = np.repeat(lengths * (lengths + PAIR_OVERHEAD), 12).astype(np.float64)
+        shares = [work[a:b].sum() for a, b in ranges]
+        if len(ranges) == parts:
+            assert max(abs(s - work.sum() / parts) for s in shares) <= work.max()

@@ -196,3 +196,19 @@ def test_output_buffers_get_the_same_values_and_bad_ones_are_refused(isa):
         combine(x, bias, False, out=x)
     with pytest.raises(KernelInputError, match="out must be"):
         combine(x, bias, False, out=np.zeros((t, d), np.float64))
+
+
+def test_copied_and_pickled_extend_blocks_point_at_their_own_block_numbers():
+    import copy
+    import pickle
+
+    ext = ExtendBlocks(128, (3, 1))
+    for twin in (copy.deepcopy(ext), pickle.loads(pickle.dumps(ext)), copy.copy(ext)):
+        assert twin.blocks == ext.blocks and twin.width == ext.width
+        assert twin.address == twin.array.ctypes.data and not twin.array.flags.writeable
+    rng = np.random.default_rng(0)
+    x, res = (rng.standard_normal((5, 128)).astype(np.float32) for _ in range(2))
+    vecs = [rng.standard_normal(128).astype(np.float32) for _ in range(3)]
+    run = RESIDUAL_NORM.on(runnable_isas()[0])
+    out, ext_rows = run(x, vecs[0], res, vecs[1], vecs[2], 1e-6, pickle.loads(pickle.dumps(ext)))
+    assert np.array_equal(ext_rows, run(x, vecs[0], res, vecs[1], vecs[2], 1e-6, ext)[1])
