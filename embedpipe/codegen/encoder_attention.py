@@ -22,7 +22,6 @@ Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the nu
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Sequence
 
@@ -30,14 +29,13 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen.encoder_fused import (
-    ROUND_MAGIC,
     address,
     cached_f32_word,
     checked_out,
     combine_reference,
     row_ranges,
 )
-from embedpipe.codegen.ir_elementwise import _EXP_POLY, _LN2_HI, _LN2_LO, _fconst
+from embedpipe.codegen.ir_elementwise import _fconst, emit_exp
 from embedpipe.codegen.irutil import (
     F32,
     I1,
@@ -73,7 +71,6 @@ PAIR_OVERHEAD = 16
 NEG = -3.0e38  # score of a lane past the sequence: below every real score, exp gives ~0
 # Head dims with bodies of their own (constant strides and trip counts); others take the generic one.
 SPECIALIZED_HEAD_DIMS = (32, 64)
-_MAGIC_BITS = 0x4B400000  # fp32 bits of ROUND_MAGIC
 
 PARAMS = [
     ("y", PTR),  # the QKV product: T rows
@@ -123,29 +120,6 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
                 rows[i], rows[i + s] = b.shuffle_vector(a, c, lo), b.shuffle_vector(a, c, hi)
         s *= 2
     return rows
-
-
-def _exp_nonpositive(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
-    """``e^x`` for x <= 0 (softmax terms): ``emit_exp``'s reduction and polynomial as fused
-    multiply-adds. x is clamped at −87: the result stays a normal number (a subnormal one
-    costs a microcode assist per vector, and the lanes past a sequence are all at the
-    clamp), one exponent field holds the scale (2^k, k >= −126, taken from the rounding
-    constant's low bits), and what the clamp changes is < 1.7e-38."""
-    ty = x.type
-    floor = _fconst(ty, -87.0)
-    x = b.select(b.fcmp_ordered(">", x, floor), x, floor)
-    magic = _fconst(ty, ROUND_MAGIC)
-    t = fmuladd(b, m, x, _fconst(ty, 1 / math.log(2)), magic)  # magic + round(x / ln 2)
-    kf = b.fsub(t, magic)
-    r = fmuladd(b, m, kf, _fconst(ty, -_LN2_HI), x)
-    r = fmuladd(b, m, kf, _fconst(ty, -_LN2_LO), r)
-    p = _fconst(ty, _EXP_POLY[0])
-    for c in _EXP_POLY[1:]:
-        p = fmuladd(b, m, p, r, _fconst(ty, c))
-    er = fmuladd(b, m, p, b.fmul(r, r), b.fadd(r, _fconst(ty, 1.0)))
-    ity = vec(I32, ty.count)
-    k127 = b.add(b.bitcast(t, ity), ir.Constant(ity, [127 - _MAGIC_BITS] * ty.count))
-    return b.fmul(er, b.bitcast(b.shl(k127, ir.Constant(ity, [23] * ty.count)), ty))
 
 
 def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
@@ -307,7 +281,7 @@ def _emit_pairs(b: ir.IRBuilder, isa: IsaSpec, slots: dict, D: ir.Value, biased:
                 joff = b.mul(j, four)
                 for srow, mx, slot in zip(srows, maxes, slots["stats"]):
                     off = b.add(srow, joff)
-                    e = _exp_nonpositive(b, m, b.fsub(load_at(b, vt, scratch, off, 4), mx))
+                    e = emit_exp(b, m, b.fsub(load_at(b, vt, scratch, off, 4), mx), nonpositive=True)
                     store_at(b, e, scratch, off, 4)
                     b.store(b.fadd(b.load(slot), e), slot)
             for slot, r_inv in zip(slots["stats"], slots["inv"]):

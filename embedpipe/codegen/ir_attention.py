@@ -287,13 +287,15 @@ class _Emitter:
             m_new = b.select(b.fcmp_ordered(">", tile_max, m_old), tile_max, m_old)
             none_yet = b.fcmp_ordered("==", m_new, neg_inf)
             shrink = b.fsub(m_old, m_new)
-            alpha = b.select(b.fcmp_ordered("<", shrink, underflow), zero, emit_exp(b, self.m, shrink))
+            alpha = b.select(
+                b.fcmp_ordered("<", shrink, underflow), zero, emit_exp(b, self.m, shrink, nonpositive=True)
+            )
             alpha = b.select(none_yet, ir.Constant(vt, [1.0] * lanes), alpha)
             total = var(b, vt, zero)
             with for_range(b, self.c(0), n, 1, "sexp") as j:
                 diff = b.fsub(b.load(st_at(j), typ=vt, align=4), m_new)
                 ok = b.and_(visible(j), b.fcmp_ordered(">=", diff, underflow))
-                p = b.select(ok, emit_exp(b, self.m, diff), zero)
+                p = b.select(ok, emit_exp(b, self.m, diff, nonpositive=True), zero)
                 b.store(p, st_at(j), align=4)
                 b.store(b.fadd(b.load(total), p), total)
             l_old = b.load(self.fptr(self.l, rv), typ=vt, align=4)

@@ -107,9 +107,17 @@ def _fconst(ty: ir.Type, value: float) -> ir.Constant:
     return ir.Constant(ty, value)
 
 
-def emit_exp(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
-    """Vector ``e^x`` for fp32 lanes; inputs are clamped to [-87.3, 88.3] (no inf/NaN out
-    for finite inputs, 0-ish and 1e38-ish at the ends)."""
+EXP_FLOOR = -87.0  # e^x stays a normal float (a subnormal result costs a microcode assist per vector)
+_MAGIC = 12582912.0  # 1.5·2^23: (v + M) − M rounds |v| < 2^22 to the nearest integer
+_MAGIC_BITS = 0x4B400000  # fp32 bits of _MAGIC
+
+
+def emit_exp(b: ir.IRBuilder, m: ir.Module, x: ir.Value, nonpositive: bool = False) -> ir.Value:
+    """Vector ``e^x`` for fp32 lanes; inputs are clamped to [−87, 88.3] (no inf/NaN out for
+    finite inputs; what the floor changes is below 1.7e-38, and every result is a normal
+    float). ``nonpositive``: the caller guarantees x <= 0 (softmax terms), so one exponent
+    field holds the scale 2^k (k >= −126), taken from the rounding constant's low bits;
+    otherwise 2^k is built in two halves so k = 128 (x near 88.7) cannot overflow it."""
     ty = x.type
     n = ty.count
     ity = vec(I32, n)
@@ -120,21 +128,24 @@ def emit_exp(b: ir.IRBuilder, m: ir.Module, x: ir.Value) -> ir.Value:
     def fmax(a: ir.Value, c: float) -> ir.Value:
         return b.select(b.fcmp_ordered(">", a, _fconst(ty, c)), a, _fconst(ty, c))
 
-    x = fmax(fmin(x, 88.3762626647949), -87.3365447504019)
-    magic = _fconst(ty, 12582912.0)  # round to nearest integer, as in the quantizer
-    kf = b.fsub(fma(b, m, x, _fconst(ty, 1 / math.log(2)), magic), magic)
+    x = fmax(x if nonpositive else fmin(x, 88.3762626647949), EXP_FLOOR)
+    magic = _fconst(ty, _MAGIC)
+    t = fma(b, m, x, _fconst(ty, 1 / math.log(2)), magic)  # magic + round(x / ln 2)
+    kf = b.fsub(t, magic)
     r = fma(b, m, kf, _fconst(ty, -_LN2_HI), x)
     r = fma(b, m, kf, _fconst(ty, -_LN2_LO), r)
     p = _fconst(ty, _EXP_POLY[0])
     for c in _EXP_POLY[1:]:
         p = fma(b, m, p, r, _fconst(ty, c))
-    er = b.fadd(fma(b, m, p, b.fmul(r, r), r), _fconst(ty, 1.0))
-    # 2^k built in two halves so k = 128 (x near 88.7) cannot overflow the exponent field.
+    er = fma(b, m, p, b.fmul(r, r), b.fadd(r, _fconst(ty, 1.0)))
+    shift = ir.Constant(ity, [23] * n)
+    if nonpositive:
+        k127 = b.add(b.bitcast(t, ity), ir.Constant(ity, [127 - _MAGIC_BITS] * n))
+        return b.fmul(er, b.bitcast(b.shl(k127, shift), ty))
     k = b.fptosi(kf, ity)
     k1 = b.ashr(k, ir.Constant(ity, [1] * n))
     k2 = b.sub(k, k1)
     bias = ir.Constant(ity, [127] * n)
-    shift = ir.Constant(ity, [23] * n)
     s1 = b.bitcast(b.shl(b.add(k1, bias), shift), ty)
     s2 = b.bitcast(b.shl(b.add(k2, bias), shift), ty)
     return b.fmul(b.fmul(er, s1), s2)
