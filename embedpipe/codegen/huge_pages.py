@@ -1,11 +1,12 @@
 """Huge-page memory for repacked weights: the kernels stream every weight once per forward
 pass, and on 4 KiB pages that is a page walk per 4 KiB read.
 
-Weights repacked in this process (no weight-cache hit, or the cache turned off) are copied
-into anonymous chunks that carry the transparent-huge-page advice, carved 64-byte aligned, so
-that each 2 MiB of them is one TLB entry.  Weights mapped from the weight cache get the same
-advice on their mapping (``runtime.weight_cache``).  A chunk lives as long as an array carved
-from it; where the advice is unavailable, or for small arrays, arrays are returned as given.
+Weights repacked in this process (no weight-cache hit, or the cache turned off) are packed
+straight into anonymous chunks that carry the transparent-huge-page advice, carved 64-byte
+aligned (``quant_formats.weight_empty``), so that each 2 MiB of them is one TLB entry.  Weights
+mapped from the weight cache get the same advice on their mapping (``runtime.weight_cache``).
+A chunk lives as long as an array carved from it; small requests, and platforms without the
+advice, get no chunk memory.
 """
 
 from __future__ import annotations
@@ -47,23 +48,21 @@ def _new_chunk(nbytes: int) -> tuple[np.ndarray, int, int] | None:
     return whole, start, start + size
 
 
-def weight_copy(a: np.ndarray) -> np.ndarray:
-    """``a`` (C-contiguous) copied into huge-page memory, or ``a`` itself when it is small or
-    the platform has no transparent huge pages."""
+def carve(nbytes: int) -> np.ndarray | None:
+    """``nbytes`` of huge-page memory as a 64-byte aligned uint8 array (zero-filled, untouched
+    until written), or None for fewer than ``MIN_BYTES`` or without transparent huge pages."""
     global _chunk, _used, _end
-    if _ADVICE is None or a.nbytes < MIN_BYTES or not a.flags.c_contiguous:
-        return a
-    need = -(-a.nbytes // ALIGN) * ALIGN
+    if _ADVICE is None or nbytes < MIN_BYTES:
+        return None
+    need = -(-nbytes // ALIGN) * ALIGN
     with _lock:
         whole = _chunk() if _chunk is not None else None
         if whole is None or _used + need > _end:
             fresh = _new_chunk(need)
             if fresh is None:
-                return a
+                return None
             whole, _used, _end = fresh
             _chunk = weakref.ref(whole)
-        dst = whole[_used : _used + a.nbytes]
+        out = whole[_used : _used + nbytes]
         _used += need
-    out = dst.view(a.dtype).reshape(a.shape)
-    np.copyto(out, a)
     return out

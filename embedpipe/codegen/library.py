@@ -20,7 +20,6 @@ import llvmlite.ir as ir
 import numpy as np
 
 from embedpipe.codegen import (
-    huge_pages,
     ir_elementwise,
     ir_encoder,
     ir_float,
@@ -38,7 +37,7 @@ from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
 from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, prototype
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
-from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
+from embedpipe.codegen.quant_formats import FORMATS, aligned_empty, weight_empty
 from embedpipe.codegen.threads import default_threads, split_range
 from embedpipe.errors import EmbedpipeError
 
@@ -327,8 +326,8 @@ class KernelLibrary:
         if scale.shape != (n,):
             raise KernelInputError(f"int8 matmul: scale shape {scale.shape}, expected ({n},)")
         d = np.repeat(scale[:, None], k // QK, axis=1)
-        packed = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, aligned_empty)
-        return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", _streamed(packed))
+        packed = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, weight_empty)
+        return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", packed)
 
     def _format(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int):
         """The registered format of ``qtype`` after checking ``raw`` holds an N×K weight of it."""
@@ -365,24 +364,18 @@ class KernelLibrary:
         if fmt.family != "int" or not fmt.exact:
             raise KernelInputError(f"{fmt.qtype.name} weight: no exact int8 codes for the fp32-activation kernel")
         q, d = fmt.repack(np.ascontiguousarray(raw), int(n), int(k))
-        packed = ir_float.pack_codes(q, d, self.isa, self.float_tile, aligned_empty)
-        return PreparedMatmul(self, fmt.qtype, int(n), int(k), "codes", _streamed(packed))
+        packed = ir_float.pack_codes(q, d, self.isa, self.float_tile, weight_empty)
+        return PreparedMatmul(self, fmt.qtype, int(n), int(k), "codes", packed)
 
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
         """Repack a GGUF weight ``raw`` (N rows of ``row_bytes``) for ``Y = X·Wᵀ``."""
         fmt = self._format(qtype, raw, n, k)
         n, k = int(n), int(k)
         packed = fmt.pack(self, np.ascontiguousarray(raw), n, k)
-        return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, _streamed(packed))
+        return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, packed)
 
 
 MIN_PARALLEL_ELEMENTS = 65_536
-
-
-def _streamed(packed: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """Packed weight arrays moved to huge-page memory (``huge_pages``): every forward pass
-    streams them."""
-    return tuple(huge_pages.weight_copy(a) for a in packed)
 
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}
