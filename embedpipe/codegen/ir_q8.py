@@ -45,10 +45,12 @@ from embedpipe.codegen.irutil import (
     imin,
     intrinsic,
     load_at,
+    loop,
     new_function,
     splat,
     store_at,
     store_tile,
+    var,
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
@@ -229,6 +231,12 @@ def emit_quantize(m: ir.Module, isa: IsaSpec) -> str:
     ``xq`` gets int8 (or int16) values, ``xd`` the fp32 scale per block and ``xc`` the int32
     ``-128·Σq`` per block (the VNNI offset correction).  Rows ``>= T`` (tile padding) are
     zero-filled, never read from ``x``.
+
+    Where a vector holds 16 floats, blocks go in groups (``GROUPS``): the per-block maxima and
+    sums of a group are reduced together (``_reduce_lanes``) and its scales divided as one
+    vector, instead of a horizontal reduction and two scalar divisions per block; the
+    remaining blocks take the one-block path.  Both do the same fp32 operations on every
+    element, so the results are the same bits.
     """
     eb = act_elem_bytes(isa)
     qt = I8 if eb == 1 else I16
@@ -236,34 +244,131 @@ def emit_quantize(m: ir.Module, isa: IsaSpec) -> str:
     fn, b = new_function(m, name, QUANTIZE_PARAMS)
     x, xq, xd, xc, T, K, t0, t1 = fn.args
     nb = b.sdiv(K, const_i64(QK))
-    vf, vi = vec(F32, QK), vec(I32, QK)
+    groups = GROUPS if isa.lanes >= HALF else ()
     with for_range(b, t0, t1, 1, "t") as t:
-        with for_range(b, const_i64(0), nb, 1, "blk") as blk:
-            eidx = b.add(b.mul(t, K), b.mul(blk, const_i64(QK)))
-            sidx = b.mul(b.add(b.mul(t, nb), blk), const_i64(4))
-            with b.if_else(b.icmp_signed("<", t, T)) as (real, pad):
-                with real:
-                    v = load_at(b, vf, x, b.mul(eidx, const_i64(4)), 4)
-                    fabs = intrinsic(m, f"llvm.fabs.v{QK}f32", vf, [vf])
-                    amax = hmax_tree(b, b.call(fabs, [v]))
-                    d = b.fdiv(amax, ir.Constant(F32, 127.0))
-                    nz = b.fcmp_ordered("!=", d, ir.Constant(F32, 0.0))
-                    inv = b.select(nz, b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
-                    scaled = b.fmul(v, splat(b, inv, QK))
-                    magic = ir.Constant(vf, [ROUND_MAGIC] * QK)
-                    rounded = b.fsub(b.fadd(scaled, magic), magic)
-                    q = b.fptosi(rounded, vi)
-                    fsum = intrinsic(m, f"llvm.vector.reduce.add.v{QK}i32", I32, [vi])
-                    total = b.call(fsum, [q])
-                    store_at(b, b.trunc(q, vec(qt, QK)), xq, b.mul(eidx, const_i64(eb)), eb)
-                    store_at(b, d, xd, sidx, 4)
-                    store_at(b, b.mul(total, ir.Constant(I32, -128)), xc, sidx, 4)
-                with pad:
+        with b.if_else(b.icmp_signed("<", t, T)) as (real, pad):
+            with real:
+                first = var(b, I64, const_i64(0))
+                for size in groups:
+                    # the largest group repeats; each smaller one runs at most once
+                    with loop(b, f"g{size}") as group:
+                        g = b.load(first)
+                        group.break_unless(b.icmp_signed("<=", b.add(g, const_i64(size)), nb))
+                        _quantize_group(b, m, qt, eb, x, xq, xd, xc, t, K, nb, g, size)
+                        b.store(b.add(g, const_i64(size)), first)
+                        if size != groups[0]:
+                            group.break_if(ir.Constant(I1, 1))
+                with for_range(b, b.load(first), nb, 1, "blk") as blk:
+                    _quantize_block(b, m, qt, eb, x, xq, xd, xc, t, K, nb, blk)
+            with pad:
+                with for_range(b, const_i64(0), nb, 1, "zblk") as blk:
+                    eidx = b.add(b.mul(t, K), b.mul(blk, const_i64(QK)))
+                    sidx = b.mul(b.add(b.mul(t, nb), blk), const_i64(4))
                     store_at(b, ir.Constant(vec(qt, QK), None), xq, b.mul(eidx, const_i64(eb)), eb)
                     store_at(b, ir.Constant(F32, 0.0), xd, sidx, 4)
                     store_at(b, ir.Constant(I32, 0), xc, sidx, 4)
     b.ret_void()
     return name
+
+
+HALF = QK // 2  # floats per half block: one 512-bit vector
+GROUPS = (16, 8, 4)  # block group sizes of the grouped path, largest first
+
+
+def _round_to_int(b: ir.IRBuilder, v: ir.Value, inv: ir.Value) -> ir.Value:
+    """``round_half_even(v·inv)`` as int32 lanes (exact for the |v·inv| <= 127 of a block)."""
+    n = v.type.count
+    magic = ir.Constant(vec(F32, n), [ROUND_MAGIC] * n)
+    return b.fptosi(b.fsub(b.fadd(b.fmul(v, inv), magic), magic), vec(I32, n))
+
+
+def _scale_and_inverse(b: ir.IRBuilder, amax: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """``d = amax/127`` and ``1/d`` (0 where d is 0), lane by lane, for a scalar or a vector."""
+    ty = amax.type
+    if isinstance(ty, ir.VectorType):
+        const = lambda c: ir.Constant(ty, [c] * ty.count)  # noqa: E731
+    else:
+        const = lambda c: ir.Constant(ty, c)  # noqa: E731
+    d = b.fdiv(amax, const(127.0))
+    inv = b.select(b.fcmp_ordered("!=", d, const(0.0)), b.fdiv(const(1.0), d), const(0.0))
+    return d, inv
+
+
+def _quantize_block(b, m, qt, eb, x, xq, xd, xc, t, K, nb, blk) -> None:
+    """One block of row ``t``: horizontal max, scalar scale, 32 codes, their sum."""
+    vf, vi = vec(F32, QK), vec(I32, QK)
+    eidx = b.add(b.mul(t, K), b.mul(blk, const_i64(QK)))
+    sidx = b.mul(b.add(b.mul(t, nb), blk), const_i64(4))
+    v = load_at(b, vf, x, b.mul(eidx, const_i64(4)), 4)
+    fabs = intrinsic(m, f"llvm.fabs.v{QK}f32", vf, [vf])
+    d, inv = _scale_and_inverse(b, hmax_tree(b, b.call(fabs, [v])))
+    q = _round_to_int(b, v, splat(b, inv, QK))
+    fsum = intrinsic(m, f"llvm.vector.reduce.add.v{QK}i32", I32, [vi])
+    store_at(b, b.trunc(q, vec(qt, QK)), xq, b.mul(eidx, const_i64(eb)), eb)
+    store_at(b, d, xd, sidx, 4)
+    store_at(b, b.mul(b.call(fsum, [q]), ir.Constant(I32, -128)), xc, sidx, 4)
+
+
+def _quantize_group(b, m, qt, eb, x, xq, xd, xc, t, K, nb, g, size: int) -> None:
+    """Blocks ``[g, g + size)`` of row ``t``, each as two half vectors: per-block |max| and
+    code sums reduced across the group's vectors at once, scales divided as one vector."""
+    vf, vi = vec(F32, HALF), vec(I32, HALF)
+    fabs = intrinsic(m, f"llvm.fabs.v{HALF}f32", vf, [vf])
+    row = b.add(b.mul(t, K), b.mul(g, const_i64(QK)))
+    halves = [
+        [load_at(b, vf, x, b.mul(b.add(row, const_i64(j * QK + h * HALF)), const_i64(4)), 4) for h in (0, 1)]
+        for j in range(size)
+    ]
+
+    def fmax(lo: ir.Value, hi: ir.Value) -> ir.Value:
+        return b.select(b.fcmp_ordered(">", lo, hi), lo, hi)
+
+    amax = _reduce_lanes(b, [fmax(b.call(fabs, [lo]), b.call(fabs, [hi])) for lo, hi in halves], fmax)
+    d, inv = _scale_and_inverse(b, amax)
+    sums = []
+    for j, pair in enumerate(halves):
+        inv_j = splat(b, b.extract_element(inv, ir.Constant(I32, j)), HALF)
+        codes = [_round_to_int(b, h, inv_j) for h in pair]
+        for h, q in enumerate(codes):
+            off = b.mul(b.add(row, const_i64(j * QK + h * HALF)), const_i64(eb))
+            store_at(b, b.trunc(q, vec(qt, HALF)), xq, off, eb)
+        sums.append(b.add(codes[0], codes[1]))
+    corr = b.mul(_reduce_lanes(b, sums, b.add), ir.Constant(vi, [-128] * HALF))
+    sidx = b.mul(b.add(b.mul(t, nb), g), const_i64(4))
+    first = ir.Constant(vec(I32, size), list(range(size)))
+    store_at(b, b.shuffle_vector(d, d, first), xd, sidx, 4)
+    store_at(b, b.shuffle_vector(corr, corr, first), xc, sidx, 4)
+
+
+def _reduce_lanes(b: ir.IRBuilder, vectors: list[ir.Value], combine) -> ir.Value:
+    """Lane ``j`` of the result is ``combine`` folded over the lanes of ``vectors[j]`` (a
+    transposing tree: each step merges two vectors, halving every source's share of lanes,
+    until each source owns one lane).  ``combine`` must be associative and commutative, and
+    the vector count and width powers of two."""
+    n = vectors[0].type.count
+    assert n & (n - 1) == 0 and len(vectors) & (len(vectors) - 1) == 0 and len(vectors) <= n
+    # per vector: source index -> the lanes holding its partial results
+    level = [(v, {j: list(range(n))}) for j, v in enumerate(vectors)]
+    while len(level) > 1 or any(len(lanes) > 1 for lanes in level[0][1].values()):
+        merged = []
+        for i in range(0, len(level), 2):
+            a, la = level[i]
+            if i + 1 < len(level):
+                c, lc = level[i + 1]
+                owners = {**la, **{j: [n + lane for lane in lanes] for j, lanes in lc.items()}}
+            else:
+                c, owners = a, dict(la)
+            lo, hi, layout = [], [], {}
+            for j in sorted(owners):
+                lanes = owners[j]
+                half = len(lanes) // 2
+                layout[j] = list(range(len(lo), len(lo) + half))
+                lo += lanes[:half]
+                hi += lanes[half:]
+            lo_mask, hi_mask = (ir.Constant(vec(I32, n), idx + [0] * (n - len(idx))) for idx in (lo, hi))
+            merged.append((combine(b.shuffle_vector(a, c, lo_mask), b.shuffle_vector(a, c, hi_mask)), layout))
+        level = merged
+    return level[0][0]
 
 
 def pack_weights(

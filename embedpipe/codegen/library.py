@@ -19,7 +19,17 @@ from pathlib import Path
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen import ir_elementwise, ir_encoder, ir_float, ir_fused, ir_parallel, ir_pool, ir_q8, irutil, jit
+from embedpipe.codegen import (
+    ir_elementwise,
+    ir_encoder,
+    ir_float,
+    ir_fused,
+    ir_parallel,
+    ir_pool,
+    ir_q8,
+    irutil,
+    jit,
+)
 from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_float import FloatTile
@@ -27,7 +37,7 @@ from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
 from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, prototype
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
-from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
+from embedpipe.codegen.quant_formats import FORMATS, aligned_empty, weight_empty
 from embedpipe.codegen.threads import default_threads, split_range
 from embedpipe.errors import EmbedpipeError
 
@@ -316,8 +326,8 @@ class KernelLibrary:
         if scale.shape != (n,):
             raise KernelInputError(f"int8 matmul: scale shape {scale.shape}, expected ({n},)")
         d = np.repeat(scale[:, None], k // QK, axis=1)
-        wq, wd = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, aligned_empty)
-        return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", (wq, wd))
+        packed = ir_q8.pack_weights(codes, d, self.isa, self.int_tile, weight_empty)
+        return PreparedMatmul(self, GGMLQuantizationType.Q8_0, n, k, "int", packed)
 
     def _format(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int):
         """The registered format of ``qtype`` after checking ``raw`` holds an N×K weight of it."""
@@ -354,7 +364,7 @@ class KernelLibrary:
         if fmt.family != "int" or not fmt.exact:
             raise KernelInputError(f"{fmt.qtype.name} weight: no exact int8 codes for the fp32-activation kernel")
         q, d = fmt.repack(np.ascontiguousarray(raw), int(n), int(k))
-        packed = ir_float.pack_codes(q, d, self.isa, self.float_tile, aligned_empty)
+        packed = ir_float.pack_codes(q, d, self.isa, self.float_tile, weight_empty)
         return PreparedMatmul(self, fmt.qtype, int(n), int(k), "codes", packed)
 
     def prepare_matmul(self, qtype: GGMLQuantizationType, raw: np.ndarray, n: int, k: int) -> PreparedMatmul:
@@ -366,6 +376,7 @@ class KernelLibrary:
 
 
 MIN_PARALLEL_ELEMENTS = 65_536
+
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}
 _libraries_lock = threading.Lock()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from embedpipe.codegen import ir_float, ir_q8
+from embedpipe.codegen import huge_pages, ir_float, ir_q8
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from embedpipe.codegen.ir_q8 import QK, quantize_reference
 
@@ -38,6 +38,14 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> n
     buf = np.empty(nbytes + align, dtype=np.uint8)
     off = -buf.ctypes.data % align
     return buf[off : off + nbytes].view(dtype).reshape(shape)
+
+
+def weight_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``aligned_empty`` for packed weights, which every forward pass streams: in huge-page
+    memory when the array is large enough (``huge_pages``)."""
+    dtype = np.dtype(dtype)
+    raw = huge_pages.carve(math.prod(shape) * dtype.itemsize)
+    return aligned_empty(shape, dtype) if raw is None else raw.view(dtype).reshape(shape)
 
 
 class WeightFormat:
@@ -83,7 +91,7 @@ class FloatFormat(WeightFormat):
         return self.repack(raw, n, k)
 
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
-        return (ir_float.pack_weights(self.repack(raw, n, k), lib.isa, lib.float_tile, aligned_empty),)
+        return (ir_float.pack_weights(self.repack(raw, n, k), lib.isa, lib.float_tile, weight_empty),)
 
 
 class IntFormat(WeightFormat):
@@ -106,7 +114,7 @@ class IntFormat(WeightFormat):
 
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
         q, d = self.unpack(lib, raw, n, k)
-        return ir_q8.pack_weights(q, d, lib.isa, lib.int_tile, aligned_empty)
+        return ir_q8.pack_weights(q, d, lib.isa, lib.int_tile, weight_empty)
 
 
 class RequantizedFormat(IntFormat):

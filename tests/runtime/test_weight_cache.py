@@ -186,3 +186,30 @@ def test_bert_models_use_the_same_cache(tmp_path, repacks, monkeypatch):
     repacks.clear()
     np.testing.assert_array_equal(_encode(path), reference)
     assert repacks == []
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds ``address``."""
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(part, 16) for part in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    return []
+
+
+@pytest.mark.skipif(
+    not (hasattr(os, "posix_fadvise") and os.path.exists("/sys/kernel/mm/transparent_hugepage")),
+    reason="needs Linux with transparent huge pages",
+)
+def test_mapped_cache_asks_for_huge_pages(tmp_path):
+    """The weights are streamed once per forward pass: the mapping carries the huge-page advice."""
+    path = tmp_path / "w.weights"
+    path.write_bytes(bytes(range(256)) * 16384)
+    data = weight_cache._map(path)
+    assert data[:256].tolist() == list(range(256)) and len(data) == 256 * 16384
+    assert "hg" in _vm_flags(data.ctypes.data)
