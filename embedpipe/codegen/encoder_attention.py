@@ -22,7 +22,6 @@ Model-agnostic: a sequence is a range of rows; ``attention_reference`` is the nu
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import llvmlite.ir as ir
@@ -57,7 +56,7 @@ from embedpipe.codegen.irutil import (
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.library import KernelInputError
-from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.scratch import thread_scratch
 
 # Score-row work (pairs · T² · head_dim) below which a call runs on the calling thread.
 PARALLEL_MIN_WORK = 1 << 20
@@ -397,16 +396,7 @@ def balanced_ranges(lengths: Sequence[int], n_head: int, parts: int) -> list[tup
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
-_local = threading.local()
-
-
-def _scratch(floats: int) -> np.ndarray:
-    """Worker scratch, kept per calling thread (a step program recording gets its own:
-    ``codegen.program``)."""
-    buf = getattr(_local, "scratch", None)
-    if buf is None or buf.size < floats:
-        buf = _local.scratch = aligned_empty((floats,), np.float32)
-    return buf
+_scratch = thread_scratch(lambda: None)  # the workers' score rows
 
 
 def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, scale, bias=None, threads=1, out=None):
@@ -425,7 +415,7 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
     work = sum(n * n for n in lens) * n_head * head_dim
     ranges = balanced_ranges(lens, n_head, threads if work >= PARALLEL_MIN_WORK else 1)
     per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
-    scratch = _scratch(len(ranges) * per_worker)
+    scratch = _scratch.floats(len(ranges) * per_worker)
     head = (address(y), address(qkv_bias), address(bias) if bias is not None else 0, address(out))
     tail = (address(starts), address(lengths), t, n_head, head_dim, y.shape[1])
     ld = bias.shape[1] if bias is not None else 0

@@ -23,8 +23,6 @@ plain softmax per sequence: oracle and fallback.
 
 from __future__ import annotations
 
-import threading
-
 import llvmlite.ir as ir
 import numpy as np
 
@@ -51,7 +49,7 @@ from embedpipe.codegen.irutil import (
 )
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
-from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.scratch import thread_scratch
 
 KEY_TILE = 64  # keys per step of the online softmax (a multiple of every MR and of NV·lanes)
 QUERY_ROWS = 96  # query rows (positions × grouped heads) per work item
@@ -446,14 +444,7 @@ def plan_work(starts: np.ndarray, lengths: np.ndarray, n_kv: int, bq: int, half_
     return np.ascontiguousarray(work, dtype=np.int64)
 
 
-_local = threading.local()
-
-
-def _scratch(floats: int) -> np.ndarray:
-    buf = getattr(_local, "scratch", None)
-    if buf is None or buf.size < floats:
-        buf = _local.scratch = aligned_empty((floats,), np.float32)
-    return buf
+_scratch = thread_scratch(lambda: None)  # the workers' packed queries and score tiles
 
 
 def _drive(
@@ -489,7 +480,7 @@ def _drive(
         return out
     per_thread = _round_up(scratch_floats(native.isa, group, bq, d, dv), _ALIGN)
     parts = max(1, min(int(threads), len(work)))
-    scratch = _scratch(per_thread * parts)
+    scratch = _scratch.floats(per_thread * parts)
     counter = np.zeros(1, np.int64)
     hw = -1 if half_window is None else int(half_window)
     head = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, work.ctypes.data, len(work))

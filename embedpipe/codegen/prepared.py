@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +19,7 @@ from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_q8 import QK
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.scratch import thread_scratch
 from embedpipe.codegen.threads import CACHE_LINE, split_range
 from embedpipe.errors import EmbedpipeError
 
@@ -172,16 +172,14 @@ MIN_PARALLEL_WEIGHT_BYTES = 512 * 1024
 # Batches of at least this many token rows per thread are split by rows, not weight panels.
 ROW_SPLIT_MIN_ROWS = 128
 
-_local = threading.local()
+_local = thread_scratch(dict)  # slot -> (xq, xd, xc) buffers
 
 
 def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]:
     """Addresses of quantized-activation buffers (xq, xd, xc) for ``tpad`` rows, cached per
     calling thread and slot so steady-state calls allocate nothing."""
     need = (tpad * k * ir_q8.act_elem_bytes(isa), tpad * (k // QK) * 4)
-    cache = getattr(_local, "buffers", None)
-    if cache is None:
-        cache = _local.buffers = {}
+    cache = _local.value
     bufs = cache.get(slot)
     if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
         arrays = (

@@ -26,12 +26,12 @@ from contextlib import contextmanager
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen import encoder_attention, ir_attention, prepared
 from embedpipe.codegen.ir_pool import cpu_relax
 from embedpipe.codegen.irutil import I64, PTR, const_i64, intrinsic, loop, var
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, Recorder, recording
 from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.scratch import REGISTRY
 
 STEP_WORDS = 4  # (task address, items address, item stride in bytes, item count)
 COUNTER_WORDS = 16  # per step: claim word and done word, each on its own 64-byte line
@@ -130,28 +130,21 @@ class Program:
 
 @contextmanager
 def _private_scratch(rec: Recorder) -> Iterator[list]:
-    """Give the drivers fresh per-thread scratch while recording and hand every buffer they
-    allocate to the program (listed after each recorded fork, so a buffer replaced by a larger
-    one stays alive): the program owns its scratch, and this thread's later eager calls do
-    not share it."""
-    owners = (
-        (prepared._local, "buffers", dict),
-        (ir_attention._local, "scratch", lambda: None),
-        (encoder_attention._local, "scratch", lambda: None),
-    )
-    saved = [getattr(obj, name, None) for obj, name, _ in owners]
-    for obj, name, fresh in owners:
-        setattr(obj, name, fresh())
+    """Give the drivers fresh per-thread scratch (every ``scratch.REGISTRY`` entry) while
+    recording and hand every buffer they allocate to the program (listed after each recorded
+    fork, so a buffer replaced by a larger one stays alive): the program owns its scratch, and
+    this thread's later eager calls do not share it."""
+    saved = {id(s): s.value for s in REGISTRY}
+    for s in REGISTRY:
+        s.value = s.empty()
     kept: list = []
 
     def snapshot() -> None:
-        kept.append(dict(prepared._local.buffers))
-        kept.append(ir_attention._local.scratch)
-        kept.append(encoder_attention._local.scratch)
+        kept.extend(dict(s.value) if isinstance(s.value, dict) else s.value for s in REGISTRY)
 
     rec.after_add.append(snapshot)
     try:
         yield kept
     finally:
-        for (obj, name, _), value in zip(owners, saved):
-            setattr(obj, name, value)
+        for s in REGISTRY:  # one registered while recording starts afresh, too
+            s.value = saved[id(s)] if id(s) in saved else s.empty()
