@@ -10,21 +10,9 @@ import pytest
 
 from embedpipe.codegen import huge_pages
 from embedpipe.codegen.quant_formats import weight_empty
+from tests.proc_maps import vm_flags
 
 THP = os.path.exists("/sys/kernel/mm/transparent_hugepage") and huge_pages._ADVICE is not None
-
-
-def _vm_flags(address: int) -> list[str]:
-    inside = False
-    with open("/proc/self/smaps") as fh:
-        for line in fh:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(part, 16) for part in head.split("-"))
-                inside = lo <= address < hi
-            elif inside and head == "VmFlags:":
-                return line.split()[1:]
-    return []
 
 
 @pytest.mark.skipif(not THP, reason="needs Linux with transparent huge pages")
@@ -32,7 +20,7 @@ def test_weight_arrays_are_aligned_advised_and_writable():
     a = weight_empty((300, 1111), np.uint32)
     assert a.shape == (300, 1111) and a.dtype == np.uint32 and a.flags.c_contiguous and a.flags.writeable
     assert a.ctypes.data % huge_pages.ALIGN == 0
-    assert "hg" in _vm_flags(a.ctypes.data)
+    assert "hg" in vm_flags(a.ctypes.data)
     a[...] = np.arange(a.size, dtype=np.uint32).reshape(a.shape)
     assert a[-1, -1] == a.size - 1
 

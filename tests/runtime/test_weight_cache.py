@@ -14,6 +14,7 @@ from embedpipe.runtime import weight_cache
 from embedpipe.runtime.backends import NumpyBackend
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import GGUFModelFile
+from tests.proc_maps import vm_flags
 
 TEXTS = ["a short query", "def add(a, b): return a + b", "the quick brown fox jumps over the lazy dog " * 3]
 
@@ -188,20 +189,6 @@ def test_bert_models_use_the_same_cache(tmp_path, repacks, monkeypatch):
     assert repacks == []
 
 
-def _vm_flags(address: int) -> list[str]:
-    """The VmFlags of the mapping of this process that holds ``address``."""
-    inside = False
-    with open("/proc/self/smaps") as fh:
-        for line in fh:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(part, 16) for part in head.split("-"))
-                inside = lo <= address < hi
-            elif inside and head == "VmFlags:":
-                return line.split()[1:]
-    return []
-
-
 @pytest.mark.skipif(
     not (hasattr(os, "posix_fadvise") and os.path.exists("/sys/kernel/mm/transparent_hugepage")),
     reason="needs Linux with transparent huge pages",
@@ -212,4 +199,4 @@ def test_mapped_cache_asks_for_huge_pages(tmp_path):
     path.write_bytes(bytes(range(256)) * 16384)
     data = weight_cache._map(path)
     assert data[:256].tolist() == list(range(256)) and len(data) == 256 * 16384
-    assert "hg" in _vm_flags(data.ctypes.data)
+    assert "hg" in vm_flags(data.ctypes.data)
