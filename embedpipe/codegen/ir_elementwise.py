@@ -27,6 +27,7 @@ from embedpipe.codegen.irutil import (
     intrinsic,
     load_at,
     new_function,
+    on_one_lane,
     splat,
     store_at,
     vec,
@@ -156,9 +157,7 @@ def gelu_tanh_mul_value(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value
     vectors or scalars (a scalar runs the vector code on one lane)."""
     ty = x.type
     if not isinstance(ty, ir.VectorType):
-        one, lane0 = vec(F32, 1), ir.Constant(I32, 0)
-        x1, y1 = (b.insert_element(ir.Constant(one, None), v, lane0) for v in (x, y))
-        return b.extract_element(gelu_tanh_mul_value(b, m, isa, x1, y1), lane0)
+        return on_one_lane(b, lambda x1, y1: gelu_tanh_mul_value(b, m, isa, x1, y1), x, y)
     inner = fma(b, m, b.fmul(b.fmul(x, x), x), _fconst(ty, 0.044715), x)
     e = emit_exp(b, m, b.fmul(inner, _fconst(ty, -2.0 * math.sqrt(2 / math.pi))))
     return b.fmul(b.fmul(x, y), reciprocal(b, m, isa, b.fadd(e, _fconst(ty, 1.0))))

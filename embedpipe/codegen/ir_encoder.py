@@ -24,6 +24,7 @@ from embedpipe.codegen.irutil import (
     intrinsic,
     load_at,
     new_function,
+    on_one_lane,
     splat,
     store_at,
     vec,
@@ -42,9 +43,7 @@ def gelu_erf_value(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value) -> 
     """``gelu_erf(x)`` of an fp32 vector or scalar (a scalar runs the vector code on one lane)."""
     ty = x.type
     if not isinstance(ty, ir.VectorType):
-        one, lane0 = vec(F32, 1), ir.Constant(ir.IntType(32), 0)
-        x1 = b.insert_element(ir.Constant(one, None), x, lane0)
-        return b.extract_element(gelu_erf_value(b, m, isa, x1), lane0)
+        return on_one_lane(b, lambda x1: gelu_erf_value(b, m, isa, x1), x)
     neg = b.fcmp_ordered("<", x, _fconst(ty, 0.0))
     ax = b.select(neg, b.fsub(_fconst(ty, 0.0), x), x)
     t = reciprocal(b, m, isa, fma(b, m, ax, _fconst(ty, ERF_P / math.sqrt(2)), _fconst(ty, 1.0)))

@@ -47,6 +47,14 @@ def splat(b: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
     return b.shuffle_vector(one, ir.Constant(vt, None), ir.Constant(vec(I32, n), [0] * n))
 
 
+def on_one_lane(b: ir.IRBuilder, fn, *scalars: ir.Value) -> ir.Value:
+    """``fn`` of one-lane vectors holding ``scalars``, as a scalar: the scalar tail of a row
+    sweep runs the same vector code (and so the same arithmetic) as its body."""
+    lane0 = ir.Constant(I32, 0)
+    ones = [b.insert_element(ir.Constant(vec(s.type, 1), None), s, lane0) for s in scalars]
+    return b.extract_element(fn(*ones), lane0)
+
+
 def lane_iota(n: int, elem: ir.Type = I64) -> ir.Constant:
     return ir.Constant(vec(elem, n), list(range(n)))
 
