@@ -23,11 +23,10 @@ from embedpipe.codegen.encoder_fused import QK, ExtendBlocks, grid_reference
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
 from embedpipe.codegen.library import KernelInputError
 from embedpipe.codegen.prepared import PreparedMatmul
-from embedpipe.codegen.quant_formats import aligned_empty
-from embedpipe.codegen.threads import CACHE_LINE
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import bench_texts, encoder_ops, ops
 from embedpipe.runtime import bert_names as bn
+from embedpipe.runtime.arena import Arena, ArenaPool
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
 from embedpipe.runtime.gemma_embedding import fuse_rows
 from embedpipe.runtime.gguf_file import DerivedTensor, GGUFModelFile, WeightTensor
@@ -306,6 +305,7 @@ class BertEncoderModel:
         self._bias_cache: np.ndarray | None = None
         self.scale = np.float32(1.0 / math.sqrt(self.cfg.head_dim))
         self.max_program_tokens = 0  # the calibration pass below runs the ops one by one
+        self._arenas: ArenaPool | None = None
         self._program_cache = ProgramCache()
         self._programs = self._program_cache.programs
         known = self._cached_extensions()
@@ -318,6 +318,8 @@ class BertEncoderModel:
         products = [w for layer in self.layers for w in (layer.w_qkv, layer.wo, layer.w_up, layer.w_down)]
         recordable = self.eops.native and all(isinstance(w, PreparedMatmul) for w in products)
         self.max_program_tokens = PROGRAM_MAX_TOKENS if recordable else 0
+        # eager passes write into a borrowed arena when every op takes output buffers
+        self._arenas = ArenaPool() if recordable else None
 
     def _extend_inputs(self, mf: GGUFModelFile) -> None:
         """Rank the blocks of each extendable product's input by their quantization error on a
@@ -427,8 +429,10 @@ class BertEncoderModel:
         with self.ops.session():
             tokens = dequantize_rows(self.token_embd, ids)
             pos = np.ascontiguousarray(self.position_embd[positions])
-            x = self._stack(tokens, pos, bounds, lengths, bias, probe)
-        return self._pool(x, bounds, lengths)
+            if self._arenas is None or probe is not None:
+                return self._pool(self._stack(tokens, pos, bounds, lengths, bias, probe), bounds, lengths)
+            with self._arenas.take(ids.size) as arena:
+                return self._pool(self._stack(tokens, pos, bounds, lengths, bias, None, arena), bounds, lengths)
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """CLS row or mean of each sequence's rows (new arrays: ``x`` may be an arena's)."""
@@ -436,13 +440,13 @@ class BertEncoderModel:
             return np.ascontiguousarray(x[bounds[:-1]])
         return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
 
-    def _stack(self, tokens, pos, bounds, lengths, bias, probe=None, arena: _Arena | None = None) -> np.ndarray:
+    def _stack(self, tokens, pos, bounds, lengths, bias, probe=None, arena: Arena | None = None) -> np.ndarray:
         """The embedding LayerNorm and every block over the token embeddings (into ``arena``'s
         buffers when given); returns the last hidden states."""
         cfg = self.cfg
         type0 = self.type0 if self.type0 is not None else self._zeros
         first_ext = self.layers[0].qkv_ext if self.layers else None
-        buffers = _norm_buffers(arena, "x", "xe_qkv", first_ext)
+        buffers = _norm_buffers(arena, cfg.hidden, "x", "xe_qkv", first_ext)
         x, xe = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_ext, **buffers)
         for il, layer in enumerate(self.layers):
             nxt = self.layers[il + 1].qkv_ext if il + 1 < len(self.layers) else None
@@ -458,7 +462,7 @@ class BertEncoderModel:
         recorded = self._program_cache.get(key)
         if recorded is not None:
             return recorded
-        arena = _Arena(int(lengths.sum()), self.cfg.hidden)
+        arena = Arena(int(lengths.sum()))
         # everything the steps' words point at lives as long as the program: the sequence
         # bounds, the position rows and this length's position bias (the model may replace
         # its bias table by a larger one later)
@@ -485,7 +489,7 @@ class BertEncoderModel:
         bias: np.ndarray | None,
         ext_out: ExtendBlocks | None,
         probe: _BlockErrors | None = None,
-        arena: _Arena | None = None,
+        arena: Arena | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One block: x (S, hidden) and, when this layer's QKV product takes extended rows, their
         extension ``xe``; returns the block output and its extension by ``ext_out``. With an
@@ -500,7 +504,7 @@ class BertEncoderModel:
         qkv = layer.w_qkv(x if xe is None else xe, **_out(arena, "qkv", layer.w_qkv))
         attn = eops.attention(qkv, layer.b_qkv, *heads, **_out(arena, "attn", cfg.hidden))
         o = layer.wo(attn, **_out(arena, "o", layer.wo))
-        norm = _norm_buffers(arena, "x1", "xe_up", layer.up_ext)
+        norm = _norm_buffers(arena, cfg.hidden, "x1", "xe_up", layer.up_ext)
         x1, xe1 = eops.residual_norm(o, layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext, **norm)
         if probe is not None:
             probe((layer.il, "ffn_up"), x1)
@@ -509,37 +513,22 @@ class BertEncoderModel:
         if arena is not None and not eops.fuses_gelu(layer.w_down):  # the GELU is a step of its own
             ffn["act"] = arena.rows("act", cfg.ffn)
         down = eops.bias_gelu_matmul(layer.w_down, up, layer.b_up, **ffn)
-        norm = _norm_buffers(arena, "x", "xe_qkv", ext_out)
+        norm = _norm_buffers(arena, cfg.hidden, "x", "xe_qkv", ext_out)
         return eops.residual_norm(down, layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out, **norm)
 
 
-class _Arena:
-    """Preallocated activations of one forward over ``t`` tokens (the buffers a step program
-    reads and writes), by name and width, each on a cache line; every layer reuses them."""
-
-    def __init__(self, t: int, hidden: int):
-        self.t, self.hidden = t, hidden
-        self._buffers: dict[tuple[str, int], np.ndarray] = {}
-
-    def rows(self, name: str, width: int) -> np.ndarray:
-        buf = self._buffers.get((name, width))
-        if buf is None:
-            buf = self._buffers[(name, width)] = aligned_empty((self.t, width), np.float32, CACHE_LINE)
-        return buf
-
-
-def _out(arena: _Arena | None, name: str, width: int | PreparedMatmul) -> dict:
+def _out(arena: Arena | None, name: str, width: int | PreparedMatmul) -> dict:
     """``out=`` the arena's ``name`` rows (a product's are as wide as its output), or nothing."""
     if arena is None:
         return {}
     return {"out": arena.rows(name, width if isinstance(width, int) else width.n)}
 
 
-def _norm_buffers(arena: _Arena | None, name: str, ext_name: str, extend: ExtendBlocks | None) -> dict:
+def _norm_buffers(arena: Arena | None, hidden: int, name: str, ext_name: str, extend: ExtendBlocks | None) -> dict:
     """Output buffers of a LayerNorm: its rows and, when it extends them, the extended rows."""
     if arena is None:
         return {}
-    buffers = {"out": arena.rows(name, arena.hidden)}
+    buffers = {"out": arena.rows(name, hidden)}
     if extend is not None:
         buffers["ext_out"] = arena.rows(ext_name, extend.ext_width)
     return buffers

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedpipe.codegen.quant_formats import aligned_empty
-from embedpipe.codegen.threads import CACHE_LINE
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
+from embedpipe.runtime.arena import Arena, ArenaPool
 from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
 from embedpipe.runtime.gguf_file import REPAIR_HINT, DerivedTensor, GGUFModelFile, WeightTensor
 from embedpipe.runtime.gguf_schema import tokenizer_problem
@@ -219,6 +218,8 @@ class GemmaEmbeddingModel:
         weights = [w for layer in self.layers for w in (layer.w_qkv, layer.wo, layer.w_gate_up, layer.w_down)]
         fused = all(self.ops.fused_weight(w) for w in weights)
         self.max_program_tokens = PROGRAM_MAX_TOKENS if fused else 0
+        # Only fused ops write into given buffers; the others allocate their results.
+        self._arenas = ArenaPool() if fused else None
         self._program_cache = ProgramCache()
         self._programs = self._program_cache.programs
 
@@ -258,7 +259,12 @@ class GemmaEmbeddingModel:
         with self.ops.session():
             plan = _AttentionPlan(bounds, lengths)
             tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
-            return self._pool(self._stack(embedded * self.embed_scale, tables, plan), bounds, lengths)
+            if self._arenas is None:
+                return self._pool(self._stack(embedded * self.embed_scale, tables, plan), bounds, lengths)
+            with self._arenas.take(ids.size) as memory:
+                arena = _Arena(cfg, memory)
+                np.multiply(embedded, self.embed_scale, out=arena.x0)
+                return self._pool(self._stack(arena.x0, tables, plan, arena), bounds, lengths)
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Mean over each sequence's rows, then the dense head."""
@@ -303,7 +309,7 @@ class GemmaEmbeddingModel:
         recorded = self._program_cache.get(key)
         if recorded is not None:
             return recorded
-        arena = _Arena(self.cfg, int(lengths.sum()))
+        arena = _Arena(self.cfg, Arena(int(lengths.sum())))
         plan = _AttentionPlan(bounds, lengths)
         tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
         steps = OPS_PER_LAYER * self.cfg.n_layers + 1
@@ -329,23 +335,24 @@ def _norm_out(arena: _Arena | None, x: np.ndarray, name: str) -> dict:
 
 
 class _Arena:
-    """Preallocated activations of one forward over ``t`` tokens (the buffers a step program
-    reads and writes): every layer reuses them, the residual stream alternates between ``xa``
-    and ``xb``, and ``x0`` takes the scaled token embeddings before each run."""
+    """The named activations of one forward over ``arena.t`` tokens (the buffers a step
+    program reads and writes, or an eager pass borrows from the model's pool): every layer
+    reuses them, the residual stream alternates between ``xa`` and ``xb``, and ``x0`` takes
+    the scaled token embeddings before each run."""
 
-    def __init__(self, cfg: GemmaEmbeddingConfig, t: int):
-        def rows(n: int) -> np.ndarray:
-            return aligned_empty((t, n), np.float32, CACHE_LINE)
-
+    def __init__(self, cfg: GemmaEmbeddingConfig, arena: Arena):
         h, d, dv = cfg.hidden, cfg.head_dim, cfg.head_dim_v
-        self.x0, self.xa, self.xb, self.o, self.f, self.final = (rows(h) for _ in range(6))
-        self.qkv = rows((cfg.n_head + cfg.n_kv_head) * d + cfg.n_kv_head * dv)
-        self.qkv3 = tuple(
-            rows(heads * width).reshape(t, heads, width)
-            for heads, width in ((cfg.n_head, d), (cfg.n_kv_head, d), (cfg.n_kv_head, dv))
+        self.memory = arena
+        self.x0, self.xa, self.xb, self.o, self.f, self.final = (
+            arena.rows(name, h) for name in ("x0", "xa", "xb", "o", "f", "final")
         )
-        self.attn = rows(cfg.n_head * dv)
-        self.gate_up = rows(2 * cfg.ffn)
+        self.qkv = arena.rows("qkv", (cfg.n_head + cfg.n_kv_head) * d + cfg.n_kv_head * dv)
+        self.qkv3 = tuple(
+            arena.rows(name, heads * width).reshape(arena.t, heads, width)
+            for name, heads, width in (("q", cfg.n_head, d), ("k", cfg.n_kv_head, d), ("v", cfg.n_kv_head, dv))
+        )
+        self.attn = arena.rows("attn", cfg.n_head * dv)
+        self.gate_up = arena.rows("gate_up", 2 * cfg.ffn)
 
 
 class _AttentionPlan:

@@ -44,3 +44,22 @@ def assert_concurrent_callers_agree(model, seqs: list[list[int]], rounds: int) -
     for t in threads:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads) and bad == []
+
+
+def unpooled(model, seqs: list[list[int]]) -> np.ndarray:
+    """The model's vectors from the op sequence with every activation allocated afresh (no
+    program, no borrowed arena)."""
+    pool, model._arenas = model._arenas, None
+    try:
+        return eager(model, seqs)
+    finally:
+        model._arenas = pool
+
+
+def assert_pooled_passes_equal_fresh_ones(model, batches: list[list[list[int]]]) -> None:
+    """Eager passes over an arena borrowed from the model's pool (grown, then reused for
+    shorter batches) give the vectors of passes that allocate every activation."""
+    assert model._arenas is not None
+    for seqs in batches:
+        np.testing.assert_array_equal(eager(model, seqs), unpooled(model, seqs))
+    assert model._arenas.held_bytes > 0

@@ -12,7 +12,11 @@ from embedpipe.runtime import bert
 from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from tests.runtime.bert_checkout_builder import build_bert_checkout, build_mpnet_checkout
-from tests.runtime.step_program_checks import assert_concurrent_callers_agree, assert_recorded_and_replayed
+from tests.runtime.step_program_checks import (
+    assert_concurrent_callers_agree,
+    assert_pooled_passes_equal_fresh_ones,
+    assert_recorded_and_replayed,
+)
 from tests.runtime.step_program_checks import eager as _eager
 
 BUILDERS = {
@@ -109,3 +113,18 @@ def test_many_lengths_stay_bounded(models, monkeypatch):
 
 def test_concurrent_callers_get_the_same_vectors(models):
     assert_concurrent_callers_agree(models("mpnet"), [[7, 8, 9, 10, 11, 12], [13, 14]], rounds=30)
+
+
+@pytest.mark.parametrize("name", ["bert", "mpnet"])
+def test_long_passes_borrow_an_arena_and_give_the_same_vectors(models, name):
+    """Passes over the program limit write into an arena from the model's pool: grown for a
+    longer pass, reused (as fewer rows) for a shorter one, bit-identical to fresh buffers."""
+    model = models(name)
+    batches = [_seqs(model, lengths) for lengths in ((40, 41, 42, 43), (33, 34, 35, 36), (45, 46, 47, 44, 40))]
+    assert_pooled_passes_equal_fresh_ones(model, batches)
+
+
+def test_concurrent_long_passes_get_the_same_vectors(models):
+    """Eager passes on four threads at once each borrow their own arena."""
+    model = models("bert")
+    assert_concurrent_callers_agree(model, _seqs(model, (40, 41, 42, 43)), rounds=8)

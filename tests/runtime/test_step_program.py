@@ -9,7 +9,11 @@ import pytest
 
 from embedpipe.runtime import gemma_embedding, step_programs
 from embedpipe.runtime.embedder import Embedder
-from tests.runtime.step_program_checks import assert_concurrent_callers_agree, assert_recorded_and_replayed
+from tests.runtime.step_program_checks import (
+    assert_concurrent_callers_agree,
+    assert_pooled_passes_equal_fresh_ones,
+    assert_recorded_and_replayed,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +70,20 @@ def test_held_bytes_counts_each_buffer_once():
     holder.rows = {"x": a, "view": a[10:20]}
     holder.more = [np.zeros((3, 4), np.int64), (a,)]
     assert step_programs.held_bytes(holder, a[::2]) == 4000 + 96
+
+
+def _random(model, lengths):
+    rng = np.random.default_rng(sum(lengths))
+    return [rng.integers(0, model.cfg.vocab, n).tolist() for n in lengths]
+
+
+def test_long_batches_borrow_an_arena_and_give_the_same_vectors(model):
+    """Batches over the program limit write into an arena from the model's pool: grown for a
+    longer batch, reused (as fewer rows) for a shorter one, bit-identical to fresh buffers."""
+    lengths = [(70, 71), (40, 50, 45), (90, 91, 5)]
+    assert_pooled_passes_equal_fresh_ones(model, [_random(model, n) for n in lengths])
+
+
+def test_concurrent_long_batches_get_the_same_vectors(model):
+    """Eager batches on four threads at once each borrow their own arena."""
+    assert_concurrent_callers_agree(model, _random(model, (70, 71)), rounds=6)
