@@ -68,6 +68,22 @@ def query_tile(group: int) -> int:
     return max(1, QUERY_ROWS // group)
 
 
+def split_query_tile(bq: int, lengths: object, n_kv: int, half_window: int | None, threads: int) -> int:
+    """``bq``, or smaller query tiles when a batch has fewer items than threads (one short
+    text: one item, the other threads idle).  Only where every tile's key range is its whole
+    sequence (no window, or sequences within it): then each query row walks the same keys in
+    the same order whatever the tile, so its numbers do not change."""
+    lengths = np.asarray(lengths).reshape(-1)
+    items = lengths.size * n_kv
+    if threads <= 1 or items >= threads or not items:
+        return bq
+    longest = int(lengths.max())
+    if longest > bq or (half_window is not None and longest > half_window + 1):
+        return bq
+    parts = -(-threads // items)
+    return max(1, -(-longest // parts))
+
+
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
@@ -464,7 +480,7 @@ def _drive(
     s, n_q, d = q.shape
     n_kv, dv = k.shape[1], v.shape[2]
     group = n_q // n_kv
-    bq = query_tile(group)
+    bq = split_query_tile(query_tile(group), lengths, n_kv, half_window, threads)
     if out is None:
         out = np.empty((s, n_q * dv), np.float32)
     else:

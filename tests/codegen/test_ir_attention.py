@@ -134,6 +134,35 @@ def test_plan_cache_is_reused_and_keyed_by_shape():
     assert work.shape[1] == A.WORK_FIELDS and not work.flags.writeable
 
 
+@pytest.mark.parametrize("isa", ISAS, ids=IDS)
+@pytest.mark.parametrize(("length", "hw"), [(1, None), (2, None), (20, None), (31, 40), (32, 31), (33, None)])
+def test_one_short_text_is_split_over_the_threads_bit_for_bit(isa, length, hw):
+    """One sequence within a query tile (and within the window) is one work item: with two
+    threads it is cut into two, and every row keeps its bits (each row walks the same keys in
+    the same order); a longer or window-limited one keeps its tile."""
+    q, k, v, starts, lens = packed([length], 3, 1, 32, 32, seed=length)
+    bq = A.query_tile(3)
+    split = A.split_query_tile(bq, lens, 1, hw, 2)
+    want = -(-length // 2) if length <= bq and (hw is None or length <= hw + 1) else bq
+    assert split == want
+    one = A.attention(q, k, v, starts, lens, hw, threads=1, isa=isa)
+    cache: dict = {}
+    two = A.attention(q, k, v, starts, lens, hw, threads=2, isa=isa, cache=cache)
+    np.testing.assert_array_equal(two, one)
+    (work,) = cache.values()
+    assert len(work) == -(-length // split)
+    np.testing.assert_allclose(one, oracle(q, k, v, starts, lens, hw), rtol=2e-5, atol=2e-5)
+
+
+def test_split_tiles_only_when_items_are_fewer_than_threads():
+    lens = np.array([20, 20], np.int64)
+    assert A.split_query_tile(32, lens, 1, None, 2) == 32
+    assert A.split_query_tile(32, lens, 1, None, 4) == 10
+    assert A.split_query_tile(32, lens[:1], 2, None, 2) == 32
+    assert A.split_query_tile(32, lens[:1], 1, None, 1) == 32
+    assert A.split_query_tile(32, np.array([], np.int64), 1, None, 2) == 32
+
+
 def test_work_items_cover_every_query_tile_once():
     lens = np.array([1, 33, 97, 200], np.int64)
     starts = np.concatenate(([0], np.cumsum(lens)[:-1]))

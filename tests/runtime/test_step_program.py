@@ -52,15 +52,16 @@ def test_concurrent_callers_get_the_same_vectors(model):
 
 def test_programs_are_bounded_by_the_bytes_they_hold(model, monkeypatch):
     model._programs.clear()
-    model.embed([list(range(4))])
-    first = model._programs[(4,)].nbytes
-    assert first > 0
-    budget = 2 * first + first // 2  # two programs of about this size, not three
-    monkeypatch.setattr(step_programs, "MAX_PROGRAM_BYTES", budget)
     for n in (4, 5, 6):
         model.embed([list(range(n))])
-    held = list(model._programs)
-    assert held[-1] == (6,) and len(held) == 2
+    sizes = {key: p.nbytes for key, p in model._programs.items()}
+    assert all(sizes.values())
+    budget = sizes[(5,)] + sizes[(6,)]  # the two latest programs fit, all three do not
+    monkeypatch.setattr(step_programs, "MAX_PROGRAM_BYTES", budget)
+    model._programs.clear()
+    for n in (4, 5, 6):
+        model.embed([list(range(n))])
+    assert list(model._programs) == [(5,), (6,)]
     assert sum(p.nbytes for p in model._programs.values()) <= budget
 
 
