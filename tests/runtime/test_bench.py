@@ -113,10 +113,15 @@ def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
             "1",
             "--batch-texts",
             "3",
+            "--rounds",
+            "2",
+            "--profile-ops",
         ],
     )
     assert res.exit_code == 0, res.output
     assert "ratios (embedpipe JIT / peer)" in res.output
+    assert "interleaved rounds per kind: 2" in res.output and "load MB" in res.output
+    assert "ops t=1 short:" in res.output  # the op profile, measured in the JIT peer's worker
     assert "memory read" in res.output and "native calls per single-text forward" in res.output
     assert "skipped llama.cpp: llama-cpp-python is not importable" in res.output
     bad = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--kind", "huge"])
