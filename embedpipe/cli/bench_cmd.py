@@ -275,7 +275,8 @@ def runtime(
     rounds, load MB the same right after it loaded the model: the peer alone (interpreter,
     libraries, weights, activations), not the benchmark's other peers."""
     from embedpipe.codegen.threads import default_threads
-    from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, format_summary, run_runtime_bench
+    from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, run_runtime_bench
+    from embedpipe.runtime.bench_report import format_summary
     from embedpipe.runtime.registry import resolve_model
 
     model = str(resolve_model(model))

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from embedpipe.runtime import bench, bench_rounds, bench_worker
+from embedpipe.runtime import bench, bench_report, bench_rounds, bench_worker
 from embedpipe.runtime.bench_peers import PeerUnavailable
 
 
@@ -82,7 +82,7 @@ def test_ratios_take_the_median_of_per_round_ratios():
     assert r["single_latency_ratio"] == pytest.approx(1 / 3)  # 1/3, 1/4, 1
     assert r["batch_cpu_ratio"] == pytest.approx(1.5)  # 2, 1.5, 0.25
     assert r["single_cpu_ratio"] == pytest.approx(2 / 3)  # 2/3, 1/2, 2
-    lines = bench.format_summary(
+    lines = bench_report.format_summary(
         {
             "machine": {"cpu": "x", "cores": 2, "load_avg": None},
             "model": "m",
