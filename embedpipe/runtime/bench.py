@@ -248,7 +248,17 @@ def _measure_interleaved(
                 continue
             mb = proc.load_memory_mb.get("peak_rss_mb") or 0
             report(f"loaded {peer} t={threads} in its own process: {proc.load_s:.1f} s, peak RSS {mb:.0f} MB")
-        samples = bench_rounds.run_rounds(procs, formatted, cfg.rounds, cfg.singles, skip)
+
+        def progress(kind: str, r: int, peers: dict[str, bench_rounds.RoundSample]) -> None:
+            report(
+                f"round {r + 1}/{cfg.rounds} t={threads} {kind}: "
+                + ", ".join(
+                    f"{p} batch {s.batch_s:.2f} s, single {1e3 * statistics.median(s.single_s):.1f} ms"
+                    for p, s in peers.items()
+                )
+            )
+
+        samples = bench_rounds.run_rounds(procs, formatted, cfg.rounds, cfg.singles, skip, progress)
         for peer, proc in procs.items():
             if (peer, cfg.kinds[0]) not in samples:
                 continue

@@ -57,10 +57,12 @@ def run_rounds(
     rounds: int,
     singles: int,
     on_failure: Callable[[str, str], None],
+    on_round: Callable[[str, int, dict[str, RoundSample]], None] | None = None,
 ) -> dict[tuple[str, str], list[RoundSample]]:
     """Samples per (peer, kind), one per round. Each kind starts with an untimed warm-up
     (one single text, one batch) of every peer. A peer that fails is reported through
-    ``on_failure(peer, why)`` and dropped from the rest of the run (its samples too)."""
+    ``on_failure(peer, why)`` and dropped from the rest of the run (its samples too);
+    ``on_round(kind, round, samples by peer)`` sees each round as it ends."""
     live = dict(peers)
     samples: dict[tuple[str, str], list[RoundSample]] = {}
 
@@ -82,12 +84,19 @@ def run_rounds(
         for r in range(rounds):
             batches = each("batch", kind=kind)
             ones = each("singles", kind=kind, start=r * per_round, count=per_round)
-            for name in live:
-                b, s = batches[name], ones[name]
-                samples.setdefault((name, kind), []).append(
-                    RoundSample(b["wall_s"], b["cpu_s"], s["wall_s"], s["cpu_s"])
-                )
+            this_round = {
+                name: RoundSample(batches[name]["wall_s"], batches[name]["cpu_s"], **_singles(ones[name]))
+                for name in live
+            }
+            for name, sample in this_round.items():
+                samples.setdefault((name, kind), []).append(sample)
+            if on_round:
+                on_round(kind, r, this_round)
     return {key: value for key, value in samples.items() if key[0] in live}
+
+
+def _singles(answer: dict) -> dict[str, list[float]]:
+    return {"single_s": answer["wall_s"], "single_cpu_s": answer["cpu_s"]}
 
 
 class PeerProcess:

@@ -36,7 +36,10 @@ def test_rounds_interleave_the_peers_kind_by_kind():
     log: list = []
     peers = {name: FakePeer(name, log) for name in ("a", "b", "c")}
     texts = {"short": ["s"] * 4, "long": ["l"] * 4}
-    samples = bench_rounds.run_rounds(peers, texts, rounds=3, singles=5, on_failure=pytest.fail)
+    seen: list = []
+    samples = bench_rounds.run_rounds(
+        peers, texts, rounds=3, singles=5, on_failure=pytest.fail, on_round=lambda k, r, s: seen.append((k, r, list(s)))
+    )
     abc = ("a", "b", "c")
     want = [(p, "texts", None, None) for p in abc]
     for kind in texts:
@@ -44,6 +47,7 @@ def test_rounds_interleave_the_peers_kind_by_kind():
         for r in range(3):  # 5 singles over 3 rounds: 2 a round, the same texts for every peer
             want += [(p, "batch", kind, None) for p in abc] + [(p, "singles", kind, 2 * r) for p in abc]
     assert log == want
+    assert seen == [(k, r, ["a", "b", "c"]) for k in texts for r in range(3)]
     assert set(samples) == {(p, k) for p in abc for k in texts}
     assert all(len(s) == 3 and len(s[0].single_s) == 2 for s in samples.values())
 
