@@ -234,7 +234,10 @@ def runtime(
     ),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Document kinds (default short,long,xlong)."),
     singles: int = typer.Option(
-        10, "--singles", min=1, help="Single-text calls per peer and kind (median), spread evenly over the rounds."
+        10,
+        "--singles",
+        min=1,
+        help="Single-text calls per peer and kind (median), spread evenly over the rounds (at least one a round).",
     ),
     rounds: Optional[int] = typer.Option(
         None,
