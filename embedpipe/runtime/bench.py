@@ -57,6 +57,10 @@ class PeerResult:
     # and after all its rounds (the peer alone: each peer runs in a process of its own)
     load_rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    # The resident set after the rounds split into anonymous pages (the peer's own allocations:
+    # weights it repacked or copied, activations) and file-backed ones (mapped model files)
+    rss_anon_mb: float | None = None
+    rss_file_mb: float | None = None
     # This peer's own figures per interleaved round (bench_rounds): batch_s, batch_cpu_s,
     # single_ms, single_cpu_ms; ``ratios`` pairs them with the JIT peer's round by round
     rounds: list[dict] = field(default_factory=list)
@@ -278,6 +282,7 @@ def _measure_interleaved(
                 )
                 res.load_rss_mb = proc.load_memory_mb.get("peak_rss_mb")
                 res.peak_rss_mb = memory.get("peak_rss_mb")
+                res.rss_anon_mb, res.rss_file_mb = memory.get("anon_mb"), memory.get("file_mb")
                 if peak:
                     res.int8_peak_fraction = res.tok_per_s * ops_token / (peak["int8_gops"] * 1e9)
                     res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)

@@ -29,6 +29,8 @@ RESULT_KEYS = {
     "floor_fraction",
     "load_rss_mb",
     "peak_rss_mb",
+    "rss_anon_mb",
+    "rss_file_mb",
     "rounds",
 }
 
@@ -89,6 +91,7 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
     assert all(summary["bandwidth_gbs"][t] > 0 for t in ("1", "2"))
     assert summary["streamed_weight_mb"] > 0 and set(summary["floor_ms"]) == {"1", "2"}
     assert all(r["peak_rss_mb"] >= r["load_rss_mb"] > 0 and 0 < r["floor_fraction"] for r in summary["results"])
+    assert all(r["rss_anon_mb"] > 0 and r["rss_file_mb"] > 0 for r in summary["results"])
     assert summary["native_calls_per_forward"] > 0
     assert {(q["peer"], q["threads"]) for q in summary["scaling"]} == {("jit", 2), ("numpy", 2)}
 
