@@ -13,7 +13,6 @@ encodes the round's share of the single texts (the same texts for every peer) on
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -46,9 +45,11 @@ class RoundSample:
     single_cpu_s: list[float] = field(default_factory=list)
 
 
-def singles_per_round(singles: int, rounds: int) -> int:
-    """The ``singles`` single texts spread over the rounds (at least one per round)."""
-    return max(1, math.ceil(singles / rounds))
+def singles_per_round(singles: int, rounds: int) -> list[int]:
+    """The ``singles`` single texts spread over the rounds as evenly as they go (the first rounds
+    take the remainder), at least one a round."""
+    base, extra = divmod(singles, rounds)
+    return [max(1, base + (r < extra)) for r in range(rounds)]
 
 
 def run_rounds(
@@ -77,13 +78,13 @@ def run_rounds(
         return answers
 
     each("texts", texts=dict(texts))
-    per_round = singles_per_round(singles, rounds)
+    counts = singles_per_round(singles, rounds)
     for kind in texts:
         each("singles", kind=kind, start=0, count=1)
         each("batch", kind=kind)
         for r in range(rounds):
             batches = each("batch", kind=kind)
-            ones = each("singles", kind=kind, start=r * per_round, count=per_round)
+            ones = each("singles", kind=kind, start=sum(counts[:r]), count=counts[r])
             this_round = {
                 name: RoundSample(batches[name]["wall_s"], batches[name]["cpu_s"], **_singles(ones[name]))
                 for name in live

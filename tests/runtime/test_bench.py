@@ -81,7 +81,7 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
     assert "not an executable python" in summary["skipped"]["sentence-transformers"]
     assert {(q["vs"], q["threads"]) for q in summary["ratios"]} == {("numpy", 1), ("numpy", 2)}
     # --repeats 1 without --rounds: one interleaved round, paired round by round in the ratios
-    assert summary["rounds"] == 1 and summary["singles_per_round"] == 2
+    assert summary["rounds"] == 1 and summary["singles_per_round"] == [2]
     assert all(len(r["rounds"]) == 1 for r in summary["results"])
     assert all(q["rounds"]["count"] == 1 and q["rounds"]["batch_throughput_ratio"] > 0 for q in summary["ratios"])
     # JIT and numpy backends embed the same texts to the same vectors.

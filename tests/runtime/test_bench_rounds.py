@@ -44,12 +44,18 @@ def test_rounds_interleave_the_peers_kind_by_kind():
     want = [(p, "texts", None, None) for p in abc]
     for kind in texts:
         want += [(p, "singles", kind, 0) for p in abc] + [(p, "batch", kind, None) for p in abc]  # warm-up
-        for r in range(3):  # 5 singles over 3 rounds: 2 a round, the same texts for every peer
-            want += [(p, "batch", kind, None) for p in abc] + [(p, "singles", kind, 2 * r) for p in abc]
+        for start in (0, 2, 4):  # 5 singles over 3 rounds: 2, 2, 1; the same texts for every peer
+            want += [(p, "batch", kind, None) for p in abc] + [(p, "singles", kind, start) for p in abc]
     assert log == want
     assert seen == [(k, r, ["a", "b", "c"]) for k in texts for r in range(3)]
     assert set(samples) == {(p, k) for p in abc for k in texts}
-    assert all(len(s) == 3 and len(s[0].single_s) == 2 for s in samples.values())
+    assert all([len(r.single_s) for r in s] == [2, 2, 1] for s in samples.values())
+
+
+def test_singles_spread_evenly_over_the_rounds():
+    assert bench_rounds.singles_per_round(10, 3) == [4, 3, 3]
+    assert bench_rounds.singles_per_round(6, 3) == [2, 2, 2]
+    assert bench_rounds.singles_per_round(1, 3) == [1, 1, 1]
 
 
 def test_a_failing_peer_is_reported_and_dropped():
