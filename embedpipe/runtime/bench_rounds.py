@@ -107,9 +107,13 @@ class PeerProcess:
         self.name = name
         argv, env = worker_command(name, cfg, threads)
         self._stderr = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env
-        )
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=env
+            )
+        except OSError as exc:  # e.g. --st-python is not a program this machine runs
+            self._stderr.close()
+            raise PeerUnavailable(f"cannot start {argv[0]}: {exc}") from None
         hello = self._answer()
         if "error" in hello:
             self.close()

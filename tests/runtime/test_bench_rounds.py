@@ -164,3 +164,9 @@ def test_a_peer_that_cannot_load_is_unavailable_with_its_reason(tmp_path):
         bench_rounds.PeerProcess("onnxruntime-int8", cfg, 1)
     with pytest.raises(PeerUnavailable, match="unknown peer"):
         bench_rounds.PeerProcess("nope", cfg, 1)
+    not_a_program = tmp_path / "python"
+    not_a_program.write_text("not a program")
+    not_a_program.chmod(0o755)
+    st = SimpleNamespace(**vars(cfg), st_python=str(not_a_program), st_model="ckpt")
+    with pytest.raises(PeerUnavailable, match="cannot start"):
+        bench_rounds.PeerProcess(bench_worker.ST_PEER, st, 1)
