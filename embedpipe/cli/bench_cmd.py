@@ -243,10 +243,11 @@ def runtime(
         None,
         "--rounds",
         min=1,
-        help="Interleaved rounds per kind (default: --repeats, 3). Every peer is loaded once, in a process of its "
-        "own; a round is: each peer in turn encodes the kind's batch once, then each peer in turn encodes the "
-        "round's share of the --singles texts (the same texts for every peer). Ratios are given of the peers' "
-        "medians and as the median of the per-round ratios, robust to the machine changing speed during the run.",
+        help="Interleaved rounds per kind (default: --repeats, 3). Every peer is loaded once at each thread count, "
+        "in a process of its own; a round is: each of them in turn encodes the kind's batch once, then each in "
+        "turn encodes the round's share of the --singles texts (the same texts for all). Ratios and 1 -> N thread "
+        "speed-ups are given of the medians and as the median of the per-round ratios, robust to the machine "
+        "changing speed during the run.",
     ),
     repeats: int = typer.Option(
         3, "--repeats", min=1, help="Rounds when --rounds is not given; runs of the FFN probe and --profile-ops."

@@ -1,11 +1,12 @@
 """`embedpipe bench runtime`: end-to-end embedding speed against llama.cpp and sentence-transformers.
 
 For each document kind (short ~9 words, long ~49, extra-long ~400) and each thread count,
-every peer is timed in the same run, each loaded once in a worker process of its own and
-measured in interleaved rounds (``bench_rounds``): single-text latency (median of ``singles``
+every peer is timed in the same run, loaded once per thread count in a worker process of its
+own, all of them measured in the same interleaved rounds (``bench_rounds``): single-text latency (median of ``singles``
 calls) and batch throughput (median over the ``rounds`` of one encode of ``batch_texts``
-texts), and the JIT peer's ratios to each other peer both from those medians and as the median
-of the per-round ratios (robust to the machine changing speed during the run).  Peers that cannot
+texts), and the JIT peer's ratios to each other peer (and each peer's 1 -> N thread speed-up)
+both from those medians and as the median of the per-round ratios (robust to the machine
+changing speed during the run).  Peers that cannot
 run here (module missing, no python for sentence-transformers) are reported as skipped with
 the reason.  The machine's int8-dot and fp32-FMA peaks are probed in the same run
 (``embedpipe.codegen.peak.PeakProbe``), so throughput is also reported as a fraction of peak.
@@ -213,12 +214,12 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
         summary["bandwidth_gbs"][str(threads)] = bandwidth
         if bandwidth:
             report(f"threads={threads}: memory read {bandwidth:.1f} GB/s")
-        first = len(summary["results"])
-        vectors = _measure_interleaved(cfg, threads, formatted, token_counts, summary, peak, ops_token, report)
-        _agreement(summary["agreement"], vectors, threads)
-        floor = summary["floor_ms"].get(str(threads))
-        for r in summary["results"][first:]:  # every peer streams the same model's weights
-            r["floor_fraction"] = floor / r["single_ms"] if floor else None
+    vectors = _measure_interleaved(cfg, formatted, token_counts, summary, ops_token, report)
+    for threads in cfg.threads:
+        _agreement(summary["agreement"], vectors.get(threads, {}), threads)
+    for r in summary["results"]:  # every peer streams the same model's weights
+        floor = summary["floor_ms"].get(str(r["threads"]))
+        r["floor_fraction"] = floor / r["single_ms"] if floor else None
     summary["ratios"] = ratios(summary["results"])
     summary["scaling"] = thread_scaling(summary["results"])
     return summary
@@ -226,59 +227,61 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
 
 def _measure_interleaved(
     cfg: BenchConfig,
-    threads: int,
     formatted: dict[str, list[str]],
     token_counts: dict[str, list[int]],
     summary: dict,
-    peak: dict | None,
     ops_token: float,
     report: Callable[[str], None],
-) -> dict[str, np.ndarray]:
-    """Load every peer in a worker of its own, run the interleaved rounds, add one result per
-    peer and kind to ``summary``; return each peer's vectors of the first kind's first texts."""
-    procs: dict[str, bench_rounds.PeerProcess] = {}
-    vectors: dict[str, np.ndarray] = {}
+) -> dict[int, dict[str, np.ndarray]]:
+    """Load every peer at every thread count in a worker of its own, run the interleaved rounds
+    over all of them (so the 1 -> N thread scaling pairs rounds too), add one result per peer,
+    thread count and kind to ``summary``; return, per thread count, each peer's vectors of the
+    first kind's first texts."""
+    procs: dict[tuple[str, int], bench_rounds.PeerProcess] = {}
+    vectors: dict[int, dict[str, np.ndarray]] = {}
 
-    def skip(peer: str, why: str) -> None:
-        summary["skipped"][peer] = why
-        report(f"skipped {peer}: {why}")
+    def skip(who: tuple[str, int], why: str) -> None:
+        summary["skipped"][who[0]] = why
+        report(f"skipped {who[0]} t={who[1]}: {why}")
 
     try:
-        for peer in cfg.peers:
-            try:
-                procs[peer] = proc = bench_rounds.PeerProcess(peer, cfg, threads)
-            except bench_peers.PeerUnavailable as exc:
-                skip(peer, str(exc))
-                continue
-            mb = proc.load_memory_mb.get("peak_rss_mb") or 0
-            report(f"loaded {peer} t={threads} in its own process: {proc.load_s:.1f} s, peak RSS {mb:.0f} MB")
+        for threads in cfg.threads:
+            for peer in cfg.peers:
+                try:
+                    procs[peer, threads] = proc = bench_rounds.PeerProcess(peer, cfg, threads)
+                except bench_peers.PeerUnavailable as exc:
+                    skip((peer, threads), str(exc))
+                    continue
+                mb = proc.load_memory_mb.get("peak_rss_mb") or 0
+                report(f"loaded {peer} t={threads} in its own process: {proc.load_s:.1f} s, peak RSS {mb:.0f} MB")
 
-        def progress(kind: str, r: int, peers: dict[str, bench_rounds.RoundSample]) -> None:
+        def progress(kind: str, r: int, peers: dict[tuple[str, int], bench_rounds.RoundSample]) -> None:
             report(
-                f"round {r + 1}/{cfg.rounds} t={threads} {kind}: "
+                f"round {r + 1}/{cfg.rounds} {kind}: "
                 + ", ".join(
-                    f"{p} batch {s.batch_s:.2f} s, single {1e3 * statistics.median(s.single_s):.1f} ms"
-                    for p, s in peers.items()
+                    f"{p} t={t} batch {s.batch_s:.2f} s, single {1e3 * statistics.median(s.single_s):.1f} ms"
+                    for (p, t), s in peers.items()
                 )
             )
 
         samples = bench_rounds.run_rounds(procs, formatted, cfg.rounds, cfg.singles, skip, progress)
-        for peer, proc in procs.items():
-            if (peer, cfg.kinds[0]) not in samples:
+        for (peer, threads), proc in procs.items():
+            if ((peer, threads), cfg.kinds[0]) not in samples:
                 continue
             try:
-                vectors[peer] = np.asarray(
+                vectors.setdefault(threads, {})[peer] = np.asarray(
                     proc.call("vectors", texts=formatted[cfg.kinds[0]][:8])["vectors"], np.float32
                 )
                 memory = proc.call("memory")["memory_mb"]
                 if peer == "jit":
-                    _jit_extras(summary, proc, cfg, formatted, token_counts, threads, peak, report)
+                    _jit_extras(summary, proc, cfg, formatted, token_counts, threads, report)
             except bench_peers.PeerUnavailable as exc:
-                skip(peer, str(exc))
+                skip((peer, threads), str(exc))
                 continue
+            peak = summary["peaks"].get(str(threads))
             for kind in cfg.kinds:
                 res = peer_result(
-                    peer, threads, kind, samples[(peer, kind)], len(formatted[kind]), sum(token_counts[kind])
+                    peer, threads, kind, samples[(peer, threads), kind], len(formatted[kind]), sum(token_counts[kind])
                 )
                 res.load_rss_mb = proc.load_memory_mb.get("peak_rss_mb")
                 res.peak_rss_mb = memory.get("peak_rss_mb")
@@ -332,7 +335,6 @@ def _jit_extras(
     formatted: dict[str, list[str]],
     token_counts: dict[str, list[int]],
     threads: int,
-    peak: dict | None,
     report: Callable[[str], None],
 ) -> None:
     """What only the embedpipe JIT peer reports, asked of its worker after the rounds: weight bytes
@@ -356,20 +358,29 @@ def _jit_extras(
                 report(line)
     if "short" in cfg.kinds and extra("has_ffn"):
         ffn = extra("ffn", tokens=sum(token_counts["short"][: cfg.batch_size]), repeats=cfg.repeats)
+        peak = summary["peaks"].get(str(threads))
         ffn["int8_peak_fraction"] = ffn["gops"] / peak["int8_gops"] if peak else None
         summary["ffn"].append({"threads": threads, **ffn})
 
 
 def thread_scaling(results: list[dict]) -> list[dict]:
-    """Batch throughput at the most threads over one thread, per peer and kind (wall and,
-    load-robust, tokens per CPU-second times threads)."""
+    """Batch throughput at the most threads over one thread, per peer and kind: of the medians
+    and, under ``rounds``, the median of the per-round speed-ups (every thread count of a peer
+    runs in the same interleaved rounds)."""
     index = {(r["peer"], r["threads"], r["kind"]): r for r in results}
     out = []
     for (peer, threads, kind), r in index.items():
         one = index.get((peer, 1, kind))
         if threads == 1 or one is None or threads != max(t for p, t, k in index if p == peer and k == kind):
             continue
-        out.append({"peer": peer, "kind": kind, "threads": threads, "batch_speedup": r["emb_per_s"] / one["emb_per_s"]})
+        entry = {"peer": peer, "kind": kind, "threads": threads, "batch_speedup": r["emb_per_s"] / one["emb_per_s"]}
+        paired = list(zip(one.get("rounds") or [], r.get("rounds") or []))
+        if paired:
+            entry["rounds"] = {
+                "count": len(paired),
+                "batch_speedup": statistics.median(b["emb_per_s"] / a["emb_per_s"] for a, b in paired),
+            }
+        out.append(entry)
     return out
 
 

@@ -63,7 +63,7 @@ def format_summary(summary: dict) -> list[str]:
         )
     for q in summary.get("scaling", []):
         lines.append(
-            f"scaling {q['peer']:22} {q['kind']:6} 1 -> {q['threads']} threads: batch x{q['batch_speedup']:.2f}"
+            f"scaling {q['peer']:22} {q['kind']:6} 1 -> {q['threads']} threads: batch {_pair(q, 'batch_speedup')}"
         )
     lines.append(
         "ratios (embedpipe JIT / peer): batch throughput (>1 faster), single latency (<1 faster); "

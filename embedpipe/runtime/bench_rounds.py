@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -53,21 +53,22 @@ def singles_per_round(singles: int, rounds: int) -> list[int]:
 
 
 def run_rounds(
-    peers: Mapping[str, Commands],
+    peers: Mapping[Hashable, Commands],
     texts: Mapping[str, list[str]],
     rounds: int,
     singles: int,
-    on_failure: Callable[[str, str], None],
-    on_round: Callable[[str, int, dict[str, RoundSample]], None] | None = None,
-) -> dict[tuple[str, str], list[RoundSample]]:
-    """Samples per (peer, kind), one per round. Each kind starts with an untimed warm-up
+    on_failure: Callable[[Hashable, str], None],
+    on_round: Callable[[str, int, dict[Hashable, RoundSample]], None] | None = None,
+) -> dict[tuple[Hashable, str], list[RoundSample]]:
+    """Samples per (peer, kind), one per round, in the order of ``peers`` (whose keys may be
+    anything: ``bench`` runs each peer at each thread count as its own participant). Each kind starts with an untimed warm-up
     (one single text, one batch) of every peer. A peer that fails is reported through
     ``on_failure(peer, why)`` and dropped from the rest of the run (its samples too);
     ``on_round(kind, round, samples by peer)`` sees each round as it ends."""
     live = dict(peers)
-    samples: dict[tuple[str, str], list[RoundSample]] = {}
+    samples: dict[tuple[Hashable, str], list[RoundSample]] = {}
 
-    def each(op: str, **args) -> dict[str, dict]:
+    def each(op: str, **args) -> dict[Hashable, dict]:
         answers = {}
         for name, peer in list(live.items()):
             try:

@@ -94,6 +94,7 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
     assert all(r["rss_anon_mb"] > 0 and r["rss_file_mb"] > 0 for r in summary["results"])
     assert summary["native_calls_per_forward"] > 0
     assert {(q["peer"], q["threads"]) for q in summary["scaling"]} == {("jit", 2), ("numpy", 2)}
+    assert all(q["rounds"]["count"] == 1 for q in summary["scaling"])  # both thread counts in one round
 
 
 def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):

@@ -108,6 +108,16 @@ def test_ratios_take_the_median_of_per_round_ratios():
     assert any("vs peer" in line and "batch x1.00 [x2.00]" in line for line in lines)
 
 
+def test_thread_scaling_pairs_the_rounds():
+    # 1 and 2 threads of one peer in the same rounds: x2, x1.5, x3 per round -> median x2
+    one = _result("jit", [(2.0, 2.0, 0.01, 0.01), (3.0, 3.0, 0.01, 0.01), (3.0, 3.0, 0.01, 0.01)])
+    two = {**_result("jit", [(1.0, 2.0, 0.01, 0.01), (2.0, 4.0, 0.01, 0.01), (1.0, 2.0, 0.01, 0.01)]), "threads": 2}
+    one["threads"] = 1
+    (q,) = bench.thread_scaling([one, two])
+    assert q["batch_speedup"] == pytest.approx(3.0)  # medians: 3 s and 1 s
+    assert q["rounds"] == {"count": 3, "batch_speedup": pytest.approx(2.0)}
+
+
 def test_worker_protocol_in_process():
     calls = []
 
