@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ class PeerProcess:
         except OSError:
             pass  # the worker is gone: _answer says why
         answer = self._answer()
+        wait_idle(lambda: process_cpu_ns(self.proc.pid))
         if "error" in answer:
             raise PeerUnavailable(f"{op} failed: {answer['error']}")
         return answer
@@ -159,6 +161,35 @@ class PeerProcess:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def process_cpu_ns(pid: int) -> int | None:
+    """CPU nanoseconds all threads of ``pid`` have run (Linux schedstat; None elsewhere)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
+def wait_idle(
+    cpu_ns: Callable[[], int | None], quiet_s: float = 0.01, limit_s: float = 0.25, poll_s: float = 0.002
+) -> None:
+    """Return once a worker has used no CPU for ``quiet_s`` (at most ``limit_s``): thread pools
+    spin for a while after answering (ONNX Runtime's ~10-20 ms), and the next peer's
+    measurement should not share the cores with that."""
+    start = last_change = time.perf_counter()
+    last = cpu_ns()
+    while last is not None:
+        time.sleep(poll_s)
+        now, value = time.perf_counter(), cpu_ns()
+        if value != last:
+            last, last_change = value, now
+        if now - last_change >= quiet_s or now - start >= limit_s:
+            return
 
 
 def worker_command(name: str, cfg, threads: int) -> tuple[list[str], dict[str, str]]:

@@ -5,6 +5,7 @@ a foreign python with a fake sentence-transformers, as the torch venv runs it)."
 from __future__ import annotations
 
 import json
+import os
 import sys
 from types import SimpleNamespace
 
@@ -116,6 +117,24 @@ def test_thread_scaling_pairs_the_rounds():
     (q,) = bench.thread_scaling([one, two])
     assert q["batch_speedup"] == pytest.approx(3.0)  # medians: 3 s and 1 s
     assert q["rounds"] == {"count": 3, "batch_speedup": pytest.approx(2.0)}
+
+
+def test_wait_idle_returns_once_the_cpu_counter_stops():
+    readings = iter([0, 5, 9, 9, 9, 9, 9, 9, 9, 9, 9])
+    seen = []
+
+    def cpu():
+        seen.append(next(readings, 9))
+        return seen[-1]
+
+    bench_rounds.wait_idle(cpu, quiet_s=0.004, limit_s=5.0, poll_s=0.001)
+    assert seen[:3] == [0, 5, 9] and seen[-1] == 9
+    bench_rounds.wait_idle(lambda: None)  # no counter on this system: no wait
+
+
+def test_process_cpu_counts_this_process():
+    assert bench_rounds.process_cpu_ns(os.getpid()) > 0
+    assert bench_rounds.process_cpu_ns(2**22 + 12345) is None
 
 
 def test_worker_protocol_in_process():
