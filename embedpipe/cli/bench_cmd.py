@@ -233,8 +233,25 @@ def runtime(
         None, "--peer", help="Peers (default jit,numpy,llama.cpp,sentence-transformers)."
     ),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Document kinds (default short,long,xlong)."),
-    singles: int = typer.Option(10, "--singles", min=1, help="Single-text calls per kind (median)."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Batch runs per measurement (median)."),
+    singles: int = typer.Option(
+        10,
+        "--singles",
+        min=1,
+        help="Single-text calls per peer and kind (median), spread evenly over the rounds (at least one a round).",
+    ),
+    rounds: Optional[int] = typer.Option(
+        None,
+        "--rounds",
+        min=1,
+        help="Interleaved rounds per kind (default: --repeats, 3). Every peer is loaded once at each thread count, "
+        "in a process of its own; a round is: each of them in turn encodes the kind's batch once, then each in "
+        "turn encodes the round's share of the --singles texts (the same texts for all). Ratios and 1 -> N thread "
+        "speed-ups are given of the medians and as the median of the per-round ratios, robust to the machine "
+        "changing speed during the run.",
+    ),
+    repeats: int = typer.Option(
+        3, "--repeats", min=1, help="Rounds when --rounds is not given; runs of the FFN probe and --profile-ops."
+    ),
     batch_texts: Optional[int] = typer.Option(
         None, "--batch-texts", min=1, help="Texts per batch for every kind (default 96; 16 for xlong)."
     ),
@@ -255,9 +272,15 @@ def runtime(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
-    """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp and sentence-transformers."""
+    """Embedding speed end to end: embedpipe JIT and numpy vs llama.cpp, ONNX Runtime and
+    sentence-transformers, measured in interleaved rounds (see --rounds).
+
+    RSS MB is the peak resident set (VmHWM) of the peer's own worker process after all its
+    rounds, load MB the same right after it loaded the model: the peer alone (interpreter,
+    libraries, weights, activations), not the benchmark's other peers."""
     from embedpipe.codegen.threads import default_threads
-    from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, format_summary, run_runtime_bench
+    from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, run_runtime_bench
+    from embedpipe.runtime.bench_report import format_summary
     from embedpipe.runtime.registry import resolve_model
 
     model = str(resolve_model(model))
@@ -278,6 +301,7 @@ def runtime(
         kinds=kind_list,
         singles=singles,
         repeats=repeats,
+        rounds=rounds or repeats,
         batch_size=batch_size,
         st_python=st_python,
         st_model=st_model or default_st_model(model),

@@ -1,8 +1,12 @@
 """`embedpipe bench runtime`: end-to-end embedding speed against llama.cpp and sentence-transformers.
 
 For each document kind (short ~9 words, long ~49, extra-long ~400) and each thread count,
-every peer is timed in the same run: single-text latency (median of ``singles`` calls) and
-batch throughput (median of ``repeats`` encodes of ``batch_texts`` texts).  Peers that cannot
+every peer is timed in the same run, loaded once per thread count in a worker process of its
+own, all of them measured in the same interleaved rounds (``bench_rounds``): single-text latency (median of ``singles``
+calls) and batch throughput (median over the ``rounds`` of one encode of ``batch_texts``
+texts), and the JIT peer's ratios to each other peer (and each peer's 1 -> N thread speed-up)
+both from those medians and as the median of the per-round ratios (robust to the machine
+changing speed during the run).  Peers that cannot
 run here (module missing, no python for sentence-transformers) are reported as skipped with
 the reason.  The machine's int8-dot and fp32-FMA peaks are probed in the same run
 (``embedpipe.codegen.peak.PeakProbe``), so throughput is also reported as a fraction of peak.
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedpipe.runtime import bench_memory, bench_ops, bench_peers
+from embedpipe.runtime import bench_memory, bench_ops, bench_peers, bench_rounds
+from embedpipe.runtime.bench_report import format_result
 from embedpipe.runtime.bench_texts import documents
 
 KINDS: tuple[str, ...] = ("short", "long", "xlong")
@@ -47,10 +52,19 @@ class PeerResult:
     batch_cpu_s: float | None = None
     int8_peak_fraction: float | None = None
     fp32_peak_fraction: float | None = None
-    # weight-streaming floor / single latency (1.0 = at the floor); peak RSS of the peer's
-    # process (or subprocess) while it loaded and ran
+    # weight-streaming floor / single latency (1.0 = at the floor)
     floor_fraction: float | None = None
+    # Peak resident set (VmHWM) of the peer's own worker process once it has loaded the model,
+    # and after all its rounds (the peer alone: each peer runs in a process of its own)
+    load_rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    # The resident set after the rounds split into anonymous pages (the peer's own allocations:
+    # weights it repacked or copied, activations) and file-backed ones (mapped model files)
+    rss_anon_mb: float | None = None
+    rss_file_mb: float | None = None
+    # This peer's own figures per interleaved round (bench_rounds): batch_s, batch_cpu_s,
+    # single_ms, single_cpu_ms; ``ratios`` pairs them with the JIT peer's round by round
+    rounds: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -59,8 +73,9 @@ class BenchConfig:
     threads: list[int]
     peers: tuple[str, ...] = PEERS
     kinds: tuple[str, ...] = KINDS
-    singles: int = 10
-    repeats: int = 3
+    singles: int = 10  # single-text calls per peer and kind, spread over the rounds
+    repeats: int = 3  # runs of the JIT peer's FFN probe and op profile
+    rounds: int = 3  # interleaved rounds per kind (bench_rounds): one batch per peer each
     batch_texts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BATCH_TEXTS))
     batch_size: int = 32
     st_python: str | None = None
@@ -116,38 +131,6 @@ def _median_times(fn: Callable[[], object], repeats: int) -> tuple[float, float]
     return statistics.median(wall), statistics.median(cpu)
 
 
-def time_peer(
-    name: str,
-    encode: Callable[[list[str]], object],
-    threads: int,
-    kind: str,
-    texts: list[str],
-    tokens: int,
-    cfg: BenchConfig,
-) -> PeerResult:
-    """Median single-text latency over the first ``singles`` texts, then batch throughput."""
-    encode(texts[:1])
-    singles, single_cpu = [], []
-    for text in (texts * (cfg.singles // len(texts) + 1))[: cfg.singles]:
-        c, start = time.process_time(), time.perf_counter()
-        encode([text])
-        singles.append(time.perf_counter() - start)
-        single_cpu.append(time.process_time() - c)
-    batch, batch_cpu = _median_times(lambda: encode(texts), cfg.repeats)
-    return PeerResult(
-        name,
-        threads,
-        kind,
-        1e3 * statistics.median(singles),
-        len(texts),
-        batch,
-        len(texts) / batch,
-        tokens / batch,
-        1e3 * statistics.median(single_cpu),
-        batch_cpu,
-    )
-
-
 def measure_peaks(threads: int) -> dict | None:
     """Best-of-3 int8-dot and fp32-FMA peaks on ``threads`` threads (None without JIT)."""
     try:
@@ -165,21 +148,16 @@ def measure_peaks(threads: int) -> dict | None:
     }
 
 
-def ffn_fraction(embedder, tokens: int, peak: dict | None, repeats: int) -> dict:
-    """One layer's FFN matmuls (gate|up fused, down) at ``tokens`` rows as GOPS and % of int8 peak."""
+def ffn_timing(embedder, tokens: int, repeats: int) -> dict:
+    """One layer's FFN matmuls (gate|up fused, down) at ``tokens`` rows: median ms and GOPS
+    (run in the JIT peer's worker; the parent adds the fraction of its int8 peak)."""
     layer = embedder.model.layers[0]
     cfg = embedder.model.cfg
     rng = np.random.default_rng(0)
     h = rng.standard_normal((tokens, cfg.hidden)).astype(np.float32)
     g = rng.standard_normal((tokens, cfg.ffn)).astype(np.float32)
     sec = _median_time(lambda: (layer.w_gate_up(h), layer.w_down(g)), repeats)
-    gops = 2.0 * 3 * tokens * cfg.hidden * cfg.ffn / sec / 1e9
-    return {
-        "tokens": tokens,
-        "ms": sec * 1e3,
-        "gops": gops,
-        "int8_peak_fraction": gops / peak["int8_gops"] if peak else None,
-    }
+    return {"tokens": tokens, "ms": sec * 1e3, "gops": 2.0 * 3 * tokens * cfg.hidden * cfg.ffn / sec / 1e9}
 
 
 def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
@@ -204,6 +182,8 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
         "model": str(cfg.model),
         "task": TASK,
         "batch_size": cfg.batch_size,
+        "rounds": cfg.rounds,
+        "singles_per_round": bench_rounds.singles_per_round(cfg.singles, cfg.rounds),
         "texts": {
             k: {
                 "count": len(docs[k]),
@@ -234,77 +214,173 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
         summary["bandwidth_gbs"][str(threads)] = bandwidth
         if bandwidth:
             report(f"threads={threads}: memory read {bandwidth:.1f} GB/s")
-        vectors: dict[str, np.ndarray] = {}
-        first = len(summary["results"])
-        for peer in cfg.peers:
-            bench_memory.reset_peak_rss()
-            children = bench_memory.children_peak_rss_mb()
-            try:
-                runner = bench_peers.make_peer(peer, cfg, threads)
-            except bench_peers.PeerUnavailable as exc:
-                summary["skipped"][peer] = str(exc)
-                report(f"skipped {peer}: {exc}")
-                continue
-            with runner:
-                try:
-                    results = runner.run(formatted, {k: sum(v) for k, v in token_counts.items()}, cfg, time_peer)
-                    vectors[peer] = runner.vectors(formatted[cfg.kinds[0]][:8])
-                except bench_peers.PeerUnavailable as exc:
-                    summary["skipped"][peer] = str(exc)
-                    report(f"skipped {peer}: {exc}")
-                    continue
-                child = bench_memory.children_peak_rss_mb()
-                rss = child if child > children else bench_memory.peak_rss_mb()
-                if peer == "jit":
-                    _jit_extras(summary, runner.embedder, formatted[cfg.kinds[0]][0], threads, bandwidth)
-                for res in results:
-                    res.peak_rss_mb = rss
-                    if peak:
-                        res.int8_peak_fraction = res.tok_per_s * ops_token / (peak["int8_gops"] * 1e9)
-                        res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)
-                    summary["results"].append(asdict(res))
-                    report(format_result(res))
-                if peer == "jit" and cfg.profile_ops:
-                    for kind in cfg.kinds:
-                        ids = runner.embedder.tokenize(formatted[kind], "none")
-                        prof = bench_ops.profile_ops(runner.embedder, ids, cfg.repeats, cfg.batch_size)
-                        summary["op_profile"].append({"threads": threads, "kind": kind, **prof})
-                        for line in bench_ops.format_profile(kind, threads, prof):
-                            report(line)
-                if peer == "jit" and "short" in cfg.kinds and hasattr(runner.embedder.model.layers[0], "w_gate_up"):
-                    tokens = sum(token_counts["short"][: cfg.batch_size])
-                    summary["ffn"].append(
-                        {"threads": threads, **ffn_fraction(runner.embedder, tokens, peak, cfg.repeats)}
-                    )
-        _agreement(summary["agreement"], vectors, threads)
-        floor = summary["floor_ms"].get(str(threads))
-        for r in summary["results"][first:]:  # every peer streams the same model's weights
-            r["floor_fraction"] = floor / r["single_ms"] if floor else None
+    vectors = _measure_interleaved(cfg, formatted, token_counts, summary, ops_token, report)
+    for threads in cfg.threads:
+        _agreement(summary["agreement"], vectors.get(threads, {}), threads)
+    for r in summary["results"]:  # every peer streams the same model's weights
+        floor = summary["floor_ms"].get(str(r["threads"]))
+        r["floor_fraction"] = floor / r["single_ms"] if floor else None
     summary["ratios"] = ratios(summary["results"])
     summary["scaling"] = thread_scaling(summary["results"])
     return summary
 
 
-def _jit_extras(summary: dict, embedder, text: str, threads: int, bandwidth: float | None) -> None:
-    """Weight bytes a forward streams, the floor they set at the measured bandwidth, and
-    native calls per single-text forward (embedpipe JIT only)."""
-    streamed = bench_memory.streamed_weight_bytes(embedder.model)
+def _measure_interleaved(
+    cfg: BenchConfig,
+    formatted: dict[str, list[str]],
+    token_counts: dict[str, list[int]],
+    summary: dict,
+    ops_token: float,
+    report: Callable[[str], None],
+) -> dict[int, dict[str, np.ndarray]]:
+    """Load every peer at every thread count in a worker of its own, run the interleaved rounds
+    over all of them (so the 1 -> N thread scaling pairs rounds too), add one result per peer,
+    thread count and kind to ``summary``; return, per thread count, each peer's vectors of the
+    first kind's first texts."""
+    procs: dict[tuple[str, int], bench_rounds.PeerProcess] = {}
+    vectors: dict[int, dict[str, np.ndarray]] = {}
+
+    def skip(who: tuple[str, int], why: str) -> None:
+        summary["skipped"][who[0]] = why
+        report(f"skipped {who[0]} t={who[1]}: {why}")
+
+    try:
+        for threads in cfg.threads:
+            for peer in cfg.peers:
+                try:
+                    procs[peer, threads] = proc = bench_rounds.PeerProcess(peer, cfg, threads)
+                except bench_peers.PeerUnavailable as exc:
+                    skip((peer, threads), str(exc))
+                    continue
+                mb = proc.load_memory_mb.get("peak_rss_mb") or 0
+                report(f"loaded {peer} t={threads} in its own process: {proc.load_s:.1f} s, peak RSS {mb:.0f} MB")
+
+        def progress(kind: str, r: int, peers: dict[tuple[str, int], bench_rounds.RoundSample]) -> None:
+            report(
+                f"round {r + 1}/{cfg.rounds} {kind}: "
+                + ", ".join(
+                    f"{p} t={t} batch {s.batch_s:.2f} s, single {1e3 * statistics.median(s.single_s):.1f} ms"
+                    for (p, t), s in peers.items()
+                )
+            )
+
+        samples = bench_rounds.run_rounds(procs, formatted, cfg.rounds, cfg.singles, skip, progress)
+        for (peer, threads), proc in procs.items():
+            if ((peer, threads), cfg.kinds[0]) not in samples:
+                continue
+            try:
+                vectors.setdefault(threads, {})[peer] = np.asarray(
+                    proc.call("vectors", texts=formatted[cfg.kinds[0]][:8])["vectors"], np.float32
+                )
+                memory = proc.call("memory")["memory_mb"]
+                if peer == "jit":
+                    _jit_extras(summary, proc, cfg, formatted, token_counts, threads, report)
+            except bench_peers.PeerUnavailable as exc:
+                skip((peer, threads), str(exc))
+                continue
+            peak = summary["peaks"].get(str(threads))
+            for kind in cfg.kinds:
+                res = peer_result(
+                    peer, threads, kind, samples[(peer, threads), kind], len(formatted[kind]), sum(token_counts[kind])
+                )
+                res.load_rss_mb = proc.load_memory_mb.get("peak_rss_mb")
+                res.peak_rss_mb = memory.get("peak_rss_mb")
+                res.rss_anon_mb, res.rss_file_mb = memory.get("anon_mb"), memory.get("file_mb")
+                if peak:
+                    res.int8_peak_fraction = res.tok_per_s * ops_token / (peak["int8_gops"] * 1e9)
+                    res.fp32_peak_fraction = res.tok_per_s * ops_token / (peak["fp32_gflops"] * 1e9)
+                summary["results"].append(asdict(res))
+                report(format_result(res))
+    finally:
+        for proc in procs.values():
+            proc.close()
+    return vectors
+
+
+def peer_result(
+    peer: str, threads: int, kind: str, samples: list[bench_rounds.RoundSample], texts: int, tokens: int
+) -> PeerResult:
+    """Medians over all rounds (today's columns) and each round's own figures (for the per-round
+    ratios): batch wall and CPU seconds, single-text median ms and CPU ms."""
+    rounds = [
+        {
+            "batch_s": r.batch_s,
+            "emb_per_s": texts / r.batch_s,
+            "batch_cpu_s": r.batch_cpu_s,
+            "single_ms": 1e3 * statistics.median(r.single_s),
+            "single_cpu_ms": 1e3 * statistics.median(r.single_cpu_s),
+        }
+        for r in samples
+    ]
+    batch = statistics.median(r.batch_s for r in samples)
+    return PeerResult(
+        peer,
+        threads,
+        kind,
+        1e3 * statistics.median(s for r in samples for s in r.single_s),
+        texts,
+        batch,
+        texts / batch,
+        tokens / batch,
+        1e3 * statistics.median(s for r in samples for s in r.single_cpu_s),
+        statistics.median(r.batch_cpu_s for r in samples),
+        rounds=rounds,
+    )
+
+
+def _jit_extras(
+    summary: dict,
+    jit: bench_rounds.PeerProcess,
+    cfg: BenchConfig,
+    formatted: dict[str, list[str]],
+    token_counts: dict[str, list[int]],
+    threads: int,
+    report: Callable[[str], None],
+) -> None:
+    """What only the embedpipe JIT peer reports, asked of its worker after the rounds: weight bytes
+    a forward streams and the floor they set at the measured bandwidth, native calls per
+    single-text forward, the FFN matmuls' fraction of the int8 peak, the op profile."""
+
+    def extra(name: str, **args):
+        return jit.call("extra", name=name, args=args)["value"]
+
+    streamed = extra("streamed_weight_bytes")
     summary["streamed_weight_mb"] = streamed / 1e6
+    bandwidth = summary["bandwidth_gbs"].get(str(threads))
     if bandwidth:
         summary["floor_ms"][str(threads)] = streamed / (bandwidth * 1e9) * 1e3
-    summary["native_calls_per_forward"] = bench_memory.native_calls_per_forward(embedder, text)
+    summary["native_calls_per_forward"] = extra("native_calls_per_forward", text=formatted[cfg.kinds[0]][0])
+    if cfg.profile_ops:
+        for kind in cfg.kinds:
+            prof = extra("profile_ops", texts=formatted[kind], repeats=cfg.repeats, batch_size=cfg.batch_size)
+            summary["op_profile"].append({"threads": threads, "kind": kind, **prof})
+            for line in bench_ops.format_profile(kind, threads, prof):
+                report(line)
+    if "short" in cfg.kinds and extra("has_ffn"):
+        ffn = extra("ffn", tokens=sum(token_counts["short"][: cfg.batch_size]), repeats=cfg.repeats)
+        peak = summary["peaks"].get(str(threads))
+        ffn["int8_peak_fraction"] = ffn["gops"] / peak["int8_gops"] if peak else None
+        summary["ffn"].append({"threads": threads, **ffn})
 
 
 def thread_scaling(results: list[dict]) -> list[dict]:
-    """Batch throughput at the most threads over one thread, per peer and kind (wall and,
-    load-robust, tokens per CPU-second times threads)."""
+    """Batch throughput at the most threads over one thread, per peer and kind: of the medians
+    and, under ``rounds``, the median of the per-round speed-ups (every thread count of a peer
+    runs in the same interleaved rounds)."""
     index = {(r["peer"], r["threads"], r["kind"]): r for r in results}
     out = []
     for (peer, threads, kind), r in index.items():
         one = index.get((peer, 1, kind))
         if threads == 1 or one is None or threads != max(t for p, t, k in index if p == peer and k == kind):
             continue
-        out.append({"peer": peer, "kind": kind, "threads": threads, "batch_speedup": r["emb_per_s"] / one["emb_per_s"]})
+        entry = {"peer": peer, "kind": kind, "threads": threads, "batch_speedup": r["emb_per_s"] / one["emb_per_s"]}
+        paired = list(zip(one.get("rounds") or [], r.get("rounds") or []))
+        if paired:
+            entry["rounds"] = {
+                "count": len(paired),
+                "batch_speedup": statistics.median(b["emb_per_s"] / a["emb_per_s"] for a, b in paired),
+            }
+        out.append(entry)
     return out
 
 
@@ -321,104 +397,49 @@ def _agreement(out: dict, vectors: dict[str, np.ndarray], threads: int) -> None:
             out[f"{name} vs {base_name} @{threads}"] = float((a * b).sum(1).min())
 
 
+#: Each ratio of the JIT peer to another: (name, figure of a result or round, JIT over peer?).
+#: Throughput and per-CPU-second ratios are >1 when the JIT is faster, latencies <1.
+RATIOS: tuple[tuple[str, str, bool], ...] = (
+    ("batch_throughput_ratio", "emb_per_s", True),
+    ("single_latency_ratio", "single_ms", True),
+    ("batch_cpu_ratio", "batch_cpu_s", False),
+    ("single_cpu_ratio", "single_cpu_ms", True),
+)
+
+
+def _ratio(ours: dict, theirs: dict, key: str, ours_over_theirs: bool) -> float | None:
+    a, b = ours.get(key), theirs.get(key)
+    if not a or not b:
+        return None
+    return a / b if ours_over_theirs else b / a
+
+
 def ratios(results: list[dict]) -> list[dict]:
-    """embedpipe JIT against every other peer at equal threads and document kind:
-    batch throughput ratio (>1: JIT faster) and single latency ratio (<1: JIT faster)."""
+    """embedpipe JIT against every other peer at equal threads and document kind: batch
+    throughput and per-CPU-second ratios (>1: JIT faster), single latency ratios (<1: JIT
+    faster), from the two peers' medians and, under ``rounds``, as the median over the
+    interleaved rounds of each round's ratio (rounds paired by position)."""
     index = {(r["peer"], r["threads"], r["kind"]): r for r in results}
     out = []
     for (peer, threads, kind), r in index.items():
         ours = index.get(("jit", threads, kind))
         if peer == "jit" or ours is None:
             continue
-        cpu = {}
-        if ours.get("batch_cpu_s") and r.get("batch_cpu_s"):
-            cpu = {
-                "batch_cpu_ratio": r["batch_cpu_s"] / ours["batch_cpu_s"],
-                "single_cpu_ratio": ours["single_cpu_ms"] / r["single_cpu_ms"],
-            }
-        out.append(
-            {
-                "threads": threads,
-                "kind": kind,
-                "vs": peer,
-                "batch_throughput_ratio": ours["emb_per_s"] / r["emb_per_s"],
-                "single_latency_ratio": ours["single_ms"] / r["single_ms"],
-                **cpu,
-            }
-        )
+        entry: dict = {"threads": threads, "kind": kind, "vs": peer}
+        for name, key, jit_over_peer in RATIOS:
+            value = _ratio(ours, r, key, jit_over_peer)
+            if value is not None:
+                entry[name] = value
+        paired = list(zip(ours.get("rounds") or [], r.get("rounds") or []))
+        if paired:
+            per_round = {"count": len(paired)}
+            for name, key, jit_over_peer in RATIOS:
+                values = [_ratio(a, b, key, jit_over_peer) for a, b in paired]
+                if all(v is not None for v in values):
+                    per_round[name] = statistics.median(values)
+            entry["rounds"] = per_round
+        out.append(entry)
     return out
-
-
-def format_result(r: PeerResult) -> str:
-    pk = f"{100 * r.int8_peak_fraction:5.1f}%" if r.int8_peak_fraction is not None else "    -"
-    return (
-        f"{r.peer:22} t={r.threads} {r.kind:6} single {r.single_ms:8.1f} ms  batch({r.batch_texts}) "
-        f"{r.emb_per_s:7.1f} emb/s {r.tok_per_s:8.0f} tok/s  int8pk {pk}"
-    )
-
-
-def format_summary(summary: dict) -> list[str]:
-    lines = [
-        f"machine: {summary['machine']['cpu']} ({summary['machine']['cores']} cores), load {summary['machine']['load_avg']}",
-        f"model: {summary['model']}",
-        "texts: "
-        + ", ".join(
-            f"{k} {v['count']}x ~{v['words_mean']:.0f} words/{v['tokens_mean']:.0f} tokens"
-            for k, v in summary["texts"].items()
-        ),
-    ]
-    for t, bw in summary.get("bandwidth_gbs", {}).items():
-        floor = summary.get("floor_ms", {}).get(t)
-        lines.append(
-            f"threads={t}: memory read {bw:.1f} GB/s" + (f"; floor {floor:.2f} ms per single text" if floor else "")
-            if bw
-            else f"threads={t}: memory read bandwidth not measured"
-        )
-    if summary.get("streamed_weight_mb"):
-        lines.append(
-            f"weights streamed per forward: {summary['streamed_weight_mb']:.1f} MB; "
-            f"native calls per single-text forward: {summary.get('native_calls_per_forward')}"
-        )
-    lines.append(
-        f"{'peer':22} {'thr':>3} {'kind':6} {'single ms':>9} {'cpu ms':>7} {'%floor':>6} {'emb/s':>8} {'tok/s':>8} "
-        f"{'tok/cpu-s':>9} {'%int8pk':>7} {'%fp32pk':>7} {'RSS MB':>7}"
-    )
-    for r in summary["results"]:
-        i8 = f"{100 * r['int8_peak_fraction']:6.1f}%" if r["int8_peak_fraction"] is not None else "      -"
-        f32 = f"{100 * r['fp32_peak_fraction']:6.1f}%" if r["fp32_peak_fraction"] is not None else "      -"
-        cpu_ms = f"{r['single_cpu_ms']:7.1f}" if r.get("single_cpu_ms") is not None else "      -"
-        per_cpu = f"{r['tok_per_s'] * r['batch_s'] / r['batch_cpu_s']:9.0f}" if r.get("batch_cpu_s") else "        -"
-        floor = f"{100 * r['floor_fraction']:5.1f}%" if r.get("floor_fraction") else "     -"
-        rss = f"{r['peak_rss_mb']:7.0f}" if r.get("peak_rss_mb") else "      -"
-        lines.append(
-            f"{r['peer']:22} {r['threads']:3} {r['kind']:6} {r['single_ms']:9.1f} {cpu_ms} {floor} "
-            f"{r['emb_per_s']:8.1f} {r['tok_per_s']:8.0f} {per_cpu} {i8} {f32} {rss}"
-        )
-    for q in summary.get("scaling", []):
-        lines.append(
-            f"scaling {q['peer']:22} {q['kind']:6} 1 -> {q['threads']} threads: batch x{q['batch_speedup']:.2f}"
-        )
-    lines.append("ratios (embedpipe JIT / peer): batch throughput (>1 faster), single latency (<1 faster)")
-    for q in summary["ratios"]:
-        cpu = (
-            f"   per CPU-second: batch x{q['batch_cpu_ratio']:.2f}  single x{q['single_cpu_ratio']:.2f}"
-            if "batch_cpu_ratio" in q
-            else ""
-        )
-        lines.append(
-            f"  t={q['threads']} {q['kind']:6} vs {q['vs']:22} batch x{q['batch_throughput_ratio']:.2f}  "
-            f"single x{q['single_latency_ratio']:.2f}{cpu}"
-        )
-    for f in summary["ffn"]:
-        frac = f"{100 * f['int8_peak_fraction']:.1f}% of int8 peak" if f["int8_peak_fraction"] else "peak unknown"
-        lines.append(f"FFN matmuls (gate+up+down, T={f['tokens']}) t={f['threads']}: {f['gops']:.0f} GOPS, {frac}")
-    for p in summary.get("op_profile", []):
-        lines.extend(bench_ops.format_profile(p["kind"], p["threads"], p))
-    for name, cos in summary["agreement"].items():
-        lines.append(f"agreement {name}: min cosine {cos:.5f}")
-    for name, why in summary["skipped"].items():
-        lines.append(f"skipped {name}: {why}")
-    return lines
 
 
 def default_st_model(model_path: str | os.PathLike[str]) -> str | None:

@@ -1,61 +1,13 @@
-"""What `bench runtime` reports besides speed: resident memory, weight bytes a forward streams,
-the machine's read bandwidth (so the floor single-text latency can never beat), and native
-calls per forward."""
+"""What `bench runtime` reports besides speed: weight bytes a forward streams, the machine's read
+bandwidth (so the floor single-text latency can never beat), and native calls per forward.
+Resident memory is each peer's own worker process's (``bench_worker.memory_mb``)."""
 
 from __future__ import annotations
 
-import gc
-import resource
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Start a new peak-RSS window (Linux: ``5`` into clear_refs resets VmHWM); False where
-    the kernel does not allow it, and then ``peak_rss_mb`` is the process's lifetime peak."""
-    gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process since the last reset, MB."""
-    kb = _status_kb("VmHWM")
-    if kb is None:
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024
-
-
-def children_peak_rss_mb() -> float:
-    """Largest peak resident set of any child process waited for, MB."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
-def measure_peak_rss(run: Callable[[], Any]) -> tuple[Any, float]:
-    """``run()`` and the peak RSS (MB) of this process, or of its biggest new child (peers
-    that run in a subprocess), during it."""
-    reset_peak_rss()
-    children = children_peak_rss_mb()
-    result = run()
-    child = children_peak_rss_mb()
-    return result, child if child > children else peak_rss_mb()
 
 
 def _arrays(value: Any) -> Iterable[np.ndarray]:
@@ -108,18 +60,8 @@ def read_bandwidth_gbs(threads: int) -> float | None:
         return None
 
 
-def rss_mb() -> float:
-    kb = _status_kb("VmRSS")
-    return (kb or 0) / 1024
-
-
 __all__ = [
-    "children_peak_rss_mb",
-    "measure_peak_rss",
     "native_calls_per_forward",
-    "peak_rss_mb",
     "read_bandwidth_gbs",
-    "reset_peak_rss",
-    "rss_mb",
     "streamed_weight_bytes",
 ]

@@ -1,16 +1,15 @@
 """The implementations `embedpipe bench runtime` times: embedpipe (JIT, numpy), llama.cpp through
-llama-cpp-python (in process, same GGUF, same threads) and sentence-transformers on torch CPU
-(in a subprocess of a separate python, since torch is never a dependency of embedpipe).
+llama-cpp-python (same GGUF, same threads), ONNX Runtime on an export, and sentence-transformers
+on torch CPU. Each is loaded in a ``bench_worker`` process of its own (sentence-transformers in
+a separate python, since torch is never a dependency of embedpipe), so its CPU time and resident
+memory are its own.
 
 Every peer takes prompt-formatted texts, so all of them see the same token sequences.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ class PeerUnavailable(Exception):
 
 
 class Peer:
-    """Times one implementation; subclasses provide ``encode`` or override ``run``."""
+    """One implementation, loaded in a ``bench_worker`` process; subclasses provide ``encode``."""
 
     name = "peer"
 
@@ -42,11 +41,9 @@ class Peer:
     def encode(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
-    def run(self, formatted: dict[str, list[str]], tokens: dict[str, int], cfg, time_peer: Callable) -> list:
-        return [
-            time_peer(self.name, self.encode, self.threads, kind, texts, tokens[kind], cfg)
-            for kind, texts in formatted.items()
-        ]
+    def extras(self) -> dict[str, Callable[..., object]]:
+        """Measurements only this peer makes, by name (``bench_worker``'s ``extra`` command)."""
+        return {}
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.encode(texts), dtype=np.float32)
@@ -64,6 +61,21 @@ class EmbedpipePeer(Peer):
     def encode(self, texts: list[str]) -> np.ndarray:
         # Texts already carry their prompt: task "none" adds nothing.
         return self.embedder.encode(texts, task="none", batch_size=self.batch_size)
+
+    def extras(self) -> dict[str, Callable[..., object]]:
+        from embedpipe.runtime import bench_memory, bench_ops
+        from embedpipe.runtime.bench import ffn_timing
+
+        embedder = self.embedder
+        return {
+            "streamed_weight_bytes": lambda: bench_memory.streamed_weight_bytes(embedder.model),
+            "native_calls_per_forward": lambda text: bench_memory.native_calls_per_forward(embedder, text),
+            "has_ffn": lambda: hasattr(embedder.model.layers[0], "w_gate_up"),
+            "ffn": lambda tokens, repeats: ffn_timing(embedder, tokens, repeats),
+            "profile_ops": lambda texts, repeats, batch_size: bench_ops.profile_ops(
+                embedder, embedder.tokenize(texts, "none"), repeats, batch_size
+            ),
+        }
 
 
 class LlamaCppPeer(Peer):
@@ -109,109 +121,22 @@ def llama_context_size(longest: int) -> int:
     return size
 
 
-# Runs inside the torch python: reads a job (JSON) from argv[1], prints results as JSON.
-_ST_SCRIPT = r"""
-import json, statistics, sys, time
-job = json.load(open(sys.argv[1]))
-import torch
-torch.set_num_threads(job["threads"])
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer(job["model"], device="cpu")
-enc = lambda texts: model.encode(texts, batch_size=job["batch_size"], convert_to_numpy=True)
-out = {"results": {}, "torch": torch.__version__}
-for kind, texts in job["texts"].items():
-    enc(texts[:1])
-    singles, singles_cpu = [], []
-    for text in (texts * (job["singles"] // len(texts) + 1))[:job["singles"]]:
-        c, t = time.process_time(), time.perf_counter(); enc([text])
-        singles.append(time.perf_counter() - t); singles_cpu.append(time.process_time() - c)
-    enc(texts)
-    batch, batch_cpu = [], []
-    for _ in range(job["repeats"]):
-        c, t = time.process_time(), time.perf_counter(); enc(texts)
-        batch.append(time.perf_counter() - t); batch_cpu.append(time.process_time() - c)
-    out["results"][kind] = {"single_s": statistics.median(singles), "batch_s": statistics.median(batch),
-                            "single_cpu_s": statistics.median(singles_cpu), "batch_cpu_s": statistics.median(batch_cpu)}
-out["vectors"] = enc(job["vector_texts"]).tolist()
-print(json.dumps(out))
-"""
-
-
 class SentenceTransformersPeer(Peer):
-    """sentence-transformers fp32 on torch CPU, run by ``cfg.st_python`` in a subprocess."""
+    """sentence-transformers fp32 on torch CPU. Torch is never an embedpipe dependency, so this
+    peer's worker runs in ``cfg.st_python`` (``bench_worker`` loads the model there); here
+    only what can be checked before starting it."""
 
     name = "sentence-transformers"
 
     def __init__(self, cfg, threads: int):
         super().__init__(threads)
         self.python = cfg.st_python or os.environ.get("EMBEDPIPE_ST_PYTHON")
-        self.model = cfg.st_model
         if not self.python:
             raise PeerUnavailable("no python with sentence-transformers given (--st-python or $EMBEDPIPE_ST_PYTHON)")
         if not os.access(self.python, os.X_OK):
             raise PeerUnavailable(f"{self.python} is not an executable python")
-        if not self.model:
+        if not cfg.st_model:
             raise PeerUnavailable("no sentence-transformers checkout of the model (--st-model)")
-        check = subprocess.run(
-            [self.python, "-c", "import sentence_transformers, torch"], capture_output=True, text=True, timeout=300
-        )
-        if check.returncode:
-            raise PeerUnavailable(
-                f"{self.python} cannot import sentence_transformers/torch: "
-                f"{check.stderr.strip().splitlines()[-1:] or check.returncode}"
-            )
-        self._vectors: np.ndarray | None = None
-
-    def run(self, formatted: dict[str, list[str]], tokens: dict[str, int], cfg, time_peer: Callable) -> list:
-        from embedpipe.runtime.bench import PeerResult
-
-        job = {
-            "model": self.model,
-            "threads": self.threads,
-            "texts": formatted,
-            "singles": cfg.singles,
-            "repeats": cfg.repeats,
-            "batch_size": cfg.batch_size,
-            "vector_texts": next(iter(formatted.values()))[:8],
-        }
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-            json.dump(job, fh)
-        try:
-            proc = subprocess.run(
-                [self.python, "-c", _ST_SCRIPT, fh.name],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
-            )
-        finally:
-            os.unlink(fh.name)
-        if proc.returncode:
-            raise PeerUnavailable(f"sentence-transformers run failed: {proc.stderr.strip()[-500:]}")
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-        self._vectors = np.asarray(out["vectors"], np.float32)
-        results = []
-        for kind, r in out["results"].items():
-            n = len(formatted[kind])
-            results.append(
-                PeerResult(
-                    self.name,
-                    self.threads,
-                    kind,
-                    1e3 * r["single_s"],
-                    n,
-                    r["batch_s"],
-                    n / r["batch_s"],
-                    tokens[kind] / r["batch_s"],
-                    1e3 * r["single_cpu_s"],
-                    r["batch_cpu_s"],
-                )
-            )
-        return results
-
-    def vectors(self, texts: list[str]) -> np.ndarray:
-        if self._vectors is None:
-            raise PeerUnavailable("no vectors: the peer did not run")
-        return self._vectors
 
 
 class OnnxRuntimePeer(Peer):

@@ -3,8 +3,8 @@ reported as skipped with a reason (not as errors or silent gaps)."""
 
 from __future__ import annotations
 
-import builtins
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -27,20 +27,22 @@ RESULT_KEYS = {
     "int8_peak_fraction",
     "fp32_peak_fraction",
     "floor_fraction",
+    "load_rss_mb",
     "peak_rss_mb",
+    "rss_anon_mb",
+    "rss_file_mb",
+    "rounds",
 }
 
 
 @pytest.fixture
-def no_llama_cpp(monkeypatch):
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "llama_cpp" or name.startswith("llama_cpp."):
-            raise ImportError("No module named 'llama_cpp' (hidden by the test)")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def no_llama_cpp(monkeypatch, tmp_path):
+    """Peers load in worker processes: a module first on their PYTHONPATH hides llama_cpp there."""
+    hide = tmp_path / "hide_llama_cpp"
+    hide.mkdir()
+    (hide / "llama_cpp.py").write_text("raise ImportError(\"No module named 'llama_cpp' (hidden by the test)\")\n")
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", str(hide) + (os.pathsep + path if path else ""))
 
 
 def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
@@ -78,15 +80,21 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
     assert "llama-cpp-python is not importable" in summary["skipped"]["llama.cpp"]
     assert "not an executable python" in summary["skipped"]["sentence-transformers"]
     assert {(q["vs"], q["threads"]) for q in summary["ratios"]} == {("numpy", 1), ("numpy", 2)}
+    # --repeats 1 without --rounds: one interleaved round, paired round by round in the ratios
+    assert summary["rounds"] == 1 and summary["singles_per_round"] == [2]
+    assert all(len(r["rounds"]) == 1 for r in summary["results"])
+    assert all(q["rounds"]["count"] == 1 and q["rounds"]["batch_throughput_ratio"] > 0 for q in summary["ratios"])
     # JIT and numpy backends embed the same texts to the same vectors.
     assert all(cos > 0.999 for cos in summary["agreement"].values()) and summary["agreement"]
     assert [f["threads"] for f in summary["ffn"]] == [1, 2]
     # memory: bandwidth probe, the floor it sets, RSS per peer, calls per forward, scaling
     assert all(summary["bandwidth_gbs"][t] > 0 for t in ("1", "2"))
     assert summary["streamed_weight_mb"] > 0 and set(summary["floor_ms"]) == {"1", "2"}
-    assert all(r["peak_rss_mb"] > 0 and 0 < r["floor_fraction"] for r in summary["results"])
+    assert all(r["peak_rss_mb"] >= r["load_rss_mb"] > 0 and 0 < r["floor_fraction"] for r in summary["results"])
+    assert all(r["rss_anon_mb"] > 0 and r["rss_file_mb"] > 0 for r in summary["results"])
     assert summary["native_calls_per_forward"] > 0
     assert {(q["peer"], q["threads"]) for q in summary["scaling"]} == {("jit", 2), ("numpy", 2)}
+    assert all(q["rounds"]["count"] == 1 for q in summary["scaling"])  # both thread counts in one round
 
 
 def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
@@ -109,10 +117,15 @@ def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
             "1",
             "--batch-texts",
             "3",
+            "--rounds",
+            "2",
+            "--profile-ops",
         ],
     )
     assert res.exit_code == 0, res.output
     assert "ratios (embedpipe JIT / peer)" in res.output
+    assert "interleaved rounds per kind: 2" in res.output and "load MB" in res.output
+    assert "ops t=1 short:" in res.output  # the op profile, measured in the JIT peer's worker
     assert "memory read" in res.output and "native calls per single-text forward" in res.output
     assert "skipped llama.cpp: llama-cpp-python is not importable" in res.output
     bad = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--kind", "huge"])
