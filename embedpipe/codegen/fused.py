@@ -1,9 +1,10 @@
 """Drivers of the fused row kernels (``ir_fused``): validate in Python, split over the pool,
 one native call each.  Numpy twins (``*_reference``) are the oracles and the fallbacks.
 
-The work kernels follow ``PreparedMatmul``'s plan (rows or weight panels per thread); with a
-panel split every thread runs the prologue for every row into its own activation scratch, and
-only item 0 stores the updated residual, so no two threads write the same bytes.
+The work kernels follow ``PreparedMatmul.fork_work``'s plan (rows or weight panels per thread);
+with a panel split the prologue runs once, its rows spread over the threads, into one shared
+activation scratch before the panels are multiplied, and each row's owner stores its updated
+residual, so no two threads write the same bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from embedpipe.codegen.kernel import f32_word
-from embedpipe.codegen.prepared import KernelInputError, _scratch
+from embedpipe.codegen.prepared import KernelInputError
 from embedpipe.codegen.quant_formats import aligned_empty
 from embedpipe.codegen.threads import CACHE_LINE, split_range
 
@@ -89,27 +90,6 @@ def check_output(kernel: str, out: np.ndarray, shape: tuple[int, ...], align: in
     return out
 
 
-def _run_work(w, role: str, prologue, t: int, out: np.ndarray) -> None:
-    """Fork ``role`` over ``w``'s plan: ``prologue(write)`` gives the prologue's words; the
-    row-split items and item 0 of a panel split store the residual."""
-    lib = w.lib
-    mr = lib.int_tile.mr
-    tpad = -(-t // mr) * mr
-    panels = w.packed[0].shape[0]
-    how, ranges = w._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
-    n, k = w.n, w.k
-    tail = (*w.addresses, out.ctypes.data, n, n)
-    if how == "rows":
-        xq, xd, xc = _scratch(0, tpad, k, lib.isa)
-        items = [(*prologue(1), xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
-    else:
-        items = [
-            (*prologue(int(i == 0)), *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
-            for i, (a, b) in enumerate(ranges)
-        ]
-    lib.fork(role, items)
-
-
 def norm_matmul(
     w,
     x: np.ndarray,
@@ -145,7 +125,7 @@ def norm_matmul(
         return x_out, out
     head = (x.ctypes.data, 0 if y is None else y.ctypes.data, 0 if y is None else constant_address(w_post))
     rest = (x.ctypes.data if y is None else x_out.ctypes.data, constant_address(w_pre), _f32(eps))
-    _run_work(w, "q8work_addnorm", lambda write: (*head, *rest, write if y is not None else 0), t, out)
+    w.fork_work("q8work_addnorm", lambda write: (*head, *rest, write if y is not None else 0), t, out.ctypes.data)
     return x_out, out
 
 
@@ -158,7 +138,7 @@ def gelu_matmul(w, gu: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarr
     out = _output_rows(t, w.n, out, "gelu_matmul")
     _distinct("gelu_matmul", out, gu)
     if t:
-        _run_work(w, "q8work_gelu", lambda write: (gu.ctypes.data,), t, out)
+        w.fork_work("q8work_gelu", lambda write: (gu.ctypes.data,), t, out.ctypes.data)
     return out
 
 
@@ -172,7 +152,7 @@ def bias_gelu_matmul(w, y: np.ndarray, bias: np.ndarray, *, out: np.ndarray | No
     out = _output_rows(t, w.n, out, "bias_gelu_matmul")
     _distinct("bias_gelu_matmul", out, y)
     if t:
-        _run_work(w, "q8work_bias_gelu", lambda write: (y.ctypes.data, constant_address(bias)), t, out)
+        w.fork_work("q8work_bias_gelu", lambda write: (y.ctypes.data, constant_address(bias)), t, out.ctypes.data)
     return out
 
 

@@ -238,14 +238,18 @@ def native_calls() -> int:
 class Recorder:
     """Forks captured instead of run (``recording``): per fork the address of the kernel's task
     trampoline, its items as rows of 64-bit words, and which word of a row is a work-claiming
-    ``counter`` (a parameter of that name), if any.  ``codegen.program`` replays them."""
+    ``counter`` (a parameter of that name), if any.  ``codegen.program`` replays them.  ``ops``
+    counts the driver operations recorded: a driver whose work takes two forks (the second
+    added with ``same_op``) records two steps and one operation."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, np.ndarray, int | None]] = []
+        self.ops = 0
         self.after_add: list[Callable[[], None]] = []
 
-    def add(self, task: int, items: Sequence[Sequence[int]], counter: int | None = None) -> None:
+    def add(self, task: int, items: Sequence[Sequence[int]], counter: int | None = None, same_op: bool = False) -> None:
         self.steps.append((task, np.array(items, dtype=np.int64).reshape(len(items), -1), counter))
+        self.ops += not same_op
         for hook in self.after_add:
             hook()
 

@@ -213,14 +213,15 @@ class KernelLibrary:
             threads,
         )
 
-    def fork(self, role: str, items: list[tuple[int, ...]]) -> None:
+    def fork(self, role: str, items: list[tuple[int, ...]], same_op: bool = False) -> None:
         """Run kernel ``role`` once per item (its arguments as 64-bit words: addresses,
         integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
         persistent workers (fresh pthreads if another thread holds them), all inside one
-        GIL-free native call.  Inside ``kernel.recording`` the fork is recorded instead."""
+        GIL-free native call.  Inside ``kernel.recording`` the fork is recorded instead, as a
+        further step of the previous fork's operation when ``same_op``."""
         rec = active_recorder()
         if rec is not None:
-            rec.add(self._tasks[role], items)
+            rec.add(self._tasks[role], items, same_op=same_op)
             return
         count_native_call()
         # array.array: its address is one buffer_info() away (numpy's .ctypes costs µs per call)

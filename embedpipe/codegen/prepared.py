@@ -1,5 +1,5 @@
 """PreparedMatmul: one weight repacked for a kernel library, and how its products are split
-over the library's threads (rows or weight panels) with per-thread activation scratch.
+over the library's threads (rows or weight panels) with the calling thread's activation scratch.
 
 All inputs are validated in Python before a native call; a kernel only ever sees buffers whose
 sizes were checked against the dimensions it is given.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -140,27 +141,35 @@ class PreparedMatmul:
     _FLOAT_ROLES = {"float": "f32mm", "codes": "c8f32mm"}
 
     def _run_int(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Quantize X and multiply in one task per thread: a row split quantizes only its
-        rows into a shared scratch; a panel split quantizes all rows into per-thread scratch
-        (O(T·K) duplicated work against O(T·K·N/threads) saved synchronization)."""
-        wq, wd = self.packed
+        """Quantize X and multiply (``fork_work`` of the plain ``q8work`` kernel)."""
+        self.fork_work("q8work", lambda write: (x.ctypes.data,), x.shape[0], y.ctypes.data)
+
+    def fork_work(self, role: str, prologue: Callable[[int], tuple[int, ...]], t: int, out: int) -> None:
+        """Fork a work kernel ``role`` (a prologue into Q8 activations, then the int8 product,
+        ``ir_q8.emit_work``/``ir_fused``) over this weight's plan for ``t`` rows into ``out``.
+
+        ``prologue(write)`` gives the kernel's leading words; ``write`` says whether the item
+        stores the rows it computes (the residual of ``q8work_addnorm``).  A row split
+        prepares and multiplies its own rows in one task.  A panel split first prepares the
+        activations once, rows spread over the threads, into one shared scratch (one fork of
+        items with an empty product), then multiplies every row by each thread's panels
+        (a second fork whose items have an empty prologue; in a step program the step
+        barrier orders the two).
+        """
         lib = self.lib
-        t, k = x.shape
         mr = lib.int_tile.mr
         tpad = -(-t // mr) * mr
-        panels = wq.shape[0]
+        panels = self.packed[0].shape[0]
         how, ranges = self._plan(t, mr, panels, lib.isa.lanes * lib.int_tile.nv)
-        xp, yp, n = x.ctypes.data, y.ctypes.data, self.n
-        tail = (*self.addresses, yp, n, n)
+        k = self.k
+        tail = (*self.addresses, out, self.n, self.n)
+        scratch = _scratch(tpad, k, lib.isa)
         if how == "rows":
-            xq, xd, xc = _scratch(0, tpad, k, lib.isa)
-            items = [(xp, xq, xd, xc, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges]
-        else:
-            items = [
-                (xp, *_scratch(i, tpad, k, lib.isa), t, k, 0, tpad, *tail, 0, tpad, a, b)
-                for i, (a, b) in enumerate(ranges)
-            ]
-        lib.fork("q8work", items)
+            lib.fork(role, [(*prologue(1), *scratch, t, k, a, b, *tail, a, b, 0, panels) for a, b in ranges])
+            return
+        rows = split_range(0, tpad, len(ranges))
+        lib.fork(role, [(*prologue(1), *scratch, t, k, a, b, *tail, 0, 0, 0, 0) for a, b in rows])
+        lib.fork(role, [(*prologue(0), *scratch, t, k, 0, 0, *tail, 0, tpad, a, b) for a, b in ranges], same_op=True)
 
     _RUNNERS = {"float": _run_float, "codes": _run_float, "int": _run_int}
 
@@ -172,20 +181,19 @@ MIN_PARALLEL_WEIGHT_BYTES = 512 * 1024
 # Batches of at least this many token rows per thread are split by rows, not weight panels.
 ROW_SPLIT_MIN_ROWS = 128
 
-_local = thread_scratch(dict)  # slot -> (xq, xd, xc) buffers
+_local = thread_scratch(lambda: None)  # (xq, xd, xc buffers, their addresses)
 
 
-def _scratch(slot: int, tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]:
+def _scratch(tpad: int, k: int, isa: IsaSpec) -> tuple[int, int, int]:
     """Addresses of quantized-activation buffers (xq, xd, xc) for ``tpad`` rows, cached per
-    calling thread and slot so steady-state calls allocate nothing."""
+    calling thread so steady-state calls allocate nothing."""
     need = (tpad * k * ir_q8.act_elem_bytes(isa), tpad * (k // QK) * 4)
-    cache = _local.value
-    bufs = cache.get(slot)
+    bufs = _local.value
     if bufs is None or bufs[0].nbytes < need[0] or bufs[1].nbytes < need[1]:
         arrays = (
             aligned_empty((max(need[0], 64),), np.uint8),
             aligned_empty((max(need[1], 64),), np.uint8),
             aligned_empty((max(need[1], 64),), np.uint8),
         )
-        bufs = cache[slot] = (*arrays, tuple(a.ctypes.data for a in arrays))
+        bufs = _local.value = (*arrays, tuple(a.ctypes.data for a in arrays))
     return bufs[3]

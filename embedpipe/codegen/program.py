@@ -90,13 +90,15 @@ class Program:
     ``record(fn)`` calls ``fn()`` inside ``kernel.recording`` and keeps what it returns (the
     buffers the steps read and write); ``run(threads)`` replays every step in one native call
     on ``threads`` pool threads.  One run at a time: callers serialize runs of one program
-    (its buffers and counters are shared).
+    (its buffers and counters are shared).  ``steps`` counts the recorded forks, ``ops`` the
+    driver operations they came from (``Recorder.ops``).
     """
 
     def __init__(self, native: Native, recorder: Recorder, keep: object) -> None:
         self.native = native
         self.keep = keep
         self._words = [words for _, words, _ in recorder.steps]
+        self.ops = recorder.ops
         n = len(recorder.steps)
         self.counters = aligned_empty((max(n, 1) * COUNTER_WORDS,), np.int64)
         table = np.zeros((n, STEP_WORDS), np.int64)

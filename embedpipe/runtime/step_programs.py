@@ -104,18 +104,18 @@ class ProgramCache:
         key: Hashable,
         forward: Callable[[], object],
         isa: IsaSpec | None,
-        steps: int,
+        ops: int,
         arena: Any,
         keep: object,
         limit: int,
         name: str,
     ) -> RecordedPass | None:
         """Record ``forward()`` (which runs the ops over ``arena``) and keep it under ``key``;
-        None when there is no runner or the recording does not hold the ``steps`` expected (an
+        None when there is no runner or the recording does not hold the ``ops`` expected (an
         op ran outside the kernels: nothing to replay), and the caller stays on its ops."""
         program = Program.record(forward, isa)
-        if program is None or program.steps != steps:
-            log.debug("no step program for %s (%s)", name, "no runner" if program is None else f"{program.steps} steps")
+        if program is None or program.ops != ops:
+            log.debug("no step program for %s (%s)", name, "no runner" if program is None else f"{program.ops} ops")
             return None
         recorded = RecordedPass(program, arena, keep)
         with self._lock:

@@ -69,7 +69,9 @@ static void dump(const char *path, const float *p, size_t n) {
     fclose(out);
 }
 
-/* The fused kernels: one call over every row, as the Python drivers make it for one thread. */
+/* The fused kernels: one call over every row, as the Python drivers make it for one thread;
+   then as a two-thread panel split makes them (prologue rows in two halves with empty products,
+   then every row by two halves of the panels with empty prologues), which must give the same bits. */
 static int fused(char **argv, int64_t T, int64_t N, int64_t K, int64_t P) {
     size_t size;
     float *in = slurp(argv[8], &size);
@@ -87,16 +89,39 @@ static int fused(char **argv, int64_t T, int64_t N, int64_t K, int64_t P) {
     }
     void *wq = slurp(argv[6], &size);
     float *wd = slurp(argv[7], &size);
-    float *out = aligned((size_t)(T * (N + K) * 4));
+    size_t n_out = (size_t)(T * (N + K));
+    float *out = aligned(n_out * 4), *split = aligned(n_out * 4);
+    memset(out, 0, n_out * 4);
+    memset(split, 0, n_out * 4);
+    int64_t rh = tpad / 2, ph = P / 2;
+#define SCRUB() (memset(xq, 0x55, (size_t)(tpad * K * 2)), memset(xd, 0x55, (size_t)(tpad * K / 32 * 4)), \
+                 memset(xc, 0x55, (size_t)(tpad * K / 32 * 4)))
     if (strcmp(argv[1], "addnorm") == 0) {
         const float *x = in, *y = in + T * K, *w_post = y + T * K, *w_pre = w_post + K;
         ADDNORM(x, y, w_post, out + T * N, w_pre, 1e-6f, 1, xq, xd, xc, T, K, 0, tpad, wq, wd, out, N, N,
                 0, tpad, 0, P);
-        dump(argv[9], out, (size_t)(T * (N + K)));
+        SCRUB(); /* the split must prepare every row itself */
+        ADDNORM(x, y, w_post, split + T * N, w_pre, 1e-6f, 1, xq, xd, xc, T, K, 0, rh, wq, wd, split, N, N, 0, 0, 0, 0);
+        ADDNORM(x, y, w_post, split + T * N, w_pre, 1e-6f, 1, xq, xd, xc, T, K, rh, tpad, wq, wd, split, N, N, 0, 0,
+                0, 0);
+        ADDNORM(x, y, w_post, split + T * N, w_pre, 1e-6f, 0, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0, tpad, 0,
+                ph);
+        ADDNORM(x, y, w_post, split + T * N, w_pre, 1e-6f, 0, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0, tpad, ph,
+                P);
     } else {
+        n_out = (size_t)(T * N);
         GELUW(in, xq, xd, xc, T, K, 0, tpad, wq, wd, out, N, N, 0, tpad, 0, P);
-        dump(argv[9], out, (size_t)(T * N));
+        SCRUB();
+        GELUW(in, xq, xd, xc, T, K, 0, rh, wq, wd, split, N, N, 0, 0, 0, 0);
+        GELUW(in, xq, xd, xc, T, K, rh, tpad, wq, wd, split, N, N, 0, 0, 0, 0);
+        GELUW(in, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0, tpad, 0, ph);
+        GELUW(in, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0, tpad, ph, P);
     }
+    if (memcmp(out, split, n_out * 4) != 0) {
+        fprintf(stderr, "%s: the split calls differ from the whole call\n", argv[1]);
+        return 3;
+    }
+    dump(argv[9], out, n_out);
     return 0;
 }
 

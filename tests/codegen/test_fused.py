@@ -160,3 +160,66 @@ def test_fused_inputs_are_validated():
     with pytest.raises(KernelInputError, match="does not hold"):
         tables = np.ones((3, 8), np.float32)
         fused.qk_norm_rope(lib, x, ones[:16], ones[:16], tables, tables, 1, 1, 16, 16, 1e-6)
+
+
+def _force_panels(monkeypatch) -> None:
+    """Every product goes to the pool (short ones too), split by panels below 128 rows per thread."""
+    from embedpipe.codegen import prepared
+
+    monkeypatch.setattr(prepared, "MIN_PARALLEL_MACS", 0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", [1, 2, 31, 33])
+def test_panel_split_prepares_rows_once_and_matches_one_thread(isa, t, monkeypatch):
+    """A panel split prepares the activations once, rows spread over the threads (one fork
+    whose items multiply nothing), then multiplies every row by each thread's panels (a second
+    fork whose items prepare nothing): bit-identical to one thread, for every work kernel."""
+    from embedpipe.codegen.ir_fused import ADDNORM_PARAMS
+    from embedpipe.codegen.kernel import recording
+
+    _force_panels(monkeypatch)
+    rng = np.random.default_rng(100 + t)
+    k, n = 96 + 32 * (t % 2), 1200 + 16 * (t % 3)  # many panels, ragged N and K tails
+    codes = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    scale = (rng.random(n) * 0.02 + 0.001).astype(np.float32)
+    x = (rng.standard_normal((t, k)) * 300).astype(np.float32)
+    y = rng.standard_normal((t, k)).astype(np.float32)
+    gu = (rng.standard_normal((t, 2 * k)) * 4).astype(np.float32)
+    w_post, w_pre, bias = (rng.random(k).astype(np.float32) + 0.5 for _ in range(3))
+
+    def products(lib):
+        w = lib.prepare_int8(codes, scale)
+        x_new, normed = fused.norm_matmul(w, x, y, w_post, w_pre, 1e-6)
+        _, plain_norm = fused.norm_matmul(w, x, None, None, w_pre, 1e-6)
+        return w, {
+            "x_new": x_new,
+            "norm": normed,
+            "plain_norm": plain_norm,
+            "gelu": fused.gelu_matmul(w, gu),
+            "bias_gelu": fused.bias_gelu_matmul(w, y, bias),
+            "matmul": w(x),
+        }
+
+    _, one = products(get_kernel_library(isa, 1))
+    for threads in (2, 3):
+        lib = get_kernel_library(isa, threads)
+        w, got = products(lib)
+        mr = lib.int_tile.mr
+        tpad = -(-t // mr) * mr
+        assert w._plan(t, mr, w.packed[0].shape[0], lib.isa.lanes * lib.int_tile.nv)[0] == "panels"
+        for name, want in one.items():
+            np.testing.assert_array_equal(got[name], want, err_msg=f"{name}, {threads} threads")
+        with recording() as rec:
+            fused.norm_matmul(w, x, y, w_post, w_pre, 1e-6)
+        assert rec.ops == 1 and len(rec.steps) == 2
+        (_, prep, _), (_, mult, _) = rec.steps
+        words = [name for name, _ in ADDNORM_PARAMS]
+        qa, qb, a, b, p0, p1, write = (words.index(name) for name in ("qa", "qb", "a", "b", "p0", "p1", "write_x"))
+        # first fork: rows [0, tpad) once, in order, each by one item that multiplies nothing
+        assert prep[0, qa] == 0 and prep[-1, qb] == tpad and (prep[1:, qa] == prep[:-1, qb]).all()
+        assert (prep[:, a] == prep[:, b]).all() and (prep[:, p0] == prep[:, p1]).all()
+        # second fork: no prologue, every row times each item's panels, all panels once
+        assert (mult[:, qa] == mult[:, qb]).all() and (mult[:, a] == 0).all() and (mult[:, b] == tpad).all()
+        assert mult[0, p0] == 0 and (mult[1:, p0] == mult[:-1, p1]).all() and mult[-1, p1] == w.packed[0].shape[0]
+        assert (prep[:, write] == 1).all() and (mult[:, write] == 0).all()  # each row's owner stores x'

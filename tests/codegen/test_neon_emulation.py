@@ -213,6 +213,8 @@ def _run_fused(exe: Path, mode: str, t: int, n: int, k: int, panels: int, inputs
 @requires_emulation
 @pytest.mark.parametrize("isa_name", ["neon_dotprod", "neon", "generic_aarch64"])
 def test_neon_fused_kernels(harnesses, isa_name):
+    """Against the numpy twins; the harness also checks that a panel split's calls (prologue
+    rows with empty products, then panels with empty prologues) give the whole call's bits."""
     from embedpipe.codegen import fused
     from tests.codegen.test_fused import _assert_product_close
 

@@ -95,13 +95,38 @@ def test_program_equals_the_eager_calls(isa, threads, t):
     for arr in (bufs["final"], bufs["attn"], bufs["f"]):
         arr.fill(np.nan)
     program = Program.record(lambda: layer.forward(lib, x, cos, sin, t, bufs), lib.isa)
-    assert program is not None and program.steps == 7  # one per kernel call of forward()
+    assert program is not None and program.steps == program.ops == 7  # one per kernel call of forward()
     assert np.isnan(bufs["final"]).all() and np.isnan(bufs["attn"]).all(), "recording must run nothing"
     for _ in range(2):  # a second run re-zeroes the attention's work counter
         bufs["final"].fill(np.nan)
         program.run(threads)
         for name in ("attn", "f", "final"):
             np.testing.assert_array_equal(bufs[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(bufs["xb"], want["x2"])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
+def test_panel_split_products_take_two_steps_and_equal_the_eager_calls(isa, t, monkeypatch):
+    """With weight-panel splits (every product on the pool, weights of many panels) each int8
+    product records its prologue and its panels as two steps of one operation; the program
+    still gives exactly the eager calls' values, on two threads and on one."""
+    from embedpipe.codegen import prepared
+
+    monkeypatch.setattr(prepared, "MIN_PARALLEL_MACS", 0)
+    lib = get_kernel_library(isa, threads=2)
+    rng = np.random.default_rng(2000 + t)
+    layer = _Layer(lib, rng, k=576, heads=(4, 2, 64), ffn=416)
+    x, cos, sin = _inputs(rng, t, layer)
+    want = layer.forward(lib, x, cos, sin, t)
+    bufs = layer.buffers(t)
+    program = Program.record(lambda: layer.forward(lib, x, cos, sin, t, bufs), lib.isa)
+    assert program is not None and program.ops == 7 and program.steps == 7 + 4  # qkv, wo, gate|up, down
+    for threads in (2, 1, 2):
+        bufs["final"].fill(np.nan)
+        program.run(threads)
+        for name in ("attn", "f", "final"):
+            np.testing.assert_array_equal(bufs[name], want[name], err_msg=f"{name}, {threads} threads")
     np.testing.assert_array_equal(bufs["xb"], want["x2"])
 
 
