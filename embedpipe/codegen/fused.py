@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from embedpipe.codegen.kernel import f32_word
+from embedpipe.codegen.kernel import active_recorder, f32_word
 from embedpipe.codegen.prepared import KernelInputError
 from embedpipe.codegen.quant_formats import aligned_empty
 from embedpipe.codegen.threads import CACHE_LINE, split_range
@@ -79,6 +79,13 @@ def _distinct(kernel: str, out: np.ndarray, *inputs: np.ndarray | None) -> None:
     """A product's output may not overlap its inputs (other items still read them)."""
     if any(a is not None and np.may_share_memory(out, a) for a in inputs):
         raise KernelInputError(f"{kernel}: out must not overlap the inputs")
+
+
+def _row_parts(lib, elements: int) -> int:
+    """Items of a row-wise op: one per thread for a large input; a small one runs whole on
+    the calling thread (a pool hand-off would cost more than it saves), except inside a
+    recording, where a program's step is a fork and a barrier whatever its item count."""
+    return lib.threads if elements >= MIN_PARALLEL_ELEMENTS or active_recorder() is not None else 1
 
 
 def check_output(kernel: str, out: np.ndarray, shape: tuple[int, ...], align: int = 4) -> np.ndarray:
@@ -189,8 +196,7 @@ def qk_norm_rope(
         arrays = (qkv.ctypes.data, q.ctypes.data, k.ctypes.data, v.ctypes.data)
         tables = (constant_address(qw), constant_address(kw), cos.ctypes.data, sin.ctypes.data)
         words = (*arrays, *tables, n_q, n_kv, d, dv, _f32(eps))
-        parts = lib.threads if qkv.size >= MIN_PARALLEL_ELEMENTS else 1
-        lib.fork("qk_norm_rope", [(*words, a, b) for a, b in split_range(0, t, parts)])
+        lib.fork("qk_norm_rope", [(*words, a, b) for a, b in split_range(0, t, _row_parts(lib, qkv.size))])
     return q, k, v
 
 
@@ -204,10 +210,9 @@ def add_norm(
     out = np.empty_like(x) if out is None else check_output("add_norm", out, x.shape)
     t, d = x.shape
     if t:
-        parts = lib.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
         weights = (constant_address(w_post), constant_address(w))
         head = (x.ctypes.data, y.ctypes.data, *weights, out.ctypes.data, d, _f32(eps))
-        lib.fork("add_norm", [(*head, a, b) for a, b in split_range(0, t, parts)])
+        lib.fork("add_norm", [(*head, a, b) for a, b in split_range(0, t, _row_parts(lib, x.size))])
     return out
 
 

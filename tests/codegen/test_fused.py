@@ -115,6 +115,28 @@ def test_add_norm(isa, t):
     np.testing.assert_allclose(got, fused.add_norm_reference(x, y, w_post, w, 1e-6), rtol=3e-6, atol=3e-6)
 
 
+@pytest.mark.parametrize("t", [1, 5, 16])
+def test_small_row_ops_split_over_the_threads_only_inside_a_recording(t):
+    """A few rows of qk_norm_rope / add_norm run whole on the calling thread when called
+    eagerly; a recorded program's step costs its barrier anyway, so there every thread gets
+    rows (each row computed exactly as before)."""
+    from embedpipe.codegen.kernel import recording
+
+    rng = np.random.default_rng(t)
+    lib = get_kernel_library(ISAS[0], 2)
+    n_q, n_kv, d, dv = 3, 1, 16, 16
+    qkv = rng.standard_normal((t, (n_q + n_kv) * d + n_kv * dv)).astype(np.float32)
+    qw, kw = (rng.random(d).astype(np.float32) for _ in range(2))
+    cos, sin = (rng.random((t, d // 2)).astype(np.float32) for _ in range(2))
+    x, y = (rng.standard_normal((t, 64)).astype(np.float32) for _ in range(2))
+    w = rng.random(64).astype(np.float32)
+    with recording() as rec:
+        fused.qk_norm_rope(lib, qkv, qw, kw, cos, sin, n_q, n_kv, d, dv, 1e-6)
+        fused.add_norm(lib, x, y, w, w, 1e-6)
+    assert [len(words) for _, words, _ in rec.steps] == [min(t, 2)] * 2
+    assert fused._row_parts(lib, qkv.size) == 1
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_row_is_computed_the_same_in_any_batch(isa, threads):
