@@ -130,6 +130,10 @@ def tokenizer_json(mf: GGUFModelFile) -> tuple[str, SpecialIds]:
     return json.dumps(doc, ensure_ascii=False), special
 
 
+#: Below this many characters in all, a batch is encoded text by text (``encode_batch``).
+PARALLEL_ENCODE_MIN_CHARS = 1024
+
+
 class WordPieceTokenizer:
     """Text <-> token ids with `<cls>`/`<sep>` around each text; same interface as `Tokenizer`."""
 
@@ -153,6 +157,10 @@ class WordPieceTokenizer:
         return self._hf.encode(text, add_special_tokens=add_special).ids
 
     def encode_batch(self, texts: Sequence[str], add_special: bool = True) -> list[list[int]]:
+        # the library's batch call hands the texts to its thread pool: for a few short texts
+        # (a query) the hand-off costs more than encoding them here one by one
+        if sum(map(len, texts)) < PARALLEL_ENCODE_MIN_CHARS:
+            return [self._hf.encode(text, add_special_tokens=add_special).ids for text in texts]
         return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=add_special)]
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -103,6 +103,22 @@ def test_wordpiece_ids_match_hf_tokenizers(name, checkouts, ggufs) -> None:
     assert ours.encode_batch(TEXTS) == [e.ids for e in ref.encode_batch(TEXTS)]
 
 
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_batches_encode_alike_on_this_thread_and_on_the_library_pool(threshold, checkouts, ggufs, monkeypatch):
+    """A batch below PARALLEL_ENCODE_MIN_CHARS is encoded text by text, above it by the
+    library's batch call: the ids are the same either way."""
+    from embedpipe.runtime import wordpiece
+
+    monkeypatch.setattr(wordpiece, "PARALLEL_ENCODE_MIN_CHARS", threshold)
+    ours = load_tokenizer(GGUFModelFile(ggufs[("bert", "q8_0")]))
+    ref = HFTokenizer.from_file(str(checkouts["bert"] / "tokenizer.json"))
+    for texts in (TEXTS, TEXTS[:1], []):
+        assert ours.encode_batch(texts) == [e.ids for e in ref.encode_batch(texts)]
+        assert ours.encode_batch(texts, add_special=False) == [
+            e.ids for e in ref.encode_batch(texts, add_special_tokens=False)
+        ]
+
+
 def test_long_words_become_unk(checkouts, ggufs) -> None:
     ours = load_tokenizer(GGUFModelFile(ggufs[("bert", "f32")]))  # max_input_chars_per_word is 12 here
     assert ours.encode("abcdefghijklm", add_special=False) == [ours.special.unk]

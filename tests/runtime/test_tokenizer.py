@@ -51,6 +51,20 @@ def test_ids_match_sentencepiece(pair, text):
     assert tok.encode(text, add_special=False) == sp.encode(text)
 
 
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_batches_encode_alike_on_this_thread_and_on_sentencepiece_threads(pair, threshold, monkeypatch):
+    """Below THREADED_ENCODE_MIN_CHARS a batch is encoded text by text, above it by
+    SentencePiece's threaded list call: the ids are the same either way."""
+    from embedpipe.runtime import tokenizer
+
+    monkeypatch.setattr(tokenizer, "THREADED_ENCODE_MIN_CHARS", threshold)
+    sp, tok = pair
+    texts = SAMPLES + _random_strings(20, seed=3)
+    assert tok.encode_batch(texts, add_special=False) == [sp.encode(t) for t in texts]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    assert tok.encode_batch([]) == []
+
+
 def test_bos_eos_follow_gguf_flags(pair):
     _, tok = pair
     ids = tok.encode("hello")
