@@ -46,6 +46,25 @@ EVICT_TO = 0.9
 
 
 CACHE_FILE = "embeddings.sqlite"
+#: How long opening the file waits for other processes' locks.
+OPEN_TIMEOUT_S = 60.0
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to write-ahead logging.  SQLite answers this pragma "database is locked"
+    at once, without its busy wait, while another connection opening the same new file holds
+    the lock (several ingest workers starting together): retry until the open timeout."""
+    deadline = time.monotonic() + OPEN_TIMEOUT_S
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.2)
 
 
 def default_cache_path() -> Path:
@@ -125,8 +144,10 @@ class EmbeddingCache:
         self.memory_evictions = self.disk_evictions = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite3.connect(
+                str(self.path), timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            _use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
             self._migrate()

@@ -5,11 +5,14 @@ The re-ingest speedup is a benchmark figure (`embedpipe bench ingest`), not a ti
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from embedpipe.pipeline.cache import CachedRow, EmbeddingCache, cache_key, default_cache_path
 
@@ -221,3 +224,43 @@ def test_ingest_honours_cache_bound(run, corpus, tmp_path):
     first, _ = run(corpus, cache_dir=str(tmp_path / "c"), cache_max_bytes=20_000)
     cache = EmbeddingCache.in_dir(tmp_path / "c")
     assert 0 < sum(g.bytes for g in cache.summary()) <= 20_000
+
+
+def test_many_processes_opening_a_new_cache_file_at_once(tmp_path):
+    """Opening a new file from several connections at once: SQLite refuses the switch to WAL
+    with "database is locked" (no busy wait) to all but one; every open still succeeds."""
+    errors: list[BaseException] = []
+
+    def open_it(path: Path) -> None:
+        try:
+            EmbeddingCache(path, memory_bytes=0)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    for trial in range(100):
+        path = tmp_path / f"c{trial}.sqlite"
+        threads = [threading.Thread(target=open_it, args=(path,)) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+
+
+def test_wal_switch_retries_only_a_locked_file():
+    from embedpipe.pipeline import cache as cache_mod
+
+    class Flaky:
+        def __init__(self, failures: list[str]):
+            self.failures, self.calls = failures, 0
+
+        def execute(self, sql: str):
+            self.calls += 1
+            if self.failures:
+                raise sqlite3.OperationalError(self.failures.pop(0))
+
+    db = Flaky(["database is locked", "database is locked"])
+    cache_mod._use_wal(db)
+    assert db.calls == 3
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        cache_mod._use_wal(Flaky(["disk I/O error"]))
