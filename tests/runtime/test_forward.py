@@ -180,3 +180,21 @@ def test_missing_dense_head_loads_with_a_warning(tmp_path, caplog):
     seq = emb.tokenize(["hello"], task="document")[0]
     want = reference_embedding(model.weights, model.cfg, seq)
     assert float(emb.encode_ids([seq])[0] @ want) > 0.99999
+
+
+@pytest.mark.parametrize("qtype", [gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F32])
+def test_dense_head_is_one_product_of_its_two_layers(tmp_path, qtype):
+    """dense_3 · dense_2 (no bias or activation between them) as one fp32 weight, taken in
+    float64 from the exact dequantized layers; the model runs it as its only head product."""
+    from embedpipe.runtime.backends import dequantize
+    from embedpipe.runtime.gemma_embedding import dense_head
+    from embedpipe.runtime.gguf_file import GGUFModelFile
+
+    tm = build_tiny_model(tmp_path, qtype=qtype)
+    mf = GGUFModelFile(tm.path)
+    head = dense_head(mf)
+    w2, w3 = (dequantize(mf.tensors[n]).astype(np.float64) for n in ("dense_2.weight", "dense_3.weight"))
+    assert head.qtype == gguf.GGMLQuantizationType.F32 and head.shape == (w3.shape[0], w2.shape[1])
+    np.testing.assert_allclose(dequantize(head), w3 @ w2, rtol=1e-6, atol=1e-6 * np.abs(w3 @ w2).max())
+    for backend in ("jit", "numpy"):
+        assert len(Embedder.load(tm.path, backend=backend, threads=1).model.dense) == 1
