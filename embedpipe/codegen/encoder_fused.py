@@ -46,12 +46,10 @@ from embedpipe.codegen.irutil import (
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, f32_word
 from embedpipe.codegen.library import KernelInputError
-from embedpipe.codegen.threads import split_range
+from embedpipe.codegen.threads import row_parts, split_range
 
 QK = 32
 ROUND_MAGIC = 12582912.0  # 1.5·2**23: (v + M) − M rounds |v| < 2**22 half to even
-# Rows·width below which a call runs on the calling thread (a hand-off costs more).
-PARALLEL_MIN_ELEMENTS = 1 << 16
 
 NORM_PARAMS = [
     ("x", PTR),
@@ -292,10 +290,6 @@ def checked_out(name: str, out: object, shape: tuple[int, ...], *inputs: np.ndar
     return out
 
 
-def _parts(elements: int, threads: int) -> int:
-    return threads if elements >= PARALLEL_MIN_ELEMENTS else 1
-
-
 def row_ranges(rows: int, parts: int) -> list[tuple[int, int]]:
     """``split_range(0, rows, parts)``, without its arithmetic for the one-part case."""
     return [(0, rows)] if parts == 1 else split_range(0, rows, parts)
@@ -336,7 +330,7 @@ def _drive_residual_norm(native: Native, x, bias, res, w, beta, eps, extend, thr
         head = (address(x), address(bias), address(res), address(w), address(beta), address(out))
         sel = (address(ext), extend.address, t, d, len(extend.blocks)) if ext is not None else (0, 0, t, d, -1)
         tail = (*sel, cached_f32_word(float(eps)))
-        native.run([(*head, *tail, a, b) for a, b in row_ranges(t, _parts(t * d, threads))])
+        native.run([(*head, *tail, a, b) for a, b in row_ranges(t, row_parts(threads, t * d))])
     return out, ext
 
 
@@ -349,7 +343,7 @@ def _drive_combine(native: Native, y, bias, gelu, threads=1, out=None):
     out = checked_out("combine", out, (t, n), y, bias)
     if t:
         head = (address(y), address(bias), address(out), n, int(bool(gelu)))
-        native.run([(*head, a, b) for a, b in row_ranges(t, _parts(t * n, threads))])
+        native.run([(*head, a, b) for a, b in row_ranges(t, row_parts(threads, t * n))])
     return out
 
 

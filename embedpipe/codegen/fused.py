@@ -19,10 +19,9 @@ import numpy as np
 from embedpipe.codegen.kernel import active_recorder, f32_word
 from embedpipe.codegen.prepared import KernelInputError
 from embedpipe.codegen.quant_formats import aligned_empty
-from embedpipe.codegen.threads import CACHE_LINE, split_range
+from embedpipe.codegen.threads import CACHE_LINE, row_parts, split_range
 
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))
-MIN_PARALLEL_ELEMENTS = 65_536
 
 
 _constants: OrderedDict[int, tuple[np.ndarray, int]] = OrderedDict()
@@ -85,7 +84,7 @@ def _row_parts(lib, elements: int) -> int:
     """Items of a row-wise op: one per thread for a large input; a small one runs whole on
     the calling thread (a pool hand-off would cost more than it saves), except inside a
     recording, where a program's step is a fork and a barrier whatever its item count."""
-    return lib.threads if elements >= MIN_PARALLEL_ELEMENTS or active_recorder() is not None else 1
+    return lib.threads if active_recorder() is not None else row_parts(lib.threads, elements)
 
 
 def check_output(kernel: str, out: np.ndarray, shape: tuple[int, ...], align: int = 4) -> np.ndarray:

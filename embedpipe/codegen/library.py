@@ -38,7 +38,7 @@ from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
 from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, prototype
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty, weight_empty
-from embedpipe.codegen.threads import default_threads, split_range
+from embedpipe.codegen.threads import default_threads, row_parts, split_range
 from embedpipe.errors import EmbedpipeError
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class KernelLibrary:
             raise KernelInputError(f"gelu_tanh_mul: shapes differ: {a.shape} vs {b.shape}")
         out = np.empty_like(a)
         size = a.size
-        parts = self.threads if size >= MIN_PARALLEL_ELEMENTS else 1
+        parts = row_parts(self.threads, size)
         head = (a.ctypes.data, b.ctypes.data, out.ctypes.data)
         self.fork("gelu_mul", [(*head, lo, hi) for lo, hi in split_range(0, size, parts, 2 * self.isa.lanes)])
         return out
@@ -259,7 +259,7 @@ class KernelLibrary:
         out = np.empty_like(x)
         d = x.shape[-1]
         rows = x.size // d
-        parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
+        parts = row_parts(self.threads, x.size)
         head = (x.ctypes.data, weight.ctypes.data, out.ctypes.data, d, f32_word(eps))
         self.fork("rms_norm", [(*head, a, b) for a, b in split_range(0, rows, parts)])
         return out
@@ -269,7 +269,7 @@ class KernelLibrary:
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not (a.flags.c_contiguous and a.flags.aligned):
             raise KernelInputError("gelu_erf: a must be a C-contiguous float32 numpy array")
         out = np.empty_like(a)
-        parts = self.threads if a.size >= MIN_PARALLEL_ELEMENTS else 1
+        parts = row_parts(self.threads, a.size)
         self.fork(
             "gelu_erf",
             [(a.ctypes.data, out.ctypes.data, lo, hi) for lo, hi in split_range(0, a.size, parts, 2 * self.isa.lanes)],
@@ -289,7 +289,7 @@ class KernelLibrary:
             )
         out = np.empty_like(x)
         d = x.shape[-1]
-        parts = self.threads if x.size >= MIN_PARALLEL_ELEMENTS else 1
+        parts = row_parts(self.threads, x.size)
         head = (x.ctypes.data, weight.ctypes.data, bias.ctypes.data, out.ctypes.data, d, f32_word(eps))
         self.fork("layer_norm", [(*head, a, b) for a, b in split_range(0, x.size // d, parts)])
         return out
@@ -374,9 +374,6 @@ class KernelLibrary:
         n, k = int(n), int(k)
         packed = fmt.pack(self, np.ascontiguousarray(raw), n, k)
         return PreparedMatmul(self, fmt.qtype, n, k, fmt.family, packed)
-
-
-MIN_PARALLEL_ELEMENTS = 65_536
 
 
 _libraries: dict[tuple[str, int], KernelLibrary] = {}

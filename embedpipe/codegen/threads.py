@@ -13,6 +13,14 @@ THREADS_ENV = "EMBEDPIPE_THREADS"
 # Bytes per cache line on every supported CPU: per-thread output slices start on one (outputs
 # allocated line-aligned, split points multiples of it), so no two threads write the same line.
 CACHE_LINE = 64
+# Values (rows x width) below which a row-wise op runs whole on the calling thread: handing a
+# smaller one to the pool costs more than it saves.
+MIN_PARALLEL_ELEMENTS = 1 << 16
+
+
+def row_parts(threads: int, elements: int) -> int:
+    """Items a row-wise op over ``elements`` values splits into: one per thread, or one."""
+    return threads if elements >= MIN_PARALLEL_ELEMENTS else 1
 
 
 # A thread count set for the work done inside ``using_threads`` (per thread / asyncio task).

@@ -116,19 +116,14 @@ def model_ops_per_token(model) -> tuple[float, float]:
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    return _median_times(fn, repeats)[0]
-
-
-def _median_times(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds of ``fn`` (after one warm-up call)."""
+    """Median wall seconds of ``fn`` (after one warm-up call)."""
     fn()
-    wall, cpu = [], []
+    wall = []
     for _ in range(repeats):
-        c, start = time.process_time(), time.perf_counter()
+        start = time.perf_counter()
         fn()
         wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - c)
-    return statistics.median(wall), statistics.median(cpu)
+    return statistics.median(wall)
 
 
 def measure_peaks(threads: int) -> dict | None:
