@@ -153,14 +153,21 @@ def emit_exp(b: ir.IRBuilder, m: ir.Module, x: ir.Value, nonpositive: bool = Fal
 
 
 def gelu_tanh_mul_value(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value, y: ir.Value) -> ir.Value:
-    """``gelu_tanh(x)·y = x·y / (1 + e^(−2u))``, ``u = sqrt(2/π)·(x + 0.044715·x³)``, of fp32
-    vectors or scalars (a scalar runs the vector code on one lane)."""
+    """``gelu_tanh(x)·y = x·y·σ(2u)``, ``u = sqrt(2/π)·(x + 0.044715·x³)``, of fp32 vectors or
+    scalars (a scalar runs the vector code on one lane).
+
+    ``σ(2u)`` is ``1/(1 + E)`` for ``u >= 0`` and ``E/(1 + E)`` below, with ``E = e^(−2|u|)``:
+    the exponent is never positive, so the cheaper one-scale ``emit_exp`` applies, and ``1 + E``
+    lies in [1, 2] (no overflow to infinity for large negative ``x``)."""
     ty = x.type
     if not isinstance(ty, ir.VectorType):
         return on_one_lane(b, lambda x1, y1: gelu_tanh_mul_value(b, m, isa, x1, y1), x, y)
     inner = fma(b, m, b.fmul(b.fmul(x, x), x), _fconst(ty, 0.044715), x)
-    e = emit_exp(b, m, b.fmul(inner, _fconst(ty, -2.0 * math.sqrt(2 / math.pi))))
-    return b.fmul(b.fmul(x, y), reciprocal(b, m, isa, b.fadd(e, _fconst(ty, 1.0))))
+    fabs = intrinsic(m, f"llvm.fabs.v{ty.count}f32", ty, [ty])
+    e = emit_exp(b, m, b.fmul(b.call(fabs, [inner]), _fconst(ty, -2.0 * math.sqrt(2 / math.pi))), nonpositive=True)
+    r = reciprocal(b, m, isa, b.fadd(e, _fconst(ty, 1.0)))
+    sig = b.select(b.fcmp_ordered("<", inner, _fconst(ty, 0.0)), b.fmul(e, r), r)
+    return b.fmul(b.fmul(x, y), sig)
 
 
 def gelu_mul_symbol(isa: IsaSpec) -> str:

@@ -50,7 +50,7 @@ def gelu_erf_value(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, x: ir.Value) -> 
     poly = _fconst(ty, ERF_A[4])
     for c in reversed(ERF_A[:4]):
         poly = fma(b, m, poly, t, _fconst(ty, c))
-    e = emit_exp(b, m, b.fmul(b.fmul(x, x), _fconst(ty, -0.5)))
+    e = emit_exp(b, m, b.fmul(b.fmul(x, x), _fconst(ty, -0.5)), nonpositive=True)
     h = b.fmul(b.fmul(b.fmul(poly, t), e), b.fmul(x, _fconst(ty, 0.5)))
     return b.select(neg, h, b.fsub(x, h))
 
