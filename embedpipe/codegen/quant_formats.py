@@ -110,7 +110,9 @@ class IntFormat(WeightFormat):
         """quant × scale in fp32, the product ``gguf.quants`` forms for a format the int8 codes
         hold exactly (equal bits: tests compare them)."""
         q, d = self.repack(raw, n, k)
-        return (q.reshape(n, k // QK, QK).astype(np.float32) * d[:, :, None]).reshape(n, k)
+        out = np.empty((n, k // QK, QK), np.float32)
+        np.multiply(q.reshape(n, k // QK, QK), d[:, :, None], out=out)  # one pass, no int8->fp32 temporary
+        return out.reshape(n, k)
 
     def pack(self, lib: KernelLibrary, raw: np.ndarray, n: int, k: int) -> tuple[np.ndarray, ...]:
         q, d = self.unpack(lib, raw, n, k)
@@ -167,7 +169,8 @@ class BF16(FloatFormat):
 def _blocks(raw: np.ndarray, n: int, k: int, quant_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """(fp32 scale per block (N, K/32), quant bytes (N, K/32, quant_bytes)) of d-first blocks."""
     blocks = raw.reshape(n, k // QK, 2 + quant_bytes)
-    d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    # the scale bytes are the contiguous last axis of their slice: viewed in place, no copy
+    d = blocks[:, :, :2].view(np.float16)[:, :, 0].astype(np.float32)
     return d, blocks[:, :, 2:]
 
 

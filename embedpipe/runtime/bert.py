@@ -438,7 +438,7 @@ class BertEncoderModel:
         """CLS row or mean of each sequence's rows (new arrays: ``x`` may be an arena's)."""
         if self.cfg.pooling == "cls":
             return np.ascontiguousarray(x[bounds[:-1]])
-        return (np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)).astype(np.float32)
+        return ops.mean_rows(x, bounds, lengths)
 
     def _stack(self, tokens, pos, bounds, lengths, bias, probe=None, arena: Arena | None = None) -> np.ndarray:
         """The embedding LayerNorm and every block over the token embeddings (into ``arena``'s

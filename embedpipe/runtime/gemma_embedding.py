@@ -291,7 +291,7 @@ class GemmaEmbeddingModel:
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Mean over each sequence's rows, then the dense head."""
-        pooled = np.add.reduceat(x, bounds[:-1], axis=0) / lengths[:, None].astype(np.float32)
+        pooled = ops.mean_rows(x, bounds, lengths)
         for proj in self.dense:
             pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
