@@ -240,12 +240,20 @@ class Recorder:
     trampoline, its items as rows of 64-bit words, and which word of a row is a work-claiming
     ``counter`` (a parameter of that name), if any.  ``codegen.program`` replays them.  ``ops``
     counts the driver operations recorded: a driver whose work takes two forks (the second
-    added with ``same_op``) records two steps and one operation."""
+    added with ``same_op``) records two steps and one operation.  ``hole(fn)`` records an
+    operation that is not a fork: ``fn(arg)`` runs from Python at that point of every replay,
+    with the replay's argument (an operation whose layout changes from run to run)."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, np.ndarray, int | None]] = []
+        self.holes: list[tuple[int, Callable[[Any], object]]] = []
         self.ops = 0
         self.after_add: list[Callable[[], None]] = []
+
+    def hole(self, fn: Callable[[Any], object]) -> None:
+        """An operation run by ``fn(arg)`` after the steps recorded so far, at every replay."""
+        self.holes.append((len(self.steps), fn))
+        self.ops += 1
 
     def add(self, task: int, items: Sequence[Sequence[int]], counter: int | None = None, same_op: bool = False) -> None:
         self.steps.append((task, np.array(items, dtype=np.int64).reshape(len(items), -1), counter))

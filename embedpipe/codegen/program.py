@@ -12,7 +12,10 @@ lay out their items, nothing runs) over buffers that stay alive with it, then re
   then yields its core while it waits), so a step reads what the step before wrote.
 
 A thread that is never scheduled cannot stall the others: whoever runs claims what is left,
-so one thread alone runs the whole program.  A kernel parameter named ``counter`` is a
+so one thread alone runs the whole program.  A recorded ``hole`` (``Recorder.hole``) splits the
+steps in segments: a replay runs a segment natively, then the hole's Python callable, then the
+next segment (an operation whose layout changes between replays, such as attention over
+another batch's sequences, stays a driver call between the recorded steps).  A kernel parameter named ``counter`` is a
 work-claiming word the kernel zeroes nowhere itself: each recorded step gets its own, and all
 are zeroed before every run.  The fallback and oracle of a program is the eager op sequence
 it was recorded from (``native()`` is None when LLVM cannot build the runner).
@@ -98,6 +101,7 @@ class Program:
         self.native = native
         self.keep = keep
         self._words = [words for _, words, _ in recorder.steps]
+        self.holes = list(recorder.holes)
         self.ops = recorder.ops
         n = len(recorder.steps)
         self.counters = aligned_empty((max(n, 1) * COUNTER_WORDS,), np.int64)
@@ -123,11 +127,23 @@ class Program:
             keep = fn()
         return cls(native, rec, (keep, scratch))
 
-    def run(self, threads: int) -> None:
-        """Run every step on ``threads`` threads (the calling one included), in one native call."""
+    def run(self, threads: int, hole_arg: object = None) -> None:
+        """Run every step on ``threads`` threads (the calling one included), in one native call
+        per segment; each hole is called with ``hole_arg`` between its segments."""
         self.counters.fill(0)
-        item = (self.table.ctypes.data, len(self.table), self.counters.ctypes.data)
-        self.native.run([item] * max(1, min(int(threads), MAX_THREADS)))
+        threads = max(1, min(int(threads), MAX_THREADS))
+        start = 0
+        for at, fn in self.holes:
+            self._run_steps(start, at, threads)
+            fn(hole_arg)
+            start = at
+        self._run_steps(start, len(self.table), threads)
+
+    def _run_steps(self, first: int, stop: int, threads: int) -> None:
+        if stop > first:
+            table = self.table.ctypes.data + first * STEP_WORDS * 8
+            counters = self.counters.ctypes.data + first * COUNTER_WORDS * 8
+            self.native.run([(table, stop - first, counters)] * threads)
 
 
 @contextmanager

@@ -5,9 +5,11 @@ norm+matmul, attention, RoPE, …) and every prepared weight its layers hold is 
 timer; the wrappers delegate every attribute, so the ops see the same weights and take the
 same paths.  Only the outermost timed call counts (a fused op that calls a weight is one
 entry), and whatever no wrapper covers (Python between ops, the embedding gather, pooling,
-the dense head, tokenization is not included) is reported as ``other``; so is a pass the
-model runs as one recorded native program (EmbeddingGemma's short passes).  CPU time over all
-threads is the load-robust measure on a shared machine; wall time is reported beside it.
+the dense head, tokenization is not included) is reported as ``other``.  Recorded step
+programs are switched off for the profile (``max_program_tokens``), so each op of a pass is
+called and timed; the Python between the ops then counts in ``other``, which a program's
+replay does not pay.  CPU time over all threads is the load-robust measure on a shared
+machine; wall time is reported beside it.
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ def _instrumented(model, timer: _Timer) -> Iterator[None]:
             if hasattr(ops, method):
                 setattr(ops, method, timer.timed(label(method), getattr(ops, method)))
                 undo.append(lambda ops=ops, method=method: delattr(ops, method))
+    if getattr(model, "max_program_tokens", 0):
+        limit, model.max_program_tokens = model.max_program_tokens, 0
+        undo.append(lambda: setattr(model, "max_program_tokens", limit))
     try:
         yield
     finally:

@@ -21,6 +21,7 @@ import numpy as np
 
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks, grid_reference
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
+from embedpipe.codegen.kernel import active_recorder
 from embedpipe.codegen.library import KernelInputError
 from embedpipe.codegen.prepared import PreparedMatmul
 from embedpipe.errors import ModelFileError
@@ -30,7 +31,13 @@ from embedpipe.runtime.arena import Arena, ArenaPool
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
 from embedpipe.runtime.gemma_embedding import fuse_rows
 from embedpipe.runtime.gguf_file import DerivedTensor, GGUFModelFile, WeightTensor
-from embedpipe.runtime.step_programs import MAX_PROGRAMS, PROGRAM_MAX_TOKENS, ProgramCache, RecordedPass
+from embedpipe.runtime.step_programs import (
+    MAX_PROGRAMS,
+    PROGRAM_MAX_TOKENS,
+    BucketedPasses,
+    ProgramCache,
+    RecordedPass,
+)
 from embedpipe.runtime.tokenizer import load_tokenizer
 
 POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
@@ -42,7 +49,9 @@ PASS_TOKENS = 512
 #: Native calls of a forward: the embedding LayerNorm, then per layer the QKV product,
 #: attention, output product, LayerNorm, FFN up, GELU and FFN down (one fused call for an
 #: integer-dot weight, two otherwise), LayerNorm. Passes of at most
-#: PROGRAM_MAX_TOKENS tokens replay them as one recorded step program (``runtime.step_programs``).
+#: PROGRAM_MAX_TOKENS tokens replay them as one recorded step program (``runtime.step_programs``);
+#: longer ones replay the program of their token-count bucket, with each layer's attention
+#: (which depends on the sequence lengths) called between its recorded steps.
 OPS_PER_LAYER = 7
 
 
@@ -320,6 +329,7 @@ class BertEncoderModel:
         self.max_program_tokens = PROGRAM_MAX_TOKENS if recordable else 0
         # eager passes write into a borrowed arena when every op takes output buffers
         self._arenas = ArenaPool() if recordable else None
+        self._buckets = BucketedPasses(BucketedPasses.bucket(PASS_TOKENS)) if recordable else None
 
     def _extend_inputs(self, mf: GGUFModelFile) -> None:
         """Rank the blocks of each extendable product's input by their quantization error on a
@@ -426,13 +436,76 @@ class BertEncoderModel:
                 )
                 if pooled is not None:  # only JIT kernels ran: no BLAS thread limits to set
                     return pooled
+        elif probe is None and self.max_program_tokens and self._buckets is not None:
+            pooled = self._run_bucketed(ids, lengths, bounds, positions)
+            if pooled is not None:
+                return pooled
+        attend = self._attention(bounds, lengths, bias)
         with self.ops.session():
             tokens = dequantize_rows(self.token_embd, ids)
             pos = np.ascontiguousarray(self.position_embd[positions])
             if self._arenas is None or probe is not None:
-                return self._pool(self._stack(tokens, pos, bounds, lengths, bias, probe), bounds, lengths)
+                return self._pool(self._stack(tokens, pos, attend, probe), bounds, lengths)
             with self._arenas.take(ids.size) as arena:
-                return self._pool(self._stack(tokens, pos, bounds, lengths, bias, None, arena), bounds, lengths)
+                return self._pool(self._stack(tokens, pos, attend, None, arena), bounds, lengths)
+
+    def _attention(self, bounds: np.ndarray, lengths: np.ndarray, bias: np.ndarray | None) -> Callable:
+        """``attend(qkv, qkv_bias, out_kwargs)``: every layer's attention over these sequences."""
+        heads = (self.cfg.n_head, self.cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
+        return lambda qkv, qkv_bias, out: self.eops.attention(qkv, qkv_bias, *heads, **out)
+
+    def _run_bucketed(
+        self, ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray | None:
+        """The pass as the program of its token-count bucket (``BucketedPasses``): the rows up
+        to the bucket are one more sequence (id 0 at the first positions), whose output no
+        vector reads; the layers' attention runs over every sequence between the steps. None
+        when the bucket's program is busy or cannot be had."""
+        cfg = self.cfg
+        t = ids.size
+        pad = BucketedPasses.bucket(t) - t
+        if pad > cfg.n_positions - cfg.position_offset:
+            return None
+        starts, lens = bounds[:-1], lengths
+        if pad:
+            ids = np.concatenate([ids, np.zeros(pad, np.int64)])
+            positions = np.concatenate([positions, cfg.position_offset + np.arange(pad)])
+            starts, lens = np.append(starts, t), np.append(lengths, pad)
+        bias = self.position_bias(int(lens.max()))
+
+        def load(arena: Arena) -> None:
+            np.copyto(arena.rows("tokens", cfg.hidden), dequantize_rows(self.token_embd, ids))
+            np.take(self.position_embd, positions, axis=0, out=arena.rows("pos", cfg.hidden))
+
+        return self._buckets.run(
+            t + pad,
+            self._record_bucket,
+            self._program_steps(),
+            self.ops.lib.isa,
+            self.ops.threads,
+            load,
+            lambda arena: self._pool(arena.rows("x", cfg.hidden), bounds, lengths),
+            (starts, lens, bias),
+            cfg.arch,
+        )
+
+    def _record_bucket(self, arena: Arena) -> None:
+        """The forward over ``arena``'s rows (recorded by ``BucketedPasses``), each attention a
+        hole that runs over the sequences a replay passes in."""
+        cfg, eops, rec = self.cfg, self.eops, active_recorder()
+
+        def attend(qkv: np.ndarray, qkv_bias: np.ndarray, out: dict) -> np.ndarray:
+            def run(hole_arg: tuple) -> None:
+                starts, lengths, bias = hole_arg
+                eops.attention(qkv, qkv_bias, cfg.n_head, cfg.head_dim, starts, lengths, self.scale, bias, **out)
+
+            rec.hole(run)
+            return out["out"]
+
+        self._stack(arena.rows("tokens", cfg.hidden), arena.rows("pos", cfg.hidden), attend, None, arena)
+
+    def _program_steps(self) -> int:
+        return 1 + sum(OPS_PER_LAYER + (not self.eops.fuses_gelu(layer.w_down)) for layer in self.layers)
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """CLS row or mean of each sequence's rows (new arrays: ``x`` may be an arena's)."""
@@ -440,9 +513,10 @@ class BertEncoderModel:
             return np.ascontiguousarray(x[bounds[:-1]])
         return ops.mean_rows(x, bounds, lengths)
 
-    def _stack(self, tokens, pos, bounds, lengths, bias, probe=None, arena: Arena | None = None) -> np.ndarray:
+    def _stack(self, tokens, pos, attend: Callable, probe=None, arena: Arena | None = None) -> np.ndarray:
         """The embedding LayerNorm and every block over the token embeddings (into ``arena``'s
-        buffers when given); returns the last hidden states."""
+        buffers when given), ``attend`` being each layer's attention; returns the last hidden
+        states."""
         cfg = self.cfg
         type0 = self.type0 if self.type0 is not None else self._zeros
         first_ext = self.layers[0].qkv_ext if self.layers else None
@@ -450,7 +524,7 @@ class BertEncoderModel:
         x, xe = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_ext, **buffers)
         for il, layer in enumerate(self.layers):
             nxt = self.layers[il + 1].qkv_ext if il + 1 < len(self.layers) else None
-            x, xe = self._layer(x, xe, layer, bounds, lengths, bias, nxt, probe, arena)
+            x, xe = self._layer(x, xe, layer, attend, nxt, probe, arena)
         return x
 
     def _program(
@@ -470,10 +544,17 @@ class BertEncoderModel:
         pos = arena.rows("pos", self.cfg.hidden)
         pos[...] = self.position_embd[positions]
         tokens = arena.rows("tokens", self.cfg.hidden)
-        forward = lambda: self._stack(tokens, pos, bounds, lengths, bias, None, arena)  # noqa: E731
-        steps = 1 + sum(OPS_PER_LAYER + (not self.eops.fuses_gelu(layer.w_down)) for layer in self.layers)
+        attend = self._attention(bounds, lengths, bias)
+        forward = lambda: self._stack(tokens, pos, attend, None, arena)  # noqa: E731
         recorded = self._program_cache.record(
-            key, forward, self.ops.lib.isa, steps, arena, (bounds, lengths, bias), MAX_PROGRAMS, self.cfg.arch
+            key,
+            forward,
+            self.ops.lib.isa,
+            self._program_steps(),
+            arena,
+            (bounds, lengths, bias),
+            MAX_PROGRAMS,
+            self.cfg.arch,
         )
         if recorded is None:  # no runner here, or an op ran outside the kernels: stay on the ops
             self.max_program_tokens = 0
@@ -484,9 +565,7 @@ class BertEncoderModel:
         x: np.ndarray,
         xe: np.ndarray | None,
         layer: _Layer,
-        bounds: np.ndarray,
-        lengths: np.ndarray,
-        bias: np.ndarray | None,
+        attend: Callable,
         ext_out: ExtendBlocks | None,
         probe: _BlockErrors | None = None,
         arena: Arena | None = None,
@@ -500,9 +579,8 @@ class BertEncoderModel:
             probe((layer.il, "attn_qkv"), x)
         # the QKV product is a temporary: held past attention, its pages would stay taken and
         # the products after it would write into freshly mapped ones
-        heads = (cfg.n_head, cfg.head_dim, bounds[:-1], lengths, self.scale, bias)
         qkv = layer.w_qkv(x if xe is None else xe, **_out(arena, "qkv", layer.w_qkv))
-        attn = eops.attention(qkv, layer.b_qkv, *heads, **_out(arena, "attn", cfg.hidden))
+        attn = attend(qkv, layer.b_qkv, _out(arena, "attn", cfg.hidden))
         o = layer.wo(attn, **_out(arena, "o", layer.wo))
         norm = _norm_buffers(arena, cfg.hidden, "x1", "xe_up", layer.up_ext)
         x1, xe1 = eops.residual_norm(o, layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext, **norm)

@@ -1,10 +1,16 @@
-"""Recorded forward passes of a model, one per sequence-length tuple (``codegen.program``).
+"""Recorded forward passes of a model (``codegen.program``).
 
 A model whose short batches run as step programs records the layer stack once per tuple of
 sequence lengths over preallocated activations (its arena) and replays it afterwards. What
 every such model shares lives here: the least-recently-used table of recorded passes, the
 check that a recording is complete (else the model stays on its op sequence), and the
 one-run-at-a-time rule of a program (a caller that finds it busy runs the ops itself).
+
+Longer batches rarely repeat a length tuple, but their shape-dependent ops (products, norms)
+depend only on the token count. ``BucketedPasses`` records those once per token count
+rounded up to ``BUCKET_TOKENS`` (the model pads a pass with one extra sequence), leaves the
+length-dependent ops (attention) as holes of the program (``Recorder.hole``), and keeps
+every such program over one shared arena.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.program import Program
+from embedpipe.runtime.arena import Arena
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,9 @@ log = logging.getLogger(__name__)
 PROGRAM_MAX_TOKENS = 128
 MAX_PROGRAMS = 64
 MAX_PROGRAM_BYTES = 64 << 20
+#: Passes of more tokens than PROGRAM_MAX_TOKENS run as the program of their token count
+#: rounded up to a multiple of this (``BucketedPasses``): at most this many padded rows.
+BUCKET_TOKENS = 16
 
 
 def held_bytes(*roots: object) -> int:
@@ -65,6 +75,8 @@ class RecordedPass:
     """A step program with the arena and everything else its words point at (``keep``)."""
 
     def __init__(self, program: Program, arena: Any, keep: object = None):
+        """``arena`` None: the caller keeps the activations (``BucketedPasses``), and they are
+        not counted in ``nbytes``."""
         self.program, self.arena, self.keep = program, arena, keep
         self.nbytes = held_bytes(arena, keep, program.keep, program.table, program.counters, program._words)
         self._lock = threading.Lock()
@@ -124,3 +136,64 @@ class ProgramCache:
             while len(self.programs) > 1 and (len(self.programs) > limit or held > MAX_PROGRAM_BYTES):
                 held -= self.programs.popitem(last=False)[1].nbytes
         return recorded
+
+
+class BucketedPasses:
+    """Recorded passes keyed by a token count that is a multiple of BUCKET_TOKENS, all over
+    one arena of ``capacity`` rows (made on first use), least recently used dropped first.
+
+    ``run`` replays the program of a bucket (recording it first) with ``hole_arg`` for its
+    holes; one run at a time, as the arena is shared: a caller that finds it busy, a bucket
+    over the capacity, or a recording that failed gets None and runs the ops itself.
+    """
+
+    def __init__(self, capacity: int, limit: int = MAX_PROGRAMS):
+        self.capacity, self.limit = capacity, limit
+        self.arena: Arena | None = None
+        self.cache = ProgramCache()
+        self.failed = False
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def bucket(t: int) -> int:
+        return -(-t // BUCKET_TOKENS) * BUCKET_TOKENS
+
+    def run(
+        self,
+        t: int,
+        record: Callable[[Arena], object],
+        ops: int,
+        isa: IsaSpec | None,
+        threads: int,
+        load: Callable[[Arena], object],
+        result: Callable[[Arena], np.ndarray],
+        hole_arg: object,
+        name: str,
+    ) -> np.ndarray | None:
+        """``record(arena)`` runs the ops of a ``t``-row pass over ``arena`` (``t`` a bucket);
+        ``load(arena)`` writes a pass's inputs, ``result(arena)`` reads its output."""
+        if self.failed or t > self.capacity or t % BUCKET_TOKENS or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self.arena is None:
+                self.arena = Arena(self.capacity)
+            arena = self.arena
+            arena.t = t
+            recorded = self.cache.get(t)
+            if recorded is None:
+                recorded = self.cache.record(t, lambda: record(arena), isa, ops, None, None, self.limit, name)
+                if recorded is None:
+                    self.failed = True
+                    return None
+            load(arena)
+            recorded.program.run(threads, hole_arg)
+            return result(arena)
+        finally:
+            self._lock.release()
+
+    @property
+    def held_bytes(self) -> int:
+        """The shared arena and every recorded program's own buffers."""
+        with self.cache._lock:
+            programs = sum(p.nbytes for p in self.cache.programs.values())
+        return programs + (self.arena.nbytes if self.arena is not None else 0)

@@ -9,7 +9,7 @@ import pytest
 
 from embedpipe.codegen import KernelInputError, fused, get_kernel_library, runnable_isas
 from embedpipe.codegen.ir_attention import attention, attention_reference
-from embedpipe.codegen.kernel import recording
+from embedpipe.codegen.kernel import active_recorder, recording
 from embedpipe.codegen.program import Program
 from embedpipe.codegen.quant_formats import aligned_empty
 
@@ -52,9 +52,10 @@ class _Layer:
             "final": rows(self.k),
         }
 
-    def forward(self, lib, x, cos, sin, t: int, bufs: dict | None = None) -> dict:
+    def forward(self, lib, x, cos, sin, t: int, bufs: dict | None = None, attend=None) -> dict:
         """Norm → QKV → q/k norm + RoPE → windowed attention → Wo → residual + norm → gate|up →
-        GELU·up → down → residual + output norm, into ``bufs`` when given."""
+        GELU·up → down → residual + output norm, into ``bufs`` when given; ``attend(q, k, v,
+        out)`` replaces the attention of one sequence of ``t`` rows."""
         b = bufs or {}
 
         def out(name):
@@ -67,7 +68,10 @@ class _Layer:
             lib, qkv, self.qw, self.kw, cos, sin, self.n_q, self.n_kv, self.d, self.d, EPS, **heads
         )
         cache: dict = {}
-        attn = attention(q, k, v, [0], [t], 4, threads=lib.threads, isa=lib.isa, cache=cache, **out("attn"))
+        if attend is None:
+            attn = attention(q, k, v, [0], [t], 4, threads=lib.threads, isa=lib.isa, cache=cache, **out("attn"))
+        else:
+            attn = attend(q, k, v, out("attn"))
         o = self.wo(attn, **out("o"))
         x_kw = {"x_out": b["xb"]} if "xb" in b else {}
         x2, gate_up = fused.norm_matmul(self.w_gate_up, x1, o, n2, n3, EPS, **x_kw, **out("gate_up"))
@@ -144,6 +148,45 @@ def test_eager_calls_follow_the_numpy_twins(t):
     n1, _, _, n4 = layer.norms
     want_final = fused.add_norm_reference(got["x2"], got["f"], n4, n1, EPS)
     np.testing.assert_allclose(got["final"], want_final, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_hole_runs_between_the_recorded_steps_with_each_replays_argument(threads):
+    """The attention of a recorded layer left as a hole: every replay runs the steps before
+    it, then the hole's call with that replay's sequence split, then the steps after; each
+    replay equals the eager layer with the same split."""
+    lib = get_kernel_library(threads=threads)
+    rng = np.random.default_rng(11)
+    layer = _Layer(lib, rng)
+    t = 33
+    x, cos, sin = _inputs(rng, t, layer)
+    splits = [([0], [t]), ([0, 20], [20, 13]), ([0, 1, 2], [1, 1, 31])]
+
+    def split_attention(split):
+        def attend(q, k, v, out):
+            return attention(q, k, v, *split, 4, threads=lib.threads, isa=lib.isa, **out)
+
+        return attend
+
+    wants = [layer.forward(lib, x, cos, sin, t, attend=split_attention(s))["final"] for s in splits]
+    bufs = layer.buffers(t)
+    calls: list = []
+
+    def hole_attention(q, k, v, out):
+        def run(split):
+            calls.append(split)
+            attention(q, k, v, *split, 4, threads=lib.threads, isa=lib.isa, **out)
+
+        active_recorder().hole(run)
+        return out["out"]
+
+    program = Program.record(lambda: layer.forward(lib, x, cos, sin, t, bufs, attend=hole_attention), lib.isa)
+    assert program is not None and program.steps == 6 and program.ops == 7 and not calls
+    for split, want in zip(splits + splits[::-1], wants + wants[::-1]):
+        bufs["final"].fill(np.nan)
+        program.run(threads, split)
+        np.testing.assert_array_equal(bufs["final"], want)
+    assert calls == splits + splits[::-1]
 
 
 def test_program_owns_its_scratch():

@@ -128,3 +128,48 @@ def test_concurrent_long_passes_get_the_same_vectors(models):
     """Eager passes on four threads at once each borrow their own arena."""
     model = models("bert")
     assert_concurrent_callers_agree(model, _seqs(model, (40, 41, 42, 43)), rounds=8)
+
+
+# passes over PROGRAM_MAX_TOKENS: three compositions of one 16-token bucket (145..160), one of
+# a bucket it fills exactly (no padding sequence), one of another bucket
+BUCKETED = [(40, 41, 42, 22), (45, 46, 47, 12), (33, 34, 35, 36, 1, 1, 1, 4), (40, 40, 40, 40), (60, 61, 62, 63)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_long_passes_replay_their_buckets_program(models, name, threads):
+    """Every composition equals the op sequence bit for bit; passes of one bucket share its
+    program (the pad rows are one more sequence, whose output no vector reads)."""
+    model = models(name, threads=threads)
+    model._buckets.cache.programs.clear()
+    model._programs.clear()
+    for lengths in BUCKETED + BUCKETED[:2]:
+        seqs = _seqs(model, lengths)
+        want = _eager(model, seqs)
+        np.testing.assert_array_equal(model.embed(seqs), want, err_msg=str(lengths))
+    assert sorted(model._buckets.cache.programs) == [160, 256]
+    assert not model._programs
+
+
+def test_a_busy_bucket_and_a_pass_over_its_capacity_run_the_ops(models):
+    model = models("bert")
+    seqs = _seqs(model, (50, 50, 50))
+    want = _eager(model, seqs)
+    model._buckets.cache.programs.clear()
+    with model._buckets._lock:
+        np.testing.assert_array_equal(model.embed(seqs), want)
+    assert not model._buckets.cache.programs
+    capacity, model._buckets.capacity = model._buckets.capacity, 144
+    try:
+        np.testing.assert_array_equal(model.embed(seqs), want)
+        assert not model._buckets.cache.programs
+    finally:
+        model._buckets.capacity = capacity
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    assert list(model._buckets.cache.programs) == [160]
+
+
+def test_concurrent_bucketed_passes_get_the_same_vectors(models):
+    """One caller at a time replays the shared-arena program; the others run the ops."""
+    model = models("mpnet")
+    assert_concurrent_callers_agree(model, _seqs(model, (40, 41, 42, 43)), rounds=8)
