@@ -10,27 +10,23 @@ padding_idx + 1.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import gguf
 import numpy as np
 
-from embedpipe.codegen.encoder_fused import QK, ExtendBlocks, grid_reference
+from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
 from embedpipe.codegen.kernel import active_recorder
-from embedpipe.codegen.library import KernelInputError
 from embedpipe.codegen.prepared import PreparedMatmul
-from embedpipe.errors import ModelFileError
-from embedpipe.runtime import bench_texts, encoder_ops, ops
-from embedpipe.runtime import bert_names as bn
+from embedpipe.runtime import bert_extend, encoder_ops, ops
 from embedpipe.runtime.arena import Arena, ArenaPool
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
+from embedpipe.runtime.bert_config import EncoderConfig, validate_tensors
+from embedpipe.runtime.bert_extend import EXTENDED_INPUT_PRODUCTS, BlockErrors, extend_columns
 from embedpipe.runtime.gemma_embedding import fuse_rows
-from embedpipe.runtime.gguf_file import DerivedTensor, GGUFModelFile, WeightTensor
+from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
 from embedpipe.runtime.step_programs import (
     MAX_PROGRAMS,
     PROGRAM_MAX_TOKENS,
@@ -39,8 +35,6 @@ from embedpipe.runtime.step_programs import (
     RecordedPass,
 )
 from embedpipe.runtime.tokenizer import load_tokenizer
-
-POOLING: dict[int, str] = {int(gguf.PoolingType.MEAN): "mean", int(gguf.PoolingType.CLS): "cls"}
 
 #: Tokens per forward pass: a batch with more runs as consecutive passes of whole sequences.
 #: Every activation of a pass then stays in the caches, and no allocation is big enough to be
@@ -53,97 +47,6 @@ PASS_TOKENS = 512
 #: longer ones replay the program of their token-count bucket, with each layer's attention
 #: (which depends on the sequence lengths) called between its recorded steps.
 OPS_PER_LAYER = 7
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    arch: str
-    n_layers: int
-    hidden: int
-    n_head: int
-    ffn: int
-    vocab: int
-    n_positions: int
-    eps: float
-    pooling: str
-    max_seq_length: int
-    position_offset: int
-    n_buckets: int
-    max_distance: int
-    dims: tuple[int, ...]
-
-    @classmethod
-    def from_gguf(cls, mf: GGUFModelFile) -> EncoderConfig:
-        arch = mf.architecture
-        if arch not in bn.ARCHITECTURES:
-            raise ModelFileError(f"{mf.path}: architecture {arch!r} is not a BERT-family encoder")
-        p = f"{arch}."
-        pooling_id = int(mf.get(p + "pooling_type", int(gguf.PoolingType.MEAN)))
-        if pooling_id not in POOLING:
-            raise ModelFileError(f"{mf.path}: pooling type {pooling_id} is not supported (mean or CLS)")
-        embd = mf.tensors.get("token_embd.weight")
-        hidden = int(mf.require(p + "embedding_length"))
-        offset = int(mf.get(bn.KEY_POSITION_OFFSET, 0))
-        n_positions = int(mf.require(p + "context_length"))
-        max_seq = int(mf.get(bn.KEY_MAX_SEQ, n_positions - offset))
-        if not 0 < max_seq <= n_positions - offset:
-            raise ModelFileError(f"{mf.path}: {bn.KEY_MAX_SEQ} {max_seq} exceeds the {n_positions - offset} positions")
-        dims = tuple(int(d) for d in (mf.get(bn.KEY_DIMS) if mf.get(bn.KEY_DIMS) is not None else [hidden]))
-        if not dims or any(not 0 < d <= hidden for d in dims):
-            raise ModelFileError(f"{mf.path}: {bn.KEY_DIMS} {list(dims)} not in 1..{hidden}")
-        return cls(
-            arch=arch,
-            n_layers=int(mf.require(p + "block_count")),
-            hidden=hidden,
-            n_head=int(mf.require(p + "attention.head_count")),
-            ffn=int(mf.require(p + "feed_forward_length")),
-            vocab=embd.shape[0] if embd is not None else 0,
-            n_positions=n_positions,
-            eps=float(mf.get(p + "attention.layer_norm_epsilon", 1e-12)),
-            pooling=POOLING[pooling_id],
-            max_seq_length=max_seq,
-            position_offset=offset,
-            n_buckets=int(mf.get(bn.KEY_REL_BUCKETS, 32)) if arch == "mpnet" else 0,
-            max_distance=int(mf.get(bn.KEY_REL_MAX_DISTANCE, bn.MPNET_REL_MAX_DISTANCE)),
-            dims=dims,
-        )
-
-    @property
-    def family(self) -> bn.Family:
-        return bn.ARCHITECTURES[self.arch]
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.n_head
-
-    def hparams(self) -> bn.BertHParams:
-        return bn.BertHParams(
-            self.n_layers,
-            self.hidden,
-            self.ffn,
-            self.n_head,
-            self.vocab,
-            self.n_positions,
-            0,
-            self.eps,
-            self.n_buckets,
-            self.position_offset,
-        )
-
-
-def validate_tensors(mf: GGUFModelFile, cfg: EncoderConfig) -> None:
-    if cfg.n_head <= 0 or cfg.hidden % cfg.n_head:
-        raise ModelFileError(f"{mf.path}: {cfg.hidden} hidden is not a multiple of {cfg.n_head} heads")
-    expected = bn.expected_shapes(cfg.family, cfg.hparams())
-    for name, shape in expected.items():
-        tensor = mf.tensors.get(name)
-        if tensor is None:
-            raise ModelFileError(f"{mf.path}: missing tensor {name}")
-        if name == "token_types.weight":
-            if len(tensor.shape) != 2 or tensor.shape[1] != cfg.hidden or tensor.shape[0] < 1:
-                raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}")
-        elif tuple(tensor.shape) != tuple(shape):
-            raise ModelFileError(f"{mf.path}: tensor {name} has shape {tensor.shape}, expected {shape}")
 
 
 def token_passes(lengths: list[int], budget: int) -> list[tuple[int, int]]:
@@ -188,62 +91,6 @@ def _prepare(backend: Backend, name: str, tensors: list[WeightTensor]) -> Callab
 def _quantizes_input(product: object) -> bool:
     """Whether a prepared product quantizes its activations to int8 (the integer kernels)."""
     return getattr(product, "family", None) == "int"
-
-
-#: Products whose input is a LayerNorm output. Quantizing those activations to int8 per
-#: 32-element block (as the integer kernels do) costs ~0.001 of cosine to sentence-transformers
-#: over the 12 of them in MiniLM, and most of it sits in a few blocks: those holding the
-#: features with outlier magnitudes, the same in every layer. So on the integer kernels these
-#: products take their input extended by the residuals of its worst blocks
-#: (``codegen.encoder_fused``, made by the LayerNorm kernel that produces the input) and a
-#: weight extended by those blocks' columns; the others (attention output, FFN down) take
-#: plain int8 activations.
-EXTENDED_INPUT_PRODUCTS: tuple[str, ...] = ("attn_qkv", "ffn_up")
-
-#: Blocks extended per product input: within 1e-4 of cosine to sentence-transformers of
-#: extending every block (the full two-level split, twice the multiply-adds) on the golden
-#: texts, for MiniLM (2 of 12 blocks) and MPNet (2 of 24).
-EXTENDED_BLOCKS = 2
-
-#: Calibration text that ranks the blocks at load (a pass of ~250 tokens): plain English, as
-#: random token ids are not: their activations miss outlier features real text has, and the
-#: blocks they pick cost ~0.0008 of the worst golden cosine. Different English sentences pick
-#: the same blocks.
-CALIBRATION_TEXTS: tuple[str, ...] = bench_texts.SENTENCES[:12]
-
-
-#: ``family`` of the weight-cache entry that records the calibration's blocks.
-EXTENSIONS_FAMILY = "encoder-extended-blocks"
-
-
-def extend_columns(tensor: WeightTensor | DerivedTensor, extend: ExtendBlocks) -> DerivedTensor:
-    """``[W | W_sel]``: each row followed by its stored blocks at the selected columns (whole
-    32-element blocks, bytes copied: the same values, no requantization)."""
-    n, k = tensor.shape
-    size = GGML_QUANT_SIZES[tensor.qtype][1]
-
-    def build() -> np.ndarray:
-        blocks = tensor.rows().reshape(n, k // QK, size)
-        return np.concatenate([blocks, blocks[:, extend.array]], axis=1).reshape(-1)
-
-    name = f"{tensor.name}+lo{'.'.join(str(i) for i in extend.blocks)}"
-    return DerivedTensor(name, tensor.qtype, (n, extend.ext_width), build)
-
-
-class _BlockErrors:
-    """Per product input, the squared Q8_0 quantization error of each 32-element block summed
-    over the calibration tokens."""
-
-    def __init__(self) -> None:
-        self.energy: dict[tuple[int, str], np.ndarray] = {}
-
-    def __call__(self, key: tuple[int, str], x: np.ndarray) -> None:
-        err = (x - grid_reference(x)).reshape(len(x), -1, QK)
-        self.energy[key] = self.energy.get(key, 0) + np.einsum("tbk,tbk->b", err, err, dtype=np.float64)
-
-    def worst(self, key: tuple[int, str], count: int) -> list[int]:
-        """The ``count`` blocks with the most error, in block order."""
-        return sorted(np.argsort(-self.energy[key], kind="stable")[:count].tolist())
 
 
 class _Layer:
@@ -317,7 +164,7 @@ class BertEncoderModel:
         self._arenas: ArenaPool | None = None
         self._program_cache = ProgramCache()
         self._programs = self._program_cache.programs
-        known = self._cached_extensions()
+        known = bert_extend.cached_extensions(getattr(backend, "weight_cache", None), self.cfg)
         with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
             self.layers = list(
                 pool.map(lambda il: _Layer(mf, il, backend, known[il] if known else {}), range(self.cfg.n_layers))
@@ -337,53 +184,15 @@ class BertEncoderModel:
         in the backend's weight cache, so a warm load skips the tokenizer and the pass)."""
         wanted = [(layer, p) for layer in self.layers for p in EXTENDED_INPUT_PRODUCTS if layer.extendable(p)]
         if wanted and self.cfg.hidden % QK == 0:
-            ids = load_tokenizer(mf).encode_batch(list(CALIBRATION_TEXTS))
+            ids = load_tokenizer(mf).encode_batch(list(bert_extend.CALIBRATION_TEXTS))
             top = self.cfg.max_seq_length
-            errors = _BlockErrors()
+            errors = BlockErrors()
             self._embed_pass([s if len(s) <= top else s[: top - 1] + s[-1:] for s in ids], probe=errors)
-            count = min(EXTENDED_BLOCKS, self.cfg.hidden // QK)
+            count = min(bert_extend.EXTENDED_BLOCKS, self.cfg.hidden // QK)
             for layer, product in wanted:
                 blocks = errors.worst((layer.il, product), count)
                 layer.extend(self.backend, product, ExtendBlocks(self.cfg.hidden, blocks))
-        self._remember_extensions()
-
-    def _extensions_key(self) -> tuple[str, int, tuple[int, ...]]:
-        """Weight-cache entry (name, type, shape) of the calibration's choice: the name changes
-        with what decides it (block count, calibration text)."""
-        digest = hashlib.sha256("\n".join((str(EXTENDED_BLOCKS), *CALIBRATION_TEXTS)).encode()).hexdigest()[:16]
-        shape = (self.cfg.n_layers, len(EXTENDED_INPUT_PRODUCTS), EXTENDED_BLOCKS)
-        return f"encoder.extended_blocks#{digest}", 0, shape
-
-    def _cached_extensions(self) -> list[dict[str, ExtendBlocks | None]] | None:
-        """Per layer, the blocks each product is extended by, from the weight cache (None when
-        it has no record of this model's calibration)."""
-        cache = getattr(self.backend, "weight_cache", None)
-        hit = cache.get(*self._extensions_key()) if cache is not None else None
-        if hit is None or hit.family != EXTENSIONS_FAMILY or len(hit.arrays) != 1:
-            return None
-        known = []
-        try:
-            for row in hit.arrays[0]:
-                picked = [[int(i) for i in blocks if i >= 0] for blocks in row]
-                exts = [ExtendBlocks(self.cfg.hidden, p) if p else None for p in picked]
-                known.append(dict(zip(EXTENDED_INPUT_PRODUCTS, exts)))
-        except (KernelInputError, ValueError, TypeError):
-            return None
-        return known
-
-    def _remember_extensions(self) -> None:
-        cache = getattr(self.backend, "weight_cache", None)
-        if cache is None:
-            return
-        name, qtype, shape = self._extensions_key()
-        table = np.full(shape, -1, np.int64)
-        for layer in self.layers:
-            for j, ext in enumerate((layer.qkv_ext, layer.up_ext)):
-                if ext is not None:
-                    table[layer.il, j, : len(ext.blocks)] = ext.array
-        from embedpipe.runtime.weight_cache import CachedArrays
-
-        cache.put(name, qtype, shape, CachedArrays(EXTENSIONS_FAMILY, (table,)))
+        bert_extend.remember_extensions(getattr(self.backend, "weight_cache", None), self.cfg, self.layers)
 
     @property
     def out_dim(self) -> int:
@@ -413,7 +222,7 @@ class BertEncoderModel:
             return self._embed_pass(seqs)
         return np.concatenate([self._embed_pass(seqs[a:b]) for a, b in passes])
 
-    def _embed_pass(self, seqs: list[list[int]], probe: _BlockErrors | None = None) -> np.ndarray:
+    def _embed_pass(self, seqs: list[list[int]], probe: BlockErrors | None = None) -> np.ndarray:
         cfg = self.cfg
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
         if (lengths == 0).any():
@@ -567,7 +376,7 @@ class BertEncoderModel:
         layer: _Layer,
         attend: Callable,
         ext_out: ExtendBlocks | None,
-        probe: _BlockErrors | None = None,
+        probe: BlockErrors | None = None,
         arena: Arena | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One block: x (S, hidden) and, when this layer's QKV product takes extended rows, their

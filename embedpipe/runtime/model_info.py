@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from embedpipe.runtime import bert
+from embedpipe.runtime import bert_config
 from embedpipe.runtime.gemma_embedding import GemmaEmbeddingConfig, validate_tensors
 from embedpipe.runtime.gguf_file import GGUFModelFile
 
@@ -23,8 +23,8 @@ def _gemma(mf: GGUFModelFile) -> dict[str, Any]:
 
 
 def _encoder(mf: GGUFModelFile) -> dict[str, Any]:
-    cfg = bert.EncoderConfig.from_gguf(mf)
-    bert.validate_tensors(mf, cfg)
+    cfg = bert_config.EncoderConfig.from_gguf(mf)
+    bert_config.validate_tensors(mf, cfg)
     return {"hyperparameters": asdict(cfg)}
 
 

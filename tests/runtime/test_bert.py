@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer as HFTokenizer
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError
-from embedpipe.runtime import bert
+from embedpipe.runtime import bert, bert_extend
 from embedpipe.runtime import bert_names as bn
 from embedpipe.runtime.backends import dequantize
 from embedpipe.runtime.bert import token_passes
@@ -253,11 +253,11 @@ def test_jit_q8_forward_is_the_extended_block_scheme(name, ggufs, monkeypatch) -
     """The JIT Q8_0 forward (QKV and FFN-up on rows extended by their worst block's residual,
     the other products on plain int8 rows) equals the numpy oracle fed the same quantized
     activations; the extension picks the calibration's worst block of each product input."""
-    monkeypatch.setattr(bert, "EXTENDED_BLOCKS", 1)  # of the 2 blocks of these 64-wide models
+    monkeypatch.setattr(bert_extend, "EXTENDED_BLOCKS", 1)  # of the 2 blocks of these 64-wide models
     jit = Embedder.load(ggufs[(name, "q8_0")], backend="jit")
     oracle = Embedder.load(ggufs[(name, "q8_0")], backend="numpy")
-    errors = bert._BlockErrors()
-    calibration = [s[: jit.max_tokens] for s in jit.tokenizer.encode_batch(list(bert.CALIBRATION_TEXTS))]
+    errors = bert_extend.BlockErrors()
+    calibration = [s[: jit.max_tokens] for s in jit.tokenizer.encode_batch(list(bert_extend.CALIBRATION_TEXTS))]
     oracle.model._embed_pass(calibration, probe=errors)
     for lj, ln in zip(jit.model.layers, oracle.model.layers):
         assert ln.qkv_ext is None and ln.up_ext is None  # fp32 products: nothing to extend
@@ -283,6 +283,6 @@ def test_a_warm_load_takes_the_calibrated_blocks_from_the_weight_cache(ggufs, tm
     assert [(layer.qkv_ext.blocks, layer.up_ext.blocks) for layer in warm.model.layers] == picked
     np.testing.assert_array_equal(warm.encode(TEXTS), cold.encode(TEXTS))
     # a changed calibration recipe is another entry: calibrated again
-    monkeypatch.setattr(bert, "EXTENDED_BLOCKS", 1)
+    monkeypatch.setattr(bert_extend, "EXTENDED_BLOCKS", 1)
     with pytest.raises(AssertionError, match="calibration pass"):
         Embedder.load(ggufs[("mpnet", "q8_0")], backend="jit")

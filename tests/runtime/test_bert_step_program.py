@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedpipe.runtime import bert
+from embedpipe.runtime import bert, bert_extend
 from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from tests.runtime.bert_checkout_builder import build_bert_checkout, build_mpnet_checkout
@@ -97,7 +97,7 @@ def test_long_passes_and_calibration_run_the_ops(models):
     model._programs.clear()
     model.embed([[5] * 43] * 3)  # 129 tokens: over the limit
     assert not model._programs
-    errors = bert._BlockErrors()
+    errors = bert_extend.BlockErrors()
     model._embed_pass([[7, 8, 9]], probe=errors)
     assert not model._programs and errors.energy
 
