@@ -161,7 +161,9 @@ class WordPieceTokenizer:
         # (a query) the hand-off costs more than encoding them here one by one
         if sum(map(len, texts)) < PARALLEL_ENCODE_MIN_CHARS:
             return [self._hf.encode(text, add_special_tokens=add_special).ids for text in texts]
-        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=add_special)]
+        # ``encode_batch_fast`` (tokenizers >= 0.21) skips the character offsets nobody reads
+        batch = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)
+        return [e.ids for e in batch(list(texts), add_special_tokens=add_special)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
