@@ -189,6 +189,31 @@ def test_a_hole_runs_between_the_recorded_steps_with_each_replays_argument(threa
     assert calls == splits + splits[::-1]
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_steps_of_few_and_of_many_items_run_every_item_once(threads):
+    """Steps of at most 64 items are claimed by bit (each thread its own index first), longer
+    ones by counter: either way every item runs once, whatever the thread count."""
+    rng = np.random.default_rng(5)
+    x, y = (rng.standard_normal((140, 1024)).astype(np.float32) for _ in range(2))
+    w_post, w = (rng.random(1024).astype(np.float32) + 0.5 for _ in range(2))
+    want = fused.add_norm(get_kernel_library(threads=1), x, y, w_post, w, EPS)
+    outs = [np.full_like(x, np.nan) for _ in range(2)]
+    libs = [get_kernel_library(threads=5), get_kernel_library(threads=70)]  # steps of 5 and of 70 items
+
+    def forward():
+        for lib, out in zip(libs, outs):
+            fused.add_norm(lib, x, y, w_post, w, EPS, out=out)
+
+    program = Program.record(forward)
+    assert [len(words) for words in program._words] == [5, 70]
+    for _ in range(2):
+        for out in outs:
+            out.fill(np.nan)
+        program.run(threads)
+        for out in outs:
+            np.testing.assert_array_equal(out, want)
+
+
 def test_program_owns_its_scratch():
     """Eager calls after recording (a larger product reallocates this thread's scratch) leave
     the program's buffers alone."""
