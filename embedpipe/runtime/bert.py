@@ -176,7 +176,7 @@ class BertEncoderModel:
         self.max_program_tokens = PROGRAM_MAX_TOKENS if recordable else 0
         # eager passes write into a borrowed arena when every op takes output buffers
         self._arenas = ArenaPool() if recordable else None
-        self._buckets = BucketedPasses(BucketedPasses.bucket(PASS_TOKENS)) if recordable else None
+        self._buckets = BucketedPasses() if recordable else None
 
     def _extend_inputs(self, mf: GGUFModelFile) -> None:
         """Rank the blocks of each extendable product's input by their quantization error on a

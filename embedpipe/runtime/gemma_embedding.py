@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
+from embedpipe.codegen.kernel import active_recorder
 from embedpipe.codegen.quant_formats import FORMATS
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
@@ -21,7 +22,13 @@ from embedpipe.runtime.arena import Arena, ArenaPool
 from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
 from embedpipe.runtime.gguf_file import REPAIR_HINT, DerivedTensor, GGUFModelFile, WeightTensor
 from embedpipe.runtime.gguf_schema import tokenizer_problem
-from embedpipe.runtime.step_programs import MAX_PROGRAMS, PROGRAM_MAX_TOKENS, ProgramCache, RecordedPass
+from embedpipe.runtime.step_programs import (
+    MAX_PROGRAMS,
+    PROGRAM_MAX_TOKENS,
+    BucketedPasses,
+    ProgramCache,
+    RecordedPass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,9 @@ MATRYOSHKA_DIMS: tuple[int, ...] = (768, 512, 256, 128)
 # Batches of at most PROGRAM_MAX_TOKENS tokens run the layer stack as one recorded step
 # program (``runtime.step_programs``: one native call instead of six driver calls and forks
 # per layer), kept per sequence-length tuple, the least recently used dropped beyond
-# MAX_PROGRAMS or ``step_programs.MAX_PROGRAM_BYTES``.
+# MAX_PROGRAMS or ``step_programs.MAX_PROGRAM_BYTES``. Longer batches replay the program of
+# their token-count bucket (``BucketedPasses``), each layer's attention called between its
+# recorded steps.
 OPS_PER_LAYER = 6
 
 
@@ -243,6 +252,7 @@ class GemmaEmbeddingModel:
         self.max_program_tokens = PROGRAM_MAX_TOKENS if fused else 0
         # Only fused ops write into given buffers; the others allocate their results.
         self._arenas = ArenaPool() if fused else None
+        self._buckets = BucketedPasses() if fused else None
         self._program_cache = ProgramCache()
         self._programs = self._program_cache.programs
 
@@ -279,15 +289,73 @@ class GemmaEmbeddingModel:
             )
         if x is not None:  # only JIT kernels ran and run: no BLAS thread limits to set
             return self._pool(x, bounds, lengths)
+        if recorded is None and self.max_program_tokens and self._buckets is not None:
+            pooled = self._run_bucketed(embedded, lengths, bounds, positions)
+            if pooled is not None:
+                return pooled
         with self.ops.session():
-            plan = _AttentionPlan(bounds, lengths)
+            attend = self._attention(_AttentionPlan(bounds, lengths))
             tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
             if self._arenas is None:
-                return self._pool(self._stack(embedded * self.embed_scale, tables, plan), bounds, lengths)
+                return self._pool(self._stack(embedded * self.embed_scale, tables, attend), bounds, lengths)
             with self._arenas.take(ids.size) as memory:
                 arena = _Arena(cfg, memory)
                 np.multiply(embedded, self.embed_scale, out=arena.x0)
-                return self._pool(self._stack(arena.x0, tables, plan, arena), bounds, lengths)
+                return self._pool(self._stack(arena.x0, tables, attend, arena), bounds, lengths)
+
+    def _attention(self, plan: _AttentionPlan):
+        """``attend(q, k, v, half_window, out_kwargs)``: every layer's attention over ``plan``."""
+        return lambda q, k, v, half_window, out: self.ops.attention(q, k, v, plan, half_window, **out)
+
+    def _run_bucketed(
+        self, embedded: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray | None:
+        """The batch as the program of its token-count bucket (``BucketedPasses``): the rows up
+        to the bucket are one more sequence (token 0 at the first positions), whose output no
+        vector reads; the layers' attention runs over every sequence between the steps. None
+        when the bucket's program is busy or cannot be had."""
+        t = len(embedded)
+        pad = BucketedPasses.bucket(t) - t
+        if pad:
+            embedded = np.concatenate([embedded, dequantize_rows(self.token_embd, np.zeros(pad, np.int64))])
+            positions = np.concatenate([positions, np.arange(pad)])
+        plan = _AttentionPlan(
+            np.append(bounds, t + pad) if pad else bounds, np.append(lengths, pad) if pad else lengths
+        )
+
+        def load(memory: Arena) -> None:
+            np.multiply(embedded, self.embed_scale, out=memory.rows("x0", self.cfg.hidden))
+            for theta, (cos, sin) in self._rope_rows(memory).items():
+                np.copyto(cos, self.rope[theta].tables(positions)[0])
+                np.copyto(sin, self.rope[theta].tables(positions)[1])
+
+        return self._buckets.run(
+            t + pad,
+            self._record_bucket,
+            OPS_PER_LAYER * self.cfg.n_layers + 1,
+            self.ops.lib.isa,
+            self.ops.threads,
+            load,
+            lambda memory: self._pool(memory.rows("final", self.cfg.hidden), bounds, lengths),
+            plan,
+            ARCH,
+        )
+
+    def _rope_rows(self, memory: Arena) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        """Per RoPE base, the (cos, sin) rows a bucketed pass's positions are written into."""
+        half = self.cfg.head_dim // 2
+        return {theta: (memory.rows(f"cos{theta}", half), memory.rows(f"sin{theta}", half)) for theta in self.rope}
+
+    def _record_bucket(self, memory: Arena) -> None:
+        """The layer stack over ``memory``'s rows (recorded by ``BucketedPasses``), each
+        attention a hole that runs over the plan a replay passes in."""
+        arena, rec = _Arena(self.cfg, memory), active_recorder()
+
+        def attend(q, k, v, half_window, out: dict) -> np.ndarray:
+            rec.hole(lambda plan: self.ops.attention(q, k, v, plan, half_window, **out))
+            return out["out"]
+
+        self._stack(arena.x0, self._rope_rows(memory), attend, arena)
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Mean over each sequence's rows, then the dense head."""
@@ -296,9 +364,9 @@ class GemmaEmbeddingModel:
             pooled = proj(np.ascontiguousarray(pooled, dtype=np.float32))
         return pooled.astype(np.float32, copy=False)
 
-    def _stack(self, x: np.ndarray, tables, plan: _AttentionPlan, arena: _Arena | None = None) -> np.ndarray:
+    def _stack(self, x: np.ndarray, tables, attend, arena: _Arena | None = None) -> np.ndarray:
         """Every layer and the output norm over the embedded tokens ``x`` (into ``arena``'s
-        buffers when given)."""
+        buffers when given), ``attend`` being each layer's attention."""
         cfg = self.cfg
         # The residual stream is (x, f, w): the next layer's input is x + rms(f)·w, added
         # inside the kernel that normalizes and quantizes it (none before layer 0).
@@ -307,18 +375,18 @@ class GemmaEmbeddingModel:
             glob = cfg.is_global(il)
             cos, sin = tables[cfg.rope_global if glob else cfg.rope_local]
             hw = None if glob else cfg.sliding_window // 2
-            residual = self._layer(residual, layer, cos, sin, plan, hw, arena)
+            residual = self._layer(residual, layer, cos, sin, attend, hw, arena)
         x, f, w_post = residual
         return self.ops.add_norm(x, f, w_post, self.output_norm, cfg.eps, **_out(arena, "final"))
 
-    def _layer(self, residual, layer: _Layer, cos, sin, plan: _AttentionPlan, half_window: int | None, arena=None):
+    def _layer(self, residual, layer: _Layer, cos, sin, attend, half_window: int | None, arena=None):
         """One layer on the residual stream (x, f, w) (see ``_stack``); returns the next one."""
         ops_ = self.ops
         eps = self.cfg.eps
         x, qkv = ops_.norm_matmul(layer.w_qkv, *residual, layer.attn_norm, eps, **_norm_out(arena, residual[0], "qkv"))
         # q_norm carries the 1/sqrt(head_dim) query scale (a power of two for 256: exact).
         q, k, v = ops_.qk_norm_rope(qkv, layer.q_norm_scaled, layer.k_norm, cos, sin, self.heads, **_out(arena, "qkv3"))
-        attn = ops_.attention(q, k, v, plan, half_window, **_out(arena, "attn"))
+        attn = attend(q, k, v, half_window, _out(arena, "attn"))
         o = layer.wo(attn, **_out(arena, "o"))
         x, gate_up = ops_.norm_matmul(
             layer.w_gate_up, x, o, layer.post_attn_norm, layer.ffn_norm, eps, **_norm_out(arena, x, "gate_up")
@@ -336,7 +404,8 @@ class GemmaEmbeddingModel:
         plan = _AttentionPlan(bounds, lengths)
         tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
         steps = OPS_PER_LAYER * self.cfg.n_layers + 1
-        forward = lambda: self._stack(arena.x0, tables, plan, arena)  # noqa: E731
+        attend = self._attention(plan)
+        forward = lambda: self._stack(arena.x0, tables, attend, arena)  # noqa: E731
         recorded = self._program_cache.record(
             key, forward, self.ops.lib.isa, steps, arena, (plan, tables), MAX_PROGRAMS, ARCH
         )

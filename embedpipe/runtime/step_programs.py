@@ -10,7 +10,7 @@ Longer batches rarely repeat a length tuple, but their shape-dependent ops (prod
 depend only on the token count. ``BucketedPasses`` records those once per token count
 rounded up to ``BUCKET_TOKENS`` (the model pads a pass with one extra sequence), leaves the
 length-dependent ops (attention) as holes of the program (``Recorder.hole``), and keeps
-every such program over one shared arena.
+every such program over one shared arena, grown to the largest pass.
 """
 
 from __future__ import annotations
@@ -140,15 +140,17 @@ class ProgramCache:
 
 class BucketedPasses:
     """Recorded passes keyed by a token count that is a multiple of BUCKET_TOKENS, all over
-    one arena of ``capacity`` rows (made on first use), least recently used dropped first.
+    one arena, least recently used dropped first.
 
     ``run`` replays the program of a bucket (recording it first) with ``hole_arg`` for its
-    holes; one run at a time, as the arena is shared: a caller that finds it busy, a bucket
-    over the capacity, or a recording that failed gets None and runs the ops itself.
+    holes; one run at a time, as the arena is shared: a caller that finds it busy, or whose
+    recording failed, gets None and runs the ops itself.  The arena is made for the first
+    bucket; a larger bucket replaces it by one a quarter larger still and drops the programs
+    (their words point at the old buffers), so it grows to the largest pass a model sees.
     """
 
-    def __init__(self, capacity: int, limit: int = MAX_PROGRAMS):
-        self.capacity, self.limit = capacity, limit
+    def __init__(self, limit: int = MAX_PROGRAMS):
+        self.limit = limit
         self.arena: Arena | None = None
         self.cache = ProgramCache()
         self.failed = False
@@ -172,11 +174,14 @@ class BucketedPasses:
     ) -> np.ndarray | None:
         """``record(arena)`` runs the ops of a ``t``-row pass over ``arena`` (``t`` a bucket);
         ``load(arena)`` writes a pass's inputs, ``result(arena)`` reads its output."""
-        if self.failed or t > self.capacity or t % BUCKET_TOKENS or not self._lock.acquire(blocking=False):
+        if self.failed or t % BUCKET_TOKENS or not self._lock.acquire(blocking=False):
             return None
         try:
-            if self.arena is None:
-                self.arena = Arena(self.capacity)
+            if self.arena is None or self.arena.capacity < t:
+                grown = 0 if self.arena is None else self.arena.capacity + self.arena.capacity // 4
+                with self.cache._lock:
+                    self.cache.programs.clear()
+                self.arena = Arena(t, self.bucket(max(t, grown)))
             arena = self.arena
             arena.t = t
             recorded = self.cache.get(t)

@@ -88,3 +88,36 @@ def test_long_batches_borrow_an_arena_and_give_the_same_vectors(model):
 def test_concurrent_long_batches_get_the_same_vectors(model):
     """Eager batches on four threads at once each borrow their own arena."""
     assert_concurrent_callers_agree(model, _random(model, (70, 71)), rounds=6)
+
+
+# batches over PROGRAM_MAX_TOKENS: one of the 256-row bucket (first: the shared arena then
+# holds every other bucket), two compositions of the 160-row bucket, and one that fills the
+# 144-row bucket exactly (no padding sequence)
+BUCKETED = [(90, 91, 70), (70, 71, 5), (40, 50, 60, 3), (70, 74)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_batches_replay_their_buckets_program(tiny_model_q8, threads):
+    """Every composition equals the op sequence bit for bit (the window and global layers'
+    attention run over the replay's sequences, the pad rows as one more sequence); batches
+    of one bucket share its program."""
+    from tests.runtime.step_program_checks import eager
+
+    model = Embedder.load(tiny_model_q8.path, backend="jit", threads=threads).model
+    for lengths in BUCKETED + BUCKETED[1:3]:
+        seqs = _random(model, lengths)
+        np.testing.assert_array_equal(model.embed(seqs), eager(model, seqs), err_msg=str(lengths))
+    assert sorted(model._buckets.cache.programs) == [144, 160, 256]
+
+
+def test_a_busy_bucket_runs_the_op_sequence(model):
+    from tests.runtime.step_program_checks import eager
+
+    seqs = _random(model, (70, 71))
+    want = eager(model, seqs)
+    model._buckets.cache.programs.clear()
+    with model._buckets._lock:
+        np.testing.assert_array_equal(model.embed(seqs), want)
+    assert not model._buckets.cache.programs
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    assert list(model._buckets.cache.programs) == [144]
