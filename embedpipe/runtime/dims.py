@@ -50,8 +50,8 @@ def matryoshka_dims(model_file: Any) -> tuple[int, ...]:
     recorded `embedpipe.matryoshka_dims`, else EmbeddingGemma's widths that fit its hidden size,
     else its hidden size. What the model classes' ``dims`` return (tested to agree)."""
     from embedpipe.runtime.bert_names import KEY_DIMS
-    from embedpipe.runtime.gemma_embedding import ARCH as GEMMA_ARCH
-    from embedpipe.runtime.gemma_embedding import MATRYOSHKA_DIMS
+    from embedpipe.runtime.gemma_config import ARCH as GEMMA_ARCH
+    from embedpipe.runtime.gemma_config import MATRYOSHKA_DIMS
 
     arch = model_file.architecture
     hidden = int(model_file.require(f"{arch}.embedding_length"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from embedpipe.runtime import bert_config
-from embedpipe.runtime.gemma_embedding import GemmaEmbeddingConfig, validate_tensors
+from embedpipe.runtime.gemma_config import GemmaEmbeddingConfig, validate_tensors
 from embedpipe.runtime.gguf_file import GGUFModelFile
 
 
