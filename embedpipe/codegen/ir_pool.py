@@ -15,8 +15,10 @@ alone. The pool keeps workers parked on a condition variable instead:
 * Waiting spins first: a worker polls the generation, and the caller the workers' reports, for
   ``SPIN_ROUNDS`` rounds of ``pause`` hints before parking on the condition variable.
   One forward pass forks a hundred-odd times with tens of microseconds of Python between
-  forks; waking a parked thread (futex + IPI, worse on a VM with halted vCPUs) cost about as
-  much as the work of a short product, so workers that spin through those gaps stay ready.
+  forks, and a batch runs passes with up to a millisecond of Python between them (the
+  embedding gather, pooling, the next pass's layout); waking a parked thread (futex + IPI,
+  worse on a VM with halted vCPUs) cost about as much as the work of a short product, so
+  workers that spin through those gaps stay ready.
   A waiting worker also yields each round (it has nothing to do; a runnable neighbour, often
   our own caller, gets the core).  The caller does not: on an oversubscribed machine a
   yielding caller lost its core for whole time slices, where a parked one is woken with
@@ -46,10 +48,15 @@ from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64, intrins
 from embedpipe.codegen.isa import IsaSpec
 
 MAX_WORKERS = 63
-# Spin rounds before parking (each PAUSES_PER_ROUND cpu pause hints; a worker's also a
-# sched_yield): tens of microseconds or more, enough to bridge the gaps between the forks of
-# one forward pass.
-SPIN_ROUNDS = 256
+# How long a waiting thread spins before parking: enough to bridge the gaps between the forks
+# of a pass and between the passes of a batch (256 rounds of pause hints, ~70 µs, let the
+# workers park at every attention call of a recorded pass, a driver call between native
+# segments).  Bounded in time, not only in rounds: a worker's round ends in sched_yield, which
+# on a machine with more spinning threads than cores hands the core to another spinner, so a
+# bound in rounds alone spun for the whole time slice of each (0.2 s of an idle second).
+SPIN_NS = 2_000_000
+SPIN_ROUNDS = 1 << 20  # a backstop: the clock ends a spin first
+CLOCK_MONOTONIC = 1  # Linux's clock id (glibc and musl, x86-64 and aarch64)
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
 MODULE_NAME = "embedpipe_pool"
@@ -92,6 +99,7 @@ class _Libc:
         self.create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
         self.detach = intrinsic(m, "pthread_detach", I32, [I64])
         self.sched_yield = intrinsic(m, "sched_yield", I32, [])
+        self.clock_gettime = intrinsic(m, "clock_gettime", I32, [I32, PTR])
 
 
 def _globals(m: ir.Module) -> _State:
@@ -150,14 +158,25 @@ def cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
         b.call(intrinsic(m, "llvm.aarch64.hint", VOID, [I32]), [ir.Constant(I32, 1)])
 
 
+def _now_ns(b: ir.IRBuilder, libc: _Libc, ts: ir.Value) -> ir.Value:
+    """CLOCK_MONOTONIC in nanoseconds, through the timespec ``ts`` ({i64 s, i64 ns})."""
+    b.call(libc.clock_gettime, [ir.Constant(I32, CLOCK_MONOTONIC), ts])
+    sec = b.load(b.gep(ts, [const_i64(0)], source_etype=I64), typ=I64)
+    nsec = b.load(b.gep(ts, [const_i64(1)], source_etype=I64), typ=I64)
+    return b.add(b.mul(sec, const_i64(1_000_000_000)), nsec)
+
+
 def _emit_spin(m: ir.Module, libc: _Libc, yielding: bool) -> ir.Function:
     """``i1 spin(i64* word, i64 value, i1 until_equal)``: poll ``*word`` (atomic acquire) for up
-    to SPIN_ROUNDS rounds; true as soon as it equals ``value`` (``until_equal``) or differs from
-    it (not ``until_equal``), false when the rounds run out.  ``yielding``: each round ends in
-    ``sched_yield`` (a thread with nothing to do lets a runnable neighbour have the core)."""
+    to SPIN_NS (and SPIN_ROUNDS rounds); true as soon as it equals ``value`` (``until_equal``)
+    or differs from it (not ``until_equal``), false when the time runs out.  ``yielding``: each
+    round ends in ``sched_yield`` (a thread with nothing to do lets a runnable neighbour have
+    the core)."""
     name = f"{m.name}__pool_spin{'_yield' if yielding else ''}"
     fn, b = _function(m, name, ir.IntType(1), [PTR, I64, ir.IntType(1)])
     word, value, until_equal = fn.args
+    ts = b.alloca(ir.ArrayType(I64, 2))
+    deadline = b.add(_now_ns(b, libc, ts), const_i64(SPIN_NS))
     entry = b.block
     head, body, changed, gave_up = (fn.append_basic_block(x) for x in ("head", "body", "changed", "gave_up"))
     b.branch(head)
@@ -172,9 +191,11 @@ def _emit_spin(m: ir.Module, libc: _Libc, yielding: bool) -> ir.Function:
     if yielding:
         b.call(libc.sched_yield, [])
     nxt = b.add(rounds, const_i64(1))
-    b.cbranch(b.icmp_signed("<", nxt, const_i64(SPIN_ROUNDS)), head, gave_up)
+    more = b.and_(b.icmp_signed("<", nxt, const_i64(SPIN_ROUNDS)), b.icmp_signed("<", _now_ns(b, libc, ts), deadline))
+    tail = b.block
+    b.cbranch(more, head, gave_up)
     rounds.add_incoming(const_i64(0), entry)
-    rounds.add_incoming(nxt, body)
+    rounds.add_incoming(nxt, tail)
     b.position_at_end(changed)
     b.ret(ir.Constant(ir.IntType(1), 1))
     b.position_at_end(gave_up)
