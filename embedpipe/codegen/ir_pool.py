@@ -55,7 +55,11 @@ MAX_WORKERS = 63
 # on a machine with more spinning threads than cores hands the core to another spinner, so a
 # bound in rounds alone spun for the whole time slice of each (0.2 s of an idle second).
 SPIN_NS = 2_000_000
+# ... and only while the workers and their caller fit the cores this process may run on; with
+# more threads than that, every spinner takes a core the others need, so they spin briefly.
+SHORT_SPIN_NS = 70_000
 SPIN_ROUNDS = 1 << 20  # a backstop: the clock ends a spin first
+AFFINITY_WORDS = 16  # a 1024-CPU sched_getaffinity mask
 CLOCK_MONOTONIC = 1  # Linux's clock id (glibc and musl, x86-64 and aarch64)
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
@@ -86,6 +90,7 @@ class _State:
     next: ir.GlobalVariable  # next unclaimed item (atomic)
     pending: ir.GlobalVariable  # workers yet to report for this generation
     workers: ir.GlobalVariable
+    cpus: ir.GlobalVariable  # CPUs this process may run on (0: not counted yet)
 
 
 class _Libc:
@@ -100,6 +105,7 @@ class _Libc:
         self.detach = intrinsic(m, "pthread_detach", I32, [I64])
         self.sched_yield = intrinsic(m, "sched_yield", I32, [])
         self.clock_gettime = intrinsic(m, "clock_gettime", I32, [I32, PTR])
+        self.sched_getaffinity = intrinsic(m, "sched_getaffinity", I32, [I32, I64, PTR])
 
 
 def _globals(m: ir.Module) -> _State:
@@ -113,7 +119,7 @@ def _globals(m: ir.Module) -> _State:
     sync = ir.ArrayType(I8, SYNC_BYTES)
     return _State(
         *(var(n, sync, 64) for n in ("lock", "busy", "work", "done")),
-        *(var(n, I64, 8) for n in ("gen", "task", "args", "stride", "n", "next", "pending", "workers")),
+        *(var(n, I64, 8) for n in ("gen", "task", "args", "stride", "n", "next", "pending", "workers", "cpus")),
     )
 
 
@@ -166,17 +172,39 @@ def _now_ns(b: ir.IRBuilder, libc: _Libc, ts: ir.Value) -> ir.Value:
     return b.add(b.mul(sec, const_i64(1_000_000_000)), nsec)
 
 
-def _emit_spin(m: ir.Module, libc: _Libc, yielding: bool) -> ir.Function:
+def _cpus(b: ir.IRBuilder, st: _State, libc: _Libc) -> ir.Value:
+    """The CPUs this process may run on (its affinity mask, counted once; 1 if unreadable)."""
+    known = b.load(st.cpus, typ=I64)
+    with b.if_then(b.icmp_signed("==", known, const_i64(0))):
+        mask = b.alloca(ir.ArrayType(I64, AFFINITY_WORDS))
+        b.store(ir.Constant(ir.ArrayType(I64, AFFINITY_WORDS), None), mask)
+        rc = b.call(libc.sched_getaffinity, [ir.Constant(I32, 0), const_i64(8 * AFFINITY_WORDS), mask])
+        popcount = intrinsic(b.module, "llvm.ctpop.i64", I64, [I64])
+        count = const_i64(0)
+        for w in range(AFFINITY_WORDS):
+            word = b.load(
+                b.gep(mask, [const_i64(0), ir.Constant(I32, w)], source_etype=ir.ArrayType(I64, AFFINITY_WORDS)),
+                typ=I64,
+            )
+            count = b.add(count, b.call(popcount, [word]))
+        ok = b.and_(b.icmp_signed("==", rc, ir.Constant(I32, 0)), b.icmp_signed(">", count, const_i64(0)))
+        b.store(b.select(ok, count, const_i64(1)), st.cpus)
+    return b.load(st.cpus, typ=I64)
+
+
+def _emit_spin(m: ir.Module, st: _State, libc: _Libc, yielding: bool) -> ir.Function:
     """``i1 spin(i64* word, i64 value, i1 until_equal)``: poll ``*word`` (atomic acquire) for up
-    to SPIN_NS (and SPIN_ROUNDS rounds); true as soon as it equals ``value`` (``until_equal``)
-    or differs from it (not ``until_equal``), false when the time runs out.  ``yielding``: each
-    round ends in ``sched_yield`` (a thread with nothing to do lets a runnable neighbour have
-    the core)."""
+    to SPIN_NS (SHORT_SPIN_NS when the workers and the caller outnumber the CPUs; SPIN_ROUNDS
+    rounds at most); true as soon as it equals ``value`` (``until_equal``) or differs from it
+    (not ``until_equal``), false when the time runs out.  ``yielding``: each round ends in
+    ``sched_yield`` (a thread with nothing to do lets a runnable neighbour have the core)."""
     name = f"{m.name}__pool_spin{'_yield' if yielding else ''}"
     fn, b = _function(m, name, ir.IntType(1), [PTR, I64, ir.IntType(1)])
     word, value, until_equal = fn.args
     ts = b.alloca(ir.ArrayType(I64, 2))
-    deadline = b.add(_now_ns(b, libc, ts), const_i64(SPIN_NS))
+    fits = b.icmp_signed("<", b.load(st.workers, typ=I64), _cpus(b, st, libc))
+    budget = b.select(fits, const_i64(SPIN_NS), const_i64(SHORT_SPIN_NS))
+    deadline = b.add(_now_ns(b, libc, ts), budget)
     entry = b.block
     head, body, changed, gave_up = (fn.append_basic_block(x) for x in ("head", "body", "changed", "gave_up"))
     b.branch(head)
@@ -310,7 +338,7 @@ def _emit_reset(m: ir.Module, st: _State) -> None:
     sync = ir.Constant(ir.ArrayType(I8, SYNC_BYTES), None)
     for g in (st.lock, st.busy, st.work, st.done):
         b.store(sync, g)
-    for g in (st.workers, st.pending, st.gen):
+    for g in (st.workers, st.pending, st.gen, st.cpus):
         b.store(const_i64(0), g)
     b.ret_void()
 
@@ -319,8 +347,8 @@ def emit_pool(m: ir.Module) -> ir.Function:
     """Emit the pool into ``m``; returns ``run``."""
     st, libc = _globals(m), _Libc(m)
     drain = _emit_drain(m, st)
-    spin = _emit_spin(m, libc, yielding=False)
-    worker = _emit_worker(m, st, libc, drain, _emit_spin(m, libc, yielding=True))
+    spin = _emit_spin(m, st, libc, yielding=False)
+    worker = _emit_worker(m, st, libc, drain, _emit_spin(m, st, libc, yielding=True))
     run = _emit_run(m, st, libc, drain, worker, spin)
     _emit_reset(m, st)
     return run
