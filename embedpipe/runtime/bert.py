@@ -33,6 +33,7 @@ from embedpipe.runtime.step_programs import (
     BucketedPasses,
     ProgramCache,
     RecordedPass,
+    pad_to_bucket,
 )
 from embedpipe.runtime.tokenizer import load_tokenizer
 
@@ -271,23 +272,18 @@ class BertEncoderModel:
         vector reads; the layers' attention runs over every sequence between the steps. None
         when the bucket's program is busy or cannot be had."""
         cfg = self.cfg
-        t = ids.size
-        pad = BucketedPasses.bucket(t) - t
-        if pad > cfg.n_positions - cfg.position_offset:
+        if BucketedPasses.bucket(ids.size) - ids.size > cfg.n_positions - cfg.position_offset:
             return None
-        starts, lens = bounds[:-1], lengths
-        if pad:
-            ids = np.concatenate([ids, np.zeros(pad, np.int64)])
-            positions = np.concatenate([positions, cfg.position_offset + np.arange(pad)])
-            starts, lens = np.append(starts, t), np.append(lengths, pad)
+        padded = pad_to_bucket(ids, positions, bounds, lengths, cfg.position_offset)
+        starts, lens = padded.bounds[:-1], padded.lengths
         bias = self.position_bias(int(lens.max()))
 
         def load(arena: Arena) -> None:
-            np.copyto(arena.rows("tokens", cfg.hidden), dequantize_rows(self.token_embd, ids))
-            np.take(self.position_embd, positions, axis=0, out=arena.rows("pos", cfg.hidden))
+            np.copyto(arena.rows("tokens", cfg.hidden), dequantize_rows(self.token_embd, padded.ids))
+            np.take(self.position_embd, padded.positions, axis=0, out=arena.rows("pos", cfg.hidden))
 
         return self._buckets.run(
-            t + pad,
+            padded.rows,
             self._record_bucket,
             self._program_steps(),
             self.ops.lib.isa,

@@ -28,6 +28,7 @@ from embedpipe.runtime.step_programs import (
     BucketedPasses,
     ProgramCache,
     RecordedPass,
+    pad_to_bucket,
 )
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,10 @@ class GemmaEmbeddingModel:
         bounds = np.concatenate(([0], np.cumsum(lengths)))
         positions = np.arange(ids.size) - np.repeat(bounds[:-1], lengths)
         recorded = self._program(lengths, bounds, positions) if ids.size <= self.max_program_tokens else None
+        if recorded is None and self.max_program_tokens and self._buckets is not None:
+            pooled = self._run_bucketed(ids, lengths, bounds, positions)
+            if pooled is not None:
+                return pooled
         embedded = dequantize_rows(self.token_embd, ids)
         x = None
         if recorded is not None:
@@ -167,10 +172,6 @@ class GemmaEmbeddingModel:
             )
         if x is not None:  # only JIT kernels ran and run: no BLAS thread limits to set
             return self._pool(x, bounds, lengths)
-        if recorded is None and self.max_program_tokens and self._buckets is not None:
-            pooled = self._run_bucketed(embedded, lengths, bounds, positions)
-            if pooled is not None:
-                return pooled
         with self.ops.session():
             attend = self._attention(_AttentionPlan(bounds, lengths))
             tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
@@ -186,36 +187,30 @@ class GemmaEmbeddingModel:
         return lambda q, k, v, half_window, out: self.ops.attention(q, k, v, plan, half_window, **out)
 
     def _run_bucketed(
-        self, embedded: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray
+        self, ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray
     ) -> np.ndarray | None:
-        """The batch as the program of its token-count bucket (``BucketedPasses``): the rows up
-        to the bucket are one more sequence (token 0 at the first positions), whose output no
-        vector reads; the layers' attention runs over every sequence between the steps. None
-        when the bucket's program is busy or cannot be had."""
-        t = len(embedded)
-        pad = BucketedPasses.bucket(t) - t
-        if pad:
-            embedded = np.concatenate([embedded, dequantize_rows(self.token_embd, np.zeros(pad, np.int64))])
-            positions = np.concatenate([positions, np.arange(pad)])
-        plan = _AttentionPlan(
-            np.append(bounds, t + pad) if pad else bounds, np.append(lengths, pad) if pad else lengths
-        )
+        """The batch as the program of its token-count bucket (``BucketedPasses``, padded by
+        ``pad_to_bucket``); the layers' attention runs over every sequence between the steps.
+        None when the bucket's program is busy or cannot be had."""
+        padded = pad_to_bucket(ids, positions, bounds, lengths)
 
         def load(memory: Arena) -> None:
+            embedded = dequantize_rows(self.token_embd, padded.ids)
             np.multiply(embedded, self.embed_scale, out=memory.rows("x0", self.cfg.hidden))
             for theta, (cos, sin) in self._rope_rows(memory).items():
-                np.copyto(cos, self.rope[theta].tables(positions)[0])
-                np.copyto(sin, self.rope[theta].tables(positions)[1])
+                tables = self.rope[theta].tables(padded.positions)
+                np.copyto(cos, tables[0])
+                np.copyto(sin, tables[1])
 
         return self._buckets.run(
-            t + pad,
+            padded.rows,
             self._record_bucket,
             OPS_PER_LAYER * self.cfg.n_layers + 1,
             self.ops.lib.isa,
             self.ops.threads,
             load,
             lambda memory: self._pool(memory.rows("final", self.cfg.hidden), bounds, lengths),
-            plan,
+            _AttentionPlan(padded.bounds, padded.lengths),
             ARCH,
         )
 

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,37 @@ class ProgramCache:
         return recorded
 
 
+@dataclass(frozen=True)
+class PaddedPass:
+    """A pass grown to its bucket (``pad_to_bucket``)."""
+
+    ids: np.ndarray
+    positions: np.ndarray
+    bounds: np.ndarray  # sequence bounds, the padding sequence's included
+    lengths: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.bounds[-1])
+
+
+def pad_to_bucket(
+    ids: np.ndarray, positions: np.ndarray, bounds: np.ndarray, lengths: np.ndarray, first_position: int = 0
+) -> PaddedPass:
+    """The pass with rows up to its bucket (``BucketedPasses.bucket``) as one more sequence:
+    token 0 at positions ``first_position`` onwards, a sequence whose output no vector reads."""
+    t = ids.size
+    pad = BucketedPasses.bucket(t) - t
+    if not pad:
+        return PaddedPass(ids, positions, bounds, lengths)
+    return PaddedPass(
+        np.concatenate([ids, np.zeros(pad, np.int64)]),
+        np.concatenate([positions, first_position + np.arange(pad)]),
+        np.append(bounds, t + pad),
+        np.append(lengths, pad),
+    )
+
+
 class BucketedPasses:
     """Recorded passes keyed by a token count that is a multiple of BUCKET_TOKENS, all over
     one arena, least recently used dropped first.
@@ -195,10 +227,3 @@ class BucketedPasses:
             return result(arena)
         finally:
             self._lock.release()
-
-    @property
-    def held_bytes(self) -> int:
-        """The shared arena and every recorded program's own buffers."""
-        with self.cache._lock:
-            programs = sum(p.nbytes for p in self.cache.programs.values())
-        return programs + (self.arena.nbytes if self.arena is not None else 0)
