@@ -24,7 +24,11 @@ MANIFEST = "_manifest.jsonl"
 SKIPPED = "_skipped.jsonl"
 SUMMARY = "_summary.json"
 LOCK = ".ingest.lock"
-OWNED_GLOBS = (PART_GLOB, TEMP_GLOB, MANIFEST, SKIPPED, SUMMARY, f".{MANIFEST}.tmp", f".{SUMMARY}.tmp", LOCK)
+HEADER_TEMP = f".{MANIFEST}.tmp"
+OWNED_GLOBS = (PART_GLOB, TEMP_GLOB, MANIFEST, SKIPPED, SUMMARY, HEADER_TEMP, f".{SUMMARY}.tmp", LOCK)
+#: What a job kill -9'd before its header was renamed into place leaves: the directory still
+#: counts as empty, and the rerun starts the job afresh.
+STARTING = frozenset({LOCK, HEADER_TEMP})
 
 
 class ResumeRefused(EmbedpipeError):
@@ -86,7 +90,7 @@ class Manifest:
                     f"{out_dir}: nothing to resume (no {MANIFEST}); run without {{resume}} to start",
                     values={"resume": True},
                 )
-            if out_dir.exists() and any(p.name != LOCK for p in out_dir.iterdir()) and not overwrite:
+            if out_dir.exists() and any(p.name not in STARTING for p in out_dir.iterdir()) and not overwrite:
                 raise ArgumentError(
                     "overwrite",
                     f"{out_dir} exists and is not an ingest output directory being resumed; "
@@ -110,7 +114,7 @@ class Manifest:
         return manifest
 
     def _write_header(self) -> None:
-        tmp = self.out_dir / f".{MANIFEST}.tmp"
+        tmp = self.out_dir / HEADER_TEMP
         tmp.write_text(json.dumps({"kind": "header", **self.header}, sort_keys=True) + "\n")
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.pipeline.manifest import MANIFEST, ResumeRefused
+from embedpipe.pipeline.manifest import HEADER_TEMP, LOCK, MANIFEST, ResumeRefused
 from tests.pipeline.conftest import make_texts, read_out
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +83,8 @@ def kill_and_resume(tmp_path, corpus, tiny_gguf, trial: int, delays: list[float]
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    subprocess.run(cli(corpus, out, tiny_gguf, cache), check=True, env=env(), capture_output=True)
+    rerun = subprocess.run(cli(corpus, out, tiny_gguf, cache), env=env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, f"rerun after kills at {delays} failed: {rerun.stderr[-2000:]}"
     return snapshot(out)
 
 
@@ -117,6 +118,20 @@ def test_orphans_removed_and_torn_manifest_line(run, corpus, tmp_path):
     assert summary.resumed and summary.run_rows_in == 40
     assert again.to_pylist() == full.to_pylist()
     assert not (out / "part-000099.parquet").exists() and not list(out.glob(".*tmp*"))
+
+
+def test_kill_before_the_header_is_in_place_starts_afresh(run, corpus, tmp_path):
+    """A kill between writing the header's temp file and renaming it leaves the lock file and
+    a (maybe torn) temp: the rerun must start the job, not call the directory foreign."""
+    _, full = run(corpus, out=tmp_path / "clean", cache=False)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / LOCK).touch()
+    (out / HEADER_TEMP).write_text('{"kind": "hea')
+    summary, again = run(corpus, out=out, cache=False)
+    assert not summary.resumed and summary.output_rows == 120
+    assert again.to_pylist() == full.to_pylist()
+    assert not (out / HEADER_TEMP).exists()
 
 
 def test_same_command_after_completion_does_nothing(run, corpus, tmp_path):
