@@ -171,10 +171,13 @@ class OnnxRuntimePeer(Peer):
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        """Batches of texts of similar length (sorted, as sentence-transformers and embedpipe
+        batch them), each padded to its longest; vectors in input order."""
         ids = self.tokenizer.encode_batch(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = []
         for a in range(0, len(ids), self.batch_size):
-            chunk = ids[a : a + self.batch_size]
+            chunk = [ids[i] for i in order[a : a + self.batch_size]]
             width = max(len(s) for s in chunk)
             input_ids = np.zeros((len(chunk), width), np.int64)
             mask = np.zeros((len(chunk), width), np.int64)
@@ -189,7 +192,9 @@ class OnnxRuntimePeer(Peer):
             else:
                 pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
             out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
-        return np.concatenate(out).astype(np.float32)
+        vectors = np.empty((len(ids), out[0].shape[1]), np.float32)
+        vectors[order] = np.concatenate(out)
+        return vectors
 
 
 def onnx_dir(cfg) -> Path:

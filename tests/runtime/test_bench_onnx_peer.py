@@ -77,3 +77,19 @@ def test_missing_export_is_reported(model, tmp_path) -> None:
     cfg = SimpleNamespace(model=str(model), batch_size=2, onnx_dir=str(tmp_path))
     with pytest.raises(PeerUnavailable, match="export_onnx.py"):
         OnnxRuntimePeer("int8", cfg, 1)
+
+
+def test_batches_are_texts_of_similar_length(model, tmp_path) -> None:
+    """Like sentence-transformers, the peer batches length-sorted texts, so no batch pads a
+    short text to a long one's width (the vectors still come back in input order)."""
+    tok = load_tokenizer(GGUFModelFile(model))
+    ids = tok.encode_batch(TEXTS)
+    emb = table(max(max(s) for s in ids) + 1)
+    save_graph(tmp_path / "onnx" / "model.onnx", emb, False)
+    cfg = SimpleNamespace(model=str(model), batch_size=2, onnx_dir=str(tmp_path / "onnx"))
+    peer = OnnxRuntimePeer("fp32", cfg, 1)
+    widths, run = [], peer.session.run
+    peer.session = SimpleNamespace(run=lambda names, feed: widths.append(feed["input_ids"].shape[1]) or run(names, feed))
+    peer.encode(TEXTS)
+    lengths = sorted(len(s) for s in ids)
+    assert widths == [lengths[1], lengths[2]]
