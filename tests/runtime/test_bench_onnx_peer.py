@@ -89,7 +89,9 @@ def test_batches_are_texts_of_similar_length(model, tmp_path) -> None:
     cfg = SimpleNamespace(model=str(model), batch_size=2, onnx_dir=str(tmp_path / "onnx"))
     peer = OnnxRuntimePeer("fp32", cfg, 1)
     widths, run = [], peer.session.run
-    peer.session = SimpleNamespace(run=lambda names, feed: widths.append(feed["input_ids"].shape[1]) or run(names, feed))
+    peer.session = SimpleNamespace(
+        run=lambda names, feed: widths.append(feed["input_ids"].shape[1]) or run(names, feed)
+    )
     peer.encode(TEXTS)
     lengths = sorted(len(s) for s in ids)
     assert widths == [lengths[1], lengths[2]]
