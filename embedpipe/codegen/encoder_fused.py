@@ -26,8 +26,7 @@ from collections.abc import Sequence
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.ir_elementwise import _fconst
-from embedpipe.codegen.ir_encoder import gelu_erf_value
+from embedpipe.codegen.ir_encoder import QK, ResidualNormRow, gelu_erf_value, row_loop
 from embedpipe.codegen.irutil import (
     F32,
     I32,
@@ -35,21 +34,13 @@ from embedpipe.codegen.irutil import (
     PTR,
     const_i64,
     for_range,
-    hmax_tree,
-    hsum_tree,
-    intrinsic,
     load_at,
-    splat,
     store_at,
-    vec,
 )
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, f32_word
 from embedpipe.codegen.library import KernelInputError
 from embedpipe.codegen.threads import row_parts, split_range
-
-QK = 32
-ROUND_MAGIC = 12582912.0  # 1.5·2**23: (v + M) − M rounds |v| < 2**22 half to even
 
 NORM_PARAMS = [
     ("x", PTR),
@@ -78,86 +69,18 @@ COMBINE_PARAMS = [
 ]
 
 
-def _row_loop(b: ir.IRBuilder, n: ir.Value, width: int, tag: str, body) -> None:
-    """``body(ty, i)`` over ``[0, n)``: ``width``-lane vectors, then single lanes."""
-    vstop = b.sub(n, b.srem(n, const_i64(width)))
-    with for_range(b, const_i64(0), vstop, width, tag) as i:
-        body(vec(F32, width), i)
-    with for_range(b, vstop, n, 1, tag + "t") as i:
-        body(vec(F32, 1), i)
-
-
 def _emit_residual_norm(b: ir.IRBuilder, isa: IsaSpec) -> None:
     x, bias, res, w, beta, out, ext, sel, T, D, nsel, eps_bits, r0, r1 = b.function.args
-    m = b.module
     eps = b.bitcast(b.trunc(eps_bits, I32), F32)
-    width = 2 * isa.lanes
-    acc_v = b.alloca(vec(F32, width))
-    acc_s = b.alloca(vec(F32, 1))
-    n = b.sitofp(D, F32)
-    sqrt = intrinsic(m, "llvm.sqrt.f32", F32, [F32])
-
-    def total() -> ir.Value:
-        return b.fadd(hsum_tree(b, b.load(acc_v)), b.extract_element(b.load(acc_s), const_i64(0)))
-
-    def zero() -> None:
-        b.store(ir.Constant(vec(F32, width), None), acc_v)
-        b.store(ir.Constant(vec(F32, 1), None), acc_s)
-
-    def accumulate(ty: ir.Type, v: ir.Value) -> None:
-        slot = acc_v if ty.count == width else acc_s
-        b.store(b.fadd(b.load(slot), v), slot)
-
+    norm = ResidualNormRow(b, isa)
+    i8 = ir.IntType(8)
     with for_range(b, r0, r1, 1, "row") as row:
         base = b.mul(b.mul(row, D), const_i64(4))
-        zero()
-
-        def add(ty: ir.Type, i: ir.Value) -> None:
-            off = b.mul(i, const_i64(4))
-            v = b.fadd(load_at(b, ty, x, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
-            v = b.fadd(v, load_at(b, ty, res, b.add(base, off), 4))
-            store_at(b, v, out, b.add(base, off), 4)
-            accumulate(ty, v)
-
-        _row_loop(b, D, width, "sum", add)
-        mean = b.fdiv(total(), n)
-        zero()
-
-        def square(ty: ir.Type, i: ir.Value) -> None:
-            c = b.fsub(load_at(b, ty, out, b.add(base, b.mul(i, const_i64(4))), 4), splat(b, mean, ty.count))
-            accumulate(ty, b.fmul(c, c))
-
-        _row_loop(b, D, width, "sq", square)
-        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(b.fdiv(total(), n), eps)]))
-
-        def scale(ty: ir.Type, i: ir.Value) -> None:
-            off = b.mul(i, const_i64(4))
-            c = b.fsub(load_at(b, ty, out, b.add(base, off), 4), splat(b, mean, ty.count))
-            y = b.fmul(b.fmul(c, splat(b, inv, ty.count)), load_at(b, ty, w, off, 4))
-            store_at(b, b.fadd(y, load_at(b, ty, beta, off, 4)), out, b.add(base, off), 4)
-
-        _row_loop(b, D, width, "sc", scale)
+        at = lambda ptr, off=base: b.gep(ptr, [off], source_etype=i8)  # noqa: E731
+        norm.emit(at(x), bias, at(res), w, beta, at(out), D, eps)
         with b.if_then(b.icmp_signed(">=", nsel, const_i64(0))):
-            vf = vec(F32, QK)
-            fabs = intrinsic(m, f"llvm.fabs.v{QK}f32", vf, [vf])
             ext_base = b.mul(b.mul(row, b.add(D, b.mul(nsel, const_i64(QK)))), const_i64(4))
-
-            def copy(ty: ir.Type, i: ir.Value) -> None:
-                off = b.mul(i, const_i64(4))
-                store_at(b, load_at(b, ty, out, b.add(base, off), 4), ext, b.add(ext_base, off), 4)
-
-            _row_loop(b, D, width, "cp", copy)
-            with for_range(b, const_i64(0), nsel, 1, "blk") as s:
-                blk = load_at(b, I64, sel, b.mul(s, const_i64(8)), 8)
-                v = load_at(b, vf, out, b.add(base, b.mul(blk, const_i64(4 * QK))), 4)
-                d = b.fdiv(hmax_tree(b, b.call(fabs, [v])), ir.Constant(F32, 127.0))
-                nz = b.fcmp_ordered("!=", d, ir.Constant(F32, 0.0))
-                inv_d = b.select(nz, b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
-                magic = _fconst(vf, ROUND_MAGIC)
-                q = b.fsub(b.fadd(b.fmul(v, splat(b, inv_d, QK)), magic), magic)
-                lo = b.fsub(v, b.fmul(q, splat(b, d, QK)))
-                lo_off = b.mul(b.add(D, b.mul(s, const_i64(QK))), const_i64(4))
-                store_at(b, lo, ext, b.add(ext_base, lo_off), 4)
+            norm.extend(at(out), at(ext, ext_base), sel, nsel, D)
     b.ret_void()
 
 
@@ -180,7 +103,7 @@ def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
                 v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
                 store_at(b, gelu_erf_value(b, m, isa, v) if act else v, out, b.add(base, off), 4)
 
-            _row_loop(b, N, width, "col", body)
+            row_loop(b, N, width, "col", body)
         b.branch(done)
     b.position_at_end(done)
     b.ret_void()

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from embedpipe.codegen.encoder_fused import ExtendBlocks
 from embedpipe.codegen.kernel import active_recorder, f32_word
 from embedpipe.codegen.prepared import KernelInputError
 from embedpipe.codegen.quant_formats import aligned_empty
@@ -160,6 +161,49 @@ def bias_gelu_matmul(w, y: np.ndarray, bias: np.ndarray, *, out: np.ndarray | No
     if t:
         w.fork_work("q8work_bias_gelu", lambda write: (y.ctypes.data, constant_address(bias)), t, out.ctypes.data)
     return out
+
+
+def residual_norm_matmul(
+    w,
+    x: np.ndarray,
+    bias: np.ndarray,
+    res: np.ndarray,
+    weight: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    extend: ExtendBlocks | None,
+    *,
+    x_out: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(h, ext(h) · Wᵀ)`` with ``h = LayerNorm(x + bias + res)·weight + beta`` (x, res (T, D))
+    and ``ext(h)`` its rows extended by ``extend`` (``encoder_fused.ExtendBlocks``; the rows
+    themselves when None) for an int-family prepared weight ``w`` of that width: the
+    ``residual_norm`` kernel and the product in one call per thread. ``x_out`` and ``out``
+    are optional output buffers."""
+    _check_f32("residual_norm_matmul", x=x, res=res, bias=bias, weight=weight, beta=beta)
+    t, d = x.shape if x.ndim == 2 else (-1, -1)
+    if res.shape != x.shape or any(v.shape != (d,) for v in (bias, weight, beta)):
+        raise _shape_error(
+            f"residual_norm_matmul: x {x.shape}, res {res.shape}, bias/weight/beta "
+            f"{bias.shape}/{weight.shape}/{beta.shape} do not fit rows of {d}"
+        )
+    if extend is not None and (not isinstance(extend, ExtendBlocks) or extend.width != d):
+        raise _shape_error(f"residual_norm_matmul: rows of {d} need ExtendBlocks of that width, got {extend!r}")
+    width = d if extend is None else extend.ext_width
+    if w.k != width:
+        raise _shape_error(f"residual_norm_matmul: a {w.n}x{w.k} weight does not take extended rows of {width}")
+    x_out = np.empty_like(x) if x_out is None else check_output("residual_norm_matmul", x_out, x.shape)
+    _distinct("residual_norm_matmul", x_out, x, res)
+    out = _output_rows(t, w.n, out, "residual_norm_matmul")
+    _distinct("residual_norm_matmul", out, x, res, x_out)
+    if t == 0:
+        return x_out, out
+    sel = (0, 0) if extend is None else (extend.address, len(extend.blocks))
+    head = (x.ctypes.data, constant_address(bias), res.ctypes.data, constant_address(weight), constant_address(beta))
+    words = (*head, x_out.ctypes.data, *sel, _f32(eps))
+    w.fork_work("q8work_residual_norm", lambda write: words, t, out.ctypes.data)
+    return x_out, out
 
 
 def qk_norm_rope(

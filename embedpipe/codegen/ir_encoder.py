@@ -20,6 +20,7 @@ from embedpipe.codegen.irutil import (
     PTR,
     const_i64,
     for_range,
+    hmax_tree,
     hsum_tree,
     intrinsic,
     load_at,
@@ -31,6 +32,8 @@ from embedpipe.codegen.irutil import (
 )
 from embedpipe.codegen.isa import IsaSpec
 
+ROUND_MAGIC = 12582912.0  # 1.5·2**23: (v + M) − M rounds |v| < 2**22 half to even
+QK = 32
 ERF_P = 0.3275911
 ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
@@ -128,3 +131,94 @@ def emit_layer_norm(m: ir.Module, isa: IsaSpec) -> str:
                 store_at(b, y, out, b.add(base, off), 4)
     b.ret_void()
     return name
+
+
+def row_loop(b: ir.IRBuilder, n: ir.Value, width: int, tag: str, body) -> None:
+    """``body(ty, i)`` over ``[0, n)``: ``width``-lane vectors, then single lanes."""
+    vstop = b.sub(n, b.srem(n, const_i64(width)))
+    with for_range(b, const_i64(0), vstop, width, tag) as i:
+        body(vec(F32, width), i)
+    with for_range(b, vstop, n, 1, tag + "t") as i:
+        body(vec(F32, 1), i)
+
+
+class ResidualNormRow:
+    """Emits one row of a post-LayerNorm encoder's residual LayerNorm, and its extension by
+    the residuals of selected blocks (``encoder_fused`` describes both). Built once per
+    function (its accumulators are allocas), then ``emit``/``extend`` per row, so the
+    standalone kernel and a fused product prologue compute the same instruction sequence."""
+
+    def __init__(self, b: ir.IRBuilder, isa: IsaSpec) -> None:
+        self.b, self.width = b, 2 * isa.lanes
+        self.acc_v = b.alloca(vec(F32, self.width))
+        self.acc_s = b.alloca(vec(F32, 1))
+
+    def _zero(self) -> None:
+        self.b.store(ir.Constant(vec(F32, self.width), None), self.acc_v)
+        self.b.store(ir.Constant(vec(F32, 1), None), self.acc_s)
+
+    def _accumulate(self, ty: ir.Type, v: ir.Value) -> None:
+        slot = self.acc_v if ty.count == self.width else self.acc_s
+        self.b.store(self.b.fadd(self.b.load(slot), v), slot)
+
+    def _total(self) -> ir.Value:
+        b = self.b
+        return b.fadd(hsum_tree(b, b.load(self.acc_v)), b.extract_element(b.load(self.acc_s), const_i64(0)))
+
+    def emit(self, x, bias, res, w, beta, out, D: ir.Value, eps: ir.Value) -> None:
+        """``out = LayerNorm(x + bias + res)·w + beta`` over one row of ``D`` (row pointers;
+        ``out`` holds the sum in between)."""
+        b, width = self.b, self.width
+        sqrt = intrinsic(b.module, "llvm.sqrt.f32", F32, [F32])
+        n = b.sitofp(D, F32)
+        self._zero()
+
+        def add(ty: ir.Type, i: ir.Value) -> None:
+            off = b.mul(i, const_i64(4))
+            v = b.fadd(load_at(b, ty, x, off, 4), load_at(b, ty, bias, off, 4))
+            v = b.fadd(v, load_at(b, ty, res, off, 4))
+            store_at(b, v, out, off, 4)
+            self._accumulate(ty, v)
+
+        row_loop(b, D, width, "sum", add)
+        mean = b.fdiv(self._total(), n)
+        self._zero()
+
+        def square(ty: ir.Type, i: ir.Value) -> None:
+            c = b.fsub(load_at(b, ty, out, b.mul(i, const_i64(4)), 4), splat(b, mean, ty.count))
+            self._accumulate(ty, b.fmul(c, c))
+
+        row_loop(b, D, width, "sq", square)
+        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(b.fdiv(self._total(), n), eps)]))
+
+        def scale(ty: ir.Type, i: ir.Value) -> None:
+            off = b.mul(i, const_i64(4))
+            c = b.fsub(load_at(b, ty, out, off, 4), splat(b, mean, ty.count))
+            y = b.fmul(b.fmul(c, splat(b, inv, ty.count)), load_at(b, ty, w, off, 4))
+            store_at(b, b.fadd(y, load_at(b, ty, beta, off, 4)), out, off, 4)
+
+        row_loop(b, D, width, "sc", scale)
+
+    def extend(self, v, ext, sel, nsel: ir.Value, D: ir.Value) -> None:
+        """``ext`` = the row ``v`` (``D`` values), then for each of the ``nsel`` block numbers
+        in ``sel`` (int64, checked by the driver) the block's residual ``v_b − grid(v_b)``."""
+        b = self.b
+        vf = vec(F32, QK)
+        fabs = intrinsic(b.module, f"llvm.fabs.v{QK}f32", vf, [vf])
+        row_loop(
+            b,
+            D,
+            self.width,
+            "cp",
+            lambda ty, i: store_at(b, load_at(b, ty, v, b.mul(i, const_i64(4)), 4), ext, b.mul(i, const_i64(4)), 4),
+        )
+        with for_range(b, const_i64(0), nsel, 1, "blk") as s:
+            blk = load_at(b, I64, sel, b.mul(s, const_i64(8)), 8)
+            block = load_at(b, vf, v, b.mul(blk, const_i64(4 * QK)), 4)
+            d = b.fdiv(hmax_tree(b, b.call(fabs, [block])), ir.Constant(F32, 127.0))
+            nz = b.fcmp_ordered("!=", d, ir.Constant(F32, 0.0))
+            inv_d = b.select(nz, b.fdiv(ir.Constant(F32, 1.0), d), ir.Constant(F32, 0.0))
+            magic = _fconst(vf, ROUND_MAGIC)
+            q = b.fsub(b.fadd(b.fmul(block, splat(b, inv_d, QK)), magic), magic)
+            lo = b.fsub(block, b.fmul(q, splat(b, d, QK)))
+            store_at(b, lo, ext, b.mul(b.add(D, b.mul(s, const_i64(QK))), const_i64(4)), 4)

@@ -7,6 +7,9 @@ possible, as model-agnostic building blocks.
   int8 matmul.
 * ``q8work_bias_gelu``: exact (erf) GELU of a row plus a bias → quantization → int8 matmul
   (the FFN of a post-LayerNorm encoder).
+* ``q8work_residual_norm``: a post-LayerNorm encoder's residual LayerNorm (written once),
+  optionally extended by the residuals of selected blocks (``encoder_fused``) → quantization
+  → int8 matmul: the LayerNorm output never makes a round trip through memory as fp32.
 * ``qk_norm_rope``: per-head RMS norm of the query and key heads of a packed (T, Q|K|V) row,
   NeoX rotary embedding (rotate halves) from per-row cos/sin tables, V copied out.
 * ``add_norm``: ``out = rms(x + rms(y)·w_post)·w`` (the last residual and the output norm).
@@ -24,7 +27,7 @@ import llvmlite.ir as ir
 
 from embedpipe.codegen import ir_q8
 from embedpipe.codegen.ir_elementwise import gelu_tanh_mul_value
-from embedpipe.codegen.ir_encoder import gelu_erf_value
+from embedpipe.codegen.ir_encoder import ResidualNormRow, gelu_erf_value
 from embedpipe.codegen.ir_q8 import QK, IntTile, act_elem_bytes
 from embedpipe.codegen.irutil import (
     F32,
@@ -73,6 +76,18 @@ ADDNORM_PARAMS = [
 ]
 GELU_PARAMS = [("gu", PTR), *_WORK_TAIL]
 BIAS_GELU_PARAMS = [("y", PTR), ("bias", PTR), *_WORK_TAIL]
+RESIDUAL_NORM_PARAMS = [
+    ("x", PTR),
+    ("bias", PTR),
+    ("res", PTR),
+    ("w", PTR),
+    ("beta", PTR),
+    ("x_out", PTR),
+    ("sel", PTR),
+    ("nsel", I64),
+    ("eps", F32),
+    *_WORK_TAIL,
+]
 QK_NORM_ROPE_PARAMS = [
     ("qkv", PTR),
     ("q", PTR),
@@ -149,13 +164,24 @@ def _row(b: ir.IRBuilder, base: ir.Value, row: ir.Value, row_bytes: ir.Value) ->
 Prologue = Callable[[ir.IRBuilder, ir.Module, _Rows, dict[str, ir.Value], ir.Value, ir.Value], None]
 
 
-def _emit_work(m: ir.Module, isa: IsaSpec, tile: IntTile, name: str, params, prologue: Prologue) -> str:
+def _emit_work(
+    m: ir.Module,
+    isa: IsaSpec,
+    tile: IntTile,
+    name: str,
+    params,
+    prologue: Prologue,
+    setup: Callable[[ir.IRBuilder], None] | None = None,
+) -> str:
     """A work kernel: for activation rows ``[qa, qb)`` run ``prologue`` into a K-float row
     scratch and quantize it (rows ``>= T`` are zero-filled), then multiply rows ``[a, b)`` by
-    weight panels ``[p0, p1)`` (see ``ir_q8.emit_work``)."""
+    weight panels ``[p0, p1)`` (see ``ir_q8.emit_work``). ``setup(b)`` runs first, in the
+    entry block (the prologue's own allocas)."""
     quantize = m.get_global(ir_q8.quantize_symbol(isa))
     matmul = m.get_global(ir_q8.matmul_symbol(isa, tile))
     fn, b = new_function(m, name, params)
+    if setup is not None:
+        setup(b)
     a = {pname: arg for (pname, _), arg in zip(params, fn.args)}
     K = a["K"]
     rows = _Rows(b, m, 2 * isa.lanes)
@@ -280,6 +306,38 @@ def emit_bias_gelu_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
         rows.sweep(a["K"], body, "bgelu")
 
     return _emit_work(m, isa, tile, bias_gelu_work_symbol(isa, tile), BIAS_GELU_PARAMS, prologue)
+
+
+def residual_norm_work_symbol(isa: IsaSpec, tile: IntTile) -> str:
+    return f"ep_q8work_residual_norm_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+
+
+def emit_residual_norm_work(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+    """``q8work_residual_norm(x, bias, res, w, beta, x_out, sel, nsel, eps, <work tail>)``.
+
+    Row ``r``: ``x_out[r] = LayerNorm(x[r] + bias + res[r])·w + beta`` (rows of
+    ``D = K − 32·nsel``), then that row extended by the residuals of the ``nsel`` blocks
+    numbered in ``sel`` (K values) is quantized and multiplied: the same values as the
+    ``residual_norm`` kernel's ``out`` and ``ext`` rows.
+    """
+    norm: list[ResidualNormRow] = []
+
+    def prologue(b, m, rows: _Rows, a, r, scratch) -> None:
+        D = b.sub(a["K"], b.mul(a["nsel"], const_i64(QK)))
+        rb = b.mul(D, const_i64(4))
+        x_out = _row(b, a["x_out"], r, rb)
+        norm[0].emit(_row(b, a["x"], r, rb), a["bias"], _row(b, a["res"], r, rb), a["w"], a["beta"], x_out, D, a["eps"])
+        norm[0].extend(x_out, scratch, a["sel"], a["nsel"], D)
+
+    return _emit_work(
+        m,
+        isa,
+        tile,
+        residual_norm_work_symbol(isa, tile),
+        RESIDUAL_NORM_PARAMS,
+        prologue,
+        setup=lambda b: norm.append(ResidualNormRow(b, isa)),
+    )
 
 
 def qk_norm_rope_symbol(isa: IsaSpec) -> str:

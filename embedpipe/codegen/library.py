@@ -81,6 +81,7 @@ PARALLEL_ROLES = (
     "q8work_addnorm",
     "q8work_gelu",
     "q8work_bias_gelu",
+    "q8work_residual_norm",
     "qk_norm_rope",
     "add_norm",
 )
@@ -103,6 +104,7 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
         "q8work_addnorm": ir_fused.addnorm_work_symbol(isa, int_tile),
         "q8work_gelu": ir_fused.gelu_work_symbol(isa, int_tile),
         "q8work_bias_gelu": ir_fused.bias_gelu_work_symbol(isa, int_tile),
+        "q8work_residual_norm": ir_fused.residual_norm_work_symbol(isa, int_tile),
         "qk_norm_rope": ir_fused.qk_norm_rope_symbol(isa),
         "add_norm": ir_fused.add_norm_symbol(isa),
     }
@@ -142,6 +144,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     symbols["q8work_addnorm"] = ir_fused.emit_addnorm_work(module, isa, int_tile)
     symbols["q8work_gelu"] = ir_fused.emit_gelu_work(module, isa, int_tile)
     symbols["q8work_bias_gelu"] = ir_fused.emit_bias_gelu_work(module, isa, int_tile)
+    symbols["q8work_residual_norm"] = ir_fused.emit_residual_norm_work(module, isa, int_tile)
     symbols["qk_norm_rope"] = ir_fused.emit_qk_norm_rope(module, isa)
     symbols["add_norm"] = ir_fused.emit_add_norm(module, isa)
     kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]

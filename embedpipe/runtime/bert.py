@@ -41,13 +41,13 @@ from embedpipe.runtime.tokenizer import load_tokenizer
 #: Every activation of a pass then stays in the caches, and no allocation is big enough to be
 #: fresh zeroed pages on every call.
 PASS_TOKENS = 512
-#: Native calls of a forward: the embedding LayerNorm, then per layer the QKV product,
-#: attention, output product, LayerNorm, FFN up, GELU and FFN down (one fused call for an
-#: integer-dot weight, two otherwise), LayerNorm. Passes of at most
+#: Native calls of a forward: per layer the LayerNorm and QKV product, attention, output
+#: product, LayerNorm and FFN up, GELU and FFN down (each pair one fused call for an
+#: integer-dot weight, two otherwise), then the last LayerNorm. Passes of at most
 #: PROGRAM_MAX_TOKENS tokens replay them as one recorded step program (``runtime.step_programs``);
 #: longer ones replay the program of their token-count bucket, with each layer's attention
 #: (which depends on the sequence lengths) called between its recorded steps.
-OPS_PER_LAYER = 7
+OPS_PER_LAYER = 5
 
 
 def token_passes(lengths: list[int], budget: int) -> list[tuple[int, int]]:
@@ -310,7 +310,11 @@ class BertEncoderModel:
         self._stack(arena.rows("tokens", cfg.hidden), arena.rows("pos", cfg.hidden), attend, None, arena)
 
     def _program_steps(self) -> int:
-        return 1 + sum(OPS_PER_LAYER + (not self.eops.fuses_gelu(layer.w_down)) for layer in self.layers)
+        eops = self.eops
+        unfused = lambda layer: (  # noqa: E731
+            (not eops.fuses_norm(layer.w_qkv)) + (not eops.fuses_norm(layer.w_up)) + (not eops.fuses_gelu(layer.w_down))
+        )
+        return 1 + sum(OPS_PER_LAYER + unfused(layer) for layer in self.layers)
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """CLS row or mean of each sequence's rows (new arrays: ``x`` may be an arena's)."""
@@ -321,15 +325,13 @@ class BertEncoderModel:
     def _stack(self, tokens, pos, attend: Callable, probe=None, arena: Arena | None = None) -> np.ndarray:
         """The embedding LayerNorm and every block over the token embeddings (into ``arena``'s
         buffers when given), ``attend`` being each layer's attention; returns the last hidden
-        states."""
+        states. Each LayerNorm but the last runs with the product that takes its output."""
         cfg = self.cfg
         type0 = self.type0 if self.type0 is not None else self._zeros
-        first_ext = self.layers[0].qkv_ext if self.layers else None
-        buffers = _norm_buffers(arena, cfg.hidden, "x", "xe_qkv", first_ext)
-        x, xe = self.eops.residual_norm(tokens, type0, pos, *self.embd_norm, cfg.eps, first_ext, **buffers)
-        for il, layer in enumerate(self.layers):
-            nxt = self.layers[il + 1].qkv_ext if il + 1 < len(self.layers) else None
-            x, xe = self._layer(x, xe, layer, attend, nxt, probe, arena)
+        norm = (tokens, type0, pos, *self.embd_norm)
+        for layer in self.layers:
+            norm = self._layer(norm, layer, attend, probe, arena)
+        x, _ = self.eops.residual_norm(*norm, cfg.eps, None, **_norm_buffers(arena, cfg.hidden, "x", "", None))
         return x
 
     def _program(
@@ -366,38 +368,47 @@ class BertEncoderModel:
         return recorded
 
     def _layer(
-        self,
-        x: np.ndarray,
-        xe: np.ndarray | None,
-        layer: _Layer,
-        attend: Callable,
-        ext_out: ExtendBlocks | None,
-        probe: BlockErrors | None = None,
-        arena: Arena | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One block: x (S, hidden) and, when this layer's QKV product takes extended rows, their
-        extension ``xe``; returns the block output and its extension by ``ext_out``. With an
-        ``arena`` every op writes into its buffers: the block's input stays in "x" until the
-        first LayerNorm, which writes "x1"; the last one writes "x" again."""
+        self, norm: tuple, layer: _Layer, attend: Callable, probe: BlockErrors | None, arena: Arena | None
+    ) -> tuple:
+        """One block. ``norm``: the arguments ``(x, bias, res, weight, beta)`` of the LayerNorm
+        whose output is the block's input; returns those of the LayerNorm of its output. With
+        an ``arena`` every op writes into its buffers: the block's input in "x", the attention
+        LayerNorm's output in "x1"."""
         cfg, eops = self.cfg, self.eops
-        if probe is not None:
-            probe((layer.il, "attn_qkv"), x)
         # the QKV product is a temporary: held past attention, its pages would stay taken and
         # the products after it would write into freshly mapped ones
-        qkv = layer.w_qkv(x if xe is None else xe, **_out(arena, "qkv", layer.w_qkv))
+        x, qkv = self._norm_product(norm, layer, "attn_qkv", probe, arena)
         attn = attend(qkv, layer.b_qkv, _out(arena, "attn", cfg.hidden))
         o = layer.wo(attn, **_out(arena, "o", layer.wo))
-        norm = _norm_buffers(arena, cfg.hidden, "x1", "xe_up", layer.up_ext)
-        x1, xe1 = eops.residual_norm(o, layer.bo, x, *layer.attn_norm, cfg.eps, layer.up_ext, **norm)
-        if probe is not None:
-            probe((layer.il, "ffn_up"), x1)
-        up = layer.w_up(x1 if xe1 is None else xe1, **_out(arena, "up", layer.w_up))
+        x1, up = self._norm_product((o, layer.bo, x, *layer.attn_norm), layer, "ffn_up", probe, arena)
         ffn = _out(arena, "o", layer.w_down)
         if arena is not None and not eops.fuses_gelu(layer.w_down):  # the GELU is a step of its own
             ffn["act"] = arena.rows("act", cfg.ffn)
         down = eops.bias_gelu_matmul(layer.w_down, up, layer.b_up, **ffn)
-        norm = _norm_buffers(arena, cfg.hidden, "x", "xe_qkv", ext_out)
-        return eops.residual_norm(down, layer.b_down, x1, *layer.out_norm, cfg.eps, ext_out, **norm)
+        return (down, layer.b_down, x1, *layer.out_norm)
+
+    def _norm_product(
+        self, norm: tuple, layer: _Layer, product: str, probe: BlockErrors | None, arena: Arena | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The LayerNorm ``norm`` and ``product`` (one of ``EXTENDED_INPUT_PRODUCTS``) of its
+        output, extended as the layer extends that product's input: (rows, product)."""
+        cfg, eops = self.cfg, self.eops
+        w, extend = (layer.w_qkv, layer.qkv_ext) if product == "attn_qkv" else (layer.w_up, layer.up_ext)
+        if probe is not None:  # calibration ranks the LayerNorm output's blocks
+            x, xe = eops.residual_norm(*norm, cfg.eps, extend)
+            probe((layer.il, product), x)
+            return x, w(x if xe is None else xe)
+        buffers = {}
+        if arena is not None:
+            names = _NORM_PRODUCT_BUFFERS[product]
+            buffers = {"x_out": arena.rows(names[0], cfg.hidden), "out": arena.rows(names[1], w.n)}
+            if extend is not None and not eops.fuses_norm(w):
+                buffers["ext_out"] = arena.rows(names[2], extend.ext_width)
+        return eops.residual_norm_matmul(w, *norm, cfg.eps, extend, **buffers)
+
+
+#: Arena buffers of a LayerNorm and its product: (rows, product output, extended rows).
+_NORM_PRODUCT_BUFFERS = {"attn_qkv": ("x", "qkv", "xe_qkv"), "ffn_up": ("x1", "up", "xe_up")}
 
 
 def _out(arena: Arena | None, name: str, width: int | PreparedMatmul) -> dict:

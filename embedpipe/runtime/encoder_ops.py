@@ -130,6 +130,16 @@ class NumpyEncoderOps:
         """Whether ``bias_gelu_matmul`` with ``w`` is one native call (else two)."""
         return False
 
+    def residual_norm_matmul(self, w, x, bias, res, weight, beta, eps: float, extend):
+        """``(h, w(h extended by extend))`` with ``h = residual_norm(...)``: a block's
+        LayerNorm and the product that takes its output."""
+        rows, ext = self.residual_norm(x, bias, res, weight, beta, eps, extend)
+        return rows, w(rows if ext is None else ext)
+
+    def fuses_norm(self, w: object) -> bool:
+        """Whether ``residual_norm_matmul`` with ``w`` is one native call (else two)."""
+        return False
+
     def attention(self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
         """(T, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
         over their own tokens; q, k, v are the column blocks of ``y + qkv_bias``; ``bias`` an
@@ -184,6 +194,35 @@ class JitEncoderOps(NumpyEncoderOps):
 
     def fuses_gelu(self, w: object) -> bool:
         return getattr(w, "family", None) == "int" and self._combine is not None
+
+    def residual_norm_matmul(
+        self,
+        w,
+        x,
+        bias,
+        res,
+        weight,
+        beta,
+        eps: float,
+        extend,
+        out: np.ndarray | None = None,
+        x_out: np.ndarray | None = None,
+        ext_out: np.ndarray | None = None,
+    ):
+        """One fused native kernel per thread (the LayerNorm, extended, into the quantizer's
+        scratch, then the product) for an integer-dot weight; otherwise the residual_norm
+        kernel (into ``x_out``/``ext_out``) and the product. Buffers: a recorded arena's."""
+        if not self.fuses_norm(w):
+            rows, ext = self.residual_norm(
+                x, bias, res, weight, beta, eps, extend, **_given(out=x_out, ext_out=ext_out)
+            )
+            return rows, w(rows if ext is None else ext, **_given(out=out))
+        from embedpipe.codegen import fused
+
+        return fused.residual_norm_matmul(w, x, bias, res, weight, beta, eps, extend, x_out=x_out, out=out)
+
+    def fuses_norm(self, w: object) -> bool:
+        return getattr(w, "family", None) == "int" and self._norm is not None
 
     def attention(
         self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias, **buffers

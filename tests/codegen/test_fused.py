@@ -159,6 +159,51 @@ def test_a_row_is_computed_the_same_in_any_batch(isa, threads):
             assert np.array_equal(gelu[i], gelu_alone[i][0]), (t, i)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("t", ROWS)
+@pytest.mark.parametrize("blocks", [None, (2,), (0, 3)])
+def test_residual_norm_matmul(isa, t, blocks):
+    """Bit-identical to the two-kernel path it replaces (the residual_norm kernel into fp32
+    rows, extended or not, then the product), and close to the numpy twin."""
+    from embedpipe.codegen.encoder_fused import RESIDUAL_NORM, ExtendBlocks, residual_norm_reference
+
+    rng = np.random.default_rng(t + 3 * len(blocks or ()))
+    lib = get_kernel_library(isa, 2)
+    d = 128 + 32 * (t % 2)  # 4 or 5 blocks: a ragged tail of the 2-lane-vector sweep
+    extend = ExtendBlocks(d, blocks) if blocks is not None else None
+    k = d if extend is None else extend.ext_width
+    w, wf = _int_weight(lib, rng, 80 + 16 * (t % 3), k)
+    x = (rng.standard_normal((t, d)) * 3).astype(np.float32)
+    x[:, 5] *= 40  # an outlier feature, as LayerNorm inputs have
+    res = rng.standard_normal((t, d)).astype(np.float32)
+    bias, weight, beta = (rng.standard_normal(d).astype(np.float32) for _ in range(3))
+    h, out = fused.residual_norm_matmul(w, x, bias, res, weight, beta, 1e-12, extend)
+    rows, ext = RESIDUAL_NORM.on(lib.isa)(x, bias, res, weight, beta, 1e-12, extend, threads=2)
+    np.testing.assert_array_equal(h, rows)
+    np.testing.assert_array_equal(out, w(rows if ext is None else ext))
+    want_rows, want_ext = residual_norm_reference(x, bias, res, weight, beta, 1e-12, extend)
+    np.testing.assert_allclose(h, want_rows, rtol=1e-5, atol=1e-5)
+    _assert_product_close(out, want_rows if want_ext is None else want_ext, wf)
+
+
+def test_residual_norm_matmul_inputs_are_validated():
+    from embedpipe.codegen.encoder_fused import ExtendBlocks
+
+    lib = get_kernel_library(ISAS[0], 1)
+    w, _ = _int_weight(lib, np.random.default_rng(0), 32, 64)
+    x, ones = np.ones((3, 64), np.float32), np.ones(64, np.float32)
+    with pytest.raises(KernelInputError, match="do not fit"):
+        fused.residual_norm_matmul(w, x, ones, np.ones((2, 64), np.float32), ones, ones, 1e-6, None)
+    with pytest.raises(KernelInputError, match="does not take extended rows"):
+        fused.residual_norm_matmul(w, x, ones, x.copy(), ones, ones, 1e-6, ExtendBlocks(64, [1]))
+    with pytest.raises(KernelInputError, match="need ExtendBlocks"):
+        fused.residual_norm_matmul(w, x, ones, x.copy(), ones, ones, 1e-6, [1])
+    with pytest.raises(KernelInputError, match="overlap"):
+        fused.residual_norm_matmul(w, x, ones, x.copy(), ones, ones, 1e-6, None, x_out=x)
+    with pytest.raises(KernelInputError, match="float32"):
+        fused.residual_norm_matmul(w, x, ones.astype(np.float64), x.copy(), ones, ones, 1e-6, None)
+
+
 def test_fused_inputs_are_validated():
     lib = get_kernel_library(ISAS[0], 1)
     rng = np.random.default_rng(0)
@@ -220,6 +265,7 @@ def test_panel_split_prepares_rows_once_and_matches_one_thread(isa, t, monkeypat
             "plain_norm": plain_norm,
             "gelu": fused.gelu_matmul(w, gu),
             "bias_gelu": fused.bias_gelu_matmul(w, y, bias),
+            "residual_norm": fused.residual_norm_matmul(w, y, bias, x, w_post, w_pre, 1e-6, None)[1],
             "matmul": w(x),
         }
 
