@@ -31,6 +31,7 @@ OP_METHODS: tuple[str, ...] = (
     "gelu_tanh_mul",
     "gelu_erf",
     "residual_norm",
+    "residual_norm_matmul",
     "combine",
     "bias_gelu_matmul",
 )
