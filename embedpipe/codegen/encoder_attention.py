@@ -54,7 +54,7 @@ from embedpipe.codegen.irutil import (
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native, active_recorder
 from embedpipe.codegen.library import KernelInputError
 from embedpipe.codegen.scratch import thread_scratch
 
@@ -425,6 +425,47 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
             for i, (a, b) in enumerate(ranges)
         ]
     )
+    return out
+
+
+_WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
+
+
+def record_per_run(native: Native, y, qkv_bias, n_head, head_dim, scale, longest: int, threads: int, out):
+    """Inside a ``kernel.recording``: one attention step over ``y``'s rows whose sequences are
+    given anew by every replay (``Recorder.rewritten``), as its argument ``(starts, lengths,
+    bias)`` of sequences of at most ``longest`` tokens. The replay checks them as ``_drive``
+    does and spreads their pairs over ``threads`` items; ``out`` (T, H·D) must be given."""
+    rec = active_recorder()
+    if rec is None:
+        raise KernelInputError("encoder attention: record_per_run outside a recording")
+    none = np.zeros(0, np.int64)
+    y, qkv_bias, t, _, _, _ = _checked(y, qkv_bias, y.shape[0], n_head, head_dim, none, none, None)
+    out = checked_out("encoder attention", out, (t, n_head * head_dim), y, qkv_bias)
+    longest, parts = max(1, int(longest)), max(1, int(threads))
+    per_worker = scratch_floats(head_dim, longest, native.isa.lanes)
+    scratch = _scratch.floats(parts * per_worker)
+    head = (address(y), address(qkv_bias), 0, address(out))
+    tail = (0, 0, t, n_head, head_dim, y.shape[1], 0, cached_f32_word(float(scale)), 0, 0)
+    native.run([(*head, address(scratch) + 4 * per_worker * i, *tail) for i in range(parts)])
+
+    def fill(arg: tuple, words: np.ndarray) -> tuple:
+        starts, lengths, bias = arg
+        _, _, _, starts, lengths, bias = _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias)
+        lens = lengths.tolist()
+        if lens and max(lens) > longest:
+            raise KernelInputError(f"encoder attention: a sequence of {max(lens)} tokens; this step holds {longest}")
+        work = sum(n * n for n in lens) * n_head * head_dim
+        ranges = balanced_ranges(lens, n_head, parts if work >= PARALLEL_MIN_WORK else 1) if lens else []
+        words[:, _WORD["p0"]] = words[:, _WORD["p1"]] = 0
+        for i, (a, b) in enumerate(ranges):
+            words[i, _WORD["p0"]], words[i, _WORD["p1"]] = a, b
+        words[:, _WORD["starts"]], words[:, _WORD["lengths"]] = address(starts), address(lengths)
+        words[:, _WORD["bias"]] = address(bias) if bias is not None else 0
+        words[:, _WORD["bias_ld"]] = bias.shape[1] if bias is not None else 0
+        return starts, lengths, bias
+
+    rec.rewritten(fill)
     return out
 
 

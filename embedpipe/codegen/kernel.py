@@ -242,11 +242,14 @@ class Recorder:
     counts the driver operations recorded: a driver whose work takes two forks (the second
     added with ``same_op``) records two steps and one operation.  ``hole(fn)`` records an
     operation that is not a fork: ``fn(arg)`` runs from Python at that point of every replay,
-    with the replay's argument (an operation whose layout changes from run to run)."""
+    with the replay's argument (an operation whose layout changes from run to run).
+    ``rewritten(fill)`` marks the step recorded last as one whose items a replay first
+    rewrites from its argument (such an operation kept inside the native run)."""
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, np.ndarray, int | None]] = []
         self.holes: list[tuple[int, Callable[[Any], object]]] = []
+        self.rewrites: list[tuple[int, Callable[[Any, np.ndarray], object]]] = []
         self.ops = 0
         self.after_add: list[Callable[[], None]] = []
 
@@ -254,6 +257,15 @@ class Recorder:
         """An operation run by ``fn(arg)`` after the steps recorded so far, at every replay."""
         self.holes.append((len(self.steps), fn))
         self.ops += 1
+
+    def rewritten(self, fill: Callable[[Any, np.ndarray], object]) -> None:
+        """Every replay first calls ``fill(arg, items)`` for the step recorded last: it checks
+        the replay's argument and writes that step's items (its rows of 64-bit words, whose
+        number and layout are the recorded ones) in place; what it returns (arrays the new
+        words point at) is kept alive until the replay ends."""
+        if not self.steps:
+            raise ValueError("rewritten() follows the step it rewrites")
+        self.rewrites.append((len(self.steps) - 1, fill))
 
     def add(self, task: int, items: Sequence[Sequence[int]], counter: int | None = None, same_op: bool = False) -> None:
         self.steps.append((task, np.array(items, dtype=np.int64).reshape(len(items), -1), counter))

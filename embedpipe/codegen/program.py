@@ -19,7 +19,9 @@ A thread that is never scheduled cannot stall the others: whoever runs claims wh
 so one thread alone runs the whole program.  A recorded ``hole`` (``Recorder.hole``) splits
 the steps in segments: a replay runs a segment natively, then the hole's Python callable, then
 the next segment (an operation whose layout changes between replays, such as attention over
-another batch's sequences, stays a driver call between the recorded steps).  A kernel
+another batch's sequences, stays a driver call between the recorded steps).  A step marked
+``Recorder.rewritten`` instead keeps such an operation inside the native run: its items are
+rewritten in place from the replay's argument, checked in Python, before the run starts.  A kernel
 parameter named ``counter`` is a work-claiming word the kernel zeroes nowhere itself: each
 recorded step gets its own, and all are zeroed before every run.  The fallback and oracle of a program is the eager op sequence
 it was recorded from (``native()`` is None when LLVM cannot build the runner).
@@ -127,6 +129,7 @@ class Program:
         self.keep = keep
         self._words = [words for _, words, _ in recorder.steps]
         self.holes = list(recorder.holes)
+        self.rewrites = [(self._words[s], fill) for s, fill in recorder.rewrites]
         self.ops = recorder.ops
         n = len(recorder.steps)
         self.counters = aligned_empty((max(n, 1) * COUNTER_WORDS,), np.int64)
@@ -154,7 +157,9 @@ class Program:
 
     def run(self, threads: int, hole_arg: object = None) -> None:
         """Run every step on ``threads`` threads (the calling one included), in one native call
-        per segment; each hole is called with ``hole_arg`` between its segments."""
+        per segment; each hole is called with ``hole_arg`` between its segments, and each
+        rewritten step's items are filled from ``hole_arg`` before the first."""
+        kept = [fill(hole_arg, words) for words, fill in self.rewrites]  # noqa: F841 (alive for the run)
         self.counters.fill(0)
         threads = max(1, min(int(threads), MAX_THREADS))
         start = 0

@@ -18,7 +18,6 @@ import numpy as np
 
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
-from embedpipe.codegen.kernel import active_recorder
 from embedpipe.codegen.prepared import PreparedMatmul
 from embedpipe.runtime import bert_extend, encoder_ops, ops
 from embedpipe.runtime.arena import Arena, ArenaPool
@@ -296,16 +295,12 @@ class BertEncoderModel:
 
     def _record_bucket(self, arena: Arena) -> None:
         """The forward over ``arena``'s rows (recorded by ``BucketedPasses``), each attention a
-        hole that runs over the sequences a replay passes in."""
-        cfg, eops, rec = self.cfg, self.eops, active_recorder()
+        step whose sequences a replay passes in (its ``(starts, lengths, bias)``)."""
+        cfg, eops = self.cfg, self.eops
+        longest = min(arena.t, cfg.n_positions - cfg.position_offset)
 
         def attend(qkv: np.ndarray, qkv_bias: np.ndarray, out: dict) -> np.ndarray:
-            def run(hole_arg: tuple) -> None:
-                starts, lengths, bias = hole_arg
-                eops.attention(qkv, qkv_bias, cfg.n_head, cfg.head_dim, starts, lengths, self.scale, bias, **out)
-
-            rec.hole(run)
-            return out["out"]
+            return eops.record_attention(qkv, qkv_bias, cfg.n_head, cfg.head_dim, self.scale, longest, out["out"])
 
         self._stack(arena.rows("tokens", cfg.hidden), arena.rows("pos", cfg.hidden), attend, None, arena)
 

@@ -233,6 +233,13 @@ class JitEncoderOps(NumpyEncoderOps):
         args = (y, qkv_bias, y.shape[0], n_head, head_dim, starts, lengths, scale, bias)
         return native.kernel.drive(native, *args, threads=self.threads, **buffers)
 
+    def record_attention(self, y, qkv_bias, n_head: int, head_dim: int, scale: float, longest: int, out) -> np.ndarray:
+        """Inside a step-program recording: attention over ``y``'s rows whose sequences each
+        replay gives as its argument ``(starts, lengths, bias)`` (``encoder_attention.record_per_run``)."""
+        from embedpipe.codegen.encoder_attention import record_per_run
+
+        return record_per_run(self._attention, y, qkv_bias, n_head, head_dim, scale, longest, self.threads, out)
+
 
 def _given(**buffers: np.ndarray | None) -> dict[str, np.ndarray]:
     return {k: v for k, v in buffers.items() if v is not None}

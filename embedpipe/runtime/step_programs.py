@@ -8,9 +8,11 @@ one-run-at-a-time rule of a program (a caller that finds it busy runs the ops it
 
 Longer batches rarely repeat a length tuple, but their shape-dependent ops (products, norms)
 depend only on the token count. ``BucketedPasses`` records those once per token count
-rounded up to ``BUCKET_TOKENS`` (the model pads a pass with one extra sequence), leaves the
-length-dependent ops (attention) as holes of the program (``Recorder.hole``), and keeps
-every such program over one shared arena, grown to the largest pass.
+rounded up to ``BUCKET_TOKENS`` (the model pads a pass with one extra sequence), records the
+length-dependent ops (attention) as steps each replay rewrites from its sequences
+(``Recorder.rewritten``) or as holes of the program (``Recorder.hole``), and keeps every
+such program over one shared arena, grown to the largest pass. ``run``'s ``hole_arg`` is
+the argument both receive.
 """
 
 from __future__ import annotations

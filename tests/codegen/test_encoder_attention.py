@@ -133,3 +133,39 @@ def test_balanced_ranges_cover_every_pair_with_equal_work(parts):
         shares = [work[a:b].sum() for a, b in ranges]
         if len(ranges) == parts:
             assert max(abs(s - work.sum() / parts) for s in shares) <= work.max()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_a_recorded_step_takes_each_replays_sequences(threads, with_bias):
+    """``record_per_run``: one recorded step whose items every replay rewrites from its own
+    ``(starts, lengths, bias)``; each replay equals the eager call with those sequences, and a
+    replay's sequences are checked before anything runs."""
+    from embedpipe.codegen.encoder_attention import record_per_run
+    from embedpipe.codegen.program import Program
+
+    native = ENCODER_ATTENTION.native(None)
+    if native is None:
+        pytest.skip("no JIT here")
+    rng = np.random.default_rng(threads)
+    t, h, d = 64, 4, 32
+    y = rng.standard_normal((t, 3 * h * d)).astype(np.float32)
+    qb = rng.standard_normal(3 * h * d).astype(np.float32)
+    bias = rng.standard_normal((h, 40, 40)).astype(np.float32) if with_bias else None
+    out = np.zeros((t, h * d), np.float32)
+    program = Program.record(lambda: record_per_run(native, y, qb, h, d, 0.2, 40, threads, out))
+    assert program.steps == 1 and program.ops == 1 and not program.holes
+    splits = [([0], [40]), ([0, 20, 33], [20, 13, 31]), ([0, 1, 2, 3], [1, 1, 1, 40]), ([5], [7])]
+    for starts, lengths in splits + splits[::-1]:
+        starts, lengths = np.array(starts), np.array(lengths)
+        want = ENCODER_ATTENTION.on(native.isa)(y, qb, t, h, d, starts, lengths, 0.2, bias, threads=threads)
+        out.fill(0)
+        program.run(threads, (starts, lengths, bias))
+        np.testing.assert_array_equal(out, want)
+    out.fill(7)
+    for bad, match in [(([0], [41]), "holds 40|L >= 41"), (([30], [40]), "outside"), (([0], [0]), "outside")]:
+        with pytest.raises(KernelInputError, match=match):
+            program.run(threads, (np.array(bad[0]), np.array(bad[1]), bias))
+    assert (out == 7).all()
+    with pytest.raises(KernelInputError, match="outside a recording"):
+        record_per_run(native, y, qb, h, d, 0.2, 40, threads, out)

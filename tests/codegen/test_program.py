@@ -9,7 +9,7 @@ import pytest
 
 from embedpipe.codegen import KernelInputError, fused, get_kernel_library, runnable_isas
 from embedpipe.codegen.ir_attention import attention, attention_reference
-from embedpipe.codegen.kernel import active_recorder, recording
+from embedpipe.codegen.kernel import Recorder, active_recorder, recording
 from embedpipe.codegen.program import Program
 from embedpipe.codegen.quant_formats import aligned_empty
 
@@ -263,3 +263,8 @@ def test_output_buffers_are_validated():
             None,
             out=np.empty((5, 32), np.float32),
         )
+
+
+def test_a_rewrite_needs_a_step_to_rewrite():
+    with pytest.raises(ValueError, match="follows the step"):
+        Recorder().rewritten(lambda arg, words: None)
