@@ -485,6 +485,19 @@ def _drive(
         out = np.empty((s, n_q * dv), np.float32)
     else:
         _check_out(out, (s, n_q * dv), q, k, v)
+    work = _planned_work(s, n_kv, bq, starts, lengths, half_window, cache)
+    if not len(work):
+        return out
+    parts = max(1, min(int(threads), len(work)))
+    counter = np.zeros(1, np.int64)
+    native.run(
+        _items(native.isa, q, k, v, out, work.ctypes.data, len(work), counter.ctypes.data, half_window, bq, parts)
+    )
+    return out
+
+
+def _planned_work(s: int, n_kv: int, bq: int, starts, lengths, half_window: int | None, cache: dict | None):
+    """The checked work table of these sequences (kept in ``cache`` when given)."""
     key = ("attention_work", s, n_kv, bq, half_window)
     work = None if cache is None else cache.get(key)
     if work is None:
@@ -492,17 +505,52 @@ def _drive(
         work.setflags(write=False)
         if cache is not None:
             cache[key] = work
-    if not len(work):
-        return out
-    per_thread = _round_up(scratch_floats(native.isa, group, bq, d, dv), _ALIGN)
-    parts = max(1, min(int(threads), len(work)))
-    scratch = _scratch.floats(per_thread * parts)
-    counter = np.zeros(1, np.int64)
+    return work
+
+
+def _items(isa: IsaSpec, q, k, v, out, work: int, n_work: int, counter: int, half_window, bq: int, parts: int):
+    """``parts`` items sharing one work table, each with its own scratch for tiles of ``bq``."""
+    s, n_q, d = q.shape
+    n_kv, dv = k.shape[1], v.shape[2]
+    group = n_q // n_kv
+    per_thread = _round_up(scratch_floats(isa, group, bq, d, dv), _ALIGN)
+    base = _scratch.floats(per_thread * parts).ctypes.data
     hw = -1 if half_window is None else int(half_window)
-    head = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, work.ctypes.data, len(work))
-    tail = (group, n_q, n_kv, d, dv, hw, bq)
-    base = scratch.ctypes.data
-    native.run([(*head, counter.ctypes.data, base + 4 * per_thread * i, *tail) for i in range(parts)])
+    head = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, work, n_work, counter)
+    return [(*head, base + 4 * per_thread * i, group, n_q, n_kv, d, dv, hw, bq) for i in range(parts)]
+
+
+_WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
+
+
+def record_per_run(native: Native, q, k, v, half_window: int | None, threads: int, out: np.ndarray) -> np.ndarray:
+    """Inside a ``kernel.recording``: one attention step over these rows whose sequences are
+    given anew by every replay (``Recorder.rewritten``), as its argument, an object with the
+    batch's ``starts``, ``lengths`` and a ``cache`` dict (as ``attention`` takes them). The
+    replay plans and checks its work table as ``_drive`` does; ``threads`` items share it."""
+    from embedpipe.codegen.kernel import active_recorder
+    from embedpipe.codegen.library import KernelInputError
+
+    rec = active_recorder()
+    if rec is None:
+        raise KernelInputError("attention: record_per_run outside a recording")
+    _check_arrays(q, k, v)
+    if not all(x.flags.c_contiguous for x in (q, k, v)):
+        raise KernelInputError("attention: a recorded step takes C-contiguous q, k, v")
+    s, n_q, _ = q.shape
+    n_kv, dv = k.shape[1], v.shape[2]
+    _check_out(out, (s, n_q * dv), q, k, v)
+    group, parts = n_q // n_kv, max(1, int(threads))
+    largest = query_tile(group)  # the scratch holds tiles of any bq a replay picks
+    native.run(_items(native.isa, q, k, v, out, 0, 0, 0, half_window, largest, parts))
+
+    def fill(plan, words: np.ndarray) -> np.ndarray:
+        bq = split_query_tile(largest, plan.lengths, n_kv, half_window, parts)
+        work = _planned_work(s, n_kv, bq, plan.starts, plan.lengths, half_window, plan.cache)
+        words[:, _WORD["work"]], words[:, _WORD["n_work"]], words[:, _WORD["bq"]] = work.ctypes.data, len(work), bq
+        return work
+
+    rec.rewritten(fill)
     return out
 
 

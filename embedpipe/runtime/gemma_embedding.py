@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
-from embedpipe.codegen.kernel import active_recorder
 from embedpipe.codegen.quant_formats import FORMATS
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
@@ -221,12 +220,11 @@ class GemmaEmbeddingModel:
 
     def _record_bucket(self, memory: Arena) -> None:
         """The layer stack over ``memory``'s rows (recorded by ``BucketedPasses``), each
-        attention a hole that runs over the plan a replay passes in."""
-        arena, rec = _Arena(self.cfg, memory), active_recorder()
+        attention a step whose work a replay plans from the sequences it passes in."""
+        arena = _Arena(self.cfg, memory)
 
         def attend(q, k, v, half_window, out: dict) -> np.ndarray:
-            rec.hole(lambda plan: self.ops.attention(q, k, v, plan, half_window, **out))
-            return out["out"]
+            return self.ops.record_attention(q, k, v, half_window, out["out"])
 
         self._stack(arena.x0, self._rope_rows(memory), attend, arena)
 

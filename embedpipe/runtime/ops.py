@@ -258,6 +258,19 @@ class JitOps(NumpyOps):
             out=out,
         )
 
+    def record_attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None, out) -> np.ndarray:
+        """Inside a step-program recording: ``attention`` over sequences each replay gives as
+        its argument, a plan (``ir_attention.record_per_run``); a hole that calls ``attention``
+        when the kernel is not available here."""
+        from embedpipe.codegen.ir_attention import ATTENTION, record_per_run
+        from embedpipe.codegen.kernel import active_recorder
+
+        native = ATTENTION.native(self.lib.isa)
+        if native is None:
+            active_recorder().hole(lambda plan: self.attention(q, k, v, plan, half_window, out=out))
+            return out
+        return record_per_run(native, q, k, v, half_window, self.threads, out)
+
     def norm_matmul(self, w, x, y, w_post, w_pre, eps, x_out=None, out=None):
         if not _int_weight(w):
             return super().norm_matmul(w, x, y, w_post, w_pre, eps)

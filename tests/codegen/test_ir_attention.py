@@ -196,3 +196,39 @@ def test_validates_before_native_code():
 
 def test_ctypes_signature_is_the_compiled_ir_type():
     assert_signature_is_the_compiled_ir_type(A.ATTENTION_MODULE, ISAS[0])
+
+
+class _Plan:
+    def __init__(self, starts, lengths):
+        self.starts, self.lengths, self.cache = np.asarray(starts), np.asarray(lengths), {}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("hw", [5, None])
+def test_a_recorded_step_plans_each_replays_sequences(threads, hw):
+    """``record_per_run``: one recorded step whose work table every replay plans from its own
+    sequences; each replay equals the eager call (bit for bit: the tile grid depends only on
+    the sequence), and a replay's bounds are checked before anything runs."""
+    from embedpipe.codegen.program import Program
+
+    native = A.ATTENTION.native(None)
+    if native is None:
+        pytest.skip("no JIT here")
+    q, k, v, _, _ = packed([70], 4, 2, 16, 8, seed=threads)
+    out = np.zeros((70, 4 * 8), np.float32)
+    program = Program.record(lambda: A.record_per_run(native, q, k, v, hw, threads, out))
+    assert program.steps == 1 and program.ops == 1 and not program.holes
+    splits = [([0], [70]), ([0, 3, 40], [3, 37, 30]), ([0, 1], [1, 1]), ([10], [2])]
+    for starts, lengths in splits + splits[::-1]:
+        want = A.attention(q, k, v, np.array(starts), np.array(lengths), hw, threads=threads)
+        out.fill(np.nan)
+        program.run(threads, _Plan(starts, lengths))
+        rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths)])
+        np.testing.assert_array_equal(out[rows], want[rows])
+    out.fill(7)
+    for starts, lengths in [([60], [11]), ([0], [0]), ([-1], [3])]:
+        with pytest.raises(KernelInputError, match="outside"):
+            program.run(threads, _Plan(starts, lengths))
+    assert (out == 7).all()
+    with pytest.raises(KernelInputError, match="outside a recording"):
+        A.record_per_run(native, q, k, v, hw, threads, out)
