@@ -431,11 +431,21 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
 _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
+class Sequences:
+    """A replay's argument for ``record_per_run``: the packed sequences (``starts``,
+    ``lengths``), the additive bias or None, and a ``cache`` in which the layers' steps share
+    the checked arrays and the work split (one pass, one check)."""
+
+    def __init__(self, starts: np.ndarray, lengths: np.ndarray, bias: np.ndarray | None = None) -> None:
+        self.starts, self.lengths, self.bias = starts, lengths, bias
+        self.cache: dict = {}
+
+
 def record_per_run(native: Native, y, qkv_bias, n_head, head_dim, scale, longest: int, threads: int, out):
     """Inside a ``kernel.recording``: one attention step over ``y``'s rows whose sequences are
-    given anew by every replay (``Recorder.rewritten``), as its argument ``(starts, lengths,
-    bias)`` of sequences of at most ``longest`` tokens. The replay checks them as ``_drive``
-    does and spreads their pairs over ``threads`` items; ``out`` (T, H·D) must be given."""
+    given anew by every replay (``Recorder.rewritten``), as its argument, a ``Sequences`` of
+    at most ``longest`` tokens each. The replay checks them as ``_drive`` does and spreads
+    their pairs over ``threads`` items; ``out`` (T, H·D) must be given."""
     rec = active_recorder()
     if rec is None:
         raise KernelInputError("encoder attention: record_per_run outside a recording")
@@ -449,21 +459,30 @@ def record_per_run(native: Native, y, qkv_bias, n_head, head_dim, scale, longest
     tail = (0, 0, t, n_head, head_dim, y.shape[1], 0, cached_f32_word(float(scale)), 0, 0)
     native.run([(*head, address(scratch) + 4 * per_worker * i, *tail) for i in range(parts)])
 
-    def fill(arg: tuple, words: np.ndarray) -> tuple:
-        starts, lengths, bias = arg
-        _, _, _, starts, lengths, bias = _checked(y, qkv_bias, t, n_head, head_dim, starts, lengths, bias)
+    def plan(seqs: Sequences) -> tuple:
+        _, _, _, starts, lengths, bias = _checked(
+            y, qkv_bias, t, n_head, head_dim, seqs.starts, seqs.lengths, seqs.bias
+        )
         lens = lengths.tolist()
         if lens and max(lens) > longest:
             raise KernelInputError(f"encoder attention: a sequence of {max(lens)} tokens; this step holds {longest}")
         work = sum(n * n for n in lens) * n_head * head_dim
         ranges = balanced_ranges(lens, n_head, parts if work >= PARALLEL_MIN_WORK else 1) if lens else []
+        return starts, lengths, bias, ranges
+
+    def fill(seqs: Sequences, words: np.ndarray) -> tuple:
+        key = ("encoder_attention", t, n_head, head_dim, qkv_bias.size, parts, longest)
+        planned = seqs.cache.get(key)
+        if planned is None:
+            planned = seqs.cache[key] = plan(seqs)
+        starts, lengths, bias, ranges = planned
         words[:, _WORD["p0"]] = words[:, _WORD["p1"]] = 0
         for i, (a, b) in enumerate(ranges):
             words[i, _WORD["p0"]], words[i, _WORD["p1"]] = a, b
         words[:, _WORD["starts"]], words[:, _WORD["lengths"]] = address(starts), address(lengths)
         words[:, _WORD["bias"]] = address(bias) if bias is not None else 0
         words[:, _WORD["bias_ld"]] = bias.shape[1] if bias is not None else 0
-        return starts, lengths, bias
+        return planned
 
     rec.rewritten(fill)
     return out

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from embedpipe.codegen.encoder_attention import Sequences
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
 from embedpipe.codegen.prepared import PreparedMatmul
@@ -289,13 +290,13 @@ class BertEncoderModel:
             self.ops.threads,
             load,
             lambda arena: self._pool(arena.rows("x", cfg.hidden), bounds, lengths),
-            (starts, lens, bias),
+            Sequences(starts, lens, bias),
             cfg.arch,
         )
 
     def _record_bucket(self, arena: Arena) -> None:
         """The forward over ``arena``'s rows (recorded by ``BucketedPasses``), each attention a
-        step whose sequences a replay passes in (its ``(starts, lengths, bias)``)."""
+        step whose sequences a replay passes in (an ``encoder_attention.Sequences``)."""
         cfg, eops = self.cfg, self.eops
         longest = min(arena.t, cfg.n_positions - cfg.position_offset)
 

@@ -235,7 +235,7 @@ class JitEncoderOps(NumpyEncoderOps):
 
     def record_attention(self, y, qkv_bias, n_head: int, head_dim: int, scale: float, longest: int, out) -> np.ndarray:
         """Inside a step-program recording: attention over ``y``'s rows whose sequences each
-        replay gives as its argument ``(starts, lengths, bias)`` (``encoder_attention.record_per_run``)."""
+        replay gives as its argument, a ``Sequences`` (``encoder_attention.record_per_run``)."""
         from embedpipe.codegen.encoder_attention import record_per_run
 
         return record_per_run(self._attention, y, qkv_bias, n_head, head_dim, scale, longest, self.threads, out)

@@ -139,9 +139,9 @@ def test_balanced_ranges_cover_every_pair_with_equal_work(parts):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_a_recorded_step_takes_each_replays_sequences(threads, with_bias):
     """``record_per_run``: one recorded step whose items every replay rewrites from its own
-    ``(starts, lengths, bias)``; each replay equals the eager call with those sequences, and a
+    ``Sequences``; each replay equals the eager call with those sequences, and a
     replay's sequences are checked before anything runs."""
-    from embedpipe.codegen.encoder_attention import record_per_run
+    from embedpipe.codegen.encoder_attention import Sequences, record_per_run
     from embedpipe.codegen.program import Program
 
     native = ENCODER_ATTENTION.native(None)
@@ -160,12 +160,32 @@ def test_a_recorded_step_takes_each_replays_sequences(threads, with_bias):
         starts, lengths = np.array(starts), np.array(lengths)
         want = ENCODER_ATTENTION.on(native.isa)(y, qb, t, h, d, starts, lengths, 0.2, bias, threads=threads)
         out.fill(0)
-        program.run(threads, (starts, lengths, bias))
+        program.run(threads, Sequences(starts, lengths, bias))
         np.testing.assert_array_equal(out, want)
     out.fill(7)
     for bad, match in [(([0], [41]), "holds 40|L >= 41"), (([30], [40]), "outside"), (([0], [0]), "outside")]:
         with pytest.raises(KernelInputError, match=match):
-            program.run(threads, (np.array(bad[0]), np.array(bad[1]), bias))
+            program.run(threads, Sequences(np.array(bad[0]), np.array(bad[1]), bias))
     assert (out == 7).all()
     with pytest.raises(KernelInputError, match="outside a recording"):
         record_per_run(native, y, qb, h, d, 0.2, 40, threads, out)
+
+
+def test_the_layers_of_a_replay_check_their_sequences_once():
+    from embedpipe.codegen.encoder_attention import Sequences, record_per_run
+    from embedpipe.codegen.program import Program
+
+    native = ENCODER_ATTENTION.native(None)
+    if native is None:
+        pytest.skip("no JIT here")
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((20, 3 * 64)).astype(np.float32)
+    qb = np.zeros(3 * 64, np.float32)
+    outs = [np.zeros((20, 64), np.float32) for _ in range(3)]
+    program = Program.record(lambda: [record_per_run(native, y, qb, 2, 32, 0.2, 20, 2, out) for out in outs])
+    seqs = Sequences(np.array([0, 9]), np.array([9, 11]))
+    program.run(2, seqs)
+    assert program.steps == 3 and len(seqs.cache) == 1
+    want = ENCODER_ATTENTION(y, qb, 20, 2, 32, seqs.starts, seqs.lengths, 0.2)
+    for out in outs:
+        np.testing.assert_array_equal(out, want)
