@@ -18,7 +18,7 @@ import numpy as np
 
 from embedpipe.codegen.encoder_attention import Sequences
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
-from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
+from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from embedpipe.codegen.prepared import PreparedMatmul
 from embedpipe.runtime import bert_extend, encoder_ops, ops
 from embedpipe.runtime.arena import Arena, ArenaPool
@@ -178,6 +178,7 @@ class BertEncoderModel:
         # eager passes write into a borrowed arena when every op takes output buffers
         self._arenas = ArenaPool() if recordable else None
         self._buckets = BucketedPasses() if recordable else None
+        self._tables: tuple | None = None  # (gather tables or None,), made on first use
 
     def _extend_inputs(self, mf: GGUFModelFile) -> None:
         """Rank the blocks of each extendable product's input by their quantization error on a
@@ -277,22 +278,36 @@ class BertEncoderModel:
         padded = pad_to_bucket(ids, positions, bounds, lengths, cfg.position_offset)
         starts, lens = padded.bounds[:-1], padded.lengths
         bias = self.position_bias(int(lens.max()))
+        gathered = self._gather_tables() is not None
 
         def load(arena: Arena) -> None:
-            np.copyto(arena.rows("tokens", cfg.hidden), dequantize_rows(self.token_embd, padded.ids))
-            np.take(self.position_embd, padded.positions, axis=0, out=arena.rows("pos", cfg.hidden))
+            if not gathered:  # else the program's first steps gather the rows
+                np.copyto(arena.rows("tokens", cfg.hidden), dequantize_rows(self.token_embd, padded.ids))
+                np.take(self.position_embd, padded.positions, axis=0, out=arena.rows("pos", cfg.hidden))
 
         return self._buckets.run(
             padded.rows,
             self._record_bucket,
-            self._program_steps(),
+            self._program_steps() + 2 * gathered,
             self.ops.lib.isa,
             self.ops.threads,
             load,
             lambda arena: self._pool(arena.rows("x", cfg.hidden), bounds, lengths),
-            Sequences(starts, lens, bias),
+            _BucketPass(starts, lens, bias, padded.ids, padded.positions),
             cfg.arch,
         )
+
+    def _gather_tables(self) -> tuple | None:
+        """The token and position tables of native row gathers (``ops.gather_table``), made
+        once; None when either has to be looked up in numpy."""
+        if self._tables is None:
+            tok, pos = self.token_embd, self.position_embd
+            tables = (
+                self.ops.gather_table(tok.rows().reshape(-1), tok.qtype, tok.shape[0], tok.shape[1]),
+                self.ops.gather_table(pos, GGMLQuantizationType.F32, pos.shape[0], pos.shape[1]),
+            )
+            self._tables = (tables if None not in tables else None,)
+        return self._tables[0]
 
     def _record_bucket(self, arena: Arena) -> None:
         """The forward over ``arena``'s rows (recorded by ``BucketedPasses``), each attention a
@@ -303,7 +318,12 @@ class BertEncoderModel:
         def attend(qkv: np.ndarray, qkv_bias: np.ndarray, out: dict) -> np.ndarray:
             return eops.record_attention(qkv, qkv_bias, cfg.n_head, cfg.head_dim, self.scale, longest, out["out"])
 
-        self._stack(arena.rows("tokens", cfg.hidden), arena.rows("pos", cfg.hidden), attend, None, arena)
+        tokens, pos = arena.rows("tokens", cfg.hidden), arena.rows("pos", cfg.hidden)
+        tables = self._gather_tables()
+        if tables is not None:
+            self.ops.record_gather(tables[0], lambda run: run.ids, tokens)
+            self.ops.record_gather(tables[1], lambda run: run.positions, pos)
+        self._stack(tokens, pos, attend, None, arena)
 
     def _program_steps(self) -> int:
         eops = self.eops
@@ -401,6 +421,15 @@ class BertEncoderModel:
             if extend is not None and not eops.fuses_norm(w):
                 buffers["ext_out"] = arena.rows(names[2], extend.ext_width)
         return eops.residual_norm_matmul(w, *norm, cfg.eps, extend, **buffers)
+
+
+class _BucketPass(Sequences):
+    """A bucketed replay's argument: its sequences (for attention) and the token ids and
+    positions of its rows (for the row gathers)."""
+
+    def __init__(self, starts, lengths, bias, ids: np.ndarray, positions: np.ndarray) -> None:
+        super().__init__(starts, lengths, bias)
+        self.ids, self.positions = ids, positions
 
 
 #: Arena buffers of a LayerNorm and its product: (rows, product output, extended rows).

@@ -131,6 +131,7 @@ class GemmaEmbeddingModel:
         # Only fused ops write into given buffers; the others allocate their results.
         self._arenas = ArenaPool() if fused else None
         self._buckets = BucketedPasses() if fused else None
+        self._tables: tuple | None = None  # (gather tables or None,), made on first use
         self._program_cache = ProgramCache()
         self._programs = self._program_cache.programs
 
@@ -192,26 +193,44 @@ class GemmaEmbeddingModel:
         ``pad_to_bucket``); the layers' attention runs over every sequence between the steps.
         None when the bucket's program is busy or cannot be had."""
         padded = pad_to_bucket(ids, positions, bounds, lengths)
+        tables = self._gather_tables()
 
         def load(memory: Arena) -> None:
+            if tables is not None:  # the program's first steps gather the rows
+                return
             embedded = dequantize_rows(self.token_embd, padded.ids)
             np.multiply(embedded, self.embed_scale, out=memory.rows("x0", self.cfg.hidden))
             for theta, (cos, sin) in self._rope_rows(memory).items():
-                tables = self.rope[theta].tables(padded.positions)
-                np.copyto(cos, tables[0])
-                np.copyto(sin, tables[1])
+                rows = self.rope[theta].tables(padded.positions)
+                np.copyto(cos, rows[0])
+                np.copyto(sin, rows[1])
 
+        gathers = 0 if tables is None else 1 + 2 * len(self.rope)
         return self._buckets.run(
             padded.rows,
             self._record_bucket,
-            OPS_PER_LAYER * self.cfg.n_layers + 1,
+            OPS_PER_LAYER * self.cfg.n_layers + 1 + gathers,
             self.ops.lib.isa,
             self.ops.threads,
             load,
             lambda memory: self._pool(memory.rows("final", self.cfg.hidden), bounds, lengths),
-            _AttentionPlan(padded.bounds, padded.lengths),
+            _BucketPlan(padded.bounds, padded.lengths, padded.ids, padded.positions),
             ARCH,
         )
+
+    def _gather_tables(self, positions: int = 0) -> tuple | None:
+        """The token table and each RoPE base's (cos, sin) tables of at least ``positions``
+        positions (the context at least: a pass's positions are below its rows) as native row
+        gathers (``ops.gather_table``); None when any has to be looked up in numpy. Made
+        again only when they must grow (recorded programs keep the tables they gather from)."""
+        n = max(self.cfg.context, positions)
+        if self._tables is None or (self._tables[0] is not None and self._tables[0][1].rows < n):
+            tok, half, table = self.token_embd, self.cfg.head_dim // 2, self.ops.gather_table
+            tables = [table(tok.rows().reshape(-1), tok.qtype, tok.shape[0], tok.shape[1])]
+            for rope in self.rope.values():
+                tables += [table(t, GGMLQuantizationType.F32, n, half) for t in rope.rows(n)]
+            self._tables = (tuple(tables) if None not in tables else None,)
+        return self._tables[0]
 
     def _rope_rows(self, memory: Arena) -> dict[float, tuple[np.ndarray, np.ndarray]]:
         """Per RoPE base, the (cos, sin) rows a bucketed pass's positions are written into."""
@@ -221,12 +240,18 @@ class GemmaEmbeddingModel:
     def _record_bucket(self, memory: Arena) -> None:
         """The layer stack over ``memory``'s rows (recorded by ``BucketedPasses``), each
         attention a step whose work a replay plans from the sequences it passes in."""
-        arena = _Arena(self.cfg, memory)
+        arena, rope_rows = _Arena(self.cfg, memory), self._rope_rows(memory)
+        tables = self._gather_tables(memory.capacity)
+        if tables is not None:
+            self.ops.record_gather(tables[0], lambda run: run.ids, arena.x0, float(self.embed_scale))
+            for i, (cos, sin) in enumerate(rope_rows.values()):
+                self.ops.record_gather(tables[1 + 2 * i], lambda run: run.positions, cos)
+                self.ops.record_gather(tables[2 + 2 * i], lambda run: run.positions, sin)
 
         def attend(q, k, v, half_window, out: dict) -> np.ndarray:
             return self.ops.record_attention(q, k, v, half_window, out["out"])
 
-        self._stack(arena.x0, self._rope_rows(memory), attend, arena)
+        self._stack(arena.x0, rope_rows, attend, arena)
 
     def _pool(self, x: np.ndarray, bounds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Mean over each sequence's rows, then the dense head."""
@@ -325,3 +350,12 @@ class _AttentionPlan:
     def __init__(self, bounds: np.ndarray, lengths: np.ndarray):
         self.starts, self.lengths = bounds[:-1], lengths
         self.cache: dict = {}
+
+
+class _BucketPlan(_AttentionPlan):
+    """A bucketed replay's argument: its sequences (for attention) and the token ids and
+    positions of its rows (for the row gathers)."""
+
+    def __init__(self, bounds: np.ndarray, lengths: np.ndarray, ids: np.ndarray, positions: np.ndarray):
+        super().__init__(bounds, lengths)
+        self.ids, self.positions = ids, positions

@@ -78,6 +78,11 @@ class RopeTable:
         self._cos = np.empty((0, self.half), np.float32)
         self._sin = np.empty((0, self.half), np.float32)
 
+    def rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cos and sin tables of positions ``[0, n)``: (n, half) each."""
+        self.tables(np.array([n - 1]))
+        return self._cos[:n], self._sin[:n]
+
     def tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         need = int(positions.max()) + 1 if positions.size else 0
         if need > len(self._cos):
@@ -270,6 +275,23 @@ class JitOps(NumpyOps):
             active_recorder().hole(lambda plan: self.attention(q, k, v, plan, half_window, out=out))
             return out
         return record_per_run(native, q, k, v, half_window, self.threads, out)
+
+    def gather_table(self, data: np.ndarray, qtype, rows: int, d: int):
+        """``data`` as a table whose rows a recorded pass gathers natively
+        (``codegen.gather``), or None when its format has no row body or the kernel is not
+        available here (the pass then looks its rows up in numpy before each replay)."""
+        from embedpipe.codegen.gather import FORMAT_CODES, GATHER, GatherTable
+
+        if qtype not in FORMAT_CODES or GATHER.native(self.lib.isa) is None:
+            return None
+        return GatherTable(data, qtype, rows, d)
+
+    def record_gather(self, table, pick, out: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """Inside a step-program recording: ``out`` gets the rows ``pick(arg)`` of ``table``
+        (a ``gather_table``) at every replay, ``arg`` being the replay's argument."""
+        from embedpipe.codegen.gather import GATHER, record_per_run
+
+        return record_per_run(GATHER.native(self.lib.isa), table, pick, scale, self.threads, out)
 
     def norm_matmul(self, w, x, y, w_post, w_pre, eps, x_out=None, out=None):
         if not _int_weight(w):

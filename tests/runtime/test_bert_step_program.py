@@ -152,6 +152,27 @@ def test_long_passes_replay_their_buckets_program(models, name, threads):
     assert not model._programs
 
 
+@pytest.mark.parametrize("quant", ["q8_0", "f32"])
+def test_bucketed_passes_gather_their_rows_natively_or_in_numpy(models, quant, monkeypatch):
+    """The token and position rows of a bucketed pass are the program's first two steps;
+    where a table has no native gather the pass looks them up in numpy before the replay:
+    the same vectors either way."""
+    model = models("mpnet", quant)
+    seqs = _seqs(model, (50, 51, 52))
+    want = _eager(model, seqs)
+    model._buckets.cache.programs.clear()
+    model._tables = None
+    assert model._gather_tables() is not None
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    monkeypatch.setattr(model.ops, "gather_table", lambda *a: None)
+    model._buckets.cache.programs.clear()
+    model._tables = None
+    assert model._gather_tables() is None
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    assert list(model._buckets.cache.programs) == [160]
+    model._tables = None
+
+
 def test_a_busy_bucket_runs_the_ops_and_a_larger_one_grows_the_arena(models):
     model = models("bert")
     seqs, longer = _seqs(model, (50, 50, 50)), _seqs(model, (60, 60, 60, 60))

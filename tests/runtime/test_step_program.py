@@ -121,3 +121,23 @@ def test_a_busy_bucket_runs_the_op_sequence(model):
     assert not model._buckets.cache.programs
     np.testing.assert_array_equal(model.embed(seqs), want)
     assert list(model._buckets.cache.programs) == [144]
+
+
+def test_bucketed_rows_are_gathered_natively_or_in_numpy(tiny_model_q8, monkeypatch):
+    """A bucketed pass's first steps gather the token rows (times the embedding scale) and the
+    RoPE rows of its positions, from tables that cover the arena's rows even past the
+    context; where the tables cannot be gathered natively the rows are looked up in numpy:
+    the same vectors either way."""
+    from tests.runtime.step_program_checks import eager
+
+    model = Embedder.load(tiny_model_q8.path, backend="jit", threads=2).model
+    seqs = _random(model, (model.cfg.context + 20, 5))  # positions past the context
+    want = eager(model, seqs)
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    tables = model._gather_tables()
+    assert tables is not None and tables[1].rows >= model._buckets.arena.capacity > model.cfg.context
+    monkeypatch.setattr(model.ops, "gather_table", lambda *a: None)
+    model._tables = None
+    model._buckets.cache.programs.clear()
+    np.testing.assert_array_equal(model.embed(seqs), want)
+    assert model._gather_tables() is None and model._buckets.cache.programs
