@@ -10,6 +10,8 @@
  *        harness addnorm T N K P weights.bin scales.bin in.bin out.bin
  *            in = x (T,K) | y (T,K) | w_post (K) | w_pre (K); out = product (T,N) | x' (T,K)
  *        harness geluw T N K P weights.bin scales.bin gu.bin out.bin   (gu is (T, 2K))
+ *        harness resnorm T N K P weights.bin scales.bin in.bin out.bin   (rows of D = K - 32, block 0 extended)
+ *            in = x (T,D) | bias (D) | res (T,D) | w (D) | beta (D); out = product (T,N) | x' (T,D)
  *        harness qknr  T 0 D 0 -          -          in.bin out.bin   (3 query heads, 1 KV head)
  *            in = qkv (T,5D) | qw (D) | kw (D) | cos (T,D/2) | sin (T,D/2); out = q | k | v
  * Files are raw little-endian arrays laid out exactly as embedpipe's packers produce them.
@@ -26,6 +28,10 @@ void Q8MM(const void *wq, const float *wd, const void *xq, const float *xd, cons
           int64_t p0, int64_t p1);
 void GELU(const float *a, const float *b, float *out, int64_t start, int64_t stop);
 void RMS(const float *x, const float *w, float *out, int64_t d, float eps, int64_t r0, int64_t r1);
+void RESNORM(const float *x, const float *bias, const float *res, const float *w, const float *beta,
+             float *x_out, const int64_t *sel, int64_t nsel, float eps, void *xq, float *xd, int32_t *xc,
+             int64_t T, int64_t K, int64_t qa, int64_t qb, const void *wq, const float *wd, float *out,
+             int64_t N, int64_t ldy, int64_t a, int64_t b, int64_t p0, int64_t p1);
 void ADDNORM(const float *x, const float *y, const float *w_post, float *x_out, const float *w_pre,
              float eps, int64_t write_x, void *xq, float *xd, int32_t *xc, int64_t T, int64_t K,
              int64_t qa, int64_t qb, const void *wq, const float *wd, float *out, int64_t N,
@@ -108,6 +114,22 @@ static int fused(char **argv, int64_t T, int64_t N, int64_t K, int64_t P) {
                 ph);
         ADDNORM(x, y, w_post, split + T * N, w_pre, 1e-6f, 0, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0, tpad, ph,
                 P);
+    } else if (strcmp(argv[1], "resnorm") == 0) {
+        static const int64_t sel[1] = {0};
+        int64_t D = K - 32;
+        const float *x = in, *bias = x + T * D, *res = bias + D, *w = res + T * D, *beta = w + D;
+        n_out = (size_t)(T * (N + D));
+        RESNORM(x, bias, res, w, beta, out + T * N, sel, 1, 1e-12f, xq, xd, xc, T, K, 0, tpad, wq, wd, out, N, N, 0,
+                tpad, 0, P);
+        SCRUB();
+        RESNORM(x, bias, res, w, beta, split + T * N, sel, 1, 1e-12f, xq, xd, xc, T, K, 0, rh, wq, wd, split, N, N, 0,
+                0, 0, 0);
+        RESNORM(x, bias, res, w, beta, split + T * N, sel, 1, 1e-12f, xq, xd, xc, T, K, rh, tpad, wq, wd, split, N, N,
+                0, 0, 0, 0);
+        RESNORM(x, bias, res, w, beta, split + T * N, sel, 1, 1e-12f, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0,
+                tpad, 0, ph);
+        RESNORM(x, bias, res, w, beta, split + T * N, sel, 1, 1e-12f, xq, xd, xc, T, K, 0, 0, wq, wd, split, N, N, 0,
+                tpad, ph, P);
     } else {
         n_out = (size_t)(T * N);
         GELUW(in, xq, xd, xc, T, K, 0, tpad, wq, wd, out, N, N, 0, tpad, 0, P);
@@ -127,7 +149,8 @@ static int fused(char **argv, int64_t T, int64_t N, int64_t K, int64_t P) {
 
 int main(int argc, char **argv) {
     if (argc != 10) { fprintf(stderr, "usage: see source\n"); return 2; }
-    if (strcmp(argv[1], "addnorm") == 0 || strcmp(argv[1], "geluw") == 0 || strcmp(argv[1], "qknr") == 0)
+    if (strcmp(argv[1], "addnorm") == 0 || strcmp(argv[1], "geluw") == 0 || strcmp(argv[1], "qknr") == 0 ||
+        strcmp(argv[1], "resnorm") == 0)
         return fused(argv, atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), atoll(argv[5]));
     int64_t T = atoll(argv[2]), N = atoll(argv[3]), K = atoll(argv[4]), P = atoll(argv[5]);
     size_t size;

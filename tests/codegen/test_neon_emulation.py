@@ -56,6 +56,7 @@ def harnesses(tmp_path_factory) -> dict[str, Path]:
                 f"-DRMS={symbols['rms_norm']}",
                 f"-DADDNORM={symbols['q8work_addnorm']}",
                 f"-DGELUW={symbols['q8work_gelu']}",
+                f"-DRESNORM={symbols['q8work_residual_norm']}",
                 f"-DQKNR={symbols['qk_norm_rope']}",
                 f"-DMR={TILES[name][0].mr}",
                 str(HARNESS),
@@ -238,6 +239,17 @@ def test_neon_fused_kernels(harnesses, isa_name):
     gu = (rng.standard_normal((t, 2 * k)) * 3).astype(np.float32)
     got = _run_fused(exe, "geluw", t, n, k, wq.shape[0], [gu], t * n).reshape(t, n)
     _assert_product_close(got, fused.gelu_tanh_mul_reference(gu[:, :k], gu[:, k:]), w_f32)
+    # the encoder's LayerNorm prologue: rows of k - 32 extended by the residual of block 0
+    from embedpipe.codegen.encoder_fused import ExtendBlocks, residual_norm_reference
+
+    dn = k - 32
+    xr = (rng.standard_normal((t, dn)) * 3).astype(np.float32)
+    bias, lw, beta = (rng.standard_normal(dn).astype(np.float32) for _ in range(3))
+    res = rng.standard_normal((t, dn)).astype(np.float32)
+    got = _run_fused(exe, "resnorm", t, n, k, wq.shape[0], [xr, bias, res, lw, beta], t * (n + dn))
+    rows, ext = residual_norm_reference(xr, bias, res, lw, beta, 1e-12, ExtendBlocks(dn, [0]))
+    np.testing.assert_allclose(got[t * n :].reshape(t, dn), rows, rtol=1e-5, atol=1e-5)
+    _assert_product_close(got[: t * n].reshape(t, n), ext, w_f32)
     dh = 34
     qkv = (rng.standard_normal((t, 5 * dh)) * 10).astype(np.float32)
     qw, kw = (rng.random(dh).astype(np.float32) for _ in range(2))
