@@ -155,17 +155,17 @@ class Program:
             keep = fn()
         return cls(native, rec, (keep, scratch))
 
-    def run(self, threads: int, hole_arg: object = None) -> None:
+    def run(self, threads: int, replay_arg: object = None) -> None:
         """Run every step on ``threads`` threads (the calling one included), in one native call
-        per segment; each hole is called with ``hole_arg`` between its segments, and each
-        rewritten step's items are filled from ``hole_arg`` before the first."""
-        kept = [fill(hole_arg, words) for words, fill in self.rewrites]  # noqa: F841 (alive for the run)
+        per segment; each hole is called with ``replay_arg`` between its segments, and each
+        rewritten step's items are filled from ``replay_arg`` before the first."""
+        kept = [fill(replay_arg, words) for words, fill in self.rewrites]  # noqa: F841 (alive for the run)
         self.counters.fill(0)
         threads = max(1, min(int(threads), MAX_THREADS))
         start = 0
         for at, fn in self.holes:
             self._run_steps(start, at, threads)
-            fn(hole_arg)
+            fn(replay_arg)
             start = at
         self._run_steps(start, len(self.table), threads)
 

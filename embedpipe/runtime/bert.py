@@ -45,8 +45,9 @@ PASS_TOKENS = 512
 #: product, LayerNorm and FFN up, GELU and FFN down (each pair one fused call for an
 #: integer-dot weight, two otherwise), then the last LayerNorm. Passes of at most
 #: PROGRAM_MAX_TOKENS tokens replay them as one recorded step program (``runtime.step_programs``);
-#: longer ones replay the program of their token-count bucket, with each layer's attention
-#: (which depends on the sequence lengths) called between its recorded steps.
+#: longer ones replay the program of their token-count bucket, whose first steps gather the
+#: token and position rows and whose attention steps (which depend on the sequence lengths)
+#: each replay rewrites from its sequences.
 OPS_PER_LAYER = 5
 
 

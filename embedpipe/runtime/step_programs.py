@@ -11,7 +11,7 @@ depend only on the token count. ``BucketedPasses`` records those once per token 
 rounded up to ``BUCKET_TOKENS`` (the model pads a pass with one extra sequence), records the
 length-dependent ops (attention) as steps each replay rewrites from its sequences
 (``Recorder.rewritten``) or as holes of the program (``Recorder.hole``), and keeps every
-such program over one shared arena, grown to the largest pass. ``run``'s ``hole_arg`` is
+such program over one shared arena, grown to the largest pass. ``run``'s ``replay_arg`` is
 the argument both receive.
 """
 
@@ -176,9 +176,9 @@ class BucketedPasses:
     """Recorded passes keyed by a token count that is a multiple of BUCKET_TOKENS, all over
     one arena, least recently used dropped first.
 
-    ``run`` replays the program of a bucket (recording it first) with ``hole_arg`` for its
-    holes; one run at a time, as the arena is shared: a caller that finds it busy, or whose
-    recording failed, gets None and runs the ops itself.  The arena is made for the first
+    ``run`` replays the program of a bucket (recording it first) with ``replay_arg`` for its
+    rewritten steps and holes; one run at a time, as the arena is shared: a caller that finds
+    it busy, or whose recording failed, gets None and runs the ops itself.  The arena is made for the first
     bucket; a larger bucket replaces it by one a quarter larger still and drops the programs
     (their words point at the old buffers), so it grows to the largest pass a model sees.
     """
@@ -203,7 +203,7 @@ class BucketedPasses:
         threads: int,
         load: Callable[[Arena], object],
         result: Callable[[Arena], np.ndarray],
-        hole_arg: object,
+        replay_arg: object,
         name: str,
     ) -> np.ndarray | None:
         """``record(arena)`` runs the ops of a ``t``-row pass over ``arena`` (``t`` a bucket);
@@ -225,7 +225,7 @@ class BucketedPasses:
                     self.failed = True
                     return None
             load(arena)
-            recorded.program.run(threads, hole_arg)
+            recorded.program.run(threads, replay_arg)
             return result(arena)
         finally:
             self._lock.release()
