@@ -57,6 +57,7 @@ from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, active_recorder
 from embedpipe.codegen.library import KernelInputError
 from embedpipe.codegen.scratch import thread_scratch
+from embedpipe.codegen.sequences import Sequences
 
 # Score-row work (pairs · T² · head_dim) below which a call runs on the calling thread.
 PARALLEL_MIN_WORK = 1 << 20
@@ -429,16 +430,6 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
 
 
 _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
-
-
-class Sequences:
-    """A replay's argument for ``record_per_run``: the packed sequences (``starts``,
-    ``lengths``), the additive bias or None, and a ``cache`` in which the layers' steps share
-    the checked arrays and the work split (one pass, one check)."""
-
-    def __init__(self, starts: np.ndarray, lengths: np.ndarray, bias: np.ndarray | None = None) -> None:
-        self.starts, self.lengths, self.bias = starts, lengths, bias
-        self.cache: dict = {}
 
 
 def record_per_run(native: Native, y, qkv_bias, n_head, head_dim, scale, longest: int, threads: int, out):

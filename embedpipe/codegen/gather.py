@@ -166,10 +166,9 @@ def record_per_run(native: Native, table: GatherTable, pick: Callable[[object], 
     rec = active_recorder()
     if rec is None:
         raise KernelInputError("gather: record_per_run outside a recording")
-    out = _checked_out(out, out.shape if isinstance(out, np.ndarray) and out.ndim == 2 else (-1, table.d))
-    if out.shape[1] != table.d:
-        raise KernelInputError(f"gather: out rows of {out.shape[1]} values, the table's have {table.d}")
-    n = out.shape[0]
+    if out is None or getattr(out, "ndim", 0) != 2:
+        raise KernelInputError(f"gather: a recorded step needs a 2-D out of rows of {table.d} values")
+    n = _checked_out(out, (out.shape[0], table.d)).shape[0]
     head = (table.address, 0, address(out), table.code, table.d, cached_f32_word(float(scale)))
     native.run([(*head, a, b) for a, b in row_ranges(n, max(1, int(threads)))])
 

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from embedpipe.codegen.encoder_attention import Sequences
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 from embedpipe.codegen.prepared import PreparedMatmul
@@ -31,6 +30,7 @@ from embedpipe.runtime.step_programs import (
     MAX_PROGRAMS,
     PROGRAM_MAX_TOKENS,
     BucketedPasses,
+    BucketReplay,
     ProgramCache,
     RecordedPass,
     pad_to_bucket,
@@ -277,8 +277,7 @@ class BertEncoderModel:
         if BucketedPasses.bucket(ids.size) - ids.size > cfg.n_positions - cfg.position_offset:
             return None
         padded = pad_to_bucket(ids, positions, bounds, lengths, cfg.position_offset)
-        starts, lens = padded.bounds[:-1], padded.lengths
-        bias = self.position_bias(int(lens.max()))
+        bias = self.position_bias(int(padded.lengths.max()))
         gathered = self._gather_tables() is not None
 
         def load(arena: Arena) -> None:
@@ -294,25 +293,24 @@ class BertEncoderModel:
             self.ops.threads,
             load,
             lambda arena: self._pool(arena.rows("x", cfg.hidden), bounds, lengths),
-            _BucketPass(starts, lens, bias, padded.ids, padded.positions),
+            BucketReplay(padded, bias),
             cfg.arch,
         )
 
     def _gather_tables(self) -> tuple | None:
-        """The token and position tables of native row gathers (``ops.gather_table``), made
+        """The token and position tables of native row gathers (``ops.gather_tables``), made
         once; None when either has to be looked up in numpy."""
         if self._tables is None:
             tok, pos = self.token_embd, self.position_embd
-            tables = (
-                self.ops.gather_table(tok.rows().reshape(-1), tok.qtype, tok.shape[0], tok.shape[1]),
-                self.ops.gather_table(pos, GGMLQuantizationType.F32, pos.shape[0], pos.shape[1]),
+            f32 = GGMLQuantizationType.F32
+            self._tables = (
+                self.ops.gather_tables((tok.rows().reshape(-1), tok.qtype, *tok.shape), (pos, f32, *pos.shape)),
             )
-            self._tables = (tables if None not in tables else None,)
         return self._tables[0]
 
     def _record_bucket(self, arena: Arena) -> None:
         """The forward over ``arena``'s rows (recorded by ``BucketedPasses``), each attention a
-        step whose sequences a replay passes in (an ``encoder_attention.Sequences``)."""
+        step whose sequences a replay passes in (a ``step_programs.BucketReplay``)."""
         cfg, eops = self.cfg, self.eops
         longest = min(arena.t, cfg.n_positions - cfg.position_offset)
 
@@ -422,15 +420,6 @@ class BertEncoderModel:
             if extend is not None and not eops.fuses_norm(w):
                 buffers["ext_out"] = arena.rows(names[2], extend.ext_width)
         return eops.residual_norm_matmul(w, *norm, cfg.eps, extend, **buffers)
-
-
-class _BucketPass(Sequences):
-    """A bucketed replay's argument: its sequences (for attention) and the token ids and
-    positions of its rows (for the row gathers)."""
-
-    def __init__(self, starts, lengths, bias, ids: np.ndarray, positions: np.ndarray) -> None:
-        super().__init__(starts, lengths, bias)
-        self.ids, self.positions = ids, positions
 
 
 #: Arena buffers of a LayerNorm and its product: (rows, product output, extended rows).

@@ -15,6 +15,7 @@ import numpy as np
 
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.quant_formats import FORMATS
+from embedpipe.codegen.sequences import Sequences
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
 from embedpipe.runtime.arena import Arena, ArenaPool
@@ -25,6 +26,7 @@ from embedpipe.runtime.step_programs import (
     MAX_PROGRAMS,
     PROGRAM_MAX_TOKENS,
     BucketedPasses,
+    BucketReplay,
     ProgramCache,
     RecordedPass,
     pad_to_bucket,
@@ -173,7 +175,7 @@ class GemmaEmbeddingModel:
         if x is not None:  # only JIT kernels ran and run: no BLAS thread limits to set
             return self._pool(x, bounds, lengths)
         with self.ops.session():
-            attend = self._attention(_AttentionPlan(bounds, lengths))
+            attend = self._attention(Sequences(bounds[:-1], lengths))
             tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
             if self._arenas is None:
                 return self._pool(self._stack(embedded * self.embed_scale, tables, attend), bounds, lengths)
@@ -182,7 +184,7 @@ class GemmaEmbeddingModel:
                 np.multiply(embedded, self.embed_scale, out=arena.x0)
                 return self._pool(self._stack(arena.x0, tables, attend, arena), bounds, lengths)
 
-    def _attention(self, plan: _AttentionPlan):
+    def _attention(self, plan: Sequences):
         """``attend(q, k, v, half_window, out_kwargs)``: every layer's attention over ``plan``."""
         return lambda q, k, v, half_window, out: self.ops.attention(q, k, v, plan, half_window, **out)
 
@@ -214,22 +216,20 @@ class GemmaEmbeddingModel:
             self.ops.threads,
             load,
             lambda memory: self._pool(memory.rows("final", self.cfg.hidden), bounds, lengths),
-            _BucketPlan(padded.bounds, padded.lengths, padded.ids, padded.positions),
+            BucketReplay(padded),
             ARCH,
         )
 
     def _gather_tables(self, positions: int = 0) -> tuple | None:
         """The token table and each RoPE base's (cos, sin) tables of at least ``positions``
         positions (the context at least: a pass's positions are below its rows) as native row
-        gathers (``ops.gather_table``); None when any has to be looked up in numpy. Made
+        gathers (``ops.gather_tables``); None when any has to be looked up in numpy. Made
         again only when they must grow (recorded programs keep the tables they gather from)."""
         n = max(self.cfg.context, positions)
         if self._tables is None or (self._tables[0] is not None and self._tables[0][1].rows < n):
-            tok, half, table = self.token_embd, self.cfg.head_dim // 2, self.ops.gather_table
-            tables = [table(tok.rows().reshape(-1), tok.qtype, tok.shape[0], tok.shape[1])]
-            for rope in self.rope.values():
-                tables += [table(t, GGMLQuantizationType.F32, n, half) for t in rope.rows(n)]
-            self._tables = (tuple(tables) if None not in tables else None,)
+            tok, half = self.token_embd, self.cfg.head_dim // 2
+            rope = [(t, GGMLQuantizationType.F32, n, half) for r in self.rope.values() for t in r.rows(n)]
+            self._tables = (self.ops.gather_tables((tok.rows().reshape(-1), tok.qtype, *tok.shape), *rope),)
         return self._tables[0]
 
     def _rope_rows(self, memory: Arena) -> dict[float, tuple[np.ndarray, np.ndarray]]:
@@ -297,7 +297,7 @@ class GemmaEmbeddingModel:
         if recorded is not None:
             return recorded
         arena = _Arena(self.cfg, Arena(int(lengths.sum())))
-        plan = _AttentionPlan(bounds, lengths)
+        plan = Sequences(bounds[:-1], lengths)
         tables = {theta: rope.tables(positions) for theta, rope in self.rope.items()}
         steps = OPS_PER_LAYER * self.cfg.n_layers + 1
         attend = self._attention(plan)
@@ -341,21 +341,3 @@ class _Arena:
         )
         self.attn = arena.rows("attn", cfg.n_head * dv)
         self.gate_up = arena.rows("gate_up", 2 * cfg.ffn)
-
-
-class _AttentionPlan:
-    """The sequences of one packed batch for ``ops.attention`` (made once per batch, used by
-    every layer; ``cache`` keeps what the attention kernel plans from them)."""
-
-    def __init__(self, bounds: np.ndarray, lengths: np.ndarray):
-        self.starts, self.lengths = bounds[:-1], lengths
-        self.cache: dict = {}
-
-
-class _BucketPlan(_AttentionPlan):
-    """A bucketed replay's argument: its sequences (for attention) and the token ids and
-    positions of its rows (for the row gathers)."""
-
-    def __init__(self, bounds: np.ndarray, lengths: np.ndarray, ids: np.ndarray, positions: np.ndarray):
-        super().__init__(bounds, lengths)
-        self.ids, self.positions = ids, positions

@@ -276,19 +276,20 @@ class JitOps(NumpyOps):
             return out
         return record_per_run(native, q, k, v, half_window, self.threads, out)
 
-    def gather_table(self, data: np.ndarray, qtype, rows: int, d: int):
-        """``data`` as a table whose rows a recorded pass gathers natively
-        (``codegen.gather``), or None when its format has no row body or the kernel is not
-        available here (the pass then looks its rows up in numpy before each replay)."""
+    def gather_tables(self, *specs: tuple) -> tuple | None:
+        """Each ``(data, qtype, rows, d)`` as a table whose rows a recorded pass gathers
+        natively (``codegen.gather.GatherTable``); None when any format has no row body or the
+        kernel is not available here (the pass then looks its rows up in numpy before each
+        replay)."""
         from embedpipe.codegen.gather import FORMAT_CODES, GATHER, GatherTable
 
-        if qtype not in FORMAT_CODES or GATHER.native(self.lib.isa) is None:
+        if any(spec[1] not in FORMAT_CODES for spec in specs) or GATHER.native(self.lib.isa) is None:
             return None
-        return GatherTable(data, qtype, rows, d)
+        return tuple(GatherTable(*spec) for spec in specs)
 
     def record_gather(self, table, pick, out: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """Inside a step-program recording: ``out`` gets the rows ``pick(arg)`` of ``table``
-        (a ``gather_table``) at every replay, ``arg`` being the replay's argument."""
+        (one of ``gather_tables``) at every replay, ``arg`` being the replay's argument."""
         from embedpipe.codegen.gather import GATHER, record_per_run
 
         return record_per_run(GATHER.native(self.lib.isa), table, pick, scale, self.threads, out)

@@ -28,6 +28,7 @@ import numpy as np
 
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.program import Program
+from embedpipe.codegen.sequences import Sequences
 from embedpipe.runtime.arena import Arena
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,15 @@ class PaddedPass:
     @property
     def rows(self) -> int:
         return int(self.bounds[-1])
+
+
+class BucketReplay(Sequences):
+    """A bucketed pass's replay argument: the padded pass's sequences (and attention bias) for
+    its attention steps, the ids and positions of its rows for its row gathers."""
+
+    def __init__(self, padded: PaddedPass, bias: np.ndarray | None = None) -> None:
+        super().__init__(padded.bounds[:-1], padded.lengths, bias)
+        self.ids, self.positions = padded.ids, padded.positions
 
 
 def pad_to_bucket(

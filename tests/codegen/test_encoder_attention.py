@@ -141,8 +141,9 @@ def test_a_recorded_step_takes_each_replays_sequences(threads, with_bias):
     """``record_per_run``: one recorded step whose items every replay rewrites from its own
     ``Sequences``; each replay equals the eager call with those sequences, and a
     replay's sequences are checked before anything runs."""
-    from embedpipe.codegen.encoder_attention import Sequences, record_per_run
+    from embedpipe.codegen.encoder_attention import record_per_run
     from embedpipe.codegen.program import Program
+    from embedpipe.codegen.sequences import Sequences
 
     native = ENCODER_ATTENTION.native(None)
     if native is None:
@@ -172,8 +173,9 @@ def test_a_recorded_step_takes_each_replays_sequences(threads, with_bias):
 
 
 def test_the_layers_of_a_replay_check_their_sequences_once():
-    from embedpipe.codegen.encoder_attention import Sequences, record_per_run
+    from embedpipe.codegen.encoder_attention import record_per_run
     from embedpipe.codegen.program import Program
+    from embedpipe.codegen.sequences import Sequences
 
     native = ENCODER_ATTENTION.native(None)
     if native is None:

@@ -164,7 +164,7 @@ def test_bucketed_passes_gather_their_rows_natively_or_in_numpy(models, quant, m
     model._tables = None
     assert model._gather_tables() is not None
     np.testing.assert_array_equal(model.embed(seqs), want)
-    monkeypatch.setattr(model.ops, "gather_table", lambda *a: None)
+    monkeypatch.setattr(model.ops, "gather_tables", lambda *a: None)
     model._buckets.cache.programs.clear()
     model._tables = None
     assert model._gather_tables() is None

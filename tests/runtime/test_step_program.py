@@ -136,7 +136,7 @@ def test_bucketed_rows_are_gathered_natively_or_in_numpy(tiny_model_q8, monkeypa
     np.testing.assert_array_equal(model.embed(seqs), want)
     tables = model._gather_tables()
     assert tables is not None and tables[1].rows >= model._buckets.arena.capacity > model.cfg.context
-    monkeypatch.setattr(model.ops, "gather_table", lambda *a: None)
+    monkeypatch.setattr(model.ops, "gather_tables", lambda *a: None)
     model._tables = None
     model._buckets.cache.programs.clear()
     np.testing.assert_array_equal(model.embed(seqs), want)
