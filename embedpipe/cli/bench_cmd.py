@@ -61,7 +61,11 @@ def kernels(
     repeats: int = typer.Option(7, "--repeats", min=1, help="Runs per measurement (median)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
-    """JIT matmul kernels on the model's FFN shapes vs numpy fp32 BLAS, with % of int8 peak."""
+    """JIT matmul kernels on the model's FFN shapes vs numpy fp32 BLAS, with % of int8 peak.
+
+    For integer types, "1-scale %pk" is the same kernel loop with one scale per row, as
+    per-channel int8 kernels have: the gap to it is what Q8_0's per-32 block scales cost.
+    """
     from embedpipe.codegen.bench import TOKENS, all_runnable_isa_names, run_kernel_bench
     from embedpipe.codegen.quant_formats import FORMATS
 

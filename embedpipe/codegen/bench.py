@@ -1,4 +1,5 @@
-"""Kernel benchmark: GOPS per weight type × ISA × shape, against numpy fp32 BLAS and the peak.
+"""Kernel benchmark: GOPS per weight type × ISA × shape, against numpy fp32 BLAS and the peak,
+and for integer types against the same loop with one scale per row (``scale_ceiling``).
 
 The peak is measured in the same run by ``peak.PeakProbe`` (independent dot instructions, the
 ISA's own int8 dot or fp32 FMA, on every thread), so the reported fraction is robust to turbo
@@ -15,11 +16,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from gguf import GGMLQuantizationType
+from threadpoolctl import threadpool_limits
 
 from embedpipe.codegen.isa import IsaSpec, detect_isa, runnable_isas
 from embedpipe.codegen.library import get_kernel_library
 from embedpipe.codegen.peak import PeakProbe
-from embedpipe.codegen.quant_formats import FORMATS
+from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
+from embedpipe.codegen.scale_ceiling import RowScaleKernel
+from embedpipe.codegen.threads import CACHE_LINE
 
 Q = GGMLQuantizationType
 
@@ -47,6 +51,8 @@ class KernelResult:
     # of the int8-dot peak (integer types) or the fp32-FMA peak (float types):
     fraction_of_peak: float  # per busy CPU second, each run paired with a peak probe
     fraction_of_peak_wall: float  # wall-clock GOPS / best measured peak
+    # the same loop with one scale per row (``scale_ceiling``), per busy CPU second; int types
+    row_scale_fraction_of_peak: float | None = None
 
 
 def nominal_peak_gops(isa: IsaSpec, threads: int) -> float | None:
@@ -153,8 +159,9 @@ def run_kernel_bench(
         )
         report(
             f"{'type':6} {'K':>5} {'N':>5} {'T':>5} {'ms':>8} {'GOPS':>7} {'%pk cpu':>7} "
-            f"{'%pk wall':>8} {'numpy ms':>9} {'x numpy':>7}"
+            f"{'%pk wall':>8} {'numpy ms':>9} {'x numpy':>7} {'1-scale %pk':>11}"
         )
+        ceiling = None
         for name in names:
             qtype = Q[name]
             fmt = FORMATS[qtype]
@@ -168,8 +175,14 @@ def run_kernel_bench(
                 for t in tokens:
                     x = rng.standard_normal((t, k)).astype(np.float32)
                     ops = 2 * t * k * n
-                    sec, per_peak = _paired(lambda mm=mm, x=x: mm(x), ops, probes[kind], repeats)
-                    np_sec = _median_seconds(lambda x=x, wt=wt: x @ wt, repeats)
+                    y = aligned_empty((t, n), np.float32, CACHE_LINE)
+                    sec, per_peak = _paired(lambda mm=mm, x=x, y=y: mm(x, y), ops, probes[kind], repeats)
+                    with threadpool_limits(limits=lib.threads, user_api="blas"):  # equal threads
+                        np_sec = _median_seconds(lambda x=x, wt=wt: x @ wt, repeats)
+                    row_scale = None
+                    if kind == "int":
+                        ceiling = ceiling or RowScaleKernel(lib)
+                        row_scale = _paired(ceiling.prepare(mm, x).run, ops, probes[kind], repeats)[1]
                     gops = ops / sec / 1e9
                     res = KernelResult(
                         name,
@@ -184,13 +197,15 @@ def run_kernel_bench(
                         np_sec / sec,
                         per_peak,
                         gops / best[kind],
+                        row_scale,
                     )
                     results.append(res)
                     report(
                         f"{name:6} {k:5} {n:5} {t:5} {res.ms:8.3f} {gops:7.1f} "
                         f"{100 * res.fraction_of_peak:6.1f}% "
                         f"{100 * res.fraction_of_peak_wall:7.1f}% {res.numpy_ms:9.3f} "
-                        f"{res.speedup_vs_numpy:7.2f}"
+                        f"{res.speedup_vs_numpy:7.2f} "
+                        + (f"{100 * row_scale:10.1f}%" if row_scale is not None else f"{'-':>11}")
                     )
         elementwise.update(_bench_gelu(lib, tokens, repeats, report))
     return {"peaks": peaks, "results": [asdict(r) for r in results], "elementwise": elementwise}

@@ -110,22 +110,28 @@ def _prefetch_l2(b: ir.IRBuilder, m: ir.Module, addr: ir.Value) -> None:
     b.call(fn, [addr, ir.Constant(I32, 0), ir.Constant(I32, 2), ir.Constant(I32, 1)])
 
 
-def matmul_symbol(isa: IsaSpec, tile: IntTile) -> str:
-    return f"ep_q8mm_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
+def matmul_symbol(isa: IsaSpec, tile: IntTile, block_scales: bool = True) -> str:
+    return f"ep_q8mm{'' if block_scales else '_rowscale'}_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
 
 
-def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
+def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = True) -> str:
     """``void f(wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1)``.
 
     Rows ``[t0, t1)`` (multiples of MR, within the padded activation buffer) times panels
     ``[p0, p1)``; Y rows ``>= T`` and columns ``>= N`` are not written.
+
+    ``block_scales=False`` emits the same loop for int8 operands with one scale per row, as
+    per-channel int8 schemes have: the integer sums run over all of K, start from ``xc[t]``
+    (one VNNI correction per row) and are scaled once per tile by block 0's scales, which
+    stand for the row's. No model runs it: ``scale_ceiling`` times it to show what the
+    per-block conversion and scaling of Q8_0 cost the same loop.
     """
     L, MR, NV = isa.lanes, tile.mr, tile.nv
     G, eb = isa.kgroup, act_elem_bytes(isa)
     steps = QK // G
     vbytes = L * G * eb  # bytes of one packed weight vector
     vi32, vf32 = vec(I32, L), vec(F32, L)
-    name = matmul_symbol(isa, tile)
+    name = matmul_symbol(isa, tile, block_scales)
     args = [
         ("wq", PTR),
         ("wd", PTR),
@@ -150,6 +156,7 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
     w_lines = b.sdiv(b.mul(nb, const_i64(steps * NV * vbytes)), const_i64(64))
     next_lines = b.add(w_lines, b.sdiv(b.add(b.mul(nb, const_i64(NV * 4 * L)), const_i64(63)), const_i64(64)))
     acc_slots = [[b.alloca(vf32) for _ in range(NV)] for _ in range(MR)]
+    int_slots = [[b.alloca(vi32) for _ in range(NV)] for _ in range(MR)] if not block_scales else []
     with for_range(b, t0, t1, tile.tc, "tc") as tc:
         tend = imin(b, b.add(tc, const_i64(tile.tc)), t1)
         tiles = b.sdiv(b.add(b.sub(tend, tc), const_i64(MR - 1)), const_i64(MR))
@@ -160,6 +167,12 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
                 for row in acc_slots:
                     for slot in row:
                         b.store(ir.Constant(vf32, None), slot)
+                for r, row in enumerate(int_slots):
+                    start = ir.Constant(vi32, None)
+                    if isa.dot == "vnni":
+                        start = splat(b, load_at(b, I32, xc, b.mul(b.add(t, const_i64(r)), const_i64(4)), 4), L)
+                    for slot in row:
+                        b.store(start, slot)
                 pnb = b.mul(p, nb)
                 # The row tiles of a chunk walk this panel block by block (the first one
                 # streaming it from memory); meanwhile the next panel is fetched into L2, its
@@ -187,7 +200,9 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
                             _prefetch_l2(b, m, b.inttoptr(b.add(base, off), PTR))
                     xrow = [b.add(t, const_i64(r)) for r in range(MR)]
                     xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
-                    if isa.dot == "vnni":
+                    if not block_scales:
+                        iacc = [[b.load(slot) for slot in row] for row in int_slots]
+                    elif isa.dot == "vnni":
                         iacc = [[splat(b, load_at(b, I32, xc, b.mul(s, const_i64(4)), 4), L)] * NV for s in xsc]
                     else:
                         iacc = [[ir.Constant(vi32, None)] * NV for _ in range(MR)]
@@ -200,21 +215,36 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile) -> str:
                         for r in range(MR):
                             xb = splat(b, load_at(b, I32, xq, b.add(xoff[r], const_i64(s * G * eb)), 4), L)
                             iacc[r] = [_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
-                    dw = [
-                        load_at(
-                            b, vf32, wd, b.mul(b.add(b.mul(pb, const_i64(NV)), const_i64(v)), const_i64(4 * L)), 4 * L
-                        )
-                        for v in range(NV)
-                    ]
-                    for r in range(MR):
-                        dx = splat(b, load_at(b, F32, xd, b.mul(xsc[r], const_i64(4)), 4), L)
-                        for v in range(NV):
-                            scale = b.fmul(dw[v], dx)
-                            cur = b.load(acc_slots[r][v])
-                            b.store(fmuladd(b, m, b.sitofp(iacc[r][v], vf32), scale, cur), acc_slots[r][v])
+                    if block_scales:
+                        _scale_block(b, m, isa, wd, xd, pb, xsc, iacc, acc_slots, NV)
+                    else:
+                        for r in range(MR):
+                            for v in range(NV):
+                                b.store(iacc[r][v], int_slots[r][v])
+                if not block_scales:
+                    row_scale = [b.mul(b.add(t, const_i64(r)), nb) for r in range(MR)]
+                    iacc = [[b.load(slot) for slot in row] for row in int_slots]
+                    _scale_block(b, m, isa, wd, xd, pnb, row_scale, iacc, acc_slots, NV)
                 store_tile(b, m, acc_slots, t, p, T, N, y, ldy, NR, L)
     b.ret_void()
     return name
+
+
+def _scale_block(b, m, isa: IsaSpec, wd, xd, pb, xsc, iacc, acc_slots, nv: int) -> None:
+    """``acc[r][v] += float(iacc[r][v]) · d_w[pb, v] · d_x[xsc[r]]``: one block's integer sums
+    into the fp32 accumulators."""
+    L = isa.lanes
+    vf32 = vec(F32, L)
+    dw = [
+        load_at(b, vf32, wd, b.mul(b.add(b.mul(pb, const_i64(nv)), const_i64(v)), const_i64(4 * L)), 4 * L)
+        for v in range(nv)
+    ]
+    for r, slots in enumerate(acc_slots):
+        dx = splat(b, load_at(b, F32, xd, b.mul(xsc[r], const_i64(4)), 4), L)
+        for v in range(nv):
+            scale = b.fmul(dw[v], dx)
+            cur = b.load(slots[v])
+            b.store(fmuladd(b, m, b.sitofp(iacc[r][v], vf32), scale, cur), slots[v])
 
 
 QUANTIZE_PARAMS = [("x", PTR), ("xq", PTR), ("xd", PTR), ("xc", PTR), ("T", I64), ("K", I64), ("t0", I64), ("t1", I64)]

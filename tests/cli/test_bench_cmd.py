@@ -28,6 +28,9 @@ def test_bench_kernels_json():
     assert {r["qtype"] for r in rows} == {"Q8_0", "F16"}
     assert {(r["k"], r["n"]) for r in rows} == {(768, 1152), (1152, 768)}
     assert all(r["gops"] > 0 and r["numpy_ms"] > 0 and r["tokens"] == 4 for r in rows)
+    # the one-scale-per-row ceiling is measured for the integer type only
+    assert all(r["row_scale_fraction_of_peak"] > 0 for r in rows if r["qtype"] == "Q8_0")
+    assert all(r["row_scale_fraction_of_peak"] is None for r in rows if r["qtype"] == "F16")
     (peak,) = doc["peaks"].values()
     assert peak["measured_int8_gops"] > 0 and peak["threads"] == 1
     assert doc["elementwise"]
@@ -36,7 +39,7 @@ def test_bench_kernels_json():
 def test_bench_kernels_table_and_bad_type():
     res = CliRunner().invoke(app, ["bench", "kernels", "--tokens", "2", "--repeats", "1", "--threads", "1"])
     assert res.exit_code == 0, res.output
-    assert "measured peaks" in res.output and "x numpy" in res.output
+    assert "measured peaks" in res.output and "x numpy" in res.output and "1-scale %pk" in res.output
     bad = CliRunner().invoke(app, ["bench", "kernels", "--type", "Q9_9"])
     assert bad.exit_code != 0 and "unknown type" in bad.output
 
