@@ -1,0 +1,72 @@
+/* Runs the task trampolines of one embedpipe kernel module (an AArch64 object) under
+ * emulation, on the items a Python driver made, with their pointer words relocated into the
+ * buffers the job file carries.
+ *
+ * Build: aarch64-linux-gnu-gcc -O1 -static neon_tasks_harness.c tasks.c module.o -o harness
+ *        (tasks.c, written by the test, defines task_names, task_fns and n_tasks)
+ * Usage: harness TASK job.bin out.bin
+ * job.bin, little-endian int64 words: the buffer count; per buffer its byte size, then its
+ *   bytes padded to a multiple of 8; the item count and words per item, then every item's
+ *   words; the relocation count, then per relocation (item, word, buffer, byte offset): that
+ *   word becomes the buffer's address plus the offset.
+ * The items run in order on one thread (a work-claiming counter lets the first take all).
+ * out.bin: every buffer's bytes afterwards, in order.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void *(*task_fn)(int64_t *);
+extern const char *const task_names[];
+extern const task_fn task_fns[];
+extern const int n_tasks;
+
+static FILE *job;
+
+static int64_t next(void) {
+    int64_t v;
+    if (fread(&v, 8, 1, job) != 1) { fprintf(stderr, "job file ends early\n"); exit(2); }
+    return v;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) { fprintf(stderr, "usage: harness TASK job.bin out.bin\n"); return 2; }
+    task_fn task = NULL;
+    for (int i = 0; i < n_tasks; i++)
+        if (strcmp(task_names[i], argv[1]) == 0) task = task_fns[i];
+    if (!task) { fprintf(stderr, "no task %s\n", argv[1]); return 2; }
+    job = fopen(argv[2], "rb");
+    if (!job) { perror(argv[2]); return 2; }
+    int64_t n_buf = next();
+    char **bufs = calloc((size_t)n_buf + 1, sizeof *bufs);
+    int64_t *sizes = calloc((size_t)n_buf + 1, sizeof *sizes);
+    for (int64_t i = 0; i < n_buf; i++) {
+        sizes[i] = next();
+        size_t padded = (size_t)((sizes[i] + 7) & ~7);
+        if (posix_memalign((void **)&bufs[i], 64, padded + 64) != 0) { perror("posix_memalign"); return 2; }
+        memset(bufs[i], 0, padded + 64);
+        if (fread(bufs[i], 1, padded, job) != padded) { fprintf(stderr, "buffer %lld ends early\n", (long long)i); return 2; }
+    }
+    int64_t n_items = next(), n_words = next();
+    int64_t *words = malloc((size_t)(n_items * n_words + 1) * 8);
+    for (int64_t i = 0; i < n_items * n_words; i++) words[i] = next();
+    int64_t n_rel = next();
+    for (int64_t r = 0; r < n_rel; r++) {
+        int64_t item = next(), word = next(), buf = next(), offset = next();
+        if (item < 0 || item >= n_items || word < 0 || word >= n_words || buf < 0 || buf >= n_buf ||
+            offset < 0 || offset > sizes[buf]) {
+            fprintf(stderr, "relocation %lld out of range\n", (long long)r);
+            return 2;
+        }
+        words[item * n_words + word] = (int64_t)(intptr_t)(bufs[buf] + offset);
+    }
+    fclose(job);
+    for (int64_t i = 0; i < n_items; i++) task(words + i * n_words);
+    FILE *out = fopen(argv[3], "wb");
+    if (!out) { perror(argv[3]); return 2; }
+    for (int64_t i = 0; i < n_buf; i++)
+        if (fwrite(bufs[i], 1, (size_t)sizes[i], out) != (size_t)sizes[i]) { perror(argv[3]); return 2; }
+    fclose(out);
+    return 0;
+}

@@ -1,0 +1,275 @@
+"""On AArch64, the kernels the fixed harness of ``test_neon_emulation`` does not reach: the
+kernel modules outside the model library (attention for EmbeddingGemma and for the BERT family,
+the row gather) and the BERT family's library kernels (exact GELU, LayerNorm, the bias + GELU
+work kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
+``neon_tasks_harness.c`` and run under qemu-user on the very items its Python driver makes
+(``QemuNative`` stands in for a loaded kernel, ``qemu_library`` for the library), and checked
+against the same oracles as on the host.
+
+Needs ``scripts/install_emulation.sh`` (qemu-user, gcc-aarch64-linux-gnu); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import llvmlite.ir as ir
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from embedpipe.codegen import encoder_attention as EA
+from embedpipe.codegen import gather as G
+from embedpipe.codegen import ir_attention as A
+from embedpipe.codegen import ir_parallel, jit, scratch
+from embedpipe.codegen.isa import ISAS, IsaSpec
+from embedpipe.codegen.kernel import Kernel, KernelModule
+from embedpipe.codegen.library import PARALLEL_ROLES, TILES, KernelLibrary, build_module
+from embedpipe.codegen.quant_formats import aligned_empty
+from tests.codegen.helpers import random_raw
+from tests.codegen.test_encoder_attention import oracle as encoder_oracle
+from tests.codegen.test_encoder_attention import product
+from tests.codegen.test_ir_attention import oracle as attention_oracle
+from tests.codegen.test_ir_attention import packed
+from tests.codegen.test_neon_emulation import CROSS_CC, QEMU, SYSROOT, requires_emulation
+
+pytestmark = [pytest.mark.emulation, requires_emulation]
+
+HARNESS = Path(__file__).with_name("neon_tasks_harness.c")
+NEON_ISAS = ["neon_dotprod", "neon", "generic_aarch64"]
+STACK_DEPTH = 6  # calling frames whose local arrays a driver's items may point into
+
+
+class QemuTasks:
+    """Runs items of one task trampoline in the AArch64 harness under qemu.
+
+    ``params``: each kernel parameter's name and whether it is a pointer. Every pointer word of
+    an item must fall inside an array that ``arrays()`` names, that a driver on the calling
+    stack holds in a local variable, or the drivers' registered scratch (those travel to the
+    harness and come back); a parameter named ``counter`` (a work-claiming word) gets a zeroed
+    word of its own. Any other address fails the test: the harness never sees host memory it
+    was not given."""
+
+    def __init__(self, exe: Path, task: str, params, arrays: Callable[[], Iterable[object]]) -> None:
+        self.exe, self.task, self.params, self.arrays = exe, task, list(params), arrays
+        self.runs = 0
+
+    def _known(self) -> list[np.ndarray]:
+        values = [*self.arrays(), *(s.value for s in scratch.REGISTRY)]
+        frame = sys._getframe(2)
+        for _ in range(STACK_DEPTH):  # the driver's own buffers (its output, work tables)
+            if frame is None:
+                break
+            values += list(frame.f_locals.values())
+            frame = frame.f_back
+        flat = [a for v in values for a in (v if isinstance(v, tuple) else (v,)) if isinstance(a, np.ndarray)]
+        return sorted(flat, key=lambda a: -a.nbytes)  # a view's memory is found in its base first
+
+    def run(self, items) -> None:
+        known = self._known()
+        buffers: list[np.ndarray] = []
+        relocs, words = [], np.array(items, dtype=np.int64)
+        for j, (name, pointer) in enumerate(self.params):
+            if not pointer:
+                continue
+            for i, word in enumerate(words[:, j].tolist()):
+                if name == "counter":
+                    buffers.append(np.zeros(8, np.int64))
+                    relocs.append((i, j, len(buffers) - 1, 0))
+                elif word:
+                    host = next((a for a in known if a.ctypes.data <= word < a.ctypes.data + max(a.nbytes, 1)), None)
+                    assert host is not None, f"{self.task}: word {name} points outside every known array"
+                    if not any(b is host for b in buffers):
+                        buffers.append(host)
+                    at = next(k for k, b in enumerate(buffers) if b is host)
+                    relocs.append((i, j, at, word - host.ctypes.data))
+        job, out = self.exe.parent / "job.bin", self.exe.parent / "out.bin"
+        parts = [np.int64(len(buffers)).tobytes()]
+        for b in buffers:
+            data = np.ascontiguousarray(b).tobytes()
+            parts += [np.int64(len(data)).tobytes(), data, b"\0" * (-len(data) % 8)]
+        parts += [np.array(words.shape, np.int64).tobytes(), words.tobytes()]
+        parts += [np.int64(len(relocs)).tobytes(), np.array(relocs, np.int64).reshape(-1, 4).tobytes()]
+        job.write_bytes(b"".join(parts))
+        argv = [QEMU, "-L", str(SYSROOT), str(self.exe), self.task, str(job), str(out)]
+        proc = subprocess.run(argv, capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        data, at = out.read_bytes(), 0
+        for b in buffers:
+            if b.flags.writeable and b.flags.c_contiguous:
+                b.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, b.nbytes, at)
+            at += b.nbytes
+        self.runs += 1
+
+
+class QemuNative(QemuTasks):
+    """A driver's ``Native`` (its ``isa`` and ``run``) for a kernel of a ``KernelModule``."""
+
+    def __init__(self, kernel: Kernel, isa: IsaSpec, exe: Path, arrays: Callable[[], Iterable[object]]) -> None:
+        task = ir_parallel.task_symbol(kernel.module.symbol(kernel, isa))
+        super().__init__(exe, task, [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params], arrays)
+        self.isa = isa
+
+
+def _link(work: Path, obj: bytes, tasks: list[str]) -> Path:
+    """The harness linked with the object ``obj``, knowing the trampolines ``tasks``."""
+    (work / "module.o").write_bytes(obj)
+    table = [f"void *{t}(long long *);" for t in tasks]
+    table += ["typedef void *(*task_fn)(long long *);"]
+    table += ["const char *const task_names[] = {" + ", ".join(f'"{t}"' for t in tasks) + "};"]
+    table += ["const task_fn task_fns[] = {" + ", ".join(tasks) + "};", f"const int n_tasks = {len(tasks)};"]
+    (work / "tasks.c").write_text("\n".join(table) + "\n")
+    exe = work / "harness"
+    cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), str(work / "module.o"), "-o", str(exe)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return exe
+
+
+def build_harness(module: KernelModule, isa: IsaSpec, work: Path) -> Path:
+    text, _ = module.build(isa)
+    tasks = [ir_parallel.task_symbol(module.symbol(k, isa)) for k in module.kernels]
+    return _link(work, jit.compile_object(text, isa), tasks)
+
+
+def qemu_library(isa_name: str, work: Path, arrays: Callable[[], Iterable[object]]) -> KernelLibrary:
+    """The model library for ``isa_name`` as a ``KernelLibrary`` whose forks run under qemu
+    (its drivers, packers and checks are the real ones)."""
+    isa = ISAS[isa_name]
+    text, symbols = build_module(isa)
+    exe = _link(work, jit.compile_object(text, isa), [symbols[f"{role}_task"] for role in PARALLEL_ROLES])
+    lib = KernelLibrary.__new__(KernelLibrary)
+    lib.isa, lib.threads = isa, 2
+    lib.int_tile, lib.float_tile = TILES[isa_name]
+
+    def params(role: str) -> list[tuple[str, bool]]:
+        head = re.search(rf'define void @"?{re.escape(symbols[role])}"?\((.*?)\)', text).group(1)
+        return [(name, ty == "ptr") for ty, name in re.findall(r'(\w+)(?: \w+)* %"?(\w+)"?', head)]
+
+    lib.fork = lambda role, items, same_op=False: QemuTasks(exe, symbols[f"{role}_task"], params(role), arrays).run(
+        items
+    )
+    return lib
+
+
+@pytest.fixture(scope="module")
+def harnesses(tmp_path_factory) -> Callable[[KernelModule, str], Path]:
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(module: KernelModule, isa_name: str) -> Path:
+        key = (module.name, isa_name)
+        if key not in built:
+            built[key] = build_harness(module, ISAS[isa_name], tmp_path_factory.mktemp(f"{module.name}_{isa_name}"))
+        return built[key]
+
+    return get
+
+
+# (lengths, n_q, n_kv, d, dv, half_window) from the host suite: ragged T, window edges, grouped
+# heads, the key and query tiles, a scalar tail for ragged value widths
+ATTENTION_CASES = [
+    ([1, 2, 31, 33], 3, 1, 64, 64, None),
+    ([1, 2, 31, 33], 3, 1, 24, 24, 2),
+    ([95, 96, 97, 130], 1, 1, 8, 24, 64),
+    ([63, 64, 65, 129], 2, 2, 8, 8, 65),
+    ([9], 2, 1, 8, 8, 0),
+    ([70], 6, 3, 20, 36, 16),
+]
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: f"T{'-'.join(map(str, c[0]))}_h{c[1]}/{c[2]}_hw{c[5]}")
+def test_neon_attention_matches_float64(harnesses, isa_name, case):
+    lengths, n_q, n_kv, d, dv, hw = case
+    q, k, v, starts, lens = packed(lengths, n_q, n_kv, d, dv, seed=len(lengths) * d)
+    out = np.full((q.shape[0], n_q * dv), np.nan, np.float32)
+    cache: dict = {}
+    native = QemuNative(
+        A.ATTENTION, ISAS[isa_name], harnesses(A.ATTENTION_MODULE, isa_name), lambda: [q, k, v, out, *cache.values()]
+    )
+    got = A.ATTENTION.drive(native, q, k, v, starts, lens, hw, threads=2, cache=cache, out=out)
+    assert native.runs == 1
+    ref = attention_oracle(q, k, v, starts, lens, hw)
+    assert np.abs(got - ref).max() <= 3e-6 * np.abs(ref).max()
+
+
+ENCODER_CASES = [([2, 1], 3, 32), ([8, 9, 7], 3, 16), ([31, 33], 4, 64), ([17, 16], 2, 7)]
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize("lens,h,d", ENCODER_CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_neon_encoder_attention_matches_float64(harnesses, isa_name, lens, h, d, with_bias):
+    rng = np.random.default_rng(len(lens) * 100 + d)
+    lengths = np.array(lens, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    t = int(lengths.sum())
+    y, qb = product((rng.standard_normal((t, 3 * h * d + 5)) * 2).astype(np.float32), rng)
+    bias = rng.standard_normal((h, max(lens) + 2, max(lens) + 2)).astype(np.float32) if with_bias else None
+    out = np.full((t, h * d), np.nan, np.float32)
+    exe = harnesses(EA.ENCODER_ATTENTION_MODULE, isa_name)
+    native = QemuNative(EA.ENCODER_ATTENTION, ISAS[isa_name], exe, lambda: [y, qb, starts, lengths, bias, out])
+    got = EA.ENCODER_ATTENTION.drive(native, y, qb, t, h, d, starts, lengths, 0.2, bias, threads=2, out=out)
+    want = encoder_oracle(y + qb, h, d, starts, lengths, 0.2, bias)
+    assert np.abs(got - want).max() <= 2e-5
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0], ids=lambda q: q.name)
+@pytest.mark.parametrize("scale", [1.0, 768**0.5])
+def test_neon_gather_rows_equal_the_numpy_lookup(harnesses, isa_name, qtype, scale):
+    rng = np.random.default_rng(3)
+    rows, d = 50, 96
+    raw = random_raw(qtype, rows, d, rng) if qtype == Q.Q8_0 else rng.standard_normal((rows, d)).astype(np.float32)
+    table = G.GatherTable(np.ascontiguousarray(raw), qtype, rows, d)
+    index = rng.integers(0, rows, 37).astype(np.int64)
+    out = np.full((index.size, d), np.nan, np.float32)
+    exe = harnesses(G.GATHER_MODULE, isa_name)
+    native = QemuNative(G.GATHER, ISAS[isa_name], exe, lambda: [table.data, index, out])
+    got = G.GATHER.drive(native, table, index, scale, threads=2, out=out)
+    np.testing.assert_array_equal(got, G.gather_reference(table, index, scale))
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+def test_neon_gelu_erf_and_layer_norm(tmp_path, isa_name):
+    """The BERT family's element-wise kernels of the model library (the NEON harness of
+    ``test_neon_emulation`` does not reach them), against float64."""
+    from tests.runtime.test_encoder_ops import _gelu64, _ln64
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(1001) * 4).astype(np.float32)
+    x[:3] = [0.0, -30.0, 30.0]
+    w, b = rng.standard_normal(129).astype(np.float32), rng.standard_normal(129).astype(np.float32)
+    rows = (rng.standard_normal((37, 129)) * 3 + 40).astype(np.float32)
+    rows[:, 0] *= 30  # an outlier feature over a large mean
+    lib = qemu_library(isa_name, tmp_path, lambda: [x, w, b, rows])
+    assert np.abs(KernelLibrary.gelu_erf(lib, x) - _gelu64(x)).max() < 1e-6
+    np.testing.assert_allclose(
+        KernelLibrary.layer_norm(lib, rows, w, b, 1e-12), _ln64(rows, w, b, 1e-12), rtol=3e-6, atol=2e-5
+    )
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize("t", [1, 2, 31, 33])
+def test_neon_bias_gelu_matmul(tmp_path, isa_name, t):
+    """The BERT FFN's down product with its bias + exact-GELU prologue, against the numpy twin."""
+    from embedpipe.codegen import fused
+    from embedpipe.codegen.encoder_fused import combine_reference
+    from tests.codegen.test_fused import _assert_product_close
+
+    rng = np.random.default_rng(t + 1)
+    k, n = 96 + 32 * (t % 2), 80
+    codes = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    scale = (rng.random(n) * 0.02 + 0.001).astype(np.float32)
+    y = (rng.standard_normal((t, k)) * 4).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
+    out = aligned_empty((t, n), np.float32, 64)
+    out[...] = np.nan
+    weight: list = []
+    lib = qemu_library(isa_name, tmp_path, lambda: [y, bias, out, *weight[0].packed])
+    weight.append(KernelLibrary.prepare_int8(lib, codes, scale))
+    fused.bias_gelu_matmul(weight[0], y, bias, out=out)
+    _assert_product_close(out, combine_reference(y, bias, True), codes.astype(np.float32) * scale[:, None])
