@@ -1,7 +1,8 @@
 """On AArch64, the kernels the fixed harness of ``test_neon_emulation`` does not reach: the
 kernel modules outside the model library (attention for EmbeddingGemma and for the BERT family,
-the row gather) and the BERT family's library kernels (exact GELU, LayerNorm, the bias + GELU
-work kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
+the row gather, the encoder's LayerNorm and bias epilogue, brute-force search's row dots and
+top-k) and the BERT family's library kernels (exact GELU, LayerNorm, the bias + GELU work
+kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
 ``neon_tasks_harness.c`` and run under qemu-user on the very items its Python driver makes
 (``QemuNative`` stands in for a loaded kernel, ``qemu_library`` for the library), and checked
 against the same oracles as on the host.
@@ -273,3 +274,55 @@ def test_neon_bias_gelu_matmul(tmp_path, isa_name, t):
     weight.append(KernelLibrary.prepare_int8(lib, codes, scale))
     fused.bias_gelu_matmul(weight[0], y, bias, out=out)
     _assert_product_close(out, combine_reference(y, bias, True), codes.astype(np.float32) * scale[:, None])
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize(("t", "d"), [(1, 32), (33, 384), (31, 40)])
+def test_neon_residual_norm_and_combine(harnesses, isa_name, t, d):
+    """The encoder's standalone LayerNorm (with the extension by selected blocks' residuals)
+    and its bias (+ exact GELU) epilogue."""
+    from embedpipe.codegen import encoder_fused as EF
+    from tests.codegen.test_encoder_fused import gelu64, layer_norm64, operands, selections
+
+    isa, exe = ISAS[isa_name], harnesses(EF.ENCODER_MODULE, isa_name)
+    x, bias, res, w, beta = operands(t, d, t * 1000 + d)
+    want = layer_norm64(x.astype(np.float64) + bias + res, w, beta, 1e-12)
+    for extend in selections(d, t + d):
+        known = [x, bias, res, w, beta, getattr(extend, "array", None)]
+        native = QemuNative(EF.RESIDUAL_NORM, isa, exe, lambda known=known: known)
+        out, ext = EF.RESIDUAL_NORM.drive(native, x, bias, res, w, beta, 1e-12, extend, threads=2)
+        assert np.abs(out - want).max() <= 2e-5 * (1 + np.abs(want).max())
+        if extend is not None and extend.blocks:
+            assert np.array_equal(ext[:, :d], out)
+            hi_lo = EF.extend_reference(out, extend)  # the residuals of the very rows it normalized
+            assert np.mean(np.isclose(ext[:, d:], hi_lo[:, d:], rtol=1e-4, atol=1e-6 * np.abs(out).max())) > 0.99
+    y = (np.random.default_rng(t).standard_normal((t, d)) * 3).astype(np.float32)
+    for gelu in (False, True):
+        native = QemuNative(EF.COMBINE, isa, exe, lambda: [y, bias])
+        got = EF.COMBINE.drive(native, y, bias, gelu, threads=2)
+        s = y.astype(np.float64) + bias
+        assert np.abs(got - (gelu64(s) if gelu else s)).max() <= 2e-6 * (1 + np.abs(s).max())
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.int8])
+def test_neon_rowdot_and_topk(harnesses, isa_name, dtype):
+    """Brute-force search's kernels: row dot products of fp32/int16/int8 codes, then top-k."""
+    from embedpipe.codegen import rowdot as R
+    from embedpipe.codegen import topk as T
+
+    rng = np.random.default_rng(9)
+    n, d = 1000, 67
+    X = (rng.standard_normal((n, d)) * (1 if dtype == np.float32 else 40)).astype(dtype)
+    q = rng.standard_normal(d).astype(np.float32)
+    kernel, isa = R.ROWDOT[np.dtype(dtype)], ISAS[isa_name]
+    got = kernel.drive(QemuNative(kernel, isa, harnesses(R.ROWDOT_MODULE, isa_name), lambda: [X, q]), X, q)
+    want = X.astype(np.float64) @ q
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    scores = rng.standard_normal((5, n)).astype(np.float32)
+    native = QemuNative(T.TOPK, isa, harnesses(T.TOPK_MODULE, isa_name), lambda: [scores])
+    for k in (1, 10, 999):
+        got_s, got_i = T.TOPK.drive(native, scores, k)
+        want_s, want_i = T.topk_reference(scores, k)
+        np.testing.assert_array_equal(got_s, want_s)
+        np.testing.assert_array_equal(got_i, want_i)
