@@ -1,8 +1,8 @@
 """On AArch64, the kernels the fixed harness of ``test_neon_emulation`` does not reach: the
 kernel modules outside the model library (attention for EmbeddingGemma and for the BERT family,
 the row gather, the encoder's LayerNorm and bias epilogue, brute-force search's row dots and
-top-k) and the BERT family's library kernels (exact GELU, LayerNorm, the bias + GELU work
-kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
+top-k, HNSW graph search) and the BERT family's library kernels (exact GELU, LayerNorm, the
+bias + GELU work kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
 ``neon_tasks_harness.c`` and run under qemu-user on the very items its Python driver makes
 (``QemuNative`` stands in for a loaded kernel, ``qemu_library`` for the library), and checked
 against the same oracles as on the host.
@@ -12,6 +12,7 @@ Needs ``scripts/install_emulation.sh`` (qemu-user, gcc-aarch64-linux-gnu); skipp
 
 from __future__ import annotations
 
+import ctypes
 import re
 import subprocess
 import sys
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.emulation, requires_emulation]
 HARNESS = Path(__file__).with_name("neon_tasks_harness.c")
 NEON_ISAS = ["neon_dotprod", "neon", "generic_aarch64"]
 STACK_DEPTH = 6  # calling frames whose local arrays a driver's items may point into
+OBJECT_DEPTH = 3  # containers and attributes followed from those locals
 
 
 class QemuTasks:
@@ -62,13 +64,14 @@ class QemuTasks:
     def _known(self) -> list[np.ndarray]:
         values = [*self.arrays(), *(s.value for s in scratch.REGISTRY)]
         frame = sys._getframe(2)
-        for _ in range(STACK_DEPTH):  # the driver's own buffers (its output, work tables)
+        for _ in range(STACK_DEPTH):  # the driver's own buffers (its output, work tables, slots)
             if frame is None:
                 break
             values += list(frame.f_locals.values())
             frame = frame.f_back
-        flat = [a for v in values for a in (v if isinstance(v, tuple) else (v,)) if isinstance(a, np.ndarray)]
-        return sorted(flat, key=lambda a: -a.nbytes)  # a view's memory is found in its base first
+        found: dict[int, np.ndarray] = {}
+        _collect(values, found, OBJECT_DEPTH)
+        return sorted(found.values(), key=lambda a: -a.nbytes)  # a view's memory is found in its base first
 
     def run(self, items) -> None:
         known = self._known()
@@ -107,13 +110,34 @@ class QemuTasks:
         self.runs += 1
 
 
+def _collect(values: Iterable[object], found: dict[int, np.ndarray], depth: int) -> None:
+    """Every array among ``values``, in their tuples, lists and dicts and in the attributes of
+    the objects among them, ``depth`` levels down."""
+    for v in values:
+        if isinstance(v, np.ndarray):
+            found[id(v)] = v
+        elif depth <= 0 or isinstance(v, (str, bytes, int, float, type)) or callable(v):
+            continue
+        elif isinstance(v, (tuple, list)):
+            _collect(v[:64], found, depth - 1)
+        elif isinstance(v, dict):
+            _collect(list(v.values())[:64], found, depth - 1)
+        elif hasattr(v, "__dict__"):
+            _collect(list(vars(v).values()), found, depth - 1)
+
+
 class QemuNative(QemuTasks):
-    """A driver's ``Native`` (its ``isa`` and ``run``) for a kernel of a ``KernelModule``."""
+    """A driver's ``Native`` (its ``isa``, ``run`` and ``run_packed``) for a kernel of a
+    ``KernelModule``."""
 
     def __init__(self, kernel: Kernel, isa: IsaSpec, exe: Path, arrays: Callable[[], Iterable[object]]) -> None:
         task = ir_parallel.task_symbol(kernel.module.symbol(kernel, isa))
         super().__init__(exe, task, [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params], arrays)
         self.isa = isa
+
+    def run_packed(self, words: int, stride: int, n: int) -> None:
+        packed = np.ctypeslib.as_array((ctypes.c_int64 * (n * stride // 8)).from_address(words))
+        self.run(packed.reshape(n, stride // 8).copy())
 
 
 def _link(work: Path, obj: bytes, tasks: list[str]) -> Path:
@@ -326,3 +350,22 @@ def test_neon_rowdot_and_topk(harnesses, isa_name, dtype):
         want_s, want_i = T.topk_reference(scores, k)
         np.testing.assert_array_equal(got_s, want_s)
         np.testing.assert_array_equal(got_i, want_i)
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize(("quant", "mode"), [("fp32", "dim"), ("int8", "dim"), ("int8", "vector")])
+def test_neon_hnsw_search_matches_the_host_kernel(harnesses, isa_name, quant, mode):
+    """HNSW graph search (its kernel bounds-checks every node it follows) on the same index and
+    queries as the host's kernel: the same beam search, so the same neighbours but for ties."""
+    from embedpipe.indexes import build_index
+    from embedpipe.indexes.hnsw_kernel import HNSW_MODULE, HNSW_SEARCH, HnswKernel
+    from tests.indexes.helpers import clustered, recall
+
+    x, q = clustered(600, 24, seed=1), clustered(12, 24, seed=2)
+    ix = build_index(x, kind="hnsw", quant=quant, m=8, ef_construction=40, scale_mode=mode)
+    qn = ix.prepare_queries(q)
+    want_s, want_r = HnswKernel.for_index(ix).search(qn, 10, 40)
+    native = QemuNative(HNSW_SEARCH[quant], ISAS[isa_name], harnesses(HNSW_MODULE, isa_name), lambda: [qn])
+    got_s, got_r = HnswKernel(ix, native).search(qn, 10, 40)
+    assert native.runs == 1 and recall(got_r, want_r) >= 0.97
+    np.testing.assert_allclose(got_s[:, 0], want_s[:, 0], rtol=1e-4, atol=1e-5)
