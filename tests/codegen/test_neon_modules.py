@@ -87,6 +87,7 @@ class QemuTasks:
                 elif word:
                     host = next((a for a in known if a.ctypes.data <= word < a.ctypes.data + max(a.nbytes, 1)), None)
                     assert host is not None, f"{self.task}: word {name} points outside every known array"
+                    assert host.flags.c_contiguous, f"{self.task}: word {name} points into a strided array"
                     if not any(b is host for b in buffers):
                         buffers.append(host)
                     at = next(k for k, b in enumerate(buffers) if b is host)
