@@ -3,14 +3,17 @@
  * buffers the job file carries.
  *
  * Build: aarch64-linux-gnu-gcc -O1 -static neon_tasks_harness.c tasks.c module.o -o harness
- *        (tasks.c, written by the test, defines task_names, task_fns and n_tasks)
+ *        (tasks.c, written by the test, defines task_names, task_fns and n_tasks, and for
+ *        kernels that return a value, which a trampoline drops, direct_names, direct_fns and
+ *        n_direct: wrappers that call the kernel on the decoded words and return its result)
  * Usage: harness TASK job.bin out.bin
  * job.bin, little-endian int64 words: the buffer count; per buffer its byte size, then its
  *   bytes padded to a multiple of 8; the item count and words per item, then every item's
  *   words; the relocation count, then per relocation (item, word, buffer, byte offset): that
  *   word becomes the buffer's address plus the offset.
  * The items run in order on one thread (a work-claiming counter lets the first take all).
- * out.bin: every buffer's bytes afterwards, in order.
+ * out.bin: every buffer's bytes afterwards, in order, then for a direct wrapper each item's
+ * int64 result.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -18,9 +21,13 @@
 #include <string.h>
 
 typedef void *(*task_fn)(int64_t *);
+typedef int64_t (*direct_fn)(int64_t *);
 extern const char *const task_names[];
 extern const task_fn task_fns[];
 extern const int n_tasks;
+extern const char *const direct_names[];
+extern const direct_fn direct_fns[];
+extern const int n_direct;
 
 static FILE *job;
 
@@ -35,7 +42,10 @@ int main(int argc, char **argv) {
     task_fn task = NULL;
     for (int i = 0; i < n_tasks; i++)
         if (strcmp(task_names[i], argv[1]) == 0) task = task_fns[i];
-    if (!task) { fprintf(stderr, "no task %s\n", argv[1]); return 2; }
+    direct_fn direct = NULL;
+    for (int i = 0; i < n_direct; i++)
+        if (strcmp(direct_names[i], argv[1]) == 0) direct = direct_fns[i];
+    if (!task && !direct) { fprintf(stderr, "no task %s\n", argv[1]); return 2; }
     job = fopen(argv[2], "rb");
     if (!job) { perror(argv[2]); return 2; }
     int64_t n_buf = next();
@@ -62,11 +72,18 @@ int main(int argc, char **argv) {
         words[item * n_words + word] = (int64_t)(intptr_t)(bufs[buf] + offset);
     }
     fclose(job);
-    for (int64_t i = 0; i < n_items; i++) task(words + i * n_words);
+    int64_t *results = calloc((size_t)n_items + 1, 8);
+    for (int64_t i = 0; i < n_items; i++) {
+        if (direct)
+            results[i] = direct(words + i * n_words);
+        else
+            task(words + i * n_words);
+    }
     FILE *out = fopen(argv[3], "wb");
     if (!out) { perror(argv[3]); return 2; }
     for (int64_t i = 0; i < n_buf; i++)
         if (fwrite(bufs[i], 1, (size_t)sizes[i], out) != (size_t)sizes[i]) { perror(argv[3]); return 2; }
+    if (direct && fwrite(results, 8, (size_t)n_items, out) != (size_t)n_items) { perror(argv[3]); return 2; }
     fclose(out);
     return 0;
 }

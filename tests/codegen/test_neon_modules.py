@@ -1,7 +1,7 @@
 """On AArch64, the kernels the fixed harness of ``test_neon_emulation`` does not reach: the
 kernel modules outside the model library (attention for EmbeddingGemma and for the BERT family,
 the row gather, the encoder's LayerNorm and bias epilogue, brute-force search's row dots and
-top-k, HNSW graph search) and the BERT family's library kernels (exact GELU, LayerNorm, the
+top-k, HNSW and Annoy search) and the BERT family's library kernels (exact GELU, LayerNorm, the
 bias + GELU work kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
 ``neon_tasks_harness.c`` and run under qemu-user on the very items its Python driver makes
 (``QemuNative`` stands in for a loaded kernel, ``qemu_library`` for the library), and checked
@@ -57,8 +57,11 @@ class QemuTasks:
     word of its own. Any other address fails the test: the harness never sees host memory it
     was not given."""
 
-    def __init__(self, exe: Path, task: str, params, arrays: Callable[[], Iterable[object]]) -> None:
+    def __init__(
+        self, exe: Path, task: str, params, arrays: Callable[[], Iterable[object]], returns: bool = False
+    ) -> None:
         self.exe, self.task, self.params, self.arrays = exe, task, list(params), arrays
+        self.returns = returns  # ``task`` names a direct wrapper that gives the kernel's result
         self.runs = 0
 
     def _known(self) -> list[np.ndarray]:
@@ -73,7 +76,8 @@ class QemuTasks:
         _collect(values, found, OBJECT_DEPTH)
         return sorted(found.values(), key=lambda a: -a.nbytes)  # a view's memory is found in its base first
 
-    def run(self, items) -> None:
+    def run(self, items) -> list[int]:
+        """Run ``items``; returns each one's result when the kernel returns a value."""
         known = self._known()
         buffers: list[np.ndarray] = []
         relocs, words = [], np.array(items, dtype=np.int64)
@@ -109,6 +113,7 @@ class QemuTasks:
                 b.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, b.nbytes, at)
             at += b.nbytes
         self.runs += 1
+        return np.frombuffer(data, np.int64, len(words), at).tolist() if self.returns else []
 
 
 def _collect(values: Iterable[object], found: dict[int, np.ndarray], depth: int) -> None:
@@ -132,22 +137,58 @@ class QemuNative(QemuTasks):
     ``KernelModule``."""
 
     def __init__(self, kernel: Kernel, isa: IsaSpec, exe: Path, arrays: Callable[[], Iterable[object]]) -> None:
-        task = ir_parallel.task_symbol(kernel.module.symbol(kernel, isa))
-        super().__init__(exe, task, [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params], arrays)
+        returns = not isinstance(kernel.ret, ir.VoidType)
+        symbol = kernel.module.symbol(kernel, isa)
+        task = _direct_name(symbol) if returns else ir_parallel.task_symbol(symbol)
+        super().__init__(exe, task, [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params], arrays, returns)
         self.isa = isa
+
+    def __call__(self, *args: int) -> int | None:
+        """One direct call, as a loaded ``Native`` takes it (integers and addresses)."""
+        results = self.run([args])
+        return results[0] if results else None
 
     def run_packed(self, words: int, stride: int, n: int) -> None:
         packed = np.ctypeslib.as_array((ctypes.c_int64 * (n * stride // 8)).from_address(words))
         self.run(packed.reshape(n, stride // 8).copy())
 
 
-def _link(work: Path, obj: bytes, tasks: list[str]) -> Path:
-    """The harness linked with the object ``obj``, knowing the trampolines ``tasks``."""
+def _direct_name(symbol: str) -> str:
+    return f"{symbol}__direct"
+
+
+def _direct_wrapper(symbol: str, kernel: Kernel) -> list[str]:
+    """C for ``long long <symbol>__direct(long long *w)``: the kernel called on the decoded
+    words (pointer and integer parameters only), its int64 result returned."""
+    c_ints = {64: "long long", 32: "int", 16: "short", 8: "signed char"}
+    types = []
+    for name, ty in kernel.params:
+        pointer = isinstance(ty, ir.PointerType)
+        assert pointer or getattr(ty, "width", None) in c_ints, f"{kernel.name}: no C type for {name}"
+        types.append("void *" if pointer else c_ints[ty.width])
+    assert kernel.ret == ir.IntType(64), f"{kernel.name}: only int64 results are returned"
+    call = ", ".join(f"({t})w[{i}]" for i, t in enumerate(types))
+    return [
+        f"long long {symbol}({', '.join(types)});",
+        f"long long {_direct_name(symbol)}(long long *w) {{ return {symbol}({call}); }}",
+    ]
+
+
+def _link(work: Path, obj: bytes, tasks: list[str], direct: dict[str, Kernel] | None = None) -> Path:
+    """The harness linked with the object ``obj``, knowing the trampolines ``tasks`` and
+    direct wrappers of the ``direct`` kernels (by symbol) that return a value."""
+    direct = direct or {}
     (work / "module.o").write_bytes(obj)
     table = [f"void *{t}(long long *);" for t in tasks]
-    table += ["typedef void *(*task_fn)(long long *);"]
+    table += ["typedef void *(*task_fn)(long long *);", "typedef long long (*direct_fn)(long long *);"]
     table += ["const char *const task_names[] = {" + ", ".join(f'"{t}"' for t in tasks) + "};"]
     table += ["const task_fn task_fns[] = {" + ", ".join(tasks) + "};", f"const int n_tasks = {len(tasks)};"]
+    for symbol, kernel in direct.items():
+        table += _direct_wrapper(symbol, kernel)
+    names = [_direct_name(symbol) for symbol in direct]
+    table += ["const char *const direct_names[] = {" + ", ".join(f'"{n}"' for n in names or ["-"]) + "};"]
+    table += ["const direct_fn direct_fns[] = {" + ", ".join(names or ["0"]) + "};"]
+    table += [f"const int n_direct = {len(names)};"]
     (work / "tasks.c").write_text("\n".join(table) + "\n")
     exe = work / "harness"
     cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), str(work / "module.o"), "-o", str(exe)]
@@ -158,7 +199,8 @@ def _link(work: Path, obj: bytes, tasks: list[str]) -> Path:
 def build_harness(module: KernelModule, isa: IsaSpec, work: Path) -> Path:
     text, _ = module.build(isa)
     tasks = [ir_parallel.task_symbol(module.symbol(k, isa)) for k in module.kernels]
-    return _link(work, jit.compile_object(text, isa), tasks)
+    direct = {module.symbol(k, isa): k for k in module.kernels if not isinstance(k.ret, ir.VoidType)}
+    return _link(work, jit.compile_object(text, isa), tasks, direct)
 
 
 def qemu_library(isa_name: str, work: Path, arrays: Callable[[], Iterable[object]]) -> KernelLibrary:
@@ -370,3 +412,24 @@ def test_neon_hnsw_search_matches_the_host_kernel(harnesses, isa_name, quant, mo
     got_s, got_r = HnswKernel(ix, native).search(qn, 10, 40)
     assert native.runs == 1 and recall(got_r, want_r) >= 0.97
     np.testing.assert_allclose(got_s[:, 0], want_s[:, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+def test_neon_annoy_search_matches_the_host_kernel(harnesses, isa_name, monkeypatch):
+    """Annoy's tree walk (bounds-checked like HNSW's, its candidate count the kernel's result)
+    on the same forest and queries as the host kernel."""
+    from embedpipe.indexes import annoy_kernel, build_index
+    from tests.indexes.helpers import clustered
+
+    x, q = clustered(500, 16, seed=3), clustered(6, 16, seed=4)
+    ix = build_index(x, kind="annoy", n_trees=4)
+    qn = ix.prepare_queries(q)
+    want_s, want_r = ix._search_rows(qn, 10)
+    native = QemuNative(
+        annoy_kernel.ANNOY_SEARCH, ISAS[isa_name], harnesses(annoy_kernel.ANNOY_MODULE, isa_name), lambda: [qn]
+    )
+    monkeypatch.setattr(annoy_kernel.ANNOY_SEARCH, "native", lambda isa=None: native)
+    got_s, got_r = ix._search_rows(qn, 10)
+    assert native.runs == len(qn)
+    np.testing.assert_array_equal(got_r, want_r)
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-6)
