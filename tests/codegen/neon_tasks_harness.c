@@ -10,7 +10,8 @@
  * job.bin, little-endian int64 words: the buffer count; per buffer its byte size, then its
  *   bytes padded to a multiple of 8; the item count and words per item, then every item's
  *   words; the relocation count, then per relocation (item, word, buffer, byte offset): that
- *   word becomes the buffer's address plus the offset.
+ *   word becomes the buffer's address plus the offset; then the count of relocations inside
+ *   buffers (descriptor arrays of addresses), each (buffer, word, target buffer, byte offset).
  * The items run in order on one thread (a work-claiming counter lets the first take all).
  * out.bin: every buffer's bytes afterwards, in order, then for a direct wrapper each item's
  * int64 result.
@@ -70,6 +71,16 @@ int main(int argc, char **argv) {
             return 2;
         }
         words[item * n_words + word] = (int64_t)(intptr_t)(bufs[buf] + offset);
+    }
+    int64_t n_inner = next();
+    for (int64_t r = 0; r < n_inner; r++) {
+        int64_t buf = next(), word = next(), target = next(), offset = next();
+        if (buf < 0 || buf >= n_buf || word < 0 || (word + 1) * 8 > sizes[buf] || target < 0 || target >= n_buf ||
+            offset < 0 || offset > sizes[target]) {
+            fprintf(stderr, "inner relocation %lld out of range\n", (long long)r);
+            return 2;
+        }
+        ((int64_t *)bufs[buf])[word] = (int64_t)(intptr_t)(bufs[target] + offset);
     }
     fclose(job);
     int64_t *results = calloc((size_t)n_items + 1, 8);

@@ -1,7 +1,7 @@
 """On AArch64, the kernels the fixed harness of ``test_neon_emulation`` does not reach: the
 kernel modules outside the model library (attention for EmbeddingGemma and for the BERT family,
 the row gather, the encoder's LayerNorm and bias epilogue, brute-force search's row dots and
-top-k, HNSW and Annoy search) and the BERT family's library kernels (exact GELU, LayerNorm, the
+top-k, HNSW and Annoy search, HNSW graph construction) and the BERT family's library kernels (exact GELU, LayerNorm, the
 bias + GELU work kernel). Each module is compiled by llvmlite for the NEON ISAs, linked into
 ``neon_tasks_harness.c`` and run under qemu-user on the very items its Python driver makes
 (``QemuNative`` stands in for a loaded kernel, ``qemu_library`` for the library), and checked
@@ -58,10 +58,17 @@ class QemuTasks:
     was not given."""
 
     def __init__(
-        self, exe: Path, task: str, params, arrays: Callable[[], Iterable[object]], returns: bool = False
+        self,
+        exe: Path,
+        task: str,
+        params,
+        arrays: Callable[[], Iterable[object]],
+        returns: bool = False,
+        nested: Iterable[str] = (),
     ) -> None:
         self.exe, self.task, self.params, self.arrays = exe, task, list(params), arrays
         self.returns = returns  # ``task`` names a direct wrapper that gives the kernel's result
+        self.nested = set(nested)  # pointer parameters whose int64 arrays hold addresses themselves
         self.runs = 0
 
     def _known(self) -> list[np.ndarray]:
@@ -80,7 +87,17 @@ class QemuTasks:
         """Run ``items``; returns each one's result when the kernel returns a value."""
         known = self._known()
         buffers: list[np.ndarray] = []
-        relocs, words = [], np.array(items, dtype=np.int64)
+
+        def place(word: int, what: str) -> tuple[int, int]:
+            """(buffer number, byte offset) of the known array ``word`` points into."""
+            host = next((a for a in known if a.ctypes.data <= word < a.ctypes.data + max(a.nbytes, 1)), None)
+            assert host is not None, f"{self.task}: {what} points outside every known array"
+            assert host.flags.c_contiguous, f"{self.task}: {what} points into a strided array"
+            if not any(b is host for b in buffers):
+                buffers.append(host)
+            return next(k for k, b in enumerate(buffers) if b is host), word - host.ctypes.data
+
+        relocs, inner, words = [], [], np.array(items, dtype=np.int64)
         for j, (name, pointer) in enumerate(self.params):
             if not pointer:
                 continue
@@ -89,13 +106,10 @@ class QemuTasks:
                     buffers.append(np.zeros(8, np.int64))
                     relocs.append((i, j, len(buffers) - 1, 0))
                 elif word:
-                    host = next((a for a in known if a.ctypes.data <= word < a.ctypes.data + max(a.nbytes, 1)), None)
-                    assert host is not None, f"{self.task}: word {name} points outside every known array"
-                    assert host.flags.c_contiguous, f"{self.task}: word {name} points into a strided array"
-                    if not any(b is host for b in buffers):
-                        buffers.append(host)
-                    at = next(k for k, b in enumerate(buffers) if b is host)
-                    relocs.append((i, j, at, word - host.ctypes.data))
+                    at, offset = place(word, f"word {name}")
+                    relocs.append((i, j, at, offset))
+                    if name in self.nested and not any(r[0] == at for r in inner):
+                        inner += self._inner(at, buffers[at], known, place)
         job, out = self.exe.parent / "job.bin", self.exe.parent / "out.bin"
         parts = [np.int64(len(buffers)).tobytes()]
         for b in buffers:
@@ -103,6 +117,7 @@ class QemuTasks:
             parts += [np.int64(len(data)).tobytes(), data, b"\0" * (-len(data) % 8)]
         parts += [np.array(words.shape, np.int64).tobytes(), words.tobytes()]
         parts += [np.int64(len(relocs)).tobytes(), np.array(relocs, np.int64).reshape(-1, 4).tobytes()]
+        parts += [np.int64(len(inner)).tobytes(), np.array([r[:4] for r in inner], np.int64).reshape(-1, 4).tobytes()]
         job.write_bytes(b"".join(parts))
         argv = [QEMU, "-L", str(SYSROOT), str(self.exe), self.task, str(job), str(out)]
         proc = subprocess.run(argv, capture_output=True, timeout=300)
@@ -112,8 +127,21 @@ class QemuTasks:
             if b.flags.writeable and b.flags.c_contiguous:
                 b.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, b.nbytes, at)
             at += b.nbytes
+        for buf, word, _, _, host_word in inner:  # descriptors keep their host addresses
+            buffers[buf].reshape(-1)[word] = host_word
         self.runs += 1
         return np.frombuffer(data, np.int64, len(words), at).tolist() if self.returns else []
+
+    @staticmethod
+    def _inner(at: int, descriptor: np.ndarray, known: list[np.ndarray], place) -> list[tuple[int, ...]]:
+        """Relocations of the words of an int64 ``descriptor`` (buffer ``at``) that point into
+        known arrays: (buffer, word, target buffer, offset, the host word to restore)."""
+        assert descriptor.dtype == np.int64, "a nested pointer parameter must point to int64 words"
+        out = []
+        for w, value in enumerate(descriptor.reshape(-1).tolist()):
+            if value and any(a.ctypes.data <= value < a.ctypes.data + max(a.nbytes, 1) for a in known):
+                out.append((at, w, *place(value, f"word {w} of a descriptor"), value))
+        return out
 
 
 def _collect(values: Iterable[object], found: dict[int, np.ndarray], depth: int) -> None:
@@ -136,11 +164,19 @@ class QemuNative(QemuTasks):
     """A driver's ``Native`` (its ``isa``, ``run`` and ``run_packed``) for a kernel of a
     ``KernelModule``."""
 
-    def __init__(self, kernel: Kernel, isa: IsaSpec, exe: Path, arrays: Callable[[], Iterable[object]]) -> None:
+    def __init__(
+        self,
+        kernel: Kernel,
+        isa: IsaSpec,
+        exe: Path,
+        arrays: Callable[[], Iterable[object]],
+        nested: Iterable[str] = (),
+    ) -> None:
         returns = not isinstance(kernel.ret, ir.VoidType)
         symbol = kernel.module.symbol(kernel, isa)
         task = _direct_name(symbol) if returns else ir_parallel.task_symbol(symbol)
-        super().__init__(exe, task, [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params], arrays, returns)
+        params = [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params]
+        super().__init__(exe, task, params, arrays, returns, nested)
         self.isa = isa
 
     def __call__(self, *args: int) -> int | None:
@@ -433,3 +469,25 @@ def test_neon_annoy_search_matches_the_host_kernel(harnesses, isa_name, monkeypa
     assert native.runs == len(qn)
     np.testing.assert_array_equal(got_r, want_r)
     np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+@pytest.mark.parametrize(("quant", "mode"), [("fp32", "dim"), ("int8", "dim"), ("int8", "vector")])
+def test_neon_hnsw_insertion_matches_the_numpy_twin(harnesses, isa_name, quant, mode):
+    """HNSW graph construction (insert and link kernels, their context and scratch arrays of
+    addresses relocated too) against the numpy twin, as the host's kernels are."""
+    from embedpipe.indexes.hnsw import storage_of
+    from embedpipe.indexes.hnsw_build import build_graph
+    from embedpipe.indexes.hnsw_insert_kernel import KERNELS, MODULES, InsertKernels
+    from embedpipe.indexes.quant import quantize
+    from tests.indexes.helpers import clustered
+
+    st = storage_of(*quantize(clustered(300, 16, seed=3), quant, mode), quant, mode)
+    exe, isa = harnesses(MODULES[quant], isa_name), ISAS[isa_name]
+    insert, link = (QemuNative(k, isa, exe, lambda: [], nested=("ctx", "scr")) for k in KERNELS[quant])
+    got = build_graph(st, 6, 40, seed=5, threads=2, kernels=InsertKernels(insert, link))
+    twin = build_graph(st, 6, 40, seed=5, native=False)
+    assert insert.runs > 0
+    assert (got.entry, got.maxlevel) == (twin.entry, twin.maxlevel)
+    assert (got.nbr0 == twin.nbr0).all(axis=1).mean() >= 0.99
+    assert (got.nbru == twin.nbru).all(axis=1).mean() >= 0.99
