@@ -1,0 +1,259 @@
+"""Running the kernels of an AArch64 object under qemu-user on the very items their Python
+drivers make: ``QemuNative`` stands in for a loaded kernel of a ``KernelModule`` and
+``qemu_library`` for the model library, over the generic ``neon_tasks_harness.c``. The NEON
+tests of ``tests/codegen`` and ``tests/indexes`` share it.
+
+Needs ``scripts/install_emulation.sh`` (qemu-user, gcc-aarch64-linux-gnu); ``requires_emulation``
+skips without them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import llvmlite.ir as ir
+import numpy as np
+import pytest
+
+from embedpipe.codegen import ir_parallel, jit, scratch
+from embedpipe.codegen.isa import ISAS, IsaSpec
+from embedpipe.codegen.kernel import Kernel, KernelModule
+from embedpipe.codegen.library import PARALLEL_ROLES, TILES, KernelLibrary, build_module
+from tests.codegen.test_neon_emulation import CROSS_CC, QEMU, SYSROOT, requires_emulation
+
+__all__ = ["NEON_ISAS", "QemuNative", "qemu_library", "harness_cache", "requires_emulation"]
+
+HARNESS = Path(__file__).with_name("neon_tasks_harness.c")
+NEON_ISAS = ["neon_dotprod", "neon", "generic_aarch64"]
+STACK_DEPTH = 6  # calling frames whose local arrays a driver's items may point into
+OBJECT_DEPTH = 3  # containers and attributes followed from those locals
+
+
+class QemuTasks:
+    """Runs items of one task trampoline in the AArch64 harness under qemu.
+
+    ``params``: each kernel parameter's name and whether it is a pointer. Every pointer word of
+    an item must fall inside an array that ``arrays()`` names, that a driver on the calling
+    stack holds in a local variable, or the drivers' registered scratch (those travel to the
+    harness and come back); a parameter named ``counter`` (a work-claiming word) gets a zeroed
+    word of its own. Any other address fails the test: the harness never sees host memory it
+    was not given."""
+
+    def __init__(
+        self,
+        exe: Path,
+        task: str,
+        params,
+        arrays: Callable[[], Iterable[object]],
+        returns: bool = False,
+        nested: Iterable[str] = (),
+    ) -> None:
+        self.exe, self.task, self.params, self.arrays = exe, task, list(params), arrays
+        self.returns = returns  # ``task`` names a direct wrapper that gives the kernel's result
+        self.nested = set(nested)  # pointer parameters whose int64 arrays hold addresses themselves
+        self.runs = 0
+
+    def _known(self) -> list[np.ndarray]:
+        values = [*self.arrays(), *(s.value for s in scratch.REGISTRY)]
+        frame = sys._getframe(2)
+        for _ in range(STACK_DEPTH):  # the driver's own buffers (its output, work tables, slots)
+            if frame is None:
+                break
+            values += list(frame.f_locals.values())
+            frame = frame.f_back
+        found: dict[int, np.ndarray] = {}
+        _collect(values, found, OBJECT_DEPTH)
+        return sorted(found.values(), key=lambda a: -a.nbytes)  # a view's memory is found in its base first
+
+    def run(self, items) -> list[int]:
+        """Run ``items``; returns each one's result when the kernel returns a value."""
+        known = self._known()
+        buffers: list[np.ndarray] = []
+
+        def place(word: int, what: str) -> tuple[int, int]:
+            """(buffer number, byte offset) of the known array ``word`` points into."""
+            host = next((a for a in known if a.ctypes.data <= word < a.ctypes.data + max(a.nbytes, 1)), None)
+            assert host is not None, f"{self.task}: {what} points outside every known array"
+            assert host.flags.c_contiguous, f"{self.task}: {what} points into a strided array"
+            if not any(b is host for b in buffers):
+                buffers.append(host)
+            return next(k for k, b in enumerate(buffers) if b is host), word - host.ctypes.data
+
+        relocs, inner, words = [], [], np.array(items, dtype=np.int64)
+        for j, (name, pointer) in enumerate(self.params):
+            if not pointer:
+                continue
+            for i, word in enumerate(words[:, j].tolist()):
+                if name == "counter":
+                    buffers.append(np.zeros(8, np.int64))
+                    relocs.append((i, j, len(buffers) - 1, 0))
+                elif word:
+                    at, offset = place(word, f"word {name}")
+                    relocs.append((i, j, at, offset))
+                    if name in self.nested and not any(r[0] == at for r in inner):
+                        inner += self._inner(at, buffers[at], known, place)
+        job, out = self.exe.parent / "job.bin", self.exe.parent / "out.bin"
+        parts = [np.int64(len(buffers)).tobytes()]
+        for b in buffers:
+            data = np.ascontiguousarray(b).tobytes()
+            parts += [np.int64(len(data)).tobytes(), data, b"\0" * (-len(data) % 8)]
+        parts += [np.array(words.shape, np.int64).tobytes(), words.tobytes()]
+        parts += [np.int64(len(relocs)).tobytes(), np.array(relocs, np.int64).reshape(-1, 4).tobytes()]
+        parts += [np.int64(len(inner)).tobytes(), np.array([r[:4] for r in inner], np.int64).reshape(-1, 4).tobytes()]
+        job.write_bytes(b"".join(parts))
+        argv = [QEMU, "-L", str(SYSROOT), str(self.exe), self.task, str(job), str(out)]
+        proc = subprocess.run(argv, capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        data, at = out.read_bytes(), 0
+        for b in buffers:
+            if b.flags.writeable and b.flags.c_contiguous:
+                b.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, b.nbytes, at)
+            at += b.nbytes
+        for buf, word, _, _, host_word in inner:  # descriptors keep their host addresses
+            buffers[buf].reshape(-1)[word] = host_word
+        self.runs += 1
+        return np.frombuffer(data, np.int64, len(words), at).tolist() if self.returns else []
+
+    @staticmethod
+    def _inner(at: int, descriptor: np.ndarray, known: list[np.ndarray], place) -> list[tuple[int, ...]]:
+        """Relocations of the words of an int64 ``descriptor`` (buffer ``at``) that point into
+        known arrays: (buffer, word, target buffer, offset, the host word to restore)."""
+        assert descriptor.dtype == np.int64, "a nested pointer parameter must point to int64 words"
+        out = []
+        for w, value in enumerate(descriptor.reshape(-1).tolist()):
+            if value and any(a.ctypes.data <= value < a.ctypes.data + max(a.nbytes, 1) for a in known):
+                out.append((at, w, *place(value, f"word {w} of a descriptor"), value))
+        return out
+
+
+def _collect(values: Iterable[object], found: dict[int, np.ndarray], depth: int) -> None:
+    """Every array among ``values``, in their tuples, lists and dicts and in the attributes of
+    the objects among them, ``depth`` levels down."""
+    for v in values:
+        if isinstance(v, np.ndarray):
+            found[id(v)] = v
+        elif depth <= 0 or isinstance(v, (str, bytes, int, float, type)) or callable(v):
+            continue
+        elif isinstance(v, (tuple, list)):
+            _collect(v[:64], found, depth - 1)
+        elif isinstance(v, dict):
+            _collect(list(v.values())[:64], found, depth - 1)
+        elif hasattr(v, "__dict__"):
+            _collect(list(vars(v).values()), found, depth - 1)
+
+
+class QemuNative(QemuTasks):
+    """A driver's ``Native`` (its ``isa``, ``run`` and ``run_packed``) for a kernel of a
+    ``KernelModule``."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        isa: IsaSpec,
+        exe: Path,
+        arrays: Callable[[], Iterable[object]],
+        nested: Iterable[str] = (),
+    ) -> None:
+        returns = not isinstance(kernel.ret, ir.VoidType)
+        symbol = kernel.module.symbol(kernel, isa)
+        task = _direct_name(symbol) if returns else ir_parallel.task_symbol(symbol)
+        params = [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params]
+        super().__init__(exe, task, params, arrays, returns, nested)
+        self.isa = isa
+
+    def __call__(self, *args: int) -> int | None:
+        """One direct call, as a loaded ``Native`` takes it (integers and addresses)."""
+        results = self.run([args])
+        return results[0] if results else None
+
+    def run_packed(self, words: int, stride: int, n: int) -> None:
+        packed = np.ctypeslib.as_array((ctypes.c_int64 * (n * stride // 8)).from_address(words))
+        self.run(packed.reshape(n, stride // 8).copy())
+
+
+def _direct_name(symbol: str) -> str:
+    return f"{symbol}__direct"
+
+
+def _direct_wrapper(symbol: str, kernel: Kernel) -> list[str]:
+    """C for ``long long <symbol>__direct(long long *w)``: the kernel called on the decoded
+    words (pointer and integer parameters only), its int64 result returned."""
+    c_ints = {64: "long long", 32: "int", 16: "short", 8: "signed char"}
+    types = []
+    for name, ty in kernel.params:
+        pointer = isinstance(ty, ir.PointerType)
+        assert pointer or getattr(ty, "width", None) in c_ints, f"{kernel.name}: no C type for {name}"
+        types.append("void *" if pointer else c_ints[ty.width])
+    assert kernel.ret == ir.IntType(64), f"{kernel.name}: only int64 results are returned"
+    call = ", ".join(f"({t})w[{i}]" for i, t in enumerate(types))
+    return [
+        f"long long {symbol}({', '.join(types)});",
+        f"long long {_direct_name(symbol)}(long long *w) {{ return {symbol}({call}); }}",
+    ]
+
+
+def _link(work: Path, obj: bytes, tasks: list[str], direct: dict[str, Kernel] | None = None) -> Path:
+    """The harness linked with the object ``obj``, knowing the trampolines ``tasks`` and
+    direct wrappers of the ``direct`` kernels (by symbol) that return a value."""
+    direct = direct or {}
+    (work / "module.o").write_bytes(obj)
+    table = [f"void *{t}(long long *);" for t in tasks]
+    table += ["typedef void *(*task_fn)(long long *);", "typedef long long (*direct_fn)(long long *);"]
+    table += ["const char *const task_names[] = {" + ", ".join(f'"{t}"' for t in tasks) + "};"]
+    table += ["const task_fn task_fns[] = {" + ", ".join(tasks) + "};", f"const int n_tasks = {len(tasks)};"]
+    for symbol, kernel in direct.items():
+        table += _direct_wrapper(symbol, kernel)
+    names = [_direct_name(symbol) for symbol in direct]
+    table += ["const char *const direct_names[] = {" + ", ".join(f'"{n}"' for n in names or ["-"]) + "};"]
+    table += ["const direct_fn direct_fns[] = {" + ", ".join(names or ["0"]) + "};"]
+    table += [f"const int n_direct = {len(names)};"]
+    (work / "tasks.c").write_text("\n".join(table) + "\n")
+    exe = work / "harness"
+    cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), str(work / "module.o"), "-o", str(exe)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return exe
+
+
+def build_harness(module: KernelModule, isa: IsaSpec, work: Path) -> Path:
+    text, _ = module.build(isa)
+    tasks = [ir_parallel.task_symbol(module.symbol(k, isa)) for k in module.kernels]
+    direct = {module.symbol(k, isa): k for k in module.kernels if not isinstance(k.ret, ir.VoidType)}
+    return _link(work, jit.compile_object(text, isa), tasks, direct)
+
+
+def qemu_library(isa_name: str, work: Path, arrays: Callable[[], Iterable[object]]) -> KernelLibrary:
+    """The model library for ``isa_name`` as a ``KernelLibrary`` whose forks run under qemu
+    (its drivers, packers and checks are the real ones)."""
+    isa = ISAS[isa_name]
+    text, symbols = build_module(isa)
+    exe = _link(work, jit.compile_object(text, isa), [symbols[f"{role}_task"] for role in PARALLEL_ROLES])
+    lib = KernelLibrary.__new__(KernelLibrary)
+    lib.isa, lib.threads = isa, 2
+    lib.int_tile, lib.float_tile = TILES[isa_name]
+
+    def params(role: str) -> list[tuple[str, bool]]:
+        head = re.search(rf'define void @"?{re.escape(symbols[role])}"?\((.*?)\)', text).group(1)
+        return [(name, ty == "ptr") for ty, name in re.findall(r'(\w+)(?: \w+)* %"?(\w+)"?', head)]
+
+    lib.fork = lambda role, items, same_op=False: QemuTasks(exe, symbols[f"{role}_task"], params(role), arrays).run(
+        items
+    )
+    return lib
+
+
+def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[KernelModule, str], Path]:
+    """``get(module, isa_name)``: the harness linked with that module, built once per test module."""
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(module: KernelModule, isa_name: str) -> Path:
+        key = (module.name, isa_name)
+        if key not in built:
+            built[key] = build_harness(module, ISAS[isa_name], tmp_path_factory.mktemp(f"{module.name}_{isa_name}"))
+        return built[key]
+
+    return get
