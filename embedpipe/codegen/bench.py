@@ -151,8 +151,9 @@ def run_kernel_bench(
             f"{spec.name}: {lib.threads} threads, measured peaks (best of 5): int8 dot "
             f"{best['int']:.0f} GOPS, fp32 FMA {best['float']:.0f} GFLOP/s"
             + (
-                f"; nominal int8 {nominal:.0f} GOPS at the OS-reported clock, measured int8 "
-                f"implies {best['int'] / nominal * _cpu_mhz() / 1000:.2f} GHz"
+                f"; one 512-bit dot a cycle at the OS-reported {_cpu_mhz() / 1000:.2f} GHz would be "
+                f"{nominal:.0f} GOPS, the measured peak is {best['int'] / nominal:.2f}x that "
+                "(turbo clocks; server cores issue two)"
                 if nominal
                 else ""
             )
