@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import llvmlite.ir as ir
@@ -26,7 +27,7 @@ from embedpipe.codegen.kernel import Kernel, KernelModule
 from embedpipe.codegen.library import PARALLEL_ROLES, TILES, KernelLibrary, build_module
 from tests.codegen.test_neon_emulation import CROSS_CC, QEMU, SYSROOT, requires_emulation
 
-__all__ = ["NEON_ISAS", "QemuNative", "qemu_library", "harness_cache", "requires_emulation"]
+__all__ = ["NEON_ISAS", "HarnessCache", "QemuNative", "qemu_library", "requires_emulation"]
 
 HARNESS = Path(__file__).with_name("neon_tasks_harness.c")
 NEON_ISAS = ["neon_dotprod", "neon", "generic_aarch64"]
@@ -226,34 +227,57 @@ def build_harness(module: KernelModule, isa: IsaSpec, work: Path) -> Path:
     return _link(work, jit.compile_object(text, isa), tasks, direct)
 
 
-def qemu_library(isa_name: str, work: Path, arrays: Callable[[], Iterable[object]]) -> KernelLibrary:
-    """The model library for ``isa_name`` as a ``KernelLibrary`` whose forks run under qemu
-    (its drivers, packers and checks are the real ones)."""
+@dataclass(frozen=True)
+class LibraryHarness:
+    """The model library for one ISA linked into the harness, with each role's task symbol and
+    parameters (name, is a pointer), read once from its IR."""
+
+    isa_name: str
+    exe: Path
+    tasks: dict[str, str]
+    params: dict[str, list[tuple[str, bool]]]
+
+
+def build_library_harness(isa_name: str, work: Path) -> LibraryHarness:
     isa = ISAS[isa_name]
     text, symbols = build_module(isa)
-    exe = _link(work, jit.compile_object(text, isa), [symbols[f"{role}_task"] for role in PARALLEL_ROLES])
-    lib = KernelLibrary.__new__(KernelLibrary)
-    lib.isa, lib.threads = isa, 2
-    lib.int_tile, lib.float_tile = TILES[isa_name]
-
-    def params(role: str) -> list[tuple[str, bool]]:
+    tasks = {role: symbols[f"{role}_task"] for role in PARALLEL_ROLES}
+    params = {}
+    for role in PARALLEL_ROLES:
         head = re.search(rf'define void @"?{re.escape(symbols[role])}"?\((.*?)\)', text).group(1)
-        return [(name, ty == "ptr") for ty, name in re.findall(r'(\w+)(?: \w+)* %"?(\w+)"?', head)]
+        params[role] = [(name, ty == "ptr") for ty, name in re.findall(r'(\w+)(?: \w+)* %"?(\w+)"?', head)]
+    return LibraryHarness(isa_name, _link(work, jit.compile_object(text, isa), list(tasks.values())), tasks, params)
 
-    lib.fork = lambda role, items, same_op=False: QemuTasks(exe, symbols[f"{role}_task"], params(role), arrays).run(
-        items
-    )
+
+def qemu_library(harness: LibraryHarness, arrays: Callable[[], Iterable[object]]) -> KernelLibrary:
+    """The model library as a ``KernelLibrary`` whose forks run under qemu (its drivers,
+    packers and checks are the real ones)."""
+    lib = KernelLibrary.__new__(KernelLibrary)
+    lib.isa, lib.threads = ISAS[harness.isa_name], 2
+    lib.int_tile, lib.float_tile = TILES[harness.isa_name]
+
+    def fork(role: str, items, same_op: bool = False) -> None:
+        QemuTasks(harness.exe, harness.tasks[role], harness.params[role], arrays).run(items)
+
+    lib.fork = fork
     return lib
 
 
-def harness_cache(tmp_path_factory: pytest.TempPathFactory) -> Callable[[KernelModule, str], Path]:
-    """``get(module, isa_name)``: the harness linked with that module, built once per test module."""
-    built: dict[tuple[str, str], Path] = {}
+class HarnessCache:
+    """Harnesses built once per test module: ``cache(module, isa_name)`` for a ``KernelModule``,
+    ``cache.library(isa_name)`` for the model library."""
 
-    def get(module: KernelModule, isa_name: str) -> Path:
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._tmp, self._built = tmp_path_factory, {}
+
+    def __call__(self, module: KernelModule, isa_name: str) -> Path:
         key = (module.name, isa_name)
-        if key not in built:
-            built[key] = build_harness(module, ISAS[isa_name], tmp_path_factory.mktemp(f"{module.name}_{isa_name}"))
-        return built[key]
+        if key not in self._built:
+            self._built[key] = build_harness(module, ISAS[isa_name], self._tmp.mktemp(f"{module.name}_{isa_name}"))
+        return self._built[key]
 
-    return get
+    def library(self, isa_name: str) -> LibraryHarness:
+        key = ("library", isa_name)
+        if key not in self._built:
+            self._built[key] = build_library_harness(isa_name, self._tmp.mktemp(f"library_{isa_name}"))
+        return self._built[key]

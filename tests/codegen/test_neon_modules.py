@@ -9,9 +9,6 @@ against the same oracles as on the host. The index kernels' are in
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
@@ -20,11 +17,10 @@ from embedpipe.codegen import encoder_attention as EA
 from embedpipe.codegen import gather as G
 from embedpipe.codegen import ir_attention as A
 from embedpipe.codegen.isa import ISAS
-from embedpipe.codegen.kernel import KernelModule
 from embedpipe.codegen.library import KernelLibrary
 from embedpipe.codegen.quant_formats import aligned_empty
 from tests.codegen.helpers import random_raw
-from tests.codegen.qemu_tasks import NEON_ISAS, QemuNative, harness_cache, qemu_library, requires_emulation
+from tests.codegen.qemu_tasks import NEON_ISAS, HarnessCache, QemuNative, qemu_library, requires_emulation
 from tests.codegen.test_encoder_attention import oracle as encoder_oracle
 from tests.codegen.test_encoder_attention import product
 from tests.codegen.test_ir_attention import oracle as attention_oracle
@@ -34,8 +30,8 @@ pytestmark = [pytest.mark.emulation, requires_emulation]
 
 
 @pytest.fixture(scope="module")
-def harnesses(tmp_path_factory) -> Callable[[KernelModule, str], Path]:
-    return harness_cache(tmp_path_factory)
+def harnesses(tmp_path_factory) -> HarnessCache:
+    return HarnessCache(tmp_path_factory)
 
 
 # (lengths, n_q, n_kv, d, dv, half_window) from the host suite: ragged T, window edges, grouped
@@ -104,7 +100,7 @@ def test_neon_gather_rows_equal_the_numpy_lookup(harnesses, isa_name, qtype, sca
 
 
 @pytest.mark.parametrize("isa_name", NEON_ISAS)
-def test_neon_gelu_erf_and_layer_norm(tmp_path, isa_name):
+def test_neon_gelu_erf_and_layer_norm(harnesses, isa_name):
     """The BERT family's element-wise kernels of the model library (the NEON harness of
     ``test_neon_emulation`` does not reach them), against float64."""
     from tests.runtime.test_encoder_ops import _gelu64, _ln64
@@ -115,7 +111,7 @@ def test_neon_gelu_erf_and_layer_norm(tmp_path, isa_name):
     w, b = rng.standard_normal(129).astype(np.float32), rng.standard_normal(129).astype(np.float32)
     rows = (rng.standard_normal((37, 129)) * 3 + 40).astype(np.float32)
     rows[:, 0] *= 30  # an outlier feature over a large mean
-    lib = qemu_library(isa_name, tmp_path, lambda: [x, w, b, rows])
+    lib = qemu_library(harnesses.library(isa_name), lambda: [x, w, b, rows])
     assert np.abs(KernelLibrary.gelu_erf(lib, x) - _gelu64(x)).max() < 1e-6
     np.testing.assert_allclose(
         KernelLibrary.layer_norm(lib, rows, w, b, 1e-12), _ln64(rows, w, b, 1e-12), rtol=3e-6, atol=2e-5
@@ -124,7 +120,7 @@ def test_neon_gelu_erf_and_layer_norm(tmp_path, isa_name):
 
 @pytest.mark.parametrize("isa_name", NEON_ISAS)
 @pytest.mark.parametrize("t", [1, 2, 31, 33])
-def test_neon_bias_gelu_matmul(tmp_path, isa_name, t):
+def test_neon_bias_gelu_matmul(harnesses, isa_name, t):
     """The BERT FFN's down product with its bias + exact-GELU prologue, against the numpy twin."""
     from embedpipe.codegen import fused
     from embedpipe.codegen.encoder_fused import combine_reference
@@ -138,10 +134,9 @@ def test_neon_bias_gelu_matmul(tmp_path, isa_name, t):
     bias = rng.standard_normal(k).astype(np.float32)
     out = aligned_empty((t, n), np.float32, 64)
     out[...] = np.nan
-    weight: list = []
-    lib = qemu_library(isa_name, tmp_path, lambda: [y, bias, out, *weight[0].packed])
-    weight.append(KernelLibrary.prepare_int8(lib, codes, scale))
-    fused.bias_gelu_matmul(weight[0], y, bias, out=out)
+    lib = qemu_library(harnesses.library(isa_name), lambda: [y, bias, out, *weight.packed])
+    weight = KernelLibrary.prepare_int8(lib, codes, scale)  # read by the lambda when a fork runs
+    fused.bias_gelu_matmul(weight, y, bias, out=out)
     _assert_product_close(out, combine_reference(y, bias, True), codes.astype(np.float32) * scale[:, None])
 
 

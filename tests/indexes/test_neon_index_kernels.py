@@ -5,15 +5,11 @@ they must also agree with the host."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from embedpipe.codegen.isa import ISAS
-from embedpipe.codegen.kernel import KernelModule
-from tests.codegen.qemu_tasks import NEON_ISAS, QemuNative, harness_cache, requires_emulation
+from tests.codegen.qemu_tasks import NEON_ISAS, HarnessCache, QemuNative, requires_emulation
 
 from .helpers import clustered, recall
 
@@ -21,8 +17,8 @@ pytestmark = [pytest.mark.emulation, requires_emulation]
 
 
 @pytest.fixture(scope="module")
-def harnesses(tmp_path_factory) -> Callable[[KernelModule, str], Path]:
-    return harness_cache(tmp_path_factory)
+def harnesses(tmp_path_factory) -> HarnessCache:
+    return HarnessCache(tmp_path_factory)
 
 
 @pytest.mark.parametrize("isa_name", NEON_ISAS)
