@@ -1,5 +1,5 @@
 """Attention micro-benchmark: one layer's attention of a packed batch on the tiled kernel
-(``codegen.ir_attention``), CPU and wall time per call (medians).
+(``codegen.attention``), CPU and wall time per call (medians).
 
     python scripts/bench_attention.py [--threads 2] [--tokens 64,512,2048] [--repeats 7]
 
@@ -17,7 +17,7 @@ from functools import partial
 
 import numpy as np
 
-from embedpipe.codegen import get_kernel_library, ir_attention
+from embedpipe.codegen import attention, get_kernel_library
 
 HEADS, KV_HEADS, HEAD_DIM, HALF_WINDOW = 3, 1, 256, 256
 
@@ -51,7 +51,7 @@ def main() -> None:
         v = rng.standard_normal((s, KV_HEADS, HEAD_DIM)).astype(np.float32)
         starts, lengths = np.arange(n, dtype=np.int64) * t, np.full(n, t, np.int64)
         for hw in (HALF_WINDOW, None):
-            tiled_call = partial(ir_attention.attention, q, k, v, starts, lengths, hw, threads=args.threads, cache={})
+            tiled_call = partial(attention.attention, q, k, v, starts, lengths, hw, threads=args.threads, cache={})
             cpu, wall = timed(tiled_call, args.repeats)
             label = "global" if hw is None else str(hw)
             print(f"{t:>5} {n:>4} {label:>6} | {cpu:>9.2f} {wall:>7.2f}")

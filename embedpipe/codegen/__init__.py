@@ -9,7 +9,7 @@ Also on the library (fp32, validated, threaded): ``lib.gelu_tanh_mul(a, b)``,
 ``lib.matmul_f32(x, w)``, and the int8 GEMM ``lib.prepare_int8(codes, row_scale)``.
 Weight formats are registered classes (``quant_formats``).  Kernels know nothing about models.
 
-Other kernels (``ir_attention``: tiled softmax attention of packed sequences; ``rowdot``,
+Other kernels (``attention``: tiled softmax attention of packed sequences; ``rowdot``,
 ``topk``, the index traversals) are declared once as a
 ``kernel.Kernel`` and take its one path: emit IR → on-disk object cache → load → ctypes from
 the IR type → native worker pool → numpy twin when LLVM fails.  See ``isa`` for targets,

@@ -1,4 +1,5 @@
-"""Tiled softmax attention of packed sequences in one native call, never holding a T×T matrix.
+"""IR of the tiled softmax attention kernel: packed sequences in one native call, never
+holding a T×T matrix (``attention`` plans its work, checks its inputs and runs it).
 
 Work is split into items of one sequence × one KV head × one tile of ``bq`` query positions;
 the ``group`` query heads sharing that KV head ride along, so a tile has ``R = bq·group``
@@ -17,14 +18,12 @@ claims items with an atomic counter and runs them start to finish:
 
 Batch invariance: every number a query row gets depends only on its own sequence (tile grid
 from position 0, the key range, the key-tile walk) and the ISA, never on what else is in the
-batch, which thread runs the item or how many threads there are.  The numpy twin computes the
-plain softmax per sequence: oracle and fallback.
+batch, which thread runs the item or how many threads there are.
 """
 
 from __future__ import annotations
 
 import llvmlite.ir as ir
-import numpy as np
 
 from embedpipe.codegen.ir_elementwise import emit_exp
 from embedpipe.codegen.irutil import (
@@ -48,11 +47,8 @@ from embedpipe.codegen.irutil import (
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native
-from embedpipe.codegen.scratch import thread_scratch
 
 KEY_TILE = 64  # keys per step of the online softmax (a multiple of every MR and of NV·lanes)
-QUERY_ROWS = 96  # query rows (positions × grouped heads) per work item
 NV = 2  # vectors per register tile
 WORK_FIELDS = 4  # (sequence start row, sequence length, first query position, KV head)
 _ALIGN = 16  # floats: scratch sections start on 64-byte lines
@@ -61,27 +57,6 @@ _ALIGN = 16  # floats: scratch sections start on 64-byte lines
 def tile_rows(isa: IsaSpec) -> int:
     """Rows of a register tile: MR rows × NV vectors of accumulators fit the register file."""
     return 8 if isa.lanes >= 16 else 4
-
-
-def query_tile(group: int) -> int:
-    """Query positions per work item for ``group`` query heads per KV head."""
-    return max(1, QUERY_ROWS // group)
-
-
-def split_query_tile(bq: int, lengths: object, n_kv: int, half_window: int | None, threads: int) -> int:
-    """``bq``, or smaller query tiles when a batch has fewer items than threads (one short
-    text: one item, the other threads idle).  Only where every tile's key range is its whole
-    sequence (no window, or sequences within it): then each query row walks the same keys in
-    the same order whatever the tile, so its numbers do not change."""
-    lengths = np.asarray(lengths).reshape(-1)
-    items = lengths.size * n_kv
-    if threads <= 1 or items >= threads or not items:
-        return bq
-    longest = int(lengths.max())
-    if longest > bq or (half_window is not None and longest > half_window + 1):
-        return bq
-    parts = -(-threads // items)
-    return max(1, -(-longest // parts))
 
 
 def _round_up(x: int, m: int) -> int:
@@ -93,7 +68,8 @@ def padded_rows(isa: IsaSpec, group: int, bq: int) -> int:
 
 
 def scratch_floats(isa: IsaSpec, group: int, bq: int, d: int, dv: int) -> int:
-    """Floats of one thread's scratch: Qt, St, O, m, l, α, positions."""
+    """Floats of one thread's scratch (Qt, St, O, m, l, α, positions), a whole number of
+    64-byte lines."""
     rp = padded_rows(isa, group, bq)
     sections = (d * rp, KEY_TILE * rp, rp * dv, rp, rp, rp, rp)
     return sum(_round_up(s, _ALIGN) for s in sections)
@@ -377,226 +353,6 @@ def _transpose(b: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
     return vs
 
 
-def _emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
+def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
+    """The kernel body (``PARAMS``) for ``isa``."""
     _Emitter(b, isa).emit()
-
-
-def attention_reference(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    half_window: int | None,
-    threads: int = 1,
-    cache: dict | None = None,
-) -> np.ndarray:
-    """numpy twin: plain softmax attention per sequence and KV head (float32, BLAS)."""
-    _check_arrays(q, k, v)
-    starts, lengths = _check_bounds(starts, lengths, q.shape[0])
-    s, n_q, _ = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
-    group = n_q // n_kv
-    out = np.empty((s, n_q, dv), np.float32)
-    for a, t in zip(starts.tolist(), lengths.tolist()):
-        idx = np.arange(t)
-        far = None if half_window is None else np.abs(idx[:, None] - idx[None, :]) > half_window
-        for h in range(n_kv):
-            qs = q[a : a + t, h * group : (h + 1) * group].transpose(1, 0, 2)  # (G, T, D)
-            scores = qs @ k[a : a + t, h].T
-            if far is not None:
-                scores[:, far] = -np.inf
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            out[a : a + t, h * group : (h + 1) * group] = (scores @ v[a : a + t, h]).transpose(1, 0, 2)
-    return out.reshape(s, n_q * dv)
-
-
-def _check_arrays(q: object, k: object, v: object) -> None:
-    from embedpipe.codegen.library import KernelInputError
-
-    for name, arr in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 3:
-            raise KernelInputError(f"attention: {name} must be a 3-D float32 numpy array")
-    s, n_q, d = q.shape
-    if k.shape[0] != s or v.shape[0] != s or k.shape[2] != d or v.shape[1] != k.shape[1]:
-        raise KernelInputError(f"attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape}")
-    n_kv = k.shape[1]
-    if n_kv == 0 or n_q % n_kv or d == 0 or v.shape[2] == 0:
-        raise KernelInputError(f"attention: {n_q} query heads cannot share {n_kv} KV heads")
-
-
-def _check_bounds(starts: object, lengths: object, s: int) -> tuple[np.ndarray, np.ndarray]:
-    from embedpipe.codegen.library import KernelInputError
-
-    starts = np.asarray(starts, np.int64).reshape(-1)
-    lengths = np.asarray(lengths, np.int64).reshape(-1)
-    if starts.shape != lengths.shape:
-        raise KernelInputError("attention: starts and lengths differ in length")
-    if lengths.size and (lengths.min() < 1 or starts.min() < 0 or (starts + lengths).max() > s):
-        raise KernelInputError(f"attention: sequence bounds outside the {s} packed rows")
-    return starts, lengths
-
-
-def plan_work(starts: np.ndarray, lengths: np.ndarray, n_kv: int, bq: int, half_window: int | None) -> np.ndarray:
-    """Work items (sequence start, length, first query position, KV head), costliest first
-    (the atomic claim then balances threads like longest-processing-time scheduling)."""
-    tiles = -(-lengths // bq)
-    seq = np.repeat(np.arange(len(lengths)), tiles)
-    first = np.arange(int(tiles.sum())) - np.repeat(np.cumsum(tiles) - tiles, tiles)
-    i0 = first * bq
-    t = lengths[seq]
-    span = (
-        t
-        if half_window is None
-        else np.minimum(t, np.minimum(t, i0 + bq) + half_window) - np.maximum(0, i0 - half_window)
-    )
-    cost = np.minimum(bq, t - i0) * span
-    order = np.argsort(-cost, kind="stable")
-    items = np.stack([starts[seq], t, i0, np.zeros_like(i0)], axis=1)[order]
-    work = np.repeat(items, n_kv, axis=0)
-    work[:, 3] = np.tile(np.arange(n_kv), len(items))
-    return np.ascontiguousarray(work, dtype=np.int64)
-
-
-_scratch = thread_scratch(lambda: None)  # the workers' packed queries and score tiles
-
-
-def _drive(
-    native: Native,
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    half_window: int | None,
-    threads: int = 1,
-    cache: dict | None = None,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    _check_arrays(q, k, v)
-    q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
-    s, n_q, d = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
-    group = n_q // n_kv
-    bq = split_query_tile(query_tile(group), lengths, n_kv, half_window, threads)
-    if out is None:
-        out = np.empty((s, n_q * dv), np.float32)
-    else:
-        _check_out(out, (s, n_q * dv), q, k, v)
-    work = _planned_work(s, n_kv, bq, starts, lengths, half_window, cache)
-    if not len(work):
-        return out
-    parts = max(1, min(int(threads), len(work)))
-    counter = np.zeros(1, np.int64)
-    native.run(
-        _items(native.isa, q, k, v, out, work.ctypes.data, len(work), counter.ctypes.data, half_window, bq, parts)
-    )
-    return out
-
-
-def _planned_work(s: int, n_kv: int, bq: int, starts, lengths, half_window: int | None, cache: dict | None):
-    """The checked work table of these sequences (kept in ``cache`` when given)."""
-    key = ("attention_work", s, n_kv, bq, half_window)
-    work = None if cache is None else cache.get(key)
-    if work is None:
-        work = plan_work(*_check_bounds(starts, lengths, s), n_kv, bq, half_window)
-        work.setflags(write=False)
-        if cache is not None:
-            cache[key] = work
-    return work
-
-
-def _items(isa: IsaSpec, q, k, v, out, work: int, n_work: int, counter: int, half_window, bq: int, parts: int):
-    """``parts`` items sharing one work table, each with its own scratch for tiles of ``bq``."""
-    s, n_q, d = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
-    group = n_q // n_kv
-    per_thread = _round_up(scratch_floats(isa, group, bq, d, dv), _ALIGN)
-    base = _scratch.floats(per_thread * parts).ctypes.data
-    hw = -1 if half_window is None else int(half_window)
-    head = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, work, n_work, counter)
-    return [(*head, base + 4 * per_thread * i, group, n_q, n_kv, d, dv, hw, bq) for i in range(parts)]
-
-
-_WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
-
-
-def record_per_run(native: Native, q, k, v, half_window: int | None, threads: int, out: np.ndarray) -> np.ndarray:
-    """Inside a ``kernel.recording``: one attention step over these rows whose sequences are
-    given anew by every replay (``Recorder.rewritten``), as its argument, a
-    ``codegen.sequences.Sequences``. The
-    replay plans and checks its work table as ``_drive`` does; ``threads`` items share it."""
-    from embedpipe.codegen.kernel import active_recorder
-    from embedpipe.codegen.library import KernelInputError
-
-    rec = active_recorder()
-    if rec is None:
-        raise KernelInputError("attention: record_per_run outside a recording")
-    _check_arrays(q, k, v)
-    if not all(x.flags.c_contiguous for x in (q, k, v)):
-        raise KernelInputError("attention: a recorded step takes C-contiguous q, k, v")
-    s, n_q, _ = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
-    _check_out(out, (s, n_q * dv), q, k, v)
-    group, parts = n_q // n_kv, max(1, int(threads))
-    largest = query_tile(group)  # the scratch holds tiles of any bq a replay picks
-    native.run(_items(native.isa, q, k, v, out, 0, 0, 0, half_window, largest, parts))
-
-    def fill(plan, words: np.ndarray) -> np.ndarray:
-        bq = split_query_tile(largest, plan.lengths, n_kv, half_window, parts)
-        work = _planned_work(s, n_kv, bq, plan.starts, plan.lengths, half_window, plan.cache)
-        words[:, _WORD["work"]], words[:, _WORD["n_work"]], words[:, _WORD["bq"]] = work.ctypes.data, len(work), bq
-        return work
-
-    rec.rewritten(fill)
-    return out
-
-
-ATTENTION = Kernel("attention", PARAMS, _emit, twin=attention_reference, drive=_drive)
-ATTENTION_MODULE = KernelModule("ep_attention", [ATTENTION])
-
-
-def attention(
-    q: np.ndarray,
-    k: np.ndarray,
-    v: np.ndarray,
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    half_window: int | None,
-    *,
-    threads: int = 1,
-    isa: IsaSpec | None = None,
-    cache: dict | None = None,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """softmax(q·kᵀ)·v of each packed sequence ``[starts[i], starts[i] + lengths[i])``, keys
-    with |i − j| > ``half_window`` masked (None: all visible).
-
-    q: (S, Hq, D) fp32, already scaled; k: (S, Hkv, D); v: (S, Hkv, Dv); Hq a multiple of
-    Hkv.  Returns (S, Hq·Dv) fp32 (rows outside every sequence are left undefined).
-
-    ``cache``: a dict that lives as long as ``starts``/``lengths`` stay unchanged (one packed
-    batch); the validated work table is kept there, so the layers after the first skip
-    planning.  ``threads`` items share the work (one native call).  ``out``: an optional
-    (S, Hq·Dv) fp32 output buffer (not overlapping q, k, v).
-    """
-    native = ATTENTION.native(isa)
-    if native is None:
-        result = attention_reference(q, k, v, starts, lengths, half_window)
-        if out is None:
-            return result
-        _check_out(out, result.shape, q, k, v)
-        out[...] = result
-        return out
-    return _drive(native, q, k, v, starts, lengths, half_window, threads, cache, out)
-
-
-def _check_out(out: object, shape: tuple[int, int], *inputs: np.ndarray) -> None:
-    from embedpipe.codegen.library import KernelInputError
-
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
-        raise KernelInputError(f"attention: out must be a float32 {shape} array")
-    if not out.flags.c_contiguous or any(np.may_share_memory(out, a) for a in inputs):
-        raise KernelInputError("attention: out must be C-contiguous and apart from q, k, v")

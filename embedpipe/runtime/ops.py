@@ -7,7 +7,7 @@ the backend's thread count: BLAS is capped per call with threadpoolctl, because 
 threads that spin while the JIT pool runs slowed a 3-text batch ~4x.
 
 ``attention(q, k, v, plan, half_window)`` runs every sequence of a packed batch at once: on
-``JitOps`` one native call of the tiled kernel (``codegen.ir_attention``), on ``NumpyOps`` its
+``JitOps`` one native call of the tiled kernel (``codegen.attention``), on ``NumpyOps`` its
 numpy twin, per sequence.
 """
 
@@ -159,10 +159,10 @@ class NumpyOps:
             yield
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
-        """Softmax attention of every sequence of a packed batch (see ``ir_attention.attention``):
+        """Softmax attention of every sequence of a packed batch (see ``codegen.attention.attention``):
         q (S, Hq, D) already scaled, k (S, Hkv, D), v (S, Hkv, Dv) -> (S, Hq·Dv) fp32.
         ``plan`` has the batch's ``starts`` and ``lengths`` and a ``cache`` dict."""
-        from embedpipe.codegen.ir_attention import attention_reference
+        from embedpipe.codegen.attention import attention_reference
 
         return attention_reference(q, k, v, plan.starts, plan.lengths, half_window)
 
@@ -248,7 +248,7 @@ class JitOps(NumpyOps):
 
     def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None, out=None):
         """All sequences of the batch in one native call of the tiled attention kernel."""
-        from embedpipe.codegen.ir_attention import attention
+        from embedpipe.codegen.attention import attention
 
         return attention(
             q,
@@ -265,9 +265,9 @@ class JitOps(NumpyOps):
 
     def record_attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None, out) -> np.ndarray:
         """Inside a step-program recording: ``attention`` over sequences each replay gives as
-        its argument, a plan (``ir_attention.record_per_run``); a hole that calls ``attention``
+        its argument, a plan (``attention.record_per_run``); a hole that calls ``attention``
         when the kernel is not available here."""
-        from embedpipe.codegen.ir_attention import ATTENTION, record_per_run
+        from embedpipe.codegen.attention import ATTENTION, record_per_run
         from embedpipe.codegen.kernel import active_recorder
 
         native = ATTENTION.native(self.lib.isa)

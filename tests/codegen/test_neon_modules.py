@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
+from embedpipe.codegen import attention as A
 from embedpipe.codegen import encoder_attention as EA
 from embedpipe.codegen import gather as G
-from embedpipe.codegen import ir_attention as A
 from embedpipe.codegen.isa import ISAS
 from embedpipe.codegen.library import KernelLibrary
 from embedpipe.codegen.quant_formats import aligned_empty
 from tests.codegen.helpers import random_raw
 from tests.codegen.qemu_tasks import NEON_ISAS, HarnessCache, QemuNative, qemu_library, requires_emulation
+from tests.codegen.test_attention import oracle as attention_oracle
+from tests.codegen.test_attention import packed
 from tests.codegen.test_encoder_attention import oracle as encoder_oracle
 from tests.codegen.test_encoder_attention import product
-from tests.codegen.test_ir_attention import oracle as attention_oracle
-from tests.codegen.test_ir_attention import packed
 
 pytestmark = [pytest.mark.emulation, requires_emulation]
 

@@ -137,7 +137,7 @@ SHARED_POOL_SCRIPT = """
 import os
 import numpy as np
 from embedpipe.codegen import fused, get_kernel_library
-from embedpipe.codegen.ir_attention import attention
+from embedpipe.codegen.attention import attention
 from embedpipe.codegen.program import Program
 
 def tasks():

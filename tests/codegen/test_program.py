@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import KernelInputError, fused, get_kernel_library, runnable_isas
-from embedpipe.codegen.ir_attention import attention, attention_reference
+from embedpipe.codegen.attention import attention, attention_reference
 from embedpipe.codegen.kernel import Recorder, active_recorder, recording
 from embedpipe.codegen.program import Program
 from embedpipe.codegen.quant_formats import aligned_empty

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from embedpipe.codegen import encoder_attention, ir_attention, prepared, scratch
+from embedpipe.codegen import attention, encoder_attention, prepared, scratch
 from embedpipe.codegen.program import _private_scratch
 
 
@@ -25,16 +25,16 @@ def test_each_thread_has_its_own_value_and_buffers_grow():
 
 
 def test_the_drivers_scratch_is_registered_and_a_recording_gets_fresh_scratch():
-    owned = {id(prepared._local), id(ir_attention._scratch), id(encoder_attention._scratch)}
+    owned = {id(prepared._local), id(attention._scratch), id(encoder_attention._scratch)}
     assert owned <= {id(s) for s in scratch.REGISTRY}
-    before = ir_attention._scratch.floats(64)
+    before = attention._scratch.floats(64)
 
     class _Rec:
         after_add: list = []
 
     with _private_scratch(_Rec()) as kept:
-        inside = ir_attention._scratch.floats(64)
+        inside = attention._scratch.floats(64)
         assert inside is not before
         _Rec.after_add[-1]()  # what a recorded fork does
         assert any(k is inside for k in kept)
-    assert ir_attention._scratch.floats(64) is before
+    assert attention._scratch.floats(64) is before

@@ -1,5 +1,5 @@
-"""Tiled attention kernel (codegen/ir_attention.py) vs a float64 oracle, on every runnable ISA;
-bit-level batch invariance; validation."""
+"""Tiled attention kernel (codegen/ir_attention.py, driven by codegen/attention.py) vs a
+float64 oracle, on every runnable ISA; bit-level batch invariance; validation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import KernelInputError, runnable_isas
-from embedpipe.codegen import ir_attention as A
+from embedpipe.codegen import attention as A
+from embedpipe.codegen.ir_attention import WORK_FIELDS
 from tests.codegen.helpers import assert_signature_is_the_compiled_ir_type
 
 ISAS = runnable_isas()
@@ -131,7 +132,7 @@ def test_plan_cache_is_reused_and_keyed_by_shape():
     A.attention(q, k, v, starts, lens, None, threads=2, cache=cache)
     assert len(cache) == 2
     work = next(iter(cache.values()))
-    assert work.shape[1] == A.WORK_FIELDS and not work.flags.writeable
+    assert work.shape[1] == WORK_FIELDS and not work.flags.writeable
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=IDS)
