@@ -1,4 +1,4 @@
-"""Encoder row-op micro-benchmark: the BERT-family attention kernel (``codegen.encoder_attention``)
+"""Encoder row-op micro-benchmark: the BERT-family attention kernel (``codegen.ir_encoder_attention``)
 and ``residual_norm`` (``codegen.encoder_fused``) alone, on the shapes of MiniLM / MPNet batch
 passes (``runtime.bert.PASS_TOKENS``), CPU milliseconds per call (median of rounds).
 
