@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen import ir_q8
+from embedpipe.codegen import ir_q8, ir_quantize
 from embedpipe.codegen.ir_elementwise import gelu_tanh_mul_value
 from embedpipe.codegen.ir_encoder import ResidualNormRow, gelu_erf_value
 from embedpipe.codegen.ir_q8 import QK, IntTile, act_elem_bytes
@@ -177,7 +177,7 @@ def _emit_work(
     scratch and quantize it (rows ``>= T`` are zero-filled), then multiply rows ``[a, b)`` by
     weight panels ``[p0, p1)`` (see ``ir_q8.emit_work``). ``setup(b)`` runs first, in the
     entry block (the prologue's own allocas)."""
-    quantize = m.get_global(ir_q8.quantize_symbol(isa))
+    quantize = m.get_global(ir_quantize.quantize_symbol(isa))
     matmul = m.get_global(ir_q8.matmul_symbol(isa, tile))
     fn, b = new_function(m, name, params)
     if setup is not None:

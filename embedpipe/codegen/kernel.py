@@ -163,7 +163,7 @@ class KernelModule:
         """The embedpipe source files that can shape this module's IR: the modules defining
         its kernels' emitters and everything they import from embedpipe, transitively."""
         roots = frozenset({sys.modules[k.emit.__module__].__file__ for k in self.kernels} | {__file__})
-        return [Path(p) for p in sorted(_imported_sources(roots))]
+        return [Path(p) for p in sorted(imported_sources(roots))]
 
     def cache_key(self, isa: IsaSpec) -> str:
         """Object-cache key of this module for ``isa``: digest of the generator sources, the
@@ -197,7 +197,7 @@ def _module_file(name: str) -> str | None:
 
 
 @functools.cache
-def _imported_sources(roots: frozenset[str]) -> frozenset[str]:
+def imported_sources(roots: frozenset[str]) -> frozenset[str]:
     """``roots`` and every embedpipe source file they import (at module or function level,
     read from the source text), transitively."""
     seen: set[str] = set()

@@ -11,7 +11,6 @@ import array
 import functools
 import hashlib
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,15 +26,14 @@ from embedpipe.codegen import (
     ir_parallel,
     ir_pool,
     ir_q8,
-    irutil,
+    ir_quantize,
     jit,
 )
-from embedpipe.codegen import isa as isa_module
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, prototype
+from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, imported_sources, prototype
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty, weight_empty
 from embedpipe.codegen.threads import default_threads, row_parts, split_range
@@ -64,7 +62,7 @@ TILES: dict[str, tuple[IntTile, FloatTile]] = {
 # whenever a packer's output changes, so that on-disk repack caches made before are not used.
 PACKED_LAYOUT_VERSION = 1
 
-_QUANT = prototype(ir_q8.QUANTIZE_PARAMS)
+_QUANT = prototype(ir_quantize.QUANTIZE_PARAMS)
 _FORK = prototype(ir_parallel.PARALLEL_PARAMS)
 
 
@@ -91,7 +89,7 @@ def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     """Role -> symbol of every function in the library module of ``isa``."""
     int_tile, float_tile = TILES[isa.name]
     symbols = {
-        "quantize": ir_q8.quantize_symbol(isa),
+        "quantize": ir_quantize.quantize_symbol(isa),
         "q8mm": ir_q8.matmul_symbol(isa, int_tile),
         "q8work": ir_q8.work_symbol(isa, int_tile),
         "f32mm": ir_float.matmul_symbol(isa, float_tile),
@@ -130,7 +128,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     module = ir.Module(name=module_name(isa))
     module.triple = isa.triple
     symbols = {
-        "quantize": ir_q8.emit_quantize(module, isa),
+        "quantize": ir_quantize.emit_quantize(module, isa),
         "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
         "f32mm": ir_float.emit_matmul(module, isa, float_tile),
         "c8f32mm": ir_float.emit_matmul_codes(module, isa, float_tile),
@@ -156,23 +154,24 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     return str(module), symbols
 
 
+# The modules whose functions emit the library's IR, this one included (it assembles them).
+_EMITTERS = (ir_q8, ir_quantize, ir_float, ir_elementwise, ir_encoder, ir_fused, ir_parallel, ir_pool)
+
+
+def generator_sources() -> list[Path]:
+    """The source files that shape the library IR: the emitter modules, every embedpipe
+    module they import (transitively, so a helper module added later is never left out),
+    and this module."""
+    roots = frozenset(m.__file__ for m in _EMITTERS)
+    return sorted({Path(p) for p in imported_sources(roots)} | {Path(__file__)})
+
+
 @functools.cache
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
     h = hashlib.sha256()
-    for mod in (
-        irutil,
-        ir_q8,
-        ir_float,
-        ir_elementwise,
-        ir_encoder,
-        ir_fused,
-        ir_parallel,
-        ir_pool,
-        isa_module,
-        sys.modules[__name__],
-    ):
-        h.update(Path(mod.__file__).read_bytes())
+    for path in generator_sources():
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -306,7 +305,7 @@ class KernelLibrary:
 
     def _quantize_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """fp32 W (N, K) -> Q8_0 blocks (int8 (N, K), fp32 scales (N, K/32)) with the emitted
-        quantize kernel (bit-identical to ``ir_q8.quantize_reference``, ~20x faster)."""
+        quantize kernel (bit-identical to ``ir_quantize.quantize_reference``, ~20x faster)."""
         n, k = w.shape
         eb = ir_q8.act_elem_bytes(self.isa)
         q = np.empty((n, k), np.int8 if eb == 1 else np.int16)

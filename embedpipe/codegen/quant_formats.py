@@ -23,7 +23,7 @@ import numpy as np
 
 from embedpipe.codegen import huge_pages, ir_float, ir_q8
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
-from embedpipe.codegen.ir_q8 import QK, quantize_reference
+from embedpipe.codegen.ir_quantize import QK, quantize_reference
 
 if TYPE_CHECKING:
     from embedpipe.codegen.library import KernelLibrary

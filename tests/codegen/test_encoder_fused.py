@@ -23,7 +23,7 @@ from embedpipe.codegen.encoder_fused import (
     residual_norm_reference,
     row_ranges,
 )
-from embedpipe.codegen.ir_q8 import quantize_reference
+from embedpipe.codegen.ir_quantize import quantize_reference
 
 ISAS = [s for s in runnable_isas()]
 ROWS = [1, 2, 33, 257]

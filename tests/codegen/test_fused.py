@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedpipe.codegen import KernelInputError, fused, get_kernel_library, ir_q8, runnable_isas
+from embedpipe.codegen import KernelInputError, fused, get_kernel_library, ir_q8, ir_quantize, runnable_isas
 
 ISAS = [s.name for s in runnable_isas()]
 ROWS = [1, 2, 31, 33, 257, 600, 2048]
@@ -20,7 +20,7 @@ def _int_weight(lib, rng, n: int, k: int):
 
 def _q8_product(h: np.ndarray, w_f32: np.ndarray) -> np.ndarray:
     """The int8 product's exact value for activations quantized like the kernel."""
-    q, d = ir_q8.quantize_reference(h)
+    q, d = ir_quantize.quantize_reference(h)
     xq = (q.reshape(h.shape[0], -1, ir_q8.QK) * d[:, :, None]).reshape(h.shape)
     return (xq.astype(np.float64) @ w_f32.T.astype(np.float64)).astype(np.float32)
 

@@ -243,3 +243,14 @@ def test_library_key_covers_every_ir_input(monkeypatch):
         assert library.library_cache_key(dataclasses.replace(base, **change)) != key, change
     monkeypatch.setitem(library.TILES, "avx2", (library.IntTile(3, 1), library.TILES["avx2"][1]))
     assert library.library_cache_key(base) != key
+
+
+def test_library_key_covers_every_generator_source():
+    """The key hashes the emitter modules and every embedpipe module they import, found from
+    their import lines: a helper split out of an emitter is covered without a list to edit."""
+    names = {p.name for p in library.generator_sources()}
+    emitters = {"ir_q8.py", "ir_quantize.py", "ir_float.py", "ir_fused.py", "ir_encoder.py", "ir_pool.py"}
+    helpers = {"irutil.py", "isa.py", "ir_elementwise.py", "ir_parallel.py", "library.py"}
+    assert emitters | helpers <= names
+    # drivers that emit nothing stay out: editing them keeps the cached library
+    assert not {"prepared.py", "fused.py", "attention.py", "quant_formats.py"} & names

@@ -14,7 +14,7 @@ import pytest
 
 from embedpipe.codegen import get_kernel_library, jit, kernel, runnable_isas
 from embedpipe.codegen.attention import ATTENTION_MODULE
-from embedpipe.codegen.ir_q8 import quantize_reference
+from embedpipe.codegen.ir_quantize import quantize_reference
 from embedpipe.codegen.irutil import F32, I64, PTR
 from embedpipe.codegen.kernel import Kernel, KernelModule
 from embedpipe.codegen.rowdot import ROWDOT, ROWDOT_MODULE, rowdot, rowdot_reference

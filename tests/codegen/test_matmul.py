@@ -15,7 +15,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from embedpipe.codegen import FORMATS, get_kernel_library, runnable_isas
-from embedpipe.codegen.ir_q8 import quantize_reference
+from embedpipe.codegen.ir_quantize import quantize_reference
 from tests.codegen.helpers import dequant, random_raw
 
 ISAS = [s.name for s in runnable_isas()]

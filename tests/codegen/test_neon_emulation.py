@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from embedpipe.codegen import FORMATS, ir_float, ir_q8, jit
+from embedpipe.codegen import FORMATS, ir_float, ir_q8, ir_quantize, jit
 from embedpipe.codegen.isa import ISAS
 from embedpipe.codegen.library import TILES, build_module
 from tests.codegen.helpers import dequant, random_raw
@@ -121,7 +121,7 @@ def test_neon_kernels_match_numpy(harnesses, isa_name, qtype):
         if FORMATS[qtype].family == "float":
             assert np.abs(y - ref).max() <= 4e-6 * scale
             continue
-        xq, xd = ir_q8.quantize_reference(x)
+        xq, xd = ir_quantize.quantize_reference(x)
         q, d = FORMATS[qtype].repack(raw, n, k)
         tight = (xq.reshape(t, -1, 32) * xd[:, :, None].astype(np.float64)).reshape(t, k) @ (
             q.reshape(n, -1, 32) * d[:, :, None].astype(np.float64)

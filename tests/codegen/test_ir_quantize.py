@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import get_kernel_library, runnable_isas
-from embedpipe.codegen.ir_q8 import GROUPS, QK, act_elem_bytes, quantize_reference
+from embedpipe.codegen.ir_quantize import GROUPS, QK, act_elem_bytes, quantize_reference
 
 ISAS = [s.name for s in runnable_isas()]
 # every mix of the group sizes and a tail: 1..3 (tail only), 4, 8, 16, 24 (16+8), 28 (16+8+4),
