@@ -12,6 +12,12 @@ values):
     python scripts/golden_scale_blocks.py 32 32     # activations per 32, weights per 32 (today)
     python scripts/golden_scale_blocks.py 64 64     # both per 64
     python scripts/golden_scale_blocks.py 64 32     # activations per 64, weights as stored
+    python scripts/golden_scale_blocks.py row 32    # one activation scale per token row
+    python scripts/golden_scale_blocks.py 32 row ffn_down   # one scale per weight row, one product
+
+A block of ``row`` is one scale per row (what per-channel int8 kernels use: the epilogue runs
+once per output tile); a third argument limits the change to the products whose tensor names
+contain one of its comma-separated parts (the others keep per-32 scales).
 
 Prints the minimum and median cosine for the query and document prompts at 768 dims; the
 golden threshold for Q8_0 is 0.999 on every text.
@@ -29,17 +35,21 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "runtime" / "golden"
 
 
+ROW = 0  # block size meaning "one scale per row"
+
+
 def requantize(x: np.ndarray, block: int) -> np.ndarray:
-    """``x`` (rows, K) rounded to int8 with one scale ``d = amax/127`` per ``block`` elements,
-    as the quantize kernel rounds: ``round(x·(1/d))``."""
+    """``x`` (rows, K) rounded to int8 with one scale ``d = amax/127`` per ``block`` elements
+    (``ROW``: per row), as the quantize kernel rounds: ``round(x·(1/d))``."""
     rows, k = x.shape
+    block = block or k
     b = x.reshape(rows, k // block, block)
     d = np.abs(b).max(axis=2, keepdims=True) / 127.0
     inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
     return (np.round(b * inv) * d).reshape(rows, k)
 
 
-def main(act_block: int, weight_block: int) -> None:
+def main(act_block: int, weight_block: int, only: tuple[str, ...] = ()) -> None:
     sys.path.insert(0, str(ROOT))
     from embedpipe.codegen.ggml_types import GGMLQuantizationType
     from embedpipe.runtime import backends
@@ -52,9 +62,11 @@ def main(act_block: int, weight_block: int) -> None:
         def prepare(self, tensor):
             if tensor.qtype != GGMLQuantizationType.Q8_0 or len(tensor.shape) != 2:
                 return super().prepare(tensor)
+            chosen = not only or any(part in tensor.name for part in only)
+            a_block, w_block = (act_block, weight_block) if chosen else (32, 32)
             w = backends.dequantize(tensor).astype(np.float64)
-            wt = np.ascontiguousarray((requantize(w, weight_block) if weight_block > 32 else w).T)
-            return lambda x: (requantize(x.astype(np.float64), act_block) @ wt).astype(np.float32)
+            wt = np.ascontiguousarray((requantize(w, w_block) if w_block != 32 else w).T)
+            return lambda x: (requantize(x.astype(np.float64), a_block) @ wt).astype(np.float32)
 
     backends.BACKENDS[CoarseScales.name] = lambda threads: CoarseScales(threads)
     meta = json.loads((GOLDEN / "embeddinggemma_golden.json").read_text(encoding="utf-8"))
@@ -65,13 +77,25 @@ def main(act_block: int, weight_block: int) -> None:
         got = emb.encode([r["text"] for r in meta["texts"]], task=prompt)
         ref = golden[f"{prompt}_768"]
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        label = lambda block: block or "row"  # noqa: E731
+        where = f" ({','.join(only)} only)" if only else ""
         print(
-            f"activations per {act_block}, weights per {weight_block}, {prompt}: "
+            f"activations per {label(act_block)}, weights per {label(weight_block)}{where}, {prompt}: "
             f"min {cos.min():.5f} median {np.median(cos):.6f}"
         )
 
 
+def _block(arg: str) -> int | None:
+    if arg == "row":
+        return ROW
+    return int(arg) if arg.isdigit() and int(arg) % 32 == 0 and int(arg) > 0 else None
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or not all(a.isdigit() and int(a) % 32 == 0 and int(a) > 0 for a in sys.argv[1:]):
-        sys.exit("usage: golden_scale_blocks.py ACT_BLOCK WEIGHT_BLOCK  (multiples of 32 dividing every K)")
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    blocks = [_block(a) for a in sys.argv[1:3]]
+    if len(sys.argv) not in (3, 4) or None in blocks:
+        sys.exit(
+            "usage: golden_scale_blocks.py ACT_BLOCK WEIGHT_BLOCK [TENSORS]  "
+            "(multiples of 32 dividing every K, or row; TENSORS: comma-separated name parts)"
+        )
+    main(*blocks, tuple(filter(None, sys.argv[3].split(","))) if len(sys.argv) == 4 else ())
