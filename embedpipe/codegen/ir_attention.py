@@ -43,6 +43,7 @@ from embedpipe.codegen.irutil import (
     load_elem,
     splat,
     store_elem,
+    transpose_square,
     var,
     vec,
 )
@@ -193,7 +194,7 @@ class _Emitter:
                     b.select(real[i], b.load(self.fptr(src[i], db), typ=vt, align=4), ir.Constant(vt, None))
                     for i in range(lanes)
                 ]
-                for c, col in enumerate(_transpose(b, vs)):
+                for c, col in enumerate(transpose_square(b, vs)):
                     b.store(col, self.fptr(self.qt, b.add(b.mul(b.add(db, self.c(c)), self.rp), rb)), align=4)
             with for_range(b, d_vec, self.d, 1, "qdt") as dd:
                 for i in range(lanes):
@@ -330,27 +331,6 @@ class _Emitter:
                 b.store(b.fmul(x, inv_v), self.fptr(dst, c), align=4)
             with for_range(b, vec_end, self.dv, 1, "otail") as c:
                 b.store(b.fmul(load_elem(b, F32, src, c), inv), self.fptr(dst, c))
-
-
-def _transpose(b: ir.IRBuilder, vs: list[ir.Value]) -> list[ir.Value]:
-    """Transpose ``n`` vectors of ``n`` lanes (n a power of two): out[c][i] = vs[i][c].
-
-    Recursive block swap: at block size h the top-right and bottom-left h×h blocks of every
-    2h×2h block trade places (two shuffles per row pair), from h = n/2 down to 1.
-    """
-    n = len(vs)
-    vs = list(vs)
-    h = n // 2
-    while h:
-        keep = [lane if lane % (2 * h) < h else n + lane - h for lane in range(n)]
-        take = [lane + h if lane % (2 * h) < h else n + lane for lane in range(n)]
-        for i in range(n):
-            if i % (2 * h) < h:
-                lo, hi = vs[i], vs[i + h]
-                vs[i] = b.shuffle_vector(lo, hi, ir.Constant(vec(I32, n), keep))
-                vs[i + h] = b.shuffle_vector(lo, hi, ir.Constant(vec(I32, n), take))
-        h //= 2
-    return vs
 
 
 def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:

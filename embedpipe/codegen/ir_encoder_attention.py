@@ -42,6 +42,7 @@ from embedpipe.codegen.irutil import (
     load_at,
     splat,
     store_at,
+    transpose_square,
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
@@ -85,23 +86,6 @@ def _accumulators(isa: IsaSpec) -> int:
     """Vector accumulators the score and output loops keep live: 16 where the ISA has 32
     vector registers (AVX-512: 16 lanes), else 8 (of 16)."""
     return 16 if isa.lanes >= 16 else ROWS
-
-
-def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
-    """The w × w transpose of ``rows`` (w vectors of w lanes, w a power of two): for each bit
-    s of a lane number, the off-diagonal s × s blocks of every 2s × 2s block swap places."""
-    w = len(rows)
-    rows = list(rows)
-    s = 1
-    while s < w:
-        lo = ir.Constant(vec(I32, w), [c if not c & s else w + c - s for c in range(w)])
-        hi = ir.Constant(vec(I32, w), [c + s if not c & s else w + c for c in range(w)])
-        for i in range(w):
-            if not i & s:
-                a, c = rows[i], rows[i + s]
-                rows[i], rows[i + s] = b.shuffle_vector(a, c, lo), b.shuffle_vector(a, c, hi)
-        s *= 2
-    return rows
 
 
 def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
@@ -203,7 +187,7 @@ def _emit_pairs(b: ir.IRBuilder, isa: IsaSpec, slots: dict, D: ir.Value, biased:
                 loaded = [
                     b.select(ok, b.fadd(y_at(vt, r, col), kb), ir.Constant(vt, None)) for ok, r in zip(inside, src)
                 ]
-                for c, v in enumerate(_transpose(b, loaded) if w > 1 else loaded):
+                for c, v in enumerate(transpose_square(b, loaded)):
                     store_at(b, v, scratch, b.mul(b.add(b.mul(b.add(d0, const_i64(c)), nvec), j0), four), 4)
             with for_range(b, dstop, D, 1, "kdt") as d:
                 col = b.add(kcol, d)

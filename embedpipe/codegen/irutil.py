@@ -222,6 +222,26 @@ def new_function(
     return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
 
+def transpose_square(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """Transpose ``w`` vectors of ``w`` lanes (w a power of two): out[c][i] = rows[i][c].
+
+    For each bit s of a lane number, smallest first, the off-diagonal s × s blocks of every
+    2s × 2s block swap places (two shuffles per row pair).
+    """
+    w = len(rows)
+    rows = list(rows)
+    s = 1
+    while s < w:
+        lo = ir.Constant(vec(I32, w), [c if not c & s else w + c - s for c in range(w)])
+        hi = ir.Constant(vec(I32, w), [c + s if not c & s else w + c for c in range(w)])
+        for i in range(w):
+            if not i & s:
+                a, c = rows[i], rows[i + s]
+                rows[i], rows[i + s] = b.shuffle_vector(a, c, lo), b.shuffle_vector(a, c, hi)
+        s *= 2
+    return rows
+
+
 def _halving_reduce(b: ir.IRBuilder, v: ir.Value, combine) -> ir.Value:
     """Fold a vector to lane 0 by combining its halves (no reduction intrinsic, lowers anywhere)."""
     n = v.type.count
