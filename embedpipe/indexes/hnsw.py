@@ -8,7 +8,7 @@ Graph storage (flat arrays that save and mmap as-is):
 
 Build (`build`, `from_codes`, `add`): insertion as in the paper, in deterministic batches run
 by native kernels over the stored codes — see `hnsw_build` (driver, numpy twin) and
-`hnsw_insert_kernel` (emitter). Search runs the JIT kernel of `hnsw_kernel` when it compiles,
+`hnsw_insert_kernel` (emitter). Search runs the JIT kernel of `hnsw_kernel` (IR in `hnsw_search_ir`) when it compiles,
 else the numpy reference below (also the test oracle).
 """
 
