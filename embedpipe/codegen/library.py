@@ -305,7 +305,7 @@ class KernelLibrary:
 
     def _quantize_weights(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """fp32 W (N, K) -> Q8_0 blocks (int8 (N, K), fp32 scales (N, K/32)) with the emitted
-        quantize kernel (bit-identical to ``ir_quantize.quantize_reference``, ~20x faster)."""
+        quantize kernel (bit-identical to ``ir_quantize.quantize_reference``, which is far slower)."""
         n, k = w.shape
         eb = ir_q8.act_elem_bytes(self.isa)
         q = np.empty((n, k), np.int8 if eb == 1 else np.int16)

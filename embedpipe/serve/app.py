@@ -49,8 +49,8 @@ CLIENT_GONE = 499  # status recorded (never sent) for a request whose client dis
 
 
 class FastJSONResponse(JSONResponse):
-    """orjson renders numpy float32 rows directly (shortest float32 text, ~15x json.dumps' speed),
-    so a large float response does not hold the event loop for seconds."""
+    """orjson renders numpy float32 rows directly (shortest float32 text, no Python float per
+    element), so a large float response does not hold the event loop for seconds."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
