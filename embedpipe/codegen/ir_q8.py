@@ -60,7 +60,7 @@ class IntTile:
     tc: int = 64  # token rows per cache chunk
 
 
-def _dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value, x: ir.Value) -> ir.Value:
+def group_dot(b: ir.IRBuilder, m: ir.Module, isa: IsaSpec, acc: ir.Value, w: ir.Value, x: ir.Value) -> ir.Value:
     """acc[lane] += Σ_g w[lane, g]·x[g] over the lane's group of ``kgroup`` elements."""
     n = isa.lanes
     vi32 = vec(I32, n)
@@ -204,7 +204,7 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
                         ]
                         for r in range(MR):
                             xb = splat(b, load_at(b, I32, xq, b.add(xoff[r], const_i64(s * G * eb)), 4), L)
-                            iacc[r] = [_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
+                            iacc[r] = [group_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
                     if block_scales:
                         _scale_block(b, m, isa, wd, xd, pb, xsc, iacc, acc_slots, NV)
                     else:

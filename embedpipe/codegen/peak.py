@@ -63,7 +63,7 @@ def peak_module(isa: IsaSpec, kind: str, chains: int = PEAK_CHAINS) -> tuple[str
         for s in slots:
             acc = b.load(s)
             # fp32: acc·c + d converges to a normal number (no denormal or overflow slow paths)
-            step = ir_q8._dot(b, m, isa, acc, acc, c) if kind == "int" else fmuladd(b, m, acc, c, d)
+            step = ir_q8.group_dot(b, m, isa, acc, acc, c) if kind == "int" else fmuladd(b, m, acc, c, d)
             b.store(step, s)
     total = b.load(slots[0])
     for s in slots[1:]:
