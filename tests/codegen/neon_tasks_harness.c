@@ -11,7 +11,9 @@
  *   bytes padded to a multiple of 8; the item count and words per item, then every item's
  *   words; the relocation count, then per relocation (item, word, buffer, byte offset): that
  *   word becomes the buffer's address plus the offset; then the count of relocations inside
- *   buffers (descriptor arrays of addresses), each (buffer, word, target buffer, byte offset).
+ *   buffers (descriptor arrays of addresses), each (buffer, word, target buffer, byte offset);
+ *   then the count of function relocations, each (buffer, word, task number): that word of the
+ *   buffer becomes the address of task_fns[task number] (a recorded step program's table).
  * The items run in order on one thread (a work-claiming counter lets the first take all).
  * out.bin: every buffer's bytes afterwards, in order, then for a direct wrapper each item's
  * int64 result.
@@ -81,6 +83,15 @@ int main(int argc, char **argv) {
             return 2;
         }
         ((int64_t *)bufs[buf])[word] = (int64_t)(intptr_t)(bufs[target] + offset);
+    }
+    int64_t n_fn = next();
+    for (int64_t r = 0; r < n_fn; r++) {
+        int64_t buf = next(), word = next(), fn = next();
+        if (buf < 0 || buf >= n_buf || word < 0 || (word + 1) * 8 > sizes[buf] || fn < 0 || fn >= n_tasks) {
+            fprintf(stderr, "function relocation %lld out of range\n", (long long)r);
+            return 2;
+        }
+        ((int64_t *)bufs[buf])[word] = (int64_t)(intptr_t)task_fns[fn];
     }
     fclose(job);
     int64_t *results = calloc((size_t)n_items + 1, 8);

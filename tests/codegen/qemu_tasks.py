@@ -98,23 +98,7 @@ class QemuTasks:
                     relocs.append((i, j, at, offset))
                     if name in self.nested and not any(r[0] == at for r in inner):
                         inner += self._inner(at, buffers[at], known, place)
-        job, out = self.exe.parent / "job.bin", self.exe.parent / "out.bin"
-        parts = [np.int64(len(buffers)).tobytes()]
-        for b in buffers:
-            data = np.ascontiguousarray(b).tobytes()
-            parts += [np.int64(len(data)).tobytes(), data, b"\0" * (-len(data) % 8)]
-        parts += [np.array(words.shape, np.int64).tobytes(), words.tobytes()]
-        parts += [np.int64(len(relocs)).tobytes(), np.array(relocs, np.int64).reshape(-1, 4).tobytes()]
-        parts += [np.int64(len(inner)).tobytes(), np.array([r[:4] for r in inner], np.int64).reshape(-1, 4).tobytes()]
-        job.write_bytes(b"".join(parts))
-        argv = [QEMU, "-L", str(SYSROOT), str(self.exe), self.task, str(job), str(out)]
-        proc = subprocess.run(argv, capture_output=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-        data, at = out.read_bytes(), 0
-        for b in buffers:
-            if b.flags.writeable and b.flags.c_contiguous:
-                b.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, b.nbytes, at)
-            at += b.nbytes
+        data, at = run_job(self.exe, self.task, buffers, words, relocs, [r[:4] for r in inner])
         for buf, word, _, _, host_word in inner:  # descriptors keep their host addresses
             buffers[buf].reshape(-1)[word] = host_word
         self.runs += 1
@@ -130,6 +114,38 @@ class QemuTasks:
             if value and any(a.ctypes.data <= value < a.ctypes.data + max(a.nbytes, 1) for a in known):
                 out.append((at, w, *place(value, f"word {w} of a descriptor"), value))
         return out
+
+
+def run_job(
+    exe: Path,
+    task: str,
+    buffers: list[np.ndarray],
+    words: np.ndarray,
+    relocs: list[tuple[int, ...]],
+    inner: list[tuple[int, ...]] = (),
+    functions: list[tuple[int, int, int]] = (),
+) -> tuple[bytes, int]:
+    """Run ``task`` of the harness ``exe`` under qemu on the items ``words`` (one row each) with
+    the job file's relocations (see ``neon_tasks_harness.c``); every writable buffer gets its
+    bytes back. Returns the output file's bytes and where the buffers end in it."""
+    job, out = exe.parent / "job.bin", exe.parent / "out.bin"
+    parts = [np.int64(len(buffers)).tobytes()]
+    for b in buffers:
+        data = np.ascontiguousarray(b).tobytes()
+        parts += [np.int64(len(data)).tobytes(), data, b"\0" * (-len(data) % 8)]
+    parts += [np.array(words.shape, np.int64).tobytes(), words.tobytes()]
+    for table, width in ((relocs, 4), (inner, 4), (functions, 3)):
+        parts += [np.int64(len(table)).tobytes(), np.array(table, np.int64).reshape(-1, width).tobytes()]
+    job.write_bytes(b"".join(parts))
+    argv = [QEMU, "-L", str(SYSROOT), str(exe), task, str(job), str(out)]
+    proc = subprocess.run(argv, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    data, at = out.read_bytes(), 0
+    for b in buffers:
+        if b.flags.writeable and b.flags.c_contiguous:
+            b.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, b.nbytes, at)
+        at += b.nbytes
+    return data, at
 
 
 def _collect(values: Iterable[object], found: dict[int, np.ndarray], depth: int) -> None:
@@ -198,11 +214,14 @@ def _direct_wrapper(symbol: str, kernel: Kernel) -> list[str]:
     ]
 
 
-def _link(work: Path, obj: bytes, tasks: list[str], direct: dict[str, Kernel] | None = None) -> Path:
-    """The harness linked with the object ``obj``, knowing the trampolines ``tasks`` and
-    direct wrappers of the ``direct`` kernels (by symbol) that return a value."""
+def _link(work: Path, objects: list[bytes], tasks: list[str], direct: dict[str, Kernel] | None = None) -> Path:
+    """The harness linked with the ``objects``, knowing the trampolines ``tasks`` (task number =
+    position) and direct wrappers of the ``direct`` kernels (by symbol) that return a value."""
     direct = direct or {}
-    (work / "module.o").write_bytes(obj)
+    linked = []
+    for i, obj in enumerate(objects):
+        linked.append(work / f"module{i}.o")
+        linked[-1].write_bytes(obj)
     table = [f"void *{t}(long long *);" for t in tasks]
     table += ["typedef void *(*task_fn)(long long *);", "typedef long long (*direct_fn)(long long *);"]
     table += ["const char *const task_names[] = {" + ", ".join(f'"{t}"' for t in tasks) + "};"]
@@ -215,16 +234,19 @@ def _link(work: Path, obj: bytes, tasks: list[str], direct: dict[str, Kernel] | 
     table += [f"const int n_direct = {len(names)};"]
     (work / "tasks.c").write_text("\n".join(table) + "\n")
     exe = work / "harness"
-    cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), str(work / "module.o"), "-o", str(exe)]
+    cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), *map(str, linked), "-o", str(exe)]
     subprocess.run(cmd, check=True, capture_output=True)
     return exe
 
 
-def build_harness(module: KernelModule, isa: IsaSpec, work: Path) -> Path:
-    text, _ = module.build(isa)
-    tasks = [ir_parallel.task_symbol(module.symbol(k, isa)) for k in module.kernels]
-    direct = {module.symbol(k, isa): k for k in module.kernels if not isinstance(k.ret, ir.VoidType)}
-    return _link(work, jit.compile_object(text, isa), tasks, direct)
+def build_harness(module: KernelModule, isa: IsaSpec, work: Path, *others: KernelModule) -> Path:
+    """The harness linked with ``module`` (and ``others``): the task of kernel ``k`` of the
+    modules, in order, is task number ``k``."""
+    modules = [module, *others]
+    objects = [jit.compile_object(m.build(isa)[0], isa) for m in modules]
+    tasks = [ir_parallel.task_symbol(m.symbol(k, isa)) for m in modules for k in m.kernels]
+    direct = {m.symbol(k, isa): k for m in modules for k in m.kernels if not isinstance(k.ret, ir.VoidType)}
+    return _link(work, objects, tasks, direct)
 
 
 @dataclass(frozen=True)
@@ -246,7 +268,7 @@ def build_library_harness(isa_name: str, work: Path) -> LibraryHarness:
     for role in PARALLEL_ROLES:
         head = re.search(rf'define void @"?{re.escape(symbols[role])}"?\((.*?)\)', text).group(1)
         params[role] = [(name, ty == "ptr") for ty, name in re.findall(r'(\w+)(?: \w+)* %"?(\w+)"?', head)]
-    return LibraryHarness(isa_name, _link(work, jit.compile_object(text, isa), list(tasks.values())), tasks, params)
+    return LibraryHarness(isa_name, _link(work, [jit.compile_object(text, isa)], list(tasks.values())), tasks, params)
 
 
 def qemu_library(harness: LibraryHarness, arrays: Callable[[], Iterable[object]]) -> KernelLibrary:
