@@ -5,7 +5,8 @@
  * Build: aarch64-linux-gnu-gcc -O1 -static neon_tasks_harness.c tasks.c module.o -o harness
  *        (tasks.c, written by the test, defines task_names, task_fns and n_tasks, and for
  *        kernels that return a value, which a trampoline drops, direct_names, direct_fns and
- *        n_direct: wrappers that call the kernel on the decoded words and return its result)
+ *        n_direct: wrappers that call the kernel on the decoded words and return its result;
+ *        and parallel_names, parallel_fns, n_parallel: the modules' fork-join entry points)
  * Usage: harness TASK job.bin out.bin
  * job.bin, little-endian int64 words: the buffer count; per buffer its byte size, then its
  *   bytes padded to a multiple of 8; the item count and words per item, then every item's
@@ -14,7 +15,8 @@
  *   buffers (descriptor arrays of addresses), each (buffer, word, target buffer, byte offset);
  *   then the count of function relocations, each (buffer, word, task number): that word of the
  *   buffer becomes the address of task_fns[task number] (a recorded step program's table).
- * The items run in order on one thread (a work-claiming counter lets the first take all).
+ * The items run in order on one thread (a work-claiming counter lets the first take all), or,
+ * when TASK names a parallel entry point, on as many threads at once (its fork-join, no pool).
  * out.bin: every buffer's bytes afterwards, in order, then for a direct wrapper each item's
  * int64 result.
  */
@@ -25,12 +27,16 @@
 
 typedef void *(*task_fn)(int64_t *);
 typedef int64_t (*direct_fn)(int64_t *);
+typedef void (*parallel_fn)(void *, int64_t *, int64_t, int64_t);
 extern const char *const task_names[];
 extern const task_fn task_fns[];
 extern const int n_tasks;
 extern const char *const direct_names[];
 extern const direct_fn direct_fns[];
 extern const int n_direct;
+extern const char *const parallel_names[];
+extern const parallel_fn parallel_fns[];
+extern const int n_parallel;
 
 static FILE *job;
 
@@ -48,7 +54,10 @@ int main(int argc, char **argv) {
     direct_fn direct = NULL;
     for (int i = 0; i < n_direct; i++)
         if (strcmp(direct_names[i], argv[1]) == 0) direct = direct_fns[i];
-    if (!task && !direct) { fprintf(stderr, "no task %s\n", argv[1]); return 2; }
+    parallel_fn parallel = NULL;
+    for (int i = 0; i < n_parallel; i++)
+        if (strcmp(parallel_names[i], argv[1]) == 0) parallel = parallel_fns[i];
+    if (!task && !direct && !parallel) { fprintf(stderr, "no task %s\n", argv[1]); return 2; }
     job = fopen(argv[2], "rb");
     if (!job) { perror(argv[2]); return 2; }
     int64_t n_buf = next();
@@ -95,7 +104,8 @@ int main(int argc, char **argv) {
     }
     fclose(job);
     int64_t *results = calloc((size_t)n_items + 1, 8);
-    for (int64_t i = 0; i < n_items; i++) {
+    if (parallel) parallel(NULL, words, n_words * 8, n_items);
+    for (int64_t i = 0; !parallel && i < n_items; i++) {
         if (direct)
             results[i] = direct(words + i * n_words);
         else

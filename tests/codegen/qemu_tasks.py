@@ -214,9 +214,12 @@ def _direct_wrapper(symbol: str, kernel: Kernel) -> list[str]:
     ]
 
 
-def _link(work: Path, objects: list[bytes], tasks: list[str], direct: dict[str, Kernel] | None = None) -> Path:
+def _link(
+    work: Path, objects: list[bytes], tasks: list[str], direct: dict[str, Kernel] | None = None, parallel: bool = False
+) -> Path:
     """The harness linked with the ``objects``, knowing the trampolines ``tasks`` (task number =
-    position) and direct wrappers of the ``direct`` kernels (by symbol) that return a value."""
+    position), direct wrappers of the ``direct`` kernels (by symbol) that return a value, and,
+    with ``parallel``, each task's fork-join entry point (``ir_parallel.parallel_symbol``)."""
     direct = direct or {}
     linked = []
     for i, obj in enumerate(objects):
@@ -232,6 +235,12 @@ def _link(work: Path, objects: list[bytes], tasks: list[str], direct: dict[str, 
     table += ["const char *const direct_names[] = {" + ", ".join(f'"{n}"' for n in names or ["-"]) + "};"]
     table += ["const direct_fn direct_fns[] = {" + ", ".join(names or ["0"]) + "};"]
     table += [f"const int n_direct = {len(names)};"]
+    entries = [ir_parallel.parallel_symbol(t) for t in tasks] if parallel else []
+    table += [f"void {e}(void *, long long *, long long, long long);" for e in entries]
+    table += ["typedef void (*parallel_fn)(void *, long long *, long long, long long);"]
+    table += ["const char *const parallel_names[] = {" + ", ".join(f'"{e}"' for e in entries or ["-"]) + "};"]
+    table += ["const parallel_fn parallel_fns[] = {" + ", ".join(entries or ["0"]) + "};"]
+    table += [f"const int n_parallel = {len(entries)};"]
     (work / "tasks.c").write_text("\n".join(table) + "\n")
     exe = work / "harness"
     cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), *map(str, linked), "-o", str(exe)]
@@ -246,7 +255,7 @@ def build_harness(module: KernelModule, isa: IsaSpec, work: Path, *others: Kerne
     objects = [jit.compile_object(m.build(isa)[0], isa) for m in modules]
     tasks = [ir_parallel.task_symbol(m.symbol(k, isa)) for m in modules for k in m.kernels]
     direct = {m.symbol(k, isa): k for m in modules for k in m.kernels if not isinstance(k.ret, ir.VoidType)}
-    return _link(work, objects, tasks, direct)
+    return _link(work, objects, tasks, direct, parallel=True)
 
 
 @dataclass(frozen=True)

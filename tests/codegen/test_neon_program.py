@@ -3,9 +3,11 @@ row-dot steps, its table's task words relocated to the AArch64 trampolines, repl
 AArch64 ``run_steps``. Oracles: numpy for every step's output (the second step reads what
 the first wrote), and the claim and done words each step leaves behind (every item ran once).
 
-Two runner threads take turns (the harness runs items one after another): the first runs the
-whole program, the second finds every item claimed, as ``program`` promises of a thread that
-starts late. Steps of at most ``MASK_ITEMS`` items are claimed by bit, longer ones by counter.
+Two runner threads either take turns (the harness runs the items one after another: the first
+runs the whole program, the second finds every item claimed, as ``program`` promises of a
+thread that starts late) or run at once (the module's fork-join entry point: two pthreads
+claiming and waiting concurrently under qemu). Steps of at most ``MASK_ITEMS`` items are
+claimed by bit, longer ones by counter.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
+from embedpipe.codegen import ir_parallel
 from embedpipe.codegen import program as P
 from embedpipe.codegen.isa import ISAS
 from embedpipe.codegen.kernel import Native, recording
@@ -49,8 +52,9 @@ def _rows(x: np.ndarray, q: np.ndarray, out: np.ndarray, bounds) -> list[tuple[i
     ]
 
 
+@pytest.mark.parametrize("at_once", [False, True], ids=["in-turn", "at-once"])
 @pytest.mark.parametrize("isa_name", NEON_ISAS)
-def test_neon_runner_replays_a_recorded_program(harnesses, isa_name):
+def test_neon_runner_replays_a_recorded_program(harnesses, isa_name, at_once):
     rng = np.random.default_rng(7)
     x0, q0 = rng.standard_normal((256, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
     q1 = rng.standard_normal(8).astype(np.float32)
@@ -91,7 +95,9 @@ def test_neon_runner_replays_a_recorded_program(harnesses, isa_name):
         (t, w, place(b.ctypes.data)[0], 0) for t in (0, 1) for w, b in ((0, program.table), (2, program.counters))
     ]
     table = program.table.copy()
-    task_name = f"{P.PROGRAM_MODULE.symbol(P.RUN_STEPS, isa)}__task"
+    task_name = ir_parallel.task_symbol(P.PROGRAM_MODULE.symbol(P.RUN_STEPS, isa))
+    if at_once:
+        task_name = ir_parallel.parallel_symbol(task_name)
     run_job(harnesses(isa_name), task_name, buffers, runner_items, relocs, inner, functions)
 
     np.testing.assert_allclose(out0, x0 @ q0, rtol=1e-5, atol=1e-4)
@@ -100,6 +106,6 @@ def test_neon_runner_replays_a_recorded_program(harnesses, isa_name):
     counters = program.counters.reshape(-1, P.COUNTER_WORDS)
     claim, done = counters[:n_steps, 0], counters[:n_steps, P.COUNTER_WORDS // 2]
     assert done.tolist() == counts  # every item finished once, by one thread or the other
-    # by bit: all bits taken; by counter: the first thread stops at n + 1, the second adds one
+    # by bit: all bits taken; by counter: each thread stops after one add past n
     assert claim.tolist() == [(1 << 5) - 1, 1, 102]
     assert np.array_equal(program.table[:, 2:], table[:, 2:])  # strides and counts untouched
