@@ -196,15 +196,18 @@ def test_cache_key_covers_sources_declarations_and_isa(monkeypatch):
 
 
 def test_cache_key_covers_the_emitter_not_the_driver():
-    """A kernel's IR lives in an ``ir_*`` module and its driver beside it: the key hashes the
-    emitter and what it imports, so a driver edit keeps the cached objects."""
+    """A kernel's IR lives in its own module (``ir_*``, or ``*_ir`` beside an index type) and its
+    driver beside it: the key hashes the emitter and what it imports, so a driver edit keeps
+    the cached objects."""
     from embedpipe.codegen.encoder_attention import ENCODER_ATTENTION_MODULE
+    from embedpipe.indexes.annoy_kernel import ANNOY_MODULE
     from embedpipe.indexes.hnsw_kernel import HNSW_MODULE
 
     for module, emitter, drivers in (
         (ATTENTION_MODULE, "ir_attention.py", {"attention.py"}),
         (ENCODER_ATTENTION_MODULE, "ir_encoder_attention.py", {"encoder_attention.py", "encoder_fused.py"}),
         (HNSW_MODULE, "hnsw_search_ir.py", {"hnsw_kernel.py", "format.py", "quant.py"}),
+        (ANNOY_MODULE, "annoy_search_ir.py", {"annoy_kernel.py", "annoy.py", "format.py"}),
     ):
         files = {p.name for p in module.source_files()}
         assert emitter in files and not drivers & files, (module.name, sorted(files))
