@@ -124,6 +124,7 @@ def run_job(
     relocs: list[tuple[int, ...]],
     inner: list[tuple[int, ...]] = (),
     functions: list[tuple[int, int, int]] = (),
+    timeout: float = 300,
 ) -> tuple[bytes, int]:
     """Run ``task`` of the harness ``exe`` under qemu on the items ``words`` (one row each) with
     the job file's relocations (see ``neon_tasks_harness.c``); every writable buffer gets its
@@ -138,7 +139,7 @@ def run_job(
         parts += [np.int64(len(table)).tobytes(), np.array(table, np.int64).reshape(-1, width).tobytes()]
     job.write_bytes(b"".join(parts))
     argv = [QEMU, "-L", str(SYSROOT), str(exe), task, str(job), str(out)]
-    proc = subprocess.run(argv, capture_output=True, timeout=300)
+    proc = subprocess.run(argv, capture_output=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     data, at = out.read_bytes(), 0
     for b in buffers:

@@ -98,7 +98,8 @@ def test_neon_runner_replays_a_recorded_program(harnesses, isa_name, at_once):
     task_name = ir_parallel.task_symbol(P.PROGRAM_MODULE.symbol(P.RUN_STEPS, isa))
     if at_once:
         task_name = ir_parallel.parallel_symbol(task_name)
-    run_job(harnesses(isa_name), task_name, buffers, runner_items, relocs, inner, functions)
+    # a runner that never finishes a step spins: fail in seconds, not at the default timeout
+    run_job(harnesses(isa_name), task_name, buffers, runner_items, relocs, inner, functions, timeout=60)
 
     np.testing.assert_allclose(out0, x0 @ q0, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(out1, (x0 @ q0).reshape(32, 8) @ q1, rtol=1e-4, atol=1e-3)
