@@ -2,7 +2,7 @@
  * emulation, on the items a Python driver made, with their pointer words relocated into the
  * buffers the job file carries.
  *
- * Build: aarch64-linux-gnu-gcc -O1 -static neon_tasks_harness.c tasks.c module.o -o harness
+ * Build: aarch64-linux-gnu-gcc -O1 -static neon_tasks_harness.c tasks.c module0.o [module1.o …] -o harness
  *        (tasks.c, written by the test, defines task_names, task_fns and n_tasks, and for
  *        kernels that return a value, which a trampoline drops, direct_names, direct_fns and
  *        n_direct: wrappers that call the kernel on the decoded words and return its result;

@@ -25,8 +25,7 @@ from tests.codegen.qemu_tasks import NEON_ISAS, build_harness, requires_emulatio
 
 pytestmark = [pytest.mark.emulation, requires_emulation]
 
-# task numbers in the harness: the runner, then the row dots in ROWDOT's order
-RUNNER_TASK = 0
+# task numbers in the harness: the runner is 0, then the row dots in ROWDOT's order
 TASK = {dtype: 1 + i for i, dtype in enumerate(ROWDOT)}
 F32, I8 = np.dtype(np.float32), np.dtype(np.int8)
 
