@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.ir_encoder import QK, ResidualNormRow, gelu_erf_value, row_loop
+from embedpipe.codegen.ir_encoder import QK, ResidualNormRow, gelu_erf_value
 from embedpipe.codegen.irutil import (
     F32,
     I32,
@@ -36,6 +36,7 @@ from embedpipe.codegen.irutil import (
     for_range,
     load_at,
     store_at,
+    sweep,
 )
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, f32_word
@@ -103,7 +104,7 @@ def _emit_combine(b: ir.IRBuilder, isa: IsaSpec) -> None:
                 v = b.fadd(load_at(b, ty, y, b.add(base, off), 4), load_at(b, ty, bias, off, 4))
                 store_at(b, gelu_erf_value(b, m, isa, v) if act else v, out, b.add(base, off), 4)
 
-            row_loop(b, N, width, "col", body)
+            sweep(b, const_i64(0), N, width, body, "col")
         b.branch(done)
     b.position_at_end(done)
     b.ret_void()

@@ -21,7 +21,7 @@ import numpy as np
 
 from embedpipe.codegen.encoder_fused import address, cached_f32_word, row_ranges
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
-from embedpipe.codegen.irutil import F32, I64, PTR, const_i64, for_range, load_at, splat, store_at, vec
+from embedpipe.codegen.irutil import F32, I64, PTR, const_i64, for_range, load_at, splat, store_at, sweep, vec
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, active_recorder
 from embedpipe.codegen.library import KernelInputError
@@ -44,12 +44,13 @@ PARAMS = [
 
 def _f32_row(b: ir.IRBuilder, isa: IsaSpec, src: ir.Value, dst: ir.Value, D: ir.Value, scale: ir.Value) -> None:
     width = 2 * isa.lanes
-    vstop = b.sub(D, b.srem(D, const_i64(width)))
-    for ty, lo, hi, step, tag in ((vec(F32, width), const_i64(0), vstop, width, "v"), (F32, vstop, D, 1, "s")):
-        with for_range(b, lo, hi, step, f"f32{tag}") as i:
-            off = b.mul(i, const_i64(4))
-            s = scale if ty is F32 else splat(b, scale, width)
-            store_at(b, b.fmul(load_at(b, ty, src, off, 4), s), dst, off, 4)
+
+    def body(ty: ir.Type, i: ir.Value) -> None:
+        off = b.mul(i, const_i64(4))
+        s = scale if ty is F32 else splat(b, scale, width)
+        store_at(b, b.fmul(load_at(b, ty, src, off, 4), s), dst, off, 4)
+
+    sweep(b, const_i64(0), D, width, body, "f32", F32)
 
 
 def _q8_0_row(b: ir.IRBuilder, isa: IsaSpec, src: ir.Value, dst: ir.Value, D: ir.Value, scale: ir.Value) -> None:

@@ -20,16 +20,18 @@ from embedpipe.codegen.irutil import (
     I32,
     I64,
     PTR,
+    RowSums,
     const_i64,
     fmuladd,
     for_range,
-    hsum_tree,
+    gep_bytes,
     intrinsic,
     load_at,
     new_function,
     on_one_lane,
     splat,
     store_at,
+    sweep,
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
@@ -180,7 +182,6 @@ def emit_gelu_tanh_mul(m: ir.Module, isa: IsaSpec) -> str:
     name = gelu_mul_symbol(isa)
     fn, b = new_function(m, name, [("a", PTR), ("b", PTR), ("out", PTR), ("start", I64), ("stop", I64)])
     a_ptr, b_ptr, out, start, stop = fn.args
-    width = 2 * isa.lanes
 
     def body(ty: ir.Type, idx: ir.Value) -> None:
         off = b.mul(idx, const_i64(4))
@@ -188,13 +189,24 @@ def emit_gelu_tanh_mul(m: ir.Module, isa: IsaSpec) -> str:
         y = load_at(b, ty, b_ptr, off, 4)
         store_at(b, gelu_tanh_mul_value(b, m, isa, x, y), out, off, 4)
 
-    vstop = b.sub(stop, b.srem(b.sub(stop, start), const_i64(width)))
-    with for_range(b, start, vstop, width, "v") as i:
-        body(vec(F32, width), i)
-    with for_range(b, vstop, stop, 1, "s") as i:
-        body(vec(F32, 1), i)
+    sweep(b, start, stop, 2 * isa.lanes, body)
     b.ret_void()
     return name
+
+
+def inv_rms(b: ir.IRBuilder, sums: RowSums, src: ir.Value, n: ir.Value, eps: ir.Value, tag: str) -> ir.Value:
+    """``1 / sqrt(Σ src[i]² / n + eps)`` over the ``n`` floats at ``src``, summed in ``sums``
+    (its lanes, then the tail): the one sequence every RMS norm, standalone or fused, runs."""
+
+    def square(ty: ir.Type, i: ir.Value) -> None:
+        v = load_at(b, ty, src, b.mul(i, const_i64(4)), 4)
+        sums.add(ty, b.fmul(v, v))
+
+    sums.zero()
+    sweep(b, const_i64(0), n, sums.width, square, tag, F32)
+    mean = b.fdiv(sums.total(), b.sitofp(n, F32))
+    sqrt = intrinsic(b.module, "llvm.sqrt.f32", F32, [F32])
+    return b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(mean, eps)]))
 
 
 def rms_norm_symbol(isa: IsaSpec) -> str:
@@ -210,30 +222,17 @@ def emit_rms_norm(m: ir.Module, isa: IsaSpec) -> str:
     )
     x, w, out, D, eps, r0, r1 = fn.args
     width = 2 * isa.lanes
-    vt = vec(F32, width)
-    acc = b.alloca(vt)
-    tail = b.alloca(F32)
-    vstop = b.sub(D, b.srem(D, const_i64(width)))
+    sums = RowSums(b, width)
     with for_range(b, r0, r1, 1, "row") as row:
         base = b.mul(b.mul(row, D), const_i64(4))
-        b.store(ir.Constant(vt, None), acc)
-        b.store(ir.Constant(F32, 0.0), tail)
-        with for_range(b, const_i64(0), vstop, width, "sq") as i:
-            v = load_at(b, vt, x, b.add(base, b.mul(i, const_i64(4))), 4)
-            b.store(b.fadd(b.load(acc), b.fmul(v, v)), acc)
-        with for_range(b, vstop, D, 1, "sqt") as i:
-            v = load_at(b, F32, x, b.add(base, b.mul(i, const_i64(4))), 4)
-            b.store(b.fadd(b.load(tail), b.fmul(v, v)), tail)
-        total = b.fadd(hsum_tree(b, b.load(acc)), b.load(tail))
-        mean = b.fdiv(total, b.sitofp(D, F32))
-        sqrt = intrinsic(m, "llvm.sqrt.f32", F32, [F32])
-        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(mean, eps)]))
-        for ty, start, stop, step, tag in ((vt, const_i64(0), vstop, width, "sc"), (F32, vstop, D, 1, "sct")):
-            with for_range(b, start, stop, step, tag) as i:
-                off = b.mul(i, const_i64(4))
-                v = load_at(b, ty, x, b.add(base, off), 4)
-                g = load_at(b, ty, w, off, 4)
-                s = inv if ty is F32 else splat(b, inv, width)
-                store_at(b, b.fmul(b.fmul(v, s), g), out, b.add(base, off), 4)
+        inv = inv_rms(b, sums, gep_bytes(b, x, base), D, eps, "sq")
+
+        def scale(ty: ir.Type, i: ir.Value) -> None:
+            off = b.mul(i, const_i64(4))
+            v = load_at(b, ty, x, b.add(base, off), 4)
+            s = inv if ty is F32 else splat(b, inv, width)
+            store_at(b, b.fmul(b.fmul(v, s), load_at(b, ty, w, off, 4)), out, b.add(base, off), 4)
+
+        sweep(b, const_i64(0), D, width, scale, "sc", F32)
     b.ret_void()
     return name

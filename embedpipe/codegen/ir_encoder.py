@@ -18,16 +18,17 @@ from embedpipe.codegen.irutil import (
     F32,
     I64,
     PTR,
+    RowSums,
     const_i64,
     for_range,
     hmax_tree,
-    hsum_tree,
     intrinsic,
     load_at,
     new_function,
     on_one_lane,
     splat,
     store_at,
+    sweep,
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
@@ -63,17 +64,12 @@ def emit_gelu_erf(m: ir.Module, isa: IsaSpec) -> str:
     name = gelu_erf_symbol(isa)
     fn, b = new_function(m, name, [("a", PTR), ("out", PTR), ("start", I64), ("stop", I64)])
     a_ptr, out, start, stop = fn.args
-    width = 2 * isa.lanes
 
     def body(ty: ir.Type, idx: ir.Value) -> None:
         off = b.mul(idx, const_i64(4))
         store_at(b, gelu_erf_value(b, m, isa, load_at(b, ty, a_ptr, off, 4)), out, off, 4)
 
-    vstop = b.sub(stop, b.srem(b.sub(stop, start), const_i64(width)))
-    with for_range(b, start, vstop, width, "v") as i:
-        body(vec(F32, width), i)
-    with for_range(b, vstop, stop, 1, "s") as i:
-        body(vec(F32, 1), i)
+    sweep(b, start, stop, 2 * isa.lanes, body)
     b.ret_void()
     return name
 
@@ -94,52 +90,41 @@ def emit_layer_norm(m: ir.Module, isa: IsaSpec) -> str:
     )
     x, w, bias, out, D, eps, r0, r1 = fn.args
     width = 2 * isa.lanes
-    vt = vec(F32, width)
-    acc = b.alloca(vt)
-    tail = b.alloca(F32)
-    vstop = b.sub(D, b.srem(D, const_i64(width)))
+    sums = RowSums(b, width)
     n = b.sitofp(D, F32)
+    zero = const_i64(0)
     sqrt = intrinsic(m, "llvm.sqrt.f32", F32, [F32])
 
-    def reduce(base: ir.Value, term, tag: str) -> ir.Value:
-        b.store(ir.Constant(vt, None), acc)
-        b.store(ir.Constant(F32, 0.0), tail)
-        with for_range(b, const_i64(0), vstop, width, tag) as i:
-            v = load_at(b, vt, x, b.add(base, b.mul(i, const_i64(4))), 4)
-            b.store(b.fadd(b.load(acc), term(v, width)), acc)
-        with for_range(b, vstop, D, 1, tag + "t") as i:
-            v = load_at(b, F32, x, b.add(base, b.mul(i, const_i64(4))), 4)
-            b.store(b.fadd(b.load(tail), term(v, 0)), tail)
-        return b.fadd(hsum_tree(b, b.load(acc)), b.load(tail))
+    def spread(ty: ir.Type, s: ir.Value) -> ir.Value:
+        return s if ty is F32 else splat(b, s, width)
 
     with for_range(b, r0, r1, 1, "row") as row:
         base = b.mul(b.mul(row, D), const_i64(4))
-        mean = b.fdiv(reduce(base, lambda v, k: v, "sum"), n)
 
-        def centred(v: ir.Value, k: int) -> ir.Value:
-            return b.fsub(v, splat(b, mean, k) if k else mean)
+        def at(ty: ir.Type, i: ir.Value) -> ir.Value:
+            return load_at(b, ty, x, b.add(base, b.mul(i, const_i64(4))), 4)
 
-        var = b.fdiv(reduce(base, lambda v, k: b.fmul(centred(v, k), centred(v, k)), "sq"), n)
-        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(var, eps)]))
-        for ty, lo, hi, step, tag in ((vt, const_i64(0), vstop, width, "sc"), (F32, vstop, D, 1, "sct")):
-            with for_range(b, lo, hi, step, tag) as i:
-                off = b.mul(i, const_i64(4))
-                k = width if ty is vt else 0
-                v = centred(load_at(b, ty, x, b.add(base, off), 4), k)
-                s = splat(b, inv, width) if k else inv
-                y = b.fadd(b.fmul(b.fmul(v, s), load_at(b, ty, w, off, 4)), load_at(b, ty, bias, off, 4))
-                store_at(b, y, out, b.add(base, off), 4)
+        sums.zero()
+        sweep(b, zero, D, width, lambda ty, i: sums.add(ty, at(ty, i)), "sum", F32)
+        mean = b.fdiv(sums.total(), n)
+
+        def square(ty: ir.Type, i: ir.Value) -> None:
+            c = b.fsub(at(ty, i), spread(ty, mean))
+            sums.add(ty, b.fmul(c, c))
+
+        sums.zero()
+        sweep(b, zero, D, width, square, "sq", F32)
+        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(b.fdiv(sums.total(), n), eps)]))
+
+        def scale(ty: ir.Type, i: ir.Value) -> None:
+            off = b.mul(i, const_i64(4))
+            c = b.fsub(at(ty, i), spread(ty, mean))
+            y = b.fadd(b.fmul(b.fmul(c, spread(ty, inv)), load_at(b, ty, w, off, 4)), load_at(b, ty, bias, off, 4))
+            store_at(b, y, out, b.add(base, off), 4)
+
+        sweep(b, zero, D, width, scale, "sc", F32)
     b.ret_void()
     return name
-
-
-def row_loop(b: ir.IRBuilder, n: ir.Value, width: int, tag: str, body) -> None:
-    """``body(ty, i)`` over ``[0, n)``: ``width``-lane vectors, then single lanes."""
-    vstop = b.sub(n, b.srem(n, const_i64(width)))
-    with for_range(b, const_i64(0), vstop, width, tag) as i:
-        body(vec(F32, width), i)
-    with for_range(b, vstop, n, 1, tag + "t") as i:
-        body(vec(F32, 1), i)
 
 
 class ResidualNormRow:
@@ -150,46 +135,37 @@ class ResidualNormRow:
 
     def __init__(self, b: ir.IRBuilder, isa: IsaSpec) -> None:
         self.b, self.width = b, 2 * isa.lanes
-        self.acc_v = b.alloca(vec(F32, self.width))
-        self.acc_s = b.alloca(vec(F32, 1))
+        self.sums = RowSums(b, self.width)
 
-    def _zero(self) -> None:
-        self.b.store(ir.Constant(vec(F32, self.width), None), self.acc_v)
-        self.b.store(ir.Constant(vec(F32, 1), None), self.acc_s)
-
-    def _accumulate(self, ty: ir.Type, v: ir.Value) -> None:
-        slot = self.acc_v if ty.count == self.width else self.acc_s
-        self.b.store(self.b.fadd(self.b.load(slot), v), slot)
-
-    def _total(self) -> ir.Value:
-        b = self.b
-        return b.fadd(hsum_tree(b, b.load(self.acc_v)), b.extract_element(b.load(self.acc_s), const_i64(0)))
+    def _sweep(self, D: ir.Value, body, tag: str) -> None:
+        sweep(self.b, const_i64(0), D, self.width, body, tag)
 
     def emit(self, x, bias, res, w, beta, out, D: ir.Value, eps: ir.Value) -> None:
         """``out = LayerNorm(x + bias + res)·w + beta`` over one row of ``D`` (row pointers;
         ``out`` holds the sum in between)."""
-        b, width = self.b, self.width
+        b = self.b
         sqrt = intrinsic(b.module, "llvm.sqrt.f32", F32, [F32])
         n = b.sitofp(D, F32)
-        self._zero()
+        sums = self.sums
+        sums.zero()
 
         def add(ty: ir.Type, i: ir.Value) -> None:
             off = b.mul(i, const_i64(4))
             v = b.fadd(load_at(b, ty, x, off, 4), load_at(b, ty, bias, off, 4))
             v = b.fadd(v, load_at(b, ty, res, off, 4))
             store_at(b, v, out, off, 4)
-            self._accumulate(ty, v)
+            sums.add(ty, v)
 
-        row_loop(b, D, width, "sum", add)
-        mean = b.fdiv(self._total(), n)
-        self._zero()
+        self._sweep(D, add, "sum")
+        mean = b.fdiv(sums.total(), n)
+        sums.zero()
 
         def square(ty: ir.Type, i: ir.Value) -> None:
             c = b.fsub(load_at(b, ty, out, b.mul(i, const_i64(4)), 4), splat(b, mean, ty.count))
-            self._accumulate(ty, b.fmul(c, c))
+            sums.add(ty, b.fmul(c, c))
 
-        row_loop(b, D, width, "sq", square)
-        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(b.fdiv(self._total(), n), eps)]))
+        self._sweep(D, square, "sq")
+        inv = b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(b.fdiv(sums.total(), n), eps)]))
 
         def scale(ty: ir.Type, i: ir.Value) -> None:
             off = b.mul(i, const_i64(4))
@@ -197,7 +173,7 @@ class ResidualNormRow:
             y = b.fmul(b.fmul(c, splat(b, inv, ty.count)), load_at(b, ty, w, off, 4))
             store_at(b, b.fadd(y, load_at(b, ty, beta, off, 4)), out, off, 4)
 
-        row_loop(b, D, width, "sc", scale)
+        self._sweep(D, scale, "sc")
 
     def extend(self, v, ext, sel, nsel: ir.Value, D: ir.Value) -> None:
         """``ext`` = the row ``v`` (``D`` values), then for each of the ``nsel`` block numbers
@@ -205,12 +181,10 @@ class ResidualNormRow:
         b = self.b
         vf = vec(F32, QK)
         fabs = intrinsic(b.module, f"llvm.fabs.v{QK}f32", vf, [vf])
-        row_loop(
-            b,
+        self._sweep(
             D,
-            self.width,
-            "cp",
             lambda ty, i: store_at(b, load_at(b, ty, v, b.mul(i, const_i64(4)), 4), ext, b.mul(i, const_i64(4)), 4),
+            "cp",
         )
         with for_range(b, const_i64(0), nsel, 1, "blk") as s:
             blk = load_at(b, I64, sel, b.mul(s, const_i64(8)), 8)

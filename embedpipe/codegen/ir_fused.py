@@ -26,22 +26,21 @@ from collections.abc import Callable
 import llvmlite.ir as ir
 
 from embedpipe.codegen import ir_q8, ir_quantize
-from embedpipe.codegen.ir_elementwise import gelu_tanh_mul_value
+from embedpipe.codegen.ir_elementwise import gelu_tanh_mul_value, inv_rms
 from embedpipe.codegen.ir_encoder import ResidualNormRow, gelu_erf_value
 from embedpipe.codegen.ir_q8 import QK, IntTile, act_elem_bytes
 from embedpipe.codegen.irutil import (
     F32,
     I64,
     PTR,
+    RowSums,
     const_i64,
     for_range,
-    hsum_tree,
-    intrinsic,
     load_at,
     new_function,
     splat,
     store_at,
-    vec,
+    sweep,
 )
 from embedpipe.codegen.isa import IsaSpec
 
@@ -119,42 +118,24 @@ ADD_NORM_PARAMS = [
 
 
 class _Rows:
-    """Vector sweeps over one row of ``n`` fp32 values (``width`` lanes, then a scalar tail)."""
+    """Vector sweeps over one row of ``n`` fp32 values (``width`` lanes, then a scalar tail),
+    with byte offsets for the body."""
 
     def __init__(self, b: ir.IRBuilder, m: ir.Module, width: int) -> None:
         self.b, self.m, self.width = b, m, width
-        self.vt = vec(F32, width)
-        self._acc = b.alloca(self.vt)
-        self._tail = b.alloca(F32)
+        self._sums = RowSums(b, width)
 
     def sweep(self, n: ir.Value, body: Callable[[ir.Type, ir.Value], None], tag: str) -> None:
         """``body(ty, byte_offset)`` over the row: ``ty`` is the vector type, then F32."""
         b = self.b
-        vstop = b.sub(n, b.srem(n, const_i64(self.width)))
-        with for_range(b, const_i64(0), vstop, self.width, f"{tag}.v") as i:
-            body(self.vt, b.mul(i, const_i64(4)))
-        with for_range(b, vstop, n, 1, f"{tag}.s") as i:
-            body(F32, b.mul(i, const_i64(4)))
+        sweep(b, const_i64(0), n, self.width, lambda ty, i: body(ty, b.mul(i, const_i64(4))), tag, F32)
 
     def splat(self, ty: ir.Type, x: ir.Value) -> ir.Value:
         return x if ty is F32 else splat(self.b, x, self.width)
 
     def inv_rms(self, src: ir.Value, n: ir.Value, eps: ir.Value, tag: str) -> ir.Value:
-        """``1 / sqrt(Σ src[i]² / n + eps)`` with the sum in ``width`` fp32 lanes, then the tail."""
-        b = self.b
-        b.store(ir.Constant(self.vt, None), self._acc)
-        b.store(ir.Constant(F32, 0.0), self._tail)
-
-        def square(ty: ir.Type, off: ir.Value) -> None:
-            v = load_at(b, ty, src, off, 4)
-            slot = self._acc if ty is self.vt else self._tail
-            b.store(b.fadd(b.load(slot), b.fmul(v, v)), slot)
-
-        self.sweep(n, square, tag)
-        total = b.fadd(hsum_tree(b, b.load(self._acc)), b.load(self._tail))
-        mean = b.fdiv(total, b.sitofp(n, F32))
-        sqrt = intrinsic(self.m, "llvm.sqrt.f32", F32, [F32])
-        return b.fdiv(ir.Constant(F32, 1.0), b.call(sqrt, [b.fadd(mean, eps)]))
+        """``1 / sqrt(Σ src[i]² / n + eps)``, as ``ir_elementwise.rms_norm`` computes it."""
+        return inv_rms(self.b, self._sums, src, n, eps, tag)
 
 
 def _row(b: ir.IRBuilder, base: ir.Value, row: ir.Value, row_bytes: ir.Value) -> ir.Value:

@@ -2,13 +2,14 @@
 
 Structured code as context managers over an ``IRBuilder``: ``for_range`` (counted loop, phi
 induction variable) and ``loop`` (``while (true)`` left with ``break_unless`` / ``break_if``,
-re-entered with ``continue_if``); mutable scalars are stack slots from ``var`` that LLVM's
+re-entered with ``continue_if``), and ``sweep`` (fp32 vectors, then a one-element tail) over
+a range; mutable scalars are stack slots from ``var`` that LLVM's
 mem2reg promotes to registers.  Plus typed element access, splats, reductions, intrinsics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -92,6 +93,25 @@ def for_range(
     iv.add_incoming(nxt, b.block)
     b.branch(head)
     b.position_at_end(exit_)
+
+
+def sweep(
+    b: ir.IRBuilder,
+    start: ir.Value,
+    stop: ir.Value,
+    width: int,
+    body: Callable[[ir.Type, ir.Value], None],
+    tag: str = "v",
+    tail: ir.Type | None = None,
+) -> None:
+    """``body(ty, i)`` for every ``i`` in ``[start, stop)``: ``width``-lane fp32 vectors first
+    (``ty`` is ``vec(F32, width)``), then the remainder one element at a time (``ty`` is
+    ``tail``: ``vec(F32, 1)`` by default, ``F32`` for a body written for scalars)."""
+    vstop = b.sub(stop, b.srem(b.sub(stop, start), const_i64(width)))
+    with for_range(b, start, vstop, width, tag) as i:
+        body(vec(F32, width), i)
+    with for_range(b, vstop, stop, 1, tag + "t") as i:
+        body(vec(F32, 1) if tail is None else tail, i)
 
 
 @dataclass
@@ -262,6 +282,33 @@ def hmax_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
 def hsum_tree(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
     """Horizontal sum of a float vector by halving (pairwise, so error grows like log n)."""
     return _halving_reduce(b, v, b.fadd)
+
+
+class RowSums:
+    """A running fp32 sum over the elements a ``sweep`` visits: ``width`` lanes for the vectors,
+    one for the tail, each a stack slot (``zero`` before a row, ``total`` after it)."""
+
+    def __init__(self, b: ir.IRBuilder, width: int) -> None:
+        self.b, self.width = b, width
+        self._lanes = b.alloca(vec(F32, width))
+        self._tail = b.alloca(F32)
+
+    def zero(self) -> None:
+        self.b.store(ir.Constant(vec(F32, self.width), None), self._lanes)
+        self.b.store(ir.Constant(F32, 0.0), self._tail)
+
+    def add(self, ty: ir.Type, value: ir.Value) -> None:
+        """Add ``value`` of the sweep's type ``ty`` (the vector, ``vec(F32, 1)`` or ``F32``)."""
+        b = self.b
+        if isinstance(ty, ir.VectorType) and ty.count == self.width:
+            b.store(b.fadd(b.load(self._lanes), value), self._lanes)
+            return
+        if isinstance(ty, ir.VectorType):
+            value = b.extract_element(value, const_i64(0))
+        b.store(b.fadd(b.load(self._tail), value), self._tail)
+
+    def total(self) -> ir.Value:
+        return self.b.fadd(hsum_tree(self.b, self.b.load(self._lanes)), self.b.load(self._tail))
 
 
 def store_tile(
