@@ -1,9 +1,9 @@
 """Persistent worker threads for the native fork-join: one pool per process, shared by every
 kernel module (compiled once, as its own small module: ``shared_pool``).
 
-Starting and joining a pthread per kernel call cost ~30–130 µs on the 2-core dev VM; a forward
-pass makes a few hundred such calls, so short texts paid milliseconds for thread start-up
-alone. The pool keeps workers parked on a condition variable instead:
+Starting and joining a pthread per kernel call costs about as much as a short product's work
+(README, "Kernels"); a forward pass makes a few hundred such calls, so short texts paid
+milliseconds for thread start-up alone. The pool keeps workers parked on a condition variable instead:
 
 * ``run(task, args, stride, n)`` takes the pool (``pthread_mutex_trylock``; if another thread
   holds it, it returns 0 and the caller falls back to fresh pthreads), starts workers up to
@@ -49,11 +49,11 @@ from embedpipe.codegen.isa import IsaSpec
 
 MAX_WORKERS = 63
 # How long a waiting thread spins before parking: enough to bridge the gaps between the forks
-# of a pass and between the passes of a batch (256 rounds of pause hints, ~70 µs, let the
+# of a pass and between the passes of a batch (a spin of a few hundred pause rounds let the
 # workers park at every attention call of a recorded pass, a driver call between native
 # segments).  Bounded in time, not only in rounds: a worker's round ends in sched_yield, which
 # on a machine with more spinning threads than cores hands the core to another spinner, so a
-# bound in rounds alone spun for the whole time slice of each (0.2 s of an idle second).
+# bound in rounds alone spun for the whole time slice of each.
 SPIN_NS = 2_000_000
 # ... and only while the workers and their caller fit the cores this process may run on; with
 # more threads than that, every spinner takes a core the others need, so they spin briefly.

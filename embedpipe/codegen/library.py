@@ -42,12 +42,11 @@ from embedpipe.errors import EmbedpipeError
 log = logging.getLogger(__name__)
 
 
-# Register tiles per ISA (token rows × weight vectors), chosen to fit the register file and
-# then by measurement (CPU-time GOPS at T=16..1024, K=768, N=1152 on Zen 4; e.g. AVX2 tiles
-# that spill, like 3×2, ran at less than half the speed): int tiles hold MR·NV int32 and
-# MR·NV fp32 accumulators, float tiles MR·NV fp32 accumulators.  On AVX2 the vpmaddubsw
-# path (int8 weights) measured within ±15% of an int16 vpmaddwd path and needs half the
-# weight memory, which is what short documents stream.
+# Register tiles per ISA (token rows × weight vectors), chosen to fit the register file
+# without spilling and then by `bench kernels` (README, "Kernels", has the figures): int tiles
+# hold MR·NV int32 and MR·NV fp32 accumulators, float tiles MR·NV fp32 accumulators.  On AVX2
+# the int8 vpmaddubsw path is kept over an int16 vpmaddwd one: it runs about as fast and
+# streams half the weight memory, which is what short documents pay for.
 TILES: dict[str, tuple[IntTile, FloatTile]] = {
     "avx512_vnni": (IntTile(4, 3), FloatTile(8, 2)),
     "avx512": (IntTile(2, 4), FloatTile(8, 2)),
@@ -226,7 +225,7 @@ class KernelLibrary:
             rec.add(self._tasks[role], items, same_op=same_op)
             return
         count_native_call()
-        # array.array: its address is one buffer_info() away (numpy's .ctypes costs µs per call)
+        # array.array: its address is one buffer_info() away (numpy's .ctypes builds an object per call)
         words = array.array("q", [word for item in items for word in item])
         self._forks[role](self._pool, words.buffer_info()[0], len(items[0]) * 8, len(items))
 

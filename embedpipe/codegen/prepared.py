@@ -107,8 +107,8 @@ class PreparedMatmul:
 
         Small products run on the calling thread (a pool hand-off costs more than it saves),
         unless the weight is big enough that streaming it is the cost (a few rows times a
-        large weight: each thread streams half).  Long batches split token rows (no duplicated activation quantization; measured ~6%
-        more GOPS per core at T >= 512); short ones split weight panels when there are plenty
+        large weight: each thread streams half).  Long batches split token rows (no activation row
+        is quantized twice); short ones split weight panels when there are plenty
         (each thread streams a disjoint slice of W), else token rows.
         """
         nt = self.lib.threads
@@ -174,7 +174,8 @@ class PreparedMatmul:
     _RUNNERS = {"float": _run_float, "codes": _run_float, "int": _run_int}
 
 
-# Below this many multiply-adds a product runs on the calling thread (~40 µs of work).
+# Below this many multiply-adds a product runs on the calling thread (a hand-off to the pool
+# costs more than the second thread saves).
 MIN_PARALLEL_MACS = 8_000_000
 # ... unless its weight has at least this many bytes to stream.
 MIN_PARALLEL_WEIGHT_BYTES = 512 * 1024

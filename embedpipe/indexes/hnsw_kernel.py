@@ -38,8 +38,9 @@ _AT = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
 def _address(a: np.ndarray) -> int:
-    """Data address of a C-contiguous array (``a.ctypes.data`` costs ~1 µs, a large share of
-    a single-query search's Python overhead; read-only arrays take that path)."""
+    """Data address of a C-contiguous array (``a.ctypes.data`` builds a ctypes object on every
+    call, a large share of a single-query search's Python overhead; read-only arrays take
+    that path)."""
     try:
         return ctypes.addressof(ctypes.c_char.from_buffer(a))
     except (TypeError, ValueError):

@@ -179,7 +179,7 @@ def wait_idle(
     cpu_ns: Callable[[], int | None], quiet_s: float = 0.01, limit_s: float = 0.25, poll_s: float = 0.002
 ) -> None:
     """Return once a worker has used no CPU for ``quiet_s`` (at most ``limit_s``): thread pools
-    spin for a while after answering (ONNX Runtime's ~10-20 ms), and the next peer's
+    spin for a while after answering (ONNX Runtime's intra-op threads do), and the next peer's
     measurement should not share the cores with that."""
     start = last_change = time.perf_counter()
     last = cpu_ns()

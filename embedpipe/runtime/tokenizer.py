@@ -296,8 +296,8 @@ class Tokenizer:
         return self._wrap(self._sp.encode(text), add_special)
 
     def encode_batch(self, texts: Sequence[str], add_special: bool = True) -> list[list[int]]:
-        # SentencePiece encodes a list on a pool of threads it starts per call (~0.14 ms):
-        # texts of a few thousand characters in all are faster one by one on this thread.
+        # SentencePiece encodes a list on a pool of threads it starts per call: texts of a
+        # few thousand characters in all are faster one by one on this thread.
         if sum(map(len, texts)) < THREADED_ENCODE_MIN_CHARS:
             return [self._wrap(self._sp.encode(text), add_special) for text in texts]
         return [self._wrap(ids, add_special) for ids in self._sp.encode(list(texts))]
