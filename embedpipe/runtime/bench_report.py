@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from embedpipe.runtime import bench_ops
 
 if TYPE_CHECKING:
-    from embedpipe.runtime.bench import PeerResult
+    from embedpipe.runtime.bench_results import PeerResult
 
 
 def format_result(r: PeerResult) -> str:

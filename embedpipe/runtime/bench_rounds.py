@@ -4,7 +4,7 @@ own (``bench_worker``), then rounds run the peers in turn, A, B, C, A, B, C …
 On a shared VM whose speed swings from one minute to the next, peers timed one after the other
 fall in different phases; peers timed within one round fall in the same one. So besides each
 peer's medians over all rounds, the report pairs peers round by round and takes the median of
-those per-round ratios (``bench.ratios``).
+those per-round ratios (``bench_results.ratios``).
 
 A round of a kind: every peer in turn encodes the kind's batch once, then every peer in turn
 encodes the round's share of the single texts (the same texts for every peer) one call each.

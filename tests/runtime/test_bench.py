@@ -10,7 +10,6 @@ import pytest
 from typer.testing import CliRunner
 
 from embedpipe.cli.app import app
-from embedpipe.runtime import bench
 from embedpipe.runtime.bench_texts import documents
 
 RESULT_KEYS = {
@@ -138,12 +137,3 @@ def test_documents_have_the_promised_lengths():
         assert len(set(docs)) == 96
         mean = sum(len(d.split()) for d in docs) / len(docs)
         assert 0.85 * words <= mean <= 1.15 * words, (kind, mean)
-
-
-def test_ratios_pair_equal_threads_and_kinds():
-    rows = [
-        {"peer": p, "threads": 2, "kind": "short", "emb_per_s": e, "single_ms": s}
-        for p, e, s in (("jit", 60.0, 20.0), ("llama.cpp", 30.0, 40.0))
-    ]
-    (q,) = bench.ratios(rows)
-    assert q["vs"] == "llama.cpp" and q["batch_throughput_ratio"] == 2.0 and q["single_latency_ratio"] == 0.5

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from embedpipe.runtime import bench, bench_report, bench_rounds, bench_worker
+from embedpipe.runtime import bench_rounds, bench_worker
 from embedpipe.runtime.bench_peers import PeerUnavailable
 
 
@@ -69,54 +69,6 @@ def test_a_failing_peer_is_reported_and_dropped():
     assert failures == [("b", "crashed")]
     assert set(samples) == {("a", "short")} and len(samples["a", "short"]) == 2
     assert [e[1] for e in log if e[0] == "b"] == ["texts", "singles", "batch", "batch", "singles"]
-
-
-def _result(peer: str, rounds: list[tuple[float, float, float, float]]) -> dict:
-    """A result of ``peer_result`` over rounds of (batch_s, batch_cpu_s, single_s, single_cpu_s)."""
-    samples = [bench_rounds.RoundSample(b, bc, [s, s], [sc, sc]) for b, bc, s, sc in rounds]
-    return vars(bench.peer_result(peer, 2, "short", samples, texts=10, tokens=100))
-
-
-def test_ratios_take_the_median_of_per_round_ratios():
-    # The machine's speed changes between rounds; within a round both peers see the same phase.
-    # JIT batch 1 s / 4 s / 2 s, the peer 2 s / 8 s / 1 s: per round x2, x2, x0.5 -> median x2,
-    # while the medians (2 s and 2 s) say x1.
-    jit = _result("jit", [(1.0, 2.0, 0.010, 0.02), (4.0, 8.0, 0.040, 0.08), (2.0, 4.0, 0.020, 0.04)])
-    peer = _result("peer", [(2.0, 4.0, 0.030, 0.03), (8.0, 12.0, 0.160, 0.16), (1.0, 1.0, 0.020, 0.02)])
-    assert jit["emb_per_s"] == 5.0 and jit["single_ms"] == 20.0 and jit["batch_cpu_s"] == 4.0
-    (q,) = bench.ratios([jit, peer])
-    assert q["vs"] == "peer" and q["batch_throughput_ratio"] == pytest.approx(1.0)
-    assert q["single_latency_ratio"] == pytest.approx(20 / 30)
-    r = q["rounds"]
-    assert r["count"] == 3
-    assert r["batch_throughput_ratio"] == pytest.approx(2.0)  # 2, 2, 0.5
-    assert r["single_latency_ratio"] == pytest.approx(1 / 3)  # 1/3, 1/4, 1
-    assert r["batch_cpu_ratio"] == pytest.approx(1.5)  # 2, 1.5, 0.25
-    assert r["single_cpu_ratio"] == pytest.approx(2 / 3)  # 2/3, 1/2, 2
-    lines = bench_report.format_summary(
-        {
-            "machine": {"cpu": "x", "cores": 2, "load_avg": None},
-            "model": "m",
-            "texts": {},
-            "rounds": 3,
-            "results": [jit, peer],
-            "ratios": [q],
-            "ffn": [],
-            "agreement": {},
-            "skipped": {},
-        }
-    )
-    assert any("vs peer" in line and "batch x1.00 [x2.00]" in line for line in lines)
-
-
-def test_thread_scaling_pairs_the_rounds():
-    # 1 and 2 threads of one peer in the same rounds: x2, x1.5, x3 per round -> median x2
-    one = _result("jit", [(2.0, 2.0, 0.01, 0.01), (3.0, 3.0, 0.01, 0.01), (3.0, 3.0, 0.01, 0.01)])
-    two = {**_result("jit", [(1.0, 2.0, 0.01, 0.01), (2.0, 4.0, 0.01, 0.01), (1.0, 2.0, 0.01, 0.01)]), "threads": 2}
-    one["threads"] = 1
-    (q,) = bench.thread_scaling([one, two])
-    assert q["batch_speedup"] == pytest.approx(3.0)  # medians: 3 s and 1 s
-    assert q["rounds"] == {"count": 3, "batch_speedup": pytest.approx(2.0)}
 
 
 def test_wait_idle_returns_once_the_cpu_counter_stops():
