@@ -17,15 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
-from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
+from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.prepared import PreparedMatmul
 from embedpipe.runtime import bert_extend, encoder_ops, ops
 from embedpipe.runtime.arena import Arena, ArenaPool
 from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
 from embedpipe.runtime.bert_config import EncoderConfig, validate_tensors
-from embedpipe.runtime.bert_extend import EXTENDED_INPUT_PRODUCTS, BlockErrors, extend_columns
-from embedpipe.runtime.gemma_embedding import fuse_rows
-from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
+from embedpipe.runtime.bert_extend import EXTENDED_INPUT_PRODUCTS, BlockErrors
+from embedpipe.runtime.bert_layer import EncoderLayer, vector
+from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.step_programs import (
     MAX_PROGRAMS,
     PROGRAM_MAX_TOKENS,
@@ -64,85 +64,6 @@ def token_passes(lengths: list[int], budget: int) -> list[tuple[int, int]]:
     return passes
 
 
-def _vec(mf: GGUFModelFile, name: str) -> np.ndarray:
-    return dequantize(mf.tensors[name]).astype(np.float32, copy=True)
-
-
-class _Concat:
-    """Products of weights that share an input but differ in type, outputs side by side."""
-
-    def __init__(self, parts: list[Callable[[np.ndarray], np.ndarray]]):
-        self.parts = parts
-        families = {getattr(p, "family", None) for p in parts}
-        self.family = families.pop() if len(families) == 1 else None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([part(x) for part in self.parts], axis=1)
-
-
-def _prepare(backend: Backend, name: str, tensors: list[WeightTensor]) -> Callable[[np.ndarray], np.ndarray]:
-    """One product for weights that share an input (separate ones, outputs concatenated, when
-    their types differ, as in mixed-quant files)."""
-    if len(tensors) == 1:
-        return backend.prepare(tensors[0])
-    if all(t.qtype == tensors[0].qtype for t in tensors):
-        return backend.prepare(fuse_rows(name, tensors))
-    return _Concat([backend.prepare(t) for t in tensors])
-
-
-def _quantizes_input(product: object) -> bool:
-    """Whether a prepared product quantizes its activations to int8 (the integer kernels)."""
-    return getattr(product, "family", None) == "int"
-
-
-class _Layer:
-    def __init__(self, mf: GGUFModelFile, il: int, backend: Backend, extend: dict[str, ExtendBlocks | None]):
-        """``extend``: the blocks each of ``EXTENDED_INPUT_PRODUCTS`` is extended by (a known
-        calibration); a product missing from it is prepared plain, for a calibration pass."""
-        t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
-        b = lambda stem: _vec(mf, f"blk.{il}.{stem}.bias")
-        prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors)
-        self.il = il
-        self.sources = {
-            "attn_qkv": [t("attn_q"), t("attn_k"), t("attn_v")],
-            "ffn_up": [t("ffn_up")],
-        }
-        self.qkv_ext: ExtendBlocks | None = None
-        self.up_ext: ExtendBlocks | None = None
-        for product in EXTENDED_INPUT_PRODUCTS:
-            blocks = extend.get(product)
-            if blocks is not None:
-                self.extend(backend, product, blocks)
-            elif product == "attn_qkv":
-                self.w_qkv = prep(product, self.sources[product])
-            else:
-                self.w_up = prep(product, self.sources[product])
-        self.b_qkv = np.concatenate([b("attn_q"), b("attn_k"), b("attn_v")])
-        self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
-        self.b_up = b("ffn_up")
-        self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
-        self.attn_norm = (_vec(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
-        self.out_norm = (_vec(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
-
-    def extendable(self, product: str) -> bool:
-        """Whether ``product`` runs on int8 activations from a weight stored in 32-element
-        blocks that can be extended by copying (Q8_0, Q4_0; not K-quants or mixed types)."""
-        tensors = self.sources[product]
-        same = all(x.qtype == tensors[0].qtype for x in tensors)
-        fn = self.w_qkv if product == "attn_qkv" else self.w_up
-        return same and _quantizes_input(fn) and GGML_QUANT_SIZES[tensors[0].qtype][0] == QK
-
-    def extend(self, backend: Backend, product: str, extend: ExtendBlocks) -> None:
-        """Run ``product`` on inputs extended by ``extend`` from now on."""
-        tensors = self.sources[product]
-        fused = tensors[0] if len(tensors) == 1 else fuse_rows(f"blk.{self.il}.{product}", tensors)
-        fn = backend.prepare(extend_columns(fused, extend))
-        if product == "attn_qkv":
-            self.w_qkv, self.qkv_ext = fn, extend
-        else:
-            self.w_up, self.up_ext = fn, extend
-
-
 class BertEncoderModel:
     """Token ids in, pooled sentence vectors out (before L2 normalization)."""
 
@@ -153,10 +74,10 @@ class BertEncoderModel:
         self.ops = ops.ops_for(backend)
         self.eops = encoder_ops.encoder_ops_for(backend)
         self.token_embd = mf.tensors["token_embd.weight"]
-        self.position_embd = _vec(mf, "position_embd.weight")
+        self.position_embd = vector(mf, "position_embd.weight")
         types = mf.tensors.get("token_types.weight")
         self.type0 = dequantize(types)[0].astype(np.float32) if types is not None else None
-        self.embd_norm = (_vec(mf, "token_embd_norm.weight"), _vec(mf, "token_embd_norm.bias"))
+        self.embd_norm = (vector(mf, "token_embd_norm.weight"), vector(mf, "token_embd_norm.bias"))
         self._zeros = np.zeros(self.cfg.hidden, np.float32)
         rel = mf.tensors.get("attn_rel_b.weight")
         self.rel_table = dequantize(rel).astype(np.float32) if rel is not None else None  # (buckets, heads)
@@ -169,7 +90,7 @@ class BertEncoderModel:
         known = bert_extend.cached_extensions(getattr(backend, "weight_cache", None), self.cfg)
         with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
             self.layers = list(
-                pool.map(lambda il: _Layer(mf, il, backend, known[il] if known else {}), range(self.cfg.n_layers))
+                pool.map(lambda il: EncoderLayer(mf, il, backend, known[il] if known else {}), range(self.cfg.n_layers))
             )
         if known is None:
             self._extend_inputs(mf)
@@ -383,7 +304,7 @@ class BertEncoderModel:
         return recorded
 
     def _layer(
-        self, norm: tuple, layer: _Layer, attend: Callable, probe: BlockErrors | None, arena: Arena | None
+        self, norm: tuple, layer: EncoderLayer, attend: Callable, probe: BlockErrors | None, arena: Arena | None
     ) -> tuple:
         """One block. ``norm``: the arguments ``(x, bias, res, weight, beta)`` of the LayerNorm
         whose output is the block's input; returns those of the LayerNorm of its output. With
@@ -403,7 +324,7 @@ class BertEncoderModel:
         return (down, layer.b_down, x1, *layer.out_norm)
 
     def _norm_product(
-        self, norm: tuple, layer: _Layer, product: str, probe: BlockErrors | None, arena: Arena | None
+        self, norm: tuple, layer: EncoderLayer, product: str, probe: BlockErrors | None, arena: Arena | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The LayerNorm ``norm`` and ``product`` (one of ``EXTENDED_INPUT_PRODUCTS``) of its
         output, extended as the layer extends that product's input: (rows, product)."""
