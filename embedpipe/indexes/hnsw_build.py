@@ -13,8 +13,8 @@ target independently, incoming links in node order). Nothing depends on which wo
 what, so a fixed seed gives the same graph — byte for byte — on any thread count. Batches
 start at one node and grow with the graph (a node of a small graph must see most of it).
 
-The native kernels live in `hnsw_insert_kernel`; `insert_batch_reference` below is their
-numpy twin (fallback and test oracle).
+The native kernels live in `hnsw_insert_kernel`; `hnsw_insert_twin` is their numpy twin
+(fallback and test oracle).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from embedpipe.indexes.hnsw_build_ir import CTX, SCRATCH, pack
 from embedpipe.indexes.hnsw_insert_kernel import InsertKernels
+from embedpipe.indexes.hnsw_insert_twin import insert_batch_reference, link_reference
 
 MAX_LEVEL = 15
 GROWTH = 4  # batch size ≤ nodes already in the graph / GROWTH
@@ -157,101 +158,6 @@ def update_entry(g: Graph, nodes: np.ndarray) -> None:
     top = int(lv.max())
     if g.entry < 0 or top > g.maxlevel:
         g.entry, g.maxlevel = int(nodes[int(np.argmax(lv))]), top
-
-
-# --- numpy twin -------------------------------------------------------------------------------
-def _push(pool: list[tuple[float, int]], cap: int, s: float, v: int) -> int:
-    """Insert (s, v) after equal scores into a descending pool of ≤ cap; slot or -1."""
-    if len(pool) >= cap and s <= pool[-1][0]:
-        return -1
-    p = len(pool)
-    while p > 0 and pool[p - 1][0] < s:
-        p -= 1
-    pool.insert(p, (s, v))
-    del pool[cap:]
-    return p
-
-
-def _select(vec: np.ndarray, cand: list[tuple[float, int]], m: int) -> list[int]:
-    kept: list[int] = []
-    for s, c in cand:
-        if len(kept) >= m:
-            break
-        if all(float(vec[c] @ vec[r]) <= s for r in kept):
-            kept.append(c)
-    return kept
-
-
-def _search_layer(g: Graph, vec: np.ndarray, q: np.ndarray, layer: int, start: int, ef: int) -> list[tuple[float, int]]:
-    pool: list[tuple[float, int]] = [(float(vec[start] @ q), start)]
-    expanded = {start: False}
-    visited = {start}
-    k = 0
-    while k < len(pool):
-        u = pool[k][1]
-        if expanded.get(u):
-            k += 1
-            continue
-        expanded[u] = True
-        nk = len(pool)
-        for v in g.row(u, layer).tolist():
-            if v < 0:
-                break
-            if v in visited:
-                continue
-            visited.add(v)
-            p = _push(pool, ef, float(vec[v] @ q), v)
-            if p >= 0:
-                expanded[v] = False
-                nk = min(nk, p)
-        k = nk if nk <= k else k + 1
-    return pool
-
-
-def insert_batch_reference(g: Graph, vec: np.ndarray, bt: Batch, efc: int) -> None:
-    """The insert phase of one batch in numpy: fills bt.fwd (the kernels' oracle)."""
-    m = bt.fwd.shape[1]
-    for i, u in enumerate(bt.nodes.tolist()):
-        q, lu = vec[u], int(g.level[u])
-        cur = g.entry
-        if cur >= 0:
-            cur_s = float(vec[cur] @ q)
-            for layer in range(g.maxlevel, lu, -1):
-                changed = True
-                while changed:
-                    changed = False
-                    for v in g.row(cur, layer).tolist():
-                        if v < 0:
-                            break
-                        s = float(vec[v] @ q)
-                        if s > cur_s:
-                            cur, cur_s, changed = v, s, True
-        for layer in range(lu, -1, -1):
-            pool: list[tuple[float, int]] = []
-            if cur >= 0 and layer <= g.maxlevel:
-                pool = _search_layer(g, vec, q, layer, cur, efc)
-                cur = pool[0][1]
-            for w in bt.nodes[:i].tolist():
-                if g.level[w] >= layer:
-                    _push(pool, efc, float(vec[w] @ q), w)
-            kept = _select(vec, pool, m)
-            bt.fwd[bt.fwdoff[i] + layer, : len(kept)] = kept
-
-
-def link_reference(g: Graph, vec: np.ndarray, groups: tuple[np.ndarray, ...]) -> None:
-    """The link phase of one batch in numpy (the kernels' oracle)."""
-    gnode, glevel, gstart, incoming = groups
-    for k, (w, layer) in enumerate(zip(gnode.tolist(), glevel.tolist())):
-        row = g.row(w, layer)
-        old = row[row >= 0].tolist()
-        cand = old + [v for v in incoming[gstart[k] : gstart[k + 1]].tolist() if v not in old]
-        if len(cand) > len(row):
-            pool: list[tuple[float, int]] = []
-            for v in cand:
-                _push(pool, len(cand), float(vec[v] @ vec[w]), v)
-            cand = _select(vec, pool, len(row))
-        row[:] = -1
-        row[: len(cand)] = cand
 
 
 # --- driver -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ float weights ``w = S ⊙ x`` and a constant ``O · x``, so ``x_v · x = R[v]·�
 
 The helpers both kernels call (search_layer, pool push, the selection heuristic) and the
 context layout are in `hnsw_build_ir`. The numpy twin (oracle and fallback) is
-`embedpipe.indexes.hnsw_build.insert_batch_reference`.
+`embedpipe.indexes.hnsw_insert_twin`.
 """
 
 from __future__ import annotations
