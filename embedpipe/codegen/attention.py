@@ -182,12 +182,12 @@ _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
 def record_per_run(native: Native, q, k, v, half_window: int | None, threads: int, out: np.ndarray) -> np.ndarray:
-    """Inside a ``kernel.recording``: one attention step over these rows whose sequences are
+    """Inside a ``recorder.recording``: one attention step over these rows whose sequences are
     given anew by every replay (``Recorder.rewritten``), as its argument, a
     ``codegen.sequences.Sequences``. The
     replay plans and checks its work table as ``_drive`` does; ``threads`` items share it."""
-    from embedpipe.codegen.kernel import active_recorder
     from embedpipe.codegen.library import KernelInputError
+    from embedpipe.codegen.recorder import active_recorder
 
     rec = active_recorder()
     if rec is None:

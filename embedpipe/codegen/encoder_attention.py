@@ -21,8 +21,9 @@ from embedpipe.codegen.encoder_fused import (
     row_ranges,
 )
 from embedpipe.codegen.ir_encoder_attention import PARAMS, emit, scratch_floats
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native, active_recorder
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.library import KernelInputError
+from embedpipe.codegen.recorder import active_recorder
 from embedpipe.codegen.scratch import thread_scratch
 from embedpipe.codegen.sequences import Sequences
 
@@ -148,7 +149,7 @@ _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
 def record_per_run(native: Native, y, qkv_bias, n_head, head_dim, scale, longest: int, threads: int, out):
-    """Inside a ``kernel.recording``: one attention step over ``y``'s rows whose sequences are
+    """Inside a ``recorder.recording``: one attention step over ``y``'s rows whose sequences are
     given anew by every replay (``Recorder.rewritten``), as its argument, a ``Sequences`` of
     at most ``longest`` tokens each. The replay checks them as ``_drive`` does and spreads
     their pairs over ``threads`` items; ``out`` (T, H·D) must be given."""

@@ -17,9 +17,10 @@ from collections import OrderedDict
 import numpy as np
 
 from embedpipe.codegen.encoder_fused import ExtendBlocks
-from embedpipe.codegen.kernel import active_recorder, f32_word
+from embedpipe.codegen.kernel import f32_word
 from embedpipe.codegen.prepared import KernelInputError
 from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.recorder import active_recorder
 from embedpipe.codegen.threads import CACHE_LINE, row_parts, split_range
 
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))

@@ -23,8 +23,9 @@ from embedpipe.codegen.encoder_fused import address, cached_f32_word, row_ranges
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.irutil import F32, I64, PTR, const_i64, for_range, load_at, splat, store_at, sweep, vec
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native, active_recorder
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.library import KernelInputError
+from embedpipe.codegen.recorder import active_recorder
 from embedpipe.codegen.threads import row_parts
 
 QK = 32
@@ -161,7 +162,7 @@ _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
 def record_per_run(native: Native, table: GatherTable, pick: Callable[[object], np.ndarray], scale, threads, out):
-    """Inside a ``kernel.recording``: a gather into ``out`` (R, d) whose R row numbers each
+    """Inside a ``recorder.recording``: a gather into ``out`` (R, d) whose R row numbers each
     replay gives, as ``pick(arg)`` of its argument; the replay checks them against the table
     before the run (``Recorder.rewritten``)."""
     rec = active_recorder()

@@ -33,9 +33,10 @@ from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.kernel import active_recorder, count_native_call, f32_word, imported_sources, prototype
+from embedpipe.codegen.kernel import f32_word, imported_sources, prototype
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty, weight_empty
+from embedpipe.codegen.recorder import active_recorder, count_native_call
 from embedpipe.codegen.threads import default_threads, row_parts, split_range
 from embedpipe.errors import EmbedpipeError
 
@@ -218,7 +219,7 @@ class KernelLibrary:
         """Run kernel ``role`` once per item (its arguments as 64-bit words: addresses,
         integers, or ``f32_word(x)``), item 0 on this thread and the others on the library's
         persistent workers (fresh pthreads if another thread holds them), all inside one
-        GIL-free native call.  Inside ``kernel.recording`` the fork is recorded instead, as a
+        GIL-free native call.  Inside ``recorder.recording`` the fork is recorded instead, as a
         further step of the previous fork's operation when ``same_op``."""
         rec = active_recorder()
         if rec is not None:

@@ -2,7 +2,7 @@
 
 A forward pass over a short text is a chain of small kernels, each forked over the threads;
 called one by one, each pays a Python driver, a ctypes call and a fork/join.  A
-:class:`Program` is that chain recorded once (``kernel.recording``: the drivers validate and
+:class:`Program` is that chain recorded once (``recorder.recording``: the drivers validate and
 lay out their items, nothing runs) over buffers that stay alive with it, then replayed by
 ``run_steps`` on every pool thread at once:
 
@@ -38,8 +38,9 @@ import numpy as np
 from embedpipe.codegen.ir_pool import cpu_relax
 from embedpipe.codegen.irutil import I64, PTR, const_i64, for_range, intrinsic, loop, var
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native, Recorder, recording
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native
 from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.recorder import Recorder, recording
 from embedpipe.codegen.scratch import REGISTRY
 
 STEP_WORDS = 4  # (task address, items address, item stride in bytes, item count)
@@ -117,7 +118,7 @@ PROGRAM_MODULE = KernelModule("ep_program", [RUN_STEPS])
 class Program:
     """A recorded step program and everything its words point at (kept alive with it).
 
-    ``record(fn)`` calls ``fn()`` inside ``kernel.recording`` and keeps what it returns (the
+    ``record(fn)`` calls ``fn()`` inside ``recorder.recording`` and keeps what it returns (the
     buffers the steps read and write); ``run(threads)`` replays every step in one native call
     on ``threads`` pool threads.  One run at a time: callers serialize runs of one program
     (its buffers and counters are shared).  ``steps`` counts the recorded forks, ``ops`` the

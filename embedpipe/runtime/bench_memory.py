@@ -40,7 +40,7 @@ def streamed_weight_bytes(model: Any) -> int:
 def native_calls_per_forward(embedder: Any, text: str) -> int | None:
     """Calls into compiled code for one forward of ``text`` (None without the counter)."""
     try:
-        from embedpipe.codegen.kernel import native_calls
+        from embedpipe.codegen.recorder import native_calls
     except ImportError:
         return None
     ids = embedder.tokenize([text], task="none")

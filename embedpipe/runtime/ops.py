@@ -268,7 +268,7 @@ class JitOps(NumpyOps):
         its argument, a plan (``attention.record_per_run``); a hole that calls ``attention``
         when the kernel is not available here."""
         from embedpipe.codegen.attention import ATTENTION, record_per_run
-        from embedpipe.codegen.kernel import active_recorder
+        from embedpipe.codegen.recorder import active_recorder
 
         native = ATTENTION.native(self.lib.isa)
         if native is None:

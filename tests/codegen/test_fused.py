@@ -120,7 +120,7 @@ def test_small_row_ops_split_over_the_threads_only_inside_a_recording(t):
     """A few rows of qk_norm_rope / add_norm run whole on the calling thread when called
     eagerly; a recorded program's step costs its barrier anyway, so there every thread gets
     rows (each row computed exactly as before)."""
-    from embedpipe.codegen.kernel import recording
+    from embedpipe.codegen.recorder import recording
 
     rng = np.random.default_rng(t)
     lib = get_kernel_library(ISAS[0], 2)
@@ -243,7 +243,7 @@ def test_panel_split_prepares_rows_once_and_matches_one_thread(isa, t, monkeypat
     whose items multiply nothing), then multiplies every row by each thread's panels (a second
     fork whose items prepare nothing): bit-identical to one thread, for every work kernel."""
     from embedpipe.codegen.ir_fused import ADDNORM_PARAMS
-    from embedpipe.codegen.kernel import recording
+    from embedpipe.codegen.recorder import recording
 
     _force_panels(monkeypatch)
     rng = np.random.default_rng(100 + t)

@@ -19,7 +19,8 @@ import pytest
 from embedpipe.codegen import ir_parallel
 from embedpipe.codegen import program as P
 from embedpipe.codegen.isa import ISAS
-from embedpipe.codegen.kernel import Native, recording
+from embedpipe.codegen.kernel import Native
+from embedpipe.codegen.recorder import recording
 from embedpipe.codegen.rowdot import ROWDOT, ROWDOT_MODULE
 from tests.codegen.qemu_tasks import NEON_ISAS, build_harness, requires_emulation, run_job
 

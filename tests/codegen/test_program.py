@@ -9,9 +9,9 @@ import pytest
 
 from embedpipe.codegen import KernelInputError, fused, get_kernel_library, runnable_isas
 from embedpipe.codegen.attention import attention, attention_reference
-from embedpipe.codegen.kernel import Recorder, active_recorder, recording
 from embedpipe.codegen.program import Program
 from embedpipe.codegen.quant_formats import aligned_empty
+from embedpipe.codegen.recorder import Recorder, active_recorder, recording
 
 ISAS = [s.name for s in runnable_isas()]
 ROWS = [1, 2, 31, 33]
