@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
+from embedpipe.cli.common import cache_dir_option
 from embedpipe.pipeline.cache import EmbeddingCache, file_bytes, model_prefix
 
 cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).", no_args_is_help=True)
-CACHE_DIR_HELP = "Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
 
 
 @cache_app.command("info")
-def info_cmd(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP)) -> None:
+def info_cmd(cache_dir: Optional[Path] = cache_dir_option()) -> None:
     """Where the cache is, its size on disk, and entries per model and dim."""
     cache = EmbeddingCache.in_dir(cache_dir)
     try:
@@ -60,7 +60,7 @@ def clear_cmd(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."
     ),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP),
+    cache_dir: Optional[Path] = cache_dir_option(),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     load_caches: bool = typer.Option(
         False,

@@ -36,7 +36,13 @@ CANONICAL_FLAGS: dict[str, tuple[str, ...]] = {
     "threads": ("--threads",),
     "backend": ("--backend",),
     "as_json": ("--json",),
+    "cache_dir": ("--cache-dir",),
+    "cache_max_bytes": ("--cache-max-bytes",),
 }
+CACHE_DIR_HELP = (
+    "Embedding cache directory, shared by ingest, serve and eval (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
+)
+CACHE_MAX_BYTES_HELP = "Bound the cache file, e.g. 2GB: least recently used entries are evicted (default: unbounded)."
 
 
 def model_option(help: str = MODEL_OPTION_HELP, default: Any = None) -> Any:
@@ -75,6 +81,14 @@ def threads_option() -> Any:
 
 def backend_option() -> Any:
     return typer.Option("auto", *CANONICAL_FLAGS["backend"], help=BACKEND_OPTION_HELP, metavar="NAME")
+
+
+def cache_dir_option() -> Any:
+    return typer.Option(None, *CANONICAL_FLAGS["cache_dir"], help=CACHE_DIR_HELP, metavar="DIR")
+
+
+def cache_max_bytes_option() -> Any:
+    return typer.Option(None, *CANONICAL_FLAGS["cache_max_bytes"], help=CACHE_MAX_BYTES_HELP, metavar="SIZE")
 
 
 def json_option(help: str = "Print JSON to stdout instead of text.") -> Any:

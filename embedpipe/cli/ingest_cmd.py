@@ -13,6 +13,8 @@ import typer
 from embedpipe.cli.common import (
     any_dim_option,
     backend_option,
+    cache_dir_option,
+    cache_max_bytes_option,
     dim_option,
     json_option,
     model_option,
@@ -66,14 +68,8 @@ def ingest(
     batch_tokens: int = typer.Option(16384, "--batch-tokens", help="Tokens per forward pass at most (rows × longest)."),
     part_rows: int = typer.Option(2000, "--part-rows", help="Input rows per output part file (the unit of resume)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
-    cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", help="Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
-    ),
-    cache_max_bytes: Optional[str] = typer.Option(
-        None,
-        "--cache-max-bytes",
-        help="Bound the cache file, e.g. 2GB: least recently used entries are evicted (default: unbounded).",
-    ),
+    cache_dir: Optional[Path] = cache_dir_option(),
+    cache_max_bytes: Optional[str] = cache_max_bytes_option(),
     resume: bool = typer.Option(
         False,
         "--resume",

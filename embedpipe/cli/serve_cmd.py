@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from embedpipe.cli.common import backend_option, threads_option
+from embedpipe.cli.common import backend_option, cache_dir_option, cache_max_bytes_option, threads_option
 from embedpipe.errors import EmbedpipeError
 from embedpipe.serve.config import (
     DEFAULT_PORT,
@@ -68,12 +69,8 @@ def serve(
     cache: bool = typer.Option(
         True, "--cache/--no-cache", help="Answer repeated texts from the embedding cache shared with ingest."
     ),
-    cache_dir: Optional[str] = typer.Option(
-        None, "--cache-dir", help="Embedding cache directory (default: user cache dir; env EMBEDPIPE_CACHE_DIR)."
-    ),
-    cache_max_bytes: Optional[str] = typer.Option(
-        None, "--cache-max-bytes", help="Bound the cache file, e.g. 2GB (LRU eviction; default unbounded)."
-    ),
+    cache_dir: Optional[Path] = cache_dir_option(),
+    cache_max_bytes: Optional[str] = cache_max_bytes_option(),
     shutdown_timeout: float = typer.Option(
         30.0, "--shutdown-timeout", help="Seconds SIGTERM/SIGINT waits for accepted requests before closing."
     ),
@@ -107,7 +104,7 @@ def serve(
         threads=threads,
         backend=backend,
         cache=cache,
-        cache_dir=cache_dir,
+        cache_dir=str(cache_dir) if cache_dir else None,
         cache_max_bytes=parse_size(cache_max_bytes, "--cache-max-bytes") if cache_max_bytes else None,
         shutdown_timeout=shutdown_timeout,
         access_log=access_log,
