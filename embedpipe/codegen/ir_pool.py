@@ -8,10 +8,15 @@ milliseconds for thread start-up alone. The pool keeps workers parked on a condi
 * ``run(task, args, stride, n)`` takes the pool (``pthread_mutex_trylock``; if another thread
   holds it, it returns 0 and the caller falls back to fresh pthreads), starts workers up to
   ``n − 1`` on first use, publishes the job, bumps a generation counter and wakes the workers.
-  Items are claimed with an atomic counter, so any number of workers (even none, if
-  ``pthread_create`` fails) runs every item exactly once; the caller runs item 0 and helps.
-  It returns when every worker has reported back for this generation.
-* A worker loops: wait until the generation moves, drain items, report, wait again.
+  Items are claimed from one atomic word that holds the job's generation beside the next item
+  (compare-and-swap), so any number of workers (even none, if ``pthread_create`` fails) runs
+  every item exactly once; the caller runs item 0 and helps.  It returns when all ``n`` items
+  have *finished*, not when every worker has looked in: a worker whose CPU the host took away
+  (a busy VM host, an oversubscribed machine) no longer holds up a call it took no part in.
+  Such a straggler may wake after later jobs were published: its claim sees another
+  generation in the word and fails, so it never runs an item of a job it did not read.
+* A worker loops: wait until the generation moves, read the job, claim and run items (each
+  finished item counted; the one that finishes the job wakes a parked caller), wait again.
 * Waiting spins first: a worker polls the generation, and the caller the workers' reports, for
   ``SPIN_ROUNDS`` rounds of ``pause`` hints before parking on the condition variable.
   One forward pass forks a hundred-odd times with tens of microseconds of Python between
@@ -60,6 +65,11 @@ SPIN_NS = 2_000_000
 SHORT_SPIN_NS = 70_000
 SPIN_ROUNDS = 1 << 20  # a backstop: the clock ends a spin first
 AFFINITY_WORDS = 16  # a 1024-CPU sched_getaffinity mask
+# The claim word: the low 32 bits of the job's generation above the next item to hand out
+# (a job has fewer than 2**32 items: its item words alone would be 32 GiB).
+CLAIM_SHIFT = 32
+CLAIM_ITEM_MASK = (1 << CLAIM_SHIFT) - 1
+CLAIM_GEN_MASK = (1 << 32) - 1
 CLOCK_MONOTONIC = 1  # Linux's clock id (glibc and musl, x86-64 and aarch64)
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
@@ -81,14 +91,14 @@ class _State:
     lock: ir.GlobalVariable  # guards every field below
     busy: ir.GlobalVariable  # held by the caller for a whole run
     work: ir.GlobalVariable  # signalled when `gen` moves
-    done: ir.GlobalVariable  # signalled when `pending` reaches 0
+    done: ir.GlobalVariable  # signalled when `finished` reaches the job's item count
     gen: ir.GlobalVariable
     task: ir.GlobalVariable
     args: ir.GlobalVariable
     stride: ir.GlobalVariable
     n: ir.GlobalVariable
-    next: ir.GlobalVariable  # next unclaimed item (atomic)
-    pending: ir.GlobalVariable  # workers yet to report for this generation
+    next: ir.GlobalVariable  # (generation << 32) | next unclaimed item (atomic, compare-and-swap)
+    finished: ir.GlobalVariable  # items of the current job that have run to the end (atomic)
     workers: ir.GlobalVariable
     cpus: ir.GlobalVariable  # CPUs this process may run on (0: not counted yet)
 
@@ -119,7 +129,7 @@ def _globals(m: ir.Module) -> _State:
     sync = ir.ArrayType(I8, SYNC_BYTES)
     return _State(
         *(var(n, sync, 64) for n in ("lock", "busy", "work", "done")),
-        *(var(n, I64, 8) for n in ("gen", "task", "args", "stride", "n", "next", "pending", "workers", "cpus")),
+        *(var(n, I64, 8) for n in ("gen", "task", "args", "stride", "n", "next", "finished", "workers", "cpus")),
     )
 
 
@@ -138,18 +148,45 @@ def _call_task(b: ir.IRBuilder, task: ir.Value, item: ir.Value) -> None:
     b.call(b.inttoptr(task, TASK_TYPE.as_pointer()), [item])
 
 
-def _emit_drain(m: ir.Module, st: _State) -> ir.Function:
-    """``void drain(task, args, stride, n)``: claim items with an atomic add until none are left."""
-    fn, b = _function(m, f"{m.name}__pool_drain", VOID, [I64, PTR, I64, I64])
-    task, args, stride, n = fn.args
-    head, body, end = (fn.append_basic_block(x) for x in ("head", "body", "end"))
+def claim_word(gen: int, item: int) -> int:
+    """The claim word of ``gen``'s job with ``item`` the next one to hand out."""
+    return ((gen & CLAIM_GEN_MASK) << CLAIM_SHIFT) | item
+
+
+def _emit_drain(m: ir.Module, st: _State, libc: _Libc) -> ir.Function:
+    """``void drain(task, args, stride, n, gen)``: claim items of generation ``gen``'s job
+    (compare-and-swap on the claim word, which must still name ``gen``) until none are left;
+    count each finished item, and wake a parked caller when the job's last one finishes."""
+    fn, b = _function(m, f"{m.name}__pool_drain", VOID, [I64, PTR, I64, I64, I64])
+    task, args, stride, n, gen = fn.args
+    tag = b.shl(b.and_(gen, const_i64(CLAIM_GEN_MASK)), const_i64(CLAIM_SHIFT))
+    first = b.load_atomic(st.next, "acquire", 8, typ=I64)
+    entry = b.block
+    head, claim, body, end = (fn.append_basic_block(x) for x in ("head", "claim", "body", "end"))
     b.branch(head)
     b.position_at_end(head)
-    i = b.atomic_rmw("add", st.next, const_i64(1), "seq_cst")
-    b.cbranch(b.icmp_signed("<", i, n), body, end)
+    word = b.phi(I64, "word")
+    item = b.and_(word, const_i64(CLAIM_ITEM_MASK))
+    mine = b.icmp_signed("==", b.and_(word, const_i64(~CLAIM_ITEM_MASK)), tag)
+    b.cbranch(b.and_(mine, b.icmp_signed("<", item, n)), claim, end)
+    b.position_at_end(claim)
+    swap = b.cmpxchg(st.next, word, b.add(word, const_i64(1)), "acq_rel", "acquire")
+    seen, won = b.extract_value(swap, 0), b.extract_value(swap, 1)
+    lost = b.block
+    b.cbranch(won, body, head)
     b.position_at_end(body)
-    _call_task(b, task, b.gep(args, [b.mul(i, stride)], source_etype=I8))
+    _call_task(b, task, b.gep(args, [b.mul(item, stride)], source_etype=I8))
+    count = b.add(b.atomic_rmw("add", st.finished, const_i64(1), "acq_rel"), const_i64(1))
+    with b.if_then(b.icmp_signed("==", count, n)):
+        b.call(libc.lock, [st.lock])
+        b.call(libc.signal, [st.done])
+        b.call(libc.unlock, [st.lock])
+    again = b.load_atomic(st.next, "acquire", 8, typ=I64)
+    ran = b.block
     b.branch(head)
+    word.add_incoming(first, entry)
+    word.add_incoming(seen, lost)
+    word.add_incoming(again, ran)
     b.position_at_end(end)
     b.ret_void()
     return fn
@@ -232,8 +269,8 @@ def _emit_spin(m: ir.Module, st: _State, libc: _Libc, yielding: bool) -> ir.Func
 
 
 def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin: ir.Function) -> ir.Function:
-    """``void* worker(void* first_gen)``: spin, then park, until the generation moves; drain
-    it, report, repeat."""
+    """``void* worker(void* first_gen)``: spin, then park, until the generation moves; read
+    the job and drain it, repeat."""
     fn, b = _function(m, f"{m.name}__pool_worker", PTR, [PTR])
     entry = b.block
     loop, wait, park, go = (fn.append_basic_block(x) for x in ("loop", "wait", "park", "go"))
@@ -258,12 +295,8 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin
     b.position_at_end(go)
     job = [b.load(g, typ=I64) for g in (st.task, st.args, st.stride, st.n)]
     b.call(libc.unlock, [st.lock])
-    b.call(drain, [job[0], b.inttoptr(job[1], PTR), job[2], job[3]])
+    b.call(drain, [job[0], b.inttoptr(job[1], PTR), job[2], job[3], gen])
     b.call(libc.lock, [st.lock])
-    left = b.sub(b.load(st.pending, typ=I64), const_i64(1))
-    b.store_atomic(left, st.pending, "release", 8)
-    with b.if_then(b.icmp_signed("==", left, const_i64(0))):
-        b.call(libc.signal, [st.done])
     back = b.block
     b.branch(loop)
     seen.add_incoming(first, entry)
@@ -307,21 +340,25 @@ def _emit_run(
         (st.args, b.ptrtoint(args, I64)),
         (st.stride, stride),
         (st.n, n),
-        (st.next, const_i64(1)),
     ):
         b.store(v, g)
-    b.store(b.load(st.workers, typ=I64), st.pending)
-    b.store_atomic(b.add(gen, const_i64(1)), st.gen, "release", 8)
+    job_gen = b.add(gen, const_i64(1))
+    b.store_atomic(const_i64(0), st.finished, "release", 8)
+    tag = b.shl(b.and_(job_gen, const_i64(CLAIM_GEN_MASK)), const_i64(CLAIM_SHIFT))
+    b.store_atomic(b.or_(tag, const_i64(1)), st.next, "release", 8)  # item 0 is the caller's
+    b.store_atomic(job_gen, st.gen, "release", 8)
     b.call(libc.broadcast, [st.work])
     b.call(libc.unlock, [st.lock])
     _call_task(b, task, args)
-    b.call(drain, [task, args, stride, n])
-    b.call(spin, [st.pending, const_i64(0), ir.Constant(ir.IntType(1), 1)])  # spin while workers drain
+    b.atomic_rmw("add", st.finished, const_i64(1), "acq_rel")
+    b.call(drain, [task, args, stride, n, job_gen])
+    b.call(spin, [st.finished, n, ir.Constant(ir.IntType(1), 1)])  # spin while workers finish theirs
     b.call(libc.lock, [st.lock])
     wait_head, wait_body, finished = (fn.append_basic_block(x) for x in ("wait.head", "wait.body", "finished"))
     b.branch(wait_head)
     b.position_at_end(wait_head)
-    b.cbranch(b.icmp_signed(">", b.load(st.pending, typ=I64), const_i64(0)), wait_body, finished)
+    left = b.icmp_signed("<", b.load_atomic(st.finished, "acquire", 8, typ=I64), n)
+    b.cbranch(left, wait_body, finished)
     b.position_at_end(wait_body)
     b.call(libc.wait, [st.done, st.lock])
     b.branch(wait_head)
@@ -338,7 +375,7 @@ def _emit_reset(m: ir.Module, st: _State) -> None:
     sync = ir.Constant(ir.ArrayType(I8, SYNC_BYTES), None)
     for g in (st.lock, st.busy, st.work, st.done):
         b.store(sync, g)
-    for g in (st.workers, st.pending, st.gen, st.cpus):
+    for g in (st.workers, st.finished, st.next, st.gen, st.cpus):
         b.store(const_i64(0), g)
     b.ret_void()
 
@@ -346,7 +383,7 @@ def _emit_reset(m: ir.Module, st: _State) -> None:
 def emit_pool(m: ir.Module) -> ir.Function:
     """Emit the pool into ``m``; returns ``run``."""
     st, libc = _globals(m), _Libc(m)
-    drain = _emit_drain(m, st)
+    drain = _emit_drain(m, st, libc)
     spin = _emit_spin(m, st, libc, yielding=False)
     worker = _emit_worker(m, st, libc, drain, _emit_spin(m, st, libc, yielding=True))
     run = _emit_run(m, st, libc, drain, worker, spin)
