@@ -148,11 +148,6 @@ def _call_task(b: ir.IRBuilder, task: ir.Value, item: ir.Value) -> None:
     b.call(b.inttoptr(task, TASK_TYPE.as_pointer()), [item])
 
 
-def claim_word(gen: int, item: int) -> int:
-    """The claim word of ``gen``'s job with ``item`` the next one to hand out."""
-    return ((gen & CLAIM_GEN_MASK) << CLAIM_SHIFT) | item
-
-
 def _emit_drain(m: ir.Module, st: _State, libc: _Libc) -> ir.Function:
     """``void drain(task, args, stride, n, gen)``: claim items of generation ``gen``'s job
     (compare-and-swap on the claim word, which must still name ``gen``) until none are left;
