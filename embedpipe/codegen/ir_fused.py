@@ -16,7 +16,8 @@ possible, as model-agnostic building blocks.
 
 Every row is computed by the same instruction sequence whatever its index, the number of
 rows, or the thread that runs it: a text gives bit-identical values in any batch.  The row
-sweeps use ``2·lanes`` fp32 vectors plus a scalar tail, like ``ir_elementwise.rms_norm``.
+sweeps use ``2·lanes`` fp32 vectors plus a scalar tail (``irutil.sweep``), and every RMS norm
+here is ``ir_elementwise.inv_rms``, the standalone kernel's own sequence.
 """
 
 from __future__ import annotations
