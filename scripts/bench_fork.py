@@ -15,26 +15,18 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from embedpipe.codegen import get_kernel_library
-from embedpipe.codegen.bench import _weight
+from embedpipe.codegen.bench import _weight, call_seconds
 from embedpipe.codegen.quant_formats import aligned_empty
 from embedpipe.codegen.threads import CACHE_LINE, split_range
 
 
 def percentiles(fn, calls: int) -> str:
-    for _ in range(20):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    p50, p90, p99 = np.percentile(np.array(times) * 1e6, [50, 90, 99])
+    p50, p90, p99 = np.percentile(np.array(call_seconds(fn, calls, warmup=20)) * 1e6, [50, 90, 99])
     return f"p50/p90/p99 {p50:.1f}/{p90:.1f}/{p99:.1f} µs"
 
 

@@ -90,14 +90,20 @@ def _paired(fn: Callable[[], object], ops: float, probe: PeakProbe, repeats: int
     return statistics.median(times), statistics.median(ratios)
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
+def call_seconds(fn: Callable[[], object], calls: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of each of ``calls`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(calls):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    return statistics.median(call_seconds(fn, repeats))
 
 
 def _weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,17 +83,6 @@ def model_ops_per_token(model) -> tuple[float, float]:
     return 2.0 * cfg.n_layers * (attn + ffn), 2.0 * cfg.n_layers * ffn
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of ``fn`` (after one warm-up call)."""
-    fn()
-    wall = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        wall.append(time.perf_counter() - start)
-    return statistics.median(wall)
-
-
 def measure_peaks(threads: int) -> dict | None:
     """Best-of-3 int8-dot and fp32-FMA peaks on ``threads`` threads (None without JIT)."""
     try:
@@ -115,12 +103,14 @@ def measure_peaks(threads: int) -> dict | None:
 def ffn_timing(embedder, tokens: int, repeats: int) -> dict:
     """One layer's FFN matmuls (gate|up fused, down) at ``tokens`` rows: median ms and GOPS
     (run in the JIT peer's worker; the parent adds the fraction of its int8 peak)."""
+    from embedpipe.codegen.bench import call_seconds
+
     layer = embedder.model.layers[0]
     cfg = embedder.model.cfg
     rng = np.random.default_rng(0)
     h = rng.standard_normal((tokens, cfg.hidden)).astype(np.float32)
     g = rng.standard_normal((tokens, cfg.ffn)).astype(np.float32)
-    sec = _median_time(lambda: (layer.w_gate_up(h), layer.w_down(g)), repeats)
+    sec = statistics.median(call_seconds(lambda: (layer.w_gate_up(h), layer.w_down(g)), repeats))
     return {"tokens": tokens, "ms": sec * 1e3, "gops": 2.0 * 3 * tokens * cfg.hidden * cfg.ffn / sec / 1e9}
 
 
