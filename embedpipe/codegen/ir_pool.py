@@ -17,7 +17,7 @@ milliseconds for thread start-up alone. The pool keeps workers parked on a condi
   generation in the word and fails, so it never runs an item of a job it did not read.
 * A worker loops: wait until the generation moves, read the job, claim and run items (each
   finished item counted; the one that finishes the job wakes a parked caller), wait again.
-* Waiting spins first: a worker polls the generation, and the caller the workers' reports, for
+* Waiting spins first: a worker polls the generation, and the caller the finished count, for
   ``SPIN_ROUNDS`` rounds of ``pause`` hints before parking on the condition variable.
   One forward pass forks a hundred-odd times with tens of microseconds of Python between
   forks, and a batch runs passes with up to a millisecond of Python between them (the
@@ -69,7 +69,6 @@ AFFINITY_WORDS = 16  # a 1024-CPU sched_getaffinity mask
 # (a job has fewer than 2**32 items: its item words alone would be 32 GiB).
 CLAIM_SHIFT = 32
 CLAIM_ITEM_MASK = (1 << CLAIM_SHIFT) - 1
-CLAIM_GEN_MASK = (1 << 32) - 1
 CLOCK_MONOTONIC = 1  # Linux's clock id (glibc and musl, x86-64 and aarch64)
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
@@ -154,7 +153,7 @@ def _emit_drain(m: ir.Module, st: _State, libc: _Libc) -> ir.Function:
     count each finished item, and wake a parked caller when the job's last one finishes."""
     fn, b = _function(m, f"{m.name}__pool_drain", VOID, [I64, PTR, I64, I64, I64])
     task, args, stride, n, gen = fn.args
-    tag = b.shl(b.and_(gen, const_i64(CLAIM_GEN_MASK)), const_i64(CLAIM_SHIFT))
+    tag = b.shl(gen, const_i64(CLAIM_SHIFT))  # the generation's high bits shift out
     first = b.load_atomic(st.next, "acquire", 8, typ=I64)
     entry = b.block
     head, claim, body, end = (fn.append_basic_block(x) for x in ("head", "claim", "body", "end"))
@@ -339,7 +338,7 @@ def _emit_run(
         b.store(v, g)
     job_gen = b.add(gen, const_i64(1))
     b.store_atomic(const_i64(0), st.finished, "release", 8)
-    tag = b.shl(b.and_(job_gen, const_i64(CLAIM_GEN_MASK)), const_i64(CLAIM_SHIFT))
+    tag = b.shl(job_gen, const_i64(CLAIM_SHIFT))
     b.store_atomic(b.or_(tag, const_i64(1)), st.next, "release", 8)  # item 0 is the caller's
     b.store_atomic(job_gen, st.gen, "release", 8)
     b.call(libc.broadcast, [st.work])
