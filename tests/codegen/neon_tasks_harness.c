@@ -6,7 +6,8 @@
  *        (tasks.c, written by the test, defines task_names, task_fns and n_tasks, and for
  *        kernels that return a value, which a trampoline drops, direct_names, direct_fns and
  *        n_direct: wrappers that call the kernel on the decoded words and return its result;
- *        and parallel_names, parallel_fns, n_parallel: the modules' fork-join entry points)
+ *        and parallel_names, parallel_fns, n_parallel: the modules' fork-join entry points, and
+ *        pool_run: the shared worker pool's run(), or null when the pool is not linked)
  * Usage: harness TASK job.bin out.bin
  * job.bin, little-endian int64 words: the buffer count; per buffer its byte size, then its
  *   bytes padded to a multiple of 8; the item count and words per item, then every item's
@@ -16,7 +17,8 @@
  *   then the count of function relocations, each (buffer, word, task number): that word of the
  *   buffer becomes the address of task_fns[task number] (a recorded step program's table).
  * The items run in order on one thread (a work-claiming counter lets the first take all), or,
- * when TASK names a parallel entry point, on as many threads at once (its fork-join, no pool).
+ * when TASK names a parallel entry point, on as many threads at once: its own fork-join, or,
+ * as pool:TASK, the persistent worker pool (codegen/ir_pool.py) that production forks use.
  * out.bin: every buffer's bytes afterwards, in order, then for a direct wrapper each item's
  * int64 result.
  */
@@ -37,6 +39,7 @@ extern const int n_direct;
 extern const char *const parallel_names[];
 extern const parallel_fn parallel_fns[];
 extern const int n_parallel;
+extern void *const pool_run;
 
 static FILE *job;
 
@@ -48,15 +51,19 @@ static int64_t next(void) {
 
 int main(int argc, char **argv) {
     if (argc != 4) { fprintf(stderr, "usage: harness TASK job.bin out.bin\n"); return 2; }
+    const char *name = argv[1];
+    int on_pool = strncmp(name, "pool:", 5) == 0;
+    if (on_pool) name += 5;
+    if (on_pool && !pool_run) { fprintf(stderr, "no pool linked for %s\n", argv[1]); return 2; }
     task_fn task = NULL;
     for (int i = 0; i < n_tasks; i++)
-        if (strcmp(task_names[i], argv[1]) == 0) task = task_fns[i];
+        if (strcmp(task_names[i], name) == 0) task = task_fns[i];
     direct_fn direct = NULL;
     for (int i = 0; i < n_direct; i++)
-        if (strcmp(direct_names[i], argv[1]) == 0) direct = direct_fns[i];
+        if (strcmp(direct_names[i], name) == 0) direct = direct_fns[i];
     parallel_fn parallel = NULL;
     for (int i = 0; i < n_parallel; i++)
-        if (strcmp(parallel_names[i], argv[1]) == 0) parallel = parallel_fns[i];
+        if (strcmp(parallel_names[i], name) == 0) parallel = parallel_fns[i];
     if (!task && !direct && !parallel) { fprintf(stderr, "no task %s\n", argv[1]); return 2; }
     job = fopen(argv[2], "rb");
     if (!job) { perror(argv[2]); return 2; }
@@ -104,7 +111,8 @@ int main(int argc, char **argv) {
     }
     fclose(job);
     int64_t *results = calloc((size_t)n_items + 1, 8);
-    if (parallel) parallel(NULL, words, n_words * 8, n_items);
+    if (on_pool && !parallel) { fprintf(stderr, "%s is not a parallel entry point\n", name); return 2; }
+    if (parallel) parallel(on_pool ? pool_run : NULL, words, n_words * 8, n_items);
     for (int64_t i = 0; !parallel && i < n_items; i++) {
         if (direct)
             results[i] = direct(words + i * n_words);

@@ -21,7 +21,7 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from embedpipe.codegen import ir_parallel, jit, scratch
+from embedpipe.codegen import ir_parallel, ir_pool, jit, scratch
 from embedpipe.codegen.isa import ISAS, IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule
 from embedpipe.codegen.library import PARALLEL_ROLES, TILES, KernelLibrary, build_module
@@ -216,11 +216,18 @@ def _direct_wrapper(symbol: str, kernel: Kernel) -> list[str]:
 
 
 def _link(
-    work: Path, objects: list[bytes], tasks: list[str], direct: dict[str, Kernel] | None = None, parallel: bool = False
+    work: Path,
+    objects: list[bytes],
+    tasks: list[str],
+    direct: dict[str, Kernel] | None = None,
+    parallel: bool = False,
+    pool: bool = False,
 ) -> Path:
     """The harness linked with the ``objects``, knowing the trampolines ``tasks`` (task number =
     position), direct wrappers of the ``direct`` kernels (by symbol) that return a value, and,
-    with ``parallel``, each task's fork-join entry point (``ir_parallel.parallel_symbol``)."""
+    with ``parallel``, each task's fork-join entry point (``ir_parallel.parallel_symbol``);
+    with ``pool``, one of the objects is the worker pool (``ir_pool.build_module``), whose
+    ``run`` a ``pool:`` task name hands to the entry point."""
     direct = direct or {}
     linked = []
     for i, obj in enumerate(objects):
@@ -242,6 +249,11 @@ def _link(
     table += ["const char *const parallel_names[] = {" + ", ".join(f'"{e}"' for e in entries or ["-"]) + "};"]
     table += ["const parallel_fn parallel_fns[] = {" + ", ".join(entries or ["0"]) + "};"]
     table += [f"const int n_parallel = {len(entries)};"]
+    if pool:
+        run = ir_pool.run_symbol(ir_pool.MODULE_NAME)
+        table += [f"int {run}(void *, void *, long long, long long);", f"void *const pool_run = (void *){run};"]
+    else:
+        table += ["void *const pool_run = 0;"]
     (work / "tasks.c").write_text("\n".join(table) + "\n")
     exe = work / "harness"
     cmd = [CROSS_CC, "-O1", "-static", str(HARNESS), str(work / "tasks.c"), *map(str, linked), "-o", str(exe)]
@@ -250,13 +262,14 @@ def _link(
 
 
 def build_harness(module: KernelModule, isa: IsaSpec, work: Path, *others: KernelModule) -> Path:
-    """The harness linked with ``module`` (and ``others``): the task of kernel ``k`` of the
-    modules, in order, is task number ``k``."""
+    """The harness linked with ``module`` (and ``others``) and the worker pool: the task of
+    kernel ``k`` of the modules, in order, is task number ``k``."""
     modules = [module, *others]
     objects = [jit.compile_object(m.build(isa)[0], isa) for m in modules]
+    objects.append(jit.compile_object(ir_pool.build_module(isa), isa))
     tasks = [ir_parallel.task_symbol(m.symbol(k, isa)) for m in modules for k in m.kernels]
     direct = {m.symbol(k, isa): k for m in modules for k in m.kernels if not isinstance(k.ret, ir.VoidType)}
-    return _link(work, objects, tasks, direct, parallel=True)
+    return _link(work, objects, tasks, direct, parallel=True, pool=True)
 
 
 @dataclass(frozen=True)

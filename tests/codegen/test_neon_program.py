@@ -5,9 +5,10 @@ the first wrote), and the claim and done words each step leaves behind (every it
 
 Two runner threads either take turns (the harness runs the items one after another: the first
 runs the whole program, the second finds every item claimed, as ``program`` promises of a
-thread that starts late) or run at once (the module's fork-join entry point: two pthreads
-claiming and waiting concurrently under qemu). Steps of at most ``MASK_ITEMS`` items are
-claimed by bit, longer ones by counter.
+thread that starts late) or run at once: through the module's fork-join entry point, on two
+fresh pthreads or on the persistent worker pool (``codegen/ir_pool.py``, its AArch64 build:
+the caller and a pool worker claiming and waiting concurrently under qemu). Steps of at most
+``MASK_ITEMS`` items are claimed by bit, longer ones by counter.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def _rows(x: np.ndarray, q: np.ndarray, out: np.ndarray, bounds) -> list[tuple[i
     ]
 
 
-@pytest.mark.parametrize("at_once", [False, True], ids=["in-turn", "at-once"])
+@pytest.mark.parametrize("how", ["in-turn", "at-once", "on-pool"])
 @pytest.mark.parametrize("isa_name", NEON_ISAS)
-def test_neon_runner_replays_a_recorded_program(harnesses, isa_name, at_once):
+def test_neon_runner_replays_a_recorded_program(harnesses, isa_name, how):
     rng = np.random.default_rng(7)
     x0, q0 = rng.standard_normal((256, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
     q1 = rng.standard_normal(8).astype(np.float32)
@@ -96,8 +97,10 @@ def test_neon_runner_replays_a_recorded_program(harnesses, isa_name, at_once):
     ]
     table = program.table.copy()
     task_name = ir_parallel.task_symbol(P.PROGRAM_MODULE.symbol(P.RUN_STEPS, isa))
-    if at_once:
+    if how != "in-turn":  # two runner threads at once: the entry's own fork-join, or the pool's
         task_name = ir_parallel.parallel_symbol(task_name)
+    if how == "on-pool":
+        task_name = f"pool:{task_name}"
     # a runner that never finishes a step spins: fail in seconds, not at the default timeout
     run_job(harnesses(isa_name), task_name, buffers, runner_items, relocs, inner, functions, timeout=60)
 
