@@ -50,10 +50,8 @@ def attention_reference(
     cache: dict | None = None,
 ) -> np.ndarray:
     """numpy twin: plain softmax attention per sequence and KV head (float32, BLAS)."""
-    _check_arrays(q, k, v)
-    starts, lengths = _check_bounds(starts, lengths, q.shape[0])
-    s, n_q, _ = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
+    s, n_q, _, n_kv, dv = _check_arrays(q, k, v)
+    starts, lengths = _check_bounds(starts, lengths, s)
     group = n_q // n_kv
     out = np.empty((s, n_q, dv), np.float32)
     for a, t in zip(starts.tolist(), lengths.tolist()):
@@ -71,7 +69,8 @@ def attention_reference(
     return out.reshape(s, n_q * dv)
 
 
-def _check_arrays(q: object, k: object, v: object) -> None:
+def _check_arrays(q: object, k: object, v: object) -> tuple[int, int, int, int, int]:
+    """Checks q (S, Hq, D), k (S, Hkv, D), v (S, Hkv, Dv); returns (S, Hq, D, Hkv, Dv)."""
     from embedpipe.codegen.library import KernelInputError
 
     for name, arr in (("q", q), ("k", k), ("v", v)):
@@ -83,6 +82,7 @@ def _check_arrays(q: object, k: object, v: object) -> None:
     n_kv = k.shape[1]
     if n_kv == 0 or n_q % n_kv or d == 0 or v.shape[2] == 0:
         raise KernelInputError(f"attention: {n_q} query heads cannot share {n_kv} KV heads")
+    return s, n_q, d, n_kv, v.shape[2]
 
 
 def _check_bounds(starts: object, lengths: object, s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,10 +133,8 @@ def _drive(
     cache: dict | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    _check_arrays(q, k, v)
+    s, n_q, _, n_kv, dv = _check_arrays(q, k, v)
     q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
-    s, n_q, d = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
     group = n_q // n_kv
     bq = split_query_tile(query_tile(group), lengths, n_kv, half_window, threads)
     if out is None:
@@ -192,11 +190,9 @@ def record_per_run(native: Native, q, k, v, half_window: int | None, threads: in
     rec = active_recorder()
     if rec is None:
         raise KernelInputError("attention: record_per_run outside a recording")
-    _check_arrays(q, k, v)
+    s, n_q, _, n_kv, dv = _check_arrays(q, k, v)
     if not all(x.flags.c_contiguous for x in (q, k, v)):
         raise KernelInputError("attention: a recorded step takes C-contiguous q, k, v")
-    s, n_q, _ = q.shape
-    n_kv, dv = k.shape[1], v.shape[2]
     _check_out(out, (s, n_q * dv), q, k, v)
     group, parts = n_q // n_kv, max(1, int(threads))
     largest = query_tile(group)  # the scratch holds tiles of any bq a replay picks

@@ -136,6 +136,15 @@ def _emit_pairs(b: ir.IRBuilder, isa: IsaSpec, slots: dict, D: ir.Value, biased:
     def y_at(ty: ir.Type, row: ir.Value, col: ir.Value) -> ir.Value:
         return load_at(b, ty, y, b.mul(b.add(b.mul(row, stride), col), four), 4)
 
+    def outer_fma(scalars: list[ir.Value], vectors: list[ir.Value], accs: list) -> None:
+        """``accs[r·g + k] += scalars[r] · vectors[k]`` (g = len(vectors)): a rank-1 update of
+        a register tile, each scalar broadcast to the vectors' width."""
+        g = len(vectors)
+        for r, x in enumerate(scalars):
+            xs = splat(b, x, vectors[0].type.count)
+            for k, v in enumerate(vectors):
+                b.store(fmuladd(b, m, xs, v, b.load(accs[r * g + k])), accs[r * g + k])
+
     def chunks(n: ir.Value, tag: str, body, group: int = 1, tail: bool = True) -> None:
         """``body(ty, j, g)`` over [0, n): ``g`` w-lane vectors at a time (``group``, then 1),
         then single lanes (none when ``tail`` is False: ``n`` is whole vectors)."""
@@ -218,11 +227,8 @@ def _emit_pairs(b: ir.IRBuilder, isa: IsaSpec, slots: dict, D: ir.Value, biased:
                         for k in range(g)
                     ]
                     doff = b.mul(d, four)
-                    for r, qoff in enumerate(qoffs):
-                        qd = splat(b, load_at(b, F32, scratch, b.add(qoff, doff), 4), w)
-                        for k, kv in enumerate(kvs):
-                            slot = accs[r * g + k]
-                            b.store(fmuladd(b, m, qd, kv, b.load(slot)), slot)
+                    qds = [load_at(b, F32, scratch, b.add(qoff, doff), 4) for qoff in qoffs]
+                    outer_fma(qds, kvs, accs)
                 # lanes past the sequence score NEG; the running max of each row
                 for k in range(g):
                     jk = b.add(j, const_i64(k * w))
@@ -265,11 +271,7 @@ def _emit_pairs(b: ir.IRBuilder, isa: IsaSpec, slots: dict, D: ir.Value, biased:
                     row = b.add(st, j)
                     vvs = [y_at(ty, row, b.add(vcol, b.add(dc, const_i64(k * lanes)))) for k in range(g)]
                     joff = b.mul(j, four)
-                    for r, srow in enumerate(srows):
-                        p = splat(b, load_at(b, F32, scratch, b.add(srow, joff), 4), lanes)
-                        for k, vv in enumerate(vvs):
-                            slot = accs[r * g + k]
-                            b.store(fmuladd(b, m, p, vv, b.load(slot)), slot)
+                    outer_fma([load_at(b, F32, scratch, b.add(srow, joff), 4) for srow in srows], vvs, accs)
                 for k in range(g):
                     col = b.add(vcol, b.add(dc, const_i64(k * lanes)))
                     vb = load_at(b, ty, qkv_bias, b.mul(col, four), 4)
