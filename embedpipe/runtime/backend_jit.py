@@ -64,7 +64,7 @@ class JitBackend:
                 return PreparedMatmul(self.library, tensor.qtype, n, k, hit.family, hit.arrays)
         prepared = self.library.prepare_matmul(tensor.qtype, tensor.rows(), n, k)
         if cache is not None:
-            from embedpipe.runtime.weight_cache import CachedArrays
+            from embedpipe.runtime.weight_cache_file import CachedArrays
 
             cache.put(tensor.name, tensor.qtype, tensor.shape, CachedArrays(prepared.family, prepared.packed))
         return prepared
@@ -91,7 +91,7 @@ class JitBackend:
             w = np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
             prepared = self.library.prepare_matmul(GGMLQuantizationType.F32, w.view(np.uint8).reshape(n, 4 * k), n, k)
         if cache is not None:
-            from embedpipe.runtime.weight_cache import CachedArrays
+            from embedpipe.runtime.weight_cache_file import CachedArrays
 
             cache.put(key, tensor.qtype, tensor.shape, CachedArrays(prepared.family, prepared.packed))
         return prepared

@@ -63,7 +63,7 @@ class NumpyBackend:
         if weight_t is None:
             weight_t = np.ascontiguousarray(dequantize(tensor).T)
             if self.weight_cache is not None:
-                from embedpipe.runtime.weight_cache import CachedArrays
+                from embedpipe.runtime.weight_cache_file import CachedArrays
 
                 self.weight_cache.put(
                     f"{tensor.name}#fp32T", tensor.qtype, tensor.shape, CachedArrays(NUMPY_FAMILY, (weight_t,))

@@ -113,6 +113,6 @@ def remember_extensions(cache: Any, cfg: Any, layers: Sequence[Any]) -> None:
         for j, ext in enumerate((layer.qkv_ext, layer.up_ext)):
             if ext is not None:
                 table[layer.il, j, : len(ext.blocks)] = ext.array
-    from embedpipe.runtime.weight_cache import CachedArrays
+    from embedpipe.runtime.weight_cache_file import CachedArrays
 
     cache.put(name, qtype, shape, CachedArrays(EXTENSIONS_FAMILY, (table,)))

@@ -25,8 +25,7 @@ Anything that does not match is logged as a warning and rebuilt; a cache that ca
 (read-only disk) only costs the repack. Files are written to a temporary name and renamed, and
 the directory is kept under ``$EMBEDPIPE_WEIGHT_CACHE_MAX_BYTES`` (least recently used go first).
 
-Layout: ``MAGIC`` | u64 header length | u32 CRC-32 of the header | JSON header | zero padding to
-``DATA_ALIGN`` | arrays, each at a ``ARRAY_ALIGN``-aligned offset, zero-padded.
+The file format (layout, checksums, atomic writes) is ``weight_cache_file``'s.
 """
 
 from __future__ import annotations
@@ -34,12 +33,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
 import os
-import struct
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,18 +44,22 @@ import numpy as np
 
 from embedpipe.runtime import model_integrity
 from embedpipe.runtime.cache_root import cache_dir
+from embedpipe.runtime.weight_cache_file import (
+    FORMAT_VERSION,
+    CachedArrays,
+    checksum,
+    map_file,
+    padded,
+    read_header,
+    write_file,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MAGIC = b"EPWCACHE"
 SUFFIX = ".weights"
-ARRAY_ALIGN = 64
-DATA_ALIGN = 4096
 ENABLE_ENV = "EMBEDPIPE_WEIGHT_CACHE"  # "0" turns the cache off
 MAX_BYTES_ENV = "EMBEDPIPE_WEIGHT_CACHE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 4 << 30
-_PREFIX = struct.Struct("<8sQI")
 STALE_TMP_SECONDS = 3600
 
 
@@ -82,35 +82,6 @@ def max_bytes() -> int:
     except ValueError:
         log.warning("%s is not an integer; using %d", MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
         return DEFAULT_MAX_BYTES
-
-
-def checksum(data: np.ndarray) -> int:
-    """Wrapping sum of the 64-bit words of ``data`` (a uint8 view whose length is a multiple
-    of 8): every changed word changes it; about memory speed."""
-    return int(np.add.reduce(data.view(np.uint64), dtype=np.uint64))
-
-
-def _checksum_padded(flat: np.ndarray) -> int:
-    """``checksum`` of ``flat`` (uint8) zero-padded to whole words, without copying it."""
-    whole = flat.nbytes // 8 * 8
-    total = checksum(flat[:whole])
-    if whole < flat.nbytes:
-        tail = np.zeros(8, np.uint8)
-        tail[: flat.nbytes - whole] = flat[whole:]
-        total = (total + checksum(tail)) % (1 << 64)
-    return total
-
-
-def _padded(nbytes: int, align: int = 8) -> int:
-    return -(-nbytes // align) * align
-
-
-@dataclass(frozen=True)
-class CachedArrays:
-    """What a backend stored for one weight: its kernel family and packed arrays."""
-
-    family: str
-    arrays: tuple[np.ndarray, ...]
 
 
 class WeightCache:
@@ -170,10 +141,10 @@ class WeightCache:
             entries = header["entries"]
             if not isinstance(entries, dict):
                 raise ValueError("its entry table is not a mapping")
-            data = _map(self.path)
+            data = map_file(self.path)
             for entry in entries.values():
                 for a in entry["arrays"]:
-                    if not (data_start <= a["offset"] and a["offset"] + _padded(a["nbytes"]) <= size):
+                    if not (data_start <= a["offset"] and a["offset"] + padded(a["nbytes"]) <= size):
                         raise ValueError("an array lies outside the file")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self._damaged(str(exc))
@@ -204,7 +175,7 @@ class WeightCache:
         try:
             arrays = []
             for a in entry["arrays"]:
-                region = data[a["offset"] : a["offset"] + _padded(a["nbytes"])]
+                region = data[a["offset"] : a["offset"] + padded(a["nbytes"])]
                 if checksum(region) != int(a["sum"]):
                     raise ValueError(f"the bytes of {name} do not match their checksum")
                 view = region[: a["nbytes"]].view(np.dtype(a["dtype"])).reshape(a["shape"])
@@ -244,111 +215,6 @@ class WeightCache:
                 other.unlink(missing_ok=True)
         prune(self.directory, max_bytes(), keep=self.path)
         return self.path
-
-
-def _map(path: Path) -> np.ndarray:
-    """The file as a read-only uint8 array over a shared mapping.
-
-    The mapping asks for transparent huge pages: pages this mapping reads in are cached as
-    2 MiB folios and mapped whole, so the kernels, which stream every weight once per forward
-    pass, take one TLB entry per 2 MiB instead of a page walk per 4 KiB.  A kernel or file
-    system without them ignores the hint; pages already cached in small folios stay so."""
-    with open(path, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is not None:
-        try:
-            mapped.madvise(advice)
-        except OSError as exc:
-            log.debug("weight cache %s: no huge-page hint (%s)", path, exc)
-    return np.frombuffer(mapped, dtype=np.uint8)
-
-
-def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of a cache file and where its data starts (ValueError when malformed)."""
-    with open(path, "rb") as fh:
-        prefix = fh.read(_PREFIX.size)
-        if len(prefix) != _PREFIX.size:
-            raise ValueError("it is shorter than its header")
-        magic, length, crc = _PREFIX.unpack(prefix)
-        if magic != MAGIC:
-            raise ValueError("wrong magic")
-        if length > 64 << 20:
-            raise ValueError("implausible header length")
-        raw = fh.read(length)
-    if len(raw) != length or zlib.crc32(raw) != crc:
-        raise ValueError("its header is truncated or corrupt")
-    header = json.loads(raw)
-    if not isinstance(header, dict):
-        raise ValueError("its header is not a mapping")
-    data_start = header.get("data_start")
-    if not isinstance(data_start, int) or data_start < _PREFIX.size + length or data_start % DATA_ALIGN:
-        raise ValueError("its data offset is invalid")
-    return header, data_start
-
-
-def write_file(
-    path: Path, stamp: dict[str, Any], fingerprint: str, kept: dict[str, tuple[str, tuple[int, ...], CachedArrays]]
-) -> None:
-    """Write a cache file atomically (temporary name, fsync, rename)."""
-    entries: dict[str, Any] = {}
-    layout: list[tuple[int, np.ndarray]] = []
-    offset = 0
-    for key, (_name, _shape, cached) in sorted(kept.items()):
-        described = []
-        for arr in cached.arrays:
-            arr = np.ascontiguousarray(arr)
-            flat = arr.reshape(-1).view(np.uint8)
-            described.append(
-                {
-                    "offset": offset,
-                    "nbytes": int(flat.nbytes),
-                    "dtype": arr.dtype.str,
-                    "shape": list(arr.shape),
-                    "sum": _checksum_padded(flat),
-                }
-            )
-            layout.append((offset, flat))
-            offset = _padded(offset + flat.nbytes, ARRAY_ALIGN)
-        entries[key] = {"family": cached.family, "arrays": described}
-    header: dict[str, Any] = {
-        "stamp": stamp,
-        "fingerprint": fingerprint,
-        "entries": entries,
-        "file_bytes": 0,
-        "data_start": 0,
-    }
-    # Offsets are relative until the header's size is known, and that size depends on the
-    # offsets' digits: reserve room for the digits the shift can add, then shift once.
-    body = json.dumps(header).encode()
-    room = 64 + 24 * sum(len(e["arrays"]) for e in entries.values())
-    data_start = _padded(_PREFIX.size + len(body) + room, DATA_ALIGN)
-    for e in entries.values():
-        for a in e["arrays"]:
-            a["offset"] += data_start
-    header["file_bytes"], header["data_start"] = data_start + offset, data_start
-    body = json.dumps(header).encode()
-    if _PREFIX.size + len(body) > data_start:
-        raise OSError("weight cache header outgrew its reserved space")
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(_PREFIX.pack(MAGIC, len(body), zlib.crc32(body)))
-            fh.write(body)
-            fh.write(b"\0" * (data_start - _PREFIX.size - len(body)))
-            pos = data_start
-            for rel, flat in layout:  # written from the arrays themselves: no copy of the weights
-                if data_start + rel > pos:
-                    fh.write(b"\0" * (data_start + rel - pos))
-                fh.write(memoryview(flat))
-                pos = data_start + rel + flat.nbytes
-            if header["file_bytes"] > pos:
-                fh.write(b"\0" * (header["file_bytes"] - pos))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedpipe.codegen import library
-from embedpipe.runtime import weight_cache
+from embedpipe.runtime import weight_cache, weight_cache_file
 from embedpipe.runtime.backends import NumpyBackend
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import GGUFModelFile
@@ -197,6 +197,6 @@ def test_mapped_cache_asks_for_huge_pages(tmp_path):
     """The weights are streamed once per forward pass: the mapping carries the huge-page advice."""
     path = tmp_path / "w.weights"
     path.write_bytes(bytes(range(256)) * 16384)
-    data = weight_cache._map(path)
+    data = weight_cache_file.map_file(path)
     assert data[:256].tolist() == list(range(256)) and len(data) == 256 * 16384
     assert "hg" in vm_flags(data.ctypes.data)
