@@ -13,6 +13,8 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import llvmlite.ir as ir
@@ -27,6 +29,7 @@ from embedpipe.codegen import (
     ir_pool,
     ir_q8,
     ir_quantize,
+    ir_rows,
     jit,
 )
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
@@ -66,56 +69,57 @@ _QUANT = prototype(ir_quantize.QUANTIZE_PARAMS)
 _FORK = prototype(ir_parallel.PARALLEL_PARAMS)
 
 
-# Kernels that run through the native fork-join (each gets a task trampoline).
-PARALLEL_ROLES = (
-    "q8work",
-    "f32mm",
-    "c8f32mm",
-    "c8f32mv",
-    "gelu_mul",
-    "rms_norm",
-    "gelu_erf",
-    "layer_norm",
-    "q8work_addnorm",
-    "q8work_gelu",
-    "q8work_bias_gelu",
-    "q8work_residual_norm",
-    "qk_norm_rope",
-    "add_norm",
+@dataclass(frozen=True)
+class _Role:
+    """One kernel of the library module: ``symbol(isa[, tile])`` names it and
+    ``emit(module, isa[, tile])`` writes it, ``tile`` being the ISA's "int" or "float" tile, its
+    one-row "row" variant, or none; ``forked`` kernels run through the native fork-join (each
+    gets a task trampoline and a parallel entry point)."""
+
+    name: str
+    symbol: Callable[..., str]
+    emit: Callable[..., str]
+    tile: str | None = None
+    forked: bool = True
+
+    def tiles(self, isa: IsaSpec) -> tuple[IntTile | FloatTile, ...]:
+        int_tile, float_tile = TILES[isa.name]
+        by_kind = {"int": int_tile, "float": float_tile, "row": FloatTile(1, float_tile.nv, float_tile.tc)}
+        return (by_kind[self.tile],) if self.tile else ()
+
+
+# Every kernel of the library module, in the order it is emitted. "row" is the coded float
+# kernel with one token row per micro-tile, same panels: for fewer rows than a tile (a
+# projection head over one pooled row would otherwise multiply MR−1 repeated rows).
+_ROLES = (
+    _Role("quantize", ir_quantize.quantize_symbol, ir_quantize.emit_quantize, forked=False),
+    _Role("q8mm", ir_q8.matmul_symbol, ir_q8.emit_matmul, "int", forked=False),
+    _Role("f32mm", ir_float.matmul_symbol, ir_float.emit_matmul, "float"),
+    _Role("c8f32mm", ir_float.codes_symbol, ir_float.emit_matmul_codes, "float"),
+    _Role("c8f32mv", ir_float.codes_symbol, ir_float.emit_matmul_codes, "row"),
+    _Role("gelu_mul", ir_elementwise.gelu_mul_symbol, ir_elementwise.emit_gelu_tanh_mul),
+    _Role("rms_norm", ir_elementwise.rms_norm_symbol, ir_elementwise.emit_rms_norm),
+    _Role("gelu_erf", ir_encoder.gelu_erf_symbol, ir_encoder.emit_gelu_erf),
+    _Role("layer_norm", ir_encoder.layer_norm_symbol, ir_encoder.emit_layer_norm),
+    _Role("q8work", ir_q8.work_symbol, ir_q8.emit_work, "int"),
+    _Role("q8work_addnorm", ir_fused.addnorm_work_symbol, ir_fused.emit_addnorm_work, "int"),
+    _Role("q8work_gelu", ir_fused.gelu_work_symbol, ir_fused.emit_gelu_work, "int"),
+    _Role("q8work_bias_gelu", ir_fused.bias_gelu_work_symbol, ir_fused.emit_bias_gelu_work, "int"),
+    _Role("q8work_residual_norm", ir_fused.residual_norm_work_symbol, ir_fused.emit_residual_norm_work, "int"),
+    _Role("qk_norm_rope", ir_rows.qk_norm_rope_symbol, ir_rows.emit_qk_norm_rope),
+    _Role("add_norm", ir_rows.add_norm_symbol, ir_rows.emit_add_norm),
 )
+# Kernels that run through the native fork-join (each gets a task trampoline).
+PARALLEL_ROLES = tuple(r.name for r in _ROLES if r.forked)
 
 
 def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
     """Role -> symbol of every function in the library module of ``isa``."""
-    int_tile, float_tile = TILES[isa.name]
-    symbols = {
-        "quantize": ir_quantize.quantize_symbol(isa),
-        "q8mm": ir_q8.matmul_symbol(isa, int_tile),
-        "q8work": ir_q8.work_symbol(isa, int_tile),
-        "f32mm": ir_float.matmul_symbol(isa, float_tile),
-        "c8f32mm": ir_float.codes_symbol(isa, float_tile),
-        "c8f32mv": ir_float.codes_symbol(isa, _row_tile(float_tile)),
-        "gelu_mul": ir_elementwise.gelu_mul_symbol(isa),
-        "rms_norm": ir_elementwise.rms_norm_symbol(isa),
-        "gelu_erf": ir_encoder.gelu_erf_symbol(isa),
-        "layer_norm": ir_encoder.layer_norm_symbol(isa),
-        "q8work_addnorm": ir_fused.addnorm_work_symbol(isa, int_tile),
-        "q8work_gelu": ir_fused.gelu_work_symbol(isa, int_tile),
-        "q8work_bias_gelu": ir_fused.bias_gelu_work_symbol(isa, int_tile),
-        "q8work_residual_norm": ir_fused.residual_norm_work_symbol(isa, int_tile),
-        "qk_norm_rope": ir_fused.qk_norm_rope_symbol(isa),
-        "add_norm": ir_fused.add_norm_symbol(isa),
-    }
+    symbols = {r.name: r.symbol(isa, *r.tiles(isa)) for r in _ROLES}
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
     return symbols
-
-
-def _row_tile(tile: FloatTile) -> FloatTile:
-    """One token row per micro-tile, same panels: the coded kernel for fewer rows than a tile
-    (a projection head over one pooled row would otherwise multiply MR−1 repeated rows)."""
-    return FloatTile(1, tile.nv, tile.tc)
 
 
 def module_name(isa: IsaSpec) -> str:
@@ -124,27 +128,9 @@ def module_name(isa: IsaSpec) -> str:
 
 def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
     """IR text of every kernel for ``isa`` and a map role -> symbol."""
-    int_tile, float_tile = TILES[isa.name]
     module = ir.Module(name=module_name(isa))
     module.triple = isa.triple
-    symbols = {
-        "quantize": ir_quantize.emit_quantize(module, isa),
-        "q8mm": ir_q8.emit_matmul(module, isa, int_tile),
-        "f32mm": ir_float.emit_matmul(module, isa, float_tile),
-        "c8f32mm": ir_float.emit_matmul_codes(module, isa, float_tile),
-        "c8f32mv": ir_float.emit_matmul_codes(module, isa, _row_tile(float_tile)),
-        "gelu_mul": ir_elementwise.emit_gelu_tanh_mul(module, isa),
-        "rms_norm": ir_elementwise.emit_rms_norm(module, isa),
-        "gelu_erf": ir_encoder.emit_gelu_erf(module, isa),
-        "layer_norm": ir_encoder.emit_layer_norm(module, isa),
-    }
-    symbols["q8work"] = ir_q8.emit_work(module, isa, int_tile)
-    symbols["q8work_addnorm"] = ir_fused.emit_addnorm_work(module, isa, int_tile)
-    symbols["q8work_gelu"] = ir_fused.emit_gelu_work(module, isa, int_tile)
-    symbols["q8work_bias_gelu"] = ir_fused.emit_bias_gelu_work(module, isa, int_tile)
-    symbols["q8work_residual_norm"] = ir_fused.emit_residual_norm_work(module, isa, int_tile)
-    symbols["qk_norm_rope"] = ir_fused.emit_qk_norm_rope(module, isa)
-    symbols["add_norm"] = ir_fused.emit_add_norm(module, isa)
+    symbols = {r.name: r.emit(module, isa, *r.tiles(isa)) for r in _ROLES}
     kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]
     parallel = ir_parallel.emit_entry_points(module, kernels)
     for role in PARALLEL_ROLES:
@@ -155,7 +141,7 @@ def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
 
 
 # The modules whose functions emit the library's IR, this one included (it assembles them).
-_EMITTERS = (ir_q8, ir_quantize, ir_float, ir_elementwise, ir_encoder, ir_fused, ir_parallel, ir_pool)
+_EMITTERS = (ir_q8, ir_quantize, ir_float, ir_elementwise, ir_encoder, ir_fused, ir_rows, ir_parallel, ir_pool)
 
 
 def generator_sources() -> list[Path]:
