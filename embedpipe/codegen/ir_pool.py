@@ -48,8 +48,9 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from embedpipe.codegen import irutil, jit
-from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64, intrinsic
+from embedpipe.codegen import jit
+from embedpipe.codegen.ir_sys import Libc, cpu_count, cpu_relax, now_ns
+from embedpipe.codegen.irutil import I8, I32, I64, PTR, VOID, const_i64
 from embedpipe.codegen.isa import IsaSpec
 
 MAX_WORKERS = 63
@@ -64,12 +65,10 @@ SPIN_NS = 2_000_000
 # more threads than that, every spinner takes a core the others need, so they spin briefly.
 SHORT_SPIN_NS = 70_000
 SPIN_ROUNDS = 1 << 20  # a backstop: the clock ends a spin first
-AFFINITY_WORDS = 16  # a 1024-CPU sched_getaffinity mask
 # The claim word: the low 32 bits of the job's generation above the next item to hand out
 # (a job has fewer than 2**32 items: its item words alone would be 32 GiB).
 CLAIM_SHIFT = 32
 CLAIM_ITEM_MASK = (1 << CLAIM_SHIFT) - 1
-CLOCK_MONOTONIC = 1  # Linux's clock id (glibc and musl, x86-64 and aarch64)
 PAUSES_PER_ROUND = 8
 SYNC_BYTES = 128  # room for pthread_mutex_t (40 B on x86-64, 48 B on aarch64) / pthread_cond_t
 MODULE_NAME = "embedpipe_pool"
@@ -102,21 +101,6 @@ class _State:
     cpus: ir.GlobalVariable  # CPUs this process may run on (0: not counted yet)
 
 
-class _Libc:
-    def __init__(self, m: ir.Module) -> None:
-        self.lock = intrinsic(m, "pthread_mutex_lock", I32, [PTR])
-        self.trylock = intrinsic(m, "pthread_mutex_trylock", I32, [PTR])
-        self.unlock = intrinsic(m, "pthread_mutex_unlock", I32, [PTR])
-        self.wait = intrinsic(m, "pthread_cond_wait", I32, [PTR, PTR])
-        self.signal = intrinsic(m, "pthread_cond_signal", I32, [PTR])
-        self.broadcast = intrinsic(m, "pthread_cond_broadcast", I32, [PTR])
-        self.create = intrinsic(m, "pthread_create", I32, [PTR, PTR, PTR, PTR])
-        self.detach = intrinsic(m, "pthread_detach", I32, [I64])
-        self.sched_yield = intrinsic(m, "sched_yield", I32, [])
-        self.clock_gettime = intrinsic(m, "clock_gettime", I32, [I32, PTR])
-        self.sched_getaffinity = intrinsic(m, "sched_getaffinity", I32, [I32, I64, PTR])
-
-
 def _globals(m: ir.Module) -> _State:
     def var(name: str, ty: ir.Type, align: int) -> ir.GlobalVariable:
         g = ir.GlobalVariable(m, ty, name=f"{m.name}__pool_{name}")
@@ -147,7 +131,7 @@ def _call_task(b: ir.IRBuilder, task: ir.Value, item: ir.Value) -> None:
     b.call(b.inttoptr(task, TASK_TYPE.as_pointer()), [item])
 
 
-def _emit_drain(m: ir.Module, st: _State, libc: _Libc) -> ir.Function:
+def _emit_drain(m: ir.Module, st: _State, libc: Libc) -> ir.Function:
     """``void drain(task, args, stride, n, gen)``: claim items of generation ``gen``'s job
     (compare-and-swap on the claim word, which must still name ``gen``) until none are left;
     count each finished item, and wake a parked caller when the job's last one finishes."""
@@ -186,44 +170,7 @@ def _emit_drain(m: ir.Module, st: _State, libc: _Libc) -> ir.Function:
     return fn
 
 
-def cpu_relax(m: ir.Module, b: ir.IRBuilder) -> None:
-    """A spin-wait hint for the target (``pause`` / ``yield``; nothing elsewhere)."""
-    triple = str(m.triple or "")
-    if triple.startswith(("x86_64", "i686", "i386")):
-        b.call(intrinsic(m, "llvm.x86.sse2.pause", VOID, []), [])
-    elif triple.startswith(("aarch64", "arm64")):
-        b.call(intrinsic(m, "llvm.aarch64.hint", VOID, [I32]), [ir.Constant(I32, 1)])
-
-
-def _now_ns(b: ir.IRBuilder, libc: _Libc, ts: ir.Value) -> ir.Value:
-    """CLOCK_MONOTONIC in nanoseconds, through the timespec ``ts`` ({i64 s, i64 ns})."""
-    b.call(libc.clock_gettime, [ir.Constant(I32, CLOCK_MONOTONIC), ts])
-    sec = b.load(b.gep(ts, [const_i64(0)], source_etype=I64), typ=I64)
-    nsec = b.load(b.gep(ts, [const_i64(1)], source_etype=I64), typ=I64)
-    return b.add(b.mul(sec, const_i64(1_000_000_000)), nsec)
-
-
-def _cpus(b: ir.IRBuilder, st: _State, libc: _Libc) -> ir.Value:
-    """The CPUs this process may run on (its affinity mask, counted once; 1 if unreadable)."""
-    known = b.load(st.cpus, typ=I64)
-    with b.if_then(b.icmp_signed("==", known, const_i64(0))):
-        mask = b.alloca(ir.ArrayType(I64, AFFINITY_WORDS))
-        b.store(ir.Constant(ir.ArrayType(I64, AFFINITY_WORDS), None), mask)
-        rc = b.call(libc.sched_getaffinity, [ir.Constant(I32, 0), const_i64(8 * AFFINITY_WORDS), mask])
-        popcount = intrinsic(b.module, "llvm.ctpop.i64", I64, [I64])
-        count = const_i64(0)
-        for w in range(AFFINITY_WORDS):
-            word = b.load(
-                b.gep(mask, [const_i64(0), ir.Constant(I32, w)], source_etype=ir.ArrayType(I64, AFFINITY_WORDS)),
-                typ=I64,
-            )
-            count = b.add(count, b.call(popcount, [word]))
-        ok = b.and_(b.icmp_signed("==", rc, ir.Constant(I32, 0)), b.icmp_signed(">", count, const_i64(0)))
-        b.store(b.select(ok, count, const_i64(1)), st.cpus)
-    return b.load(st.cpus, typ=I64)
-
-
-def _emit_spin(m: ir.Module, st: _State, libc: _Libc, yielding: bool) -> ir.Function:
+def _emit_spin(m: ir.Module, st: _State, libc: Libc, yielding: bool) -> ir.Function:
     """``i1 spin(i64* word, i64 value, i1 until_equal)``: poll ``*word`` (atomic acquire) for up
     to SPIN_NS (SHORT_SPIN_NS when the workers and the caller outnumber the CPUs; SPIN_ROUNDS
     rounds at most); true as soon as it equals ``value`` (``until_equal``) or differs from it
@@ -233,9 +180,9 @@ def _emit_spin(m: ir.Module, st: _State, libc: _Libc, yielding: bool) -> ir.Func
     fn, b = _function(m, name, ir.IntType(1), [PTR, I64, ir.IntType(1)])
     word, value, until_equal = fn.args
     ts = b.alloca(ir.ArrayType(I64, 2))
-    fits = b.icmp_signed("<", b.load(st.workers, typ=I64), _cpus(b, st, libc))
+    fits = b.icmp_signed("<", b.load(st.workers, typ=I64), cpu_count(b, libc, st.cpus))
     budget = b.select(fits, const_i64(SPIN_NS), const_i64(SHORT_SPIN_NS))
-    deadline = b.add(_now_ns(b, libc, ts), budget)
+    deadline = b.add(now_ns(b, libc, ts), budget)
     entry = b.block
     head, body, changed, gave_up = (fn.append_basic_block(x) for x in ("head", "body", "changed", "gave_up"))
     b.branch(head)
@@ -250,7 +197,7 @@ def _emit_spin(m: ir.Module, st: _State, libc: _Libc, yielding: bool) -> ir.Func
     if yielding:
         b.call(libc.sched_yield, [])
     nxt = b.add(rounds, const_i64(1))
-    more = b.and_(b.icmp_signed("<", nxt, const_i64(SPIN_ROUNDS)), b.icmp_signed("<", _now_ns(b, libc, ts), deadline))
+    more = b.and_(b.icmp_signed("<", nxt, const_i64(SPIN_ROUNDS)), b.icmp_signed("<", now_ns(b, libc, ts), deadline))
     tail = b.block
     b.cbranch(more, head, gave_up)
     rounds.add_incoming(const_i64(0), entry)
@@ -262,7 +209,7 @@ def _emit_spin(m: ir.Module, st: _State, libc: _Libc, yielding: bool) -> ir.Func
     return fn
 
 
-def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin: ir.Function) -> ir.Function:
+def _emit_worker(m: ir.Module, st: _State, libc: Libc, drain: ir.Function, spin: ir.Function) -> ir.Function:
     """``void* worker(void* first_gen)``: spin, then park, until the generation moves; read
     the job and drain it, repeat."""
     fn, b = _function(m, f"{m.name}__pool_worker", PTR, [PTR])
@@ -301,7 +248,7 @@ def _emit_worker(m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, spin
 
 
 def _emit_run(
-    m: ir.Module, st: _State, libc: _Libc, drain: ir.Function, worker: ir.Function, spin: ir.Function
+    m: ir.Module, st: _State, libc: Libc, drain: ir.Function, worker: ir.Function, spin: ir.Function
 ) -> ir.Function:
     """``i32 run(task, args, stride, n)``: 1 when the job ran on the pool, 0 when it was busy."""
     fn, b = _function(m, run_symbol(m.name), I32, [PTR, PTR, I64, I64], internal=False)
@@ -376,7 +323,7 @@ def _emit_reset(m: ir.Module, st: _State) -> None:
 
 def emit_pool(m: ir.Module) -> ir.Function:
     """Emit the pool into ``m``; returns ``run``."""
-    st, libc = _globals(m), _Libc(m)
+    st, libc = _globals(m), Libc(m)
     drain = _emit_drain(m, st, libc)
     spin = _emit_spin(m, st, libc, yielding=False)
     worker = _emit_worker(m, st, libc, drain, _emit_spin(m, st, libc, yielding=True))
@@ -404,8 +351,10 @@ def shared_pool(isa: IsaSpec) -> int:
     with _shared_lock:
         addr = _shared.get(isa.arch)
         if addr is None:
+            from embedpipe.codegen.kernel import imported_sources  # kernel imports this module
+
             h = hashlib.sha256()
-            for path in (__file__, irutil.__file__):
+            for path in sorted(imported_sources(frozenset({__file__}))):
                 with open(path, "rb") as fh:
                     h.update(fh.read())
             key = jit.cache_key(f"shared-pool:{h.hexdigest()}:{isa.name}:{isa.arch}:{isa.triple}", isa)

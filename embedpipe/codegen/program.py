@@ -35,7 +35,7 @@ from contextlib import contextmanager
 import llvmlite.ir as ir
 import numpy as np
 
-from embedpipe.codegen.ir_pool import cpu_relax
+from embedpipe.codegen.ir_sys import cpu_relax
 from embedpipe.codegen.irutil import I64, PTR, const_i64, for_range, intrinsic, loop, var
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native
