@@ -38,7 +38,7 @@ def embedder(quant: str, backend: str) -> Embedder:
     return Embedder.load(ensure_model(quant), backend=backend)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=None)  # every (config, prompt): each forward serves both dims
 def embeddings(quant: str, backend: str, prompt: str) -> np.ndarray:
     meta, _ = golden()
     emb = embedder(quant, backend)
