@@ -8,7 +8,7 @@ prompts. Runs on the default (JIT) backend and on the numpy oracle.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ def embedder(quant: str, backend: str) -> Embedder:
     return Embedder.load(ensure_model(quant), backend=backend)
 
 
-@lru_cache(maxsize=None)  # every (config, prompt): each forward serves both dims
+@cache  # every (config, prompt): each forward serves both dims
 def embeddings(quant: str, backend: str, prompt: str) -> np.ndarray:
     meta, _ = golden()
     emb = embedder(quant, backend)
