@@ -88,7 +88,8 @@ class _Role:
         return (by_kind[self.tile],) if self.tile else ()
 
 
-# Every kernel of the library module, in the order it is emitted. "row" is the coded float
+# Every kernel of the library module, in the order it is emitted (the work kernels call
+# ``quantize`` and ``q8mm``, so those come first). "row" is the coded float
 # kernel with one token row per micro-tile, same panels: for fewer rows than a tile (a
 # projection head over one pooled row would otherwise multiply MR−1 repeated rows).
 _ROLES = (
