@@ -12,16 +12,10 @@ from typing import Optional
 
 import typer
 
+from embedpipe.cli.bench_kernels_cmd import kernels, split_values, tiles
 from embedpipe.cli.common import MODEL_OPTION_HELP, THREADS_OPTION_HELP
 
 bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.", no_args_is_help=True)
-
-
-def _split(values: Optional[list[str]]) -> list[str] | None:
-    """Accept repeated options and comma lists alike: --type Q8_0,F16 --type Q4_0."""
-    if not values:
-        return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
 def startup(
@@ -47,44 +41,6 @@ def startup(
     else:
         m = summary["machine"]
         typer.echo(f"machine: {m['cpu']} ({m['cores']} cores), load {m['load_avg']}; model {path}")
-
-
-def kernels(
-    types: Optional[list[str]] = typer.Option(
-        None, "--type", help="Weight types (default Q8_0), e.g. Q8_0,Q4_0,F16,BF16,F32,Q4_K,Q6_K."
-    ),
-    isas: Optional[list[str]] = typer.Option(
-        None, "--isa", help="Instruction sets (default: detected; 'all' = every one this CPU runs)."
-    ),
-    tokens: Optional[list[str]] = typer.Option(None, "--tokens", help="Token counts T (default 16,128,512,2048)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
-    repeats: int = typer.Option(7, "--repeats", min=1, help="Runs per measurement (median)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
-) -> None:
-    """JIT matmul kernels on the model's FFN shapes vs numpy fp32 BLAS, with % of int8 peak.
-
-    For integer types, "1-scale %pk" is the same kernel loop with one scale per row, as
-    per-channel int8 kernels have: the gap to it is what Q8_0's per-32 block scales cost.
-    """
-    from embedpipe.codegen.bench import TOKENS, all_runnable_isa_names, run_kernel_bench
-    from embedpipe.codegen.quant_formats import FORMATS
-
-    names = [n.upper() for n in (_split(types) or ["Q8_0"])]
-    known = {q.name for q in FORMATS}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise typer.BadParameter(f"unknown type(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
-    isa_names = _split(isas)
-    if isa_names == ["all"]:
-        isa_names = all_runnable_isa_names()
-    try:
-        token_counts = tuple(int(t) for t in _split(tokens)) if tokens else TOKENS
-    except ValueError:
-        raise typer.BadParameter("--tokens takes integers, e.g. 16,128,512") from None
-    report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
-    summary = run_kernel_bench(names, isa_names, token_counts, threads, repeats, report=report)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
 
 
 def index(
@@ -132,7 +88,7 @@ def index(
     from embedpipe.indexes.bench_graph import GraphBench
     from embedpipe.indexes.bench_measure import format_row
 
-    names = tuple(_split(refs) or REFERENCES)
+    names = tuple(split_values(refs) or REFERENCES)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
     g = GraphBench(m=m, efc=ef_construction, threads=threads)
     if scaling_only and not (scaling or update):
@@ -289,19 +245,19 @@ def runtime(
 
     model = str(resolve_model(model))
     try:
-        thread_list = [int(t) for t in _split(threads)] if threads else sorted({1, default_threads()})
+        thread_list = [int(t) for t in split_values(threads)] if threads else sorted({1, default_threads()})
     except ValueError:
         raise typer.BadParameter("--threads takes integers, e.g. 1,2") from None
     if any(t < 1 for t in thread_list):
         raise typer.BadParameter("--threads must be >= 1")
-    kind_list = tuple(_split(kinds) or KINDS)
+    kind_list = tuple(split_values(kinds) or KINDS)
     bad = [k for k in kind_list if k not in KINDS]
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     cfg = BenchConfig(
         model=model,
         threads=thread_list,
-        peers=tuple(_split(peers) or PEERS),
+        peers=tuple(split_values(peers) or PEERS),
         kinds=kind_list,
         singles=singles,
         repeats=repeats,
@@ -347,12 +303,12 @@ def serve(
 
         model = str(default_model_path())
     try:
-        conc = tuple(int(c) for c in _split(concurrency)) if concurrency else CONCURRENCY
+        conc = tuple(int(c) for c in split_values(concurrency)) if concurrency else CONCURRENCY
     except ValueError:
         raise typer.BadParameter("--concurrency takes integers, e.g. 1,8,32") from None
     if any(c < 1 for c in conc):
         raise typer.BadParameter("--concurrency must be >= 1")
-    kind_list = tuple(_split(kinds) or KINDS)
+    kind_list = tuple(split_values(kinds) or KINDS)
     bad = [k for k in kind_list if k not in ("short", "long", "xlong")]
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from short, long, xlong")
@@ -361,7 +317,7 @@ def serve(
         threads=threads or default_threads(),
         kinds=kind_list,
         concurrency=conc,
-        peers=tuple(_split(peers) or PEERS),
+        peers=tuple(split_values(peers) or PEERS),
         requests=requests,
         max_seconds=max_seconds,
     )
@@ -377,6 +333,7 @@ def serve(
 BENCHMARKS: dict[str, Callable[..., None]] = {
     "startup": startup,
     "kernels": kernels,
+    "tiles": tiles,
     "index": index,
     "ingest": ingest,
     "runtime": runtime,

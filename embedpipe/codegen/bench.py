@@ -106,7 +106,7 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(call_seconds(fn, repeats))
 
 
-def _weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_weight(qtype: Q, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random GGUF bytes of ``qtype`` and their float32 dequantization (for numpy)."""
     from gguf import quants
 
@@ -176,7 +176,7 @@ def run_kernel_bench(
             for k, n in shapes:
                 if k % fmt.k_multiple:
                     continue
-                raw, deq = _weight(qtype, n, k, rng)
+                raw, deq = random_weight(qtype, n, k, rng)
                 mm = lib.prepare_matmul(qtype, raw, n, k)
                 wt = np.ascontiguousarray(deq.T)
                 for t in tokens:

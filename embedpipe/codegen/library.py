@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # hold MR·NV int32 and MR·NV fp32 accumulators, float tiles MR·NV fp32 accumulators.  On AVX2
 # the int8 vpmaddubsw path is kept over an int16 vpmaddwd one: it runs about as fast and
 # streams half the weight memory, which is what short documents pay for.
-TILES: dict[str, tuple[IntTile, FloatTile]] = {
+Tiles = tuple[IntTile, FloatTile]
+TILES: dict[str, Tiles] = {
     "avx512_vnni": (IntTile(4, 3), FloatTile(8, 2)),
     "avx512": (IntTile(2, 4), FloatTile(8, 2)),
     "avx2": (IntTile(4, 1), FloatTile(4, 2)),
@@ -82,8 +83,8 @@ class _Role:
     tile: str | None = None
     forked: bool = True
 
-    def tiles(self, isa: IsaSpec) -> tuple[IntTile | FloatTile, ...]:
-        int_tile, float_tile = TILES[isa.name]
+    def tiles(self, tiles: Tiles) -> tuple[IntTile | FloatTile, ...]:
+        int_tile, float_tile = tiles
         by_kind = {"int": int_tile, "float": float_tile, "row": FloatTile(1, float_tile.nv, float_tile.tc)}
         return (by_kind[self.tile],) if self.tile else ()
 
@@ -114,9 +115,11 @@ _ROLES = (
 PARALLEL_ROLES = tuple(r.name for r in _ROLES if r.forked)
 
 
-def kernel_symbols(isa: IsaSpec) -> dict[str, str]:
-    """Role -> symbol of every function in the library module of ``isa``."""
-    symbols = {r.name: r.symbol(isa, *r.tiles(isa)) for r in _ROLES}
+def kernel_symbols(isa: IsaSpec, tiles: Tiles | None = None) -> dict[str, str]:
+    """Role -> symbol of every function in the library module of ``isa`` (with its ``TILES``
+    unless ``tiles`` says otherwise)."""
+    tiles = tiles or TILES[isa.name]
+    symbols = {r.name: r.symbol(isa, *r.tiles(tiles)) for r in _ROLES}
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = ir_parallel.parallel_symbol(symbols[f"{role}_task"])
@@ -127,17 +130,19 @@ def module_name(isa: IsaSpec) -> str:
     return f"embedpipe_{isa.name}"
 
 
-def build_module(isa: IsaSpec) -> tuple[str, dict[str, str]]:
-    """IR text of every kernel for ``isa`` and a map role -> symbol."""
+def build_module(isa: IsaSpec, tiles: Tiles | None = None) -> tuple[str, dict[str, str]]:
+    """IR text of every kernel for ``isa`` (with ``tiles``, default its ``TILES``) and a map
+    role -> symbol."""
+    tiles = tiles or TILES[isa.name]
     module = ir.Module(name=module_name(isa))
     module.triple = isa.triple
-    symbols = {r.name: r.emit(module, isa, *r.tiles(isa)) for r in _ROLES}
+    symbols = {r.name: r.emit(module, isa, *r.tiles(tiles)) for r in _ROLES}
     kernels = [module.get_global(symbols[role]) for role in PARALLEL_ROLES]
     parallel = ir_parallel.emit_entry_points(module, kernels)
     for role in PARALLEL_ROLES:
         symbols[f"{role}_task"] = ir_parallel.task_symbol(symbols[role])
         symbols[f"{role}_parallel"] = parallel[symbols[role]]
-    assert symbols == kernel_symbols(isa)
+    assert symbols == kernel_symbols(isa, tiles)
     return str(module), symbols
 
 
@@ -162,31 +167,35 @@ def _generator_fingerprint() -> str:
     return h.hexdigest()
 
 
-def library_cache_key(isa: IsaSpec) -> str:
+def library_cache_key(isa: IsaSpec, tiles: Tiles | None = None) -> str:
     """Generator fingerprint + every IsaSpec field that shapes the IR + tiles + target +
     llvmlite version (the flag set is left out: a set's repr order varies per process)."""
     spec = f"{isa.name}:{isa.arch}:{isa.lanes}:{isa.dot}"
-    return jit.cache_key(f"library:{_generator_fingerprint()}:{spec}:{TILES[isa.name]}", isa)
+    return jit.cache_key(f"library:{_generator_fingerprint()}:{spec}:{tiles or TILES[isa.name]}", isa)
 
 
-def library_object(isa: IsaSpec) -> bytes:
+def library_object(isa: IsaSpec, tiles: Tiles | None = None) -> bytes:
     """The compiled library object for ``isa`` from the disk cache, without generating IR
     when it is there."""
-    return jit.compile_cached(library_cache_key(isa), lambda: build_module(isa)[0], isa)
+    return jit.compile_cached(library_cache_key(isa, tiles), lambda: build_module(isa, tiles)[0], isa)
 
 
 class KernelLibrary:
-    """Compiled kernels for one host ISA plus the thread count used to run them."""
+    """Compiled kernels for one host ISA plus the thread count used to run them.
 
-    def __init__(self, isa: IsaSpec, threads: int) -> None:
+    ``tiles`` replaces the ISA's register tiles (``TILES``), for comparing tiles in one process
+    (``tile_bench``): every symbol that depends on a tile names it, so two libraries of one ISA
+    load side by side."""
+
+    def __init__(self, isa: IsaSpec, threads: int, tiles: Tiles | None = None) -> None:
         if isa.arch != host_arch():
             raise EmbedpipeError(f"cannot run {isa.name} ({isa.arch}) kernels on a {host_arch()} host")
         self.isa = isa
         self.threads = threads
-        self.int_tile, self.float_tile = TILES[isa.name]
+        self.int_tile, self.float_tile = tiles or TILES[isa.name]
         start = time.perf_counter()
-        symbols = kernel_symbols(isa)
-        addrs = jit.host_engine().load(library_object(isa), list(symbols.values()))
+        symbols = kernel_symbols(isa, (self.int_tile, self.float_tile))
+        addrs = jit.host_engine().load(library_object(isa, (self.int_tile, self.float_tile)), list(symbols.values()))
         self._quantize = _QUANT(addrs[symbols["quantize"]])
         self._forks = {role: _FORK(addrs[symbols[f"{role}_parallel"]]) for role in PARALLEL_ROLES}
         # task trampolines, for forks recorded into a ``codegen.program`` step program

@@ -76,3 +76,19 @@ def test_bench_index_scaling_only_writes_its_figures_to_out(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["complete"] and doc["scaling"]["embedpipe-hnsw-fp32"]["sizes"] == [150, 300]
     assert "fitted exponent" in res.output
+
+
+def test_bench_tiles_json_and_errors():
+    res = CliRunner().invoke(
+        app,
+        ["bench", "tiles", "--tiles", "2x2", "--tokens", "3", "--rounds", "1", "--json"],
+        catch_exceptions=False,
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["rounds"] == 1 and doc["threads"] == 1 and doc["qtype"] == "Q8_0"
+    assert {r["tile"] for r in doc["results"]} == {doc["baseline"], "2x2/64"}
+    assert {(r["k"], r["n"]) for r in doc["results"]} == {(768, 1152), (1152, 768)}
+    for args, message in ((["--tiles", "4x"], "is not MRxNV"), (["--type", "F16"], "float kernels")):
+        bad = CliRunner().invoke(app, ["bench", "tiles", *args])
+        assert bad.exit_code != 0 and message in (bad.output + str(bad.exception))
