@@ -41,7 +41,6 @@ zero-initialized globals: all-zero is ``PTHREAD_MUTEX_INITIALIZER`` /
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -351,13 +350,10 @@ def shared_pool(isa: IsaSpec) -> int:
     with _shared_lock:
         addr = _shared.get(isa.arch)
         if addr is None:
-            from embedpipe.codegen.kernel import imported_sources  # kernel imports this module
+            from embedpipe.codegen.kernel import imported_sources, sources_digest  # kernel imports this module
 
-            h = hashlib.sha256()
-            for path in sorted(imported_sources(frozenset({__file__}))):
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
-            key = jit.cache_key(f"shared-pool:{h.hexdigest()}:{isa.name}:{isa.arch}:{isa.triple}", isa)
+            digest = sources_digest(imported_sources(frozenset({__file__})))
+            key = jit.cache_key(f"shared-pool:{digest}:{isa.name}:{isa.arch}:{isa.triple}", isa)
             obj = jit.compile_cached(key, lambda: build_module(isa), isa)
             run, reset = run_symbol(MODULE_NAME), reset_symbol(MODULE_NAME)
             addrs = jit.host_engine().load(obj, [run, reset])

@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,13 +168,11 @@ class KernelModule:
         """Object-cache key of this module for ``isa``: digest of the generator sources, the
         kernel declarations (name, parameter and return types) and every IsaSpec field; equal
         keys mean equal IR, so a warm process never generates the IR just to name it."""
-        h = hashlib.sha256()
-        for path in self.source_files():
-            h.update(path.relative_to(_PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest = sources_digest(self.source_files())
         decl = [(k.name, [(n, str(t)) for n, t in k.params], str(k.ret)) for k in self.kernels]
         flags = ",".join(sorted(isa.required_flags))
         spec = f"{isa.name}:{isa.arch}:{isa.lanes}:{isa.dot}:{flags}"
-        return jit.cache_key(f"kernel-module:{self.name}:{h.hexdigest()}:{decl}:{spec}", isa)
+        return jit.cache_key(f"kernel-module:{self.name}:{digest}:{decl}:{spec}", isa)
 
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(embedpipe.__file__))
@@ -217,6 +215,15 @@ def imported_sources(roots: frozenset[str]) -> frozenset[str]:
             if package and found.endswith("__init__.py"):  # `from embedpipe.codegen import ir_pool`
                 todo += filter(None, (_module_file(f"{name}.{n}") for n in re.findall(r"\w+", names.decode())))
     return frozenset(seen)
+
+
+def sources_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """SHA-256 over source files (path within the package, then bytes, in sorted order): the
+    generator part of an object-cache key, so equal digests mean equal generated IR."""
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        h.update(path.relative_to(_PACKAGE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 # Native calls made by this process (``Native`` calls and runs, library forks): one integer

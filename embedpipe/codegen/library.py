@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import array
 import functools
-import hashlib
 import logging
 import threading
 import time
@@ -36,7 +35,7 @@ from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.ir_float import FloatTile
 from embedpipe.codegen.ir_q8 import QK, IntTile
 from embedpipe.codegen.isa import ISAS, IsaSpec, detect_isa, host_arch
-from embedpipe.codegen.kernel import f32_word, imported_sources, prototype
+from embedpipe.codegen.kernel import f32_word, imported_sources, prototype, sources_digest
 from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty, weight_empty
 from embedpipe.codegen.recorder import active_recorder, count_native_call
@@ -161,10 +160,7 @@ def generator_sources() -> list[Path]:
 @functools.cache
 def _generator_fingerprint() -> str:
     """Hash of the sources that generate the library IR: equal sources give equal IR."""
-    h = hashlib.sha256()
-    for path in generator_sources():
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
+    return sources_digest(generator_sources())
 
 
 def library_cache_key(isa: IsaSpec, tiles: Tiles | None = None) -> str:

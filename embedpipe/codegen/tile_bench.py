@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import re
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from embedpipe.codegen.bench import MODEL_SHAPES, random_weight
+from embedpipe.codegen.bench import MODEL_SHAPES, call_seconds, random_weight
 from embedpipe.codegen.ir_q8 import IntTile
 from embedpipe.codegen.isa import detect_isa
 from embedpipe.codegen.library import TILES, KernelLibrary
@@ -129,10 +128,4 @@ def run_tile_bench(
 
 def _best_call(fn: Callable[[], object], calls: int) -> float:
     """Seconds per call of ``fn``: the best of three runs of ``calls`` calls."""
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+    return min(sum(call_seconds(fn, calls, warmup=0)) / calls for _ in range(3))
