@@ -1,4 +1,4 @@
-"""How coarse can the int8 scales of EmbeddingGemma's products be? Golden cosine per block size.
+"""How coarse can the int8 scales of a model's products be? Golden cosine per block size.
 
 The int8 products multiply Q8_0 weights (one scale per 32 weights of a row) by activations
 quantized the same way, so after every 32-element block the kernel converts its integer sums
@@ -14,13 +14,17 @@ values):
     python scripts/golden_scale_blocks.py 64 32     # activations per 64, weights as stored
     python scripts/golden_scale_blocks.py row 32    # one activation scale per token row
     python scripts/golden_scale_blocks.py 32 row ffn_down   # one scale per weight row, one product
+    python scripts/golden_scale_blocks.py row 32 --model all-minilm-l6-v2   # a BERT-family model
 
 A block of ``row`` is one scale per row (what per-channel int8 kernels use: the epilogue runs
 once per output tile); a third argument limits the change to the products whose tensor names
 contain one of its comma-separated parts (the others keep per-32 scales).
 
-Prints the minimum and median cosine for the query and document prompts at 768 dims; the
-golden threshold for Q8_0 is 0.999 on every text.
+Prints the minimum and median cosine for EmbeddingGemma's query and document prompts at 768
+dims, or for a BERT-family model (``--model``: all-minilm-l6-v2, all-mpnet-base-v2) on its
+golden texts; the golden threshold for Q8_0 is 0.999 on every text. The numpy oracle does not
+extend the LayerNorm-fed products' worst blocks as the integer kernels do
+(``runtime/bert_extend.py``), so for those models "32 32" is the plain per-block figure.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ GOLDEN = ROOT / "tests" / "runtime" / "golden"
 
 
 ROW = 0  # block size meaning "one scale per row"
+GEMMA = "embeddinggemma-300m"
 
 
 def requantize(x: np.ndarray, block: int) -> np.ndarray:
@@ -49,12 +54,27 @@ def requantize(x: np.ndarray, block: int) -> np.ndarray:
     return (np.round(b * inv) * d).reshape(rows, k)
 
 
-def main(act_block: int, weight_block: int, only: tuple[str, ...] = ()) -> None:
+def golden_sets(model: str) -> list[tuple[str, list[str], np.ndarray]]:
+    """(label, texts, sentence-transformers vectors) per prompt of ``model``'s golden data."""
+    if model == GEMMA:
+        meta = json.loads((GOLDEN / "embeddinggemma_golden.json").read_text(encoding="utf-8"))
+        texts = [r["text"] for r in meta["texts"]]
+        with np.load(GOLDEN / "embeddinggemma_golden.npz") as arrays:
+            return [(prompt, texts, arrays[f"{prompt}_768"]) for prompt in ("query", "document")]
+    meta = json.loads((GOLDEN / "bert_family_golden.json").read_text(encoding="utf-8"))
+    if model not in meta["models"]:
+        sys.exit(f"no golden data for {model!r}; choose {GEMMA} or one of {', '.join(meta['models'])}")
+    texts = [meta["texts"][i]["text"] for i in meta["models"][model]["vector_rows"]]
+    with np.load(GOLDEN / "bert_family_golden.npz") as arrays:
+        return [("query", texts, arrays[model])]
+
+
+def main(act_block: int, weight_block: int, only: tuple[str, ...] = (), model: str = "") -> None:
     sys.path.insert(0, str(ROOT))
     from embedpipe.codegen.ggml_types import GGMLQuantizationType
     from embedpipe.runtime import backends
     from embedpipe.runtime.embedder import Embedder
-    from embedpipe.runtime.store import ensure_model
+    from embedpipe.runtime.registry import ensure
 
     class CoarseScales(backends.NumpyBackend):
         name = "coarse-scales"
@@ -69,18 +89,16 @@ def main(act_block: int, weight_block: int, only: tuple[str, ...] = ()) -> None:
             return lambda x: (requantize(x.astype(np.float64), a_block) @ wt).astype(np.float32)
 
     backends.BACKENDS[CoarseScales.name] = lambda threads: CoarseScales(threads)
-    meta = json.loads((GOLDEN / "embeddinggemma_golden.json").read_text(encoding="utf-8"))
-    with np.load(GOLDEN / "embeddinggemma_golden.npz") as arrays:
-        golden = {k: arrays[k] for k in arrays.files}
-    emb = Embedder.load(ensure_model("q8_0"), backend=CoarseScales.name)
-    for prompt in ("query", "document"):
-        got = emb.encode([r["text"] for r in meta["texts"]], task=prompt)
-        ref = golden[f"{prompt}_768"]
+    model = model or GEMMA
+    sets = golden_sets(model)
+    emb = Embedder.load(ensure(model, "q8_0", progress=False), backend=CoarseScales.name)
+    for prompt, texts, ref in sets:
+        got = emb.encode(texts, task=prompt, truncate=True)
         cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
         label = lambda block: block or "row"  # noqa: E731
         where = f" ({','.join(only)} only)" if only else ""
         print(
-            f"activations per {label(act_block)}, weights per {label(weight_block)}{where}, {prompt}: "
+            f"{model}: activations per {label(act_block)}, weights per {label(weight_block)}{where}, {prompt}: "
             f"min {cos.min():.5f} median {np.median(cos):.6f}"
         )
 
@@ -92,10 +110,14 @@ def _block(arg: str) -> int | None:
 
 
 if __name__ == "__main__":
-    blocks = [_block(a) for a in sys.argv[1:3]]
-    if len(sys.argv) not in (3, 4) or None in blocks:
+    args, model = sys.argv[1:], ""
+    if "--model" in args:
+        at = args.index("--model")
+        model, args = (args[at + 1] if at + 1 < len(args) else ""), args[:at] + args[at + 2 :]
+    blocks = [_block(a) for a in args[:2]]
+    if len(args) not in (2, 3) or None in blocks or "--model" in sys.argv and not model:
         sys.exit(
-            "usage: golden_scale_blocks.py ACT_BLOCK WEIGHT_BLOCK [TENSORS]  "
+            "usage: golden_scale_blocks.py ACT_BLOCK WEIGHT_BLOCK [TENSORS] [--model NAME]  "
             "(multiples of 32 dividing every K, or row; TENSORS: comma-separated name parts)"
         )
-    main(*blocks, tuple(filter(None, sys.argv[3].split(","))) if len(sys.argv) == 4 else ())
+    main(*blocks, tuple(filter(None, args[2].split(","))) if len(args) == 3 else (), model)
