@@ -16,7 +16,7 @@ import numpy as np
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.quant_formats import FORMATS
 from embedpipe.errors import EmbedpipeError
-from embedpipe.runtime.gguf_file import WeightTensor
+from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ def dequantize(tensor: WeightTensor) -> np.ndarray:
     from gguf import quants  # the reference; not needed to run a model (see dequantize_rows)
 
     return np.asarray(quants.dequantize(tensor.rows(), tensor.qtype), dtype=np.float32).reshape(tensor.shape)
+
+
+def read_vector(model_file: GGUFModelFile, name: str) -> np.ndarray:
+    """A small tensor a model reads whole at load (norm weight, bias, position table) as a
+    writable float32 array, read from the file rather than through its mapping
+    (``GGUFModelFile.read_tensor``)."""
+    return dequantize(model_file.read_tensor(name)).astype(np.float32, copy=True)
 
 
 def dequantize_rows(tensor: WeightTensor, rows: np.ndarray) -> np.ndarray:

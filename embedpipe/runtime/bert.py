@@ -21,10 +21,10 @@ from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.prepared import PreparedMatmul
 from embedpipe.runtime import bert_extend, encoder_ops, ops
 from embedpipe.runtime.arena import Arena, ArenaPool
-from embedpipe.runtime.backends import Backend, dequantize, dequantize_rows
+from embedpipe.runtime.backends import Backend, dequantize_rows, read_vector
 from embedpipe.runtime.bert_config import EncoderConfig, validate_tensors
 from embedpipe.runtime.bert_extend import EXTENDED_INPUT_PRODUCTS, BlockErrors
-from embedpipe.runtime.bert_layer import EncoderLayer, vector
+from embedpipe.runtime.bert_layer import EncoderLayer
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.step_programs import (
     MAX_PROGRAMS,
@@ -74,13 +74,13 @@ class BertEncoderModel:
         self.ops = ops.ops_for(backend)
         self.eops = encoder_ops.encoder_ops_for(backend)
         self.token_embd = mf.tensors["token_embd.weight"]
-        self.position_embd = vector(mf, "position_embd.weight")
-        types = mf.tensors.get("token_types.weight")
-        self.type0 = dequantize(types)[0].astype(np.float32) if types is not None else None
-        self.embd_norm = (vector(mf, "token_embd_norm.weight"), vector(mf, "token_embd_norm.bias"))
+        self.position_embd = read_vector(mf, "position_embd.weight")
+        types = "token_types.weight" in mf.tensors
+        self.type0 = read_vector(mf, "token_types.weight")[0].copy() if types else None
+        self.embd_norm = (read_vector(mf, "token_embd_norm.weight"), read_vector(mf, "token_embd_norm.bias"))
         self._zeros = np.zeros(self.cfg.hidden, np.float32)
-        rel = mf.tensors.get("attn_rel_b.weight")
-        self.rel_table = dequantize(rel).astype(np.float32) if rel is not None else None  # (buckets, heads)
+        rel = "attn_rel_b.weight" in mf.tensors
+        self.rel_table = read_vector(mf, "attn_rel_b.weight") if rel else None  # (buckets, heads)
         self._bias_cache: np.ndarray | None = None
         self.scale = np.float32(1.0 / math.sqrt(self.cfg.head_dim))
         self.max_program_tokens = 0  # the calibration pass below runs the ops one by one

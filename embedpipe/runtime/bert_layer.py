@@ -11,15 +11,10 @@ import numpy as np
 
 from embedpipe.codegen.encoder_fused import QK, ExtendBlocks
 from embedpipe.codegen.ggml_types import GGML_QUANT_SIZES
-from embedpipe.runtime.backends import Backend, dequantize
+from embedpipe.runtime.backends import Backend, read_vector
 from embedpipe.runtime.bert_extend import EXTENDED_INPUT_PRODUCTS, extend_columns
 from embedpipe.runtime.gemma_embedding import fuse_rows
 from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
-
-
-def vector(mf: GGUFModelFile, name: str) -> np.ndarray:
-    """A small tensor (bias, norm weight, table) as a writable float32 array."""
-    return dequantize(mf.tensors[name]).astype(np.float32, copy=True)
 
 
 class _Concat:
@@ -56,7 +51,7 @@ class EncoderLayer:
         """``extend``: the blocks each of ``EXTENDED_INPUT_PRODUCTS`` is extended by (a known
         calibration); a product missing from it is prepared plain, for a calibration pass."""
         t = lambda stem: mf.tensors[f"blk.{il}.{stem}.weight"]
-        b = lambda stem: vector(mf, f"blk.{il}.{stem}.bias")
+        b = lambda stem: read_vector(mf, f"blk.{il}.{stem}.bias")
         prep = lambda name, tensors: _prepare(backend, f"blk.{il}.{name}", tensors)
         self.il = il
         self.sources = {
@@ -77,8 +72,8 @@ class EncoderLayer:
         self.wo, self.bo = prep("attn_output", [t("attn_output")]), b("attn_output")
         self.b_up = b("ffn_up")
         self.w_down, self.b_down = prep("ffn_down", [t("ffn_down")]), b("ffn_down")
-        self.attn_norm = (vector(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
-        self.out_norm = (vector(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
+        self.attn_norm = (read_vector(mf, f"blk.{il}.attn_output_norm.weight"), b("attn_output_norm"))
+        self.out_norm = (read_vector(mf, f"blk.{il}.layer_output_norm.weight"), b("layer_output_norm"))
 
     def extendable(self, product: str) -> bool:
         """Whether ``product`` runs on int8 activations from a weight stored in 32-element

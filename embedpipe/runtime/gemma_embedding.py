@@ -19,7 +19,7 @@ from embedpipe.codegen.sequences import Sequences
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime import ops
 from embedpipe.runtime.arena import Arena, ArenaPool
-from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows
+from embedpipe.runtime.backends import Backend, NumpyBackend, dequantize, dequantize_rows, read_vector
 from embedpipe.runtime.gemma_config import ARCH, MATRYOSHKA_DIMS, GemmaEmbeddingConfig, validate_tensors
 from embedpipe.runtime.gguf_file import DerivedTensor, GGUFModelFile, WeightTensor
 from embedpipe.runtime.step_programs import (
@@ -46,7 +46,7 @@ OPS_PER_LAYER = 6
 class _Layer:
     def __init__(self, mf: GGUFModelFile, il: int, backend: Backend):
         t = lambda name: mf.tensors[f"blk.{il}.{name}.weight"]  # noqa: E731
-        vec = lambda name: dequantize(t(name)).astype(np.float32, copy=True)  # noqa: E731
+        vec = lambda name: read_vector(mf, f"blk.{il}.{name}.weight")  # noqa: E731
         self.attn_norm, self.q_norm, self.k_norm = vec("attn_norm"), vec("attn_q_norm"), vec("attn_k_norm")
         self.q_norm_scaled = self.q_norm * np.float32(1.0 / math.sqrt(self.q_norm.shape[0]))
         self.post_attn_norm, self.ffn_norm, self.post_ffw_norm = (
@@ -110,7 +110,7 @@ class GemmaEmbeddingModel:
         self.backend = backend
         self.ops = ops.ops_for(backend)
         self.token_embd: WeightTensor = mf.tensors["token_embd.weight"]
-        self.output_norm = dequantize(mf.tensors["output_norm.weight"]).astype(np.float32, copy=True)
+        self.output_norm = read_vector(mf, "output_norm.weight")
         # Repacking weights is numpy work that drops the GIL: spread it over the backend's threads.
         with ThreadPoolExecutor(max(1, getattr(self.ops, "threads", 1)), thread_name_prefix="embedpipe-load") as pool:
             self.layers = list(pool.map(lambda il: _Layer(mf, il, backend), range(self.cfg.n_layers)))

@@ -3,6 +3,13 @@
 Everything that can go wrong with a model file (missing, truncated, bad magic, unknown tensor
 type, tensor data past the end of the file) surfaces here as one `ModelFileError` that names
 the file and the problem, so that no kernel is ever handed a short buffer.
+
+Weights are views of the mapping, so only the pages a model reads become resident. Small
+parameters that a model reads whole at load (norm weights, biases, position tables) are read
+with read(2) instead (``read_tensor``): where the page cache holds the file in large folios
+(2 MB on recent kernels with transparent huge pages), touching a 3 KB vector through the
+mapping maps its whole folio, and the norms of two dozen layers would map 100 MB of weights
+that the weight cache already holds repacked.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import json
 import mmap
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +105,9 @@ class GGUFModelFile:
         try:
             with open(self.path, "rb") as fh:
                 self._parsed = parse_gguf(fh, index)
+                # the inode mapped, for read_tensor (the path may be replaced meanwhile)
+                self._fd = os.dup(fh.fileno())
+                weakref.finalize(self, os.close, self._fd)
         except GGUFFormatError as exc:
             raise ModelFileError(f"{self.path}: not a readable GGUF file: {exc}; {REPAIR_HINT}") from exc
         except OSError as exc:
@@ -107,6 +118,7 @@ class GGUFModelFile:
         if problems:
             raise ModelFileError(f"{self.path}: {problems[0]}; {REPAIR_HINT}")
         self.tensors: dict[str, WeightTensor] = {}
+        self._offsets: dict[str, int] = {}  # file offset of each tensor's data
         self._base: int | None = None
         self._load_tensors()
         model_integrity.verify(self)
@@ -142,6 +154,22 @@ class GGUFModelFile:
             qtype = GGMLQuantizationType(info.type_id)
             shape = tuple(int(d) for d in reversed(info.dims))
             self.tensors[info.name] = WeightTensor(info.name, qtype, shape, self._parsed.tensor_bytes(info))
+            self._offsets[info.name] = self._parsed.data_offset + info.offset
+
+    def read_tensor(self, name: str) -> WeightTensor:
+        """``tensors[name]`` with its bytes read into private memory by read(2), so that no page
+        of the mapping becomes resident (see the module docstring). For parameters read whole
+        at load; weights stay views of the mapping."""
+        tensor = self.tensors[name]
+        nbytes = tensor.raw.nbytes
+        data = bytearray(nbytes)
+        try:
+            got = os.preadv(self._fd, [data], self._offsets[name])
+        except OSError as exc:
+            raise ModelFileError(f"{self.path}: cannot read tensor {shown(name)} ({exc.strerror})") from exc
+        if got != nbytes:
+            raise ModelFileError(f"{self.path}: tensor {shown(name)} ends past the end of the file; {REPAIR_HINT}")
+        return WeightTensor(name, tensor.qtype, tensor.shape, np.frombuffer(data, dtype=np.uint8))
 
     def release_pages(self, view: np.ndarray) -> None:
         """Drop the pages under ``view`` (a slice of a tensor) from this process's resident set;

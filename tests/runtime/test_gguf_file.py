@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -101,3 +102,57 @@ def test_tensor_views_are_zero_copy(tiny_model_q8):
     assert t.qtype == gguf.GGMLQuantizationType.Q8_0 and t.shape == (96, 64)
     assert t.rows().shape == (96, 64 // 32 * 34)
     assert isinstance(t.raw.base, np.memmap) or isinstance(t.raw, np.memmap) or t.raw.base is not None
+
+
+def _mapped_kib(path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if "-" in head[0] and ":" not in head[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.fixture
+def spread_gguf(tmp_path):
+    """A file whose small tensors lie 4 MB past the header, beyond any folio the header shares."""
+    path = tmp_path / "spread.gguf"
+    writer = gguf.GGUFWriter(str(path), "embedpipe-test")
+    rng = np.random.default_rng(0)
+    writer.add_tensor("big", rng.standard_normal(1 << 20).astype(np.float32))
+    writer.add_tensor("norm", rng.standard_normal(768).astype(np.float32))
+    writer.add_tensor("half", rng.standard_normal(64).astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
+def test_read_tensor_copies_without_mapping_pages(spread_gguf):
+    mf = GGUFModelFile(spread_gguf)
+    before = _mapped_kib(spread_gguf)
+    copies = {name: mf.read_tensor(name) for name in ("norm", "half")}
+    assert _mapped_kib(spread_gguf) == before
+    for name, copy in copies.items():
+        view = mf.tensors[name]
+        assert (copy.name, copy.qtype, copy.shape) == (view.name, view.qtype, view.shape)
+        assert copy.raw.flags.writeable and copy.raw.base is not view.raw.base
+        assert np.array_equal(copy.raw, view.raw)  # reads through the mapping: the control
+    assert _mapped_kib(spread_gguf) > before
+
+
+def test_read_tensor_of_a_file_cut_after_open(spread_gguf):
+    mf = GGUFModelFile(spread_gguf)
+    size = spread_gguf.stat().st_size
+    with open(spread_gguf, "r+b") as fh:
+        fh.truncate(size - 64)
+    with pytest.raises(ModelFileError, match="tensor half ends past the end of the file"):
+        mf.read_tensor("half")
+    with pytest.raises(KeyError):
+        mf.read_tensor("absent")
