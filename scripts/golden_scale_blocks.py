@@ -29,6 +29,7 @@ extend the LayerNorm-fed products' worst blocks as the integer kernels do
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -103,21 +104,22 @@ def main(act_block: int, weight_block: int, only: tuple[str, ...] = (), model: s
         )
 
 
-def _block(arg: str) -> int | None:
+def _block(arg: str) -> int:
+    """A block size: ``row`` or a positive multiple of 32."""
     if arg == "row":
         return ROW
-    return int(arg) if arg.isdigit() and int(arg) % 32 == 0 and int(arg) > 0 else None
+    if arg.isdigit() and int(arg) > 0 and int(arg) % 32 == 0:
+        return int(arg)
+    raise argparse.ArgumentTypeError(f"{arg!r} is neither row nor a positive multiple of 32")
 
 
 if __name__ == "__main__":
-    args, model = sys.argv[1:], ""
-    if "--model" in args:
-        at = args.index("--model")
-        model, args = (args[at + 1] if at + 1 < len(args) else ""), args[:at] + args[at + 2 :]
-    blocks = [_block(a) for a in args[:2]]
-    if len(args) not in (2, 3) or None in blocks or "--model" in sys.argv and not model:
-        sys.exit(
-            "usage: golden_scale_blocks.py ACT_BLOCK WEIGHT_BLOCK [TENSORS] [--model NAME]  "
-            "(multiples of 32 dividing every K, or row; TENSORS: comma-separated name parts)"
-        )
-    main(*blocks, tuple(filter(None, args[2].split(","))) if len(args) == 3 else (), model)
+    parser = argparse.ArgumentParser(description="Golden cosine of a model's products at coarser int8 scales.")
+    parser.add_argument(
+        "act_block", type=_block, help="activation scale block: a multiple of 32 dividing every K, or row"
+    )
+    parser.add_argument("weight_block", type=_block, help="weight scale block: the same choices")
+    parser.add_argument("tensors", nargs="?", default="", help="comma-separated parts of the tensor names to change")
+    parser.add_argument("--model", default="", help=f"registered model (default {GEMMA})")
+    args = parser.parse_args()
+    main(args.act_block, args.weight_block, tuple(filter(None, args.tensors.split(","))), args.model)
