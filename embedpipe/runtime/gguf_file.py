@@ -118,7 +118,6 @@ class GGUFModelFile:
         if problems:
             raise ModelFileError(f"{self.path}: {problems[0]}; {REPAIR_HINT}")
         self.tensors: dict[str, WeightTensor] = {}
-        self._offsets: dict[str, int] = {}  # file offset of each tensor's data
         self._base: int | None = None
         self._load_tensors()
         model_integrity.verify(self)
@@ -154,7 +153,6 @@ class GGUFModelFile:
             qtype = GGMLQuantizationType(info.type_id)
             shape = tuple(int(d) for d in reversed(info.dims))
             self.tensors[info.name] = WeightTensor(info.name, qtype, shape, self._parsed.tensor_bytes(info))
-            self._offsets[info.name] = self._parsed.data_offset + info.offset
 
     def read_tensor(self, name: str) -> WeightTensor:
         """``tensors[name]`` with its bytes read into private memory by read(2), so that no page
@@ -164,7 +162,7 @@ class GGUFModelFile:
         nbytes = tensor.raw.nbytes
         data = bytearray(nbytes)
         try:
-            got = os.preadv(self._fd, [data], self._offsets[name])
+            got = os.preadv(self._fd, [data], self._file_offset(tensor.raw))
         except OSError as exc:
             raise ModelFileError(f"{self.path}: cannot read tensor {shown(name)} ({exc.strerror})") from exc
         if got != nbytes:
@@ -178,9 +176,7 @@ class GGUFModelFile:
         mm = self._parsed.mm
         if not view.size or not hasattr(mm, "madvise"):
             return
-        if self._base is None:
-            self._base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
-        start = view.ctypes.data - self._base
+        start = self._file_offset(view)
         lo = start - start % mmap.PAGESIZE
         hi = min(len(mm), start + view.nbytes)
         if 0 <= lo < hi:
@@ -188,6 +184,12 @@ class GGUFModelFile:
                 mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
             except (OSError, ValueError):  # advice only
                 pass
+
+    def _file_offset(self, view: np.ndarray) -> int:
+        """Where ``view`` (a slice of the mapping, as every tensor's ``raw``) starts in the file."""
+        if self._base is None:
+            self._base = np.frombuffer(self._parsed.mm, dtype=np.uint8, count=1).ctypes.data
+        return view.ctypes.data - self._base
 
     def get(self, key: str, default: Any = None) -> Any:
         """A metadata value: str, int/float/bool, numpy array, or list of bytes for string arrays."""

@@ -14,6 +14,7 @@ from synthetic import build_tiny_model
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime.embedder import Embedder
 from embedpipe.runtime.gguf_file import GGUFModelFile
+from tests.proc_maps import resident_kib
 
 
 def _load(path):
@@ -104,19 +105,6 @@ def test_tensor_views_are_zero_copy(tiny_model_q8):
     assert isinstance(t.raw.base, np.memmap) or isinstance(t.raw, np.memmap) or t.raw.base is not None
 
 
-def _mapped_kib(path) -> int:
-    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
-    total, inside = 0, False
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            head = line.split()
-            if "-" in head[0] and ":" not in head[0]:
-                inside = line.rstrip().endswith(str(path))
-            elif inside and head[0] == "Rss:":
-                total += int(head[1])
-    return total
-
-
 @pytest.fixture
 def spread_gguf(tmp_path):
     """A file whose small tensors lie 4 MB past the header, beyond any folio the header shares."""
@@ -136,15 +124,15 @@ def spread_gguf(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs /proc/self/smaps")
 def test_read_tensor_copies_without_mapping_pages(spread_gguf):
     mf = GGUFModelFile(spread_gguf)
-    before = _mapped_kib(spread_gguf)
+    before = resident_kib(spread_gguf)
     copies = {name: mf.read_tensor(name) for name in ("norm", "half")}
-    assert _mapped_kib(spread_gguf) == before
+    assert resident_kib(spread_gguf) == before
     for name, copy in copies.items():
         view = mf.tensors[name]
         assert (copy.name, copy.qtype, copy.shape) == (view.name, view.qtype, view.shape)
         assert copy.raw.flags.writeable and copy.raw.base is not view.raw.base
         assert np.array_equal(copy.raw, view.raw)  # reads through the mapping: the control
-    assert _mapped_kib(spread_gguf) > before
+    assert resident_kib(spread_gguf) > before
 
 
 def test_read_tensor_of_a_file_cut_after_open(spread_gguf):
