@@ -104,11 +104,36 @@ def matmul_symbol(isa: IsaSpec, tile: IntTile, block_scales: bool = True) -> str
     return f"ep_q8mm{'' if block_scales else '_rowscale'}_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
 
 
+MATMUL_PARAMS = [
+    ("wq", PTR),
+    ("wd", PTR),
+    ("xq", PTR),
+    ("xd", PTR),
+    ("xc", PTR),
+    ("y", PTR),
+    ("T", I64),
+    ("N", I64),
+    ("K", I64),
+    ("ldy", I64),
+    ("t0", I64),
+    ("t1", I64),
+    ("p0", I64),
+    ("p1", I64),
+]
+
+
 def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = True) -> str:
     """``void f(wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1)``.
 
     Rows ``[t0, t1)`` (multiples of MR, within the padded activation buffer) times panels
     ``[p0, p1)``; Y rows ``>= T`` and columns ``>= N`` are not written.
+
+    The rows go in chunks of ``tile.tc``, each chunk walking every panel. The first chunk
+    streams the weights from memory, so its loop prefetches the next panel into L2 while it
+    works on this one; the later chunks find the panels in cache, and run a copy of the loop
+    without the prefetch, whose address arithmetic and branches then only cost issue slots
+    (and make LLVM copy the fp32 accumulators at every block instead of updating them in
+    place).
 
     ``block_scales=False`` emits the same loop for int8 operands with one scale per row, as
     per-channel int8 schemes have: the integer sums run over all of K, start from ``xc[t]``
@@ -116,29 +141,37 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
     stand for the row's. No model runs it: ``scale_ceiling`` times it to show what the
     per-block conversion and scaling of Q8_0 cost the same loop.
     """
+    name = matmul_symbol(isa, tile, block_scales)
+    streaming = _emit_chunks(m, isa, tile, block_scales, f"{name}__streaming", prefetch=True)
+    cached = _emit_chunks(m, isa, tile, block_scales, f"{name}__cached", prefetch=False)
+    fn, b = new_function(m, name, MATMUL_PARAMS)
+    args = list(fn.args)
+    t0, t1 = args[10], args[11]
+    with for_range(b, t0, t1, tile.tc, "chunk") as tc:
+        chunk = [*args[:10], tc, imin(b, b.add(tc, const_i64(tile.tc)), t1), *args[12:]]
+        with b.if_else(b.icmp_signed("==", tc, t0)) as (first, later):
+            with first:
+                b.call(streaming, chunk)
+            with later:
+                b.call(cached, chunk)
+    b.ret_void()
+    return name
+
+
+def _emit_chunks(
+    m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool, name: str, prefetch: bool
+) -> ir.Function:
+    """The product loop over row chunks of ``[t0, t1)`` (``emit_matmul``'s parameters), as a
+    function of its own (not inlined, so each copy of the loop is register-allocated alone),
+    with or without the prefetch of the next panel."""
     L, MR, NV = isa.lanes, tile.mr, tile.nv
     G, eb = isa.kgroup, act_elem_bytes(isa)
     steps = QK // G
     vbytes = L * G * eb  # bytes of one packed weight vector
     vi32, vf32 = vec(I32, L), vec(F32, L)
-    name = matmul_symbol(isa, tile, block_scales)
-    args = [
-        ("wq", PTR),
-        ("wd", PTR),
-        ("xq", PTR),
-        ("xd", PTR),
-        ("xc", PTR),
-        ("y", PTR),
-        ("T", I64),
-        ("N", I64),
-        ("K", I64),
-        ("ldy", I64),
-        ("t0", I64),
-        ("t1", I64),
-        ("p0", I64),
-        ("p1", I64),
-    ]
-    fn, b = new_function(m, name, args)
+    fn, b = new_function(m, name, MATMUL_PARAMS)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
     wq, wd, xq, xd, xc, y, T, N, K, ldy, t0, t1, p0, p1 = fn.args
     nb = b.sdiv(K, const_i64(QK), name="nb")
     NR = L * NV
@@ -171,23 +204,11 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
                 with for_range(b, const_i64(0), nb, 1, "blk") as blk:
                     pb = b.add(pnb, blk)
                     wbase = b.mul(pb, const_i64(steps * NV * vbytes))
-                    with b.if_then(has_next):
-                        first = b.mul(b.add(step, blk), per_step)
-                        last = imin(b, b.add(first, per_step), next_lines)
-                        with for_range(b, first, last, 1, "pf") as line:
-                            in_w = b.icmp_signed("<", line, w_lines)
-                            base = b.select(in_w, b.ptrtoint(wq, I64), b.ptrtoint(wd, I64))
-                            off = b.select(
-                                in_w,
-                                b.add(
-                                    b.mul(b.add(pnb, nb), const_i64(steps * NV * vbytes)), b.mul(line, const_i64(64))
-                                ),
-                                b.add(
-                                    b.mul(b.add(pnb, nb), const_i64(NV * 4 * L)),
-                                    b.mul(b.sub(line, w_lines), const_i64(64)),
-                                ),
-                            )
-                            _prefetch_l2(b, m, b.inttoptr(b.add(base, off), PTR))
+                    if prefetch:
+                        with b.if_then(has_next):
+                            first = b.mul(b.add(step, blk), per_step)
+                            lines = (first, imin(b, b.add(first, per_step), next_lines), w_lines)
+                            _prefetch_panel_lines(b, m, wq, wd, b.add(pnb, nb), *lines, steps * NV * vbytes, NV * 4 * L)
                     xrow = [b.add(t, const_i64(r)) for r in range(MR)]
                     xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
                     if not block_scales:
@@ -217,7 +238,22 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
                     _scale_block(b, m, isa, wd, xd, pnb, row_scale, iacc, acc_slots, NV)
                 store_tile(b, m, acc_slots, t, p, T, N, y, ldy, NR, L)
     b.ret_void()
-    return name
+    return fn
+
+
+def _prefetch_panel_lines(b, m, wq, wd, panel_block, first, last, w_lines, wstride: int, sstride: int) -> None:
+    """Prefetch cache lines ``[first, last)`` of the panel whose first block is ``panel_block``:
+    its ``w_lines`` lines of weight blocks (``wstride`` bytes a block), then its block scales
+    (``sstride`` bytes a block)."""
+    with for_range(b, first, last, 1, "pf") as line:
+        in_w = b.icmp_signed("<", line, w_lines)
+        base = b.select(in_w, b.ptrtoint(wq, I64), b.ptrtoint(wd, I64))
+        off = b.select(
+            in_w,
+            b.add(b.mul(panel_block, const_i64(wstride)), b.mul(line, const_i64(64))),
+            b.add(b.mul(panel_block, const_i64(sstride)), b.mul(b.sub(line, w_lines), const_i64(64))),
+        )
+        _prefetch_l2(b, m, b.inttoptr(b.add(base, off), PTR))
 
 
 def _scale_block(b, m, isa: IsaSpec, wd, xd, pb, xsc, iacc, acc_slots, nv: int) -> None:
