@@ -104,7 +104,9 @@ def test_row_chunks_after_the_first_compute_the_same_bits(isa, qtype, threads):
         x = rng.standard_normal((t, k)).astype(np.float32)
         y = mm(x)
         for row in (0, 62, t // 2, t - 2, t - 1):
-            np.testing.assert_array_equal(y[row], mm(x[row : row + 1])[0], err_msg=f"{isa} {qtype.name} t={t} row {row}")
+            np.testing.assert_array_equal(
+                y[row], mm(x[row : row + 1])[0], err_msg=f"{isa} {qtype.name} t={t} row {row}"
+            )
         check(isa, qtype, t, n, k, seed=t, threads=threads)
 
 
