@@ -104,6 +104,10 @@ def matmul_symbol(isa: IsaSpec, tile: IntTile, block_scales: bool = True) -> str
     return f"ep_q8mm{'' if block_scales else '_rowscale'}_{isa.name}_{tile.mr}x{tile.nv}_{tile.tc}"
 
 
+#: A call's first row chunk with fewer rows than this runs the loop that prefetches the next
+#: weight panel (``emit_matmul``).
+STREAMING_ROWS = 48
+
 MATMUL_PARAMS = [
     ("wq", PTR),
     ("wd", PTR),
@@ -128,12 +132,14 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
     Rows ``[t0, t1)`` (multiples of MR, within the padded activation buffer) times panels
     ``[p0, p1)``; Y rows ``>= T`` and columns ``>= N`` are not written.
 
-    The rows go in chunks of ``tile.tc``, each chunk walking every panel. The first chunk
-    streams the weights from memory, so its loop prefetches the next panel into L2 while it
-    works on this one; the later chunks find the panels in cache, and run a copy of the loop
-    without the prefetch, whose address arithmetic and branches then only cost issue slots
-    (and make LLVM copy the fp32 accumulators at every block instead of updating them in
-    place).
+    The rows go in chunks of ``tile.tc``, each chunk walking every panel. A first chunk of
+    fewer than ``STREAMING_ROWS`` rows (a short text's product) is mostly waiting for weights
+    streamed from memory, so its loop prefetches the next panel into L2 while it works on
+    this one. Every other chunk runs a copy of the loop without the prefetch: a later chunk
+    finds the panels in cache, and a full first chunk reuses each panel for enough row tiles
+    that the hardware prefetcher keeps up. There the prefetch's address arithmetic and
+    branches only cost issue slots, and made LLVM copy the fp32 accumulators at every block
+    instead of updating them in place.
 
     ``block_scales=False`` emits the same loop for int8 operands with one scale per row, as
     per-channel int8 schemes have: the integer sums run over all of K, start from ``xc[t]``
@@ -148,12 +154,13 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
     args = list(fn.args)
     t0, t1 = args[10], args[11]
     with for_range(b, t0, t1, tile.tc, "chunk") as tc:
-        chunk = [*args[:10], tc, imin(b, b.add(tc, const_i64(tile.tc)), t1), *args[12:]]
-        with b.if_else(b.icmp_signed("==", tc, t0)) as (first, later):
+        end = imin(b, b.add(tc, const_i64(tile.tc)), t1)
+        few = b.icmp_signed("<", b.sub(end, tc), const_i64(STREAMING_ROWS))
+        with b.if_else(b.and_(b.icmp_signed("==", tc, t0), few)) as (first, later):
             with first:
-                b.call(streaming, chunk)
+                b.call(streaming, [*args[:10], tc, end, *args[12:]])
             with later:
-                b.call(cached, chunk)
+                b.call(cached, [*args[:10], tc, end, *args[12:]])
     b.ret_void()
     return name
 
