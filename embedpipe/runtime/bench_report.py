@@ -30,6 +30,13 @@ def format_summary(summary: dict) -> list[str]:
             for k, v in summary["texts"].items()
         ),
     ]
+    for t, probes in summary.get("peak_probes", {}).items():
+        peak = summary["peaks"].get(t)
+        if peak:
+            read = " / ".join(f"{p['int8_gops']:.0f}" if p else "-" for p in (probes["before"], probes["after"]))
+            lines.append(
+                f"threads={t}: int8 peak {peak['int8_gops']:.0f} GOPS (probed before / after the rounds: {read})"
+            )
     for t, bw in summary.get("bandwidth_gbs", {}).items():
         floor = summary.get("floor_ms", {}).get(t)
         lines.append(

@@ -86,6 +86,11 @@ def test_bench_runtime_json(tiny_gguf, no_llama_cpp, tmp_path):
     # JIT and numpy backends embed the same texts to the same vectors.
     assert all(cos > 0.999 for cos in summary["agreement"].values()) and summary["agreement"]
     assert [f["threads"] for f in summary["ffn"]] == [1, 2]
+    # the peaks are probed before and after the rounds, and the higher of each is the one used
+    for t in ("1", "2"):
+        probes, peak = summary["peak_probes"][t], summary["peaks"][t]
+        assert peak["int8_gops"] == max(probes["before"]["int8_gops"], probes["after"]["int8_gops"]) > 0
+        assert peak["fp32_gflops"] == max(probes["before"]["fp32_gflops"], probes["after"]["fp32_gflops"]) > 0
     # memory: bandwidth probe, the floor it sets, RSS per peer, calls per forward, scaling
     assert all(summary["bandwidth_gbs"][t] > 0 for t in ("1", "2"))
     assert summary["streamed_weight_mb"] > 0 and set(summary["floor_ms"]) == {"1", "2"}
@@ -126,6 +131,7 @@ def test_bench_runtime_table_and_bad_kind(tiny_gguf, no_llama_cpp):
     assert "interleaved rounds per kind: 2" in res.output and "load MB" in res.output
     assert "ops t=1 short:" in res.output  # the op profile, measured in the JIT peer's worker
     assert "memory read" in res.output and "native calls per single-text forward" in res.output
+    assert "threads=1: int8 peak" in res.output and "(probed before / after the rounds: " in res.output
     assert "skipped llama.cpp: llama-cpp-python is not importable" in res.output
     bad = CliRunner().invoke(app, ["bench", "runtime", "--model", str(tiny_gguf), "--kind", "huge"])
     assert bad.exit_code != 0 and "unknown kind" in bad.output
@@ -137,3 +143,12 @@ def test_documents_have_the_promised_lengths():
         assert len(set(docs)) == 96
         mean = sum(len(d.split()) for d in docs) / len(docs)
         assert 0.85 * words <= mean <= 1.15 * words, (kind, mean)
+
+
+def test_best_peaks_keeps_the_higher_probe_of_each_peak():
+    from embedpipe.runtime.bench import best_peaks
+
+    low = {"isa": "x", "int8_gops": 700.0, "fp32_gflops": 350.0}
+    high = {"isa": "x", "int8_gops": 1400.0, "fp32_gflops": 340.0}
+    assert best_peaks(low, high) == {"isa": "x", "int8_gops": 1400.0, "fp32_gflops": 350.0}
+    assert best_peaks(None, high) == high and best_peaks(low, None) == low and best_peaks(None, None) is None
