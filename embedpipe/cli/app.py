@@ -102,5 +102,14 @@ def _root(
     )
 
 
+#: OpenBLAS's worker threads spin for 2**28 cycles (~0.1 s) after they start and after every
+#: call before they sleep. Nothing on the JIT path calls BLAS, so in the command's own process
+#: that spin is only a core's worth of wasted CPU at every start; 2**4 cycles (OpenBLAS's
+#: minimum) lets them sleep at once. Set before any command imports numpy; a value the user
+#: set stays.
+OPENBLAS_SPIN = ("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
 def main() -> None:
+    os.environ.setdefault(*OPENBLAS_SPIN)
     sys.exit(run_cli(app, sys.argv[1:]))

@@ -57,3 +57,24 @@ def test_warm_embed_does_not_import_gguf():
     code = "from embedpipe.cli.app import app\nfrom embedpipe.cli.errors import run_cli\nassert run_cli(app, ['embed', 'x']) == 0"
     _loaded_after(code)
     assert "gguf" not in _loaded_after(code)
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "4"), ("12", "12")])
+def test_the_command_quiets_openblas_spinning_before_numpy_loads(preset, expected):
+    """``main`` sets OPENBLAS_THREAD_TIMEOUT (unless the user did) before any command imports
+    numpy, whose OpenBLAS reads it once at load."""
+    code = (
+        "import os, sys\n"
+        + (
+            f"os.environ['OPENBLAS_THREAD_TIMEOUT'] = {preset!r}\n"
+            if preset
+            else "os.environ.pop('OPENBLAS_THREAD_TIMEOUT', None)\n"
+        )
+        + "from embedpipe.cli import app\nassert 'numpy' not in sys.modules\n"
+        "sys.argv = ['embedpipe', '--version']\n"
+        "try:\n    app.main()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == expected
