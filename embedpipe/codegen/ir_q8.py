@@ -168,9 +168,9 @@ def emit_matmul(m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool = 
 def _emit_chunks(
     m: ir.Module, isa: IsaSpec, tile: IntTile, block_scales: bool, name: str, prefetch: bool
 ) -> ir.Function:
-    """The product loop over row chunks of ``[t0, t1)`` (``emit_matmul``'s parameters), as a
-    function of its own (not inlined, so each copy of the loop is register-allocated alone),
-    with or without the prefetch of the next panel."""
+    """The product loop over one row chunk ``[t0, t1)`` (at most ``tile.tc`` rows;
+    ``emit_matmul``'s parameters), as a function of its own (not inlined, so each copy of the
+    loop is register-allocated alone), with or without the prefetch of the next panel."""
     L, MR, NV = isa.lanes, tile.mr, tile.nv
     G, eb = isa.kgroup, act_elem_bytes(isa)
     steps = QK // G
@@ -187,63 +187,60 @@ def _emit_chunks(
     next_lines = b.add(w_lines, b.sdiv(b.add(b.mul(nb, const_i64(NV * 4 * L)), const_i64(63)), const_i64(64)))
     acc_slots = [[b.alloca(vf32) for _ in range(NV)] for _ in range(MR)]
     int_slots = [[b.alloca(vi32) for _ in range(NV)] for _ in range(MR)] if not block_scales else []
-    with for_range(b, t0, t1, tile.tc, "tc") as tc:
-        tend = imin(b, b.add(tc, const_i64(tile.tc)), t1)
-        tiles = b.sdiv(b.add(b.sub(tend, tc), const_i64(MR - 1)), const_i64(MR))
-        with for_range(b, p0, p1, 1, "p") as p:
-            has_next = b.icmp_signed("<", b.add(p, const_i64(1)), p1)
-            per_step = b.sdiv(b.add(next_lines, b.sub(b.mul(tiles, nb), const_i64(1))), b.mul(tiles, nb))
-            with for_range(b, tc, tend, MR, "t") as t:
-                for row in acc_slots:
-                    for slot in row:
-                        b.store(ir.Constant(vf32, None), slot)
-                for r, row in enumerate(int_slots):
-                    start = ir.Constant(vi32, None)
-                    if isa.dot == "vnni":
-                        start = splat(b, load_at(b, I32, xc, b.mul(b.add(t, const_i64(r)), const_i64(4)), 4), L)
-                    for slot in row:
-                        b.store(start, slot)
-                pnb = b.mul(p, nb)
-                # The row tiles of a chunk walk this panel block by block (the first one
-                # streaming it from memory); meanwhile the next panel is fetched into L2, its
-                # lines spread evenly over those block steps, so its tiles find it there.
-                step = b.mul(b.sdiv(b.sub(t, tc), const_i64(MR)), nb)
-                with for_range(b, const_i64(0), nb, 1, "blk") as blk:
-                    pb = b.add(pnb, blk)
-                    wbase = b.mul(pb, const_i64(steps * NV * vbytes))
-                    if prefetch:
-                        with b.if_then(has_next):
-                            first = b.mul(b.add(step, blk), per_step)
-                            lines = (first, imin(b, b.add(first, per_step), next_lines), w_lines)
-                            _prefetch_panel_lines(b, m, wq, wd, b.add(pnb, nb), *lines, steps * NV * vbytes, NV * 4 * L)
-                    xrow = [b.add(t, const_i64(r)) for r in range(MR)]
-                    xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
-                    if not block_scales:
-                        iacc = [[b.load(slot) for slot in row] for row in int_slots]
-                    elif isa.dot == "vnni":
-                        iacc = [[splat(b, load_at(b, I32, xc, b.mul(s, const_i64(4)), 4), L)] * NV for s in xsc]
-                    else:
-                        iacc = [[ir.Constant(vi32, None)] * NV for _ in range(MR)]
-                    xoff = [b.mul(b.add(b.mul(xr, K), b.mul(blk, const_i64(QK))), const_i64(eb)) for xr in xrow]
-                    for s in range(steps):
-                        wv = [
-                            load_at(b, vi32, wq, b.add(wbase, const_i64((s * NV + v) * vbytes)), vbytes)
-                            for v in range(NV)
-                        ]
-                        for r in range(MR):
-                            xb = splat(b, load_at(b, I32, xq, b.add(xoff[r], const_i64(s * G * eb)), 4), L)
-                            iacc[r] = [group_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
-                    if block_scales:
-                        _scale_block(b, m, isa, wd, xd, pb, xsc, iacc, acc_slots, NV)
-                    else:
-                        for r in range(MR):
-                            for v in range(NV):
-                                b.store(iacc[r][v], int_slots[r][v])
+    tiles = b.sdiv(b.add(b.sub(t1, t0), const_i64(MR - 1)), const_i64(MR))
+    with for_range(b, p0, p1, 1, "p") as p:
+        has_next = b.icmp_signed("<", b.add(p, const_i64(1)), p1)
+        per_step = b.sdiv(b.add(next_lines, b.sub(b.mul(tiles, nb), const_i64(1))), b.mul(tiles, nb))
+        with for_range(b, t0, t1, MR, "t") as t:
+            for row in acc_slots:
+                for slot in row:
+                    b.store(ir.Constant(vf32, None), slot)
+            for r, row in enumerate(int_slots):
+                start = ir.Constant(vi32, None)
+                if isa.dot == "vnni":
+                    start = splat(b, load_at(b, I32, xc, b.mul(b.add(t, const_i64(r)), const_i64(4)), 4), L)
+                for slot in row:
+                    b.store(start, slot)
+            pnb = b.mul(p, nb)
+            # The row tiles of a chunk walk this panel block by block (the first one
+            # streaming it from memory); meanwhile the next panel is fetched into L2, its
+            # lines spread evenly over those block steps, so its tiles find it there.
+            step = b.mul(b.sdiv(b.sub(t, t0), const_i64(MR)), nb)
+            with for_range(b, const_i64(0), nb, 1, "blk") as blk:
+                pb = b.add(pnb, blk)
+                wbase = b.mul(pb, const_i64(steps * NV * vbytes))
+                if prefetch:
+                    with b.if_then(has_next):
+                        first = b.mul(b.add(step, blk), per_step)
+                        lines = (first, imin(b, b.add(first, per_step), next_lines), w_lines)
+                        _prefetch_panel_lines(b, m, wq, wd, b.add(pnb, nb), *lines, steps * NV * vbytes, NV * 4 * L)
+                xrow = [b.add(t, const_i64(r)) for r in range(MR)]
+                xsc = [b.add(b.mul(xr, nb), blk) for xr in xrow]
                 if not block_scales:
-                    row_scale = [b.mul(b.add(t, const_i64(r)), nb) for r in range(MR)]
                     iacc = [[b.load(slot) for slot in row] for row in int_slots]
-                    _scale_block(b, m, isa, wd, xd, pnb, row_scale, iacc, acc_slots, NV)
-                store_tile(b, m, acc_slots, t, p, T, N, y, ldy, NR, L)
+                elif isa.dot == "vnni":
+                    iacc = [[splat(b, load_at(b, I32, xc, b.mul(s, const_i64(4)), 4), L)] * NV for s in xsc]
+                else:
+                    iacc = [[ir.Constant(vi32, None)] * NV for _ in range(MR)]
+                xoff = [b.mul(b.add(b.mul(xr, K), b.mul(blk, const_i64(QK))), const_i64(eb)) for xr in xrow]
+                for s in range(steps):
+                    wv = [
+                        load_at(b, vi32, wq, b.add(wbase, const_i64((s * NV + v) * vbytes)), vbytes) for v in range(NV)
+                    ]
+                    for r in range(MR):
+                        xb = splat(b, load_at(b, I32, xq, b.add(xoff[r], const_i64(s * G * eb)), 4), L)
+                        iacc[r] = [group_dot(b, m, isa, iacc[r][v], wv[v], xb) for v in range(NV)]
+                if block_scales:
+                    _scale_block(b, m, isa, wd, xd, pb, xsc, iacc, acc_slots, NV)
+                else:
+                    for r in range(MR):
+                        for v in range(NV):
+                            b.store(iacc[r][v], int_slots[r][v])
+            if not block_scales:
+                row_scale = [b.mul(b.add(t, const_i64(r)), nb) for r in range(MR)]
+                iacc = [[b.load(slot) for slot in row] for row in int_slots]
+                _scale_block(b, m, isa, wd, xd, pnb, row_scale, iacc, acc_slots, NV)
+            store_tile(b, m, acc_slots, t, p, T, N, y, ldy, NR, L)
     b.ret_void()
     return fn
 

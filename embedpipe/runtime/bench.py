@@ -110,6 +110,10 @@ def best_peaks(before: dict | None, after: dict | None) -> dict | None:
     return {**before, **{k: max(before[k], after[k]) for k in ("int8_gops", "fp32_gflops")}}
 
 
+#: Relative change between the two peak probes above which the report says so.
+PEAK_SPREAD = 0.2
+
+
 def _probe_peaks_again(summary: dict, threads: tuple[int, ...], report: Callable[[str], None]) -> None:
     """Probe the peaks once more after the rounds and keep the higher of each (``best_peaks``);
     both probes go in ``summary["peak_probes"]``, and a change of more than PEAK_SPREAD is
@@ -123,10 +127,6 @@ def _probe_peaks_again(summary: dict, threads: tuple[int, ...], report: Callable
                 f"threads={t}: the int8 peak probe read {before['int8_gops']:.0f} GOPS before the rounds "
                 f"and {after['int8_gops']:.0f} after; fractions of peak use the higher"
             )
-
-
-#: Relative change between the two peak probes above which the report says so.
-PEAK_SPREAD = 0.2
 
 
 def ffn_timing(embedder, tokens: int, repeats: int) -> dict:
