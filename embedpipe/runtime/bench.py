@@ -237,7 +237,10 @@ def _measure_interleaved(
                     skip((peer, threads), str(exc))
                     continue
                 mb = proc.load_memory_mb.get("peak_rss_mb") or 0
-                report(f"loaded {peer} t={threads} in its own process: {proc.load_s:.1f} s, peak RSS {mb:.0f} MB")
+                note = f" ({proc.note})" if proc.note else ""
+                report(f"loaded {peer} t={threads} in its own process: {proc.load_s:.1f} s, peak RSS {mb:.0f} MB{note}")
+                if proc.note:
+                    summary.setdefault("notes", {})[peer] = proc.note
 
         def progress(kind: str, r: int, peers: dict[tuple[str, int], bench_rounds.RoundSample]) -> None:
             report(

@@ -10,11 +10,14 @@ Every peer takes prompt-formatted texts, so all of them see the same token seque
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gguf
 import numpy as np
+
+from embedpipe.codegen.isa import read_cpu_flags
 
 
 class PeerUnavailable(Exception):
@@ -25,6 +28,8 @@ class Peer:
     """One implementation, loaded in a ``bench_worker`` process; subclasses provide ``encode``."""
 
     name = "peer"
+    # How this peer was set up differently from its defaults, and why (printed when it loads).
+    note = ""
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -93,16 +98,17 @@ class LlamaCppPeer(Peer):
             # Non-causal embedding needs a whole sequence in one ubatch; a larger ubatch than
             # that only adds masked attention work (llama.cpp attends over the whole ubatch).
             n_ctx = llama_context_size(cfg.max_tokens)
-            self.llm = llama_cpp.Llama(
-                model_path=str(cfg.model),
-                embedding=True,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_ctx=n_ctx,
-                n_batch=n_ctx,
-                n_ubatch=n_ctx,
-                verbose=False,
-            )
+            with extra_buffer_types(llama_cpp, enabled=AMX_FLAG not in read_cpu_flags()) as self.note:
+                self.llm = llama_cpp.Llama(
+                    model_path=str(cfg.model),
+                    embedding=True,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_ctx=n_ctx,
+                    n_batch=n_ctx,
+                    n_ubatch=n_ctx,
+                    verbose=False,
+                )
         except Exception as exc:  # llama.cpp rejects the file (e.g. an architecture it lacks)
             raise PeerUnavailable(f"llama.cpp cannot load {cfg.model}: {exc}") from None
 
@@ -111,6 +117,37 @@ class LlamaCppPeer(Peer):
 
     def close(self) -> None:
         self.llm.close()
+
+
+AMX_FLAG = "amx_int8"
+
+
+@contextmanager
+def extra_buffer_types(llama_cpp, enabled: bool) -> Iterator[str]:
+    """Load a ``llama_cpp.Llama`` with llama.cpp's extra weight buffer types (AMX, CPU repack)
+    on or off; yields the peer's note.
+
+    On AMX hosts they are off: llama.cpp's AMX matmul segfaults in its first forward on some
+    Sapphire Rapids-class machines (ggml-org/llama.cpp#20824, open), this VM among them, and a
+    crashed peer measures nothing. llama-cpp-python has no argument for the model parameter,
+    so its default-parameter function is wrapped while the model loads.
+    """
+    lowlevel = llama_cpp.llama_cpp
+    default = lowlevel.llama_model_default_params
+    if enabled or not hasattr(default(), "use_extra_bufts"):
+        yield ""
+        return
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    lowlevel.llama_model_default_params = without_extra_buffers
+    try:
+        yield "extra buffer types (AMX, repack) off: its AMX matmul segfaults on this host (llama.cpp#20824)"
+    finally:
+        lowlevel.llama_model_default_params = default
 
 
 def llama_context_size(longest: int) -> int:

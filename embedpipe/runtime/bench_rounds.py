@@ -122,6 +122,7 @@ class PeerProcess:
             raise PeerUnavailable(hello["error"])
         self.load_s: float = hello["load_s"]
         self.load_memory_mb: dict = hello["memory_mb"]
+        self.note: str = hello.get("note", "")
 
     def call(self, op: str, **args) -> dict:
         try:

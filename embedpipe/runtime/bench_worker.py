@@ -59,9 +59,10 @@ def _timed(fn, *args) -> tuple[float, float]:
 class Worker:
     """Answers protocol commands with ``encode(texts) -> vectors`` and named extras."""
 
-    def __init__(self, encode, extras: dict | None = None):
+    def __init__(self, encode, extras: dict | None = None, note: str = ""):
         self.encode = encode
         self.extras = extras or {}
+        self.note = note
         self.texts: dict[str, list[str]] = {}
 
     def handle(self, cmd: dict) -> dict:
@@ -131,7 +132,7 @@ def _embedpipe_peer(name: str, cfg: dict, threads: int) -> Worker:
         peer = bench_peers.make_peer(name, SimpleNamespace(**cfg), threads)
     except bench_peers.PeerUnavailable as exc:
         raise _Unavailable(str(exc)) from None
-    return Worker(peer.vectors, peer.extras())
+    return Worker(peer.vectors, peer.extras(), peer.note)
 
 
 class _Unavailable(Exception):
@@ -155,7 +156,7 @@ def main(argv: list[str]) -> int:
         traceback.print_exc(file=sys.stderr)
         _send(out, {"error": f"{name} failed to load: {type(exc).__name__}: {exc}"})
         return 0
-    _send(out, {"ready": True, "load_s": time.perf_counter() - start, "memory_mb": memory_mb()})
+    _send(out, {"ready": True, "load_s": time.perf_counter() - start, "memory_mb": memory_mb(), "note": worker.note})
     worker.serve(sys.stdin, out)
     return 0
 
