@@ -21,8 +21,15 @@ def format_result(r: PeerResult) -> str:
 
 
 def format_summary(summary: dict) -> list[str]:
+    machine = summary["machine"]
+    units = machine.get("matrix_units")
     lines = [
-        f"machine: {summary['machine']['cpu']} ({summary['machine']['cores']} cores), load {summary['machine']['load_avg']}",
+        f"machine: {machine['cpu']} ({machine['cores']} cores), load {machine['load_avg']}"
+        + (
+            f"; matrix units {', '.join(units)} (peers may use them; the JIT and %int8pk: the vector dot)"
+            if units
+            else ""
+        ),
         f"model: {summary['model']}",
         "texts: "
         + ", ".join(

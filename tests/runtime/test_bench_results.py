@@ -45,6 +45,15 @@ def test_ratios_take_the_median_of_per_round_ratios():
         }
     )
     assert any("vs peer" in line and "batch x1.00 [x2.00]" in line for line in lines)
+    assert lines[0] == "machine: x (2 cores), load None"
+
+
+def test_the_machine_line_names_matrix_units_the_jit_does_not_use():
+    summary = {"machine": {"cpu": "x", "cores": 2, "load_avg": None, "matrix_units": ["amx_bf16", "amx_int8"]}}
+    rest = {"model": "m", "texts": {}, "results": [], "ratios": [], "ffn": [], "agreement": {}, "skipped": {}}
+    line = bench_report.format_summary({**summary, **rest})[0]
+    assert line.startswith("machine: x (2 cores), load None; matrix units amx_bf16, amx_int8")
+    assert "%int8pk" in line
 
 
 def test_thread_scaling_pairs_the_rounds():
