@@ -281,9 +281,7 @@ def runtime(
 
 
 def serve(
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."
-    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
     concurrency: Optional[list[str]] = typer.Option(None, "--concurrency", help="Concurrent clients (default 1,8,32)."),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Text kinds (default short,long)."),
@@ -295,13 +293,11 @@ def serve(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """HTTP /v1/embeddings under concurrent load: embedpipe serve vs llama-cpp-python's server vs in-process encode."""
-    from embedpipe.codegen.isa import default_threads
+    from embedpipe.codegen.threads import default_threads
+    from embedpipe.runtime.registry import resolve_model
     from embedpipe.serve.bench import CONCURRENCY, KINDS, PEERS, ServeBenchConfig, format_summary, run_serve_bench
 
-    if model is None:
-        from embedpipe.runtime.store import default_model_path
-
-        model = str(default_model_path())
+    model = str(resolve_model(model))
     try:
         conc = tuple(int(c) for c in split_values(concurrency)) if concurrency else CONCURRENCY
     except ValueError:

@@ -94,6 +94,11 @@ class ServerState:
             log.error("loading failed, stopping: %s", exc)
             self.on_fatal()
             return
+        except Exception as exc:  # noqa: BLE001 - a bug: stop with its traceback, never stay "loading"
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading failed, stopping")
+            self.on_fatal()
+            return
         self.ready = True
         self.metrics.ready.set(1)
         log.info(

@@ -124,9 +124,9 @@ class Catalog:
 
     def _load_model(self, path: str | None, name: str | None) -> ServedModel:
         if path is None:
-            from embedpipe.runtime.store import default_model_path
+            from embedpipe.runtime.registry import resolve_model
 
-            path = str(default_model_path())
+            path = str(resolve_model(None))
         key = str(Path(path).resolve())
         if key in self._by_path:
             return self._by_path[key]

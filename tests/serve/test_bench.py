@@ -25,3 +25,18 @@ def test_bench_serve_reports_cells_ratios_and_agreement(wide_model):
     assert [r["concurrency"] for r in summary["ratios"]] == [1, 4]
     assert all(r["of_in_process_encode"] > 0 for r in summary["ratios"])
     assert any(line.startswith("ratios short c=4") for line in format_summary(summary))
+
+
+def test_bench_serve_command_defaults_its_threads(wide_model):
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedpipe.cli.app import app
+
+    args = ["bench", "serve", "--model", str(wide_model), "--peer", "embedpipe", "--concurrency", "1"]
+    res = CliRunner().invoke(app, [*args, "--kind", "short", "--requests", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{") :])
+    assert [(c["peer"], c["errors"]) for c in summary["cells"]] == [("embedpipe", 0)]
+    assert summary["cells"][0]["requests"] >= 2

@@ -44,6 +44,40 @@ def test_ready_only_after_models_are_loaded(wide_model, tmp_path, monkeypatch):
         live.stop()
 
 
+def test_without_a_model_the_registrys_default_is_served(wide_model, tmp_path, monkeypatch):
+    from embedpipe.runtime import registry
+    from embedpipe.serve.config import ServeConfig
+
+    asked = []
+    monkeypatch.setattr(registry, "resolve_model", lambda model: asked.append(model) or wide_model)
+    cfg = make_config(wide_model, tmp_path)
+    cfg = ServeConfig(**{**vars(cfg), "models": []}).validate()
+    live = LiveServer(cfg)
+    try:
+        assert asked[0] is None
+        assert httpx.get(live.url + "/ready").json()["models"] == [wide_model.name.removesuffix(".gguf")]
+        assert httpx.post(live.url + "/v1/embeddings", json={"input": "default"}).status_code == 200
+    finally:
+        live.stop()
+
+
+def test_a_bug_while_loading_stops_the_server_instead_of_leaving_it_loading(wide_model, tmp_path, monkeypatch):
+    def broken_load(self, *args, **kw):
+        raise ImportError("cannot import name 'gone'")
+
+    monkeypatch.setattr(Catalog, "load_all", broken_load)
+    live = LiveServer(make_config(wide_model, tmp_path), wait_ready=False)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while live.state.load_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert live.state.load_error == "ImportError: cannot import name 'gone'" and not live.state.ready
+        ready = httpx.get(live.url + "/ready")
+        assert ready.status_code == 503 and ready.json()["error"] == live.state.load_error
+    finally:
+        live.stop()
+
+
 def test_failed_load_is_reported_and_stops_the_server(tmp_path):
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
