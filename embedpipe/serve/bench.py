@@ -3,7 +3,7 @@
 A bounded closed-loop load generator on loopback (asyncio + httpx: `concurrency` clients, one
 text per request, a fixed number of requests, a time cap) runs against, in the same run:
 `embedpipe serve` (a subprocess, cache off), llama.cpp's server from llama-cpp-python
-(`python -m llama_cpp.server`, same GGUF, same threads) and in-process `Embedder.encode` on
+(`python -m llama_cpp.server` via `llama_cpp_launch`, same GGUF, same threads) and in-process `Embedder.encode` on
 the same texts (the ceiling: no HTTP, no scheduling). Every peer sees the same prompt-formatted
 texts (our server with the `NAME:none` alias, so it adds no second prompt). Peers that cannot
 run here are reported as skipped with the reason.

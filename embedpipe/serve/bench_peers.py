@@ -129,7 +129,7 @@ class LlamaCppServer(ServerPeer):
             [
                 sys.executable,
                 "-m",
-                "llama_cpp.server",
+                "embedpipe.serve.llama_cpp_launch",
                 "--model",
                 cfg.model,
                 "--embedding",
