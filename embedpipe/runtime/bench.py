@@ -53,7 +53,15 @@ class BenchConfig:
     profile_ops: bool = False  # also time each op of the JIT peer's batches (bench_ops)
 
 
+# Tile-matrix units a peer may multiply on where the JIT uses vector dots (ONNX Runtime's int8
+# GEMM runs on AMX where the CPU has it): the report names them beside the machine, since the
+# int8 peak the fractions are taken of is the vector dot's.
+MATRIX_UNIT_FLAGS = frozenset({"amx_int8", "amx_bf16", "amx_fp16"})
+
+
 def machine_info() -> dict:
+    from embedpipe.codegen.isa import read_cpu_flags
+
     cpu = platform.processor() or ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -63,8 +71,6 @@ def machine_info() -> dict:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    from embedpipe.codegen.isa import read_cpu_flags
-
     return {
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -72,12 +78,6 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "matrix_units": sorted(read_cpu_flags() & MATRIX_UNIT_FLAGS),
     }
-
-
-# Tile-matrix units a peer may multiply on where the JIT uses vector dots (ONNX Runtime's int8
-# GEMM runs on AMX where the CPU has it): the report names them beside the machine, since the
-# int8 peak the fractions are taken of is the vector dot's.
-MATRIX_UNIT_FLAGS = frozenset({"amx_int8", "amx_bf16", "amx_fp16"})
 
 
 def model_ops_per_token(model) -> tuple[float, float]:

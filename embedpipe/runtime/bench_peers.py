@@ -98,7 +98,7 @@ class LlamaCppPeer(Peer):
             # Non-causal embedding needs a whole sequence in one ubatch; a larger ubatch than
             # that only adds masked attention work (llama.cpp attends over the whole ubatch).
             n_ctx = llama_context_size(cfg.max_tokens)
-            with extra_buffer_types(llama_cpp, enabled=AMX_FLAG not in read_cpu_flags()) as self.note:
+            with extra_buffer_types(llama_cpp) as self.note:
                 self.llm = llama_cpp.Llama(
                     model_path=str(cfg.model),
                     embedding=True,
@@ -123,15 +123,17 @@ AMX_FLAG = "amx_int8"
 
 
 @contextmanager
-def extra_buffer_types(llama_cpp, enabled: bool) -> Iterator[str]:
+def extra_buffer_types(llama_cpp, enabled: bool | None = None) -> Iterator[str]:
     """Load a ``llama_cpp.Llama`` with llama.cpp's extra weight buffer types (AMX, CPU repack)
-    on or off; yields the peer's note.
+    on or off (default: off where the CPU has AMX); yields the peer's note.
 
     On AMX hosts they are off: llama.cpp's AMX matmul segfaults in its first forward on some
     Sapphire Rapids-class machines (ggml-org/llama.cpp#20824, open), this VM among them, and a
     crashed peer measures nothing. llama-cpp-python has no argument for the model parameter,
     so its default-parameter function is wrapped while the model loads.
     """
+    if enabled is None:
+        enabled = AMX_FLAG not in read_cpu_flags()
     lowlevel = llama_cpp.llama_cpp
     default = lowlevel.llama_model_default_params
     if enabled or not hasattr(default(), "use_extra_bufts"):

@@ -12,10 +12,9 @@ import sys
 def main() -> None:
     import llama_cpp
 
-    from embedpipe.codegen.isa import read_cpu_flags
-    from embedpipe.runtime.bench_peers import AMX_FLAG, extra_buffer_types
+    from embedpipe.runtime.bench_peers import extra_buffer_types
 
-    with extra_buffer_types(llama_cpp, enabled=AMX_FLAG not in read_cpu_flags()) as note:
+    with extra_buffer_types(llama_cpp) as note:
         if note:
             print(f"llama.cpp: {note}", file=sys.stderr, flush=True)
         sys.argv[0] = "llama_cpp.server"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from embedpipe.codegen import isa
+from embedpipe.runtime import bench_peers
 from embedpipe.serve import llama_cpp_launch
 
 STAND_IN = {
@@ -39,7 +39,7 @@ def test_the_server_module_runs_with_its_arguments_and_the_hosts_buffer_types(
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in [m for m in sys.modules if m == "llama_cpp" or m.startswith("llama_cpp.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(isa, "read_cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(bench_peers, "read_cpu_flags", lambda: set(flags))
     out = tmp_path / "seen.txt"
     monkeypatch.setattr(sys, "argv", ["launch", "--model", "m.gguf", str(out)])
     llama_cpp_launch.main()
