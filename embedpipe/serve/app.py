@@ -89,14 +89,12 @@ class ServerState:
 
         try:
             await loop.run_in_executor(None, self.catalog.load_all, loaded)
-        except (EmbedpipeError, OSError, ValueError) as exc:
-            self.load_error = str(exc)
-            log.error("loading failed, stopping: %s", exc)
-            self.on_fatal()
-            return
-        except Exception as exc:  # noqa: BLE001 - a bug: stop with its traceback, never stay "loading"
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading failed, stopping")
+        except Exception as exc:  # noqa: BLE001 - whatever fails, stop; never stay "loading"
+            # A bad file or argument is the user's one-line error; anything else is a bug,
+            # logged with its traceback.
+            expected = isinstance(exc, (EmbedpipeError, OSError, ValueError))
+            self.load_error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+            log.error("loading failed, stopping: %s", self.load_error, exc_info=not expected)
             self.on_fatal()
             return
         self.ready = True
