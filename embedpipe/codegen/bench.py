@@ -20,7 +20,8 @@ from threadpoolctl import threadpool_limits
 
 from embedpipe.codegen.isa import IsaSpec, detect_isa, runnable_isas
 from embedpipe.codegen.library import get_kernel_library
-from embedpipe.codegen.peak import PeakProbe
+from embedpipe.codegen.matrix_units import describe_peaks
+from embedpipe.codegen.peak import PeakProbe, matrix_peaks
 from embedpipe.codegen.quant_formats import FORMATS, aligned_empty
 from embedpipe.codegen.scale_ceiling import RowScaleKernel
 from embedpipe.codegen.threads import CACHE_LINE
@@ -147,10 +148,12 @@ def run_kernel_bench(
         probes = {kind: PeakProbe(spec, lib.threads, kind) for kind in ("int", "float")}
         best = {kind: p.gops(runs=5) for kind, p in probes.items()}
         nominal = nominal_peak_gops(spec, lib.threads)
+        matrix = matrix_peaks(spec, lib.threads, runs=5)
         peaks[spec.name] = {
             "measured_int8_gops": best["int"],
             "nominal_int8_gops": nominal,
             "measured_fp32_gflops": best["float"],
+            "measured_matrix_gops": matrix,
             "threads": lib.threads,
         }
         report(
@@ -163,6 +166,7 @@ def run_kernel_bench(
                 if nominal
                 else ""
             )
+            + (f"; matrix units (not used by these kernels): {describe_peaks(matrix)}" if matrix else "")
         )
         report(
             f"{'type':6} {'K':>5} {'N':>5} {'T':>5} {'ms':>8} {'GOPS':>7} {'%pk cpu':>7} "

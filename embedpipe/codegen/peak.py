@@ -7,6 +7,9 @@ throughput, not by the instruction's latency: with ``chains`` above latency × d
 multiplicand is its own previous value, so nothing in the loop is invariant (LLVM would hoist
 a product of invariants out of ``pmaddwd``-style strategies) and no register copies are needed.
 
+A tile-matrix unit (``matrix_units``) is probed the same way: ``MATRIX_CHAINS`` accumulator
+tiles, each updated by one tile product per iteration from the same two operand tiles.
+
 Every thread runs the loop long enough (``target_seconds``) that the Python fan-out and the
 vector unit's power-up are noise, and the probe counts each thread's own CPU time: time a
 thread spends descheduled on a shared machine counts against neither the peak nor the kernel
@@ -24,18 +27,29 @@ import numpy as np
 from embedpipe.codegen import ir_q8, jit
 from embedpipe.codegen.irutil import (
     F32,
+    I8,
     I32,
     I64,
     PTR,
+    VOID,
     const_i64,
     fmuladd,
     for_range,
+    intrinsic,
     load_at,
     new_function,
     store_at,
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
+from embedpipe.codegen.matrix_units import (
+    TILE_ROW_BYTES,
+    TILE_ROWS,
+    UNITS,
+    MatrixUnit,
+    require_usable,
+    usable_units,
+)
 from embedpipe.codegen.threadpool import run_parallel
 
 KINDS = ("int", "float")
@@ -43,6 +57,8 @@ PEAK_CHAINS = 24  # of the 32 vector registers of AVX-512 (16 on AVX2: the spill
 CALIBRATION_ITERS = 20_000
 TARGET_SECONDS = 0.02
 RUNS = 3
+MATRIX_CHAINS = 4  # accumulator tiles of 8 (the other two hold the operands)
+TILE_BYTES = TILE_ROWS * TILE_ROW_BYTES
 
 
 def peak_module(isa: IsaSpec, kind: str, chains: int = PEAK_CHAINS) -> tuple[str, str]:
@@ -73,13 +89,55 @@ def peak_module(isa: IsaSpec, kind: str, chains: int = PEAK_CHAINS) -> tuple[str
     return str(m), name
 
 
+def tile_config(tiles: int) -> bytes:
+    """The 64-byte ``ldtilecfg`` operand: palette 1, ``tiles`` tiles of 16 rows × 64 bytes."""
+    colsb = [TILE_ROW_BYTES] * tiles + [0] * (16 - tiles)
+    rows = [TILE_ROWS] * tiles + [0] * (16 - tiles)
+    return bytes([1, 0]) + bytes(14) + b"".join(c.to_bytes(2, "little") for c in colsb) + bytes(rows)
+
+
+def matrix_peak_module(isa: IsaSpec, unit: MatrixUnit, chains: int = MATRIX_CHAINS) -> tuple[str, str]:
+    """``void f(buf, iters)``: operand tiles A, B from ``buf`` (1 KiB each), ``chains`` zeroed
+    accumulator tiles each taking one ``unit`` product a round for ``iters`` rounds; the first
+    accumulator is stored to ``buf + 2 KiB``. Compile it for ``unit.target(isa)``."""
+    if not 1 <= chains <= 6:
+        raise ValueError(f"a tile peak loop holds 1-6 accumulator tiles, not {chains}")
+    m = ir.Module(name=f"peak_{unit.name}_{chains}_{isa.name}")
+    m.triple = isa.triple
+    name = f"ep_peak_{unit.name}_{chains}_{isa.name}"
+    fn, b = new_function(m, name, [("buf", PTR), ("iters", I64)])
+    buf, iters = fn.args
+    tile = lambda reg: ir.Constant(I8, reg)  # noqa: E731
+    a, w = chains, chains + 1
+    cfg_type = ir.ArrayType(I8, 64)
+    cfg = ir.GlobalVariable(m, cfg_type, f"{name}.tilecfg")
+    cfg.linkage, cfg.global_constant, cfg.align = "internal", True, 64
+    cfg.initializer = ir.Constant(cfg_type, bytearray(tile_config(chains + 2)))
+    load = intrinsic(m, "llvm.x86.tileloadd64", VOID, [I8, PTR, I64])
+    b.call(intrinsic(m, "llvm.x86.ldtilecfg", VOID, [PTR]), [b.bitcast(cfg, PTR)])
+    b.call(load, [tile(a), buf, const_i64(TILE_ROW_BYTES)])
+    b.call(load, [tile(w), b.gep(buf, [const_i64(TILE_BYTES)], source_etype=I8), const_i64(TILE_ROW_BYTES)])
+    for c in range(chains):
+        b.call(intrinsic(m, "llvm.x86.tilezero", VOID, [I8]), [tile(c)])
+    product = intrinsic(m, unit.product, VOID, [I8, I8, I8])
+    with for_range(b, const_i64(0), iters, 1, "i"):
+        for c in range(chains):
+            b.call(product, [tile(c), tile(a), tile(w)])
+    out = b.gep(buf, [const_i64(2 * TILE_BYTES)], source_etype=I8)
+    b.call(intrinsic(m, "llvm.x86.tilestored64", VOID, [I8, PTR, I64]), [tile(0), out, const_i64(TILE_ROW_BYTES)])
+    b.call(intrinsic(m, "llvm.x86.tilerelease", VOID, []), [])
+    b.ret_void()
+    return str(m), name
+
+
 def ops_per_instruction(isa: IsaSpec, kind: str) -> int:
     """Multiply and add counted as two ops: an int8 dot does lanes·kgroup of each."""
     return 2 * isa.lanes * (isa.kgroup if kind == "int" else 1)
 
 
 class PeakProbe:
-    """Back-to-back dot (int8) or FMA (fp32) instructions on ``threads`` threads."""
+    """Back-to-back dot (int8) or FMA (fp32) instructions on ``threads`` threads; ``kind`` a
+    matrix unit's name (``matrix_units.UNITS``, one the host may use) probes its tile products."""
 
     def __init__(
         self,
@@ -89,15 +147,24 @@ class PeakProbe:
         chains: int = PEAK_CHAINS,
         target_seconds: float = TARGET_SECONDS,
     ) -> None:
-        text, name = peak_module(isa, kind, chains)
+        unit = UNITS.get(kind)
+        if unit is not None:  # the matrix unit's loop: operands of ones, accumulator tiles
+            require_usable(unit)
+            chains = min(chains, MATRIX_CHAINS)
+            text, name = matrix_peak_module(isa, unit, chains)
+            isa = unit.target(isa)
+            start = np.frombuffer(unit.one * (2 * TILE_BYTES // unit.elem_bytes) + bytes(TILE_BYTES), np.uint8)
+            self.ops_per_iter = chains * unit.ops_per_product
+        else:
+            text, name = peak_module(isa, kind, chains)
+            # [c | d | start]: the int32 chains wrap harmlessly; the fp32 ones settle at d/(1-c) = 2.
+            start = np.ones(3 * isa.lanes, np.int32) if kind == "int" else np.repeat(np.float32([0.5, 1, 1]), isa.lanes)
+            self.ops_per_iter = chains * ops_per_instruction(isa, kind)
         addr = jit.host_engine().load(jit.compile_object(text, isa), [name])[name]
         self._fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(addr)
-        # [c | d | start]: the int32 chains wrap harmlessly; the fp32 ones settle at d/(1-c) = 2.
-        start = np.ones(3 * isa.lanes, np.int32) if kind == "int" else np.repeat(np.float32([0.5, 1, 1]), isa.lanes)
         self._bufs = [start.copy() for _ in range(threads)]
         self.threads = threads
         self.kind = kind
-        self.ops_per_iter = chains * ops_per_instruction(isa, kind)
         self.iters = CALIBRATION_ITERS
         self.iters = self._calibrated(target_seconds)
 
@@ -132,3 +199,9 @@ class PeakProbe:
             _, cpu = self.run()
             best = max(best, self.threads * self.ops / max(cpu, 1e-9))
         return best / 1e9
+
+
+def matrix_peaks(isa: IsaSpec, threads: int, runs: int = RUNS) -> dict[str, float]:
+    """The peak of every matrix unit this process may use on ``threads`` threads, G ops/s by
+    unit name (empty where there is none)."""
+    return {u.name: PeakProbe(isa, threads, u.name).gops(runs) for u in usable_units()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from embedpipe.codegen.matrix_units import describe_peaks
 from embedpipe.runtime import bench_ops
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ def format_summary(summary: dict) -> list[str]:
             read = " / ".join(f"{p['int8_gops']:.0f}" if p else "-" for p in (probes["before"], probes["after"]))
             lines.append(
                 f"threads={t}: int8 peak {peak['int8_gops']:.0f} GOPS (probed before / after the rounds: {read})"
+                + (
+                    f"; matrix-unit peaks {describe_peaks(peak['matrix_gops'])} (a peer may multiply there)"
+                    if peak.get("matrix_gops")
+                    else ""
+                )
             )
     for t, bw in summary.get("bandwidth_gbs", {}).items():
         floor = summary.get("floor_ms", {}).get(t)

@@ -56,6 +56,17 @@ def test_the_machine_line_names_matrix_units_the_jit_does_not_use():
     assert "%int8pk" in line
 
 
+def test_the_peak_line_gives_the_matrix_units_peaks():
+    peak = {"isa": "x", "int8_gops": 1200.0, "fp32_gflops": 300.0}
+    with_units = {**peak, "matrix_gops": {"amx_int8": 6900.0, "amx_bf16": 3600.0}}
+    rest = {"model": "m", "texts": {}, "results": [], "ratios": [], "ffn": [], "agreement": {}, "skipped": {}}
+    machine = {"machine": {"cpu": "x", "cores": 2, "load_avg": None}}
+    for probe, want in ((peak, None), (with_units, "; matrix-unit peaks amx_int8 6900 GOPS, amx_bf16 3600 GFLOP/s")):
+        summary = {**machine, **rest, "peaks": {"2": probe}, "peak_probes": {"2": {"before": probe, "after": None}}}
+        (line,) = [x for x in bench_report.format_summary(summary) if x.startswith("threads=2: int8 peak")]
+        assert ("matrix-unit peaks" in line) == (want is not None) and (want is None or want in line)
+
+
 def test_thread_scaling_pairs_the_rounds():
     # 1 and 2 threads of one peer in the same rounds: x2, x1.5, x3 per round -> median x2
     one = _result("jit", [(2.0, 2.0, 0.01, 0.01), (3.0, 3.0, 0.01, 0.01), (3.0, 3.0, 0.01, 0.01)])
