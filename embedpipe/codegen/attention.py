@@ -179,7 +179,9 @@ def _items(isa: IsaSpec, q, k, v, out, work: int, n_work: int, counter: int, hal
 _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
-def record_per_run(native: Native, q, k, v, half_window: int | None, threads: int, out: np.ndarray) -> np.ndarray:
+def record_per_run(
+    native: Native, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None, threads: int, out: np.ndarray
+) -> np.ndarray:
     """Inside a ``recorder.recording``: one attention step over these rows whose sequences are
     given anew by every replay (``Recorder.rewritten``), as its argument, a
     ``codegen.sequences.Sequences``. The

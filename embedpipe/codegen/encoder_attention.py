@@ -148,7 +148,17 @@ def _drive(native: Native, y, qkv_bias, t, n_head, head_dim, starts, lengths, sc
 _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
-def record_per_run(native: Native, y, qkv_bias, n_head, head_dim, scale, longest: int, threads: int, out):
+def record_per_run(
+    native: Native,
+    y: np.ndarray,
+    qkv_bias: np.ndarray,
+    n_head: int,
+    head_dim: int,
+    scale: float,
+    longest: int,
+    threads: int,
+    out: np.ndarray,
+) -> np.ndarray:
     """Inside a ``recorder.recording``: one attention step over ``y``'s rows whose sequences are
     given anew by every replay (``Recorder.rewritten``), as its argument, a ``Sequences`` of
     at most ``longest`` tokens each. The replay checks them as ``_drive`` does and spreads

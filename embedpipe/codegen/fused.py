@@ -13,15 +13,19 @@ import functools
 import math
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedpipe.codegen.encoder_fused import ExtendBlocks
 from embedpipe.codegen.kernel import f32_word
-from embedpipe.codegen.prepared import KernelInputError
+from embedpipe.codegen.prepared import KernelInputError, PreparedMatmul
 from embedpipe.codegen.quant_formats import aligned_empty
 from embedpipe.codegen.recorder import active_recorder
 from embedpipe.codegen.threads import CACHE_LINE, row_parts, split_range
+
+if TYPE_CHECKING:
+    from embedpipe.codegen.library import KernelLibrary
 
 _GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
@@ -99,7 +103,7 @@ def check_output(kernel: str, out: np.ndarray, shape: tuple[int, ...], align: in
 
 
 def norm_matmul(
-    w,
+    w: PreparedMatmul,
     x: np.ndarray,
     y: np.ndarray | None,
     w_post: np.ndarray | None,
@@ -137,7 +141,7 @@ def norm_matmul(
     return x_out, out
 
 
-def gelu_matmul(w, gu: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+def gelu_matmul(w: PreparedMatmul, gu: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     """``(gelu_tanh(gu[:, :K])·gu[:, K:]) · Wᵀ`` for an int-family prepared weight (N, K)."""
     _check_f32("gelu_matmul", gu=gu)
     if gu.ndim != 2 or gu.shape[1] != 2 * w.k:
@@ -150,7 +154,9 @@ def gelu_matmul(w, gu: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarr
     return out
 
 
-def bias_gelu_matmul(w, y: np.ndarray, bias: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+def bias_gelu_matmul(
+    w: PreparedMatmul, y: np.ndarray, bias: np.ndarray, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """``gelu_erf(y + bias) · Wᵀ`` for an int-family prepared weight (N, K); y (T, K), bias (K,):
     the GELU is computed into the quantizer's row scratch, never stored."""
     _check_f32("bias_gelu_matmul", y=y, bias=bias)
@@ -165,7 +171,7 @@ def bias_gelu_matmul(w, y: np.ndarray, bias: np.ndarray, *, out: np.ndarray | No
 
 
 def residual_norm_matmul(
-    w,
+    w: PreparedMatmul,
     x: np.ndarray,
     bias: np.ndarray,
     res: np.ndarray,
@@ -208,7 +214,7 @@ def residual_norm_matmul(
 
 
 def qk_norm_rope(
-    lib,
+    lib: KernelLibrary,
     qkv: np.ndarray,
     qw: np.ndarray,
     kw: np.ndarray,
@@ -245,7 +251,14 @@ def qk_norm_rope(
 
 
 def add_norm(
-    lib, x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarray, eps: float, *, out: np.ndarray | None = None
+    lib: KernelLibrary,
+    x: np.ndarray,
+    y: np.ndarray,
+    w_post: np.ndarray,
+    w: np.ndarray,
+    eps: float,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``rms(x + rms(y)·w_post)·w`` row by row; x, y (T, D)."""
     _check_f32("add_norm", x=x, y=y, w_post=w_post, w=w)
@@ -282,7 +295,18 @@ def rope_reference(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarra
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(np.float32)
 
 
-def qk_norm_rope_reference(qkv, qw, kw, cos, sin, n_q, n_kv, d, dv, eps):
+def qk_norm_rope_reference(
+    qkv: np.ndarray,
+    qw: np.ndarray,
+    kw: np.ndarray,
+    cos: np.ndarray,
+    sin: np.ndarray,
+    n_q: int,
+    n_kv: int,
+    d: int,
+    dv: int,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = qkv.shape[0]
     nq, nk = n_q * d, n_kv * d
     q = rms_norm_reference(qkv[:, :nq].reshape(t, n_q, d), qw, eps)
@@ -291,5 +315,5 @@ def qk_norm_rope_reference(qkv, qw, kw, cos, sin, n_q, n_kv, d, dv, eps):
     return rope_reference(q, cos, sin), rope_reference(k, cos, sin), v
 
 
-def add_norm_reference(x, y, w_post, w, eps):
+def add_norm_reference(x: np.ndarray, y: np.ndarray, w_post: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return rms_norm_reference(x + rms_norm_reference(y, w_post, eps), w, eps)

@@ -161,7 +161,14 @@ def _twin(table: GatherTable, index, scale: float = 1.0, threads: int = 1, out=N
 _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
 
 
-def record_per_run(native: Native, table: GatherTable, pick: Callable[[object], np.ndarray], scale, threads, out):
+def record_per_run(
+    native: Native,
+    table: GatherTable,
+    pick: Callable[[object], np.ndarray],
+    scale: float,
+    threads: int,
+    out: np.ndarray,
+) -> np.ndarray:
     """Inside a ``recorder.recording``: a gather into ``out`` (R, d) whose R row numbers each
     replay gives, as ``pick(arg)`` of its argument; the replay checks them against the table
     before the run (``Recorder.rewritten``)."""

@@ -201,7 +201,16 @@ class _Emitter:
                     x = b.select(real[i], load_elem(b, F32, src[i], dd), ir.Constant(F32, 0.0))
                     store_elem(b, F32, self.qt, b.add(b.mul(dd, self.rp), rows[i]), x)
 
-    def fma_tile(self, a_rows, a_step, bp, b_step, kdim, c_rows, scales) -> None:
+    def fma_tile(
+        self,
+        a_rows: list[ir.Value],
+        a_step: ir.Value,
+        bp: ir.Value,
+        b_step: ir.Value,
+        kdim: ir.Value,
+        c_rows: list[ir.Value],
+        scales: list[ir.Value] | None,
+    ) -> None:
         """``C[r, 0:NV·lanes] = (C[r]·scale[r] | 0) + Σ_p A[r, p]·B[p, 0:NV·lanes]``.
 
         ``a_rows[r]`` points at A[r, 0] (A[r, p] is ``p·a_step`` floats further), B[p, 0] is

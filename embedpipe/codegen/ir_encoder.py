@@ -140,7 +140,17 @@ class ResidualNormRow:
     def _sweep(self, D: ir.Value, body, tag: str) -> None:
         sweep(self.b, const_i64(0), D, self.width, body, tag)
 
-    def emit(self, x, bias, res, w, beta, out, D: ir.Value, eps: ir.Value) -> None:
+    def emit(
+        self,
+        x: ir.Value,
+        bias: ir.Value,
+        res: ir.Value,
+        w: ir.Value,
+        beta: ir.Value,
+        out: ir.Value,
+        D: ir.Value,
+        eps: ir.Value,
+    ) -> None:
         """``out = LayerNorm(x + bias + res)·w + beta`` over one row of ``D`` (row pointers;
         ``out`` holds the sum in between)."""
         b = self.b
@@ -175,7 +185,7 @@ class ResidualNormRow:
 
         self._sweep(D, scale, "sc")
 
-    def extend(self, v, ext, sel, nsel: ir.Value, D: ir.Value) -> None:
+    def extend(self, v: ir.Value, ext: ir.Value, sel: ir.Value, nsel: ir.Value, D: ir.Value) -> None:
         """``ext`` = the row ``v`` (``D`` values), then for each of the ``nsel`` block numbers
         in ``sel`` (int64, checked by the driver) the block's residual ``v_b − grid(v_b)``."""
         b = self.b

@@ -48,7 +48,7 @@ def splat(b: ir.IRBuilder, value: ir.Value, n: int) -> ir.Value:
     return b.shuffle_vector(one, ir.Constant(vt, None), ir.Constant(vec(I32, n), [0] * n))
 
 
-def on_one_lane(b: ir.IRBuilder, fn, *scalars: ir.Value) -> ir.Value:
+def on_one_lane(b: ir.IRBuilder, fn: Callable[..., ir.Value], *scalars: ir.Value) -> ir.Value:
     """``fn`` of one-lane vectors holding ``scalars``, as a scalar: the scalar tail of a row
     sweep runs the same vector code (and so the same arithmetic) as its body."""
     lane0 = ir.Constant(I32, 0)
@@ -314,7 +314,7 @@ class RowSums:
 def store_tile(
     b: ir.IRBuilder,
     module: ir.Module,
-    slots,
+    slots: Sequence[Sequence[ir.Value]],
     t: ir.Value,
     p: ir.Value,
     T: ir.Value,

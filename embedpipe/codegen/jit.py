@@ -25,11 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import llvmlite
 import platformdirs
 
 from embedpipe.codegen.isa import IsaSpec
+
+if TYPE_CHECKING:
+    from llvmlite.binding import TargetMachine
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ def clear_cache() -> tuple[int, int]:
     return files, size
 
 
-def target_machine(isa: IsaSpec):
+def target_machine(isa: IsaSpec) -> TargetMachine:
     _init_llvm()
     target = _binding().Target.from_triple(isa.triple)
     return target.create_target_machine(cpu=isa.cpu, features=isa.features, opt=3, reloc="pic", codemodel="default")
