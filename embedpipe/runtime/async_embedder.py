@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, truncate_dim
 from embedpipe.runtime.microbatch import MicroBatcher, PassStats
+
+T = TypeVar("T")
 
 
 class AsyncEmbedder:
@@ -45,11 +48,11 @@ class AsyncEmbedder:
         tokens = sum(len(s) for s in seqs)
         return self.embedder.encode_ids(seqs, batch_size=len(seqs), max_batch_tokens=max(tokens, 1))
 
-    async def run_tokenizer(self, fn: Callable, *args):
+    async def run_tokenizer(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` on the tokenizer thread (tokenizing, cache look-ups: off the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, fn, *args)
 
-    async def prepare(self, fn: Callable, *args):
+    async def prepare(self, fn: Callable[..., T], *args: object) -> T:
         """`run_tokenizer` for work that precedes a submit: an idle model waits for it to join its pass.
 
         Call `aencode_ids` right after (no await in between) for the announcement to hold."""

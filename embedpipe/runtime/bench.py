@@ -20,12 +20,18 @@ import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedpipe.runtime import bench_memory, bench_ops, bench_peers, bench_results, bench_rounds
 from embedpipe.runtime.bench_report import format_result
 from embedpipe.runtime.bench_texts import documents
+
+if TYPE_CHECKING:
+    from embedpipe.runtime.bert import BertEncoderModel
+    from embedpipe.runtime.embedder import Embedder
+    from embedpipe.runtime.gemma_embedding import GemmaEmbeddingModel
 
 KINDS: tuple[str, ...] = ("short", "long", "xlong")
 PEERS: tuple[str, ...] = ("jit", "numpy", "llama.cpp", "sentence-transformers", "onnxruntime-fp32", "onnxruntime-int8")
@@ -80,7 +86,7 @@ def machine_info() -> dict:
     }
 
 
-def model_ops_per_token(model) -> tuple[float, float]:
+def model_ops_per_token(model: BertEncoderModel | GemmaEmbeddingModel) -> tuple[float, float]:
     """(all weight-matmul ops, FFN ops) per token: 2 per multiply-add."""
     cfg = model.cfg
     if not hasattr(cfg, "n_kv_head"):  # BERT family: q, k, v, o square; FFN up and down
@@ -138,7 +144,7 @@ def _probe_peaks_again(summary: dict, threads: tuple[int, ...], report: Callable
             )
 
 
-def ffn_timing(embedder, tokens: int, repeats: int) -> dict:
+def ffn_timing(embedder: Embedder, tokens: int, repeats: int) -> dict:
     """One layer's FFN matmuls (gate|up fused, down) at ``tokens`` rows: median ms and GOPS
     (run in the JIT peer's worker; the parent adds the fraction of its int8 peak)."""
     from embedpipe.codegen.bench import call_seconds

@@ -19,6 +19,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from embedpipe.runtime.embedder import Embedder
 
 OP_METHODS: tuple[str, ...] = (
     "norm_matmul",
@@ -127,7 +131,7 @@ def _instrumented(model, timer: _Timer) -> Iterator[None]:
             step()
 
 
-def profile_ops(embedder, ids: Sequence[Sequence[int]], repeats: int = 3, batch_size: int = 32) -> dict:
+def profile_ops(embedder: Embedder, ids: Sequence[Sequence[int]], repeats: int = 3, batch_size: int = 32) -> dict:
     """Per-op CPU and wall seconds per ``encode_ids(ids)`` (mean of ``repeats`` after a warm-up),
     sorted by CPU time, with ``other`` for the rest of the call."""
     embedder.encode_ids(ids, batch_size=batch_size)

@@ -13,11 +13,17 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
 
 from embedpipe.codegen.isa import read_cpu_flags
+
+if TYPE_CHECKING:
+    from types import ModuleType, SimpleNamespace
+
+    from embedpipe.runtime.bench import BenchConfig
 
 
 class PeerUnavailable(Exception):
@@ -123,7 +129,7 @@ AMX_FLAG = "amx_int8"
 
 
 @contextmanager
-def extra_buffer_types(llama_cpp, enabled: bool | None = None) -> Iterator[str]:
+def extra_buffer_types(llama_cpp: ModuleType, enabled: bool | None = None) -> Iterator[str]:
     """Load a ``llama_cpp.Llama`` with llama.cpp's extra weight buffer types (AMX, CPU repack)
     on or off (default: off where the CPU has AMX); yields the peer's note.
 
@@ -236,7 +242,7 @@ class OnnxRuntimePeer(Peer):
         return vectors
 
 
-def onnx_dir(cfg) -> Path:
+def onnx_dir(cfg: BenchConfig | SimpleNamespace) -> Path:
     """Where the ONNX exports live: cfg.onnx_dir, else onnx/ beside the GGUF."""
     return Path(getattr(cfg, "onnx_dir", None) or Path(str(cfg.model)).parent / "onnx")
 
@@ -251,7 +257,7 @@ PEER_FACTORIES: dict[str, Callable[[object, int], Peer]] = {
 }
 
 
-def make_peer(name: str, cfg, threads: int) -> Peer:
+def make_peer(name: str, cfg: BenchConfig | SimpleNamespace, threads: int) -> Peer:
     if name not in PEER_FACTORIES:
         raise PeerUnavailable(f"unknown peer {name!r}; known: {', '.join(PEER_FACTORIES)}")
     return PEER_FACTORIES[name](cfg, threads)

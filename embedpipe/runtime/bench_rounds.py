@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from embedpipe.runtime import bench_peers, bench_worker
 from embedpipe.runtime.bench_peers import PeerUnavailable
+
+if TYPE_CHECKING:
+    from embedpipe.runtime.bench import BenchConfig
 
 #: The configuration a worker needs to load its peer (the rest of BenchConfig stays here).
 WORKER_CONFIG = ("model", "batch_size", "max_tokens", "st_python", "st_model", "onnx_dir")
@@ -33,7 +36,7 @@ WORKER_CONFIG = ("model", "batch_size", "max_tokens", "st_python", "st_model", "
 class Commands(Protocol):
     """What the rounds need of a peer: one protocol command, its answer (``PeerProcess``)."""
 
-    def call(self, op: str, **args) -> dict: ...
+    def call(self, op: str, **args: object) -> dict: ...
 
 
 @dataclass
@@ -124,7 +127,7 @@ class PeerProcess:
         self.load_memory_mb: dict = hello["memory_mb"]
         self.note: str = hello.get("note", "")
 
-    def call(self, op: str, **args) -> dict:
+    def call(self, op: str, **args: object) -> dict:
         try:
             self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
             self.proc.stdin.flush()
@@ -193,7 +196,7 @@ def wait_idle(
             return
 
 
-def worker_command(name: str, cfg, threads: int) -> tuple[list[str], dict[str, str]]:
+def worker_command(name: str, cfg: BenchConfig, threads: int) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the worker for ``name``; PeerUnavailable when it cannot start."""
     if name not in bench_peers.PEER_FACTORIES:
         raise PeerUnavailable(f"unknown peer {name!r}; known: {', '.join(bench_peers.PEER_FACTORIES)}")

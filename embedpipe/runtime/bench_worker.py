@@ -26,6 +26,8 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterable
+from typing import TextIO
 
 ST_PEER = "sentence-transformers"
 
@@ -91,7 +93,7 @@ class Worker:
             return {"value": self.extras[cmd["name"]](**cmd.get("args", {}))}
         return {"error": f"unknown command {op!r}"}
 
-    def serve(self, inp, out) -> None:
+    def serve(self, inp: Iterable[str], out: TextIO) -> None:
         for line in inp:
             cmd = json.loads(line)
             if cmd.get("op") == "quit":

@@ -8,10 +8,15 @@ below 1.5e-7, under float32 resolution of the result) in a few in-place numpy pa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedpipe.runtime.ops import _MASKED, _softmax_rows
+from embedpipe.runtime.ops import _MASKED, MatmulFn, _softmax_rows
+
+if TYPE_CHECKING:
+    from embedpipe.codegen.encoder_fused import ExtendBlocks
 
 _AS_P = 0.3275911
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
@@ -109,7 +114,16 @@ class NumpyEncoderOps:
     def __init__(self, backend: object):
         self.threads = getattr(backend, "threads", None) or 1
 
-    def residual_norm(self, x, bias, res, weight, beta, eps: float, extend):
+    def residual_norm(
+        self,
+        x: np.ndarray,
+        bias: np.ndarray,
+        res: np.ndarray,
+        weight: np.ndarray,
+        beta: np.ndarray,
+        eps: float,
+        extend: ExtendBlocks | None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(LayerNorm(x + bias + res), its rows extended by ``extend`` (an
         ``encoder_fused.ExtendBlocks``) or None)."""
         from embedpipe.codegen.encoder_fused import residual_norm_reference
@@ -122,7 +136,7 @@ class NumpyEncoderOps:
 
         return combine_reference(y, bias, gelu)
 
-    def bias_gelu_matmul(self, w, y: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    def bias_gelu_matmul(self, w: MatmulFn, y: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """``w(gelu_erf(y + bias))``: the FFN's activation and down product."""
         return w(self.combine(y, bias, True))
 
@@ -130,7 +144,17 @@ class NumpyEncoderOps:
         """Whether ``bias_gelu_matmul`` with ``w`` is one native call (else two)."""
         return False
 
-    def residual_norm_matmul(self, w, x, bias, res, weight, beta, eps: float, extend):
+    def residual_norm_matmul(
+        self,
+        w: MatmulFn,
+        x: np.ndarray,
+        bias: np.ndarray,
+        res: np.ndarray,
+        weight: np.ndarray,
+        beta: np.ndarray,
+        eps: float,
+        extend: ExtendBlocks | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(h, w(h extended by extend))`` with ``h = residual_norm(...)``: a block's
         LayerNorm and the product that takes its output."""
         rows, ext = self.residual_norm(x, bias, res, weight, beta, eps, extend)
@@ -140,7 +164,17 @@ class NumpyEncoderOps:
         """Whether ``residual_norm_matmul`` with ``w`` is one native call (else two)."""
         return False
 
-    def attention(self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias) -> np.ndarray:
+    def attention(
+        self,
+        y: np.ndarray,
+        qkv_bias: np.ndarray,
+        n_head: int,
+        head_dim: int,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        scale: float,
+        bias: np.ndarray | None,
+    ) -> np.ndarray:
         """(T, H·D) attention of the packed sequences ``[starts[i], starts[i] + lengths[i])``
         over their own tokens; q, k, v are the column blocks of ``y + qkv_bias``; ``bias`` an
         additive (H, L, L) per-head bias or None."""
@@ -169,19 +203,34 @@ class JitEncoderOps(NumpyEncoderOps):
         program, taking the ``out`` / ``ext_out`` buffers of its arena)."""
         return None not in (self._norm, self._combine, self._attention)
 
-    def residual_norm(self, x, bias, res, weight, beta, eps: float, extend, **buffers):
+    def residual_norm(
+        self,
+        x: np.ndarray,
+        bias: np.ndarray,
+        res: np.ndarray,
+        weight: np.ndarray,
+        beta: np.ndarray,
+        eps: float,
+        extend: ExtendBlocks | None,
+        **buffers: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         if self._norm is None:
             return super().residual_norm(x, bias, res, weight, beta, eps, extend)
         args = (x, bias, res, weight, beta, eps, extend)
         return self._norm.kernel.drive(self._norm, *args, threads=self.threads, **buffers)
 
-    def combine(self, y: np.ndarray, bias: np.ndarray, gelu: bool, **buffers) -> np.ndarray:
+    def combine(self, y: np.ndarray, bias: np.ndarray, gelu: bool, **buffers: np.ndarray) -> np.ndarray:
         if self._combine is None:
             return super().combine(y, bias, gelu)
         return self._combine.kernel.drive(self._combine, y, bias, gelu, threads=self.threads, **buffers)
 
     def bias_gelu_matmul(
-        self, w, y: np.ndarray, bias: np.ndarray, out: np.ndarray | None = None, act: np.ndarray | None = None
+        self,
+        w: Callable[..., np.ndarray],
+        y: np.ndarray,
+        bias: np.ndarray,
+        out: np.ndarray | None = None,
+        act: np.ndarray | None = None,
     ) -> np.ndarray:
         """One fused native kernel per thread (GELU into the quantizer's scratch, then the
         product) for an integer-dot weight; otherwise the combine kernel (into ``act`` when
@@ -197,18 +246,18 @@ class JitEncoderOps(NumpyEncoderOps):
 
     def residual_norm_matmul(
         self,
-        w,
-        x,
-        bias,
-        res,
-        weight,
-        beta,
+        w: Callable[..., np.ndarray],
+        x: np.ndarray,
+        bias: np.ndarray,
+        res: np.ndarray,
+        weight: np.ndarray,
+        beta: np.ndarray,
         eps: float,
-        extend,
+        extend: ExtendBlocks | None,
         out: np.ndarray | None = None,
         x_out: np.ndarray | None = None,
         ext_out: np.ndarray | None = None,
-    ):
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One fused native kernel per thread (the LayerNorm, extended, into the quantizer's
         scratch, then the product) for an integer-dot weight; otherwise the residual_norm
         kernel (into ``x_out``/``ext_out``) and the product. Buffers: a recorded arena's."""
@@ -225,7 +274,16 @@ class JitEncoderOps(NumpyEncoderOps):
         return getattr(w, "family", None) == "int" and self._norm is not None
 
     def attention(
-        self, y, qkv_bias, n_head: int, head_dim: int, starts, lengths, scale: float, bias, **buffers
+        self,
+        y: np.ndarray,
+        qkv_bias: np.ndarray,
+        n_head: int,
+        head_dim: int,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        scale: float,
+        bias: np.ndarray | None,
+        **buffers: np.ndarray,
     ) -> np.ndarray:
         native = self._attention
         if native is None:
@@ -233,7 +291,16 @@ class JitEncoderOps(NumpyEncoderOps):
         args = (y, qkv_bias, y.shape[0], n_head, head_dim, starts, lengths, scale, bias)
         return native.kernel.drive(native, *args, threads=self.threads, **buffers)
 
-    def record_attention(self, y, qkv_bias, n_head: int, head_dim: int, scale: float, longest: int, out) -> np.ndarray:
+    def record_attention(
+        self,
+        y: np.ndarray,
+        qkv_bias: np.ndarray,
+        n_head: int,
+        head_dim: int,
+        scale: float,
+        longest: int,
+        out: np.ndarray,
+    ) -> np.ndarray:
         """Inside a step-program recording: attention over ``y``'s rows whose sequences each
         replay gives as its argument, a ``Sequences`` (``encoder_attention.record_per_run``)."""
         from embedpipe.codegen.encoder_attention import record_per_run

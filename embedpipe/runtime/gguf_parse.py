@@ -12,7 +12,7 @@ import mmap
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -258,7 +258,7 @@ class ParsedGGUF:
                 )
 
 
-def parse_gguf(fileobj, index: StringIndex | None = None) -> ParsedGGUF:
+def parse_gguf(fileobj: BinaryIO, index: StringIndex | None = None) -> ParsedGGUF:
     """Parse header, metadata and tensor infos of an open binary file (``index``: remembered
     string-array offsets, checked before use)."""
     try:

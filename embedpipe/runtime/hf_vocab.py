@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime.tokenizer import TokenType
+
+if TYPE_CHECKING:
+    import sentencepiece as spm
 
 #: Added tokens that ought to be CONTROL even when tokenizer_config does not mark them special.
 SPECIAL_LOOKING_EXACT: frozenset[str] = frozenset({"<pad>", "<mask>", "<2mass>", "[@BOS@]"})
@@ -39,7 +43,7 @@ class Vocab:
     types: list[int]
 
 
-def load_sentencepiece(path: Path):
+def load_sentencepiece(path: Path) -> spm.SentencePieceProcessor:
     """Load tokenizer.model (clear error if it is missing or not a SentencePiece model)."""
     import sentencepiece as spm
 

@@ -17,10 +17,14 @@ import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
+
+if TYPE_CHECKING:
+    from embedpipe.codegen.gather import GatherTable
+    from embedpipe.codegen.sequences import Sequences
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 # Masked scores (BERT-family padded attention, ``encoder_ops``): finite, so fully padded query
@@ -158,7 +162,9 @@ class NumpyOps:
         with blas_threads(self.threads):
             yield
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None) -> np.ndarray:
+    def attention(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan: Sequences, half_window: int | None
+    ) -> np.ndarray:
         """Softmax attention of every sequence of a packed batch (see ``codegen.attention.attention``):
         q (S, Hq, D) already scaled, k (S, Hkv, D), v (S, Hkv, Dv) -> (S, Hq·Dv) fp32.
         ``plan`` has the batch's ``starts`` and ``lengths`` and a ``cache`` dict."""
@@ -246,7 +252,15 @@ class JitOps(NumpyOps):
     # (``codegen.program``) records them over preallocated activations.  Only int-family
     # weights run fused (and honour them); a model records a program only when all are.
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan, half_window: int | None, out=None):
+    def attention(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        plan: Sequences,
+        half_window: int | None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """All sequences of the batch in one native call of the tiled attention kernel."""
         from embedpipe.codegen.attention import attention
 
@@ -263,7 +277,9 @@ class JitOps(NumpyOps):
             out=out,
         )
 
-    def record_attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None, out) -> np.ndarray:
+    def record_attention(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None, out: np.ndarray
+    ) -> np.ndarray:
         """Inside a step-program recording: ``attention`` over sequences each replay gives as
         its argument, a plan (``attention.record_per_run``); a hole that calls ``attention``
         when the kernel is not available here."""
@@ -287,33 +303,62 @@ class JitOps(NumpyOps):
             return None
         return tuple(GatherTable(*spec) for spec in specs)
 
-    def record_gather(self, table, pick, out: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    def record_gather(
+        self, table: GatherTable, pick: Callable[[object], np.ndarray], out: np.ndarray, scale: float = 1.0
+    ) -> np.ndarray:
         """Inside a step-program recording: ``out`` gets the rows ``pick(arg)`` of ``table``
         (one of ``gather_tables``) at every replay, ``arg`` being the replay's argument."""
         from embedpipe.codegen.gather import GATHER, record_per_run
 
         return record_per_run(GATHER.native(self.lib.isa), table, pick, scale, self.threads, out)
 
-    def norm_matmul(self, w, x, y, w_post, w_pre, eps, x_out=None, out=None):
+    def norm_matmul(
+        self,
+        w: MatmulFn,
+        x: np.ndarray,
+        y: np.ndarray | None,
+        w_post: np.ndarray | None,
+        w_pre: np.ndarray,
+        eps: float,
+        x_out: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not _int_weight(w):
             return super().norm_matmul(w, x, y, w_post, w_pre, eps)
         from embedpipe.codegen import fused
 
         return fused.norm_matmul(w, x, y, w_post, w_pre, eps, x_out=x_out, out=out)
 
-    def gelu_matmul(self, w, gate_up, out=None):
+    def gelu_matmul(self, w: MatmulFn, gate_up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if not _int_weight(w):
             return super().gelu_matmul(w, gate_up)
         from embedpipe.codegen import fused
 
         return fused.gelu_matmul(w, gate_up, out=out)
 
-    def qk_norm_rope(self, qkv, qw, kw, cos, sin, heads, out=None):
+    def qk_norm_rope(
+        self,
+        qkv: np.ndarray,
+        qw: np.ndarray,
+        kw: np.ndarray,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        heads: HeadShape,
+        out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from embedpipe.codegen import fused
 
         return fused.qk_norm_rope(self.lib, qkv, qw, kw, cos, sin, *heads, out=out)
 
-    def add_norm(self, x, y, w_post, w, eps, out=None):
+    def add_norm(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        w_post: np.ndarray,
+        w: np.ndarray,
+        eps: float,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         from embedpipe.codegen import fused
 
         return fused.add_norm(self.lib, x, y, w_post, w, eps, out=out)

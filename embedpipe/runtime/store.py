@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime import mirror, model_integrity
@@ -288,7 +289,7 @@ def cached_model_path(quant: str = "q8_0", spec: ModelSpec = DEFAULT_SPEC) -> Pa
     return gguf_path(quant, spec) if gguf_problem(quant, spec) is None else None
 
 
-def convert_checkout(*args, **kwargs) -> Path:
+def convert_checkout(*args: Any, **kwargs: Any) -> Path:
     """`runtime.convert.convert_checkout`, imported only when a model is built (a warm start
     never needs the converter)."""
     from embedpipe.runtime.convert import convert_checkout as convert

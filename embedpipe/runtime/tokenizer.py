@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
@@ -22,6 +23,9 @@ import sentencepiece as spm
 from embedpipe.errors import ModelFileError
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.gguf_schema import invalid_utf8_piece
+
+if TYPE_CHECKING:
+    from embedpipe.runtime.wordpiece import WordPieceTokenizer
 
 # SentencePiece TrainerSpec.ModelType
 _BPE = 2
@@ -311,7 +315,7 @@ class Tokenizer:
         return int(self.special.add_bos) + int(self.special.add_eos)
 
 
-def load_tokenizer(model_file: GGUFModelFile):
+def load_tokenizer(model_file: GGUFModelFile) -> Tokenizer | WordPieceTokenizer:
     """The tokenizer of `tokenizer.ggml.model`: SentencePiece ("llama") or WordPiece ("bert")."""
     kind = model_file.get("tokenizer.ggml.model")
     if kind == "bert":
