@@ -3,6 +3,7 @@ annoy indexes, and Spotify annoy (annoy's search_k swept for both)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,15 @@ from embedpipe.indexes.bench_measure import SWEEP_SEARCH_K, Row, file_size, meas
 from embedpipe.indexes.registry import build_index, load_index
 
 
-def flat_rows(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> list[Row]:
+def flat_rows(
+    x: np.ndarray,
+    q: np.ndarray,
+    truth: np.ndarray,
+    tmp: Path,
+    repeats: int,
+    n_single: int,
+    report: Callable[[Row], None],
+) -> list[Row]:
     rows: list[Row] = []
     configs = [
         ("brute", "fp32", {}),
@@ -47,7 +56,15 @@ def flat_rows(x, q, truth, tmp: Path, repeats: int, n_single: int, report) -> li
     return rows
 
 
-def annoy_rows(x, q, truth, tmp, repeats, n_single, report) -> list[Row]:
+def annoy_rows(
+    x: np.ndarray,
+    q: np.ndarray,
+    truth: np.ndarray,
+    tmp: Path,
+    repeats: int,
+    n_single: int,
+    report: Callable[[Row], None],
+) -> list[Row]:
     import annoy
 
     def build():

@@ -111,7 +111,16 @@ GRAPH_IMPLS: dict[str, str] = {  # impl -> label
 
 
 def graph_rows(
-    impl: str, x, q, truth, tmp: Path, repeats, n_single, report, g: GraphBench, timeout: float | None = None
+    impl: str,
+    x: np.ndarray,
+    q: np.ndarray,
+    truth: np.ndarray,
+    tmp: Path,
+    repeats: int,
+    n_single: int,
+    report: Callable[[Row], None],
+    g: GraphBench,
+    timeout: float | None = None,
 ) -> list[Row]:
     npy = tmp / "base.npy"
     if not npy.exists():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
@@ -218,7 +218,7 @@ class _Search:
                     b.store(p, nk)
 
 
-def emitter(elt: ir.Type):
+def emitter(elt: ir.Type) -> Callable[[ir.IRBuilder, IsaSpec], None]:
     def emit(b: ir.IRBuilder, isa: IsaSpec) -> None:
         """Queries ``[0, nq)`` of Q, one after another: search, then write the best k to
         ``s_out`` / ``r_out`` (-inf / -1 where fewer were found)."""

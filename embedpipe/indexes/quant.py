@@ -91,29 +91,35 @@ class ScaleScheme:
 class VectorScale(ScaleScheme):
     name = "vector"
 
-    def quantize(self, x, spec, calibration=None):
+    def quantize(
+        self, x: np.ndarray, spec: StorageType, calibration: Calibration | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scale = np.abs(x).max(axis=1) / spec.qmax
         codes = np.rint(x * _inverse(scale)[:, None])
         return codes, scale, NO_OFFSET
 
-    def dequantize(self, codes, scale, offset, rows=slice(None)):
+    def dequantize(
+        self, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, rows: np.ndarray | slice = slice(None)
+    ) -> np.ndarray:
         return codes.astype(np.float32) * scale[rows][:, None]
 
-    def row_scale(self, scale, n):
+    def row_scale(self, scale: np.ndarray, n: int) -> np.ndarray:
         return np.asarray(scale)
 
-    def scale_rows(self, scores, scale, rows):
+    def scale_rows(self, scores: np.ndarray, scale: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
         scores *= scale[rows]
         return scores
 
-    def extend_scale(self, scale, added):
+    def extend_scale(self, scale: np.ndarray, added: np.ndarray) -> np.ndarray:
         return np.concatenate([scale, added])
 
 
 class DimScale(ScaleScheme):
     name = "dim"
 
-    def quantize(self, x, spec, calibration=None):
+    def quantize(
+        self, x: np.ndarray, spec: StorageType, calibration: Calibration | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if calibration is not None:
             scale, offset = calibration
         elif len(x):
@@ -123,17 +129,19 @@ class DimScale(ScaleScheme):
         codes = np.rint((x - offset[None, :]) * _inverse(scale)[None, :])
         return codes, scale, offset
 
-    def dequantize(self, codes, scale, offset, rows=slice(None)):
+    def dequantize(
+        self, codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, rows: np.ndarray | slice = slice(None)
+    ) -> np.ndarray:
         out = codes.astype(np.float32) * scale[None, :]
         return out + offset[None, :] if len(offset) else out
 
-    def query_weights(self, q, scale):
+    def query_weights(self, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(q * scale[None, :], np.float32)
 
-    def calibration(self, scale, offset):
+    def calibration(self, scale: np.ndarray, offset: np.ndarray) -> Calibration:
         return scale, offset
 
-    def load_offset(self, sections, dim):
+    def load_offset(self, sections: dict[str, np.ndarray], dim: int) -> np.ndarray:
         """The stored offset; files written before centred scales carry none (= zeros)."""
         off = sections.get("offset")
         return np.zeros(dim, np.float32) if off is None else np.asarray(off, np.float32)
