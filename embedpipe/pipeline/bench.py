@@ -128,7 +128,7 @@ print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 """
 
 
-def peak_rss(model: str, rows: int, work: Path, **cfg) -> dict:
+def peak_rss(model: str, rows: int, work: Path, **cfg: str | int | bool | list[str] | None) -> dict:
     """Ingest `rows` synthetic texts in a fresh process; its peak RSS (kB) from getrusage."""
     corpus = work / f"rss-{rows}.parquet"
     writer = pq.ParquetWriter(corpus, pa.schema([("text", pa.string())]))
@@ -155,7 +155,13 @@ def peak_rss(model: str, rows: int, work: Path, **cfg) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_rss_bench(model: str, rows: int, factor: int, report: Callable[[str], None] = print, **cfg) -> dict:
+def run_rss_bench(
+    model: str,
+    rows: int,
+    factor: int,
+    report: Callable[[str], None] = print,
+    **cfg: str | int | bool | list[str] | None,
+) -> dict:
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-rss-"))
     small = peak_rss(model, rows, work, **cfg)
     large = peak_rss(model, rows * factor, work, **cfg)

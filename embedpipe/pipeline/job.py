@@ -7,6 +7,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -18,6 +19,9 @@ from embedpipe.pipeline.manifest import SUMMARY, Manifest
 from embedpipe.pipeline.processor import Stats, WindowProcessor
 from embedpipe.pipeline.progress import Progress
 from embedpipe.pipeline.readers import Corpus
+
+if TYPE_CHECKING:
+    from embedpipe.runtime.embedder import Embedder
 
 
 @dataclass
@@ -66,7 +70,7 @@ class IngestSummary:
         return "\n".join(lines)
 
 
-def resolve(cfg: IngestConfig, emb) -> IngestConfig:
+def resolve(cfg: IngestConfig, emb: Embedder) -> IngestConfig:
     """Fill model-dependent defaults (dim, max_tokens) and check them against the model."""
     from embedpipe.runtime.dims import check_dim
     from embedpipe.runtime.prompts import DOCUMENT_TASK, canonical_task
@@ -82,7 +86,7 @@ def resolve(cfg: IngestConfig, emb) -> IngestConfig:
     return cfg
 
 
-def make_schema(cfg: IngestConfig, emb, corpus: Corpus) -> pa.Schema:
+def make_schema(cfg: IngestConfig, emb: Embedder, corpus: Corpus) -> pa.Schema:
     # column types come from the first input that has columns (empty files have none)
     first = next((s for s in (src.schema() for src in corpus.sources) if s.names), pa.schema([]))
     id_t = id_type((first.field(cfg.id_col).type if cfg.id_col in first.names else pa.string()) if cfg.id_col else None)
@@ -96,11 +100,13 @@ def make_schema(cfg: IngestConfig, emb, corpus: Corpus) -> pa.Schema:
     return output_schema(id_t, keep, meta)
 
 
-def job_header(cfg: IngestConfig, emb, corpus: Corpus) -> dict:
+def job_header(cfg: IngestConfig, emb: Embedder, corpus: Corpus) -> dict:
     return {"model_sha256": emb.model_sha256, **cfg.fingerprint(), "inputs": corpus.identity()}
 
 
-def open_processor(cfg: IngestConfig, emb, corpus: Corpus, manifest: Manifest | None = None) -> WindowProcessor:
+def open_processor(
+    cfg: IngestConfig, emb: Embedder, corpus: Corpus, manifest: Manifest | None = None
+) -> WindowProcessor:
     cache = None
     if cfg.cache:
         cache = EmbeddingCache.in_dir(cfg.cache_dir, max_bytes=cfg.cache_max_bytes)
@@ -133,7 +139,7 @@ def _write_summary(out_dir: Path, summary: IngestSummary) -> None:
     os.replace(tmp, out_dir / SUMMARY)
 
 
-def ingest(cfg: IngestConfig, embedder=None) -> IngestSummary:
+def ingest(cfg: IngestConfig, embedder: Embedder | None = None) -> IngestSummary:
     """Embed a corpus into a Parquet dataset directory; resumes an interrupted job in place.
 
     `embedder` (anything with the Embedder contract) defaults to Embedder.load(cfg.model, ...).

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from embedpipe.pipeline.processor import Stats
 
 REDRAW_S = 1.0  # at most one in-window redraw per this many seconds
 
@@ -28,7 +32,7 @@ class Progress:
             smoothing=0.1,
         )
 
-    def update(self, stats) -> None:
+    def update(self, stats: Stats) -> None:
         """A window of rows is done (rows advance only here: a row is done when written)."""
         self._tokens += stats.counts["tokens"]
         self._inflight = 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from embedpipe.pipeline.cache import EmbeddingCache
 from embedpipe.runtime.microbatch import PassStats
@@ -100,7 +100,7 @@ class _LiveCollector:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("embedpipe_queue_depth", "Requests waiting for a forward pass", labels=["model"])
         tokens = GaugeMetricFamily("embedpipe_queued_tokens", "Tokens waiting for a forward pass", labels=["model"])
         for model, read in self.metrics._queues.items():
