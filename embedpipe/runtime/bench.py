@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedpipe.codegen.matrix_units import describe_peaks
 from embedpipe.runtime import bench_memory, bench_ops, bench_peers, bench_results, bench_rounds
 from embedpipe.runtime.bench_report import format_result
 from embedpipe.runtime.bench_texts import documents
@@ -59,14 +60,12 @@ class BenchConfig:
     profile_ops: bool = False  # also time each op of the JIT peer's batches (bench_ops)
 
 
-# Tile-matrix units a peer may multiply on where the JIT uses vector dots (ONNX Runtime's int8
-# GEMM runs on AMX where the CPU has it): the report names them beside the machine, since the
-# int8 peak the fractions are taken of is the vector dot's.
-MATRIX_UNIT_FLAGS = frozenset({"amx_int8", "amx_bf16", "amx_fp16"})
-
-
 def machine_info() -> dict:
-    from embedpipe.codegen.isa import read_cpu_flags
+    """The host, as the report's machine line gives it. ``matrix_units``: the tile-matrix units
+    the CPU has (``codegen.matrix_units``), on which a peer may multiply where the JIT uses
+    vector dots (ONNX Runtime's int8 GEMM runs on AMX), while the int8 peak the fractions are
+    taken of is the vector dot's."""
+    from embedpipe.codegen.matrix_units import present_units
 
     cpu = platform.processor() or ""
     try:
@@ -82,7 +81,7 @@ def machine_info() -> dict:
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_avg": list(load) if load else None,
         "python": platform.python_version(),
-        "matrix_units": sorted(read_cpu_flags() & MATRIX_UNIT_FLAGS),
+        "matrix_units": [u.name for u in present_units()],
     }
 
 
@@ -99,10 +98,11 @@ def model_ops_per_token(model: BertEncoderModel | GemmaEmbeddingModel) -> tuple[
 
 
 def measure_peaks(threads: int) -> dict | None:
-    """Best-of-3 int8-dot and fp32-FMA peaks on ``threads`` threads (None without JIT)."""
+    """Best-of-3 int8-dot and fp32-FMA peaks on ``threads`` threads (None without JIT), and
+    the peak of each matrix unit the process may use (``matrix_gops``, by unit name)."""
     try:
         from embedpipe.codegen.isa import detect_isa
-        from embedpipe.codegen.peak import PeakProbe
+        from embedpipe.codegen.peak import PeakProbe, matrix_peaks
 
         isa = detect_isa()
         probes = {kind: PeakProbe(isa, threads, kind) for kind in ("int", "float")}
@@ -112,6 +112,7 @@ def measure_peaks(threads: int) -> dict | None:
         "isa": isa.name,
         "int8_gops": probes["int"].gops(),
         "fp32_gflops": probes["float"].gops(),
+        "matrix_gops": matrix_peaks(isa, threads),
     }
 
 
@@ -122,7 +123,11 @@ def best_peaks(before: dict | None, after: dict | None) -> dict | None:
     when the two vCPUs share a physical core, and a low peak would overstate every fraction."""
     if not before or not after:
         return before or after
-    return {**before, **{k: max(before[k], after[k]) for k in ("int8_gops", "fp32_gflops")}}
+    best = {**before, **{k: max(before[k], after[k]) for k in ("int8_gops", "fp32_gflops")}}
+    units = {**before.get("matrix_gops", {}), **after.get("matrix_gops", {})}
+    if units:
+        best["matrix_gops"] = {u: max(p.get("matrix_gops", {}).get(u, 0.0) for p in (before, after)) for u in units}
+    return best
 
 
 #: Relative change between the two peak probes above which the report says so.
@@ -208,6 +213,7 @@ def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -
         if peak:
             report(
                 f"threads={threads}: peaks int8 {peak['int8_gops']:.0f} GOPS, fp32 {peak['fp32_gflops']:.0f} GFLOP/s"
+                + (f"; matrix units {describe_peaks(peak['matrix_gops'])}" if peak.get("matrix_gops") else "")
             )
         bandwidth = bench_memory.read_bandwidth_gbs(threads)
         summary["bandwidth_gbs"][str(threads)] = bandwidth

@@ -152,3 +152,6 @@ def test_best_peaks_keeps_the_higher_probe_of_each_peak():
     high = {"isa": "x", "int8_gops": 1400.0, "fp32_gflops": 340.0}
     assert best_peaks(low, high) == {"isa": "x", "int8_gops": 1400.0, "fp32_gflops": 350.0}
     assert best_peaks(None, high) == high and best_peaks(low, None) == low and best_peaks(None, None) is None
+    # matrix units likewise, each unit on its own
+    low["matrix_gops"], high["matrix_gops"] = {"amx_int8": 7000.0, "amx_bf16": 3000.0}, {"amx_int8": 6000.0}
+    assert best_peaks(low, high)["matrix_gops"] == {"amx_int8": 7000.0, "amx_bf16": 3000.0}
