@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embedpipe.runtime.bench_peers import extra_buffer_types
 from embedpipe.runtime.convert import convert_checkout
 from embedpipe.runtime.embedder import Embedder
 from tests.runtime.bert_checkout_builder import build_bert_checkout
@@ -28,9 +29,10 @@ def files(request, tmp_path_factory):
 
 def test_llama_cpp_loads_our_bert_and_agrees(files) -> None:
     quant, path = files
-    llm = llama_cpp.Llama(
-        model_path=str(path), embedding=True, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1, verbose=False
-    )
+    with extra_buffer_types(llama_cpp):  # its AMX matmul crashes the process on AMX hosts
+        llm = llama_cpp.Llama(
+            model_path=str(path), embedding=True, n_ctx=64, n_batch=64, n_ubatch=64, n_threads=1, verbose=False
+        )
     try:
         ours = Embedder.load(path, backend="numpy")
         for text in TEXTS:
