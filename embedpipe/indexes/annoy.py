@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from embedpipe.codegen.pairdot import pairdot
 from embedpipe.codegen.rowdot import rowdot
 from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
@@ -74,12 +75,12 @@ class _TreeBuilder:
         pts = self.x[idx]
         i, j = self.rng.choice(len(pts), 2, replace=False)
         c = np.stack([pts[i], pts[j]])
+        sides = np.arange(2)[:, None]
         for _ in range(TWO_MEANS_ITERS):
-            assign = (pts @ c.T).argmax(axis=1)
-            for side in (0, 1):
-                members = pts[assign == side]
-                if len(members):
-                    c[side] = members.sum(axis=0)
+            member = ((pts @ c.T).argmax(axis=1) == sides).astype(np.float32)  # (2, points)
+            sums = member @ pts  # each side's sum in one product
+            kept = member.any(axis=1)
+            c[kept] = sums[kept]
             c = normalize_rows(c)
         normal = c[0] - c[1]
         norm = np.linalg.norm(normal)
@@ -106,7 +107,7 @@ class _TreeBuilder:
             normals = np.stack([self._two_means(idx) for _, idx in level]).astype(np.float32)
             members = np.concatenate([idx for _, idx in level])
             owner = np.repeat(np.arange(len(level)), [len(idx) for _, idx in level])
-            margins = np.einsum("ij,ij->i", self.x[members], normals[owner])
+            margins = pairdot(self.x, members, normals, owner)  # no gathered copy of the rows
             bounds = np.cumsum([0] + [len(idx) for _, idx in level])
             for t, (node, idx) in enumerate(level):
                 side = margins[bounds[t] : bounds[t + 1]] > 0
