@@ -190,3 +190,17 @@ def test_neon_rowdot_and_topk(harnesses, isa_name, dtype):
         want_s, want_i = T.topk_reference(scores, k)
         np.testing.assert_array_equal(got_s, want_s)
         np.testing.assert_array_equal(got_i, want_i)
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+def test_neon_pairdot(harnesses, isa_name):
+    """The Annoy builder's level margins: row-pair dots over the pool (rows and normals by index)."""
+    from embedpipe.codegen import pairdot as P
+
+    rng = np.random.default_rng(11)
+    X, Q = rng.standard_normal((300, 67)).astype(np.float32), rng.standard_normal((5, 67)).astype(np.float32)
+    rows, qrows = rng.integers(0, 300, P.PARALLEL_MIN_PAIRS + 5), rng.integers(0, 5, P.PARALLEL_MIN_PAIRS + 5)
+    native = QemuNative(P.PAIRDOT, ISAS[isa_name], harnesses(P.PAIRDOT_MODULE, isa_name), lambda: [X, rows, Q, qrows])
+    got = P.PAIRDOT.drive(native, X, rows, Q, qrows)
+    want = np.einsum("ij,ij->i", X[rows].astype(np.float64), Q[qrows].astype(np.float64))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
