@@ -149,9 +149,7 @@ def index(
 
 
 def ingest(
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="GGUF model (default: the cached EmbeddingGemma Q8_0)."
-    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
     input_path: Optional[str] = typer.Option(
         None, "--input", "-i", help="Parquet file with a text column (default: synthetic texts)."
     ),

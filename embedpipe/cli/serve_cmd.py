@@ -26,7 +26,9 @@ def serve(
         None,
         "--model",
         "-m",
-        help="[NAME=]PATH of a GGUF model; repeat for several (default: the cached EmbeddingGemma Q8_0, named by its file).",
+        help="[NAME=]MODEL: a GGUF file or registered model name (`embedpipe model list`), served as NAME, "
+        "else as the registered name (name:quant as name-quant) or the file name; repeat for several "
+        "(default: EmbeddingGemma Q8_0, pulled on first use).",
     ),
     indexes: Optional[list[str]] = typer.Option(
         None, "--index", help="NAME=PATH of an index for /v1/search; its model is loaded with it. Repeatable."

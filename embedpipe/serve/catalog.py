@@ -1,6 +1,7 @@
 """What a server has loaded: models (each behind its own AsyncEmbedder) and indexes.
 
-A model is named by `--model NAME=PATH`, else by its file name without `.gguf`; clients pick a
+A model is named by `--model NAME=PATH`, else by its registered name or its file name without
+`.gguf` (`served_name`); clients pick a
 task with the alias `NAME:TASK` (`NAME:query`, `NAME:document`, …) when they cannot send the
 `task` field. An index is served with the model its vectors came from (matched by SHA-256
 among the `--model`s, else the path its header records).
@@ -49,6 +50,15 @@ def preflight(cfg: ServeConfig) -> None:
                 f"--index {spec.name}={spec.path}: its model ({recorded or 'not recorded'}) is not on this "
                 "machine; pass that GGUF with --model"
             )
+
+
+def served_name(spec: str | None, path: str) -> str:
+    """The name a `--model` without `NAME=` is served under: a registered name as typed
+    (`name:quant` as `name-quant`, the stem of its cached file), else the GGUF file's name
+    without `.gguf`."""
+    if spec is not None and not Path(spec).expanduser().is_file():
+        return spec.replace(":", "-")
+    return Path(path).name.removesuffix(".gguf")
 
 
 @dataclass
@@ -122,18 +132,17 @@ class Catalog:
             for served in self.models.values():
                 served.embedder.encode(WARMUP_TEXTS, task=self.cfg.default_task)
 
-    def _load_model(self, path: str | None, name: str | None) -> ServedModel:
-        if path is None:
-            from embedpipe.runtime.registry import resolve_model
+    def _load_model(self, spec: str | None, name: str | None) -> ServedModel:
+        from embedpipe.runtime.registry import resolve_model
 
-            path = str(resolve_model(None))
+        path = str(resolve_model(spec))
         key = str(Path(path).resolve())
         if key in self._by_path:
             return self._by_path[key]
         t0 = time.perf_counter()
         emb = Embedder.load(path, backend=self.cfg.backend, threads=self.cfg.threads)
         seconds = time.perf_counter() - t0
-        name = name or Path(path).name.removesuffix(".gguf")
+        name = name or served_name(spec, path)
         if name in self.models:
             raise EmbedpipeError(f"two models are named {name!r}; name them with --model NAME=PATH")
         if ":" in name:

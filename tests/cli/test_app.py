@@ -40,6 +40,26 @@ def test_every_command_loads_and_has_help():
         assert cmd.help or cmd.short_help
 
 
+def _params(cmd, path: tuple[str, ...]):
+    """(command path, parameter) of a command and of every subcommand of a group."""
+    for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+        yield from _params(sub, (*path, name))
+    for param in cmd.params:
+        yield path, param
+
+
+def test_every_model_option_takes_a_registered_name_or_a_path():
+    """Consistent flags: each --model that loads a model says it takes a registry name too
+    (`cache`'s --model filters entries by SHA-256 instead)."""
+    seen = []
+    for name in COMMANDS:
+        for path, param in _params(load_command(name), (name,)):
+            if "--model" in getattr(param, "opts", ()) and path[0] != "cache":
+                seen.append(path)
+                assert "registered" in (param.help or ""), path
+    assert ("bench", "ingest") in seen and ("embed",) in seen
+
+
 def test_version(capsys):
     assert run_cli(app, ["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"embedpipe {__version__}"

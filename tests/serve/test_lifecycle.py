@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -59,6 +60,33 @@ def test_without_a_model_the_registrys_default_is_served(wide_model, tmp_path, m
         assert httpx.post(live.url + "/v1/embeddings", json={"input": "default"}).status_code == 200
     finally:
         live.stop()
+
+
+def test_a_registered_name_is_served_under_that_name(wide_model, tmp_path, monkeypatch):
+    from embedpipe.runtime import registry
+    from embedpipe.serve.config import ModelSpec, ServeConfig
+
+    asked = []
+    monkeypatch.setattr(registry, "resolve_model", lambda model: asked.append(model) or wide_model)
+    cfg = make_config(wide_model, tmp_path)
+    cfg = ServeConfig(**{**vars(cfg), "models": [ModelSpec.parse("tiny-bert:f32")]}).validate()
+    live = LiveServer(cfg)
+    try:
+        assert "tiny-bert:f32" in asked
+        assert httpx.get(live.url + "/ready").json()["models"] == ["tiny-bert-f32"]
+        body = {"input": "named", "model": "tiny-bert-f32"}
+        assert httpx.post(live.url + "/v1/embeddings", json=body).status_code == 200
+    finally:
+        live.stop()
+
+
+def test_served_names():
+    from embedpipe.serve.catalog import served_name
+
+    assert served_name(None, "/cache/embeddinggemma-300m-q8_0.gguf") == "embeddinggemma-300m-q8_0"
+    assert served_name("all-minilm-l6-v2", "/cache/all-minilm-l6-v2-q8_0.gguf") == "all-minilm-l6-v2"
+    assert served_name("all-minilm-l6-v2:f32", "/cache/all-minilm-l6-v2-f32.gguf") == "all-minilm-l6-v2-f32"
+    assert served_name(__file__, __file__) == Path(__file__).name  # a file is named by its file
 
 
 def test_a_bug_while_loading_stops_the_server_instead_of_leaving_it_loading(wide_model, tmp_path, monkeypatch):
