@@ -60,6 +60,7 @@ class InputTooLongError(EmbedpipeError):
 
 #: argument name -> its CLI flag where that is not `--` + the name with dashes
 CLI_FLAGS: dict[str, str] = {
+    "batch_rows": "--batch-size",
     "n_trees": "--trees",
     "indexes": "--index",
     "models": "--model",

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from embedpipe.errors import EmbedpipeError, InputTooLongError, ModelFileError
+from embedpipe.errors import ArgumentError, EmbedpipeError, InputTooLongError, ModelFileError
 from embedpipe.runtime import allocator, prompts
 from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_PROMPTS
 from embedpipe.runtime.dims import check_dim
@@ -192,6 +192,8 @@ class Embedder:
         any_dim: bool = False,
     ) -> np.ndarray:
         """Embed token sequences that already carry BOS/EOS and the prompt."""
+        if batch_size < 1:
+            raise ArgumentError("batch_size", f"must be positive, got {batch_size}")
         dim = check_dim(dim, self.dims, any_dim)
         out = np.empty((len(ids), self.dim), np.float32)
         if not len(ids):

@@ -60,6 +60,30 @@ def test_every_model_option_takes_a_registered_name_or_a_path():
     assert ("bench", "ingest") in seen and ("embed",) in seen
 
 
+# Config fields no command-line flag sets (positional arguments, API-only knobs, --no-cache)
+API_ONLY = {"ingest": {"inputs", "sort_window", "read_rows", "cache"}, "serve": {"cache_memory_bytes", "warmup"}}
+
+
+@pytest.mark.parametrize("command", sorted(API_ONLY))
+def test_config_errors_name_flags_the_command_has(command):
+    """An ArgumentError about a config field is shown with `cli_flag(field)`: that flag exists."""
+    import dataclasses
+
+    from embedpipe.errors import cli_flag
+    from embedpipe.pipeline.config import IngestConfig
+    from embedpipe.serve.config import ServeConfig
+
+    config = {"ingest": IngestConfig, "serve": ServeConfig}[command]
+    flags = {flag for param in load_command(command).params for flag in getattr(param, "opts", ())}
+    unknown = {f.name for f in dataclasses.fields(config) if cli_flag(f.name) not in flags}
+    assert unknown == API_ONLY[command]
+
+
+def test_a_bad_batch_size_names_the_flag_it_came_from(tmp_path, capsys):
+    assert run_cli(app, ["ingest", str(tmp_path / "none.parquet"), "-o", str(tmp_path / "o"), "--batch-size", "0"]) != 0
+    assert "--batch-size must be positive" in capsys.readouterr().err
+
+
 def test_version(capsys):
     assert run_cli(app, ["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"embedpipe {__version__}"
@@ -82,3 +106,8 @@ def test_plain_help_has_no_type_noise():
             [sys.executable, "-m", "embedpipe", name, "--help"], capture_output=True, text=True, check=True
         )
         assert "<bool>" not in res.stdout and "╭" not in res.stdout, name
+
+
+def test_embed_refuses_a_batch_size_below_one(tiny_gguf, capsys):
+    assert run_cli(app, ["embed", "-m", str(tiny_gguf), "--batch-size", "0", "x"]) != 0
+    assert "--batch-size must be positive, got 0" in capsys.readouterr().err

@@ -67,3 +67,12 @@ def test_real_model_vectors_are_bit_identical_in_any_batch():
     long_text = "Embeddings map each text to a point so that similar texts land close together. " * 120
     assert len(emb.tokenize([long_text], task="document", truncate=True)[0]) >= 1900
     _assert_bit_identical(_rows_alone_and_batched(emb, long_text))
+
+
+@pytest.mark.parametrize("batch_size", [0, -3])
+def test_a_batch_size_below_one_is_refused(tiny_model, batch_size):
+    from embedpipe.errors import ArgumentError
+
+    emb = Embedder.load(tiny_model.path, backend="numpy")
+    with pytest.raises(ArgumentError, match="batch_size must be positive"):
+        emb.encode(["a", "b"], batch_size=batch_size)
