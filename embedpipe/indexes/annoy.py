@@ -48,6 +48,8 @@ SEARCH_K = Param(
     "candidate items inspected per query (-1: Annoy's "
     "trees × k, weak with 768-d leaves of 770 items); the build stores it as the "
     "default.",
+    minimum=1,
+    sentinels=(-1,),
 )
 
 
@@ -169,7 +171,7 @@ class AnnoyIndex(VectorIndex):
 
     kind: ClassVar[str] = "annoy"
     build_params: ClassVar[tuple[Param, ...]] = (
-        Param("n_trees", int, 50, "number of trees.", flag="--trees"),
+        Param("n_trees", int, 50, "number of trees.", flag="--trees", minimum=1),
         SEARCH_K,
         SEED_PARAM,
     )

@@ -102,7 +102,7 @@ PARAMS_SCHEMA: dict[str, dict[str, Field]] = {
     "brute": {"scale_mode": Field(str, required=True, choices=("vector", "dim"))},
     "annoy": {"n_trees": Field(int, lo=0, hi=1 << 20), "search_k": Field(int, lo=-1, hi=1 << 40)},
     "hnsw": {
-        "m": Field(int, required=True, lo=1, hi=1 << 12),
+        "m": Field(int, required=True, lo=2, hi=1 << 12),  # levels are drawn with 1/ln(m)
         "ef_search": Field(int, required=True, lo=1, hi=1 << 20),
         "ef_construction": Field(int, lo=1, hi=1 << 20),
         "max_level": Field(int, lo=0, hi=127),

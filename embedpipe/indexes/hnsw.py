@@ -26,7 +26,7 @@ from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param
 from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
 from embedpipe.indexes.validate import check_index, check_layer0, links_in_range
 
-EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as the default).")
+EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as the default).", minimum=1)
 
 
 def storage_of(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str, scale_mode: str) -> Any:
@@ -51,8 +51,8 @@ class HnswIndex(VectorIndex):
     kind: ClassVar[str] = "hnsw"
     quants: ClassVar[tuple[str, ...]] = ("fp32", "int8")
     build_params: ClassVar[tuple[Param, ...]] = (
-        Param("m", int, 16, "links per node (2M on layer 0)."),
-        Param("ef_construction", int, 100, "candidate list size when linking."),
+        Param("m", int, 16, "links per node (2M on layer 0); levels are drawn with 1/ln(m).", minimum=2),
+        Param("ef_construction", int, 100, "candidate list size when linking.", minimum=1),
         EF_SEARCH,
         SCALE_PARAM,
         SEED_PARAM,

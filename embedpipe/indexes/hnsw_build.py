@@ -97,6 +97,9 @@ class Graph:
 
 
 def draw_levels(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """HNSW's node levels: floor(-ln U / ln m), capped at MAX_LEVEL."""
+    if m < 2:
+        raise ValueError(f"HNSW levels are drawn with 1/ln(m): m must be at least 2, got {m}")
     return np.minimum((-np.log(1.0 - rng.random(n)) / math.log(m)).astype(np.int64), MAX_LEVEL).astype(np.int8)
 
 
@@ -176,6 +179,8 @@ class GraphBuilder:
     ) -> None:
         from embedpipe.codegen.threads import default_threads
 
+        if m < 2 or ef_construction < 1:  # the scratch pools and rows are sized by them
+            raise ValueError(f"an HNSW build needs m >= 2 and ef_construction >= 1, got {m} and {ef_construction}")
         self.store, self.g, self.m, self.efc = store, graph, m, ef_construction
         self.kernels = kernels or (InsertKernels.get(store.quant) if native else None)
         self.threads = threads or default_threads()

@@ -25,6 +25,8 @@ class Param:
     help: str
     flag: str = ""  # CLI option, default --name-with-dashes
     choices: tuple[Any, ...] = ()
+    minimum: int | None = None  # smallest value a number may take ...
+    sentinels: tuple[Any, ...] = ()  # ... except these (e.g. -1: "the default")
 
     @property
     def option(self) -> str:
@@ -38,6 +40,9 @@ class Param:
             raise ValueError(f"{kind} parameter {self.name} takes a {self.type.__name__}, got {value!r}")
         if self.choices and value not in self.choices:
             raise ValueError(f"{kind} parameter {self.name} must be one of {self.choices}, got {value!r}")
+        if self.minimum is not None and value < self.minimum and value not in self.sentinels:
+            allowed = "".join(f" or {s}" for s in self.sentinels)
+            raise ValueError(f"{kind} parameter {self.name} must be at least {self.minimum}{allowed}, got {value!r}")
         return value
 
 

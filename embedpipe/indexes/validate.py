@@ -187,6 +187,15 @@ def check_hnsw(path: Any, index: Any) -> None:
         _fail(path, "an HNSW upper-layer list names a node that is not on that layer")
 
 
+def check_hnsw_width(path: Any, index: Any) -> None:
+    """M (within bounds by the header schema) matches the neighbour-list widths, 2M on layer 0
+    and M above: an update's kernels write rows of those widths."""
+    m = index.params["m"]
+    if index.nbr0.shape[1] != 2 * m or (len(index.nbru) and index.nbru.shape[1] != m):
+        above = index.nbru.shape[1] if len(index.nbru) else "-"
+        _fail(path, f"HNSW m={m} does not match its neighbour lists ({index.nbr0.shape[1]} on layer 0, {above} above)")
+
+
 def check_layer0(path: Any, index: Any) -> None:
     """Every layer-0 neighbour id in [-1, n): before native code that has no bounds checks of
     its own (the insertion kernels of an update) follows an existing graph."""
@@ -204,6 +213,7 @@ def _check_annoy(path: Any, index: Any) -> None:
 def _check_hnsw(path: Any, index: Any) -> None:
     check_vectors(path, index, index.scale_mode)
     check_hnsw(path, index)
+    check_hnsw_width(path, index)
 
 
 CHECKS: dict[str, Callable[[Any, Any], None]] = {

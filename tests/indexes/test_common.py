@@ -107,6 +107,30 @@ def test_builder_rejects_unknown_type_and_quant():
         Builder("annoy", quant="int8")
 
 
+@pytest.mark.parametrize(
+    "kind,build,search,match",
+    [
+        ("annoy", {"n_trees": 0}, None, "n_trees must be at least 1, got 0"),
+        ("annoy", None, {"search_k": 0}, "search_k must be at least 1 or -1, got 0"),
+        ("hnsw", {"m": 1}, None, "m must be at least 2, got 1"),
+        ("hnsw", {"ef_construction": 0}, None, "ef_construction must be at least 1, got 0"),
+        ("hnsw", None, {"ef_search": -5}, "ef_search must be at least 1, got -5"),
+    ],
+)
+def test_knobs_below_their_declared_minimum_are_refused(kind, build, search, match):
+    """ef_construction 0 once sized the builder's native scratch to nothing (heap corruption);
+    the others gave an empty index, an empty result or a degenerate graph without a word."""
+    if build is not None:
+        with pytest.raises(ValueError, match=match):
+            build_index(clustered(50, 16), kind=kind, **build)
+    else:
+        ix = build_index(clustered(50, 16), kind=kind, **PARAMS[kind])
+        with pytest.raises(ValueError, match=match):
+            ix.search(clustered(2, 16, seed=1), 3, **search)
+    if kind == "annoy" and search is not None:  # -1 is Annoy's "trees × k", not a count
+        build_index(clustered(50, 16), kind=kind, **PARAMS[kind]).search(clustered(2, 16, seed=1), 3, search_k=-1)
+
+
 @pytest.mark.parametrize("kind", list(INDEX_TYPES))
 def test_parameters_are_declared_and_checked(kind):
     """build and search take exactly the declared knobs: a typo is an error, not ignored."""

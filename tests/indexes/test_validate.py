@@ -200,3 +200,32 @@ def test_nan_vectors_never_surface_as_results(vectors, tmp_path):
     with pytest.raises(IndexFileError, match=f"{path}: a stored vector is NaN"):
         check_results(ix, np.array([[0.5, np.nan]], np.float32), np.array([[3, 4]]))
     check_results(ix, np.array([[0.5, -np.inf]], np.float32), np.array([[3, -1]]))  # padding is fine
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda h, s: h["params"].__setitem__("ef_construction", 0), r"'ef_construction' is 0, outside \[1, "),
+        (lambda h, s: h["params"].__setitem__("m", 1), r"'m' is 1, outside \[2, "),
+        (lambda h, s: h["params"].__setitem__("m", 64), "m=64 does not match its neighbour lists"),
+    ],
+)
+def test_stored_build_parameters_an_update_is_sized_by(hnsw_file, edit, match):
+    """An update sizes its native scratch by ef_construction (0 corrupted the heap) and its rows
+    and levels by m: values it cannot use are refused at load."""
+    _rewrite(hnsw_file, edit)
+    with pytest.raises(IndexFileError, match=match):
+        load_index(hnsw_file)
+
+
+def test_the_graph_builder_refuses_what_would_size_its_buffers_to_nothing(vectors):
+    from embedpipe.indexes.hnsw import HnswIndex
+
+    index = build_index(vectors[:50], kind="hnsw", m=6, ef_construction=30)
+    assert isinstance(index, HnswIndex)
+    index.params["ef_construction"] = 0  # as a file would hold it, had it not been checked
+    with pytest.raises(ValueError, match="ef_construction >= 1"):
+        index.add(vectors[50:60])
+    index.params["ef_construction"], index.m = 30, 1
+    with pytest.raises(ValueError, match="m must be at least 2"):
+        index.add(vectors[50:60])
