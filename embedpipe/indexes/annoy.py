@@ -31,7 +31,7 @@ from embedpipe.codegen.rowdot import rowdot
 from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
 from embedpipe.indexes.format import IndexFileError, atomic_write, crc32_of, read_container, write_container
-from embedpipe.indexes.params import SEED_PARAM, Param
+from embedpipe.indexes.params import SEED_PARAM, Param, file_bounds
 from embedpipe.indexes.validate import annoy_roots, check_index, leaf_items_in_range
 
 SIDECAR_SUFFIX = ".ids"
@@ -48,7 +48,7 @@ SEARCH_K = Param(
     "candidate items inspected per query (-1: Annoy's "
     "trees × k, weak with 768-d leaves of 770 items); the build stores it as the "
     "default.",
-    minimum=1,
+    **{**file_bounds("annoy", "search_k"), "minimum": 1},
     sentinels=(-1,),
 )
 
@@ -171,7 +171,9 @@ class AnnoyIndex(VectorIndex):
 
     kind: ClassVar[str] = "annoy"
     build_params: ClassVar[tuple[Param, ...]] = (
-        Param("n_trees", int, 50, "number of trees.", flag="--trees", minimum=1),
+        Param(
+            "n_trees", int, 50, "number of trees.", flag="--trees", **{**file_bounds("annoy", "n_trees"), "minimum": 1}
+        ),
         SEARCH_K,
         SEED_PARAM,
     )

@@ -22,11 +22,17 @@ import numpy as np
 
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, pad_topk
 from embedpipe.indexes.format import IndexFileError, read_container, write_container
-from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param
+from embedpipe.indexes.params import SCALE_PARAM, SEED_PARAM, Param, file_bounds
 from embedpipe.indexes.quant import NO_OFFSET, quantize, scale_scheme
 from embedpipe.indexes.validate import check_index, check_layer0, links_in_range
 
-EF_SEARCH = Param("ef_search", int, 96, "beam width at query time (the build stores it as the default).", minimum=1)
+EF_SEARCH = Param(
+    "ef_search",
+    int,
+    96,
+    "beam width at query time (the build stores it as the default).",
+    **file_bounds("hnsw", "ef_search"),
+)
 
 
 def storage_of(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray, quant: str, scale_mode: str) -> Any:
@@ -51,8 +57,12 @@ class HnswIndex(VectorIndex):
     kind: ClassVar[str] = "hnsw"
     quants: ClassVar[tuple[str, ...]] = ("fp32", "int8")
     build_params: ClassVar[tuple[Param, ...]] = (
-        Param("m", int, 16, "links per node (2M on layer 0); levels are drawn with 1/ln(m).", minimum=2),
-        Param("ef_construction", int, 100, "candidate list size when linking.", minimum=1),
+        Param(
+            "m", int, 16, "links per node (2M on layer 0); levels are drawn with 1/ln(m).", **file_bounds("hnsw", "m")
+        ),
+        Param(
+            "ef_construction", int, 100, "candidate list size when linking.", **file_bounds("hnsw", "ef_construction")
+        ),
         EF_SEARCH,
         SCALE_PARAM,
         SEED_PARAM,

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from embedpipe.indexes.format import PARAMS_SCHEMA
 from embedpipe.indexes.quant import SCALE_SCHEMES
 
 
@@ -27,6 +28,7 @@ class Param:
     choices: tuple[Any, ...] = ()
     minimum: int | None = None  # smallest value a number may take ...
     sentinels: tuple[Any, ...] = ()  # ... except these (e.g. -1: "the default")
+    maximum: int | None = None  # largest (what the index file can hold: `file_bounds`)
 
     @property
     def option(self) -> str:
@@ -43,7 +45,16 @@ class Param:
         if self.minimum is not None and value < self.minimum and value not in self.sentinels:
             allowed = "".join(f" or {s}" for s in self.sentinels)
             raise ValueError(f"{kind} parameter {self.name} must be at least {self.minimum}{allowed}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{kind} parameter {self.name} must be at most {self.maximum}, got {value!r}")
         return value
+
+
+def file_bounds(kind: str, name: str) -> dict[str, int | None]:
+    """``minimum``/``maximum`` of a knob as the index file's header schema bounds it, so a
+    build never writes a file its loader would refuse."""
+    field = PARAMS_SCHEMA[kind][name]
+    return {"minimum": field.lo, "maximum": field.hi}
 
 
 SCALE_PARAM = Param(

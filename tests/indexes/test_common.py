@@ -115,9 +115,10 @@ def test_builder_rejects_unknown_type_and_quant():
         ("hnsw", {"m": 1}, None, "m must be at least 2, got 1"),
         ("hnsw", {"ef_construction": 0}, None, "ef_construction must be at least 1, got 0"),
         ("hnsw", None, {"ef_search": -5}, "ef_search must be at least 1, got -5"),
+        ("hnsw", {"m": 5000}, None, "m must be at most 4096, got 5000"),  # built, then refused at load
     ],
 )
-def test_knobs_below_their_declared_minimum_are_refused(kind, build, search, match):
+def test_knobs_outside_their_declared_bounds_are_refused(kind, build, search, match):
     """ef_construction 0 once sized the builder's native scratch to nothing (heap corruption);
     the others gave an empty index, an empty result or a degenerate graph without a word."""
     if build is not None:
@@ -129,6 +130,20 @@ def test_knobs_below_their_declared_minimum_are_refused(kind, build, search, mat
             ix.search(clustered(2, 16, seed=1), 3, **search)
     if kind == "annoy" and search is not None:  # -1 is Annoy's "trees × k", not a count
         build_index(clustered(50, 16), kind=kind, **PARAMS[kind]).search(clustered(2, 16, seed=1), 3, search_k=-1)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_every_knob_the_api_accepts_fits_the_file(kind):
+    """What a build takes, its file can hold: a knob's bounds lie within the header schema's."""
+    from embedpipe.indexes.format import PARAMS_SCHEMA
+
+    schema = PARAMS_SCHEMA[kind]
+    for p in (*INDEX_TYPES[kind].build_params, *INDEX_TYPES[kind].search_params):
+        field = schema.get(p.name)
+        if field is None or p.type is not int:
+            continue
+        assert field.lo is None or (p.minimum is not None and p.minimum >= field.lo), (kind, p.name)
+        assert field.hi is None or (p.maximum is not None and p.maximum <= field.hi), (kind, p.name)
 
 
 @pytest.mark.parametrize("kind", list(INDEX_TYPES))
