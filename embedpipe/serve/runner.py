@@ -58,6 +58,7 @@ def run_server(cfg: ServeConfig) -> None:
     """Serve until a signal; raises EmbedpipeError if models or indexes failed to load."""
     import uvicorn
 
+    cfg.validate()  # the flags first: a bad --port is named as such, not as an address problem
     preflight(cfg)
     check_listen(cfg.host, cfg.port)
     app = create_app(cfg)

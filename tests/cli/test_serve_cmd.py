@@ -90,6 +90,7 @@ def _serve(*args: str):
         (["--index", "docs={tmp}/none.idx"], "--index docs={tmp}/none.idx: no such index file"),
         (["--index", "docs={tmp}/junk.idx"], "not an embedpipe index"),
         (["--model", "no-such-model"], "neither a GGUF file nor a registered model"),
+        (["--port", "-1"], "--port must be in 0..65535, got -1"),  # was reported as an --host problem
     ],
 )
 def test_startup_errors_come_before_any_server_line(tmp_path, args, needle):
