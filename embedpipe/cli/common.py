@@ -16,10 +16,16 @@ import typer
 from embedpipe.errors import EmbedpipeError
 from embedpipe.jsonl import STDIN, iter_jsonl, stdin_text
 
-MODEL_OPTION_HELP = (
-    "GGUF model file or registered model name, e.g. all-minilm-l6-v2 or all-minilm-l6-v2:f32 "
-    "(`embedpipe model list`; default: EmbeddingGemma Q8_0, pulled on first use)."
-)
+
+def model_help(default: str = "EmbeddingGemma Q8_0, pulled on first use") -> str:
+    """Help of a --model option: what it takes, and the command's default."""
+    return (
+        "GGUF model file or registered model name, e.g. all-minilm-l6-v2 or all-minilm-l6-v2:f32 "
+        f"(`embedpipe model list`; default: {default})."
+    )
+
+
+MODEL_OPTION_HELP = model_help()
 BACKEND_OPTION_HELP = "Matmul backend: auto (JIT kernels when available), jit, or numpy (reference)."
 THREADS_OPTION_HELP = "Threads for the matmul kernels (default: the cores this process may use; env EMBEDPIPE_THREADS)."
 TASKS_HELP = "query, document, sentence_similarity, classification, clustering, code_retrieval, none…"

@@ -8,11 +8,11 @@ from typing import Any, Optional
 import typer
 
 from embedpipe.cli.common import (
-    MODEL_OPTION_HELP,
     any_dim_option,
     backend_option,
     cache_dir_option,
     json_option,
+    model_help,
     model_option,
     output_option,
     threads_option,
@@ -65,7 +65,7 @@ def tradeoffs_cmd(
     seed: int = typer.Option(0, "--seed", help="Query sampling seed."),
     outputs: Optional[list[Path]] = output_option(OUTPUT_HELP + " The plot: recall vs size and vs latency."),
     as_json: bool = json_option("Print the rows as a JSON list instead of a Markdown table."),
-    model: Optional[str] = model_option(MODEL_OPTION_HELP + " Default: the model recorded in the embeddings."),
+    model: Optional[str] = model_option(model_help("the model recorded in the embeddings")),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not use the embedding cache for the queries."),
     cache_dir: Optional[Path] = cache_dir_option(),
     backend: str = backend_option(),

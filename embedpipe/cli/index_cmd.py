@@ -19,6 +19,7 @@ from embedpipe.cli.common import (
     input_option,
     json_option,
     k_option,
+    model_help,
     model_option,
     output_option,
     threads_option,
@@ -186,7 +187,7 @@ def _search(
     ),
     k: int = k_option(),
     as_json: bool = json_option("Print one JSON line per query."),
-    model: Optional[str] = model_option("GGUF model or registered name (default: the one recorded in the index)."),
+    model: Optional[str] = model_option(model_help("the one recorded in the index")),
     allow_mismatch: bool = typer.Option(
         False, "--allow-model-mismatch", help="Search even if the model's SHA-256 differs from the index's."
     ),

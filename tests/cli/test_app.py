@@ -57,6 +57,7 @@ def test_every_model_option_takes_a_registered_name_or_a_path():
             if "--model" in getattr(param, "opts", ()) and path[0] != "cache":
                 seen.append(path)
                 assert "registered" in (param.help or ""), path
+                assert (param.help or "").lower().count("default") == 1, path  # one default, stated once
     assert ("bench", "ingest") in seen and ("embed",) in seen
 
 
