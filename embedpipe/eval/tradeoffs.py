@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from embedpipe.errors import EmbedpipeError, shape_text
+from embedpipe.errors import ArgumentError, EmbedpipeError, shape_text
 from embedpipe.eval.embedding import CacheOptions, embed_texts, read_query_file, sample_corpus_queries
 from embedpipe.indexes import INDEX_TYPES, Builder, VectorIndex
 from embedpipe.indexes.base import topk_desc, truncate_normalize
@@ -83,8 +83,9 @@ class Plan:
         `check_model_dims` once the model is known)."""
         if not self.dims:
             self.dims = tuple(d for d in DIMS if d <= width) or (width,)
-        for d in self.dims:
-            check_dim(d, (width,), any_dim=True, name="dims")
+        for d in self.dims:  # which widths the model offers is checked once it is open
+            if not 0 < d <= width:
+                raise ArgumentError("dims", f"holds {d}: the stored vectors have {width} components")
         for q in self.quants:
             if q not in STORAGE_TYPES:
                 raise EmbedpipeError(f"unknown quant {q!r}; choose from {', '.join(STORAGE_TYPES)}")

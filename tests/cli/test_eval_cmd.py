@@ -119,7 +119,8 @@ def test_no_text_and_no_manifest_requires_queries(emb_dir, tmp_path):
 
 def test_bad_dims_and_quant(emb_dir):
     res = runner.invoke(app, ["eval", "tradeoffs", str(emb_dir), "--dims", "768"])
-    assert res.exit_code == 1 and "dims 768 is not offered by this model: choose one of 64" in str(res.exception)
+    # wider than the stored vectors: refused before the model is opened, and said so
+    assert res.exit_code == 1 and "dims holds 768: the stored vectors have 64 components" in str(res.exception)
     res = runner.invoke(app, ["eval", "tradeoffs", str(emb_dir), "--quants", "int4"])
     assert res.exit_code == 1 and "int4" in str(res.exception)
 
