@@ -19,6 +19,11 @@ def stdin_text() -> io.TextIOWrapper:
     return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
 
 
+def not_utf8(where: str | os.PathLike[str], exc: UnicodeDecodeError) -> str:
+    """The one-line message for input that is not UTF-8."""
+    return f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+
+
 def iter_jsonl(path: str | os.PathLike[str], error: type[EmbedpipeError] = EmbedpipeError) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for every non-blank line; raises `error` on unreadable input.
     `path` "-" reads standard input.
@@ -41,4 +46,4 @@ def iter_jsonl(path: str | os.PathLike[str], error: type[EmbedpipeError] = Embed
                 except json.JSONDecodeError as exc:
                     raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         except UnicodeDecodeError as exc:
-            raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise error(not_utf8(path, exc)) from None

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.jsonl import STDIN, iter_jsonl, stdin_text
+from embedpipe.jsonl import STDIN, iter_jsonl, not_utf8, stdin_text
 
 
 def model_help(default: str = "EmbeddingGemma Q8_0, pulled on first use") -> str:
@@ -120,7 +120,10 @@ def read_jsonl_texts(path: Path | str) -> tuple[list[str], list[str | None]]:
 def stdin_lines() -> list[str]:
     """Non-blank lines of standard input, one text each."""
     with stdin_text() as handle:
-        return [line.rstrip("\r\n") for line in handle if line.strip()]
+        try:
+            return [line.rstrip("\r\n") for line in handle if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise EmbedpipeError(not_utf8("<stdin>", exc)) from None
 
 
 def texts_from_args(

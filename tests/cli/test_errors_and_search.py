@@ -204,6 +204,17 @@ def test_stdin_dash_for_texts_and_input(tiny_gguf, capsys, monkeypatch):
     _one_error(err, "stdin", "no texts")
 
 
+@pytest.mark.parametrize("command", ["embed", "tokenize"])
+@pytest.mark.parametrize("flags", [["-"], ["-i", "-"]])
+def test_stdin_that_is_not_utf8_is_one_error_line(tiny_gguf, capsys, monkeypatch, command, flags):
+    """A lone `-` read stdin without catching the decode error: a traceback."""
+    args = [command, "-m", tiny_gguf, *flags]
+    stdin = b'{"text": "ok"}\n' if flags != ["-"] else b"ok\n"
+    code, out, err = _cli(args, capsys, stdin + b"\xff\xfe then text\n", monkeypatch)
+    assert code == 1 and out == ""
+    _one_error(err, "<stdin>", "not UTF-8 text", "at byte")
+
+
 def test_search_reads_queries_from_stdin(corpus, capsys, monkeypatch):
     _, _, indexes, texts = corpus
     code, out, _ = _cli(
