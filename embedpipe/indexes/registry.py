@@ -138,6 +138,10 @@ def index_kind(path: str | os.PathLike) -> str:
         return "annoy"
     if not path.exists():
         raise IndexFileError(path, "no such index file")
+    if path.is_dir():
+        raise IndexFileError(
+            path, "is a directory, not an index file (build one from embeddings: `embedpipe build-index`)"
+        )
     raise IndexFileError(
         path, f"not an embedpipe index (no magic) and no annoy sidecar {AnnoyIndex.sidecar(path).name} beside it"
     )

@@ -80,6 +80,8 @@ def test_wrong_version(index_file):
 def test_missing_and_wrong_type(tmp_path, index_file):
     with pytest.raises(IndexFileError, match="no such"):
         load_index(tmp_path / "nope.idx")
+    with pytest.raises(IndexFileError, match="is a directory, not an index file"):  # e.g. ingest output
+        load_index(tmp_path)
     with pytest.raises(IndexFileError, match="expected 'hnsw'"):
         read_container(index_file, expected_type="hnsw")
     assert index_file.read_bytes().startswith(MAGIC)
