@@ -89,6 +89,16 @@ def test_bad_embedding_requests(strict, body, param, code):
         assert err["code"] == code
 
 
+@pytest.mark.parametrize(
+    "element, kind", [(1.5, "a number that is not an integer"), ({"t": 1}, "an object"), (None, "null")]
+)
+def test_an_input_of_another_json_kind_is_named(strict, element, kind):
+    """Not 'mixes types': the message names what was sent."""
+    err = error(post(strict, {"input": [element]}), 400, "input")
+    assert err["message"] == f"'input' holds {kind}: send strings or integer token ids"
+    assert "mixes types" in error(post(strict, {"input": ["a", 1]}), 400, "input")["message"]
+
+
 def test_bad_bodies(strict):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     url = strict.url + "/v1/embeddings"
