@@ -232,10 +232,14 @@ class VectorIndex:
 
     # --- shared -------------------------------------------------------------------------
     def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
-        """2-D float32 unit rows of width `dim`; Matryoshka-truncate full-width queries."""
+        """2-D float32 unit rows of width `dim`; Matryoshka-truncate full-width queries. A query
+        holding NaN or infinity is an error (it would score every row NaN or -inf)."""
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
+        if q.size and not np.isfinite(q).all():
+            bad = int(np.flatnonzero(~np.isfinite(q).reshape(len(q), -1).all(axis=1))[0]) if q.ndim >= 2 else 0
+            raise ValueError(f"query vector {bad} holds NaN or infinity")
         width = q.shape[1] if q.ndim == 2 else -1
         if width == self.dim:
             return normalize_rows(q)
@@ -260,6 +264,8 @@ class VectorIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         if knobs:
             knobs = check_params(self.kind, self.search_params, knobs, "search")
+        if not len(q):  # no queries: no rows, whatever the index type does with a batch
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         if len(self.deleted):
             from embedpipe.indexes.tombstones import search_alive
 

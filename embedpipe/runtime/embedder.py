@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -172,8 +172,11 @@ class Embedder:
     ) -> np.ndarray:
         """L2-normalized (n, dim) float32 embeddings in input order (dim None: the model's full width;
         otherwise one of the model's Matryoshka `dims`, or any width up to it with `any_dim`)."""
-        if isinstance(texts, str):
+        if isinstance(texts, (str, bytes)):
             raise EmbedpipeError("encode takes a list of texts, not a single string")
+        if not isinstance(texts, Iterable):
+            raise EmbedpipeError(f"encode takes a list of texts, got {type(texts).__name__}")
+        texts = list(texts)  # any iterable of texts, read once
         return self.encode_ids(
             self.tokenize(texts, task, titles, truncate),
             dim=dim,

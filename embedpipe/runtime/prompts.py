@@ -82,6 +82,8 @@ def scheme(name: str) -> PromptScheme:
 
 def canonical_task(task: str) -> str:
     """Accepts 'question answering', 'Question-Answering' etc.; raises on an unknown task."""
+    if not isinstance(task, str):
+        raise EmbedpipeError(f"task must be a string (one of: {', '.join(TASKS)}; 'none' adds no prompt), got {task!r}")
     key = task.strip().lower().replace("-", "_").replace(" ", "_")
     if key not in TASKS:
         raise EmbedpipeError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")

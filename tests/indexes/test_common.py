@@ -133,6 +133,21 @@ def test_knobs_outside_their_declared_bounds_are_refused(kind, build, search, ma
 
 
 @pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_a_query_holding_nan_or_infinity_is_an_error_and_no_queries_no_rows(kind):
+    """NaN queries scored every row -inf (brute, annoy) or were blamed on the file (hnsw)."""
+    ix = build_index(clustered(60, 16), kind=kind, **PARAMS[kind])
+    q = clustered(3, 16, seed=2)
+    q[2, 5] = np.nan
+    with pytest.raises(ValueError, match="query vector 2 holds NaN or infinity"):
+        ix.search(q, 3)
+    q[2, 5] = np.inf
+    with pytest.raises(ValueError, match="query vector 2 holds NaN or infinity"):
+        ix.search(q, 3)
+    scores, ids = ix.search(np.zeros((0, 16), np.float32), 3)  # brute used to fail to concatenate
+    assert scores.shape == (0, 3) and len(ids) == 0
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
 def test_every_knob_the_api_accepts_fits_the_file(kind):
     """What a build takes, its file can hold: a knob's bounds lie within the header schema's."""
     from embedpipe.indexes.format import PARAMS_SCHEMA

@@ -76,3 +76,17 @@ def test_a_batch_size_below_one_is_refused(tiny_model, batch_size):
     emb = Embedder.load(tiny_model.path, backend="numpy")
     with pytest.raises(ArgumentError, match="batch_size must be positive"):
         emb.encode(["a", "b"], batch_size=batch_size)
+
+
+def test_encode_takes_any_iterable_of_texts_and_refuses_the_rest(tiny_model):
+    from embedpipe.errors import EmbedpipeError
+
+    emb = Embedder.load(tiny_model.path, backend="numpy")
+    want = emb.encode(["a", "b"])
+    np.testing.assert_array_equal(emb.encode(t for t in ("a", "b")), want)  # a generator, read once
+    np.testing.assert_array_equal(emb.encode(np.array(["a", "b"])), want)
+    for texts, match in ((None, "got NoneType"), ("ab", "not a single string"), (b"ab", "not a single string")):
+        with pytest.raises(EmbedpipeError, match=match):
+            emb.encode(texts)
+    with pytest.raises(EmbedpipeError, match="task must be a string"):
+        emb.encode(["a"], task=None)
