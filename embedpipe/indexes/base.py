@@ -48,6 +48,16 @@ def normalize_rows(x: np.ndarray, in_place: bool = False) -> np.ndarray:
     return x
 
 
+def first_non_finite_row(x: np.ndarray) -> int | None:
+    """The first row of 2-D `x` holding NaN or infinity, or None (checked in blocks of rows, so
+    no full-size boolean temporary)."""
+    for lo in range(0, len(x), NORM_BLOCK):
+        bad = ~np.isfinite(x[lo : lo + NORM_BLOCK]).all(axis=1)
+        if bad.any():
+            return lo + int(np.flatnonzero(bad)[0])
+    return None
+
+
 def reusable(x: np.ndarray) -> bool:
     """Whether `x` can be normalized where it lies: a writable, C-contiguous 2-D float32 array."""
     return (
@@ -237,8 +247,8 @@ class VectorIndex:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        if q.size and not np.isfinite(q).all():
-            bad = int(np.flatnonzero(~np.isfinite(q).reshape(len(q), -1).all(axis=1))[0]) if q.ndim >= 2 else 0
+        bad = first_non_finite_row(q) if q.ndim == 2 else None  # other shapes are refused below
+        if bad is not None:
             raise ValueError(f"query vector {bad} holds NaN or infinity")
         width = q.shape[1] if q.ndim == 2 else -1
         if width == self.dim:
@@ -264,8 +274,8 @@ class VectorIndex:
             raise ValueError(f"k must be >= 1, got {k}")
         if knobs:
             knobs = check_params(self.kind, self.search_params, knobs, "search")
-        if not len(q):  # no queries: no rows, whatever the index type does with a batch
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        if not len(q) or not self.count:  # no queries, or nothing indexed: no hits
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         if len(self.deleted):
             from embedpipe.indexes.tombstones import search_alive
 

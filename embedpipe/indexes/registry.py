@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from embedpipe.indexes.annoy import AnnoyIndex
-from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, truncate_normalize
+from embedpipe.indexes.base import (
+    IdTable,
+    IndexMeta,
+    StringTable,
+    VectorIndex,
+    first_non_finite_row,
+    truncate_normalize,
+)
 from embedpipe.indexes.brute import BruteIndex
 from embedpipe.indexes.format import IndexFileError, is_container, read_container
 from embedpipe.indexes.hnsw import HnswIndex
@@ -85,9 +92,12 @@ class Builder:
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
+        start = sum(len(v) for v in self._vecs)
+        bad = first_non_finite_row(vectors)
+        if bad is not None:  # it would be stored, and score NaN against every query
+            raise ValueError(f"vector {start + bad} holds NaN or infinity")
         converted = vectors is not given and vectors.flags.owndata  # new memory: ours already
         self._reusable.append(not copy or converted)
-        start = sum(len(v) for v in self._vecs)
         self._vecs.append(vectors)
         self._ids.extend(range(start, start + len(vectors)) if ids is None else list(ids))
         for name, values in (columns or {}).items():

@@ -148,6 +148,22 @@ def test_a_query_holding_nan_or_infinity_is_an_error_and_no_queries_no_rows(kind
 
 
 @pytest.mark.parametrize("kind", list(INDEX_TYPES))
+def test_a_vector_holding_nan_is_refused_at_build_and_an_empty_index_has_no_hits(kind):
+    """NaN rows were stored (and hnsw later blamed the file); an empty annoy index said a tree
+    node was corrupt."""
+    x = clustered(40, 16)
+    x[7, 3] = np.nan
+    with pytest.raises(ValueError, match="vector 7 holds NaN or infinity"):
+        build_index(x, kind=kind)
+    b = Builder(kind).add(clustered(5, 16))
+    with pytest.raises(ValueError, match="vector 12 holds NaN or infinity"):  # counted across adds
+        b.add(x[:10])
+    empty = build_index(np.zeros((0, 16), np.float32), kind=kind)
+    scores, ids = empty.search_rows(clustered(2, 16, seed=3), 4)
+    assert (scores == -np.inf).all() and (ids == -1).all() and scores.shape == (2, 4)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_TYPES))
 def test_every_knob_the_api_accepts_fits_the_file(kind):
     """What a build takes, its file can hold: a knob's bounds lie within the header schema's."""
     from embedpipe.indexes.format import PARAMS_SCHEMA
