@@ -72,9 +72,10 @@ def read_hparams(src_dir: Path) -> names.HParams:
     cfg = _read_json(path)
     archs = cfg.get("architectures") or []
     if not names.HF_ARCHITECTURES.intersection(archs):
-        raise ConvertError(
-            f"{path}: architectures {archs} not supported; expected one of {sorted(names.HF_ARCHITECTURES)}"
-        )
+        from embedpipe.runtime.bert_names import FAMILIES
+
+        known = sorted(names.HF_ARCHITECTURES.union(*(f.hf_architectures for f in FAMILIES)))
+        raise ConvertError(f"{path}: architectures {archs} not supported; expected one of {known}")
     values = {}
     for f in fields(names.HParams):
         key, default = names.CONFIG_KEYS[f.name]

@@ -188,6 +188,16 @@ def test_bad_checkout_raises_clear_error(checkout: Path, tmp_path: Path, how: st
     assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
 
 
+def test_an_unsupported_architecture_lists_every_one_the_converter_takes(checkout: Path, tmp_path: Path) -> None:
+    """Not only EmbeddingGemma's: the BERT family converts too."""
+    root = tmp_path / "broken"
+    shutil.copytree(checkout, root)
+    _break(root, "wrong_arch")
+    with pytest.raises(EmbedpipeError, match="LlamaForCausalLM") as err:
+        convert_checkout(root, tmp_path / "out.gguf", "q8_0")
+    assert all(name in str(err.value) for name in ("Gemma3TextModel", "BertModel", "MPNetModel"))
+
+
 def test_unknown_quant_and_missing_dir(checkout: Path, tmp_path: Path) -> None:
     with pytest.raises(EmbedpipeError, match="q3_k"):
         convert_checkout(checkout, tmp_path / "x.gguf", "q3_k")
