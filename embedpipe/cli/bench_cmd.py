@@ -44,7 +44,7 @@ def startup(
 
 
 def index(
-    n: int = typer.Option(200000, "--n", help="Vectors to index (queries are held out beyond these)."),
+    n: int = typer.Option(200000, "--n", min=2, help="Vectors to index (queries are held out beyond these)."),
     dim: int = typer.Option(768, "--dim", "-d", help="Dimension (real vectors are Matryoshka-truncated to it)."),
     vectors: Optional[str] = typer.Option(
         None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."
@@ -238,10 +238,10 @@ def runtime(
     libraries, weights, activations), not the benchmark's other peers."""
     from embedpipe.codegen.threads import default_threads
     from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, run_runtime_bench
+    from embedpipe.runtime.bench_peers import PEER_FACTORIES
     from embedpipe.runtime.bench_report import format_summary
     from embedpipe.runtime.registry import resolve_model
 
-    model = str(resolve_model(model))
     try:
         thread_list = [int(t) for t in split_values(threads)] if threads else sorted({1, default_threads()})
     except ValueError:
@@ -252,10 +252,15 @@ def runtime(
     bad = [k for k in kind_list if k not in KINDS]
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+    peer_list = tuple(split_values(peers) or PEERS)
+    unknown = [p for p in peer_list if p not in PEER_FACTORIES]
+    if unknown:  # a typo is an error; a known peer that cannot run here is skipped with its reason
+        raise typer.BadParameter(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEER_FACTORIES)}")
+    model = str(resolve_model(model))  # after the flags: it may pull the model
     cfg = BenchConfig(
         model=model,
         threads=thread_list,
-        peers=tuple(split_values(peers) or PEERS),
+        peers=peer_list,
         kinds=kind_list,
         singles=singles,
         repeats=repeats,

@@ -20,9 +20,12 @@ def split_values(values: Optional[list[str]]) -> list[str] | None:
 
 def _token_counts(tokens: Optional[list[str]], default: tuple[int, ...]) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in split_values(tokens)) if tokens else default
+        counts = tuple(int(t) for t in split_values(tokens)) if tokens else default
     except ValueError:
         raise typer.BadParameter("--tokens takes integers, e.g. 16,128,512") from None
+    if any(t < 1 for t in counts):
+        raise typer.BadParameter(f"--tokens must be >= 1, got {','.join(map(str, counts))}")
+    return counts
 
 
 def _report(as_json: bool) -> Callable[[str], None]:

@@ -36,6 +36,7 @@ from embedpipe.indexes.validate import annoy_roots, check_index, leaf_items_in_r
 
 SIDECAR_SUFFIX = ".ids"
 HEADER_INTS = 3  # n_descendants, children[0], children[1]
+MIN_ITEMS = 2  # roots are found as the trailing run of nodes whose n_descendants is the item count
 SPLIT_ATTEMPTS = 3
 MAX_IMBALANCE = 0.95
 TWO_MEANS_SAMPLE = 256
@@ -240,6 +241,11 @@ class AnnoyIndex(VectorIndex):
     ) -> AnnoyIndex:
         """Grow the forest over unit `vectors`; `params` are the declared `build_params`."""
         p = cls.build_settings(params)
+        if len(vectors) < MIN_ITEMS:
+            raise ValueError(
+                f"an annoy index needs at least {MIN_ITEMS} vectors, got {len(vectors)}: in Spotify's layout "
+                "a lone item's node cannot be told from the tree roots, so no reader could load the file"
+            )
         nodes = build_nodes(np.ascontiguousarray(vectors, np.float32), p["n_trees"], p["seed"], progress)
         return cls(nodes, vectors.shape[1], ids, meta, columns, p["search_k"], p["n_trees"])
 

@@ -112,3 +112,18 @@ def test_plain_help_has_no_type_noise():
 def test_embed_refuses_a_batch_size_below_one(tiny_gguf, capsys):
     assert run_cli(app, ["embed", "-m", str(tiny_gguf), "--batch-size", "0", "x"]) != 0
     assert "--batch-size must be positive, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["bench", "runtime", "--peer", "jit,nope"], "unknown peer(s) nope; choose from jit,"),
+        (["bench", "kernels", "--tokens", "16,0"], "--tokens must be >= 1"),
+        (["bench", "index", "--n", "1"], "--n"),
+    ],
+)
+def test_bench_flags_are_checked_before_any_work(args, needle, capsys):
+    """A mistyped peer was skipped as if it could not run here; --tokens 0 failed deep inside."""
+    assert run_cli(app, args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err

@@ -158,9 +158,20 @@ def test_a_vector_holding_nan_is_refused_at_build_and_an_empty_index_has_no_hits
     b = Builder(kind).add(clustered(5, 16))
     with pytest.raises(ValueError, match="vector 12 holds NaN or infinity"):  # counted across adds
         b.add(x[:10])
+    if kind == "annoy":  # its file could not be read back (see the next test)
+        return
     empty = build_index(np.zeros((0, 16), np.float32), kind=kind)
     scores, ids = empty.search_rows(clustered(2, 16, seed=3), 4)
     assert (scores == -np.inf).all() and (ids == -1).all() and scores.shape == (2, 4)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_an_annoy_index_of_fewer_than_two_vectors_is_refused_before_it_is_written(n, tmp_path):
+    """Its saved file had every node look like a root, and loading it failed."""
+    with pytest.raises(ValueError, match=f"at least 2 vectors, got {n}"):
+        build_index(clustered(2, 16)[:n], kind="annoy")
+    build_index(clustered(2, 16), kind="annoy").save(tmp_path / "two.ann")  # two load back fine
+    assert load_index(tmp_path / "two.ann").count == 2
 
 
 @pytest.mark.parametrize("kind", list(INDEX_TYPES))
