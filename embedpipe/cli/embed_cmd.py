@@ -50,7 +50,7 @@ def embed(
         from embedpipe.pipeline.embed_output import WRITERS
 
         if output.suffix.lower() not in WRITERS:
-            raise typer.BadParameter(f"-o/--output must end in {', '.join(WRITERS)}, got {output.name!r}")
+            raise typer.BadParameter(f"-o/--output must end in {', '.join(WRITERS)}, got {str(output)!r}")
     emb = Embedder.load(model, backend=backend, threads=threads)
     use_titles = titles if any(t is not None for t in titles) else None
     vectors = emb.encode(

@@ -68,5 +68,7 @@ def write_embeddings(path: str | os.PathLike, texts: Sequence[str], vectors: np.
     try:
         writer(tmp, texts, vectors)
         tmp.replace(path)
+    except OSError as exc:  # named by the path asked for, not the temporary file beside it
+        raise EmbedpipeError(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -204,6 +204,15 @@ def test_stdin_dash_for_texts_and_input(tiny_gguf, capsys, monkeypatch):
     _one_error(err, "stdin", "no texts")
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc, where no file can be created")
+def test_an_output_that_cannot_be_written_is_named_as_given(tiny_gguf, capsys):
+    """It was named by the temporary file written beside it (/proc/.v.npy.tmp.npy)."""
+    code, _, err = _cli(["embed", "-m", tiny_gguf, "--backend", "numpy", "x", "-o", "/proc/v.npy"], capsys)
+    assert code == 1
+    _one_error(err, "/proc/v.npy: cannot write")
+    assert ".tmp" not in err
+
+
 @pytest.mark.parametrize("command", ["embed", "tokenize"])
 @pytest.mark.parametrize("flags", [["-"], ["-i", "-"]])
 def test_stdin_that_is_not_utf8_is_one_error_line(tiny_gguf, capsys, monkeypatch, command, flags):
