@@ -21,6 +21,7 @@ from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, truncate_dim
 from embedpipe.runtime.microbatch import MicroBatcher, PassStats
+from embedpipe.runtime.text_ids import text_list
 
 T = TypeVar("T")
 
@@ -72,9 +73,7 @@ class AsyncEmbedder:
         any_dim: bool = False,
     ) -> np.ndarray:
         """Like `Embedder.encode`: L2-normalized (n, dim) float32 rows in input order."""
-        if isinstance(texts, str):
-            raise EmbedpipeError("aencode takes a list of texts, not a single string")
-        ids = await self.prepare(self.embedder.tokenize, list(texts), task, titles, truncate)
+        ids = await self.prepare(self.embedder.tokenize, text_list(texts, "aencode"), task, titles, truncate)
         return await self.aencode_ids(ids, dim, any_dim)
 
     async def aencode_ids(

@@ -15,7 +15,7 @@ import numpy as np
 
 from embedpipe.codegen.ggml_types import GGMLQuantizationType
 from embedpipe.codegen.quant_formats import FORMATS
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.runtime.gguf_file import GGUFModelFile, WeightTensor
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ AUTO_ORDER: tuple[str, ...] = ("jit", "numpy")
 
 
 def make_backend(name: str = "auto", threads: int | None = None) -> Backend:
+    if threads is not None and threads < 1:  # else "auto" would fall back to numpy without a word
+        raise ArgumentError("threads", f"must be >= 1, got {threads}")
     if name == "auto":
         for candidate in AUTO_ORDER:
             try:

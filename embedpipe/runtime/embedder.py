@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,7 +22,7 @@ from embedpipe.runtime.bert_names import KEY_MAX_SEQ, KEY_POSITION_OFFSET, KEY_P
 from embedpipe.runtime.dims import check_dim
 from embedpipe.runtime.gguf_file import GGUFModelFile
 from embedpipe.runtime.model_integrity import check_finite
-from embedpipe.runtime.text_ids import check_texts, fit_context
+from embedpipe.runtime.text_ids import check_texts, fit_context, text_list
 from embedpipe.runtime.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,7 @@ class Embedder:
     ) -> np.ndarray:
         """L2-normalized (n, dim) float32 embeddings in input order (dim None: the model's full width;
         otherwise one of the model's Matryoshka `dims`, or any width up to it with `any_dim`)."""
-        if isinstance(texts, (str, bytes)):
-            raise EmbedpipeError("encode takes a list of texts, not a single string")
-        if not isinstance(texts, Iterable):
-            raise EmbedpipeError(f"encode takes a list of texts, got {type(texts).__name__}")
-        texts = list(texts)  # any iterable of texts, read once
+        texts = text_list(texts, "encode")
         return self.encode_ids(
             self.tokenize(texts, task, titles, truncate),
             dim=dim,

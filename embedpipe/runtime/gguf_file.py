@@ -100,7 +100,8 @@ class GGUFModelFile:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         if not self.path.is_file():
-            raise ModelFileError(f"{self.path}: no such model file")
+            what = "is a directory, not a GGUF file" if self.path.is_dir() else "no such model file"
+            raise ModelFileError(f"{self.path}: {what}")
         index = _SavedStringIndex(self.path)
         try:
             with open(self.path, "rb") as fh:

@@ -174,6 +174,8 @@ def resolve_model(model: str | os.PathLike[str] | None) -> Path:
     named = split_name(text)
     if named is not None:
         return ensure(*named)
+    if path.is_dir():
+        raise ModelFileError(f"{text}: is a directory, not a GGUF file")
     if path.suffix.lower() == ".gguf" or os.sep in text:
         raise ModelFileError(f"{text}: no such model file")
     raise EmbedpipeError(f"{text!r} is neither a GGUF file nor a registered model ({', '.join(MODELS)})")

@@ -7,10 +7,20 @@ reads only the tokenizer and the context length from the GGUF, not the weights.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from embedpipe.errors import EmbedpipeError, InputTooLongError
 from embedpipe.runtime import prompts
+
+
+def text_list(texts: Iterable[str], caller: str) -> list[str]:
+    """`texts` (any iterable, read once) as a list; a lone string or bytes, or something that
+    is not iterable, is an error naming `caller`."""
+    if isinstance(texts, (str, bytes)):
+        raise EmbedpipeError(f"{caller} takes a list of texts, not a single string")
+    if not isinstance(texts, Iterable):
+        raise EmbedpipeError(f"{caller} takes a list of texts, got {type(texts).__name__}")
+    return list(texts)
 
 
 def check_texts(texts: Sequence[str]) -> None:

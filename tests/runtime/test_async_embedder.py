@@ -42,6 +42,9 @@ def test_aencode_errors_are_embedpipe_errors(emb):
         async with AsyncEmbedder(emb) as aemb:
             with pytest.raises(EmbedpipeError):
                 await aemb.aencode("a string")
+            with pytest.raises(EmbedpipeError, match="got NoneType"):  # was a TypeError
+                await aemb.aencode(None)
+            assert (await aemb.aencode(t for t in ["x"])).shape == (1, emb.dim)
             with pytest.raises(EmbedpipeError):
                 await aemb.aencode(["x" * 5000])
             with pytest.raises(EmbedpipeError):

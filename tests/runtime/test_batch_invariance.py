@@ -90,3 +90,12 @@ def test_encode_takes_any_iterable_of_texts_and_refuses_the_rest(tiny_model):
             emb.encode(texts)
     with pytest.raises(EmbedpipeError, match="task must be a string"):
         emb.encode(["a"], task=None)
+
+
+def test_threads_below_one_are_refused_not_taken_as_the_numpy_backend(tiny_model, tmp_path):
+    from embedpipe.errors import ArgumentError, ModelFileError
+
+    with pytest.raises(ArgumentError, match="threads must be >= 1, got 0"):  # auto fell back to numpy
+        Embedder.load(tiny_model.path, threads=0)
+    with pytest.raises(ModelFileError, match="is a directory, not a GGUF file"):
+        Embedder.load(tmp_path)
