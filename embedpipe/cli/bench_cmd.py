@@ -14,6 +14,7 @@ import typer
 
 from embedpipe.cli.bench_kernels_cmd import kernels, split_values, tiles
 from embedpipe.cli.common import MODEL_OPTION_HELP, THREADS_OPTION_HELP
+from embedpipe.errors import EmbedpipeError
 
 bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.", no_args_is_help=True)
 
@@ -33,8 +34,6 @@ def startup(
     try:
         summary = run_startup_bench(path, runs, report)
     except RuntimeError as exc:  # a command failed: what it printed says why
-        from embedpipe.errors import EmbedpipeError
-
         raise EmbedpipeError(f"bench startup: {exc}") from None
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -238,7 +237,7 @@ def runtime(
     libraries, weights, activations), not the benchmark's other peers."""
     from embedpipe.codegen.threads import default_threads
     from embedpipe.runtime.bench import KINDS, PEERS, BenchConfig, default_st_model, run_runtime_bench
-    from embedpipe.runtime.bench_peers import PEER_FACTORIES
+    from embedpipe.runtime.bench_peers import check_peer_names
     from embedpipe.runtime.bench_report import format_summary
     from embedpipe.runtime.registry import resolve_model
 
@@ -253,9 +252,10 @@ def runtime(
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     peer_list = tuple(split_values(peers) or PEERS)
-    unknown = [p for p in peer_list if p not in PEER_FACTORIES]
-    if unknown:  # a typo is an error; a known peer that cannot run here is skipped with its reason
-        raise typer.BadParameter(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEER_FACTORIES)}")
+    try:
+        check_peer_names(peer_list)
+    except EmbedpipeError as exc:
+        raise typer.BadParameter(str(exc)) from None
     model = str(resolve_model(model))  # after the flags: it may pull the model
     cfg = BenchConfig(
         model=model,

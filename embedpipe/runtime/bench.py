@@ -166,6 +166,7 @@ def ffn_timing(embedder: Embedder, tokens: int, repeats: int) -> dict:
 def run_runtime_bench(cfg: BenchConfig, report: Callable[[str], None] = print) -> dict:
     from embedpipe.runtime.embedder import Embedder
 
+    bench_peers.check_peer_names(cfg.peers)
     probe = Embedder.load(cfg.model, backend="numpy", threads=1)
     docs = {kind: documents(kind, cfg.batch_texts[kind]) for kind in cfg.kinds}
     too_long = [

@@ -10,7 +10,7 @@ Every peer takes prompt-formatted texts, so all of them see the same token seque
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 
 from embedpipe.codegen.isa import read_cpu_flags
+from embedpipe.errors import EmbedpipeError
 
 if TYPE_CHECKING:
     from types import ModuleType, SimpleNamespace
@@ -255,6 +256,14 @@ PEER_FACTORIES: dict[str, Callable[[object, int], Peer]] = {
     "onnxruntime-fp32": lambda cfg, threads: OnnxRuntimePeer("fp32", cfg, threads),
     "onnxruntime-int8": lambda cfg, threads: OnnxRuntimePeer("int8", cfg, threads),
 }
+
+
+def check_peer_names(names: Iterable[str]) -> None:
+    """A mistyped peer is an error; a known peer that cannot run here is skipped later, with
+    its reason."""
+    unknown = [n for n in names if n not in PEER_FACTORIES]
+    if unknown:
+        raise EmbedpipeError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEER_FACTORIES)}")
 
 
 def make_peer(name: str, cfg: BenchConfig | SimpleNamespace, threads: int) -> Peer:

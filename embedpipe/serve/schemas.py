@@ -45,7 +45,6 @@ def _object(body: Any) -> dict[str, Any]:
     return body
 
 
-_FITS = object()  # no element of another kind
 _JSON_KINDS = {bool: "a boolean", float: "a number that is not an integer", dict: "an object", type(None): "null"}
 
 
@@ -145,9 +144,9 @@ def _parse_input(value: Any, req: EmbeddingRequest, max_inputs: int) -> None:
                 raise bad_request(f"input[{i}] must be a list of integer token ids", "input")
         req.token_ids = list(value)
     else:
-        odd = next((v for v in value if not (isinstance(v, (str, list)) or _is_int(v))), _FITS)
-        if odd is not _FITS:
-            raise bad_request(f"'input' holds {_json_kind(odd)}: send strings or integer token ids", "input")
+        odd = [v for v in value if not (isinstance(v, (str, list)) or _is_int(v))]
+        if odd:
+            raise bad_request(f"'input' holds {_json_kind(odd[0])}: send strings or integer token ids", "input")
         raise bad_request("'input' mixes types: send all strings, or all token ids", "input")
     if req.count > max_inputs:
         raise bad_request(

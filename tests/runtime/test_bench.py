@@ -155,3 +155,12 @@ def test_best_peaks_keeps_the_higher_probe_of_each_peak():
     # matrix units likewise, each unit on its own
     low["matrix_gops"], high["matrix_gops"] = {"amx_int8": 7000.0, "amx_bf16": 3000.0}, {"amx_int8": 6000.0}
     assert best_peaks(low, high)["matrix_gops"] == {"amx_int8": 7000.0, "amx_bf16": 3000.0}
+
+
+def test_a_mistyped_peer_is_an_error_before_any_model_loads(tmp_path):
+    from embedpipe.errors import EmbedpipeError
+    from embedpipe.runtime.bench import BenchConfig, run_runtime_bench
+
+    cfg = BenchConfig(model=str(tmp_path / "never-opened.gguf"), threads=[1], peers=("jit", "nope"))
+    with pytest.raises(EmbedpipeError, match=r"unknown peer\(s\) nope; choose from jit,"):
+        run_runtime_bench(cfg, report=lambda line: None)
