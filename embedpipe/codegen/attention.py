@@ -1,26 +1,41 @@
-"""Softmax attention of packed sequences: the driver of the tiled kernel (``ir_attention``).
+"""Softmax attention of packed sequences: the driver of the tiled kernels.
 
-It plans the work items (costliest first), checks every array, bound and output before the
-native call, gives each thread its scratch, and records the call as a step whose work table
-each replay rewrites. ``attention_reference`` is the numpy twin (plain softmax per sequence):
-oracle and fallback.
+Two kernels share one work table and one driver: ``ir_attention`` (fp32 vectors, every ISA)
+and ``ir_attention_amx`` (q, k, v and the softmax weights rounded to bf16, products on the
+tile unit; where the CPU has AMX-BF16, the OS grants it and the caller allows bf16, as a
+model whose products already round activations to int8 does; ``EMBEDPIPE_TILE_UNITS=off``
+keeps the fp32 one). ``select_native`` picks one per ISA and precision, so a model computes
+every batch, and every text alone, with the same kernel. The driver plans the
+work items (costliest first), checks every array, bound and output before the native call,
+gives each thread its scratch, and records the call as a step whose work table each replay
+rewrites. ``attention_reference`` is the numpy twin (plain softmax per sequence): oracle and
+fallback.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from embedpipe.codegen import ir_attention_amx as tiles
 from embedpipe.codegen.ir_attention import PARAMS, emit, scratch_floats
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.kernel import Kernel, KernelModule, Native
+from embedpipe.codegen.kernel import Kernel, KernelModule, Native, host_isa
+from embedpipe.codegen.matrix_units import UNITS, kernel_units
 from embedpipe.codegen.scratch import thread_scratch
 
-QUERY_ROWS = 96  # query rows (positions × grouped heads) per work item
+QUERY_ROWS = 96  # query rows (positions × grouped heads) per work item of the fp32 kernel
+# the tile kernel packs the keys and values an item sees once per item: larger items repack less
+TILE_QUERY_ROWS = 192
 
 
-def query_tile(group: int) -> int:
-    """Query positions per work item for ``group`` query heads per KV head."""
-    return max(1, QUERY_ROWS // group)
+def query_tile(group: int, rows: int = QUERY_ROWS) -> int:
+    """Query positions per work item of ``rows`` query rows for ``group`` query heads per KV head."""
+    return max(1, rows // group)
+
+
+def item_rows(native: Native) -> int:
+    """Query rows per work item of this kernel."""
+    return TILE_QUERY_ROWS if native.kernel is ATTENTION_TILES else QUERY_ROWS
 
 
 def split_query_tile(bq: int, lengths: object, n_kv: int, half_window: int | None, threads: int) -> int:
@@ -136,7 +151,7 @@ def _drive(
     s, n_q, _, n_kv, dv = _check_arrays(q, k, v)
     q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
     group = n_q // n_kv
-    bq = split_query_tile(query_tile(group), lengths, n_kv, half_window, threads)
+    bq = split_query_tile(query_tile(group, item_rows(native)), lengths, n_kv, half_window, threads)
     if out is None:
         out = np.empty((s, n_q * dv), np.float32)
     else:
@@ -146,9 +161,7 @@ def _drive(
         return out
     parts = max(1, min(int(threads), len(work)))
     counter = np.zeros(1, np.int64)
-    native.run(
-        _items(native.isa, q, k, v, out, work.ctypes.data, len(work), counter.ctypes.data, half_window, bq, parts)
-    )
+    native.run(_items(native, q, k, v, out, work.ctypes.data, len(work), counter.ctypes.data, half_window, bq, parts))
     return out
 
 
@@ -164,16 +177,23 @@ def _planned_work(s: int, n_kv: int, bq: int, starts, lengths, half_window: int 
     return work
 
 
-def _items(isa: IsaSpec, q, k, v, out, work: int, n_work: int, counter: int, half_window, bq: int, parts: int):
-    """``parts`` items sharing one work table, each with its own scratch for tiles of ``bq``."""
+def _items(
+    native: Native, q, k, v, out, work: int, n_work: int, counter: int, half_window, bq: int, parts: int
+) -> list[tuple]:
+    """``parts`` items sharing one work table, each with its own scratch for tiles of ``bq``
+    (the tile kernel's also for key spans up to the longest sequence these rows can hold)."""
     s, n_q, d = q.shape
     n_kv, dv = k.shape[1], v.shape[2]
     group = n_q // n_kv
-    per_thread = scratch_floats(isa, group, bq, d, dv)
+    if native.kernel is ATTENTION_TILES:
+        keys = tiles.key_capacity(s)
+        per_thread, tail = -(-tiles.scratch_bytes(group, bq, d, dv, keys) // 4), (keys,)
+    else:
+        per_thread, tail = scratch_floats(native.isa, group, bq, d, dv), ()
     base = _scratch.floats(per_thread * parts).ctypes.data
     hw = -1 if half_window is None else int(half_window)
     head = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, work, n_work, counter)
-    return [(*head, base + 4 * per_thread * i, group, n_q, n_kv, d, dv, hw, bq) for i in range(parts)]
+    return [(*head, base + 4 * per_thread * i, group, n_q, n_kv, d, dv, hw, bq, *tail) for i in range(parts)]
 
 
 _WORD = {name: i for i, (name, _) in enumerate(PARAMS)}
@@ -197,8 +217,8 @@ def record_per_run(
         raise KernelInputError("attention: a recorded step takes C-contiguous q, k, v")
     _check_out(out, (s, n_q * dv), q, k, v)
     group, parts = n_q // n_kv, max(1, int(threads))
-    largest = query_tile(group)  # the scratch holds tiles of any bq a replay picks
-    native.run(_items(native.isa, q, k, v, out, 0, 0, 0, half_window, largest, parts))
+    largest = query_tile(group, item_rows(native))  # the scratch holds tiles of any bq a replay picks
+    native.run(_items(native, q, k, v, out, 0, 0, 0, half_window, largest, parts))
 
     def fill(plan, words: np.ndarray) -> np.ndarray:
         bq = split_query_tile(largest, plan.lengths, n_kv, half_window, parts)
@@ -212,6 +232,20 @@ def record_per_run(
 
 ATTENTION = Kernel("attention", PARAMS, emit, twin=attention_reference, drive=_drive)
 ATTENTION_MODULE = KernelModule("ep_attention", [ATTENTION])
+ATTENTION_TILES = Kernel("attention_tiles", tiles.PARAMS, tiles.emit, twin=attention_reference, drive=_drive)
+ATTENTION_TILES_MODULE = KernelModule("ep_attention_tiles", [ATTENTION_TILES])
+TILE_UNIT = UNITS["amx_bf16"]
+
+
+def select_native(isa: IsaSpec, bf16: bool = False) -> Native | None:
+    """The attention kernel for ``isa`` on this host: with ``bf16`` allowed, the tile kernel
+    where ``isa`` has AVX-512 vectors and the AMX-BF16 unit may run here; else the fp32 one;
+    None without LLVM."""
+    if bf16 and isa.lanes == tiles.LANES and TILE_UNIT in kernel_units(isa.arch):
+        native = ATTENTION_TILES.native(TILE_UNIT.target(isa))
+        if native is not None:
+            return native
+    return ATTENTION.native(isa)
 
 
 def attention(
@@ -226,6 +260,7 @@ def attention(
     isa: IsaSpec | None = None,
     cache: dict | None = None,
     out: np.ndarray | None = None,
+    bf16: bool = False,
 ) -> np.ndarray:
     """softmax(q·kᵀ)·v of each packed sequence ``[starts[i], starts[i] + lengths[i])``, keys
     with |i − j| > ``half_window`` masked (None: all visible).
@@ -236,9 +271,10 @@ def attention(
     ``cache``: a dict that lives as long as ``starts``/``lengths`` stay unchanged (one packed
     batch); the validated work table is kept there, so the layers after the first skip
     planning.  ``threads`` items share the work (one native call).  ``out``: an optional
-    (S, Hq·Dv) fp32 output buffer (not overlapping q, k, v).
+    (S, Hq·Dv) fp32 output buffer (not overlapping q, k, v). ``bf16``: q, k, v and the
+    softmax weights may be rounded to bf16 (the tile kernel, where it runs; ``select_native``).
     """
-    native = ATTENTION.native(isa)
+    native = select_native(isa or host_isa(), bf16)
     if native is None:
         result = attention_reference(q, k, v, starts, lengths, half_window)
         if out is None:

@@ -343,3 +343,4 @@ class _Registry:
 
 _registry = _Registry()
 forget = _registry.forget
+host_isa = _registry.host_isa

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -25,9 +26,19 @@ from embedpipe.codegen.isa import IsaSpec, UnsupportedIsaError, host_arch, read_
 
 log = logging.getLogger(__name__)
 
+#: Set to ``off`` to keep the JIT's kernels off the tile units.
+TILE_UNITS_ENV = "EMBEDPIPE_TILE_UNITS"
+
 #: Rows of every tile the probes configure, and bytes per row (palette 1's maximum).
 TILE_ROWS = 16
 TILE_ROW_BYTES = 64
+
+
+def tile_config(tiles: int) -> bytes:
+    """The 64-byte ``ldtilecfg`` operand: palette 1, ``tiles`` tiles of 16 rows × 64 bytes."""
+    colsb = [TILE_ROW_BYTES] * tiles + [0] * (16 - tiles)
+    rows = [TILE_ROWS] * tiles + [0] * (16 - tiles)
+    return bytes([1, 0]) + bytes(14) + b"".join(c.to_bytes(2, "little") for c in colsb) + bytes(rows)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,14 @@ def present_units(flags: set[str] | None = None, arch: str | None = None) -> lis
 def usable_units(flags: set[str] | None = None, arch: str | None = None) -> list[MatrixUnit]:
     """The present units this process may run (the OS is asked only for present ones)."""
     return [u for u in present_units(flags, arch) if u.grant()]
+
+
+def kernel_units(arch: str) -> list[MatrixUnit]:
+    """The usable units the JIT's kernels may multiply on for ``arch`` code: none when
+    ``EMBEDPIPE_TILE_UNITS=off`` (the vector kernels everywhere, e.g. to compare the two)."""
+    if os.environ.get(TILE_UNITS_ENV, "").strip().lower() in ("off", "0", "none", "false"):
+        return []
+    return [u for u in usable_units() if u.arch == arch]
 
 
 def require_usable(unit: MatrixUnit) -> None:

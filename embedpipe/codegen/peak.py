@@ -48,6 +48,7 @@ from embedpipe.codegen.matrix_units import (
     UNITS,
     MatrixUnit,
     require_usable,
+    tile_config,
     usable_units,
 )
 from embedpipe.codegen.threadpool import run_parallel
@@ -87,13 +88,6 @@ def peak_module(isa: IsaSpec, kind: str, chains: int = PEAK_CHAINS) -> tuple[str
     store_at(b, total, fn.args[0], const_i64(0), 4)
     b.ret_void()
     return str(m), name
-
-
-def tile_config(tiles: int) -> bytes:
-    """The 64-byte ``ldtilecfg`` operand: palette 1, ``tiles`` tiles of 16 rows × 64 bytes."""
-    colsb = [TILE_ROW_BYTES] * tiles + [0] * (16 - tiles)
-    rows = [TILE_ROWS] * tiles + [0] * (16 - tiles)
-    return bytes([1, 0]) + bytes(14) + b"".join(c.to_bytes(2, "little") for c in colsb) + bytes(rows)
 
 
 def matrix_peak_module(isa: IsaSpec, unit: MatrixUnit, chains: int = MATRIX_CHAINS) -> tuple[str, str]:

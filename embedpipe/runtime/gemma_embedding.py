@@ -130,6 +130,9 @@ class GemmaEmbeddingModel:
         weights = [w for layer in self.layers for w in (layer.w_qkv, layer.wo, layer.w_gate_up, layer.w_down)]
         fused = all(self.ops.fused_weight(w) for w in weights)
         self.max_program_tokens = PROGRAM_MAX_TOKENS if fused else 0
+        # Products with int weights round activations to 8 bits; attention may then round its
+        # operands to bf16 (finer) and run on a tile unit. F32/F16/BF16 weights keep it fp32.
+        self.attention_bf16 = fused
         # Only fused ops write into given buffers; the others allocate their results.
         self._arenas = ArenaPool() if fused else None
         self._buckets = BucketedPasses() if fused else None
@@ -186,7 +189,8 @@ class GemmaEmbeddingModel:
 
     def _attention(self, plan: Sequences):
         """``attend(q, k, v, half_window, out_kwargs)``: every layer's attention over ``plan``."""
-        return lambda q, k, v, half_window, out: self.ops.attention(q, k, v, plan, half_window, **out)
+        bf16 = self.attention_bf16
+        return lambda q, k, v, half_window, out: self.ops.attention(q, k, v, plan, half_window, bf16=bf16, **out)
 
     def _run_bucketed(
         self, ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, positions: np.ndarray
@@ -249,7 +253,7 @@ class GemmaEmbeddingModel:
                 self.ops.record_gather(tables[2 + 2 * i], lambda run: run.positions, sin)
 
         def attend(q, k, v, half_window, out: dict) -> np.ndarray:
-            return self.ops.record_attention(q, k, v, half_window, out["out"])
+            return self.ops.record_attention(q, k, v, half_window, out["out"], bf16=self.attention_bf16)
 
         self._stack(arena.x0, rope_rows, attend, arena)
 

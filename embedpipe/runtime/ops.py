@@ -163,11 +163,18 @@ class NumpyOps:
             yield
 
     def attention(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, plan: Sequences, half_window: int | None
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        plan: Sequences,
+        half_window: int | None,
+        bf16: bool = False,
     ) -> np.ndarray:
         """Softmax attention of every sequence of a packed batch (see ``codegen.attention.attention``):
         q (S, Hq, D) already scaled, k (S, Hkv, D), v (S, Hkv, Dv) -> (S, Hq·Dv) fp32.
-        ``plan`` has the batch's ``starts`` and ``lengths`` and a ``cache`` dict."""
+        ``plan`` has the batch's ``starts`` and ``lengths`` and a ``cache`` dict. The oracle
+        computes in fp32 whether or not ``bf16`` allows rounding."""
         from embedpipe.codegen.attention import attention_reference
 
         return attention_reference(q, k, v, plan.starts, plan.lengths, half_window)
@@ -260,8 +267,10 @@ class JitOps(NumpyOps):
         plan: Sequences,
         half_window: int | None,
         out: np.ndarray | None = None,
+        bf16: bool = False,
     ) -> np.ndarray:
-        """All sequences of the batch in one native call of the tiled attention kernel."""
+        """All sequences of the batch in one native call of the attention kernel that
+        ``codegen.attention.select_native`` picks (``bf16``: the tile kernel may run)."""
         from embedpipe.codegen.attention import attention
 
         return attention(
@@ -275,20 +284,27 @@ class JitOps(NumpyOps):
             isa=self.lib.isa,
             cache=plan.cache,
             out=out,
+            bf16=bf16,
         )
 
     def record_attention(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, half_window: int | None, out: np.ndarray
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        half_window: int | None,
+        out: np.ndarray,
+        bf16: bool = False,
     ) -> np.ndarray:
         """Inside a step-program recording: ``attention`` over sequences each replay gives as
         its argument, a plan (``attention.record_per_run``); a hole that calls ``attention``
         when the kernel is not available here."""
-        from embedpipe.codegen.attention import ATTENTION, record_per_run
+        from embedpipe.codegen.attention import record_per_run, select_native
         from embedpipe.codegen.recorder import active_recorder
 
-        native = ATTENTION.native(self.lib.isa)
+        native = select_native(self.lib.isa, bf16)
         if native is None:
-            active_recorder().hole(lambda plan: self.attention(q, k, v, plan, half_window, out=out))
+            active_recorder().hole(lambda plan: self.attention(q, k, v, plan, half_window, out=out, bf16=bf16))
             return out
         return record_per_run(native, q, k, v, half_window, self.threads, out)
 

@@ -182,7 +182,7 @@ class QemuNative(QemuTasks):
         task = _direct_name(symbol) if returns else ir_parallel.task_symbol(symbol)
         params = [(n, isinstance(t, ir.PointerType)) for n, t in kernel.params]
         super().__init__(exe, task, params, arrays, returns, nested)
-        self.isa = isa
+        self.kernel, self.isa = kernel, isa
 
     def __call__(self, *args: int) -> int | None:
         """One direct call, as a loaded ``Native`` takes it (integers and addresses)."""

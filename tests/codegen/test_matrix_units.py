@@ -17,9 +17,10 @@ from embedpipe.codegen.matrix_units import (
     describe_peaks,
     present_units,
     require_usable,
+    tile_config,
     usable_units,
 )
-from embedpipe.codegen.peak import MATRIX_CHAINS, TILE_BYTES, PeakProbe, matrix_peak_module, tile_config
+from embedpipe.codegen.peak import MATRIX_CHAINS, TILE_BYTES, PeakProbe, matrix_peak_module
 
 USABLE = usable_units()
 AVX512 = ISAS["avx512_vnni"]

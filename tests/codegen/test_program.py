@@ -9,6 +9,7 @@ import pytest
 
 from embedpipe.codegen import KernelInputError, fused, get_kernel_library, runnable_isas
 from embedpipe.codegen.attention import attention, attention_reference
+from embedpipe.codegen.matrix_units import TILE_UNITS_ENV
 from embedpipe.codegen.program import Program
 from embedpipe.codegen.quant_formats import aligned_empty
 from embedpipe.codegen.recorder import Recorder, active_recorder, recording
@@ -135,8 +136,10 @@ def test_panel_split_products_take_two_steps_and_equal_the_eager_calls(isa, t, m
 
 
 @pytest.mark.parametrize("t", ROWS)
-def test_eager_calls_follow_the_numpy_twins(t):
-    """The oracle chain itself: each fused step against its numpy twin on the same inputs."""
+def test_eager_calls_follow_the_numpy_twins(t, monkeypatch):
+    """The oracle chain itself: each fused step against its numpy twin on the same inputs (the
+    fp32 attention kernel; the bf16 tile kernel's numbers are tests/codegen/test_attention's)."""
+    monkeypatch.setenv(TILE_UNITS_ENV, "off")
     lib = get_kernel_library(threads=2)
     rng = np.random.default_rng(t)
     layer = _Layer(lib, rng)

@@ -73,3 +73,17 @@ def test_real_model_tensors(quant):
         got = backend.prepare(tensor)(x)
         tol = 1e-5 if quant == "f32" else 1e-2
         assert np.abs(got - ref).max() <= tol * np.abs(ref).max(), name
+
+
+@pytest.mark.parametrize(("fixture", "bf16"), [("tiny_model_q8", True), ("tiny_model", False)])
+def test_attention_rounds_to_bf16_only_behind_int8_products(fixture, bf16, request, monkeypatch):
+    """Products with int weights round activations to 8 bits, so such a model lets attention
+    round its operands to bf16 (the tile kernel, where it runs); an F32 model keeps it fp32."""
+    from embedpipe.codegen import attention as A
+
+    asked = []
+    real = A.select_native
+    monkeypatch.setattr(A, "select_native", lambda isa, bf16=False: asked.append(bf16) or real(isa, bf16))
+    path = request.getfixturevalue(fixture).path
+    Embedder.load(path, backend="jit", threads=2).encode_ids([[2, 5, 9, 11, 1], [2, 7, 1]])
+    assert asked and set(asked) == {bf16}

@@ -35,18 +35,31 @@ class _Plan:
         self.cache: dict = {}
 
 
+@pytest.mark.parametrize("tiles", [False, True], ids=["fp32", "tiles"])
 @pytest.mark.parametrize("half_window", [None, 4])
-def test_attention_entry_agrees_between_numpy_and_jit_ops(half_window):
+def test_attention_entry_agrees_between_numpy_and_jit_ops(half_window, tiles, monkeypatch):
+    """JitOps runs the kernel ``select_native`` picks: the fp32 one agrees with numpy to fp32
+    rounding, the bf16 tile one (allowed, and where it runs) to bf16's; without ``bf16`` the
+    tile units never run."""
     from embedpipe.codegen import get_kernel_library
+    from embedpipe.codegen.attention import ATTENTION_TILES, select_native
+    from embedpipe.codegen.matrix_units import TILE_UNITS_ENV
 
     lengths = [1, 6, 13, 40]
     q, k, v = _packed(lengths)
     plan = _Plan(lengths)
     want = ops.NumpyOps(1).attention(q, k, v, plan, half_window)
-    jit = ops.JitOps(get_kernel_library(threads=2))
-    got = jit.attention(q, k, v, plan, half_window)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
-    np.testing.assert_array_equal(jit.attention(q, k, v, plan, half_window), got)  # planned once, reused
+    lib = get_kernel_library(threads=2)
+    assert select_native(lib.isa).kernel is not ATTENTION_TILES
+    if not tiles:
+        monkeypatch.setenv(TILE_UNITS_ENV, "off")
+    elif select_native(lib.isa, bf16=True).kernel is not ATTENTION_TILES:
+        pytest.skip("the bf16 tile kernel does not run here")
+    jit = ops.JitOps(lib)
+    got = jit.attention(q, k, v, plan, half_window, bf16=tiles)
+    tol = {"rtol": 0, "atol": 3e-2 * np.abs(want).max()} if tiles else {"rtol": 1e-5, "atol": 2e-6}
+    np.testing.assert_allclose(got, want, **tol)
+    np.testing.assert_array_equal(jit.attention(q, k, v, plan, half_window, bf16=tiles), got)  # planned once, reused
     assert len(plan.cache) == 1
     for a, n in zip(plan.starts, plan.lengths):
         alone = _one_sequence(q[a : a + n], k[a : a + n], v[a : a + n], half_window)
