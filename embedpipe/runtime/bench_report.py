@@ -27,7 +27,8 @@ def format_summary(summary: dict) -> list[str]:
     lines = [
         f"machine: {machine['cpu']} ({machine['cores']} cores), load {machine['load_avg']}"
         + (
-            f"; matrix units {', '.join(units)} (peers may use them; the JIT and %int8pk: the vector dot)"
+            f"; matrix units {', '.join(units)} (peers may use them; the JIT's products and %int8pk: the vector dot, "
+            "its attention in int8 models: amx_bf16 where it runs)"
             if units
             else ""
         ),
