@@ -144,8 +144,10 @@ def retrieval_cmd(
         help="Comma-separated configurations or types (default brute-fp32,brute-int8,hnsw-int8-m16-ef_search128).",
     ),
     split: str = typer.Option("test", "--split", help="qrels/<split>.tsv to evaluate."),
-    max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Subset: judged docs + first corpus docs up to N."),
-    max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Subset: first N judged queries."),
+    max_docs: Optional[int] = typer.Option(
+        None, "--max-docs", min=1, help="Subset: judged docs + first corpus docs up to N."
+    ),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", min=1, help="Subset: first N judged queries."),
     outputs: Optional[list[Path]] = output_option(OUTPUT_HELP + " The plot: nDCG@10 vs search time."),
     as_json: bool = json_option("Print the rows as a JSON list instead of a Markdown table."),
     model: Optional[str] = model_option(),
@@ -165,6 +167,12 @@ def retrieval_cmd(
     data = R.load_beir(dataset_dir, split, max_docs, max_queries)
     emb = Embedder.load(str(model) if model else None, backend=backend, threads=threads)
     typer.echo(f"{dataset_dir}: {len(data.doc_ids)} docs, {len(data.query_ids)} judged queries", err=True)
+    if data.unjudgeable:
+        typer.echo(
+            f"warning: {len(data.unjudgeable)} judged document id(s) are not in corpus.jsonl, e.g. "
+            f"{data.unjudgeable[0]!r}: they count as relevant and never retrieved",
+            err=True,
+        )
     rows = R.run_retrieval(
         data,
         emb,

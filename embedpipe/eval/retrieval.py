@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class BeirData:
     query_ids: list[str]
     queries: list[str]
     qrels: Qrels
+    unjudgeable: list[str] = field(default_factory=list)  # judged doc ids absent from the corpus
 
 
 def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
@@ -98,6 +99,11 @@ def _jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
 def load_beir(
     root: str | Path, split: str = "test", max_docs: int | None = None, max_queries: int | None = None
 ) -> BeirData:
+    """The dataset (BEIR layout under ``root``), its queries those with a positive grade in
+    ``qrels/<split>.tsv``; ``max_queries``/``max_docs`` (≥ 1) cut it to a subset."""
+    for name, value in (("max_docs", max_docs), ("max_queries", max_queries)):
+        if value is not None and value < 1:
+            raise EvalInputError(f"{name} must be at least 1, not {value}")
     root = Path(root)
     qrels_path = root / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
@@ -110,10 +116,14 @@ def load_beir(
     absent = [q for q in judged if q not in queries]
     if absent:
         raise EvalInputError(f"{root / 'queries.jsonl'}: {len(absent)} judged query id(s) missing, e.g. {absent[0]!r}")
-    judged = judged[:max_queries] if max_queries else judged
+    if not judged:
+        raise EvalInputError(f"{qrels_path}: no query has a document graded above 0, so there is nothing to score")
+    judged = judged[:max_queries] if max_queries is not None else judged
     qrels = {q: qrels[q] for q in judged}
     corpus = _jsonl(root / "corpus.jsonl", ("_id", "title", "text"))
-    if max_docs:
+    present = {r["_id"] for r in corpus}
+    unjudgeable = sorted({d for q in judged for d, g in qrels[q].items() if g > 0 and d not in present})
+    if max_docs is not None:
         needed = {d for q in judged for d in qrels[q]}
         keep = [r for r in corpus if r["_id"] in needed]
         rest = [r for r in corpus if r["_id"] not in needed]
@@ -128,6 +138,7 @@ def load_beir(
         judged,
         [queries[q] for q in judged],
         qrels,
+        unjudgeable,
     )
 
 

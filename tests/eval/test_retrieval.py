@@ -44,3 +44,24 @@ def test_bad_dataset_and_config(tmp_path, beir_dir):
     (bad / "qrels" / "test.tsv").write_text("q7\td1\t1\n")
     with pytest.raises(EvalInputError, match="judged query id"):
         load_beir(bad)
+
+
+def test_nothing_to_score_and_subsets_below_one_are_refused(tmp_path, beir_dir):
+    """A subset of 0 used to mean the whole dataset, and qrels grading nothing above 0 scored
+    zeros for no queries; a judged document the corpus lacks is named (BEIR counts it as
+    relevant and never retrieved)."""
+    for kwargs in ({"max_docs": 0}, {"max_queries": 0}, {"max_docs": -1}):
+        with pytest.raises(EvalInputError, match="must be at least 1"):
+            load_beir(beir_dir, **kwargs)
+    for flag in ("--max-docs", "--max-queries"):
+        result = runner.invoke(app, ["eval", "retrieval", str(beir_dir), flag, "0"])
+        assert result.exit_code != 0 and "greater than or equal to 1" in result.output
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "text": "bread"}\n{"_id": "d2", "text": "cats"}\n')
+    (root / "queries.jsonl").write_text('{"_id": "q1", "text": "baking"}\n')
+    (root / "qrels" / "test.tsv").write_text("q1\td1\t0\n")
+    with pytest.raises(EvalInputError, match="no query has a document graded above 0"):
+        load_beir(root)
+    (root / "qrels" / "test.tsv").write_text("q1\td1\t1\nq1\tgone\t2\n")
+    assert load_beir(root).unjudgeable == ["gone"] and load_beir(beir_dir).unjudgeable == []
