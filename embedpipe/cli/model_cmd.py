@@ -10,8 +10,10 @@ import typer
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.gguf_names import QUANTS
 
-QUANT_HELP = f"Weight type of the GGUF: {', '.join(QUANTS)} (norms and 1-D tensors stay F32)."
-NAME_HELP = "Registered model (`embedpipe model list`); default: the default model."
+QUANT_HELP = f"Weight type of the GGUF: {', '.join(QUANTS)} (norms and 1-D tensors stay F32; default q8_0)."
+NAME_HELP = (
+    "Registered model (`embedpipe model list`), optionally NAME:QUANT as --model takes it; default: the default model."
+)
 
 model_app = typer.Typer(
     name="model",
@@ -21,7 +23,9 @@ model_app = typer.Typer(
 )
 
 
-def _quant(value: str) -> str:
+def _quant(value: str | None) -> str | None:
+    if value is None:
+        return None
     value = value.lower()
     if value not in QUANTS:
         raise typer.BadParameter(f"choose one of {', '.join(QUANTS)}")
@@ -64,13 +68,13 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JS
 )
 def pull(
     name: Optional[str] = typer.Argument(None, help=NAME_HELP),
-    quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", callback=_quant, help=QUANT_HELP),
     force: bool = typer.Option(False, "--force", help="Re-download and re-convert even if the cache is valid."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash every cached file instead of trusting the stamps."),
 ) -> None:
     from embedpipe.runtime import registry, store
 
-    entry = registry.lookup(name or registry.DEFAULT_MODEL)
+    entry, quant = registry.named_quant(name, quant)
     typer.echo(f"{entry.name}: licence {entry.licence}" + (f"; {entry.notice}" if entry.notice else ""), err=True)
     path = store.pull(quant, force=force, verify=verify, progress=True, spec=entry.spec, metadata=entry.metadata)
     typer.echo(str(path))
@@ -79,12 +83,12 @@ def pull(
 @model_app.command("path")
 def path(
     name: Optional[str] = typer.Argument(None, help=NAME_HELP),
-    quant: str = typer.Option("q8_0", "--quant", "-q", callback=_quant, help=QUANT_HELP),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", callback=_quant, help=QUANT_HELP),
 ) -> None:
     """Print the cached GGUF path; exit 1 if it has not been pulled (or is damaged)."""
     from embedpipe.runtime import registry, store
 
-    entry = registry.lookup(name or registry.DEFAULT_MODEL)
+    entry, quant = registry.named_quant(name, quant)
     found = store.cached_model_path(quant, entry.spec)
     if found is None:
         raise EmbedpipeError(

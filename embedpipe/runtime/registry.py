@@ -151,6 +151,18 @@ def split_name(value: str) -> tuple[str, str] | None:
     return name.strip().lower(), (quant or DEFAULT_QUANT).lower()
 
 
+def named_quant(value: str | None, quant: str | None = None) -> tuple[RegisteredModel, str]:
+    """A model argument ('name' or 'name:quant'; None: the default model) and a quant option
+    (None: not given) as (entry, quant), as every `--model` reads 'name:quant'; the two must
+    not name different quants."""
+    name, _, in_name = (value or DEFAULT_MODEL).partition(":")
+    entry = lookup(name)
+    in_name = in_name.strip().lower()
+    if in_name and quant is not None and in_name != quant.lower():
+        raise EmbedpipeError(f"{value!r} names the quant {in_name}, but --quant says {quant.lower()}")
+    return entry, (in_name or quant or DEFAULT_QUANT).lower()
+
+
 def ensure(name: str, quant: str = DEFAULT_QUANT, progress: bool | None = None) -> Path:
     """The registered model's GGUF, pulled and converted on first use."""
     entry = lookup(name)

@@ -66,6 +66,23 @@ def test_cli_model_list_and_path(tmp_path, monkeypatch) -> None:
     assert res.exit_code != 0 and "embedpipe model pull all-mpnet-base-v2" in str(res.exception)
     res = runner.invoke(app, ["model", "path", "nope"])
     assert res.exit_code != 0 and "unknown model" in str(res.exception)
+    # NAME:QUANT as every --model takes it
+    res = runner.invoke(app, ["model", "path", "all-mpnet-base-v2:F16"])
+    assert res.exit_code != 0 and "embedpipe model pull all-mpnet-base-v2 --quant f16" in str(res.exception)
+    res = runner.invoke(app, ["model", "path", "all-mpnet-base-v2:f16", "--quant", "q8_0"])
+    assert res.exit_code != 0 and "names the quant f16, but --quant says q8_0" in str(res.exception)
+
+
+def test_named_quant_reads_name_and_quant_as_model_options_do() -> None:
+    default = registry.MODELS[registry.DEFAULT_MODEL]
+    assert registry.named_quant(None) == (default, registry.DEFAULT_QUANT)
+    assert registry.named_quant("all-minilm-l6-v2:F32")[1] == "f32"
+    assert registry.named_quant("all-minilm-l6-v2", "f16")[1] == "f16"
+    assert registry.named_quant("all-minilm-l6-v2:f16", "F16")[1] == "f16"
+    with pytest.raises(EmbedpipeError, match="names the quant f32, but --quant says q4_0"):
+        registry.named_quant("all-minilm-l6-v2:f32", "q4_0")
+    with pytest.raises(EmbedpipeError, match="unknown model"):
+        registry.named_quant("bogus:f32")
 
 
 @pytest.mark.model
