@@ -161,7 +161,10 @@ def _drive(
         return out
     parts = max(1, min(int(threads), len(work)))
     counter = np.zeros(1, np.int64)
-    native.run(_items(native, q, k, v, out, work.ctypes.data, len(work), counter.ctypes.data, half_window, bq, parts))
+    longest = int(work[:, 1].max())
+    native.run(
+        _items(native, q, k, v, out, work.ctypes.data, len(work), counter.ctypes.data, half_window, bq, parts, longest)
+    )
     return out
 
 
@@ -178,15 +181,26 @@ def _planned_work(s: int, n_kv: int, bq: int, starts, lengths, half_window: int 
 
 
 def _items(
-    native: Native, q, k, v, out, work: int, n_work: int, counter: int, half_window, bq: int, parts: int
+    native: Native,
+    q,
+    k,
+    v,
+    out,
+    work: int,
+    n_work: int,
+    counter: int,
+    half_window,
+    bq: int,
+    parts: int,
+    longest: int,
 ) -> list[tuple]:
     """``parts`` items sharing one work table, each with its own scratch for tiles of ``bq``
-    (the tile kernel's also for key spans up to the longest sequence these rows can hold)."""
+    (the tile kernel's also for the key span of a sequence of up to ``longest`` rows)."""
     s, n_q, d = q.shape
     n_kv, dv = k.shape[1], v.shape[2]
     group = n_q // n_kv
     if native.kernel is ATTENTION_TILES:
-        keys = tiles.key_capacity(s)
+        keys = tiles.key_capacity(longest)
         per_thread, tail = -(-tiles.scratch_bytes(group, bq, d, dv, keys) // 4), (keys,)
     else:
         per_thread, tail = scratch_floats(native.isa, group, bq, d, dv), ()
@@ -218,7 +232,7 @@ def record_per_run(
     _check_out(out, (s, n_q * dv), q, k, v)
     group, parts = n_q // n_kv, max(1, int(threads))
     largest = query_tile(group, item_rows(native))  # the scratch holds tiles of any bq a replay picks
-    native.run(_items(native, q, k, v, out, 0, 0, 0, half_window, largest, parts))
+    native.run(_items(native, q, k, v, out, 0, 0, 0, half_window, largest, parts, s))  # any replay's sequences fit
 
     def fill(plan, words: np.ndarray) -> np.ndarray:
         bq = split_query_tile(largest, plan.lengths, n_kv, half_window, parts)

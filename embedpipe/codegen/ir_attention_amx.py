@@ -93,10 +93,10 @@ def scratch_bytes(group: int, bq: int, d: int, dv: int, keys: int) -> int:
     return sum(_round_up(s, _ALIGN) for s in section_sizes(rp, dp, vp, keys, lambda *xs: math.prod(xs)))
 
 
-def key_capacity(rows: int) -> int:
-    """``keys`` for a packed batch of ``rows`` rows: no span exceeds its longest sequence
-    rounded up to the key grid."""
-    return _round_up(max(rows, 1), CHUNK)
+def key_capacity(longest: int) -> int:
+    """``keys`` for sequences of up to ``longest`` rows: an item's span starts on the key grid
+    at or after position 0 and ends at the sequence's end rounded up to it."""
+    return _round_up(max(longest, 1), CHUNK)
 
 
 class _Emitter:

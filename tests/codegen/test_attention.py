@@ -273,6 +273,12 @@ def test_tile_scratch_holds_the_longest_span():
     assert T.key_capacity(1) == 32 and T.key_capacity(440) == 448 and T.key_capacity(448) == 448
     small, large = T.scratch_bytes(3, 64, 256, 256, 32), T.scratch_bytes(3, 64, 256, 256, 448)
     assert small % 64 == 0 and large > small
+    # a call's scratch follows its longest sequence, not the batch: 96 texts of 20 tokens
+    # ask for spans of 32 keys
+    q, k, v, _, _ = packed([20] * 96, 3, 1, 256, 256)
+    native = A.ATTENTION_TILES.native(A.TILE_UNIT.target(WIDE[0]))
+    (item,) = A._items(native, q, k, v, np.empty((q.shape[0], 768), np.float32), 0, 0, 0, None, 64, 1, 20)
+    assert item[-1] == 32
     # one sequence filling a batch, the window off: the item's span is the whole sequence
     q, k, v, starts, lens = packed([449], 3, 1, 256, 256, seed=4)
     got = run(A.ATTENTION_TILES, A.TILE_UNIT.target(WIDE[0]), q, k, v, starts, lens, None, threads=2)
