@@ -18,9 +18,9 @@ import numpy as np
 
 from embedpipe.codegen import ir_attention_amx as tiles
 from embedpipe.codegen.ir_attention import PARAMS, emit, scratch_floats
+from embedpipe.codegen.ir_tiles import tile_target
 from embedpipe.codegen.isa import IsaSpec
 from embedpipe.codegen.kernel import Kernel, KernelModule, Native, host_isa
-from embedpipe.codegen.matrix_units import UNITS, kernel_units
 from embedpipe.codegen.scratch import thread_scratch
 
 QUERY_ROWS = 96  # query rows (positions × grouped heads) per work item of the fp32 kernel
@@ -248,18 +248,14 @@ ATTENTION = Kernel("attention", PARAMS, emit, twin=attention_reference, drive=_d
 ATTENTION_MODULE = KernelModule("ep_attention", [ATTENTION])
 ATTENTION_TILES = Kernel("attention_tiles", tiles.PARAMS, tiles.emit, twin=attention_reference, drive=_drive)
 ATTENTION_TILES_MODULE = KernelModule("ep_attention_tiles", [ATTENTION_TILES])
-TILE_UNIT = UNITS["amx_bf16"]
 
 
 def select_native(isa: IsaSpec, bf16: bool = False) -> Native | None:
     """The attention kernel for ``isa`` on this host: with ``bf16`` allowed, the tile kernel
-    where ``isa`` has AVX-512 vectors and the AMX-BF16 unit may run here; else the fp32 one;
-    None without LLVM."""
-    if bf16 and isa.lanes == tiles.LANES and TILE_UNIT in kernel_units(isa.arch):
-        native = ATTENTION_TILES.native(TILE_UNIT.target(isa))
-        if native is not None:
-            return native
-    return ATTENTION.native(isa)
+    where it may run (``ir_tiles.tile_target``); else the fp32 one; None without LLVM."""
+    target = tile_target(isa) if bf16 else None
+    native = ATTENTION_TILES.native(target) if target is not None else None
+    return native if native is not None else ATTENTION.native(isa)
 
 
 def attention(

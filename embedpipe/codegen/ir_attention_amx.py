@@ -30,22 +30,17 @@ import llvmlite.ir as ir
 
 from embedpipe.codegen.ir_attention import PARAMS as FP32_PARAMS
 from embedpipe.codegen.ir_elementwise import emit_exp
+from embedpipe.codegen.ir_tiles import ALIGN, BLOCK, CHUNK, LANES, TILE, TileEmitter, round_up
 from embedpipe.codegen.irutil import (
     F32,
-    I8,
     I16,
     I32,
     I64,
-    PTR,
-    VOID,
-    const_i64,
     for_range,
     gep_bytes,
     hmax_tree,
     hsum_tree,
     imin,
-    intrinsic,
-    lane_iota,
     load_elem,
     masked_store_f32,
     splat,
@@ -56,20 +51,8 @@ from embedpipe.codegen.irutil import (
     vec,
 )
 from embedpipe.codegen.isa import IsaSpec
-from embedpipe.codegen.matrix_units import tile_config
-
-LANES = 16  # fp32 lanes of the vector code (the tile unit comes with AVX-512)
-TILE = 16  # rows of a tile, and fp32 columns of a C tile
-CHUNK = 32  # bf16 elements in a 64-byte tile row: the K of one product
-BLOCK = 2 * TILE  # rows (and columns) of a 2 × 2 block of C tiles
-TILES = 8  # C: 0-3, A: 4-5, B: 6-7
-_ALIGN = 64  # bytes: scratch sections start on cache lines
 
 PARAMS = [*FP32_PARAMS, ("keys", I64)]
-
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 def section_sizes(rp, dp, vp, keys, mul) -> tuple:
@@ -89,96 +72,23 @@ def section_sizes(rp, dp, vp, keys, mul) -> tuple:
 
 def scratch_bytes(group: int, bq: int, d: int, dv: int, keys: int) -> int:
     """Bytes of one thread's scratch for tiles of ``bq`` positions and spans up to ``keys``."""
-    rp, dp, vp = _round_up(group * bq, BLOCK), _round_up(d, CHUNK), _round_up(dv, BLOCK)
-    return sum(_round_up(s, _ALIGN) for s in section_sizes(rp, dp, vp, keys, lambda *xs: math.prod(xs)))
+    rp, dp, vp = round_up(group * bq, BLOCK), round_up(d, CHUNK), round_up(dv, BLOCK)
+    return sum(round_up(s, ALIGN) for s in section_sizes(rp, dp, vp, keys, lambda *xs: math.prod(xs)))
 
 
 def key_capacity(longest: int) -> int:
     """``keys`` for sequences of up to ``longest`` rows: an item's span starts on the key grid
     at or after position 0 and ends at the sequence's end rounded up to it."""
-    return _round_up(max(longest, 1), CHUNK)
+    return round_up(max(longest, 1), CHUNK)
 
 
-class _Emitter:
+class _Emitter(TileEmitter):
     """Builds the kernel body; one method per stage of a work item."""
 
     def __init__(self, b: ir.IRBuilder) -> None:
-        self.b, self.m = b, b.module
-        self.vt, self.it = vec(F32, LANES), vec(I32, LANES)
+        super().__init__(b)
         (self.q, self.k, self.v, self.out, self.work, self.n_work, self.counter, self.scratch) = b.function.args[:8]
         (self.group, self.n_q, self.n_kv, self.d, self.dv, self.hw, self.bq, self.keys) = b.function.args[8:]
-
-    def c(self, x: int) -> ir.Constant:
-        return const_i64(x)
-
-    def up(self, x: ir.Value, m: int) -> ir.Value:
-        b = self.b
-        return b.mul(b.sdiv(b.add(x, self.c(m - 1)), self.c(m)), self.c(m))
-
-    # -- tiles ---------------------------------------------------------------------------
-
-    def tile(self, name: str, *args: ir.Value) -> None:
-        types = {
-            "tileloadd64": [I8, PTR, I64],
-            "tilestored64": [I8, PTR, I64],
-            "tdpbf16ps": [I8, I8, I8],
-            "tilezero": [I8],
-        }[name]
-        fn = intrinsic(self.m, f"llvm.x86.{name}", VOID, types)
-        self.b.call(fn, [ir.Constant(I8, a) if isinstance(a, int) else a for a in args])
-
-    def block_product(self, a: tuple[ir.Value, ir.Value, ir.Value], bt: tuple[ir.Value, ir.Value, ir.Value]) -> None:
-        """C0..C3 += A(a) · B(bt) for a 2 × 2 block: ``a`` = (first row tile, second row
-        tile, row stride), ``bt`` likewise for the two column tiles."""
-        self.tile("tileloadd64", 4, a[0], a[2])
-        self.tile("tileloadd64", 5, a[1], a[2])
-        self.tile("tileloadd64", 6, bt[0], bt[2])
-        self.tile("tileloadd64", 7, bt[1], bt[2])
-        for c, (ta, tb) in enumerate(((4, 6), (4, 7), (5, 6), (5, 7))):
-            self.tile("tdpbf16ps", c, ta, tb)
-
-    def store_block(self, base: ir.Value, stride: ir.Value, col_bytes: int) -> None:
-        """C0..C3 to rows of ``stride`` bytes at ``base``: C1 ``col_bytes`` right of C0, C2
-        sixteen rows below."""
-        b = self.b
-        down = b.mul(stride, self.c(TILE))
-        for c, off in enumerate((self.c(0), self.c(col_bytes), down, b.add(down, self.c(col_bytes)))):
-            self.tile("tilestored64", c, gep_bytes(b, base, off), stride)
-
-    # -- bf16 ----------------------------------------------------------------------------
-
-    def bf16_bits(self, x: ir.Value) -> ir.Value:
-        """bf16 of each fp32 lane (nearest even) in the low 16 bits of an i32 lane."""
-        b, it = self.b, self.it
-        u = b.bitcast(x, it)
-        odd = b.and_(b.lshr(u, splat(b, ir.Constant(I32, 16), LANES)), splat(b, ir.Constant(I32, 1), LANES))
-        r = b.add(b.add(u, splat(b, ir.Constant(I32, 0x7FFF), LANES)), odd)
-        return b.lshr(r, splat(b, ir.Constant(I32, 16), LANES))
-
-    def pair_words(self, lo: ir.Value, hi: ir.Value) -> ir.Value:
-        """i32 lanes holding bf16(lo) in the low half and bf16(hi) in the high one."""
-        b = self.b
-        return b.or_(self.bf16_bits(lo), b.shl(self.bf16_bits(hi), splat(b, ir.Constant(I32, 16), LANES)))
-
-    def load_floats(self, row: ir.Value, col: ir.Value, n: ir.Value, ok: ir.Value) -> ir.Value:
-        """Lanes ``row[col + i]`` for ``col + i < n`` where ``ok``, else 0 (a masked load:
-        nothing outside the row is read)."""
-        b = self.b
-        rem = b.select(ok, b.sub(n, col), self.c(0))
-        mask = b.icmp_signed("<", lane_iota(LANES), splat(b, rem, LANES))
-        fn = intrinsic(self.m, "llvm.masked.load.v16f32.p0", self.vt, [PTR, I32, vec(ir.IntType(1), LANES), self.vt])
-        ptr = b.gep(row, [imin(b, col, n)], source_etype=F32)
-        return b.call(fn, [ptr, ir.Constant(I32, 4), mask, ir.Constant(self.vt, None)])
-
-    def row_words(self, row: ir.Value, w0: ir.Value, n: ir.Value, ok: ir.Value) -> ir.Value:
-        """Words ``w0 .. w0+16`` of a row of ``n`` floats as bf16 pairs (elements 2w, 2w+1)."""
-        b = self.b
-        col = b.mul(w0, self.c(2))
-        f0 = self.load_floats(row, col, n, ok)
-        f1 = self.load_floats(row, b.add(col, self.c(LANES)), n, ok)
-        even = b.shuffle_vector(f0, f1, ir.Constant(vec(I32, LANES), list(range(0, 2 * LANES, 2))))
-        odd = b.shuffle_vector(f0, f1, ir.Constant(vec(I32, LANES), list(range(1, 2 * LANES, 2))))
-        return self.pair_words(even, odd)
 
     # -- the kernel ------------------------------------------------------------------------
 
@@ -186,18 +96,11 @@ class _Emitter:
         b = self.b
         self.dp, self.vp = self.up(self.d, CHUNK), self.up(self.dv, BLOCK)
         rp_max = self.up(b.mul(self.group, self.bq), BLOCK)
-        ptrs, off = [], self.c(0)
-        for size in section_sizes(rp_max, self.dp, self.vp, self.keys, self.mul):
-            ptrs.append(gep_bytes(b, self.scratch, off))
-            off = b.add(off, self.up(size, _ALIGN))
-        self.qb, self.kp, self.vpk, self.s, self.p, self.o, self.inv = ptrs
+        sizes = section_sizes(rp_max, self.dp, self.vp, self.keys, self.mul)
+        self.qb, self.kp, self.vpk, self.s, self.p, self.o, self.inv = self.sections(self.scratch, list(sizes))
         self.windowed = b.icmp_signed(">=", self.hw, self.c(0))
         self.hw_mask = b.trunc(b.select(self.windowed, imin(b, self.hw, self.c(1 << 30)), self.c(1 << 30)), I32)
-        cfg_type = ir.ArrayType(I8, 64)
-        cfg = ir.GlobalVariable(self.m, cfg_type, "attention_amx.tilecfg")
-        cfg.global_constant = True
-        cfg.initializer = ir.Constant(cfg_type, bytearray(tile_config(TILES)))
-        b.call(intrinsic(self.m, "llvm.x86.ldtilecfg", VOID, [PTR]), [b.bitcast(cfg, PTR)])
+        self.configure("attention_tiles")
         one = ir.Constant(I64, 1)
         cur = var(b, I64, b.atomic_rmw("add", self.counter, one, "monotonic"))
         head = b.append_basic_block("item.head")
@@ -212,15 +115,8 @@ class _Emitter:
         b.store(b.atomic_rmw("add", self.counter, one, "monotonic"), cur)
         b.branch(head)
         b.position_at_end(done)
-        b.call(intrinsic(self.m, "llvm.x86.tilerelease", VOID, []), [])
+        self.release()
         b.ret_void()
-
-    def mul(self, *xs: ir.Value | int) -> ir.Value:
-        b, acc = self.b, None
-        for x in xs:
-            x = x if isinstance(x, ir.Value) else self.c(x)
-            acc = x if acc is None else b.mul(acc, x)
-        return acc
 
     def item(self, w: ir.Value) -> None:
         b = self.b
@@ -303,8 +199,7 @@ class _Emitter:
         s_stride = b.mul(self.span, self.c(4))
         with for_range(b, self.c(0), self.rp, BLOCK, "srb") as rb:
             with for_range(b, self.c(0), self.span, BLOCK, "sxb") as xb:
-                for c in range(4):
-                    self.tile("tilezero", c)
+                self.zero_block()
                 with for_range(b, self.c(0), self.dp, CHUNK, "sdc") as dc:
                     a0 = gep_bytes(b, self.qb, b.mul(b.add(b.mul(rb, self.dp), dc), self.c(2)))
                     a1 = gep_bytes(b, a0, b.mul(q_stride, self.c(TILE)))
@@ -313,7 +208,7 @@ class _Emitter:
                     b1 = gep_bytes(b, b0, self.c(TILE * 4))
                     self.block_product((a0, a1, q_stride), (b0, b1, k_stride))
                 base = gep_bytes(b, self.s, b.mul(b.add(b.mul(rb, self.span), xb), self.c(4)))
-                self.store_block(base, s_stride, TILE * 4)
+                self.store_block(base, s_stride)
 
     def softmax(self) -> None:
         """P[r][x] = bf16(e^(S − max)) over the keys row r sees, 1/ΣP per row; zero rows pad."""
@@ -349,8 +244,7 @@ class _Emitter:
                 ok = b.and_(visible(x), b.fcmp_ordered(">=", diff, underflow))
                 p = b.select(ok, emit_exp(b, self.m, diff, nonpositive=True), zero)
                 bits = self.bf16_bits(p)
-                rounded = b.bitcast(b.shl(bits, splat(b, ir.Constant(I32, 16), LANES)), vt)
-                b.store(b.fadd(b.load(total), rounded), total)
+                b.store(b.fadd(b.load(total), self.rounded(bits)), total)
                 store_at(b, b.trunc(bits, vec(I16, LANES)), self.p, b.mul(b.add(prow, x), self.c(2)), 2)
             l_sum = hsum_tree(b, b.load(total))
             inv = b.select(real, b.fdiv(ir.Constant(F32, 1.0), l_sum), ir.Constant(F32, 0.0))
@@ -364,15 +258,14 @@ class _Emitter:
         o_stride = self.c(BLOCK * 4)
         with for_range(b, self.c(0), self.rp, BLOCK, "orb") as rb:
             with for_range(b, self.c(0), self.vp, BLOCK, "ocb") as cb:
-                for c in range(4):
-                    self.tile("tilezero", c)
+                self.zero_block()
                 with for_range(b, self.c(0), self.span, CHUNK, "oxc") as xc:
                     a0 = gep_bytes(b, self.p, b.mul(b.add(b.mul(rb, self.span), xc), self.c(2)))
                     a1 = gep_bytes(b, a0, b.mul(p_stride, self.c(TILE)))
                     b0 = gep_bytes(b, self.vpk, b.mul(b.add(b.mul(b.sdiv(xc, self.c(2)), self.vp), cb), self.c(4)))
                     b1 = gep_bytes(b, b0, self.c(TILE * 4))
                     self.block_product((a0, a1, p_stride), (b0, b1, v_stride))
-                self.store_block(self.o, o_stride, TILE * 4)
+                self.store_block(self.o, o_stride)
                 self.write_block(rb, cb)
 
     def write_block(self, rb: ir.Value, cb: ir.Value) -> None:

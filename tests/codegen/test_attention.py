@@ -10,13 +10,15 @@ import pytest
 from embedpipe.codegen import KernelInputError, runnable_isas
 from embedpipe.codegen import attention as A
 from embedpipe.codegen.ir_attention import WORK_FIELDS
-from embedpipe.codegen.matrix_units import TILE_UNITS_ENV, kernel_units
+from embedpipe.codegen.ir_tiles import tile_target
+from embedpipe.codegen.matrix_units import TILE_UNITS_ENV
 from tests.codegen.helpers import assert_signature_is_the_compiled_ir_type
 
 ISAS = runnable_isas()
 IDS = [s.name for s in ISAS]
 WIDE = [isa for isa in ISAS if isa.lanes == 16]
-TILES_HERE = bool(WIDE) and A.TILE_UNIT in kernel_units(WIDE[0].arch)
+TILE_ISA = tile_target(WIDE[0]) if WIDE else None
+TILES_HERE = TILE_ISA is not None
 NO_TILES = "needs AMX-BF16 granted to this process and an AVX-512 ISA"
 
 
@@ -24,9 +26,8 @@ def kernel_params(fp32_isas):
     """(kernel, ISA to compile it for) pairs: the fp32 kernel on ``fp32_isas``, the tile kernel
     on the first AVX-512 ISA (skipped where the unit cannot run)."""
     params = [pytest.param(A.ATTENTION, isa, id=f"fp32-{isa.name}") for isa in fp32_isas]
-    tile_isa = A.TILE_UNIT.target(WIDE[0]) if WIDE else None
     marks = [] if TILES_HERE else [pytest.mark.skip(reason=NO_TILES)]
-    return [*params, pytest.param(A.ATTENTION_TILES, tile_isa, id="tiles", marks=marks)]
+    return [*params, pytest.param(A.ATTENTION_TILES, TILE_ISA, id="tiles", marks=marks)]
 
 
 KERNELS = kernel_params(ISAS)
@@ -251,7 +252,7 @@ def test_ctypes_signature_is_the_compiled_ir_type():
 
 @pytest.mark.skipif(not TILES_HERE, reason=NO_TILES)
 def test_tile_kernel_signature_is_the_compiled_ir_type():
-    assert_signature_is_the_compiled_ir_type(A.ATTENTION_TILES_MODULE, A.TILE_UNIT.target(WIDE[0]))
+    assert_signature_is_the_compiled_ir_type(A.ATTENTION_TILES_MODULE, TILE_ISA)
 
 
 def test_the_tile_kernel_is_chosen_where_it_can_run(monkeypatch):
@@ -276,12 +277,12 @@ def test_tile_scratch_holds_the_longest_span():
     # a call's scratch follows its longest sequence, not the batch: 96 texts of 20 tokens
     # ask for spans of 32 keys
     q, k, v, _, _ = packed([20] * 96, 3, 1, 256, 256)
-    native = A.ATTENTION_TILES.native(A.TILE_UNIT.target(WIDE[0]))
+    native = A.ATTENTION_TILES.native(TILE_ISA)
     (item,) = A._items(native, q, k, v, np.empty((q.shape[0], 768), np.float32), 0, 0, 0, None, 64, 1, 20)
     assert item[-1] == 32
     # one sequence filling a batch, the window off: the item's span is the whole sequence
     q, k, v, starts, lens = packed([449], 3, 1, 256, 256, seed=4)
-    got = run(A.ATTENTION_TILES, A.TILE_UNIT.target(WIDE[0]), q, k, v, starts, lens, None, threads=2)
+    got = run(A.ATTENTION_TILES, TILE_ISA, q, k, v, starts, lens, None, threads=2)
     assert_close(A.ATTENTION_TILES, got, q, k, v, starts, lens, None)
 
 
