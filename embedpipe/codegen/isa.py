@@ -9,6 +9,7 @@ raises :class:`UnsupportedIsaError` instead of dying later with SIGILL.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -109,6 +110,13 @@ ISAS: dict[str, IsaSpec] = {spec.name: spec for spec in ISA_TABLE}
 def host_arch() -> str:
     machine = platform.machine().lower()
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """``read_cpu_flags()`` of this host, read once (callers on hot paths, e.g. a kernel's
+    choice per call, would otherwise read /proc/cpuinfo each time)."""
+    return frozenset(read_cpu_flags())
 
 
 def read_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:

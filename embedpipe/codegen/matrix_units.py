@@ -22,7 +22,7 @@ import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from embedpipe.codegen.isa import IsaSpec, UnsupportedIsaError, host_arch, read_cpu_flags
+from embedpipe.codegen.isa import IsaSpec, UnsupportedIsaError, host_arch, host_cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ UNITS = {u.name: u for u in MATRIX_UNITS}
 
 def present_units(flags: set[str] | None = None, arch: str | None = None) -> list[MatrixUnit]:
     """The units whose CPU flags this host reports (whether or not the OS grants them)."""
-    flags = read_cpu_flags() if flags is None else flags
+    flags = host_cpu_flags() if flags is None else flags
     arch = host_arch() if arch is None else arch
     return [u for u in MATRIX_UNITS if u.arch == arch and u.flags <= flags]
 
