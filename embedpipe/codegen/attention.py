@@ -14,6 +14,9 @@ fallback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from embedpipe.codegen import ir_attention_amx as tiles
@@ -33,9 +36,30 @@ def query_tile(group: int, rows: int = QUERY_ROWS) -> int:
     return max(1, rows // group)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How a kernel takes its work: query rows per item, and its per-thread scratch (fp32
+    words) with the parameters that follow the shared ones, for
+    ``(isa, group, bq, d, dv, longest sequence)``."""
+
+    rows: int
+    scratch: Callable[[IsaSpec, int, int, int, int, int], tuple[int, tuple[int, ...]]]
+
+
+def _tile_scratch(isa: IsaSpec, group: int, bq: int, d: int, dv: int, longest: int) -> tuple[int, tuple[int, ...]]:
+    keys = tiles.key_capacity(longest)
+    return -(-tiles.scratch_bytes(group, bq, d, dv, keys) // 4), (keys,)
+
+
+_LAYOUTS = {
+    "attention": _Layout(QUERY_ROWS, lambda isa, group, bq, d, dv, _: (scratch_floats(isa, group, bq, d, dv), ())),
+    "attention_tiles": _Layout(TILE_QUERY_ROWS, _tile_scratch),
+}
+
+
 def item_rows(native: Native) -> int:
     """Query rows per work item of this kernel."""
-    return TILE_QUERY_ROWS if native.kernel is ATTENTION_TILES else QUERY_ROWS
+    return _LAYOUTS[native.kernel.name].rows
 
 
 def split_query_tile(bq: int, lengths: object, n_kv: int, half_window: int | None, threads: int) -> int:
@@ -199,11 +223,7 @@ def _items(
     s, n_q, d = q.shape
     n_kv, dv = k.shape[1], v.shape[2]
     group = n_q // n_kv
-    if native.kernel is ATTENTION_TILES:
-        keys = tiles.key_capacity(longest)
-        per_thread, tail = -(-tiles.scratch_bytes(group, bq, d, dv, keys) // 4), (keys,)
-    else:
-        per_thread, tail = scratch_floats(native.isa, group, bq, d, dv), ()
+    per_thread, tail = _LAYOUTS[native.kernel.name].scratch(native.isa, group, bq, d, dv, longest)
     base = _scratch.floats(per_thread * parts).ctypes.data
     hw = -1 if half_window is None else int(half_window)
     head = (q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, work, n_work, counter)
