@@ -95,6 +95,58 @@ PARAMS = [
 ]
 
 
+def window(b: ir.IRBuilder, hw: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(whether there is a window — ``hw`` < 0: keys at any distance are visible —, the
+    half-window as i32 for distance compares: ``hw`` capped, 2^30 without a window)."""
+    windowed = b.icmp_signed(">=", hw, const_i64(0))
+    big = const_i64(1 << 30)
+    return windowed, b.trunc(b.select(windowed, imin(b, hw, big), big), I32)
+
+
+def claim_items(b: ir.IRBuilder, counter: ir.Value, n_work: ir.Value, item) -> None:
+    """``item(w)`` for every work index this thread claims from the shared ``counter`` (an
+    atomic add per claim) while it is below ``n_work``."""
+    one = ir.Constant(I64, 1)
+    cur = var(b, I64, b.atomic_rmw("add", counter, one, "monotonic"))
+    head = b.append_basic_block("item.head")
+    body = b.append_basic_block("item.body")
+    done = b.append_basic_block("item.done")
+    b.branch(head)
+    b.position_at_end(head)
+    w = b.load(cur)
+    b.cbranch(b.icmp_signed("<", w, n_work), body, done)
+    b.position_at_end(body)
+    item(w)
+    b.store(b.atomic_rmw("add", counter, one, "monotonic"), cur)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def item_bounds(
+    b: ir.IRBuilder, work: ir.Value, w: ir.Value, bq: ir.Value, group: ir.Value, windowed: ir.Value, hw: ir.Value
+) -> tuple[ir.Value, ...]:
+    """Work item ``w``'s (sequence start, length t, first position i0, KV head h, end
+    position i1, query rows, first and end key any of its rows sees)."""
+    fields = [load_elem(b, I64, work, b.add(b.mul(w, const_i64(WORK_FIELDS)), const_i64(f))) for f in range(4)]
+    a, t, i0, h = fields
+    i1 = imin(b, t, b.add(i0, bq))
+    rows = b.mul(b.sub(i1, i0), group)
+    lo = b.select(windowed, b.sub(i0, hw), const_i64(0))
+    lo = b.select(b.icmp_signed("<", lo, const_i64(0)), const_i64(0), lo)
+    hi = b.select(windowed, imin(b, t, b.add(i1, hw)), t)
+    return a, t, i0, h, i1, rows, lo, hi
+
+
+def query_row(
+    b: ir.IRBuilder, a: ir.Value, i0: ir.Value, h: ir.Value, group: ir.Value, n_q: ir.Value, r: ir.Value
+) -> ir.Value:
+    """Row (position · n_q + head) in q (S, n_q, d) of query row ``r`` of the item starting at
+    position ``i0`` of the sequence at row ``a``, KV head ``h``: positions major, heads minor."""
+    pos = b.add(b.add(a, i0), b.sdiv(r, group))
+    head = b.add(b.mul(h, group), b.srem(r, group))
+    return b.add(b.mul(pos, n_q), head)
+
+
 class _Emitter:
     """Builds the kernel body; one method per stage of a work item."""
 
@@ -126,36 +178,16 @@ class _Emitter:
             ptrs.append(self.fptr(self.scratch, off))
             off = b.add(off, self.round_up(size, _ALIGN))
         self.qt, self.st, self.o, self.mx, self.l, self.alpha, self.pos = ptrs
-        # hw < 0: no window (keys at any distance are visible)
-        self.windowed = b.icmp_signed(">=", self.hw, self.c(0))
-        self.hw_mask = b.trunc(b.select(self.windowed, imin(b, self.hw, self.c(1 << 30)), self.c(1 << 30)), I32)
-        one = ir.Constant(I64, 1)
-        atomic = b.atomic_rmw("add", self.counter, one, "monotonic")
-        cur = var(b, I64, atomic)
-        head = b.append_basic_block("item.head")
-        body = b.append_basic_block("item.body")
-        done = b.append_basic_block("item.done")
-        b.branch(head)
-        b.position_at_end(head)
-        w = b.load(cur)
-        b.cbranch(b.icmp_signed("<", w, self.n_work), body, done)
-        b.position_at_end(body)
-        self.item(w)
-        b.store(b.atomic_rmw("add", self.counter, one, "monotonic"), cur)
-        b.branch(head)
-        b.position_at_end(done)
+        self.windowed, self.hw_mask = window(b, self.hw)
+        claim_items(b, self.counter, self.n_work, self.item)
         b.ret_void()
 
     def item(self, w: ir.Value) -> None:
         b = self.b
-        fields = [load_elem(b, I64, self.work, b.add(b.mul(w, self.c(WORK_FIELDS)), self.c(f))) for f in range(4)]
-        self.a, self.t, self.i0, self.h = fields
-        self.i1 = imin(b, self.t, b.add(self.i0, self.bq))
-        self.rows = b.mul(b.sub(self.i1, self.i0), self.group)
+        self.a, self.t, self.i0, self.h, self.i1, self.rows, lo, hi = item_bounds(
+            b, self.work, w, self.bq, self.group, self.windowed, self.hw
+        )
         self.rp = self.round_up(self.rows, NV * self.lanes)
-        lo = b.select(self.windowed, b.sub(self.i0, self.hw), self.c(0))
-        lo = b.select(b.icmp_signed("<", lo, self.c(0)), self.c(0), lo)
-        hi = b.select(self.windowed, imin(b, self.t, b.add(self.i1, self.hw)), self.t)
         self.pack_queries()
         with for_range(b, lo, hi, KEY_TILE, "ktile") as j0:
             n = imin(b, self.c(KEY_TILE), b.sub(hi, j0))
@@ -165,11 +197,7 @@ class _Emitter:
         self.write_out()
 
     def q_row(self, r: ir.Value) -> ir.Value:
-        """Element offset of query row ``r`` of the tile in q (S, n_q, d)."""
-        b = self.b
-        pos = b.add(b.add(self.a, self.i0), b.sdiv(r, self.group))
-        head = b.add(b.mul(self.h, self.group), b.srem(r, self.group))
-        return b.add(b.mul(pos, self.n_q), head)
+        return query_row(self.b, self.a, self.i0, self.h, self.group, self.n_q, r)
 
     def pack_queries(self) -> None:
         """Reset m, l and O; Qt[d][r] = q row r (zero past the tile's rows), transposed

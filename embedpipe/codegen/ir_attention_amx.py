@@ -29,6 +29,7 @@ import math
 import llvmlite.ir as ir
 
 from embedpipe.codegen.ir_attention import PARAMS as FP32_PARAMS
+from embedpipe.codegen.ir_attention import claim_items, item_bounds, query_row, window
 from embedpipe.codegen.ir_elementwise import emit_exp
 from embedpipe.codegen.ir_tiles import ALIGN, BLOCK, CHUNK, LANES, TILE, TileEmitter, round_up
 from embedpipe.codegen.irutil import (
@@ -98,36 +99,18 @@ class _Emitter(TileEmitter):
         rp_max = self.up(b.mul(self.group, self.bq), BLOCK)
         sizes = section_sizes(rp_max, self.dp, self.vp, self.keys, self.mul)
         self.qb, self.kp, self.vpk, self.s, self.p, self.o, self.inv = self.sections(self.scratch, list(sizes))
-        self.windowed = b.icmp_signed(">=", self.hw, self.c(0))
-        self.hw_mask = b.trunc(b.select(self.windowed, imin(b, self.hw, self.c(1 << 30)), self.c(1 << 30)), I32)
+        self.windowed, self.hw_mask = window(b, self.hw)
         self.configure("attention_tiles")
-        one = ir.Constant(I64, 1)
-        cur = var(b, I64, b.atomic_rmw("add", self.counter, one, "monotonic"))
-        head = b.append_basic_block("item.head")
-        body = b.append_basic_block("item.body")
-        done = b.append_basic_block("item.done")
-        b.branch(head)
-        b.position_at_end(head)
-        w = b.load(cur)
-        b.cbranch(b.icmp_signed("<", w, self.n_work), body, done)
-        b.position_at_end(body)
-        self.item(w)
-        b.store(b.atomic_rmw("add", self.counter, one, "monotonic"), cur)
-        b.branch(head)
-        b.position_at_end(done)
+        claim_items(b, self.counter, self.n_work, self.item)
         self.release()
         b.ret_void()
 
     def item(self, w: ir.Value) -> None:
         b = self.b
-        fields = [load_elem(b, I64, self.work, b.add(b.mul(w, self.c(4)), self.c(f))) for f in range(4)]
-        self.a, self.t, self.i0, self.h = fields
-        self.i1 = imin(b, self.t, b.add(self.i0, self.bq))
-        self.rows = b.mul(b.sub(self.i1, self.i0), self.group)
+        self.a, self.t, self.i0, self.h, self.i1, self.rows, lo, hi = item_bounds(
+            b, self.work, w, self.bq, self.group, self.windowed, self.hw
+        )
         self.rp = self.up(self.rows, BLOCK)
-        lo = b.select(self.windowed, b.sub(self.i0, self.hw), self.c(0))
-        lo = b.select(b.icmp_signed("<", lo, self.c(0)), self.c(0), lo)
-        hi = b.select(self.windowed, imin(b, self.t, b.add(self.i1, self.hw)), self.t)
         self.x0 = b.mul(b.sdiv(lo, self.c(CHUNK)), self.c(CHUNK))
         self.span = b.sub(self.up(hi, CHUNK), self.x0)
         self.pack_queries()
@@ -138,11 +121,7 @@ class _Emitter(TileEmitter):
         self.weighted_values()
 
     def q_row(self, r: ir.Value) -> ir.Value:
-        """Row index (position · n_q + head) of query row ``r`` of the tile in q."""
-        b = self.b
-        pos = b.add(b.add(self.a, self.i0), b.sdiv(r, self.group))
-        head = b.add(b.mul(self.h, self.group), b.srem(r, self.group))
-        return b.add(b.mul(pos, self.n_q), head)
+        return query_row(self.b, self.a, self.i0, self.h, self.group, self.n_q, r)
 
     def kv_row(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
         """(row index in k/v of key ``x0 + x`` — clamped into the sequence —, whether it is one)."""
