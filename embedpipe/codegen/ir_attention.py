@@ -41,6 +41,8 @@ from embedpipe.codegen.irutil import (
     imin,
     intrinsic,
     load_elem,
+    round_up,
+    round_up_value,
     splat,
     store_elem,
     transpose_square,
@@ -60,12 +62,8 @@ def tile_rows(isa: IsaSpec) -> int:
     return 8 if isa.lanes >= 16 else 4
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def padded_rows(isa: IsaSpec, group: int, bq: int) -> int:
-    return _round_up(group * bq, NV * isa.lanes)
+    return round_up(group * bq, NV * isa.lanes)
 
 
 def scratch_floats(isa: IsaSpec, group: int, bq: int, d: int, dv: int) -> int:
@@ -73,7 +71,7 @@ def scratch_floats(isa: IsaSpec, group: int, bq: int, d: int, dv: int) -> int:
     64-byte lines."""
     rp = padded_rows(isa, group, bq)
     sections = (d * rp, KEY_TILE * rp, rp * dv, rp, rp, rp, rp)
-    return sum(_round_up(s, _ALIGN) for s in sections)
+    return sum(round_up(s, _ALIGN) for s in sections)
 
 
 PARAMS = [
@@ -165,8 +163,7 @@ class _Emitter:
         return elem_ptr(self.b, F32, base, idx)
 
     def round_up(self, x: ir.Value, m: int) -> ir.Value:
-        b = self.b
-        return b.mul(b.sdiv(b.add(x, self.c(m - 1)), self.c(m)), self.c(m))
+        return round_up_value(self.b, x, m)
 
     def emit(self) -> None:
         b = self.b

@@ -31,7 +31,7 @@ import llvmlite.ir as ir
 from embedpipe.codegen.ir_attention import PARAMS as FP32_PARAMS
 from embedpipe.codegen.ir_attention import claim_items, item_bounds, query_row, window
 from embedpipe.codegen.ir_elementwise import emit_exp
-from embedpipe.codegen.ir_tiles import ALIGN, BLOCK, CHUNK, LANES, TILE, TileEmitter, round_up
+from embedpipe.codegen.ir_tiles import ALIGN, BLOCK, CHUNK, LANES, TILE, TileEmitter
 from embedpipe.codegen.irutil import (
     F32,
     I16,
@@ -44,6 +44,7 @@ from embedpipe.codegen.irutil import (
     imin,
     load_elem,
     masked_store_f32,
+    round_up,
     splat,
     store_at,
     store_elem,

@@ -25,6 +25,7 @@ from embedpipe.codegen.irutil import (
     imin,
     intrinsic,
     lane_iota,
+    round_up_value,
     splat,
     vec,
 )
@@ -40,10 +41,6 @@ ALIGN = 64  # bytes: scratch sections start on cache lines
 
 
 UNIT = UNITS["amx_bf16"]
-
-
-def round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 def tile_target(isa: IsaSpec) -> IsaSpec | None:
@@ -65,9 +62,7 @@ class TileEmitter:
         return const_i64(x)
 
     def up(self, x: ir.Value, m: int) -> ir.Value:
-        """``x`` rounded up to a multiple of ``m`` (i64)."""
-        b = self.b
-        return b.mul(b.sdiv(b.add(x, self.c(m - 1)), self.c(m)), self.c(m))
+        return round_up_value(self.b, x, m)
 
     def mul(self, *xs: ir.Value | int) -> ir.Value:
         b, acc = self.b, None

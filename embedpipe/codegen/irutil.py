@@ -210,6 +210,16 @@ def insert_sorted(
     return slot
 
 
+def round_up(x: int, m: int) -> int:
+    """``x`` rounded up to a multiple of ``m``."""
+    return -(-x // m) * m
+
+
+def round_up_value(b: ir.IRBuilder, x: ir.Value, m: int) -> ir.Value:
+    """``x`` (i64, not negative) rounded up to a multiple of ``m`` in the emitted code."""
+    return b.mul(b.sdiv(b.add(x, const_i64(m - 1)), const_i64(m)), const_i64(m))
+
+
 def imin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.icmp_signed("<", x, y), x, y)
 
