@@ -28,6 +28,7 @@ import numpy as np
 
 from embedpipe.codegen.pairdot import pairdot
 from embedpipe.codegen.rowdot import rowdot
+from embedpipe.codegen.twomeans import two_means
 from embedpipe.indexes.annoy_kernel import ANNOY_SEARCH, AnnoyScratch
 from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, VectorIndex, normalize_rows, pad_topk, topk_desc
 from embedpipe.indexes.format import IndexFileError, atomic_write, crc32_of, read_container, write_container
@@ -70,24 +71,22 @@ class _TreeBuilder:
         self.rows.append(np.zeros(HEADER_INTS + self.f, np.int32))
         return self.n + len(self.rows) - 1
 
-    def _two_means(self, idx: np.ndarray) -> np.ndarray:
-        """Unit normal between two spherical-2-means centroids of a sample (Annoy's idea,
-        run as a few vectorized Lloyd steps instead of 200 sequential updates)."""
+    def _draw(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A node's 2-means sample (at most `TWO_MEANS_SAMPLE` of its rows) and two of them as
+        the starting centroids."""
         if len(idx) > TWO_MEANS_SAMPLE:
             idx = self.rng.choice(idx, TWO_MEANS_SAMPLE, replace=False)
-        pts = self.x[idx]
-        i, j = self.rng.choice(len(pts), 2, replace=False)
-        c = np.stack([pts[i], pts[j]])
-        sides = np.arange(2)[:, None]
-        for _ in range(TWO_MEANS_ITERS):
-            member = ((pts @ c.T).argmax(axis=1) == sides).astype(np.float32)  # (2, points)
-            sums = member @ pts  # each side's sum in one product
-            kept = member.any(axis=1)
-            c[kept] = sums[kept]
-            c = normalize_rows(c)
-        normal = c[0] - c[1]
-        norm = np.linalg.norm(normal)
-        return normal / norm if norm > 0 else normal
+        i, j = self.rng.choice(len(idx), 2, replace=False)
+        return idx, self.x[idx[[i, j]]]
+
+    def _normals(self, draws: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Unit normals between the two spherical-2-means centroids of each drawn sample (Annoy's
+        idea, run as a few Lloyd steps over every node of a level in one native call instead of
+        200 sequential updates per node)."""
+        sample = np.concatenate([idx for idx, _ in draws])
+        starts = np.cumsum([0] + [len(idx) for idx, _ in draws])
+        cent = two_means(self.x, sample, starts, np.stack([c for _, c in draws]), TWO_MEANS_ITERS)
+        return normalize_rows(cent[:, 0] - cent[:, 1], in_place=True)
 
     def _place(self, idx: np.ndarray, is_root: bool, todo: list) -> int:
         """Node number for a subtree over `idx`: an item, a leaf bucket or a split to do."""
@@ -107,7 +106,7 @@ class _TreeBuilder:
         root = self._place(np.arange(self.n), True, todo)
         while todo:
             level, todo = todo, []
-            normals = np.stack([self._two_means(idx) for _, idx in level]).astype(np.float32)
+            normals = self._normals([self._draw(idx) for _, idx in level])
             members = np.concatenate([idx for _, idx in level])
             owner = np.repeat(np.arange(len(level)), [len(idx) for _, idx in level])
             margins = pairdot(self.x, members, normals, owner)  # no gathered copy of the rows
@@ -119,7 +118,7 @@ class _TreeBuilder:
                     ones = int(side.sum())
                     if max(ones, len(idx) - ones) / len(idx) <= MAX_IMBALANCE:
                         break
-                    normal = self._two_means(idx).astype(np.float32)
+                    normal = self._normals([self._draw(idx)])[0]
                     side = self.x[idx] @ normal > 0
                 ones = int(side.sum())
                 if max(ones, len(idx) - ones) / len(idx) > MAX_IMBALANCE:

@@ -204,3 +204,24 @@ def test_neon_pairdot(harnesses, isa_name):
     got = P.PAIRDOT.drive(native, X, rows, Q, qrows)
     want = np.einsum("ij,ij->i", X[rows].astype(np.float64), Q[qrows].astype(np.float64))
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("isa_name", NEON_ISAS)
+def test_neon_two_means(harnesses, isa_name):
+    """The Annoy builder's splits: 2-means over each node's sample rows, nodes over the pool."""
+    from embedpipe.codegen import twomeans as M
+
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((400, 67)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    sizes = [256, 1, 0, 40, 99]
+    sample = np.concatenate([rng.choice(400, s, replace=False) for s in sizes]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    start = np.stack([X[rng.choice(400, 2, replace=False)] for _ in sizes])
+    cent, sums = start.copy(), np.empty_like(start)
+    native = QemuNative(
+        M.TWO_MEANS, ISAS[isa_name], harnesses(M.TWO_MEANS_MODULE, isa_name), lambda: [X, sample, starts, cent, sums]
+    )
+    M.TWO_MEANS.drive(native, X, sample, starts, cent, 6, sums)
+    want = M.two_means_reference(X, sample, starts, start.copy(), 6)
+    np.testing.assert_allclose(cent, want, atol=2e-5)
