@@ -155,6 +155,19 @@ class IdTable:
         return cls(strings=StringTable.from_sections(sections, "ids"))
 
 
+def dataset_source(emb_dir: Path, part_rows: dict[str, int]) -> dict[str, Any]:
+    """What an index records about the ingest output it was built from: the directory, the
+    parts it holds (name -> rows) and the ingest job that wrote them (`build-index --update`
+    adds only the other parts of that same job)."""
+    from embedpipe.pipeline.manifest import job_fingerprint
+
+    out: dict[str, Any] = {"embeddings_dir": str(emb_dir), "parts": len(part_rows), "part_rows": dict(part_rows)}
+    job = job_fingerprint(emb_dir)
+    if job is not None:
+        out["ingest_job"] = job
+    return out
+
+
 @dataclass
 class IndexMeta:
     """Facts about where the vectors came from, carried in every index header."""
@@ -183,7 +196,7 @@ class IndexMeta:
             emb.meta.model_sha256,
             emb.meta.model_path,
             emb.meta.task,
-            {"embeddings_dir": str(emb.path), "parts": len(emb.part_rows), "part_rows": dict(emb.part_rows)},
+            dataset_source(emb.path, emb.part_rows),
         )
 
     @classmethod

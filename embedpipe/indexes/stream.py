@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from embedpipe.errors import ArgumentError
-from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, truncate_normalize
+from embedpipe.indexes.base import IdTable, IndexMeta, StringTable, dataset_source, truncate_normalize
 from embedpipe.indexes.quant import STORAGE_TYPES, quantize
 from embedpipe.pipeline.dataset import PART_GLOB, EmbeddingsDirError, read_embeddings
 
@@ -117,7 +117,7 @@ def stream_codes(
         model_sha256=first_meta.model_sha256,
         model_path=first_meta.model_path,
         task=first_meta.task,
-        extra={"embeddings_dir": str(emb_dir.resolve()), "parts": len(names), "part_rows": part_rows},
+        extra=dataset_source(emb_dir.resolve(), part_rows),
     )
     return Codes(codes, scale, offset, id_table, {k: StringTable.from_strings(v) for k, v in columns.items()}, meta)
 

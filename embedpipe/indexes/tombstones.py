@@ -80,12 +80,20 @@ def delete_ids(path: str | os.PathLike, wanted: Sequence[Any], missing_ok: bool 
         return _delete(path, wanted, missing_ok)
 
 
+def _holding_tombstones(index: VectorIndex, path: str | os.PathLike) -> VectorIndex:
+    """`index`, if its type can hold tombstones (Annoy's file layout has no room for them)."""
+    if index.kind == "annoy":
+        raise DeleteError(
+            f"{path}: annoy indexes cannot hold tombstones (nothing to delete or compact); "
+            "rebuild without the rows instead"
+        )
+    return index
+
+
 def _delete(path: str | os.PathLike, wanted: Sequence[Any], missing_ok: bool) -> tuple[int, int]:
     from embedpipe.indexes.registry import load_index
 
-    index = load_index(path)
-    if not hasattr(index, "deleted") or index.kind == "annoy":
-        raise DeleteError(f"{path}: {index.kind} indexes cannot hold tombstones; rebuild without the rows instead")
+    index = _holding_tombstones(load_index(path), path)
     rows, missing = rows_of_ids(index.ids, wanted)
     if missing and not missing_ok:
         shown = ", ".join(str(m) for m in missing[:5])
@@ -113,7 +121,7 @@ def compact(
 def _compact(path: str | os.PathLike, out: str | os.PathLike | None, progress: bool) -> tuple[VectorIndex, int]:
     from embedpipe.indexes.registry import INDEX_TYPES, load_index
 
-    index = load_index(path)
+    index = _holding_tombstones(load_index(path), path)
     dropped = len(index.deleted)
     alive = np.setdiff1d(np.arange(index.count), index.deleted)
     codes = np.asarray(index.codes)[alive]

@@ -118,6 +118,24 @@ def index_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
+def _refuse_held_ids(index: VectorIndex, new_ids: Any, emb_dir: str | os.PathLike) -> None:
+    """New rows may not reuse an id the index already holds: search would return it twice."""
+    if new_ids is None:
+        return
+    held = np.asarray(index.ids.ints) if index.ids.kind == "int" else None
+    if held is not None and np.asarray(new_ids).dtype.kind in "iu":
+        clash = np.asarray(new_ids)[np.isin(new_ids, held)]
+    else:
+        have = {index.ids.strings[i] for i in range(len(index.ids))} if held is None else set(map(str, held))
+        clash = [v for v in map(str, new_ids) if v in have]
+    if len(clash):
+        shown = ", ".join(str(v) for v in list(clash)[:3])
+        raise UpdateError(
+            f"{emb_dir}: {len(clash)} new row(s) reuse ids the index already holds ({shown}"
+            f"{', …' if len(clash) > 3 else ''}); nothing added"
+        )
+
+
 def update_from_dir(
     emb_dir: str | os.PathLike, path: str | os.PathLike, progress: bool = False
 ) -> tuple[VectorIndex, int]:
@@ -130,6 +148,7 @@ def update_from_dir(
 def _update(emb_dir: str | os.PathLike, path: str | os.PathLike, progress: bool) -> tuple[VectorIndex, int]:
     from embedpipe.indexes.registry import load_index
     from embedpipe.pipeline.dataset import PART_GLOB, read_embeddings
+    from embedpipe.pipeline.manifest import job_fingerprint
 
     index = load_index(path)
     held = dict(index.meta.extra.get("part_rows") or {})
@@ -146,6 +165,12 @@ def _update(emb_dir: str | os.PathLike, path: str | os.PathLike, progress: bool)
             f"{emb_dir}: parts {', '.join(gone[:3])} that {path} holds are "
             "missing; this is not the directory the index was built from"
         )
+    job = index.meta.extra.get("ingest_job")
+    if job is not None and job_fingerprint(emb_dir) != job:
+        raise UpdateError(
+            f"{emb_dir}: written by another ingest job (other inputs or settings) than the parts "
+            f"{path} holds; build a new index from it, or update from the directory the index was built from"
+        )
     new = [p for p in parts if p not in held]
     if not new:
         return index, 0
@@ -155,6 +180,7 @@ def _update(emb_dir: str | os.PathLike, path: str | os.PathLike, progress: bool)
             f"{emb_dir}: new parts come from model {emb.meta.model_sha256[:16]}…, "
             f"the index from {index.meta.model_sha256[:16]}…"
         )
+    _refuse_held_ids(index, emb.ids, emb_dir)
     extend_index(index, emb.vectors, emb.ids, emb.columns if index.columns else None, progress)
     held.update(emb.part_rows)
     index.meta.extra = dict(index.meta.extra, part_rows=held, parts=len(held))

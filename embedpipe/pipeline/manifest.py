@@ -12,6 +12,7 @@ of those, so the resumed job redoes exactly the unfinished parts.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -208,6 +209,15 @@ def read_header(out_dir: str | os.PathLike) -> dict | None:
     if not isinstance(header, dict) or header.get("kind") != "header":
         return None
     return {k: v for k, v in header.items() if k != "kind"}
+
+
+def job_fingerprint(out_dir: str | os.PathLike) -> str | None:
+    """A digest of the ingest job header in `out_dir` (model, settings, input files): the same
+    for every part the job writes, across resumes; None without a readable manifest."""
+    header = read_header(out_dir)
+    if header is None:
+        return None
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
 
 
 def remove_outputs(out_dir: Path) -> None:

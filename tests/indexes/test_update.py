@@ -94,6 +94,34 @@ def test_update_refuses_foreign_or_other_dir(corpus, tmp_path):
         update_from_dir(other, tmp_path / "ix")
 
 
+def _job_header(emb_dir: Path, inputs: str) -> None:
+    (emb_dir / "_manifest.jsonl").write_text(json.dumps({"kind": "header", "inputs": inputs}) + "\n")
+
+
+def test_update_refuses_parts_of_another_ingest_job(corpus, tmp_path):
+    x, emb = corpus
+    _job_header(emb, "a.parquet")
+    build_from_dir(emb, tmp_path / "ix", "brute")
+    other = tmp_path / "other"  # same part names, other rows: another job's output
+    write_part(other, 0, x[:1000], 0)
+    write_part(other, 1, x[1000:2000], 1000)
+    write_part(other, 2, x[2000:], 5000)
+    _job_header(other, "b.parquet")
+    with pytest.raises(UpdateError, match="another ingest job"):
+        update_from_dir(other, tmp_path / "ix")
+    write_part(emb, 2, x[2000:], 2000)  # the same job's next part is welcome
+    assert update_from_dir(emb, tmp_path / "ix")[1] == 200
+
+
+def test_update_refuses_rows_that_reuse_held_ids(corpus, tmp_path):
+    x, emb = corpus
+    build_from_dir(emb, tmp_path / "ix", "brute")
+    write_part(emb, 2, x[2000:], 1900)  # ids 1900..2099: 100 already held
+    res = runner.invoke(app, ["build-index", str(emb), "--update", str(tmp_path / "ix")])
+    assert res.exit_code != 0 and "100 new row(s) reuse ids the index already holds (1900" in str(res.exception)
+    assert load_index(tmp_path / "ix").count == 2000
+
+
 def test_kill_during_update_leaves_old_index_usable_and_rerun_finishes(corpus, tmp_path):
     x, emb = corpus
     idx = tmp_path / "ix"
@@ -246,3 +274,11 @@ def test_update_repairs_hnsw_around_tombstones(corpus, tmp_path):
     assert (nbr0[live, 0] >= 0).all()
     q = clustered(60, D, seed=35)
     assert recall(ix.search(q, 10)[1], live[exact_topk(x[live], q, 10)]) >= 0.9
+
+
+@pytest.mark.parametrize("command", [["index", "compact"], ["index", "delete", "--ids", "3"]])
+def test_annoy_indexes_refuse_tombstone_commands_in_one_line(corpus, tmp_path, command):
+    _, emb = corpus
+    build_from_dir(emb, tmp_path / "a.ann", "annoy", n_trees=2)
+    res = runner.invoke(app, [*command[:2], str(tmp_path / "a.ann"), *command[2:]])
+    assert res.exit_code != 0 and "annoy indexes cannot hold tombstones" in str(res.exception)
