@@ -40,12 +40,17 @@ class PromptScheme:
     #: query-style tasks that take no prompt (symmetric tasks of instruction-on-queries models)
     plain_tasks: frozenset[str] = field(default_factory=frozenset)
 
+    @property
+    def takes_titles(self) -> bool:
+        """Whether documents' prompts have a title field."""
+        return "{title}" in self.document
+
     def prefix(self, task: str, title: str | None = None) -> str:
         key = canonical_task(task)
         if key == "none" or key in self.plain_tasks:
             return ""
         if key == DOCUMENT_TASK:
-            if title and "{title}" not in self.document:
+            if title and not self.takes_titles:
                 raise EmbedpipeError(f"the {self.name!r} prompt convention has no title field; drop the titles")
             return self.document.replace("{title}", title if title else self.untitled)
         return self.query.replace("{task}", QUERY_TASKS[key])

@@ -130,7 +130,8 @@ class Catalog:
             self.indexes[spec.name] = self._load_index(spec.name, spec.path, on_model_loaded)
         if self.cfg.warmup:
             for served in self.models.values():
-                served.embedder.encode(WARMUP_TEXTS, task=self.cfg.default_task)
+                # cut to the context: a model with a short one must still start
+                served.embedder.encode(WARMUP_TEXTS, task=self.cfg.default_task, truncate=True)
 
     def _load_model(self, spec: str | None, name: str | None) -> ServedModel:
         from embedpipe.runtime.registry import resolve_model

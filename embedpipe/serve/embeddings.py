@@ -23,6 +23,7 @@ from embedpipe.pipeline.encode import TRUNCATE
 from embedpipe.runtime.embedder import truncate_dim
 from embedpipe.runtime.microbatch import QueueFullError, RequestTooLargeError
 from embedpipe.runtime.prompts import DOCUMENT_TASK, canonical_task
+from embedpipe.runtime.prompts import scheme as prompt_scheme
 from embedpipe.serve.catalog import ServedModel
 from embedpipe.serve.errors import APIError, bad_request
 from embedpipe.serve.metrics import Metrics
@@ -69,6 +70,9 @@ class EmbeddingService:
             raise bad_request(str(exc), "task") from None
         if titles is not None and task != DOCUMENT_TASK:
             raise bad_request(f"titles are used by the 'document' task only (task is {task!r})", "titles")
+        scheme = prompt_scheme(served.embedder.prompts)
+        if titles is not None and any(titles) and not scheme.takes_titles:
+            raise bad_request(f"model {served.name!r} takes no titles ({scheme.name!r} prompts); drop them", "titles")
         prep = await served.aemb.prepare(self._prepare, served, list(texts), task, titles)
         misses = sorted(prep.plans)
         fresh = await self._submit(served, [prep.plans[i].seqs[0] for i in misses]) if misses else None

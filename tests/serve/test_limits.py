@@ -129,3 +129,19 @@ def test_errors_are_counted_by_status(strict):
     post(strict, {"input": []})
     assert strict.metric("embedpipe_requests_total", endpoint="embeddings", status="400") >= 1
     assert strict.metric("embedpipe_requests_total", endpoint="embeddings", status="500") == 0
+
+
+def test_titles_for_a_model_whose_prompts_take_none_are_a_400(tmp_path):
+    """A BERT-family model has no title field: that is the client's mistake, not a 500."""
+    from embedpipe.runtime.convert import convert_checkout
+    from tests.runtime.bert_checkout_builder import build_bert_checkout
+
+    bert = convert_checkout(build_bert_checkout(tmp_path / "bert"), tmp_path / "bert-f32.gguf", "f32")
+    live = LiveServer(make_config(bert, tmp_path))
+    try:
+        for body in ({"input": "a", "task": "document", "title": "T"}, {"input": ["a"], "titles": ["T"]}):
+            err = error(post(live, {**body, "task": "document"}, key=None), 400, "titles")
+            assert "takes no titles" in err["message"]
+        assert post(live, {"input": ["a"], "task": "document", "titles": [None]}, key=None).status_code == 200
+    finally:
+        live.stop()
