@@ -65,6 +65,7 @@ CLI_FLAGS: dict[str, str] = {
     "indexes": "--index",
     "models": "--model",
     "queries_file": "--queries",
+    "out": "--output",
 }
 
 

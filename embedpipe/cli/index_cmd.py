@@ -79,8 +79,10 @@ def _build(
     dim: Optional[int] = dim_option("Matryoshka dimension (truncate + re-normalize); default: full."),
     any_dim: bool = any_dim_option(),
     no_text: bool = typer.Option(False, "--no-text", help="Do not copy kept text columns into the index."),
-    id_column: str = typer.Option(
-        "id", "--id-column", help="Foreign Parquet/Arrow: id column (row numbers if absent)."
+    id_column: Optional[str] = typer.Option(
+        None,
+        "--id-column",
+        help="Foreign Parquet/Arrow: id column, which must exist; default: 'id' if the file has it, else row numbers.",
     ),
     embedding_column: str = typer.Option(
         "embedding", "--embedding-column", help="Foreign Parquet/Arrow: embedding column."

@@ -23,6 +23,7 @@ from embedpipe.indexes.base import NORM_BLOCK, IndexMeta, normalize_rows
 from embedpipe.pipeline.dataset import EmbeddingsDirError
 
 UNIT_TOLERANCE = 1e-3
+DEFAULT_ID_COLUMN = "id"  # read when the file has it and no other column is named
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -75,11 +76,28 @@ def _finite_and_norms(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return bad, norms
 
 
+def _refuse_duplicate_ids(ids: list | np.ndarray, path: Path, column: str) -> None:
+    values, counts = np.unique(
+        np.asarray(ids if isinstance(ids, np.ndarray) else [str(i) for i in ids]), return_counts=True
+    )
+    if len(values) < len(ids):
+        first = int(np.argmax(counts > 1))
+        raise EmbeddingsDirError(
+            f"{path}: column {column!r} holds {len(ids) - len(values)} repeated id(s) (id {values[first].item()!r} "
+            f"appears {counts[first]} times); a search returns ids, so they must be unique"
+        )
+
+
 def read_foreign(
-    path: str | os.PathLike, id_column: str = "id", embedding_column: str = "embedding", normalize: bool = False
+    path: str | os.PathLike,
+    id_column: str | None = None,
+    embedding_column: str = "embedding",
+    normalize: bool = False,
 ) -> tuple[np.ndarray, list | np.ndarray, IndexMeta]:
     """(unit vectors, ids, index metadata recording "no model") from a `.npy`, `.parquet` or
-    Arrow IPC file made by another tool."""
+    Arrow IPC file made by another tool. Ids come from `id_column` (which must then exist), by
+    default from a column named ``id`` when there is one, else they are row numbers; they must
+    be unique, as a search returns them."""
     path = Path(path)
     if not path.is_file():
         raise EmbeddingsDirError(f"{path}: no such file")
@@ -96,12 +114,16 @@ def read_foreign(
     else:
         table = _read_table(path)
         vecs = _column_vectors(table, embedding_column, path)
-        if id_column in table.column_names:
-            ids = table.column(id_column).to_pylist()
+        if id_column is not None and id_column not in table.column_names:
+            raise EmbeddingsDirError(f"{path}: no id column {id_column!r} (columns: {', '.join(table.column_names)})")
+        named = id_column or DEFAULT_ID_COLUMN
+        if named in table.column_names:
+            ids = table.column(named).to_pylist()
             if any(i is None for i in ids):
-                raise EmbeddingsDirError(f"{path}: column {id_column!r} has null ids")
+                raise EmbeddingsDirError(f"{path}: column {named!r} has null ids")
             if all(isinstance(i, int) for i in ids):
                 ids = np.asarray(ids, np.int64)
+            _refuse_duplicate_ids(ids, path, named)
         else:
             ids = np.arange(len(vecs), dtype=np.int64)
     if len(vecs) == 0 or vecs.shape[1] == 0:

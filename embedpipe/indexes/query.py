@@ -113,6 +113,14 @@ def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None 
     return q
 
 
+def refuse_output_over_input(source: str | os.PathLike, out: str | os.PathLike) -> None:
+    """An output path that is the input file, or lies inside the input directory, would destroy
+    what it is built from (a part of an ingest output, the embeddings file)."""
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if dst == src or src in dst.parents:
+        raise ArgumentError("out", f"({out}) would overwrite the input {source}; write the index elsewhere")
+
+
 def build_from_dir(
     emb_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -121,7 +129,7 @@ def build_from_dir(
     dim: int | None = None,
     keep_text: bool = True,
     progress: bool = False,
-    id_column: str = "id",
+    id_column: str | None = None,
     embedding_column: str = "embedding",
     normalize: bool = False,
     any_dim: bool = False,
@@ -131,6 +139,7 @@ def build_from_dir(
     by part, no float copy of the corpus) or another tool's embeddings (a .npy / .parquet /
     Arrow file, see `indexes.foreign`), build, save atomically; returns the index. `dim` must
     be a Matryoshka width of the recorded model (`runtime.dims`) unless `any_dim`."""
+    refuse_output_over_input(emb_dir, out)
     if Path(emb_dir).is_file():
         from embedpipe.indexes.foreign import read_foreign
 

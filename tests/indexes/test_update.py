@@ -21,6 +21,7 @@ from embedpipe.cli.app import app
 from embedpipe.indexes import load_index
 from embedpipe.indexes.query import build_from_dir
 from embedpipe.indexes.update import UpdateError, update_from_dir
+from embedpipe.pipeline.dataset import EmbeddingsDirError
 
 from .helpers import clustered, exact_topk, recall
 
@@ -282,3 +283,27 @@ def test_annoy_indexes_refuse_tombstone_commands_in_one_line(corpus, tmp_path, c
     build_from_dir(emb, tmp_path / "a.ann", "annoy", n_trees=2)
     res = runner.invoke(app, [*command[:2], str(tmp_path / "a.ann"), *command[2:]])
     assert res.exit_code != 0 and "annoy indexes cannot hold tombstones" in str(res.exception)
+
+
+def test_foreign_ids_must_exist_when_named_and_be_unique(tmp_path):
+    x = clustered(20, D, seed=43)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), D)
+    pq.write_table(pa.table({"id": [1] * 5 + list(range(2, 17)), "embedding": emb}), tmp_path / "dup.parquet")
+    with pytest.raises(EmbeddingsDirError, match=r"'id' holds 4 repeated id\(s\) \(id 1 appears 5 times\)"):
+        build_from_dir(tmp_path / "dup.parquet", tmp_path / "o")
+    pq.write_table(pa.table({"doc": [f"d{i}" for i in range(20)], "embedding": emb}), tmp_path / "s.parquet")
+    with pytest.raises(EmbeddingsDirError, match=r"no id column 'nope' \(columns: doc, embedding\)"):
+        build_from_dir(tmp_path / "s.parquet", tmp_path / "o", id_column="nope")
+    assert build_from_dir(tmp_path / "s.parquet", tmp_path / "o").ids.ints[-1] == 19  # no 'id': row numbers
+    assert build_from_dir(tmp_path / "s.parquet", tmp_path / "o", id_column="doc").ids.strings[3] == "d3"
+
+
+def test_an_output_over_the_input_is_refused_and_the_input_kept(corpus, tmp_path):
+    x, emb = corpus
+    np.save(tmp_path / "v.npy", x[:50])
+    part = emb / "part-00000.parquet"
+    before = part.read_bytes()
+    for src, out in ((tmp_path / "v.npy", tmp_path / "v.npy"), (emb, part), (emb, emb / "ix")):
+        res = runner.invoke(app, ["build-index", str(src), "-o", str(out)])
+        assert res.exit_code != 0 and "would overwrite the input" in str(res.exception)
+    assert np.load(tmp_path / "v.npy").shape == (50, D) and part.read_bytes() == before
