@@ -63,7 +63,21 @@ def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
     return out
 
 
+#: What a build fixes and an update keeps (parameter -> flag), beside the index types' own parameters.
+_FIXED_AT_BUILD = {
+    "kind": "--type",
+    "quant": "--quant",
+    "dim": "--dim",
+    "any_dim": "--any-dim",
+    "no_text": "--no-text",
+    "id_column": "--id-column",
+    "embedding_column": "--embedding-column",
+    "normalize": "--normalize",
+}
+
+
 def _build(
+    ctx: typer.Context,
     emb_dir: Path = typer.Argument(
         ...,
         help="Embeddings directory written by `embedpipe ingest`, or a .npy / .parquet / Arrow file of other tools' embeddings.",
@@ -103,6 +117,11 @@ def _build(
         from embedpipe.indexes.update import update_from_dir
 
         given = [p.option.split("/")[0] for p, _ in declared_parameters("build").values() if params[p.name] is not None]
+        given += [
+            flag
+            for name, flag in _FIXED_AT_BUILD.items()
+            if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"  # typer may vendor click
+        ]
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: --update keeps the index's own build parameters")
         index, added = update_from_dir(emb_dir, update, progress=True)

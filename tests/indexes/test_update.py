@@ -307,3 +307,20 @@ def test_an_output_over_the_input_is_refused_and_the_input_kept(corpus, tmp_path
         res = runner.invoke(app, ["build-index", str(src), "-o", str(out)])
         assert res.exit_code != 0 and "would overwrite the input" in str(res.exception)
     assert np.load(tmp_path / "v.npy").shape == (50, D) and part.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "given, named",
+    [
+        (["--type", "hnsw", "--quant", "int8", "--dim", "16"], "--type, --quant, --dim"),
+        (["--type", "brute"], "--type"),  # even the index's own type: an update takes none of these
+        (["--no-text", "--normalize"], "--no-text, --normalize"),
+        (["--m", "4"], "--m"),
+    ],
+)
+def test_update_refuses_options_that_only_a_build_takes(corpus, tmp_path, given, named):
+    _, emb = corpus
+    build_from_dir(emb, tmp_path / "ix", "brute")
+    res = runner.invoke(app, ["build-index", str(emb), "--update", str(tmp_path / "ix"), *given])
+    assert res.exit_code == 2 and f"{named}: --update keeps the index's own build parameters" in res.output
+    assert _run("build-index", emb, "--update", tmp_path / "ix").exit_code == 0
