@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -51,7 +53,9 @@ def ingest(
         None, "--chunk-tokens", help="Text tokens per chunk; texts with more are chunked (default: fill --max-tokens)."
     ),
     chunk_overlap: int = typer.Option(
-        64, "--chunk-overlap", help="Tokens shared by neighbouring chunks (at most half a chunk)."
+        64,
+        "--chunk-overlap",
+        help="Tokens shared by neighbouring chunks; more than half a chunk's text is capped to half.",
     ),
     on_bad: str = typer.Option(
         "skip", "--on-bad", help="Null/empty/non-string/invalid UTF-8 rows: skip (listed in _skipped.jsonl) or fail."
@@ -96,7 +100,7 @@ def ingest(
     from embedpipe.pipeline import IngestConfig
     from embedpipe.pipeline import ingest as run_ingest
 
-    inputs = _stdin_to_file(list(inputs), output)
+    inputs = _stdin_to_file(list(inputs), output, overwrite)
 
     cfg = IngestConfig(
         inputs=list(inputs),
@@ -143,17 +147,35 @@ def ingest(
     typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
 
 
-def _stdin_to_file(inputs: list[str], output: Path) -> list[str]:
-    """`-` in INPUT...: stdin copied to OUTPUT.stdin.jsonl (a file ingest can resume from)."""
+def _stdin_to_file(inputs: list[str], output: Path, overwrite: bool = False) -> list[str]:
+    """`-` in INPUT...: stdin copied to OUTPUT.stdin.jsonl (a file ingest can resume from).
+
+    The same bytes piped again reuse the saved file as it is (so the job resumes); different
+    bytes never replace the saved input of a job in OUTPUT unless `overwrite` starts it over."""
     if STDIN not in inputs:
         return inputs
+    from embedpipe.pipeline.manifest import read_header
+
     if inputs.count(STDIN) > 1:
         raise typer.BadParameter("- (stdin) can be given once")
     spool = output.with_name(output.name + ".stdin.jsonl")
     if not spool.parent.is_dir():
         raise EmbedpipeError(f"{spool.parent}: no such directory for -o/--output")
-    with open(spool, "wb") as fh:
-        shutil.copyfileobj(sys.stdin.buffer, fh)
+    fresh = spool.with_name(f".{spool.name}.{os.getpid()}.tmp")
+    try:
+        with open(fresh, "wb") as fh:
+            shutil.copyfileobj(sys.stdin.buffer, fh)
+        if spool.is_file() and filecmp.cmp(fresh, spool, shallow=False):
+            typer.echo(f"stdin is the input saved in {spool}: using that file", err=True)
+            return [str(spool) if item == STDIN else item for item in inputs]
+        if spool.is_file() and read_header(output) is not None and not overwrite:
+            raise EmbedpipeError(
+                f"stdin differs from {spool.name}, the saved input of the job in {output}: "
+                f"pass --overwrite to start over, or resume with {spool.name} in place of -"
+            )
+        os.replace(fresh, spool)
+    finally:
+        fresh.unlink(missing_ok=True)
     typer.echo(f"stdin saved to {spool}; to resume, run the same command with {spool} in place of -", err=True)
     return [str(spool) if item == STDIN else item for item in inputs]
 

@@ -145,13 +145,15 @@ def ingest(cfg: IngestConfig, embedder: Embedder | None = None) -> IngestSummary
     `embedder` (anything with the Embedder contract) defaults to Embedder.load(cfg.model, ...).
     """
     t0 = time.perf_counter()
+    out_dir = Path(cfg.output)
+    if any(Path(item).is_dir() and Path(item).resolve() == out_dir.resolve() for item in cfg.inputs):
+        raise ArgumentError("output", f"({out_dir}) is an input directory; write the embeddings elsewhere")
     if embedder is None:
         from embedpipe.runtime.embedder import Embedder
 
         embedder = Embedder.load(cfg.model, backend=cfg.backend, threads=cfg.threads)
     cfg = resolve(cfg, embedder)
     corpus = Corpus.open(cfg.inputs, cfg.source_columns())
-    out_dir = Path(cfg.output)
     manifest = Manifest.open(out_dir, job_header(cfg, embedder, corpus), resume=cfg.resume, overwrite=cfg.overwrite)
     try:
         return _run(cfg, embedder, corpus, manifest, out_dir, t0)

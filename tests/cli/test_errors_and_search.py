@@ -414,3 +414,23 @@ def test_chunk_text_of_a_text_column_with_another_name(tiny_gguf, tmp_path):
     assert index.text_column == "body"
     hit = next(h for h in index.search(" ".join(body.split()[:10]), k=2) if h["id"] == 0)
     assert "chunk_tokens" in hit and len(hit["body"]) < len(body)
+
+
+def test_ingest_stdin_again_reuses_the_saved_copy_and_other_bytes_never_replace_it(
+    tiny_gguf, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "emb"
+    spool = tmp_path / "emb.stdin.jsonl"
+    args = ["ingest", "-m", tiny_gguf, "--backend", "numpy", "-", "-o", out, "--no-progress"]
+    first = b'{"text": "one"}\n{"text": "two"}\n'
+    code, _, err = _cli(args, capsys, first, monkeypatch)
+    assert code == 0 and spool.read_bytes() == first, err
+    stamp = spool.stat().st_mtime_ns
+    code, _, err = _cli(args, capsys, first, monkeypatch)  # the same job again: nothing to do
+    assert code == 0 and "using that file" in err and spool.stat().st_mtime_ns == stamp
+    code, _, err = _cli(args, capsys, b'{"text": "oops"}\n', monkeypatch)
+    assert code == 1 and spool.read_bytes() == first
+    _one_error(err, "stdin differs from", "--overwrite")
+    code, _, err = _cli([*args, "--overwrite"], capsys, b'{"text": "oops"}\n', monkeypatch)
+    assert code == 0 and spool.read_bytes() == b'{"text": "oops"}\n', err
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -52,6 +52,18 @@ def test_directory_and_glob_number_rows_across_files(tmp_path, run):
         run(str(d / "*.nothing"))
 
 
+def test_an_output_inside_the_input_directory_is_not_read_back_as_input(tmp_path, run):
+    d = tmp_path / "nest"
+    d.mkdir()
+    pq.write_table(pa.table({"text": make_texts(6)}), d / "f.parquet")
+    first, table = run(d, out=d / "emb", cache=False)
+    again, _ = run(d, out=d / "emb", cache=False)  # the parts in nest/emb are not input
+    assert table.num_rows == 6 and again.rows_in == first.rows_in == 6
+    with pytest.raises(EmbedpipeError, match=r"is an input directory"):
+        run(d, out=d, cache=False, overwrite=True)
+    assert (d / "f.parquet").is_file()
+
+
 def test_schema_metadata_and_types(run, corpus, tiny_emb):
     summary, table = run(corpus, cache=False, keep=["year"])
     out = corpus.parent / "out0"
