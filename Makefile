@@ -41,7 +41,7 @@ fuzz: $(STAMP)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m tests.fuzz.campaign $(FUZZ_ARGS) --json fuzz-results.json
 
 demo: setup
-	$(EP) ingest datasets/hugeicons.parquet -o $(DEMO_OUT)/emb --task document --text-col text --keep name
+	$(EP) ingest datasets/hugeicons.parquet -o $(DEMO_OUT)/emb --task document --text-column text --keep name
 	$(EP) build-index $(DEMO_OUT)/emb --type brute --quant int8 -o $(DEMO_OUT)/brute-int8.idx
 	$(EP) build-index $(DEMO_OUT)/emb --type annoy -o $(DEMO_OUT)/annoy.idx
 	$(EP) build-index $(DEMO_OUT)/emb --type hnsw -o $(DEMO_OUT)/hnsw.idx

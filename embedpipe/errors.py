@@ -66,6 +66,9 @@ CLI_FLAGS: dict[str, str] = {
     "models": "--model",
     "queries_file": "--queries",
     "out": "--output",
+    "text_col": "--text-column",
+    "id_col": "--id-column",
+    "title_col": "--title-column",
 }
 
 

@@ -41,9 +41,13 @@ def ingest(
     task: str = task_option("document"),
     dim: Optional[int] = dim_option(),
     any_dim: bool = any_dim_option(),
-    text_col: str = typer.Option("text", "--text-col", help="Column holding the text."),
-    id_col: Optional[str] = typer.Option(None, "--id-col", help="Column holding row ids (default: global row number)."),
-    title_col: Optional[str] = typer.Option(None, "--title-col", help="Column used as the document prompt's title."),
+    text_col: str = typer.Option("text", "--text-column", "--text-col", help="Column holding the text."),
+    id_col: Optional[str] = typer.Option(
+        None, "--id-column", "--id-col", help="Column holding row ids (default: global row number)."
+    ),
+    title_col: Optional[str] = typer.Option(
+        None, "--title-column", "--title-col", help="Column used as the document prompt's title."
+    ),
     keep: Optional[str] = typer.Option(None, "--keep", help="Comma-separated columns copied to the output."),
     long: str = typer.Option("chunk", "--long", help="Texts longer than the limit: chunk, truncate or error."),
     max_tokens: Optional[int] = typer.Option(
@@ -63,7 +67,7 @@ def ingest(
     on_duplicate_id: str = typer.Option(
         "warn",
         "--on-duplicate-id",
-        help="Rows whose --id-col value an earlier row used: warn (skip them, listed in _skipped.jsonl), error, or keep.",
+        help="Rows whose --id-column value an earlier row used: warn (skip them, listed in _skipped.jsonl), error, or keep.",
     ),
     dtype: str = typer.Option(
         "float32", "--dtype", help="Embedding storage: float32, float16, or int8 (+ per-row float32 scale)."

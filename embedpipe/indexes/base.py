@@ -155,6 +155,14 @@ class IdTable:
         return cls(strings=StringTable.from_sections(sections, "ids"))
 
 
+def _with_direction(q: np.ndarray) -> np.ndarray:
+    """Unit query rows; an all-zero one scores every row 0 and would return an arbitrary order."""
+    zero = np.flatnonzero(~q.any(axis=1))
+    if len(zero):
+        raise ValueError(f"query vector {int(zero[0])} is all zeros: it has no direction to search")
+    return q
+
+
 def dataset_source(emb_dir: Path, part_rows: dict[str, int]) -> dict[str, Any]:
     """What an index records about the ingest output it was built from: the directory, the
     parts it holds (name -> rows) and the ingest job that wrote them (`build-index --update`
@@ -265,9 +273,9 @@ class VectorIndex:
             raise ValueError(f"query vector {bad} holds NaN or infinity")
         width = q.shape[1] if q.ndim == 2 else -1
         if width == self.dim:
-            return normalize_rows(q)
+            return _with_direction(normalize_rows(q))
         if width > self.dim and width == self.meta.source_dim:
-            return truncate_normalize(q, self.dim)
+            return _with_direction(truncate_normalize(q, self.dim))
         allowed = f"{self.dim}" + (
             f" or {self.meta.source_dim}" if self.meta.source_dim and self.meta.source_dim != self.dim else ""
         )

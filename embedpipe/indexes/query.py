@@ -9,6 +9,7 @@ live in a different space and every score would be meaningless (`runtime.recorde
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import Any
@@ -108,16 +109,20 @@ def vector_queries(vector: str | None = None, vectors: str | os.PathLike | None 
         if q.ndim != 2 or q.dtype.kind not in "fiu":
             raise EmbedpipeError(f"{vectors}: expected a 2-D float array, got {q.dtype} {shape_text(q.shape)}")
     q = q.astype(np.float32)
+    if len(q) == 0 or q.shape[1] == 0:
+        raise EmbedpipeError(f"{where}: no query vectors in it")
     if not np.isfinite(q).all():
         raise EmbedpipeError(f"{where}: query vectors contain NaN or infinite values")
     return q
 
 
 def refuse_output_over_input(source: str | os.PathLike, out: str | os.PathLike) -> None:
-    """An output path that is the input file, or lies inside the input directory, would destroy
-    what it is built from (a part of an ingest output, the embeddings file)."""
+    """An output path that is the input file, or one of the files an ingest output directory
+    is made of (a part, the manifest), would destroy what it is built from."""
+    from embedpipe.pipeline.manifest import OWNED_GLOBS
+
     src, dst = Path(source).resolve(), Path(out).resolve()
-    if dst == src or src in dst.parents:
+    if dst == src or (dst.parent == src and any(fnmatch.fnmatch(dst.name, g) for g in OWNED_GLOBS)):
         raise ArgumentError("out", f"({out}) would overwrite the input {source}; write the index elsewhere")
 
 

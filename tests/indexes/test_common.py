@@ -145,6 +145,9 @@ def test_a_query_holding_nan_or_infinity_is_an_error_and_no_queries_no_rows(kind
         ix.search(q, 3)
     scores, ids = ix.search(np.zeros((0, 16), np.float32), 3)  # brute used to fail to concatenate
     assert scores.shape == (0, 3) and len(ids) == 0
+    q[2] = 0  # no direction: every row would score 0, in an arbitrary order
+    with pytest.raises(ValueError, match="query vector 2 is all zeros"):
+        ix.search(q, 3)
 
 
 @pytest.mark.parametrize("kind", list(INDEX_TYPES))

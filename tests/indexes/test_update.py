@@ -303,10 +303,11 @@ def test_an_output_over_the_input_is_refused_and_the_input_kept(corpus, tmp_path
     np.save(tmp_path / "v.npy", x[:50])
     part = emb / "part-00000.parquet"
     before = part.read_bytes()
-    for src, out in ((tmp_path / "v.npy", tmp_path / "v.npy"), (emb, part), (emb, emb / "ix")):
+    for src, out in ((tmp_path / "v.npy", tmp_path / "v.npy"), (emb, part), (emb, emb / "_manifest.jsonl")):
         res = runner.invoke(app, ["build-index", str(src), "-o", str(out)])
         assert res.exit_code != 0 and "would overwrite the input" in str(res.exception)
     assert np.load(tmp_path / "v.npy").shape == (50, D) and part.read_bytes() == before
+    assert _run("build-index", emb, "-o", emb / "docs.idx").exit_code == 0  # beside the parts is fine
 
 
 @pytest.mark.parametrize(
