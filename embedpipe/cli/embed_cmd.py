@@ -47,10 +47,11 @@ def embed(
 
     items, titles = texts_from_args(texts, input_file)
     if output is not None:
-        from embedpipe.pipeline.embed_output import WRITERS
+        from embedpipe.pipeline.embed_output import WRITERS, check_output_path
 
         if output.suffix.lower() not in WRITERS:
             raise typer.BadParameter(f"-o/--output must end in {', '.join(WRITERS)}, got {str(output)!r}")
+        check_output_path(output, None if input_file in (None, "-") else input_file)
     emb = Embedder.load(model, backend=backend, threads=threads)
     use_titles = titles if any(t is not None for t in titles) else None
     vectors = emb.encode(

@@ -17,11 +17,16 @@ def _read_ids(ids: Optional[str], ids_file: Optional[Path]) -> list[str]:
     if (ids is None) == (ids_file is None):
         raise typer.BadParameter("give --ids A,B,… or --ids-file F (one id per line)")
     if ids is not None:
-        return [v.strip() for v in ids.split(",") if v.strip()]
-    try:
-        return [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
-    except OSError as exc:
-        raise EmbedpipeError(f"{ids_file}: cannot read ids ({exc.strerror})") from None
+        wanted, where = [v.strip() for v in ids.split(",") if v.strip()], "--ids"
+    else:
+        try:
+            wanted = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise EmbedpipeError(f"{ids_file}: cannot read ids ({exc.strerror})") from None
+        where = str(ids_file)
+    if not wanted:
+        raise EmbedpipeError(f"{where}: no ids given")
+    return wanted
 
 
 @index_app.command("info")

@@ -104,6 +104,7 @@ def _build(
     normalize: bool = typer.Option(
         False, "--normalize", help="Foreign embeddings: L2-normalize rows (otherwise they must be unit length)."
     ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     **params: Any,
 ) -> None:
     """Build an index from ingest output or foreign embeddings, or --update one."""
@@ -124,7 +125,7 @@ def _build(
         ]
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: --update keeps the index's own build parameters")
-        index, added = update_from_dir(emb_dir, update, progress=True)
+        index, added = update_from_dir(emb_dir, update, progress=progress)
         typer.echo(
             f"{update}: {added} rows added, {index.count} vectors, updated in {time.perf_counter() - start:.1f} s",
             err=True,
@@ -145,7 +146,7 @@ def _build(
             quant,
             dim,
             keep_text=not no_text,
-            progress=True,
+            progress=progress,
             id_column=id_column,
             embedding_column=embedding_column,
             normalize=normalize,

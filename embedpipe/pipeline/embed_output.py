@@ -54,8 +54,10 @@ WRITERS: dict[str, Callable[[Path, Sequence[str], np.ndarray], None]] = {
 }
 
 
-def write_embeddings(path: str | os.PathLike, texts: Sequence[str], vectors: np.ndarray) -> None:
-    """Write `vectors` (one row per text, input order) to `path` in the format its extension names."""
+def check_output_path(path: str | os.PathLike, source: str | os.PathLike | None = None) -> Callable[..., None]:
+    """The writer for `path`, once it is known to be writable there: a known extension, not a
+    directory, in an existing directory, and not the `source` file the texts are read from.
+    Checked before embedding, so a bad path costs no forward pass."""
     path = Path(path)
     writer = WRITERS.get(path.suffix.lower())
     if writer is None:
@@ -64,6 +66,15 @@ def write_embeddings(path: str | os.PathLike, texts: Sequence[str], vectors: np.
         raise EmbedpipeError(f"{path}: is a directory; name a file ending in {', '.join(WRITERS)}")
     if not path.parent.is_dir():
         raise EmbedpipeError(f"{path.parent}: no such directory for the output")
+    if source is not None and Path(source).is_file() and Path(source).resolve() == path.resolve():
+        raise EmbedpipeError(f"{path}: is the input file; write the embeddings elsewhere")
+    return writer
+
+
+def write_embeddings(path: str | os.PathLike, texts: Sequence[str], vectors: np.ndarray) -> None:
+    """Write `vectors` (one row per text, input order) to `path` in the format its extension names."""
+    path = Path(path)
+    writer = check_output_path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     try:
         writer(tmp, texts, vectors)

@@ -434,3 +434,22 @@ def test_ingest_stdin_again_reuses_the_saved_copy_and_other_bytes_never_replace_
     code, _, err = _cli([*args, "--overwrite"], capsys, b'{"text": "oops"}\n', monkeypatch)
     assert code == 0 and spool.read_bytes() == b'{"text": "oops"}\n', err
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_embed_checks_its_output_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """A missing directory used to fail only after every text was embedded; an output that is
+    the input file overwrote it."""
+    from embedpipe.runtime import embedder
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(embedder.Embedder, "load", no_load)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a"}\n')
+    code, _, err = _cli(["embed", "a", "-o", tmp_path / "nope" / "x.npy"], capsys)
+    assert code == 1
+    _one_error(err, "no such directory for the output")
+    code, _, err = _cli(["embed", "-i", src, "-o", src], capsys)
+    assert code == 1 and src.read_text() == '{"text": "a"}\n'
+    _one_error(err, "is the input file")

@@ -325,3 +325,12 @@ def test_update_refuses_options_that_only_a_build_takes(corpus, tmp_path, given,
     res = runner.invoke(app, ["build-index", str(emb), "--update", str(tmp_path / "ix"), *given])
     assert res.exit_code == 2 and f"{named}: --update keeps the index's own build parameters" in res.output
     assert _run("build-index", emb, "--update", tmp_path / "ix").exit_code == 0
+
+
+def test_deleting_no_ids_is_an_error_not_a_rewrite(corpus, tmp_path):
+    _, emb = corpus
+    build_from_dir(emb, tmp_path / "ix", "brute")
+    (tmp_path / "none.txt").write_text("\n \n")
+    for flags, where in ((["--ids", " , "], "--ids"), (["--ids-file", str(tmp_path / "none.txt")], "none.txt")):
+        res = runner.invoke(app, ["index", "delete", str(tmp_path / "ix"), *flags])
+        assert res.exit_code != 0 and f"{where}: no ids given" in str(res.exception)
