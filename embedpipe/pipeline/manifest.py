@@ -173,6 +173,16 @@ class Manifest:
                 f"{self.out_dir}: committed part files are missing ({', '.join(missing[:5])}); "
                 "the output was modified by hand — pass --overwrite to start over"
             )
+        changed = sorted(  # parts committed before sizes were recorded carry no "bytes"
+            e["file"]
+            for e in self.parts.values()
+            if "bytes" in e and (self.out_dir / e["file"]).stat().st_size != e["bytes"]
+        )
+        if changed:
+            raise EmbedpipeError(
+                f"{self.out_dir}: committed part files were changed since they were written "
+                f"({', '.join(changed[:5])}); pass --overwrite to start over"
+            )
         skipped = self.out_dir / SKIPPED
         if skipped.exists() and skipped.stat().st_size != self.skipped_bytes:
             with open(skipped, "rb+") as handle:

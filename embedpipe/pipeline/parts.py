@@ -99,5 +99,12 @@ def run_part(
     except BaseException:
         writer.abort()
         raise
-    record = {"index": index, "start": start, "end": start + done, "file": final.name, **stats.to_dict()}
+    record = {
+        "index": index,
+        "start": start,
+        "end": start + done,
+        "file": final.name,
+        "bytes": final.stat().st_size,
+        **stats.to_dict(),
+    }
     return PartResult(record, skipped, stats)

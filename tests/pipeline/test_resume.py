@@ -141,6 +141,19 @@ def test_same_command_after_completion_does_nothing(run, corpus, tmp_path):
     assert summary.already_complete and summary.run_rows_in == 0 and summary.output_rows == 120
 
 
+def test_a_committed_part_changed_since_is_detected_not_called_complete(run, corpus, tmp_path):
+    """A part overwritten by another tool (say, an index written over it) was reported as a
+    finished job."""
+    out = tmp_path / "o"
+    run(corpus, out=out, cache=False, part_rows=50)
+    part = sorted(out.glob("part-*.parquet"))[1]
+    part.write_bytes(b"EMBPIDX" + part.read_bytes()[:100])
+    with pytest.raises(EmbedpipeError, match=rf"were changed since they were written \({part.name}\).*--overwrite"):
+        run(corpus, out=out, cache=False, part_rows=50)
+    summary, table = run(corpus, out=out, cache=False, part_rows=50, overwrite=True)
+    assert summary.output_rows == 120 and table.num_rows == 120
+
+
 @pytest.mark.parametrize("change", [{"task": "query"}, {"dim": None, "max_tokens": 40}, {"keep": ["doc"]}])
 def test_resume_with_other_settings_is_refused(run, corpus, tmp_path, change):
     out = tmp_path / "o"
