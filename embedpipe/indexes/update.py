@@ -120,16 +120,16 @@ def index_lock(path: str | os.PathLike) -> Iterator[None]:
 
 def _refuse_held_ids(index: VectorIndex, new_ids: Any, emb_dir: str | os.PathLike) -> None:
     """New rows may not reuse an id the index already holds: search would return it twice."""
-    if new_ids is None:
-        return
-    held = np.asarray(index.ids.ints) if index.ids.kind == "int" else None
-    if held is not None and np.asarray(new_ids).dtype.kind in "iu":
-        clash = np.asarray(new_ids)[np.isin(new_ids, held)]
-    else:
-        have = {index.ids.strings[i] for i in range(len(index.ids))} if held is None else set(map(str, held))
-        clash = [v for v in map(str, new_ids) if v in have]
-    if len(clash):
-        shown = ", ".join(str(v) for v in list(clash)[:3])
+    from embedpipe.indexes.tombstones import rows_of_ids
+
+    if new_ids is None or (index.ids.kind == "int" and np.asarray(new_ids).dtype.kind not in "iu"):
+        return  # row numbers continue the index's; a kind mismatch is named by `extend_ids`
+    new = np.asarray(new_ids).tolist()
+    held, missing = rows_of_ids(index.ids, new)
+    if len(held):
+        absent = set(missing)
+        clash = [v for v in new if (v if index.ids.kind == "int" else str(v)) not in absent]
+        shown = ", ".join(str(v) for v in clash[:3])
         raise UpdateError(
             f"{emb_dir}: {len(clash)} new row(s) reuse ids the index already holds ({shown}"
             f"{', …' if len(clash) > 3 else ''}); nothing added"

@@ -48,17 +48,11 @@ def _source_for(path: Path) -> Source:
     return kind(path)
 
 
-def _ingest_outputs_below(top: Path) -> set[Path]:
-    """Directories under `top` that hold an ingest output (a job manifest): their parts are
-    our embeddings, not input, even when the output was written inside the input tree."""
-    from embedpipe.pipeline.manifest import MANIFEST
-
-    return {m.parent for m in top.rglob(MANIFEST) if m.parent != top}
-
-
 def resolve_inputs(inputs: list[str]) -> list[Source]:
     """Files, directories (recursively, known extensions, skipping _ and . names and ingest
     outputs) and globs."""
+    from embedpipe.pipeline.manifest import MANIFEST
+
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -68,10 +62,12 @@ def resolve_inputs(inputs: list[str]) -> list[Source]:
                 raise InputError(f"{item}: the pattern matches no files")
             paths.extend(found)
         elif p.is_dir():
-            outputs = _ingest_outputs_below(p)
+            listing = list(p.rglob("*"))
+            # ingest outputs inside the input tree (a job manifest beside them) are not input
+            outputs = {f.parent for f in listing if f.name == MANIFEST and f.parent != p}
             found = sorted(
                 f
-                for f in p.rglob("*")
+                for f in listing
                 if f.is_file()
                 and f.suffix.lower() in SOURCE_TYPES
                 and not any(part.startswith(("_", ".")) for part in f.relative_to(p).parts)
