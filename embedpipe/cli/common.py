@@ -101,8 +101,15 @@ def json_option(help: str = "Print JSON to stdout instead of text.") -> Any:
     return typer.Option(False, *CANONICAL_FLAGS["as_json"], help=help)
 
 
-def read_jsonl_texts(path: Path | str) -> tuple[list[str], list[str | None]]:
-    """Texts and optional titles from a JSONL file ("-": stdin) of {"text": ..., "title": ...}."""
+EMPTY_TEXT = "is empty; every text needs something to embed (an empty one has no meaning to compare)"
+
+
+def read_jsonl_texts(path: Path | str, allow_empty: bool = False) -> tuple[list[str], list[str | None]]:
+    """Texts and optional titles from a JSONL file ("-": stdin) of {"text": ..., "title": ...}.
+
+    A blank text is refused unless `allow_empty` or the row has a title (which is then all there is
+    to embed).
+    """
     texts: list[str] = []
     titles: list[str | None] = []
     for lineno, row in iter_jsonl(path):
@@ -112,33 +119,57 @@ def read_jsonl_texts(path: Path | str) -> tuple[list[str], list[str | None]]:
         title = row.get("title")
         if title is not None and not isinstance(title, str):
             raise EmbedpipeError(f'{where}:{lineno}: "title" must be a string')
+        if not allow_empty and not row["text"].strip() and not (title or "").strip():
+            raise EmbedpipeError(f'{where}:{lineno}: "text" {EMPTY_TEXT}')
         texts.append(row["text"])
         titles.append(title or None)  # an empty title is no title, as in the corpus readers
     return texts, titles
 
 
-def stdin_lines() -> list[str]:
-    """Non-blank lines of standard input, one text each."""
+def stdin_lines(allow_empty: bool = False) -> list[str]:
+    """Lines of standard input, one text each, so row i of the output is line i of the input.
+
+    Blank lines are kept with `allow_empty`, otherwise the first one is an error naming it (input
+    with nothing but blank lines reads as no lines).
+    """
     with stdin_text() as handle:
         try:
-            return [line.rstrip("\r\n") for line in handle if line.strip()]
+            lines = [line.rstrip("\r\n") for line in handle]
         except UnicodeDecodeError as exc:
             raise EmbedpipeError(not_utf8("<stdin>", exc)) from None
+    if not any(line.strip() for line in lines):
+        return []
+    if not allow_empty:
+        refuse_empty(lines, lambda i: f"stdin line {i + 1}")
+    return lines
+
+
+def refuse_empty(texts: list[str], name_of: Any) -> None:
+    """Raise for the first blank text, named by `name_of(position)`."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise EmbedpipeError(f"{name_of(i)} {EMPTY_TEXT}")
 
 
 def texts_from_args(
-    texts: list[str] | None, input_file: Path | str | None, what: str = "TEXT"
+    texts: list[str] | None, input_file: Path | str | None, what: str = "TEXT", allow_empty: bool = False
 ) -> tuple[list[str], list[str | None]]:
-    """Positional texts (a lone `-`: one text per stdin line) or --input JSONL (`-`: stdin)."""
+    """Positional texts (a lone `-`: one text per stdin line) or --input JSONL (`-`: stdin).
+
+    Blank texts are refused unless `allow_empty`, naming their argument or line, so no input row
+    is silently dropped and row i of the output is always input i.
+    """
     if input_file is not None and texts:
         raise typer.BadParameter(f"give {what} arguments or -i/--input, not both")
     if input_file is not None:
-        items, titles = read_jsonl_texts(input_file)
+        items, titles = read_jsonl_texts(input_file, allow_empty)
         where = "stdin" if str(input_file) == STDIN else str(input_file)
     elif texts == [STDIN]:
-        items, where = stdin_lines(), "stdin"
+        items, where = stdin_lines(allow_empty), "stdin"
         titles = [None] * len(items)
     elif texts:
+        if not allow_empty:
+            refuse_empty(list(texts), lambda i: f"{what} argument {i + 1}")
         return list(texts), [None] * len(texts)
     else:
         raise typer.BadParameter(f"give {what} arguments, - (one per stdin line) or -i/--input F.jsonl")

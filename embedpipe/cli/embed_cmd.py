@@ -88,7 +88,7 @@ def tokenize(
     """Print one JSON line {"ids": [...]} per text (BOS/EOS included as the model adds them)."""
     from embedpipe.runtime.text_ids import tokenize_file
 
-    items, titles = texts_from_args(texts, input_file)
+    items, titles = texts_from_args(texts, input_file, allow_empty=True)
     use_titles = titles if any(t is not None for t in titles) else None
     for ids in tokenize_file(model, items, task, use_titles, truncate):
         sys.stdout.write(json.dumps({"ids": ids}) + "\n")

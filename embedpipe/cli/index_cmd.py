@@ -37,7 +37,7 @@ QUANT_HELP = (
 def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
     """QUERY arguments (a lone `-`: one per stdin line), or -i/--input JSONL (`-`: stdin) lines:
     {"query": …} / {"text": …} / a JSON string."""
-    from embedpipe.cli.common import stdin_lines
+    from embedpipe.cli.common import EMPTY_TEXT, refuse_empty, stdin_lines
 
     if texts and input_file is not None:
         raise typer.BadParameter("give QUERY arguments or -i/--input, not both")
@@ -45,6 +45,7 @@ def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
         if not texts:
             raise typer.BadParameter("give QUERY arguments, - (one per stdin line) or -i/--input F.jsonl")
         out = stdin_lines() if texts == [STDIN] else list(texts)
+        refuse_empty(out, lambda i: f"QUERY argument {i + 1}")
         where = "stdin"
     else:
         where = "stdin" if input_file == STDIN else input_file
@@ -57,6 +58,8 @@ def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
                 raise EmbedpipeError(
                     f'{where}:{lineno}: expected a string or an object with a string "query" or "text" field'
                 )
+            if not text.strip():
+                raise EmbedpipeError(f"{where}:{lineno}: the query {EMPTY_TEXT}")
             out.append(text)
     if not out:
         raise EmbedpipeError(f"{where}: no queries in it; give one query per line")

@@ -21,7 +21,7 @@ def _run(*args: str):
 
 
 def test_embed_jsonl_to_npy_in_input_order(tiny_gguf, tmp_path):
-    rows = [{"text": "first"}, {"text": "second text", "title": "T"}, {"text": ""}]
+    rows = [{"text": "first"}, {"text": "second text", "title": "T"}, {"text": "", "title": "Only a title"}]
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out.npy"

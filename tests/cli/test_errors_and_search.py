@@ -192,7 +192,7 @@ def test_matryoshka_dims_from_metadata_match_the_loaded_model(tiny_gguf):
 
 def test_stdin_dash_for_texts_and_input(tiny_gguf, capsys, monkeypatch):
     base = ["embed", "-m", tiny_gguf, "--backend", "numpy"]
-    code, out, _ = _cli([*base, "-"], capsys, b"first text\n\nsecond text\n", monkeypatch)
+    code, out, _ = _cli([*base, "-"], capsys, b"first text\nsecond text\n", monkeypatch)
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2
     code, out2, _ = _cli([*base, "-i", "-"], capsys, b'{"text": "first text"}\n{"text": "second text"}\n', monkeypatch)
@@ -202,6 +202,40 @@ def test_stdin_dash_for_texts_and_input(tiny_gguf, capsys, monkeypatch):
     code, _, err = _cli([*base, "-"], capsys, b"\n", monkeypatch)
     assert code == 1
     _one_error(err, "stdin", "no texts")
+
+
+@pytest.mark.parametrize(
+    "args, stdin, where",
+    [
+        (["-"], b"first text\n\nsecond text\n", "stdin line 2"),
+        (["-"], b"first text\r\n  \r\n", "stdin line 2"),
+        (["a", " "], b"", "TEXT argument 2"),
+        (["-i", "-"], b'{"text": "a"}\n\n{"text": ""}\n', "<stdin>:3"),
+    ],
+)
+def test_embed_refuses_a_blank_text_instead_of_dropping_its_row(tiny_gguf, capsys, monkeypatch, args, stdin, where):
+    """A dropped blank line shifted every later row of a .npy against the input lines."""
+    code, out, err = _cli(["embed", "-m", tiny_gguf, "--backend", "numpy", *args], capsys, stdin, monkeypatch)
+    assert code == 1 and out == ""
+    _one_error(err, where, "empty")
+
+
+def test_tokenize_keeps_blank_lines_in_place(tiny_gguf, capsys, monkeypatch):
+    code, out, _ = _cli(["tokenize", "-m", tiny_gguf, "-"], capsys, b"a\n\nb\n", monkeypatch)
+    rows = [json.loads(line)["ids"] for line in out.splitlines()]
+    assert code == 0 and len(rows) == 3 and len(rows[1]) < len(rows[0])
+
+
+def test_search_refuses_a_blank_query(corpus, tmp_path, capsys, monkeypatch):
+    index = corpus[2]["brute"]
+    for args, stdin, where in [(["-"], b"a\n\n", "stdin line 2"), (["a", ""], b"", "QUERY argument 2")]:
+        code, _, err = _cli(["search", index, *args], capsys, stdin, monkeypatch)
+        assert code == 1
+        _one_error(err, where, "empty")
+    (tmp_path / "q.jsonl").write_text('{"query": "a"}\n"  "\n')
+    code, _, err = _cli(["search", index, "-i", tmp_path / "q.jsonl"], capsys)
+    assert code == 1
+    _one_error(err, "q.jsonl:2", "empty")
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc, where no file can be created")
