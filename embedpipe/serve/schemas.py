@@ -1,7 +1,9 @@
 """Request bodies of /v1/embeddings and /v1/search, validated into dataclasses.
 
 Every rejection is a 400 that names the field (`param`) and says what would be accepted.
-Fields a client sends that we do not know (OpenAI's `user`, LangChain extras) are ignored.
+/v1/embeddings ignores fields it does not know (OpenAI's `user`, LangChain extras), as OpenAI
+clients expect; /v1/search is our own API and refuses them, so a misspelt knob or a `dimensions`
+it cannot honour is never silently dropped.
 """
 
 from __future__ import annotations
@@ -179,13 +181,25 @@ def _parse_titles(body: dict[str, Any], req: EmbeddingRequest) -> None:
 class SearchRequest:
     index: str
     queries: list[str]
+    model: str | None = None  # if sent, must name the index's own model
     k: int = 10
     single: bool = False  # 'query' (one string) rather than 'queries' was sent
     knobs: dict[str, Any] = field(default_factory=dict)
 
 
+SEARCH_FIELDS: tuple[str, ...] = ("index", "query", "queries", "k", "model")
+
+
 def parse_search_request(body: Any, max_queries: int) -> SearchRequest:
     body = _object(body)
+    known = (*SEARCH_FIELDS, *search_knobs())
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise bad_request(
+            f"/v1/search does not take {', '.join(map(repr, unknown))}; its fields are {', '.join(known)}",
+            unknown[0],
+            "unknown_field",
+        )
     index = body.get("index")
     if not isinstance(index, str) or not index:
         raise bad_request(
@@ -219,7 +233,7 @@ def parse_search_request(body: Any, max_queries: int) -> SearchRequest:
         if body.get(name) is None:
             continue
         knobs[name] = _optional_int(body, name, -1, MAX_KNOB) if kind is int else body[name]
-    return SearchRequest(index, texts, 10 if k is None else k, single, knobs)
+    return SearchRequest(index, texts, _optional_str(body, "model"), 10 if k is None else k, single, knobs)
 
 
 def check_body_size(length_header: str | None, limit: int) -> None:

@@ -43,6 +43,12 @@ class SearchService:
     async def search(self, served: ServedIndex, req: SearchRequest) -> tuple[list[dict[str, Any]], int]:
         """Results per query (in order) and the tokens embedded."""
         knobs = self.knobs_for(served, req.knobs)
+        if req.model and req.model != served.model.name:
+            raise bad_request(
+                f"index {served.name!r} is searched with the model it was built from, {served.model.name!r}, "
+                f"not {req.model!r}; send that name or leave 'model' out",
+                "model",
+            )
         embedded = await self.embeddings.embed_texts(served.model, req.queries, query_task(served.index), None, None)
         loop = asyncio.get_running_loop()
         hits = await loop.run_in_executor(self._pool, run_search, served.index, embedded.vectors, req.k, knobs)

@@ -63,6 +63,8 @@ def test_single_query_and_knobs(search_server):
     live, _ = search_server
     resp = httpx.post(live.url + "/v1/search", json={"index": "graph", "query": "yeast", "k": 3, "ef_search": 64})
     assert resp.status_code == 200 and len(resp.json()["data"][0]["results"]) == 3
+    named = {"index": "graph", "query": "yeast", "k": 3, "ef_search": 64, "model": resp.json()["model"]}
+    assert httpx.post(live.url + "/v1/search", json=named).json()["data"] == resp.json()["data"]
     bad = httpx.post(live.url + "/v1/search", json={"index": "docs", "query": "yeast", "ef_search": 64})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "ef_search"
     for body, param in [
@@ -72,6 +74,10 @@ def test_single_query_and_knobs(search_server):
         ({"index": "docs", "queries": []}, "queries"),
         ({"query": "a"}, "index"),
         ({"index": "graph", "query": "a", "ef_search": 10**9}, "ef_search"),
+        ({"index": "graph", "query": "a", "ef_serach": 64}, "ef_serach"),
+        ({"index": "docs", "query": "a", "dimensions": 16}, "dimensions"),
+        ({"index": "docs", "query": "a", "model": "another-model"}, "model"),
+        ({"index": "docs", "query": "a", "model": 3}, "model"),
     ]:
         resp = httpx.post(live.url + "/v1/search", json=body)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (body, resp.text)
