@@ -33,11 +33,14 @@ def _read_ids(ids: Optional[str], ids_file: Optional[Path]) -> list[str]:
 def info_cmd(
     path: Path = typer.Argument(..., help="Index file."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Also read the whole file and check its checksums (exit 1 on a mismatch)."
+    ),
 ) -> None:
     """Header, counts, tombstones and build parameters of an index."""
     from embedpipe.indexes.info import format_info, index_info
 
-    info = index_info(path)
+    info = index_info(path, verify=verify)
     typer.echo(json.dumps(info, sort_keys=True) if as_json else format_info(info))
 
 

@@ -12,11 +12,16 @@ from embedpipe.indexes.format import FORMAT_VERSION, is_container, read_containe
 from embedpipe.indexes.registry import index_kind, load_index
 
 
-def index_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Header, counts, tombstones, build parameters and section sizes of the index at `path`."""
+def index_info(path: str | os.PathLike, verify: bool = False) -> dict[str, Any]:
+    """Header, counts, tombstones, build parameters and section sizes of the index at `path`.
+
+    With `verify` the whole payload is read and checked against its checksums (the index's own
+    and, for annoy, the .ann file's) as `load_index` does before a search; a mismatch raises
+    `IndexFileError`. Without it only the header is read, so it is instant on any size.
+    """
     path = Path(path)
     kind = index_kind(path)
-    index = load_index(path, verify=False)
+    index = load_index(path, verify=verify)
     out: dict[str, Any] = {
         "path": str(path),
         "type": kind,
@@ -32,6 +37,7 @@ def index_info(path: str | os.PathLike) -> dict[str, Any]:
         "task": index.meta.task,
         "source_dim": index.meta.source_dim,
         "file_bytes": path.stat().st_size,
+        "checksums": "verified" if verify else "not checked (--verify reads the whole file)",
     }
     if is_container(path):  # annoy files are Spotify's layout: parameters live in the sidecar
         header, sections = read_container(path, verify=False)

@@ -195,6 +195,24 @@ def test_index_info_text_and_json(corpus, tmp_path):
     assert info["parts"] == 2 and info["graph"]["max_level"] >= 1
 
 
+@pytest.mark.parametrize("kind", ["brute", "annoy"])
+def test_index_info_verify_reads_the_payload_and_names_a_damaged_file(corpus, tmp_path, capsys, kind):
+    from embedpipe.cli.errors import run_cli
+
+    _, emb = corpus
+    idx = tmp_path / "ix"
+    build_from_dir(emb, idx, kind, **GRAPH.get(kind, {}))
+    assert json.loads(_run("index", "info", idx, "--json", "--verify").output)["checksums"] == "verified"
+    data = bytearray(idx.read_bytes())  # annoy: the .ann file itself (its sidecar is ix.ids)
+    data[-5] ^= 0xFF  # one payload byte: the header still reads
+    idx.write_bytes(bytes(data))
+    assert json.loads(_run("index", "info", idx, "--json").output)["checksums"].startswith("not checked")
+    capsys.readouterr()
+    assert run_cli(app, ["index", "info", str(idx), "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1 and "checksum" in err, err
+
+
 def test_foreign_parquet_arrow_npy_and_vector_search(tmp_path):
     x = clustered(800, D, seed=41)
     raw = x * np.linspace(0.5, 2, len(x))[:, None].astype(np.float32)  # not unit length
