@@ -250,22 +250,31 @@ class BuildEmitter:
     def _select(self) -> ir.Function:
         """i64 select(ctx, cid, cs, count, m, out, cbuf): the heuristic over candidates sorted
         by descending score: keep c while fewer than m are kept and c is closer to the node
-        than to every kept one. Writes the kept ids to out[0..kept), returns kept."""
+        than to every kept one; a tie with a kept one of c's own score (an exact copy) counts as
+        closer once `copy_cap(m)` of that score are kept (the twin's `_keeps` says why). Writes
+        the kept ids to out[0..kept), returns kept."""
         fn, b, f, a = self._fn(
             "ep_hb_select",
             I64,
             [("ctx", PTR), ("cid", PTR), ("cs", PTR), ("count", I64), ("m", I64), ("out", PTR), ("cbuf", PTR)],
         )
         one, zero = const_i64(1), const_i64(0)
-        j, kept, r, ok = (f.var(I64, zero) for _ in range(4))
+        j, kept, r, ok, run_start = (f.var(I64, zero) for _ in range(5))
+        run_score = f.var(F32, ir.Constant(F32, float("nan")))
+        cap = b.select(b.icmp_signed(">", a["m"], const_i64(1)), b.sdiv(a["m"], const_i64(2)), one)  # copy_cap
 
         def each(out: ir.Block, head: ir.Block) -> None:
             jj = f.get(j)
             f.put(j, b.add(jj, one))
             c = b.sext(self.ld(b, I32, a["cid"], jj), I64)
             sc = self.ld(b, F32, a["cs"], jj)
+            with b.if_then(b.fcmp_unordered("!=", sc, f.get(run_score))):  # out[run_start:] share c's score
+                f.put(run_score, sc)
+                f.put(run_start, f.get(kept))
             f.put(ok, one)
             f.put(r, zero)
+            rs = f.get(run_start)
+            run_full = b.icmp_signed(">=", b.sub(f.get(kept), rs), cap)
             with b.if_then(b.icmp_signed(">", f.get(kept), zero)):
                 cw, cc = self.expand(b, a["ctx"], c, a["cbuf"])
 
@@ -273,7 +282,9 @@ class BuildEmitter:
                     rr = f.get(r)
                     f.put(r, b.add(rr, one))
                     kr = b.sext(self.ld(b, I32, a["out"], rr), I64)
-                    with b.if_then(b.fcmp_ordered(">", self.sim(b, a["ctx"], cw, cc, kr), sc)):
+                    to_kept = self.sim(b, a["ctx"], cw, cc, kr)
+                    copy = b.and_(b.fcmp_ordered("==", to_kept, sc), b.and_(run_full, b.icmp_signed(">=", rr, rs)))
+                    with b.if_then(b.or_(b.fcmp_ordered(">", to_kept, sc), copy)):
                         f.put(ok, zero)
                         b.branch(out2)
 

@@ -28,12 +28,31 @@ def _push(pool: list[tuple[float, int]], cap: int, s: float, v: int) -> int:
 
 def _select(vec: np.ndarray, cand: list[tuple[float, int]], m: int) -> list[int]:
     kept: list[int] = []
+    run_score, run_start = None, 0  # kept[run_start:] share the current candidate's score
     for s, c in cand:
         if len(kept) >= m:
             break
-        if all(float(vec[c] @ vec[r]) <= s for r in kept):
+        if s != run_score:
+            run_score, run_start = s, len(kept)
+        run_full = len(kept) - run_start >= copy_cap(m)
+        if all(_keeps(float(vec[c] @ vec[r]), s, run_full and j >= run_start) for j, r in enumerate(kept)):
             kept.append(c)
     return kept
+
+
+def copy_cap(m: int) -> int:
+    """How many of a node's m links may go to exact copies of one vector (see `_keeps`)."""
+    return max(1, m // 2)
+
+
+def _keeps(to_kept: float, to_node: float, copy_slots_full: bool) -> bool:
+    """The heuristic's test against one kept neighbour: c stays while it is no closer to it than
+    to the node. An exact tie with a kept neighbour of c's own score means c, that neighbour and
+    the node are equidistant: exact copies, in practice. Copies beyond `copy_cap` are dropped, so
+    a vector repeated more than m times (a corpus's boilerplate) does not spend every link on
+    its copies and cut them off from the rest of the graph, while half the links still join the
+    copies to each other for a query that asks for them."""
+    return to_kept < to_node or (to_kept == to_node and not copy_slots_full)
 
 
 def _search_layer(g: Graph, vec: np.ndarray, q: np.ndarray, layer: int, start: int, ef: int) -> list[tuple[float, int]]:
