@@ -55,7 +55,8 @@ def embed_texts(
     """(len(texts), dim) float32 unit vectors, in input order, through the embedding cache.
 
     Texts longer than the model's context are truncated (one vector per text, as the
-    sentence-transformers reference does). An empty text is an error naming its position.
+    sentence-transformers reference does). An empty text without a title is an error naming
+    its position.
     """
     cache = cache or CacheOptions()
     store = EmbeddingCache.in_dir(cache.cache_dir) if cache.enabled else None

@@ -5,7 +5,8 @@ Layout: DATASET_DIR/corpus.jsonl ({"_id", "title", "text"} per line), queries.js
 
 Procedure (the same as the sentence-transformers reference in scripts/scifact_reference.py):
 documents are embedded once at full width with the document prompt and their titles
-("title: {title or none} | text: {text}"), the queries that appear in the qrels with the query
+("title: {title or none} | text: {text}"; for a model whose prompts have no title field, BEIR's
+"{title} {text}"), the queries that appear in the qrels with the query
 prompt; both go through `ingest`, so its embedding cache makes a second run fast. Each (dim,
 index configuration) then indexes the documents (Matryoshka-truncated) and retrieves the top 100
 per query; as in BEIR's EvaluateRetrieval, a hit whose id equals the query id is dropped.
@@ -30,6 +31,7 @@ from embedpipe.eval.metrics import Qrels, evaluate, read_qrels
 from embedpipe.eval.tradeoffs import KNOBS
 from embedpipe.indexes import INDEX_TYPES, Builder
 from embedpipe.jsonl import iter_jsonl
+from embedpipe.runtime.prompts import scheme as prompt_scheme
 
 CUTS: tuple[tuple[str, int], ...] = (("ndcg", 10), ("recall", 100), ("mrr", 10))
 DEPTH = 100
@@ -134,12 +136,20 @@ def load_beir(
     return BeirData(
         [r["_id"] for r in corpus],
         [r["title"] for r in corpus],
-        [r["text"] if r["text"].strip() else r["title"] for r in corpus],
+        [r["text"] for r in corpus],
         judged,
         [queries[q] for q in judged],
         qrels,
         unjudgeable,
     )
+
+
+def document_inputs(data: BeirData, takes_titles: bool) -> tuple[list[str], list[str] | None]:
+    """(texts, titles) to embed the corpus with: the titles in their prompt field where the
+    model's prompts have one, else joined before the text as BEIR does ("title text")."""
+    if takes_titles:
+        return data.texts, data.titles
+    return [f"{title} {text}".strip() for title, text in zip(data.titles, data.texts)], None
 
 
 def run_retrieval(
@@ -159,7 +169,8 @@ def run_retrieval(
     cache = cache or CacheOptions(progress=progress)
     dims = tuple(check_dim(d, emb.dims, any_dim, "dims") for d in dims) if dims else tuple(emb.dims)
     t0 = time.perf_counter()
-    docs = embed_texts(emb, data.texts, "document", titles=data.titles, cache=cache)
+    texts, titles = document_inputs(data, prompt_scheme(emb.prompts).takes_titles)
+    docs = embed_texts(emb, texts, "document", titles=titles, cache=cache)
     queries = embed_texts(emb, data.queries, "query", cache=cache)
     embed_s = time.perf_counter() - t0
     depth = min(DEPTH + 1, len(data.doc_ids))

@@ -32,17 +32,18 @@ def encode_cached(
 ) -> np.ndarray:
     """(len(texts), dim) float32 unit vectors in input order; misses are embedded and stored.
 
-    Empty or non-string texts are errors naming their position; equal texts are embedded once.
+    Non-string texts, and empty ones without a title, are errors naming their position; equal
+    texts are embedded once.
     """
     from embedpipe.runtime.prompts import canonical_task
 
+    title_of = (lambda i: titles[i]) if titles is not None else (lambda i: None)
     for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
+        if not isinstance(t, str) or not (t.strip() or (title_of(i) or "").strip()):
             raise EmbedpipeError(f"text {i} is empty or not a string; it cannot be embedded")
     dim = check_dim(dim, emb.dims, any_dim)
     task = canonical_task(task)
     chunker = Chunker(emb, task, emb.max_tokens, TRUNCATE, None, IngestConfig.chunk_overlap)
-    title_of = (lambda i: titles[i]) if titles is not None else (lambda i: None)
     keys = [cache_key(emb.model_sha256, task, dim, title_of(i), t, chunker.cache_setting) for i, t in enumerate(texts)]
     found = cache.get_many(keys, dim) if cache is not None and keys else {}
     first_of: dict[bytes, int] = {}

@@ -65,3 +65,36 @@ def test_nothing_to_score_and_subsets_below_one_are_refused(tmp_path, beir_dir):
         load_beir(root)
     (root / "qrels" / "test.tsv").write_text("q1\td1\t1\nq1\tgone\t2\n")
     assert load_beir(root).unjudgeable == ["gone"] and load_beir(beir_dir).unjudgeable == []
+
+
+def test_titles_go_before_the_text_for_a_model_without_a_title_field(beir_dir, tiny_gguf):
+    """MiniLM and MPNet (prompt convention "none") refused every BEIR corpus with titles."""
+    from embedpipe.eval.retrieval import document_inputs, run_retrieval
+    from embedpipe.runtime.embedder import Embedder
+
+    data = load_beir(beir_dir)
+    texts, titles = document_inputs(data, takes_titles=False)
+    assert titles is None and texts[1] == f"{data.titles[1]} {data.texts[1]}" and texts[0] == data.texts[0]
+    assert document_inputs(data, takes_titles=True) == (data.texts, data.titles)
+    emb = Embedder.load(tiny_gguf, backend="numpy")
+    emb.prompts = "none"
+    (row,) = run_retrieval(data, emb, (emb.dims[0],), pick_configs(("brute-fp32",)), progress=False)
+    assert row["queries"] == 8 and 0 <= row["ndcg@10"] <= 1
+
+
+def test_a_document_with_only_a_title_is_embedded_as_its_title(tmp_path, tiny_gguf):
+    """It was embedded as "title: X | text: X"; the sentence-transformers reference has "title: X | text: "."""
+    from embedpipe.eval.embedding import embed_texts
+    from embedpipe.runtime.embedder import Embedder
+
+    root = tmp_path / "ds"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text('{"_id": "d1", "title": "Bread", "text": ""}\n{"_id": "d2", "text": "cats"}\n')
+    (root / "queries.jsonl").write_text('{"_id": "q1", "text": "baking"}\n')
+    (root / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
+    data = load_beir(root)
+    assert data.texts == ["", "cats"] and data.titles == ["Bread", ""]
+    emb = Embedder.load(tiny_gguf, backend="numpy")
+    got = embed_texts(emb, data.texts[:1], "document", titles=data.titles[:1])
+    want = emb.encode(["title: Bread | text: "], task="none")
+    assert float(got[0] @ want[0]) > 0.99999
