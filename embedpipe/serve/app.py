@@ -158,6 +158,15 @@ def _endpoint(state: ServerState, name: str, handler: Handler, protected: bool =
             response = exc.response()
         except (ClientGone, ClientDisconnect):
             response = Response(status_code=CLIENT_GONE)
+        except asyncio.CancelledError:
+            # uvicorn cancels what --shutdown-timeout did not let finish: answer in the API's
+            # format (its own fallback is a text/plain 500) and count it, then let the task end
+            response = APIError(
+                503,
+                "the server is shutting down and could not finish this request within --shutdown-timeout; retry",
+                "shutting_down",
+                headers={"Retry-After": "1", "Connection": "close"},
+            ).response()
         except Exception:  # noqa: BLE001 - a bug must still answer in the API's error format
             log.exception("internal error on %s %s", request.method, request.url.path)
             response = APIError(500, "internal server error (logged on the server)", "internal_error").response()

@@ -58,7 +58,7 @@ def spawn_server(model: Path, *args: str, env: dict | None = None, **popen) -> t
 class LiveServer:
     """uvicorn serving `create_app(cfg)` on 127.0.0.1 in a background thread."""
 
-    def __init__(self, cfg: ServeConfig, wait_ready: bool = True):
+    def __init__(self, cfg: ServeConfig, wait_ready: bool = True, graceful_s: float = 10):
         import uvicorn
 
         from embedpipe.serve.app import create_app
@@ -75,7 +75,7 @@ class LiveServer:
             lifespan="on",
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=graceful_s,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -184,3 +185,27 @@ def test_sigterm_during_load_loses_no_accepted_request(wide_model, wide_emb, tmp
     assert len(answered) == len(ok), (len(answered), len(ok), outcomes[-10:])
     assert any(t > killed_at for t in ok), "no request was in flight at SIGTERM"
     assert "stopped:" in stderr
+
+
+def test_a_request_cut_off_by_the_shutdown_timeout_gets_a_json_503(wide_model, tmp_path):
+    """uvicorn cancels it; that used to surface as its text/plain 500 and a logged traceback."""
+    live = LiveServer(make_config(wide_model, tmp_path, access_log=True), graceful_s=0.5)
+    started = threading.Event()
+
+    async def stuck(*args, **kwargs):
+        started.set()
+        await asyncio.sleep(60)
+
+    live.state.embeddings.embed_texts = stuck
+    result: list[httpx.Response] = []
+    client = threading.Thread(
+        target=lambda: result.append(httpx.post(live.url + "/v1/embeddings", json={"input": "x"}, timeout=30))
+    )
+    client.start()
+    assert started.wait(10)
+    live.stop()
+    client.join(30)
+    (resp,) = result
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
+    assert resp.json()["error"]["code"] == "shutting_down"
+    assert live.state.completed == live.state.accepted
