@@ -278,6 +278,8 @@ class AnnoyIndex(VectorIndex):
         limit = search_k if search_k is not None else self.search_k
         if limit is None or limit < 0:
             limit = k * self.n_trees
+        elif search_k is None:  # the stored default is sized for small k: never below Annoy's own
+            limit = max(limit, k * self.n_trees)
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_r = np.full((len(q), k), -1, np.int64)
         kernel = ANNOY_SEARCH.native() if self.use_jit else None
