@@ -24,6 +24,20 @@ eval_app = typer.Typer(help="Recall/size/latency trade-offs and retrieval qualit
 OUTPUT_HELP = "Also write the rows to this file, by extension: .json, .csv, .md or .png (plot extra); repeatable."
 
 
+OUTPUT_EXTENSIONS = (".json", ".csv", ".md", ".png")
+
+
+def _check_outputs(outputs: Optional[list[Path]], *more: Optional[Path]) -> None:
+    """Every file the command will write, checked before the sweep (which can take minutes)."""
+    from embedpipe.output_files import check_output_file
+
+    for path in outputs or []:
+        check_output_file(path, OUTPUT_EXTENSIONS)
+    for path in more:
+        if path is not None:
+            check_output_file(path)
+
+
 def _emit(rows: list[dict[str, Any]], outputs: Optional[list[Path]], as_json: bool, plot_args: dict[str, Any]) -> None:
     """The rows on stdout (a Markdown table, or JSON with --json) and in each -o file."""
     import json
@@ -36,9 +50,6 @@ def _emit(rows: list[dict[str, Any]], outputs: Optional[list[Path]], as_json: bo
         ".md": lambda rows, path: Path(path).write_text(report.markdown_table(rows) + "\n"),
         ".png": lambda rows, path: report.write_plot(rows, path, **plot_args),
     }
-    for path in outputs or []:
-        if path.suffix.lower() not in writers:
-            raise typer.BadParameter(f"-o/--output {path.name}: use a .json, .csv, .md or .png file")
     typer.echo(json.dumps(rows, indent=1, default=str) if as_json else report.markdown_table(rows))
     for path in outputs or []:
         writers[path.suffix.lower()](rows, path)
@@ -62,7 +73,7 @@ def tradeoffs_cmd(
     indexes: Optional[str] = typer.Option(
         None, "--indexes", help="Comma-separated index types (default brute,annoy,hnsw)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Query sampling seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Query sampling seed."),
     outputs: Optional[list[Path]] = output_option(OUTPUT_HELP + " The plot: recall vs size and vs latency."),
     as_json: bool = json_option("Print the rows as a JSON list instead of a Markdown table."),
     model: Optional[str] = model_option(model_help("the model recorded in the embeddings")),
@@ -77,14 +88,15 @@ def tradeoffs_cmd(
     at: str = typer.Option(
         "same-dim",
         "--at",
-        help="Recall gate reference: same-dim (exact at the row's dim) or 768 (exact at full width).",
+        help="Recall gate reference: same-dim (exact at the row's dim) or full (exact at the model's full "
+        "width; 768 is accepted as a synonym).",
     ),
     gate_json: Optional[Path] = typer.Option(None, "--gate-json", help="Recall gate verdicts as JSON."),
     junit: Optional[Path] = typer.Option(
         None, "--junit", help="Recall gate verdicts as JUnit XML (one test case per configuration)."
     ),
 ) -> None:
-    """Recall@10 (vs exact fp32-768 and vs exact at the same dim), size, build time and
+    """Recall@10 (vs exact fp32 at full width and vs exact at the same dim), size, build time and
     single-query latency for every dim × quant × index configuration; with --min-recall, a
     CI gate."""
     from embedpipe.eval import embedding as E
@@ -93,6 +105,9 @@ def tradeoffs_cmd(
 
     if min_recall is not None:
         gate.validate(min_recall, at)
+    elif gate_json is not None or junit is not None:
+        raise typer.BadParameter("--gate-json and --junit report the recall gate; add --min-recall")
+    _check_outputs(outputs, gate_json, junit)
 
     plan = T.Plan(
         dims=T.parse_list(dims, int, ()) or None,
@@ -121,7 +136,7 @@ def tradeoffs_cmd(
             recall="recall@10",
             panels=[("size_bytes", "index size (bytes)"), ("latency_ms_mean", "mean latency (ms/query)")],
             knobs=T.KNOBS,
-            title=f"recall@10 vs exact fp32-768 — {emb_dir.name}",
+            title=f"recall@10 vs exact fp32 at full width — {emb_dir.name}",
         ),
     )
     if min_recall is not None:
@@ -163,6 +178,7 @@ def retrieval_cmd(
     from embedpipe.eval.tradeoffs import KNOBS, parse_list
     from embedpipe.runtime.embedder import Embedder
 
+    _check_outputs(outputs)
     configs = R.pick_configs(parse_list(indexes, str, ()) or None)
     data = R.load_beir(dataset_dir, split, max_docs, max_queries)
     emb = Embedder.load(str(model) if model else None, backend=backend, threads=threads)

@@ -67,7 +67,10 @@ def compact_cmd(
     from embedpipe.indexes.tombstones import compact
 
     index, dropped = compact(path, out, progress=True)
-    typer.echo(f"{out or path}: {dropped} row(s) dropped, {index.count} left", err=True)
+    if dropped == 0 and out is None:
+        typer.echo(f"{path}: no tombstones, nothing to compact", err=True)
+    else:
+        typer.echo(f"{out or path}: {dropped} row(s) dropped, {index.count} left", err=True)
 
 
 def register(app: typer.Typer) -> None:

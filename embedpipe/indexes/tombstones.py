@@ -111,9 +111,13 @@ def compact(
     path: str | os.PathLike, out: str | os.PathLike | None = None, progress: bool = False
 ) -> tuple[VectorIndex, int]:
     """Rebuild the index at `path` without its tombstoned rows (same type, quant, parameters,
-    seed); writes `out` (default: `path`, atomically). Returns (new index, rows dropped)."""
+    seed); writes `out` (default: `path`, atomically). Returns (new index, rows dropped). With
+    no tombstones and no `out` there is nothing to do: the index is returned as it is."""
     from embedpipe.indexes.update import index_lock
+    from embedpipe.output_files import check_output_file
 
+    if out is not None:
+        check_output_file(out)
     with index_lock(path):
         return _compact(path, out, progress)
 
@@ -123,6 +127,8 @@ def _compact(path: str | os.PathLike, out: str | os.PathLike | None, progress: b
 
     index = _holding_tombstones(load_index(path), path)
     dropped = len(index.deleted)
+    if dropped == 0 and out is None:
+        return index, 0
     alive = np.setdiff1d(np.arange(index.count), index.deleted)
     codes = np.asarray(index.codes)[alive]
     mode = getattr(index, "scale_mode", "vector")

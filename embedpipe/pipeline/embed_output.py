@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedpipe.errors import EmbedpipeError
+from embedpipe.output_files import check_output_file
 
 
 def _write_npy(path: Path, texts: Sequence[str], vectors: np.ndarray) -> None:
@@ -55,20 +56,10 @@ WRITERS: dict[str, Callable[[Path, Sequence[str], np.ndarray], None]] = {
 
 
 def check_output_path(path: str | os.PathLike, source: str | os.PathLike | None = None) -> Callable[..., None]:
-    """The writer for `path`, once it is known to be writable there: a known extension, not a
-    directory, in an existing directory, and not the `source` file the texts are read from.
-    Checked before embedding, so a bad path costs no forward pass."""
-    path = Path(path)
-    writer = WRITERS.get(path.suffix.lower())
-    if writer is None:
-        raise EmbedpipeError(f"{path}: unknown output extension; use one of {', '.join(WRITERS)}")
-    if path.is_dir():
-        raise EmbedpipeError(f"{path}: is a directory; name a file ending in {', '.join(WRITERS)}")
-    if not path.parent.is_dir():
-        raise EmbedpipeError(f"{path.parent}: no such directory for the output")
-    if source is not None and Path(source).is_file() and Path(source).resolve() == path.resolve():
-        raise EmbedpipeError(f"{path}: is the input file; write the embeddings elsewhere")
-    return writer
+    """The writer for `path`, once it is known to be writable there (`check_output_file`), so a
+    bad path costs no forward pass."""
+    path = check_output_file(path, WRITERS, () if source is None else (source,))
+    return WRITERS[path.suffix.lower()]
 
 
 def write_embeddings(path: str | os.PathLike, texts: Sequence[str], vectors: np.ndarray) -> None:

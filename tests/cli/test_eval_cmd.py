@@ -219,3 +219,41 @@ def test_tradeoffs_dims_are_checked_like_every_dim(emb_dir, eval_cache, capsys):
     assert err.startswith("error: --dims 32 is not offered by this model: choose one of 64, or pass --any-dim")
     assert run_cli(app, [*args, "--dims", "32", "--any-dim", "--json"]) == 0
     assert {row["dim"] for row in json.loads(capsys.readouterr().out)} == {32}
+
+
+@pytest.mark.parametrize(
+    "extra, code, needle",
+    [
+        (["-o", "{tmp}/rows.txt"], 1, "unknown output extension"),
+        (["-o", "{tmp}"], 1, "unknown output extension"),
+        (["-o", "{tmp}/dir.json"], 1, "is a directory"),
+        (["-o", "{tmp}/missing/rows.json"], 1, "no such directory"),
+        (["--junit", "{tmp}/gate.xml"], 2, "add --min-recall"),
+        (["--gate-json", "{tmp}/gate.json"], 2, "add --min-recall"),
+        (["--min-recall", "0.5", "--junit", "{tmp}/missing/gate.xml"], 1, "no such directory"),
+        (["--seed", "-5"], 2, "--seed"),
+    ],
+)
+def test_tradeoffs_options_are_checked_before_the_sweep(
+    emb_dir, eval_cache, tmp_path, capsys, monkeypatch, extra, code, needle
+):
+    """Bad output paths failed after the whole sweep (or wrote nothing with exit 0, for gate
+    files without --min-recall); a negative seed was a traceback."""
+    from embedpipe.cli.errors import run_cli
+    from embedpipe.eval import tradeoffs
+
+    (tmp_path / "dir.json").mkdir()
+    monkeypatch.setattr(tradeoffs, "run_tradeoffs", lambda *a, **k: pytest.fail("the sweep ran"))
+    args = ["eval", "tradeoffs", str(emb_dir), "--n-queries", "5", "--cache-dir", str(eval_cache), "--no-progress"]
+    assert run_cli(app, [*args, *(a.format(tmp=tmp_path) for a in extra)]) == code
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_retrieval_checks_its_outputs_before_embedding(beir_dir, tmp_path, capsys, monkeypatch):
+    from embedpipe.cli.errors import run_cli
+    from embedpipe.eval import retrieval
+
+    monkeypatch.setattr(retrieval, "load_beir", lambda *a, **k: pytest.fail("the dataset was read"))
+    assert run_cli(app, ["eval", "retrieval", str(beir_dir), "-o", str(tmp_path / "no" / "r.csv")]) == 1
+    assert "no such directory" in capsys.readouterr().err

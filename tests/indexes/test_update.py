@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embedpipe.cli.app import app
+from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes import load_index
 from embedpipe.indexes.query import build_from_dir
 from embedpipe.indexes.update import UpdateError, update_from_dir
@@ -301,6 +302,24 @@ def test_annoy_indexes_refuse_tombstone_commands_in_one_line(corpus, tmp_path, c
     build_from_dir(emb, tmp_path / "a.ann", "annoy", n_trees=2)
     res = runner.invoke(app, [*command[:2], str(tmp_path / "a.ann"), *command[2:]])
     assert res.exit_code != 0 and "annoy indexes cannot hold tombstones" in str(res.exception)
+
+
+def test_compact_checks_its_output_first_and_skips_an_index_without_tombstones(corpus, tmp_path):
+    from embedpipe.indexes.tombstones import compact
+
+    _, emb = corpus
+    idx = tmp_path / "ix"
+    build_from_dir(emb, idx, "brute")
+    before = idx.stat().st_mtime_ns
+    index, dropped = compact(idx)
+    assert dropped == 0 and index.count == 2000 and idx.stat().st_mtime_ns == before
+    _run("index", "delete", idx, "--ids", "5")
+    (tmp_path / "d").mkdir()
+    for out, message in [(tmp_path / "d", "is a directory"), (tmp_path / "no" / "ix", "no such directory")]:
+        with pytest.raises(EmbedpipeError, match=message):
+            compact(idx, out)
+    assert len(load_index(idx).deleted) == 1  # untouched
+    assert compact(idx, tmp_path / "c")[1] == 1 and load_index(tmp_path / "c").count == 1999
 
 
 def test_foreign_ids_must_exist_when_named_and_be_unique(tmp_path):
