@@ -55,10 +55,18 @@ def preflight(cfg: ServeConfig) -> None:
 def served_name(spec: str | None, path: str) -> str:
     """The name a `--model` without `NAME=` is served under: a registered name as typed
     (`name:quant` as `name-quant`, the stem of its cached file), else the GGUF file's name
-    without `.gguf`."""
+    without `.gguf`. A file of the model store gets the name its registered spelling would
+    give, so a model is served under one name however it was found (default model, registry
+    name, cached path, an index's recorded model)."""
+    from embedpipe.runtime.registry import DEFAULT_QUANT, registered_name
+
     if spec is not None and not Path(spec).expanduser().is_file():
         return spec.replace(":", "-")
-    return Path(path).name.removesuffix(".gguf")
+    stem = Path(path).name.removesuffix(".gguf")
+    name = registered_name(path)
+    if name is not None and stem == f"{name}-{DEFAULT_QUANT}":
+        return name
+    return stem
 
 
 @dataclass

@@ -81,10 +81,16 @@ def test_a_registered_name_is_served_under_that_name(wide_model, tmp_path, monke
         live.stop()
 
 
-def test_served_names():
+def test_served_names(tmp_path, monkeypatch):
+    from embedpipe.runtime import registry, store
     from embedpipe.serve.catalog import served_name
 
     assert served_name(None, "/cache/embeddinggemma-300m-q8_0.gguf") == "embeddinggemma-300m-q8_0"
+    # a file of the model store is named as its registered spelling names it, however it was found
+    monkeypatch.setenv("EMBEDPIPE_CACHE_DIR", str(tmp_path))
+    spec = registry.lookup("all-minilm-l6-v2").spec
+    for quant, want in [("q8_0", "all-minilm-l6-v2"), ("f32", "all-minilm-l6-v2-f32")]:
+        assert served_name(None, str(store.gguf_path(quant, spec))) == want
     assert served_name("all-minilm-l6-v2", "/cache/all-minilm-l6-v2-q8_0.gguf") == "all-minilm-l6-v2"
     assert served_name("all-minilm-l6-v2:f32", "/cache/all-minilm-l6-v2-f32.gguf") == "all-minilm-l6-v2-f32"
     assert served_name(__file__, __file__) == Path(__file__).name  # a file is named by its file
