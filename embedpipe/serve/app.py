@@ -128,6 +128,7 @@ def create_app(cfg: ServeConfig) -> Starlette:
         Route("/ready", _endpoint(state, "ready", _ready, protected=False), methods=["GET"]),
         Route("/metrics", _endpoint(state, "metrics", _metrics, protected=False), methods=["GET"]),
         Route("/v1/models", _endpoint(state, "models", _models), methods=["GET"]),
+        Route("/v1/models/{model_id}", _endpoint(state, "models", _model), methods=["GET"]),
         Route("/v1/embeddings", _endpoint(state, "embeddings", _embeddings), methods=["POST"]),
         Route("/v1/search", _endpoint(state, "search", _search), methods=["POST"]),
     ]
@@ -278,6 +279,14 @@ async def _models(state: ServerState, request: Request, info: dict) -> Response:
             "indexes": [i.describe() for i in cat.indexes.values()],
         }
     )
+
+
+async def _model(state: ServerState, request: Request, info: dict) -> Response:
+    """One model (OpenAI's `models.retrieve`); a task alias (`name:query`) is that model."""
+    _require_ready(state)
+    model_id = request.path_params["model_id"]
+    served, _ = state.catalog.resolve(model_id or None)
+    return JSONResponse({**served.describe(state.cfg.default_task), "id": model_id})
 
 
 def _encode_vector(vec: np.ndarray, fmt: str) -> np.ndarray | str:

@@ -109,8 +109,9 @@ def parse_embedding_request(body: Any, max_inputs: int) -> EmbeddingRequest:
         task=_optional_str(body, "task"),
         dimensions=_optional_int(body, "dimensions", 1),
     )
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ENCODING_FORMATS:
+    fmt = body.get("encoding_format")
+    fmt = "float" if fmt is None else fmt
+    if not isinstance(fmt, str) or fmt not in ENCODING_FORMATS:
         raise bad_request(
             f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}, got {json.dumps(fmt)[:40]}",
             "encoding_format",

@@ -81,6 +81,10 @@ def test_tasks_titles_and_aliases(client, server, wide_emb):
     models = client.models.list()
     entry = next(m for m in models.data if m.id == "tiny")
     assert entry.default_task == "query" and entry.dimensions == [256, 128]
+    assert client.models.retrieve("tiny").dimensions == [256, 128]
+    assert client.models.retrieve("tiny:document").id == "tiny:document"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
 
 def test_repeated_texts_come_from_the_cache(server, wide_emb):
