@@ -90,16 +90,21 @@ def update_bench(
     return {
         "n": n,
         "new_rows": n - cut,
-        "full_build_s": round(full_s, 2),
-        "update_s": round(update_s, 2),
-        "update_share": round(update_s / full_s, 3),
-        "full_build_cpu_s": round(full_cpu, 2),
-        "update_cpu_s": round(update_cpu, 2),
-        "update_cpu_share": round(update_cpu / full_cpu, 3),
+        "full_build_s": round(full_s, 4),
+        "update_s": round(update_s, 4),
+        "update_share": _share(update_s, full_s),
+        "full_build_cpu_s": round(full_cpu, 4),
+        "update_cpu_s": round(update_cpu, 4),
+        "update_cpu_share": _share(update_cpu, full_cpu),
         "ef_search": ef,
         "recall_full": round(rec(full), 4),
         "recall_updated": round(rec(part), 4),
     }
+
+
+def _share(part: float, whole: float) -> float | None:
+    """part / whole, None when the whole was below the clock's resolution."""
+    return round(part / whole, 3) if whole > 0 else None
 
 
 def _clocked(fn: Callable[[], Any]) -> tuple[float, float, Any]:
