@@ -13,10 +13,27 @@ from typing import Optional
 import typer
 
 from embedpipe.cli.bench_kernels_cmd import kernels, split_values, tiles
-from embedpipe.cli.common import MODEL_OPTION_HELP, THREADS_OPTION_HELP
+from embedpipe.cli.common import CANONICAL_FLAGS, MODEL_OPTION_HELP, any_dim_option, threads_option
 from embedpipe.errors import EmbedpipeError
 
 bench_app = typer.Typer(help="Benchmarks: same-run medians, ratios to reference implementations.", no_args_is_help=True)
+
+
+def usage_check(check: Callable[[], object]) -> None:
+    """Run a check of the Python API on the parsed flags: its EmbedpipeError is a usage error
+    (exit 2) in the flags' own spelling, raised before any work."""
+    try:
+        check()
+    except EmbedpipeError as exc:
+        cli_message = getattr(exc, "cli_message", None)
+        raise typer.BadParameter(cli_message() if callable(cli_message) else str(exc)) from None
+
+
+def _positive(value: Optional[float]) -> Optional[float]:
+    """Callback of a float option that must be > 0 (click's min= cannot exclude its bound)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"Input should be greater than 0, got {value:g}")
+    return value
 
 
 def startup(
@@ -44,18 +61,22 @@ def startup(
 
 def index(
     n: int = typer.Option(200000, "--n", min=2, help="Vectors to index (queries are held out beyond these)."),
-    dim: int = typer.Option(768, "--dim", "-d", help="Dimension (real vectors are Matryoshka-truncated to it)."),
+    dim: int = typer.Option(
+        768, *CANONICAL_FLAGS["dim"], min=1, help="Dimension (real vectors are Matryoshka-truncated to it)."
+    ),
     vectors: Optional[str] = typer.Option(
         None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."
     ),
     queries: int = typer.Option(
-        2000, "--queries", help="Held-out query vectors: recall@10 over all, batched QPS over the first 500."
+        2000, "--queries", min=1, help="Held-out query vectors: recall@10 over all, batched QPS over the first 500."
     ),
-    single: int = typer.Option(200, "--single", help="Queries timed one call at a time."),
+    single: int = typer.Option(200, "--single", min=1, help="Queries timed one call at a time."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
     refs: Optional[list[str]] = typer.Option(None, "--ref", help="References (default hnswlib,usearch,faiss,annoy)."),
-    m: int = typer.Option(16, "--m", help="Graph indexes: M for everyone."),
-    ef_construction: int = typer.Option(200, "--ef-construction", help="Graph indexes: ef_construction for everyone."),
+    m: int = typer.Option(16, "--m", min=2, help="Graph indexes: M for everyone."),
+    ef_construction: int = typer.Option(
+        200, "--ef-construction", min=1, help="Graph indexes: ef_construction for everyone."
+    ),
     threads: int = typer.Option(2, "--threads", min=1, help="Build and batched-search threads for everyone."),
     scaling: Optional[str] = typer.Option(
         None,
@@ -73,27 +94,50 @@ def index(
         False, "--update", help="Also time adding 10 % new rows to our HNSW vs a full rebuild (recall of both)."
     ),
     budget_min: Optional[float] = typer.Option(
-        None, "--budget-min", help="Wall budget in minutes: no build starts after it, a running one is killed."
+        None,
+        "--budget-min",
+        callback=_positive,
+        help="Wall budget in minutes (> 0): no build starts after it, a running one is killed.",
     ),
     ours: str = typer.Option("fp32,int8", "--ours", help="Our HNSW element types to build (fp32, int8 or both)."),
-    out: Optional[str] = typer.Option(
-        None, "--out", help="Rewrite the JSON summary so far to this file after each step."
+    output: Optional[Path] = typer.Option(
+        None,
+        *CANONICAL_FLAGS["output"],
+        "--out",
+        help="Rewrite the JSON summary so far to this .json file after each step (--out: an alias).",
+        metavar="PATH",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Our HNSW fp32/int8 (+ brute/annoy) vs hnswlib, usearch, FAISS IndexFlatIP/IndexHNSWFlat
     and annoy: build time, peak RSS, size, QPS, recall@10 over ef_search."""
-    from embedpipe.indexes.bench import REFERENCES, run_growth_bench, run_index_bench
+    from embedpipe.indexes.bench import (
+        REFERENCES,
+        check_index_args,
+        check_out,
+        check_scaling,
+        run_growth_bench,
+        run_index_bench,
+    )
     from embedpipe.indexes.bench_graph import GraphBench
     from embedpipe.indexes.bench_measure import format_row
 
     names = tuple(split_values(refs) or REFERENCES)
+    our_types = tuple(v for v in ours.split(",") if v)
     report: Callable = (lambda _row: None) if as_json else (lambda row: typer.echo(format_row(row)))
     g = GraphBench(m=m, efc=ef_construction, threads=threads)
     if scaling_only and not (scaling or update):
         raise typer.BadParameter(
             "--scaling-only needs --scaling SIZES (e.g. --scaling 50000,100000,200000) or --update"
         )
+    try:
+        sizes = tuple(int(v) for v in split_values([scaling]) or ()) if scaling else ()
+    except ValueError:
+        raise typer.BadParameter("--scaling takes integers, e.g. 25000,50000,100000") from None
+    budget_s = None if budget_min is None else 60 * budget_min
+    usage_check(lambda: check_index_args(n, dim, queries, single, repeats, names, g, budget_s, our_types))
+    usage_check(lambda: check_scaling(sizes))
+    out = check_out(output, vectors)  # before any build: a bad path is an error now, not after them
     summary: dict = {"data": "", "n": 0, "queries": 0, "ratios": [], "int8_size": None, "skipped": {}}
     if not scaling_only:
         summary = run_index_bench(
@@ -107,10 +151,10 @@ def index(
             report,
             g,
             ours_flat=not no_flat,
-            budget_s=None if budget_min is None else 60 * budget_min,
-            out=Path(out) if out else None,
+            budget_s=budget_s,
+            out=out,
             note=lambda s: typer.echo(s, err=True),
-            ours=tuple(v for v in ours.split(",") if v),
+            ours=our_types,
         )
     run_growth_bench(
         summary,
@@ -118,10 +162,10 @@ def index(
         dim,
         g,
         update,
-        tuple(int(v) for v in scaling.split(",")) if scaling else (),
+        sizes,
         ("embedpipe-hnsw-fp32",) if scaling_ours_only else ("embedpipe-hnsw-fp32", "hnswlib"),
         (lambda _s: None) if as_json else typer.echo,
-        Path(out) if out else None,
+        out,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -152,20 +196,23 @@ def ingest(
     input_path: Optional[str] = typer.Option(
         None, "--input", "-i", help="Parquet file with a text column (default: synthetic texts)."
     ),
-    n: int = typer.Option(300, "--n", help="Texts to embed."),
+    n: int = typer.Option(300, "--n", min=1, help="Texts to embed."),
     task: str = typer.Option("document", "--task", "-t", help="Task prompt."),
     dim: Optional[int] = typer.Option(None, "--dim", "-d", help="Output dimension (default: model width)."),
+    any_dim: bool = any_dim_option(),
     backend: str = typer.Option("auto", "--backend", help="Matmul backend: auto, jit or numpy."),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    threads: Optional[int] = threads_option(),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),
-    rss_rows: int = typer.Option(0, "--rss-rows", help="Also measure peak RSS of ingest on N and 10×N rows (0: skip)."),
+    rss_rows: int = typer.Option(
+        0, "--rss-rows", min=0, help="Also measure peak RSS of ingest on N and 10×N rows (0: skip)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """Ingest pipeline overhead vs Embedder.encode on the same texts, cache speedup, RSS vs corpus size."""
     from embedpipe.pipeline.bench import run_ingest_bench, run_rss_bench
 
     report: Callable[[str], None] = (lambda _line: None) if as_json else typer.echo
-    summary = run_ingest_bench(model, input_path, n, task, dim, backend, threads, repeats, report)
+    summary = run_ingest_bench(model, input_path, n, task, dim, backend, threads, repeats, report, any_dim=any_dim)
     if rss_rows:
         summary["rss"] = run_rss_bench(
             model or summary["model"],
@@ -252,10 +299,7 @@ def runtime(
     if bad:
         raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
     peer_list = tuple(split_values(peers) or PEERS)
-    try:
-        check_peer_names(peer_list)
-    except EmbedpipeError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    usage_check(lambda: check_peer_names(peer_list))
     model = str(resolve_model(model))  # after the flags: it may pull the model
     cfg = BenchConfig(
         model=model,
@@ -285,34 +329,38 @@ def runtime(
 
 def serve(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_OPTION_HELP),
-    threads: Optional[int] = typer.Option(None, "--threads", help=THREADS_OPTION_HELP),
+    threads: Optional[int] = threads_option(),
     concurrency: Optional[list[str]] = typer.Option(None, "--concurrency", help="Concurrent clients (default 1,8,32)."),
     kinds: Optional[list[str]] = typer.Option(None, "--kind", help="Text kinds (default short,long)."),
     peers: Optional[list[str]] = typer.Option(None, "--peer", help="Servers (default embedpipe,llama.cpp)."),
     requests: int = typer.Option(
         256, "--requests", min=1, help="Requests per (server, kind, concurrency), one text each."
     ),
-    max_seconds: float = typer.Option(120.0, "--max-seconds", help="Time cap per (server, kind, concurrency)."),
+    max_seconds: float = typer.Option(
+        120.0, "--max-seconds", callback=_positive, help="Time cap per (server, kind, concurrency), > 0."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
 ) -> None:
     """HTTP /v1/embeddings under concurrent load: embedpipe serve vs llama-cpp-python's server vs in-process encode."""
     from embedpipe.codegen.threads import default_threads
     from embedpipe.runtime.registry import resolve_model
-    from embedpipe.serve.bench import CONCURRENCY, KINDS, PEERS, ServeBenchConfig, format_summary, run_serve_bench
+    from embedpipe.serve.bench import (
+        CONCURRENCY,
+        KINDS,
+        PEERS,
+        ServeBenchConfig,
+        check_serve_config,
+        format_summary,
+        run_serve_bench,
+    )
 
-    model = str(resolve_model(model))
     try:
         conc = tuple(int(c) for c in split_values(concurrency)) if concurrency else CONCURRENCY
     except ValueError:
         raise typer.BadParameter("--concurrency takes integers, e.g. 1,8,32") from None
-    if any(c < 1 for c in conc):
-        raise typer.BadParameter("--concurrency must be >= 1")
     kind_list = tuple(split_values(kinds) or KINDS)
-    bad = [k for k in kind_list if k not in ("short", "long", "xlong")]
-    if bad:
-        raise typer.BadParameter(f"unknown kind(s) {', '.join(bad)}; choose from short, long, xlong")
     cfg = ServeBenchConfig(
-        model=model,
+        model="",  # resolved below, once the flags are known to be right: it may pull the model
         threads=threads or default_threads(),
         kinds=kind_list,
         concurrency=conc,
@@ -320,6 +368,8 @@ def serve(
         requests=requests,
         max_seconds=max_seconds,
     )
+    usage_check(lambda: check_serve_config(cfg))
+    cfg.model = str(resolve_model(model))
     report: Callable[[str], None] = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     summary = run_serve_bench(cfg, report)
     if as_json:

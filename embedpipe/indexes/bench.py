@@ -20,20 +20,23 @@ import json
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embedpipe.errors import ArgumentError
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.indexes.base import truncate_normalize
 from embedpipe.indexes.bench_data import exact_top10, load_vectors
 from embedpipe.indexes.bench_flat import annoy_rows, flat_rows
 from embedpipe.indexes.bench_graph import GraphBench, graph_rows
 from embedpipe.indexes.bench_measure import BATCH_QUERIES, Row
 from embedpipe.indexes.bench_summary import ratios, size_summary
+from embedpipe.indexes.format import MAX_DIM
+from embedpipe.indexes.params import file_bounds
+from embedpipe.output_files import check_output_file
 
 # --ref name -> the graph implementations it stands for (annoy is built in this process)
 REFERENCES: dict[str, tuple[str, ...]] = {
@@ -47,6 +50,76 @@ REFERENCES: dict[str, tuple[str, ...]] = {
 # the order graph builds run in: the ratios' reference and ours first, so a run cut short by
 # its wall budget still has them
 ORDER = ("hnswlib", "embedpipe-hnsw-fp32", "faiss-flat", "embedpipe-hnsw-int8", "usearch", "faiss-hnsw", "annoy")
+
+
+OURS = ("fp32", "int8")
+
+
+def check_references(names: Iterable[str]) -> tuple[str, ...]:
+    """`names` if each is a reference this benchmark knows (`REFERENCES`): a mistyped one is an
+    error naming the choices, before any work."""
+    names = tuple(names)
+    unknown = [name for name in names if name not in REFERENCES]
+    if unknown:
+        raise EmbedpipeError(f"unknown reference(s) {', '.join(unknown)}; choose from {', '.join(REFERENCES)}")
+    return names
+
+
+def check_graph(graph: GraphBench, dim: int) -> None:
+    """The shared graph settings and the dimension, within what our index files can hold (the
+    same M and ef_construction go to every implementation)."""
+    if not 1 <= dim <= MAX_DIM:
+        raise ArgumentError("dim", f"must be in 1..{MAX_DIM}, got {dim}")
+    for name, value in (("m", graph.m), ("ef_construction", graph.efc)):
+        bounds = file_bounds("hnsw", name)
+        lo, hi = bounds["minimum"], bounds["maximum"]
+        if not lo <= value <= hi:
+            raise ArgumentError(name, f"must be in {lo}..{hi}, got {value}")
+    if graph.threads < 1:
+        raise ArgumentError("threads", f"must be >= 1, got {graph.threads}")
+
+
+def check_index_args(
+    n: int,
+    dim: int,
+    queries: int,
+    n_single: int,
+    repeats: int,
+    references: Iterable[str],
+    graph: GraphBench,
+    budget_s: float | None = None,
+    ours: Iterable[str] = OURS,
+) -> None:
+    """Every argument of `run_index_bench` that can be checked without reading the vectors, so
+    a mistake is reported before the first build rather than as a traceback (or as meaningless
+    figures) after it."""
+    check_references(references)
+    bad = [quant for quant in ours if quant not in OURS]
+    if bad:
+        raise ArgumentError("ours", f"takes fp32 and/or int8, not {', '.join(bad)}")
+    for name, value, low in (("n", n, 2), ("queries", queries, 1), ("n_single", n_single, 1), ("repeats", repeats, 1)):
+        if value < low:
+            raise ArgumentError(name, f"must be >= {low}, got {value}")
+    check_graph(graph, dim)
+    if budget_s is not None and not budget_s >= 0:  # 0: no build starts (each is listed as skipped)
+        raise ArgumentError("budget_s", f"must be >= 0 seconds, got {budget_s}")
+
+
+def check_out(out: Path | str | None, vectors: str | None = None) -> Path | None:
+    """Where the JSON summary goes, once it is known it can be written there (a .json file in
+    an existing directory, not the input vectors), so a bad path fails before any build."""
+    if out is None:
+        return None
+    return check_output_file(out, (".json",), () if vectors is None else (vectors,))
+
+
+def check_scaling(sizes: Iterable[int]) -> tuple[int, ...]:
+    """The `--scaling` sizes: each builds an index of that many vectors."""
+    sizes = tuple(sizes)
+    small = [size for size in sizes if size < 2]
+    if small:
+        raise ArgumentError("scaling", f"sizes must be >= 2, got {', '.join(map(str, small))}")
+    return sizes
 
 
 class Budget:
@@ -93,12 +166,15 @@ def run_index_bench(
     `ORDER`; `ours` picks our HNSW element types. With `budget_s`, no step starts after that many
     seconds and a build still running then is killed (both listed under "skipped"); with `out`, the summary so far is rewritten
     there after every step, so a run cut short still leaves its results."""
-    bad = [quant for quant in ours if f"embedpipe-hnsw-{quant}" not in ORDER]
-    if bad:
-        raise ArgumentError("ours", f"takes fp32 and/or int8, not {', '.join(bad)}")
     g = graph or GraphBench()
+    check_index_args(n, dim, queries, n_single, repeats, references, g, budget_s, ours)
+    out = check_out(out, vectors)
     budget = Budget(budget_s)
     x, label = load_vectors(vectors, n + queries, dim)
+    if len(x) - queries < 2:
+        raise ArgumentError(
+            "queries", f"({queries}) leaves {max(0, len(x) - queries)} of the {len(x)} vectors to index; 2 are needed"
+        )
     if x.shape[1] > dim:
         x = truncate_normalize(x, dim)
         label += f", truncated to {dim}"
@@ -180,6 +256,12 @@ def run_growth_bench(
     "scaling", and with `out` the summary is rewritten there after the update and after every
     scaling build, as `run_index_bench` does after every step. Returns `summary`."""
     from embedpipe.indexes.bench_scaling import build_scaling, update_bench
+
+    check_graph(graph, dim)
+    check_scaling(scaling)
+    if update and n < 2:
+        raise ArgumentError("n", f"must be >= 2, got {n}")
+    out = check_out(out)
 
     def save(done: bool) -> None:
         if out is not None:

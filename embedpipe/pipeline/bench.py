@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.pipeline.config import IngestConfig
 from embedpipe.pipeline.job import ingest
 
@@ -57,26 +58,43 @@ def run_ingest_bench(
     threads: int | None,
     repeats: int,
     report: Callable[[str], None] = print,
+    any_dim: bool = False,
 ) -> dict:
+    """Time `Embedder.encode` against `ingest` (no cache, cold and warm cache) on the same `n`
+    texts; `dim` is one of the model's Matryoshka widths, or any width up to it with `any_dim`."""
+    from embedpipe.runtime.dims import check_dim
     from embedpipe.runtime.embedder import Embedder
 
+    for name, value in (("n", n), ("repeats", repeats)):
+        if value < 1:
+            raise ArgumentError(name, f"must be >= 1, got {value}")
     emb = Embedder.load(model, backend=backend, threads=threads)
+    dim = check_dim(dim, emb.dims, any_dim)  # before any work, naming the flag that allows others
     texts = load_texts(input_path, n)
+    if not texts:
+        raise EmbedpipeError(f"{input_path}: no non-empty texts in its text column")
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-ingest-"))
     corpus = work / "corpus.parquet"
     pq.write_table(pa.table({"text": texts}), corpus)
 
     def cfg(out: str, **kw) -> IngestConfig:
         return IngestConfig(
-            inputs=[str(corpus)], output=str(work / out), task=task, dim=dim, progress=False, overwrite=True, **kw
+            inputs=[str(corpus)],
+            output=str(work / out),
+            task=task,
+            dim=dim,
+            any_dim=any_dim,
+            progress=False,
+            overwrite=True,
+            **kw,
         )
 
     times: dict[str, list[tuple[float, float, object]]] = {"encode": [], "ingest": [], "warm": []}
-    emb.encode(texts[:8], task=task, dim=dim)  # warm-up: kernels compiled, caches touched
+    emb.encode(texts[:8], task=task, dim=dim, any_dim=any_dim)  # warm-up: kernels compiled, caches touched
     cold_s = _timed(lambda: ingest(cfg("cold", cache_dir=str(work / "cache")), embedder=emb))[0]
     for r in range(repeats):
         runs = [
-            ("encode", lambda: emb.encode(texts, task=task, dim=dim, batch_size=32)),
+            ("encode", lambda: emb.encode(texts, task=task, dim=dim, batch_size=32, any_dim=any_dim)),
             ("ingest", lambda: ingest(cfg("nocache", cache=False), embedder=emb)),
             ("warm", lambda: ingest(cfg("warm", cache_dir=str(work / "cache")), embedder=emb)),
         ]
@@ -162,6 +180,9 @@ def run_rss_bench(
     report: Callable[[str], None] = print,
     **cfg: str | int | bool | list[str] | None,
 ) -> dict:
+    for name, value in (("rows", rows), ("factor", factor)):
+        if value < 1:
+            raise ArgumentError(name, f"must be >= 1, got {value}")
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-rss-"))
     small = peak_rss(model, rows, work, **cfg)
     large = peak_rss(model, rows * factor, work, **cfg)

@@ -199,7 +199,9 @@ class WindowProcessor:
         t0 = time.perf_counter()
         done = 0
         for batch in length_batches([len(s) for s in seqs], self.cfg.batch_rows, self.cfg.batch_tokens):
-            out[batch] = self.emb.encode_ids([seqs[i] for i in batch], dim=self.cfg.dim, batch_size=len(batch))
+            out[batch] = self.emb.encode_ids(
+                [seqs[i] for i in batch], dim=self.cfg.dim, batch_size=len(batch), any_dim=True
+            )  # the job checked cfg.dim against the model (and --any-dim) before any work
             done += len(batch)
             if self.on_batch is not None:
                 self.on_batch(done, len(seqs), sum(len(seqs[i]) for i in batch))

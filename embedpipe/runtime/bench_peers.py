@@ -258,12 +258,13 @@ PEER_FACTORIES: dict[str, Callable[[object, int], Peer]] = {
 }
 
 
-def check_peer_names(names: Iterable[str]) -> None:
+def check_peer_names(names: Iterable[str], known: Iterable[str] = PEER_FACTORIES) -> None:
     """A mistyped peer is an error; a known peer that cannot run here is skipped later, with
-    its reason."""
-    unknown = [n for n in names if n not in PEER_FACTORIES]
+    its reason. `known`: the peers of this benchmark (`bench serve` passes its servers)."""
+    known = tuple(known)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise EmbedpipeError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEER_FACTORIES)}")
+        raise EmbedpipeError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(known)}")
 
 
 def make_peer(name: str, cfg: BenchConfig | SimpleNamespace, threads: int) -> Peer:

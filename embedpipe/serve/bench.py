@@ -23,8 +23,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from embedpipe.errors import ArgumentError, EmbedpipeError
 from embedpipe.runtime import prompts
+from embedpipe.runtime.bench import KINDS as DOCUMENT_KINDS
 from embedpipe.runtime.bench import machine_info
+from embedpipe.runtime.bench_peers import check_peer_names
 from embedpipe.runtime.bench_texts import documents
 from embedpipe.serve.bench_load import Cell, closed_loop, measure_cell
 from embedpipe.serve.bench_peers import PEER_SERVERS, ServerPeer
@@ -59,6 +62,23 @@ class Summary:
     agreement: dict = field(default_factory=dict)
 
 
+def check_serve_config(cfg: ServeBenchConfig) -> None:
+    """Refuse a config that would measure nothing: a mistyped server (a known one that cannot
+    run here is skipped later, with its reason, as in `bench runtime`), an unknown text kind,
+    or a count or time cap that leaves no requests to time."""
+    check_peer_names(cfg.peers, PEER_SERVERS)
+    bad = [kind for kind in cfg.kinds if kind not in DOCUMENT_KINDS]
+    if bad:
+        raise EmbedpipeError(f"unknown kind(s) {', '.join(bad)}; choose from {', '.join(DOCUMENT_KINDS)}")
+    if any(c < 1 for c in cfg.concurrency):
+        raise ArgumentError("concurrency", f"must be >= 1, got {', '.join(map(str, cfg.concurrency))}")
+    for name in ("threads", "requests"):
+        if getattr(cfg, name) < 1:
+            raise ArgumentError(name, f"must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.max_seconds > 0:
+        raise ArgumentError("max_seconds", f"must be positive, got {cfg.max_seconds}")
+
+
 class Ceiling:
     """In-process Embedder.encode on the same texts: batch throughput and single-text latency."""
 
@@ -90,6 +110,7 @@ class Ceiling:
 def run_serve_bench(cfg: ServeBenchConfig, report: Callable[[str], None] = print) -> dict:
     """Every server is started first; then per kind the in-process ceiling and, per concurrency,
     each server in turn, so the figures compared were taken minutes apart at most."""
+    check_serve_config(cfg)
     summary = Summary(machine_info(), cfg.model, cfg.threads)
     n = max(cfg.requests, 4 * max(cfg.concurrency))
     texts = {kind: prompts.format_texts(documents(kind, n), TASK) for kind in cfg.kinds}
@@ -97,8 +118,6 @@ def run_serve_bench(cfg: ServeBenchConfig, report: Callable[[str], None] = print
     try:
         for name in cfg.peers:
             try:
-                if name not in PEER_SERVERS:
-                    raise RuntimeError(f"unknown server; known: {', '.join(PEER_SERVERS)}")
                 peers.append(PEER_SERVERS[name](cfg))
             except (RuntimeError, OSError) as exc:
                 summary.skipped[name] = str(exc)

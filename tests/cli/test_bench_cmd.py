@@ -1,5 +1,5 @@
-"""`embedpipe bench kernels` (runs the kernel benchmark and reports same-run figures) and `bench index`
-plumbing."""
+"""`embedpipe bench kernels` (runs the kernel benchmark and reports same-run figures), `bench index`
+plumbing, and the bench commands' flags checked before any work."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from embedpipe.cli.app import app
+from embedpipe.cli.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +94,106 @@ def test_bench_tiles_json_and_errors():
     for args, message in ((["--tiles", "4x"], "is not MRxNV"), (["--type", "F16"], "float kernels")):
         bad = CliRunner().invoke(app, ["bench", "tiles", *args])
         assert bad.exit_code != 0 and message in (bad.output + str(bad.exception))
+
+
+USAGE_ERRORS = [
+    # a mistyped reference was a KeyError traceback after the vectors were generated
+    (["index", "--n", "100", "--dim", "16", "--ref", "bogus"], "unknown reference(s) bogus; choose from hnswlib,"),
+    (["index", "--n", "100", "--dim", "16", "--ref", "hnswlib,none"], "unknown reference(s) none; choose from"),
+    # --queries 0 left no vectors to index: "an annoy index needs at least 2 vectors, got 0"
+    (["index", "--n", "100", "--dim", "16", "--queries", "0", "--ref", "annoy"], "'--queries'"),
+    # --dim 0 built indexes, then reported a corrupt header
+    (["index", "--n", "100", "--dim", "0"], "--dim"),
+    (["index", "--n", "100", "--dim", "70000"], "--dim must be in 1..65536, got 70000"),
+    # each of these exited 0 with meaningless figures
+    (["index", "--n", "100", "--dim", "16", "--m", "0"], "'--m'"),
+    (["index", "--n", "100", "--dim", "16", "--m", "5000"], "--m must be in 2..4096"),
+    (["index", "--n", "100", "--dim", "16", "--ef-construction", "0"], "'--ef-construction'"),
+    (["index", "--n", "100", "--dim", "16", "--budget-min", "-1"], "'--budget-min': Input should be greater than 0"),
+    (["index", "--n", "100", "--dim", "16", "--budget-min", "0"], "'--budget-min'"),
+    (["index", "--n", "100", "--dim", "16", "--single", "-5"], "'--single'"),
+    (["index", "--n", "100", "--dim", "16", "--ours", "fp16"], "--ours takes fp32 and/or int8, not fp16"),
+    (["index", "--dim", "16", "--scaling", "abc", "--scaling-only"], "--scaling takes integers"),
+    (["index", "--dim", "16", "--scaling", "1,100", "--scaling-only"], "--scaling sizes must be >= 2, got 1"),
+    (["serve", "--max-seconds", "-1"], "'--max-seconds': Input should be greater than 0"),
+    (["serve", "--max-seconds", "0"], "'--max-seconds'"),
+    (["serve", "--threads", "0"], "'--threads'"),
+    (["serve", "--concurrency", "1,0"], "--concurrency must be >= 1"),
+    (["serve", "--kind", "huge"], "unknown kind(s) huge; choose from short, long, xlong"),
+    # exited 0 with "skipped bogus", while bench runtime refused an unknown peer
+    (["serve", "--peer", "embedpipe,bogus"], "unknown peer(s) bogus; choose from embedpipe, llama.cpp"),
+    (["runtime", "--peer", "bogus"], "unknown peer(s) bogus; choose from jit,"),
+    # "11480.81 % of encode" over no texts
+    (["ingest", "--n", "0"], "'--n'"),
+    (["ingest", "--rss-rows", "-1"], "'--rss-rows'"),
+    (["ingest", "--threads", "0"], "'--threads'"),
+]
+
+
+@pytest.mark.parametrize("args, needle", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_bench_flags_are_usage_errors_before_any_work(args, needle, capsys, monkeypatch):
+    """Refused while parsing (exit 2, one line), before a model is resolved or a vector made."""
+
+    def no_work(*_args, **_kw):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr("embedpipe.runtime.registry.resolve_model", no_work)
+    monkeypatch.setattr("embedpipe.indexes.bench_data.synthetic_vectors", no_work)
+    assert run_cli(app, ["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("nonexist_d/x.json", "nonexist_d: no such directory for the output x.json"),
+        ("x.txt", "unknown output extension; use one of .json"),
+        ("adir.json", "is a directory"),
+    ],
+)
+def test_bench_index_checks_its_output_before_building(tmp_path, name, needle, capsys, monkeypatch):
+    """A bad --out failed only when the first build's summary was written."""
+
+    def no_work(*_args, **_kw):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr("embedpipe.indexes.bench_data.synthetic_vectors", no_work)
+    (tmp_path / "adir.json").mkdir()
+    for flag in ("-o", "--output", "--out"):
+        args = ["bench", "index", "--n", "100", "--dim", "16", flag, str(tmp_path / name)]
+        assert run_cli(app, args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+
+
+def test_bench_index_output_is_the_canonical_flag_with_out_kept():
+    from embedpipe.cli.app import load_command
+
+    (param,) = [p for p in load_command("bench").commands["index"].params if p.name == "output"]
+    assert {"-o", "--output", "--out"} <= set(param.opts)
+
+
+INGEST_ARGS = ["bench", "ingest", "--backend", "numpy", "--threads", "1", "--n", "4", "--repeats", "1"]
+
+
+def test_bench_ingest_takes_the_any_dim_it_suggests(tiny_gguf, capsys):
+    """A width the model does not offer suggested --any-dim, which bench ingest did not have."""
+    from embedpipe.cli.app import load_command
+
+    assert run_cli(app, [*INGEST_ARGS, "-m", str(tiny_gguf), "--dim", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "--dim 32 is not offered by this model" in err and "pass --any-dim" in err
+    (param,) = [p for p in load_command("bench").commands["ingest"].params if p.name == "any_dim"]
+    assert param.opts == ["--any-dim"] and param.is_flag
+
+
+def test_bench_ingest_runs_at_its_full_width(tiny_gguf, capsys):
+    assert run_cli(app, [*INGEST_ARGS, "-m", str(tiny_gguf), "--dim", "64", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["texts"] == 4 and summary["repeats"] == 1
+
+
+def test_bench_ingest_any_dim_embeds_at_that_width(tiny_gguf, capsys):
+    assert run_cli(app, [*INGEST_ARGS, "-m", str(tiny_gguf), "--dim", "32", "--any-dim", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["texts"] == 4

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.indexes.bench import run_index_bench
+from embedpipe.indexes.bench import run_growth_bench, run_index_bench
+from embedpipe.indexes.bench_graph import GraphBench
 
 
 def test_a_spent_budget_starts_no_build_and_says_why(tmp_path):
@@ -70,3 +71,58 @@ def test_scaling_figures_are_written_after_every_build_and_at_the_end(tmp_path):
     on_disk = json.loads(out.read_text())
     assert on_disk["complete"] and on_disk["scaling"] == s["scaling"]
     assert on_disk["scaling"]["embedpipe-hnsw-fp32"]["sizes"] == [150, 300]
+
+
+@pytest.fixture
+def no_vectors(monkeypatch):
+    """Fails the test if vectors are generated: the arguments are checked before any work."""
+
+    def refuse(*_args, **_kw):
+        raise AssertionError("vectors were generated")
+
+    monkeypatch.setattr("embedpipe.indexes.bench_data.synthetic_vectors", refuse)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"references": ("bogus",)}, r"unknown reference\(s\) bogus; choose from hnswlib, usearch, faiss, annoy"),
+        ({"references": ("none",)}, r"unknown reference\(s\) none"),
+        ({"queries": 0}, "queries must be >= 1, got 0"),
+        ({"dim": 0}, r"dim must be in 1\.\.65536, got 0"),
+        ({"n_single": -5}, "n_single must be >= 1, got -5"),
+        ({"repeats": 0}, "repeats must be >= 1"),
+        ({"budget_s": -60.0}, "budget_s must be >= 0 seconds"),
+        ({"graph": GraphBench(m=0)}, r"m must be in 2\.\.4096, got 0"),
+        ({"graph": GraphBench(efc=0)}, r"ef_construction must be in 1\.\."),
+        ({"graph": GraphBench(threads=0)}, "threads must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_vector_is_made(kw, match, no_vectors):
+    args = {"n": 100, "dim": 16, "queries": 10, "references": ("annoy",), **kw}
+    with pytest.raises(EmbedpipeError, match=match):
+        run_index_bench(**args)
+
+
+@pytest.mark.parametrize("name, match", [("nodir/x.json", "no such directory"), ("x.txt", "use one of .json")])
+def test_a_bad_out_path_is_refused_before_any_build(tmp_path, name, match, no_vectors):
+    with pytest.raises(EmbedpipeError, match=match):
+        run_index_bench(100, 16, queries=10, references=(), out=tmp_path / name)
+    with pytest.raises(EmbedpipeError, match=match):
+        run_growth_bench({}, 0, 16, GraphBench(), scaling=(150,), out=tmp_path / name)
+
+
+def test_growth_bench_checks_its_sizes_and_graph_first(no_vectors):
+    with pytest.raises(EmbedpipeError, match="scaling sizes must be >= 2, got 1"):
+        run_growth_bench({}, 0, 16, GraphBench(), scaling=(1, 150))
+    with pytest.raises(EmbedpipeError, match="m must be in"):
+        run_growth_bench({}, 0, 16, GraphBench(m=1), scaling=(150,))
+
+
+def test_queries_must_leave_vectors_to_index(tmp_path):
+    """Real vectors with fewer rows than --queries + 2: an error, not an empty index."""
+    import numpy as np
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32))
+    with pytest.raises(EmbedpipeError, match=r"queries \(11\) leaves 1 of the 12 vectors to index"):
+        run_index_bench(100, 16, vectors=str(tmp_path / "v.npy"), queries=11, references=("annoy",))

@@ -56,6 +56,12 @@ def test_query_task_and_dim_check(run, corpus, tiny_emb):
         run(corpus, dim=7)
 
 
+def test_any_dim_ingests_a_width_the_model_does_not_offer(run, corpus, tiny_emb):
+    _, table = run(corpus, dim=7, any_dim=True, cache=False)
+    texts = pq.read_table(corpus).column("text").to_pylist()
+    np.testing.assert_allclose(vectors(table), tiny_emb.encode(texts, task="document", dim=7, any_dim=True), atol=2e-6)
+
+
 def test_missing_column_and_missing_file(run, corpus, tmp_path):
     with pytest.raises(EmbedpipeError, match="no column"):
         run(corpus, text_col="nope")

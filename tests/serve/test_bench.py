@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from embedpipe.errors import EmbedpipeError
 from embedpipe.serve.bench import ServeBenchConfig, format_summary, run_serve_bench
 
 
@@ -11,7 +14,7 @@ def test_bench_serve_reports_cells_ratios_and_agreement(wide_model):
         threads=1,
         kinds=("short",),
         concurrency=(1, 4),
-        peers=("embedpipe", "nonesuch"),
+        peers=("embedpipe",),
         requests=16,
         max_seconds=60,
     )
@@ -21,7 +24,7 @@ def test_bench_serve_reports_cells_ratios_and_agreement(wide_model):
     assert all(c["errors"] == 0 and c["requests"] == 16 and c["p50_ms"] > 0 for c in summary["cells"])
     assert summary["cells"][0]["requests_per_pass"] == 1.0
     assert summary["agreement"]["embedpipe"]["short"] >= 0.9999
-    assert "nonesuch" in summary["skipped"]
+    assert summary["skipped"] == {}
     assert [r["concurrency"] for r in summary["ratios"]] == [1, 4]
     assert all(r["of_in_process_encode"] > 0 for r in summary["ratios"])
     assert any(line.startswith("ratios short c=4") for line in format_summary(summary))
@@ -40,3 +43,22 @@ def test_bench_serve_command_defaults_its_threads(wide_model):
     summary = json.loads(res.output[res.output.index("{") :])
     assert [(c["peer"], c["errors"]) for c in summary["cells"]] == [("embedpipe", 0)]
     assert summary["cells"][0]["requests"] >= 2
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        # a mistyped server was "skipped" and the run went on; bench runtime refuses such a peer
+        ({"peers": ("embedpipe", "nonesuch")}, r"unknown peer\(s\) nonesuch; choose from embedpipe, llama.cpp"),
+        ({"kinds": ("huge",)}, r"unknown kind\(s\) huge"),
+        ({"max_seconds": -1.0}, "max_seconds must be positive, got -1.0"),
+        ({"max_seconds": 0.0}, "max_seconds must be positive"),
+        ({"requests": 0}, "requests must be >= 1"),
+        ({"concurrency": (1, 0)}, "concurrency must be >= 1"),
+        ({"threads": 0}, "threads must be >= 1"),
+    ],
+)
+def test_a_config_that_would_time_nothing_is_refused_before_any_server_starts(tmp_path, kw, match):
+    cfg = ServeBenchConfig(**{"model": str(tmp_path / "never-opened.gguf"), "threads": 1, **kw})
+    with pytest.raises(EmbedpipeError, match=match):
+        run_serve_bench(cfg, report=lambda line: None)
