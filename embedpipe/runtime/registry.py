@@ -135,11 +135,12 @@ DEFAULT_MODEL = "embeddinggemma-300m"
 
 
 def lookup(name: str) -> RegisteredModel:
+    """The registered model `name` (for commands that take a name only: pull, path)."""
     entry = MODELS.get(name.strip().lower())
     if entry is None:
-        raise EmbedpipeError(
-            f"unknown model {name!r}; registered models: {', '.join(MODELS)} (or pass a GGUF file path)"
-        )
+        if name.lower().endswith(".gguf") or os.sep in name:
+            raise EmbedpipeError(f"{name!r} is a file path; this takes a registered model name: {', '.join(MODELS)}")
+        raise EmbedpipeError(f"unknown model {name!r}; registered models: {', '.join(MODELS)}")
     return entry
 
 

@@ -66,6 +66,8 @@ def test_cli_model_list_and_path(tmp_path, monkeypatch) -> None:
     assert res.exit_code != 0 and "embedpipe model pull all-mpnet-base-v2" in str(res.exception)
     res = runner.invoke(app, ["model", "path", "nope"])
     assert res.exit_code != 0 and "unknown model" in str(res.exception)
+    res = runner.invoke(app, ["model", "path", str(tmp_path / "m.gguf")])
+    assert res.exit_code != 0 and "is a file path; this takes a registered model name" in str(res.exception)
     # NAME:QUANT as every --model takes it
     res = runner.invoke(app, ["model", "path", "all-mpnet-base-v2:F16"])
     assert res.exit_code != 0 and "embedpipe model pull all-mpnet-base-v2 --quant f16" in str(res.exception)
