@@ -14,11 +14,17 @@ from synthetic import TinyModel, build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _weight_cache_in_tmp(tmp_path_factory):
+def _caches_for_the_suite(tmp_path_factory):
     """Repacked-weight caches of the suite's temporary models go to a temporary directory,
-    not the user's cache (tests that look at the cache point it elsewhere themselves)."""
+    not the user's cache (tests that look at the cache point it elsewhere themselves); compiled
+    kernels stay in the user's kernel cache wherever a test moves the cache root."""
+    from embedpipe.runtime.cache_root import KERNELS_ENV, kernels_dir
+
     mp = pytest.MonkeyPatch()
     mp.setenv("EMBEDPIPE_WEIGHT_CACHE_DIR", str(tmp_path_factory.mktemp("weight_cache")))
+    # kernels live under EMBEDPIPE_CACHE_DIR, which many tests point at a temporary directory:
+    # pin the user's kernel cache so those tests (and their subprocesses) do not compile afresh
+    mp.setenv(KERNELS_ENV, str(kernels_dir()))
     yield
     mp.undo()
 

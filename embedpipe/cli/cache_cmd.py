@@ -1,110 +1,153 @@
-"""`embedpipe cache info|clear`: look at and prune the ingest embedding cache."""
+"""`embedpipe cache info|clear`: look at and prune the ingest embedding cache and the load caches."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from embedpipe.cli.common import cache_dir_option
-from embedpipe.pipeline.cache import EmbeddingCache, file_bytes, model_prefix
+from embedpipe.errors import EmbedpipeError
+from embedpipe.pipeline.cache import (
+    EmbeddingCache,
+    ModelSelector,
+    existing_cache_path,
+    file_bytes,
+    read_summary,
+    select_model,
+)
 
 cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).", no_args_is_help=True)
 
+ROOT_HELP = (
+    "Cache directory: its embedding cache and, under it, the load caches (weights/, tokenizers/, kernels/), "
+    "whatever the environment says (default: env EMBEDPIPE_CACHE_DIR, else the user cache dir)."
+)
+CLEAR_MODEL_HELP = (
+    "Only this model's entries: a GGUF model file or registered model name, e.g. all-minilm-l6-v2 or "
+    "all-minilm-l6-v2:f32 (never downloaded), or a SHA-256 prefix of at least 4 hex digits as `cache info` "
+    "shows it (default: all models)."
+)
+
 
 @cache_app.command("info")
-def info_cmd(cache_dir: Optional[Path] = cache_dir_option()) -> None:
-    """Where the cache is, its size on disk, and entries per model and dim."""
-    cache = EmbeddingCache.in_dir(cache_dir)
-    try:
-        groups = cache.summary()
-        typer.echo(f"{cache.path}  {file_bytes(cache.path) / 1e6:.1f} MB on disk")
+def info_cmd(cache_dir: Optional[Path] = cache_dir_option(ROOT_HELP)) -> None:
+    """Where the caches are, their size on disk, and embedding entries per model and dim.
+
+    With --cache-dir, the embedding cache and the load caches under that directory. Only
+    reads: nothing is created, not even for a directory that holds no cache."""
+    path = existing_cache_path(cache_dir)
+    groups = read_summary(path)
+    if groups is None:
+        typer.echo(f"{path}  no embedding cache: nothing cached")
+    else:
+        typer.echo(f"{path}  {file_bytes(path) / 1e6:.1f} MB on disk")
         typer.echo(f"{'model sha256':<16} {'dim':>5} {'entries':>9} {'MB':>9}")
         for g in groups:
             typer.echo(f"{g.model[:16]:<16} {g.dim:>5} {g.entries:>9} {g.bytes / 1e6:>9.1f}")
         typer.echo(
             f"{'total':<16} {'':>5} {sum(g.entries for g in groups):>9} {sum(g.bytes for g in groups) / 1e6:>9.1f}"
         )
-    finally:
-        cache.close()
-    _derived_info()
+    _load_caches_info(cache_dir)
 
 
-def _derived_info() -> None:
+def _load_caches_info(cache_dir: Optional[Path]) -> None:
     """The load-time caches: repacked weights (per model file), tokenizer models, compiled kernels."""
-    from embedpipe.codegen import jit
-    from embedpipe.runtime import tokenizer, weight_cache
+    from embedpipe.runtime import load_caches
 
-    files = weight_cache.list_files()
+    found = load_caches.survey(cache_dir)
     typer.echo(
-        f"\n{weight_cache.weights_dir()}  repacked weights: {len(files)} files, "
-        f"{sum(f.bytes for f in files) / 1e6:.1f} MB (bound {weight_cache.max_bytes() / 1e6:.0f} MB)"
+        f"\n{found.weights_dir}  repacked weights: {len(found.weights)} files, "
+        f"{found.weight_bytes / 1e6:.1f} MB (bound {found.weights_max_bytes / 1e6:.0f} MB)"
     )
-    for f in files:
+    for f in found.weights:
         typer.echo(f"  {f.bytes / 1e6:>9.1f} MB  {f.model}  [{f.identity}]")
-    models = tokenizer.cache_files()
     typer.echo(
-        f"{tokenizer.tokenizer_cache_dir()}  tokenizer models: {len(models)} files, "
-        f"{sum(p.stat().st_size for p in models) / 1e6:.1f} MB (bound {tokenizer.CACHE_MAX_BYTES / 1e6:.0f} MB)"
+        f"{found.tokenizers_dir}  tokenizer models: {len(found.tokenizers)} files, "
+        f"{found.tokenizer_bytes / 1e6:.1f} MB (bound {found.tokenizers_max_bytes / 1e6:.0f} MB)"
     )
-    kernels = jit.cache_files()
-    typer.echo(
-        f"{jit.cache_dir()}  compiled kernels: {len(kernels)} files, "
-        f"{sum(p.stat().st_size for p in kernels) / 1e6:.1f} MB"
-    )
+    typer.echo(f"{found.kernels_dir}  compiled kernels: {len(found.kernels)} files, {found.kernel_bytes / 1e6:.1f} MB")
+
+
+def _confirm(question: str) -> None:
+    """Ask on stdin; anything but yes (a closed or empty stdin included) deletes nothing.
+    Ctrl-C is left to the CLI (interrupted, exit 130)."""
+    typer.echo(f"{question} [y/N]: ", nl=False)
+    line = sys.stdin.readline()
+    if not line:  # end of input: no one to ask
+        typer.echo()
+        raise EmbedpipeError("aborted, nothing deleted (no answer on stdin; pass -y/--yes to delete without asking)")
+    if line.strip().lower() not in ("y", "yes"):
+        raise EmbedpipeError("aborted, nothing deleted")
 
 
 @cache_app.command("clear")
 def clear_cmd(
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Only entries of the model whose SHA-256 starts with this (see `cache info`)."
-    ),
-    cache_dir: Optional[Path] = cache_dir_option(),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=CLEAR_MODEL_HELP, metavar="MODEL"),
+    cache_dir: Optional[Path] = cache_dir_option(ROOT_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     load_caches: bool = typer.Option(
         False,
         "--load-caches",
         help="Delete the repacked-weight, tokenizer-model and compiled-kernel caches instead "
-        "(rebuilt on the next model load).",
+        "(rebuilt on the next model load); with -m only that model's repacked weights "
+        "(tokenizer models and kernels are shared between models).",
     ),
 ) -> None:
-    """Delete cached embeddings (all, or one model's) and shrink the file."""
-    if load_caches:
-        _clear_load_caches(yes)
-        return
+    """Delete cached embeddings (all, or one model's) and shrink the file.
+
+    With --load-caches, the load caches instead; with --cache-dir, only what is under that
+    directory. Asks first unless -y; no answer deletes nothing."""
     try:
-        prefix = model_prefix(model) if model is not None else None
+        selected = select_model(model) if model is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    cache = EmbeddingCache.in_dir(cache_dir)
+    if load_caches:
+        _clear_load_caches(cache_dir, model, selected, yes)
+        return
+    path = existing_cache_path(cache_dir)
+    if not path.is_file():
+        typer.echo(f"{path}: no embedding cache, nothing to delete")
+        return
+    what = f"the entries of model {model}" if model else "all entries"
+    if not yes:
+        _confirm(f"Delete {what} in {path}?")
+    cache = EmbeddingCache(path)
     try:
-        what = f"entries of model {model}…" if model else "all entries"
-        if not yes and not typer.confirm(f"Delete {what} in {cache.path}?"):
-            raise typer.Exit(1)
         before = file_bytes(cache.path)
-        n = cache.clear(prefix)
+        n = cache.clear(selected.sha256_prefix if selected else None)
         typer.echo(f"deleted {n} entries; {before / 1e6:.1f} MB -> {file_bytes(cache.path) / 1e6:.1f} MB")
     finally:
         cache.close()
 
 
-def _clear_load_caches(yes: bool) -> None:
-    from embedpipe.codegen import jit
-    from embedpipe.runtime import tokenizer, weight_cache
+def _clear_load_caches(
+    cache_dir: Optional[Path], model: Optional[str], selected: Optional[ModelSelector], yes: bool
+) -> None:
+    from embedpipe.runtime import load_caches
 
-    where = f"{weight_cache.weights_dir()}, {tokenizer.tokenizer_cache_dir()} and {jit.cache_dir()}"
-    if not yes and not typer.confirm(f"Delete {where}?"):
-        raise typer.Exit(1)
-    n, size = weight_cache.clear()
-    models = tokenizer.cache_files()
-    size += sum(p.stat().st_size for p in models)
-    for p in models:
-        p.unlink(missing_ok=True)
-    kernels, kernel_bytes = jit.clear_cache()
+    if cache_dir is not None:
+        existing_cache_path(cache_dir)  # a directory that does not exist is a typo, not an empty cache
+    if selected is not None:
+        where = f"the repacked weights of model {model} in {load_caches.places(cache_dir)[0]}"
+        matcher = load_caches.model_matcher(selected.sha256_prefix, selected.path)
+    else:
+        where = ", ".join(str(p) for p in load_caches.places(cache_dir))
+        matcher = None
+    if not yes:
+        _confirm(f"Delete {where}?")
+    done = load_caches.clear(cache_dir, matcher)
+    if done.shared_kept:
+        typer.echo(
+            f"deleted {done.weights} repacked-weight files of model {model} ({done.bytes / 1e6:.1f} MB); "
+            "tokenizer models and compiled kernels are shared between models and were kept"
+        )
+        return
     typer.echo(
-        f"deleted {n} repacked-weight files, {len(models)} tokenizer models and {kernels} kernel files "
-        f"({(size + kernel_bytes) / 1e6:.1f} MB)"
+        f"deleted {done.weights} repacked-weight files, {done.tokenizers} tokenizer models and {done.kernels} "
+        f"kernel files ({done.bytes / 1e6:.1f} MB)"
     )
 
 

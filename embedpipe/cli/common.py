@@ -89,8 +89,8 @@ def backend_option() -> Any:
     return typer.Option("auto", *CANONICAL_FLAGS["backend"], help=BACKEND_OPTION_HELP, metavar="NAME")
 
 
-def cache_dir_option() -> Any:
-    return typer.Option(None, *CANONICAL_FLAGS["cache_dir"], help=CACHE_DIR_HELP, metavar="DIR")
+def cache_dir_option(help: str = CACHE_DIR_HELP) -> Any:
+    return typer.Option(None, *CANONICAL_FLAGS["cache_dir"], help=help, metavar="DIR")
 
 
 def cache_max_bytes_option() -> Any:

@@ -1,7 +1,8 @@
 """llvmlite glue: optimize and compile IR for an :class:`IsaSpec`, cache objects on disk, load.
 
-Compiled object files are cached under ``platformdirs.user_cache_dir("embedpipe")/kernels``
-(or ``$EMBEDPIPE_KERNEL_CACHE``), keyed by SHA-256 of the IR text, the ISA's triple, CPU and
+Compiled object files are cached under ``kernels/`` in the embedpipe cache directory
+(``$EMBEDPIPE_CACHE_DIR``, else ``~/.cache/embedpipe``; ``$EMBEDPIPE_KERNEL_CACHE`` moves them
+on their own, see ``runtime.cache_root``), keyed by SHA-256 of the IR text, the ISA's triple, CPU and
 feature string, and the llvmlite version, so a warm process loads machine code without running
 LLVM's optimizer or code generator. Every cached file is checked against a SHA-256 taken when it
 was written (a trailer on objects, a ``.sha256`` file beside libraries) before it is loaded: a
@@ -28,16 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import llvmlite
-import platformdirs
 
 from embedpipe.codegen.isa import IsaSpec
+from embedpipe.runtime import cache_root
 
 if TYPE_CHECKING:
     from llvmlite.binding import TargetMachine
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EMBEDPIPE_KERNEL_CACHE"
+CACHE_ENV = cache_root.KERNELS_ENV
 LINK_ENV = "EMBEDPIPE_KERNEL_LINK"  # "0": always load objects into MCJIT (no shared libraries)
 OBJECT_TRAILER = b"EPKO1"  # cached object = ELF bytes + this tag + SHA-256 of the ELF bytes
 OBJECT_SUFFIX = ".sealed.o"  # objects cached before the trailer existed are never read
@@ -61,22 +62,22 @@ def _init_llvm() -> None:
         _initialized = True
 
 
-def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(platformdirs.user_cache_dir("embedpipe")) / "kernels"
+def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """The kernel cache: ``kernels/`` in the cache root (``runtime.cache_root.kernels_dir``)."""
+    return cache_root.kernels_dir(root)
 
 
-def cache_files() -> list[Path]:
+def cache_files(directory: Path | None = None) -> list[Path]:
     """Every file in the kernel cache: objects (of any layout), libraries and their digests."""
-    directory = cache_dir()
+    directory = cache_dir() if directory is None else Path(directory)
     return sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
 
 
-def clear_cache() -> tuple[int, int]:
+def clear_cache(directory: Path | None = None) -> tuple[int, int]:
     """Delete the kernel cache (rebuilt on the next kernel load); returns (files, bytes) removed.
     Libraries this process has loaded stay mapped: unlinking never touches their pages."""
     files, size = 0, 0
-    for path in cache_files():
+    for path in cache_files(directory):
         try:
             size += path.stat().st_size
             path.unlink()

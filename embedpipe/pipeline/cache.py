@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from platformdirs import user_cache_dir
 
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import EmbedpipeError, ModelFileError
+from embedpipe.runtime import cache_root
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS embeddings (
     used INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID
 """
+SUMMARY_SQL = (
+    "SELECT model, dim, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM embeddings GROUP BY model, dim ORDER BY 4 DESC"
+)
 USED_INDEX = "CREATE INDEX IF NOT EXISTS embeddings_used ON embeddings (used)"
 LOOKUP_CHUNK = 500  # keys per SELECT ... IN (...), below SQLite's bound-variable limit
 HEADER = struct.Struct("<iii")  # n_chunks, truncated, text_tokens
@@ -68,8 +71,24 @@ def _use_wal(db: sqlite3.Connection) -> None:
 
 
 def default_cache_path() -> Path:
-    root = os.environ.get("EMBEDPIPE_CACHE_DIR")
-    return (Path(root) if root else Path(user_cache_dir("embedpipe"))) / CACHE_FILE
+    return cache_path()
+
+
+def cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache file in `cache_dir` (a `--cache-dir` option), else in the cache root
+    ($EMBEDPIPE_CACHE_DIR, else the user cache dir; `runtime.cache_root`)."""
+    return cache_root.cache_dir(cache_dir) / CACHE_FILE
+
+
+def existing_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_path(cache_dir)` for commands that only look at or prune the cache, so never
+    create it: a `cache_dir` given explicitly must exist (a typo is an error naming it)."""
+    if cache_dir is not None and os.fspath(cache_dir):
+        root = cache_root.cache_dir(cache_dir)
+        if not root.is_dir():
+            what = "is not a directory" if root.exists() else "no such directory"
+            raise EmbedpipeError(f"{root}: {what} (nothing is cached there)")
+    return cache_path(cache_dir)
 
 
 def _now_us() -> int:
@@ -168,7 +187,7 @@ class EmbeddingCache:
         cls, cache_dir: str | os.PathLike | None, max_bytes: int | None = None, memory_bytes: int = 64 << 20
     ) -> EmbeddingCache:
         """The cache file in `cache_dir` (a `--cache-dir` option), or the default one."""
-        return cls(Path(cache_dir) / CACHE_FILE if cache_dir else None, memory_bytes, max_bytes)
+        return cls(cache_path(cache_dir), memory_bytes, max_bytes)
 
     def _remember(self, key: bytes, blob: bytes) -> None:
         if key in self._lru:
@@ -306,13 +325,9 @@ class EmbeddingCache:
 
     def summary(self) -> list[CacheGroup]:
         """Entries and stored bytes per (model SHA-256, dim), largest first."""
-        sql = (
-            "SELECT model, dim, COUNT(*), SUM(LENGTH(value) + LENGTH(key)) FROM embeddings "
-            "GROUP BY model, dim ORDER BY 4 DESC"
-        )
         try:
             with self._lock:
-                return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in self._db.execute(sql)]
+                return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in self._db.execute(SUMMARY_SQL)]
         except sqlite3.Error as exc:
             raise EmbedpipeError(f"embedding cache {self.path}: read failed ({exc})") from exc
 
@@ -345,12 +360,92 @@ class CacheGroup:
     bytes: int
 
 
+def read_summary(path: str | os.PathLike) -> list[CacheGroup] | None:
+    """`EmbeddingCache.summary` of the file at `path` without creating anything (no directory,
+    no file, nothing left beside it). None when there is no cache file there.
+
+    The file is opened `mode=rw` (never created; SQLite falls back to reading a file this
+    process may not write) and only read, so that closing this last connection removes the
+    `-wal`/`-shm` files that any reader of a WAL database makes: a `mode=ro` connection would
+    leave them behind."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=OPEN_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise EmbedpipeError(f"embedding cache {path}: cannot open ({exc})") from exc
+    try:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "embeddings" not in tables:
+            return []  # created but never written to
+        rows = db.execute(SUMMARY_SQL).fetchall()
+    except sqlite3.Error as exc:
+        raise EmbedpipeError(f"embedding cache {path}: read failed ({exc})") from exc
+    finally:
+        db.close()
+    return [CacheGroup(m, int(d), int(n), int(b or 0)) for m, d, n, b in rows]
+
+
+MIN_PREFIX = 4
+HEX = frozenset("0123456789abcdefABCDEF")
+MODEL_VALUE_HELP = (
+    f"--model takes a registered model name, a GGUF file or a hex SHA-256 prefix of at least {MIN_PREFIX} "
+    "characters (see `embedpipe cache info`)"
+)
+
+
 def model_prefix(value: str) -> str:
     """A SHA-256 prefix naming a model's entries for `clear`: at least 4 hex digits, lower-cased
     (a shorter one would match models by accident). ValueError otherwise."""
-    if len(value) < 4 or any(c not in "0123456789abcdefABCDEF" for c in value):
-        raise ValueError("--model takes a hex SHA-256 prefix of at least 4 characters")
+    if len(value) < MIN_PREFIX or any(c not in HEX for c in value):
+        raise ValueError(MODEL_VALUE_HELP)
     return value.lower()
+
+
+@dataclass(frozen=True)
+class ModelSelector:
+    """One model, as `cache clear -m` names it: the SHA-256 (or a prefix of it) its cached
+    embeddings are keyed by, and its GGUF file when named by path or registered name."""
+
+    sha256_prefix: str
+    path: Path | None = None
+
+
+def select_model(value: str) -> ModelSelector:
+    """A `-m` value for the cache: like every other command's `-m`, a GGUF file or a registered
+    model name (`name` or `name:quant`), resolved to the file's SHA-256 (never downloads); or,
+    as `cache info` shows models, a SHA-256 prefix (a value of hex digits only). ValueError
+    for a value that is none of these (a usage error), EmbedpipeError for a named model that
+    cannot be resolved here."""
+    text = value.strip()
+    if text and all(c in HEX for c in text):
+        return ModelSelector(model_prefix(text))
+    from embedpipe.runtime import registry, store
+    from embedpipe.runtime.gguf_file import file_sha256
+
+    path = Path(text).expanduser()
+    if not path.is_file():
+        named = registry.split_name(text)
+        if named is not None:
+            name, quant = named
+            cached = store.cached_model_path(quant, registry.lookup(name).spec)
+            if cached is None:
+                raise EmbedpipeError(
+                    f"model {name}:{quant} is not downloaded, so its SHA-256 is unknown here; pass the SHA-256 "
+                    "prefix that `embedpipe cache info` shows"
+                )
+            path = cached
+        elif path.is_dir():
+            raise ModelFileError(f"{text}: is a directory, not a GGUF file")
+        elif path.suffix.lower() == ".gguf" or os.sep in text:
+            raise ModelFileError(f"{text}: no such model file")
+        else:
+            raise ValueError(MODEL_VALUE_HELP)
+    try:
+        return ModelSelector(file_sha256(path), path.resolve())
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
 def file_bytes(path: str | os.PathLike) -> int:

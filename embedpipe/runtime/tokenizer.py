@@ -148,10 +148,11 @@ CACHE_MAX_BYTES = 256 << 20
 CACHE_SUFFIX = ".model"
 
 
-def tokenizer_cache_dir() -> Path:
-    from embedpipe.runtime.cache_root import cache_dir
+def tokenizer_cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """``tokenizers/`` in the cache root (``root``: a ``--cache-dir``)."""
+    from embedpipe.runtime.cache_root import tokenizers_dir
 
-    return cache_dir() / "tokenizers"
+    return tokenizers_dir(root)
 
 
 def _serialized(pieces: Sequence[bytes]) -> bytes | memoryview:
@@ -199,9 +200,9 @@ def _write_cached(path: Path | None, proto: bytes) -> None:
         pass
 
 
-def cache_files() -> list[Path]:
+def cache_files(directory: Path | None = None) -> list[Path]:
     """Every cached tokenizer model (`embedpipe cache info`)."""
-    directory = tokenizer_cache_dir()
+    directory = tokenizer_cache_dir() if directory is None else Path(directory)
     return sorted(directory.glob(f"*{CACHE_SUFFIX}")) if directory.is_dir() else []
 
 

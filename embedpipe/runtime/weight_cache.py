@@ -42,8 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.runtime import model_integrity
-from embedpipe.runtime.cache_root import cache_dir
+from embedpipe.runtime import cache_root, model_integrity
 from embedpipe.runtime.weight_cache_file import (
     FORMAT_VERSION,
     CachedArrays,
@@ -63,13 +62,13 @@ DEFAULT_MAX_BYTES = 4 << 30
 STALE_TMP_SECONDS = 3600
 
 
-DIR_ENV = "EMBEDPIPE_WEIGHT_CACHE_DIR"
+DIR_ENV = cache_root.WEIGHTS_ENV
 
 
-def weights_dir() -> Path:
-    """$EMBEDPIPE_WEIGHT_CACHE_DIR, else ``weights/`` in the embedpipe cache directory."""
-    env = os.environ.get(DIR_ENV)
-    return Path(env).expanduser() if env else cache_dir() / "weights"
+def weights_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """``weights/`` in the cache root ``root`` (a ``--cache-dir``); without one
+    $EMBEDPIPE_WEIGHT_CACHE_DIR, else ``weights/`` in the embedpipe cache directory."""
+    return cache_root.weights_dir(root)
 
 
 def enabled() -> bool:

@@ -11,6 +11,8 @@ from embedpipe.runtime.embedder import Embedder
 
 
 def test_info_lists_and_clear_removes_load_caches(tiny_model_q8, tmp_path, monkeypatch):
+    # kernels follow EMBEDPIPE_CACHE_DIR: load them from the suite's kernel cache, not compiled afresh
+    monkeypatch.setenv(jit.CACHE_ENV, str(jit.cache_dir()))
     monkeypatch.setenv("EMBEDPIPE_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv(weight_cache.DIR_ENV, str(tmp_path / "weights"))
     Embedder.load(tiny_model_q8.path, backend="jit")

@@ -23,7 +23,10 @@ FAILURES = ("signal", "hang", "traceback", "nonfinite", "bad_message")
 
 
 def _env(cache: Path) -> dict[str, str]:
+    from embedpipe.runtime.cache_root import KERNELS_ENV, kernels_dir
+
     env = dict(os.environ)
+    env.setdefault(KERNELS_ENV, str(kernels_dir()))  # before the cache root moves: warm kernels
     # EMBEDPIPE_FUZZ_CODE: another checkout whose embedpipe the workers import (a baseline run)
     code = os.environ.get("EMBEDPIPE_FUZZ_CODE")
     env.update(

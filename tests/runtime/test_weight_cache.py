@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from embedpipe.codegen import library
+from embedpipe.codegen import jit, library
 from embedpipe.runtime import weight_cache, weight_cache_file
 from embedpipe.runtime.backends import NumpyBackend
 from embedpipe.runtime.embedder import Embedder
@@ -23,6 +23,7 @@ TEXTS = ["a short query", "def add(a, b): return a + b", "the quick brown fox ju
 def model(tiny_model_q8, tmp_path, monkeypatch):
     """A private copy of the tiny Q8_0 model (tests change its bytes and mtime) and an empty cache."""
     monkeypatch.setenv(weight_cache.DIR_ENV, str(tmp_path / "weights"))
+    monkeypatch.setenv(jit.CACHE_ENV, str(jit.cache_dir()))  # kernels follow EMBEDPIPE_CACHE_DIR: keep the suite's
     monkeypatch.setenv("EMBEDPIPE_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "model.gguf"
     shutil.copyfile(tiny_model_q8.path, path)
