@@ -269,6 +269,8 @@ def convert_checkout(
         raise ConvertError(f"unknown quant {quant!r}; choose one of {', '.join(names.QUANTS)}")
     if not src_dir.is_dir():
         raise ConvertError(f"{src_dir}: not a directory")
+    if out_path.is_dir():
+        raise ConvertError(f"{out_path}: is a directory; name the .gguf file to write")
     from embedpipe.runtime import bert_names, convert_bert
 
     if bert_names.family_for(_read_json(src_dir / "config.json").get("architectures") or []) is not None:

@@ -203,6 +203,8 @@ def test_unknown_quant_and_missing_dir(checkout: Path, tmp_path: Path) -> None:
         convert_checkout(checkout, tmp_path / "x.gguf", "q3_k")
     with pytest.raises(EmbedpipeError, match="not a directory"):
         convert_checkout(tmp_path / "nope", tmp_path / "x.gguf", "f32")
+    with pytest.raises(EmbedpipeError, match="is a directory; name the .gguf file"):
+        convert_checkout(checkout, tmp_path, "f32")
 
 
 def test_cli_convert(checkout: Path, tmp_path: Path) -> None:
