@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from embedpipe.indexes.annoy import AnnoyIndex
+from embedpipe.indexes.annoy import SIDECAR_SUFFIX, AnnoyIndex
 from embedpipe.indexes.base import (
     IdTable,
     IndexMeta,
@@ -143,6 +143,9 @@ def index_kind(path: str | os.PathLike) -> str:
     path = Path(path)
     if is_container(path):
         header, _ = read_container(path, verify=False)
+        if header.get("type") == AnnoyIndex.kind:  # annoy keeps its header in the sidecar, not the .ann
+            tree_file = path.with_name(path.name.removesuffix(SIDECAR_SUFFIX))
+            raise IndexFileError(path, f"is the id sidecar of an annoy index; pass the index itself ({tree_file})")
         return header.get("type", "?")
     if AnnoyIndex.sidecar(path).exists():
         return "annoy"

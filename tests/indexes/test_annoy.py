@@ -85,3 +85,10 @@ def test_wrong_dim_corrupt_and_mismatched_files(tmp_path, data):
     (tmp_path / "a.ann.ids").unlink()
     with pytest.raises(IndexFileError, match="no annoy sidecar"):
         load_index(path)
+
+
+def test_the_sidecar_given_as_the_index_names_the_tree_file(tmp_path, data):
+    path = tmp_path / "a.ann"
+    build_index(data[0][:50], kind="annoy", n_trees=2).save(path)
+    with pytest.raises(IndexFileError, match=r"a\.ann\.ids: is the id sidecar of an annoy index; pass .*a\.ann\)"):
+        load_index(tmp_path / "a.ann.ids")
