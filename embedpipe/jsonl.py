@@ -47,3 +47,24 @@ def iter_jsonl(path: str | os.PathLike[str], error: type[EmbedpipeError] = Embed
                     raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         except UnicodeDecodeError as exc:
             raise error(not_utf8(path, exc)) from None
+
+
+QUERY_FIELDS = ("query", "text")  # the query's field in an object line, first found wins
+
+
+def iter_queries(
+    path: str | os.PathLike[str], error: type[EmbedpipeError] = EmbedpipeError
+) -> Iterator[tuple[int, str]]:
+    """(line number, query text) for every non-blank line of a queries file, each a JSON string
+    or an object with a string "query" or "text"; a blank query is an error naming its line
+    (it has no meaning to search for)."""
+    where = "<stdin>" if str(path) == STDIN else path
+    for lineno, row in iter_jsonl(path, error):
+        text = row if isinstance(row, str) else None
+        if isinstance(row, dict):
+            text = next((row[f] for f in QUERY_FIELDS if f in row), None)
+        if not isinstance(text, str):
+            raise error(f'{where}:{lineno}: expected a string or an object with a string "query" or "text" field')
+        if not text.strip():
+            raise error(f"{where}:{lineno}: the query is empty; a query needs something to search for")
+        yield lineno, text

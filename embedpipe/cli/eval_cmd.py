@@ -62,7 +62,8 @@ def tradeoffs_cmd(
     queries: Optional[Path] = typer.Option(
         None,
         "--queries",
-        help='Query texts: JSONL ({"text": …}) or Parquet (text column). Default: a sample of corpus rows\' texts.',
+        help='Query texts: JSONL (a string, {"query": …} or {"text": …} per line, as search -i reads) or '
+        "Parquet (text column). Default: a sample of corpus rows' texts.",
     ),
     n_queries: int = typer.Option(200, "--n-queries", min=1, help="Queries to use (sampled, seeded)."),
     dims: Optional[str] = typer.Option(

@@ -26,7 +26,7 @@ from embedpipe.cli.common import (
 )
 from embedpipe.errors import EmbedpipeError
 from embedpipe.indexes.registry import INDEX_TYPES, declared_parameters
-from embedpipe.jsonl import STDIN, iter_jsonl
+from embedpipe.jsonl import STDIN, iter_queries
 
 TYPE_HELP = "Index type: brute (exact), annoy (Spotify-compatible .ann + PATH.ids), hnsw."
 QUANT_HELP = (
@@ -37,7 +37,7 @@ QUANT_HELP = (
 def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
     """QUERY arguments (a lone `-`: one per stdin line), or -i/--input JSONL (`-`: stdin) lines:
     {"query": …} / {"text": …} / a JSON string."""
-    from embedpipe.cli.common import EMPTY_TEXT, refuse_empty, stdin_lines
+    from embedpipe.cli.common import refuse_empty, stdin_lines
 
     if texts and input_file is not None:
         raise typer.BadParameter("give QUERY arguments or -i/--input, not both")
@@ -49,18 +49,7 @@ def _read_queries(texts: list[str] | None, input_file: str | None) -> list[str]:
         where = "stdin"
     else:
         where = "stdin" if input_file == STDIN else input_file
-        out = []
-        for lineno, row in iter_jsonl(input_file):
-            text = (
-                row if isinstance(row, str) else (row.get("query", row.get("text")) if isinstance(row, dict) else None)
-            )
-            if not isinstance(text, str):
-                raise EmbedpipeError(
-                    f'{where}:{lineno}: expected a string or an object with a string "query" or "text" field'
-                )
-            if not text.strip():
-                raise EmbedpipeError(f"{where}:{lineno}: the query {EMPTY_TEXT}")
-            out.append(text)
+        out = [text for _, text in iter_queries(input_file)]
     if not out:
         raise EmbedpipeError(f"{where}: no queries in it; give one query per line")
     return out

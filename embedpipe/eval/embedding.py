@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedpipe.errors import ArgumentError, EmbedpipeError
-from embedpipe.jsonl import iter_jsonl
+from embedpipe.jsonl import iter_queries
 from embedpipe.pipeline.cache import EmbeddingCache
 from embedpipe.pipeline.dataset import source_texts
 from embedpipe.pipeline.encode import encode_cached
@@ -70,7 +70,8 @@ def embed_texts(
 
 
 def read_query_file(path: str | os.PathLike) -> list[str]:
-    """Query texts from JSONL ({"text": …} per line) or Parquet (a `text` column)."""
+    """Query texts from JSONL (as `search -i` reads them: a string, {"query": …} or {"text": …}
+    per line) or Parquet (a `text` column)."""
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"{path}: no such queries file")
@@ -80,11 +81,7 @@ def read_query_file(path: str | os.PathLike) -> list[str]:
             raise EvalInputError(f"{path}: no 'text' column (columns: {table.column_names})")
         texts = table.column("text").to_pylist()
     else:
-        texts = []
-        for lineno, row in iter_jsonl(path, EvalInputError):
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise EvalInputError(f'{path}:{lineno}: expected an object with a string "text"')
-            texts.append(row["text"])
+        texts = [text for _, text in iter_queries(path, EvalInputError)]
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise EvalInputError(f"{path}: no non-empty query texts")

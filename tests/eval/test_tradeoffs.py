@@ -48,6 +48,12 @@ def test_query_sources(tmp_path, emb_dir):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": 1}\n')
     with pytest.raises(EvalInputError, match="bad.jsonl:2"):
         read_query_file(tmp_path / "bad.jsonl")
+    # the lines `search -i` reads: a string, {"query": …} or {"text": …}
+    (tmp_path / "q.jsonl").write_text('"a b"\n{"query": "c d"}\n{"text": "e f"}\n')
+    assert read_query_file(tmp_path / "q.jsonl") == ["a b", "c d", "e f"]
+    (tmp_path / "blank.jsonl").write_text('{"query": "a"}\n{"query": " "}\n')
+    with pytest.raises(EvalInputError, match="blank.jsonl:2: the query is empty"):
+        read_query_file(tmp_path / "blank.jsonl")
     # a kept text column is used directly, sampled without replacement, seeded
     cols = {"text": [f"t{i}" for i in range(50)]}
     a = sample_corpus_queries(tmp_path, list(range(50)), cols, 10, seed=1)
