@@ -244,10 +244,11 @@ def inputs_from_dir(
 
 
 def parse_list(text: str | None, cast: Callable[[str], Any], default: Iterable[Any]) -> tuple:
-    """'768,256' -> (768, 256); None -> default."""
+    """'768,256' -> (768, 256); None -> default. A repeated value is kept once (in first-seen
+    order), so a sweep never measures one configuration twice."""
     if not text:
         return tuple(default)
     try:
-        return tuple(cast(p.strip()) for p in text.split(",") if p.strip())
+        return tuple(dict.fromkeys(cast(p.strip()) for p in text.split(",") if p.strip()))
     except ValueError:
         raise EmbedpipeError(f"cannot parse list {text!r}") from None

@@ -75,3 +75,11 @@ def test_unsampleable_corpus_hint_names_the_queries_argument(tmp_path):
         sample_corpus_queries(tmp_path, [1, 2], {}, 2)
     assert "pass queries_file='F.jsonl|F.parquet'" in str(info.value) and "--" not in str(info.value)
     assert "pass --queries F.jsonl|F.parquet" in info.value.cli_message()
+
+
+def test_a_repeated_list_value_is_swept_once():
+    from embedpipe.eval.tradeoffs import parse_list
+
+    assert parse_list("256, 768,256,768", int, ()) == (256, 768)
+    assert parse_list("hnsw,brute,hnsw", str, ()) == ("hnsw", "brute")
+    assert parse_list(None, str, ("a",)) == ("a",)
