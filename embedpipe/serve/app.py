@@ -318,9 +318,12 @@ async def _embeddings(state: ServerState, request: Request, info: dict) -> Respo
         "model": req.model or served.name,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     }
-    return FastJSONResponse(
-        body, headers={"x-embedpipe-truncated": str(out.truncated), "x-embedpipe-cache-hits": str(out.cache_hits)}
-    )
+    return FastJSONResponse(body, headers=_embedded_headers(out))
+
+
+def _embedded_headers(out: Embedded) -> dict[str, str]:
+    """How the texts of a request were embedded: inputs cut to the context, served from the cache."""
+    return {"x-embedpipe-truncated": str(out.truncated), "x-embedpipe-cache-hits": str(out.cache_hits)}
 
 
 async def _search(state: ServerState, request: Request, info: dict) -> Response:
@@ -328,8 +331,9 @@ async def _search(state: ServerState, request: Request, info: dict) -> Response:
     req = parse_search_request(parse_json(await _read_body(state, request)), state.cfg.max_client_batch)
     served = state.catalog.index(req.index)
     info.update(index=served.name, inputs=len(req.queries))
-    results, tokens = await _unless_disconnected(request, state.search.search(served, req))
-    info.update(tokens=tokens)
+    results, out = await _unless_disconnected(request, state.search.search(served, req))
+    tokens = out.tokens
+    info.update(tokens=tokens, truncated=out.truncated, cache_hits=out.cache_hits)
     return FastJSONResponse(
         {
             "object": "list",
@@ -338,5 +342,6 @@ async def _search(state: ServerState, request: Request, info: dict) -> Response:
             "k": req.k,
             "data": results,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        },
+        headers=_embedded_headers(out),
     )

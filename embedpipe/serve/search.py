@@ -12,7 +12,7 @@ import numpy as np
 from embedpipe.indexes.query import query_task
 from embedpipe.indexes.searcher import Index
 from embedpipe.serve.catalog import ServedIndex
-from embedpipe.serve.embeddings import EmbeddingService
+from embedpipe.serve.embeddings import Embedded, EmbeddingService
 from embedpipe.serve.errors import bad_request
 from embedpipe.serve.schemas import SearchRequest
 
@@ -40,8 +40,8 @@ class SearchService:
                 raise bad_request(f"index {served.name!r}: {exc}", name) from None
         return knobs
 
-    async def search(self, served: ServedIndex, req: SearchRequest) -> tuple[list[dict[str, Any]], int]:
-        """Results per query (in order) and the tokens embedded."""
+    async def search(self, served: ServedIndex, req: SearchRequest) -> tuple[list[dict[str, Any]], Embedded]:
+        """Results per query (in order) and the embedding of the queries (tokens, truncated, cache hits)."""
         knobs = self.knobs_for(served, req.knobs)
         if req.model and req.model != served.model.name:
             raise bad_request(
@@ -52,7 +52,7 @@ class SearchService:
         embedded = await self.embeddings.embed_texts(served.model, req.queries, query_task(served.index), None, None)
         loop = asyncio.get_running_loop()
         hits = await loop.run_in_executor(self._pool, run_search, served.index, embedded.vectors, req.k, knobs)
-        return [{"query": q, "results": h} for q, h in zip(req.queries, hits)], embedded.tokens
+        return [{"query": q, "results": h} for q, h in zip(req.queries, hits)], embedded
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -59,6 +59,16 @@ def test_search_matches_the_library(search_server, wide_emb):
     assert {i["id"]: i["type"] for i in models["indexes"]} == {"docs": "brute", "graph": "hnsw"}
 
 
+def test_truncation_and_cache_hits_are_counted_in_headers_as_for_embeddings(search_server):
+    live, _ = search_server
+    body = {"index": "docs", "queries": [" ".join(["bread flour water"] * 80), "a query only this test sends"]}
+    first = httpx.post(live.url + "/v1/search", json=body)
+    second = httpx.post(live.url + "/v1/search", json=body)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-embedpipe-truncated"] == "1" and first.headers["x-embedpipe-cache-hits"] == "0"
+    assert second.headers["x-embedpipe-cache-hits"] == "2" and second.json()["data"] == first.json()["data"]
+
+
 def test_single_query_and_knobs(search_server):
     live, _ = search_server
     resp = httpx.post(live.url + "/v1/search", json={"index": "graph", "query": "yeast", "k": 3, "ef_search": 64})
