@@ -97,6 +97,11 @@ def cache_max_bytes_option() -> Any:
     return typer.Option(None, *CANONICAL_FLAGS["cache_max_bytes"], help=CACHE_MAX_BYTES_HELP, metavar="SIZE")
 
 
+def progress_option() -> Any:
+    """--progress/--no-progress, as every long-running command takes it."""
+    return typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr.")
+
+
 def json_option(help: str = "Print JSON to stdout instead of text.") -> Any:
     return typer.Option(False, *CANONICAL_FLAGS["as_json"], help=help)
 

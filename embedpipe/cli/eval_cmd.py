@@ -15,6 +15,7 @@ from embedpipe.cli.common import (
     model_help,
     model_option,
     output_option,
+    progress_option,
     threads_option,
 )
 
@@ -82,7 +83,7 @@ def tradeoffs_cmd(
     cache_dir: Optional[Path] = cache_dir_option(),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    progress: bool = progress_option(),
     min_recall: Optional[float] = typer.Option(
         None, "--min-recall", help="Recall gate: exit 1 naming every configuration whose recall@10 is below this."
     ),
@@ -171,7 +172,7 @@ def retrieval_cmd(
     cache_dir: Optional[Path] = cache_dir_option(),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    progress: bool = progress_option(),
 ) -> None:
     """nDCG@10, Recall@100 and MRR@10 per dim and index configuration on a BEIR dataset."""
     from embedpipe.eval import embedding as E

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from embedpipe.cli.common import progress_option
 from embedpipe.errors import EmbedpipeError
 
 index_app = typer.Typer(help="Inspect and maintain index files.", no_args_is_help=True)
@@ -62,11 +63,12 @@ def delete_cmd(
 def compact_cmd(
     path: Path = typer.Argument(..., help="Index file with tombstones."),
     out: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here instead of replacing PATH."),
+    progress: bool = progress_option(),
 ) -> None:
     """Rebuild the index without its tombstoned rows (same parameters and seed)."""
     from embedpipe.indexes.tombstones import compact
 
-    index, dropped = compact(path, out, progress=True)
+    index, dropped = compact(path, out, progress=progress)
     if dropped == 0 and out is None:
         typer.echo(f"{path}: no tombstones, nothing to compact", err=True)
     else:

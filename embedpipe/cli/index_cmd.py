@@ -22,6 +22,7 @@ from embedpipe.cli.common import (
     model_help,
     model_option,
     output_option,
+    progress_option,
     threads_option,
 )
 from embedpipe.errors import EmbedpipeError
@@ -96,7 +97,7 @@ def _build(
     normalize: bool = typer.Option(
         False, "--normalize", help="Foreign embeddings: L2-normalize rows (otherwise they must be unit length)."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    progress: bool = progress_option(),
     **params: Any,
 ) -> None:
     """Build an index from ingest output or foreign embeddings, or --update one."""

@@ -21,6 +21,7 @@ from embedpipe.cli.common import (
     json_option,
     model_option,
     output_option,
+    progress_option,
     task_option,
     threads_option,
 )
@@ -97,7 +98,7 @@ def ingest(
     ),
     backend: str = backend_option(),
     threads: Optional[int] = threads_option(),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
+    progress: bool = progress_option(),
     as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Embed a corpus into a resumable Parquet dataset (one row per text chunk)."""

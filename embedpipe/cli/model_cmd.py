@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from embedpipe.cli.common import progress_option
 from embedpipe.errors import EmbedpipeError
 from embedpipe.runtime.gguf_names import QUANTS
 
@@ -71,12 +72,13 @@ def pull(
     quant: Optional[str] = typer.Option(None, "--quant", "-q", callback=_quant, help=QUANT_HELP),
     force: bool = typer.Option(False, "--force", help="Re-download and re-convert even if the cache is valid."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash every cached file instead of trusting the stamps."),
+    progress: bool = progress_option(),
 ) -> None:
     from embedpipe.runtime import registry, store
 
     entry, quant = registry.named_quant(name, quant)
     typer.echo(f"{entry.name}: licence {entry.licence}" + (f"; {entry.notice}" if entry.notice else ""), err=True)
-    path = store.pull(quant, force=force, verify=verify, progress=True, spec=entry.spec, metadata=entry.metadata)
+    path = store.pull(quant, force=force, verify=verify, progress=progress, spec=entry.spec, metadata=entry.metadata)
     typer.echo(str(path))
 
 
@@ -110,13 +112,14 @@ def convert(
     prompts: str = typer.Option(
         "none", "--prompts", help="Prompt convention recorded for BERT-family models: none, e5, bge-en, embeddinggemma."
     ),
+    progress: bool = progress_option(),
 ) -> None:
     """Convert a checkout to GGUF with llama.cpp's names, keys and quantization (MPNet: embedpipe's own arch)."""
     from embedpipe.runtime.convert import convert_checkout
     from embedpipe.runtime.prompts import scheme
 
     scheme(prompts)
-    typer.echo(str(convert_checkout(src_dir, output, quant, progress=True, metadata={"prompts": prompts})))
+    typer.echo(str(convert_checkout(src_dir, output, quant, progress=progress, metadata={"prompts": prompts})))
 
 
 @model_app.command("info")

@@ -56,3 +56,15 @@ def test_json_is_a_flag_everywhere():
 def test_commands_taking_a_model_are_found():
     with_model = [path for path, cmd in LEAVES if any(p.name == "model" for p in cmd.params)]
     assert {"embed", "tokenize", "ingest", "search", "eval retrieval", "eval tradeoffs"} <= set(with_model)
+
+
+def test_long_running_commands_can_silence_their_progress_bars():
+    """Every command that draws a progress bar takes --progress/--no-progress (logs and CI)."""
+    with_progress = {
+        path
+        for path, cmd in LEAVES
+        for p in cmd.params
+        if "--progress" in getattr(p, "opts", ()) and "--no-progress" in getattr(p, "secondary_opts", ())
+    }
+    long_running = {"ingest", "build-index", "eval tradeoffs", "eval retrieval", "model pull", "model convert"}
+    assert long_running | {"index compact"} <= with_progress
