@@ -22,7 +22,8 @@ from embedpipe.pipeline.cache import (
 cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).", no_args_is_help=True)
 
 ROOT_HELP = (
-    "Cache directory: its embedding cache and, under it, the load caches (weights/, tokenizers/, kernels/), "
+    "Cache directory: its embedding cache and, under it, the load caches (weights/, tokenizers/, gguf_index/, "
+    "kernels/), "
     "whatever the environment says (default: env EMBEDPIPE_CACHE_DIR, else the user cache dir)."
 )
 CLEAR_MODEL_HELP = (
@@ -54,7 +55,7 @@ def info_cmd(cache_dir: Optional[Path] = cache_dir_option(ROOT_HELP)) -> None:
 
 
 def _load_caches_info(cache_dir: Optional[Path]) -> None:
-    """The load-time caches: repacked weights (per model file), tokenizer models, compiled kernels."""
+    """The load-time caches: repacked weights (per model file), tokenizer models, GGUF offsets, compiled kernels."""
     from embedpipe.runtime import load_caches
 
     found = load_caches.survey(cache_dir)
@@ -67,6 +68,10 @@ def _load_caches_info(cache_dir: Optional[Path]) -> None:
     typer.echo(
         f"{found.tokenizers_dir}  tokenizer models: {len(found.tokenizers)} files, "
         f"{found.tokenizer_bytes / 1e6:.1f} MB (bound {found.tokenizers_max_bytes / 1e6:.0f} MB)"
+    )
+    typer.echo(
+        f"{found.gguf_index_dir}  GGUF string offsets: {len(found.gguf_index)} files, "
+        f"{found.gguf_index_bytes / 1e6:.1f} MB (newest {found.gguf_index_kept} kept)"
     )
     typer.echo(f"{found.kernels_dir}  compiled kernels: {len(found.kernels)} files, {found.kernel_bytes / 1e6:.1f} MB")
 
@@ -91,7 +96,7 @@ def clear_cmd(
     load_caches: bool = typer.Option(
         False,
         "--load-caches",
-        help="Delete the repacked-weight, tokenizer-model and compiled-kernel caches instead "
+        help="Delete the repacked-weight, tokenizer-model, GGUF-offset and compiled-kernel caches instead "
         "(rebuilt on the next model load); with -m only that model's repacked weights "
         "(tokenizer models and kernels are shared between models).",
     ),
@@ -146,8 +151,8 @@ def _clear_load_caches(
         )
         return
     typer.echo(
-        f"deleted {done.weights} repacked-weight files, {done.tokenizers} tokenizer models and {done.kernels} "
-        f"kernel files ({done.bytes / 1e6:.1f} MB)"
+        f"deleted {done.weights} repacked-weight files, {done.tokenizers} tokenizer models, {done.gguf_index} "
+        f"GGUF offset files and {done.kernels} kernel files ({done.bytes / 1e6:.1f} MB)"
     )
 
 

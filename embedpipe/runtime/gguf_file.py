@@ -211,24 +211,25 @@ class GGUFModelFile:
         return file_sha256(self.path)
 
 
+SAVED_INDEX_KEEP = 64  # offset files kept (most recently used); ~2 MB each for a 262 144-token vocabulary
+
+
 class _SavedStringIndex(StringIndex):
     """String-array offsets of one file version (path, size, mtime) kept in the cache
     directory (``gguf_index/``); the parser checks them against the file before use."""
 
-    KEEP = 64  # files kept (most recently used); each is ~2 MB for a 262 144-token vocabulary
+    KEEP = SAVED_INDEX_KEEP
     MIN_ITEMS = 16384  # shorter arrays are walked faster than a file is read
 
     def __init__(self, path: Path):
         self._saved: dict[str, np.ndarray] | None = None
         self._new: dict[str, np.ndarray] = {}
         try:
-            from embedpipe.runtime.cache_root import cache_dir
+            from embedpipe.runtime.cache_root import gguf_index_dir
 
             st = path.stat()
             stamp = f"1:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-            self._file: Path | None = (
-                cache_dir() / "gguf_index" / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.npz"
-            )
+            self._file: Path | None = gguf_index_dir() / f"{hashlib.sha256(stamp.encode()).hexdigest()[:32]}.npz"
         except OSError:
             self._file = None
 

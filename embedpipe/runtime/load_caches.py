@@ -1,6 +1,6 @@
 """The caches a model load fills and a later load reads: repacked weights (one file per model
-file and packing), tokenizer models (one per vocabulary, shared by every file with it) and
-compiled kernels (shared by every model). What `embedpipe cache info` lists and `embedpipe cache
+file and packing), tokenizer models (one per vocabulary, shared by every file with it), GGUF
+string-array offsets (one per model file version) and compiled kernels (shared by every model). What `embedpipe cache info` lists and `embedpipe cache
 clear --load-caches` deletes; all rebuilt on the next load.
 
 `root` is a cache root given explicitly (a `--cache-dir`): the caches under it, whatever the
@@ -31,6 +31,9 @@ class LoadCaches:
     tokenizers_max_bytes: int
     kernels_dir: Path
     kernels: list[Path]
+    gguf_index_dir: Path
+    gguf_index: list[Path]
+    gguf_index_kept: int
 
     @property
     def weight_bytes(self) -> int:
@@ -44,6 +47,10 @@ class LoadCaches:
     def kernel_bytes(self) -> int:
         return _sizes(self.kernels)
 
+    @property
+    def gguf_index_bytes(self) -> int:
+        return _sizes(self.gguf_index)
+
 
 @dataclass(frozen=True)
 class Cleared:
@@ -53,6 +60,7 @@ class Cleared:
     tokenizers: int
     kernels: int
     bytes: int
+    gguf_index: int = 0
     shared_kept: bool = False
 
 
@@ -69,11 +77,12 @@ def _sizes(paths: list[Path]) -> int:
 def survey(root: Root = None) -> LoadCaches:
     """List the load caches under `root`; reads directories only, creates nothing."""
     from embedpipe.codegen import jit
-    from embedpipe.runtime import tokenizer
+    from embedpipe.runtime import gguf_file, tokenizer
 
     weights_dir = cache_root.weights_dir(root)
     tokenizers_dir = cache_root.tokenizers_dir(root)
     kernels_dir = cache_root.kernels_dir(root)
+    gguf_index_dir = cache_root.gguf_index_dir(root)
     return LoadCaches(
         weights_dir,
         weight_cache.list_files(weights_dir),
@@ -83,12 +92,20 @@ def survey(root: Root = None) -> LoadCaches:
         tokenizer.CACHE_MAX_BYTES,
         kernels_dir,
         jit.cache_files(kernels_dir),
+        gguf_index_dir,
+        sorted(gguf_index_dir.glob("*.npz")) if gguf_index_dir.is_dir() else [],
+        gguf_file.SAVED_INDEX_KEEP,
     )
 
 
 def places(root: Root = None) -> list[Path]:
     """The directories `clear(root)` deletes from."""
-    return [cache_root.weights_dir(root), cache_root.tokenizers_dir(root), cache_root.kernels_dir(root)]
+    return [
+        cache_root.weights_dir(root),
+        cache_root.tokenizers_dir(root),
+        cache_root.gguf_index_dir(root),
+        cache_root.kernels_dir(root),
+    ]
 
 
 def model_matcher(sha256_prefix: str, path: Path | None = None) -> Callable[[weight_cache.CacheFileInfo], bool]:
@@ -119,7 +136,7 @@ def model_matcher(sha256_prefix: str, path: Path | None = None) -> Callable[[wei
 def clear(root: Root = None, model: Callable[[weight_cache.CacheFileInfo], bool] | None = None) -> Cleared:
     """Delete the load caches under `root`. With `model` (see `model_matcher`) only that
     model's repacked weights: tokenizer models (per vocabulary) and kernels (per ISA) are shared
-    between models, so they are kept."""
+    between models, so they are kept, as are the GGUF offsets (a few MB, keyed by path alone)."""
     from embedpipe.codegen import jit
 
     found = survey(root)
@@ -130,14 +147,21 @@ def clear(root: Root = None, model: Callable[[weight_cache.CacheFileInfo], bool]
         size += f.bytes
     if model is not None:
         return Cleared(len(weights), 0, 0, size, shared_kept=True)
-    tokenizers = 0
-    for p in found.tokenizers:
+    tokenizers, tokenizer_bytes = _unlink(found.tokenizers)
+    offsets, offset_bytes = _unlink(found.gguf_index)
+    kernels, kernel_bytes = jit.clear_cache(found.kernels_dir)
+    return Cleared(len(weights), tokenizers, kernels, size + tokenizer_bytes + offset_bytes + kernel_bytes, offsets)
+
+
+def _unlink(paths: list[Path]) -> tuple[int, int]:
+    """Delete `paths`; (files, bytes) deleted. One already gone (another process) is skipped."""
+    files, size = 0, 0
+    for p in paths:
         try:
             n = p.stat().st_size
             p.unlink()
         except OSError:
             continue
-        tokenizers += 1
+        files += 1
         size += n
-    kernels, kernel_bytes = jit.clear_cache(found.kernels_dir)
-    return Cleared(len(weights), tokenizers, kernels, size + kernel_bytes)
+    return files, size

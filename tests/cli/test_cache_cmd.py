@@ -48,12 +48,20 @@ def _weights(model: Path, directory: Path) -> Path:
 def _load_caches(root: Path, models: list[Path]) -> dict[str, list[Path]]:
     (root / "tokenizers").mkdir(parents=True)
     (root / "kernels").mkdir()
+    (root / "gguf_index").mkdir()
     tok = root / "tokenizers" / "v.model"
     tok.write_bytes(b"t" * 100)
+    offsets = root / "gguf_index" / "0123.npz"
+    offsets.write_bytes(b"o" * 100)
     kernels = [root / "kernels" / "a.sealed.o", root / "kernels" / "a.so"]
     for k in kernels:
         k.write_bytes(b"k" * 100)
-    return {"weights": [_weights(m, root / "weights") for m in models], "tokenizers": [tok], "kernels": kernels}
+    return {
+        "weights": [_weights(m, root / "weights") for m in models],
+        "tokenizers": [tok],
+        "gguf_index": [offsets],
+        "kernels": kernels,
+    }
 
 
 def _fill(path: Path, model_sha: str, n: int = 3) -> None:
@@ -101,7 +109,7 @@ def test_load_caches_clear_honours_cache_dir_and_model(roots, tiny_model, tiny_m
     code, out, _ = _cli(["cache", "clear", "--load-caches", "-m", a, "-y", "--cache-dir", other], capsys, monkeypatch)
     assert code == 0 and "deleted 1 repacked-weight files" in out and "kept" in out
     assert [p.exists() for p in in_other["weights"]] == [False, True]
-    assert all(p.exists() for p in in_other["tokenizers"] + in_other["kernels"])
+    assert all(p.exists() for p in in_other["tokenizers"] + in_other["gguf_index"] + in_other["kernels"])
     assert all(p.exists() for paths in in_env.values() for p in paths)
 
     # a SHA-256 prefix names the model as well
@@ -114,7 +122,7 @@ def test_load_caches_clear_honours_cache_dir_and_model(roots, tiny_model, tiny_m
 
     # no -m: everything under --cache-dir, nothing under the environment's root
     code, out, _ = _cli(["cache", "clear", "--load-caches", "-y", "--cache-dir", other], capsys, monkeypatch)
-    assert code == 0 and "0 repacked-weight files, 1 tokenizer models and 2 kernel files" in out
+    assert code == 0 and "0 repacked-weight files, 1 tokenizer models, 1 GGUF offset files and 2 kernel files" in out
     assert not any(p.exists() for paths in in_other.values() for p in paths)
     assert all(p.exists() for paths in in_env.values() for p in paths)
 
@@ -132,6 +140,7 @@ def test_info_lists_the_load_caches_of_cache_dir(roots, tiny_model, capsys, monk
     assert f"{other / 'weights'}  repacked weights: 1 files" in out
     assert f"{other / 'tokenizers'}  tokenizer models: 3 files" in out
     assert f"{other / 'kernels'}  compiled kernels: 0 files" in out
+    assert f"{other / 'gguf_index'}  GGUF string offsets: 0 files" in out
     assert str(env) not in out
 
 

@@ -28,5 +28,7 @@ def test_info_lists_and_clear_removes_load_caches(tiny_model_q8, tmp_path, monke
     assert "tokenizer models: 1 files" in info.output and "compiled kernels: 3 files" in info.output
     cleared = runner.invoke(app, ["cache", "clear", "--load-caches", "--yes"])
     assert cleared.exit_code == 0, cleared.output
-    assert "deleted 1 repacked-weight files, 1 tokenizer models and 3 kernel files" in cleared.output
+    assert (
+        "deleted 1 repacked-weight files, 1 tokenizer models, 0 GGUF offset files and 3 kernel files" in cleared.output
+    )
     assert weight_cache.list_files() == [] and jit.cache_files() == []
