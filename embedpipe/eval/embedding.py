@@ -71,20 +71,34 @@ def embed_texts(
 
 def read_query_file(path: str | os.PathLike) -> list[str]:
     """Query texts from JSONL (as `search -i` reads them: a string, {"query": …} or {"text": …}
-    per line) or Parquet (a `text` column)."""
+    per line) or Parquet (a string `text` column); a blank or null query is an error naming its
+    line or row, in both."""
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"{path}: no such queries file")
     if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        if "text" not in table.column_names:
-            raise EvalInputError(f"{path}: no 'text' column (columns: {table.column_names})")
-        texts = table.column("text").to_pylist()
+        texts = _parquet_queries(path)
     else:
         texts = [text for _, text in iter_queries(path, EvalInputError)]
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
-        raise EvalInputError(f"{path}: no non-empty query texts")
+        raise EvalInputError(f"{path}: no query texts")
+    return texts
+
+
+def _parquet_queries(path: Path) -> list[str]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise EvalInputError(f"{path}: not a readable Parquet file ({exc})") from None
+    if "text" not in table.column_names:
+        raise EvalInputError(f"{path}: no 'text' column (columns: {table.column_names})")
+    column = table.column("text")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise EvalInputError(f"{path}: the 'text' column holds {column.type}, not strings")
+    texts = column.to_pylist()
+    for row, text in enumerate(texts):
+        if text is None or not text.strip():
+            raise EvalInputError(f"{path}: row {row}: the query is empty; a query needs something to search for")
     return texts
 
 

@@ -40,8 +40,19 @@ def test_query_sources(tmp_path, emb_dir):
 
     from embedpipe.eval.embedding import EvalInputError, read_query_file, sample_corpus_queries
 
-    pq.write_table(pa.table({"text": ["a b", None, "c d", " "]}), tmp_path / "q.parquet")
+    pq.write_table(pa.table({"text": ["a b", "c d"]}), tmp_path / "q.parquet")
     assert read_query_file(tmp_path / "q.parquet") == ["a b", "c d"]
+    # a null or blank row is refused by row, as a blank JSONL line is by line (it was dropped)
+    for bad in (None, " "):
+        pq.write_table(pa.table({"text": pa.array(["a b", bad], pa.string())}), tmp_path / "blank.parquet")
+        with pytest.raises(EvalInputError, match="blank.parquet: row 1: the query is empty"):
+            read_query_file(tmp_path / "blank.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(EvalInputError, match="holds int64, not strings"):
+        read_query_file(tmp_path / "ints.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(EvalInputError, match="not a readable Parquet file"):
+        read_query_file(tmp_path / "junk.parquet")
     pq.write_table(pa.table({"query": ["x"]}), tmp_path / "bad.parquet")
     with pytest.raises(EvalInputError, match="no 'text' column"):
         read_query_file(tmp_path / "bad.parquet")
