@@ -68,7 +68,10 @@ def index(
         None, "--vectors", help="FILE.npy or an ingest output directory; default: SYNTHETIC clustered vectors."
     ),
     queries: int = typer.Option(
-        2000, "--queries", min=1, help="Held-out query vectors: recall@10 over all, batched QPS over the first 500."
+        2000,
+        "--n-queries",
+        min=1,
+        help="Held-out query vectors: recall@10 over all, batched QPS over the first 500.",
     ),
     single: int = typer.Option(200, "--single", min=1, help="Queries timed one call at a time."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Runs per measurement (median)."),

@@ -100,8 +100,8 @@ USAGE_ERRORS = [
     # a mistyped reference was a KeyError traceback after the vectors were generated
     (["index", "--n", "100", "--dim", "16", "--ref", "bogus"], "unknown reference(s) bogus; choose from hnswlib,"),
     (["index", "--n", "100", "--dim", "16", "--ref", "hnswlib,none"], "unknown reference(s) none; choose from"),
-    # --queries 0 left no vectors to index: "an annoy index needs at least 2 vectors, got 0"
-    (["index", "--n", "100", "--dim", "16", "--queries", "0", "--ref", "annoy"], "'--queries'"),
+    # --n-queries 0 left no vectors to index: "an annoy index needs at least 2 vectors, got 0"
+    (["index", "--n", "100", "--dim", "16", "--n-queries", "0", "--ref", "annoy"], "'--n-queries'"),
     # --dim 0 built indexes, then reported a corrupt header
     (["index", "--n", "100", "--dim", "0"], "--dim"),
     (["index", "--n", "100", "--dim", "70000"], "--dim must be in 1..65536, got 70000"),
