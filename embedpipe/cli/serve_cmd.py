@@ -31,7 +31,10 @@ def serve(
         "(default: EmbeddingGemma Q8_0, pulled on first use).",
     ),
     indexes: Optional[list[str]] = typer.Option(
-        None, "--index", help="NAME=PATH of an index for /v1/search; its model is loaded with it. Repeatable."
+        None,
+        "--index",
+        help="[NAME=]PATH of an index for /v1/search (NAME: default the file name without its extension); "
+        "its model is loaded with it. Repeatable.",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(DEFAULT_PORT, "--port", help="TCP port."),

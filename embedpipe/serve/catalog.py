@@ -1,8 +1,8 @@
 """What a server has loaded: models (each behind its own AsyncEmbedder) and indexes.
 
 A model is named by `--model NAME=PATH`, else by its registered name or its file name without
-`.gguf` (`served_name`); clients pick a
-task with the alias `NAME:TASK` (`NAME:query`, `NAME:document`, …) when they cannot send the
+`.gguf` (`served_name`); a model served under its registered name answers to its file's name too
+(`embeddinggemma-300m-q8_0`), unlisted. Clients pick a task with the alias `NAME:TASK` (`NAME:query`, `NAME:document`, …) when they cannot send the
 `task` field. An index is served with the model its vectors came from (matched by SHA-256
 among the `--model`s, else the path its header records).
 """
@@ -125,6 +125,9 @@ class Catalog:
         self.models: dict[str, ServedModel] = {}
         self.indexes: dict[str, ServedIndex] = {}
         self._by_path: dict[str, ServedModel] = {}
+        # other names a request may use for a model: its GGUF file's stem when it is served under
+        # its registered name (embeddinggemma-300m-q8_0 for embeddinggemma-300m); not listed
+        self.aliases: dict[str, str] = {}
 
     @property
     def default_model(self) -> ServedModel | None:
@@ -135,6 +138,8 @@ class Catalog:
         for spec in self.cfg.models:
             on_model_loaded(self._load_model(spec.path, spec.name))
         for spec in self.cfg.indexes:
+            if spec.name in self.indexes:
+                raise EmbedpipeError(f"two indexes are named {spec.name!r}; name them with --index NAME=PATH")
             self.indexes[spec.name] = self._load_index(spec.name, spec.path, on_model_loaded)
         if self.cfg.warmup:
             for served in self.models.values():
@@ -151,6 +156,7 @@ class Catalog:
         t0 = time.perf_counter()
         emb = Embedder.load(path, backend=self.cfg.backend, threads=self.cfg.threads)
         seconds = time.perf_counter() - t0
+        named = name is not None
         name = name or served_name(spec, path)
         if name in self.models:
             raise EmbedpipeError(f"two models are named {name!r}; name them with --model NAME=PATH")
@@ -166,6 +172,9 @@ class Catalog:
         served = ServedModel(name, emb.model_path, emb, aemb, seconds)
         self.models[name] = served
         self._by_path[key] = served
+        stem = Path(path).name.removesuffix(".gguf")
+        if not named and stem != name and ":" not in stem:
+            self.aliases.setdefault(stem, name)
         log.info("loaded model %s from %s in %.2f s", name, path, seconds)
         return served
 
@@ -203,12 +212,12 @@ class Catalog:
             if model is None:
                 raise APIError(404, "this server has no embedding model loaded", "model_not_found", "model")
             return model, None
-        if field in self.models:
-            return self.models[field], None
+        if self._named(field):
+            return self._named(field), None
         name, _, alias = field.rpartition(":")
-        if name in self.models:
+        if self._named(name):
             try:
-                return self.models[name], canonical_task(alias)
+                return self._named(name), canonical_task(alias)
             except EmbedpipeError:
                 raise APIError(
                     400,
@@ -223,12 +232,16 @@ class Catalog:
             "model",
         )
 
+    def _named(self, name: str) -> ServedModel | None:
+        """The model served under `name` or one of its aliases."""
+        return self.models.get(name) or self.models.get(self.aliases.get(name, ""))
+
     def index(self, name: str) -> ServedIndex:
         if name not in self.indexes:
             raise APIError(
                 404,
                 f"index {name!r} is not loaded; loaded: {', '.join(self.indexes) or 'none'} "
-                "(start the server with --index NAME=PATH)",
+                "(start the server with --index [NAME=]PATH)",
                 "index_not_found",
                 "index",
             )

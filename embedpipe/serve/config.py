@@ -33,7 +33,8 @@ class ModelSpec:
 
 @dataclass
 class IndexSpec:
-    """`--index NAME=PATH`."""
+    """`--index [NAME=]PATH`; without a name the index is served under its file name without
+    the extension (`out/docs.idx` as `docs`), as a `--model` path is."""
 
     name: str
     path: str
@@ -41,9 +42,13 @@ class IndexSpec:
     @classmethod
     def parse(cls, text: str) -> IndexSpec:
         name, sep, path = text.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise EmbedpipeError(f"--index {text!r}: write NAME=PATH, e.g. --index docs=out/brute.idx")
-        return cls(name.strip(), path.strip())
+        if sep and not Path(text).exists():
+            if not name.strip() or not path.strip():
+                raise EmbedpipeError(f"--index {text!r}: write [NAME=]PATH, e.g. --index docs=out/brute.idx")
+            return cls(name.strip(), path.strip())
+        if not text.strip():
+            raise EmbedpipeError("--index '': name an index file, e.g. --index out/brute.idx")
+        return cls(Path(text).stem, text)
 
 
 @dataclass

@@ -22,8 +22,14 @@ def test_specs_and_sizes(tmp_path):
     assert ModelSpec.parse("m=/x/model.gguf") == ModelSpec("m", "/x/model.gguf")
     assert ModelSpec.parse("/x/model.gguf") == ModelSpec(None, "/x/model.gguf")
     assert IndexSpec.parse("docs=a.idx") == IndexSpec("docs", "a.idx")
-    with pytest.raises(EmbedpipeError):
-        IndexSpec.parse("a.idx")
+    # a bare path is served under its file name, as a --model path is
+    assert IndexSpec.parse("out/a.idx") == IndexSpec("a", "out/a.idx")
+    odd = tmp_path / "k=v.idx"  # an existing file with '=' in its name is a path
+    odd.write_bytes(b"")
+    assert IndexSpec.parse(str(odd)) == IndexSpec("k=v", str(odd))
+    for bad in ("=a.idx", "docs=", ""):
+        with pytest.raises(EmbedpipeError):
+            IndexSpec.parse(bad)
     assert parse_size("4MB") == 4_000_000 and parse_size("2GiB") == 2 << 30 and parse_size("512") == 512
     for bad in ("4 parsecs", "-1", "0", ""):
         with pytest.raises(EmbedpipeError):

@@ -77,6 +77,13 @@ def test_a_registered_name_is_served_under_that_name(wide_model, tmp_path, monke
         assert httpx.get(live.url + "/ready").json()["models"] == ["tiny-bert-f32"]
         body = {"input": "named", "model": "tiny-bert-f32"}
         assert httpx.post(live.url + "/v1/embeddings", json=body).status_code == 200
+        # the file's own name (what `model path` prints) answers too, with a task alias as well,
+        # but only the served name is listed
+        stem = wide_model.name.removesuffix(".gguf")
+        for field in (stem, f"{stem}:document"):
+            got = httpx.post(live.url + "/v1/embeddings", json={"input": "named", "model": field})
+            assert got.status_code == 200 and got.json()["model"] == field
+        assert [m["id"] for m in httpx.get(live.url + "/v1/models").json()["data"]] == ["tiny-bert-f32"]
     finally:
         live.stop()
 

@@ -91,3 +91,15 @@ def test_single_query_and_knobs(search_server):
     ]:
         resp = httpx.post(live.url + "/v1/search", json=body)
         assert resp.status_code == 400 and resp.json()["error"]["param"] == param, (body, resp.text)
+
+
+def test_two_indexes_of_one_name_are_refused_at_load(search_server):
+    from embedpipe.errors import EmbedpipeError
+    from embedpipe.serve.catalog import Catalog
+
+    _, root = search_server
+    specs = [IndexSpec.parse(str(root / "brute.idx")), IndexSpec.parse(f"brute={root / 'hnsw.idx'}")]
+    assert [s.name for s in specs] == ["brute", "brute"]  # a bare path is named by its file
+    cfg = ServeConfig(models=[], indexes=specs, warmup=False, access_log=False)
+    with pytest.raises(EmbedpipeError, match="two indexes are named 'brute'"):
+        Catalog(cfg, lambda name: lambda stats: None).load_all()
