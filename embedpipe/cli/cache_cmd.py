@@ -22,9 +22,8 @@ from embedpipe.pipeline.cache import (
 cache_app = typer.Typer(help="The embedding cache that ingest and eval share (SQLite, one file).", no_args_is_help=True)
 
 ROOT_HELP = (
-    "Cache directory: its embedding cache and, under it, the load caches (weights/, tokenizers/, gguf_index/, "
-    "kernels/), "
-    "whatever the environment says (default: env EMBEDPIPE_CACHE_DIR, else the user cache dir)."
+    "Cache directory: its embedding cache and, under it, the load caches (weights/, tokenizers/, "
+    "gguf_index/, kernels/), whatever the environment says (default: env EMBEDPIPE_CACHE_DIR, else the user cache dir)."
 )
 CLEAR_MODEL_HELP = (
     "Only this model's entries: a GGUF model file or registered model name, e.g. all-minilm-l6-v2 or "

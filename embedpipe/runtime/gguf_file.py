@@ -218,7 +218,6 @@ class _SavedStringIndex(StringIndex):
     """String-array offsets of one file version (path, size, mtime) kept in the cache
     directory (``gguf_index/``); the parser checks them against the file before use."""
 
-    KEEP = SAVED_INDEX_KEEP
     MIN_ITEMS = 16384  # shorter arrays are walked faster than a file is read
 
     def __init__(self, path: Path):
@@ -258,7 +257,7 @@ class _SavedStringIndex(StringIndex):
             np.savez(tmp, **{**(self._saved or {}), **self._new})
             os.replace(tmp, self._file)
             kept = sorted(self._file.parent.glob("*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
-            for old in kept[self.KEEP :]:
+            for old in kept[SAVED_INDEX_KEEP:]:
                 old.unlink(missing_ok=True)
         except OSError:  # a read-only cache only costs the walk next time
             pass

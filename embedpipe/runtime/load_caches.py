@@ -1,7 +1,8 @@
 """The caches a model load fills and a later load reads: repacked weights (one file per model
 file and packing), tokenizer models (one per vocabulary, shared by every file with it), GGUF
-string-array offsets (one per model file version) and compiled kernels (shared by every model). What `embedpipe cache info` lists and `embedpipe cache
-clear --load-caches` deletes; all rebuilt on the next load.
+string-array offsets (one per model file version) and compiled kernels (shared by every
+model). What `embedpipe cache info` lists and `embedpipe cache clear --load-caches` deletes;
+all rebuilt on the next load.
 
 `root` is a cache root given explicitly (a `--cache-dir`): the caches under it, whatever the
 environment says; None is the cache root and per-cache overrides of `runtime.cache_root`.

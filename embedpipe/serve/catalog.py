@@ -1,9 +1,9 @@
 """What a server has loaded: models (each behind its own AsyncEmbedder) and indexes.
 
 A model is named by `--model NAME=PATH`, else by its registered name or its file name without
-`.gguf` (`served_name`); a model served under its registered name answers to its file's name too
-(`embeddinggemma-300m-q8_0`), unlisted. Clients pick a task with the alias `NAME:TASK` (`NAME:query`, `NAME:document`, …) when they cannot send the
-`task` field. An index is served with the model its vectors came from (matched by SHA-256
+`.gguf` (`served_name`); a model served under its registered name answers to its file's name
+too (`embeddinggemma-300m-q8_0`), unlisted. Clients pick a task with the alias `NAME:TASK`
+(`NAME:query`, `NAME:document`, …) when they cannot send the `task` field. An index is served with the model its vectors came from (matched by SHA-256
 among the `--model`s, else the path its header records).
 """
 
@@ -52,6 +52,11 @@ def preflight(cfg: ServeConfig) -> None:
             )
 
 
+def file_stem(path: str) -> str:
+    """A GGUF file's name without `.gguf`: what a model file is served or aliased as."""
+    return Path(path).name.removesuffix(".gguf")
+
+
 def served_name(spec: str | None, path: str) -> str:
     """The name a `--model` without `NAME=` is served under: a registered name as typed
     (`name:quant` as `name-quant`, the stem of its cached file), else the GGUF file's name
@@ -62,7 +67,7 @@ def served_name(spec: str | None, path: str) -> str:
 
     if spec is not None and not Path(spec).expanduser().is_file():
         return spec.replace(":", "-")
-    stem = Path(path).name.removesuffix(".gguf")
+    stem = file_stem(path)
     name = registered_name(path)
     if name is not None and stem == f"{name}-{DEFAULT_QUANT}":
         return name
@@ -172,7 +177,7 @@ class Catalog:
         served = ServedModel(name, emb.model_path, emb, aemb, seconds)
         self.models[name] = served
         self._by_path[key] = served
-        stem = Path(path).name.removesuffix(".gguf")
+        stem = file_stem(path)
         if not named and stem != name and ":" not in stem:
             self.aliases.setdefault(stem, name)
         log.info("loaded model %s from %s in %.2f s", name, path, seconds)
@@ -212,12 +217,12 @@ class Catalog:
             if model is None:
                 raise APIError(404, "this server has no embedding model loaded", "model_not_found", "model")
             return model, None
-        if self._named(field):
-            return self._named(field), None
+        if model := self._named(field):
+            return model, None
         name, _, alias = field.rpartition(":")
-        if self._named(name):
+        if model := self._named(name):
             try:
-                return self._named(name), canonical_task(alias)
+                return model, canonical_task(alias)
             except EmbedpipeError:
                 raise APIError(
                     400,
